@@ -1,0 +1,43 @@
+# Two entry points, both self-installing on a fresh machine:
+#   make run   - set up .venv, then rebuild the pipeline with the shipped params.yaml (offline)
+#   make test  - set up .venv, then run the whole test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.evolforge-installed
+
+# Offline by default: the shipped pipeline builds its own tiny model and needs no hub.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
+export HF_DATASETS_DISABLE_PROGRESS_BARS ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+export DVC_NO_ANALYTICS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup run test bench clean-cache
+
+setup: $(STAMP)
+
+# torch first, pinned, so nothing later resolves to a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: setup
+	dvc repro
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/generation.py
+	$(PY) bench/score.py
+
+clean-cache:
+	rm -rf .evolforge

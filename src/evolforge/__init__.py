@@ -1,0 +1,8 @@
+"""evolforge: declarative data builds for instruction tuning.
+
+Seed data -> Auto Evol-Instruct method optimization -> multi-round evolution -> responses ->
+difficulty, IFD and IC-IFD scoring -> selection -> fine-tuning -> evaluation, as a DVC pipeline.
+The package holds the logic; the scripts under ``stages/`` are thin DVC wrappers around it.
+"""
+
+__version__ = "0.1.0"

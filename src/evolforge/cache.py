@@ -1,0 +1,112 @@
+"""Content-addressed LLM call cache: one embedded SQLite file, outside DVC outputs.
+
+The key covers everything that changes a completion: backend, model identity (name plus revision, or
+a hash of local weights), the rendered messages, sampling parameters, seed and sample index. Nothing
+else goes in (no API keys, no timestamps), so a rerun with identical inputs is exact, even when
+sampling with temperature > 0, and a changed prompt recomputes only the calls it touches.
+
+Writes are committed per batch (``put_many`` is one transaction), so a killed stage loses at most the
+batch in flight. WAL mode and a long busy timeout let two stage processes share the file
+(``dvc exp run --queue -j 2``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+DEFAULT_CACHE_PATH = Path(".evolforge/cache.sqlite")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key     TEXT PRIMARY KEY,
+    text    TEXT NOT NULL,
+    finish  TEXT,
+    model   TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def cache_key(
+    *,
+    backend: str,
+    model: Mapping,
+    messages: Iterable[Mapping[str, str]],
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int,
+    sample_index: int,
+) -> str:
+    """sha256 over a canonical JSON of the parts that determine a completion.
+
+    >>> k = cache_key(backend="hf", model={"name": "m"}, messages=[{"role": "user", "content": "hi"}],
+    ...               temperature=0.0, top_p=1.0, max_tokens=8, seed=0, sample_index=0)
+    >>> len(k)
+    64
+    """
+    payload = {
+        "backend": backend,
+        "model": dict(model),
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "max_tokens": int(max_tokens),
+        "seed": int(seed),
+        "sample_index": int(sample_index),
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class CallCache:
+    """SQLite-backed map from cache key to completion text."""
+
+    def __init__(self, path: str | Path = DEFAULT_CACHE_PATH, timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we open transactions explicitly, one per batch.
+        self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        self._db.execute(_SCHEMA)
+
+    def get_many(self, keys: list[str]) -> dict[str, tuple[str, str | None]]:
+        """Return {key: (text, finish_reason)} for the keys present."""
+        found: dict[str, tuple[str, str | None]] = {}
+        for start in range(0, len(keys), 500):  # SQLite caps bound parameters per statement
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT key, text, finish FROM completions WHERE key IN ({marks})", chunk
+            )
+            found.update({k: (t, f) for k, t, f in rows})
+        return found
+
+    def put_many(self, rows: list[tuple[str, str, str | None, str]]) -> None:
+        """Insert (key, text, finish_reason, model_name) rows in one transaction."""
+        if not rows:
+            return
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO completions (key, text, finish, model, created) VALUES (?, ?, ?, ?, ?)",
+                [(k, t, f, m, now) for k, t, f, m in rows],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()

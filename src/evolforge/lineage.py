@@ -1,0 +1,63 @@
+"""Lineage: the chain of one item from its seed through every round it took part in.
+
+>>> for step in chain("9f0c...", seed_dir="data/seed", round_dirs=["data/evolved/round_1"]):  # doctest: +SKIP
+...     print(step["round"], step["method"], step["status"], step["instruction"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from evolforge.records import EVOLVED, read_table
+
+COLUMNS = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
+
+
+def load_all(seed_dir: str | Path, round_dirs: list[str | Path]) -> pl.DataFrame:
+    parts = [read_table(seed_dir).select(COLUMNS)] + [read_table(d).select(COLUMNS) for d in round_dirs]
+    return pl.concat(parts, how="vertical_relaxed")
+
+
+def chain(item_id: str, seed_dir: str | Path, round_dirs: list[str | Path]) -> list[dict]:
+    """Ancestors of ``item_id`` back to its seed, the item, then its descendants round by round.
+
+    Going forward, each round shows the attempt made on the current item: if it evolved, the chain
+    continues from the new item; if it failed (and the parent was kept), the chain continues from
+    the same item in the next round.
+    """
+    rows = load_all(seed_dir, round_dirs)
+    by_id = {r["id"]: r for r in rows.to_dicts()}
+    if item_id not in by_id:
+        matches = [i for i in by_id if i.startswith(item_id)]
+        if len(matches) != 1:
+            raise KeyError(f"item {item_id!r} not found" if not matches else f"id prefix {item_id!r} is ambiguous")
+        item_id = matches[0]
+    back = [by_id[item_id]]
+    while back[0]["parent_id"] is not None:
+        back.insert(0, by_id[back[0]["parent_id"]])
+    children: dict[str, list[dict]] = {}
+    for r in by_id.values():
+        if r["parent_id"] is not None:
+            children.setdefault(r["parent_id"], []).append(r)
+    forward, current = [], back[-1]
+    if current["status"] == EVOLVED or current["parent_id"] is None:
+        while True:
+            attempts = sorted(children.get(current["id"], []), key=lambda r: r["round"])
+            if not attempts:
+                break
+            forward.extend(attempts)
+            evolved = [a for a in attempts if a["status"] == EVOLVED]
+            if not evolved:
+                break
+            current = evolved[0]
+    return back + forward
+
+
+def format_chain(steps: list[dict]) -> str:
+    lines = []
+    for s in steps:
+        tag = s["status"] + (f" ({s['failure_reason']})" if s["failure_reason"] else "")
+        lines.append(f"round {s['round']}  {s['method']:<16} {tag:<32} {s['id']}\n    {s['instruction']}")
+    return "\n".join(lines)

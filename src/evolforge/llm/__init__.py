@@ -1,0 +1,226 @@
+"""The LLM layer: chat requests in, completions out, in the same order, through the call cache.
+
+Every stage talks to models the same way::
+
+    role = Role.from_params("evolver", params["roles"]["evolver"])
+    llm = open_llm(role, cache=CallCache())
+    texts = llm.complete([role.request([{"role": "user", "content": prompt}]) for prompt in prompts])
+    llm.stats  # {"calls": ..., "cache_hits": ...}
+
+Backends (``role.backend``): ``hf`` (transformers in-process), ``vllm`` (vLLM offline engine, GPU extra)
+and ``openai`` (any OpenAI-compatible ``/v1/chat/completions`` server). Tests use ``FakeBackend``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+from tqdm.auto import tqdm
+
+from evolforge.cache import CallCache, cache_key
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request. ``sample_index`` tells apart repeated samples of one prompt."""
+
+    messages: tuple[tuple[str, str], ...]  # ((role, content), ...): hashable and immutable
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    sample_index: int = 0
+
+    @classmethod
+    def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
+        return cls(messages=tuple((m["role"], m["content"]) for m in messages), **sampling)
+
+    @property
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None = None  # "stop" | "length" | None when the backend does not say
+    cached: bool = False
+
+
+class Backend(Protocol):
+    """What a backend provides. ``generate`` keeps the order of its input."""
+
+    name: str
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]: ...
+
+
+@dataclass
+class Role:
+    """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
+
+    name: str
+    backend: str
+    model: str
+    revision: str | None = None
+    # generation defaults; a stage may override them per call
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    # hf / vllm
+    batch_size: int = 8
+    dtype: str = "auto"
+    device: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    # openai-compatible servers
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, name: str, params: Mapping[str, Any]) -> "Role":
+        known = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(
+                f"params.yaml roles.{name}: unknown key(s) {unknown}; expected some of {sorted(known)}"
+            )
+        for required in ("backend", "model"):
+            if not params.get(required):
+                raise ValueError(f"params.yaml roles.{name}: '{required}' is required")
+        if params["backend"] not in BACKENDS:
+            raise ValueError(
+                f"params.yaml roles.{name}.backend: {params['backend']!r} is not one of {sorted(BACKENDS)}"
+            )
+        return cls(name=name, **params)
+
+    def request(self, messages: Sequence[Mapping[str, str]], **overrides) -> ChatRequest:
+        """A request with this role's generation defaults, overridden where given (None = default)."""
+        sampling = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+        sampling.update({k: v for k, v in overrides.items() if v is not None})
+        return ChatRequest.chat(messages, **sampling)
+
+
+def request_seed(request: ChatRequest) -> int:
+    """A 60-bit sampling seed derived from the whole request (messages, sampling, seed, sample index),
+    so a request samples the same tokens whichever batch it lands in."""
+    blob = json.dumps(dataclasses.asdict(request), sort_keys=True, ensure_ascii=False)
+    return int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:15], 16)
+
+
+class LLM:
+    """A backend behind the call cache: looks every request up, generates only the misses in batches,
+    and commits each finished batch before starting the next."""
+
+    def __init__(self, backend: Backend, cache: CallCache | None, batch_size: int = 8, desc: str = "generate"):
+        self.backend = backend
+        self.cache = cache
+        self.batch_size = max(1, int(batch_size))
+        self.desc = desc
+        self.stats = {"calls": 0, "cache_hits": 0}
+        self._identity = backend.identity()
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def key(self, request: ChatRequest) -> str:
+        return cache_key(
+            backend=self.backend.name,
+            model=self._identity,
+            messages=request.message_dicts,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+            sample_index=request.sample_index,
+        )
+
+    def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
+        keys = [self.key(r) for r in requests]
+        hits = self.cache.get_many(sorted(set(keys))) if self.cache is not None else {}
+        results: list[Completion | None] = [None] * len(requests)
+        missing: dict[str, list[int]] = {}  # identical requests are generated once
+        for i, k in enumerate(keys):
+            if k in hits:
+                results[i] = Completion(hits[k][0], hits[k][1], cached=True)
+            else:
+                missing.setdefault(k, []).append(i)
+        self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
+
+        # Length-sorted so batches pad little; outputs do not depend on batch composition.
+        todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
+        with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
+                  desc=desc or self.desc, unit="req", disable=len(todo) == 0, leave=False) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start : start + self.batch_size]
+                outputs = self.backend.generate([requests[idx[0]] for _, idx in batch])
+                if self.cache is not None:
+                    self.cache.put_many(
+                        [(k, o.text, o.finish_reason, self._identity.get("name", "")) for (k, _), o in zip(batch, outputs)]
+                    )
+                self.stats["calls"] += len(batch)
+                for (_, idx), out in zip(batch, outputs):
+                    for i in idx:
+                        results[i] = out
+                    bar.update(len(idx))
+        return results  # type: ignore[return-value]
+
+    def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str]:
+        return [c.text for c in self.generate(requests, desc=desc)]
+
+
+def _size(request: ChatRequest) -> tuple[int, int]:
+    return request.max_tokens, sum(len(content) for _, content in request.messages)
+
+
+def make_backend(role: Role) -> Backend:
+    """Build the backend a role names; heavy imports happen only for the backend in use."""
+    return BACKENDS[role.backend](role)
+
+
+def open_llm(role: Role, cache: CallCache | None, desc: str | None = None) -> LLM:
+    backend = make_backend(role)
+    # openai batches are sized to keep every connection busy; in-process backends use batch_size
+    batch = role.concurrency * 4 if role.backend == "openai" else role.batch_size
+    return LLM(backend, cache, batch_size=batch, desc=desc or role.name)
+
+
+def _hf(role: Role) -> Backend:
+    from evolforge.llm.hf import HFBackend
+
+    return HFBackend.from_role(role)
+
+
+def _vllm(role: Role) -> Backend:
+    from evolforge.llm.vllm_backend import VLLMBackend
+
+    return VLLMBackend.from_role(role)
+
+
+def _openai(role: Role) -> Backend:
+    from evolforge.llm.openai_api import OpenAIBackend
+
+    return OpenAIBackend.from_role(role)
+
+
+BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai}
+
+__all__ = ["ChatRequest", "Completion", "Backend", "Role", "LLM", "open_llm", "make_backend", "request_seed"]

@@ -1,0 +1,45 @@
+"""A fake backend for tests: scripted replies, a record of what was sent, no model, no network.
+
+>>> fake = FakeBackend(["first", "second"])
+>>> fake.generate([ChatRequest.chat([{"role": "user", "content": "hi"}])])[0].text
+'first'
+>>> fake.sent[0].messages
+(('user', 'hi'),)
+
+``replies`` may also be a function ``request -> str`` for replies that depend on the prompt.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterable, Sequence
+
+from evolforge.llm import ChatRequest, Completion
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, replies: Iterable[str] | Callable[[ChatRequest], str] = (), model: str = "fake-model"):
+        self.reply_fn = replies if callable(replies) else None
+        self.queue = deque([] if callable(replies) else replies)
+        self.model = model
+        self.sent: list[ChatRequest] = []
+        self.batches: list[int] = []
+
+    def identity(self) -> dict:
+        return {"name": self.model}
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        self.batches.append(len(requests))
+        out = []
+        for r in requests:
+            self.sent.append(r)
+            if self.reply_fn is not None:
+                text = self.reply_fn(r)
+            elif self.queue:
+                text = self.queue.popleft()
+            else:
+                raise AssertionError(f"FakeBackend ran out of scripted replies at request {len(self.sent)}")
+            out.append(Completion(text, "stop"))
+        return out

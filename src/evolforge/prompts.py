@@ -1,0 +1,52 @@
+"""Prompt templates: Jinja files under ``prompts/``, rendered with ``StrictUndefined``.
+
+A template's hash (sha256 of its source, first 16 hex digits) goes into cache keys and artifact
+metadata, so editing a prompt invalidates exactly the calls that used it.
+
+>>> env = PromptLibrary("prompts")                              # doctest: +SKIP
+>>> env.render("respond/response.j2", instruction="Add 2 and 3", input="")  # doctest: +SKIP
+'Given the following instruction, ...'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+
+import jinja2
+
+# The repository's prompts/ folder; stages pass it explicitly, tests and the tiny-model builder use this.
+DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+
+
+class PromptLibrary:
+    """Renders templates from one folder; a missing variable is an error, never an empty string."""
+
+    def __init__(self, root: str | Path = DEFAULT_PROMPTS_DIR):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"prompts folder not found: {self.root}")
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(self.root)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=False,
+            autoescape=False,
+        )
+
+    def source(self, name: str) -> str:
+        return (self.root / name).read_text(encoding="utf-8")
+
+    def hash(self, name: str) -> str:
+        """sha256 of the template source, first 16 hex digits."""
+        return hashlib.sha256(self.source(name).encode("utf-8")).hexdigest()[:16]
+
+    def render(self, name: str, **variables) -> str:
+        try:
+            return self.env.get_template(name).render(**variables).strip()
+        except jinja2.UndefinedError as err:
+            raise ValueError(f"prompt {self.root / name}: {err.message}") from err
+
+    @cached_property
+    def names(self) -> list[str]:
+        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*.j2"))

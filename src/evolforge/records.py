@@ -1,0 +1,110 @@
+"""Records: the columns every artifact carries, stable ids, and crash-safe Parquet output.
+
+Artifacts are Parquet files written with polars, one row per item. Every row carries its lineage
+(``LINEAGE``); an item that fails stays in the table with ``status`` and ``failure_reason`` so counts
+add up. Outputs are written to a temporary sibling and renamed into place, so a crash or kill never
+leaves a partial output that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+
+TABLE = "items.parquet"  # the table file inside every stage output folder
+META = "meta.json"  # template hashes, model identities, params used
+
+LINEAGE = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason"]
+TEXT = ["instruction", "input", "output"]
+
+# statuses
+SEED, EVOLVED, FAILED = "seed", "evolved", "failed"
+
+
+def make_id(*parts: Any) -> str:
+    """Stable content-derived id: sha256 of the parts joined by NUL, first 16 hex digits.
+
+    >>> make_id("Add 2 and 3", "")
+    '3b2b1b8a2eb3e6d8'
+    """
+    blob = "\0".join("" if p is None else str(p) for p in parts)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    On an exception the temporary folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename), sorted keys, trailing newline."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = None, extra: dict[str, Any] | None = None,
+                 tables: dict[str, pl.DataFrame] | None = None) -> None:
+    """Write a stage output folder atomically: ``items.parquet``, ``meta.json``, extra tables and JSON/JSONL files."""
+    with atomic_dir(out_dir) as tmp:
+        table.write_parquet(tmp / TABLE)
+        for name, other in (tables or {}).items():
+            other.write_parquet(tmp / name)
+        write_json(tmp / META, meta or {})
+        for name, data in (extra or {}).items():
+            if name.endswith(".jsonl"):
+                write_jsonl(tmp / name, data)
+            else:
+                write_json(tmp / name, data)
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """Read a stage output (its folder or the Parquet file itself)."""
+    path = Path(path)
+    file = path / TABLE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no such artifact; has the stage that writes it run?")
+    return pl.read_parquet(file)
+
+
+def read_meta(path: str | Path) -> dict:
+    file = Path(path) / META
+    return json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}

@@ -1,0 +1,122 @@
+"""Validation at stage boundaries: Great Expectations suites over tables, errors written for people.
+
+A failed check raises :class:`DataError` naming the file, the row(s) and the rule, e.g.::
+
+    data/seed/items.parquet: rows 3, 17: rule 'instruction is non-empty text' (expect_column_value_lengths_to_be_between)
+
+Row numbers are 1-based positions in the table as read (for JSONL sources: line numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+class DataError(ValueError):
+    """Bad data at a stage boundary. The message names file, row and rule."""
+
+    def __init__(self, file: str | Path, rule: str, rows: list[int] | None = None, detail: str = ""):
+        self.file, self.rule, self.rows, self.detail = str(file), rule, rows or [], detail
+        where = ""
+        if self.rows:
+            shown = ", ".join(str(r) for r in self.rows[:10]) + (f" (+{len(self.rows) - 10} more)" if len(self.rows) > 10 else "")
+            where = f" row{'s' if len(self.rows) > 1 else ''} {shown}:"
+        super().__init__(f"{self.file}:{where} rule '{rule}'" + (f": {detail}" if detail else ""))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One expectation with the plain-words rule a person reads in the error."""
+
+    words: str
+    expectation: str  # a great_expectations.expectations class name
+    kwargs: dict[str, Any]
+
+
+def required_columns(columns: list[str]) -> list[Rule]:
+    return [Rule(f"column '{c}' is present", "ExpectColumnToExist", {"column": c}) for c in columns]
+
+
+def non_empty_text(columns: list[str]) -> list[Rule]:
+    rules = []
+    for c in columns:
+        rules.append(Rule(f"{c} is not null", "ExpectColumnValuesToNotBeNull", {"column": c}))
+        rules.append(Rule(f"{c} is non-empty text", "ExpectColumnValuesToMatchRegex", {"column": c, "regex": r"\S"}))
+    return rules
+
+
+def unique(column: str) -> list[Rule]:
+    return [Rule(f"{column} values are unique", "ExpectColumnValuesToBeUnique", {"column": column})]
+
+
+def in_set(column: str, values: list[Any]) -> list[Rule]:
+    return [Rule(f"{column} is one of {values}", "ExpectColumnValuesToBeInSet", {"column": column, "value_set": values})]
+
+
+def between(column: str, low: float | None, high: float | None) -> list[Rule]:
+    return [Rule(f"{column} lies in [{low}, {high}]", "ExpectColumnValuesToBeBetween",
+                 {"column": column, "min_value": low, "max_value": high})]
+
+
+def seed_rules() -> list[Rule]:
+    """What every table of items must satisfy: lineage columns, text, unique ids."""
+    return required_columns(["id", "instruction", "input", "output"]) + non_empty_text(["instruction"]) + unique("id")
+
+
+_context = None
+
+
+def _gx_context():
+    global _context
+    if _context is None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        _context = gx.get_context(mode="ephemeral")
+        try:  # quiet the per-expectation progress bars
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            _context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        except Exception:  # noqa: BLE001 - cosmetics only; older/newer layouts differ
+            pass
+    return _context
+
+
+def check(table: pl.DataFrame, rules: list[Rule], file: str | Path) -> None:
+    """Validate ``table`` against ``rules`` with Great Expectations; raise DataError on the first broken rule."""
+    import great_expectations as gx
+
+    missing = [r for r in rules if r.expectation == "ExpectColumnToExist" and r.kwargs["column"] not in table.columns]
+    if missing:  # report the schema problem plainly before running value checks on absent columns
+        raise DataError(file, missing[0].words, detail=f"columns present: {table.columns}")
+    ctx = _gx_context()
+    name = f"t{id(table)}"
+    asset = ctx.data_sources.add_or_update_pandas("evolforge").add_dataframe_asset(name)
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
+        batch_parameters={"dataframe": table.to_pandas()}
+    )
+    suite = gx.ExpectationSuite(name=name)
+    for rule in rules:
+        suite.add_expectation(getattr(gx.expectations, rule.expectation)(**rule.kwargs))
+    result = batch.validate(suite, result_format="COMPLETE")
+    by_type = {}
+    for rule in rules:
+        by_type.setdefault((_snake(rule.expectation), rule.kwargs.get("column")), rule)
+    for res in result.results:
+        if res.success:
+            continue
+        cfg = res.expectation_config
+        rule = by_type.get((cfg.type, cfg.kwargs.get("column")))
+        rows = [int(i) + 1 for i in (res.result or {}).get("unexpected_index_list") or []]
+        raise DataError(file, rule.words if rule else cfg.type, rows, detail=f"({cfg.type})")
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")

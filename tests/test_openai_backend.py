@@ -1,0 +1,297 @@
+"""OpenAIBackend against a real local HTTP server (127.0.0.1, ephemeral port) that can be scripted to
+misbehave per prompt: throttling, server errors, hangs, malformed bodies, dropped connections, 401s."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from evolforge.cache import CallCache
+from evolforge.llm import ChatRequest, Role, open_llm
+from evolforge.llm.openai_api import LLMRequestError, OpenAIBackend
+
+HANG = ("hang",)
+DROP = ("drop",)
+
+
+def reply(status: int, body: bytes | str | dict, headers: dict | None = None) -> tuple:
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    return ("reply", status, body, headers or {})
+
+
+class ScriptedServer:
+    """Answers ``echo: <last user message>`` unless a fault is queued for that prompt (one per attempt)
+    or ``always`` is set. Records every request body and header and the peak number in flight."""
+
+    def __init__(self):
+        self.faults: dict[str, deque] = {}
+        self.always: tuple | None = None
+        self.delay_s = 0.0
+        self.requests: list[dict] = []
+        self.auth_headers: list[str | None] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()  # ends hangs at teardown
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def script(self, prompt: str, *actions: tuple) -> None:
+        self.faults[prompt] = deque(actions)
+
+    def count(self, prompt: str | None = None) -> int:
+        with self.lock:
+            return sum(1 for r in self.requests if prompt is None or r["messages"][-1]["content"] == prompt)
+
+    def _action(self, body: dict) -> tuple:
+        if self.always is not None:
+            return self.always
+        queue = self.faults.get(body["messages"][-1]["content"])
+        if queue:
+            return queue.popleft()
+        text = f"  echo: {body['messages'][-1]['content']}\n"  # padded: the client strips
+        return reply(200, {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(raw)
+                with server.lock:
+                    assert self.path == "/v1/chat/completions", self.path
+                    server.requests.append(body)
+                    server.auth_headers.append(self.headers.get("Authorization"))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    action = server._action(body)
+                try:
+                    time.sleep(server.delay_s)
+                    if action is HANG:
+                        server.release.wait(10)  # far beyond the client's timeout; bounded anyway
+                        return
+                    if action is DROP:
+                        return  # close without a status line
+                    _, status, payload, headers = action
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up first
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    # A proxy set in the environment must not intercept requests to the local server.
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def server():
+    s = ScriptedServer()
+    s.thread.start()
+    yield s
+    s.release.set()
+    s.httpd.shutdown()
+    s.httpd.server_close()
+    s.thread.join(5)
+
+
+def backend(server: ScriptedServer, **kw) -> OpenAIBackend:
+    opts = dict(model="test-model", concurrency=1, timeout_s=2.0, max_retries=3, backoff_s=0.01)
+    opts.update(kw)
+    return OpenAIBackend(server.base_url, **opts)
+
+
+def ask(prompt: str, **sampling) -> ChatRequest:
+    return ChatRequest.chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}], **sampling)
+
+
+def test_order_preserved_with_concurrency_and_payload_fields(server):
+    server.delay_s = 0.05  # long enough for requests to overlap
+    prompts = [f"prompt {i}" for i in range(16)]
+    out = backend(server, concurrency=4).generate([ask(p, temperature=0.7, top_p=0.9, max_tokens=33) for p in prompts])
+
+    assert [c.text for c in out] == [f"echo: {p}" for p in prompts]
+    assert all(c.finish_reason == "stop" and not c.cached for c in out)
+    assert 2 <= server.max_in_flight <= 4
+    body = server.requests[0]
+    assert body["model"] == "test-model"
+    assert body["messages"][0] == {"role": "system", "content": "be brief"}
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.7, 0.9, 33)
+    assert isinstance(body["seed"], int) and 0 <= body["seed"] < 2**31
+    assert server.auth_headers[0] is None  # no key configured, no header
+
+
+def test_seed_differs_per_sample_and_is_stable():
+    b = OpenAIBackend("http://127.0.0.1:9/v1", "m")
+    seeds = [b.payload(ask("same", temperature=1.0, sample_index=i))["seed"] for i in range(3)]
+    assert len(set(seeds)) == 3
+    assert b.payload(ask("same", temperature=1.0, sample_index=0))["seed"] == seeds[0]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        reply(429, {"error": "slow down"}),
+        reply(500, "internal error"),
+        reply(503, "overloaded"),
+        HANG,
+        DROP,
+        reply(200, "this is not json"),
+        reply(200, {"object": "chat.completion"}),
+        reply(200, {"choices": []}),
+        reply(200, {"choices": [{"message": {"content": None}}]}),
+    ],
+    ids=["429", "500", "503", "timeout", "dropped", "non-json", "no-choices", "empty-choices", "null-content"],
+)
+def test_recovers_from_transient_failures(server, fault):
+    server.script("flaky", fault, fault)
+    start = time.monotonic()
+    out = backend(server, timeout_s=0.3, max_retries=3).generate([ask("flaky"), ask("steady")])
+    assert [c.text for c in out] == ["echo: flaky", "echo: steady"]
+    assert server.count("flaky") == 3  # two failures, then success
+    assert time.monotonic() - start < 2.0
+
+
+def test_retry_after_is_honoured(server):
+    server.script("throttled", reply(429, "wait", {"Retry-After": "1"}))
+    start = time.monotonic()
+    out = backend(server, backoff_s=0.01).generate([ask("throttled")])
+    assert out[0].text == "echo: throttled"
+    assert time.monotonic() - start >= 0.9  # waited what the server asked, not the 10 ms backoff
+    assert server.count("throttled") == 2
+
+
+def test_gives_up_after_max_retries_with_a_clear_error(server):
+    server.always = reply(503, "overloaded " + "x" * 500)
+    b = backend(server, max_retries=2)
+    with pytest.raises(LLMRequestError) as info:
+        b.generate([ask("doomed")])
+    msg = str(info.value)
+    assert server.base_url + "/chat/completions" in msg
+    assert "test-model" in msg
+    assert "3 attempts" in msg
+    assert "HTTP 503" in msg and "overloaded xxx" in msg
+    assert "x" * 250 not in msg  # the body is quoted, not dumped
+    assert server.count() == 3
+
+
+def test_timeouts_exhaust_retries(server):
+    server.always = HANG
+    with pytest.raises(LLMRequestError, match=r"2 attempts: no response within 0.2s"):
+        backend(server, timeout_s=0.2, max_retries=1).generate([ask("stuck")])
+    assert server.count() == 2
+
+
+def test_connection_refused_is_retried_then_reported():
+    probe = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = probe.server_address[1]
+    probe.server_close()  # nothing listens there any more
+    b = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "m", max_retries=2, backoff_s=0.01, timeout_s=1)
+    with pytest.raises(LLMRequestError, match=r"3 attempts: connection error"):
+        b.generate([ask("anyone?")])
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_client_errors_fail_without_retry(server, status):
+    server.always = reply(status, {"error": {"message": "nope"}})
+    with pytest.raises(LLMRequestError, match=rf"after 1 attempt: HTTP {status}"):
+        backend(server, max_retries=5).generate([ask("bad")])
+    assert server.count() == 1
+
+
+def test_failure_abandons_the_rest_of_the_batch(server):
+    server.always = reply(401, "unauthorized")
+    with pytest.raises(LLMRequestError, match="HTTP 401"):
+        backend(server, concurrency=2).generate([ask(f"p{i}") for i in range(20)])
+    assert server.count() <= 2  # only the requests already in flight reached the server
+
+
+def test_api_key_is_sent_but_never_exposed(server, monkeypatch, caplog):
+    secret = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("EVOLFORGE_TEST_API_KEY", secret)
+    role = Role(name="judge", backend="openai", model="test-model", base_url=server.base_url,
+                api_key_env="EVOLFORGE_TEST_API_KEY", max_retries=1, extra={"backoff_s": 0.01})
+    b = OpenAIBackend.from_role(role)
+
+    assert b.generate([ask("hi")])[0].text == "echo: hi"
+    assert server.auth_headers == [f"Bearer {secret}"]
+    assert b.identity() == {"name": "test-model", "base_url": server.base_url}
+    assert secret not in repr(b) and secret not in str(b) and secret not in repr(vars(b))
+
+    # A server that echoes the key back (first in a retried 500, then in a 401) must not leak it.
+    server.always = None
+    server.script("leak", reply(500, f"bad key {secret}"), reply(401, f"invalid api key {secret}"))
+    with caplog.at_level(logging.DEBUG, logger="evolforge"), pytest.raises(LLMRequestError) as info:
+        b.generate([ask("leak")])
+    assert "HTTP 401" in str(info.value) and "invalid api key" in str(info.value)
+    assert secret not in str(info.value) and secret not in repr(info.value)
+    assert "HTTP 500" in caplog.text and secret not in caplog.text
+
+
+def test_missing_api_key_env_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("EVOLFORGE_MISSING_KEY", raising=False)
+    role = Role(name="evolver", backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                api_key_env="EVOLFORGE_MISSING_KEY")
+    with pytest.raises(ValueError, match="EVOLFORGE_MISSING_KEY.*not set"):
+        OpenAIBackend.from_role(role)
+
+
+def test_from_role_needs_base_url():
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAIBackend.from_role(Role(name="evolver", backend="openai", model="m"))
+
+
+def test_identity_includes_revision_when_set():
+    b = OpenAIBackend("http://127.0.0.1:9/v1/", "org/model", revision="abc123")
+    assert b.identity() == {"name": "org/model", "base_url": "http://127.0.0.1:9/v1", "revision": "abc123"}
+    assert b.generate([]) == []
+
+
+def test_through_llm_and_call_cache(server, tmp_path):
+    role = Role.from_params("evolver", {"backend": "openai", "model": "test-model", "base_url": server.base_url,
+                                        "concurrency": 3, "timeout_s": 2, "max_retries": 1})
+    requests = [ask(f"q{i}") for i in range(7)] + [ask("q0")]  # one duplicate
+
+    cache = CallCache(tmp_path / "cache.sqlite")
+    first = open_llm(role, cache)
+    assert first.complete(requests) == [f"echo: q{i}" for i in range(7)] + ["echo: q0"]
+    assert server.count() == 7  # the duplicate is generated once
+    cache.close()
+
+    cache = CallCache(tmp_path / "cache.sqlite")
+    second = open_llm(role, cache)
+    out = second.generate(requests)
+    assert [c.text for c in out] == [f"echo: q{i}" for i in range(7)] + ["echo: q0"]
+    assert all(c.cached for c in out)
+    assert server.count() == 7  # no new calls
+    assert second.stats == {"calls": 0, "cache_hits": 8}
+    cache.close()

@@ -1,0 +1,99 @@
+"""The code-execution sandbox: correct code passes; loops, memory hogs, escapes and sockets are stopped."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from evolforge.sandbox import isolation, run_untrusted
+
+ADD = "def add(a, b):\n    return a + b\n"
+
+
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        (ADD + "assert add(2, 3) == 5", "passed"),
+        ("import numpy as np\nassert int(np.arange(4).sum()) == 6", "passed"),  # third-party imports work
+        ("open('scratch.txt', 'w').write('x')\nassert open('scratch.txt').read() == 'x'", "passed"),
+        ("import os, tempfile\nassert os.path.realpath(os.getcwd()) == os.path.realpath(os.environ['HOME'])\n"
+         "tempfile.NamedTemporaryFile().write(b'x')", "passed"),  # HOME and TMPDIR are the throwaway cwd
+        ("def add(a, b):\n    return a * b\nassert add(2, 3) == 5", "failed"),
+        ("def add(a, b) return a", "failed"),  # syntax error
+        (ADD + "import sys\nsys.exit(0)\nassert add(2, 3) == 6", "failed"),  # leaving early is not passing
+        ("while True:\n    pass", "timeout"),
+        ("x = bytearray(2 * 1024 ** 3)", "memory"),
+        ("x = [0] * 10 ** 9", "memory"),
+        ("import socket\nsocket.socket().connect(('1.1.1.1', 80))", "blocked"),
+        ("import socket\nsocket.create_connection(('example.com', 80))", "blocked"),
+        ("import _socket\n_socket.socket()", "blocked"),
+        ("import urllib.request\nurllib.request.urlopen('http://example.com')", "blocked"),
+        ("import subprocess\nsubprocess.run(['ls'])", "blocked"),
+        ("import os\nos.system('ls')", "blocked"),
+    ],
+)
+def test_outcomes(code, status):
+    result = run_untrusted(code, timeout_s=2, memory_mb=512)
+    assert result.status == status, result.stderr
+    assert result.passed is (status == "passed")
+
+
+def test_timeout_is_enforced_promptly():
+    result = run_untrusted("import time\ntime.sleep(60)", timeout_s=1)
+    assert (result.status, result.returncode) == ("timeout", None)
+    assert result.duration_s < 10
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "open({path!r}, 'w').write('escaped')",
+        "from pathlib import Path\nPath({path!r}).write_text('escaped')",
+        "import os\nfd = os.open({path!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'escaped')",
+        "import shutil\nopen('here.txt', 'w').write('escaped')\nshutil.copy('here.txt', {path!r})",
+    ],
+)
+def test_writes_outside_the_working_directory_are_blocked(tmp_path, template):
+    target = tmp_path / "escaped.txt"
+    result = run_untrusted(template.format(path=str(target)), timeout_s=5)
+    assert result.status == "blocked", result.stderr
+    assert not target.exists()
+
+
+def test_deleting_outside_the_working_directory_is_blocked(tmp_path):
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    result = run_untrusted(f"import os\nos.remove({str(victim)!r})", timeout_s=5)
+    assert result.status == "blocked"
+    assert victim.read_text() == "precious"
+
+
+def test_os_layer_stops_writes_that_bypass_the_python_guard(tmp_path):
+    if not (isolation()["landlock"] or isolation()["drop_to_uid"] is not None):
+        pytest.skip("no OS-level write restriction (Landlock or privilege drop) on this machine")
+    target = tmp_path / "escaped.txt"
+    # _io.FileIO is the C-level file object that the patched open() would have wrapped
+    result = run_untrusted(f"import _io\n_io.FileIO({str(target)!r}, 'w').write(b'escaped')", timeout_s=5)
+    assert not result.passed
+    assert "PermissionError" in result.stderr
+    assert not target.exists()
+
+
+def test_no_network_even_past_the_python_guard():
+    if isolation()["network_namespace"] is None and not isolation()["landlock"]:
+        pytest.skip("no OS-level network isolation on this machine")
+    # reloading the socket module restores the real socket class; the namespace / Landlock must still hold
+    code = ("import importlib, socket\nsocket = importlib.reload(socket)\n"
+            "s = socket.socket()\ns.settimeout(2)\ns.connect(('1.1.1.1', 80))")
+    result = run_untrusted(code, timeout_s=5)
+    assert not result.passed
+    assert result.status in ("failed", "blocked")
+
+
+def test_working_directory_is_thrown_away():
+    code = "import os\nopen('left_behind.txt', 'w').write('x')\nprint(os.getcwd())"
+    first = run_untrusted(code + "\nimport sys\nsys.stderr.write(os.getcwd())")
+    assert first.passed
+    workdir = first.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(workdir)

@@ -1,0 +1,196 @@
+"""IFD / IC-IFD scoring: the batched scorer against the one-item-at-a-time reference, on a tiny
+random-weight Llama built here (byte-level BPE tokenizer with BOS and a chat template)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+import torch
+
+from evolforge.scoring import (
+    chat_texts,
+    encode_items,
+    ifd_scores,
+    load_scorer,
+    question_text,
+    reference_ifd_scores,
+)
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "score.py"
+LOSS_COLUMNS = ["loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd"]
+COUNT_COLUMNS = ["n_tokens_instruction", "n_tokens_response", "n_tokens_response_given_instruction"]
+
+
+def load_bench():
+    """bench/score.py as a module: it holds ``build_random_llama``, shared with the benchmark."""
+    spec = importlib.util.spec_from_file_location("bench_score", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    load_bench().build_random_llama(path, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    return load_scorer(str(path), device="cpu")
+
+
+# Mixed lengths, with and without inputs (empty and None), one single-word response.
+ITEMS = {
+    "instructions": [
+        "Write a short poem about the rain.",
+        "Add two numbers.",
+        "Explain why the sky is blue, in three sentences, for a child of seven who asks a lot of questions.",
+        "List colours.",
+        "Translate the sentence into French.",
+        "Summarise the text below in one line, keeping the names of the people and the places it mentions.",
+        "Hi",
+    ],
+    "inputs": ["", "2 and 3", "", None, "The cat sleeps on the mat.", "Ada met Alan in Paris; they spoke of engines.", ""],
+    "responses": [
+        "Rain on the roof,\nsoft and slow;\nthe garden drinks.",
+        "5",
+        "Sunlight scatters off air molecules. Blue light scatters most. So we see blue everywhere we look.",
+        "red, green, blue",
+        "Le chat dort sur le tapis.",
+        "Ada and Alan talked engines in Paris.",
+        "Hello! How can I help you today? Ask me anything at all, about anything you like.",
+    ],
+}
+
+
+def assert_same_scores(actual: pl.DataFrame, expected: pl.DataFrame, rtol: float = 1e-4) -> None:
+    assert actual.columns == expected.columns
+    for column in COUNT_COLUMNS:
+        assert actual[column].to_list() == expected[column].to_list(), column
+    for column in LOSS_COLUMNS:
+        for got, want in zip(actual[column].to_list(), expected[column].to_list()):
+            assert (got is None) == (want is None), column
+            if want is not None:
+                assert got == pytest.approx(want, rel=rtol), column
+
+
+@pytest.mark.parametrize("template", ["raw", "chat"])
+def test_batched_scores_equal_reference_at_every_batch_size(scorer, template):
+    model, tokenizer = scorer
+    expected = reference_ifd_scores(model, tokenizer, **ITEMS, template=template)
+    assert expected["ic_ifd"].null_count() == 0
+    for batch_size in [1, 4, 16]:
+        actual = ifd_scores(model, tokenizer, **ITEMS, template=template, batch_size=batch_size, progress=False)
+        assert_same_scores(actual, expected)
+
+
+def test_output_follows_input_order_across_chunks(scorer):
+    model, tokenizer = scorer
+    forward = ifd_scores(model, tokenizer, **ITEMS, batch_size=3, chunk_size=2, progress=False)
+    backward = ifd_scores(model, tokenizer, **{k: v[::-1] for k, v in ITEMS.items()}, batch_size=3, progress=False)
+    assert forward.height == len(ITEMS["instructions"])
+    assert_same_scores(backward.reverse(), forward, rtol=1e-5)
+    # Rows really differ, so a shuffled order would show.
+    assert forward["n_tokens_response"].n_unique() > 3
+
+
+def test_raw_template_token_layout(scorer):
+    _, tokenizer = scorer
+    [item] = encode_items(tokenizer, ["Add two numbers."], ["2 and 3"], ["5"], "raw")
+    assert item.prompt_ids == tokenizer("Add two numbers.\n2 and 3")["input_ids"]
+    assert item.prompt_ids[0] == tokenizer.bos_token_id
+    assert item.response_ids == tokenizer("\n5", add_special_tokens=False)["input_ids"]
+    assert item.direct_ids == [tokenizer.bos_token_id] + tokenizer("5", add_special_tokens=False)["input_ids"]
+
+
+def test_chat_template_pieces_and_counts(scorer):
+    model, tokenizer = scorer
+    prompt, answer = chat_texts(tokenizer, "Add 2 and 3.", "5")
+    assert prompt == "<s><|user|>\nAdd 2 and 3.</s>\n<|assistant|>\n"
+    assert answer == "5</s>\n"
+    scores = ifd_scores(model, tokenizer, ["Add 2 and 3."], None, ["5"], template="chat", progress=False)
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    assert scores["n_tokens_instruction"][0] == prompt_tokens - 1  # the first (BOS) is never predicted
+    assert scores["n_tokens_response_given_instruction"][0] == answer_tokens
+    assert scores["n_tokens_response"][0] == answer_tokens  # the same tokens, after "<s><|assistant|>\n"
+
+
+class BigramModel(torch.nn.Module):
+    """Logits depend only on the current token: row ``table[token]`` predicts the next one."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def test_hand_computed_loss_on_three_tokens(scorer):
+    _, tokenizer = scorer
+    response = "ab"  # BOS + 2 tokens: L(A) averages -log P(a | BOS) and -log P(b | a)
+    bos, first, second = tokenizer(response)["input_ids"]
+    vocab = len(tokenizer)
+    table = torch.zeros(vocab, vocab)
+    table[bos, first] = math.log(vocab - 1)  # e^x / (e^x + vocab - 1) = 1/2
+    table[first, second] = math.log(3 * (vocab - 1))  # = 3/4
+    scores = ifd_scores(BigramModel(table), tokenizer, ["Say ab."], None, [response], progress=False)
+    assert scores["n_tokens_response"][0] == 2
+    assert scores["loss_response"][0] == pytest.approx((math.log(2) + math.log(4 / 3)) / 2, rel=1e-6)
+
+
+def test_max_length_keeps_the_same_response_tokens_in_both_passes(scorer):
+    model, tokenizer = scorer
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    instruction = "Count to twelve."
+    # Byte-level BPE splits before each space, so a prefix of words is a prefix of tokens.
+    word_tokens = [len(tokenizer((" " if i else "") + w, add_special_tokens=False)["input_ids"]) for i, w in enumerate(words)]
+    assert tokenizer("\n", add_special_tokens=False)["input_ids"].__len__() == 1
+    prompt_tokens = len(tokenizer(instruction)["input_ids"])
+    keep_words = 5
+    max_length = prompt_tokens + 1 + sum(word_tokens[:keep_words])  # Q, "\n", then 5 words
+
+    truncated = ifd_scores(model, tokenizer, [instruction], None, [" ".join(words)], max_length=max_length, progress=False)
+    short = ifd_scores(model, tokenizer, [instruction], None, [" ".join(words[:keep_words])], progress=False)
+    reference = reference_ifd_scores(model, tokenizer, [instruction], None, [" ".join(words)], max_length=max_length)
+    assert truncated["n_tokens_response"][0] == sum(word_tokens[:keep_words])
+    assert_same_scores(truncated, short, rtol=1e-5)
+    assert_same_scores(truncated, reference)
+
+
+def test_degenerate_items_give_null_with_a_reason(scorer):
+    model, tokenizer = scorer
+    scores = ifd_scores(
+        model, tokenizer,
+        ["A very long instruction that cannot fit in the budget", "", "Fine", None],
+        ["", "", "", ""],
+        ["ok", "empty instruction", "", "x"],
+        max_length=6, progress=False,
+    )
+    too_long, empty_instruction, empty_response, missing = scores.to_dicts()
+    assert too_long["ic_ifd"] is None and too_long["loss_response"] is None
+    assert "longer than max_length=6" in too_long["null_reason"]
+    # BOS alone: no instruction token to score, so no IC-IFD; IFD is still defined.
+    assert empty_instruction["n_tokens_instruction"] == 0 and empty_instruction["loss_instruction"] is None
+    assert empty_instruction["ic_ifd"] is None and empty_instruction["ifd"] is not None
+    assert "instruction" in empty_instruction["null_reason"]
+    # Empty response: "\n" is still scored after Q, but A alone is just BOS.
+    assert empty_response["n_tokens_response"] == 0 and empty_response["ifd"] is None
+    assert missing["null_reason"] == "missing instruction"
+    assert scores.filter(pl.col("ic_ifd").is_not_null()).height == 0
+
+
+def test_question_text_adds_input_only_when_non_empty():
+    assert question_text("Add.", "2 and 3") == "Add.\n2 and 3"
+    assert question_text("Add.", "") == "Add."
+    assert question_text("Add.", None) == "Add."
+
+
+def test_mismatched_lengths_are_an_error(scorer):
+    model, tokenizer = scorer
+    with pytest.raises(ValueError, match="one entry per item"):
+        ifd_scores(model, tokenizer, ["a", "b"], None, ["x"], progress=False)
