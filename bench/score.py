@@ -4,7 +4,7 @@ Scores the same items with the same model twice, with :func:`evolforge.scoring.i
 batched passes) and :func:`evolforge.scoring.reference_ifd_scores` (three passes per item, batch 1),
 and prints items/s and tokens/s of each, the speed-up and the largest relative difference in IC-IFD.
 
-    python bench/score.py                          # random-weight Llama of ~3M parameters, built in a temp dir
+    python bench/score.py                          # random-weight Llama of ~4M parameters, built in a temp dir
     python bench/score.py --model Qwen/Qwen2.5-0.5B --items 128 --template chat
 
 Items are synthesised deterministically from ``--seed`` (instructions and responses of 20-200 tokens).
@@ -20,11 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 
 
 def pseudo_words(count: int, seed: int = 0) -> list[str]:
@@ -46,35 +41,26 @@ def build_random_llama(
     intermediate_size: int = 688,
     seed: int = 0,
 ) -> Path:
-    """Save a random-weight Llama and a byte-level BPE tokenizer (BOS added, chat template) to ``path``.
+    """Save a random-weight Llama and its byte-level BPE tokenizer (BOS added, chat template) to ``path``.
 
-    The tokenizer is trained on pseudo-words and has <s>, </s> and <pad>; its vocabulary may come out
-    a little smaller than ``vocab_size``, and the model's vocabulary matches the tokenizer's.
+    The tokenizer is :func:`evolforge.tiny.train_tokenizer`'s (the pipeline's tiny model uses it too),
+    trained on pseudo-words; its vocabulary may come out a little smaller than ``vocab_size``, and the
+    model's vocabulary matches the tokenizer's.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evolforge.tiny import train_tokenizer
 
     path = Path(path)
     rng = random.Random(seed)
     words = pseudo_words(max(200, vocab_size // 2), seed)
-    corpus = [" ".join(rng.choice(words) for _ in range(20)) for _ in range(2000)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    bpe.train_from_iterator(corpus, trainer)
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer = train_tokenizer([" ".join(rng.choice(words) for _ in range(20)) for _ in range(2000)], vocab_size)
     tokenizer.save_pretrained(path)
-
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,
-        max_position_embeddings=2048, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)
@@ -111,7 +97,10 @@ def main() -> None:
     parser.add_argument("--template", choices=["raw", "chat"], default="raw")
     parser.add_argument("--dtype", default="auto", help="auto = bf16 on GPU, fp32 on CPU")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from evolforge.scoring import ifd_scores, load_scorer, reference_ifd_scores
 

@@ -108,14 +108,15 @@ def test_raw_template_token_layout(scorer):
 def test_chat_template_pieces_and_counts(scorer):
     model, tokenizer = scorer
     prompt, answer = chat_texts(tokenizer, "Add 2 and 3.", "5")
-    assert prompt == "<s><|user|>\nAdd 2 and 3.</s>\n<|assistant|>\n"
-    assert answer == "5</s>\n"
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    assert prompt == f"{bos}<|user|>\nAdd 2 and 3.{eos}\n<|assistant|>\n"
+    assert answer == f"5{eos}\n"
     scores = ifd_scores(model, tokenizer, ["Add 2 and 3."], None, ["5"], template="chat", progress=False)
     prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
     assert scores["n_tokens_instruction"][0] == prompt_tokens - 1  # the first (BOS) is never predicted
     assert scores["n_tokens_response_given_instruction"][0] == answer_tokens
-    assert scores["n_tokens_response"][0] == answer_tokens  # the same tokens, after "<s><|assistant|>\n"
+    assert scores["n_tokens_response"][0] == answer_tokens  # the same tokens, after BOS + "<|assistant|>\n"
 
 
 class BigramModel(torch.nn.Module):

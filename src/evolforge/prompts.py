@@ -41,7 +41,7 @@ class PromptLibrary:
         """sha256 of the template source, first 16 hex digits."""
         return hashlib.sha256(self.source(name).encode("utf-8")).hexdigest()[:16]
 
-    def render(self, name: str, **variables) -> str:
+    def render(self, name: str, /, **variables) -> str:
         try:
             return self.env.get_template(name).render(**variables).strip()
         except jinja2.UndefinedError as err:

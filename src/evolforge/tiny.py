@@ -226,7 +226,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TinyConfig, log: Callable
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        curve.append({"step": step + 1, "loss": round(float(loss), 6)})
+        curve.append({"step": step + 1, "loss": round(loss.item(), 6)})
     model.eval()
     log(f"tiny model: {cfg.steps} steps, final loss {curve[-1]['loss']:.3f}")
     return curve

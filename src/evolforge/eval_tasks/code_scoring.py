@@ -1,0 +1,109 @@
+"""HumanEval and MBPP pass@1 through :mod:`evolforge.sandbox`, for the task configs in ``tasks/``.
+
+The harness's own ``humaneval`` / ``mbpp`` tasks score with the Hugging Face ``evaluate`` metric
+``code_eval``: a script downloaded from the hub at import time, run in-process threads with no memory,
+network or filesystem isolation, behind ``HF_ALLOW_CODE_EVAL=1``. The ``evolforge_humaneval`` and
+``evolforge_mbpp`` tasks keep those tasks' prompts (the ``*_instruct`` variants: chat models answer inside
+a prefilled code fence) and replace the scoring: each candidate program, with its tests, runs in its own
+sandboxed subprocess.
+
+Two switches, both set by :func:`evolforge.evaluate.evaluate` for the duration of a run:
+
+- ``EVOLFORGE_ALLOW_CODE_EXECUTION=1`` must be set, or scoring refuses to run model code at all;
+- ``EVOLFORGE_SANDBOX_TIMEOUT_S`` (default 10) and ``EVOLFORGE_SANDBOX_MEMORY_MB`` (default 512) are the
+  per-program limits.
+
+pass@1 with one greedy sample per problem is the fraction of problems whose program passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from evolforge.sandbox import run_untrusted
+
+log = logging.getLogger(__name__)
+
+ALLOW_ENV = "EVOLFORGE_ALLOW_CODE_EXECUTION"
+TIMEOUT_ENV = "EVOLFORGE_SANDBOX_TIMEOUT_S"
+MEMORY_ENV = "EVOLFORGE_SANDBOX_MEMORY_MB"
+FENCE = "```"
+
+
+def _code_in_open_fence(response: str) -> str:
+    """The code a model wrote after a prefilled ```python fence: everything up to the closing fence.
+
+    (The harness's ``mbpp.utils.extract_code_blocks`` prepends a fence and matches ``(?:\\w+)?``
+    as the language tag, which swallows a leading ``def`` or ``import``; this does not.)
+    """
+    if response.lstrip().startswith(FENCE):  # the model opened a fence of its own anyway
+        response = response.lstrip()[len(FENCE):].split("\n", 1)[-1]
+    end = response.find(FENCE)
+    return response if end == -1 else response[:end]
+
+
+def humaneval_predictions(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """Filter: the full function, i.e. the problem's prompt (signature + docstring) + the model's body."""
+    return [[doc["prompt"] + _code_in_open_fence(r) for r in resp] for resp, doc in zip(resps, docs)]
+
+
+def mbpp_predictions(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    return [[_code_in_open_fence(r) for r in resp] for resp in resps]
+
+
+def _first(results) -> str:
+    """process_results gets one entry per request; a custom filter keeps each entry a list."""
+    while isinstance(results, (list, tuple)):
+        results = results[0]
+    return results
+
+
+def score_program(program: str) -> float:
+    """1.0 when the program (candidate + tests) runs to its end in the sandbox, else 0.0."""
+    if os.environ.get(ALLOW_ENV) != "1":
+        raise RuntimeError(f"refusing to execute model-written code: {ALLOW_ENV}=1 is not set "
+                           "(evaluate.allow_code_execution is false)")
+    result = run_untrusted(program, timeout_s=float(os.environ.get(TIMEOUT_ENV, "10")),
+                           memory_mb=int(os.environ.get(MEMORY_ENV, "512")))
+    if not result.passed:
+        log.debug("sandbox %s: %s", result.status, result.stderr[-300:])
+    return float(result.passed)
+
+
+def humaneval_process_results(doc: dict, results: list) -> dict[str, float]:
+    program = f"{_first(results)}\n{doc['test']}\ncheck({doc['entry_point']})\n"
+    return {"pass@1": score_program(program)}
+
+
+def mbpp_process_results(doc: dict, results: list) -> dict[str, float]:
+    setup = doc.get("test_setup_code") or ""
+    program = "\n".join([setup, _first(results), *doc["test_list"]]) + "\n"
+    return {"pass@1": score_program(program)}
+
+
+def mbpp_fewshot_samples() -> list[dict]:
+    """The three MBPP prompt-split examples that the harness's ``mbpp_instruct`` uses as shots."""
+    return [
+        {"task_id": 2, "text": "Write a function to find the similar elements from the given two tuple lists.",
+         "code": "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
+                 "  return (res) ",
+         "test_list": ["assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
+                       "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)",
+                       "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)"],
+         "is_fewshot": True},
+        {"task_id": 3, "text": "Write a python function to identify non-prime numbers.",
+         "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n    for i in range(2,int(math.sqrt(n)) + 1):"
+                 "\r\n        if n % i == 0:\r\n            result = True\r\n    return result",
+         "test_list": ["assert is_not_prime(2) == False", "assert is_not_prime(10) == True",
+                       "assert is_not_prime(35) == True"],
+         "is_fewshot": True},
+        {"task_id": 4, "text": "Write a function to find the largest integers from a given list of numbers using heap "
+                               "queue algorithm.",
+         "code": "import heapq as hq\r\ndef heap_queue_largest(nums,n):\r\n  largest_nums = hq.nlargest(n, nums)\r\n"
+                 "  return largest_nums",
+         "test_list": ["assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] ",
+                       "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] ",
+                       "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]"],
+         "is_fewshot": True},
+    ]

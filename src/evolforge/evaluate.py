@@ -1,0 +1,315 @@
+"""Benchmark a base and a fine-tuned model with lm-evaluation-harness; one flat metrics dict per model.
+
+    >>> report = evaluate({"base": "Qwen/Qwen2.5-0.5B-Instruct", "finetuned": "models/finetuned"},
+    ...                   "eval/samples", suite="hub", limit=50)           # doctest: +SKIP
+    >>> report["finetuned"]["gsm8k/exact_match_flexible"]                 # doctest: +SKIP
+    0.42
+
+Benchmarks (``tasks``) are named ``ifeval``, ``gsm8k``, ``math``, ``humaneval``, ``mbpp``; ``suite`` picks
+which harness tasks they mean (:data:`evolforge.eval_tasks.SUITES`): ``offline`` (the project's own few
+items in each benchmark's format, scored by the same code; runs with no network) or ``hub`` (the real
+benchmarks). Any other name in ``tasks`` is passed to the harness as a task name as it is.
+
+Metrics, as ``<benchmark>/<metric>``: ``ifeval/{prompt,inst}_level_{strict,loose}_acc``,
+``gsm8k/exact_match_{strict,flexible}``, ``math/exact_match`` (math_verify) and
+``math/exact_match_original`` (Minerva normaliser), ``humaneval/pass@1``, ``mbpp/pass@1``, and
+``<benchmark>/n`` (problems scored). HumanEval and MBPP run model-written code only with
+``allow_code_execution=True``, each program in :mod:`evolforge.sandbox`; otherwise they are skipped and
+listed under ``"skipped"`` (never scored 0).
+
+Models: a hub id, a local model folder, or a LoRA adapter folder (``adapter_config.json``; evaluated as
+``pretrained=<its base model>,peft=<folder>``, or ``lora_local_path`` with vLLM). Backends: ``hf``,
+``vllm`` (GPU extra), ``local-chat-completions`` (an OpenAI-compatible server: each model value is the
+served model name, ``backend_args={"base_url": "http://host:port/v1/chat/completions"}``), or any model
+name registered with ``lm_eval.api.registry.register_model``.
+
+Outputs under ``out_dir``: ``<label>/<benchmark>.jsonl`` (every scored sample: prompt, raw and filtered
+responses, target, per-sample metrics) and ``<label>/results.json`` (the harness's results with task
+configs, versions and shots).
+
+What downloads on first use (``suite: hub``; the offline suite downloads nothing):
+
+- datasets: ``google/IFEval``, ``openai/gsm8k`` (main), ``HuggingFaceH4/MATH-500``,
+  ``openai/openai_humaneval``, ``google-research-datasets/mbpp`` (full), into the Hugging Face cache;
+- the base model (hub id) into the Hugging Face cache;
+- NLTK ``punkt_tab`` (IFEval's sentence-count and capital-word checkers), into ``~/nltk_data``: the
+  harness tries to download it when IFEval is imported; a hub run stops before generating if it is missing;
+- nothing else: the code tasks do not use the ``code_eval`` metric script.
+
+Pre-fetch on a connected machine, then copy ``~/.cache/huggingface`` and ``~/nltk_data`` (or point
+``HF_HOME`` / ``NLTK_DATA`` at the copies) to the offline GPU box and run with ``HF_HUB_OFFLINE=1
+HF_DATASETS_OFFLINE=1``::
+
+    hf download --repo-type dataset google/IFEval
+    hf download --repo-type dataset openai/gsm8k
+    hf download --repo-type dataset HuggingFaceH4/MATH-500
+    hf download --repo-type dataset openai/openai_humaneval
+    hf download --repo-type dataset google-research-datasets/mbpp
+    hf download Qwen/Qwen2.5-0.5B-Instruct            # the base model named in params.yaml
+    python -m nltk.downloader punkt_tab
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from evolforge.eval_tasks import CODE_BENCHMARKS, SUITES, write_suite
+from evolforge.eval_tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
+from evolforge.modeling import is_local, pick_device, pick_dtype
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")
+BACKENDS = ("hf", "vllm", "local-chat-completions")
+# Shorter metric names for filters that split one metric in two; other filters are dropped from the name.
+FILTER_SUFFIX = {"strict-match": "strict", "flexible-extract": "flexible"}
+# Results fields that are bookkeeping, not metrics.
+_NOT_METRICS = {"alias", "name", "sample_len", "samples"}
+
+
+def resolve_tasks(tasks: Sequence[str], suite: str, allow_code_execution: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """Benchmark names -> harness task names for ``suite``, and the benchmarks skipped (with the reason)."""
+    if suite not in SUITES:
+        raise ValueError(f"evaluate.suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    selected, skipped = {}, {}
+    for name in tasks:
+        if name in CODE_BENCHMARKS and not allow_code_execution:
+            skipped[name] = "allow_code_execution is false: model-written code is not run"
+            log.warning("skipping %s: it scores by running model-written code, and evaluate.allow_code_execution "
+                        "is false (set it to true to run each program in the sandbox)", name)
+            continue
+        selected[name] = SUITES[suite].get(name, name)
+    return selected, skipped
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a LoRA adapter folder, or None when ``path`` is not one."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+
+
+def model_args(model: str | Mapping[str, Any], backend: str, *, dtype: str = "auto", device: str = "auto",
+               revision: str | None = None, backend_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The harness's ``model_args`` for one model. A mapping is taken as the full model_args as it is."""
+    if isinstance(model, Mapping):
+        return {**(backend_args or {}), **model}
+    args: dict[str, Any] = {}
+    base = adapter_base(model)
+    if backend in ("hf", "vllm"):
+        args["pretrained"] = base or model
+        if revision and not is_local(base or model):
+            args["revision"] = revision
+        args["dtype"] = str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")
+        if base and backend == "hf":
+            args["peft"] = model
+        elif base:
+            args["lora_local_path"] = model
+            rank = json.loads((Path(model) / "adapter_config.json").read_text(encoding="utf-8")).get("r", 16)
+            args["max_lora_rank"] = max(16, int(rank))
+    elif backend == "local-chat-completions":
+        if base:
+            raise ValueError(f"{model} is a LoRA adapter; serve it (e.g. vllm serve --lora-modules) and name the "
+                             "served model instead")
+        args = {"model": model, "tokenized_requests": False, "num_concurrent": 1, "max_retries": 3}
+    else:  # any other registered harness model
+        args["pretrained"] = model
+    return {**args, **(backend_args or {})}
+
+
+def flatten_metrics(results: dict, benchmark: str, harness_task: str) -> dict[str, float]:
+    """``{"exact_match,strict-match": 0.5, ...}`` of one task (or group) -> ``{"gsm8k/exact_match_strict": 0.5}``."""
+    entry = results["results"][harness_task]
+    keys = [k for k in entry if "," in k and k.split(",")[0] not in _NOT_METRICS]
+    filters = {k.split(",", 1)[1] for k in keys if not k.split(",")[0].endswith("_stderr")}
+    flat = {}
+    for key in keys:
+        metric, filt = key.split(",", 1)
+        value = entry[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue  # "N/A" stderr when no bootstrap was run
+        suffix = ""
+        if filt != "none" and len(filters) > 1:
+            suffix = "_" + FILTER_SUFFIX.get(filt, filt)
+        if metric.endswith("_stderr"):
+            name = f"{benchmark}/{metric.removesuffix('_stderr')}{suffix}_stderr"
+        else:
+            name = f"{benchmark}/{metric}{suffix}"
+        flat[name] = float(value)
+    return flat
+
+
+def _leaf_tasks(results: dict, name: str) -> list[str]:
+    children = results.get("group_subtasks", {}).get(name)
+    if not children:
+        return [name]
+    return [leaf for child in children for leaf in _leaf_tasks(results, child)]
+
+
+def _check_nltk(harness_tasks: Sequence[str]) -> None:
+    """The hub IFEval checkers need NLTK's punkt_tab; fail before hours of generation, not after."""
+    if not any("ifeval" in t and not t.startswith("evolforge_offline") for t in harness_tasks):
+        return
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+    except LookupError:
+        raise RuntimeError("IFEval needs the NLTK data package punkt_tab, which is not installed: run "
+                           "`python -m nltk.downloader punkt_tab` on a connected machine (copy ~/nltk_data "
+                           "to this one, or set NLTK_DATA)") from None
+
+
+def _check_sandboxed(task_manager, harness_tasks: Sequence[str]) -> None:
+    """Tasks that execute code must be ours (sandboxed), never the harness's code_eval ones."""
+    loaded = task_manager.load(list(harness_tasks))
+    unsafe = [name for name, task in loaded["tasks"].items()
+              if task.config.unsafe_code and not name.startswith("evolforge_")]
+    if unsafe:
+        raise ValueError(f"tasks {unsafe} execute model code outside evolforge's sandbox (the harness's code_eval); "
+                         "use the benchmarks humaneval / mbpp instead")
+
+
+@contextmanager
+def _code_execution_env(allow: bool, timeout_s: float, memory_mb: int) -> Iterator[None]:
+    """The switches code_scoring reads, set for the duration of one evaluation and then restored."""
+    values = {ALLOW_ENV: "1" if allow else "0", TIMEOUT_ENV: str(timeout_s), MEMORY_ENV: str(memory_mb)}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _write_samples(results: dict, benchmarks: Mapping[str, str], label_dir: Path) -> dict[str, int]:
+    """One JSONL per benchmark (all its subtasks); returns the number of problems scored per benchmark."""
+    from lm_eval.utils import handle_non_serializable
+
+    counts = {}
+    for benchmark, harness_task in benchmarks.items():
+        problems = set()
+        with open(label_dir / f"{benchmark}.jsonl", "w", encoding="utf-8") as f:
+            for leaf in _leaf_tasks(results, harness_task):
+                for sample in results.get("samples", {}).get(leaf, []):
+                    problems.add((leaf, sample["doc_id"]))
+                    line = {"task": leaf, **sample}
+                    f.write(json.dumps(line, default=handle_non_serializable, ensure_ascii=False) + "\n")
+        counts[benchmark] = len(problems)
+    return counts
+
+
+def _results_record(results: dict) -> dict:
+    """The harness's results without samples and without run-to-run noise (dates, hosts, git)."""
+    keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
+            "config", "lm_eval_version", "transformers_version")
+    return {k: results[k] for k in keep if k in results}
+
+
+def evaluate(
+    models: Mapping[str, str | Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    suite: str = "offline",
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    backend: str = "hf",
+    limit: int | float | None = None,
+    apply_chat_template: bool | str = True,
+    system_instruction: str | None = None,
+    num_fewshot: int | None = None,
+    gen_kwargs: Mapping[str, Any] | None = None,
+    batch_size: int | str = 1,
+    dtype: str = "auto",
+    device: str = "auto",
+    revision: str | None = None,
+    backend_args: Mapping[str, Any] | None = None,
+    allow_code_execution: bool = False,
+    sandbox_timeout_s: float = 10.0,
+    sandbox_memory_mb: int = 512,
+    bootstrap_iters: int = 0,
+    seed: int = 1234,
+) -> dict[str, dict]:
+    """Evaluate each model (label -> hub id / folder / adapter) on ``tasks``; return flat metrics per label.
+
+    The result is ``{label: {"<benchmark>/<metric>": value, ...}, ..., "skipped": {benchmark: reason}}``.
+    ``out_dir`` is rewritten in full (written beside it, then renamed into place).
+    ``limit``: problems per task (an int) or a fraction; ``gen_kwargs`` override the tasks' generation
+    settings (e.g. ``{"max_gen_toks": 1024}``); ``revision`` pins hub models; ``bootstrap_iters`` > 0 adds
+    ``..._stderr`` entries.
+    """
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    if "skipped" in models:
+        raise ValueError("'skipped' is reserved in the result; name the model something else")
+    if backend == "local-chat-completions" and not apply_chat_template:
+        raise ValueError("the local-chat-completions backend sends chat messages: apply_chat_template must be true")
+    benchmarks, skipped = resolve_tasks(tasks, suite, allow_code_execution)
+    report: dict[str, dict] = {}
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if allow_code_execution and any(b in CODE_BENCHMARKS for b in benchmarks):
+        from evolforge.sandbox import isolation
+
+        log.info("code benchmarks run in the sandbox, limits %ss / %s MiB, isolation %s",
+                 sandbox_timeout_s, sandbox_memory_mb, isolation())
+    with tempfile.TemporaryDirectory(prefix="evolforge-tasks-") as suite_dir, \
+            _code_execution_env(allow_code_execution, sandbox_timeout_s, sandbox_memory_mb):
+        task_manager = TaskManager(include_path=str(write_suite(suite_dir)))
+        if benchmarks:
+            _check_nltk(list(benchmarks.values()))
+            _check_sandboxed(task_manager, list(benchmarks.values()))
+        for label, model in models.items():
+            report[label] = {}
+            if not benchmarks:
+                continue
+            args = model_args(model, backend, dtype=dtype, device=device, revision=revision, backend_args=backend_args)
+            log.info("evaluating %s (%s, %s) on %s", label, backend, args, ", ".join(benchmarks.values()))
+            results = lm_eval.simple_evaluate(
+                model=backend, model_args=args, tasks=list(benchmarks.values()), task_manager=task_manager,
+                limit=limit, batch_size=batch_size, device=pick_device(device) if backend == "hf" else None,
+                apply_chat_template=apply_chat_template, fewshot_as_multiturn=bool(apply_chat_template),
+                system_instruction=system_instruction, num_fewshot=num_fewshot,
+                gen_kwargs=dict(gen_kwargs) if gen_kwargs else None, log_samples=True,
+                bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=allow_code_execution,
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            )
+            label_dir = staging / label
+            label_dir.mkdir()
+            counts = _write_samples(results, benchmarks, label_dir)
+            with open(label_dir / "results.json", "w", encoding="utf-8") as f:
+                from lm_eval.utils import handle_non_serializable
+
+                json.dump(_results_record(results), f, indent=2, default=handle_non_serializable, ensure_ascii=False)
+            for benchmark, harness_task in benchmarks.items():
+                report[label].update(flatten_metrics(results, benchmark, harness_task))
+                report[label][f"{benchmark}/n"] = counts[benchmark]
+            del results
+            gc.collect()
+            _free_accelerator_memory()
+    report["skipped"] = skipped
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return report
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,89 @@
+"""Difficulty judging (SLM paper): a five-label level and a 0-100 score per instruction from the judge role.
+
+Two score prompts exist: ``paper`` (the paper's figure, same layout as the level prompt) and ``code``
+(the reference code's wording); which one was used is recorded per row. An answer that does not parse
+stays null, with its raw text and a reason: never an invented value.
+
+>>> parse_level(" Hard\\n")
+('hard', None)
+>>> parse_score("It is fairly hard.")
+(None, 'not_a_number')
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from evolforge.llm import LLM, Role
+from evolforge.prompts import PromptLibrary
+
+LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
+LEVEL_TEMPLATE = "judge/difficulty_level.j2"
+SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
+_NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
+
+
+def parse_level(text: str) -> tuple[str | None, str | None]:
+    """Exactly one of the five labels (case, surrounding quotes and a final period forgiven)."""
+    cleaned = text.strip().strip("'\"`").rstrip(".").strip().lower()
+    if cleaned in LEVELS:
+        return cleaned, None
+    return None, "not_a_level" if cleaned else "empty"
+
+
+def parse_score(text: str) -> tuple[float | None, str | None]:
+    """A bare number in [0, 100]."""
+    cleaned = text.strip().rstrip(".")
+    if not cleaned:
+        return None, "empty"
+    if not _NUMBER.match(cleaned):
+        return None, "not_a_number"
+    value = float(cleaned)
+    if not 0 <= value <= 100:
+        return None, "out_of_range"
+    return value, None
+
+
+def query_text(instruction: str, input_text: str) -> str:
+    return f"{instruction}\n{input_text}" if input_text else instruction
+
+
+def judge(items: pl.DataFrame, llm: LLM, role: Role, prompts: PromptLibrary, score_prompt: str = "paper",
+          max_tokens: int | None = None) -> pl.DataFrame:
+    """Add difficulty_level / difficulty_score (+ raw answers, parse reasons, prompt variant) to ``items``."""
+    if score_prompt not in SCORE_TEMPLATES:
+        raise ValueError(f"params.yaml judge.score_prompt: {score_prompt!r} is not one of {sorted(SCORE_TEMPLATES)}")
+    queries = [query_text(q, x) for q, x in zip(items["instruction"].to_list(), items["input"].to_list())]
+
+    def ask(template: str, desc: str) -> list[str]:
+        requests = [role.request([{"role": "user", "content": prompts.render(template, query=q)}],
+                                 temperature=0.0, max_tokens=max_tokens) for q in queries]
+        return llm.complete(requests, desc=desc)
+
+    level_raw = ask(LEVEL_TEMPLATE, "judge level")
+    score_raw = ask(SCORE_TEMPLATES[score_prompt], "judge score")
+    levels = [parse_level(t) for t in level_raw]
+    scores = [parse_score(t) for t in score_raw]
+    return items.with_columns(
+        difficulty_level=pl.Series([v for v, _ in levels], dtype=pl.String),
+        difficulty_level_reason=pl.Series([r for _, r in levels], dtype=pl.String),
+        difficulty_level_raw=pl.Series(level_raw, dtype=pl.String),
+        difficulty_score=pl.Series([v for v, _ in scores], dtype=pl.Float64),
+        difficulty_score_reason=pl.Series([r for _, r in scores], dtype=pl.String),
+        difficulty_score_raw=pl.Series(score_raw, dtype=pl.String),
+        score_prompt=pl.lit(score_prompt),
+    )
+
+
+def level_distribution(table: pl.DataFrame) -> list[dict]:
+    """Share of each level per round (the SLM paper's Figure 2); unparsed answers are left out."""
+    rows = []
+    for (rnd,), part in table.group_by(["round"], maintain_order=True):
+        parsed = part.filter(pl.col("difficulty_level").is_not_null())
+        for level in LEVELS:
+            n = int((parsed["difficulty_level"] == level).sum())
+            rows.append({"round": int(rnd), "level": level, "count": n,
+                         "share": n / parsed.height if parsed.height else 0.0})
+    return sorted(rows, key=lambda r: (r["round"], LEVELS.index(r["level"])))

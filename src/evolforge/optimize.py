@@ -1,0 +1,306 @@
+"""Auto Evol-Instruct: optimize the evolving method on a development set (ALGORITHMS.md section 4.4).
+
+One step t, starting from the current method e_{t-1}:
+
+1. sample a mini-batch from the pool and evolve it ``trajectory_rounds`` times with e_{t-1} -> the
+   trajectory ``[{"id": k, "stage0": x, "stage1": e(x), ...}]`` (JSON, as the reference code builds it);
+2. ``candidates`` (m) independent optimizer conversations: user = analysis prompt -> feedback, then, in
+   the same conversation, user = optimization prompt with e_{t-1} -> an answer holding
+   ```` ```Optimized Method ... ``` ````; sample ``j`` uses ``sample_index=j``, so the m samples differ
+   and each is still cached on its own;
+3. every candidate that parses evolves the whole development set; the evolver (temperature 0) answers
+   each evolved instruction and the failure function F counts failures: the evol failure rate
+   lambda = failures / dev size. A missing ``#Finally Rewritten Instruction#`` is a failure without a response;
+4. a selection rule picks e_t (or keeps e_{t-1}).
+
+Selection rules (``optimize.selection``):
+
+- ``lowest_failure`` (paper): e_t is the candidate with the lowest lambda (ties: the lower sample
+  index), even when it is worse than e_{t-1}: the paper always moves to the step's best candidate. The
+  *result* is the method with the lowest lambda seen (the initial one included; a later method must be
+  strictly lower to replace it).
+- ``no_regression`` (reference code): success = 1 - lambda; score = success x (mean characters of the
+  responses / mean characters of the evolved instructions), both over the items that parsed. Candidates
+  are tried by score, highest first (ties: lower index); the first with success >= and score >= those
+  of e_{t-1} becomes e_t, otherwise e_{t-1} is kept. The result is e_t after the last step (it never
+  has a higher lambda than an earlier e_t).
+
+The development set is fixed across steps and disjoint from the mini-batch pool, so the current
+method's rate is measured once and carried (re-scoring it would repeat the same cached calls).
+Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
+``patience`` consecutive steps (``patience`` 0 or null: never early).
+
+Trajectory stages whose answer lacks the final-instruction marker keep the raw answer (stripped), as
+the reference code does: the optimizer then sees the broken output it is meant to analyse, and the
+next round evolves that text. Such stages are listed in the step's log (``trajectory_unparsed``).
+
+>>> parse_optimized_method("Sure.\\n```Optimized Method\\nStep 1: list methods.\\n```")
+('Step 1: list methods.', None)
+>>> parse_optimized_method("I have improved the method.")
+(None, 'no ```Optimized Method``` block')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from evolforge import failures
+from evolforge.evolve import evolve_with_method
+from evolforge.llm import LLM, Role
+from evolforge.prompts import PromptLibrary
+from evolforge.respond import respond
+
+INITIAL_TEMPLATES = {"initial": "optimize/initial_method.j2", "weak": "optimize/weak_method.j2"}
+ANALYSIS_TEMPLATE = "optimize/analysis.j2"
+OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
+SELECTIONS = ("lowest_failure", "no_regression")
+
+_OPTIMIZED = re.compile(r"```Optimized Method([\s\S]*?)```")
+_PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
+
+
+@dataclass
+class OptimizeSettings:
+    """``params.yaml optimize``; paper values in ALGORITHMS.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
+
+    initial_method: str = "initial"
+    steps: int = 10
+    candidates: int = 5
+    batch_size: int = 10
+    dev_size: int = 50
+    trajectory_rounds: int = 1
+    patience: int | None = 1
+    selection: str = "lowest_failure"
+    evolver_temperature: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, cfg: dict[str, Any]) -> "OptimizeSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"params.yaml optimize: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        s = cls(**cfg)
+        if s.initial_method not in INITIAL_TEMPLATES:
+            raise ValueError(f"params.yaml optimize.initial_method: {s.initial_method!r} is not one of {sorted(INITIAL_TEMPLATES)}")
+        if s.selection not in SELECTIONS:
+            raise ValueError(f"params.yaml optimize.selection: {s.selection!r} is not one of {SELECTIONS}")
+        for name in ("candidates", "batch_size", "dev_size", "trajectory_rounds"):
+            if int(getattr(s, name)) < 1:
+                raise ValueError(f"params.yaml optimize.{name}: must be at least 1, got {getattr(s, name)!r}")
+        if int(s.steps) < 0:
+            raise ValueError(f"params.yaml optimize.steps: must be 0 or more, got {s.steps!r}")
+        return s
+
+
+@dataclass
+class MethodScore:
+    """How one method does on the development set."""
+
+    failure_rate: float  # lambda = failures / dev size
+    failures: int  # missing marker + responses caught by F
+    missing_marker: int  # evolved answers without #Finally Rewritten Instruction#
+    success: float  # 1 - failure_rate
+    score: float  # success x mean response chars / mean evolved-instruction chars (reference code)
+
+
+@dataclass
+class Candidate:
+    """One optimizer sample: its feedback, its raw answer and, when it parsed, the method and its score."""
+
+    index: int  # = sample_index of both optimizer calls
+    feedback: str
+    answer: str
+    method: str | None
+    parse_error: str | None
+    dev: MethodScore | None = None
+
+
+@dataclass
+class OptimizeResult:
+    method: str  # the result: the best method (see the selection rules above)
+    initial_method: str
+    initial: MethodScore
+    best: MethodScore
+    log: list[dict] = field(default_factory=list)  # one row per step run
+    stop_reason: str = "steps"  # "steps" | "patience"
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.log)
+
+
+def initial_method_text(prompts: PromptLibrary, which: str) -> str:
+    """The starting method: the paper's initial method (Fig. 2) or its weak baseline (Fig. 9)."""
+    if which not in INITIAL_TEMPLATES:
+        raise ValueError(f"params.yaml optimize.initial_method: {which!r} is not one of {sorted(INITIAL_TEMPLATES)}")
+    return prompts.render(INITIAL_TEMPLATES[which])
+
+
+def parse_optimized_method(text: str) -> tuple[str | None, str | None]:
+    """The first non-empty fenced ```` ```Optimized Method ``` ```` block -> (method, None), or (None, reason)."""
+    blocks = [b.strip() for b in _OPTIMIZED.findall(text)]
+    if not blocks:
+        return None, "no ```Optimized Method``` block"
+    for block in blocks:
+        if block and block != _PLACEHOLDER:
+            return block, None
+    return None, "empty ```Optimized Method``` block"
+
+
+def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """A seeded development set of ``dev_size`` items and the rest as the mini-batch pool (disjoint)."""
+    if len(items) < dev_size + batch_size:
+        raise ValueError(
+            f"optimize: the seed has {len(items)} items, too few for a development set of {dev_size} "
+            f"(params.yaml optimize.dev_size) plus a mini-batch of {batch_size} (optimize.batch_size) "
+            f"from the remaining items; lower them or use a larger seed")
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    return [items[i] for i in order[:dev_size]], [items[i] for i in order[dev_size:]]
+
+
+def build_trajectory(evolver: LLM, role: Role, prompts: PromptLibrary, instructions: list[str], method: str,
+                     *, rounds: int, temperature: float) -> tuple[list[dict], list[dict]]:
+    """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of unparsed stages])."""
+    cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
+    unparsed = []
+    current = list(instructions)
+    for r in range(1, rounds + 1):
+        results = evolve_with_method(evolver, role, prompts, current, method, temperature=temperature,
+                                     desc=f"trajectory round {r}")
+        for case, (parsed, raw) in zip(cases, results):
+            if parsed is None:
+                unparsed.append({"id": case["id"], "round": r})
+            case[f"stage{r}"] = parsed if parsed is not None else raw.strip()
+        current = [case[f"stage{r}"] for case in cases]
+    return cases, unparsed
+
+
+def score_method(evolver: LLM, role: Role, prompts: PromptLibrary, dev: list[dict], method: str,
+                 *, temperature: float, desc: str = "dev") -> MethodScore:
+    """Evolve the development set with ``method``, answer each evolved instruction, count F failures."""
+    evolved = evolve_with_method(evolver, role, prompts, [d["instruction"] for d in dev], method,
+                                 temperature=temperature, desc=f"{desc}: evolve")
+    answered = [(d, parsed) for d, (parsed, _) in zip(dev, evolved) if parsed is not None]
+    responses = respond(evolver, role, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
+                        desc=f"{desc}: respond", temperature=0.0) if answered else []
+    missing = len(dev) - len(answered)
+    fails = missing + sum(failures.auto_evol_failure(r) for r in responses)
+    rate = fails / len(dev)
+    ratio = 0.0
+    if answered:
+        mean_instruction = sum(len(q) for _, q in answered) / len(answered)
+        mean_response = sum(len(r) for r in responses) / len(responses)
+        ratio = mean_response / mean_instruction if mean_instruction else 0.0
+    return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing, success=1.0 - rate,
+                       score=(1.0 - rate) * ratio)
+
+
+def propose_methods(optimizer: LLM, role: Role, prompts: PromptLibrary, trajectory: list[dict], method: str,
+                    *, candidates: int) -> list[Candidate]:
+    """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns."""
+    analysis = {"role": "user", "content": prompts.render(
+        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
+    feedbacks = optimizer.complete([role.request([analysis], sample_index=j) for j in range(candidates)],
+                                   desc="optimizer: analysis")
+    optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
+    answers = optimizer.complete(
+        [role.request([analysis, {"role": "assistant", "content": f}, optimization], sample_index=j)
+         for j, f in enumerate(feedbacks)], desc="optimizer: optimization")
+    out = []
+    for j, (feedback, answer) in enumerate(zip(feedbacks, answers)):
+        parsed, error = parse_optimized_method(answer)
+        out.append(Candidate(index=j, feedback=feedback, answer=answer, method=parsed, parse_error=error))
+    return out
+
+
+def select_candidate(candidates: list[Candidate], current: MethodScore, selection: str) -> int | None:
+    """Index of the candidate that becomes the current method, or None to keep it (rules: module doc)."""
+    scored = [c for c in candidates if c.dev is not None]
+    if not scored:
+        return None
+    if selection == "lowest_failure":
+        return min(scored, key=lambda c: (c.dev.failure_rate, c.index)).index
+    if selection == "no_regression":
+        for c in sorted(scored, key=lambda c: (-c.dev.score, c.index)):
+            if c.dev.success >= current.success and c.dev.score >= current.score:
+                return c.index
+        return None
+    raise ValueError(f"params.yaml optimize.selection: {selection!r} is not one of {SELECTIONS}")
+
+
+def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM, evolver_role: Role,
+                    optimizer: LLM, optimizer_role: Role, prompts: PromptLibrary, settings: OptimizeSettings,
+                    rng: random.Random) -> OptimizeResult:
+    """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items."""
+    temperature = settings.evolver_temperature
+    current_method = initial_method
+    current = score_method(evolver, evolver_role, prompts, dev, initial_method, temperature=temperature, desc="step 0")
+    result = OptimizeResult(method=initial_method, initial_method=initial_method, initial=current, best=current)
+    stale = 0  # steps since the best rate last decreased
+    for step in range(1, int(settings.steps) + 1):
+        batch = rng.sample(pool, int(settings.batch_size))
+        trajectory, unparsed = build_trajectory(evolver, evolver_role, prompts, [b["instruction"] for b in batch],
+                                                current_method, rounds=int(settings.trajectory_rounds), temperature=temperature)
+        proposals = propose_methods(optimizer, optimizer_role, prompts, trajectory, current_method,
+                                    candidates=int(settings.candidates))
+        for c in proposals:
+            if c.method is not None:
+                c.dev = score_method(evolver, evolver_role, prompts, dev, c.method, temperature=temperature,
+                                     desc=f"step {step} candidate {c.index}")
+        chosen = select_candidate(proposals, current, settings.selection)
+        method_before = current_method
+        if chosen is not None:
+            current_method, current = proposals[chosen].method, proposals[chosen].dev
+        previous_best = result.best.failure_rate
+        if settings.selection == "no_regression" or current.failure_rate < result.best.failure_rate:
+            result.method, result.best = current_method, current
+        improved = result.best.failure_rate < previous_best
+        stale = 0 if improved else stale + 1
+        result.log.append({
+            "step": step,
+            "method_before": method_before,
+            "minibatch_ids": [b["id"] for b in batch],
+            "trajectory": trajectory,
+            "trajectory_unparsed": unparsed,
+            "candidates": [dataclasses.asdict(c) for c in proposals],
+            "parse_errors": sum(c.parse_error is not None for c in proposals),
+            "chosen": chosen,
+            "current_failure_rate": current.failure_rate,
+            "best_failure_rate": result.best.failure_rate,
+            "improved": improved,
+        })
+        if settings.patience and stale >= settings.patience:
+            result.stop_reason = "patience"
+            break
+    return result
+
+
+def curve(result: OptimizeResult) -> list[dict]:
+    """Plot rows: step 0 is the initial method; each later step the current method after selection."""
+    rows = [{"step": 0, "failure_rate": result.initial.failure_rate, "best_failure_rate": result.initial.failure_rate}]
+    rows += [{"step": r["step"], "failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"]}
+             for r in result.log]
+    return rows
+
+
+def summary(result: OptimizeResult, stats: dict[str, dict[str, int]]) -> dict:
+    """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``."""
+    return {
+        "skipped": False,
+        "initial_failure_rate": result.initial.failure_rate,
+        "best_failure_rate": result.best.failure_rate,
+        "per_step": curve(result),
+        "steps_run": result.steps_run,
+        "stopped_early": result.stop_reason == "patience",
+        "stop_reason": result.stop_reason,
+        "calls": sum(s["calls"] for s in stats.values()),
+        "cache_hits": sum(s["cache_hits"] for s in stats.values()),
+        "llm": stats,
+    }

@@ -1,0 +1,59 @@
+"""judge stage: difficulty level (5 labels) and difficulty score (0-100) for every answered item.
+
+Reads:  data/responses/, params.yaml `judge` (score_prompt, max_tokens), roles `judge`
+Writes: data/judged/items.parquet (id + difficulty columns), metrics/judge.json,
+        metrics/plots/difficulty_levels.json (level shares per round)
+"""
+
+import argparse
+
+import polars as pl
+
+from evolforge import validation
+from evolforge.config import load_params, open_cache, open_role, section
+from evolforge.evolve import model_label
+from evolforge.judge import LEVEL_TEMPLATE, SCORE_TEMPLATES, judge, level_distribution
+from evolforge.prompts import PromptLibrary
+from evolforge.records import read_table, write_json, write_output
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--responses", default="data/responses")
+    ap.add_argument("--prompts", default="prompts")
+    ap.add_argument("--out", default="data/judged")
+    ap.add_argument("--metrics", default="metrics/judge.json")
+    ap.add_argument("--plot", default="metrics/plots/difficulty_levels.json")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    cfg = section(params, "judge")
+    items = read_table(args.responses)
+    validation.check(items, validation.required_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
+    prompts = PromptLibrary(args.prompts)
+    role, llm = open_role(params, "judge", open_cache(params))
+    variant = cfg.get("score_prompt", "paper")
+    table = judge(items, llm, role, prompts, score_prompt=variant, max_tokens=cfg.get("max_tokens"))
+    table = table.select("id", "round", "difficulty_level", "difficulty_level_reason", "difficulty_level_raw",
+                         "difficulty_score", "difficulty_score_reason", "difficulty_score_raw", "score_prompt")
+    validation.check(table.filter(pl.col("difficulty_score").is_not_null()), validation.between("difficulty_score", 0, 100), args.out)
+
+    per_round = {str(r): {"mean_difficulty_score": part["difficulty_score"].mean(),
+                          "levels": {l: int((part["difficulty_level"] == l).sum()) for l in ["very easy", "easy", "medium", "hard", "very hard"]}}
+                 for (r,), part in table.group_by(["round"], maintain_order=True)}
+    metrics = {"items": table.height, "score_prompt": variant,
+               "mean_difficulty_score": table["difficulty_score"].mean(),
+               "level_unparsed": int(table["difficulty_level"].is_null().sum()),
+               "score_unparsed": int(table["difficulty_score"].is_null().sum()),
+               "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+    meta = {"model": model_label(llm), "model_identity": llm.identity, "score_prompt": variant,
+            "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), SCORE_TEMPLATES[variant]: prompts.hash(SCORE_TEMPLATES[variant])}}
+    write_output(args.out, table, meta=meta)
+    write_json(args.metrics, metrics)
+    write_json(args.plot, level_distribution(table))
+    print(f"judge: {table.height} items, {metrics['level_unparsed']} levels and {metrics['score_unparsed']} scores unparsed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""optimize stage: Auto Evol-Instruct's evolving-method optimization on a development set.
+
+Reads:  data/seed (id, instruction, input), params.yaml `optimize` (initial_method, steps, candidates,
+        batch_size, dev_size, trajectory_rounds, patience, selection, evolver_temperature, seed),
+        `evolve.strategy`, roles `evolver` and `optimizer`, `cache.path`, prompts/optimize/*.j2,
+        prompts/respond/response.j2
+Writes: data/method/ (method.txt: the method to evolve with; log.jsonl: one row per step; meta.json),
+        metrics/optimize.json, metrics/plots/optimize.json (step, failure_rate, best_failure_rate)
+
+With evolve.strategy other than `auto` the stage costs nothing: method.txt is the initial method, the
+log is empty, and no model is loaded or called. Logic: src/evolforge/optimize.py.
+"""
+
+import argparse
+import dataclasses
+import random
+from pathlib import Path
+
+from evolforge.config import load_params, load_role, open_cache, open_role, section
+from evolforge.evolve import METHOD_TEMPLATE, model_label
+from evolforge.llm import LLM, open_llm
+from evolforge.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE, OptimizeSettings,
+                                initial_method_text, optimize_method, split_dev_pool, summary)
+from evolforge.prompts import PromptLibrary
+from evolforge.records import atomic_dir, read_table, write_json, write_jsonl
+from evolforge.respond import RESPONSE_TEMPLATE
+
+# Role fields that only change sampling or batching; two roles equal in all other fields share one model.
+SAMPLING_FIELDS = dict(name="", temperature=0.0, top_p=1.0, max_tokens=0, seed=0, batch_size=0)
+
+
+def open_models(params: dict) -> dict:
+    """Evolver and optimizer roles and LLMs. When both roles name the same in-process model, load it once
+    (two vLLM engines would not fit on one GPU); each role keeps its own LLM wrapper, so its own stats."""
+    cache = open_cache(params)
+    evolver_role, evolver = open_role(params, "evolver", cache)
+    optimizer_role = load_role(params, "optimizer")
+    same = dataclasses.replace(evolver_role, **SAMPLING_FIELDS) == dataclasses.replace(optimizer_role, **SAMPLING_FIELDS)
+    if same and optimizer_role.backend != "openai":
+        optimizer = LLM(evolver.backend, cache, batch_size=optimizer_role.batch_size, desc="optimizer")
+    else:
+        optimizer = open_llm(optimizer_role, cache)
+    return dict(evolver=evolver, evolver_role=evolver_role, optimizer=optimizer, optimizer_role=optimizer_role)
+
+
+def write_method(out: str, method: str, log: list[dict], meta: dict) -> None:
+    with atomic_dir(out) as tmp:
+        (tmp / "method.txt").write_text(method, encoding="utf-8")  # exact text: no added newline
+        write_jsonl(tmp / "log.jsonl", log)
+        write_json(tmp / "meta.json", meta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--seed", default="data/seed")
+    ap.add_argument("--out", default="data/method")
+    ap.add_argument("--metrics", default="metrics/optimize.json")
+    ap.add_argument("--plot", default="metrics/plots/optimize.json")
+    ap.add_argument("--prompts", default="prompts")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    settings = OptimizeSettings.from_params(section(params, "optimize"))
+    strategy = section(params, "evolve").get("strategy", "evol")
+    prompts = PromptLibrary(args.prompts)
+    initial = initial_method_text(prompts, settings.initial_method)
+    templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE,
+                 ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATE]
+    meta = {"templates": {t: prompts.hash(t) for t in templates}, "params": dataclasses.asdict(settings),
+            "evolve_strategy": strategy}
+
+    if strategy != "auto":
+        write_method(args.out, initial, [], {**meta, "skipped": True, "models": {}})
+        write_json(args.metrics, {"skipped": True, "reason": f"evolve.strategy is {strategy!r}, not 'auto'",
+                                  "steps_run": 0, "calls": 0, "cache_hits": 0})
+        write_json(args.plot, [])
+        print(f"optimize: skipped (evolve.strategy {strategy}); initial method -> {args.out}/method.txt")
+        return
+
+    seed = read_table(args.seed)
+    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
+             for r in seed.select("id", "instruction", "input").to_dicts()]
+    rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
+    dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
+    models = open_models(params)
+    result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng, **models)
+
+    meta.update(skipped=False, dev_ids=[d["id"] for d in dev],
+                models={"evolver": model_label(models["evolver"]), "optimizer": model_label(models["optimizer"])})
+    write_method(args.out, result.method, result.log, meta)
+    metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats})
+    write_json(args.metrics, metrics)
+    write_json(args.plot, metrics["per_step"])
+    print(f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
+          f"in {result.steps_run} step(s) ({result.stop_reason}) -> {Path(args.out) / 'method.txt'}")
+
+
+if __name__ == "__main__":
+    main()

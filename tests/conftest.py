@@ -1,0 +1,33 @@
+"""Shared fixtures: offline environment and a tiny model built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tests never touch the network.
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS"):
+    os.environ.setdefault(var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The project's tiny model, briefly trained (fewer steps than the shipped params: tests need its
+    code paths and formats, not its answers)."""
+    from evolforge.tiny import TinyConfig, build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model(out, REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(steps=40), log=lambda _: None)
+    return out

@@ -1,0 +1,144 @@
+"""The call cache: what goes into a key, per-batch commits, resuming a killed run, two processes at once."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from evolforge.cache import CallCache, cache_key
+from evolforge.llm import LLM, ChatRequest
+from evolforge.llm.fake import FakeBackend
+
+BASE = dict(backend="hf", model={"name": "m", "revision": "r1"}, messages=[{"role": "user", "content": "hi"}],
+            temperature=0.7, top_p=0.95, max_tokens=32, seed=1, sample_index=0)
+VARIANTS = {
+    "backend": "vllm",
+    "model": {"name": "m", "revision": "r2"},
+    "messages": [{"role": "user", "content": "hi!"}],
+    "temperature": 0.6,
+    "top_p": 0.9,
+    "max_tokens": 33,
+    "seed": 2,
+    "sample_index": 1,
+}
+
+
+@pytest.mark.parametrize("part", sorted(VARIANTS))
+def test_key_changes_with_each_part(part):
+    assert cache_key(**{**BASE, part: VARIANTS[part]}) != cache_key(**BASE)
+
+
+def test_key_ignores_everything_else():
+    same = dict(BASE, model=dict(reversed(list(BASE["model"].items()))), temperature=0.7000, max_tokens=32.0)
+    assert cache_key(**same) == cache_key(**BASE)
+    # extra keys in a message (e.g. a name a client adds) and weights hash vs revision are distinct identities
+    assert cache_key(**dict(BASE, messages=[{"role": "user", "content": "hi", "x": 1}])) == cache_key(**BASE)
+    assert cache_key(**dict(BASE, model={"name": "m", "weights_sha256": "r1"})) != cache_key(**BASE)
+
+
+def req(i: int, **kw) -> ChatRequest:
+    return ChatRequest.chat([{"role": "user", "content": f"prompt {i}"}], **kw)
+
+
+def test_llm_caches_in_order_and_counts(tmp_path):
+    fake = FakeBackend(lambda r: r.messages[0][1].upper())
+    llm = LLM(fake, CallCache(tmp_path / "c.sqlite"), batch_size=3)
+    requests = [req(i) for i in range(7)] + [req(0)]
+    out = llm.complete(requests)
+    assert out == [f"PROMPT {i}" for i in range(7)] + ["PROMPT 0"]
+    assert llm.stats == {"calls": 7, "cache_hits": 0}  # the duplicate is generated once, not twice
+    assert fake.batches == [3, 3, 1]
+
+    again = LLM(FakeBackend([]), CallCache(tmp_path / "c.sqlite"), batch_size=3)
+    assert again.complete(requests) == out
+    assert again.stats == {"calls": 0, "cache_hits": 8}
+    # a different sample index is a different call
+    fresh = LLM(FakeBackend(["other"]), CallCache(tmp_path / "c.sqlite"))
+    assert fresh.complete([req(0, sample_index=1)]) == ["other"]
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_failure_mid_run_keeps_finished_batches(tmp_path):
+    calls = []
+
+    def reply(r):
+        calls.append(r)
+        if len(calls) == 7:
+            raise Boom("backend died")
+        return "ok " + r.messages[0][1]
+
+    requests = [req(i) for i in range(10)]
+    with pytest.raises(Boom):
+        LLM(FakeBackend(reply), CallCache(tmp_path / "c.sqlite"), batch_size=3).complete(requests)
+    assert len(CallCache(tmp_path / "c.sqlite")) == 6  # two finished batches were committed
+
+    rerun = FakeBackend(lambda r: "ok " + r.messages[0][1])
+    out = LLM(rerun, CallCache(tmp_path / "c.sqlite"), batch_size=3).complete(requests)
+    assert out == [f"ok prompt {i}" for i in range(10)]
+    assert len(rerun.sent) == 4  # nothing already committed is generated again
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    from evolforge.cache import CallCache
+    from evolforge.llm import LLM, ChatRequest
+    from evolforge.llm.fake import FakeBackend
+
+    def slow(r):
+        time.sleep(0.05)
+        with open(sys.argv[2], "a") as fh:
+            fh.write(r.messages[0][1] + "\\n")
+        return "done " + r.messages[0][1]
+
+    requests = [ChatRequest.chat([{"role": "user", "content": f"prompt {i}"}]) for i in range(400)]
+    LLM(FakeBackend(slow), CallCache(sys.argv[1]), batch_size=4).complete(requests)
+""")
+
+
+def test_killed_run_repeats_no_finished_batch(tmp_path):
+    db, log = tmp_path / "c.sqlite", tmp_path / "generated.txt"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(db), str(log)])
+    deadline = time.time() + 60
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 30):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = len(CallCache(db))
+    assert 20 <= committed < 400
+
+    rerun = FakeBackend(lambda r: "done " + r.messages[0][1])
+    requests = [req(i) for i in range(400)]
+    out = LLM(rerun, CallCache(db), batch_size=4).complete(requests)
+    assert out == [f"done prompt {i}" for i in range(400)]
+    assert len(rerun.sent) == 400 - committed  # finished batches are not generated again
+    # at most the batch in flight was lost
+    assert len(log.read_text().splitlines()) - committed <= 4
+
+
+def _writer(path, worker, n):
+    cache = CallCache(path)
+    for b in range(n):
+        cache.put_many([(f"{worker}-{b}-{i}", "x", "stop", "m") for i in range(20)])
+
+
+def test_two_processes_share_the_cache(tmp_path):
+    path = tmp_path / "c.sqlite"
+    CallCache(path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 50)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(CallCache(path)) == 2 * 50 * 20

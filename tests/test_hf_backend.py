@@ -1,0 +1,65 @@
+"""The hf backend on the project's tiny model: chat template, batching, determinism, order."""
+
+from __future__ import annotations
+
+import pytest
+
+from evolforge.cache import CallCache
+from evolforge.llm import ChatRequest, Role, open_llm
+from evolforge.llm.hf import HFBackend
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return HFBackend(str(tiny_model))
+
+
+def requests(n: int, **sampling) -> list[ChatRequest]:
+    prompts = ["Name a color.", "Add 2 and 3, then explain every step of the sum in detail.", "Write a haiku.",
+               "Explain what a leap year is and why it exists.", "Give three tips for keeping a houseplant healthy."]
+    return [ChatRequest.chat([{"role": "user", "content": prompts[i % len(prompts)]}], max_tokens=24, **sampling)
+            for i in range(n)]
+
+
+def test_identical_requests_identical_outputs(backend):
+    for sampling in ({"temperature": 0.0}, {"temperature": 0.9, "top_p": 0.95, "seed": 3}):
+        first = backend.generate(requests(5, **sampling))
+        second = backend.generate(requests(5, **sampling))
+        assert [c.text for c in first] == [c.text for c in second]
+        assert all(c.finish_reason in ("stop", "length") for c in first)
+
+
+def test_output_does_not_depend_on_the_batch(backend):
+    for sampling in ({"temperature": 0.0}, {"temperature": 1.0, "seed": 7}):
+        batch = backend.generate(requests(5, **sampling))
+        alone = [backend.generate([r])[0] for r in requests(5, **sampling)]
+        assert [c.text for c in batch] == [c.text for c in alone]
+
+
+def test_seed_and_sample_index_change_sampled_output(backend):
+    base = requests(1, temperature=1.0, top_p=1.0)[0]
+    texts = {backend.generate([ChatRequest(base.messages, 1.0, 1.0, 24, seed, idx)])[0].text
+             for seed in range(3) for idx in range(2)}
+    assert len(texts) > 1
+
+
+def test_max_tokens_and_chat_template(backend):
+    req = ChatRequest.chat([{"role": "user", "content": "Describe the water cycle."}], max_tokens=3)
+    out = backend.generate([req])[0]
+    assert out.finish_reason in ("length", "stop")
+    assert len(backend.tokenizer(out.text, add_special_tokens=False)["input_ids"]) <= 4
+    rendered = backend.render(req)
+    assert rendered.startswith("<|bos|><|user|>\nDescribe the water cycle.") and rendered.endswith("<|assistant|>\n")
+
+
+def test_role_through_cache(tiny_model, tmp_path):
+    role = Role.from_params("evolver", {"backend": "hf", "model": str(tiny_model), "max_tokens": 16, "batch_size": 2})
+    llm = open_llm(role, CallCache(tmp_path / "c.sqlite"))
+    reqs = requests(5)
+    first = llm.complete(reqs)
+    assert llm.stats["calls"] == 5
+    again = open_llm(role, CallCache(tmp_path / "c.sqlite"))
+    assert again.complete(reqs) == first and again.stats == {"calls": 0, "cache_hits": 5}
+    assert "weights_sha256" in again.identity

@@ -1,0 +1,415 @@
+"""Auto Evol-Instruct optimization loop on scripted fakes: one evolver, one optimizer, no model.
+
+The fake evolver turns ``task 03`` into ``task 03 [<method text>]``, so a response prompt names the
+method that produced it. A method text like ``"m2 fails=1"`` makes the evolver's answers to the first
+1 development instruction ask back ("Sure, ...?", caught by F): a method's failure rate is exactly
+fails / dev size. ``nomarker`` in a method drops the final-instruction marker, ``long`` / ``xlong``
+lengthen the responses (a higher reference-code score). The fake optimizer answers the analysis with
+``feedback <sample_index>`` and the optimization with whatever the test's plan says for the current method.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+
+from evolforge.cache import CallCache
+from evolforge.failures import auto_evol_failure
+from evolforge.llm import LLM, Role
+from evolforge.llm.fake import FakeBackend
+from evolforge.optimize import (Candidate, MethodScore, OptimizeSettings, build_trajectory, initial_method_text,
+                                optimize_method, parse_optimized_method, score_method, select_candidate,
+                                split_dev_pool)
+from evolforge.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
+from evolforge.records import write_output
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = PromptLibrary(DEFAULT_PROMPTS_DIR)
+EVOLVE_SPLIT = "\n\n#Instruction#:\n"  # how optimize/evolve_with_method.j2 joins method and instruction
+RESPONSE = re.compile(r"Instruction: (.*) \[(.*)\]\nResponse:", re.S)
+CURRENT_METHOD = re.compile(r"```Method\n([\s\S]*?)\n```")
+EVOLVER_ROLE = Role(name="evolver", backend="hf", model="fake", temperature=0.7, top_p=0.95)
+OPTIMIZER_ROLE = Role(name="optimizer", backend="hf", model="fake", temperature=0.6, top_p=0.95, max_tokens=400)
+UNPARSEABLE = "I have improved the method."
+
+
+def items(n: int) -> list[dict]:
+    return [{"id": f"id{i:02d}", "instruction": f"task {i:02d}", "input": ""} for i in range(n)]
+
+
+def fenced(method: str) -> str:
+    return f"Here it is.\n```Optimized Method\n{method}\n```"
+
+
+def fails(method: str) -> int:
+    """Failing dev items of a test method; a method without ``fails=`` (the shipped initial one) fails 4."""
+    found = re.search(r"fails=(\d+)", method)
+    return int(found.group(1)) if found else 4
+
+
+def evolver_reply(failing):
+    """``failing(method, instruction) -> bool``: whether the response to that evolved instruction asks back."""
+    def reply(request) -> str:
+        prompt = request.messages[-1][1]
+        if EVOLVE_SPLIT in prompt:
+            method, instruction = prompt.rsplit(EVOLVE_SPLIT, 1)
+            # a multi-line method (the shipped one) is tagged by name: its text holds the final marker itself
+            evolved = f"{instruction} [{method if chr(10) not in method else 'initial'}]"
+            if "nomarker" in method:
+                return f"Step 3 #Rewritten Instruction#:\n{evolved}"
+            return f"Step 1 #Methods List#:\n- add a constraint\nStep 4 #Finally Rewritten Instruction#:\n{evolved}"
+        instruction, method = RESPONSE.search(prompt).groups()
+        if failing(method, instruction):
+            return "Sure, which one do you mean?"
+        return "Done: " + "x" * (4000 if "xlong" in method else 400 if "long" in method else 40)
+    return reply
+
+
+def optimizer_reply(plan):
+    """``plan``: {current method: [reply per sample_index]} or a function (current method, j) -> reply."""
+    def reply(request) -> str:
+        if len(request.messages) == 1:
+            return f"feedback {request.sample_index}: case 0 failed"
+        current = CURRENT_METHOD.search(request.messages[-1][1]).group(1)
+        if callable(plan):
+            return plan(current, request.sample_index)
+        return plan.get(current, [UNPARSEABLE] * 99)[request.sample_index]
+    return reply
+
+
+def run(plan, *, initial="m0 fails=1", n=14, cache=None, **overrides):
+    settings = OptimizeSettings(**{"steps": 1, "candidates": 2, "batch_size": 2, "dev_size": 4, "patience": None,
+                                   **overrides})
+    rng = random.Random(settings.seed)
+    dev, pool = split_dev_pool(items(n), dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
+    dev_order = [d["instruction"] for d in dev]
+    evolver_fake = FakeBackend(evolver_reply(lambda m, q: q in dev_order[:fails(m)]))
+    optimizer_fake = FakeBackend(optimizer_reply(plan), model="fake-optimizer")
+    evolver, optimizer = LLM(evolver_fake, cache), LLM(optimizer_fake, cache)
+    result = optimize_method(pool, dev, initial_method=initial, evolver=evolver, evolver_role=EVOLVER_ROLE,
+                             optimizer=optimizer, optimizer_role=OPTIMIZER_ROLE, prompts=PROMPTS,
+                             settings=settings, rng=rng)
+    return SimpleNamespace(result=result, dev=dev, pool=pool, evolver=evolver, optimizer=optimizer,
+                           evolver_fake=evolver_fake, optimizer_fake=optimizer_fake)
+
+
+def responses_by_method(fake: FakeBackend) -> dict[str, set[str]]:
+    """{method: instructions answered after evolving with it}: answers exist only for dev scoring."""
+    seen: dict[str, set[str]] = {}
+    for request in fake.sent:
+        found = RESPONSE.search(request.messages[-1][1])
+        if found and EVOLVE_SPLIT not in request.messages[-1][1]:
+            seen.setdefault(found.group(2), set()).add(found.group(1))
+    return seen
+
+
+# --- parsers and rules ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("response, expected", [
+    ("Sure, which city do you mean?", True),                  # insufficient qualification
+    ("Understood. What should the poem be about?", True),     # stagnant complexity
+    ("Thank you! Could you share the data?", True),
+    ("What do you mean by 'complex'?", True),
+    ("I'm sorry, could you clarify?", True),
+    ("  Great, which language?  ", True),                     # surrounding whitespace is ignored
+    ("To answer, please provide the list of numbers.", True),  # loss of key information
+    ("PLEASE PROVIDE more details.", True),                   # case-insensitive
+    ("It is not possible to answer without the table.", True),
+    ("Sure, here is the sorted list: 1, 2, 3.", False),       # starts with Sure but answers
+    ("Why is the sky blue? Because of Rayleigh scattering.", False),
+    ("The capital of France is Paris.", False),
+    ("Is the sum even? Yes, 2 + 4 = 6.", False),
+    ("", False),
+])
+def test_failure_function_f(response, expected):
+    assert auto_evol_failure(response) is expected
+
+
+@pytest.mark.parametrize("answer, method, error", [
+    ("```Optimized Method\nStep 1: list methods.\n```", "Step 1: list methods.", None),
+    ("Analysis done.\n```Optimized Method\n  Step 1: a\nStep 2: b  \n```\nThanks.", "Step 1: a\nStep 2: b", None),
+    ("```Optimized Method Step 1: same line```", "Step 1: same line", None),
+    ("```Optimized Method\n```", None, "empty ```Optimized Method``` block"),
+    ("```Optimized Method\n<Optimized Method Here>\n```", None, "empty ```Optimized Method``` block"),
+    ("```Optimized Method\n\n```\n```Optimized Method\nsecond\n```", "second", None),
+    ("```Optimized Method\nno closing fence", None, "no ```Optimized Method``` block"),
+    ("```Method\nthe old one\n```", None, "no ```Optimized Method``` block"),
+    (UNPARSEABLE, None, "no ```Optimized Method``` block"),
+])
+def test_parse_optimized_method(answer, method, error):
+    assert parse_optimized_method(answer) == (method, error)
+
+
+def score(rate: float, value: float) -> MethodScore:
+    return MethodScore(failure_rate=rate, failures=int(rate * 4), missing_marker=0, success=1 - rate, score=value)
+
+
+@pytest.mark.parametrize("selection, candidates, expected", [
+    ("lowest_failure", [score(0.5, 9.0), score(0.25, 1.0), score(0.25, 2.0)], 1),  # lowest rate, tie -> lower index
+    ("lowest_failure", [score(0.75, 9.0), None], 0),                              # worse than current: still taken
+    ("lowest_failure", [None, None], None),                                       # nothing parsed: keep
+    ("no_regression", [score(0.5, 9.0), score(0.25, 2.0), score(0.0, 3.0)], 2),  # by score; first that regresses nothing
+    ("no_regression", [score(0.5, 9.0), score(0.25, 0.5)], None),                 # more failures / lower score: keep
+    ("no_regression", [score(0.25, 1.0)], 0),                                     # equal on both counts: accepted
+])
+def test_select_candidate(selection, candidates, expected):
+    current = score(0.25, 1.0)
+    cands = [Candidate(index=j, feedback="", answer="", method=None if s is None else f"m{j}",
+                       parse_error=None if s else "x", dev=s) for j, s in enumerate(candidates)]
+    assert select_candidate(cands, current, selection) == expected
+
+
+def test_settings_reject_unknown_values():
+    with pytest.raises(ValueError, match="optimize.selection"):
+        OptimizeSettings.from_params({"selection": "best"})
+    with pytest.raises(ValueError, match="unknown key"):
+        OptimizeSettings.from_params({"step": 3})
+    with pytest.raises(ValueError, match="optimize.initial_method"):
+        OptimizeSettings.from_params({"initial_method": "strong"})
+
+
+# --- development set -----------------------------------------------------------------------------
+
+def test_split_is_seeded_disjoint_and_leaves_the_global_rng_alone():
+    state = random.getstate()
+    dev, pool = split_dev_pool(items(10), dev_size=4, batch_size=3, rng=random.Random(7))
+    assert random.getstate() == state
+    assert len(dev) == 4 and len(pool) == 6
+    assert {d["id"] for d in dev}.isdisjoint(p["id"] for p in pool)
+    assert {d["id"] for d in dev} | {p["id"] for p in pool} == {i["id"] for i in items(10)}
+    assert split_dev_pool(items(10), dev_size=4, batch_size=3, rng=random.Random(7)) == (dev, pool)
+    assert split_dev_pool(items(10), dev_size=4, batch_size=3, rng=random.Random(8))[0] != dev
+
+
+def test_split_too_small_names_the_params():
+    with pytest.raises(ValueError, match=r"optimize\.dev_size.*optimize\.batch_size"):
+        split_dev_pool(items(6), dev_size=4, batch_size=3, rng=random.Random(0))
+
+
+def test_same_dev_set_every_step_and_disjoint_from_minibatches():
+    plan = lambda current, j: fenced(f"{current} +{j}")  # a new method per step and sample  # noqa: E731
+    r = run(plan, steps=3, candidates=2)
+    dev = {d["instruction"] for d in r.dev}
+    answered = responses_by_method(r.evolver_fake)
+    scored = {"m0 fails=1"} | {c["method"] for row in r.result.log for c in row["candidates"]}
+    assert set(answered) == scored and len(scored) == 1 + 3 * 2
+    assert all(seen == dev for seen in answered.values())  # every method, every step: the same dev set
+    pool_ids = {p["id"] for p in r.pool}
+    for row in r.result.log:
+        assert len(row["minibatch_ids"]) == 2 and set(row["minibatch_ids"]) <= pool_ids
+        assert dev.isdisjoint(case["stage0"] for case in row["trajectory"])
+    # the trajectory was evolved with the method current at that step
+    first = r.result.log[0]
+    traj_prompts = [q.messages[-1][1] for q in r.evolver_fake.sent if q.messages[-1][1].startswith("m0 fails=1" + EVOLVE_SPLIT)]
+    assert {p.rsplit(EVOLVE_SPLIT, 1)[1] for p in traj_prompts} == dev | {c["stage0"] for c in first["trajectory"]}
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+def test_lowest_failure_picks_the_lowest_candidate():
+    plan = {"m0 fails=3": [fenced("m1 fails=4"), fenced("m2 fails=1"), fenced("m3 fails=2")]}
+    r = run(plan, initial="m0 fails=3", candidates=3)
+    row = r.result.log[0]
+    assert [c["dev"]["failure_rate"] for c in row["candidates"]] == [1.0, 0.25, 0.5]
+    assert row["chosen"] == 1
+    assert r.result.method == "m2 fails=1"
+    assert (r.result.initial.failure_rate, r.result.best.failure_rate) == (0.75, 0.25)
+    assert [c["feedback"] for c in row["candidates"]] == [f"feedback {j}: case 0 failed" for j in range(3)]
+
+
+def test_lowest_failure_moves_on_but_keeps_the_best_method_overall():
+    plan = {"m0 fails=1": [fenced("a fails=3"), fenced("b fails=2")],
+            "b fails=2": [fenced("c fails=0"), fenced("d fails=4")]}
+    r = run(plan, steps=2)
+    first, second = r.result.log
+    # step 1: both candidates are worse than m0; the paper still moves to the lower one, best stays m0
+    assert (first["chosen"], first["current_failure_rate"], first["best_failure_rate"]) == (1, 0.5, 0.25)
+    assert second["method_before"] == "b fails=2"
+    assert (second["chosen"], second["best_failure_rate"]) == (0, 0.0)
+    assert r.result.method == "c fails=0"
+
+
+def test_patience_stops_after_steps_without_improvement():
+    worse = lambda current, j: fenced(f"w{j} fails=3")  # noqa: E731
+    r = run(worse, steps=5, patience=2)
+    assert r.result.steps_run == 2 and r.result.stop_reason == "patience"
+    assert r.result.method == "m0 fails=1" and r.result.best.failure_rate == 0.25
+    assert len(r.optimizer_fake.sent) == 2 * 2 * 2  # 2 steps x 2 candidates x (analysis + optimization)
+
+
+def test_steps_bound_an_improving_run():
+    better = lambda current, j: fenced(f"v{j} fails={max(0, fails(current) - 1 - j)}")  # noqa: E731
+    r = run(better, initial="m0 fails=4", steps=2, patience=1)
+    assert r.result.steps_run == 2 and r.result.stop_reason == "steps"
+    assert [row["best_failure_rate"] for row in r.result.log] == [0.5, 0.0]
+    assert r.result.method == "v1 fails=0"
+
+
+def test_unparseable_optimizer_answers_keep_the_method():
+    plan = {"m0 fails=1": [UNPARSEABLE, "```Optimized Method\n\n```"]}
+    r = run(plan)
+    row = r.result.log[0]
+    assert row["chosen"] is None and row["parse_errors"] == 2
+    assert [c["parse_error"] for c in row["candidates"]] == ["no ```Optimized Method``` block",
+                                                              "empty ```Optimized Method``` block"]
+    assert [c["answer"] for c in row["candidates"]] == plan["m0 fails=1"]  # raw text kept
+    assert r.result.method == "m0 fails=1" and row["current_failure_rate"] == 0.25
+    assert set(responses_by_method(r.evolver_fake)) == {"m0 fails=1"}  # nothing unparsed was scored
+
+
+def test_an_unparseable_candidate_is_dropped_and_the_rest_compete():
+    r = run({"m0 fails=1": [UNPARSEABLE, fenced("m1 fails=0")]})
+    row = r.result.log[0]
+    assert row["chosen"] == 1 and row["candidates"][0]["dev"] is None and row["parse_errors"] == 1
+    assert r.result.method == "m1 fails=0"
+
+
+def test_no_regression_rejects_a_worse_candidate_with_a_higher_score():
+    r = run({"m0 fails=1": [fenced("w fails=2 long"), UNPARSEABLE]}, selection="no_regression")
+    row = r.result.log[0]
+    worse = row["candidates"][0]["dev"]
+    assert worse["score"] > r.result.initial.score  # longer answers: the higher reference score ...
+    assert worse["success"] < r.result.initial.success  # ... but more failures
+    assert row["chosen"] is None and r.result.method == "m0 fails=1"
+
+
+def test_no_regression_takes_the_first_candidate_by_score_that_regresses_nothing():
+    plan = {"m0 fails=2": [fenced("a fails=1"), fenced("b fails=3 xlong"), fenced("c fails=1 long")]}
+    r = run(plan, initial="m0 fails=2", candidates=3, selection="no_regression")
+    assert r.result.log[0]["chosen"] == 2  # b has the top score but more failures; c is next and better
+    assert r.result.method == "c fails=1 long"
+
+
+def test_optimizer_samples_differ_by_sample_index_and_rerun_from_the_cache(tmp_path):
+    plan = lambda current, j: fenced(f"{current} +{j}")  # noqa: E731
+    first = run(plan, steps=2, cache=CallCache(tmp_path / "calls.sqlite"))
+    analyses = [q for q in first.optimizer_fake.sent if len(q.messages) == 1]
+    assert [q.sample_index for q in analyses] == [0, 1, 0, 1]
+    assert {(q.temperature, q.top_p) for q in first.optimizer_fake.sent} == {(0.6, 0.95)}  # the optimizer role's own
+    conversation = [q for q in first.optimizer_fake.sent if len(q.messages) == 3][1]
+    assert [role for role, _ in conversation.messages] == ["user", "assistant", "user"]
+    assert conversation.messages[1][1] == "feedback 1: case 0 failed"  # its own sample's feedback
+    assert {q.temperature for q in first.evolver_fake.sent} == {0.0}  # evolver_temperature, and greedy answers
+
+    again = run(plan, steps=2, cache=CallCache(tmp_path / "calls.sqlite"))
+    assert again.evolver_fake.sent == [] and again.optimizer_fake.sent == []
+    assert again.evolver.stats["calls"] == 0 and again.optimizer.stats["cache_hits"] == first.optimizer.stats["calls"]
+    assert again.result == first.result
+
+
+def test_trajectory_rounds_and_a_missing_marker_keeps_the_raw_answer():
+    evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
+    cases, unparsed = build_trajectory(LLM(evolver_fake, None), EVOLVER_ROLE, PROMPTS, ["task 01", "task 02"], "m fails=0",
+                                       rounds=2, temperature=0.0)
+    assert cases[0] == {"id": 0, "stage0": "task 01", "stage1": "task 01 [m fails=0]",
+                        "stage2": "task 01 [m fails=0] [m fails=0]"}
+    assert unparsed == []
+    cases, unparsed = build_trajectory(LLM(evolver_fake, None), EVOLVER_ROLE, PROMPTS, ["task 01"], "nomarker",
+                                       rounds=1, temperature=0.0)
+    assert cases[0]["stage1"] == "Step 3 #Rewritten Instruction#:\ntask 01 [nomarker]"
+    assert unparsed == [{"id": 0, "round": 1}]
+
+
+def test_a_missing_marker_fails_without_a_response():
+    evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
+    dev = items(4)
+    result = score_method(LLM(evolver_fake, None), EVOLVER_ROLE, PROMPTS, dev, "nomarker fails=0", temperature=0.0)
+    assert (result.failure_rate, result.missing_marker, result.score) == (1.0, 4, 0.0)
+    assert len(evolver_fake.sent) == 4  # the evolving calls only
+
+
+# --- the stage script ----------------------------------------------------------------------------
+
+def load_stage():
+    spec = importlib.util.spec_from_file_location("optimize_stage", ROOT / "stages" / "optimize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14) -> tuple[list[str], Path]:
+    params = {
+        "cache": {"path": str(tmp_path / "cache.sqlite")},
+        # a model that does not exist: loading it would fail the test
+        "roles": {name: {"backend": "hf", "model": str(tmp_path / "no-such-model")} for name in ("evolver", "optimizer")},
+        "optimize": {"initial_method": "initial", "steps": 2, "candidates": 2, "batch_size": 2, "dev_size": 4,
+                     "trajectory_rounds": 1, "patience": 1, "selection": "lowest_failure",
+                     "evolver_temperature": 0.0, "seed": 0},
+        "evolve": {"strategy": strategy},
+    }
+    (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
+    seed = pl.DataFrame([{**it, "output": "answer"} for it in items(n_seed)])
+    write_output(tmp_path / "seed", seed)
+    argv = ["--params", str(tmp_path / "params.yaml"), "--seed", str(tmp_path / "seed"), "--out", str(tmp_path / "method"),
+            "--metrics", str(tmp_path / "metrics.json"), "--plot", str(tmp_path / "plots" / "optimize.json"),
+            "--prompts", str(DEFAULT_PROMPTS_DIR)]
+    return argv, tmp_path
+
+
+def test_stage_costs_nothing_unless_the_strategy_is_auto(tmp_path, monkeypatch):
+    monkeypatch.delenv("EVOLFORGE_CACHE", raising=False)
+    stage = load_stage()
+    monkeypatch.setattr(stage, "open_models", lambda params: pytest.fail("models opened for a skipped stage"))
+    argv, out = stage_setup(tmp_path, "evol")
+    stage.main(argv)
+    assert (out / "method" / "method.txt").read_text(encoding="utf-8") == initial_method_text(PROMPTS, "initial")
+    assert (out / "method" / "log.jsonl").read_text(encoding="utf-8") == ""
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped"] is True and metrics["calls"] == 0 and metrics["steps_run"] == 0
+    assert json.loads((out / "plots" / "optimize.json").read_text()) == []
+    assert not (out / "cache.sqlite").exists()  # not even the call cache was opened
+
+
+def test_stage_writes_method_log_metrics_and_plot(tmp_path):
+    stage = load_stage()
+    evolver = LLM(FakeBackend(evolver_reply(lambda m, q: fails(m) > int(q.split()[-1]) % 4)), None)
+    optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails={j}")), model="fake-opt"), None)
+    stage.open_models = lambda params: dict(evolver=evolver, evolver_role=EVOLVER_ROLE,
+                                            optimizer=optimizer, optimizer_role=OPTIMIZER_ROLE)
+    argv, out = stage_setup(tmp_path, "auto")
+    stage.main(argv)
+    method = (out / "method" / "method.txt").read_text(encoding="utf-8")
+    log = [json.loads(line) for line in (out / "method" / "log.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    plot = json.loads((out / "plots" / "optimize.json").read_text())
+    meta = json.loads((out / "method" / "meta.json").read_text())
+    assert method == "m0 fails=0"
+    assert len(log) == metrics["steps_run"] == len(plot) - 1
+    assert metrics["best_failure_rate"] == 0.0 and metrics["initial_failure_rate"] > 0
+    assert metrics["calls"] == evolver.stats["calls"] + optimizer.stats["calls"] > 0
+    assert plot[0] == {"step": 0, "failure_rate": metrics["initial_failure_rate"],
+                       "best_failure_rate": metrics["initial_failure_rate"]}
+    assert len(meta["dev_ids"]) == 4 and "optimize/analysis.j2" in meta["templates"]
+    assert meta["models"] == {"evolver": "fake-model", "optimizer": "fake-opt"}
+
+
+def test_stage_with_too_small_a_seed_names_the_params(tmp_path):
+    stage = load_stage()
+    stage.open_models = lambda params: pytest.fail("models opened before the dev split was checked")
+    argv, _ = stage_setup(tmp_path, "auto", n_seed=5)
+    with pytest.raises(ValueError, match="optimize.dev_size"):
+        stage.main(argv)
+
+
+def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
+    stage = load_stage()
+    monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
+    opened = []
+    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: (
+        stage.load_role(params, name), LLM(FakeBackend(), cache)))
+    monkeypatch.setattr(stage, "open_llm", lambda role, cache: opened.append(role.name) or LLM(FakeBackend(), cache))
+    roles = {"evolver": {"backend": "hf", "model": "m", "temperature": 0.0},
+             "optimizer": {"backend": "hf", "model": "m", "temperature": 0.6, "top_p": 0.95, "batch_size": 2}}
+    models = stage.open_models({"roles": roles})
+    assert models["optimizer"].backend is models["evolver"].backend and opened == []
+    assert models["optimizer"].stats is not models["evolver"].stats  # calls still counted per role
+    roles["optimizer"]["model"] = "another"
+    models = stage.open_models({"roles": roles})
+    assert models["optimizer"].backend is not models["evolver"].backend and opened == ["optimizer"]

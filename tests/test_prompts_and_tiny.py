@@ -1,0 +1,42 @@
+"""Prompt rendering (strict, hashed) and the tiny model's deterministic build."""
+
+from __future__ import annotations
+
+import pytest
+
+from evolforge.modeling import hash_model_dir
+from evolforge.prompts import PromptLibrary
+
+
+def test_strict_undefined_and_hash(tmp_path):
+    (tmp_path / "a.j2").write_text("Hello {{ name }}")
+    lib = PromptLibrary(tmp_path)
+    assert lib.render("a.j2", name="x") == "Hello x"
+    with pytest.raises(ValueError, match="'name' is undefined"):
+        lib.render("a.j2")
+    before = lib.hash("a.j2")
+    (tmp_path / "a.j2").write_text("Hello {{ name }}!")
+    assert lib.hash("a.j2") != before and len(before) == 16
+
+
+def test_shipped_templates_render(repo):
+    lib = PromptLibrary(repo / "prompts")
+    assert "#Rewritten Prompt#:" in lib.render("evolve/depth.j2", method="deepening", instruction="X")
+    with pytest.raises(Exception):
+        lib.render("evolve/depth.j2", method="no_such_method", instruction="X")
+    assert lib.render("respond/response.j2", instruction="Q", input="").endswith("Instruction: Q\nResponse:")
+    assert "Input: I" in lib.render("respond/response.j2", instruction="Q", input="I")
+
+
+@pytest.mark.slow
+def test_tiny_model_build_is_deterministic(tmp_path, repo):
+    from evolforge.tiny import TinyConfig, build_tiny_model
+
+    cfg = TinyConfig(steps=4)
+    hashes = []
+    for name in ("a", "b"):
+        build_tiny_model(tmp_path / name, repo / "data/seeds/demo.jsonl", repo / "prompts", cfg, log=lambda _: None)
+        hashes.append(hash_model_dir(tmp_path / name))
+    assert hashes[0] == hashes[1]
+    build_tiny_model(tmp_path / "c", repo / "data/seeds/demo.jsonl", repo / "prompts", TinyConfig(steps=4, seed=1), log=lambda _: None)
+    assert hash_model_dir(tmp_path / "c") != hashes[0]
