@@ -113,7 +113,8 @@ def main() -> None:
     print(f"model {args.model or 'random Llama'}: {n_params / 1e6:.1f}M parameters, {model.dtype}, "
           f"{model.device}, {n_threads} torch threads; {args.items} items, template={args.template}")
 
-    ifd_scores(model, tokenizer, **{k: v[:8] for k, v in items.items()}, template=args.template, progress=False)  # warm-up
+    warm_up = {name: values[:8] for name, values in items.items()}
+    ifd_scores(model, tokenizer, **warm_up, template=args.template, progress=False)
     fast, fast_s = timed(lambda: ifd_scores(
         model, tokenizer, **items, template=args.template, batch_size=args.batch_size, progress=False))
     ref, ref_s = timed(lambda: reference_ifd_scores(model, tokenizer, **items, template=args.template))

@@ -64,7 +64,9 @@ def model_dir(tmp_path_factory):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     path = tmp_path_factory.mktemp("tiny-llama")
-    return bench.build_random_llama(path, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    return bench.build_random_llama(
+        path, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128
+    )
 
 
 def test_causal_lm_mean_embeddings_do_not_depend_on_padding_or_batch(model_dir):

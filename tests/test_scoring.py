@@ -37,7 +37,9 @@ def load_bench():
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
-    load_bench().build_random_llama(path, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    load_bench().build_random_llama(
+        path, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128
+    )
     return load_scorer(str(path), device="cpu")
 
 
@@ -52,7 +54,9 @@ ITEMS = {
         "Summarise the text below in one line, keeping the names of the people and the places it mentions.",
         "Hi",
     ],
-    "inputs": ["", "2 and 3", "", None, "The cat sleeps on the mat.", "Ada met Alan in Paris; they spoke of engines.", ""],
+    "inputs": [
+        "", "2 and 3", "", None, "The cat sleeps on the mat.", "Ada met Alan in Paris; they spoke of engines.", ""
+    ],
     "responses": [
         "Rain on the roof,\nsoft and slow;\nthe garden drinks.",
         "5",
@@ -149,13 +153,16 @@ def test_max_length_keeps_the_same_response_tokens_in_both_passes(scorer):
     words = "one two three four five six seven eight nine ten eleven twelve".split()
     instruction = "Count to twelve."
     # Byte-level BPE splits before each space, so a prefix of words is a prefix of tokens.
-    word_tokens = [len(tokenizer((" " if i else "") + w, add_special_tokens=False)["input_ids"]) for i, w in enumerate(words)]
+    pieces = [words[0]] + [" " + word for word in words[1:]]
+    word_tokens = [len(tokenizer(piece, add_special_tokens=False)["input_ids"]) for piece in pieces]
     assert tokenizer("\n", add_special_tokens=False)["input_ids"].__len__() == 1
     prompt_tokens = len(tokenizer(instruction)["input_ids"])
     keep_words = 5
     max_length = prompt_tokens + 1 + sum(word_tokens[:keep_words])  # Q, "\n", then 5 words
 
-    truncated = ifd_scores(model, tokenizer, [instruction], None, [" ".join(words)], max_length=max_length, progress=False)
+    truncated = ifd_scores(
+        model, tokenizer, [instruction], None, [" ".join(words)], max_length=max_length, progress=False
+    )
     short = ifd_scores(model, tokenizer, [instruction], None, [" ".join(words[:keep_words])], progress=False)
     reference = reference_ifd_scores(model, tokenizer, [instruction], None, [" ".join(words)], max_length=max_length)
     assert truncated["n_tokens_response"][0] == sum(word_tokens[:keep_words])

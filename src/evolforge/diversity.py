@@ -95,7 +95,8 @@ def mean_pooled_embeddings(
     masked out); (N, hidden) float32. Longest texts first in right-padded batches; input order kept."""
     if not texts:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=max_length is not None, max_length=max_length)["input_ids"]
+    truncation = max_length is not None
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=truncation, max_length=max_length)["input_ids"]
     empty = [i for i, seq in enumerate(ids) if not seq]
     if empty:
         raise ValueError(f"texts {empty[:10]} have no tokens: nothing to embed")

@@ -169,14 +169,29 @@ def _check_nltk(harness_tasks: Sequence[str]) -> None:
                            "to this one, or set NLTK_DATA)") from None
 
 
+def _unsafe_tasks(task_manager, name: str) -> list[str]:
+    """Leaf tasks under a task, group or tag name whose configs say they execute model code."""
+    from lm_eval.tasks._index import Kind
+
+    entry = task_manager.task_index.get(name)
+    if entry is None:
+        return []  # the harness reports unknown names itself
+    cfg = entry.cfg or {}
+    if entry.kind in (Kind.TASK, Kind.PY_TASK):
+        return [name] if cfg.get("unsafe_code") else []
+    if entry.kind == Kind.GROUP:
+        children = [c if isinstance(c, str) else c.get("task", "") for c in cfg.get("task", [])]
+    else:
+        children = [n for n, e in task_manager.task_index.items() if name in e.tags]
+    return [leaf for child in children for leaf in _unsafe_tasks(task_manager, child)]
+
+
 def _check_sandboxed(task_manager, harness_tasks: Sequence[str]) -> None:
     """Tasks that execute code must be ours (sandboxed), never the harness's code_eval ones."""
-    loaded = task_manager.load(list(harness_tasks))
-    unsafe = [name for name, task in loaded["tasks"].items()
-              if task.config.unsafe_code and not name.startswith("evolforge_")]
+    unsafe = [t for name in harness_tasks for t in _unsafe_tasks(task_manager, name) if not t.startswith("evolforge_")]
     if unsafe:
-        raise ValueError(f"tasks {unsafe} execute model code outside evolforge's sandbox (the harness's code_eval); "
-                         "use the benchmarks humaneval / mbpp instead")
+        raise ValueError(f"tasks {unsafe} would execute model code outside evolforge's sandbox (the harness's "
+                         "code_eval); use the benchmarks humaneval / mbpp instead")
 
 
 @contextmanager

@@ -175,7 +175,8 @@ def _encode_chat(tokenizer, questions: list[str], answers: list[str]) -> list[En
     items = []
     for piece, prompt, response in zip(pieces, prompts, responses):
         if piece is None:
-            items.append(dataclasses.replace(_EMPTY, null_reason="chat template: prompt is not a prefix of the conversation"))
+            reason = "chat template: the prompt is not a prefix of the conversation"
+            items.append(dataclasses.replace(_EMPTY, null_reason=reason))
         else:
             items.append(EncodedItem(prompt, response, prefix + response, max(len(prefix), 1)))
     return items
@@ -381,11 +382,12 @@ def ifd_scores(
     rows: list[dict[str, Any]] = []
     with tqdm(total=2 * len(instructions), unit="seq", desc="IFD scoring", disable=not progress) as bar:
         for start in range(0, len(instructions), chunk_size):
-            stop = start + chunk_size
-            items = encode_items(tokenizer, instructions[start:stop], inputs[start:stop], responses[start:stop], template)
+            chunk = slice(start, start + chunk_size)
+            items = encode_items(tokenizer, instructions[chunk], inputs[chunk], responses[chunk], template)
             items = [truncate_item(item, max_length) for item in items]
-            conditioned = token_nlls(model, [i.prompt_ids + i.response_ids for i in items], batch_size, pad_id, bar.update)
-            direct = token_nlls(model, [i.direct_ids for i in items], batch_size, pad_id, bar.update)
+            conditioned_ids = [item.prompt_ids + item.response_ids for item in items]
+            conditioned = token_nlls(model, conditioned_ids, batch_size, pad_id, bar.update)
+            direct = token_nlls(model, [item.direct_ids for item in items], batch_size, pad_id, bar.update)
             rows += [_item_scores(*triple) for triple in zip(items, conditioned, direct)]
     return pl.from_dicts(rows, schema=SCORE_SCHEMA)
 

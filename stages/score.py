@@ -1,0 +1,77 @@
+"""score stage: IFD and IC-IFD losses from the scorer model, and diversity (minimum neighbour distance).
+
+Reads:  data/responses/, params.yaml `score` (template, max_length, batch_size, embedder, embedder_model),
+        roles `scorer` (model, revision, dtype, device)
+Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts, mnd, repeat_count),
+        metrics/score.json (means, scorer_path), metrics/plots/{ifd,ic_ifd,mnd}_hist.json
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from evolforge import validation
+from evolforge.config import load_params, load_role, section
+from evolforge.diversity import embed_texts, item_texts, neighbor_stats
+from evolforge.modeling import model_identity
+from evolforge.records import read_table, write_json, write_output
+from evolforge.scoring import ifd_scores, load_scorer
+
+
+def histogram(values: pl.Series, bins: int = 20) -> list[dict]:
+    x = values.drop_nulls().drop_nans().to_numpy()
+    if x.size == 0:
+        return []
+    counts, edges = np.histogram(x, bins=bins)
+    return [{"bin_low": float(lo), "bin_high": float(hi), "count": int(c)} for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--responses", default="data/responses")
+    ap.add_argument("--out", default="data/scores")
+    ap.add_argument("--metrics", default="metrics/score.json")
+    ap.add_argument("--plots", default="metrics/plots")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    cfg = section(params, "score")
+    role = load_role(params, "scorer")
+    if role.backend != "hf":
+        raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
+    items = read_table(args.responses)
+    validation.check(items, validation.required_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), args.responses)
+
+    model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+    scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
+                        template=cfg.get("template", "raw"), batch_size=cfg.get("batch_size", 16), max_length=cfg.get("max_length"))
+    embedder = cfg.get("embedder", "causal-lm-mean")
+    embeddings = embed_texts(item_texts(items["instruction"].to_list(), items["input"].to_list()),
+                             cfg.get("embedder_model") or role.model, kind=embedder,
+                             revision=None if cfg.get("embedder_model") else role.revision, dtype=role.dtype, device=role.device)
+    neighbours = neighbor_stats(embeddings)
+    table = pl.concat([items.select("id", "round"), scores], how="horizontal").with_columns(
+        mnd=pl.Series(neighbours.min_distance, dtype=pl.Float64), repeat_count=pl.Series(neighbours.repeat_count, dtype=pl.Int64))
+    validation.check(table, validation.unique("id"), args.out)
+
+    def mean(col: str) -> float | None:
+        s = table[col].drop_nulls().drop_nans()
+        return float(s.mean()) if s.len() else None
+
+    metrics = {"items": table.height, "template": cfg.get("template", "raw"), "scorer": role.model,
+               "scorer_path": str(Path(role.model).resolve()) if Path(role.model).is_dir() else role.model,
+               "embedder": embedder, "null_scores": int(table["ic_ifd"].is_null().sum()),
+               **{f"mean_{c}": mean(c) for c in ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd", "mnd")},
+               "share_ifd_above_1": float((table["ifd"] > 1).sum() / max(1, table["ifd"].drop_nulls().len()))}
+    write_output(args.out, table, meta={"scorer": model_identity(role.model, role.revision), "params": cfg})
+    write_json(args.metrics, metrics)
+    for col in ("ifd", "ic_ifd", "mnd"):
+        write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col]))
+    print(f"score: {table.height} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}")
+
+
+if __name__ == "__main__":
+    main()

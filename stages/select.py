@@ -1,0 +1,47 @@
+"""select stage: choose the training set from the scored, judged items and export it for SFT.
+
+Reads:  data/responses/, data/judged/, data/scores/, params.yaml `select`
+Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl (TRL conversational
+        prompt/completion), train_alpaca.json (Alpaca), meta.json; metrics/select.json
+"""
+
+import argparse
+
+from evolforge import validation
+from evolforge.config import load_params, section
+from evolforge.records import read_table, write_json, write_output
+from evolforge.selection import select_items, to_alpaca, to_trl
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--responses", default="data/responses")
+    ap.add_argument("--judged", default="data/judged")
+    ap.add_argument("--scores", default="data/scores")
+    ap.add_argument("--out", default="data/selected")
+    ap.add_argument("--metrics", default="metrics/select.json")
+    args = ap.parse_args()
+
+    cfg = section(load_params(args.params), "select")
+    items = read_table(args.responses)
+    judged = read_table(args.judged).drop("round")
+    scores = read_table(args.scores).drop("round")
+    for name, other in ((args.judged, judged), (args.scores, scores)):
+        unmatched = items.join(other, on="id", how="anti").height
+        if unmatched:
+            raise SystemExit(f"{name}: {unmatched} items of {args.responses} have no row; rerun that stage")
+    table = items.join(judged, on="id", how="left").join(scores, on="id", how="left")
+
+    chosen, summary = select_items(table, cfg.get("metric", "ic_ifd"), cfg.get("top_fraction"), cfg.get("threshold"),
+                                   cfg.get("ifd_filter", False), cfg.get("rounds"), cfg.get("seed", 0))
+    if chosen.height == 0:
+        raise SystemExit(f"select: no item passed metric={summary['metric']} with the given fraction/threshold; nothing to train on")
+    validation.check(chosen, validation.non_empty_text(["instruction", "output"]) + validation.unique("id"), args.out)
+    write_output(args.out, chosen, meta={"params": cfg}, extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
+    write_json(args.metrics, summary)
+    print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Evolution rounds with a fake evolver: elimination reasons, method assignment, chaining, lineage."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from evolforge import failures
+from evolforge.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round
+from evolforge.lineage import chain, format_chain
+from evolforge.llm import LLM, Role
+from evolforge.llm.fake import FakeBackend
+from evolforge.prompts import PromptLibrary
+from evolforge.records import write_output
+from evolforge.seed import build_seed
+
+ROLE = Role.from_params("evolver", {"backend": "hf", "model": "fake"})
+LONG_ANSWER = " ".join(["word"] * 90)
+
+# raw evolver output (or response to it) -> expected failure reason
+INSTRUCTION_TABLE = [
+    ("Add 2 and 3, then double the result.", None),
+    ("", failures.EMPTY),
+    ("   \n", failures.EMPTY),
+    ("add 2 and 3.", failures.UNCHANGED),          # same words, case and spacing aside
+    ("#Rewritten Prompt#: Add 2 and 3 twice.", failures.TEMPLATE_WORDS),
+    ("Here is the rewritten prompt: add 2 and 30.", failures.TEMPLATE_WORDS),
+    ("The given prompt asks to add numbers.", failures.TEMPLATE_WORDS),
+    ("#Created Prompt#: Multiply 4 by 5.", failures.TEMPLATE_WORDS),
+]
+RESPONSE_TABLE = [
+    ("The sum is 5, and doubled it is 10.", None),
+    ("I'm sorry, but I can't help with that.", failures.SORRY_SHORT),
+    ("Sorry, " + LONG_ANSWER, None),                   # long enough despite "sorry"
+    ("the of and to a in .", failures.STOPWORDS_ONLY),
+    ("Sure, which numbers should I add?", failures.AUTO_FAILURE),
+    ("Understood. What format do you want?", failures.AUTO_FAILURE),
+    ("What do you mean by double?", failures.AUTO_FAILURE),
+    ("Please provide the numbers.", failures.AUTO_FAILURE),
+    ("That is not possible to compute.", failures.AUTO_FAILURE),
+    ("Sure! The answer is 10.", None),                  # starts with Sure but does not ask back
+    ("", failures.EMPTY_RESPONSE),
+]
+
+
+@pytest.mark.parametrize("evolved,reason", INSTRUCTION_TABLE)
+def test_instruction_rules(evolved, reason):
+    assert failures.instruction_failure("Add 2 and 3.", evolved) == reason
+
+
+@pytest.mark.parametrize("response,reason", RESPONSE_TABLE)
+def test_response_rules(response, reason):
+    assert failures.response_failure(response) == reason
+
+
+def test_rules_can_be_switched_off():
+    assert failures.instruction_failure("Add 2 and 3.", "add 2 and 3.", unchanged=False) is None
+    assert failures.instruction_failure("A", "#Rewritten Prompt#: B", template_words=False) is None
+    assert failures.response_failure("Sure, which numbers?", rule_f=False) is None
+    assert failures.response_failure("I'm sorry.", sorry_short=False) is None
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Step 1 #Methods List#: x\nStep 4 #Finally Rewritten Instruction#:\nAdd 2 and 3 twice.", "Add 2 and 3 twice."),
+    ("#Final Rewritten Instruction#: Add it.", "Add it."),
+    ("Step 3 #Rewritten Instruction#: only step 3", None),
+    ("#Finally Rewritten Instruction#:   ", None),
+])
+def test_final_marker_parse(text, expected):
+    assert failures.parse_final_instruction(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [("Equal", True), ("Not Equal", False), ("not equal.", False), ("maybe", None)])
+def test_equal_parse(text, expected):
+    assert failures.parse_equal(text) is expected
+
+
+def test_round_robin_rotates_by_round_and_random_is_seeded():
+    assert assign_methods(4, 0, breadth=False) == IN_DEPTH
+    assert assign_methods(4, 1, breadth=False) == IN_DEPTH[1:] + IN_DEPTH[:1]
+    assert assign_methods(6, 0, breadth=True) == IN_DEPTH + ["breadth", "add_constraints"]
+    a = assign_methods(40, 1, "random", seed=3)
+    assert a == assign_methods(40, 1, "random", seed=3) != assign_methods(40, 1, "random", seed=4)
+    assert set(a) == set(IN_DEPTH + ["breadth"])
+    assert a != assign_methods(40, 2, "random", seed=3)  # each round draws afresh
+
+
+@pytest.fixture()
+def seed_table(tmp_path):
+    rows = [{"instruction": f"Task number {i}.", "input": "x" if i == 2 else "", "output": ""} for i in range(6)]
+    path = tmp_path / "s.jsonl"
+    pl.DataFrame(rows).write_ndjson(path)
+    return build_seed(str(path))[0]
+
+
+def scripted_evolver(plan: dict[str, str]):
+    """Evolving prompts -> evolved text by the given plan (a list: one entry per attempt);
+    response prompts -> a scripted answer."""
+
+    def reply(request):
+        prompt = request.messages[-1][1]
+        if prompt.startswith("Given the following instruction"):
+            instruction = prompt.split("Instruction: ", 1)[1].split("\n", 1)[0]
+            return plan.get(f"answer:{instruction}", "A fine, complete answer.")
+        instruction = prompt.split("#The Given Prompt#:\n", 1)[-1].split("#Given Prompt#:\n", 1)[-1]
+        instruction = instruction.split("\n#", 1)[0].split("\n\n#Instruction#:\n")[-1].strip()
+        if "#Instruction#:\n" in prompt:  # method-based (auto) prompt
+            instruction = prompt.rsplit("#Instruction#:\n", 1)[1].strip()
+        answer = plan.get(instruction, f"{instruction} Explain each step.")
+        return answer.pop(0) if isinstance(answer, list) else answer  # a list scripts successive attempts
+
+    return reply
+
+
+def run_round(pool, index, settings, plan, method_text=None):
+    fake = FakeBackend(scripted_evolver(plan))
+    return evolve_round(pool, round_index=index, settings=settings, prompts=PromptLibrary(), evolver=LLM(fake, None),
+                        evolver_role=ROLE, method_text=method_text), fake
+
+
+def test_round_reasons_counts_and_keep_parent(seed_table):
+    plan = {
+        "Task number 0.": "Task number 0.",                         # unchanged
+        "Task number 1.": "#Rewritten Prompt#: Task number 1 now.",  # template words
+        "answer:Task number 3. Explain each step.": "Sure, what steps?",  # rule F on the response
+        "answer:Task number 4. Explain each step.": "I'm sorry, I cannot.",
+    }
+    settings = EvolveSettings(strategy="evol", breadth=False, on_failure="keep_parent")
+    (table, pool, summary), fake = run_round(seed_table, 1, settings, plan)
+    reasons = dict(zip(table["parent_instruction"], table["failure_reason"]))
+    assert reasons == {"Task number 0.": "unchanged", "Task number 1.": "copied_template_words", "Task number 2.": None,
+                       "Task number 3.": "response_fails_rule_f", "Task number 4.": "sorry_short_response", "Task number 5.": None}
+    assert summary["in"] == 6 == summary["evolved"] + summary["failed"]
+    assert summary["failed_by_reason"] == {"copied_template_words": 1, "response_fails_rule_f": 1, "sorry_short_response": 1, "unchanged": 1}
+    assert table["method"].to_list() == assign_methods(6, 1, breadth=False)
+    assert table.filter(pl.col("parent_instruction") == "Task number 2.")["input"].item() == "x"  # input carried over
+    # keep_parent: failed items go on unchanged, evolved ones as their new version
+    assert pool.height == 6
+    assert sorted(pool["instruction"]) == sorted(["Task number 0.", "Task number 1.", "Task number 2. Explain each step.",
+                                                  "Task number 3.", "Task number 4.", "Task number 5. Explain each step."])
+    # the response checks ran only for instructions that passed the text checks, greedily
+    checks = [r for r in fake.sent if r.messages[-1][1].startswith("Given the following")]
+    assert len(checks) == 4 and all(r.temperature == 0.0 for r in checks)
+
+
+def test_drop_removes_failed_parents(seed_table):
+    plan = {"Task number 0.": ""}
+    (table, pool, summary), _ = run_round(seed_table, 1, EvolveSettings(strategy="evol", on_failure="drop"), plan)
+    assert summary["failed"] == 1 and pool.height == 5 and "Task number 0." not in pool["instruction"].to_list()
+
+
+def test_auto_strategy_parses_marker_and_records_missing(seed_table):
+    method = "Rewrite it. Reply with #Finally Rewritten Instruction#:"
+    plan = {f"Task number {i}.": f"Step 3 #Rewritten Instruction#: t\nStep 4 #Finally Rewritten Instruction#:\nHarder task {i}."
+            for i in range(6)}
+    plan["Task number 5."] = "Step 1 #Methods List#: none"
+    (table, _, summary), fake = run_round(seed_table, 1, EvolveSettings(strategy="auto"), plan, method_text=method)
+    assert summary["failed_by_reason"] == {"missing_final_marker": 1}
+    assert table.filter(pl.col("status") == "evolved")["instruction"].to_list() == [f"Harder task {i}." for i in range(5)]
+    assert set(table["method"]) == {"auto"}
+    assert all(method in r.messages[-1][1] for r in fake.sent if "#Instruction#:" in r.messages[-1][1])
+
+
+def test_three_rounds_chain_and_lineage(seed_table, tmp_path, capsys):
+    settings = EvolveSettings(strategy="evol", breadth=True, on_failure="keep_parent")
+    write_output(tmp_path / "seed", seed_table)
+    pool, dirs = seed_table, []
+    plan = {"Task number 0. Explain each step.": ["#Rewritten Prompt#: oops", "Task 0, harder."]}  # round 2 fails for item 0
+    for k in (1, 2, 3):
+        (table, pool, summary), _ = run_round(pool, k, settings, plan)
+        assert summary["in"] == summary["evolved"] + summary["failed"] == 6
+        assert set(table["round"]) == {k}
+        write_output(tmp_path / f"round_{k}", table)
+        dirs.append(tmp_path / f"round_{k}")
+    root = seed_table.filter(pl.col("instruction") == "Task number 0.")["id"].item()
+    steps = chain(root, tmp_path / "seed", dirs)
+    assert [s["round"] for s in steps] == [0, 1, 2, 3]
+    assert [s["status"] for s in steps] == ["seed", "evolved", "failed", "evolved"]
+    assert steps[2]["failure_reason"] == "copied_template_words"
+    assert steps[3]["parent_id"] == steps[1]["id"]  # round 3 evolved the kept parent from round 1
+    assert all(s["root_id"] == root for s in steps)
+    # from the last item backwards gives the same ancestry
+    back = chain(steps[3]["id"], tmp_path / "seed", dirs)
+    assert [s["id"] for s in back] == [steps[0]["id"], steps[1]["id"], steps[3]["id"]]
+    text = format_chain(steps)
+    assert "round 2" in text and "copied_template_words" in text
+
+
+def test_lineage_cli(seed_table, tmp_path, capsys):
+    from evolforge.cli import main
+
+    write_output(tmp_path / "seed", seed_table)
+    (table, _, _), _ = run_round(seed_table, 1, EvolveSettings(strategy="evol"), {})
+    write_output(tmp_path / "evolved" / "round_1", table)
+    main(["lineage", table["id"][0][:8], "--seed", str(tmp_path / "seed"), "--evolved", str(tmp_path / "evolved")])
+    out = capsys.readouterr().out
+    assert "round 0" in out and "round 1" in out and table["instruction"][0] in out
