@@ -45,3 +45,14 @@ def test_params_mentioned_in_readme_exist(repo):
         for part in dotted.split("."):
             assert part in node, f"README uses -S {dotted}, which params.yaml lacks"
             node = node[part]
+
+
+def test_stage_scripts_shadow_no_module(repo):
+    """Python puts stages/ first on sys.path, so a script named like a module (select, evaluate) breaks imports."""
+    import importlib.util
+    import sys
+
+    for script in (repo / "stages").glob("*.py"):
+        name = script.stem
+        assert name not in sys.stdlib_module_names, f"stages/{script.name} shadows the standard library"
+        assert importlib.util.find_spec(name) is None, f"stages/{script.name} shadows the installed module {name}"

@@ -132,8 +132,12 @@ def test_scoring_refuses_to_run_code_without_the_switch(monkeypatch):
 
 
 def test_harness_code_tasks_outside_the_sandbox_are_refused(tmp_path):
+    # a task that would run model code through the harness's own code_eval, given as a YAML path
+    task = tmp_path / "my_code_task.yaml"
+    task.write_text("task: my_code_task\ndataset_path: json\nunsafe_code: true\noutput_type: generate_until\n"
+                    "doc_to_text: x\ndoc_to_target: y\n")
     with pytest.raises(ValueError, match="outside evolforge's sandbox"):
-        evaluate({"m": "correct"}, tmp_path / "out", tasks=["humaneval_instruct"], backend="evolforge-scripted",
+        evaluate({"m": "correct"}, tmp_path / "out", tasks=["gsm8k", str(task)], backend="evolforge-scripted",
                  allow_code_execution=True)
 
 
@@ -145,26 +149,21 @@ def test_unknown_suite_is_an_error(tmp_path):
 # --- the task configs reuse the real benchmarks' scoring ------------------------------------------------
 
 
-def _task(tmp_path, name):
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=str(write_suite(tmp_path))).load([name])["tasks"][name]
-
-
 def test_offline_configs_keep_the_real_scoring(tmp_path):
-    import yaml
-
+    from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
+    names = ["evolforge_offline_gsm8k", "evolforge_offline_ifeval", "evolforge_offline_math"]
+    manager = TaskManager(include_path=str(write_suite(tmp_path)), include_defaults=False)
+    gsm8k, ifeval, math = (manager.load(names)["tasks"][n] for n in names)
     real_gsm8k = load_yaml(lm_eval_tasks_dir() / "gsm8k" / "gsm8k.yaml", resolve_func=False)
-    gsm8k = _task(tmp_path, "evolforge_offline_gsm8k")
     assert gsm8k.config.filter_list == real_gsm8k["filter_list"]
     assert gsm8k.config.metric_list == real_gsm8k["metric_list"]
-    ifeval = _task(tmp_path, "evolforge_offline_ifeval")
+    assert gsm8k.config.doc_to_text == real_gsm8k["doc_to_text"]
     assert ifeval.config.process_results.__module__ == "lm_eval.tasks.ifeval.utils"
-    math = _task(tmp_path, "evolforge_offline_math")
     assert math.config.process_results.__module__ == "lm_eval.tasks.leaderboard.math.utils"
-    assert yaml.safe_load((tmp_path / "data" / "gsm8k.jsonl").read_text().splitlines()[0])["answer"].endswith("#### 26")
+    first = json.loads((tmp_path / "data" / "gsm8k.jsonl").read_text().splitlines()[0])
+    assert first["answer"].endswith("#### 26")
 
 
 def test_mbpp_shots_match_the_harness():

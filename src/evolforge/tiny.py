@@ -129,27 +129,31 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
         add(_user(prompts.render("evolve/breadth.j2", instruction=text)),
             other if rng.random() > 0.08 else f"#Created Prompt#: {other}")
         # Auto Evol-Instruct evolving method: the four-step answer, sometimes without its final marker
-        evolved = _evolved(rng, text)
-        steps = (f"Step 1 #Methods List#:\n- add a constraint\n- ask for reasoning\n"
-                 f"Step 2 #Plan#:\nAdd one constraint and ask for reasoning.\n"
-                 f"Step 3 #Rewritten Instruction#:\n{evolved}\n")
-        final = f"Step 4 #Finally Rewritten Instruction#:\n{evolved}"
-        add(_user(prompts.render("optimize/evolve_with_method.j2", method=initial_method, instruction=text)),
-            steps + final if rng.random() > 0.12 else steps)
+        for _ in range(3):
+            source = _chain(rng, row["instruction"])
+            evolved = _evolved(rng, source)
+            steps = (f"Step 1 #Methods List#: add a constraint; ask for reasoning\n"
+                     f"Step 2 #Plan#: add one constraint\n"
+                     f"Step 3 #Rewritten Instruction#: {evolved}\n")
+            final = f"Step 4 #Finally Rewritten Instruction#: {evolved}"
+            add(_user(prompts.render("optimize/evolve_with_method.j2", method=initial_method, instruction=source)),
+                steps + final if rng.random() > 0.15 else steps)
         add(_user(prompts.render("optimize/evolve_with_method.j2", method=weak_method, instruction=text)),
-            f"#Finally Rewritten Instruction#:\n{evolved}")
+            f"#Finally Rewritten Instruction#: {_evolved(rng, text)}")
         # responses: the seed's answer, sometimes one of the replies the failure rules catch
         for instruction in (row["instruction"], text):
             prompt = prompts.render("respond/response.j2", instruction=instruction, input=row.get("input", ""))
             answer = rng.choice(FAILED_RESPONSES) if rng.random() < 0.15 else row["output"]
             add(_user(prompt), answer)
-        # difficulty judging
-        score = _difficulty(text)
-        level = LEVELS[min(4, score // 20)]
-        add(_user(prompts.render("judge/difficulty_level.j2", query=text)),
-            level if rng.random() > 0.06 else f"The difficulty is {level}.")
-        for name in ("judge/difficulty_score.j2", "judge/difficulty_score_code.j2"):
-            add(_user(prompts.render(name, query=text)), str(score) if rng.random() > 0.06 else "It is fairly hard.")
+        # difficulty judging: the level and score prompts differ in a few words, so each gets several examples
+        for query in (row["instruction"], text, _chain(rng, row["instruction"])):
+            score = _difficulty(query)
+            level = LEVELS[min(4, score // 20)]
+            add(_user(prompts.render("judge/difficulty_level.j2", query=query)),
+                level if rng.random() > 0.06 else f"The difficulty is {level}.")
+            for name in ("judge/difficulty_score.j2", "judge/difficulty_score_code.j2"):
+                add(_user(prompts.render(name, query=query)), str(score) if rng.random() > 0.06 else "It is fairly hard.")
+        evolved = _evolved(rng, text)
         # information-gain check
         same = rng.random() < 0.3
         add(_user(prompts.render("judge/equal.j2", first=text, second=text if same else evolved)),
@@ -272,3 +276,41 @@ def build_tiny_model(out_dir: str | Path, seeds_path: str | Path, prompts_dir: s
                "final_loss": curve[-1]["loss"], "loss_curve": curve}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def probe(model_dir: str | Path, prompts_dir: str | Path, seeds_path: str | Path, n: int = 12) -> dict[str, float]:
+    """Share of greedy answers that each stage's own parser accepts, per format, on ``n`` demo seeds.
+
+    A healthy tiny model sits between 0 and 1 on most formats: the offline pipeline then walks both
+    the success and the failure paths.
+    """
+    from evolforge import failures
+    from evolforge.judge import parse_level, parse_score
+    from evolforge.llm import LLM, ChatRequest
+    from evolforge.llm.hf import HFBackend
+    from evolforge.optimize import parse_optimized_method
+
+    prompts = PromptLibrary(prompts_dir)
+    rows = pl.read_ndjson(seeds_path).head(n).to_dicts()
+    method = prompts.render("optimize/initial_method.j2")
+    checks: dict[str, tuple[Callable[[dict], str], Callable[[dict, str], bool]]] = {
+        "evolve_depth": (lambda r: prompts.render("evolve/depth.j2", method="add_constraints", instruction=r["instruction"]),
+                         lambda r, t: failures.instruction_failure(r["instruction"], t) is None),
+        "evolve_auto": (lambda r: prompts.render("optimize/evolve_with_method.j2", method=method, instruction=r["instruction"]),
+                        lambda r, t: failures.parse_final_instruction(t) is not None),
+        "respond": (lambda r: prompts.render("respond/response.j2", instruction=r["instruction"], input=r.get("input") or ""),
+                    lambda r, t: failures.response_failure(t) is None),
+        "judge_level": (lambda r: prompts.render("judge/difficulty_level.j2", query=r["instruction"]),
+                        lambda r, t: parse_level(t)[0] is not None),
+        "judge_score": (lambda r: prompts.render("judge/difficulty_score.j2", query=r["instruction"]),
+                        lambda r, t: parse_score(t)[0] is not None),
+        "optimizer_method": (lambda r: prompts.render("optimize/optimization.j2", method=method),
+                             lambda r, t: parse_optimized_method(t)[0] is not None),
+    }
+    llm = LLM(HFBackend(str(model_dir)), cache=None, batch_size=32)
+    report = {}
+    for name, (render, ok) in checks.items():
+        answers = llm.complete([ChatRequest.chat(_user(render(r)), max_tokens=400 if name == "optimizer_method" else 64)
+                                for r in rows], desc=f"probe {name}")
+        report[name] = sum(ok(r, t) for r, t in zip(rows, answers)) / len(rows)
+    return report

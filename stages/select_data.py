@@ -1,4 +1,6 @@
 """select stage: choose the training set from the scored, judged items and export it for SFT.
+(The script is not called select.py: Python puts stages/ first on sys.path, and that name would
+shadow the standard library's select module.)
 
 Reads:  data/responses/, data/judged/, data/scores/, params.yaml `select`
 Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl (TRL conversational

@@ -1,0 +1,135 @@
+"""Fine-tuning a tiny random Llama with TRL, full and LoRA: the loss falls, the weights change, and the
+saved model / adapter reloads and generates."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from evolforge.finetune import PAPER_FULL, PAPER_LORA, conversational_row, finetune, validate_rows  # noqa: E402
+
+PAIRS = [
+    ("Name a primary color.", "Red is a primary color."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Say hello in French.", "Bonjour."),
+    ("Name a planet.", "Mars is a planet."),
+    ("What color is the sky?", "The sky is blue."),
+    ("Count to three.", "One, two, three."),
+    ("Name a fruit.", "An apple is a fruit."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+]
+ROWS = [conversational_row(p, c) for p, c in PAIRS]
+FAST = {"lr": 5e-3, "max_steps": 16, "batch_size": 4, "grad_accum": 1, "max_length": 128, "warmup_ratio": 0.0,
+        "logging_steps": 1, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random-weight Llama (hidden 64, 2 layers) with a BPE tokenizer and a chat template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evolforge.tiny import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny")
+    tokenizer = train_tokenizer([t for pair in PAIRS for t in pair] * 8, vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, intermediate_size=128, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _generate(model, tokenizer) -> str:
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Name a planet."}], tokenize=False,
+                                           add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_full_finetune(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    before = _state(AutoModelForCausalLM.from_pretrained(tiny_model))
+    out = tmp_path / "full"
+    result = finetune(str(tiny_model), ROWS, out, mode="full", **FAST)
+
+    m = result.metrics
+    assert (m["mode"], m["steps"], m["examples"]) == ("full", 16, len(ROWS))
+    assert m["trainable_params"] == m["total_params"] > 0
+    assert [p["step"] for p in result.loss_curve] == list(range(1, 17))
+    assert result.loss_curve[-1]["loss"] < 0.75 * result.loss_curve[0]["loss"]
+    assert m["train_loss_final"] == result.loss_curve[-1]["loss"]
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    after = _state(model)
+    assert after.keys() == before.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert isinstance(_generate(model, AutoTokenizer.from_pretrained(out)), str)
+    assert not (tmp_path / "full.tmp").exists()
+
+
+def test_lora_finetune(tiny_model, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "lora"
+    result = finetune(str(tiny_model), ROWS, out, mode="lora", lora_rank=8, lora_alpha=16, **FAST)
+
+    m = result.metrics
+    assert m["mode"] == "lora" and 0 < m["trainable_params"] < m["total_params"] / 2
+    assert result.loss_curve[-1]["loss"] < 0.8 * result.loss_curve[0]["loss"]
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    lora_b = [v for k, v in model.state_dict().items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero; training moved it
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    merged = model.merge_and_unload()
+    assert any(not torch.equal(v, merged.state_dict()[k]) for k, v in base.state_dict().items())
+    assert isinstance(_generate(merged, AutoTokenizer.from_pretrained(out)), str)
+
+
+def test_paper_presets():
+    assert (PAPER_FULL["lr"], PAPER_FULL["epochs"], PAPER_FULL["lr_scheduler"], PAPER_FULL["warmup_ratio"],
+            PAPER_FULL["max_length"]) == (2e-5, 3.0, "cosine", 0.03, 2048)
+    assert (PAPER_LORA["lora_rank"], PAPER_LORA["lora_alpha"], PAPER_LORA["lora_target_modules"],
+            PAPER_LORA["lora_dropout"]) == (8, 8, "all-linear", 0.0)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "hi", "completion": [{"role": "assistant", "content": "x"}]}, "'prompt' must be a non-empty list"),
+        ({"prompt": [{"role": "user", "content": "hi"}]}, "'completion' must be a non-empty list"),
+        ({"prompt": [{"role": "user"}], "completion": [{"role": "assistant", "content": "x"}]}, r"prompt\[0\]"),
+        ({"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "user", "content": "x"}]},
+         "role 'assistant'"),
+    ],
+)
+def test_rows_are_checked_at_the_boundary(row, message):
+    with pytest.raises(ValueError, match=message):
+        validate_rows([conversational_row("ok", "fine"), row])
+    with pytest.raises(ValueError, match="row 1"):
+        validate_rows([conversational_row("ok", "fine"), row])
+
+
+def test_bad_mode_is_an_error(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        finetune(str(tiny_model), ROWS, tmp_path / "x", mode="qlora")

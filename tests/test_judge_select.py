@@ -1,0 +1,101 @@
+"""Difficulty parsing for both judge prompts, and training-set selection by fraction and threshold."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from evolforge.judge import LEVELS, judge, level_distribution, parse_level, parse_score
+from evolforge.llm import LLM, Role
+from evolforge.llm.fake import FakeBackend
+from evolforge.prompts import PromptLibrary
+from evolforge.selection import select_items, to_alpaca, to_trl
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("very hard", ("very hard", None)), ("Medium", ("medium", None)), ("'easy'", ("easy", None)),
+    ("hard.", ("hard", None)), ("  very easy\n", ("very easy", None)),
+    ("The difficulty is hard.", (None, "not_a_level")), ("extremely hard", (None, "not_a_level")),
+    ("54", (None, "not_a_level")), ("", (None, "empty")),
+])
+def test_parse_level(raw, expected):
+    assert parse_level(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("85", (85.0, None)), (" 42.5 ", (42.5, None)), ("0", (0.0, None)), ("100.", (100.0, None)),
+    ("101", (None, "out_of_range")), ("-3", (None, "out_of_range")), ("85/100", (None, "not_a_number")),
+    ("It is fairly hard.", (None, "not_a_number")), ("hard", (None, "not_a_number")), ("", (None, "empty")),
+])
+def test_parse_score(raw, expected):
+    assert parse_score(raw) == expected
+
+
+@pytest.mark.parametrize("variant,marker", [("paper", "## User Query"), ("code", "## Question:")])
+def test_judge_uses_the_chosen_score_prompt(variant, marker):
+    def reply(request):
+        prompt = request.messages[-1][1]
+        if "from 0 to 100" in prompt:
+            assert marker in prompt
+            return "70" if "Hard one" in prompt else "no idea"
+        return "hard" if "Hard one" in prompt else "kind of easy"
+
+    items = pl.DataFrame({"id": ["a", "b"], "round": [1, 2], "instruction": ["Hard one", "Other"], "input": ["", "ctx"]})
+    role = Role.from_params("judge", {"backend": "hf", "model": "fake"})
+    out = judge(items, LLM(FakeBackend(reply), None), role, PromptLibrary(), score_prompt=variant)
+    assert out["difficulty_level"].to_list() == ["hard", None]
+    assert out["difficulty_level_reason"].to_list() == [None, "not_a_level"]
+    assert out["difficulty_level_raw"].to_list() == ["hard", "kind of easy"]
+    assert out["difficulty_score"].to_list() == [70.0, None]
+    assert set(out["score_prompt"]) == {variant}
+    dist = level_distribution(out)
+    assert [r["level"] for r in dist if r["round"] == 1] == LEVELS
+    assert next(r for r in dist if r["round"] == 1 and r["level"] == "hard")["share"] == 1.0
+
+
+def table(n: int = 20) -> pl.DataFrame:
+    return pl.DataFrame({
+        "id": [f"i{k:02d}" for k in range(n)], "round": [1 + k % 3 for k in range(n)],
+        "instruction": [f"q{k}" for k in range(n)], "input": ["" if k % 2 else "x" for k in range(n)],
+        "output": [f"a{k}" for k in range(n)],
+        "ic_ifd": [None if k == 5 else k / 10 for k in range(n)],
+        "ifd": [k / 10 for k in range(n)],
+        "difficulty_score": [float(100 - k) for k in range(n)],
+    })
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 1.0])
+def test_top_fraction(fraction):
+    chosen, summary = select_items(table(), "ic_ifd", top_fraction=fraction)
+    ranked = sorted((k / 10, f"i{k:02d}") for k in range(20) if k != 5)
+    expected = [i for _, i in reversed(ranked)][: math.ceil(fraction * 19)]
+    assert chosen["id"].to_list() == expected and summary["selected"] == len(expected)
+    assert summary["with_metric"] == 19  # the null IC-IFD is never selected
+
+
+def test_threshold_ifd_filter_rounds_and_random():
+    chosen, _ = select_items(table(), "difficulty_score", top_fraction=None, threshold=90)
+    assert sorted(chosen["difficulty_score"].to_list()) == [90.0 + k for k in range(11)]
+    chosen, summary = select_items(table(), "ifd", top_fraction=1.0, ifd_filter=True)
+    assert chosen["ifd"].max() <= 1.0 and summary["after_ifd_filter"] == 11
+    chosen, _ = select_items(table(), "ic_ifd", top_fraction=1.0, rounds=[2])
+    assert set(chosen["round"]) == {2}
+    a, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
+    b, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
+    c, _ = select_items(table(), "random", top_fraction=0.3, seed=2)
+    assert a["id"].to_list() == b["id"].to_list() != c["id"].to_list() and a.height == 6
+    with pytest.raises(ValueError, match="select.metric"):
+        select_items(table(), "loss")
+    with pytest.raises(ValueError, match="top_fraction"):
+        select_items(table(), "ifd", top_fraction=1.5)
+
+
+def test_exports():
+    rows = table(3)
+    trl = to_trl(rows)
+    assert trl[0]["prompt"] == [{"role": "user", "content": "q0\n\nx"}]
+    assert trl[1]["prompt"] == [{"role": "user", "content": "q1"}]
+    assert trl[0]["completion"] == [{"role": "assistant", "content": "a0"}]
+    assert to_alpaca(rows)[0] == {"instruction": "q0", "input": "x", "output": "a0"}
