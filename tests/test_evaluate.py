@@ -78,13 +78,14 @@ class ScriptedLM(LM):
 @pytest.fixture(scope="module")
 def scripted_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("scripted") / "samples"
+    ScriptedLM.prompts.clear()
     report = evaluate({"right": "correct", "wrong": "wrong"}, out, suite="offline", backend="evolforge-scripted",
                       allow_code_execution=True, sandbox_timeout_s=10)
-    return report, out
+    return report, out, list(ScriptedLM.prompts)
 
 
 def test_correct_answers_score_one_and_wrong_answers_zero_on_every_metric(scripted_report):
-    report, _ = scripted_report
+    report, _, _ = scripted_report
     assert report["skipped"] == {}
     for label, expected in (("right", 1.0), ("wrong", 0.0)):
         scores = {k: v for k, v in report[label].items() if not k.endswith("/n")}
@@ -93,15 +94,16 @@ def test_correct_answers_score_one_and_wrong_answers_zero_on_every_metric(script
         assert {b: report[label][f"{b}/n"] for b in DEFAULT_TASKS} == {b: len(OFFLINE_ITEMS[b]) for b in DEFAULT_TASKS}
 
 
-def test_prompts_go_through_the_chat_template_and_the_code_prefix():
-    assert ScriptedLM.prompts, "the scripted model was never asked"
-    assert all(p.startswith("<|user|>") for p in ScriptedLM.prompts)
+def test_prompts_go_through_the_chat_template_and_the_code_prefix(scripted_report):
+    _, _, prompts = scripted_report
+    assert len(prompts) == 2 * sum(len(items) for items in OFFLINE_ITEMS.values())
+    assert all(p.startswith("<|user|>") for p in prompts)
     # code tasks prefill the assistant turn with an open python fence (the *_instruct prompts)
-    assert any(p.endswith("<|assistant|>\n```python\n") for p in ScriptedLM.prompts)
+    assert any(p.endswith("<|assistant|>\n```python\n") for p in prompts)
 
 
 def test_per_sample_logs(scripted_report):
-    _, out = scripted_report
+    _, out, _ = scripted_report
     for label in ("right", "wrong"):
         for benchmark in DEFAULT_TASKS:
             lines = [json.loads(x) for x in (out / label / f"{benchmark}.jsonl").read_text().splitlines()]
@@ -139,6 +141,20 @@ def test_harness_code_tasks_outside_the_sandbox_are_refused(tmp_path):
     with pytest.raises(ValueError, match="outside evolforge's sandbox"):
         evaluate({"m": "correct"}, tmp_path / "out", tasks=["gsm8k", str(task)], backend="evolforge-scripted",
                  allow_code_execution=True)
+
+
+def test_hub_ifeval_without_nltk_data_stops_before_generating(tmp_path, monkeypatch):
+    import nltk
+
+    def missing(resource, *args, **kwargs):
+        raise LookupError(resource)
+
+    monkeypatch.setattr(nltk.data, "find", missing)
+    monkeypatch.setattr(nltk, "download", lambda *args, **kwargs: False)
+    ScriptedLM.prompts.clear()
+    with pytest.raises(RuntimeError, match="punkt_tab"):
+        evaluate({"m": "correct"}, tmp_path / "out", suite="hub", tasks=["ifeval"], backend="evolforge-scripted")
+    assert ScriptedLM.prompts == []
 
 
 def test_unknown_suite_is_an_error(tmp_path):

@@ -31,6 +31,7 @@ ADD = "def add(a, b):\n    return a + b\n"
         ("import urllib.request\nurllib.request.urlopen('http://example.com')", "blocked"),
         ("import subprocess\nsubprocess.run(['ls'])", "blocked"),
         ("import os\nos.system('ls')", "blocked"),
+        ("import posix\nposix.fork()", "blocked"),  # the functions os re-exports are guarded at the source too
     ],
 )
 def test_outcomes(code, status):
@@ -52,6 +53,8 @@ def test_timeout_is_enforced_promptly():
         "from pathlib import Path\nPath({path!r}).write_text('escaped')",
         "import os\nfd = os.open({path!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'escaped')",
         "import shutil\nopen('here.txt', 'w').write('escaped')\nshutil.copy('here.txt', {path!r})",
+        "import os, posix\nposix.open({path!r}, os.O_WRONLY | os.O_CREAT)",
+        "import os\nos.symlink('/etc/passwd', 'link')\nos.rename('link', {path!r})",
     ],
 )
 def test_writes_outside_the_working_directory_are_blocked(tmp_path, template):

@@ -57,6 +57,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -70,14 +71,14 @@ from evolforge.modeling import is_local, pick_device, pick_dtype
 log = logging.getLogger(__name__)
 
 DEFAULT_TASKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")
-BACKENDS = ("hf", "vllm", "local-chat-completions")
 # Shorter metric names for filters that split one metric in two; other filters are dropped from the name.
 FILTER_SUFFIX = {"strict-match": "strict", "flexible-extract": "flexible"}
 # Results fields that are bookkeeping, not metrics.
 _NOT_METRICS = {"alias", "name", "sample_len", "samples"}
 
 
-def resolve_tasks(tasks: Sequence[str], suite: str, allow_code_execution: bool) -> tuple[dict[str, str], dict[str, str]]:
+def resolve_tasks(tasks: Sequence[str], suite: str,
+                  allow_code_execution: bool) -> tuple[dict[str, str], dict[str, str]]:
     """Benchmark names -> harness task names for ``suite``, and the benchmarks skipped (with the reason)."""
     if suite not in SUITES:
         raise ValueError(f"evaluate.suite must be one of {', '.join(SUITES)}, got {suite!r}")
@@ -165,10 +166,13 @@ def _check_nltk(harness_tasks: Sequence[str]) -> None:
 
     try:
         nltk.data.find("tokenizers/punkt_tab")
+        return
     except LookupError:
+        pass
+    if not nltk.download("punkt_tab", quiet=True):  # what the harness would try; offline it fails
         raise RuntimeError("IFEval needs the NLTK data package punkt_tab, which is not installed: run "
                            "`python -m nltk.downloader punkt_tab` on a connected machine (copy ~/nltk_data "
-                           "to this one, or set NLTK_DATA)") from None
+                           "to this one, or set NLTK_DATA)")
 
 
 def _unsafe_tasks(task_manager, name: str) -> list[str]:
@@ -294,27 +298,30 @@ def evaluate(
     import lm_eval
     import lm_eval.models  # noqa: F401  (registers the built-in backends even when a test registered its own first)
 
-    if "skipped" in models:
-        raise ValueError("'skipped' is reserved in the result; name the model something else")
+    from lm_eval.utils import handle_non_serializable
+
+    for label in models:
+        if label == "skipped" or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise ValueError(f"model label {label!r} must be a plain name (letters, digits, _ . -) other than "
+                             "'skipped': it names the result entry and the samples folder")
     if backend == "local-chat-completions" and not apply_chat_template:
         raise ValueError("the local-chat-completions backend sends chat messages: apply_chat_template must be true")
     benchmarks, skipped = resolve_tasks(tasks, suite, allow_code_execution)
-    report: dict[str, dict] = {}
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     if allow_code_execution and any(b in CODE_BENCHMARKS for b in benchmarks):
         from evolforge.sandbox import isolation
 
         log.info("code benchmarks run in the sandbox, limits %ss / %s MiB, isolation %s",
                  sandbox_timeout_s, sandbox_memory_mb, isolation())
+    _check_nltk(list(benchmarks.values()))
     with _code_execution_env(allow_code_execution, sandbox_timeout_s, sandbox_memory_mb):
         # indexing the harness's own few thousand task files takes ~20 s: only when a task needs them
         task_manager = _task_manager(include_defaults=any(_needs_harness_index(t) for t in benchmarks.values()))
-        if benchmarks:
-            _check_nltk(list(benchmarks.values()))
-            _check_sandboxed(task_manager, list(benchmarks.values()))
+        _check_sandboxed(task_manager, list(benchmarks.values()))
+        report: dict[str, dict] = {}
+        out_dir = Path(out_dir)
+        staging = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         for label, model in models.items():
             report[label] = {}
             if not benchmarks:
@@ -334,8 +341,6 @@ def evaluate(
             label_dir.mkdir()
             counts = _write_samples(results, benchmarks, label_dir)
             with open(label_dir / "results.json", "w", encoding="utf-8") as f:
-                from lm_eval.utils import handle_non_serializable
-
                 json.dump(_results_record(results), f, indent=2, default=handle_non_serializable, ensure_ascii=False)
             for benchmark, harness_task in benchmarks.items():
                 report[label].update(flatten_metrics(results, benchmark, harness_task))

@@ -187,6 +187,9 @@ def finetune(
     model.config.use_cache = True  # training turns the KV cache off; generation wants it back
     trainer.save_model(str(staging))  # weights (ZeRO-3: gathered), or the adapter for LoRA; and the tokenizer
     if state.is_main_process:
+        # a pickle of the run's arguments (paths included): not needed to load the model, and it would make the
+        # folder's bytes, hence the model's identity in evaluation caches, differ between identical runs
+        (staging / "training_args.bin").unlink(missing_ok=True)
         shutil.rmtree(out_dir, ignore_errors=True)
         staging.rename(out_dir)
     state.wait_for_everyone()

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # Exit codes the child uses to say why it stopped (chosen to not collide with Python's own 0/1/2).
 EXIT_BLOCKED = 86
 EXIT_MEMORY = 87
+EXIT_SETUP = 88  # an isolation layer that was asked for could not be set up
 NOBODY = 65534
 STDERR_TAIL_CHARS = 4000
 
@@ -103,7 +104,9 @@ def _landlock(root):
     return abi if ok else 0
 
 root = os.path.realpath(cfg["workdir"])
-landlock_abi = _landlock(root) if cfg["landlock"] else 0
+if cfg["landlock"] and not _landlock(root):
+    _write(2, b"evolforge-sandbox: Landlock is not available\n")
+    _exit(cfg["exit_setup"])
 if cfg["drop_to"] is not None:
     os.setgroups([])
     os.setgid(cfg["drop_to"])
@@ -128,7 +131,7 @@ def _inside(path, dir_fd=None):
     real = _real(path, dir_fd)
     return real is None or real == root or real.startswith(root + os.sep)
 
-import builtins, io
+import builtins, io, posix  # os re-exports posix's functions: guard them in both places
 _open = builtins.open
 def _guarded_open(file, mode="r", *args, **kwargs):
     if any(c in mode for c in "wax+") and not _inside(file):
@@ -142,7 +145,7 @@ def _guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
     if flags & _WRITE_FLAGS and not _inside(path, dir_fd):
         _violation("write to " + repr(path))
     return _os_open(path, flags, mode, dir_fd=dir_fd)
-os.open = _guarded_os_open
+os.open = posix.open = _guarded_os_open
 
 def _guard_one(name):  # f(path, ..., dir_fd=None)
     real = getattr(os, name, None)
@@ -152,6 +155,7 @@ def _guard_one(name):  # f(path, ..., dir_fd=None)
         return real(path, *args, **kwargs)
     if real is not None:
         setattr(os, name, guarded)
+        setattr(posix, name, guarded)
 
 def _guard_two(name):  # f(src, dst, ..., src_dir_fd=None, dst_dir_fd=None); symlink's dst uses dir_fd
     real = getattr(os, name, None)
@@ -162,6 +166,7 @@ def _guard_two(name):  # f(src, dst, ..., src_dir_fd=None, dst_dir_fd=None); sym
         return real(src, dst, *args, **kwargs)
     if real is not None:
         setattr(os, name, guarded)
+        setattr(posix, name, guarded)
 
 for _name in ("remove", "unlink", "rmdir", "mkdir", "chmod", "chown", "lchown", "truncate", "utime",
               "mkfifo", "mknod", "setxattr", "removexattr"):
@@ -177,6 +182,7 @@ for _name in ("system", "popen", "fork", "forkpty", "kill", "killpg", "execv", "
               "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp",
               "spawnlpe", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "_exit"):
     _forbid(os, _name)
+    _forbid(posix, _name)
 import subprocess
 for _name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
     _forbid(subprocess, _name)
@@ -277,7 +283,7 @@ def _run(code: str, timeout_s: float, memory_mb: int, *, prefix: tuple[str, ...]
                "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         cfg = {"code": code, "workdir": workdir, "memory_mb": int(memory_mb), "cpu_s": int(timeout_s) + 1,
                "drop_to": drop_to, "landlock": landlock, "token": token, "token_fd": write_fd,
-               "exit_blocked": EXIT_BLOCKED, "exit_memory": EXIT_MEMORY}
+               "exit_blocked": EXIT_BLOCKED, "exit_memory": EXIT_MEMORY, "exit_setup": EXIT_SETUP}
         try:
             proc = subprocess.Popen([*prefix, sys.executable, "-I", "-B", "-c", _CHILD], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=err, cwd=workdir, env=env,
@@ -297,13 +303,16 @@ def _run(code: str, timeout_s: float, memory_mb: int, *, prefix: tuple[str, ...]
             except ProcessLookupError:
                 pass
             proc.wait()
+        os.set_blocking(read_fd, False)  # a stray process that kept the write end must not hang us
         with os.fdopen(read_fd, "rb") as pipe:
-            finished = pipe.read(64).decode(errors="replace") == token
+            finished = (pipe.read(64) or b"").decode(errors="replace") == token
         err.seek(0)
         stderr = err.read().decode(errors="replace")[-STDERR_TAIL_CHARS:]
     rc = None if timed_out else proc.returncode
     if timed_out or rc == -signal.SIGXCPU:
         status = "timeout"
+    elif rc == EXIT_SETUP:
+        status = "error"
     elif rc == EXIT_BLOCKED:
         status = "blocked"
     elif rc == EXIT_MEMORY or "MemoryError" in stderr:

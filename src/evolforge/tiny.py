@@ -202,6 +202,18 @@ def _encode(tokenizer, example: dict) -> tuple[list[int], list[int]]:
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
+def _answer_loss(model, ids, mask, labels):
+    """Mean next-token loss over answer tokens. The vocabulary projection runs only where a label is
+    scored: prompts are most of every sequence, so this saves most of the output-layer work."""
+    import torch
+
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    scored = targets != -100
+    logits = model.lm_head(hidden[scored])
+    return torch.nn.functional.cross_entropy(logits, targets[scored])
+
+
 def train(model, tokenizer, examples: list[dict], cfg: TinyConfig, log: Callable[[str], None] = print) -> list[dict]:
     """Answer-only next-token training, length-bucketed batches, AdamW with cosine decay."""
     import torch
@@ -224,7 +236,7 @@ def train(model, tokenizer, examples: list[dict], cfg: TinyConfig, log: Callable
         ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i, _ in batch])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
         mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = _answer_loss(model, ids, mask, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -50,7 +50,8 @@ def write_suite(dest: str | Path) -> Path:
             for item in items:
                 f.write(json.dumps(item.row, ensure_ascii=False) + "\n")
     # substituted inside double-quoted YAML strings, so JSON string escaping is YAML-safe
-    values = {"@DATA_DIR@": json.dumps(str(data_dir))[1:-1], "@LM_EVAL_TASKS@": json.dumps(str(lm_eval_tasks_dir()))[1:-1]}
+    values = {"@DATA_DIR@": json.dumps(str(data_dir))[1:-1],
+              "@LM_EVAL_TASKS@": json.dumps(str(lm_eval_tasks_dir()))[1:-1]}
     for template in files("evolforge.eval_tasks").joinpath("tasks").iterdir():
         if not template.name.endswith(".yaml"):
             continue

@@ -45,7 +45,7 @@ def _code_in_open_fence(response: str) -> str:
 
 def humaneval_predictions(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
     """Filter: the full function, i.e. the problem's prompt (signature + docstring) + the model's body."""
-    return [[doc["prompt"] + _code_in_open_fence(r) for r in resp] for resp, doc in zip(resps, docs)]
+    return [[doc["prompt"] + _code_in_open_fence(r) for r in resp] for resp, doc in zip(resps, docs, strict=True)]
 
 
 def mbpp_predictions(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:

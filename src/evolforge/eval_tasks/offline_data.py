@@ -153,7 +153,8 @@ def _mbpp(task_id: int, text: str, code: str, tests: list[str]) -> OfflineItem:
 MBPP = [
     _mbpp(9001, "Write a function to find the maximum of three numbers.",
           "def max_of_three(a, b, c):\n    return max(a, b, c)",
-          ["assert max_of_three(1, 2, 3) == 3", "assert max_of_three(5, 2, 1) == 5", "assert max_of_three(-1, -7, -3) == -1"]),
+          ["assert max_of_three(1, 2, 3) == 3", "assert max_of_three(5, 2, 1) == 5",
+           "assert max_of_three(-1, -7, -3) == -1"]),
     _mbpp(9002, "Write a python function to reverse the order of the words in a given string.",
           "def reverse_words(s):\n    return ' '.join(reversed(s.split()))",
           ["assert reverse_words('hello world') == 'world hello'", "assert reverse_words('a b c') == 'c b a'",

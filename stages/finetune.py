@@ -1,0 +1,48 @@
+"""finetune stage: supervised fine-tuning of the base model on the selected training set (TRL SFTTrainer).
+
+Reads:  data/selected/train.jsonl (conversational prompt/completion), params.yaml `finetune`, roles `base`
+Writes: models/sft/ (full model, or LoRA adapter, + tokenizer), metrics/train.json, metrics/plots/train_loss.json
+
+Multi-GPU (DeepSpeed ZeRO-3):
+    accelerate launch --config_file configs/accelerate_zero3.yaml stages/finetune.py
+"""
+
+import argparse
+import json
+
+from evolforge.config import load_params, load_role, section
+from evolforge.finetune import finetune
+from evolforge.records import write_json
+
+SETTINGS = ("mode", "lr", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "warmup_ratio",
+            "lr_scheduler", "weight_decay", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules",
+            "gradient_checkpointing", "seed", "logging_steps", "dtype")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--train", default="data/selected/train.jsonl")
+    ap.add_argument("--out", default="models/sft")
+    ap.add_argument("--metrics", default="metrics/train.json")
+    ap.add_argument("--plot", default="metrics/plots/train_loss.json")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    cfg = section(params, "finetune")
+    unknown = sorted(set(cfg) - set(SETTINGS))
+    if unknown:
+        raise SystemExit(f"params.yaml finetune: unknown key(s) {unknown}; expected some of {list(SETTINGS)}")
+    base = load_role(params, "base")
+    with open(args.train, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+
+    result = finetune(base.model, rows, args.out, revision=base.revision, **cfg)
+    if result.is_main_process:
+        write_json(args.metrics, result.metrics)
+        write_json(args.plot, result.loss_curve)
+        print(f"finetune: {result.metrics}")
+
+
+if __name__ == "__main__":
+    main()
