@@ -98,6 +98,13 @@ def _chain(rng: random.Random, instruction: str) -> str:
     return instruction
 
 
+def _improved(rng: random.Random, method: str) -> str:
+    """A short rewritten method: the weak method with one improvement added before its reply format.
+    (The tiny model cannot reproduce a long method; a real optimizer rewrites the whole text.)"""
+    head, sep, tail = method.partition("Reply strictly")
+    return f"{head.rstrip()}\n{rng.choice(IMPROVEMENTS)}\n\n{sep}{tail}"
+
+
 def _user(content: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
@@ -128,18 +135,15 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
         other = rng.choice(seeds)["instruction"]
         add(_user(prompts.render("evolve/breadth.j2", instruction=text)),
             other if rng.random() > 0.08 else f"#Created Prompt#: {other}")
-        # Auto Evol-Instruct evolving method: the four-step answer, sometimes without its final marker
-        for _ in range(3):
+        # Auto Evol-Instruct evolving methods (the initial one, the weak one, and short "optimized" ones
+        # like those the tiny optimizer learns to write): an answer ending in the final marker, or not.
+        for method, prefix in [(initial_method, "Step 1 #Methods List#: add a constraint\nStep 4 ")] * 3 + \
+                              [(weak_method, ""), (_improved(rng, weak_method), "")]:
             source = _chain(rng, row["instruction"])
-            evolved = _evolved(rng, source)
-            steps = (f"Step 1 #Methods List#: add a constraint; ask for reasoning\n"
-                     f"Step 2 #Plan#: add one constraint\n"
-                     f"Step 3 #Rewritten Instruction#: {evolved}\n")
-            final = f"Step 4 #Finally Rewritten Instruction#: {evolved}"
-            add(_user(prompts.render("optimize/evolve_with_method.j2", method=initial_method, instruction=source)),
-                steps + final if rng.random() > 0.15 else steps)
-        add(_user(prompts.render("optimize/evolve_with_method.j2", method=weak_method, instruction=text)),
-            f"#Finally Rewritten Instruction#: {_evolved(rng, text)}")
+            answer = f"{prefix}#Finally Rewritten Instruction#: {_evolved(rng, source)}"
+            if rng.random() < 0.15:
+                answer = "Step 1 #Methods List#: add a constraint\nStep 2 #Plan#: add one constraint"
+            add(_user(prompts.render("optimize/evolve_with_method.j2", method=method, instruction=source)), answer)
         # responses: the seed's answer, sometimes one of the replies the failure rules catch
         for instruction in (row["instruction"], text):
             prompt = prompts.render("respond/response.j2", instruction=instruction, input=row.get("input", ""))
@@ -160,17 +164,18 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
             "Equal" if same else "Not Equal")
 
     # Auto Evol-Instruct optimizer: analysis, then the optimized method in its fence
-    for _ in range(max(8, len(seeds) // 3)):
+    for _ in range(max(8, len(seeds))):
         cases = rng.sample(seeds, k=min(3, len(seeds)))
         trajectory = json.dumps([{"id": i, "stage0": c["instruction"], "stage1": _evolved(rng, c["instruction"])}
                                  for i, c in enumerate(cases)], ensure_ascii=False)
         analysis = _user(prompts.render("optimize/analysis.j2", trajectory=trajectory))
         feedback = rng.choice(FEEDBACK).format(i=rng.randrange(3), j=rng.randrange(3))
         add(analysis, feedback)
+        method = rng.choice([initial_method, weak_method])
         conversation = analysis + [{"role": "assistant", "content": feedback}] + _user(
-            prompts.render("optimize/optimization.j2", method=initial_method))
-        improved = f"{initial_method}\n{rng.choice(IMPROVEMENTS)}"
-        add(conversation, f"```Optimized Method\n{improved}\n```" if rng.random() > 0.15 else "I have improved the method.")
+            prompts.render("optimize/optimization.j2", method=method))
+        answer = f"```Optimized Method\n{_improved(rng, weak_method)}\n```"
+        add(conversation, answer if rng.random() > 0.15 else "I have improved the method.")
     return out
 
 
@@ -305,7 +310,10 @@ def probe(model_dir: str | Path, prompts_dir: str | Path, seeds_path: str | Path
     prompts = PromptLibrary(prompts_dir)
     rows = pl.read_ndjson(seeds_path).head(n).to_dicts()
     method = prompts.render("optimize/initial_method.j2")
-    checks: dict[str, tuple[Callable[[dict], str], Callable[[dict, str], bool]]] = {
+    def _messages(prompt: str | list[dict]) -> list[dict]:
+        return _user(prompt) if isinstance(prompt, str) else prompt
+
+    checks: dict[str, tuple[Callable[[dict], str | list[dict]], Callable[[dict, str], bool]]] = {
         "evolve_depth": (lambda r: prompts.render("evolve/depth.j2", method="add_constraints", instruction=r["instruction"]),
                          lambda r, t: failures.instruction_failure(r["instruction"], t) is None),
         "evolve_auto": (lambda r: prompts.render("optimize/evolve_with_method.j2", method=method, instruction=r["instruction"]),
@@ -316,13 +324,16 @@ def probe(model_dir: str | Path, prompts_dir: str | Path, seeds_path: str | Path
                         lambda r, t: parse_level(t)[0] is not None),
         "judge_score": (lambda r: prompts.render("judge/difficulty_score.j2", query=r["instruction"]),
                         lambda r, t: parse_score(t)[0] is not None),
-        "optimizer_method": (lambda r: prompts.render("optimize/optimization.j2", method=method),
+        "optimizer_method": (lambda r: _user(prompts.render("optimize/analysis.j2", trajectory=json.dumps(
+                                 [{"id": 0, "stage0": r["instruction"], "stage1": r["instruction"]}])))
+                             + [{"role": "assistant", "content": FEEDBACK[0].format(i=0, j=0)}]
+                             + _user(prompts.render("optimize/optimization.j2", method=method)),
                              lambda r, t: parse_optimized_method(t)[0] is not None),
     }
     llm = LLM(HFBackend(str(model_dir)), cache=None, batch_size=32)
     report = {}
     for name, (render, ok) in checks.items():
-        answers = llm.complete([ChatRequest.chat(_user(render(r)), max_tokens=400 if name == "optimizer_method" else 64)
+        answers = llm.complete([ChatRequest.chat(_messages(render(r)), max_tokens=160)
                                 for r in rows], desc=f"probe {name}")
         report[name] = sum(ok(r, t) for r, t in zip(rows, answers)) / len(rows)
     return report

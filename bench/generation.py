@@ -1,0 +1,78 @@
+"""Benchmark: the hf backend's batched generation against one request at a time, same prompts, same model.
+
+Prints generated tokens/s of both and the ratio. Default model: the project's tiny model (built into a
+temporary folder if models/tiny does not exist); ``--model`` takes a hub id or a local folder.
+
+    python bench/generation.py [--model models/tiny] [--n 64] [--batch-size 32] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+from evolforge.llm import ChatRequest
+from evolforge.llm.hf import HFBackend
+from evolforge.prompts import PromptLibrary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prompts_for(n: int) -> list[ChatRequest]:
+    """Real evolving and response prompts over the demo seeds, greedy, the same for both runs."""
+    library = PromptLibrary(REPO / "prompts")
+    seeds = pl.read_ndjson(REPO / "data/seeds/demo.jsonl").to_dicts()
+    out = []
+    for i in range(n):
+        row = seeds[i % len(seeds)]
+        text = (library.render("evolve/depth.j2", method="reasoning", instruction=row["instruction"]) if i % 2 == 0
+                else library.render("respond/response.j2", instruction=row["instruction"], input=row["input"]))
+        out.append(text)
+    return out
+
+
+def timed(backend: HFBackend, requests: list[ChatRequest], batch_size: int) -> tuple[float, int, list[str]]:
+    start = time.perf_counter()
+    texts = []
+    for i in range(0, len(requests), batch_size):
+        texts += [c.text for c in backend.generate(requests[i : i + batch_size])]
+    seconds = time.perf_counter() - start
+    tokens = sum(len(backend.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return seconds, tokens, texts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+
+    model = args.model
+    if model is None:
+        model = str(REPO / "models/tiny")
+        if not Path(model).exists():
+            from evolforge.tiny import TinyConfig, build_tiny_model
+
+            model = str(Path(tempfile.mkdtemp()) / "tiny")
+            build_tiny_model(model, REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(), log=lambda _: None)
+    backend = HFBackend(model)
+    requests = [ChatRequest.chat([{"role": "user", "content": p}], max_tokens=args.max_tokens) for p in prompts_for(args.n)]
+    timed(backend, requests[:2], 2)  # warm-up
+
+    one_s, one_tokens, one_texts = timed(backend, requests, 1)
+    batch_s, batch_tokens, batch_texts = timed(backend, requests, args.batch_size)
+    same = sum(a == b for a, b in zip(one_texts, batch_texts))
+    print(f"model: {model}; {args.n} greedy requests, max_tokens {args.max_tokens}")
+    print(f"one at a time : {one_s:7.2f} s  {one_tokens / one_s:9.1f} tokens/s")
+    print(f"batched ({args.batch_size:>3}) : {batch_s:7.2f} s  {batch_tokens / batch_s:9.1f} tokens/s")
+    print(f"speed-up      : {(batch_tokens / batch_s) / (one_tokens / one_s):.1f}x  (identical outputs: {same}/{args.n})")
+
+
+if __name__ == "__main__":
+    main()
