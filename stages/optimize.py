@@ -16,30 +16,19 @@ import dataclasses
 import random
 from pathlib import Path
 
-from evolforge.config import load_params, load_role, open_cache, open_role, section
+from evolforge.config import load_params, open_cache, open_role, section
 from evolforge.evolve import METHOD_TEMPLATE, model_label
-from evolforge.llm import LLM, open_llm
 from evolforge.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE, OptimizeSettings,
                                 initial_method_text, optimize_method, split_dev_pool, summary)
 from evolforge.prompts import PromptLibrary
 from evolforge.records import atomic_dir, read_table, write_json, write_jsonl
 from evolforge.respond import RESPONSE_TEMPLATE
 
-# Role fields that only change sampling or batching; two roles equal in all other fields share one model.
-SAMPLING_FIELDS = dict(name="", temperature=0.0, top_p=1.0, max_tokens=0, seed=0, batch_size=0)
-
-
 def open_models(params: dict) -> dict:
-    """Evolver and optimizer roles and LLMs. When both roles name the same in-process model, load it once
-    (two vLLM engines would not fit on one GPU); each role keeps its own LLM wrapper, so its own stats."""
+    """Evolver and optimizer roles and LLMs (one loaded model when both roles name the same one)."""
     cache = open_cache(params)
     evolver_role, evolver = open_role(params, "evolver", cache)
-    optimizer_role = load_role(params, "optimizer")
-    same = dataclasses.replace(evolver_role, **SAMPLING_FIELDS) == dataclasses.replace(optimizer_role, **SAMPLING_FIELDS)
-    if same and optimizer_role.backend != "openai":
-        optimizer = LLM(evolver.backend, cache, batch_size=optimizer_role.batch_size, desc="optimizer")
-    else:
-        optimizer = open_llm(optimizer_role, cache)
+    optimizer_role, optimizer = open_role(params, "optimizer", cache)
     return dict(evolver=evolver, evolver_role=evolver_role, optimizer=optimizer, optimizer_role=optimizer_role)
 
 

@@ -399,17 +399,18 @@ def test_stage_with_too_small_a_seed_names_the_params(tmp_path):
 
 
 def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
+    import evolforge.llm as llm_module
+
     stage = load_stage()
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
-    opened = []
-    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: (
-        stage.load_role(params, name), LLM(FakeBackend(), cache)))
-    monkeypatch.setattr(stage, "open_llm", lambda role, cache: opened.append(role.name) or LLM(FakeBackend(), cache))
+    loaded = []
+    monkeypatch.setitem(llm_module.BACKENDS, "hf", lambda role: loaded.append(role.model) or FakeBackend(model=role.model))
+    monkeypatch.setattr(llm_module, "_LOADED", {})
     roles = {"evolver": {"backend": "hf", "model": "m", "temperature": 0.0},
              "optimizer": {"backend": "hf", "model": "m", "temperature": 0.6, "top_p": 0.95, "batch_size": 2}}
     models = stage.open_models({"roles": roles})
-    assert models["optimizer"].backend is models["evolver"].backend and opened == []
+    assert models["optimizer"].backend is models["evolver"].backend and loaded == ["m"]
     assert models["optimizer"].stats is not models["evolver"].stats  # calls still counted per role
     roles["optimizer"]["model"] = "another"
     models = stage.open_models({"roles": roles})
-    assert models["optimizer"].backend is not models["evolver"].backend and opened == ["optimizer"]
+    assert models["optimizer"].backend is not models["evolver"].backend and loaded == ["m", "another"]

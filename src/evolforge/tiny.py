@@ -98,11 +98,12 @@ def _chain(rng: random.Random, instruction: str) -> str:
     return instruction
 
 
-def _improved(rng: random.Random, method: str) -> str:
-    """A short rewritten method: the weak method with one improvement added before its reply format.
-    (The tiny model cannot reproduce a long method; a real optimizer rewrites the whole text.)"""
-    head, sep, tail = method.partition("Reply strictly")
-    return f"{head.rstrip()}\n{rng.choice(IMPROVEMENTS)}\n\n{sep}{tail}"
+def _improved(rng: random.Random) -> str:
+    """A short rewritten evolving method with one improvement. (The tiny model cannot reproduce a long
+    method; a real optimizer rewrites the whole text.)"""
+    return ("Rewrite the #Instruction# into a more complex version.\n"
+            f"{rng.choice(IMPROVEMENTS)}\n"
+            "Reply with only the #Finally Rewritten Instruction#:")
 
 
 def _user(content: str) -> list[dict]:
@@ -138,7 +139,7 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
         # Auto Evol-Instruct evolving methods (the initial one, the weak one, and short "optimized" ones
         # like those the tiny optimizer learns to write): an answer ending in the final marker, or not.
         for method, prefix in [(initial_method, "Step 1 #Methods List#: add a constraint\nStep 4 ")] * 3 + \
-                              [(weak_method, ""), (_improved(rng, weak_method), "")]:
+                              [(weak_method, ""), (_improved(rng), "")]:
             source = _chain(rng, row["instruction"])
             answer = f"{prefix}#Finally Rewritten Instruction#: {_evolved(rng, source)}"
             if rng.random() < 0.15:
@@ -174,7 +175,7 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
         method = rng.choice([initial_method, weak_method])
         conversation = analysis + [{"role": "assistant", "content": feedback}] + _user(
             prompts.render("optimize/optimization.j2", method=method))
-        answer = f"```Optimized Method\n{_improved(rng, weak_method)}\n```"
+        answer = f"```Optimized Method\n{_improved(rng)}\n```"
         add(conversation, answer if rng.random() > 0.15 else "I have improved the method.")
     return out
 

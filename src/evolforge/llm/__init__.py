@@ -196,8 +196,23 @@ def make_backend(role: Role) -> Backend:
     return BACKENDS[role.backend](role)
 
 
+# Fields of a role that only shape requests or batching; roles equal in every other field share one
+# loaded model within a process (one GPU rarely holds two copies; loading twice wastes minutes).
+_REQUEST_FIELDS = {"name", "temperature", "top_p", "max_tokens", "seed", "batch_size"}
+_LOADED: dict[str, Backend] = {}
+
+
+def _loading_key(role: Role) -> str:
+    fields = {k: v for k, v in dataclasses.asdict(role).items() if k not in _REQUEST_FIELDS}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
 def open_llm(role: Role, cache: CallCache | None, desc: str | None = None) -> LLM:
-    backend = make_backend(role)
+    """An LLM for ``role``; a model already loaded for another role with the same loading fields is reused."""
+    key = _loading_key(role)
+    backend = _LOADED.get(key)
+    if backend is None:
+        backend = _LOADED[key] = make_backend(role)
     # openai batches are sized to keep every connection busy; in-process backends use batch_size
     batch = role.concurrency * 4 if role.backend == "openai" else role.batch_size
     return LLM(backend, cache, batch_size=batch, desc=desc or role.name)
