@@ -67,7 +67,8 @@ def test_repro_noop_and_experiments(workdir):
     work, env = workdir
     out = run(["dvc", "repro"], work, env)
     ran = stages_run(out)
-    for stage in ("tiny_model", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "judge", "score", "select"):
+    for stage in ("tiny_model", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "judge", "score", "select",
+                  "finetune", "evaluate"):
         assert stage in ran
 
     assert metric(work, "seed.json")["rows_written"] == 12
@@ -91,13 +92,17 @@ def test_repro_noop_and_experiments(workdir):
     again = run(["dvc", "repro"], work, env)
     assert stages_run(again) == [] and "up to date" in again
 
-    # a selection experiment reruns only select
+    # a selection experiment reruns select and what trains on its output, nothing upstream
     exp = run(["dvc", "exp", "run", "-S", "select.metric=ifd"], work, env)
-    assert stages_run(exp) == ["select"]
+    assert stages_run(exp) == ["select", "finetune", "evaluate"]
+    assert metric(work, "select.json")["metric"] == "ifd"
+    evaluation = metric(work, "eval.json")
+    assert set(evaluation["base"]) == set(evaluation["finetuned"]) and "gsm8k/exact_match_flexible" in evaluation["base"]
 
     # an evolve experiment reruns the rounds and everything after them; the cache serves repeated calls
     exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol"], work, env)
     ran = stages_run(exp)
     assert "evolve@round_1" in ran and "tiny_model" not in ran and "seed" not in ran
-    shown = run(["dvc", "exp", "show", "--json"], work, env)
-    assert "select.metric" in shown or "ifd" in shown
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,
+                           check=True).stdout
+    assert '"ifd"' in shown and "finetuned" in shown  # the experiment's param and both evaluation rows

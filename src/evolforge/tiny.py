@@ -40,11 +40,11 @@ CHAT_TEMPLATE = (
 class TinyConfig:
     vocab_size: int = 2048
     hidden_size: int = 64
-    layers: int = 2
+    layers: int = 3
     heads: int = 4
     intermediate_size: int = 192
     max_position_embeddings: int = 2048
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 16
     lr: float = 3e-3
     seed: int = 0
@@ -137,13 +137,15 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
         add(_user(prompts.render("evolve/breadth.j2", instruction=text)),
             other if rng.random() > 0.08 else f"#Created Prompt#: {other}")
         # Auto Evol-Instruct evolving methods (the initial one, the weak one, and short "optimized" ones
-        # like those the tiny optimizer learns to write): an answer ending in the final marker, or not.
-        for method, prefix in [(initial_method, "Step 1 #Methods List#: add a constraint\nStep 4 ")] * 3 + \
-                              [(weak_method, ""), (_improved(rng), "")]:
+        # like those the tiny optimizer learns to write): an answer carrying the final marker. Under the
+        # initial method, instructions that start with "Write" get an answer without it, so even greedy
+        # runs fail on part of a development set and an optimized method has something to improve.
+        for method in [initial_method] * 3 + [weak_method, _improved(rng)]:
             source = _chain(rng, row["instruction"])
-            answer = f"{prefix}#Finally Rewritten Instruction#: {_evolved(rng, source)}"
-            if rng.random() < 0.15:
-                answer = "Step 1 #Methods List#: add a constraint\nStep 2 #Plan#: add one constraint"
+            if method is initial_method and source.startswith("Write"):
+                answer = "Step 1 #Methods List#: add a constraint"
+            else:
+                answer = f"#Finally Rewritten Instruction#: {_evolved(rng, source)}"
             add(_user(prompts.render("optimize/evolve_with_method.j2", method=method, instruction=source)), answer)
         # responses: the seed's answer, sometimes one of the replies the failure rules catch
         for instruction in (row["instruction"], text):
@@ -165,7 +167,7 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
             "Equal" if same else "Not Equal")
 
     # Auto Evol-Instruct optimizer: analysis, then the optimized method in its fence
-    for _ in range(max(8, len(seeds))):
+    for _ in range(max(16, 2 * len(seeds))):
         cases = rng.sample(seeds, k=min(3, len(seeds)))
         trajectory = json.dumps([{"id": i, "stage0": c["instruction"], "stage1": _evolved(rng, c["instruction"])}
                                  for i, c in enumerate(cases)], ensure_ascii=False)
