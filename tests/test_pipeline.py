@@ -1,7 +1,7 @@
 """End to end: the real stages under `dvc repro` on a temporary copy of the repository, tiny model included.
 
-The copy runs scaled-down params (fewer tiny-model steps, a 12-seed sample) so the suite stays quick;
-everything else is the shipped pipeline. One test walks the whole story, since each step needs the last.
+The copy runs scaled-down params (fewer tiny-model and training steps, a 12-seed sample, one problem per
+benchmark) so the suite stays quick; everything else is the shipped pipeline. One test walks the whole story, since each step needs the last.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ import yaml
 pytestmark = pytest.mark.slow
 
 FAST = {
-    ("tiny_model", "steps"): 60,
+    ("tiny_model", "steps"): 300,
     ("seed", "limit"): 12,
     ("optimize", "dev_size"): 4,
     ("optimize", "batch_size"): 3,
     ("optimize", "steps"): 1,
+    ("optimize", "candidates"): 2,
+    ("finetune", "max_steps"): 2,
+    ("evaluate", "limit"): 1,
 }
 
 
@@ -106,3 +109,16 @@ def test_repro_noop_and_experiments(workdir):
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,
                            check=True).stdout
     assert '"ifd"' in shown and "finetuned" in shown  # the experiment's param and both evaluation rows
+
+    # a smaller seed set and the unoptimized Auto Evol-Instruct method: seed reruns, optimize costs nothing
+    exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=auto_initial", "-S", "seed.limit=10"], work, env)
+    ran = stages_run(exp)
+    assert "seed" in ran and "evolve@round_1" in ran and "tiny_model" not in ran
+    assert metric(work, "seed.json")["rows_written"] == 10
+    assert metric(work, "optimize.json")["skipped"] is True and metric(work, "optimize.json")["calls"] == 0
+    assert metric(work, "evolve.json")["round_1"]["in"] == 10
+
+    # forcing an LLM stage to run again with the same inputs makes no new call
+    run(["dvc", "repro", "-f", "-s", "respond"], work, env)
+    respond = metric(work, "respond.json")
+    assert respond["calls"] == 0 and respond["cache_hits"] == respond["items"] > 0
