@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.llm import ChatRequest
+from evolforge.llm import LLM, ChatRequest
 from evolforge.llm.hf import HFBackend
 from evolforge.prompts import PromptLibrary
 
@@ -36,10 +36,9 @@ def prompts_for(n: int) -> list[ChatRequest]:
 
 
 def timed(backend: HFBackend, requests: list[ChatRequest], batch_size: int) -> tuple[float, int, list[str]]:
+    """Generate through the LLM layer as the stages do (length-sorted batches), with no cache."""
     start = time.perf_counter()
-    texts = []
-    for i in range(0, len(requests), batch_size):
-        texts += [c.text for c in backend.generate(requests[i : i + batch_size])]
+    texts = LLM(backend, cache=None, batch_size=batch_size).complete(requests)
     seconds = time.perf_counter() - start
     tokens = sum(len(backend.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     return seconds, tokens, texts

@@ -80,15 +80,15 @@ class HFBackend:
         enc = tok([self.render(r) for r in requests], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.model.device) for k, v in enc.items()}
         budget = max(r.max_tokens for r in requests)
-        sampler = RowSampler(
-            [r.temperature for r in requests], [r.top_p for r in requests],
-            [request_seed(r) for r in requests], self.model.device,
-        )
+        processors = LogitsProcessorList()
+        if any(r.temperature > 0 for r in requests):  # an all-greedy batch needs no per-row sampling
+            processors.append(RowSampler([r.temperature for r in requests], [r.top_p for r in requests],
+                                         [request_seed(r) for r in requests], self.model.device))
         config = GenerationConfig(
             do_sample=False, max_new_tokens=budget,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
         )
-        out = self.model.generate(**enc, generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+        out = self.model.generate(**enc, generation_config=config, logits_processor=processors)
         new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
         completions = []
         for req, ids in zip(requests, new_tokens):
