@@ -3,6 +3,7 @@
 #   make test  - set up .venv, then run the whole test suite
 VENV ?= .venv
 PYTHON ?= python3
+TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu for the CPU build where PyPI's default is CUDA
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.evolforge-installed
 
@@ -25,7 +26,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

@@ -9,10 +9,12 @@ Writes: metrics/eval.json ({"base": {...}, "finetuned": {...}, "skipped": {...}}
 """
 
 import argparse
+import inspect
 
-from evolforge.config import load_params, load_role, section
+from evolforge.params import load_params, load_role, section
 from evolforge.evaluate import evaluate
 from evolforge.records import write_json
+from evolforge.roles import SECRET_WORDS
 
 
 def main() -> None:
@@ -25,6 +27,13 @@ def main() -> None:
 
     params = load_params(args.params)
     cfg = dict(section(params, "evaluate"))
+    allowed = [p.name for p in inspect.signature(evaluate).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "revision"]
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown:
+        raise SystemExit(f"params.yaml evaluate: unknown key(s) {unknown}; expected some of {allowed}")
+    secret = [k for k in (cfg.get("backend_args") or {}) if any(w in k.lower() for w in SECRET_WORDS)]
+    if secret:  # params.yaml is committed and copied into dvc.lock; the harness's API models read OPENAI_API_KEY
+        raise SystemExit(f"params.yaml evaluate.backend_args: {secret} look like secrets; set OPENAI_API_KEY in the environment")
     base = load_role(params, "base")
     report = evaluate({"base": base.model, "finetuned": args.model}, args.samples, revision=base.revision, **cfg)
     write_json(args.metrics, report)

@@ -7,14 +7,15 @@ Writes: data/evolved/<round>/ items.parquet (one row per item in: evolved or fai
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import polars as pl
 
 from evolforge import validation
-from evolforge.config import load_params, load_role, open_cache, open_role, section
-from evolforge.evolve import EvolveSettings, evolve_round, model_label
-from evolforge.llm import open_llm
+from evolforge.config import open_cache, open_role
+from evolforge.params import load_params, section
+from evolforge.evolve import EvolveSettings, evolve_round
 from evolforge.prompts import PromptLibrary
 from evolforge.records import LINEAGE, read_table, write_json, write_output
 
@@ -28,9 +29,9 @@ def read_pool(src: Path) -> pl.DataFrame:
     return table
 
 
-def method_text(strategy: str, method_dir: Path, prompts: PromptLibrary, initial: str) -> str | None:
+def method_text(strategy: str, method_file: Path, prompts: PromptLibrary, initial: str) -> str | None:
     if strategy == "auto":
-        return (method_dir / "method.txt").read_text(encoding="utf-8").strip()
+        return method_file.read_text(encoding="utf-8").strip()
     if strategy == "auto_initial":
         return prompts.render(f"optimize/{initial}_method.j2")
     return None
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--round", required=True, help="round name in params.yaml evolve.rounds")
     ap.add_argument("--src", required=True)
-    ap.add_argument("--method", default="data/method")
+    ap.add_argument("--method", default="data/method/method.txt", help="the optimized method (strategy auto)")
     ap.add_argument("--prompts", default="prompts")
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
@@ -59,8 +60,7 @@ def main() -> None:
     role, evolver = open_role(params, "evolver", cache)
     judge_role = judge = None
     if settings.rule("info_gain", False):
-        judge_role = load_role(params, "judge")
-        judge = open_llm(judge_role, cache)
+        judge_role, judge = open_role(params, "judge", cache)
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, evolver_role=role,
         method_text=text, judge=judge, judge_role=judge_role)
@@ -69,9 +69,9 @@ def main() -> None:
     summary.update(round=args.round, index=index, strategy=settings.strategy,
                    calls=evolver.stats["calls"] + (judge.stats["calls"] if judge else 0),
                    cache_hits=evolver.stats["cache_hits"] + (judge.stats["cache_hits"] if judge else 0))
-    meta = {"round": args.round, "index": index, "model": model_label(evolver), "model_identity": evolver.identity,
+    meta = {"round": args.round, "index": index, "model": evolver.label, "model_identity": evolver.identity,
             "template_hashes": {n: prompts.hash(n) for n in prompts.names if n.startswith(("evolve/", "respond/", "optimize/evolve"))},
-            "method_text": text, "settings": cfg}
+            "method_text": text, "settings": dataclasses.asdict(settings)}
     write_output(args.out, table, meta=meta, tables={POOL: next_pool})
     write_json(args.metrics, summary)
     print(f"{args.round}: {summary['in']} in, {summary['evolved']} evolved, {summary['failed']} failed "

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from evolforge.config import load_params, section
+from evolforge.params import load_params, section
 from evolforge.records import write_json
 
 

@@ -8,15 +8,15 @@ Multi-GPU (DeepSpeed ZeRO-3):
 """
 
 import argparse
+import inspect
 import json
 
-from evolforge.config import load_params, load_role, section
+from evolforge.params import load_params, load_role, section
 from evolforge.finetune import finetune
 from evolforge.records import write_json
 
-SETTINGS = ("mode", "lr", "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "warmup_ratio",
-            "lr_scheduler", "weight_decay", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules",
-            "gradient_checkpointing", "seed", "logging_steps", "dtype")
+# the keyword-only settings of finetune() are exactly what params.yaml `finetune` may set
+SETTINGS = [p.name for p in inspect.signature(finetune).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "revision"]
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import argparse
 import polars as pl
 
 from evolforge import validation
-from evolforge.config import load_params, open_cache, open_role, section
-from evolforge.evolve import model_label
+from evolforge.config import open_cache, open_role
+from evolforge.params import load_params, section
 from evolforge.judge import LEVEL_TEMPLATE, SCORE_TEMPLATES, judge, level_distribution
 from evolforge.prompts import PromptLibrary
 from evolforge.records import read_table, write_json, write_output
@@ -47,7 +47,7 @@ def main() -> None:
                "level_unparsed": int(table["difficulty_level"].is_null().sum()),
                "score_unparsed": int(table["difficulty_score"].is_null().sum()),
                "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
-    meta = {"model": model_label(llm), "model_identity": llm.identity, "score_prompt": variant,
+    meta = {"model": llm.label, "model_identity": llm.identity, "score_prompt": variant,
             "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), SCORE_TEMPLATES[variant]: prompts.hash(SCORE_TEMPLATES[variant])}}
     write_output(args.out, table, meta=meta)
     write_json(args.metrics, metrics)

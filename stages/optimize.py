@@ -16,8 +16,9 @@ import dataclasses
 import random
 from pathlib import Path
 
-from evolforge.config import load_params, open_cache, open_role, section
-from evolforge.evolve import METHOD_TEMPLATE, model_label
+from evolforge.config import open_cache, open_role
+from evolforge.params import load_params, section
+from evolforge.evolve import METHOD_TEMPLATE
 from evolforge.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE, OptimizeSettings,
                                 initial_method_text, optimize_method, split_dev_pool, summary)
 from evolforge.prompts import PromptLibrary
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng, **models)
 
     meta.update(skipped=False, dev_ids=[d["id"] for d in dev],
-                models={"evolver": model_label(models["evolver"]), "optimizer": model_label(models["optimizer"])})
+                models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})
     write_method(args.out, result.method, result.log, meta)
     metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats})
     write_json(args.metrics, metrics)

@@ -8,8 +8,8 @@ Writes: data/responses/items.parquet (lineage + instruction, input, output), met
 import argparse
 
 from evolforge import validation
-from evolforge.config import load_params, open_cache, open_role, section
-from evolforge.evolve import model_label
+from evolforge.config import open_cache, open_role
+from evolforge.params import load_params, section
 from evolforge.prompts import PromptLibrary
 from evolforge.records import LINEAGE, write_json, write_output
 from evolforge.respond import RESPONSE_TEMPLATE, answer, gather
@@ -42,7 +42,7 @@ def main() -> None:
     empty = int((table["output"].str.strip_chars() == "").sum())
     metrics = {"items": table.height, "empty_responses": empty, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
                "per_round": {str(k): v for k, v in zip(*table["round"].value_counts(sort=True).to_dict(as_series=False).values())}}
-    write_output(args.out, table, meta={"model": model_label(llm), "model_identity": llm.identity,
+    write_output(args.out, table, meta={"model": llm.label, "model_identity": llm.identity,
                                         "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": cfg})
     write_json(args.metrics, metrics)
     print(f"respond: {table.height} responses ({empty} empty); {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits")

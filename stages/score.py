@@ -1,7 +1,7 @@
 """score stage: IFD and IC-IFD losses from the scorer model, and diversity (minimum neighbour distance).
 
-Reads:  data/responses/, params.yaml `score` (template, max_length, batch_size, embedder, embedder_model),
-        roles `scorer` (model, revision, dtype, device)
+Reads:  data/responses/, params.yaml `score` (template, max_length, embedder, embedder_model),
+        roles `scorer` (model, revision, dtype, device, batch_size)
 Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts, mnd, repeat_count),
         metrics/score.json (means, scorer_path), metrics/plots/{ifd,ic_ifd,mnd}_hist.json
 """
@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 
 from evolforge import validation
-from evolforge.config import load_params, load_role, section
-from evolforge.diversity import embed_texts, item_texts, neighbor_stats
+from evolforge.params import load_params, load_role, section
+from evolforge.diversity import embed_texts, item_texts, mean_pooled_embeddings, neighbor_stats
 from evolforge.modeling import model_identity
 from evolforge.records import read_table, write_json, write_output
 from evolforge.scoring import ifd_scores, load_scorer
@@ -47,11 +47,14 @@ def main() -> None:
 
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
-                        template=cfg.get("template", "raw"), batch_size=cfg.get("batch_size", 16), max_length=cfg.get("max_length"))
+                        template=cfg.get("template", "raw"), batch_size=role.batch_size, max_length=cfg.get("max_length"))
     embedder = cfg.get("embedder", "causal-lm-mean")
-    embeddings = embed_texts(item_texts(items["instruction"].to_list(), items["input"].to_list()),
-                             cfg.get("embedder_model") or role.model, kind=embedder,
-                             revision=None if cfg.get("embedder_model") else role.revision, dtype=role.dtype, device=role.device)
+    texts = item_texts(items["instruction"].to_list(), items["input"].to_list())
+    if embedder == "causal-lm-mean" and not cfg.get("embedder_model"):
+        # the scorer model is already loaded: no second copy
+        embeddings = mean_pooled_embeddings(model, tokenizer, texts, batch_size=role.batch_size, progress=True)
+    else:
+        embeddings = embed_texts(texts, cfg["embedder_model"] or role.model, kind=embedder, dtype=role.dtype, device=role.device)
     neighbours = neighbor_stats(embeddings)
     table = pl.concat([items.select("id", "round"), scores], how="horizontal").with_columns(
         mnd=pl.Series(neighbours.min_distance, dtype=pl.Float64), repeat_count=pl.Series(neighbours.repeat_count, dtype=pl.Int64))

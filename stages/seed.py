@@ -6,7 +6,7 @@ Writes: data/seed/items.parquet (+ meta.json), metrics/seed.json
 
 import argparse
 
-from evolforge.config import load_params, section
+from evolforge.params import load_params, section
 from evolforge.records import write_json, write_output
 from evolforge.seed import build_seed
 

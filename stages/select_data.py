@@ -10,7 +10,7 @@ Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl
 import argparse
 
 from evolforge import validation
-from evolforge.config import load_params, section
+from evolforge.params import load_params, section
 from evolforge.records import read_table, write_json, write_output
 from evolforge.selection import select_items, to_alpaca, to_trl
 

@@ -142,3 +142,16 @@ def test_two_processes_share_the_cache(tmp_path):
         p.join(120)
         assert p.exitcode == 0
     assert len(CallCache(path)) == 2 * 50 * 20
+
+
+def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
+    from evolforge.config import open_cache, repo_root
+
+    queued = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    queued.mkdir(parents=True)
+    assert repo_root(queued) == (tmp_path / "repo").resolve()
+    assert repo_root(tmp_path) == tmp_path.resolve()
+    monkeypatch.delenv("EVOLFORGE_CACHE", raising=False)
+    monkeypatch.chdir(queued)
+    cache = open_cache({"cache": {"path": ".evolforge/cache.sqlite"}})
+    assert cache.path == (tmp_path / "repo" / ".evolforge" / "cache.sqlite").resolve()

@@ -195,3 +195,36 @@ def test_lineage_cli(seed_table, tmp_path, capsys):
     main(["lineage", table["id"][0][:8], "--seed", str(tmp_path / "seed"), "--evolved", str(tmp_path / "evolved")])
     out = capsys.readouterr().out
     assert "round 0" in out and "round 1" in out and table["instruction"][0] in out
+
+
+def test_stage_method_text_per_strategy(repo, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evolve_stage", repo / "stages/evolve.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    prompts = PromptLibrary(repo / "prompts")
+    method_file = tmp_path / "method.txt"
+    method_file.write_text("An optimized method.\n")
+    assert stage.method_text("auto", method_file, prompts, "initial") == "An optimized method."
+    assert stage.method_text("auto_initial", method_file, prompts, "initial") == prompts.render("optimize/initial_method.j2")
+    assert stage.method_text("auto_initial", method_file, prompts, "weak") == prompts.render("optimize/weak_method.j2")
+    assert stage.method_text("evol", method_file, prompts, "initial") is None
+
+
+def test_unknown_evolve_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown key"):
+        EvolveSettings.from_params({"strategy": "evol", "temprature": 0.5})
+    with pytest.raises(ValueError, match="unknown rule"):
+        EvolveSettings.from_params({"elimination": {"rule_F": False}})
+    assert EvolveSettings.from_params({"strategy": "auto", "rounds": {}}).temperature is None
+
+
+def test_kept_parent_gets_a_fresh_attempt_next_round(seed_table):
+    settings = EvolveSettings(strategy="evol", breadth=False)
+    (_, _, _), first = run_round(seed_table, 1, settings, {})
+    (_, _, _), second = run_round(seed_table, 5, settings, {})  # round 5 rotates back to round 1's methods
+    evolve_1 = [r for r in first.sent if "#The Given Prompt#" in r.messages[-1][1]]
+    evolve_5 = [r for r in second.sent if "#The Given Prompt#" in r.messages[-1][1]]
+    assert [r.messages for r in evolve_1] == [r.messages for r in evolve_5]  # same prompts...
+    assert {r.sample_index for r in evolve_1} == {1} and {r.sample_index for r in evolve_5} == {5}  # ...new samples

@@ -1,7 +1,6 @@
-"""Reading ``params.yaml``: plain ``yaml.safe_load`` (no DVC needed), so stages stay testable anywhere.
+"""Opening what a stage's LLM roles need: the call cache and the models.
 
->>> params = load_params("params.yaml")              # doctest: +SKIP
->>> role = load_role(params, "evolver")              # doctest: +SKIP
+>>> role, llm = open_role(load_params("params.yaml"), "evolver", open_cache(params))   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -10,40 +9,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from evolforge.cache import DEFAULT_CACHE_PATH, CallCache
 from evolforge.llm import LLM, Role, open_llm
+from evolforge.params import load_role
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: params file not found")
-    with open(path, encoding="utf-8") as fh:
-        params = yaml.safe_load(fh) or {}
-    if not isinstance(params, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return params
-
-
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    if name not in params:
-        raise KeyError(f"params.yaml: section '{name}' is missing")
-    return params[name] or {}
-
-
-def load_role(params: dict[str, Any], name: str) -> Role:
-    roles = section(params, "roles")
-    if name not in roles:
-        raise KeyError(f"params.yaml roles: role '{name}' is missing; roles present: {sorted(roles)}")
-    return Role.from_params(name, roles[name])
+def repo_root(cwd: Path | None = None) -> Path:
+    """The repository a stage belongs to. ``dvc exp run --queue`` / ``--temp`` run stages in a copy under
+    ``<repo>/.dvc/tmp/exps/``, without git-ignored files: resolving against the original repository lets
+    every queued experiment share (and fill) the one call cache."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
 
 
 def open_cache(params: dict[str, Any]) -> CallCache:
-    """The call cache named by ``cache.path`` (env ``EVOLFORGE_CACHE`` wins, for tests and shared boxes)."""
-    path = os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH
-    return CallCache(path)
+    """The call cache named by ``cache.path`` (env ``EVOLFORGE_CACHE`` wins, for tests and shared boxes);
+    a relative path is relative to the repository root."""
+    path = Path(os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH)
+    return CallCache(path if path.is_absolute() else repo_root() / path)
 
 
 def open_role(params: dict[str, Any], name: str, cache: CallCache | None) -> tuple[Role, LLM]:

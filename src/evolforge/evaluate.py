@@ -67,6 +67,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from evolforge.eval_tasks import CODE_BENCHMARKS, SUITES, write_suite
 from evolforge.eval_tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
 from evolforge.modeling import is_local, pick_device, pick_dtype
+from evolforge.records import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -349,8 +350,7 @@ def evaluate(
             gc.collect()
             _free_accelerator_memory()
     report["skipped"] = skipped
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    replace_dir(staging, out_dir)
     return report
 
 

@@ -27,11 +27,12 @@ from evolforge import failures
 from evolforge.llm import LLM, Role
 from evolforge.prompts import PromptLibrary
 from evolforge.records import EVOLVED, FAILED, LINEAGE, make_id
-from evolforge.respond import respond  # noqa: F401  (re-exported: the optimize loop answers with it too)
+from evolforge.respond import respond
 
 IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
 BREADTH = "breadth"
 STRATEGIES = ("evol", "auto", "auto_initial")
+RULES = ("empty", "unchanged", "template_words", "sorry_short", "stopwords_only", "rule_f", "info_gain")
 METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
 
 
@@ -41,16 +42,23 @@ class EvolveSettings:
     assignment: str = "round_robin"
     breadth: bool = True
     on_failure: str = "keep_parent"
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 256
+    # evolver sampling; None = the evolver role's default
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
     seed: int = 0
     elimination: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> "EvolveSettings":
-        known = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
-        s = cls(**known)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known - {"rounds"})
+        if unknown:
+            raise ValueError(f"params.yaml evolve: unknown key(s) {unknown}; expected some of {sorted(known | {'rounds'})}")
+        bad_rules = sorted(set(cfg.get("elimination") or {}) - set(RULES))
+        if bad_rules:
+            raise ValueError(f"params.yaml evolve.elimination: unknown rule(s) {bad_rules}; rules are {RULES}")
+        s = cls(**{k: v for k, v in cfg.items() if k in known})
         if s.strategy not in STRATEGIES:
             raise ValueError(f"params.yaml evolve.strategy: {s.strategy!r} is not one of {STRATEGIES}")
         if s.assignment not in ("round_robin", "random"):
@@ -109,7 +117,7 @@ def evolve_with_method(llm: LLM, role: Role, prompts: PromptLibrary, instruction
 
 def info_gain_verdicts(llm: LLM, role: Role, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
     """LLM check: True when the evolved instruction equals its parent (no information gain)."""
-    requests = [role.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}], temperature=0.0)
+    requests = [role.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}])
                 for p, c in zip(parents, children)]
     return [failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 
@@ -126,7 +134,9 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         if not method_text:
             raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
         methods = [settings.strategy] * n
-    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=settings.seed)
+    # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
+    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
+                    seed=settings.seed, sample_index=round_index)
 
     # 1. evolve
     requests = [evolver_role.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
@@ -168,7 +178,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
                 reasons[i] = failures.NO_INFO_GAIN
 
     rows, next_pool = [], []
-    model = model_label(evolver)
+    model = evolver.label
     for it, m, raw, cand, resp, reason in zip(items, methods, raws, candidates, responses, reasons):
         status = EVOLVED if reason is None else FAILED
         text = cand if cand is not None else ""
@@ -205,13 +215,6 @@ def _as_pool(rows: list[dict]) -> pl.DataFrame:
     cols = LINEAGE + ["instruction", "input", "output"]
     return pl.DataFrame([{c: r.get(c) for c in cols} for r in rows],
                         schema={c: ROUND_SCHEMA[c] for c in cols})
-
-
-def model_label(llm: LLM) -> str:
-    """``name@revision`` or ``name@sha256:<first 12>`` for the model column."""
-    ident = llm.identity
-    tag = ident.get("revision") or ("sha256:" + ident["weights_sha256"][:12] if "weights_sha256" in ident else "")
-    return f"{ident.get('name', '?')}@{tag}" if tag else str(ident.get("name", "?"))
 
 
 def round_summary(table: pl.DataFrame) -> dict:

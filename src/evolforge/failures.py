@@ -25,7 +25,6 @@ STOPWORDS_ONLY = "stopwords_only_response"
 AUTO_FAILURE = "response_fails_rule_f"
 NO_INFO_GAIN = "no_information_gain"
 EMPTY_RESPONSE = "empty_response"
-REASONS = [EMPTY, UNCHANGED, TEMPLATE_WORDS, MISSING_MARKER, EMPTY_RESPONSE, SORRY_SHORT, STOPWORDS_ONLY, AUTO_FAILURE, NO_INFO_GAIN]
 
 # Words of the evolving prompts that must not leak into an evolved instruction (lower-case match).
 TEMPLATE_PHRASES = (

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evolforge.modeling import load_tokenizer, model_identity, pick_device, pick_dtype
+from evolforge.records import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,7 @@ def finetune(
         # a pickle of the run's arguments (paths included): not needed to load the model, and it would make the
         # folder's bytes, hence the model's identity in evaluation caches, differ between identical runs
         (staging / "training_args.bin").unlink(missing_ok=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        staging.rename(out_dir)
+        replace_dir(staging, out_dir)
     state.wait_for_everyone()
 
     curve = [{"step": int(e["step"]), "loss": round(float(e["loss"]), 6)}

@@ -18,6 +18,7 @@ import polars as pl
 
 from evolforge.llm import LLM, Role
 from evolforge.prompts import PromptLibrary
+from evolforge.scoring import question_text
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
@@ -46,20 +47,16 @@ def parse_score(text: str) -> tuple[float | None, str | None]:
     return value, None
 
 
-def query_text(instruction: str, input_text: str) -> str:
-    return f"{instruction}\n{input_text}" if input_text else instruction
-
-
 def judge(items: pl.DataFrame, llm: LLM, role: Role, prompts: PromptLibrary, score_prompt: str = "paper",
           max_tokens: int | None = None) -> pl.DataFrame:
     """Add difficulty_level / difficulty_score (+ raw answers, parse reasons, prompt variant) to ``items``."""
     if score_prompt not in SCORE_TEMPLATES:
         raise ValueError(f"params.yaml judge.score_prompt: {score_prompt!r} is not one of {sorted(SCORE_TEMPLATES)}")
-    queries = [query_text(q, x) for q, x in zip(items["instruction"].to_list(), items["input"].to_list())]
+    queries = [question_text(q, x) for q, x in zip(items["instruction"].to_list(), items["input"].to_list())]
 
     def ask(template: str, desc: str) -> list[str]:
         requests = [role.request([{"role": "user", "content": prompts.render(template, query=q)}],
-                                 temperature=0.0, max_tokens=max_tokens) for q in queries]
+                                 max_tokens=max_tokens) for q in queries]
         return llm.complete(requests, desc=desc)
 
     level_raw = ask(LEVEL_TEMPLATE, "judge level")

@@ -23,7 +23,6 @@ TABLE = "items.parquet"  # the table file inside every stage output folder
 META = "meta.json"  # template hashes, model identities, params used
 
 LINEAGE = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason"]
-TEXT = ["instruction", "input", "output"]
 
 # statuses
 SEED, EVOLVED, FAILED = "seed", "evolved", "failed"
@@ -54,13 +53,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, path)
+
+
+def replace_dir(staging: str | Path, path: str | Path) -> None:
+    """Move a finished ``staging`` folder to ``path``, replacing what was there with two renames."""
+    staging, path = Path(staging), Path(path)
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         path.rename(old)
-        tmp.rename(path)
+        staging.rename(path)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        tmp.rename(path)
+        staging.rename(path)
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -104,8 +109,3 @@ def read_table(path: str | Path) -> pl.DataFrame:
     if not file.exists():
         raise FileNotFoundError(f"{file}: no such artifact; has the stage that writes it run?")
     return pl.read_parquet(file)
-
-
-def read_meta(path: str | Path) -> dict:
-    file = Path(path) / META
-    return json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}

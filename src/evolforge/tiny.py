@@ -274,16 +274,17 @@ def build_tiny_model(out_dir: str | Path, seeds_path: str | Path, prompts_dir: s
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     try:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
-            num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads, intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-        model = LlamaForCausalLM(config)
-        curve = train(model, tokenizer, examples, cfg, log=log)
+        with torch.random.fork_rng():  # seed the weights without changing the caller's global RNG state
+            torch.manual_seed(cfg.seed)
+            config = LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,
+                num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads, intermediate_size=cfg.intermediate_size,
+                max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )
+            model = LlamaForCausalLM(config)
+            curve = train(model, tokenizer, examples, cfg, log=log)
     finally:
         torch.set_num_threads(threads)
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -297,46 +298,3 @@ def build_tiny_model(out_dir: str | Path, seeds_path: str | Path, prompts_dir: s
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
-
-def probe(model_dir: str | Path, prompts_dir: str | Path, seeds_path: str | Path, n: int = 12) -> dict[str, float]:
-    """Share of greedy answers that each stage's own parser accepts, per format, on ``n`` demo seeds.
-
-    A healthy tiny model sits between 0 and 1 on most formats: the offline pipeline then walks both
-    the success and the failure paths.
-    """
-    from evolforge import failures
-    from evolforge.judge import parse_level, parse_score
-    from evolforge.llm import LLM, ChatRequest
-    from evolforge.llm.hf import HFBackend
-    from evolforge.optimize import parse_optimized_method
-
-    prompts = PromptLibrary(prompts_dir)
-    rows = pl.read_ndjson(seeds_path).head(n).to_dicts()
-    method = prompts.render("optimize/initial_method.j2")
-    def _messages(prompt: str | list[dict]) -> list[dict]:
-        return _user(prompt) if isinstance(prompt, str) else prompt
-
-    checks: dict[str, tuple[Callable[[dict], str | list[dict]], Callable[[dict, str], bool]]] = {
-        "evolve_depth": (lambda r: prompts.render("evolve/depth.j2", method="add_constraints", instruction=r["instruction"]),
-                         lambda r, t: failures.instruction_failure(r["instruction"], t) is None),
-        "evolve_auto": (lambda r: prompts.render("optimize/evolve_with_method.j2", method=method, instruction=r["instruction"]),
-                        lambda r, t: failures.parse_final_instruction(t) is not None),
-        "respond": (lambda r: prompts.render("respond/response.j2", instruction=r["instruction"], input=r.get("input") or ""),
-                    lambda r, t: failures.response_failure(t) is None),
-        "judge_level": (lambda r: prompts.render("judge/difficulty_level.j2", query=r["instruction"]),
-                        lambda r, t: parse_level(t)[0] is not None),
-        "judge_score": (lambda r: prompts.render("judge/difficulty_score.j2", query=r["instruction"]),
-                        lambda r, t: parse_score(t)[0] is not None),
-        "optimizer_method": (lambda r: _user(prompts.render("optimize/analysis.j2", trajectory=json.dumps(
-                                 [{"id": 0, "stage0": r["instruction"], "stage1": r["instruction"]}])))
-                             + [{"role": "assistant", "content": FEEDBACK[0].format(i=0, j=0)}]
-                             + _user(prompts.render("optimize/optimization.j2", method=method)),
-                             lambda r, t: parse_optimized_method(t)[0] is not None),
-    }
-    llm = LLM(HFBackend(str(model_dir)), cache=None, batch_size=32)
-    report = {}
-    for name, (render, ok) in checks.items():
-        answers = llm.complete([ChatRequest.chat(_messages(render(r)), max_tokens=160)
-                                for r in rows], desc=f"probe {name}")
-        report[name] = sum(ok(r, t) for r, t in zip(rows, answers)) / len(rows)
-    return report

@@ -55,18 +55,9 @@ def unique(column: str) -> list[Rule]:
     return [Rule(f"{column} values are unique", "ExpectColumnValuesToBeUnique", {"column": column})]
 
 
-def in_set(column: str, values: list[Any]) -> list[Rule]:
-    return [Rule(f"{column} is one of {values}", "ExpectColumnValuesToBeInSet", {"column": column, "value_set": values})]
-
-
 def between(column: str, low: float | None, high: float | None) -> list[Rule]:
     return [Rule(f"{column} lies in [{low}, {high}]", "ExpectColumnValuesToBeBetween",
                  {"column": column, "min_value": low, "max_value": high})]
-
-
-def seed_rules() -> list[Rule]:
-    """What every table of items must satisfy: lineage columns, text, unique ids."""
-    return required_columns(["id", "instruction", "input", "output"]) + non_empty_text(["instruction"]) + unique("id")
 
 
 _context = None

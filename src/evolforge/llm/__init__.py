@@ -22,26 +22,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from tqdm.auto import tqdm
 
 from evolforge.cache import CallCache, cache_key
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One chat completion request. ``sample_index`` tells apart repeated samples of one prompt."""
-
-    messages: tuple[tuple[str, str], ...]  # ((role, content), ...): hashable and immutable
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int = 0
-    sample_index: int = 0
-
-    @classmethod
-    def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
-        return cls(messages=tuple((m["role"], m["content"]) for m in messages), **sampling)
-
-    @property
-    def message_dicts(self) -> list[dict[str, str]]:
-        return [{"role": r, "content": c} for r, c in self.messages]
+from evolforge.roles import SECRET_WORDS, ChatRequest, Role  # noqa: F401  (part of the LLM layer's API)
 
 
 @dataclass(frozen=True)
@@ -59,63 +40,6 @@ class Backend(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]: ...
-
-
-@dataclass
-class Role:
-    """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
-
-    name: str
-    backend: str
-    model: str
-    revision: str | None = None
-    # generation defaults; a stage may override them per call
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int = 0
-    # hf / vllm
-    batch_size: int = 8
-    dtype: str = "auto"
-    device: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    # openai-compatible servers
-    base_url: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 5
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any]) -> "Role":
-        known = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"params.yaml roles.{name}: unknown key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        for required in ("backend", "model"):
-            if not params.get(required):
-                raise ValueError(f"params.yaml roles.{name}: '{required}' is required")
-        if params["backend"] not in BACKENDS:
-            raise ValueError(
-                f"params.yaml roles.{name}.backend: {params['backend']!r} is not one of {sorted(BACKENDS)}"
-            )
-        return cls(name=name, **params)
-
-    def request(self, messages: Sequence[Mapping[str, str]], **overrides) -> ChatRequest:
-        """A request with this role's generation defaults, overridden where given (None = default)."""
-        sampling = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-            "seed": self.seed,
-        }
-        sampling.update({k: v for k, v in overrides.items() if v is not None})
-        return ChatRequest.chat(messages, **sampling)
 
 
 def request_seed(request: ChatRequest) -> int:
@@ -140,6 +64,13 @@ class LLM:
     @property
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
+
+    @property
+    def label(self) -> str:
+        """``name@revision`` or ``name@sha256:<first 12>``: the model column of every artifact."""
+        ident = self._identity
+        tag = ident.get("revision") or ("sha256:" + ident["weights_sha256"][:12] if "weights_sha256" in ident else "")
+        return f"{ident.get('name', '?')}@{tag}" if tag else str(ident.get("name", "?"))
 
     def key(self, request: ChatRequest) -> str:
         return cache_key(

@@ -21,7 +21,7 @@ class RowSampler(LogitsProcessor):
     """Samples each row's next token with its own temperature, top_p and generator, then masks every
     other token so the surrounding greedy search picks exactly that one. Rows at temperature 0 stay greedy."""
 
-    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], seeds: Sequence[int], device):
+    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], seeds: Sequence[int]):
         self.temperatures = list(temperatures)
         self.top_ps = list(top_ps)
         self.generators = []
@@ -83,7 +83,7 @@ class HFBackend:
         processors = LogitsProcessorList()
         if any(r.temperature > 0 for r in requests):  # an all-greedy batch needs no per-row sampling
             processors.append(RowSampler([r.temperature for r in requests], [r.top_p for r in requests],
-                                         [request_seed(r) for r in requests], self.model.device))
+                                         [request_seed(r) for r in requests]))
         config = GenerationConfig(
             do_sample=False, max_new_tokens=budget,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,

@@ -1,0 +1,109 @@
+"""Model roles from ``params.yaml`` (``roles.<name>``) and the chat requests they make.
+
+Kept apart from the backends so that reading a role (to fine-tune or evaluate ``roles.base``) imports
+no backend code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+BACKEND_NAMES = ("hf", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request. ``sample_index`` tells apart repeated samples of one prompt."""
+
+    messages: tuple[tuple[str, str], ...]  # ((role, content), ...): hashable and immutable
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    sample_index: int = 0
+
+    @classmethod
+    def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
+        return cls(messages=tuple((m["role"], m["content"]) for m in messages), **sampling)
+
+    @property
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+
+SECRET_WORDS = ("key", "token", "secret", "password", "auth", "header")
+
+
+def _refuse_secrets(where: str, params: Mapping[str, Any]) -> None:
+    """params.yaml is committed and recorded in dvc.lock: a secret written there would leak. Keys are read
+    from the environment variable named by ``api_key_env`` instead."""
+    from urllib.parse import urlsplit
+
+    url = params.get("base_url")
+    if url and (urlsplit(url).username or urlsplit(url).password or urlsplit(url).query):
+        raise ValueError(f"params.yaml {where}.base_url: no credentials or query string in the URL; "
+                         "put the key in an environment variable and name it in api_key_env")
+    for k in (params.get("extra") or {}):
+        if any(word in k.lower() for word in SECRET_WORDS):
+            raise ValueError(f"params.yaml {where}.extra.{k}: secrets do not belong in params; use api_key_env")
+
+
+@dataclass
+class Role:
+    """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
+
+    name: str
+    backend: str
+    model: str
+    revision: str | None = None
+    # generation defaults; a stage may override them per call
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    # hf / vllm
+    batch_size: int = 8
+    dtype: str = "auto"
+    device: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    # openai-compatible servers
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, name: str, params: Mapping[str, Any]) -> "Role":
+        known = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(
+                f"params.yaml roles.{name}: unknown key(s) {unknown}; expected some of {sorted(known)}"
+            )
+        for required in ("backend", "model"):
+            if not params.get(required):
+                raise ValueError(f"params.yaml roles.{name}: '{required}' is required")
+        _refuse_secrets(f"roles.{name}", params)
+        if params["backend"] not in BACKEND_NAMES:
+            raise ValueError(
+                f"params.yaml roles.{name}.backend: {params['backend']!r} is not one of {list(BACKEND_NAMES)}"
+            )
+        return cls(name=name, **params)
+
+    def request(self, messages: Sequence[Mapping[str, str]], **overrides) -> ChatRequest:
+        """A request with this role's generation defaults, overridden where given (None = default)."""
+        sampling = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+        sampling.update({k: v for k, v in overrides.items() if v is not None})
+        return ChatRequest.chat(messages, **sampling)
