@@ -8,7 +8,6 @@ and prints items/s and tokens/s of each, the speed-up and the largest relative d
     python bench/score.py --model Qwen/Qwen2.5-0.5B --items 128 --template chat
 
 Items are synthesised deterministically from ``--seed`` (instructions and responses of 20-200 tokens).
-``build_random_llama`` is also what the scoring and diversity tests build their tiny model with.
 """
 
 from __future__ import annotations
@@ -21,50 +20,7 @@ from pathlib import Path
 
 import torch
 
-
-def pseudo_words(count: int, seed: int = 0) -> list[str]:
-    """``count`` distinct pronounceable words, the same for the same seed."""
-    rng = random.Random(seed)
-    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
-    words: set[str] = set()
-    while len(words) < count:
-        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))))
-    return sorted(words)
-
-
-def build_random_llama(
-    path: str | Path,
-    vocab_size: int = 2000,
-    hidden_size: int = 256,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    intermediate_size: int = 688,
-    seed: int = 0,
-) -> Path:
-    """Save a random-weight Llama and its byte-level BPE tokenizer (BOS added, chat template) to ``path``.
-
-    The tokenizer is :func:`evolforge.tiny.train_tokenizer`'s (the pipeline's tiny model uses it too),
-    trained on pseudo-words; its vocabulary may come out a little smaller than ``vocab_size``, and the
-    model's vocabulary matches the tokenizer's.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from evolforge.tiny import train_tokenizer
-
-    path = Path(path)
-    rng = random.Random(seed)
-    words = pseudo_words(max(200, vocab_size // 2), seed)
-    tokenizer = train_tokenizer([" ".join(rng.choice(words) for _ in range(20)) for _ in range(2000)], vocab_size)
-    tokenizer.save_pretrained(path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,
-        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+from evolforge.tiny import build_random_llama, pseudo_words
 
 
 def synth_items(count: int, seed: int = 0) -> dict[str, list[str]]:

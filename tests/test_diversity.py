@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from evolforge.tiny import build_random_llama
 from evolforge.diversity import embed_texts, item_texts, mean_pooled_embeddings, min_neighbor_distance, neighbor_stats
 from evolforge.scoring import load_scorer
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "score.py"
 
 
 def brute_force(embeddings: np.ndarray, threshold: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -60,11 +58,8 @@ def test_sentence_transformers_missing_says_how_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("bench_score", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     path = tmp_path_factory.mktemp("tiny-llama")
-    return bench.build_random_llama(
+    return build_random_llama(
         path, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128
     )
 

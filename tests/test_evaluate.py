@@ -237,24 +237,13 @@ def test_model_args_for_each_backend(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A random-weight Llama (hidden 64, 2 layers) with a BPE tokenizer and a chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from evolforge.tiny import build_random_llama
 
-    from evolforge.tiny import train_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny")
     texts = [item.row.get("prompt") or item.row.get("question") or item.row.get("problem") or item.row.get("text")
              for items in OFFLINE_ITEMS.values() for item in items] + [
              item.reference_response for items in OFFLINE_ITEMS.values() for item in items]
-    tokenizer = train_tokenizer(texts * 4, vocab_size=400)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, intermediate_size=128, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_random_llama(tmp_path_factory.mktemp("tiny"), texts=texts * 4, vocab_size=400, hidden_size=64,
+                              num_layers=2, intermediate_size=128, max_position_embeddings=1024)
 
 
 def test_tiny_hf_model_and_lora_adapter_end_to_end(tiny_model, tmp_path):

@@ -15,7 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from evolforge.finetune import PAPER_FULL, PAPER_LORA, conversational_row, finetune, validate_rows  # noqa: E402
+from evolforge.finetune import PAPER_FULL, PAPER_LORA, finetune, validate_rows  # noqa: E402
+from evolforge.selection import conversational_row  # noqa: E402
+from evolforge.tiny import build_random_llama  # noqa: E402
 
 PAIRS = [
     ("Name a primary color.", "Red is a primary color."),
@@ -35,20 +37,9 @@ FAST = {"lr": 5e-3, "max_steps": 16, "batch_size": 4, "grad_accum": 1, "max_leng
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A random-weight Llama (hidden 64, 2 layers) with a BPE tokenizer and a chat template."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from evolforge.tiny import train_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny")
-    tokenizer = train_tokenizer([t for pair in PAIRS for t in pair] * 8, vocab_size=300)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, intermediate_size=128, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_random_llama(tmp_path_factory.mktemp("tiny"), texts=[t for pair in PAIRS for t in pair] * 8,
+                              vocab_size=300, hidden_size=64, num_layers=2, intermediate_size=128,
+                              max_position_embeddings=256)
 
 
 def _state(model) -> dict[str, torch.Tensor]:

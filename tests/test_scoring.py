@@ -3,15 +3,14 @@ random-weight Llama built here (byte-level BPE tokenizer with BOS and a chat tem
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import polars as pl
 import pytest
 import torch
 
+from evolforge.tiny import build_random_llama
 from evolforge.scoring import (
     chat_texts,
     encode_items,
@@ -21,23 +20,14 @@ from evolforge.scoring import (
     reference_ifd_scores,
 )
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "score.py"
 LOSS_COLUMNS = ["loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd"]
 COUNT_COLUMNS = ["n_tokens_instruction", "n_tokens_response", "n_tokens_response_given_instruction"]
-
-
-def load_bench():
-    """bench/score.py as a module: it holds ``build_random_llama``, shared with the benchmark."""
-    spec = importlib.util.spec_from_file_location("bench_score", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-llama")
-    load_bench().build_random_llama(
+    build_random_llama(
         path, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128
     )
     return load_scorer(str(path), device="cpu")

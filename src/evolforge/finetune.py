@@ -73,12 +73,6 @@ def validate_rows(rows: Sequence[dict]) -> None:
                                  f"got {messages[-1]['role']!r}")
 
 
-def conversational_row(prompt: str, completion: str) -> dict:
-    """One instruction/response pair as a training row."""
-    return {"prompt": [{"role": "user", "content": prompt}],
-            "completion": [{"role": "assistant", "content": completion}]}
-
-
 def _count_params(model) -> tuple[int, int]:
     """(trainable, total); under ZeRO-3 parameters are partitioned and their full size is ``ds_numel``."""
     trainable = total = 0

@@ -66,10 +66,14 @@ def user_text(instruction: str, input_text: str) -> str:
     return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
+def conversational_row(prompt: str, completion: str) -> dict:
+    """One TRL conversational prompt/completion record (TRL trains on the completion only by default)."""
+    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
+
+
 def to_trl(rows: pl.DataFrame) -> list[dict]:
-    """TRL conversational prompt/completion records (completion-only loss by default in TRL)."""
-    return [{"id": r["id"], "prompt": [{"role": "user", "content": user_text(r["instruction"], r["input"])}],
-             "completion": [{"role": "assistant", "content": r["output"]}]}
+    """The selected rows as TRL records, each with its item id."""
+    return [{"id": r["id"], **conversational_row(user_text(r["instruction"], r["input"]), r["output"])}
             for r in rows.select("id", "instruction", "input", "output").iter_rows(named=True)]
 
 

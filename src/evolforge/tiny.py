@@ -298,3 +298,54 @@ def build_tiny_model(out_dir: str | Path, seeds_path: str | Path, prompts_dir: s
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
+
+# --- untrained models for tests and benchmarks -----------------------------------------------
+
+
+def pseudo_words(count: int, seed: int = 0) -> list[str]:
+    """``count`` distinct pronounceable words, the same for the same seed."""
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    words: set[str] = set()
+    while len(words) < count:
+        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))))
+    return sorted(words)
+
+
+def build_random_llama(
+    path: str | Path,
+    vocab_size: int = 2000,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 688,
+    seed: int = 0,
+    texts: list[str] | None = None,
+    max_position_embeddings: int = 2048,
+) -> Path:
+    """Save a random-weight Llama and its byte-level BPE tokenizer (BOS added, chat template) to ``path``.
+
+    For tests and benchmarks that need real model code paths but no trained answers. The tokenizer is
+    :func:`train_tokenizer`'s, trained on ``texts`` (default: pseudo-words); its vocabulary may come out a
+    little smaller than ``vocab_size``, and the model's vocabulary matches the tokenizer's.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    if texts is None:
+        rng = random.Random(seed)
+        words = pseudo_words(max(200, vocab_size // 2), seed)
+        texts = [" ".join(rng.choice(words) for _ in range(20)) for _ in range(2000)]
+    tokenizer = train_tokenizer(texts, vocab_size)
+    tokenizer.save_pretrained(path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(path)
+    return path

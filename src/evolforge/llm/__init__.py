@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
 from evolforge.cache import CallCache, cache_key
-from evolforge.roles import SECRET_WORDS, ChatRequest, Role  # noqa: F401  (part of the LLM layer's API)
+from evolforge.roles import ChatRequest, Role  # noqa: F401  (part of the LLM layer's API)
 
 
 @dataclass(frozen=True)
