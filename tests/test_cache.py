@@ -87,6 +87,45 @@ def test_failure_mid_run_keeps_finished_batches(tmp_path):
     assert len(rerun.sent) == 4  # nothing already committed is generated again
 
 
+class StreamingFake(FakeBackend):
+    """A FakeBackend with ``stream``: finishes the requests in flight one at a time, last admitted first."""
+
+    def __init__(self, replies):
+        super().__init__(replies)
+        self.slots: list[int] = []
+
+    def stream(self, requests, slots):
+        self.slots.append(slots)
+        waiting, flight = list(range(len(requests))), []
+        while waiting or flight:
+            while waiting and len(flight) < slots:
+                flight.append(waiting.pop(0))
+            i = flight.pop()
+            yield [(i, self.generate([requests[i]])[0])]
+
+
+def test_streaming_backend_commits_each_completion_as_it_ends(tmp_path):
+    def reply(r):
+        if r.messages[0][1] == "prompt 5":
+            raise Boom("backend died")
+        return "ok " + r.messages[0][1]
+
+    requests = [req(i) for i in range(8)]
+    backend = StreamingFake(reply)
+    with pytest.raises(Boom):
+        LLM(backend, CallCache(tmp_path / "c.sqlite"), batch_size=3).complete(requests)
+    assert backend.slots == [3]
+    # 0, 1, 2 in flight; 2 ends, 3 joins and ends, 4 joins and ends, 5 joins and fails
+    assert [r.messages[0][1] for r in backend.sent] == ["prompt 2", "prompt 3", "prompt 4", "prompt 5"]
+    assert len(CallCache(tmp_path / "c.sqlite")) == 3  # each one committed as it ended
+
+    rerun = StreamingFake(lambda r: "ok " + r.messages[0][1])
+    llm = LLM(rerun, CallCache(tmp_path / "c.sqlite"), batch_size=3)
+    assert llm.complete(requests + [req(2)]) == [f"ok prompt {i}" for i in range(8)] + ["ok prompt 2"]
+    assert sorted(r.messages[0][1] for r in rerun.sent) == [f"prompt {i}" for i in (0, 1, 5, 6, 7)]
+    assert llm.stats == {"calls": 5, "cache_hits": 4}
+
+
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     from evolforge.cache import CallCache

@@ -1,11 +1,14 @@
-"""The hf backend on the project's tiny model: chat template, batching, determinism, order."""
+"""The hf backend on the project's tiny model: chat template, continuous batching, determinism, order."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from evolforge.cache import CallCache
-from evolforge.llm import ChatRequest, Role, open_llm
+from evolforge.llm import ChatRequest, Completion, Role, open_llm
+from evolforge.llm import hf
 from evolforge.llm.hf import HFBackend
 
 pytestmark = pytest.mark.slow
@@ -36,6 +39,35 @@ def test_output_does_not_depend_on_the_batch(backend):
         batch = backend.generate(requests(5, **sampling))
         alone = [backend.generate([r])[0] for r in requests(5, **sampling)]
         assert [c.text for c in batch] == [c.text for c in alone]
+
+
+def varied(n: int, **sampling) -> list[ChatRequest]:
+    """Requests of different prompt lengths and budgets, so rows end at different steps."""
+    return [dataclasses.replace(r, max_tokens=3 + 7 * (i % 4)) for i, r in enumerate(requests(n, **sampling))]
+
+
+@pytest.mark.parametrize("can_merge", [True, False])
+def test_continuous_batching_matches_one_at_a_time(backend, monkeypatch, can_merge):
+    merges = []
+    merge = hf._Batch.merge
+    monkeypatch.setattr(hf._Batch, "merge", lambda self, other: merges.append(len(other)) or merge(self, other))
+    monkeypatch.setattr(backend, "can_merge", can_merge)
+    for sampling in ({"temperature": 0.0}, {"temperature": 0.9, "top_p": 0.9, "seed": 5}):
+        reqs = varied(11, **sampling)
+        alone = [backend.generate([r])[0] for r in reqs]
+        seen = [pair for finished in backend.stream(reqs, slots=4) for pair in finished]
+        assert sorted(i for i, _ in seen) == list(range(11))  # each request once
+        assert [c for _, c in sorted(seen, key=lambda pair: pair[0])] == alone
+        for r, c in zip(reqs, alone):
+            assert c.finish_reason == "stop" or len(backend.tokenizer(c.text)["input_ids"]) >= r.max_tokens - 1
+    # with merging, requests join a running batch; without, only an empty one
+    assert bool(merges) == can_merge
+
+
+def test_zero_budget_and_empty_input(backend):
+    assert backend.generate([]) == []
+    out = backend.generate([dataclasses.replace(requests(1)[0], max_tokens=0), requests(2)[1]])
+    assert out[0] == Completion("", "length") and out[1].text
 
 
 def test_seed_and_sample_index_change_sampled_output(backend):

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
@@ -33,7 +33,8 @@ class Completion:
 
 
 class Backend(Protocol):
-    """What a backend provides. ``generate`` keeps the order of its input."""
+    """What a backend provides. ``generate`` keeps the order of its input. A backend may also offer
+    ``stream(requests, slots)``, yielding lists of (index, completion) as requests finish (see hf)."""
 
     name: str
 
@@ -51,7 +52,8 @@ def request_seed(request: ChatRequest) -> int:
 
 class LLM:
     """A backend behind the call cache: looks every request up, generates only the misses in batches,
-    and commits each finished batch before starting the next."""
+    and commits finished completions as they come (a whole batch at a time, or each one as soon as it
+    ends for backends that stream)."""
 
     def __init__(self, backend: Backend, cache: CallCache | None, batch_size: int = 8, desc: str = "generate"):
         self.backend = backend
@@ -100,19 +102,30 @@ class LLM:
         todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
         with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
                   desc=desc or self.desc, unit="req", disable=len(todo) == 0, leave=False) as bar:
-            for start in range(0, len(todo), self.batch_size):
-                batch = todo[start : start + self.batch_size]
-                outputs = self.backend.generate([requests[idx[0]] for _, idx in batch])
+            for finished in self._run([requests[idx[0]] for _, idx in todo]):
                 if self.cache is not None:
                     self.cache.put_many(
-                        [(k, o.text, o.finish_reason, self._identity.get("name", "")) for (k, _), o in zip(batch, outputs)]
+                        [(todo[j][0], o.text, o.finish_reason, self._identity.get("name", "")) for j, o in finished]
                     )
-                self.stats["calls"] += len(batch)
-                for (_, idx), out in zip(batch, outputs):
-                    for i in idx:
+                self.stats["calls"] += len(finished)
+                for j, out in finished:
+                    for i in todo[j][1]:
                         results[i] = out
-                    bar.update(len(idx))
+                    bar.update(len(todo[j][1]))
         return results  # type: ignore[return-value]
+
+    def _run(self, requests: list[ChatRequest]) -> Iterator[list[tuple[int, Completion]]]:
+        """Completions as they finish, as (position in ``requests``, completion) groups to commit.
+
+        A backend with ``stream`` (hf) keeps ``batch_size`` requests in flight and hands back each one
+        as soon as it ends; the others take ``batch_size`` requests at a time."""
+        stream = getattr(self.backend, "stream", None)
+        if stream is not None:
+            yield from stream(requests, slots=self.batch_size)
+            return
+        for start in range(0, len(requests), self.batch_size):
+            outputs = self.backend.generate(requests[start : start + self.batch_size])
+            yield list(enumerate(outputs, start))
 
     def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str]:
         return [c.text for c in self.generate(requests, desc=desc)]

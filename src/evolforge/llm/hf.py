@@ -1,50 +1,99 @@
-"""transformers backend: batched, left-padded generation through the model's chat template.
+"""transformers backend: continuous batching over the model's forward pass and one shared KV cache.
+
+:meth:`HFBackend.stream` decodes up to ``slots`` requests together, one token per row per step. A row
+leaves the batch as soon as it ends (end-of-turn token or its ``max_tokens``), and waiting requests are
+prefilled and merged into the batch once a quarter of the slots are free. A long answer therefore never
+holds the batch's short ones hostage, as it does when a static batch runs until its longest row ends.
+
+Rows share a left-padded KV cache: row r's real tokens occupy the last columns of the cache, the
+attention mask hides the padding, and each row carries its own position ids, so a row computes what it
+would compute alone. Merging pads the shorter side's cache on the left; when rows leave, padding
+columns that no remaining row needs are cut.
 
 Sampling is done per row with the row's own ``torch.Generator`` seeded from the whole request
-(:func:`evolforge.llm.request_seed`), inside a logits processor, while ``generate`` itself runs greedy.
-So a request yields the same tokens whichever batch it lands in, greedy and sampled rows can share a
-batch, and identical requests give identical outputs.
+(:func:`evolforge.llm.request_seed`); rows at temperature 0 are greedy. So a request yields the same
+tokens whichever batch it lands in, greedy and sampled rows share a batch, and identical requests give
+identical outputs.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from evolforge.llm import ChatRequest, Completion, Role, request_seed
 from evolforge.modeling import load_causal_lm, load_tokenizer, model_identity
 
+Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
-class RowSampler(LogitsProcessor):
-    """Samples each row's next token with its own temperature, top_p and generator, then masks every
-    other token so the surrounding greedy search picks exactly that one. Rows at temperature 0 stay greedy."""
 
-    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], seeds: Sequence[int]):
-        self.temperatures = list(temperatures)
-        self.top_ps = list(top_ps)
-        self.generators = []
-        for seed in seeds:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(seed)
-            self.generators.append(g)
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token from a row's logits: softmax at ``temperature``, nucleus ``top_p``, the row's generator."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        sorted_p[sorted_p.cumsum(0) - sorted_p >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row, (temp, top_p, gen) in enumerate(zip(self.temperatures, self.top_ps, self.generators)):
-            if temp <= 0:
-                continue
-            probs = torch.softmax(scores[row].float() / temp, dim=-1).cpu()
-            if top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                # keep the smallest prefix whose mass reaches top_p (always at least one token)
-                drop = sorted_p.cumsum(0) - sorted_p >= top_p
-                sorted_p[drop] = 0.0
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-            token = torch.multinomial(probs, 1, generator=gen).item()
-            scores[row] = torch.full_like(scores[row], float("-inf"))
-            scores[row, token] = 0.0
-        return scores
+
+def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """``x`` with zeros put in front along ``dim`` up to ``length``."""
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+@dataclass
+class _Batch:
+    """Requests in flight: row r decodes request ``index[r]``; all rows share ``cache``."""
+
+    index: list[int]
+    cache: DynamicCache
+    mask: torch.Tensor  # (rows, cache columns): 1 where a column holds one of the row's tokens
+    positions: torch.Tensor  # (rows,): position id of the token each row feeds next
+    last: torch.Tensor  # (rows,): the token each row feeds next
+    tokens: list[list[int]]  # generated so far, per row
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def merge(self, other: "_Batch") -> "_Batch":
+        """One batch holding both batches' rows; the shorter cache is left-padded to the longer one."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)])
+        return _Batch(
+            self.index + other.index,
+            self.cache,
+            torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)]),
+            torch.cat([self.positions, other.positions]),
+            torch.cat([self.last, other.last]),
+            self.tokens + other.tokens,
+        )
+
+    def keep(self, rows: list[int], trim: bool) -> "_Batch":
+        """The batch with only ``rows``; with ``trim``, cache columns that are padding in every kept row go."""
+        select = torch.tensor(rows, device=self.mask.device)
+        self.cache.batch_select_indices(select)
+        mask = self.mask[select]
+        lead = int((mask.cumsum(1) == 0).sum(1).min()) if trim else 0
+        if lead:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
+            mask = mask[:, lead:]
+        return _Batch([self.index[r] for r in rows], self.cache, mask, self.positions[select], self.last[select],
+                      [self.tokens[r] for r in rows])
 
 
 class HFBackend:
@@ -58,6 +107,10 @@ class HFBackend:
         if self.tokenizer.chat_template is None:
             raise ValueError(f"model {model}: the tokenizer has no chat template; chat roles need one")
         self._identity = model_identity(model, revision)
+        self.stop_ids = self._stop_ids()
+        # Merging and trimming rewrite the cache's tensors: only plain (full-attention) layers allow it.
+        # Other caches (sliding windows) still drop finished rows, but admit new ones only into an empty batch.
+        self.can_merge = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
 
     @classmethod
     def from_role(cls, role: Role) -> "HFBackend":
@@ -66,37 +119,107 @@ class HFBackend:
     def identity(self) -> dict:
         return dict(self._identity)
 
+    def _stop_ids(self) -> set[int]:
+        """End-of-turn tokens: the tokenizer's EOS and whatever the model's generation config lists."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+        return {i for i in ids if i is not None}
+
     def render(self, request: ChatRequest) -> str:
         return self.tokenizer.apply_chat_template(
             request.message_dicts, tokenize=False, add_generation_prompt=True
         )
 
-    @torch.inference_mode()
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        if not requests:
-            return []
-        tok = self.tokenizer
+        """All ``requests`` decoded together; completions in request order."""
+        results: list[Completion | None] = [None] * len(requests)
+        for finished in self.stream(requests, slots=max(1, len(requests))):
+            for i, completion in finished:
+                results[i] = completion
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def stream(self, requests: Sequence[ChatRequest], slots: int) -> Iterator[Finished]:
+        """Decode ``requests`` with at most ``slots`` in flight, yielding each step's finished ones.
+
+        Requests are admitted in the order given (callers sort them by length so merged rows pad little).
+        """
+        generators = {}
+        for i, request in enumerate(requests):
+            if request.temperature > 0:
+                generators[i] = torch.Generator(device="cpu")
+                generators[i].manual_seed(request_seed(request))
+        waiting = deque(i for i, request in enumerate(requests) if request.max_tokens > 0)
+        if len(waiting) < len(requests):  # nothing to generate
+            yield [(i, Completion("", "length")) for i, request in enumerate(requests) if request.max_tokens <= 0]
+        batch: _Batch | None = None
+        refill = max(1, slots // 4)  # free slots worth a prefill
+        while waiting or batch is not None:
+            free = slots - (len(batch) if batch is not None else 0)
+            if waiting and free >= (refill if batch is not None and self.can_merge else slots):
+                admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                fresh, logits = self._prefill(requests, admitted)
+                fresh.last = self._choose(logits, fresh.index, requests, generators)
+                fresh, finished = self._retire(fresh, requests)
+                if fresh is not None:
+                    batch = fresh if batch is None else batch.merge(fresh)
+            else:
+                assert batch is not None
+                batch.last = self._choose(self._step(batch), batch.index, requests, generators)
+                batch, finished = self._retire(batch, requests)
+            if finished:
+                yield finished
+
+    def _prefill(self, requests: Sequence[ChatRequest], admitted: list[int]) -> tuple[_Batch, torch.Tensor]:
+        """Run the prompts of ``admitted`` through the model (left-padded): a batch and its next-token logits."""
         # The chat template already carries BOS and role markers.
-        enc = tok([self.render(r) for r in requests], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        budget = max(r.max_tokens for r in requests)
-        processors = LogitsProcessorList()
-        if any(r.temperature > 0 for r in requests):  # an all-greedy batch needs no per-row sampling
-            processors.append(RowSampler([r.temperature for r in requests], [r.top_p for r in requests],
-                                         [request_seed(r) for r in requests]))
-        config = GenerationConfig(
-            do_sample=False, max_new_tokens=budget,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        )
-        out = self.model.generate(**enc, generation_config=config, logits_processor=processors)
-        new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
-        completions = []
-        for req, ids in zip(requests, new_tokens):
-            finish = "length"
-            if tok.eos_token_id in ids:
-                ids = ids[: ids.index(tok.eos_token_id)]
-                finish = "stop"
-            if len(ids) > req.max_tokens:
-                ids, finish = ids[: req.max_tokens], "length"
-            completions.append(Completion(tok.decode(ids, skip_special_tokens=True).strip(), finish))
-        return completions
+        enc = self.tokenizer([self.render(requests[i]) for i in admitted], return_tensors="pt", padding=True,
+                             add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        batch = _Batch(admitted, cache, mask, positions[:, -1] + 1, ids[:, -1], [[] for _ in admitted])
+        return batch, out.logits[:, -1]
+
+    def _step(self, batch: _Batch) -> torch.Tensor:
+        """Feed each row's last token; the next-token logits."""
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
+        out = self.model(input_ids=batch.last[:, None], attention_mask=batch.mask,
+                         position_ids=batch.positions[:, None], past_key_values=batch.cache, use_cache=True)
+        batch.positions = batch.positions + 1
+        return out.logits[:, -1]
+
+    def _choose(self, logits: torch.Tensor, index: list[int], requests: Sequence[ChatRequest],
+                generators: dict[int, torch.Generator]) -> torch.Tensor:
+        """Each row's next token: greedy, or sampled with the request's generator."""
+        chosen = logits.argmax(dim=-1)
+        for row, i in enumerate(index):
+            if i in generators:
+                chosen[row] = sample_token(logits[row], requests[i].temperature, requests[i].top_p, generators[i])
+        return chosen
+
+    def _retire(self, batch: _Batch, requests: Sequence[ChatRequest]) -> tuple[_Batch | None, Finished]:
+        """Record each row's new token; rows that stopped or reached max_tokens leave the batch."""
+        finished: Finished = []
+        keep = []
+        for row, (i, token) in enumerate(zip(batch.index, batch.last.tolist())):
+            tokens = batch.tokens[row]
+            if token in self.stop_ids:
+                finished.append((i, self._completion(tokens, "stop")))
+                continue
+            tokens.append(token)
+            if len(tokens) >= requests[i].max_tokens:
+                finished.append((i, self._completion(tokens, "length")))
+            else:
+                keep.append(row)
+        if not keep:
+            return None, finished
+        if len(keep) < len(batch):
+            batch = batch.keep(keep, trim=self.can_merge)
+        return batch, finished
+
+    def _completion(self, tokens: list[int], finish: str) -> Completion:
+        return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish)
