@@ -275,16 +275,18 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[
     return ids.to(device), mask.to(device)
 
 
-def _row_nll(logits: torch.Tensor, ids: torch.Tensor, length: int) -> torch.Tensor:
-    """NLL (nats, fp32) of tokens 1..length-1 of one row, each from the logits one position earlier.
-    Padding positions (>= length) are never read."""
-    parts = []
-    for start in range(0, length - 1, _LOGIT_ROWS):
-        stop = min(start + _LOGIT_ROWS, length - 1)
-        parts.append(torch.nn.functional.cross_entropy(
-            logits[start:stop].float(), ids[start + 1 : stop + 1], reduction="none"
-        ))
-    return torch.cat(parts).cpu()
+def _shifted_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(rows, width - 1) NLL in nats, fp32: entry j of a row scores token j+1 from the logits at j.
+    Padding targets score 0. Log-softmax runs on at most ``_LOGIT_ROWS`` positions at a time in fp32."""
+    logits = logits[:, :-1].flatten(0, 1)
+    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, _IGNORE).flatten()
+    nll = torch.cat([
+        torch.nn.functional.cross_entropy(
+            logits[start : start + _LOGIT_ROWS].float(), targets[start : start + _LOGIT_ROWS], reduction="none"
+        )
+        for start in range(0, len(targets), _LOGIT_ROWS)
+    ])
+    return nll.view(ids.shape[0], -1).cpu()
 
 
 def token_nlls(
@@ -298,15 +300,19 @@ def token_nlls(
 
     Sequences go through the model longest first in right-padded batches (little padding), and the
     results come back in input order. A sequence shorter than 2 tokens has nothing to score.
+
+    No attention mask is passed: under the causal mask a real token never attends to a later position,
+    and right padding only ever comes later, so each real token computes what it would alone (padding
+    positions compute garbage that is never read). This keeps attention on its causal fast path.
     """
     out = [torch.empty(0) for _ in sequences]
     order = sorted((i for i, s in enumerate(sequences) if len(s) >= 2), key=lambda i: -len(sequences[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         ids, mask = pad_right([sequences[i] for i in rows], pad_id, model.device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        nll = _shifted_nll(model(input_ids=ids, use_cache=False).logits, ids, mask)
         for row, i in enumerate(rows):
-            out[i] = _row_nll(logits[row], ids[row], len(sequences[i]))
+            out[i] = nll[row, : len(sequences[i]) - 1]
         if on_batch:
             on_batch(len(rows))
     if on_batch:

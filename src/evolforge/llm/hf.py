@@ -53,6 +53,32 @@ def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
+class _SlabLayer(DynamicLayer):
+    """A full-attention cache layer whose keys and values are views into a buffer with room to grow:
+    appending a token writes one column instead of copying the whole cache, as concatenation does.
+    Anything that replaces ``keys``/``values`` (row selection, merging) is copied into a fresh buffer
+    on the next update."""
+
+    room = 64  # free columns a new buffer gets
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        cached = self.keys.shape[-2] if self.keys.numel() else 0
+        total = cached + key_states.shape[-2]
+        if self.keys is not getattr(self, "_view", None) or total > self._slab_k.shape[-2]:
+            shape = (*key_states.shape[:-2], total + self.room, key_states.shape[-1])
+            self._slab_k, self._slab_v = key_states.new_empty(shape), value_states.new_empty(shape)
+            if cached:
+                self._slab_k[..., :cached, :] = self.keys
+                self._slab_v[..., :cached, :] = self.values
+        self._slab_k[..., cached:total, :] = key_states
+        self._slab_v[..., cached:total, :] = value_states
+        self.keys, self.values = self._slab_k[..., :total, :], self._slab_v[..., :total, :]
+        self._view = self.keys
+        return self.keys, self.values
+
+
 @dataclass
 class _Batch:
     """Requests in flight: row r decodes request ``index[r]``; all rows share ``cache``."""
@@ -179,6 +205,8 @@ class HFBackend:
         ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
+        if self.can_merge:
+            cache.layers = [_SlabLayer() for _ in cache.layers]
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         batch = _Batch(admitted, cache, mask, positions[:, -1] + 1, ids[:, -1], [[] for _ in admitted])
