@@ -3,6 +3,9 @@
 Scores the same items with the same model twice, with :func:`evolforge.scoring.ifd_scores` (two
 batched passes) and :func:`evolforge.scoring.reference_ifd_scores` (three passes per item, batch 1),
 and prints items/s and tokens/s of each, the speed-up and the largest relative difference in IC-IFD.
+It also counts each path's forward FLOPs (linear layers and causal attention) and measures this machine's
+dense matmul rate in the model's dtype, so the figures show how close each path runs to the hardware (on
+a GPU: tokens/s and utilisation of the bf16 matmul rate).
 
     python bench/score.py                          # random-weight Llama of ~4M parameters, built in a temp dir
     python bench/score.py --model Qwen/Qwen2.5-0.5B --items 128 --template chat
@@ -37,6 +40,32 @@ def synth_items(count: int, seed: int = 0) -> dict[str, list[str]]:
         items["inputs"].append(text(5, 30) if rng.random() < 1 / 3 else "")
         items["responses"].append(text(15, 130))
     return items
+
+
+def matmul_flops(model, lengths: list[int]) -> float:
+    """Forward-pass FLOPs of sequences of ``lengths`` tokens: 2 per weight of every linear layer (LM head
+    included) per token, plus causal attention (QK^T and AV, 2 FLOPs per multiply-add, half the square)."""
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    config = model.config
+    width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    attention = 2 * config.num_hidden_layers * width  # per (query, key) pair: 2 products of 2 FLOPs each, halved
+    return float(sum(2 * linear * n + attention * n * n for n in lengths))
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 4096, repeat: int = 5) -> float:
+    """This machine's measured dense matmul rate (FLOP/s) in ``dtype``: the ceiling for either path."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def timed(fn):
@@ -76,13 +105,25 @@ def main() -> None:
     ref, ref_s = timed(lambda: reference_ifd_scores(model, tokenizer, **items, template=args.template))
 
     # Tokens per item: the conditioned sequence Q + A, the same count for both implementations.
-    n_tokens = int((fast["n_tokens_instruction"] + 1 + fast["n_tokens_response_given_instruction"]).sum())
+    conditioned = (fast["n_tokens_instruction"] + 1 + fast["n_tokens_response_given_instruction"]).to_list()
+    direct = (fast["n_tokens_response"] + 1).to_list()  # BOS + A (raw); close enough for chat
+    n_tokens = sum(conditioned)
+    # Work each path does: conditioned + direct passes, and the reference's conditioned pass twice.
+    fast_flops = matmul_flops(model, conditioned + direct)
+    ref_flops = fast_flops + matmul_flops(model, conditioned)
+    peak = matmul_peak(model.device, model.dtype)
     rel = ((fast["ic_ifd"] - ref["ic_ifd"]).abs() / ref["ic_ifd"].abs()).max()
-    print(f"{'':>26}{'seconds':>10}{'items/s':>10}{'tokens/s':>11}")
-    for name, seconds in [("batched (2 passes)", fast_s), ("reference (3 passes, bs 1)", ref_s)]:
-        print(f"{name:>26}{seconds:>10.2f}{args.items / seconds:>10.1f}{n_tokens / seconds:>11.0f}")
+    print(f"{'':>26}{'seconds':>10}{'items/s':>10}{'tokens/s':>11}{'GFLOP/s':>10}{'of peak':>9}")
+    for name, seconds, flops in [("batched (2 passes)", fast_s, fast_flops),
+                                 ("reference (3 passes, bs 1)", ref_s, ref_flops)]:
+        rate = flops / seconds
+        print(f"{name:>26}{seconds:>10.2f}{args.items / seconds:>10.1f}{n_tokens / seconds:>11.0f}"
+              f"{rate / 1e9:>10.1f}{rate / peak:>9.0%}")
     print(f"speed-up {ref_s / fast_s:.1f}x; max relative difference in IC-IFD {rel:.2e}; "
           f"mean tokens per item {n_tokens / args.items:.0f}")
+    print(f"this machine's {model.dtype} matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s; at that rate the "
+          f"batched work would take {fast_flops / peak:.2f} s, a {ref_s / (fast_flops / peak):.1f}x ceiling "
+          f"against this reference run")
 
 
 if __name__ == "__main__":

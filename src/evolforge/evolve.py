@@ -87,6 +87,8 @@ def assign_methods(n: int, round_index: int, assignment: str = "round_robin", br
 
 
 def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None) -> str:
+    """The evolving prompt for ``instruction``: Evol-Instruct's breadth or in-depth template for those
+    methods, otherwise (an Auto Evol-Instruct strategy) the evolving method ``method_text``."""
     if method == BREADTH:
         return prompts.render("evolve/breadth.j2", instruction=instruction)
     if method in IN_DEPTH:
@@ -108,7 +110,7 @@ def evolve_with_method(llm: LLM, role: Role, prompts: PromptLibrary, instruction
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                        seed: int | None = None, desc: str = "evolve") -> list[tuple[str | None, str]]:
     """Apply one evolving method to each instruction; returns (parsed instruction or None, raw answer)."""
-    requests = [role.request([{"role": "user", "content": prompts.render(METHOD_TEMPLATE, method=method_text, instruction=i)}],
+    requests = [role.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
                 for i in instructions]
     raws = llm.complete(requests, desc=desc)
