@@ -177,7 +177,7 @@ class HFBackend:
                 generators[i] = torch.Generator(device="cpu")
                 generators[i].manual_seed(request_seed(request))
         waiting = deque(i for i, request in enumerate(requests) if request.max_tokens > 0)
-        if len(waiting) < len(requests):  # nothing to generate
+        if len(waiting) < len(requests):  # a request with no token budget ends before it starts
             yield [(i, Completion("", "length")) for i, request in enumerate(requests) if request.max_tokens <= 0]
         batch: _Batch | None = None
         refill = max(1, slots // 4)  # free slots worth a prefill
