@@ -278,15 +278,16 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[
 def _shifted_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(rows, width - 1) NLL in nats, fp32: entry j of a row scores token j+1 from the logits at j.
     Padding targets score 0. Log-softmax runs on at most ``_LOGIT_ROWS`` positions at a time in fp32."""
-    logits = logits[:, :-1].flatten(0, 1)
-    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, _IGNORE).flatten()
+    targets = torch.full_like(ids, _IGNORE)  # the last position predicts nothing
+    targets[:, :-1] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, _IGNORE)
+    logits, targets = logits.flatten(0, 1), targets.flatten()  # views: the logits are never copied whole
     nll = torch.cat([
         torch.nn.functional.cross_entropy(
             logits[start : start + _LOGIT_ROWS].float(), targets[start : start + _LOGIT_ROWS], reduction="none"
         )
         for start in range(0, len(targets), _LOGIT_ROWS)
     ])
-    return nll.view(ids.shape[0], -1).cpu()
+    return nll.view(ids.shape)[:, :-1].cpu()
 
 
 def token_nlls(
