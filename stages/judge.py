@@ -12,7 +12,7 @@ import polars as pl
 from evolforge import validation
 from evolforge.config import open_cache, open_role
 from evolforge.params import load_params, section
-from evolforge.judge import LEVEL_TEMPLATE, SCORE_TEMPLATES, judge, level_distribution
+from evolforge.judge import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge, level_distribution
 from evolforge.prompts import PromptLibrary
 from evolforge.records import read_table, write_json, write_output
 
@@ -40,7 +40,7 @@ def main() -> None:
     validation.check(table.filter(pl.col("difficulty_score").is_not_null()), validation.between("difficulty_score", 0, 100), args.out)
 
     per_round = {str(r): {"mean_difficulty_score": part["difficulty_score"].mean(),
-                          "levels": {l: int((part["difficulty_level"] == l).sum()) for l in ["very easy", "easy", "medium", "hard", "very hard"]}}
+                          "levels": {l: int((part["difficulty_level"] == l).sum()) for l in LEVELS}}
                  for (r,), part in table.group_by(["round"], maintain_order=True)}
     metrics = {"items": table.height, "score_prompt": variant,
                "mean_difficulty_score": table["difficulty_score"].mean(),

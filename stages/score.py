@@ -50,11 +50,12 @@ def main() -> None:
                         template=cfg.get("template", "raw"), batch_size=role.batch_size, max_length=cfg.get("max_length"))
     embedder = cfg.get("embedder", "causal-lm-mean")
     texts = item_texts(items["instruction"].to_list(), items["input"].to_list())
-    if embedder == "causal-lm-mean" and not cfg.get("embedder_model"):
+    embedder_model = cfg.get("embedder_model") or role.model
+    if embedder == "causal-lm-mean" and embedder_model == role.model:
         # the scorer model is already loaded: no second copy
         embeddings = mean_pooled_embeddings(model, tokenizer, texts, batch_size=role.batch_size, progress=True)
     else:
-        embeddings = embed_texts(texts, cfg["embedder_model"] or role.model, kind=embedder, dtype=role.dtype, device=role.device)
+        embeddings = embed_texts(texts, embedder_model, kind=embedder, dtype=role.dtype, device=role.device)
     neighbours = neighbor_stats(embeddings)
     table = pl.concat([items.select("id", "round"), scores], how="horizontal").with_columns(
         mnd=pl.Series(neighbours.min_distance, dtype=pl.Float64), repeat_count=pl.Series(neighbours.repeat_count, dtype=pl.Int64))

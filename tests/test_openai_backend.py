@@ -15,6 +15,7 @@ import pytest
 from evolforge.cache import CallCache
 from evolforge.llm import ChatRequest, Role, open_llm
 from evolforge.llm.openai_api import LLMRequestError, OpenAIBackend
+from evolforge.roles import refuse_secrets
 
 HANG = ("hang",)
 DROP = ("drop",)
@@ -295,3 +296,22 @@ def test_through_llm_and_call_cache(server, tmp_path):
     assert server.count() == 7  # no new calls
     assert second.stats == {"calls": 0, "cache_hits": 8}
     cache.close()
+
+
+@pytest.mark.parametrize("settings, where", [
+    ({"base_url": "http://user:pw@host/v1"}, "roles.optimizer.base_url"),
+    ({"base_url": "http://host/v1?api_key=sk-1"}, "roles.optimizer.base_url"),
+    ({"extra": {"Authorization_header": "Bearer sk-1"}}, "roles.optimizer.extra.Authorization_header"),
+])
+def test_secrets_in_a_role_are_refused(settings, where):
+    with pytest.raises(ValueError, match=f"params.yaml {where}"):
+        Role.from_params("optimizer", {"backend": "openai", "model": "m", **settings})
+
+
+def test_secrets_in_evaluation_backend_args_are_refused():
+    refuse_secrets("evaluate.backend_args", "http://host/v1/chat", {"base_url": "http://host/v1/chat"},
+                   "evaluate.backend_args")  # a plain URL passes
+    with pytest.raises(ValueError, match="evaluate.backend_args.base_url"):
+        refuse_secrets("evaluate.backend_args", "http://u:pw@host/v1", {}, "evaluate.backend_args")
+    with pytest.raises(ValueError, match="evaluate.backend_args.api_key"):
+        refuse_secrets("evaluate.backend_args", None, {"api_key": "sk-1"}, "evaluate.backend_args")

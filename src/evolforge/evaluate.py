@@ -64,14 +64,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from evolforge.eval_tasks import CODE_BENCHMARKS, SUITES, write_suite
+from evolforge.eval_tasks import BENCHMARKS, CODE_BENCHMARKS, SUITES, write_suite
 from evolforge.eval_tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
 from evolforge.modeling import is_local, pick_device, pick_dtype
 from evolforge.records import replace_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TASKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")
+DEFAULT_TASKS = BENCHMARKS
 # Shorter metric names for filters that split one metric in two; other filters are dropped from the name.
 FILTER_SUFFIX = {"strict-match": "strict", "flexible-extract": "flexible"}
 # Results fields that are bookkeeping, not metrics.

@@ -124,7 +124,6 @@ class Candidate:
 @dataclass
 class OptimizeResult:
     method: str  # the result: the best method (see the selection rules above)
-    initial_method: str
     initial: MethodScore
     best: MethodScore
     log: list[dict] = field(default_factory=list)  # one row per step run
@@ -242,7 +241,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     temperature = settings.evolver_temperature
     current_method = initial_method
     current = score_method(evolver, evolver_role, prompts, dev, initial_method, temperature=temperature, desc="step 0")
-    result = OptimizeResult(method=initial_method, initial_method=initial_method, initial=current, best=current)
+    result = OptimizeResult(method=initial_method, initial=current, best=current)
     stale = 0  # steps since the best rate last decreased
     for step in range(1, int(settings.steps) + 1):
         batch = rng.sample(pool, int(settings.batch_size))

@@ -37,18 +37,19 @@ class ChatRequest:
 SECRET_WORDS = ("key", "token", "secret", "password", "auth", "header")
 
 
-def _refuse_secrets(where: str, params: Mapping[str, Any]) -> None:
-    """params.yaml is committed and recorded in dvc.lock: a secret written there would leak. Keys are read
-    from the environment variable named by ``api_key_env`` instead."""
+def refuse_secrets(where: str, base_url: str | None, settings: Mapping[str, Any], settings_where: str) -> None:
+    """params.yaml is committed and recorded in dvc.lock: a secret written there would leak. Refuses
+    credentials or a query string in ``base_url`` (at ``where``) and free-form ``settings`` (at
+    ``settings_where``) whose keys name a secret. Keys are read from environment variables instead."""
     from urllib.parse import urlsplit
 
-    url = params.get("base_url")
-    if url and (urlsplit(url).username or urlsplit(url).password or urlsplit(url).query):
+    if base_url and (urlsplit(base_url).username or urlsplit(base_url).password or urlsplit(base_url).query):
         raise ValueError(f"params.yaml {where}.base_url: no credentials or query string in the URL; "
-                         "put the key in an environment variable and name it in api_key_env")
-    for k in (params.get("extra") or {}):
+                         "put the key in an environment variable")
+    for k in settings:
         if any(word in k.lower() for word in SECRET_WORDS):
-            raise ValueError(f"params.yaml {where}.extra.{k}: secrets do not belong in params; use api_key_env")
+            raise ValueError(f"params.yaml {settings_where}.{k}: secrets do not belong in params; "
+                             "put them in an environment variable")
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Role:
         for required in ("backend", "model"):
             if not params.get(required):
                 raise ValueError(f"params.yaml roles.{name}: '{required}' is required")
-        _refuse_secrets(f"roles.{name}", params)
+        refuse_secrets(f"roles.{name}", params.get("base_url"), params.get("extra") or {}, f"roles.{name}.extra")
         if params["backend"] not in BACKEND_NAMES:
             raise ValueError(
                 f"params.yaml roles.{name}.backend: {params['backend']!r} is not one of {list(BACKEND_NAMES)}"
