@@ -19,7 +19,7 @@ import polars as pl
 
 from evolforge.llm import LLM, ChatRequest
 from evolforge.llm.hf import HFBackend
-from evolforge.prompts import PromptLibrary
+from evolforge.core.prompts import PromptLibrary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def main() -> None:
     if model is None:
         model = str(REPO / "models/tiny")
         if not Path(model).exists():
-            from evolforge.tiny import TinyConfig, build_tiny_model
+            from tiny import TinyConfig, build_tiny_model
 
             model = str(Path(tempfile.mkdtemp()) / "tiny")
             build_tiny_model(model, REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(), log=lambda _: None)

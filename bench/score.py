@@ -1,7 +1,7 @@
 """Benchmark: batched IFD / IC-IFD scoring against the one-item-at-a-time reference.
 
-Scores the same items with the same model twice, with :func:`evolforge.scoring.ifd_scores` (two
-batched passes) and :func:`evolforge.scoring.reference_ifd_scores` (three passes per item, batch 1),
+Scores the same items with the same model twice, with :func:`evolforge.score.ifd.ifd_scores` (two
+batched passes) and :func:`evolforge.score.ifd.reference_ifd_scores` (three passes per item, batch 1),
 and prints items/s and tokens/s of each, the speed-up and the largest relative difference in IC-IFD.
 It also counts each path's forward FLOPs (linear layers and causal attention) and measures this machine's
 dense matmul rate in the model's dtype, so the figures show how close each path runs to the hardware (on
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from evolforge.tiny import build_random_llama, pseudo_words
+from tiny import build_random_llama, pseudo_words
 
 
 def synth_items(count: int, seed: int = 0) -> dict[str, list[str]]:
@@ -87,7 +87,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from evolforge.scoring import ifd_scores, load_scorer, reference_ifd_scores
+    from evolforge.score.ifd import ifd_scores, load_scorer, reference_ifd_scores
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model or str(build_random_llama(Path(tmp) / "random-llama"))

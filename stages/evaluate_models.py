@@ -11,10 +11,10 @@ Writes: metrics/eval.json ({"base": {...}, "finetuned": {...}, "skipped": {...}}
 import argparse
 import inspect
 
-from evolforge.params import load_params, load_role, section
-from evolforge.evaluate import evaluate
-from evolforge.records import write_json
-from evolforge.roles import refuse_secrets
+from evolforge.core.params import load_params, load_role, section
+from evolforge.eval.harness import evaluate
+from evolforge.core.records import write_json
+from evolforge.core.roles import refuse_secrets
 
 
 def main() -> None:

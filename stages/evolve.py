@@ -12,12 +12,13 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge import validation
-from evolforge.config import open_cache, open_role
-from evolforge.params import load_params, section
-from evolforge.evolve import EvolveSettings, evolve_round
-from evolforge.prompts import PromptLibrary
-from evolforge.records import LINEAGE, read_table, write_json, write_output
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.llm import open_role
+from evolforge.core.params import load_params, section
+from evolforge.build.evolve import EvolveSettings, evolve_round
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import LINEAGE, read_table, write_json, write_output
 
 POOL = "pool.parquet"
 
@@ -57,13 +58,11 @@ def main() -> None:
     text = method_text(settings.strategy, Path(args.method), prompts, section(params, "optimize").get("initial_method", "initial"))
 
     cache = open_cache(params)
-    role, evolver = open_role(params, "evolver", cache)
-    judge_role = judge = None
-    if settings.rule("info_gain", False):
-        judge_role, judge = open_role(params, "judge", cache)
+    evolver = open_role(params, "evolver", cache)
+    judge = open_role(params, "judge", cache) if settings.rule("info_gain", False) else None
     table, next_pool, summary = evolve_round(
-        pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, evolver_role=role,
-        method_text=text, judge=judge, judge_role=judge_role)
+        pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver,
+        method_text=text, judge=judge)
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
 
     summary.update(round=args.round, index=index, strategy=settings.strategy,

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from evolforge.params import load_params, section
-from evolforge.records import write_json
+from evolforge.core.params import load_params, section
+from evolforge.core.records import write_json
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import argparse
 import inspect
 import json
 
-from evolforge.params import load_params, load_role, section
-from evolforge.finetune import finetune
-from evolforge.records import write_json
+from evolforge.core.params import load_params, load_role, section
+from evolforge.train.finetune import finetune
+from evolforge.core.records import write_json
 
 # the keyword-only settings of finetune() are exactly what params.yaml `finetune` may set
 SETTINGS = [p.name for p in inspect.signature(finetune).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "revision"]

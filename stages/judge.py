@@ -9,12 +9,13 @@ import argparse
 
 import polars as pl
 
-from evolforge import validation
-from evolforge.config import open_cache, open_role
-from evolforge.params import load_params, section
-from evolforge.judge import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge, level_distribution
-from evolforge.prompts import PromptLibrary
-from evolforge.records import read_table, write_json, write_output
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.llm import open_role
+from evolforge.core.params import load_params, section
+from evolforge.build.judge import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge, level_distribution
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import read_table, write_json, write_output
 
 
 def main() -> None:
@@ -32,9 +33,9 @@ def main() -> None:
     items = read_table(args.responses)
     validation.check(items, validation.required_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
     prompts = PromptLibrary(args.prompts)
-    role, llm = open_role(params, "judge", open_cache(params))
+    llm = open_role(params, "judge", open_cache(params))
     variant = cfg.get("score_prompt", "paper")
-    table = judge(items, llm, role, prompts, score_prompt=variant, max_tokens=cfg.get("max_tokens"))
+    table = judge(items, llm, prompts, score_prompt=variant, max_tokens=cfg.get("max_tokens"))
     table = table.select("id", "round", "difficulty_level", "difficulty_level_reason", "difficulty_level_raw",
                          "difficulty_score", "difficulty_score_reason", "difficulty_score_raw", "score_prompt")
     validation.check(table.filter(pl.col("difficulty_score").is_not_null()), validation.between("difficulty_score", 0, 100), args.out)

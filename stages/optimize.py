@@ -16,21 +16,20 @@ import dataclasses
 import random
 from pathlib import Path
 
-from evolforge.config import open_cache, open_role
-from evolforge.params import load_params, section
-from evolforge.evolve import METHOD_TEMPLATE
-from evolforge.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE, OptimizeSettings,
+from evolforge.core.cache import open_cache
+from evolforge.llm import open_role
+from evolforge.core.params import load_params, section
+from evolforge.build.evolve import METHOD_TEMPLATE
+from evolforge.build.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE, OptimizeSettings,
                                 initial_method_text, optimize_method, split_dev_pool, summary)
-from evolforge.prompts import PromptLibrary
-from evolforge.records import atomic_dir, read_table, write_json, write_jsonl
-from evolforge.respond import RESPONSE_TEMPLATE
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import atomic_dir, read_table, write_json, write_jsonl
+from evolforge.build.respond import RESPONSE_TEMPLATE
 
 def open_models(params: dict) -> dict:
-    """Evolver and optimizer roles and LLMs (one loaded model when both roles name the same one)."""
+    """Evolver and optimizer LLMs (one loaded model when both roles name the same one)."""
     cache = open_cache(params)
-    evolver_role, evolver = open_role(params, "evolver", cache)
-    optimizer_role, optimizer = open_role(params, "optimizer", cache)
-    return dict(evolver=evolver, evolver_role=evolver_role, optimizer=optimizer, optimizer_role=optimizer_role)
+    return dict(evolver=open_role(params, "evolver", cache), optimizer=open_role(params, "optimizer", cache))
 
 
 def write_method(out: str, method: str, log: list[dict], meta: dict) -> None:

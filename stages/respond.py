@@ -7,12 +7,13 @@ Writes: data/responses/items.parquet (lineage + instruction, input, output), met
 
 import argparse
 
-from evolforge import validation
-from evolforge.config import open_cache, open_role
-from evolforge.params import load_params, section
-from evolforge.prompts import PromptLibrary
-from evolforge.records import LINEAGE, write_json, write_output
-from evolforge.respond import RESPONSE_TEMPLATE, answer, gather
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.llm import open_role
+from evolforge.core.params import load_params, section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import LINEAGE, write_json, write_output
+from evolforge.build.respond import RESPONSE_TEMPLATE, answer, gather
 
 
 def main() -> None:
@@ -35,8 +36,8 @@ def main() -> None:
                    args.seed if cfg.get("include_seed") else None)
 
     prompts = PromptLibrary(args.prompts)
-    role, llm = open_role(params, "responder", open_cache(params))
-    table = answer(items, llm, role, prompts, temperature=cfg.get("temperature"), max_tokens=cfg.get("max_tokens"))
+    llm = open_role(params, "responder", open_cache(params))
+    table = answer(items, llm, prompts, temperature=cfg.get("temperature"), max_tokens=cfg.get("max_tokens"))
     validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), args.out)
 
     empty = int((table["output"].str.strip_chars() == "").sum())

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from evolforge import validation
-from evolforge.params import load_params, load_role, section
-from evolforge.diversity import embed_texts, item_texts, mean_pooled_embeddings, neighbor_stats
-from evolforge.modeling import model_identity
-from evolforge.records import read_table, write_json, write_output
-from evolforge.scoring import ifd_scores, load_scorer
+from evolforge.core import validation
+from evolforge.core.params import load_params, load_role, section
+from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings, neighbor_stats
+from evolforge.core.models import model_identity
+from evolforge.core.records import read_table, write_json, write_output
+from evolforge.score.ifd import ifd_scores, load_scorer
 
 
 def histogram(values: pl.Series, bins: int = 20) -> list[dict]:

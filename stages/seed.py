@@ -6,9 +6,9 @@ Writes: data/seed/items.parquet (+ meta.json), metrics/seed.json
 
 import argparse
 
-from evolforge.params import load_params, section
-from evolforge.records import write_json, write_output
-from evolforge.seed import build_seed
+from evolforge.core.params import load_params, section
+from evolforge.core.records import write_json, write_output
+from evolforge.build.seed import build_seed
 
 
 def main() -> None:

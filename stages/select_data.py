@@ -9,10 +9,10 @@ Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl
 
 import argparse
 
-from evolforge import validation
-from evolforge.params import load_params, section
-from evolforge.records import read_table, write_json, write_output
-from evolforge.selection import select_items, to_alpaca, to_trl
+from evolforge.core import validation
+from evolforge.core.params import load_params, section
+from evolforge.core.records import read_table, write_json, write_output
+from evolforge.build.selection import select_items, to_alpaca, to_trl
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ def repo() -> Path:
 def tiny_model(tmp_path_factory) -> Path:
     """The project's tiny model, briefly trained (fewer steps than the shipped params: tests need its
     code paths and formats, not its answers)."""
-    from evolforge.tiny import TinyConfig, build_tiny_model
+    from tiny import TinyConfig, build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(out, REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(steps=40), log=lambda _: None)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from evolforge.cache import CallCache, cache_key
+from evolforge.core.cache import CallCache, cache_key
 from evolforge.llm import LLM, ChatRequest
 from evolforge.llm.fake import FakeBackend
 
@@ -128,7 +128,7 @@ def test_streaming_backend_commits_each_completion_as_it_ends(tmp_path):
 
 KILLED_RUN = textwrap.dedent("""
     import sys, time
-    from evolforge.cache import CallCache
+    from evolforge.core.cache import CallCache
     from evolforge.llm import LLM, ChatRequest
     from evolforge.llm.fake import FakeBackend
 
@@ -183,7 +183,7 @@ def test_two_processes_share_the_cache(tmp_path):
 
 
 def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
-    from evolforge.config import open_cache, repo_root
+    from evolforge.core.cache import open_cache, repo_root
 
     queued = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
     queued.mkdir(parents=True)

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from evolforge.tiny import build_random_llama
-from evolforge.diversity import embed_texts, item_texts, mean_pooled_embeddings, min_neighbor_distance, neighbor_stats
-from evolforge.scoring import load_scorer
+from tiny import build_random_llama
+from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings, min_neighbor_distance, neighbor_stats
+from evolforge.score.ifd import load_scorer
 
 
 

@@ -22,10 +22,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.api.registry import register_model  # noqa: E402
 
-from evolforge.eval_tasks import SUITES, lm_eval_tasks_dir, write_suite  # noqa: E402
-from evolforge.eval_tasks.code_scoring import _code_in_open_fence, mbpp_fewshot_samples, score_program  # noqa: E402
-from evolforge.eval_tasks.offline_data import OFFLINE_ITEMS, reference_response  # noqa: E402
-from evolforge.evaluate import DEFAULT_TASKS, evaluate, flatten_metrics, model_args  # noqa: E402
+from evolforge.eval.tasks import SUITES, lm_eval_tasks_dir, write_suite  # noqa: E402
+from evolforge.eval.tasks.code_scoring import _code_in_open_fence, mbpp_fewshot_samples, score_program  # noqa: E402
+from evolforge.eval.tasks.offline_data import OFFLINE_ITEMS, reference_response  # noqa: E402
+from evolforge.eval.harness import DEFAULT_TASKS, evaluate, flatten_metrics, model_args  # noqa: E402
 
 BENCHMARK_OF = {task: bench for bench, task in SUITES["offline"].items()}
 WRONG = {  # a wrong answer in each benchmark's format
@@ -118,7 +118,7 @@ def test_code_tasks_are_skipped_not_scored_when_execution_is_off(tmp_path, monke
     def explode(*args, **kwargs):
         raise AssertionError("model code ran although allow_code_execution is false")
 
-    monkeypatch.setattr("evolforge.eval_tasks.code_scoring.run_untrusted", explode)
+    monkeypatch.setattr("evolforge.eval.tasks.code_scoring.run_untrusted", explode)
     report = evaluate({"m": "correct"}, tmp_path / "out", tasks=["gsm8k", "humaneval", "mbpp"],
                       backend="evolforge-scripted", allow_code_execution=False)
     assert set(report["skipped"]) == {"humaneval", "mbpp"}
@@ -237,7 +237,7 @@ def test_model_args_for_each_backend(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A random-weight Llama (hidden 64, 2 layers) with a BPE tokenizer and a chat template."""
-    from evolforge.tiny import build_random_llama
+    from tiny import build_random_llama
 
     texts = [item.row.get("prompt") or item.row.get("question") or item.row.get("problem") or item.row.get("text")
              for items in OFFLINE_ITEMS.values() for item in items] + [

@@ -5,14 +5,14 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from evolforge import failures
-from evolforge.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round
-from evolforge.lineage import chain, format_chain
+from evolforge.build import failures
+from evolforge.build.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round
+from evolforge.build.lineage import chain, format_chain
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
-from evolforge.prompts import PromptLibrary
-from evolforge.records import write_output
-from evolforge.seed import build_seed
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import write_output
+from evolforge.build.seed import build_seed
 
 ROLE = Role.from_params("evolver", {"backend": "hf", "model": "fake"})
 LONG_ANSWER = " ".join(["word"] * 90)
@@ -114,8 +114,8 @@ def scripted_evolver(plan: dict[str, str]):
 
 def run_round(pool, index, settings, plan, method_text=None):
     fake = FakeBackend(scripted_evolver(plan))
-    return evolve_round(pool, round_index=index, settings=settings, prompts=PromptLibrary(), evolver=LLM(fake, None),
-                        evolver_role=ROLE, method_text=method_text), fake
+    return evolve_round(pool, round_index=index, settings=settings, prompts=PromptLibrary(), evolver=LLM(fake, None, role=ROLE),
+                        method_text=method_text), fake
 
 
 def test_round_reasons_counts_and_keep_parent(seed_table):

@@ -15,9 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from evolforge.finetune import PAPER_FULL, PAPER_LORA, finetune, validate_rows  # noqa: E402
-from evolforge.selection import conversational_row  # noqa: E402
-from evolforge.tiny import build_random_llama  # noqa: E402
+from evolforge.train.finetune import PAPER_FULL, PAPER_LORA, finetune, validate_rows  # noqa: E402
+from evolforge.build.selection import conversational_row  # noqa: E402
+from tiny import build_random_llama  # noqa: E402
 
 PAIRS = [
     ("Name a primary color.", "Red is a primary color."),
@@ -116,7 +116,7 @@ def test_lora_finetune(tiny_model, tmp_path):
 
 
 def test_same_seed_same_weights(tiny_model, tmp_path):
-    from evolforge.modeling import hash_model_dir
+    from evolforge.core.models import hash_model_dir
 
     runs = [finetune(str(tiny_model), ROWS, tmp_path / f"run{i}", **{**FAST, "max_steps": 4}) for i in range(2)]
     assert hash_model_dir(tmp_path / "run0") == hash_model_dir(tmp_path / "run1")

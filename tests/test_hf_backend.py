@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from evolforge.cache import CallCache
+from evolforge.core.cache import CallCache
 from evolforge.llm import ChatRequest, Completion, Role, open_llm
 from evolforge.llm import hf
 from evolforge.llm.hf import HFBackend

@@ -7,11 +7,11 @@ import math
 import polars as pl
 import pytest
 
-from evolforge.judge import LEVELS, judge, level_distribution, parse_level, parse_score
+from evolforge.build.judge import LEVELS, judge, level_distribution, parse_level, parse_score
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
-from evolforge.prompts import PromptLibrary
-from evolforge.selection import select_items, to_alpaca, to_trl
+from evolforge.core.prompts import PromptLibrary
+from evolforge.build.selection import select_items, to_alpaca, to_trl
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -44,7 +44,7 @@ def test_judge_uses_the_chosen_score_prompt(variant, marker):
 
     items = pl.DataFrame({"id": ["a", "b"], "round": [1, 2], "instruction": ["Hard one", "Other"], "input": ["", "ctx"]})
     role = Role.from_params("judge", {"backend": "hf", "model": "fake"})
-    out = judge(items, LLM(FakeBackend(reply), None), role, PromptLibrary(), score_prompt=variant)
+    out = judge(items, LLM(FakeBackend(reply), None, role=role), PromptLibrary(), score_prompt=variant)
     assert out["difficulty_level"].to_list() == ["hard", None]
     assert out["difficulty_level_reason"].to_list() == [None, "not_a_level"]
     assert out["difficulty_level_raw"].to_list() == ["hard", "kind of easy"]

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from evolforge.cache import CallCache
+from evolforge.core.cache import CallCache
 from evolforge.llm import ChatRequest, Role, open_llm
 from evolforge.llm.openai_api import LLMRequestError, OpenAIBackend
-from evolforge.roles import refuse_secrets
+from evolforge.core.roles import refuse_secrets
 
 HANG = ("hang",)
 DROP = ("drop",)

@@ -20,15 +20,15 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from evolforge.cache import CallCache
-from evolforge.failures import auto_evol_failure
+from evolforge.core.cache import CallCache
+from evolforge.build.failures import auto_evol_failure
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
-from evolforge.optimize import (Candidate, MethodScore, OptimizeSettings, build_trajectory, initial_method_text,
+from evolforge.build.optimize import (Candidate, MethodScore, OptimizeSettings, build_trajectory, initial_method_text,
                                 optimize_method, parse_optimized_method, score_method, select_candidate,
                                 split_dev_pool)
-from evolforge.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
-from evolforge.records import write_output
+from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
+from evolforge.core.records import write_output
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = PromptLibrary(DEFAULT_PROMPTS_DIR)
@@ -92,9 +92,9 @@ def run(plan, *, initial="m0 fails=1", n=14, cache=None, **overrides):
     dev_order = [d["instruction"] for d in dev]
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: q in dev_order[:fails(m)]))
     optimizer_fake = FakeBackend(optimizer_reply(plan), model="fake-optimizer")
-    evolver, optimizer = LLM(evolver_fake, cache), LLM(optimizer_fake, cache)
-    result = optimize_method(pool, dev, initial_method=initial, evolver=evolver, evolver_role=EVOLVER_ROLE,
-                             optimizer=optimizer, optimizer_role=OPTIMIZER_ROLE, prompts=PROMPTS,
+    evolver, optimizer = LLM(evolver_fake, cache, role=EVOLVER_ROLE), LLM(optimizer_fake, cache, role=OPTIMIZER_ROLE)
+    result = optimize_method(pool, dev, initial_method=initial, evolver=evolver,
+                             optimizer=optimizer, prompts=PROMPTS,
                              settings=settings, rng=rng)
     return SimpleNamespace(result=result, dev=dev, pool=pool, evolver=evolver, optimizer=optimizer,
                            evolver_fake=evolver_fake, optimizer_fake=optimizer_fake)
@@ -306,12 +306,12 @@ def test_optimizer_samples_differ_by_sample_index_and_rerun_from_the_cache(tmp_p
 
 def test_trajectory_rounds_and_a_missing_marker_keeps_the_raw_answer():
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
-    cases, unparsed = build_trajectory(LLM(evolver_fake, None), EVOLVER_ROLE, PROMPTS, ["task 01", "task 02"], "m fails=0",
+    cases, unparsed = build_trajectory(LLM(evolver_fake, None, role=EVOLVER_ROLE), PROMPTS, ["task 01", "task 02"], "m fails=0",
                                        rounds=2, temperature=0.0)
     assert cases[0] == {"id": 0, "stage0": "task 01", "stage1": "task 01 [m fails=0]",
                         "stage2": "task 01 [m fails=0] [m fails=0]"}
     assert unparsed == []
-    cases, unparsed = build_trajectory(LLM(evolver_fake, None), EVOLVER_ROLE, PROMPTS, ["task 01"], "nomarker",
+    cases, unparsed = build_trajectory(LLM(evolver_fake, None, role=EVOLVER_ROLE), PROMPTS, ["task 01"], "nomarker",
                                        rounds=1, temperature=0.0)
     assert cases[0]["stage1"] == "Step 3 #Rewritten Instruction#:\ntask 01 [nomarker]"
     assert unparsed == [{"id": 0, "round": 1}]
@@ -320,7 +320,7 @@ def test_trajectory_rounds_and_a_missing_marker_keeps_the_raw_answer():
 def test_a_missing_marker_fails_without_a_response():
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
     dev = items(4)
-    result = score_method(LLM(evolver_fake, None), EVOLVER_ROLE, PROMPTS, dev, "nomarker fails=0", temperature=0.0)
+    result = score_method(LLM(evolver_fake, None, role=EVOLVER_ROLE), PROMPTS, dev, "nomarker fails=0", temperature=0.0)
     assert (result.failure_rate, result.missing_marker, result.score) == (1.0, 4, 0.0)
     assert len(evolver_fake.sent) == 4  # the evolving calls only
 
@@ -369,10 +369,9 @@ def test_stage_costs_nothing_unless_the_strategy_is_auto(tmp_path, monkeypatch):
 
 def test_stage_writes_method_log_metrics_and_plot(tmp_path):
     stage = load_stage()
-    evolver = LLM(FakeBackend(evolver_reply(lambda m, q: fails(m) > int(q.split()[-1]) % 4)), None)
+    evolver = LLM(FakeBackend(evolver_reply(lambda m, q: fails(m) > int(q.split()[-1]) % 4)), None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails={j}")), model="fake-opt"), None)
-    stage.open_models = lambda params: dict(evolver=evolver, evolver_role=EVOLVER_ROLE,
-                                            optimizer=optimizer, optimizer_role=OPTIMIZER_ROLE)
+    stage.open_models = lambda params: dict(evolver=evolver, optimizer=optimizer)
     argv, out = stage_setup(tmp_path, "auto")
     stage.main(argv)
     method = (out / "method" / "method.txt").read_text(encoding="utf-8")
@@ -387,7 +386,7 @@ def test_stage_writes_method_log_metrics_and_plot(tmp_path):
     assert plot[0] == {"step": 0, "failure_rate": metrics["initial_failure_rate"],
                        "best_failure_rate": metrics["initial_failure_rate"]}
     assert len(meta["dev_ids"]) == 4 and "optimize/analysis.j2" in meta["templates"]
-    assert meta["models"] == {"evolver": "fake-model", "optimizer": "fake-opt"}
+    assert meta["models"]["evolver"].startswith("fake@") and meta["models"]["optimizer"].startswith("fake-opt@")
 
 
 def test_stage_with_too_small_a_seed_names_the_params(tmp_path):
@@ -406,6 +405,7 @@ def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
     loaded = []
     monkeypatch.setitem(llm_module.BACKENDS, "hf", lambda role: loaded.append(role.model) or FakeBackend(model=role.model))
     monkeypatch.setattr(llm_module, "_LOADED", {})
+    monkeypatch.setattr(llm_module, "resolve_identity", lambda role, memo=None: {"name": role.model})
     roles = {"evolver": {"backend": "hf", "model": "m", "temperature": 0.0},
              "optimizer": {"backend": "hf", "model": "m", "temperature": 0.6, "top_p": 0.95, "batch_size": 2}}
     models = stage.open_models({"roles": roles})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evolforge.modeling import hash_model_dir
-from evolforge.prompts import PromptLibrary
+from evolforge.core.models import hash_model_dir
+from evolforge.core.prompts import PromptLibrary
 
 
 def test_strict_undefined_and_hash(tmp_path):
@@ -30,7 +30,7 @@ def test_shipped_templates_render(repo):
 
 @pytest.mark.slow
 def test_tiny_model_build_is_deterministic(tmp_path, repo):
-    from evolforge.tiny import TinyConfig, build_tiny_model
+    from tiny import TinyConfig, build_tiny_model
 
     cfg = TinyConfig(steps=4)
     hashes = []

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from evolforge.sandbox import isolation, run_untrusted
+from evolforge.eval.sandbox import isolation, run_untrusted
 
 ADD = "def add(a, b):\n    return a + b\n"
 

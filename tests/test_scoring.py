@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 import torch
 
-from evolforge.tiny import build_random_llama
-from evolforge.scoring import (
+from tiny import build_random_llama
+from evolforge.score.ifd import (
     chat_texts,
     encode_items,
     ifd_scores,

@@ -9,9 +9,9 @@ import sys
 import polars as pl
 import pytest
 
-from evolforge.records import make_id, read_table
-from evolforge.seed import build_seed
-from evolforge.validation import DataError
+from evolforge.core.records import make_id, read_table
+from evolforge.build.seed import build_seed
+from evolforge.core.validation import DataError
 
 ALPACA = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evolforge.lineage import chain, format_chain
+from evolforge.build.lineage import chain, format_chain
 
 
 def main(argv: list[str] | None = None) -> None:

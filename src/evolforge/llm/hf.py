@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from evolforge.llm import ChatRequest, Completion, Role, request_seed
-from evolforge.modeling import load_causal_lm, load_tokenizer, model_identity
+from evolforge.core.models import load_causal_lm, load_tokenizer, model_identity
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 

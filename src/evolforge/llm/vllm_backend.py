@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from evolforge.llm import ChatRequest, Completion, Role, request_seed
-from evolforge.modeling import model_identity
+from evolforge.core.models import model_identity
 
 
 class VLLMBackend:

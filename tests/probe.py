@@ -12,13 +12,13 @@ from typing import Callable
 
 import polars as pl
 
-from evolforge import failures
-from evolforge.judge import parse_level, parse_score
+from evolforge.build import failures
+from evolforge.build.judge import parse_level, parse_score
 from evolforge.llm import LLM, ChatRequest
 from evolforge.llm.hf import HFBackend
-from evolforge.optimize import parse_optimized_method
-from evolforge.prompts import PromptLibrary
-from evolforge.tiny import FEEDBACK
+from evolforge.build.optimize import parse_optimized_method
+from evolforge.core.prompts import PromptLibrary
+from tiny import FEEDBACK
 
 
 def probe(model_dir: str | Path, prompts_dir: str | Path, seeds_path: str | Path, n: int = 12) -> dict[str, float]:

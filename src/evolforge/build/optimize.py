@@ -49,11 +49,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from evolforge import failures
-from evolforge.evolve import evolve_with_method
-from evolforge.llm import LLM, Role
-from evolforge.prompts import PromptLibrary
-from evolforge.respond import respond
+from evolforge.build import failures
+from evolforge.build.evolve import evolve_with_method
+from evolforge.llm import LLM
+from evolforge.core.prompts import PromptLibrary
+from evolforge.build.respond import respond
 
 INITIAL_TEMPLATES = {"initial": "optimize/initial_method.j2", "weak": "optimize/weak_method.j2"}
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
@@ -164,14 +164,14 @@ def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: ra
     return [items[i] for i in order[:dev_size]], [items[i] for i in order[dev_size:]]
 
 
-def build_trajectory(evolver: LLM, role: Role, prompts: PromptLibrary, instructions: list[str], method: str,
+def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
                      *, rounds: int, temperature: float) -> tuple[list[dict], list[dict]]:
     """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of unparsed stages])."""
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
     unparsed = []
     current = list(instructions)
     for r in range(1, rounds + 1):
-        results = evolve_with_method(evolver, role, prompts, current, method, temperature=temperature,
+        results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
                                      desc=f"trajectory round {r}")
         for case, (parsed, raw) in zip(cases, results):
             if parsed is None:
@@ -181,13 +181,13 @@ def build_trajectory(evolver: LLM, role: Role, prompts: PromptLibrary, instructi
     return cases, unparsed
 
 
-def score_method(evolver: LLM, role: Role, prompts: PromptLibrary, dev: list[dict], method: str,
+def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str,
                  *, temperature: float, desc: str = "dev") -> MethodScore:
     """Evolve the development set with ``method``, answer each evolved instruction, count F failures."""
-    evolved = evolve_with_method(evolver, role, prompts, [d["instruction"] for d in dev], method,
+    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method,
                                  temperature=temperature, desc=f"{desc}: evolve")
     answered = [(d, parsed) for d, (parsed, _) in zip(dev, evolved) if parsed is not None]
-    responses = respond(evolver, role, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
+    responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
                         desc=f"{desc}: respond", temperature=0.0) if answered else []
     missing = len(dev) - len(answered)
     fails = missing + sum(failures.auto_evol_failure(r) for r in responses)
@@ -201,16 +201,16 @@ def score_method(evolver: LLM, role: Role, prompts: PromptLibrary, dev: list[dic
                        score=(1.0 - rate) * ratio)
 
 
-def propose_methods(optimizer: LLM, role: Role, prompts: PromptLibrary, trajectory: list[dict], method: str,
+def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
                     *, candidates: int) -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
-    feedbacks = optimizer.complete([role.request([analysis], sample_index=j) for j in range(candidates)],
+    feedbacks = optimizer.complete([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
                                    desc="optimizer: analysis")
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
     answers = optimizer.complete(
-        [role.request([analysis, {"role": "assistant", "content": f}, optimization], sample_index=j)
+        [optimizer.request([analysis, {"role": "assistant", "content": f}, optimization], sample_index=j)
          for j, f in enumerate(feedbacks)], desc="optimizer: optimization")
     out = []
     for j, (feedback, answer) in enumerate(zip(feedbacks, answers)):
@@ -234,24 +234,24 @@ def select_candidate(candidates: list[Candidate], current: MethodScore, selectio
     raise ValueError(f"params.yaml optimize.selection: {selection!r} is not one of {SELECTIONS}")
 
 
-def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM, evolver_role: Role,
-                    optimizer: LLM, optimizer_role: Role, prompts: PromptLibrary, settings: OptimizeSettings,
+def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
+                    optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random) -> OptimizeResult:
     """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items."""
     temperature = settings.evolver_temperature
     current_method = initial_method
-    current = score_method(evolver, evolver_role, prompts, dev, initial_method, temperature=temperature, desc="step 0")
+    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0")
     result = OptimizeResult(method=initial_method, initial=current, best=current)
     stale = 0  # steps since the best rate last decreased
     for step in range(1, int(settings.steps) + 1):
         batch = rng.sample(pool, int(settings.batch_size))
-        trajectory, unparsed = build_trajectory(evolver, evolver_role, prompts, [b["instruction"] for b in batch],
+        trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
                                                 current_method, rounds=int(settings.trajectory_rounds), temperature=temperature)
-        proposals = propose_methods(optimizer, optimizer_role, prompts, trajectory, current_method,
+        proposals = propose_methods(optimizer, prompts, trajectory, current_method,
                                     candidates=int(settings.candidates))
         for c in proposals:
             if c.method is not None:
-                c.dev = score_method(evolver, evolver_role, prompts, dev, c.method, temperature=temperature,
+                c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
                                      desc=f"step {step} candidate {c.index}")
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method

@@ -6,7 +6,7 @@
     0.42
 
 Benchmarks (``tasks``) are named ``ifeval``, ``gsm8k``, ``math``, ``humaneval``, ``mbpp``; ``suite`` picks
-which harness tasks they mean (:data:`evolforge.eval_tasks.SUITES`): ``offline`` (the project's own few
+which harness tasks they mean (:data:`evolforge.eval.tasks.SUITES`): ``offline`` (the project's own few
 items in each benchmark's format, scored by the same code; runs with no network) or ``hub`` (the real
 benchmarks). Any other name in ``tasks`` is passed to the harness as a task name as it is.
 
@@ -14,7 +14,7 @@ Metrics, as ``<benchmark>/<metric>``: ``ifeval/{prompt,inst}_level_{strict,loose
 ``gsm8k/exact_match_{strict,flexible}``, ``math/exact_match`` (math_verify) and
 ``math/exact_match_original`` (Minerva normaliser), ``humaneval/pass@1``, ``mbpp/pass@1``, and
 ``<benchmark>/n`` (problems scored). HumanEval and MBPP run model-written code only with
-``allow_code_execution=True``, each program in :mod:`evolforge.sandbox`; otherwise they are skipped and
+``allow_code_execution=True``, each program in :mod:`evolforge.eval.sandbox`; otherwise they are skipped and
 listed under ``"skipped"`` (never scored 0).
 
 Models: a hub id, a local model folder, or a LoRA adapter folder (``adapter_config.json``; evaluated as
@@ -64,10 +64,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from evolforge.eval_tasks import BENCHMARKS, CODE_BENCHMARKS, SUITES, write_suite
-from evolforge.eval_tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
-from evolforge.modeling import is_local, pick_device, pick_dtype
-from evolforge.records import replace_dir
+from evolforge.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, SUITES, write_suite
+from evolforge.eval.tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
+from evolforge.core.models import is_local, pick_device, pick_dtype
+from evolforge.core.records import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def evaluate(
         raise ValueError("the local-chat-completions backend sends chat messages: apply_chat_template must be true")
     benchmarks, skipped = resolve_tasks(tasks, suite, allow_code_execution)
     if allow_code_execution and any(b in CODE_BENCHMARKS for b in benchmarks):
-        from evolforge.sandbox import isolation
+        from evolforge.eval.sandbox import isolation
 
         log.info("code benchmarks run in the sandbox, limits %ss / %s MiB, isolation %s",
                  sandbox_timeout_s, sandbox_memory_mb, isolation())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.records import EVOLVED, read_table
+from evolforge.core.records import EVOLVED, read_table
 
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
 

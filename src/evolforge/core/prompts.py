@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 # The repository's prompts/ folder; stages pass it explicitly, tests and the tiny-model builder use this.
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[3] / "prompts"
 
 
 class PromptLibrary:

@@ -26,7 +26,7 @@ from typing import Callable
 
 import polars as pl
 
-from evolforge.prompts import PromptLibrary
+from evolforge.core.prompts import PromptLibrary
 
 BOS, EOS, PAD = "<|bos|>", "<|end|>", "<|pad|>"
 SPECIAL = [BOS, EOS, PAD, "<|user|>", "<|assistant|>", "<|system|>"]

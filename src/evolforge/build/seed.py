@@ -16,9 +16,9 @@ from typing import Any
 
 import polars as pl
 
-from evolforge import validation
-from evolforge.records import LINEAGE, SEED, make_id
-from evolforge.validation import DataError
+from evolforge.core import validation
+from evolforge.core.records import LINEAGE, SEED, make_id
+from evolforge.core.validation import DataError
 
 PRESETS: dict[str, dict[str, str | None]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},

@@ -33,7 +33,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from evolforge.modeling import load_causal_lm, load_tokenizer
+from evolforge.core.models import load_causal_lm, load_tokenizer
 
 Template = Literal["raw", "chat"]
 

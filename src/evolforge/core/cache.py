@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 DEFAULT_CACHE_PATH = Path(".evolforge/cache.sqlite")
 
@@ -110,3 +111,22 @@ class CallCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def repo_root(cwd: Path | None = None) -> Path:
+    """The repository a stage belongs to. ``dvc exp run --queue`` / ``--temp`` run stages in a copy under
+    ``<repo>/.dvc/tmp/exps/``, without git-ignored files: resolving against the original repository lets
+    every queued experiment share (and fill) the one call cache."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def open_cache(params: dict[str, Any]) -> CallCache:
+    """The call cache named by ``cache.path`` (env ``EVOLFORGE_CACHE`` wins, for tests and shared boxes);
+    a relative path is relative to the repository root."""
+    path = Path(os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH)
+    return CallCache(path if path.is_absolute() else repo_root() / path)

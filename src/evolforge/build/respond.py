@@ -10,18 +10,18 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.llm import LLM, Role
-from evolforge.prompts import PromptLibrary
-from evolforge.records import EVOLVED, LINEAGE, read_table
+from evolforge.llm import LLM
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import EVOLVED, LINEAGE, read_table
 
 RESPONSE_TEMPLATE = "respond/response.j2"
 KEEP = LINEAGE + ["instruction", "input", "template_hash", "model"]
 
 
-def respond(llm: LLM, role: Role, prompts: PromptLibrary, instructions: list[str], inputs: list[str],
+def respond(llm: LLM, prompts: PromptLibrary, instructions: list[str], inputs: list[str],
             desc: str = "respond", **sampling) -> list[str]:
     """Answer each (instruction, input) with one chat turn rendered from the response template."""
-    requests = [role.request([{"role": "user", "content": prompts.render(RESPONSE_TEMPLATE, instruction=q, input=x)}], **sampling)
+    requests = [llm.request([{"role": "user", "content": prompts.render(RESPONSE_TEMPLATE, instruction=q, input=x)}], **sampling)
                 for q, x in zip(instructions, inputs)]
     return llm.complete(requests, desc=desc)
 
@@ -39,8 +39,8 @@ def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None) -> 
     return pl.concat(parts, how="vertical_relaxed")
 
 
-def answer(items: pl.DataFrame, llm: LLM, role: Role, prompts: PromptLibrary, **sampling) -> pl.DataFrame:
-    outputs = respond(llm, role, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
+def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, **sampling) -> pl.DataFrame:
+    outputs = respond(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
     return items.rename({"template_hash": "evolve_template_hash", "model": "evolver_model"}).with_columns(
         output=pl.Series(outputs, dtype=pl.String),
         response_template_hash=pl.lit(prompts.hash(RESPONSE_TEMPLATE)),

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from evolforge.roles import Role
+from evolforge.core.roles import Role
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

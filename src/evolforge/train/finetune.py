@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from evolforge.modeling import load_tokenizer, model_identity, pick_device, pick_dtype
-from evolforge.records import replace_dir
+from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
+from evolforge.core.records import replace_dir
 
 log = logging.getLogger(__name__)
 

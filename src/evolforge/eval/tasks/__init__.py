@@ -4,10 +4,10 @@
 that ``lm_eval.tasks.TaskManager(include_path=...)`` (or ``lm_eval --include_path``) reads:
 
 - ``evolforge_humaneval``, ``evolforge_mbpp``: the hub datasets with the prompts of the harness's
-  ``humaneval_instruct`` / ``mbpp_instruct`` and pass@1 scored in :mod:`evolforge.sandbox`
-  (see :mod:`evolforge.eval_tasks.code_scoring`);
+  ``humaneval_instruct`` / ``mbpp_instruct`` and pass@1 scored in :mod:`evolforge.eval.sandbox`
+  (see :mod:`evolforge.eval.tasks.code_scoring`);
 - ``evolforge_offline_{ifeval,gsm8k,math,humaneval,mbpp}`` (tag ``evolforge_offline``): the items of
-  :mod:`evolforge.eval_tasks.offline_data`, written as JSONL and read through ``dataset_path: json``.
+  :mod:`evolforge.eval.tasks.offline_data`, written as JSONL and read through ``dataset_path: json``.
   The ifeval, gsm8k and math configs ``include:`` the installed harness's own ``ifeval.yaml``,
   ``gsm8k.yaml`` and ``minerva_math_algebra.yaml`` and override only the dataset and the number of shots,
   so the prompts, filters and scoring functions are the real benchmarks' own.
@@ -22,7 +22,7 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-from evolforge.eval_tasks.offline_data import OFFLINE_ITEMS
+from evolforge.eval.tasks.offline_data import OFFLINE_ITEMS
 
 BENCHMARKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")
 CODE_BENCHMARKS = ("humaneval", "mbpp")  # scored by executing model-written code
@@ -52,7 +52,7 @@ def write_suite(dest: str | Path) -> Path:
     # substituted inside double-quoted YAML strings, so JSON string escaping is YAML-safe
     values = {"@DATA_DIR@": json.dumps(str(data_dir))[1:-1],
               "@LM_EVAL_TASKS@": json.dumps(str(lm_eval_tasks_dir()))[1:-1]}
-    for template in files("evolforge.eval_tasks").joinpath("tasks").iterdir():
+    for template in files("evolforge.eval.tasks").joinpath("configs").iterdir():
         if not template.name.endswith(".yaml"):
             continue
         text = template.read_text(encoding="utf-8")

@@ -16,9 +16,9 @@ import re
 
 import polars as pl
 
-from evolforge.llm import LLM, Role
-from evolforge.prompts import PromptLibrary
-from evolforge.scoring import question_text
+from evolforge.llm import LLM
+from evolforge.core.prompts import PromptLibrary
+from evolforge.score.ifd import question_text
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
@@ -47,7 +47,7 @@ def parse_score(text: str) -> tuple[float | None, str | None]:
     return value, None
 
 
-def judge(items: pl.DataFrame, llm: LLM, role: Role, prompts: PromptLibrary, score_prompt: str = "paper",
+def judge(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, score_prompt: str = "paper",
           max_tokens: int | None = None) -> pl.DataFrame:
     """Add difficulty_level / difficulty_score (+ raw answers, parse reasons, prompt variant) to ``items``."""
     if score_prompt not in SCORE_TEMPLATES:
@@ -55,7 +55,7 @@ def judge(items: pl.DataFrame, llm: LLM, role: Role, prompts: PromptLibrary, sco
     queries = [question_text(q, x) for q, x in zip(items["instruction"].to_list(), items["input"].to_list())]
 
     def ask(template: str, desc: str) -> list[str]:
-        requests = [role.request([{"role": "user", "content": prompts.render(template, query=q)}],
+        requests = [llm.request([{"role": "user", "content": prompts.render(template, query=q)}],
                                  max_tokens=max_tokens) for q in queries]
         return llm.complete(requests, desc=desc)
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import polars as pl
 
-from evolforge import failures
-from evolforge.llm import LLM, Role
-from evolforge.prompts import PromptLibrary
-from evolforge.records import EVOLVED, FAILED, LINEAGE, make_id
-from evolforge.respond import respond
+from evolforge.build import failures
+from evolforge.llm import LLM
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id
+from evolforge.build.respond import respond
 
 IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
 BREADTH = "breadth"
@@ -106,27 +106,27 @@ def template_hash(prompts: PromptLibrary, method: str, method_text: str | None =
     return make_id(prompts.hash(METHOD_TEMPLATE), method_text)
 
 
-def evolve_with_method(llm: LLM, role: Role, prompts: PromptLibrary, instructions: list[str], method_text: str,
+def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                        seed: int | None = None, desc: str = "evolve") -> list[tuple[str | None, str]]:
     """Apply one evolving method to each instruction; returns (parsed instruction or None, raw answer)."""
-    requests = [role.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
+    requests = [llm.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
                 for i in instructions]
     raws = llm.complete(requests, desc=desc)
     return [(failures.parse_final_instruction(raw), raw) for raw in raws]
 
 
-def info_gain_verdicts(llm: LLM, role: Role, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
+def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
     """LLM check: True when the evolved instruction equals its parent (no information gain)."""
-    requests = [role.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}])
+    requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}])
                 for p, c in zip(parents, children)]
     return [failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 
 
 def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
-                 evolver: LLM, evolver_role: Role, method_text: str | None = None,
-                 judge: LLM | None = None, judge_role: Role | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+                 evolver: LLM, method_text: str | None = None,
+                 judge: LLM | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Evolve every item of ``pool`` once. Returns (round table, next pool, summary)."""
     items = pool.to_dicts()
     n = len(items)
@@ -141,7 +141,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
                     seed=settings.seed, sample_index=round_index)
 
     # 1. evolve
-    requests = [evolver_role.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
+    requests = [evolver.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
                 for m, it in zip(methods, items)]
     raws = evolver.complete(requests, desc=f"round {round_index}: evolve")
     candidates = [failures.parse_final_instruction(r) if m in STRATEGIES else r.strip() for m, r in zip(methods, raws)]
@@ -161,7 +161,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     response_rules = {k: settings.rule(k) for k in ("sorry_short", "stopwords_only", "rule_f")}
     alive = [i for i in range(n) if reasons[i] is None]
     if any(response_rules.values()) and alive:
-        answers = respond(evolver, evolver_role, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
+        answers = respond(evolver, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
                           desc=f"round {round_index}: check", temperature=0.0, max_tokens=settings.max_tokens, seed=settings.seed)
         for i, answer in zip(alive, answers):
             responses[i] = answer
@@ -171,9 +171,9 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     unparsed_equal = 0
     alive = [i for i in range(n) if reasons[i] is None]
     if settings.rule("info_gain", False) and alive:
-        if judge is None or judge_role is None:
+        if judge is None:
             raise ValueError("evolve.elimination.info_gain needs the judge role")
-        verdicts = info_gain_verdicts(judge, judge_role, prompts, [items[i]["instruction"] for i in alive], [candidates[i] for i in alive])
+        verdicts = info_gain_verdicts(judge, prompts, [items[i]["instruction"] for i in alive], [candidates[i] for i in alive])
         for i, same in zip(alive, verdicts):
             unparsed_equal += same is None
             if same:

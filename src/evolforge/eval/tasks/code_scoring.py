@@ -1,4 +1,4 @@
-"""HumanEval and MBPP pass@1 through :mod:`evolforge.sandbox`, for the task configs in ``tasks/``.
+"""HumanEval and MBPP pass@1 through :mod:`evolforge.eval.sandbox`, for the task configs in ``tasks/``.
 
 The harness's own ``humaneval`` / ``mbpp`` tasks score with the Hugging Face ``evaluate`` metric
 ``code_eval``: a script downloaded from the hub at import time, run in-process threads with no memory,
@@ -7,7 +7,7 @@ network or filesystem isolation, behind ``HF_ALLOW_CODE_EVAL=1``. The ``evolforg
 a prefilled code fence) and replace the scoring: each candidate program, with its tests, runs in its own
 sandboxed subprocess.
 
-Two switches, both set by :func:`evolforge.evaluate.evaluate` for the duration of a run:
+Two switches, both set by :func:`evolforge.eval.harness.evaluate` for the duration of a run:
 
 - ``EVOLFORGE_ALLOW_CODE_EXECUTION=1`` must be set, or scoring refuses to run model code at all;
 - ``EVOLFORGE_SANDBOX_TIMEOUT_S`` (default 10) and ``EVOLFORGE_SANDBOX_MEMORY_MB`` (default 512) are the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 
-from evolforge.sandbox import run_untrusted
+from evolforge.eval.sandbox import run_untrusted
 
 log = logging.getLogger(__name__)
 
