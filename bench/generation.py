@@ -2,15 +2,17 @@
 
 Both go through the LLM layer as the stages do: "batched" keeps ``--batch-size`` requests in flight
 (the backend's continuous batching), "one at a time" keeps one. Prints generated tokens/s of both and
-the ratio. Default model: the project's tiny model (built into a
-temporary folder if models/tiny does not exist); ``--model`` takes a hub id or a local folder.
+the ratio. Default model: the shipped models/SmolLM2-135M-Instruct (stage fetch_model) when it is there,
+else the test suite's tiny trained model, built into a temporary folder; ``--model`` takes a hub id or a
+local folder.
 
-    python bench/generation.py [--model models/tiny] [--n 64] [--batch-size 32] [--max-tokens 64] [--repeat 3]
+    python bench/generation.py [--model models/SmolLM2-135M-Instruct] [--n 64] [--batch-size 32] [--max-tokens 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,8 +59,9 @@ def main() -> None:
 
     model = args.model
     if model is None:
-        model = str(REPO / "models/tiny")
+        model = str(REPO / "models/SmolLM2-135M-Instruct")
         if not Path(model).exists():
+            sys.path.insert(0, str(REPO / "tests"))  # the test fixtures' model builders
             from tiny import TinyConfig, build_tiny_model
 
             model = str(Path(tempfile.mkdtemp()) / "tiny")

@@ -21,9 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import torch
 
-from tiny import build_random_llama, pseudo_words
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures' model builders
+from tiny import build_random_llama, pseudo_words  # noqa: E402
 
 
 def synth_items(count: int, seed: int = 0) -> dict[str, list[str]]:

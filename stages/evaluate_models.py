@@ -1,9 +1,12 @@
-"""evaluate stage: benchmark the base model and the fine-tuned one with lm-evaluation-harness.
+"""evaluate_base and evaluate stages: benchmark one model with lm-evaluation-harness.
 
-Reads:  models/sft/ (model or LoRA adapter), params.yaml `evaluate`, roles `base`
-Writes: metrics/eval.json ({"base": {...}, "finetuned": {...}, "skipped": {...}}: both rows side by side,
-        so `dvc metrics diff` and `dvc exp show` tell whether this data version made the model better),
-        data/eval/<label>/<benchmark>.jsonl (per-sample logs) and results.json
+`evaluate_base` runs it on roles.base (no --model), so the base is benchmarked once and again only when the
+base model or the evaluation settings change; `evaluate` runs it on the fine-tuned model (--model models/sft).
+
+Reads:  --model (a model folder or LoRA adapter; default roles.base), params.yaml `evaluate`, roles `base`
+Writes: --metrics ({"<label>": {"<benchmark>/<metric>": value, ...}, "skipped": {...}}: metrics/eval_base.json
+        and metrics/eval.json, so `dvc metrics show` / `dvc exp show` put base and fine-tuned side by side),
+        --samples/<label>/<benchmark>.jsonl (per-sample logs) and results.json
 (The script is not called evaluate.py: stages/ comes first on sys.path and would shadow the
 `evaluate` package that lm-evaluation-harness imports.)
 """
@@ -20,8 +23,9 @@ from evolforge.core.roles import refuse_secrets
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--model", default="models/sft")
-    ap.add_argument("--samples", default="data/eval")
+    ap.add_argument("--label", required=True, help="the result's name: base or finetuned")
+    ap.add_argument("--model", default=None, help="model folder or adapter (default: roles.base)")
+    ap.add_argument("--samples", required=True)
     ap.add_argument("--metrics", default="metrics/eval.json")
     args = ap.parse_args()
 
@@ -35,10 +39,9 @@ def main() -> None:
     backend_args = cfg.get("backend_args") or {}
     refuse_secrets("evaluate.backend_args", backend_args.get("base_url"), backend_args, "evaluate.backend_args")
     base = load_role(params, "base")
-    report = evaluate({"base": base.model, "finetuned": args.model}, args.samples, revision=base.revision, **cfg)
+    report = evaluate({args.label: args.model or base.model}, args.samples, revision=base.revision, **cfg)
     write_json(args.metrics, report)
-    for label in ("base", "finetuned"):
-        print(f"{label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[label].items()) if not k.endswith("/n")))
+    print(f"{args.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
     if report.get("skipped"):
         print(f"skipped: {report['skipped']}")
 

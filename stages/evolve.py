@@ -1,7 +1,7 @@
 """evolve stage (one DVC stage per round): evolve the pool of the previous round once.
 
-Reads:  --src (data/seed, or data/evolved/round_{k-1}), data/method/method.txt (strategy auto),
-        params.yaml `evolve`, `optimize.initial_method`, roles `evolver` (and `judge` for the info-gain check)
+Reads:  --src (data/seed, or data/evolved/round_{k-1}), data/method/method.txt (strategies auto, auto_initial),
+        params.yaml `evolve`, roles `evolver` (and `judge` for the info-gain check)
 Writes: data/evolved/<round>/ items.parquet (one row per item in: evolved or failed, with reason),
         pool.parquet (what the next round evolves), meta.json; metrics/evolve/<round>.json
 """
@@ -30,12 +30,10 @@ def read_pool(src: Path) -> pl.DataFrame:
     return table
 
 
-def method_text(strategy: str, method_file: Path, prompts: PromptLibrary, initial: str) -> str | None:
-    if strategy == "auto":
-        return method_file.read_text(encoding="utf-8").strip()
-    if strategy == "auto_initial":
-        return prompts.render(f"optimize/{initial}_method.j2")
-    return None
+def method_text(strategy: str, method_file: Path) -> str | None:
+    """The evolving method of strategies auto (optimized) and auto_initial (the initial method): the optimize
+    stage writes either one to method.txt. Strategy evol uses the hand-written methods instead."""
+    return method_file.read_text(encoding="utf-8").strip() if strategy in ("auto", "auto_initial") else None
 
 
 def main() -> None:
@@ -55,7 +53,7 @@ def main() -> None:
     index = int(cfg["rounds"][args.round]["index"])
     prompts = PromptLibrary(args.prompts)
     pool = read_pool(Path(args.src))
-    text = method_text(settings.strategy, Path(args.method), prompts, section(params, "optimize").get("initial_method", "initial"))
+    text = method_text(settings.strategy, Path(args.method))
 
     cache = open_cache(params)
     evolver = open_role(params, "evolver", cache)

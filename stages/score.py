@@ -1,31 +1,22 @@
-"""score stage: IFD and IC-IFD losses from the scorer model, and diversity (minimum neighbour distance).
+"""score stage: IFD and IC-IFD losses from the scorer model.
 
-Reads:  data/responses/, params.yaml `score` (template, max_length, embedder, embedder_model),
-        roles `scorer` (model, revision, dtype, device, batch_size)
-Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts, mnd, repeat_count),
-        metrics/score.json (means, scorer_path), metrics/plots/{ifd,ic_ifd,mnd}_hist.json
+Reads:  data/responses/, params.yaml `score` (template, max_length), roles `scorer` (model, revision, dtype,
+        device, batch_size), models/identity.json (the scorer's identity)
+Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts),
+        metrics/score.json (means), metrics/plots/{ifd,ic_ifd}_hist.json
 """
 
 import argparse
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_role, section
-from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings, neighbor_stats
-from evolforge.core.models import model_identity
+from evolforge.core.plots import histogram
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.llm import recorded_identity
 from evolforge.score.ifd import ifd_scores, load_scorer
-
-
-def histogram(values: pl.Series, bins: int = 20) -> list[dict]:
-    x = values.drop_nulls().drop_nans().to_numpy()
-    if x.size == 0:
-        return []
-    counts, edges = np.histogram(x, bins=bins)
-    return [{"bin_low": float(lo), "bin_high": float(hi), "count": int(c)} for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
 
 
 def main() -> None:
@@ -48,17 +39,7 @@ def main() -> None:
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
                         template=cfg.get("template", "raw"), batch_size=role.batch_size, max_length=cfg.get("max_length"))
-    embedder = cfg.get("embedder", "causal-lm-mean")
-    texts = item_texts(items["instruction"].to_list(), items["input"].to_list())
-    embedder_model = cfg.get("embedder_model") or role.model
-    if embedder == "causal-lm-mean" and embedder_model == role.model:
-        # the scorer model is already loaded: no second copy
-        embeddings = mean_pooled_embeddings(model, tokenizer, texts, batch_size=role.batch_size, progress=True)
-    else:
-        embeddings = embed_texts(texts, embedder_model, kind=embedder, dtype=role.dtype, device=role.device)
-    neighbours = neighbor_stats(embeddings)
-    table = pl.concat([items.select("id", "round"), scores], how="horizontal").with_columns(
-        mnd=pl.Series(neighbours.min_distance, dtype=pl.Float64), repeat_count=pl.Series(neighbours.repeat_count, dtype=pl.Int64))
+    table = pl.concat([items.select("id", "round"), scores], how="horizontal")
     validation.check(table, validation.unique("id"), args.out)
 
     def mean(col: str) -> float | None:
@@ -66,13 +47,12 @@ def main() -> None:
         return float(s.mean()) if s.len() else None
 
     metrics = {"items": table.height, "template": cfg.get("template", "raw"), "scorer": role.model,
-               "scorer_path": str(Path(role.model).resolve()) if Path(role.model).is_dir() else role.model,
-               "embedder": embedder, "null_scores": int(table["ic_ifd"].is_null().sum()),
-               **{f"mean_{c}": mean(c) for c in ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd", "mnd")},
+               "null_scores": int(table["ic_ifd"].is_null().sum()),
+               **{f"mean_{c}": mean(c) for c in ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd")},
                "share_ifd_above_1": float((table["ifd"] > 1).sum() / max(1, table["ifd"].drop_nulls().len()))}
-    write_output(args.out, table, meta={"scorer": model_identity(role.model, role.revision), "params": cfg})
+    write_output(args.out, table, meta={"scorer": role.model, "scorer_identity": recorded_identity(role), "params": cfg})
     write_json(args.metrics, metrics)
-    for col in ("ifd", "ic_ifd", "mnd"):
+    for col in ("ifd", "ic_ifd"):
         write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col]))
     print(f"score: {table.height} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}")
 

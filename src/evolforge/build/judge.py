@@ -18,7 +18,7 @@ import polars as pl
 
 from evolforge.llm import LLM
 from evolforge.core.prompts import PromptLibrary
-from evolforge.score.ifd import question_text
+from evolforge.core.records import question_text
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"

@@ -13,6 +13,8 @@ import random
 
 import polars as pl
 
+from evolforge.core.records import question_text
+
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "random")
 
 
@@ -61,11 +63,6 @@ def select_items(table: pl.DataFrame, metric: str = "ic_ifd", top_fraction: floa
     return chosen, summary
 
 
-def user_text(instruction: str, input_text: str) -> str:
-    """The user turn for training: the instruction, then the input (if any) after a blank line."""
-    return f"{instruction}\n\n{input_text}" if input_text else instruction
-
-
 def conversational_row(prompt: str, completion: str) -> dict:
     """One TRL conversational prompt/completion record (TRL trains on the completion only by default)."""
     return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
@@ -73,7 +70,7 @@ def conversational_row(prompt: str, completion: str) -> dict:
 
 def to_trl(rows: pl.DataFrame) -> list[dict]:
     """The selected rows as TRL records, each with its item id."""
-    return [{"id": r["id"], **conversational_row(user_text(r["instruction"], r["input"]), r["output"])}
+    return [{"id": r["id"], **conversational_row(question_text(r["instruction"], r["input"]), r["output"])}
             for r in rows.select("id", "instruction", "input", "output").iter_rows(named=True)]
 
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evolforge.score.ifd import load_scorer, pad_right, question_text
+from evolforge.core.records import question_text
+from evolforge.score.ifd import load_scorer, pad_right
 
 EmbeddingKind = Literal["sentence-transformers", "causal-lm-mean"]
 REPEAT_THRESHOLD = 0.05  # squared L2 below which a neighbour counts as a repeat (paper B's code)

