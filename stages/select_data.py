@@ -12,7 +12,7 @@ import argparse
 from evolforge.core import validation
 from evolforge.core.params import load_params, section
 from evolforge.core.records import read_table, write_json, write_output
-from evolforge.build.selection import select_items, to_alpaca, to_trl
+from evolforge.build.selection import join_metrics, select_items, to_alpaca, to_trl
 
 
 def main() -> None:
@@ -27,15 +27,8 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = section(load_params(args.params), "select")
-    items = read_table(args.responses)
-    judged = read_table(args.judged).drop("round")
-    scores = read_table(args.scores).drop("round")
-    diversity = read_table(args.diversity).drop("round")
-    for name, other in ((args.judged, judged), (args.scores, scores), (args.diversity, diversity)):
-        unmatched = items.join(other, on="id", how="anti").height
-        if unmatched:
-            raise SystemExit(f"{name}: {unmatched} items of {args.responses} have no row; rerun that stage")
-    table = items.join(judged, on="id", how="left").join(scores, on="id", how="left").join(diversity, on="id", how="left")
+    table = join_metrics(read_table(args.responses), {args.judged: read_table(args.judged), args.scores: read_table(args.scores),
+                                                      args.diversity: read_table(args.diversity)})
 
     chosen, summary = select_items(table, cfg.get("metric", "ic_ifd"), cfg.get("top_fraction"), cfg.get("threshold"),
                                    cfg.get("ifd_filter", False), cfg.get("rounds"), cfg.get("seed", 0))

@@ -140,7 +140,7 @@ def test_repro_noop_and_experiments(workdir):
     # a selection experiment reruns select and what trains on its output; the base is not benchmarked again
     exp = run(["dvc", "exp", "run", "-S", "select.top_fraction=0.5"], work, env)
     assert stages_run(exp) == ["models", "select", "finetune", "evaluate"]
-    assert metric(work, "select.json")["top_fraction"] == 0.5
+    assert json.loads((work / "data/selected/meta.json").read_text())["params"]["top_fraction"] == 0.5
 
     # a new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM stage
     exp = run(["dvc", "exp", "run", "-S", f"roles.embedder.model={OTHER}"], work, env)

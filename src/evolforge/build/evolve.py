@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -104,6 +105,12 @@ def template_hash(prompts: PromptLibrary, method: str, method_text: str | None =
     if method in IN_DEPTH:
         return prompts.hash("evolve/depth.j2")
     return make_id(prompts.hash(METHOD_TEMPLATE), method_text)
+
+
+def method_text(strategy: str, method_file: str | Path) -> str | None:
+    """The evolving method a strategy uses: auto (the optimized method) and auto_initial (the initial method)
+    read the one the optimize stage wrote to ``method.txt``; evol uses the hand-written methods (None)."""
+    return Path(method_file).read_text(encoding="utf-8").strip() if strategy in ("auto", "auto_initial") else None
 
 
 def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,

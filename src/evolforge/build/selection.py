@@ -63,6 +63,18 @@ def select_items(table: pl.DataFrame, metric: str = "ic_ifd", top_fraction: floa
     return chosen, summary
 
 
+def join_metrics(items: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """``items`` with the columns of each per-item table (judged, scores, diversity; keyed by ``id``) joined on.
+    Every item must have a row in every table: a missing one means that stage ran on other items."""
+    for name, other in tables.items():
+        other = other.drop("round", strict=False)
+        unmatched = items.join(other, on="id", how="anti").height
+        if unmatched:
+            raise ValueError(f"{name}: {unmatched} items have no row; rerun that stage")
+        items = items.join(other, on="id", how="left")
+    return items
+
+
 def conversational_row(prompt: str, completion: str) -> dict:
     """One TRL conversational prompt/completion record (TRL trains on the completion only by default)."""
     return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
