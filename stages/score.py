@@ -9,23 +9,15 @@ Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token
 import argparse
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_role, section
 from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings, neighbor_stats
+from evolforge.score.histogram import histogram
 from evolforge.core.models import model_identity
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.score.ifd import ifd_scores, load_scorer
-
-
-def histogram(values: pl.Series, bins: int = 20) -> list[dict]:
-    x = values.drop_nulls().drop_nans().to_numpy()
-    if x.size == 0:
-        return []
-    counts, edges = np.histogram(x, bins=bins)
-    return [{"bin_low": float(lo), "bin_high": float(hi), "count": int(c)} for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
 
 
 def main() -> None:
@@ -73,7 +65,7 @@ def main() -> None:
     write_output(args.out, table, meta={"scorer": model_identity(role.model, role.revision), "params": cfg})
     write_json(args.metrics, metrics)
     for col in ("ifd", "ic_ifd", "mnd"):
-        write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col]))
+        write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col].to_list()))
     print(f"score: {table.height} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}")
 
 
