@@ -27,7 +27,11 @@ def materialize(rev: str, dest: str | Path, repo: str | Path = ".") -> Path:
         if fs.exists(rel):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(rel, str(target), recursive=fs.isdir(rel))
+            try:
+                fs.get(rel, str(target), recursive=fs.isdir(rel))
+            except Exception as err:  # dvc-data raises several kinds for an output that is not in the cache
+                raise RuntimeError(f"{rev}: {rel} is not in the local DVC cache ({type(err).__name__}); fetch it with "
+                                   f"`dvc pull` or `dvc exp pull <remote> {rev}`, or pass a folder") from err
     return dest
 
 
