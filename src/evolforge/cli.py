@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         from evolforge.report import build_report
 
         sources = list(args.compare) if args.compare else [args.root]
-        print(build_report(args.out, sources, args.labels))
+        try:
+            print(build_report(args.out, sources, args.labels))
+        except (RuntimeError, ValueError) as err:
+            raise SystemExit(f"evolforge report: {err}") from None
     elif args.command == "plots":
         from evolforge.report.export import export_plots
 
