@@ -17,7 +17,7 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_role, section
-from evolforge.core.plots import histogram
+from evolforge.score.histogram import histogram
 from evolforge.core.records import atomic_dir, read_table, write_json
 from evolforge.llm import recorded_identity
 from evolforge.score.diversity import embed_texts, item_texts, neighbor_stats
@@ -55,7 +55,7 @@ def main() -> None:
                "mean_mnd": float(mnd.mean()) if mnd.len() else None,
                "items_with_repeats": int((table["repeat_count"] > 0).sum())}
     write_json(args.metrics, metrics)
-    write_json(Path(args.plots) / "mnd_hist.json", histogram(table["mnd"]))
+    write_json(Path(args.plots) / "mnd_hist.json", histogram(table["mnd"].to_list()))
     print(f"diversity: {table.height} items, mean MND {metrics['mean_mnd']}, {metrics['items_with_repeats']} with repeats")
 
 

@@ -1,7 +1,8 @@
 """finetune stage: supervised fine-tuning of the base model on the selected training set (TRL SFTTrainer).
 
 Reads:  data/selected/train.jsonl (conversational prompt/completion), params.yaml `finetune`, roles `base`
-Writes: models/sft/ (full model, or LoRA adapter, + tokenizer), metrics/train.json, metrics/plots/train_loss.json
+Writes: models/sft/ (full model, or LoRA adapter, + tokenizer), metrics/train.json, metrics/plots/train_loss.json,
+        metrics/train_live/ (DVCLive: loss, learning rate, grad norm per step, written while training runs)
 
 Multi-GPU (DeepSpeed ZeRO-3):
     accelerate launch --config_file configs/accelerate_zero3.yaml stages/finetune.py
@@ -16,7 +17,7 @@ from evolforge.train.finetune import finetune
 from evolforge.core.records import write_json
 
 # the keyword-only settings of finetune() are exactly what params.yaml `finetune` may set
-SETTINGS = [p.name for p in inspect.signature(finetune).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "revision"]
+SETTINGS = [p.name for p in inspect.signature(finetune).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in ("revision", "live_dir")]
 
 
 def main() -> None:
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--out", default="models/sft")
     ap.add_argument("--metrics", default="metrics/train.json")
     ap.add_argument("--plot", default="metrics/plots/train_loss.json")
+    ap.add_argument("--live", default="metrics/train_live", help="DVCLive folder for per-step metrics")
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -37,7 +39,7 @@ def main() -> None:
     with open(args.train, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
 
-    result = finetune(base.model, rows, args.out, revision=base.revision, **cfg)
+    result = finetune(base.model, rows, args.out, revision=base.revision, live_dir=args.live, **cfg)
     if result.is_main_process:
         write_json(args.metrics, result.metrics)
         write_json(args.plot, result.loss_curve)

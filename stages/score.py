@@ -13,7 +13,7 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_role, section
-from evolforge.core.plots import histogram
+from evolforge.score.histogram import histogram
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.llm import recorded_identity
 from evolforge.score.ifd import ifd_scores, load_scorer
@@ -53,7 +53,7 @@ def main() -> None:
     write_output(args.out, table, meta={"scorer": role.model, "scorer_identity": recorded_identity(role), "params": cfg})
     write_json(args.metrics, metrics)
     for col in ("ifd", "ic_ifd"):
-        write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col]))
+        write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col].to_list()))
     print(f"score: {table.height} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}")
 
 

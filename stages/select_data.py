@@ -4,7 +4,8 @@ shadow the standard library's select module.)
 
 Reads:  data/responses/, data/judged/, data/scores/, data/diversity/ (MND), params.yaml `select`
 Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl (TRL conversational
-        prompt/completion), train_alpaca.json (Alpaca), meta.json; metrics/select.json
+        prompt/completion), train_alpaca.json (Alpaca), meta.json, README.md + data/train-*.parquet (a Hugging
+        Face dataset card and a `datasets`-loadable copy); metrics/select.json
 """
 
 import argparse
@@ -12,6 +13,7 @@ import argparse
 from evolforge.core import validation
 from evolforge.core.params import load_params, section
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.build.card import write_card
 from evolforge.build.selection import join_metrics, select_items, to_alpaca, to_trl
 
 
@@ -26,7 +28,8 @@ def main() -> None:
     ap.add_argument("--metrics", default="metrics/select.json")
     args = ap.parse_args()
 
-    cfg = section(load_params(args.params), "select")
+    params = load_params(args.params)
+    cfg = section(params, "select")
     table = join_metrics(read_table(args.responses), {args.judged: read_table(args.judged), args.scores: read_table(args.scores),
                                                       args.diversity: read_table(args.diversity)})
 
@@ -36,6 +39,7 @@ def main() -> None:
         raise SystemExit(f"select: no item passed metric={summary['metric']} with the given fraction/threshold; nothing to train on")
     validation.check(chosen, validation.non_empty_text(["instruction", "output"]) + validation.unique("id"), args.out)
     write_output(args.out, chosen, meta={"params": cfg}, extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
+    write_card(args.out, ".", params)
     write_json(args.metrics, summary)
     print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}")
 

@@ -159,3 +159,27 @@ def test_rows_are_checked_at_the_boundary(row, message):
 def test_bad_mode_is_an_error(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="mode"):
         finetune(str(tiny_model), ROWS, tmp_path / "x", mode="qlora")
+
+
+def test_live_metrics_through_dvclive(tiny_model, tmp_path):
+    """DVCLive writes loss and learning rate per logging step, keyed by the trainer's global step, and
+    touches no dvc.yaml (the pipeline declares its files)."""
+    import csv
+    import json
+
+    live = tmp_path / "train_live"
+    result = finetune(str(tiny_model), ROWS, tmp_path / "out", live_dir=live, **{**FAST, "max_steps": 4, "logging_steps": 2})
+
+    def column(name: str) -> list[tuple[int, float]]:
+        with open(live / "plots" / "metrics" / f"{name}.tsv", encoding="utf-8") as fh:
+            return [(int(r["step"]), float(r[name])) for r in csv.DictReader(fh, delimiter="\t")]
+
+    loss = column("loss")
+    assert [s for s, _ in loss] == [1, 2, 4]  # logging_first_step, then every 2 steps: global steps, not log counts
+    assert [(s, round(v, 6)) for s, v in loss] == [(p["step"], p["loss"]) for p in result.loss_curve]
+    assert [s for s, _ in column("learning_rate")] == [1, 2, 4]
+    summary = json.loads((live / "metrics.json").read_text())
+    # the last per-step loss, and the trainer's mean over the run under train/
+    assert summary["step"] == 4 and summary["loss"] == loss[-1][1]
+    assert summary["train"]["loss"] == pytest.approx(result.metrics["train_loss_mean"], abs=1e-5)
+    assert not list(tmp_path.rglob("dvc.yaml"))

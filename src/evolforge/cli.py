@@ -1,6 +1,10 @@
 """The ``evolforge`` command: small helpers around the pipeline's artifacts.
 
     evolforge lineage ITEM_ID [--seed data/seed] [--evolved data/evolved]
+    evolforge report [--out reports/index.html] [--compare A B] [--labels A B]
+    evolforge plots export [--format svg|png|pdf] [--out reports/plots] [--revs REV ...]
+    evolforge card [--selected data/selected]
+    evolforge push-to-hub REPO_ID [--selected data/selected] [--private]
 """
 
 from __future__ import annotations
@@ -18,12 +22,59 @@ def main(argv: list[str] | None = None) -> None:
     lin.add_argument("item_id", help="an item id (or a unique prefix)")
     lin.add_argument("--seed", default="data/seed")
     lin.add_argument("--evolved", default="data/evolved", help="folder holding round_<k>/ outputs")
+
+    rep = sub.add_parser("report", help="write the offline HTML report of a dataset version (or two, side by side)")
+    rep.add_argument("--out", default="reports/index.html")
+    rep.add_argument("--root", default=".", help="the version to show: a folder laid out as the pipeline writes it")
+    rep.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                     help="two versions side by side: folders, git revisions or experiment names (read through DVC)")
+    rep.add_argument("--labels", nargs="+", help="names shown for the versions (default: as given)")
+
+    plots = sub.add_parser("plots", help="plot files for papers")
+    plots_sub = plots.add_subparsers(dest="plots_command", required=True)
+    exp = plots_sub.add_parser("export", help="every dvc.yaml plot as SVG, PNG or PDF (vl-convert, offline)")
+    exp.add_argument("--format", default="svg", choices=["svg", "png", "pdf"])
+    exp.add_argument("--out", default="reports/plots")
+    exp.add_argument("--scale", type=float, default=2.0, help="PNG pixel density")
+    exp.add_argument("--revs", nargs="+", help="git revisions / experiments to draw side by side (dvc plots diff)")
+
+    card = sub.add_parser("card", help="(re)write the dataset card and the datasets-loadable folder of a selection")
+    card.add_argument("--selected", default="data/selected")
+    card.add_argument("--root", default=".", help="the version's root (metrics/, data/, models/identity.json)")
+    card.add_argument("--params", default="params.yaml")
+
+    hub = sub.add_parser("push-to-hub", help="upload the selection (Parquet shards + card) to the Hugging Face Hub")
+    hub.add_argument("repo_id", help="owner/name of the dataset repository")
+    hub.add_argument("--selected", default="data/selected")
+    hub.add_argument("--private", action="store_true")
     args = ap.parse_args(argv)
 
     if args.command == "lineage":
         rounds = sorted((p for p in Path(args.evolved).glob("*/") if (p / "items.parquet").exists()),
                         key=lambda p: int(p.name.rsplit("_", 1)[-1]) if p.name.rsplit("_", 1)[-1].isdigit() else 0)
         print(format_chain(chain(args.item_id, args.seed, rounds)))
+    elif args.command == "report":
+        from evolforge.report import build_report
+
+        sources = list(args.compare) if args.compare else [args.root]
+        try:
+            print(build_report(args.out, sources, args.labels))
+        except (RuntimeError, ValueError) as err:
+            raise SystemExit(f"evolforge report: {err}") from None
+    elif args.command == "plots":
+        from evolforge.report.export import export_plots
+
+        for path in export_plots(args.out, args.format, args.revs, scale=args.scale):
+            print(path)
+    elif args.command == "card":
+        from evolforge.build.card import write_card
+        from evolforge.core.params import load_params
+
+        print(write_card(args.selected, args.root, load_params(args.params)))
+    elif args.command == "push-to-hub":
+        from evolforge.build.card import push_to_hub
+
+        print(push_to_hub(args.selected, args.repo_id, private=args.private))
 
 
 if __name__ == "__main__":

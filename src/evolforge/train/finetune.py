@@ -23,6 +23,12 @@ model is loaded by TRL after the DeepSpeed config exists, so ZeRO-3 partitions i
 saved weights come out empty). Every rank runs :func:`finetune`; only the main process writes files, and
 ``FinetuneResult.is_main_process`` tells the caller whether to write metrics.
 
+Live metrics: with ``live_dir`` set, DVCLive writes the loss, learning rate and gradient norm at every logging
+step while training runs (``<live_dir>/metrics.json``, ``<live_dir>/plots/metrics/train/<name>.tsv``, x = the
+trainer's global step), so ``dvc exp show`` and ``dvc plots show`` see a long run as it goes. DVCLive is told to
+leave ``dvc.yaml`` alone and to save no experiment of its own: the pipeline declares those files, and
+``dvc exp run`` records the experiment.
+
 On CPU (no CUDA): fp32, no bf16, no packing, ``use_cpu``. A hub base model downloads on first use into the
 Hugging Face cache (``hf download <model>`` beforehand for an offline box); nothing else is downloaded.
 """
@@ -73,6 +79,23 @@ def validate_rows(rows: Sequence[dict]) -> None:
                                  f"got {messages[-1]['role']!r}")
 
 
+def _live_callback(live_dir: str | Path):
+    """A DVCLive callback whose step is the trainer's global step (the stock one counts log calls)."""
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    class StepAlignedDVCLive(DVCLiveCallback):
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                self.live.step = state.global_step
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    # dvcyaml=None: the pipeline's dvc.yaml declares these files; save_dvc_exp=False: `dvc exp run` (or the
+    # user) records experiments, DVCLive must not make commits of its own behind the pipeline's back
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False)
+    return StepAlignedDVCLive(live=live)
+
+
 def _count_params(model) -> tuple[int, int]:
     """(trainable, total); under ZeRO-3 parameters are partitioned and their full size is ``ds_numel``."""
     trainable = total = 0
@@ -107,12 +130,14 @@ def finetune(
     seed: int = 0,
     logging_steps: int = 10,
     dtype: str = "auto",
+    live_dir: str | Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base_model`` on ``train_rows``; write the model (full) or adapter (lora) + tokenizer to ``out_dir``.
 
     ``batch_size`` is per device; the global batch is ``batch_size * grad_accum * number of processes``.
     ``max_steps`` > 0 overrides ``epochs``. ``max_length`` (tokens) truncates longer conversations from the
-    end. ``out_dir`` is rewritten in full: written beside it, then renamed into place.
+    end. ``out_dir`` is rewritten in full: written beside it, then renamed into place. ``live_dir``: where
+    DVCLive writes the per-step metrics as training runs (rewritten at the start; None: no live metrics).
     """
     import torch
     from accelerate import PartialState
@@ -161,7 +186,7 @@ def finetune(
         logging_steps=logging_steps,
         logging_first_step=True,
         save_strategy="no",
-        report_to="none",
+        report_to="none",  # the DVCLive callback below is added by hand, with its folder and settings
         disable_tqdm=True,
         model_init_kwargs={"revision": revision, "dtype": str(pick_dtype(dtype, device)).removeprefix("torch.")},
     )
@@ -171,8 +196,9 @@ def finetune(
 
         peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                  target_modules=lora_target_modules, task_type="CAUSAL_LM")
+    callbacks = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else None
     trainer = SFTTrainer(model=base_model, args=config, train_dataset=Dataset.from_list(list(train_rows)),
-                         processing_class=tokenizer, peft_config=peft_config)
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainable, total = _count_params(trainer.model)
     log.info("fine-tuning %s (%s): %d rows, %d of %d parameters trainable", base_model, mode, len(train_rows),
              trainable, total)

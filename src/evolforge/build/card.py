@@ -1,0 +1,212 @@
+"""The dataset card and a ``datasets``-loadable copy of the selection (Hugging Face dataset layout).
+
+Written into the selection's folder, beside what the select stage wrote::
+
+    data/selected/README.md                              the card: YAML header + how the data was made
+    data/selected/data/train-00000-of-00001.parquet      the rows (lineage, text, chat messages, scores)
+
+The card's ``configs`` entry points ``datasets`` at the shards, so the other files of the folder
+(items.parquet, train.jsonl, ...) are not mistaken for data::
+
+    >>> import datasets                                                   # doctest: +SKIP
+    >>> datasets.load_dataset("data/selected")["train"][0]["messages"]    # doctest: +SKIP
+    [{'role': 'user', 'content': '...'}, {'role': 'assistant', 'content': '...'}]
+
+The card says what made the data: seed source, every role's model and identity (``models/identity.json``
+when present, else ``params.yaml`` roles), prompt template hashes, evolution and selection params, counts
+per stage, and known limitations. ``params.yaml`` section ``card`` (optional) sets the header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from evolforge.core.records import TABLE, question_text
+
+SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
+COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
+           "difficulty_score", "ifd", "ic_ifd", "mnd"]
+DESCRIPTIONS = {
+    "id": "stable content-derived id", "root_id": "id of the seed the item descends from",
+    "parent_id": "id of the item it was evolved from", "round": "evolution round (0 = seed)",
+    "method": "evolution method that produced it", "instruction": "the instruction", "input": "optional input",
+    "output": "the response (responder model)", "messages": "the pair as chat messages (user, assistant)",
+    "difficulty_level": "judge's difficulty label (5 levels)", "difficulty_score": "judge's difficulty score, 0-100",
+    "ifd": "instruction-following difficulty, L(A|Q) / L(A)", "ic_ifd": "IC-IFD, L(A|Q) / (L(Q) L(A))",
+    "mnd": "minimum distance to another item's embedding (diversity)",
+}
+LIMITATIONS = """- Instructions and responses are written by language models: they can be wrong, unsafe or unanswerable, and
+  nothing here verifies a response. Difficulty labels and scores are one judge model's opinion.
+- Evolution and selection favour what the evolver and scorer models find hard; topics, languages and styles of
+  the seed set carry over, and so do its biases.
+- Licence: the rows derive from the seed set and from the models' outputs; check the terms of both (see the
+  models above) before redistributing or training on this data."""
+
+
+@dataclass
+class CardSettings:
+    """``params.yaml`` section ``card`` (all optional)."""
+
+    license: str = "other"  # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
+    language: list[str] = field(default_factory=lambda: ["en"])
+    task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
+    pretty_name: str = "evolforge evolved instructions"
+    limitations: str | None = None  # extra known limitations, appended to the standard ones
+
+    @classmethod
+    def from_params(cls, cfg: dict | None) -> "CardSettings":
+        cfg = cfg or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"params.yaml card.{unknown[0]}: unknown key; expected some of {sorted(known)}")
+        for key in ("language", "task_categories"):
+            if key in cfg and not (isinstance(cfg[key], list) and all(isinstance(x, str) for x in cfg[key])):
+                raise ValueError(f"params.yaml card.{key}: expected a list of strings, got {cfg[key]!r}")
+        return cls(**cfg)
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` bucket for ``n`` rows."""
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                         (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
+        if n < bound:
+            return label
+    return "n>100M"
+
+
+def hub_rows(selected: pl.DataFrame) -> pl.DataFrame:
+    """The columns published: lineage, text, chat messages and the scores the selection has."""
+    cols = [c for c in COLUMNS if c in selected.columns]
+    messages = [[{"role": "user", "content": question_text(r["instruction"], r["input"] or "")},
+                 {"role": "assistant", "content": r["output"]}]
+                for r in selected.select("instruction", "input", "output").iter_rows(named=True)]
+    return selected.select(cols).with_columns(messages=pl.Series(messages))
+
+
+def write_shards(rows: pl.DataFrame, folder: Path) -> list[str]:
+    """``data/train-XXXXX-of-YYYYY.parquet`` files (the Hub's naming), replacing any earlier ones."""
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for old in data.glob("train-*.parquet"):
+        old.unlink()
+    n = max(1, math.ceil(rows.height / SHARD_ROWS))
+    names = []
+    for i in range(n):
+        name = f"train-{i:05d}-of-{n:05d}.parquet"
+        tmp = data / f".{name}.tmp-{os.getpid()}"
+        rows.slice(i * SHARD_ROWS, SHARD_ROWS).write_parquet(tmp)
+        os.replace(tmp, data / name)
+        names.append(f"data/{name}")
+    return names
+
+
+def _models(root: Path, params: dict) -> list[dict]:
+    identities = root / "models" / "identity.json"
+    if identities.exists():
+        found = json.loads(identities.read_text(encoding="utf-8"))
+        return [{"role": role, **{k: v.get(k) for k in ("backend", "model", "revision", "identity")}}
+                for role, v in sorted(found.items()) if isinstance(v, dict)]
+    return [{"role": role, "backend": v.get("backend"), "model": v.get("model"), "revision": v.get("revision"),
+             "identity": None} for role, v in sorted((params.get("roles") or {}).items()) if isinstance(v, dict)]
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == {}:
+        return ""
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings) -> str:
+    """The README.md text: YAML header, then how the data was made."""
+    from evolforge.report.collect import funnel, provenance
+
+    header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
+              "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
+              "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],
+              "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
+    seed_cfg, evolve_cfg, select_cfg = (params.get(k) or {} for k in ("seed", "evolve", "select"))
+    counts = [[("seed" if r["round"] == 0 else r["round"]), r["in"], r["evolved"], r["failed"],
+               ", ".join(f"{k}: {v}" for k, v in r["failed_by_reason"].items()), r["answered"],
+               r["clean"], r["judged"], r["selected"]] for r in funnel(root)]
+    prompts = [[p["stage"], p["model"], ", ".join(f"`{n}` {h}" for n, h in sorted(p["template_hashes"].items()))]
+               for p in provenance(root)]
+    models = [[m["role"], m["backend"], m["model"], m["revision"], m["identity"]] for m in _models(root, params)]
+    columns = [[f"`{c}`", DESCRIPTIONS.get(c, "")] for c in rows.columns]
+    rounds = sorted((evolve_cfg.get("rounds") or {}).items(), key=lambda kv: (kv[1] or {}).get("index", 0))
+    limitations = LIMITATIONS + (f"\n{settings.limitations.strip()}" if settings.limitations else "")
+    if any(str(m[2] or "").rstrip("/").endswith("models/tiny") for m in models):
+        limitations += ("\n- Built with the project's tiny test model: the rows exercise the pipeline and are not "
+                        "data to train a real model on.")
+    parts = [
+        "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
+        f"# {settings.pretty_name}",
+        f"{rows.height} instruction-response pairs evolved from a seed set over {len(rounds)} round(s) with "
+        "Evol-Instruct / Auto Evol-Instruct, answered, judged for difficulty, scored by IFD / IC-IFD and "
+        f"selected by `{select_cfg.get('metric', '?')}`. Built with evolforge (a DVC pipeline): `params.yaml` and "
+        "the prompt templates, whose hashes are listed below, determine it.",
+        "## Loading\n\n```python\nimport datasets\nds = datasets.load_dataset(\"<this folder or hub id>\")[\"train\"]\n```",
+        "## How it was made",
+        f"**Seed source**: `{seed_cfg.get('source', 'unknown')}`"
+        + (f" at revision `{seed_cfg['revision']}`" if seed_cfg.get("revision") else "")
+        + (f", limit {seed_cfg['limit']}" if seed_cfg.get("limit") else "") + ".",
+        f"**Evolution**: strategy `{evolve_cfg.get('strategy', '?')}`, rounds "
+        f"{', '.join(name for name, _ in rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`.",
+        "**Selection**: " + ", ".join(f"`{k}`: {_cell(v)}" for k, v in sorted(select_cfg.items())) + ".",
+        "### Models\n\n" + _md_table(["role", "backend", "model", "revision", "identity"], models),
+        "### Prompt templates (sha256 prefixes)\n\n" + _md_table(["stage", "model", "templates"], prompts),
+        "### Counts per stage\n\nSeeds in, then per round: items in, evolved, failed (by reason), answered, kept after "
+        "deduplication / decontamination (when run), judged, selected.\n\n"
+        + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered", "kept", "judged", "selected"], counts),
+        "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k] for k in ("seed", "evolve", "respond", "judge", "score", "select")
+                                                       if k in params}, sort_keys=True) + "```",
+        "## Columns\n\n" + _md_table(["column", "meaning"], columns),
+        "## Known limitations\n\n" + limitations,
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | None = None) -> Path:
+    """Write the shards and ``README.md`` into ``selected_dir``; return the card's path."""
+    params = params or {}
+    settings = CardSettings.from_params(params.get("card"))
+    selected_dir, root = Path(selected_dir), Path(root)
+    table_path = selected_dir / TABLE
+    if not table_path.exists():
+        raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
+    rows = hub_rows(pl.read_parquet(table_path))
+    write_shards(rows, selected_dir)
+    card = selected_dir / "README.md"
+    tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
+    tmp.write_text(card_text(rows, root, params, settings), encoding="utf-8")
+    os.replace(tmp, card)
+    return card
+
+
+def push_to_hub(selected_dir: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload the card and the shards to a Hub dataset repository (needs a token: ``hf auth login``)."""
+    from huggingface_hub import HfApi
+
+    selected_dir = Path(selected_dir)
+    if not (selected_dir / "README.md").exists() or not list((selected_dir / "data").glob("train-*.parquet")):
+        raise FileNotFoundError(f"{selected_dir}: no card or shards; run `evolforge card` (or the select stage) first")
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(selected_dir),
+                      allow_patterns=["README.md", "data/train-*.parquet"], commit_message="evolforge: dataset card and shards")
+    return f"https://huggingface.co/datasets/{repo_id}"

@@ -1,0 +1,67 @@
+"""See a dataset version: the report page, offline plots, PNG/SVG export.
+
+    evolforge report --out reports/index.html                 # the workspace's version
+    evolforge report --compare exp-a exp-b --out reports/compare.html   # folders, git revisions or experiments
+    evolforge plots export --format svg --out reports/plots   # every dvc.yaml plot as a file for papers
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evolforge.report.collect import READS, collect
+from evolforge.report.page import render
+
+
+def materialize(rev: str, dest: str | Path, repo: str | Path = ".") -> Path:
+    """Copy what the report reads of git revision or experiment ``rev`` into ``dest`` (from DVC's cache).
+
+    DVC-tracked outputs come from the local cache: run ``dvc exp pull`` / ``dvc pull`` first when they
+    were built elsewhere. Paths that version lacks are skipped (the page shows them as missing).
+    """
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(str(repo), rev=rev)
+    dest = Path(dest)
+    for rel in READS:
+        if fs.exists(rel):
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fs.get(rel, str(target), recursive=fs.isdir(rel))
+            except Exception as err:  # dvc-data raises several kinds for an output that is not in the cache
+                raise RuntimeError(f"{rev}: {rel} is not in the local DVC cache ({type(err).__name__}); fetch it with "
+                                   f"`dvc pull` or `dvc exp pull <remote> {rev}`, or pass a folder") from err
+    return dest
+
+
+def resolve(source: str, scratch: Path, repo: str | Path = ".") -> Path:
+    """A version's folder: ``source`` itself when it is a folder, else ``source`` as a revision, copied out."""
+    if Path(source).is_dir():
+        return Path(source)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source)
+    return materialize(source, scratch / safe, repo)
+
+
+def build_report(out: str | Path, sources: list[str], labels: list[str] | None = None, repo: str | Path = ".",
+                 scratch: str | Path | None = None) -> Path:
+    """Write the report page for one version, or several side by side, to ``out`` (written atomically)."""
+    import os
+    import tempfile
+
+    labels = labels or [("workspace" if s in (".", "") else s) for s in sources]
+    if len(labels) != len(sources):
+        raise ValueError(f"{len(sources)} versions but {len(labels)} labels")
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        versions = []
+        for label, source in zip(labels, sources):
+            data = collect(resolve(source, Path(tmp), repo))
+            data["root"] = source  # a revision's copy lives in a temporary folder: name the revision
+            versions.append((label, data))
+        text = render(versions)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, out)
+    return out

@@ -1,0 +1,221 @@
+"""Read one dataset version's artifacts into plain Python data for the report page.
+
+A *version* is a folder laid out as the pipeline writes it (the repository root, or a copy of an
+experiment's outputs). Every artifact is optional: what is missing is reported as missing, never
+invented, so the page of a half-built version still opens. Paths read (relative to the version root):
+
+    data/seed, data/evolved/round_*/ (items.parquet + meta.json), data/responses, data/clean, data/judged,
+    data/scores, data/diversity, data/selected, metrics/*.json, metrics/plots/*.json, metrics/train_live,
+    models/identity.json
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from evolforge.core.records import EVOLVED, META, TABLE
+from evolforge.score.histogram import histogram
+
+READS = ["data/seed", "data/evolved", "data/responses", "data/clean", "data/judged", "data/scores", "data/diversity",
+         "data/selected", "metrics", "models/identity.json"]
+SAMPLE_CHAINS = 20
+EXAMPLES = 5  # top and bottom selected examples shown
+TEXT_LIMIT = 400  # characters of an instruction or response shown on the page
+
+
+def _table(root: Path, rel: str) -> pl.DataFrame | None:
+    path = root / rel / TABLE
+    return pl.read_parquet(path) if path.exists() else None
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _rounds(root: Path) -> list[Path]:
+    def index(p: Path) -> int:
+        tail = p.name.rsplit("_", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+    return sorted((p for p in (root / "data" / "evolved").glob("*/") if (p / TABLE).exists()), key=index)
+
+
+def _reasons(table: pl.DataFrame) -> dict[str, int]:
+    failed = table.filter(pl.col("failure_reason").is_not_null())
+    return {r: n for r, n in sorted(failed.group_by("failure_reason").len().iter_rows(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
+    if table is None or "round" not in table.columns:
+        return {}
+    return {int(r): int(n) for r, n in sorted(table.group_by("round").len().iter_rows())}
+
+
+def funnel(root: Path) -> list[dict]:
+    """One row per round: in, evolved, failed (by reason), answered, clean (with reasons), judged, selected."""
+    responses, clean = _table(root, "data/responses"), _table(root, "data/clean")
+    judged, selected = _table(root, "data/judged"), _table(root, "data/selected")
+    answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
+    kept = removed = {}
+    if clean is not None:
+        ok = clean.filter(pl.col("failure_reason").is_null()) if "failure_reason" in clean.columns else clean
+        kept = _by_round(ok)
+        removed = {int(r): _reasons(part) for (r,), part in clean.group_by(["round"])} if "failure_reason" in clean.columns else {}
+    seed = _table(root, "data/seed")
+    rows = []
+    if seed is not None:
+        rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "failed_by_reason": {},
+                     "answered": answered.get(0), "clean": kept.get(0) if clean is not None else None,
+                     "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
+    for path in _rounds(root):
+        t = pl.read_parquet(path / TABLE)
+        r = int(t["round"][0]) if t.height else 0
+        evolved = int((t["status"] == EVOLVED).sum())
+        rows.append({"round": r, "in": t.height, "evolved": evolved, "failed": t.height - evolved,
+                     "failed_by_reason": _reasons(t), "answered": answered.get(r, 0),
+                     "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": removed.get(r, {}),
+                     "judged": judged_n.get(r, 0), "selected": selected_n.get(r, 0)})
+    return rows
+
+
+def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
+    """``n`` seeds' chains through the rounds (each round's attempt: method, status, failure reason).
+
+    Seeds are picked by a hash of their id (stable across versions built from the same seeds), preferring
+    those whose chain reaches the last round.
+    """
+    seed = _table(root, "data/seed")
+    rounds = [pl.read_parquet(p / TABLE) for p in _rounds(root)]
+    if seed is None or not rounds:
+        return []
+    cols = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
+    rows = pl.concat([seed.select(cols)] + [t.select(cols) for t in rounds], how="vertical_relaxed")
+    extra = {}
+    for rel, names in (("data/judged", ["difficulty_level"]), ("data/scores", ["ifd", "ic_ifd"])):
+        t = _table(root, rel)
+        if t is not None:
+            rows = rows.join(t.select(["id"] + [c for c in names if c in t.columns]), on="id", how="left")
+    selected = _table(root, "data/selected")
+    chosen = set(selected["id"].to_list()) if selected is not None else set()
+    last = max(int(t["round"].max()) for t in rounds if t.height) if any(t.height for t in rounds) else 0
+    by_root: dict[str, list[dict]] = {}
+    for r in rows.sort("round").to_dicts():
+        r["selected"] = r["id"] in chosen
+        by_root.setdefault(r["root_id"] or r["id"], []).append(r)
+    def key(root_id: str) -> tuple:
+        reaches = any(step["round"] == last for step in by_root[root_id])
+        return (not reaches, hashlib.sha256(root_id.encode()).hexdigest())
+    return [by_root[k] for k in sorted(by_root, key=key)[:n]]
+
+
+def judge_levels(root: Path) -> list[dict]:
+    """Level counts and shares per round (the plot data of the judge stage, recomputed from data/judged)."""
+    from evolforge.build.judge import LEVELS
+
+    judged = _table(root, "data/judged")
+    if judged is None:
+        return _json(root / "metrics" / "plots" / "difficulty_levels.json") or []
+    out = []
+    for (r,), part in sorted(judged.group_by(["round"]), key=lambda kv: kv[0][0]):
+        for level in LEVELS + [None]:
+            count = int(part["difficulty_level"].is_null().sum() if level is None else (part["difficulty_level"] == level).sum())
+            if level is None and not count:
+                continue
+            out.append({"round": int(r), "level": level or "unparsed", "count": count, "share": round(count / part.height, 4)})
+    return out
+
+
+def score_histograms(root: Path) -> dict[str, list[dict]]:
+    """IFD, IC-IFD and MND histograms of the scored pool, and of the selection when there is one."""
+    scores, selected = _table(root, "data/scores"), _table(root, "data/selected")
+    out = {}
+    for col in ("ifd", "ic_ifd", "mnd"):
+        if scores is not None and col in scores.columns:
+            out[col] = [{**b, "set": "pool"} for b in histogram(scores[col].to_list())]
+            if selected is not None and col in selected.columns:
+                out[col] += [{**b, "set": "selected"} for b in histogram(selected[col].to_list())]
+        else:
+            plot = _json(root / "metrics" / "plots" / f"{col}_hist.json")
+            if plot:
+                out[col] = [{**b, "set": "pool"} for b in plot]
+    return out
+
+
+def examples(root: Path, metric: str | None) -> dict[str, list[dict]]:
+    """The selected items with the highest and the lowest value of the selection metric."""
+    selected = _table(root, "data/selected")
+    if selected is None or not metric or metric not in selected.columns:
+        return {}
+    ranked = selected.filter(pl.col(metric).is_not_null()).sort([metric, "id"], descending=[True, False])
+    cols = [c for c in ("id", "round", "instruction", "input", "output", "ifd", "ic_ifd", "difficulty_level") if c in ranked.columns]
+    return {"top": ranked.head(EXAMPLES).select(cols).to_dicts(), "bottom": ranked.tail(EXAMPLES).reverse().select(cols).to_dicts()}
+
+
+def provenance(root: Path) -> list[dict]:
+    """Models, their identities and the prompt template hashes, stage by stage (from each output's meta.json)."""
+    rows = []
+    stages = [(f"evolve {p.name}", p) for p in _rounds(root)] + [
+        (name, root / "data" / name) for name in ("responses", "judged", "scores", "selected")]
+    for stage, folder in stages:
+        meta = _json(folder / META)
+        if meta is None:
+            continue
+        hashes = dict(meta.get("template_hashes") or {})
+        if meta.get("template_hash"):
+            hashes["respond/response.j2"] = meta["template_hash"]
+        scorer = meta.get("scorer") if isinstance(meta.get("scorer"), dict) else None  # score: model_identity()
+        model = meta.get("model") or (scorer or {}).get("name")
+        identity = meta.get("model_identity") or scorer
+        if stage == "scores" and not model:
+            model = (_json(root / "metrics" / "score.json") or {}).get("scorer")
+        if not (model or identity or hashes):
+            continue  # select and the like: no model, no prompt
+        rows.append({"stage": stage, "model": model, "identity": identity, "template_hashes": hashes})
+    return rows
+
+
+def train_curve(root: Path) -> list[dict]:
+    """Loss per step: DVCLive's file when training logged live, else the finetune stage's loss curve."""
+    live = root / "metrics" / "train_live" / "plots" / "metrics" / "loss.tsv"
+    if live.exists():
+        with open(live, encoding="utf-8") as fh:
+            return [{"step": int(r["step"]), "loss": float(r["loss"])} for r in csv.DictReader(fh, delimiter="\t")]
+    return _json(root / "metrics" / "plots" / "train_loss.json") or []
+
+
+def eval_rows(metrics: dict) -> dict | None:
+    """Base (metrics/eval_base.json, stage evaluate_base) and fine-tuned (metrics/eval.json) side by side."""
+    base, tuned = metrics.get("eval_base") or {}, metrics.get("eval") or {}
+    if not base and not tuned:
+        return None
+    return {**base, **tuned, "skipped": {**(base.get("skipped") or {}), **(tuned.get("skipped") or {})}}
+
+
+def collect(root: str | Path) -> dict[str, Any]:
+    """Everything the report shows about the version at ``root``."""
+    root = Path(root)
+    metrics = {p.stem: _json(p) for p in sorted((root / "metrics").glob("*.json"))}
+    select = metrics.get("select") or {}
+    plots = root / "metrics" / "plots"
+    return {
+        "root": str(root),
+        "funnel": funnel(root),
+        "chains": chains(root),
+        "levels": judge_levels(root),
+        "histograms": score_histograms(root),
+        "examples": examples(root, select.get("metric")),
+        "selection_metric": select.get("metric"),
+        "evolve_failures": _json(plots / "evolve_failures.json") or [],
+        "optimize": (metrics.get("optimize") or {}).get("per_step") or _json(plots / "optimize.json") or [],
+        "train_curve": train_curve(root),
+        "eval": eval_rows(metrics),
+        "train": metrics.get("train"),
+        "provenance": provenance(root),
+        "identities": _json(root / "models" / "identity.json"),
+        "metrics": metrics,
+    }

@@ -1,0 +1,251 @@
+"""The report page: one self-contained HTML file per dataset version, or two versions side by side.
+
+    >>> html = render([("workspace", collect("."))])                       # doctest: +SKIP
+    >>> html = render([("A", collect("exp_a")), ("B", collect("exp_b"))])  # doctest: +SKIP
+
+Charts are Vega-Lite specs filled by DVC's own renderer (``dvc_render``) from the same templates
+``dvc plots show`` uses (``templates/*.json`` and DVC's built-in ``simple``), drawn by the Vega libraries
+inlined from ``plots_template.html``: no request leaves the page. With two versions, each chart shows both
+(one panel or one colour per version, as ``dvc plots diff`` does) and each table sits beside its twin.
+Every chart reports to ``window.evolforgeCharts`` (drawn, errors), which the browser test reads.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from evolforge.report.assets import library_scripts
+
+TEMPLATES = Path(__file__).with_name("templates")
+Version = tuple[str, dict[str, Any]]  # (label, collect() output)
+
+STYLE = """
+body { font-family: system-ui, -apple-system, sans-serif; margin: 1.5rem auto; max-width: 1400px; padding: 0 1rem;
+       color: #1a202c; line-height: 1.4; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #cbd5e0; padding-bottom: 0.2rem; margin-top: 2rem; }
+.side { display: grid; grid-template-columns: repeat(var(--n), minmax(0, 1fr)); gap: 1.5rem; }
+.side > div > h3 { margin: 0.3rem 0; color: #4a5568; font-size: 1rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.3rem 0 1rem; }
+th, td { border: 1px solid #e2e8f0; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f7fafc; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.charts { display: flex; flex-wrap: wrap; gap: 1.5rem; }
+.chart { min-width: 320px; }
+.missing { color: #a0aec0; font-style: italic; }
+.text { max-width: 38rem; white-space: pre-wrap; word-break: break-word; }
+.failed { color: #c53030; } .evolved { color: #2f855a; } .sel { font-weight: bold; }
+ol.chain { margin: 0.2rem 0 0.8rem; padding-left: 1.4rem; font-size: 0.85rem; }
+code { font-size: 0.8rem; }
+"""
+
+RUNNER = """
+<script>
+window.evolforgeCharts = {expected: 0, drawn: 0, errors: []};
+function evolforgeDraw(id, spec) {
+  window.evolforgeCharts.expected += 1;
+  vegaEmbed('#' + id, spec, {actions: false, renderer: 'svg'})
+    .then(function () { window.evolforgeCharts.drawn += 1; })
+    .catch(function (e) { window.evolforgeCharts.errors.push(id + ': ' + e); console.error(id, e); });
+}
+</script>
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def num(value: Any) -> str:
+    if value is None:
+        return '<td class="num missing">-</td>'
+    if isinstance(value, float):
+        return f'<td class="num">{value:.4g}</td>'
+    return f'<td class="num">{esc(value)}</td>'
+
+
+def clip(text: str | None, limit: int = 400) -> str:
+    text = text or ""
+    return esc(text if len(text) <= limit else text[:limit] + " …")
+
+
+def table(header: list[str], rows: list[str]) -> str:
+    if not rows:
+        return '<p class="missing">not built in this version</p>'
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def reasons(counts: dict[str, int]) -> str:
+    return "<br>".join(f"{esc(r)}: {n}" for r, n in counts.items()) or ""
+
+
+def funnel_table(v: dict) -> str:
+    has_clean = any(r["clean"] is not None for r in v["funnel"])
+    header = ["round", "in", "evolved", "failed", "failed by reason", "answered"] + \
+             (["kept after dedup / decontamination", "removed by reason"] if has_clean else []) + ["judged", "selected"]
+    rows = []
+    for r in v["funnel"]:
+        cells = [num("seed" if r["round"] == 0 else r["round"]), num(r["in"]), num(r["evolved"]), num(r["failed"]),
+                 f"<td>{reasons(r['failed_by_reason'])}</td>", num(r["answered"])]
+        if has_clean:
+            cells += [num(r["clean"]), f"<td>{reasons(r['removed_by_reason'])}</td>"]
+        cells += [num(r["judged"]), num(r["selected"])]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return table(header, rows)
+
+
+def levels_table(v: dict) -> str:
+    levels = list(dict.fromkeys(r["level"] for r in v["levels"]))
+    by_round: dict[int, dict[str, int]] = {}
+    for r in v["levels"]:
+        by_round.setdefault(r["round"], {})[r["level"]] = r["count"]
+    rows = [f"<tr>{num(rnd)}{''.join(num(c.get(l, 0)) for l in levels)}{num(sum(c.values()))}</tr>"
+            for rnd, c in sorted(by_round.items())]
+    return table(["round"] + levels + ["total"], rows)
+
+
+def examples_table(v: dict, which: str) -> str:
+    rows = []
+    for e in v["examples"].get(which, []):
+        instruction = e.get("instruction", "") + (("\n\n" + e["input"]) if e.get("input") else "")
+        rows.append(f"<tr>{num(e.get('ic_ifd'))}{num(e.get('ifd'))}{num(e.get('round'))}<td>{esc(e.get('difficulty_level'))}</td>"
+                    f"<td class='text'>{clip(instruction)}</td><td class='text'>{clip(e.get('output'))}</td></tr>")
+    return table(["IC-IFD", "IFD", "round", "level", "instruction", "response"], rows)
+
+
+def eval_table(v: dict) -> str:
+    ev = v["eval"] or {}
+    base, tuned = ev.get("base") or {}, ev.get("finetuned") or {}
+    rows = []
+    for key in sorted(set(base) | set(tuned)):
+        if key.endswith("/n"):
+            continue
+        b, t = base.get(key), tuned.get(key)
+        delta = t - b if isinstance(b, (int, float)) and isinstance(t, (int, float)) else None
+        rows.append(f"<tr><td>{esc(key)}</td>{num(b)}{num(t)}{num(delta)}</tr>")
+    skipped = ev.get("skipped") or {}
+    note = "".join(f"<p>skipped {esc(k)}: {esc(r)}</p>" for k, r in skipped.items())
+    return table(["metric", "base", "fine-tuned", "difference"], rows) + note
+
+
+def chains_html(v: dict) -> str:
+    if not v["chains"]:
+        return '<p class="missing">no seed or rounds in this version</p>'
+    out = []
+    for chain in v["chains"]:
+        items = []
+        for s in chain:
+            tag = f"<span class='{esc(s['status'])}'>{esc(s['status'])}</span>"
+            if s.get("failure_reason"):
+                tag += f" ({esc(s['failure_reason'])})"
+            extra = ", ".join(f"{k} {s[k]:.3g}" if isinstance(s.get(k), float) else f"{k} {esc(s[k])}"
+                              for k in ("difficulty_level", "ic_ifd") if s.get(k) is not None)
+            sel = " <span class='sel'>selected</span>" if s.get("selected") else ""
+            label = "seed" if s["round"] == 0 else f"round {s['round']}"
+            items.append(f"<li>{label} · <code>{esc(s['method'])}</code> · {tag}{' · ' + extra if extra else ''}{sel}"
+                         f"<div class='text'>{clip(s['instruction'], 300)}</div></li>")
+        out.append(f"<ol class='chain' start='0'>{''.join(items)}</ol>")
+    return "".join(out)
+
+
+def provenance_html(v: dict) -> str:
+    rows = []
+    for p in v["provenance"]:
+        hashes = "<br>".join(f"{esc(n)}: <code>{esc(h)}</code>" for n, h in sorted(p["template_hashes"].items()))
+        identity = esc(json.dumps(p["identity"], sort_keys=True)) if p["identity"] else ""
+        rows.append(f"<tr><td>{esc(p['stage'])}</td><td>{esc(p['model'])}</td><td><code>{identity}</code></td><td>{hashes}</td></tr>")
+    out = table(["stage", "model", "identity", "prompt template hashes"], rows)
+    if v["identities"]:
+        ids = [f"<tr><td>{esc(role)}</td><td>{esc(i.get('backend'))}</td><td>{esc(i.get('model'))}</td>"
+               f"<td>{esc(i.get('revision'))}</td><td><code>{esc(i.get('identity'))}</code></td></tr>"
+               for role, i in sorted(v["identities"].items()) if isinstance(i, dict)]
+        out += "<h4>models/identity.json</h4>" + table(["role", "backend", "model", "revision", "identity"], ids)
+    return out
+
+
+def side_by_side(versions: list[Version], part: Callable[[dict], str]) -> str:
+    if len(versions) == 1:
+        return part(versions[0][1])
+    cols = "".join(f"<div><h3>{esc(label)}</h3>{part(v)}</div>" for label, v in versions)
+    return f'<div class="side" style="--n: {len(versions)}">{cols}</div>'
+
+
+# (chart id, title, template, x, y, x label, y label, data getter). Templates are the ones dvc.yaml names.
+CHARTS = [
+    ("difficulty_levels", "Difficulty level per round (judge)", "rounds_grouped_bars", "level", "share",
+     "difficulty level", "share of the round", lambda v: v["levels"]),
+    ("evolve_failures", "Evolution failures by reason, per round", "rounds_grouped_bars", "reason", "count",
+     "failure reason", "items", lambda v: v["evolve_failures"]),
+    ("optimize", "Optimize: dev-set evol failure rate per step", "simple", "step", "failure_rate",
+     "optimization step", "failure rate", lambda v: v["optimize"]),
+    ("train_loss", "Fine-tuning loss per step", "simple", "step", "loss", "step", "loss (nats)", lambda v: v["train_curve"]),
+    ("ifd", "IFD: pool and selection", "histogram", "bin_low", "count", "IFD", "items", lambda v: v["histograms"].get("ifd")),
+    ("ic_ifd", "IC-IFD: pool and selection", "histogram", "bin_low", "count", "IC-IFD", "items",
+     lambda v: v["histograms"].get("ic_ifd")),
+    ("mnd", "Minimum neighbour distance (diversity)", "histogram", "bin_low", "count", "MND", "items",
+     lambda v: v["histograms"].get("mnd")),
+]
+
+
+def spec(versions: list[Version], chart: tuple) -> dict | None:
+    """A filled Vega-Lite spec for one chart over all versions, or None when no version has its data."""
+    from dvc_render.vega import VegaRenderer
+
+    name, title, template, x, y, x_label, y_label, get = chart
+    points = []
+    for label, v in versions:
+        for row in get(v) or []:
+            # a histogram's pool and selection are two panels of the same version, like two revisions
+            rev = f"{label} · {row['set']}" if "set" in row else label
+            points.append({**row, "rev": rev})
+    if not points:
+        return None
+    path = TEMPLATES / f"{template}.json"
+    renderer = VegaRenderer(points, name, template=str(path) if path.exists() else template,
+                            x=x, y=y, title=title, x_label=x_label, y_label=y_label)
+    return renderer.get_filled_template()
+
+
+def charts_html(versions: list[Version], names: list[str]) -> str:
+    out = []
+    for chart in CHARTS:
+        if chart[0] not in names:
+            continue
+        content = spec(versions, chart)
+        if content is None:
+            out.append(f'<div class="chart"><b>{esc(chart[1])}</b><p class="missing">no data</p></div>')
+            continue
+        payload = json.dumps(content, ensure_ascii=False).replace("</", "<\\/")
+        out.append(f'<div class="chart" id="chart-{chart[0]}"></div>'
+                   f"<script>evolforgeDraw('chart-{chart[0]}', {payload});</script>")
+    return f'<div class="charts">{"".join(out)}</div>'
+
+
+def render(versions: list[Version], title: str = "evolforge dataset report") -> str:
+    """The whole page for one or more (label, collected data) versions."""
+    labels = " vs ".join(label for label, _ in versions)
+    where = "".join(f"<li>{esc(label)}: <code>{esc(v['root'])}</code></li>" for label, v in versions)
+    sections = [
+        ("Funnel per round", "seeds → evolved / failed by reason → answered → deduplicated / decontaminated → judged → selected",
+         side_by_side(versions, funnel_table)),
+        ("Evolution and optimization", "", charts_html(versions, ["evolve_failures", "optimize"])),
+        ("Difficulty per round", "judge labels (counts) and their share per round",
+         side_by_side(versions, levels_table) + charts_html(versions, ["difficulty_levels"])),
+        ("IFD / IC-IFD", "distributions over the scored pool and over the selection",
+         charts_html(versions, ["ifd", "ic_ifd", "mnd"])),
+        ("Selected examples: highest selection metric", "", side_by_side(versions, lambda v: examples_table(v, "top"))),
+        ("Selected examples: lowest selection metric", "", side_by_side(versions, lambda v: examples_table(v, "bottom"))),
+        ("Fine-tuning and evaluation", "base model vs the model tuned on this selection",
+         charts_html(versions, ["train_loss"]) + side_by_side(versions, eval_table)),
+        ("Sample lineage chains", "seed → last round: the method tried at each round, and why an attempt failed",
+         side_by_side(versions, chains_html)),
+        ("Models and prompts", "each stage's model, its identity and the hashes of the prompt templates it rendered",
+         side_by_side(versions, provenance_html)),
+    ]
+    body = "".join(f"<h2>{esc(h)}</h2>{f'<p>{esc(sub)}</p>' if sub else ''}{content}" for h, sub, content in sections)
+    return (f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>\n<title>{esc(title)}: {esc(labels)}</title>\n"
+            f"{library_scripts()}\n{RUNNER}\n<style>{STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>{esc(title)}</h1>\n<ul>{where}</ul>\n{body}\n</body>\n</html>\n")

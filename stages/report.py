@@ -1,0 +1,26 @@
+"""report stage: the dataset version at a glance, as one offline HTML page.
+
+Reads:  data/seed, data/evolved/round_*, data/responses, data/clean (when present), data/judged, data/scores,
+        data/selected, metrics/*.json, metrics/plots/, metrics/train_live/, models/identity.json (when present)
+Writes: reports/index.html (self-contained: the Vega libraries are inlined; no request leaves the page)
+Params: none (the page shows what the other stages wrote)
+
+Two versions side by side (not a stage; experiments or folders): evolforge report --compare A B
+"""
+
+import argparse
+
+from evolforge.report import build_report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--root", default=".", help="the version's root folder")
+    ap.add_argument("--out", default="reports/index.html")
+    args = ap.parse_args()
+    path = build_report(args.out, [args.root], ["workspace"])
+    print(f"report: {path} ({path.stat().st_size // 1024} KiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""A small dataset version laid out as the pipeline writes it, for the report and card tests.
+
+Tables follow the stages' schemas (lineage columns, judge and score columns); metrics and plot data are
+computed from those tables, so counts on the page can be checked against the fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from evolforge.build.judge import LEVELS
+from evolforge.core.records import make_id, write_json, write_output
+from evolforge.score.histogram import histogram
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["add_constraints", "deepening", "concretizing", "increase_reasoning", "breadth"]
+REASONS = ["missing_final_marker", "unchanged", "copied_template_words"]
+
+
+def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3, fraction: float = 0.3) -> dict:
+    """Write data/ and metrics/ of one version under ``root``; return the expected counts."""
+    rng = random.Random(seed)
+    seeds = [{"instruction": f"Seed task {i}: explain topic {i}.", "input": "", "output": f"Answer {i}."} for i in range(n_seeds)]
+    seed_rows = [{"id": make_id(s["instruction"]), "root_id": make_id(s["instruction"]), "parent_id": None, "round": 0,
+                  "method": "seed", "status": "seed", "failure_reason": None, **s} for s in seeds]
+    seed_table = pl.DataFrame(seed_rows, schema_overrides={"parent_id": pl.String, "failure_reason": pl.String})
+    write_output(root / "data" / "seed", seed_table, meta={"params": {"source": "data/seeds/demo.jsonl"}})
+    pool, evolved_rows, expected = seed_rows, [], {"failed": {}, "evolved": {}}
+    for k in range(1, rounds + 1):
+        rows, next_pool = [], []
+        for parent in pool:
+            failed = rng.random() < 0.2
+            text = parent["instruction"] + f" Then add step {k}."
+            row = {"id": make_id(parent["id"], k, text), "root_id": parent["root_id"], "parent_id": parent["id"], "round": k,
+                   "method": rng.choice(METHODS), "status": "failed" if failed else "evolved",
+                   "failure_reason": rng.choice(REASONS) if failed else None, "instruction": text, "input": "",
+                   "output": "", "template_hash": "t" * 16, "model": "evolver-model"}
+            rows.append(row)
+            next_pool.append(parent if failed else row)  # on_failure: keep_parent
+        table = pl.DataFrame(rows, schema_overrides={"failure_reason": pl.String})
+        write_output(root / "data" / "evolved" / f"round_{k}", table,
+                     meta={"round": f"round_{k}", "model": "evolver-model", "model_identity": {"weights_sha256": "e" * 64},
+                           "template_hashes": {"evolve/depth.j2": "d" * 16, "evolve/breadth.j2": "b" * 16}})
+        expected["failed"][k] = sum(r["status"] == "failed" for r in rows)
+        expected["evolved"][k] = sum(r["status"] == "evolved" for r in rows)
+        evolved_rows += [r for r in rows if r["status"] == "evolved"]
+        pool = next_pool
+    responses = pl.DataFrame([{**r, "output": f"Response to: {r['instruction']}"} for r in evolved_rows],
+                             schema_overrides={"failure_reason": pl.String})
+    write_output(root / "data" / "responses", responses,
+                 meta={"model": "responder-model", "model_identity": {"weights_sha256": "r" * 64}, "template_hash": "p" * 16})
+    judged = responses.select("id", "round").with_columns(
+        difficulty_level=pl.Series([rng.choice(LEVELS) for _ in range(responses.height)]),
+        difficulty_score=pl.Series([float(rng.randint(0, 100)) for _ in range(responses.height)]))
+    write_output(root / "data" / "judged", judged, meta={"model": "judge-model", "model_identity": {"weights_sha256": "j" * 64},
+                                                         "template_hashes": {"judge/difficulty_level.j2": "l" * 16}})
+    scores = responses.select("id", "round").with_columns(
+        ifd=pl.Series([rng.uniform(0.4, 1.2) for _ in range(responses.height)]),
+        ic_ifd=pl.Series([rng.uniform(0.05, 0.6) for _ in range(responses.height)]),
+        mnd=pl.Series([rng.uniform(0.0, 0.4) for _ in range(responses.height)]))
+    write_output(root / "data" / "scores", scores, meta={"scorer": {"weights_sha256": "s" * 64}, "params": {"template": "raw"}})
+    table = responses.join(judged.drop("round"), on="id").join(scores.drop("round"), on="id")
+    n = max(1, int(fraction * table.height))
+    selected = table.sort(["ic_ifd", "id"], descending=[True, False]).head(n)
+    write_output(root / "data" / "selected", selected, meta={"params": {"metric": "ic_ifd", "top_fraction": fraction}})
+
+    metrics = root / "metrics"
+    write_json(metrics / "select.json", {"metric": "ic_ifd", "items": table.height, "selected": n})
+    rounds_table = pl.concat([pl.read_parquet(root / "data" / "evolved" / f"round_{i}" / "items.parquet") for i in range(1, rounds + 1)])
+    failures = rounds_table.filter(pl.col("failure_reason").is_not_null()).group_by(["round", "failure_reason"]).len()
+    write_json(metrics / "plots" / "evolve_failures.json",
+               [{"round": k, "reason": r, "count": c} for k, r, c in sorted(failures.iter_rows())])
+    for col in ("ifd", "ic_ifd", "mnd"):
+        write_json(metrics / "plots" / f"{col}_hist.json", histogram(scores[col].to_list()))
+    for name in ("eval.json", "optimize.json", "train.json", "plots/train_loss.json", "plots/optimize.json", "plots/evolve_length.json",
+                 "plots/difficulty_levels.json"):
+        (metrics / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "metrics" / name, metrics / name)
+    write_json(root / "models" / "identity.json",
+               {"evolver": {"backend": "hf", "model": "evolver-model", "revision": None, "identity": {"weights_sha256": "e" * 64}}})
+    expected.update(seeds=n_seeds, answered=responses.height, selected=n)
+    return expected
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(build_version(Path(sys.argv[1])), indent=1))

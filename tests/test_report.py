@@ -1,0 +1,186 @@
+"""Report page, plot data, templates and the dataset card, on a small fixture version (no browser here:
+tests/test_browser.py opens the pages)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import polars as pl
+import pytest
+import yaml
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+from evolforge.build.card import CardSettings, size_category, write_card  # noqa: E402
+from evolforge.report import build_report  # noqa: E402
+from evolforge.report.assets import LIBRARIES, TEMPLATE, library_scripts  # noqa: E402
+from evolforge.report.collect import collect  # noqa: E402
+from evolforge.report.page import CHARTS, render, spec  # noqa: E402
+from evolforge.score.histogram import histogram, nice_step  # noqa: E402
+from report_fixture import REPO, build_version  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory):
+    root = tmp_path_factory.mktemp("version")
+    return root, build_version(root)
+
+
+def significant_digits(x: float) -> int:
+    digits = f"{abs(x):.12g}".replace(".", "").lstrip("0").split("e")[0]
+    return len(digits.rstrip("0")) or 1
+
+
+@pytest.mark.parametrize("values", [
+    [0.48697741213187384, 0.53, 0.91, 1.0681340194346, 0.77],
+    [0.0, 0.0209, 0.3, 0.41],
+    [3.0, 3.0],
+    [1e-5 * i for i in range(40)],
+    [-2.5, 7.25, 1000.0],
+])
+def test_histogram_bins_are_round_and_count_everything(values):
+    bins = histogram(values + [None, float("nan")])
+    assert sum(b["count"] for b in bins) == len(values)
+    assert 1 <= len(bins) <= 21
+    step = bins[0]["bin_high"] - bins[0]["bin_low"]
+    for b in bins:
+        assert significant_digits(b["bin_low"]) <= 3 and significant_digits(b["bin_high"]) <= 3, b
+        assert b["bin_high"] - b["bin_low"] == pytest.approx(step)
+    assert bins[0]["bin_low"] <= min(values) and bins[-1]["bin_high"] >= max(values)
+    assert histogram([None]) == []
+
+
+def test_nice_step():
+    assert [nice_step(span, 20) for span in (1.0, 0.58, 7.0, 2e-4)] == [0.05, 0.05, 0.5, 1e-5]
+
+
+def test_template_inlines_the_three_libraries_with_their_licences():
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert "{plot_divs}" in text and "{scripts}" not in text  # {scripts} is where DVC puts its CDN tags
+    assert not re.search(r"<script[^>]+src=", text) and "sourceMappingURL" not in text
+    for name, version, _, _ in LIBRARIES:
+        assert f'data-library="{name}@{version}"' in text
+        assert text.count(f"/*! {name} {version} (npm)") == 1
+    assert text.count("University of Washington Interactive Data Lab") >= 3
+    assert text.count("Redistribution and use in source and binary forms") == 3
+    from dvc_render.html import HTML  # DVC accepts it as a template and fills it
+
+    page = HTML(text).with_element("<div id='x'></div>").embed()
+    assert "<div id='x'></div>" in page and "{plot_divs}" not in page
+    assert library_scripts().count("<script") == 3
+
+
+def test_collect_counts_match_the_fixture(version):
+    root, expected = version
+    v = collect(root)
+    funnel = {r["round"]: r for r in v["funnel"]}
+    assert funnel[0]["in"] == expected["seeds"]
+    for k in (1, 2, 3):
+        assert (funnel[k]["evolved"], funnel[k]["failed"]) == (expected["evolved"][k], expected["failed"][k])
+        assert funnel[k]["in"] == expected["seeds"]  # keep_parent: the pool keeps its size
+        assert sum(funnel[k]["failed_by_reason"].values()) == expected["failed"][k]
+        assert funnel[k]["answered"] == funnel[k]["judged"] == expected["evolved"][k]
+    assert sum(r["selected"] or 0 for r in v["funnel"]) == expected["selected"]
+    assert sum(r["answered"] or 0 for r in v["funnel"]) == expected["answered"]
+    assert all(r["clean"] is None for r in v["funnel"])  # no data/clean in this version
+
+    assert len(v["chains"]) == 20
+    for chain in v["chains"]:
+        assert chain[0]["round"] == 0 and [s["round"] for s in chain] == sorted(s["round"] for s in chain)
+        assert chain[-1]["round"] == 3  # preferring chains that reach the last round
+        assert len({s["root_id"] for s in chain}) == 1
+    assert all(s["failure_reason"] for c in v["chains"] for s in c if s["status"] == "failed")
+
+    shares = {}
+    for row in v["levels"]:
+        shares[row["round"]] = shares.get(row["round"], 0) + row["share"]
+    assert shares == pytest.approx({1: 1.0, 2: 1.0, 3: 1.0}, abs=1e-3)
+    ic = v["histograms"]["ic_ifd"]
+    assert sum(b["count"] for b in ic if b["set"] == "pool") == expected["answered"]
+    assert sum(b["count"] for b in ic if b["set"] == "selected") == expected["selected"]
+    top, bottom = v["examples"]["top"], v["examples"]["bottom"]
+    assert top[0]["ic_ifd"] >= top[-1]["ic_ifd"] >= bottom[-1]["ic_ifd"] >= bottom[0]["ic_ifd"]
+    assert {p["stage"] for p in v["provenance"]} >= {"evolve round_1", "responses", "judged", "scores"}
+
+
+def test_grouped_bars_keep_rounds_apart(version):
+    root, _ = version
+    chart = next(c for c in CHARTS if c[0] == "difficulty_levels")
+    content = spec([("A", collect(root))], chart)
+    enc = content["encoding"]
+    assert enc["xOffset"]["field"] == enc["color"]["field"] == "round"  # one bar per round, side by side
+    assert "stack" not in json.dumps(enc) and enc["x"]["field"] == "level" and enc["y"]["field"] == "share"
+    assert {row["rev"] for row in content["data"]["values"]} == {"A"}
+
+
+def test_report_page_one_and_two_versions(version, tmp_path):
+    root, expected = version
+    other = tmp_path / "other"
+    build_version(other, seed=1)
+    page = build_report(tmp_path / "index.html", [str(root)], ["A"]).read_text(encoding="utf-8")
+    assert page.count("<ol class='chain'") == 20
+    assert page.count("evolforgeDraw('chart-") == len(CHARTS)
+    # nothing the browser would fetch: no src / href attributes, no CSS url()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page) and "url(" not in page.split("<style>")[-1]
+    assert "models/identity.json" in page and "evolver-model" in page
+
+    both = build_report(tmp_path / "compare.html", [str(root), str(other)], ["A", "B"]).read_text(encoding="utf-8")
+    assert both.count("<ol class='chain'") == 40 and "<h3>A</h3>" in both and "<h3>B</h3>" in both
+    specs = [json.loads(m) for m in re.findall(r"evolforgeDraw\('chart-[a-z_]+', (\{.*?\})\);</script>", both)]
+    revs = set().union(*({row["rev"].split(" · ")[0] for row in s["data"]["values"]} for s in specs))
+    assert revs == {"A", "B"}
+
+
+def test_report_of_a_version_with_nothing_built(tmp_path):
+    page = render([("empty", collect(tmp_path))])
+    assert "not built in this version" in page and "no data" in page
+
+
+def test_dataset_card_and_datasets_folder(version):
+    import datasets
+
+    root, expected = version
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["card"] = {"license": "apache-2.0", "limitations": "Demo seeds only."}
+    card = write_card(root / "data" / "selected", root, params)
+    text = card.read_text(encoding="utf-8")
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["license"] == "apache-2.0" and header["size_categories"] == ["n<1K"]
+    assert header["task_categories"] == ["text-generation"] and header["language"] == ["en"]
+    for section in ("## How it was made", "### Models", "### Prompt templates", "### Counts per stage", "## Known limitations"):
+        assert section in text
+    assert "Demo seeds only." in text and "evolver-model" in text and "e" * 64 in text
+    assert f"| 1 | {expected['seeds']} | {expected['evolved'][1]} | {expected['failed'][1]} |" in text
+
+    ds = datasets.load_dataset(str(root / "data" / "selected"))["train"]
+    selected = pl.read_parquet(root / "data" / "selected" / "items.parquet")
+    assert ds.num_rows == selected.height == expected["selected"]
+    assert ds[0]["id"] == selected["id"][0]
+    assert [m["role"] for m in ds[0]["messages"]] == ["user", "assistant"]
+    assert ds[0]["messages"][1]["content"] == selected["output"][0]
+
+
+def test_card_settings_are_checked():
+    with pytest.raises(ValueError, match="card.licence"):
+        CardSettings.from_params({"licence": "mit"})
+    with pytest.raises(ValueError, match="card.language"):
+        CardSettings.from_params({"language": "en"})
+    assert [size_category(n) for n in (0, 999, 1000, 250_000)] == ["n<1K", "n<1K", "1K<n<10K", "100K<n<1M"]
+
+
+def test_export_draws_svg_and_png_offline(version, tmp_path):
+    from evolforge.report.export import export_plots
+
+    root, _ = version
+    v = collect(root)
+    specs = {c[0]: spec([("A", v)], c) for c in CHARTS}
+    svg = export_plots(tmp_path, "svg", specs=specs)
+    assert len(svg) == len(CHARTS) and all(p.read_text().lstrip().startswith("<svg") for p in svg)
+    assert "<path" in (tmp_path / "ic_ifd.svg").read_text()
+    png = export_plots(tmp_path, "png", specs={"ic_ifd": specs["ic_ifd"]}, scale=1)
+    assert png[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="format"):
+        export_plots(tmp_path, "gif", specs=specs)
