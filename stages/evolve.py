@@ -15,10 +15,11 @@ import polars as pl
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
-from evolforge.core.params import load_params, section
+from evolforge.core.params import load_params, load_section, section
 from evolforge.build.evolve import EvolveSettings, evolve_round
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
+from evolforge.core.errors import run_stage
 
 POOL = "pool.parquet"
 
@@ -55,7 +56,7 @@ def main() -> None:
     index = int(cfg["rounds"][args.round]["index"])
     prompts = PromptLibrary(args.prompts)
     pool = read_pool(Path(args.src))
-    text = method_text(settings.strategy, Path(args.method), prompts, section(params, "optimize").get("initial_method", "initial"))
+    text = method_text(settings.strategy, Path(args.method), prompts, load_section(params, "optimize").initial_method)
 
     cache = open_cache(params)
     evolver = open_role(params, "evolver", cache)
@@ -78,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,17 +7,19 @@ Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import load_params, load_role, section
+from evolforge.core.params import load_params, load_role, load_section
 from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings, neighbor_stats
 from evolforge.core.models import model_identity
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.score.ifd import ifd_scores, load_scorer
+from evolforge.core.errors import run_stage
 
 
 def histogram(values: pl.Series, bins: int = 20) -> list[dict]:
@@ -38,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "score")
+    cfg = load_section(params, "score")
     role = load_role(params, "scorer")
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
@@ -47,10 +49,10 @@ def main() -> None:
 
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
-                        template=cfg.get("template", "raw"), batch_size=role.batch_size, max_length=cfg.get("max_length"))
-    embedder = cfg.get("embedder", "causal-lm-mean")
+                        template=cfg.template, batch_size=role.batch_size, max_length=cfg.max_length)
+    embedder = cfg.embedder
     texts = item_texts(items["instruction"].to_list(), items["input"].to_list())
-    embedder_model = cfg.get("embedder_model") or role.model
+    embedder_model = cfg.embedder_model or role.model
     if embedder == "causal-lm-mean" and embedder_model == role.model:
         # the scorer model is already loaded: no second copy
         embeddings = mean_pooled_embeddings(model, tokenizer, texts, batch_size=role.batch_size, progress=True)
@@ -65,12 +67,12 @@ def main() -> None:
         s = table[col].drop_nulls().drop_nans()
         return float(s.mean()) if s.len() else None
 
-    metrics = {"items": table.height, "template": cfg.get("template", "raw"), "scorer": role.model,
+    metrics = {"items": table.height, "template": cfg.template, "scorer": role.model,
                "scorer_path": str(Path(role.model).resolve()) if Path(role.model).is_dir() else role.model,
                "embedder": embedder, "null_scores": int(table["ic_ifd"].is_null().sum()),
                **{f"mean_{c}": mean(c) for c in ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd", "mnd")},
                "share_ifd_above_1": float((table["ifd"] > 1).sum() / max(1, table["ifd"].drop_nulls().len()))}
-    write_output(args.out, table, meta={"scorer": model_identity(role.model, role.revision), "params": cfg})
+    write_output(args.out, table, meta={"scorer": model_identity(role.model, role.revision), "params": dataclasses.asdict(cfg)})
     write_json(args.metrics, metrics)
     for col in ("ifd", "ic_ifd", "mnd"):
         write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col]))
@@ -78,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

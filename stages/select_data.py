@@ -8,11 +8,13 @@ Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl
 """
 
 import argparse
+import dataclasses
 
 from evolforge.core import validation
-from evolforge.core.params import load_params, section
+from evolforge.core.params import load_params, load_section
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.build.selection import select_items, to_alpaca, to_trl
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -25,7 +27,7 @@ def main() -> None:
     ap.add_argument("--metrics", default="metrics/select.json")
     args = ap.parse_args()
 
-    cfg = section(load_params(args.params), "select")
+    cfg = load_section(load_params(args.params), "select")
     items = read_table(args.responses)
     judged = read_table(args.judged).drop("round")
     scores = read_table(args.scores).drop("round")
@@ -35,15 +37,14 @@ def main() -> None:
             raise SystemExit(f"{name}: {unmatched} items of {args.responses} have no row; rerun that stage")
     table = items.join(judged, on="id", how="left").join(scores, on="id", how="left")
 
-    chosen, summary = select_items(table, cfg.get("metric", "ic_ifd"), cfg.get("top_fraction"), cfg.get("threshold"),
-                                   cfg.get("ifd_filter", False), cfg.get("rounds"), cfg.get("seed", 0))
+    chosen, summary = select_items(table, cfg.metric, cfg.top_fraction, cfg.threshold, cfg.ifd_filter, cfg.rounds, cfg.seed)
     if chosen.height == 0:
         raise SystemExit(f"select: no item passed metric={summary['metric']} with the given fraction/threshold; nothing to train on")
     validation.check(chosen, validation.non_empty_text(["instruction", "output"]) + validation.unique("id"), args.out)
-    write_output(args.out, chosen, meta={"params": cfg}, extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
+    write_output(args.out, chosen, meta={"params": dataclasses.asdict(cfg)}, extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
     write_json(args.metrics, summary)
     print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

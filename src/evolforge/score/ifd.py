@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.models import load_causal_lm, load_tokenizer
+from evolforge.core.text import question_text  # noqa: F401  (Q lives in core.text: the judge needs it without torch)
 
 Template = Literal["raw", "chat"]
 
@@ -51,11 +52,6 @@ SCORE_SCHEMA = {
 
 _IGNORE = -100  # HF label value that is left out of the loss
 _LOGIT_ROWS = 2048  # positions upcast to fp32 at once: bounds memory for large vocabularies
-
-
-def question_text(instruction: str, input_text: str | None) -> str:
-    """Q as paper B builds it: the instruction, plus "\\n" + input when the input is non-empty."""
-    return instruction + "\n" + input_text if input_text else instruction
 
 
 def load_scorer(model_name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
