@@ -312,6 +312,8 @@ def build_seed(source: str, *, fmt: str = "auto", fields: dict | None = None, co
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"params.yaml seed.limit: got {limit!r}; allowed: an integer >= 1, or null")
     raw = read_source(source, config, split, revision)
+    if len(raw) == 0:
+        raise DataError(source, "the source holds at least one record", detail="it holds none (blank lines, a header only, or an empty table)")
     if isinstance(raw, list):
         table = normalise_records(raw, field_map(sorted({k for r in raw for k in r}), fmt, fields), source)
     else:

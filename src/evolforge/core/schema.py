@@ -92,6 +92,8 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
     evolve, respond = params.get("evolve") or {}, params.get("respond") or {}
     if isinstance(evolve, dict) and isinstance(respond, dict) and isinstance(evolve.get("rounds"), dict):
         indices = {r.get("index") for r in evolve["rounds"].values() if isinstance(r, dict)}
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in indices):
+            return problems  # the evolve section's own check names the bad index
         missing = [k for k in respond.get("rounds") or [] if isinstance(k, int) and k not in indices]
         if missing:
             problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds ({sorted(i for i in indices if isinstance(i, int))})")

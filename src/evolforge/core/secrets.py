@@ -17,8 +17,8 @@ and the *kind* of each secret-shaped value, never the value. It recognises:
 Ordinary engine settings are accepted: ``max_num_batched_tokens: 8192``, ``add_bos_token: true``,
 ``tokenizer: org/model``, ``pad_token: "<pad>"``, a 40-hex commit ``revision``.
 
->>> find_secrets({"roles": {"evolver": {"extra": {"bearer": "sk-" + "a1B2" * 6}}}})
-[('roles.evolver.extra.bearer', 'an API key (sk-...)')]
+>>> find_secrets({"roles": {"evolver": {"extra": {"note": "sk-" + "a1B2" * 6}}}})
+[('roles.evolver.extra.note', 'an API key (sk-...)')]
 >>> find_secrets({"extra": {"max_num_batched_tokens": 8192, "add_bos_token": True, "tokenizer": "org/tok"}})
 []
 """
@@ -49,6 +49,7 @@ _CREDENTIAL_WORDS = {"password", "passwd", "pwd", "secret", "apikey", "authoriza
 _KEY_WORDS = {"key", "token"}  # credentials when the word before says so (api_key, access_token, hf_token)
 _KEY_QUALIFIERS = {"api", "access", "secret", "private", "auth", "session", "bearer", "hf", "openai", "anthropic",
                    "refresh", "id", "client", "x", "service", "account", "aws", "github", "gh", "sas", "signing"}
+_TRANSPARENT = {"header", "headers", "value", "string"}  # `auth_header` names what `auth` does
 _QUERY_CREDENTIALS = {"key", "sig", "signature", "code", "token"}  # ?key=... alone is a credential in a URL
 _ASSIGNMENT = re.compile(r"([A-Za-z][A-Za-z0-9_.\-]*)\s*[=:]\s*[\"']?([^\s\"'&;,]+)")
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_\-+/=.~]+$")
@@ -61,12 +62,17 @@ def _words(name: str) -> list[str]:
 
 
 def credential_name(name: str) -> bool:
-    """True for names of credentials: ``api_key``, ``HF_TOKEN``, ``Authorization_header``, ``password``;
-    false for ``max_num_batched_tokens``, ``add_bos_token``, ``tokenizer``, ``pad_token``, ``sort_key``."""
+    """True for names of credentials: ``api_key``, ``HF_TOKEN``, ``Authorization``, ``password``; the last
+    word decides, so ``api_key_env`` (a variable's name), ``max_num_batched_tokens``, ``add_bos_token``,
+    ``tokenizer``, ``pad_token`` and ``sort_key`` are not."""
     words = _words(name)
-    if any(w in _CREDENTIAL_WORDS for w in words):
+    while len(words) > 1 and words[-1] in _TRANSPARENT:
+        words.pop()
+    if not words:
+        return False
+    if words[-1] in _CREDENTIAL_WORDS:
         return True
-    return any(w in _KEY_WORDS and i > 0 and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words))
+    return words[-1] in _KEY_WORDS and len(words) > 1 and words[-2] in _KEY_QUALIFIERS
 
 
 def _random_looking(value: str, min_length: int = 16) -> bool:
