@@ -10,15 +10,17 @@ Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/divers
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import load_params, load_role, section
+from evolforge.core.params import load_params, load_role, load_section
 from evolforge.score.histogram import histogram
 from evolforge.core.records import atomic_dir, read_table, write_json
+from evolforge.core.errors import run_stage
 from evolforge.llm import recorded_identity
 from evolforge.score.diversity import embed_texts, item_texts, neighbor_stats
 
@@ -33,14 +35,14 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "diversity")
+    cfg = load_section(params, "diversity")
     role = load_role(params, "embedder")
     items = read_table(args.responses)
     validation.check(items, validation.required_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
 
     model = role.model
     embeddings = embed_texts(item_texts(items["instruction"].to_list(), items["input"].to_list()), model,
-                             kind=cfg.get("embedder", "causal-lm-mean"), revision=role.revision, dtype=role.dtype,
+                             kind=cfg.embedder, revision=role.revision, dtype=role.dtype,
                              device=role.device, batch_size=role.batch_size)
     neighbours = neighbor_stats(embeddings)
     table = items.select("id", "round").with_columns(
@@ -48,10 +50,10 @@ def main() -> None:
     with atomic_dir(args.out) as tmp:
         table.write_parquet(tmp / "items.parquet")
         np.save(tmp / "embeddings.npy", embeddings)
-        write_json(tmp / "meta.json", {"embedder": cfg.get("embedder", "causal-lm-mean"), "model": model,
-                                       "identity": recorded_identity(role), "dimensions": int(embeddings.shape[1]), "params": cfg})
+        write_json(tmp / "meta.json", {"embedder": cfg.embedder, "model": model,
+                                       "identity": recorded_identity(role), "dimensions": int(embeddings.shape[1]), "params": dataclasses.asdict(cfg)})
     mnd = table["mnd"].drop_nulls().drop_nans()
-    metrics = {"items": table.height, "embedder": cfg.get("embedder", "causal-lm-mean"), "model": model,
+    metrics = {"items": table.height, "embedder": cfg.embedder, "model": model,
                "mean_mnd": float(mnd.mean()) if mnd.len() else None,
                "items_with_repeats": int((table["repeat_count"] > 0).sum())}
     write_json(args.metrics, metrics)
@@ -60,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

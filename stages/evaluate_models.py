@@ -12,12 +12,12 @@ Writes: --metrics ({"<label>": {"<benchmark>/<metric>": value, ...}, "skipped": 
 """
 
 import argparse
-import inspect
+import dataclasses
 
-from evolforge.core.params import load_params, load_role, section
+from evolforge.core.params import load_params, load_role, load_section
 from evolforge.eval.harness import evaluate
 from evolforge.core.records import write_json
-from evolforge.core.roles import refuse_secrets
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -30,16 +30,11 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = dict(section(params, "evaluate"))
-    allowed = [p.name for p in inspect.signature(evaluate).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "revision"]
-    unknown = sorted(set(cfg) - set(allowed))
-    if unknown:
-        raise SystemExit(f"params.yaml evaluate: unknown key(s) {unknown}; expected some of {allowed}")
-    # the harness's API models read OPENAI_API_KEY from the environment
-    backend_args = cfg.get("backend_args") or {}
-    refuse_secrets("evaluate.backend_args", backend_args.get("base_url"), backend_args, "evaluate.backend_args")
+    # checked whole by load_params, secrets in backend_args included (the harness's API models read
+    # OPENAI_API_KEY from the environment)
+    cfg = load_section(params, "evaluate")
     base = load_role(params, "base")
-    report = evaluate({args.label: args.model or base.model}, args.samples, revision=base.revision, **cfg)
+    report = evaluate({args.label: args.model or base.model}, args.samples, revision=base.revision, **dataclasses.asdict(cfg))
     write_json(args.metrics, report)
     print(f"{args.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
     if report.get("skipped"):
@@ -47,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

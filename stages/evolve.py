@@ -15,10 +15,11 @@ import polars as pl
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
-from evolforge.core.params import load_params, section
+from evolforge.core.params import ParamsError, load_params, load_section, section
 from evolforge.build.evolve import EvolveSettings, evolve_round, method_text
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
+from evolforge.core.errors import run_stage
 
 POOL = "pool.parquet"
 
@@ -44,7 +45,10 @@ def main() -> None:
     params = load_params(args.params)
     cfg = section(params, "evolve")
     settings = EvolveSettings.from_params(cfg)
-    index = int(cfg["rounds"][args.round]["index"])
+    rounds = load_section(params, "evolve").rounds
+    if args.round not in rounds:
+        raise ParamsError([f"evolve.rounds: no round named {args.round!r} (rounds: {', '.join(rounds)})"], args.params)
+    index = rounds[args.round]["index"]
     prompts = PromptLibrary(args.prompts)
     pool = read_pool(Path(args.src))
     text = method_text(settings.strategy, Path(args.method))
@@ -70,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from evolforge.core.params import load_params, section
 from evolforge.core.records import write_json
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -38,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

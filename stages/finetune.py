@@ -9,15 +9,13 @@ Multi-GPU (DeepSpeed ZeRO-3):
 """
 
 import argparse
-import inspect
+import dataclasses
 import json
 
-from evolforge.core.params import load_params, load_role, section
+from evolforge.core.params import load_params, load_role, load_section
 from evolforge.train.finetune import finetune
 from evolforge.core.records import write_json
-
-# the keyword-only settings of finetune() are exactly what params.yaml `finetune` may set
-SETTINGS = [p.name for p in inspect.signature(finetune).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in ("revision", "live_dir")]
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -31,15 +29,12 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "finetune")
-    unknown = sorted(set(cfg) - set(SETTINGS))
-    if unknown:
-        raise SystemExit(f"params.yaml finetune: unknown key(s) {unknown}; expected some of {list(SETTINGS)}")
+    cfg = load_section(params, "finetune")
     base = load_role(params, "base")
     with open(args.train, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
 
-    result = finetune(base.model, rows, args.out, revision=base.revision, live_dir=args.live, **cfg)
+    result = finetune(base.model, rows, args.out, revision=base.revision, live_dir=args.live, **dataclasses.asdict(cfg))
     if result.is_main_process:
         write_json(args.metrics, result.metrics)
         write_json(args.plot, result.loss_curve)
@@ -47,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

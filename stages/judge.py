@@ -12,10 +12,11 @@ import polars as pl
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
-from evolforge.core.params import load_params, section
+from evolforge.core.params import load_params, load_section
 from evolforge.build.judge import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge, level_distribution
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -29,13 +30,13 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "judge")
+    cfg = load_section(params, "judge")
     items = read_table(args.responses)
     validation.check(items, validation.required_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
     prompts = PromptLibrary(args.prompts)
     llm = open_role(params, "judge", open_cache(params))
-    variant = cfg.get("score_prompt", "paper")
-    table = judge(items, llm, prompts, score_prompt=variant, max_tokens=cfg.get("max_tokens"))
+    variant = cfg.score_prompt
+    table = judge(items, llm, prompts, score_prompt=variant, max_tokens=cfg.max_tokens)
     table = table.select("id", "round", "difficulty_level", "difficulty_level_reason", "difficulty_level_raw",
                          "difficulty_score", "difficulty_score_reason", "difficulty_score_raw", "score_prompt")
     validation.check(table.filter(pl.col("difficulty_score").is_not_null()), validation.between("difficulty_score", 0, 100), args.out)
@@ -57,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -20,6 +20,7 @@ import json
 from evolforge.core.params import load_params, load_role, section
 from evolforge.core.records import write_json
 from evolforge.llm import identity_entry, resolve_identity
+from evolforge.core.errors import run_stage
 
 MEMO = ".evolforge/model_hashes.json"
 
@@ -41,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
-from evolforge.core.params import load_params, section
+from evolforge.core.params import load_params, load_section
 from evolforge.build.evolve import METHOD_TEMPLATE
-from evolforge.build.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE, OptimizeSettings,
+from evolforge.build.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE,
                                 initial_method_text, optimize_method, split_dev_pool, summary)
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import atomic_dir, read_table, write_json, write_jsonl
 from evolforge.build.respond import RESPONSE_TEMPLATE
+from evolforge.core.errors import run_stage
 
 def open_models(params: dict) -> dict:
     """Evolver and optimizer LLMs (one loaded model when both roles name the same one)."""
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     params = load_params(args.params)
-    settings = OptimizeSettings.from_params(section(params, "optimize"))
-    strategy = section(params, "evolve").get("strategy", "evol")
+    settings = load_section(params, "optimize")
+    strategy = load_section(params, "evolve").strategy
     prompts = PromptLibrary(args.prompts)
     initial = initial_method_text(prompts, settings.initial_method)
     templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE,
@@ -86,4 +87,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,6 +11,7 @@ Two versions side by side (not a stage; experiments or folders): evolforge repor
 import argparse
 
 from evolforge.report import build_report
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -23,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,14 +6,16 @@ Writes: data/responses/items.parquet (lineage + instruction, input, output), met
 """
 
 import argparse
+import dataclasses
 
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
-from evolforge.core.params import load_params, section
+from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, write_json, write_output
 from evolforge.build.respond import RESPONSE_TEMPLATE, answer, gather
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -27,27 +29,23 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "respond")
-    rounds = {int(r["index"]): name for name, r in section(params, "evolve")["rounds"].items()}
-    missing = [k for k in cfg.get("rounds", []) if k not in rounds]
-    if missing:
-        raise SystemExit(f"params.yaml respond.rounds: {missing} are not in evolve.rounds (indices {sorted(rounds)})")
-    items = gather([f"{args.evolved}/{rounds[k]}" for k in cfg.get("rounds", [])],
-                   args.seed if cfg.get("include_seed") else None)
+    cfg = load_section(params, "respond")  # load_params checked that its rounds are evolve.rounds indices
+    rounds = {r["index"]: name for name, r in load_section(params, "evolve").rounds.items()}
+    items = gather([f"{args.evolved}/{rounds[k]}" for k in cfg.rounds], args.seed if cfg.include_seed else None)
 
     prompts = PromptLibrary(args.prompts)
     llm = open_role(params, "responder", open_cache(params))
-    table = answer(items, llm, prompts, temperature=cfg.get("temperature"), max_tokens=cfg.get("max_tokens"))
+    table = answer(items, llm, prompts, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
     validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), args.out)
 
     empty = int((table["output"].str.strip_chars() == "").sum())
     metrics = {"items": table.height, "empty_responses": empty, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
                "per_round": {str(k): v for k, v in zip(*table["round"].value_counts(sort=True).to_dict(as_series=False).values())}}
     write_output(args.out, table, meta={"model": llm.label, "model_identity": llm.identity,
-                                        "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": cfg})
+                                        "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": dataclasses.asdict(cfg)})
     write_json(args.metrics, metrics)
     print(f"respond: {table.height} responses ({empty} empty); {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -7,16 +7,18 @@ Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import load_params, load_role, section
+from evolforge.core.params import load_params, load_role, load_section
 from evolforge.score.histogram import histogram
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.llm import recorded_identity
 from evolforge.score.ifd import ifd_scores, load_scorer
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -29,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "score")
+    cfg = load_section(params, "score")
     role = load_role(params, "scorer")
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
@@ -38,7 +40,7 @@ def main() -> None:
 
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
-                        template=cfg.get("template", "raw"), batch_size=role.batch_size, max_length=cfg.get("max_length"))
+                        template=cfg.template, batch_size=role.batch_size, max_length=cfg.max_length)
     table = pl.concat([items.select("id", "round"), scores], how="horizontal")
     validation.check(table, validation.unique("id"), args.out)
 
@@ -46,11 +48,11 @@ def main() -> None:
         s = table[col].drop_nulls().drop_nans()
         return float(s.mean()) if s.len() else None
 
-    metrics = {"items": table.height, "template": cfg.get("template", "raw"), "scorer": role.model,
+    metrics = {"items": table.height, "template": cfg.template, "scorer": role.model,
                "null_scores": int(table["ic_ifd"].is_null().sum()),
                **{f"mean_{c}": mean(c) for c in ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd")},
                "share_ifd_above_1": float((table["ifd"] > 1).sum() / max(1, table["ifd"].drop_nulls().len()))}
-    write_output(args.out, table, meta={"scorer": role.model, "scorer_identity": recorded_identity(role), "params": cfg})
+    write_output(args.out, table, meta={"scorer": role.model, "scorer_identity": recorded_identity(role), "params": dataclasses.asdict(cfg)})
     write_json(args.metrics, metrics)
     for col in ("ifd", "ic_ifd"):
         write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col].to_list()))
@@ -58,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

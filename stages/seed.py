@@ -1,14 +1,18 @@
 """seed stage: normalise the seed source into data/seed/.
 
-Reads:  params.yaml `seed` (source, format, fields, config, split, limit, seed)
-Writes: data/seed/items.parquet (+ meta.json), metrics/seed.json
+Reads:  params.yaml `seed` (source, format, fields, config, split, revision, limit, seed); the source file
+Writes: data/seed/items.parquet, duplicates.parquet (each dropped duplicate and the row kept instead),
+        meta.json; metrics/seed.json (counts, and the source file's sha256)
+Rules for the source (what is refused and why): docs/seeds.md.
 """
 
 import argparse
+import dataclasses
 
-from evolforge.core.params import load_params, section
-from evolforge.core.records import write_json, write_output
 from evolforge.build.seed import build_seed
+from evolforge.core.errors import run_stage
+from evolforge.core.params import load_params, load_section
+from evolforge.core.records import write_json, write_output
 
 
 def main() -> None:
@@ -18,15 +22,15 @@ def main() -> None:
     ap.add_argument("--metrics", default="metrics/seed.json")
     args = ap.parse_args()
 
-    cfg = section(load_params(args.params), "seed")
-    table, metrics = build_seed(
-        cfg["source"], fmt=cfg.get("format", "auto"), fields=cfg.get("fields"), config=cfg.get("config"),
-        split=cfg.get("split", "train"), limit=cfg.get("limit"), seed=cfg.get("seed", 0),
+    cfg = load_section(load_params(args.params), "seed")
+    table, metrics, duplicates = build_seed(
+        cfg.source, fmt=cfg.format, fields=cfg.fields, config=cfg.config, split=cfg.split,
+        revision=cfg.revision, limit=cfg.limit, seed=cfg.seed,
     )
-    write_output(args.out, table, meta={"params": cfg})
+    write_output(args.out, table, meta={"params": dataclasses.asdict(cfg)}, tables={"duplicates.parquet": duplicates})
     write_json(args.metrics, metrics)
     print(f"seed: {metrics['rows_written']} items ({metrics['duplicates_removed']} duplicates removed) -> {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -9,12 +9,14 @@ Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl
 """
 
 import argparse
+import dataclasses
 
 from evolforge.core import validation
-from evolforge.core.params import load_params, section
+from evolforge.core.params import load_params, load_section
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.build.card import write_card
 from evolforge.build.selection import join_metrics, select_items, to_alpaca, to_trl
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -29,20 +31,19 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "select")
+    cfg = load_section(params, "select")
     table = join_metrics(read_table(args.responses), {args.judged: read_table(args.judged), args.scores: read_table(args.scores),
                                                       args.diversity: read_table(args.diversity)})
 
-    chosen, summary = select_items(table, cfg.get("metric", "ic_ifd"), cfg.get("top_fraction"), cfg.get("threshold"),
-                                   cfg.get("ifd_filter", False), cfg.get("rounds"), cfg.get("seed", 0))
+    chosen, summary = select_items(table, cfg.metric, cfg.top_fraction, cfg.threshold, cfg.ifd_filter, cfg.rounds, cfg.seed)
     if chosen.height == 0:
         raise SystemExit(f"select: no item passed metric={summary['metric']} with the given fraction/threshold; nothing to train on")
     validation.check(chosen, validation.non_empty_text(["instruction", "output"]) + validation.unique("id"), args.out)
-    write_output(args.out, chosen, meta={"params": cfg}, extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
+    write_output(args.out, chosen, meta={"params": dataclasses.asdict(cfg)}, extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
     write_card(args.out, ".", params)
     write_json(args.metrics, summary)
     print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import polars as pl
 import pytest
 
@@ -11,7 +14,7 @@ from evolforge.build.lineage import chain, format_chain
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import write_output
+from evolforge.core.records import make_id, write_output
 from evolforge.build.seed import build_seed
 
 ROLE = Role.from_params("evolver", {"backend": "hf", "model": "fake"})
@@ -76,13 +79,31 @@ def test_equal_parse(text, expected):
 
 
 def test_round_robin_rotates_by_round_and_random_is_seeded():
-    assert assign_methods(4, 0, breadth=False) == IN_DEPTH
-    assert assign_methods(4, 1, breadth=False) == IN_DEPTH[1:] + IN_DEPTH[:1]
-    assert assign_methods(6, 0, breadth=True) == IN_DEPTH + ["breadth", "add_constraints"]
-    a = assign_methods(40, 1, "random", seed=3)
-    assert a == assign_methods(40, 1, "random", seed=3) != assign_methods(40, 1, "random", seed=4)
+    ids = [f"id{i}" for i in range(400)]
+    r1, r2 = assign_methods(ids, 1, breadth=False), assign_methods(ids, 2, breadth=False)
+    # each lineage takes the next method in the next round
+    assert all(IN_DEPTH[(IN_DEPTH.index(a) + 1) % 4] == b for a, b in zip(r1, r2))
+    assert min(Counter(r1).values()) > 400 / 4 * 0.7  # balanced up to hash noise
+    a = assign_methods(ids[:40], 1, "random", seed=3)
+    assert a == assign_methods(ids[:40], 1, "random", seed=3) != assign_methods(ids[:40], 1, "random", seed=4)
     assert set(a) == set(IN_DEPTH + ["breadth"])
-    assert a != assign_methods(40, 2, "random", seed=3)  # each round draws afresh
+    assert a != assign_methods(ids[:40], 2, "random", seed=3)  # each round draws afresh
+
+
+@pytest.mark.parametrize("assignment", ["round_robin", "random"])
+def test_assignment_depends_on_the_item_not_its_position(assignment):
+    ids = [make_id("seed", i) for i in range(2000)]
+    before = dict(zip(ids, assign_methods(ids, 2, assignment, seed=1)))
+    # prepend 25% more seeds: no existing item changes method (the bound is 26% of all calls)
+    new = [make_id("new", i) for i in range(500)]
+    after = dict(zip(new + ids, assign_methods(new + ids, 2, assignment, seed=1)))
+    assert sum(after[i] != before[i] for i in ids) == 0
+    # delete one seed, shuffle the rest: every other item keeps its method
+    rest = ids[1:]
+    random.Random(0).shuffle(rest)
+    assert all(m == before[i] for i, m in zip(rest, assign_methods(rest, 2, assignment, seed=1)))
+    counts = Counter(after.values())
+    assert len(counts) == 5 and max(counts.values()) < 1.25 * min(counts.values())
 
 
 @pytest.fixture()
@@ -132,7 +153,7 @@ def test_round_reasons_counts_and_keep_parent(seed_table):
                        "Task number 3.": "response_fails_rule_f", "Task number 4.": "sorry_short_response", "Task number 5.": None}
     assert summary["in"] == 6 == summary["evolved"] + summary["failed"]
     assert summary["failed_by_reason"] == {"copied_template_words": 1, "response_fails_rule_f": 1, "sorry_short_response": 1, "unchanged": 1}
-    assert table["method"].to_list() == assign_methods(6, 1, breadth=False)
+    assert table["method"].to_list() == assign_methods(seed_table["root_id"].to_list(), 1, breadth=False)
     assert table.filter(pl.col("parent_instruction") == "Task number 2.")["input"].item() == "x"  # input carried over
     # keep_parent: failed items go on unchanged, evolved ones as their new version
     assert pool.height == 6
@@ -215,7 +236,7 @@ def test_stage_method_text_per_strategy(repo, tmp_path):
 def test_unknown_evolve_settings_are_refused():
     with pytest.raises(ValueError, match="unknown key"):
         EvolveSettings.from_params({"strategy": "evol", "temprature": 0.5})
-    with pytest.raises(ValueError, match="unknown rule"):
+    with pytest.raises(ValueError, match="evolve.elimination.rule_F: unknown key; did you mean `rule_f`"):
         EvolveSettings.from_params({"elimination": {"rule_F": False}})
     assert EvolveSettings.from_params({"strategy": "auto", "rounds": {}}).temperature is None
 

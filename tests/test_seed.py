@@ -27,14 +27,17 @@ def write_jsonl(path, rows):
 
 
 def test_alpaca_jsonl_ids_and_dedupe(tmp_path):
-    table, metrics = build_seed(str(write_jsonl(tmp_path / "s.jsonl", ALPACA)))
+    table, metrics, duplicates = build_seed(str(write_jsonl(tmp_path / "s.jsonl", ALPACA)))
     assert table["instruction"].to_list() == ["Add 2 and 3.", "Name a color.", "Sum the list."]
     assert table["id"].to_list()[0] == make_id("Add 2 and 3.", "")
     assert table["root_id"].to_list() == table["id"].to_list()
     assert set(table["status"]) == {"seed"} and set(table["round"]) == {0}
     assert metrics["duplicates_removed"] == 1 and metrics["rows_written"] == 3
+    # the first row is kept; the dropped one names it
+    assert duplicates.select("source_row", "kept_row").row(0) == (3, 1)
+    assert table.filter(pl.col("instruction") == "Add 2 and 3.")["output"].item() == "5"
     # ids depend on content only, not on position
-    again, _ = build_seed(str(write_jsonl(tmp_path / "r.jsonl", list(reversed(ALPACA)))))
+    again, _, _ = build_seed(str(write_jsonl(tmp_path / "r.jsonl", list(reversed(ALPACA)))))
     assert set(again["id"]) == set(table["id"])
 
 
@@ -48,29 +51,29 @@ def test_other_local_formats(tmp_path, suffix):
         frame.write_parquet(path)
     else:
         frame.write_csv(path)
-    table, _ = build_seed(str(path))
+    table, _, _ = build_seed(str(path))
     assert table.height == 3
     assert table.filter(pl.col("instruction") == "Sum the list.")["input"].item() == "[1, 2]"
 
 
 def test_gsm8k_and_code_alpaca_mappings(tmp_path):
     gsm = write_jsonl(tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "#### 4"}])
-    table, _ = build_seed(str(gsm))
+    table, _, _ = build_seed(str(gsm))
     assert table.select("instruction", "input", "output").row(0) == ("2+2?", "", "#### 4")
     code = write_jsonl(tmp_path / "c.jsonl", [{"instruction": "Write f.", "input": "def f(): pass", "output": "ok"}])
-    table, _ = build_seed(str(code), fmt="code_alpaca")
+    table, _, _ = build_seed(str(code), fmt="code_alpaca")
     assert table.select("instruction", "input").row(0) == ("Write f.", "def f(): pass")
     custom = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi.", "completion": "hi"}])
-    table, _ = build_seed(str(custom), fields={"instruction": "prompt", "output": "completion", "input": None})
+    table, _, _ = build_seed(str(custom), fields={"instruction": "prompt", "output": "completion", "input": None})
     assert table.select("instruction", "input", "output").row(0) == ("Say hi.", "", "hi")
 
 
 def test_limit_is_a_seeded_sample_in_order(tmp_path):
     rows = [{"instruction": f"Task {i}.", "input": "", "output": ""} for i in range(50)]
     path = write_jsonl(tmp_path / "s.jsonl", rows)
-    a, _ = build_seed(str(path), limit=10, seed=1)
-    b, _ = build_seed(str(path), limit=10, seed=1)
-    c, _ = build_seed(str(path), limit=10, seed=2)
+    a, _, _ = build_seed(str(path), limit=10, seed=1)
+    b, _, _ = build_seed(str(path), limit=10, seed=1)
+    c, _, _ = build_seed(str(path), limit=10, seed=2)
     assert a["id"].to_list() == b["id"].to_list() and a["id"].to_list() != c["id"].to_list()
     numbers = [int(t.split()[1].rstrip(".")) for t in a["instruction"]]
     assert numbers == sorted(numbers) and len(numbers) == 10

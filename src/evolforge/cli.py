@@ -5,6 +5,7 @@
     evolforge plots export [--format svg|png|pdf] [--out reports/plots] [--revs REV ...]
     evolforge card [--selected data/selected]
     evolforge push-to-hub REPO_ID [--selected data/selected] [--private]
+    evolforge check [params.yaml]      check the whole params file against the schema (docs/params.md)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from evolforge.build.lineage import chain, format_chain
+from evolforge.core.errors import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +49,19 @@ def main(argv: list[str] | None = None) -> None:
     hub.add_argument("repo_id", help="owner/name of the dataset repository")
     hub.add_argument("--selected", default="data/selected")
     hub.add_argument("--private", action="store_true")
+    check = sub.add_parser("check", help="check params.yaml against the schema: unknown or look-alike keys, "
+                                         "types, ranges, secrets; exits non-zero with every problem listed")
+    check.add_argument("params", nargs="?", default="params.yaml")
     args = ap.parse_args(argv)
+
+    if args.command == "check":
+        from evolforge.core.params import load_params
+
+        def run() -> None:
+            params = load_params(args.params)
+            print(f"{args.params}: ok ({len(params)} sections)")
+
+        run_stage(run, name="evolforge check")
 
     if args.command == "lineage":
         rounds = sorted((p for p in Path(args.evolved).glob("*/") if (p / "items.parquet").exists()),

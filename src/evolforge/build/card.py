@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import yaml
 
-from evolforge.core.records import TABLE, question_text
+from evolforge.core.params import load_section
+from evolforge.core.records import TABLE
+from evolforge.core.text import question_text
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
@@ -61,17 +63,6 @@ class CardSettings:
     pretty_name: str = "evolforge evolved instructions"
     limitations: str | None = None  # extra known limitations, appended to the standard ones
 
-    @classmethod
-    def from_params(cls, cfg: dict | None) -> "CardSettings":
-        cfg = cfg or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"params.yaml card.{unknown[0]}: unknown key; expected some of {sorted(known)}")
-        for key in ("language", "task_categories"):
-            if key in cfg and not (isinstance(cfg[key], list) and all(isinstance(x, str) for x in cfg[key])):
-                raise ValueError(f"params.yaml card.{key}: expected a list of strings, got {cfg[key]!r}")
-        return cls(**cfg)
 
 
 def size_category(n: int) -> str:
@@ -184,7 +175,7 @@ def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettin
 def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | None = None) -> Path:
     """Write the shards and ``README.md`` into ``selected_dir``; return the card's path."""
     params = params or {}
-    settings = CardSettings.from_params(params.get("card"))
+    settings = load_section(params, "card")
     selected_dir, root = Path(selected_dir), Path(root)
     table_path = selected_dir / TABLE
     if not table_path.exists():

@@ -3,7 +3,8 @@
 Strategies (``evolve.strategy``):
 - ``evol``: Evol-Instruct's hand-written methods, four in-depth (add_constraints, deepening, concretizing,
   reasoning) and optionally in-breadth, assigned ``round_robin`` (rotated by round, as the SLM paper does)
-  or ``random`` (seeded, as the original Evol-Instruct does). The evolver's whole answer is the new
+  or ``random`` (seeded, as the original Evol-Instruct does), by a hash of the item's lineage id and the
+  round, never by row position (see :func:`assign_methods`). The evolver's whole answer is the new
   instruction.
 - ``auto`` / ``auto_initial``: one evolving method text (optimized by the optimize stage, or the initial
   method) applied to every instruction; the new instruction is parsed from after
@@ -16,16 +17,23 @@ for the next round is the evolved rows plus, with ``on_failure: keep_parent``, t
 
 from __future__ import annotations
 
-import random
+import dataclasses
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Sequence
+
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from annotated_types import Gt, Le
+from pydantic import with_config
 
 import polars as pl
 
 from evolforge.build import failures
 from evolforge.llm import LLM
+from evolforge.core.params import NonEmptyStr, NonNegativeFloat, PositiveInt, parse
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id
 from evolforge.build.respond import respond
@@ -39,52 +47,67 @@ METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
 
 @dataclass
 class EvolveSettings:
-    strategy: str = "evol"
-    assignment: str = "round_robin"
+    """``params.yaml evolve`` without ``rounds`` (what one round needs; the stage records it in meta.json)."""
+
+    strategy: Literal["evol", "auto", "auto_initial"] = "evol"  # = STRATEGIES
+    assignment: Literal["round_robin", "random"] = "round_robin"
     breadth: bool = True
-    on_failure: str = "keep_parent"
+    on_failure: Literal["keep_parent", "drop"] = "keep_parent"
     # evolver sampling; None = the evolver role's default
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
+    temperature: NonNegativeFloat | None = None
+    top_p: Annotated[float, Gt(0), Le(1)] | None = None
+    max_tokens: PositiveInt | None = None
     seed: int = 0
-    elimination: dict[str, bool] = field(default_factory=dict)
+    elimination: dict[Literal["empty", "unchanged", "template_words", "sorry_short", "stopwords_only", "rule_f", "info_gain"], bool] = field(default_factory=dict)  # = RULES
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> "EvolveSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known - {"rounds"})
-        if unknown:
-            raise ValueError(f"params.yaml evolve: unknown key(s) {unknown}; expected some of {sorted(known | {'rounds'})}")
-        bad_rules = sorted(set(cfg.get("elimination") or {}) - set(RULES))
-        if bad_rules:
-            raise ValueError(f"params.yaml evolve.elimination: unknown rule(s) {bad_rules}; rules are {RULES}")
-        s = cls(**{k: v for k, v in cfg.items() if k in known})
-        if s.strategy not in STRATEGIES:
-            raise ValueError(f"params.yaml evolve.strategy: {s.strategy!r} is not one of {STRATEGIES}")
-        if s.assignment not in ("round_robin", "random"):
-            raise ValueError(f"params.yaml evolve.assignment: {s.assignment!r} is not round_robin or random")
-        if s.on_failure not in ("keep_parent", "drop"):
-            raise ValueError(f"params.yaml evolve.on_failure: {s.on_failure!r} is not keep_parent or drop")
-        return s
+        """The whole ``evolve`` section checked (rounds included), returned without its rounds."""
+        section = parse(EvolveSection, cfg, "evolve")
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
 
     def rule(self, name: str, default: bool = True) -> bool:
         return bool(self.elimination.get(name, default))
 
 
-def assign_methods(n: int, round_index: int, assignment: str = "round_robin", breadth: bool = True, seed: int = 0) -> list[str]:
-    """Evol-Instruct method per item. Round-robin rotates the method order by round; random is seeded.
+@with_config({"extra": "forbid", "strict": True})
+class EvolveRound(TypedDict):
+    """One entry of ``evolve.rounds``: its input folder and its 1-based index."""
 
-    >>> assign_methods(5, 1, breadth=False)
-    ['deepening', 'concretizing', 'reasoning', 'add_constraints', 'deepening']
+    src: NonEmptyStr
+    index: PositiveInt
+
+
+@dataclass
+class EvolveSection(EvolveSettings):
+    """The ``evolve`` section as params.yaml holds it: the settings plus the rounds."""
+
+    rounds: dict[str, EvolveRound] = field(default_factory=dict)
+
+
+def _hash_int(*parts: Any) -> int:
+    return int(hashlib.sha256("\0".join(map(str, parts)).encode("utf-8")).hexdigest()[:15], 16)
+
+
+def assign_methods(ids: Sequence[str], round_index: int, assignment: str = "round_robin", breadth: bool = True,
+                   seed: int = 0) -> list[str]:
+    """Evol-Instruct method per item, from the item's id and the round only -- never its row position, so
+    adding, removing or reordering items leaves every other item's method (and its cached calls) alone.
+
+    ``round_robin``: each lineage walks the methods in order, one step per round, from a start fixed by
+    a hash of its id (pass the items' ``root_id``): a chain never meets the same method twice in a row and
+    meets every method once in ``len(methods)`` rounds, as the SLM paper's rotation by round intends.
+    Over many items each method gets an equal share up to sampling noise (the hash is uniform).
+    ``random``: an independent draw per (seed, round, item), as the original Evol-Instruct does.
+
+    >>> assign_methods(["a", "b"], 1, breadth=False) == [assign_methods(["a"], 1, breadth=False)[0],
+    ...                                                   assign_methods(["b"], 1, breadth=False)[0]]
+    True
     """
     methods = IN_DEPTH + ([BREADTH] if breadth else [])
     if assignment == "random":
-        rng = random.Random(f"{seed}:{round_index}")
-        return [rng.choice(methods) for _ in range(n)]
-    shift = round_index % len(methods)
-    order = methods[shift:] + methods[:shift]
-    return [order[i % len(order)] for i in range(n)]
+        return [methods[_hash_int(seed, round_index, i) % len(methods)] for i in ids]
+    return [methods[(_hash_int(i) + round_index) % len(methods)] for i in ids]
 
 
 def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None) -> str:
@@ -138,7 +161,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     items = pool.to_dicts()
     n = len(items)
     if settings.strategy == "evol":
-        methods = assign_methods(n, round_index, settings.assignment, settings.breadth, settings.seed)
+        methods = assign_methods([it["root_id"] for it in items], round_index, settings.assignment, settings.breadth, settings.seed)
     else:
         if not method_text:
             raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")

@@ -13,16 +13,30 @@ stays null, with its raw text and a reason: never an invented value.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 import polars as pl
 
+from evolforge.core.params import PositiveInt
+
 from evolforge.llm import LLM
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import question_text
+from evolforge.core.text import question_text
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
 SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
+
+
+@dataclass
+class JudgeSettings:
+    """``params.yaml judge``."""
+
+    score_prompt: Literal["paper", "code"] = "paper"  # keys of SCORE_TEMPLATES
+    max_tokens: PositiveInt | None = None  # null = roles.judge's
+
+
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
 
 

@@ -47,11 +47,12 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from evolforge.build import failures
 from evolforge.build.evolve import evolve_with_method
 from evolforge.llm import LLM
+from evolforge.core.params import NonNegativeFloat, NonNegativeInt, PositiveInt, parse
 from evolforge.core.prompts import PromptLibrary
 from evolforge.build.respond import respond
 
@@ -68,34 +69,20 @@ _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format lin
 class OptimizeSettings:
     """``params.yaml optimize``; paper values in ALGORITHMS.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
 
-    initial_method: str = "initial"
-    steps: int = 10
-    candidates: int = 5
-    batch_size: int = 10
-    dev_size: int = 50
-    trajectory_rounds: int = 1
-    patience: int | None = 1
-    selection: str = "lowest_failure"
-    evolver_temperature: float = 0.0
+    initial_method: Literal["initial", "weak"] = "initial"  # = INITIAL_TEMPLATES
+    steps: NonNegativeInt = 10
+    candidates: PositiveInt = 5
+    batch_size: PositiveInt = 10
+    dev_size: PositiveInt = 50
+    trajectory_rounds: PositiveInt = 1
+    patience: NonNegativeInt | None = 1
+    selection: Literal["lowest_failure", "no_regression"] = "lowest_failure"  # = SELECTIONS
+    evolver_temperature: NonNegativeFloat = 0.0
     seed: int = 0
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> "OptimizeSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"params.yaml optimize: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        s = cls(**cfg)
-        if s.initial_method not in INITIAL_TEMPLATES:
-            raise ValueError(f"params.yaml optimize.initial_method: {s.initial_method!r} is not one of {sorted(INITIAL_TEMPLATES)}")
-        if s.selection not in SELECTIONS:
-            raise ValueError(f"params.yaml optimize.selection: {s.selection!r} is not one of {SELECTIONS}")
-        for name in ("candidates", "batch_size", "dev_size", "trajectory_rounds"):
-            if int(getattr(s, name)) < 1:
-                raise ValueError(f"params.yaml optimize.{name}: must be at least 1, got {getattr(s, name)!r}")
-        if int(s.steps) < 0:
-            raise ValueError(f"params.yaml optimize.steps: must be 0 or more, got {s.steps!r}")
-        return s
+        return parse(cls, cfg, "optimize")
 
 
 @dataclass

@@ -6,15 +6,30 @@ keeping every lineage column; ``answer`` fills ``output`` from the responder rol
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+
+from evolforge.core.params import NonNegativeFloat, PositiveInt
 
 from evolforge.llm import LLM
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, LINEAGE, read_table
 
 RESPONSE_TEMPLATE = "respond/response.j2"
+
+
+@dataclass
+class RespondSettings:
+    """``params.yaml respond``; each round index must be one of ``evolve.rounds``."""
+
+    rounds: list[PositiveInt] = field(default_factory=list)
+    include_seed: bool = False  # also answer the seed instructions (round 0)
+    temperature: NonNegativeFloat | None = None  # null = roles.responder's
+    max_tokens: PositiveInt | None = None
+
+
 KEEP = LINEAGE + ["instruction", "input", "template_hash", "model"]
 
 

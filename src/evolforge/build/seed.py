@@ -1,23 +1,34 @@
 """Seed data: read a local file or a Hugging Face dataset, map its fields to instruction / input / output,
-give every row a stable content-derived id, drop exact duplicates, and optionally take a seeded sample.
+check every value, give every row a stable content-derived id, drop duplicates (recording which row was
+kept) and optionally keep a hash-based sample. The rules are written for users in docs/seeds.md.
 
 Field presets (``seed.format``): ``alpaca`` and ``code_alpaca`` (instruction / input / output), ``gsm8k``
 (question / answer), ``auto`` (picked from the columns present). ``seed.fields`` overrides any mapping,
 e.g. ``{instruction: prompt, output: completion}``.
 
-Row numbers in error messages are 1-based: line numbers for JSONL, record positions otherwise.
+Bad input is refused, never repaired: a number where text belongs, control characters (NUL, ANSI
+escapes), bidirectional overrides (U+202E...), instructions of only invisible characters, no rows at
+all. Each refusal is a :class:`DataError` naming the file, the row, the field and the rule. Row numbers
+are 1-based: line numbers for JSONL, record positions otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import stat
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import polars as pl
 
 from evolforge.core import validation
+from evolforge.core.params import NonEmptyStr, PositiveInt
 from evolforge.core.records import LINEAGE, SEED, make_id
+from evolforge.core.text import normalize_text
 from evolforge.core.validation import DataError
 
 PRESETS: dict[str, dict[str, str | None]] = {
@@ -25,70 +36,124 @@ PRESETS: dict[str, dict[str, str | None]] = {
     "code_alpaca": {"instruction": "instruction", "input": "input", "output": "output"},
     "gsm8k": {"instruction": "question", "input": None, "output": "answer"},
 }
+FIELDS = ("instruction", "input", "output")
 LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROW = "_row"  # source row number, kept until validation so errors can name it
+DUPLICATE_RULE = "same instruction and input after normalize_text (NFKC, casefold, whitespace collapsed); the first row in the source is kept"
 
 
-def read_jsonl(path: Path) -> pl.DataFrame:
+@dataclass
+class SeedSettings:
+    """``params.yaml seed``."""
+
+    source: NonEmptyStr  # a local .jsonl/.json/.parquet/.csv file, or a Hugging Face dataset id
+    format: Literal["auto", "alpaca", "gsm8k", "code_alpaca"] = "auto"
+    fields: dict[Literal["instruction", "input", "output"], str | None] = field(default_factory=dict)
+    config: str | None = None  # hub dataset config
+    split: NonEmptyStr = "train"
+    revision: str | None = None  # hub dataset revision (a commit sha pins it exactly)
+    limit: PositiveInt | None = None  # keep a hash-based sample of this many items
+    seed: int = 0
+
+
+class SeedBuild(NamedTuple):
+    table: pl.DataFrame  # lineage + instruction, input, output
+    metrics: dict[str, Any]
+    duplicates: pl.DataFrame  # one row per dropped duplicate: its source row and the row kept instead
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading
+
+
+def check_regular_file(path: Path) -> None:
+    """A seed source is a regular file (a symlink to one is fine). Checked with ``os.stat`` before opening:
+    opening a FIFO blocks forever, and a directory named ``x.jsonl`` gives an unhelpful error."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(path, "seed.source is an existing local file", detail="no such file") from None
+    except OSError as err:
+        raise DataError(path, "seed.source is a readable local file", detail=err.strerror or str(err)) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "not a regular file")
+        raise DataError(path, "seed.source is a regular file", detail=f"it is {kind}")
+    if st.st_size == 0:
+        raise DataError(path, "the file holds at least one record", detail="the file is empty")
+    if not os.access(path, os.R_OK):
+        raise DataError(path, "seed.source is a readable local file", detail="permission denied")
+
+
+def read_jsonl(path: Path) -> list[dict]:
     rows = []
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors)
+                raw = raw[3:]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(path, "text is UTF-8", [line_no], f"byte 0x{raw[err.start]:02x} at column {err.start + 1}") from None
-            if not line.strip():
+            if not line.strip():  # blank lines (and a lone CR of a CRLF file) separate nothing
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(path, "each line is one JSON object", [line_no], err.msg) from None
             if not isinstance(obj, dict):
-                raise DataError(path, "each line is one JSON object", [line_no], f"got {type(obj).__name__}")
+                raise DataError(path, "each line is one JSON object", [line_no], f"got {json_kind(obj)}")
             rows.append({**obj, ROW: line_no})
-    if not rows:
-        raise DataError(path, "the file holds at least one record")
-    return pl.DataFrame(rows, infer_schema_length=None)
+    return rows
 
 
-def read_json(path: Path) -> pl.DataFrame:
+def read_json(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise DataError(path, "text is UTF-8", detail=f"byte at offset {err.start}") from None
     except json.JSONDecodeError as err:
         raise DataError(path, "the file is one JSON array of objects", detail=f"line {err.lineno}: {err.msg}") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
-    if not isinstance(data, list) or not data:
-        raise DataError(path, "the file is one JSON array of objects")
+    if not isinstance(data, list):
+        raise DataError(path, "the file is one JSON array of objects", detail=f"got {json_kind(data)}")
     bad = [i for i, obj in enumerate(data, start=1) if not isinstance(obj, dict)]
     if bad:
         raise DataError(path, "every record is a JSON object", bad)
-    return pl.DataFrame([{**obj, ROW: i} for i, obj in enumerate(data, start=1)], infer_schema_length=None)
+    return [{**obj, ROW: i} for i, obj in enumerate(data, start=1)]
 
 
-def read_local(path: Path) -> pl.DataFrame:
+def read_table_file(path: Path, kind: str) -> pl.DataFrame:
+    try:
+        # CSV: every cell read as text (a CSV cell is text; "42" stays "42"); a BOM before the header is dropped
+        table = pl.read_parquet(path) if kind == "parquet" else pl.read_csv(path, infer_schema_length=0, encoding="utf8-lossy")
+    except Exception as err:  # polars raises several types for unreadable files
+        raise DataError(path, f"the file is readable {kind}", detail=str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    if kind == "csv":
+        table = table.rename({c: c.lstrip("\ufeff") for c in table.columns})
+    return table.with_row_index(ROW, offset=1)
+
+
+def read_local(path: Path) -> list[dict] | pl.DataFrame:
     kind = LOCAL_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(path, f"a local seed file is one of {sorted(LOCAL_FORMATS)}")
+    check_regular_file(path)
     if kind == "jsonl":
         return read_jsonl(path)
     if kind == "json":
         return read_json(path)
-    try:
-        table = pl.read_parquet(path) if kind == "parquet" else pl.read_csv(path, infer_schema_length=0)
-    except Exception as err:  # polars raises several types for unreadable files
-        raise DataError(path, f"the file is readable {kind}", detail=str(err).splitlines()[0]) from None
-    return table.with_row_index(ROW, offset=1)
+    return read_table_file(path, kind)
 
 
-def read_hub(source: str, config: str | None, split: str) -> pl.DataFrame:
+def read_hub(source: str, config: str | None, split: str, revision: str | None) -> pl.DataFrame:
     import datasets
 
     try:
-        ds = datasets.load_dataset(source, config, split=split)
-    except Exception as err:  # missing dataset, offline hub, bad config or split
+        ds = datasets.load_dataset(source, config, split=split, revision=revision)
+    except Exception as err:  # missing dataset, offline hub, bad config, split or revision
         raise DataError(
             source, "seed.source is an existing local file or a reachable Hugging Face dataset id",
             detail=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
@@ -96,13 +161,31 @@ def read_hub(source: str, config: str | None, split: str) -> pl.DataFrame:
     return pl.from_arrow(ds.data.table).with_row_index(ROW, offset=1)
 
 
-def read_source(source: str, config: str | None = None, split: str = "train") -> pl.DataFrame:
+def is_local(source: str) -> bool:
     path = Path(source)
-    if path.exists():
-        return read_local(path)
-    if path.suffix.lower() in LOCAL_FORMATS or source.startswith((".", "/")):
-        raise DataError(source, "seed.source is an existing local file", detail="no such file")
-    return read_hub(source, config, split)
+    return path.exists() or path.is_symlink() or path.suffix.lower() in LOCAL_FORMATS or source.startswith((".", "/", "~"))
+
+
+def read_source(source: str, config: str | None = None, split: str = "train", revision: str | None = None) -> list[dict] | pl.DataFrame:
+    """JSON/JSONL give a list of records (each with its row number); other formats a table."""
+    if is_local(source):
+        return read_local(Path(source).expanduser())
+    return read_hub(source, config, split, revision)
+
+
+def source_digest(source: str) -> str | None:
+    """sha256 of a local source file (recorded in the metrics; None for hub datasets)."""
+    if not is_local(source):
+        return None
+    digest = hashlib.sha256()
+    with open(Path(source).expanduser(), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# mapping fields and checking values
 
 
 def field_map(columns: list[str], fmt: str = "auto", fields: dict[str, str | None] | None = None) -> dict[str, str | None]:
@@ -113,46 +196,143 @@ def field_map(columns: list[str], fmt: str = "auto", fields: dict[str, str | Non
     return {**PRESETS[fmt], **(fields or {})}
 
 
-def normalise(raw: pl.DataFrame, mapping: dict[str, str | None], file: str) -> pl.DataFrame:
-    """Map source columns to instruction / input / output as strings (missing optional fields -> "")."""
+def json_kind(value: Any) -> str:
+    return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object",
+            type(None): "null", str: "text"}.get(type(value), type(value).__name__)
+
+
+def _require_instruction(mapping: dict[str, str | None], columns: list[str], file: str) -> None:
     if not mapping.get("instruction"):
         raise ValueError("params.yaml seed.fields: 'instruction' must name a source column")
+    if mapping["instruction"] not in columns:
+        raise DataError(file, f"field '{mapping['instruction']}' (mapped to instruction) is present",
+                        detail=f"columns: {[c for c in columns if c != ROW]}")
+
+
+def normalise_records(rows: list[dict], mapping: dict[str, str | None], file: str) -> pl.DataFrame:
+    """JSON records -> instruction / input / output text, every value checked for its type first: a number
+    or a list where text belongs is refused (never turned into text); null input/output count as ""."""
+    columns = sorted({k for r in rows for k in r})
+    _require_instruction(mapping, columns, file)
+    out = {ROW: [], **{f: [] for f in FIELDS}}
+    for row in rows:
+        out[ROW].append(row[ROW])
+        for target in FIELDS:
+            column = mapping.get(target)
+            value = row.get(column) if column else None
+            if value is not None and not isinstance(value, str):
+                raise DataError(file, f"{target} is text", [row[ROW]],
+                                f"field '{column}' holds {json_kind(value)}" + (f" ({value!r})" if isinstance(value, (int, float)) else ""))
+            out[target].append(value if value is not None or target == "instruction" else "")
+    return pl.DataFrame(out, schema={ROW: pl.Int64, **{f: pl.String for f in FIELDS}})
+
+
+def normalise_table(raw: pl.DataFrame, mapping: dict[str, str | None], file: str) -> pl.DataFrame:
+    """Parquet / CSV / hub tables -> instruction / input / output; a mapped column must hold text."""
+    _require_instruction(mapping, raw.columns, file)
     out = {}
-    for target, column in mapping.items():
-        if column is None:
-            out[target] = pl.lit("")
-        elif column not in raw.columns:
-            if target == "instruction":
-                raise DataError(file, f"field '{column}' (mapped to instruction) is present", detail=f"columns: {[c for c in raw.columns if c != ROW]}")
-            out[target] = pl.lit("")
+    for target in FIELDS:
+        column = mapping.get(target)
+        if column is None or column not in raw.columns:
+            out[target] = pl.lit("", pl.String)
+            continue
+        dtype = raw.schema[column]
+        if dtype == pl.Null:
+            out[target] = pl.lit(None, pl.String) if target == "instruction" else pl.lit("", pl.String)
+        elif dtype in (pl.String, pl.Categorical, pl.Enum) or isinstance(dtype, (pl.Categorical, pl.Enum)):
+            value = pl.col(column).cast(pl.String)
+            out[target] = value if target == "instruction" else value.fill_null("")
         else:
-            out[target] = pl.col(column).cast(pl.String).fill_null("") if target != "instruction" else pl.col(column).cast(pl.String)
-    return raw.select(pl.col(ROW), **out)
+            first = raw.filter(pl.col(column).is_not_null())[ROW].head(1).to_list()
+            kind = ("lists" if isinstance(dtype, (pl.List, pl.Array)) else "records (struct/dict values)" if isinstance(dtype, pl.Struct)
+                    else "numbers" if dtype.is_numeric() else "true/false values" if dtype == pl.Boolean else "binary data"
+                    if dtype == pl.Binary else f"{dtype} values")
+            raise DataError(file, f"{target} is text", first, f"column '{column}' holds {kind} ({dtype}), not text")
+    return raw.select(pl.col(ROW).cast(pl.Int64), **out)
+
+
+def explain_characters(text: str, pattern: str) -> str:
+    """Name the first offending character: 'U+202E RIGHT-TO-LEFT OVERRIDE at character 4'."""
+    import re
+
+    m = re.search(pattern, text)
+    if not m:
+        return ""
+    c = m.group(0)
+    return f"U+{ord(c):04X} {unicodedata.name(c, 'control character')} at character {m.start() + 1}"
+
+
+def check_values(table: pl.DataFrame, file: str) -> None:
+    """The value rules (Great Expectations), with row numbers of the source and the character named."""
+    rules = (validation.non_empty_text(["instruction"]) + validation.visible_text(["instruction"])
+             + validation.no_control_characters(list(FIELDS)) + validation.no_bidi_controls(list(FIELDS)))
+    rows = table[ROW].to_list()
+    try:
+        validation.check(table.drop(ROW), rules, file)
+    except DataError as err:
+        detail = err.detail
+        column = next((c for c in FIELDS if err.rule.startswith(c + " ")), None)
+        pattern = {"control": validation.CONTROL_CHARACTERS, "bidirectional": validation.BIDI_CONTROLS}
+        for word, regex in pattern.items():
+            if word in err.rule and column and err.rows:
+                detail = f"{column}: {explain_characters(table[column][err.rows[0] - 1], regex)}"
+        raise DataError(file, err.rule, [rows[r - 1] for r in err.rows], detail) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the seed set
+
+
+def dedupe(table: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Drop rows whose instruction and input equal an earlier row's after :func:`normalize_text`; the first
+    row in the source is kept. Returns (kept rows, one row per dropped duplicate naming the row kept)."""
+    keyed = table.with_columns(_key=pl.struct("instruction", "input").map_elements(
+        lambda r: make_id(normalize_text(r["instruction"]), normalize_text(r["input"])), return_dtype=pl.String))
+    first = keyed.group_by("_key", maintain_order=True).agg(kept_row=pl.col(ROW).first(), kept_id=pl.col("id").first())
+    dropped = keyed.join(first, on="_key").filter(pl.col(ROW) != pl.col("kept_row"))
+    duplicates = dropped.select(source_row=pl.col(ROW), id=pl.col("id"), kept_row=pl.col("kept_row"),
+                                kept_id=pl.col("kept_id"), reason=pl.lit(DUPLICATE_RULE))
+    kept = keyed.filter(~pl.col(ROW).is_in(dropped[ROW].to_list())).drop("_key")
+    return kept, duplicates
+
+
+def hash_sample(table: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
+    """The ``limit`` items with the smallest hash of (seed, id), in source order. An item's rank depends on
+    its content only, so a source that grows keeps every sampled item whose rank is still under the
+    limit: growing 20k -> 25k items with limit 10k keeps about 80% of the sample (the most any uniform
+    sample can), where a positional sample would keep about 40%."""
+    ranked = table.with_columns(_rank=pl.col("id").map_elements(lambda i: make_id(seed, i), return_dtype=pl.String))
+    keep = ranked.sort("_rank").head(limit)[ROW].to_list()
+    return table.filter(pl.col(ROW).is_in(keep))
 
 
 def build_seed(source: str, *, fmt: str = "auto", fields: dict | None = None, config: str | None = None,
-               split: str = "train", limit: int | None = None, seed: int = 0) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Read, map, validate, id, dedupe and sample the seed set. Returns (table, metrics)."""
-    raw = read_source(source, config, split)
-    table = normalise(raw, field_map(raw.columns, fmt, fields), source)
-    # The rows a person must fix are named by their source row number.
-    rows = table[ROW].to_list()
-    try:
-        validation.check(table, validation.non_empty_text(["instruction"]), source)
-    except DataError as err:
-        raise DataError(source, err.rule, [rows[r - 1] for r in err.rows], err.detail) from None
+               split: str = "train", revision: str | None = None, limit: int | None = None, seed: int = 0) -> SeedBuild:
+    """Read, map, check, id, dedupe and sample the seed set."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"params.yaml seed.limit: got {limit!r}; allowed: an integer >= 1, or null")
+    raw = read_source(source, config, split, revision)
+    if len(raw) == 0:
+        raise DataError(source, "the source holds at least one record", detail="it holds none (blank lines, a header only, or an empty table)")
+    if isinstance(raw, list):
+        table = normalise_records(raw, field_map(sorted({k for r in raw for k in r}), fmt, fields), source)
+    else:
+        table = normalise_table(raw, field_map(raw.columns, fmt, fields), source)
+    if table.height == 0:
+        raise DataError(source, "the source holds at least one record", detail="it holds none (a header only, or an empty table)")
+    check_values(table, source)
     table = table.with_columns(id=pl.struct("instruction", "input").map_elements(
         lambda r: make_id(r["instruction"], r["input"]), return_dtype=pl.String))
     n_read = table.height
-    table = table.unique(subset="id", keep="first", maintain_order=True)
+    table, duplicates = dedupe(table)
     n_unique = table.height
     if limit is not None and table.height > limit:
-        # seeded sample, original order kept
-        table = table.with_row_index("_pos").sample(n=limit, seed=seed).sort("_pos").drop("_pos")
+        table = hash_sample(table, limit, seed)
     table = table.drop(ROW).with_columns(
         root_id=pl.col("id"), parent_id=pl.lit(None, pl.String), round=pl.lit(0, pl.Int32),
         method=pl.lit("seed"), status=pl.lit(SEED), failure_reason=pl.lit(None, pl.String),
     ).select(LINEAGE + ["instruction", "input", "output"])
-    metrics = {"source": source, "rows_read": n_read, "duplicates_removed": n_read - n_unique,
+    metrics = {"source": source, "source_sha256": source_digest(source), "revision": revision, "rows_read": n_read,
+               "duplicates_removed": n_read - n_unique, "sampled_out": n_unique - table.height,
                "rows_written": table.height, "limit": limit}
-    return table, metrics
+    return SeedBuild(table, metrics, duplicates)

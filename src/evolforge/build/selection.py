@@ -13,9 +13,25 @@ import random
 
 import polars as pl
 
-from evolforge.core.records import question_text
+from dataclasses import dataclass
+from typing import Literal
+
+from evolforge.core.params import Fraction
+from evolforge.core.text import question_text
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "random")
+
+
+@dataclass
+class SelectSettings:
+    """``params.yaml select``."""
+
+    metric: Literal["ic_ifd", "ifd", "difficulty_score", "random"] = "ic_ifd"
+    top_fraction: Fraction | None = 0.25  # SLM paper keeps the top 25 %
+    threshold: float | None = None  # keep items with metric >= threshold (wins over top_fraction)
+    ifd_filter: bool = False  # drop IFD > 1 (the IFD paper does)
+    rounds: list[int] | None = None  # null = every round
+    seed: int = 0
 
 
 def select_items(table: pl.DataFrame, metric: str = "ic_ifd", top_fraction: float | None = 0.25,

@@ -17,10 +17,20 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from evolforge.core.params import NonEmptyStr
+
 DEFAULT_CACHE_PATH = Path(".evolforge/cache.sqlite")
+
+
+@dataclass
+class CacheSettings:
+    """``params.yaml cache``; a relative path is relative to the repository root."""
+
+    path: NonEmptyStr = str(DEFAULT_CACHE_PATH)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (

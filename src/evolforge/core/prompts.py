@@ -3,6 +3,9 @@
 A template's hash (sha256 of its source, first 16 hex digits) goes into cache keys and artifact
 metadata, so editing a prompt invalidates exactly the calls that used it.
 
+A library reads, compiles and hashes each template once (Jinja's ``auto_reload`` is off: a stage renders
+one template for thousands of rows and the files do not change under a running stage).
+
 >>> env = PromptLibrary("prompts")                              # doctest: +SKIP
 >>> env.render("respond/response.j2", instruction="Add 2 and 3", input="")  # doctest: +SKIP
 'Given the following instruction, ...'
@@ -32,18 +35,28 @@ class PromptLibrary:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
             autoescape=False,
+            auto_reload=False,  # no stat() of the template file per render
         )
+        self._templates: dict[str, jinja2.Template] = {}
+        self._hashes: dict[str, str] = {}
 
     def source(self, name: str) -> str:
         return (self.root / name).read_text(encoding="utf-8")
 
     def hash(self, name: str) -> str:
-        """sha256 of the template source, first 16 hex digits."""
-        return hashlib.sha256(self.source(name).encode("utf-8")).hexdigest()[:16]
+        """sha256 of the template source, first 16 hex digits (computed once per library)."""
+        if name not in self._hashes:
+            self._hashes[name] = hashlib.sha256(self.source(name).encode("utf-8")).hexdigest()[:16]
+        return self._hashes[name]
+
+    def template(self, name: str) -> jinja2.Template:
+        if name not in self._templates:
+            self._templates[name] = self.env.get_template(name)
+        return self._templates[name]
 
     def render(self, name: str, /, **variables) -> str:
         try:
-            return self.env.get_template(name).render(**variables).strip()
+            return self.template(name).render(**variables).strip()
         except jinja2.UndefinedError as err:
             raise ValueError(f"prompt {self.root / name}: {err.message}") from err
 

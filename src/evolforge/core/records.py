@@ -38,17 +38,6 @@ def make_id(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def question_text(instruction: str, input_text: str | None) -> str:
-    """An item's question Q, the one way instruction and input are joined wherever they mean one question
-    (judging, scoring, embedding, the SFT prompt): the instruction, plus "\n" + input when the input is
-    non-empty, as paper B's code builds it.
-
-    >>> question_text("Summarize this.", "Bees visit flowers.")
-    'Summarize this.\nBees visit flowers.'
-    """
-    return instruction + "\n" + input_text if input_text else instruction
-
-
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole.

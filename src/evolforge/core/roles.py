@@ -6,11 +6,15 @@ no backend code.
 
 from __future__ import annotations
 
-import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
-BACKEND_NAMES = ("hf", "vllm", "openai")
+from annotated_types import Gt, Le
+
+from evolforge.core.params import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+BACKEND_NAMES = ("hf", "vllm", "openai")  # = the `backend` Literal of Role
 
 
 @dataclass(frozen=True)
@@ -34,69 +38,67 @@ class ChatRequest:
 
 
 
-SECRET_WORDS = ("key", "token", "secret", "password", "auth", "header")
+ROLE_NAMES = ("evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base")  # add a role's name here first
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def refuse_secrets(where: str, base_url: str | None, settings: Mapping[str, Any], settings_where: str) -> None:
-    """params.yaml is committed and recorded in dvc.lock: a secret written there would leak. Refuses
-    credentials or a query string in ``base_url`` (at ``where``) and free-form ``settings`` (at
-    ``settings_where``) whose keys name a secret. Keys are read from environment variables instead."""
-    from urllib.parse import urlsplit
+    """params.yaml is committed and recorded in dvc.lock: a secret written there would leak. Refuses any
+    secret-shaped value (see :mod:`evolforge.core.secrets`: recognised by value, whatever the key's name)
+    in ``base_url`` (at ``where``) and in the free-form ``settings`` (at ``settings_where``), naming the
+    key path only, never the value. Keys are read from environment variables instead."""
+    from evolforge.core.params import ParamsError
+    from evolforge.core.secrets import secret_problems
 
-    if base_url and (urlsplit(base_url).username or urlsplit(base_url).password or urlsplit(base_url).query):
-        raise ValueError(f"params.yaml {where}.base_url: no credentials or query string in the URL; "
-                         "put the key in an environment variable")
-    for k in settings:
-        if any(word in k.lower() for word in SECRET_WORDS):
-            raise ValueError(f"params.yaml {settings_where}.{k}: secrets do not belong in params; "
-                             "put them in an environment variable")
+    problems = secret_problems({"base_url": base_url} if base_url else {}, where) + secret_problems(dict(settings), settings_where)
+    if problems:
+        raise ParamsError(problems)
 
 
 @dataclass
 class Role:
     """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
 
-    name: str
-    backend: str
-    model: str
+    name: str = field(metadata={"params": False})  # the key under `roles`, set by from_params
+    backend: Literal["hf", "vllm", "openai"]
+    model: NonEmptyStr
     revision: str | None = None
     # generation defaults; a stage may override them per call
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 256
+    temperature: NonNegativeFloat = 0.0
+    top_p: Annotated[float, Gt(0), Le(1)] = 1.0
+    max_tokens: PositiveInt = 256
     seed: int = 0
     # hf / vllm
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     dtype: str = "auto"
     device: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
+    tensor_parallel_size: PositiveInt = 1
+    gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = 0.9
+    max_model_len: PositiveInt | None = None
     # openai-compatible servers
     base_url: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 5
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key
+    concurrency: PositiveInt = 8
+    timeout_s: PositiveFloat = 120.0
+    max_retries: NonNegativeInt = 5
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any]) -> "Role":
-        known = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"params.yaml roles.{name}: unknown key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        for required in ("backend", "model"):
-            if not params.get(required):
-                raise ValueError(f"params.yaml roles.{name}: '{required}' is required")
-        refuse_secrets(f"roles.{name}", params.get("base_url"), params.get("extra") or {}, f"roles.{name}.extra")
-        if params["backend"] not in BACKEND_NAMES:
-            raise ValueError(
-                f"params.yaml roles.{name}.backend: {params['backend']!r} is not one of {list(BACKEND_NAMES)}"
-            )
-        return cls(name=name, **params)
+    def from_params(cls, name: str, params: Mapping[str, Any] | None) -> "Role":
+        """``roles.<name>`` checked against the schema: types, ranges, unknown keys, secrets by value."""
+        from evolforge.core.params import ParamsError, parse
+        from evolforge.core.secrets import secret_problems
+
+        where = f"roles.{name}"
+        problems = secret_problems(dict(params or {}), where) if isinstance(params, Mapping) else []
+        if problems:
+            raise ParamsError(problems)
+        role = parse(cls, params, where, name=name)
+        if role.api_key_env is not None and not _ENV_NAME.match(role.api_key_env):
+            # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
+            raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
+                               "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
+        return role
 
     def request(self, messages: Sequence[Mapping[str, str]], **overrides) -> ChatRequest:
         """A request with this role's generation defaults, overridden where given (None = default)."""

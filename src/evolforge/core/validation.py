@@ -51,6 +51,29 @@ def non_empty_text(columns: list[str]) -> list[Rule]:
     return rules
 
 
+# C0 controls but tab, newline and carriage return; DEL; C1 controls (ANSI escape sequences start with ESC)
+CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+# bidirectional embeddings, overrides and isolates: they reorder how text displays ("Trojan Source")
+BIDI_CONTROLS = "[\u202a-\u202e\u2066-\u2069]"
+# a character that shows: not whitespace, not zero-width / format / filler characters
+VISIBLE = "[^\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+
+
+def visible_text(columns: list[str]) -> list[Rule]:
+    return [Rule(f"{c} has a visible character (not only zero-width or format characters)", "ExpectColumnValuesToMatchRegex",
+                 {"column": c, "regex": VISIBLE}) for c in columns]
+
+
+def no_control_characters(columns: list[str]) -> list[Rule]:
+    return [Rule(f"{c} holds no control characters (NUL, ANSI escapes...; tab and newlines are fine)",
+                 "ExpectColumnValuesToNotMatchRegex", {"column": c, "regex": CONTROL_CHARACTERS}) for c in columns]
+
+
+def no_bidi_controls(columns: list[str]) -> list[Rule]:
+    return [Rule(f"{c} holds no bidirectional override or isolate characters (U+202A-U+202E, U+2066-U+2069)",
+                 "ExpectColumnValuesToNotMatchRegex", {"column": c, "regex": BIDI_CONTROLS}) for c in columns]
+
+
 def unique(column: str) -> list[Rule]:
     return [Rule(f"{column} values are unique", "ExpectColumnValuesToBeUnique", {"column": column})]
 
@@ -97,14 +120,14 @@ def check(table: pl.DataFrame, rules: list[Rule], file: str | Path) -> None:
     for rule in rules:
         suite.add_expectation(getattr(gx.expectations, rule.expectation)(**rule.kwargs))
     result = batch.validate(suite, result_format="COMPLETE")
-    by_type = {}
+    by_type = {}  # two rules of one type on one column differ by their regex
     for rule in rules:
-        by_type.setdefault((_snake(rule.expectation), rule.kwargs.get("column")), rule)
+        by_type.setdefault((_snake(rule.expectation), rule.kwargs.get("column"), rule.kwargs.get("regex")), rule)
     for res in result.results:
         if res.success:
             continue
         cfg = res.expectation_config
-        rule = by_type.get((cfg.type, cfg.kwargs.get("column")))
+        rule = by_type.get((cfg.type, cfg.kwargs.get("column"), cfg.kwargs.get("regex")))
         rows = [int(i) + 1 for i in (res.result or {}).get("unexpected_index_list") or []]
         raise DataError(file, rule.words if rule else cfg.type, rows, detail=f"({cfg.type})")
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evolforge.core.records import question_text
+from evolforge.core.text import question_text
 from evolforge.score.ifd import load_scorer, pad_right
 
 EmbeddingKind = Literal["sentence-transformers", "causal-lm-mean"]

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.core.records import question_text
+from evolforge.core.text import question_text
 
 Template = Literal["raw", "chat"]
 

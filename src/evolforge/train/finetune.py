@@ -39,7 +39,11 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, Sequence
+
+from annotated_types import Ge, Lt
+
+from evolforge.core.params import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt, Probability
 
 from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
@@ -104,6 +108,31 @@ def _count_params(model) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
+
+
+@dataclass
+class FinetuneSettings:
+    """``params.yaml finetune``: exactly the keyword settings of :func:`finetune` (a test keeps them equal),
+    with its defaults (the papers' full fine-tuning preset)."""
+
+    mode: Literal["full", "lora"] = "full"
+    lr: PositiveFloat = 2e-5
+    epochs: PositiveFloat = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: PositiveInt = 1  # per device
+    grad_accum: PositiveInt = 8
+    max_length: PositiveInt = 2048  # tokens
+    warmup_ratio: Probability = 0.03
+    lr_scheduler: str = "cosine"  # a transformers scheduler name
+    weight_decay: NonNegativeFloat = 0.0
+    lora_rank: PositiveInt = 8
+    lora_alpha: PositiveInt = 8
+    lora_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
+    lora_target_modules: str | list[str] = "all-linear"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    logging_steps: PositiveInt = 10
+    dtype: str = "auto"
 
 
 def finetune(

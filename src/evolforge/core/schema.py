@@ -1,0 +1,105 @@
+"""The params.yaml schema: which sections exist and the dataclass that types each one.
+
+To add a section, write its dataclass next to the code that reads it (typed fields with defaults; bounds
+from :mod:`evolforge.core.params`, allowed values as ``Literal``) and add one line to ``SECTIONS``.
+``roles`` is the one section that is a mapping of entries (role name -> :class:`~evolforge.core.roles.Role`).
+A section that is absent from the file takes its dataclass's defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from evolforge.build.evolve import EvolveSection
+from evolforge.build.judge import JudgeSettings
+from evolforge.build.optimize import OptimizeSettings
+from evolforge.build.respond import RespondSettings
+from evolforge.build.seed import SeedSettings
+from evolforge.build.selection import SelectSettings
+from evolforge.core.cache import CacheSettings
+from evolforge.core.params import DEFAULT_FILE, ParamsError, suggest, check_section, non_ascii_problem
+from evolforge.core.roles import ROLE_NAMES, Role
+from evolforge.core.secrets import secret_problems
+from evolforge.eval.harness import EvaluateSettings
+from evolforge.score.settings import DiversitySettings, ScoreSettings
+from evolforge.build.card import CardSettings
+from evolforge.core.fetch import FetchSettings
+from evolforge.train.finetune import FinetuneSettings
+
+SECTIONS: dict[str, type] = {
+    "cache": CacheSettings,
+    "fetch_model": FetchSettings,
+    "roles": Role,  # roles.<name>: one Role each, name in ROLE_NAMES
+    "seed": SeedSettings,
+    "optimize": OptimizeSettings,
+    "evolve": EvolveSection,
+    "respond": RespondSettings,
+    "judge": JudgeSettings,
+    "score": ScoreSettings,
+    "diversity": DiversitySettings,
+    "select": SelectSettings,
+    "card": CardSettings,
+    "finetune": FinetuneSettings,
+    "evaluate": EvaluateSettings,
+}
+
+
+def check_params(params: Mapping[str, Any], file: str | Path = DEFAULT_FILE) -> None:
+    """Check a whole params mapping; raise :class:`ParamsError` listing every problem. Secrets are looked
+    for first, so no other message can echo one."""
+    problems = secret_problems(dict(params))
+    if problems:  # stop here: the messages below show the values they refuse
+        raise ParamsError(problems, file)
+    problems = []
+    for name, data in params.items():
+        if name not in SECTIONS:
+            problems.append(_unknown(str(name), "", "section", list(SECTIONS)))
+            continue
+        if name == "roles":
+            problems += check_roles(data)
+        else:
+            problems += check_section(SECTIONS[name], data, name)
+    problems += cross_checks(params)
+    if problems:
+        raise ParamsError(problems, file)
+
+
+def check_roles(data: Any) -> list[str]:
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        return ["roles: expected a mapping of role name -> settings"]
+    problems = []
+    for name, role in data.items():
+        if name not in ROLE_NAMES:
+            problems.append(_unknown(str(name), "roles.", "role", list(ROLE_NAMES)))
+            continue
+        problems += check_section(Role, role, f"roles.{name}")
+        api_key_env = role.get("api_key_env") if isinstance(role, dict) else None
+        if isinstance(api_key_env, str):
+            try:
+                Role.from_params(name, role)
+            except ParamsError as err:
+                problems += [p for p in err.problems if p.startswith(f"roles.{name}.api_key_env")]
+    return problems
+
+
+def _unknown(name: str, prefix: str, what: str, allowed: list[str]) -> str:
+    if not (name.isascii() and name.isprintable()):
+        return non_ascii_problem(prefix + name, name, allowed)
+    return f"{prefix}{name}: unknown {what}{suggest(name, allowed)}; {what}s: {', '.join(allowed)}"
+
+
+def cross_checks(params: Mapping[str, Any]) -> list[str]:
+    """Rules that span sections."""
+    problems = []
+    evolve, respond = params.get("evolve") or {}, params.get("respond") or {}
+    if isinstance(evolve, dict) and isinstance(respond, dict) and isinstance(evolve.get("rounds"), dict):
+        indices = {r.get("index") for r in evolve["rounds"].values() if isinstance(r, dict)}
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in indices):
+            return problems  # the evolve section's own check names the bad index
+        missing = [k for k in respond.get("rounds") or [] if isinstance(k, int) and k not in indices]
+        if missing:
+            problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds ({sorted(i for i in indices if isinstance(i, int))})")
+    return problems

@@ -1,0 +1,28 @@
+"""Text helpers shared by every stage: one normalisation for "the same text", and the question Q.
+
+:func:`normalize_text` is the one definition of "the same text" in the project: the seed stage drops
+rows whose instruction and input normalise alike, and near-duplicate removal compares normalised text.
+
+>>> normalize_text("  Add\\u00a02 and 3.\\n")
+'add 2 and 3.'
+>>> normalize_text("ＡＤＤ  2") == normalize_text("add 2")
+True
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC (full-width and compatibility forms fold to their plain letters), casefold (case-insensitive,
+    also for non-Latin scripts), whitespace runs collapsed to one space and trimmed."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def question_text(instruction: str, input_text: str | None) -> str:
+    """Q as paper B builds it: the instruction, plus "\\n" + input when the input is non-empty."""
+    return instruction + "\n" + input_text if input_text else instruction
