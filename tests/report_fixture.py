@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.build.judge import LEVELS
+from evolforge.build.judge import LEVELS, level_distribution
 from evolforge.core.records import make_id, write_json, write_output
 from evolforge.score.histogram import histogram
 
@@ -77,10 +77,19 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
                [{"round": k, "reason": r, "count": c} for k, r, c in sorted(failures.iter_rows())])
     for col in ("ifd", "ic_ifd", "mnd"):
         write_json(metrics / "plots" / f"{col}_hist.json", histogram(scores[col].to_list()))
-    for name in ("eval.json", "optimize.json", "train.json", "plots/train_loss.json", "plots/optimize.json", "plots/evolve_length.json",
-                 "plots/difficulty_levels.json"):
-        (metrics / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "metrics" / name, metrics / name)
+    # the small metrics of the other stages, in the shapes those stages write
+    benchmarks = {"gsm8k/exact_match_flexible": 0.2, "ifeval/prompt_level_strict_acc": 0.4, "humaneval/pass@1": 0.25}
+    write_json(metrics / "eval_base.json", {"base": benchmarks, "skipped": {}})
+    write_json(metrics / "eval.json", {"finetuned": {k: v + 0.05 for k, v in benchmarks.items()}, "skipped": {}})
+    steps = [{"step": 0, "failure_rate": 0.5, "best_failure_rate": 0.5}, {"step": 1, "failure_rate": 0.25, "best_failure_rate": 0.25}]
+    write_json(metrics / "optimize.json", {"skipped": False, "per_step": steps, "steps_run": 1, "stop_reason": "steps"})
+    write_json(metrics / "plots" / "optimize.json", steps)
+    curve = [{"step": s, "loss": 2.0 - 0.2 * s} for s in range(1, 7)]
+    write_json(metrics / "train.json", {"train_loss": 1.5, "steps": len(curve)})
+    write_json(metrics / "plots" / "train_loss.json", curve)
+    write_json(metrics / "plots" / "evolve_length.json",
+               [{"round": k, "mean_length_growth": 1.0 + 0.2 * k, "evolved_share": expected["evolved"][k] / n_seeds} for k in range(1, rounds + 1)])
+    write_json(metrics / "plots" / "difficulty_levels.json", level_distribution(judged))
     write_json(root / "models" / "identity.json",
                {"evolver": {"backend": "hf", "model": "evolver-model", "revision": None, "identity": {"weights_sha256": "e" * 64}}})
     expected.update(seeds=n_seeds, answered=responses.height, selected=n)

@@ -9,6 +9,8 @@ import re
 
 import polars as pl
 import pytest
+
+from evolforge.core.params import ParamsError, load_section
 import yaml
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -164,10 +166,11 @@ def test_dataset_card_and_datasets_folder(version):
 
 
 def test_card_settings_are_checked():
-    with pytest.raises(ValueError, match="card.licence"):
-        CardSettings.from_params({"licence": "mit"})
-    with pytest.raises(ValueError, match="card.language"):
-        CardSettings.from_params({"language": "en"})
+    with pytest.raises(ParamsError, match="card.licence"):
+        load_section({"card": {"licence": "mit"}}, "card")
+    with pytest.raises(ParamsError, match="card.language"):
+        load_section({"card": {"language": "en"}}, "card")
+    assert load_section({}, "card") == CardSettings()
     assert [size_category(n) for n in (0, 999, 1000, 250_000)] == ["n<1K", "n<1K", "1K<n<10K", "100K<n<1M"]
 
 
