@@ -172,7 +172,6 @@ def _seccomp():
 def _read_roots(packages):
     """What the program may read: the interpreter, the allowed third-party packages, the system's libraries."""
     import site
-    import sysconfig
     base = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
     dirs, listable = set(base), set()
     for sp in {os.path.realpath(p) for p in site.getsitepackages()}:
@@ -183,7 +182,7 @@ def _read_roots(packages):
             stem = entry.split("-")[0].split(".")[0]
             if stem in packages or entry.removesuffix(".libs") in packages:
                 dirs.add(os.path.join(sp, entry))
-    dirs.add(os.path.realpath(sysconfig.get_paths()["stdlib"]))
+    dirs.add(os.path.dirname(os.path.realpath(os.__file__)))  # the standard library
     dirs |= {"/usr", "/lib", "/lib64", "/lib32", "/sys/devices/system/cpu"}
     files = ["/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero"]
     return sorted(d for d in dirs if os.path.exists(d)), files, sorted(listable)
