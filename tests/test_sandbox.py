@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from evolforge.eval import sandbox
 from evolforge.eval.sandbox import isolation, run_untrusted
 
 ADD = "def add(a, b):\n    return a + b\n"
@@ -76,8 +77,9 @@ def test_os_layer_stops_writes_that_bypass_the_python_guard(tmp_path):
     if not (isolation()["landlock"] or isolation()["drop_to_uid"] is not None):
         pytest.skip("no OS-level write restriction (Landlock or privilege drop) on this machine")
     target = tmp_path / "escaped.txt"
-    # _io.FileIO is the C-level file object that the patched open() would have wrapped
-    result = run_untrusted(f"import _io\n_io.FileIO({str(target)!r}, 'w').write(b'escaped')", timeout_s=5)
+    # with the in-process audit hook off: only the OS layers are left to refuse it
+    code = f"import _io\n_io.FileIO({str(target)!r}, 'w').write(b'escaped')"
+    result = sandbox._run(code, None, 5, 512, layers=sandbox._layers(), packages=(), audit=False)
     assert not result.passed
     assert "PermissionError" in result.stderr
     assert not target.exists()
@@ -89,7 +91,7 @@ def test_no_network_even_past_the_python_guard():
     # reloading the socket module restores the real socket class; the namespace / Landlock must still hold
     code = ("import importlib, socket\nsocket = importlib.reload(socket)\n"
             "s = socket.socket()\ns.settimeout(2)\ns.connect(('1.1.1.1', 80))")
-    result = run_untrusted(code, timeout_s=5)
+    result = sandbox._run(code, None, 5, 512, layers=sandbox._layers(), packages=(), audit=False)
     assert not result.passed
     assert result.status in ("failed", "blocked")
 

@@ -1,30 +1,34 @@
 """Run untrusted, model-written Python in a throwaway, resource-limited, offline child process.
 
-HumanEval and MBPP are scored by executing the code a model wrote. ``run_untrusted`` runs one program
-(candidate + its tests) per call, each in a fresh interpreter, and reports whether it ran to the end::
+HumanEval and MBPP are scored by executing the code a model wrote. ``run_untrusted`` runs one program (and,
+optionally, its tests as a separate piece) per call, each in a fresh interpreter, and reports whether it ran to
+the end::
 
-    >>> run_untrusted("def add(a, b):\\n    return a + b\\nassert add(2, 3) == 5").status
+    >>> run_untrusted("def add(a, b):\\n    return a + b", tests="assert add(2, 3) == 5").status
     'passed'
     >>> run_untrusted("while True:\\n    pass", timeout_s=1).status
     'timeout'
 
-Layers, outermost first (each one is used when the machine offers it; ``isolation()`` says which are on):
+**The verdict** is the child's exit status, read by this process: the child (``sandbox_child.py``) exits 0
+only when a statement that runs after the tests' last statement releases a lock that nothing the program can
+reach refers to; the program runs in a thread whose stack holds none of the harness's frames, the harness's
+globals are emptied before it starts, and every ``_exit`` it can find is a blocked operation. No token or
+secret exists in the child.
 
-- **process**: its own session (the whole group is killed at the wall-clock limit), ``RLIMIT_AS`` (memory,
-  MiB), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (16 MiB per written file), no core dumps, a scrubbed environment,
-  ``python -I -B`` (no user site, no ``PYTHON*`` variables, no bytecode writes);
-- **network**: a fresh, empty network namespace (``unshare -n`` as root, ``unshare -r -n`` through a user
-  namespace otherwise), Landlock denying TCP bind/connect (Linux >= 6.7), and inside the child
-  ``socket.socket`` and friends replaced so that creating a socket ends the run as ``blocked``;
-- **filesystem**: the working directory, ``HOME`` and ``TMPDIR`` are a ``tempfile.TemporaryDirectory`` removed
-  afterwards; Landlock (Linux >= 5.13, unprivileged) allows writes, deletions and new files only beneath
-  it; when run as root the child also drops to the ``nobody`` user, which owns only that directory; and a
-  Python-level guard on ``open``, ``os.open``, ``os.remove``, ``os.rename``, ... ends the run as ``blocked``
-  on any write outside it, and on ``os.system``, ``subprocess``, ``fork``, ``exec*``, ``kill``.
+**Layers**, each used when the machine offers it (``isolation()`` says which are on; a missing one is logged
+as a warning once per process, never silently). See ``docs/sandbox.md`` for what each one holds and when.
 
-The Python guard gives clear statuses; the OS layers are what hold when code bypasses Python (``ctypes``
-is unimportable for the candidate, but the OS layers do not rely on that). A run passes only when the
-program reaches its end: ``exit(0)`` half way through is a failure, not a pass.
+- namespaces (``unshare``): no network, its own pid namespace (every process of the run dies with it), its
+  own mount namespace (fresh ``/proc``; the work directory is re-mounted ``noexec``);
+- an unprivileged, per-run uid when started as root, with ``RLIMIT_NPROC``; directories the uid may not
+  traverse (a mode-700 ``/root`` holding the interpreter) are replaced, inside the mount namespace, by a
+  tmpfs that holds only the interpreter's trees;
+- Landlock: reads only of the interpreter, the allowed packages and system libraries; writes only in the
+  work directory; no exec, no TCP, no signals out;
+- seccomp: no new processes (threads only), no exec, no sockets but AF_UNIX;
+- rlimits (address space, CPU, file size, no core dumps) and a scrubbed environment (an allow-list);
+- a PEP 578 audit hook: clear ``blocked`` statuses, and the introspection routes closed (gc, other threads'
+  frames, tracing, ctypes, fresh builtin modules).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +54,16 @@ log = logging.getLogger(__name__)
 EXIT_BLOCKED = 86
 EXIT_MEMORY = 87
 EXIT_SETUP = 88  # an isolation layer that was asked for could not be set up
-NOBODY = 65534
 STDERR_TAIL_CHARS = 4000
+# Per-run uids when started as root: far above ordinary and subordinate-id ranges, never in /etc/passwd.
+UID_BASE = 2_100_000_000
+UID_SPAN = 1 << 20
+NPROC = 16  # tasks (threads included) a run's uid may have: the harness uses two
+DEFAULT_PACKAGES = ("numpy",)  # third-party packages a program may import (and read)
+# The child's whole environment (nothing is inherited: no keys, tokens or proxies reach it).
+ENV_ALLOWED = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+CHILD_SOURCE = (Path(__file__).with_name("sandbox_child.py")).read_text()
 
 STATUSES = ("passed", "failed", "timeout", "memory", "blocked", "error")
 
@@ -63,262 +77,192 @@ class SandboxResult:
     duration_s: float  # wall clock, seconds
 
 
-# The child: reads its settings and the program from stdin, locks itself down, then runs the program.
-_CHILD = r'''
-import json, os, resource, sys
-cfg = json.loads(sys.stdin.read())
-sys.stdin.close()
-_exit, _write = os._exit, os.write
+@dataclass(frozen=True)
+class _Layers:
+    prefix: tuple[str, ...]  # command that puts the child in fresh namespaces, or ()
+    pid_namespace: bool
+    mounts: bool  # a private mount namespace the child may change
+    drop: bool  # root: run as a fresh unprivileged uid
+    landlock: bool
+    seccomp: bool
 
-mem = cfg["memory_mb"] * 1024 * 1024
-for lim, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cfg["cpu_s"]),
-                 (resource.RLIMIT_FSIZE, 16 * 1024 * 1024), (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(lim, (val, val))
 
-def _landlock(root):
-    """Writes only beneath root; no TCP bind/connect; no signals or abstract sockets outside. Best effort."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    abi = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    if abi < 1:
-        return 0
-    fs = 0b1_1111_1111_0010  # WRITE_FILE, REMOVE_DIR/FILE, MAKE_CHAR/DIR/REG/SOCK/FIFO/BLOCK/SYM
-    if abi >= 2: fs |= 1 << 13   # REFER (link/rename across directories)
-    if abi >= 3: fs |= 1 << 14   # TRUNCATE
-    net = 0b11 if abi >= 4 else 0        # BIND_TCP, CONNECT_TCP
-    scoped = 0b11 if abi >= 6 else 0     # abstract unix sockets, signals
-    attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
-    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    rs = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    if rs < 0:
-        return 0
-    class PathBeneath(ctypes.Structure):
-        _pack_ = 1
-        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-    fd = os.open(root, os.O_PATH | os.O_CLOEXEC)
-    rule = PathBeneath(fs, fd)
-    ok = libc.syscall(445, rs, 1, ctypes.byref(rule), ctypes.c_uint32(0)) == 0
-    os.close(fd)
-    ok = ok and libc.prctl(38, 1, 0, 0, 0) == 0 and libc.syscall(446, rs, ctypes.c_uint32(0)) == 0
-    os.close(rs)
-    return abi if ok else 0
+_NS_FULL = ("--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private")
 
-root = os.path.realpath(cfg["workdir"])
-if cfg["landlock"] and not _landlock(root):
-    _write(2, b"evolforge-sandbox: Landlock is not available\n")
-    _exit(cfg["exit_setup"])
-if cfg["drop_to"] is not None:
-    os.setgroups([])
-    os.setgid(cfg["drop_to"])
-    os.setuid(cfg["drop_to"])
-os.chdir(root)
 
-def _violation(what):
+def _namespace_options() -> list[tuple[tuple[str, ...], bool]]:
+    """Namespace commands to try, strongest first: (prefix, has pid + mount namespaces)."""
+    if sys.platform != "linux" or not shutil.which("unshare"):
+        return []
+    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+    return [(("unshare", *user, *_NS_FULL, "--"), True), (("unshare", *user, "--net", "--"), False)]
+
+
+def _probe(layers: _Layers) -> bool:
+    """Does a small program that imports from the standard library pass with these layers?"""
     try:
-        _write(2, ("evolforge-sandbox: blocked " + what + "\n").encode())
-    finally:
-        _exit(cfg["exit_blocked"])
-
-def _real(path, dir_fd=None):
-    if isinstance(path, int):  # an already-open descriptor: its opening was checked
-        return None
-    path = os.fsdecode(path)
-    if dir_fd is not None and not os.path.isabs(path):
-        path = os.path.join(os.readlink("/proc/self/fd/" + str(dir_fd)), path)
-    return os.path.realpath(path)
-
-def _inside(path, dir_fd=None):
-    real = _real(path, dir_fd)
-    return real is None or real == root or real.startswith(root + os.sep)
-
-import builtins, io, posix  # os re-exports posix's functions: guard them in both places
-_open = builtins.open
-def _guarded_open(file, mode="r", *args, **kwargs):
-    if any(c in mode for c in "wax+") and not _inside(file):
-        _violation("write to " + repr(file))
-    return _open(file, mode, *args, **kwargs)
-builtins.open = io.open = _guarded_open
-
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_os_open = os.open
-def _guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
-    if flags & _WRITE_FLAGS and not _inside(path, dir_fd):
-        _violation("write to " + repr(path))
-    return _os_open(path, flags, mode, dir_fd=dir_fd)
-os.open = posix.open = _guarded_os_open
-
-def _guard_one(name):  # f(path, ..., dir_fd=None)
-    real = getattr(os, name, None)
-    def guarded(path, *args, **kwargs):
-        if not _inside(path, kwargs.get("dir_fd")):
-            _violation(name + "(" + repr(path) + ")")
-        return real(path, *args, **kwargs)
-    if real is not None:
-        setattr(os, name, guarded)
-        setattr(posix, name, guarded)
-
-def _guard_two(name):  # f(src, dst, ..., src_dir_fd=None, dst_dir_fd=None); symlink's dst uses dir_fd
-    real = getattr(os, name, None)
-    def guarded(src, dst, *args, **kwargs):
-        src_ok = name == "symlink" or _inside(src, kwargs.get("src_dir_fd"))
-        if not (src_ok and _inside(dst, kwargs.get("dst_dir_fd", kwargs.get("dir_fd")))):
-            _violation(name + "(" + repr(src) + ", " + repr(dst) + ")")
-        return real(src, dst, *args, **kwargs)
-    if real is not None:
-        setattr(os, name, guarded)
-        setattr(posix, name, guarded)
-
-for _name in ("remove", "unlink", "rmdir", "mkdir", "chmod", "chown", "lchown", "truncate", "utime",
-              "mkfifo", "mknod", "setxattr", "removexattr"):
-    _guard_one(_name)
-for _name in ("rename", "replace", "link", "symlink"):
-    _guard_two(_name)
-
-def _forbid(module, name):
-    if hasattr(module, name):
-        setattr(module, name, lambda *a, **k: _violation(name))
-
-for _name in ("system", "popen", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execl", "execle",
-              "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp",
-              "spawnlpe", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "_exit"):
-    _forbid(os, _name)
-    _forbid(posix, _name)
-import subprocess
-for _name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-    _forbid(subprocess, _name)
-
-import socket, _socket
-class _NoSocket(socket.socket):
-    def __init__(self, *args, **kwargs):
-        _violation("socket")
-socket.socket = socket.SocketType = _socket.socket = _NoSocket
-for _name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo", "gethostbyname"):
-    _forbid(socket, _name)
-for _name in ("ctypes", "_ctypes", "multiprocessing", "_posixsubprocess"):
-    sys.modules[_name] = None
-
-try:
-    exec(compile(cfg["code"], "<candidate>", "exec"), {"__name__": "candidate", "__builtins__": builtins})
-except MemoryError:
-    _write(2, b"evolforge-sandbox: MemoryError\n")
-    _exit(cfg["exit_memory"])
-except BaseException:  # the program failed: print why, exit non-zero (SystemExit included: no early pass)
-    import traceback
-    traceback.print_exc()
-    sys.stderr.flush()
-    _exit(1)
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-finally:
-    _write(cfg["token_fd"], cfg["token"].encode())
-    _exit(0)
-'''
-
-
-def _probe(prefix: tuple[str, ...], drop_to: int | None, landlock: bool) -> bool:
-    """Does a small program that imports from the standard library run and pass with these settings?"""
-    try:
-        result = _run("import fractions, heapq, json\nassert json.loads('[1]') == [1]", 20.0, 256,
-                      prefix=prefix, drop_to=drop_to, landlock=landlock)
+        result = _run("import fractions, heapq, json\nassert json.loads('[1]') == [1]", None, 20.0, 256,
+                      layers=layers, packages=(), probe=True)
     except OSError:
         return False
+    if not result.passed:
+        log.debug("sandbox probe %s: %s %s", layers, result.status, result.stderr[-500:])
     return result.passed
 
 
-@dataclass(frozen=True)
-class _Layers:
-    prefix: tuple[str, ...]  # command that puts the child in a fresh network namespace, or ()
-    drop_to: int | None  # uid/gid the child switches to (root only)
-    landlock: bool
+_probe_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
 def _layers() -> _Layers:
-    """Probe once per process, each layer with a real run, which OS-level layers this machine offers."""
-    candidates = []
-    if sys.platform == "linux" and shutil.which("unshare"):
+    """Probe once per process, each layer with a real run, which layers this machine offers."""
+    with _probe_lock:
+        none = _Layers((), False, False, False, False, False)
+        layers = next((lay for prefix, full in _namespace_options()
+                       if _probe(lay := _Layers(prefix, full, full, False, False, False))), none)
         if os.geteuid() == 0:
-            candidates.append(("unshare", "-n", "--"))
-        candidates.append(("unshare", "-r", "-n", "--"))  # through a user namespace, for non-root users
-    prefix = next((c for c in candidates if _probe(c, None, landlock=False)), ())
-    # dropping to nobody needs real root (not root inside a user namespace) and a python nobody can read
-    drop_to = NOBODY if os.geteuid() == 0 and "-r" not in prefix and _probe(prefix, NOBODY, False) else None
-    landlock = sys.platform == "linux" and _probe(prefix, None, landlock=True)
-    if not prefix:
-        log.warning("sandbox: no network namespace (unshare unavailable); only Landlock (if any) and the "
-                    "in-process socket guard keep untrusted code offline")
-    if not landlock and drop_to is None:
-        log.warning("sandbox: neither Landlock nor a privilege drop is available; writes outside the working "
-                    "directory are stopped only by the in-process Python guard")
-    return _Layers(prefix, drop_to, landlock)
+            dropped = _Layers(layers.prefix, layers.pid_namespace, layers.mounts, True, False, False)
+            if _probe(dropped):
+                layers = dropped
+        for field in ("landlock", "seccomp"):
+            trial = _Layers(**{**layers.__dict__, field: True})
+            if _probe(trial):
+                layers = trial
+        _warn_weaker(layers)
+        return layers
+
+
+def _warn_weaker(layers: _Layers) -> None:
+    if not layers.prefix:
+        log.warning("sandbox: no namespaces (unshare unavailable or refused): the network is closed only by "
+                    "Landlock/seccomp (if any) and processes are killed by process group only")
+    elif not layers.pid_namespace:
+        log.warning("sandbox: no pid/mount namespace: processes are killed by process group (and by uid when "
+                    "dropped), /proc shows the host's processes, the work directory allows exec")
+    if os.geteuid() == 0 and not layers.drop:
+        log.warning("sandbox: running as root and the drop to an unprivileged uid failed: untrusted code runs "
+                    "as root, held only by the other layers, with no process limit")
+    if not layers.landlock:
+        log.warning("sandbox: no Landlock (Linux >= 5.13): reads and writes outside the work directory are "
+                    "stopped only by %s and the in-process audit hook",
+                    "file permissions of the unprivileged uid" if layers.drop else "nothing at the OS level")
+    if not layers.seccomp:
+        log.warning("sandbox: no seccomp filter: process creation and exec are stopped by the audit hook%s",
+                    " and RLIMIT_NPROC" if layers.drop else "")
 
 
 def isolation() -> dict:
-    """The OS-level layers in use here, for logs and metrics: {"network_namespace", "drop_to_uid", "landlock"}."""
+    """The OS-level layers in use here, for logs and metrics."""
     layers = _layers()
-    return {"network_namespace": " ".join(layers.prefix[:-1]) or None, "drop_to_uid": layers.drop_to,
-            "landlock": layers.landlock}
+    return {"network_namespace": " ".join(layers.prefix[:-1]) or None, "pid_namespace": layers.pid_namespace,
+            "drop_to_uid": f"per-run uid >= {UID_BASE}" if layers.drop else None, "landlock": layers.landlock,
+            "seccomp": layers.seccomp, "env": sorted(ENV_ALLOWED)}
 
 
-def run_untrusted(code: str, timeout_s: float = 10.0, memory_mb: int = 512) -> SandboxResult:
-    """Run ``code`` in a fresh sandboxed interpreter; passed only if it runs to its end within the limits.
+def run_untrusted(code: str, timeout_s: float = 10.0, memory_mb: int = 512, *, tests: str | None = None,
+                  packages: tuple[str, ...] = DEFAULT_PACKAGES) -> SandboxResult:
+    """Run ``code`` (then ``tests``, compiled separately) in a fresh sandboxed interpreter; passed only if the
+    last statement completes within the limits.
 
     ``timeout_s`` is wall-clock seconds for the whole run; ``memory_mb`` caps the address space (MiB), which
-    must leave room for the interpreter itself (about 30 MiB).
+    must leave room for the interpreter itself (about 30 MiB); ``packages`` are the third-party packages the
+    program may import (everything else in site-packages is unreadable).
     """
-    layers = _layers()
-    return _run(code, timeout_s, memory_mb, prefix=layers.prefix, drop_to=layers.drop_to, landlock=layers.landlock)
+    return _run(code, tests, timeout_s, memory_mb, layers=_layers(), packages=packages)
 
 
-def _run(code: str, timeout_s: float, memory_mb: int, *, prefix: tuple[str, ...], drop_to: int | None,
-         landlock: bool) -> SandboxResult:
-    token = secrets.token_hex(16)
-    start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="evolforge-sandbox-") as workdir, tempfile.TemporaryFile() as err:
-        if drop_to is not None:
-            os.chown(workdir, drop_to, drop_to)
-        read_fd, write_fd = os.pipe()
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-               "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cfg = {"code": code, "workdir": workdir, "memory_mb": int(memory_mb), "cpu_s": int(timeout_s) + 1,
-               "drop_to": drop_to, "landlock": landlock, "token": token, "token_fd": write_fd,
-               "exit_blocked": EXIT_BLOCKED, "exit_memory": EXIT_MEMORY, "exit_setup": EXIT_SETUP}
+def _count_processes(uid: int) -> int:
+    n = 0
+    for entry in os.listdir("/proc"):
         try:
-            proc = subprocess.Popen([*prefix, sys.executable, "-I", "-B", "-c", _CHILD], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=err, cwd=workdir, env=env,
-                                    pass_fds=(write_fd,), start_new_session=True)
+            n += entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
+        except OSError:
+            pass
+    return n
+
+
+def _kill_uid(uid: int) -> None:
+    """Kill every process of a run's own uid (used where no pid namespace does it)."""
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _expose_roots() -> list[str]:
+    """The interpreter's trees, which the per-run uid must be able to read."""
+    roots = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix)})
+    return [r for r in roots if not any(r != o and r.startswith(o + os.sep) for o in roots)]
+
+
+def _status(rc: int | None, timed_out: bool, stderr: str) -> str:
+    if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL):  # RLIMIT_CPU ends pid 1 of a namespace by SIGKILL
+        return "timeout"
+    if rc == 0:
+        return "passed"
+    if rc == EXIT_SETUP:
+        return "error"
+    if rc in (EXIT_BLOCKED, -signal.SIGSYS):  # the audit hook, or seccomp killing a fork / exec
+        return "blocked"
+    if rc == EXIT_MEMORY or "MemoryError" in stderr:
+        return "memory"
+    return "failed"
+
+
+def _run(code: str, tests: str | None, timeout_s: float, memory_mb: int, *, layers: _Layers,
+         packages: tuple[str, ...], probe: bool = False, audit: bool = True) -> SandboxResult:
+    start = time.monotonic()
+    uid = UID_BASE + secrets.randbelow(UID_SPAN) if layers.drop else None
+    with tempfile.TemporaryDirectory(prefix="evolforge-sandbox-") as base, tempfile.TemporaryFile() as err:
+        work, stage = os.path.join(base, "work"), os.path.join(base, "stage")
+        os.mkdir(work, 0o700)
+        os.mkdir(stage, 0o700)
+        if uid is not None:
+            os.chmod(base, 0o711)  # the uid may pass through to its work directory, not list the rest
+            os.chown(work, uid, uid)
+        if uid is not None or os.geteuid() == 0:
+            nproc = NPROC
+        else:  # the limit counts all of this user's processes
+            nproc = _count_processes(os.geteuid()) + NPROC
+        cfg = {"code": code, "tests": tests or "", "work": work, "stage": stage, "memory_mb": int(memory_mb),
+               "cpu_s": int(timeout_s) + 1, "nproc": nproc, "drop_to": uid, "expect_uid": uid if probe else None,
+               "expose": _expose_roots(), "mounts": layers.mounts, "landlock": layers.landlock,
+               "seccomp": layers.seccomp, "audit": audit, "packages": list(packages), "exit_blocked": EXIT_BLOCKED,
+               "exit_setup": EXIT_SETUP}
+        env = {**ENV_ALLOWED, "HOME": work, "TMPDIR": work}
+        try:
+            proc = subprocess.Popen([*layers.prefix, sys.executable, "-I", "-B", "-c", CHILD_SOURCE],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=work,
+                                    env=env, start_new_session=True)
         except OSError as e:
-            os.close(read_fd)
-            os.close(write_fd)
             return SandboxResult(False, "error", f"could not start the sandbox: {e}", None, 0.0)
-        os.close(write_fd)
         try:
             proc.communicate(json.dumps(cfg).encode(), timeout=timeout_s)
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
+        finally:  # pass or fail, nothing of the run outlives it
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             proc.wait()
-        os.set_blocking(read_fd, False)  # a stray process that kept the write end must not hang us
-        with os.fdopen(read_fd, "rb") as pipe:
-            finished = (pipe.read(64) or b"").decode(errors="replace") == token
+            if uid is not None:  # the namespace's processes die with its pid 1, but asynchronously: wait for it
+                deadline = time.monotonic() + 5
+                while _count_processes(uid) and time.monotonic() < deadline:
+                    _kill_uid(uid)
+                    time.sleep(0.01)
         err.seek(0)
         stderr = err.read().decode(errors="replace")[-STDERR_TAIL_CHARS:]
+        if uid is not None:  # files the uid created are removed with the directory; make sure we may
+            for root, dirs, _files in os.walk(work):
+                for d in dirs:
+                    try:
+                        os.chmod(os.path.join(root, d), 0o700)
+                    except OSError:
+                        pass
     rc = None if timed_out else proc.returncode
-    if timed_out or rc == -signal.SIGXCPU:
-        status = "timeout"
-    elif rc == EXIT_SETUP:
-        status = "error"
-    elif rc == EXIT_BLOCKED:
-        status = "blocked"
-    elif rc == EXIT_MEMORY or "MemoryError" in stderr:
-        status = "memory"
-    elif rc == 0 and finished:
-        status = "passed"
-    else:
-        status = "failed"
+    status = _status(rc, timed_out, stderr)
     return SandboxResult(status == "passed", status, stderr, rc, round(time.monotonic() - start, 3))

@@ -59,12 +59,13 @@ def _first(results) -> str:
     return results
 
 
-def score_program(program: str) -> float:
-    """1.0 when the program (candidate + tests) runs to its end in the sandbox, else 0.0."""
+def score_program(program: str, tests: str | None = None) -> float:
+    """1.0 when the program, then its tests (compiled on their own, so that the program cannot swallow them
+    into a string or a block), run to their end in the sandbox, else 0.0."""
     if os.environ.get(ALLOW_ENV) != "1":
         raise RuntimeError(f"refusing to execute model-written code: {ALLOW_ENV}=1 is not set "
                            "(evaluate.allow_code_execution is false)")
-    result = run_untrusted(program, timeout_s=float(os.environ.get(TIMEOUT_ENV, "10")),
+    result = run_untrusted(program, tests=tests, timeout_s=float(os.environ.get(TIMEOUT_ENV, "10")),
                            memory_mb=int(os.environ.get(MEMORY_ENV, "512")))
     if not result.passed:
         log.debug("sandbox %s: %s", result.status, result.stderr[-300:])
@@ -72,14 +73,13 @@ def score_program(program: str) -> float:
 
 
 def humaneval_process_results(doc: dict, results: list) -> dict[str, float]:
-    program = f"{_first(results)}\n{doc['test']}\ncheck({doc['entry_point']})\n"
-    return {"pass@1": score_program(program)}
+    tests = f"{doc['test']}\ncheck({doc['entry_point']})\n"
+    return {"pass@1": score_program(_first(results), tests)}
 
 
 def mbpp_process_results(doc: dict, results: list) -> dict[str, float]:
     setup = doc.get("test_setup_code") or ""
-    program = "\n".join([setup, _first(results), *doc["test_list"]]) + "\n"
-    return {"pass@1": score_program(program)}
+    return {"pass@1": score_program(f"{setup}\n{_first(results)}\n", "\n".join(doc["test_list"]) + "\n")}
 
 
 def mbpp_fewshot_samples() -> list[dict]:
