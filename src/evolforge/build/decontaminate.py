@@ -105,8 +105,12 @@ def defined_names(*texts: str) -> set[str]:
 
 def tokens(text: str, names: Iterable[str] = ()) -> list[str]:
     """Word tokens of ``text`` after ``normalize_text``; its own defined names and ``names`` -> placeholder."""
-    norm = normalize_text(text)
-    hide = set(names) | set(_DEFINED.findall(norm))
+    return _tokens_of(normalize_text(text), names)
+
+
+def _tokens_of(norm: str, names: set[str] | frozenset[str] | Iterable[str]) -> list[str]:
+    own = _DEFINED.findall(norm)
+    hide = names if not own else set(names) | set(own)
     return [NAME if t in hide else t for t in _WORD.findall(norm)]
 
 
@@ -297,8 +301,10 @@ def ngram_matches(instructions: Sequence[str], outputs: Sequence[str], problems:
     n_items = len(instructions)
     item_seqs = []
     for q, a in zip(instructions, outputs):
-        names = bench_names | defined_names(q, a)
-        item_seqs += [tokens(q, names), tokens(a, names)]  # sequence 2k: instruction, 2k+1: output
+        q, a = normalize_text(q), normalize_text(a)
+        # a name defined in the output hides its mentions in the instruction too, and the other way round
+        names = bench_names | set(_DEFINED.findall(q)) | set(_DEFINED.findall(a))
+        item_seqs += [_tokens_of(q, names), _tokens_of(a, names)]  # sequence 2k: instruction, 2k+1: output
     items = _Corpus.build(vocab, item_seqs)
     values = vocab.value_array()
 
