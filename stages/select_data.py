@@ -1,28 +1,33 @@
-"""select stage: choose the training set from the scored, judged items and export it for SFT.
+"""select stage: choose the training set from the clean, scored, judged items and export it for SFT.
 (The script is not called select.py: Python puts stages/ first on sys.path, and that name would
 shadow the standard library's select module.)
 
-Reads:  data/responses/, data/judged/, data/scores/, data/diversity/ (MND), params.yaml `select`
-Writes: data/selected/items.parquet (lineage + text + every metric), train.jsonl (TRL conversational
-        prompt/completion), train_alpaca.json (Alpaca), meta.json, README.md + data/train-*.parquet (a Hugging
-        Face dataset card and a `datasets`-loadable copy); metrics/select.json
+Reads:  data/clean/ (deduplicated, decontaminated), data/judged/, data/scores/, data/diversity/ (items.parquet
+        with id, mnd; embeddings.npy for select.diversity_threshold), params.yaml `select` (metric,
+        top_fraction, threshold, ifd_filter, rounds, seed, min_loss_instruction, min_mnd, diversity_threshold)
+        and `card`; data/seed, data/evolved, models/identity.json for the dataset card
+Writes: data/selected/items.parquet (lineage + text + every metric), excluded.parquet (id, round,
+        skip_reason for every item not chosen: a guard such as empty_response, a floor, the budget),
+        train.jsonl (TRL conversational prompt/completion), train_alpaca.json (Alpaca), meta.json,
+        README.md + data/train-*.parquet (a Hugging Face dataset card and a `datasets`-loadable copy);
+        metrics/select.json (items removed per filter, diversity of the selected set)
 """
 
 import argparse
 import dataclasses
 
+from evolforge.build.card import write_card
+from evolforge.build.selection import join_metrics, load_embeddings, select_items, to_alpaca, to_trl
 from evolforge.core import validation
+from evolforge.core.errors import run_stage
 from evolforge.core.params import load_params, load_section
 from evolforge.core.records import read_table, write_json, write_output
-from evolforge.build.card import write_card
-from evolforge.build.selection import join_metrics, select_items, to_alpaca, to_trl
-from evolforge.core.errors import run_stage
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--responses", default="data/responses")
+    ap.add_argument("--items", default="data/clean")
     ap.add_argument("--judged", default="data/judged")
     ap.add_argument("--scores", default="data/scores")
     ap.add_argument("--diversity", default="data/diversity")
@@ -32,17 +37,20 @@ def main() -> None:
 
     params = load_params(args.params)
     cfg = load_section(params, "select")
-    table = join_metrics(read_table(args.responses), {args.judged: read_table(args.judged), args.scores: read_table(args.scores),
-                                                      args.diversity: read_table(args.diversity)})
-
-    chosen, summary = select_items(table, cfg.metric, cfg.top_fraction, cfg.threshold, cfg.ifd_filter, cfg.rounds, cfg.seed)
+    table = join_metrics(read_table(args.items), {args.judged: read_table(args.judged), args.scores: read_table(args.scores),
+                                                  args.diversity: read_table(args.diversity)})
+    chosen, summary, excluded = select_items(table, **dataclasses.asdict(cfg), embeddings=load_embeddings(args.diversity))
     if chosen.height == 0:
-        raise SystemExit(f"select: no item passed metric={summary['metric']} with the given fraction/threshold; nothing to train on")
+        counts = ", ".join(f"{s['filter']} -{s['removed']}" for s in summary["filters"] if s["removed"])
+        raise SystemExit(f"select: nothing to train on: filter '{summary['emptied_by']}' removed the last items "
+                         f"(of {table.height}: {counts}); see params.yaml select and metrics of the earlier stages")
     validation.check(chosen, validation.non_empty_text(["instruction", "output"]) + validation.unique("id"), args.out)
-    write_output(args.out, chosen, meta={"params": dataclasses.asdict(cfg)}, extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
+    write_output(args.out, chosen, meta={"params": dataclasses.asdict(cfg)}, tables={"excluded.parquet": excluded},
+                 extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
     write_card(args.out, ".", params)
     write_json(args.metrics, summary)
-    print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}")
+    print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}; "
+          f"removed per filter {summary['removed_by_filter']}")
 
 
 if __name__ == "__main__":

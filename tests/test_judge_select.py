@@ -68,23 +68,23 @@ def table(n: int = 20) -> pl.DataFrame:
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 1.0])
 def test_top_fraction(fraction):
-    chosen, summary = select_items(table(), "ic_ifd", top_fraction=fraction)
+    chosen, summary, _ = select_items(table(), "ic_ifd", top_fraction=fraction)
     ranked = sorted((k / 10, f"i{k:02d}") for k in range(20) if k != 5)
     expected = [i for _, i in reversed(ranked)][: math.ceil(fraction * 19)]
     assert chosen["id"].to_list() == expected and summary["selected"] == len(expected)
-    assert summary["with_metric"] == 19  # the null IC-IFD is never selected
+    assert summary["removed_by_filter"]["no_metric"] == 1  # the null IC-IFD is never selected
 
 
 def test_threshold_ifd_filter_rounds_and_random():
-    chosen, _ = select_items(table(), "difficulty_score", top_fraction=None, threshold=90)
+    chosen, _, _ = select_items(table(), "difficulty_score", top_fraction=None, threshold=90)
     assert sorted(chosen["difficulty_score"].to_list()) == [90.0 + k for k in range(11)]
-    chosen, summary = select_items(table(), "ifd", top_fraction=1.0, ifd_filter=True)
-    assert chosen["ifd"].max() <= 1.0 and summary["after_ifd_filter"] == 11
-    chosen, _ = select_items(table(), "ic_ifd", top_fraction=1.0, rounds=[2])
+    chosen, summary, _ = select_items(table(), "ifd", top_fraction=1.0, ifd_filter=True)
+    assert chosen["ifd"].max() <= 1.0 and next(s for s in summary["filters"] if s["filter"] == "ifd_above_1")["left"] == 11
+    chosen, _, _ = select_items(table(), "ic_ifd", top_fraction=1.0, rounds=[2])
     assert set(chosen["round"]) == {2}
-    a, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
-    b, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
-    c, _ = select_items(table(), "random", top_fraction=0.3, seed=2)
+    a, _, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
+    b, _, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
+    c, _, _ = select_items(table(), "random", top_fraction=0.3, seed=2)
     assert a["id"].to_list() == b["id"].to_list() != c["id"].to_list() and a.height == 6
     with pytest.raises(ValueError, match="select.metric"):
         select_items(table(), "loss")

