@@ -55,7 +55,7 @@ def test_response_rules(response, reason):
 
 def test_rules_can_be_switched_off():
     assert failures.instruction_failure("Add 2 and 3.", "add 2 and 3.", unchanged=False) is None
-    assert failures.instruction_failure("A", "#Rewritten Prompt#: B", template_words=False) is None
+    assert failures.instruction_failure("A", "#Rewritten Prompt#: Describe B.", template_words=False) is None
     assert failures.response_failure("Sure, which numbers?", rule_f=False) is None
     assert failures.response_failure("I'm sorry.", sorry_short=False) is None
 
@@ -151,12 +151,12 @@ def test_drop_removes_failed_parents(seed_table):
 
 def test_auto_strategy_parses_marker_and_records_missing(seed_table):
     method = "Rewrite it. Reply with #Finally Rewritten Instruction#:"
-    plan = {f"Task number {i}.": f"Step 3 #Rewritten Instruction#: t\nStep 4 #Finally Rewritten Instruction#:\nHarder task {i}."
+    plan = {f"Task number {i}.": f"Step 3 #Rewritten Instruction#: t\nStep 4 #Finally Rewritten Instruction#:\nSolve harder task {i}."
             for i in range(6)}
     plan["Task number 5."] = "Step 1 #Methods List#: none"
     (table, _, summary), fake = run_round(seed_table, 1, EvolveSettings(strategy="auto"), plan, method_text=method)
     assert summary["failed_by_reason"] == {"missing_final_marker": 1}
-    assert table.filter(pl.col("status") == "evolved")["instruction"].to_list() == [f"Harder task {i}." for i in range(5)]
+    assert table.filter(pl.col("status") == "evolved")["instruction"].to_list() == [f"Solve harder task {i}." for i in range(5)]
     assert set(table["method"]) == {"auto"}
     assert all(method in r.messages[-1][1] for r in fake.sent if "#Instruction#:" in r.messages[-1][1])
 
@@ -165,7 +165,7 @@ def test_three_rounds_chain_and_lineage(seed_table, tmp_path, capsys):
     settings = EvolveSettings(strategy="evol", breadth=True, on_failure="keep_parent")
     write_output(tmp_path / "seed", seed_table)
     pool, dirs = seed_table, []
-    plan = {"Task number 0. Explain each step.": ["#Rewritten Prompt#: oops", "Task 0, harder."]}  # round 2 fails for item 0
+    plan = {"Task number 0. Explain each step.": ["#Rewritten Prompt#: oops", "Do task 0, harder."]}  # round 2 fails for item 0
     for k in (1, 2, 3):
         (table, pool, summary), _ = run_round(pool, k, settings, plan)
         assert summary["in"] == summary["evolved"] + summary["failed"] == 6

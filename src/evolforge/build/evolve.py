@@ -9,6 +9,12 @@ Strategies (``evolve.strategy``):
   method) applied to every instruction; the new instruction is parsed from after
   ``#Finally Rewritten Instruction#:`` and a missing marker is a failure.
 
+Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/elimination.md) run in three
+passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
+template words, chatter, repetitive, not an instruction), on the evolver's answer to it (sorry + short,
+stop words only, rule F), then the optional judge checks (not an instruction, information gain).
+The evolver's ``finish_reason`` is kept per row ("length": cut at ``max_tokens``).
+
 Only ``instruction`` is evolved; ``input`` is carried over. Every item that enters a round leaves it as
 exactly one row, ``evolved`` or ``failed`` (with ``failure_reason``), so in = evolved + failed. The pool
 for the next round is the evolved rows plus, with ``on_failure: keep_parent``, the parents of failed ones.
@@ -16,6 +22,7 @@ for the next round is the evolved rows plus, with ``on_failure: keep_parent``, t
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +39,12 @@ from evolforge.build.respond import respond
 IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
 BREADTH = "breadth"
 STRATEGIES = ("evol", "auto", "auto_initial")
-RULES = ("empty", "unchanged", "template_words", "sorry_short", "stopwords_only", "rule_f", "info_gain")
+# rule -> on when params.yaml does not say; the judge checks cost calls and are opt-in
+RULES = {"empty": True, "truncated": True, "unchanged": True, "template_words": True, "chatter": True,
+         "repetitive": True, "not_an_instruction": True, "sorry_short": True, "stopwords_only": True,
+         "rule_f": True, "not_an_instruction_judge": False, "info_gain": False}
+INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
+IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
 METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
 
 
@@ -48,6 +60,7 @@ class EvolveSettings:
     max_tokens: int | None = None
     seed: int = 0
     elimination: dict[str, bool] = field(default_factory=dict)
+    repetition: dict[str, Any] = field(default_factory=dict)  # failures.RepetitionTest thresholds
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> "EvolveSettings":
@@ -57,8 +70,9 @@ class EvolveSettings:
             raise ValueError(f"params.yaml evolve: unknown key(s) {unknown}; expected some of {sorted(known | {'rounds'})}")
         bad_rules = sorted(set(cfg.get("elimination") or {}) - set(RULES))
         if bad_rules:
-            raise ValueError(f"params.yaml evolve.elimination: unknown rule(s) {bad_rules}; rules are {RULES}")
+            raise ValueError(f"params.yaml evolve.elimination: unknown rule(s) {bad_rules}; rules are {list(RULES)}")
         s = cls(**{k: v for k, v in cfg.items() if k in known})
+        failures.RepetitionTest.from_params(s.repetition, "evolve.repetition")  # refuses bad thresholds now
         if s.strategy not in STRATEGIES:
             raise ValueError(f"params.yaml evolve.strategy: {s.strategy!r} is not one of {STRATEGIES}")
         if s.assignment not in ("round_robin", "random"):
@@ -67,8 +81,31 @@ class EvolveSettings:
             raise ValueError(f"params.yaml evolve.on_failure: {s.on_failure!r} is not keep_parent or drop")
         return s
 
-    def rule(self, name: str, default: bool = True) -> bool:
-        return bool(self.elimination.get(name, default))
+    def rule(self, name: str) -> bool:
+        return bool(self.elimination.get(name, RULES[name]))
+
+    @property
+    def repetition_test(self) -> failures.RepetitionTest:
+        return failures.RepetitionTest.from_params(self.repetition, "evolve.repetition")
+
+
+def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> tuple[EvolveSettings, str | None]:
+    """The strategy to evolve with, and why it differs from ``settings.strategy`` (None when it does not).
+
+    Rule: ``strategy: auto`` whose optimize stage found that the evolver cannot follow the method's
+    format (``data/method/meta.json`` ``fallback: evol``, from ``optimize.on_unusable: evol``) evolves
+    with Evol-Instruct's hand-written methods instead of a method that fails (almost) every item.
+
+    >>> resolve_strategy(EvolveSettings(strategy="auto"), {"fallback": "evol", "fallback_reason": "no marker"})[1]
+    'evolve.strategy auto falls back to evol: no marker'
+    """
+    if settings.strategy != "auto" or not method_meta.get("fallback"):
+        return settings, None
+    target = method_meta["fallback"]
+    if target not in STRATEGIES:
+        raise ValueError(f"data/method/meta.json fallback: {target!r} is not one of {STRATEGIES}")
+    reason = method_meta.get("fallback_reason") or "the evolver cannot follow the optimized method's format"
+    return dataclasses.replace(settings, strategy=target), f"evolve.strategy auto falls back to {target}: {reason}"
 
 
 def assign_methods(n: int, round_index: int, assignment: str = "round_robin", breadth: bool = True, seed: int = 0) -> list[str]:
@@ -117,6 +154,12 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
     return [(failures.parse_final_instruction(raw), raw) for raw in raws]
 
 
+def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:
+    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed."""
+    requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}]) for t in texts]
+    return [failures.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
+
+
 def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
     """LLM check: True when the evolved instruction equals its parent (no information gain)."""
     requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}])
@@ -143,18 +186,23 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     # 1. evolve
     requests = [evolver.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
                 for m, it in zip(methods, items)]
-    raws = evolver.complete(requests, desc=f"round {round_index}: evolve")
+    completions = evolver.generate(requests, desc=f"round {round_index}: evolve")
+    raws = [c.text for c in completions]
+    finishes = [c.finish_reason for c in completions]
     candidates = [failures.parse_final_instruction(r) if m in STRATEGIES else r.strip() for m, r in zip(methods, raws)]
 
     # 2. checks on the instruction itself
+    switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
+    repetition = settings.repetition_test
     reasons: list[str | None] = []
-    for m, it, cand in zip(methods, items, candidates):
+    for m, it, cand, finish in zip(methods, items, candidates, finishes):
         if m in STRATEGIES and cand is None:
-            reasons.append(failures.MISSING_MARKER)
+            # a marker that never came because the answer was cut off: the cut is the cause
+            cut = switches["truncated"] and finish == "length"
+            reasons.append(failures.TRUNCATED if cut else failures.MISSING_MARKER)
             continue
-        reasons.append(failures.instruction_failure(
-            it["instruction"], cand, empty=settings.rule("empty"), unchanged=settings.rule("unchanged"),
-            template_words=settings.rule("template_words")))
+        reasons.append(failures.instruction_failure(it["instruction"], cand, finish_reason=finish,
+                                                    repetition=repetition, **switches))
 
     # 3. checks on the evolver's response to the evolved instruction (generated only when a rule needs it)
     responses: list[str | None] = [None] * n
@@ -164,15 +212,23 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         answers = respond(evolver, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
                           desc=f"round {round_index}: check", temperature=0.0, max_tokens=settings.max_tokens, seed=settings.seed)
         for i, answer in zip(alive, answers):
-            responses[i] = answer
-            reasons[i] = failures.response_failure(answer, **response_rules)
+            responses[i] = answer.text
+            reasons[i] = failures.response_failure(answer.text, **response_rules)
 
-    # 4. optional information-gain check with the judge
+    # 4. optional checks with the judge: is it an instruction at all, then does it add anything
+    if (settings.rule("not_an_instruction_judge") or settings.rule("info_gain")) and judge is None:
+        raise ValueError("evolve.elimination.not_an_instruction_judge and info_gain need the judge role")
+    unparsed_instruction = 0
+    alive = [i for i in range(n) if reasons[i] is None]
+    if settings.rule("not_an_instruction_judge") and alive:
+        verdicts = is_instruction_verdicts(judge, prompts, [candidates[i] for i in alive])
+        for i, asks in zip(alive, verdicts):
+            unparsed_instruction += asks is None
+            if asks is False:
+                reasons[i] = failures.JUDGED_NOT_AN_INSTRUCTION
     unparsed_equal = 0
     alive = [i for i in range(n) if reasons[i] is None]
-    if settings.rule("info_gain", False) and alive:
-        if judge is None:
-            raise ValueError("evolve.elimination.info_gain needs the judge role")
+    if settings.rule("info_gain") and alive:
         verdicts = info_gain_verdicts(judge, prompts, [items[i]["instruction"] for i in alive], [candidates[i] for i in alive])
         for i, same in zip(alive, verdicts):
             unparsed_equal += same is None
@@ -181,7 +237,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
 
     rows, next_pool = [], []
     model = evolver.label
-    for it, m, raw, cand, resp, reason in zip(items, methods, raws, candidates, responses, reasons):
+    for it, m, raw, finish, cand, resp, reason in zip(items, methods, raws, finishes, candidates, responses, reasons):
         status = EVOLVED if reason is None else FAILED
         text = cand if cand is not None else ""
         row = {
@@ -189,7 +245,8 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
             "root_id": it["root_id"], "parent_id": it["id"], "round": round_index, "method": m,
             "status": status, "failure_reason": reason,
             "instruction": text, "input": it["input"], "output": "",
-            "parent_instruction": it["instruction"], "raw_output": raw, "check_response": resp,
+            "parent_instruction": it["instruction"], "raw_output": raw, "finish_reason": finish,
+            "check_response": resp,
             "template_hash": template_hash(prompts, m, method_text), "model": model,
         }
         rows.append(row)
@@ -201,6 +258,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     pool_out = _as_pool(next_pool)
     summary = round_summary(table)
     summary["equal_check_unparsed"] = unparsed_equal
+    summary["instruction_check_unparsed"] = unparsed_instruction
     summary["next_pool"] = pool_out.height
     return table, pool_out, summary
 
@@ -208,7 +266,8 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
 ROUND_SCHEMA = {
     "id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": pl.Int32, "method": pl.String,
     "status": pl.String, "failure_reason": pl.String, "instruction": pl.String, "input": pl.String,
-    "output": pl.String, "parent_instruction": pl.String, "raw_output": pl.String, "check_response": pl.String,
+    "output": pl.String, "parent_instruction": pl.String, "raw_output": pl.String, "finish_reason": pl.String,
+    "check_response": pl.String,
     "template_hash": pl.String, "model": pl.String,
 }
 
@@ -229,4 +288,5 @@ def round_summary(table: pl.DataFrame) -> dict:
             pl.col("instruction").str.split(" ").list.len() / pl.col("parent_instruction").str.split(" ").list.len())
         growth = float(ratio.to_series().mean())
     return {"in": table.height, "evolved": evolved.height, "failed": table.height - evolved.height,
-            "failed_by_reason": dict(sorted(reasons.items())), "mean_length_growth": growth}
+            "failed_by_reason": dict(sorted(reasons.items())), "mean_length_growth": growth,
+            "evolver_cut_at_max_tokens": int((table["finish_reason"] == "length").sum())}

@@ -30,6 +30,19 @@ method's rate is measured once and carried (re-scoring it would repeat the same 
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
+Telling the truth about a run (``stop_reason``, :func:`usability`):
+
+- a step whose m answers hold no parseable ```` ```Optimized Method``` ```` block says so in its log
+  (``no_parseable_candidate``). ``stop_reason`` is ``no_parseable_candidate``, never ``patience`` or
+  ``steps``, when no step produced one (nothing was optimized) or when patience ran out over steps that
+  produced none;
+- a method that fails at least ``unusable_failure_rate`` of the development set is one the evolver
+  cannot follow (a small evolver rarely writes the final-instruction marker). The metrics say so for the
+  initial and the resulting method, and ``on_unusable`` decides what evolving with ``strategy: auto``
+  does with an unusable result: ``evol`` falls back to Evol-Instruct's hand-written methods (recorded
+  as ``fallback`` in ``data/method/meta.json``; the evolve stage reads it), ``stop`` stops the stage
+  with the message, ``keep`` evolves with the method anyway.
+
 Trajectory stages whose answer lacks the final-instruction marker keep the raw answer (stripped), as
 the reference code does: the optimizer then sees the broken output it is meant to analyse, and the
 next round evolves that text. Such stages are listed in the step's log (``trajectory_unparsed``).
@@ -59,6 +72,7 @@ INITIAL_TEMPLATES = {"initial": "optimize/initial_method.j2", "weak": "optimize/
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
 SELECTIONS = ("lowest_failure", "no_regression")
+ON_UNUSABLE = ("evol", "stop", "keep")
 
 _OPTIMIZED = re.compile(r"```Optimized Method([\s\S]*?)```")
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
@@ -78,6 +92,8 @@ class OptimizeSettings:
     selection: str = "lowest_failure"
     evolver_temperature: float = 0.0
     seed: int = 0
+    unusable_failure_rate: float = 0.9  # a method failing this share of the dev set or more is unusable
+    on_unusable: str = "evol"  # evol (fall back to hand-written methods) | stop | keep
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> "OptimizeSettings":
@@ -93,6 +109,10 @@ class OptimizeSettings:
         for name in ("candidates", "batch_size", "dev_size", "trajectory_rounds"):
             if int(getattr(s, name)) < 1:
                 raise ValueError(f"params.yaml optimize.{name}: must be at least 1, got {getattr(s, name)!r}")
+        if s.on_unusable not in ON_UNUSABLE:
+            raise ValueError(f"params.yaml optimize.on_unusable: {s.on_unusable!r} is not one of {ON_UNUSABLE}")
+        if not 0.0 < float(s.unusable_failure_rate) <= 1.0:
+            raise ValueError(f"params.yaml optimize.unusable_failure_rate: must be in (0, 1], got {s.unusable_failure_rate!r}")
         if int(s.steps) < 0:
             raise ValueError(f"params.yaml optimize.steps: must be 0 or more, got {s.steps!r}")
         return s
@@ -126,8 +146,11 @@ class OptimizeResult:
     method: str  # the result: the best method (see the selection rules above)
     initial: MethodScore
     best: MethodScore
+    initial_method: str = ""
+    dev_size: int = 0
     log: list[dict] = field(default_factory=list)  # one row per step run
-    stop_reason: str = "steps"  # "steps" | "patience"
+    stop_reason: str = "steps"  # "steps" | "patience" | "no_parseable_candidate" (see the module doc)
+    stopped_early: bool = False  # stopped before ``steps`` steps
 
     @property
     def steps_run(self) -> int:
@@ -187,8 +210,8 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
     evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method,
                                  temperature=temperature, desc=f"{desc}: evolve")
     answered = [(d, parsed) for d, (parsed, _) in zip(dev, evolved) if parsed is not None]
-    responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
-                        desc=f"{desc}: respond", temperature=0.0) if answered else []
+    responses = [c.text for c in respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
+                                         desc=f"{desc}: respond", temperature=0.0)] if answered else []
     missing = len(dev) - len(answered)
     fails = missing + sum(failures.auto_evol_failure(r) for r in responses)
     rate = fails / len(dev)
@@ -241,8 +264,10 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     temperature = settings.evolver_temperature
     current_method = initial_method
     current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0")
-    result = OptimizeResult(method=initial_method, initial=current, best=current)
+    result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
+                            dev_size=len(dev))
     stale = 0  # steps since the best rate last decreased
+    stale_unparsed = 0  # of those, steps whose candidates all failed to parse
     for step in range(1, int(settings.steps) + 1):
         batch = rng.sample(pool, int(settings.batch_size))
         trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
@@ -253,6 +278,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             if c.method is not None:
                 c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
                                      desc=f"step {step} candidate {c.index}")
+        parsed = sum(c.method is not None for c in proposals)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
         if chosen is not None:
@@ -262,6 +288,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             result.method, result.best = current_method, current
         improved = result.best.failure_rate < previous_best
         stale = 0 if improved else stale + 1
+        stale_unparsed = 0 if improved else stale_unparsed + (parsed == 0)
         result.log.append({
             "step": step,
             "method_before": method_before,
@@ -270,15 +297,43 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             "trajectory_unparsed": unparsed,
             "candidates": [dataclasses.asdict(c) for c in proposals],
             "parse_errors": sum(c.parse_error is not None for c in proposals),
+            "parseable_candidates": parsed,
+            "no_parseable_candidate": parsed == 0,
             "chosen": chosen,
             "current_failure_rate": current.failure_rate,
             "best_failure_rate": result.best.failure_rate,
             "improved": improved,
         })
         if settings.patience and stale >= settings.patience:
-            result.stop_reason = "patience"
+            # patience means "candidates were tried and none did better"; steps without one are another story
+            result.stop_reason = "no_parseable_candidate" if stale_unparsed == stale else "patience"
+            result.stopped_early = True
             break
+    if result.log and not any(r["parseable_candidates"] for r in result.log):
+        result.stop_reason = "no_parseable_candidate"  # the steps ran, but the optimizer never wrote a method
     return result
+
+
+def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
+    """Can the evolver follow the initial and the resulting method's format? And what evolving does if not."""
+    limit = float(settings.unusable_failure_rate)
+    initial_ok = result.initial.failure_rate < limit
+    method_ok = result.best.failure_rate < limit
+    out = {"unusable_failure_rate": limit, "initial_method_usable": initial_ok, "method_usable": method_ok,
+           "fallback": None, "message": None}
+    if not method_ok:
+        which = "the initial method" if result.method == result.initial_method else "the optimized method"
+        out["message"] = (
+            f"the evolver cannot follow the evolving method's format: {which} fails "
+            f"{result.best.failures} of {result.dev_size} "
+            f"development items ({result.best.missing_marker} without the final-instruction marker), at or above "
+            f"optimize.unusable_failure_rate {limit}")
+        if settings.on_unusable == "evol":
+            out["fallback"] = "evol"
+            out["message"] += "; evolve.strategy auto falls back to Evol-Instruct's hand-written methods (evol)"
+        elif settings.on_unusable == "keep":
+            out["message"] += "; evolving with it anyway (optimize.on_unusable: keep)"
+    return out
 
 
 def curve(result: OptimizeResult) -> list[dict]:
@@ -289,15 +344,20 @@ def curve(result: OptimizeResult) -> list[dict]:
     return rows
 
 
-def summary(result: OptimizeResult, stats: dict[str, dict[str, int]]) -> dict:
-    """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``."""
+def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: dict | None = None) -> dict:
+    """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``, ``usable`` is :func:`usability`."""
     return {
+        **(usable or {}),
+        "initial_missing_marker": result.initial.missing_marker,
+        "parseable_candidates": sum(r["parseable_candidates"] for r in result.log),
+        "candidates_proposed": sum(len(r["candidates"]) for r in result.log),
+        "optimized": result.method != result.initial_method,
         "skipped": False,
         "initial_failure_rate": result.initial.failure_rate,
         "best_failure_rate": result.best.failure_rate,
         "per_step": curve(result),
         "steps_run": result.steps_run,
-        "stopped_early": result.stop_reason == "patience",
+        "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
         "calls": sum(s["calls"] for s in stats.values()),
         "cache_hits": sum(s["cache_hits"] for s in stats.values()),
