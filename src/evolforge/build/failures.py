@@ -72,14 +72,17 @@ CHATTER_PATTERNS = tuple(re.compile(p) for p in (
 ))
 
 # not_an_instruction (this project): words that open a request. A text asks for something when it has
-# a question mark, a sentence (or the clause after a leading "To ..., " / "Given ..., ") that opens with
-# one of these, or a first-person request ("I need ..."). Everything else reads as an answer or a statement.
-REQUEST_OPENERS = frozenset("""
+# a question mark, a sentence that opens with a request word or an imperative verb, a clause after a
+# leading phrase ("Given a list, find ...") that opens with an imperative verb, or a first-person request
+# ("I need ..."). Everything else reads as an answer or a statement.
+REQUEST_WORDS = frozenset("""
 please can could would will should is are am do does did how what why which who whom whose when where
-given imagine suppose assume pretend let let's consider act
-add adapt adjust analyze analyse answer apply argue arrange assess brainstorm break build calculate
+given imagine suppose assume pretend let let's
+""".split())
+IMPERATIVE_VERBS = frozenset("""
+act add adapt adjust analyze analyse answer apply argue arrange assess brainstorm break build calculate
 categorize categorise change check choose cite clarify classify combine compare compile complete compose
-compute condense construct contrast convert correct count craft create critique debug decide define
+compute condense consider construct contrast convert correct count craft create critique debug decide define
 demonstrate derive describe design detail detect determine develop devise diagnose discuss draft draw
 edit elaborate enumerate estimate evaluate examine explain explore express extract fill find fix format
 formulate generate give guess help highlight identify illustrate implement improve infer insert
@@ -197,13 +200,22 @@ def asks_something(text: str) -> bool:
     if "?" in text or REQUEST_PHRASES.search(text.lower()):
         return True
     for sentence in _SENTENCES.split(text):
-        clauses = [c.strip(_LEAD) for c in sentence.split(",")]
-        # the first clause, or the one after a leading "To ..., " / "Given ..., " / "In ..., " phrase
-        for clause in clauses[:2]:
-            words = clause.split()
-            if words and words[0].lower().strip(_LEAD) in REQUEST_OPENERS:
-                return True
+        clauses = [_first_word(c) for c in sentence.split(",")]
+        if clauses[0] in REQUEST_WORDS or clauses[0] in IMPERATIVE_VERBS:
+            return True
+        # "In a world of leaves, write ..." -- but not "..., when the calendar adds ..."
+        if len(clauses) > 1 and clauses[1] in IMPERATIVE_VERBS:
+            return True
     return False
+
+
+def _first_word(clause: str) -> str:
+    """The clause's first word, lower-case, past bullets, quotes and markdown."""
+    for word in clause.split():
+        word = word.lower().strip(_LEAD)
+        if word:
+            return word
+    return ""
 
 
 def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str | None = None,
