@@ -18,11 +18,12 @@ from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
 from evolforge.core.params import load_params, section
-from evolforge.build.evolve import EvolveSettings, evolve_round, resolve_strategy
+from evolforge.build.evolve import IS_INSTRUCTION_TEMPLATE, EvolveSettings, evolve_round, resolve_strategy
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
 
 POOL = "pool.parquet"
+JUDGE_TEMPLATES = ("judge/equal.j2", IS_INSTRUCTION_TEMPLATE)  # the judge checks' prompts
 
 
 def read_pool(src: Path) -> pl.DataFrame:
@@ -79,7 +80,8 @@ def main() -> None:
                    calls=evolver.stats["calls"] + (judge.stats["calls"] if judge else 0),
                    cache_hits=evolver.stats["cache_hits"] + (judge.stats["cache_hits"] if judge else 0))
     meta = {"round": args.round, "index": index, "model": evolver.label, "model_identity": evolver.identity,
-            "template_hashes": {n: prompts.hash(n) for n in prompts.names if n.startswith(("evolve/", "respond/", "optimize/evolve"))},
+            "template_hashes": {n: prompts.hash(n) for n in prompts.names
+                                if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},
             "method_text": text, "settings": dataclasses.asdict(settings), "requested_strategy": requested,
             "fallback": fallback}
     write_output(args.out, table, meta=meta, tables={POOL: next_pool})

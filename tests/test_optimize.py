@@ -448,7 +448,7 @@ def test_a_method_the_evolver_cannot_follow_is_unusable():
     assert found["initial_method_usable"] is False and found["method_usable"] is False
     assert found["fallback"] == "evol"
     assert "cannot follow the evolving method's format" in found["message"]
-    assert "fails 4 of 4 development items (4 without the final-instruction marker)" in found["message"]
+    assert "fails 4 of 4 development items (4 without the final-instruction marker, 0 answers cut" in found["message"]
     assert usability(r.result, OptimizeSettings(on_unusable="keep"))["fallback"] is None
     # a usable method: no message, no fallback
     fine = run(lambda current, j: UNPARSEABLE, initial="m0 fails=1", steps=1)
@@ -498,3 +498,11 @@ def test_stage_stops_on_an_unusable_method_when_asked(tmp_path):
     with pytest.raises(SystemExit, match="on_unusable: stop.*cannot follow"):
         stage.main(argv)
     assert not (out / "method").exists()  # nothing that looks like a finished output
+
+
+def test_dev_answers_cut_at_max_tokens_are_counted():
+    from evolforge.llm import Completion
+
+    cut = FakeBackend(lambda request: Completion("Step 1 #Methods List#:\n#1.\n#2.\n#3.", "length"))
+    result = score_method(LLM(cut, None, role=EVOLVER_ROLE), PROMPTS, items(4), "initial", temperature=0.0)
+    assert (result.failure_rate, result.missing_marker, result.cut_at_max_tokens) == (1.0, 4, 4)

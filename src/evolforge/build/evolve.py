@@ -26,7 +26,7 @@ import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -143,15 +143,23 @@ def template_hash(prompts: PromptLibrary, method: str, method_text: str | None =
     return make_id(prompts.hash(METHOD_TEMPLATE), method_text)
 
 
+class Evolution(NamedTuple):
+    """One instruction evolved with a method text."""
+
+    instruction: str | None  # parsed after the final-instruction marker; None when it is missing
+    raw: str  # the evolver's whole answer
+    finish_reason: str | None  # "length": the answer stopped at max_tokens
+
+
 def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                       seed: int | None = None, desc: str = "evolve") -> list[tuple[str | None, str]]:
-    """Apply one evolving method to each instruction; returns (parsed instruction or None, raw answer)."""
+                       seed: int | None = None, desc: str = "evolve") -> list[Evolution]:
+    """Apply one evolving method to each instruction."""
     requests = [llm.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
                 for i in instructions]
-    raws = llm.complete(requests, desc=desc)
-    return [(failures.parse_final_instruction(raw), raw) for raw in raws]
+    return [Evolution(failures.parse_final_instruction(c.text), c.text, c.finish_reason)
+            for c in llm.generate(requests, desc=desc)]
 
 
 def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:

@@ -127,6 +127,7 @@ class MethodScore:
     missing_marker: int  # evolved answers without #Finally Rewritten Instruction#
     success: float  # 1 - failure_rate
     score: float  # success x mean response chars / mean evolved-instruction chars (reference code)
+    cut_at_max_tokens: int = 0  # evolved answers that stopped at max_tokens (the usual cause of a missing marker)
 
 
 @dataclass
@@ -196,7 +197,7 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
     for r in range(1, rounds + 1):
         results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
                                      desc=f"trajectory round {r}")
-        for case, (parsed, raw) in zip(cases, results):
+        for case, (parsed, raw, _) in zip(cases, results):
             if parsed is None:
                 unparsed.append({"id": case["id"], "round": r})
             case[f"stage{r}"] = parsed if parsed is not None else raw.strip()
@@ -209,7 +210,7 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
     """Evolve the development set with ``method``, answer each evolved instruction, count F failures."""
     evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method,
                                  temperature=temperature, desc=f"{desc}: evolve")
-    answered = [(d, parsed) for d, (parsed, _) in zip(dev, evolved) if parsed is not None]
+    answered = [(d, e.instruction) for d, e in zip(dev, evolved) if e.instruction is not None]
     responses = [c.text for c in respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
                                          desc=f"{desc}: respond", temperature=0.0)] if answered else []
     missing = len(dev) - len(answered)
@@ -221,7 +222,7 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
         mean_response = sum(len(r) for r in responses) / len(responses)
         ratio = mean_response / mean_instruction if mean_instruction else 0.0
     return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing, success=1.0 - rate,
-                       score=(1.0 - rate) * ratio)
+                       score=(1.0 - rate) * ratio, cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved))
 
 
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
@@ -326,7 +327,8 @@ def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
         out["message"] = (
             f"the evolver cannot follow the evolving method's format: {which} fails "
             f"{result.best.failures} of {result.dev_size} "
-            f"development items ({result.best.missing_marker} without the final-instruction marker), at or above "
+            f"development items ({result.best.missing_marker} without the final-instruction marker, "
+            f"{result.best.cut_at_max_tokens} answers cut at max_tokens), at or above "
             f"optimize.unusable_failure_rate {limit}")
         if settings.on_unusable == "evol":
             out["fallback"] = "evol"
@@ -349,6 +351,7 @@ def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: di
     return {
         **(usable or {}),
         "initial_missing_marker": result.initial.missing_marker,
+        "initial_cut_at_max_tokens": result.initial.cut_at_max_tokens,
         "parseable_candidates": sum(r["parseable_candidates"] for r in result.log),
         "candidates_proposed": sum(len(r["candidates"]) for r in result.log),
         "optimized": result.method != result.initial_method,
