@@ -139,6 +139,8 @@ def test_parse_is_instruction(text, expected):
     ("Using Python, implement a binary search.", True),
     ("The capital of France is Paris, which lies on the Seine.", False),
     ("Leap years exist, given that the orbit takes 365.25 days.", False),
+    ("When water boils, it turns into steam.", False),
+    ("Given a list of numbers, find the largest.", True),
 ])
 def test_asks_something(text, asks):
     assert failures.asks_something(text) is asks

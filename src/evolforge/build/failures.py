@@ -75,9 +75,9 @@ CHATTER_PATTERNS = tuple(re.compile(p) for p in (
 # a question mark, a sentence that opens with a request word or an imperative verb, a clause after a
 # leading phrase ("Given a list, find ...") that opens with an imperative verb, or a first-person request
 # ("I need ..."). Everything else reads as an answer or a statement.
+# (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
 REQUEST_WORDS = frozenset("""
-please can could would will should is are am do does did how what why which who whom whose when where
-given imagine suppose assume pretend let let's
+please can could would will should is are am do does did how what why imagine suppose assume pretend let let's
 """.split())
 IMPERATIVE_VERBS = frozenset("""
 act add adapt adjust analyze analyse answer apply argue arrange assess brainstorm break build calculate
