@@ -1,13 +1,15 @@
 """evolve stage (one DVC stage per round): evolve the pool of the previous round once.
 
-Reads:  --src (data/seed, or data/evolved/round_{k-1}), data/method/method.txt (strategies auto, auto_initial),
-        params.yaml `evolve`, roles `evolver` (and `judge` for the info-gain check)
+Reads:  --src (data/seed, or data/evolved/round_{k-1}), data/method/method.txt and meta.json beside it
+        (strategies auto, auto_initial: the method; auto: the optimize stage's `fallback` when the evolver
+        cannot follow it), params.yaml `evolve`, roles `evolver` (and `judge` for the judge checks)
 Writes: data/evolved/<round>/ items.parquet (one row per item in: evolved or failed, with reason),
         pool.parquet (what the next round evolves), meta.json; metrics/evolve/<round>.json
 """
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 import polars as pl
@@ -15,13 +17,15 @@ import polars as pl
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
-from evolforge.core.params import ParamsError, load_params, load_section, section
-from evolforge.build.evolve import EvolveSettings, evolve_round, method_text
+from evolforge.core.params import ParamsError, load_params, load_section
+from evolforge.build.evolve import IS_INSTRUCTION_TEMPLATE, evolve_round, method_text, resolve_strategy
+from evolforge.core.settings import EvolveSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
 from evolforge.core.errors import run_stage
 
 POOL = "pool.parquet"
+JUDGE_TEMPLATES = ("judge/equal.j2", IS_INSTRUCTION_TEMPLATE)  # the judge checks' prompts
 
 
 def read_pool(src: Path) -> pl.DataFrame:
@@ -43,30 +47,40 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = section(params, "evolve")
-    settings = EvolveSettings.from_params(cfg)
-    rounds = load_section(params, "evolve").rounds
+    section = load_section(params, "evolve")
+    rounds = section.rounds
+    settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
     if args.round not in rounds:
         raise ParamsError([f"evolve.rounds: no round named {args.round!r} (rounds: {', '.join(rounds)})"], args.params)
     index = rounds[args.round]["index"]
     prompts = PromptLibrary(args.prompts)
     pool = read_pool(Path(args.src))
+    requested = settings.strategy
+    method_meta = Path(args.method).with_name("meta.json")
+    settings, fallback = resolve_strategy(settings, json.loads(method_meta.read_text(encoding="utf-8"))
+                                          if requested == "auto" and method_meta.exists() else {})
+    if fallback:
+        print(f"{args.round}: {fallback}")
     text = method_text(settings.strategy, Path(args.method))
 
     cache = open_cache(params)
     evolver = open_role(params, "evolver", cache)
-    judge = open_role(params, "judge", cache) if settings.rule("info_gain", False) else None
+    needs_judge = settings.rule("info_gain") or settings.rule("not_an_instruction_judge")
+    judge = open_role(params, "judge", cache) if needs_judge else None
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver,
         method_text=text, judge=judge)
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
 
-    summary.update(round=args.round, index=index, strategy=settings.strategy,
+    summary.update(round=args.round, index=index, strategy=settings.strategy, requested_strategy=requested,
+                   fallback=fallback,
                    calls=evolver.stats["calls"] + (judge.stats["calls"] if judge else 0),
                    cache_hits=evolver.stats["cache_hits"] + (judge.stats["cache_hits"] if judge else 0))
     meta = {"round": args.round, "index": index, "model": evolver.label, "model_identity": evolver.identity,
-            "template_hashes": {n: prompts.hash(n) for n in prompts.names if n.startswith(("evolve/", "respond/", "optimize/evolve"))},
-            "method_text": text, "settings": dataclasses.asdict(settings)}
+            "template_hashes": {n: prompts.hash(n) for n in prompts.names
+                                if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},
+            "method_text": text, "settings": dataclasses.asdict(settings), "requested_strategy": requested,
+            "fallback": fallback}
     write_output(args.out, table, meta=meta, tables={POOL: next_pool})
     write_json(args.metrics, summary)
     print(f"{args.round}: {summary['in']} in, {summary['evolved']} evolved, {summary['failed']} failed "

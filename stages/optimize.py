@@ -3,12 +3,15 @@
 Reads:  data/seed (id, instruction, input), params.yaml `optimize` (initial_method, steps, candidates,
         batch_size, dev_size, trajectory_rounds, patience, selection, evolver_temperature, seed),
         `evolve.strategy`, roles `evolver` and `optimizer`, `cache.path`, prompts/optimize/*.j2,
-        prompts/respond/response.j2
-Writes: data/method/ (method.txt: the method to evolve with; log.jsonl: one row per step; meta.json),
-        metrics/optimize.json, metrics/plots/optimize.json (step, failure_rate, best_failure_rate)
+        prompts/respond/response.j2; `optimize.unusable_failure_rate`, `optimize.on_unusable`
+Writes: data/method/ (method.txt: the method to evolve with; log.jsonl: one row per step; meta.json,
+        whose `fallback` is "evol" when the evolver cannot follow the method's format and
+        on_unusable is evol), metrics/optimize.json, metrics/plots/optimize.json
+        (step, failure_rate, best_failure_rate)
 
 With evolve.strategy other than `auto` the stage costs nothing: method.txt is the initial method, the
-log is empty, and no model is loaded or called. Logic: src/evolforge/optimize.py.
+log is empty, and no model is loaded or called. With on_unusable `stop`, an unusable method stops the
+stage with a message. Logic: src/evolforge/build/optimize.py.
 """
 
 import argparse
@@ -21,7 +24,7 @@ from evolforge.llm import open_role
 from evolforge.core.params import load_params, load_section
 from evolforge.build.evolve import METHOD_TEMPLATE
 from evolforge.build.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE,
-                                initial_method_text, optimize_method, split_dev_pool, summary)
+                                initial_method_text, optimize_method, split_dev_pool, summary, usability)
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import atomic_dir, read_table, write_json, write_jsonl
 from evolforge.build.respond import RESPONSE_TEMPLATE
@@ -76,14 +79,21 @@ def main(argv: list[str] | None = None) -> None:
     models = open_models(params)
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng, **models)
 
-    meta.update(skipped=False, dev_ids=[d["id"] for d in dev],
+    usable = usability(result, settings)
+    if usable["message"]:
+        print(f"optimize: {usable['message']}")
+    if not usable["method_usable"] and settings.on_unusable == "stop":
+        raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unusable: stop): {usable['message']}")
+    meta.update(skipped=False, dev_ids=[d["id"] for d in dev], fallback=usable["fallback"],
+                fallback_reason=usable["message"] if usable["fallback"] else None,
                 models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})
     write_method(args.out, result.method, result.log, meta)
-    metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats})
+    metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats}, usable)
     write_json(args.metrics, metrics)
     write_json(args.plot, metrics["per_step"])
     print(f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
-          f"in {result.steps_run} step(s) ({result.stop_reason}) -> {Path(args.out) / 'method.txt'}")
+          f"in {result.steps_run} step(s) ({result.stop_reason}; {metrics['parseable_candidates']} of "
+          f"{metrics['candidates_proposed']} candidates parsed) -> {Path(args.out) / 'method.txt'}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Reads:  data/evolved/<round>/ for each round in params.yaml `respond.rounds` (data/seed when include_seed),
         params.yaml `respond`, roles `responder`
-Writes: data/responses/items.parquet (lineage + instruction, input, output), meta.json; metrics/respond.json
+Writes: data/responses/items.parquet (lineage + instruction, input, output, response_status,
+        response_finish_reason, instruction_finish_reason), meta.json;
+        metrics/respond.json (items, responses per response_status, calls, cache hits, items per round)
 """
 
 import argparse
@@ -14,7 +16,8 @@ from evolforge.llm import open_role
 from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, write_json, write_output
-from evolforge.build.respond import RESPONSE_TEMPLATE, answer, gather
+from evolforge.build.evolve import repetition_test
+from evolforge.build.respond import RESPONSE_TEMPLATE, answer, gather, status_counts
 from evolforge.core.errors import run_stage
 
 
@@ -35,16 +38,19 @@ def main() -> None:
 
     prompts = PromptLibrary(args.prompts)
     llm = open_role(params, "responder", open_cache(params))
-    table = answer(items, llm, prompts, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
-    validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), args.out)
+    table = answer(items, llm, prompts, repetition=repetition_test(cfg.repetition),
+                   temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+    validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
+                     + validation.unique("id"), args.out)
 
-    empty = int((table["output"].str.strip_chars() == "").sum())
-    metrics = {"items": table.height, "empty_responses": empty, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+    statuses = status_counts(table)
+    metrics = {"items": table.height, "response_status": statuses, "empty_responses": statuses["empty"],
+               "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
                "per_round": {str(k): v for k, v in zip(*table["round"].value_counts(sort=True).to_dict(as_series=False).values())}}
     write_output(args.out, table, meta={"model": llm.label, "model_identity": llm.identity,
                                         "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": dataclasses.asdict(cfg)})
     write_json(args.metrics, metrics)
-    print(f"respond: {table.height} responses ({empty} empty); {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits")
+    print(f"respond: {table.height} responses {statuses}; {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.build.decontaminate import (DecontamConfig, Problem, decontaminate, hub_problems, load_problems,
+from evolforge.build.decontaminate import (DecontaminateSettings, Problem, decontaminate, hub_problems, load_problems,
                                            ngram_matches, offline_problems, tokens)
 from evolforge.eval.tasks.offline_data import GSM8K, MBPP
 
@@ -53,11 +53,11 @@ NEAR_MISSES = [
 
 @pytest.fixture(scope="module")
 def problems() -> list[Problem]:
-    found, notes = load_problems(TASKS, "offline", DecontamConfig())
+    found, notes = load_problems(TASKS, "offline", DecontaminateSettings())
     return found
 
 
-def flag(problems, instructions, outputs=None, config=DecontamConfig()):
+def flag(problems, instructions, outputs=None, config=DecontaminateSettings()):
     outputs = outputs or [""] * len(instructions)
     return [None if m is None else (problems[m.problem].benchmark, problems[m.problem].problem_id, m.field)
             for m in ngram_matches(instructions, outputs, problems, config)]
@@ -89,7 +89,7 @@ def test_thirteen_tokens_flag_and_twelve_do_not(problems):
     assert flag(problems, [" ".join(words[:12]) + " and then something else entirely"]) == [None]
     assert flag(problems, [" ".join(words[:13]) + " and then something else entirely"]) == [("gsm8k", "offline/2", "instruction")]
     # a shorter n-gram setting catches the twelve
-    assert flag(problems, [" ".join(words[:12])], config=DecontamConfig(ngram=12)) == [("gsm8k", "offline/2", "instruction")]
+    assert flag(problems, [" ".join(words[:12])], config=DecontaminateSettings(ngram=12)) == [("gsm8k", "offline/2", "instruction")]
 
 
 def test_tokens_hide_defined_names_and_ignore_layout():
@@ -101,7 +101,7 @@ def test_boilerplate_ngrams_are_ignored():
     shared = "the quick brown fox jumps over the lazy dog near the old river bank today"
     probs = [Problem("gsm8k", f"p{k}", "offline", (f"{shared} question {k}",), f"{shared} question {k}") for k in range(3)]
     assert flag(probs, [shared]) == [None]  # in 3 problems: boilerplate
-    assert flag(probs, [shared], config=DecontamConfig(boilerplate_problems=4))[0][0] == "gsm8k"
+    assert flag(probs, [shared], config=DecontaminateSettings(boilerplate_problems=4))[0][0] == "gsm8k"
 
 
 def test_decontaminate_table_and_embedding_check(problems):
@@ -120,7 +120,7 @@ def test_decontaminate_table_and_embedding_check(problems):
         return np.array([[1.0, 0.0] if ("lighthouse" in t.lower()) else [0.0, 1.0] if t == "Name a colour." else [0.6, -0.8]
                          for t in texts])
 
-    out, metrics = decontaminate(table, problems, DecontamConfig(embedding_threshold=0.95), embed)
+    out, metrics = decontaminate(table, problems, DecontaminateSettings(embedding_threshold=0.95), embed)
     assert out["contamination_reason"].to_list() == ["ngram_overlap", None, "embedding_similarity"]
     assert out["contamination_benchmark"][2] == "ifeval" and out["contamination_similarity"][2] == pytest.approx(1.0)
     assert any(p.prompt == lighthouse and p.problem_id == out["contamination_problem_id"][2] for p in problems)
@@ -139,5 +139,5 @@ def test_hub_sets_load_or_leave_a_note():
 
     found, notes = hub_problems(["gsm8k"], cached_load)
     assert [(p.benchmark, p.problem_id, p.source) for p in found] == [("gsm8k", "test/0", "hub"), ("gsm8k", "test/1", "hub")]
-    found, notes = load_problems(["gsm8k"], "hub", DecontamConfig(), offline_load)
+    found, notes = load_problems(["gsm8k"], "hub", DecontaminateSettings(), offline_load)
     assert len(found) == len(offline_problems(["gsm8k"])) and "could not be loaded" in notes[0]

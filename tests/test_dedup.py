@@ -10,7 +10,7 @@ import unicodedata
 import polars as pl
 import pytest
 
-from evolforge.build.dedup import EXACT, NEAR, DedupConfig, dedup_table, find_duplicates, item_text, survival_order
+from evolforge.build.dedup import EXACT, NEAR, DedupSettings, dedup_table, find_duplicates, item_text, survival_order
 from evolforge.core.text import normalize_text
 from evolforge.core.params import ParamsError, load_section
 
@@ -63,7 +63,7 @@ def test_minhash_matches_brute_force(threshold, size):
     order = list(range(len(texts)))
     random.Random(1).shuffle(order)
     expected = brute_force(texts, order, threshold, size)
-    found = find_duplicates([normalize_text(t) for t in texts], order, DedupConfig(threshold=threshold, shingle_size=size))
+    found = find_duplicates([normalize_text(t) for t in texts], order, DedupSettings(threshold=threshold, shingle_size=size))
     got = {i: j for i, j in enumerate(found.duplicate_of) if j is not None}
     near = [i for i, j in expected.items() if normalize_text(texts[i]) != normalize_text(texts[j])]
     assert len(expected) > 60 and near  # the planted copies and variants are there to be found

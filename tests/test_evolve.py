@@ -8,10 +8,12 @@ from collections import Counter
 import polars as pl
 import pytest
 
+from evolforge.core.params import ParamsError, load_section
+
 from evolforge.build import failures
-from evolforge.build.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round
+from evolforge.build.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round, method_text, repetition_test, resolve_strategy
 from evolforge.build.lineage import chain, format_chain
-from evolforge.llm import LLM, Role
+from evolforge.llm import LLM, Completion, Role
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import make_id, write_output
@@ -58,7 +60,7 @@ def test_response_rules(response, reason):
 
 def test_rules_can_be_switched_off():
     assert failures.instruction_failure("Add 2 and 3.", "add 2 and 3.", unchanged=False) is None
-    assert failures.instruction_failure("A", "#Rewritten Prompt#: B", template_words=False) is None
+    assert failures.instruction_failure("A", "#Rewritten Prompt#: Describe B.", template_words=False) is None
     assert failures.response_failure("Sure, which numbers?", rule_f=False) is None
     assert failures.response_failure("I'm sorry.", sorry_short=False) is None
 
@@ -172,12 +174,12 @@ def test_drop_removes_failed_parents(seed_table):
 
 def test_auto_strategy_parses_marker_and_records_missing(seed_table):
     method = "Rewrite it. Reply with #Finally Rewritten Instruction#:"
-    plan = {f"Task number {i}.": f"Step 3 #Rewritten Instruction#: t\nStep 4 #Finally Rewritten Instruction#:\nHarder task {i}."
+    plan = {f"Task number {i}.": f"Step 3 #Rewritten Instruction#: t\nStep 4 #Finally Rewritten Instruction#:\nSolve harder task {i}."
             for i in range(6)}
     plan["Task number 5."] = "Step 1 #Methods List#: none"
     (table, _, summary), fake = run_round(seed_table, 1, EvolveSettings(strategy="auto"), plan, method_text=method)
     assert summary["failed_by_reason"] == {"missing_final_marker": 1}
-    assert table.filter(pl.col("status") == "evolved")["instruction"].to_list() == [f"Harder task {i}." for i in range(5)]
+    assert table.filter(pl.col("status") == "evolved")["instruction"].to_list() == [f"Solve harder task {i}." for i in range(5)]
     assert set(table["method"]) == {"auto"}
     assert all(method in r.messages[-1][1] for r in fake.sent if "#Instruction#:" in r.messages[-1][1])
 
@@ -186,7 +188,7 @@ def test_three_rounds_chain_and_lineage(seed_table, tmp_path, capsys):
     settings = EvolveSettings(strategy="evol", breadth=True, on_failure="keep_parent")
     write_output(tmp_path / "seed", seed_table)
     pool, dirs = seed_table, []
-    plan = {"Task number 0. Explain each step.": ["#Rewritten Prompt#: oops", "Task 0, harder."]}  # round 2 fails for item 0
+    plan = {"Task number 0. Explain each step.": ["#Rewritten Prompt#: oops", "Do task 0, harder."]}  # round 2 fails for item 0
     for k in (1, 2, 3):
         (table, pool, summary), _ = run_round(pool, k, settings, plan)
         assert summary["in"] == summary["evolved"] + summary["failed"] == 6
@@ -218,27 +220,21 @@ def test_lineage_cli(seed_table, tmp_path, capsys):
     assert "round 0" in out and "round 1" in out and table["instruction"][0] in out
 
 
-def test_stage_method_text_per_strategy(repo, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evolve_stage", repo / "stages/evolve.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    prompts = PromptLibrary(repo / "prompts")
+def test_method_text_per_strategy(tmp_path):
+    """auto and auto_initial read the method the optimize stage wrote (optimized, or the initial one);
+    evol uses the hand-written methods."""
     method_file = tmp_path / "method.txt"
     method_file.write_text("An optimized method.\n")
-    assert stage.method_text("auto", method_file, prompts, "initial") == "An optimized method."
-    assert stage.method_text("auto_initial", method_file, prompts, "initial") == prompts.render("optimize/initial_method.j2")
-    assert stage.method_text("auto_initial", method_file, prompts, "weak") == prompts.render("optimize/weak_method.j2")
-    assert stage.method_text("evol", method_file, prompts, "initial") is None
+    assert method_text("auto", method_file) == method_text("auto_initial", method_file) == "An optimized method."
+    assert method_text("evol", method_file) is None
 
 
 def test_unknown_evolve_settings_are_refused():
     with pytest.raises(ValueError, match="unknown key"):
-        EvolveSettings.from_params({"strategy": "evol", "temprature": 0.5})
+        load_section({"evolve": {"strategy": "evol", "temprature": 0.5}}, "evolve")
     with pytest.raises(ValueError, match="evolve.elimination.rule_F: unknown key; did you mean `rule_f`"):
-        EvolveSettings.from_params({"elimination": {"rule_F": False}})
-    assert EvolveSettings.from_params({"strategy": "auto", "rounds": {}}).temperature is None
+        load_section({"evolve": {"elimination": {"rule_F": False}}}, "evolve")
+    assert load_section({"evolve": {"strategy": "auto", "rounds": {}}}, "evolve").temperature is None
 
 
 def test_kept_parent_gets_a_fresh_attempt_next_round(seed_table):
@@ -249,3 +245,154 @@ def test_kept_parent_gets_a_fresh_attempt_next_round(seed_table):
     evolve_5 = [r for r in second.sent if "#The Given Prompt#" in r.messages[-1][1]]
     assert [r.messages for r in evolve_1] == [r.messages for r in evolve_5]  # same prompts...
     assert {r.sample_index for r in evolve_1} == {1} and {r.sample_index for r in evolve_5} == {5}  # ...new samples
+
+
+# --- real-output rules in a round: a fake evolver whose replies end at max_tokens ----------------
+
+def test_replies_cut_at_max_tokens_fail_as_truncated_and_keep_their_finish_reason(seed_table):
+    plan = {
+        "Task number 1.": Completion("Explain task number 1 in three steps and", "length"),
+        "Task number 2.": "What would you like me to rewrite?",
+        "Task number 3.": "Task number 3 is a simple task that everyone can do.",
+        "Task number 4.": Completion("Describe " + " ".join(["Method:"] * 12), "stop"),
+    }
+    settings = EvolveSettings(strategy="evol", breadth=False)
+    (table, pool, summary), fake = run_round(seed_table, 1, settings, plan)
+    reasons = dict(zip(table["parent_instruction"], table["failure_reason"]))
+    assert reasons == {"Task number 0.": None, "Task number 1.": "truncated_at_max_tokens",
+                       "Task number 2.": "asks_user_for_input", "Task number 3.": "not_an_instruction",
+                       "Task number 4.": "repetitive", "Task number 5.": None}
+    finish = dict(zip(table["parent_instruction"], table["finish_reason"]))
+    assert finish["Task number 1."] == "length" and finish["Task number 0."] == "stop"
+    assert summary["evolver_cut_at_max_tokens"] == 1
+    assert summary["failed_by_reason"]["truncated_at_max_tokens"] == 1
+    checked = [r.messages[-1][1] for r in fake.sent if r.messages[-1][1].startswith("Given the following")]
+    assert len(checked) == 2 and not any("task number 1 in three steps" in c for c in checked)  # no answer to a cut text
+
+    lenient = EvolveSettings(strategy="evol", breadth=False, elimination={
+        "truncated": False, "chatter": False, "not_an_instruction": False, "repetitive": False})
+    (table, _, summary), _ = run_round(seed_table, 1, lenient, plan)
+    assert summary["failed"] == 0 and table["finish_reason"].to_list().count("length") == 1
+
+
+def test_auto_reply_cut_before_its_marker_is_truncated_not_missing_marker(seed_table):
+    method = "Rewrite it. Reply with #Finally Rewritten Instruction#:"
+    cut = Completion("Step 1 #Methods List#:\n#1.\n#2.\n#3.", "length")
+    plan = {f"Task number {i}.": f"Step 4 #Finally Rewritten Instruction#:\nSolve harder task {i}." for i in range(6)}
+    plan["Task number 0."] = cut
+    (table, _, summary), _ = run_round(seed_table, 1, EvolveSettings(strategy="auto"), plan, method_text=method)
+    assert summary["failed_by_reason"] == {"truncated_at_max_tokens": 1}
+    off = EvolveSettings(strategy="auto", elimination={"truncated": False})
+    (table, _, summary), _ = run_round(seed_table, 1, off, plan, method_text=method)
+    assert summary["failed_by_reason"] == {"missing_final_marker": 1}
+
+
+def test_judge_checks_that_the_rewrite_is_an_instruction(seed_table):
+    judged = []
+
+    def verdict(request):
+        text = request.messages[-1][1]
+        judged.append(text)
+        return "No" if "Task number 2. Explain" in text else "Maybe" if "Task number 3. Explain" in text else "Yes"
+
+    settings = EvolveSettings(strategy="evol", breadth=False, elimination={"not_an_instruction_judge": True})
+    judge = LLM(FakeBackend(verdict), None, role=Role.from_params("judge", {"backend": "hf", "model": "fake"}))
+    table, _, summary = evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
+                                     evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE), judge=judge)
+    assert summary["failed_by_reason"] == {"judged_not_an_instruction": 1}
+    assert summary["instruction_check_unparsed"] == 1  # "Maybe" eliminates nothing
+    assert len(judged) == 6 and all("Is the text an instruction?" in t for t in judged)
+    with pytest.raises(ValueError, match="need the judge role"):
+        evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
+                     evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE))
+
+
+def test_new_rules_are_on_unless_switched_off_and_thresholds_are_checked():
+    settings = load_section({"evolve": {"elimination": {"chatter": False}, "repetition": {"ngram": 4}}}, "evolve")
+    assert settings.rule("truncated") and settings.rule("repetitive") and settings.rule("not_an_instruction")
+    assert not settings.rule("chatter") and not settings.rule("not_an_instruction_judge")
+    assert repetition_test(settings.repetition).ngram == 4
+    with pytest.raises(ValueError, match=r"evolve\.repetition\.n: unknown key"):
+        load_section({"evolve": {"repetition": {"n": 4}}}, "evolve")
+
+
+# --- strategy auto on an evolver that cannot follow the method ------------------------------------
+
+def test_auto_falls_back_to_evol_when_the_optimize_stage_says_so():
+    auto = EvolveSettings(strategy="auto")
+    assert resolve_strategy(auto, {}) == (auto, None)
+    assert resolve_strategy(auto, {"fallback": None}) == (auto, None)
+    fell, why = resolve_strategy(auto, {"fallback": "evol", "fallback_reason": "fails 12 of 12"})
+    assert fell.strategy == "evol" and why == "evolve.strategy auto falls back to evol: fails 12 of 12"
+    assert resolve_strategy(EvolveSettings(strategy="auto_initial"), {"fallback": "evol"})[1] is None
+    with pytest.raises(ValueError, match="meta.json fallback"):
+        resolve_strategy(auto, {"fallback": "magic"})
+
+
+def test_evolve_stage_records_the_fallback(repo, seed_table, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("evolve_stage_fallback", repo / "stages/evolve.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    fake = FakeBackend(scripted_evolver({}))
+    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: LLM(fake, None, role=ROLE))
+    monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
+    params = {"evolve": {"strategy": "auto", "breadth": False, "rounds": {"round_1": {"src": "x", "index": 1}}},
+              "optimize": {"initial_method": "initial"}}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    write_output(tmp_path / "seed", seed_table)
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "method.txt").write_text("A method the evolver cannot follow.")
+    (tmp_path / "method" / "meta.json").write_text(json.dumps({"fallback": "evol", "fallback_reason": "fails 4 of 4"}))
+    stage_args = ["evolve", "--params", str(tmp_path / "params.yaml"), "--round", "round_1", "--src", str(tmp_path / "seed"),
+                  "--method", str(tmp_path / "method" / "method.txt"), "--prompts", str(repo / "prompts"),
+                  "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
+    monkeypatch.setattr("sys.argv", stage_args)
+    stage.main()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["strategy"] == "evol" and metrics["requested_strategy"] == "auto"
+    assert metrics["fallback"] == "evolve.strategy auto falls back to evol: fails 4 of 4"
+    assert set(pl.read_parquet(tmp_path / "out" / "items.parquet")["method"]) <= set(IN_DEPTH)
+    assert not any("A method the evolver cannot follow." in r.messages[-1][1] for r in fake.sent)
+
+
+# --- lineage of a failed item ----------------------------------------------------------------------
+
+def test_lineage_shows_what_a_failed_auto_attempt_wrote(seed_table, tmp_path, capsys):
+    from evolforge.cli import main
+
+    method = "Rewrite it. Reply with #Finally Rewritten Instruction#:"
+    plan = {"Task number 0.": Completion("#Method 1:\n1. Learn the task\n#Method 2:\n1. Learn the", "length"),
+            "Task number 1.": "Step 1 #Methods List#: none at all",
+            "Task number 2.": "Step 4 #Finally Rewritten Instruction#:\nSolve task 2 twice."}
+    (table, _, _), _ = run_round(seed_table, 1, EvolveSettings(strategy="auto"), plan, method_text=method)
+    write_output(tmp_path / "seed", seed_table)
+    write_output(tmp_path / "evolved" / "round_1", table)
+    row = {r["parent_instruction"]: r for r in table.to_dicts()}
+    assert row["Task number 0."]["instruction"] == "" and row["Task number 1."]["instruction"] == ""
+
+    main(["lineage", row["Task number 0."]["id"], "--seed", str(tmp_path / "seed"), "--evolved", str(tmp_path / "evolved")])
+    out = capsys.readouterr().out
+    assert "failed (truncated_at_max_tokens)" in out
+    assert "evolver wrote, finish_reason length:" in out and "      1. Learn the task" in out
+
+    text = format_chain(chain(row["Task number 1."]["id"], tmp_path / "seed", [tmp_path / "evolved" / "round_1"]))
+    assert "failed (missing_final_marker)" in text and "Step 1 #Methods List#: none at all" in text
+    assert all(line.strip() for line in text.splitlines())  # no blank lines where the instruction would be
+
+    evolved = format_chain(chain(row["Task number 2."]["id"], tmp_path / "seed", [tmp_path / "evolved" / "round_1"]))
+    assert "Solve task 2 twice." in evolved and "evolver wrote" not in evolved  # raw only on request
+    raw = format_chain(chain(row["Task number 2."]["id"], tmp_path / "seed", [tmp_path / "evolved" / "round_1"]), raw=True)
+    assert "Step 4 #Finally Rewritten Instruction#:" in raw
+
+
+def test_lineage_shows_the_answer_that_failed_a_response_rule(seed_table, tmp_path):
+    plan = {"answer:Task number 3. Explain each step.": "Sure, what steps?"}
+    (table, _, _), _ = run_round(seed_table, 1, EvolveSettings(strategy="evol"), plan)
+    write_output(tmp_path / "seed", seed_table)
+    write_output(tmp_path / "round_1", table)
+    failed = table.filter(pl.col("failure_reason") == "response_fails_rule_f")["id"].item()
+    text = format_chain(chain(failed, tmp_path / "seed", [tmp_path / "round_1"]))
+    assert "the evolver's answer to it:\n      Sure, what steps?" in text

@@ -85,7 +85,7 @@ def test_models_stage_rewrites_identity_json_unchanged_until_weights_change(tmp_
     out = tmp_path / "identity.json"
 
     def stage() -> bytes:
-        subprocess.run([sys.executable, str(repo / "stages/models.py"), "--params", str(params), "--out", str(out)],
+        subprocess.run([sys.executable, str(repo / "stages/pin_models.py"), "--params", str(params), "--out", str(out)],
                        cwd=tmp_path, check=True, capture_output=True)
         return out.read_bytes()
 

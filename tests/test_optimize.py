@@ -20,13 +20,15 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
+from evolforge.core.params import ParamsError, load_section
+
 from evolforge.core.cache import CallCache
 from evolforge.build.failures import auto_evol_failure
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
 from evolforge.build.optimize import (Candidate, MethodScore, OptimizeSettings, build_trajectory, initial_method_text,
                                 optimize_method, parse_optimized_method, score_method, select_candidate,
-                                split_dev_pool)
+                                split_dev_pool, summary, usability)
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
 from evolforge.core.records import write_output
 
@@ -168,11 +170,11 @@ def test_select_candidate(selection, candidates, expected):
 
 def test_settings_reject_unknown_values():
     with pytest.raises(ValueError, match="optimize.selection"):
-        OptimizeSettings.from_params({"selection": "best"})
+        load_section({"optimize": {"selection": "best"}}, "optimize")
     with pytest.raises(ValueError, match="unknown key"):
-        OptimizeSettings.from_params({"step": 3})
+        load_section({"optimize": {"step": 3}}, "optimize")
     with pytest.raises(ValueError, match="optimize.initial_method"):
-        OptimizeSettings.from_params({"initial_method": "strong"})
+        load_section({"optimize": {"initial_method": "strong"}}, "optimize")
 
 
 # --- development set -----------------------------------------------------------------------------
@@ -402,6 +404,7 @@ def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
 
     stage = load_stage()
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
+    monkeypatch.chdir(tmp_path)  # no models/identity.json here: identities are resolved
     loaded = []
     monkeypatch.setitem(llm_module.BACKENDS, "hf", lambda role: loaded.append(role.model) or FakeBackend(model=role.model))
     monkeypatch.setattr(llm_module, "_LOADED", {})
@@ -414,3 +417,95 @@ def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
     roles["optimizer"]["model"] = "another"
     models = stage.open_models({"roles": roles})
     assert models["optimizer"].backend is not models["evolver"].backend and loaded == ["m", "another"]
+
+
+# --- an optimizer that never writes a parseable method; an evolver that cannot follow the format ------
+
+def test_an_optimizer_that_never_writes_a_method_says_so():
+    r = run(lambda current, j: UNPARSEABLE, initial="nomarker", steps=5, patience=2)
+    assert r.result.steps_run == 2 and r.result.stopped_early
+    assert r.result.stop_reason == "no_parseable_candidate"  # not "patience": nothing could be optimized
+    assert [row["no_parseable_candidate"] for row in r.result.log] == [True, True]
+    assert [row["parseable_candidates"] for row in r.result.log] == [0, 0]
+    metrics = summary(r.result, {"evolver": r.evolver.stats})
+    assert metrics["parseable_candidates"] == 0 and metrics["candidates_proposed"] == 4
+    assert metrics["optimized"] is False and metrics["stop_reason"] == "no_parseable_candidate"
+
+    r = run(lambda current, j: UNPARSEABLE, steps=2)  # no patience: both steps run, still nothing optimized
+    assert r.result.steps_run == 2 and not r.result.stopped_early and r.result.stop_reason == "no_parseable_candidate"
+
+
+def test_patience_over_unparseable_steps_after_an_improvement():
+    plan = lambda current, j: fenced("m1 fails=0") if current == "m0 fails=1" else UNPARSEABLE  # noqa: E731
+    r = run(plan, steps=5, patience=2)
+    assert r.result.steps_run == 3 and r.result.method == "m1 fails=0"
+    assert r.result.stop_reason == "no_parseable_candidate"  # the last two steps had nothing to try
+    assert [row["no_parseable_candidate"] for row in r.result.log] == [False, True, True]
+
+
+def test_a_method_the_evolver_cannot_follow_is_unusable():
+    r = run(lambda current, j: UNPARSEABLE, initial="nomarker", steps=1)
+    assert r.result.initial.failure_rate == 1.0 and r.result.initial.missing_marker == 4
+    settings = OptimizeSettings(unusable_failure_rate=0.9)
+    found = usability(r.result, settings)
+    assert found["initial_method_usable"] is False and found["method_usable"] is False
+    assert found["fallback"] == "evol"
+    assert "cannot follow the evolving method's format" in found["message"]
+    assert "fails 4 of 4 development items (4 without the final-instruction marker, 0 answers cut" in found["message"]
+    assert usability(r.result, OptimizeSettings(on_unusable="keep"))["fallback"] is None
+    # a usable method: no message, no fallback
+    fine = run(lambda current, j: UNPARSEABLE, initial="m0 fails=1", steps=1)
+    assert usability(fine.result, settings) == {"unusable_failure_rate": 0.9, "initial_method_usable": True,
+                                                "method_usable": True, "fallback": None, "message": None}
+    # an optimizer that rescues an unusable initial method
+    rescued = run(lambda current, j: fenced("m1 fails=1"), initial="nomarker", steps=1)
+    found = usability(rescued.result, settings)
+    assert found["initial_method_usable"] is False and found["method_usable"] is True and found["fallback"] is None
+
+
+def test_unusable_settings_are_checked():
+    with pytest.raises(ValueError, match="optimize.on_unusable"):
+        load_section({"optimize": {"on_unusable": "crash"}}, "optimize")
+    with pytest.raises(ValueError, match="optimize.unusable_failure_rate"):
+        load_section({"optimize": {"unusable_failure_rate": 1.5}}, "optimize")
+
+
+def unusable_stage(tmp_path, on_unusable):
+    stage = load_stage()
+    evolver = LLM(FakeBackend(evolver_reply(lambda m, q: True)), None, role=EVOLVER_ROLE)  # every answer asks back
+    optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: UNPARSEABLE), model="fake-opt"), None)
+    stage.open_models = lambda params: dict(evolver=evolver, optimizer=optimizer)
+    argv, out = stage_setup(tmp_path, "auto")
+    params = json.loads((out / "params.yaml").read_text())
+    params["optimize"].update(on_unusable=on_unusable, unusable_failure_rate=0.9)
+    (out / "params.yaml").write_text(json.dumps(params))
+    return stage, argv, out
+
+
+def test_stage_records_the_fallback_for_an_unusable_method(tmp_path, capsys):
+    stage, argv, out = unusable_stage(tmp_path, "evol")
+    stage.main(argv)
+    metrics = json.loads((out / "metrics.json").read_text())
+    meta = json.loads((out / "method" / "meta.json").read_text())
+    log = [json.loads(line) for line in (out / "method" / "log.jsonl").read_text().splitlines()]
+    assert metrics["initial_method_usable"] is False and metrics["method_usable"] is False
+    assert metrics["stop_reason"] == "no_parseable_candidate" and metrics["parseable_candidates"] == 0
+    assert metrics["fallback"] == meta["fallback"] == "evol"
+    assert "cannot follow" in meta["fallback_reason"] and log[0]["no_parseable_candidate"] is True
+    printed = capsys.readouterr().out
+    assert "cannot follow the evolving method's format" in printed and "0 of 2 candidates parsed" in printed
+
+
+def test_stage_stops_on_an_unusable_method_when_asked(tmp_path):
+    stage, argv, out = unusable_stage(tmp_path, "stop")
+    with pytest.raises(SystemExit, match="on_unusable: stop.*cannot follow"):
+        stage.main(argv)
+    assert not (out / "method").exists()  # nothing that looks like a finished output
+
+
+def test_dev_answers_cut_at_max_tokens_are_counted():
+    from evolforge.llm import Completion
+
+    cut = FakeBackend(lambda request: Completion("Step 1 #Methods List#:\n#1.\n#2.\n#3.", "length"))
+    result = score_method(LLM(cut, None, role=EVOLVER_ROLE), PROMPTS, items(4), "initial", temperature=0.0)
+    assert (result.failure_rate, result.missing_marker, result.cut_at_max_tokens) == (1.0, 4, 4)

@@ -41,7 +41,7 @@ def test_shipped_params_pass_and_every_section_types(repo, shipped):
     for name in SECTIONS:
         if name != "roles":
             load_section(params, name)  # defaults fill what is absent, no error
-    assert load_section(params, "seed").limit is None and load_section(params, "evolve").rounds["round_2"]["index"] == 2
+    assert load_section(params, "seed").limit == 16 and load_section(params, "evolve").rounds["round_2"]["index"] == 2
 
 
 def test_evolforge_check_command(repo, tmp_path):
@@ -176,7 +176,7 @@ def test_finetune_and_evaluate_settings_match_their_functions():
     from evolforge.train.finetune import FinetuneSettings, finetune
 
     for settings, fn in ((FinetuneSettings, finetune), (EvaluateSettings, evaluate)):
-        kw = {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "revision"}
+        kw = {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in ("revision", "live_dir")}
         fields = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory()) for f in dataclasses.fields(settings)}
         assert set(fields) == set(kw)
         assert all(fields[k] == kw[k] or list(fields[k]) == list(kw[k]) for k in kw), {k: (fields[k], kw[k]) for k in kw if fields[k] != kw[k]}

@@ -1,6 +1,6 @@
 """The ``evolforge`` command: small helpers around the pipeline's artifacts.
 
-    evolforge lineage ITEM_ID [--seed data/seed] [--evolved data/evolved]
+    evolforge lineage ITEM_ID [--seed data/seed] [--evolved data/evolved] [--raw]
     evolforge report [--out reports/index.html] [--compare A B] [--labels A B]
     evolforge plots export [--format svg|png|pdf] [--out reports/plots] [--revs REV ...]
     evolforge card [--selected data/selected]
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     lin.add_argument("item_id", help="an item id (or a unique prefix)")
     lin.add_argument("--seed", default="data/seed")
     lin.add_argument("--evolved", default="data/evolved", help="folder holding round_<k>/ outputs")
+    lin.add_argument("--raw", action="store_true", help="show the evolver's raw output for every step, not only failed ones")
 
     rep = sub.add_parser("report", help="write the offline HTML report of a dataset version (or two, side by side)")
     rep.add_argument("--out", default="reports/index.html")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "lineage":
         rounds = sorted((p for p in Path(args.evolved).glob("*/") if (p / "items.parquet").exists()),
                         key=lambda p: int(p.name.rsplit("_", 1)[-1]) if p.name.rsplit("_", 1)[-1].isdigit() else 0)
-        print(format_chain(chain(args.item_id, args.seed, rounds)))
+        print(format_chain(chain(args.item_id, args.seed, rounds), raw=args.raw))
     elif args.command == "report":
         from evolforge.report import build_report
 

@@ -32,6 +32,7 @@ import yaml
 from evolforge.core.params import load_section
 from evolforge.core.records import TABLE
 from evolforge.core.text import question_text
+from evolforge.core.settings import CardSettings
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
@@ -51,18 +52,6 @@ LIMITATIONS = """- Instructions and responses are written by language models: th
   the seed set carry over, and so do its biases.
 - Licence: the rows derive from the seed set and from the models' outputs; check the terms of both (see the
   models above) before redistributing or training on this data."""
-
-
-@dataclass
-class CardSettings:
-    """``params.yaml`` section ``card`` (all optional)."""
-
-    license: str = "other"  # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
-    language: list[str] = field(default_factory=lambda: ["en"])
-    task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
-    pretty_name: str = "evolforge evolved instructions"
-    limitations: str | None = None  # extra known limitations, appended to the standard ones
-
 
 
 def size_category(n: int) -> str:

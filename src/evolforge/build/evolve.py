@@ -10,6 +10,12 @@ Strategies (``evolve.strategy``):
   method) applied to every instruction; the new instruction is parsed from after
   ``#Finally Rewritten Instruction#:`` and a missing marker is a failure.
 
+Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/elimination.md) run in three
+passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
+template words, chatter, repetitive, not an instruction), on the evolver's answer to it (sorry + short,
+stop words only, rule F), then the optional judge checks (not an instruction, information gain).
+The evolver's ``finish_reason`` is kept per row ("length": cut at ``max_tokens``).
+
 Only ``instruction`` is evolved; ``input`` is carried over. Every item that enters a round leaves it as
 exactly one row, ``evolved`` or ``failed`` (with ``failure_reason``), so in = evolved + failed. The pool
 for the next round is the evolved rows plus, with ``on_failure: keep_parent``, the parents of failed ones.
@@ -20,69 +26,49 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
-
-from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
-
-from annotated_types import Gt, Le
-from pydantic import with_config
+from typing import Any, NamedTuple, Sequence
 
 import polars as pl
 
 from evolforge.build import failures
 from evolforge.llm import LLM
-from evolforge.core.params import NonEmptyStr, NonNegativeFloat, PositiveInt, parse
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id
 from evolforge.build.respond import respond
+from evolforge.core.settings import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
 
 IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
 BREADTH = "breadth"
 STRATEGIES = ("evol", "auto", "auto_initial")
-RULES = ("empty", "unchanged", "template_words", "sorry_short", "stopwords_only", "rule_f", "info_gain")
+INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
+IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
 METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
 
 
-@dataclass
-class EvolveSettings:
-    """``params.yaml evolve`` without ``rounds`` (what one round needs; the stage records it in meta.json)."""
-
-    strategy: Literal["evol", "auto", "auto_initial"] = "evol"  # = STRATEGIES
-    assignment: Literal["round_robin", "random"] = "round_robin"
-    breadth: bool = True
-    on_failure: Literal["keep_parent", "drop"] = "keep_parent"
-    # evolver sampling; None = the evolver role's default
-    temperature: NonNegativeFloat | None = None
-    top_p: Annotated[float, Gt(0), Le(1)] | None = None
-    max_tokens: PositiveInt | None = None
-    seed: int = 0
-    elimination: dict[Literal["empty", "unchanged", "template_words", "sorry_short", "stopwords_only", "rule_f", "info_gain"], bool] = field(default_factory=dict)  # = RULES
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any]) -> "EvolveSettings":
-        """The whole ``evolve`` section checked (rounds included), returned without its rounds."""
-        section = parse(EvolveSection, cfg, "evolve")
-        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
-
-    def rule(self, name: str, default: bool = True) -> bool:
-        return bool(self.elimination.get(name, default))
+def repetition_test(repetition: dict) -> failures.RepetitionTest:
+    """The thresholds of ``evolve.repetition`` / ``respond.repetition`` (defaults where params say nothing)."""
+    return failures.RepetitionTest(**repetition)
 
 
-@with_config({"extra": "forbid", "strict": True})
-class EvolveRound(TypedDict):
-    """One entry of ``evolve.rounds``: its input folder and its 1-based index."""
+def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> tuple[EvolveSettings, str | None]:
+    """The strategy to evolve with, and why it differs from ``settings.strategy`` (None when it does not).
 
-    src: NonEmptyStr
-    index: PositiveInt
+    Rule: ``strategy: auto`` whose optimize stage found that the evolver cannot follow the method's
+    format (``data/method/meta.json`` ``fallback: evol``, from ``optimize.on_unusable: evol``) evolves
+    with Evol-Instruct's hand-written methods instead of a method that fails (almost) every item.
 
-
-@dataclass
-class EvolveSection(EvolveSettings):
-    """The ``evolve`` section as params.yaml holds it: the settings plus the rounds."""
-
-    rounds: dict[str, EvolveRound] = field(default_factory=dict)
+    >>> resolve_strategy(EvolveSettings(strategy="auto"), {"fallback": "evol", "fallback_reason": "no marker"})[1]
+    'evolve.strategy auto falls back to evol: no marker'
+    """
+    if settings.strategy != "auto" or not method_meta.get("fallback"):
+        return settings, None
+    target = method_meta["fallback"]
+    if target not in STRATEGIES:
+        raise ValueError(f"data/method/meta.json fallback: {target!r} is not one of {STRATEGIES}")
+    reason = method_meta.get("fallback_reason") or "the evolver cannot follow the optimized method's format"
+    return dataclasses.replace(settings, strategy=target), f"evolve.strategy auto falls back to {target}: {reason}"
 
 
 def _hash_int(*parts: Any) -> int:
@@ -136,15 +122,29 @@ def method_text(strategy: str, method_file: str | Path) -> str | None:
     return Path(method_file).read_text(encoding="utf-8").strip() if strategy in ("auto", "auto_initial") else None
 
 
+class Evolution(NamedTuple):
+    """One instruction evolved with a method text."""
+
+    instruction: str | None  # parsed after the final-instruction marker; None when it is missing
+    raw: str  # the evolver's whole answer
+    finish_reason: str | None  # "length": the answer stopped at max_tokens
+
+
 def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                       seed: int | None = None, desc: str = "evolve") -> list[tuple[str | None, str]]:
-    """Apply one evolving method to each instruction; returns (parsed instruction or None, raw answer)."""
+                       seed: int | None = None, desc: str = "evolve") -> list[Evolution]:
+    """Apply one evolving method to each instruction."""
     requests = [llm.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
                 for i in instructions]
-    raws = llm.complete(requests, desc=desc)
-    return [(failures.parse_final_instruction(raw), raw) for raw in raws]
+    return [Evolution(failures.parse_final_instruction(c.text), c.text, c.finish_reason)
+            for c in llm.generate(requests, desc=desc)]
+
+
+def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:
+    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed."""
+    requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}]) for t in texts]
+    return [failures.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
 
 
 def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
@@ -173,18 +173,23 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     # 1. evolve
     requests = [evolver.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
                 for m, it in zip(methods, items)]
-    raws = evolver.complete(requests, desc=f"round {round_index}: evolve")
+    completions = evolver.generate(requests, desc=f"round {round_index}: evolve")
+    raws = [c.text for c in completions]
+    finishes = [c.finish_reason for c in completions]
     candidates = [failures.parse_final_instruction(r) if m in STRATEGIES else r.strip() for m, r in zip(methods, raws)]
 
     # 2. checks on the instruction itself
+    switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
+    repetition = repetition_test(settings.repetition)
     reasons: list[str | None] = []
-    for m, it, cand in zip(methods, items, candidates):
+    for m, it, cand, finish in zip(methods, items, candidates, finishes):
         if m in STRATEGIES and cand is None:
-            reasons.append(failures.MISSING_MARKER)
+            # a marker that never came because the answer was cut off: the cut is the cause
+            cut = switches["truncated"] and finish == "length"
+            reasons.append(failures.TRUNCATED if cut else failures.MISSING_MARKER)
             continue
-        reasons.append(failures.instruction_failure(
-            it["instruction"], cand, empty=settings.rule("empty"), unchanged=settings.rule("unchanged"),
-            template_words=settings.rule("template_words")))
+        reasons.append(failures.instruction_failure(it["instruction"], cand, finish_reason=finish,
+                                                    repetition=repetition, **switches))
 
     # 3. checks on the evolver's response to the evolved instruction (generated only when a rule needs it)
     responses: list[str | None] = [None] * n
@@ -194,15 +199,23 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         answers = respond(evolver, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
                           desc=f"round {round_index}: check", temperature=0.0, max_tokens=settings.max_tokens, seed=settings.seed)
         for i, answer in zip(alive, answers):
-            responses[i] = answer
-            reasons[i] = failures.response_failure(answer, **response_rules)
+            responses[i] = answer.text
+            reasons[i] = failures.response_failure(answer.text, **response_rules)
 
-    # 4. optional information-gain check with the judge
+    # 4. optional checks with the judge: is it an instruction at all, then does it add anything
+    if (settings.rule("not_an_instruction_judge") or settings.rule("info_gain")) and judge is None:
+        raise ValueError("evolve.elimination.not_an_instruction_judge and info_gain need the judge role")
+    unparsed_instruction = 0
+    alive = [i for i in range(n) if reasons[i] is None]
+    if settings.rule("not_an_instruction_judge") and alive:
+        verdicts = is_instruction_verdicts(judge, prompts, [candidates[i] for i in alive])
+        for i, asks in zip(alive, verdicts):
+            unparsed_instruction += asks is None
+            if asks is False:
+                reasons[i] = failures.JUDGED_NOT_AN_INSTRUCTION
     unparsed_equal = 0
     alive = [i for i in range(n) if reasons[i] is None]
-    if settings.rule("info_gain", False) and alive:
-        if judge is None:
-            raise ValueError("evolve.elimination.info_gain needs the judge role")
+    if settings.rule("info_gain") and alive:
         verdicts = info_gain_verdicts(judge, prompts, [items[i]["instruction"] for i in alive], [candidates[i] for i in alive])
         for i, same in zip(alive, verdicts):
             unparsed_equal += same is None
@@ -211,7 +224,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
 
     rows, next_pool = [], []
     model = evolver.label
-    for it, m, raw, cand, resp, reason in zip(items, methods, raws, candidates, responses, reasons):
+    for it, m, raw, finish, cand, resp, reason in zip(items, methods, raws, finishes, candidates, responses, reasons):
         status = EVOLVED if reason is None else FAILED
         text = cand if cand is not None else ""
         row = {
@@ -219,7 +232,8 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
             "root_id": it["root_id"], "parent_id": it["id"], "round": round_index, "method": m,
             "status": status, "failure_reason": reason,
             "instruction": text, "input": it["input"], "output": "",
-            "parent_instruction": it["instruction"], "raw_output": raw, "check_response": resp,
+            "parent_instruction": it["instruction"], "raw_output": raw, "finish_reason": finish,
+            "check_response": resp,
             "template_hash": template_hash(prompts, m, method_text), "model": model,
         }
         rows.append(row)
@@ -231,6 +245,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     pool_out = _as_pool(next_pool)
     summary = round_summary(table)
     summary["equal_check_unparsed"] = unparsed_equal
+    summary["instruction_check_unparsed"] = unparsed_instruction
     summary["next_pool"] = pool_out.height
     return table, pool_out, summary
 
@@ -238,7 +253,8 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
 ROUND_SCHEMA = {
     "id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": pl.Int32, "method": pl.String,
     "status": pl.String, "failure_reason": pl.String, "instruction": pl.String, "input": pl.String,
-    "output": pl.String, "parent_instruction": pl.String, "raw_output": pl.String, "check_response": pl.String,
+    "output": pl.String, "parent_instruction": pl.String, "raw_output": pl.String, "finish_reason": pl.String,
+    "check_response": pl.String,
     "template_hash": pl.String, "model": pl.String,
 }
 
@@ -259,4 +275,5 @@ def round_summary(table: pl.DataFrame) -> dict:
             pl.col("instruction").str.split(" ").list.len() / pl.col("parent_instruction").str.split(" ").list.len())
         growth = float(ratio.to_series().mean())
     return {"in": table.height, "evolved": evolved.height, "failed": table.height - evolved.height,
-            "failed_by_reason": dict(sorted(reasons.items())), "mean_length_growth": growth}
+            "failed_by_reason": dict(sorted(reasons.items())), "mean_length_growth": growth,
+            "evolver_cut_at_max_tokens": int((table["finish_reason"] == "length").sum())}

@@ -3,6 +3,9 @@
 Each rule returns a reason string (recorded per item as ``failure_reason``) or None. The rules follow
 Evol-Instruct's elimination (WizardLM section 3.3) and Auto Evol-Instruct's failure function F
 (its reference code's exact rule set); see ``shared/reference/ALGORITHMS.md`` sections 3.5 and 4.4.
+Rules of this project catch what small real evolvers write and the papers' large models do not:
+output cut at ``max_tokens``, loops, answers in place of rewrites, and chatter that asks the user for
+input. ``docs/elimination.md`` lists every rule, its reason string, source and thresholds.
 
 >>> auto_evol_failure("Sure, which city do you mean?")
 True
@@ -14,6 +17,9 @@ from __future__ import annotations
 
 import re
 import string
+import zlib
+from dataclasses import dataclass, fields
+from typing import Any
 
 # reasons, as recorded in ``failure_reason``
 EMPTY = "empty"
@@ -25,12 +31,22 @@ STOPWORDS_ONLY = "stopwords_only_response"
 AUTO_FAILURE = "response_fails_rule_f"
 NO_INFO_GAIN = "no_information_gain"
 EMPTY_RESPONSE = "empty_response"
+TRUNCATED = "truncated_at_max_tokens"
+REPETITIVE = "repetitive"
+CHATTER = "asks_user_for_input"
+NOT_AN_INSTRUCTION = "not_an_instruction"
+JUDGED_NOT_AN_INSTRUCTION = "judged_not_an_instruction"
+
+# response_status values (responses table): only "complete" responses are training material
+COMPLETE, TRUNCATED_STATUS, REPETITIVE_STATUS, EMPTY_STATUS = "complete", "truncated", "repetitive", "empty"
+RESPONSE_STATUSES = (COMPLETE, TRUNCATED_STATUS, REPETITIVE_STATUS, EMPTY_STATUS)
 
 # Words of the evolving prompts that must not leak into an evolved instruction (lower-case match).
 TEMPLATE_PHRASES = (
     "#rewritten prompt#", "#the given prompt#", "#given prompt#", "#created prompt#",
     "given prompt", "rewritten prompt", "created prompt",
     "#finally rewritten instruction#", "#rewritten instruction#", "#methods list#",
+    "#instruction#", "#plan#",  # the initial Auto Evol-Instruct method's labels
 )
 
 # Auto Evol-Instruct F: a response that starts like one of these and ends with "?" asks back instead of answering.
@@ -39,6 +55,46 @@ ASK_BACK_OPENINGS = (
     "Is there anything else", "As an AI assistant", "I understand",
 )
 GIVE_UP_PHRASES = ("please provide", "not possible")
+
+# Chatter (this project): an "evolved instruction" that talks to the user about the task instead of
+# being one -- "I'm ready to create a new prompt. What would you like to create?". Lower-case regexes.
+CHATTER_PATTERNS = tuple(re.compile(p) for p in (
+    r"\bwhat would you like\b",
+    r"\bwhat do you want me to\b",
+    r"\b(i'?m|i am) ready\b",
+    r"\blet me know\b",
+    r"\bhow (can|may) i (help|assist)\b",
+    r"\bi('d| would) be (happy|glad) to\b",
+    r"\bis there anything else\b",
+    r"\b(as an ai|as a language model|i'?m an ai)\b",
+    r"^(sure|certainly|of course|okay|ok|absolutely)\b\s*[,!.]",
+    r"\bhere(?:'s| is) (?:the|a|an|my|your) (?:new|rewritten|revised|created|updated|modified|more complex)\b",
+))
+
+# not_an_instruction (this project): words that open a request. A text asks for something when it has
+# a question mark, a sentence that opens with a request word or an imperative verb, a clause after a
+# leading phrase ("Given a list, find ...") that opens with an imperative verb, or a first-person request
+# ("I need ..."). Everything else reads as an answer or a statement.
+# (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
+REQUEST_WORDS = frozenset("""
+please can could would will should is are am do does did how what why imagine suppose assume pretend let let's
+""".split())
+IMPERATIVE_VERBS = frozenset("""
+act add adapt adjust analyze analyse answer apply argue arrange assess brainstorm break build calculate
+categorize categorise change check choose cite clarify classify combine compare compile complete compose
+compute condense consider construct contrast convert correct count craft create critique debug decide define
+demonstrate derive describe design detail detect determine develop devise diagnose discuss draft draw
+edit elaborate enumerate estimate evaluate examine explain explore express extract fill find fix format
+formulate generate give guess help highlight identify illustrate implement improve infer insert
+interpret introduce invent investigate justify label list locate make map match measure mention modify
+name note offer optimize optimise order organize organise outline paraphrase pick plan predict prepare
+present produce propose prove provide put rank rate read recommend refactor reformulate remove reorder
+rephrase replace reply report research respond restate review revise rewrite say schedule select share
+show simplify simulate sketch solve sort specify state suggest summarize summarise take tell test think
+trace track transform translate turn use verify walk write
+""".split())
+REQUEST_PHRASES = re.compile(r"\b(i need|i want|i'?d like|i would like|i'?m looking for|i am looking for|help me|"
+                             r"your task|you are asked|you must|you should)\b")
 
 # A compact English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions).
 STOP_WORDS = frozenset("""
@@ -63,17 +119,112 @@ def _normalise(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def instruction_failure(parent: str, evolved: str | None, *, empty: bool = True, unchanged: bool = True,
-                        template_words: bool = True) -> str | None:
-    """Checks on the evolved instruction itself (switches as in ``params.yaml evolve.elimination``)."""
+@dataclass(frozen=True)
+class RepetitionTest:
+    """Thresholds of the ``repetitive`` rule and of ``response_status`` (``params.yaml evolve.repetition``,
+    ``respond.repetition``). A text loops when, among its word n-grams, the share that repeat an earlier
+    one exceeds ``max_repeated_ngram_fraction``, or when its UTF-8 length over its zlib-compressed length
+    exceeds ``max_compression_ratio`` (Whisper's hallucination test uses 2.4 with gzip). Texts under
+    ``min_words`` words are never called repetitive (a short list of numbers repeats by nature).
+
+    Measured on SmolLM2-135M-Instruct outputs of 300-650 characters (docs/elimination.md): ordinary text
+    0.00-0.14 repeated trigrams and ratio 1.0-2.1; loops 0.33-0.93 and 2.3-10.7.
+    """
+
+    ngram: int = 3  # words per n-gram
+    max_repeated_ngram_fraction: float = 0.3
+    max_compression_ratio: float = 2.4
+    min_words: int = 10
+
+
+
+def repeated_ngram_fraction(text: str, n: int = 3) -> float:
+    """Share of the word n-grams (lower-case) that repeat an earlier n-gram of ``text``; 0 without n-grams.
+
+    >>> repeated_ngram_fraction("a tale of leaves, a tale of leaves, a tale of leaves")
+    0.5
+    """
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes over zlib-compressed bytes: about 1-2 for prose, higher for loops."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data, 9)) if data else 0.0
+
+
+def is_repetitive(text: str, test: RepetitionTest = RepetitionTest()) -> bool:
+    """True when ``text`` loops by either measure of ``test``."""
+    if len(text.split()) < test.min_words:
+        return False
+    return (repeated_ngram_fraction(text, int(test.ngram)) > test.max_repeated_ngram_fraction
+            or compression_ratio(text) > test.max_compression_ratio)
+
+
+def is_chatter(text: str) -> bool:
+    """The text talks to the user about the task ("What would you like ...?", "I'm ready ...")."""
+    low = _normalise(text)
+    return any(p.search(low) for p in CHATTER_PATTERNS)
+
+
+_SENTENCES = re.compile(r"[.!;:\n]+")
+_LEAD = " \t\"'`*#-–•>([0123456789."
+
+
+def asks_something(text: str) -> bool:
+    """Cheap test that ``text`` is a request (a question, an imperative, a first-person need), not an answer.
+
+    >>> asks_something("Explain what a leap year is, in two sentences.")
+    True
+    >>> asks_something("A leap year is a natural phenomenon that happens every four years.")
+    False
+    """
+    if "?" in text or REQUEST_PHRASES.search(text.lower()):
+        return True
+    for sentence in _SENTENCES.split(text):
+        clauses = [_first_word(c) for c in sentence.split(",")]
+        if clauses[0] in REQUEST_WORDS or clauses[0] in IMPERATIVE_VERBS:
+            return True
+        # "In a world of leaves, write ..." -- but not "..., when the calendar adds ..."
+        if len(clauses) > 1 and clauses[1] in IMPERATIVE_VERBS:
+            return True
+    return False
+
+
+def _first_word(clause: str) -> str:
+    """The clause's first word, lower-case, past bullets, quotes and markdown."""
+    for word in clause.split():
+        word = word.lower().strip(_LEAD)
+        if word:
+            return word
+    return ""
+
+
+def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str | None = None,
+                        empty: bool = True, truncated: bool = True, unchanged: bool = True,
+                        template_words: bool = True, chatter: bool = True, repetitive: bool = True,
+                        not_an_instruction: bool = True,
+                        repetition: RepetitionTest = RepetitionTest()) -> str | None:
+    """Checks on the evolved instruction itself, first match wins (switches as in ``params.yaml
+    evolve.elimination``). ``finish_reason`` is the evolver's: "length" means it stopped at ``max_tokens``."""
     if evolved is None or not evolved.strip():
         return EMPTY if empty else None
+    if truncated and finish_reason == "length":
+        return TRUNCATED
     if unchanged and _normalise(evolved) == _normalise(parent):
         return UNCHANGED
     if template_words:
         low = evolved.lower()
         if any(p in low for p in TEMPLATE_PHRASES):
             return TEMPLATE_WORDS
+    if chatter and is_chatter(evolved):
+        return CHATTER
+    if repetitive and is_repetitive(evolved, repetition):
+        return REPETITIVE
+    if not_an_instruction and not asks_something(evolved):
+        return NOT_AN_INSTRUCTION
     return None
 
 
@@ -105,6 +256,19 @@ def response_failure(response: str | None, *, sorry_short: bool = True, stopword
     return None
 
 
+def response_status(text: str | None, finish_reason: str | None,
+                    repetition: RepetitionTest = RepetitionTest()) -> str:
+    """``empty``, ``repetitive`` (loops; usually also cut off, and a larger ``max_tokens`` would not help),
+    ``truncated`` (stopped at ``max_tokens``) or ``complete``, checked in that order."""
+    if text is None or not text.strip():
+        return EMPTY_STATUS
+    if is_repetitive(text, repetition):
+        return REPETITIVE_STATUS
+    if finish_reason == "length":
+        return TRUNCATED_STATUS
+    return COMPLETE
+
+
 def parse_final_instruction(text: str) -> str | None:
     """The text after the last ``#Finally Rewritten Instruction#:`` (or a known variant); None if absent.
 
@@ -128,3 +292,12 @@ def parse_equal(text: str) -> bool | None:
     if not m:
         return None
     return not m.group(1).lower().startswith("not")
+
+
+_IS_INSTRUCTION = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+
+def parse_is_instruction(text: str) -> bool | None:
+    """The judge's verdict on prompts/judge/is_instruction.j2: 'Yes' -> True, 'No' -> False, else None."""
+    m = _IS_INSTRUCTION.match(text.strip())
+    return None if not m else m.group(1).lower() == "yes"

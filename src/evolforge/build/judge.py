@@ -23,18 +23,11 @@ from evolforge.core.params import PositiveInt
 from evolforge.llm import LLM
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
+from evolforge.core.settings import JudgeSettings
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
 SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
-
-
-@dataclass
-class JudgeSettings:
-    """``params.yaml judge``."""
-
-    score_prompt: Literal["paper", "code"] = "paper"  # keys of SCORE_TEMPLATES
-    max_tokens: PositiveInt | None = None  # null = roles.judge's
 
 
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")

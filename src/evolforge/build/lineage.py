@@ -2,6 +2,11 @@
 
 >>> for step in chain("9f0c...", seed_dir="data/seed", round_dirs=["data/evolved/round_1"]):  # doctest: +SKIP
 ...     print(step["round"], step["method"], step["status"], step["instruction"])
+
+:func:`format_chain` prints each step with its status; for a failed attempt it also prints why
+(``failure_reason``), what the evolver wrote (``raw_output``, with its ``finish_reason``) and, when a
+check on the evolver's answer failed it, that answer (``check_response``): an auto-strategy attempt that
+failed has no instruction, so its raw output is the only trace of what the model did.
 """
 
 from __future__ import annotations
@@ -10,13 +15,19 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.core.records import EVOLVED, read_table
+from evolforge.core.records import EVOLVED, FAILED, read_table
 
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
+DETAIL = ["raw_output", "finish_reason", "check_response"]  # round tables only; None for seeds
+
+
+def _columns(table: pl.DataFrame) -> pl.DataFrame:
+    missing = [c for c in DETAIL if c not in table.columns]  # seeds, and rounds written before finish_reason
+    return table.with_columns([pl.lit(None, pl.String).alias(c) for c in missing]).select(COLUMNS + DETAIL)
 
 
 def load_all(seed_dir: str | Path, round_dirs: list[str | Path]) -> pl.DataFrame:
-    parts = [read_table(seed_dir).select(COLUMNS)] + [read_table(d).select(COLUMNS) for d in round_dirs]
+    parts = [_columns(read_table(seed_dir))] + [_columns(read_table(d)) for d in round_dirs]
     return pl.concat(parts, how="vertical_relaxed")
 
 
@@ -55,9 +66,25 @@ def chain(item_id: str, seed_dir: str | Path, round_dirs: list[str | Path]) -> l
     return back + forward
 
 
-def format_chain(steps: list[dict]) -> str:
+def _indent(label: str, text: str) -> str:
+    body = "\n".join(f"      {line}" for line in text.splitlines()) or "      (empty)"
+    return f"    {label}:\n{body}"
+
+
+def format_chain(steps: list[dict], raw: bool = False) -> str:
+    """Readable chain; failed attempts (and every attempt with ``raw``) show what the evolver wrote."""
     lines = []
     for s in steps:
         tag = s["status"] + (f" ({s['failure_reason']})" if s["failure_reason"] else "")
-        lines.append(f"round {s['round']}  {s['method']:<16} {tag:<32} {s['id']}\n    {s['instruction']}")
+        lines.append(f"round {s['round']}  {s['method']:<16} {tag:<32} {s['id']}")
+        if s["instruction"]:
+            lines.append(f"    {s['instruction']}")
+        failed = s["status"] == FAILED
+        if (failed or raw) and s.get("raw_output") is not None and s["raw_output"].strip() != (s["instruction"] or ""):
+            finish = f", finish_reason {s['finish_reason']}" if s.get("finish_reason") else ""
+            lines.append(_indent(f"evolver wrote{finish}", s["raw_output"]))
+        elif failed and s.get("finish_reason") == "length":
+            lines.append("    (the evolver stopped at max_tokens)")
+        if failed and s.get("check_response") is not None:
+            lines.append(_indent("the evolver's answer to it", s["check_response"]))
     return "\n".join(lines)

@@ -30,6 +30,19 @@ method's rate is measured once and carried (re-scoring it would repeat the same 
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
+Telling the truth about a run (``stop_reason``, :func:`usability`):
+
+- a step whose m answers hold no parseable ```` ```Optimized Method``` ```` block says so in its log
+  (``no_parseable_candidate``). ``stop_reason`` is ``no_parseable_candidate``, never ``patience`` or
+  ``steps``, when no step produced one (nothing was optimized) or when patience ran out over steps that
+  produced none;
+- a method that fails at least ``unusable_failure_rate`` of the development set is one the evolver
+  cannot follow (a small evolver rarely writes the final-instruction marker). The metrics say so for the
+  initial and the resulting method, and ``on_unusable`` decides what evolving with ``strategy: auto``
+  does with an unusable result: ``evol`` falls back to Evol-Instruct's hand-written methods (recorded
+  as ``fallback`` in ``data/method/meta.json``; the evolve stage reads it), ``stop`` stops the stage
+  with the message, ``keep`` evolves with the method anyway.
+
 Trajectory stages whose answer lacks the final-instruction marker keep the raw answer (stripped), as
 the reference code does: the optimizer then sees the broken output it is meant to analyse, and the
 next round evolves that text. Such stages are listed in the step's log (``trajectory_unparsed``).
@@ -52,37 +65,18 @@ from typing import Any, Literal
 from evolforge.build import failures
 from evolforge.build.evolve import evolve_with_method
 from evolforge.llm import LLM
-from evolforge.core.params import NonNegativeFloat, NonNegativeInt, PositiveInt, parse
 from evolforge.core.prompts import PromptLibrary
 from evolforge.build.respond import respond
+from evolforge.core.settings import OptimizeSettings
 
 INITIAL_TEMPLATES = {"initial": "optimize/initial_method.j2", "weak": "optimize/weak_method.j2"}
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
 SELECTIONS = ("lowest_failure", "no_regression")
+ON_UNUSABLE = ("evol", "stop", "keep")
 
 _OPTIMIZED = re.compile(r"```Optimized Method([\s\S]*?)```")
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
-
-
-@dataclass
-class OptimizeSettings:
-    """``params.yaml optimize``; paper values in ALGORITHMS.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
-
-    initial_method: Literal["initial", "weak"] = "initial"  # = INITIAL_TEMPLATES
-    steps: NonNegativeInt = 10
-    candidates: PositiveInt = 5
-    batch_size: PositiveInt = 10
-    dev_size: PositiveInt = 50
-    trajectory_rounds: PositiveInt = 1
-    patience: NonNegativeInt | None = 1
-    selection: Literal["lowest_failure", "no_regression"] = "lowest_failure"  # = SELECTIONS
-    evolver_temperature: NonNegativeFloat = 0.0
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any]) -> "OptimizeSettings":
-        return parse(cls, cfg, "optimize")
 
 
 @dataclass
@@ -94,6 +88,7 @@ class MethodScore:
     missing_marker: int  # evolved answers without #Finally Rewritten Instruction#
     success: float  # 1 - failure_rate
     score: float  # success x mean response chars / mean evolved-instruction chars (reference code)
+    cut_at_max_tokens: int = 0  # evolved answers that stopped at max_tokens (the usual cause of a missing marker)
 
 
 @dataclass
@@ -113,8 +108,11 @@ class OptimizeResult:
     method: str  # the result: the best method (see the selection rules above)
     initial: MethodScore
     best: MethodScore
+    initial_method: str = ""
+    dev_size: int = 0
     log: list[dict] = field(default_factory=list)  # one row per step run
-    stop_reason: str = "steps"  # "steps" | "patience"
+    stop_reason: str = "steps"  # "steps" | "patience" | "no_parseable_candidate" (see the module doc)
+    stopped_early: bool = False  # stopped before ``steps`` steps
 
     @property
     def steps_run(self) -> int:
@@ -160,7 +158,7 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
     for r in range(1, rounds + 1):
         results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
                                      desc=f"trajectory round {r}")
-        for case, (parsed, raw) in zip(cases, results):
+        for case, (parsed, raw, _) in zip(cases, results):
             if parsed is None:
                 unparsed.append({"id": case["id"], "round": r})
             case[f"stage{r}"] = parsed if parsed is not None else raw.strip()
@@ -173,9 +171,9 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
     """Evolve the development set with ``method``, answer each evolved instruction, count F failures."""
     evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method,
                                  temperature=temperature, desc=f"{desc}: evolve")
-    answered = [(d, parsed) for d, (parsed, _) in zip(dev, evolved) if parsed is not None]
-    responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
-                        desc=f"{desc}: respond", temperature=0.0) if answered else []
+    answered = [(d, e.instruction) for d, e in zip(dev, evolved) if e.instruction is not None]
+    responses = [c.text for c in respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
+                                         desc=f"{desc}: respond", temperature=0.0)] if answered else []
     missing = len(dev) - len(answered)
     fails = missing + sum(failures.auto_evol_failure(r) for r in responses)
     rate = fails / len(dev)
@@ -185,7 +183,7 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
         mean_response = sum(len(r) for r in responses) / len(responses)
         ratio = mean_response / mean_instruction if mean_instruction else 0.0
     return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing, success=1.0 - rate,
-                       score=(1.0 - rate) * ratio)
+                       score=(1.0 - rate) * ratio, cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved))
 
 
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
@@ -228,8 +226,10 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     temperature = settings.evolver_temperature
     current_method = initial_method
     current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0")
-    result = OptimizeResult(method=initial_method, initial=current, best=current)
+    result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
+                            dev_size=len(dev))
     stale = 0  # steps since the best rate last decreased
+    stale_unparsed = 0  # of those, steps whose candidates all failed to parse
     for step in range(1, int(settings.steps) + 1):
         batch = rng.sample(pool, int(settings.batch_size))
         trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
@@ -240,6 +240,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             if c.method is not None:
                 c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
                                      desc=f"step {step} candidate {c.index}")
+        parsed = sum(c.method is not None for c in proposals)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
         if chosen is not None:
@@ -249,6 +250,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             result.method, result.best = current_method, current
         improved = result.best.failure_rate < previous_best
         stale = 0 if improved else stale + 1
+        stale_unparsed = 0 if improved else stale_unparsed + (parsed == 0)
         result.log.append({
             "step": step,
             "method_before": method_before,
@@ -257,15 +259,44 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             "trajectory_unparsed": unparsed,
             "candidates": [dataclasses.asdict(c) for c in proposals],
             "parse_errors": sum(c.parse_error is not None for c in proposals),
+            "parseable_candidates": parsed,
+            "no_parseable_candidate": parsed == 0,
             "chosen": chosen,
             "current_failure_rate": current.failure_rate,
             "best_failure_rate": result.best.failure_rate,
             "improved": improved,
         })
         if settings.patience and stale >= settings.patience:
-            result.stop_reason = "patience"
+            # patience means "candidates were tried and none did better"; steps without one are another story
+            result.stop_reason = "no_parseable_candidate" if stale_unparsed == stale else "patience"
+            result.stopped_early = True
             break
+    if result.log and not any(r["parseable_candidates"] for r in result.log):
+        result.stop_reason = "no_parseable_candidate"  # the steps ran, but the optimizer never wrote a method
     return result
+
+
+def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
+    """Can the evolver follow the initial and the resulting method's format? And what evolving does if not."""
+    limit = float(settings.unusable_failure_rate)
+    initial_ok = result.initial.failure_rate < limit
+    method_ok = result.best.failure_rate < limit
+    out = {"unusable_failure_rate": limit, "initial_method_usable": initial_ok, "method_usable": method_ok,
+           "fallback": None, "message": None}
+    if not method_ok:
+        which = "the initial method" if result.method == result.initial_method else "the optimized method"
+        out["message"] = (
+            f"the evolver cannot follow the evolving method's format: {which} fails "
+            f"{result.best.failures} of {result.dev_size} "
+            f"development items ({result.best.missing_marker} without the final-instruction marker, "
+            f"{result.best.cut_at_max_tokens} answers cut at max_tokens), at or above "
+            f"optimize.unusable_failure_rate {limit}")
+        if settings.on_unusable == "evol":
+            out["fallback"] = "evol"
+            out["message"] += "; evolve.strategy auto falls back to Evol-Instruct's hand-written methods (evol)"
+        elif settings.on_unusable == "keep":
+            out["message"] += "; evolving with it anyway (optimize.on_unusable: keep)"
+    return out
 
 
 def curve(result: OptimizeResult) -> list[dict]:
@@ -276,15 +307,21 @@ def curve(result: OptimizeResult) -> list[dict]:
     return rows
 
 
-def summary(result: OptimizeResult, stats: dict[str, dict[str, int]]) -> dict:
-    """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``."""
+def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: dict | None = None) -> dict:
+    """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``, ``usable`` is :func:`usability`."""
     return {
+        **(usable or {}),
+        "initial_missing_marker": result.initial.missing_marker,
+        "initial_cut_at_max_tokens": result.initial.cut_at_max_tokens,
+        "parseable_candidates": sum(r["parseable_candidates"] for r in result.log),
+        "candidates_proposed": sum(len(r["candidates"]) for r in result.log),
+        "optimized": result.method != result.initial_method,
         "skipped": False,
         "initial_failure_rate": result.initial.failure_rate,
         "best_failure_rate": result.best.failure_rate,
         "per_step": curve(result),
         "steps_run": result.steps_run,
-        "stopped_early": result.stop_reason == "patience",
+        "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
         "calls": sum(s["calls"] for s in stats.values()),
         "cache_hits": sum(s["cache_hits"] for s in stats.values()),

@@ -1,44 +1,34 @@
 """Responses: answer instructions with the response template (the SLM paper's, one user turn).
 
 ``gather`` collects the surviving (``evolved``) items of the chosen rounds, plus the seeds if asked,
-keeping every lineage column; ``answer`` fills ``output`` from the responder role.
+keeping every lineage column and the evolver's ``finish_reason`` (as ``instruction_finish_reason``);
+``answer`` fills ``output`` from the responder role and marks each response with ``response_status``:
+``complete``, ``truncated`` (cut at ``max_tokens``), ``repetitive`` (loops) or ``empty``
+(:func:`evolforge.build.failures.response_status`). Only complete responses are training material.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from evolforge.core.params import NonNegativeFloat, PositiveInt
-
-from evolforge.llm import LLM
+from evolforge.build import failures
+from evolforge.llm import LLM, Completion
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, LINEAGE, read_table
+from evolforge.core.settings import RespondSettings  # noqa: F401  (part of this module's API)
 
 RESPONSE_TEMPLATE = "respond/response.j2"
-
-
-@dataclass
-class RespondSettings:
-    """``params.yaml respond``; each round index must be one of ``evolve.rounds``."""
-
-    rounds: list[PositiveInt] = field(default_factory=list)
-    include_seed: bool = False  # also answer the seed instructions (round 0)
-    temperature: NonNegativeFloat | None = None  # null = roles.responder's
-    max_tokens: PositiveInt | None = None
-
-
-KEEP = LINEAGE + ["instruction", "input", "template_hash", "model"]
+KEEP = LINEAGE + ["instruction", "input", "template_hash", "model", "finish_reason"]
 
 
 def respond(llm: LLM, prompts: PromptLibrary, instructions: list[str], inputs: list[str],
-            desc: str = "respond", **sampling) -> list[str]:
+            desc: str = "respond", **sampling) -> list[Completion]:
     """Answer each (instruction, input) with one chat turn rendered from the response template."""
     requests = [llm.request([{"role": "user", "content": prompts.render(RESPONSE_TEMPLATE, instruction=q, input=x)}], **sampling)
                 for q, x in zip(instructions, inputs)]
-    return llm.complete(requests, desc=desc)
+    return llm.generate(requests, desc=desc)
 
 
 def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None) -> pl.DataFrame:
@@ -46,17 +36,34 @@ def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None) -> 
     parts = []
     if seed_dir is not None:
         seeds = read_table(seed_dir)
-        parts.append(seeds.with_columns(template_hash=pl.lit(None, pl.String), model=pl.lit(None, pl.String)).select(KEEP))
+        parts.append(seeds.with_columns(template_hash=pl.lit(None, pl.String), model=pl.lit(None, pl.String),
+                                        finish_reason=pl.lit(None, pl.String)).select(KEEP))
     for d in round_dirs:
-        parts.append(read_table(d).filter(pl.col("status") == EVOLVED).select(KEEP))
+        table = read_table(d)
+        if "finish_reason" not in table.columns:  # a round written before finish reasons were kept
+            table = table.with_columns(finish_reason=pl.lit(None, pl.String))
+        parts.append(table.filter(pl.col("status") == EVOLVED).select(KEEP))
     if not parts:
         raise ValueError("respond: no rounds selected (params.yaml respond.rounds) and include_seed is false")
     return pl.concat(parts, how="vertical_relaxed")
 
 
-def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, **sampling) -> pl.DataFrame:
-    outputs = respond(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
-    return items.rename({"template_hash": "evolve_template_hash", "model": "evolver_model"}).with_columns(
-        output=pl.Series(outputs, dtype=pl.String),
+def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
+           repetition: failures.RepetitionTest = failures.RepetitionTest(), **sampling) -> pl.DataFrame:
+    """``items`` with ``output``, ``response_finish_reason`` and ``response_status`` filled in."""
+    completions = respond(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
+    return items.rename({"template_hash": "evolve_template_hash", "model": "evolver_model",
+                         "finish_reason": "instruction_finish_reason"}).with_columns(
+        output=pl.Series([c.text for c in completions], dtype=pl.String),
+        response_finish_reason=pl.Series([c.finish_reason for c in completions], dtype=pl.String),
+        response_status=pl.Series([failures.response_status(c.text, c.finish_reason, repetition) for c in completions],
+                                  dtype=pl.String),
         response_template_hash=pl.lit(prompts.hash(RESPONSE_TEMPLATE)),
     )
+
+
+def status_counts(table: pl.DataFrame) -> dict[str, int]:
+    """Responses per ``response_status``, every status listed (0 when absent)."""
+    counts = dict.fromkeys(failures.RESPONSE_STATUSES, 0)
+    counts.update(table["response_status"].value_counts().iter_rows())
+    return counts

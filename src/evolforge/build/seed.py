@@ -30,6 +30,7 @@ from evolforge.core.params import NonEmptyStr, PositiveInt
 from evolforge.core.records import LINEAGE, SEED, make_id
 from evolforge.core.text import normalize_text
 from evolforge.core.validation import DataError
+from evolforge.core.settings import SeedSettings
 
 PRESETS: dict[str, dict[str, str | None]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},
@@ -40,20 +41,6 @@ FIELDS = ("instruction", "input", "output")
 LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROW = "_row"  # source row number, kept until validation so errors can name it
 DUPLICATE_RULE = "same instruction and input after normalize_text (NFKC, casefold, whitespace collapsed); the first row in the source is kept"
-
-
-@dataclass
-class SeedSettings:
-    """``params.yaml seed``."""
-
-    source: NonEmptyStr  # a local .jsonl/.json/.parquet/.csv file, or a Hugging Face dataset id
-    format: Literal["auto", "alpaca", "gsm8k", "code_alpaca"] = "auto"
-    fields: dict[Literal["instruction", "input", "output"], str | None] = field(default_factory=dict)
-    config: str | None = None  # hub dataset config
-    split: NonEmptyStr = "train"
-    revision: str | None = None  # hub dataset revision (a commit sha pins it exactly)
-    limit: PositiveInt | None = None  # keep a hash-based sample of this many items
-    seed: int = 0
 
 
 class SeedBuild(NamedTuple):

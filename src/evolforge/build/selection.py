@@ -43,6 +43,7 @@ from evolforge.build.dedup import item_text
 from evolforge.core.params import Fraction, NonNegativeInt, ParamsError
 from evolforge.core.records import EVOLVED, SEED, TABLE, read_table
 from evolforge.core.text import question_text
+from evolforge.core.settings import SelectSettings
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "random")
 EMBEDDINGS = "embeddings.npy"
@@ -152,27 +153,6 @@ class Selection(NamedTuple):
     chosen: pl.DataFrame      # the training set, ranked
     summary: dict             # counts per filter, the filter that emptied it, diversity of the set
     excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen
-
-
-@dataclass
-class SelectSettings:
-    """``params.yaml select``."""
-
-    metric: Literal["ic_ifd", "ifd", "difficulty_score", "random"] = "ic_ifd"
-    top_fraction: Fraction | None = 0.25  # SLM paper keeps the top 25 %
-    threshold: float | None = None  # keep items with metric >= threshold (wins over top_fraction)
-    ifd_filter: bool = False  # drop IFD > 1 (the IFD paper does)
-    rounds: list[int] | None = None  # null = every round
-    seed: NonNegativeInt = 0  # for metric random
-    min_loss_instruction: Annotated[float, Ge(0)] | None = None  # floor on L(Q), nats per token
-    min_mnd: Annotated[float, Ge(0), Le(4)] | None = None  # floor on the pool MND (squared L2 of unit embeddings)
-    diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None  # DEITA walk: keep only if d^2 to every kept item exceeds this
-
-    def __post_init__(self) -> None:
-        if self.threshold is None and self.top_fraction is None:
-            raise ParamsError(["select: set top_fraction or threshold"])
-        if self.threshold is not None and self.metric == "random":
-            raise ParamsError(["select.threshold: a threshold makes no sense with metric random"])
 
 
 def select_items(table: pl.DataFrame, metric: str = "ic_ifd", top_fraction: float | None = 0.25,

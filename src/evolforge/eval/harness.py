@@ -73,6 +73,7 @@ from evolforge.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, SUITES, write_suit
 from evolforge.eval.tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
 from evolforge.core.models import is_local, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
+from evolforge.core.settings import EvaluateSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,30 +82,6 @@ DEFAULT_TASKS = BENCHMARKS
 FILTER_SUFFIX = {"strict-match": "strict", "flexible-extract": "flexible"}
 # Results fields that are bookkeeping, not metrics.
 _NOT_METRICS = {"alias", "name", "sample_len", "samples"}
-
-
-@dataclass
-class EvaluateSettings:
-    """``params.yaml evaluate``: exactly the keyword settings of :func:`evaluate` but ``revision`` (a test keeps
-    them equal), with its defaults."""
-
-    suite: Literal["offline", "hub"] = "offline"  # = SUITES
-    tasks: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: list(DEFAULT_TASKS))
-    backend: Literal["hf", "vllm", "local-chat-completions"] = "hf"
-    limit: PositiveInt | Fraction | None = None  # problems per task, or a fraction of each
-    apply_chat_template: bool | str = True
-    system_instruction: str | None = None
-    num_fewshot: NonNegativeInt | None = None
-    gen_kwargs: dict[str, Any] | None = None
-    batch_size: PositiveInt | Literal["auto"] = 1
-    dtype: str = "auto"
-    device: str = "auto"
-    backend_args: dict[str, Any] | None = None
-    allow_code_execution: bool = False
-    sandbox_timeout_s: PositiveFloat = 10.0
-    sandbox_memory_mb: PositiveInt = 512
-    bootstrap_iters: NonNegativeInt = 0
-    seed: int = 1234
 
 
 def resolve_tasks(tasks: Sequence[str], suite: str,

@@ -6,7 +6,11 @@
 >>> fake.sent[0].messages
 (('user', 'hi'),)
 
-``replies`` may also be a function ``request -> str`` for replies that depend on the prompt.
+``replies`` may also be a function ``request -> str`` for replies that depend on the prompt. A reply
+given as a :class:`Completion` is returned as it is, so a script can end a reply at ``max_tokens``:
+
+>>> FakeBackend([Completion("A tale of", "length")]).generate([ChatRequest.chat([])])[0].finish_reason
+'length'
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from evolforge.llm import ChatRequest, Completion
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, replies: Iterable[str] | Callable[[ChatRequest], str] = (), model: str = "fake-model"):
+    def __init__(self, replies: Iterable[str | Completion] | Callable[[ChatRequest], str | Completion] = (),
+                 model: str = "fake-model"):
         self.reply_fn = replies if callable(replies) else None
         self.queue = deque([] if callable(replies) else replies)
         self.model = model
@@ -41,5 +46,5 @@ class FakeBackend:
                 text = self.queue.popleft()
             else:
                 raise AssertionError(f"FakeBackend ran out of scripted replies at request {len(self.sent)}")
-            out.append(Completion(text, "stop"))
+            out.append(text if isinstance(text, Completion) else Completion(text, "stop"))
         return out

@@ -28,6 +28,7 @@ from transformers.cache_utils import DynamicLayer
 
 from evolforge.llm import ChatRequest, Completion, Role, request_seed
 from evolforge.core.models import load_causal_lm, load_tokenizer, model_identity
+from evolforge.core.roles import usable_cores
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
@@ -125,9 +126,13 @@ class _Batch:
 class HFBackend:
     name = "hf"
 
-    def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
+    def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
+                 threads: int | None = None):
         self.model_name = model
         self.revision = revision
+        # torch's default (every core it sees) oversubscribes a shared or quota-limited machine
+        self.threads = threads or usable_cores()
+        torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(model, revision, padding_side="left")
         self.model = load_causal_lm(model, revision, dtype=dtype, device=device)
         if self.tokenizer.chat_template is None:
@@ -140,7 +145,7 @@ class HFBackend:
 
     @classmethod
     def from_role(cls, role: Role) -> "HFBackend":
-        return cls(role.model, role.revision, dtype=role.dtype, device=role.device)
+        return cls(role.model, role.revision, dtype=role.dtype, device=role.device, threads=role.threads)
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -171,6 +176,8 @@ class HFBackend:
 
         Requests are admitted in the order given (callers sort them by length so merged rows pad little).
         """
+        if torch.get_num_threads() != self.threads:  # another backend in this process set its own
+            torch.set_num_threads(self.threads)
         generators = {}
         for i, request in enumerate(requests):
             if request.temperature > 0:

@@ -47,6 +47,7 @@ from evolforge.core.params import Fraction, NonNegativeFloat, PositiveFloat, Pos
 
 from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
+from evolforge.core.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
 
@@ -108,31 +109,6 @@ def _count_params(model) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
-
-
-@dataclass
-class FinetuneSettings:
-    """``params.yaml finetune``: exactly the keyword settings of :func:`finetune` (a test keeps them equal),
-    with its defaults (the papers' full fine-tuning preset)."""
-
-    mode: Literal["full", "lora"] = "full"
-    lr: PositiveFloat = 2e-5
-    epochs: PositiveFloat = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: PositiveInt = 1  # per device
-    grad_accum: PositiveInt = 8
-    max_length: PositiveInt = 2048  # tokens
-    warmup_ratio: Probability = 0.03
-    lr_scheduler: str = "cosine"  # a transformers scheduler name
-    weight_decay: NonNegativeFloat = 0.0
-    lora_rank: PositiveInt = 8
-    lora_alpha: PositiveInt = 8
-    lora_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
-    lora_target_modules: str | list[str] = "all-linear"
-    gradient_checkpointing: bool = True
-    seed: int = 0
-    logging_steps: PositiveInt = 10
-    dtype: str = "auto"
 
 
 def finetune(

