@@ -78,6 +78,14 @@ class Role:
     concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 5
+    # openai: pace requests to a provider's limits (None = no limit); tokens are prompt + max_tokens
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    # openai: a tokenizer (hub id or local path) to check prompts against max_model_len before sending
+    tokenizer: str | None = None
+    # optional prices per million tokens (any currency); LLM.stats then carries the cost
+    price_per_mtok_prompt: float | None = None
+    price_per_mtok_completion: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

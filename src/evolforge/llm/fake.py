@@ -6,21 +6,26 @@
 >>> fake.sent[0].messages
 (('user', 'hi'),)
 
-``replies`` may also be a function ``request -> str`` for replies that depend on the prompt.
+``replies`` may also be a function ``request -> str`` for replies that depend on the prompt; a reply
+that is a :class:`Completion` is returned as it is (e.g. ``Completion.failure(...)`` to script a failed
+item). Tokens are counted as whitespace-separated words, so token totals can be checked.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, Union
 
 from evolforge.llm import ChatRequest, Completion
+
+
+Reply = Union[str, Completion]
 
 
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, replies: Iterable[str] | Callable[[ChatRequest], str] = (), model: str = "fake-model"):
+    def __init__(self, replies: Iterable[Reply] | Callable[[ChatRequest], Reply] = (), model: str = "fake-model"):
         self.reply_fn = replies if callable(replies) else None
         self.queue = deque([] if callable(replies) else replies)
         self.model = model
@@ -41,5 +46,9 @@ class FakeBackend:
                 text = self.queue.popleft()
             else:
                 raise AssertionError(f"FakeBackend ran out of scripted replies at request {len(self.sent)}")
-            out.append(Completion(text, "stop"))
+            if isinstance(text, Completion):
+                out.append(text)
+                continue
+            prompt_words = sum(len(content.split()) for _, content in r.messages)
+            out.append(Completion(text, "stop", prompt_tokens=prompt_words, completion_tokens=len(text.split())))
         return out
