@@ -156,8 +156,7 @@ class OpenAIBackend:
         self.tokens_per_minute = tokens_per_minute
         self._key = _Secret(api_key) if api_key else None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "evolforge"}
-        if self._key is not None:
-            self._headers["Authorization"] = f"Bearer {self._key.value}"
+        if self._key is not None:  # the Authorization header is added per session, never kept here
             parts = urlsplit(self.base_url)
             if parts.scheme == "http" and not is_loopback(parts.hostname):
                 log.warning("%s: the API key is sent over plain HTTP to a host that is not loopback; "
@@ -269,8 +268,11 @@ class OpenAIBackend:
                 run.wake()
 
         # trust_env: honour http(s)_proxy / no_proxy as other clients do
+        headers = dict(self._headers)
+        if self._key is not None:
+            headers["Authorization"] = f"Bearer {self._key.value}"
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=True,
-                                         headers=self._headers) as session:
+                                         headers=headers) as session:
             workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(requests)))]
             try:
                 await asyncio.gather(*workers)
