@@ -42,6 +42,7 @@ def main() -> None:
 
     empty = int((table["output"].str.strip_chars() == "").sum())
     metrics = {"items": table.height, "empty_responses": empty, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "failed_responses": int(table["response_failure_reason"].is_not_null().sum()), "llm": {"responder": llm.stats},
                "per_round": {str(k): v for k, v in zip(*table["round"].value_counts(sort=True).to_dict(as_series=False).values())}}
     write_output(args.out, table, meta={"model": llm.label, "model_identity": llm.identity,
                                         "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": cfg})

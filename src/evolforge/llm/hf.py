@@ -181,6 +181,8 @@ class HFBackend:
         Requests are admitted in the order given (callers sort them by length so merged rows pad little).
         A prompt that does not fit the model's positions is yielded at once as a failed completion.
         """
+        if not requests:
+            return
         generators = {}
         for i, request in enumerate(requests):
             if request.temperature > 0:
