@@ -75,7 +75,8 @@ def main() -> None:
     summary.update(round=args.round, index=index, strategy=settings.strategy, requested_strategy=requested,
                    fallback=fallback,
                    calls=evolver.stats["calls"] + (judge.stats["calls"] if judge else 0),
-                   cache_hits=evolver.stats["cache_hits"] + (judge.stats["cache_hits"] if judge else 0))
+                   cache_hits=evolver.stats["cache_hits"] + (judge.stats["cache_hits"] if judge else 0),
+                   llm={"evolver": evolver.stats, **({"judge": judge.stats} if judge else {})})
     meta = {"round": args.round, "index": index, "model": evolver.label, "model_identity": evolver.identity,
             "template_hashes": {n: prompts.hash(n) for n in prompts.names
                                 if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},

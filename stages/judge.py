@@ -48,7 +48,8 @@ def main() -> None:
                "mean_difficulty_score": table["difficulty_score"].mean(),
                "level_unparsed": int(table["difficulty_level"].is_null().sum()),
                "score_unparsed": int(table["difficulty_score"].is_null().sum()),
-               "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+               "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "llm": {"judge": llm.stats}}  # tokens, failures and cost of the calls
     meta = {"model": llm.label, "model_identity": llm.identity, "score_prompt": variant,
             "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), SCORE_TEMPLATES[variant]: prompts.hash(SCORE_TEMPLATES[variant])}}
     write_output(args.out, table, meta=meta)

@@ -46,6 +46,7 @@ def main() -> None:
     statuses = status_counts(table)
     metrics = {"items": table.height, "response_status": statuses, "empty_responses": statuses["empty"],
                "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "failed_responses": int(table["response_failure_reason"].is_not_null().sum()), "llm": {"responder": llm.stats},
                "per_round": {str(k): v for k, v in zip(*table["round"].value_counts(sort=True).to_dict(as_series=False).values())}}
     write_output(args.out, table, meta={"model": llm.label, "model_identity": llm.identity,
                                         "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": dataclasses.asdict(cfg)})

@@ -52,12 +52,12 @@ def test_llm_caches_in_order_and_counts(tmp_path):
     requests = [req(i) for i in range(7)] + [req(0)]
     out = llm.complete(requests)
     assert out == [f"PROMPT {i}" for i in range(7)] + ["PROMPT 0"]
-    assert llm.stats == {"calls": 7, "cache_hits": 0}  # the duplicate is generated once, not twice
+    assert (llm.stats["calls"], llm.stats["cache_hits"]) == (7, 0)  # the duplicate is generated once, not twice
     assert fake.batches == [3, 3, 1]
 
     again = LLM(FakeBackend([]), CallCache(tmp_path / "c.sqlite"), batch_size=3)
     assert again.complete(requests) == out
-    assert again.stats == {"calls": 0, "cache_hits": 8}
+    assert (again.stats["calls"], again.stats["cache_hits"]) == (0, 8)
     # a different sample index is a different call
     fresh = LLM(FakeBackend(["other"]), CallCache(tmp_path / "c.sqlite"))
     assert fresh.complete([req(0, sample_index=1)]) == ["other"]
@@ -123,13 +123,13 @@ def test_streaming_backend_commits_each_completion_as_it_ends(tmp_path):
     llm = LLM(rerun, CallCache(tmp_path / "c.sqlite"), batch_size=3)
     assert llm.complete(requests + [req(2)]) == [f"ok prompt {i}" for i in range(8)] + ["ok prompt 2"]
     assert sorted(r.messages[0][1] for r in rerun.sent) == [f"prompt {i}" for i in (0, 1, 5, 6, 7)]
-    assert llm.stats == {"calls": 5, "cache_hits": 4}
+    assert (llm.stats["calls"], llm.stats["cache_hits"]) == (5, 4)
 
 
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     from evolforge.core.cache import CallCache
-    from evolforge.llm import LLM, ChatRequest
+    from evolforge.llm import LLM, ChatRequest, LLMSettings
     from evolforge.llm.fake import FakeBackend
 
     def slow(r):
@@ -139,7 +139,8 @@ KILLED_RUN = textwrap.dedent("""
         return "done " + r.messages[0][1]
 
     requests = [ChatRequest.chat([{"role": "user", "content": f"prompt {i}"}]) for i in range(400)]
-    LLM(FakeBackend(slow), CallCache(sys.argv[1]), batch_size=4).complete(requests)
+    settings = LLMSettings(commit_every=4, commit_interval_s=600)  # commits by count only
+    LLM(FakeBackend(slow), CallCache(sys.argv[1]), batch_size=4, settings=settings).complete(requests)
 """)
 
 
@@ -159,7 +160,7 @@ def test_killed_run_repeats_no_finished_batch(tmp_path):
     out = LLM(rerun, CallCache(db), batch_size=4).complete(requests)
     assert out == [f"done prompt {i}" for i in range(400)]
     assert len(rerun.sent) == 400 - committed  # finished batches are not generated again
-    # at most the batch in flight was lost
+    # at most the batch in flight was lost (commit_every = the batch size)
     assert len(log.read_text().splitlines()) - committed <= 4
 
 
@@ -193,3 +194,71 @@ def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(queued)
     cache = open_cache({"cache": {"path": ".evolforge/cache.sqlite"}})
     assert cache.path == (tmp_path / "repo" / ".evolforge" / "cache.sqlite").resolve()
+
+
+def test_key_drops_top_p_and_seed_at_temperature_zero_and_keeps_engine_options():
+    greedy = dict(BASE, temperature=0.0)
+    assert cache_key(**dict(greedy, top_p=0.5, seed=9)) == cache_key(**greedy)
+    assert cache_key(**dict(greedy, sample_index=1)) != cache_key(**greedy)
+    assert cache_key(**dict(BASE, engine={"dtype": "bfloat16"})) != cache_key(**dict(BASE, engine={"dtype": "float32"}))
+    assert cache_key(**dict(BASE, engine={"quantization": "awq"})) != cache_key(**BASE)
+
+
+def test_engine_options_per_backend():
+    from evolforge.llm import Role, engine_options
+
+    hf = Role(name="r", backend="hf", model="m", dtype="bfloat16", device="cpu")
+    vllm = Role(name="r", backend="vllm", model="m", max_model_len=4096, extra={"quantization": "awq"})
+    server = Role(name="r", backend="openai", model="m", base_url="http://127.0.0.1:1/v1", dtype="float16")
+    assert engine_options(hf) == {"dtype": "bfloat16", "device": "cpu"}
+    assert engine_options(vllm)["quantization"] == "awq" and engine_options(vllm)["max_model_len"] == 4096
+    assert engine_options(server) == {}  # the served model id stands for the server's engine
+    key = lambda role: LLM(FakeBackend(), None, role=role, identity={"name": "m"}).key(req(0))
+    assert key(hf) != key(Role(name="r", backend="hf", model="m", dtype="float32", device="cpu"))
+    assert key(server) == key(Role(name="other", backend="openai", model="m", base_url="http://10.0.0.1/v1"))
+
+
+def test_first_stored_completion_wins(tmp_path):
+    first, second = CallCache(tmp_path / "c.sqlite"), CallCache(tmp_path / "c.sqlite")
+    assert first.put_many([("k", "first", "stop", "m")]) == {}
+    assert second.put_many([("k", "second", "length", "m"), ("j", "new", "stop", "m")]) == {"k": ("first", "stop")}
+    assert second.get_many(["k", "j"]) == {"k": ("first", "stop"), "j": ("new", "stop")}
+
+    # an LLM whose completion lost the race returns the stored one
+    class Racing(FakeBackend):
+        def generate(self, requests):
+            out = super().generate(requests)
+            first.put_many([(llm.key(r), "stored by another process", "stop", "m") for r in requests])
+            return out
+
+    llm = LLM(Racing(["mine"]), second)
+    assert llm.complete([req(5)]) == ["stored by another process"]
+
+
+def test_commits_every_interval_while_a_stream_runs(tmp_path):
+    from evolforge.llm import LLMSettings
+
+    seen_committed = []
+
+    class Slow(FakeBackend):
+        def stream(self, requests, slots):
+            for i, r in enumerate(requests):
+                time.sleep(0.03)
+                seen_committed.append(len(CallCache(tmp_path / "c.sqlite")))
+                yield [(i, self.generate([r])[0])]
+
+    settings = LLMSettings(commit_every=10_000, commit_interval_s=0.1)
+    LLM(Slow(lambda r: "x"), CallCache(tmp_path / "c.sqlite"), settings=settings).complete([req(i) for i in range(20)])
+    # committed by time while the stream ran (commit_every is never reached), not only at its end
+    assert seen_committed[0] == 0 and seen_committed[-1] > 0
+    assert len(CallCache(tmp_path / "c.sqlite")) == 20
+
+
+def test_llm_settings_refuse_unknown_keys_and_bad_values():
+    from evolforge.core.params import load_section
+
+    assert load_section({}, "llm").max_failure_rate == 0.05
+    with pytest.raises(ValueError, match="llm.max_failure_rat: unknown key; did you mean `max_failure_rate`"):
+        load_section({"llm": {"max_failure_rat": 0.1}}, "llm")
+    with pytest.raises(ValueError, match="llm.max_failure_rate: got 1.5"):
+        load_section({"llm": {"max_failure_rate": 1.5}}, "llm")

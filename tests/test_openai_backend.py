@@ -191,45 +191,59 @@ def test_retry_after_is_honoured(server):
     assert server.count("throttled") == 2
 
 
-def test_gives_up_after_max_retries_with_a_clear_error(server):
-    server.always = reply(503, "overloaded " + "x" * 500)
-    b = backend(server, max_retries=2)
-    with pytest.raises(LLMRequestError) as info:
-        b.generate([ask("doomed")])
-    msg = str(info.value)
-    assert server.base_url + "/chat/completions" in msg
-    assert "test-model" in msg
-    assert "3 attempts" in msg
-    assert "HTTP 503" in msg and "overloaded xxx" in msg
-    assert "x" * 250 not in msg  # the body is quoted, not dumped
-    assert server.count() == 3
+def test_gives_up_after_max_retries_as_that_items_failure(server):
+    server.script("doomed", *[reply(503, "overloaded " + "x" * 500)] * 3)
+    out = backend(server, max_retries=2).generate([ask("doomed"), ask("fine")])
+    assert out[1].text == "echo: fine" and not out[1].failed
+    failure = out[0]
+    assert failure.failure_reason == "retries_exhausted" and failure.text == ""
+    assert "3 attempts" in failure.error and "HTTP 503" in failure.error and "overloaded xxx" in failure.error
+    assert "x" * 250 not in failure.error  # the body is quoted, not dumped
+    assert server.count("doomed") == 3
 
 
 def test_timeouts_exhaust_retries(server):
     server.always = HANG
-    with pytest.raises(LLMRequestError, match=r"2 attempts: no response within 0.2s"):
-        backend(server, timeout_s=0.2, max_retries=1).generate([ask("stuck")])
+    out = backend(server, timeout_s=0.2, max_retries=1).generate([ask("stuck")])
+    assert out[0].failure_reason == "retries_exhausted"
+    assert "2 attempts, the last: no response within 0.2s" in out[0].error
     assert server.count() == 2
 
 
-def test_connection_refused_is_retried_then_reported():
+def test_connection_refused_is_retried_then_recorded():
     probe = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     port = probe.server_address[1]
     probe.server_close()  # nothing listens there any more
     b = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "m", max_retries=2, backoff_s=0.01, timeout_s=1)
-    with pytest.raises(LLMRequestError, match=r"3 attempts: connection error"):
-        b.generate([ask("anyone?")])
+    out = b.generate([ask("anyone?")])
+    assert out[0].failure_reason == "retries_exhausted" and "3 attempts, the last: connection error" in out[0].error
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
-def test_client_errors_fail_without_retry(server, status):
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_client_errors_are_that_items_rejection_without_retry(server, status):
+    server.script("bad", reply(status, {"error": {"message": "nope"}}))
+    out = backend(server, max_retries=5).generate([ask("bad"), ask("good")])
+    assert out[0].failure_reason == "request_rejected" and f"HTTP {status}" in out[0].error and "nope" in out[0].error
+    assert out[1].text == "echo: good"
+    assert server.count("bad") == 1
+
+
+def test_a_context_length_400_is_prompt_too_long(server):
+    message = "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens."
+    server.script("long", reply(400, {"error": {"message": message}}))
+    out = backend(server).generate([ask("long")])
+    assert out[0].failure_reason == "prompt_too_long" and "maximum context length" in out[0].error
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_errors_that_concern_every_request_stop_the_run(server, status):
     server.always = reply(status, {"error": {"message": "nope"}})
-    with pytest.raises(LLMRequestError, match=rf"after 1 attempt: HTTP {status}"):
+    with pytest.raises(LLMRequestError, match=rf"HTTP {status}.*every request would fail"):
         backend(server, max_retries=5).generate([ask("bad")])
     assert server.count() == 1
 
 
-def test_failure_abandons_the_rest_of_the_batch(server):
+def test_a_fatal_status_abandons_the_rest(server):
     server.always = reply(401, "unauthorized")
     with pytest.raises(LLMRequestError, match="HTTP 401"):
         backend(server, concurrency=2).generate([ask(f"p{i}") for i in range(20)])
@@ -245,7 +259,7 @@ def test_api_key_is_sent_but_never_exposed(server, monkeypatch, caplog):
 
     assert b.generate([ask("hi")])[0].text == "echo: hi"
     assert server.auth_headers == [f"Bearer {secret}"]
-    assert b.identity() == {"name": "test-model", "base_url": server.base_url}
+    assert b.identity() == {"served_model": "test-model"}  # never the URL
     assert secret not in repr(b) and secret not in str(b) and secret not in repr(vars(b))
 
     # A server that echoes the key back (first in a retried 500, then in a 401) must not leak it.
@@ -256,6 +270,11 @@ def test_api_key_is_sent_but_never_exposed(server, monkeypatch, caplog):
     assert "HTTP 401" in str(info.value) and "invalid api key" in str(info.value)
     assert secret not in str(info.value) and secret not in repr(info.value)
     assert "HTTP 500" in caplog.text and secret not in caplog.text
+    # a key over plain HTTP to a host that is not loopback gets a warning; loopback does not
+    assert "plain HTTP" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="evolforge"):
+        OpenAIBackend("http://10.1.2.3:8000/v1", "m", api_key=secret)
+    assert "plain HTTP" in caplog.text and secret not in caplog.text
 
 
 def test_missing_api_key_env_is_a_clear_error(monkeypatch):
@@ -273,7 +292,7 @@ def test_from_role_needs_base_url():
 
 def test_identity_includes_revision_when_set():
     b = OpenAIBackend("http://127.0.0.1:9/v1/", "org/model", revision="abc123")
-    assert b.identity() == {"name": "org/model", "base_url": "http://127.0.0.1:9/v1", "revision": "abc123"}
+    assert b.identity() == {"served_model": "org/model", "revision": "abc123"}
     assert b.generate([]) == []
 
 
@@ -294,7 +313,7 @@ def test_through_llm_and_call_cache(server, tmp_path):
     assert [c.text for c in out] == [f"echo: q{i}" for i in range(7)] + ["echo: q0"]
     assert all(c.cached for c in out)
     assert server.count() == 7  # no new calls
-    assert second.stats == {"calls": 0, "cache_hits": 8}
+    assert (second.stats["calls"], second.stats["cache_hits"]) == (0, 8)
     cache.close()
 
 

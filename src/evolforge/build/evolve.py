@@ -17,8 +17,10 @@ stop words only, rule F), then the optional judge checks (not an instruction, in
 The evolver's ``finish_reason`` is kept per row ("length": cut at ``max_tokens``).
 
 Only ``instruction`` is evolved; ``input`` is carried over. Every item that enters a round leaves it as
-exactly one row, ``evolved`` or ``failed`` (with ``failure_reason``), so in = evolved + failed. The pool
-for the next round is the evolved rows plus, with ``on_failure: keep_parent``, the parents of failed ones.
+exactly one row, ``evolved`` or ``failed`` (with ``failure_reason``), so in = evolved + failed. An LLM
+call that failed (``prompt_too_long``, ``request_rejected``, ``retries_exhausted``) fails its item with
+that reason, the server's message in ``failure_detail`` and a null ``raw_output``. The pool for the
+next round is the evolved rows plus, with ``on_failure: keep_parent``, the parents of failed ones.
 """
 
 from __future__ import annotations
@@ -126,32 +128,34 @@ class Evolution(NamedTuple):
     """One instruction evolved with a method text."""
 
     instruction: str | None  # parsed after the final-instruction marker; None when it is missing
-    raw: str  # the evolver's whole answer
+    raw: str | None  # the evolver's whole answer; None when the call failed
     finish_reason: str | None  # "length": the answer stopped at max_tokens
 
 
 def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                        seed: int | None = None, desc: str = "evolve") -> list[Evolution]:
-    """Apply one evolving method to each instruction."""
+    """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
+    no raw text (as unparseable as a missing marker, and nothing to show)."""
     requests = [llm.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
                 for i in instructions]
-    return [Evolution(failures.parse_final_instruction(c.text), c.text, c.finish_reason)
+    return [Evolution(None, None, None) if c.failed else Evolution(failures.parse_final_instruction(c.text), c.text, c.finish_reason)
             for c in llm.generate(requests, desc=desc)]
 
 
 def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:
-    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed."""
+    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed (or failed)."""
     requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}]) for t in texts]
-    return [failures.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
+    return [None if t is None else failures.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
 
 
 def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
     """LLM check: True when the evolved instruction equals its parent (no information gain)."""
     requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}])
                 for p, c in zip(parents, children)]
-    return [failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
+    # a failed call is an unparsed verdict: the item is not eliminated on no evidence
+    return [None if t is None else failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 
 
 def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
@@ -173,16 +177,21 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     # 1. evolve
     requests = [evolver.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
                 for m, it in zip(methods, items)]
-    completions = evolver.generate(requests, desc=f"round {round_index}: evolve")
-    raws = [c.text for c in completions]
-    finishes = [c.finish_reason for c in completions]
-    candidates = [failures.parse_final_instruction(r) if m in STRATEGIES else r.strip() for m, r in zip(methods, raws)]
+    outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
+    raws = [None if c.failed else c.text for c in outs]
+    finishes = [c.finish_reason for c in outs]
+    details: list[str | None] = [c.error for c in outs]
+    candidates = [None if r is None else failures.parse_final_instruction(r) if m in STRATEGIES else r.strip()
+                  for m, r in zip(methods, raws)]
 
     # 2. checks on the instruction itself
     switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
     repetition = repetition_test(settings.repetition)
     reasons: list[str | None] = []
-    for m, it, cand, finish in zip(methods, items, candidates, finishes):
+    for m, it, cand, finish, out in zip(methods, items, candidates, finishes, outs):
+        if out.failed:
+            reasons.append(out.failure_reason)
+            continue
         if m in STRATEGIES and cand is None:
             # a marker that never came because the answer was cut off: the cut is the cause
             cut = switches["truncated"] and finish == "length"
@@ -199,6 +208,9 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         answers = respond(evolver, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
                           desc=f"round {round_index}: check", temperature=0.0, max_tokens=settings.max_tokens, seed=settings.seed)
         for i, answer in zip(alive, answers):
+            if answer.failed:  # the item cannot be checked: it fails with the call's reason
+                reasons[i], details[i] = answer.failure_reason, f"check response: {answer.error}"
+                continue
             responses[i] = answer.text
             reasons[i] = failures.response_failure(answer.text, **response_rules)
 
@@ -224,13 +236,13 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
 
     rows, next_pool = [], []
     model = evolver.label
-    for it, m, raw, finish, cand, resp, reason in zip(items, methods, raws, finishes, candidates, responses, reasons):
+    for it, m, raw, finish, cand, resp, reason, detail in zip(items, methods, raws, finishes, candidates, responses, reasons, details):
         status = EVOLVED if reason is None else FAILED
         text = cand if cand is not None else ""
         row = {
             "id": make_id(it["id"], round_index, m, text, status),
             "root_id": it["root_id"], "parent_id": it["id"], "round": round_index, "method": m,
-            "status": status, "failure_reason": reason,
+            "status": status, "failure_reason": reason, "failure_detail": detail,
             "instruction": text, "input": it["input"], "output": "",
             "parent_instruction": it["instruction"], "raw_output": raw, "finish_reason": finish,
             "check_response": resp,
@@ -252,7 +264,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
 
 ROUND_SCHEMA = {
     "id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": pl.Int32, "method": pl.String,
-    "status": pl.String, "failure_reason": pl.String, "instruction": pl.String, "input": pl.String,
+    "status": pl.String, "failure_reason": pl.String, "failure_detail": pl.String, "instruction": pl.String, "input": pl.String,
     "output": pl.String, "parent_instruction": pl.String, "raw_output": pl.String, "finish_reason": pl.String,
     "check_response": pl.String,
     "template_hash": pl.String, "model": pl.String,

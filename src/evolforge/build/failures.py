@@ -37,9 +37,11 @@ CHATTER = "asks_user_for_input"
 NOT_AN_INSTRUCTION = "not_an_instruction"
 JUDGED_NOT_AN_INSTRUCTION = "judged_not_an_instruction"
 
-# response_status values (responses table): only "complete" responses are training material
+# response_status values (responses table): only "complete" responses are training material; "failed" is a
+# call that got no answer (its reason in response_failure_reason)
 COMPLETE, TRUNCATED_STATUS, REPETITIVE_STATUS, EMPTY_STATUS = "complete", "truncated", "repetitive", "empty"
-RESPONSE_STATUSES = (COMPLETE, TRUNCATED_STATUS, REPETITIVE_STATUS, EMPTY_STATUS)
+FAILED_RESPONSE = "failed"
+RESPONSE_STATUSES = (COMPLETE, TRUNCATED_STATUS, REPETITIVE_STATUS, EMPTY_STATUS, FAILED_RESPONSE)
 
 # Words of the evolving prompts that must not leak into an evolved instruction (lower-case match).
 TEMPLATE_PHRASES = (

@@ -2,7 +2,8 @@
 
 Two score prompts exist: ``paper`` (the paper's figure, same layout as the level prompt) and ``code``
 (the reference code's wording); which one was used is recorded per row. An answer that does not parse
-stays null, with its raw text and a reason: never an invented value.
+stays null, with its raw text and a reason: never an invented value. A call that failed (prompt too
+long, rejected, retries exhausted) has a null raw text and the failure as its reason.
 
 >>> parse_level(" Hard\\n")
 ('hard', None)
@@ -18,9 +19,7 @@ from typing import Literal
 
 import polars as pl
 
-from evolforge.core.params import PositiveInt
-
-from evolforge.llm import LLM
+from evolforge.llm import LLM, Completion
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
 from evolforge.core.settings import JudgeSettings
@@ -61,15 +60,17 @@ def judge(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, score_prompt: s
         raise ValueError(f"params.yaml judge.score_prompt: {score_prompt!r} is not one of {sorted(SCORE_TEMPLATES)}")
     queries = [question_text(q, x) for q, x in zip(items["instruction"].to_list(), items["input"].to_list())]
 
-    def ask(template: str, desc: str) -> list[str]:
+    def ask(template: str, desc: str) -> list[Completion]:
         requests = [llm.request([{"role": "user", "content": prompts.render(template, query=q)}],
                                  max_tokens=max_tokens) for q in queries]
-        return llm.complete(requests, desc=desc)
+        return llm.generate(requests, desc=desc)
 
-    level_raw = ask(LEVEL_TEMPLATE, "judge level")
-    score_raw = ask(SCORE_TEMPLATES[score_prompt], "judge score")
-    levels = [parse_level(t) for t in level_raw]
-    scores = [parse_score(t) for t in score_raw]
+    level_out = ask(LEVEL_TEMPLATE, "judge level")
+    score_out = ask(SCORE_TEMPLATES[score_prompt], "judge score")
+    level_raw = [None if c.failed else c.text for c in level_out]
+    score_raw = [None if c.failed else c.text for c in score_out]
+    levels = [(None, c.failure_reason) if c.failed else parse_level(c.text) for c in level_out]
+    scores = [(None, c.failure_reason) if c.failed else parse_score(c.text) for c in score_out]
     return items.with_columns(
         difficulty_level=pl.Series([v for v, _ in levels], dtype=pl.String),
         difficulty_level_reason=pl.Series([r for _, r in levels], dtype=pl.String),

@@ -47,6 +47,10 @@ Trajectory stages whose answer lacks the final-instruction marker keep the raw a
 the reference code does: the optimizer then sees the broken output it is meant to analyse, and the
 next round evolves that text. Such stages are listed in the step's log (``trajectory_unparsed``).
 
+A failed LLM call (prompt too long, rejected, retries exhausted) counts like an unparseable answer: a
+missing marker on the development set, a failed response there, a candidate with a ``parse_error``
+naming the failure; a failed trajectory stage keeps the previous stage's text (there is no answer).
+
 >>> parse_optimized_method("Sure.\\n```Optimized Method\\nStep 1: list methods.\\n```")
 ('Step 1: list methods.', None)
 >>> parse_optimized_method("I have improved the method.")
@@ -96,8 +100,8 @@ class Candidate:
     """One optimizer sample: its feedback, its raw answer and, when it parsed, the method and its score."""
 
     index: int  # = sample_index of both optimizer calls
-    feedback: str
-    answer: str
+    feedback: str | None  # None when the analysis call failed
+    answer: str | None  # None when the call failed (parse_error says why)
     method: str | None
     parse_error: str | None
     dev: MethodScore | None = None
@@ -161,7 +165,7 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
         for case, (parsed, raw, _) in zip(cases, results):
             if parsed is None:
                 unparsed.append({"id": case["id"], "round": r})
-            case[f"stage{r}"] = parsed if parsed is not None else raw.strip()
+            case[f"stage{r}"] = parsed if parsed is not None else raw.strip() if raw is not None else case[f"stage{r - 1}"]
         current = [case[f"stage{r}"] for case in cases]
     return cases, unparsed
 
@@ -172,15 +176,17 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
     evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method,
                                  temperature=temperature, desc=f"{desc}: evolve")
     answered = [(d, e.instruction) for d, e in zip(dev, evolved) if e.instruction is not None]
-    responses = [c.text for c in respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
-                                         desc=f"{desc}: respond", temperature=0.0)] if answered else []
+    responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
+                        desc=f"{desc}: respond", temperature=0.0) if answered else []
     missing = len(dev) - len(answered)
-    fails = missing + sum(failures.auto_evol_failure(r) for r in responses)
+    # a failed response call is a failure, like a response that F catches
+    fails = missing + sum(r.failed or failures.auto_evol_failure(r.text) for r in responses)
     rate = fails / len(dev)
     ratio = 0.0
-    if answered:
+    texts = [r.text for r in responses if not r.failed]
+    if answered and texts:
         mean_instruction = sum(len(q) for _, q in answered) / len(answered)
-        mean_response = sum(len(r) for r in responses) / len(responses)
+        mean_response = sum(len(t) for t in texts) / len(texts)
         ratio = mean_response / mean_instruction if mean_instruction else 0.0
     return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing, success=1.0 - rate,
                        score=(1.0 - rate) * ratio, cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved))
@@ -191,16 +197,23 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
-    feedbacks = optimizer.complete([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
+    feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
                                    desc="optimizer: analysis")
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
-    answers = optimizer.complete(
-        [optimizer.request([analysis, {"role": "assistant", "content": f}, optimization], sample_index=j)
-         for j, f in enumerate(feedbacks)], desc="optimizer: optimization")
+    asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
+    answers = dict(zip(asked, optimizer.generate(
+        [optimizer.request([analysis, {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j)
+         for j in asked], desc="optimizer: optimization")))
     out = []
-    for j, (feedback, answer) in enumerate(zip(feedbacks, answers)):
-        parsed, error = parse_optimized_method(answer)
-        out.append(Candidate(index=j, feedback=feedback, answer=answer, method=parsed, parse_error=error))
+    for j, feedback in enumerate(feedbacks):
+        answer = answers.get(j)
+        if feedback.failed or answer.failed:
+            failed = feedback if feedback.failed else answer
+            out.append(Candidate(index=j, feedback=None if feedback.failed else feedback.text, answer=None,
+                                 method=None, parse_error=f"call failed: {failed.failure_reason}: {failed.error}"))
+            continue
+        parsed, error = parse_optimized_method(answer.text)
+        out.append(Candidate(index=j, feedback=feedback.text, answer=answer.text, method=parsed, parse_error=error))
     return out
 
 

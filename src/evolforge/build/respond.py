@@ -5,6 +5,8 @@ keeping every lineage column and the evolver's ``finish_reason`` (as ``instructi
 ``answer`` fills ``output`` from the responder role and marks each response with ``response_status``:
 ``complete``, ``truncated`` (cut at ``max_tokens``), ``repetitive`` (loops) or ``empty``
 (:func:`evolforge.build.failures.response_status`). Only complete responses are training material.
+A call that failed (prompt too long, rejected, retries exhausted) keeps its row with a null ``output``
+and the reason in ``response_failure_reason`` / ``response_failure_detail``: never an invented text.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ KEEP = LINEAGE + ["instruction", "input", "template_hash", "model", "finish_reas
 
 def respond(llm: LLM, prompts: PromptLibrary, instructions: list[str], inputs: list[str],
             desc: str = "respond", **sampling) -> list[Completion]:
-    """Answer each (instruction, input) with one chat turn rendered from the response template."""
+    """Answer each (instruction, input) with one chat turn rendered from the response template; a failed
+    call is a failed completion (``Completion.failed``)."""
     requests = [llm.request([{"role": "user", "content": prompts.render(RESPONSE_TEMPLATE, instruction=q, input=x)}], **sampling)
                 for q, x in zip(instructions, inputs)]
     return llm.generate(requests, desc=desc)
@@ -50,14 +53,17 @@ def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None) -> 
 
 def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
            repetition: failures.RepetitionTest = failures.RepetitionTest(), **sampling) -> pl.DataFrame:
-    """``items`` with ``output``, ``response_finish_reason`` and ``response_status`` filled in."""
+    """``items`` with ``output``, ``response_finish_reason`` and ``response_status`` filled in; a failed call
+    leaves ``output`` null with its reason (``response_status`` failed)."""
     completions = respond(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
     return items.rename({"template_hash": "evolve_template_hash", "model": "evolver_model",
                          "finish_reason": "instruction_finish_reason"}).with_columns(
-        output=pl.Series([c.text for c in completions], dtype=pl.String),
+        output=pl.Series([None if c.failed else c.text for c in completions], dtype=pl.String),
         response_finish_reason=pl.Series([c.finish_reason for c in completions], dtype=pl.String),
-        response_status=pl.Series([failures.response_status(c.text, c.finish_reason, repetition) for c in completions],
-                                  dtype=pl.String),
+        response_status=pl.Series([failures.FAILED_RESPONSE if c.failed else failures.response_status(c.text, c.finish_reason, repetition)
+                                   for c in completions], dtype=pl.String),
+        response_failure_reason=pl.Series([c.failure_reason for c in completions], dtype=pl.String),
+        response_failure_detail=pl.Series([c.error for c in completions], dtype=pl.String),
         response_template_hash=pl.lit(prompts.hash(RESPONSE_TEMPLATE)),
     )
 

@@ -1,13 +1,17 @@
 """Content-addressed LLM call cache: one embedded SQLite file, outside DVC outputs.
 
-The key covers everything that changes a completion: backend, model identity (name plus revision, or
-a hash of local weights), the rendered messages, sampling parameters, seed and sample index. Nothing
-else goes in (no API keys, no timestamps), so a rerun with identical inputs is exact, even when
-sampling with temperature > 0, and a changed prompt recomputes only the calls it touches.
+The key covers everything that changes a completion: backend, model identity (weights hash, hub commit
+sha or served model id -- never a URL or a path's spelling), the engine options that change outputs
+(dtype, device, quantization, context length...), the rendered messages, sampling parameters, seed and
+sample index. Nothing else goes in (no API keys, no timestamps, no ``top_p`` or seed at temperature 0),
+so a rerun with identical inputs is exact, even when sampling with temperature > 0, and a changed
+prompt recomputes only the calls it touches.
 
-Writes are committed per batch (``put_many`` is one transaction), so a killed stage loses at most the
-batch in flight. WAL mode and a long busy timeout let two stage processes share the file
-(``dvc exp run --queue -j 2``).
+Only completions are stored, never failures. The first stored completion for a key wins
+(``INSERT OR IGNORE``; ``put_many`` hands back what is stored for keys another writer filled first).
+``put_many`` is one transaction; the LLM layer commits every few hundred completions or half second, so
+a killed stage loses at most that window. WAL mode and a long busy timeout let two stage processes
+share the file (``dvc exp run --queue -j 2``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def cache_key(
     *,
     backend: str,
     model: Mapping,
+    engine: Mapping | None = None,
     messages: Iterable[Mapping[str, str]],
     temperature: float,
     top_p: float,
@@ -51,21 +56,27 @@ def cache_key(
 ) -> str:
     """sha256 over a canonical JSON of the parts that determine a completion.
 
+    ``engine`` holds the options of the role that change outputs (see ``evolforge.llm.engine_options``).
+    At temperature 0 decoding is greedy: ``top_p`` and ``seed`` change nothing and are left out.
+
     >>> k = cache_key(backend="hf", model={"name": "m"}, messages=[{"role": "user", "content": "hi"}],
     ...               temperature=0.0, top_p=1.0, max_tokens=8, seed=0, sample_index=0)
     >>> len(k)
     64
     """
+    greedy = float(temperature) == 0.0
     payload = {
         "backend": backend,
         "model": dict(model),
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
         "temperature": float(temperature),
-        "top_p": float(top_p),
+        "top_p": 1.0 if greedy else float(top_p),
         "max_tokens": int(max_tokens),
-        "seed": int(seed),
+        "seed": 0 if greedy else int(seed),
         "sample_index": int(sample_index),
     }
+    if engine:  # servers have none: the served model id covers the engine
+        payload["engine"] = dict(engine)
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -95,21 +106,29 @@ class CallCache:
             found.update({k: (t, f) for k, t, f in rows})
         return found
 
-    def put_many(self, rows: list[tuple[str, str, str | None, str]]) -> None:
-        """Insert (key, text, finish_reason, model_name) rows in one transaction."""
+    def put_many(self, rows: list[tuple[str, str, str | None, str]]) -> dict[str, tuple[str, str | None]]:
+        """Insert (key, text, finish_reason, model_name) rows in one transaction; a key already stored keeps
+        its completion (first stored wins). Returns {key: (text, finish_reason)} as stored for the keys
+        that were already there with another completion (empty when every row went in)."""
         if not rows:
-            return
+            return {}
         now = time.time()
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            before = self._db.total_changes
             self._db.executemany(
-                "INSERT OR REPLACE INTO completions (key, text, finish, model, created) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO completions (key, text, finish, model, created) VALUES (?, ?, ?, ?, ?)",
                 [(k, t, f, m, now) for k, t, f, m in rows],
             )
+            inserted = self._db.total_changes - before
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        if inserted == len(rows):
+            return {}
+        stored = self.get_many([k for k, *_ in rows])  # read back: another writer got there first
+        return {k: stored[k] for k, t, f, _ in rows if k in stored and stored[k] != (t, f)}
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]

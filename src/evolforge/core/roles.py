@@ -84,6 +84,14 @@ class Role:
     concurrency: PositiveInt = 8
     timeout_s: PositiveFloat = 120.0
     max_retries: NonNegativeInt = 5
+    # openai: pace requests to a provider's limits (None = no limit); tokens are prompt + max_tokens
+    requests_per_minute: PositiveFloat | None = None
+    tokens_per_minute: PositiveFloat | None = None
+    # openai: a tokenizer (hub id or local path) to check prompts against max_model_len before sending
+    tokenizer: str | None = None
+    # optional prices per million tokens (any currency); LLM.stats then carries the cost
+    price_per_mtok_prompt: NonNegativeFloat | None = None
+    price_per_mtok_completion: NonNegativeFloat | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

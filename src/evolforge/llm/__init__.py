@@ -4,10 +4,15 @@ Every stage talks to models the same way::
 
     llm = open_role(params, "evolver", cache)      # an LLM that carries its role's defaults
     texts = llm.complete([llm.request([{"role": "user", "content": prompt}]) for prompt in prompts])
-    llm.stats  # {"calls": ..., "cache_hits": ...}
+    llm.stats  # {"calls": ..., "cache_hits": ..., "failures": ..., "prompt_tokens": ..., ...}
 
 Backends (``role.backend``): ``hf`` (transformers in-process), ``vllm`` (vLLM offline engine, GPU extra)
 and ``openai`` (any OpenAI-compatible ``/v1/chat/completions`` server). Tests use ``FakeBackend``.
+
+One item's failure is that item's: a prompt that cannot fit, a rejected request or exhausted retries
+comes back as a :class:`Completion` with ``failure_reason`` set (never cached), while every other
+completion is committed as it arrives. ``LLM.generate`` raises :class:`LLMFailureError` -- after
+committing everything it got -- only when the failures pass ``max_failure_rate`` of its requests.
 """
 
 from __future__ import annotations
@@ -15,16 +20,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import time
+from collections import Counter
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
 from evolforge.core.cache import CallCache, cache_key
 from evolforge.core.models import ModelError, model_identity
-from evolforge.core.params import load_role
+from evolforge.core.params import load_role, load_section
+from evolforge.core.settings import LLMSettings
 from evolforge.core.roles import ChatRequest, Role
+
+
+# failure_reason values: why an item got no completion
+PROMPT_TOO_LONG = "prompt_too_long"  # the prompt does not fit the model's context (checked before sending)
+REQUEST_REJECTED = "request_rejected"  # the server refused this request (a non-retryable 4xx)
+RETRIES_EXHAUSTED = "retries_exhausted"  # every attempt failed (timeouts, 429, 5xx, dropped connections)
+ERROR_CHARS = 300  # how much of a server's message a failure keeps
 
 
 @dataclass(frozen=True)
@@ -32,11 +48,32 @@ class Completion:
     text: str
     finish_reason: str | None = None  # "stop" | "length" | None when the backend does not say
     cached: bool = False
+    failure_reason: str | None = None  # set when the item got no completion (then text is "")
+    error: str | None = None  # the failure's detail: the server's message, trimmed, never the key
+    # tokens this call used (from the server's usage, or counted); None when unknown or cached
+    prompt_tokens: int | None = field(default=None, compare=False)
+    completion_tokens: int | None = field(default=None, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.failure_reason is not None
+
+    @classmethod
+    def failure(cls, reason: str, error: str) -> "Completion":
+        error = " ".join(error.split())
+        return cls("", None, failure_reason=reason,
+                   error=error if len(error) <= ERROR_CHARS else error[:ERROR_CHARS] + "...")
+
+
+class LLMFailureError(RuntimeError):
+    """Too many of a stage's calls failed (``llm.max_failure_rate``); every completion was committed first."""
 
 
 class Backend(Protocol):
-    """What a backend provides. ``generate`` keeps the order of its input. A backend may also offer
-    ``stream(requests, slots)``, yielding lists of (index, completion) as requests finish (see hf)."""
+    """What a backend provides. ``generate`` keeps the order of its input; an item that cannot be served
+    comes back as a failed completion (``Completion.failure``), and only a fault that concerns every
+    request (a bad key, a wrong URL) raises. A backend may also offer ``stream(requests, slots)``,
+    yielding lists of (index, completion) as requests finish (hf, vllm, openai)."""
 
     name: str
 
@@ -48,22 +85,36 @@ class Backend(Protocol):
 def request_seed(request: ChatRequest) -> int:
     """A 60-bit sampling seed derived from the whole request (messages, sampling, seed, sample index),
     so a request samples the same tokens whichever batch it lands in."""
-    blob = json.dumps(dataclasses.asdict(request), sort_keys=True, ensure_ascii=False)
+    # the JSON of dataclasses.asdict(request), built directly (asdict's deep copy costs more than the hash)
+    fields = {"messages": request.messages, "temperature": request.temperature, "top_p": request.top_p,
+              "max_tokens": request.max_tokens, "seed": request.seed, "sample_index": request.sample_index}
+    blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:15], 16)
 
 
 class LLM:
     """One model role behind the call cache: it carries its :class:`Role` (generation defaults), looks
-    every request up, generates only the misses and commits finished completions as they come (a whole
-    batch at a time, or each one as soon as it ends for backends that stream).
+    every request up, generates only the misses and commits completions as they come: every
+    ``commit_every`` completions or ``commit_interval_s`` seconds, whichever is first, and at the end
+    (also when the run stops on an error).
+
+    A failed item (``Completion.failed``) is returned to the caller and counted, never cached, so a
+    rerun retries exactly the failures. Past ``max_failure_rate`` of a call's requests the call raises
+    :class:`LLMFailureError` once everything it got is committed -- early, as soon as the failures
+    already exceed what the threshold allows for the whole call.
 
     The backend is loaded on the first cache miss, so a stage whose calls are all cached never loads
     its model. ``identity`` (from ``models/identity.json``) names the model in cache keys; without it
     the backend is asked, which loads it.
+
+    ``stats``: ``calls`` (requests handed to the backend), ``cache_hits``, ``failures`` and
+    ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made), and
+    ``cost`` when the role has prices.
     """
 
     def __init__(self, backend: Backend | None, cache: CallCache | None, *, role: Role | None = None,
-                 identity: dict[str, Any] | None = None, batch_size: int | None = None, desc: str | None = None):
+                 identity: dict[str, Any] | None = None, batch_size: int | None = None, desc: str | None = None,
+                 settings: LLMSettings | None = None):
         if backend is None and (role is None or identity is None):
             raise ValueError("an LLM without a backend needs its role and the model identity")
         self._backend = backend
@@ -71,11 +122,16 @@ class LLM:
                                  model=str(backend.identity().get("name", "?")))
         self.cache = cache
         self._identity = dict(identity) if identity is not None else backend.identity()
-        if batch_size is None:  # openai batches keep every connection busy; in-process backends use batch_size
+        self._engine = engine_options(self.role)
+        if batch_size is None:  # servers: the backend's own pool bounds requests in flight
             batch_size = self.role.concurrency * 4 if self.role.backend == "openai" else self.role.batch_size
         self.batch_size = max(1, int(batch_size))
         self.desc = desc or self.role.name
-        self.stats = {"calls": 0, "cache_hits": 0}
+        self.settings = settings or LLMSettings()
+        self.stats: dict[str, Any] = {"calls": 0, "cache_hits": 0, "failures": 0, "failed_by_reason": {},
+                                      "prompt_tokens": 0, "completion_tokens": 0}
+        if self.role.price_per_mtok_prompt is not None or self.role.price_per_mtok_completion is not None:
+            self.stats["cost"] = 0.0
 
     @property
     def backend(self) -> Backend:
@@ -100,6 +156,7 @@ class LLM:
         return cache_key(
             backend=self.role.backend,
             model=self._identity,
+            engine=self._engine,
             messages=request.message_dicts,
             temperature=request.temperature,
             top_p=request.top_p,
@@ -109,6 +166,7 @@ class LLM:
         )
 
     def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
+        """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
         keys = [self.key(r) for r in requests]
         hits = self.cache.get_many(sorted(set(keys))) if self.cache is not None else {}
         results: list[Completion | None] = [None] * len(requests)
@@ -124,23 +182,80 @@ class LLM:
 
         # Length-sorted so batches pad little; outputs do not depend on batch composition.
         todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
+        allowed = math.floor(self.settings.max_failure_rate * len(requests) + 1e-9)
+        failed: Counter[str] = Counter()
+        pending: list[tuple[str, str, str | None, str]] = []
+        last_commit = time.monotonic()
+        model = self.role.model
+
+        def commit() -> None:
+            nonlocal last_commit
+            if self.cache is not None and pending:
+                # first stored wins: another process may have filled a key meanwhile
+                for k, (text, finish) in self.cache.put_many(pending).items():
+                    for i in missing[k]:
+                        results[i] = Completion(text, finish)
+            pending.clear()
+            last_commit = time.monotonic()
+
         with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
                   desc=desc or self.desc, unit="req", leave=False) as bar:
-            for finished in self._run([requests[idx[0]] for _, idx in todo]):
-                if self.cache is not None:
-                    self.cache.put_many([(todo[j][0], o.text, o.finish_reason, self.role.model) for j, o in finished])
-                self.stats["calls"] += len(finished)
-                for j, out in finished:
-                    for i in todo[j][1]:
-                        results[i] = out
-                    bar.update(len(todo[j][1]))
+            try:
+                for finished in self._run([requests[idx[0]] for _, idx in todo]):
+                    done = 0
+                    for j, out in finished:
+                        k, idx = todo[j]
+                        for i in idx:
+                            results[i] = out
+                        done += len(idx)
+                        self._count(out)
+                        if out.failure_reason is not None:
+                            failed[out.failure_reason] += len(idx)
+                        else:
+                            pending.append((k, out.text, out.finish_reason, model))
+                    self.stats["calls"] += len(finished)
+                    bar.update(done)
+                    if len(pending) >= self.settings.commit_every or (
+                            pending and time.monotonic() - last_commit >= self.settings.commit_interval_s):
+                        commit()
+                    if sum(failed.values()) > allowed:
+                        break  # the threshold is passed whatever the rest brings
+            finally:
+                commit()
+        self._record_failures(failed)
+        if sum(failed.values()) > allowed:
+            self._raise_failures(failed, results, len(requests))
         return results  # type: ignore[return-value]
+
+    def _count(self, out: Completion) -> None:
+        prompt, completion = out.prompt_tokens or 0, out.completion_tokens or 0
+        self.stats["prompt_tokens"] += prompt
+        self.stats["completion_tokens"] += completion
+        if "cost" in self.stats:
+            self.stats["cost"] += (prompt * (self.role.price_per_mtok_prompt or 0.0)
+                                   + completion * (self.role.price_per_mtok_completion or 0.0)) / 1e6
+
+    def _record_failures(self, failed: Counter) -> None:
+        self.stats["failures"] += sum(failed.values())
+        by_reason = self.stats["failed_by_reason"]
+        for reason, n in failed.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+
+    def _raise_failures(self, failed: Counter, results: list[Completion | None], total: int) -> None:
+        example = next(c for c in results if c is not None and c.failed)
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
+        raise LLMFailureError(
+            f"roles.{self.role.name} ({self.role.model}): {sum(failed.values())} of {total} requests failed "
+            f"({counts}), more than params.yaml llm.max_failure_rate = {self.settings.max_failure_rate} allows; "
+            f"every completion received is in the cache, so a rerun retries only the rest. "
+            f"First failure: {example.failure_reason}: {example.error}")
 
     def _run(self, requests: list[ChatRequest]) -> Iterator[list[tuple[int, Completion]]]:
         """Completions as they finish, as (position in ``requests``, completion) groups to commit.
 
-        A backend with ``stream`` (hf) keeps ``batch_size`` requests in flight and hands back each one
-        as soon as it ends; the others take ``batch_size`` requests at a time."""
+        A backend with ``stream`` keeps requests in flight and hands back each one as soon as it ends
+        (hf: ``batch_size`` slots; openai: ``concurrency`` connections; vllm: the whole list in large
+        chunks); the others take ``batch_size`` requests at a time."""
         stream = getattr(self.backend, "stream", None)
         if stream is not None:
             yield from stream(requests, slots=self.batch_size)
@@ -149,8 +264,9 @@ class LLM:
             outputs = self.backend.generate(requests[start : start + self.batch_size])
             yield list(enumerate(outputs, start))
 
-    def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str]:
-        return [c.text for c in self.generate(requests, desc=desc)]
+    def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str | None]:
+        """The texts of :meth:`generate`; None for a failed item (never an invented text)."""
+        return [None if c.failed else c.text for c in self.generate(requests, desc=desc)]
 
 
 def identity_digest(identity: dict[str, Any]) -> str:
@@ -162,6 +278,20 @@ def _size(request: ChatRequest) -> tuple[int, int]:
     return request.max_tokens, sum(len(content) for _, content in request.messages)
 
 
+def engine_options(role: Role) -> dict[str, Any]:
+    """The options of ``role`` that change outputs beyond the model's identity: part of every cache key.
+
+    hf: dtype and device (numerics differ between them). vllm: dtype, tensor parallelism, context
+    length and the engine arguments in ``extra`` (quantization, ...). A server's engine is its own
+    business: its served model id stands for it, so an openai role has none."""
+    if role.backend == "hf":
+        return {"dtype": role.dtype, "device": role.device}
+    if role.backend == "vllm":
+        return {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
+                "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
+    return {}
+
+
 def make_backend(role: Role) -> Backend:
     """Build the backend a role names; heavy imports happen only for the backend in use."""
     return BACKENDS[role.backend](role)
@@ -169,7 +299,8 @@ def make_backend(role: Role) -> Backend:
 
 # Fields of a role that only shape requests or batching; roles equal in every other field share one
 # loaded model within a process (one GPU rarely holds two copies; loading twice wastes minutes).
-_REQUEST_FIELDS = {"name", "temperature", "top_p", "max_tokens", "seed", "batch_size"}
+_REQUEST_FIELDS = {"name", "temperature", "top_p", "max_tokens", "seed", "batch_size",
+                   "price_per_mtok_prompt", "price_per_mtok_completion"}
 _LOADED: dict[str, Backend] = {}
 
 
@@ -187,9 +318,10 @@ def shared_backend(role: Role) -> Backend:
 
 
 def open_llm(role: Role, cache: CallCache | None, identity: dict[str, Any] | None = None,
-             desc: str | None = None) -> LLM:
+             desc: str | None = None, settings: LLMSettings | None = None) -> LLM:
     """An LLM for ``role``. Given the model ``identity`` the backend loads only on the first cache miss."""
-    return LLM(None if identity is not None else shared_backend(role), cache, role=role, identity=identity, desc=desc)
+    return LLM(None if identity is not None else shared_backend(role), cache, role=role, identity=identity,
+               desc=desc, settings=settings)
 
 
 IDENTITY_FILE = Path("models/identity.json")  # written by the models stage; every LLM stage reads it
@@ -229,8 +361,9 @@ def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
     """The LLM for role ``name`` of ``params``, pinned by ``models/identity.json``; nothing loads until a
     request misses the cache."""
     role = load_role(params, name)
+    settings = load_section(params, "llm")
     identity = recorded_identity(role, identities)
-    return open_llm(role, cache, identity if identity is not None else resolve_identity(role))
+    return open_llm(role, cache, identity if identity is not None else resolve_identity(role), settings=settings)
 
 
 def _hf(role: Role) -> Backend:
@@ -253,5 +386,6 @@ def _openai(role: Role) -> Backend:
 
 BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai}
 
-__all__ = ["ChatRequest", "Completion", "Backend", "Role", "LLM", "open_llm", "open_role", "make_backend",
+__all__ = ["ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
+           "open_role", "make_backend", "engine_options", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
            "shared_backend", "request_seed", "identity_digest", "resolve_identity", "recorded_identity", "IDENTITY_FILE"]

@@ -7,7 +7,8 @@
 (('user', 'hi'),)
 
 ``replies`` may also be a function ``request -> str`` for replies that depend on the prompt. A reply
-given as a :class:`Completion` is returned as it is, so a script can end a reply at ``max_tokens``:
+given as a :class:`Completion` is returned as it is, so a script can end a reply at ``max_tokens``
+or fail an item (``Completion.failure(...)``). Tokens are counted as whitespace-separated words:
 
 >>> FakeBackend([Completion("A tale of", "length")]).generate([ChatRequest.chat([])])[0].finish_reason
 'length'
@@ -16,16 +17,18 @@ given as a :class:`Completion` is returned as it is, so a script can end a reply
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, Union
 
 from evolforge.llm import ChatRequest, Completion
+
+
+Reply = Union[str, Completion]
 
 
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, replies: Iterable[str | Completion] | Callable[[ChatRequest], str | Completion] = (),
-                 model: str = "fake-model"):
+    def __init__(self, replies: Iterable[Reply] | Callable[[ChatRequest], Reply] = (), model: str = "fake-model"):
         self.reply_fn = replies if callable(replies) else None
         self.queue = deque([] if callable(replies) else replies)
         self.model = model
@@ -46,5 +49,9 @@ class FakeBackend:
                 text = self.queue.popleft()
             else:
                 raise AssertionError(f"FakeBackend ran out of scripted replies at request {len(self.sent)}")
-            out.append(text if isinstance(text, Completion) else Completion(text, "stop"))
+            if isinstance(text, Completion):
+                out.append(text)
+                continue
+            prompt_words = sum(len(content.split()) for _, content in r.messages)
+            out.append(Completion(text, "stop", prompt_tokens=prompt_words, completion_tokens=len(text.split())))
         return out

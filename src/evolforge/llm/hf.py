@@ -10,6 +10,11 @@ attention mask hides the padding, and each row carries its own position ids, so 
 would compute alone. Merging pads the shorter side's cache on the left; when rows leave, padding
 columns that no remaining row needs are cut.
 
+Length guard: a prompt of at least the model's positions (``max_position_embeddings``, or the role's
+``max_model_len`` when smaller) is that item's ``prompt_too_long`` failure and never decoded; a prompt
+that fits stops with ``finish_reason`` "length" when it reaches the last position, as vLLM does.
+Prompt and completion tokens (the end-of-turn token included) are counted per completion.
+
 Sampling is done per row with the row's own ``torch.Generator`` seeded from the whole request
 (:func:`evolforge.llm.request_seed`); rows at temperature 0 are greedy. So a request yields the same
 tokens whichever batch it lands in, greedy and sampled rows share a batch, and identical requests give
@@ -26,7 +31,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from evolforge.llm import ChatRequest, Completion, Role, request_seed
+from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, Completion, Role, request_seed
 from evolforge.core.models import load_causal_lm, load_tokenizer, model_identity
 from evolforge.core.roles import usable_cores
 
@@ -127,7 +132,7 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, max_model_len: int | None = None):
         self.model_name = model
         self.revision = revision
         # torch's default (every core it sees) oversubscribes a shared or quota-limited machine
@@ -139,13 +144,17 @@ class HFBackend:
             raise ValueError(f"model {model}: the tokenizer has no chat template; chat roles need one")
         self._identity = model_identity(model, revision)
         self.stop_ids = self._stop_ids()
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        limits = [n for n in (positions, max_model_len) if n]
+        self.max_positions: int | None = min(limits) if limits else None  # prompt + answer tokens
         # Merging and trimming rewrite the cache's tensors: only plain (full-attention) layers allow it.
         # Other caches (sliding windows) still drop finished rows, but admit new ones only into an empty batch.
         self.can_merge = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
 
     @classmethod
     def from_role(cls, role: Role) -> "HFBackend":
-        return cls(role.model, role.revision, dtype=role.dtype, device=role.device, threads=role.threads)
+        return cls(role.model, role.revision, dtype=role.dtype, device=role.device, threads=role.threads,
+                   max_model_len=role.max_model_len)
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -175,40 +184,55 @@ class HFBackend:
         """Decode ``requests`` with at most ``slots`` in flight, yielding each step's finished ones.
 
         Requests are admitted in the order given (callers sort them by length so merged rows pad little).
+        A prompt that does not fit the model's positions is yielded at once as a failed completion.
         """
         if torch.get_num_threads() != self.threads:  # another backend in this process set its own
             torch.set_num_threads(self.threads)
+        if not requests:
+            return
         generators = {}
         for i, request in enumerate(requests):
             if request.temperature > 0:
                 generators[i] = torch.Generator(device="cpu")
                 generators[i].manual_seed(request_seed(request))
-        waiting = deque(i for i, request in enumerate(requests) if request.max_tokens > 0)
-        if len(waiting) < len(requests):  # a request with no token budget ends before it starts
-            yield [(i, Completion("", "length")) for i, request in enumerate(requests) if request.max_tokens <= 0]
+        # The chat template already carries BOS and role markers.
+        prompts = self.tokenizer([self.render(r) for r in requests], add_special_tokens=False)["input_ids"]
+        # tokens each request may generate: its max_tokens, cut where the model's positions end
+        budgets = [r.max_tokens if self.max_positions is None else min(r.max_tokens, self.max_positions - len(ids))
+                         for r, ids in zip(requests, prompts)]
+        early: Finished = []
+        waiting: deque[int] = deque()
+        for i, (request, ids) in enumerate(zip(requests, prompts)):
+            if self.max_positions is not None and len(ids) >= self.max_positions:
+                early.append((i, Completion.failure(PROMPT_TOO_LONG, (
+                    f"the prompt is {len(ids)} tokens; the model takes {self.max_positions} positions"))))
+            elif request.max_tokens <= 0:  # no token budget: ends before it starts
+                early.append((i, Completion("", "length", prompt_tokens=len(ids), completion_tokens=0)))
+            else:
+                waiting.append(i)
+        if early:
+            yield early
         batch: _Batch | None = None
         refill = max(1, slots // 4)  # free slots worth a prefill
         while waiting or batch is not None:
             free = slots - (len(batch) if batch is not None else 0)
             if waiting and free >= (refill if batch is not None and self.can_merge else slots):
                 admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                fresh, logits = self._prefill(requests, admitted)
+                fresh, logits = self._prefill(prompts, admitted)
                 fresh.last = self._choose(logits, fresh.index, requests, generators)
-                fresh, finished = self._retire(fresh, requests)
+                fresh, finished = self._retire(fresh, budgets, prompts)
                 if fresh is not None:
                     batch = fresh if batch is None else batch.merge(fresh)
             else:
                 assert batch is not None
                 batch.last = self._choose(self._step(batch), batch.index, requests, generators)
-                batch, finished = self._retire(batch, requests)
+                batch, finished = self._retire(batch, budgets, prompts)
             if finished:
                 yield finished
 
-    def _prefill(self, requests: Sequence[ChatRequest], admitted: list[int]) -> tuple[_Batch, torch.Tensor]:
+    def _prefill(self, prompts: list[list[int]], admitted: list[int]) -> tuple[_Batch, torch.Tensor]:
         """Run the prompts of ``admitted`` through the model (left-padded): a batch and its next-token logits."""
-        # The chat template already carries BOS and role markers.
-        enc = self.tokenizer([self.render(requests[i]) for i in admitted], return_tensors="pt", padding=True,
-                             add_special_tokens=False)
+        enc = self.tokenizer.pad({"input_ids": [prompts[i] for i in admitted]}, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
@@ -236,18 +260,18 @@ class HFBackend:
                 chosen[row] = sample_token(logits[row], requests[i].temperature, requests[i].top_p, generators[i])
         return chosen
 
-    def _retire(self, batch: _Batch, requests: Sequence[ChatRequest]) -> tuple[_Batch | None, Finished]:
-        """Record each row's new token; rows that stopped or reached max_tokens leave the batch."""
+    def _retire(self, batch: _Batch, budgets: list[int], prompts: list[list[int]]) -> tuple[_Batch | None, Finished]:
+        """Record each row's new token; rows that stopped or used their budget leave the batch."""
         finished: Finished = []
         keep = []
         for row, (i, token) in enumerate(zip(batch.index, batch.last.tolist())):
             tokens = batch.tokens[row]
             if token in self.stop_ids:
-                finished.append((i, self._completion(tokens, "stop")))
+                finished.append((i, self._completion(tokens, "stop", len(prompts[i]))))
                 continue
             tokens.append(token)
-            if len(tokens) >= requests[i].max_tokens:
-                finished.append((i, self._completion(tokens, "length")))
+            if len(tokens) >= budgets[i]:
+                finished.append((i, self._completion(tokens, "length", len(prompts[i]))))
             else:
                 keep.append(row)
         if not keep:
@@ -256,5 +280,6 @@ class HFBackend:
             batch = batch.keep(keep, trim=self.can_merge)
         return batch, finished
 
-    def _completion(self, tokens: list[int], finish: str) -> Completion:
-        return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish)
+    def _completion(self, tokens: list[int], finish: str, prompt_tokens: int) -> Completion:
+        return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish,
+                          prompt_tokens=prompt_tokens, completion_tokens=len(tokens) + (finish == "stop"))

@@ -3,14 +3,24 @@
 ``vllm`` is imported only when a role names this backend. Each request carries its own sampling
 seed (derived from the whole request), so outputs do not depend on how requests are batched.
 Tensor parallelism comes from ``roles.<name>.tensor_parallel_size``.
+
+The engine schedules its own continuous batching, so :meth:`VLLMBackend.stream` hands it a stage's
+misses whole, in chunks of ``CHUNK`` requests (each chunk's completions are committed when it ends).
+vLLM fails a whole ``chat`` call when one prompt is longer than ``max_model_len``: prompts are counted
+first with the engine's tokenizer and chat template, and one that does not fit is that item's
+``prompt_too_long`` failure instead. Prompt and completion tokens come from vLLM's outputs.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from evolforge.llm import ChatRequest, Completion, Role, request_seed
+from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, Completion, Role, request_seed
 from evolforge.core.models import model_identity
+
+CHUNK = 4096  # requests per engine call: large enough for the scheduler, small enough to commit often
+
+Finished = list[tuple[int, Completion]]
 
 
 class VLLMBackend:
@@ -30,6 +40,9 @@ class VLLMBackend:
             model=model, revision=revision, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **engine_args,
         )
+        self.tokenizer = self.engine.get_tokenizer()
+        # the engine's own context length: max_model_len when given, else what the model config allows
+        self.max_model_len = int(self.engine.llm_engine.model_config.max_model_len)
         self._identity = model_identity(model, revision)
 
     @classmethod
@@ -41,11 +54,38 @@ class VLLMBackend:
     def identity(self) -> dict:
         return dict(self._identity)
 
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        text = self.tokenizer.apply_chat_template(request.message_dicts, tokenize=False, add_generation_prompt=True)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        params = [
-            self._sampling_params(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                  seed=request_seed(r))
-            for r in requests
-        ]
-        outputs = self.engine.chat([r.message_dicts for r in requests], sampling_params=params, use_tqdm=True)
-        return [Completion(o.outputs[0].text.strip(), o.outputs[0].finish_reason) for o in outputs]
+        results: list[Completion | None] = [None] * len(requests)
+        for finished in self.stream(requests):
+            for i, completion in finished:
+                results[i] = completion
+        return results  # type: ignore[return-value]
+
+    def stream(self, requests: Sequence[ChatRequest], slots: int | None = None) -> Iterator[Finished]:
+        """All ``requests`` through the engine, ``CHUNK`` per call (``slots``, the LLM layer's batch size,
+        is not needed: vLLM batches by its own memory budget)."""
+        fits: list[int] = []
+        refused: Finished = []
+        for i, request in enumerate(requests):
+            n = self.prompt_tokens(request)
+            if n >= self.max_model_len:  # vLLM refuses these (and with them the whole call)
+                refused.append((i, Completion.failure(
+                    PROMPT_TOO_LONG, f"the prompt is {n} tokens; max_model_len is {self.max_model_len}")))
+            else:
+                fits.append(i)
+        if refused:
+            yield refused
+        for start in range(0, len(fits), CHUNK):
+            chunk = fits[start : start + CHUNK]
+            params = [self._sampling_params(temperature=requests[i].temperature, top_p=requests[i].top_p,
+                                            max_tokens=requests[i].max_tokens, seed=request_seed(requests[i]))
+                      for i in chunk]
+            outputs = self.engine.chat([requests[i].message_dicts for i in chunk], sampling_params=params, use_tqdm=False)
+            yield [(i, Completion(o.outputs[0].text.strip(), o.outputs[0].finish_reason,
+                                  prompt_tokens=len(o.prompt_token_ids or ()),
+                                  completion_tokens=len(o.outputs[0].token_ids)))
+                   for i, o in zip(chunk, outputs)]

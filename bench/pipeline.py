@@ -1,0 +1,187 @@
+"""How fast the LLM layer drives an OpenAI-compatible server, against what the server alone can serve.
+
+Starts its own instant OpenAI-compatible server (a child process on loopback, asyncio, keep-alive,
+listen backlog 4096), then, in one run, for ``--requests`` short chat requests:
+
+1. server alone: a minimal raw-socket client (pre-built request bytes, ``--concurrency`` connections)
+   -> the calls/s the server can serve here;
+2. through the LLM layer: ``LLM`` + call cache (a fresh SQLite file) + ``OpenAIBackend`` -> calls/s,
+   client CPU per call (this process's CPU time / calls), server CPU per call;
+3. in-process: the same requests through ``LLM`` + cache with an instant in-process backend.
+
+Targets (issue 11): client CPU per call <= 0.15 ms; wall within 1.25x of the server alone.
+
+    PYTHONPATH=src python bench/pipeline.py --requests 20000 --concurrency 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BODY = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "model": "bench-model",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "A short answer."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+}).encode()
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)) + BODY
+MODELS = json.dumps({"object": "list", "data": [{"id": "bench-model", "object": "model"}]}).encode()
+
+
+class _Instant(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: answers every complete request at once with the same chat completion."""
+
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data):
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length:]
+            if head.startswith(b"get"):
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(MODELS), MODELS))
+            else:
+                self.transport.write(RESPONSE)
+
+
+def serve(port_file: str) -> None:
+    async def main():
+        server = await asyncio.get_running_loop().create_server(_Instant, "127.0.0.1", 0, backlog=4096)
+        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        await server.serve_forever()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    asyncio.run(main())
+
+
+def start_server() -> tuple[subprocess.Popen, int]:
+    port_file = Path(tempfile.mkdtemp()) / "port"
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file)])
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text():
+            return proc, int(port_file.read_text())
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the bench server did not start")
+
+
+def server_alone(port: int, n: int, concurrency: int) -> float:
+    """Calls/s the server answers to a client that does almost nothing."""
+    body = json.dumps({"model": "bench-model", "messages": [{"role": "user", "content": "Rewrite task 1."}]}).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def main() -> float:
+        todo = iter(range(n))
+
+        async def connection():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in todo:
+                writer.write(request)
+                await reader.readexactly(len(RESPONSE))
+            writer.close()
+
+        start = time.perf_counter()
+        await asyncio.gather(*[connection() for _ in range(concurrency)])
+        return n / (time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def through_llm(backend, n: int, role, label: str) -> dict:
+    from evolforge.core.cache import CallCache
+    from evolforge.llm import LLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = CallCache(Path(tmp) / "cache.sqlite")
+        llm = LLM(backend, cache, role=role, identity={"served_model": "bench-model"})
+        requests = [llm.request([{"role": "user", "content": f"Rewrite task {i}."}]) for i in range(n)]
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = llm.generate(requests, desc=label)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        assert len(cache) == n and not any(c.failed for c in out), "every call must be answered and cached"
+        cache.close()
+    return {"calls_per_s": n / wall, "wall_s": wall, "client_cpu_ms_per_call": cpu / n * 1e3,
+            "prompt_tokens": llm.stats["prompt_tokens"]}
+
+
+class InstantBackend:
+    """The server's answer, in-process."""
+
+    name = "instant"
+
+    def identity(self) -> dict:
+        return {"name": "instant"}
+
+    def generate(self, requests):
+        from evolforge.llm import Completion
+
+        return [Completion("A short answer.", "stop", prompt_tokens=12, completion_tokens=4) for _ in requests]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve)
+
+    import logging
+
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from evolforge.llm import Role
+    from evolforge.llm.openai_api import OpenAIBackend
+
+    proc, port = start_server()
+    try:
+        alone = server_alone(port, args.requests, args.concurrency)
+        role = Role(name="bench", backend="openai", model="bench-model", base_url=f"http://127.0.0.1:{port}/v1",
+                    concurrency=args.concurrency)
+        backend = OpenAIBackend.from_role(role)
+        http = through_llm(backend, args.requests, role, "http")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    server_cpu = child_cpu()  # the server process, whole life (both runs)
+    inproc = through_llm(InstantBackend(), args.requests, Role(name="bench", backend="hf", model="instant"), "in-process")
+
+    n = args.requests
+    print(f"{n} requests, concurrency {args.concurrency}, {os.cpu_count()} CPUs")
+    print(f"server alone (raw client):   {alone:9.0f} calls/s")
+    print(f"LLM layer over HTTP:         {http['calls_per_s']:9.0f} calls/s   client CPU {http['client_cpu_ms_per_call']:.3f} ms/call"
+          f"   wall {http['wall_s']:.2f} s = {alone / http['calls_per_s']:.2f}x the server alone")
+    print(f"server CPU (both runs):      {server_cpu / (2 * n) * 1e3:.3f} ms/call")
+    print(f"LLM layer, in-process:       {inproc['calls_per_s']:9.0f} calls/s   client CPU {inproc['client_cpu_ms_per_call']:.3f} ms/call")
+    print(f"HTTP / in-process CPU per call: {http['client_cpu_ms_per_call'] / inproc['client_cpu_ms_per_call']:.2f}x")
+    print(f"targets: client CPU <= 0.150 ms/call: {'met' if http['client_cpu_ms_per_call'] <= 0.15 else 'NOT met'}; "
+          f"wall <= 1.25x server alone: {'met' if http['calls_per_s'] * 1.25 >= alone else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
