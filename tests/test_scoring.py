@@ -91,12 +91,15 @@ def test_output_follows_input_order_across_chunks(scorer):
 
 
 def test_raw_template_token_layout(scorer):
+    """EA's layout: Q + "\n" + A tokenized whole; the response starts at len(tokenize(Q))."""
     _, tokenizer = scorer
     [item] = encode_items(tokenizer, ["Add two numbers."], ["2 and 3"], ["5"], "raw")
-    assert item.prompt_ids == tokenizer("Add two numbers.\n2 and 3")["input_ids"]
-    assert item.prompt_ids[0] == tokenizer.bos_token_id
-    assert item.response_ids == tokenizer("\n5", add_special_tokens=False)["input_ids"]
-    assert item.direct_ids == [tokenizer.bos_token_id] + tokenizer("5", add_special_tokens=False)["input_ids"]
+    question = "Add two numbers.\n2 and 3"
+    assert item.conditioned_ids == tokenizer(question + "\n5")["input_ids"]
+    assert item.conditioned_ids[0] == tokenizer.bos_token_id
+    assert item.response_start == len(tokenizer(question)["input_ids"])
+    assert item.question_ranges == ((1, item.response_start),)  # BOS, then Q's tokens
+    assert item.direct_ids == tokenizer("5")["input_ids"] and item.direct_start == 1
 
 
 def test_chat_template_pieces_and_counts(scorer):
@@ -108,7 +111,9 @@ def test_chat_template_pieces_and_counts(scorer):
     scores = ifd_scores(model, tokenizer, ["Add 2 and 3."], None, ["5"], template="chat", progress=False)
     prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    assert scores["n_tokens_instruction"][0] == prompt_tokens - 1  # the first (BOS) is never predicted
+    instruction_tokens = len(tokenizer("Add 2 and 3.", add_special_tokens=False)["input_ids"])
+    assert prompt_tokens > instruction_tokens + 3
+    assert scores["n_tokens_instruction"][0] == instruction_tokens  # role markers are not the instruction
     assert scores["n_tokens_response_given_instruction"][0] == answer_tokens
     assert scores["n_tokens_response"][0] == answer_tokens  # the same tokens, after BOS + "<|assistant|>\n"
 
