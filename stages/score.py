@@ -1,12 +1,14 @@
 """score stage: IFD and IC-IFD losses from the scorer model, and diversity (minimum neighbour distance).
 
-Reads:  data/responses/, params.yaml `score` (template, max_length, embedder, embedder_model),
+Reads:  data/responses/, params.yaml `score` (template, boundary, max_length, cherry_truncation,
+        max_batch_tokens: see evolforge.score.ifd.ScoreConfig; embedder, embedder_model),
         roles `scorer` (model, revision, dtype, device, batch_size)
 Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts, mnd, repeat_count),
         metrics/score.json (means, scorer_path), metrics/plots/{ifd,ic_ifd,mnd}_hist.json
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from evolforge.core.params import load_params, load_role, section
 from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings, neighbor_stats
 from evolforge.core.models import model_identity
 from evolforge.core.records import read_table, write_json, write_output
-from evolforge.score.ifd import ifd_scores, load_scorer
+from evolforge.score.ifd import ScoreConfig, ifd_scores, load_scorer
 
 
 def histogram(values: pl.Series, bins: int = 20) -> list[dict]:
@@ -46,8 +48,10 @@ def main() -> None:
     validation.check(items, validation.required_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), args.responses)
 
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+    # the embedder keys belong to the diversity step; every other key is checked by ScoreConfig
+    scoring = ScoreConfig.from_params({k: v for k, v in cfg.items() if k not in ("embedder", "embedder_model")})
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
-                        template=cfg.get("template", "raw"), batch_size=role.batch_size, max_length=cfg.get("max_length"))
+                        **dataclasses.asdict(scoring), batch_size=role.batch_size)
     embedder = cfg.get("embedder", "causal-lm-mean")
     texts = item_texts(items["instruction"].to_list(), items["input"].to_list())
     embedder_model = cfg.get("embedder_model") or role.model

@@ -113,14 +113,19 @@ ALPACA_NO_INPUT = ("Below is an instruction that describes a task. "
 
 
 @torch.inference_mode()
-def cherry_ifd(model, tokenizer, instruction: str, input_text: str, output: str, max_length: int) -> float | None:
+def cherry_ifd(model, tokenizer, instruction: str, input_text: str, output: str, max_length: int,
+               token_losses=None) -> float | None:
     """IFD as data_analysis.py (--mod cherry --prompt alpaca) + data_by_IFD.py compute it; None where
-    data_by_IFD.py skips the item (IFD > 1 is returned, not dropped: selection drops it)."""
+    data_by_IFD.py skips the item (IFD > 1 is returned, not dropped: selection drops it).
+    ``token_losses(model, tokenizer, text, target, limit)`` replaces the per-token losses of
+    data_analysis.py (bench/score_reference.py passes the official function)."""
     prompt = alpaca_prompt(instruction, input_text)
     whole_text, direct_text = prompt + output, "### Response:" + output
     prompt_len = tokenizer.encode(prompt, return_tensors="pt", truncation=True, max_length=max_length).shape[1]
 
-    def token_losses(text: str, limit: int) -> list[float]:  # data_analysis.py: loss of every token 1..
+    def all_token_losses(text: str, limit: int) -> list[float]:  # data_analysis.py: loss of every token 1..
+        if token_losses is not None:
+            return token_losses(model, tokenizer, text, output, limit)
         ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=limit)
         logits = model(ids).logits
         log_probs = torch.log_softmax(logits[0].float(), dim=-1)
@@ -134,8 +139,8 @@ def cherry_ifd(model, tokenizer, instruction: str, input_text: str, output: str,
     if max_length - prompt_len <= 0:
         return None
     direct_limit = max_length - prompt_len + 4
-    len_direct, direct = response_part(direct_text, direct_limit, token_losses(direct_text, direct_limit))
-    len_whole, conditioned = response_part(whole_text, max_length, token_losses(whole_text, max_length))
+    len_direct, direct = response_part(direct_text, direct_limit, all_token_losses(direct_text, direct_limit))
+    len_whole, conditioned = response_part(whole_text, max_length, all_token_losses(whole_text, max_length))
     if len_direct <= 0 or len_whole <= 0 or prompt_len + len_direct > max_length:
         return None
     return (sum(conditioned) / len(conditioned)) / (sum(direct) / len(direct))
