@@ -141,9 +141,9 @@ def memory_check(device: str, max_batch_tokens: int, items: int = 16, length: in
           f"{max_batch_tokens}, weights {weights / 2**20:.0f} MiB; sliced head: {head is not None}")
     print(f"  measured peak activation memory {peak['bytes'] / 2**30:.2f} GiB ({'under' if peak['bytes'] < 4 * 2**30 else 'OVER'}"
           f" the 4 GB bound) in {seconds:.1f} s; mean NLL {torch.cat(nll).mean():.2f} nats (ln V = {torch.log(torch.tensor(vocab)):.2f})")
-    print(f"  computed: the batch's full logits would be {full / 2**30:.1f} GiB in {dtype} "
-          f"({tokens * vocab * 4 / 2**30:.1f} GiB more upcast to fp32); one logit slice is "
-          f"{2**25 * 4 / 2**20:.0f} MiB in fp32")
+    upcast = f" (+{tokens * vocab * 4 / 2**30:.1f} GiB upcast to fp32)" if dtype != torch.float32 else ""
+    print(f"  computed: the batch's full logits would be {full / 2**30:.1f} GiB in {dtype}{upcast}; "
+          f"one logit slice is {2**25 * 4 / 2**20:.0f} MiB in fp32")
 
 
 def main() -> None:
