@@ -1,7 +1,7 @@
 """score stage: IFD and IC-IFD losses from the scorer model.
 
-Reads:  data/responses/, params.yaml `score` (template, max_length), roles `scorer` (model, revision, dtype,
-        device, batch_size), models/identity.json (the scorer's identity)
+Reads:  data/clean/, params.yaml `score` (template, boundary, max_length, cherry_truncation, max_batch_tokens),
+        roles `scorer` (model, revision, dtype, device, batch_size), models/identity.json (the scorer's identity)
 Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts),
         metrics/score.json (means), metrics/plots/{ifd,ic_ifd}_hist.json
 """
@@ -40,7 +40,7 @@ def main() -> None:
 
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
-                        template=cfg.template, batch_size=role.batch_size, max_length=cfg.max_length)
+                        **dataclasses.asdict(cfg), batch_size=role.batch_size)
     table = pl.concat([items.select("id", "round"), scores], how="horizontal")
     validation.check(table, validation.unique("id"), args.out)
 

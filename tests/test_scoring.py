@@ -8,9 +8,13 @@ from types import SimpleNamespace
 
 import polars as pl
 import pytest
+
+from evolforge.core.params import load_section
+from evolforge.core.settings import ScoreSettings
 import torch
 
 from tiny import build_random_llama
+import evolforge.score.ifd as ifd
 from evolforge.score.ifd import (
     chat_texts,
     encode_items,
@@ -18,6 +22,8 @@ from evolforge.score.ifd import (
     load_scorer,
     question_text,
     reference_ifd_scores,
+    split_head,
+    token_budget_batches,
 )
 
 LOSS_COLUMNS = ["loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd"]
@@ -70,14 +76,50 @@ def assert_same_scores(actual: pl.DataFrame, expected: pl.DataFrame, rtol: float
                 assert got == pytest.approx(want, rel=rtol), column
 
 
-@pytest.mark.parametrize("template", ["raw", "chat"])
-def test_batched_scores_equal_reference_at_every_batch_size(scorer, template):
+@pytest.mark.parametrize("template,boundary", [("raw", "prefix"), ("raw", "offsets"), ("chat", "prefix"),
+                                               ("cherry", "offsets")])
+def test_batched_scores_equal_reference_at_every_batch_size(scorer, template, boundary):
     model, tokenizer = scorer
-    expected = reference_ifd_scores(model, tokenizer, **ITEMS, template=template)
+    expected = reference_ifd_scores(model, tokenizer, **ITEMS, template=template, boundary=boundary, max_length=512)
     assert expected["ic_ifd"].null_count() == 0
-    for batch_size in [1, 4, 16]:
-        actual = ifd_scores(model, tokenizer, **ITEMS, template=template, batch_size=batch_size, progress=False)
+    for batch_size, budget in [(1, 16384), (16, 64)]:  # one row a batch; several rows under a tight budget
+        actual = ifd_scores(model, tokenizer, **ITEMS, template=template, boundary=boundary, max_length=512,
+                            batch_size=batch_size, max_batch_tokens=budget, progress=False)
         assert_same_scores(actual, expected)
+
+
+def test_sliced_projection_equals_full_logits(scorer, monkeypatch):
+    """The vocabulary projection on a few positions at a time gives the full-logits losses (1e-5), and
+    never sees more positions than the slice allows."""
+    model, tokenizer = scorer
+    head = split_head(model)
+    assert head is not None and split_head(BigramModel(torch.zeros(4, 4))) is None
+    full = ifd_scores(model, tokenizer, **ITEMS, progress=False, max_batch_tokens=1 << 20)
+    monkeypatch.setattr(ifd, "split_head", lambda model: None)
+    full_logits = ifd_scores(model, tokenizer, **ITEMS, progress=False, max_batch_tokens=1 << 20)
+    monkeypatch.undo()
+    vocab = head.projection.out_features
+    monkeypatch.setattr(ifd, "_LOGIT_ELEMENTS", 3 * vocab)
+    seen: list[int] = []
+    hook = head.projection.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
+    try:
+        sliced = ifd_scores(model, tokenizer, **ITEMS, progress=False, max_batch_tokens=1 << 20)
+    finally:
+        hook.remove()
+    assert_same_scores(sliced, full_logits, rtol=1e-5)
+    assert_same_scores(full, full_logits, rtol=1e-5)
+    assert max(seen) == 3 and len(seen) > 20
+
+
+def test_token_budget_batches():
+    lengths = [5, 40, 12, 12, 3, 100, 7]
+    batches = token_budget_batches(lengths, max_batch_tokens=40, max_rows=3)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert batches[0] == [5]  # longer than the budget: alone
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 40
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
 
 
 def test_output_follows_input_order_across_chunks(scorer):
@@ -91,12 +133,15 @@ def test_output_follows_input_order_across_chunks(scorer):
 
 
 def test_raw_template_token_layout(scorer):
+    """EA's layout: Q + "\n" + A tokenized whole; the response starts at len(tokenize(Q))."""
     _, tokenizer = scorer
     [item] = encode_items(tokenizer, ["Add two numbers."], ["2 and 3"], ["5"], "raw")
-    assert item.prompt_ids == tokenizer("Add two numbers.\n2 and 3")["input_ids"]
-    assert item.prompt_ids[0] == tokenizer.bos_token_id
-    assert item.response_ids == tokenizer("\n5", add_special_tokens=False)["input_ids"]
-    assert item.direct_ids == [tokenizer.bos_token_id] + tokenizer("5", add_special_tokens=False)["input_ids"]
+    question = "Add two numbers.\n2 and 3"
+    assert item.conditioned_ids == tokenizer(question + "\n5")["input_ids"]
+    assert item.conditioned_ids[0] == tokenizer.bos_token_id
+    assert item.response_start == len(tokenizer(question)["input_ids"])
+    assert item.question_ranges == ((1, item.response_start),)  # BOS, then Q's tokens
+    assert item.direct_ids == tokenizer("5")["input_ids"] and item.direct_start == 1
 
 
 def test_chat_template_pieces_and_counts(scorer):
@@ -108,9 +153,57 @@ def test_chat_template_pieces_and_counts(scorer):
     scores = ifd_scores(model, tokenizer, ["Add 2 and 3."], None, ["5"], template="chat", progress=False)
     prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    assert scores["n_tokens_instruction"][0] == prompt_tokens - 1  # the first (BOS) is never predicted
+    instruction_tokens = len(tokenizer("Add 2 and 3.", add_special_tokens=False)["input_ids"])
+    assert prompt_tokens > instruction_tokens + 3
+    assert scores["n_tokens_instruction"][0] == instruction_tokens  # role markers are not the instruction
     assert scores["n_tokens_response_given_instruction"][0] == answer_tokens
     assert scores["n_tokens_response"][0] == answer_tokens  # the same tokens, after BOS + "<|assistant|>\n"
+
+
+def test_chat_instruction_loss_leaves_out_an_injected_system_prompt(scorer):
+    """A template that injects a default system prompt (as SmolLM2's does): L(Q) still averages the
+    instruction's own tokens, the same count as without the system prompt."""
+    model, tokenizer = scorer
+    plain = tokenizer.chat_template
+    tokenizer.chat_template = ("{{ bos_token }}<|system|>\nYou are a helpful assistant, kind and precise.<|end|>\n"
+                               + plain.replace("{{ bos_token }}", ""))
+    try:
+        with_system = ifd_scores(model, tokenizer, ["Add 2 and 3."], None, ["5"], template="chat", progress=False)
+        prompt, _ = chat_texts(tokenizer, "Add 2 and 3.", "5")
+    finally:
+        tokenizer.chat_template = plain
+    without = ifd_scores(model, tokenizer, ["Add 2 and 3."], None, ["5"], template="chat", progress=False)
+    assert "helpful assistant" in prompt
+    assert with_system["n_tokens_instruction"][0] == without["n_tokens_instruction"][0]
+    assert with_system["n_tokens_instruction"][0] == len(tokenizer("Add 2 and 3.", add_special_tokens=False)["input_ids"])
+    assert with_system["loss_instruction"][0] != pytest.approx(without["loss_instruction"][0])  # context differs
+
+
+def test_cherry_template_token_layout(scorer):
+    _, tokenizer = scorer
+    [plain, with_input] = encode_items(tokenizer, ["Add two numbers.", "Add."], ["", "2 and 3"], ["5", "5"], "cherry")
+    prompt = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+              "the request.\n\n### Instruction:\nAdd two numbers.\n\n### Response:")
+    assert plain.conditioned_ids == tokenizer(prompt + "5")["input_ids"]
+    assert plain.response_start == len(tokenizer(prompt)["input_ids"])
+    assert plain.direct_ids == tokenizer("### Response:5")["input_ids"]
+    assert plain.direct_start == len(tokenizer("### Response:")["input_ids"])
+    # L(Q): the instruction's and the input's own tokens, not the template's
+    [(start, end)] = plain.question_ranges
+    assert tokenizer.decode(plain.conditioned_ids[start:end]) == "Add two numbers."
+    assert [tokenizer.decode(with_input.conditioned_ids[a:b]) for a, b in with_input.question_ranges] == ["Add.", "2 and 3"]
+
+
+def test_score_settings_from_params():
+    assert load_section({}, "score") == ScoreSettings()
+    config = load_section({"score": {"template": "cherry", "max_length": 512, "boundary": "offsets"}}, "score")
+    assert (config.template, config.max_length, config.boundary) == ("cherry", 512, "offsets")
+    with pytest.raises(ValueError, match=r"score.templat: unknown key; did you mean `template`"):
+        load_section({"score": {"templat": "raw"}}, "score")
+    with pytest.raises(ValueError, match=r"score.template: got \"alpaca\""):
+        load_section({"score": {"template": "alpaca"}}, "score")
+    with pytest.raises(ValueError, match=r"score.max_batch_tokens: got 0"):
+        load_section({"score": {"max_batch_tokens": 0}}, "score")
 
 
 class BigramModel(torch.nn.Module):

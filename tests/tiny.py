@@ -322,22 +322,25 @@ def build_random_llama(
     seed: int = 0,
     texts: list[str] | None = None,
     max_position_embeddings: int = 2048,
+    tokenizer=None,
 ) -> Path:
     """Save a random-weight Llama and its byte-level BPE tokenizer (BOS added, chat template) to ``path``.
 
     For tests and benchmarks that need real model code paths but no trained answers. The tokenizer is
     :func:`train_tokenizer`'s, trained on ``texts`` (default: pseudo-words); its vocabulary may come out a
-    little smaller than ``vocab_size``, and the model's vocabulary matches the tokenizer's.
+    little smaller than ``vocab_size``, and the model's vocabulary matches the tokenizer's. A ``tokenizer``
+    given (a transformers fast tokenizer) is saved and used instead, ``texts`` and ``vocab_size`` unused.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
-    if texts is None:
+    if tokenizer is None and texts is None:
         rng = random.Random(seed)
         words = pseudo_words(max(200, vocab_size // 2), seed)
         texts = [" ".join(rng.choice(words) for _ in range(20)) for _ in range(2000)]
-    tokenizer = train_tokenizer(texts, vocab_size)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(texts, vocab_size)
     tokenizer.save_pretrained(path)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,

@@ -176,12 +176,20 @@ class JudgeSettings:
     max_tokens: PositiveInt | None = None  # null = roles.judge's
 
 
+Template = Literal["raw", "chat", "cherry"]
+Boundary = Literal["prefix", "offsets"]
+CherryTruncation = Literal["official", "same-tokens"]
+
+
 @dataclass
 class ScoreSettings:
-    """``score``."""
+    """``score``: IFD / IC-IFD scoring (defaults: paper B's official code; see evolforge.score.ifd)."""
 
-    template: Literal["raw", "chat"] = "raw"  # raw (SLM paper: Q + "\n" + A) | chat (the model's chat template)
-    max_length: PositiveInt | None = None  # truncate Q+A to this many tokens
+    template: Template = "raw"  # raw (EA eval_loss.py: Q + "\n" + A) | chat (chat template) | cherry (Cherry_LLM's IFD)
+    boundary: Boundary = "prefix"  # prefix (the official codes' rule) | offsets (exact, from character offsets)
+    max_length: Annotated[int, Ge(2)] | None = None  # tokens of the conditioned pass; null = no truncation
+    cherry_truncation: CherryTruncation = "official"  # official (Cherry's +4 rule and skips) | same-tokens
+    max_batch_tokens: PositiveInt = 16384  # padded tokens per forward pass (bounds activation memory)
 
 
 @dataclass

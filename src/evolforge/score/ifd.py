@@ -2,7 +2,7 @@
 
 Three mean token cross-entropies (nats per token) under a scorer model:
 
-* ``loss_instruction``                 L(Q): instruction tokens, each predicted from the ones before it
+* ``loss_instruction``                 L(Q): the instruction's tokens, each predicted from the ones before it
 * ``loss_response_given_instruction``  L(A|Q): response tokens after the instruction
 * ``loss_response``                    L(A): response tokens with no instruction
 
@@ -18,25 +18,47 @@ ic_ifd = 1.2 / (2.0 * 1.6) = 0.375. An item whose loss averages zero tokens gets
 >>> ifd_scores(model, tokenizer, ["Add 2 and 3."], [""], ["5"]).columns  # doctest: +SKIP
 ['loss_instruction', 'loss_response', 'loss_response_given_instruction', 'ifd', 'ic_ifd', ...]
 
-:func:`ifd_scores` is the fast path (two batched forward passes, padding masked out);
-:func:`reference_ifd_scores` is the straightforward one (one item at a time, three passes with HF
-``labels``), kept to check the fast path in tests and in ``bench/score.py``.
+Templates (which text each pass sees; docs/scoring.md has the full account):
+
+* ``raw``    paper B's official code, Evolution-Analysis ``Evol_Instruct/eval_loss.py`` @ 7595feb:
+  ``Q + "\\n" + A`` tokenized whole, L(A) from ``A`` tokenized alone.
+* ``cherry`` the IFD paper's official code, Cherry_LLM ``cherry_seletion/data_analysis.py --mod cherry
+  --prompt alpaca`` + ``data_by_IFD.py`` @ 01fac8d: the Alpaca prompt + A, L(A) after ``"### Response:"``,
+  Cherry's ``max_length`` truncation and skips.
+* ``chat``   the scorer's chat template, as supervised fine-tuning renders the pair (no official code).
+
+Boundaries. Every pass is tokenized as one string, never as pieces glued together: byte-level BPE
+merges across the join (``"\\n\\n    "`` into one token where a code prompt meets its indented solution,
+``".\\n"`` after a sentence), and a split that the model never saw costs the first response token many
+nats. Where a part of the text begins in token terms is then a rule, one of:
+
+* ``boundary="prefix"`` (both official codes): character position p maps to token index
+  ``len(tokenize(text[:p]))``; EA takes L_q = len(tokenize(Q)), Cherry ``len(encode(text[:rfind(A)]))``.
+  A token that merges across p is counted on the side the prefix's own tokenization puts it.
+* ``boundary="offsets"`` (exact): p maps to the first token of the whole-text tokenization whose last
+  character lies at or after p (from the fast tokenizer's character offsets), i.e. each token belongs to
+  the part that holds its last character; a token that merges Q's end with the separator or A's start
+  is a response token. Needs a fast tokenizer.
+
+:func:`ifd_scores` is the fast path (two passes per item, length-sorted batches under a token budget,
+the vocabulary projection applied to hidden states a slice at a time); :func:`reference_ifd_scores`
+is the straightforward one (one item at a time, three passes with HF ``labels``), for checking.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import polars as pl
 import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.models import load_causal_lm, load_tokenizer
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.settings import Boundary, CherryTruncation, Template
 from evolforge.core.text import question_text
-
-Template = Literal["raw", "chat"]
 
 SCORE_SCHEMA = {
     "loss_instruction": pl.Float64,  # mean token cross-entropy, nats
@@ -51,7 +73,14 @@ SCORE_SCHEMA = {
 }
 
 _IGNORE = -100  # HF label value that is left out of the loss
-_LOGIT_ROWS = 2048  # positions upcast to fp32 at once: bounds memory for large vocabularies
+# Logit entries (positions x vocabulary) computed at once: 2^25 is 128 MiB in fp32, 1.2k positions of a
+# 28k vocabulary or 220 of a 152k one. Bounds scoring memory whatever the batch and the vocabulary.
+_LOGIT_ELEMENTS = 2**25
+# Cherry's direct text: the response header alone (data_analysis.py: '### Response:' + output).
+CHERRY_DIRECT_HEADER = "### Response:"
+# Cherry sizes its direct pass as max_length - prompt tokens + 4, the 4 being BOS + "### Response:" in
+# the Llama-1/2 tokenizer it was written for.
+CHERRY_DIRECT_SLACK = 4
 
 
 def load_scorer(model_name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
@@ -62,7 +91,18 @@ def load_scorer(model_name: str, revision: str | None = None, dtype: str = "auto
 
 
 # ----------------------------------------------------------------------------------------------
-# Templates: text pieces shared by the fast path and the reference.
+# Texts of each pass, with character positions of their parts.
+
+
+@dataclass(frozen=True)
+class PassText:
+    """One forward pass's text: the response starts at character ``response_start``; ``question_spans``
+    are the characters of Q's own text (for L(Q)); ``special`` = let the tokenizer add BOS etc."""
+
+    text: str
+    response_start: int
+    question_spans: tuple[tuple[int, int], ...]
+    special: bool
 
 
 def chat_texts(tokenizer, question: str, response: str) -> tuple[str, str] | None:
@@ -82,25 +122,72 @@ def chat_texts(tokenizer, question: str, response: str) -> tuple[str, str] | Non
     return prompt, conversation[len(prompt):]
 
 
-def special_prefix_ids(tokenizer) -> list[int]:
-    """The special tokens the tokenizer puts in front of any text (BOS, or nothing)."""
-    return tokenizer("", add_special_tokens=True)["input_ids"]
+def generation_prompt_text(tokenizer) -> str:
+    """The text ``add_generation_prompt=True`` appends to a conversation ("" when none is separable).
 
-
-def chat_direct_prefix_ids(tokenizer) -> list[int] | None:
-    """Context of L(A) under the chat template: the generation prompt of an empty conversation.
-
-    transformers refuses to render an empty conversation, so the generation prompt is taken as
-    the text that ``add_generation_prompt=True`` appends to a one-turn conversation, preceded by
-    the tokenizer's special prefix (BOS where it has one). None when that difference is not a suffix.
+    transformers refuses to render an empty conversation, so this is the difference between a one-turn
+    conversation rendered with and without the generation prompt.
     """
     probe = [{"role": "user", "content": "x"}]
     bare = tokenizer.apply_chat_template(probe, tokenize=False)
     with_prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-    if not with_prompt.startswith(bare) or with_prompt == bare:
-        return None
-    generation_prompt = with_prompt[len(bare):]
-    return special_prefix_ids(tokenizer) + tokenizer(generation_prompt, add_special_tokens=False)["input_ids"]
+    return with_prompt[len(bare):] if with_prompt.startswith(bare) else ""
+
+
+def _span_of(haystack: str, needle: str) -> tuple[int, int] | None:
+    """Characters of the last occurrence of ``needle`` (or of its stripped form, for templates that
+    trim message content) in ``haystack``."""
+    for text in (needle, needle.strip()):
+        at = haystack.rfind(text)
+        if text and at >= 0:
+            return at, at + len(text)
+    return None
+
+
+def _raw_texts(instruction: str, input_text: str, answer: str) -> tuple[PassText, PassText]:
+    # EA eval_loss.py: Q + "\n" + A with default special tokens; L_q = len(tokenize(Q)); L(A) from
+    # tokenize(A) with its labels on every token (so the first one, after BOS or nothing, is never scored).
+    question = question_text(instruction, input_text)
+    conditioned = PassText(question + "\n" + answer, len(question), ((0, len(question)),), True)
+    return conditioned, PassText(answer, 0, (), True)
+
+
+_SENTINELS = ("\x00instruction\x00", "\x00input\x00")
+
+
+def _alpaca_pieces(prompts: PromptLibrary, with_input: bool) -> list[str]:
+    """The Alpaca prompt split around its fields: [before instruction, between, (after input)]."""
+    rendered = prompts.render("score/alpaca.j2", instruction=_SENTINELS[0], input=_SENTINELS[1] if with_input else "")
+    head, rest = rendered.split(_SENTINELS[0])
+    return [head, *rest.split(_SENTINELS[1])] if with_input else [head, rest]
+
+
+def _cherry_texts(pieces: dict[bool, list[str]], instruction: str, input_text: str, answer: str) -> tuple[PassText, PassText]:
+    # Cherry data_analysis.py (--prompt alpaca): whole_text = prompt + output, response from
+    # text.rfind(output) (= len(prompt)); direct text '### Response:' + output. L(Q) is ours: Cherry has
+    # none in IFD; here it averages the instruction's and the input's own tokens inside the prompt.
+    parts = pieces[bool(input_text)]
+    prompt, spans = parts[0], []
+    for field, after in zip([instruction, input_text] if input_text else [instruction], parts[1:]):
+        spans.append((len(prompt), len(prompt) + len(field)))
+        prompt += field + after
+    conditioned = PassText(prompt + answer, len(prompt), tuple(spans), True)
+    return conditioned, PassText(CHERRY_DIRECT_HEADER + answer, len(CHERRY_DIRECT_HEADER), (), True)
+
+
+def _chat_texts(tokenizer, generation_prompt: str, question: str, answer: str) -> tuple[PassText, PassText] | str:
+    pieces = chat_texts(tokenizer, question, answer)
+    if pieces is None:
+        return "chat template: the prompt is not a prefix of the conversation"
+    prompt, answer_text = pieces
+    span = _span_of(prompt, question)
+    if span is None and question:
+        return "chat template: the instruction does not appear verbatim in the rendered prompt"
+    # L(Q) averages the instruction's own tokens only: a default system prompt the template injects
+    # and the role markers are context, not instruction (they would flatten the IC-IFD penalty).
+    conditioned = PassText(prompt + answer_text, len(prompt), (span,) if span else (), False)
+    # L(A): the same answer text after only the generation prompt (and the tokenizer's BOS, if any).
+    return conditioned, PassText(generation_prompt + answer_text, len(generation_prompt), (), True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,18 +198,24 @@ def chat_direct_prefix_ids(tokenizer) -> list[int] | None:
 class EncodedItem:
     """Token ids of one item, for the two forward passes.
 
-    Conditioned pass: ``prompt_ids + response_ids``; L(Q) over prompt tokens 1.., L(A|Q) over response_ids.
-    Direct pass: ``direct_ids``; L(A) over tokens ``direct_start``.. (the tokens before are context).
+    Conditioned pass ``conditioned_ids``: L(Q) over the token ranges ``question_ranges`` ([start, end)),
+    L(A|Q) over tokens ``response_start``.. . Direct pass ``direct_ids``: L(A) over tokens
+    ``direct_start``.. . Token 0 of a pass is never scored (nothing predicts it).
     """
 
-    prompt_ids: list[int]
-    response_ids: list[int]
+    conditioned_ids: list[int]
+    question_ranges: tuple[tuple[int, int], ...]
+    response_start: int
     direct_ids: list[int]
     direct_start: int
     null_reason: str | None = None
 
 
-_EMPTY = EncodedItem([], [], [], 1)
+_EMPTY = EncodedItem([], (), 1, [], 1)
+
+
+def _null(reason: str) -> EncodedItem:
+    return dataclasses.replace(_EMPTY, null_reason=reason)
 
 
 def _missing_reason(instruction: str | None, response: str | None) -> str | None:
@@ -133,48 +226,91 @@ def _missing_reason(instruction: str | None, response: str | None) -> str | None
     return None
 
 
+def _tokenize(tokenizer, passes: list[PassText], boundary: Boundary) -> list[tuple[list[int], list[int]]]:
+    """(ids of each pass's whole text, token index of each character point), the points being
+    [response_start, span starts and ends...], mapped by the boundary rule (module docstring)."""
+    points = [[p.response_start] + [c for span in p.question_spans for c in span] for p in passes]
+    out: list[tuple[list[int], list[int]]] = []
+    for special in (True, False):
+        group = [i for i, p in enumerate(passes) if p.special == special]
+        if not group:
+            continue
+        texts = [passes[i].text for i in group]
+        if boundary == "prefix":
+            encoded = tokenizer(texts, add_special_tokens=special)["input_ids"]
+            prefixes = [passes[i].text[:c] for i in group for c in points[i]]
+            lengths = iter(len(ids) for ids in tokenizer(prefixes, add_special_tokens=special)["input_ids"])
+            mapped = [[next(lengths) for _ in points[i]] for i in group]
+        else:
+            try:
+                batch = tokenizer(texts, add_special_tokens=special, return_offsets_mapping=True)
+            except NotImplementedError as err:
+                raise ValueError("score.boundary 'offsets' needs a fast tokenizer (character offsets)") from err
+            encoded = batch["input_ids"]
+            mapped = [[_first_token_ending_after(offsets, c) for c in points[i]]
+                      for i, offsets in zip(group, batch["offset_mapping"])]
+        out += [(i, ids, m) for i, ids, m in zip(group, encoded, mapped)]
+    return [(ids, m) for _, ids, m in sorted(out, key=lambda row: row[0])]
+
+
+def _first_token_ending_after(offsets: Sequence[tuple[int, int]], char: int) -> int:
+    """Index of the first token whose last character is at or after ``char`` (its end offset > char);
+    added special tokens carry (0, 0) and never qualify. len(offsets) when none does."""
+    for index, (_, end) in enumerate(offsets):
+        if end > char:
+            return index
+    return len(offsets)
+
+
 def encode_items(
     tokenizer,
     instructions: Sequence[str | None],
     inputs: Sequence[str | None],
     responses: Sequence[str | None],
     template: Template = "raw",
+    boundary: Boundary = "prefix",
+    max_length: int | None = None,
+    cherry_truncation: CherryTruncation = "official",
 ) -> list[EncodedItem]:
-    """Token ids of each item; Q and A are tokenized separately so no BPE merge crosses the boundary."""
-    questions = [question_text(q or "", x) for q, x in zip(instructions, inputs)]
-    answers = [a or "" for a in responses]
+    """Token ids of each item under ``template`` and ``boundary`` (see :func:`ifd_scores`), truncated."""
+    if template not in get_args(Template):
+        raise ValueError(f"template must be one of {list(get_args(Template))}, got {template!r}")
+    if boundary not in get_args(Boundary):
+        raise ValueError(f"boundary must be one of {list(get_args(Boundary))}, got {boundary!r}")
     reasons = [_missing_reason(q, a) for q, a in zip(instructions, responses)]
-    if template == "raw":
-        items = _encode_raw(tokenizer, questions, answers)
+    texts: list[tuple[PassText, PassText] | str] = []
+    if template == "cherry":
+        prompts = PromptLibrary()
+        pieces = {False: _alpaca_pieces(prompts, False), True: _alpaca_pieces(prompts, True)}
     elif template == "chat":
-        items = _encode_chat(tokenizer, questions, answers)
-    else:
-        raise ValueError(f"template must be 'raw' or 'chat', got {template!r}")
-    return [dataclasses.replace(_EMPTY, null_reason=reason) if reason else item for item, reason in zip(items, reasons)]
-
-
-def _encode_raw(tokenizer, questions: list[str], answers: list[str]) -> list[EncodedItem]:
-    # Paper B: Q with default special tokens, then "\n" + A; L(A) from A alone, tokens after the first.
-    prompts = tokenizer(questions, add_special_tokens=True)["input_ids"]
-    responses = tokenizer(["\n" + a for a in answers], add_special_tokens=False)["input_ids"]
-    directs = tokenizer(answers, add_special_tokens=True)["input_ids"]
-    return [EncodedItem(p, r, d, 1) for p, r, d in zip(prompts, responses, directs)]
-
-
-def _encode_chat(tokenizer, questions: list[str], answers: list[str]) -> list[EncodedItem]:
-    pieces = [chat_texts(tokenizer, q, a) for q, a in zip(questions, answers)]
-    prompts = tokenizer([p[0] if p else "" for p in pieces], add_special_tokens=False)["input_ids"]
-    responses = tokenizer([p[1] if p else "" for p in pieces], add_special_tokens=False)["input_ids"]
-    prefix = chat_direct_prefix_ids(tokenizer)
-    if prefix is None:  # no separable generation prompt: score A after the special prefix, as in raw
-        prefix = special_prefix_ids(tokenizer)
-    items = []
-    for piece, prompt, response in zip(pieces, prompts, responses):
-        if piece is None:
-            reason = "chat template: the prompt is not a prefix of the conversation"
-            items.append(dataclasses.replace(_EMPTY, null_reason=reason))
+        generation_prompt = generation_prompt_text(tokenizer)
+    for instruction, input_text, answer, reason in zip(instructions, inputs, responses, reasons):
+        instruction, input_text, answer = instruction or "", input_text or "", answer or ""
+        if reason:
+            texts.append(reason)
+        elif template == "raw":
+            texts.append(_raw_texts(instruction, input_text, answer))
+        elif template == "cherry":
+            texts.append(_cherry_texts(pieces, instruction, input_text, answer))
         else:
-            items.append(EncodedItem(prompt, response, prefix + response, max(len(prefix), 1)))
+            texts.append(_chat_texts(tokenizer, generation_prompt, question_text(instruction, input_text), answer))
+    passes = [p for t in texts if not isinstance(t, str) for p in t]
+    tokenized = iter(_tokenize(tokenizer, passes, boundary))
+    items = []
+    for pair in texts:
+        if isinstance(pair, str):
+            items.append(_null(pair))
+            continue
+        (conditioned, c_points), (direct, d_points) = next(tokenized), next(tokenized)
+        ranges = tuple(zip(c_points[1::2], c_points[2::2]))
+        item = EncodedItem(conditioned, ranges, c_points[0], direct, d_points[0])
+        if template == "cherry" and cherry_truncation == "official":
+            # Cherry's prompt length is len(encode(prompt)): the prefix rule's response start
+            prompt_tokens = c_points[0] if boundary == "prefix" else len(
+                tokenizer(pair[0].text[: pair[0].response_start])["input_ids"])
+            items.append(cherry_truncate(item, prompt_tokens, max_length))
+        else:
+            items.append(truncate_item(item, max_length))
     return items
 
 
@@ -185,19 +321,44 @@ def too_long_reason(prompt_tokens: int, max_length: int) -> str:
 def truncate_item(item: EncodedItem, max_length: int | None) -> EncodedItem:
     """Cut the conditioned sequence to ``max_length`` tokens from the right, and drop the same number
     of tokens from the end of the direct pass, so both passes score the same response tokens."""
-    total = len(item.prompt_ids) + len(item.response_ids)
+    total = len(item.conditioned_ids)
     if max_length is None or item.null_reason or total <= max_length:
         return item
-    if len(item.prompt_ids) > max_length:
-        return dataclasses.replace(_EMPTY, null_reason=too_long_reason(len(item.prompt_ids), max_length))
+    if item.response_start > max_length:
+        return _null(too_long_reason(item.response_start, max_length))
     cut = total - max_length  # response tokens lost from the end
     kept_direct = max(item.direct_start, len(item.direct_ids) - cut)
-    return EncodedItem(
-        item.prompt_ids,
-        item.response_ids[: len(item.response_ids) - cut],
-        item.direct_ids[:kept_direct],
-        item.direct_start,
+    return dataclasses.replace(
+        item, conditioned_ids=item.conditioned_ids[:max_length], direct_ids=item.direct_ids[:kept_direct]
     )
+
+
+def cherry_truncate(item: EncodedItem, prompt_tokens: int, max_length: int | None) -> EncodedItem:
+    """Cherry_LLM's truncation and skips (data_analysis.py + data_by_IFD.py), for ``template="cherry"``.
+
+    ``prompt_tokens`` = len(encode(Alpaca prompt)), BOS included. The conditioned pass keeps the first
+    ``max_length`` tokens; the direct pass the first ``max_length - prompt_tokens + 4`` (Cherry's +4 is
+    BOS + "### Response:" in Llama-1/2's tokenizer, where both passes then keep the same number of
+    response tokens; in other tokenizers they may differ by a token or two, as in Cherry's code run
+    there). Cherry drops the item (here: nulls and a reason) when the prompt leaves no room, when a
+    pass keeps no response token, or when prompt tokens + direct response tokens exceed ``max_length``.
+    Truncation is a slice of the whole-text ids, as HF's ``truncation=True`` is for tokenizers that add
+    nothing after the text (Llama, Qwen, SmolLM2).
+    """
+    if max_length is None or item.null_reason:
+        return item
+    prompt_tokens = min(prompt_tokens, max_length)  # Cherry encodes the prompt with truncation too
+    if max_length - prompt_tokens <= 0:
+        return _null(f"prompt is {prompt_tokens} tokens, no room within max_length={max_length} (Cherry skips the item)")
+    conditioned = item.conditioned_ids[:max_length]
+    direct = item.direct_ids[: max_length - prompt_tokens + CHERRY_DIRECT_SLACK]
+    direct_tokens = len(direct) - item.direct_start
+    if len(conditioned) - item.response_start <= 0 or direct_tokens <= 0:
+        return _null(f"no response token within max_length={max_length} (Cherry skips the item)")
+    if prompt_tokens + direct_tokens > max_length:
+        return _null(f"prompt {prompt_tokens} + direct response {direct_tokens} tokens exceed "
+                     f"max_length={max_length} (Cherry skips the item)")
+    return dataclasses.replace(item, conditioned_ids=conditioned, direct_ids=direct)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,6 +417,11 @@ _NULL_ROW_LOSSES = dict.fromkeys(
 )
 
 
+def question_positions(item: EncodedItem) -> list[int]:
+    """Positions of the conditioned pass that L(Q) averages (token 0 never: nothing predicts it)."""
+    return sorted({j for start, end in item.question_ranges for j in range(max(start, 1), end)})
+
+
 # ----------------------------------------------------------------------------------------------
 # Fast path.
 
@@ -271,49 +437,107 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[
     return ids.to(device), mask.to(device)
 
 
-def _shifted_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(rows, width - 1) NLL in nats, fp32: entry j of a row scores token j+1 from the logits at j.
-    Padding targets score 0. Log-softmax runs on at most ``_LOGIT_ROWS`` positions at a time in fp32."""
+def token_budget_batches(lengths: Sequence[int], max_batch_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` in batches, longest first, each padded batch (rows x its longest) at most
+    ``max_batch_tokens`` tokens and ``max_rows`` rows; a sequence longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        if batch and (len(batch) + 1) * lengths[batch[0]] <= max_batch_tokens and (max_rows is None or len(batch) < max_rows):
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The model split into its trunk (hidden states) and its vocabulary projection."""
+
+    trunk: torch.nn.Module
+    projection: torch.nn.Module
+
+
+def split_head(model) -> _Head | None:
+    """The trunk and LM head of ``model`` when head(trunk(x)) gives the model's own logits (checked on a
+    short sequence, so a model that scales or caps its logits is caught); None otherwise."""
+    trunk = getattr(model, "base_model", None)
+    projection = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if trunk is None or trunk is model or not isinstance(projection, torch.nn.Linear):
+        return None
+    probe = torch.arange(2, 10, device=model.device).remainder(projection.out_features)[None]
+    with torch.inference_mode():
+        want = model(input_ids=probe, use_cache=False).logits.float()
+        got = projection(trunk(input_ids=probe, use_cache=False).last_hidden_state).float()
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item()):
+        return None
+    return _Head(trunk, projection)
+
+
+def _shifted_targets(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Targets of each position: token j+1 of the row, or -100 past its end."""
     targets = torch.full_like(ids, _IGNORE)  # the last position predicts nothing
     targets[:, :-1] = ids[:, 1:].masked_fill(mask[:, 1:] == 0, _IGNORE)
-    logits, targets = logits.flatten(0, 1), targets.flatten()  # views: the logits are never copied whole
-    nll = torch.cat([
-        torch.nn.functional.cross_entropy(
-            logits[start : start + _LOGIT_ROWS].float(), targets[start : start + _LOGIT_ROWS], reduction="none"
-        )
-        for start in range(0, len(targets), _LOGIT_ROWS)
-    ])
+    return targets
+
+
+def _batch_nll(model, head: _Head | None, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(rows, width - 1) NLL in nats, fp32: entry j of a row scores token j+1; padding scores 0.
+
+    With a split head, the projection runs on the hidden states of scored positions only, a slice of
+    ``_LOGIT_ELEMENTS // vocabulary`` positions at a time, so no full (tokens x vocabulary) logits
+    tensor ever exists. Without one, the model's logits are read a slice at a time (they exist whole).
+    """
+    targets = _shifted_targets(ids, mask).flatten()
+    scored = (targets != _IGNORE).nonzero().squeeze(1)
+    nll = torch.zeros(targets.numel(), dtype=torch.float32, device=ids.device)
+    if head is not None:
+        states = head.trunk(input_ids=ids, use_cache=False).last_hidden_state.flatten(0, 1)
+        rows = max(1, _LOGIT_ELEMENTS // head.projection.out_features)
+        project = lambda part: head.projection(states[part])  # noqa: E731
+    else:
+        logits = model(input_ids=ids, use_cache=False).logits.flatten(0, 1)  # a view: never copied whole
+        rows = max(1, _LOGIT_ELEMENTS // logits.shape[-1])
+        project = lambda part: logits[part]  # noqa: E731
+    for start in range(0, scored.numel(), rows):
+        part = scored[start : start + rows]
+        nll[part] = torch.nn.functional.cross_entropy(project(part).float(), targets[part], reduction="none")
     return nll.view(ids.shape)[:, :-1].cpu()
 
 
 def token_nlls(
     model,
     sequences: Sequence[Sequence[int]],
-    batch_size: int,
+    batch_size: int | None = None,
     pad_id: int = 0,
     on_batch: Callable[[int], Any] | None = None,
+    max_batch_tokens: int = 16384,
+    head: _Head | None = None,
 ) -> list[torch.Tensor]:
     """Per-token NLL of every sequence: entry j is -log P(token j+1 | tokens 0..j), nats, fp32.
 
-    Sequences go through the model longest first in right-padded batches (little padding), and the
-    results come back in input order. A sequence shorter than 2 tokens has nothing to score.
+    Sequences go through the model longest first in right-padded batches of at most
+    ``max_batch_tokens`` padded tokens and ``batch_size`` rows, and the results come back in input
+    order. A sequence shorter than 2 tokens has nothing to score. ``head`` (from :func:`split_head`)
+    bounds the logits' memory.
 
     No attention mask is passed: under the causal mask a real token never attends to a later position,
     and right padding only ever comes later, so each real token computes what it would alone (padding
     positions compute garbage that is never read). This keeps attention on its causal fast path.
     """
     out = [torch.empty(0) for _ in sequences]
-    order = sorted((i for i, s in enumerate(sequences) if len(s) >= 2), key=lambda i: -len(sequences[i]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    scorable = [i for i, s in enumerate(sequences) if len(s) >= 2]
+    for batch in token_budget_batches([len(sequences[i]) for i in scorable], max_batch_tokens, batch_size):
+        rows = [scorable[b] for b in batch]
         ids, mask = pad_right([sequences[i] for i in rows], pad_id, model.device)
-        nll = _shifted_nll(model(input_ids=ids, use_cache=False).logits, ids, mask)
+        nll = _batch_nll(model, head, ids, mask)
         for row, i in enumerate(rows):
             out[i] = nll[row, : len(sequences[i]) - 1]
         if on_batch:
             on_batch(len(rows))
     if on_batch:
-        on_batch(len(sequences) - len(order))
+        on_batch(len(sequences) - len(scorable))
     return out
 
 
@@ -326,10 +550,10 @@ def _mean(nll: torch.Tensor) -> tuple[float | None, int]:
 def _item_scores(item: EncodedItem, conditioned_nll: torch.Tensor, direct_nll: torch.Tensor) -> dict[str, Any]:
     if item.null_reason:
         return scores_row(**_NULL_ROW_LOSSES, null_reason=item.null_reason)
-    boundary = len(item.prompt_ids)  # first response position in the conditioned sequence
-    # nll[j] scores token j+1: the instruction is tokens 1..boundary-1, the response boundary.. (never 0)
-    loss_q, n_q = _mean(conditioned_nll[: max(boundary - 1, 0)])
-    loss_aq, n_aq = _mean(conditioned_nll[max(boundary, 1) - 1 :])
+    # nll[j] scores token j+1, so token t's loss is nll[t - 1]
+    question = [t - 1 for t in question_positions(item)]
+    loss_q, n_q = _mean(conditioned_nll[question] if question else conditioned_nll[:0])
+    loss_aq, n_aq = _mean(conditioned_nll[max(item.response_start, 1) - 1 :])
     loss_a, n_a = _mean(direct_nll[max(item.direct_start, 1) - 1 :])
     return scores_row(loss_q, n_q, loss_a, n_a, loss_aq, n_aq)
 
@@ -350,8 +574,11 @@ def ifd_scores(
     inputs: Sequence[str | None] | None,
     responses: Sequence[str | None],
     template: Template = "raw",
-    batch_size: int = 16,
+    boundary: Boundary = "prefix",
     max_length: int | None = None,
+    cherry_truncation: CherryTruncation = "official",
+    max_batch_tokens: int = 16384,
+    batch_size: int | None = None,
     progress: bool = True,
     chunk_size: int = 4096,
 ) -> pl.DataFrame:
@@ -359,70 +586,70 @@ def ifd_scores(
 
     Columns: see ``SCORE_SCHEMA``. Q = instruction, plus "\\n" + input when the input is non-empty.
 
-    ``template="raw"`` (paper B exactly): conditioned sequence = ids(Q, with the tokenizer's special
-    tokens) + ids("\\n" + A, without); L(Q) averages Q's tokens after the first, L(A|Q) every token
-    after Q (the "\\n" included). L(A) comes from ids(A, with special tokens), every token after the first.
+    ``template="raw"`` reproduces Evolution-Analysis ``Evol_Instruct/eval_loss.py`` (paper B's IC-IFD)
+    with ``boundary="prefix"``: conditioned pass = tokenize(Q + "\\n" + A) with the tokenizer's special
+    tokens; L(Q) averages its tokens 1..L_q-1 and L(A|Q) its tokens L_q.. (the separator included),
+    L_q = len(tokenize(Q)); L(A) averages tokenize(A)'s tokens after the first. EA has no truncation.
 
-    ``template="chat"`` (as training sees it): prompt = ``apply_chat_template([user Q],
-    add_generation_prompt=True)``; answer = the templated [user Q, assistant A] conversation minus that
-    prompt (A plus the end-of-turn text); both tokenized without adding special tokens again. L(Q)
-    averages the prompt's tokens after the first (role markers included), L(A|Q) the answer's tokens.
-    L(A) scores the same answer tokens after only the generation prompt, preceded by the tokenizer's
-    special prefix (see :func:`chat_direct_prefix_ids`); without a separable generation prompt, after
-    the special prefix alone, as in raw.
+    ``template="cherry"`` reproduces Cherry_LLM's IFD (``cherry_seletion/data_analysis.py --mod cherry
+    --prompt alpaca`` then ``data_by_IFD.py``) with ``boundary="prefix"`` and ``max_length`` (Cherry's
+    512): conditioned text = the Alpaca prompt (with or without its Input block) + A, L(A|Q) from
+    token len(encode(prompt)); direct text = "### Response:" + A, L(A) from token
+    len(encode("### Response:")); truncation and skips as :func:`cherry_truncate`
+    (``cherry_truncation="same-tokens"`` uses :func:`truncate_item` instead). Cherry drops IFD > 1 after
+    scoring; here the value is kept and ``select.ifd_filter`` drops it. L(Q) (not part of Cherry's IFD)
+    averages the instruction's and the input's own tokens inside the prompt.
 
-    ``max_length`` cuts the conditioned sequence from the right and drops as many tokens from the end
-    of the direct pass, so both passes score the same response tokens; an item whose prompt alone is
-    longer gets nulls and a ``null_reason``.
+    ``template="chat"`` (no official code; the pair as fine-tuning renders it): conditioned text = the
+    chat template's [user Q, assistant A] conversation, tokenized whole without added special tokens;
+    L(A|Q) from where the generation prompt ends (A plus the end-of-turn text); L(Q) over Q's own
+    tokens only, located in the rendered prompt (a default system prompt and the role markers are
+    context, never averaged); L(A) scores the answer text after the generation prompt alone, preceded
+    by the tokenizer's special prefix.
 
-    Two forward passes per item (conditioned: L(Q) and L(A|Q) at once; direct: L(A)), in
-    length-sorted, right-padded batches of ``batch_size``; items are streamed ``chunk_size`` at a
-    time. Log-softmax is taken in fp32 whatever the model dtype.
+    ``boundary``: "prefix" (the official codes' rule) or "offsets" (the exact character boundary);
+    see the module docstring. ``max_length`` (raw, chat) cuts the conditioned pass from the right and
+    drops as many tokens from the end of the direct pass; an item whose prompt alone is longer gets
+    nulls and a ``null_reason``.
+
+    Two forward passes per item (conditioned: L(Q) and L(A|Q) at once; direct: L(A)), in length-sorted,
+    right-padded batches of at most ``max_batch_tokens`` padded tokens (and ``batch_size`` rows when
+    given); log-softmax in fp32 over slices of the vocabulary projection (:func:`token_nlls`); items
+    are encoded ``chunk_size`` at a time.
     """
     inputs = inputs if inputs is not None else [""] * len(instructions)
     _check_lengths(instructions, inputs, responses)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    head = split_head(model)
     rows: list[dict[str, Any]] = []
     with tqdm(total=2 * len(instructions), unit="seq", desc="IFD scoring", disable=not progress) as bar:
         for start in range(0, len(instructions), chunk_size):
             chunk = slice(start, start + chunk_size)
-            items = encode_items(tokenizer, instructions[chunk], inputs[chunk], responses[chunk], template)
-            items = [truncate_item(item, max_length) for item in items]
-            conditioned_ids = [item.prompt_ids + item.response_ids for item in items]
-            conditioned = token_nlls(model, conditioned_ids, batch_size, pad_id, bar.update)
-            direct = token_nlls(model, [item.direct_ids for item in items], batch_size, pad_id, bar.update)
-            rows += [_item_scores(*triple) for triple in zip(items, conditioned, direct)]
+            items = encode_items(tokenizer, instructions[chunk], inputs[chunk], responses[chunk], template,
+                                 boundary, max_length, cherry_truncation)
+            passes = {}
+            for name in ("conditioned_ids", "direct_ids"):
+                passes[name] = token_nlls(model, [getattr(item, name) for item in items], batch_size, pad_id,
+                                          bar.update, max_batch_tokens, head)
+            rows += [_item_scores(*triple) for triple in zip(items, passes["conditioned_ids"], passes["direct_ids"])]
     return pl.from_dicts(rows, schema=SCORE_SCHEMA)
 
 
 # ----------------------------------------------------------------------------------------------
-# Reference: one item at a time, three forward passes, HF labels with -100 masking (EA eval_loss.py).
+# Reference: one item at a time, three forward passes, HF labels with -100 masking (as EA runs them).
 
 
-def _hf_mean_loss(model, ids: list[int], score_from: int, score_to: int) -> tuple[float | None, int]:
-    """HF's own shifted mean loss over tokens score_from..score_to-1 (token 0 is never scored)."""
+def _hf_mean_loss(model, ids: list[int], positions: Sequence[int]) -> tuple[float | None, int]:
+    """HF's own shifted mean loss over the tokens at ``positions`` (token 0 is never scored)."""
     labels = [_IGNORE] * len(ids)
-    labels[score_from:score_to] = ids[score_from:score_to]
+    for position in positions:
+        labels[position] = ids[position]
     count = sum(label != _IGNORE for label in labels[1:])
     if count == 0:
         return None, 0
     input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
     label_ids = torch.tensor([labels], dtype=torch.long, device=model.device)
     return model(input_ids=input_ids, labels=label_ids, use_cache=False).loss.item(), count
-
-
-def _reference_ids(tokenizer, question: str, response: str, template: Template):
-    """(prompt ids, response ids, direct ids, direct start), tokenized one item at a time."""
-    if template == "raw":
-        prompt = tokenizer(question)["input_ids"]
-        answer = tokenizer("\n" + response, add_special_tokens=False)["input_ids"]
-        return prompt, answer, tokenizer(response)["input_ids"], 1
-    prompt_text, answer_text = chat_texts(tokenizer, question, response)
-    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
-    prefix = chat_direct_prefix_ids(tokenizer)
-    prefix = special_prefix_ids(tokenizer) if prefix is None else prefix
-    return prompt, answer, prefix + answer, max(len(prefix), 1)
 
 
 @torch.inference_mode()
@@ -433,28 +660,27 @@ def reference_ifd_scores(
     inputs: Sequence[str | None] | None,
     responses: Sequence[str],
     template: Template = "raw",
+    boundary: Boundary = "prefix",
     max_length: int | None = None,
+    cherry_truncation: CherryTruncation = "official",
 ) -> pl.DataFrame:
-    """The straightforward implementation, same output as :func:`ifd_scores`: batch size 1, no
-    padding, three forward passes per item (L(Q), L(A|Q) on the same ids, then L(A)), each loss being
-    ``model(input_ids, labels=...).loss`` with the other positions set to -100. Slow; for checking."""
+    """The straightforward implementation, same output as :func:`ifd_scores`: the same token ids, but
+    batch size 1, no padding, three forward passes per item (L(Q), L(A|Q) on the same ids, then L(A)),
+    each loss ``model(input_ids, labels=...).loss`` with the other positions set to -100. Slow; checks
+    the fast path's batching, padding and sliced log-softmax (tests/test_scoring_reference.py checks
+    the token ids against the official codes)."""
     inputs = inputs if inputs is not None else [""] * len(instructions)
     _check_lengths(instructions, inputs, responses)
     rows = []
     for instruction, input_text, response in zip(instructions, inputs, responses):
-        prompt, answer, direct, direct_start = _reference_ids(
-            tokenizer, question_text(instruction, input_text), response, template
-        )
-        ids = prompt + answer
-        if max_length is not None and len(prompt) > max_length:
-            rows.append(scores_row(**_NULL_ROW_LOSSES, null_reason=too_long_reason(len(prompt), max_length)))
+        [item] = encode_items(tokenizer, [instruction], [input_text], [response], template, boundary,
+                              max_length, cherry_truncation)
+        if item.null_reason:
+            rows.append(scores_row(**_NULL_ROW_LOSSES, null_reason=item.null_reason))
             continue
-        if max_length is not None and len(ids) > max_length:
-            cut = len(ids) - max_length
-            ids = ids[:max_length]
-            direct = direct[: max(direct_start, len(direct) - cut)]
-        loss_q, n_q = _hf_mean_loss(model, ids, 0, len(prompt))
-        loss_aq, n_aq = _hf_mean_loss(model, ids, len(prompt), len(ids))
-        loss_a, n_a = _hf_mean_loss(model, direct, direct_start, len(direct))
+        ids = item.conditioned_ids
+        loss_q, n_q = _hf_mean_loss(model, ids, question_positions(item))
+        loss_aq, n_aq = _hf_mean_loss(model, ids, range(max(item.response_start, 1), len(ids)))
+        loss_a, n_a = _hf_mean_loss(model, item.direct_ids, range(max(item.direct_start, 1), len(item.direct_ids)))
         rows.append(scores_row(loss_q, n_q, loss_a, n_a, loss_aq, n_aq))
     return pl.from_dicts(rows, schema=SCORE_SCHEMA)
