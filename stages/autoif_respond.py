@@ -46,7 +46,7 @@ def main() -> None:
     constraints = hash_sample(constraints.filter(pl.col("status") == KEPT), cfg.paired_constraints, cfg.seed)
     meta = {"skipped": not active, "settings": dataclasses.asdict(cfg), "template_hash": prompts.hash(RESPOND_TEMPLATE)}
     pairs, outputs, n_queries = pl.DataFrame(schema=PAIR_SCHEMA), [], 0
-    if active:
+    if active and constraints.height:  # no verified constraint: nothing to pair, the query source is not read
         q = cfg.queries
         queries = select_queries(build_seed(q.source, fmt=q.format, fields=q.fields, config=q.config, split=q.split)[0], q)
         n_queries = queries.height
