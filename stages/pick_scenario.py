@@ -27,7 +27,7 @@ def main() -> None:
     table = read_table(source)
     validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), source)
     if table.is_empty():
-        raise SystemExit(f"{source}: no answered items for scenario {scenario!r}; did its stages run with `scenario: {scenario}`?")
+        raise SystemExit(f"{source}: no answered items for scenario {scenario!r} (see its stages' metrics: were they skipped, or was nothing verified?)")
     per_method = {m: int(n) for m, n in table.group_by("method").len().sort("method").iter_rows()}
     write_output(args.out, table, meta={"scenario": scenario, "source": source})
     write_json(args.metrics, {"scenario": scenario, "items": table.height, "per_method": per_method})
