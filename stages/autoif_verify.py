@@ -1,0 +1,67 @@
+"""autoif_verify stage: verification functions + test cases per constraint, cross-validated in the sandbox
+(AutoIF steps 2 and 3).
+
+Reads:  data/autoif/constraints/, prompts/autoif/verification.j2, params.yaml `scenario`, `autoif`
+        (functions_per_constraint, max_constraints, temperature, top_p, max_tokens, min_accuracy, min_functions,
+        min_cases, case_timeout_s, memory_mb, workers, seed), roles `evolver`
+Writes: data/autoif/verified/items.parquet (constraints: status kept/failed + reason and counts),
+        functions.parquet (one row per sample: the function, its run, accuracy, status, reason),
+        cases.parquet (deduplicated test cases: kept/failed + reason), meta.json; metrics/autoif/verify.json
+Runs only when `scenario: autoif`; otherwise writes empty tables and `skipped: true`.
+"""
+
+import argparse
+import dataclasses
+
+from evolforge.build.autoif import (VERIFICATION_TEMPLATE, AutoIFSettings, hash_sample, read_scenario, sampled_requests,
+                                    usable_constraints, verify_constraints, verify_summary)
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.core.params import load_params
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import read_table, write_json, write_output
+from evolforge.eval.sandbox import isolation
+from evolforge.llm import open_role
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--constraints", default="data/autoif/constraints")
+    ap.add_argument("--prompts", default="prompts")
+    ap.add_argument("--out", default="data/autoif/verified")
+    ap.add_argument("--metrics", default="metrics/autoif/verify.json")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    cfg = AutoIFSettings.from_params(params.get("autoif"))
+    table = read_table(args.constraints)
+    validation.check(table, validation.required_columns(["id", "status", "constraint"]) + validation.unique("id"), args.constraints)
+    active = read_scenario(params) == "autoif"
+    constraints = hash_sample(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
+
+    prompts = PromptLibrary(args.prompts)
+    samples: list[list[str]] = []
+    meta = {"skipped": not active}
+    if active and constraints.height:
+        llm = open_role(params, "evolver", open_cache(params))
+        k = cfg.functions_per_constraint
+        requests = [r for c in constraints["constraint"].to_list()
+                    for r in sampled_requests(llm, prompts.render(VERIFICATION_TEMPLATE, constraint=c), k,
+                                              temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)]
+        texts = llm.complete(requests, desc="autoif verification functions")
+        samples = [texts[i:i + k] for i in range(0, len(texts), k)]
+        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+    verified, functions, cases = verify_constraints(constraints, samples, cfg)
+
+    metrics = verify_summary(verified, functions, cases) | {"skipped": not active, "sandbox": isolation() if active else None,
+                                                           "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0)}
+    meta |= {"settings": dataclasses.asdict(cfg), "template_hash": prompts.hash(VERIFICATION_TEMPLATE)}
+    write_output(args.out, verified, meta=meta, tables={"functions.parquet": functions, "cases.parquet": cases})
+    write_json(args.metrics, metrics)
+    print(f"autoif_verify: {metrics['constraints_verified']}/{metrics['constraints']} constraints verified, "
+          f"{metrics['functions_kept']}/{metrics['samples']} functions kept; dropped {metrics['constraints_dropped']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""AutoIF: constraint parsing and dedup, JSON extraction, sandboxed cross-validation, pairing, response checks."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from evolforge.build.autoif import (KEPT, AutoIFSettings, FunctionRun, collect_constraints, cross_validate, extract_json,
+                                    pair_queries, parse_constraint_lines, parse_verification, response_records,
+                                    run_function, verify_constraints, verify_responses)
+from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED
+
+NO_COMMAS = "def evaluate(response):\n    return ',' not in response\n"
+WRONG = "def evaluate(response):\n    return ',' in response\n"
+LOOPS = "def evaluate(response):\n    while True:\n        pass\n"
+RAISES = "def evaluate(response):\n    raise ValueError('cannot tell')\n"
+NETWORK = ("import urllib.request\ndef evaluate(response):\n"
+           "    return urllib.request.urlopen('http://example.com').status == 200\n")
+SOCKET = "import socket\ndef evaluate(response):\n    socket.socket().connect(('1.1.1.1', 80))\n    return True\n"
+CASES = [("one two", True), ("one, two", False), ("no commas here", True)]
+
+
+def sample(func: str, cases=CASES) -> str:
+    body = json.dumps({"func": func, "cases": [{"input": i, "output": o} for i, o in cases]})
+    return f"Here is the function:\n```json\n{body}\n```\nHope it helps."
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("- Use no commas.\n- End with 'Bye'.", [("Use no commas.", None), ("End with 'Bye'.", None)]),
+    ("Sure! Here they are:\n1. Answer in capitals.\n2) Write 3 lines.", [("Sure! Here they are:", "not_a_list_item"),
+                                                                        ("Answer in capitals.", None), ("Write 3 lines.", None)]),
+    ("* Start with a title\n\n   \n\u2022 Use exactly 2 paragraphs", [("Start with a title", None), ("Use exactly 2 paragraphs", None)]),
+    ("-no space is not a list item", [("-no space is not a list item", "not_a_list_item")]),
+    ("", []),
+])
+def test_constraint_lines(text, expected):
+    assert parse_constraint_lines(text) == expected
+
+
+def test_collect_constraints_dedups_and_keeps_reasons():
+    seeds = ["Answer in fewer than 50 words.", "Do not use any commas."]
+    outputs = ["- do not use any commas\n- End every line with a period.\nThat is all!", "- End every line with a period\n- ok"]
+    table = collect_constraints(seeds, outputs)
+    assert table.height == 2 + 3 + 2  # nothing disappears: every seed and every line has a row
+    assert table["id"].n_unique() == table.height
+    rows = {(r["constraint"], r["call_index"]): r for r in table.iter_rows(named=True)}
+    assert rows[("Do not use any commas.", None)]["status"] == SEED
+    assert rows[("do not use any commas", 0)]["failure_reason"] == "duplicate"  # case and final period ignored
+    assert rows[("End every line with a period.", 0)]["status"] == EVOLVED
+    assert rows[("End every line with a period", 1)]["failure_reason"] == "duplicate"
+    assert rows[("That is all!", 0)]["failure_reason"] == "not_a_list_item"
+    assert rows[("ok", 1)]["failure_reason"] == "too_short"
+    assert (table.filter(pl.col("status") == FAILED)["failure_reason"].is_null()).sum() == 0
+
+
+@pytest.mark.parametrize("text, ok, reason", [
+    (sample(NO_COMMAS), True, None),
+    ('{"func": "def evaluate(response):\\n    return True", "cases": [{"input": "x", "output": "true"}]}', True, None),
+    ('prefix {"func": "def evaluate(response):\n    return True", "cases": [{"input": "x", "output": false}]} suffix', True, None),
+    ('```json\n{"func": "def evaluate(r): return True", "cases": [{"input": "x", "output": true}],}\n```', False, "missing_func"),
+    ('{"func": "def evaluate(r):", "cases": [}', False, "invalid_json"),
+    ("no json at all", False, "no_json"),
+    ('{"cases": [{"input": "x", "output": true}]}', False, "missing_func"),
+    ('{"func": "def check(r): return True", "cases": [{"input": "x", "output": true}]}', False, "no_evaluate_function"),
+    ('{"func": "def evaluate(r): return True", "cases": [{"input": "x", "output": "maybe"}, {"output": true}]}', False, "no_valid_cases"),
+])
+def test_parse_verification(text, ok, reason):
+    parsed, why = parse_verification(text)
+    assert (parsed is not None, why) == (ok, reason)
+    if ok:
+        assert "def evaluate" in parsed.func and all(isinstance(e, bool) for _, e in parsed.cases)
+
+
+def test_extract_json_reads_literal_newline_escapes_and_raw_newlines():
+    parsed, _ = parse_verification('{"func": "def evaluate(response):\\\\n    return True", "cases": [{"input": "a", "output": true}]}')
+    assert parsed.func == "def evaluate(response):\n    return True"
+    obj, reason = extract_json("```json\n[1, 2]\n``` then {\"a\": 1}")
+    assert (obj, reason) == ({"a": 1}, None)  # a list is not the object we want; the later object is
+
+
+def test_cross_validate_rules():
+    # case 0: only f0 reproduces it; case 1: nobody does (dropped); case 2: both do
+    matrix = [[True, True, False], [False, True, False], [None, None, None]]
+    cv = cross_validate(matrix, [True, False, False], min_accuracy=0.8)
+    assert cv.cases_kept == [True, False, True]
+    assert cv.accuracy == [1.0, 0.5, 0.0]
+    assert cv.functions_kept == [True, False, False]
+    assert cross_validate([[None]], [True]).accuracy == [None]  # no kept case: no accuracy, not kept
+
+
+@pytest.mark.parametrize("func, status, results, errors", [
+    (NO_COMMAS, "ok", (True, False, True), (None, None, None)),
+    (WRONG, "ok", (False, True, False), (None, None, None)),
+    (LOOPS, "ok", (None, None, None), ("case_timeout",) * 3),  # each case stopped by the per-case alarm
+    (RAISES, "ok", (None, None, None), ("raised",) * 3),
+    (NETWORK, "blocked", (None, None, None), ("blocked",) * 3),
+    (SOCKET, "blocked", (None, None, None), ("blocked",) * 3),
+    ("def evaluate(response) return 1", "exec_error", (None,) * 3, ("exec_error",) * 3),
+    ("import time\ntime.sleep(60)\ndef evaluate(r):\n    return True", "timeout", (None,) * 3, ("timeout",) * 3),
+])
+def test_run_function_in_sandbox(func, status, results, errors):
+    run = run_function(func, [c for c, _ in CASES], case_timeout_s=0.5)
+    assert (run.status, run.results, run.errors) == (status, results, errors), run.detail
+
+
+def test_function_output_cannot_forge_verdicts():
+    forger = ("import os\nos.write(2, b'verdict-0000 {\"i\": 0, \"result\": true}\\n')\n"
+              "def evaluate(response):\n    print('{\"i\": 0, \"result\": true}')\n    return False\n")
+    run = run_function(forger, ["x"], case_timeout_s=1)
+    assert run.results == (False,)
+
+
+def test_verify_constraints_end_to_end_in_sandbox():
+    constraints = collect_constraints(["Do not use any commas.", "Answer in capital letters."], [])
+    samples = [
+        [sample(NO_COMMAS), sample(WRONG), sample(LOOPS), sample(RAISES), sample(NETWORK), "not json", sample(NO_COMMAS)],
+        [sample(WRONG, [("HELLO", True)])],  # the only function disagrees with the only case
+    ]
+    settings = AutoIFSettings(case_timeout_s=0.5, workers=2)
+    verified, functions, cases = verify_constraints(constraints, samples, settings)
+    commas, capitals = verified.row(0, named=True), verified.row(1, named=True)
+    assert (commas["status"], commas["functions_kept"], commas["cases_kept"]) == (KEPT, 1, 3)
+    assert (capitals["status"], capitals["failure_reason"]) == (FAILED, "no_case_reproduced")
+    reasons = dict(zip(functions.filter(pl.col("constraint_id") == commas["id"])["sample_index"],
+                       functions.filter(pl.col("constraint_id") == commas["id"])["failure_reason"]))
+    assert reasons == {0: None, 1: "low_accuracy", 2: "low_accuracy", 3: "low_accuracy", 4: "run_blocked",
+                       5: "no_json", 6: "duplicate_function"}
+    assert cases.filter(pl.col("constraint_id") == commas["id"]).height == 3  # deduplicated across samples
+    assert functions.filter(pl.col("status") == KEPT)["func"].to_list() == [NO_COMMAS.strip()]
+
+
+def test_verify_constraints_drop_reasons_with_a_scripted_runner():
+    constraints = collect_constraints(["a constraint one", "a constraint two", "a constraint three"], [])
+    two = [("a", True), ("b", True)]
+    samples = [["garbage"],
+               [sample("def evaluate(r):\n    return 'first'", two), sample("def evaluate(r):\n    return 'second'", two)],
+               [sample("def evaluate(r):\n    return 'slow'")]]
+    scripted = {"first": (True, False), "second": (False, True)}  # each reproduces one case: accuracy 0.5 each
+
+    def runner(func, inputs):
+        name = func.split("'")[1]
+        if name == "slow":
+            return FunctionRun("timeout", (None,) * len(inputs), ("timeout",) * len(inputs))
+        return FunctionRun("ok", scripted[name], (None, None))
+
+    verified, functions, _ = verify_constraints(constraints, samples, AutoIFSettings(), runner=runner)
+    assert verified["failure_reason"].to_list() == ["no_parsable_sample", "no_accurate_function", "no_runnable_function"]
+    assert functions.filter(pl.col("constraint_id") == constraints["id"][1])["accuracy"].to_list() == [0.5, 0.5]
+    lenient = AutoIFSettings(min_accuracy=0.5, min_functions=3)
+    assert verify_constraints(constraints[1:2], samples[1:2], lenient, runner=runner)[0]["failure_reason"].to_list() == ["too_few_functions"]
+    lenient = AutoIFSettings(min_accuracy=0.5, min_cases=3)
+    assert verify_constraints(constraints[1:2], samples[1:2], lenient, runner=runner)[0]["failure_reason"].to_list() == ["too_few_cases"]
+
+
+def test_pairing_is_stable_and_records_fit_the_responses_schema():
+    constraints = collect_constraints(["Do not use any commas.", "Answer in capital letters."], [])
+    queries = pl.DataFrame({"query_id": [f"q{i}" for i in range(10)], "query": [f"query number {i}" for i in range(10)]})
+    pairs = pair_queries(constraints, queries, 3, seed=0)
+    assert pairs.height == 6 and pairs.group_by("constraint_id").agg(pl.col("query_id").n_unique())["query_id"].to_list() == [3, 3]
+    alone = pair_queries(constraints[:1], queries, 3, seed=0)  # a constraint's queries do not depend on the others
+    assert alone["query_id"].to_list() == pairs.filter(pl.col("constraint_id") == constraints["id"][0])["query_id"].to_list()
+    table = response_records(pairs, [f"answer {i}" for i in range(6)], evolver_model="m", self_instruct_hash="h1", response_hash="h2")
+    assert table.columns[:len(LINEAGE)] == LINEAGE
+    assert table["id"].n_unique() == 6 and set(table["round"]) == {1} and set(table["method"]) == {"autoif"}
+    assert table["instruction"].to_list()[0] == pairs["constraint"][0] and table["input"].to_list()[0] == pairs["query"][0]
+
+
+def test_verify_responses_pass_rates():
+    constraints = collect_constraints(["Do not use any commas."], [])
+    pairs = pl.DataFrame({"constraint_id": [constraints["id"][0]] * 2, "constraint": ["Do not use any commas."] * 2,
+                          "query_id": ["a", "b"], "query": ["qa", "qb"]})
+    table = response_records(pairs, ["fine answer", "bad, answer"], evolver_model="m", self_instruct_hash="h", response_hash="h")
+    functions = pl.DataFrame({"constraint_id": [constraints["id"][0]] * 2, "func": [NO_COMMAS, "def evaluate(r):\n    return True"],
+                              "status": [KEPT, KEPT]})
+    out = verify_responses(table, functions, AutoIFSettings(case_timeout_s=1))
+    assert out["pass_rate"].to_list() == [1.0, 0.5]
+    assert out["response_verified"].to_list() == [True, True]
+    out = verify_responses(table, functions, AutoIFSettings(case_timeout_s=1, response_min_pass=0.75))
+    assert out["response_verified"].to_list() == [True, False]
+
+
+def test_settings_refuse_unknown_keys_with_their_path():
+    with pytest.raises(ValueError, match=r"autoif\.queries: unknown key\(s\) \['sorce'\]"):
+        AutoIFSettings.from_params({"queries": {"sorce": "x"}})
+    with pytest.raises(ValueError, match=r"autoif: unknown key"):
+        AutoIFSettings.from_params({"calls": 3})
+    with pytest.raises(ValueError, match=r"autoif.min_accuracy"):
+        AutoIFSettings.from_params({"min_accuracy": 1.5})
