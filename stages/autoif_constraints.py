@@ -17,7 +17,7 @@ from evolforge.build.autoif import (SELF_INSTRUCT_TEMPLATE, AutoIFSettings, coll
                                     read_seed_constraints, sampled_requests)
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_params
+from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import FAILED, write_json, write_output
 from evolforge.llm import open_role
@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = AutoIFSettings.from_params(params.get("autoif"))
+    cfg = load_section(params, "autoif")
     seeds = read_seed_constraints(args.seeds)
     if read_scenario(params) != "autoif":
         write_output(args.out, collect_constraints([], []), meta={"skipped": True})

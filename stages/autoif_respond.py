@@ -11,18 +11,19 @@ Runs only when `scenario: autoif`; otherwise writes an empty table and `skipped:
 """
 
 import argparse
+from types import SimpleNamespace
 import dataclasses
 import json
 from pathlib import Path
 
 import polars as pl
 
-from evolforge.build.autoif import (KEPT, PAIR_SCHEMA, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, AutoIFSettings, hash_sample, pair_queries,
+from evolforge.build.autoif import (QUERY_DEFAULTS, KEPT, PAIR_SCHEMA, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, AutoIFSettings, hash_sample, pair_queries,
                                     read_scenario, response_records, select_queries, verify_responses)
 from evolforge.build.seed import build_seed
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_params
+from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import FAILED, LINEAGE, META, read_table, write_json, write_output
 from evolforge.llm import open_role
@@ -38,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = AutoIFSettings.from_params(params.get("autoif"))
+    cfg = load_section(params, "autoif")
     active = read_scenario(params) == "autoif"
     prompts = PromptLibrary(args.prompts)
     constraints = read_table(args.verified)
@@ -47,7 +48,7 @@ def main() -> None:
     meta = {"skipped": not active, "settings": dataclasses.asdict(cfg), "template_hash": prompts.hash(RESPOND_TEMPLATE)}
     pairs, outputs, n_queries = pl.DataFrame(schema=PAIR_SCHEMA), [], 0
     if active and constraints.height:  # no verified constraint: nothing to pair, the query source is not read
-        q = cfg.queries
+        q = SimpleNamespace(**{**QUERY_DEFAULTS, **cfg.queries})
         queries = select_queries(build_seed(q.source, fmt=q.format, fields=q.fields, config=q.config, split=q.split)[0], q)
         n_queries = queries.height
         pairs = pair_queries(constraints, queries, cfg.queries_per_constraint, cfg.seed)

@@ -17,7 +17,7 @@ from evolforge.build.autoif import (VERIFICATION_TEMPLATE, AutoIFSettings, hash_
                                     usable_constraints, verify_constraints, verify_summary)
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_params
+from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.eval.sandbox import isolation
@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = AutoIFSettings.from_params(params.get("autoif"))
+    cfg = load_section(params, "autoif")
     table = read_table(args.constraints)
     validation.check(table, validation.required_columns(["id", "status", "constraint"]) + validation.unique("id"), args.constraints)
     active = read_scenario(params) == "autoif"

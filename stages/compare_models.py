@@ -16,7 +16,7 @@ from evolforge.build.compare import JUDGE_TEMPLATE, CompareSettings, counts, jud
 from evolforge.build.respond import RESPONSE_TEMPLATE, respond
 from evolforge.build.seed import build_seed
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_params, load_role
+from evolforge.core.params import load_params, load_role, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import write_json, write_output
 from evolforge.llm import open_llm, open_role
@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = CompareSettings.from_params(params.get("compare"))
+    cfg = load_section(params, "compare")
     items, _ = build_seed(args.instructions, limit=cfg.limit, seed=cfg.seed)
     prompts = PromptLibrary(args.prompts)
     cache = open_cache(params)

@@ -20,7 +20,7 @@ from evolforge.build.evolver_analysis import AnalysisSettings, histogram, method
 from evolforge.build.optimize import OptimizeSettings, initial_method_text
 from evolforge.core.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.core.params import load_params, load_role, section
+from evolforge.core.params import load_params, load_role, load_section, section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table, write_json
 from evolforge.llm import open_llm, open_role
@@ -36,13 +36,14 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = AnalysisSettings.from_params(params.get("evolver_analysis"))
-    seeds = read_table(args.seed).head(cfg.items)["instruction"].to_list()
+    cfg = load_section(params, "evolver_analysis")
+    table = read_table(args.seed).head(cfg.items)
+    seeds = table["instruction"].to_list()
     prompts = PromptLibrary(args.prompts)
     # Evol-Instruct prompts with the paper's method rotation (round 1), and the Auto Evol-Instruct initial method
-    methods = assign_methods(len(seeds), 1, "round_robin", EvolveSettings.from_params(section(params, "evolve")).breadth, cfg.seed)
+    methods = assign_methods(table["root_id"].to_list(), 1, "round_robin", load_section(params, "evolve").breadth, cfg.seed)
     evol_prompts = [evolving_prompt(prompts, m, q) for m, q in zip(methods, seeds)]
-    method_text = initial_method_text(prompts, OptimizeSettings.from_params(section(params, "optimize")).initial_method)
+    method_text = initial_method_text(prompts, load_section(params, "optimize").initial_method)
     auto_prompts = [evolving_prompt(prompts, "auto", q, method_text) for q in seeds]
 
     cache = open_cache(params)

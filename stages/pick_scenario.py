@@ -1,6 +1,6 @@
 """pick_scenario stage: the answered pool that dedup/judge/score/select read, from the branch `scenario` names.
 
-Reads:  params.yaml `scenario` (evol | autoif); data/responses/ (evol) or data/autoif/responses/ (autoif)
+Reads:  params.yaml `autoif.scenario` (evol | autoif); data/responses/ (evol) or data/autoif/responses/ (autoif)
 Writes: data/pool/items.parquet (the chosen table, unchanged), meta.json (scenario and source);
         metrics/pool.json (scenario, items, items per method)
 """

@@ -7,6 +7,8 @@ import json
 import polars as pl
 import pytest
 
+from evolforge.core.params import load_section
+
 from evolforge.build.autoif import (KEPT, AutoIFSettings, FunctionRun, collect_constraints, cross_validate, extract_json,
                                     pair_queries, parse_constraint_lines, parse_verification, response_records,
                                     run_function, verify_constraints, verify_responses)
@@ -93,7 +95,7 @@ def test_cross_validate_rules():
 @pytest.mark.parametrize("func, status, results, errors", [
     (NO_COMMAS, "ok", (True, False, True), (None, None, None)),
     (WRONG, "ok", (False, True, False), (None, None, None)),
-    (LOOPS, "ok", (None, None, None), ("case_timeout",) * 3),  # each case stopped by the per-case alarm
+    (LOOPS, "timeout", (None, None, None), ("timeout",) * 3),  # the run stops at its limit; no case answered
     (RAISES, "ok", (None, None, None), ("raised",) * 3),
     (NETWORK, "blocked", (None, None, None), ("blocked",) * 3),
     (SOCKET, "blocked", (None, None, None), ("blocked",) * 3),
@@ -125,7 +127,7 @@ def test_verify_constraints_end_to_end_in_sandbox():
     assert (capitals["status"], capitals["failure_reason"]) == (FAILED, "no_case_reproduced")
     reasons = dict(zip(functions.filter(pl.col("constraint_id") == commas["id"])["sample_index"],
                        functions.filter(pl.col("constraint_id") == commas["id"])["failure_reason"]))
-    assert reasons == {0: None, 1: "low_accuracy", 2: "low_accuracy", 3: "low_accuracy", 4: "run_blocked",
+    assert reasons == {0: None, 1: "low_accuracy", 2: "run_timeout", 3: "low_accuracy", 4: "run_blocked",
                        5: "no_json", 6: "duplicate_function"}
     assert cases.filter(pl.col("constraint_id") == commas["id"]).height == 3  # deduplicated across samples
     assert functions.filter(pl.col("status") == KEPT)["func"].to_list() == [NO_COMMAS.strip()]
@@ -182,9 +184,9 @@ def test_verify_responses_pass_rates():
 
 
 def test_settings_refuse_unknown_keys_with_their_path():
-    with pytest.raises(ValueError, match=r"autoif\.queries: unknown key\(s\) \['sorce'\]"):
-        AutoIFSettings.from_params({"queries": {"sorce": "x"}})
-    with pytest.raises(ValueError, match=r"autoif: unknown key"):
-        AutoIFSettings.from_params({"calls": 3})
+    with pytest.raises(ValueError, match=r"autoif\.queries\.sorce: unknown key"):
+        load_section({"autoif": {"queries": {"sorce": "x"}}}, "autoif")
+    with pytest.raises(ValueError, match=r"autoif.calls: unknown key"):
+        load_section({"autoif": {"calls": 3}}, "autoif")
     with pytest.raises(ValueError, match=r"autoif.min_accuracy"):
-        AutoIFSettings.from_params({"min_accuracy": 1.5})
+        load_section({"autoif": {"min_accuracy": 1.5}}, "autoif")

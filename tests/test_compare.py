@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from evolforge.core.params import load_section
+
 from evolforge.build.compare import CompareSettings, combine_orders, counts, judge_pairs, parse_verdict
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.roles import Role
@@ -65,8 +67,8 @@ def test_judge_pairs_position_biased_judge_gives_ties_with_both_orders_only():
 
 
 def test_settings():
-    assert CompareSettings.from_params({"both_orders": False}).both_orders is False
+    assert load_section({"compare": {"both_orders": False}}, "compare").both_orders is False
     with pytest.raises(ValueError, match=r"compare.parse"):
-        CompareSettings.from_params({"parse": "regex"})
-    with pytest.raises(ValueError, match=r"compare: unknown key"):
-        CompareSettings.from_params({"orders": 2})
+        load_section({"compare": {"parse": "regex"}}, "compare")
+    with pytest.raises(ValueError, match=r"compare.orders: unknown key"):
+        load_section({"compare": {"orders": 2}}, "compare")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from evolforge.core.params import load_section
 import torch
 
 from evolforge.build.evolver_analysis import (AnalysisSettings, histogram, keyword_key, method_keywords, method_lines,
@@ -79,6 +81,6 @@ def test_method_keywords_counts_distinct_normalised_keywords():
 
 def test_settings():
     with pytest.raises(ValueError, match="first_tokens"):
-        AnalysisSettings.from_params({"first_tokens": 50, "max_tokens": 8})
+        load_section({"evolver_analysis": {"first_tokens": 50, "max_tokens": 8}}, "evolver_analysis")
     with pytest.raises(ValueError, match="unknown key"):
-        AnalysisSettings.from_params({"tokens": 5})
+        load_section({"evolver_analysis": {"tokens": 5}}, "evolver_analysis")

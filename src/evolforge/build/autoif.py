@@ -39,76 +39,13 @@ import polars as pl
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED, make_id
 from evolforge.core.roles import ChatRequest
 from evolforge.llm import LLM
+from evolforge.core.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource  # noqa: F401  (part of this module's API)
 
 SELF_INSTRUCT_TEMPLATE = "autoif/self_instruct.j2"
 VERIFICATION_TEMPLATE = "autoif/verification.j2"
 RESPOND_TEMPLATE = "autoif/respond.j2"
 METHOD = "autoif"
 KEPT = "kept"  # status of a kept function, case or verified constraint in the intermediate tables
-
-
-@dataclass
-class QuerySource:
-    """Where the queries paired with constraints come from (read like ``seed.source``)."""
-
-    source: str = "data/seeds/demo.jsonl"
-    format: str = "auto"
-    fields: dict[str, str | None] = field(default_factory=dict)
-    config: str | None = None
-    split: str = "train"
-    min_chars: int = 20  # the SLM paper keeps ShareGPT queries with 20 < len < 300 characters
-    max_chars: int = 300
-
-
-@dataclass
-class AutoIFSettings:
-    """``params.yaml`` section ``autoif``. Paper values in comments; the shipped ones are scaled down."""
-
-    self_instruct_calls: int = 4  # paper: 100
-    new_per_call: int = 50  # the count the prompt asks for; paper: 50
-    temperature: float = 0.7  # paper: 0.7 / 0.95 for self-instruct and verification samples
-    top_p: float = 0.95
-    max_tokens: int | None = None  # null = roles.evolver's
-    max_constraints: int | None = None  # verify at most this many (seeded, by hash); null = all
-    functions_per_constraint: int = 4  # K; paper: 8
-    min_accuracy: float = 0.8
-    min_functions: int = 1  # original AutoIF: 3 functions and 10 cases; the SLM paper's code: 1 and 1
-    min_cases: int = 1
-    case_timeout_s: float = 5.0  # per test case (the reference code's SIGALRM limit)
-    memory_mb: int = 512
-    workers: int = 2  # sandbox processes at a time
-    queries: QuerySource = field(default_factory=QuerySource)
-    queries_per_constraint: int = 4  # Q; paper: 16
-    paired_constraints: int | None = None  # down-sample verified constraints (paper: 420); null = all
-    response_max_tokens: int | None = None  # null = roles.responder's
-    verify_responses: bool = True  # keep only responses the constraint's functions accept (original AutoIF)
-    response_min_pass: float = 0.5  # share of the kept functions that must accept a response
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any] | None) -> "AutoIFSettings":
-        cfg = dict(cfg or {})
-        _refuse_unknown(cls, cfg, "autoif")
-        queries = cfg.pop("queries", None) or {}
-        _refuse_unknown(QuerySource, queries, "autoif.queries")
-        s = cls(**cfg, queries=QuerySource(**queries))
-        for name in ("self_instruct_calls", "new_per_call", "functions_per_constraint", "queries_per_constraint",
-                     "workers", "memory_mb", "min_functions", "min_cases"):
-            if not isinstance(getattr(s, name), int) or getattr(s, name) < 1:
-                raise ValueError(f"params.yaml autoif.{name}: {getattr(s, name)!r} is not a positive integer")
-        for name in ("min_accuracy", "response_min_pass", "top_p"):
-            if not 0 <= getattr(s, name) <= 1:
-                raise ValueError(f"params.yaml autoif.{name}: {getattr(s, name)!r} is not in [0, 1]")
-        if s.case_timeout_s <= 0:
-            raise ValueError(f"params.yaml autoif.case_timeout_s: {s.case_timeout_s!r} must be > 0")
-        return s
-
-
-def _refuse_unknown(cls: type, cfg: dict[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"params.yaml {where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
 
 
 # --- step 1: constraints -------------------------------------------------------------------------
@@ -262,21 +199,18 @@ def parse_verification(text: str) -> tuple[Verification | None, str | None]:
 
 # --- step 3: running functions in the sandbox, cross-validation -----------------------------------
 
-# One program per function: it defines the function, calls it on every input with a per-call alarm, and
-# writes one verdict line per input to stderr (the only stream the sandbox returns), each prefixed by a
-# random tag so the function's own output is never taken for a verdict. Lines written before the sandbox
-# stops the process (time limit, blocked socket) still count.
+# One program per function: it defines the function, calls it on every input in order and writes one verdict
+# line per input to stderr (the only stream the sandbox returns), each prefixed by a random tag so the
+# function's own output is never taken for a verdict. The sandbox runs programs off the main thread, so no
+# signal can interrupt one case: the process as a whole gets STARTUP_S + case_timeout_s per input, and a case
+# that loops past it stops the run -- the inputs left without a line take the sandbox's status (timeout).
+# Lines written before the sandbox stops the process (time limit, blocked socket) still count.
 _HARNESS = '''
-import io as _io, json as _json, os as _os, signal as _signal, sys as _sys
+import io as _io, json as _json, os as _os, sys as _sys
 _TAG = {tag!r}
 _INPUTS = _json.loads({inputs!r})
 def _say(obj):
     _os.write(2, (_TAG + " " + _json.dumps(obj) + "\\n").encode())
-class _Timeout(BaseException):
-    pass
-def _ring(signum, frame):
-    raise _Timeout()
-_signal.signal(_signal.SIGALRM, _ring)
 _sys.stdout = _sys.stderr = _io.StringIO()
 _ns = {{"__name__": "verification"}}
 try:
@@ -287,18 +221,13 @@ except BaseException as _e:
     _fn = None
     _say({{"setup": "exec_error", "detail": type(_e).__name__ + ": " + str(_e)[:200]}})
 for _i, _x in enumerate(_INPUTS if _fn is not None else []):
-    _signal.setitimer(_signal.ITIMER_REAL, {case_timeout_s!r})
     try:
         _r = _fn(_x)
-        _signal.setitimer(_signal.ITIMER_REAL, 0)
         if isinstance(_r, bool) or type(_r).__name__ == "bool_":
             _v = {{"i": _i, "result": bool(_r)}}
         else:
             _v = {{"i": _i, "error": "not_bool", "detail": type(_r).__name__}}
-    except _Timeout:
-        _v = {{"i": _i, "error": "case_timeout"}}
     except BaseException as _e:
-        _signal.setitimer(_signal.ITIMER_REAL, 0)
         _v = {{"i": _i, "error": "raised", "detail": type(_e).__name__ + ": " + str(_e)[:120]}}
     _say(_v)
 '''
@@ -318,8 +247,8 @@ class FunctionRun:
     detail: str = ""
 
 
-def harness(func: str, inputs: Sequence[str], case_timeout_s: float, tag: str) -> str:
-    return _HARNESS.format(tag=tag, inputs=json.dumps(list(inputs)), func=func, case_timeout_s=float(case_timeout_s))
+def harness(func: str, inputs: Sequence[str], tag: str) -> str:
+    return _HARNESS.format(tag=tag, inputs=json.dumps(list(inputs)), func=func)
 
 
 def run_function(func: str, inputs: Sequence[str], case_timeout_s: float = 5.0, memory_mb: int = 512) -> FunctionRun:
@@ -328,7 +257,7 @@ def run_function(func: str, inputs: Sequence[str], case_timeout_s: float = 5.0, 
 
     tag = "verdict-" + secrets.token_hex(8)
     limit = STARTUP_S + case_timeout_s * max(1, len(inputs))
-    result = run_untrusted(harness(func, inputs, case_timeout_s, tag), timeout_s=limit, memory_mb=memory_mb)
+    result = run_untrusted(harness(func, inputs, tag), timeout_s=limit, memory_mb=memory_mb)
     return read_verdicts(result.stderr, tag, len(inputs), result.status)
 
 
@@ -566,8 +495,7 @@ SCENARIOS = ("evol", "autoif")
 
 
 def read_scenario(params: dict[str, Any]) -> str:
-    """``params.yaml`` top-level ``scenario``: which branch feeds judge, score, select and finetune."""
-    scenario = params.get("scenario", "evol")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"params.yaml scenario: {scenario!r} is not one of {list(SCENARIOS)}")
-    return scenario
+    """``params.yaml autoif.scenario``: which branch (evol | autoif) feeds judge, score, select and finetune."""
+    from evolforge.core.params import load_section
+
+    return load_section(params, "autoif").scenario

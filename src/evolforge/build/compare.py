@@ -25,6 +25,7 @@ import polars as pl
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm import LLM
+from evolforge.core.settings import CompareSettings  # noqa: F401  (part of this module's API)
 
 JUDGE_TEMPLATE = "judge/win_tie_lose.j2"
 VERDICTS = ("win", "tie", "lose")
@@ -88,26 +89,3 @@ def counts(verdicts: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class CompareSettings:
-    """``params.yaml`` section ``compare``."""
-
-    against: str = "base"  # base (roles.base) or a model folder / hub id, e.g. another experiment's models/sft
-    limit: int | None = None  # instructions judged (seeded sample); the paper: all 805 AlpacaFarm ones
-    both_orders: bool = True  # judge A-B and B-A and count a win only when both agree
-    parse: str = "paper"  # paper (substring in the whole answer) | last_line
-    max_tokens: int = 256  # answer length for both models (greedy)
-    judge_max_tokens: int | None = None  # null = roles.judge's
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any] | None) -> "CompareSettings":
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"params.yaml compare: unknown key(s) {unknown}; expected some of "
-                             f"{sorted(f.name for f in dataclasses.fields(cls))}")
-        s = cls(**cfg)
-        if s.parse not in RULES:
-            raise ValueError(f"params.yaml compare.parse: {s.parse!r} is not one of {list(RULES)}")
-        return s

@@ -23,37 +23,11 @@ from typing import Any, Sequence
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm import LLM
+from evolforge.core.settings import AnalysisSettings  # noqa: F401  (part of this module's API)
 
 KEYWORD_TEMPLATE = "judge/method_keyword.j2"
 _STEP2 = re.compile(r"step\s*2\s*#?\s*plan", re.IGNORECASE)
 _MARKER = re.compile(r"^\s*(?:[-*\u2022]|\(?\d{1,3}[.):]|[a-z][.)])\s*")
-
-
-@dataclass
-class AnalysisSettings:
-    """``params.yaml`` section ``evolver_analysis``."""
-
-    items: int = 16  # seeds analysed (the first ones of data/seed)
-    first_tokens: int | None = 5  # tokens per output whose probability counts; null = the whole output
-    max_tokens: int = 32  # greedy tokens generated for the probability analysis (>= first_tokens)
-    bins: int = 10
-    evolvers: list[str] | None = None  # extra models (local folders or hub ids) to compare with roles.evolver
-    keyword_max_tokens: int = 16
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any] | None) -> "AnalysisSettings":
-        cfg = dict(cfg or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"params.yaml evolver_analysis: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        s = cls(**cfg)
-        if s.first_tokens is not None and not 1 <= s.first_tokens <= s.max_tokens:
-            raise ValueError(f"params.yaml evolver_analysis.first_tokens: {s.first_tokens} is not in [1, max_tokens={s.max_tokens}]")
-        if s.items < 1 or s.bins < 1:
-            raise ValueError("params.yaml evolver_analysis: items and bins must be >= 1")
-        return s
 
 
 def top_token_probs(model, tokenizer, prompts: Sequence[str], max_tokens: int = 32, first_tokens: int | None = 5,

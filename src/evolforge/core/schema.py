@@ -18,7 +18,7 @@ from evolforge.core.secrets import secret_problems
 from evolforge.core.settings import (CacheSettings, CardSettings, DecontaminateSettings, DedupSettings, DiversitySettings,
                                      EvaluateSettings, EvolveSection, FetchSettings, FinetuneSettings, JudgeSettings,
                                      LLMSettings, OptimizeSettings, RespondSettings, ScoreSettings, SeedSettings,
-                                     SelectSettings)
+                                     SelectSettings, AutoIFSettings, CompareSettings, AnalysisSettings)
 
 SECTIONS: dict[str, type] = {
     "cache": CacheSettings,
@@ -38,6 +38,9 @@ SECTIONS: dict[str, type] = {
     "card": CardSettings,
     "finetune": FinetuneSettings,
     "evaluate": EvaluateSettings,
+    "autoif": AutoIFSettings,
+    "compare": CompareSettings,
+    "evolver_analysis": AnalysisSettings,
 }
 
 

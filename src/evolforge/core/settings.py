@@ -280,3 +280,79 @@ class EvaluateSettings:
     sandbox_memory_mb: PositiveInt = 512
     bootstrap_iters: NonNegativeInt = 0
     seed: int = 1234
+
+
+@with_config({"extra": "forbid", "strict": True})
+class QuerySource(TypedDict, total=False):
+    """``autoif.queries``: where the queries paired with constraints come from (read like ``seed.source``)."""
+
+    source: NonEmptyStr  # default data/seeds/demo.jsonl
+    format: Literal["auto", "alpaca", "gsm8k", "code_alpaca"]
+    fields: dict[Literal["instruction", "input", "output"], str | None]
+    config: str | None
+    split: NonEmptyStr
+    min_chars: NonNegativeInt  # the SLM paper keeps ShareGPT queries with 20 < len < 300 characters
+    max_chars: PositiveInt
+
+
+QUERY_DEFAULTS = {"source": "data/seeds/demo.jsonl", "format": "auto", "fields": {}, "config": None, "split": "train",
+                  "min_chars": 20, "max_chars": 300}
+
+
+@dataclass
+class AutoIFSettings:
+    """``autoif``: the SLM paper's AutoIF scenario. Paper values in comments; the defaults are scaled down."""
+
+    scenario: Literal["evol", "autoif"] = "evol"  # which branch's answers feed dedup, judge, score and select
+    self_instruct_calls: PositiveInt = 4  # paper: 100
+    new_per_call: PositiveInt = 50  # the count the prompt asks for; paper: 50
+    temperature: NonNegativeFloat = 0.7  # paper: 0.7 / 0.95 for self-instruct and verification samples
+    top_p: Annotated[float, Gt(0), Le(1)] = 0.95
+    max_tokens: PositiveInt | None = None  # null = roles.evolver's
+    max_constraints: PositiveInt | None = None  # verify at most this many (seeded, by hash); null = all
+    functions_per_constraint: PositiveInt = 4  # K; paper: 8
+    min_accuracy: Probability = 0.8
+    min_functions: PositiveInt = 1  # original AutoIF: 3 functions and 10 cases; the SLM paper's code: 1 and 1
+    min_cases: PositiveInt = 1
+    case_timeout_s: PositiveFloat = 5.0  # seconds per test case (the reference code's SIGALRM limit), summed per function
+    memory_mb: PositiveInt = 512
+    workers: PositiveInt = 2  # sandbox processes at a time
+    queries: QuerySource = field(default_factory=dict)  # defaults: QUERY_DEFAULTS
+    queries_per_constraint: PositiveInt = 4  # Q; paper: 16
+    paired_constraints: PositiveInt | None = None  # down-sample verified constraints (paper: 420); null = all
+    response_max_tokens: PositiveInt | None = None  # null = roles.responder's
+    verify_responses: bool = True  # keep only responses the constraint's functions accept (original AutoIF)
+    response_min_pass: Probability = 0.5  # share of the kept functions that must accept a response
+    seed: int = 0
+
+
+@dataclass
+class CompareSettings:
+    """``compare``: win-tie-lose judging of two models' answers."""
+
+    against: NonEmptyStr = "base"  # base (roles.base) or a model folder / hub id, e.g. another experiment's models/sft
+    limit: PositiveInt | None = None  # instructions judged (seeded sample); the paper: all 805 AlpacaFarm ones
+    both_orders: bool = True  # judge A-B and B-A and count a win only when both agree
+    parse: Literal["paper", "last_line"] = "paper"  # paper (substring in the whole answer) | last_line
+    max_tokens: PositiveInt = 256  # answer length for both models (greedy)
+    judge_max_tokens: PositiveInt | None = None  # null = roles.judge's
+    seed: int = 0
+
+
+@dataclass
+class AnalysisSettings:
+    """``evolver_analysis``: why small evolvers win (top-token probabilities, distinct method keywords)."""
+
+    items: PositiveInt = 16  # seeds analysed (the first ones of data/seed)
+    first_tokens: PositiveInt | None = 5  # tokens per output whose probability counts; null = the whole output
+    max_tokens: PositiveInt = 32  # greedy tokens generated for the probability analysis (>= first_tokens)
+    bins: PositiveInt = 10
+    evolvers: list[str] | None = None  # extra models (local folders or hub ids) to compare with roles.evolver
+    keyword_max_tokens: PositiveInt = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.first_tokens is not None and self.first_tokens > self.max_tokens:
+            from evolforge.core.params import ParamsError
+
+            raise ParamsError([f"evolver_analysis.first_tokens: {self.first_tokens} is more than max_tokens ({self.max_tokens})"])
