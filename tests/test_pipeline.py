@@ -106,8 +106,8 @@ def test_repro_noop_and_experiments(workdir):
     work, env = workdir
     out = run(["dvc", "repro"], work, env)
     ran = stages_run(out)
-    for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "judge",
-                  "score", "diversity", "select", "finetune", "evaluate_base", "evaluate"):
+    for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "dedup",
+                  "decontaminate", "judge", "score", "diversity", "select", "finetune", "evaluate_base", "evaluate", "report"):
         assert stage in ran
     assert (work / "models/SmolLM2-135M-Instruct/model.safetensors").is_file()  # the shipped model, converted
     identity = json.loads((work / "models/identity.json").read_text())
@@ -123,11 +123,14 @@ def test_repro_noop_and_experiments(workdir):
     assert metric(work, "optimize.json")["skipped"] is False
     assert (work / "data/method/method.txt").read_text().strip()
     responses = metric(work, "respond.json")
-    assert responses["items"] == sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))
-    assert metric(work, "score.json")["items"] == metric(work, "diversity.json")["items"] == responses["items"]
+    assert responses["items"] == 8 + sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))  # + the seeds
+    clean = metric(work, "decontaminate.json")["kept"]
+    assert clean == responses["items"] - metric(work, "dedup.json")["removed"] - metric(work, "decontaminate.json")["flagged"]
+    assert metric(work, "score.json")["items"] == metric(work, "diversity.json")["items"] == clean
     selected = [json.loads(line) for line in (work / "data/selected/train.jsonl").read_text().splitlines()]
     assert selected and selected[0]["prompt"][0]["role"] == "user" and selected[0]["completion"][0]["role"] == "assistant"
-    assert metric(work, "judge.json")["items"] == responses["items"]
+    assert metric(work, "judge.json")["items"] == clean
+    assert (work / "reports/index.html").stat().st_size > 10_000  # the offline report page
     assert "gsm8k/exact_match_flexible" in metric(work, "eval_base.json")["base"]
     assert "humaneval/pass@1" in metric(work, "eval.json")["finetuned"]  # model-written code ran in the sandbox
     commit(work, env, "built")
@@ -139,7 +142,7 @@ def test_repro_noop_and_experiments(workdir):
 
     # a selection experiment reruns select and what trains on its output; the base is not benchmarked again
     exp = run(["dvc", "exp", "run", "-S", "select.top_fraction=0.5"], work, env)
-    assert stages_run(exp) == ["models", "select", "finetune", "evaluate"]
+    assert set(stages_run(exp)) == {"models", "select", "finetune", "evaluate", "report"}
     assert json.loads((work / "data/selected/meta.json").read_text())["params"]["top_fraction"] == 0.5
 
     # a new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM stage
