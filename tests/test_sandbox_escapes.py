@@ -55,6 +55,16 @@ FORGERIES = {
 }
 
 
+BEFORE: set[int] = set()  # filled by the autouse fixture: children that other tests left running
+
+
+@pytest.fixture(autouse=True)
+def _earlier_children():
+    """Children this process already had (another module's local server, say) are not the run's survivors."""
+    BEFORE.clear()
+    BEFORE.update(_descendants())
+
+
 def _descendants() -> set[int]:
     """Live processes below this one (a run's survivors would be here, or in the run's uid range)."""
     parents = {}
@@ -88,7 +98,7 @@ def test_a_failing_program_cannot_forge_a_pass(name):
     result = run_untrusted(FORGERIES[name], tests=FAILING_TESTS, timeout_s=5)
     assert not result.passed, (name, result)
     assert result.status in ("failed", "blocked"), result
-    assert not _descendants()
+    assert not _descendants() - BEFORE
 
 
 SECRET_PROBE = r'''
@@ -171,7 +181,7 @@ def test_fork_bombs_are_contained_and_nothing_survives(name, audit):
     result = sandbox._run(FORK_BOMBS[name], None, 5, 512, layers=sandbox._layers(), packages=(), audit=audit)
     assert not result.passed, result
     assert result.duration_s < 8  # threads that sleep on hold the run until its time limit, no longer
-    assert not _descendants()
+    assert not _descendants() - BEFORE
     assert not _sandbox_uid_processes()
 
 
@@ -179,7 +189,7 @@ def test_nothing_survives_a_passing_run():
     code = "import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=False).start()"
     result = run_untrusted(code, tests="assert True", timeout_s=5)
     assert result.passed, result
-    assert not _descendants() and not _sandbox_uid_processes()
+    assert not _descendants() - BEFORE and not _sandbox_uid_processes()
 
 
 @pytest.mark.parametrize("code, status", [
