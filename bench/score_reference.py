@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.build.autoif import (QUERY_DEFAULTS, KEPT, PAIR_SCHEMA, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, AutoIFSettings, hash_sample, pair_queries,
+from evolforge.build.autoif import (QUERY_DEFAULTS, KEPT, PAIR_SCHEMA, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample, pair_queries,
                                     read_scenario, response_records, select_queries, verify_responses)
 from evolforge.build.seed import build_seed
 from evolforge.core import validation

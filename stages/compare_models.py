@@ -12,7 +12,7 @@ Writes: data/compare/items.parquet (both answers, raw judge answers, verdicts), 
 import argparse
 import dataclasses
 
-from evolforge.build.compare import JUDGE_TEMPLATE, CompareSettings, counts, judge_pairs
+from evolforge.build.compare import JUDGE_TEMPLATE, counts, judge_pairs
 from evolforge.build.respond import RESPONSE_TEMPLATE, respond
 from evolforge.build.seed import build_seed
 from evolforge.core.cache import open_cache

@@ -15,12 +15,12 @@ import argparse
 import dataclasses
 import statistics
 
-from evolforge.build.evolve import EvolveSettings, assign_methods, evolving_prompt
-from evolforge.build.evolver_analysis import AnalysisSettings, histogram, method_keywords, top_token_probs
-from evolforge.build.optimize import OptimizeSettings, initial_method_text
+from evolforge.build.evolve import assign_methods, evolving_prompt
+from evolforge.build.evolver_analysis import histogram, method_keywords, top_token_probs
+from evolforge.build.optimize import initial_method_text
 from evolforge.core.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.core.params import load_params, load_role, load_section, section
+from evolforge.core.params import load_params, load_role, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table, write_json
 from evolforge.llm import open_llm, open_role

@@ -12,7 +12,7 @@ import pytest
 
 from evolforge.build.evolve import repetition_test
 
-from evolforge.core.params import ParamsError, load_section
+from evolforge.core.params import load_section
 
 from evolforge.build import failures
 from evolforge.build.failures import RepetitionTest

@@ -8,7 +8,7 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from evolforge.core.params import ParamsError, load_section
+from evolforge.core.params import load_section
 
 from evolforge.build import failures
 from evolforge.build.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round, method_text, repetition_test, resolve_strategy

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from evolforge.core.params import ParamsError, load_section
+from evolforge.core.params import load_section
 
 from evolforge.core.cache import CallCache
 from evolforge.build.failures import auto_evol_failure

@@ -151,21 +151,9 @@ def test_repro_noop_and_experiments(workdir):
     assert "diversity" in ran and "score" not in ran and not {"judge", "respond", "optimize"} & set(ran)
     assert "evaluate_base" not in ran
 
-    # weights replaced in place (the workspace holds that experiment): the models stage notices, and exactly the
-    # stages of that role are stale -- read from `dvc status` after pinning, without running them
-    from tiny import build_random_llama
-
-    identity = json.loads((work / "models/identity.json").read_text())["embedder"]["identity"]
-    build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=2)
-    run(["dvc", "repro", "-s", "models"], work, env)
-    assert json.loads((work / "models/identity.json").read_text())["embedder"]["identity"] != identity
-    status = subprocess.run(["dvc", "status", "--json"], cwd=work, env=env, capture_output=True, text=True, check=True)
-    stale = set(json.loads(status.stdout))
-    assert "diversity" in stale and not {"score", "judge", "respond", "optimize", "finetune", "evaluate_base"} & stale
-
     # editing one prompt reruns only the stage that renders it; nothing upstream makes a call
     run(["git", "checkout", "-q", "--", "."], work, env)
-    run(["dvc", "checkout", "-q", "--force"], work, env)
+    run(["dvc", "checkout", "-q"], work, env)
     template = work / "prompts/judge/difficulty_level.j2"
     template.write_text(template.read_text() + "\nAnswer with the label only.\n")
     out = run(["dvc", "repro"], work, env)
@@ -176,6 +164,19 @@ def test_repro_noop_and_experiments(workdir):
     assert metric(work, "judge.json")["calls"] > 0
     run(["git", "checkout", "-q", "--", "prompts"], work, env)
     run(["dvc", "repro"], work, env)  # back to the committed prompt: judge's calls come from the cache
+
+    # weights replaced in place: the models stage notices, and exactly the stages of that role are stale --
+    # read from `dvc status` after pinning, without running them
+    from tiny import build_random_llama
+
+    run(["dvc", "exp", "run", "-S", f"roles.embedder.model={OTHER}"], work, env)  # the embedder on OTHER, as built
+    identity = json.loads((work / "models/identity.json").read_text())["embedder"]["identity"]
+    build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=2)
+    run(["dvc", "repro", "-s", "models"], work, env)
+    assert json.loads((work / "models/identity.json").read_text())["embedder"]["identity"] != identity
+    status = subprocess.run(["dvc", "status", "--json"], cwd=work, env=env, capture_output=True, text=True, check=True)
+    stale = set(json.loads(status.stdout))
+    assert "diversity" in stale and not {"score", "judge", "respond", "optimize", "finetune", "evaluate_base"} & stale
 
     # hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs nothing
     exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6"], work, env)

@@ -9,10 +9,10 @@ import pytest
 
 from evolforge.build.evolve import repetition_test
 
-from evolforge.core.params import ParamsError, load_section
+from evolforge.core.params import load_section
 
 from evolforge.build.failures import RepetitionTest
-from evolforge.build.respond import RespondSettings, answer, gather, status_counts
+from evolforge.build.respond import answer, gather, status_counts
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import write_output
 from evolforge.llm import LLM, Completion, Role

@@ -17,8 +17,6 @@ loss); any disagreement is a tie. This cancels the judge's position bias.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import polars as pl

@@ -34,15 +34,13 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import polars as pl
 
 from evolforge.core.text import normalize_text
-from annotated_types import Ge, Le
 
-from evolforge.core.params import PositiveInt, Probability
 from evolforge.core.settings import DecontaminateSettings
 
 log = logging.getLogger(__name__)

@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Annotated, Sequence
+from typing import Sequence
 
 import numpy as np
 import polars as pl
 from datasketch import MinHash, MinHashLSH
 
-from annotated_types import Ge, Le
 
-from evolforge.core.params import NonNegativeInt, PositiveInt
 from evolforge.core.text import normalize_text
 from evolforge.core.settings import DedupSettings
 

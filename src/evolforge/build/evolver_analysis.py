@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from evolforge.core.prompts import PromptLibrary

@@ -18,8 +18,7 @@ from __future__ import annotations
 import re
 import string
 import zlib
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 # reasons, as recorded in ``failure_reason``
 EMPTY = "empty"

@@ -14,15 +14,12 @@ long, rejected, retries exhausted) has a null raw text and the failure as its re
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
 
 import polars as pl
 
 from evolforge.llm import LLM, Completion
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
-from evolforge.core.settings import JudgeSettings
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"

@@ -64,7 +64,6 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from evolforge.build import failures
 from evolforge.build.evolve import evolve_with_method

@@ -19,18 +19,15 @@ import json
 import os
 import stat
 import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import NonEmptyStr, PositiveInt
 from evolforge.core.records import LINEAGE, SEED, make_id
 from evolforge.core.text import normalize_text
 from evolforge.core.validation import DataError
-from evolforge.core.settings import SeedSettings
 
 PRESETS: dict[str, dict[str, str | None]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output"},

@@ -33,14 +33,13 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
-from annotated_types import Ge, Le
 
 from evolforge.build.dedup import item_text
-from evolforge.core.params import Fraction, NonNegativeInt, ParamsError
+from evolforge.core.params import ParamsError
 from evolforge.core.records import EVOLVED, SEED, TABLE, read_table
 from evolforge.core.text import question_text
 from evolforge.core.settings import SelectSettings

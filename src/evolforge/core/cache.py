@@ -21,12 +21,9 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from evolforge.core.params import NonEmptyStr
-from evolforge.core.settings import CacheSettings
 
 DEFAULT_CACHE_PATH = Path(".evolforge/cache.sqlite")
 

@@ -62,18 +62,15 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from annotated_types import MinLen
 
-from evolforge.core.params import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 
 from evolforge.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, SUITES, write_suite
 from evolforge.eval.tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
 from evolforge.core.models import is_local, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
-from evolforge.core.settings import EvaluateSettings
+from evolforge.core.settings import EvaluateSettings  # noqa: F401  (part of this module's API)
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from tqdm.auto import tqdm
 

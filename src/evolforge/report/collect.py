@@ -95,7 +95,6 @@ def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
         return []
     cols = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
     rows = pl.concat([seed.select(cols)] + [t.select(cols) for t in rounds], how="vertical_relaxed")
-    extra = {}
     for rel, names in (("data/judged", ["difficulty_level"]), ("data/scores", ["ifd", "ic_ifd"])):
         t = _table(root, rel)
         if t is not None:

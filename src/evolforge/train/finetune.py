@@ -39,15 +39,13 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Any, Sequence
 
-from annotated_types import Ge, Lt
 
-from evolforge.core.params import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt, Probability
 
 from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
-from evolforge.core.settings import FinetuneSettings
+from evolforge.core.settings import FinetuneSettings  # noqa: F401  (part of this module's API)
 
 log = logging.getLogger(__name__)
 
