@@ -135,14 +135,14 @@ def test_repro_noop_and_experiments(workdir):
     assert "humaneval/pass@1" in metric(work, "eval.json")["finetuned"]  # model-written code ran in the sandbox
     commit(work, env, "built")
 
-    # nothing changed: only the models stage looks (it always does), identity.json is rewritten unchanged
+    # nothing changed: only the models and seed stages look (they always do) and rewrite their outputs unchanged
     before = (work / "models/identity.json").read_bytes()
     again = run(["dvc", "repro"], work, env)
-    assert stages_run(again) == ["models"] and (work / "models/identity.json").read_bytes() == before
+    assert sorted(stages_run(again)) == ["models", "seed"] and (work / "models/identity.json").read_bytes() == before
 
     # a selection experiment reruns select and what trains on its output; the base is not benchmarked again
     exp = run(["dvc", "exp", "run", "-S", "select.top_fraction=0.25"], work, env)
-    assert set(stages_run(exp)) == {"models", "select", "finetune", "evaluate", "report"}
+    assert set(stages_run(exp)) == {"models", "seed", "select", "finetune", "evaluate", "report"}
     assert json.loads((work / "data/selected/meta.json").read_text())["params"]["top_fraction"] == 0.25
 
     # a new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM stage
@@ -159,7 +159,7 @@ def test_repro_noop_and_experiments(workdir):
     out = run(["dvc", "repro"], work, env)
     ran = stages_run(out)
     assert "judge" in ran
-    assert not {"optimize", "respond", "score", "diversity", "seed", "evaluate_base"} & set(ran)
+    assert not {"optimize", "respond", "score", "diversity", "evaluate_base"} & set(ran)
     assert not any(s.startswith("evolve@") for s in ran)
     assert metric(work, "judge.json")["calls"] > 0
     run(["git", "checkout", "-q", "--", "prompts"], work, env)
@@ -181,7 +181,7 @@ def test_repro_noop_and_experiments(workdir):
     # hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs nothing
     exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6"], work, env)
     ran = stages_run(exp)
-    assert "seed" in ran and "evolve@round_1" in ran and "fetch_model" not in ran
+    assert "evolve@round_1" in ran and "fetch_model" not in ran
     assert metric(work, "seed.json")["rows_written"] == 6
     assert metric(work, "optimize.json")["skipped"] is True and metric(work, "optimize.json")["calls"] == 0
     assert metric(work, "evolve.json")["round_1"]["in"] == 6
