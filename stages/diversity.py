@@ -2,7 +2,7 @@
 
 Its own stage so that a new embedder recomputes no IFD loss, and new IFD settings recompute no embedding.
 
-Reads:  data/responses/, params.yaml `diversity` (embedder kind), roles `embedder` (model, revision, dtype,
+Reads:  data/clean/, params.yaml `diversity` (embedder kind), roles `embedder` (model, revision, dtype,
         device, batch_size), models/identity.json (the embedder's identity)
 Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/diversity/embeddings.npy
         (unit-normalised float32, one row per item in the table's order), metrics/diversity.json,

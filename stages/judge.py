@@ -1,6 +1,6 @@
 """judge stage: difficulty level (5 labels) and difficulty score (0-100) for every answered item.
 
-Reads:  data/responses/, params.yaml `judge` (score_prompt, max_tokens), roles `judge`
+Reads:  data/clean/ (the deduplicated, decontaminated answers), params.yaml `judge` (score_prompt, max_tokens), roles `judge`
 Writes: data/judged/items.parquet (id + difficulty columns), metrics/judge.json,
         metrics/plots/difficulty_levels.json (level shares per round)
 """
