@@ -1,6 +1,7 @@
 """judge stage: difficulty level (5 labels) and difficulty score (0-100) for every answered item.
 
-Reads:  data/clean/ (the deduplicated, decontaminated answers), params.yaml `judge` (score_prompt, max_tokens), roles `judge`
+Reads:  data/clean/ (the deduplicated, decontaminated answers), params.yaml `judge` (score_prompt, max_tokens,
+        constrain), roles `judge`
 Writes: data/judged/items.parquet (id + difficulty columns), metrics/judge.json,
         metrics/plots/difficulty_levels.json (level shares per round)
 """
@@ -36,21 +37,22 @@ def main() -> None:
     prompts = PromptLibrary(args.prompts)
     llm = open_role(params, "judge", open_cache(params))
     variant = cfg.score_prompt
-    table = judge(items, llm, prompts, score_prompt=variant, max_tokens=cfg.max_tokens)
+    table = judge(items, llm, prompts, score_prompt=variant, max_tokens=cfg.max_tokens, constrain=cfg.constrain)
     table = table.select("id", "round", "difficulty_level", "difficulty_level_reason", "difficulty_level_raw",
-                         "difficulty_score", "difficulty_score_reason", "difficulty_score_raw", "score_prompt")
+                         "difficulty_score", "difficulty_score_reason", "difficulty_score_raw", "score_prompt",
+                         "judge_constrained")
     validation.check(table.filter(pl.col("difficulty_score").is_not_null()), validation.between("difficulty_score", 0, 100), args.out)
 
     per_round = {str(r): {"mean_difficulty_score": part["difficulty_score"].mean(),
                           "levels": {l: int((part["difficulty_level"] == l).sum()) for l in LEVELS}}
                  for (r,), part in table.group_by(["round"], maintain_order=True)}
-    metrics = {"items": table.height, "score_prompt": variant,
+    metrics = {"items": table.height, "score_prompt": variant, "constrained": cfg.constrain,
                "mean_difficulty_score": table["difficulty_score"].mean(),
                "level_unparsed": int(table["difficulty_level"].is_null().sum()),
                "score_unparsed": int(table["difficulty_score"].is_null().sum()),
                "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
                "llm": {"judge": llm.stats}}  # tokens, failures and cost of the calls
-    meta = {"model": llm.label, "model_identity": llm.identity, "score_prompt": variant,
+    meta = {"model": llm.label, "model_identity": llm.identity, "score_prompt": variant, "constrained": cfg.constrain,
             "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), SCORE_TEMPLATES[variant]: prompts.hash(SCORE_TEMPLATES[variant])}}
     write_output(args.out, table, meta=meta)
     write_json(args.metrics, metrics)

@@ -261,8 +261,15 @@ class _StubVLLM:
         return outs
 
 
-def test_vllm_prompt_too_long_fails_one_item_not_the_call(monkeypatch):
+def stub_vllm(monkeypatch) -> None:
+    """``vllm`` and ``vllm.sampling_params`` as the backend imports them, backed by :class:`_StubVLLM`."""
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=_StubVLLM, SamplingParams=lambda **kw: kw))
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params",
+                        types.SimpleNamespace(StructuredOutputsParams=lambda **kw: ("structured", kw)))
+
+
+def test_vllm_prompt_too_long_fails_one_item_not_the_call(monkeypatch):
+    stub_vllm(monkeypatch)
     monkeypatch.setattr(_StubVLLM, "calls", [])
     from evolforge.llm.vllm_backend import VLLMBackend
 

@@ -144,15 +144,18 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
 
 
 def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:
-    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed (or failed)."""
-    requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}]) for t in texts]
+    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed (or failed).
+    The answer is held to Yes / No (see ``ChatRequest.choices``)."""
+    requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}],
+                            choices=("Yes", "No")) for t in texts]
     return [None if t is None else failures.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
 
 
 def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
-    """LLM check: True when the evolved instruction equals its parent (no information gain)."""
-    requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}])
-                for p, c in zip(parents, children)]
+    """LLM check: True when the evolved instruction equals its parent (no information gain); the answer is
+    held to the prompt's two verdicts."""
+    requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}],
+                            choices=("Equal", "Not Equal")) for p, c in zip(parents, children)]
     # a failed call is an unparsed verdict: the item is not eliminated on no evidence
     return [None if t is None else failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 

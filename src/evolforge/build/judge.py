@@ -1,5 +1,9 @@
 """Difficulty judging (SLM paper): a five-label level and a 0-100 score per instruction from the judge role.
 
+With ``constrain`` (the default) every request carries its allowed answers -- the five labels, the
+whole numbers 0 to 100 -- and the judge's backend holds its answer to them (see :mod:`evolforge.llm`);
+without it the answer is free text, as in the papers. Either way the text goes through the same parser.
+
 Two score prompts exist: ``paper`` (the paper's figure, same layout as the level prompt) and ``code``
 (the reference code's wording); which one was used is recorded per row. An answer that does not parse
 stays null, with its raw text and a reason: never an invented value. A call that failed (prompt too
@@ -22,6 +26,7 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
+SCORES = tuple(str(n) for n in range(101))  # what a constrained score may be
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
 SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
 
@@ -51,19 +56,19 @@ def parse_score(text: str) -> tuple[float | None, str | None]:
 
 
 def judge(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, score_prompt: str = "paper",
-          max_tokens: int | None = None) -> pl.DataFrame:
+          max_tokens: int | None = None, constrain: bool = True) -> pl.DataFrame:
     """Add difficulty_level / difficulty_score (+ raw answers, parse reasons, prompt variant) to ``items``."""
     if score_prompt not in SCORE_TEMPLATES:
         raise ValueError(f"params.yaml judge.score_prompt: {score_prompt!r} is not one of {sorted(SCORE_TEMPLATES)}")
     queries = [question_text(q, x) for q, x in zip(items["instruction"].to_list(), items["input"].to_list())]
 
-    def ask(template: str, desc: str) -> list[Completion]:
+    def ask(template: str, choices: tuple[str, ...], desc: str) -> list[Completion]:
         requests = [llm.request([{"role": "user", "content": prompts.render(template, query=q)}],
-                                 max_tokens=max_tokens) for q in queries]
+                                 max_tokens=max_tokens, choices=choices if constrain else None) for q in queries]
         return llm.generate(requests, desc=desc)
 
-    level_out = ask(LEVEL_TEMPLATE, "judge level")
-    score_out = ask(SCORE_TEMPLATES[score_prompt], "judge score")
+    level_out = ask(LEVEL_TEMPLATE, tuple(LEVELS), "judge level")
+    score_out = ask(SCORE_TEMPLATES[score_prompt], SCORES, "judge score")
     level_raw = [None if c.failed else c.text for c in level_out]
     score_raw = [None if c.failed else c.text for c in score_out]
     levels = [(None, c.failure_reason) if c.failed else parse_level(c.text) for c in level_out]
@@ -76,6 +81,7 @@ def judge(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, score_prompt: s
         difficulty_score_reason=pl.Series([r for _, r in scores], dtype=pl.String),
         difficulty_score_raw=pl.Series(score_raw, dtype=pl.String),
         score_prompt=pl.lit(score_prompt),
+        judge_constrained=pl.lit(constrain),
     )
 
 

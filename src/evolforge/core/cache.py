@@ -50,11 +50,14 @@ def cache_key(
     max_tokens: int,
     seed: int,
     sample_index: int,
+    constraint: Mapping | None = None,
 ) -> str:
     """sha256 over a canonical JSON of the parts that determine a completion.
 
     ``engine`` holds the options of the role that change outputs (see ``evolforge.llm.engine_options``).
     At temperature 0 decoding is greedy: ``top_p`` and ``seed`` change nothing and are left out.
+    ``constraint`` (the allowed answers of a constrained request, and how they are enforced) goes in
+    only when there is one, so unconstrained keys stay as they were.
 
     >>> k = cache_key(backend="hf", model={"name": "m"}, messages=[{"role": "user", "content": "hi"}],
     ...               temperature=0.0, top_p=1.0, max_tokens=8, seed=0, sample_index=0)
@@ -74,6 +77,8 @@ def cache_key(
     }
     if engine:  # servers have none: the served model id covers the engine
         payload["engine"] = dict(engine)
+    if constraint:
+        payload["constraint"] = dict(constraint)
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

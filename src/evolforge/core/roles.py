@@ -21,7 +21,10 @@ BACKEND_NAMES = ("hf", "vllm", "openai")  # = the `backend` Literal of Role
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion request. ``sample_index`` tells apart repeated samples of one prompt."""
+    """One chat completion request. ``sample_index`` tells apart repeated samples of one prompt.
+
+    ``choices``, when given, constrains the answer to exactly one of those strings (a judge's labels,
+    a score's numbers): each backend enforces it its own way (see :mod:`evolforge.llm`)."""
 
     messages: tuple[tuple[str, str], ...]  # ((role, content), ...): hashable and immutable
     temperature: float = 0.0
@@ -29,6 +32,7 @@ class ChatRequest:
     max_tokens: int = 256
     seed: int = 0
     sample_index: int = 0
+    choices: tuple[str, ...] | None = None
 
     @classmethod
     def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
@@ -89,6 +93,9 @@ class Role:
     tokens_per_minute: PositiveFloat | None = None
     # openai: a tokenizer (hub id or local path) to check prompts against max_model_len before sending
     tokenizer: str | None = None
+    # openai: how an answer is held to a request's choices -- response_format (a JSON schema with an enum:
+    # OpenAI, vLLM, SGLang, llama.cpp), structured_outputs (vLLM's exact-choice extension) or none (free text)
+    choice_format: Literal["response_format", "structured_outputs", "none"] = "response_format"
     # optional prices per million tokens (any currency); LLM.stats then carries the cost
     price_per_mtok_prompt: NonNegativeFloat | None = None
     price_per_mtok_completion: NonNegativeFloat | None = None

@@ -174,6 +174,9 @@ class JudgeSettings:
 
     score_prompt: Literal["paper", "code"] = "paper"
     max_tokens: PositiveInt | None = None  # null = roles.judge's
+    # true: answers held to the five labels / the numbers 0-100 (constrained decoding, guided choice or a
+    # response_format schema, by backend); false: free text read by the parser, as the papers judge
+    constrain: bool = True
 
 
 Template = Literal["raw", "chat", "cherry"]

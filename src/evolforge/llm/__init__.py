@@ -9,6 +9,12 @@ Every stage talks to models the same way::
 Backends (``role.backend``): ``hf`` (transformers in-process), ``vllm`` (vLLM offline engine, GPU extra)
 and ``openai`` (any OpenAI-compatible ``/v1/chat/completions`` server). Tests use ``FakeBackend``.
 
+A request with ``choices`` gets exactly one of them where the backend can enforce it: hf masks every
+token that leaves the set (see :class:`ChoiceTrie`), vllm uses its structured outputs (``choice``), and
+a server gets ``response_format`` with an enum (or vLLM's ``structured_outputs``, per the role's
+``choice_format``). Callers still parse the text, so a server that ignores the constraint falls back to
+the free-text parser.
+
 One item's failure is that item's: a prompt that cannot fit, a rejected request or exhausted retries
 comes back as a :class:`Completion` with ``failure_reason`` set (never cached), while every other
 completion is committed as it arrives. ``LLM.generate`` raises :class:`LLMFailureError` -- after
@@ -88,6 +94,8 @@ def request_seed(request: ChatRequest) -> int:
     # the JSON of dataclasses.asdict(request), built directly (asdict's deep copy costs more than the hash)
     fields = {"messages": request.messages, "temperature": request.temperature, "top_p": request.top_p,
               "max_tokens": request.max_tokens, "seed": request.seed, "sample_index": request.sample_index}
+    if request.choices is not None:  # only then: unconstrained requests keep the seeds they always had
+        fields["choices"] = request.choices
     blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:15], 16)
 
@@ -163,7 +171,17 @@ class LLM:
             max_tokens=request.max_tokens,
             seed=request.seed,
             sample_index=request.sample_index,
+            constraint=self._constraint(request),
         )
+
+    def _constraint(self, request: ChatRequest) -> dict[str, Any] | None:
+        """The part of a constrained request's key: its choices and, for a server, how they are enforced."""
+        if request.choices is None:
+            return None
+        constraint: dict[str, Any] = {"choices": list(request.choices)}
+        if self.role.backend == "openai":
+            constraint["format"] = self.role.choice_format
+        return constraint
 
     def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
@@ -267,6 +285,34 @@ class LLM:
     def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str | None]:
         """The texts of :meth:`generate`; None for a failed item (never an invented text)."""
         return [None if c.failed else c.text for c in self.generate(requests, desc=desc)]
+
+
+class ChoiceTrie:
+    """Token sequences of a request's choices as a prefix tree, for constrained decoding.
+
+    ``allowed(prefix)`` is the set of tokens that keep ``prefix`` on the way to some choice, plus
+    ``stop`` once ``prefix`` spells a whole choice (it may also go on: "1" -> "10" -> "100"). A choice is
+    written as the tokenizer encodes it at the start of an answer.
+
+    >>> trie = ChoiceTrie([[5], [5, 6], [7]], stop=0)
+    >>> sorted(trie.allowed(())), sorted(trie.allowed((5,))), sorted(trie.allowed((5, 6)))
+    ([5, 7], [0, 6], [0])
+    """
+
+    def __init__(self, sequences: Sequence[Sequence[int]], stop: int):
+        self.stop = stop
+        self._next: dict[tuple[int, ...], set[int]] = {}
+        for seq in sequences:
+            seq = tuple(seq)
+            if not seq:
+                raise ValueError("a choice encodes to no tokens")
+            for n in range(len(seq)):
+                self._next.setdefault(seq[:n], set()).add(seq[n])
+            self._next.setdefault(seq, set()).add(stop)
+
+    def allowed(self, prefix: Sequence[int]) -> set[int]:
+        """Tokens that may follow ``prefix``; empty when ``prefix`` is on no choice's way."""
+        return self._next.get(tuple(prefix), set())
 
 
 def identity_digest(identity: dict[str, Any]) -> str:
@@ -386,6 +432,6 @@ def _openai(role: Role) -> Backend:
 
 BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai}
 
-__all__ = ["ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
+__all__ = ["ChoiceTrie", "ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
            "open_role", "make_backend", "engine_options", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
            "shared_backend", "request_seed", "identity_digest", "resolve_identity", "recorded_identity", "IDENTITY_FILE"]

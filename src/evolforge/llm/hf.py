@@ -15,6 +15,10 @@ Length guard: a prompt of at least the model's positions (``max_position_embeddi
 that fits stops with ``finish_reason`` "length" when it reaches the last position, as vLLM does.
 Prompt and completion tokens (the end-of-turn token included) are counted per completion.
 
+A request with ``choices`` decodes under a mask: each step only tokens that stay on the way to one of
+its choices (or the end-of-turn token, once a whole choice is written) can be picked, so a greedy answer
+is the choice the model prefers token by token.
+
 Sampling is done per row with the row's own ``torch.Generator`` seeded from the whole request
 (:func:`evolforge.llm.request_seed`); rows at temperature 0 are greedy. So a request yields the same
 tokens whichever batch it lands in, greedy and sampled rows share a batch, and identical requests give
@@ -31,7 +35,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, Completion, Role, request_seed
+from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, Role, request_seed
 from evolforge.core.models import load_causal_lm, load_tokenizer, model_identity
 from evolforge.core.roles import usable_cores
 
@@ -150,6 +154,7 @@ class HFBackend:
         # Merging and trimming rewrite the cache's tensors: only plain (full-attention) layers allow it.
         # Other caches (sliding windows) still drop finished rows, but admit new ones only into an empty batch.
         self.can_merge = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
+        self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
 
     @classmethod
     def from_role(cls, role: Role) -> "HFBackend":
@@ -165,6 +170,15 @@ class HFBackend:
         configured = getattr(self.model.generation_config, "eos_token_id", None)
         ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
         return {i for i in ids if i is not None}
+
+    def trie(self, choices: tuple[str, ...]) -> ChoiceTrie:
+        """The token trie of ``choices`` (built once per set of choices)."""
+        if choices not in self._tries:
+            # the end-of-turn token the chat template writes, when it is one of the stop tokens
+            stop = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id in self.stop_ids else min(self.stop_ids)
+            encoded = [self.tokenizer.encode(c, add_special_tokens=False) for c in choices]
+            self._tries[choices] = ChoiceTrie(encoded, stop=stop)
+        return self._tries[choices]
 
     def render(self, request: ChatRequest) -> str:
         return self.tokenizer.apply_chat_template(
@@ -195,6 +209,7 @@ class HFBackend:
             if request.temperature > 0:
                 generators[i] = torch.Generator(device="cpu")
                 generators[i].manual_seed(request_seed(request))
+        tries = {i: self.trie(r.choices) for i, r in enumerate(requests) if r.choices is not None}
         # The chat template already carries BOS and role markers.
         prompts = self.tokenizer([self.render(r) for r in requests], add_special_tokens=False)["input_ids"]
         # tokens each request may generate: its max_tokens, cut where the model's positions end
@@ -219,13 +234,13 @@ class HFBackend:
             if waiting and free >= (refill if batch is not None and self.can_merge else slots):
                 admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))]
                 fresh, logits = self._prefill(prompts, admitted)
-                fresh.last = self._choose(logits, fresh.index, requests, generators)
+                fresh.last = self._choose(logits, fresh, requests, generators, tries)
                 fresh, finished = self._retire(fresh, budgets, prompts)
                 if fresh is not None:
                     batch = fresh if batch is None else batch.merge(fresh)
             else:
                 assert batch is not None
-                batch.last = self._choose(self._step(batch), batch.index, requests, generators)
+                batch.last = self._choose(self._step(batch), batch, requests, generators, tries)
                 batch, finished = self._retire(batch, budgets, prompts)
             if finished:
                 yield finished
@@ -251,11 +266,19 @@ class HFBackend:
         batch.positions = batch.positions + 1
         return out.logits[:, -1]
 
-    def _choose(self, logits: torch.Tensor, index: list[int], requests: Sequence[ChatRequest],
-                generators: dict[int, torch.Generator]) -> torch.Tensor:
-        """Each row's next token: greedy, or sampled with the request's generator."""
+    def _choose(self, logits: torch.Tensor, batch: _Batch, requests: Sequence[ChatRequest],
+                generators: dict[int, torch.Generator], tries: dict[int, ChoiceTrie]) -> torch.Tensor:
+        """Each row's next token: greedy, or sampled with the request's generator; rows with choices
+        pick among the tokens their trie allows."""
+        for row, i in enumerate(batch.index):
+            if i in tries:
+                trie = tries[i]
+                allowed = torch.tensor(sorted(trie.allowed(batch.tokens[row]) or {trie.stop}), device=logits.device)
+                kept = logits[row, allowed]
+                logits[row] = float("-inf")
+                logits[row, allowed] = kept
         chosen = logits.argmax(dim=-1)
-        for row, i in enumerate(index):
+        for row, i in enumerate(batch.index):
             if i in generators:
                 chosen[row] = sample_token(logits[row], requests[i].temperature, requests[i].top_p, generators[i])
         return chosen

@@ -31,6 +31,7 @@ characters / 4 plus ``max_tokens``, a provider's usual rule of thumb, before the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import math
@@ -133,6 +134,7 @@ class OpenAIBackend:
         tokenizer: Any = None,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
+        choice_format: str = "response_format",
     ):
         if not base_url:
             raise ValueError("OpenAIBackend needs a base_url, e.g. http://127.0.0.1:8000/v1")
@@ -154,6 +156,7 @@ class OpenAIBackend:
         self.tokenizer = tokenizer
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
+        self.choice_format = choice_format
         self._key = _Secret(api_key) if api_key else None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "evolforge"}
         if self._key is not None:  # the Authorization header is added per session, never kept here
@@ -189,6 +192,7 @@ class OpenAIBackend:
             tokenizer=tokenizer,
             requests_per_minute=role.requests_per_minute,
             tokens_per_minute=role.tokens_per_minute,
+            choice_format=role.choice_format,
         )
 
     def identity(self) -> dict[str, Any]:
@@ -285,7 +289,7 @@ class OpenAIBackend:
     # -- one request ----------------------------------------------------------------------------
 
     def payload(self, request: ChatRequest) -> dict[str, Any]:
-        return {
+        body = {
             "model": self.model,
             "messages": request.message_dicts,
             "temperature": request.temperature,
@@ -295,6 +299,14 @@ class OpenAIBackend:
             # differ on servers that honour seeds; 31 bits because some servers reject larger seeds.
             "seed": request_seed(request) & 0x7FFFFFFF,
         }
+        if request.choices is not None and self.choice_format == "response_format":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "strict": True, "schema": {
+                    "type": "object", "properties": {"answer": {"type": "string", "enum": list(request.choices)}},
+                    "required": ["answer"], "additionalProperties": False}}}
+        elif request.choices is not None and self.choice_format == "structured_outputs":
+            body["structured_outputs"] = {"choice": list(request.choices)}
+        return body
 
     def prompt_tokens(self, request: ChatRequest) -> int:
         """The prompt's tokens with the role's tokenizer and chat template."""
@@ -336,6 +348,8 @@ class OpenAIBackend:
             else:
                 if status == 200:
                     completion = _parse(raw)
+                    if completion is not None and request.choices is not None and self.choice_format == "response_format":
+                        completion = _answer_field(completion)
                     if completion is not None:
                         return completion
                     cause = f"malformed response body: {_preview(raw)}"
@@ -443,6 +457,16 @@ def _parse(raw: bytes) -> Completion | None:
                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
         return None
+
+
+def _answer_field(completion: Completion) -> Completion:
+    """The ``answer`` of a ``response_format`` reply (``{"answer": "hard"}``); the text as it came when it
+    is not that JSON (a server that ignored the schema), for the caller's free-text parser."""
+    try:
+        answer = orjson.loads(completion.text)["answer"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return completion
+    return dataclasses.replace(completion, text=answer.strip()) if isinstance(answer, str) else completion
 
 
 def _preview(raw: bytes) -> str:

@@ -2,7 +2,9 @@
 
 ``vllm`` is imported only when a role names this backend. Each request carries its own sampling
 seed (derived from the whole request), so outputs do not depend on how requests are batched.
-Tensor parallelism comes from ``roles.<name>.tensor_parallel_size``.
+Tensor parallelism comes from ``roles.<name>.tensor_parallel_size``. A request with ``choices`` is
+decoded with vLLM's structured outputs (``StructuredOutputsParams(choice=...)``), so its answer is
+exactly one of them.
 
 The engine schedules its own continuous batching, so :meth:`VLLMBackend.stream` hands it a stage's
 misses whole, in chunks of ``CHUNK`` requests (each chunk's completions are committed when it ends).
@@ -35,7 +37,10 @@ class VLLMBackend:
             raise ImportError(
                 "the vllm backend needs the GPU extra: pip install 'evolforge[gpu]' (vllm 0.32.0, torch 2.13.0)"
             ) from err
+        from vllm.sampling_params import StructuredOutputsParams
+
         self._sampling_params = SamplingParams
+        self._structured = StructuredOutputsParams
         self.engine = LLM(
             model=model, revision=revision, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, **engine_args,
@@ -57,6 +62,13 @@ class VLLMBackend:
     def prompt_tokens(self, request: ChatRequest) -> int:
         text = self.tokenizer.apply_chat_template(request.message_dicts, tokenize=False, add_generation_prompt=True)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def sampling_params(self, request: ChatRequest):
+        """vLLM's sampling parameters for one request: its own seed, and its choices when it has some."""
+        structured = None if request.choices is None else self._structured(choice=list(request.choices))
+        return self._sampling_params(temperature=request.temperature, top_p=request.top_p,
+                                     max_tokens=request.max_tokens, seed=request_seed(request),
+                                     structured_outputs=structured)
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
@@ -81,9 +93,7 @@ class VLLMBackend:
             yield refused
         for start in range(0, len(fits), CHUNK):
             chunk = fits[start : start + CHUNK]
-            params = [self._sampling_params(temperature=requests[i].temperature, top_p=requests[i].top_p,
-                                            max_tokens=requests[i].max_tokens, seed=request_seed(requests[i]))
-                      for i in chunk]
+            params = [self.sampling_params(requests[i]) for i in chunk]
             outputs = self.engine.chat([requests[i].message_dicts for i in chunk], sampling_params=params, use_tqdm=False)
             yield [(i, Completion(o.outputs[0].text.strip(), o.outputs[0].finish_reason,
                                   prompt_tokens=len(o.prompt_token_ids or ()),
