@@ -34,6 +34,9 @@ def load_all(seed_dir: str | Path, round_dirs: list[str | Path]) -> pl.DataFrame
 def chain(item_id: str, seed_dir: str | Path, round_dirs: list[str | Path]) -> list[dict]:
     """Ancestors of ``item_id`` back to its seed, the item, then its descendants round by round.
 
+    Going back, an ancestor's failed attempts in the rounds before its child evolved are shown too
+    (with ``keep_parent`` the ancestor went on to the next round and was evolved again).
+
     Going forward, each round shows the attempt made on the current item: if it evolved, the chain
     continues from the new item; if it failed (and the parent was kept), the chain continues from
     the same item in the next round.
@@ -52,6 +55,12 @@ def chain(item_id: str, seed_dir: str | Path, round_dirs: list[str | Path]) -> l
     for r in by_id.values():
         if r["parent_id"] is not None:
             children.setdefault(r["parent_id"], []).append(r)
+    # An ancestor kept after a failed attempt (keep_parent) was tried again in a later round: its
+    # failed attempts before the one that evolved belong on the chain, in round order.
+    back = [back[0]] + [step for parent, child in zip(back, back[1:])
+                        for step in sorted((a for a in children.get(parent["id"], [])
+                                            if a["status"] != EVOLVED and a["round"] < child["round"]),
+                                           key=lambda a: a["round"]) + [child]]
     forward, current = [], back[-1]
     if current["status"] == EVOLVED or current["parent_id"] is None:
         while True:
