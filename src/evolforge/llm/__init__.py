@@ -88,6 +88,15 @@ class Backend(Protocol):
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]: ...
 
 
+def collect(finished_groups: Iterator[list[tuple[int, "Completion"]]], n: int) -> list["Completion"]:
+    """The completions a backend's ``stream`` yields, put back in request order (its ``generate``)."""
+    results: list[Completion | None] = [None] * n
+    for finished in finished_groups:
+        for i, completion in finished:
+            results[i] = completion
+    return results  # type: ignore[return-value]
+
+
 def request_seed(request: ChatRequest) -> int:
     """A 60-bit sampling seed derived from the whole request (messages, sampling, seed, sample index),
     so a request samples the same tokens whichever batch it lands in."""
@@ -432,6 +441,6 @@ def _openai(role: Role) -> Backend:
 
 BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai}
 
-__all__ = ["ChoiceTrie", "ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
+__all__ = ["collect", "ChoiceTrie", "ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
            "open_role", "make_backend", "engine_options", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
            "shared_backend", "request_seed", "identity_digest", "resolve_identity", "recorded_identity", "IDENTITY_FILE"]

@@ -35,7 +35,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, Role, request_seed
+from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, Role, collect, request_seed
 from evolforge.core.models import load_causal_lm, load_tokenizer, model_identity
 from evolforge.core.roles import usable_cores
 
@@ -187,11 +187,7 @@ class HFBackend:
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         """All ``requests`` decoded together; completions in request order."""
-        results: list[Completion | None] = [None] * len(requests)
-        for finished in self.stream(requests, slots=max(1, len(requests))):
-            for i, completion in finished:
-                results[i] = completion
-        return results  # type: ignore[return-value]
+        return collect(self.stream(requests, slots=max(1, len(requests))), len(requests))
 
     @torch.inference_mode()
     def stream(self, requests: Sequence[ChatRequest], slots: int) -> Iterator[Finished]:

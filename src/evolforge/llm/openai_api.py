@@ -47,7 +47,7 @@ import orjson
 
 from evolforge.core.models import ModelError
 from evolforge.llm import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, ChatRequest, Completion, Role,
-                           request_seed)
+                           collect, request_seed)
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,7 @@ class OpenAIBackend:
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         """Complete every request; results are in input order."""
-        results: list[Completion | None] = [None] * len(requests)
-        for finished in self.stream(requests):
-            for i, completion in finished:
-                results[i] = completion
-        return results  # type: ignore[return-value]
+        return collect(self.stream(requests), len(requests))
 
     def stream(self, requests: Sequence[ChatRequest], slots: int | None = None) -> Iterator[Finished]:
         """Yield (index, completion) groups as requests end, ``concurrency`` in flight (``slots`` is the

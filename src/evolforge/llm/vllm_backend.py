@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, Completion, Role, request_seed
+from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, Completion, Role, collect, request_seed
 from evolforge.core.models import model_identity
 
 CHUNK = 4096  # requests per engine call: large enough for the scheduler, small enough to commit often
@@ -71,11 +71,7 @@ class VLLMBackend:
                                      structured_outputs=structured)
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        results: list[Completion | None] = [None] * len(requests)
-        for finished in self.stream(requests):
-            for i, completion in finished:
-                results[i] = completion
-        return results  # type: ignore[return-value]
+        return collect(self.stream(requests), len(requests))
 
     def stream(self, requests: Sequence[ChatRequest], slots: int | None = None) -> Iterator[Finished]:
         """All ``requests`` through the engine, ``CHUNK`` per call (``slots``, the LLM layer's batch size,
