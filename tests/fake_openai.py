@@ -9,7 +9,8 @@ None, with the connection closed before any status line (a crashed server).
 Batch jobs (``POST /files`` with purpose ``batch``, ``POST /batches``, ``GET /batches/{id}``,
 ``GET /files/{id}/content``): a job stays ``in_progress`` for ``batch_polls`` polls, then every line goes
 through ``reply`` as a chat request would; 200s go to the output file, other statuses to the error file.
-``batch_status`` ends every new job in that status instead (``failed``, ``expired``) with no results.
+``batch_status`` ends every job in that status instead (``failed``, ``expired``) with no results; a job
+whose id is in ``hold`` stays in progress.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class FakeOpenAIServer:
         self.batches: dict[str, dict] = {}
         self.batch_polls = 1
         self.batch_status: str | None = None
+        self.hold: set[str] = set()  # batch ids that stay in progress however often they are polled
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -120,7 +122,9 @@ class FakeOpenAIServer:
         if batch is None:
             return 404, {"error": {"message": f"no batch {batch_id}"}}
         batch["polls"] += 1
-        if batch["status"] in ("validating", "in_progress") and batch["polls"] > self.batch_polls:
+        if batch_id in self.hold:
+            batch["status"] = "in_progress"
+        elif batch["status"] in ("validating", "in_progress") and batch["polls"] > self.batch_polls:
             self._finish(batch)
         elif batch["status"] == "validating":
             batch["status"] = "in_progress"

@@ -42,9 +42,10 @@ upload (``POST /files``, purpose ``batch``), one job per ``batch_max_requests`` 
 polled every ``batch_poll_s`` seconds (``GET /batches/{id}``) with a progress bar, and the output and
 error files read line by line (``GET /files/{id}/content``), each result handed back as it is read. Each
 line's ``custom_id`` is the request's cache key. The job ids are kept in the call cache's database
-(:meth:`CallCache.put_batch_job`), so a stage killed while it waits polls the same jobs when it runs again
-instead of submitting (and paying for) them twice; a job that failed, expired or was cancelled is
-submitted anew on the next run. A line's error becomes that item's failure (``request_rejected`` with the
+(:meth:`CallCache.put_batch_job`), so a stage killed while it waits (or while it reads the results) polls
+the same jobs when it runs again instead of submitting (and paying for) them twice. Once a job has ended
+and its results were handed back, its status is recorded and it is never resumed: a rerun submits what
+it did not answer anew. A line's error becomes that item's failure (``request_rejected`` with the
 provider's message; ``retries_exhausted`` for a 5xx or a request the job did not reach before it ended).
 """
 
@@ -79,8 +80,11 @@ _TOO_LONG = re.compile(r"context.length|maximum context|max_model_len|too long|t
                        re.IGNORECASE)
 Finished = list[tuple[int, Completion]]
 BATCH_ENDPOINT = "/v1/chat/completions"  # as a batch line's "url" and the job's "endpoint" name it
-# statuses of a batch job (OpenAI's names): those worth polling again, and those that end it
-BATCH_RESUMABLE = ("validating", "in_progress", "finalizing", "cancelling", "completed")
+# statuses of a batch job (OpenAI's names): those worth polling again, and those that end it. A job's
+# ended status is recorded only once all its results were handed back, so a stop while its files are
+# read resumes it (and reads them again); a job recorded as ended is never resumed: a rerun submits
+# what it did not answer (its failures) anew.
+BATCH_RESUMABLE = ("validating", "in_progress", "finalizing", "cancelling")
 BATCH_ENDED = ("completed", "failed", "expired", "cancelled")
 
 
@@ -489,16 +493,16 @@ class OpenAIBackend:
                         if err.status == 404 and job.resumed and cache is not None:
                             cache.set_batch_status(job.job, "missing")  # the next run submits its requests anew
                         raise
-                    if info.get("status") != job.status:
-                        job.status = str(info.get("status"))
-                        if cache is not None:
-                            cache.set_batch_status(job.job, job.status)
+                    job.status = status = str(info.get("status"))
                     counts = info.get("request_counts") or {}
                     job.progress = int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
-                    if job.status in BATCH_ENDED:
+                    if status in BATCH_ENDED:
                         await self._collect(session, job, info, position, done, run)
                         job.progress = len(job.ids)
                         active.remove(job)
+                    if cache is not None and status != job.recorded:
+                        cache.set_batch_status(job.job, status)  # an ended job: after its results
+                        job.recorded = status
                 bar.n = min(bar.total, sum(j.progress for j in jobs))
                 bar.set_postfix_str(", ".join(sorted({j.status for j in jobs})), refresh=False)
                 bar.refresh()
@@ -751,6 +755,7 @@ class _Job:
 
     def __init__(self, job: str, batch_id: str, status: str, ids: list[str], resumed: bool = False):
         self.job, self.batch_id, self.status, self.ids, self.resumed = job, batch_id, status, ids, resumed
+        self.recorded = status  # the status the cache holds for it
         self.progress = 0  # requests it has finished, as its request_counts say
 
 
