@@ -176,3 +176,11 @@ def test_batch_jobs_for_gives_each_key_to_its_newest_live_job(tmp_path):
                                                    [("batch-a", ("k1",)), ("batch-b", ("k2", "k3"))])
     cache.set_batch_status("new", "expired")
     assert [(j.batch_id, j.keys) for j in cache.batch_jobs_for(["k2", "k3"], ("in_progress",))] == [("batch-a", ("k2",))]
+
+
+def test_jobs_are_cut_by_request_count_and_by_file_size():
+    from evolforge.llm.openai_api import _chunks
+
+    assert list(_chunks(list(range(7)), lambda i: 10, 3, 10**6)) == [[0, 1, 2], [3, 4, 5], [6]]
+    sizes = {0: 40, 1: 40, 2: 40, 3: 200, 4: 10}
+    assert list(_chunks(list(sizes), sizes.get, 100, 100)) == [[0, 1], [2], [3], [4]]  # 3 alone: too big for any

@@ -31,11 +31,11 @@ characters / 4 plus ``max_tokens``, a provider's usual rule of thumb, before the
 ``concurrency`` requests at a time, a request going to the healthy replica with the fewest in flight. A
 replica that fails a request with a connection error, a timeout or a 5xx is taken out for a cool-down
 (``backoff_s``, doubling while it keeps failing, capped at ``max_backoff_s``) and the request goes at once
-to another replica -- or, when every replica is out, to the first to come back. A replica back from a
-cool-down gets one request at a time until one succeeds. Every attempt counts against the request's
-``max_retries`` whichever replica served it, so an item still ends in ``retries_exhausted``. Requests,
-seeds and cache keys do not depend on which replica answers. With one server there is nowhere else to go:
-its requests back off one by one, as they always did.
+to another replica. When every replica is out, requests wait for the first to come back, each at most
+its own backoff (so a long outage costs what it costs with one server). Any answer brings a replica back.
+Every attempt counts against the request's ``max_retries`` whichever replica served it, so an item
+still ends in ``retries_exhausted``. Requests, seeds and cache keys do not depend on which replica
+answers. With one server there is nowhere else to go: its requests back off one by one, as they always did.
 
 **Batch API** (``batch_api``): a stage's requests go to the provider's batch endpoints instead -- a JSONL
 upload (``POST /files``, purpose ``batch``), one job per ``batch_max_requests`` (``POST /batches``),
@@ -86,6 +86,7 @@ BATCH_ENDPOINT = "/v1/chat/completions"  # as a batch line's "url" and the job's
 # what it did not answer (its failures) anew.
 BATCH_RESUMABLE = ("validating", "in_progress", "finalizing", "cancelling")
 BATCH_ENDED = ("completed", "failed", "expired", "cancelled")
+BATCH_MAX_BYTES = 190 * 2**20  # an input file's size, under OpenAI's 200 MB per batch
 
 
 class LLMRequestError(RuntimeError):
@@ -452,16 +453,15 @@ class OpenAIBackend:
                     jobs.append(_Job(job.job, job.batch_id, job.status, list(job.keys), resumed=True))
                 resumed = {cid for job in jobs for cid in job.ids}
                 todo = [i for i in todo if ids[i] not in resumed]
-            for start in range(0, len(todo), self.batch_max_requests):
-                chunk = todo[start : start + self.batch_max_requests]
-                jobs.append(await self._submit(session, [ids[i] for i in chunk], [requests[i] for i in chunk], cache))
+            lines = {i: orjson.dumps({"custom_id": ids[i], "method": "POST", "url": BATCH_ENDPOINT,
+                                      "body": self.payload(requests[i])}) + b"\n" for i in todo}
+            for chunk in _chunks(todo, lambda i: len(lines[i]), self.batch_max_requests, BATCH_MAX_BYTES):
+                jobs.append(await self._submit(session, [ids[i] for i in chunk], b"".join(lines[i] for i in chunk), cache))
             await self._await_jobs(session, jobs, position, done, run, cache)
 
-    async def _submit(self, session, ids: list[str], requests: list[ChatRequest], cache: CallCache | None) -> "_Job":
+    async def _submit(self, session, ids: list[str], lines: bytes, cache: CallCache | None) -> "_Job":
+        """Upload one job's JSONL ``lines`` (one per id) and create the job; it is recorded before it is polled."""
         import aiohttp
-
-        lines = b"".join(orjson.dumps({"custom_id": cid, "method": "POST", "url": BATCH_ENDPOINT,
-                                       "body": self.payload(r)}) + b"\n" for cid, r in zip(ids, requests))
 
         def form() -> aiohttp.FormData:  # a FormData is spent once sent: one per attempt
             data = aiohttp.FormData()
@@ -748,6 +748,22 @@ class OpenAIBackend:
     def _redact(self, message: str) -> str:
         # A server may echo the key back (e.g. in a 401 body); never pass it on.
         return message.replace(self._key.value, "<redacted>") if self._key is not None else message
+
+
+def _chunks(items: list[int], size, max_items: int, max_bytes: int) -> Iterator[list[int]]:
+    """Consecutive runs of ``items`` with at most ``max_items`` items and ``max_bytes`` of ``size(item)``
+    (an item larger than ``max_bytes`` goes alone: the provider's refusal names it)."""
+    chunk: list[int] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if chunk and (len(chunk) >= max_items or total + n > max_bytes):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(item)
+        total += n
+    if chunk:
+        yield chunk
 
 
 class _Job:
