@@ -12,6 +12,10 @@ Only completions are stored, never failures. The first stored completion for a k
 ``put_many`` is one transaction; the LLM layer commits every few hundred completions or half second, so
 a killed stage loses at most that window. WAL mode and a long busy timeout let two stage processes
 share the file (``dvc exp run --queue -j 2``).
+
+The same file keeps the batch jobs a provider's batch API is running for the cache's misses
+(``batch_jobs``: a job's id and last status; ``batch_job_items``: which cache keys each job answers), so a
+stage killed while it waits resumes polling the same job instead of paying for it twice.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -37,6 +42,35 @@ CREATE TABLE IF NOT EXISTS completions (
     created REAL NOT NULL
 )
 """
+_BATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    job      TEXT PRIMARY KEY,  -- sha256 of the submitted requests' cache keys
+    batch_id TEXT NOT NULL,     -- the provider's id
+    status   TEXT NOT NULL,     -- the provider's last reported status
+    created  REAL NOT NULL,
+    updated  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_job_items (
+    key TEXT NOT NULL,  -- a cache key the job answers
+    job TEXT NOT NULL REFERENCES batch_jobs(job),
+    PRIMARY KEY (key, job)
+);
+"""
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """A provider batch job recorded in the cache: ``job`` is the digest of its requests' cache keys."""
+
+    job: str
+    batch_id: str
+    status: str
+    keys: tuple[str, ...] = ()  # its cache keys (those asked about, from :meth:`CallCache.batch_jobs_for`)
+
+
+def batch_job_key(keys: Iterable[str]) -> str:
+    """The digest naming a job: sha256 of its requests' cache keys, in the order submitted."""
+    return hashlib.sha256("\n".join(keys).encode("ascii")).hexdigest()
 
 
 def cache_key(
@@ -95,6 +129,7 @@ class CallCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         self._db.execute(_SCHEMA)
+        self._db.executescript(_BATCH_SCHEMA)
 
     def get_many(self, keys: list[str]) -> dict[str, tuple[str, str | None]]:
         """Return {key: (text, finish_reason)} for the keys present."""
@@ -131,6 +166,54 @@ class CallCache:
             return {}
         stored = self.get_many([k for k, *_ in rows])  # read back: another writer got there first
         return {k: stored[k] for k, t, f, _ in rows if k in stored and stored[k] != (t, f)}
+
+    # -- provider batch jobs ------------------------------------------------------------------------
+
+    def put_batch_job(self, job: str, batch_id: str, status: str, keys: Iterable[str]) -> None:
+        """Record a submitted job (replacing an earlier job of the same digest, e.g. one that failed)."""
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM batch_job_items WHERE job = ?", (job,))
+            self._db.execute("INSERT OR REPLACE INTO batch_jobs (job, batch_id, status, created, updated) "
+                             "VALUES (?, ?, ?, ?, ?)", (job, batch_id, status, now, now))
+            self._db.executemany("INSERT OR IGNORE INTO batch_job_items (key, job) VALUES (?, ?)",
+                                 [(k, job) for k in keys])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def set_batch_status(self, job: str, status: str) -> None:
+        self._db.execute("UPDATE batch_jobs SET status = ?, updated = ? WHERE job = ?", (status, time.time(), job))
+
+    def batch_job(self, job: str) -> BatchJob | None:
+        row = self._db.execute("SELECT job, batch_id, status FROM batch_jobs WHERE job = ?", (job,)).fetchone()
+        return BatchJob(*row) if row else None
+
+    def batch_jobs_for(self, keys: list[str], statuses: Iterable[str]) -> list[BatchJob]:
+        """The jobs in one of ``statuses`` that answer any of ``keys``, newest first, each with the keys
+        among ``keys`` it answers. A key answered by several such jobs is given to the newest only."""
+        statuses = list(statuses)
+        found: dict[str, list[str]] = {}
+        jobs: dict[str, tuple[str, str, float]] = {}
+        smarks = ",".join("?" * len(statuses))
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT i.key, j.job, j.batch_id, j.status, j.created FROM batch_job_items i "
+                f"JOIN batch_jobs j ON j.job = i.job WHERE j.status IN ({smarks}) "
+                f"AND i.key IN ({','.join('?' * len(chunk))})", [*statuses, *chunk])
+            for key, job, batch_id, status, created in rows:
+                jobs[job] = (batch_id, status, created)
+                found.setdefault(key, []).append(job)
+        owned: dict[str, list[str]] = {}
+        for key in keys:
+            if key in found:
+                newest = max(found[key], key=lambda j: (jobs[j][2], j))
+                owned.setdefault(newest, []).append(key)
+        order = sorted(owned, key=lambda j: jobs[j][2], reverse=True)
+        return [BatchJob(j, jobs[j][0], jobs[j][1], tuple(owned[j])) for j in order]
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]

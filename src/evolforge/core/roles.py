@@ -84,8 +84,10 @@ class Role:
     threads: PositiveInt | None = None  # hf: CPU threads for torch; None = usable_cores()
     # openai-compatible servers
     base_url: str | None = None
+    # or several replicas of one model (e.g. one `vllm serve` per GPU), instead of base_url
+    base_urls: list[NonEmptyStr] | None = None
     api_key_env: str | None = None  # the NAME of the environment variable holding the key
-    concurrency: PositiveInt = 8
+    concurrency: PositiveInt = 8  # requests in flight per server (per replica with base_urls)
     timeout_s: PositiveFloat = 120.0
     max_retries: NonNegativeInt = 5
     # openai: pace requests to a provider's limits (None = no limit); tokens are prompt + max_tokens
@@ -99,6 +101,12 @@ class Role:
     # optional prices per million tokens (any currency); LLM.stats then carries the cost
     price_per_mtok_prompt: NonNegativeFloat | None = None
     price_per_mtok_completion: NonNegativeFloat | None = None
+    # openai: submit a stage's cache misses as batch jobs (POST /files + /batches: about half the price,
+    # results within batch_completion_window), polled every batch_poll_s seconds
+    batch_api: bool = False
+    batch_poll_s: PositiveFloat = 30.0
+    batch_completion_window: NonEmptyStr = "24h"
+    batch_max_requests: PositiveInt = 50_000  # requests per job (OpenAI's limit per batch is 50,000)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -116,7 +124,36 @@ class Role:
             # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
             raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
                                "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
+        problems = role.server_problems()
+        if problems:
+            raise ParamsError(problems)
         return role
+
+    @property
+    def urls(self) -> list[str]:
+        """The servers of an openai role: ``base_urls``, or ``[base_url]`` (empty when neither is set)."""
+        return list(self.base_urls) if self.base_urls else ([self.base_url] if self.base_url else [])
+
+    def server_problems(self) -> list[str]:
+        """What is wrong with the role's server settings (``base_url`` / ``base_urls`` / ``batch_api``)."""
+        where = f"roles.{self.name}"
+        problems = []
+        if self.base_url is not None and self.base_urls is not None:
+            problems.append(f"{where}: give base_url (one server) or base_urls (replicas of one model), not both")
+        if self.base_urls is not None:
+            if not self.base_urls:
+                problems.append(f"{where}.base_urls: an empty list; list at least one server, or use base_url")
+            seen: set[str] = set()
+            for i, url in enumerate(self.base_urls):
+                canonical = url.rstrip("/")
+                if canonical in seen:
+                    problems.append(f"{where}.base_urls[{i}]: {url!r} is listed twice")
+                seen.add(canonical)
+        if self.batch_api and self.backend != "openai":
+            problems.append(f"{where}.batch_api: only an openai role can use a provider's batch API")
+        if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:
+            problems.append(f"{where}.batch_api: a batch job goes to one provider; use base_url, not several base_urls")
+        return problems
 
     def request(self, messages: Sequence[Mapping[str, str]], **overrides) -> ChatRequest:
         """A request with this role's generation defaults, overridden where given (None = default)."""

@@ -228,7 +228,7 @@ class LLM:
         with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
                   desc=desc or self.desc, unit="req", leave=False) as bar:
             try:
-                for finished in self._run([requests[idx[0]] for _, idx in todo]):
+                for finished in self._run([requests[idx[0]] for _, idx in todo], [k for k, _ in todo]):
                     done = 0
                     for j, out in finished:
                         k, idx = todo[j]
@@ -277,15 +277,19 @@ class LLM:
             f"every completion received is in the cache, so a rerun retries only the rest. "
             f"First failure: {example.failure_reason}: {example.error}")
 
-    def _run(self, requests: list[ChatRequest]) -> Iterator[list[tuple[int, Completion]]]:
+    def _run(self, requests: list[ChatRequest], keys: list[str]) -> Iterator[list[tuple[int, Completion]]]:
         """Completions as they finish, as (position in ``requests``, completion) groups to commit.
 
         A backend with ``stream`` keeps requests in flight and hands back each one as soon as it ends
         (hf: ``batch_size`` slots; openai: ``concurrency`` connections; vllm: the whole list in large
-        chunks); the others take ``batch_size`` requests at a time."""
+        chunks); the others take ``batch_size`` requests at a time. A backend that ``wants_call_cache``
+        (openai with ``batch_api``: it records its jobs there) also gets the cache and the requests' keys."""
         stream = getattr(self.backend, "stream", None)
         if stream is not None:
-            yield from stream(requests, slots=self.batch_size)
+            if getattr(self.backend, "wants_call_cache", False):
+                yield from stream(requests, slots=self.batch_size, cache=self.cache, keys=keys)
+            else:
+                yield from stream(requests, slots=self.batch_size)
             return
         for start in range(0, len(requests), self.batch_size):
             outputs = self.backend.generate(requests[start : start + self.batch_size])
