@@ -131,13 +131,13 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, role: Role):
+        if role.engine == "vllm" and role.gpus_per_replica not in (None, float(role.tensor_parallel_size)):
+            raise ValueError(f"params.yaml roles.{role.name}.gpus_per_replica = {role.gpus_per_replica}: a vllm "
+                             f"replica takes tensor_parallel_size ({role.tensor_parallel_size}) GPUs; set that instead")
         self._ray = _import_ray()
         self.role = role
         self._identity = model_identity(role.model, role.revision)
         self._engine: str | None = None if role.engine == "auto" else role.engine
-        if role.engine == "vllm" and role.gpus_per_replica not in (None, float(role.tensor_parallel_size)):
-            raise ValueError(f"roles.{role.name}.gpus_per_replica = {role.gpus_per_replica}: a vllm replica takes "
-                             f"tensor_parallel_size ({role.tensor_parallel_size}) GPUs; set that instead")
 
     @classmethod
     def from_role(cls, role: Role) -> "RayBackend":
