@@ -22,8 +22,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 @pytest.fixture(scope="module")
 def ray():
     """One local Ray cluster for the module (starting one takes seconds)."""
-    ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install 'evolforge[ray]')")
-    import ray.data  # noqa: F401  (the tests patch ray.data.from_items)
+    pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install 'evolforge[ray]')")
+    import ray.data  # binds ray, with ray.data loaded (the resume test patches ray.data.from_items)
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -158,8 +158,13 @@ class RayBackend:
         ray = self._ray
         if not ray.is_initialized():
             ray.init(address=self.role.ray_address, log_to_driver=False)
-        # the LLM layer draws its own progress bar; Ray Data's would interleave with it
-        ray.data.DataContext.get_current().enable_progress_bars = False
+
+    def _dataset(self, rows: list[dict[str, Any]], per_block: int):
+        """``rows`` as a Ray dataset of blocks of ``per_block`` rows (one actor call each). Settings go to
+        this dataset's own context (a copy), never to the process's."""
+        dataset = self._ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_block)))
+        dataset.context.enable_progress_bars = False  # the LLM layer draws its own; Ray's would interleave
+        return dataset
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
@@ -199,8 +204,7 @@ class RayBackend:
         replicas = min(role.replicas, len(requests))
         # rows per actor call: several slots' worth, but every replica gets work on a short list
         per_call = max(1, min(slots * CALLS_PER_SLOT, math.ceil(len(requests) / replicas)))
-        rows = [request_row(i, r) for i, r in enumerate(requests)]
-        dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_call))
+        dataset = self._dataset([request_row(i, r) for i, r in enumerate(requests)], per_call)
         # Ray Data gathers what a call yields into blocks of this many bytes before passing them on; a
         # tiny target makes every finished group its own block, back at the driver as soon as it ends.
         dataset.context.target_max_block_size = 1
@@ -212,9 +216,9 @@ class RayBackend:
             num_cpus=role.threads or 1, num_gpus=role.gpus_per_replica or 0)
 
     def _vllm_pipeline(self, requests: Sequence[ChatRequest]):
-        ray, role = self._ray, self.role
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+        role = self.role
         engine_kwargs = {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
                          "gpu_memory_utilization": role.gpu_memory_utilization, **role.extra}
         if role.revision is not None:
@@ -224,6 +228,5 @@ class RayBackend:
         config = vLLMEngineProcessorConfig(
             model_source=role.model, engine_kwargs=engine_kwargs, concurrency=role.replicas,
             batch_size=VLLM_ROWS_PER_CALL, should_continue_on_error=True)  # a bad row is that row's failure
-        rows = [vllm_row(i, r) for i, r in enumerate(requests)]
-        blocks = max(1, math.ceil(len(rows) / VLLM_ROWS_PER_CALL))
-        return build_processor(config)(ray.data.from_items(rows, override_num_blocks=blocks))
+        return build_processor(config)(self._dataset([vllm_row(i, r) for i, r in enumerate(requests)],
+                                                     VLLM_ROWS_PER_CALL))
