@@ -16,7 +16,7 @@ from annotated_types import Gt, Le
 
 from evolforge.core.params import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-BACKEND_NAMES = ("hf", "vllm", "openai")  # = the `backend` Literal of Role
+BACKEND_NAMES = ("hf", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Role:
     """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
 
     name: str = field(metadata={"params": False})  # the key under `roles`, set by from_params
-    backend: Literal["hf", "vllm", "openai"]
+    backend: Literal["hf", "vllm", "openai", "ray"]
     model: NonEmptyStr
     revision: str | None = None
     # generation defaults; a stage may override them per call
@@ -82,6 +82,11 @@ class Role:
     gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = 0.9
     max_model_len: PositiveInt | None = None
     threads: PositiveInt | None = None  # hf: CPU threads for torch; None = usable_cores()
+    # ray: a Ray Data pipeline over `replicas` actors (docs/scale_ray.md)
+    ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None = start a local one
+    replicas: PositiveInt = 1  # actors, each holding one copy of the model (data parallel)
+    engine: Literal["auto", "vllm", "hf"] = "auto"  # what each actor runs; auto = vllm when the cluster has GPUs
+    gpus_per_replica: NonNegativeFloat | None = None  # hf actors (vllm ones take tensor_parallel_size); None = 0
     # openai-compatible servers
     base_url: str | None = None
     # or several replicas of one model (e.g. one `vllm serve` per GPU), instead of base_url

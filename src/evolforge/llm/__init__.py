@@ -7,7 +7,8 @@ Every stage talks to models the same way::
     llm.stats  # {"calls": ..., "cache_hits": ..., "failures": ..., "prompt_tokens": ..., ...}
 
 Backends (``role.backend``): ``hf`` (transformers in-process), ``vllm`` (vLLM offline engine, GPU extra)
-and ``openai`` (any OpenAI-compatible ``/v1/chat/completions`` server). Tests use ``FakeBackend``.
+``openai`` (any OpenAI-compatible ``/v1/chat/completions`` server) and ``ray`` (a Ray Data pipeline over
+several copies of the model, ray extra; docs/scale_ray.md). Tests use ``FakeBackend``.
 
 A request with ``choices`` gets exactly one of them where the backend can enforce it: hf masks every
 token that leaves the set (see :class:`ChoiceTrie`), vllm uses its structured outputs (``choice``), and
@@ -79,7 +80,7 @@ class Backend(Protocol):
     """What a backend provides. ``generate`` keeps the order of its input; an item that cannot be served
     comes back as a failed completion (``Completion.failure``), and only a fault that concerns every
     request (a bad key, a wrong URL) raises. A backend may also offer ``stream(requests, slots)``,
-    yielding lists of (index, completion) as requests finish (hf, vllm, openai)."""
+    yielding lists of (index, completion) as requests finish (hf, vllm, openai, ray)."""
 
     name: str
 
@@ -341,13 +342,16 @@ def engine_options(role: Role) -> dict[str, Any]:
     """The options of ``role`` that change outputs beyond the model's identity: part of every cache key.
 
     hf: dtype and device (numerics differ between them). vllm: dtype, tensor parallelism, context
-    length and the engine arguments in ``extra`` (quantization, ...). A server's engine is its own
+    length and the engine arguments in ``extra`` (quantization, ...). ray: the actors' ``engine`` and
+    that engine's options (as hf or vllm; ``auto`` holds both). A server's engine is its own
     business: its served model id stands for it, so an openai role has none."""
-    if role.backend == "hf":
-        return {"dtype": role.dtype, "device": role.device}
-    if role.backend == "vllm":
-        return {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
-                "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
+    hf = {"dtype": role.dtype, "device": role.device}
+    vllm = {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
+            "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
+    if role.backend in ("hf", "vllm"):
+        return hf if role.backend == "hf" else vllm
+    if role.backend == "ray":  # replicas, GPUs per replica and the cluster's address change no output
+        return {"engine": role.engine, **{"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[role.engine]}
     return {}
 
 
@@ -443,7 +447,13 @@ def _openai(role: Role) -> Backend:
     return OpenAIBackend.from_role(role)
 
 
-BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai}
+def _ray(role: Role) -> Backend:
+    from evolforge.llm.ray_backend import RayBackend
+
+    return RayBackend.from_role(role)
+
+
+BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai, "ray": _ray}
 
 __all__ = ["collect", "ChoiceTrie", "ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
            "open_role", "make_backend", "engine_options", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
