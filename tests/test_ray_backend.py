@@ -137,6 +137,10 @@ def test_rows_carry_the_whole_request():
     row = vllm_row(5, request)
     assert row["index"] == 5 and row["messages"] == request.message_dicts
     assert row["sampling_params"] == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 12, "seed": request_seed(request)}
+    constrained = ChatRequest.chat([{"role": "user", "content": "Rate it."}], choices=("easy", "hard"))
+    back = request_from_row(request_row(0, constrained)["request"])
+    assert back == constrained and hash(back.choices)  # a tuple again: the hf actor's trie is keyed by it
+    assert vllm_row(0, constrained)["sampling_params"]["structured_outputs"] == {"choice": ["easy", "hard"]}
 
 
 @pytest.mark.parametrize("row, expected", [

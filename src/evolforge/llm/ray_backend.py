@@ -61,6 +61,8 @@ def request_row(index: int, request: ChatRequest) -> dict[str, Any]:
 def request_from_row(blob: str) -> ChatRequest:
     fields = json.loads(blob)
     fields["messages"] = tuple((role, content) for role, content in fields["messages"])
+    if fields.get("choices") is not None:
+        fields["choices"] = tuple(fields["choices"])
     return ChatRequest(**fields)
 
 
@@ -110,9 +112,11 @@ class HFReplica:
 
 def vllm_row(index: int, request: ChatRequest) -> dict[str, Any]:
     """One request as a row for ``ray.data.llm``'s vLLM processor: messages and per-row sampling."""
-    return {"index": index, "messages": request.message_dicts,
-            "sampling_params": {"temperature": request.temperature, "top_p": request.top_p,
-                                "max_tokens": request.max_tokens, "seed": request_seed(request)}}
+    sampling = {"temperature": request.temperature, "top_p": request.top_p, "max_tokens": request.max_tokens,
+                "seed": request_seed(request)}
+    if request.choices is not None:  # vLLM's structured outputs, as the vllm backend asks for them
+        sampling["structured_outputs"] = {"choice": list(request.choices)}
+    return {"index": index, "messages": request.message_dicts, "sampling_params": sampling}
 
 
 def vllm_completion(row: dict[str, Any], max_tokens: int) -> Completion:
