@@ -76,7 +76,7 @@ def check_regular_file(path: Path) -> None:
         raise DataError(path, "seed.source is a readable local file", detail="permission denied")
 
 
-# what a file named .jsonl/.json/.csv really is, when its first bytes say so
+# what a file named .jsonl/.json/.csv really is, when it is not UTF-8 and its first bytes say so
 _MAGIC = ((b"\xff\xfe\x00\x00", "UTF-32 text"), (b"\x00\x00\xfe\xff", "UTF-32 text"), (b"\xff\xfe", "UTF-16 text"),
           (b"\xfe\xff", "UTF-16 text"), (b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a zip archive"),
           (b"PAR1", "Parquet"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"BZh", "bzip2-compressed"))
@@ -84,17 +84,18 @@ _MAGIC = ((b"\xff\xfe\x00\x00", "UTF-32 text"), (b"\x00\x00\xfe\xff", "UTF-32 te
 
 def read_text(path: Path, lines_are_rows: bool = False) -> str:
     """The file as UTF-8 text (a leading byte order mark dropped). Anything else is refused with the line
-    and byte (as the row for JSONL), and what the file looks like when its first bytes tell: UTF-16,
-    gzip, Parquet..."""
+    and byte (as the row for JSONL), and what the file is when its first bytes tell: UTF-16, gzip..."""
     data = path.read_bytes()
-    for magic, kind in _MAGIC:
-        if data.startswith(magic):
-            raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert it as UTF-8 text")
-    if b"\x00" in data[:4096] and data[:4096].count(b"\x00") * 4 >= min(len(data), 4096):
-        raise DataError(path, "text is UTF-8", detail="every other byte is NUL: the file looks like UTF-16 text without a byte order mark; save it as UTF-8")
+    head = data[:4096]
+    kind = next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)  # named only for a file refused anyway
+    if head.count(b"\x00") * 4 >= len(head):  # valid UTF-8, but no text file is a quarter NUL bytes
+        raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert it as UTF-8 text" if kind else
+                        "every other byte is NUL: the file looks like UTF-16 text without a byte order mark; save it as UTF-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        if kind:
+            raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert it as UTF-8 text") from None
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         raise DataError(path, "text is UTF-8", [line] if lines_are_rows else None,
