@@ -14,9 +14,12 @@ are 1-based: line numbers for JSONL, record positions otherwise.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
+import re
 import stat
 import unicodedata
 from pathlib import Path
@@ -56,9 +59,12 @@ def check_regular_file(path: Path) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise DataError(path, "seed.source is an existing local file", detail="no such file") from None
+        raise DataError(path, "seed.source is an existing local file",
+                        detail="no such file" + (" (wildcards are not expanded: name one file)" if any(c in str(path) for c in "*?[") else "")) from None
     except OSError as err:
         raise DataError(path, "seed.source is a readable local file", detail=err.strerror or str(err)) from None
+    except ValueError as err:  # a NUL character in the path
+        raise DataError(ascii(str(path)), "seed.source is a path without NUL characters", detail=str(err)) from None
     if not stat.S_ISREG(st.st_mode):
         kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
                 else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
@@ -70,35 +76,81 @@ def check_regular_file(path: Path) -> None:
         raise DataError(path, "seed.source is a readable local file", detail="permission denied")
 
 
+# what a file named .jsonl/.json/.csv really is, when it is not UTF-8 and its first bytes say so
+_MAGIC = ((b"\xff\xfe\x00\x00", "UTF-32 text"), (b"\x00\x00\xfe\xff", "UTF-32 text"), (b"\xff\xfe", "UTF-16 text"),
+          (b"\xfe\xff", "UTF-16 text"), (b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a zip archive"),
+          (b"PAR1", "Parquet"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"BZh", "bzip2-compressed"))
+
+
+def read_text(path: Path, lines_are_rows: bool = False) -> str:
+    """The file as UTF-8 text (a leading byte order mark dropped). Anything else is refused with the line
+    and byte (as the row for JSONL), and what the file is when its first bytes tell: UTF-16, gzip..."""
+    data = path.read_bytes()
+    head = data[:4096]
+    kind = next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)  # named only for a file refused anyway
+    if head.count(b"\x00") * 4 >= len(head):  # valid UTF-8, but no text file is a quarter NUL bytes
+        raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert it as UTF-8 text" if kind else
+                        "every other byte is NUL: the file looks like UTF-16 text without a byte order mark; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if kind:
+            raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert it as UTF-8 text") from None
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(path, "text is UTF-8", [line] if lines_are_rows else None,
+                        ("" if lines_are_rows else f"line {line}, ") + f"byte 0x{data[err.start]:02x} at column {column} "
+                        "(Latin-1 or Windows-1252 text? save it as UTF-8)") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads keeps the last of two equal keys without a word; which one was meant cannot be told."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(twice)
+    return obj
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def parse_json(text: str, file: Path, rule: str, rows: list[int] | None = None) -> Any:
+    """json.loads, with every way it can fail turned into a DataError naming ``rule`` (and the line)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise DataError(file, rule, rows, err.msg if rows else f"line {err.lineno}: {err.msg}") from None
+    except _DuplicateKey as err:
+        raise DataError(file, "each JSON object names a key once", rows,
+                        f"key {json.dumps(err.args[0], ensure_ascii=True)} appears twice in one object (JSON readers would silently keep the last)") from None
+    except RecursionError:
+        raise DataError(file, rule, rows, "values nested too deeply to read (thousands of levels)") from None
+    except ValueError as err:  # an integer of more than 4300 digits
+        raise DataError(file, rule, rows, str(err).split(";")[0]) from None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, "rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors)
-                raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(path, "text is UTF-8", [line_no], f"byte 0x{raw[err.start]:02x} at column {err.start + 1}") from None
-            if not line.strip():  # blank lines (and a lone CR of a CRLF file) separate nothing
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(path, "each line is one JSON object", [line_no], err.msg) from None
-            if not isinstance(obj, dict):
-                raise DataError(path, "each line is one JSON object", [line_no], f"got {json_kind(obj)}")
-            rows.append({**obj, ROW: line_no})
+    # LF, CRLF and a lone CR (old Mac editors) end a line: a raw CR or LF is invalid inside a JSON string, so
+    # no value is cut. Not str.splitlines: U+0085, U+2028 and U+2029 may stand raw inside a JSON string.
+    for line_no, line in enumerate(re.split("\r\n|\r|\n", read_text(path, lines_are_rows=True)), start=1):
+        if not line.strip():  # blank lines separate nothing
+            continue
+        if line.startswith("\ufeff"):
+            raise DataError(path, "each line is one JSON object", [line_no],
+                            "the line starts with a byte order mark (files joined together?); remove it")
+        obj = parse_json(line, path, "each line is one JSON object", [line_no])
+        if not isinstance(obj, dict):
+            raise DataError(path, "each line is one JSON object", [line_no], f"got {json_kind(obj)}")
+        rows.append({**obj, ROW: line_no})
     return rows
 
 
 def read_json(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as err:
-        raise DataError(path, "text is UTF-8", detail=f"byte at offset {err.start}") from None
-    except json.JSONDecodeError as err:
-        raise DataError(path, "the file is one JSON array of objects", detail=f"line {err.lineno}: {err.msg}") from None
+    data = parse_json(read_text(path), path, "the file is one JSON array of objects")
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -109,14 +161,42 @@ def read_json(path: Path) -> list[dict]:
     return [{**obj, ROW: i} for i, obj in enumerate(data, start=1)]
 
 
-def read_table_file(path: Path, kind: str) -> pl.DataFrame:
+def read_csv(path: Path) -> pl.DataFrame:
+    """Every cell read as text (a CSV cell is text; "42" stays "42"). The bytes are checked as UTF-8 first:
+    a lossy read would silently put U+FFFD where a Latin-1 "é" stood."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(path, "the file holds at least one record", detail="it holds only a byte order mark or blank lines")
     try:
-        # CSV: every cell read as text (a CSV cell is text; "42" stays "42"); a BOM before the header is dropped
-        table = pl.read_parquet(path) if kind == "parquet" else pl.read_csv(path, infer_schema_length=0, encoding="utf8-lossy")
+        header = next(csv.reader(io.StringIO(text)), [])
+    except csv.Error:
+        header = []  # polars names the problem below
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # polars would rename the second copy and read the first: which one was meant cannot be told
+        raise DataError(path, "column names are unique", detail=f"the header names {', '.join(repr(c) for c in twice)} more than once")
+    try:
+        return pl.read_csv(text.encode("utf-8"), infer_schema_length=0)
     except Exception as err:  # polars raises several types for unreadable files
-        raise DataError(path, f"the file is readable {kind}", detail=str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        try:
+            rows = [next(i for i, cells in enumerate(csv.reader(io.StringIO(text))) if i and cells and len(cells) != len(header))]
+        except (StopIteration, csv.Error):
+            rows = []
+        if rows and "fields" in detail:
+            detail = f"it has a different number of fields than the header's {len(header)} ({detail})"
+        else:
+            rows = []
+        raise DataError(path, "the file is readable csv", rows, detail) from None
+
+
+def read_table_file(path: Path, kind: str) -> pl.DataFrame:
     if kind == "csv":
-        table = table.rename({c: c.lstrip("\ufeff") for c in table.columns})
+        table = read_csv(path)
+    else:
+        try:
+            table = pl.read_parquet(path)
+        except Exception as err:  # polars raises several types for unreadable files
+            raise DataError(path, f"the file is readable {kind}", detail=str(err).splitlines()[0] if str(err) else type(err).__name__) from None
     return table.with_row_index(ROW, offset=1)
 
 
@@ -147,7 +227,11 @@ def read_hub(source: str, config: str | None, split: str, revision: str | None) 
 
 def is_local(source: str) -> bool:
     path = Path(source)
-    return path.exists() or path.is_symlink() or path.suffix.lower() in LOCAL_FORMATS or source.startswith((".", "/", "~"))
+    try:
+        on_disk = path.exists() or path.is_symlink()
+    except (OSError, ValueError):  # a name too long, or holding NUL: never a hub id either; check_regular_file says why
+        on_disk = True
+    return on_disk or path.suffix.lower() in LOCAL_FORMATS or source.startswith((".", "/", "~"))
 
 
 def read_source(source: str, config: str | None = None, split: str = "train", revision: str | None = None) -> list[dict] | pl.DataFrame:
@@ -185,12 +269,27 @@ def json_kind(value: Any) -> str:
             type(None): "null", str: "text"}.get(type(value), type(value).__name__)
 
 
+def _loose(name: str) -> str:
+    return "".join(name.split()).casefold().lstrip("\ufeff")
+
+
 def _require_instruction(mapping: dict[str, str | None], columns: list[str], file: str) -> None:
+    """The instruction's column is present; and no mapped field is missing while a column that differs from
+    its name only in case or spaces is there (`Output `): that field would silently be read as empty."""
     if not mapping.get("instruction"):
-        raise ValueError("params.yaml seed.fields: 'instruction' must name a source column")
-    if mapping["instruction"] not in columns:
-        raise DataError(file, f"field '{mapping['instruction']}' (mapped to instruction) is present",
-                        detail=f"columns: {[c for c in columns if c != ROW]}")
+        from evolforge.core.params import ParamsError
+
+        raise ParamsError(["seed.fields.instruction: got null; allowed: the name of the source column that holds the instruction"])
+    present = [c for c in columns if c != ROW]
+    for target in FIELDS:
+        column = mapping.get(target)
+        if not column or column in columns:
+            continue
+        near = [c for c in present if _loose(c) == _loose(column)]
+        if near or target == "instruction":
+            hint = (f"; the column {near[0]!r} differs only in case or spaces: rename it, or map it with "
+                    f"seed.fields: {{{target}: {json.dumps(near[0])}}}") if near else ""
+            raise DataError(file, f"field '{column}' (mapped to {target}) is present", detail=f"columns: {present}{hint}")
 
 
 def normalise_records(rows: list[dict], mapping: dict[str, str | None], file: str) -> pl.DataFrame:
@@ -204,9 +303,20 @@ def normalise_records(rows: list[dict], mapping: dict[str, str | None], file: st
         for target in FIELDS:
             column = mapping.get(target)
             value = row.get(column) if column else None
+            if target == "instruction" and column not in row:
+                raise DataError(file, f"field '{column}' (mapped to instruction) is present", [row[ROW]],
+                                f"this row has no '{column}'; its fields: {sorted(k for k in row if k != ROW)}")
             if value is not None and not isinstance(value, str):
+                shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:20]}... ({len(repr(value))} characters)"
                 raise DataError(file, f"{target} is text", [row[ROW]],
-                                f"field '{column}' holds {json_kind(value)}" + (f" ({value!r})" if isinstance(value, (int, float)) else ""))
+                                f"field '{column}' holds {json_kind(value)}" + (f" ({shown})" if isinstance(value, (int, float)) else ""))
+            if value is not None and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as err:  # "\ud800" in JSON: half of a UTF-16 pair, no character
+                    raise DataError(file, f"{target} is valid Unicode text", [row[ROW]],
+                                    f"field '{column}': a lone surrogate U+{ord(value[err.start]):04X} at character "
+                                    f"{err.start + 1} (a JSON \\u escape of half a character pair)") from None
             out[target].append(value if value is not None or target == "instruction" else "")
     return pl.DataFrame(out, schema={ROW: pl.Int64, **{f: pl.String for f in FIELDS}})
 
@@ -249,14 +359,16 @@ def explain_characters(text: str, pattern: str) -> str:
 def check_values(table: pl.DataFrame, file: str) -> None:
     """The value rules (Great Expectations), with row numbers of the source and the character named."""
     rules = (validation.non_empty_text(["instruction"]) + validation.visible_text(["instruction"])
-             + validation.no_control_characters(list(FIELDS)) + validation.no_bidi_controls(list(FIELDS)))
+             + validation.no_control_characters(list(FIELDS)) + validation.no_bidi_controls(list(FIELDS))
+             + validation.no_tag_characters(list(FIELDS)))
     rows = table[ROW].to_list()
     try:
         validation.check(table.drop(ROW), rules, file)
     except DataError as err:
         detail = err.detail
         column = next((c for c in FIELDS if err.rule.startswith(c + " ")), None)
-        pattern = {"control": validation.CONTROL_CHARACTERS, "bidirectional": validation.BIDI_CONTROLS}
+        pattern = {"control": validation.CONTROL_CHARACTERS, "bidirectional": validation.BIDI_CONTROLS,
+                   "tag characters": validation.TAG_CHARACTERS}
         for word, regex in pattern.items():
             if word in err.rule and column and err.rows:
                 detail = f"{column}: {explain_characters(table[column][err.rows[0] - 1], regex)}"

@@ -29,6 +29,21 @@ def is_local(model: str) -> bool:
     return Path(model).is_dir()
 
 
+def check_model_name(model: str) -> None:
+    """Refuse a model that is no local folder and cannot be a hub id: a path (``./m``, ``/m``, ``~/m``,
+    ``a/b/c``) that does not exist is named as a missing folder, not sent to the hub as an id."""
+    if is_local(model):
+        return
+    path = Path(model).expanduser()
+    if path.exists():
+        raise ModelError(f"model {model!r}: {path} is not a folder (a model is a folder with config and weights, or a hub id owner/name)")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
+        raise ModelError(f"model {model!r}: no such folder ({path.resolve() if not model.startswith('~') else path}); "
+                         "a hub id is owner/name")
+    if "/" not in model:
+        raise ModelError(f"model {model!r} is neither a local folder nor a hub id (owner/name)")
+
+
 def _identity_files(root: Path) -> list[Path]:
     return sorted({f for g in _IDENTITY_GLOBS for f in root.glob(g) if f.is_file()})
 
@@ -104,8 +119,7 @@ def model_identity(model: str, revision: str | None = None, memo: str | Path | N
     """What a model *is*, independent of how it is spelled: weights hash (local) or commit sha (hub)."""
     if is_local(model):
         return {"weights_sha256": hash_model_dir(model, memo)}
-    if "/" not in model and not Path(model).exists():
-        raise ModelError(f"model {model!r} is neither a local folder nor a hub id (owner/name)")
+    check_model_name(model)
     return {"hub_id": model, "revision": resolve_hub_revision(model, revision)}
 
 
@@ -143,8 +157,7 @@ def load_causal_lm(model: str, revision: str | None = None, dtype: str = "auto",
     """Load a model for inference: eval mode, on ``device``, in ``dtype``."""
     from transformers import AutoModelForCausalLM
 
-    if not is_local(model) and "/" not in model:
-        raise ModelError(f"model {model!r} is neither a local folder nor a hub id (owner/name)")
+    check_model_name(model)
     device = pick_device(device)
     lm = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=pick_dtype(dtype, device))
     return lm.to(device).eval()

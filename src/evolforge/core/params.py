@@ -67,18 +67,53 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load keeps the last of two equal keys without a word; a typo'd copy must not win silently."""
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_VALUES = 100_000  # the shipped file holds a few hundred; anchors repeated into millions are a YAML bomb
+
+
 def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG:  # `<<: *anchor` (a merge key); an explicit key may override what it brings
+            continue
+        line = key_node.start_mark.line + 1
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str):
+            shown = (f"the key `{key_node.value}` reads as {_kind(key)}" if isinstance(key_node, yaml.ScalarNode)
+                     else f"a key is {'a list' if isinstance(key, list) else 'a mapping'}")
+            raise ParamsError([f"line {line}: {shown}, not text; keys are plain names"
+                               + (" (YAML reads an unquoted on/off/yes/no/true/false as true/false: quote it)"
+                                  if isinstance(key, bool) else " (quote it)" if isinstance(key_node, yaml.ScalarNode) else "")])
         if key in seen:
-            raise ParamsError([f"line {key_node.start_mark.line + 1}: key {_show_key(key)} appears twice in one mapping "
+            raise ParamsError([f"line {line}: key {_show_key(key)} appears twice in one mapping "
                                f"(first on line {seen[key]}); YAML would silently keep the last"])
-        seen[key] = key_node.start_mark.line + 1
+        seen[key] = line
     return loader.construct_mapping(node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _count_values(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` expands to once aliases are copied out (memoised per node, so a YAML bomb
+    -- nine anchors of nine aliases each -- is counted in microseconds, not built). A node that holds
+    itself (``a: &a [*a]``) would make every reader loop forever."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        mark = node.start_mark
+        raise ParamsError([f"line {mark.line + 1}, column {mark.column + 1}: an anchor holds an alias of itself "
+                           "(a value that contains itself); params are plain trees"])
+    open_.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_count_values(item, sizes, open_) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_count_values(k, sizes, open_) + _count_values(v, sizes, open_) for k, v in node.value)
+    open_.discard(key)
+    sizes[key] = total
+    return total
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -87,7 +122,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ParamsError(["not found (or not a regular file)"], path)
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            data = yaml.load(fh, Loader=_UniqueKeyLoader) or {}
+            loader = _UniqueKeyLoader(fh)
+            try:
+                node = loader.get_single_node()
+                if node is not None and _count_values(node, {}, set()) > MAX_VALUES:
+                    raise ParamsError([f"expands to more than {MAX_VALUES:,} values (anchors and aliases repeated "
+                                       "inside each other); write the settings out"])
+                data = loader.construct_document(node) if node is not None else None
+            finally:
+                loader.dispose()
+        data = {} if data is None else data
     except ParamsError as err:
         raise ParamsError(err.problems, path) from None
     except yaml.YAMLError as err:
@@ -96,6 +140,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ParamsError([f"{where}not valid YAML ({getattr(err, 'problem', None) or err})"], path) from None
     except UnicodeDecodeError as err:
         raise ParamsError([f"byte {err.start}: the file is not UTF-8 text"], path) from None
+    except RecursionError:
+        raise ParamsError(["values are nested too deeply to read (thousands of levels)"], path) from None
     if not isinstance(data, dict):
         raise ParamsError([f"the top level is {_kind(data)}; expected a mapping of sections"], path)
     return data
@@ -153,7 +199,8 @@ def _model(cls: type):
         else:
             default = ...
         fields[f.name] = (hints[f.name], default)
-    return create_model(cls.__name__, __config__=ConfigDict(extra="forbid", strict=True), **fields)
+    # allow_inf_nan=False: `.inf` and `.nan` are YAML numbers, but no setting means them
+    return create_model(cls.__name__, __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False), **fields)
 
 
 def _settable(cls: type) -> list[dataclasses.Field]:

@@ -9,6 +9,7 @@ A section that is absent from the file takes its dataclass's defaults.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,7 +51,7 @@ def check_params(params: Mapping[str, Any], file: str | Path = DEFAULT_FILE) -> 
     problems = secret_problems(dict(params))
     if problems:  # stop here: the messages below show the values they refuse
         raise ParamsError(problems, file)
-    problems = []
+    problems = control_character_problems(dict(params))
     for name, data in params.items():
         if name not in SECTIONS:
             problems.append(_unknown(str(name), "", "section", list(SECTIONS)))
@@ -62,6 +63,24 @@ def check_params(params: Mapping[str, Any], file: str | Path = DEFAULT_FILE) -> 
     problems += cross_checks(params)
     if problems:
         raise ParamsError(problems, file)
+
+
+# C0 controls but tab, newline and carriage return; DEL; C1 controls. No setting holds them: a NUL in a path
+# is refused by the OS only later, and an ESC sequence in a value rewrites the terminal that shows it.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def control_character_problems(value: Any, where: str = "") -> list[str]:
+    """One line per text value (at any depth) holding a control character, naming the character."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in control_character_problems(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in control_character_problems(v, f"{where}[{i}]")]
+    m = _CONTROL.search(value) if isinstance(value, str) else None
+    if m is None:
+        return []
+    return [f"{where}: holds the control character U+{ord(m.group()):04X} at character {m.start() + 1}; "
+            "allowed: text without control characters (tab and newlines are fine)"]
 
 
 def check_roles(data: Any) -> list[str]:
@@ -91,14 +110,21 @@ def _unknown(name: str, prefix: str, what: str, allowed: list[str]) -> str:
 
 
 def cross_checks(params: Mapping[str, Any]) -> list[str]:
-    """Rules that span sections."""
+    """Rules that span sections (or keys of one section that a type alone cannot tie together)."""
     problems = []
+    autoif = params.get("autoif")
+    for where, source in (("seed", params.get("seed")), ("autoif.queries", autoif.get("queries") if isinstance(autoif, dict) else None)):
+        fields = source.get("fields") if isinstance(source, dict) else None
+        if isinstance(fields, dict) and "instruction" in fields and fields["instruction"] is None:
+            problems.append(f"{where}.fields.instruction: got null; allowed: the name of the source column that holds "
+                            "the instruction (only input and output may be null: left empty)")
     evolve, respond = params.get("evolve") or {}, params.get("respond") or {}
     if isinstance(evolve, dict) and isinstance(respond, dict) and isinstance(evolve.get("rounds"), dict):
         indices = {r.get("index") for r in evolve["rounds"].values() if isinstance(r, dict)}
         if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in indices):
             return problems  # the evolve section's own check names the bad index
-        missing = [k for k in respond.get("rounds") or [] if isinstance(k, int) and k not in indices]
+        rounds = respond.get("rounds")
+        missing = [k for k in rounds if isinstance(k, int) and k not in indices] if isinstance(rounds, list) else []
         if missing:
             problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds ({sorted(i for i in indices if isinstance(i, int))})")
     return problems

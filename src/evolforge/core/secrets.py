@@ -51,7 +51,10 @@ _KEY_QUALIFIERS = {"api", "access", "secret", "private", "auth", "session", "bea
                    "refresh", "id", "client", "x", "service", "account", "aws", "github", "gh", "sas", "signing"}
 _TRANSPARENT = {"header", "headers", "value", "string"}  # `auth_header` names what `auth` does
 _QUERY_CREDENTIALS = {"key", "sig", "signature", "code", "token"}  # ?key=... alone is a credential in a URL
-_ASSIGNMENT = re.compile(r"([A-Za-z][A-Za-z0-9_.\-]*)\s*[=:]\s*[\"']?([^\s\"'&;,]+)")
+# the look-behinds start a name or scheme only where one can start: without them a long run of letters is
+# tried from every position, and a 2 MB value takes minutes (quadratic backtracking)
+_ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z][A-Za-z0-9_.\-]*)\s*[=:]\s*[\"']?([^\s\"'&;,]+)")
+_URL = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_\-+/=.~]+$")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
@@ -88,7 +91,7 @@ def _random_looking(value: str, min_length: int = 16) -> bool:
 
 
 def _url_secret(text: str) -> str | None:
-    for candidate in re.findall(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+", text):
+    for candidate in _URL.findall(text):
         try:
             url = urlsplit(candidate)
         except ValueError:

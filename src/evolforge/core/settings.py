@@ -65,7 +65,7 @@ class SeedSettings:
 
     source: NonEmptyStr  # a local .jsonl/.json/.parquet/.csv file, or a Hugging Face dataset id
     format: Literal["auto", "alpaca", "gsm8k", "code_alpaca"] = "auto"
-    fields: dict[Literal["instruction", "input", "output"], str | None] = field(default_factory=dict)
+    fields: dict[Literal["instruction", "input", "output"], NonEmptyStr | None] = field(default_factory=dict)  # instruction: never null
     config: str | None = None  # hub dataset config
     split: NonEmptyStr = "train"
     revision: str | None = None  # hub dataset revision (a commit sha pins it exactly)
@@ -91,7 +91,7 @@ class OptimizeSettings:
     on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
 
 
-@with_config({"extra": "forbid", "strict": True})
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
 class Repetition(TypedDict, total=False):
     """Thresholds of the ``repetitive`` rule and of ``response_status`` (see ``failures.RepetitionTest``)."""
 
@@ -121,7 +121,7 @@ class EvolveSettings:
         return bool(self.elimination.get(name, RULES[name]))
 
 
-@with_config({"extra": "forbid", "strict": True})
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
 class EvolveRound(TypedDict):
     """One entry of ``evolve.rounds``: its input folder and its 1-based index."""
 
@@ -285,13 +285,13 @@ class EvaluateSettings:
     seed: int = 1234
 
 
-@with_config({"extra": "forbid", "strict": True})
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
 class QuerySource(TypedDict, total=False):
     """``autoif.queries``: where the queries paired with constraints come from (read like ``seed.source``)."""
 
     source: NonEmptyStr  # default data/seeds/demo.jsonl
     format: Literal["auto", "alpaca", "gsm8k", "code_alpaca"]
-    fields: dict[Literal["instruction", "input", "output"], str | None]
+    fields: dict[Literal["instruction", "input", "output"], NonEmptyStr | None]
     config: str | None
     split: NonEmptyStr
     min_chars: NonNegativeInt  # the SLM paper keeps ShareGPT queries with 20 < len < 300 characters

@@ -59,6 +59,16 @@ BIDI_CONTROLS = "[\u202a-\u202e\u2066-\u2069]"
 VISIBLE = "[^\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
 
 
+# Unicode tag characters show nothing but spell ASCII that a model reads ("ASCII smuggling" of hidden
+# instructions). Their one ordinary use, subdivision flags (U+1F3F4 then tags), is allowed.
+TAG_CHARACTERS = "(?<![\U0001F3F4\U000E0020-\U000E007E])[\U000E0000-\U000E007F]"
+
+
+def no_tag_characters(columns: list[str]) -> list[Rule]:
+    return [Rule(f"{c} holds no hidden tag characters (U+E0000-U+E007F, outside an emoji flag)",
+                 "ExpectColumnValuesToNotMatchRegex", {"column": c, "regex": TAG_CHARACTERS}) for c in columns]
+
+
 def visible_text(columns: list[str]) -> list[Rule]:
     return [Rule(f"{c} has a visible character (not only zero-width or format characters)", "ExpectColumnValuesToMatchRegex",
                  {"column": c, "regex": VISIBLE}) for c in columns]
