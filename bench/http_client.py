@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import start_server  # noqa: E402  (the same server as the pipeline benchmark)
+from pipeline import start_server  # the same server as the pipeline benchmark
 
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "evolforge"}
 
