@@ -489,13 +489,6 @@ def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: Aut
         response_verified=pl.col("pass_rate") >= settings.response_min_pass)
 
 
-# --- the scenario switch ----------------------------------------------------------------------------
 
-SCENARIOS = ("evol", "autoif")
-
-
-def read_scenario(params: dict[str, Any]) -> str:
-    """``params.yaml autoif.scenario``: which branch (evol | autoif) feeds judge, score, select and finetune."""
-    from evolforge.core.params import load_section
-
-    return load_section(params, "autoif").scenario
+# the scenario switch lives in evolforge.build.scenario (pick_scenario imports it without the LLM layer)
+from evolforge.build.scenario import SCENARIOS, read_scenario  # noqa: E402,F401  (part of this module's API)
