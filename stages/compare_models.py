@@ -35,7 +35,7 @@ def main() -> None:
 
     params = load_params(args.params)
     cfg = load_section(params, "compare")
-    items, _ = build_seed(args.instructions, limit=cfg.limit, seed=cfg.seed)
+    items = build_seed(args.instructions, limit=cfg.limit, seed=cfg.seed)[0]
     prompts = PromptLibrary(args.prompts)
     cache = open_cache(params)
     base = load_role(params, "base")

@@ -132,3 +132,13 @@ def test_shipped_params_run_the_evol_path(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["autoif"]["scenario"] == "evol"  # `make run` builds the evolved data; AutoIF is an experiment
     assert set(LINEAGE) <= set(EVOL.columns)
+
+
+def test_compare_instructions_are_held_out(repo):
+    """The W/T/L set must not contain a seed the fine-tuned model could have been trained on."""
+    def instructions(name: str) -> set[str]:
+        lines = (repo / "data/seeds" / name).read_text(encoding="utf-8").splitlines()
+        return {" ".join(json.loads(line)["instruction"].lower().split()) for line in lines if line.strip()}
+
+    held_out = instructions("compare.jsonl")
+    assert len(held_out) == 20 and not held_out & instructions("demo.jsonl")
