@@ -142,3 +142,32 @@ def test_compare_instructions_are_held_out(repo):
 
     held_out = instructions("compare.jsonl")
     assert len(held_out) == 20 and not held_out & instructions("demo.jsonl")
+
+
+def test_compare_stage_runs_on_tiny_models(tmp_path, repo, monkeypatch, capsys):
+    """The stage as dvc.yaml runs it: models/sft against roles.base, judged in both orders, counts in metrics."""
+    from tiny import build_random_llama, pseudo_words
+
+    words = pseudo_words(120)
+    texts = [" ".join(words[i:i + 12]) for i in range(0, 108)]  # a small corpus keeps tokenizer training quick
+    small = {"vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "texts": texts}
+    build_random_llama(tmp_path / "models/base", seed=0, **small)
+    from transformers import AutoTokenizer  # the same tokenizer for the second model: one tokenizer training
+
+    build_random_llama(tmp_path / "models/sft", seed=1, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "models/base"))
+    (tmp_path / "prompts").symlink_to(repo / "prompts")
+    (tmp_path / "data/seeds").mkdir(parents=True)
+    (tmp_path / "data/seeds/compare.jsonl").write_text((repo / "data/seeds/compare.jsonl").read_text())
+    roles = {"base": {"backend": "hf", "model": "models/base"},
+             "judge": {"backend": "hf", "model": "models/base", "temperature": 0.0, "max_tokens": 6}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "cache": {"path": str(tmp_path / "cache.sqlite")}, "roles": roles,
+        "compare": {"limit": 3, "max_tokens": 6, "both_orders": True}}))
+    code, err = run_stage(tmp_path, "compare_models.py", monkeypatch, capsys)
+    assert code == 0, err[-2000:]
+    metrics = json.loads((tmp_path / "metrics/compare.json").read_text())
+    assert metrics["win"] + metrics["tie"] + metrics["lose"] == metrics["items"] == 3
+    assert metrics["calls"]["judge"] == 6  # three pairs, both orders
+    table = read_table(tmp_path / "data/compare")
+    assert table.height == 3 and set(table["verdict"]) <= {"win", "tie", "lose"}
+    assert table["answer_tuned"].to_list() != table["answer_other"].to_list()  # two different models answered
