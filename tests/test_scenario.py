@@ -150,11 +150,12 @@ def test_compare_stage_runs_on_tiny_models(tmp_path, repo, monkeypatch, capsys):
 
     words = pseudo_words(120)
     texts = [" ".join(words[i:i + 12]) for i in range(0, 108)]  # a small corpus keeps tokenizer training quick
-    small = {"vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "texts": texts}
-    build_random_llama(tmp_path / "models/base", seed=0, **small)
+    small = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+    build_random_llama(tmp_path / "models/base", seed=0, vocab_size=300, texts=texts, **small)
     from transformers import AutoTokenizer  # the same tokenizer for the second model: one tokenizer training
 
-    build_random_llama(tmp_path / "models/sft", seed=1, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "models/base"))
+    build_random_llama(tmp_path / "models/sft", seed=1, tokenizer=AutoTokenizer.from_pretrained(tmp_path / "models/base"),
+                       **small)
     (tmp_path / "prompts").symlink_to(repo / "prompts")
     (tmp_path / "data/seeds").mkdir(parents=True)
     (tmp_path / "data/seeds/compare.jsonl").write_text((repo / "data/seeds/compare.jsonl").read_text())
