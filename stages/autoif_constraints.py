@@ -20,6 +20,7 @@ from evolforge.core.cache import open_cache
 from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import FAILED, write_json, write_output
+from evolforge.core.errors import run_stage
 from evolforge.llm import open_role
 
 
@@ -64,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

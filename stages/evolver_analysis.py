@@ -23,6 +23,7 @@ from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table, write_json
+from evolforge.core.errors import run_stage
 from evolforge.llm import open_llm, open_role
 
 
@@ -72,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

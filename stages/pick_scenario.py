@@ -1,15 +1,20 @@
 """pick_scenario stage: the answered pool that dedup/judge/score/select read, from the branch `scenario` names.
 
-Reads:  params.yaml `autoif.scenario` (evol | autoif); data/responses/ (evol) or data/autoif/responses/ (autoif)
-Writes: data/pool/items.parquet (the chosen table, unchanged), meta.json (scenario and source);
-        metrics/pool.json (scenario, items, items per method)
+Reads:  params.yaml `autoif.scenario` (evol | autoif), `autoif.on_empty` (evol | fail);
+        data/responses/ (evol) and data/autoif/responses/ (autoif)
+Writes: data/pool/items.parquet (the chosen table, unchanged), meta.json (scenario, source, fallback);
+        metrics/pool.json (scenario, source, fallback, items, AutoIF items, items per method)
+With scenario autoif and no AutoIF item left, `on_empty: evol` takes the evol pool and says so (fallback in
+the metrics and meta, a warning on stderr); `on_empty: fail` stops with that message.
 """
 
 import argparse
+import sys
 
-from evolforge.build.autoif import read_scenario
+from evolforge.build.scenario import pick_pool
 from evolforge.core import validation
-from evolforge.core.params import load_params
+from evolforge.core.errors import run_stage
+from evolforge.core.params import load_params, load_section
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
 
 
@@ -22,17 +27,22 @@ def main() -> None:
     ap.add_argument("--metrics", default="metrics/pool.json")
     args = ap.parse_args()
 
-    scenario = read_scenario(load_params(args.params))
-    source = {"evol": args.evol, "autoif": args.autoif}[scenario]
-    table = read_table(source)
-    validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), source)
+    cfg = load_section(load_params(args.params), "autoif")
+    evol, autoif = read_table(args.evol), read_table(args.autoif)
+    pool = pick_pool(cfg.scenario, evol, autoif, cfg.on_empty, evol_source=args.evol, autoif_source=args.autoif)
+    table = pool.table
+    validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), pool.source)
     if table.is_empty():
-        raise SystemExit(f"{source}: no answered items for scenario {scenario!r} (see its stages' metrics: were they skipped, or was nothing verified?)")
+        raise validation.DataError(pool.source, "non-empty pool", detail=f"no answered items for scenario {cfg.scenario!r}")
     per_method = {m: int(n) for m, n in table.group_by("method").len().sort("method").iter_rows()}
-    write_output(args.out, table, meta={"scenario": scenario, "source": source})
-    write_json(args.metrics, {"scenario": scenario, "items": table.height, "per_method": per_method})
-    print(f"pick_scenario: {scenario}: {table.height} items from {source}")
+    write_output(args.out, table, meta={"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback})
+    write_json(args.metrics, {"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback,
+                              "items": table.height, "autoif_items": autoif.height, "per_method": per_method})
+    if pool.fallback:
+        print(f"pick_scenario: WARNING: scenario autoif fell back to {pool.source} ({pool.fallback}); "
+              f"set autoif.on_empty: fail to stop instead", file=sys.stderr)
+    print(f"pick_scenario: {pool.scenario}: {table.height} items from {pool.source}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

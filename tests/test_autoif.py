@@ -67,12 +67,19 @@ def test_collect_constraints_dedups_and_keeps_reasons():
     ('{"cases": [{"input": "x", "output": true}]}', False, "missing_func"),
     ('{"func": "def check(r): return True", "cases": [{"input": "x", "output": true}]}', False, "no_evaluate_function"),
     ('{"func": "def evaluate(r): return True", "cases": [{"input": "x", "output": "maybe"}, {"output": true}]}', False, "no_valid_cases"),
+    # what SmolLM2-135M-Instruct writes: a Python block, no JSON, no cases
+    ("```python\ndef evaluate(response):\n    return bool(response)\n```", False, "function_without_cases"),
+    ("def evaluate(response):\n    return ',' not in response\nThis checks commas.", False, "function_without_cases"),
+    # a Python block and the cases as JSON beside it: both are used
+    ("```python\nimport re\ndef evaluate(response):\n    return ',' not in response\n```\n"
+     '```json\n{"cases": [{"input": "a, b", "output": false}]}\n```', True, None),
 ])
 def test_parse_verification(text, ok, reason):
     parsed, why = parse_verification(text)
     assert (parsed is not None, why) == (ok, reason)
     if ok:
         assert "def evaluate" in parsed.func and all(isinstance(e, bool) for _, e in parsed.cases)
+        assert "```" not in parsed.func
 
 
 def test_extract_json_reads_literal_newline_escapes_and_raw_newlines():

@@ -107,7 +107,8 @@ def test_repro_noop_and_experiments(workdir):
     out = run(["dvc", "repro"], work, env)
     ran = stages_run(out)
     for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "dedup",
-                  "decontaminate", "judge", "score", "diversity", "select", "finetune", "evaluate_base", "evaluate", "report"):
+                  "decontaminate", "judge", "score", "diversity", "select", "finetune", "evaluate_base", "evaluate", "report",
+                  "autoif_constraints", "autoif_verify", "autoif_respond", "pick_scenario", "compare"):
         assert stage in ran
     assert (work / "models/SmolLM2-135M-Instruct/model.safetensors").is_file()  # the shipped model, converted
     identity = json.loads((work / "models/identity.json").read_text())
@@ -133,6 +134,11 @@ def test_repro_noop_and_experiments(workdir):
     assert (work / "reports/index.html").stat().st_size > 10_000  # the offline report page
     assert "gsm8k/exact_match_flexible" in metric(work, "eval_base.json")["base"]
     assert "humaneval/pass@1" in metric(work, "eval.json")["finetuned"]  # model-written code ran in the sandbox
+    # scenario evol: the AutoIF stages cost nothing and the pool is the evolved data as it is
+    assert all(metric(work, f"autoif/{n}.json")["skipped"] for n in ("constraints", "verify", "respond"))
+    assert metric(work, "pool.json")["scenario"] == "evol" and metric(work, "pool.json")["items"] == responses["items"]
+    compare = metric(work, "compare.json")
+    assert compare["win"] + compare["tie"] + compare["lose"] + compare["unjudged"] == 10  # compare.limit
     commit(work, env, "built")
 
     # nothing changed: only the models and seed stages look (they always do) and rewrite their outputs unchanged
@@ -142,7 +148,7 @@ def test_repro_noop_and_experiments(workdir):
 
     # a selection experiment reruns select and what trains on its output; the base is not benchmarked again
     exp = run(["dvc", "exp", "run", "-S", "select.top_fraction=0.25"], work, env)
-    assert set(stages_run(exp)) == {"models", "seed", "select", "finetune", "evaluate", "report"}
+    assert set(stages_run(exp)) == {"models", "seed", "select", "finetune", "evaluate", "compare", "report"}
     assert json.loads((work / "data/selected/meta.json").read_text())["params"]["top_fraction"] == 0.25
 
     # a new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM stage
@@ -190,6 +196,20 @@ def test_repro_noop_and_experiments(workdir):
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,
                            check=True).stdout
     assert '"top_fraction"' in shown and "finetuned" in shown  # an experiment's param and the evaluation rows
+
+    # the AutoIF scenario: its stages run; the tiny model writes no verifiable function, so the pool falls
+    # back to the evolved data, visibly, and nothing after the switch has to rerun
+    exp = run(["dvc", "exp", "run", "-S", "autoif.scenario=autoif", "-S", "autoif.max_constraints=2",
+               "-S", "autoif.functions_per_constraint=2", "-S", "autoif.self_instruct_calls=1"], work, env)
+    ran = stages_run(exp)
+    assert {"autoif_constraints", "autoif_verify", "autoif_respond", "pick_scenario"} <= set(ran)
+    verify = metric(work, "autoif/verify.json")
+    assert verify["skipped"] is False and verify["constraints"] == 2 and verify["samples"] == 4
+    assert sum(verify["constraints_dropped"].values()) + verify["constraints_verified"] == 2
+    pool = metric(work, "pool.json")
+    assert pool["scenario"] == "autoif"
+    if verify["constraints_verified"] == 0:
+        assert pool["fallback"].startswith("no_autoif_items") and "judge" not in ran
 
     # forcing an LLM stage to run again with the same inputs makes no new call
     run(["dvc", "repro", "-f", "-s", "respond"], work, env)

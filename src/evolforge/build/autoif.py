@@ -171,11 +171,42 @@ def extract_json(text: str, key: str | None = None) -> tuple[Any | None, str | N
     return None, "invalid_json" if saw_brace else "no_json"
 
 
+_PY_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def python_function(text: str) -> str | None:
+    """``evaluate`` written as plain Python instead of inside the JSON: the first fenced block that defines
+    it (imports and helpers included), else the unfenced ``def evaluate`` and its indented body."""
+    for match in _PY_FENCE.finditer(text):
+        if re.search(r"^\s*def evaluate\s*\(", match.group(1), re.M):
+            return match.group(1).strip()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"def evaluate\s*\(", line):
+            body = [line]
+            for nxt in lines[i + 1:]:
+                if nxt.strip() and not nxt[0].isspace():
+                    break
+                body.append(nxt)
+            return "\n".join(body).strip()
+    return None
+
+
 def parse_verification(text: str) -> tuple[Verification | None, str | None]:
-    """(function + cases, None) or (None, reason). Expected results may be JSON booleans or "true"/"false"."""
+    """(function + cases, None) or (None, reason). Expected results may be JSON booleans or "true"/"false".
+
+    The JSON object the prompt asks for comes first. Small models often write the function as a Python block
+    instead; that function is used when a JSON object with ``cases`` stands elsewhere in the answer, and the
+    sample fails with ``function_without_cases`` when none does (a function alone cannot be cross-validated)."""
     obj, reason = extract_json(text, key="func")
     if obj is None:
-        return None, reason
+        func = python_function(text)
+        if func is None:
+            return None, reason
+        cases_obj, _ = extract_json(text, key="cases")
+        if cases_obj is None:
+            return None, "function_without_cases"
+        obj = {"func": func, "cases": cases_obj["cases"]}
     func = obj["func"]
     if not isinstance(func, str) or not func.strip():
         return None, "missing_func"
@@ -489,13 +520,6 @@ def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: Aut
         response_verified=pl.col("pass_rate") >= settings.response_min_pass)
 
 
-# --- the scenario switch ----------------------------------------------------------------------------
 
-SCENARIOS = ("evol", "autoif")
-
-
-def read_scenario(params: dict[str, Any]) -> str:
-    """``params.yaml autoif.scenario``: which branch (evol | autoif) feeds judge, score, select and finetune."""
-    from evolforge.core.params import load_section
-
-    return load_section(params, "autoif").scenario
+# the scenario switch lives in evolforge.build.scenario (pick_scenario imports it without the LLM layer)
+from evolforge.build.scenario import SCENARIOS, read_scenario  # noqa: E402,F401  (part of this module's API)

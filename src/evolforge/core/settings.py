@@ -307,6 +307,9 @@ class AutoIFSettings:
     """``autoif``: the SLM paper's AutoIF scenario. Paper values in comments; the defaults are scaled down."""
 
     scenario: Literal["evol", "autoif"] = "evol"  # which branch's answers feed dedup, judge, score and select
+    # scenario autoif with no AutoIF item left (nothing verified, every response rejected): evol = train on the
+    # evol pool instead, marked fallback in metrics/pool.json and data/pool/meta.json | fail = stop there
+    on_empty: Literal["evol", "fail"] = "evol"
     self_instruct_calls: PositiveInt = 4  # paper: 100
     new_per_call: PositiveInt = 50  # the count the prompt asks for; paper: 50
     temperature: NonNegativeFloat = 0.7  # paper: 0.7 / 0.95 for self-instruct and verification samples
