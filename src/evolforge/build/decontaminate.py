@@ -17,12 +17,21 @@ An item is flagged when one of its ``ngram`` consecutive tokens (13 by default, 
 equals one of a benchmark problem's, in the instruction (+ input) or in the output. A benchmark text shorter
 than ``ngram`` tokens but at least ``min_tokens`` long counts as one n-gram of its own length (an MBPP prompt
 is often 10-12 words). An n-gram shared by ``boilerplate_problems`` or more reference problems (imports,
-``def check(candidate)``) is boilerplate and ignored. Each flagged item records the benchmark, the problem
-id, the source, the field and the matched n-gram. The optional embedding check flags an instruction whose
+``def check(candidate)``) is boilerplate and ignored.
+
+Reordered clauses keep their pieces but lose the 13 consecutive tokens (a HumanEval docstring's clauses are
+9-11 tokens each). So an item that the contiguous rule leaves clean is also flagged (``ngram_coverage``)
+when the windows of ``paraphrase_ngram`` tokens (8) it shares with one benchmark text cover at least
+``paraphrase_coverage`` (half) of that text's tokens, and at least ``ngram`` of them: as much shared text as
+the contiguous rule asks for, in pieces. Worked example: HumanEval/12 with its three docstring clauses and its
+doctests in another order and the function renamed shares 40 of its 54 tokens in such pieces (0.74).
+
+Each flagged item records the benchmark, the problem id, the source, the field and the matched n-gram (for
+coverage: the covered pieces and the share). The optional embedding check flags an instruction whose
 cosine similarity to a benchmark prompt is at least ``embedding_threshold``.
 
 Cost is linear: token hashes are combined into rolling 64-bit n-gram hashes with numpy over all texts at
-once, looked up in the sorted reference hashes, and every hit is confirmed token by token.
+once, looked up in the sorted reference hashes, and every hit is confirmed token by token (both rules).
 
 >>> tokens("def add_two(a, b):\\n    '''Return a+b.'''")
 ['def', '\\x00fn', 'a', 'b', 'return', 'a', 'b']
@@ -243,15 +252,19 @@ class _Index:
     pos: np.ndarray
 
 
+def _not_boilerplate(h: np.ndarray, problem: np.ndarray, boilerplate: int) -> np.ndarray:
+    """Mask of the reference windows whose hash occurs in fewer than ``boilerplate`` distinct problems."""
+    # distinct problems per hash: drop repeats inside one problem first
+    pair = np.unique(np.stack([h, problem.astype(np.uint64)], axis=1), axis=0)
+    uniq, counts = np.unique(pair[:, 0], return_counts=True)
+    return ~np.isin(h, uniq[counts >= boilerplate])
+
+
 def _index(corpus: _Corpus, values: np.ndarray, seq_problem: np.ndarray, n: int, exact_length: bool,
            boilerplate: int) -> _Index:
     h, seq, pos = corpus.windows(values, n, exact_length)
     problem = seq_problem[seq]
-    # distinct problems per hash: drop repeats inside one problem first
-    pair = np.unique(np.stack([h, problem.astype(np.uint64)], axis=1), axis=0)
-    uniq, counts = np.unique(pair[:, 0], return_counts=True)
-    common = uniq[counts >= boilerplate]
-    keep = ~np.isin(h, common)
+    keep = _not_boilerplate(h, problem, boilerplate)
     h, seq, pos, problem = h[keep], seq[keep], pos[keep], problem[keep]
     order = np.lexsort((pos, seq, h))  # by hash, then first occurrence
     h, seq, pos, problem = h[order], seq[order], pos[order], problem[order]
@@ -264,13 +277,91 @@ def _index(corpus: _Corpus, values: np.ndarray, seq_problem: np.ndarray, n: int,
 class Match:
     problem: int        # index into the problems list
     field: str          # instruction | output
-    ngram: str          # the matched tokens, space-joined (the name placeholder shown as <name>)
+    ngram: str          # the matched tokens, space-joined (the name placeholder shown as <name>); for
+                        # ngram_coverage the covered pieces of the benchmark text, in its order, joined by " ... "
     count: int          # matched windows in the item
+    reason: str = "ngram_overlap"   # ngram_overlap (one shared `ngram`) | ngram_coverage (reordered pieces)
+    coverage: float | None = None   # ngram_coverage: share of the benchmark text's tokens covered
+
+
+def _words(vocab: _Vocab, ids: np.ndarray) -> str:
+    return " ".join("<name>" if vocab.words[i] == NAME else vocab.words[i] for i in ids)
+
+
+def _coverage_matches(items: _Corpus, refs: _Corpus, values: np.ndarray, seq_problem: np.ndarray, todo: np.ndarray,
+                      vocab: _Vocab, config: DecontaminateSettings) -> dict[int, Match]:
+    """Reordered-clause check: for each item in ``todo`` (bool per item) and each benchmark text, the share
+    of the text's tokens that lie in a ``paraphrase_ngram``-token window also present in the item's
+    instruction (or output). Flagged when that share is >= ``paraphrase_coverage`` and the covered tokens
+    number at least ``ngram`` (as much shared text as the contiguous rule asks for, only in pieces).
+    Returns item index -> Match (instruction first, then output; within a field the highest coverage)."""
+    n = int(config.paraphrase_ngram)
+    rh, rseq, rpos = refs.windows(values, n)
+    keep = _not_boilerplate(rh, seq_problem[rseq], config.boilerplate_problems)
+    order = np.argsort(rh[keep], kind="stable")
+    rh, rseq, rpos = rh[keep][order], rseq[keep][order], rpos[keep][order]
+    ih, iseq, ipos = items.windows(values, n)
+    mine = todo[iseq // 2]
+    ih, iseq, ipos = ih[mine], iseq[mine], ipos[mine]
+    if rh.size == 0 or ih.size == 0:
+        return {}
+    lo, hi = np.searchsorted(rh, ih, "left"), np.searchsorted(rh, ih, "right")
+    cnt = hi - lo
+    if not cnt.any():
+        return {}
+    # one row per (item window, reference window) with equal hashes
+    rep = np.repeat(np.arange(ih.size), cnt)
+    ref = lo[rep] + np.arange(rep.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    a_seq, a_pos, b_seq, b_pos = iseq[rep], ipos[rep], rseq[ref], rpos[ref]
+    same = np.ones(rep.size, dtype=bool)
+    for k in range(n):  # confirm token by token: a 64-bit hash collision fails here
+        same &= items.ids[items.starts[a_seq] + a_pos + k] == refs.ids[refs.starts[b_seq] + b_pos + k]
+    if not same.any():
+        return {}
+    # covered positions of each reference text, per item text: the union of its matched windows
+    hits = np.unique(np.stack([a_seq[same], b_seq[same], b_pos[same]], axis=1), axis=0)  # sorted by a, b, pos
+    a, b, pos = hits[:, 0], hits[:, 1], hits[:, 2]
+    new_group = np.ones(a.size, dtype=bool)
+    new_group[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    starts = np.flatnonzero(new_group)
+    step = np.full(a.size, n, dtype=np.int64)  # tokens a window adds beyond the previous one of its group
+    step[:-1] = np.minimum(np.diff(pos), n)
+    step[np.r_[starts[1:] - 1, a.size - 1]] = n  # the last window of a group adds all its n tokens
+    covered = np.add.reduceat(step, starts)
+    g_a, g_b = a[starts], b[starts]
+    share = covered / refs.lengths[g_b]
+    flagged = (covered >= config.ngram) & (share >= config.paraphrase_coverage)
+    best: dict[int, int] = {}  # item seq -> group
+    for g in np.flatnonzero(flagged):
+        s = int(g_a[g])
+        if s not in best or share[g] > share[best[s]]:
+            best[s] = int(g)
+    out: dict[int, Match] = {}
+    ends = np.r_[starts[1:], a.size]
+    for s in sorted(best):  # instruction (even seq) before output of the same item
+        item = s // 2
+        if item in out:
+            continue
+        g = best[s]
+        ref_seq, base = int(g_b[g]), int(refs.starts[g_b[g]])
+        pieces, run_start, run_end = [], None, None
+        for p in pos[starts[g]:ends[g]]:  # merge the group's windows into runs of the reference text
+            if run_end is not None and p < run_end:  # overlapping windows: one piece
+                run_end = max(run_end, int(p) + n)
+                continue
+            if run_end is not None:
+                pieces.append(_words(vocab, refs.ids[base + run_start: base + run_end]))
+            run_start, run_end = int(p), int(p) + n
+        pieces.append(_words(vocab, refs.ids[base + run_start: base + run_end]))
+        out[item] = Match(int(seq_problem[ref_seq]), "instruction" if s % 2 == 0 else "output", " ... ".join(pieces),
+                          int(ends[g] - starts[g]), "ngram_coverage", float(share[g]))
+    return out
 
 
 def ngram_matches(instructions: Sequence[str], outputs: Sequence[str], problems: Sequence[Problem],
                   config: DecontaminateSettings = DecontaminateSettings()) -> list[Match | None]:
-    """The first confirmed benchmark n-gram of each item (instruction first, then output), or None."""
+    """The first confirmed benchmark n-gram of each item (instruction first, then output); for the items
+    without one, the reordered-clause coverage check (``paraphrase_ngram``); None when neither flags."""
     vocab = _Vocab()
     bench_names = set().union(*(p.names for p in problems)) if problems else set()
     ref_seqs, seq_problem = [], []
@@ -318,8 +409,13 @@ def ngram_matches(instructions: Sequence[str], outputs: Sequence[str], problems:
                 confirmed.append((ref_seq, a))
         if confirmed:
             ref_seq, a = confirmed[0]
-            words = " ".join("<name>" if vocab.words[i] == NAME else vocab.words[i] for i in a)
-            out[item] = Match(int(seq_problem_arr[ref_seq]), "instruction" if s % 2 == 0 else "output", words, len(confirmed))
+            out[item] = Match(int(seq_problem_arr[ref_seq]), "instruction" if s % 2 == 0 else "output",
+                              _words(vocab, a), len(confirmed))
+    if config.paraphrase_ngram is not None:
+        todo = np.array([m is None for m in out], dtype=bool)
+        if todo.any():
+            for item, match in _coverage_matches(items, refs, values, seq_problem_arr, todo, vocab, config).items():
+                out[item] = match
     return out
 
 
@@ -361,9 +457,10 @@ def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: Deco
             rows.append(dict.fromkeys(CONTAMINATION_COLUMNS))
         else:
             p = problems[m.problem]
-            rows.append({"contamination_reason": "ngram_overlap", "contamination_benchmark": p.benchmark,
+            rows.append({"contamination_reason": m.reason, "contamination_benchmark": p.benchmark,
                          "contamination_problem_id": p.problem_id, "contamination_source": p.source,
-                         "contamination_field": m.field, "contamination_ngram": m.ngram, "contamination_similarity": None})
+                         "contamination_field": m.field, "contamination_ngram": m.ngram,
+                         "contamination_similarity": m.coverage})
     if config.embedding_threshold is not None and problems:
         if embed is None:
             raise ValueError("decontaminate.embedding_threshold is set but no embedder was given")
