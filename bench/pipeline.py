@@ -56,16 +56,22 @@ class _Instant(asyncio.Protocol):
             length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
             if len(self.buffer) < end + 4 + length:
                 return
+            body = self.buffer[end + 4:end + 4 + length]
             self.buffer = self.buffer[end + 4 + length:]
             if head.startswith(b"get"):
                 self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(MODELS), MODELS))
             else:
-                self.transport.write(RESPONSE)
+                self.transport.write(self.reply(body))
+
+    def reply(self, body: bytes) -> bytes:
+        """The whole HTTP response to one chat completion request body (here always the same answer;
+        bench/stages.py answers per prompt)."""
+        return RESPONSE
 
 
-def serve(port_file: str) -> None:
+def serve(port_file: str, protocol: type[asyncio.Protocol] = _Instant) -> None:
     async def main():
-        server = await asyncio.get_running_loop().create_server(_Instant, "127.0.0.1", 0, backlog=4096)
+        server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0, backlog=4096)
         Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
         await server.serve_forever()
 
@@ -73,9 +79,10 @@ def serve(port_file: str) -> None:
     asyncio.run(main())
 
 
-def start_server() -> tuple[subprocess.Popen, int]:
+def start_server(script: str = __file__) -> tuple[subprocess.Popen, int]:
+    """Run ``script --serve PORT_FILE`` (a script whose ``--serve`` calls :func:`serve`) and wait for its port."""
     port_file = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file)])
+    proc = subprocess.Popen([sys.executable, script, "--serve", str(port_file)])
     for _ in range(200):
         if port_file.exists() and port_file.read_text():
             return proc, int(port_file.read_text())

@@ -1,0 +1,66 @@
+"""Stage-boundary validation: a table that passes is settled without Great Expectations, and every verdict
+(pass, or the rule and rows of the error) is the one Great Expectations gives on the same table and rules."""
+
+import math
+
+import polars as pl
+import pytest
+
+from evolforge.core import validation
+from evolforge.core.validation import DataError
+
+TEXT = pl.DataFrame({"id": ["a", "b", "c"], "instruction": ["Add 2 and 3.", "Name a colour.", "Sort the list."],
+                     "input": [None, "", "3, 1, 2"], "score": [0.0, 55.5, 100.0]})
+
+RULES = (validation.required_columns(["id", "instruction"]) + validation.unique("id")
+         + validation.non_empty_text(["instruction"]) + validation.visible_text(["instruction"])
+         + validation.no_control_characters(["instruction", "input"]) + validation.no_bidi_controls(["instruction", "input"])
+         + validation.between("score", 0, 100))
+
+# (case, table): each breaks at most one rule, at the third row
+CASES = [
+    ("clean", TEXT),
+    ("duplicate id", TEXT.with_columns(id=pl.Series(["a", "b", "a"]))),
+    ("null instruction", TEXT.with_columns(instruction=pl.Series(["Add 2 and 3.", "Name a colour.", None]))),
+    ("blank instruction", TEXT.with_columns(instruction=pl.Series(["Add 2 and 3.", "Name a colour.", " \n"]))),
+    ("zero-width only", TEXT.with_columns(instruction=pl.Series(["Add 2 and 3.", "Name a colour.", "\u200b\u200d"]))),
+    ("ANSI escape in input", TEXT.with_columns(input=pl.Series([None, "", "\x1b[31mred"]))),
+    ("bidi override", TEXT.with_columns(instruction=pl.Series(["Add 2 and 3.", "Name a colour.", "Sort \u202e the list."]))),
+    ("score above range", TEXT.with_columns(score=pl.Series([0.0, 55.5, 100.5]))),
+    ("score NaN", TEXT.with_columns(score=pl.Series([0.0, 55.5, math.nan]))),
+    ("score null", TEXT.with_columns(score=pl.Series([0.0, 55.5, None]))),
+]
+
+
+def verdict(check, table):
+    try:
+        check(table, RULES, "items.parquet")
+    except DataError as err:
+        return err.rule, err.rows
+    return None
+
+
+@pytest.mark.parametrize("case,table", CASES, ids=[c for c, _ in CASES])
+def test_same_verdict_as_great_expectations(case, table):
+    expected = verdict(validation.gx_check, table)
+    assert verdict(validation.check, table) == expected
+    if case in ("clean", "score null", "score NaN"):  # value rules skip nulls (and NaN, which pandas counts as null)
+        assert expected is None
+    else:
+        assert expected is not None and expected[1] in ([3], [1, 3]), (case, expected)
+
+
+def test_passing_table_never_reaches_great_expectations(monkeypatch):
+    def fail(*_):
+        raise AssertionError("Great Expectations was run on a table whose rules hold")
+
+    monkeypatch.setattr(validation, "gx_check", fail)
+    validation.check(pl.concat([TEXT] * 1000).with_row_index("n").with_columns(id=pl.col("n").cast(pl.String)),
+                     RULES, "items.parquet")
+    with pytest.raises(AssertionError, match="Great Expectations"):  # a broken rule still goes there
+        validation.check(CASES[1][1], RULES, "items.parquet")
+
+
+def test_missing_column_named_before_any_value_check():
+    with pytest.raises(DataError, match="column 'instruction' is present"):
+        validation.check(TEXT.drop("instruction"), RULES, "items.parquet")
