@@ -81,8 +81,11 @@ def convert_gguf(gguf: Path, out: Path, context_length: int) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # local_files_only given, not taken from HF_HUB_OFFLINE: the tokenizer records it in tokenizer_config.json,
+    # and the folder's bytes (its identity, hence every cache key) must not depend on the environment
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                  local_files_only=True)
     config = loaded.config
     # The GGUF-loaded object refuses save_pretrained; a fresh model of the same config with its weights saves
     # as an ordinary folder, without the GGUF quantization entry that would send loaders back to the file.
