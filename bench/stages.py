@@ -1,5 +1,5 @@
-"""The whole generation pipeline at scale, stage by stage: seed -> optimize -> evolve x 3 -> respond -> dedup
--> decontaminate -> judge, on synthetic Alpaca-sized seeds, every LLM role answered instantly.
+"""The whole generation pipeline at scale, stage by stage: seed -> optimize -> evolve x 3 -> respond -> (AutoIF,
+skipped under scenario evol) -> pick_scenario -> dedup -> decontaminate -> judge, on synthetic Alpaca-sized seeds, every LLM role answered instantly.
 
 What it does:
 
@@ -56,7 +56,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LINKED = ("src", "stages", "prompts", "dvc.yaml")  # what the copy reads from this checkout
-STAGES = ("seed", "optimize", "evolve", "respond", "dedup", "decontaminate", "judge")  # dvc.yaml names, in order
+STAGES = ("seed", "optimize", "evolve", "respond", "autoif_constraints", "autoif_verify", "autoif_respond",
+          "pick_scenario", "dedup", "decontaminate", "judge")  # dvc.yaml names, in order (AutoIF skips: scenario evol)
 LLM_ROLES = ("evolver", "optimizer", "responder", "judge")
 MODEL = "bench-model"  # what bench/pipeline.py's server lists at GET /models
 CONCURRENCY = 64
@@ -236,6 +237,7 @@ def make_copy(root: Path, n_seeds: int, base_url: str) -> None:
     (root / "models").mkdir()
     (root / "models/identity.json").write_text(json.dumps(identity, indent=2), encoding="utf-8")
     write_seeds(root / "data/seeds/bench.jsonl", range(n_seeds))
+    shutil.copy(REPO / "data/seeds/autoif_constraints.txt", root / "data/seeds/autoif_constraints.txt")
 
 
 def stage_commands(root: Path) -> list[tuple[str, list[str]]]:
