@@ -7,10 +7,12 @@ import runpy
 import sys
 import unicodedata
 
+import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.build.dedup import EXACT, NEAR, DedupSettings, dedup_table, find_duplicates, item_text, survival_order
+from evolforge.build.dedup import (EXACT, NEAR, DedupSettings, dedup_table, find_duplicates, item_text, minhash_signatures,
+                                   shingle_hashes, shingles, survival_order)
 from evolforge.core.text import normalize_text
 from evolforge.core.params import ParamsError, load_section
 
@@ -93,6 +95,39 @@ def test_normalisation_and_survival_order():
     assert survival_order([1, 3, 2, 3], ["a", "b", "c", "d"], [True] * 4) == [1, 3, 2, 0]
     out, _ = dedup_table(table, usable=[True] * 5)
     assert out["duplicate_of"].to_list() == ["b", None, "b", "b", None]
+
+
+def test_shingle_hashes_are_the_shingle_sets():
+    """One hash per shingle (a shorter text is one shingle, an empty one has none), equal shingles hash
+    alike across texts, so hashed Jaccard is the shingle sets' Jaccard."""
+    texts = [normalize_text(t) for t in corpus(40)] + ["", "two words", "one", "a b c", "sum it\n1 2"]
+    hashes, offsets = shingle_hashes(texts, 3)
+    assert offsets.size == len(texts) + 1
+    for k, text in enumerate(texts):
+        assert offsets[k + 1] - offsets[k] == len(shingles(text, 3))
+    sets = [set(shingles(t, 3)) for t in texts]
+    hashed = [set(hashes[offsets[k]:offsets[k + 1]].tolist()) for k in range(len(texts))]
+    assert [len(h) for h in hashed] == [len(s) for s in sets]
+    for i in range(0, len(texts), 7):
+        for j in range(len(texts)):
+            if sets[i] | sets[j]:
+                assert len(hashed[i] & hashed[j]) == len(sets[i] & sets[j]), (texts[i], texts[j])
+    assert shingle_hashes(["one two three four"], 3)[0].tolist() == shingle_hashes(["x one two three", "two three four"], 3)[0][[1, 2]].tolist()
+
+
+def test_signatures_do_not_depend_on_chunking():
+    texts = [normalize_text(t) for t in corpus(30)] + ["", "word " * 50]
+    hashes, offsets = shingle_hashes(texts, 2)
+    whole = minhash_signatures(hashes, offsets, 64, seed=3)
+    assert whole.shape == (len(texts), 64) and (whole[len(texts) - 2] == 0xFFFFFFFF).all()  # no shingles
+    for chunk in (1, 7, 40):  # a text longer than a chunk gets a chunk of its own
+        assert np.array_equal(minhash_signatures(hashes, offsets, 64, seed=3, chunk=chunk), whole)
+    assert not np.array_equal(minhash_signatures(hashes, offsets, 64, seed=4), whole)
+    # a signature value is the minimum of that permutation over the text's shingles, whatever their order
+    k = 5
+    mine = hashes[offsets[k]:offsets[k + 1]]
+    again = minhash_signatures(mine[::-1].copy(), np.array([0, mine.size]), 64, seed=3)
+    assert np.array_equal(again[0], whole[k])
 
 
 def test_config_refuses_bad_values():

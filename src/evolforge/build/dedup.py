@@ -6,9 +6,11 @@ one (:func:`item_text`). The seed stage's exact-duplicate check uses the same ``
 same instruction" means one thing across the pipeline.
 
 Similarity. The Jaccard similarity of two items' sets of word shingles (``shingle_size`` consecutive
-words of the normalised text; a text shorter than that is one shingle). MinHash (datasketch) sketches,
-banded as datasketch's ``MinHashLSH`` bands them (:class:`BandIndex`), propose candidates; each candidate is checked with the exact Jaccard of the two shingle sets, so the sketch can
-only miss a pair (an LSH false negative: below 1 % for a pair exactly at the threshold, see
+words of the normalised text; a text shorter than that is one shingle), each shingle hashed to 64 bits
+(:func:`shingle_hashes`). MinHash sketches of all items at once (:func:`minhash_signatures`, vectorised:
+one sketch object per item cost more CPU than the rest of the stage), banded for LSH (:class:`BandIndex`),
+propose candidates; each candidate is checked with the exact Jaccard of the two shingle sets, so the
+sketch can only miss a pair (an LSH false negative: below 1 % for a pair exactly at the threshold, see
 :func:`lsh_bands`, and fewer above it), never invent one.
 
 Who survives. Items are walked in survival order and an item is removed when an item already kept has
@@ -33,14 +35,12 @@ the same text (Jaccard 1.0): the round-2 item survives and the round-1 item gets
 from __future__ import annotations
 
 
-import zlib
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import polars as pl
-from datasketch import MinHash
-
 
 from evolforge.core.text import normalize_text
 from evolforge.core.settings import DedupSettings
@@ -63,13 +63,88 @@ def shingles(text: str, size: int) -> list[str]:
     return [" ".join(words[i:i + size]) for i in range(len(words) - size + 1)]
 
 
-def shingle_hashes(text: str, size: int) -> np.ndarray:
-    """Sorted unique 32-bit hashes (CRC-32 of UTF-8) of the text's shingles.
+_P = np.uint64(0x100000001B3)  # the shingle hash's multiplier (odd, so no word's value is lost mod 2^64)
 
-    32 bits is what datasketch's default MinHash scheme takes; a collision between two different shingles
-    of one compared pair is a ~1e-7 event and only nudges that pair's Jaccard.
+
+def _polynomial(values: np.ndarray, size: int) -> np.ndarray:
+    """``sum_j values[i + j] * P^(size-1-j) mod 2^64`` for every window start i."""
+    count = values.size - size + 1
+    h = np.zeros(max(count, 0), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(size):
+            h = h * _P + values[j:j + count]
+    return h
+
+
+def _word_values(words: pl.Series) -> np.ndarray:
+    """A fixed 64-bit value per word (blake2b of its UTF-8: the same on every run and machine), hashed
+    once per distinct word."""
+    distinct = words.unique(maintain_order=True)
+    table = np.fromiter((int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
+                         for w in distinct.to_list()), dtype=np.uint64, count=len(distinct))
+    index = words.replace_strict(distinct, np.arange(len(distinct)), return_dtype=pl.Int64)
+    return table[index.to_numpy()]
+
+
+def shingle_hashes(texts: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every text's word shingles (:func:`shingles`), concatenated, with each text's slice
+    ``[offsets[k], offsets[k + 1])`` of them (empty for an empty text).
+
+    A shingle's hash is the polynomial of its words' values (one fixed 64-bit value per word, see
+    :func:`_polynomial`): two different shingles share one with probability about 2^-64, so set sizes and
+    Jaccard are the shingle sets' own. Texts split at single spaces and at :func:`item_text`'s newline,
+    which is all the whitespace ``normalize_text`` leaves (empty pieces are dropped).
     """
-    return np.unique(np.fromiter((zlib.crc32(s.encode("utf-8")) for s in shingles(text, size)), dtype=np.uint32))
+    words = pl.Series(texts, dtype=pl.String).str.replace_all("\n", " ", literal=True).str.split(" ")
+    words = words.list.eval(pl.element().filter(pl.element() != ""))
+    lengths = words.list.len().to_numpy().astype(np.int64)
+    flat = words.explode().drop_nulls()
+    values = _word_values(flat) if len(flat) else np.zeros(0, np.uint64)
+    starts = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    counts = np.where(lengths > size, lengths - size + 1, np.minimum(lengths, 1))  # shingles per text
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    windows = _polynomial(values, size)
+    # shingle t of a text of >= size words is the window starting at its word t
+    source = np.arange(int(offsets[-1])) + np.repeat(starts[:-1] - offsets[:-1], counts)
+    out = windows[np.minimum(source, windows.size - 1)] if windows.size else np.zeros(source.size, np.uint64)
+    for k in np.flatnonzero((lengths > 0) & (lengths < size)):  # a shorter text is one shingle: all its words
+        out[offsets[k]] = _polynomial(values[starts[k]:starts[k + 1]], int(lengths[k]))[0]
+    return out, offsets
+
+
+def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int,
+                       chunk: int = 1 << 14) -> np.ndarray:
+    """MinHash signature (``num_perm`` uint32 values) of every text's shingle hashes: value k of a text is
+    the minimum over its shingles x of ``h_k(fold(x))``, with ``fold(x)`` the xor of x's two 32-bit halves
+    and ``h_k(y) = ((a_k * y + b_k) mod 2^64) >> 32`` (multiply-add-shift: a universal family on 32-bit
+    keys; a_k, b_k drawn from ``seed``). A text without shingles gets all ones. Work is done ``chunk``
+    shingles at a time, so memory stays at ``chunk * num_perm`` words."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    keys = (hashes ^ (hashes >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+    out = np.full((offsets.size - 1, num_perm), 0xFFFFFFFF, dtype=np.uint32)
+    nonempty = np.flatnonzero(offsets[1:] > offsets[:-1])
+    ends = offsets[nonempty + 1]
+    buffer = np.empty((num_perm, chunk), dtype=np.uint64)  # permutations x shingles, reduced along rows
+    k = 0
+    while k < nonempty.size:  # whole texts per chunk: at least one, then as many as fit in `chunk` shingles
+        lo = int(offsets[nonempty[k]])
+        stop = max(int(np.searchsorted(ends, lo + chunk, side="right")), k + 1)
+        texts = nonempty[k:stop]
+        hi = int(ends[stop - 1])
+        if hi - lo > buffer.shape[1]:  # one text longer than a chunk
+            buffer = np.empty((num_perm, hi - lo), dtype=np.uint64)
+        permuted = buffer[:, :hi - lo]
+        with np.errstate(over="ignore"):
+            np.multiply(a[:, None], keys[None, lo:hi], out=permuted)
+            permuted += b[:, None]
+        permuted >>= np.uint64(32)
+        out[texts] = np.minimum.reduceat(permuted, offsets[texts] - lo, axis=1).T
+        k = stop
+    return out
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -98,15 +173,10 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[in
     return best
 
 
-def _identity(value):  # shingles arrive hashed; MinHash must not hash them again
-    return int(value)
-
-
 class BandIndex:
     """LSH buckets over MinHash signatures: band k of a signature is its values ``k*rows .. (k+1)*rows - 1``,
-    and a query returns every inserted item that shares a band with it -- the candidates datasketch's
-    ``MinHashLSH(params=(bands, rows))`` proposes, from one dict lookup per band (datasketch's per-band
-    calls cost about 200 us an item: a third of a 52k-seed pipeline's CPU).
+    and a query returns every inserted item that shares a band with it (one dict lookup per band). Band
+    keys are the band's values as one opaque bytes record, so only an exact band match is a candidate.
 
     >>> index = BandIndex(bands=2, rows=2)
     >>> index.insert(7, index.keys(np.array([1, 2, 3, 4], dtype=np.uint64)))
@@ -161,35 +231,53 @@ def survival_order(rounds: Sequence[int], ids: Sequence[str], usable: Sequence[b
     return sorted(range(len(ids)), key=lambda i: (not usable[i], -int(rounds[i]), ids[i]))
 
 
+def _shared_bands(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Mask of the texts that share at least one band with another text (a 64-bit digest of each band's
+    values: a digest collision only marks a text for the exact check, it never hides a pair)."""
+    shared = np.zeros(len(signatures), dtype=bool)
+    with np.errstate(over="ignore"):
+        for band in range(bands):
+            digest = np.zeros(len(signatures), dtype=np.uint64)
+            for column in signatures[:, band * rows:(band + 1) * rows].T:
+                digest = digest * _P ^ column.astype(np.uint64)
+            _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
+            shared |= counts[inverse] > 1
+    return shared
+
+
 def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSettings = DedupSettings()) -> Duplicates:
     """Greedy near-duplicate removal over normalised ``texts``, walking them in ``order``.
 
-    Empty texts take no part (nothing to compare; selection's guards drop them). Time is linear in the
+    Empty texts take no part (nothing to compare; selection's guards drop them). Sketches are computed for
+    all texts at once; a text that shares no LSH band with any other text can have no candidate and is
+    kept without a lookup, so the walk visits only the texts that share a band. Time is linear in the
     number of items plus the candidate pairs LSH proposes.
     """
     n = len(texts)
     duplicate_of: list[int | None] = [None] * n
     similarity: list[float | None] = [None] * n
     reason: list[str | None] = [None] * n
-    lsh = BandIndex(*lsh_bands(config.threshold, config.num_perm))
-    template = MinHash(num_perm=config.num_perm, seed=config.seed, hashfunc=_identity)
-    kept_hashes: dict[int, np.ndarray] = {}
+    bands, rows = lsh_bands(config.threshold, config.num_perm)
+    hashes, offsets = shingle_hashes(texts, config.shingle_size)
+    signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
+    walked = _shared_bands(signatures, bands, rows) & (offsets[1:] > offsets[:-1])
+    walk = [i for i in order if walked[i]]
+    band_keys = dict(zip(walk, signatures[walk].view(f"V{4 * rows}").tolist()))
+    lsh = BandIndex(bands, rows)
+    shingle_set = lambda i: np.unique(hashes[offsets[i]:offsets[i + 1]])  # noqa: E731
+    kept_sets: dict[int, np.ndarray] = {}
     rank = {i: r for r, i in enumerate(order)}
     exact_owner: dict[str, int] = {}
-    for i in order:
+    for i in walk:
         text = texts[i]
-        if not text:
-            continue
-        if text in exact_owner:  # the common case costs a dict lookup, not a sketch
+        if text in exact_owner:  # the common case costs a dict lookup, not a comparison
             duplicate_of[i], similarity[i], reason[i] = exact_owner[text], 1.0, EXACT
             continue
-        hashes = shingle_hashes(text, config.shingle_size)
-        sketch = template.copy()
-        sketch.update_batch(hashes)
-        keys = lsh.keys(sketch.hashvalues)
+        keys = band_keys[i]
+        mine = shingle_set(i)
         best, best_j = None, -1.0
         for j in lsh.query(keys):
-            score = jaccard(hashes, kept_hashes[j])
+            score = jaccard(mine, kept_sets[j])
             if score > best_j or (score == best_j and rank[j] < rank[best]):
                 best, best_j = j, score
         if best is not None and best_j >= config.threshold:
@@ -197,7 +285,7 @@ def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSet
             reason[i] = EXACT if best_j == 1.0 and texts[best] == text else NEAR
             continue
         lsh.insert(i, keys)
-        kept_hashes[i] = hashes
+        kept_sets[i] = mine
         exact_owner[text] = i
     return Duplicates(duplicate_of, similarity, reason)
 

@@ -71,6 +71,7 @@ CHATTER_PATTERNS = tuple(re.compile(p) for p in (
     r"^(sure|certainly|of course|okay|ok|absolutely)\b\s*[,!.]",
     r"\bhere(?:'s| is) (?:the|a|an|my|your) (?:new|rewritten|revised|created|updated|modified|more complex)\b",
 ))
+_ANY_CHATTER = re.compile("|".join(f"(?:{p.pattern})" for p in CHATTER_PATTERNS))  # one scan, not ten
 
 # not_an_instruction (this project): words that open a request. A text asks for something when it has
 # a question mark, a sentence that opens with a request word or an imperative verb, a clause after a
@@ -146,8 +147,10 @@ def repeated_ngram_fraction(text: str, n: int = 3) -> float:
     0.5
     """
     words = text.lower().split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+    grams = len(words) - n + 1
+    if grams <= 0:
+        return 0.0
+    return 1.0 - len(set(zip(*(words[i:] for i in range(n))))) / grams
 
 
 def compression_ratio(text: str) -> float:
@@ -166,8 +169,7 @@ def is_repetitive(text: str, test: RepetitionTest = RepetitionTest()) -> bool:
 
 def is_chatter(text: str) -> bool:
     """The text talks to the user about the task ("What would you like ...?", "I'm ready ...")."""
-    low = _normalise(text)
-    return any(p.search(low) for p in CHATTER_PATTERNS)
+    return _ANY_CHATTER.search(_normalise(text)) is not None
 
 
 _SENTENCES = re.compile(r"[.!;:\n]+")
