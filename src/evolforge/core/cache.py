@@ -113,8 +113,12 @@ def cache_key(
         payload["engine"] = dict(engine)
     if constraint:
         payload["constraint"] = dict(constraint)
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_KEY_JSON(payload).encode("utf-8")).hexdigest()
+
+
+# json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":")), without building an
+# encoder per call (the same bytes: keys must never change)
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode
 
 
 class CallCache:

@@ -106,8 +106,12 @@ def request_seed(request: ChatRequest) -> int:
               "max_tokens": request.max_tokens, "seed": request.seed, "sample_index": request.sample_index}
     if request.choices is not None:  # only then: unconstrained requests keep the seeds they always had
         fields["choices"] = request.choices
-    blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
+    blob = _SEED_JSON(fields)
     return int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:15], 16)
+
+
+# json.dumps(fields, sort_keys=True, ensure_ascii=False), without building an encoder per call
+_SEED_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 
 
 class LLM:
