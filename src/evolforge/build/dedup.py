@@ -264,7 +264,6 @@ def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSet
     walk = [i for i in order if walked[i]]
     band_keys = dict(zip(walk, signatures[walk].view(f"V{4 * rows}").tolist()))
     lsh = BandIndex(bands, rows)
-    shingle_set = lambda i: np.unique(hashes[offsets[i]:offsets[i + 1]])  # noqa: E731
     kept_sets: dict[int, np.ndarray] = {}
     rank = {i: r for r, i in enumerate(order)}
     exact_owner: dict[str, int] = {}
@@ -274,7 +273,7 @@ def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSet
             duplicate_of[i], similarity[i], reason[i] = exact_owner[text], 1.0, EXACT
             continue
         keys = band_keys[i]
-        mine = shingle_set(i)
+        mine = np.unique(hashes[offsets[i]:offsets[i + 1]])  # the exact set, for the exact Jaccard
         best, best_j = None, -1.0
         for j in lsh.query(keys):
             score = jaccard(mine, kept_sets[j])

@@ -398,7 +398,10 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self._key.value}"
         # trust_env=False: no proxy or .netrc look-up per request (each one costs a thread hand-off);
         # servers are reached directly
-        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, headers=headers)
+        # DummyCookieJar: an API sets no cookies worth keeping, and the default jar is consulted on every
+        # request and response
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, headers=headers,
+                                     cookie_jar=aiohttp.DummyCookieJar())
 
     async def _serve(self, requests: Sequence[ChatRequest], done: Finished, run: "_Run") -> None:
         slots = self.concurrency * len(self.base_urls)
