@@ -81,6 +81,10 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
     write_json(metrics / "eval_base.json", {"base": benchmarks, "skipped": {}})
     write_json(metrics / "eval.json", {"finetuned": {k: v + 0.05 for k, v in benchmarks.items()}, "skipped": {}})
     steps = [{"step": 0, "failure_rate": 0.5, "best_failure_rate": 0.5}, {"step": 1, "failure_rate": 0.25, "best_failure_rate": 0.25}]
+    write_json(metrics / "pool.json", {"scenario": "evol", "source": "data/responses", "items": table.height,
+                                       "autoif_items": 0, "fallback": None, "per_method": {"seed": table.height}})
+    write_json(metrics / "compare.json", {"against": "base", "items": 10, "win": 6, "tie": 3, "lose": 1, "unjudged": 0,
+                                          "win_rate": 0.6, "lose_rate": 0.1, "both_orders": True})
     write_json(metrics / "optimize.json", {"skipped": False, "per_step": steps, "steps_run": 1, "stop_reason": "steps"})
     write_json(metrics / "plots" / "optimize.json", steps)
     curve = [{"step": s, "loss": 2.0 - 0.2 * s} for s in range(1, 7)]

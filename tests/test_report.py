@@ -128,6 +128,9 @@ def test_report_page_one_and_two_versions(version, tmp_path):
     # nothing the browser would fetch: no src / href attributes, no CSS url()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page) and "url(" not in page.split("<style>")[-1]
     assert "models/identity.json" in page and "evolver-model" in page
+    assert "<h2>Scenario</h2>" in page and "<td>scenario</td><td>evol</td>" in page
+    assert "<h2>Pairwise comparison</h2>" in page  # win, tie, lose of the fixture's 10 prompts
+    assert '<td>base</td><td class="num">10</td><td class="num">6</td><td class="num">3</td><td class="num">1</td>' in page
 
     both = build_report(tmp_path / "compare.html", [str(root), str(other)], ["A", "B"]).read_text(encoding="utf-8")
     assert both.count("<ol class='chain'") == 40 and "<h3>A</h3>" in both and "<h3>B</h3>" in both
@@ -155,6 +158,7 @@ def test_dataset_card_and_datasets_folder(version):
     for section in ("## How it was made", "### Models", "### Prompt templates", "### Counts per stage", "## Known limitations"):
         assert section in text
     assert "Demo seeds only." in text and "evolver-model" in text and "e" * 64 in text
+    assert "**Scenario**: `evol`, " in text and " items from `data/responses`." in text
     assert f"| 1 | {expected['seeds']} | {expected['evolved'][1]} | {expected['failed'][1]} |" in text
 
     ds = datasets.load_dataset(str(root / "data" / "selected"))["train"]
@@ -163,6 +167,19 @@ def test_dataset_card_and_datasets_folder(version):
     assert ds[0]["id"] == selected["id"][0]
     assert [m["role"] for m in ds[0]["messages"]] == ["user", "assistant"]
     assert ds[0]["messages"][1]["content"] == selected["output"][0]
+
+
+def test_card_scenario_line(tmp_path):
+    from evolforge.build.card import _scenario_line
+
+    assert "not recorded" in _scenario_line(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "pool.json").write_text(json.dumps(
+        {"scenario": "autoif", "source": "data/responses", "items": 40, "autoif_items": 0,
+         "fallback": "no_autoif_items: 0 verified constraints"}))
+    line = _scenario_line(tmp_path)
+    assert line.startswith("**Scenario**: `autoif`, 40 items from `data/responses`")
+    assert "evolved one was used" in line and "0 verified constraints" in line and "verified by AutoIF" not in line
 
 
 def test_card_settings_are_checked():

@@ -111,6 +111,20 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _scenario_line(root: Path) -> str:
+    """Which pool was deduplicated, judged and selected from (``metrics/pool.json``, stage pick_scenario)."""
+    path = root / "metrics" / "pool.json"
+    pool = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not pool:
+        return "**Scenario**: not recorded (no `metrics/pool.json`)."
+    line = f"**Scenario**: `{pool.get('scenario', '?')}`, {pool.get('items', '?')} items from `{pool.get('source', '?')}`"
+    if pool.get("autoif_items"):
+        line += f", of them {pool['autoif_items']} verified by AutoIF (their constraints checked by code)"
+    if pool.get("fallback"):
+        line += f"; the AutoIF pool was empty, so the evolved one was used (`autoif.on_empty: evol`): {pool['fallback']}"
+    return line + "."
+
+
 def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings) -> str:
     """The README.md text: YAML header, then how the data was made."""
     from evolforge.report.collect import funnel, provenance
@@ -146,13 +160,14 @@ def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettin
         + (f", limit {seed_cfg['limit']}" if seed_cfg.get("limit") else "") + ".",
         f"**Evolution**: strategy `{evolve_cfg.get('strategy', '?')}`, rounds "
         f"{', '.join(name for name, _ in rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`.",
+        _scenario_line(root),
         "**Selection**: " + ", ".join(f"`{k}`: {_cell(v)}" for k, v in sorted(select_cfg.items())) + ".",
         "### Models\n\n" + _md_table(["role", "backend", "model", "revision", "identity"], models),
         "### Prompt templates (sha256 prefixes)\n\n" + _md_table(["stage", "model", "templates"], prompts),
         "### Counts per stage\n\nSeeds in, then per round: items in, evolved, failed (by reason), answered, kept after "
         "deduplication / decontamination (when run), judged, selected.\n\n"
         + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered", "kept", "judged", "selected"], counts),
-        "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k] for k in ("seed", "evolve", "respond", "judge", "score", "select")
+        "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k] for k in ("seed", "evolve", "respond", "autoif", "judge", "score", "select")
                                                        if k in params}, sort_keys=True) + "```",
         "## Columns\n\n" + _md_table(["column", "meaning"], columns),
         "## Known limitations\n\n" + limitations,

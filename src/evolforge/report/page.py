@@ -130,6 +130,31 @@ def eval_table(v: dict) -> str:
     return table(["metric", "base", "fine-tuned", "difference"], rows) + note
 
 
+def scenario_html(v: dict) -> str:
+    """Which pool went on to dedup (``metrics/pool.json``, stage pick_scenario)."""
+    pool = v["metrics"].get("pool")
+    if not pool:
+        return '<p class="missing">no pick_scenario metrics in this version</p>'
+    rows = [f"<tr><td>{esc(k)}</td><td>{esc(pool.get(k))}</td></tr>"
+            for k in ("scenario", "source", "items", "autoif_items", "fallback") if k in pool]
+    per_method = pool.get("per_method") or {}
+    if per_method:
+        rows.append(f"<tr><td>items per method</td><td>{reasons(per_method)}</td></tr>")
+    return table(["", "value"], rows)
+
+
+def compare_table(v: dict) -> str:
+    """The pairwise judge's verdicts on the held-out prompts (``metrics/compare.json``, stage compare)."""
+    cmp = v["metrics"].get("compare")
+    if not cmp:
+        return '<p class="missing">no compare metrics in this version</p>'
+    rows = [f"<tr><td>{esc(cmp.get('against'))}</td>{num(cmp.get('items'))}{num(cmp.get('win'))}{num(cmp.get('tie'))}"
+            f"{num(cmp.get('lose'))}{num(cmp.get('unjudged'))}{num(cmp.get('win_rate'))}{num(cmp.get('lose_rate'))}"
+            f"<td>{esc('both' if cmp.get('both_orders') else 'one')}</td></tr>"]
+    return table(["fine-tuned vs", "prompts", "win", "tie", "lose", "unjudged", "win rate", "lose rate",
+                  "answer orders judged"], rows)
+
+
 def chains_html(v: dict) -> str:
     if not v["chains"]:
         return '<p class="missing">no seed or rounds in this version</p>'
@@ -230,6 +255,8 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
     sections = [
         ("Funnel per round", "seeds → evolved / failed by reason → answered → deduplicated / decontaminated → judged → selected",
          side_by_side(versions, funnel_table)),
+        ("Scenario", "the pool that went on to dedup: evolved instructions (evol) or AutoIF's verified items (autoif)",
+         side_by_side(versions, scenario_html)),
         ("Evolution and optimization", "", charts_html(versions, ["evolve_failures", "optimize"])),
         ("Difficulty per round", "judge labels (counts) and their share per round",
          side_by_side(versions, levels_table) + charts_html(versions, ["difficulty_levels"])),
@@ -239,6 +266,8 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
         ("Selected examples: lowest selection metric", "", side_by_side(versions, lambda v: examples_table(v, "bottom"))),
         ("Fine-tuning and evaluation", "base model vs the model tuned on this selection",
          charts_html(versions, ["train_loss"]) + side_by_side(versions, eval_table)),
+        ("Pairwise comparison", "the judge's verdicts, fine-tuned model against the other, on held-out prompts",
+         side_by_side(versions, compare_table)),
         ("Sample lineage chains", "seed → last round: the method tried at each round, and why an attempt failed",
          side_by_side(versions, chains_html)),
         ("Models and prompts", "each stage's model, its identity and the hashes of the prompt templates it rendered",
