@@ -262,3 +262,22 @@ def test_llm_settings_refuse_unknown_keys_and_bad_values():
         load_section({"llm": {"max_failure_rat": 0.1}}, "llm")
     with pytest.raises(ValueError, match="llm.max_failure_rate: got 1.5"):
         load_section({"llm": {"max_failure_rate": 1.5}}, "llm")
+
+
+def test_keys_and_seeds_never_change():
+    """Golden values: a key or a seed that changes makes every user's cached completion unreachable (a paid
+    recompute) and every sampled completion different, so the encoding of both is pinned here."""
+    from evolforge.llm import request_seed
+
+    assert cache_key(backend="hf", model={"weights_sha256": "ab" * 32}, engine={"dtype": "float32", "device": "cpu"},
+                     messages=[{"role": "user", "content": "Rewrite \"this\"\n\tin ü, 😀 and \u2028."}],
+                     temperature=0.7, top_p=0.9, max_tokens=64, seed=3, sample_index=1) == \
+        "1af5035eb0b19263333c62e50b4e06fbbaab34ecd414d05faaad1ab285161377"
+    assert cache_key(backend="openai", model={"served_model": "m"}, messages=[{"role": "user", "content": "Level?"}],
+                     temperature=0.0, top_p=0.5, max_tokens=8, seed=9, sample_index=0,
+                     constraint={"choices": ["Yes", "No"], "format": "response_format"}) == \
+        "c9e5dc5b020c80ce092730d6b2ec432b7de7022982f0733d52f44e168a5f78a9"
+    sampled = ChatRequest(messages=(("user", "Rewrite \"this\"\n\tin ü, 😀."),), temperature=0.7, top_p=0.9,
+                          max_tokens=64, seed=3, sample_index=1)
+    constrained = ChatRequest(messages=(("user", "Yes or no?"),), max_tokens=4, choices=("Yes", "No"))
+    assert (request_seed(sampled), request_seed(constrained)) == (545409889953350155, 230081632491158778)

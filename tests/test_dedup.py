@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.build.dedup import (EXACT, NEAR, DedupSettings, dedup_table, find_duplicates, item_text, minhash_signatures,
+from evolforge.build.dedup import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, item_text, minhash_signatures,
                                    shingle_hashes, shingles, survival_order)
 from evolforge.core.text import normalize_text
 from evolforge.core.params import ParamsError, load_section
@@ -120,9 +120,12 @@ def test_signatures_do_not_depend_on_chunking():
     hashes, offsets = shingle_hashes(texts, 2)
     whole = minhash_signatures(hashes, offsets, 64, seed=3)
     assert whole.shape == (len(texts), 64) and (whole[len(texts) - 2] == 0xFFFFFFFF).all()  # no shingles
-    for chunk in (1, 7, 40):  # a text longer than a chunk gets a chunk of its own
+    for chunk in (1, 7, 40):  # a text longer than a chunk (the last: 49 shingles) is reduced a chunk at a time
         assert np.array_equal(minhash_signatures(hashes, offsets, 64, seed=3, chunk=chunk), whole)
     assert not np.array_equal(minhash_signatures(hashes, offsets, 64, seed=4), whole)
+    # only texts that share a band with another text are walked: the two copies, not the unrelated text
+    twins = shingle_hashes(["sort a list of numbers", "unrelated words about leaves", "sort a list of numbers"], 3)
+    assert _shared_bands(minhash_signatures(*twins, 128, seed=1), 32, 4).tolist() == [True, False, True]
     # a signature value is the minimum of that permutation over the text's shingles, whatever their order
     k = 5
     mine = hashes[offsets[k]:offsets[k + 1]]

@@ -180,6 +180,13 @@ def test_card_scenario_line(tmp_path):
     line = _scenario_line(tmp_path)
     assert line.startswith("**Scenario**: `autoif`, 40 items from `data/responses`")
     assert "evolved one was used" in line and "0 verified constraints" in line and "verified by AutoIF" not in line
+    (tmp_path / "metrics" / "pool.json").write_text(json.dumps(
+        {"scenario": "autoif", "source": "data/autoif/responses", "items": 12, "autoif_items": 12, "fallback": None}))
+    line = _scenario_line(tmp_path)
+    assert "12 items from `data/autoif/responses`, of them 12 verified by AutoIF" in line and "used" not in line
+    page = render([("A", {**collect(tmp_path / "nothing"), "metrics": {"pool": {"scenario": "autoif", "items": 3,
+                                                                                 "fallback": "no_autoif_items: none"}}})])
+    assert "<td>fallback</td><td>no_autoif_items: none</td>" in page and "no compare metrics" in page
 
 
 def test_card_settings_are_checked():

@@ -30,10 +30,10 @@ Each flagged item records the benchmark, the problem id, the source, the field a
 coverage: the covered pieces and the share). The optional embedding check flags an instruction whose
 cosine similarity to a benchmark prompt is at least ``embedding_threshold``.
 
-Cost is linear, memory bounded: the references are tokenised and indexed once; the items are then read
-``chunk_size`` at a time (:data:`CHUNK_ITEMS`), their token hashes combined into rolling 64-bit n-gram hashes
-with numpy (one pass for every compared length), looked up in the sorted reference hashes, and every hit is
-confirmed token by token (both rules). An item's result depends on it alone, so the chunk size changes memory
+Cost is linear, memory bounded by the chunk (plus the shared vocabulary of distinct tokens): the references
+are tokenised and indexed once; the items are then read ``chunk_size`` at a time (:data:`CHUNK_ITEMS`),
+their token hashes combined into rolling 64-bit n-gram hashes with numpy (one pass for every compared
+length), looked up in the sorted reference hashes, and every hit is confirmed token by token (both rules). An item's result depends on it alone, so the chunk size changes memory
 and nothing else.
 
 >>> tokens("def add_two(a, b):\\n    '''Return a+b.'''")
@@ -45,8 +45,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -62,7 +62,7 @@ _WORD = re.compile(r"\w+")
 _DEFINED = re.compile(r"\b(?:def|class)\s+([^\W\d]\w*)\s*[(:]")  # code only: "a class has 28" is prose
 NAME = "\x00fn"  # placeholder for defined names; \w+ never produces it, so it cannot collide with a word
 _P = np.uint64(0x100000001B3)  # multiplier of the rolling hash (odd, so it is invertible mod 2^64)
-CHUNK_ITEMS = 4096  # items tokenised and hashed at a time: memory follows the chunk, not the table
+CHUNK_ITEMS = 4096  # items tokenised and hashed at a time: their arrays follow the chunk, not the table
 
 # Per benchmark: the fields whose text is compared and the field naming a problem (None: the row index).
 FIELDS: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -222,7 +222,7 @@ class _Vocab:
         return self._array
 
 
-Windows = tuple[np.ndarray, np.ndarray, np.ndarray]  # hash (uint64), sequence index, start position (int32)
+NgramWindows = tuple[np.ndarray, np.ndarray, np.ndarray]  # hash (uint64), sequence index, start position (int32)
 
 
 @dataclass
@@ -241,13 +241,13 @@ class _Corpus:
             starts[1:] = np.cumsum(lengths)[:-1]
         return cls(vocab.encode(list(chain.from_iterable(sequences))), starts, lengths)
 
-    def windows(self, values: np.ndarray, specs: Iterable[tuple[int, bool]]) -> dict[tuple[int, bool], Windows]:
+    def windows(self, values: np.ndarray, specs: Iterable[tuple[int, bool]]) -> dict[tuple[int, bool], NgramWindows]:
         """Per ``(n, exact_length)`` in ``specs``: (hash, sequence index, start position) of every window of
         ``n`` tokens inside one sequence; with ``exact_length``, only sequences of exactly ``n`` tokens (their
         one window). One pass of the rolling hash serves every length."""
         specs = set(specs)
         total = self.ids.size
-        out: dict[tuple[int, bool], Windows] = {}
+        out: dict[tuple[int, bool], NgramWindows] = {}
         top = min(max((n for n, _ in specs), default=0), total)
         if top:
             seq = np.repeat(np.arange(self.lengths.size, dtype=np.int32), self.lengths)
@@ -277,7 +277,6 @@ class _Index:
     """Reference n-gram hashes, sorted, each with the first (problem, text, position) it came from."""
 
     n: int
-    exact_length: bool
     hashes: np.ndarray
     problem: np.ndarray
     seq: np.ndarray
@@ -307,7 +306,7 @@ def _not_boilerplate(h: np.ndarray, problem: np.ndarray, boilerplate: int) -> np
     return ~np.isin(h, uniq[counts >= boilerplate])
 
 
-def _index(windows: Windows, n: int, exact_length: bool, seq_problem: np.ndarray, boilerplate: int) -> _Index:
+def _index(windows: NgramWindows, n: int, seq_problem: np.ndarray, boilerplate: int) -> _Index:
     h, seq, pos = windows
     problem = seq_problem[seq]
     keep = _not_boilerplate(h, problem, boilerplate)
@@ -316,7 +315,7 @@ def _index(windows: Windows, n: int, exact_length: bool, seq_problem: np.ndarray
     h, seq, pos, problem = h[order], seq[order], pos[order], problem[order]
     first = np.ones(h.size, dtype=bool)
     first[1:] = h[1:] != h[:-1]
-    return _Index(n, exact_length, h[first], problem[first], seq[first], pos[first], _prefilter(h[first]))
+    return _Index(n, h[first], problem[first], seq[first], pos[first], _prefilter(h[first]))
 
 
 @dataclass(frozen=True)
@@ -353,9 +352,9 @@ class _References:
         specs = [(config.ngram, False)] + [(L, True) for L in short]
         cover = [] if config.paraphrase_ngram is None else [(int(config.paraphrase_ngram), False)]
         windows = self.corpus.windows(self.vocab.value_array(), specs + cover)
-        indexes = [_index(windows[spec], *spec, self.seq_problem, config.boilerplate_problems) for spec in specs]
+        indexes = [_index(windows[spec], spec[0], self.seq_problem, config.boilerplate_problems) for spec in specs]
         self.indexes = [index for index in indexes if index.hashes.size]
-        self.cover: Windows | None = None  # the coverage check's reference windows, sorted by hash
+        self.cover: NgramWindows | None = None  # the coverage check's reference windows, sorted by hash
         self.cover_table = np.zeros(0, dtype=bool)  # _prefilter(their hashes)
         if cover:
             rh, rseq, rpos = windows[cover[0]]
@@ -416,7 +415,7 @@ class _References:
                     out[item] = match
         return out
 
-    def _coverage_matches(self, items: _Corpus, item_windows: Windows, todo: np.ndarray) -> dict[int, Match]:
+    def _coverage_matches(self, items: _Corpus, item_windows: NgramWindows, todo: np.ndarray) -> dict[int, Match]:
         """Reordered-clause check: for each item in ``todo`` (bool per item) and each benchmark text, the share
         of the text's tokens that lie in a ``paraphrase_ngram``-token window also present in the item's
         instruction (or output). Flagged when that share is >= ``paraphrase_coverage`` and the covered tokens
@@ -484,6 +483,11 @@ class _References:
         return out
 
 
+def _check_chunk(chunk_size: int) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of items, got {chunk_size!r}")
+
+
 def ngram_matches(instructions: Sequence[str], outputs: Sequence[str], problems: Sequence[Problem],
                   config: DecontaminateSettings = DecontaminateSettings(),
                   chunk_size: int = CHUNK_ITEMS) -> list[Match | None]:
@@ -491,6 +495,7 @@ def ngram_matches(instructions: Sequence[str], outputs: Sequence[str], problems:
     without one, the reordered-clause coverage check (``paraphrase_ngram``); None when neither flags.
     Items are checked ``chunk_size`` at a time against references built once (each item's result is its own,
     so the chunk size changes memory, not results)."""
+    _check_chunk(chunk_size)
     refs = _References(problems, config)
     out: list[Match | None] = []
     for start in range(0, len(instructions), chunk_size):
@@ -535,8 +540,9 @@ def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: Deco
     """Add the ``contamination_*`` columns to every row (null where clean). ``embed`` (texts -> vectors)
     is used only when ``config.embedding_threshold`` is set. The n-gram check reads ``chunk_size`` rows at a
     time (see :func:`ngram_matches`). Returns (table, metrics)."""
+    _check_chunk(chunk_size)
     refs = _References(problems, config)
-    matches: list[Match | None] = []
+    matches: list[Match | None] = []  # the rows' texts are built a slice at a time, never all at once
     for part in table.iter_slices(chunk_size):
         matches += refs.matches(*_item_texts(part))
     columns: dict[str, list[Any]] = {c: [None] * table.height for c in CONTAMINATION_COLUMNS}

@@ -120,7 +120,7 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, s
     the minimum over its shingles x of ``h_k(fold(x))``, with ``fold(x)`` the xor of x's two 32-bit halves
     and ``h_k(y) = ((a_k * y + b_k) mod 2^64) >> 32`` (multiply-add-shift: a universal family on 32-bit
     keys; a_k, b_k drawn from ``seed``). A text without shingles gets all ones. Work is done ``chunk``
-    shingles at a time, so memory stays at ``chunk * num_perm`` words."""
+    shingles at a time (a longer text too), so memory stays at ``chunk * num_perm`` words."""
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
     b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
@@ -129,20 +129,27 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, s
     nonempty = np.flatnonzero(offsets[1:] > offsets[:-1])
     ends = offsets[nonempty + 1]
     buffer = np.empty((num_perm, chunk), dtype=np.uint64)  # permutations x shingles, reduced along rows
-    k = 0
-    while k < nonempty.size:  # whole texts per chunk: at least one, then as many as fit in `chunk` shingles
-        lo = int(offsets[nonempty[k]])
-        stop = max(int(np.searchsorted(ends, lo + chunk, side="right")), k + 1)
-        texts = nonempty[k:stop]
-        hi = int(ends[stop - 1])
-        if hi - lo > buffer.shape[1]:  # one text longer than a chunk
-            buffer = np.empty((num_perm, hi - lo), dtype=np.uint64)
-        permuted = buffer[:, :hi - lo]
+
+    def permuted(lo: int, hi: int) -> np.ndarray:
+        block = buffer[:, :hi - lo]
         with np.errstate(over="ignore"):
-            np.multiply(a[:, None], keys[None, lo:hi], out=permuted)
-            permuted += b[:, None]
-        permuted >>= np.uint64(32)
-        out[texts] = np.minimum.reduceat(permuted, offsets[texts] - lo, axis=1).T
+            np.multiply(a[:, None], keys[None, lo:hi], out=block)
+            block += b[:, None]
+        block >>= np.uint64(32)
+        return block
+
+    k = 0
+    while k < nonempty.size:  # whole texts per chunk: as many as fit in `chunk` shingles
+        lo = int(offsets[nonempty[k]])
+        stop = int(np.searchsorted(ends, lo + chunk, side="right"))
+        if stop == k:  # one text longer than a chunk: its minimum a chunk at a time
+            text, hi = nonempty[k], int(ends[k])
+            for start in range(lo, hi, chunk):
+                np.minimum(out[text], permuted(start, min(start + chunk, hi)).min(axis=1), out=out[text])
+            k += 1
+            continue
+        texts = nonempty[k:stop]
+        out[texts] = np.minimum.reduceat(permuted(lo, int(ends[stop - 1])), offsets[texts] - lo, axis=1).T
         k = stop
     return out
 
@@ -262,7 +269,7 @@ def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSet
     signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
     walked = _shared_bands(signatures, bands, rows) & (offsets[1:] > offsets[:-1])
     walk = [i for i in order if walked[i]]
-    band_keys = dict(zip(walk, signatures[walk].view(f"V{4 * rows}").tolist()))
+    band_keys = dict(zip(walk, signatures[walk].view(f"V{signatures.itemsize * rows}").tolist()))
     lsh = BandIndex(bands, rows)
     kept_sets: dict[int, np.ndarray] = {}
     rank = {i: r for r, i in enumerate(order)}

@@ -146,6 +146,8 @@ def repeated_ngram_fraction(text: str, n: int = 3) -> float:
     >>> repeated_ngram_fraction("a tale of leaves, a tale of leaves, a tale of leaves")
     0.5
     """
+    if n < 1:
+        raise ValueError(f"n-grams of {n} words")
     words = text.lower().split()
     grams = len(words) - n + 1
     if grams <= 0:

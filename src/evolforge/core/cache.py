@@ -74,6 +74,11 @@ def batch_job_key(keys: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode("ascii")).hexdigest()
 
 
+# json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":")), without building an
+# encoder per call (the same bytes: keys must never change; tests/test_cache.py pins golden keys)
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode
+
+
 def cache_key(
     *,
     backend: str,
@@ -116,10 +121,6 @@ def cache_key(
         payload["constraint"] = dict(constraint)
     return hashlib.sha256(_KEY_JSON(payload).encode("utf-8")).hexdigest()
 
-
-# json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":")), without building an
-# encoder per call (the same bytes: keys must never change)
-_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode
 
 
 class CallCache:

@@ -53,7 +53,8 @@ class PromptLibrary:
         if name not in self._templates:
             template = self.env.get_template(name)
             # Jinja keeps a template's globals as a ChainMap over the environment's, and copies it on every
-            # render (a third of a render's time); a plain dict of the same names renders the same
+            # render (a third of a render's time); a plain dict of the same names renders the same. It is a
+            # snapshot: globals added to the environment later do not reach this template (none are)
             template.globals = dict(template.globals)
             self._templates[name] = template
         return self._templates[name]

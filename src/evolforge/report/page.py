@@ -151,7 +151,7 @@ def compare_table(v: dict) -> str:
     rows = [f"<tr><td>{esc(cmp.get('against'))}</td>{num(cmp.get('items'))}{num(cmp.get('win'))}{num(cmp.get('tie'))}"
             f"{num(cmp.get('lose'))}{num(cmp.get('unjudged'))}{num(cmp.get('win_rate'))}{num(cmp.get('lose_rate'))}"
             f"<td>{esc('both' if cmp.get('both_orders') else 'one')}</td></tr>"]
-    return table(["fine-tuned vs", "prompts", "win", "tie", "lose", "unjudged", "win rate", "lose rate",
+    return table(["fine-tuned vs", "judged", "win", "tie", "lose", "unjudged", "win rate", "lose rate",
                   "answer orders judged"], rows)
 
 
