@@ -92,6 +92,19 @@ def test_when_every_replica_is_down_requests_wait_for_the_first_back(tmp_path):
     assert not any(c.failed for c in out)
 
 
+def test_a_replica_taken_out_stays_out_in_the_next_call(tmp_path):
+    """Health lasts across a backend's generate calls (a stage's evolve call, then its check call): the
+    second call sends nothing to a replica still in its cool-down."""
+    with FakeOpenAIServer(seeded_reply) as down, FakeOpenAIServer(seeded_reply) as up:
+        down.fail_until = time.monotonic() + 60  # 503 throughout
+        llm = open_llm(role([down.base_url, up.base_url], extra={"backoff_s": 5.0}), CallCache(tmp_path / "c.sqlite"))
+        first = llm.generate(stage_requests(llm))
+        failed_before = down.failed
+        second = llm.generate([llm.request([{"role": "user", "content": f"check {i}"}]) for i in range(8)])
+        assert failed_before > 0 and down.failed == failed_before and down.answered == 0
+    assert not any(c.failed for c in first + second) and up.answered == 24 + 8
+
+
 def test_all_replicas_down_ends_in_retries_exhausted_items_not_a_crash(tmp_path):
     urls = [f"http://127.0.0.1:{closed_port()}/v1", f"http://127.0.0.1:{closed_port()}/v1"]
     llm = open_llm(role(urls, max_retries=2, extra={"backoff_s": 0.01}), CallCache(tmp_path / "c.sqlite"),

@@ -174,8 +174,8 @@ class _Replicas:
     ever longer cool-downs shared by every request in the queue. While some replica is up, requests wait
     for room there, never going to one that is out."""
 
-    def __init__(self, base_urls: Sequence[str], concurrency: int, cooldown_s: float, max_cooldown_s: float):
-        self.replicas = [_Replica(u) for u in base_urls]
+    def __init__(self, replicas: Sequence[_Replica], concurrency: int, cooldown_s: float, max_cooldown_s: float):
+        self.replicas = list(replicas)  # their health is the backend's: it outlives this call
         self.concurrency = concurrency
         self.cooldown_s, self.max_cooldown_s = cooldown_s, max_cooldown_s
         self.several = len(self.replicas) > 1
@@ -258,6 +258,9 @@ class OpenAIBackend:
             )
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.base_url = self.base_urls[0]  # the one a batch job goes to
+        # one health record per server for the backend's life: a replica taken out in one generate call
+        # stays out for its cool-down in the next (a stage's calls follow each other within seconds)
+        self._replica_health = [_Replica(u) for u in self.base_urls]
         self.url = f"{self.base_url}/chat/completions"
         self.model = model
         self.revision = revision
@@ -405,7 +408,7 @@ class OpenAIBackend:
 
     async def _serve(self, requests: Sequence[ChatRequest], done: Finished, run: "_Run") -> None:
         slots = self.concurrency * len(self.base_urls)
-        replicas = _Replicas(self.base_urls, self.concurrency, self.backoff_s, self.max_backoff_s)
+        replicas = _Replicas(self._replica_health, self.concurrency, self.backoff_s, self.max_backoff_s)
         pending = iter(range(len(requests)))
         paces = [(_Pace(self.requests_per_minute), lambda r: 1.0)] if self.requests_per_minute else []
         if self.tokens_per_minute:
