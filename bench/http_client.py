@@ -18,6 +18,7 @@ import signal
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -48,62 +49,37 @@ async def pool(n: int, concurrency: int, one) -> None:
     await asyncio.gather(*[worker() for _ in range(concurrency)])
 
 
-async def aiohttp_plain(url: str, data: list[bytes], concurrency: int) -> None:
-    """As openai_api.py does today: session headers, per-session timeouts, read() + orjson."""
+# aiohttp variants: (session options, keep the ``async with`` response context). "today" is what
+# evolforge's openai backend does; the others switch off what a JSON API does not need.
+AIOHTTP = {
+    "today": (dict(timeout=120, cookie_jar=False), True),
+    "tuned": (dict(timeout=None, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)), True),
+    "no-ctx": (dict(timeout=120, auto_decompress=False), False),
+    "lean": (dict(timeout=120, cookie_jar=False, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)), True),
+}
+
+
+async def aiohttp_client(url: str, data: list[bytes], concurrency: int, variant: str = "today") -> None:
+    """aiohttp with one of the :data:`AIOHTTP` option sets: ``timeout`` (connect and read timeouts, None for
+    none), ``cookie_jar`` (False for aiohttp's DummyCookieJar; evolforge's backend uses that), the rest
+    passed to ``ClientSession``. Without the context, a response releases itself once read."""
     import aiohttp
 
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=120, sock_read=120)
-    connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, headers=HEADERS) as s:
-        async def one(i):
-            async with s.post(url, data=data[i], allow_redirects=False) as resp:
-                return content(await resp.read())
-
-        await pool(len(data), concurrency, one)
-
-
-async def aiohttp_tuned(url: str, data: list[bytes], concurrency: int) -> None:
-    """aiohttp with everything optional switched off: no decompression, no auto headers, no timeouts."""
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=None, use_dns_cache=True)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
-                                     trust_env=False, headers=HEADERS, auto_decompress=False,
-                                     skip_auto_headers=("Accept-Encoding",)) as s:
-        async def one(i):
-            async with s.post(url, data=data[i], allow_redirects=False) as resp:
-                return content(await resp.read())
-
-        await pool(len(data), concurrency, one)
-
-
-async def aiohttp_lean(url: str, data: list[bytes], concurrency: int) -> None:
-    """As today, timeouts kept, without what a JSON API does not use: cookies, compression."""
-    import aiohttp
-
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=120, sock_read=120)
+    options, with_context = AIOHTTP[variant]
+    options = dict(options)
+    seconds = options.pop("timeout")
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+    if options.pop("cookie_jar", True) is False:
+        options["cookie_jar"] = aiohttp.DummyCookieJar()
     connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, headers=HEADERS,
-                                     cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                                     skip_auto_headers=("Accept-Encoding",)) as s:
+                                     **options) as s:
         async def one(i):
+            if not with_context:
+                resp = await s.post(url, data=data[i], allow_redirects=False)
+                return content(await resp.read())
             async with s.post(url, data=data[i], allow_redirects=False) as resp:
                 return content(await resp.read())
-
-        await pool(len(data), concurrency, one)
-
-
-async def aiohttp_request(url: str, data: list[bytes], concurrency: int) -> None:
-    """aiohttp without the ``async with`` context: ``await s.post`` then read (the response releases itself)."""
-    import aiohttp
-
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=120, sock_read=120)
-    connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, headers=HEADERS,
-                                     auto_decompress=False) as s:
-        async def one(i):
-            resp = await s.post(url, data=data[i], allow_redirects=False)
-            return content(await resp.read())
 
         await pool(len(data), concurrency, one)
 
@@ -157,14 +133,8 @@ async def raw_streams(url: str, data: list[bytes], concurrency: int) -> None:
 
 
 VARIANTS = {
-    "aiohttp (today)": (aiohttp_plain, "asyncio"),
-    "aiohttp tuned": (aiohttp_tuned, "asyncio"),
-    "aiohttp no-ctx": (aiohttp_request, "asyncio"),
-    "aiohttp lean": (aiohttp_lean, "asyncio"),
-    "aiohttp + uvloop": (aiohttp_plain, "uvloop"),
-    "aiohttp lean + uvloop": (aiohttp_lean, "uvloop"),
-    "aiohttp tuned + uvloop": (aiohttp_tuned, "uvloop"),
-    "aiohttp no-ctx + uvloop": (aiohttp_request, "uvloop"),
+    **{f"aiohttp {v}{loop_name}": (partial(aiohttp_client, variant=v), loop)
+       for loop, loop_name in (("asyncio", ""), ("uvloop", " + uvloop")) for v in AIOHTTP},
     "raw streams (floor)": (raw_streams, "asyncio"),
     "raw streams + uvloop (floor)": (raw_streams, "uvloop"),
     "httpx": (httpx_client, "asyncio"),
