@@ -12,8 +12,6 @@ import gzip
 import io
 import json
 import os
-import runpy
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +24,7 @@ from evolforge.build.seed import build_seed
 from evolforge.core.models import ModelError, model_identity
 from evolforge.core.params import ParamsError, load_params
 from evolforge.core.validation import DataError
+from test_seed_input import run_seed_stage  # the seed stage's __main__, in this process
 
 OK = {"instruction": "Add 2 and 3.", "input": "", "output": "5"}
 
@@ -278,17 +277,7 @@ def test_a_model_path_that_does_not_exist_is_named_not_sent_to_the_hub(tmp_path,
 ])
 def test_the_stage_refuses_with_exit_2_no_traceback_and_no_output(repo, tmp_path, capsys, name, source):
     path = make(tmp_path, name)
-    params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"seed": {"source": source or str(path)}}), encoding="utf-8")
-    argv = sys.argv
-    sys.argv = [str(repo / "stages/seed.py"), "--params", str(params), "--out", str(tmp_path / "out/seed"),
-                "--metrics", str(tmp_path / "out/seed.json")]
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            runpy.run_path(str(repo / "stages/seed.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2, err
+    code, err = run_seed_stage(repo, tmp_path, {"seed": {"source": source or str(path)}}, capsys)
+    assert code == 2, err
     assert "Traceback" not in err and err.count("\n") == 1 and "rule '" in err, err
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

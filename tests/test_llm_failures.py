@@ -30,11 +30,7 @@ REJECTED = {"task 03", "task 11", "task 17"}
 TASK = re.compile(r"task \d\d")
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("no_proxy")  # tests/conftest.py
 
 
 def role(server: FakeOpenAIServer, **kw) -> Role:

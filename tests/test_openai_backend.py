@@ -105,13 +105,7 @@ class ScriptedServer:
         return Handler
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    # A proxy set in the environment must not intercept requests to the local server.
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("no_proxy")  # tests/conftest.py
 
 
 @pytest.fixture

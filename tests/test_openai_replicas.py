@@ -21,11 +21,7 @@ from evolforge.llm.openai_api import OpenAIBackend, served_model_identity
 from fake_openai import FakeOpenAIServer, chat_body
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("no_proxy")  # tests/conftest.py
 
 
 def seeded_reply(body: dict):
