@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
+import random
 import signal
 import subprocess
 import sys
@@ -281,3 +284,114 @@ def test_keys_and_seeds_never_change():
                           max_tokens=64, seed=3, sample_index=1)
     constrained = ChatRequest(messages=(("user", "Yes or no?"),), max_tokens=4, choices=("Yes", "No"))
     assert (request_seed(sampled), request_seed(constrained)) == (545409889953350155, 230081632491158778)
+
+
+# -- the fast encoding of keys and seeds against the plain json one they must equal byte for byte ----------
+
+def old_cache_key(*, backend, model, engine=None, messages, temperature, top_p, max_tokens, seed, sample_index,
+                  constraint=None):
+    """cache_key as first written: json.dumps of the whole payload."""
+    greedy = float(temperature) == 0.0
+    payload = {"backend": backend, "model": dict(model), "messages": [{"role": m["role"], "content": m["content"]}
+                                                                        for m in messages],
+               "temperature": float(temperature), "top_p": 1.0 if greedy else float(top_p),
+               "max_tokens": int(max_tokens), "seed": 0 if greedy else int(seed), "sample_index": int(sample_index)}
+    if engine:
+        payload["engine"] = dict(engine)
+    if constraint:
+        payload["constraint"] = dict(constraint)
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def old_request_seed(request):
+    """request_seed as first written: json.dumps (default separators) of the request's fields."""
+    fields = {"messages": request.messages, "temperature": request.temperature, "top_p": request.top_p,
+              "max_tokens": request.max_tokens, "seed": request.seed, "sample_index": request.sample_index}
+    if request.choices is not None:
+        fields["choices"] = request.choices
+    return int(hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:15], 16)
+
+
+# every control char, DEL, quotes, backslashes, the stand-in NUL, line/paragraph separators, BOM, non-BMP
+NASTY = [chr(c) for c in range(0x20)] + list('"\\/\x7f\u2028\u2029\ufeff\uffff\u00e9\u4e2d😀𝄞\U0010ffff') + [" ", "a", "Z"]
+
+
+def random_text(rng: random.Random) -> str:
+    return "".join(rng.choice(NASTY) for _ in range(rng.choice([0, 1, 5, 40, 700])))
+
+
+def random_key_args(rng: random.Random) -> dict:
+    args = dict(backend=rng.choice(["hf", "openai", "v\"llm"]),
+                model=rng.choice([{"name": "m"}, {"served_model": random_text(rng), "x": 1e-07}, {"name": "\0"}]),
+                messages=[{"role": rng.choice(["user", "system", "assistant", random_text(rng)]),
+                           "content": random_text(rng)} for _ in range(rng.randint(0, 4))],
+                temperature=rng.choice([0.0, 0, 0.7, 1e16]), top_p=rng.choice([1.0, 0.95, 1e-07]),
+                max_tokens=rng.randint(1, 4096), seed=rng.randint(0, 2**40), sample_index=rng.randint(0, 3))
+    if rng.random() < 0.5:
+        args["engine"] = rng.choice([{"dtype": "bfloat16", "device": "cpu"}, {"extra": {"messages": "\0", "q": 1}}])
+    if rng.random() < 0.5:
+        args["constraint"] = {"choices": [random_text(rng) for _ in range(3)], "format": "response_format"}
+    return args
+
+
+def random_request(rng: random.Random) -> ChatRequest:
+    messages = tuple((rng.choice(["user", "system", random_text(rng)]), random_text(rng))
+                     for _ in range(rng.randint(0, 4)))
+    choices = rng.choice([None, ("Yes", "No"), tuple(random_text(rng) for _ in range(2))])
+    return ChatRequest(messages=messages, temperature=rng.choice([0.0, 0.7]), top_p=rng.choice([1.0, 0.9]),
+                       max_tokens=rng.randint(1, 512), seed=rng.randint(0, 99), sample_index=rng.randint(0, 3),
+                       choices=choices)
+
+
+def outcome(fn, *args, **kwargs):
+    """What a call gives: its result, or the type of what it raised."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as error:  # compared below: the same type must come out of both encodings
+        return type(error)
+
+
+def test_keys_and_seeds_equal_the_plain_json_encoding_on_random_payloads(monkeypatch):
+    import evolforge.core.cache
+    import evolforge.llm
+    from evolforge.llm import request_seed
+
+    spliced, encode_spliced = [], evolforge.core.cache.encode_spliced  # the fast path must be taken
+
+    def counting(encode, obj, key, value_json):
+        spliced.append(encode)
+        return encode_spliced(encode, obj, key, value_json)
+
+    monkeypatch.setattr(evolforge.llm, "encode_spliced", counting)  # request_seed's name for it
+    rng = random.Random(20240611)
+    for _ in range(300):
+        args = random_key_args(rng)
+        assert cache_key(**args) == old_cache_key(**args), args
+        request = random_request(rng)
+        assert request_seed(request) == old_request_seed(request), request
+    assert len(spliced) == 300
+    monkeypatch.setattr(evolforge.core.cache, "encode_spliced", counting)  # cache_key's
+    for _ in range(300):
+        args = random_key_args(rng)
+        assert cache_key(**args) == old_cache_key(**args), args
+    assert len(spliced) == 600
+
+
+LONE_SURROGATES = ["\ud800", "a\udfff\"", "\ud83d\ude00"]  # the last: a UTF-16 pair, two code points in Python
+
+
+@pytest.mark.parametrize("content", LONE_SURROGATES + [5, None, ["list"], "\0"])
+def test_unusual_contents_key_and_seed_as_the_plain_json_encoding_did(content):
+    """Lone surrogates (orjson refuses them, json's string cannot be UTF-8 encoded), non-str contents and
+    the NUL the fast path uses as a stand-in: the same key or seed, or the same error, as before."""
+    from evolforge.llm import request_seed
+
+    args = dict(BASE, messages=[{"role": "user", "content": "x"}, {"role": "user", "content": content}])
+    assert outcome(cache_key, **args) == outcome(old_cache_key, **args)
+    request = ChatRequest(messages=(("user", "x"), ("user", content)), choices=("Yes", "No"))
+    assert outcome(request_seed, request) == outcome(old_request_seed, request)
+    as_lists = ChatRequest(messages=[["user", "x"], ["user", content]])  # lists, not tuples: the plain path
+    assert outcome(request_seed, as_lists) == outcome(old_request_seed, as_lists)
+    if content in LONE_SURROGATES:  # json writes them, UTF-8 cannot: it raised and still does
+        assert outcome(cache_key, **args) is outcome(request_seed, request) is UnicodeEncodeError

@@ -34,9 +34,10 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
+import orjson
 from tqdm.auto import tqdm
 
-from evolforge.core.cache import CallCache, cache_key
+from evolforge.core.cache import CallCache, cache_key, encode_spliced
 from evolforge.core.models import ModelError, model_identity
 from evolforge.core.params import load_role, load_section
 from evolforge.core.settings import LLMSettings
@@ -106,12 +107,26 @@ def request_seed(request: ChatRequest) -> int:
               "max_tokens": request.max_tokens, "seed": request.seed, "sample_index": request.sample_index}
     if request.choices is not None:  # only then: unconstrained requests keep the seeds they always had
         fields["choices"] = request.choices
-    blob = _SEED_JSON(fields)
-    return int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:15], 16)
+    return int(hashlib.sha256(_seed_json_utf8(fields)).hexdigest()[:15], 16)
 
 
 # json.dumps(fields, sort_keys=True, ensure_ascii=False), without building an encoder per call
 _SEED_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+
+
+def _seed_json_utf8(fields: dict[str, Any]) -> bytes:
+    """``_SEED_JSON(fields).encode("utf-8")``, byte for byte (see ``evolforge.core.cache.encode_spliced``):
+    orjson writes each role and content, joined by hand with json's default ", " (``[["user", "..."]]``)."""
+    messages = fields["messages"]
+    if type(messages) is tuple and all(
+            type(m) is tuple and len(m) == 2 and type(m[0]) is str and type(m[1]) is str for m in messages):
+        try:
+            value_json = b"[%s]" % b", ".join([b"[%s, %s]" % (orjson.dumps(r), orjson.dumps(c)) for r, c in messages])
+        except orjson.JSONEncodeError:  # a lone surrogate: the plain encoding below fails as it always did
+            pass
+        else:
+            return encode_spliced(_SEED_JSON, fields, "messages", value_json)
+    return _SEED_JSON(fields).encode("utf-8")
 
 
 class LLM:
