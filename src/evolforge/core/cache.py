@@ -90,8 +90,9 @@ def encode_spliced(encode: Callable[[Any], str], obj: dict[str, Any], key: str, 
     with ensure_ascii=False (control chars as ``\\n`` or ``\\u001f``, ``"`` and ``\\\\``, the rest raw
     UTF-8) several times faster. So orjson writes the long part (the messages) and json the small rest,
     whose float spelling and key order it alone decides; the rest is encoded with a stand-in string
-    where ``value_json`` goes. Should another string of ``obj`` equal the stand-in, ``obj`` is encoded
-    plainly.
+    where ``value_json`` goes. Where the stand-in's JSON shows up elsewhere too (another string "\\0"),
+    ``obj`` is encoded plainly. Callers pass only str values to orjson (it writes floats, subclasses and
+    dicts its own way), and an error in the rest is the one the whole would raise.
     """
     around = encode({**obj, key: _HOLE}).split(_HOLE_JSON)
     if len(around) != 2:
