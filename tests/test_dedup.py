@@ -97,6 +97,23 @@ def test_normalisation_and_survival_order():
     assert out["duplicate_of"].to_list() == ["b", None, "b", "b", None]
 
 
+def test_normalize_text_is_its_definition():
+    """The split/join form equals NFKC + casefold + re's \\s runs -> one space, trimmed, for every kind of
+    whitespace (C0 separators, NEL, NBSP, U+2028, ideographic space) and scripts that casefold or NFKC-fold."""
+    import re
+
+    def definition(text: str) -> str:
+        return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+    rng = random.Random(7)
+    pieces = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u1680", "\u2000", "\u2028",
+              "\u3000", "\u200b", "a", "Z", "ß", "Σ", "ﬁ", "Ｓ", "①", "é", "e\u0301", "İ", "😀", "x", "7", ".", "_"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert normalize_text(text) == definition(text), repr(text)
+    assert normalize_text(None) == "" and normalize_text("  Plain ASCII\tTEXT \n") == "plain ascii text"
+
+
 def test_shingle_hashes_are_the_shingle_sets():
     """One hash per shingle (a shorter text is one shingle, an empty one has none), equal shingles hash
     alike across texts, so hashed Jaccard is the shingle sets' Jaccard."""

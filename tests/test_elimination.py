@@ -8,6 +8,8 @@ is what the model's decoding reported ("length": it stopped at max_tokens).
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from evolforge.build.evolve import repetition_test
@@ -148,3 +150,26 @@ def test_parse_is_instruction(text, expected):
 ])
 def test_asks_something(text, asks):
     assert failures.asks_something(text) is asks
+
+
+CHATTER_PHRASES = ("what would you like", "what do you want me to", "i'm ready", "im ready", "i am ready", "let me know",
+                   "how can i help", "how may i assist", "i'd be happy to", "i would be glad to",
+                   "is there anything else", "as an ai", "as a language model", "i'm an ai", "im an ai",
+                   "sure,", "certainly!", "of course.", "ok !", "here's the new", "here is a rewritten",
+                   "here's my more complex", "here is your updated")
+
+
+def test_chatter_search_equals_the_full_regex_scan():
+    """is_chatter skips the regex scan when no hint word is there: same verdict as scanning every text,
+    on texts built from every pattern's phrases, near misses and plain words, in every position."""
+    rng = random.Random(5)
+    fragments = CHATTER_PHRASES + ("what", "would", "you like", "how", "can i", "be", "happy", "here", "is the",
+                                   "ready?", "alright", "sure", "okay", "an", "ai", "Describe", "the list", ",", ".",
+                                   "WHAT  Would\nYou LIKE", "Here’s the new", "ask me anything")
+    verdicts = []
+    for _ in range(4000):
+        text = " ".join(rng.choice(fragments) for _ in range(rng.randint(1, 6)))
+        verdicts.append(failures.is_chatter(text))
+        assert verdicts[-1] == (failures._ANY_CHATTER.search(failures._normalise(text)) is not None), text
+    assert 0.2 < sum(verdicts) / len(verdicts) < 0.9  # both verdicts are well exercised
+    assert all(failures.is_chatter(p) for p in CHATTER_PHRASES)

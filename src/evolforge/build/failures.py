@@ -72,6 +72,11 @@ CHATTER_PATTERNS = tuple(re.compile(p) for p in (
     r"\bhere(?:'s| is) (?:the|a|an|my|your) (?:new|rewritten|revised|created|updated|modified|more complex)\b",
 ))
 _ANY_CHATTER = re.compile("|".join(f"(?:{p.pattern})" for p in CHATTER_PATTERNS))  # one scan, not ten
+# Every pattern but the one anchored at the start contains one of these words: a text with none of them
+# can only match at its start. Ten substring searches cost a tenth of the regex scanning every position.
+_CHATTER_HINTS = ("what would you like", "what do you want me to", "ready", "let me know", "how can i",
+                  "how may i", "be happy to", "be glad to", "anything else", "an ai", "language model",
+                  "here's", "here is")
 
 # not_an_instruction (this project): words that open a request. A text asks for something when it has
 # a question mark, a sentence that opens with a request word or an imperative verb, a clause after a
@@ -146,9 +151,12 @@ def repeated_ngram_fraction(text: str, n: int = 3) -> float:
     >>> repeated_ngram_fraction("a tale of leaves, a tale of leaves, a tale of leaves")
     0.5
     """
+    return _repeated_fraction(text.lower().split(), n)
+
+
+def _repeated_fraction(words: list[str], n: int) -> float:
     if n < 1:
         raise ValueError(f"n-grams of {n} words")
-    words = text.lower().split()
     grams = len(words) - n + 1
     if grams <= 0:
         return 0.0
@@ -163,15 +171,19 @@ def compression_ratio(text: str) -> float:
 
 def is_repetitive(text: str, test: RepetitionTest = RepetitionTest()) -> bool:
     """True when ``text`` loops by either measure of ``test``."""
-    if len(text.split()) < test.min_words:
+    words = text.lower().split()  # as many words as text.split(): lower-casing adds or removes no space
+    if len(words) < test.min_words:
         return False
-    return (repeated_ngram_fraction(text, int(test.ngram)) > test.max_repeated_ngram_fraction
+    return (_repeated_fraction(words, int(test.ngram)) > test.max_repeated_ngram_fraction
             or compression_ratio(text) > test.max_compression_ratio)
 
 
 def is_chatter(text: str) -> bool:
     """The text talks to the user about the task ("What would you like ...?", "I'm ready ...")."""
-    return _ANY_CHATTER.search(_normalise(text)) is not None
+    text = _normalise(text)
+    if any(hint in text for hint in _CHATTER_HINTS):
+        return _ANY_CHATTER.search(text) is not None
+    return _ANY_CHATTER.match(text) is not None
 
 
 _SENTENCES = re.compile(r"[.!;:\n]+")
@@ -242,9 +254,12 @@ def auto_evol_failure(response: str) -> bool:
     return any(p in low for p in GIVE_UP_PHRASES)
 
 
+_PUNCTUATION = string.punctuation + "“”‘’"
+
+
 def is_stopwords_only(response: str) -> bool:
-    words = [w.strip(string.punctuation + "“”‘’") for w in response.lower().split()]
-    return all(w == "" or w in STOP_WORDS for w in words)
+    # a generator: the first word that is not a stop word ends the walk (most responses: the first few)
+    return all(w == "" or w in STOP_WORDS for w in (w.strip(_PUNCTUATION) for w in response.lower().split()))
 
 
 def response_failure(response: str | None, *, sorry_short: bool = True, stopwords_only: bool = True,

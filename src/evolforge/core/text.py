@@ -11,10 +11,7 @@ True
 
 from __future__ import annotations
 
-import re
 import unicodedata
-
-_SPACE = re.compile(r"\s+")
 
 
 def normalize_text(text: str | None) -> str:
@@ -22,7 +19,12 @@ def normalize_text(text: str | None) -> str:
     also for non-Latin scripts), whitespace runs collapsed to one space and trimmed; None -> ''."""
     if not text:
         return ""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    # str.split() splits on exactly the characters re's \s matches (str.isspace), so this is the same as
+    # re.sub(r"\s+", " ", ...).strip() at a quarter of the cost; ASCII is its own NFKC and casefold is
+    # lower() there
+    if text.isascii():
+        return " ".join(text.lower().split())
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def question_text(instruction: str, input_text: str | None) -> str:
