@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
@@ -14,7 +15,8 @@ import time
 
 import pytest
 
-from evolforge.core.cache import CallCache, cache_key
+from evolforge.core.cache import CallCache, KeyFrame, cache_key
+from evolforge.core.roles import Role
 from evolforge.llm import LLM, ChatRequest
 from evolforge.llm.fake import FakeBackend
 
@@ -352,30 +354,53 @@ def outcome(fn, *args, **kwargs):
         return type(error)
 
 
-def test_keys_and_seeds_equal_the_plain_json_encoding_on_random_payloads(monkeypatch):
-    import evolforge.core.cache
-    import evolforge.llm
-    from evolforge.llm import request_seed
+def test_keys_and_seeds_equal_the_plain_json_encoding_on_random_payloads():
+    from evolforge.llm import LLM, _SEED_FRAMES, request_seed
 
-    spliced, encode_spliced = [], evolforge.core.cache.encode_spliced  # the fast path must be taken
-
-    def counting(encode, obj, key, value_json):
-        spliced.append(encode)
-        return encode_spliced(encode, obj, key, value_json)
-
-    monkeypatch.setattr(evolforge.llm, "encode_spliced", counting)  # request_seed's name for it
     rng = random.Random(20240611)
-    for _ in range(300):
+    for _ in range(600):
         args = random_key_args(rng)
         assert cache_key(**args) == old_cache_key(**args), args
         request = random_request(rng)
         assert request_seed(request) == old_request_seed(request), request
-    assert len(spliced) == 300
-    monkeypatch.setattr(evolforge.core.cache, "encode_spliced", counting)  # cache_key's
+    # the spliced encoding was the one taken: frames were made (the stand-in is rare in these payloads)
+    assert sum(around is not None for around in _SEED_FRAMES.values()) > 100
+    rest = {k: v for k, v in random_key_args(rng).items() if k != "messages"}
+    assert KeyFrame(**dict(rest, model={"name": "m"}, engine=None))._around is not None
+
+    # an LLM's frames, one per sampling signature, reused by requests that differ in their messages only
+    role = Role(name="judge", backend="openai", model="m")
+    llm = LLM(None, None, role=role, identity={"served_model": "m"})
     for _ in range(300):
-        args = random_key_args(rng)
-        assert cache_key(**args) == old_cache_key(**args), args
-    assert len(spliced) == 600
+        request = random_request(rng)
+        frames = len(llm._frames)
+        for variant in (request, dataclasses.replace(request, messages=(("user", random_text(rng)),))):
+            assert llm.key(variant) == old_cache_key(
+                backend="openai", model={"served_model": "m"}, messages=variant.message_dicts,
+                temperature=variant.temperature, top_p=variant.top_p, max_tokens=variant.max_tokens,
+                seed=variant.seed, sample_index=variant.sample_index,
+                constraint=None if variant.choices is None else {"choices": list(variant.choices),
+                                                                 "format": role.choice_format})
+        assert len(llm._frames) <= frames + 1  # the variant found the request's frame
+    assert len(llm._frames) > 100
+
+
+def test_numbers_that_compare_equal_get_their_own_frames():
+    """1, 1.0 and True are equal keys of a dict but json writes them apart: a seed (which sees the raw
+    numbers) or a key made with one must not be reused for the other."""
+    from evolforge.llm import LLM, request_seed
+
+    llm = LLM(None, None, role=Role(name="judge", backend="openai", model="m"), identity={"served_model": "m"})
+    for fields in ({"temperature": 1}, {"temperature": 1.0}, {"temperature": True}, {"max_tokens": 1},
+                   {"max_tokens": True}, {"choices": (1,)}, {"choices": (1.0,)}, {"choices": ("1",)}):
+        request = ChatRequest(messages=(("user", "same text"),), **fields)
+        assert request_seed(request) == old_request_seed(request), fields
+        key = llm.key(request)
+        assert key == old_cache_key(backend="openai", model={"served_model": "m"}, messages=request.message_dicts,
+                                    temperature=request.temperature, top_p=request.top_p,
+                                    max_tokens=request.max_tokens, seed=request.seed, sample_index=0,
+                                    constraint=None if request.choices is None else
+                                    {"choices": list(request.choices), "format": "response_format"}), fields
 
 
 LONE_SURROGATES = ["\ud800", "a\udfff\"", "\ud83d\ude00"]  # the last: a UTF-16 pair, two code points in Python

@@ -83,35 +83,53 @@ _KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(","
 _HOLE, _HOLE_JSON = "\0", '"\\u0000"'  # a stand-in string, and how json (ensure_ascii=False) writes it
 
 
-def encode_spliced(encode: Callable[[Any], str], obj: dict[str, Any], key: str, value_json: bytes) -> bytes:
-    """``encode(obj).encode("utf-8")`` when ``value_json`` is ``obj[key]`` as ``encode`` would write it.
+def json_around(encode: Callable[[Any], str], obj: dict[str, Any], key: str) -> tuple[bytes, bytes] | None:
+    """The UTF-8 of ``encode(obj)`` before and after ``obj[key]``'s JSON, or None where that cannot be told
+    (the stand-in string put in its place shows up elsewhere too: another string is "\\0").
 
     json's string escaping is most of the cost of a key or a seed, and orjson escapes a str as json does
     with ensure_ascii=False (control chars as ``\\n`` or ``\\u001f``, ``"`` and ``\\\\``, the rest raw
-    UTF-8) several times faster. So orjson writes the long part (the messages) and json the small rest,
-    whose float spelling and key order it alone decides; the rest is encoded with a stand-in string
-    where ``value_json`` goes. Where the stand-in's JSON shows up elsewhere too (another string "\\0"),
-    ``obj`` is encoded plainly. Callers pass only str values to orjson (it writes floats, subclasses and
-    dicts its own way), and an error in the rest is the one the whole would raise.
+    UTF-8) several times faster. So json writes the small rest once (its float spelling and key order are
+    the ones that count) and orjson the messages of each call, spliced between the two parts: the same
+    bytes as ``encode(obj)``. An error in the rest is the one the whole would raise.
     """
     around = encode({**obj, key: _HOLE}).split(_HOLE_JSON)
-    if len(around) != 2:
-        return encode(obj).encode("utf-8")
-    return b"%s%s%s" % (around[0].encode("utf-8"), value_json, around[1].encode("utf-8"))
+    return (around[0].encode("utf-8"), around[1].encode("utf-8")) if len(around) == 2 else None
 
 
-def _key_json_utf8(payload: dict[str, Any]) -> bytes:
-    """``_KEY_JSON(payload).encode("utf-8")``, byte for byte (see :func:`encode_spliced`): orjson's compact,
-    key-sorted ``[{"content":...,"role":...}]`` is json's with the key's separators."""
-    messages = payload["messages"]
-    if all(type(m["role"]) is str and type(m["content"]) is str for m in messages):
-        try:
-            value_json = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
-        except orjson.JSONEncodeError:  # a lone surrogate: the plain encoding below fails as it always did
-            pass
-        else:
-            return encode_spliced(_KEY_JSON, payload, "messages", value_json)
-    return _KEY_JSON(payload).encode("utf-8")
+class KeyFrame:
+    """Everything of a :func:`cache_key` but the messages, encoded once: the calls of one role with one
+    sampling share it, and encoding it (a judge's 101 score choices, the model identity) costs as much as
+    the messages. ``key(messages)`` is ``cache_key(..., messages=messages)``, byte for byte."""
+
+    def __init__(self, *, backend: str, model: Mapping, engine: Mapping | None = None, temperature: float,
+                 top_p: float, max_tokens: int, seed: int, sample_index: int, constraint: Mapping | None = None):
+        greedy = float(temperature) == 0.0
+        self._rest: dict[str, Any] = {
+            "backend": backend,
+            "model": dict(model),
+            "temperature": float(temperature),
+            "top_p": 1.0 if greedy else float(top_p),
+            "max_tokens": int(max_tokens),
+            "seed": 0 if greedy else int(seed),
+            "sample_index": int(sample_index),
+        }
+        if engine:  # servers have none: the served model id covers the engine
+            self._rest["engine"] = dict(engine)
+        if constraint:
+            self._rest["constraint"] = dict(constraint)
+        self._around = json_around(_KEY_JSON, self._rest, "messages")
+
+    def key(self, messages: Iterable[Mapping[str, str]]) -> str:
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self._around is not None and all(type(m["role"]) is str and type(m["content"]) is str for m in messages):
+            try:  # orjson's compact, key-sorted [{"content":...,"role":...}] is json's with the key's separators
+                blob = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+            except orjson.JSONEncodeError:  # a lone surrogate: the plain encoding below fails as it always did
+                pass
+            else:
+                return hashlib.sha256(b"%s%s%s" % (self._around[0], blob, self._around[1])).hexdigest()
+        return hashlib.sha256(_KEY_JSON({**self._rest, "messages": messages}).encode("utf-8")).hexdigest()
 
 
 def cache_key(
@@ -132,30 +150,16 @@ def cache_key(
     ``engine`` holds the options of the role that change outputs (see ``evolforge.llm.engine_options``).
     At temperature 0 decoding is greedy: ``top_p`` and ``seed`` change nothing and are left out.
     ``constraint`` (the allowed answers of a constrained request, and how they are enforced) goes in
-    only when there is one, so unconstrained keys stay as they were.
+    only when there is one, so unconstrained keys stay as they were. Many keys with the same rest:
+    :class:`KeyFrame`.
 
     >>> k = cache_key(backend="hf", model={"name": "m"}, messages=[{"role": "user", "content": "hi"}],
     ...               temperature=0.0, top_p=1.0, max_tokens=8, seed=0, sample_index=0)
     >>> len(k)
     64
     """
-    greedy = float(temperature) == 0.0
-    payload = {
-        "backend": backend,
-        "model": dict(model),
-        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-        "temperature": float(temperature),
-        "top_p": 1.0 if greedy else float(top_p),
-        "max_tokens": int(max_tokens),
-        "seed": 0 if greedy else int(seed),
-        "sample_index": int(sample_index),
-    }
-    if engine:  # servers have none: the served model id covers the engine
-        payload["engine"] = dict(engine)
-    if constraint:
-        payload["constraint"] = dict(constraint)
-    return hashlib.sha256(_key_json_utf8(payload)).hexdigest()
-
+    return KeyFrame(backend=backend, model=model, engine=engine, temperature=temperature, top_p=top_p,
+                    max_tokens=max_tokens, seed=seed, sample_index=sample_index, constraint=constraint).key(messages)
 
 
 class CallCache:

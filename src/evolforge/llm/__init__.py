@@ -37,7 +37,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import orjson
 from tqdm.auto import tqdm
 
-from evolforge.core.cache import CallCache, cache_key, encode_spliced
+from evolforge.core.cache import CallCache, KeyFrame, json_around
 from evolforge.core.models import ModelError, model_identity
 from evolforge.core.params import load_role, load_section
 from evolforge.core.settings import LLMSettings
@@ -102,31 +102,55 @@ def collect(finished_groups: Iterator[list[tuple[int, "Completion"]]], n: int) -
 def request_seed(request: ChatRequest) -> int:
     """A 60-bit sampling seed derived from the whole request (messages, sampling, seed, sample index),
     so a request samples the same tokens whichever batch it lands in."""
-    # the JSON of dataclasses.asdict(request), built directly (asdict's deep copy costs more than the hash)
-    fields = {"messages": request.messages, "temperature": request.temperature, "top_p": request.top_p,
-              "max_tokens": request.max_tokens, "seed": request.seed, "sample_index": request.sample_index}
-    if request.choices is not None:  # only then: unconstrained requests keep the seeds they always had
-        fields["choices"] = request.choices
-    return int(hashlib.sha256(_seed_json_utf8(fields)).hexdigest()[:15], 16)
+    # sha256 of json.dumps(dataclasses.asdict(request) without None choices, sort_keys=True,
+    # ensure_ascii=False), built as cache keys are (see KeyFrame): the rest once per sampling, the
+    # messages by orjson with json's default ", " between them (``[["user", "..."]]``)
+    sig = _sampling_signature(request)
+    around = _SEED_FRAMES.get(sig, _UNSEEN)
+    if around is _UNSEEN:
+        around = _seed_frame(request)
+        if len(_SEED_FRAMES) < 4096:
+            _SEED_FRAMES[sig] = around
+    messages = request.messages
+    if around is not None and type(messages) is tuple and all(
+            type(m) is tuple and len(m) == 2 and type(m[0]) is str and type(m[1]) is str for m in messages):
+        try:
+            blob = b"[%s]" % b", ".join([b"[%s, %s]" % (orjson.dumps(r), orjson.dumps(c)) for r, c in messages])
+        except orjson.JSONEncodeError:  # a lone surrogate: the plain encoding below fails as it always did
+            pass
+        else:
+            return int(hashlib.sha256(b"%s%s%s" % (around[0], blob, around[1])).hexdigest()[:15], 16)
+    return int(hashlib.sha256(_SEED_JSON(_seed_fields(request)).encode("utf-8")).hexdigest()[:15], 16)
 
 
 # json.dumps(fields, sort_keys=True, ensure_ascii=False), without building an encoder per call
 _SEED_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+_SEED_FRAMES: dict[tuple, tuple[bytes, bytes] | None] = {}  # request_seed's rest, per sampling signature
+_UNSEEN = object()
 
 
-def _seed_json_utf8(fields: dict[str, Any]) -> bytes:
-    """``_SEED_JSON(fields).encode("utf-8")``, byte for byte (see ``evolforge.core.cache.encode_spliced``):
-    orjson writes each role and content, joined by hand with json's default ", " (``[["user", "..."]]``)."""
-    messages = fields["messages"]
-    if type(messages) is tuple and all(
-            type(m) is tuple and len(m) == 2 and type(m[0]) is str and type(m[1]) is str for m in messages):
-        try:
-            value_json = b"[%s]" % b", ".join([b"[%s, %s]" % (orjson.dumps(r), orjson.dumps(c)) for r, c in messages])
-        except orjson.JSONEncodeError:  # a lone surrogate: the plain encoding below fails as it always did
-            pass
-        else:
-            return encode_spliced(_SEED_JSON, fields, "messages", value_json)
-    return _SEED_JSON(fields).encode("utf-8")
+def _seed_fields(request: ChatRequest) -> dict[str, Any]:
+    fields = {"messages": request.messages, "temperature": request.temperature, "top_p": request.top_p,
+              "max_tokens": request.max_tokens, "seed": request.seed, "sample_index": request.sample_index}
+    if request.choices is not None:  # only then: unconstrained requests keep the seeds they always had
+        fields["choices"] = request.choices
+    return fields
+
+
+def _seed_frame(request: ChatRequest) -> tuple[bytes, bytes] | None:
+    return json_around(_SEED_JSON, _seed_fields(request), "messages") if _str_choices(request.choices) else None
+
+
+def _sampling_signature(request: ChatRequest) -> tuple:
+    """What a request's key and seed depend on besides its messages, with the types of the numbers: 1 and
+    1.0 are equal but json writes them apart (a seed sees them raw)."""
+    t, p, n, s, i = request.temperature, request.top_p, request.max_tokens, request.seed, request.sample_index
+    return t, p, n, s, i, request.choices, type(t), type(p), type(n), type(s), type(i)
+
+
+def _str_choices(choices: tuple[str, ...] | None) -> bool:
+    """Frames are kept only for str choices: equal tuples of them are written alike (1 and 1.0 are not)."""
+    return choices is None or all(type(c) is str for c in choices)
 
 
 class LLM:
@@ -160,6 +184,7 @@ class LLM:
         self.cache = cache
         self._identity = dict(identity) if identity is not None else backend.identity()
         self._engine = engine_options(self.role)
+        self._frames: dict[tuple, KeyFrame] = {}  # see key()
         if batch_size is None:  # servers: the backend's own pool bounds requests in flight
             batch_size = self.role.concurrency * 4 if self.role.backend == "openai" else self.role.batch_size
         self.batch_size = max(1, int(batch_size))
@@ -190,18 +215,17 @@ class LLM:
         return self.role.request(messages, **overrides)
 
     def key(self, request: ChatRequest) -> str:
-        return cache_key(
-            backend=self.role.backend,
-            model=self._identity,
-            engine=self._engine,
-            messages=request.message_dicts,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-            sample_index=request.sample_index,
-            constraint=self._constraint(request),
-        )
+        """``cache_key`` of ``request`` for this role, through a :class:`KeyFrame` kept per sampling."""
+        sig = _sampling_signature(request)
+        frame = self._frames.get(sig)
+        if frame is None:
+            frame = KeyFrame(backend=self.role.backend, model=self._identity, engine=self._engine,
+                             temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
+                             seed=request.seed, sample_index=request.sample_index,
+                             constraint=self._constraint(request))
+            if _str_choices(request.choices) and len(self._frames) < 4096:
+                self._frames[sig] = frame
+        return frame.key(request.message_dicts)
 
     def _constraint(self, request: ChatRequest) -> dict[str, Any] | None:
         """The part of a constrained request's key: its choices and, for a server, how they are enforced."""
