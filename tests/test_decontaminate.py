@@ -97,6 +97,20 @@ def test_tokens_hide_defined_names_and_ignore_layout():
     assert tokens("A class has 28 students") == ["a", "class", "has", "28", "students"]  # prose, not code
 
 
+def test_word_tokens_are_the_regex_word_runs():
+    """The ASCII fast path splits exactly where ``\\w+`` does, for every ASCII character and beside non-ASCII."""
+    import random
+    import re
+
+    from evolforge.build.decontaminate import _word_tokens
+
+    rng = random.Random(3)
+    alphabet = [chr(c) for c in range(128)] + ["é", "ß", "中", "\u0301", "٣", "\xa0"]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+        assert _word_tokens(text) == re.findall(r"\w+", text), repr(text)
+
+
 def test_boilerplate_ngrams_are_ignored():
     shared = "the quick brown fox jumps over the lazy dog near the old river bank today"
     probs = [Problem("gsm8k", f"p{k}", "offline", (f"{shared} question {k}",), f"{shared} question {k}") for k in range(3)]

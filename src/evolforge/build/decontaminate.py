@@ -59,6 +59,8 @@ from evolforge.core.settings import DecontaminateSettings
 log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+")
+# ASCII text: every character outside \w to a space, then split (a third of findall's cost, the same words)
+_ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not _WORD.fullmatch(c)})
 _DEFINED = re.compile(r"\b(?:def|class)\s+([^\W\d]\w*)\s*[(:]")  # code only: "a class has 28" is prose
 NAME = "\x00fn"  # placeholder for defined names; \w+ never produces it, so it cannot collide with a word
 _P = np.uint64(0x100000001B3)  # multiplier of the rolling hash (odd, so it is invertible mod 2^64)
@@ -113,7 +115,12 @@ def _defined(norm: str) -> list[str]:
 
 
 def _tokens_of(norm: str, names: Iterable[str]) -> list[str]:
-    return _hide(_WORD.findall(norm), set(names).union(_defined(norm)))
+    return _hide(_word_tokens(norm), set(names).union(_defined(norm)))
+
+
+def _word_tokens(norm: str) -> list[str]:
+    """``\\w+`` runs of ``norm``."""
+    return norm.translate(_ASCII_NON_WORD).split() if norm.isascii() else _WORD.findall(norm)
 
 
 def _hide(words: list[str], hide: set[str] | frozenset[str]) -> list[str]:
@@ -371,7 +378,7 @@ class _References:
             # a name defined in the output hides its mentions in the instruction too, and the other way round
             own = _defined(q) + _defined(a)
             names = self.names.union(own) if own else self.names
-            seqs += [_hide(_WORD.findall(q), names), _hide(_WORD.findall(a), names)]
+            seqs += [_hide(_word_tokens(q), names), _hide(_word_tokens(a), names)]
         return seqs
 
     def matches(self, instructions: Sequence[str], outputs: Sequence[str]) -> list[Match | None]:
