@@ -29,7 +29,8 @@ What it does:
 5. ``--incremental``: after the in-process run, prepends 25% more seeds and reruns, then deletes one seed
    and reruns; the LLM calls made (cache misses) are compared with the full run's calls;
 6. ``--all``: HTTP, in-process and incremental in one run; client CPU per call is then
-   (HTTP stage CPU - in-process pipeline CPU) / calls, the CPU the HTTP client costs.
+   (HTTP stage CPU - in-process pipeline CPU) / calls over the stages that call the LLM, the CPU the
+   HTTP client costs.
 
 Targets (issue 11), 52k seeds x 3 rounds: in-process pipeline CPU <= 60 s; client CPU per
 call <= 0.15 ms; HTTP wall <= 1.25x what the server alone serves those calls in; peak RSS < 1 GiB;
@@ -360,6 +361,14 @@ def run_in_process(root: Path, n: int, log: Path) -> dict:
     return {"stages": rows, "totals": totals(rows)}
 
 
+def client_cpu_ms_per_call(http: list[dict], in_process: list[dict]) -> float:
+    """Over HTTP a stage pays the client; in-process it pays the pipeline and the answers instead. Only the
+    stages that make calls count: the others' run-to-run spread (seconds at 52k seeds) is no client's."""
+    pipeline = {r["stage"]: r["cpu_s"] - r["backend_cpu_s"] for r in in_process}
+    calling = [r for r in http if r["calls"]]
+    return sum(r["cpu_s"] - pipeline[r["stage"]] for r in calling) / sum(r["calls"] for r in calling) * 1e3
+
+
 def run_incremental(root: Path, n: int, full_calls: int, log: Path) -> dict:
     extra = n // 4
     seeds = root / "data/seeds/bench.jsonl"
@@ -407,11 +416,10 @@ def main() -> None:
             result["incremental"] = run_incremental(work / "in_process", args.seeds,
                                                     result["in_process"]["totals"]["calls"], log)
         if "http" in result and "in_process" in result:
-            h, i = result["http"]["totals"], result["in_process"]["totals"]
-            # over HTTP a stage pays the client; in-process it pays the pipeline and the answers instead
-            result["client_cpu_ms_per_call"] = (h["cpu_s"] - i["pipeline_cpu_s"]) / h["calls"] * 1e3
-            print(f"\nclient CPU per call (HTTP stage CPU - in-process pipeline CPU) / calls: "
-                  f"{result['client_cpu_ms_per_call']:.3f} ms (target <= 0.15)")
+            result["client_cpu_ms_per_call"] = client_cpu_ms_per_call(result["http"]["stages"],
+                                                                      result["in_process"]["stages"])
+            print(f"\nclient CPU per call, over the stages that call the LLM (HTTP stage CPU - in-process "
+                  f"pipeline CPU) / calls: {result['client_cpu_ms_per_call']:.3f} ms (target <= 0.15)")
     finally:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
