@@ -180,10 +180,14 @@ class _Replicas:
         self.cooldown_s, self.max_cooldown_s = cooldown_s, max_cooldown_s
         self.several = len(self.replicas) > 1
         self._changed = asyncio.Event()
+        self._waiting = 0  # acquire() calls waiting on _changed
 
     async def acquire(self, deadline: float | None = None) -> _Replica:
         """A replica with room: a healthy one, or when every replica is out and ``deadline``
         (``time.monotonic()``) has passed, the one whose cool-down ends first."""
+        if not self.several and self.replicas[0].in_flight < self.concurrency:
+            self.replicas[0].in_flight += 1  # one server is never taken out: it has room, that is all
+            return self.replicas[0]
         while True:
             now = time.monotonic()
             room = [r for r in self.replicas if r.in_flight < self.concurrency]
@@ -201,10 +205,13 @@ class _Replicas:
             back = [r.down_until - now for r in self.replicas if r.down_until > now]
             if deadline is not None and all_out:
                 back.append(max(0.0, deadline - now))
+            self._waiting += 1
             try:  # a release, the end of the earliest cool-down or the deadline, whichever is first
                 await asyncio.wait_for(self._changed.wait(), timeout=min(back) if back else None)
             except asyncio.TimeoutError:
                 pass
+            finally:
+                self._waiting -= 1
 
     def release(self, replica: _Replica, fault: bool | None, retry_after: float | None = None) -> None:
         """``fault``: True when the replica failed (no answer, or a 5xx), False when it answered, None when
@@ -220,8 +227,9 @@ class _Replicas:
             log.warning("%s failed (%d in a row): out for %.2fs", replica.base_url, replica.streak, cooldown)
         elif fault is False:  # it answered: it is up, whatever its cool-down said
             replica.streak, replica.down_until = 0, 0.0
-        self._changed.set()  # wake every waiter; later waiters wait on a fresh event
-        self._changed = asyncio.Event()
+        if self._waiting:  # wake every waiter; later waiters wait on a fresh event
+            self._changed.set()
+            self._changed = asyncio.Event()
 
 
 class OpenAIBackend:
