@@ -44,7 +44,7 @@ class LLMSettings:
     """``llm``: how every role's calls are committed and when a stage gives up."""
 
     max_failure_rate: Probability = 0.05  # a generate call fails past this share of failed items
-    commit_every: PositiveInt = 4096  # commit completions every N (large transactions: SQLite writes less per row) ...
+    commit_every: PositiveInt = 65536  # commit completions every N (large transactions: SQLite writes less per row) ...
     commit_interval_s: PositiveFloat = 0.5  # ... or this many seconds, whichever comes first
 
 
