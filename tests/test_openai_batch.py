@@ -180,3 +180,16 @@ def test_jobs_are_cut_by_request_count_and_by_file_size():
     assert list(_chunks(list(range(7)), lambda i: 10, 3, 10**6)) == [[0, 1, 2], [3, 4, 5], [6]]
     sizes = {0: 40, 1: 40, 2: 40, 3: 200, 4: 10}
     assert list(_chunks(list(sizes), sizes.get, 100, 100)) == [[0, 1], [2], [3], [4]]  # 3 alone: too big for any
+
+
+@pytest.mark.parametrize("limit", ["requests_per_minute", "tokens_per_minute"])
+def test_pacing_with_batch_api_is_refused_not_ignored(limit):
+    """A batch job is scheduled by the provider: a per-minute pace would be silently ignored, so it is an
+    error naming the field (and batch_api alone, or the pace alone, is fine)."""
+    from evolforge.core.params import ParamsError
+
+    fields = {"backend": "openai", "model": "m", "base_url": "https://api.example.com/v1", "batch_api": True}
+    with pytest.raises(ParamsError, match=rf"roles\.evolver\.{limit}: paces requests sent one by one.*batch_api: false"):
+        Role.from_params("evolver", {**fields, limit: 100})
+    assert Role.from_params("evolver", fields).batch_api
+    assert getattr(Role.from_params("evolver", {**fields, "batch_api": False, limit: 100}), limit) == 100

@@ -158,6 +158,12 @@ class Role:
             problems.append(f"{where}.batch_api: only an openai role can use a provider's batch API")
         if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:
             problems.append(f"{where}.batch_api: a batch job goes to one provider; use base_url, not several base_urls")
+        for limit in ("requests_per_minute", "tokens_per_minute"):
+            if self.batch_api and getattr(self, limit) is not None:
+                # silently ignored otherwise: a batch job is scheduled by the provider, not paced by us
+                problems.append(f"{where}.{limit}: paces requests sent one by one; with batch_api the provider "
+                                f"schedules the job under its own batch limits (queued tokens): remove {limit} "
+                                f"or set batch_api: false")
         return problems
 
     def request(self, messages: Sequence[Mapping[str, str]], **overrides) -> ChatRequest:
