@@ -223,8 +223,9 @@ def instant_stage(argv: list[str]) -> None:
     sys.path[0] = str(Path(argv[0]).resolve().parent)  # as `python stages/X.py` would have it
     try:
         runpy.run_path(argv[0], run_name="__main__")
-    finally:  # for run_stages: the backend's share of this stage's CPU
-        Path(os.environ[BACKEND_CPU_FILE]).write_text(repr(InstantBackend.cpu_s), encoding="ascii")
+    finally:  # for run_stages: the backend's share of this stage's CPU (not set when run by hand)
+        if os.environ.get(BACKEND_CPU_FILE):
+            Path(os.environ[BACKEND_CPU_FILE]).write_text(repr(InstantBackend.cpu_s), encoding="ascii")
 
 
 # -- the copy and its stages --------------------------------------------------------------------------------
