@@ -33,8 +33,8 @@ cosine similarity to a benchmark prompt is at least ``embedding_threshold``.
 Cost is linear, memory bounded by the chunk (plus the shared vocabulary of distinct tokens): the references
 are tokenised and indexed once; the items are then read ``chunk_size`` at a time (:data:`CHUNK_ITEMS`),
 their token hashes combined into rolling 64-bit n-gram hashes with numpy (one pass for every compared
-length), looked up in the sorted reference hashes, and every hit is confirmed token by token (both rules). An item's result depends on it alone, so the chunk size changes memory
-and nothing else.
+length), looked up in the sorted reference hashes, and every hit is confirmed token by token (both rules).
+An item's result depends on it alone, so the chunk size changes memory and nothing else.
 
 >>> tokens("def add_two(a, b):\\n    '''Return a+b.'''")
 ['def', '\\x00fn', 'a', 'b', 'return', 'a', 'b']

@@ -121,7 +121,11 @@ class KeyFrame:
         self._around = json_around(_KEY_JSON, self._rest, "messages")
 
     def key(self, messages: Iterable[Mapping[str, str]]) -> str:
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return self.key_of_pairs((m["role"], m["content"]) for m in messages)
+
+    def key_of_pairs(self, pairs: Iterable[tuple[str, str]]) -> str:
+        """:meth:`key` of the messages given as (role, content) pairs (a ``ChatRequest``'s own form)."""
+        messages = [{"role": r, "content": c} for r, c in pairs]
         if self._around is not None and all(type(m["role"]) is str and type(m["content"]) is str for m in messages):
             try:  # orjson's compact, key-sorted [{"content":...,"role":...}] is json's with the key's separators
                 blob = orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)

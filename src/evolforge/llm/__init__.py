@@ -225,7 +225,7 @@ class LLM:
                              constraint=self._constraint(request))
             if _str_choices(request.choices) and len(self._frames) < 4096:
                 self._frames[sig] = frame
-        return frame.key(request.message_dicts)
+        return frame.key_of_pairs(request.messages)
 
     def _constraint(self, request: ChatRequest) -> dict[str, Any] | None:
         """The part of a constrained request's key: its choices and, for a server, how they are enforced."""
