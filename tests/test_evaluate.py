@@ -11,6 +11,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -155,6 +158,25 @@ def test_hub_ifeval_without_nltk_data_stops_before_generating(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="punkt_tab"):
         evaluate({"m": "correct"}, tmp_path / "out", suite="hub", tasks=["ifeval"], backend="evolforge-scripted")
     assert ScriptedLM.prompts == []
+
+
+def test_offline_ifeval_without_nltk_data_tries_no_download():
+    # a fresh process: the harness's IFEval module tries its download (and prints) when first imported
+    code = textwrap.dedent("""
+        import importlib, nltk
+        tried = []
+        def missing(resource, *args, **kwargs):
+            raise LookupError(resource)
+        nltk.data.find = missing
+        nltk.download = lambda *args, **kwargs: tried.append(args) or False
+        from evolforge.eval.harness import _check_nltk
+        _check_nltk(["evolforge_offline_ifeval", "evolforge_offline_gsm8k"])
+        importlib.import_module("lm_eval.tasks.ifeval.instructions_util")  # as the harness's task loading does
+        assert tried == [], tried
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "punkt_tab" not in run.stdout
 
 
 def test_unknown_suite_is_an_error(tmp_path):
