@@ -76,6 +76,9 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
                [{"round": k, "reason": r, "count": c} for k, r, c in sorted(failures.iter_rows())])
     for col in ("ifd", "ic_ifd", "mnd"):
         write_json(metrics / "plots" / f"{col}_hist.json", histogram(scores[col].to_list()))
+    write_json(metrics / "plots" / "data_quality.json",  # as the decontaminate stage writes it
+               [{"round": k, "reason": r, "count": c} for k in range(1, rounds + 1)
+                for r, c in (("near-duplicate", k), ("contaminated", 1))])
     # the small metrics of the other stages, in the shapes those stages write
     benchmarks = {"gsm8k/exact_match_flexible": 0.2, "ifeval/prompt_level_strict_acc": 0.4, "humaneval/pass@1": 0.25}
     write_json(metrics / "eval_base.json", {"base": benchmarks, "skipped": {}})

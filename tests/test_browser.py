@@ -31,7 +31,7 @@ def shots(tmp_path_factory) -> Path:
 
 
 def plots_section() -> str:
-    """The `plots:` block of docs/report.md: the one the lead puts in dvc.yaml is the one tested here."""
+    """The `plots:` block of docs/report.md (the dvc.yaml one, checked in :func:`dvc_repo`)."""
     text = (REPO / "docs" / "report.md").read_text(encoding="utf-8")
     return re.search(r"<!-- plots section.*?-->\n```yaml\n(.*?)```", text, re.S).group(1)
 
@@ -52,7 +52,8 @@ def dvc_repo(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "src" / "evolforge" / "report", repo / "src" / "evolforge" / "report",
                     ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     (repo / "dvc.yaml").write_text(plots_section())
-    assert len(yaml.safe_load(plots_section())["plots"]) == 9
+    assert yaml.safe_load(plots_section())["plots"] == yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"], \
+        "docs/report.md shows a plots section other than dvc.yaml's"
 
     def run(*cmd: str) -> str:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
@@ -71,7 +72,7 @@ def dvc_repo(tmp_path_factory) -> Path:
 def test_plots_page_uses_the_offline_template(dvc_repo):
     page = (dvc_repo / "dvc_plots" / "index.html").read_text(encoding="utf-8")
     assert "cdn.jsdelivr" not in page and 'data-library="vega@5.20.2"' in page
-    assert page.count("vegaEmbed('#") == 9  # each plot once
+    assert page.count("vegaEmbed('#") == 10  # each plot once
 
 
 def test_export_from_dvc(dvc_repo, tmp_path):
@@ -79,7 +80,8 @@ def test_export_from_dvc(dvc_repo, tmp_path):
 
     files = export_plots(tmp_path, "svg", repo=dvc_repo)
     assert sorted(p.stem for p in files) == sorted(
-        ["difficulty_levels_by_round", "evolve_failures_by_reason", "evolve_length_growth", "optimize_failure_rate",
+        ["difficulty_levels_by_round", "evolve_failures_by_reason", "removed_by_dedup_and_decontamination",
+         "evolve_length_growth", "optimize_failure_rate",
          "ifd_histogram", "ic_ifd_histogram", "mnd_histogram", "train_loss", "train_learning_rate"])
     assert all("<path" in p.read_text() for p in files)
 
@@ -88,7 +90,7 @@ def test_export_from_dvc(dvc_repo, tmp_path):
 def test_plots_page_renders_offline_in_chromium(dvc_repo, shots):
     result = open_page(dvc_repo / "dvc_plots" / "index.html", shots / "dvc_plots.png")
     assert result.console_errors == [] and result.requests == []
-    assert len(result.charts) == 9
+    assert len(result.charts) == 10
     assert all(c["marks"] > 50 for c in result.charts), result.charts  # coloured pixels: bars and lines drew
     assert (shots / "dvc_plots.png").stat().st_size > 10_000
 
