@@ -70,7 +70,7 @@ def main() -> None:
     rejected = table.filter(pl.col("response_verified") == False).with_columns(  # noqa: E712 (null = not checked)
         status=pl.lit(FAILED), failure_reason=pl.lit("response_not_verified"))
     kept = table.filter(pl.col("response_verified").is_null() | pl.col("response_verified"))
-    validation.check(kept, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), args.out)
+    validation.check(kept, validation.item_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), args.out)
 
     rates = table["pass_rate"].drop_nulls()
     metrics = {"skipped": not active, "constraints": constraints.height if active else 0, "queries": n_queries,

@@ -37,7 +37,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = load_section(params, "autoif")
     table = read_table(args.constraints)
-    validation.check(table, validation.required_columns(["id", "status", "constraint"]) + validation.unique("id"), args.constraints)
+    validation.check(table, validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), args.constraints)
     active = read_scenario(params) == "autoif"
     constraints = hash_sample(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
 

@@ -34,7 +34,7 @@ def main() -> None:
     cfg = load_section(params, "decontaminate")
     evaluate = load_section(params, "evaluate")
     items = read_table(args.dedup)
-    validation.check(items, validation.required_columns(["id", "round", "instruction", "input", "output", "duplicate_of"]), args.dedup)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input", "output", "duplicate_of"]), args.dedup)
     problems, notes = load_problems(list(evaluate.tasks), evaluate.suite, cfg)
     for note in notes:
         print(f"decontaminate: note: {note}")

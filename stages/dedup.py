@@ -28,7 +28,7 @@ def main() -> None:
 
     cfg = load_section(load_params(args.params), "dedup")
     items = read_table(args.responses)
-    validation.check(items, validation.required_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
     # a usable item (one selection could take) wins its cluster over an unusable twin
     usable = guard_reason(items).is_null().to_list()
     table, metrics = dedup_table(items, usable, cfg)

@@ -38,7 +38,7 @@ def main() -> None:
     cfg = load_section(params, "diversity")
     role = load_role(params, "embedder")
     items = read_table(args.responses)
-    validation.check(items, validation.required_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
 
     model = role.model
     embeddings = embed_texts(item_texts(items["instruction"].to_list(), items["input"].to_list()), model,

@@ -31,7 +31,7 @@ JUDGE_TEMPLATES = ("judge/equal.j2", IS_INSTRUCTION_TEMPLATE)  # the judge check
 def read_pool(src: Path) -> pl.DataFrame:
     """A round's pool is its predecessor's pool.parquet; the seed table is round 1's pool."""
     table = pl.read_parquet(src / POOL) if (src / POOL).exists() else read_table(src)
-    validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input"]) + validation.unique("id"), src)
+    validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input"]) + validation.unique("id"), src)
     return table
 
 

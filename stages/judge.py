@@ -33,7 +33,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = load_section(params, "judge")
     items = read_table(args.responses)
-    validation.check(items, validation.required_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
     prompts = PromptLibrary(args.prompts)
     llm = open_role(params, "judge", open_cache(params))
     variant = cfg.score_prompt

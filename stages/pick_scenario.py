@@ -31,7 +31,7 @@ def main() -> None:
     evol, autoif = read_table(args.evol), read_table(args.autoif)
     pool = pick_pool(cfg.scenario, evol, autoif, cfg.on_empty, evol_source=args.evol, autoif_source=args.autoif)
     table = pool.table
-    validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), pool.source)
+    validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), pool.source)
     if table.is_empty():
         raise validation.DataError(pool.source, "non-empty pool", detail=f"no answered items for scenario {cfg.scenario!r}")
     per_method = {m: int(n) for m, n in table.group_by("method").len().sort("method").iter_rows()}

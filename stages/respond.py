@@ -40,7 +40,7 @@ def main() -> None:
     llm = open_role(params, "responder", open_cache(params))
     table = answer(items, llm, prompts, repetition=repetition_test(cfg.repetition),
                    temperature=cfg.temperature, max_tokens=cfg.max_tokens)
-    validation.check(table, validation.required_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
+    validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
                      + validation.unique("id"), args.out)
 
     statuses = status_counts(table)

@@ -36,7 +36,7 @@ def main() -> None:
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
     items = read_table(args.responses)
-    validation.check(items, validation.required_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), args.responses)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), args.responses)
 
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),

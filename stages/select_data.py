@@ -46,8 +46,8 @@ def main() -> None:
                          f"(of {table.height}: {counts}); see params.yaml select and metrics of the earlier stages")
     validation.check(chosen, validation.non_empty_text(["instruction", "output"]) + validation.unique("id"), args.out)
     write_output(args.out, chosen, meta={"params": dataclasses.asdict(cfg)}, tables={"excluded.parquet": excluded},
-                 extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)})
-    write_card(args.out, ".", params)
+                 extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)},
+                 finish=lambda folder: write_card(folder, ".", params))  # the card inside the one atomic write
     write_json(args.metrics, summary)
     print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}; "
           f"removed per filter {summary['removed_by_filter']}")

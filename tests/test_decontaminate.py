@@ -57,6 +57,13 @@ def problems() -> list[Problem]:
     return found
 
 
+def test_a_task_it_does_not_know_is_named_in_the_notes():
+    found, notes = load_problems(["ifevl", "gsm8k"], "offline", DecontaminateSettings())
+    assert {p.benchmark for p in found} == {"gsm8k"}
+    assert notes == ["ifevl: not one of the benchmarks decontamination knows (ifeval, gsm8k, math, humaneval, mbpp); "
+                     "nothing is checked against it"]
+
+
 def flag(problems, instructions, outputs=None, config=DecontaminateSettings()):
     outputs = outputs or [""] * len(instructions)
     return [None if m is None else (problems[m.problem].benchmark, problems[m.problem].problem_id, m.field)

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -281,3 +282,97 @@ def test_the_stage_refuses_with_exit_2_no_traceback_and_no_output(repo, tmp_path
     assert code == 2, err
     assert "Traceback" not in err and err.count("\n") == 1 and "rule '" in err, err
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+# --- stage outputs and files other stages read ------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 cut short", b'{"id": "a"}\n'])
+def test_an_unreadable_table_is_refused_naming_it(tmp_path, content):
+    from evolforge.core.records import read_table
+
+    (tmp_path / "items.parquet").write_bytes(content)
+    with pytest.raises(DataError, match=r"items\.parquet: rule 'a readable Parquet table'.*rerun the stage"):
+        read_table(tmp_path)
+
+
+def test_a_broken_identity_file_is_refused_with_its_line(tmp_path):
+    from evolforge.core.roles import Role
+    from evolforge.llm import recorded_identity
+
+    path = tmp_path / "identity.json"
+    path.write_text('{\n  "judge": {not json\n}')
+    with pytest.raises(DataError, match=r"identity\.json: rule 'valid JSON': line 2, column 13"):
+        recorded_identity(Role(name="judge", backend="hf", model="m"), path)
+
+
+def test_a_failure_while_finishing_an_output_leaves_the_previous_one(tmp_path):
+    from evolforge.core.records import write_output
+
+    out = tmp_path / "selected"
+    write_output(out, pl.DataFrame({"id": ["a"]}), extra={"train.jsonl": [{"id": "a"}]})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def card(folder: Path) -> None:  # as select's dataset card fails on a broken models/identity.json
+        (folder / "README.md").write_text("half a card")
+        raise DataError("models/identity.json", "valid JSON")
+
+    with pytest.raises(DataError):
+        write_output(out, pl.DataFrame({"id": ["b"]}), extra={"train.jsonl": [{"id": "b"}]}, finish=card)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["selected"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["lineage", "no-such-id"], "evolforge lineage: error: data/seed and 0 round folders: rule 'an item id, or the "
+                                "prefix of exactly one': 'no-such-id' matches no item"),
+    (["card", "--selected", "nowhere", "--params", "{repo}/params.yaml"],
+     "evolforge card: error: nowhere/items.parquet: no selection"),
+    (["report", "--root", "nowhere", "--out", "r.html"], "evolforge report: 'nowhere' is no folder here"),
+])
+def test_cli_misuse_is_one_line_without_traceback(repo, tmp_path, monkeypatch, capsys, argv, expected):
+    from evolforge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    seed = Path("data/seed")
+    seed.mkdir(parents=True)
+    pl.DataFrame({"id": ["s1"], "root_id": ["s1"], "parent_id": [None], "round": [0], "method": ["seed"],
+                  "status": ["seed"], "failure_reason": [None], "instruction": ["Add 2 and 3."]},
+                 schema_overrides={"parent_id": pl.String, "failure_reason": pl.String}).write_parquet(
+        seed / "items.parquet")
+    with pytest.raises(SystemExit) as exit_:
+        main([a.replace("{repo}", str(repo)) for a in argv])
+    err = capsys.readouterr().err + (exit_.value.code if isinstance(exit_.value.code, str) else "")
+    assert exit_.value.code != 0 and expected in err and "Traceback" not in err, err
+    assert not Path("r.html").exists()
+
+
+def _items(**changes) -> pl.DataFrame:
+    table = pl.DataFrame({"id": ["a", "b"], "root_id": ["a", "b"], "parent_id": [None, None], "round": [0, 0],
+                          "method": ["seed"] * 2, "status": ["seed"] * 2, "failure_reason": [None, None],
+                          "instruction": ["Add 2 and 3.", "Name a colour."], "input": ["", ""]},
+                         schema_overrides={"parent_id": pl.String, "failure_reason": pl.String})
+    return table.with_columns(**changes)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"instruction": pl.Series([None, "Name a colour."], dtype=pl.String)}, "row 1: rule 'instruction is not null'"),
+    ({"instruction": pl.Series([1, 2])}, "rule 'column 'instruction' holds text': it holds Int64"),
+    ({"id": pl.Series(["a", None], dtype=pl.String)}, "row 2: rule 'id is not null'"),
+    ({"round": pl.Series(["0", "1"])}, "rule 'column 'round' holds integers': it holds String"),
+    ({"input": pl.Series([["x"], ["y"]])}, "rule 'column 'input' holds text': it holds List(String)"),
+])
+def test_a_hand_edited_item_table_is_refused_before_any_call(tmp_path, changes, expected):
+    from evolforge.build.respond import gather
+    from evolforge.core.records import write_output
+
+    write_output(tmp_path / "seed", _items(**changes))
+    with pytest.raises(DataError, match=re.escape(expected)):
+        gather([], tmp_path / "seed")  # respond's inputs; evolve, judge, dedup ... check theirs the same way
+
+
+def test_a_seed_table_of_the_pipeline_passes_the_item_checks():
+    from evolforge.core import validation
+    from evolforge.core.records import LINEAGE
+
+    validation.check(_items(), validation.item_columns(LINEAGE + ["instruction", "input"]), "seed")

@@ -188,3 +188,15 @@ def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
             "print(sorted(m for m in ('torch', 'great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_lr_scheduler_names_are_transformers_schedulers():
+    import typing
+
+    from transformers import SchedulerType
+
+    from evolforge.core.settings import LRScheduler
+
+    assert set(typing.get_args(LRScheduler)) <= {s.value for s in SchedulerType}
+    with pytest.raises(ParamsError, match=r'finetune\.lr_scheduler: got "cosinee"'):
+        check_params({"finetune": {"lr_scheduler": "cosinee"}})

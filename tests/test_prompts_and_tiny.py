@@ -20,6 +20,25 @@ def test_strict_undefined_and_hash(tmp_path):
     assert PromptLibrary(tmp_path).hash("a.j2") != before and len(before) == 16
 
 
+@pytest.mark.parametrize("files, expected", [
+    ({"a.j2": "Hello {% if name %}{{ name }}"}, r"a\.j2, line 1: Unexpected end of template"),
+    ({"a.j2": "Hi\n{% include 'gone.j2' %}"}, r"a\.j2: it includes 'gone.j2', which is not in"),
+    ({"a.j2": "Hi\n{% include 'b.j2' %}", "b.j2": "x\n{{ oops"}, r"b\.j2, line 2: unexpected end of template"),
+    ({"a.j2": " \n"}, r"a\.j2: the template is empty"),
+    ({"a.j2": "Caf\xe9 {{ name }}".encode("latin-1")}, r"a\.j2: not UTF-8 text \(byte 3"),
+    ({}, r"a\.j2: no such template"),
+])
+def test_unusable_templates_are_refused_naming_the_file(tmp_path, files, expected):
+    from evolforge.core.errors import refusal_types
+    from evolforge.core.prompts import PromptError
+
+    for name, text in files.items():
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(PromptError, match=expected) as err:
+        PromptLibrary(tmp_path).render("a.j2", name="x")
+    assert isinstance(err.value, refusal_types())  # a stage prints it as it is, exit 2, no traceback
+
+
 def test_shipped_templates_render(repo):
     lib = PromptLibrary(repo / "prompts")
     assert "#Rewritten Prompt#:" in lib.render("evolve/depth.j2", method="deepening", instruction="X")

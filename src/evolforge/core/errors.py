@@ -31,9 +31,11 @@ def refusal_types() -> tuple[type[BaseException], ...]:
     from evolforge.core.fetch import FetchError
     from evolforge.core.models import ModelError
     from evolforge.core.params import ParamsError
+    from evolforge.core.prompts import PromptError
     from evolforge.core.validation import DataError
 
-    return ParamsError, DataError, ModelError, FetchError, FileNotFoundError, IsADirectoryError, PermissionError
+    return (ParamsError, DataError, ModelError, FetchError, PromptError, FileNotFoundError, IsADirectoryError,
+            PermissionError)
 
 
 def run_stage(main: Callable[[], object], name: str | None = None) -> None:

@@ -23,6 +23,11 @@ import jinja2
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[3] / "prompts"
 
 
+class PromptError(ValueError):
+    """A template that cannot be used: missing, not UTF-8, empty, a syntax error, or a variable it needs
+    that the stage does not give. The message names the file (and the line, where Jinja knows it)."""
+
+
 class PromptLibrary:
     """Renders templates from one folder; a missing variable is an error, never an empty string."""
 
@@ -41,7 +46,13 @@ class PromptLibrary:
         self._hashes: dict[str, str] = {}
 
     def source(self, name: str) -> str:
-        return (self.root / name).read_text(encoding="utf-8")
+        path = self.root / name
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PromptError(f"prompt {path}: no such template") from None
+        except UnicodeDecodeError as err:
+            raise PromptError(f"prompt {path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
     def hash(self, name: str) -> str:
         """sha256 of the template source, first 16 hex digits (computed once per library)."""
@@ -51,7 +62,12 @@ class PromptLibrary:
 
     def template(self, name: str) -> jinja2.Template:
         if name not in self._templates:
-            template = self.env.get_template(name)
+            if not self.source(name).strip():
+                raise PromptError(f"prompt {self.root / name}: the template is empty")
+            try:
+                template = self.env.get_template(name)
+            except jinja2.TemplateError as err:
+                raise self._refusal(name, err) from None
             # Jinja keeps a template's globals as a ChainMap over the environment's, and copies it on every
             # render (a third of a render's time); a plain dict of the same names renders the same. It is a
             # snapshot: globals added to the environment later do not reach this template (none are)
@@ -62,8 +78,16 @@ class PromptLibrary:
     def render(self, name: str, /, **variables) -> str:
         try:
             return self.template(name).render(**variables).strip()
-        except jinja2.UndefinedError as err:
-            raise ValueError(f"prompt {self.root / name}: {err.message}") from err
+        except jinja2.TemplateError as err:  # includes are loaded as the template renders
+            raise self._refusal(name, err) from None
+
+    def _refusal(self, name: str, err: jinja2.TemplateError) -> PromptError:
+        if isinstance(err, jinja2.TemplateSyntaxError):  # in this file or one it includes
+            where = Path(err.filename) if err.filename else self.root / name
+            return PromptError(f"prompt {where}, line {err.lineno}: {err.message}")
+        if isinstance(err, jinja2.TemplateNotFound):  # an include or import of a missing file
+            return PromptError(f"prompt {self.root / name}: it includes {err.name!r}, which is not in {self.root}")
+        return PromptError(f"prompt {self.root / name}: {err.message}")  # a variable the stage does not give
 
     @cached_property
     def names(self) -> list[str]:

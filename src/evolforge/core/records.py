@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import polars as pl
 
@@ -88,8 +88,10 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 
 def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = None, extra: dict[str, Any] | None = None,
-                 tables: dict[str, pl.DataFrame] | None = None) -> None:
-    """Write a stage output folder atomically: ``items.parquet``, ``meta.json``, extra tables and JSON/JSONL files."""
+                 tables: dict[str, pl.DataFrame] | None = None, finish: Callable[[Path], object] | None = None) -> None:
+    """Write a stage output folder atomically: ``items.parquet``, ``meta.json``, extra tables and JSON/JSONL files;
+    ``finish(folder)`` writes whatever else belongs in it (from those files) before it is moved into place, so
+    an error there leaves the previous output as it was."""
     with atomic_dir(out_dir) as tmp:
         table.write_parquet(tmp / TABLE)
         for name, other in (tables or {}).items():
@@ -100,12 +102,34 @@ def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = N
                 write_jsonl(tmp / name, data)
             else:
                 write_json(tmp / name, data)
+        if finish is not None:
+            finish(tmp)
 
 
 def read_table(path: str | Path) -> pl.DataFrame:
     """Read a stage output (its folder or the Parquet file itself)."""
+    from evolforge.core.validation import DataError
+
     path = Path(path)
     file = path / TABLE if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"{file}: no such artifact; has the stage that writes it run?")
-    return pl.read_parquet(file)
+    try:
+        return pl.read_parquet(file)
+    except (pl.exceptions.PolarsError, OSError) as err:  # truncated, empty, or not Parquet at all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(file, "a readable Parquet table", detail=f"{first}; rerun the stage that writes it "
+                        "(`dvc repro`), or `dvc checkout` to restore the recorded version") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content; a file that is not JSON (or not UTF-8) is refused naming it and where."""
+    from evolforge.core.validation import DataError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(path, "valid JSON", detail=f"line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except UnicodeDecodeError as err:
+        raise DataError(path, "UTF-8 text", detail=f"byte {err.start}: {err.reason}") from None

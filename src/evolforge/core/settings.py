@@ -240,6 +240,12 @@ class CardSettings:
     limitations: str | None = None  # extra known limitations, appended to the standard ones
 
 
+# transformers' SchedulerType names (checked here, not 13 s into a run by the trainer)
+LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                      "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                      "warmup_stable_decay"]
+
+
 @dataclass
 class FinetuneSettings:
     """``finetune``: exactly the keyword settings of ``train.finetune.finetune`` (a test keeps them equal),
@@ -253,7 +259,7 @@ class FinetuneSettings:
     grad_accum: PositiveInt = 8
     max_length: PositiveInt = 2048  # tokens
     warmup_ratio: Probability = 0.03
-    lr_scheduler: str = "cosine"  # a transformers scheduler name
+    lr_scheduler: LRScheduler = "cosine"
     weight_decay: NonNegativeFloat = 0.0
     lora_rank: PositiveInt = 8
     lora_alpha: PositiveInt = 8

@@ -44,6 +44,33 @@ def required_columns(columns: list[str]) -> list[Rule]:
     return [Rule(f"column '{c}' is present", "ExpectColumnToExist", {"column": c}) for c in columns]
 
 
+# The columns every item table shares (records.LINEAGE and the texts), with their types; the first four are
+# never null (a seed's parent_id is).
+ITEM_TYPES = {"id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": "integer",
+              "instruction": pl.String, "input": pl.String, "output": pl.String}
+ITEM_NOT_NULL = ("id", "root_id", "round", "instruction")
+
+
+def item_columns(columns: list[str]) -> list[Rule]:
+    """``columns`` present; those of :data:`ITEM_TYPES` of their type, and those of :data:`ITEM_NOT_NULL`
+    never null. A hand-edited table with a null instruction or a numeric id is refused here, before a
+    prompt says "None" or a sort fails halfway."""
+    rules = required_columns(columns)
+    for c in columns:
+        if c in ITEM_TYPES:
+            kind = ITEM_TYPES[c]
+            rules.append(Rule(f"column '{c}' holds {'integers' if kind == 'integer' else 'text'}", "ColumnType",
+                              {"column": c, "type": kind}))
+    return rules + [Rule(f"{c} is not null", "ExpectColumnValuesToNotBeNull", {"column": c})
+                    for c in columns if c in ITEM_NOT_NULL]
+
+
+def _of_type(dtype: pl.DataType, kind: Any) -> bool:
+    if dtype == pl.Null:  # no value at all: the null rules decide
+        return True
+    return dtype.is_integer() if kind == "integer" else dtype == kind
+
+
 def non_empty_text(columns: list[str]) -> list[Rule]:
     rules = []
     for c in columns:
@@ -146,6 +173,10 @@ def check(table: pl.DataFrame, rules: list[Rule], file: str | Path) -> None:
     missing = [r for r in rules if r.expectation == "ExpectColumnToExist" and r.kwargs["column"] not in table.columns]
     if missing:  # report the schema problem plainly before running value checks on absent columns
         raise DataError(file, missing[0].words, detail=f"columns present: {table.columns}")
+    for rule in rules:  # then the types, as plainly
+        if rule.expectation == "ColumnType" and not _of_type(table.schema[rule.kwargs["column"]], rule.kwargs["type"]):
+            raise DataError(file, rule.words, detail=f"it holds {table.schema[rule.kwargs['column']]}")
+    rules = [r for r in rules if r.expectation != "ColumnType"]
     if not all(_holds(table, rule) for rule in rules):
         gx_check(table, rules, file)
 

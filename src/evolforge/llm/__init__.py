@@ -454,7 +454,10 @@ def recorded_identity(role: Role, path: str | Path = IDENTITY_FILE) -> dict[str,
     path = Path(path)
     if not path.is_file():
         return None
-    entry = json.loads(path.read_text(encoding="utf-8")).get(role.name)
+    from evolforge.core.records import read_json  # (polars: not for every importer of the LLM layer)
+
+    found = read_json(path)
+    entry = found.get(role.name) if isinstance(found, dict) else None
     expected = identity_entry(role, {})
     if entry is None or any(entry.get(k) != expected[k] for k in ("backend", "model", "revision")):
         raise ModelError(f"{path} does not pin roles.{role.name} as params.yaml names it "

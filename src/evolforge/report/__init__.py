@@ -23,15 +23,18 @@ def materialize(rev: str, dest: str | Path, repo: str | Path = ".") -> Path:
 
     fs = DVCFileSystem(str(repo), rev=rev)
     dest = Path(dest)
-    for rel in READS:
-        if fs.exists(rel):
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fs.get(rel, str(target), recursive=fs.isdir(rel))
-            except Exception as err:  # dvc-data raises several kinds for an output that is not in the cache
-                raise RuntimeError(f"{rev}: {rel} is not in the local DVC cache ({type(err).__name__}); fetch it with "
-                                   f"`dvc pull` or `dvc exp pull <remote> {rev}`, or pass a folder") from err
+    present = [rel for rel in READS if fs.exists(rel)]
+    if not present:  # a mistyped folder or revision: a page of "missing" would say nothing useful
+        raise RuntimeError(f"{rev!r} is no folder here, and as a git revision or experiment it holds none of the "
+                           f"files the report reads (metrics/, data/selected/, ...)")
+    for rel in present:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fs.get(rel, str(target), recursive=fs.isdir(rel))
+        except Exception as err:  # dvc-data raises several kinds for an output that is not in the cache
+            raise RuntimeError(f"{rev}: {rel} is not in the local DVC cache ({type(err).__name__}); fetch it with "
+                               f"`dvc pull` or `dvc exp pull <remote> {rev}`, or pass a folder") from err
     return dest
 
 
