@@ -112,6 +112,7 @@ SEEDS = {
     "json_nested_instruction": ("s.json", json.dumps([{"instruction": [{"text": "a"}]}]).encode(), {}, (REFUSED, ["row 1:", "instruction is text", "a list"])),
     "jsonl_lone_surrogate": ("s.jsonl", lines(json.dumps(OK), '{"instruction": "bad \\ud800 text"}'), {}, (REFUSED, ["row 2:", "instruction is valid Unicode text", "U+D800", "character 5"])),
     "jsonl_surrogate_pair": ("s.jsonl", lines('{"instruction": "emoji \\ud83d\\ude00 ok"}'), {}, (ACCEPTED, 1)),
+    "jsonl_mapped_output_column_missing": ("s.jsonl", jl({"prompt": "a", "answer": "b"}), {"fields": {"instruction": "prompt", "output": "completion"}}, (REFUSED, ["field 'completion' (mapped to output by seed.fields) is present", "columns: ['answer', 'prompt']"])),
     "jsonl_number_column_mapped": ("s.jsonl", jl({"prompt": "a", "n": 5}), {"fields": {"instruction": "prompt", "output": "n"}}, (REFUSED, ["row 1:", "output is text", "field 'n' holds a number (5)"])),
     "gsm8k_format_on_alpaca_rows": ("s.jsonl", jl(OK), {"fmt": "gsm8k"}, (REFUSED, ["field 'question' (mapped to instruction) is present"])),
     # CSV

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import re
 import subprocess
 import sys
 
@@ -200,3 +201,12 @@ def test_lr_scheduler_names_are_transformers_schedulers():
     assert set(typing.get_args(LRScheduler)) <= {s.value for s in SchedulerType}
     with pytest.raises(ParamsError, match=r'finetune\.lr_scheduler: got "cosinee"'):
         check_params({"finetune": {"lr_scheduler": "cosinee"}})
+
+
+@pytest.mark.parametrize("section, data, expected", [
+    ("select", {"metric": "random", "threshold": 0.5}, "select.threshold: a threshold makes no sense with metric random"),
+    ("evolver_analysis", {"first_tokens": 50}, "evolver_analysis.first_tokens: 50 is more than max_tokens (32)"),
+])
+def test_check_applies_the_rules_between_a_sections_fields(section, data, expected):
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        check_params({section: data})

@@ -292,6 +292,18 @@ def _require_instruction(mapping: dict[str, str | None], columns: list[str], fil
             raise DataError(file, f"field '{column}' (mapped to {target}) is present", detail=f"columns: {present}{hint}")
 
 
+def _require_mapped(fields: dict[str, str | None] | None, columns: list[str], file: str) -> None:
+    """A column named in ``seed.fields`` is present: a format's own input / output columns may be absent
+    (read as empty), but one the user named is meant to be there, and would otherwise be read as empty."""
+    for target, column in (fields or {}).items():
+        if column and target != "instruction" and column not in columns:  # instruction: checked with hints below
+            present = [c for c in columns if c != ROW]
+            near = [c for c in present if _loose(c) == _loose(column)]
+            hint = f"; the column {near[0]!r} differs only in case or spaces" if near else ""
+            raise DataError(file, f"field '{column}' (mapped to {target} by seed.fields) is present",
+                            detail=f"columns: {present}{hint}")
+
+
 def normalise_records(rows: list[dict], mapping: dict[str, str | None], file: str) -> pl.DataFrame:
     """JSON records -> instruction / input / output text, every value checked for its type first: a number
     or a list where text belongs is refused (never turned into text); null input/output count as ""."""
@@ -410,10 +422,12 @@ def build_seed(source: str, *, fmt: str = "auto", fields: dict | None = None, co
     raw = read_source(source, config, split, revision)
     if len(raw) == 0:
         raise DataError(source, "the source holds at least one record", detail="it holds none (blank lines, a header only, or an empty table)")
+    columns = sorted({k for r in raw for k in r}) if isinstance(raw, list) else list(raw.columns)
+    _require_mapped(fields, columns, source)
     if isinstance(raw, list):
-        table = normalise_records(raw, field_map(sorted({k for r in raw for k in r}), fmt, fields), source)
+        table = normalise_records(raw, field_map(columns, fmt, fields), source)
     else:
-        table = normalise_table(raw, field_map(raw.columns, fmt, fields), source)
+        table = normalise_table(raw, field_map(columns, fmt, fields), source)
     if table.height == 0:
         raise DataError(source, "the source holds at least one record", detail="it holds none (a header only, or an empty table)")
     check_values(table, source)

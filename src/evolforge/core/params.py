@@ -239,6 +239,17 @@ def check_section(cls: type, data: Any, where: str) -> list[str]:
             line = _problem(cls, data, where, path, errors)
             if line.split(":", 1)[0] not in reported:
                 problems.append(line)
+    if not problems and dataclasses.is_dataclass(cls) and hasattr(cls, "__post_init__"):
+        # the section's own rules between its fields (``select``: top_fraction or threshold), so that
+        # `evolforge check` and every stage refuse what the stage that reads the section would
+        model = _model(cls)
+        values = model.model_validate(data)
+        try:
+            cls(**{k: getattr(values, k) for k in model.model_fields})
+        except ParamsError as err:
+            problems += err.problems
+        except TypeError:  # a field that code sets, not params (a role's name): its own checks run later
+            pass
     return problems
 
 
