@@ -44,8 +44,8 @@ def required_columns(columns: list[str]) -> list[Rule]:
     return [Rule(f"column '{c}' is present", "ExpectColumnToExist", {"column": c}) for c in columns]
 
 
-# The columns every item table shares (records.LINEAGE and the texts), with their types; the first four are
-# never null (a seed's parent_id is).
+# The columns every item table shares (records.LINEAGE and the texts), with their types, and those never null
+# (a seed's parent_id is null; so is a failed response's output).
 ITEM_TYPES = {"id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": "integer",
               "instruction": pl.String, "input": pl.String, "output": pl.String}
 ITEM_NOT_NULL = ("id", "root_id", "round", "instruction")
