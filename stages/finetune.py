@@ -10,11 +10,10 @@ Multi-GPU (DeepSpeed ZeRO-3):
 
 import argparse
 import dataclasses
-import json
 
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.train.finetune import finetune
-from evolforge.core.records import write_json
+from evolforge.core.records import read_jsonl, write_json
 from evolforge.core.errors import run_stage
 
 
@@ -31,8 +30,7 @@ def main() -> None:
     params = load_params(args.params)
     cfg = load_section(params, "finetune")
     base = load_role(params, "base")
-    with open(args.train, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    rows = read_jsonl(args.train)
 
     result = finetune(base.model, rows, args.out, revision=base.revision, live_dir=args.live, **dataclasses.asdict(cfg))
     if result.is_main_process:

@@ -37,8 +37,20 @@ def main() -> None:
 
     params = load_params(args.params)
     cfg = load_section(params, "select")
-    table = join_metrics(read_table(args.items), {args.judged: read_table(args.judged), args.scores: read_table(args.scores),
-                                                  args.diversity: read_table(args.diversity)})
+    items = read_table(args.items)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input", "output"])
+                     + validation.unique("id"), args.items)
+    per_item = {path: read_table(path) for path in (args.judged, args.scores, args.diversity)}
+    # the columns this selection reads, from the table that holds them: present, numbers
+    numbers = {args.scores: [cfg.metric] if cfg.metric in ("ifd", "ic_ifd") else [],
+               args.judged: [cfg.metric] if cfg.metric == "difficulty_score" else [],
+               args.diversity: ["mnd"] if cfg.min_mnd is not None else []}
+    numbers[args.scores] += ["ifd"] if cfg.ifd_filter else []
+    numbers[args.scores] += ["loss_instruction"] if cfg.min_loss_instruction is not None else []
+    for path, other in per_item.items():
+        validation.check(other, validation.item_columns(["id"]) + validation.unique("id")
+                         + validation.number_columns(numbers[path]), path)
+    table = join_metrics(items, per_item)
     chosen, summary, excluded = select_items(table, **dataclasses.asdict(cfg), embeddings=load_embeddings(args.diversity))
     if chosen.height == 0:
         counts = ", ".join(f"{s['filter']} -{s['removed']}" for s in summary["filters"] if s["removed"])

@@ -377,3 +377,60 @@ def test_a_seed_table_of_the_pipeline_passes_the_item_checks():
     from evolforge.core.records import LINEAGE
 
     validation.check(_items(), validation.item_columns(LINEAGE + ["instruction", "input"]), "seed")
+
+
+def test_a_seed_table_with_our_row_column_is_refused(tmp_path):
+    from evolforge.build.seed import read_table_file
+
+    path = tmp_path / "s.parquet"
+    pl.DataFrame({"instruction": ["a"], "_row": [7]}).write_parquet(path)
+    with pytest.raises(DataError, match="rule 'no column is named '_row'': evolforge numbers"):
+        read_table_file(path, "parquet")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("# only a comment\n\n", "rule 'at least one seed constraint'"),
+    ("Answer in French.\nUse \x1b[31mred\x1b[0m words.\n", "row 2: rule 'no control characters"),
+    ("R\xe9ponds en fran\xe7ais.\n".encode("latin-1"), "rule 'UTF-8 text': byte 1"),
+])
+def test_bad_seed_constraints_files_are_refused(tmp_path, text, expected):
+    from evolforge.build.autoif import read_seed_constraints
+
+    path = tmp_path / "constraints.txt"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_seed_constraints(path)
+
+
+def test_a_train_file_with_a_bad_line_names_the_line(tmp_path):
+    from evolforge.core.records import read_jsonl
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('\ufeff{"prompt": []}\n\n{"prompt": [}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"train\.jsonl: row 3: rule 'each line is one JSON object': column 13"):
+        read_jsonl(path)
+    path.write_text('\ufeff{"prompt": []}\n[1]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 2: .*got list"):
+        read_jsonl(path)
+    path.write_text('\ufeff{"prompt": []}\n', encoding="utf-8")
+    assert read_jsonl(path) == [{"prompt": []}]  # a byte order mark at the start is fine
+
+
+@pytest.mark.parametrize("role, expected", [
+    ({"backend": "openai", "model": "m"}, "roles.judge: backend 'openai' needs base_url"),
+    ({"backend": "openai", "model": "m", "base_url": ""}, 'roles.judge.base_url: got ""; allowed: an http:// or https://'),
+    ({"backend": "openai", "model": "m", "base_url": "localhost:8000/v1"}, 'base_url: got "localhost:8000/v1"'),
+    ({"backend": "openai", "model": "m", "base_urls": ["http://a:1/v1", "ftp://b/v1"]}, 'base_urls[1]: got "ftp://b/v1"'),
+])
+def test_server_addresses_are_checked_with_params(role, expected):
+    from evolforge.core.schema import check_params
+
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        check_params({"roles": {"judge": role}})
+
+
+def test_autoif_query_lengths_that_keep_nothing_are_refused():
+    from evolforge.core.schema import check_params
+
+    with pytest.raises(ParamsError, match=re.escape("autoif.queries.min_chars: 300 is not below max_chars (20)")):
+        check_params({"autoif": {"queries": {"min_chars": 300, "max_chars": 20}}})

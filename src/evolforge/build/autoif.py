@@ -55,10 +55,18 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d{1,3}[.)])\s+")
 
 def read_seed_constraints(path: str | Path) -> list[str]:
     """The seed constraints: one per line, blank lines and ``#`` comments skipped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    from evolforge.core.validation import CONTROL_CHARACTERS, DataError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(path, "UTF-8 text", detail=f"byte {err.start}: {err.reason}") from None
     seeds = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not seeds:
-        raise ValueError(f"{path}: no seed constraints (one per line; # starts a comment)")
+        raise DataError(path, "at least one seed constraint", detail="one per line; # starts a comment")
+    control = [i for i, ln in enumerate(lines, start=1) if re.search(CONTROL_CHARACTERS, ln)]
+    if control:  # an ANSI escape or a NUL would go into every prompt built on it
+        raise DataError(path, "no control characters (NUL, ANSI escapes...; tab is fine)", control)
     return seeds
 
 

@@ -197,6 +197,14 @@ def read_table_file(path: Path, kind: str) -> pl.DataFrame:
             table = pl.read_parquet(path)
         except Exception as err:  # polars raises several types for unreadable files
             raise DataError(path, f"the file is readable {kind}", detail=str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+    return numbered(table, path)
+
+
+def numbered(table: pl.DataFrame, source: str | Path) -> pl.DataFrame:
+    """``table`` with its row numbers in :data:`ROW` (a column of that name in the source is refused)."""
+    if ROW in table.columns:
+        raise DataError(source, f"no column is named {ROW!r}", detail="evolforge numbers the source's rows in a "
+                        "column of that name; rename the column")
     return table.with_row_index(ROW, offset=1)
 
 
@@ -222,7 +230,7 @@ def read_hub(source: str, config: str | None, split: str, revision: str | None) 
             source, "seed.source is an existing local file or a reachable Hugging Face dataset id",
             detail=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
         ) from None
-    return pl.from_arrow(ds.data.table).with_row_index(ROW, offset=1)
+    return numbered(pl.from_arrow(ds.data.table), source)
 
 
 def is_local(source: str) -> bool:

@@ -6,11 +6,13 @@ no backend code.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from annotated_types import Gt, Le
 
@@ -154,6 +156,16 @@ class Role:
                 if canonical in seen:
                     problems.append(f"{where}.base_urls[{i}]: {url!r} is listed twice")
                 seen.add(canonical)
+        if self.backend == "openai" and self.base_url is None and self.base_urls is None:
+            problems.append(f"{where}: backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1), or base_urls "
+                            "for several replicas of one model")
+        given = [("base_url", self.base_url)] if self.base_url is not None else []
+        given += [(f"base_urls[{i}]", u) for i, u in enumerate(self.base_urls or [])]
+        for field_name, url in given:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problems.append(f"{where}.{field_name}: got {json.dumps(url)}; allowed: an http:// or https:// URL "
+                                "with a host, e.g. http://127.0.0.1:8000/v1")
         if self.batch_api and self.backend != "openai":
             problems.append(f"{where}.batch_api: only an openai role can use a provider's batch API")
         if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:

@@ -93,13 +93,14 @@ def check_roles(data: Any) -> list[str]:
         if name not in ROLE_NAMES:
             problems.append(_unknown(str(name), "roles.", "role", list(ROLE_NAMES)))
             continue
-        problems += check_section(Role, role, f"roles.{name}")
+        found = check_section(Role, role, f"roles.{name}")
+        problems += found
         api_key_env = role.get("api_key_env") if isinstance(role, dict) else None
-        if isinstance(api_key_env, str):
-            try:
+        if not found or isinstance(api_key_env, str):
+            try:  # the rules a stage applies when it opens the role: the key's variable name, the servers
                 Role.from_params(name, role)
             except ParamsError as err:
-                problems += [p for p in err.problems if p.startswith(f"roles.{name}.api_key_env")]
+                problems += [p for p in err.problems if p not in found]
     return problems
 
 

@@ -341,6 +341,14 @@ class AutoIFSettings:
     response_min_pass: Probability = 0.5  # share of the kept functions that must accept a response
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        queries = {**QUERY_DEFAULTS, **(self.queries or {})}
+        if queries["min_chars"] >= queries["max_chars"]:
+            from evolforge.core.params import ParamsError
+
+            raise ParamsError([f"autoif.queries.min_chars: {queries['min_chars']} is not below max_chars "
+                               f"({queries['max_chars']}): no query could be kept"])
+
 
 @dataclass
 class CompareSettings:

@@ -65,9 +65,17 @@ def item_columns(columns: list[str]) -> list[Rule]:
                     for c in columns if c in ITEM_NOT_NULL]
 
 
+def number_columns(columns: list[str]) -> list[Rule]:
+    """``columns`` present and holding numbers (nulls allowed: an unscored item is never selected by it)."""
+    return required_columns(columns) + [Rule(f"column '{c}' holds numbers", "ColumnType", {"column": c, "type": "number"})
+                                        for c in columns]
+
+
 def _of_type(dtype: pl.DataType, kind: Any) -> bool:
     if dtype == pl.Null:  # no value at all: the null rules decide
         return True
+    if kind == "number":
+        return dtype.is_numeric()
     return dtype.is_integer() if kind == "integer" else dtype == kind
 
 
