@@ -229,8 +229,9 @@ def check_section(cls: type, data: Any, where: str) -> list[str]:
         return [f"{where}: got {_kind(data)}; expected a mapping of settings"]
     problems = non_ascii_keys(data, where, cls)
     reported = {p.split(":", 1)[0] for p in problems}
+    values = None
     try:
-        _model(cls).model_validate(data)
+        values = _model(cls).model_validate(data)
     except ValidationError as err:
         by_path: dict[tuple, list[dict]] = {}
         for e in err.errors():
@@ -239,13 +240,11 @@ def check_section(cls: type, data: Any, where: str) -> list[str]:
             line = _problem(cls, data, where, path, errors)
             if line.split(":", 1)[0] not in reported:
                 problems.append(line)
-    if not problems and dataclasses.is_dataclass(cls) and hasattr(cls, "__post_init__"):
+    if values is not None and not problems and hasattr(cls, "__post_init__"):
         # the section's own rules between its fields (``select``: top_fraction or threshold), so that
         # `evolforge check` and every stage refuse what the stage that reads the section would
-        model = _model(cls)
-        values = model.model_validate(data)
         try:
-            cls(**{k: getattr(values, k) for k in model.model_fields})
+            cls(**{k: getattr(values, k) for k in _model(cls).model_fields})
         except ParamsError as err:
             problems += err.problems
         except TypeError:  # a field that code sets, not params (a role's name): its own checks run later

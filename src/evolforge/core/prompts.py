@@ -43,12 +43,17 @@ class PromptLibrary:
             auto_reload=False,  # no stat() of the template file per render
         )
         self._templates: dict[str, jinja2.Template] = {}
+        self._sources: dict[str, str] = {}
         self._hashes: dict[str, str] = {}
 
     def source(self, name: str) -> str:
+        """The template's text, read once per library."""
+        if name in self._sources:
+            return self._sources[name]
         path = self.root / name
         try:
-            return path.read_text(encoding="utf-8")
+            self._sources[name] = path.read_text(encoding="utf-8")
+            return self._sources[name]
         except FileNotFoundError:
             raise PromptError(f"prompt {path}: no such template") from None
         except UnicodeDecodeError as err:
