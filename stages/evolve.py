@@ -18,7 +18,8 @@ from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
 from evolforge.core.params import ParamsError, load_params, load_section
-from evolforge.build.evolve import IS_INSTRUCTION_TEMPLATE, evolve_round, method_text, resolve_strategy
+from evolforge.build.evolve import IS_INSTRUCTION_TEMPLATE, RESPONSE_RULES, evolve_round, method_text, resolve_strategy
+from evolforge.build.respond import response_sampling
 from evolforge.core.settings import EvolveSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
@@ -67,16 +68,21 @@ def main() -> None:
     evolver = open_role(params, "evolver", cache)
     needs_judge = settings.rule("info_gain") or settings.rule("not_an_instruction_judge")
     judge = open_role(params, "judge", cache) if needs_judge else None
+    needs_responder = settings.check_role == "responder" and any(settings.rule(k) for k in RESPONSE_RULES)
+    responder = open_role(params, "responder", cache) if needs_responder else None
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver,
-        method_text=text, judge=judge)
+        method_text=text, judge=judge, responder=responder,
+        respond_sampling=response_sampling(load_section(params, "respond")))
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
 
+    roles = {"evolver": evolver, "responder": responder, "judge": judge}
+    roles = {name: llm for name, llm in roles.items() if llm is not None}
     summary.update(round=args.round, index=index, strategy=settings.strategy, requested_strategy=requested,
                    fallback=fallback,
-                   calls=evolver.stats["calls"] + (judge.stats["calls"] if judge else 0),
-                   cache_hits=evolver.stats["cache_hits"] + (judge.stats["cache_hits"] if judge else 0),
-                   llm={"evolver": evolver.stats, **({"judge": judge.stats} if judge else {})})
+                   calls=sum(llm.stats["calls"] for llm in roles.values()),
+                   cache_hits=sum(llm.stats["cache_hits"] for llm in roles.values()),
+                   llm={name: llm.stats for name, llm in roles.items()})
     meta = {"round": args.round, "index": index, "model": evolver.label, "model_identity": evolver.identity,
             "template_hashes": {n: prompts.hash(n) for n in prompts.names
                                 if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},

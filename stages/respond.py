@@ -17,7 +17,7 @@ from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, write_json, write_output
 from evolforge.build.evolve import repetition_test
-from evolforge.build.respond import RESPONSE_TEMPLATE, answer, gather, status_counts
+from evolforge.build.respond import RESPONSE_TEMPLATE, answer, gather, response_sampling, status_counts
 from evolforge.core.errors import run_stage
 
 
@@ -38,8 +38,7 @@ def main() -> None:
 
     prompts = PromptLibrary(args.prompts)
     llm = open_role(params, "responder", open_cache(params))
-    table = answer(items, llm, prompts, repetition=repetition_test(cfg.repetition),
-                   temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+    table = answer(items, llm, prompts, repetition=repetition_test(cfg.repetition), **response_sampling(cfg))
     validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
                      + validation.unique("id"), args.out)
 

@@ -132,6 +132,22 @@ def test_repetition_thresholds_are_params():
         repetition_test(load_section({"respond": {"repetition": {"max_compression_ratio": 0.5}}}, "respond").repetition)
 
 
+def test_compression_ratio_is_zlib_level_9():
+    """The small-window deflate gives zlib.compress(data, 9)'s length: at every window's limit, for
+    repetitive and varied text, ASCII and not."""
+    import zlib
+
+    rng = random.Random(0)
+    vocab = ["leaves", "tale", "of", "a", "sum", "é", "日本語", "!!", "\n"] + [f"w{i}" for i in range(400)]
+    lengths = [1, 2, 100] + [(1 << w) - 262 + d for w in range(9, 17) for d in (-2, -1, 0, 1)] + [40_000, 70_000]
+    for length in lengths:
+        for distinct in (3, 40, len(vocab)):
+            text = " ".join(rng.choice(vocab[:distinct]) for _ in range(length)).encode("utf-8")[:length].decode("utf-8", "ignore")
+            data = text.encode("utf-8")
+            assert failures.compression_ratio(text) == len(data) / len(zlib.compress(data, 9)), (length, distinct)
+    assert failures.compression_ratio("") == 0.0
+
+
 @pytest.mark.parametrize("text,expected", [("Yes", True), ("no.", False), (" YES, it asks.", True), ("Maybe", None)])
 def test_parse_is_instruction(text, expected):
     assert failures.parse_is_instruction(text) is expected

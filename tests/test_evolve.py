@@ -20,6 +20,7 @@ from evolforge.core.records import make_id, write_output
 from evolforge.build.seed import build_seed
 
 ROLE = Role.from_params("evolver", {"backend": "hf", "model": "fake"})
+RESPONDER = Role.from_params("responder", {"backend": "hf", "model": "fake", "max_tokens": 48})
 LONG_ANSWER = " ".join(["word"] * 90)
 
 # raw evolver output (or response to it) -> expected failure reason
@@ -136,9 +137,10 @@ def scripted_evolver(plan: dict[str, str]):
 
 
 def run_round(pool, index, settings, plan, method_text=None):
+    """One round with the scripted fake behind both the evolver and the responder (the response check)."""
     fake = FakeBackend(scripted_evolver(plan))
     return evolve_round(pool, round_index=index, settings=settings, prompts=PromptLibrary(), evolver=LLM(fake, None, role=ROLE),
-                        method_text=method_text), fake
+                        method_text=method_text, responder=LLM(fake, None, role=RESPONDER)), fake
 
 
 def test_round_reasons_counts_and_keep_parent(seed_table):
@@ -298,14 +300,15 @@ def test_judge_checks_that_the_rewrite_is_an_instruction(seed_table):
 
     settings = EvolveSettings(strategy="evol", breadth=False, elimination={"not_an_instruction_judge": True})
     judge = LLM(FakeBackend(verdict), None, role=Role.from_params("judge", {"backend": "hf", "model": "fake"}))
+    fake = FakeBackend(scripted_evolver({}))
     table, _, summary = evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
-                                     evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE), judge=judge)
+                                     evolver=LLM(fake, None, role=ROLE), judge=judge, responder=LLM(fake, None, role=RESPONDER))
     assert summary["failed_by_reason"] == {"judged_not_an_instruction": 1}
     assert summary["instruction_check_unparsed"] == 1  # "Maybe" eliminates nothing
     assert len(judged) == 6 and all("Is the text an instruction?" in t for t in judged)
     with pytest.raises(ValueError, match="need the judge role"):
         evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
-                     evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE))
+                     evolver=LLM(fake, None, role=ROLE), responder=LLM(fake, None, role=RESPONDER))
 
 
 def test_new_rules_are_on_unless_switched_off_and_thresholds_are_checked():
@@ -396,4 +399,40 @@ def test_lineage_shows_the_answer_that_failed_a_response_rule(seed_table, tmp_pa
     write_output(tmp_path / "round_1", table)
     failed = table.filter(pl.col("failure_reason") == "response_fails_rule_f")["id"].item()
     text = format_chain(chain(failed, tmp_path / "seed", [tmp_path / "round_1"]))
-    assert "the evolver's answer to it:\n      Sure, what steps?" in text
+    assert "the answer to it (response check):\n      Sure, what steps?" in text
+
+
+def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
+    """check_role responder (default): the check asks the responder with respond's sampling, so the respond
+    stage's requests for the surviving instructions are all in the cache; evolver: the evolver answers,
+    greedy at evolve.max_tokens, and respond has to ask again."""
+    from evolforge.build.respond import respond, response_sampling
+    from evolforge.core.cache import CallCache
+    from evolforge.core.settings import RespondSettings
+
+    sampling = response_sampling(RespondSettings(max_tokens=40))
+    for check_role in ("responder", "evolver"):
+        cache = CallCache(tmp_path / f"{check_role}.sqlite")
+        evolver_fake, responder_fake = FakeBackend(scripted_evolver({})), FakeBackend(scripted_evolver({}))
+        evolver, responder = LLM(evolver_fake, cache, role=ROLE), LLM(responder_fake, cache, role=RESPONDER)
+        settings = EvolveSettings(strategy="evol", breadth=False, max_tokens=64, check_role=check_role)
+        table, _, summary = evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
+                                         evolver=evolver, responder=responder, respond_sampling=sampling)
+        assert summary["evolved"] == 6
+        checks = [r for fake in (evolver_fake, responder_fake) for r in fake.sent if "Given the following" in r.messages[-1][1]]
+        assert len(checks) == 6
+        evolved = table.filter(pl.col("status") == "evolved")
+        answers = respond(responder, PromptLibrary(), evolved["instruction"].to_list(), evolved["input"].to_list(), **sampling)
+        assert [a.text for a in answers] == ["A fine, complete answer."] * 6
+        if check_role == "responder":
+            assert all(r in responder_fake.sent for r in checks) and {r.max_tokens for r in checks} == {40}
+            assert responder.stats["calls"] == 6 and responder.stats["cache_hits"] == 6  # respond asked nothing new
+        else:
+            assert all(r in evolver_fake.sent for r in checks)
+            assert {(r.temperature, r.max_tokens) for r in checks} == {(0.0, 64)}
+            assert responder.stats["calls"] == 6 and responder.stats["cache_hits"] == 0
+        cache.close()
+
+    with pytest.raises(ValueError, match="check_role responder: the response rules need the responder role"):
+        evolve_round(seed_table, round_index=1, settings=EvolveSettings(strategy="evol"), prompts=PromptLibrary(),
+                     evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE))

@@ -124,7 +124,10 @@ def test_repro_noop_and_experiments(workdir):
     assert metric(work, "optimize.json")["skipped"] is False
     assert (work / "data/method/method.txt").read_text().strip()
     responses = metric(work, "respond.json")
-    assert responses["items"] == 8 + sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))  # + the seeds
+    evolved = sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))
+    assert responses["items"] == 8 + evolved  # + the seeds
+    # evolve's response check asked the responder what respond asks: every evolved item's answer was cached
+    assert responses["cache_hits"] >= evolved and responses["calls"] <= 8
     clean = metric(work, "decontaminate.json")["kept"]
     assert clean == responses["items"] - metric(work, "dedup.json")["removed"] - metric(work, "decontaminate.json")["flagged"]
     assert metric(work, "score.json")["items"] == metric(work, "diversity.json")["items"] == clean

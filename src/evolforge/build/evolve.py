@@ -12,8 +12,9 @@ Strategies (``evolve.strategy``):
 
 Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/elimination.md) run in three
 passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
-template words, chatter, repetitive, not an instruction), on the evolver's answer to it (sorry + short,
-stop words only, rule F), then the optional judge checks (not an instruction, information gain).
+template words, chatter, repetitive, not an instruction), on an answer to it (sorry + short, stop words
+only, rule F; by default the responder's answer, the one the respond stage keeps), then the optional judge
+checks (not an instruction, information gain).
 The evolver's ``finish_reason`` is kept per row ("length": cut at ``max_tokens``).
 
 Only ``instruction`` is evolved; ``input`` is carried over. Every item that enters a round leaves it as
@@ -29,7 +30,7 @@ import dataclasses
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import polars as pl
 
@@ -44,6 +45,7 @@ IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
 BREADTH = "breadth"
 STRATEGIES = ("evol", "auto", "auto_initial")
 INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
+RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")  # rules on an answer to the evolved instruction
 IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
 METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
 
@@ -160,10 +162,31 @@ def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], chi
     return [None if t is None else failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 
 
+def check_responder(settings: EvolveSettings, evolver: LLM, responder: LLM | None,
+                    respond_sampling: Mapping[str, Any] | None) -> tuple[LLM, dict[str, Any]]:
+    """Who answers the evolved instructions for the response rules, and the sampling it answers with.
+
+    ``evolve.check_role: responder`` (default): the responder role with ``respond_sampling`` (respond's
+    ``temperature`` / ``max_tokens``, as the respond stage passes them), so the check's answer is the very
+    request the respond stage makes for a surviving instruction and respond finds it in the cache: one
+    answer per instruction, as Evol-Instruct judges the response it keeps. ``evolver``: the evolver,
+    greedy, at ``evolve.max_tokens``, an extra answer per surviving instruction that respond does not reuse.
+    """
+    if settings.check_role == "evolver":
+        return evolver, {"temperature": 0.0, "max_tokens": settings.max_tokens, "seed": settings.seed}
+    if responder is None:
+        raise ValueError("evolve.check_role responder: the response rules need the responder role")
+    return responder, dict(respond_sampling or {})
+
+
 def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
-                 evolver: LLM, method_text: str | None = None,
-                 judge: LLM | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """Evolve every item of ``pool`` once. Returns (round table, next pool, summary)."""
+                 evolver: LLM, method_text: str | None = None, judge: LLM | None = None,
+                 responder: LLM | None = None,
+                 respond_sampling: Mapping[str, Any] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Evolve every item of ``pool`` once. Returns (round table, next pool, summary).
+
+    ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules under
+    ``evolve.check_role: responder`` (see :func:`check_responder`)."""
     items = pool.to_dicts()
     n = len(items)
     if settings.strategy == "evol":
@@ -202,13 +225,14 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         reasons.append(failures.instruction_failure(it["instruction"], cand, finish_reason=finish,
                                                     repetition=repetition, **switches))
 
-    # 3. checks on the evolver's response to the evolved instruction (generated only when a rule needs it)
+    # 3. checks on an answer to the evolved instruction (generated only when a rule needs it)
     responses: list[str | None] = [None] * n
-    response_rules = {k: settings.rule(k) for k in ("sorry_short", "stopwords_only", "rule_f")}
+    response_rules = {k: settings.rule(k) for k in RESPONSE_RULES}
     alive = [i for i in range(n) if reasons[i] is None]
     if any(response_rules.values()) and alive:
-        answers = respond(evolver, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
-                          desc=f"round {round_index}: check", temperature=0.0, max_tokens=settings.max_tokens, seed=settings.seed)
+        checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
+        answers = respond(checker, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
+                          desc=f"round {round_index}: check", **check_sampling)
         for i, answer in zip(alive, answers):
             if answer.failed:  # the item cannot be checked: it fails with the call's reason
                 reasons[i], details[i] = answer.failure_reason, f"check response: {answer.error}"

@@ -5,7 +5,7 @@
 
 :func:`format_chain` prints each step with its status; for a failed attempt it also prints why
 (``failure_reason``), what the evolver wrote (``raw_output``, with its ``finish_reason``) and, when a
-check on the evolver's answer failed it, that answer (``check_response``): an auto-strategy attempt that
+check on an answer to it failed it, that answer (``check_response``: by default the responder's): an auto-strategy attempt that
 failed has no instruction, so its raw output is the only trace of what the model did.
 """
 
@@ -98,5 +98,5 @@ def format_chain(steps: list[dict], raw: bool = False) -> str:
         elif failed and s.get("finish_reason") == "length":
             lines.append("    (the evolver stopped at max_tokens)")
         if failed and s.get("check_response") is not None:
-            lines.append(_indent("the evolver's answer to it", s["check_response"]))
+            lines.append(_indent("the answer to it (response check)", s["check_response"]))
     return "\n".join(lines)

@@ -26,6 +26,12 @@ RESPONSE_TEMPLATE = "respond/response.j2"
 KEEP = LINEAGE + ["instruction", "input", "template_hash", "model", "finish_reason"]
 
 
+def response_sampling(settings: RespondSettings) -> dict[str, float | int | None]:
+    """The sampling the respond stage asks the responder for (None = the role's default). The evolve stage's
+    response check asks with the same, so respond finds those answers in the cache."""
+    return {"temperature": settings.temperature, "max_tokens": settings.max_tokens}
+
+
 def respond(llm: LLM, prompts: PromptLibrary, instructions: list[str], inputs: list[str],
             desc: str = "respond", **sampling) -> list[Completion]:
     """Answer each (instruction, input) with one chat turn rendered from the response template; a failed
