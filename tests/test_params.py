@@ -53,6 +53,10 @@ def test_evolforge_check_command(repo, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evolforge.cli", "check", str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "seed.limt: unknown key; did you mean `limit`?" in proc.stderr and str(bad) in proc.stderr
+    for path, message in ((tmp_path / "nope.yaml", f"{tmp_path / 'nope.yaml'} not found (or not a regular file)"),
+                          ("", "'' is not a file name: the params file's path is empty")):
+        proc = subprocess.run([sys.executable, "-m", "evolforge.cli", "check", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 TYPOS = [  # (edit of the shipped params, expected text in the message)

@@ -117,6 +117,8 @@ def _count_values(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> in
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    if not str(path).strip():
+        raise ParamsError(["is not a file name: the params file's path is empty"], repr(str(path)))
     path = Path(path)
     if not path.is_file():
         raise ParamsError(["not found (or not a regular file)"], path)
