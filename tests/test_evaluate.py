@@ -136,6 +136,37 @@ def test_scoring_refuses_to_run_code_without_the_switch(monkeypatch):
         score_program("assert True")
 
 
+def test_sandbox_setup_failure_is_retried_and_shown(monkeypatch, caplog):
+    from evolforge.eval.sandbox import SandboxResult
+    from evolforge.eval.tasks import code_scoring
+
+    def scripted(*statuses):
+        runs = iter(statuses)
+
+        def run(program, tests=None, timeout_s=10.0, memory_mb=512):
+            status = next(runs)
+            return SandboxResult(status == "passed", status, "unshare: Operation not permitted" if status == "error" else "",
+                                 None if status == "timeout" else 0, 10.0 if status == "timeout" else 0.1)
+        return run
+
+    monkeypatch.setenv("EVOLFORGE_ALLOW_CODE_EXECUTION", "1")
+    with caplog.at_level("WARNING", logger=code_scoring.__name__):
+        monkeypatch.setattr(code_scoring, "run_untrusted", scripted("error", "passed"))
+        assert score_program("x = 1") == 1.0  # the set-up failed once: tried again, and it passed
+        assert "sandbox could not run a program (unshare: Operation not permitted); trying once more" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(code_scoring, "run_untrusted", scripted("error", "error"))
+        assert score_program("x = 1") == 0.0
+        assert "sandbox error after 0.1 s: the program scores 0 (unshare: Operation not permitted)" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(code_scoring, "run_untrusted", scripted("timeout"))  # never retried: it may loop forever
+        assert score_program("while True: pass") == 0.0
+        assert "sandbox timeout after 10.0 s: the program scores 0 (no output)" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(code_scoring, "run_untrusted", scripted("failed"))
+        assert score_program("assert False") == 0.0 and not caplog.text  # the program's own verdict: no warning
+
+
 def test_harness_code_tasks_outside_the_sandbox_are_refused(tmp_path):
     # a task that would run model code through the harness's own code_eval, given as a YAML path
     task = tmp_path / "my_code_task.yaml"

@@ -434,3 +434,31 @@ def test_autoif_query_lengths_that_keep_nothing_are_refused():
 
     with pytest.raises(ParamsError, match=re.escape("autoif.queries.min_chars: 300 is not below max_chars (20)")):
         check_params({"autoif": {"queries": {"min_chars": 300, "max_chars": 20}}})
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"evolved": None}, "round_1.json: rule ''evolved' is a count (an integer >= 0)': got null"),
+    ({"in": "6"}, "rule ''in' is a count (an integer >= 0)': got \"6\""),
+    ({"failed_by_reason": ["empty"]}, "rule ''failed_by_reason' maps each reason to a count'"),
+    ({"mean_length_growth": "1.2"}, "rule ''mean_length_growth' is a number or null'"),
+])
+def test_evolve_report_refuses_a_hand_edited_round_file(repo, tmp_path, capsys, monkeypatch, edit, expected):
+    import importlib.util
+
+    from evolforge.core.errors import run_stage
+
+    metrics = {"in": 6, "evolved": 5, "failed": 1, "calls": 11, "cache_hits": 0, "failed_by_reason": {"empty": 1},
+               "mean_length_growth": 1.4}
+    (tmp_path / "evolve").mkdir()
+    (tmp_path / "evolve" / "round_1.json").write_text(json.dumps({**metrics, **edit}))
+    (tmp_path / "params.yaml").write_text(json.dumps({"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}}}))
+    spec = importlib.util.spec_from_file_location("evolve_report_stage", repo / "stages/evolve_report.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    monkeypatch.setattr("sys.argv", ["evolve_report", "--params", str(tmp_path / "params.yaml"), "--metrics-dir",
+                                     str(tmp_path / "evolve"), "--out", str(tmp_path / "evolve.json"), "--plots", str(tmp_path / "plots")])
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(stage.main)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "evolve.json").exists()

@@ -53,6 +53,10 @@ def test_evolforge_check_command(repo, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evolforge.cli", "check", str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "seed.limt: unknown key; did you mean `limit`?" in proc.stderr and str(bad) in proc.stderr
+    for path, message in ((tmp_path / "nope.yaml", f"{tmp_path / 'nope.yaml'} not found (or not a regular file)"),
+                          ("", "'' is not a file name: the params file's path is empty")):
+        proc = subprocess.run([sys.executable, "-m", "evolforge.cli", "check", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 TYPOS = [  # (edit of the shipped params, expected text in the message)
@@ -86,7 +90,25 @@ WRONG = [
     (("respond", "rounds", [1, 7]), "respond.rounds: [7] are not indices of evolve.rounds"),
     (("finetune", "mode", "qlora"), 'finetune.mode: got "qlora"'),
     (("evaluate", "limit", -1), "evaluate.limit: got -1"),
+    (("fetch_model", "sha256", "b179c95"), 'fetch_model.sha256: got "b179c95" (text); allowed: 64 lower-case hex digits'),
+    (("fetch_model", "sha256", "B" * 64), "allowed: 64 lower-case hex digits"),
+    (("finetune", "dtype", "float17"), 'finetune.dtype: got "float17" (text); allowed: one of "auto", "float32"'),
+    (("finetune", "max_steps", 0), "finetune.max_steps: got 0 (an integer); allowed: an integer >= 1, or -1"),
+    (("card", "license", ""), 'card.license: got "" (text); allowed: text (not empty)'),
+    (("evolve", "check_role", "judge"), 'evolve.check_role: got "judge" (text); allowed: one of "responder", "evolver"'),
 ]
+
+
+def test_finetune_dtypes_are_the_ones_pick_dtype_takes():
+    import typing
+
+    from evolforge.core.models import pick_dtype
+    from evolforge.core.settings import TrainDtype
+
+    for name in typing.get_args(TrainDtype):
+        pick_dtype(name, "cpu")  # raises for a name it does not know
+    with pytest.raises(ValueError, match="unknown dtype 'float17'; use one of auto, float32, fp32, bfloat16, bf16, float16, fp16"):
+        pick_dtype("float17", "cpu")
 
 
 def edited(params: dict, where: str, key: str | None, value) -> dict:

@@ -117,6 +117,8 @@ def _count_values(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> in
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    if not str(path).strip():
+        raise ParamsError(["is not a file name: the params file's path is empty"], repr(str(path)))
     path = Path(path)
     if not path.is_file():
         raise ParamsError(["not found (or not a regular file)"], path)
@@ -378,12 +380,22 @@ def field_names(tp: Any) -> list[str]:
 _BOUNDS = {Ge: (">=", "ge"), Gt: (">", "gt"), Le: ("<=", "le"), Lt: ("<", "lt")}
 
 
+@dataclasses.dataclass(frozen=True)
+class Described:
+    """``Annotated`` metadata: how :func:`describe` words a constraint it cannot read (a pattern)."""
+
+    words: str
+
+
 def describe(tp: Any) -> str:
     """A type in words: ``PositiveInt | None`` -> 'an integer >= 1, or null'."""
     if tp is type(None):
         return "null"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:
+        for meta in args[1:]:
+            if isinstance(meta, Described):
+                return meta.words
         bounds = []
         for meta in args[1:]:
             for kind, (sign, attr) in _BOUNDS.items():
@@ -395,7 +407,7 @@ def describe(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return ", or ".join(describe(a) for a in args)
     if origin is Literal:
-        return "one of " + ", ".join(json.dumps(a) for a in args)
+        return json.dumps(args[0]) if len(args) == 1 else "one of " + ", ".join(json.dumps(a) for a in args)
     if origin is list:
         return f"a list of {_plural(describe(args[0]))}"
     if origin is dict:

