@@ -97,7 +97,7 @@ SEEDS = {
     "json_object_of_rows": ("s.json", json.dumps({"a": OK}).encode(), {}, (REFUSED, ["the file is one JSON array of objects", "got an object"])),
     "json_empty_array": ("s.json", b"[]", {}, (REFUSED, ["the source holds at least one record"])),
     "json_data_wrapper": ("s.json", json.dumps({"data": [OK, {"instruction": "b"}]}).encode(), {}, (ACCEPTED, 2)),
-    "json_trailing_garbage": ("s.json", json.dumps([OK]).encode() + b" ]", {}, (REFUSED, ["the file is one JSON array of objects", "line 1: Extra data"])),
+    "json_trailing_garbage": ("s.json", json.dumps([OK]).encode() + b" ]", {}, (REFUSED, ["the file is one JSON array of objects", "line 1, column 63: Extra data"])),
     "jsonl_line_is_null": ("s.jsonl", lines(json.dumps(OK), "null"), {}, (REFUSED, ["row 2:", "each line is one JSON object", "got null"])),
     "jsonl_invalid_line_5_of_9": ("s.jsonl", bad_line_5, {}, (REFUSED, ["row 5:", "each line is one JSON object"])),
     "jsonl_no_instruction_on_row_37": ("s.jsonl", row_37_without_instruction, {}, (REFUSED, ["row 37:", "field 'instruction' (mapped to instruction) is present", "'prompt'"])),
@@ -410,7 +410,10 @@ def test_a_train_file_with_a_bad_line_names_the_line(tmp_path):
     with pytest.raises(DataError, match=r"train\.jsonl: row 3: rule 'each line is one JSON object': column 13"):
         read_jsonl(path)
     path.write_text('\ufeff{"prompt": []}\n[1]\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"row 2: .*got list"):
+    with pytest.raises(DataError, match=r"row 2: .*got a list"):
+        read_jsonl(path)
+    path.write_text('{"prompt": [], "prompt": [1]}\r{"completion": []}\r', encoding="utf-8")  # the seed reader's rules too
+    with pytest.raises(DataError, match=r"row 1: rule 'each JSON object names a key once': key \"prompt\" appears twice"):
         read_jsonl(path)
     path.write_text('\ufeff{"prompt": []}\n', encoding="utf-8")
     assert read_jsonl(path) == [{"prompt": []}]  # a byte order mark at the start is fine

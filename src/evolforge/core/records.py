@@ -124,36 +124,14 @@ def read_table(path: str | Path) -> pl.DataFrame:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """The JSON objects of a JSONL file (blank lines skipped); a line that is not one is refused with its
-    number. A byte order mark at the start is allowed (editors add it)."""
-    from evolforge.core.validation import DataError
+    number (:func:`evolforge.core.jsonfiles.jsonl_objects`)."""
+    from evolforge.core.jsonfiles import jsonl_objects
 
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(path, "UTF-8 text", detail=f"byte {err.start}: {err.reason}") from None
-    rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, "each line is one JSON object", [number], f"column {err.colno}: {err.msg}") from None
-        if not isinstance(row, dict):
-            raise DataError(path, "each line is one JSON object", [number], f"got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    return [obj for _, obj in jsonl_objects(path)]
 
 
 def read_json(path: str | Path) -> Any:
     """A JSON file's content; a file that is not JSON (or not UTF-8) is refused naming it and where."""
-    from evolforge.core.validation import DataError
+    from evolforge.core.jsonfiles import read_json as read
 
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(path, "valid JSON", detail=f"line {err.lineno}, column {err.colno}: {err.msg}") from None
-    except UnicodeDecodeError as err:
-        raise DataError(path, "UTF-8 text", detail=f"byte {err.start}: {err.reason}") from None
+    return read(path)
