@@ -127,6 +127,10 @@ SEEDS = {
     "csv_semicolon_separated": ("s.csv", b"instruction;output\na;b\n", {}, (REFUSED, ["mapped to instruction) is present", "instruction;output"])),
     "csv_quoted_multiline_cell": ("s.csv", b'instruction,output\r\n"line one\r\nline two",x\r\n', {}, (ACCEPTED, 1)),
     "csv_numbers_stay_text": ("s.csv", b"instruction,output\n42,7\n", {}, (ACCEPTED, 1)),
+    "csv_lone_cr_line_ends": ("s.csv", b'instruction,output\rAdd 2 and 3.,5\r"Name\ra colour.",red\r', {}, (ACCEPTED, 2)),
+    # chat formats are not instruction records: said so, with what to do
+    "sharegpt_conversations": ("s.jsonl", jl({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}), {}, (REFUSED, ["field 'instruction' (mapped to instruction) is present", "'conversations' looks like a chat format", "first user turn"])),
+    "openai_messages": ("s.jsonl", jl({"messages": [{"role": "user", "content": "hi"}]}), {}, (REFUSED, ["'messages' looks like a chat format (ShareGPT / OpenAI messages)"])),
     # Parquet
     "parquet_null_typed_instruction": ("s.parquet", arrow(pa.table({"instruction": pa.array([None, None], pa.null())})), {}, (REFUSED, ["rows 1, 2:", "instruction is not null"])),
     "parquet_null_typed_output": ("s.parquet", arrow(pa.table({"instruction": ["a", "b"], "output": pa.array([None, None], pa.null())})), {}, (ACCEPTED, 2)),

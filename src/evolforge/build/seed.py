@@ -99,6 +99,8 @@ def read_csv(path: Path) -> pl.DataFrame:
     text = read_text(path)
     if not text.strip():
         raise DataError(path, "the file holds at least one record", detail="it holds only a byte order mark or blank lines")
+    if "\r" in text and "\n" not in text:  # lines ended by a lone CR (old Mac editors): polars would read one line
+        text = text.replace("\r", "\n")
     try:
         header = next(csv.reader(io.StringIO(text)), [])
     except csv.Error:
@@ -208,6 +210,9 @@ def _loose(name: str) -> str:
     return "".join(name.split()).casefold().lstrip("\ufeff")
 
 
+CHAT_COLUMNS = ("messages", "conversations", "conversation", "turns", "dialog", "dialogue")  # chat formats' record keys
+
+
 def _require_instruction(mapping: dict[str, str | None], columns: list[str], file: str) -> None:
     """The instruction's column is present; and no mapped field is missing while a column that differs from
     its name only in case or spaces is there (`Output `): that field would silently be read as empty."""
@@ -224,6 +229,11 @@ def _require_instruction(mapping: dict[str, str | None], columns: list[str], fil
         if near or target == "instruction":
             hint = (f"; the column {near[0]!r} differs only in case or spaces: rename it, or map it with "
                     f"seed.fields: {{{target}: {json.dumps(near[0])}}}") if near else ""
+            chat = [c for c in present if c in CHAT_COLUMNS]
+            if target == "instruction" and chat and not near:
+                hint = (f"; {chat[0]!r} looks like a chat format (ShareGPT / OpenAI messages): the seed stage reads "
+                        "one instruction per record, not conversations; write the first user turn to an "
+                        "'instruction' field (and the reply to 'output'), or map existing columns with seed.fields")
             raise DataError(file, f"field '{column}' (mapped to {target}) is present", detail=f"columns: {present}{hint}")
 
 
