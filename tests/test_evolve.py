@@ -402,6 +402,12 @@ def test_lineage_shows_the_answer_that_failed_a_response_rule(seed_table, tmp_pa
     assert "the answer to it (response check):\n      Sure, what steps?" in text
 
 
+def test_lineage_indents_every_line_of_an_instruction():
+    step = {"round": 1, "method": "deepening", "status": "failed", "failure_reason": "copied_template_words",
+            "id": "e2d1", "instruction": "#The Given Prompt#:\n3 tips:\n1. Water it", "raw_output": None}
+    assert format_chain([step]).splitlines()[1:] == ["    #The Given Prompt#:", "    3 tips:", "    1. Water it"]
+
+
 def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     """check_role responder (default): the check asks the responder with respond's sampling, so the respond
     stage's requests for the surviving instructions are all in the cache; evolver: the evolver answers,

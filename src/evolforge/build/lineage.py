@@ -90,8 +90,8 @@ def format_chain(steps: list[dict], raw: bool = False) -> str:
     for s in steps:
         tag = s["status"] + (f" ({s['failure_reason']})" if s["failure_reason"] else "")
         lines.append(f"round {s['round']}  {s['method']:<16} {tag:<32} {s['id']}")
-        if s["instruction"]:
-            lines.append(f"    {s['instruction']}")
+        if s["instruction"]:  # every line indented: an instruction of several lines stays inside its step
+            lines.append("\n".join(f"    {line}".rstrip() for line in s["instruction"].splitlines()))
         failed = s["status"] == FAILED
         if (failed or raw) and s.get("raw_output") is not None and s["raw_output"].strip() != (s["instruction"] or ""):
             finish = f", finish_reason {s['finish_reason']}" if s.get("finish_reason") else ""
