@@ -18,7 +18,8 @@ from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
 from evolforge.core.params import ParamsError, load_params, load_section
-from evolforge.build.evolve import IS_INSTRUCTION_TEMPLATE, RESPONSE_RULES, evolve_round, method_text, resolve_strategy
+from evolforge.build.evolve import (IS_INSTRUCTION_TEMPLATE, RESPONSE_RULES, evolve_round, method_text, resolve_check_role,
+                                    resolve_strategy)
 from evolforge.build.respond import response_sampling
 from evolforge.core.settings import EvolveSettings
 from evolforge.core.prompts import PromptLibrary
@@ -68,8 +69,12 @@ def main() -> None:
     evolver = open_role(params, "evolver", cache)
     needs_judge = settings.rule("info_gain") or settings.rule("not_an_instruction_judge")
     judge = open_role(params, "judge", cache) if needs_judge else None
-    needs_responder = settings.check_role == "responder" and any(settings.rule(k) for k in RESPONSE_RULES)
-    responder = open_role(params, "responder", cache) if needs_responder else None
+    responder = None
+    if settings.check_role != "evolver" and any(settings.rule(k) for k in RESPONSE_RULES):
+        responder = open_role(params, "responder", cache)  # nothing loads until a request misses the cache
+        settings = dataclasses.replace(settings, check_role=resolve_check_role(settings.check_role, evolver.role, responder.role))
+        if settings.check_role == "evolver":  # auto, and the responder is another local model
+            responder = None
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver,
         method_text=text, judge=judge, responder=responder,
@@ -79,7 +84,7 @@ def main() -> None:
     roles = {"evolver": evolver, "responder": responder, "judge": judge}
     roles = {name: llm for name, llm in roles.items() if llm is not None}
     summary.update(round=args.round, index=index, strategy=settings.strategy, requested_strategy=requested,
-                   fallback=fallback,
+                   fallback=fallback, check_role=settings.check_role,
                    calls=sum(llm.stats["calls"] for llm in roles.values()),
                    cache_hits=sum(llm.stats["cache_hits"] for llm in roles.values()),
                    llm={name: llm.stats for name, llm in roles.items()})

@@ -417,7 +417,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     from evolforge.core.settings import RespondSettings
 
     sampling = response_sampling(RespondSettings(max_tokens=40))
-    for check_role in ("responder", "evolver"):
+    for check_role in ("responder", "evolver", "auto"):  # auto: the two roles share one model here
         cache = CallCache(tmp_path / f"{check_role}.sqlite")
         evolver_fake, responder_fake = FakeBackend(scripted_evolver({})), FakeBackend(scripted_evolver({}))
         evolver, responder = LLM(evolver_fake, cache, role=ROLE), LLM(responder_fake, cache, role=RESPONDER)
@@ -430,7 +430,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
         evolved = table.filter(pl.col("status") == "evolved")
         answers = respond(responder, PromptLibrary(), evolved["instruction"].to_list(), evolved["input"].to_list(), **sampling)
         assert [a.text for a in answers] == ["A fine, complete answer."] * 6
-        if check_role == "responder":
+        if check_role in ("responder", "auto"):
             assert all(r in responder_fake.sent for r in checks) and {r.max_tokens for r in checks} == {40}
             assert responder.stats["calls"] == 6 and responder.stats["cache_hits"] == 6  # respond asked nothing new
         else:
@@ -440,5 +440,23 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
         cache.close()
 
     with pytest.raises(ValueError, match="check_role responder: the response rules need the responder role"):
-        evolve_round(seed_table, round_index=1, settings=EvolveSettings(strategy="evol"), prompts=PromptLibrary(),
-                     evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE))
+        evolve_round(seed_table, round_index=1, settings=EvolveSettings(strategy="evol", check_role="responder"),
+                     prompts=PromptLibrary(), evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE))
+
+
+def test_auto_check_role_loads_no_second_model():
+    """auto answers with the responder only when that costs no second model in the evolve stage's process."""
+    from evolforge.build.evolve import resolve_check_role
+
+    def role(name, **fields):
+        return Role.from_params(name, {"backend": "hf", "model": "org/evolver-8b", **fields})
+
+    evolver = role("evolver", temperature=0.7, max_tokens=160)
+    same_model = role("responder", temperature=0.0, max_tokens=192, batch_size=4)  # request fields only differ
+    assert resolve_check_role("auto", evolver, same_model) == "responder"
+    other = Role.from_params("responder", {"backend": "vllm", "model": "org/responder-72b", "tensor_parallel_size": 4})
+    assert resolve_check_role("auto", evolver, other) == "evolver"  # an hf model and a vLLM engine: not both
+    server = Role.from_params("responder", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"})
+    assert resolve_check_role("auto", evolver, server) == "responder"
+    assert resolve_check_role("responder", evolver, other) == "responder"  # asked for: done, both load
+    assert resolve_check_role("evolver", evolver, same_model) == "evolver"

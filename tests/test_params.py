@@ -95,7 +95,7 @@ WRONG = [
     (("finetune", "dtype", "float17"), 'finetune.dtype: got "float17" (text); allowed: one of "auto", "float32"'),
     (("finetune", "max_steps", 0), "finetune.max_steps: got 0 (an integer); allowed: an integer >= 1, or -1"),
     (("card", "license", ""), 'card.license: got "" (text); allowed: text (not empty)'),
-    (("evolve", "check_role", "judge"), 'evolve.check_role: got "judge" (text); allowed: one of "responder", "evolver"'),
+    (("evolve", "check_role", "judge"), 'evolve.check_role: got "judge" (text); allowed: one of "auto", "responder", "evolver"'),
 ]
 
 

@@ -121,6 +121,7 @@ def test_repro_noop_and_experiments(workdir):
         r = evolve[name]
         assert r["in"] == r["evolved"] + r["failed"] == 8  # keep_parent: the pool stays whole
         assert r["calls"] + r["cache_hits"] > 0
+        assert r["check_role"] == "responder"  # auto: every role on one model, so the responder costs no load
     assert metric(work, "optimize.json")["skipped"] is False
     assert (work / "data/method/method.txt").read_text().strip()
     responses = metric(work, "respond.json")

@@ -13,8 +13,8 @@ Strategies (``evolve.strategy``):
 Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/elimination.md) run in three
 passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
 template words, chatter, repetitive, not an instruction), on an answer to it (sorry + short, stop words
-only, rule F; by default the responder's answer, the one the respond stage keeps), then the optional judge
-checks (not an instruction, information gain).
+only, rule F; by default the responder's answer, the one the respond stage keeps, when that loads no second
+model), then the optional judge checks (not an instruction, information gain).
 The evolver's ``finish_reason`` is kept per row ("length": cut at ``max_tokens``).
 
 Only ``instruction`` is evolved; ``input`` is carried over. Every item that enters a round leaves it as
@@ -35,7 +35,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import polars as pl
 
 from evolforge.build import failures
-from evolforge.llm import LLM
+from evolforge.llm import LLM, Role, loads_nothing_more
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id
 from evolforge.build.respond import respond
@@ -162,17 +162,30 @@ def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], chi
     return [None if t is None else failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 
 
+def resolve_check_role(check_role: str, evolver: Role, responder: Role) -> str:
+    """``evolve.check_role`` as the stage applies it: ``auto`` is ``responder`` when the responder is a
+    server or the evolver's own model (nothing more to load in the stage's process), else ``evolver``: two
+    local models in one process (an hf model and a vLLM engine each claiming most of a GPU) may not fit."""
+    if check_role != "auto":
+        return check_role
+    return "responder" if loads_nothing_more(responder, evolver) else "evolver"
+
+
 def check_responder(settings: EvolveSettings, evolver: LLM, responder: LLM | None,
                     respond_sampling: Mapping[str, Any] | None) -> tuple[LLM, dict[str, Any]]:
     """Who answers the evolved instructions for the response rules, and the sampling it answers with.
 
-    ``evolve.check_role: responder`` (default): the responder role with ``respond_sampling`` (respond's
+    ``evolve.check_role: responder``: the responder role with ``respond_sampling`` (respond's
     ``temperature`` / ``max_tokens``, as the respond stage passes them), so the check's answer is the very
     request the respond stage makes for a surviving instruction and respond finds it in the cache: one
     answer per instruction, as Evol-Instruct judges the response it keeps. ``evolver``: the evolver,
     greedy, at ``evolve.max_tokens``, an extra answer per surviving instruction that respond does not reuse.
+    ``auto`` (default): see :func:`resolve_check_role`.
     """
-    if settings.check_role == "evolver":
+    role = settings.check_role
+    if role == "auto":
+        role = "evolver" if responder is None else resolve_check_role(role, evolver.role, responder.role)
+    if role == "evolver":
         return evolver, {"temperature": 0.0, "max_tokens": settings.max_tokens, "seed": settings.seed}
     if responder is None:
         raise ValueError("evolve.check_role responder: the response rules need the responder role")
@@ -185,8 +198,8 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
                  respond_sampling: Mapping[str, Any] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Evolve every item of ``pool`` once. Returns (round table, next pool, summary).
 
-    ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules under
-    ``evolve.check_role: responder`` (see :func:`check_responder`)."""
+    ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules when
+    ``evolve.check_role`` comes to ``responder`` (see :func:`check_responder`)."""
     items = pool.to_dicts()
     n = len(items)
     if settings.strategy == "evol":

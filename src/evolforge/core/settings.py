@@ -117,9 +117,10 @@ class EvolveSettings:
     top_p: Annotated[float, Gt(0), Le(1)] | None = None
     max_tokens: PositiveInt | None = None
     seed: int = 0
-    # who answers the evolved instructions for the response rules: the responder with respond's sampling
-    # (the answer respond would give, so respond finds it in the cache) | the evolver, greedy, at max_tokens
-    check_role: Literal["responder", "evolver"] = "responder"
+    # who answers the evolved instructions for the response rules: responder (with respond's sampling: the
+    # answer respond would give, so respond finds it in the cache) | evolver (greedy, at max_tokens) | auto
+    # (responder when that loads no second model in the evolve stage's process, else evolver)
+    check_role: Literal["auto", "responder", "evolver"] = "auto"
     elimination: dict[RuleName, bool] = field(default_factory=dict)  # defaults: RULES
     repetition: Repetition = field(default_factory=dict)
 

@@ -415,6 +415,13 @@ def _loading_key(role: Role) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
 
+def loads_nothing_more(role: Role, other: Role) -> bool:
+    """True when a stage that already uses ``other`` can use ``role`` too without loading another model in
+    its process: ``role`` is a server (``openai``), or both load the same model with the same settings
+    (they share one backend, see :func:`shared_backend`)."""
+    return role.backend == "openai" or _loading_key(role) == _loading_key(other)
+
+
 def shared_backend(role: Role) -> Backend:
     """The backend for ``role``; one already loaded for another role with the same loading fields is reused."""
     key = _loading_key(role)
@@ -503,4 +510,4 @@ BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai, "ray": _ray}
 
 __all__ = ["collect", "ChoiceTrie", "ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
            "open_role", "make_backend", "engine_options", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
-           "shared_backend", "request_seed", "identity_digest", "resolve_identity", "recorded_identity", "IDENTITY_FILE"]
+           "shared_backend", "loads_nothing_more", "request_seed", "identity_digest", "resolve_identity", "recorded_identity", "IDENTITY_FILE"]
