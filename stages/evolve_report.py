@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from evolforge.core.params import load_params, section
-from evolforge.core.records import read_json, write_json
+from evolforge.core.jsonfiles import read_json
+from evolforge.core.records import write_json
 from evolforge.core.validation import DataError
 from evolforge.core.errors import run_stage
 

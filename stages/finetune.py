@@ -13,7 +13,8 @@ import dataclasses
 
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.train.finetune import finetune
-from evolforge.core.records import read_jsonl, write_json
+from evolforge.core.jsonfiles import read_jsonl
+from evolforge.core.records import write_json
 from evolforge.core.errors import run_stage
 
 

@@ -395,7 +395,7 @@ def test_a_seed_table_with_our_row_column_is_refused(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("# only a comment\n\n", "rule 'at least one seed constraint'"),
     ("Answer in French.\nUse \x1b[31mred\x1b[0m words.\n", "row 2: rule 'no control characters"),
-    ("R\xe9ponds en fran\xe7ais.\n".encode("latin-1"), "rule 'UTF-8 text': byte 1"),
+    ("R\xe9ponds en fran\xe7ais.\n".encode("latin-1"), "rule 'text is UTF-8': line 1, byte 0xe9 at column 2"),
 ])
 def test_bad_seed_constraints_files_are_refused(tmp_path, text, expected):
     from evolforge.build.autoif import read_seed_constraints
@@ -407,7 +407,7 @@ def test_bad_seed_constraints_files_are_refused(tmp_path, text, expected):
 
 
 def test_a_train_file_with_a_bad_line_names_the_line(tmp_path):
-    from evolforge.core.records import read_jsonl
+    from evolforge.core.jsonfiles import read_jsonl
 
     path = tmp_path / "train.jsonl"
     path.write_text('\ufeff{"prompt": []}\n\n{"prompt": [}\n', encoding="utf-8")

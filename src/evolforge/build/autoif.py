@@ -55,12 +55,10 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d{1,3}[.)])\s+")
 
 def read_seed_constraints(path: str | Path) -> list[str]:
     """The seed constraints: one per line, blank lines and ``#`` comments skipped."""
+    from evolforge.core.jsonfiles import read_text
     from evolforge.core.validation import CONTROL_CHARACTERS, DataError
 
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(path, "UTF-8 text", detail=f"byte {err.start}: {err.reason}") from None
+    lines = read_text(Path(path)).splitlines()
     seeds = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not seeds:
         raise DataError(path, "at least one seed constraint", detail="one per line; # starts a comment")

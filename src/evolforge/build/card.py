@@ -29,7 +29,8 @@ import polars as pl
 import yaml
 
 from evolforge.core.params import load_section
-from evolforge.core.records import TABLE, read_json
+from evolforge.core.jsonfiles import read_json
+from evolforge.core.records import TABLE
 from evolforge.core.text import question_text
 from evolforge.core.settings import CardSettings
 

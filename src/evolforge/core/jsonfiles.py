@@ -1,8 +1,8 @@
 """Reading text, JSON and JSONL files that people write or edit: every way a file can be wrong is one
 ``DataError`` naming the file, the line (as the row, for JSONL) and the rule, never a decoder's traceback.
 
-Used by the seed stage (its JSON and JSONL sources) and by :mod:`evolforge.core.records` (the JSON and
-JSONL files stages hand each other: ``models/identity.json``, ``metrics/pool.json``, ``train.jsonl``).
+Used for the seed stage's JSON and JSONL sources, the seed constraints of AutoIF, and the JSON and JSONL
+files stages hand each other (``models/identity.json``, ``metrics/pool.json``, ``train.jsonl``).
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ def read_json(path: str | Path, rule: str = "valid JSON") -> Any:
     """A JSON file's content."""
     path = Path(path)
     return parse_json(read_text(path), path, rule)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSONL file, blank lines skipped (:func:`jsonl_objects` without the numbers)."""
+    return [obj for _, obj in jsonl_objects(path)]
 
 
 def jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict]]:

@@ -121,17 +121,3 @@ def read_table(path: str | Path) -> pl.DataFrame:
         raise DataError(file, "a readable Parquet table", detail=f"{first}; rerun the stage that writes it "
                         "(`dvc repro`), or `dvc checkout` to restore the recorded version") from None
 
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON objects of a JSONL file (blank lines skipped); a line that is not one is refused with its
-    number (:func:`evolforge.core.jsonfiles.jsonl_objects`)."""
-    from evolforge.core.jsonfiles import jsonl_objects
-
-    return [obj for _, obj in jsonl_objects(path)]
-
-
-def read_json(path: str | Path) -> Any:
-    """A JSON file's content; a file that is not JSON (or not UTF-8) is refused naming it and where."""
-    from evolforge.core.jsonfiles import read_json as read
-
-    return read(path)
