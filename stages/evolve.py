@@ -16,7 +16,7 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.llm import open_role
+from evolforge.llm import loads_nothing_more, open_role
 from evolforge.core.params import ParamsError, load_params, load_section
 from evolforge.build.evolve import (IS_INSTRUCTION_TEMPLATE, RESPONSE_RULES, evolve_round, method_text, resolve_check_role,
                                     resolve_strategy)
@@ -69,6 +69,10 @@ def main() -> None:
     evolver = open_role(params, "evolver", cache)
     needs_judge = settings.rule("info_gain") or settings.rule("not_an_instruction_judge")
     judge = open_role(params, "judge", cache) if needs_judge else None
+    if judge is not None and not loads_nothing_more(judge.role, evolver.role):
+        print(f"{args.round}: the judge checks (info_gain, not_an_instruction_judge) load roles.judge "
+              f"({judge.role.model}) beside roles.evolver ({evolver.role.model}) in this process; if the two "
+              f"do not fit in memory together, serve the judge (backend openai) or turn those checks off")
     responder = None
     if settings.check_role != "evolver" and any(settings.rule(k) for k in RESPONSE_RULES):
         responder = open_role(params, "responder", cache)  # nothing loads until a request misses the cache

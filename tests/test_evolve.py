@@ -333,33 +333,55 @@ def test_auto_falls_back_to_evol_when_the_optimize_stage_says_so():
         resolve_strategy(auto, {"fallback": "magic"})
 
 
-def test_evolve_stage_records_the_fallback(repo, seed_table, tmp_path, monkeypatch):
+def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, roles: dict[str, Role] | None = None):
+    """stages/evolve.py's main for round_1 over ``seed_table``, every role answered by one fake backend
+    (``roles``: the Role each name opens as; ROLE by default). Returns the fake backend."""
     import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("evolve_stage_fallback", repo / "stages/evolve.py")
+    spec = importlib.util.spec_from_file_location("evolve_stage", repo / "stages/evolve.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     fake = FakeBackend(scripted_evolver({}))
-    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: LLM(fake, None, role=ROLE))
+    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: LLM(fake, None, role=(roles or {}).get(name, ROLE)))
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
-    params = {"evolve": {"strategy": "auto", "breadth": False, "rounds": {"round_1": {"src": "x", "index": 1}}},
+    tmp_path.mkdir(exist_ok=True)
+    params = {"evolve": {"breadth": False, "rounds": {"round_1": {"src": "x", "index": 1}}, **evolve},
               "optimize": {"initial_method": "initial"}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     write_output(tmp_path / "seed", seed_table)
-    (tmp_path / "method").mkdir()
-    (tmp_path / "method" / "method.txt").write_text("A method the evolver cannot follow.")
-    (tmp_path / "method" / "meta.json").write_text(json.dumps({"fallback": "evol", "fallback_reason": "fails 4 of 4"}))
     stage_args = ["evolve", "--params", str(tmp_path / "params.yaml"), "--round", "round_1", "--src", str(tmp_path / "seed"),
                   "--method", str(tmp_path / "method" / "method.txt"), "--prompts", str(repo / "prompts"),
                   "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
     monkeypatch.setattr("sys.argv", stage_args)
     stage.main()
+    return fake
+
+
+def test_evolve_stage_records_the_fallback(repo, seed_table, tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "method.txt").write_text("A method the evolver cannot follow.")
+    (tmp_path / "method" / "meta.json").write_text(json.dumps({"fallback": "evol", "fallback_reason": "fails 4 of 4"}))
+    fake = run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, {"strategy": "auto"})
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["strategy"] == "evol" and metrics["requested_strategy"] == "auto"
     assert metrics["fallback"] == "evolve.strategy auto falls back to evol: fails 4 of 4"
     assert set(pl.read_parquet(tmp_path / "out" / "items.parquet")["method"]) <= set(IN_DEPTH)
     assert not any("A method the evolver cannot follow." in r.messages[-1][1] for r in fake.sent)
+
+
+def test_evolve_stage_says_when_the_judge_checks_load_a_second_model(repo, seed_table, tmp_path, monkeypatch, capsys):
+    checks = {"strategy": "evol", "elimination": {"not_an_instruction_judge": True}}
+    other = Role.from_params("judge", {"backend": "hf", "model": "another-model"})
+    run_evolve_stage(repo, seed_table, tmp_path / "two", monkeypatch, checks, roles={"judge": other})
+    out = capsys.readouterr().out
+    assert "load roles.judge (another-model) beside roles.evolver (fake) in this process" in out
+    served = Role.from_params("judge", {"backend": "openai", "model": "served", "base_url": "http://127.0.0.1:9/v1"})
+    run_evolve_stage(repo, seed_table, tmp_path / "served", monkeypatch, checks, roles={"judge": served})
+    run_evolve_stage(repo, seed_table, tmp_path / "same", monkeypatch, checks)  # one model for both
+    assert "beside roles.evolver" not in capsys.readouterr().out
 
 
 # --- lineage of a failed item ----------------------------------------------------------------------
