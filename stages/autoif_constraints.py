@@ -53,6 +53,7 @@ def main() -> None:
 
     failed = table.filter(pl.col("status") == FAILED)
     metrics = {"seed_constraints": len(seeds), "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "llm": {"evolver": llm.stats},  # tokens, failures and cost of the calls
                "lines": table.height - len(seeds), "constraints": table.height - failed.height,
                "new_constraints": int((table["status"] == "evolved").sum()),
                "dropped": {r: int(n) for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}}

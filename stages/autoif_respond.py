@@ -53,12 +53,14 @@ def main() -> None:
         queries = select_queries(build_seed(q.source, fmt=q.format, fields=q.fields, config=q.config, split=q.split)[0], q)
         n_queries = queries.height
         pairs = pair_queries(constraints, queries, cfg.queries_per_constraint, cfg.seed)
+    stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
     if pairs.height:
         llm = open_role(params, "responder", open_cache(params))
         requests = [llm.request([{"role": "user", "content": prompts.render(RESPOND_TEMPLATE, constraint=c, query=x)}],
                                 max_tokens=cfg.response_max_tokens) for c, x in zip(pairs["constraint"], pairs["query"])]
         outputs = llm.complete(requests, desc="autoif respond")
         meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+        stats = {"responder": llm.stats}
     # the evolver that wrote the constraints' functions, as the verify stage recorded it
     evolver = json.loads(Path(args.verified, META).read_text(encoding="utf-8")).get("model") or ""
     table = response_records(pairs, outputs, evolver_model=evolver, self_instruct_hash=prompts.hash(SELF_INSTRUCT_TEMPLATE),
@@ -77,7 +79,7 @@ def main() -> None:
                "pairs": table.height, "responses_kept": kept.height, "responses_rejected": rejected.height,
                "mean_pass_rate": float(rates.mean()) if rates.len() else None,
                "verified_share": kept.height / table.height if table.height and cfg.verify_responses else None,
-               "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0)}
+               "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0), "llm": stats}
     write_output(args.out, kept, meta=meta, tables={"rejected.parquet": rejected})
     write_json(args.metrics, metrics)
     print(f"autoif_respond: {kept.height}/{table.height} responses kept (mean pass rate {metrics['mean_pass_rate']})")

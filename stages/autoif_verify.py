@@ -44,6 +44,7 @@ def main() -> None:
     prompts = PromptLibrary(args.prompts)
     samples: list[list[str]] = []
     meta = {"skipped": not active}
+    stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
     if active and constraints.height:
         llm = open_role(params, "evolver", open_cache(params))
         k = cfg.functions_per_constraint
@@ -53,10 +54,12 @@ def main() -> None:
         texts = llm.complete(requests, desc="autoif verification functions")
         samples = [texts[i:i + k] for i in range(0, len(texts), k)]
         meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+        stats = {"evolver": llm.stats}
     verified, functions, cases = verify_constraints(constraints, samples, cfg)
 
     metrics = verify_summary(verified, functions, cases) | {"skipped": not active, "sandbox": isolation() if active else None,
-                                                           "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0)}
+                                                           "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0),
+                                                           "llm": stats}
     meta |= {"settings": dataclasses.asdict(cfg), "template_hash": prompts.hash(VERIFICATION_TEMPLATE)}
     write_output(args.out, verified, meta=meta, tables={"functions.parquet": functions, "cases.parquet": cases})
     write_json(args.metrics, metrics)

@@ -76,7 +76,8 @@ def main() -> None:
     metrics = counts(table["verdict"].drop_nulls().to_list()) | {"unjudged": items.height - len(judged),
         "both_orders": cfg.both_orders, "parse": cfg.parse, "against": cfg.against,
         "calls": {n: llm.stats["calls"] for n, llm in (("tuned", tuned), ("other", other), ("judge", judge))},
-        "cache_hits": {n: llm.stats["cache_hits"] for n, llm in (("tuned", tuned), ("other", other), ("judge", judge))}}
+        "cache_hits": {n: llm.stats["cache_hits"] for n, llm in (("tuned", tuned), ("other", other), ("judge", judge))},
+        "llm": {n: llm.stats for n, llm in (("tuned", tuned), ("other", other), ("judge", judge))}}
     meta = {"tuned": tuned.label, "other": other.label, "judge": judge.label, "settings": dataclasses.asdict(cfg),
             "template_hashes": {t: prompts.hash(t) for t in (RESPONSE_TEMPLATE, JUDGE_TEMPLATE)}}
     write_output(args.out, table, meta=meta)

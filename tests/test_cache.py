@@ -221,6 +221,11 @@ def test_engine_options_per_backend():
     key = lambda role: LLM(FakeBackend(), None, role=role, identity={"name": "m"}).key(req(0))
     assert key(hf) != key(Role(name="r", backend="hf", model="m", dtype="float32", device="cpu"))
     assert key(server) == key(Role(name="other", backend="openai", model="m", base_url="http://10.0.0.1/v1"))
+    # hf cuts answers where max_model_len ends: a limit set is in the key, no limit keeps the key it had
+    short = Role(name="r", backend="hf", model="m", dtype="bfloat16", device="cpu", max_model_len=512)
+    assert engine_options(short)["max_model_len"] == 512 and key(short) != key(hf)
+    ray_hf = Role(name="r", backend="ray", model="m", engine="hf", max_model_len=512)
+    assert engine_options(ray_hf)["max_model_len"] == 512
 
 
 def test_first_stored_completion_wins(tmp_path):

@@ -5,6 +5,7 @@ served-model identity, token and cost counts, pacing. Loopback servers only."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -131,6 +132,54 @@ def test_429_with_retry_after_zero_waits_the_minimum_backoff():
         assert backend.generate([ChatRequest.chat([{"role": "user", "content": "hi"}])])[0].text == "ok"
     gaps = [b - a for a, b in zip(attempts, attempts[1:])]
     assert len(gaps) == 2 and gaps[0] >= 0.2 and gaps[1] >= 0.4  # backoff_s, then doubled
+
+
+def test_429_waits_the_least_throttle_wait_even_with_backoff_zero():
+    from evolforge.llm.openai_api import MIN_THROTTLE_WAIT_S
+
+    attempts = []
+
+    def throttled(body):
+        attempts.append(time.monotonic())
+        return (429, {"error": "slow down"}, {"Retry-After": "0"}) if len(attempts) < 2 else (200, chat_body("ok"), {})
+
+    with FakeOpenAIServer(throttled) as server:
+        backend = OpenAIBackend(server.base_url, "test-model", concurrency=1, backoff_s=0, max_retries=5)
+        assert backend.generate([ChatRequest.chat([{"role": "user", "content": "hi"}])])[0].text == "ok"
+    assert attempts[1] - attempts[0] >= MIN_THROTTLE_WAIT_S
+
+
+def test_a_body_cut_short_is_retried_not_a_crash():
+    """A 200 whose body ends before its Content-Length (the connection dropped mid-answer) is a connection
+    error like any other: the request is tried again, and the next answer is the one kept."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    whole = json.dumps(chat_body("whole answer")).encode()
+
+    def serve():
+        for answer in (b'{"choices": [{"mess', whole):  # the first reply stops after 19 of its bytes
+            conn, _ = listener.accept()
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, rest = request.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (len(whole), answer))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    backend = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "test-model", concurrency=1, backoff_s=0, max_retries=2)
+    out = backend.generate([ChatRequest.chat([{"role": "user", "content": "hi"}])])[0]
+    thread.join(5)
+    listener.close()
+    assert out.failure_reason is None and out.text == "whole answer"
 
 
 def test_a_redirect_to_another_host_never_gets_the_key(monkeypatch):

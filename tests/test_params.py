@@ -233,3 +233,14 @@ def test_lr_scheduler_names_are_transformers_schedulers():
 def test_check_applies_the_rules_between_a_sections_fields(section, data, expected):
     with pytest.raises(ParamsError, match=re.escape(expected)):
         check_params({section: data})
+
+
+@pytest.mark.parametrize("value", [-1, "fast", True, float("nan")])
+def test_a_servers_backoff_must_be_seconds(value):
+    from evolforge.core.roles import Role
+
+    server = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"}
+    with pytest.raises(ParamsError, match=r"roles.judge.extra.backoff_s: got .*; allowed: a number of seconds >= 0"):
+        Role.from_params("judge", {**server, "extra": {"backoff_s": value}})
+    for fine in (0, 2.5):
+        assert Role.from_params("judge", {**server, "extra": {"backoff_s": fine}}).extra["backoff_s"] == fine

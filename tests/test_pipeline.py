@@ -143,6 +143,11 @@ def test_repro_noop_and_experiments(workdir):
     assert metric(work, "pool.json")["scenario"] == "evol" and metric(work, "pool.json")["items"] == responses["items"]
     compare = metric(work, "compare.json")
     assert compare["win"] + compare["tie"] + compare["lose"] + compare["unjudged"] == 10  # compare.limit
+    # tokens per stage and role in the metrics (counted by the hf backend here)
+    for name, role in (("judge.json", "judge"), ("respond.json", "responder"), ("compare.json", "judge"),
+                       ("compare.json", "tuned")):
+        stats = metric(work, name)["llm"][role]
+        assert stats["calls"] > 0 and stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0, (name, role, stats)
     commit(work, env, "built")
 
     # nothing changed: only the models and seed stages look (they always do) and rewrite their outputs unchanged

@@ -166,6 +166,12 @@ class Role:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 problems.append(f"{where}.{field_name}: got {json.dumps(url)}; allowed: an http:// or https:// URL "
                                 "with a host, e.g. http://127.0.0.1:8000/v1")
+        backoff = self.extra.get("backoff_s")
+        if self.backend == "openai" and "backoff_s" in self.extra and (
+                isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not math.isfinite(backoff)
+                or backoff < 0):
+            problems.append(f"{where}.extra.backoff_s: got {json.dumps(backoff, default=str)}; allowed: a number "
+                            "of seconds >= 0 (the first retry's wait, doubled on each retry; default 1)")
         if self.batch_api and self.backend != "openai":
             problems.append(f"{where}.batch_api: only an openai role can use a provider's batch API")
         if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:

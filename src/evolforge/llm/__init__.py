@@ -384,11 +384,14 @@ def _size(request: ChatRequest) -> tuple[int, int]:
 def engine_options(role: Role) -> dict[str, Any]:
     """The options of ``role`` that change outputs beyond the model's identity: part of every cache key.
 
-    hf: dtype and device (numerics differ between them). vllm: dtype, tensor parallelism, context
-    length and the engine arguments in ``extra`` (quantization, ...). ray: the actors' ``engine`` and
-    that engine's options (as hf or vllm; ``auto`` holds both). A server's engine is its own
-    business: its served model id stands for it, so an openai role has none."""
+    hf: dtype and device (numerics differ between them), and ``max_model_len`` when set (it cuts each
+    answer's token budget; unset, the key is as it was before it counted). vllm: dtype, tensor
+    parallelism, context length and the engine arguments in ``extra`` (quantization, ...). ray: the
+    actors' ``engine`` and that engine's options (as hf or vllm; ``auto`` holds both). A server's engine
+    is its own business: its served model id stands for it, so an openai role has none."""
     hf = {"dtype": role.dtype, "device": role.device}
+    if role.max_model_len is not None:
+        hf["max_model_len"] = role.max_model_len
     vllm = {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
             "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
     if role.backend in ("hf", "vllm"):

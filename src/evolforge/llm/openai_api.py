@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 PREVIEW_CHARS = 200  # how much of a failing response body a message quotes
 FATAL_STATUSES = {401, 403, 404}  # every request would fail the same way
 RETRY_STATUSES = {408, 409, 429}  # plus 5xx
+MIN_THROTTLE_WAIT_S = 0.5  # the least a 429 waits before its retry, whatever backoff_s and Retry-After say
 # How servers word "prompt + max_tokens exceeds the context" in a 400 (vLLM, OpenAI, TGI, llama.cpp).
 _TOO_LONG = re.compile(r"context.length|maximum context|max_model_len|too long|too many tokens|exceeds? the (?:model|context)",
                        re.IGNORECASE)
@@ -592,7 +593,7 @@ class OpenAIBackend:
         url = self.base_url + path
         attempts = self.max_retries + 1
         for attempt in range(1, attempts + 1):
-            retry_after = None
+            retry_after = status = None
             kwargs: dict[str, Any] = {"data": form()} if form is not None else {}
             if body is not None:
                 kwargs = {"data": orjson.dumps(body), "headers": {"Content-Type": "application/json"}}
@@ -620,7 +621,7 @@ class OpenAIBackend:
             if attempt == attempts:
                 raise LLMRequestError(self._redact(f"{method} {url}: {attempts} attempts, the last: {cause}; the batch "
                                                    f"jobs submitted so far are recorded, a rerun resumes them"))
-            await asyncio.sleep(self._delay(attempt, retry_after))
+            await asyncio.sleep(self._delay(attempt, retry_after, throttled=status == 429))
         raise AssertionError("unreachable")
 
     async def _read_lines(self, session, path: str, take, run: "_Run") -> None:
@@ -712,8 +713,8 @@ class OpenAIBackend:
             fault: bool | None = None  # stays None when cancelled: nothing learned about the replica
             try:
                 async with session.post(url, data=body, allow_redirects=False) as resp:
+                    raw = await resp.read()  # a body cut short raises here: no status, so a retry below
                     status = resp.status
-                    raw = await resp.read()
                     if status in RETRY_STATUSES or status >= 500:
                         retry_after = _retry_after(resp.headers.get("Retry-After"))
                     location = resp.headers.get("Location")
@@ -757,7 +758,7 @@ class OpenAIBackend:
                 deadline = time.monotonic() + self._delay(attempt, retry_after)
                 log.debug("%s", self._redact(f"attempt {attempt}/{attempts}: {cause}; trying another replica"))
                 continue
-            delay = self._delay(attempt, retry_after)
+            delay = self._delay(attempt, retry_after, throttled=status == 429)
             log.debug("%s", self._redact(f"{url} attempt {attempt}/{attempts}: {cause}; retrying in {delay:.2f}s"))
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
@@ -768,11 +769,13 @@ class OpenAIBackend:
             return _answer_field(completion)
         return completion
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
+    def _delay(self, attempt: int, retry_after: float | None, throttled: bool = False) -> float:
         # At least the backoff, whatever Retry-After says (0 would mean a burst of retries); jitter above
-        # it so that requests throttled together do not all come back together.
-        backoff = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s) * random.uniform(1.0, 1.25)
-        return min(max(backoff, retry_after or 0.0), max(self.max_backoff_s, self.backoff_s))
+        # it so that requests throttled together do not all come back together. A 429 waits at least
+        # MIN_THROTTLE_WAIT_S even with backoff_s 0: the server asked to slow down.
+        base = max(self.backoff_s, MIN_THROTTLE_WAIT_S) if throttled else self.backoff_s
+        backoff = min(base * 2 ** (attempt - 1), self.max_backoff_s) * random.uniform(1.0, 1.25)
+        return min(max(backoff, retry_after or 0.0), max(self.max_backoff_s, base))
 
     def _redact(self, message: str) -> str:
         # A server may echo the key back (e.g. in a 401 body); never pass it on.
