@@ -54,6 +54,7 @@ class FakeOpenAIServer:
         self.batch_polls = 1
         self.batch_status: str | None = None
         self.hold: set[str] = set()  # batch ids that stay in progress however often they are polled
+        self.redirect_get: str | None = None  # when set, every GET answers 302 to this address
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -175,7 +176,9 @@ class FakeOpenAIServer:
             def do_GET(self):
                 self._record(None)
                 parts = self.path.strip("/").split("/")  # v1, ...
-                if self.path.endswith("/models"):
+                if server.redirect_get is not None:
+                    self._send(302, "", {"Location": server.redirect_get})
+                elif self.path.endswith("/models"):
                     listed = [m if isinstance(m, dict) else {"id": m} for m in server.models]
                     self._send(200, {"object": "list", "data": [{"object": "model", **m} for m in listed]}, {})
                 elif len(parts) == 3 and parts[1] == "batches":

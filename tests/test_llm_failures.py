@@ -195,6 +195,17 @@ def test_a_redirect_to_another_host_never_gets_the_key(monkeypatch):
         assert other.seen == []  # nothing, so no Authorization header, reached the other host
 
 
+def test_the_model_list_is_not_fetched_through_a_redirect(monkeypatch):
+    with FakeOpenAIServer(lambda body: (200, chat_body("unused"), {})) as other:
+        with FakeOpenAIServer(lambda body: (200, chat_body("unused"), {})) as server:
+            server.redirect_get = f"http://localhost:{other.port}/v1/models"
+            monkeypatch.setenv("EVOLFORGE_TEST_KEY", "sk-test-redirect-0123456789")
+            with pytest.raises(ModelError, match="answered HTTP 302") as info:
+                served_model_identity(role(server, api_key_env="EVOLFORGE_TEST_KEY"))
+            assert "sk-test" not in str(info.value)
+        assert other.seen == []  # the key went to the configured server only
+
+
 def test_served_model_identity_lists_the_model_and_ignores_the_url():
     with FakeOpenAIServer(evolving_server, models=("test-model", "other")) as server:
         first = served_model_identity(role(server))
