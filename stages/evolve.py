@@ -67,10 +67,10 @@ def main() -> None:
 
     cache = open_cache(params)
     evolver = open_role(params, "evolver", cache)
-    needs_judge = settings.rule("info_gain") or settings.rule("not_an_instruction_judge")
-    judge = open_role(params, "judge", cache) if needs_judge else None
+    judge_checks = [k for k in ("info_gain", "not_an_instruction_judge") if settings.rule(k)]
+    judge = open_role(params, "judge", cache) if judge_checks else None
     if judge is not None and not loads_nothing_more(judge.role, evolver.role):
-        print(f"{args.round}: the judge checks (info_gain, not_an_instruction_judge) load roles.judge "
+        print(f"{args.round}: the judge checks ({', '.join(judge_checks)}) load roles.judge "
               f"({judge.role.model}) beside roles.evolver ({evolver.role.model}) in this process; if the two "
               f"do not fit in memory together, serve the judge (backend openai) or turn those checks off")
     responder = None

@@ -131,7 +131,7 @@ def _ascii_words(text: str) -> list[str]:
 def _words_and_names(text: str | None) -> tuple[list[str], list[str]]:
     """``_word_tokens(normalize_text(text))`` and ``_defined`` of it. ASCII text skips the normalising
     join: its words, and the names after ``def``/``class``, are the same in ``text.lower()`` (the
-    whitespace between them does not count), and that join is a third of the cost."""
+    whitespace between them does not count)."""
     if not text:
         return [], []
     if text.isascii():
