@@ -228,6 +228,47 @@ def test_engine_options_per_backend():
     assert engine_options(ray_hf)["max_model_len"] == 512
 
 
+
+def test_an_hf_roles_auto_device_and_dtype_are_keyed_as_resolved():
+    """``device: auto`` / ``dtype: auto`` are keyed as what they become on this machine, so completions made
+    on a GPU (bf16) and on the CPU (fp32) are never served for each other."""
+    from evolforge.core.models import dtype_name, pick_device, pick_dtype
+    from evolforge.llm import resolved_engine
+
+    device = pick_device("auto")  # cpu here; cuda where torch sees a GPU
+    auto = Role(name="r", backend="hf", model="m")
+    assert resolved_engine(auto) == {"device": device, "dtype": dtype_name(pick_dtype("auto", device))}
+    assert resolved_engine(dataclasses.replace(auto, dtype="bfloat16")) == {"device": device, "dtype": "bfloat16"}
+    explicit = Role(name="r", backend="hf", model="m", device="cpu", dtype="float32")
+    assert resolved_engine(explicit) == {"device": "cpu", "dtype": "float32"}
+    assert resolved_engine(Role(name="r", backend="vllm", model="m"))["dtype"] == "auto"  # vLLM: the model's dtype
+    key = lambda role, engine=None: LLM(FakeBackend(), None, role=role, identity={"name": "m"}, engine=engine).key(req(0))
+    assert key(auto) == key(dataclasses.replace(auto, device=device, dtype=resolved_engine(auto)["dtype"]))
+    assert key(auto, engine={"device": "cuda", "dtype": "bfloat16"}) != key(auto, engine={"device": "cpu", "dtype": "float32"})
+
+
+def test_a_model_loaded_otherwise_than_its_keys_say_is_refused(monkeypatch):
+    """Keys resolved where the models stage ran (models/identity.json) must match what loads here."""
+    import evolforge.llm as llm_module
+    from evolforge.core.models import ModelError
+
+    class LoadedOnGPU(FakeBackend):
+        def runs_with(self):
+            return {"device": "cuda", "dtype": "bfloat16"}
+
+    monkeypatch.setattr(llm_module, "_LOADED", {})
+    monkeypatch.setitem(llm_module.BACKENDS, "hf", lambda role: LoadedOnGPU(["answer"]))
+    role = Role(name="evolver", backend="hf", model="m")
+    pinned_on_cpu = LLM(None, None, role=role, identity={"name": "m"}, engine={"device": "cpu", "dtype": "float32"})
+    with pytest.raises(ModelError, match=r"loaded with \{'device': 'cuda', 'dtype': 'bfloat16'\}.*dvc repro models"):
+        pinned_on_cpu.complete([req(0)])
+    monkeypatch.setattr(llm_module, "_LOADED", {})
+    pinned_on_gpu = LLM(None, None, role=role, identity={"name": "m"}, engine={"device": "cuda", "dtype": "bfloat16"})
+    assert pinned_on_gpu.complete([req(0)]) == ["answer"]
+    monkeypatch.setattr(llm_module, "_LOADED", {})
+    chosen = dataclasses.replace(role, device="cuda:0", dtype="bf16")  # written out: keyed as written, not checked
+    assert LLM(None, None, role=chosen, identity={"name": "m"}).complete([req(0)]) == ["answer"]
+
 def test_first_stored_completion_wins(tmp_path):
     first, second = CallCache(tmp_path / "c.sqlite"), CallCache(tmp_path / "c.sqlite")
     assert first.put_many([("k", "first", "stop", "m")]) == {}

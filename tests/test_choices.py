@@ -38,7 +38,8 @@ def test_choices_change_the_cache_key_and_seed_only_when_given():
     assert request_seed(plain) != request_seed(constrained)
     # an unconstrained request keeps the key it had before choices existed
     from evolforge.core.cache import cache_key
-    assert llm.key(plain) == cache_key(backend="hf", model=llm.identity, engine={"dtype": "auto", "device": "auto"},
+    from evolforge.llm import resolved_engine
+    assert llm.key(plain) == cache_key(backend="hf", model=llm.identity, engine=resolved_engine(llm.role),
                                        messages=plain.message_dicts, temperature=0.0, top_p=1.0, max_tokens=256,
                                        seed=0, sample_index=0)
     server = LLM(FakeBackend(), None, role=Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1"))

@@ -14,7 +14,7 @@ import pytest
 from evolforge.core.fetch import FetchError, extract_member, sha256_file
 from evolforge.core.models import ModelError, hash_model_dir, model_identity, resolve_hub_revision
 from evolforge.core.roles import Role
-from evolforge.llm import identity_entry, recorded_identity
+from evolforge.llm import identity_entry, recorded_identity, resolved_engine
 
 
 def write_model(folder: Path, weights: bytes) -> Path:
@@ -92,6 +92,8 @@ def test_models_stage_rewrites_identity_json_unchanged_until_weights_change(tmp_
     first = stage()
     entries = json.loads(first)
     assert set(entries) == {"evolver", "judge"} and entries["judge"]["identity"] == entries["evolver"]["identity"]
+    # device and dtype auto, as this machine resolves them
+    assert entries["evolver"]["engine"] == resolved_engine(Role(name="evolver", backend="hf", model=str(model)))
     assert stage() == first  # nothing changed: byte for byte
     (model / "model.safetensors").write_bytes(b"weights-2")
     assert json.loads(stage())["evolver"]["identity"] != entries["evolver"]["identity"]

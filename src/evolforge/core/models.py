@@ -131,6 +131,11 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def dtype_name(dtype) -> str:
+    """A torch dtype's name as params write it: torch.bfloat16 -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
+
+
 def pick_dtype(dtype: str, device: str):
     """``auto`` = bf16 on GPU, fp32 on CPU (CPU bf16 matmuls are slow and lose precision)."""
     import torch

@@ -175,7 +175,7 @@ class LLM:
 
     def __init__(self, backend: Backend | None, cache: CallCache | None, *, role: Role | None = None,
                  identity: dict[str, Any] | None = None, batch_size: int | None = None, desc: str | None = None,
-                 settings: LLMSettings | None = None):
+                 settings: LLMSettings | None = None, engine: dict[str, Any] | None = None):
         if backend is None and (role is None or identity is None):
             raise ValueError("an LLM without a backend needs its role and the model identity")
         self._backend = backend
@@ -183,7 +183,8 @@ class LLM:
                                  model=str(backend.identity().get("name", "?")))
         self.cache = cache
         self._identity = dict(identity) if identity is not None else backend.identity()
-        self._engine = engine_options(self.role)
+        # what the key says the model runs with: as recorded by the models stage, or resolved here
+        self._engine = dict(engine) if engine is not None else resolved_engine(self.role)
         self._frames: dict[tuple, KeyFrame] = {}  # see key()
         if batch_size is None:  # servers: the backend's own pool bounds requests in flight
             batch_size = self.role.concurrency * 4 if self.role.backend == "openai" else self.role.batch_size
@@ -198,7 +199,17 @@ class LLM:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = shared_backend(self.role)
+            backend = shared_backend(self.role)
+            runs_with = getattr(backend, "runs_with", None)
+            if runs_with is not None:  # an ``auto`` the keys resolved elsewhere must be what loaded here
+                actual = {k: v for k, v in runs_with().items() if getattr(self.role, k, None) == "auto"}
+                keyed = {k: self._engine.get(k) for k in actual}
+                if actual != keyed:
+                    raise ModelError(
+                        f"roles.{self.role.name} ({self.role.model}) loaded with {actual}, but its cache keys say "
+                        f"{keyed} (models/identity.json, written where the models stage ran); rerun the models "
+                        f"stage on this machine (`dvc repro models`)")
+            self._backend = backend
         return self._backend
 
     @property
@@ -401,6 +412,21 @@ def engine_options(role: Role) -> dict[str, Any]:
     return {}
 
 
+def resolved_engine(role: Role) -> dict[str, Any]:
+    """:func:`engine_options` with an hf role's ``device: auto`` and ``dtype: auto`` resolved as its backend
+    will load the model (CUDA when torch sees a GPU, else the CPU; bf16 on a GPU, fp32 on the CPU), so
+    that completions made on a GPU and on the CPU are never served for each other. torch is imported only
+    for such a role. A ray role's actors resolve ``auto`` on their own machines: keyed as written."""
+    options = engine_options(role)
+    if role.backend == "hf" and "auto" in (role.device, role.dtype):
+        from evolforge.core.models import dtype_name, pick_device, pick_dtype
+
+        device = pick_device(role.device)
+        options["device"] = device
+        options["dtype"] = dtype_name(pick_dtype(role.dtype, device)) if role.dtype == "auto" else role.dtype
+    return options
+
+
 def make_backend(role: Role) -> Backend:
     """Build the backend a role names; heavy imports happen only for the backend in use."""
     return BACKENDS[role.backend](role)
@@ -434,10 +460,12 @@ def shared_backend(role: Role) -> Backend:
 
 
 def open_llm(role: Role, cache: CallCache | None, identity: dict[str, Any] | None = None,
-             desc: str | None = None, settings: LLMSettings | None = None) -> LLM:
-    """An LLM for ``role``. Given the model ``identity`` the backend loads only on the first cache miss."""
+             desc: str | None = None, settings: LLMSettings | None = None,
+             engine: dict[str, Any] | None = None) -> LLM:
+    """An LLM for ``role``. Given the model ``identity`` the backend loads only on the first cache miss.
+    ``engine``: the role's :func:`resolved_engine` as the models stage recorded it (None: resolved here)."""
     return LLM(None if identity is not None else shared_backend(role), cache, role=role, identity=identity,
-               desc=desc, settings=settings)
+               desc=desc, settings=settings, engine=engine)
 
 
 IDENTITY_FILE = Path("models/identity.json")  # written by the models stage; every LLM stage reads it
@@ -453,14 +481,24 @@ def resolve_identity(role: Role, memo: str | Path | None = None) -> dict[str, An
     return model_identity(role.model, role.revision, memo=memo)
 
 
-def identity_entry(role: Role, identity: dict[str, Any]) -> dict[str, Any]:
-    """One role's entry of ``models/identity.json``: what params say, and what that resolved to."""
-    return {"backend": role.backend, "model": role.model, "revision": role.revision, "identity": identity}
+def identity_entry(role: Role, identity: dict[str, Any], engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One role's entry of ``models/identity.json``: what params say, and what that resolved to (the model's
+    identity, and with ``engine`` the options its cache keys carry, ``auto`` resolved)."""
+    entry = {"backend": role.backend, "model": role.model, "revision": role.revision, "identity": identity}
+    if engine is not None:
+        entry["engine"] = engine
+    return entry
 
 
 def recorded_identity(role: Role, path: str | Path = IDENTITY_FILE) -> dict[str, Any] | None:
     """The identity the models stage recorded for ``role``, or None when there is no such file (a stage run
     outside the pipeline resolves it itself). An entry written for another model is refused."""
+    entry = recorded_entry(role, path)
+    return None if entry is None else entry["identity"]
+
+
+def recorded_entry(role: Role, path: str | Path = IDENTITY_FILE) -> dict[str, Any] | None:
+    """``role``'s whole entry of ``models/identity.json`` (see :func:`recorded_identity`)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -472,7 +510,7 @@ def recorded_identity(role: Role, path: str | Path = IDENTITY_FILE) -> dict[str,
     if entry is None or any(entry.get(k) != expected[k] for k in ("backend", "model", "revision")):
         raise ModelError(f"{path} does not pin roles.{role.name} as params.yaml names it "
                          f"({role.backend}: {role.model}); run the models stage first (`dvc repro models`)")
-    return entry["identity"]
+    return entry
 
 
 def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
@@ -481,8 +519,9 @@ def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
     request misses the cache."""
     role = load_role(params, name)
     settings = load_section(params, "llm")
-    identity = recorded_identity(role, identities)
-    return open_llm(role, cache, identity if identity is not None else resolve_identity(role), settings=settings)
+    entry = recorded_entry(role, identities) or {}
+    identity = entry["identity"] if entry else resolve_identity(role)
+    return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"))
 
 
 def _hf(role: Role) -> Backend:
@@ -512,5 +551,5 @@ def _ray(role: Role) -> Backend:
 BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai, "ray": _ray}
 
 __all__ = ["collect", "ChoiceTrie", "ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
-           "open_role", "make_backend", "engine_options", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
+           "open_role", "make_backend", "engine_options", "resolved_engine", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
            "shared_backend", "loads_nothing_more", "request_seed", "identity_digest", "resolve_identity", "recorded_identity", "IDENTITY_FILE"]

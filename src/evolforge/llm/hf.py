@@ -36,7 +36,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, Role, collect, request_seed
-from evolforge.core.models import load_causal_lm, load_tokenizer, model_identity
+from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
 from evolforge.core.roles import usable_cores
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
@@ -163,6 +163,10 @@ class HFBackend:
 
     def identity(self) -> dict:
         return dict(self._identity)
+
+    def runs_with(self) -> dict[str, str]:
+        """The device type and dtype the model was loaded with (what ``auto`` became)."""
+        return {"device": self.model.device.type, "dtype": dtype_name(self.model.dtype)}
 
     def _stop_ids(self) -> set[int]:
         """End-of-turn tokens: the tokenizer's EOS and whatever the model's generation config lists."""
