@@ -18,8 +18,8 @@ from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import loads_nothing_more, open_role
 from evolforge.core.params import ParamsError, load_params, load_section
-from evolforge.build.evolve import (IS_INSTRUCTION_TEMPLATE, RESPONSE_RULES, evolve_round, method_text, resolve_check_role,
-                                    resolve_strategy)
+from evolforge.build.evolve import (IS_INSTRUCTION_TEMPLATE, JUDGE_RULES, RESPONSE_RULES, evolve_round, method_text,
+                                    resolve_check_role, resolve_strategy)
 from evolforge.build.respond import response_sampling
 from evolforge.core.settings import EvolveSettings
 from evolforge.core.prompts import PromptLibrary
@@ -67,7 +67,7 @@ def main() -> None:
 
     cache = open_cache(params)
     evolver = open_role(params, "evolver", cache)
-    judge_checks = [k for k in ("info_gain", "not_an_instruction_judge") if settings.rule(k)]
+    judge_checks = [k for k in JUDGE_RULES if settings.rule(k)]
     judge = open_role(params, "judge", cache) if judge_checks else None
     if judge is not None and not loads_nothing_more(judge.role, evolver.role):
         print(f"{args.round}: the judge checks ({', '.join(judge_checks)}) load roles.judge "

@@ -104,7 +104,8 @@ def defined_names(*texts: str) -> set[str]:
 
 def tokens(text: str, names: Iterable[str] = ()) -> list[str]:
     """Word tokens of ``text`` after ``normalize_text``; its own defined names and ``names`` -> placeholder."""
-    return _tokens_of(normalize_text(text), names)
+    words, own = _words_and_names(text)
+    return _hide(words, set(names).union(own))
 
 
 def _may_define(norm: str) -> bool:
@@ -113,10 +114,6 @@ def _may_define(norm: str) -> bool:
 
 def _defined(norm: str) -> list[str]:
     return _DEFINED.findall(norm) if _may_define(norm) else []
-
-
-def _tokens_of(norm: str, names: Iterable[str]) -> list[str]:
-    return _hide(_word_tokens(norm), set(names).union(_defined(norm)))
 
 
 def _word_tokens(norm: str) -> list[str]:

@@ -46,6 +46,7 @@ BREADTH = "breadth"
 STRATEGIES = ("evol", "auto", "auto_initial")
 INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
 RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")  # rules on an answer to the evolved instruction
+JUDGE_RULES = ("not_an_instruction_judge", "info_gain")  # checks that ask the judge role
 IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
 METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
 
@@ -254,7 +255,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
             reasons[i] = failures.response_failure(answer.text, **response_rules)
 
     # 4. optional checks with the judge: is it an instruction at all, then does it add anything
-    if (settings.rule("not_an_instruction_judge") or settings.rule("info_gain")) and judge is None:
+    if any(settings.rule(k) for k in JUDGE_RULES) and judge is None:
         raise ValueError("evolve.elimination.not_an_instruction_judge and info_gain need the judge role")
     unparsed_instruction = 0
     alive = [i for i in range(n) if reasons[i] is None]
