@@ -163,6 +163,9 @@ def test_round_reasons_counts_and_keep_parent(seed_table):
     assert pool.height == 6
     assert sorted(pool["instruction"]) == sorted(["Task number 0.", "Task number 1.", "Task number 2. Explain each step.",
                                                   "Task number 3.", "Task number 4.", "Task number 5. Explain each step."])
+    expected = [table.row(i, named=True) if table["status"][i] == "evolved" else seed_table.row(i, named=True) for i in range(6)]
+    assert pool.to_dicts() == [{c: row.get(c) for c in pool.columns} for row in expected]  # in pool order, lineage kept
+    assert pool.schema == {c: table.schema[c] for c in pool.columns}
     # the response checks ran only for instructions that passed the text checks, greedily
     checks = [r for r in fake.sent if r.messages[-1][1].startswith("Given the following")]
     assert len(checks) == 4 and all(r.temperature == 0.0 for r in checks)
@@ -172,6 +175,7 @@ def test_drop_removes_failed_parents(seed_table):
     plan = {"Task number 0.": ""}
     (table, pool, summary), _ = run_round(seed_table, 1, EvolveSettings(strategy="evol", on_failure="drop"), plan)
     assert summary["failed"] == 1 and pool.height == 5 and "Task number 0." not in pool["instruction"].to_list()
+    assert pool.to_dicts() == table.filter(pl.col("status") == "evolved").select(pool.columns).to_dicts()
 
 
 def test_auto_strategy_parses_marker_and_records_missing(seed_table):

@@ -64,3 +64,28 @@ def test_passing_table_never_reaches_great_expectations(monkeypatch):
 def test_missing_column_named_before_any_value_check():
     with pytest.raises(DataError, match="column 'instruction' is present"):
         validation.check(TEXT.drop("instruction"), RULES, "items.parquet")
+
+
+def test_text_rules_settled_as_re_search_settles_them():
+    """The shortcuts for the text rules (one search over the joined values, str.isspace for whitespace)
+    agree with re.search value by value, on random texts of whitespace, controls, invisible, bidi, tag and
+    flag characters."""
+    import random
+    import re
+
+    rng = random.Random(0)
+    alphabet = (["a", "Z", " ", "\t", "\n", "\r", "\x0b", "\x1c", "\x1f", "\x00", "\x1b", "\x7f", "\x85", "\x9f",
+                 "\xa0", "\u00ad", "\u200b", "\u2028", "\u202e", "\u2066", "\u3000", "\ufeff", "é", "日",
+                 "\U0001F3F4", "\U000E0067", "\U000E007F", "\U000E0000"])
+    rules = (validation.non_empty_text(["t"]) + validation.visible_text(["t"]) + validation.no_control_characters(["t"])
+             + validation.no_bidi_controls(["t"]) + validation.no_tag_characters(["t"]))
+    rules = [r for r in rules if "Regex" in r.expectation]
+    samples = [["".join(rng.choice(alphabet[:rng.randint(1, len(alphabet))]) for _ in range(rng.randint(0, 4)))
+                for _ in range(rng.randint(1, 3))] for _ in range(3000)]
+    samples.append(["a \U0001F3F4", "\U000E0067 b"])  # a flag ends one value, a tag starts the next: two texts
+    for values in samples:
+        table = pl.DataFrame({"t": values})
+        for rule in rules:
+            found = [re.search(rule.kwargs["regex"], v) is not None for v in values]
+            expected = all(found) if rule.expectation == "ExpectColumnValuesToMatchRegex" else not any(found)
+            assert validation._holds(table, rule) == expected, (rule.words, values)

@@ -274,27 +274,25 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
             if same:
                 reasons[i] = failures.NO_INFO_GAIN
 
-    rows, next_pool = [], []
-    model = evolver.label
-    for it, m, raw, finish, cand, resp, reason, detail in zip(items, methods, raws, finishes, candidates, responses, reasons, details):
-        status = EVOLVED if reason is None else FAILED
-        text = cand if cand is not None else ""
-        row = {
-            "id": make_id(it["id"], round_index, m, text, status),
-            "root_id": it["root_id"], "parent_id": it["id"], "round": round_index, "method": m,
-            "status": status, "failure_reason": reason, "failure_detail": detail,
-            "instruction": text, "input": it["input"], "output": "",
-            "parent_instruction": it["instruction"], "raw_output": raw, "finish_reason": finish,
-            "check_response": resp,
-            "template_hash": template_hash(prompts, m, method_text), "model": model,
-        }
-        rows.append(row)
-        if status == EVOLVED:
-            next_pool.append(row)
-        elif settings.on_failure == "keep_parent":
-            next_pool.append(it)
-    table = pl.DataFrame(rows, schema=ROUND_SCHEMA)
-    pool_out = _as_pool(next_pool)
+    statuses = [EVOLVED if reason is None else FAILED for reason in reasons]
+    texts = [cand if cand is not None else "" for cand in candidates]
+    hashes = {m: template_hash(prompts, m, method_text) for m in set(methods)}
+    table = pl.DataFrame({
+        "id": [make_id(it["id"], round_index, m, text, status) for it, m, text, status in zip(items, methods, texts, statuses)],
+        "root_id": [it["root_id"] for it in items], "parent_id": [it["id"] for it in items], "round": [round_index] * n,
+        "method": methods, "status": statuses, "failure_reason": reasons, "failure_detail": details,
+        "instruction": texts, "input": [it["input"] for it in items], "output": [""] * n,
+        "parent_instruction": [it["instruction"] for it in items], "raw_output": raws, "finish_reason": finishes,
+        "check_response": responses, "template_hash": [hashes[m] for m in methods], "model": [evolver.label] * n,
+    }, schema=ROUND_SCHEMA)
+    # the next pool, in pool order: each evolved item, and (keep_parent) the parent of each failed one
+    evolved = pl.Series([status == EVOLVED for status in statuses], dtype=pl.Boolean)
+    pool_out = _as_pool(table)
+    if settings.on_failure == "keep_parent":
+        parents = _as_pool(pool)
+        pool_out = pl.DataFrame([pool_out[c].zip_with(evolved, parents[c]) for c in POOL_COLUMNS])
+    else:
+        pool_out = pool_out.filter(evolved)
     summary = round_summary(table)
     summary["equal_check_unparsed"] = unparsed_equal
     summary["instruction_check_unparsed"] = unparsed_instruction
@@ -311,10 +309,13 @@ ROUND_SCHEMA = {
 }
 
 
-def _as_pool(rows: list[dict]) -> pl.DataFrame:
-    cols = LINEAGE + ["instruction", "input", "output"]
-    return pl.DataFrame([{c: r.get(c) for c in cols} for r in rows],
-                        schema={c: ROUND_SCHEMA[c] for c in cols})
+POOL_COLUMNS = LINEAGE + ["instruction", "input", "output"]  # what an item carries into the next round
+
+
+def _as_pool(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame``'s pool columns, typed as the round table's (null where ``frame`` lacks one)."""
+    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(ROUND_SCHEMA[c]).alias(c)
+                         for c in POOL_COLUMNS])
 
 
 def round_summary(table: pl.DataFrame) -> dict:

@@ -119,6 +119,8 @@ class KeyFrame:
         if constraint:
             self._rest["constraint"] = dict(constraint)
         self._around = json_around(_KEY_JSON, self._rest, "messages")
+        # sha256 state after the part before the messages (a judge's 101 choices): copied, not rehashed
+        self._head = hashlib.sha256(self._around[0]) if self._around is not None else None
 
     def key(self, messages: Iterable[Mapping[str, str]]) -> str:
         return self.key_of_pairs((m["role"], m["content"]) for m in messages)
@@ -132,7 +134,10 @@ class KeyFrame:
             except orjson.JSONEncodeError:  # a lone surrogate: the plain encoding below fails as it always did
                 pass
             else:
-                return hashlib.sha256(b"%s%s%s" % (self._around[0], blob, self._around[1])).hexdigest()
+                digest = self._head.copy()
+                digest.update(blob)
+                digest.update(self._around[1])
+                return digest.hexdigest()
         return hashlib.sha256(_KEY_JSON({**self._rest, "messages": messages}).encode("utf-8")).hexdigest()
 
 

@@ -21,7 +21,7 @@ from evolforge.core.params import NonEmptyStr, NonNegativeFloat, NonNegativeInt,
 BACKEND_NAMES = ("hf", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a stage holds one per item (a third less memory, built faster)
 class ChatRequest:
     """One chat completion request. ``sample_index`` tells apart repeated samples of one prompt.
 
@@ -38,7 +38,7 @@ class ChatRequest:
 
     @classmethod
     def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
-        return cls(messages=tuple((m["role"], m["content"]) for m in messages), **sampling)
+        return cls(messages=tuple([(m["role"], m["content"]) for m in messages]), **sampling)
 
     @property
     def message_dicts(self) -> list[dict[str, str]]:
@@ -184,16 +184,18 @@ class Role:
                                 f"or set batch_api: false")
         return problems
 
-    def request(self, messages: Sequence[Mapping[str, str]], **overrides) -> ChatRequest:
-        """A request with this role's generation defaults, overridden where given (None = default)."""
-        sampling = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-            "seed": self.seed,
-        }
-        sampling.update({k: v for k, v in overrides.items() if v is not None})
-        return ChatRequest.chat(messages, **sampling)
+    def request(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None = None,
+                top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
+                sample_index: int | None = None, choices: Sequence[str] | None = None) -> ChatRequest:
+        """A request with this role's generation defaults, overridden where given (None = default).
+        Called once per item of a stage: the fields are passed as they are, not through a dict."""
+        return ChatRequest(tuple([(m["role"], m["content"]) for m in messages]),
+                           self.temperature if temperature is None else temperature,
+                           self.top_p if top_p is None else top_p,
+                           self.max_tokens if max_tokens is None else max_tokens,
+                           self.seed if seed is None else seed,
+                           0 if sample_index is None else sample_index,
+                           None if choices is None else tuple(choices))
 
 
 def _cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:

@@ -167,9 +167,27 @@ def _holds(table: pl.DataFrame, rule: Rule) -> bool:
         return bool((low is None or (values >= low).all()) and (high is None or (values <= high).all()))
     if kind in ("ExpectColumnValuesToMatchRegex", "ExpectColumnValuesToNotMatchRegex") and column.dtype == pl.String \
             and kwargs.keys() == {"column", "regex"}:
-        search, wanted = re.compile(kwargs["regex"]).search, kind == "ExpectColumnValuesToMatchRegex"
-        return all((search(v) is not None) == wanted for v in column.drop_nulls())
+        regex, values = kwargs["regex"], column.drop_nulls().to_list()
+        search = re.compile(regex).search
+        if kind == "ExpectColumnValuesToNotMatchRegex":
+            if regex in _ONE_CHARACTER:  # one search over all the values, apart by a character none matches
+                text = "\n".join(values)
+                return (regex in _NON_ASCII and text.isascii()) or search(text) is None
+            return all(search(v) is None for v in values)
+        if regex in _NOT_ONLY_WHITESPACE:  # re's \s is str.isspace; VISIBLE excludes nothing else in ASCII
+            return all((v and not v.isspace() and (regex == r"\S" or v.isascii())) or search(v) is not None
+                       for v in values)
+        return all(search(v) is not None for v in values)
     return False
+
+
+# Patterns that match one character (a class, with at most a lookbehind at the character before it): a
+# value holds a match exactly when the values joined by newlines, which none of them matches, hold one.
+_ONE_CHARACTER = frozenset({CONTROL_CHARACTERS, BIDI_CONTROLS, TAG_CHARACTERS})
+_NON_ASCII = frozenset({BIDI_CONTROLS, TAG_CHARACTERS})  # of those, the ones no ASCII character matches
+# Patterns a value matches when it holds a character that is not whitespace: always (\S), and for an
+# ASCII value (VISIBLE: the invisible characters it also refuses are all outside ASCII)
+_NOT_ONLY_WHITESPACE = frozenset({r"\S", VISIBLE})
 
 
 def check(table: pl.DataFrame, rules: list[Rule], file: str | Path) -> None:

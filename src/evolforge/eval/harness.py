@@ -25,7 +25,7 @@ name registered with ``lm_eval.api.registry.register_model``.
 
 Outputs under ``out_dir``: ``<label>/<benchmark>.jsonl`` (every scored sample: prompt, raw and filtered
 responses, target, per-sample metrics) and ``<label>/results.json`` (the harness's results with task
-configs, versions and shots).
+configs, versions and shots; nothing in it changes between two runs of the same evaluation).
 
 What downloads on first use (``suite: hub``; the offline suite downloads nothing):
 
@@ -286,11 +286,21 @@ def _write_samples(results: dict, benchmarks: Mapping[str, str], label_dir: Path
     return counts
 
 
+SUITE_PLACEHOLDER = "<evolforge-tasks>"  # results.json's name for the run's temporary task folder
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")  # a function's repr: "<function f at 0x7f...>"
+
+
 def _results_record(results: dict) -> dict:
-    """The harness's results without samples and without run-to-run noise (dates, hosts, git)."""
+    """The harness's results without samples and without run-to-run noise: no dates, hosts or git, and
+    in the task configs neither the temporary folder the tasks were written to nor functions' memory
+    addresses, so the same evaluation writes the same bytes."""
+    from lm_eval.utils import handle_non_serializable
+
     keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
             "config", "lm_eval_version", "transformers_version")
-    return {k: results[k] for k in keep if k in results}
+    text = json.dumps({k: results[k] for k in keep if k in results}, default=handle_non_serializable, ensure_ascii=False)
+    text = text.replace(json.dumps(str(_suite_dir()), ensure_ascii=False)[1:-1], SUITE_PLACEHOLDER)
+    return json.loads(_ADDRESS.sub(">", text))
 
 
 def evaluate(
@@ -326,8 +336,6 @@ def evaluate(
     """
     import lm_eval
     import lm_eval.models  # noqa: F401  (registers the built-in backends even when a test registered its own first)
-
-    from lm_eval.utils import handle_non_serializable
 
     for label in models:
         if label == "skipped" or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
@@ -370,7 +378,7 @@ def evaluate(
             label_dir.mkdir()
             counts = _write_samples(results, benchmarks, label_dir)
             with open(label_dir / "results.json", "w", encoding="utf-8") as f:
-                json.dump(_results_record(results), f, indent=2, default=handle_non_serializable, ensure_ascii=False)
+                json.dump(_results_record(results), f, indent=2, ensure_ascii=False)
             for benchmark, harness_task in benchmarks.items():
                 report[label].update(flatten_metrics(results, benchmark, harness_task))
                 report[label][f"{benchmark}/n"] = counts[benchmark]

@@ -51,7 +51,7 @@ RETRIES_EXHAUSTED = "retries_exhausted"  # every attempt failed (timeouts, 429, 
 ERROR_CHARS = 300  # how much of a server's message a failure keeps
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per item, as ChatRequest
 class Completion:
     text: str
     finish_reason: str | None = None  # "stop" | "length" | None when the backend does not say
@@ -254,8 +254,9 @@ class LLM:
         results: list[Completion | None] = [None] * len(requests)
         missing: dict[str, list[int]] = {}  # identical requests are generated once
         for i, k in enumerate(keys):
-            if k in hits:
-                results[i] = Completion(hits[k][0], hits[k][1], cached=True)
+            hit = hits.get(k)
+            if hit is not None:
+                results[i] = Completion(hit[0], hit[1], cached=True)
             else:
                 missing.setdefault(k, []).append(i)
         self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
@@ -290,12 +291,11 @@ class LLM:
                         for i in idx:
                             results[i] = out
                         done += len(idx)
-                        self._count(out)
                         if out.failure_reason is not None:
                             failed[out.failure_reason] += len(idx)
                         else:
                             pending.append((k, out.text, out.finish_reason, model))
-                    self.stats["calls"] += len(finished)
+                    self._count([out for _, out in finished])
                     bar.update(done)
                     if len(pending) >= self.settings.commit_every or (
                             pending and time.monotonic() - last_commit >= self.settings.commit_interval_s):
@@ -309,8 +309,11 @@ class LLM:
             self._raise_failures(failed, results, len(requests))
         return results  # type: ignore[return-value]
 
-    def _count(self, out: Completion) -> None:
-        prompt, completion = out.prompt_tokens or 0, out.completion_tokens or 0
+    def _count(self, outs: list[Completion]) -> None:
+        """Add the calls of ``outs`` (completions just made, failed ones included) to the stats."""
+        prompt = sum([out.prompt_tokens or 0 for out in outs])
+        completion = sum([out.completion_tokens or 0 for out in outs])
+        self.stats["calls"] += len(outs)
         self.stats["prompt_tokens"] += prompt
         self.stats["completion_tokens"] += completion
         if "cost" in self.stats:
@@ -389,7 +392,7 @@ def identity_digest(identity: dict[str, Any]) -> str:
 
 
 def _size(request: ChatRequest) -> tuple[int, int]:
-    return request.max_tokens, sum(len(content) for _, content in request.messages)
+    return request.max_tokens, sum([len(content) for _, content in request.messages])
 
 
 def engine_options(role: Role) -> dict[str, Any]:
