@@ -305,6 +305,32 @@ def test_commits_every_interval_while_a_stream_runs(tmp_path):
     assert len(CallCache(tmp_path / "c.sqlite")) == 20
 
 
+def test_a_slow_commit_spaces_the_next(tmp_path):
+    """When a commit takes longer than a fraction of the interval (a large cache, answers faster than SQLite
+    stores them), the next one waits COMMIT_SPACING times as long: fewer, larger commits."""
+    from evolforge.llm import COMMIT_SPACING, LLMSettings
+
+    commits = []
+
+    class SlowCache(CallCache):
+        def put_many(self, rows):
+            commits.append((time.monotonic(), len(rows)))
+            time.sleep(0.05)
+            return super().put_many(rows)
+
+    class Fast(FakeBackend):
+        def stream(self, requests, slots):
+            for i, r in enumerate(requests):
+                time.sleep(0.005)
+                yield [(i, self.generate([r])[0])]
+
+    settings = LLMSettings(commit_every=10_000, commit_interval_s=0.01)
+    texts = LLM(Fast(lambda r: "x"), SlowCache(tmp_path / "c.sqlite"), settings=settings).complete([req(i) for i in range(120)])
+    assert texts == ["x"] * 120 and len(CallCache(tmp_path / "c.sqlite")) == 120
+    gaps = [b - a for (a, _), (b, _) in zip(commits, commits[1:-1])]  # the last commit is the final one
+    assert gaps and min(gaps) >= COMMIT_SPACING * 0.05  # each waited 4 commit durations, not 0.01 s
+
+
 def test_llm_settings_refuse_unknown_keys_and_bad_values():
     from evolforge.core.params import load_section
 

@@ -45,7 +45,7 @@ class LLMSettings:
 
     max_failure_rate: Probability = 0.05  # a generate call fails past this share of failed items
     commit_every: PositiveInt = 65536  # commit completions every N (large transactions: SQLite writes less per row) ...
-    commit_interval_s: PositiveFloat = 0.5  # ... or this many seconds, whichever comes first
+    commit_interval_s: PositiveFloat = 0.5  # ... or this many seconds, whichever comes first (or 4 commit durations)
 
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Described("64 lower-case hex digits")]
