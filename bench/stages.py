@@ -32,7 +32,9 @@ What it does:
    (HTTP stage CPU - in-process pipeline CPU) / calls over the stages that call the LLM, the CPU the
    HTTP client costs.
 
-Targets (issue 11), 52k seeds x 3 rounds: in-process pipeline CPU <= 60 s; client CPU per
+Targets (issue 11), 52k seeds x 3 rounds: in-process pipeline CPU <= 60 s (set on the chain seed, optimize,
+evolve, respond, judge; the bench prints that figure and the whole chain's, with dedup, decontaminate,
+AutoIF and pick_scenario, which came after the issue); client CPU per
 call <= 0.15 ms; HTTP wall <= 1.25x what the server alone serves those calls in; peak RSS < 1 GiB;
 prepend 25% -> <= 26% of the calls recomputed, delete one seed -> <= 0.1%.
 
@@ -61,6 +63,9 @@ REPO = Path(__file__).resolve().parents[1]
 LINKED = ("src", "stages", "prompts", "dvc.yaml")  # what the copy reads from this checkout
 STAGES = ("seed", "optimize", "evolve", "respond", "autoif_constraints", "autoif_verify", "autoif_respond",
           "pick_scenario", "dedup", "decontaminate", "judge")  # dvc.yaml names, in order (AutoIF skips: scenario evol)
+# The chain issue 11 measured its 86 s on (seed .. judge as it then was); dedup, decontaminate, the AutoIF
+# stages and pick_scenario came later, with their own issues. Both figures are printed.
+ISSUE_CHAIN = ("seed", "optimize", "evolve", "respond", "judge")
 LLM_ROLES = ("evolver", "optimizer", "responder", "judge")
 MODEL = "bench-model"  # what bench/pipeline.py's server lists at GET /models
 CONCURRENCY = 64
@@ -333,7 +338,10 @@ def print_table(title: str, rows: list[dict], in_process: bool = False) -> None:
     print(f"calls/s {t['calls_per_s']:.0f}; stage CPU per call {t['cpu_ms_per_call'] or 0:.3f} ms"
           + (f"; server CPU per call {t['server_cpu_ms_per_call']:.3f} ms" if t["server_cpu_s"] else ""))
     if in_process:
-        print(f"pipeline CPU (stage CPU - the instant backend's answers): {t['pipeline_cpu_s']:.1f} s (target <= 60 s)")
+        chain = totals([r for r in rows if r["stage"].split()[0] in ISSUE_CHAIN])["pipeline_cpu_s"]
+        print(f"pipeline CPU (stage CPU - the instant backend's answers): {t['pipeline_cpu_s']:.1f} s; "
+              f"of it the chain issue 11 measured ({', '.join(ISSUE_CHAIN)}): {chain:.1f} s (target <= 60 s), "
+              f"the stages added since: {t['pipeline_cpu_s'] - chain:.1f} s")
 
 
 def run_http(root: Path, n: int, log: Path) -> dict:
@@ -359,7 +367,8 @@ def run_in_process(root: Path, n: int, log: Path) -> dict:
     make_copy(root, n, "http://127.0.0.1:9/v1")  # never contacted: the backend is replaced
     rows = run_stages(root, True, None, log)
     print_table(f"in-process: {n} seeds, answers without HTTP", rows, in_process=True)
-    return {"stages": rows, "totals": totals(rows)}
+    chain = totals([r for r in rows if r["stage"].split()[0] in ISSUE_CHAIN])
+    return {"stages": rows, "totals": totals(rows), "issue_chain_pipeline_cpu_s": chain["pipeline_cpu_s"]}
 
 
 def client_cpu_ms_per_call(http: list[dict], in_process: list[dict]) -> float:

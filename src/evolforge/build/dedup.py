@@ -234,8 +234,13 @@ class Duplicates:
 
 
 def survival_order(rounds: Sequence[int], ids: Sequence[str], usable: Sequence[bool]) -> list[int]:
-    """Indices in the order they claim a cluster: usable first, then latest round, then smallest id."""
-    return sorted(range(len(ids)), key=lambda i: (not usable[i], -int(rounds[i]), ids[i]))
+    """Indices in the order they claim a cluster: usable first, then latest round, then smallest id (ids
+    compare by code point, as Python's ``<`` does: UTF-8's byte order is code-point order); equal keys
+    keep their input order."""
+    keys = pl.DataFrame({"usable": pl.Series(usable, dtype=pl.Boolean), "round": pl.Series(rounds, dtype=pl.Int64),
+                         "id": pl.Series(ids, dtype=pl.String)})
+    return keys.with_row_index("index").sort(["usable", "round", "id"], descending=[True, True, False],
+                                             maintain_order=True)["index"].to_list()
 
 
 def _shared_bands(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
