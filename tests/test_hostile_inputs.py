@@ -469,3 +469,26 @@ def test_evolve_report_refuses_a_hand_edited_round_file(repo, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and expected in err and "Traceback" not in err, err
     assert not (tmp_path / "evolve.json").exists()
+
+
+@pytest.mark.parametrize("argv, noted", [
+    (["stage", "--params", "exp.yaml"], True),
+    (["stage", "--params=configs/exp.yaml"], True),
+    (["stage", "--params", "configs/params.yaml"], False),  # the same name: nothing to explain
+    (["stage"], False),
+])
+@pytest.mark.parametrize("error", [ValueError, SystemExit])  # a stage's own SystemExit message too
+def test_a_stage_run_on_another_params_file_says_which_file_params_yaml_means(monkeypatch, capsys, argv, noted, error):
+    from evolforge.core.errors import run_stage
+
+    def main():
+        raise error("params.yaml roles.scorer.backend: scoring needs logits")
+
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(main)
+    code = exit_.value.code
+    err = capsys.readouterr().err + (code if isinstance(code, str) else "")
+    assert "params.yaml" in err and "Traceback" not in err
+    given = argv[-1].split("=")[-1]
+    assert (f"(params.yaml here is {given}: this run's --params)" in err) == noted, err

@@ -38,6 +38,24 @@ def refusal_types() -> tuple[type[BaseException], ...]:
             PermissionError)
 
 
+def params_file(argv: list[str]) -> str | None:
+    """The file a stage's ``--params`` names (``--params F`` or ``--params=F``), None when not given."""
+    for i, arg in enumerate(argv):
+        if arg == "--params" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--params="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _with_params_file(message: str, argv: list[str]) -> str:
+    """Messages name settings as ``params.yaml <key>``; a stage run on another file says which one it read."""
+    given = params_file(argv)
+    if given and Path(given).name != "params.yaml" and "params.yaml" in message:
+        return f"{message}\n(params.yaml here is {given}: this run's --params)"
+    return message
+
+
 def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     """Run a stage's ``main``; on an error print one message to stderr and exit non-zero."""
     debug = debug_enabled()
@@ -46,7 +64,9 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     name = name or Path(sys.argv[0]).stem
     try:
         main()
-    except SystemExit:
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):  # a stage's own `raise SystemExit("message")`
+            exit_.code = _with_params_file(exit_.code, sys.argv)
         raise
     except KeyboardInterrupt:
         print(f"{name}: interrupted; nothing was written", file=sys.stderr)
@@ -54,9 +74,10 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     except BaseException as err:  # noqa: BLE001 - the one place a stage's errors become messages
         if debug:
             raise
+        message = _with_params_file(str(err), sys.argv)
         if isinstance(err, refusal_types()):
-            print(f"{name}: error: {err}", file=sys.stderr)
+            print(f"{name}: error: {message}", file=sys.stderr)
             sys.exit(EXIT_REFUSED)
-        print(f"{name}: error ({type(err).__name__}): {err}\n"
+        print(f"{name}: error ({type(err).__name__}): {message}\n"
               f"(rerun with --debug or EVOLFORGE_DEBUG=1 to see where)", file=sys.stderr)
         sys.exit(EXIT_FAILED)
