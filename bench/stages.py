@@ -326,6 +326,11 @@ def totals(rows: list[dict]) -> dict:
             "server_cpu_s": server, "server_cpu_ms_per_call": server / calls * 1e3 if calls else None}
 
 
+def issue_chain_cpu(rows: list[dict]) -> float:
+    """Pipeline CPU (in-process) of the stages in :data:`ISSUE_CHAIN`."""
+    return totals([r for r in rows if r["stage"].split()[0] in ISSUE_CHAIN])["pipeline_cpu_s"]
+
+
 def print_table(title: str, rows: list[dict], in_process: bool = False) -> None:
     """Per stage; in-process, ``backend CPU s`` is the instant backend's share of the stage's CPU."""
     other = "backend_cpu_s" if in_process else "server_cpu_s"
@@ -338,7 +343,7 @@ def print_table(title: str, rows: list[dict], in_process: bool = False) -> None:
     print(f"calls/s {t['calls_per_s']:.0f}; stage CPU per call {t['cpu_ms_per_call'] or 0:.3f} ms"
           + (f"; server CPU per call {t['server_cpu_ms_per_call']:.3f} ms" if t["server_cpu_s"] else ""))
     if in_process:
-        chain = totals([r for r in rows if r["stage"].split()[0] in ISSUE_CHAIN])["pipeline_cpu_s"]
+        chain = issue_chain_cpu(rows)
         print(f"pipeline CPU (stage CPU - the instant backend's answers): {t['pipeline_cpu_s']:.1f} s; "
               f"of it the chain issue 11 measured ({', '.join(ISSUE_CHAIN)}): {chain:.1f} s (target <= 60 s), "
               f"the stages added since: {t['pipeline_cpu_s'] - chain:.1f} s")
@@ -367,8 +372,7 @@ def run_in_process(root: Path, n: int, log: Path) -> dict:
     make_copy(root, n, "http://127.0.0.1:9/v1")  # never contacted: the backend is replaced
     rows = run_stages(root, True, None, log)
     print_table(f"in-process: {n} seeds, answers without HTTP", rows, in_process=True)
-    chain = totals([r for r in rows if r["stage"].split()[0] in ISSUE_CHAIN])
-    return {"stages": rows, "totals": totals(rows), "issue_chain_pipeline_cpu_s": chain["pipeline_cpu_s"]}
+    return {"stages": rows, "totals": totals(rows), "issue_chain_pipeline_cpu_s": issue_chain_cpu(rows)}
 
 
 def client_cpu_ms_per_call(http: list[dict], in_process: list[dict]) -> float:
