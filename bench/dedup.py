@@ -16,8 +16,8 @@ import time
 
 import polars as pl
 
-from evolforge.build.decontaminate import decontaminate, load_problems
-from evolforge.build.dedup import dedup_table
+from evolforge.steps.decontaminate import decontaminate, load_problems
+from evolforge.steps.dedup import dedup_table
 from evolforge.core.settings import DecontaminateSettings, DedupSettings
 
 

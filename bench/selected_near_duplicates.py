@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.build.dedup import item_text, shingles
+from evolforge.steps.dedup import item_text, shingles
 from evolforge.core.params import load_params, load_section
 
 

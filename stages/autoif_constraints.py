@@ -13,7 +13,7 @@ import dataclasses
 
 import polars as pl
 
-from evolforge.build.autoif import (SELF_INSTRUCT_TEMPLATE, collect_constraints, read_scenario,
+from evolforge.steps.autoif import (SELF_INSTRUCT_TEMPLATE, collect_constraints, read_scenario,
                                     read_seed_constraints, sampled_requests)
 from evolforge.core import validation
 from evolforge.core.cache import open_cache

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.build.autoif import (QUERY_DEFAULTS, KEPT, PAIR_SCHEMA, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample, pair_queries,
+from evolforge.steps.autoif import (QUERY_DEFAULTS, KEPT, PAIR_SCHEMA, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample, pair_queries,
                                     read_scenario, response_records, select_queries, verify_responses)
-from evolforge.build.seed import build_seed
+from evolforge.steps.seed import build_seed
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.core.params import load_params, load_section

@@ -13,7 +13,7 @@ Runs only when `scenario: autoif`; otherwise writes empty tables and `skipped: t
 import argparse
 import dataclasses
 
-from evolforge.build.autoif import (VERIFICATION_TEMPLATE, hash_sample, read_scenario, sampled_requests,
+from evolforge.steps.autoif import (VERIFICATION_TEMPLATE, hash_sample, read_scenario, sampled_requests,
                                     usable_constraints, verify_constraints, verify_summary)
 from evolforge.core import validation
 from evolforge.core.cache import open_cache

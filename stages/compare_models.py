@@ -15,9 +15,9 @@ import dataclasses
 
 import polars as pl
 
-from evolforge.build.compare import JUDGE_TEMPLATE, counts, judge_pairs
-from evolforge.build.respond import RESPONSE_TEMPLATE, respond
-from evolforge.build.seed import build_seed
+from evolforge.steps.compare import JUDGE_TEMPLATE, counts, judge_pairs
+from evolforge.steps.respond import RESPONSE_TEMPLATE, respond
+from evolforge.steps.seed import build_seed
 from evolforge.core.cache import open_cache
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.core.prompts import PromptLibrary

@@ -14,7 +14,7 @@ import argparse
 
 import polars as pl
 
-from evolforge.build.decontaminate import decontaminate, load_problems
+from evolforge.steps.decontaminate import decontaminate, load_problems
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.core.records import read_table, write_json, write_output

@@ -10,8 +10,8 @@ Nothing is dropped here: decontaminate writes data/clean/ with the kept items an
 
 import argparse
 
-from evolforge.build.dedup import dedup_table
-from evolforge.build.selection import guard_reason
+from evolforge.steps.dedup import dedup_table
+from evolforge.steps.selection import guard_reason
 from evolforge.core import validation
 from evolforge.core.params import load_params, load_section
 from evolforge.core.records import read_table, write_json, write_output

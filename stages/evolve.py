@@ -18,9 +18,9 @@ from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import loads_nothing_more, open_role
 from evolforge.core.params import ParamsError, load_params, load_section
-from evolforge.build.evolve import (IS_INSTRUCTION_TEMPLATE, JUDGE_RULES, RESPONSE_RULES, evolve_round, method_text,
+from evolforge.steps.evolve import (IS_INSTRUCTION_TEMPLATE, JUDGE_RULES, RESPONSE_RULES, evolve_round, method_text,
                                     resolve_check_role, resolve_strategy)
-from evolforge.build.respond import response_sampling
+from evolforge.steps.respond import response_sampling
 from evolforge.core.settings import EvolveSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output

@@ -15,9 +15,9 @@ import argparse
 import dataclasses
 import statistics
 
-from evolforge.build.evolve import assign_methods, evolving_prompt
-from evolforge.build.evolver_analysis import histogram, method_keywords, top_token_probs
-from evolforge.build.optimize import initial_method_text
+from evolforge.steps.evolve import assign_methods, evolving_prompt
+from evolforge.steps.evolver_analysis import histogram, method_keywords, top_token_probs
+from evolforge.steps.optimize import initial_method_text
 from evolforge.core.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.core.params import load_params, load_role, load_section

@@ -14,7 +14,7 @@ from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
 from evolforge.core.params import load_params, load_section
-from evolforge.build.judge import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge, level_distribution
+from evolforge.steps.judge import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge, level_distribution
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.core.errors import run_stage

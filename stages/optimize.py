@@ -11,7 +11,7 @@ Writes: data/method/ (method.txt: the method to evolve with; log.jsonl: one row 
 
 With evolve.strategy other than `auto` the stage costs nothing: method.txt is the initial method, the
 log is empty, and no model is loaded or called. With on_unusable `stop`, an unusable method stops the
-stage with a message. Logic: src/evolforge/build/optimize.py.
+stage with a message. Logic: src/evolforge/steps/optimize.py.
 """
 
 import argparse
@@ -22,12 +22,12 @@ from pathlib import Path
 from evolforge.core.cache import open_cache
 from evolforge.llm import open_role
 from evolforge.core.params import load_params, load_section
-from evolforge.build.evolve import METHOD_TEMPLATE
-from evolforge.build.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE,
+from evolforge.steps.evolve import METHOD_TEMPLATE
+from evolforge.steps.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE,
                                 initial_method_text, optimize_method, split_dev_pool, summary, usability)
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import atomic_dir, read_table, write_json, write_jsonl
-from evolforge.build.respond import RESPONSE_TEMPLATE
+from evolforge.steps.respond import RESPONSE_TEMPLATE
 from evolforge.core.errors import run_stage
 
 def open_models(params: dict) -> dict:

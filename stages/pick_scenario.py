@@ -11,7 +11,7 @@ the metrics and meta, a warning on stderr); `on_empty: fail` stops with that mes
 import argparse
 import sys
 
-from evolforge.build.scenario import pick_pool
+from evolforge.steps.scenario import pick_pool
 from evolforge.core import validation
 from evolforge.core.errors import run_stage
 from evolforge.core.params import load_params, load_section

@@ -16,8 +16,8 @@ from evolforge.llm import open_role
 from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, write_json, write_output
-from evolforge.build.evolve import repetition_test
-from evolforge.build.respond import RESPONSE_TEMPLATE, answer, gather, response_sampling, status_counts
+from evolforge.steps.evolve import repetition_test
+from evolforge.steps.respond import RESPONSE_TEMPLATE, answer, gather, response_sampling, status_counts
 from evolforge.core.errors import run_stage
 
 

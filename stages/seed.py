@@ -9,7 +9,7 @@ Rules for the source (what is refused and why): docs/seeds.md.
 import argparse
 import dataclasses
 
-from evolforge.build.seed import build_seed
+from evolforge.steps.seed import build_seed
 from evolforge.core.errors import run_stage
 from evolforge.core.params import load_params, load_section
 from evolforge.core.records import write_json, write_output

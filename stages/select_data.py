@@ -16,8 +16,8 @@ Writes: data/selected/items.parquet (lineage + text + every metric), excluded.pa
 import argparse
 import dataclasses
 
-from evolforge.build.card import write_card
-from evolforge.build.selection import join_metrics, load_embeddings, select_items, to_alpaca, to_trl
+from evolforge.steps.card import write_card
+from evolforge.steps.selection import join_metrics, load_embeddings, select_items, to_alpaca, to_trl
 from evolforge.core import validation
 from evolforge.core.errors import run_stage
 from evolforge.core.params import load_params, load_section

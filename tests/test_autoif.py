@@ -9,7 +9,7 @@ import pytest
 
 from evolforge.core.params import load_section
 
-from evolforge.build.autoif import (KEPT, AutoIFSettings, FunctionRun, collect_constraints, cross_validate, extract_json,
+from evolforge.steps.autoif import (KEPT, AutoIFSettings, FunctionRun, collect_constraints, cross_validate, extract_json,
                                     pair_queries, parse_constraint_lines, parse_verification, response_records,
                                     run_function, verify_constraints, verify_responses)
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED

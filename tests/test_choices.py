@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from evolforge.build.judge import LEVELS, SCORES, judge
+from evolforge.steps.judge import LEVELS, SCORES, judge
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm import LLM, ChatRequest, ChoiceTrie, Completion, Role, request_seed
 from evolforge.llm.fake import FakeBackend

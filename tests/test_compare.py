@@ -6,7 +6,7 @@ import pytest
 
 from evolforge.core.params import load_section
 
-from evolforge.build.compare import combine_orders, counts, judge_pairs, parse_verdict
+from evolforge.steps.compare import combine_orders, counts, judge_pairs, parse_verdict
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.roles import Role
 from evolforge.llm import LLM

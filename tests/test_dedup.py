@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.build.dedup import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, item_text, minhash_signatures,
+from evolforge.steps.dedup import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, item_text, minhash_signatures,
                                    shingle_hashes, shingles, survival_order)
 from evolforge.core.text import normalize_text
 from evolforge.core.params import ParamsError, load_section

@@ -10,14 +10,14 @@ import pytest
 
 from evolforge.core.params import load_section
 
-from evolforge.build import failures
-from evolforge.build.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round, method_text, repetition_test, resolve_strategy
-from evolforge.build.lineage import chain, format_chain
+from evolforge.steps import elimination
+from evolforge.steps.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round, method_text, repetition_test, resolve_strategy
+from evolforge.steps.lineage import chain, format_chain
 from evolforge.llm import LLM, Completion, Role
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import make_id, write_output
-from evolforge.build.seed import build_seed
+from evolforge.steps.seed import build_seed
 
 ROLE = Role.from_params("evolver", {"backend": "hf", "model": "fake"})
 RESPONDER = Role.from_params("responder", {"backend": "hf", "model": "fake", "max_tokens": 48})
@@ -26,44 +26,44 @@ LONG_ANSWER = " ".join(["word"] * 90)
 # raw evolver output (or response to it) -> expected failure reason
 INSTRUCTION_TABLE = [
     ("Add 2 and 3, then double the result.", None),
-    ("", failures.EMPTY),
-    ("   \n", failures.EMPTY),
-    ("add 2 and 3.", failures.UNCHANGED),          # same words, case and spacing aside
-    ("#Rewritten Prompt#: Add 2 and 3 twice.", failures.TEMPLATE_WORDS),
-    ("Here is the rewritten prompt: add 2 and 30.", failures.TEMPLATE_WORDS),
-    ("The given prompt asks to add numbers.", failures.TEMPLATE_WORDS),
-    ("#Created Prompt#: Multiply 4 by 5.", failures.TEMPLATE_WORDS),
+    ("", elimination.EMPTY),
+    ("   \n", elimination.EMPTY),
+    ("add 2 and 3.", elimination.UNCHANGED),          # same words, case and spacing aside
+    ("#Rewritten Prompt#: Add 2 and 3 twice.", elimination.TEMPLATE_WORDS),
+    ("Here is the rewritten prompt: add 2 and 30.", elimination.TEMPLATE_WORDS),
+    ("The given prompt asks to add numbers.", elimination.TEMPLATE_WORDS),
+    ("#Created Prompt#: Multiply 4 by 5.", elimination.TEMPLATE_WORDS),
 ]
 RESPONSE_TABLE = [
     ("The sum is 5, and doubled it is 10.", None),
-    ("I'm sorry, but I can't help with that.", failures.SORRY_SHORT),
+    ("I'm sorry, but I can't help with that.", elimination.SORRY_SHORT),
     ("Sorry, " + LONG_ANSWER, None),                   # long enough despite "sorry"
-    ("the of and to a in .", failures.STOPWORDS_ONLY),
-    ("Sure, which numbers should I add?", failures.AUTO_FAILURE),
-    ("Understood. What format do you want?", failures.AUTO_FAILURE),
-    ("What do you mean by double?", failures.AUTO_FAILURE),
-    ("Please provide the numbers.", failures.AUTO_FAILURE),
-    ("That is not possible to compute.", failures.AUTO_FAILURE),
+    ("the of and to a in .", elimination.STOPWORDS_ONLY),
+    ("Sure, which numbers should I add?", elimination.AUTO_FAILURE),
+    ("Understood. What format do you want?", elimination.AUTO_FAILURE),
+    ("What do you mean by double?", elimination.AUTO_FAILURE),
+    ("Please provide the numbers.", elimination.AUTO_FAILURE),
+    ("That is not possible to compute.", elimination.AUTO_FAILURE),
     ("Sure! The answer is 10.", None),                  # starts with Sure but does not ask back
-    ("", failures.EMPTY_RESPONSE),
+    ("", elimination.EMPTY_RESPONSE),
 ]
 
 
 @pytest.mark.parametrize("evolved,reason", INSTRUCTION_TABLE)
 def test_instruction_rules(evolved, reason):
-    assert failures.instruction_failure("Add 2 and 3.", evolved) == reason
+    assert elimination.instruction_failure("Add 2 and 3.", evolved) == reason
 
 
 @pytest.mark.parametrize("response,reason", RESPONSE_TABLE)
 def test_response_rules(response, reason):
-    assert failures.response_failure(response) == reason
+    assert elimination.response_failure(response) == reason
 
 
 def test_rules_can_be_switched_off():
-    assert failures.instruction_failure("Add 2 and 3.", "add 2 and 3.", unchanged=False) is None
-    assert failures.instruction_failure("A", "#Rewritten Prompt#: Describe B.", template_words=False) is None
-    assert failures.response_failure("Sure, which numbers?", rule_f=False) is None
-    assert failures.response_failure("I'm sorry.", sorry_short=False) is None
+    assert elimination.instruction_failure("Add 2 and 3.", "add 2 and 3.", unchanged=False) is None
+    assert elimination.instruction_failure("A", "#Rewritten Prompt#: Describe B.", template_words=False) is None
+    assert elimination.response_failure("Sure, which numbers?", rule_f=False) is None
+    assert elimination.response_failure("I'm sorry.", sorry_short=False) is None
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -73,12 +73,12 @@ def test_rules_can_be_switched_off():
     ("#Finally Rewritten Instruction#:   ", None),
 ])
 def test_final_marker_parse(text, expected):
-    assert failures.parse_final_instruction(text) == expected
+    assert elimination.parse_final_instruction(text) == expected
 
 
 @pytest.mark.parametrize("text,expected", [("Equal", True), ("Not Equal", False), ("not equal.", False), ("maybe", None)])
 def test_equal_parse(text, expected):
-    assert failures.parse_equal(text) is expected
+    assert elimination.parse_equal(text) is expected
 
 
 def test_round_robin_rotates_by_round_and_random_is_seeded():
@@ -438,7 +438,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     """check_role responder (default): the check asks the responder with respond's sampling, so the respond
     stage's requests for the surviving instructions are all in the cache; evolver: the evolver answers,
     greedy at evolve.max_tokens, and respond has to ask again."""
-    from evolforge.build.respond import respond, response_sampling
+    from evolforge.steps.respond import respond, response_sampling
     from evolforge.core.cache import CallCache
     from evolforge.core.settings import RespondSettings
 
@@ -472,7 +472,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
 
 def test_auto_check_role_loads_no_second_model():
     """auto answers with the responder only when that costs no second model in the evolve stage's process."""
-    from evolforge.build.evolve import resolve_check_role
+    from evolforge.steps.evolve import resolve_check_role
 
     def role(name, **fields):
         return Role.from_params(name, {"backend": "hf", "model": "org/evolver-8b", **fields})

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from evolforge.train.finetune import PAPER_FULL, PAPER_LORA, finetune, validate_rows  # noqa: E402
-from evolforge.build.selection import conversational_row  # noqa: E402
+from evolforge.steps.selection import conversational_row  # noqa: E402
 from tiny import build_random_llama  # noqa: E402
 
 PAIRS = [

@@ -7,11 +7,11 @@ import math
 import polars as pl
 import pytest
 
-from evolforge.build.judge import LEVELS, judge, level_distribution, parse_level, parse_score
+from evolforge.steps.judge import LEVELS, judge, level_distribution, parse_level, parse_score
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
-from evolforge.build.selection import select_items, to_alpaca, to_trl
+from evolforge.steps.selection import select_items, to_alpaca, to_trl
 
 
 @pytest.mark.parametrize("raw,expected", [

@@ -23,10 +23,10 @@ import pytest
 from evolforge.core.params import load_section
 
 from evolforge.core.cache import CallCache
-from evolforge.build.failures import auto_evol_failure
+from evolforge.steps.elimination import auto_evol_failure
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
-from evolforge.build.optimize import (Candidate, MethodScore, OptimizeSettings, build_trajectory, initial_method_text,
+from evolforge.steps.optimize import (Candidate, MethodScore, OptimizeSettings, build_trajectory, initial_method_text,
                                 optimize_method, parse_optimized_method, score_method, select_candidate,
                                 split_dev_pool, summary, usability)
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary

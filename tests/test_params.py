@@ -208,7 +208,7 @@ def test_finetune_and_evaluate_settings_match_their_functions():
 
 def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
     code = ("import sys; from evolforge.core.params import load_params; load_params('params.yaml'); "
-            "import evolforge.build.judge, evolforge.llm; "
+            "import evolforge.steps.judge, evolforge.llm; "
             "print(sorted(m for m in ('torch', 'great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ import yaml
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-from evolforge.build.card import CardSettings, size_category, write_card  # noqa: E402
+from evolforge.steps.card import CardSettings, size_category, write_card  # noqa: E402
 from evolforge.report import build_report  # noqa: E402
 from evolforge.report.assets import LIBRARIES, TEMPLATE, library_scripts  # noqa: E402
 from evolforge.report.collect import collect  # noqa: E402
@@ -170,7 +170,7 @@ def test_dataset_card_and_datasets_folder(version):
 
 
 def test_card_scenario_line(tmp_path):
-    from evolforge.build.card import _scenario_line
+    from evolforge.steps.card import _scenario_line
 
     assert "not recorded" in _scenario_line(tmp_path)
     (tmp_path / "metrics").mkdir()

@@ -7,12 +7,12 @@ import json
 import polars as pl
 import pytest
 
-from evolforge.build.evolve import repetition_test
+from evolforge.steps.evolve import repetition_test
 
 from evolforge.core.params import load_section
 
-from evolforge.build.failures import RepetitionTest
-from evolforge.build.respond import answer, gather, status_counts
+from evolforge.steps.elimination import RepetitionTest
+from evolforge.steps.respond import answer, gather, status_counts
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import write_output
 from evolforge.llm import LLM, Completion, Role

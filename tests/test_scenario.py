@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import yaml
 
-from evolforge.build.scenario import pick_pool
+from evolforge.steps.scenario import pick_pool
 from evolforge.core.records import LINEAGE, read_table, write_output
 from evolforge.core.validation import DataError
 

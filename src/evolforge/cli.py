@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evolforge.build.lineage import chain, format_chain
+from evolforge.steps.lineage import chain, format_chain
 from evolforge.core.errors import run_stage
 
 
@@ -85,12 +85,12 @@ def run(args: argparse.Namespace) -> None:
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f"evolforge plots export: {err}") from None
     elif args.command == "card":
-        from evolforge.build.card import write_card
+        from evolforge.steps.card import write_card
         from evolforge.core.params import load_params
 
         print(write_card(args.selected, args.root, load_params(args.params)))
     elif args.command == "push-to-hub":
-        from evolforge.build.card import push_to_hub
+        from evolforge.steps.card import push_to_hub
 
         print(push_to_hub(args.selected, args.repo_id, private=args.private))
 

@@ -114,7 +114,7 @@ def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
 
 def judge_levels(root: Path) -> list[dict]:
     """Level counts and shares per round (the plot data of the judge stage, recomputed from data/judged)."""
-    from evolforge.build.judge import LEVELS
+    from evolforge.steps.judge import LEVELS
 
     judged = _table(root, "data/judged")
     if judged is None:

@@ -527,5 +527,5 @@ def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: Aut
 
 
 
-# the scenario switch lives in evolforge.build.scenario (pick_scenario imports it without the LLM layer)
-from evolforge.build.scenario import SCENARIOS, read_scenario  # noqa: E402,F401  (part of this module's API)
+# the scenario switch lives in evolforge.steps.scenario (pick_scenario imports it without the LLM layer)
+from evolforge.steps.scenario import SCENARIOS, read_scenario  # noqa: E402,F401  (part of this module's API)

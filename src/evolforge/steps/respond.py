@@ -4,7 +4,7 @@
 keeping every lineage column and the evolver's ``finish_reason`` (as ``instruction_finish_reason``);
 ``answer`` fills ``output`` from the responder role and marks each response with ``response_status``:
 ``complete``, ``truncated`` (cut at ``max_tokens``), ``repetitive`` (loops) or ``empty``
-(:func:`evolforge.build.failures.response_status`). Only complete responses are training material.
+(:func:`evolforge.steps.elimination.response_status`). Only complete responses are training material.
 A call that failed (prompt too long, rejected, retries exhausted) keeps its row with a null ``output``
 and the reason in ``response_failure_reason`` / ``response_failure_detail``: never an invented text.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.build import failures
+from evolforge.steps import elimination
 from evolforge.llm import LLM, Completion
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core import validation
@@ -61,7 +61,7 @@ def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None) -> 
 
 
 def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
-           repetition: failures.RepetitionTest = failures.RepetitionTest(), **sampling) -> pl.DataFrame:
+           repetition: elimination.RepetitionTest = elimination.RepetitionTest(), **sampling) -> pl.DataFrame:
     """``items`` with ``output``, ``response_finish_reason`` and ``response_status`` filled in; a failed call
     leaves ``output`` null with its reason (``response_status`` failed)."""
     completions = respond(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
@@ -69,7 +69,7 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
                          "finish_reason": "instruction_finish_reason"}).with_columns(
         output=pl.Series([None if c.failed else c.text for c in completions], dtype=pl.String),
         response_finish_reason=pl.Series([c.finish_reason for c in completions], dtype=pl.String),
-        response_status=pl.Series([failures.FAILED_RESPONSE if c.failed else failures.response_status(c.text, c.finish_reason, repetition)
+        response_status=pl.Series([elimination.FAILED_RESPONSE if c.failed else elimination.response_status(c.text, c.finish_reason, repetition)
                                    for c in completions], dtype=pl.String),
         response_failure_reason=pl.Series([c.failure_reason for c in completions], dtype=pl.String),
         response_failure_detail=pl.Series([c.error for c in completions], dtype=pl.String),
@@ -79,6 +79,6 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
 
 def status_counts(table: pl.DataFrame) -> dict[str, int]:
     """Responses per ``response_status``, every status listed (0 when absent)."""
-    counts = dict.fromkeys(failures.RESPONSE_STATUSES, 0)
+    counts = dict.fromkeys(elimination.RESPONSE_STATUSES, 0)
     counts.update(table["response_status"].value_counts().iter_rows())
     return counts

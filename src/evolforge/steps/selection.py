@@ -38,7 +38,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import polars as pl
 
-from evolforge.build.dedup import item_text
+from evolforge.steps.dedup import item_text
 from evolforge.core.params import ParamsError
 from evolforge.core.records import EVOLVED, SEED, TABLE, read_table
 from evolforge.core.text import question_text

@@ -34,11 +34,11 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import polars as pl
 
-from evolforge.build import failures
+from evolforge.steps import elimination
 from evolforge.llm import LLM, Role, loads_nothing_more
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id
-from evolforge.build.respond import respond
+from evolforge.steps.respond import respond
 from evolforge.core.settings import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
 
 IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
@@ -51,9 +51,9 @@ IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
 METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
 
 
-def repetition_test(repetition: dict) -> failures.RepetitionTest:
+def repetition_test(repetition: dict) -> elimination.RepetitionTest:
     """The thresholds of ``evolve.repetition`` / ``respond.repetition`` (defaults where params say nothing)."""
-    return failures.RepetitionTest(**repetition)
+    return elimination.RepetitionTest(**repetition)
 
 
 def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> tuple[EvolveSettings, str | None]:
@@ -142,7 +142,7 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
     requests = [llm.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
                 for i in instructions]
-    return [Evolution(None, None, None) if c.failed else Evolution(failures.parse_final_instruction(c.text), c.text, c.finish_reason)
+    return [Evolution(None, None, None) if c.failed else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
             for c in llm.generate(requests, desc=desc)]
 
 
@@ -151,7 +151,7 @@ def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) 
     The answer is held to Yes / No (see ``ChatRequest.choices``)."""
     requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}],
                             choices=("Yes", "No")) for t in texts]
-    return [None if t is None else failures.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
+    return [None if t is None else elimination.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
 
 
 def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
@@ -160,7 +160,7 @@ def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], chi
     requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}],
                             choices=("Equal", "Not Equal")) for p, c in zip(parents, children)]
     # a failed call is an unparsed verdict: the item is not eliminated on no evidence
-    return [None if t is None else failures.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
+    return [None if t is None else elimination.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 
 
 def resolve_check_role(check_role: str, evolver: Role, responder: Role) -> str:
@@ -220,7 +220,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     raws = [None if c.failed else c.text for c in outs]
     finishes = [c.finish_reason for c in outs]
     details: list[str | None] = [c.error for c in outs]
-    candidates = [None if r is None else failures.parse_final_instruction(r) if m in STRATEGIES else r.strip()
+    candidates = [None if r is None else elimination.parse_final_instruction(r) if m in STRATEGIES else r.strip()
                   for m, r in zip(methods, raws)]
 
     # 2. checks on the instruction itself
@@ -234,9 +234,9 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         if m in STRATEGIES and cand is None:
             # a marker that never came because the answer was cut off: the cut is the cause
             cut = switches["truncated"] and finish == "length"
-            reasons.append(failures.TRUNCATED if cut else failures.MISSING_MARKER)
+            reasons.append(elimination.TRUNCATED if cut else elimination.MISSING_MARKER)
             continue
-        reasons.append(failures.instruction_failure(it["instruction"], cand, finish_reason=finish,
+        reasons.append(elimination.instruction_failure(it["instruction"], cand, finish_reason=finish,
                                                     repetition=repetition, **switches))
 
     # 3. checks on an answer to the evolved instruction (generated only when a rule needs it)
@@ -252,7 +252,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
                 reasons[i], details[i] = answer.failure_reason, f"check response: {answer.error}"
                 continue
             responses[i] = answer.text
-            reasons[i] = failures.response_failure(answer.text, **response_rules)
+            reasons[i] = elimination.response_failure(answer.text, **response_rules)
 
     # 4. optional checks with the judge: is it an instruction at all, then does it add anything
     if any(settings.rule(k) for k in JUDGE_RULES) and judge is None:
@@ -264,7 +264,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         for i, asks in zip(alive, verdicts):
             unparsed_instruction += asks is None
             if asks is False:
-                reasons[i] = failures.JUDGED_NOT_AN_INSTRUCTION
+                reasons[i] = elimination.JUDGED_NOT_AN_INSTRUCTION
     unparsed_equal = 0
     alive = [i for i in range(n) if reasons[i] is None]
     if settings.rule("info_gain") and alive:
@@ -272,7 +272,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         for i, same in zip(alive, verdicts):
             unparsed_equal += same is None
             if same:
-                reasons[i] = failures.NO_INFO_GAIN
+                reasons[i] = elimination.NO_INFO_GAIN
 
     statuses = [EVOLVED if reason is None else FAILED for reason in reasons]
     texts = [cand if cand is not None else "" for cand in candidates]

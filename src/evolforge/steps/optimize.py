@@ -65,11 +65,11 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from evolforge.build import failures
-from evolforge.build.evolve import evolve_with_method
+from evolforge.steps import elimination
+from evolforge.steps.evolve import evolve_with_method
 from evolforge.llm import LLM
 from evolforge.core.prompts import PromptLibrary
-from evolforge.build.respond import respond
+from evolforge.steps.respond import respond
 from evolforge.core.settings import OptimizeSettings
 
 INITIAL_TEMPLATES = {"initial": "optimize/initial_method.j2", "weak": "optimize/weak_method.j2"}
@@ -179,7 +179,7 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
                         desc=f"{desc}: respond", temperature=0.0) if answered else []
     missing = len(dev) - len(answered)
     # a failed response call is a failure, like a response that F catches
-    fails = missing + sum(r.failed or failures.auto_evol_failure(r.text) for r in responses)
+    fails = missing + sum(r.failed or elimination.auto_evol_failure(r.text) for r in responses)
     rate = fails / len(dev)
     ratio = 0.0
     texts = [r.text for r in responses if not r.failed]

@@ -1,0 +1,1 @@
+"""The pipeline steps: seed, optimize, evolve, respond, judge, dedup, decontaminate, select, autoif, compare."""
