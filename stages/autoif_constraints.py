@@ -27,10 +27,10 @@ from evolforge.llm import open_role
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--seeds", default="data/seeds/autoif_constraints.txt")
+    ap.add_argument("--seeds", required=True)
     ap.add_argument("--prompts", default="prompts")
-    ap.add_argument("--out", default="data/autoif/constraints")
-    ap.add_argument("--metrics", default="metrics/autoif/constraints.json")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

@@ -33,10 +33,10 @@ from evolforge.llm import open_role
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--verified", default="data/autoif/verified")
+    ap.add_argument("--verified", required=True)
     ap.add_argument("--prompts", default="prompts")
-    ap.add_argument("--out", default="data/autoif/responses")
-    ap.add_argument("--metrics", default="metrics/autoif/respond.json")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

@@ -29,11 +29,11 @@ from evolforge.llm import open_llm, open_role
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--instructions", default="data/seeds/compare.jsonl")
-    ap.add_argument("--model", default="models/sft")
+    ap.add_argument("--instructions", required=True)
+    ap.add_argument("--model", required=True)
     ap.add_argument("--prompts", default="prompts")
-    ap.add_argument("--out", default="data/compare")
-    ap.add_argument("--metrics", default="metrics/compare.json")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

@@ -24,10 +24,10 @@ from evolforge.core.errors import run_stage
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dedup", default="data/dedup")
-    ap.add_argument("--out", default="data/clean")
+    ap.add_argument("--dedup", required=True)
+    ap.add_argument("--out", required=True)
     ap.add_argument("--plot", default=None, help="plot data: items removed per round and reason")
-    ap.add_argument("--metrics", default="metrics/decontaminate.json")
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

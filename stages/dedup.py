@@ -1,6 +1,6 @@
 """dedup stage: mark near-duplicate items (MinHash LSH over normalised instruction + input), before judging.
 
-Reads:  data/responses/ (every round, and the seeds when respond.include_seed), params.yaml `dedup`
+Reads:  data/pool/ (the scenario's items: every answered round, and the seeds when respond.include_seed), params.yaml `dedup`
         (threshold, shingle_size, num_perm, seed)
 Writes: data/dedup/items.parquet (every item, plus duplicate_of = the id of the kept item it duplicates,
         duplicate_similarity = exact Jaccard, dedup_reason = exact_duplicate | near_duplicate), meta.json;
@@ -21,14 +21,14 @@ from evolforge.core.errors import run_stage
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--responses", default="data/responses")
-    ap.add_argument("--out", default="data/dedup")
-    ap.add_argument("--metrics", default="metrics/dedup.json")
+    ap.add_argument("--items", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     cfg = load_section(load_params(args.params), "dedup")
-    items = read_table(args.responses)
-    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
+    items = read_table(args.items)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.items)
     # a usable item (one selection could take) wins its cluster over an unusable twin
     usable = guard_reason(items).is_null().to_list()
     table, metrics = dedup_table(items, usable, cfg)

@@ -28,17 +28,17 @@ from evolforge.score.diversity import embed_texts, item_texts, neighbor_stats
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--responses", default="data/responses")
-    ap.add_argument("--out", default="data/diversity")
-    ap.add_argument("--metrics", default="metrics/diversity.json")
-    ap.add_argument("--plots", default="metrics/plots")
+    ap.add_argument("--items", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--plots", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)
     cfg = load_section(params, "diversity")
     role = load_role(params, "embedder")
-    items = read_table(args.responses)
-    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
+    items = read_table(args.items)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.items)
 
     model = role.model
     embeddings = embed_texts(item_texts(items["instruction"].to_list(), items["input"].to_list()), model,

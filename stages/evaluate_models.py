@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--label", required=True, help="the result's name: base or finetuned")
     ap.add_argument("--model", default=None, help="model folder or adapter (default: roles.base)")
     ap.add_argument("--samples", required=True)
-    ap.add_argument("--metrics", default="metrics/eval.json")
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

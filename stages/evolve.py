@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--round", required=True, help="round name in params.yaml evolve.rounds")
     ap.add_argument("--src", required=True)
-    ap.add_argument("--method", default="data/method/method.txt", help="the optimized method (strategy auto)")
+    ap.add_argument("--method", required=True, help="the optimized method (strategy auto)")
     ap.add_argument("--prompts", default="prompts")
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)

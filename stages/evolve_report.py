@@ -39,9 +39,9 @@ def read_round_metrics(path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--metrics-dir", default="metrics/evolve")
-    ap.add_argument("--out", default="metrics/evolve.json")
-    ap.add_argument("--plots", default="metrics/plots")
+    ap.add_argument("--metrics-dir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--plots", required=True)
     args = ap.parse_args()
 
     rounds = sorted(section(load_params(args.params), "evolve")["rounds"].items(), key=lambda kv: kv[1]["index"])

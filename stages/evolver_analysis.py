@@ -1,4 +1,4 @@
-"""evolver_analysis stage (optional): the SLM paper's two evolver analyses on the same seeds, for roles.evolver
+"""evolver_analysis (optional, run by hand: not a dvc.yaml stage): the SLM paper's two evolver analyses on the same seeds, for roles.evolver
 and any models listed in `evolver_analysis.evolvers`.
 
 - top-token probability of the first generated tokens of greedy Evol-Instruct evolutions (paper Fig. 5);

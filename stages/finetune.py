@@ -21,11 +21,11 @@ from evolforge.core.errors import run_stage
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--train", default="data/selected/train.jsonl")
-    ap.add_argument("--out", default="models/sft")
-    ap.add_argument("--metrics", default="metrics/train.json")
-    ap.add_argument("--plot", default="metrics/plots/train_loss.json")
-    ap.add_argument("--live", default="metrics/train_live", help="DVCLive folder for per-step metrics")
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--plot", required=True)
+    ap.add_argument("--live", required=True, help="DVCLive folder for per-step metrics")
     args = ap.parse_args()
 
     params = load_params(args.params)

@@ -23,17 +23,17 @@ from evolforge.core.errors import run_stage
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--responses", default="data/responses")
+    ap.add_argument("--items", required=True)
     ap.add_argument("--prompts", default="prompts")
-    ap.add_argument("--out", default="data/judged")
-    ap.add_argument("--metrics", default="metrics/judge.json")
-    ap.add_argument("--plot", default="metrics/plots/difficulty_levels.json")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--plot", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)
     cfg = load_section(params, "judge")
-    items = read_table(args.responses)
-    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.responses)
+    items = read_table(args.items)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), args.items)
     prompts = PromptLibrary(args.prompts)
     llm = open_role(params, "judge", open_cache(params))
     variant = cfg.score_prompt

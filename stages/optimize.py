@@ -46,10 +46,10 @@ def write_method(out: str, method: str, log: list[dict], meta: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--seed", default="data/seed")
-    ap.add_argument("--out", default="data/method")
-    ap.add_argument("--metrics", default="metrics/optimize.json")
-    ap.add_argument("--plot", default="metrics/plots/optimize.json")
+    ap.add_argument("--seed", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--plot", required=True)
     ap.add_argument("--prompts", default="prompts")
     args = ap.parse_args(argv)
 

@@ -21,10 +21,10 @@ from evolforge.core.records import LINEAGE, read_table, write_json, write_output
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--evol", default="data/responses")
-    ap.add_argument("--autoif", default="data/autoif/responses")
-    ap.add_argument("--out", default="data/pool")
-    ap.add_argument("--metrics", default="metrics/pool.json")
+    ap.add_argument("--evol", required=True)
+    ap.add_argument("--autoif", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     cfg = load_section(load_params(args.params), "autoif")

@@ -30,7 +30,7 @@ MEMO = ".evolforge/model_hashes.json"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", default="models/identity.json")
+    ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

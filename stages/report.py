@@ -16,8 +16,8 @@ from evolforge.core.errors import run_stage
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--root", default=".", help="the version's root folder")
-    ap.add_argument("--out", default="reports/index.html")
+    ap.add_argument("--root", required=True, help="the version's root folder")
+    ap.add_argument("--out", required=True)
     args = ap.parse_args()
     path = build_report(args.out, [args.root], ["workspace"])
     print(f"report: {path} ({path.stat().st_size // 1024} KiB)")

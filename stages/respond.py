@@ -24,11 +24,11 @@ from evolforge.core.errors import run_stage
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--evolved", default="data/evolved", help="folder holding round_<k>/ outputs")
-    ap.add_argument("--seed", default="data/seed")
+    ap.add_argument("--evolved", required=True, help="folder holding round_<k>/ outputs")
+    ap.add_argument("--seed", required=True)
     ap.add_argument("--prompts", default="prompts")
-    ap.add_argument("--out", default="data/responses")
-    ap.add_argument("--metrics", default="metrics/respond.json")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

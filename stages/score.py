@@ -24,10 +24,10 @@ from evolforge.core.errors import run_stage
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--responses", default="data/responses")
-    ap.add_argument("--out", default="data/scores")
-    ap.add_argument("--metrics", default="metrics/score.json")
-    ap.add_argument("--plots", default="metrics/plots")
+    ap.add_argument("--items", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--plots", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)
@@ -35,8 +35,8 @@ def main() -> None:
     role = load_role(params, "scorer")
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
-    items = read_table(args.responses)
-    validation.check(items, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), args.responses)
+    items = read_table(args.items)
+    validation.check(items, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), args.items)
 
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),

@@ -18,8 +18,8 @@ from evolforge.core.records import write_json, write_output
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", default="data/seed")
-    ap.add_argument("--metrics", default="metrics/seed.json")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     cfg = load_section(load_params(args.params), "seed")

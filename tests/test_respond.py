@@ -92,7 +92,7 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}},
               "respond": {"rounds": [1], "repetition": {"ngram": 3}}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
-    monkeypatch.setattr("sys.argv", ["respond", "--params", str(tmp_path / "params.yaml"), "--evolved", str(tmp_path / "evolved"),
+    monkeypatch.setattr("sys.argv", ["respond", "--params", str(tmp_path / "params.yaml"), "--evolved", str(tmp_path / "evolved"), "--seed", str(tmp_path / "seed"),
                                      "--prompts", str(repo / "prompts"), "--out", str(tmp_path / "responses"),
                                      "--metrics", str(tmp_path / "respond.json")])
     stage.main()

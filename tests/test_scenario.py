@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import yaml
 
+from dvc_commands import dvc_args
 from evolforge.steps.scenario import pick_pool
 from evolforge.core.records import LINEAGE, read_table, write_output
 from evolforge.core.validation import DataError
@@ -50,7 +51,7 @@ def run_stage(work: Path, script: str, monkeypatch, capsys) -> tuple[int, str]:
 
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(work)
-    monkeypatch.setattr(sys, "argv", [script])
+    monkeypatch.setattr(sys, "argv", [script, *dvc_args(script)])
     code = 0
     try:
         runpy.run_path(str(repo / "stages" / script), run_name="__main__")
@@ -113,7 +114,7 @@ def test_dvc_yaml_routes_the_pool_through_pick_scenario(repo):
     assert {"data/responses", "data/autoif/responses"} <= set(stages["pick_scenario"]["deps"])
     assert {"autoif.scenario", "autoif.on_empty"} <= set(stages["pick_scenario"]["params"])
     for name in STAGES_READING_THE_POOL:
-        assert "data/pool" in stages[name]["deps"] and "--responses data/pool" in stages[name]["cmd"]
+        assert "data/pool" in stages[name]["deps"] and "--items data/pool" in stages[name]["cmd"]
     for name, stage in stages.items():  # nothing after the switch reads the evol answers directly
         if name not in ("pick_scenario", "report"):
             assert "data/responses" not in stage.get("deps", []), name
