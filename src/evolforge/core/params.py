@@ -13,8 +13,11 @@ the key's full path, what was given and what is allowed::
       evolve.assignment: got "round-robin" (text); allowed: one of "round_robin", "random"
 
 >>> params = load_params("params.yaml")              # doctest: +SKIP
->>> settings = load_section(params, "seed")          # doctest: +SKIP  (a SeedSettings, defaults filled)
->>> role = load_role(params, "evolver")              # doctest: +SKIP
+>>> settings = load_section({"seed": {"source": "data/seeds/demo.jsonl", "limit": 5}}, "seed")
+>>> type(settings).__name__, settings.limit, settings.split   # the defaults filled in
+('SeedSettings', 5, 'train')
+>>> load_role({"roles": {"evolver": {"backend": "hf", "model": "m"}}}, "evolver").batch_size
+8
 
 Values are checked strictly, as YAML typed them: ``"5"`` is not an integer, ``1`` is not ``true``,
 ``2.5`` is not an integer (an integer is accepted where a number is).

@@ -32,7 +32,7 @@ def make_id(*parts: Any) -> str:
     """Stable content-derived id: sha256 of the parts joined by NUL, first 16 hex digits.
 
     >>> make_id("Add 2 and 3", "")
-    '3b2b1b8a2eb3e6d8'
+    '3499d7636a4e947b'
     """
     blob = "\0".join("" if p is None else str(p) for p in parts)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
