@@ -58,56 +58,6 @@ def test_stage_scripts_shadow_no_module(repo):
         assert importlib.util.find_spec(name) is None, f"stages/{script.name} shadows the installed module {name}"
 
 
-def _imported_modules(path, src):
-    """evolforge modules a file imports (at any depth of the file), as repository-relative paths."""
-    import ast
-
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            if not name.startswith("evolforge"):
-                continue
-            parts = name.split(".")
-            for depth in range(2, len(parts) + 1):  # the module and every package above it
-                stem = src.joinpath(*parts[:depth])
-                for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
-                    if candidate.exists():
-                        found.add(candidate)
-    return found
-
-
-def test_stage_deps_cover_every_module_a_stage_imports(repo):
-    """dvc.yaml must list each module a stage runs (directly or through other modules), or `dvc repro`
-    misses a stale stage."""
-    src = repo / "src"
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    problems = []
-    for name, stage in stages.items():
-        stage = stage.get("do", stage)
-        script = repo / re.search(r"python (stages/\w+\.py)", stage["cmd"]).group(1)
-        deps = [d for d in stage["deps"] if isinstance(d, str)]
-        seen, todo = set(), [script]
-        while todo:
-            for module in _imported_modules(todo.pop(), src):
-                if module not in seen:
-                    seen.add(module)
-                    todo.append(module)
-        for module in sorted(seen):
-            rel = module.relative_to(repo).as_posix()
-            if rel == "src/evolforge/__init__.py":
-                continue  # the package docstring and version only
-            if not any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps):
-                problems.append(f"{name}: {rel}")
-        if script.relative_to(repo).as_posix() not in deps:
-            problems.append(f"{name}: its own script")
-    assert not problems, "dvc.yaml deps miss:\n" + "\n".join(problems)
-
-
 def test_respond_depends_on_every_round_it_answers(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     names = {r["index"]: name for name, r in params["evolve"]["rounds"].items()}
