@@ -56,21 +56,42 @@ def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
     return {int(r): int(n) for r, n in sorted(table.group_by("round").len().iter_rows())}
 
 
-def funnel(root: Path) -> list[dict]:
-    """One row per round: in, evolved, failed (by reason), answered, clean (with reasons), judged, selected."""
+def _removed(root: Path) -> dict[int, dict[str, int]]:
+    """Per round, the items dedup and decontaminate dropped, by reason (``data/clean/removed.parquet``)."""
+    path = root / "data" / "clean" / "removed.parquet"
+    if not path.exists():
+        return {}
+    removed = pl.read_parquet(path)
+    if not removed.height or "round" not in removed.columns:
+        return {}
+    # dedup's own reason (exact_duplicate | near_duplicate) when recorded, else the stage that removed it
+    by_stage = {"dedup": "near_duplicate", "decontaminate": "contaminated"}
+    stage = removed["removed_by"] if "removed_by" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
+    detail = removed["dedup_reason"] if "dedup_reason" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
+    reason = [d if s == "dedup" and d else by_stage.get(s or "", s or "removed") for s, d in zip(stage, detail)]
+    labelled = removed.select("round").with_columns(reason=pl.Series(reason, dtype=pl.String))
+    out: dict[int, dict[str, int]] = {}
+    for (r,), part in labelled.group_by(["round"]):
+        counts = part.group_by("reason").len().iter_rows()
+        out[int(r)] = dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
+    return out
+
+
+def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
+    """One row per round: in, evolved, failed (by reason), answered, clean (with the removed by reason), judged,
+    selected. ``selected`` is the selection when it is not yet in ``data/selected`` (the card, written inside
+    the select stage's atomic write, passes the rows it is about to publish)."""
     responses, clean = _table(root, "data/responses"), _table(root, "data/clean")
-    judged, selected = _table(root, "data/judged"), _table(root, "data/selected")
+    judged = _table(root, "data/judged")
+    selected = selected if selected is not None else _table(root, "data/selected")
     answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
-    kept = removed = {}
-    if clean is not None:
-        ok = clean.filter(pl.col("failure_reason").is_null()) if "failure_reason" in clean.columns else clean
-        kept = _by_round(ok)
-        removed = {int(r): _reasons(part) for (r,), part in clean.group_by(["round"])} if "failure_reason" in clean.columns else {}
+    kept = _by_round(clean) if clean is not None else {}
+    removed = _removed(root) if clean is not None else {}
     seed = _table(root, "data/seed")
     rows = []
     if seed is not None:
         rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "failed_by_reason": {},
-                     "answered": answered.get(0), "clean": kept.get(0) if clean is not None else None,
+                     "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None else None) if clean is not None else None,
                      "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
     for path in _rounds(root):
         t = pl.read_parquet(path / TABLE)
@@ -81,6 +102,17 @@ def funnel(root: Path) -> list[dict]:
                      "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": removed.get(r, {}),
                      "judged": judged_n.get(r, 0), "selected": selected_n.get(r, 0)})
     return rows
+
+
+def round_strategies(root: Path) -> list[dict]:
+    """Per evolved round (its ``meta.json``): the strategy asked for, the one used, and why they differ."""
+    out = []
+    for path in _rounds(root):
+        meta = _json(path / META) or {}
+        used = (meta.get("settings") or {}).get("strategy")
+        out.append({"round": meta.get("round", path.name), "requested": meta.get("requested_strategy") or used,
+                    "used": used, "fallback": meta.get("fallback")})
+    return out
 
 
 def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
