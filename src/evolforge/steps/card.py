@@ -135,7 +135,7 @@ def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[d
 
     >>> rows = pl.DataFrame({"round": [0, 0]})
     >>> summary_text(rows, [{"round": 1, "evolved": 0}], [], 1, "ic_ifd")[:60]
-    '2 instruction-response pairs. No instruction evolved: every '
+    '2 instruction-response pairs. No instruction evolved: no evo'
     """
     evolved_total = sum(r["evolved"] or 0 for r in funnel_rows if r["round"] != 0)
     n_rounds = len(strategies) or n_rounds  # the rounds built, when their outputs are there
