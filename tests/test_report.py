@@ -290,3 +290,44 @@ def test_report_shows_what_dedup_and_decontamination_removed(version, tmp_path):
     assert funnel[1]["clean"] == funnel[1]["answered"] - 3
     page = render([("A", collect(copy))])
     assert "near_duplicate: 2<br>exact_duplicate: 1" in page and "contaminated: 1" in page
+
+
+def test_partly_built_workspace_warns_about_stale_metrics(version, tmp_path, capsys):
+    import shutil
+
+    root, _ = version
+    copy = _copy_version(root, tmp_path / "v")
+    assert collect(copy)["warnings"] == []  # no dvc.yaml: a version copied out of a revision, complete by construction
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    for output in ("data/method", "data/pool", "data/clean", "data/diversity", "models/sft", "data/eval_base",
+                   "data/eval", "data/compare"):
+        (copy / output).mkdir(parents=True, exist_ok=True)
+    assert collect(copy)["warnings"] == []  # a workspace where every metric sits beside its output
+    shutil.rmtree(copy / "data" / "evolved")  # a fresh clone that built only the seed and responses
+    shutil.rmtree(copy / "data" / "compare")  # evaluate ran here, compare did not
+    warnings = collect(copy)["warnings"]
+    assert any(w.startswith("metrics/plots/evolve_failures.json present but data/evolved is not") for w in warnings)
+    assert any("metrics/compare.json present but data/compare is not" in w for w in warnings)
+    assert not any("metrics/eval.json" in w for w in warnings)
+    build_report(tmp_path / "index.html", [str(copy)], ["ws"])
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert page.count("<p class='warning'>ws: ") == len(warnings)
+    assert "evolforge report: warning: ws: metrics/compare.json present" in capsys.readouterr().err
+
+
+def test_evaluation_differences_show_their_sample_size(version):
+    from evolforge.report.page import eval_table
+
+    v = {"eval": {"base": {"mbpp/pass@1": 0.5, "mbpp/n": 4, "gsm8k/exact_match_flexible": 0.2, "gsm8k/n": 5},
+                  "finetuned": {"mbpp/pass@1": 0.75, "mbpp/n": 4, "gsm8k/exact_match_flexible": 0.4, "gsm8k/n": 10}}}
+    page = eval_table(v)
+    assert "<th>items (n)</th>" in page
+    assert '<td>mbpp/pass@1</td><td class="num">0.5</td><td class="num">0.75</td><td class="num">0.25</td><td class="num">4</td>' in page
+    assert '<td class="num">5 / 10</td>' in page and "mbpp/n" not in page
+
+
+def test_side_by_side_tables_scroll_in_their_column():
+    from evolforge.report.page import STYLE
+
+    rule = re.search(r"\.side > div \{([^}]*)\}", STYLE).group(1)
+    assert "min-width: 0" in rule and "overflow-x: auto" in rule

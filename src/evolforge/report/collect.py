@@ -227,6 +227,34 @@ def eval_rows(metrics: dict) -> dict | None:
     return {**base, **tuned, "skipped": {**(base.get("skipped") or {}), **(tuned.get("skipped") or {})}}
 
 
+# metrics file (or folder) -> the stage output it describes; a metric whose output is absent was not made by
+# this workspace's data (a committed file from an earlier run) and mixes with what was built here
+METRIC_SOURCES = {
+    "metrics/evolve.json": "data/evolved", "metrics/plots/evolve_failures.json": "data/evolved",
+    "metrics/optimize.json": "data/method", "metrics/respond.json": "data/responses",
+    "metrics/pool.json": "data/pool", "metrics/decontaminate.json": "data/clean", "metrics/judge.json": "data/judged",
+    "metrics/score.json": "data/scores", "metrics/diversity.json": "data/diversity", "metrics/select.json": "data/selected",
+    "metrics/train.json": "models/sft", "metrics/train_live": "models/sft", "metrics/plots/train_loss.json": "models/sft",
+    "metrics/eval_base.json": "data/eval_base", "metrics/eval.json": "data/eval", "metrics/compare.json": "data/compare",
+}
+
+
+def stale_metrics(root: Path) -> list[str]:
+    """Warnings for metrics present beside an absent output: a partly built workspace showing committed numbers.
+
+    Only a pipeline workspace (``dvc.yaml`` at its root) is checked: ``report --compare`` copies out of a git
+    revision or experiment only the files the page reads, metrics of one run by construction."""
+    if not (root / "dvc.yaml").exists():
+        return []
+    stale: dict[str, list[str]] = {}
+    for metric, output in METRIC_SOURCES.items():
+        if (root / metric).exists() and not (root / output).exists():
+            stale.setdefault(output, []).append(metric)
+    return [f"{', '.join(metrics)} present but {output} is not: these numbers come from an earlier run (the "
+            f"committed metrics), not from this workspace's data; run `dvc repro` (or `dvc pull`) to rebuild them"
+            for output, metrics in sorted(stale.items())]
+
+
 def collect(root: str | Path) -> dict[str, Any]:
     """Everything the report shows about the version at ``root``."""
     root = Path(root)
@@ -249,4 +277,5 @@ def collect(root: str | Path) -> dict[str, Any]:
         "provenance": provenance(root),
         "identities": _json(root / "models" / "identity.json"),
         "metrics": metrics,
+        "warnings": stale_metrics(root),
     }
