@@ -49,3 +49,148 @@ def test_first_step_of_the_shipped_schedule_learns():
     old = get_scheduler(cfg.lr_scheduler, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr),
                         num_warmup_steps=1, num_training_steps=total)
     assert old.get_last_lr()[0] == 0.0
+
+
+# --- experiments: the README's `dvc exp show` command and the queue example, on a small DVC repo -------------
+
+def _readme_command(prefix: str) -> list[str]:
+    import re
+    import shlex
+
+    from report_fixture import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    line = next(m.group(0) for m in re.finditer(rf"^{re.escape(prefix)}.*$", text, re.M))
+    return shlex.split(line.split("  #")[0])
+
+
+def _dvc(repo, *args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "160",
+           "DVC_NO_ANALYTICS": "1", **(env or {})}
+    done = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def exp_repo(tmp_path_factory):
+    """A git + DVC repo holding the shipped run's committed metrics files, declared as dvc.yaml declares them,
+    and a stage that rewrites them with one param changed (the selection's size), so experiments differ."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from report_fixture import REPO
+
+    repo = tmp_path_factory.mktemp("exp_repo")
+    shutil.copytree(REPO / "metrics", repo / "shipped")
+    (repo / "params.yaml").write_text("select:\n  top_fraction: 0.3\n")
+    (repo / "rewrite.py").write_text(
+        "import json, pathlib, shutil, yaml\n"
+        "fraction = yaml.safe_load(open('params.yaml'))['select']['top_fraction']\n"
+        "shutil.rmtree('metrics', ignore_errors=True)\nshutil.copytree('shipped', 'metrics')\n"
+        "summary = json.loads(pathlib.Path('metrics/summary.json').read_text())\n"
+        "summary['sel'].update(n=round(16 * fraction), diff=57.125)  # every column filled: the widest table\n"
+        "summary['cost']['usd'] = 12.3456\n"
+        "pathlib.Path('metrics/summary.json').write_text(json.dumps(summary))\n")
+    declared = [m for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
+                for entry in (stage.get("do") or stage).get("metrics", []) for m in entry]
+    files = sorted({m.replace("${key}", k) for m in declared for k in ("round_1", "round_2", "round_3")})
+    files = [f for f in files if (REPO / f).is_file()]
+    assert "metrics/summary.json" in files and "metrics/select.json" in files and len(files) > 12
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"rewrite": {
+        "cmd": "python rewrite.py", "deps": ["rewrite.py", "shipped"], "params": ["select.top_fraction"],
+        "metrics": [{f: {"cache": False}} for f in files]}}}))
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "config", "core.analytics", "false")
+    _dvc(repo, "repro", "-q")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "shipped run"], cwd=repo, check=True)
+    return repo
+
+
+def test_readme_exp_show_fits_160_columns_with_the_headline_metrics(exp_repo):
+    for fraction in ("0.1", "0.5"):
+        _dvc(exp_repo, "exp", "run", "-q", "-S", f"select.top_fraction={fraction}")
+    command = _readme_command("dvc exp show")
+    assert "--keep" in command
+    table = _dvc(exp_repo, *command[1:], "--no-pager")
+    lines = table.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 160 and "…" not in table, table
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header[1:] == ["cost.usd", "ev.gsm8k", "ev.humaneval", "ev.ifeval", "ev.math", "ev.mbpp", "sel.diff",
+                          "sel.icifd", "sel.n", "surv.r1", "surv.r2", "surv.r3"]  # the file's (sorted) order
+    experiments = [line for line in lines if "[" in line]  # `├── 1a2b3c4 [name]` rows
+    assert len(experiments) == 2
+    assert sorted(line.split()[3 + header.index("sel.n")] for line in experiments) == ["2", "8"]  # 16 x 0.1, 16 x 0.5
+    plain = _dvc(exp_repo, "exp", "show", "--no-pager")  # what it replaces: every counter, squeezed into "…"
+    assert "…" in plain or max(len(line) for line in plain.splitlines()) > 160
+
+
+def test_readme_queue_example_queues_two_experiments(exp_repo):
+    command = _readme_command("dvc exp run --queue")
+    assert command[:5] == ["dvc", "exp", "run", "--queue", "-S"] and command[5] == "select.top_fraction=0.1,0.5"
+    _dvc(exp_repo, *command[1:6])
+    status = _dvc(exp_repo, "queue", "status")
+    assert status.count("Queued") == 2, status
+    _dvc(exp_repo, "queue", "remove", "--queued")
+
+
+# --- seeds in chat form -------------------------------------------------------------------------------
+
+def test_chat_format_seed_files_are_read(tmp_path):
+    import json
+
+    import polars as pl
+
+    from evolforge.steps.seed import build_seed
+
+    openai = tmp_path / "messages.jsonl"
+    openai.write_text("\n".join(json.dumps(r) for r in [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."},
+                      {"role": "assistant", "content": "7."}, {"role": "user", "content": "Another?"}]},
+        {"messages": [{"role": "user", "content": "Say hi."}]},
+    ]) + "\n")
+    table = build_seed(str(openai), fmt="chat").table.sort("instruction")
+    assert table.select("instruction", "input", "output").rows() == [("Name a prime.", "", "7."), ("Say hi.", "", "")]
+
+    sharegpt = tmp_path / "sharegpt.parquet"
+    pl.DataFrame({"conversations": [[{"from": "human", "value": "Sum 2 and 3."}, {"from": "gpt", "value": "5"}]]}).write_parquet(sharegpt)
+    assert build_seed(str(sharegpt), fmt="chat").table.select("instruction", "output").rows() == [("Sum 2 and 3.", "5")]
+
+
+def test_chat_and_prompt_files_get_errors_that_say_how_to_read_them(tmp_path):
+    import json
+
+    from evolforge.core.validation import DataError
+    from evolforge.steps.seed import build_seed
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n"
+                    + json.dumps({"messages": [{"role": "assistant", "content": "Hello"}]}) + "\n")
+    with pytest.raises(DataError, match="seed.format: chat"):
+        build_seed(str(chat))
+    with pytest.raises(DataError, match=r"row 2.*a chat record has a user turn.*\['assistant'\]"):
+        build_seed(str(chat), fmt="chat")
+    prompt = tmp_path / "pairs.jsonl"
+    prompt.write_text(json.dumps({"prompt": "Add 1 and 1.", "completion": "2"}) + "\n")
+    with pytest.raises(DataError, match=r"seed.fields: \{instruction: prompt, output: completion\}"):
+        build_seed(str(prompt))
+    table = build_seed(str(prompt), fields={"instruction": "prompt", "output": "completion"}).table
+    assert table.select("instruction", "output").rows() == [("Add 1 and 1.", "2")]
+
+
+def test_chat_format_is_a_params_choice():
+    from evolforge.core.params import load_section
+
+    assert load_section({"seed": {"source": "x.jsonl", "format": "chat"}}, "seed").format == "chat"
