@@ -132,7 +132,7 @@ def test_readme_exp_show_fits_160_columns_with_the_headline_metrics(exp_repo):
                           "sel.icifd", "sel.n", "surv.r1", "surv.r2", "surv.r3"]  # the file's (sorted) order
     experiments = [line for line in lines if "[" in line]  # `├── 1a2b3c4 [name]` rows
     assert len(experiments) == 2
-    assert sorted(line.split()[3 + header.index("sel.n")] for line in experiments) == ["2", "8"]  # 16 x 0.1, 16 x 0.5
+    assert sorted(line.split()[2 + header.index("sel.n")] for line in experiments) == ["2", "8"]  # 16 x 0.1, 16 x 0.5
     plain = _dvc(exp_repo, "exp", "show", "--no-pager")  # what it replaces: every counter, squeezed into "…"
     assert "…" in plain or max(len(line) for line in plain.splitlines()) > 160
 
