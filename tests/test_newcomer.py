@@ -194,3 +194,60 @@ def test_chat_format_is_a_params_choice():
     from evolforge.core.params import load_section
 
     assert load_section({"seed": {"source": "x.jsonl", "format": "chat"}}, "seed").format == "chat"
+
+
+# --- server roles: a stated identity, and a warning when the name alone stands for the weights ------------
+
+@pytest.fixture
+def _no_proxy(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _served(url: str, **extra):
+    from evolforge.llm import Role
+
+    return Role.from_params("evolver", {"backend": "openai", "model": "test-model", "base_url": url,
+                                        "timeout_s": 2, **extra})
+
+
+def test_a_server_without_get_models_is_pinned_by_its_stated_identity(_no_proxy):
+    import socket
+
+    from evolforge.core.models import ModelError
+    from evolforge.llm import resolve_identity
+
+    with socket.socket() as s:  # a port nothing listens on: the server is not asked
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with pytest.raises(ModelError, match="cannot list the models"):
+        resolve_identity(_served(dead))
+    stated = resolve_identity(_served(dead, served_identity="weights-2024-06-01"))
+    assert stated == {"served_model": "test-model", "stated": "weights-2024-06-01"}
+    assert resolve_identity(_served(dead, served_identity="v2")) != stated  # new weights, new cache keys
+
+
+def test_served_identity_is_for_servers_only():
+    from evolforge.core.params import ParamsError
+    from evolforge.llm import Role
+
+    with pytest.raises(ParamsError, match="served_identity: only an openai role"):
+        Role.from_params("evolver", {"backend": "hf", "model": "models/x", "served_identity": "v1"})
+
+
+@pytest.mark.parametrize("listed, extra, warns", [
+    (("test-model",), {}, True),                                           # a bare id: nothing follows the weights
+    (({"id": "test-model", "root": "/models/a", "max_model_len": 4096},), {}, False),  # vLLM reports its weights
+    (("test-model",), {"revision": "2024-06-01"}, False),                  # the user labels the weights
+])
+def test_warns_when_the_server_reports_nothing_that_changes_with_the_weights(_no_proxy, caplog, listed, extra, warns):
+    import logging
+
+    from fake_openai import FakeOpenAIServer, chat_body
+    from evolforge.llm.openai_api import served_model_identity
+
+    with FakeOpenAIServer(lambda body: (200, chat_body("ok"), {}), listed) as server, \
+            caplog.at_level(logging.WARNING, logger="evolforge.llm.openai_api"):
+        identity = served_model_identity(_served(server.base_url, **extra))
+    assert identity["served_model"] == "test-model" and identity.get("revision") == extra.get("revision")
+    assert ("changes with its weights" in caplog.text and "roles.evolver.revision" in caplog.text) == warns
