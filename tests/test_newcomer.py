@@ -251,3 +251,61 @@ def test_warns_when_the_server_reports_nothing_that_changes_with_the_weights(_no
         identity = served_model_identity(_served(server.base_url, **extra))
     assert identity["served_model"] == "test-model" and identity.get("revision") == extra.get("revision")
     assert ("changes with its weights" in caplog.text and "roles.evolver.revision" in caplog.text) == warns
+
+
+# --- a stage refused under dvc repro keeps its previous outputs -------------------------------------------
+
+STAGE = '''
+import pathlib, sys, yaml
+from evolforge.core.errors import run_stage
+from evolforge.core.records import atomic_dir
+
+def main():
+    n = yaml.safe_load(open("params.yaml"))["n"]
+    if n < 0:
+        raise FileNotFoundError(f"params.yaml n: got {n}; refused")
+    with atomic_dir("data/out") as tmp:
+        for i in range(n):
+            (tmp / f"part_{i}.txt").write_text(f"row {i}\\n")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "meta.txt").write_text(f"n={n}\\n")
+    pathlib.Path("single.txt").write_text(f"n={n}\\n")
+
+run_stage(main, name="toy")
+'''
+
+
+def test_a_stage_refused_under_dvc_repro_keeps_its_previous_outputs(tmp_path):
+    import subprocess
+
+    import yaml
+
+    from report_fixture import REPO
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "stage.py").write_text(STAGE)
+    (repo / "params.yaml").write_text("n: 2\n")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": {
+        "cmd": "python stage.py", "deps": ["stage.py"], "params": ["n"], "outs": ["data/out", "single.txt"]}}}))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    env = {"PYTHONPATH": str(REPO / "src")}
+    _dvc(repo, "init", "-q")
+    _dvc(repo, "repro", "-q", env=env)
+    before = sorted(p.relative_to(repo).as_posix() for p in (repo / "data" / "out").rglob("*") if p.is_file())
+    assert before == ["data/out/part_0.txt", "data/out/part_1.txt", "data/out/sub/meta.txt"]
+
+    (repo / "params.yaml").write_text("n: -1\n")
+    import os
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode != 0 and "toy: error: params.yaml n: got -1; refused" in done.stderr
+    assert "the previous outputs are back in place (from DVC's cache): data/out, single.txt" in done.stderr
+    after = sorted(p.relative_to(repo).as_posix() for p in (repo / "data" / "out").rglob("*") if p.is_file())
+    assert after == before and (repo / "data" / "out" / "sub" / "meta.txt").read_text() == "n=2\n"
+    assert (repo / "single.txt").read_text() == "n=2\n"
+    (repo / "params.yaml").write_text("n: 2\n")
+    assert "up to date" in _dvc(repo, "status")  # what is back is what dvc.lock records
