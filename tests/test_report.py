@@ -331,3 +331,18 @@ def test_side_by_side_tables_scroll_in_their_column():
 
     rule = re.search(r"\.side > div \{([^}]*)\}", STYLE).group(1)
     assert "min-width: 0" in rule and "overflow-x: auto" in rule
+
+
+def test_charts_read_well_with_few_points_and_two_sets(version):
+    """The selection's histogram shares the pool's bins (bars of one width); step charts tick whole steps from zero."""
+    root, _ = version
+    v = collect(root)
+    for col in ("ifd", "ic_ifd", "mnd"):
+        pool = [(b["bin_low"], b["bin_high"]) for b in v["histograms"][col] if b["set"] == "pool"]
+        chosen = [(b["bin_low"], b["bin_high"]) for b in v["histograms"][col] if b["set"] == "selected"]
+        assert chosen == pool
+    for name in ("optimize", "train_loss"):
+        content = spec([("A", v)], next(c for c in CHARTS if c[0] == name))
+        enc = content["encoding"]
+        assert content["mark"]["point"] is True and enc["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
+        assert enc["y"]["scale"]["zero"] is True and enc["color"]["field"] == "rev"

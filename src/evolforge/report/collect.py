@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from evolforge.core.records import EVOLVED, META, TABLE
@@ -161,15 +162,26 @@ def judge_levels(root: Path) -> list[dict]:
     return out
 
 
+def _on_bins(bins: list[dict], values: list[float | None]) -> list[dict]:
+    """Counts of ``values`` over the same bins (``histogram`` output), so two sets' bars line up."""
+    if not bins:
+        return []
+    edges = np.asarray([b["bin_low"] for b in bins] + [bins[-1]["bin_high"]], dtype=float)
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    counts, _ = np.histogram(x[np.isfinite(x)], bins=edges)
+    return [{**b, "count": int(c)} for b, c in zip(bins, counts)]
+
+
 def score_histograms(root: Path) -> dict[str, list[dict]]:
     """IFD, IC-IFD and MND histograms of the scored pool, and of the selection when there is one."""
     scores, selected = _table(root, "data/scores"), _table(root, "data/selected")
     out = {}
     for col in ("ifd", "ic_ifd", "mnd"):
         if scores is not None and col in scores.columns:
-            out[col] = [{**b, "set": "pool"} for b in histogram(scores[col].to_list())]
-            if selected is not None and col in selected.columns:
-                out[col] += [{**b, "set": "selected"} for b in histogram(selected[col].to_list())]
+            bins = histogram(scores[col].to_list())
+            out[col] = [{**b, "set": "pool"} for b in bins]
+            if selected is not None and col in selected.columns:  # on the pool's bins: bars of one width
+                out[col] += [{**b, "set": "selected"} for b in _on_bins(bins, selected[col].to_list())]
         else:
             plot = _json(root / "metrics" / "plots" / f"{col}_hist.json")
             if plot:
