@@ -309,3 +309,32 @@ def test_a_stage_refused_under_dvc_repro_keeps_its_previous_outputs(tmp_path):
     assert (repo / "single.txt").read_text() == "n=2\n"
     (repo / "params.yaml").write_text("n: 2\n")
     assert "up to date" in _dvc(repo, "status")  # what is back is what dvc.lock records
+
+
+def test_headline_metrics_of_a_version(tmp_path):
+    import json
+
+    import polars as pl
+
+    from evolforge.core.records import write_json, write_output
+    from evolforge.report.summary import headline
+
+    assert headline(tmp_path) == {"surv": {}, "sel": {"n": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}}
+    m = tmp_path / "metrics"
+    write_json(m / "evolve.json", {"round_1": {"in": 16, "evolved": 4}, "round_2": {"in": 16, "evolved": 0},
+                                   "total": {"in": 32, "evolved": 4}})
+    write_json(m / "select.json", {"selected": 3, "selected_mean_ic_ifd": 0.9})
+    write_json(m / "eval.json", {"finetuned": {"mbpp/pass@1": 0.75, "mbpp/n": 4, "ifeval/prompt_level_strict_acc": 0.2,
+                                               "ifeval/inst_level_loose_acc": 0.5}})
+    write_json(m / "judge.json", {"llm": {"judge": {"calls": 3, "cost": 0.25}}})
+    write_json(m / "evolve" / "round_1.json", {"llm": {"evolver": {"cost": 1.5}, "responder": {"calls": 2}}})
+    write_output(tmp_path / "data" / "selected", pl.DataFrame({"id": ["a", "b", "c"], "difficulty_score": [10.0, 20.0, 60.0],
+                                                              "ic_ifd": [0.1, 0.2, 0.3]}))
+    h = headline(tmp_path)
+    assert h["surv"] == {"r1": 0.25, "r2": 0.0}
+    assert h["sel"] == {"n": 3, "diff": 30.0, "icifd": 0.2}  # the selection's own rows, not select.json's 0.9
+    assert h["ev"] == {"mbpp": 0.75, "ifeval": 0.2}
+    assert h["cost"] == {"usd": 1.75}
+    write_json(m / "summary.json", h)  # the file itself is never counted twice
+    assert headline(tmp_path)["cost"] == {"usd": 1.75}
+    assert json.loads((m / "summary.json").read_text())["sel"]["n"] == 3
