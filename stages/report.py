@@ -3,7 +3,7 @@
 Reads:  data/seed, data/evolved/round_*, data/responses, data/clean (when present), data/judged, data/scores,
         data/selected, metrics/*.json, metrics/plots/, metrics/train_live/, models/identity.json (when present)
 Writes: reports/index.html (self-contained: the Vega libraries are inlined; no request leaves the page);
-        --summary metrics/summary.json: the headline metrics `dvc exp show` compares (report/summary.py)
+        --metrics metrics/summary.json: the headline metrics `dvc exp show` compares (report/summary.py)
 Params: none (the page shows what the other stages wrote)
 
 Two versions side by side (not a stage; experiments or folders): evolforge report --compare A B
@@ -21,10 +21,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--root", default=".", help="the version's root folder")
     ap.add_argument("--out", default="reports/index.html")
-    ap.add_argument("--summary", default=None, help="write the headline metrics here (metrics/summary.json)")
+    ap.add_argument("--metrics", required=True, help="the headline metrics (metrics/summary.json)")
     args = ap.parse_args()
-    if args.summary:
-        write_json(args.summary, headline(args.root))
+    write_json(args.metrics, headline(args.root))
     path = build_report(args.out, [args.root], ["workspace"])
     print(f"report: {path} ({path.stat().st_size // 1024} KiB)")
 
