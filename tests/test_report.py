@@ -211,3 +211,138 @@ def test_export_draws_svg_and_png_offline(version, tmp_path):
     assert png[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="format"):
         export_plots(tmp_path, "gif", specs=specs)
+
+
+def _copy_version(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_card_counts_come_from_the_selection_being_written(version, tmp_path):
+    """The select stage writes the card inside its atomic write, before data/selected exists."""
+    import shutil
+
+    root, expected = version
+    copy = _copy_version(root, tmp_path / "v")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    shutil.copy(copy / "data" / "selected" / "items.parquet", staging / "items.parquet")
+    shutil.rmtree(copy / "data" / "selected")
+    text = write_card(staging, copy, yaml.safe_load((REPO / "params.yaml").read_text())).read_text(encoding="utf-8")
+    selected = pl.read_parquet(staging / "items.parquet")
+    rows = [line for line in text.splitlines() if re.match(r"\| [123] \|", line)]
+    per_round = {int(line.split("|")[1]): int(line.split("|")[-2]) for line in rows}
+    assert per_round == {k: int((selected["round"] == k).sum()) for k in (1, 2, 3)}
+    assert sum(per_round.values()) == expected["selected"] > 0
+    evolved = sum(expected["evolved"].values())
+    assert f"{expected['selected']} instruction-response pairs: {expected['selected']} with instructions evolved" in text
+    assert f"({evolved} rewrites survived over 3 round(s)" in text and "No instruction evolved" not in text
+
+
+def _nothing_evolved_version(root):
+    """A version whose one round failed entirely after `auto` fell back to the hand-written methods."""
+    from evolforge.core.records import make_id, write_output
+
+    seeds = pl.DataFrame([{"id": make_id(f"s{i}"), "root_id": make_id(f"s{i}"), "parent_id": None, "round": 0,
+                           "method": "seed", "status": "seed", "failure_reason": None, "instruction": f"Seed {i}.",
+                           "input": "", "output": f"Answer {i}."} for i in range(4)],
+                         schema_overrides={"parent_id": pl.String, "failure_reason": pl.String})
+    write_output(root / "data" / "seed", seeds)
+    failed = seeds.with_columns(parent_id=pl.col("id"), id=pl.col("id") + "x", round=pl.lit(1, pl.Int64),
+                                method=pl.lit("deepening"), status=pl.lit("failed"),
+                                failure_reason=pl.lit("copied_template_words"))
+    write_output(root / "data" / "evolved" / "round_1", failed,
+                 meta={"round": "round_1", "settings": {"strategy": "evol"}, "requested_strategy": "auto",
+                       "fallback": "evolve.strategy auto falls back to evol: the evolver cannot follow the method"})
+    write_output(root / "data" / "responses", seeds)
+    write_output(root / "data" / "selected", seeds.head(3))
+
+
+def test_card_says_nothing_evolved_and_names_the_fallback(tmp_path):
+    _nothing_evolved_version(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    text = write_card(tmp_path / "data" / "selected", tmp_path, params).read_text(encoding="utf-8")
+    intro = text.split("\n# ", 1)[1].split("\n\n")[1]
+    assert intro.startswith("3 instruction-response pairs. No instruction evolved: 1 round(s) of evolution were run")
+    assert "seed instructions" in intro and "Evol-Instruct" not in intro
+    assert "**Evolution**: strategy `auto` requested, used `evol` (evolve.strategy auto falls back to evol" in text
+    assert "| seed | 4 |  |  |  | 4 |  |  | 3 |" in text and "| 1 | 4 | 0 | 4 | copied_template_words: 4 |" in text
+
+
+def test_report_shows_what_dedup_and_decontamination_removed(version, tmp_path):
+    from evolforge.core.records import write_output
+
+    root, _ = version
+    copy = _copy_version(root, tmp_path / "v")
+    responses = pl.read_parquet(copy / "data" / "responses" / "items.parquet")
+    r1 = responses.filter(pl.col("round") == 1)
+    removed = pl.concat([r1.head(2).with_columns(removed_by=pl.lit("dedup"), dedup_reason=pl.lit("near_duplicate")),
+                         r1.slice(2, 1).with_columns(removed_by=pl.lit("dedup"), dedup_reason=pl.lit("exact_duplicate")),
+                         responses.filter(pl.col("round") == 2).head(1).with_columns(
+                             removed_by=pl.lit("decontaminate"), dedup_reason=pl.lit(None, pl.String))])
+    kept = responses.join(removed.select("id"), on="id", how="anti")
+    write_output(copy / "data" / "clean", kept, tables={"removed.parquet": removed})
+    funnel = {r["round"]: r for r in collect(copy)["funnel"]}
+    assert funnel[1]["removed_by_reason"] == {"near_duplicate": 2, "exact_duplicate": 1}
+    assert funnel[2]["removed_by_reason"] == {"contaminated": 1} and funnel[3]["removed_by_reason"] == {}
+    assert funnel[1]["clean"] == funnel[1]["answered"] - 3
+    page = render([("A", collect(copy))])
+    assert "near_duplicate: 2<br>exact_duplicate: 1" in page and "contaminated: 1" in page
+
+
+def test_partly_built_workspace_warns_about_stale_metrics(version, tmp_path, capsys):
+    import shutil
+
+    root, _ = version
+    copy = _copy_version(root, tmp_path / "v")
+    assert collect(copy)["warnings"] == []  # no dvc.yaml: a version copied out of a revision, complete by construction
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    for output in ("data/method", "data/pool", "data/clean", "data/diversity", "models/sft", "data/eval_base",
+                   "data/eval", "data/compare"):
+        (copy / output).mkdir(parents=True, exist_ok=True)
+    assert collect(copy)["warnings"] == []  # a workspace where every metric sits beside its output
+    shutil.rmtree(copy / "data" / "evolved")  # a fresh clone that built only the seed and responses
+    shutil.rmtree(copy / "data" / "compare")  # evaluate ran here, compare did not
+    warnings = collect(copy)["warnings"]
+    assert any(w.startswith("metrics/plots/evolve_failures.json present but data/evolved is not") for w in warnings)
+    assert any("metrics/compare.json present but data/compare is not" in w for w in warnings)
+    assert not any("metrics/eval.json" in w for w in warnings)
+    build_report(tmp_path / "index.html", [str(copy)], ["ws"])
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert page.count("<p class='warning'>ws: ") == len(warnings)
+    assert "evolforge report: warning: ws: metrics/compare.json present" in capsys.readouterr().err
+
+
+def test_evaluation_differences_show_their_sample_size(version):
+    from evolforge.report.page import eval_table
+
+    v = {"eval": {"base": {"mbpp/pass@1": 0.5, "mbpp/n": 4, "gsm8k/exact_match_flexible": 0.2, "gsm8k/n": 5},
+                  "finetuned": {"mbpp/pass@1": 0.75, "mbpp/n": 4, "gsm8k/exact_match_flexible": 0.4, "gsm8k/n": 10}}}
+    page = eval_table(v)
+    assert "<th>items (n)</th>" in page
+    assert '<td>mbpp/pass@1</td><td class="num">0.5</td><td class="num">0.75</td><td class="num">0.25</td><td class="num">4</td>' in page
+    assert '<td class="num">5 / 10</td>' in page and "mbpp/n" not in page
+
+
+def test_side_by_side_tables_scroll_in_their_column():
+    from evolforge.report.page import STYLE
+
+    rule = re.search(r"\.side > div \{([^}]*)\}", STYLE).group(1)
+    assert "min-width: 0" in rule and "overflow-x: auto" in rule
+
+
+def test_charts_read_well_with_few_points_and_two_sets(version):
+    """The selection's histogram shares the pool's bins (bars of one width); step charts tick whole steps from zero."""
+    root, _ = version
+    v = collect(root)
+    for col in ("ifd", "ic_ifd", "mnd"):
+        pool = [(b["bin_low"], b["bin_high"]) for b in v["histograms"][col] if b["set"] == "pool"]
+        chosen = [(b["bin_low"], b["bin_high"]) for b in v["histograms"][col] if b["set"] == "selected"]
+        assert chosen == pool
+    for name in ("optimize", "train_loss"):
+        content = spec([("A", v)], next(c for c in CHARTS if c[0] == name))
+        enc = content["encoding"]
+        assert content["mark"]["point"] is True and enc["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
+        assert enc["y"]["scale"]["zero"] is True and enc["color"]["field"] == "rev"

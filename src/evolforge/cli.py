@@ -6,6 +6,7 @@
     evolforge card [--selected data/selected]
     evolforge push-to-hub REPO_ID [--selected data/selected] [--private]
     evolforge check [params.yaml]      check the whole params file against the schema (docs/params.md)
+    evolforge --version
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from evolforge import __version__
 from evolforge.steps.lineage import chain, format_chain
 from evolforge.core.errors import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="evolforge", description="evolforge helpers")
+    ap.add_argument("--version", action="version", version=f"evolforge {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     lin = sub.add_parser("lineage", help="print the chain of one item from its seed to its last round")
     lin.add_argument("item_id", help="an item id (or a unique prefix)")

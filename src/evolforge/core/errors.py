@@ -7,7 +7,9 @@ Refusals (bad params, bad data, a missing model) are already written for people:
 row, the field and the rule, and are printed as they are. Anything else is printed as one line too, with
 its type, since a traceback is for whoever debugs the code: ``--debug`` on the command line (taken out
 before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it. Outputs are written whole or not
-at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing partial behind.
+at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing partial behind; under ``dvc repro``,
+which removes a stage's outputs before running it, a failed stage puts its previous ones back from DVC's
+cache (:mod:`evolforge.core.restore`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Callable
+
+from evolforge.core.restore import restore_under_dvc
 
 EXIT_REFUSED = 2  # bad input or params: fix the input
 EXIT_FAILED = 1  # anything else
@@ -67,11 +71,15 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     except SystemExit as exit_:
         if isinstance(exit_.code, str):  # a stage's own `raise SystemExit("message")`
             exit_.code = _with_params_file(exit_.code, sys.argv)
+        if exit_.code not in (None, 0):
+            restore_under_dvc(name)
         raise
     except KeyboardInterrupt:
         print(f"{name}: interrupted; nothing was written", file=sys.stderr)
+        restore_under_dvc(name)
         sys.exit(130)
     except BaseException as err:  # noqa: BLE001 - the one place a stage's errors become messages
+        restore_under_dvc(name)  # dvc repro removed the outputs before running: put them back
         if debug:
             raise
         message = _with_params_file(str(err), sys.argv)

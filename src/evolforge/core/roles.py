@@ -94,6 +94,9 @@ class Role:
     # or several replicas of one model (e.g. one `vllm serve` per GPU), instead of base_url
     base_urls: list[NonEmptyStr] | None = None
     api_key_env: str | None = None  # the NAME of the environment variable holding the key
+    # openai: the identity you state for a server without GET /models (e.g. the weights' sha or a release
+    # tag; change it when the weights change): the models stage then does not ask the server
+    served_identity: NonEmptyStr | None = None
     concurrency: PositiveInt = 8  # requests in flight per server (per replica with base_urls)
     timeout_s: PositiveFloat = 120.0
     max_retries: NonNegativeInt = 5
@@ -172,6 +175,9 @@ class Role:
                 or backoff < 0):
             problems.append(f"{where}.extra.backoff_s: got {json.dumps(backoff, default=str)}; allowed: a number "
                             "of seconds >= 0 (the first retry's wait, doubled on each retry; default 1)")
+        if self.served_identity is not None and self.backend != "openai":
+            problems.append(f"{where}.served_identity: only an openai role states its identity; the others are pinned "
+                            "from their weights or hub revision")
         if self.batch_api and self.backend != "openai":
             problems.append(f"{where}.batch_api: only an openai role can use a provider's batch API")
         if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:

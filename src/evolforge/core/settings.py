@@ -67,7 +67,7 @@ class SeedSettings:
     """``seed``."""
 
     source: NonEmptyStr  # a local .jsonl/.json/.parquet/.csv file, or a Hugging Face dataset id
-    format: Literal["auto", "alpaca", "gsm8k", "code_alpaca"] = "auto"
+    format: Literal["auto", "alpaca", "gsm8k", "code_alpaca", "chat"] = "auto"  # chat: messages / ShareGPT
     fields: dict[Literal["instruction", "input", "output"], NonEmptyStr | None] = field(default_factory=dict)  # instruction: never null
     config: str | None = None  # hub dataset config
     split: NonEmptyStr = "train"

@@ -839,14 +839,19 @@ _MODEL_FIELDS = ("root", "parent", "max_model_len")
 
 def served_model_identity(role: Role) -> dict[str, Any]:
     """Pin an openai role's model: ``GET {base_url}/models`` must list ``role.model``; the identity is the
-    served model id (plus ``revision`` when the role gives one), never the URL, so moving a server
+    served model id (plus ``revision`` when the role gives one: the label of the weights, which a server does not
+    always report; warned about when it reports nothing that changes with them), never the URL, so moving a server
     keeps the cache. With ``base_urls`` every replica must list the model, with the same weights
     (``root``) and context (``max_model_len``) where the server says; otherwise one cache key would
-    stand for two models, and the role is refused."""
+    stand for two models, and the role is refused. ``served_identity`` (a server without ``GET /models``) is
+    taken as stated, and the server is not asked."""
     import aiohttp
 
     if not role.urls:
         raise ValueError(f"params.yaml roles.{role.name}: backend 'openai' needs base_url (or base_urls)")
+    if role.served_identity is not None:  # a server without GET /models: the identity the user states
+        return {"served_model": role.model, "stated": role.served_identity,
+                **({"revision": role.revision} if role.revision else {})}
     key = api_key(role)
     headers = {"Accept": "application/json", "User-Agent": "evolforge"}
     if key:
@@ -890,6 +895,12 @@ def served_model_identity(role: Role) -> dict[str, Any]:
                 f"params.yaml roles.{role.name}.base_urls: the replicas serve different models under the name "
                 f"{role.model!r}: {urls[0]} reports {entries[0]}, {url} reports {entry}; every replica must run "
                 f"the same weights and max_model_len (one cache key stands for all of them)")
+    if not entries[0] and not role.revision:
+        # the name alone stands for the model: new weights served under it would get the old cached answers
+        log.warning("roles.%s: %s reports nothing about %r that changes with its weights (no %s); answers are "
+                    "cached under the name alone, so new weights served under it reuse them: set roles.%s.revision "
+                    "to a label you change with the weights (README: model roles)", role.name, urls[0], role.model,
+                    " / ".join(_MODEL_FIELDS), role.name)
     ident: dict[str, Any] = {"served_model": role.model}
     if role.revision:
         ident["revision"] = role.revision

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from evolforge.report.collect import READS, collect
@@ -60,6 +61,8 @@ def build_report(out: str | Path, sources: list[str], labels: list[str] | None =
         for label, source in zip(labels, sources):
             data = collect(resolve(source, Path(tmp), repo))
             data["root"] = source  # a revision's copy lives in a temporary folder: name the revision
+            for warning in data["warnings"]:  # also on the page, above the first section
+                print(f"evolforge report: warning: {label}: {warning}", file=sys.stderr)
             versions.append((label, data))
         text = render(versions)
     out = Path(out)

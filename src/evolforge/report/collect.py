@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from evolforge.core.records import EVOLVED, META, TABLE
@@ -56,21 +57,42 @@ def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
     return {int(r): int(n) for r, n in sorted(table.group_by("round").len().iter_rows())}
 
 
-def funnel(root: Path) -> list[dict]:
-    """One row per round: in, evolved, failed (by reason), answered, clean (with reasons), judged, selected."""
+def _removed(root: Path) -> dict[int, dict[str, int]]:
+    """Per round, the items dedup and decontaminate dropped, by reason (``data/clean/removed.parquet``)."""
+    path = root / "data" / "clean" / "removed.parquet"
+    if not path.exists():
+        return {}
+    removed = pl.read_parquet(path)
+    if not removed.height or "round" not in removed.columns:
+        return {}
+    # dedup's own reason (exact_duplicate | near_duplicate) when recorded, else the stage that removed it
+    by_stage = {"dedup": "near_duplicate", "decontaminate": "contaminated"}
+    stage = removed["removed_by"] if "removed_by" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
+    detail = removed["dedup_reason"] if "dedup_reason" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
+    reason = [d if s == "dedup" and d else by_stage.get(s or "", s or "removed") for s, d in zip(stage, detail)]
+    labelled = removed.select("round").with_columns(reason=pl.Series(reason, dtype=pl.String))
+    out: dict[int, dict[str, int]] = {}
+    for (r,), part in labelled.group_by(["round"]):
+        counts = part.group_by("reason").len().iter_rows()
+        out[int(r)] = dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
+    return out
+
+
+def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
+    """One row per round: in, evolved, failed (by reason), answered, clean (with the removed by reason), judged,
+    selected. ``selected`` is the selection when it is not yet in ``data/selected`` (the card, written inside
+    the select stage's atomic write, passes the rows it is about to publish)."""
     responses, clean = _table(root, "data/responses"), _table(root, "data/clean")
-    judged, selected = _table(root, "data/judged"), _table(root, "data/selected")
+    judged = _table(root, "data/judged")
+    selected = selected if selected is not None else _table(root, "data/selected")
     answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
-    kept = removed = {}
-    if clean is not None:
-        ok = clean.filter(pl.col("failure_reason").is_null()) if "failure_reason" in clean.columns else clean
-        kept = _by_round(ok)
-        removed = {int(r): _reasons(part) for (r,), part in clean.group_by(["round"])} if "failure_reason" in clean.columns else {}
+    kept = _by_round(clean) if clean is not None else {}
+    removed = _removed(root) if clean is not None else {}
     seed = _table(root, "data/seed")
     rows = []
     if seed is not None:
         rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "failed_by_reason": {},
-                     "answered": answered.get(0), "clean": kept.get(0) if clean is not None else None,
+                     "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None else None) if clean is not None else None,
                      "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
     for path in _rounds(root):
         t = pl.read_parquet(path / TABLE)
@@ -81,6 +103,17 @@ def funnel(root: Path) -> list[dict]:
                      "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": removed.get(r, {}),
                      "judged": judged_n.get(r, 0), "selected": selected_n.get(r, 0)})
     return rows
+
+
+def round_strategies(root: Path) -> list[dict]:
+    """Per evolved round (its ``meta.json``): the strategy asked for, the one used, and why they differ."""
+    out = []
+    for path in _rounds(root):
+        meta = _json(path / META) or {}
+        used = (meta.get("settings") or {}).get("strategy")
+        out.append({"round": meta.get("round", path.name), "requested": meta.get("requested_strategy") or used,
+                    "used": used, "fallback": meta.get("fallback")})
+    return out
 
 
 def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
@@ -129,15 +162,26 @@ def judge_levels(root: Path) -> list[dict]:
     return out
 
 
+def _on_bins(bins: list[dict], values: list[float | None]) -> list[dict]:
+    """Counts of ``values`` over the same bins (``histogram`` output), so two sets' bars line up."""
+    if not bins:
+        return []
+    edges = np.asarray([b["bin_low"] for b in bins] + [bins[-1]["bin_high"]], dtype=float)
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    counts, _ = np.histogram(x[np.isfinite(x)], bins=edges)
+    return [{**b, "count": int(c)} for b, c in zip(bins, counts)]
+
+
 def score_histograms(root: Path) -> dict[str, list[dict]]:
     """IFD, IC-IFD and MND histograms of the scored pool, and of the selection when there is one."""
     scores, selected = _table(root, "data/scores"), _table(root, "data/selected")
     out = {}
     for col in ("ifd", "ic_ifd", "mnd"):
         if scores is not None and col in scores.columns:
-            out[col] = [{**b, "set": "pool"} for b in histogram(scores[col].to_list())]
-            if selected is not None and col in selected.columns:
-                out[col] += [{**b, "set": "selected"} for b in histogram(selected[col].to_list())]
+            bins = histogram(scores[col].to_list())
+            out[col] = [{**b, "set": "pool"} for b in bins]
+            if selected is not None and col in selected.columns:  # on the pool's bins: bars of one width
+                out[col] += [{**b, "set": "selected"} for b in _on_bins(bins, selected[col].to_list())]
         else:
             plot = _json(root / "metrics" / "plots" / f"{col}_hist.json")
             if plot:
@@ -195,6 +239,34 @@ def eval_rows(metrics: dict) -> dict | None:
     return {**base, **tuned, "skipped": {**(base.get("skipped") or {}), **(tuned.get("skipped") or {})}}
 
 
+# metrics file (or folder) -> the stage output it describes; a metric whose output is absent was not made by
+# this workspace's data (a committed file from an earlier run) and mixes with what was built here
+METRIC_SOURCES = {
+    "metrics/evolve.json": "data/evolved", "metrics/plots/evolve_failures.json": "data/evolved",
+    "metrics/optimize.json": "data/method", "metrics/respond.json": "data/responses",
+    "metrics/pool.json": "data/pool", "metrics/decontaminate.json": "data/clean", "metrics/judge.json": "data/judged",
+    "metrics/score.json": "data/scores", "metrics/diversity.json": "data/diversity", "metrics/select.json": "data/selected",
+    "metrics/train.json": "models/sft", "metrics/train_live": "models/sft", "metrics/plots/train_loss.json": "models/sft",
+    "metrics/eval_base.json": "data/eval_base", "metrics/eval.json": "data/eval", "metrics/compare.json": "data/compare",
+}
+
+
+def stale_metrics(root: Path) -> list[str]:
+    """Warnings for metrics present beside an absent output: a partly built workspace showing committed numbers.
+
+    Only a pipeline workspace (``dvc.yaml`` at its root) is checked: ``report --compare`` copies out of a git
+    revision or experiment only the files the page reads, metrics of one run by construction."""
+    if not (root / "dvc.yaml").exists():
+        return []
+    stale: dict[str, list[str]] = {}
+    for metric, output in METRIC_SOURCES.items():
+        if (root / metric).exists() and not (root / output).exists():
+            stale.setdefault(output, []).append(metric)
+    return [f"{', '.join(metrics)} present but {output} is not: these numbers come from an earlier run (the "
+            f"committed metrics), not from this workspace's data; run `dvc repro` (or `dvc pull`) to rebuild them"
+            for output, metrics in sorted(stale.items())]
+
+
 def collect(root: str | Path) -> dict[str, Any]:
     """Everything the report shows about the version at ``root``."""
     root = Path(root)
@@ -217,4 +289,5 @@ def collect(root: str | Path) -> dict[str, Any]:
         "provenance": provenance(root),
         "identities": _json(root / "models" / "identity.json"),
         "metrics": metrics,
+        "warnings": stale_metrics(root),
     }

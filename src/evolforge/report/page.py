@@ -27,6 +27,7 @@ body { font-family: system-ui, -apple-system, sans-serif; margin: 1.5rem auto; m
        color: #1a202c; line-height: 1.4; }
 h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #cbd5e0; padding-bottom: 0.2rem; margin-top: 2rem; }
 .side { display: grid; grid-template-columns: repeat(var(--n), minmax(0, 1fr)); gap: 1.5rem; }
+.side > div { min-width: 0; overflow-x: auto; }  /* a wide table scrolls in its column, never over its twin */
 .side > div > h3 { margin: 0.3rem 0; color: #4a5568; font-size: 1rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.3rem 0 1rem; }
 th, td { border: 1px solid #e2e8f0; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
@@ -34,6 +35,7 @@ th { background: #f7fafc; } td.num { text-align: right; font-variant-numeric: ta
 .charts { display: flex; flex-wrap: wrap; gap: 1.5rem; }
 .chart { min-width: 320px; }
 .missing { color: #a0aec0; font-style: italic; }
+.warning { background: #fffbea; border-left: 4px solid #d69e2e; padding: 0.4rem 0.8rem; margin: 0.4rem 0; }
 .text { max-width: 38rem; white-space: pre-wrap; word-break: break-word; }
 .failed { color: #c53030; } .evolved { color: #2f855a; } .sel { font-weight: bold; }
 ol.chain { margin: 0.2rem 0 0.8rem; padding-left: 1.4rem; font-size: 0.85rem; }
@@ -124,10 +126,20 @@ def eval_table(v: dict) -> str:
             continue
         b, t = base.get(key), tuned.get(key)
         delta = t - b if isinstance(b, (int, float)) and isinstance(t, (int, float)) else None
-        rows.append(f"<tr><td>{esc(key)}</td>{num(b)}{num(t)}{num(delta)}</tr>")
+        rows.append(f"<tr><td>{esc(key)}</td>{num(b)}{num(t)}{num(delta)}{num(sample_size(key, base, tuned))}</tr>")
     skipped = ev.get("skipped") or {}
     note = "".join(f"<p>skipped {esc(k)}: {esc(r)}</p>" for k, r in skipped.items())
-    return table(["metric", "base", "fine-tuned", "difference"], rows) + note
+    return table(["metric", "base", "fine-tuned", "difference", "items (n)"], rows) + note
+
+
+def sample_size(key: str, base: dict, tuned: dict) -> str | None:
+    """Items behind a benchmark's score (``<task>/n``), as ``n`` or ``base n / tuned n`` when they differ: a
+    difference of 0.25 on 4 items is one item."""
+    task = key.split("/", 1)[0]
+    nb, nt = base.get(f"{task}/n"), tuned.get(f"{task}/n")
+    if nb is None or nt is None or nb == nt:
+        return nt if nt is not None else nb
+    return f"{nb} / {nt}"
 
 
 def scenario_html(v: dict) -> str:
@@ -203,9 +215,9 @@ CHARTS = [
      "difficulty level", "share of the round", lambda v: v["levels"]),
     ("evolve_failures", "Evolution failures by reason, per round", "rounds_grouped_bars", "reason", "count",
      "failure reason", "items", lambda v: v["evolve_failures"]),
-    ("optimize", "Optimize: dev-set evol failure rate per step", "simple", "step", "failure_rate",
+    ("optimize", "Optimize: dev-set evol failure rate per step", "steps", "step", "failure_rate",
      "optimization step", "failure rate", lambda v: v["optimize"]),
-    ("train_loss", "Fine-tuning loss per step", "simple", "step", "loss", "step", "loss (nats)", lambda v: v["train_curve"]),
+    ("train_loss", "Fine-tuning loss per step", "steps", "step", "loss", "step", "loss (nats)", lambda v: v["train_curve"]),
     ("ifd", "IFD: pool and selection", "histogram", "bin_low", "count", "IFD", "items", lambda v: v["histograms"].get("ifd")),
     ("ic_ifd", "IC-IFD: pool and selection", "histogram", "bin_low", "count", "IC-IFD", "items",
      lambda v: v["histograms"].get("ic_ifd")),
@@ -273,7 +285,9 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
         ("Models and prompts", "each stage's model, its identity and the hashes of the prompt templates it rendered",
          side_by_side(versions, provenance_html)),
     ]
-    body = "".join(f"<h2>{esc(h)}</h2>{f'<p>{esc(sub)}</p>' if sub else ''}{content}" for h, sub, content in sections)
+    warnings = "".join(f"<p class='warning'>{esc(label)}: {esc(w)}</p>" for label, v in versions
+                       for w in v.get("warnings") or [])
+    body = warnings + "".join(f"<h2>{esc(h)}</h2>{f'<p>{esc(sub)}</p>' if sub else ''}{content}" for h, sub, content in sections)
     return (f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>\n<title>{esc(title)}: {esc(labels)}</title>\n"
             f"{library_scripts()}\n{RUNNER}\n<style>{STYLE}</style>\n</head>\n<body>\n"

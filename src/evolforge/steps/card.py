@@ -126,18 +126,65 @@ def _scenario_line(root: Path) -> str:
     return line + "."
 
 
+STRATEGY_WORDS = {"evol": "Evol-Instruct's hand-written methods", "auto": "Auto Evol-Instruct's optimized method",
+                  "auto_initial": "Auto Evol-Instruct's initial (not optimized) method"}
+
+
+def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[dict], n_rounds: int, metric: str) -> str:
+    """The card's opening paragraph: what the rows are, claiming evolution only where items evolved.
+
+    >>> rows = pl.DataFrame({"round": [0, 0]})
+    >>> summary_text(rows, [{"round": 1, "evolved": 0}], [], 1, "ic_ifd")[:60]
+    '2 instruction-response pairs. No instruction evolved: no evo'
+    """
+    evolved_total = sum(r["evolved"] or 0 for r in funnel_rows if r["round"] != 0)
+    n_rounds = len(strategies) or n_rounds  # the rounds built, when their outputs are there
+    from_seed = int((rows["round"] == 0).sum()) if "round" in rows.columns else 0
+    from_rounds = rows.height - from_seed
+    tail = (f"answered, judged for difficulty, scored by IFD / IC-IFD and selected by `{metric}`. Built with "
+            "evolforge (a DVC pipeline): `params.yaml` and the prompt templates, whose hashes are listed below, "
+            "determine it.")
+    if evolved_total == 0:
+        tried = f"{n_rounds} round(s) of evolution were run and every rewrite was eliminated" if strategies else \
+            "no evolution round was run"
+        return (f"{rows.height} instruction-response pairs. No instruction evolved: {tried} (see the counts "
+                f"below), so the pairs are seed instructions, {tail}")
+    used = sorted({s["used"] for s in strategies if s["used"]})
+    how = " and ".join(STRATEGY_WORDS.get(u, f"strategy `{u}`") for u in used) or "Evol-Instruct"
+    fell_back = [s for s in strategies if s["fallback"]]
+    if fell_back:
+        how += (f" (strategy `{fell_back[0]['requested']}` was asked for; the rounds fell back because the evolver "
+                "could not follow the optimized method)")
+    return (f"{rows.height} instruction-response pairs: {from_rounds} with instructions evolved from a seed set "
+            f"({evolved_total} rewrites survived over {n_rounds} round(s), with {how}) and {from_seed} seed "
+            f"instructions; {tail}")
+
+
+def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) -> str:
+    """``**Evolution**: ...``: the strategy asked for and, per the rounds' meta.json, the one used."""
+    requested = evolve_cfg.get("strategy", "?")
+    used = sorted({s["used"] for s in strategies if s["used"]})
+    line = f"**Evolution**: strategy `{requested}`"
+    if used and used != [requested]:
+        line += " requested, used " + ", ".join(f"`{u}`" for u in used)
+        reason = next((s["fallback"] for s in strategies if s["fallback"]), None)
+        line += f" ({reason})" if reason else ""
+    return line + f", rounds {', '.join(rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`."
+
+
 def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings) -> str:
     """The README.md text: YAML header, then how the data was made."""
-    from evolforge.report.collect import funnel, provenance
+    from evolforge.report.collect import funnel, provenance, round_strategies
 
     header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
               "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
               "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],
               "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
     seed_cfg, evolve_cfg, select_cfg = (params.get(k) or {} for k in ("seed", "evolve", "select"))
+    funnel_rows = funnel(root, selected=rows)  # the selection being written, not an older data/selected
     counts = [[("seed" if r["round"] == 0 else r["round"]), r["in"], r["evolved"], r["failed"],
                ", ".join(f"{k}: {v}" for k, v in r["failed_by_reason"].items()), r["answered"],
-               r["clean"], r["judged"], r["selected"]] for r in funnel(root)]
+               r["clean"], r["judged"], r["selected"]] for r in funnel_rows]
     prompts = [[p["stage"], p["model"], ", ".join(f"`{n}` {h}" for n, h in sorted(p["template_hashes"].items()))]
                for p in provenance(root)]
     models = [[m["role"], m["backend"], m["model"], m["revision"], m["identity"]] for m in _models(root, params)]
@@ -150,17 +197,13 @@ def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettin
     parts = [
         "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
         f"# {settings.pretty_name}",
-        f"{rows.height} instruction-response pairs evolved from a seed set over {len(rounds)} round(s) with "
-        "Evol-Instruct / Auto Evol-Instruct, answered, judged for difficulty, scored by IFD / IC-IFD and "
-        f"selected by `{select_cfg.get('metric', '?')}`. Built with evolforge (a DVC pipeline): `params.yaml` and "
-        "the prompt templates, whose hashes are listed below, determine it.",
+        summary_text(rows, funnel_rows, round_strategies(root), len(rounds), select_cfg.get("metric", "?")),
         "## Loading\n\n```python\nimport datasets\nds = datasets.load_dataset(\"<this folder or hub id>\")[\"train\"]\n```",
         "## How it was made",
         f"**Seed source**: `{seed_cfg.get('source', 'unknown')}`"
         + (f" at revision `{seed_cfg['revision']}`" if seed_cfg.get("revision") else "")
         + (f", limit {seed_cfg['limit']}" if seed_cfg.get("limit") else "") + ".",
-        f"**Evolution**: strategy `{evolve_cfg.get('strategy', '?')}`, rounds "
-        f"{', '.join(name for name, _ in rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`.",
+        evolution_line(evolve_cfg, round_strategies(root), [name for name, _ in rounds]),
         _scenario_line(root),
         "**Selection**: " + ", ".join(f"`{k}`: {_cell(v)}" for k, v in sorted(select_cfg.items())) + ".",
         "### Models\n\n" + _md_table(["role", "backend", "model", "revision", "identity"], models),

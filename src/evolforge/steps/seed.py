@@ -3,7 +3,9 @@ check every value, give every row a stable content-derived id, drop duplicates (
 kept) and optionally keep a hash-based sample. The rules are written for users in docs/seeds.md.
 
 Field presets (``seed.format``): ``alpaca`` and ``code_alpaca`` (instruction / input / output), ``gsm8k``
-(question / answer), ``auto`` (picked from the columns present). ``seed.fields`` overrides any mapping,
+(question / answer), ``chat`` (OpenAI ``messages`` / ShareGPT ``conversations``: the first user turn is the
+instruction, the first assistant turn after it the output), ``auto`` (picked from the columns present; never
+chat). ``seed.fields`` overrides any mapping,
 e.g. ``{instruction: prompt, output: completion}``.
 
 Bad input is refused, never repaired: a number where text belongs, control characters (NUL, ANSI
@@ -231,9 +233,13 @@ def _require_instruction(mapping: dict[str, str | None], columns: list[str], fil
                     f"seed.fields: {{{target}: {json.dumps(near[0])}}}") if near else ""
             chat = [c for c in present if c in CHAT_COLUMNS]
             if target == "instruction" and chat and not near:
-                hint = (f"; {chat[0]!r} looks like a chat format (ShareGPT / OpenAI messages): the seed stage reads "
-                        "one instruction per record, not conversations; write the first user turn to an "
-                        "'instruction' field (and the reply to 'output'), or map existing columns with seed.fields")
+                hint = (f"; {chat[0]!r} looks like a chat format (ShareGPT / OpenAI messages): set "
+                        "seed.format: chat to read each record's first user turn as the instruction and the first "
+                        "assistant turn as the output, or map existing columns with seed.fields")
+            elif target == "instruction" and not near and "prompt" in present:
+                pair = ", output: completion" if "completion" in present else ""
+                hint = (f"; a prompt/completion file: map its columns with seed.fields: "
+                        f"{{instruction: prompt{pair}}}")
             raise DataError(file, f"field '{column}' (mapped to {target}) is present", detail=f"columns: {present}{hint}")
 
 
@@ -247,6 +253,44 @@ def _require_mapped(fields: dict[str, str | None] | None, columns: list[str], fi
             hint = f"; the column {near[0]!r} differs only in case or spaces" if near else ""
             raise DataError(file, f"field '{column}' (mapped to {target} by seed.fields) is present",
                             detail=f"columns: {present}{hint}")
+
+
+USER_ROLES, ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt", "model", "bot")
+
+
+def _turn(turn: Any) -> tuple[str | None, Any]:
+    """(role, text) of one chat turn: OpenAI ``{role, content}`` or ShareGPT ``{from, value}``."""
+    if not isinstance(turn, dict):
+        return None, None
+    role = turn.get("role", turn.get("from"))
+    return (role.casefold() if isinstance(role, str) else None), turn.get("content", turn.get("value"))
+
+
+def chat_records(rows: list[dict], file: str) -> list[dict]:
+    """``seed.format: chat``: each record's conversation (the first of CHAT_COLUMNS it has) -> its first user turn
+    as ``instruction`` and the first assistant turn after it as ``output`` (none: ""). System turns and later
+    turns are not read. A record without a user turn is refused, naming its row.
+
+    >>> chat_records([{"_row": 1, "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}], "f")
+    [{'_row': 1, 'instruction': 'Hi?', 'output': 'Hello.'}]
+    """
+    out = []
+    for row in rows:
+        key = next((c for c in CHAT_COLUMNS if c in row), None)
+        turns = row.get(key) if key else None
+        if not isinstance(turns, list):
+            fields = sorted(k for k in row if k != ROW)
+            raise DataError(file, "a chat record holds a list of turns (seed.format: chat)", [row[ROW]],
+                            f"no {' / '.join(CHAT_COLUMNS[:2])} list; its fields: {fields}")
+        parsed = [_turn(t) for t in turns]
+        first_user = next((i for i, (role, _) in enumerate(parsed) if role in USER_ROLES), None)
+        if first_user is None:
+            roles = [role for role, _ in parsed]
+            raise DataError(file, "a chat record has a user turn (role user / from human)", [row[ROW]],
+                            f"field '{key}' holds turns with roles {roles}")
+        answer = next((text for role, text in parsed[first_user + 1:] if role in ASSISTANT_ROLES), None)
+        out.append({ROW: row[ROW], "instruction": parsed[first_user][1], "output": answer})
+    return out
 
 
 def normalise_records(rows: list[dict], mapping: dict[str, str | None], file: str) -> pl.DataFrame:
@@ -369,6 +413,10 @@ def build_seed(source: str, *, fmt: str = "auto", fields: dict | None = None, co
         raise DataError(source, "the source holds at least one record", detail="it holds none (blank lines, a header only, or an empty table)")
     columns = sorted({k for r in raw for k in r}) if isinstance(raw, list) else list(raw.columns)
     _require_mapped(fields, columns, source)
+    if fmt == "chat":  # conversations -> instruction / output records, then read as alpaca
+        records = raw if isinstance(raw, list) else raw.to_dicts()
+        raw, fmt, fields = chat_records(records, source), "alpaca", None
+        columns = ["instruction", "output", ROW]
     if isinstance(raw, list):
         table = normalise_records(raw, field_map(columns, fmt, fields), source)
     else:

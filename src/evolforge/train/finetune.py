@@ -36,6 +36,7 @@ Hugging Face cache (``hf download <model>`` beforehand for an offline box); noth
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,27 @@ def _count_params(model) -> tuple[int, int]:
     return trainable, total
 
 
+def warmup_steps(warmup_ratio: float, rows: int, *, epochs: float, max_steps: int, batch_size: int,
+                 grad_accum: int, processes: int = 1) -> int:
+    """Warm-up steps: ``warmup_ratio`` of the optimizer steps, rounded *down*.
+
+    transformers rounds a ratio up, so 3% of a 6-step run became one whole step of warm-up, and the scheduler's
+    first step of warm-up runs at learning rate 0: the demo's first step learned nothing. Rounded down, a
+    warm-up shorter than one step is none (the papers' 3% of thousands of steps is unchanged).
+
+    >>> warmup_steps(0.03, 24, epochs=1, max_steps=6, batch_size=4, grad_accum=1)
+    0
+    >>> warmup_steps(0.03, 52_000, epochs=3, max_steps=-1, batch_size=1, grad_accum=8, processes=8)
+    73
+    """
+    if max_steps > 0:
+        total = max_steps
+    else:  # as transformers counts them: batches per process, then optimizer steps per epoch
+        batches = math.ceil(math.ceil(rows / processes) / batch_size)
+        total = math.ceil(epochs * max(batches // grad_accum, 1))
+    return math.floor(warmup_ratio * total)
+
+
 def finetune(
     base_model: str,
     train_rows: Sequence[dict],
@@ -175,7 +197,8 @@ def finetune(
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
         max_length=max_length,
-        warmup_steps=warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        warmup_steps=warmup_steps(warmup_ratio, len(train_rows), epochs=epochs, max_steps=max_steps,
+                                  batch_size=batch_size, grad_accum=grad_accum, processes=state.num_processes),
         lr_scheduler_type=lr_scheduler,
         weight_decay=weight_decay,
         completion_only_loss=True,

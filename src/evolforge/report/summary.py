@@ -1,0 +1,84 @@
+"""The headline metrics of a dataset version, in one small file for ``dvc exp show`` and ``dvc metrics diff``.
+
+Every stage's metrics file also holds its operational counters (calls, cache hits, tokens per role, ...):
+useful to debug a run, noise when comparing experiments. The report stage gathers the figures that say
+whether a data version is better into ``metrics/summary.json``, short names grouped so that one ``--keep``
+pattern shows them all (README "Experiments and sharing")::
+
+    surv.<round>   share of the round's items that evolved (metrics/evolve.json; round_1 -> r1)
+    sel.n          items selected (metrics/select.json)
+    sel.diff       mean judge difficulty score of the selection, 0-100 (data/selected)
+    sel.icifd      mean IC-IFD of the selection (data/selected)
+    ev.<task>      the fine-tuned model's main score per benchmark (metrics/eval.json)
+    cost.usd       LLM spend of the stages' calls, summed over every metrics file (null: no prices set)
+
+    >>> sorted(headline("no/such/version"))
+    ['cost', 'ev', 'sel', 'surv']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+
+from evolforge.core.records import TABLE
+
+# the score each benchmark is known by (its paper's headline metric), as metrics/eval.json names it
+MAIN_SCORE = {"ifeval": "prompt_level_strict_acc", "gsm8k": "exact_match_strict", "math": "exact_match",
+              "humaneval": "pass@1", "mbpp": "pass@1"}
+KEEP = r"Experiment|(surv|sel|ev|cost)\..*"  # the `dvc exp show --keep` pattern of these columns
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _short_round(name: str) -> str:
+    """``round_1`` -> ``r1``: a column name short enough for a 160-column table."""
+    tail = name.rsplit("_", 1)[-1]
+    return f"r{tail}" if name.startswith("round_") and tail.isdigit() else name
+
+
+def _costs(value: Any) -> Iterator[float]:
+    """Every ``llm.<role>.cost`` below ``value`` (the LLM stats each LLM stage writes)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "cost" and isinstance(inner, (int, float)):
+                yield float(inner)
+            else:
+                yield from _costs(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _costs(inner)
+
+
+def _selection(root: Path) -> dict[str, float | None]:
+    path = root / "data" / "selected" / TABLE
+    cols = {"diff": "difficulty_score", "icifd": "ic_ifd"}
+    if not path.exists():
+        return dict.fromkeys(cols)
+    names = pl.read_parquet_schema(path)
+    table = pl.read_parquet(path, columns=[c for c in cols.values() if c in names])
+    return {short: (round(float(table[col].mean()), 4) if col in table.columns and table[col].null_count() < table.height
+                    else None) for short, col in cols.items()}
+
+
+def headline(root: str | Path) -> dict[str, dict[str, Any]]:
+    """The headline figures of the version at ``root`` (missing ones are null, never invented)."""
+    root = Path(root)
+    metrics = root / "metrics"
+    evolve = _json(metrics / "evolve.json") or {}
+    survival = {_short_round(name): (round(r["evolved"] / r["in"], 4) if r.get("in") else None)
+                for name, r in evolve.items() if name != "total" and isinstance(r, dict) and "evolved" in r}
+    select = _json(metrics / "select.json") or {}
+    tuned = (_json(metrics / "eval.json") or {}).get("finetuned") or {}
+    scores = {task: tuned.get(f"{task}/{key}") for task, key in MAIN_SCORE.items() if f"{task}/{key}" in tuned}
+    costs = [c for path in sorted(metrics.rglob("*.json")) if path.name != "summary.json" for c in _costs(_json(path))]
+    selection = _selection(root)
+    if selection["icifd"] is None:  # no data/selected here (a fresh clone): the select stage's own figure
+        selection["icifd"] = select.get("selected_mean_ic_ifd")
+    return {"surv": survival, "sel": {"n": select.get("selected"), **selection}, "ev": scores,
+            "cost": {"usd": round(sum(costs), 4) if costs else None}}
