@@ -11,6 +11,7 @@ table gives best and median CPU per call, wall calls/s, and the ratio to the bas
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import asyncio
 import os
 import resource
@@ -169,6 +170,11 @@ def run(name: str, url: str, data: list[bytes], concurrency: int) -> tuple[float
     return user_end - user, system_end - system, time.perf_counter() - wall
 
 
+def client_module(variant: str) -> str:
+    """The package a variant's client comes from."""
+    return {"httpx": "httpx", "openai": "openai"}.get(variant.split()[0], "aiohttp")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=20000)
@@ -176,9 +182,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", nargs="*", help="variant names (default: all)")
     args = ap.parse_args()
-    names = args.only or list(VARIANTS)
+    unknown = set(args.only or ()) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
+    names = args.only or [name for name in VARIANTS if importlib.util.find_spec(client_module(name))]
+    for name in set(args.only or VARIANTS) - set(names):
+        print(f"skipped {name}: {client_module(name)} is not installed")
     for name in names:  # import outside the timed part
-        __import__({"httpx": "httpx", "openai": "openai"}.get(name.split()[0], "aiohttp"))
+        __import__(client_module(name))
     import uvloop  # noqa: F401
 
     data = bodies(args.requests)

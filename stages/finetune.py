@@ -33,7 +33,7 @@ def main() -> None:
     base = load_role(params, "base")
     rows = read_jsonl(args.train)
 
-    result = finetune(base.model, rows, args.out, revision=base.revision, live_dir=args.live, **dataclasses.asdict(cfg))
+    result = finetune(base.model, rows, args.out, cfg, revision=base.revision, live_dir=args.live)
     if result.is_main_process:
         write_json(args.metrics, result.metrics)
         write_json(args.plot, result.loss_curve)

@@ -3,6 +3,7 @@ saved model / adapter reloads and generates."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from evolforge.train.finetune import PAPER_FULL, PAPER_LORA, finetune, validate_rows  # noqa: E402
+from evolforge.train.finetune import PAPER_FULL, PAPER_LORA, FinetuneSettings, finetune, validate_rows  # noqa: E402
 from evolforge.steps.selection import conversational_row  # noqa: E402
 from tiny import build_random_llama  # noqa: E402
 
@@ -30,8 +31,8 @@ PAIRS = [
     ("What is the opposite of hot?", "The opposite of hot is cold."),
 ]
 ROWS = [conversational_row(p, c) for p, c in PAIRS]
-FAST = {"lr": 5e-3, "max_steps": 16, "batch_size": 4, "grad_accum": 1, "max_length": 128, "warmup_ratio": 0.0,
-        "logging_steps": 1, "seed": 0}
+FAST = FinetuneSettings(lr=5e-3, max_steps=16, batch_size=4, grad_accum=1, max_length=128, warmup_ratio=0.0,
+                        logging_steps=1, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_full_finetune(tiny_model, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     before, loss_before = _state(base), _completion_loss(base, AutoTokenizer.from_pretrained(tiny_model))
     out = tmp_path / "full"
-    result = finetune(str(tiny_model), ROWS, out, mode="full", **FAST)
+    result = finetune(str(tiny_model), ROWS, out, replace(FAST, mode="full"))
 
     m = result.metrics
     assert (m["mode"], m["steps"], m["examples"]) == ("full", 16, len(ROWS))
@@ -100,7 +101,7 @@ def test_lora_finetune(tiny_model, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     loss_before = _completion_loss(base, AutoTokenizer.from_pretrained(tiny_model))
     out = tmp_path / "lora"
-    result = finetune(str(tiny_model), ROWS, out, mode="lora", lora_rank=8, lora_alpha=16, **{**FAST, "lr": 2e-2})
+    result = finetune(str(tiny_model), ROWS, out, replace(FAST, mode="lora", lora_rank=8, lora_alpha=16, lr=2e-2))
 
     m = result.metrics
     assert m["mode"] == "lora" and 0 < m["trainable_params"] < m["total_params"] / 2
@@ -118,7 +119,7 @@ def test_lora_finetune(tiny_model, tmp_path):
 def test_same_seed_same_weights(tiny_model, tmp_path):
     from evolforge.core.models import hash_model_dir
 
-    runs = [finetune(str(tiny_model), ROWS, tmp_path / f"run{i}", **{**FAST, "max_steps": 4}) for i in range(2)]
+    runs = [finetune(str(tiny_model), ROWS, tmp_path / f"run{i}", replace(FAST, max_steps=4)) for i in range(2)]
     assert hash_model_dir(tmp_path / "run0") == hash_model_dir(tmp_path / "run1")
     assert runs[0].loss_curve == runs[1].loss_curve
 
@@ -133,10 +134,10 @@ def test_accelerate_zero3_config():
 
 
 def test_paper_presets():
-    assert (PAPER_FULL["lr"], PAPER_FULL["epochs"], PAPER_FULL["lr_scheduler"], PAPER_FULL["warmup_ratio"],
-            PAPER_FULL["max_length"]) == (2e-5, 3.0, "cosine", 0.03, 2048)
-    assert (PAPER_LORA["lora_rank"], PAPER_LORA["lora_alpha"], PAPER_LORA["lora_target_modules"],
-            PAPER_LORA["lora_dropout"]) == (8, 8, "all-linear", 0.0)
+    assert (PAPER_FULL.lr, PAPER_FULL.epochs, PAPER_FULL.lr_scheduler, PAPER_FULL.warmup_ratio,
+            PAPER_FULL.max_length, PAPER_FULL.batch_size, PAPER_FULL.grad_accum) == (2e-5, 3.0, "cosine", 0.03, 2048, 1, 8)
+    assert (PAPER_LORA.mode, PAPER_LORA.epochs, PAPER_LORA.lora_rank, PAPER_LORA.lora_alpha, PAPER_LORA.lora_target_modules,
+            PAPER_LORA.lora_dropout) == ("lora", 2.0, 8, 8, "all-linear", 0.0)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +159,7 @@ def test_rows_are_checked_at_the_boundary(row, message):
 
 def test_bad_mode_is_an_error(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="mode"):
-        finetune(str(tiny_model), ROWS, tmp_path / "x", mode="qlora")
+        finetune(str(tiny_model), ROWS, tmp_path / "x", replace(FAST, mode="qlora"))
 
 
 def test_live_metrics_through_dvclive(tiny_model, tmp_path):
@@ -168,7 +169,7 @@ def test_live_metrics_through_dvclive(tiny_model, tmp_path):
     import json
 
     live = tmp_path / "train_live"
-    result = finetune(str(tiny_model), ROWS, tmp_path / "out", live_dir=live, **{**FAST, "max_steps": 4, "logging_steps": 2})
+    result = finetune(str(tiny_model), ROWS, tmp_path / "out", replace(FAST, max_steps=4, logging_steps=2), live_dir=live)
 
     def column(name: str) -> list[tuple[int, float]]:
         with open(live / "plots" / "metrics" / f"{name}.tsv", encoding="utf-8") as fh:

@@ -258,8 +258,8 @@ LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", 
 
 @dataclass
 class FinetuneSettings:
-    """``finetune``: exactly the keyword settings of ``train.finetune.finetune`` (a test keeps them equal),
-    with its defaults (the papers' full fine-tuning preset)."""
+    """``finetune``: what ``train.finetune.finetune`` takes whole, with its defaults (the papers' full
+    fine-tuning preset)."""
 
     mode: Literal["full", "lora"] = "full"
     lr: PositiveFloat = 2e-5

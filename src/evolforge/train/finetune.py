@@ -9,7 +9,7 @@ TRL renders ``prompt`` with the base model's chat template (generation prompt ad
 ``prompt + completion`` as the full conversation; tokens of the prompt part are masked out of the loss
 (``completion_only_loss``), so the model learns the responses, not the instructions.
 
-    >>> result = finetune("Qwen/Qwen2.5-0.5B", rows, "models/finetuned", **PAPER_FULL)   # doctest: +SKIP
+    >>> result = finetune("Qwen/Qwen2.5-0.5B", rows, "models/finetuned", PAPER_FULL)     # doctest: +SKIP
     >>> result.metrics["train_loss_final"], result.loss_curve[:1]                         # doctest: +SKIP
     (0.91, [{'step': 10, 'loss': 1.62}])
 
@@ -35,6 +35,7 @@ Hugging Face cache (``hf download <model>`` beforehand for an offline box); noth
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -46,16 +47,15 @@ from typing import Any, Sequence
 
 from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
-from evolforge.core.settings import FinetuneSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
 
 MODES = ("full", "lora")
-# The papers' settings, as keyword arguments of finetune(); batch sizes are per device and assume 8 GPUs.
-PAPER_FULL = {"mode": "full", "lr": 2e-5, "epochs": 3.0, "lr_scheduler": "cosine", "warmup_ratio": 0.03,
-              "max_length": 2048, "batch_size": 1, "grad_accum": 8}
-PAPER_LORA = {**PAPER_FULL, "mode": "lora", "epochs": 2.0, "lora_rank": 8, "lora_alpha": 8, "lora_dropout": 0.0,
-              "lora_target_modules": "all-linear"}
+# The papers' settings; batch sizes are per device and assume 8 GPUs. FinetuneSettings' defaults are the full preset.
+PAPER_FULL = FinetuneSettings()
+PAPER_LORA = dataclasses.replace(PAPER_FULL, mode="lora", epochs=2.0, lora_rank=8, lora_alpha=8, lora_dropout=0.0,
+                                 lora_target_modules="all-linear")
 
 
 @dataclass
@@ -135,31 +135,15 @@ def finetune(
     base_model: str,
     train_rows: Sequence[dict],
     out_dir: str | Path,
+    settings: FinetuneSettings = PAPER_FULL,
     *,
-    mode: str = "full",
     revision: str | None = None,
-    lr: float = 2e-5,
-    epochs: float = 3.0,
-    max_steps: int = -1,
-    batch_size: int = 1,
-    grad_accum: int = 8,
-    max_length: int = 2048,
-    warmup_ratio: float = 0.03,
-    lr_scheduler: str = "cosine",
-    weight_decay: float = 0.0,
-    lora_rank: int = 8,
-    lora_alpha: int = 8,
-    lora_dropout: float = 0.0,
-    lora_target_modules: str | list[str] = "all-linear",
-    gradient_checkpointing: bool = True,
-    seed: int = 0,
-    logging_steps: int = 10,
-    dtype: str = "auto",
     live_dir: str | Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``base_model`` on ``train_rows``; write the model (full) or adapter (lora) + tokenizer to ``out_dir``.
 
-    ``batch_size`` is per device; the global batch is ``batch_size * grad_accum * number of processes``.
+    ``settings`` is the ``finetune`` section of params.yaml, passed whole (as TRL passes ``SFTConfig``).
+    ``settings.batch_size`` is per device; the global batch is ``batch_size * grad_accum * number of processes``.
     ``max_steps`` > 0 overrides ``epochs``. ``max_length`` (tokens) truncates longer conversations from the
     end. ``out_dir`` is rewritten in full: written beside it, then renamed into place. ``live_dir``: where
     DVCLive writes the per-step metrics as training runs (rewritten at the start; None: no live metrics).
@@ -169,10 +153,11 @@ def finetune(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    if mode not in MODES:
-        raise ValueError(f"finetune.mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not 0 <= warmup_ratio < 1:
-        raise ValueError(f"finetune.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    s = settings
+    if s.mode not in MODES:
+        raise ValueError(f"finetune.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
+    if not 0 <= s.warmup_ratio < 1:
+        raise ValueError(f"finetune.warmup_ratio must be in [0, 1), got {s.warmup_ratio}")
     validate_rows(train_rows)
     tokenizer = load_tokenizer(base_model, revision=revision, padding_side="right")
     if tokenizer.chat_template is None:
@@ -191,42 +176,42 @@ def finetune(
     bf16 = cuda and torch.cuda.is_bf16_supported()
     config = SFTConfig(
         output_dir=str(staging),
-        learning_rate=lr,
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum,
-        max_length=max_length,
-        warmup_steps=warmup_steps(warmup_ratio, len(train_rows), epochs=epochs, max_steps=max_steps,
-                                  batch_size=batch_size, grad_accum=grad_accum, processes=state.num_processes),
-        lr_scheduler_type=lr_scheduler,
-        weight_decay=weight_decay,
+        learning_rate=s.lr,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        max_length=s.max_length,
+        warmup_steps=warmup_steps(s.warmup_ratio, len(train_rows), epochs=s.epochs, max_steps=s.max_steps,
+                                  batch_size=s.batch_size, grad_accum=s.grad_accum, processes=state.num_processes),
+        lr_scheduler_type=s.lr_scheduler,
+        weight_decay=s.weight_decay,
         completion_only_loss=True,
         packing=False,  # packing needs flash attention; plain padding everywhere keeps CPU and GPU alike
-        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing=s.gradient_checkpointing,
         bf16=bf16,
         use_cpu=not cuda,
         dataloader_pin_memory=cuda,
-        seed=seed,
-        data_seed=seed,
-        logging_steps=logging_steps,
+        seed=s.seed,
+        data_seed=s.seed,
+        logging_steps=s.logging_steps,
         logging_first_step=True,
         save_strategy="no",
         report_to="none",  # the DVCLive callback below is added by hand, with its folder and settings
         disable_tqdm=True,
-        model_init_kwargs={"revision": revision, "dtype": str(pick_dtype(dtype, device)).removeprefix("torch.")},
+        model_init_kwargs={"revision": revision, "dtype": str(pick_dtype(s.dtype, device)).removeprefix("torch.")},
     )
     peft_config = None
-    if mode == "lora":
+    if s.mode == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                 target_modules=lora_target_modules, task_type="CAUSAL_LM")
+        peft_config = LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                                 target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
     callbacks = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else None
     trainer = SFTTrainer(model=base_model, args=config, train_dataset=Dataset.from_list(list(train_rows)),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainable, total = _count_params(trainer.model)
-    log.info("fine-tuning %s (%s): %d rows, %d of %d parameters trainable", base_model, mode, len(train_rows),
+    log.info("fine-tuning %s (%s): %d rows, %d of %d parameters trainable", base_model, s.mode, len(train_rows),
              trainable, total)
     output = trainer.train()
 
@@ -243,7 +228,7 @@ def finetune(
     curve = [{"step": int(e["step"]), "loss": round(float(e["loss"]), 6)}
              for e in trainer.state.log_history if "loss" in e and "step" in e]
     metrics = {
-        "mode": mode,
+        "mode": s.mode,
         "base_model": model_identity(base_model, revision),
         "train_loss_final": curve[-1]["loss"] if curve else None,  # last logged loss, mean token CE (nats)
         "train_loss_mean": round(float(output.training_loss), 6),  # mean over all steps
@@ -254,7 +239,7 @@ def finetune(
         "samples_per_s": round(float(output.metrics.get("train_samples_per_second", 0.0)), 3),
         "trainable_params": trainable,
         "total_params": total,
-        "global_batch": batch_size * grad_accum * state.num_processes,
+        "global_batch": s.batch_size * s.grad_accum * state.num_processes,
         "processes": state.num_processes,
         "bf16": bf16,
     }

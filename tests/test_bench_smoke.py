@@ -1,0 +1,53 @@
+"""Every benchmark under bench/ still runs: each at a tiny size, or ``--help`` where it needs what the suite
+has not (a GPU, the papers' official checkouts, a built repository). Figures are not checked here: a
+benchmark prints them, and nothing about speed is asserted in tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is the suite's tiny model
+    "dedup.py": ["--items", "300", "--rounds", "2"],
+    "http_client.py": ["--requests", "200", "--repeat", "1", "--only", "aiohttp today", "raw streams (floor)"],
+    "pipeline.py": ["--requests", "200"],
+    "generation.py": ["--model", "{tiny}", "--n", "4", "--batch-size", "2", "--max-tokens", "4", "--repeat", "1"],
+    "score.py": ["--model", "{tiny}", "--items", "8", "--batch-size", "4"],
+    "stages.py": ["--seeds", "40", "--in-process"],
+}
+HELP_ONLY = {  # script -> why the suite only checks that it starts
+    "gpu.py": "needs a CUDA GPU and vLLM",
+    "score_reference.py": "needs the shipped model and the papers' official checkouts",
+    "plant_contamination.py": "modifies a built copy of the repository and runs dvc repro",
+    "selected_near_duplicates.py": "reads a built data/selected",
+}
+
+
+def run(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_every_bench_script_is_covered():
+    scripts = {p.name for p in (REPO / "bench").glob("*.py")}
+    assert scripts == set(TINY_RUNS) | set(HELP_ONLY), "add the new bench script to TINY_RUNS or HELP_ONLY"
+
+
+@pytest.mark.parametrize("script", sorted(TINY_RUNS))
+def test_bench_runs_at_tiny_size(script, tiny_model):
+    args = [str(tiny_model) if a == "{tiny}" else a for a in TINY_RUNS[script]]
+    proc = run(script, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any(ch.isdigit() for ch in proc.stdout), f"{script} printed no figure:\n{proc.stdout[-2000:]}"
+
+
+@pytest.mark.parametrize("script", sorted(HELP_ONLY))
+def test_bench_starts(script):
+    proc = run(script, ["--help"])
+    assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
