@@ -1,8 +1,10 @@
-"""The sandbox's child process: locks itself down, then runs one untrusted program. Not imported by the parent.
+"""The sandbox's child process: locks itself down, then plays one role. Not imported by the parent.
 
-:mod:`evolforge.eval.sandbox` passes this file's text to ``python -I -B -c`` and the settings plus the program on
-stdin (JSON). Everything here runs before the program and holds no secret: the verdict is this process's exit
-status, and the only way to exit 0 is for the program's last statement to complete (see ``_main``).
+:mod:`evolforge.eval.sandbox` passes ``sandbox_roles.py``'s text followed by this file's to ``python -I -B -c``,
+and the settings plus the code on stdin (JSON). Everything here runs before untrusted code and holds no secret.
+Roles: ``program`` (a run without tests: it runs the code off the main thread and exits 0 only once the code's
+last statement completed, see ``_main``), ``worker`` and ``checker`` (a run with tests: see ``sandbox_roles``;
+there the verdict is the checker's nonce, never an exit status).
 """
 
 import json
@@ -22,20 +24,27 @@ def _mount(src, target, fstype, flags, data=None):
         raise OSError(ctypes.get_errno(), f"mount {src} -> {target}: {os.strerror(ctypes.get_errno())}")
 
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC = 32, 4096, 8192, 16384
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_BIND, MS_MOVE, MS_REC = 4096, 8192, 16384
 
 
-def _remount_noexec(path):
-    """Bind ``path`` onto itself without exec, suid or devices: no native code can be loaded from it."""
-    _mount(path, path, None, MS_BIND)
-    st = os.statvfs(path).f_flag  # a remount must keep the flags that are locked on the original mount
-    keep = 0
-    for st_flag, ms_flag in ((1, MS_RDONLY), (1024, MS_NOATIME), (2048, MS_NODIRATIME), (4096, MS_RELATIME)):
-        if st & st_flag:
-            keep |= ms_flag
-    _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_NOEXEC | MS_NOSUID | MS_NODEV | keep)
+HOST_SHARED_DIRS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm")  # where host processes keep sockets
+
+
+def _private_dirs(work, owner, quota_mb, files):
+    """Cover the host's shared directories with empty tmpfs (no Unix socket of the host is reachable by path)
+    and make the work directory a fresh tmpfs of at most ``quota_mb`` MiB and ``files`` inodes (the disk quota),
+    without exec, owned by ``owner`` (None: the current user). All of it lives in this mount namespace only."""
+    for path in HOST_SHARED_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
+    try:
+        os.makedirs(work, 0o755)
+    except FileExistsError:
+        pass
+    ids = "" if owner is None else ",uid=%d,gid=%d" % (owner, owner)
+    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           "mode=0700,size=%dm,nr_inodes=%d%s" % (quota_mb, files, ids))
 
 
 def _expose(roots, stage):
@@ -130,7 +139,7 @@ _EPERM, _ENOSYS, _EAFNOSUPPORT = 1, 38, 97
 
 
 def _seccomp():
-    """No new processes (threads only), no exec, no sockets but AF_UNIX, none of the kernel's sharper tools.
+    """No new processes (threads only), no exec, no sockets (socketpair only), none of the kernel's sharper tools.
 
     Process creation and exec kill the whole process (SIGSYS); the rest fail with an errno. Returns success."""
     ctypes, libc = _libc()
@@ -151,8 +160,9 @@ def _seccomp():
     prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, _ERRNO | _ENOSYS)]
     prog += [(jeq, 0, 4, nr["clone"]), (ld_w, 0, 0, 16), (jset, 0, 1, 0x00010000),  # CLONE_THREAD
              (ret, 0, 0, _ALLOW), (ret, 0, 0, _KILL_PROCESS)]
-    prog += [(ld_w, 0, 0, 0), (jeq, 0, 4, nr["socket"]), (ld_w, 0, 0, 16), (jeq, 0, 1, 1),  # AF_UNIX
-             (ret, 0, 0, _ALLOW), (ret, 0, 0, _ERRNO | _EAFNOSUPPORT)]
+    # no socket of any family: a filesystem Unix socket of the host cannot be connected without one (the
+    # network namespace does not cover those, nor does Landlock); socketpair() still works
+    prog += [(ld_w, 0, 0, 0), (jeq, 0, 1, nr["socket"]), (ret, 0, 0, _ERRNO | _EAFNOSUPPORT)]
     prog += [(ret, 0, 0, _ALLOW)]
 
     class Filter(ctypes.Structure):
@@ -279,7 +289,7 @@ def _main():
         try:
             if cfg["drop_to"] is not None:
                 _expose(cfg["expose"], cfg["stage"])
-            _remount_noexec(work)
+            _private_dirs(work, cfg["drop_to"], cfg["quota_mb"], cfg["quota_files"])
         except OSError as e:
             fail_setup(f"mounts: {e}")
     mem = cfg["memory_mb"] * 1024 * 1024
@@ -325,6 +335,8 @@ def _main():
     if cfg["audit"]:  # off only in tests that show what the OS layers hold on their own
         sys.addaudithook(_audit_hook(work, read_dirs, read_files, list_dirs, cfg["exit_blocked"], exit_now,
                                      write2, getcwd))
+    if cfg["role"] != "program":  # a run with tests: the program's worker, or the tests' checker
+        _run_role(cfg, traceback, exit_now)
     flushes = (sys.stdout.flush, sys.stderr.flush)  # the original streams, whatever the program rebinds
     try:
         program = compile(cfg["code"], "<candidate>", "exec")
