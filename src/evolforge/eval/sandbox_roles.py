@@ -23,6 +23,8 @@ bytearray), ``{"c": [re, im]}`` complex. Subclasses of these types and numpy sca
 plain value (``float(x)``, ``x.tolist()``): their methods never cross. Anything else is not data: the call fails.
 """
 
+import ast
+import builtins
 import json
 import os
 import sys
@@ -165,7 +167,7 @@ def _copy_back(args, changed):
             arg.update(value)
 
 
-def _proxy(name, channel, builtins):
+def _proxy(name, channel):
     """A stand-in for the program's ``name`` in the tests: the call crosses as data, the answer comes back as
     plain values (or the exception, re-raised as the built-in class of that name or CandidateError)."""
 
@@ -189,11 +191,11 @@ def _proxy(name, channel, builtins):
     return call
 
 
-def _names_called(tests, ast):
+def _names_called(tests):
     return {node.id for node in ast.walk(ast.parse(tests)) if isinstance(node, ast.Name)}
 
 
-def _checker(cfg, channel, result_fd, builtins, ast):
+def _checker(cfg, channel, result_fd):
     """Run setup and tests against the worker's values; write the nonce when the tests' last statement ends.
     Returns normally only then; any failure propagates (the caller prints it and exits non-zero)."""
     hello = channel.receive()
@@ -206,9 +208,9 @@ def _checker(cfg, channel, result_fd, builtins, ast):
     if cfg["calls"] is not None:  # named by the caller: always the program's, even over the setup's stub
         names = set(cfg["calls"])
     else:  # the program's callables the tests name, but never one that shadows a builtin or the setup's own
-        names = (_names_called(cfg["tests"], ast) & defined) - set(namespace) - set(dir(builtins))
+        names = (_names_called(cfg["tests"]) & defined) - set(namespace) - set(dir(builtins))
     for name in names:
-        namespace[name] = _proxy(name, channel, builtins)
+        namespace[name] = _proxy(name, channel)
     exec(compile(cfg["tests"], "<tests>", "exec"), namespace)
     os.write(result_fd, cfg["nonce"].encode("ascii"))
 
@@ -219,10 +221,8 @@ def _run_role(cfg, traceback, exit_now):
     if cfg["role"] == "worker":
         _worker(cfg["code"], channel, traceback)
         exit_now(0)
-    import ast
-    import builtins
     try:
-        _checker(cfg, channel, cfg["result_fd"], builtins, ast)
+        _checker(cfg, channel, cfg["result_fd"])
     except BaseException:  # noqa: BLE001 - a failed test, a broken answer: no nonce, so not passed
         traceback.print_exc()
         sys.stderr.flush()
