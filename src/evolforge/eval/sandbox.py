@@ -1,31 +1,36 @@
-"""Run untrusted, model-written Python in a throwaway, resource-limited, offline child process.
+"""Run untrusted, model-written Python in throwaway, resource-limited, offline child processes.
 
-HumanEval and MBPP are scored by executing the code a model wrote. ``run_untrusted`` runs one program (and,
-optionally, its tests as a separate piece) per call, each in a fresh interpreter, and reports whether it ran to
-the end::
+HumanEval and MBPP are scored by executing the code a model wrote; AutoIF runs model-written verification
+functions. ``run_untrusted`` runs one program per call in a fresh interpreter::
 
     >>> run_untrusted("def add(a, b):\\n    return a + b", tests="assert add(2, 3) == 5").status
     'passed'
+    >>> run_untrusted("def add(a, b):\\n    return a - b", tests="assert add(2, 3) == 5").status
+    'failed'
     >>> run_untrusted("while True:\\n    pass", timeout_s=1).status
     'timeout'
 
-**The verdict** is the child's exit status, read by this process: the child (``sandbox_child.py``) exits 0
-only when a statement that runs after the tests' last statement releases a lock that nothing the program can
-reach refers to; the program runs in a thread whose stack holds none of the harness's frames, the harness's
-globals are emptied before it starts, and every ``_exit`` it can find is a blocked operation. No token or
-secret exists in the child.
+**The verdict, with tests**, is never the program's to give: the program runs in one child (the *worker*), which
+can only answer calls with plain data (JSON-like values; ``sandbox_roles.py`` states the rule for floats,
+tuples, sets); the tests run in a second child (the *checker*) that never runs the program's code, gets those
+values as plain Python objects, and writes a nonce, which the worker never sees, to this process once the tests'
+last statement completed. ``passed`` needs that nonce: no exit status, finalizer, gc callback, signal handler,
+``os._exit`` or ctypes call in the program's process, and no object with a lying ``__eq__``, can make one.
+**Without tests**, ``passed`` means the program's last statement completed, as its own process reports (exit 0
+after a lock only the end of the program releases): a status, not a verdict a hostile program cannot fake.
 
 **Layers**, each used when the machine offers it (``isolation()`` says which are on; a missing one is logged
 as a warning once per process, never silently). See ``docs/sandbox.md`` for what each one holds and when.
 
 - namespaces (``unshare``): no network, its own pid namespace (every process of the run dies with it), its
-  own mount namespace (fresh ``/proc``; the work directory is re-mounted ``noexec``);
+  own mount namespace (fresh ``/proc``; empty ``/tmp``, ``/run``, ``/dev/shm``, so no host Unix socket there;
+  the work directory a ``noexec`` tmpfs of ``WORK_QUOTA_MB`` / ``WORK_QUOTA_FILES``: the disk quota);
 - an unprivileged, per-run uid when started as root, with ``RLIMIT_NPROC``; directories the uid may not
   traverse (a mode-700 ``/root`` holding the interpreter) are replaced, inside the mount namespace, by a
   tmpfs that holds only the interpreter's trees;
 - Landlock: reads only of the interpreter, the allowed packages and system libraries; writes only in the
   work directory; no exec, no TCP, no signals out;
-- seccomp: no new processes (threads only), no exec, no sockets but AF_UNIX;
+- seccomp: no new processes (threads only), no exec, no sockets at all (``socketpair`` only);
 - rlimits (address space, CPU, file size, no core dumps) and a scrubbed environment (an allow-list);
 - a PEP 578 audit hook: clear ``blocked`` statuses, and the introspection routes closed (gc, other threads'
   frames, tracing, ctypes, fresh builtin modules).
