@@ -31,7 +31,7 @@ HUMANEVAL_DOC = {"prompt": 'def add(a, b):\n    """The sum of a and b."""\n', "e
                  "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"
                          "    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n    assert candidate(-1, 1) == 0\n"}
 MBPP_DOC = {"test_list": ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add(10, 5) == 15"],
-            "test_setup_code": ""}
+            "test_setup_code": "", "code": CORRECT}  # the reference: its functions are the ones the tests call
 AUTOIF_INPUTS, AUTOIF_EXPECTED = ["a,b", "ab", "x, y, z"], (False, True, False)  # "contains no comma"
 AUTOIF_WRONG = "def evaluate(response):\n    return ',' in response\n"
 TIMEOUT_S = 4

@@ -11,6 +11,7 @@ import pytest
 
 from evolforge.eval.sandbox import isolation, run_untrusted
 from evolforge.eval.sandbox_roles import WIRE_DEPTH, _decode, _encode
+from evolforge.eval.tasks import code_scoring
 
 
 def _round_trip(value):
@@ -132,3 +133,32 @@ def _last_numbers(stderr: str) -> tuple[int, int]:
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             return int(parts[0]), int(parts[1])
     raise AssertionError(stderr)
+
+
+MBPP_AREA = {"code": "import math\ndef circle_area(r):\n    return math.pi * r * r",
+             "test_list": ["assert math.isclose(circle_area(2), 12.566, rel_tol=0.001)"], "test_setup_code": ""}
+
+
+@pytest.fixture
+def scoring(monkeypatch):
+    monkeypatch.setenv(code_scoring.ALLOW_ENV, "1")
+
+
+def test_mbpp_tests_get_the_reference_s_imports_not_the_program_s(scoring):
+    right = "import math\ndef circle_area(r):\n    return math.pi * r ** 2"
+    # a wrong program that rebinds what the tests call beside its function: math.isclose, or isclose itself
+    spoof_module = "import math\nmath.isclose = lambda *a, **k: True\ndef circle_area(r):\n    return 0"
+    spoof_name = "from math import isclose\nisclose = lambda *a, **k: True\nmath = None\ndef circle_area(r):\n    return 0"
+    assert code_scoring.mbpp_process_results(MBPP_AREA, [[right]]) == {"pass@1": 1.0}
+    assert code_scoring.mbpp_process_results(MBPP_AREA, [[spoof_module]]) == {"pass@1": 0.0}
+    assert code_scoring.mbpp_process_results(MBPP_AREA, [[spoof_name]]) == {"pass@1": 0.0}
+    spoof_tests = {**MBPP_AREA, "code": "from math import isclose, pi\ndef circle_area(r):\n    return pi * r * r",
+                   "test_list": ["assert isclose(circle_area(2), 12.566, rel_tol=0.001)"]}
+    assert code_scoring.mbpp_process_results(spoof_tests, [[spoof_name]]) == {"pass@1": 0.0}
+
+
+def test_reference_imports_and_functions():
+    assert code_scoring.reference_imports_and_functions("import re\nfrom math import pi as p\ndef f(): pass\n"
+                                                        "class C: pass\ndef g(): pass") == (
+        "import re\nfrom math import pi as p", ("f", "g"))
+    assert code_scoring.reference_imports_and_functions("def (") == ("", None)

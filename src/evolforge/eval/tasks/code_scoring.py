@@ -17,7 +17,9 @@ The verdict is never the program's to give: the program runs in one sandboxed pr
 calls with plain data, the tests in another that compares those values and alone can report success
 (:func:`evolforge.eval.sandbox.run_untrusted` with ``tests``). For HumanEval the tests' process first runs the
 problem's own prompt (trusted: helpers such as ``poly`` or ``encode_cyclic`` that the tests call are the
-dataset's, not the model's), and only the entry point is the program's; for MBPP, the functions the tests name.
+dataset's, not the model's), and only the entry point is the program's. For MBPP the tests' process runs the
+task's ``test_setup_code`` and the import statements of the reference solution (``code``; the tests were
+written against it, e.g. ``math.isclose``), and the functions that the reference defines are the program's.
 
 A program scores 1 only when it passed. A sandbox that could not be set up (``error``) is tried once more
 before the program scores 0; an ``error`` or a ``timeout`` (which a heavily loaded machine can cause) is
@@ -28,6 +30,7 @@ pass@1 with one greedy sample per problem is the fraction of problems whose prog
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 
@@ -95,10 +98,25 @@ def humaneval_process_results(doc: dict, results: list) -> dict[str, float]:
     return {"pass@1": score_program(_first(results), tests, setup=doc["prompt"], calls=(doc["entry_point"],))}
 
 
+def reference_imports_and_functions(code: str) -> tuple[str, tuple[str, ...] | None]:
+    """The import statements and the top-level function names of a reference solution (trusted data).
+
+    None for the functions when the reference does not parse or defines none: the sandbox's default rule
+    (the program's callables that the tests name) applies then."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return "", None
+    imports = "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    functions = tuple(n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    return imports, functions or None
+
+
 def mbpp_process_results(doc: dict, results: list) -> dict[str, float]:
     setup = doc.get("test_setup_code") or ""
+    imports, functions = reference_imports_and_functions(doc.get("code") or "")
     return {"pass@1": score_program(f"{setup}\n{_first(results)}\n", "\n".join(doc["test_list"]) + "\n",
-                                    setup=setup)}
+                                    setup=f"{imports}\n{setup}\n", calls=functions)}
 
 
 def mbpp_fewshot_samples() -> list[dict]:
