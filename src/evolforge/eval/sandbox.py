@@ -207,8 +207,7 @@ def _run_checked(code: str, tests: str, setup: str, calls: tuple[str, ...] | Non
             children.append(_start(base, "checker", checker_settings, timeout_s, memory_mb, layers, packages,
                                    pass_fds=(answers_to[0], calls_to[1], verdict[1]), audit=audit))
         except OSError as e:
-            for child in children:
-                _end(child)
+            _end(*children)
             return SandboxResult(False, "error", f"could not start the sandbox: {e}", None, 0.0)
         finally:  # the children hold their ends now; ours would keep a dead peer's pipe open
             for fd in (*calls_to, *answers_to, verdict[1]):
@@ -227,8 +226,7 @@ def _run_checked(code: str, tests: str, setup: str, calls: tuple[str, ...] | Non
                 worker_rc = worker.proc.wait(timeout=WORKER_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass
-        for child in children:
-            _end(child)
+        _end(*children)
         program_err, tests_err = worker.stderr(), checker.stderr()
         for child in children:
             child.err.close()

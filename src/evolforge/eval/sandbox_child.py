@@ -179,25 +179,6 @@ def _seccomp():
     return libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
 
 
-def _read_roots(packages):
-    """What the program may read: the interpreter, the allowed third-party packages, the system's libraries."""
-    import site
-    base = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
-    dirs, listable = set(base), set()
-    for sp in {os.path.realpath(p) for p in site.getsitepackages()}:
-        if any(sp == b or sp.startswith(b + os.sep) for b in base) or not os.path.isdir(sp):
-            continue
-        listable.add(sp)  # the import system lists it; files are readable only in allowed packages
-        for entry in os.listdir(sp):
-            stem = entry.split("-")[0].split(".")[0]
-            if stem in packages or entry.removesuffix(".libs") in packages:
-                dirs.add(os.path.join(sp, entry))
-    dirs.add(os.path.dirname(os.path.realpath(os.__file__)))  # the standard library
-    dirs |= {"/usr", "/lib", "/lib64", "/lib32", "/sys/devices/system/cpu"}
-    files = ["/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero"]
-    return sorted(d for d in dirs if os.path.exists(d)), files, sorted(listable)
-
-
 def _audit_hook(work, read_dirs, read_files, list_dirs, exit_blocked, exit_now, write2, getcwd):
     """A Python-level guard that the program cannot remove (PEP 578): clear statuses for what the OS layers
     also stop, and the closing of the introspection routes that could reach the verdict's machinery."""
@@ -268,6 +249,26 @@ def _audit_hook(work, read_dirs, read_files, list_dirs, exit_blocked, exit_now, 
     return hook
 
 
+def _guard_exits(_imp, posix, audit):
+    """Without tests the exit status says "ran to its end": make every ``_exit`` the program can find a blocked
+    operation. First every builtin module is made to exist, so that nothing can make a fresh copy of one later
+    (a fresh posix would hand out an unguarded _exit); then the program loses the ways to build or reload them.
+    (A worker or checker needs none of it: their exit status is no verdict.)"""
+    for name in sys.builtin_module_names:
+        if name not in ("xxsubtype",):
+            __import__(name)
+
+    def no_builtin_modules(*args):
+        raise ImportError("evolforge-sandbox: no new builtin modules")
+    _imp.create_builtin = _imp.exec_builtin = no_builtin_modules
+    real_exit = posix._exit
+    fake_exit = lambda *args: audit("os.exec", "_exit")  # noqa: E731
+    for mod in list(sys.modules.values()):
+        for key, value in list(getattr(mod, "__dict__", {}).items()):
+            if value is real_exit:
+                setattr(mod, key, fake_exit)
+
+
 def _main():
     cfg = json.loads(sys.stdin.buffer.read())
     os.close(0)
@@ -305,7 +306,7 @@ def _main():
         except OSError as e:
             fail_setup(f"the drop to uid {cfg['drop_to']}: {e}")
     os.chdir(work)
-    read_dirs, read_files, list_dirs = _read_roots(set(cfg["packages"]))
+    read_dirs, read_files, list_dirs = cfg["read_dirs"], cfg["read_files"], cfg["list_dirs"]  # the parent's read_roots
     if cfg["landlock"] and not _landlock(work, read_dirs, read_files, list_dirs):
         fail_setup("Landlock")
     if cfg["seccomp"] and not _seccomp():
@@ -313,23 +314,8 @@ def _main():
     if cfg["expect_uid"] is not None and os.getuid() != cfg["expect_uid"]:
         fail_setup(f"uid {cfg['expect_uid']} (running as {os.getuid()})")
 
-    # Every builtin module exists now, so that nothing can make a fresh copy of one later (a fresh posix
-    # would hand out an unguarded _exit); then the program loses the ways to build or reload them.
-    for name in sys.builtin_module_names:
-        if name not in ("xxsubtype",):
-            __import__(name)
-
-    def no_builtin_modules(*args):
-        raise ImportError("evolforge-sandbox: no new builtin modules")
-    _imp.create_builtin = _imp.exec_builtin = no_builtin_modules
-    # the exit status is the verdict: the program's _exit is a blocked operation, wherever it finds one
-    real_exit, audit = posix._exit, sys.audit
-    fake_exit = lambda *args: audit("os.exec", "_exit")  # noqa: E731
-    for mod in list(sys.modules.values()):
-        for key, value in list(getattr(mod, "__dict__", {}).items()):
-            if value is real_exit:
-                setattr(mod, key, fake_exit)
-    del real_exit
+    if cfg["role"] == "program":  # its exit status is its status: guard the ways to a clean early exit
+        _guard_exits(_imp, posix, sys.audit)
     for mod in [m for m in list(sys.modules) if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
         del sys.modules[mod]
     if cfg["audit"]:  # off only in tests that show what the OS layers hold on their own

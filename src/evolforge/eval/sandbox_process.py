@@ -6,6 +6,7 @@ Used by :mod:`evolforge.eval.sandbox` (which decides the layers and the verdict)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -17,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from evolforge.eval.sandbox_roles import read_roots
 
 # Exit codes the child uses to say why it stopped (chosen to not collide with Python's own 0/1/2).
 EXIT_BLOCKED = 86
@@ -59,14 +62,17 @@ def _count_processes(uid: int) -> int:
     return n
 
 
-def _kill_uid(uid: int) -> None:
-    """Kill every process of a run's own uid (used where no pid namespace does it)."""
+def _kill_uids(uids: set[int]) -> set[int]:
+    """Kill every process of the runs' own uids (one pass over /proc); return the uids that still had one."""
+    found = set()
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+            if entry.isdigit() and (uid := os.stat(f"/proc/{entry}").st_uid) in uids:
+                found.add(uid)
                 os.kill(int(entry), signal.SIGKILL)
         except OSError:
             pass
+    return found
 
 
 def _expose_roots() -> list[str]:
@@ -123,7 +129,8 @@ def _start(base: str, role: str, settings: dict, timeout_s: float, memory_mb: in
            "cpu_s": int(timeout_s) + 1, "nproc": nproc, "drop_to": uid, "expect_uid": uid if probe else None,
            "expose": _expose_roots(), "mounts": layers.mounts, "landlock": layers.landlock,
            "seccomp": layers.seccomp, "audit": audit, "packages": list(packages), "exit_blocked": EXIT_BLOCKED,
-           "exit_setup": EXIT_SETUP, "quota_mb": WORK_QUOTA_MB, "quota_files": WORK_QUOTA_FILES}
+           "exit_setup": EXIT_SETUP, "quota_mb": WORK_QUOTA_MB, "quota_files": WORK_QUOTA_FILES,
+           **_read_roots(tuple(packages))}
     env = {**ENV_ALLOWED, "HOME": work, "TMPDIR": work}
     err = tempfile.TemporaryFile()
     try:
@@ -141,18 +148,28 @@ def _start(base: str, role: str, settings: dict, timeout_s: float, memory_mb: in
     return _Child(proc, uid, err)
 
 
-def _end(child: _Child) -> None:
-    """Kill everything the child started; pass or fail, nothing of a run outlives it."""
-    try:
-        os.killpg(child.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    child.proc.wait()
-    if child.uid is not None:  # the namespace's processes die with its pid 1, but asynchronously: wait for it
-        deadline = time.monotonic() + 5
-        while _count_processes(child.uid) and time.monotonic() < deadline:
-            _kill_uid(child.uid)
-            time.sleep(0.01)
+@functools.lru_cache(maxsize=8)
+def _read_roots(packages: tuple[str, ...]) -> dict:
+    read_dirs, read_files, list_dirs = read_roots(set(packages))
+    return {"read_dirs": read_dirs, "read_files": read_files, "list_dirs": list_dirs}
+
+
+def _end(*children: _Child) -> None:
+    """Kill everything the children started; pass or fail, nothing of a run outlives it."""
+    for child in children:
+        try:
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for child in children:
+        child.proc.wait()
+    uids = {child.uid for child in children} - {None}
+    # the namespaces' processes die with their pid 1, but asynchronously: wait for them (all runs' at once)
+    deadline = time.monotonic() + 5
+    while uids and time.monotonic() < deadline:
+        uids = _kill_uids(uids)
+        if uids:
+            time.sleep(0.002)
 
 
 def _writable_for_removal(base: str) -> None:

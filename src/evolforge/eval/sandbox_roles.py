@@ -23,10 +23,10 @@ bytearray), ``{"c": [re, im]}`` complex. Subclasses of these types and numpy sca
 plain value (``float(x)``, ``x.tolist()``): their methods never cross. Anything else is not data: the call fails.
 """
 
-import ast
 import builtins
 import json
 import os
+import site
 import sys
 
 WIRE_DEPTH = 100  # nesting a value may have on the wire
@@ -81,6 +81,26 @@ def _decode(data):
     if tag == "c":
         return complex(float(body[0]), float(body[1]))
     raise ValueError("unknown tag %r" % tag)
+
+
+def read_roots(packages):
+    """What the program may read: the interpreter, the allowed third-party packages, the system's libraries.
+
+    Computed once by the parent (the same interpreter), so that no child pays for ``site`` and the listing."""
+    base = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
+    dirs, listable = set(base), set()
+    for sp in {os.path.realpath(p) for p in site.getsitepackages()}:
+        if any(sp == b or sp.startswith(b + os.sep) for b in base) or not os.path.isdir(sp):
+            continue
+        listable.add(sp)  # the import system lists it; files are readable only in allowed packages
+        for entry in os.listdir(sp):
+            stem = entry.split("-")[0].split(".")[0]
+            if stem in packages or entry.removesuffix(".libs") in packages:
+                dirs.add(os.path.join(sp, entry))
+    dirs.add(os.path.dirname(os.path.realpath(os.__file__)))  # the standard library
+    dirs |= {"/usr", "/lib", "/lib64", "/lib32", "/sys/devices/system/cpu"}
+    files = ["/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero"]
+    return sorted(d for d in dirs if os.path.exists(d)), files, sorted(listable)
 
 
 class _Channel:
@@ -192,6 +212,7 @@ def _proxy(name, channel):
 
 
 def _names_called(tests):
+    import ast  # only the checker's default rule needs it: the worker and a program skip the import's cost
     return {node.id for node in ast.walk(ast.parse(tests)) if isinstance(node, ast.Name)}
 
 
