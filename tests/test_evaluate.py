@@ -145,7 +145,7 @@ def test_sandbox_setup_failure_is_retried_and_shown(monkeypatch, caplog):
     def scripted(*statuses):
         runs = iter(statuses)
 
-        def run(program, tests=None, timeout_s=10.0, memory_mb=512):
+        def run(program, tests=None, timeout_s=10.0, memory_mb=512, **checks):
             status = next(runs)
             return SandboxResult(status == "passed", status, "unshare: Operation not permitted" if status == "error" else "",
                                  None if status == "timeout" else 0, 10.0 if status == "timeout" else 0.1)

@@ -1,31 +1,36 @@
-"""Run untrusted, model-written Python in a throwaway, resource-limited, offline child process.
+"""Run untrusted, model-written Python in throwaway, resource-limited, offline child processes.
 
-HumanEval and MBPP are scored by executing the code a model wrote. ``run_untrusted`` runs one program (and,
-optionally, its tests as a separate piece) per call, each in a fresh interpreter, and reports whether it ran to
-the end::
+HumanEval and MBPP are scored by executing the code a model wrote; AutoIF runs model-written verification
+functions. ``run_untrusted`` runs one program per call in a fresh interpreter::
 
     >>> run_untrusted("def add(a, b):\\n    return a + b", tests="assert add(2, 3) == 5").status
     'passed'
+    >>> run_untrusted("def add(a, b):\\n    return a - b", tests="assert add(2, 3) == 5").status
+    'failed'
     >>> run_untrusted("while True:\\n    pass", timeout_s=1).status
     'timeout'
 
-**The verdict** is the child's exit status, read by this process: the child (``sandbox_child.py``) exits 0
-only when a statement that runs after the tests' last statement releases a lock that nothing the program can
-reach refers to; the program runs in a thread whose stack holds none of the harness's frames, the harness's
-globals are emptied before it starts, and every ``_exit`` it can find is a blocked operation. No token or
-secret exists in the child.
+**The verdict, with tests**, is never the program's to give: the program runs in one child (the *worker*), which
+can only answer calls with plain data (JSON-like values; ``sandbox_roles.py`` states the rule for floats,
+tuples, sets); the tests run in a second child (the *checker*) that never runs the program's code, gets those
+values as plain Python objects, and writes a nonce, which the worker never sees, to this process once the tests'
+last statement completed. ``passed`` needs that nonce: no exit status, finalizer, gc callback, signal handler,
+``os._exit`` or ctypes call in the program's process, and no object with a lying ``__eq__``, can make one.
+**Without tests**, ``passed`` means the program's last statement completed, as its own process reports (exit 0
+after a lock only the end of the program releases): a status, not a verdict a hostile program cannot fake.
 
 **Layers**, each used when the machine offers it (``isolation()`` says which are on; a missing one is logged
 as a warning once per process, never silently). See ``docs/sandbox.md`` for what each one holds and when.
 
 - namespaces (``unshare``): no network, its own pid namespace (every process of the run dies with it), its
-  own mount namespace (fresh ``/proc``; the work directory is re-mounted ``noexec``);
+  own mount namespace (fresh ``/proc``; empty ``/tmp``, ``/run``, ``/dev/shm``, so no host Unix socket there;
+  the work directory a ``noexec`` tmpfs of ``WORK_QUOTA_MB`` / ``WORK_QUOTA_FILES``: the disk quota);
 - an unprivileged, per-run uid when started as root, with ``RLIMIT_NPROC``; directories the uid may not
   traverse (a mode-700 ``/root`` holding the interpreter) are replaced, inside the mount namespace, by a
   tmpfs that holds only the interpreter's trees;
 - Landlock: reads only of the interpreter, the allowed packages and system libraries; writes only in the
   work directory; no exec, no TCP, no signals out;
-- seccomp: no new processes (threads only), no exec, no sockets but AF_UNIX;
+- seccomp: no new processes (threads only), no exec, no sockets at all (``socketpair`` only);
 - rlimits (address space, CPU, file size, no core dumps) and a scrubbed environment (an allow-list);
 - a PEP 578 audit hook: clear ``blocked`` statuses, and the introspection routes closed (gc, other threads'
   frames, tracing, ctypes, fresh builtin modules).
@@ -34,7 +39,6 @@ as a warning once per process, never silently). See ``docs/sandbox.md`` for what
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import secrets
@@ -46,24 +50,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+
+from evolforge.eval.sandbox_process import (  # noqa: F401  (constants re-exported for callers and tests)
+    DEFAULT_PACKAGES, ENV_ALLOWED, EXIT_BLOCKED, EXIT_MEMORY, EXIT_SETUP, NPROC, STDERR_TAIL_CHARS, UID_BASE,
+    UID_SPAN, WORK_QUOTA_FILES, WORK_QUOTA_MB, WORKER_GRACE_S, _Child, _end, _Layers, _start, _status,
+    _writable_for_removal)
 
 log = logging.getLogger(__name__)
-
-# Exit codes the child uses to say why it stopped (chosen to not collide with Python's own 0/1/2).
-EXIT_BLOCKED = 86
-EXIT_MEMORY = 87
-EXIT_SETUP = 88  # an isolation layer that was asked for could not be set up
-STDERR_TAIL_CHARS = 4000
-# Per-run uids when started as root: far above ordinary and subordinate-id ranges, never in /etc/passwd.
-UID_BASE = 2_100_000_000
-UID_SPAN = 1 << 20
-NPROC = 16  # tasks (threads included) a run's uid may have: the harness uses two
-DEFAULT_PACKAGES = ("numpy",)  # third-party packages a program may import (and read)
-# The child's whole environment (nothing is inherited: no keys, tokens or proxies reach it).
-ENV_ALLOWED = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-CHILD_SOURCE = (Path(__file__).with_name("sandbox_child.py")).read_text()
 
 STATUSES = ("passed", "failed", "timeout", "memory", "blocked", "error")
 
@@ -72,19 +65,9 @@ STATUSES = ("passed", "failed", "timeout", "memory", "blocked", "error")
 class SandboxResult:
     passed: bool
     status: str  # one of STATUSES
-    stderr: str  # the last STDERR_TAIL_CHARS characters the program wrote to stderr
+    stderr: str  # the last STDERR_TAIL_CHARS characters of stderr (with tests: the program's, then the tests')
     returncode: int | None  # None when it was killed at the time limit
     duration_s: float  # wall clock, seconds
-
-
-@dataclass(frozen=True)
-class _Layers:
-    prefix: tuple[str, ...]  # command that puts the child in fresh namespaces, or ()
-    pid_namespace: bool
-    mounts: bool  # a private mount namespace the child may change
-    drop: bool  # root: run as a fresh unprivileged uid
-    landlock: bool
-    seccomp: bool
 
 
 _NS_FULL = ("--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private")
@@ -160,109 +143,124 @@ def isolation() -> dict:
 
 
 def run_untrusted(code: str, timeout_s: float = 10.0, memory_mb: int = 512, *, tests: str | None = None,
+                  setup: str = "", calls: tuple[str, ...] | None = None,
                   packages: tuple[str, ...] = DEFAULT_PACKAGES) -> SandboxResult:
-    """Run ``code`` (then ``tests``, compiled separately) in a fresh sandboxed interpreter; passed only if the
-    last statement completes within the limits.
+    """Run ``code`` in a fresh sandboxed interpreter; with ``tests``, judge it by them, outside its process.
 
-    ``timeout_s`` is wall-clock seconds for the whole run; ``memory_mb`` caps the address space (MiB), which
-    must leave room for the interpreter itself (about 30 MiB); ``packages`` are the third-party packages the
-    program may import (everything else in site-packages is unreadable).
+    Without ``tests``: ``passed`` means the program's last statement completed within the limits. The program's
+    own process says so, so it is no verdict that a hostile program could not fake (``docs/sandbox.md``).
+
+    With ``tests``: the program runs in one child (the worker); the trusted ``setup``, then ``tests``, run in
+    another (the checker), where each name in ``calls`` (default: each callable of the program that the tests
+    name, unless a builtin or the setup binds that name) is a proxy that calls the program's function in the
+    worker and gets back plain data only. ``passed`` only when the tests' last statement completed in the
+    checker, which then writes a nonce that the program's process never sees.
+
+    ``timeout_s`` is wall-clock seconds for the whole run; ``memory_mb`` caps each process's address space (MiB),
+    which must leave room for the interpreter itself (about 30 MiB); ``packages`` are the third-party packages
+    the program may import (everything else in site-packages is unreadable).
     """
-    return _run(code, tests, timeout_s, memory_mb, layers=_layers(), packages=packages)
-
-
-def _count_processes(uid: int) -> int:
-    n = 0
-    for entry in os.listdir("/proc"):
-        try:
-            n += entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
-        except OSError:
-            pass
-    return n
-
-
-def _kill_uid(uid: int) -> None:
-    """Kill every process of a run's own uid (used where no pid namespace does it)."""
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
-                os.kill(int(entry), signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def _expose_roots() -> list[str]:
-    """The interpreter's trees, which the per-run uid must be able to read."""
-    roots = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix)})
-    return [r for r in roots if not any(r != o and r.startswith(o + os.sep) for o in roots)]
-
-
-def _status(rc: int | None, timed_out: bool, stderr: str) -> str:
-    if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL):  # RLIMIT_CPU ends pid 1 of a namespace by SIGKILL
-        return "timeout"
-    if rc == 0:
-        return "passed"
-    if rc == EXIT_SETUP:
-        return "error"
-    if rc in (EXIT_BLOCKED, -signal.SIGSYS):  # the audit hook, or seccomp killing a fork / exec
-        return "blocked"
-    if rc == EXIT_MEMORY or "MemoryError" in stderr:
-        return "memory"
-    return "failed"
-
+    if tests is None:
+        return _run(code, None, timeout_s, memory_mb, layers=_layers(), packages=packages)
+    return _run_checked(code, tests, setup, calls, timeout_s, memory_mb, layers=_layers(), packages=packages)
 
 def _run(code: str, tests: str | None, timeout_s: float, memory_mb: int, *, layers: _Layers,
          packages: tuple[str, ...], probe: bool = False, audit: bool = True) -> SandboxResult:
+    """One child runs ``code`` (then ``tests``, in the same process: for probes and the OS-layer tests)."""
     start = time.monotonic()
-    uid = UID_BASE + secrets.randbelow(UID_SPAN) if layers.drop else None
-    with tempfile.TemporaryDirectory(prefix="evolforge-sandbox-") as base, tempfile.TemporaryFile() as err:
-        work, stage = os.path.join(base, "work"), os.path.join(base, "stage")
-        os.mkdir(work, 0o700)
-        os.mkdir(stage, 0o700)
-        if uid is not None:
-            os.chmod(base, 0o711)  # the uid may pass through to its work directory, not list the rest
-            os.chown(work, uid, uid)
-        if uid is not None or os.geteuid() == 0:
-            nproc = NPROC
-        else:  # the limit counts all of this user's processes
-            nproc = _count_processes(os.geteuid()) + NPROC
-        cfg = {"code": code, "tests": tests or "", "work": work, "stage": stage, "memory_mb": int(memory_mb),
-               "cpu_s": int(timeout_s) + 1, "nproc": nproc, "drop_to": uid, "expect_uid": uid if probe else None,
-               "expose": _expose_roots(), "mounts": layers.mounts, "landlock": layers.landlock,
-               "seccomp": layers.seccomp, "audit": audit, "packages": list(packages), "exit_blocked": EXIT_BLOCKED,
-               "exit_setup": EXIT_SETUP}
-        env = {**ENV_ALLOWED, "HOME": work, "TMPDIR": work}
+    with tempfile.TemporaryDirectory(prefix="evolforge-sandbox-") as base:
         try:
-            proc = subprocess.Popen([*layers.prefix, sys.executable, "-I", "-B", "-c", CHILD_SOURCE],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, cwd=work,
-                                    env=env, start_new_session=True)
+            child = _start(base, "program", {"code": code, "tests": tests or ""}, timeout_s, memory_mb, layers,
+                           packages, probe=probe, audit=audit)
         except OSError as e:
             return SandboxResult(False, "error", f"could not start the sandbox: {e}", None, 0.0)
         try:
-            proc.communicate(json.dumps(cfg).encode(), timeout=timeout_s)
+            child.proc.wait(timeout=timeout_s)
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-        finally:  # pass or fail, nothing of the run outlives it
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            if uid is not None:  # the namespace's processes die with its pid 1, but asynchronously: wait for it
-                deadline = time.monotonic() + 5
-                while _count_processes(uid) and time.monotonic() < deadline:
-                    _kill_uid(uid)
-                    time.sleep(0.01)
-        err.seek(0)
-        stderr = err.read().decode(errors="replace")[-STDERR_TAIL_CHARS:]
-        if uid is not None:  # files the uid created are removed with the directory; make sure we may
-            for root, dirs, _files in os.walk(work):
-                for d in dirs:
-                    try:
-                        os.chmod(os.path.join(root, d), 0o700)
-                    except OSError:
-                        pass
-    rc = None if timed_out else proc.returncode
+        finally:
+            _end(child)
+        stderr = child.stderr()
+        child.err.close()
+        _writable_for_removal(base)
+    rc = None if timed_out else child.proc.returncode
     status = _status(rc, timed_out, stderr)
     return SandboxResult(status == "passed", status, stderr, rc, round(time.monotonic() - start, 3))
+
+
+def _run_checked(code: str, tests: str, setup: str, calls: tuple[str, ...] | None, timeout_s: float,
+                 memory_mb: int, *, layers: _Layers, packages: tuple[str, ...],
+                 audit: bool = True) -> SandboxResult:
+    """The program in a worker, the tests in a checker; passed only when the checker's nonce arrives."""
+    start, nonce = time.monotonic(), secrets.token_hex(16)
+    calls_to, answers_to, verdict = os.pipe(), os.pipe(), os.pipe()  # (read end, write end) each
+    children: list[_Child] = []
+    with tempfile.TemporaryDirectory(prefix="evolforge-sandbox-") as base:
+        try:
+            children.append(_start(base, "worker", {"code": code, "read_fd": calls_to[0],
+                                                    "write_fd": answers_to[1]}, timeout_s, memory_mb, layers,
+                                   packages, pass_fds=(calls_to[0], answers_to[1]), audit=audit))
+            checker_settings = {"tests": tests, "setup": setup, "calls": None if calls is None else list(calls),
+                                "nonce": nonce, "read_fd": answers_to[0], "write_fd": calls_to[1],
+                                "result_fd": verdict[1]}
+            children.append(_start(base, "checker", checker_settings, timeout_s, memory_mb, layers, packages,
+                                   pass_fds=(answers_to[0], calls_to[1], verdict[1]), audit=audit))
+        except OSError as e:
+            _end(*children)
+            return SandboxResult(False, "error", f"could not start the sandbox: {e}", None, 0.0)
+        finally:  # the children hold their ends now; ours would keep a dead peer's pipe open
+            for fd in (*calls_to, *answers_to, verdict[1]):
+                os.close(fd)
+        worker, checker = children
+        try:
+            checker.proc.wait(timeout=max(0.0, timeout_s - (time.monotonic() - start)))
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        said = _read_verdict(verdict[0])
+        passed = not timed_out and checker.proc.returncode == 0 and said == nonce.encode()
+        worker_rc = None
+        if not passed and not timed_out:  # why not: the worker's own end (it leaves once the checker is gone)
+            try:
+                worker_rc = worker.proc.wait(timeout=WORKER_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        _end(*children)
+        program_err, tests_err = worker.stderr(), checker.stderr()
+        for child in children:
+            child.err.close()
+        _writable_for_removal(base)
+    rc = None if timed_out else checker.proc.returncode
+    status = "passed" if passed else _checked_status(rc, worker_rc, timed_out, program_err, tests_err)
+    stderr = (program_err + "\n[evolforge-sandbox: the tests]\n" + tests_err)[-STDERR_TAIL_CHARS:]
+    return SandboxResult(passed, status, stderr, rc, round(time.monotonic() - start, 3))
+
+
+def _read_verdict(fd: int) -> bytes:
+    """What the checker wrote on its verdict pipe (it has ended: nothing more will come)."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 256)
+    except BlockingIOError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _checked_status(rc: int | None, worker_rc: int | None, timed_out: bool, program_err: str,
+                    tests_err: str) -> str:
+    """Why a run with tests did not pass, from both children's ends (never "passed": that is the nonce's)."""
+    if timed_out:
+        return "timeout"
+    if EXIT_SETUP in (rc, worker_rc):
+        return "error"
+    if worker_rc not in (None, 0):
+        worker_status = _status(worker_rc, False, program_err)
+        if worker_status in ("blocked", "memory", "timeout"):
+            return worker_status
+    if "MemoryError" in program_err or "MemoryError" in tests_err:
+        return "memory"
+    if rc in (-signal.SIGXCPU, -signal.SIGKILL, EXIT_BLOCKED, -signal.SIGSYS):
+        return _status(rc, False, tests_err)
+    return "failed"

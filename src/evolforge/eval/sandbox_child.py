@@ -1,8 +1,10 @@
-"""The sandbox's child process: locks itself down, then runs one untrusted program. Not imported by the parent.
+"""The sandbox's child process: locks itself down, then plays one role. Not imported by the parent.
 
-:mod:`evolforge.eval.sandbox` passes this file's text to ``python -I -B -c`` and the settings plus the program on
-stdin (JSON). Everything here runs before the program and holds no secret: the verdict is this process's exit
-status, and the only way to exit 0 is for the program's last statement to complete (see ``_main``).
+:mod:`evolforge.eval.sandbox` passes ``sandbox_roles.py``'s text followed by this file's to ``python -I -B -c``,
+and the settings plus the code on stdin (JSON). Everything here runs before untrusted code and holds no secret.
+Roles: ``program`` (a run without tests: it runs the code off the main thread and exits 0 only once the code's
+last statement completed, see ``_main``), ``worker`` and ``checker`` (a run with tests: see ``sandbox_roles``;
+there the verdict is the checker's nonce, never an exit status).
 """
 
 import json
@@ -22,20 +24,27 @@ def _mount(src, target, fstype, flags, data=None):
         raise OSError(ctypes.get_errno(), f"mount {src} -> {target}: {os.strerror(ctypes.get_errno())}")
 
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC = 32, 4096, 8192, 16384
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_BIND, MS_MOVE, MS_REC = 4096, 8192, 16384
 
 
-def _remount_noexec(path):
-    """Bind ``path`` onto itself without exec, suid or devices: no native code can be loaded from it."""
-    _mount(path, path, None, MS_BIND)
-    st = os.statvfs(path).f_flag  # a remount must keep the flags that are locked on the original mount
-    keep = 0
-    for st_flag, ms_flag in ((1, MS_RDONLY), (1024, MS_NOATIME), (2048, MS_NODIRATIME), (4096, MS_RELATIME)):
-        if st & st_flag:
-            keep |= ms_flag
-    _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_NOEXEC | MS_NOSUID | MS_NODEV | keep)
+HOST_SHARED_DIRS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm")  # where host processes keep sockets
+
+
+def _private_dirs(work, owner, quota_mb, files):
+    """Cover the host's shared directories with empty tmpfs (no Unix socket of the host is reachable by path)
+    and make the work directory a fresh tmpfs of at most ``quota_mb`` MiB and ``files`` inodes (the disk quota),
+    without exec, owned by ``owner`` (None: the current user). All of it lives in this mount namespace only."""
+    for path in HOST_SHARED_DIRS:
+        if os.path.isdir(path) and not os.path.islink(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
+    try:
+        os.makedirs(work, 0o755)
+    except FileExistsError:
+        pass
+    ids = "" if owner is None else ",uid=%d,gid=%d" % (owner, owner)
+    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           "mode=0700,size=%dm,nr_inodes=%d%s" % (quota_mb, files, ids))
 
 
 def _expose(roots, stage):
@@ -130,7 +139,7 @@ _EPERM, _ENOSYS, _EAFNOSUPPORT = 1, 38, 97
 
 
 def _seccomp():
-    """No new processes (threads only), no exec, no sockets but AF_UNIX, none of the kernel's sharper tools.
+    """No new processes (threads only), no exec, no sockets (socketpair only), none of the kernel's sharper tools.
 
     Process creation and exec kill the whole process (SIGSYS); the rest fail with an errno. Returns success."""
     ctypes, libc = _libc()
@@ -151,8 +160,9 @@ def _seccomp():
     prog += [(jeq, 0, 1, nr["clone3"]), (ret, 0, 0, _ERRNO | _ENOSYS)]
     prog += [(jeq, 0, 4, nr["clone"]), (ld_w, 0, 0, 16), (jset, 0, 1, 0x00010000),  # CLONE_THREAD
              (ret, 0, 0, _ALLOW), (ret, 0, 0, _KILL_PROCESS)]
-    prog += [(ld_w, 0, 0, 0), (jeq, 0, 4, nr["socket"]), (ld_w, 0, 0, 16), (jeq, 0, 1, 1),  # AF_UNIX
-             (ret, 0, 0, _ALLOW), (ret, 0, 0, _ERRNO | _EAFNOSUPPORT)]
+    # no socket of any family: a filesystem Unix socket of the host cannot be connected without one (the
+    # network namespace does not cover those, nor does Landlock); socketpair() still works
+    prog += [(ld_w, 0, 0, 0), (jeq, 0, 1, nr["socket"]), (ret, 0, 0, _ERRNO | _EAFNOSUPPORT)]
     prog += [(ret, 0, 0, _ALLOW)]
 
     class Filter(ctypes.Structure):
@@ -167,25 +177,6 @@ def _seccomp():
     if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         return False
     return libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
-
-
-def _read_roots(packages):
-    """What the program may read: the interpreter, the allowed third-party packages, the system's libraries."""
-    import site
-    base = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
-    dirs, listable = set(base), set()
-    for sp in {os.path.realpath(p) for p in site.getsitepackages()}:
-        if any(sp == b or sp.startswith(b + os.sep) for b in base) or not os.path.isdir(sp):
-            continue
-        listable.add(sp)  # the import system lists it; files are readable only in allowed packages
-        for entry in os.listdir(sp):
-            stem = entry.split("-")[0].split(".")[0]
-            if stem in packages or entry.removesuffix(".libs") in packages:
-                dirs.add(os.path.join(sp, entry))
-    dirs.add(os.path.dirname(os.path.realpath(os.__file__)))  # the standard library
-    dirs |= {"/usr", "/lib", "/lib64", "/lib32", "/sys/devices/system/cpu"}
-    files = ["/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero"]
-    return sorted(d for d in dirs if os.path.exists(d)), files, sorted(listable)
 
 
 def _audit_hook(work, read_dirs, read_files, list_dirs, exit_blocked, exit_now, write2, getcwd):
@@ -258,6 +249,26 @@ def _audit_hook(work, read_dirs, read_files, list_dirs, exit_blocked, exit_now, 
     return hook
 
 
+def _guard_exits(_imp, posix, audit):
+    """Without tests the exit status says "ran to its end": make every ``_exit`` the program can find a blocked
+    operation. First every builtin module is made to exist, so that nothing can make a fresh copy of one later
+    (a fresh posix would hand out an unguarded _exit); then the program loses the ways to build or reload them.
+    (A worker or checker needs none of it: their exit status is no verdict.)"""
+    for name in sys.builtin_module_names:
+        if name not in ("xxsubtype",):
+            __import__(name)
+
+    def no_builtin_modules(*args):
+        raise ImportError("evolforge-sandbox: no new builtin modules")
+    _imp.create_builtin = _imp.exec_builtin = no_builtin_modules
+    real_exit = posix._exit
+    fake_exit = lambda *args: audit("os.exec", "_exit")  # noqa: E731
+    for mod in list(sys.modules.values()):
+        for key, value in list(getattr(mod, "__dict__", {}).items()):
+            if value is real_exit:
+                setattr(mod, key, fake_exit)
+
+
 def _main():
     cfg = json.loads(sys.stdin.buffer.read())
     os.close(0)
@@ -279,7 +290,7 @@ def _main():
         try:
             if cfg["drop_to"] is not None:
                 _expose(cfg["expose"], cfg["stage"])
-            _remount_noexec(work)
+            _private_dirs(work, cfg["drop_to"], cfg["quota_mb"], cfg["quota_files"])
         except OSError as e:
             fail_setup(f"mounts: {e}")
     mem = cfg["memory_mb"] * 1024 * 1024
@@ -295,7 +306,7 @@ def _main():
         except OSError as e:
             fail_setup(f"the drop to uid {cfg['drop_to']}: {e}")
     os.chdir(work)
-    read_dirs, read_files, list_dirs = _read_roots(set(cfg["packages"]))
+    read_dirs, read_files, list_dirs = cfg["read_dirs"], cfg["read_files"], cfg["list_dirs"]  # the parent's read_roots
     if cfg["landlock"] and not _landlock(work, read_dirs, read_files, list_dirs):
         fail_setup("Landlock")
     if cfg["seccomp"] and not _seccomp():
@@ -303,28 +314,15 @@ def _main():
     if cfg["expect_uid"] is not None and os.getuid() != cfg["expect_uid"]:
         fail_setup(f"uid {cfg['expect_uid']} (running as {os.getuid()})")
 
-    # Every builtin module exists now, so that nothing can make a fresh copy of one later (a fresh posix
-    # would hand out an unguarded _exit); then the program loses the ways to build or reload them.
-    for name in sys.builtin_module_names:
-        if name not in ("xxsubtype",):
-            __import__(name)
-
-    def no_builtin_modules(*args):
-        raise ImportError("evolforge-sandbox: no new builtin modules")
-    _imp.create_builtin = _imp.exec_builtin = no_builtin_modules
-    # the exit status is the verdict: the program's _exit is a blocked operation, wherever it finds one
-    real_exit, audit = posix._exit, sys.audit
-    fake_exit = lambda *args: audit("os.exec", "_exit")  # noqa: E731
-    for mod in list(sys.modules.values()):
-        for key, value in list(getattr(mod, "__dict__", {}).items()):
-            if value is real_exit:
-                setattr(mod, key, fake_exit)
-    del real_exit
+    if cfg["role"] == "program":  # its exit status is its status: guard the ways to a clean early exit
+        _guard_exits(_imp, posix, sys.audit)
     for mod in [m for m in list(sys.modules) if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
         del sys.modules[mod]
     if cfg["audit"]:  # off only in tests that show what the OS layers hold on their own
         sys.addaudithook(_audit_hook(work, read_dirs, read_files, list_dirs, cfg["exit_blocked"], exit_now,
                                      write2, getcwd))
+    if cfg["role"] != "program":  # a run with tests: the program's worker, or the tests' checker
+        _run_role(cfg, traceback, exit_now)
     flushes = (sys.stdout.flush, sys.stderr.flush)  # the original streams, whatever the program rebinds
     try:
         program = compile(cfg["code"], "<candidate>", "exec")

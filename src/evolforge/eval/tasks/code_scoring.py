@@ -13,6 +13,14 @@ Two switches, both set by :func:`evolforge.eval.harness.evaluate` for the durati
 - ``EVOLFORGE_SANDBOX_TIMEOUT_S`` (default 10) and ``EVOLFORGE_SANDBOX_MEMORY_MB`` (default 512) are the
   per-program limits.
 
+The verdict is never the program's to give: the program runs in one sandboxed process that only answers
+calls with plain data, the tests in another that compares those values and alone can report success
+(:func:`evolforge.eval.sandbox.run_untrusted` with ``tests``). For HumanEval the tests' process first runs the
+problem's own prompt (trusted: helpers such as ``poly`` or ``encode_cyclic`` that the tests call are the
+dataset's, not the model's), and only the entry point is the program's. For MBPP the tests' process runs the
+task's ``test_setup_code`` and the import statements of the reference solution (``code``; the tests were
+written against it, e.g. ``math.isclose``), and the functions that the reference defines are the program's.
+
 A program scores 1 only when it passed. A sandbox that could not be set up (``error``) is tried once more
 before the program scores 0; an ``error`` or a ``timeout`` (which a heavily loaded machine can cause) is
 logged as a warning with its status, so a low score from the machine's side is visible.
@@ -22,6 +30,7 @@ pass@1 with one greedy sample per problem is the fraction of problems whose prog
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 
@@ -63,17 +72,19 @@ def _first(results) -> str:
     return results
 
 
-def score_program(program: str, tests: str | None = None) -> float:
-    """1.0 when the program, then its tests (compiled on their own, so that the program cannot swallow them
-    into a string or a block), run to their end in the sandbox, else 0.0."""
+def score_program(program: str, tests: str | None = None, *, setup: str = "",
+                  calls: tuple[str, ...] | None = None) -> float:
+    """1.0 when the program ran to its end and its tests passed against the values it returned, judged outside
+    its process (``setup`` and ``calls``: see :func:`run_untrusted`), else 0.0."""
     if os.environ.get(ALLOW_ENV) != "1":
         raise RuntimeError(f"refusing to execute model-written code: {ALLOW_ENV}=1 is not set "
                            "(evaluate.allow_code_execution is false)")
     limits = {"timeout_s": float(os.environ.get(TIMEOUT_ENV, "10")), "memory_mb": int(os.environ.get(MEMORY_ENV, "512"))}
-    result = run_untrusted(program, tests=tests, **limits)
+    checks = {"tests": tests, "setup": setup, "calls": calls}
+    result = run_untrusted(program, **checks, **limits)
     if result.status == "error":  # the sandbox itself could not be set up: not the program's verdict, try once more
         log.warning("sandbox could not run a program (%s); trying once more", result.stderr[-300:].strip())
-        result = run_untrusted(program, tests=tests, **limits)
+        result = run_untrusted(program, **checks, **limits)
     if result.status in ("error", "timeout"):  # can be the machine's doing (a loaded box): shown, not hidden
         log.warning("sandbox %s after %.1f s: the program scores 0 (%s)", result.status, result.duration_s,
                     result.stderr[-300:].strip() or "no output")
@@ -84,12 +95,28 @@ def score_program(program: str, tests: str | None = None) -> float:
 
 def humaneval_process_results(doc: dict, results: list) -> dict[str, float]:
     tests = f"{doc['test']}\ncheck({doc['entry_point']})\n"
-    return {"pass@1": score_program(_first(results), tests)}
+    return {"pass@1": score_program(_first(results), tests, setup=doc["prompt"], calls=(doc["entry_point"],))}
+
+
+def reference_imports_and_functions(code: str) -> tuple[str, tuple[str, ...] | None]:
+    """The import statements and the top-level function names of a reference solution (trusted data).
+
+    None for the functions when the reference does not parse or defines none: the sandbox's default rule
+    (the program's callables that the tests name) applies then."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return "", None
+    imports = "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    functions = tuple(n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    return imports, functions or None
 
 
 def mbpp_process_results(doc: dict, results: list) -> dict[str, float]:
     setup = doc.get("test_setup_code") or ""
-    return {"pass@1": score_program(f"{setup}\n{_first(results)}\n", "\n".join(doc["test_list"]) + "\n")}
+    imports, functions = reference_imports_and_functions(doc.get("code") or "")
+    return {"pass@1": score_program(f"{setup}\n{_first(results)}\n", "\n".join(doc["test_list"]) + "\n",
+                                    setup=f"{imports}\n{setup}\n", calls=functions)}
 
 
 def mbpp_fewshot_samples() -> list[dict]:
