@@ -19,6 +19,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "generation.py": ["--model", "{tiny}", "--n", "4", "--batch-size", "2", "--max-tokens", "4", "--repeat", "1"],
     "score.py": ["--model", "{tiny}", "--items", "8", "--batch-size", "4"],
     "stages.py": ["--seeds", "40", "--in-process"],
+    "sandbox.py": ["--problems", "3"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
