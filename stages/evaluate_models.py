@@ -12,7 +12,6 @@ Writes: --metrics ({"<label>": {"<benchmark>/<metric>": value, ...}, "skipped": 
 """
 
 import argparse
-import dataclasses
 
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.eval.harness import evaluate
@@ -34,7 +33,7 @@ def main() -> None:
     # OPENAI_API_KEY from the environment)
     cfg = load_section(params, "evaluate")
     base = load_role(params, "base")
-    report = evaluate({args.label: args.model or base.model}, args.samples, revision=base.revision, **dataclasses.asdict(cfg))
+    report = evaluate({args.label: args.model or base.model}, args.samples, cfg, revision=base.revision)
     write_json(args.metrics, report)
     print(f"{args.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
     if report.get("skipped"):

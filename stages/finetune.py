@@ -9,7 +9,6 @@ Multi-GPU (DeepSpeed ZeRO-3):
 """
 
 import argparse
-import dataclasses
 
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.train.finetune import finetune

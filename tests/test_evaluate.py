@@ -28,7 +28,7 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from evolforge.eval.tasks import SUITES, lm_eval_tasks_dir, write_suite  # noqa: E402
 from evolforge.eval.tasks.code_scoring import _code_in_open_fence, mbpp_fewshot_samples, score_program  # noqa: E402
 from evolforge.eval.tasks.offline_data import OFFLINE_ITEMS, reference_response  # noqa: E402
-from evolforge.eval.harness import DEFAULT_TASKS, evaluate, flatten_metrics, model_args  # noqa: E402
+from evolforge.eval.harness import DEFAULT_TASKS, EvaluateSettings, evaluate, flatten_metrics, model_args  # noqa: E402
 
 BENCHMARK_OF = {task: bench for bench, task in SUITES["offline"].items()}
 WRONG = {  # a wrong answer in each benchmark's format
@@ -82,8 +82,8 @@ class ScriptedLM(LM):
 def scripted_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("scripted") / "samples"
     ScriptedLM.prompts.clear()
-    report = evaluate({"right": "correct", "wrong": "wrong"}, out, suite="offline", backend="evolforge-scripted",
-                      allow_code_execution=True, sandbox_timeout_s=10)
+    report = evaluate({"right": "correct", "wrong": "wrong"}, out, EvaluateSettings(
+        suite="offline", backend="evolforge-scripted", allow_code_execution=True, sandbox_timeout_s=10))
     return report, out, list(ScriptedLM.prompts)
 
 
@@ -124,8 +124,8 @@ def test_code_tasks_are_skipped_not_scored_when_execution_is_off(tmp_path, monke
         raise AssertionError("model code ran although allow_code_execution is false")
 
     monkeypatch.setattr("evolforge.eval.tasks.code_scoring.run_untrusted", explode)
-    report = evaluate({"m": "correct"}, tmp_path / "out", tasks=["gsm8k", "humaneval", "mbpp"],
-                      backend="evolforge-scripted", allow_code_execution=False)
+    report = evaluate({"m": "correct"}, tmp_path / "out", EvaluateSettings(
+        tasks=["gsm8k", "humaneval", "mbpp"], backend="evolforge-scripted", allow_code_execution=False))
     assert set(report["skipped"]) == {"humaneval", "mbpp"}
     assert not any(k.startswith(("humaneval/", "mbpp/")) for k in report["m"])
     assert report["m"]["gsm8k/exact_match_strict"] == 1.0
@@ -175,8 +175,8 @@ def test_harness_code_tasks_outside_the_sandbox_are_refused(tmp_path):
     task.write_text("task: my_code_task\ndataset_path: json\nunsafe_code: true\noutput_type: generate_until\n"
                     "doc_to_text: x\ndoc_to_target: y\n")
     with pytest.raises(ValueError, match="outside evolforge's sandbox"):
-        evaluate({"m": "correct"}, tmp_path / "out", tasks=["gsm8k", str(task)], backend="evolforge-scripted",
-                 allow_code_execution=True)
+        evaluate({"m": "correct"}, tmp_path / "out", EvaluateSettings(
+            tasks=["gsm8k", str(task)], backend="evolforge-scripted", allow_code_execution=True))
 
 
 def test_hub_ifeval_without_nltk_data_stops_before_generating(tmp_path, monkeypatch):
@@ -189,7 +189,7 @@ def test_hub_ifeval_without_nltk_data_stops_before_generating(tmp_path, monkeypa
     monkeypatch.setattr(nltk, "download", lambda *args, **kwargs: False)
     ScriptedLM.prompts.clear()
     with pytest.raises(RuntimeError, match="punkt_tab"):
-        evaluate({"m": "correct"}, tmp_path / "out", suite="hub", tasks=["ifeval"], backend="evolforge-scripted")
+        evaluate({"m": "correct"}, tmp_path / "out", EvaluateSettings(suite="hub", tasks=["ifeval"], backend="evolforge-scripted"))
     assert ScriptedLM.prompts == []
 
 
@@ -214,7 +214,7 @@ def test_offline_ifeval_without_nltk_data_tries_no_download():
 
 def test_unknown_suite_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="suite"):
-        evaluate({"m": "correct"}, tmp_path / "out", suite="online", backend="evolforge-scripted")
+        evaluate({"m": "correct"}, tmp_path / "out", EvaluateSettings(suite="online", backend="evolforge-scripted"))
 
 
 # --- the task configs reuse the real benchmarks' scoring ------------------------------------------------
@@ -310,9 +310,9 @@ def test_tiny_hf_model_and_lora_adapter_end_to_end(tiny_model, tmp_path):
     get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).save_pretrained(adapter)
 
     out = tmp_path / "eval"
-    report = evaluate({"base": str(tiny_model), "finetuned": str(adapter)}, out, suite="offline", backend="hf",
-                      device="cpu", limit=2, gen_kwargs={"max_gen_toks": 8}, allow_code_execution=True,
-                      sandbox_timeout_s=5)
+    report = evaluate({"base": str(tiny_model), "finetuned": str(adapter)}, out, EvaluateSettings(
+        suite="offline", backend="hf", device="cpu", limit=2, gen_kwargs={"max_gen_toks": 8}, allow_code_execution=True,
+        sandbox_timeout_s=5))
     for label in ("base", "finetuned"):
         assert set(report[label]) == EXPECTED_METRICS | {f"{b}/n" for b in DEFAULT_TASKS}
         assert all(0.0 <= v <= 1.0 for k, v in report[label].items() if not k.endswith("/n"))

@@ -5,8 +5,6 @@ ordinary engine settings whose names hold "token" or "key" are accepted."""
 from __future__ import annotations
 
 import copy
-import dataclasses
-import inspect
 import re
 import subprocess
 import sys
@@ -193,16 +191,6 @@ def test_engine_settings_with_token_or_key_in_their_names_are_accepted(shipped):
     params = edited(shipped, "roles.evolver", "extra", dict(LEGITIMATE))
     check_params(params)
     assert Role.from_params("evolver", params["roles"]["evolver"]).extra["max_num_batched_tokens"] == 8192
-
-
-def test_evaluate_settings_match_its_function():
-    from evolforge.eval.harness import EvaluateSettings, evaluate
-
-    for settings, fn in ((EvaluateSettings, evaluate),):
-        kw = {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in ("revision", "live_dir")}
-        fields = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory()) for f in dataclasses.fields(settings)}
-        assert set(fields) == set(kw)
-        assert all(fields[k] == kw[k] or list(fields[k]) == list(kw[k]) for k in kw), {k: (fields[k], kw[k]) for k in kw if fields[k] != kw[k]}
 
 
 def test_checking_params_imports_neither_torch_nor_great_expectations(repo):

@@ -283,8 +283,7 @@ class FinetuneSettings:
 
 @dataclass
 class EvaluateSettings:
-    """``evaluate``: exactly the keyword settings of ``eval.harness.evaluate`` but ``revision`` (a test keeps
-    them equal), with its defaults."""
+    """``evaluate``: what ``eval.harness.evaluate`` takes whole, with its defaults."""
 
     suite: Literal["offline", "hub"] = "offline"
     tasks: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: list(BENCHMARKS))

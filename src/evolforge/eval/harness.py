@@ -1,7 +1,7 @@
 """Benchmark a base and a fine-tuned model with lm-evaluation-harness; one flat metrics dict per model.
 
     >>> report = evaluate({"base": "Qwen/Qwen2.5-0.5B-Instruct", "finetuned": "models/finetuned"},
-    ...                   "eval/samples", suite="hub", limit=50)           # doctest: +SKIP
+    ...                   "eval/samples", EvaluateSettings(suite="hub", limit=50))   # doctest: +SKIP
     >>> report["finetuned"]["gsm8k/exact_match_flexible"]                 # doctest: +SKIP
     0.42
 
@@ -73,7 +73,7 @@ from evolforge.eval.tasks import BENCHMARKS, CODE_BENCHMARKS, SUITES, write_suit
 from evolforge.eval.tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
 from evolforge.core.models import is_local, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
-from evolforge.core.settings import EvaluateSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.settings import EvaluateSettings
 
 log = logging.getLogger(__name__)
 
@@ -306,27 +306,13 @@ def _results_record(results: dict) -> dict:
 def evaluate(
     models: Mapping[str, str | Mapping[str, Any]],
     out_dir: str | Path,
+    settings: EvaluateSettings | None = None,
     *,
-    suite: str = "offline",
-    tasks: Sequence[str] = DEFAULT_TASKS,
-    backend: str = "hf",
-    limit: int | float | None = None,
-    apply_chat_template: bool | str = True,
-    system_instruction: str | None = None,
-    num_fewshot: int | None = None,
-    gen_kwargs: Mapping[str, Any] | None = None,
-    batch_size: int | str = 1,
-    dtype: str = "auto",
-    device: str = "auto",
     revision: str | None = None,
-    backend_args: Mapping[str, Any] | None = None,
-    allow_code_execution: bool = False,
-    sandbox_timeout_s: float = 10.0,
-    sandbox_memory_mb: int = 512,
-    bootstrap_iters: int = 0,
-    seed: int = 1234,
 ) -> dict[str, dict]:
-    """Evaluate each model (label -> hub id / folder / adapter) on ``tasks``; return flat metrics per label.
+    """Evaluate each model (label -> hub id / folder / adapter) on ``settings.tasks``; return flat metrics per label.
+
+    ``settings`` is the ``evaluate`` section of params.yaml, passed whole (default: its defaults).
 
     The result is ``{label: {"<benchmark>/<metric>": value, ...}, ..., "skipped": {benchmark: reason}}``.
     ``out_dir`` is rewritten in full (written beside it, then renamed into place).
@@ -334,6 +320,7 @@ def evaluate(
     settings (e.g. ``{"max_gen_toks": 1024}``); ``revision`` pins hub models; ``bootstrap_iters`` > 0 adds
     ``..._stderr`` entries.
     """
+    s = settings if settings is not None else EvaluateSettings()
     import lm_eval
     import lm_eval.models  # noqa: F401  (registers the built-in backends even when a test registered its own first)
 
@@ -341,16 +328,16 @@ def evaluate(
         if label == "skipped" or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
             raise ValueError(f"model label {label!r} must be a plain name (letters, digits, _ . -) other than "
                              "'skipped': it names the result entry and the samples folder")
-    if backend == "local-chat-completions" and not apply_chat_template:
+    if s.backend == "local-chat-completions" and not s.apply_chat_template:
         raise ValueError("the local-chat-completions backend sends chat messages: apply_chat_template must be true")
-    benchmarks, skipped = resolve_tasks(tasks, suite, allow_code_execution)
-    if allow_code_execution and any(b in CODE_BENCHMARKS for b in benchmarks):
+    benchmarks, skipped = resolve_tasks(s.tasks, s.suite, s.allow_code_execution)
+    if s.allow_code_execution and any(b in CODE_BENCHMARKS for b in benchmarks):
         from evolforge.eval.sandbox import isolation
 
         log.info("code benchmarks run in the sandbox, limits %ss / %s MiB, isolation %s",
-                 sandbox_timeout_s, sandbox_memory_mb, isolation())
+                 s.sandbox_timeout_s, s.sandbox_memory_mb, isolation())
     _check_nltk(list(benchmarks.values()))
-    with _code_execution_env(allow_code_execution, sandbox_timeout_s, sandbox_memory_mb):
+    with _code_execution_env(s.allow_code_execution, s.sandbox_timeout_s, s.sandbox_memory_mb):
         # indexing the harness's own few thousand task files takes ~20 s: only when a task needs them
         task_manager = _task_manager(include_defaults=any(_needs_harness_index(t) for t in benchmarks.values()))
         _check_sandboxed(task_manager, list(benchmarks.values()))
@@ -363,16 +350,16 @@ def evaluate(
             report[label] = {}
             if not benchmarks:
                 continue
-            args = model_args(model, backend, dtype=dtype, device=device, revision=revision, backend_args=backend_args)
-            log.info("evaluating %s (%s, %s) on %s", label, backend, args, ", ".join(benchmarks.values()))
+            args = model_args(model, s.backend, dtype=s.dtype, device=s.device, revision=revision, backend_args=s.backend_args)
+            log.info("evaluating %s (%s, %s) on %s", label, s.backend, args, ", ".join(benchmarks.values()))
             results = lm_eval.simple_evaluate(
-                model=backend, model_args=args, tasks=list(benchmarks.values()), task_manager=task_manager,
-                limit=limit, batch_size=batch_size, device=pick_device(device) if backend == "hf" else None,
-                apply_chat_template=apply_chat_template, fewshot_as_multiturn=bool(apply_chat_template),
-                system_instruction=system_instruction, num_fewshot=num_fewshot,
-                gen_kwargs=dict(gen_kwargs) if gen_kwargs else None, log_samples=True,
-                bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=allow_code_execution,
-                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                model=s.backend, model_args=args, tasks=list(benchmarks.values()), task_manager=task_manager,
+                limit=s.limit, batch_size=s.batch_size, device=pick_device(s.device) if s.backend == "hf" else None,
+                apply_chat_template=s.apply_chat_template, fewshot_as_multiturn=bool(s.apply_chat_template),
+                system_instruction=s.system_instruction, num_fewshot=s.num_fewshot,
+                gen_kwargs=dict(s.gen_kwargs) if s.gen_kwargs else None, log_samples=True,
+                bootstrap_iters=s.bootstrap_iters, confirm_run_unsafe_code=s.allow_code_execution,
+                random_seed=s.seed, numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed,
             )
             label_dir = staging / label
             label_dir.mkdir()
