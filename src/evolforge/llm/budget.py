@@ -40,6 +40,7 @@ from evolforge.core.settings import LLMSettings
 BUDGET_EXHAUSTED = "budget_exhausted"  # failure_reason of a request a cap kept from being sent
 RUN_ENV = "EVOLFORGE_RUN_ID"  # names the run that ``llm.budget.*.run`` caps (default: one stage process)
 TEMPLATE_TOKENS = 8  # a bound on the chat template's tokens around one message
+SAMPLES = 32  # recent answers kept per role and call label (a dry run's stand-ins)
 FLUSH_INTERVAL_S = 1.0  # record spend at least this often while a stage runs (a kill loses at most that)
 _PROCESS_RUN = f"process-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -60,8 +61,9 @@ CREATE INDEX IF NOT EXISTS spend_role ON spend (role, label);
 CREATE TABLE IF NOT EXISTS spend_samples (
     role  TEXT NOT NULL,
     label TEXT NOT NULL,
-    text  TEXT NOT NULL,              -- one recent answer: the dry run's stand-in for this call
-    PRIMARY KEY (role, label)
+    slot  INTEGER NOT NULL,           -- SAMPLES recent answers per call, overwritten in turn
+    text  TEXT NOT NULL,              -- the dry run's stand-ins for this call's answers
+    PRIMARY KEY (role, label, slot)
 );
 """
 
@@ -123,7 +125,8 @@ class SpendLedger:
         self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         self._db.executescript(_SCHEMA)
 
-    def add(self, role: str, label: str, usage: Usage, sample: str | None = None, run: str | None = None) -> None:
+    def add(self, role: str, label: str, usage: Usage, samples: dict[int, str] | None = None,
+            run: str | None = None) -> None:
         """Record ``usage`` of ``role``'s calls labelled ``label`` under ``run`` (default :func:`run_id`)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -132,9 +135,8 @@ class SpendLedger:
                 "seconds, cost, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (role, label, run or run_id(), usage.calls, usage.prompt_tokens, usage.completion_tokens,
                  usage.prompt_bytes, usage.seconds, usage.cost, time.time()))
-            if sample is not None:
-                self._db.execute("INSERT OR REPLACE INTO spend_samples (role, label, text) VALUES (?, ?, ?)",
-                                 (role, label, sample))
+            self._db.executemany("INSERT OR REPLACE INTO spend_samples (role, label, slot, text) VALUES (?, ?, ?, ?)",
+                                 [(role, label, slot, text) for slot, text in (samples or {}).items()])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -153,9 +155,11 @@ class SpendLedger:
             + (" WHERE " + " AND ".join(where) if where else ""), args).fetchone()
         return Usage(*row)
 
-    def sample(self, role: str, label: str) -> str | None:
-        row = self._db.execute("SELECT text FROM spend_samples WHERE role = ? AND label = ?", (role, label)).fetchone()
-        return row[0] if row else None
+    def samples(self, role: str, label: str) -> list[str]:
+        """The recent answers kept for ``role``'s calls labelled ``label``, in slot order."""
+        rows = self._db.execute("SELECT text FROM spend_samples WHERE role = ? AND label = ? ORDER BY slot",
+                                (role, label))
+        return [text for (text,) in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -203,7 +207,8 @@ class Gate:
     unsent: range = range(0)
     message: str = ""
     _pending: Usage = field(default_factory=Usage)
-    _sample: str | None = None
+    _samples: dict[int, str] = field(default_factory=dict)
+    _answers: int = 0
     _mark: float = 0.0
     _last_flush: float = 0.0
 
@@ -235,7 +240,8 @@ class Gate:
             usage.prompt_tokens += out.prompt_tokens or 0
             usage.completion_tokens += out.completion_tokens or 0
             if out.failure_reason is None:
-                self._sample = out.text
+                self._samples[self._answers % SAMPLES] = out.text
+                self._answers += 1
         usage.cost = cost_of(self.role, usage.prompt_tokens, usage.completion_tokens)
         self.spent.add(usage)
         self._pending.add(usage)
@@ -249,8 +255,8 @@ class Gate:
         """Record the spend not yet in the ledger."""
         self._last_flush = time.monotonic()
         if self.ledger is not None and self._pending.calls:
-            self.ledger.add(self.role.name, self.label, self._pending, self._sample)
-        self._pending = Usage()
+            self.ledger.add(self.role.name, self.label, self._pending, self._samples)
+        self._pending, self._samples = Usage(), {}
 
     def worst_case(self, request: ChatRequest) -> tuple[int, float]:
         """The most tokens (and cost) ``request`` can use: see the module doc."""

@@ -3,10 +3,11 @@
 When ``EVOLFORGE_DRY_RUN`` names a file, no request reaches a backend (no model loads): every generate
 call looks its requests up in the call cache as usual and, for the requests the cache cannot answer,
 appends one JSON line to that file -- role, call label, how many distinct requests, their prompt tokens
-and their ``max_tokens`` -- and answers them with a stand-in: the last answer recorded for the same role
-and call label (``spend_samples``, evolforge.llm.budget), so that a stage's later calls that depend on
-these answers (an evolution's checks, an optimizer's analysis) are asked and counted too; without one
-the item fails as ``dry_run`` and its dependent calls are not seen.
+and their ``max_tokens`` -- and answers them with a stand-in: a recent real answer of the same role and
+call label (one of the 32 kept in ``spend_samples``, evolforge.llm.budget, picked by the request's key
+and made unique), so that a stage's later calls that depend on these answers (an evolution's checks, the
+next stage's requests) are asked and counted too, at about the rate real answers passed; without any
+recorded answer the item fails as ``dry_run`` and its dependent calls are not seen.
 
 Prompt tokens are counted with the role's tokenizer where one is known (an openai role's ``tokenizer``;
 an hf, vllm or ray role's model folder, which holds it), with its chat template, as the server counts
@@ -51,10 +52,17 @@ def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest],
             "max_tokens": sum(r.max_tokens for r in firsts), "counted": counter.how}
     with open(active(), "a", encoding="utf-8") as f:  # type: ignore[arg-type]
         f.write(json.dumps(line) + "\n")
-    stand_in = ledger.sample(role.name, label) if ledger is not None else None
+    samples = ledger.samples(role.name, label) if ledger is not None else []
     if ledger is not None:
         ledger.close()
-    return {k: stand_in for k in missing}
+    return {k: stand_in(samples, k, requests[idx[0]]) for k, idx in missing.items()} if samples else dict.fromkeys(missing)
+
+
+def stand_in(samples: list[str], key: str, request: ChatRequest) -> str:
+    """A recorded answer picked by the request's key; a free answer is made unique with the key, so that
+    later calls on it (the next round's evolution) are distinct requests, as real answers would be."""
+    text = samples[int(key[:8], 16) % len(samples)]
+    return text if request.choices is not None else f"{text} [{key[:8]}]"
 
 
 class PromptCounter:
