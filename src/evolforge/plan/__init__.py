@@ -80,7 +80,7 @@ class Row:
 @dataclass
 class Plan:
     rows: list[Row] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)  # every stale stage, in order
+    stale: list[str] = field(default_factory=list)  # the stale stages and those downstream of them, in order
     notes: list[str] = field(default_factory=list)
 
     def total(self) -> dict[str, Any]:
@@ -138,8 +138,10 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
     unknown = sorted(set(only or []) - names)
     if unknown:
         raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: {', '.join(s.name for s in stages)})")
-    stale = set(only) if only else set(stale_stages(root))
-    todo = [s for s in stages if s.name in stale]
+    listed = set(only) if only else set(stale_stages(root))
+    # and what `dvc repro` runs after them when their outputs change (dvc status lists only the first)
+    todo = [s for s in stages if s.name in listed or (
+        not only and any(_reaches(stages, a, s) for a in stages if a.name in listed))]
     plan = Plan(stale=[s.name for s in todo])
     to_run = _chain(todo)
     params = load_params(root / params_file)
