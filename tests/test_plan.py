@@ -190,3 +190,11 @@ def test_a_stage_named_is_planned_and_an_unknown_one_refused(tmp_path, server, t
         planned(root, monkeypatch, only=["nope"])
     plan = planned(root, monkeypatch, only=["respond"])
     assert [r.stage for r in plan.rows] == ["respond"] and plan.to_json()["total"]["requests"] == ITEMS
+
+    cmd = json.loads((root / "dvc.yaml").read_text())["stages"]["respond"]["cmd"]
+    dry = subprocess.run(cmd + " --dry-run", shell=True, cwd=root, capture_output=True, text=True, env=env())
+    assert dry.returncode == 0, dry.stderr
+    assert "respond" in dry.stdout and f"{ITEMS:,}" in dry.stdout and "judge" not in dry.stdout
+    assert server.answered == 0 and not (root / "data/responses").exists()
+    other = subprocess.run(cmd + " --out elsewhere --dry-run", shell=True, cwd=root, capture_output=True, text=True, env=env())
+    assert other.returncode != 0 and "evolforge plan STAGE" in other.stderr and "Traceback" not in other.stderr

@@ -6,12 +6,14 @@
 Refusals (bad params, bad data, a missing model) are already written for people: they name the file, the
 row, the field and the rule, and are printed as they are. Anything else is printed as one line too, with
 its type, since a traceback is for whoever debugs the code: ``--debug`` on the command line (taken out
-before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it. Outputs are written whole or not
+before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it. ``--dry-run`` (taken out the same
+way) prints the plan of the dvc.yaml stage that runs this command instead (``evolforge plan STAGE``). Outputs are written whole or not
 at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing partial behind.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -62,6 +64,11 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     name = name or Path(sys.argv[0]).stem
+    if "--dry-run" in sys.argv:  # plan this stage's calls instead of making them (evolforge.plan)
+        sys.argv.remove("--dry-run")
+        from evolforge.plan.table import dry_run_command
+
+        main = functools.partial(dry_run_command, list(sys.argv))
     try:
         main()
     except SystemExit as exit_:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from evolforge.plan import Plan, Row
+import os
+import shlex
+from pathlib import Path
+
+from evolforge.plan import Plan, Row, make_plan, pipeline
 
 HEADER = ("stage", "role", "call", "requests", "prompt tok", "completion tok exp / max", "cost exp / max", "time")
 
@@ -32,6 +36,20 @@ def render(plan: Plan) -> str:
         lines.append(f"stale, sending nothing: {', '.join(quiet)}")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def dry_run_command(argv: list[str]) -> None:
+    """``python stages/X.py ARGS --dry-run``: print the plan of the dvc.yaml stage whose command this is."""
+    root = Path.cwd()
+    wanted = [os.path.normpath(argv[0])] + argv[1:]
+    for stage in pipeline(root):
+        words = shlex.split(stage.cmd)
+        if len(words) > 1 and Path(words[0]).name.startswith("python") and \
+                [os.path.normpath(words[1])] + words[2:] == wanted:
+            print(render(make_plan(root, [stage.name])))
+            return
+    raise ValueError(f"--dry-run: no stage of {root / 'dvc.yaml'} runs `{shlex.join(argv)}`; "
+                     f"`evolforge plan STAGE` plans a stage by name")
 
 
 def _sum(rows: list[Row]) -> Row:
@@ -64,4 +82,4 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-__all__ = ["render"]
+__all__ = ["dry_run_command", "render"]
