@@ -35,9 +35,10 @@ def refusal_types() -> tuple[type[BaseException], ...]:
     from evolforge.core.params import ParamsError
     from evolforge.core.prompts import PromptError
     from evolforge.core.validation import DataError
+    from evolforge.llm.budget import BudgetExhaustedError  # a cap in params.yaml: raise it to go on
 
     return (ParamsError, DataError, ModelError, FetchError, PromptError, FileNotFoundError, IsADirectoryError,
-            PermissionError)
+            PermissionError, BudgetExhaustedError)
 
 
 def params_file(argv: list[str]) -> str | None:
