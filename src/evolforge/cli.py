@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     plan.add_argument("stages", nargs="*", help="plan these stages (stale or not) instead of the stale ones")
     plan.add_argument("--json", action="store_true", help="the plan as JSON")
     plan.add_argument("--params", default="params.yaml")
+    plan.add_argument("--command", dest="stage_command", nargs=argparse.REMAINDER,
+                      help="plan the dvc.yaml stage that runs this command (what a stage's --dry-run does)")
     args = ap.parse_args(argv)
     name = f"evolforge {args.command}" + (f" {args.plots_command}" if args.command == "plots" else "")
     run_stage(lambda: run(args), name=name)  # one clear line and a non-zero exit on any error, no traceback
@@ -98,10 +100,13 @@ def run(args: argparse.Namespace) -> None:
         print(write_card(args.selected, args.root, load_params(args.params)))
     elif args.command == "plan":
         from evolforge.plan import make_plan
-        from evolforge.plan.table import render
+        from evolforge.plan.table import dry_run_command, render
 
-        made = make_plan(".", args.stages or None, args.params)
-        print(json.dumps(made.to_json(), indent=2) if args.json else render(made))
+        if args.stage_command:
+            dry_run_command(args.stage_command)
+        else:
+            made = make_plan(".", args.stages or None, args.params)
+            print(json.dumps(made.to_json(), indent=2) if args.json else render(made))
     elif args.command == "push-to-hub":
         from evolforge.steps.card import push_to_hub
 

@@ -13,8 +13,8 @@ at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing partia
 
 from __future__ import annotations
 
-import functools
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -35,10 +35,9 @@ def refusal_types() -> tuple[type[BaseException], ...]:
     from evolforge.core.params import ParamsError
     from evolforge.core.prompts import PromptError
     from evolforge.core.validation import DataError
-    from evolforge.llm.budget import BudgetExhaustedError  # a cap in params.yaml: raise it to go on
 
     return (ParamsError, DataError, ModelError, FetchError, PromptError, FileNotFoundError, IsADirectoryError,
-            PermissionError, BudgetExhaustedError)
+            PermissionError)
 
 
 def params_file(argv: list[str]) -> str | None:
@@ -65,11 +64,9 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     name = name or Path(sys.argv[0]).stem
-    if "--dry-run" in sys.argv:  # plan this stage's calls instead of making them (evolforge.plan)
-        sys.argv.remove("--dry-run")
-        from evolforge.plan.table import dry_run_command
-
-        main = functools.partial(dry_run_command, list(sys.argv))
+    if "--dry-run" in sys.argv:  # plan this stage's calls instead of making them (in a process of its own:
+        sys.argv.remove("--dry-run")  # the planner is no dependency of the stage's outputs)
+        sys.exit(subprocess.call([sys.executable, "-m", "evolforge.cli", "plan", "--command", *sys.argv]))
     try:
         main()
     except SystemExit as exit_:
