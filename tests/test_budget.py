@@ -142,3 +142,27 @@ def test_budget_settings_are_typed():
     with pytest.raises(ParamsError, match=r"llm\.budget\.roles\.evolver\.total\.tokens"):
         load_section({"llm": {"budget": {"roles": {"evolver": {"total": {"tokens": -1}}}}}}, "llm")
     assert load_section({}, "llm").budget == {}
+
+
+def test_the_report_shows_cost_per_role_per_surviving_and_per_selected_item(tmp_path):
+    import json
+
+    import polars as pl
+
+    from evolforge.core.records import write_output
+    from evolforge.report.collect import collect
+    from evolforge.report.page import render
+
+    (tmp_path / "metrics/evolve").mkdir(parents=True)
+    (tmp_path / "metrics/evolve/round_1.json").write_text(json.dumps(
+        {"llm": {"evolver": {"calls": 10, "prompt_tokens": 1000, "completion_tokens": 500, "cost": 3.0}}}))
+    (tmp_path / "metrics/respond.json").write_text(json.dumps(
+        {"llm": {"responder": {"calls": 8, "prompt_tokens": 800, "completion_tokens": 400, "cost": 1.0}}}))
+    write_output(tmp_path / "data/clean", pl.DataFrame({"id": ["a", "b", "c", "d", "e"], "round": [1] * 5,
+                                                        "failure_reason": [None, None, None, None, "duplicate"]}))
+    write_output(tmp_path / "data/selected", pl.DataFrame({"id": ["a", "b"], "round": [1, 1]}))
+    s = collect(tmp_path)["spend"]
+    assert s["cost"] == 4.0 and s["tokens"] == 2700 and s["roles"]["evolver"]["calls"] == 10
+    assert s["surviving"] == 4 and s["cost_per_surviving"] == 1.0 and s["cost_per_selected"] == 2.0
+    page = render([("v", collect(tmp_path))])
+    assert "LLM spend" in page and "per selected item (2) 2" in page
