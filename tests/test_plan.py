@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,9 +90,12 @@ def project(root: Path, server: FakeOpenAIServer, tokenizer_dir: Path, budget: d
     return root
 
 
-def write_params(root: Path, server: FakeOpenAIServer, tokenizer_dir: Path, budget: dict | None = None) -> None:
+def write_params(root: Path, server: FakeOpenAIServer, tokenizer_dir: Path, budget: dict | None = None,
+                 local: bool = False) -> None:
     served = {"backend": "openai", "model": "test-model", "base_url": server.base_url, "concurrency": 4,
               "timeout_s": 10, "max_retries": 1, "tokenizer": str(tokenizer_dir), "max_model_len": 100000, **PRICES}
+    if local:  # as the shipped run: an in-process model folder, no price (the dry run never loads the model)
+        served = {"backend": "hf", "model": str(tokenizer_dir), "device": "cpu", "dtype": "float32"}
     params = {"cache": {"path": ".evolforge/cache.sqlite"}, "llm": {"budget": budget or {}},
               "evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}}, "respond": {"rounds": [1]}, "judge": {"constrain": True},
               "roles": {"responder": {**served, "temperature": 0.0, "max_tokens": 48},
@@ -198,3 +202,15 @@ def test_a_stage_named_is_planned_and_an_unknown_one_refused(tmp_path, server, t
     assert server.answered == 0 and not (root / "data/responses").exists()
     other = subprocess.run(cmd + " --out elsewhere --dry-run", shell=True, cwd=root, capture_output=True, text=True, env=env())
     assert other.returncode != 0 and "evolforge plan STAGE" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_a_local_role_without_a_price_is_planned_in_tokens_and_time(tmp_path, server, tokenizer_dir, monkeypatch):
+    root = project(tmp_path / "p", server, tokenizer_dir)
+    write_params(root, server, tokenizer_dir, local=True)
+    plan = planned(root, monkeypatch, only=["respond"])
+    [respond] = plan.rows
+    assert respond.requests == ITEMS and respond.counted == "tokenizer" and respond.prompt_tokens > ITEMS
+    assert respond.cost_max is None and respond.cost_expected is None
+    # no price: the cost column says "-"; nothing observed yet: expected tokens and time say "?"
+    assert re.search(rf"respond +responder +respond +{ITEMS} +[\d,]+ +\? / [\d,]+ +- +\?", render(plan))
+    assert server.answered == 0
