@@ -7,8 +7,9 @@ Refusals (bad params, bad data, a missing model) are already written for people:
 row, the field and the rule, and are printed as they are. Anything else is printed as one line too, with
 its type, since a traceback is for whoever debugs the code: ``--debug`` on the command line (taken out
 before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it. ``--dry-run`` (taken out the same
-way) prints the plan of the dvc.yaml stage that runs this command instead (``evolforge plan STAGE``). Outputs are written whole or not
-at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing partial behind.
+way) prints the plan of the dvc.yaml stage that runs this command instead (``evolforge plan``, docs/llm.md).
+Outputs are written whole or not at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing
+partial behind.
 """
 
 from __future__ import annotations

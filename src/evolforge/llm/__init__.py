@@ -20,6 +20,10 @@ One item's failure is that item's: a prompt that cannot fit, a rejected request 
 comes back as a :class:`Completion` with ``failure_reason`` set (never cached), while every other
 completion is committed as it arrives. ``LLM.generate`` raises :class:`LLMFailureError` -- after
 committing everything it got -- only when the failures pass ``max_failure_rate`` of its requests.
+
+Spend (tokens, cost, time) is recorded in the cache database and caps in ``llm.budget`` are enforced before
+sending (:mod:`evolforge.llm.budget`: the rest ``budget_exhausted``, then :class:`BudgetExhaustedError`);
+under ``EVOLFORGE_DRY_RUN`` nothing is sent and the misses are counted (:mod:`evolforge.llm.dryrun`).
 """
 
 from __future__ import annotations

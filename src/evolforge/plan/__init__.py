@@ -151,6 +151,8 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
     with tempfile.TemporaryDirectory(prefix="evolforge-plan-") as tmp:
         shadow = Path(tmp) / "work"
         make_shadow(root, shadow, [o for s in to_run for o in s.outs])
+        if not cache.exists():  # an empty stand-in: the plan creates nothing in the workspace
+            cache = Path(tmp) / "cache.sqlite"
         for stage in todo:
             if stage not in to_run:
                 if stage.kind == "model":
