@@ -166,3 +166,33 @@ def test_the_report_shows_cost_per_role_per_surviving_and_per_selected_item(tmp_
     assert s["surviving"] == 4 and s["cost_per_surviving"] == 1.0 and s["cost_per_selected"] == 2.0
     page = render([("v", collect(tmp_path))])
     assert "LLM spend" in page and "per selected item (2) 2" in page
+
+
+def test_prompt_tokens_without_a_tokenizer_and_stand_ins_of_a_dry_run(tmp_path):
+    from evolforge.llm.budget import Usage
+    from evolforge.llm.dryrun import PromptCounter, stand_in
+
+    unknown = Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"})
+    request = unknown.request([{"role": "user", "content": "x" * 400}])
+    guess = PromptCounter(unknown)
+    assert guess.how == "bytes/4" and guess.count(request) == 100 + 4
+    ledger = SpendLedger(tmp_path / "c.sqlite")
+    ledger.add("evolver", "evolve", Usage(calls=2, prompt_tokens=300, prompt_bytes=1000))
+    seen = PromptCounter(unknown, ledger)
+    assert seen.how == "observed ratio" and seen.count(request) == 120
+    samples = ["an answer", "another"]
+    free = stand_in(samples, "ab" * 32, request)
+    assert free.startswith(samples[int("abababab", 16) % 2]) and free != stand_in(samples, "cd" * 32, request)
+    choice = unknown.request([{"role": "user", "content": "pick"}], choices=("Yes", "No"))
+    assert stand_in(["Yes"], "ab" * 32, choice) == "Yes"  # a constrained answer stays parseable
+
+
+def test_the_progress_bar_shows_spend_so_far_and_projected(tmp_path):
+    from evolforge.llm.budget import Gate, Usage
+
+    priced_role = Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1",
+                                               **PRICES})
+    gate = Gate(priced_role, "evolve", [], None, total_requests=40)
+    assert gate.postfix() == ""
+    gate.spent.add(Usage(calls=10, prompt_tokens=1500, completion_tokens=500, cost=3.0))
+    assert gate.postfix() == "2.0k tok cost 3, projected 8.0k tok cost 12"
