@@ -82,6 +82,7 @@ class Plan:
     rows: list[Row] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # the stale stages and those downstream of them, in order
     notes: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # stages whose dry run failed: not counted
 
     def total(self) -> dict[str, Any]:
         def add(name: str) -> Any:
@@ -94,7 +95,8 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": [asdict(r) for r in self.rows], "total": self.total(), "stale": self.stale,
-                "stages_with_calls": sorted({r.stage for r in self.rows}, key=self.stale.index), "notes": self.notes}
+                "stages_with_calls": sorted({r.stage for r in self.rows}, key=self.stale.index), "notes": self.notes,
+                "failed": self.failed}
 
 
 def pipeline(root: Path) -> list[Stage]:
@@ -165,6 +167,7 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
             calls, error = dry_run(stage, shadow, Path(tmp), cache)
             if error:
                 plan.notes.append(f"{stage.name}: the dry run failed ({error}); its calls are not counted")
+                plan.failed.append(stage.name)
                 continue
             if stage.kind == "llm":
                 plan.rows += [estimate(stage.name, call, params, ledger) for call in calls]

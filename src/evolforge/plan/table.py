@@ -29,9 +29,11 @@ def render(plan: Plan) -> str:
             lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
             if n == 0:
                 lines.append("  ".join("-" * w for w in widths))
+    elif plan.failed:
+        lines.append(f"no request counted: the dry run of {', '.join(plan.failed)} failed (see the notes)")
     else:
         lines.append("no request to send: the call cache answers every LLM call of the stale stages")
-    quiet = [s for s in plan.stale if s not in {r.stage for r in plan.rows}]
+    quiet = [s for s in plan.stale if s not in {r.stage for r in plan.rows} and s not in plan.failed]
     if quiet:
         lines.append(f"stale, sending nothing: {', '.join(quiet)}")
     lines += [f"note: {n}" for n in plan.notes]
