@@ -6,12 +6,14 @@
     evolforge card [--selected data/selected]
     evolforge push-to-hub REPO_ID [--selected data/selected] [--private]
     evolforge check [params.yaml]      check the whole params file against the schema (docs/params.md)
+    evolforge plan [STAGE ...] [--json]  requests, tokens, cost and time the stale stages would spend (docs/llm.md)
     evolforge --version
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from evolforge import __version__
@@ -56,6 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     check = sub.add_parser("check", help="check params.yaml against the schema: unknown or look-alike keys, "
                                          "types, ranges, secrets; exits non-zero with every problem listed")
     check.add_argument("params", nargs="?", default="params.yaml")
+    plan = sub.add_parser("plan", help="what `dvc repro` would ask of the models, without asking: requests the "
+                                       "call cache cannot answer, tokens, cost and time per stage, role and call")
+    plan.add_argument("stages", nargs="*", help="plan these stages (stale or not) instead of the stale ones")
+    plan.add_argument("--json", action="store_true", help="the plan as JSON")
+    plan.add_argument("--params", default="params.yaml")
+    plan.add_argument("--command", dest="stage_command", nargs=argparse.REMAINDER,
+                      help="plan the dvc.yaml stage that runs this command (what a stage's --dry-run does)")
     args = ap.parse_args(argv)
     name = f"evolforge {args.command}" + (f" {args.plots_command}" if args.command == "plots" else "")
     run_stage(lambda: run(args), name=name)  # one clear line and a non-zero exit on any error, no traceback
@@ -92,6 +101,15 @@ def run(args: argparse.Namespace) -> None:
         from evolforge.core.params import load_params
 
         print(write_card(args.selected, args.root, load_params(args.params)))
+    elif args.command == "plan":
+        from evolforge.plan import make_plan
+        from evolforge.plan.table import dry_run_command, render
+
+        if args.stage_command:
+            dry_run_command(args.stage_command)
+        else:
+            made = make_plan(".", args.stages or None, args.params)
+            print(json.dumps(made.to_json(), indent=2) if args.json else render(made))
     elif args.command == "push-to-hub":
         from evolforge.steps.card import push_to_hub
 

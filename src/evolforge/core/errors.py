@@ -6,15 +6,17 @@
 Refusals (bad params, bad data, a missing model) are already written for people: they name the file, the
 row, the field and the rule, and are printed as they are. Anything else is printed as one line too, with
 its type, since a traceback is for whoever debugs the code: ``--debug`` on the command line (taken out
-before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it. Outputs are written whole or not
-at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing partial behind; under ``dvc repro``,
-which removes a stage's outputs before running it, a failed stage puts its previous ones back from DVC's
-cache (:mod:`evolforge.core.restore`).
+before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it. ``--dry-run`` (taken out the same
+way) prints the plan of the dvc.yaml stage that runs this command instead (``evolforge plan``, docs/llm.md).
+Outputs are written whole or not at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing
+partial behind; under ``dvc repro``, which removes a stage's outputs before running it, a failed stage puts its
+previous ones back from DVC's cache (:mod:`evolforge.core.restore`).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -66,6 +68,9 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     name = name or Path(sys.argv[0]).stem
+    if "--dry-run" in sys.argv:  # plan this stage's calls instead of making them (in a process of its own:
+        sys.argv.remove("--dry-run")  # the planner is no dependency of the stage's outputs)
+        sys.exit(subprocess.call([sys.executable, "-m", "evolforge.cli", "plan", "--command", *sys.argv]))
     try:
         main()
     except SystemExit as exit_:

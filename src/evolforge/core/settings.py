@@ -39,6 +39,31 @@ class CacheSettings:
     path: NonEmptyStr = ".evolforge/cache.sqlite"
 
 
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
+class SpendCap(TypedDict, total=False):
+    """A ceiling on spend (docs/llm.md "Spend caps"); absent or null = no ceiling of that kind."""
+
+    cost: NonNegativeFloat | None  # in the roles' price currency (only roles with prices count)
+    tokens: NonNegativeInt | None  # prompt + completion tokens
+
+
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
+class RoleBudget(TypedDict, total=False):
+    """``llm.budget.roles.<role>``: one role's caps."""
+
+    run: SpendCap  # this run (EVOLFORGE_RUN_ID, else one stage process)
+    total: SpendCap  # everything recorded in the cache database
+
+
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
+class BudgetSettings(TypedDict, total=False):
+    """``llm.budget``: hard caps; a stage stops sending before one would be passed (evolforge.llm.budget)."""
+
+    run: SpendCap  # all roles together, this run
+    total: SpendCap  # all roles together, cumulative in the cache database
+    roles: dict[str, RoleBudget]
+
+
 @dataclass
 class LLMSettings:
     """``llm``: how every role's calls are committed and when a stage gives up."""
@@ -46,6 +71,7 @@ class LLMSettings:
     max_failure_rate: Probability = 0.05  # a generate call fails past this share of failed items
     commit_every: PositiveInt = 65536  # commit completions every N (large transactions: SQLite writes less per row) ...
     commit_interval_s: PositiveFloat = 0.5  # ... or this many seconds, whichever comes first (or 4 commit durations)
+    budget: BudgetSettings = field(default_factory=dict)  # spend caps (docs/llm.md "Spend caps")
 
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Described("64 lower-case hex digits")]

@@ -20,6 +20,10 @@ One item's failure is that item's: a prompt that cannot fit, a rejected request 
 comes back as a :class:`Completion` with ``failure_reason`` set (never cached), while every other
 completion is committed as it arrives. ``LLM.generate`` raises :class:`LLMFailureError` -- after
 committing everything it got -- only when the failures pass ``max_failure_rate`` of its requests.
+
+Spend (tokens, cost, time) is recorded in the cache database and caps in ``llm.budget`` are enforced before
+sending (:mod:`evolforge.llm.budget`: the rest ``budget_exhausted``, then :class:`BudgetExhaustedError`);
+under ``EVOLFORGE_DRY_RUN`` nothing is sent and the misses are counted (:mod:`evolforge.llm.dryrun`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from evolforge.core.models import ModelError, model_identity
 from evolforge.core.params import load_role, load_section
 from evolforge.core.settings import LLMSettings
 from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm import dryrun
+from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
 
 
 # failure_reason values: why an item got no completion
@@ -266,6 +272,8 @@ class LLM:
         self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
         if not missing:
             return results  # type: ignore[return-value]
+        if dryrun.active():  # evolforge plan: count the misses, send nothing
+            return self._dry_run(requests, missing, results, desc or self.desc)
 
         # Length-sorted so batches pad little; outputs do not depend on batch composition.
         todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
@@ -275,6 +283,7 @@ class LLM:
         last_commit = time.monotonic()
         interval = self.settings.commit_interval_s
         model = self.role.model
+        gate = open_gate(self.role, self.settings, self.cache, desc or self.desc, len(todo))  # spend and caps
 
         def commit() -> None:
             nonlocal last_commit, interval
@@ -291,7 +300,7 @@ class LLM:
         with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
                   desc=desc or self.desc, unit="req", leave=False) as bar:
             try:
-                for finished in self._run([requests[idx[0]] for _, idx in todo], [k for k, _ in todo]):
+                for finished in gate.stream(self._run, [requests[idx[0]] for _, idx in todo], [k for k, _ in todo]):
                     done = 0
                     for j, out in finished:
                         k, idx = todo[j]
@@ -304,6 +313,7 @@ class LLM:
                             pending.append((k, out.text, out.finish_reason, model))
                     self._count([out for _, out in finished])
                     bar.update(done)
+                    bar.set_postfix_str(gate.postfix(), refresh=False)
                     if len(pending) >= self.settings.commit_every or (
                             pending and time.monotonic() - last_commit >= interval):
                         commit()
@@ -311,9 +321,23 @@ class LLM:
                         break  # the threshold is passed whatever the rest brings
             finally:
                 commit()
-        self._record_failures(failed)
+        unsent = [i for j in gate.unsent for i in todo[j][1]]  # kept back by a cap in llm.budget
+        for i in unsent:
+            results[i] = Completion.failure(BUDGET_EXHAUSTED, gate.message)
+        self._record_failures(failed + Counter({BUDGET_EXHAUSTED: len(unsent)}))
         if sum(failed.values()) > allowed:
             self._raise_failures(failed, results, len(requests))
+        if unsent:
+            raise BudgetExhaustedError(gate.message)
+        return results  # type: ignore[return-value]
+
+    def _dry_run(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
+                 results: list[Completion | None], desc: str) -> list[Completion]:
+        """A dry run's answers to the misses: stand-ins, or ``dry_run`` failures (evolforge.llm.dryrun)."""
+        cache_path = getattr(self.cache, "path", None)
+        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc).items():
+            for i in missing[k]:
+                results[i] = Completion(text, "stop") if text is not None else Completion.failure(dryrun.DRY_RUN, "dry run")
         return results  # type: ignore[return-value]
 
     def _count(self, outs: list[Completion]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from evolforge.core.records import EVOLVED, META, TABLE
+from evolforge.report.spend import spend
 from evolforge.score.histogram import histogram
 
 READS = ["data/seed", "data/evolved", "data/responses", "data/clean", "data/judged", "data/scores", "data/diversity",
@@ -288,6 +289,7 @@ def collect(root: str | Path) -> dict[str, Any]:
         "train": metrics.get("train"),
         "provenance": provenance(root),
         "identities": _json(root / "models" / "identity.json"),
+        "spend": spend(root),  # tokens and cost per role, per surviving and per selected item
         "metrics": metrics,
         "warnings": stale_metrics(root),
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evolforge.report.assets import library_scripts
+from evolforge.report.spend import spend_html
 
 TEMPLATES = Path(__file__).with_name("templates")
 Version = tuple[str, dict[str, Any]]  # (label, collect() output)
@@ -284,6 +285,8 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
          side_by_side(versions, chains_html)),
         ("Models and prompts", "each stage's model, its identity and the hashes of the prompt templates it rendered",
          side_by_side(versions, provenance_html)),
+        ("LLM spend", "tokens and cost per role over the stages' last runs (cached answers cost nothing), "
+         "and per item kept", side_by_side(versions, spend_html)),
     ]
     warnings = "".join(f"<p class='warning'>{esc(label)}: {esc(w)}</p>" for label, v in versions
                        for w in v.get("warnings") or [])

@@ -1,0 +1,273 @@
+"""``evolforge plan``: what the stale stages will ask of which model, and what that costs -- before paying.
+
+For the stages ``dvc status`` says are stale, in pipeline order, the planner runs each LLM stage's own
+command with ``EVOLFORGE_DRY_RUN`` set (evolforge.llm.dryrun) in a scratch copy of the workspace: every
+file linked, but the outputs of the stages it runs written fresh in the copy, so the workspace, its DVC
+state and the call cache are never changed. Each generate call looks its requests up in the call cache
+and records only the ones the cache cannot answer, with their prompt tokens; nothing is sent.
+
+The first stale LLM stage's requests are therefore counted exactly (the ones that depend only on its
+inputs; calls that depend on answers within the stage, like an evolution's checks, are asked of stand-in
+answers). A stage after a stale LLM stage reads that stage's dry-run outputs, made of stand-ins: recent
+real answers of the same role and call (evolforge.llm.budget keeps 32 per call), each made unique, so an
+evolution round's survivors -- and with them the next round's requests -- come out at about the rate the
+previous runs' answers survived. Stages without an LLM role that lie between two stale LLM stages
+(dedup, decontaminate, ...) run for real in the copy; stages that load a model of their own (scorer,
+embedder, the fine-tuned model) or write models are not run, and a stage after one of them is planned on
+its previous outputs (the plan says so).
+
+Per stage, role and call: requests, prompt tokens (counted as docs/llm.md says), completion tokens as an
+upper bound (``max_tokens``) and an expected value (the mean completion length recorded for that role
+and call), the cost from the role's prices, and the time from the role's recorded seconds per call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evolforge.core.cache import DEFAULT_CACHE_PATH
+from evolforge.core.params import load_params, load_role
+from evolforge.llm.budget import SpendLedger, cost_of, priced
+from evolforge.llm.dryrun import DRY_RUN_ENV
+
+MODEL_ROLES = {"scorer", "embedder", "base"}  # roles a stage loads itself (not chat calls through the cache)
+
+
+@dataclass
+class Stage:
+    """One stage of dvc.yaml, as the planner needs it (paths relative to the repository root)."""
+
+    name: str
+    cmd: str
+    wdir: str
+    deps: list[str]
+    outs: list[str]
+    roles: set[str]
+
+    @property
+    def kind(self) -> str:
+        """``llm`` (asks chat roles), ``model`` (loads or writes a model itself) or ``plain``."""
+        if self.roles - MODEL_ROLES - {"*"}:
+            return "llm"
+        if self.roles or any(out == "models" or out.startswith("models/") for out in self.outs):
+            return "model"
+        return "plain"
+
+
+@dataclass
+class Row:
+    """One stage's calls of one role and label."""
+
+    stage: str
+    role: str
+    label: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens_max: int
+    completion_tokens_expected: int | None = None
+    cost_max: float | None = None
+    cost_expected: float | None = None
+    seconds: float | None = None
+    counted: str = ""  # how prompt tokens were counted (tokenizer | observed ratio | bytes/4)
+
+
+@dataclass
+class Plan:
+    rows: list[Row] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # the stale stages and those downstream of them, in order
+    notes: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # stages whose dry run failed: not counted
+
+    def total(self) -> dict[str, Any]:
+        def add(name: str) -> Any:
+            values = [getattr(r, name) for r in self.rows]
+            known = [v for v in values if v is not None]
+            return sum(known) if known else None
+
+        return {k: add(k) for k in ("requests", "prompt_tokens", "completion_tokens_max",
+                                    "completion_tokens_expected", "cost_max", "cost_expected", "seconds")}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": [asdict(r) for r in self.rows], "total": self.total(), "stale": self.stale,
+                "stages_with_calls": sorted({r.stage for r in self.rows}, key=self.stale.index), "notes": self.notes,
+                "failed": self.failed}
+
+
+def pipeline(root: Path) -> list[Stage]:
+    """dvc.yaml's stages in file order (the pipeline's order), with the roles their params name."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stages = []
+        for s in repo.index.stages:
+            params = [p for d in s.deps for p in (getattr(d, "params", None) or [])]
+            roles = {p.split(".", 1)[1] if "." in p else "*" for p in params if p == "roles" or p.startswith("roles.")}
+            wdir = os.path.relpath(s.wdir, repo.root_dir)
+            stages.append(Stage(s.addressing, s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), wdir,
+                                [_rel(repo.root_dir, s.wdir, d.def_path) for d in s.deps],
+                                [_rel(repo.root_dir, s.wdir, o.def_path) for o in s.outs], roles))
+        return stages
+
+
+def stale_stages(root: Path) -> list[str]:
+    """The stages ``dvc status`` reports (changed dependencies or outputs, never run, always changed)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return list(repo.status())
+
+
+def _rel(root: str, wdir: str, path: str) -> str:
+    return os.path.normpath(os.path.relpath(os.path.join(wdir, path), root))
+
+
+def feeds(upstream: Stage, downstream: Stage) -> bool:
+    """True when one of ``upstream``'s outputs is (in) one of ``downstream``'s dependencies, or holds one."""
+    return any(d == o or d.startswith(o + "/") or o.startswith(d + "/") for o in upstream.outs for d in downstream.deps)
+
+
+def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file: str = "params.yaml") -> Plan:
+    """The plan of the stale stages of the pipeline at ``root`` (or of ``only``, stale or not)."""
+    root = Path(root).resolve()
+    stages = pipeline(root)
+    names = {s.name for s in stages}
+    unknown = sorted(set(only or []) - names)
+    if unknown:
+        raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: {', '.join(s.name for s in stages)})")
+    listed = set(only) if only else set(stale_stages(root))
+    # and what `dvc repro` runs after them when their outputs change (dvc status lists only the first)
+    todo = [s for s in stages if s.name in listed or (
+        not only and any(_reaches(stages, a, s) for a in stages if a.name in listed))]
+    plan = Plan(stale=[s.name for s in todo])
+    to_run = _chain(todo)
+    params = load_params(root / params_file)
+    cache = _cache_path(root, params)
+    ledger = SpendLedger(cache) if cache.exists() else None
+    skipped: list[Stage] = []
+    with tempfile.TemporaryDirectory(prefix="evolforge-plan-") as tmp:
+        shadow = Path(tmp) / "work"
+        make_shadow(root, shadow, [o for s in to_run for o in s.outs])
+        if not cache.exists():  # an empty stand-in: the plan creates nothing in the workspace
+            cache = Path(tmp) / "cache.sqlite"
+        for stage in todo:
+            if stage not in to_run:
+                if stage.kind == "model":
+                    skipped.append(stage)
+                continue
+            after = [s.name for s in skipped if _reaches(stages, s, stage)]
+            if after and stage.kind == "llm":
+                plan.notes.append(f"{stage.name}: planned on the previous outputs of {', '.join(after)} "
+                                  f"(stale, not run by the plan: it loads or writes a model)")
+            calls, error = dry_run(stage, shadow, Path(tmp), cache)
+            if error:
+                plan.notes.append(f"{stage.name}: the dry run failed ({error}); its calls are not counted")
+                plan.failed.append(stage.name)
+                continue
+            if stage.kind == "llm":
+                plan.rows += [estimate(stage.name, call, params, ledger) for call in calls]
+    if ledger is not None:
+        ledger.close()
+    later = [r for r in plan.rows if r.stage != plan.rows[0].stage] if plan.rows else []
+    if later:
+        plan.notes.append(f"exact: the requests of {plan.rows[0].stage} that depend only on its inputs; its calls "
+                          f"on stand-in answers and every later stage are estimates (see docs/llm.md)")
+    return plan
+
+
+def _chain(todo: list[Stage]) -> list[Stage]:
+    """The stale stages the plan runs: LLM stages, and plain stages that carry one's outputs to another."""
+    llm = [s for s in todo if s.kind == "llm"]
+    return [s for s in todo if s.kind == "llm" or (
+        s.kind == "plain" and any(_reaches(todo, a, s) for a in llm) and any(_reaches(todo, s, b) for b in llm))]
+
+
+def _reaches(stages: list[Stage], a: Stage, b: Stage) -> bool:
+    """True when ``a``'s outputs reach ``b`` through the stages' dependencies."""
+    frontier, seen = [a], {a.name}
+    while frontier:
+        here = frontier.pop()
+        for s in stages:
+            if s.name not in seen and feeds(here, s):
+                if s.name == b.name:
+                    return True
+                seen.add(s.name)
+                frontier.append(s)
+    return False
+
+
+def _cache_path(root: Path, params: dict[str, Any]) -> Path:
+    """The call cache the stages would open (``EVOLFORGE_CACHE`` wins, as in evolforge.core.cache.open_cache)."""
+    path = Path(os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH)
+    return path if path.is_absolute() else root / path
+
+
+def make_shadow(root: Path, shadow: Path, outs: list[str]) -> None:
+    """A scratch copy of ``root``: every entry a symbolic link, but the folders that hold ``outs`` real
+    folders (so a stage writes its outputs into the copy) and ``outs`` themselves absent."""
+    outs = [Path(o) for o in outs]
+    holders = {p for o in outs for p in o.parents if str(p) != "."}
+    shadow.mkdir(parents=True)
+
+    def mirror(rel: Path) -> None:
+        for entry in sorted((root / rel).iterdir()):
+            here = rel / entry.name
+            if here in outs:
+                continue
+            if here in holders and entry.is_dir():
+                (shadow / here).mkdir()
+                mirror(here)
+            else:
+                (shadow / here).symlink_to(entry)
+
+    mirror(Path("."))
+
+
+def dry_run(stage: Stage, shadow: Path, tmp: Path, cache: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """Run ``stage``'s command in ``shadow`` with nothing sent; its calls as the LLM layer recorded them."""
+    record = tmp / f"{stage.name.replace('@', '_')}.jsonl"
+    record.touch()
+    env = {**os.environ, DRY_RUN_ENV: str(record), "EVOLFORGE_CACHE": str(cache)}
+    done = subprocess.run(stage.cmd, shell=True, cwd=shadow / stage.wdir, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return [], lines[-1] if lines else f"exit status {done.returncode}"
+    calls: dict[tuple[str, str], dict[str, Any]] = {}  # one stage may ask one call several times (optimize steps)
+    for line in record.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        key = (item["role"], item["label"])
+        if key in calls:
+            for name in ("requests", "prompt_tokens", "prompt_bytes", "max_tokens"):
+                calls[key][name] += item[name]
+        else:
+            calls[key] = item
+    return list(calls.values()), None
+
+
+def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: SpendLedger | None) -> Row:
+    """A row of the plan: one call's dry-run counts, with the expected completion, cost and time."""
+    role = load_role(params, call["role"])
+    row = Row(stage, call["role"], call["label"], call["requests"], call["prompt_tokens"], call["max_tokens"],
+              counted=call["counted"])
+    if ledger is not None:
+        seen = ledger.spent(role=role.name, label=call["label"])
+        if not seen.calls:
+            seen = ledger.spent(role=role.name)  # this call never ran: the role's mean over its calls
+        if seen.calls and seen.completion_tokens:
+            mean = seen.completion_tokens / seen.calls
+            row.completion_tokens_expected = min(round(mean * row.requests), row.completion_tokens_max)
+        if seen.calls and seen.seconds:
+            row.seconds = seen.seconds / seen.calls * row.requests
+    if priced(role):
+        row.cost_max = cost_of(role, row.prompt_tokens, row.completion_tokens_max)
+        if row.completion_tokens_expected is not None:
+            row.cost_expected = cost_of(role, row.prompt_tokens, row.completion_tokens_expected)
+    return row
+
+
+__all__ = ["Plan", "Row", "Stage", "dry_run", "estimate", "feeds", "make_plan", "make_shadow", "pipeline", "stale_stages"]
