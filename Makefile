@@ -19,7 +19,7 @@ LOCK_SOURCES = $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-inde
   $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
   $(if $(strip $(TORCH_INDEX)),--extra-index-url $(TORCH_INDEX))
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --custom-compile-command "make lock" --python-version 3.11 \
-  --python-platform x86_64-manylinux_2_28 --index-strategy unsafe-best-match $(LOCK_SOURCES) $(if $(filter 1,$(UPGRADE)),--upgrade)
+  --python-platform x86_64-manylinux_2_36 --index-strategy unsafe-best-match $(LOCK_SOURCES) $(if $(filter 1,$(UPGRADE)),--upgrade)
 
 # Offline by default: the shipped model comes from a PyPI wheel (stage fetch_model), so no model hub is needed.
 export HF_HUB_OFFLINE ?= 1
