@@ -132,6 +132,6 @@ def test_every_stage_output_records_the_versions(tmp_path):
 
     write_output(tmp_path / "out", pl.DataFrame({"id": ["a"]}), meta={"model": "m"})
     meta = json.loads((tmp_path / "out" / META).read_text())
-    assert meta["model"] == "m" and list(meta[VERSIONS]) == list(OUTPUT_PACKAGES)
+    assert meta["model"] == "m" and sorted(meta[VERSIONS]) == sorted(OUTPUT_PACKAGES)
     assert meta[VERSIONS]["polars"] == pl.__version__ and meta[VERSIONS]["torch"] == installed_version("torch")
     assert meta[VERSIONS]["vllm"] == installed_version("vllm")  # None (JSON null) where it is not installed
