@@ -135,3 +135,31 @@ def test_every_stage_output_records_the_versions(tmp_path):
     assert meta["model"] == "m" and sorted(meta[VERSIONS]) == sorted(OUTPUT_PACKAGES)
     assert meta[VERSIONS]["polars"] == pl.__version__ and meta[VERSIONS]["torch"] == installed_version("torch")
     assert meta[VERSIONS]["vllm"] == installed_version("vllm")  # None (JSON null) where it is not installed
+
+
+def test_dvc_default_remote_is_configured_and_documented():
+    """A fresh clone can `dvc pull` the committed run from the default remote the README names."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    name = config["core"]["remote"]
+    url = config[f"'remote \"{name}\"'"]["url"]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"`{url}`" in readme and "dvc pull" in readme and "dvc push" in readme
+
+
+def test_no_dependency_folder_holds_files_dvc_does_not_track():
+    """Python caches are ignored by DVC as by git, and the report depends on the finetune stage's tracked
+    outputs, not on the folder where dvclive also writes a git-ignored params.yaml."""
+    import yaml
+
+    ignored = (REPO / ".dvcignore").read_text().split()
+    assert "__pycache__/" in ignored and "*.pyc" in ignored
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    report = stages["report"]["deps"]
+    assert "metrics/train_live" not in report
+    assert {"metrics/train_live/plots", "metrics/train_live/metrics.json"} <= set(report)
+    finetune = {next(iter(o)) if isinstance(o, dict) else o for o in stages["finetune"]["outs"] + stages["finetune"]["metrics"]}
+    assert {"metrics/train_live/plots", "metrics/train_live/metrics.json"} <= finetune
+    assert "metrics/train_live/params.yaml" in (REPO / ".gitignore").read_text()
