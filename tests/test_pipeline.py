@@ -7,8 +7,8 @@ repository's .evolforge/downloads, so it happens once per machine). The full bui
 module's ``built`` fixture (every later test needs it); then one test per step of the story: the build's
 outputs, a no-op rebuild, and the experiments whose reruns the pipeline promises to keep small, each
 started from the committed build (``back_to_built``), so no test pays for another's leftovers and each
-has its own timeout (the build counts in the first test's; a single test of the whole story ran past 900 s
-on a busy machine).
+has its own timeout (the copy's tiny model counts in the first test's, the build in the second's; a single
+test of the whole story ran past 900 s on a busy machine).
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ def back_to_built(work: Path, env: dict) -> None:
     not the index: DVC stages the dvc.lock a repro writes)."""
     run(["git", "reset", "-q", "--hard", "HEAD"], work, env)
     run(["dvc", "checkout", "-q"], work, env)
+
+
+def test_copy_prepared(workdir):
+    """The copy before any stage runs: no lock, every role on the tiny model, the fast settings. First, so that
+    building the tiny model counts in this test's timeout, not in the full build's."""
+    work, _ = workdir
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    assert not (work / "dvc.lock").exists() and (work / TINY / "config.json").is_file()
+    assert {role["model"] for role in params["roles"].values()} == {TINY}
+    assert all(params[section][key] == value for (section, key), value in FAST.items())
 
 
 @pytest.fixture(scope="module")
