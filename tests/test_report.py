@@ -144,7 +144,7 @@ def test_report_of_a_version_with_nothing_built(tmp_path):
     assert "not built in this version" in page and "no data" in page
 
 
-def test_dataset_card_and_datasets_folder(version):
+def test_dataset_card_and_datasets_folder(version, tmp_path):
     import datasets
 
     root, expected = version
@@ -161,12 +161,48 @@ def test_dataset_card_and_datasets_folder(version):
     assert "**Scenario**: `evol`, " in text and " items from `data/responses`." in text
     assert f"| 1 | {expected['seeds']} | {expected['evolved'][1]} | {expected['failed'][1]} |" in text
 
-    ds = datasets.load_dataset(str(root / "data" / "selected"))["train"]
+    assert "### Software versions" in text and f"| `polars` | {pl.__version__} |" in text
+    assert header["configs"][0]["description"].startswith("fingerprint ")
+    # its own cache folder: the machine's cache may hold another version's `selected` entry
+    ds = datasets.load_dataset(str(root / "data" / "selected"), cache_dir=str(tmp_path / "hf-datasets"))["train"]
     selected = pl.read_parquet(root / "data" / "selected" / "items.parquet")
     assert ds.num_rows == selected.height == expected["selected"]
     assert ds[0]["id"] == selected["id"][0]
     assert [m["role"] for m in ds[0]["messages"]] == ["user", "assistant"]
     assert ds[0]["messages"][1]["content"] == selected["output"][0]
+
+
+def _selection(root, prefix: str, n: int):
+    """A minimal selection folder ``root/data/selected`` of ``n`` items whose ids start with ``prefix``."""
+    folder = root / "data" / "selected"
+    folder.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(n)], "root_id": ["r"] * n, "parent_id": [None] * n,
+                  "round": [1] * n, "method": ["deepen"] * n, "instruction": [f"{prefix} question {i}" for i in range(n)],
+                  "input": [""] * n, "output": [f"{prefix} answer {i}" for i in range(n)]}).write_parquet(folder / "items.parquet")
+    write_card(folder, root, {})
+    return folder
+
+
+def test_each_dataset_version_loads_as_itself_through_one_shared_cache(tmp_path):
+    """Two versions, one cache: each loads its own rows, as two experiments' folders and as one folder whose
+    content changed (`dvc checkout` of another version). `datasets` keys its cache on the folder's name and the
+    card's header, so without the fingerprint in the header the second would load as the first."""
+    import datasets
+
+    cache = str(tmp_path / "shared-cache")
+
+    def load(folder):
+        return datasets.load_dataset(str(folder), cache_dir=cache)["train"]["id"]
+
+    a, b = _selection(tmp_path / "a", "a", 3), _selection(tmp_path / "b", "b", 5)
+    assert load(a) == ["a-0", "a-1", "a-2"]
+    assert load(b) == [f"b-{i}" for i in range(5)]
+    assert load(a) == ["a-0", "a-1", "a-2"]
+    _selection(tmp_path / "a", "c", 4)  # the same folder, another version
+    assert load(a) == [f"c-{i}" for i in range(4)]
+    headers = [yaml.safe_load((f / "README.md").read_text().split("---")[1])["configs"][0] for f in (a, b)]
+    assert headers[0]["description"] != headers[1]["description"]
+    assert headers[0]["data_files"] == headers[1]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"}]
 
 
 def test_card_scenario_line(tmp_path):

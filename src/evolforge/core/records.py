@@ -19,8 +19,11 @@ from typing import Any, Callable, Iterator
 
 import polars as pl
 
+from evolforge.core.versions import output_versions
+
 TABLE = "items.parquet"  # the table file inside every stage output folder
-META = "meta.json"  # template hashes, model identities, params used
+META = "meta.json"  # template hashes, model identities, params used, package versions (key VERSIONS)
+VERSIONS = "versions"  # meta.json key: {package: installed version} of core/versions.OUTPUT_PACKAGES
 
 LINEAGE = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason"]
 
@@ -91,12 +94,13 @@ def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = N
                  tables: dict[str, pl.DataFrame] | None = None, finish: Callable[[Path], object] | None = None) -> None:
     """Write a stage output folder atomically: ``items.parquet``, ``meta.json``, extra tables and JSON/JSONL files;
     ``finish(folder)`` writes whatever else belongs in it (from those files) before it is moved into place, so
-    an error there leaves the previous output as it was."""
+    an error there leaves the previous output as it was. ``meta.json`` gets the installed versions of the
+    packages that can change outputs (``VERSIONS``) unless ``meta`` already has them."""
     with atomic_dir(out_dir) as tmp:
         table.write_parquet(tmp / TABLE)
         for name, other in (tables or {}).items():
             other.write_parquet(tmp / name)
-        write_json(tmp / META, meta or {})
+        write_json(tmp / META, {VERSIONS: output_versions(), **(meta or {})})
         for name, data in (extra or {}).items():
             if name.endswith(".jsonl"):
                 write_jsonl(tmp / name, data)

@@ -14,11 +14,14 @@ The card's ``configs`` entry points ``datasets`` at the shards, so the other fil
 
 The card says what made the data: seed source, every role's model and identity (``models/identity.json``
 when present, else ``params.yaml`` roles), prompt template hashes, evolution and selection params, counts
-per stage, and known limitations. ``params.yaml`` section ``card`` (optional) sets the header.
+per stage, the versions of the packages that can change the data, and known limitations. The ``configs``
+entry's ``description`` carries the shards' sha256 fingerprint: ``datasets`` keys its cache on the folder's
+name and that header, so each version gets its own cache entry and loads as itself. ``params.yaml`` section ``card`` (optional) sets the header.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,9 +33,10 @@ import yaml
 
 from evolforge.core.params import load_section
 from evolforge.core.jsonfiles import read_json
-from evolforge.core.records import TABLE
+from evolforge.core.records import META, TABLE, VERSIONS
 from evolforge.core.text import question_text
 from evolforge.core.settings import CardSettings
+from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
@@ -46,6 +50,19 @@ DESCRIPTIONS = {
     "ifd": "instruction-following difficulty, L(A|Q) / L(A)", "ic_ifd": "IC-IFD, L(A|Q) / (L(Q) L(A))",
     "mnd": "minimum distance to another item's embedding (diversity)",
 }
+# The configs header carries the shards' fingerprint: `datasets` keys its cache on the folder's name and the
+# header (not on the files' contents), so without it every `data/selected` would share one cache entry and a
+# second version would load as the first.
+LOADING = """## Loading
+
+```python
+import datasets
+ds = datasets.load_dataset("<this folder or hub id>")["train"]
+```
+
+The header's `configs` entry carries this version's fingerprint (`{fingerprint}`, sha256 of the shards), so
+the `datasets` cache keeps each version apart. Or read the shards directly:
+`polars.read_parquet("<this folder>/data/train-*.parquet")`."""
 LIMITATIONS = """- Instructions and responses are written by language models: they can be wrong, unsafe or unanswerable, and
   nothing here verifies a response. Difficulty labels and scores are one judge model's opinion.
 - Evolution and selection favour what the evolver and scorer models find hard; topics, languages and styles of
@@ -87,6 +104,14 @@ def write_shards(rows: pl.DataFrame, folder: Path) -> list[str]:
         os.replace(tmp, data / name)
         names.append(f"data/{name}")
     return names
+
+
+def shards_fingerprint(folder: Path, names: list[str]) -> str:
+    """sha256 of the shards' bytes, in name order (first 16 hex digits): the version's fingerprint."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _models(root: Path, params: dict) -> list[dict]:
@@ -172,14 +197,36 @@ def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) 
     return line + f", rounds {', '.join(rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`."
 
 
-def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings) -> str:
+def _versions_rows(root: Path) -> list[list[Any]]:
+    """Package, version, the stage outputs whose ``meta.json`` recorded it; this install's where none did.
+
+    The selection itself is left out: the card is written by the same install, while it is being replaced, and
+    so are folders being written (``.name.tmp-*``)."""
+    seen: dict[str, dict[str, list[str]]] = {name: {} for name in OUTPUT_PACKAGES}
+    metas = [*root.glob(f"data/*/{META}"), *root.glob(f"data/*/*/{META}")]
+    for meta_path in sorted(p for p in metas if p.parent.relative_to(root).parts[1] != "selected"
+                            and not any(part.startswith(".") for part in p.relative_to(root).parts)):
+        recorded = (read_json(meta_path) or {}).get(VERSIONS)
+        for name, version in (recorded.items() if isinstance(recorded, dict) else ()):
+            if name in seen:
+                seen[name].setdefault(str(version), []).append(meta_path.parent.relative_to(root).as_posix())
+    now = output_versions()
+    rows = []
+    for name, by_version in seen.items():
+        for version, stages in sorted(by_version.items()) or [(str(now[name]), ["(installed when the card was written)"])]:
+            rows.append([f"`{name}`", "not installed" if version == "None" else version, ", ".join(stages)])
+    return rows
+
+
+def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings, fingerprint: str = "") -> str:
     """The README.md text: YAML header, then how the data was made."""
     from evolforge.report.collect import funnel, provenance, round_strategies
 
     header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
               "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
               "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],
-              "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
+              "configs": [{"config_name": "default", "description": f"fingerprint {fingerprint}",
+                          "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
     seed_cfg, evolve_cfg, select_cfg = (params.get(k) or {} for k in ("seed", "evolve", "select"))
     funnel_rows = funnel(root, selected=rows)  # the selection being written, not an older data/selected
     counts = [[("seed" if r["round"] == 0 else r["round"]), r["in"], r["evolved"], r["failed"],
@@ -198,7 +245,7 @@ def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettin
         "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
         f"# {settings.pretty_name}",
         summary_text(rows, funnel_rows, round_strategies(root), len(rounds), select_cfg.get("metric", "?")),
-        "## Loading\n\n```python\nimport datasets\nds = datasets.load_dataset(\"<this folder or hub id>\")[\"train\"]\n```",
+        LOADING.format(fingerprint=fingerprint),
         "## How it was made",
         f"**Seed source**: `{seed_cfg.get('source', 'unknown')}`"
         + (f" at revision `{seed_cfg['revision']}`" if seed_cfg.get("revision") else "")
@@ -213,6 +260,9 @@ def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettin
         + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered", "kept", "judged", "selected"], counts),
         "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k] for k in ("seed", "evolve", "respond", "autoif", "judge", "score", "select")
                                                        if k in params}, sort_keys=True) + "```",
+        "### Software versions\n\nThe installed versions of the packages that can change the data, as each stage "
+        "output's `meta.json` recorded them (`make setup` installs the locked set: `requirements/cpu.txt`).\n\n"
+        + _md_table(["package", "version", "recorded by"], _versions_rows(root)),
         "## Columns\n\n" + _md_table(["column", "meaning"], columns),
         "## Known limitations\n\n" + limitations,
     ]
@@ -228,10 +278,10 @@ def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | 
     if not table_path.exists():
         raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
     rows = hub_rows(pl.read_parquet(table_path))
-    write_shards(rows, selected_dir)
+    fingerprint = shards_fingerprint(selected_dir, write_shards(rows, selected_dir))
     card = selected_dir / "README.md"
     tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
-    tmp.write_text(card_text(rows, root, params, settings), encoding="utf-8")
+    tmp.write_text(card_text(rows, root, params, settings, fingerprint), encoding="utf-8")
     os.replace(tmp, card)
     return card
 

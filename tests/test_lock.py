@@ -1,0 +1,165 @@
+"""The lock: `requirements/cpu.txt` and `requirements/gpu.txt` pin every package with hashes, `make setup`
+installs exactly them, and what is installed here is what the lock says (README "Locked dependencies")."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from evolforge.core.versions import OUTPUT_PACKAGES, installed_version
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_LOCK, GPU_LOCK = REPO / "requirements" / "cpu.txt", REPO / "requirements" / "gpu.txt"
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(?P<version>[^\s;\\]+)\s*(?:;(?P<marker>[^\\]+))?")
+
+
+def read_lock(path: Path) -> dict[str, dict]:
+    """``{canonical name: {"version", "hashes", "applies"}}`` from a uv / pip-tools requirements file."""
+    pins: dict[str, dict] = {}
+    current = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = PIN.match(line)
+        if match:
+            marker = match["marker"]
+            current = pins[canonicalize_name(match["name"])] = {
+                "version": match["version"], "hashes": 0,
+                "applies": Marker(marker.strip()).evaluate() if marker else True}
+        elif current is not None and line.strip().startswith("--hash=sha256:"):
+            current["hashes"] += 1
+    return pins
+
+
+def active_lock() -> Path:
+    """The GPU lock where vLLM is installed (`make setup GPU=1`), else the CPU lock."""
+    return GPU_LOCK if installed_version("vllm") else CPU_LOCK
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def torch_pin() -> str:
+    """The torch version pyproject.toml pins (``torch==X``)."""
+    [spec] = [d for d in pyproject()["project"]["dependencies"] if Requirement(d).name == "torch"]
+    return str(Requirement(spec).specifier).removeprefix("==")
+
+
+@pytest.mark.parametrize("lock", [CPU_LOCK, GPU_LOCK], ids=["cpu", "gpu"])
+def test_every_pin_is_exact_and_hashed(lock):
+    pins = read_lock(lock)
+    assert len(pins) > 100, f"{lock}: only {len(pins)} pins"
+    unhashed = sorted(name for name, pin in pins.items() if not pin["hashes"])
+    assert not unhashed, f"{lock}: no --hash for {unhashed}; regenerate with `make lock`"
+    body = [ln for ln in lock.read_text().splitlines() if ln and not ln.startswith(("#", " "))]
+    assert all(PIN.match(ln) for ln in body), [ln for ln in body if not PIN.match(ln)]
+
+
+def test_the_locks_satisfy_pyproject():
+    """Every dependency of pyproject.toml (and its dev / gpu extras) is locked at a version its range allows;
+    the CPU lock leaves torch out (installed first, CPU build), the GPU lock holds it at the same pin."""
+    project = pyproject()["project"]
+    cpu, gpu = read_lock(CPU_LOCK), read_lock(GPU_LOCK)
+    wanted = [(cpu, d) for d in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    wanted += [(gpu, d) for d in project["dependencies"] + project["optional-dependencies"]["dev"]
+               + project["optional-dependencies"]["gpu"]]
+    for pins, spec in wanted:
+        req = Requirement(spec)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        name = canonicalize_name(req.name)
+        if pins is cpu and name == "torch":
+            assert name not in cpu, "the CPU lock must leave torch out: make setup installs the CPU build first"
+            continue
+        assert name in pins, f"{spec}: not in the lock; run `make lock`"
+        assert req.specifier.contains(pins[name]["version"], prereleases=True), f"{spec}: locked {pins[name]['version']}"
+    assert gpu["torch"]["version"] == torch_pin()
+
+
+def test_installed_versions_match_the_lock():
+    """What runs the suite is the locked set: every pin of the active lock is installed at its version."""
+    lock = active_lock()
+    differ = {name: (pin["version"], installed_version(name)) for name, pin in read_lock(lock).items()
+              if pin["applies"] and (installed_version(name) is None
+                                     or Version(installed_version(name)) != Version(pin["version"]))}
+    assert not differ, (f"installed versions differ from {lock.relative_to(REPO)} (locked, installed): {differ}; "
+                        "run `make setup`")
+    assert Version(installed_version("torch")).base_version == torch_pin()
+
+
+def test_make_setup_installs_torch_first_then_exactly_the_lock(tmp_path):
+    venv = tmp_path / "venv"  # not there: make prints every command of a fresh setup
+    out = subprocess.run(["make", "-n", "setup", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    torch_at = out.index(f"pip install --quiet torch=={torch_pin()}")
+    lock_at = out.index("pip install --quiet --require-hashes --no-deps -r requirements/cpu.txt")
+    assert torch_at < lock_at < out.index("pip install --quiet --no-deps --no-build-isolation -e .") < out.index("pip check")
+    gpu = subprocess.run(["make", "-n", "setup", f"VENV={venv}", "GPU=1"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert "-r requirements/gpu.txt" in gpu and "torch==" not in gpu  # the GPU lock brings CUDA torch itself
+
+
+def test_make_lock_regenerates_both_locks(tmp_path):
+    out = subprocess.run(["make", "-n", "lock", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    compile_lines = [ln for ln in out.splitlines() if "uv pip compile pyproject.toml" in ln]
+    assert len(compile_lines) == 2 and all("--generate-hashes" in ln for ln in compile_lines)
+    assert "--no-emit-package torch" in compile_lines[0] and "-o requirements/cpu.txt" in compile_lines[0]
+    assert "--extra gpu" in compile_lines[1] and "-o requirements/gpu.txt" in compile_lines[1]
+
+
+def test_output_packages_are_locked():
+    """The packages recorded in meta.json and the card (core/versions.py) are pinned by the locks."""
+    cpu, gpu = read_lock(CPU_LOCK), read_lock(GPU_LOCK)
+    for name in OUTPUT_PACKAGES:
+        assert name in gpu, name
+        assert name in cpu or name in ("torch", "vllm"), name
+
+
+def test_every_stage_output_records_the_versions(tmp_path):
+    """write_output (every stage's folder) puts the installed versions of OUTPUT_PACKAGES in meta.json."""
+    import json
+
+    import polars as pl
+
+    from evolforge.core.records import META, VERSIONS, write_output
+
+    write_output(tmp_path / "out", pl.DataFrame({"id": ["a"]}), meta={"model": "m"})
+    meta = json.loads((tmp_path / "out" / META).read_text())
+    assert meta["model"] == "m" and sorted(meta[VERSIONS]) == sorted(OUTPUT_PACKAGES)
+    assert meta[VERSIONS]["polars"] == pl.__version__ and meta[VERSIONS]["torch"] == installed_version("torch")
+    assert meta[VERSIONS]["vllm"] == installed_version("vllm")  # None (JSON null) where it is not installed
+
+
+def test_dvc_default_remote_is_configured_and_documented():
+    """A fresh clone can `dvc pull` the committed run from the default remote the README names."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    name = config["core"]["remote"]
+    url = config[f"'remote \"{name}\"'"]["url"]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"`{url}`" in readme and "dvc pull" in readme and "dvc push" in readme
+
+
+def test_no_dependency_folder_holds_files_dvc_does_not_track():
+    """Python caches are ignored by DVC as by git, and the report depends on the finetune stage's tracked
+    outputs, not on the folder where dvclive also writes a git-ignored params.yaml."""
+    import yaml
+
+    ignored = (REPO / ".dvcignore").read_text().split()
+    assert "__pycache__/" in ignored and "*.pyc" in ignored
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    report = stages["report"]["deps"]
+    assert "metrics/train_live" not in report
+    assert {"metrics/train_live/plots", "metrics/train_live/metrics.json"} <= set(report)
+    finetune = {next(iter(o)) if isinstance(o, dict) else o for o in stages["finetune"]["outs"] + stages["finetune"]["metrics"]}
+    assert {"metrics/train_live/plots", "metrics/train_live/metrics.json"} <= finetune
+    assert "metrics/train_live/params.yaml" in (REPO / ".gitignore").read_text()
