@@ -17,7 +17,7 @@ import polars as pl
 from polars.io.plugins import register_io_source
 
 from evolforge.core.records import TABLE, atomic_dir, write_json, write_jsonl
-from evolforge.core.validation import DataError
+from evolforge.core.validation import DataError, Rule, check
 
 Chunks = Callable[[], Iterable[pl.DataFrame]]  # called once per pass: a fresh iterable of chunks each time
 
@@ -83,6 +83,29 @@ def write_output_chunks(out_dir: str | Path, tables: dict[str, tuple[pl.Schema, 
         write_json(tmp / "meta.json", meta or {})
         for name, data in (extra or {}).items():
             (write_jsonl if name.endswith(".jsonl") else write_json)(tmp / name, data)
+
+
+def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
+    """:func:`evolforge.core.validation.check` of a whole table, a chunk at a time: row numbers in the error
+    count from the table's first row; a uniqueness rule is checked over the whole column (one streaming
+    query over that column alone)."""
+    file = table_file(path)
+    unique = [r for r in rules if r.expectation == "ExpectColumnValuesToBeUnique"]
+    per_chunk = [r for r in rules if r not in unique]
+    lo = 0
+    for chunk in iter_chunks(file, chunk_rows):
+        try:
+            check(chunk, per_chunk, file)
+        except DataError as err:
+            raise DataError(file, err.rule, [r + lo for r in err.rows], err.detail) from None
+        lo += chunk.height
+    for rule in unique:
+        column = rule.kwargs["column"]
+        repeated = (pl.scan_parquet(file).select(column).with_row_index("row")  # rows counted from 1, as in check()
+                    .filter(pl.col(column).is_duplicated()).head(10).collect(engine="streaming"))
+        if repeated.height:
+            raise DataError(file, rule.words, (repeated["row"] + 1).to_list(),
+                            detail=f"{column} {repeated[column][0]!r} appears more than once")
 
 
 def peak_rss_mib() -> float:

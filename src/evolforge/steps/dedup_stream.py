@@ -38,7 +38,9 @@ from evolforge.core.settings import DedupSettings
 from evolforge.steps.dedup import (EXACT, NEAR, band_digest, find_duplicates, item_text, lsh_bands, mark_shared,
                                    minhash_signatures, shingle_hashes, survival_order)
 
-Chunks = Callable[[], Iterable[pl.DataFrame]]  # a fresh pass over the input table, chunk by chunk
+# a fresh pass over the input table, chunk by chunk: all columns (None) or only those named
+Chunks = Callable[[list[str] | None], Iterable[pl.DataFrame]]
+Usable = Callable[[pl.DataFrame], Sequence[bool]]
 ANSWERS = {"duplicate_of": pl.String, "duplicate_similarity": pl.Float64, "dedup_reason": pl.String}
 
 
@@ -57,15 +59,17 @@ def _texts(chunk: pl.DataFrame) -> list[str]:
     return [item_text(q, x) for q, x in zip(chunk["instruction"].to_list(), chunk["input"].to_list())]
 
 
-def _sketch_pass(chunks: Chunks, config: DedupSettings, work: Path) -> tuple[np.ndarray, np.ndarray]:
+def _sketch_pass(chunks: Chunks, usable: Usable, config: DedupSettings, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pass 1: band digests appended to ``work/band-K.u64``; returns (each chunk's first row, then the row
-    count; mask of the texts with shingles)."""
+    count; mask of the texts with shingles; mask of the usable items)."""
     bands, rows = lsh_bands(config.threshold, config.num_perm)
     files = [open(work / f"band-{k}.u64", "wb") for k in range(bands)]
     nonempty: list[np.ndarray] = []  # 1 byte per item
+    usable_rows: list[np.ndarray] = []
     starts = [0]
     try:
-        for chunk in chunks():
+        for chunk in chunks(None):
+            usable_rows.append(np.asarray(usable(chunk), dtype=bool))
             hashes, offsets = shingle_hashes(_texts(chunk), config.shingle_size)
             signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
             for k, fh in enumerate(files):
@@ -75,8 +79,10 @@ def _sketch_pass(chunks: Chunks, config: DedupSettings, work: Path) -> tuple[np.
     finally:
         for fh in files:
             fh.close()
-    mask = np.concatenate(nonempty) if nonempty else np.zeros(0, dtype=bool)
-    return np.array(starts, dtype=np.int64), mask
+    def joined(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    return np.array(starts, dtype=np.int64), joined(nonempty), joined(usable_rows)
 
 
 def _walked(work: Path, bands: int, nonempty: np.ndarray) -> np.ndarray:
@@ -115,20 +121,20 @@ def _groups(labels: np.ndarray, target: int) -> np.ndarray:
     return (before // target)[labels]
 
 
-def _spill_groups(chunks: Chunks, usable: Callable[[pl.DataFrame], Sequence[bool]], walked: np.ndarray,
+def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray,
                   groups: np.ndarray, work: Path) -> int:
     """Pass 3: the walked rows of each chunk, to ``work/group-G/chunk-C.parquet``; returns the group count."""
     count = int(groups.max()) + 1 if groups.size else 0
     for g in range(count):
         (work / f"group-{g}").mkdir()
     lo = 0
-    for c, chunk in enumerate(chunks()):
+    for c, chunk in enumerate(chunks(["id", "round", "instruction", "input"])):
         hi = lo + chunk.height
         a, b = np.searchsorted(walked, [lo, hi])
         if b > a:
             local = walked[a:b] - lo
             part = chunk[local].select("id", "round")
-            keep = pl.Series(usable(chunk), dtype=pl.Boolean).gather(local)
+            keep = pl.Series(usable[walked[a:b]], dtype=pl.Boolean)
             texts = [item_text(q, x) for q, x in zip(chunk["instruction"].gather(local).to_list(),
                                                      chunk["input"].gather(local).to_list())]
             rows = part.with_columns(index=pl.Series(walked[a:b]), usable=keep, text=pl.Series(texts, dtype=pl.String))
@@ -168,7 +174,7 @@ def _walk_groups(count: int, config: DedupSettings, starts: np.ndarray, work: Pa
 def _with_answers(chunks: Chunks, starts: np.ndarray, work: Path) -> Iterator[pl.DataFrame]:
     """Pass 5: every input chunk with its three answer columns (null where kept), as dedup_table adds them."""
     lo = 0
-    for c, chunk in enumerate(chunks()):
+    for c, chunk in enumerate(chunks(None)):
         if c + 1 >= starts.size or starts[c + 1] - lo != chunk.height:  # the input changed under us
             raise RuntimeError(f"dedup: input chunk {c} has {chunk.height} rows, not as in the first pass")
         columns = {name: pl.Series(name, [None] * chunk.height, dtype=dtype) for name, dtype in ANSWERS.items()}
@@ -182,20 +188,21 @@ def _with_answers(chunks: Chunks, starts: np.ndarray, work: Path) -> Iterator[pl
         lo += chunk.height
 
 
-def dedup_chunks(chunks: Chunks, usable: Callable[[pl.DataFrame], Sequence[bool]], work: Path,
+def dedup_chunks(chunks: Chunks, usable: Usable, work: Path,
                  config: DedupSettings = DedupSettings(), chunk_rows: int = 100_000) -> tuple[Iterator[pl.DataFrame], dict]:
-    """:func:`evolforge.steps.dedup.dedup_table` over a table read in chunks: ``chunks()`` gives a fresh
-    pass over them, the same chunks each time (it is called three times), ``usable(chunk)`` the selection
+    """:func:`evolforge.steps.dedup.dedup_table` over a table read in chunks: ``chunks(columns)`` gives a
+    fresh pass over them (all columns for None), the same rows in the same chunks each time (it is called
+    three times), ``usable(chunk)`` the selection
     guards' verdict per row, ``work`` an empty scratch folder that must outlive the returned iterator,
     ``chunk_rows`` about how many walked items one group holds. Returns (the output chunks, to stream to
     Parquet, metrics)."""
     bands, _ = lsh_bands(config.threshold, config.num_perm)
-    starts, nonempty = _sketch_pass(chunks, config, work)
+    starts, nonempty, usable_rows = _sketch_pass(chunks, usable, config, work)
     n = int(starts[-1])
     walked = _walked(work, bands, nonempty)
     groups = _groups(_components(work, bands, walked), chunk_rows)
     tally = _Tally(items=n, distinct_texts=int(nonempty.sum()) - walked.size)  # a text sharing no band is unique
-    _walk_groups(_spill_groups(chunks, usable, walked, groups, work), config, starts, work, tally)
+    _walk_groups(_spill_groups(chunks, usable_rows, walked, groups, work), config, starts, work, tally)
     removed = len(tally.removed_rounds)
     per_round = pl.Series("round", tally.removed_rounds, dtype=pl.Int64).value_counts().sort("round")
     metrics = {

@@ -1,0 +1,136 @@
+"""Streaming data stages: chunked reads and writes give the in-memory functions' results byte for byte.
+
+The synthetic items are bench/dedup.py's (random sentences, a quarter of each later round a one-word edit
+of an earlier item), with exact twins, empty texts and unusable items mixed in so every rule of the walk
+meets a chunk boundary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from evolforge.core import validation
+from evolforge.core.stream import check_chunks, iter_chunks, sink_chunks, table_schema
+from evolforge.core.validation import DataError
+from evolforge.steps.dedup import dedup_table
+from evolforge.steps.dedup_stream import ANSWERS, dedup_chunks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_synthetic():
+    spec = importlib.util.spec_from_file_location("bench_dedup", REPO / "bench" / "dedup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.synthetic
+
+
+def items(per_round: int = 1500, rounds: int = 3) -> pl.DataFrame:
+    """Synthetic items plus hard cases: exact twins far apart in the table, blank texts, unusable rows."""
+    table = _bench_synthetic()(per_round, rounds, seed=3)
+    n = table.height
+    twins = table.slice(0, 40).with_columns(id=pl.col("id") + "-twin", round=pl.lit(1, dtype=pl.Int64))
+    blanks = pl.DataFrame({"id": [f"blank-{k}" for k in range(5)], "round": [2] * 5, "instruction": ["", "  ", "", "x", ""],
+                           "output": ["a"] * 5, "input": [""] * 5}, schema=table.schema)
+    table = pl.concat([table, twins, blanks])
+    return table.with_columns(usable=(pl.int_range(pl.len()) % 7 != 3)).with_columns(
+        input=pl.when(pl.int_range(pl.len()) % 11 == 0).then(pl.lit("with an input")).otherwise(pl.col("input")))
+
+
+def streamed_dedup(path: Path, work: Path, chunk_rows: int) -> tuple[pl.DataFrame, dict, Path]:
+    work.mkdir()
+    chunks, metrics = dedup_chunks(lambda columns: iter_chunks(path, chunk_rows, columns),
+                                   lambda chunk: chunk["usable"].to_list(), work, chunk_rows=chunk_rows)
+    out = work.parent / f"streamed-{chunk_rows}.parquet"
+    sink_chunks(out, {**table_schema(path), **ANSWERS}, chunks)
+    return pl.read_parquet(out), metrics, out
+
+
+@pytest.mark.parametrize("chunk_rows", [97, 1000, 100_000])
+def test_streamed_dedup_is_dedup_table_byte_for_byte(tmp_path, chunk_rows):
+    """Every item's duplicate_of, similarity and reason, the metrics and the Parquet bytes are those of
+    the in-memory dedup_table, for chunks smaller than a cluster, mid-sized, and larger than the table."""
+    table = items()
+    table.write_parquet(tmp_path / "in.parquet")
+    expected, expected_metrics = dedup_table(table, table["usable"].to_list())
+    expected.write_parquet(tmp_path / "expected.parquet")
+    got, metrics, out = streamed_dedup(tmp_path / "in.parquet", tmp_path / "work", chunk_rows)
+    assert expected_metrics["removed"] > 500 and expected_metrics["removed_exact"] >= 20  # the data has clusters
+    assert got.equals(expected)
+    assert metrics == expected_metrics
+    assert out.read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+
+
+def test_streamed_dedup_of_an_empty_table(tmp_path):
+    table = items().clear()
+    table.write_parquet(tmp_path / "in.parquet")
+    expected, expected_metrics = dedup_table(table, [])
+    got, metrics, _ = streamed_dedup(tmp_path / "in.parquet", tmp_path / "work", 100)
+    assert got.equals(expected) and got.columns == expected.columns
+    assert metrics == expected_metrics
+
+
+def test_sink_writes_what_write_parquet_writes(tmp_path):
+    """Chunks of any size sunk to Parquet: the bytes of one write_parquet of the whole table."""
+    table = items(400)
+    table.write_parquet(tmp_path / "whole.parquet")
+    for rows in (1, 333, 10_000):
+        sink_chunks(tmp_path / f"sunk-{rows}.parquet", table.schema, table.iter_slices(rows))
+        assert (tmp_path / f"sunk-{rows}.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert [c.height for c in iter_chunks(tmp_path / "whole.parquet", 500)] == [500, 500, 245]  # 3 x 400 + 40 twins + 5 blanks
+
+
+def test_chunked_checks_name_the_table_row(tmp_path):
+    """A broken rule in the third chunk names the row counted from the table's start; a repeated id is
+    found across chunks."""
+    table = items(100)
+    rules = validation.item_columns(["id", "round", "instruction"]) + validation.unique("id")
+    broken = table.with_columns(instruction=pl.when(pl.int_range(pl.len()) == 250).then(None).otherwise(pl.col("instruction")))
+    broken.write_parquet(tmp_path / "null.parquet")
+    with pytest.raises(DataError) as err:
+        check_chunks(tmp_path / "null.parquet", rules, 100)
+    assert err.value.rows == [251]  # counted from 1 and "instruction is not null" in str(err.value)
+    repeated = table.with_columns(id=pl.when(pl.int_range(pl.len()) == 270).then(pl.lit(table["id"][3])).otherwise(pl.col("id")))
+    repeated.write_parquet(tmp_path / "repeated.parquet")
+    with pytest.raises(DataError) as err:
+        check_chunks(tmp_path / "repeated.parquet", rules, 100)
+    assert err.value.rows == [4, 271] and "id values are unique" in str(err.value)
+    table.write_parquet(tmp_path / "good.parquet")
+    check_chunks(tmp_path / "good.parquet", rules, 100)
+
+
+def run_stage(script: str, *args: str) -> None:
+    saved = sys.argv
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(str(REPO / "stages" / script), run_name="__main__")
+    finally:
+        sys.argv = saved
+
+
+def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
+    """The dedup stage with small chunks writes the bytes dedup_table + write_parquet write, and reports
+    its peak memory."""
+    from evolforge.core.records import read_table, write_output
+    from evolforge.steps.selection import guard_reason
+
+    table = items(300).drop("usable").with_columns(status=pl.lit("evolved"))
+    write_output(tmp_path / "responses", table)
+    (tmp_path / "params.yaml").write_text("data: {chunk_rows: 128}\n")
+    monkeypatch.chdir(tmp_path)
+    run_stage("dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    expected, expected_metrics = dedup_table(table, guard_reason(table).is_null().to_list())
+    expected.write_parquet(tmp_path / "expected.parquet")
+    assert (tmp_path / "dedup" / "items.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+    metrics = json.loads((tmp_path / "m" / "dedup.json").read_text())
+    assert metrics.pop("peak_rss_mib") > 0
+    assert metrics == json.loads(json.dumps(expected_metrics))
+    assert read_table(tmp_path / "dedup").height == table.height
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the scratch folder is gone
