@@ -17,6 +17,7 @@ from evolforge.core.params import load_params, load_section
 from evolforge.steps.judge import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge, level_distribution
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.core.stream import peak_rss_mib
 from evolforge.core.errors import run_stage
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     meta = {"model": llm.label, "model_identity": llm.identity, "score_prompt": variant, "constrained": cfg.constrain,
             "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), SCORE_TEMPLATES[variant]: prompts.hash(SCORE_TEMPLATES[variant])}}
     write_output(args.out, table, meta=meta)
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, {**metrics, "peak_rss_mib": peak_rss_mib()})  # docs/scale.md
     write_json(args.plot, level_distribution(table))
     print(f"judge: {table.height} items, {metrics['level_unparsed']} levels and {metrics['score_unparsed']} scores unparsed")
 

@@ -16,6 +16,7 @@ from evolforge.core import validation
 from evolforge.core.errors import run_stage
 from evolforge.core.params import load_params, load_section
 from evolforge.core.records import LINEAGE, read_table, write_json, write_output
+from evolforge.core.stream import peak_rss_mib
 
 
 def main() -> None:
@@ -37,7 +38,8 @@ def main() -> None:
     per_method = {m: int(n) for m, n in table.group_by("method").len().sort("method").iter_rows()}
     write_output(args.out, table, meta={"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback})
     write_json(args.metrics, {"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback,
-                              "items": table.height, "autoif_items": autoif.height, "per_method": per_method})
+                              "items": table.height, "autoif_items": autoif.height, "per_method": per_method,
+                              "peak_rss_mib": peak_rss_mib()})  # docs/scale.md
     if pool.fallback:
         print(f"pick_scenario: WARNING: scenario autoif fell back to {pool.source} ({pool.fallback}); "
               f"set autoif.on_empty: fail to stop instead", file=sys.stderr)
