@@ -183,3 +183,16 @@ def test_decontaminate_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     assert {k: metrics[k] for k in expected} == json.loads(json.dumps(expected))
     plot = json.loads((tmp_path / "m" / "plot.json").read_text())
     assert sum(p["count"] for p in plot) == metrics["flagged"] + metrics["duplicates_skipped"]
+
+
+def test_growth_benchmark_reports_every_stage(tmp_path):
+    """bench/growth.py on a few hundred items: one JSON row per stage and size with its figures."""
+    import subprocess
+
+    out = tmp_path / "growth.json"
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, str(REPO / "bench" / "growth.py"), "--items", "300", "600", "--json", str(out),
+                    "--chunk-rows", "128", "--work", str(tmp_path)], check=True, env=env, capture_output=True, text=True)
+    rows = json.loads(out.read_text())
+    assert [(r["stage"], r["items"]) for r in rows] == [("dedup", 300), ("decontaminate", 300), ("dedup", 600), ("decontaminate", 600)]
+    assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 50 for r in rows)
