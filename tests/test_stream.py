@@ -196,3 +196,22 @@ def test_growth_benchmark_reports_every_stage(tmp_path):
     rows = json.loads(out.read_text())
     assert [(r["stage"], r["items"]) for r in rows] == [("dedup", 300), ("decontaminate", 300), ("dedup", 600), ("decontaminate", 600)]
     assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 50 for r in rows)
+
+
+def test_pick_scenario_streams_the_chosen_table_unchanged(tmp_path, monkeypatch):
+    """pick_scenario with chunks of 50 rows: the pool is the evol table's bytes (as the in-memory stage
+    wrote them), its counts are the table's."""
+    from evolforge.core.records import write_output
+
+    table = items(100).drop("usable").with_columns(root_id=pl.col("id"), parent_id=pl.col("id"), status=pl.lit("evolved"),
+                                                    failure_reason=pl.lit(None, dtype=pl.String),
+                                                    method=pl.when(pl.col("round") == 1).then(pl.lit("deepen")).otherwise(pl.lit("breadth")))
+    write_output(tmp_path / "responses", table)
+    write_output(tmp_path / "autoif", table.clear())
+    (tmp_path / "params.yaml").write_text("data: {chunk_rows: 50}\n")
+    monkeypatch.chdir(tmp_path)
+    run_stage("pick_scenario.py", "--evol", "responses", "--autoif", "autoif", "--out", "pool", "--metrics", "m/pool.json")
+    assert (tmp_path / "pool" / "items.parquet").read_bytes() == (tmp_path / "responses" / "items.parquet").read_bytes()
+    metrics = json.loads((tmp_path / "m" / "pool.json").read_text())
+    assert metrics["items"] == table.height and metrics["autoif_items"] == 0
+    assert metrics["per_method"] == {"breadth": 205, "deepen": 140}  # round 1 and the 40 twins deepen
