@@ -215,3 +215,22 @@ def test_pick_scenario_streams_the_chosen_table_unchanged(tmp_path, monkeypatch)
     metrics = json.loads((tmp_path / "m" / "pool.json").read_text())
     assert metrics["items"] == table.height and metrics["autoif_items"] == 0
     assert metrics["per_method"] == {"breadth": 205, "deepen": 140}  # round 1 and the 40 twins deepen
+
+
+def test_a_failing_stream_leaves_the_previous_output(tmp_path):
+    """An error halfway through the chunks (bad data found late, a crash) propagates as itself and the
+    output folder keeps its previous, complete contents."""
+    from evolforge.core.stream import write_output_chunks
+
+    table = pl.DataFrame({"id": ["a", "b", "c"]})
+    write_output_chunks(tmp_path / "out", {"items.parquet": (table.schema, table.iter_slices(1))}, meta={"run": 1})
+
+    def failing():
+        yield table.head(1)
+        raise DataError("in.parquet", "id is not null", [7])
+
+    with pytest.raises(DataError, match="row 7"):
+        write_output_chunks(tmp_path / "out", {"items.parquet": (table.schema, failing())}, meta={"run": 2})
+    assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(table)
+    assert json.loads((tmp_path / "out" / "meta.json").read_text()) == {"run": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
