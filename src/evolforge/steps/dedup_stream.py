@@ -48,8 +48,7 @@ ANSWERS = {"duplicate_of": pl.String, "duplicate_similarity": pl.Float64, "dedup
 class _Tally:
     """The metrics' counts, summed over groups."""
 
-    items: int = 0
-    removed_rounds: list[int] = field(default_factory=list)
+    removed_per_round: dict[int, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=lambda: {EXACT: 0, NEAR: 0})
     clusters: int = 0
     distinct_texts: int = 0
@@ -133,11 +132,9 @@ def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray,
         a, b = np.searchsorted(walked, [lo, hi])
         if b > a:
             local = walked[a:b] - lo
-            part = chunk[local].select("id", "round")
-            keep = pl.Series(usable[walked[a:b]], dtype=pl.Boolean)
-            texts = [item_text(q, x) for q, x in zip(chunk["instruction"].gather(local).to_list(),
-                                                     chunk["input"].gather(local).to_list())]
-            rows = part.with_columns(index=pl.Series(walked[a:b]), usable=keep, text=pl.Series(texts, dtype=pl.String))
+            part = chunk[local]
+            rows = part.select("id", "round").with_columns(index=pl.Series(walked[a:b]), usable=pl.Series(usable[walked[a:b]]),
+                                                           text=pl.Series(_texts(part), dtype=pl.String))
             for (g,), frame in rows.with_columns(group=pl.Series(groups[a:b])).group_by("group", maintain_order=True):
                 frame.drop("group").write_parquet(work / f"group-{g}" / f"chunk-{c:06d}.parquet")
         lo = hi
@@ -159,7 +156,8 @@ def _walk_groups(count: int, config: DedupSettings, starts: np.ndarray, work: Pa
             "duplicate_of": pl.Series([ids[found.duplicate_of[k]] for k in removed], dtype=pl.String),
             "duplicate_similarity": pl.Series([found.similarity[k] for k in removed], dtype=pl.Float64),
             "dedup_reason": pl.Series([found.reason[k] for k in removed], dtype=pl.String)})
-        tally.removed_rounds += answers["round"].to_list()
+        for r in answers["round"].to_list():
+            tally.removed_per_round[r] = tally.removed_per_round.get(r, 0) + 1
         for reason in (EXACT, NEAR):
             tally.reasons[reason] += int((answers["dedup_reason"] == reason).sum())
         tally.clusters += answers["duplicate_of"].n_unique()
@@ -192,23 +190,21 @@ def dedup_chunks(chunks: Chunks, usable: Usable, work: Path,
                  config: DedupSettings = DedupSettings(), chunk_rows: int = 100_000) -> tuple[Iterator[pl.DataFrame], dict]:
     """:func:`evolforge.steps.dedup.dedup_table` over a table read in chunks: ``chunks(columns)`` gives a
     fresh pass over them (all columns for None), the same rows in the same chunks each time (it is called
-    three times), ``usable(chunk)`` the selection
-    guards' verdict per row, ``work`` an empty scratch folder that must outlive the returned iterator,
-    ``chunk_rows`` about how many walked items one group holds. Returns (the output chunks, to stream to
-    Parquet, metrics)."""
+    three times), ``usable(chunk)`` the selection guards' verdict per row, ``work`` an empty scratch folder
+    that must outlive the returned iterator, ``chunk_rows`` about how many walked items one group holds.
+    Returns (the output chunks, to stream to Parquet, metrics)."""
     bands, _ = lsh_bands(config.threshold, config.num_perm)
     starts, nonempty, usable_rows = _sketch_pass(chunks, usable, config, work)
     n = int(starts[-1])
     walked = _walked(work, bands, nonempty)
     groups = _groups(_components(work, bands, walked), chunk_rows)
-    tally = _Tally(items=n, distinct_texts=int(nonempty.sum()) - walked.size)  # a text sharing no band is unique
+    tally = _Tally(distinct_texts=int(nonempty.sum()) - walked.size)  # a text sharing no band is unique
     _walk_groups(_spill_groups(chunks, usable_rows, walked, groups, work), config, starts, work, tally)
-    removed = len(tally.removed_rounds)
-    per_round = pl.Series("round", tally.removed_rounds, dtype=pl.Int64).value_counts().sort("round")
+    removed = sum(tally.removed_per_round.values())
     metrics = {
         "items": n, "removed": removed, "kept": n - removed,
         "removed_exact": tally.reasons[EXACT], "removed_near": tally.reasons[NEAR],
-        "removed_per_round": {str(r): int(c) for r, c in per_round.iter_rows()},
+        "removed_per_round": {str(r): c for r, c in sorted(tally.removed_per_round.items())},
         "clusters_with_duplicates": tally.clusters, "distinct_texts_before": tally.distinct_texts,
         "threshold": config.threshold, "shingle_size": config.shingle_size, "num_perm": config.num_perm,
     }
