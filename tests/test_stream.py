@@ -234,3 +234,17 @@ def test_a_failing_stream_leaves_the_previous_output(tmp_path):
     assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(table)
     assert json.loads((tmp_path / "out" / "meta.json").read_text()) == {"run": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_chunked_checks_refuse_bad_files_plainly(tmp_path):
+    """A table without rows still has its columns checked; a truncated file is named, without a traceback."""
+    rules = validation.item_columns(["id", "round", "instruction"])
+    pl.DataFrame({"id": pl.Series([], dtype=pl.String)}).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="column 'round' is present"):
+        check_chunks(tmp_path / "empty.parquet", rules, 10)
+    items(50).write_parquet(tmp_path / "whole.parquet")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "whole.parquet").read_bytes()[:5000])
+    with pytest.raises(DataError, match="a readable Parquet table"):
+        check_chunks(tmp_path / "cut.parquet", rules, 10)
+    with pytest.raises(FileNotFoundError, match="has the stage that writes it run"):
+        check_chunks(tmp_path / "absent", rules, 10)

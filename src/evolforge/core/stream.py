@@ -10,6 +10,7 @@ hashes. ``data.chunk_rows`` (``docs/scale.md``) sets the chunk size.
 from __future__ import annotations
 
 import resource
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -93,7 +94,8 @@ def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
     unique = [r for r in rules if r.expectation == "ExpectColumnValuesToBeUnique"]
     per_chunk = [r for r in rules if r not in unique]
     lo = 0
-    for chunk in iter_chunks(file, chunk_rows):
+    empty = pl.DataFrame(schema=table_schema(file))  # a table without rows still has its columns checked
+    for chunk in chain([empty], iter_chunks(file, chunk_rows)):
         try:
             check(chunk, per_chunk, file)
         except DataError as err:
