@@ -13,7 +13,7 @@ Passes (``work`` is a scratch folder; nothing in it outlives the stage):
 2. per band (one column of 8 bytes per item in memory): which items share a band (they are "walked";
    an item that shares none is kept without a comparison, as in the in-memory walk), and the components
    of the walked items, merged band by band with ``scipy.sparse.csgraph.connected_components``;
-3. components are packed into groups of about ``chunk_rows`` walked items; per chunk, the walked rows'
+3. components are packed into groups of about ``chunk_rows / 4`` walked items; per chunk, the walked rows'
    (index, id, round, usable, text) are spilled to their group's folder;
 4. per group: :func:`find_duplicates` over its rows, the removed rows' answers spilled per output chunk;
 5. the output: every input chunk with its answers, streamed to Parquet.
@@ -41,6 +41,7 @@ from evolforge.steps.dedup import (EXACT, NEAR, band_digest, find_duplicates, it
 # a fresh pass over the input table, chunk by chunk: all columns (None) or only those named
 Chunks = Callable[[list[str] | None], Iterable[pl.DataFrame]]
 Usable = Callable[[pl.DataFrame], Sequence[bool]]
+WALK_SHARE = 4  # a group walks about chunk_rows / WALK_SHARE items (see dedup_chunks)
 ANSWERS = {"duplicate_of": pl.String, "duplicate_similarity": pl.Float64, "dedup_reason": pl.String}
 
 
@@ -191,13 +192,15 @@ def dedup_chunks(chunks: Chunks, usable: Usable, work: Path,
     """:func:`evolforge.steps.dedup.dedup_table` over a table read in chunks: ``chunks(columns)`` gives a
     fresh pass over them (all columns for None), the same rows in the same chunks each time (it is called
     three times), ``usable(chunk)`` the selection guards' verdict per row, ``work`` an empty scratch folder
-    that must outlive the returned iterator, ``chunk_rows`` about how many walked items one group holds.
+    that must outlive the returned iterator, ``chunk_rows / WALK_SHARE`` about how many walked items one group holds.
     Returns (the output chunks, to stream to Parquet, metrics)."""
     bands, _ = lsh_bands(config.threshold, config.num_perm)
     starts, nonempty, usable_rows = _sketch_pass(chunks, usable, config, work)
     n = int(starts[-1])
     walked = _walked(work, bands, nonempty)
-    groups = _groups(_components(work, bands, walked), chunk_rows)
+    # a walked item costs about 4x a streamed row (its band keys, bucket entries and shingle set), so a
+    # group of a quarter chunk takes about the memory of a chunk being read
+    groups = _groups(_components(work, bands, walked), max(1, chunk_rows // WALK_SHARE))
     tally = _Tally(distinct_texts=int(nonempty.sum()) - walked.size)  # a text sharing no band is unique
     _walk_groups(_spill_groups(chunks, usable_rows, walked, groups, work), config, starts, work, tally)
     removed = sum(tally.removed_per_round.values())
