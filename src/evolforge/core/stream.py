@@ -55,8 +55,12 @@ def iter_chunks(path: str | Path, chunk_rows: int, columns: list[str] | None = N
     scan = pl.scan_parquet(file)
     if columns is not None:
         scan = scan.select(columns)
+    # one slice query per chunk: polars reads only the row groups it overlaps. (collect_batches reads ahead
+    # of a slow consumer without bound: the whole table ends up in memory while a chunk is being worked on.)
     try:
-        yield from scan.collect_batches(chunk_size=chunk_rows)
+        total = pl.scan_parquet(file).select(pl.len()).collect().item()
+        for start in range(0, total, chunk_rows):
+            yield scan.slice(start, chunk_rows).collect()
     except (pl.exceptions.PolarsError, OSError) as err:
         raise _unreadable(file, err) from None
 
