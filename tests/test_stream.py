@@ -248,3 +248,39 @@ def test_chunked_checks_refuse_bad_files_plainly(tmp_path):
         check_chunks(tmp_path / "cut.parquet", rules, 10)
     with pytest.raises(FileNotFoundError, match="has the stage that writes it run"):
         check_chunks(tmp_path / "absent", rules, 10)
+
+
+def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch):
+    """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
+    its input is read 3 rows at a time or whole."""
+    import evolforge.llm as llm_module
+    from evolforge.core.records import write_output
+    from evolforge.llm import LLM, Role
+    from evolforge.llm.fake import FakeBackend
+
+    def reply(request):
+        prompt = request.messages[-1][1]
+        hard = "w1" in prompt
+        return ("70" if hard else "20") if "from 0 to 100" in prompt else ("hard" if hard else "easy")
+
+    def fake_role(params, name, cache=None):
+        return LLM(FakeBackend(reply), None, role=Role.from_params(name, {"backend": "hf", "model": "fake"}))
+
+    monkeypatch.setattr(llm_module, "open_role", fake_role)
+    runs = []
+    for chunk_rows in (3, 1000):
+        work = tmp_path / str(chunk_rows)
+        write_output(work / "clean", items(4).drop("usable"))
+        (work / "params.yaml").write_text(f"data: {{chunk_rows: {chunk_rows}}}\n")
+        monkeypatch.chdir(work)
+        run_stage("judge.py", "--responses", "clean", "--prompts", str(REPO / "prompts"), "--out", "judged",
+                  "--metrics", "m/judge.json", "--plot", "m/levels.json")
+        judged = pl.read_parquet(work / "judged" / "items.parquet")
+        assert judged.height == 29 and set(judged["difficulty_level"]) == {"hard", "easy"}
+        metrics = json.loads((work / "m" / "judge.json").read_text())
+        # identical prompts in one call are sent once, in two chunks twice (or once plus a cache hit): the
+        # call counts may differ, never an answer
+        for key in ("peak_rss_mib", "calls", "cache_hits", "llm"):
+            metrics.pop(key)
+        runs.append(((work / "judged" / "items.parquet").read_bytes(), metrics, (work / "m" / "levels.json").read_text()))
+    assert runs[0] == runs[1]
