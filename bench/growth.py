@@ -1,7 +1,7 @@
 """Growth benchmark: CPU, wall and peak memory of the data stages as the number of items grows.
 
     PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
-        [--baseline-commit f1fd5ed] [--stages dedup decontaminate] [--work DIR]
+        [--baseline-commit f1fd5ed [--baseline-only]] [--stages dedup decontaminate] [--work DIR]
 
 For each size N it writes N synthetic items (``bench/dedup.py``'s generator: N/3 seeds x 3 rounds, a quarter
 of each later round a one-word edit of an earlier item) as a responses table, in chunks, then runs each stage
@@ -84,7 +84,7 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
         write_items(total, root / "responses", args.chunk_rows)
         (root / "params.yaml").write_text(f"data: {{chunk_rows: {args.chunk_rows}}}\n"
                                           "evaluate: {suite: offline, tasks: [ifeval, gsm8k, math, humaneval, mbpp]}\n")
-        versions = [("", stage_scripts(None, root))]
+        versions = [] if args.baseline_only else [("", stage_scripts(None, root))]
         if args.baseline_commit:
             versions.append((f"@{args.baseline_commit}", stage_scripts(args.baseline_commit, root)))
         for suffix, scripts in versions:
@@ -129,8 +129,11 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=100_000, help="data.chunk_rows for the stages")
     ap.add_argument("--stages", nargs="+", default=["dedup", "decontaminate"], choices=["dedup", "decontaminate"])
     ap.add_argument("--baseline-commit", default=None, help="also run this commit's stage scripts (in-memory)")
+    ap.add_argument("--baseline-only", action="store_true", help="run only --baseline-commit's scripts")
     ap.add_argument("--work", default=None, help="scratch folder (default: the system's)")
     args = ap.parse_args()
+    if args.baseline_only and not args.baseline_commit:
+        ap.error("--baseline-only needs --baseline-commit")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     print(f"{os.cpu_count()} cores visible; chunk_rows {args.chunk_rows}")
     results = []
