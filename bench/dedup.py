@@ -13,6 +13,7 @@ import os
 import random
 import resource
 import time
+from typing import Iterator
 
 import polars as pl
 
@@ -21,10 +22,16 @@ from evolforge.steps.dedup import dedup_table
 from evolforge.core.settings import DecontaminateSettings, DedupSettings
 
 
-def synthetic(n: int, rounds: int, seed: int = 0) -> pl.DataFrame:
+def synthetic_chunks(n: int, rounds: int, seed: int = 0, chunk: int = 100_000) -> Iterator[pl.DataFrame]:
+    """:func:`synthetic`'s rows, ``chunk`` at a time (the same rows: one random stream), so millions of
+    items can be written without holding them; only the previous round's instructions are kept."""
     rng = random.Random(seed)
     vocab = [f"w{k}" for k in range(20_000)]
     rows, previous = [], []
+
+    def frame() -> pl.DataFrame:
+        return pl.DataFrame(rows, schema=["id", "round", "instruction", "output"], orient="row").with_columns(input=pl.lit(""))
+
     for r in range(1, rounds + 1):
         current = []
         for k in range(n):
@@ -36,8 +43,23 @@ def synthetic(n: int, rounds: int, seed: int = 0) -> pl.DataFrame:
                 text = " ".join(rng.choices(vocab, k=rng.randint(12, 60)))
             current.append(text)
             rows.append((f"r{r}-{k}", r, text, " ".join(rng.choices(vocab, k=rng.randint(40, 200)))))
+            if len(rows) == chunk:
+                yield frame()
+                rows = []
         previous = current
-    return pl.DataFrame(rows, schema=["id", "round", "instruction", "output"], orient="row").with_columns(input=pl.lit(""))
+    if rows:
+        yield frame()
+
+
+def synthetic(n: int, rounds: int, seed: int = 0) -> pl.DataFrame:
+    """``n`` items per round for ``rounds`` rounds (see the module docstring)."""
+    parts = list(synthetic_chunks(n, rounds, seed))
+    return pl.concat(parts) if parts else frame_of_nothing()
+
+
+def frame_of_nothing() -> pl.DataFrame:
+    return pl.DataFrame(schema={"id": pl.String, "round": pl.Int64, "instruction": pl.String, "output": pl.String,
+                                "input": pl.String})
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from evolforge.llm import open_role
 from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE, write_json, write_output
+from evolforge.core.stream import peak_rss_mib
 from evolforge.steps.evolve import repetition_test
 from evolforge.steps.respond import RESPONSE_TEMPLATE, answer, gather, response_sampling, status_counts
 from evolforge.core.errors import run_stage
@@ -49,7 +50,7 @@ def main() -> None:
                "per_round": {str(k): v for k, v in zip(*table["round"].value_counts(sort=True).to_dict(as_series=False).values())}}
     write_output(args.out, table, meta={"model": llm.label, "model_identity": llm.identity,
                                         "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": dataclasses.asdict(cfg)})
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, {**metrics, "peak_rss_mib": peak_rss_mib()})  # docs/scale.md
     print(f"respond: {table.height} responses {statuses}; {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits")
 
 

@@ -18,6 +18,7 @@ from evolforge.core import validation
 from evolforge.core.params import load_params, load_role, load_section
 from evolforge.score.histogram import histogram
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.core.stream import peak_rss_mib
 from evolforge.llm import recorded_identity
 from evolforge.score.ifd import ifd_scores, load_scorer
 from evolforge.score.precision import RATIO_DIGITS, significant, stored_scores
@@ -56,7 +57,7 @@ def main() -> None:
                **{f"mean_{c}": mean(c) for c in ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd")},
                "share_ifd_above_1": float((table["ifd"] > 1).sum() / max(1, table["ifd"].drop_nulls().len()))}
     write_output(args.out, table, meta={"scorer": role.model, "scorer_identity": recorded_identity(role), "params": dataclasses.asdict(cfg)})
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, {**metrics, "peak_rss_mib": peak_rss_mib()})  # docs/scale.md
     for col in ("ifd", "ic_ifd"):
         write_json(Path(args.plots) / f"{col}_hist.json", histogram(table[col].to_list()))
     print(f"score: {table.height} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}")

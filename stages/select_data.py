@@ -22,6 +22,7 @@ from evolforge.core import validation
 from evolforge.core.errors import run_stage
 from evolforge.core.params import load_params, load_section
 from evolforge.core.records import read_table, write_json, write_output
+from evolforge.core.stream import peak_rss_mib
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     write_output(args.out, chosen, meta={"params": dataclasses.asdict(cfg)}, tables={"excluded.parquet": excluded},
                  extra={"train.jsonl": to_trl(chosen), "train_alpaca.json": to_alpaca(chosen)},
                  finish=lambda folder: write_card(folder, ".", params))  # the card inside the one atomic write
-    write_json(args.metrics, summary)
+    write_json(args.metrics, {**summary, "peak_rss_mib": peak_rss_mib()})  # docs/scale.md
     print(f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}; "
           f"removed per filter {summary['removed_by_filter']}")
 

@@ -20,6 +20,7 @@ from evolforge.core.settings import (CacheSettings, CardSettings, DecontaminateS
                                      EvaluateSettings, EvolveSection, FetchSettings, FinetuneSettings, JudgeSettings,
                                      LLMSettings, OptimizeSettings, RespondSettings, ScoreSettings, SeedSettings,
                                      SelectSettings, AutoIFSettings, CompareSettings, AnalysisSettings)
+from evolforge.core.settings import DataSettings
 
 SECTIONS: dict[str, type] = {
     "cache": CacheSettings,
@@ -30,6 +31,7 @@ SECTIONS: dict[str, type] = {
     "optimize": OptimizeSettings,
     "evolve": EvolveSection,
     "respond": RespondSettings,
+    "data": DataSettings,
     "dedup": DedupSettings,
     "decontaminate": DecontaminateSettings,
     "judge": JudgeSettings,

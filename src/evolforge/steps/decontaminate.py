@@ -572,6 +572,71 @@ def _item_texts(table: pl.DataFrame) -> tuple[list[str], list[str]]:
     return instructions, [a or "" for a in table["output"].to_list()]
 
 
+class Decontaminator:
+    """The references built once, then any number of tables (or chunks of one) flagged against them:
+    :func:`decontaminate` is one call of :meth:`flag` and :meth:`metrics`; a streaming stage calls
+    :meth:`flag` per chunk and :meth:`metrics` once (each item's flags are its own)."""
+
+    def __init__(self, problems: Sequence[Problem], config: DecontaminateSettings = DecontaminateSettings(),
+                 embed: Callable[[list[str]], np.ndarray] | None = None) -> None:
+        self.problems, self.config, self.embed = problems, config, embed
+        self.refs = _References(problems, config)
+        self._ref_vectors: np.ndarray | None = None  # the benchmark prompts' embeddings, computed once
+        self.items = 0
+        self.per_benchmark: dict[str, int] = {}
+        self.per_reason: dict[str, int] = {}
+
+    def _embedding_matches(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self._ref_vectors is None:
+            self._ref_vectors = self.embed([p.prompt for p in self.problems])
+        return embedding_matches(self.embed(texts), self._ref_vectors, self.config.embedding_threshold)
+
+    def flag(self, table: pl.DataFrame, chunk_size: int = CHUNK_ITEMS) -> pl.DataFrame:
+        """``table`` with the ``contamination_*`` columns (null where clean), its texts tokenised
+        ``chunk_size`` rows at a time; counted in :meth:`metrics`."""
+        _check_chunk(chunk_size)
+        problems, config = self.problems, self.config
+        matches: list[Match | None] = []  # the rows' texts are built a slice at a time, never all at once
+        for part in table.iter_slices(chunk_size):
+            matches += self.refs.matches(*_item_texts(part))
+        columns: dict[str, list[Any]] = {c: [None] * table.height for c in CONTAMINATION_COLUMNS}
+
+        def record(i: int, reason: str, p: Problem, field: str, ngram: str | None, similarity: float | None) -> None:
+            for column, value in (("reason", reason), ("benchmark", p.benchmark), ("problem_id", p.problem_id),
+                                  ("source", p.source), ("field", field), ("ngram", ngram), ("similarity", similarity)):
+                columns[f"contamination_{column}"][i] = value
+            self.per_benchmark[p.benchmark] = self.per_benchmark.get(p.benchmark, 0) + 1
+            self.per_reason[reason] = self.per_reason.get(reason, 0) + 1
+
+        for i, m in enumerate(matches):
+            if m is not None:
+                record(i, m.reason, problems[m.problem], m.field, m.ngram, m.coverage)
+        if config.embedding_threshold is not None and problems:
+            if self.embed is None:
+                raise ValueError("decontaminate.embedding_threshold is set but no embedder was given")
+            todo = [i for i, m in enumerate(matches) if m is None]
+            if todo:
+                instructions = _item_texts(table)[0]
+                best, sim = self._embedding_matches([instructions[i] for i in todo])
+                for i, b, s in zip(todo, best, sim):
+                    if b >= 0:
+                        record(i, "embedding_similarity", problems[b], "instruction", None, float(s))
+        self.items += table.height
+        flags = pl.DataFrame(columns, schema=CONTAMINATION_COLUMNS)
+        return pl.concat([table.drop([c for c in CONTAMINATION_COLUMNS if c in table.columns]), flags], how="horizontal")
+
+    def metrics(self) -> dict:
+        """Counts over every row flagged so far."""
+        problems = self.problems
+        return {
+            "items": self.items, "flagged": sum(self.per_benchmark.values()),
+            "flagged_per_benchmark": dict(sorted(self.per_benchmark.items())),
+            "flagged_per_reason": dict(sorted(self.per_reason.items())),
+            "reference_problems": {b: sum(p.benchmark == b for p in problems) for b in sorted({p.benchmark for p in problems})},
+            "ngram": self.config.ngram,
+        }
+
+
 def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: DecontaminateSettings = DecontaminateSettings(),
                   embed: Callable[[list[str]], np.ndarray] | None = None,
                   chunk_size: int = CHUNK_ITEMS) -> tuple[pl.DataFrame, dict]:
@@ -579,39 +644,6 @@ def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: Deco
     is used only when ``config.embedding_threshold`` is set. The n-gram check reads ``chunk_size`` rows at a
     time (see :func:`ngram_matches`). Returns (table, metrics)."""
     _check_chunk(chunk_size)
-    refs = _References(problems, config)
-    matches: list[Match | None] = []  # the rows' texts are built a slice at a time, never all at once
-    for part in table.iter_slices(chunk_size):
-        matches += refs.matches(*_item_texts(part))
-    columns: dict[str, list[Any]] = {c: [None] * table.height for c in CONTAMINATION_COLUMNS}
-
-    def record(i: int, reason: str, p: Problem, field: str, ngram: str | None, similarity: float | None) -> None:
-        for column, value in (("reason", reason), ("benchmark", p.benchmark), ("problem_id", p.problem_id),
-                              ("source", p.source), ("field", field), ("ngram", ngram), ("similarity", similarity)):
-            columns[f"contamination_{column}"][i] = value
-
-    for i, m in enumerate(matches):
-        if m is not None:
-            record(i, m.reason, problems[m.problem], m.field, m.ngram, m.coverage)
-    if config.embedding_threshold is not None and problems:
-        if embed is None:
-            raise ValueError("decontaminate.embedding_threshold is set but no embedder was given")
-        todo = [i for i, m in enumerate(matches) if m is None]
-        if todo:
-            instructions = _item_texts(table)[0]
-            best, sim = embedding_matches(embed([instructions[i] for i in todo]), embed([p.prompt for p in problems]),
-                                          config.embedding_threshold)
-            for i, b, s in zip(todo, best, sim):
-                if b >= 0:
-                    record(i, "embedding_similarity", problems[b], "instruction", None, float(s))
-    flags = pl.DataFrame(columns, schema=CONTAMINATION_COLUMNS)
-    out = pl.concat([table.drop([c for c in CONTAMINATION_COLUMNS if c in table.columns]), flags], how="horizontal")
-    flagged = out.filter(pl.col("contamination_benchmark").is_not_null())
-    metrics = {
-        "items": out.height, "flagged": flagged.height,
-        "flagged_per_benchmark": {b: int(c) for b, c in flagged.group_by("contamination_benchmark").len().sort("contamination_benchmark").iter_rows()},
-        "flagged_per_reason": {r: int(c) for r, c in flagged.group_by("contamination_reason").len().sort("contamination_reason").iter_rows()},
-        "reference_problems": {b: sum(p.benchmark == b for p in problems) for b in sorted({p.benchmark for p in problems})},
-        "ngram": config.ngram,
-    }
-    return out, metrics
+    checker = Decontaminator(problems, config, embed)
+    out = checker.flag(table, chunk_size)
+    return out, checker.metrics()

@@ -247,14 +247,24 @@ def _shared_bands(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """Mask of the texts that share at least one band with another text (a 64-bit digest of each band's
     values: a digest collision only marks a text for the exact check, it never hides a pair)."""
     shared = np.zeros(len(signatures), dtype=bool)
-    with np.errstate(over="ignore"):
-        for band in range(bands):
-            digest = np.zeros(len(signatures), dtype=np.uint64)
-            for column in signatures[:, band * rows:(band + 1) * rows].T:
-                digest = digest * _P ^ column.astype(np.uint64)
-            _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
-            shared |= counts[inverse] > 1
+    for band in range(bands):
+        mark_shared(band_digest(signatures, band, rows), shared)
     return shared
+
+
+def band_digest(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """A 64-bit digest of every text's values in LSH band ``band`` (equal bands, equal digests)."""
+    digest = np.zeros(len(signatures), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in signatures[:, band * rows:(band + 1) * rows].T:
+            digest = digest * _P ^ column.astype(np.uint64)
+    return digest
+
+
+def mark_shared(digest: np.ndarray, shared: np.ndarray) -> None:
+    """Set ``shared`` where a text's band digest is also another text's."""
+    _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
+    shared |= counts[inverse] > 1
 
 
 def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSettings = DedupSettings()) -> Duplicates:

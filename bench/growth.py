@@ -1,0 +1,148 @@
+"""Growth benchmark: CPU, wall and peak memory of the data stages as the number of items grows.
+
+    PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
+        [--baseline-commit f1fd5ed [--baseline-only]] [--stages dedup decontaminate] [--work DIR]
+
+For each size N it writes N synthetic items (``bench/dedup.py``'s generator: N/3 seeds x 3 rounds, a quarter
+of each later round a one-word edit of an earlier item) as a responses table, in chunks, then runs each stage
+script (``stages/dedup.py``, then ``stages/decontaminate.py`` on its output, offline benchmarks) as its own
+process, and reads the process's CPU time and peak RSS from the kernel (``wait4``): the figure is the stage's
+whole run, imports and Parquet I/O included. With ``--baseline-commit`` the stage scripts of that commit (the
+in-memory versions, against today's library) run on the same items too, as stage ``<name>@<commit>``, and
+the streamed outputs are compared byte for byte with theirs.
+
+Prints one line per run and, per stage, the fitted slope (least squares over the sizes) of CPU seconds and
+peak MiB per 100k items; ``--json`` gets a list of ``{"stage", "items", "cpu_s", "wall_s", "peak_rss_mib"}``.
+Run it under ``flock /tmp/evolforge-heavy.lock`` on a shared machine: 1.2M items is minutes of CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dedup import synthetic_chunks  # noqa: E402  (bench/dedup.py: the synthetic items)
+
+from evolforge.core.records import TABLE, write_json  # noqa: E402
+from evolforge.core.stream import sink_chunks  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_EXTRA = {"status": "evolved", "response_status": "complete"}  # what the selection guards read
+
+
+def write_items(total: int, folder: Path, chunk: int) -> None:
+    """``total`` synthetic items (total/3 per round, 3 rounds) as ``folder/items.parquet``, streamed."""
+    import polars as pl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = (part.with_columns(**{k: pl.lit(v) for k, v in SCHEMA_EXTRA.items()})
+             for part in synthetic_chunks(total // 3, 3, chunk=chunk))
+    schema = {"id": pl.String, "round": pl.Int64, "instruction": pl.String, "output": pl.String, "input": pl.String,
+              **{k: pl.String for k in SCHEMA_EXTRA}}
+    sink_chunks(folder / TABLE, schema, parts)
+    write_json(folder / "meta.json", {})
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(CPU seconds, wall seconds, peak RSS MiB) of one child process, from the kernel's accounting."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{output}")
+    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024
+
+
+def stage_scripts(commit: str | None, work: Path) -> dict[str, Path]:
+    """Stage name -> script: today's, or the versions of ``commit`` (written under ``work``)."""
+    if commit is None:
+        return {name: REPO / "stages" / f"{name}.py" for name in ("dedup", "decontaminate")}
+    out = {}
+    for name in ("dedup", "decontaminate"):
+        text = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:stages/{name}.py"], check=True,
+                              capture_output=True, text=True).stdout
+        out[name] = work / f"{name}@{commit}.py"
+        out[name].write_text(text)
+    return out
+
+
+def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="growth-", dir=args.work) as tmp:
+        root = Path(tmp)
+        write_items(total, root / "responses", args.chunk_rows)
+        (root / "params.yaml").write_text(f"data: {{chunk_rows: {args.chunk_rows}}}\n"
+                                          "evaluate: {suite: offline, tasks: [ifeval, gsm8k, math, humaneval, mbpp]}\n")
+        versions = [] if args.baseline_only else [("", stage_scripts(None, root))]
+        if args.baseline_commit:
+            versions.append((f"@{args.baseline_commit}", stage_scripts(args.baseline_commit, root)))
+        for suffix, scripts in versions:
+            dedup_out, clean_out = root / f"dedup{suffix}", root / f"clean{suffix}"
+            steps = {"dedup": [scripts["dedup"], "--responses", root / "responses", "--out", dedup_out],
+                     "decontaminate": [scripts["decontaminate"], "--dedup", dedup_out, "--out", clean_out]}
+            for name in args.stages:
+                cmd = [sys.executable, *map(str, steps[name]), "--params", str(root / "params.yaml"),
+                       "--metrics", str(root / f"{name}{suffix}.json")]
+                cpu, wall, peak = measure(cmd, env)
+                row = {"stage": name + suffix, "items": total, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+                       "peak_rss_mib": round(peak, 1)}
+                print(f"{row['stage']:>28} {total:>9,} items: CPU {cpu:7.1f} s, wall {wall:7.1f} s, peak RSS {peak:7.0f} MiB",
+                      flush=True)
+                results.append(row)
+        if args.baseline_commit:
+            for folder, files in (("dedup", [TABLE]), ("clean", [TABLE, "removed.parquet"])):
+                for name in files:
+                    a, b = root / folder / name, root / f"{folder}@{args.baseline_commit}" / name
+                    if a.exists() and b.exists():
+                        same = a.read_bytes() == b.read_bytes()
+                        print(f"{'':>28} {folder}/{name}: {'byte-identical' if same else 'DIFFERENT'} to {args.baseline_commit}'s")
+    return results
+
+
+def slopes(results: list[dict]) -> None:
+    """Per stage with two sizes or more: least-squares slope of CPU and peak RSS per 100k items."""
+    for stage in dict.fromkeys(r["stage"] for r in results):
+        rows = [r for r in results if r["stage"] == stage]
+        if len({r["items"] for r in rows}) < 2:
+            continue
+        x = np.array([r["items"] for r in rows], dtype=float) / 1e5
+        cpu = np.polyfit(x, [r["cpu_s"] for r in rows], 1)[0]
+        rss = np.polyfit(x, [r["peak_rss_mib"] for r in rows], 1)[0]
+        print(f"{stage:>28} slope: {cpu:.2f} CPU s and {rss:.1f} MiB of peak RSS per 100k items")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, nargs="+", required=True, help="total items per run (a third per round)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--chunk-rows", type=int, default=100_000, help="data.chunk_rows for the stages")
+    ap.add_argument("--stages", nargs="+", default=["dedup", "decontaminate"], choices=["dedup", "decontaminate"])
+    ap.add_argument("--baseline-commit", default=None, help="also run this commit's stage scripts (in-memory)")
+    ap.add_argument("--baseline-only", action="store_true", help="run only --baseline-commit's scripts")
+    ap.add_argument("--work", default=None, help="scratch folder (default: the system's)")
+    args = ap.parse_args()
+    if args.baseline_only and not args.baseline_commit:
+        ap.error("--baseline-only needs --baseline-commit")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    print(f"{os.cpu_count()} cores visible; chunk_rows {args.chunk_rows}")
+    results = []
+    for total in args.items:
+        results += run_size(total, args, env)
+    slopes(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

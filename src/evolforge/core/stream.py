@@ -1,0 +1,119 @@
+"""Chunked Parquet I/O: read a stage's table a chunk of rows at a time and write one from a stream of chunks,
+so a stage's peak memory follows the chunk size, not the number of items.
+
+Writing goes through polars' streaming Parquet sink over a Python source of chunks
+(:func:`sink_chunks`): the file it writes is byte for byte the one ``DataFrame.write_parquet`` writes for
+the concatenated chunks (same writer, same row groups), so streaming a stage changes none of its outputs'
+hashes. ``data.chunk_rows`` (``docs/scale.md``) sets the chunk size.
+"""
+
+from __future__ import annotations
+
+import resource
+from itertools import chain
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import polars as pl
+from polars.io.plugins import register_io_source
+
+from evolforge.core.records import TABLE, atomic_dir, write_json, write_jsonl
+from evolforge.core.validation import DataError, Rule, check
+
+Chunks = Callable[[], Iterable[pl.DataFrame]]  # called once per pass: a fresh iterable of chunks each time
+
+
+def table_file(path: str | Path) -> Path:
+    """The Parquet file of a stage output (its folder or the file itself); a clear error when absent."""
+    path = Path(path)
+    file = path / TABLE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no such artifact; has the stage that writes it run?")
+    return file
+
+
+def _unreadable(file: Path, err: Exception) -> DataError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return DataError(file, "a readable Parquet table", detail=f"{first}; rerun the stage that writes it "
+                     "(`dvc repro`), or `dvc checkout` to restore the recorded version")
+
+
+def table_schema(path: str | Path) -> pl.Schema:
+    """Column names and types of a stage's table, read from the file's footer only."""
+    file = table_file(path)
+    try:
+        return pl.scan_parquet(file).collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise _unreadable(file, err) from None
+
+
+def iter_chunks(path: str | Path, chunk_rows: int, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """The rows of a stage's table, ``chunk_rows`` at a time, in file order (``columns`` only, when given)."""
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive number of rows, got {chunk_rows!r}")
+    file = table_file(path)
+    scan = pl.scan_parquet(file)
+    if columns is not None:
+        scan = scan.select(columns)
+    # one slice query per chunk: polars reads only the row groups it overlaps. (collect_batches reads ahead
+    # of a slow consumer without bound: the whole table ends up in memory while a chunk is being worked on.)
+    try:
+        total = pl.scan_parquet(file).select(pl.len()).collect().item()
+        for start in range(0, total, chunk_rows):
+            yield scan.slice(start, chunk_rows).collect()
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise _unreadable(file, err) from None
+
+
+def sink_chunks(file: str | Path, schema: pl.Schema | dict[str, pl.DataType], chunks: Iterable[pl.DataFrame]) -> None:
+    """Write ``chunks`` (frames of ``schema``) as one Parquet file, streaming: the same bytes as
+    ``pl.concat(chunks).write_parquet(file)``, without ever holding the concatenation."""
+    schema = pl.Schema(schema)
+
+    def source(with_columns: list[str] | None, predicate: Any, n_rows: int | None, batch_size: int | None) -> Iterator[pl.DataFrame]:
+        for part in chunks:  # the sink asks for every column and row: no projection or filter to apply
+            if part.height:
+                yield part.select(list(schema)).cast(dict(schema))
+
+    register_io_source(source, schema=schema).sink_parquet(file)
+
+
+def write_output_chunks(out_dir: str | Path, tables: dict[str, tuple[pl.Schema, Iterable[pl.DataFrame]]],
+                        meta: dict | None = None, extra: dict[str, Any] | None = None) -> None:
+    """:func:`evolforge.core.records.write_output` for streamed tables: each ``name -> (schema, chunks)`` is
+    sunk into a temporary folder that replaces ``out_dir`` whole only when every file is written."""
+    with atomic_dir(out_dir) as tmp:
+        for name, (schema, chunks) in tables.items():
+            sink_chunks(tmp / name, schema, chunks)
+        write_json(tmp / "meta.json", meta or {})
+        for name, data in (extra or {}).items():
+            (write_jsonl if name.endswith(".jsonl") else write_json)(tmp / name, data)
+
+
+def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
+    """:func:`evolforge.core.validation.check` of a whole table, a chunk at a time: row numbers in the error
+    count from the table's first row; a uniqueness rule is checked over the whole column (one streaming
+    query over that column alone)."""
+    file = table_file(path)
+    unique = [r for r in rules if r.expectation == "ExpectColumnValuesToBeUnique"]
+    per_chunk = [r for r in rules if r not in unique]
+    lo = 0
+    empty = pl.DataFrame(schema=table_schema(file))  # a table without rows still has its columns checked
+    for chunk in chain([empty], iter_chunks(file, chunk_rows)):
+        try:
+            check(chunk, per_chunk, file)
+        except DataError as err:
+            raise DataError(file, err.rule, [r + lo for r in err.rows], err.detail) from None
+        lo += chunk.height
+    for rule in unique:
+        column = rule.kwargs["column"]
+        repeated = (pl.scan_parquet(file).select(column).with_row_index("row")  # rows counted from 1, as in check()
+                    .filter(pl.col(column).is_duplicated()).head(10).collect(engine="streaming"))
+        if repeated.height:
+            raise DataError(file, rule.words, (repeated["row"] + 1).to_list(),
+                            detail=f"{column} {repeated[column][0]!r} appears more than once")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

