@@ -20,6 +20,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "score.py": ["--model", "{tiny}", "--items", "8", "--batch-size", "4"],
     "stages.py": ["--seeds", "40", "--in-process"],
     "sandbox.py": ["--problems", "3"],
+    "growth.py": ["--items", "300", "600", "--chunk-rows", "128"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
