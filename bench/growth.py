@@ -89,7 +89,9 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
             versions.append((f"@{args.baseline_commit}", stage_scripts(args.baseline_commit, root)))
         for suffix, scripts in versions:
             dedup_out, clean_out = root / f"dedup{suffix}", root / f"clean{suffix}"
-            steps = {"dedup": [scripts["dedup"], "--responses", root / "responses", "--out", dedup_out],
+            # the items flag was --responses before the stage scripts took every path from dvc.yaml
+            items_flag = "--items" if '"--items"' in Path(scripts["dedup"]).read_text() else "--responses"
+            steps = {"dedup": [scripts["dedup"], items_flag, root / "responses", "--out", dedup_out],
                      "decontaminate": [scripts["decontaminate"], "--dedup", dedup_out, "--out", clean_out]}
             for name in args.stages:
                 cmd = [sys.executable, *map(str, steps[name]), "--params", str(root / "params.yaml"),

@@ -31,7 +31,7 @@ HELP_ONLY = {  # script -> why the suite only checks that it starts
 
 
 def run(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}  # as the scripts say
     return subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 

