@@ -92,6 +92,7 @@ class OptimizeSettings:
     seed: int = 0
     unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9  # a method failing this share of the dev set is unusable
     on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
+    controls: ControlSettings = field(default_factory=dict)  # of the optimizer's calls, over roles.optimizer's
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
@@ -102,6 +103,19 @@ class Repetition(TypedDict, total=False):
     max_repeated_ngram_fraction: Probability
     max_compression_ratio: Annotated[float, Ge(1)]  # bytes over compressed bytes; prose is above 1
     min_words: NonNegativeInt
+
+
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
+class ControlSettings(TypedDict, total=False):
+    """A stage's generation controls (``evolve.controls``, ``optimize.controls``), put over its role's own
+    (``roles.<name>.banned_strings`` ...; see :class:`evolforge.core.roles.Controls`, docs/controls.md)."""
+
+    banned_strings: list[str]
+    assistant_prefix: str | None
+    stop: list[NonEmptyStr]
+    repetition_penalty: PositiveFloat | None
+    no_repeat_ngram_size: PositiveInt | None
+    frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None
 
 
 @dataclass
@@ -123,6 +137,8 @@ class EvolveSettings:
     check_role: Literal["auto", "responder", "evolver"] = "auto"
     elimination: dict[RuleName, bool] = field(default_factory=dict)  # defaults: RULES
     repetition: Repetition = field(default_factory=dict)
+    # generation controls of the evolving calls (optimize's development runs use them too), over the role's
+    controls: ControlSettings = field(default_factory=dict)
 
     def rule(self, name: str) -> bool:
         return bool(self.elimination.get(name, RULES[name]))

@@ -136,11 +136,13 @@ class Evolution(NamedTuple):
 
 def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                       seed: int | None = None, desc: str = "evolve") -> list[Evolution]:
+                       seed: int | None = None, desc: str = "evolve",
+                       controls: Mapping[str, Any] | None = None) -> list[Evolution]:
     """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
-    no raw text (as unparseable as a missing marker, and nothing to show)."""
+    no raw text (as unparseable as a missing marker, and nothing to show). ``controls``: ``evolve.controls``."""
+    merged = llm.role.controls.merged(controls)
     requests = [llm.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
-                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
                 for i in instructions]
     return [Evolution(None, None, None) if c.failed else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
             for c in llm.generate(requests, desc=desc)]
@@ -211,7 +213,8 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         methods = [settings.strategy] * n
     # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
     sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-                    seed=settings.seed, sample_index=round_index)
+                    seed=settings.seed, sample_index=round_index,
+                    controls=evolver.role.controls.merged(settings.controls))
 
     # 1. evolve
     requests = [evolver.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
