@@ -100,6 +100,9 @@ class ChatRequest:
     sample_index: int = 0
     choices: tuple[str, ...] | None = None
     controls: Controls | None = None  # None (or all unset) = none: the request's key is as it always was
+    # with choices: instead of decoding, score every choice's likelihood; the text is then the JSON list of
+    # the choices' log-probabilities (each choice and the end of the turn), in order (evolforge.llm.ranking)
+    rank: bool = False
 
     @classmethod
     def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
@@ -265,7 +268,7 @@ class Role:
     def request(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None = None,
                 top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
                 sample_index: int | None = None, choices: Sequence[str] | None = None,
-                controls: Controls | None = None) -> ChatRequest:
+                controls: Controls | None = None, rank: bool = False) -> ChatRequest:
         """A request with this role's generation defaults, overridden where given (None = default).
         Called once per item of a stage: the fields are passed as they are, not through a dict.
         ``controls`` replaces the role's own (build it with ``role.controls.merged(stage_overrides)``)."""
@@ -277,7 +280,7 @@ class Role:
                            self.seed if seed is None else seed,
                            0 if sample_index is None else sample_index,
                            None if choices is None else tuple(choices),
-                           controls if controls.used() else None)
+                           controls if controls.used() else None, rank)
 
 
 def _cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:

@@ -204,6 +204,16 @@ class JudgeSettings:
     # true: answers held to the five labels / the numbers 0-100 (constrained decoding, guided choice or a
     # response_format schema, by backend); false: free text read by the parser, as the papers judge
     constrain: bool = True
+    # true: each allowed answer scored by its likelihood (hf, vllm; evolforge.llm.ranking): the most likely
+    # answer, and the expected score / level under the model's probabilities (difficulty_expected,
+    # level_expected); false: one decoded answer, expected columns null
+    probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if self.probabilities and not self.constrain:
+            from evolforge.core.params import ParamsError
+
+            raise ParamsError(["judge.probabilities: scores the allowed answers, so it needs judge.constrain: true"])
 
 
 Template = Literal["raw", "chat", "cherry"]
@@ -233,7 +243,7 @@ class DiversitySettings:
 class SelectSettings:
     """``select``."""
 
-    metric: Literal["ic_ifd", "ifd", "difficulty_score", "random"] = "ic_ifd"
+    metric: Literal["ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random"] = "ic_ifd"
     top_fraction: Fraction | None = 0.25  # SLM paper keeps the top 25 %
     threshold: float | None = None  # keep items with metric >= threshold (wins over top_fraction)
     ifd_filter: bool = False  # drop IFD > 1 (the IFD paper does)

@@ -93,6 +93,19 @@ def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -
             raise ControlsError("; ".join(problems))
 
 
+RANKING_BACKENDS = ("hf", "vllm")  # backends that score choices by their log-probabilities
+
+
+def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
+    """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
+    if backend not in RANKING_BACKENDS and any(r.rank for r in requests):
+        raise ControlsError(f"{where}: backend {backend!r} cannot score answers by their probabilities "
+                            f"(params.yaml judge.probabilities needs log-probabilities of whole answers: "
+                            f"backend {' or '.join(RANKING_BACKENDS)}); set judge.probabilities: false")
+    if any(r.rank and not r.choices for r in requests):
+        raise ControlsError(f"{where}: a ranking request needs its choices")
+
+
 class LLMFailureError(RuntimeError):
     """Too many of a stage's calls failed (``llm.max_failure_rate``); every completion was committed first."""
 
@@ -165,7 +178,7 @@ def _sampling_signature(request: ChatRequest) -> tuple:
     """What a request's key and seed depend on besides its messages, with the types of the numbers: 1 and
     1.0 are equal but json writes them apart (a seed sees them raw)."""
     t, p, n, s, i = request.temperature, request.top_p, request.max_tokens, request.seed, request.sample_index
-    return t, p, n, s, i, request.choices, request.controls, type(t), type(p), type(n), type(s), type(i)
+    return t, p, n, s, i, request.choices, request.controls, request.rank, type(t), type(p), type(n), type(s), type(i)
 
 
 def _str_choices(choices: tuple[str, ...] | None) -> bool:
@@ -267,7 +280,9 @@ class LLM:
         constraint: dict[str, Any] = {}
         if request.choices is not None:
             constraint["choices"] = list(request.choices)
-            if self.role.backend == "openai":
+            if request.rank:  # log-probabilities of every choice instead of a decoded answer
+                constraint["rank"] = True
+            elif self.role.backend == "openai":
                 constraint["format"] = self.role.choice_format
         if controls:
             constraint["controls"] = controls
@@ -277,6 +292,7 @@ class LLM:
     def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
         refuse_controls(self.role.backend, requests, f"roles.{self.role.name}")
+        refuse_ranking(self.role.backend, requests, f"roles.{self.role.name}")
         keys = [self.key(r) for r in requests]
         hits = self.cache.get_many(sorted(set(keys))) if self.cache is not None else {}
         results: list[Completion | None] = [None] * len(requests)

@@ -31,6 +31,7 @@ identical outputs.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -43,6 +44,7 @@ from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, 
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
 from evolforge.core.roles import pick_threads
 from evolforge.llm.decoding import RowControls, pick
+from evolforge.llm.ranking import rank_sequences
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
@@ -237,6 +239,8 @@ class HFBackend:
             if self.max_positions is not None and len(ids) >= self.max_positions:
                 early.append((i, Completion.failure(PROMPT_TOO_LONG, (
                     f"the prompt is {len(ids)} tokens; the model takes {self.max_positions} positions"))))
+            elif request.rank:  # scored, not decoded (evolforge.llm.ranking); handed back at once
+                yield [(i, self._rank(request, ids))]
             elif request.max_tokens <= 0:  # no token budget: ends before it starts
                 early.append((i, Completion("", "length", prompt_tokens=len(ids), completion_tokens=0)))
             else:
@@ -260,6 +264,14 @@ class HFBackend:
                 batch, finished = self._retire(batch, budgets, prompts)
             if finished:
                 yield finished
+
+    def _rank(self, request: ChatRequest, prompt: list[int]) -> Completion:
+        """The log-probability of each of the request's choices, then the end of the turn, as a JSON list."""
+        trie = self.trie(request.choices)
+        sequences = [self.tokenizer.encode(c, add_special_tokens=False) + [trie.stop] for c in request.choices]
+        scores = rank_sequences(self.model, prompt, sequences)
+        return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
+                          completion_tokens=0)
 
     def _prefill(self, prompts: list[list[int]], admitted: list[int]) -> tuple[_Batch, torch.Tensor]:
         """Run the prompts of ``admitted`` through the model (left-padded): a batch and its next-token logits."""

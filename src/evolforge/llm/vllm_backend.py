@@ -16,6 +16,10 @@ Generation controls map to vLLM's own: ``banned_strings`` -> ``bad_words`` (vLLM
 sequences, with and without a leading space), ``stop``, ``repetition_penalty`` (vLLM applies it to the
 prompt's tokens too, unlike the hf backend), ``frequency_penalty``; an ``assistant_prefix`` is chatted with
 ``continue_final_message`` and put in front of the returned text. ``no_repeat_ngram_size`` is refused.
+
+A ranking request (``rank``, see :mod:`evolforge.llm.ranking`) is scored from ``prompt_logprobs``: the
+prompt followed by each choice and the end-of-turn token, one token generated; vLLM's prefix caching
+shares the prompt between the choices.
 """
 
 from __future__ import annotations
@@ -98,11 +102,30 @@ class VLLMBackend:
                 fits.append(i)
         if refused:
             yield refused
+        ranked = [i for i in fits if requests[i].rank]
+        if ranked:
+            yield [(i, self.rank(requests[i])) for i in ranked]
+            fits = [i for i in fits if not requests[i].rank]
         # requests with an assistant prefix are chatted apart: continue_final_message holds for a whole call
         for prefixed in (False, True):
             group = [i for i in fits if bool(_prefix(requests[i])) == prefixed]
             for start in range(0, len(group), CHUNK):
                 yield self._chat(requests, group[start : start + CHUNK], prefixed)
+
+    def rank(self, request: ChatRequest) -> Completion:
+        """The log-probability of each choice, then the end of the turn, after the prompt (JSON list)."""
+        import json
+
+        text = self.tokenizer.apply_chat_template(request.message_dicts, tokenize=False, add_generation_prompt=True)
+        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        tails = [self.tokenizer.encode(c, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+                 for c in request.choices]
+        outputs = self.engine.generate([{"prompt_token_ids": prompt + t} for t in tails],
+                                       self._sampling_params(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        scores = [sum(o.prompt_logprobs[len(prompt) + j][token].logprob for j, token in enumerate(t))
+                  for o, t in zip(outputs, tails)]
+        return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
+                          completion_tokens=0)
 
     def _chat(self, requests: Sequence[ChatRequest], chunk: list[int], prefixed: bool) -> Finished:
         params = [self.sampling_params(requests[i]) for i in chunk]
