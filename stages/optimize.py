@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
     models = open_models(params)
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
-                             evolve_controls=evolve_settings.controls, **models)
+                             evolve_controls=evolve_settings.controls, few_shot=evolve_settings.few_shot, **models)
 
     usable = usability(result, settings)
     if usable["message"]:

@@ -139,6 +139,9 @@ class EvolveSettings:
     repetition: Repetition = field(default_factory=dict)
     # generation controls of the evolving calls (optimize's development runs use them too), over the role's
     controls: ControlSettings = field(default_factory=dict)
+    # worked examples before each evolving prompt (prompts/evolve/examples.yaml; strategy auto:
+    # prompts/optimize/examples.yaml, in optimize's development runs too); false = zero-shot, the papers'
+    few_shot: bool = False
 
     def rule(self, name: str) -> bool:
         return bool(self.elimination.get(name, RULES[name]))

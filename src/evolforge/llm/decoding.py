@@ -13,17 +13,23 @@ that request's row of logits at every step:
   caught too: the token is masked and the row picks again (:meth:`RowControls.violates`). The strings
   therefore never appear in the answer (matched as written, case included).
 - ``stop`` strings end the answer where one first appears (the stop string is cut off).
+
+:func:`rank_sequences` scores whole answers by their likelihood instead (``ChatRequest.rank``, see
+:mod:`evolforge.llm.ranking`).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
 
 from evolforge.core.roles import Controls
 
+RANK_CHUNK = 16  # answers scored per forward pass (each holds a copy of the prompt's KV cache)
 REPICKS = 32  # tokens a row may have masked in one step before it ends instead (never reached in practice)
 
 
@@ -107,3 +113,39 @@ def pick(logits: torch.Tensor, choose, row_controls: RowControls, tokens: Sequen
             return token
         logits[token] = float("-inf")
     return stop
+
+
+@torch.inference_mode()
+def rank_sequences(model, prompt: Sequence[int], sequences: Sequence[Sequence[int]], chunk: int = RANK_CHUNK) -> list[float]:
+    """Log-probability of each token sequence following ``prompt`` under ``model`` (a transformers causal LM):
+    one pass over the prompt, whose KV cache is then shared by ``chunk`` sequences at a time."""
+    device = model.device
+    ids = torch.tensor([list(prompt)], device=device)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    scores: list[float] = []
+    for start in range(0, len(sequences), chunk):
+        part = [list(s) for s in sequences[start:start + chunk]]
+        scores.extend(_score_chunk(model, copy.deepcopy(cache), len(prompt), first, part))
+    return scores
+
+
+def _score_chunk(model, cache, prompt_len: int, first: torch.Tensor, part: list[list[int]]) -> list[float]:
+    """Scores of ``part``: each sequence is fed after the prompt (right-padded: a causal model's earlier
+    positions never see the padding), and its tokens' log-probabilities are summed."""
+    width = max(len(s) for s in part)
+    scores = [float(first[s[0]]) for s in part]
+    if width == 1:
+        return scores
+    cache.batch_repeat_interleave(len(part))
+    device = first.device
+    feed = torch.tensor([s[:-1] + [s[-1]] * (width - len(s)) for s in part], device=device)[:, :width - 1]
+    mask = torch.ones(len(part), prompt_len + width - 1, dtype=torch.long, device=device)
+    positions = torch.arange(prompt_len, prompt_len + width - 1, device=device).expand(len(part), -1)
+    logits = model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    for r, s in enumerate(part):
+        scores[r] += sum(float(logp[r, j - 1, s[j]]) for j in range(1, len(s)))
+    return scores

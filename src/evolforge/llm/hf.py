@@ -43,8 +43,7 @@ from transformers.cache_utils import DynamicLayer
 from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, Role, collect, request_seed
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
 from evolforge.core.roles import pick_threads
-from evolforge.llm.decoding import RowControls, pick
-from evolforge.llm.ranking import rank_sequences
+from evolforge.llm.decoding import RowControls, pick, rank_sequences
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
