@@ -92,7 +92,7 @@ class OptimizeSettings:
     seed: int = 0
     unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9  # a method failing this share of the dev set is unusable
     on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
-    controls: ControlSettings = field(default_factory=dict)  # of the optimizer's calls, over roles.optimizer's
+    controls: ControlSettings = field(default_factory=dict)  # of the optimization turn, over roles.optimizer's
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})

@@ -200,9 +200,10 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
-    merged = optimizer.role.controls.merged(controls)  # optimize.controls over roles.optimizer's
-    feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j, controls=merged)
-                                    for j in range(candidates)],
+    # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
+    # (the fenced method); the analysis is free text with the role's own controls
+    merged = optimizer.role.controls.merged(controls)
+    feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
                                    desc="optimizer: analysis")
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
     asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
