@@ -69,22 +69,26 @@ def test_select_may_rank_by_the_expected_difficulty():
     assert sorted(chosen["id"].to_list()) == ["b", "c"]
 
 
-@pytest.mark.slow
-def test_hf_ranks_whole_answers_by_their_likelihood(tiny_model):
+def test_hf_ranks_whole_answers_by_their_likelihood(tmp_path):
     """The ranking's log-probabilities equal the sum of the per-token log-probabilities of each answer
-    followed by the end of the turn, computed here with one plain forward pass per answer."""
+    followed by the end of the turn, computed here with one plain forward pass per answer (a small random
+    Llama from tests/tiny.py: the arithmetic is what is checked; more answers than one chunk of 16)."""
     import torch
+    from tiny import build_random_llama
 
     from evolforge.llm.hf import HFBackend
 
-    backend = HFBackend(str(tiny_model), threads=1)
-    choices = ("very easy", "easy", "1", "10", "100")
+    path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
+                              intermediate_size=64, texts=["rate it very easy easy medium hard 0 1 10 100 42"] * 50)
+    backend = HFBackend(str(path), threads=1)
+    choices = ("very easy", "easy", *SCORES)
     request = ChatRequest.chat([{"role": "user", "content": "Rate: Explain what a leap year is."}], choices=choices,
                                rank=True)
     scores = json.loads(backend.generate([request])[0].text)
     prompt = backend.tokenizer(backend.render(request), add_special_tokens=False)["input_ids"]
     stop = backend.trie(choices).stop
-    for choice, score in zip(choices, scores):
+    assert len(scores) == len(choices)
+    for choice, score in list(zip(choices, scores))[::7]:
         tail = backend.tokenizer.encode(choice, add_special_tokens=False) + [stop]
         with torch.inference_mode():
             logits = backend.model(input_ids=torch.tensor([prompt + tail])).logits[0].float()
