@@ -32,6 +32,7 @@ identical outputs.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -46,6 +47,7 @@ from evolforge.core.roles import pick_threads
 from evolforge.llm.decoding import RowControls, pick, rank_sequences
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
+REPICK_THREADS_S = 30.0  # a call this long after the last choice of threads measures the machine again
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -148,6 +150,7 @@ class HFBackend:
         # torch's default (every core it sees) oversubscribes a shared or quota-limited machine
         self.fixed_threads = threads
         self.threads = threads or pick_threads()
+        self._threads_picked = time.monotonic()
         torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(model, revision, padding_side="left")
         self.model = load_causal_lm(model, revision, dtype=dtype, device=device)
@@ -215,8 +218,9 @@ class HFBackend:
         """
         if not requests:
             return
-        if self.fixed_threads is None:  # a machine that got busy (or idle) since: threads for now
-            self.threads = pick_threads()
+        if self.fixed_threads is None and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
+            self.threads = pick_threads()  # the machine got busy (or idle) since: threads for now
+            self._threads_picked = time.monotonic()
         if torch.get_num_threads() != self.threads:  # or another backend in this process set its own
             torch.set_num_threads(self.threads)
         generators = {}
