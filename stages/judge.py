@@ -41,19 +41,24 @@ def main() -> None:
     # the item texts are read data.chunk_rows at a time and judged chunk by chunk (each item's answers are
     # its own); only the judged columns, without the texts, are held for the output (docs/scale.md)
     def judged(chunk: pl.DataFrame) -> pl.DataFrame:
-        return judge(chunk, llm, prompts, score_prompt=variant, max_tokens=cfg.max_tokens, constrain=cfg.constrain).select(
+        return judge(chunk, llm, prompts, score_prompt=variant, max_tokens=cfg.max_tokens, constrain=cfg.constrain,
+                     probabilities=cfg.probabilities).select(
             "id", "round", "difficulty_level", "difficulty_level_reason", "difficulty_level_raw", "difficulty_score",
-            "difficulty_score_reason", "difficulty_score_raw", "score_prompt", "judge_constrained")
+            "difficulty_score_reason", "difficulty_score_raw", "score_prompt", "judge_constrained",
+            "difficulty_expected", "level_expected")
 
     parts = [judged(chunk) for chunk in iter_chunks(source, rows)]
     table = pl.concat(parts) if parts else judged(pl.DataFrame(schema=table_schema(source)))  # no rows: the columns
     validation.check(table.filter(pl.col("difficulty_score").is_not_null()), validation.between("difficulty_score", 0, 100), args.out)
 
     per_round = {str(r): {"mean_difficulty_score": part["difficulty_score"].mean(),
+                          "mean_difficulty_expected": part["difficulty_expected"].mean(),
+                          "mean_level_expected": part["level_expected"].mean(),
                           "levels": {l: int((part["difficulty_level"] == l).sum()) for l in LEVELS}}
                  for (r,), part in table.group_by(["round"], maintain_order=True)}
     metrics = {"items": table.height, "score_prompt": variant, "constrained": cfg.constrain,
-               "mean_difficulty_score": table["difficulty_score"].mean(),
+               "mean_difficulty_score": table["difficulty_score"].mean(), "probabilities": cfg.probabilities,
+               "mean_difficulty_expected": table["difficulty_expected"].mean(),
                "level_unparsed": int(table["difficulty_level"].is_null().sum()),
                "score_unparsed": int(table["difficulty_score"].is_null().sum()),
                "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     settings = load_section(params, "optimize")
-    strategy = load_section(params, "evolve").strategy
+    evolve_settings = load_section(params, "evolve")
+    strategy = evolve_settings.strategy
     prompts = PromptLibrary(args.prompts)
     initial = initial_method_text(prompts, settings.initial_method)
     templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE,
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
     dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
     models = open_models(params)
-    result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng, **models)
+    result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
+                             evolve_controls=evolve_settings.controls, few_shot=evolve_settings.few_shot, **models)
 
     usable = usability(result, settings)
     if usable["message"]:

@@ -486,3 +486,16 @@ def test_auto_check_role_loads_no_second_model():
     assert resolve_check_role("auto", evolver, server) == "responder"
     assert resolve_check_role("responder", evolver, other) == "responder"  # asked for: done, both load
     assert resolve_check_role("evolver", evolver, same_model) == "evolver"
+
+
+def test_evolve_controls_and_few_shot_shape_the_evolving_calls_only(seed_table):
+    from evolforge.core.roles import Controls
+
+    settings = EvolveSettings(controls={"banned_strings": ["Given Prompt"], "stop": ["\n\n"]}, few_shot=True)
+    fake = run_round(seed_table, 1, settings, {})[1]
+    evolving = [r for r in fake.sent if not r.messages[-1][1].startswith("Given the following instruction")]
+    answering = [r for r in fake.sent if r.messages[-1][1].startswith("Given the following instruction")]
+    assert evolving and answering
+    assert all(r.controls == Controls(banned_strings=("Given Prompt",), stop=("\n\n",)) for r in evolving)
+    assert all(len(r.messages) > 1 and r.messages[1][0] == "assistant" for r in evolving)  # worked examples first
+    assert all(r.controls is None and len(r.messages) == 1 for r in answering)  # the response check: untouched

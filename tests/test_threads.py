@@ -37,7 +37,7 @@ def test_role_threads_are_checked(threads):
         Role.from_params("evolver", {"backend": "hf", "model": "m", "threads": threads})
 
 
-def test_hf_backend_applies_the_role_threads(tmp_path):
+def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
     from tiny import build_random_llama
 
     from evolforge.llm import ChatRequest
@@ -53,6 +53,30 @@ def test_hf_backend_applies_the_role_threads(tmp_path):
         torch.set_num_threads(2)  # another backend of the process set its own
         backend.generate([ChatRequest.chat([{"role": "user", "content": "hi"}], max_tokens=2)])
         assert torch.get_num_threads() == 1
+        from evolforge.core import roles
+
+        monkeypatch.setattr(roles, "busy_cores", lambda: 0.0)  # an idle machine: every usable core
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         assert HFBackend(str(path)).threads == usable_cores()  # the default
+        monkeypatch.setattr(roles, "busy_cores", lambda: 64.0)  # a machine busy with others: one thread
+        assert HFBackend(str(path)).threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_pick_threads_leaves_the_cores_others_use():
+    from evolforge.core.roles import pick_threads
+
+    usable = usable_cores({})
+    assert pick_threads({}, busy=0.0) == usable
+    assert pick_threads({}, busy=0.4) == usable  # a little noise costs no thread
+    assert pick_threads({}, busy=1.0) == max(1, usable - 1)
+    assert pick_threads({}, busy=99.0) == 1
+    assert pick_threads({}, busy=None) == usable  # cannot measure: as before
+    assert pick_threads({"OMP_NUM_THREADS": "3"}, busy=99.0) == 3  # the user's choice stands
+
+
+def test_busy_cores_reads_proc_stat(tmp_path):
+    from evolforge.core.roles import busy_cores
+
+    assert busy_cores(0.0, stat=str(tmp_path / "missing")) is None

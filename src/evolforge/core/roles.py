@@ -14,11 +14,75 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from annotated_types import Gt, Le
+from annotated_types import Ge, Gt, Le
 
 from evolforge.core.params import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 BACKEND_NAMES = ("hf", "vllm", "openai", "ray")  # = the `backend` Literal of Role
+
+# Generation controls each backend honours (docs/controls.md); any other is refused with one message.
+CONTROL_NAMES = ("banned_strings", "assistant_prefix", "stop", "repetition_penalty", "no_repeat_ngram_size",
+                 "frequency_penalty")
+SUPPORTED_CONTROLS = {
+    "hf": set(CONTROL_NAMES),
+    "vllm": {"banned_strings", "assistant_prefix", "stop", "repetition_penalty", "frequency_penalty"},
+    "openai": {"stop", "frequency_penalty"},
+    "ray": set(),
+}
+_WHY_NOT = {
+    ("vllm", "no_repeat_ngram_size"): "vLLM's sampling parameters have no n-gram ban; use repetition_penalty",
+    ("openai", "banned_strings"): ("a server's logit_bias bans single tokens of its own tokenizer, not strings; "
+                                    "serve the model with vLLM and use backend vllm, or use backend hf"),
+    ("openai", "assistant_prefix"): "the chat completions API has no portable way to continue an assistant turn",
+    ("openai", "repetition_penalty"): "not an OpenAI API parameter; use frequency_penalty",
+    ("openai", "no_repeat_ngram_size"): "not an OpenAI API parameter; use frequency_penalty",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """Generation controls for small models (docs/controls.md). The empty value (all unset) is no control.
+
+    ``banned_strings`` can never be generated (each also with a leading space); ``assistant_prefix``
+    starts the assistant's turn, which the model continues (the returned text is prefix + continuation);
+    generation ends before the first ``stop`` string (cut from the text, ``finish_reason`` "stop");
+    ``repetition_penalty`` divides (multiplies, when negative) the logits of tokens already generated,
+    ``no_repeat_ngram_size`` forbids repeating an n-gram of the generated tokens, ``frequency_penalty``
+    subtracts penalty x count from each generated token's logit (OpenAI's definition)."""
+
+    banned_strings: tuple[str, ...] = ()
+    assistant_prefix: str | None = None
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    frequency_penalty: float | None = None
+
+    def used(self) -> list[str]:
+        """Names of the controls that are set."""
+        return [n for n in CONTROL_NAMES if getattr(self, n) not in (None, ())]
+
+    def key(self) -> dict[str, Any]:
+        """The set controls as a plain dict (cache keys): unset ones are left out."""
+        return {n: list(v) if isinstance(v, tuple) else v for n in self.used() for v in [getattr(self, n)]}
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> "Controls":
+        """These controls with the non-null ``overrides`` (a stage's ``controls`` section) put over them."""
+        fields = {n: getattr(self, n) for n in CONTROL_NAMES}
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                fields[name] = tuple(value) if isinstance(value, list) else value
+        return Controls(**fields)
+
+
+def controls_problems(backend: str, controls: "Controls", where: str) -> list[str]:
+    """One message per control that ``backend`` cannot honour (empty when it honours them all)."""
+    problems = []
+    for name in controls.used():
+        if name not in SUPPORTED_CONTROLS.get(backend, set()):
+            why = _WHY_NOT.get((backend, name), f"the {backend} backend does not implement it")
+            problems.append(f"{where}.{name}: backend {backend!r} cannot honour this generation control ({why}); "
+                            f"remove it or use a backend that can (docs/controls.md)")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)  # slots: a stage holds one per item (a third less memory, built faster)
@@ -35,6 +99,10 @@ class ChatRequest:
     seed: int = 0
     sample_index: int = 0
     choices: tuple[str, ...] | None = None
+    controls: Controls | None = None  # None (or all unset) = none: the request's key is as it always was
+    # with choices: instead of decoding, score every choice's likelihood; the text is then the JSON list of
+    # the choices' log-probabilities (each choice and the end of the turn), in order (evolforge.llm.ranking)
+    rank: bool = False
 
     @classmethod
     def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
@@ -118,6 +186,19 @@ class Role:
     batch_completion_window: NonEmptyStr = "24h"
     batch_max_requests: PositiveInt = 50_000  # requests per job (OpenAI's limit per batch is 50,000)
     extra: dict[str, Any] = field(default_factory=dict)
+    # generation controls for small models (see Controls, docs/controls.md); a stage's `controls` overrides
+    banned_strings: list[str] = field(default_factory=list)
+    assistant_prefix: str | None = None
+    stop: list[NonEmptyStr] = field(default_factory=list)
+    repetition_penalty: PositiveFloat | None = None
+    no_repeat_ngram_size: PositiveInt | None = None
+    frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None = None
+
+    @property
+    def controls(self) -> Controls:
+        """The role's generation controls."""
+        return Controls(tuple(self.banned_strings), self.assistant_prefix, tuple(self.stop),
+                        self.repetition_penalty, self.no_repeat_ngram_size, self.frequency_penalty)
 
     @classmethod
     def from_params(cls, name: str, params: Mapping[str, Any] | None) -> "Role":
@@ -134,7 +215,7 @@ class Role:
             # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
             raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
                                "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
-        problems = role.server_problems()
+        problems = role.server_problems() + controls_problems(role.backend, role.controls, where)
         if problems:
             raise ParamsError(problems)
         return role
@@ -192,16 +273,20 @@ class Role:
 
     def request(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None = None,
                 top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
-                sample_index: int | None = None, choices: Sequence[str] | None = None) -> ChatRequest:
+                sample_index: int | None = None, choices: Sequence[str] | None = None,
+                controls: Controls | None = None, rank: bool = False) -> ChatRequest:
         """A request with this role's generation defaults, overridden where given (None = default).
-        Called once per item of a stage: the fields are passed as they are, not through a dict."""
+        Called once per item of a stage: the fields are passed as they are, not through a dict.
+        ``controls`` replaces the role's own (build it with ``role.controls.merged(stage_overrides)``)."""
+        controls = self.controls if controls is None else controls
         return ChatRequest(tuple([(m["role"], m["content"]) for m in messages]),
                            self.temperature if temperature is None else temperature,
                            self.top_p if top_p is None else top_p,
                            self.max_tokens if max_tokens is None else max_tokens,
                            self.seed if seed is None else seed,
                            0 if sample_index is None else sample_index,
-                           None if choices is None else tuple(choices))
+                           None if choices is None else tuple(choices),
+                           controls if controls.used() else None, rank)
 
 
 def _cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
@@ -233,3 +318,43 @@ def usable_cores(environ: Mapping[str, str] | None = None, cgroup_root: str | os
     if limit is not None:
         cores = min(cores, max(1, math.floor(limit)))
     return max(1, cores)
+
+
+def _cpu_times(stat: str = "/proc/stat") -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat``; None where it cannot be read (not Linux)."""
+    try:
+        fields = [float(x) for x in open(stat, encoding="ascii").readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window_s: float = 0.2, stat: str = "/proc/stat") -> float | None:
+    """How many cores other processes keep busy right now, measured over ``window_s`` while this one
+    sleeps; None where it cannot be measured."""
+    import time
+
+    before = _cpu_times(stat)
+    time.sleep(window_s)
+    after = _cpu_times(stat)
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    cores = os.cpu_count() or 1
+    return cores * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def pick_threads(environ: Mapping[str, str] | None = None, busy: float | None | object = ...) -> int:
+    """torch threads for decoding now: :func:`usable_cores`, less the cores other processes keep busy
+    (at least 1). Measured on a shared machine (issue 28): with two threads, any other load made matrix
+    products about 30x slower, while one thread stayed steady; so a busy machine gets fewer threads and
+    degrades gracefully, an idle one gets them all. ``OMP_NUM_THREADS`` (the user's choice) is kept as is."""
+    environ = os.environ if environ is None else environ
+    usable = usable_cores(environ)
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return usable
+    busy = busy_cores() if busy is ... else busy
+    if busy is None:
+        return usable
+    return max(1, min(usable, usable - math.floor(busy + 0.5)))

@@ -118,6 +118,7 @@ class OptimizeSettings:
     seed: int = 0
     unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9  # a method failing this share of the dev set is unusable
     on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
+    controls: ControlSettings = field(default_factory=dict)  # of the optimization turn, over roles.optimizer's
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
@@ -128,6 +129,19 @@ class Repetition(TypedDict, total=False):
     max_repeated_ngram_fraction: Probability
     max_compression_ratio: Annotated[float, Ge(1)]  # bytes over compressed bytes; prose is above 1
     min_words: NonNegativeInt
+
+
+@with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
+class ControlSettings(TypedDict, total=False):
+    """A stage's generation controls (``evolve.controls``, ``optimize.controls``), put over its role's own
+    (``roles.<name>.banned_strings`` ...; see :class:`evolforge.core.roles.Controls`, docs/controls.md)."""
+
+    banned_strings: list[str]
+    assistant_prefix: str | None
+    stop: list[NonEmptyStr]
+    repetition_penalty: PositiveFloat | None
+    no_repeat_ngram_size: PositiveInt | None
+    frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None
 
 
 @dataclass
@@ -149,6 +163,11 @@ class EvolveSettings:
     check_role: Literal["auto", "responder", "evolver"] = "auto"
     elimination: dict[RuleName, bool] = field(default_factory=dict)  # defaults: RULES
     repetition: Repetition = field(default_factory=dict)
+    # generation controls of the evolving calls (optimize's development runs use them too), over the role's
+    controls: ControlSettings = field(default_factory=dict)
+    # worked examples before each evolving prompt (prompts/evolve/examples.yaml; strategy auto:
+    # prompts/optimize/examples.yaml, in optimize's development runs too); false = zero-shot, the papers'
+    few_shot: bool = False
 
     def rule(self, name: str) -> bool:
         return bool(self.elimination.get(name, RULES[name]))
@@ -221,6 +240,16 @@ class JudgeSettings:
     # true: answers held to the five labels / the numbers 0-100 (constrained decoding, guided choice or a
     # response_format schema, by backend); false: free text read by the parser, as the papers judge
     constrain: bool = True
+    # true: each allowed answer scored by its likelihood (hf, vllm; evolforge.llm.ranking): the most likely
+    # answer, and the expected score / level under the model's probabilities (difficulty_expected,
+    # level_expected); false: one decoded answer, expected columns null
+    probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if self.probabilities and not self.constrain:
+            from evolforge.core.params import ParamsError
+
+            raise ParamsError(["judge.probabilities: scores the allowed answers, so it needs judge.constrain: true"])
 
 
 Template = Literal["raw", "chat", "cherry"]
@@ -250,7 +279,7 @@ class DiversitySettings:
 class SelectSettings:
     """``select``."""
 
-    metric: Literal["ic_ifd", "ifd", "difficulty_score", "random"] = "ic_ifd"
+    metric: Literal["ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random"] = "ic_ifd"
     top_fraction: Fraction | None = 0.25  # SLM paper keeps the top 25 %
     threshold: float | None = None  # keep items with metric >= threshold (wins over top_fraction)
     ifd_filter: bool = False  # drop IFD > 1 (the IFD paper does)

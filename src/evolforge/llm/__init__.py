@@ -45,7 +45,7 @@ from evolforge.core.cache import CallCache, KeyFrame, json_around
 from evolforge.core.models import ModelError, model_identity
 from evolforge.core.params import load_role, load_section
 from evolforge.core.settings import LLMSettings
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.core.roles import CONTROL_NAMES, ChatRequest, Controls, Role, controls_problems
 from evolforge.llm import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
 
@@ -81,6 +81,35 @@ class Completion:
         error = " ".join(error.split())
         return cls("", None, failure_reason=reason,
                    error=error if len(error) <= ERROR_CHARS else error[:ERROR_CHARS] + "...")
+
+
+class ControlsError(ValueError):
+    """A request carries a generation control its role's backend cannot honour (refused before any call)."""
+
+
+def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
+    """Raise :class:`ControlsError` when a request carries a control ``backend`` cannot honour."""
+    seen: set[Controls] = set()
+    for request in requests:
+        if request.controls is None or request.controls in seen:
+            continue
+        seen.add(request.controls)
+        problems = controls_problems(backend, request.controls, where)
+        if problems:
+            raise ControlsError("; ".join(problems))
+
+
+RANKING_BACKENDS = ("hf", "vllm")  # backends that score choices by their log-probabilities
+
+
+def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
+    """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
+    if backend not in RANKING_BACKENDS and any(r.rank for r in requests):
+        raise ControlsError(f"{where}: backend {backend!r} cannot score answers by their probabilities "
+                            f"(params.yaml judge.probabilities needs log-probabilities of whole answers: "
+                            f"backend {' or '.join(RANKING_BACKENDS)}); set judge.probabilities: false")
+    if any(r.rank and not r.choices for r in requests):
+        raise ControlsError(f"{where}: a ranking request needs its choices")
 
 
 class LLMFailureError(RuntimeError):
@@ -155,7 +184,7 @@ def _sampling_signature(request: ChatRequest) -> tuple:
     """What a request's key and seed depend on besides its messages, with the types of the numbers: 1 and
     1.0 are equal but json writes them apart (a seed sees them raw)."""
     t, p, n, s, i = request.temperature, request.top_p, request.max_tokens, request.seed, request.sample_index
-    return t, p, n, s, i, request.choices, type(t), type(p), type(n), type(s), type(i)
+    return t, p, n, s, i, request.choices, request.controls, request.rank, type(t), type(p), type(n), type(s), type(i)
 
 
 def _str_choices(choices: tuple[str, ...] | None) -> bool:
@@ -249,16 +278,27 @@ class LLM:
         return frame.key_of_pairs(request.messages)
 
     def _constraint(self, request: ChatRequest) -> dict[str, Any] | None:
-        """The part of a constrained request's key: its choices and, for a server, how they are enforced."""
-        if request.choices is None:
+        """The part of a constrained request's key: its choices and, for a server, how they are enforced;
+        its generation controls when it has some (a request without any keeps the key it always had)."""
+        controls = request.controls.key() if request.controls is not None else {}
+        if request.choices is None and not controls:
             return None
-        constraint: dict[str, Any] = {"choices": list(request.choices)}
-        if self.role.backend == "openai":
-            constraint["format"] = self.role.choice_format
+        constraint: dict[str, Any] = {}
+        if request.choices is not None:
+            constraint["choices"] = list(request.choices)
+            if request.rank:  # log-probabilities of every choice instead of a decoded answer
+                constraint["rank"] = True
+            elif self.role.backend == "openai":
+                constraint["format"] = self.role.choice_format
+        if controls:
+            constraint["controls"] = controls
         return constraint
+
 
     def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
+        refuse_controls(self.role.backend, requests, f"roles.{self.role.name}")
+        refuse_ranking(self.role.backend, requests, f"roles.{self.role.name}")
         keys = [self.key(r) for r in requests]
         hits = self.cache.get_many(sorted(set(keys))) if self.cache is not None else {}
         results: list[Completion | None] = [None] * len(requests)
@@ -469,7 +509,7 @@ def make_backend(role: Role) -> Backend:
 # Fields of a role that only shape requests or batching; roles equal in every other field share one
 # loaded model within a process (one GPU rarely holds two copies; loading twice wastes minutes).
 _REQUEST_FIELDS = {"name", "temperature", "top_p", "max_tokens", "seed", "batch_size",
-                   "price_per_mtok_prompt", "price_per_mtok_completion"}
+                   "price_per_mtok_prompt", "price_per_mtok_completion", *CONTROL_NAMES}
 _LOADED: dict[str, Backend] = {}
 
 
@@ -584,6 +624,6 @@ def _ray(role: Role) -> Backend:
 
 BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai, "ray": _ray}
 
-__all__ = ["collect", "ChoiceTrie", "ChatRequest", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
+__all__ = ["collect", "ChoiceTrie", "ChatRequest", "Controls", "ControlsError", "refuse_controls", "Completion", "Backend", "Role", "LLM", "LLMSettings", "LLMFailureError", "open_llm",
            "open_role", "make_backend", "engine_options", "resolved_engine", "PROMPT_TOO_LONG", "REQUEST_REJECTED", "RETRIES_EXHAUSTED",
            "shared_backend", "loads_nothing_more", "request_seed", "identity_digest", "resolve_identity", "recorded_identity", "IDENTITY_FILE"]

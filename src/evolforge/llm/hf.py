@@ -19,6 +19,10 @@ A request with ``choices`` decodes under a mask: each step only tokens that stay
 its choices (or the end-of-turn token, once a whole choice is written) can be picked, so a greedy answer
 is the choice the model prefers token by token.
 
+A request's generation controls (banned and stop strings, an assistant prefix, repetition penalties) are
+applied per row at every step by :mod:`evolforge.llm.decoding`; a prefix is rendered as an unfinished
+assistant turn (the chat template's ``continue_final_message``) and starts the returned text.
+
 Sampling is done per row with the row's own ``torch.Generator`` seeded from the whole request
 (:func:`evolforge.llm.request_seed`); rows at temperature 0 are greedy. So a request yields the same
 tokens whichever batch it lands in, greedy and sampled rows share a batch, and identical requests give
@@ -27,6 +31,8 @@ identical outputs.
 
 from __future__ import annotations
 
+import json
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -37,9 +43,11 @@ from transformers.cache_utils import DynamicLayer
 
 from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, Role, collect, request_seed
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
-from evolforge.core.roles import usable_cores
+from evolforge.core.roles import pick_threads
+from evolforge.llm.decoding import RowControls, pick, rank_sequences
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
+REPICK_THREADS_S = 30.0  # a call this long after the last choice of threads measures the machine again
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -140,7 +148,9 @@ class HFBackend:
         self.model_name = model
         self.revision = revision
         # torch's default (every core it sees) oversubscribes a shared or quota-limited machine
-        self.threads = threads or usable_cores()
+        self.fixed_threads = threads
+        self.threads = threads or pick_threads()
+        self._threads_picked = time.monotonic()
         torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(model, revision, padding_side="left")
         self.model = load_causal_lm(model, revision, dtype=dtype, device=device)
@@ -155,6 +165,7 @@ class HFBackend:
         # Other caches (sliding windows) still drop finished rows, but admit new ones only into an empty batch.
         self.can_merge = all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
+        self._controls: dict[int, RowControls] = {}  # the current stream's rows with controls, by request
 
     @classmethod
     def from_role(cls, role: Role) -> "HFBackend":
@@ -185,6 +196,11 @@ class HFBackend:
         return self._tries[choices]
 
     def render(self, request: ChatRequest) -> str:
+        prefix = request.controls.assistant_prefix if request.controls is not None else None
+        if prefix:  # the assistant's turn is left open after the prefix, for the model to continue
+            return self.tokenizer.apply_chat_template(
+                [*request.message_dicts, {"role": "assistant", "content": prefix}], tokenize=False,
+                continue_final_message=True)
         return self.tokenizer.apply_chat_template(
             request.message_dicts, tokenize=False, add_generation_prompt=True
         )
@@ -200,16 +216,21 @@ class HFBackend:
         Requests are admitted in the order given (callers sort them by length so merged rows pad little).
         A prompt that does not fit the model's positions is yielded at once as a failed completion.
         """
-        if torch.get_num_threads() != self.threads:  # another backend in this process set its own
-            torch.set_num_threads(self.threads)
         if not requests:
             return
+        if self.fixed_threads is None and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
+            self.threads = pick_threads()  # the machine got busy (or idle) since: threads for now
+            self._threads_picked = time.monotonic()
+        if torch.get_num_threads() != self.threads:  # or another backend in this process set its own
+            torch.set_num_threads(self.threads)
         generators = {}
         for i, request in enumerate(requests):
             if request.temperature > 0:
                 generators[i] = torch.Generator(device="cpu")
                 generators[i].manual_seed(request_seed(request))
         tries = {i: self.trie(r.choices) for i, r in enumerate(requests) if r.choices is not None}
+        self._controls = {i: RowControls(r.controls, self.tokenizer) for i, r in enumerate(requests)
+                          if r.controls is not None and r.controls.used()}
         # The chat template already carries BOS and role markers.
         prompts = self.tokenizer([self.render(r) for r in requests], add_special_tokens=False)["input_ids"]
         # tokens each request may generate: its max_tokens, cut where the model's positions end
@@ -221,6 +242,8 @@ class HFBackend:
             if self.max_positions is not None and len(ids) >= self.max_positions:
                 early.append((i, Completion.failure(PROMPT_TOO_LONG, (
                     f"the prompt is {len(ids)} tokens; the model takes {self.max_positions} positions"))))
+            elif request.rank:  # scored, not decoded (evolforge.llm.ranking); handed back at once
+                yield [(i, self._rank(request, ids))]
             elif request.max_tokens <= 0:  # no token budget: ends before it starts
                 early.append((i, Completion("", "length", prompt_tokens=len(ids), completion_tokens=0)))
             else:
@@ -244,6 +267,14 @@ class HFBackend:
                 batch, finished = self._retire(batch, budgets, prompts)
             if finished:
                 yield finished
+
+    def _rank(self, request: ChatRequest, prompt: list[int]) -> Completion:
+        """The log-probability of each of the request's choices, then the end of the turn, as a JSON list."""
+        trie = self.trie(request.choices)
+        sequences = [self.tokenizer.encode(c, add_special_tokens=False) + [trie.stop] for c in request.choices]
+        scores = rank_sequences(self.model, prompt, sequences)
+        return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
+                          completion_tokens=0)
 
     def _prefill(self, prompts: list[list[int]], admitted: list[int]) -> tuple[_Batch, torch.Tensor]:
         """Run the prompts of ``admitted`` through the model (left-padded): a batch and its next-token logits."""
@@ -269,8 +300,10 @@ class HFBackend:
     def _choose(self, logits: torch.Tensor, batch: _Batch, requests: Sequence[ChatRequest],
                 generators: dict[int, torch.Generator], tries: dict[int, ChoiceTrie]) -> torch.Tensor:
         """Each row's next token: greedy, or sampled with the request's generator; rows with choices
-        pick among the tokens their trie allows."""
+        pick among the tokens their trie allows; rows with controls have them applied first."""
         for row, i in enumerate(batch.index):
+            if i in self._controls:
+                self._controls[i].adjust(logits[row], batch.tokens[row])
             if i in tries:
                 trie = tries[i]
                 allowed = torch.tensor(sorted(trie.allowed(batch.tokens[row]) or {trie.stop}), device=logits.device)
@@ -281,7 +314,21 @@ class HFBackend:
         for row, i in enumerate(batch.index):
             if i in generators:
                 chosen[row] = sample_token(logits[row], requests[i].temperature, requests[i].top_p, generators[i])
+            if i in self._controls and self._controls[i].controls.banned_strings:
+                chosen[row] = self._repick(logits[row], int(chosen[row]), requests[i], generators.get(i),
+                                           self._controls[i], batch.tokens[row])
         return chosen
+
+    def _repick(self, logits: torch.Tensor, first: int, request: ChatRequest, generator: torch.Generator | None,
+                controls: RowControls, tokens: list[int]) -> int:
+        """``first``, unless it spells a banned string: then the row picks again without it (see decoding)."""
+        if not controls.violates([*tokens, first]):
+            return first
+        logits[first] = float("-inf")
+        if generator is None:
+            return pick(logits, lambda row: int(row.argmax()), controls, tokens, min(self.stop_ids))
+        return pick(logits, lambda row: sample_token(row, request.temperature, request.top_p, generator),
+                    controls, tokens, min(self.stop_ids))
 
     def _retire(self, batch: _Batch, budgets: list[int], prompts: list[list[int]]) -> tuple[_Batch | None, Finished]:
         """Record each row's new token; rows that stopped or used their budget leave the batch."""
@@ -290,11 +337,16 @@ class HFBackend:
         for row, (i, token) in enumerate(zip(batch.index, batch.last.tolist())):
             tokens = batch.tokens[row]
             if token in self.stop_ids:
-                finished.append((i, self._completion(tokens, "stop", len(prompts[i]))))
+                finished.append((i, self._completion(tokens, "stop", len(prompts[i]), i)))
                 continue
             tokens.append(token)
-            if len(tokens) >= budgets[i]:
-                finished.append((i, self._completion(tokens, "length", len(prompts[i]))))
+            controls = self._controls.get(i)
+            cut = controls.stop_at(tokens) if controls is not None else None
+            if cut is not None:  # a stop string: the answer ends before it
+                finished.append((i, Completion(controls.finish(cut), "stop", prompt_tokens=len(prompts[i]),
+                                               completion_tokens=len(tokens))))
+            elif len(tokens) >= budgets[i]:
+                finished.append((i, self._completion(tokens, "length", len(prompts[i]), i)))
             else:
                 keep.append(row)
         if not keep:
@@ -303,6 +355,8 @@ class HFBackend:
             batch = batch.keep(keep, trim=self.can_merge)
         return batch, finished
 
-    def _completion(self, tokens: list[int], finish: str, prompt_tokens: int) -> Completion:
-        return Completion(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish,
+    def _completion(self, tokens: list[int], finish: str, prompt_tokens: int, index: int) -> Completion:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        controls = self._controls.get(index)
+        return Completion(controls.finish(text) if controls is not None else text.strip(), finish,
                           prompt_tokens=prompt_tokens, completion_tokens=len(tokens) + (finish == "stop"))

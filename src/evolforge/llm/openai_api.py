@@ -70,7 +70,7 @@ import orjson
 from evolforge.core.cache import CallCache, batch_job_key
 from evolforge.core.models import ModelError
 from evolforge.llm import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, ChatRequest, Completion, Role,
-                           collect, request_seed)
+                           collect, refuse_controls, request_seed)
 
 log = logging.getLogger(__name__)
 
@@ -677,6 +677,12 @@ class OpenAIBackend:
                     "required": ["answer"], "additionalProperties": False}}}
         elif request.choices is not None and self.choice_format == "structured_outputs":
             body["structured_outputs"] = {"choice": list(request.choices)}
+        refuse_controls("openai", [request], "request")
+        if request.controls is not None:  # those a server honours
+            if request.controls.stop:
+                body["stop"] = list(request.controls.stop)
+            if request.controls.frequency_penalty is not None:
+                body["frequency_penalty"] = request.controls.frequency_penalty
         return body
 
     def prompt_tokens(self, request: ChatRequest) -> int:

@@ -33,7 +33,7 @@ import math
 from typing import Any, Iterator, Sequence
 
 from evolforge.core.models import model_identity
-from evolforge.llm import PROMPT_TOO_LONG, REQUEST_REJECTED, ChatRequest, Completion, Role, request_seed
+from evolforge.llm import PROMPT_TOO_LONG, REQUEST_REJECTED, ChatRequest, Completion, Role, refuse_controls, request_seed
 
 Finished = list[tuple[int, Completion]]
 EXTRA_HINT = "pip install 'evolforge[ray]' (ray[data] 2.60.0)"
@@ -181,6 +181,7 @@ class RayBackend:
         """All ``requests`` through the pipeline, yielding (index, completion) groups as blocks come back."""
         if not requests:
             return
+        refuse_controls("ray", requests, f"roles.{self.role.name}")  # the actors' requests carry none
         self._connect()
         if self.engine == "hf":
             dataset, convert = self._hf_pipeline(requests, slots), _completions

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import polars as pl
+import yaml
 
 from evolforge.steps import elimination
 from evolforge.llm import LLM, Role, loads_nothing_more
@@ -112,6 +113,40 @@ def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, metho
     return prompts.render(METHOD_TEMPLATE, method=method_text, instruction=instruction)
 
 
+EXAMPLE_FILES = {"evol": "evolve/examples.yaml", "auto": "optimize/examples.yaml"}  # under prompts/
+
+
+def load_examples(prompts: PromptLibrary, method: str) -> list[dict[str, str]]:
+    """The worked examples of ``method`` (an Evol-Instruct method, or an Auto Evol-Instruct strategy),
+    each {"instruction", "answer"}; one clear error when the file lacks them."""
+    auto = method not in IN_DEPTH and method != BREADTH
+    path = prompts.root / EXAMPLE_FILES["auto" if auto else "evol"]
+    key = "auto" if auto else method
+    try:
+        found = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read the few-shot examples (evolve.few_shot): {err}") from None
+    examples = found.get(key) if isinstance(found, dict) else None
+    answer = "answer" if auto else "rewritten"
+    if not isinstance(examples, list) or not examples or not all(
+            isinstance(e, dict) and isinstance(e.get("instruction"), str) and isinstance(e.get(answer), str)
+            for e in examples):
+        raise ValueError(f"{path}: {key}: expected a non-empty list of {{instruction, {answer}}} examples")
+    return [{"instruction": e["instruction"], "answer": e[answer]} for e in examples]
+
+
+def evolving_messages(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None,
+                      few_shot: bool = False) -> list[dict[str, str]]:
+    """The chat of one evolving call: the evolving prompt for ``instruction``; with ``few_shot``, after the
+    method's worked examples, each an earlier turn (its prompt, answered by its rewrite)."""
+    turns = []
+    if few_shot:
+        for example in load_examples(prompts, method):
+            turns += [{"role": "user", "content": evolving_prompt(prompts, method, example["instruction"], method_text)},
+                      {"role": "assistant", "content": example["answer"]}]
+    return [*turns, {"role": "user", "content": evolving_prompt(prompts, method, instruction, method_text)}]
+
+
 def template_hash(prompts: PromptLibrary, method: str, method_text: str | None = None) -> str:
     if method == BREADTH:
         return prompts.hash("evolve/breadth.j2")
@@ -136,11 +171,13 @@ class Evolution(NamedTuple):
 
 def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                       seed: int | None = None, desc: str = "evolve") -> list[Evolution]:
+                       seed: int | None = None, desc: str = "evolve",
+                       controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> list[Evolution]:
     """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
-    no raw text (as unparseable as a missing marker, and nothing to show)."""
-    requests = [llm.request([{"role": "user", "content": evolving_prompt(prompts, "auto", i, method_text)}],
-                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    no raw text (as unparseable as a missing marker, and nothing to show). ``controls``: ``evolve.controls``."""
+    merged = llm.role.controls.merged(controls)
+    requests = [llm.request(evolving_messages(prompts, "auto", i, method_text, few_shot),
+                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
                 for i in instructions]
     return [Evolution(None, None, None) if c.failed else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
             for c in llm.generate(requests, desc=desc)]
@@ -211,10 +248,11 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         methods = [settings.strategy] * n
     # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
     sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-                    seed=settings.seed, sample_index=round_index)
+                    seed=settings.seed, sample_index=round_index,
+                    controls=evolver.role.controls.merged(settings.controls))
 
     # 1. evolve
-    requests = [evolver.request([{"role": "user", "content": evolving_prompt(prompts, m, it["instruction"], method_text)}], **sampling)
+    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot), **sampling)
                 for m, it in zip(methods, items)]
     outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
     raws = [None if c.failed else c.text for c in outs]

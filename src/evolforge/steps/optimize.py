@@ -64,6 +64,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from evolforge.steps import elimination
 from evolforge.steps.evolve import evolve_with_method
@@ -153,14 +154,15 @@ def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: ra
 
 
 def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
-                     *, rounds: int, temperature: float) -> tuple[list[dict], list[dict]]:
+                     *, rounds: int, temperature: float,
+                     controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> tuple[list[dict], list[dict]]:
     """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of unparsed stages])."""
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
     unparsed = []
     current = list(instructions)
     for r in range(1, rounds + 1):
         results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
-                                     desc=f"trajectory round {r}")
+                                     desc=f"trajectory round {r}", controls=controls, few_shot=few_shot)
         for case, (parsed, raw, _) in zip(cases, results):
             if parsed is None:
                 unparsed.append({"id": case["id"], "round": r})
@@ -170,10 +172,12 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
 
 
 def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str,
-                 *, temperature: float, desc: str = "dev") -> MethodScore:
-    """Evolve the development set with ``method``, answer each evolved instruction, count F failures."""
+                 *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
+                 few_shot: bool = False) -> MethodScore:
+    """Evolve the development set with ``method``, answer each evolved instruction, count F failures.
+    ``controls``: the evolving calls' generation controls (``evolve.controls``, as the rounds will use them)."""
     evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method,
-                                 temperature=temperature, desc=f"{desc}: evolve")
+                                 temperature=temperature, desc=f"{desc}: evolve", controls=controls, few_shot=few_shot)
     answered = [(d, e.instruction) for d, e in zip(dev, evolved) if e.instruction is not None]
     responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
                         desc=f"{desc}: respond", temperature=0.0) if answered else []
@@ -192,16 +196,20 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
 
 
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
-                    *, candidates: int) -> list[Candidate]:
+                    *, candidates: int, controls: Mapping[str, Any] | None = None) -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
+    # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
+    # (the fenced method); the analysis is free text with the role's own controls
+    merged = optimizer.role.controls.merged(controls)
     feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
                                    desc="optimizer: analysis")
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
     asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
     answers = dict(zip(asked, optimizer.generate(
-        [optimizer.request([analysis, {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j)
+        [optimizer.request([analysis, {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j,
+                           controls=merged)
          for j in asked], desc="optimizer: optimization")))
     out = []
     for j, feedback in enumerate(feedbacks):
@@ -233,11 +241,14 @@ def select_candidate(candidates: list[Candidate], current: MethodScore, selectio
 
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
-                    rng: random.Random) -> OptimizeResult:
-    """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items."""
+                    rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
+                    few_shot: bool = False) -> OptimizeResult:
+    """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
+    ``evolve_controls``: ``evolve.controls``, for the evolving calls (the method is scored as the rounds use it)."""
     temperature = settings.evolver_temperature
     current_method = initial_method
-    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0")
+    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0",
+                           controls=evolve_controls, few_shot=few_shot)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
     stale = 0  # steps since the best rate last decreased
@@ -245,13 +256,15 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     for step in range(1, int(settings.steps) + 1):
         batch = rng.sample(pool, int(settings.batch_size))
         trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
-                                                current_method, rounds=int(settings.trajectory_rounds), temperature=temperature)
+                                                current_method, rounds=int(settings.trajectory_rounds), temperature=temperature,
+                                                controls=evolve_controls, few_shot=few_shot)
         proposals = propose_methods(optimizer, prompts, trajectory, current_method,
-                                    candidates=int(settings.candidates))
+                                    candidates=int(settings.candidates), controls=settings.controls)
         for c in proposals:
             if c.method is not None:
                 c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
-                                     desc=f"step {step} candidate {c.index}")
+                                     desc=f"step {step} candidate {c.index}", controls=evolve_controls,
+                                     few_shot=few_shot)
         parsed = sum(c.method is not None for c in proposals)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method

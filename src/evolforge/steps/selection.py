@@ -2,7 +2,8 @@
 threshold (optionally only items far enough from those already kept), and export for SFT trainers.
 
 Metrics: ``ic_ifd`` (SLM paper, higher is better), ``ifd`` (Cherry: higher = the instruction helps less,
-i.e. harder to follow), ``difficulty_score`` (judge, 0-100) or ``random`` (seeded baseline). Items whose
+i.e. harder to follow), ``difficulty_score`` (judge, 0-100), ``difficulty_expected`` (the judge's
+expected 0-100 score under its probabilities, ``judge.probabilities``) or ``random`` (seeded baseline). Items whose
 metric is null (unparseable judge answer, degenerate loss) are never selected by a metric.
 
 Known bias of IFD and IC-IFD. Both divide by how predictable the text is: IFD = L(A|Q) / L(A) is high
@@ -44,7 +45,7 @@ from evolforge.core.records import EVOLVED, SEED, TABLE, read_table
 from evolforge.core.text import question_text
 from evolforge.core.settings import SelectSettings
 
-METRICS = ("ic_ifd", "ifd", "difficulty_score", "random")
+METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
 EMBEDDINGS = "embeddings.npy"
 
 # Guards, in the order they are checked: name -> (what it means, the columns it needs). A guard whose

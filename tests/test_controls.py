@@ -1,0 +1,149 @@
+"""Generation controls (docs/controls.md): each one is part of the cache key (requests without any keep
+their keys), the hf backend honours them at decode time, and a backend that cannot honour one refuses it."""
+
+from __future__ import annotations
+
+import pytest
+
+from evolforge.core.params import ParamsError
+from evolforge.core.roles import Controls
+from evolforge.llm import LLM, ChatRequest, ControlsError, Role
+from evolforge.llm.fake import FakeBackend
+
+EACH_CONTROL = [  # (a value, another value) of each control
+    ({"banned_strings": ("#The Given Prompt#",)}, {"banned_strings": ("#The Given Prompt#", "Rewritten Prompt")}),
+    ({"assistant_prefix": "Step 1:"}, {"assistant_prefix": "Step 1: "}),
+    ({"stop": ("\n#",)}, {"stop": ("\n\n",)}),
+    ({"repetition_penalty": 1.3}, {"repetition_penalty": 1.2}),
+    ({"no_repeat_ngram_size": 3}, {"no_repeat_ngram_size": 4}),
+    ({"frequency_penalty": 0.5}, {"frequency_penalty": -0.5}),
+]
+
+
+def ask(content: str = "Rewrite: name a colour.", **kw) -> ChatRequest:
+    return ChatRequest.chat([{"role": "user", "content": content}], **kw)
+
+
+@pytest.mark.parametrize("control,other", EACH_CONTROL)
+def test_each_control_changes_the_cache_key(control, other):
+    llm = LLM(FakeBackend(), None, role=Role(name="evolver", backend="hf", model="m"))
+    plain = ask()
+    assert llm.key(ask(controls=Controls(**control))) != llm.key(plain)
+    assert llm.key(ask(controls=Controls())) == llm.key(plain)  # all unset: no control, the old key
+    assert llm.key(ask(controls=Controls(**other))) != llm.key(ask(controls=Controls(**control)))
+
+
+def test_a_role_without_controls_makes_requests_without_any():
+    role = Role.from_params("evolver", {"backend": "hf", "model": "m"})
+    assert role.request([{"role": "user", "content": "q"}]).controls is None
+    role = Role.from_params("evolver", {"backend": "hf", "model": "m", "banned_strings": ["Rewritten Prompt"],
+                                        "repetition_penalty": 1.2})
+    request = role.request([{"role": "user", "content": "q"}])
+    assert request.controls == Controls(banned_strings=("Rewritten Prompt",), repetition_penalty=1.2)
+    # a stage's overrides go over the role's; null keeps the role's value
+    merged = role.controls.merged({"stop": ["\n\n"], "repetition_penalty": None})
+    assert merged.stop == ("\n\n",) and merged.repetition_penalty == 1.2
+
+
+def test_a_backend_that_cannot_honour_a_control_refuses_it_clearly():
+    with pytest.raises(ParamsError, match=r"roles.evolver.banned_strings: backend 'openai' cannot honour"):
+        Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1",
+                                     "banned_strings": ["#The Given Prompt#"]})
+    with pytest.raises(ParamsError, match=r"roles.evolver.no_repeat_ngram_size: backend 'vllm' cannot honour"):
+        Role.from_params("evolver", {"backend": "vllm", "model": "m", "no_repeat_ngram_size": 3})
+    server = LLM(FakeBackend(["never sent"]), None,
+                 role=Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1"))
+    with pytest.raises(ControlsError, match=r"roles.judge.assistant_prefix: backend 'openai' cannot honour"):
+        server.generate([ask(controls=Controls(assistant_prefix="Step 1:"))])
+    assert server.backend.sent == []  # refused before anything was sent
+    # what a server can honour goes through
+    assert server.generate([ask(controls=Controls(stop=("\n",), frequency_penalty=0.5))])[0].text == "never sent"
+
+
+def test_openai_payload_carries_stop_and_frequency_penalty():
+    from evolforge.llm.openai_api import OpenAIBackend
+
+    backend = OpenAIBackend("http://127.0.0.1:1/v1", "m")
+    body = backend.payload(ask(controls=Controls(stop=("\n#",), frequency_penalty=0.4)))
+    assert body["stop"] == ["\n#"] and body["frequency_penalty"] == 0.4
+    assert "stop" not in backend.payload(ask())
+    with pytest.raises(ControlsError, match="banned_strings"):
+        backend.payload(ask(controls=Controls(banned_strings=("x",))))
+
+
+def test_vllm_sampling_params_carry_the_controls():
+    from evolforge.llm.vllm_backend import control_params
+
+    assert control_params(ask()) == {}
+    assert control_params(ask(controls=Controls(banned_strings=("#Rewritten Prompt#",), stop=("\n\n",),
+                                                repetition_penalty=1.2, frequency_penalty=0.3))) == {
+        "bad_words": ["#Rewritten Prompt#"], "stop": ["\n\n"], "repetition_penalty": 1.2, "frequency_penalty": 0.3}
+    with pytest.raises(ControlsError, match="no_repeat_ngram_size"):
+        control_params(ask(controls=Controls(no_repeat_ngram_size=2)))
+
+
+class _CharTokenizer:
+    """Test double: one token per character (id = code point)."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+def test_row_controls_penalise_and_ban_as_defined():
+    import torch
+
+    from evolforge.llm.decoding import RowControls
+
+    tok = _CharTokenizer()
+    logits = torch.zeros(200)
+    logits[ord("a")], logits[ord("b")] = 2.0, -2.0
+    RowControls(Controls(repetition_penalty=2.0), tok).adjust(logits, [ord("a"), ord("b")])
+    assert logits[ord("a")] == 1.0 and logits[ord("b")] == -4.0  # divided when positive, multiplied when not
+    logits = torch.zeros(200)
+    RowControls(Controls(frequency_penalty=0.5), tok).adjust(logits, [ord("a"), ord("a"), ord("b")])
+    assert logits[ord("a")] == -1.0 and logits[ord("b")] == -0.5 and logits[ord("c")] == 0.0
+    logits = torch.zeros(200)  # "abca" then "b" would repeat the 2-gram "ab"
+    RowControls(Controls(no_repeat_ngram_size=2), tok).adjust(logits, [ord(c) for c in "abca"])
+    assert logits[ord("b")] == float("-inf") and logits[ord("c")] == 0.0
+    logits = torch.zeros(200)  # "xy" banned: after "x", "y" cannot come; " xy" too: after " x"
+    ban = RowControls(Controls(banned_strings=("xy",)), tok)
+    ban.adjust(logits, [ord("x")])
+    assert logits[ord("y")] == float("-inf")
+    assert ban.violates([ord(c) for c in "axy"]) and not ban.violates([ord(c) for c in "ax"])
+    stop = RowControls(Controls(stop=("\n#", "END"), assistant_prefix="Step 1:"), tok)
+    assert stop.stop_at([ord(c) for c in " go\n#x"]) == " go" and stop.stop_at([ord(c) for c in "go"]) is None
+    assert stop.finish(" go") == "Step 1: go"
+
+
+@pytest.mark.slow
+def test_hf_never_writes_a_banned_string_and_honours_stop_and_prefix(tiny_model):
+    from collections import Counter
+
+    from evolforge.llm.hf import HFBackend
+
+    backend = HFBackend(str(tiny_model), threads=1)
+    prompts = ["Rewrite this prompt to be harder: Name a color.", "Add one constraint to: Write a haiku.",
+               "Rewrite the prompt: Explain what a leap year is.", "Make it more complex: Give three tips."]
+    sampled = [ask(p, temperature=1.0, seed=s, max_tokens=40) for p in prompts for s in range(3)]
+    free = [c.text for c in backend.generate(sampled)]
+    # ban what the model writes most when free: its commonest words (and a template phrase)
+    words = Counter(w for text in free for w in text.split() if len(w) >= 3)
+    banned = tuple(w for w, _ in words.most_common(4)) + ("Given Prompt",)
+    assert words, "the tiny model wrote nothing to ban"
+    controlled = backend.generate([ChatRequest(r.messages, r.temperature, r.top_p, r.max_tokens, r.seed,
+                                               controls=Controls(banned_strings=banned)) for r in sampled])
+    for c in controlled:
+        assert not any(b in c.text for b in banned), (c.text, banned)
+    greedy = backend.generate([ask(p, max_tokens=40, controls=Controls(banned_strings=banned)) for p in prompts])
+    assert all(not any(b in c.text for b in banned) for c in greedy)
+    # stop strings: the answer ends before the first one
+    stop = " "  # every answer of several words has one
+    stopped = backend.generate([ask(p, max_tokens=40, controls=Controls(stop=(stop,))) for p in prompts])
+    assert all(stop not in c.text for c in stopped)
+    # an assistant prefix is continued and starts the returned text
+    request = ask(prompts[0], max_tokens=8, controls=Controls(assistant_prefix="Step 1:"))
+    assert backend.render(request).endswith("Step 1:")
+    assert backend.generate([request])[0].text.startswith("Step 1:")

@@ -1,0 +1,97 @@
+"""Scores from probabilities: the judge's expected score and level equal a hand computation on known
+log-probabilities (a scripted backend), the most likely answer is recorded beside them, and the hf backend
+ranks whole answers (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+import pytest
+
+from evolforge.core.params import ParamsError
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.settings import JudgeSettings
+from evolforge.llm import LLM, ChatRequest, ControlsError, Role
+from evolforge.llm.fake import FakeBackend
+from evolforge.steps.judge import LEVELS, SCORES, judge
+from evolforge.steps.selection import select_items
+
+
+def scripted(request: ChatRequest) -> str:
+    """Test double: log-probabilities a model might give. Levels: 0.5 easy, 0.3 medium, 0.2 hard; scores:
+    0.6 on "100", 0.3 on "40", 0.1 on "10", nothing (-inf as -1000) on the rest."""
+    assert request.rank and request.choices is not None
+    if request.choices == tuple(LEVELS):
+        probs = {"easy": 0.5, "medium": 0.3, "hard": 0.2}
+    else:
+        probs = {"100": 0.6, "40": 0.3, "10": 0.1}
+    return json.dumps([math.log(probs[c]) if c in probs else -1000.0 for c in request.choices])
+
+
+def items() -> pl.DataFrame:
+    return pl.DataFrame({"id": ["a"], "round": [1], "instruction": ["Explain what a leap year is."], "input": [""]})
+
+
+def test_expected_score_and_level_equal_a_hand_computation(repo):
+    llm = LLM(FakeBackend(scripted), None, role=Role(name="judge", backend="hf", model="m"))
+    out = judge(items(), llm, PromptLibrary(repo / "prompts"), probabilities=True).row(0, named=True)
+    assert out["difficulty_expected"] == pytest.approx(0.6 * 100 + 0.3 * 40 + 0.1 * 10)  # 73
+    assert out["level_expected"] == pytest.approx(0.5 * 1 + 0.3 * 2 + 0.2 * 3)  # 1.7: between easy and medium
+    assert out["difficulty_score"] == 100.0 and out["difficulty_level"] == "easy"  # the most likely answers
+    assert json.loads(out["difficulty_score_raw"])[SCORES.index("40")] == pytest.approx(math.log(0.3), abs=1e-6)
+
+
+def test_without_probabilities_the_expected_columns_are_null(repo):
+    llm = LLM(FakeBackend(lambda r: "hard" if r.choices == tuple(LEVELS) else "70"), None,
+              role=Role(name="judge", backend="hf", model="m"))
+    out = judge(items(), llm, PromptLibrary(repo / "prompts")).row(0, named=True)
+    assert out["difficulty_score"] == 70.0 and out["difficulty_expected"] is None and out["level_expected"] is None
+
+
+def test_ranking_is_keyed_apart_and_refused_where_a_backend_cannot_score():
+    llm = LLM(FakeBackend(), None, role=Role(name="judge", backend="hf", model="m"))
+    plain = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"))
+    ranked = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"), rank=True)
+    assert llm.key(plain) != llm.key(ranked)
+    server = LLM(FakeBackend(), None, role=Role(name="judge", backend="openai", model="m",
+                                                base_url="http://127.0.0.1:1/v1"))
+    with pytest.raises(ControlsError, match="cannot score answers by their probabilities"):
+        server.generate([ranked])
+    with pytest.raises(ParamsError, match="judge.probabilities"):
+        JudgeSettings(constrain=False, probabilities=True)
+
+
+def test_select_may_rank_by_the_expected_difficulty():
+    table = pl.DataFrame({"id": ["a", "b", "c", "d"], "round": [0, 1, 2, 3], "difficulty_expected": [10.0, 80.0, 55.0, 30.0]})
+    chosen = select_items(table, metric="difficulty_expected", top_fraction=0.5).chosen
+    assert sorted(chosen["id"].to_list()) == ["b", "c"]
+
+
+def test_hf_ranks_whole_answers_by_their_likelihood(tmp_path):
+    """The ranking's log-probabilities equal the sum of the per-token log-probabilities of each answer
+    followed by the end of the turn, computed here with one plain forward pass per answer (a small random
+    Llama from tests/tiny.py: the arithmetic is what is checked; more answers than one chunk of 16)."""
+    import torch
+    from tiny import build_random_llama
+
+    from evolforge.llm.hf import HFBackend
+
+    path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
+                              intermediate_size=64, texts=["rate it very easy easy medium hard 0 1 10 100 42"] * 50)
+    backend = HFBackend(str(path), threads=1)
+    choices = ("very easy", "easy", *SCORES)
+    request = ChatRequest.chat([{"role": "user", "content": "Rate: Explain what a leap year is."}], choices=choices,
+                               rank=True)
+    scores = json.loads(backend.generate([request])[0].text)
+    prompt = backend.tokenizer(backend.render(request), add_special_tokens=False)["input_ids"]
+    stop = backend.trie(choices).stop
+    assert len(scores) == len(choices)
+    for choice, score in list(zip(choices, scores))[::7]:
+        tail = backend.tokenizer.encode(choice, add_special_tokens=False) + [stop]
+        with torch.inference_mode():
+            logits = backend.model(input_ids=torch.tensor([prompt + tail])).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(tail))
+        assert score == pytest.approx(expected, abs=1e-3)
