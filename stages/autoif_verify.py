@@ -1,8 +1,8 @@
 """autoif_verify stage: verification functions + test cases per constraint, cross-validated in the sandbox
 (AutoIF steps 2 and 3).
 
-Reads:  data/autoif/constraints/, prompts/autoif/verification.j2 (form paper) or verification_lines.j2 and
-        verification_examples.yaml (form lines), params.yaml `scenario`, `autoif` (form, both_outcomes,
+Reads:  data/autoif/constraints/, prompts/autoif/verification.j2 (form paper) or verification_function.j2,
+        verification_cases.j2 and verification_examples.yaml (form lines), params.yaml `scenario`, `autoif` (form, both_outcomes,
         functions_per_constraint, max_constraints, temperature, top_p, max_tokens, min_accuracy, min_functions,
         min_cases, case_timeout_s, memory_mb, workers, seed), roles `evolver`
 Writes: data/autoif/verified/items.parquet (constraints: status kept/failed + reason and counts),
@@ -16,7 +16,8 @@ import dataclasses
 
 from evolforge.steps.autoif import (VERIFICATION_TEMPLATE, hash_sample, read_scenario, usable_constraints,
                                     verify_constraints, verify_summary)
-from evolforge.steps.autoif_forms import EXAMPLES_FILE, LINES_TEMPLATE, Copies, load_demonstrations, parser_for, verification_messages
+from evolforge.steps.autoif_forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, join_answers, load_demonstrations, parser_for,
+                                          verification_conversations)
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.core.params import load_params, load_section
@@ -51,10 +52,14 @@ def main() -> None:
     if active and constraints.height:
         llm = open_role(params, "evolver", open_cache(params))
         k = cfg.functions_per_constraint
-        requests = [llm.request(verification_messages(cfg.form, c, prompts, demos, sample_index=i), temperature=cfg.temperature,
-                                top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed, sample_index=i)
-                    for c in constraints["constraint"].to_list() for i in range(k)]
-        texts = llm.complete(requests, desc="autoif verification functions")
+        # per sample one conversation (paper) or two (lines: function, cases); n of them per sample
+        conversations = [verification_conversations(cfg.form, c, prompts, demos, sample_index=i)
+                         for c in constraints["constraint"].to_list() for i in range(k)]
+        n = len(conversations[0])
+        requests = [llm.request(turns, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed,
+                                sample_index=i % k) for i, sample in enumerate(conversations) for turns in sample]
+        answers = llm.complete(requests, desc="autoif verification functions")
+        texts = [join_answers(answers[j:j + n]) for j in range(0, len(answers), n)]
         samples = [texts[i:i + k] for i in range(0, len(texts), k)]
         meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
         stats = {"evolver": llm.stats}
@@ -63,7 +68,7 @@ def main() -> None:
     metrics = verify_summary(verified, functions, cases) | {"skipped": not active, "sandbox": isolation() if active else None,
                                                            "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0),
                                                            "llm": stats}
-    templates = [LINES_TEMPLATE, EXAMPLES_FILE] if cfg.form == "lines" else [VERIFICATION_TEMPLATE]
+    templates = [*LINES_TEMPLATES, EXAMPLES_FILE] if cfg.form == "lines" else [VERIFICATION_TEMPLATE]
     meta |= {"settings": dataclasses.asdict(cfg), "form": cfg.form, "template_hash": prompts.hash(templates[0]),
              "template_hashes": {t: prompts.hash(t) for t in templates}}
     write_output(args.out, verified, meta=meta, tables={"functions.parquet": functions, "cases.parquet": cases})

@@ -202,8 +202,8 @@ def test_settings_refuse_unknown_keys_with_their_path():
 # --- the small-model form (autoif.form: lines), copy checks, the both-outcomes rule ---------------
 
 from evolforge.core.prompts import PromptLibrary  # noqa: E402
-from evolforge.steps.autoif_forms import (Copies, Demonstration, load_demonstrations, parse_lines,  # noqa: E402
-                                          verification_messages)
+from evolforge.steps.autoif_forms import (Copies, Demonstration, join_answers, load_demonstrations,  # noqa: E402
+                                          parse_lines, verification_conversations)
 
 LINES_OK = "```python\ndef evaluate(response):\n    return ',' not in response\n```\nFOLLOWS: One two.\nBREAKS: One, two."
 
@@ -248,20 +248,27 @@ def test_bad_demonstrations_file_is_refused_clearly(tmp_path, body, message):
         load_demonstrations(PromptLibrary(tmp_path))
 
 
-def test_verification_messages_per_form(repo):
+def test_verification_conversations_per_form(repo):
     prompts = PromptLibrary(repo / "prompts")
     demos = load_demonstrations(prompts)
-    paper = verification_messages("paper", "Use no commas.", prompts, demos)
-    assert paper == [{"role": "user", "content": prompts.render("autoif/verification.j2", constraint="Use no commas.")}]
-    first = verification_messages("lines", "Use no commas.", prompts, demos, sample_index=0)
-    second = verification_messages("lines", "Use no commas.", prompts, demos, sample_index=1)
-    assert len(first) == 2 * len(demos) + 1 and [m["role"] for m in first[:2]] == ["user", "assistant"]
-    assert first[-1]["content"].startswith("Instruction: Use no commas.") and first[-1] == second[-1]
-    assert first[1]["content"] == demos[0].answer() and second[1]["content"] == demos[1].answer()  # rotated
-    own = verification_messages("lines", demos[0].constraint.upper(), prompts, demos)
-    assert demos[0].answer() not in [m["content"] for m in own] and len(own) == 2 * len(demos) - 1
+    paper = verification_conversations("paper", "Use no commas.", prompts, demos)
+    assert paper == [[{"role": "user", "content": prompts.render("autoif/verification.j2", constraint="Use no commas.")}]]
+    function, cases = verification_conversations("lines", "Use no commas.", prompts, demos, sample_index=0)
+    assert len(function) == len(cases) == 2 * len(demos) + 1 and [m["role"] for m in function[:2]] == ["user", "assistant"]
+    assert function[-1]["content"].startswith("Instruction: Use no commas.\nWrite a Python function")
+    assert cases[-1]["content"].startswith("Instruction: Use no commas.\nWrite one example response")
+    assert function[1]["content"] == demos[0].function_answer() and cases[1]["content"] == demos[0].cases_answer()
+    rotated, _ = verification_conversations("lines", "Use no commas.", prompts, demos, sample_index=1)
+    assert rotated[1]["content"] == demos[1].function_answer() and rotated[-1] == function[-1]
+    own, _ = verification_conversations("lines", demos[0].constraint.upper(), prompts, demos)
+    assert demos[0].function_answer() not in [m["content"] for m in own] and len(own) == 2 * len(demos) - 1
     with pytest.raises(ValueError, match="autoif.form"):
-        verification_messages("json", "x", prompts, demos)
+        verification_conversations("json", "x", prompts, demos)
+
+
+def test_join_answers_never_makes_up_a_missing_call():
+    assert join_answers(["```python\ndef evaluate(r):\n    return True\n```", "FOLLOWS: a"]).endswith("```\nFOLLOWS: a")
+    assert join_answers(["```python\ndef evaluate(r):\n    return True\n```", None]) is None
 
 
 def test_copied_demonstrations_and_one_sided_cases_are_dropped():

@@ -183,14 +183,15 @@ def scripted_reply(request) -> str:
     """A scripted fake evolver / responder / judge, routed by what each prompt asks for (the test double of
     a model that follows the AutoIF prompts). Verification answers use the ``lines`` form."""
     prompt = request.messages[-1][1]
-    if "Write a Python function `evaluate(response)`" in prompt:
+    if prompt.startswith("Instruction: "):
         constraint = prompt.split("\n", 1)[0].removeprefix("Instruction: ")
+        wants_function = "Write a Python function `evaluate(response)`" in prompt
         if constraint == NEW_CONSTRAINT:
-            return ("```python\ndef evaluate(response):\n    return 'z' not in response.lower()\n```\n"
-                    "FOLLOWS: A calm answer.\nBREAKS: A lazy answer.")
+            return ("```python\ndef evaluate(response):\n    return 'z' not in response.lower()\n```" if wants_function
+                    else "FOLLOWS: A calm answer.\nBREAKS: A lazy answer.")
         if "commas" in constraint:
-            return ("```python\ndef evaluate(response):\n    return ',' not in response\n```\n"
-                    "FOLLOWS: One two three.\nBREAKS: One, two, three.")
+            return ("```python\ndef evaluate(response):\n    return ',' not in response\n```" if wants_function
+                    else "FOLLOWS: One two three.\nBREAKS: One, two, three.")
         return "I cannot write that."  # every other constraint: no function, no case
     if prompt.startswith("You write instructions"):
         return f"Here are some:\n- {NEW_CONSTRAINT}\n- do not use any commas in your answer"  # one new, one a seed's duplicate
@@ -252,3 +253,4 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
     assert judged["difficulty_score"].to_list() == [60.0] * 4 and set(judged["difficulty_level"]) == {"hard"}
     asked = [r.messages[-1][1] for r in fake.sent]
     assert sum(p.startswith("Please answer the query strictly") for p in asked) == 4
+    assert sum(p.startswith("Instruction: ") for p in asked) == 31 * 2 * 2  # K=2 samples of two calls each

@@ -7,11 +7,14 @@ and never with the cases (docs/autoif.md), so nothing can be cross-validated.
 
 ``autoif.form: lines`` (the default) asks for the same two things in a form small models copy reliably:
 
-- **few-shot demonstrations** -- worked examples (``prompts/autoif/verification_examples.yaml``) go before the
+- **two short calls per sample** -- one asks for the function alone (``verification_function.j2``), the other
+  for the test cases alone (``verification_cases.j2``); their answers are joined into the sample's text. A
+  135M model asked for both at once copies the examples' cases under its function far more often;
+- **few-shot demonstrations** -- worked examples (``prompts/autoif/verification_examples.yaml``) go before each
   question as earlier user/assistant turns, rotated by the sample index so that the K samples of one
   constraint do not all see the same example last (small models copy the nearest one);
-- **marked lines instead of a JSON blob** -- the function in a ```python block, then ``FOLLOWS: <response>``
-  for a response that keeps the instruction and ``BREAKS: <response>`` for one that breaks it
+- **marked lines instead of a JSON blob** -- the function in a ```python block, the cases as
+  ``FOLLOWS: <response>`` (keeps the instruction) and ``BREAKS: <response>`` (breaks it) lines
   (:func:`parse_lines`): no quoting, escaping or brackets to get right.
 
 Cross-validation is the same in both forms. What the demonstrations could leak is kept out:
@@ -35,7 +38,9 @@ from evolforge.steps.autoif import (COPIED, VERIFICATION_TEMPLATE, Verification,
                                     python_function)
 
 FORMS = ("lines", "paper")
-LINES_TEMPLATE = "autoif/verification_lines.j2"
+FUNCTION_TEMPLATE = "autoif/verification_function.j2"
+CASES_TEMPLATE = "autoif/verification_cases.j2"
+LINES_TEMPLATES = (FUNCTION_TEMPLATE, CASES_TEMPLATE)
 EXAMPLES_FILE = "autoif/verification_examples.yaml"
 
 
@@ -51,9 +56,17 @@ class Demonstration:
     follows: str
     breaks: str
 
+    def function_answer(self) -> str:
+        """The assistant turn of the function call, as :func:`parse_lines` reads it back."""
+        return f"```python\n{self.func}\n```"
+
+    def cases_answer(self) -> str:
+        """The assistant turn of the cases call."""
+        return f"FOLLOWS: {self.follows}\nBREAKS: {self.breaks}"
+
     def answer(self) -> str:
-        """The assistant turn in the ``lines`` form, exactly as :func:`parse_lines` reads it back."""
-        return f"```python\n{self.func}\n```\nFOLLOWS: {self.follows}\nBREAKS: {self.breaks}"
+        """The whole sample, as the two answers are joined (:func:`join_answers`)."""
+        return join_answers([self.function_answer(), self.cases_answer()])
 
 
 def load_demonstrations(prompts: PromptLibrary, name: str = EXAMPLES_FILE) -> list[Demonstration]:
@@ -80,21 +93,32 @@ def load_demonstrations(prompts: PromptLibrary, name: str = EXAMPLES_FILE) -> li
     return demos
 
 
-def verification_messages(form: str, constraint: str, prompts: PromptLibrary, demos: Sequence[Demonstration] = (),
-                          sample_index: int = 0) -> list[dict[str, str]]:
-    """The chat turns of one verification sample. ``paper``: the reference prompt alone. ``lines``: the
-    demonstrations (those for other instructions, rotated by ``sample_index``) then the question."""
+def verification_conversations(form: str, constraint: str, prompts: PromptLibrary, demos: Sequence[Demonstration] = (),
+                               sample_index: int = 0) -> list[list[dict[str, str]]]:
+    """The chat conversations of one verification sample, whose answers :func:`join_answers` makes its text.
+
+    ``paper``: one, the reference prompt alone. ``lines``: two, the function call and the cases call, each
+    after the demonstrations for other instructions (rotated by ``sample_index``)."""
     if form == "paper":
-        return [{"role": "user", "content": prompts.render(VERIFICATION_TEMPLATE, constraint=constraint)}]
+        return [[{"role": "user", "content": prompts.render(VERIFICATION_TEMPLATE, constraint=constraint)}]]
     if form != "lines":
         raise ValueError(f"autoif.form: {form!r} is not one of {FORMS}")
     usable = [d for d in demos if constraint_key(d.constraint) != constraint_key(constraint)]
     shift = sample_index % len(usable) if usable else 0
-    messages = []
-    for demo in usable[shift:] + usable[:shift]:
-        messages += [{"role": "user", "content": prompts.render(LINES_TEMPLATE, constraint=demo.constraint)},
-                     {"role": "assistant", "content": demo.answer()}]
-    return messages + [{"role": "user", "content": prompts.render(LINES_TEMPLATE, constraint=constraint)}]
+    rotated = usable[shift:] + usable[:shift]
+    conversations = []
+    for template, answer in ((FUNCTION_TEMPLATE, Demonstration.function_answer), (CASES_TEMPLATE, Demonstration.cases_answer)):
+        turns = []
+        for demo in rotated:
+            turns += [{"role": "user", "content": prompts.render(template, constraint=demo.constraint)},
+                      {"role": "assistant", "content": answer(demo)}]
+        conversations.append(turns + [{"role": "user", "content": prompts.render(template, constraint=constraint)}])
+    return conversations
+
+
+def join_answers(answers: Sequence[str | None]) -> str | None:
+    """One sample's text from its calls' answers (None when any call failed: nothing is made up for it)."""
+    return None if any(a is None for a in answers) else "\n".join(answers)
 
 
 def parse_lines(text: str) -> tuple[Verification | None, str | None]:
