@@ -45,7 +45,7 @@ def main() -> None:
     constraints = hash_sample(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
 
     prompts = PromptLibrary(args.prompts)
-    demos = load_demonstrations(prompts) if cfg.form == "lines" else []
+    demos = load_demonstrations(prompts) if active and cfg.form == "lines" else []
     samples: list[list[str | None]] = []
     meta = {"skipped": not active}
     stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from evolforge.core.prompts import PromptLibrary
+from evolforge.core.prompts import PromptError, PromptLibrary
 from evolforge.steps.autoif import (COPIED, VERIFICATION_TEMPLATE, Verification, constraint_key, parse_verification,
                                     python_function)
 
@@ -70,24 +70,25 @@ class Demonstration:
 
 
 def load_demonstrations(prompts: PromptLibrary, name: str = EXAMPLES_FILE) -> list[Demonstration]:
-    """The worked examples file: a YAML list of {constraint, func, follows, breaks}, all non-empty strings.
+    """The worked examples file: a YAML list of {constraint, func, follows, breaks}, all non-empty strings
+    (a `PromptError` naming the file and the example otherwise).
     Each one must parse back to itself (so the examples show exactly the form the parser accepts)."""
     where = f"{prompts.root / name}"
     try:
         rows = yaml.safe_load(prompts.source(name))
     except yaml.YAMLError as err:
-        raise ValueError(f"{where}: not valid YAML ({err})") from None
+        raise PromptError(f"{where}: not valid YAML ({err})") from None
     if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{where}: expected a non-empty list of examples")
+        raise PromptError(f"{where}: expected a non-empty list of examples")
     fields = ("constraint", "func", "follows", "breaks")
     demos = []
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or set(row) != set(fields) or not all(isinstance(row[f], str) and row[f].strip() for f in fields):
-            raise ValueError(f"{where}: example {i}: needs exactly the keys {', '.join(fields)}, each a non-empty string")
+            raise PromptError(f"{where}: example {i}: needs exactly the keys {', '.join(fields)}, each a non-empty string")
         demo = Demonstration(**{f: row[f].strip() for f in fields})
         parsed, reason = parse_lines(demo.answer())
         if parsed is None or parsed.cases != ((demo.follows, True), (demo.breaks, False)):
-            raise ValueError(f"{where}: example {i}: does not parse back in the lines form ({reason or 'cases differ'}); "
+            raise PromptError(f"{where}: example {i}: does not parse back in the lines form ({reason or 'cases differ'}); "
                              "func must define evaluate(response), follows/breaks must be one line each")
         demos.append(demo)
     return demos
