@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import yaml
 
 from evolforge.core.prompts import PromptError, PromptLibrary
-from evolforge.steps.autoif import (COPIED, VERIFICATION_TEMPLATE, Verification, constraint_key, parse_verification,
+from evolforge.steps.autoif import (VERIFICATION_TEMPLATE, Verification, constraint_key, parse_verification,
                                     python_function)
 
 FORMS = ("lines", "paper")
