@@ -9,7 +9,7 @@ import pytest
 
 from evolforge.core.params import load_section
 
-from evolforge.steps.autoif import (KEPT, AutoIFSettings, FunctionRun, collect_constraints, cross_validate, extract_json,
+from evolforge.steps.autoif import (KEPT, AutoIFSettings, FunctionRun, collect_constraints, constraint_key, cross_validate, extract_json,
                                     pair_queries, parse_constraint_lines, parse_verification, response_records,
                                     run_function, verify_constraints, verify_responses)
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED
@@ -142,11 +142,11 @@ def test_verify_constraints_end_to_end_in_sandbox():
 
 def test_verify_constraints_drop_reasons_with_a_scripted_runner():
     constraints = collect_constraints(["a constraint one", "a constraint two", "a constraint three"], [])
-    two = [("a", True), ("b", True)]
+    two = [("a", True), ("b", False)]
     samples = [["garbage"],
                [sample("def evaluate(r):\n    return 'first'", two), sample("def evaluate(r):\n    return 'second'", two)],
                [sample("def evaluate(r):\n    return 'slow'")]]
-    scripted = {"first": (True, False), "second": (False, True)}  # each reproduces one case: accuracy 0.5 each
+    scripted = {"first": (True, True), "second": (False, False)}  # each reproduces one case: accuracy 0.5 each
 
     def runner(func, inputs):
         name = func.split("'")[1]
@@ -197,3 +197,101 @@ def test_settings_refuse_unknown_keys_with_their_path():
         load_section({"autoif": {"calls": 3}}, "autoif")
     with pytest.raises(ValueError, match=r"autoif.min_accuracy"):
         load_section({"autoif": {"min_accuracy": 1.5}}, "autoif")
+
+
+# --- the small-model form (autoif.form: lines), copy checks, the both-outcomes rule ---------------
+
+from evolforge.core.prompts import PromptLibrary  # noqa: E402
+from evolforge.steps.autoif_forms import (Copies, Demonstration, join_answers, load_demonstrations,  # noqa: E402
+                                          parse_lines, verification_conversations)
+
+LINES_OK = "```python\ndef evaluate(response):\n    return ',' not in response\n```\nFOLLOWS: One two.\nBREAKS: One, two."
+
+
+@pytest.mark.parametrize("text, cases, reason", [
+    (LINES_OK, (("One two.", True), ("One, two.", False)), None),
+    # what SmolLM2-135M also writes: bold or listed marks, lower case, a stray fence after the cases, repeats
+    ("```python\ndef evaluate(response):\n    return True\n```\n- **FOLLOWS:** yes\nbreaks: no\nBREAKS: no\n```",
+     (("yes", True), ("no", False)), None),
+    ("def evaluate(response):\n    return True\nFOLLOWS: plain def, no fence", (("plain def, no fence", True),), None),
+    # a FOLLOWS line inside the code block is code, not a case
+    ("```python\ndef evaluate(response):\n    x = 1\n    # FOLLOWS: not a case\n    return True\n```\nBREAKS: real", (("real", False),), None),
+    ("FOLLOWS: a\nBREAKS: b", None, "no_evaluate_function"),
+    ("```python\ndef evaluate(response):\n    return True\n```\nFOLLOWS:\nThe answer is yes.", None, "no_valid_cases"),
+])
+def test_parse_lines(text, cases, reason):
+    parsed, why = parse_lines(text)
+    assert why == reason
+    if cases is None:
+        assert parsed is None
+    else:
+        assert parsed.cases == cases and parsed.func.startswith("def evaluate")
+
+
+def test_shipped_demonstrations_load_and_stay_off_the_seed_constraints(repo):
+    demos = load_demonstrations(PromptLibrary(repo / "prompts"))
+    assert len(demos) >= 3 and all(parse_lines(d.answer())[0].func == d.func for d in demos)
+    seeds = {constraint_key(c) for c in (repo / "data/seeds/autoif_constraints.txt").read_text().splitlines()}
+    assert not seeds & {constraint_key(d.constraint) for d in demos}  # the examples teach the form, not the seeds
+
+
+@pytest.mark.parametrize("body, message", [
+    ("- constraint: x\n  func: y\n", "needs exactly the keys"),
+    ("- {constraint: c, func: 'return 1', follows: a, breaks: b}\n", "does not parse back"),
+    ("[unclosed", "not valid YAML"),
+    ("[]", "non-empty list"),
+])
+def test_bad_demonstrations_file_is_refused_clearly(tmp_path, body, message):
+    (tmp_path / "autoif").mkdir()
+    (tmp_path / "autoif/verification_examples.yaml").write_text(body)
+    with pytest.raises(ValueError, match=message):
+        load_demonstrations(PromptLibrary(tmp_path))
+
+
+def test_verification_conversations_per_form(repo):
+    prompts = PromptLibrary(repo / "prompts")
+    demos = load_demonstrations(prompts)
+    paper = verification_conversations("paper", "Use no commas.", prompts, demos)
+    assert paper == [[{"role": "user", "content": prompts.render("autoif/verification.j2", constraint="Use no commas.")}]]
+    function, cases = verification_conversations("lines", "Use no commas.", prompts, demos, sample_index=0)
+    assert len(function) == len(cases) == 2 * len(demos) + 1 and [m["role"] for m in function[:2]] == ["user", "assistant"]
+    assert function[-1]["content"].startswith("Instruction: Use no commas.\nWrite a Python function")
+    assert cases[-1]["content"].startswith("Instruction: Use no commas.\nWrite one example response")
+    assert function[1]["content"] == demos[0].function_answer() and cases[1]["content"] == demos[0].cases_answer()
+    rotated, _ = verification_conversations("lines", "Use no commas.", prompts, demos, sample_index=1)
+    assert rotated[1]["content"] == demos[1].function_answer() and rotated[-1] == function[-1]
+    own, _ = verification_conversations("lines", demos[0].constraint.upper(), prompts, demos)
+    assert demos[0].function_answer() not in [m["content"] for m in own] and len(own) == 2 * len(demos) - 1
+    with pytest.raises(ValueError, match="autoif.form"):
+        verification_conversations("json", "x", prompts, demos)
+
+
+def test_join_answers_never_makes_up_a_missing_call():
+    assert join_answers(["```python\ndef evaluate(r):\n    return True\n```", "FOLLOWS: a"]).endswith("```\nFOLLOWS: a")
+    assert join_answers(["```python\ndef evaluate(r):\n    return True\n```", None]) is None
+
+
+def test_copied_demonstrations_and_one_sided_cases_are_dropped():
+    demo = Demonstration("Do not use any semicolons.", "def evaluate(response):\n    return ';' not in response",
+                         "It rains, so we stay in.", "It rains; we stay in.")
+    constraints = collect_constraints(["Do not use any commas.", "Answer in capital letters."], [])
+    copy = f"```python\n{demo.func}\n```\nFOLLOWS: {demo.follows}\nBREAKS: One, two."
+    samples = [[LINES_OK, copy, None],
+               ["```python\ndef evaluate(response):\n    return False\n```\nBREAKS: hello"]]  # constant, one-sided
+    settings = AutoIFSettings(case_timeout_s=1.0, workers=2)
+    verified, functions, cases = verify_constraints(constraints, samples, settings, parse=parse_lines, copies=Copies.of([demo]))
+    assert verified["status"].to_list() == [KEPT, FAILED]
+    assert verified["failure_reason"].to_list() == [None, "one_sided_cases"]
+    commas = functions.filter(pl.col("constraint_id") == constraints["id"][0])
+    assert commas["failure_reason"].to_list() == ["copied_demonstration", "no_output", None]
+    assert commas["raw"].to_list()[0] == copy  # the raw text stays with its reason
+    copied_case = cases.filter(pl.col("input") == demo.follows)
+    assert copied_case["failure_reason"].to_list() == ["copied_demonstration"]
+    lenient = AutoIFSettings(case_timeout_s=1.0, both_outcomes=False)  # the reference code's rule
+    assert verify_constraints(constraints[1:], samples[1:], lenient, parse=parse_lines)[0]["status"].to_list() == [KEPT]
+
+
+def test_form_setting_is_typed():
+    assert load_section({}, "autoif").form == "lines"
+    with pytest.raises(ValueError, match=r"autoif.form"):
+        load_section({"autoif": {"form": "json"}}, "autoif")

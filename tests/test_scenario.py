@@ -173,3 +173,85 @@ def test_compare_stage_runs_on_tiny_models(tmp_path, repo, monkeypatch, capsys):
     table = read_table(tmp_path / "data/compare")
     assert table.height == 3 and set(table["verdict"]) <= {"win", "tie", "lose"}
     assert table["answer_tuned"].to_list() != table["answer_other"].to_list()  # two different models answered
+
+
+# --- the AutoIF happy path: constraints -> verification -> responses -> pool -> judge, with a scripted backend ---
+
+NEW_CONSTRAINT = "Do not use the letter z in your answer."
+
+
+def scripted_reply(request) -> str:
+    """A scripted fake evolver / responder / judge, routed by what each prompt asks for (the test double of
+    a model that follows the AutoIF prompts). Verification answers use the ``lines`` form."""
+    prompt = request.messages[-1][1]
+    if prompt.startswith("Instruction: "):
+        constraint = prompt.split("\n", 1)[0].removeprefix("Instruction: ")
+        wants_function = "Write a Python function `evaluate(response)`" in prompt
+        if constraint == NEW_CONSTRAINT:
+            return ("```python\ndef evaluate(response):\n    return 'z' not in response.lower()\n```" if wants_function
+                    else "FOLLOWS: A calm answer.\nBREAKS: A lazy answer.")
+        if "commas" in constraint:
+            return ("```python\ndef evaluate(response):\n    return ',' not in response\n```" if wants_function
+                    else "FOLLOWS: One two three.\nBREAKS: One, two, three.")
+        return "I cannot write that."  # every other constraint: no function, no case
+    if prompt.startswith("You write instructions"):
+        return f"Here are some:\n- {NEW_CONSTRAINT}\n- do not use any commas in your answer"  # one new, one a seed's duplicate
+    if prompt.startswith("Please answer the query strictly"):
+        return "Here is a plain answer with no special marks"
+    if "from 0 to 100" in prompt:
+        return "60"
+    return "hard"  # the judge's level
+
+
+def load_stage(repo: Path, script: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), repo / "stages" / script)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
+def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatch, capsys):
+    """scenario autoif with a model that follows the prompts: constraints are verified in the sandbox, the
+    answers pass their functions, the pool is the AutoIF items (no fallback) and the judge scores them."""
+    from evolforge.core.roles import Role
+    from evolforge.llm import LLM
+    from evolforge.llm.fake import FakeBackend
+
+    (work / "data/seeds/demo.jsonl").write_text((repo / "data/seeds/demo.jsonl").read_text())
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("EVOLFORGE_CACHE", str(work / "cache.sqlite"))
+    params = {"roles": {name: {"backend": "hf", "model": "fake"} for name in ("evolver", "responder", "judge")},
+              "judge": {"constrain": False},
+              "autoif": {"scenario": "autoif", "on_empty": "fail", "self_instruct_calls": 1, "max_constraints": None,
+                         "functions_per_constraint": 2, "queries_per_constraint": 2, "case_timeout_s": 2.0}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    fake = FakeBackend(scripted_reply)
+    for script in ("autoif_constraints.py", "autoif_verify.py", "autoif_respond.py", "pick_scenario.py", "judge.py"):
+        stage = load_stage(repo, script)
+        if hasattr(stage, "open_role"):
+            monkeypatch.setattr(stage, "open_role", lambda p, name, cache: LLM(fake, None, role=Role.from_params(name, p["roles"][name])))
+        argv = [script] + (["--responses", "data/pool"] if script == "judge.py" else [])
+        monkeypatch.setattr(sys, "argv", argv)
+        stage.main()
+
+    verify = json.loads((work / "metrics/autoif/verify.json").read_text())
+    assert verify["constraints"] == 31 and verify["constraints_verified"] == 2  # the new one and the commas seed
+    assert verify["constraints_dropped"] == {"no_parsable_sample": 29}
+    verified = read_table(work / "data/autoif/verified").filter(pl.col("status") == "kept")
+    assert sorted(verified["constraint"]) == ["Do not use any commas in your answer.", NEW_CONSTRAINT]
+    respond = json.loads((work / "metrics/autoif/respond.json").read_text())
+    assert (respond["pairs"], respond["responses_kept"], respond["mean_pass_rate"]) == (4, 4, 1.0)
+
+    pool = json.loads((work / "metrics/pool.json").read_text())
+    assert (pool["scenario"], pool["fallback"], pool["items"], pool["autoif_items"]) == ("autoif", None, 4, 4)
+    assert pool["per_method"] == {"autoif": 4}
+    items = read_table(work / "data/pool")
+    assert set(items["instruction"]) == set(verified["constraint"]) and set(items["parent_id"]) == set(verified["id"])
+    judged = read_table(work / "data/judged")
+    assert sorted(judged["id"]) == sorted(items["id"])
+    assert judged["difficulty_score"].to_list() == [60.0] * 4 and set(judged["difficulty_level"]) == {"hard"}
+    asked = [r.messages[-1][1] for r in fake.sent]
+    assert sum(p.startswith("Please answer the query strictly") for p in asked) == 4
+    assert sum(p.startswith("Instruction: ") for p in asked) == 31 * 2 * 2  # K=2 samples of two calls each

@@ -398,6 +398,12 @@ class AutoIFSettings:
     max_tokens: PositiveInt | None = None  # null = roles.evolver's
     max_constraints: PositiveInt | None = None  # verify at most this many (seeded, by hash); null = all
     functions_per_constraint: PositiveInt = 4  # K; paper: 8
+    # how a verification sample is asked for: lines = few-shot worked examples and the cases as FOLLOWS:/BREAKS:
+    # lines (what a 135M model follows) | paper = the reference zero-shot prompt asking for one JSON object
+    form: Literal["lines", "paper"] = "lines"
+    # a constraint is verified only if its kept cases hold both an accepted and a rejected response (else a
+    # constant function passes); the reference code has no such rule (false)
+    both_outcomes: bool = True
     min_accuracy: Probability = 0.8
     min_functions: PositiveInt = 1  # original AutoIF: 3 functions and 10 cases; the SLM paper's code: 1 and 1
     min_cases: PositiveInt = 1

@@ -32,7 +32,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import polars as pl
 
@@ -46,6 +46,7 @@ VERIFICATION_TEMPLATE = "autoif/verification.j2"
 RESPOND_TEMPLATE = "autoif/respond.j2"
 METHOD = "autoif"
 KEPT = "kept"  # status of a kept function, case or verified constraint in the intermediate tables
+COPIED = "copied_demonstration"  # a function or case copied verbatim from a few-shot demonstration
 
 
 # --- step 1: constraints -------------------------------------------------------------------------
@@ -348,30 +349,55 @@ def cross_validate(matrix: Sequence[Sequence[bool | None]], expected: Sequence[b
 Runner = Callable[[str, Sequence[str]], FunctionRun]
 
 
-def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence[str]], settings: AutoIFSettings,
-                       runner: Runner | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Parse each constraint's samples, run every function on every case, cross-validate.
+Parser = Callable[[str], "tuple[Verification | None, str | None]"]
+
+
+class CopyCheck(Protocol):
+    """Tells whether a function or a case was copied from a few-shot demonstration (see autoif_forms.Copies)."""
+
+    def func(self, func: str) -> bool: ...
+
+    def case(self, text: str) -> bool: ...
+
+
+class _NoCopies:
+    def func(self, func: str) -> bool:
+        return False
+
+    def case(self, text: str) -> bool:
+        return False
+
+
+def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence[str | None]], settings: AutoIFSettings,
+                       runner: Runner | None = None, parse: Parser | None = None,
+                       copies: CopyCheck | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Parse each constraint's samples (``parse``: the paper's JSON form by default), run every function on
+    every case, cross-validate. A function or case that ``copies`` recognises as a demonstration's is dropped
+    (``copied_demonstration``) before anything runs; a sample the LLM failed to return (None) is ``no_output``.
 
     Returns (constraints with status / failure_reason and counts, functions table, cases table)."""
     runner = runner or (lambda func, inputs: run_function(func, inputs, settings.case_timeout_s, settings.memory_mb))
-    plans = []  # per constraint: (functions [(sample, func, raw)], parse failures, cases [(input, expected)])
+    parse, copies = parse or parse_verification, copies or _NoCopies()
+    plans = []  # per constraint: (functions [(sample, func, raw)], parse failures, cases [(input, expected)], copied cases)
     jobs = []  # (constraint position, function position, func, inputs)
     for pos, samples in enumerate(raw_samples):
-        funcs, failures, cases, seen_funcs = [], [], {}, {}
+        funcs, failures, cases, seen_funcs, copied_cases = [], [], {}, {}, {}
         for k, raw in enumerate(samples):
-            parsed, reason = parse_verification(raw)
+            parsed, reason = parse(raw) if raw is not None else (None, "no_output")
             if parsed is None:
                 failures.append((k, raw, reason))
                 continue
-            if parsed.func in seen_funcs:
+            if copies.func(parsed.func):
+                failures.append((k, raw, COPIED))
+            elif parsed.func in seen_funcs:
                 failures.append((k, raw, "duplicate_function"))
             else:
                 seen_funcs[parsed.func] = k
                 funcs.append((k, parsed.func, raw))
             for case in parsed.cases:
-                cases.setdefault(case, None)
+                (copied_cases if copies.case(case[0]) else cases).setdefault(case, None)
         cases_list = list(cases)
-        plans.append((funcs, failures, cases_list))
+        plans.append((funcs, failures, cases_list, list(copied_cases)))
         for f, (_, func, _) in enumerate(funcs):
             if cases_list:
                 jobs.append((pos, f, func, [c[0] for c in cases_list]))
@@ -380,7 +406,7 @@ def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence
     runs = {(pos, f): run for (pos, f, _, _), run in zip(jobs, outcomes)}
 
     c_rows, f_rows, k_rows = [], [], []
-    for pos, (row, (funcs, failures, cases)) in enumerate(zip(constraints.iter_rows(named=True), plans)):
+    for pos, (row, (funcs, failures, cases, copied_cases)) in enumerate(zip(constraints.iter_rows(named=True), plans)):
         cid = row["id"]
         usable = [f for f in range(len(funcs)) if runs.get((pos, f)) is not None and runs[(pos, f)].status == "ok"]
         cv = cross_validate([runs[(pos, f)].results for f in usable], [c[1] for c in cases], settings.min_accuracy)
@@ -406,7 +432,11 @@ def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence
             k_rows.append({"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
                            "status": KEPT if cv.cases_kept[c] else FAILED,
                            "failure_reason": None if cv.cases_kept[c] else "no_function_agrees"})
+        for inp, exp in copied_cases:
+            k_rows.append({"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
+                           "status": FAILED, "failure_reason": COPIED})
         n_cases_kept = sum(cv.cases_kept)
+        outcomes_kept = {exp for (_, exp), k in zip(cases, cv.cases_kept) if k}
         if not funcs:
             reason = "no_parsable_sample"
         elif not cases:
@@ -415,6 +445,8 @@ def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence
             reason = "no_runnable_function"
         elif n_cases_kept == 0:
             reason = "no_case_reproduced"
+        elif settings.both_outcomes and len(outcomes_kept) < 2:  # a constant function would pass one-sided cases
+            reason = "one_sided_cases"
         elif not kept:
             reason = "no_accurate_function"
         elif len(kept) < settings.min_functions:
