@@ -244,6 +244,9 @@ def make_copy(root: Path, n_seeds: int, base_url: str) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["seed"].update(source="data/seeds/bench.jsonl", format="alpaca", limit=None)
     params["evolve"]["strategy"] = "evol"
+    # the papers' setup on a server: the decode-time aids of the shipped small model (banned strings, n-gram
+    # and repetition penalties, ranked judge answers) are hf's, and a server role refuses them
+    params["evolve"]["controls"], params["optimize"]["controls"], params["judge"]["probabilities"] = {}, {}, False
     for name in LLM_ROLES:
         role = params["roles"][name]
         role.update(backend="openai", model=MODEL, base_url=base_url, concurrency=CONCURRENCY)

@@ -21,6 +21,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "stages.py": ["--seeds", "40", "--in-process"],
     "sandbox.py": ["--problems", "3"],
     "growth.py": ["--items", "300", "600", "--chunk-rows", "128"],
+    "controls_survival.py": ["--model", "{tiny}", "--seeds", "2", "--max-tokens", "8", "--configs", "none"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
