@@ -77,10 +77,10 @@ def project(root: Path, server: FakeOpenAIServer, tokenizer_dir: Path, budget: d
     write_params(root, server, tokenizer_dir, budget)
     py, stages = sys.executable, REPO / "stages"
     dvc = {"stages": {
-        "respond": {"cmd": f"{py} {stages}/respond.py --evolved data/evolved --out data/responses --metrics metrics/respond.json",
+        "respond": {"cmd": f"{py} {stages}/respond.py --evolved data/evolved --seed data/seed --out data/responses --metrics metrics/respond.json",
                     "deps": ["data/evolved/round_1", "prompts/respond"], "params": ["respond", "roles.responder"],
                     "outs": ["data/responses"], "metrics": [{"metrics/respond.json": {"cache": False}}]},
-        "judge": {"cmd": f"{py} {stages}/judge.py --responses data/responses --out data/judged --metrics metrics/judge.json "
+        "judge": {"cmd": f"{py} {stages}/judge.py --items data/responses --out data/judged --metrics metrics/judge.json "
                          f"--plot metrics/difficulty.json",
                   "deps": ["data/responses", "prompts/judge/difficulty_level.j2", "prompts/judge/difficulty_score.j2"],
                   "params": ["judge", "roles.judge"], "outs": ["data/judged", {"metrics/difficulty.json": {"cache": False}}],

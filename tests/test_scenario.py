@@ -232,7 +232,8 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
         stage = load_stage(repo, script)
         if hasattr(stage, "open_role"):
             monkeypatch.setattr(stage, "open_role", lambda p, name, cache: LLM(fake, None, role=Role.from_params(name, p["roles"][name])))
-        argv = [script] + (["--responses", "data/pool"] if script == "judge.py" else [])
+        # dvc.yaml's arguments; judge reads the pool itself here (no dedup / decontaminate in between)
+        argv = [script] + [{"data/clean": "data/pool"}.get(a, a) for a in dvc_args(script)]
         monkeypatch.setattr(sys, "argv", argv)
         stage.main()
 
