@@ -31,11 +31,16 @@ MS_BIND, MS_MOVE, MS_REC = 4096, 8192, 16384
 HOST_SHARED_DIRS = ("/tmp", "/var/tmp", "/run", "/var/run", "/dev/shm")  # where host processes keep sockets
 
 
-def _private_dirs(work, owner, quota_mb, files):
+def _private_dirs(work, owner, quota_mb, files, keep=()):
     """Cover the host's shared directories with empty tmpfs (no Unix socket of the host is reachable by path)
     and make the work directory a fresh tmpfs of at most ``quota_mb`` MiB and ``files`` inodes (the disk quota),
-    without exec, owned by ``owner`` (None: the current user). All of it lives in this mount namespace only."""
+    without exec, owned by ``owner`` (None: the current user). All of it lives in this mount namespace only.
+    A shared directory holding one of the ``keep`` trees (the interpreter or its packages, e.g. a virtual
+    environment under /tmp) stays as it is: seccomp still refuses every socket, so none of its sockets can be
+    connected, and Landlock still limits reads to the read roots."""
     for path in HOST_SHARED_DIRS:
+        if any(root == path or root.startswith(path + "/") for root in keep):
+            continue
         if os.path.isdir(path) and not os.path.islink(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
     try:
@@ -290,7 +295,8 @@ def _main():
         try:
             if cfg["drop_to"] is not None:
                 _expose(cfg["expose"], cfg["stage"])
-            _private_dirs(work, cfg["drop_to"], cfg["quota_mb"], cfg["quota_files"])
+            _private_dirs(work, cfg["drop_to"], cfg["quota_mb"], cfg["quota_files"],
+                          [os.path.realpath(p) for p in (*cfg["expose"], *cfg["read_dirs"])])
         except OSError as e:
             fail_setup(f"mounts: {e}")
     mem = cfg["memory_mb"] * 1024 * 1024
