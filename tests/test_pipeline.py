@@ -171,11 +171,14 @@ def test_full_build(built):
     assert metric(work, "pool.json")["scenario"] == "evol" and metric(work, "pool.json")["items"] == responses["items"]
     compare = metric(work, "compare.json")
     assert compare["win"] + compare["tie"] + compare["lose"] + compare["unjudged"] == 10  # compare.limit
-    # tokens per stage and role in the metrics (counted by the hf backend here)
+    # tokens per stage and role in the metrics (counted by the hf backend here); with judge.probabilities
+    # the judge ranks its allowed answers instead of generating one: prompt tokens only
+    ranked = yaml.safe_load((work / "params.yaml").read_text())["judge"].get("probabilities", False)
     for name, role in (("judge.json", "judge"), ("respond.json", "responder"), ("compare.json", "judge"),
                        ("compare.json", "tuned")):
         stats = metric(work, name)["llm"][role]
-        assert stats["calls"] > 0 and stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0, (name, role, stats)
+        generated = stats["completion_tokens"] == 0 if (name, ranked) == ("judge.json", True) else stats["completion_tokens"] > 0
+        assert stats["calls"] > 0 and stats["prompt_tokens"] > 0 and generated, (name, role, stats)
 
 
 def test_noop_rebuild(built):
