@@ -11,11 +11,11 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from evolforge.eval import sandbox
+from processes import descendants as _descendants, sandbox_uid_processes as _sandbox_uid_processes
 from evolforge.eval.sandbox import isolation, run_untrusted
 
 FAILING_TESTS = "assert 1 == 2\n"
@@ -63,34 +63,6 @@ def _earlier_children():
     """Children this process already had (another module's local server, say) are not the run's survivors."""
     BEFORE.clear()
     BEFORE.update(_descendants())
-
-
-def _descendants() -> set[int]:
-    """Live processes below this one (a run's survivors would be here, or in the run's uid range)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(fields[1])
-        except (OSError, ValueError, IndexError):
-            pass
-    found, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def _sandbox_uid_processes() -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        try:
-            uid = os.stat(f"/proc/{entry}").st_uid
-        except OSError:
-            continue
-        if entry.isdigit() and sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SPAN:
-            out.append(int(entry))
-    return out
 
 
 @pytest.mark.parametrize("name", sorted(FORGERIES))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from evolforge.eval import sandbox
+from processes import descendants as _descendants, sandbox_uid_processes as _sandbox_uid_processes
 from evolforge.eval.sandbox import run_untrusted
 from evolforge.eval.tasks import code_scoring
 from evolforge.steps import autoif
@@ -306,34 +306,6 @@ def servers():
     srv.hits.clear()
     yield srv
     srv.close()
-
-
-def _descendants() -> set[int]:
-    """Live processes below this one (a run's survivors would be here, or in the run's uid range)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(fields[1])
-        except (OSError, ValueError, IndexError):
-            pass
-    found, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def _sandbox_uid_processes() -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        try:
-            uid = os.stat(f"/proc/{entry}").st_uid
-        except OSError:
-            continue
-        if entry.isdigit() and sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SPAN:
-            out.append(int(entry))
-    return out
 
 
 def _program(name: str, servers: _Servers) -> str:
