@@ -44,7 +44,7 @@ def main() -> None:
     per_item = {path: read_table(path) for path in (args.judged, args.scores, args.diversity)}
     # the columns this selection reads, from the table that holds them: present, numbers
     numbers = {args.scores: [cfg.metric] if cfg.metric in ("ifd", "ic_ifd") else [],
-               args.judged: [cfg.metric] if cfg.metric == "difficulty_score" else [],
+               args.judged: [cfg.metric] if cfg.metric in ("difficulty_score", "difficulty_expected") else [],
                args.diversity: ["mnd"] if cfg.min_mnd is not None else []}
     numbers[args.scores] += ["ifd"] if cfg.ifd_filter else []
     numbers[args.scores] += ["loss_instruction"] if cfg.min_loss_instruction is not None else []
@@ -52,7 +52,7 @@ def main() -> None:
         validation.check(other, validation.item_columns(["id"]) + validation.unique("id")
                          + validation.number_columns(numbers[path]), path)
     table = join_metrics(items, per_item)
-    chosen, summary, excluded = select_items(table, **dataclasses.asdict(cfg), embeddings=load_embeddings(args.diversity))
+    chosen, summary, excluded = select_items(table, cfg, embeddings=load_embeddings(args.diversity))
     if chosen.height == 0:
         counts = ", ".join(f"{s['filter']} -{s['removed']}" for s in summary["filters"] if s["removed"])
         raise SystemExit(f"select: nothing to train on: filter '{summary['emptied_by']}' removed the last items "

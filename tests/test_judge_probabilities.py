@@ -12,7 +12,7 @@ import pytest
 
 from evolforge.core.params import ParamsError
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.settings import JudgeSettings
+from evolforge.core.settings import JudgeSettings, SelectSettings
 from evolforge.llm import LLM, ChatRequest, ControlsError, Role
 from evolforge.llm.fake import FakeBackend
 from evolforge.steps.judge import LEVELS, SCORES, judge
@@ -65,7 +65,7 @@ def test_ranking_is_keyed_apart_and_refused_where_a_backend_cannot_score():
 
 def test_select_may_rank_by_the_expected_difficulty():
     table = pl.DataFrame({"id": ["a", "b", "c", "d"], "round": [0, 1, 2, 3], "difficulty_expected": [10.0, 80.0, 55.0, 30.0]})
-    chosen = select_items(table, metric="difficulty_expected", top_fraction=0.5).chosen
+    chosen = select_items(table, SelectSettings("difficulty_expected", top_fraction=0.5)).chosen
     assert sorted(chosen["id"].to_list()) == ["b", "c"]
 
 

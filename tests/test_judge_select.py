@@ -11,6 +11,7 @@ from evolforge.steps.judge import LEVELS, judge, level_distribution, parse_level
 from evolforge.llm import LLM, Role
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
+from evolforge.core.settings import SelectSettings
 from evolforge.steps.selection import select_items, to_alpaca, to_trl
 
 
@@ -68,7 +69,7 @@ def table(n: int = 20) -> pl.DataFrame:
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 1.0])
 def test_top_fraction(fraction):
-    chosen, summary, _ = select_items(table(), "ic_ifd", top_fraction=fraction)
+    chosen, summary, _ = select_items(table(), SelectSettings("ic_ifd", top_fraction=fraction))
     ranked = sorted((k / 10, f"i{k:02d}") for k in range(20) if k != 5)
     expected = [i for _, i in reversed(ranked)][: math.ceil(fraction * 19)]
     assert chosen["id"].to_list() == expected and summary["selected"] == len(expected)
@@ -76,20 +77,20 @@ def test_top_fraction(fraction):
 
 
 def test_threshold_ifd_filter_rounds_and_random():
-    chosen, _, _ = select_items(table(), "difficulty_score", top_fraction=None, threshold=90)
+    chosen, _, _ = select_items(table(), SelectSettings("difficulty_score", top_fraction=None, threshold=90))
     assert sorted(chosen["difficulty_score"].to_list()) == [90.0 + k for k in range(11)]
-    chosen, summary, _ = select_items(table(), "ifd", top_fraction=1.0, ifd_filter=True)
+    chosen, summary, _ = select_items(table(), SelectSettings("ifd", top_fraction=1.0, ifd_filter=True))
     assert chosen["ifd"].max() <= 1.0 and next(s for s in summary["filters"] if s["filter"] == "ifd_above_1")["left"] == 11
-    chosen, _, _ = select_items(table(), "ic_ifd", top_fraction=1.0, rounds=[2])
+    chosen, _, _ = select_items(table(), SelectSettings("ic_ifd", top_fraction=1.0, rounds=[2]))
     assert set(chosen["round"]) == {2}
-    a, _, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
-    b, _, _ = select_items(table(), "random", top_fraction=0.3, seed=1)
-    c, _, _ = select_items(table(), "random", top_fraction=0.3, seed=2)
+    a, _, _ = select_items(table(), SelectSettings("random", top_fraction=0.3, seed=1))
+    b, _, _ = select_items(table(), SelectSettings("random", top_fraction=0.3, seed=1))
+    c, _, _ = select_items(table(), SelectSettings("random", top_fraction=0.3, seed=2))
     assert a["id"].to_list() == b["id"].to_list() != c["id"].to_list() and a.height == 6
     with pytest.raises(ValueError, match="select.metric"):
-        select_items(table(), "loss")
+        select_items(table(), SelectSettings("loss"))
     with pytest.raises(ValueError, match="top_fraction"):
-        select_items(table(), "ifd", top_fraction=1.5)
+        select_items(table(), SelectSettings("ifd", top_fraction=1.5))
 
 
 def test_exports():

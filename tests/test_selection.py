@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from evolforge.core.settings import SelectSettings
 from evolforge.steps.selection import EMBEDDINGS, Embeddings, diverse_walk, load_embeddings, select_items
 from evolforge.core.records import write_output
 
@@ -54,8 +55,8 @@ def pool(n: int = 60, seed: int = 3) -> tuple[pl.DataFrame, Embeddings]:
 @pytest.mark.parametrize("fraction,threshold", [(0.5, None), (1.0, None), (None, 0.3)])
 def test_selection_with_diversity_is_the_greedy_over_the_ranking(fraction, threshold):
     table, emb = pool()
-    chosen, summary, excluded = select_items(table, "ic_ifd", top_fraction=fraction, threshold=threshold,
-                                             diversity_threshold=0.5, embeddings=emb)
+    chosen, summary, excluded = select_items(table, SelectSettings("ic_ifd", top_fraction=fraction, threshold=threshold,
+                                                            diversity_threshold=0.5), embeddings=emb)
     ranked = table.sort(["ic_ifd", "id"], descending=[True, False])
     if threshold is not None:
         ranked = ranked.filter(pl.col("ic_ifd") >= threshold)
@@ -69,7 +70,7 @@ def test_selection_with_diversity_is_the_greedy_over_the_ranking(fraction, thres
 
 def test_floors_and_min_mnd():
     table, _ = pool()
-    chosen, summary, excluded = select_items(table, "ic_ifd", top_fraction=1.0, min_loss_instruction=2.0, min_mnd=0.3)
+    chosen, summary, excluded = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, min_loss_instruction=2.0, min_mnd=0.3))
     assert chosen["loss_instruction"].min() >= 2.0 and chosen["mnd"].min() >= 0.3
     reasons = dict(excluded.group_by("skip_reason").len().iter_rows())
     assert reasons["loss_instruction_below_floor"] == int((table["loss_instruction"] < 2.0).sum())
@@ -90,7 +91,7 @@ def guarded_pool() -> pl.DataFrame:
 
 
 def test_every_complete_item_fails_a_guard():
-    chosen, summary, excluded = select_items(guarded_pool(), "ic_ifd", top_fraction=1.0)
+    chosen, summary, excluded = select_items(guarded_pool(), SelectSettings("ic_ifd", top_fraction=1.0))
     assert chosen.height == 0
     assert summary["emptied_by"] == "contaminated"
     assert dict(excluded.select("id", "skip_reason").iter_rows()) == {
@@ -98,7 +99,7 @@ def test_every_complete_item_fails_a_guard():
         "i004": "duplicate", "i005": "contaminated"}
     # and an empty response is a recorded skip, not an error, when other items survive
     ok = guarded_pool().with_columns(contamination_benchmark=pl.lit(None, dtype=pl.String))
-    chosen, summary, excluded = select_items(ok, "ic_ifd", top_fraction=1.0)
+    chosen, summary, excluded = select_items(ok, SelectSettings("ic_ifd", top_fraction=1.0))
     assert sorted(chosen["id"]) == ["i000", "i005"] and summary["emptied_by"] is None
     assert summary["removed_by_filter"] == {"not_evolved": 1, "empty_response": 1, "response_incomplete": 1, "duplicate": 1}
 

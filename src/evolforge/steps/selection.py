@@ -155,25 +155,23 @@ class Selection(NamedTuple):
     excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen
 
 
-def select_items(table: pl.DataFrame, metric: str = "ic_ifd", top_fraction: float | None = 0.25,
-                 threshold: float | None = None, ifd_filter: bool = False, rounds: list[int] | None = None,
-                 seed: int = 0, *, min_loss_instruction: float | None = None, min_mnd: float | None = None,
-                 diversity_threshold: float | None = None, embeddings: Embeddings | None = None) -> Selection:
-    """Select from ``table`` (one row per item, with the metric's column). ``threshold`` wins over
-    ``top_fraction``. ``embeddings`` are needed for ``diversity_threshold`` and, when given, add the
-    within-set distances to the summary.
+def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Embeddings | None = None) -> Selection:
+    """Select from ``table`` (one row per item, with the metric's column) as ``settings`` (params.yaml
+    ``select``) say. A threshold wins over the top fraction. ``embeddings`` are needed for
+    ``diversity_threshold`` and, when given, add the within-set distances to the summary.
 
     >>> t = pl.DataFrame({"id": ["a", "b", "c", "d"], "round": [1, 1, 2, 2], "ifd": [0.5, 1.2, 0.9, 0.7],
     ...                   "ic_ifd": [0.3, 0.6, 0.4, None]})
-    >>> select_items(t, "ic_ifd", top_fraction=0.5).chosen["id"].to_list()
+    >>> select_items(t, SelectSettings("ic_ifd", top_fraction=0.5)).chosen["id"].to_list()
     ['b', 'c']
     """
+    metric, top_fraction, threshold = settings.metric, settings.top_fraction, settings.threshold
+    diversity_threshold = settings.diversity_threshold
+    # load_section checks these for params.yaml; settings built in code are checked here
     if metric not in METRICS:
         raise ParamsError([f"select.metric: got {metric!r}; allowed: {', '.join(METRICS)}"])
     if top_fraction is not None and not 0 < top_fraction <= 1:
         raise ParamsError([f"select.top_fraction: got {top_fraction}; allowed: a number in (0, 1]"])
-    SelectSettings(metric, top_fraction, threshold, ifd_filter, rounds, seed, min_loss_instruction, min_mnd,
-                   diversity_threshold)  # the rules that span fields
     if diversity_threshold is not None and embeddings is None:
         raise ValueError("params.yaml select.diversity_threshold needs embeddings (the diversity stage's output)")
     pool = table
@@ -188,24 +186,25 @@ def select_items(table: pl.DataFrame, metric: str = "ic_ifd", top_fraction: floa
         excluded.append(dropped.select("id", "round").with_columns(skip_reason=pl.lit(name)))
         steps.append({"filter": name, "removed": dropped.height, "left": pool.height})
 
-    if rounds is not None:
-        apply("round_not_selected", pl.col("round").is_in(rounds))
+    if settings.rounds is not None:
+        apply("round_not_selected", pl.col("round").is_in(settings.rounds))
     reasons = guard_reason(pool)
     pool = pool.with_columns(_guard=reasons)
     for name in GUARDS:
         if all(c in table.columns for c in GUARDS[name][1]):
             apply(name, pl.col("_guard").is_null() | (pl.col("_guard") != name))
     pool = pool.drop("_guard")
-    if ifd_filter:
+    if settings.ifd_filter:
         apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
-    if min_loss_instruction is not None:
+    if settings.min_loss_instruction is not None:
         # polars orders NaN above every number, so NaN is refused explicitly
-        apply("loss_instruction_below_floor", (pl.col("loss_instruction") >= min_loss_instruction) & pl.col("loss_instruction").is_not_nan())
-    if min_mnd is not None:
-        apply("mnd_below_floor", (pl.col("mnd") >= min_mnd) & pl.col("mnd").is_not_nan())
+        apply("loss_instruction_below_floor",
+              (pl.col("loss_instruction") >= settings.min_loss_instruction) & pl.col("loss_instruction").is_not_nan())
+    if settings.min_mnd is not None:
+        apply("mnd_below_floor", (pl.col("mnd") >= settings.min_mnd) & pl.col("mnd").is_not_nan())
     if metric == "random":
         order = list(range(pool.height))
-        random.Random(seed).shuffle(order)
+        random.Random(settings.seed).shuffle(order)
         ranked = pool.with_columns(_rank=pl.Series(order, dtype=pl.Int64)).sort("_rank").drop("_rank")
     else:
         value = pl.col(metric)
