@@ -3,6 +3,7 @@
 #   make test  - set up .venv, then run the whole test suite
 VENV ?= .venv
 PYTHON ?= python3
+TEST_WORKERS ?= 2  # pytest-xdist workers of `make test` (one test file each at a time)
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu for the CPU build where PyPI's default is CUDA
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.evolforge-installed
@@ -60,7 +61,7 @@ run: setup
 	dvc repro
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(PY) bench/generation.py

@@ -17,6 +17,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
+# The longest test files, started first: `make test` runs two workers that each take one file at a time
+# (pytest-xdist, --dist loadfile), so the end-to-end file (about 10 minutes) runs beside all the others
+# instead of after them.
+LONGEST_FIRST = ("test_pipeline.py", "test_plan.py", "test_humaneval_real.py", "test_bench_smoke.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
 @pytest.fixture
 def no_proxy(monkeypatch):
     """A proxy set in the environment must not intercept requests to a local test server."""
