@@ -202,7 +202,8 @@ def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
     from evolforge.llm import Role
-    from evolforge.llm.openai_api import OpenAIBackend, _event_loop
+    from evolforge.llm.openai_api import OpenAIBackend
+    from evolforge.llm.openai_http import event_loop
 
     proc, port = start_server(kind=args.server)
     try:
@@ -220,7 +221,7 @@ def main() -> None:
     inproc = through_llm(InstantBackend(), args.requests, Role(name="bench", backend="hf", model="instant"), "in-process")
 
     n = args.requests
-    loop = _event_loop()
+    loop = event_loop()
     loop_name = type(loop).__module__.split(".")[0]
     loop.close()
     print(f"{n} requests, concurrency {args.concurrency}, {args.server} server, {os.cpu_count()} CPUs, event loop: {loop_name}; "

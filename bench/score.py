@@ -124,7 +124,7 @@ def memory_check(device: str, max_batch_tokens: int, items: int = 16, length: in
     (measured, random-weight Llama of hidden size 64), against 4 GB; the full logits computed beside it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from evolforge.score.ifd import split_head, token_nlls
+    from evolforge.score.losses import split_head, token_nlls
 
     config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=length)

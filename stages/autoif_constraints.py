@@ -13,8 +13,8 @@ import dataclasses
 
 import polars as pl
 
-from evolforge.steps.autoif import (SELF_INSTRUCT_TEMPLATE, collect_constraints, read_scenario,
-                                    read_seed_constraints, sampled_requests)
+from evolforge.steps.autoif import SELF_INSTRUCT_TEMPLATE, collect_constraints, read_seed_constraints, sampled_requests
+from evolforge.steps.scenario import read_scenario
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
 from evolforge.core.params import load_params, load_section

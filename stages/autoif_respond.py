@@ -18,8 +18,10 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.steps.autoif import (QUERY_DEFAULTS, KEPT, PAIR_SCHEMA, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample, pair_queries,
-                                    read_scenario, response_records, select_queries, verify_responses)
+from evolforge.core.settings import QUERY_DEFAULTS
+from evolforge.steps.autoif import KEPT, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample
+from evolforge.steps.autoif_respond import PAIR_SCHEMA, pair_queries, response_records, select_queries, verify_responses
+from evolforge.steps.scenario import read_scenario
 from evolforge.steps.seed import build_seed
 from evolforge.core import validation
 from evolforge.core.cache import open_cache

@@ -14,8 +14,9 @@ Runs only when `scenario: autoif`; otherwise writes empty tables and `skipped: t
 import argparse
 import dataclasses
 
-from evolforge.steps.autoif import (VERIFICATION_TEMPLATE, hash_sample, read_scenario, usable_constraints,
-                                    verify_constraints, verify_summary)
+from evolforge.steps.autoif import VERIFICATION_TEMPLATE, hash_sample, usable_constraints
+from evolforge.steps.autoif_verify import verify_constraints, verify_summary
+from evolforge.steps.scenario import read_scenario
 from evolforge.steps.autoif_forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, join_answers, load_demonstrations, parser_for,
                                           verification_conversations)
 from evolforge.core import validation

@@ -9,9 +9,11 @@ import pytest
 
 from evolforge.core.params import load_section
 
-from evolforge.steps.autoif import (KEPT, AutoIFSettings, FunctionRun, collect_constraints, constraint_key, cross_validate, extract_json,
-                                    pair_queries, parse_constraint_lines, parse_verification, response_records,
-                                    run_function, verify_constraints, verify_responses)
+from evolforge.core.settings import AutoIFSettings
+from evolforge.steps.autoif import KEPT, collect_constraints, constraint_key, parse_constraint_lines
+from evolforge.steps.autoif_respond import pair_queries, response_records, verify_responses
+from evolforge.steps.autoif_sandbox import FunctionRun, run_function
+from evolforge.steps.autoif_verify import cross_validate, extract_json, parse_verification, verify_constraints
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED
 
 NO_COMMAS = "def evaluate(response):\n    return ',' not in response\n"

@@ -384,7 +384,7 @@ def test_a_seed_table_of_the_pipeline_passes_the_item_checks():
 
 
 def test_a_seed_table_with_our_row_column_is_refused(tmp_path):
-    from evolforge.steps.seed import read_table_file
+    from evolforge.steps.seed_read import read_table_file
 
     path = tmp_path / "s.parquet"
     pl.DataFrame({"instruction": ["a"], "_row": [7]}).write_parquet(path)

@@ -24,7 +24,8 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE
 from evolforge.llm import LLM, ChatRequest, Completion, LLMFailureError, LLMSettings, Role, open_llm
 from evolforge.llm.fake import FakeBackend
-from evolforge.llm.openai_api import LLMRequestError, OpenAIBackend, served_model_identity
+from evolforge.llm.openai_api import OpenAIBackend, served_model_identity
+from evolforge.llm.openai_http import LLMRequestError
 from fake_openai import FakeOpenAIServer, chat_body
 
 REJECTED = {"task 03", "task 11", "task 17"}
@@ -135,7 +136,7 @@ def test_429_with_retry_after_zero_waits_the_minimum_backoff():
 
 
 def test_429_waits_the_least_throttle_wait_even_with_backoff_zero():
-    from evolforge.llm.openai_api import MIN_THROTTLE_WAIT_S
+    from evolforge.llm.openai_http import MIN_THROTTLE_WAIT_S
 
     attempts = []
 

@@ -14,7 +14,8 @@ import pytest
 
 from evolforge.core.cache import CallCache
 from evolforge.llm import ChatRequest, Role, open_llm
-from evolforge.llm.openai_api import LLMRequestError, OpenAIBackend
+from evolforge.llm.openai_api import OpenAIBackend
+from evolforge.llm.openai_http import LLMRequestError
 from evolforge.core.roles import refuse_secrets
 
 HANG = ("hang",)

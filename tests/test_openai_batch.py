@@ -12,7 +12,7 @@ import pytest
 
 from evolforge.core.cache import CallCache, batch_job_key
 from evolforge.llm import LLMSettings, Role, open_llm
-from evolforge.llm.openai_api import OpenAIBackend
+from evolforge.llm.openai_batch import BatchJobs, chunks
 from fake_openai import FakeOpenAIServer, chat_body
 
 REJECT = "task 04"
@@ -59,7 +59,7 @@ def stop_on_poll(monkeypatch, after: int = 0) -> list[int]:
         waits[0] += 1
         if waits[0] > after:
             raise Stop
-    monkeypatch.setattr(OpenAIBackend, "_wait_poll", wait)
+    monkeypatch.setattr(BatchJobs, "_wait_poll", wait)
     return waits
 
 
@@ -175,11 +175,9 @@ def test_batch_jobs_for_gives_each_key_to_its_newest_live_job(tmp_path):
 
 
 def test_jobs_are_cut_by_request_count_and_by_file_size():
-    from evolforge.llm.openai_api import _chunks
-
-    assert list(_chunks(list(range(7)), lambda i: 10, 3, 10**6)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunks(list(range(7)), lambda i: 10, 3, 10**6)) == [[0, 1, 2], [3, 4, 5], [6]]
     sizes = {0: 40, 1: 40, 2: 40, 3: 200, 4: 10}
-    assert list(_chunks(list(sizes), sizes.get, 100, 100)) == [[0, 1], [2], [3], [4]]  # 3 alone: too big for any
+    assert list(chunks(list(sizes), sizes.get, 100, 100)) == [[0, 1], [2], [3], [4]]  # 3 alone: too big for any
 
 
 @pytest.mark.parametrize("limit", ["requests_per_minute", "tokens_per_minute"])

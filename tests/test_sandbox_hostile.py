@@ -22,7 +22,7 @@ import pytest
 from processes import descendants as _descendants, sandbox_uid_processes as _sandbox_uid_processes
 from evolforge.eval.sandbox import run_untrusted
 from evolforge.eval.tasks import code_scoring
-from evolforge.steps import autoif
+from evolforge.steps import autoif_sandbox
 
 WRONG = "def add(a, b):\n    return a - b\n"
 CORRECT = "def add(a, b):\n    return a + b\n"
@@ -321,7 +321,7 @@ def scoring_env(monkeypatch):
 
 def _all_paths(program: str) -> dict:
     """The program through every path that runs model code: what each one concluded."""
-    autoif_run = autoif.run_function(program + "\n" + AUTOIF_WRONG, AUTOIF_INPUTS, case_timeout_s=1.0)
+    autoif_run = autoif_sandbox.run_function(program + "\n" + AUTOIF_WRONG, AUTOIF_INPUTS, case_timeout_s=1.0)
     return {"run_untrusted": run_untrusted(program, tests=TESTS, timeout_s=TIMEOUT_S),
             "humaneval": code_scoring.humaneval_process_results(HUMANEVAL_DOC, [[HUMANEVAL_DOC["prompt"] + program]]),
             "mbpp": code_scoring.mbpp_process_results(MBPP_DOC, [[program]]),
@@ -332,7 +332,7 @@ def test_the_correct_program_passes_every_path(servers, scoring_env):
     got = _all_paths(CORRECT)
     assert got["run_untrusted"].passed, got["run_untrusted"]
     assert got["humaneval"] == {"pass@1": 1.0} and got["mbpp"] == {"pass@1": 1.0}
-    right = autoif.run_function("def evaluate(response):\n    return ',' not in response\n", AUTOIF_INPUTS)
+    right = autoif_sandbox.run_function("def evaluate(response):\n    return ',' not in response\n", AUTOIF_INPUTS)
     assert right.results == AUTOIF_EXPECTED
 
 

@@ -7,7 +7,7 @@ import io
 import polars as pl
 import pytest
 
-from evolforge.score.ifd import SCORE_SCHEMA, scores_row
+from evolforge.score.formulas import SCORE_SCHEMA, scores_row
 from evolforge.score.precision import LOSS_DIGITS, RATIO_DIGITS, significant, stored_scores
 
 

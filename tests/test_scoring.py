@@ -15,16 +15,11 @@ import torch
 
 from tiny import build_random_llama
 import evolforge.score.ifd as ifd
-from evolforge.score.ifd import (
-    chat_texts,
-    encode_items,
-    ifd_scores,
-    load_scorer,
-    question_text,
-    reference_ifd_scores,
-    split_head,
-    token_budget_batches,
-)
+import evolforge.score.losses as losses
+from evolforge.core.text import question_text
+from evolforge.score.ifd import ifd_scores, load_scorer, reference_ifd_scores
+from evolforge.score.losses import split_head, token_budget_batches
+from evolforge.score.passes import chat_texts, encode_items
 
 LOSS_COLUMNS = ["loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd"]
 COUNT_COLUMNS = ["n_tokens_instruction", "n_tokens_response", "n_tokens_response_given_instruction"]
@@ -99,7 +94,7 @@ def test_sliced_projection_equals_full_logits(scorer, monkeypatch):
     full_logits = ifd_scores(model, tokenizer, **ITEMS, progress=False, max_batch_tokens=1 << 20)
     monkeypatch.undo()
     vocab = head.projection.out_features
-    monkeypatch.setattr(ifd, "_LOGIT_ELEMENTS", 3 * vocab)
+    monkeypatch.setattr(losses, "_LOGIT_ELEMENTS", 3 * vocab)
     seen: list[int] = []
     hook = head.projection.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
     try:

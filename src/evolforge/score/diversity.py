@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.text import question_text
-from evolforge.score.ifd import load_scorer, pad_right
+from evolforge.score.ifd import load_scorer
+from evolforge.score.losses import pad_right
 
 EmbeddingKind = Literal["sentence-transformers", "causal-lm-mean"]
 REPEAT_THRESHOLD = 0.05  # squared L2 below which a neighbour counts as a repeat (paper B's code)

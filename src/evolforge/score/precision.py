@@ -3,7 +3,7 @@
 A forward pass in fp32 gives losses that differ in their last bits from one CPU (or thread count, or BLAS
 kernel) to another, about 1e-6 relative, so full-precision scores make ``data/scores`` and everything
 downstream hash differently on each machine. The stage stores each loss at ``LOSS_DIGITS`` significant
-digits and recomputes IFD and IC-IFD from the stored losses (:func:`evolforge.score.ifd.scores_row`, the
+digits and recomputes IFD and IC-IFD from the stored losses (:func:`evolforge.score.formulas.scores_row`, the
 same rules and nulls), so the ratios follow deterministically from the stored losses; they and the means
 in ``metrics/score.json`` are kept at ``RATIO_DIGITS``. A loss within that noise of a rounding boundary can
 still round apart: about 2e-6 / 1e-4 .. 1e-3 = 0.2 % to 2 % of such losses, rarely more than a handful of
@@ -16,7 +16,7 @@ import math
 
 import polars as pl
 
-from evolforge.score.ifd import SCORE_SCHEMA, scores_row
+from evolforge.score.formulas import SCORE_SCHEMA, scores_row
 
 LOSS_DIGITS = 4  # significant digits of each stored loss: far finer than what separates items in a ranking
 RATIO_DIGITS = 6  # significant digits of IFD, IC-IFD and the metrics' means (from stored losses: exact already)

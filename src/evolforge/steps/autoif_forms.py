@@ -34,8 +34,8 @@ from typing import Callable, Sequence
 import yaml
 
 from evolforge.core.prompts import PromptError, PromptLibrary
-from evolforge.steps.autoif import (VERIFICATION_TEMPLATE, Verification, constraint_key, parse_verification,
-                                    python_function)
+from evolforge.steps.autoif import VERIFICATION_TEMPLATE, constraint_key
+from evolforge.steps.autoif_verify import Verification, parse_verification, python_function
 
 FORMS = ("lines", "paper")
 FUNCTION_TEMPLATE = "autoif/verification_function.j2"

@@ -1,0 +1,107 @@
+"""AutoIF's verification functions run in the sandbox (:func:`evolforge.eval.sandbox.run_untrusted`): one
+process per function, every input in order, one verdict per input (:class:`FunctionRun`).
+
+>>> read_verdicts('t {"setup": "ok"}\\nt {"i": 0, "result": true}\\nnoise', "t", 2, "passed").results
+(True, None)
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+# One program per function: it defines the function, calls it on every input in order and writes one verdict
+# line per input to stderr (the only stream the sandbox returns), each prefixed by a random tag so the
+# function's own output is never taken for a verdict. The sandbox runs programs off the main thread, so no
+# signal can interrupt one case: the process as a whole gets STARTUP_S + case_timeout_s per input, and a case
+# that loops past it stops the run -- the inputs left without a line take the sandbox's status (timeout).
+# Lines written before the sandbox stops the process (time limit, blocked socket) still count.
+_HARNESS = '''
+import io as _io, json as _json, os as _os, sys as _sys
+_TAG = {tag!r}
+_INPUTS = _json.loads({inputs!r})
+def _say(obj):
+    _os.write(2, (_TAG + " " + _json.dumps(obj) + "\\n").encode())
+_sys.stdout = _sys.stderr = _io.StringIO()
+_ns = {{"__name__": "verification"}}
+try:
+    exec(compile({func!r}, "<evaluate>", "exec"), _ns)
+    _fn = _ns.get("evaluate")
+    _say({{"setup": "ok"}} if callable(_fn) else {{"setup": "no_evaluate"}})
+except BaseException as _e:
+    _fn = None
+    _say({{"setup": "exec_error", "detail": type(_e).__name__ + ": " + str(_e)[:200]}})
+for _i, _x in enumerate(_INPUTS if _fn is not None else []):
+    try:
+        _r = _fn(_x)
+        if isinstance(_r, bool) or type(_r).__name__ == "bool_":
+            _v = {{"i": _i, "result": bool(_r)}}
+        else:
+            _v = {{"i": _i, "error": "not_bool", "detail": type(_r).__name__}}
+    except BaseException as _e:
+        _v = {{"i": _i, "error": "raised", "detail": type(_e).__name__ + ": " + str(_e)[:120]}}
+    _say(_v)
+'''
+
+STARTUP_S = 5.0  # wall-clock allowance for the interpreter and the function's imports
+
+
+@dataclass(frozen=True)
+class FunctionRun:
+    """One function run on a list of inputs. ``status``: ``ok`` when the function was defined and every
+    input got a verdict; else ``exec_error``, ``no_evaluate`` or the sandbox's status (``timeout``,
+    ``blocked``, ``memory``, ``failed``, ``error``). ``results[i]`` is None where input i gave no bool."""
+
+    status: str
+    results: tuple[bool | None, ...]
+    errors: tuple[str | None, ...]
+    detail: str = ""
+
+
+def harness(func: str, inputs: Sequence[str], tag: str) -> str:
+    return _HARNESS.format(tag=tag, inputs=json.dumps(list(inputs)), func=func)
+
+
+def run_function(func: str, inputs: Sequence[str], case_timeout_s: float = 5.0, memory_mb: int = 512) -> FunctionRun:
+    """Run ``evaluate`` from ``func`` on every input, in one sandboxed process."""
+    from evolforge.eval.sandbox import run_untrusted
+
+    tag = "verdict-" + secrets.token_hex(8)
+    limit = STARTUP_S + case_timeout_s * max(1, len(inputs))
+    result = run_untrusted(harness(func, inputs, tag), timeout_s=limit, memory_mb=memory_mb)
+    return read_verdicts(result.stderr, tag, len(inputs), result.status)
+
+
+def read_verdicts(stderr: str, tag: str, n: int, sandbox_status: str) -> FunctionRun:
+    """Assemble a :class:`FunctionRun` from the harness's tagged lines and the sandbox's status."""
+    setup, detail = None, ""
+    results: list[bool | None] = [None] * n
+    errors: list[str | None] = [sandbox_status] * n  # inputs that never got a line: why the process stopped
+    for line in stderr.splitlines():
+        if not line.startswith(tag + " "):
+            continue
+        try:
+            verdict = json.loads(line[len(tag) + 1:])
+        except json.JSONDecodeError:
+            continue
+        if "setup" in verdict:
+            setup, detail = verdict["setup"], verdict.get("detail", "")
+        elif 0 <= verdict.get("i", -1) < n:
+            i = verdict["i"]
+            results[i] = verdict.get("result")
+            errors[i] = verdict.get("error")
+            detail = detail or verdict.get("detail", "")
+    if setup in ("exec_error", "no_evaluate"):
+        status, errors = setup, [setup] * n
+    elif setup is None or sandbox_status != "passed":
+        status = "timeout" if sandbox_status == "passed" else sandbox_status
+        untagged = [ln for ln in stderr.splitlines() if not ln.startswith(tag + " ")]
+        detail = detail or "\n".join(untagged)[-300:]
+    else:
+        status = "ok"
+    return FunctionRun(status, tuple(results), tuple(errors), detail)
+
+
+Runner = Callable[[str, Sequence[str]], FunctionRun]
