@@ -3,7 +3,7 @@ roles are served by the local fake OpenAI-compatible server with prices set and 
 counts with: the first stale stage's requests exactly and its prompt tokens within 1%; after a run a cap
 stopped, only the rest; a cap at half the planned cost stops under it, the rest ``budget_exhausted``, and
 a rerun with a raised cap writes what an uncapped run writes; after editing one prompt, only the stages
-and calls that prompt feeds."""
+and calls that prompt feeds, also behind always-changed stages that rerun with the outputs dvc.lock records."""
 
 from __future__ import annotations
 
@@ -87,6 +87,25 @@ def project(root: Path, server: FakeOpenAIServer, tokenizer_dir: Path, budget: d
                   "metrics": [{"metrics/judge.json": {"cache": False}}]}}}
     (root / "dvc.yaml").write_text(json.dumps(dvc))
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
+    return root
+
+
+def behind_always_changed(root: Path) -> Path:
+    """``project`` behind two always-changed stages, as the shipped pipeline's ``seed`` and ``models``:
+    ``evolved`` copies data/source, which it does not declare (as seed reads a hub dataset), to
+    data/evolved/round_1; ``models`` pins the roles in models/identity.json, which respond and judge read
+    (the plan does not run it: it writes under models/)."""
+    (root / "data/evolved/round_1").rename(root / "data/source")
+    dvc = json.loads((root / "dvc.yaml").read_text())
+    first = {"models": {"cmd": f"{sys.executable} {REPO}/stages/pin_models.py --out models/identity.json",
+                        "always_changed": True, "params": ["roles"],
+                        "outs": [{"models/identity.json": {"cache": False}}]},
+             "evolved": {"cmd": "mkdir -p data/evolved && cp -r data/source data/evolved/round_1",
+                         "always_changed": True, "outs": ["data/evolved/round_1"]}}
+    dvc["stages"] = {**first, **dvc["stages"]}
+    for reader in ("respond", "judge"):
+        dvc["stages"][reader]["deps"].append("models/identity.json")
+    (root / "dvc.yaml").write_text(json.dumps(dvc))
     return root
 
 
@@ -186,6 +205,39 @@ def test_after_a_prompt_edit_only_the_stages_and_calls_it_feeds(tmp_path, server
     assert plan.stale == ["respond", "judge"]  # judge runs after respond...
     assert [(r.stage, r.requests) for r in plan.rows] == [("respond", ITEMS)]  # ...but judges the same instructions
     assert "stale, sending nothing: judge" in render(plan)
+
+
+def test_always_changed_stages_that_write_what_dvc_lock_records_leave_the_rest_out(tmp_path, server, tokenizer_dir,
+                                                                                   monkeypatch):
+    root = behind_always_changed(project(tmp_path / "p", server, tokenizer_dir))
+    repro = subprocess.run([str(BIN / "dvc"), "repro", "-q"], cwd=root, capture_output=True, text=True, env=env())
+    assert repro.returncode == 0, (repro.stdout + repro.stderr)[-3000:]
+    sent = server.answered
+    plan = planned(root, monkeypatch)
+    assert plan.stale == [] and plan.rows == []  # dvc status lists models and evolved; dvc repro reruns nothing else
+    assert render(plan).startswith("nothing is stale")
+    [models, evolved] = plan.notes
+    assert models.startswith("models: always changed") and "not the plan" in models
+    assert evolved.startswith("evolved: always changed") and "writes what dvc.lock records" in evolved
+
+    level = root / "prompts/judge/difficulty_level.j2"
+    level.write_text(level.read_text().replace("label how difficult", "say how difficult"))
+    plan = planned(root, monkeypatch)
+    assert plan.stale == ["judge"]
+    assert [(r.stage, r.role, r.requests) for r in plan.rows] == [("judge", "judge", ITEMS)]
+    assert "stale, sending nothing" not in render(plan)
+
+    # what evolved copies changes (dvc status cannot see it): its copy hashes apart, and what reads it runs
+    level.write_text(level.read_text().replace("say how difficult", "label how difficult"))
+    source = pl.read_parquet(root / "data/source/items.parquet")
+    twice = pl.when(pl.col("id").is_in(["i0", "i1"])).then(pl.col("instruction") + " Twice.")
+    write_output(root / "data/source", source.with_columns(twice.otherwise(pl.col("instruction")).alias("instruction")))
+    plan = planned(root, monkeypatch)
+    assert plan.stale == ["evolved", "respond", "judge"]
+    assert [n.split(":")[0] for n in plan.notes if "always changed" in n] == ["models"]
+    # respond reads the copy evolved wrote in the plan: only the two changed instructions are new
+    assert [(r.stage, r.requests) for r in stage_rows(plan, "respond")] == [("respond", 2)]
+    assert server.answered == sent
 
 
 def test_a_stage_named_is_planned_and_an_unknown_one_refused(tmp_path, server, tokenizer_dir, monkeypatch):

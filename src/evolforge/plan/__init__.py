@@ -1,9 +1,11 @@
 """``evolforge plan``: what the stale stages will ask of which model, and what that costs -- before paying.
 
-For the stages ``dvc status`` says are stale, in pipeline order, the planner runs each LLM stage's own
-command with ``EVOLFORGE_DRY_RUN`` set (evolforge.llm.dryrun) in a scratch copy of the workspace: every
-file linked, but the outputs of the stages it runs written fresh in the copy, so the workspace, its DVC
-state and the call cache are never changed. Each generate call looks its requests up in the call cache
+For the stages ``dvc repro`` will run (``will_run``: as DVC decides, from each stage's own changes against
+dvc.lock and the outputs the stages before it change; an always-changed stage that rewrites what dvc.lock
+records is left out), in pipeline order, the planner runs each LLM stage's own command with
+``EVOLFORGE_DRY_RUN`` set (evolforge.llm.dryrun) in a scratch copy of the workspace: every file linked, but
+the outputs of the stages it runs written fresh in the copy, so the workspace, its DVC state and the call
+cache are never changed. Each generate call looks its requests up in the call cache
 and records only the ones the cache cannot answer, with their prompt tokens; nothing is sent.
 
 The first stale LLM stage's requests are therefore counted exactly (the ones that depend only on its
@@ -37,6 +39,7 @@ from evolforge.llm.budget import SpendLedger, cost_of, priced
 from evolforge.llm.dryrun import DRY_RUN_ENV
 
 MODEL_ROLES = {"scorer", "embedder", "base"}  # roles a stage loads itself (not chat calls through the cache)
+NOTHING_AFTER = "so nothing after it runs for it"
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Stage:
     deps: list[str]
     outs: list[str]
     roles: set[str]
+    always_changed: bool = False  # `dvc repro` runs it every time (dvc.yaml's always_changed, or no deps)
 
     @property
     def kind(self) -> str:
@@ -80,7 +84,7 @@ class Row:
 @dataclass
 class Plan:
     rows: list[Row] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)  # the stale stages and those downstream of them, in order
+    stale: list[str] = field(default_factory=list)  # the stages `dvc repro` will run, in order (will_run)
     notes: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # stages whose dry run failed: not counted
 
@@ -111,16 +115,29 @@ def pipeline(root: Path) -> list[Stage]:
             wdir = os.path.relpath(s.wdir, repo.root_dir)
             stages.append(Stage(s.addressing, s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd), wdir,
                                 [_rel(repo.root_dir, s.wdir, d.def_path) for d in s.deps],
-                                [_rel(repo.root_dir, s.wdir, o.def_path) for o in s.outs], roles))
+                                [_rel(repo.root_dir, s.wdir, o.def_path) for o in s.outs], roles,
+                                bool(s.always_changed or s.is_callback)))  # no deps: DVC runs it each time too
         return stages
 
 
-def stale_stages(root: Path) -> list[str]:
-    """The stages ``dvc status`` reports (changed dependencies or outputs, never run, always changed)."""
+def changed_stages(root: Path) -> set[str]:
+    """The stages ``dvc status`` reports for a change of their own (command, dependencies, parameters or
+    outputs against dvc.lock, or never run), not for being ``always_changed`` alone."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return list(repo.status())
+        return {name for name, why in repo.status().items() if [w for w in why if w != "always changed"]}
+
+
+def changed_outputs(shadow: Path, stage: Stage) -> list[str]:
+    """The outputs of ``stage`` that differ in ``shadow`` from what dvc.lock records, hashed by DVC."""
+    from dvc.repo import Repo
+
+    # the copy's hash database goes with the copy; no_scm: the copy's .git is the workspace's
+    config = {"core": {"site_cache_dir": str(shadow.parent / "dvc-site-cache"), "no_scm": True}}
+    with Repo(str(shadow), config=config) as repo:
+        [here] = repo.stage.collect(f"{shadow / 'dvc.yaml'}:{stage.name}")  # a bare name is read from the cwd
+        return [_rel(repo.root_dir, here.wdir, o.def_path) for o in here.outs if o.workspace_status()]
 
 
 def _rel(root: str, wdir: str, path: str) -> str:
@@ -129,32 +146,42 @@ def _rel(root: str, wdir: str, path: str) -> str:
 
 def feeds(upstream: Stage, downstream: Stage) -> bool:
     """True when one of ``upstream``'s outputs is (in) one of ``downstream``'s dependencies, or holds one."""
-    return any(d == o or d.startswith(o + "/") or o.startswith(d + "/") for o in upstream.outs for d in downstream.deps)
+    return _reads(downstream, upstream.outs)
+
+
+def _reads(stage: Stage, outs: list[str]) -> bool:
+    """True when one of ``outs`` is (in) one of ``stage``'s dependencies, or holds one."""
+    return any(d == o or d.startswith(o + "/") or o.startswith(d + "/") for o in outs for d in stage.deps)
 
 
 def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file: str = "params.yaml") -> Plan:
-    """The plan of the stale stages of the pipeline at ``root`` (or of ``only``, stale or not)."""
+    """The plan of the stages ``dvc repro`` will run in the pipeline at ``root`` (or of ``only``, stale or not)."""
     root = Path(root).resolve()
     stages = pipeline(root)
     names = {s.name for s in stages}
     unknown = sorted(set(only or []) - names)
     if unknown:
         raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: {', '.join(s.name for s in stages)})")
-    listed = set(only) if only else set(stale_stages(root))
-    # and what `dvc repro` runs after them when their outputs change (dvc status lists only the first)
-    todo = [s for s in stages if s.name in listed or (
-        not only and any(_reaches(stages, a, s) for a in stages if a.name in listed))]
-    plan = Plan(stale=[s.name for s in todo])
-    to_run = _chain(todo)
     params = load_params(root / params_file)
     cache = _cache_path(root, params)
     ledger = SpendLedger(cache) if cache.exists() else None
+    plan = Plan()
     skipped: list[Stage] = []
     with tempfile.TemporaryDirectory(prefix="evolforge-plan-") as tmp:
-        shadow = Path(tmp) / "work"
-        make_shadow(root, shadow, [o for s in to_run for o in s.outs])
+        tmp = Path(tmp)
         if not cache.exists():  # an empty stand-in: the plan creates nothing in the workspace
-            cache = Path(tmp) / "cache.sqlite"
+            cache = tmp / "cache.sqlite"
+        if only:
+            todo, probed = [s for s in stages if s.name in only], []
+        else:
+            todo, probed = will_run(root, stages, tmp, cache, plan.notes)
+        plan.stale = [s.name for s in todo]
+        to_run = _chain(todo)
+        kept = [s for s in probed if s not in to_run]  # what they wrote in will_run's copy goes on
+        shadow = tmp / "work"
+        make_shadow(root, shadow, [o for s in to_run + kept for o in s.outs])
+        for out in [o for s in kept for o in s.outs]:
+            os.replace(tmp / "probe" / out, shadow / out)
         for stage in todo:
             if stage not in to_run:
                 if stage.kind == "model":
@@ -164,7 +191,7 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
             if after and stage.kind == "llm":
                 plan.notes.append(f"{stage.name}: planned on the previous outputs of {', '.join(after)} "
                                   f"(stale, not run by the plan: it loads or writes a model)")
-            calls, error = dry_run(stage, shadow, Path(tmp), cache)
+            calls, error = dry_run(stage, shadow, tmp, cache)
             if error:
                 plan.notes.append(f"{stage.name}: the dry run failed ({error}); its calls are not counted")
                 plan.failed.append(stage.name)
@@ -178,6 +205,54 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
         plan.notes.append(f"exact: the requests of {plan.rows[0].stage} that depend only on its inputs; its calls "
                           f"on stand-in answers and every later stage are estimates (see docs/llm.md)")
     return plan
+
+
+def will_run(root: Path, stages: list[Stage], tmp: Path, cache: Path,
+             notes: list[str]) -> tuple[list[Stage], list[Stage]]:
+    """The stages ``dvc repro`` will run, in order, and the always-changed ones run in ``tmp / "probe"``.
+
+    As DVC decides: a stage runs when it changed itself against dvc.lock (``changed_stages``) or when a stage
+    that runs before it changes an output it depends on. A stage that runs is taken to change all its
+    outputs, except an ``always_changed`` one that nothing before it changes: DVC runs it each time, and
+    what runs after it depends on what it writes. A plain one is run in a scratch copy and its outputs
+    hashed against dvc.lock; one that loads or writes a model is not run (the plan loads no model) and is
+    taken to write what dvc.lock records while its own dependencies and parameters are unchanged. Either
+    way, one that changes nothing is left out, and ``notes`` says so.
+    """
+    own = changed_stages(root)
+    probe = tmp / "probe"
+    make_shadow(root, probe, [o for s in stages if s.always_changed and s.kind == "plain" for o in s.outs])
+    changed: list[str] = []  # the outputs that change, as dvc.yaml names them
+    todo: list[Stage] = []
+    probed: list[Stage] = []
+    for stage in stages:
+        fed = _reads(stage, changed)
+        if stage.always_changed and not fed and stage.kind == "model":
+            outs = stage.outs if stage.name in own else []
+            if not outs:
+                notes.append(f"{stage.name}: always changed, so `dvc repro` runs it, but not the plan (it loads or "
+                             f"writes a model); with its dependencies and parameters unchanged, its outputs are "
+                             f"taken as dvc.lock records them, {NOTHING_AFTER}")
+        elif stage.always_changed and not fed and stage.kind == "plain":
+            _, error = dry_run(stage, probe, tmp, cache)
+            if error:
+                outs = stage.outs
+                notes.append(f"{stage.name}: always changed; its run in the plan's copy failed ({error}), so its "
+                             f"outputs are taken as changed")
+            else:
+                outs = changed_outputs(probe, stage)
+                probed.append(stage)
+                if not outs:
+                    notes.append(f"{stage.name}: always changed, so `dvc repro` runs it; run in the plan's copy, "
+                                 f"it writes what dvc.lock records, {NOTHING_AFTER}")
+        elif fed or stage.name in own or stage.always_changed:
+            outs = stage.outs
+        else:
+            continue
+        if outs or stage.name in own:
+            todo.append(stage)
+            changed += outs
+    return todo, probed
 
 
 def _chain(todo: list[Stage]) -> list[Stage]:
@@ -270,4 +345,5 @@ def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: S
     return row
 
 
-__all__ = ["Plan", "Row", "Stage", "dry_run", "estimate", "feeds", "make_plan", "make_shadow", "pipeline", "stale_stages"]
+__all__ = ["Plan", "Row", "Stage", "changed_outputs", "changed_stages", "dry_run", "estimate", "feeds", "make_plan",
+           "make_shadow", "pipeline", "will_run"]

@@ -13,10 +13,10 @@ HEADER = ("stage", "role", "call", "requests", "prompt tok", "completion tok exp
 
 def render(plan: Plan) -> str:
     """The plan's table, its notes, and the stale stages that send nothing."""
-    if not plan.stale:
-        return "nothing is stale: `dvc repro` would send no request"
     lines = []
-    if plan.rows:
+    if not plan.stale:
+        lines.append("nothing is stale: `dvc repro` would send no request")
+    elif plan.rows:
         table = [list(HEADER)]
         for stage in dict.fromkeys(r.stage for r in plan.rows):
             rows = [r for r in plan.rows if r.stage == stage]
