@@ -95,3 +95,16 @@ def test_hf_ranks_whole_answers_by_their_likelihood(tmp_path):
         logp = torch.log_softmax(logits, dim=-1)
         expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(tail))
         assert score == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_dry_run_counts_no_completion_tokens_for_a_ranking(tmp_path, monkeypatch):
+    from evolforge.llm.dryrun import DRY_RUN_ENV, record
+
+    monkeypatch.setenv(DRY_RUN_ENV, str(tmp_path / "calls.jsonl"))
+    role = Role(name="judge", backend="hf", model="m", max_tokens=32)
+    ranked = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("1", "10", "100"), rank=True, max_tokens=32)
+    decoded = ChatRequest.chat([{"role": "user", "content": "r"}], choices=("1", "10", "100"), max_tokens=32)
+    record(role, None, [ranked], {"k": [0]}, "judge score")
+    record(role, None, [decoded], {"k": [0]}, "judge level")
+    lines = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [(line["requests"], line["max_tokens"]) for line in lines] == [(1, 0), (1, 32)]

@@ -49,7 +49,8 @@ def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest],
     firsts = [requests[idx[0]] for idx in missing.values()]
     line = {"role": role.name, "backend": role.backend, "label": label, "requests": len(firsts),
             "prompt_tokens": sum(counter.count(r) for r in firsts), "prompt_bytes": sum(map(prompt_bytes, firsts)),
-            "max_tokens": sum(r.max_tokens for r in firsts), "counted": counter.how}
+            "max_tokens": sum(0 if r.rank else r.max_tokens for r in firsts),  # a ranking decodes nothing
+            "counted": counter.how}
     with open(active(), "a", encoding="utf-8") as f:  # type: ignore[arg-type]
         f.write(json.dumps(line) + "\n")
     samples = ledger.samples(role.name, label) if ledger is not None else []

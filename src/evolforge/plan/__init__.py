@@ -333,7 +333,9 @@ def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: S
         seen = ledger.spent(role=role.name, label=call["label"])
         if not seen.calls:
             seen = ledger.spent(role=role.name)  # this call never ran: the role's mean over its calls
-        if seen.calls and seen.completion_tokens:
+        if row.completion_tokens_max == 0:  # ranked answers: nothing is decoded
+            row.completion_tokens_expected = 0
+        elif seen.calls and seen.completion_tokens:
             mean = seen.completion_tokens / seen.calls
             row.completion_tokens_expected = min(round(mean * row.requests), row.completion_tokens_max)
         if seen.calls and seen.seconds:
