@@ -24,7 +24,9 @@ REASONS = ["missing_final_marker", "unchanged", "copied_template_words"]
 def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3, fraction: float = 0.3) -> dict:
     """Write data/ and metrics/ of one version under ``root``; return the expected counts."""
     rng = random.Random(seed)
-    seeds = [{"instruction": f"Seed task {i}: explain topic {i}.", "input": "", "output": f"Answer {i}."} for i in range(n_seeds)]
+    # markup in every instruction: the page must show it as text (escaped), never as HTML
+    seeds = [{"instruction": f"Seed task {i}: explain <b>topic {i}</b> & its history.", "input": "", "output": f"Answer {i}."}
+             for i in range(n_seeds)]
     seed_rows = [{"id": make_id(s["instruction"]), "root_id": make_id(s["instruction"]), "parent_id": None, "round": 0,
                   "method": "seed", "status": "seed", "failure_reason": None, **s} for s in seeds]
     seed_table = pl.DataFrame(seed_rows, schema_overrides={"parent_id": pl.String, "failure_reason": pl.String})
@@ -55,7 +57,8 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
                  meta={"model": "responder-model", "model_identity": {"weights_sha256": "r" * 64}, "template_hash": "p" * 16})
     judged = responses.select("id", "round").with_columns(
         difficulty_level=pl.Series([rng.choice(LEVELS) for _ in range(responses.height)]),
-        difficulty_score=pl.Series([float(rng.randint(0, 100)) for _ in range(responses.height)]))
+        difficulty_score=pl.Series([float(rng.randint(0, 100)) for _ in range(responses.height)]),
+        difficulty_expected=pl.Series([round(rng.uniform(20, 80), 2) for _ in range(responses.height)]))  # judge.probabilities
     write_output(root / "data" / "judged", judged, meta={"model": "judge-model", "model_identity": {"weights_sha256": "j" * 64},
                                                          "template_hashes": {"judge/difficulty_level.j2": "l" * 16}})
     scores = responses.select("id", "round").with_columns(
@@ -69,6 +72,10 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
     write_output(root / "data" / "selected", selected, meta={"params": {"metric": "ic_ifd", "top_fraction": fraction}})
 
     metrics = root / "metrics"
+    per_round = {f"round_{k}": {"round": f"round_{k}", "in": n_seeds, "evolved": expected["evolved"][k],
+                                "failed": expected["failed"][k]} for k in range(1, rounds + 1)}
+    write_json(metrics / "evolve.json", {**per_round, "total": {key: sum(r[key] for r in per_round.values())
+                                                                for key in ("in", "evolved", "failed")}})
     write_json(metrics / "select.json", {"metric": "ic_ifd", "items": table.height, "selected": n})
     rounds_table = pl.concat([pl.read_parquet(root / "data" / "evolved" / f"round_{i}" / "items.parquet") for i in range(1, rounds + 1)])
     failures = rounds_table.filter(pl.col("failure_reason").is_not_null()).group_by(["round", "failure_reason"]).len()

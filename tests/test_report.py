@@ -3,14 +3,18 @@ tests/test_browser.py opens the pages)."""
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
 import os
 import re
+import statistics
 
 import polars as pl
 import pytest
 
 from evolforge.core.params import ParamsError, load_section
+from evolforge.core.records import write_output
 import yaml
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -342,7 +346,8 @@ def test_partly_built_workspace_warns_about_stale_metrics(version, tmp_path, cap
     shutil.rmtree(copy / "data" / "evolved")  # a fresh clone that built only the seed and responses
     shutil.rmtree(copy / "data" / "compare")  # evaluate ran here, compare did not
     warnings = collect(copy)["warnings"]
-    assert any(w.startswith("metrics/plots/evolve_failures.json present but data/evolved is not") for w in warnings)
+    assert any(w.startswith("metrics/evolve.json, metrics/plots/evolve_failures.json present but data/evolved is not")
+               for w in warnings)
     assert any("metrics/compare.json present but data/compare is not" in w for w in warnings)
     assert not any("metrics/eval.json" in w for w in warnings)
     build_report(tmp_path / "index.html", [str(copy)], ["ws"])
@@ -382,3 +387,89 @@ def test_charts_read_well_with_few_points_and_two_sets(version):
         enc = content["encoding"]
         assert content["mark"]["point"] is True and enc["x"]["axis"] == {"tickMinStep": 1, "format": "d"}
         assert enc["y"]["scale"]["zero"] is True and enc["color"]["field"] == "rev"
+
+
+def _section(page: str, title: str) -> str:
+    """The page's HTML between the heading ``title`` and the next heading."""
+    return page.split(f"<h2>{title}</h2>", 1)[1].split("<h2>", 1)[0]
+
+
+def test_survival_per_round_in_the_funnel_and_the_summary(version):
+    root, expected = version
+    v = collect(root)
+    page = render([("A", v)])
+    funnel = {r["round"]: r for r in v["funnel"]}
+    assert funnel[0]["survival"] is None
+    for k in (1, 2, 3):
+        share = expected["evolved"][k] / expected["seeds"]  # survivors over the round's attempts
+        assert funnel[k]["survival"] == pytest.approx(share, abs=1e-4)
+        assert v["headline"]["surv"][f"r{k}"] == pytest.approx(share, abs=1e-4)  # metrics/evolve.json agrees
+        cell = f'<td class="num">{share:.1%}</td>'
+        row = (f'<tr><td class="num">{k}</td><td class="num">{expected["seeds"]}</td>'
+               f'<td class="num">{expected["evolved"][k]}</td>{cell}<td class="num">{expected["failed"][k]}</td>')
+        assert row in _section(page, "Funnel per round")
+        assert f"<td><code>surv.r{k}</code></td>{cell}" in _section(page, "Summary")
+    assert f'<td><code>sel.n</code></td><td class="num">{expected["selected"]}</td>' in page
+
+
+def test_evolved_instructions_beside_their_parents(version):
+    root, expected = version
+    v = collect(root)
+    tables = [pl.read_parquet(root / "data" / "seed" / "items.parquet")] + [
+        pl.read_parquet(root / "data" / "evolved" / f"round_{k}" / "items.parquet") for k in (1, 2, 3)]
+    by_id = {r["id"]: r for t in tables for r in t.to_dicts()}
+    judged = {r["id"]: r for r in pl.read_parquet(root / "data" / "judged" / "items.parquet").to_dicts()}
+    section = _section(render([("A", v)]), "Evolved instructions beside their parents")
+    for k in (1, 2, 3):
+        pairs = [p for p in v["pairs"] if p["round"] == k]
+        # the 4 survivors whose seed ids hash lowest: the same lineages in every round
+        survivors = tables[k].filter(pl.col("status") == "evolved")
+        lowest = sorted(survivors.iter_rows(named=True), key=lambda r: hashlib.sha256(r["root_id"].encode()).hexdigest())[:4]
+        assert [p["id"] for p in pairs] == [r["id"] for r in lowest] and len(pairs) == min(4, expected["evolved"][k])
+        for p in pairs:
+            parent = by_id[p["parent_id"]]
+            assert p["parent"]["instruction"] == parent["instruction"] and p["parent"]["round"] == parent["round"] < k
+            assert p["instruction"] == parent["instruction"] + f" Then add step {k}."  # how the fixture evolves
+            assert p["score"] == judged[p["id"]]["difficulty_expected"] and p["level"] == judged[p["id"]]["difficulty_level"]
+            assert p["parent"]["score"] == (judged[parent["id"]]["difficulty_expected"] if parent["id"] in judged else None)
+            assert html.escape(parent["instruction"]) in section and html.escape(p["instruction"]) in section
+    assert any(p["parent"]["round"] == 0 for p in v["pairs"]) and any(p["parent"]["score"] is not None for p in v["pairs"])
+    assert "expected score, level: parent" in section and section.count("<tr>") == len(v["pairs"]) + 1
+
+
+def test_difficulty_distribution_per_round(version, tmp_path):
+    root, _ = version
+    v = collect(root)
+    judged = pl.read_parquet(root / "data" / "judged" / "items.parquet")
+    for field in ("difficulty_expected", "difficulty_score"):
+        rows = {r["round"]: r for r in v["difficulty"] if r["score"] == field}
+        assert sorted(rows) == [1, 2, 3]
+        for k, r in rows.items():
+            scores = judged.filter(pl.col("round") == k)[field].to_list()
+            q1, median, q3 = statistics.quantiles(scores, n=4, method="inclusive")
+            assert r["median"] == pytest.approx(statistics.median(scores)) == pytest.approx(median)
+            assert (r["q1"], r["q3"]) == (pytest.approx(q1), pytest.approx(q3))
+            assert (r["judged"], r["scored"], r["min"], r["max"]) == (len(scores), len(scores), min(scores), max(scores))
+            assert r["mean"] == pytest.approx(statistics.fmean(scores))
+    page = render([("A", v)])
+    r2 = next(r for r in v["difficulty"] if r["score"] == "difficulty_expected" and r["round"] == 2)
+    assert (f'<td>expected score (<code>difficulty_expected</code>)</td><td class="num">2</td><td class="num">{r2["judged"]}'
+            f'</td><td class="num">{r2["judged"]}</td><td class="num">{r2["mean"]:.4g}</td>') in _section(page, "Difficulty per round")
+    content = spec([("A", v)], next(c for c in CHARTS if c[0] == "difficulty_scores"))
+    assert content["spec"]["layer"][2]["encoding"]["y"]["field"] == "median"
+    assert {row["rev"] for row in content["data"]["values"]} == {"A · expected score", "A · most likely score"}
+
+    # judge.probabilities off: the expected score is null, the most likely one is all there is
+    copy = _copy_version(root, tmp_path / "v")
+    write_output(copy / "data" / "judged", judged.with_columns(difficulty_expected=pl.lit(None, pl.Float64)))
+    off = collect(copy)
+    assert {r["score"] for r in off["difficulty"]} == {"difficulty_score"}
+    assert all(p["score"] == judged.filter(pl.col("id") == p["id"])["difficulty_score"].item() for p in off["pairs"])
+
+
+def test_instruction_text_is_escaped_on_the_page(version):
+    root, _ = version
+    page = render([("A", collect(root))])
+    assert "<b>topic" not in page  # every fixture instruction holds "<b>topic i</b> & its history."
+    for title in ("Evolved instructions beside their parents", "Sample lineage chains"):
+        assert "&lt;b&gt;topic" in _section(page, title) and "&amp; its history" in _section(page, title)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import json
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,18 @@ import polars as pl
 
 from evolforge.core.records import EVOLVED, META, TABLE
 from evolforge.report.spend import spend
+from evolforge.report.summary import headline
 from evolforge.score.histogram import histogram
 
 READS = ["data/seed", "data/evolved", "data/responses", "data/clean", "data/judged", "data/scores", "data/diversity",
          "data/selected", "metrics", "models/identity.json"]
 SAMPLE_CHAINS = 20
+PAIRS_PER_ROUND = 4  # surviving rewrites shown beside their parents, per round
 EXAMPLES = 5  # top and bottom selected examples shown
 TEXT_LIMIT = 400  # characters of an instruction or response shown on the page
+# the judge's 0-100 score columns (data/judged), the expected one first: with judge.probabilities it tells apart
+# items that the most likely answer lumps together; without, it is null and the most likely score is all there is
+SCORE_FIELDS = {"difficulty_expected": "expected score", "difficulty_score": "most likely score"}
 
 
 def _table(root: Path, rel: str) -> pl.DataFrame | None:
@@ -45,6 +51,11 @@ def _rounds(root: Path) -> list[Path]:
         tail = p.name.rsplit("_", 1)[-1]
         return int(tail) if tail.isdigit() else 0
     return sorted((p for p in (root / "data" / "evolved").glob("*/") if (p / TABLE).exists()), key=index)
+
+
+def _digest(key: str) -> str:
+    """A lineage's place in a sample: stable across versions built from the same seeds."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _reasons(table: pl.DataFrame) -> dict[str, int]:
@@ -80,9 +91,10 @@ def _removed(root: Path) -> dict[int, dict[str, int]]:
 
 
 def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
-    """One row per round: in, evolved, failed (by reason), answered, clean (with the removed by reason), judged,
-    selected. ``selected`` is the selection when it is not yet in ``data/selected`` (the card, written inside
-    the select stage's atomic write, passes the rows it is about to publish)."""
+    """One row per round: in (the attempts), evolved, failed (by reason), survival (evolved / in), answered, clean
+    (with the removed by reason), judged, selected. ``selected`` is the selection when it is not yet in
+    ``data/selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
+    publish)."""
     responses, clean = _table(root, "data/responses"), _table(root, "data/clean")
     judged = _table(root, "data/judged")
     selected = selected if selected is not None else _table(root, "data/selected")
@@ -92,14 +104,17 @@ def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
     seed = _table(root, "data/seed")
     rows = []
     if seed is not None:
-        rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "failed_by_reason": {},
+        rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "survival": None,
+                     "failed_by_reason": {},
                      "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None else None) if clean is not None else None,
                      "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
     for path in _rounds(root):
         t = pl.read_parquet(path / TABLE)
         r = int(t["round"][0]) if t.height else 0
         evolved = int((t["status"] == EVOLVED).sum())
+        # survival: the share of the round's attempts that passed the elimination rules
         rows.append({"round": r, "in": t.height, "evolved": evolved, "failed": t.height - evolved,
+                     "survival": round(evolved / t.height, 4) if t.height else None,
                      "failed_by_reason": _reasons(t), "answered": answered.get(r, 0),
                      "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": removed.get(r, {}),
                      "judged": judged_n.get(r, 0), "selected": selected_n.get(r, 0)})
@@ -142,7 +157,7 @@ def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
         by_root.setdefault(r["root_id"] or r["id"], []).append(r)
     def key(root_id: str) -> tuple:
         reaches = any(step["round"] == last for step in by_root[root_id])
-        return (not reaches, hashlib.sha256(root_id.encode()).hexdigest())
+        return (not reaches, _digest(root_id))
     return [by_root[k] for k in sorted(by_root, key=key)[:n]]
 
 
@@ -160,6 +175,73 @@ def judge_levels(root: Path) -> list[dict]:
             if level is None and not count:
                 continue
             out.append({"round": int(r), "level": level or "unparsed", "count": count, "share": round(count / part.height, 4)})
+    return out
+
+
+def judge_score_fields(root: Path) -> list[str]:
+    """The judge's score columns that ``data/judged`` holds values of (``SCORE_FIELDS`` order: expected first)."""
+    path = root / "data" / "judged" / TABLE
+    if not path.exists():
+        return []
+    names = pl.read_parquet_schema(path)
+    present = [f for f in SCORE_FIELDS if f in names]
+    counts = pl.scan_parquet(path).select(pl.col(f).count() for f in present).collect().row(0) if present else ()
+    return [f for f, n in zip(present, counts) if n]
+
+
+def difficulty_distribution(root: Path) -> list[dict]:
+    """Per judge score column and round: items judged, scores parsed, and the scores' mean, min, quartiles and max
+    (0-100; quartiles interpolated linearly between the two nearest scores, as numpy's default)."""
+    path = root / "data" / "judged" / TABLE
+    rows = []
+    for field in judge_score_fields(root):
+        score = pl.col(field)
+        stats = (pl.scan_parquet(path).group_by("round")
+                 .agg(judged=pl.len(), scored=score.count(), mean=score.mean(), min=score.min(),
+                      q1=score.quantile(0.25, "linear"), median=score.median(), q3=score.quantile(0.75, "linear"),
+                      max=score.max())
+                 .sort("round").collect())
+        rows += [{"score": field, **r, "round": int(r["round"])} for r in stats.to_dicts()]
+    return rows
+
+
+def evolved_pairs(root: Path, n: int = PAIRS_PER_ROUND) -> list[dict]:
+    """Per round, ``n`` surviving rewrites beside the instruction each rewrote (the seed's, or an earlier round's
+    survivor), with the method and, where the item was judged, the judge's level and score of both.
+
+    Picked by a hash of their seed's id, as :func:`chains` picks: the same lineages in every round, and in every
+    version built from the same seeds. Only the picked rows, their parents and their judgements are read.
+    """
+    rounds = [p / TABLE for p in _rounds(root)]
+    cols = ["id", "root_id", "parent_id", "round", "method", "instruction", "input"]
+    picked = []
+    for path in rounds:
+        survivors = pl.scan_parquet(path).filter(pl.col("status") == EVOLVED).select("id", "root_id").collect()
+        keys = heapq.nsmallest(n, zip(survivors["root_id"], survivors["id"]), key=lambda k: (_digest(k[0] or k[1]), k[1]))
+        order = {item_id: i for i, (_, item_id) in enumerate(keys)}
+        part = pl.scan_parquet(path).filter(pl.col("id").is_in(list(order))).select(cols).collect()
+        picked += sorted(part.to_dicts(), key=lambda r: order[r["id"]])
+    if not picked:
+        return []
+    parent_ids = list({r["parent_id"] for r in picked})
+    sources = [p for p in [root / "data" / "seed" / TABLE] + rounds if p.exists()]
+    parents = {r["id"]: r for path in sources for r in pl.scan_parquet(path).filter(pl.col("id").is_in(parent_ids))
+               .select(cols).collect().to_dicts()}
+    judged = {}
+    fields = judge_score_fields(root)[:1]  # the score the distribution leads with
+    if (root / "data" / "judged" / TABLE).exists():
+        wanted = [r["id"] for r in picked] + parent_ids
+        table = (pl.scan_parquet(root / "data" / "judged" / TABLE).filter(pl.col("id").is_in(wanted))
+                 .select(["id", "difficulty_level"] + fields).collect())
+        judged = {r["id"]: {"level": r["difficulty_level"], "score": r[fields[0]] if fields else None}
+                  for r in table.to_dicts()}
+    none = {"level": None, "score": None}
+    out = []
+    for r in picked:
+        parent = parents.get(r["parent_id"])
+        if parent is not None:
+            parent = {**parent, **judged.get(parent["id"], none)}
+        out.append({**r, **judged.get(r["id"], none), "score_field": fields[0] if fields else None, "parent": parent})
     return out
 
 
@@ -276,9 +358,12 @@ def collect(root: str | Path) -> dict[str, Any]:
     plots = root / "metrics" / "plots"
     return {
         "root": str(root),
+        "headline": headline(root),  # what metrics/summary.json holds (survival per round, selection, scores, cost)
         "funnel": funnel(root),
         "chains": chains(root),
         "levels": judge_levels(root),
+        "difficulty": difficulty_distribution(root),  # the judge's scores per round: mean, quartiles
+        "pairs": evolved_pairs(root),  # surviving rewrites beside their parents
         "histograms": score_histograms(root),
         "examples": examples(root, select.get("metric")),
         "selection_metric": select.get("metric"),

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evolforge.report.assets import library_scripts
+from evolforge.report.collect import PAIRS_PER_ROUND, SCORE_FIELDS
 from evolforge.report.spend import spend_html
+from evolforge.report.summary import MAIN_SCORE
 
 TEMPLATES = Path(__file__).with_name("templates")
 Version = tuple[str, dict[str, Any]]  # (label, collect() output)
@@ -39,6 +41,7 @@ th { background: #f7fafc; } td.num { text-align: right; font-variant-numeric: ta
 .warning { background: #fffbea; border-left: 4px solid #d69e2e; padding: 0.4rem 0.8rem; margin: 0.4rem 0; }
 .text { max-width: 38rem; white-space: pre-wrap; word-break: break-word; }
 .failed { color: #c53030; } .evolved { color: #2f855a; } .sel { font-weight: bold; }
+.from { color: #4a5568; font-size: 0.8rem; }
 ol.chain { margin: 0.2rem 0 0.8rem; padding-left: 1.4rem; font-size: 0.85rem; }
 code { font-size: 0.8rem; }
 """
@@ -68,6 +71,11 @@ def num(value: Any) -> str:
     return f'<td class="num">{esc(value)}</td>'
 
 
+def pct(share: float | None) -> str:
+    """A share (0-1) as a percentage cell."""
+    return num(None) if share is None else f'<td class="num">{share:.1%}</td>'
+
+
 def clip(text: str | None, limit: int = 400) -> str:
     text = text or ""
     return esc(text if len(text) <= limit else text[:limit] + " …")
@@ -86,12 +94,12 @@ def reasons(counts: dict[str, int]) -> str:
 
 def funnel_table(v: dict) -> str:
     has_clean = any(r["clean"] is not None for r in v["funnel"])
-    header = ["round", "in", "evolved", "failed", "failed by reason", "answered"] + \
+    header = ["round", "in", "evolved", "survival (evolved / in)", "failed", "failed by reason", "answered"] + \
              (["kept after dedup / decontamination", "removed by reason"] if has_clean else []) + ["judged", "selected"]
     rows = []
     for r in v["funnel"]:
-        cells = [num("seed" if r["round"] == 0 else r["round"]), num(r["in"]), num(r["evolved"]), num(r["failed"]),
-                 f"<td>{reasons(r['failed_by_reason'])}</td>", num(r["answered"])]
+        cells = [num("seed" if r["round"] == 0 else r["round"]), num(r["in"]), num(r["evolved"]), pct(r["survival"]),
+                 num(r["failed"]), f"<td>{reasons(r['failed_by_reason'])}</td>", num(r["answered"])]
         if has_clean:
             cells += [num(r["clean"]), f"<td>{reasons(r['removed_by_reason'])}</td>"]
         cells += [num(r["judged"]), num(r["selected"])]
@@ -104,9 +112,57 @@ def levels_table(v: dict) -> str:
     by_round: dict[int, dict[str, int]] = {}
     for r in v["levels"]:
         by_round.setdefault(r["round"], {})[r["level"]] = r["count"]
-    rows = [f"<tr>{num(rnd)}{''.join(num(c.get(l, 0)) for l in levels)}{num(sum(c.values()))}</tr>"
+    rows = [f"<tr>{num('seed' if rnd == 0 else rnd)}{''.join(num(c.get(l, 0)) for l in levels)}{num(sum(c.values()))}</tr>"
             for rnd, c in sorted(by_round.items())]
     return table(["round"] + levels + ["total"], rows)
+
+
+def difficulty_table(v: dict) -> str:
+    """The judge's scores per round (0-100): how many, their mean and quartiles."""
+    rows = [f"<tr><td>{esc(SCORE_FIELDS[r['score']])} (<code>{esc(r['score'])}</code>)</td>"
+            f"{num('seed' if r['round'] == 0 else r['round'])}{num(r['judged'])}{num(r['scored'])}"
+            f"{''.join(num(r[k]) for k in ('mean', 'min', 'q1', 'median', 'q3', 'max'))}</tr>" for r in v["difficulty"]]
+    return table(["judge score", "round", "judged", "scored", "mean", "min", "Q1", "median", "Q3", "max"], rows)
+
+
+def judgement(side: dict) -> str:
+    """A judged item's score and level as a cell ("-" when it was not judged: removed before, or not answered)."""
+    if side.get("score") is None and side.get("level") is None:
+        return num(None)
+    score = f"{side['score']:.1f}" if isinstance(side.get("score"), float) else esc(side.get("score"))
+    return f'<td class="num">{score}<br><span class="from">{esc(side.get("level"))}</span></td>'
+
+
+def with_input(row: dict) -> str:
+    return (row.get("instruction") or "") + (("\n\n" + row["input"]) if row.get("input") else "")
+
+
+def pairs_html(v: dict) -> str:
+    """Each round's sampled survivors beside the instruction they rewrote."""
+    rows = []
+    for r in v["pairs"]:
+        parent = r["parent"] or {}
+        origin = "seed" if parent.get("round") == 0 else f"round {parent['round']}" if parent else "not found"
+        rows.append(f"<tr>{num(r['round'])}<td><code>{esc(r['method'])}</code></td>"
+                    f"<td class='text'><span class='from'>{esc(origin)}</span>\n{clip(with_input(parent))}</td>"
+                    f"<td class='text'>{clip(with_input(r))}</td>{judgement(parent)}{judgement(r)}</tr>")
+    field = next((r["score_field"] for r in v["pairs"] if r["score_field"]), None)
+    judge = f"{SCORE_FIELDS[field]}, level" if field else "judge"
+    return table(["round", "method", "parent", "evolved", f"{judge}: parent", f"{judge}: evolved"], rows)
+
+
+def summary_html(v: dict) -> str:
+    """The headline figures (``metrics/summary.json``, the columns ``dvc exp show`` compares)."""
+    h = v["headline"]
+    rows = [f"<tr><td><code>surv.{esc(r)}</code></td>{pct(s)}<td>survival: share of round {esc(r[1:])}'s attempts "
+            f"that passed the elimination rules</td></tr>" for r, s in h["surv"].items()]
+    sel, what = h["sel"], {"n": "items selected", "diff": "mean judge difficulty score of the selection (0-100)",
+                           "icifd": "mean IC-IFD of the selection"}
+    rows += [f"<tr><td><code>sel.{k}</code></td>{num(sel.get(k))}<td>{esc(what[k])}</td></tr>" for k in what]
+    rows += [f"<tr><td><code>ev.{esc(task)}</code></td>{num(score)}<td>the fine-tuned model's {esc(task)} "
+             f"{esc(MAIN_SCORE.get(task, 'score'))}</td></tr>" for task, score in h["ev"].items()]
+    rows.append(f"<tr><td><code>cost.usd</code></td>{num(h['cost']['usd'])}<td>LLM spend (- : no prices set)</td></tr>")
+    return table(["metric", "value", "what"], rows)
 
 
 def examples_table(v: dict, which: str) -> str:
@@ -214,6 +270,8 @@ def side_by_side(versions: list[Version], part: Callable[[dict], str]) -> str:
 CHARTS = [
     ("difficulty_levels", "Difficulty level per round (judge)", "rounds_grouped_bars", "level", "share",
      "difficulty level", "share of the round", lambda v: v["levels"]),
+    ("difficulty_scores", "Judge difficulty score per round", "rounds_box", "round", "median", "round (0 = seeds)",
+     "judge score (0-100)", lambda v: [{**r, "set": SCORE_FIELDS[r["score"]]} for r in v["difficulty"]]),
     ("evolve_failures", "Evolution failures by reason, per round", "rounds_grouped_bars", "reason", "count",
      "failure reason", "items", lambda v: v["evolve_failures"]),
     ("optimize", "Optimize: dev-set evol failure rate per step", "steps", "step", "failure_rate",
@@ -266,13 +324,21 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
     labels = " vs ".join(label for label, _ in versions)
     where = "".join(f"<li>{esc(label)}: <code>{esc(v['root'])}</code></li>" for label, v in versions)
     sections = [
-        ("Funnel per round", "seeds → evolved / failed by reason → answered → deduplicated / decontaminated → judged → selected",
+        ("Summary", "the headline figures of metrics/summary.json, as dvc exp show compares them",
+         side_by_side(versions, summary_html)),
+        ("Funnel per round", "seeds → evolved / failed by reason (survival: the share of a round's attempts that evolved) "
+         "→ answered → deduplicated / decontaminated → judged → selected",
          side_by_side(versions, funnel_table)),
         ("Scenario", "the pool that went on to dedup: evolved instructions (evol) or AutoIF's verified items (autoif)",
          side_by_side(versions, scenario_html)),
         ("Evolution and optimization", "", charts_html(versions, ["evolve_failures", "optimize"])),
-        ("Difficulty per round", "judge labels (counts) and their share per round",
-         side_by_side(versions, levels_table) + charts_html(versions, ["difficulty_levels"])),
+        ("Evolved instructions beside their parents", f"up to {PAIRS_PER_ROUND} surviving rewrites per round (the same "
+         "seeds' lineages in every round), the method used, and the judge's score and level of both",
+         side_by_side(versions, pairs_html)),
+        ("Difficulty per round", "judge labels (counts) and their share per round; the judge's 0-100 scores per round "
+         "(box: quartiles, whiskers: min and max, dark line: median)",
+         side_by_side(versions, levels_table) + side_by_side(versions, difficulty_table)
+         + charts_html(versions, ["difficulty_levels", "difficulty_scores"])),
         ("IFD / IC-IFD", "distributions over the scored pool and over the selection",
          charts_html(versions, ["ifd", "ic_ifd", "mnd"])),
         ("Selected examples: highest selection metric", "", side_by_side(versions, lambda v: examples_table(v, "top"))),
