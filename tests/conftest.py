@@ -37,6 +37,19 @@ def no_proxy(monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
+@pytest.fixture
+def sandbox_checks_alone(tmp_path_factory):
+    """Held by the tests that count the processes a sandbox run leaves: one pytest-xdist worker at a time
+    (a fork bomb's orphans in one worker's test must not land in another's count)."""
+    import fcntl
+
+    lock = tmp_path_factory.getbasetemp().parent / "sandbox-checks.lock"  # shared by the workers of one run
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

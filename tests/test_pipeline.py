@@ -170,7 +170,8 @@ def test_full_build(built):
     assert all(metric(work, f"autoif/{n}.json")["skipped"] for n in ("constraints", "verify", "respond"))
     assert metric(work, "pool.json")["scenario"] == "evol" and metric(work, "pool.json")["items"] == responses["items"]
     compare = metric(work, "compare.json")
-    assert compare["win"] + compare["tie"] + compare["lose"] + compare["unjudged"] == 10  # compare.limit
+    shipped_limit = yaml.safe_load((work / "params.yaml").read_text())["compare"]["limit"]
+    assert compare["win"] + compare["tie"] + compare["lose"] + compare["unjudged"] == shipped_limit
     # tokens per stage and role in the metrics (counted by the hf backend here); with judge.probabilities
     # the judge ranks its allowed answers instead of generating one: prompt tokens only
     ranked = yaml.safe_load((work / "params.yaml").read_text())["judge"].get("probabilities", False)

@@ -18,6 +18,8 @@ from evolforge.eval import sandbox
 from processes import descendants as _descendants, sandbox_uid_processes as _sandbox_uid_processes
 from evolforge.eval.sandbox import isolation, run_untrusted
 
+pytestmark = pytest.mark.usefixtures("sandbox_checks_alone")  # conftest.py
+
 FAILING_TESTS = "assert 1 == 2\n"
 
 FORGERIES = {

@@ -24,6 +24,8 @@ from evolforge.eval.sandbox import run_untrusted
 from evolforge.eval.tasks import code_scoring
 from evolforge.steps import autoif_sandbox
 
+pytestmark = pytest.mark.usefixtures("sandbox_checks_alone")  # conftest.py
+
 WRONG = "def add(a, b):\n    return a - b\n"
 CORRECT = "def add(a, b):\n    return a + b\n"
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\nassert len(str(add(4, 5))) == 1\n"
