@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from evolforge.steps.evolve import repetition_test
+from evolforge.steps.elimination import repetition_test
 
 from evolforge.core.params import load_section
 
@@ -86,7 +86,7 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     llm, _ = responder()
-    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: llm)
+    monkeypatch.setattr("evolforge.steps.respond.open_role", lambda params, name, cache: llm)
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     write_output(tmp_path / "evolved" / "round_1", round_table({}))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}},

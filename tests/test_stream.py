@@ -244,7 +244,6 @@ def test_chunked_checks_refuse_bad_files_plainly(tmp_path):
 def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch):
     """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
     its input is read 3 rows at a time or whole."""
-    import evolforge.llm as llm_module
     from evolforge.core.records import write_output
     from evolforge.llm import LLM, Role
     from evolforge.llm.fake import FakeBackend
@@ -257,7 +256,7 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
     def fake_role(params, name, cache=None):
         return LLM(FakeBackend(reply), None, role=Role.from_params(name, {"backend": "hf", "model": "fake"}))
 
-    monkeypatch.setattr(llm_module, "open_role", fake_role)
+    monkeypatch.setattr("evolforge.steps.judge.open_role", fake_role)
     runs = []
     for chunk_rows in (3, 1000):
         work = tmp_path / str(chunk_rows)

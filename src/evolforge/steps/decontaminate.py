@@ -45,16 +45,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
 
-from evolforge.core.text import normalize_text
-
+from evolforge.core import validation
+from evolforge.core.params import load_role, load_section
+from evolforge.core.records import TABLE
 from evolforge.core.settings import DecontaminateSettings
+from evolforge.core.stage import Outputs
+from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.core.text import normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -647,3 +654,75 @@ def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: Deco
     checker = Decontaminator(problems, config, embed)
     out = checker.flag(table, chunk_size)
     return out, checker.metrics()
+
+
+REMOVED_BY = {"dedup": "near-duplicate", "decontaminate": "contaminated"}  # removed_by -> the plot's reason
+
+
+def role_embedder(params: dict[str, Any]) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> vectors with roles.embedder (``diversity.embedder`` kind), for ``embedding_threshold``."""
+    from evolforge.score.diversity import embed_texts  # torch: imported only by a stage that embeds (peak RSS)
+
+    role, kind = load_role(params, "embedder"), load_section(params, "diversity").embedder
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return embed_texts(texts, role.model, kind=kind, revision=role.revision, dtype=role.dtype, device=role.device)
+    return embed
+
+
+def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+    """The decontaminate stage: the items of ``dedup`` that are not duplicates, checked against the benchmark
+    index built once, streamed ``data.chunk_rows`` rows at a time into ``out``: items.parquet holds the kept
+    ones, removed.parquet the duplicates, then the contaminated ones (spilled beside ``out`` meanwhile), with the
+    columns of both (as one diagonal concat)."""
+    cfg, evaluate, rows = load_section(params, "decontaminate"), load_section(params, "evaluate"), load_section(params, "data").chunk_rows
+    source = table_file(dedup)
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output", "duplicate_of"]), rows)
+    problems, notes = load_problems(list(evaluate.tasks), evaluate.suite, cfg)
+    for note in notes:
+        print(f"decontaminate: note: {note}")
+    checker = Decontaminator(problems, cfg, role_embedder(params) if cfg.embedding_threshold is not None else None)
+    empty = pl.DataFrame(schema=table_schema(source))
+    kept_schema = checker.flag(empty).schema
+    template = pl.concat([empty.with_columns(removed_by=pl.lit("dedup")),
+                          pl.DataFrame(schema=kept_schema).with_columns(removed_by=pl.lit("decontaminate"))], how="diagonal_relaxed")
+    removed_counts: Counter = Counter()  # (round, removed_by) -> items
+    counts: Counter = Counter()  # duplicates, checked
+
+    def kept_chunks(work: Path) -> Iterator[pl.DataFrame]:
+        """The items that are not duplicates, checked; the contaminated ones spilled to ``work``."""
+        for c, chunk in enumerate(iter_chunks(source, rows)):
+            duplicate = chunk["duplicate_of"].is_not_null()
+            counts["duplicates"] += int(duplicate.sum())
+            checked = checker.flag(chunk.filter(~duplicate))
+            contaminated = checked["contamination_benchmark"].is_not_null()
+            counts["checked"] += checked.height
+            if contaminated.any():
+                checked.filter(contaminated).write_parquet(work / f"contaminated-{c:06d}.parquet")
+            yield checked.filter(~contaminated)
+
+    def removed(part: pl.DataFrame, by: str) -> pl.DataFrame:
+        removed_counts.update((r, by) for r in part["round"].to_list())
+        return pl.concat([template, part.with_columns(removed_by=pl.lit(by))], how="diagonal_relaxed")
+
+    def removed_chunks(work: Path) -> Iterator[pl.DataFrame]:
+        for chunk in iter_chunks(source, rows):
+            yield removed(chunk.filter(pl.col("duplicate_of").is_not_null()), "dedup")
+        for file in sorted(work.glob("contaminated-*.parquet")):
+            yield removed(pl.read_parquet(file), "decontaminate")
+
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:
+        meta = {"params": vars(cfg), "notes": notes, "reference_problems": checker.metrics()["reference_problems"],
+                "tasks": list(evaluate.tasks), "suite": evaluate.suite}
+        write_output_chunks(out, {TABLE: (kept_schema, kept_chunks(Path(work))),
+                                  "removed.parquet": (template.schema, removed_chunks(Path(work)))}, meta=meta)
+    metrics = checker.metrics()
+    flagged_rounds = sorted((r, n) for (r, by), n in removed_counts.items() if by == "decontaminate")
+    metrics.update({"duplicates_skipped": counts["duplicates"], "kept": counts["checked"] - metrics["flagged"], "notes": notes,
+                    "flagged_per_round": {str(r): n for r, n in flagged_rounds}, "peak_rss_mib": peak_rss_mib()})
+    plot = [{"round": int(r), "reason": REMOVED_BY[by], "count": n} for (r, by), n in sorted(removed_counts.items())]
+    return Outputs(metrics, f"decontaminate: {metrics['flagged']} of {counts['checked']} items flagged {metrics['flagged_per_benchmark']}; "
+                            f"{metrics['kept']} kept, {sum(removed_counts.values())} removed in all; peak RSS {metrics['peak_rss_mib']} MiB",
+                   plot=plot)
