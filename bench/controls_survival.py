@@ -27,7 +27,7 @@ import torch
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.roles import Controls
-from evolforge.llm import ChatRequest
+from evolforge.core.roles import ChatRequest
 from evolforge.llm.hf import HFBackend
 from evolforge.steps import elimination
 from evolforge.steps.evolve_prompts import BREADTH, IN_DEPTH, evolving_messages

@@ -17,7 +17,8 @@ from evolforge.core.errors import run_stage
 from evolforge.core.params import load_params, load_role, section
 from evolforge.core.records import write_json
 from evolforge.core.stage import arguments
-from evolforge.llm import identity_entry, resolve_identity, resolved_engine
+from evolforge.llm.identity import identity_entry, resolve_identity
+from evolforge.llm.keys import resolved_engine
 
 MEMO = ".evolforge/model_hashes.json"
 

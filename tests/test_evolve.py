@@ -15,7 +15,9 @@ from evolforge.steps.elimination import repetition_test
 from evolforge.steps.evolve import EvolveSettings, evolve_round, method_text, resolve_strategy
 from evolforge.steps.evolve_prompts import IN_DEPTH, assign_methods
 from evolforge.steps.lineage import chain, format_chain
-from evolforge.llm import LLM, Completion, Role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import Completion
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import make_id, write_output

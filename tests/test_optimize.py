@@ -24,7 +24,8 @@ from evolforge.core.params import load_section
 
 from evolforge.core.cache import CallCache
 from evolforge.steps.elimination import auto_evol_failure
-from evolforge.llm import LLM, Role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 from evolforge.steps import optimize as optimize_step
 from evolforge.steps.optimize import (OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
@@ -401,14 +402,15 @@ def test_stage_with_too_small_a_seed_names_the_params(tmp_path, monkeypatch):
 
 
 def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
-    import evolforge.llm as llm_module
+    import evolforge.llm.cached as cached
+    import evolforge.llm.registry as registry
 
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     monkeypatch.chdir(tmp_path)  # no models/identity.json here: identities are resolved
     loaded = []
-    monkeypatch.setitem(llm_module.BACKENDS, "hf", lambda role: loaded.append(role.model) or FakeBackend(model=role.model))
-    monkeypatch.setattr(llm_module, "_LOADED", {})
-    monkeypatch.setattr(llm_module, "resolve_identity", lambda role, memo=None: {"name": role.model})
+    monkeypatch.setitem(registry.BACKENDS, "hf", lambda role: loaded.append(role.model) or FakeBackend(model=role.model))
+    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setattr(cached, "resolve_identity", lambda role, memo=None: {"name": role.model})
     roles = {"evolver": {"backend": "hf", "model": "m", "temperature": 0.0},
              "optimizer": {"backend": "hf", "model": "m", "temperature": 0.6, "top_p": 0.95, "batch_size": 2}}
     models = optimize_step.open_models({"roles": roles})
@@ -504,7 +506,7 @@ def test_stage_stops_on_an_unusable_method_when_asked(tmp_path, monkeypatch):
 
 
 def test_dev_answers_cut_at_max_tokens_are_counted():
-    from evolforge.llm import Completion
+    from evolforge.llm.types import Completion
 
     cut = FakeBackend(lambda request: Completion("Step 1 #Methods List#:\n#1.\n#2.\n#3.", "length"))
     result = score_method(LLM(cut, None, role=EVOLVER_ROLE), PROMPTS, items(4), "initial", temperature=0.0)

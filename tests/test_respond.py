@@ -15,7 +15,9 @@ from evolforge.steps.elimination import RepetitionTest
 from evolforge.steps.respond import answer, gather, status_counts
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import write_output
-from evolforge.llm import LLM, Completion, Role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import Completion
 from evolforge.llm.fake import FakeBackend
 
 ROLE = Role.from_params("responder", {"backend": "hf", "model": "fake", "max_tokens": 32})

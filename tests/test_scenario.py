@@ -216,7 +216,7 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
     """scenario autoif with a model that follows the prompts: constraints are verified in the sandbox, the
     answers pass their functions, the pool is the AutoIF items (no fallback) and the judge scores them."""
     from evolforge.core.roles import Role
-    from evolforge.llm import LLM
+    from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 
     (work / "data/seeds/demo.jsonl").write_text((repo / "data/seeds/demo.jsonl").read_text())

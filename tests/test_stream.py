@@ -246,7 +246,8 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
     """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
     its input is read 3 rows at a time or whole."""
     from evolforge.core.records import write_output
-    from evolforge.llm import LLM, Role
+    from evolforge.core.roles import Role
+    from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 
     def reply(request):

@@ -40,7 +40,7 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, SEED, make_id
 from evolforge.core.roles import ChatRequest
 from evolforge.core.stage import Outputs
-from evolforge.llm import LLM, open_role
+from evolforge.llm.cached import LLM, open_role
 
 SELF_INSTRUCT_TEMPLATE = "autoif/self_instruct.j2"
 VERIFICATION_TEMPLATE = "autoif/verification.j2"

@@ -24,7 +24,7 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
 from evolforge.core.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
-from evolforge.llm import open_role
+from evolforge.llm.cached import open_role
 from evolforge.steps.autoif import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample
 from evolforge.steps.autoif_sandbox import Runner, run_function
 from evolforge.steps.seed import build_seed

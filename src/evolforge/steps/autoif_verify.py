@@ -26,7 +26,7 @@ from evolforge.core.records import FAILED, make_id, read_table
 from evolforge.core.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation
-from evolforge.llm import LLM, open_role
+from evolforge.llm.cached import LLM, open_role
 from evolforge.steps.autoif import COPIED, KEPT, VERIFICATION_TEMPLATE, hash_sample, usable_constraints
 from evolforge.steps.autoif_forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration, Verification, join_answers,
                                           load_demonstrations, parse_verification, parser_for, verification_conversations)

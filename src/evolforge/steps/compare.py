@@ -27,7 +27,8 @@ from evolforge.core.params import load_role, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.settings import CompareSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
-from evolforge.llm import LLM, Completion, open_llm, open_role
+from evolforge.llm.cached import LLM, open_llm, open_role
+from evolforge.llm.types import Completion
 from evolforge.steps.respond import RESPONSE_TEMPLATE, respond
 from evolforge.steps.seed import build_seed
 

@@ -15,7 +15,7 @@ from evolforge.core import validation
 from evolforge.core.params import load_role, load_section
 from evolforge.core.records import atomic_dir, read_table, write_json
 from evolforge.core.stage import Outputs
-from evolforge.llm import recorded_identity
+from evolforge.llm.identity import recorded_identity
 from evolforge.score.diversity import embed_texts, item_texts, neighbor_stats
 from evolforge.score.histogram import histogram
 

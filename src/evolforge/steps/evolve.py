@@ -41,7 +41,9 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
 from evolforge.core.settings import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
-from evolforge.llm import LLM, Role, loads_nothing_more, open_role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.registry import loads_nothing_more
 from evolforge.steps import elimination
 from evolforge.steps.evolve_prompts import assign_methods, evolving_messages, template_hash
 from evolforge.steps.respond import respond, response_sampling

@@ -30,7 +30,7 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table
 from evolforge.core.settings import AnalysisSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
-from evolforge.llm import LLM, open_llm, open_role
+from evolforge.llm.cached import LLM, open_llm, open_role
 from evolforge.steps.evolve_prompts import assign_methods, evolving_prompt
 from evolforge.steps.optimize import initial_method_text
 

@@ -37,7 +37,8 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, table_file, table_schema
 from evolforge.core.text import question_text
-from evolforge.llm import LLM, Completion, open_role
+from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.types import Completion
 from evolforge.llm.ranking import choice_probabilities, expected_value
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]

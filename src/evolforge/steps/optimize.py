@@ -62,7 +62,7 @@ from evolforge.core.records import VERSIONS, atomic_dir, read_table, write_json,
 from evolforge.core.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.versions import output_versions
-from evolforge.llm import LLM, open_role
+from evolforge.llm.cached import LLM, open_role
 from evolforge.steps import elimination
 from evolforge.steps.evolve import evolve_with_method
 from evolforge.steps.evolve_prompts import METHOD_TEMPLATE

@@ -24,7 +24,8 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, LINEAGE, read_table
 from evolforge.core.settings import RespondSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
-from evolforge.llm import LLM, Completion, open_role
+from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.types import Completion
 from evolforge.steps import elimination
 
 RESPONSE_TEMPLATE = "respond/response.j2"

@@ -14,7 +14,7 @@ from evolforge.core import validation
 from evolforge.core.params import load_role, load_section
 from evolforge.core.records import read_table
 from evolforge.core.stage import Outputs
-from evolforge.llm import recorded_identity
+from evolforge.llm.identity import recorded_identity
 from evolforge.score.histogram import histogram
 from evolforge.score.ifd import ifd_scores, load_scorer
 from evolforge.score.precision import RATIO_DIGITS, significant, stored_scores
