@@ -32,10 +32,10 @@ import torch
 from evolforge.core.params import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.roles import Controls
-from evolforge.llm import ChatRequest
+from evolforge.core.roles import ChatRequest
 from evolforge.llm.hf import HFBackend
 from evolforge.steps import elimination
-from evolforge.steps.evolve import BREADTH, IN_DEPTH, evolving_messages
+from evolforge.steps.evolve_prompts import BREADTH, IN_DEPTH, evolving_messages
 
 REPO = Path(__file__).resolve().parents[1]
 BANNED = ("#The Given Prompt#", "#Rewritten Prompt#", "#Given Prompt#", "#Created Prompt#", "Given Prompt",

@@ -17,7 +17,8 @@ from typing import Iterator
 
 import polars as pl
 
-from evolforge.steps.decontaminate import decontaminate, load_problems
+from evolforge.steps.decontaminate import decontaminate
+from evolforge.steps.decontaminate_index import load_problems
 from evolforge.steps.dedup import dedup_table
 from evolforge.core.settings import DecontaminateSettings, DedupSettings
 

@@ -51,7 +51,7 @@ def requests(n: int, max_tokens: int):
     sys.path.insert(0, str(BENCH))
     from generation import prompts_for
 
-    from evolforge.llm import ChatRequest
+    from evolforge.core.roles import ChatRequest
 
     return [ChatRequest.chat([{"role": "user", "content": p}], max_tokens=max_tokens) for p in prompts_for(n)]
 
@@ -67,7 +67,7 @@ def generated(llm, reqs) -> dict:
 
 
 def phase_engine(args) -> dict:
-    from evolforge.llm import LLM
+    from evolforge.llm.cached import LLM
     from evolforge.llm.vllm_backend import VLLMBackend
 
     backend = VLLMBackend(args.model, dtype="bfloat16", max_model_len=args.max_model_len)
@@ -95,7 +95,9 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float) 
 def phase_replicas(args) -> dict:
     import torch
 
-    from evolforge.llm import LLM, Role, make_backend
+    from evolforge.core.roles import Role
+    from evolforge.llm.cached import LLM
+    from evolforge.llm.registry import make_backend
 
     if "base_urls" not in {f.name for f in dataclasses.fields(Role)}:
         raise SystemExit("this checkout's Role has no base_urls (several servers for one openai role): "

@@ -156,7 +156,7 @@ def child_cpu() -> float:
 
 def through_llm(backend, n: int, role, label: str) -> dict:
     from evolforge.core.cache import CallCache
-    from evolforge.llm import LLM
+    from evolforge.llm.cached import LLM
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = CallCache(Path(tmp) / "cache.sqlite")
@@ -180,7 +180,7 @@ class InstantBackend:
         return {"name": "instant"}
 
     def generate(self, requests):
-        from evolforge.llm import Completion
+        from evolforge.llm.types import Completion
 
         return [Completion("A short answer.", "stop", prompt_tokens=12, completion_tokens=4) for _ in requests]
 
@@ -201,7 +201,7 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from evolforge.llm import Role
+    from evolforge.core.roles import Role
     from evolforge.llm.openai_api import OpenAIBackend
     from evolforge.llm.openai_http import event_loop
 

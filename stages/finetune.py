@@ -8,31 +8,20 @@ Multi-GPU (DeepSpeed ZeRO-3):
     accelerate launch --config_file configs/accelerate_zero3.yaml stages/finetune.py
 """
 
-import argparse
-
-from evolforge.core.params import load_params, load_role, load_section
-from evolforge.train.finetune import finetune
-from evolforge.core.jsonfiles import read_jsonl
-from evolforge.core.records import write_json
 from evolforge.core.errors import run_stage
+from evolforge.core.jsonfiles import read_jsonl
+from evolforge.core.params import load_params, load_role, load_section
+from evolforge.core.records import write_json
+from evolforge.core.stage import arguments
+from evolforge.train.finetune import finetune
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--train", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics", required=True)
-    ap.add_argument("--plot", required=True)
-    ap.add_argument("--live", required=True, help="DVCLive folder for per-step metrics")
-    args = ap.parse_args()
-
+    args = arguments(__doc__, reads=["--train"], writes=["--out", "--metrics", "--plot", "--live"])
     params = load_params(args.params)
-    cfg = load_section(params, "finetune")
     base = load_role(params, "base")
-    rows = read_jsonl(args.train)
-
-    result = finetune(base.model, rows, args.out, cfg, revision=base.revision, live_dir=args.live)
+    result = finetune(base.model, read_jsonl(args.train), args.out, load_section(params, "finetune"), revision=base.revision,
+                      live_dir=args.live)
     if result.is_main_process:
         write_json(args.metrics, result.metrics)
         write_json(args.plot, result.loss_curve)

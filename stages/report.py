@@ -9,20 +9,15 @@ Params: none (the page shows what the other stages wrote)
 Two versions side by side (not a stage; experiments or folders): evolforge report --compare A B
 """
 
-import argparse
-
+from evolforge.core.errors import run_stage
 from evolforge.core.records import write_json
+from evolforge.core.stage import arguments
 from evolforge.report import build_report
 from evolforge.report.summary import headline
-from evolforge.core.errors import run_stage
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--root", required=True, help="the version's root folder")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics", required=True, help="the headline metrics (metrics/summary.json)")
-    args = ap.parse_args()
+    args = arguments(__doc__, values=["--root"], writes=["--out", "--metrics"])
     write_json(args.metrics, headline(args.root))
     path = build_report(args.out, [args.root], ["workspace"])
     print(f"report: {path} ({path.stat().st_size // 1024} KiB)")

@@ -13,7 +13,8 @@ from evolforge.core.settings import AutoIFSettings
 from evolforge.steps.autoif import KEPT, collect_constraints, constraint_key, parse_constraint_lines
 from evolforge.steps.autoif_respond import pair_queries, response_records, verify_responses
 from evolforge.steps.autoif_sandbox import FunctionRun, run_function
-from evolforge.steps.autoif_verify import cross_validate, extract_json, parse_verification, verify_constraints
+from evolforge.steps.autoif_forms import extract_json, parse_verification
+from evolforge.steps.autoif_verify import cross_validate, verify_constraints
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED
 
 NO_COMMAS = "def evaluate(response):\n    return ',' not in response\n"

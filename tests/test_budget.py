@@ -12,7 +12,9 @@ import pytest
 
 from evolforge.core.cache import CallCache
 from evolforge.core.params import ParamsError, load_section
-from evolforge.llm import LLMSettings, Role, open_llm
+from evolforge.core.roles import Role
+from evolforge.core.settings import LLMSettings
+from evolforge.llm.cached import open_llm
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, SpendLedger, caps_for
 from fake_openai import FakeOpenAIServer, chat_body
 

@@ -17,7 +17,8 @@ import pytest
 
 from evolforge.core.cache import CallCache, KeyFrame, cache_key
 from evolforge.core.roles import Role
-from evolforge.llm import LLM, ChatRequest
+from evolforge.core.roles import ChatRequest
+from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 
 BASE = dict(backend="hf", model={"name": "m", "revision": "r1"}, messages=[{"role": "user", "content": "hi"}],
@@ -134,7 +135,9 @@ def test_streaming_backend_commits_each_completion_as_it_ends(tmp_path):
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     from evolforge.core.cache import CallCache
-    from evolforge.llm import LLM, ChatRequest, LLMSettings
+    from evolforge.core.roles import ChatRequest
+    from evolforge.core.settings import LLMSettings
+    from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 
     def slow(r):
@@ -210,7 +213,8 @@ def test_key_drops_top_p_and_seed_at_temperature_zero_and_keeps_engine_options()
 
 
 def test_engine_options_per_backend():
-    from evolforge.llm import Role, engine_options
+    from evolforge.core.roles import Role
+    from evolforge.llm.keys import engine_options
 
     hf = Role(name="r", backend="hf", model="m", dtype="bfloat16", device="cpu")
     vllm = Role(name="r", backend="vllm", model="m", max_model_len=4096, extra={"quantization": "awq"})
@@ -233,7 +237,7 @@ def test_an_hf_roles_auto_device_and_dtype_are_keyed_as_resolved():
     """``device: auto`` / ``dtype: auto`` are keyed as what they become on this machine, so completions made
     on a GPU (bf16) and on the CPU (fp32) are never served for each other."""
     from evolforge.core.models import dtype_name, pick_device, pick_dtype
-    from evolforge.llm import resolved_engine
+    from evolforge.llm.keys import resolved_engine
 
     device = pick_device("auto")  # cpu here; cuda where torch sees a GPU
     auto = Role(name="r", backend="hf", model="m")
@@ -249,23 +253,23 @@ def test_an_hf_roles_auto_device_and_dtype_are_keyed_as_resolved():
 
 def test_a_model_loaded_otherwise_than_its_keys_say_is_refused(monkeypatch):
     """Keys resolved where the models stage ran (models/identity.json) must match what loads here."""
-    import evolforge.llm as llm_module
+    import evolforge.llm.registry as registry
     from evolforge.core.models import ModelError
 
     class LoadedOnGPU(FakeBackend):
         def runs_with(self):
             return {"device": "cuda", "dtype": "bfloat16"}
 
-    monkeypatch.setattr(llm_module, "_LOADED", {})
-    monkeypatch.setitem(llm_module.BACKENDS, "hf", lambda role: LoadedOnGPU(["answer"]))
+    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setitem(registry.BACKENDS, "hf", lambda role: LoadedOnGPU(["answer"]))
     role = Role(name="evolver", backend="hf", model="m")
     pinned_on_cpu = LLM(None, None, role=role, identity={"name": "m"}, engine={"device": "cpu", "dtype": "float32"})
     with pytest.raises(ModelError, match=r"loaded with \{'device': 'cuda', 'dtype': 'bfloat16'\}.*dvc repro models"):
         pinned_on_cpu.complete([req(0)])
-    monkeypatch.setattr(llm_module, "_LOADED", {})
+    monkeypatch.setattr(registry, "_LOADED", {})
     pinned_on_gpu = LLM(None, None, role=role, identity={"name": "m"}, engine={"device": "cuda", "dtype": "bfloat16"})
     assert pinned_on_gpu.complete([req(0)]) == ["answer"]
-    monkeypatch.setattr(llm_module, "_LOADED", {})
+    monkeypatch.setattr(registry, "_LOADED", {})
     chosen = dataclasses.replace(role, device="cuda:0", dtype="bf16")  # written out: keyed as written, not checked
     assert LLM(None, None, role=chosen, identity={"name": "m"}).complete([req(0)]) == ["answer"]
 
@@ -287,7 +291,7 @@ def test_first_stored_completion_wins(tmp_path):
 
 
 def test_commits_every_interval_while_a_stream_runs(tmp_path):
-    from evolforge.llm import LLMSettings
+    from evolforge.core.settings import LLMSettings
 
     seen_committed = []
 
@@ -308,7 +312,8 @@ def test_commits_every_interval_while_a_stream_runs(tmp_path):
 def test_a_slow_commit_spaces_the_next(tmp_path):
     """When a commit takes longer than a fraction of the interval (a large cache, answers faster than SQLite
     stores them), the next one waits COMMIT_SPACING times as long: fewer, larger commits."""
-    from evolforge.llm import COMMIT_SPACING, LLMSettings
+    from evolforge.core.settings import LLMSettings
+    from evolforge.llm.cached import COMMIT_SPACING
 
     commits = []
 
@@ -344,7 +349,7 @@ def test_llm_settings_refuse_unknown_keys_and_bad_values():
 def test_keys_and_seeds_never_change():
     """Golden values: a key or a seed that changes makes every user's cached completion unreachable (a paid
     recompute) and every sampled completion different, so the encoding of both is pinned here."""
-    from evolforge.llm import request_seed
+    from evolforge.llm.keys import request_seed
 
     assert cache_key(backend="hf", model={"weights_sha256": "ab" * 32}, engine={"dtype": "float32", "device": "cpu"},
                      messages=[{"role": "user", "content": "Rewrite \"this\"\n\tin ü, 😀 and \u2028."}],
@@ -427,7 +432,8 @@ def outcome(fn, *args, **kwargs):
 
 
 def test_keys_and_seeds_equal_the_plain_json_encoding_on_random_payloads():
-    from evolforge.llm import LLM, _SEED_FRAMES, request_seed
+    from evolforge.llm.cached import LLM
+    from evolforge.llm.keys import _SEED_FRAMES, request_seed
 
     rng = random.Random(20240611)
     for _ in range(600):
@@ -460,7 +466,8 @@ def test_keys_and_seeds_equal_the_plain_json_encoding_on_random_payloads():
 def test_numbers_that_compare_equal_get_their_own_frames():
     """1, 1.0 and True are equal keys of a dict but json writes them apart: a seed (which sees the raw
     numbers) or a key made with one must not be reused for the other."""
-    from evolforge.llm import LLM, request_seed
+    from evolforge.llm.cached import LLM
+    from evolforge.llm.keys import request_seed
 
     llm = LLM(None, None, role=Role(name="judge", backend="openai", model="m"), identity={"served_model": "m"})
     for fields in ({"temperature": 1}, {"temperature": 1.0}, {"temperature": True}, {"max_tokens": 1},
@@ -482,7 +489,7 @@ LONE_SURROGATES = ["\ud800", "a\udfff\"", "\ud83d\ude00"]  # the last: a UTF-16 
 def test_unusual_contents_key_and_seed_as_the_plain_json_encoding_did(content):
     """Lone surrogates (orjson refuses them, json's string cannot be UTF-8 encoded), non-str contents and
     the NUL the fast path uses as a stand-in: the same key or seed, or the same error, as before."""
-    from evolforge.llm import request_seed
+    from evolforge.llm.keys import request_seed
 
     args = dict(BASE, messages=[{"role": "user", "content": "x"}, {"role": "user", "content": content}])
     assert outcome(cache_key, **args) == outcome(old_cache_key, **args)

@@ -8,7 +8,11 @@ import pytest
 
 from evolforge.steps.judge import LEVELS, SCORES, judge
 from evolforge.core.prompts import PromptLibrary
-from evolforge.llm import LLM, ChatRequest, ChoiceTrie, Completion, Role, request_seed
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm.cached import LLM
+from evolforge.llm.choices import ChoiceTrie
+from evolforge.llm.keys import request_seed
+from evolforge.llm.types import Completion
 from evolforge.llm.fake import FakeBackend
 from evolforge.llm.openai_api import OpenAIBackend
 from fake_openai import FakeOpenAIServer, chat_body
@@ -38,7 +42,7 @@ def test_choices_change_the_cache_key_and_seed_only_when_given():
     assert request_seed(plain) != request_seed(constrained)
     # an unconstrained request keeps the key it had before choices existed
     from evolforge.core.cache import cache_key
-    from evolforge.llm import resolved_engine
+    from evolforge.llm.keys import resolved_engine
     assert llm.key(plain) == cache_key(backend="hf", model=llm.identity, engine=resolved_engine(llm.role),
                                        messages=plain.message_dicts, temperature=0.0, top_p=1.0, max_tokens=256,
                                        seed=0, sample_index=0)

@@ -9,7 +9,7 @@ from evolforge.core.params import load_section
 from evolforge.steps.compare import combine_orders, counts, judge_pairs, parse_verdict
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.roles import Role
-from evolforge.llm import LLM
+from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 
 

@@ -7,7 +7,9 @@ import pytest
 
 from evolforge.core.params import ParamsError
 from evolforge.core.roles import Controls
-from evolforge.llm import LLM, ChatRequest, ControlsError, Role
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import ControlsError
 from evolforge.llm.fake import FakeBackend
 
 EACH_CONTROL = [  # (a value, another value) of each control

@@ -7,8 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.steps.decontaminate import (DecontaminateSettings, Problem, decontaminate, hub_problems, load_problems,
-                                           ngram_matches, offline_problems, tokens)
+from evolforge.steps.decontaminate import DecontaminateSettings, decontaminate
+from evolforge.steps.decontaminate_index import Problem, hub_problems, load_problems, offline_problems, tokens
+from evolforge.steps.decontaminate_match import ngram_matches
 from evolforge.eval.tasks.offline_data import GSM8K, MBPP
 
 TASKS = ["ifeval", "gsm8k", "math", "humaneval", "mbpp"]
@@ -118,7 +119,7 @@ def test_word_tokens_are_the_regex_word_runs():
     import random
     import re
 
-    from evolforge.steps.decontaminate import _word_tokens
+    from evolforge.steps.decontaminate_index import _word_tokens
 
     rng = random.Random(3)
     alphabet = [chr(c) for c in range(128)] + ["é", "ß", "中", "\u0301", "٣", "\xa0"]
@@ -131,7 +132,7 @@ def test_words_and_names_skip_normalising_with_the_same_result():
     """Items' ASCII texts are tokenised without ``normalize_text``'s join: the same words and defined names."""
     import random
 
-    from evolforge.steps.decontaminate import _defined, _word_tokens, _words_and_names
+    from evolforge.steps.decontaminate_index import _defined, _word_tokens, words_and_names
     from evolforge.core.text import normalize_text
 
     rng = random.Random(5)
@@ -140,8 +141,8 @@ def test_words_and_names_skip_normalising_with_the_same_result():
     for _ in range(5000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         norm = normalize_text(text)
-        assert _words_and_names(text) == (_word_tokens(norm), _defined(norm)), repr(text)
-    assert _words_and_names(None) == ([], [])
+        assert words_and_names(text) == (_word_tokens(norm), _defined(norm)), repr(text)
+    assert words_and_names(None) == ([], [])
 
 
 def test_boilerplate_ngrams_are_ignored():
@@ -352,12 +353,12 @@ def test_chunk_size_does_not_change_any_match(problems):
 
 def test_rolling_hashes_equal_the_per_window_formula():
     """The hash of a window is sum_j value(token j) * P^(n-1-j) mod 2^64, whichever lengths one pass computes."""
-    from evolforge.steps.decontaminate import _P, _Corpus, _Vocab
+    from evolforge.steps.decontaminate_index import _P, Corpus, Vocab
 
     rng = np.random.default_rng(1)
     seqs = [[f"t{k}" for k in rng.integers(0, 9, size=size)] for size in (0, 3, 5, 12, 1, 7)]
-    vocab = _Vocab()
-    corpus = _Corpus.build(vocab, seqs)
+    vocab = Vocab()
+    corpus = Corpus.build(vocab, seqs)
     values = vocab.value_array()
     got = corpus.windows(values, [(3, False), (5, False), (5, True), (7, True), (13, False)])
     for (n, exact), (h, seq, pos) in got.items():

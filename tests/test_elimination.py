@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from evolforge.steps.evolve import repetition_test
+from evolforge.steps.elimination import repetition_test
 
 from evolforge.core.params import load_section
 

@@ -11,9 +11,13 @@ import pytest
 from evolforge.core.params import load_section
 
 from evolforge.steps import elimination
-from evolforge.steps.evolve import IN_DEPTH, EvolveSettings, assign_methods, evolve_round, method_text, repetition_test, resolve_strategy
+from evolforge.steps.elimination import repetition_test
+from evolforge.steps.evolve import EvolveSettings, evolve_round, method_text, resolve_strategy
+from evolforge.steps.evolve_prompts import IN_DEPTH, assign_methods
 from evolforge.steps.lineage import chain, format_chain
-from evolforge.llm import LLM, Completion, Role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import Completion
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import make_id, write_output
@@ -347,7 +351,7 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     fake = FakeBackend(scripted_evolver({}))
-    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: LLM(fake, None, role=(roles or {}).get(name, ROLE)))
+    monkeypatch.setattr("evolforge.steps.evolve.open_role", lambda params, name, cache: LLM(fake, None, role=(roles or {}).get(name, ROLE)))
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     tmp_path.mkdir(exist_ok=True)
     params = {"evolve": {"breadth": False, "rounds": {"round_1": {"src": "x", "index": 1}}, **evolve},

@@ -12,7 +12,7 @@ from evolforge.steps.evolver_analysis import (histogram, keyword_key, method_key
 from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.roles import Role
-from evolforge.llm import LLM
+from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 
 

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 
 from evolforge.core.cache import CallCache
-from evolforge.llm import ChatRequest, Completion, Role, open_llm
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm.cached import open_llm
+from evolforge.llm.types import Completion
 from evolforge.llm import hf
 from evolforge.llm.hf import HFBackend
 

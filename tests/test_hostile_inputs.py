@@ -303,7 +303,7 @@ def test_an_unreadable_table_is_refused_naming_it(tmp_path, content):
 
 def test_a_broken_identity_file_is_refused_with_its_line(tmp_path):
     from evolforge.core.roles import Role
-    from evolforge.llm import recorded_identity
+    from evolforge.llm.identity import recorded_identity
 
     path = tmp_path / "identity.json"
     path.write_text('{\n  "judge": {not json\n}')

@@ -13,7 +13,9 @@ import pytest
 from evolforge.core.params import ParamsError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.settings import JudgeSettings, SelectSettings
-from evolforge.llm import LLM, ChatRequest, ControlsError, Role
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import ControlsError
 from evolforge.llm.fake import FakeBackend
 from evolforge.steps.judge import LEVELS, SCORES, judge
 from evolforge.steps.selection import select_items

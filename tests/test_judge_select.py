@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 
 from evolforge.steps.judge import LEVELS, judge, level_distribution, parse_level, parse_score
-from evolforge.llm import LLM, Role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.settings import SelectSettings

@@ -22,9 +22,13 @@ from evolforge.core.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE
-from evolforge.llm import LLM, ChatRequest, Completion, LLMFailureError, LLMSettings, Role, open_llm
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.core.settings import LLMSettings
+from evolforge.llm.cached import LLM, open_llm
+from evolforge.llm.types import Completion, LLMFailureError
 from evolforge.llm.fake import FakeBackend
-from evolforge.llm.openai_api import OpenAIBackend, served_model_identity
+from evolforge.llm.openai_api import OpenAIBackend
+from evolforge.llm.openai_served import served_model_identity
 from evolforge.llm.openai_http import LLMRequestError
 from fake_openai import FakeOpenAIServer, chat_body
 

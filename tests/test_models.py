@@ -14,7 +14,8 @@ import pytest
 from evolforge.core.fetch import FetchError, extract_member, join_parts, sha256_file
 from evolforge.core.models import ModelError, hash_model_dir, model_identity, resolve_hub_revision
 from evolforge.core.roles import Role
-from evolforge.llm import identity_entry, recorded_identity, resolved_engine
+from evolforge.llm.identity import identity_entry, recorded_identity
+from evolforge.llm.keys import resolved_engine
 
 
 def write_model(folder: Path, weights: bytes) -> Path:

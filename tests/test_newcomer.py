@@ -205,7 +205,7 @@ def _no_proxy(monkeypatch):
 
 
 def _served(url: str, **extra):
-    from evolforge.llm import Role
+    from evolforge.core.roles import Role
 
     return Role.from_params("evolver", {"backend": "openai", "model": "test-model", "base_url": url,
                                         "timeout_s": 2, **extra})
@@ -215,7 +215,7 @@ def test_a_server_without_get_models_is_pinned_by_its_stated_identity(_no_proxy)
     import socket
 
     from evolforge.core.models import ModelError
-    from evolforge.llm import resolve_identity
+    from evolforge.llm.identity import resolve_identity
 
     with socket.socket() as s:  # a port nothing listens on: the server is not asked
         s.bind(("127.0.0.1", 0))
@@ -229,7 +229,7 @@ def test_a_server_without_get_models_is_pinned_by_its_stated_identity(_no_proxy)
 
 def test_served_identity_is_for_servers_only():
     from evolforge.core.params import ParamsError
-    from evolforge.llm import Role
+    from evolforge.core.roles import Role
 
     with pytest.raises(ParamsError, match="served_identity: only an openai role"):
         Role.from_params("evolver", {"backend": "hf", "model": "models/x", "served_identity": "v1"})
@@ -244,10 +244,10 @@ def test_warns_when_the_server_reports_nothing_that_changes_with_the_weights(_no
     import logging
 
     from fake_openai import FakeOpenAIServer, chat_body
-    from evolforge.llm.openai_api import served_model_identity
+    from evolforge.llm.openai_served import served_model_identity
 
     with FakeOpenAIServer(lambda body: (200, chat_body("ok"), {}), listed) as server, \
-            caplog.at_level(logging.WARNING, logger="evolforge.llm.openai_api"):
+            caplog.at_level(logging.WARNING, logger="evolforge.llm.openai_served"):
         identity = served_model_identity(_served(server.base_url, **extra))
     assert identity["served_model"] == "test-model" and identity.get("revision") == extra.get("revision")
     assert ("changes with its weights" in caplog.text and "roles.evolver.revision" in caplog.text) == warns

@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from evolforge.core.cache import CallCache
-from evolforge.llm import ChatRequest, Role, open_llm
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm.cached import open_llm
 from evolforge.llm.openai_api import OpenAIBackend
 from evolforge.llm.openai_http import LLMRequestError
 from evolforge.core.roles import refuse_secrets

@@ -11,7 +11,9 @@ import sqlite3
 import pytest
 
 from evolforge.core.cache import CallCache, batch_job_key
-from evolforge.llm import LLMSettings, Role, open_llm
+from evolforge.core.roles import Role
+from evolforge.core.settings import LLMSettings
+from evolforge.llm.cached import open_llm
 from evolforge.llm.openai_batch import BatchJobs, chunks
 from fake_openai import FakeOpenAIServer, chat_body
 

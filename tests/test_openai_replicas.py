@@ -16,8 +16,11 @@ import pytest
 from evolforge.core.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.params import ParamsError
-from evolforge.llm import LLMSettings, Role, open_llm
-from evolforge.llm.openai_api import OpenAIBackend, served_model_identity
+from evolforge.core.roles import Role
+from evolforge.core.settings import LLMSettings
+from evolforge.llm.cached import open_llm
+from evolforge.llm.openai_api import OpenAIBackend
+from evolforge.llm.openai_served import served_model_identity
 from fake_openai import FakeOpenAIServer, chat_body
 
 

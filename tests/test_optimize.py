@@ -24,11 +24,13 @@ from evolforge.core.params import load_section
 
 from evolforge.core.cache import CallCache
 from evolforge.steps.elimination import auto_evol_failure
-from evolforge.llm import LLM, Role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
-from evolforge.steps.optimize import (Candidate, MethodScore, OptimizeSettings, build_trajectory, initial_method_text,
-                                optimize_method, parse_optimized_method, score_method, select_candidate,
-                                split_dev_pool, summary, usability)
+from evolforge.steps import optimize as optimize_step
+from evolforge.steps.optimize import (OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
+                                      parse_optimized_method, score_method, select_candidate, split_dev_pool)
+from evolforge.steps.optimize_result import Candidate, MethodScore, summary, usability
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
 from evolforge.core.records import write_output
 
@@ -358,7 +360,7 @@ def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14) -> tuple[list[s
 def test_stage_costs_nothing_unless_the_strategy_is_auto(tmp_path, monkeypatch):
     monkeypatch.delenv("EVOLFORGE_CACHE", raising=False)
     stage = load_stage()
-    monkeypatch.setattr(stage, "open_models", lambda params: pytest.fail("models opened for a skipped stage"))
+    monkeypatch.setattr(optimize_step, "open_models", lambda params: pytest.fail("models opened for a skipped stage"))
     argv, out = stage_setup(tmp_path, "evol")
     stage.main(argv)
     assert (out / "method" / "method.txt").read_text(encoding="utf-8") == initial_method_text(PROMPTS, "initial")
@@ -369,11 +371,11 @@ def test_stage_costs_nothing_unless_the_strategy_is_auto(tmp_path, monkeypatch):
     assert not (out / "cache.sqlite").exists()  # not even the call cache was opened
 
 
-def test_stage_writes_method_log_metrics_and_plot(tmp_path):
+def test_stage_writes_method_log_metrics_and_plot(tmp_path, monkeypatch):
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: fails(m) > int(q.split()[-1]) % 4)), None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails={j}")), model="fake-opt"), None)
-    stage.open_models = lambda params: dict(evolver=evolver, optimizer=optimizer)
+    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     stage.main(argv)
     method = (out / "method" / "method.txt").read_text(encoding="utf-8")
@@ -391,31 +393,31 @@ def test_stage_writes_method_log_metrics_and_plot(tmp_path):
     assert meta["models"]["evolver"].startswith("fake@") and meta["models"]["optimizer"].startswith("fake-opt@")
 
 
-def test_stage_with_too_small_a_seed_names_the_params(tmp_path):
+def test_stage_with_too_small_a_seed_names_the_params(tmp_path, monkeypatch):
     stage = load_stage()
-    stage.open_models = lambda params: pytest.fail("models opened before the dev split was checked")
+    monkeypatch.setattr(optimize_step, "open_models", lambda params: pytest.fail("models opened before the dev split was checked"))
     argv, _ = stage_setup(tmp_path, "auto", n_seed=5)
     with pytest.raises(ValueError, match="optimize.dev_size"):
         stage.main(argv)
 
 
 def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
-    import evolforge.llm as llm_module
+    import evolforge.llm.cached as cached
+    import evolforge.llm.registry as registry
 
-    stage = load_stage()
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     monkeypatch.chdir(tmp_path)  # no models/identity.json here: identities are resolved
     loaded = []
-    monkeypatch.setitem(llm_module.BACKENDS, "hf", lambda role: loaded.append(role.model) or FakeBackend(model=role.model))
-    monkeypatch.setattr(llm_module, "_LOADED", {})
-    monkeypatch.setattr(llm_module, "resolve_identity", lambda role, memo=None: {"name": role.model})
+    monkeypatch.setitem(registry.BACKENDS, "hf", lambda role: loaded.append(role.model) or FakeBackend(model=role.model))
+    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setattr(cached, "resolve_identity", lambda role, memo=None: {"name": role.model})
     roles = {"evolver": {"backend": "hf", "model": "m", "temperature": 0.0},
              "optimizer": {"backend": "hf", "model": "m", "temperature": 0.6, "top_p": 0.95, "batch_size": 2}}
-    models = stage.open_models({"roles": roles})
+    models = optimize_step.open_models({"roles": roles})
     assert models["optimizer"].backend is models["evolver"].backend and loaded == ["m"]
     assert models["optimizer"].stats is not models["evolver"].stats  # calls still counted per role
     roles["optimizer"]["model"] = "another"
-    models = stage.open_models({"roles": roles})
+    models = optimize_step.open_models({"roles": roles})
     assert models["optimizer"].backend is not models["evolver"].backend and loaded == ["m", "another"]
 
 
@@ -470,11 +472,11 @@ def test_unusable_settings_are_checked():
         load_section({"optimize": {"unusable_failure_rate": 1.5}}, "optimize")
 
 
-def unusable_stage(tmp_path, on_unusable):
+def unusable_stage(tmp_path, monkeypatch, on_unusable):
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: True)), None, role=EVOLVER_ROLE)  # every answer asks back
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: UNPARSEABLE), model="fake-opt"), None)
-    stage.open_models = lambda params: dict(evolver=evolver, optimizer=optimizer)
+    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     params = json.loads((out / "params.yaml").read_text())
     params["optimize"].update(on_unusable=on_unusable, unusable_failure_rate=0.9)
@@ -482,8 +484,8 @@ def unusable_stage(tmp_path, on_unusable):
     return stage, argv, out
 
 
-def test_stage_records_the_fallback_for_an_unusable_method(tmp_path, capsys):
-    stage, argv, out = unusable_stage(tmp_path, "evol")
+def test_stage_records_the_fallback_for_an_unusable_method(tmp_path, monkeypatch, capsys):
+    stage, argv, out = unusable_stage(tmp_path, monkeypatch, "evol")
     stage.main(argv)
     metrics = json.loads((out / "metrics.json").read_text())
     meta = json.loads((out / "method" / "meta.json").read_text())
@@ -496,15 +498,15 @@ def test_stage_records_the_fallback_for_an_unusable_method(tmp_path, capsys):
     assert "cannot follow the evolving method's format" in printed and "0 of 2 candidates parsed" in printed
 
 
-def test_stage_stops_on_an_unusable_method_when_asked(tmp_path):
-    stage, argv, out = unusable_stage(tmp_path, "stop")
+def test_stage_stops_on_an_unusable_method_when_asked(tmp_path, monkeypatch):
+    stage, argv, out = unusable_stage(tmp_path, monkeypatch, "stop")
     with pytest.raises(SystemExit, match="on_unusable: stop.*cannot follow"):
         stage.main(argv)
     assert not (out / "method").exists()  # nothing that looks like a finished output
 
 
 def test_dev_answers_cut_at_max_tokens_are_counted():
-    from evolforge.llm import Completion
+    from evolforge.llm.types import Completion
 
     cut = FakeBackend(lambda request: Completion("Step 1 #Methods List#:\n#1.\n#2.\n#3.", "length"))
     result = score_method(LLM(cut, None, role=EVOLVER_ROLE), PROMPTS, items(4), "initial", temperature=0.0)

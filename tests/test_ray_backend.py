@@ -11,8 +11,11 @@ import time
 import pytest
 
 from evolforge.core.cache import CallCache
-from evolforge.llm import (LLM, PROMPT_TOO_LONG, REQUEST_REJECTED, ChatRequest, Completion, LLMSettings, Role,
-                           engine_options, request_seed)
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.core.settings import LLMSettings
+from evolforge.llm.cached import LLM
+from evolforge.llm.keys import engine_options, request_seed
+from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Completion
 from evolforge.llm.hf import HFBackend
 from evolforge.llm.ray_backend import RayBackend, request_from_row, request_row, vllm_completion, vllm_row
 

@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from evolforge.steps.evolve import repetition_test
+from evolforge.steps.elimination import repetition_test
 
 from evolforge.core.params import load_section
 
@@ -15,7 +15,9 @@ from evolforge.steps.elimination import RepetitionTest
 from evolforge.steps.respond import answer, gather, status_counts
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import write_output
-from evolforge.llm import LLM, Completion, Role
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import Completion
 from evolforge.llm.fake import FakeBackend
 
 ROLE = Role.from_params("responder", {"backend": "hf", "model": "fake", "max_tokens": 32})
@@ -86,7 +88,7 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     llm, _ = responder()
-    monkeypatch.setattr(stage, "open_role", lambda params, name, cache: llm)
+    monkeypatch.setattr("evolforge.steps.respond.open_role", lambda params, name, cache: llm)
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     write_output(tmp_path / "evolved" / "round_1", round_table({}))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}},

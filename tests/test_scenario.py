@@ -216,7 +216,7 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
     """scenario autoif with a model that follows the prompts: constraints are verified in the sandbox, the
     answers pass their functions, the pool is the AutoIF items (no fallback) and the judge scores them."""
     from evolforge.core.roles import Role
-    from evolforge.llm import LLM
+    from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 
     (work / "data/seeds/demo.jsonl").write_text((repo / "data/seeds/demo.jsonl").read_text())
@@ -228,10 +228,11 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
                          "functions_per_constraint": 2, "queries_per_constraint": 2, "case_timeout_s": 2.0}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     fake = FakeBackend(scripted_reply)
+    for step in ("autoif", "autoif_verify", "autoif_respond", "judge"):
+        monkeypatch.setattr(f"evolforge.steps.{step}.open_role",
+                            lambda p, name, cache: LLM(fake, None, role=Role.from_params(name, p["roles"][name])))
     for script in ("autoif_constraints.py", "autoif_verify.py", "autoif_respond.py", "pick_scenario.py", "judge.py"):
         stage = load_stage(repo, script)
-        if hasattr(stage, "open_role"):
-            monkeypatch.setattr(stage, "open_role", lambda p, name, cache: LLM(fake, None, role=Role.from_params(name, p["roles"][name])))
         # dvc.yaml's arguments; judge reads the pool itself here (no dedup / decontaminate in between)
         argv = [script] + [{"data/clean": "data/pool"}.get(a, a) for a in dvc_args(script)]
         monkeypatch.setattr(sys, "argv", argv)

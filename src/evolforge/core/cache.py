@@ -156,7 +156,7 @@ def cache_key(
 ) -> str:
     """sha256 over a canonical JSON of the parts that determine a completion.
 
-    ``engine`` holds the options of the role that change outputs (see ``evolforge.llm.engine_options``).
+    ``engine`` holds the options of the role that change outputs (see ``evolforge.llm.keys.engine_options``).
     At temperature 0 decoding is greedy: ``top_p`` and ``seed`` change nothing and are left out.
     ``constraint`` (the allowed answers of a constrained request, and how they are enforced) goes in
     only when there is one, so unconstrained keys stay as they were. Many keys with the same rest:

@@ -1,6 +1,6 @@
 """Spend: what every role's calls cost, recorded in the call cache's database, and the hard caps on it.
 
-Each :class:`~evolforge.llm.LLM` hands the requests the cache cannot answer to its backend through a
+Each :class:`~evolforge.llm.cached.LLM` hands the requests the cache cannot answer to its backend through a
 :class:`Gate`. The gate adds up the tokens (and, for a role with prices, the cost) of every finished call
 and records them in the ``spend`` table of the cache file (:class:`SpendLedger`), together with the wall
 time they took and one answer per call label: what ``evolforge plan`` reads as the observed completion

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Iterable, Sequence, Union
 
-from evolforge.llm import ChatRequest, Completion
+from evolforge.core.roles import ChatRequest
+from evolforge.llm.types import Completion
 
 
 Reply = Union[str, Completion]

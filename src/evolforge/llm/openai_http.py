@@ -24,7 +24,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import orjson
 
-from evolforge.llm import Completion, Role
+from evolforge.core.roles import Role
+from evolforge.llm.types import Completion
 
 PREVIEW_CHARS = 200  # how much of a failing response body a message quotes
 FATAL_STATUSES = {401, 403, 404}  # every request would fail the same way

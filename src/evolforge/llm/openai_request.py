@@ -3,7 +3,8 @@ the request's seed, a constrained request's choices in the role's ``choice_forma
 honours), the check that the prompt fits ``max_model_len`` before it is sent, and a constrained reply's
 ``answer`` read back out of its JSON.
 
->>> from evolforge.llm import ChatRequest, Completion
+>>> from evolforge.core.roles import ChatRequest
+>>> from evolforge.llm.types import Completion
 >>> ask = ChatRequest((("user", "Easy or hard?"),), choices=("easy", "hard"))
 >>> chat_body(ask, "m", "structured_outputs")["structured_outputs"]
 {'choice': ['easy', 'hard']}
@@ -18,7 +19,9 @@ from typing import Any
 
 import orjson
 
-from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, Completion, refuse_controls, request_seed
+from evolforge.core.roles import ChatRequest
+from evolforge.llm.keys import request_seed
+from evolforge.llm.types import PROMPT_TOO_LONG, Completion, refuse_controls
 
 
 def chat_body(request: ChatRequest, model: str, choice_format: str) -> dict[str, Any]:

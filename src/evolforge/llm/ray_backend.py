@@ -5,7 +5,7 @@ Two engines, picked by ``roles.<name>.engine``:
 
 - ``vllm`` (where the cluster has GPUs): ``ray.data.llm``'s vLLM processor, one engine per actor with
   ``tensor_parallel_size`` GPUs inside it, chat template and tokenization as separate CPU stages. Each
-  row carries its sampling parameters and its seed (:func:`evolforge.llm.request_seed`, as the vllm
+  row carries its sampling parameters and its seed (:func:`evolforge.llm.keys.request_seed`, as the vllm
   backend sets it), so a request samples the same tokens whichever actor serves it.
 - ``hf`` (a CPU-only cluster, or asked for): actors running evolforge's own :class:`HFBackend` through
   ``Dataset.map_batches`` with a fixed pool of ``replicas`` actors. An actor decodes its rows with
@@ -33,7 +33,9 @@ import math
 from typing import Any, Iterator, Sequence
 
 from evolforge.core.models import model_identity
-from evolforge.llm import PROMPT_TOO_LONG, REQUEST_REJECTED, ChatRequest, Completion, Role, refuse_controls, request_seed
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm.keys import request_seed
+from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Completion, refuse_controls
 
 Finished = list[tuple[int, Completion]]
 EXTRA_HINT = "pip install 'evolforge[ray]' (ray[data] 2.60.0)"

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, Completion, Role, collect, refuse_controls, request_seed
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.llm.keys import request_seed
+from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect, refuse_controls
 from evolforge.core.models import model_identity
 
 CHUNK = 4096  # requests per engine call: large enough for the scheduler, small enough to commit often

@@ -8,7 +8,7 @@ Four steps, each a stage:
    :func:`hash_sample`);
 2. **verification functions** -- per constraint, K samples each asking for one JSON object holding a Python
    ``evaluate(response) -> bool`` and test cases with expected results
-   (:func:`evolforge.steps.autoif_verify.parse_verification`; other forms: :mod:`evolforge.steps.autoif_forms`);
+   (:func:`evolforge.steps.autoif_forms.parse_verification`; the other form: :mod:`evolforge.steps.autoif_forms`);
 3. **cross-validation** -- every function runs on every case in the sandbox, one process per function
    (:func:`evolforge.steps.autoif_sandbox.run_function`); a case is kept if any function reproduces its expected
    result, a function if its accuracy on the kept cases reaches ``min_accuracy``; a constraint with no function
@@ -28,13 +28,19 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import polars as pl
 
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.core.jsonfiles import read_text
+from evolforge.core.params import load_section
+from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, SEED, make_id
 from evolforge.core.roles import ChatRequest
-from evolforge.llm import LLM
+from evolforge.core.stage import Outputs
+from evolforge.llm.cached import LLM, open_role
 
 SELF_INSTRUCT_TEMPLATE = "autoif/self_instruct.j2"
 VERIFICATION_TEMPLATE = "autoif/verification.j2"
@@ -51,16 +57,13 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d{1,3}[.)])\s+")
 
 def read_seed_constraints(path: str | Path) -> list[str]:
     """The seed constraints: one per line, blank lines and ``#`` comments skipped."""
-    from evolforge.core.jsonfiles import read_text
-    from evolforge.core.validation import CONTROL_CHARACTERS, DataError
-
     lines = read_text(Path(path)).splitlines()
     seeds = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not seeds:
-        raise DataError(path, "at least one seed constraint", detail="one per line; # starts a comment")
-    control = [i for i, ln in enumerate(lines, start=1) if re.search(CONTROL_CHARACTERS, ln)]
+        raise validation.DataError(path, "at least one seed constraint", detail="one per line; # starts a comment")
+    control = [i for i, ln in enumerate(lines, start=1) if re.search(validation.CONTROL_CHARACTERS, ln)]
     if control:  # an ANSI escape or a NUL would go into every prompt built on it
-        raise DataError(path, "no control characters (NUL, ANSI escapes...; tab is fine)", control)
+        raise validation.DataError(path, "no control characters (NUL, ANSI escapes...; tab is fine)", control)
     return seeds
 
 
@@ -133,3 +136,31 @@ def hash_sample(table: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
         return table
     order = table["id"].map_elements(lambda i: make_id(seed, i), return_dtype=pl.String)
     return table.with_columns(_order=order).sort("_order").head(n).drop("_order")
+
+
+def run(seeds_file: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The autoif_constraints stage: ``self_instruct_calls`` samples of the self-instruct prompt over the seed
+    constraints, parsed into one constraint table; an empty table marked skipped unless ``scenario: autoif``."""
+    cfg = load_section(params, "autoif")
+    seeds = read_seed_constraints(seeds_file)
+    if cfg.scenario != "autoif":
+        return Outputs({"skipped": True}, "autoif_constraints: skipped (scenario is not autoif)",
+                       table=collect_constraints([], []), meta={"skipped": True})
+    llm = open_role(params, "evolver", open_cache(params))
+    prompt = prompts.render(SELF_INSTRUCT_TEMPLATE, seeds=seeds, count=cfg.new_per_call)
+    requests = sampled_requests(llm, prompt, cfg.self_instruct_calls, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_tokens=cfg.max_tokens, seed=cfg.seed)
+    outputs = llm.complete(requests, desc="autoif self-instruct")
+    table = collect_constraints(seeds, outputs)
+    failed = table.filter(pl.col("status") == FAILED)
+    metrics = {"seed_constraints": len(seeds), "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "llm": {"evolver": llm.stats},  # tokens, failures and cost of the calls
+               "lines": table.height - len(seeds), "constraints": table.height - failed.height,
+               "new_constraints": int((table["status"] == "evolved").sum()),
+               "dropped": {r: int(n) for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}}
+    meta = {"model": llm.label, "model_identity": llm.identity, "settings": dataclasses.asdict(cfg),
+            "template_hash": prompts.hash(SELF_INSTRUCT_TEMPLATE)}
+    return Outputs(metrics, f"autoif_constraints: {metrics['constraints']} constraints ({metrics['new_constraints']} new) "
+                            f"from {cfg.self_instruct_calls} calls; dropped {metrics['dropped']}",
+                   table=table, meta=meta, checks=validation.unique("id") + validation.non_empty_text(["constraint"]),
+                   extra={"raw_outputs.jsonl": [{"call_index": i, "text": t} for i, t in enumerate(outputs)]})

@@ -27,15 +27,15 @@ copied verbatim from a demonstration is dropped as ``copied_demonstration`` (:cl
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
 from evolforge.core.prompts import PromptError, PromptLibrary
 from evolforge.steps.autoif import VERIFICATION_TEMPLATE, constraint_key
-from evolforge.steps.autoif_verify import Verification, parse_verification, python_function
 
 FORMS = ("lines", "paper")
 FUNCTION_TEMPLATE = "autoif/verification_function.j2"
@@ -43,6 +43,102 @@ CASES_TEMPLATE = "autoif/verification_cases.j2"
 LINES_TEMPLATES = (FUNCTION_TEMPLATE, CASES_TEMPLATE)
 EXAMPLES_FILE = "autoif/verification_examples.yaml"
 
+
+# --- the paper's form: one JSON object ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verification:
+    func: str
+    cases: tuple[tuple[str, bool], ...]  # (response text, expected result of evaluate)
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+def extract_json(text: str, key: str | None = None) -> tuple[Any | None, str | None]:
+    """The first JSON object in ``text`` (holding ``key`` when given): fenced blocks first, then the whole
+    text, trying each ``{`` in turn. Returns (object, None) or (None, reason): ``no_json`` (no brace),
+    ``invalid_json`` (nothing decodes), ``missing_<key>`` (objects decode, none holds ``key``).
+
+    Control characters inside strings are allowed (models often put raw newlines in ``func``)."""
+    decoder = json.JSONDecoder(strict=False)
+    candidates = [m.group(1).strip() for m in _FENCE.finditer(text)] + [text]
+    saw_brace = decoded = False
+    for chunk in candidates:
+        for start in [i for i, c in enumerate(chunk) if c == "{"]:
+            saw_brace = True
+            try:
+                obj, _ = decoder.raw_decode(chunk, start)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                decoded = True
+                if key is None or key in obj:
+                    return obj, None
+    if decoded:
+        return None, f"missing_{key}"
+    return None, "invalid_json" if saw_brace else "no_json"
+
+
+_PY_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def python_function(text: str) -> str | None:
+    """``evaluate`` written as plain Python instead of inside the JSON: the first fenced block that defines
+    it (imports and helpers included), else the unfenced ``def evaluate`` and its indented body."""
+    for match in _PY_FENCE.finditer(text):
+        if re.search(r"^\s*def evaluate\s*\(", match.group(1), re.M):
+            return match.group(1).strip()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"def evaluate\s*\(", line):
+            body = [line]
+            for nxt in lines[i + 1:]:
+                if nxt.strip() and not nxt[0].isspace():
+                    break
+                body.append(nxt)
+            return "\n".join(body).strip()
+    return None
+
+
+def parse_verification(text: str) -> tuple[Verification | None, str | None]:
+    """(function + cases, None) or (None, reason). Expected results may be JSON booleans or "true"/"false".
+
+    The JSON object the prompt asks for comes first. Small models often write the function as a Python block
+    instead; that function is used when a JSON object with ``cases`` stands elsewhere in the answer, and the
+    sample fails with ``function_without_cases`` when none does (a function alone cannot be cross-validated)."""
+    obj, reason = extract_json(text, key="func")
+    if obj is None:
+        func = python_function(text)
+        if func is None:
+            return None, reason
+        cases_obj, _ = extract_json(text, key="cases")
+        if cases_obj is None:
+            return None, "function_without_cases"
+        obj = {"func": func, "cases": cases_obj["cases"]}
+    func = obj["func"]
+    if not isinstance(func, str) or not func.strip():
+        return None, "missing_func"
+    if "\n" not in func and "\\n" in func:  # the reference prompt asks for "\n" escapes written literally
+        func = func.replace("\\n", "\n")
+    if "def evaluate" not in func:
+        return None, "no_evaluate_function"
+    cases = []
+    for case in obj.get("cases") or []:
+        if not isinstance(case, dict) or not isinstance(case.get("input"), str):
+            continue
+        expected = case.get("output")
+        if isinstance(expected, str):
+            expected = _BOOL_WORDS.get(expected.strip().lower())
+        if isinstance(expected, bool):
+            cases.append((case["input"], expected))
+    if not cases:
+        return None, "no_valid_cases"
+    return Verification(func.strip(), tuple(cases)), None
+
+
+# --- the lines form -------------------------------------------------------------------------------------
 
 _CASE_LINE = re.compile(r"^\s*(?:[-*]\s*)?\**(FOLLOWS|BREAKS)\**\s*:\s*\**\s*(.*)$", re.IGNORECASE)
 

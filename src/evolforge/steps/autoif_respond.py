@@ -8,15 +8,26 @@ answers as response rows, and (optionally) those answers checked by the constrai
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.core.records import EVOLVED, LINEAGE, make_id
-from evolforge.core.settings import AutoIFSettings, QuerySource
-from evolforge.steps.autoif import KEPT, METHOD
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.core.params import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
+from evolforge.core.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
+from evolforge.core.stage import Outputs
+from evolforge.llm.cached import open_role
+from evolforge.steps.autoif import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample
 from evolforge.steps.autoif_sandbox import Runner, run_function
+from evolforge.steps.seed import build_seed
 
 
 def select_queries(queries: pl.DataFrame, source: QuerySource) -> pl.DataFrame:
@@ -78,3 +89,49 @@ def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: Aut
     rates = [sum(votes[i]) / len(votes[i]) if votes.get(i) else None for i in table["id"].to_list()]
     return table.with_columns(pass_rate=pl.Series(rates, dtype=pl.Float64)).with_columns(
         response_verified=pl.col("pass_rate") >= settings.response_min_pass)
+
+
+def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The autoif_respond stage: (at most ``paired_constraints`` of) the verified constraints, each paired with
+    queries and answered by the responder; with ``verify_responses`` the answers the constraint's functions
+    refuse go to rejected.parquet. An empty table marked skipped unless ``scenario: autoif``."""
+    cfg = load_section(params, "autoif")
+    active = cfg.scenario == "autoif"
+    constraints = read_table(verified)
+    functions = pl.read_parquet(f"{verified}/functions.parquet")
+    constraints = hash_sample(constraints.filter(pl.col("status") == KEPT), cfg.paired_constraints, cfg.seed)
+    meta = {"skipped": not active, "settings": dataclasses.asdict(cfg), "template_hash": prompts.hash(RESPOND_TEMPLATE)}
+    pairs, outputs, n_queries = pl.DataFrame(schema=PAIR_SCHEMA), [], 0
+    if active and constraints.height:  # no verified constraint: nothing to pair, the query source is not read
+        q = SimpleNamespace(**{**QUERY_DEFAULTS, **cfg.queries})
+        queries = select_queries(build_seed(q.source, fmt=q.format, fields=q.fields, config=q.config, split=q.split)[0], q)
+        n_queries = queries.height
+        pairs = pair_queries(constraints, queries, cfg.queries_per_constraint, cfg.seed)
+    stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
+    if pairs.height:
+        llm = open_role(params, "responder", open_cache(params))
+        requests = [llm.request([{"role": "user", "content": prompts.render(RESPOND_TEMPLATE, constraint=c, query=x)}],
+                                max_tokens=cfg.response_max_tokens) for c, x in zip(pairs["constraint"], pairs["query"])]
+        outputs = llm.complete(requests, desc="autoif respond")
+        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+        stats = {"responder": llm.stats}
+    # the evolver that wrote the constraints' functions, as the verify stage recorded it
+    evolver = json.loads(Path(verified, META).read_text(encoding="utf-8")).get("model") or ""
+    table = response_records(pairs, outputs, evolver_model=evolver, self_instruct_hash=prompts.hash(SELF_INSTRUCT_TEMPLATE),
+                             response_hash=prompts.hash(RESPOND_TEMPLATE))
+    if cfg.verify_responses:
+        table = verify_responses(table, functions, cfg)
+    else:
+        table = table.with_columns(pass_rate=pl.lit(None, pl.Float64), response_verified=pl.lit(None, pl.Boolean))
+    rejected = table.filter(pl.col("response_verified") == False).with_columns(  # noqa: E712 (null = not checked)
+        status=pl.lit(FAILED), failure_reason=pl.lit("response_not_verified"))
+    kept = table.filter(pl.col("response_verified").is_null() | pl.col("response_verified"))
+    rates = table["pass_rate"].drop_nulls()
+    metrics = {"skipped": not active, "constraints": constraints.height if active else 0, "queries": n_queries,
+               "pairs": table.height, "responses_kept": kept.height, "responses_rejected": rejected.height,
+               "mean_pass_rate": float(rates.mean()) if rates.len() else None,
+               "verified_share": kept.height / table.height if table.height and cfg.verify_responses else None,
+               "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0), "llm": stats}
+    return Outputs(metrics, f"autoif_respond: {kept.height}/{table.height} responses kept (mean pass rate {metrics['mean_pass_rate']})",
+                   table=kept, meta=meta, tables={"rejected.parquet": rejected},
+                   checks=validation.item_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"))

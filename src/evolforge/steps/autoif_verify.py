@@ -1,6 +1,7 @@
 """AutoIF steps 2 and 3 (the ``autoif_verify`` stage): each constraint's sampled answers parsed into a
-verification function and test cases (:func:`parse_verification`, the paper's JSON form), every function run
-on every case in the sandbox and cross-validated (:func:`cross_validate`, :func:`verify_constraints`).
+verification function and test cases (:mod:`evolforge.steps.autoif_forms`: the paper's JSON form or the lines
+form), every function run on every case in the sandbox and cross-validated (:func:`cross_validate`,
+:func:`verify_constraints`).
 
 >>> cross_validate([[True, False], [True, True]], [True, False], min_accuracy=0.8).functions_kept
 [True, False]
@@ -8,110 +9,28 @@ on every case in the sandbox and cross-validated (:func:`cross_validate`, :func:
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import polars as pl
 
-from evolforge.core.records import FAILED, make_id
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.core.params import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import FAILED, make_id, read_table
 from evolforge.core.settings import AutoIFSettings
-from evolforge.steps.autoif import COPIED, KEPT
+from evolforge.core.stage import Outputs
+from evolforge.eval.sandbox import isolation
+from evolforge.llm.cached import LLM, open_role
+from evolforge.steps.autoif import COPIED, KEPT, VERIFICATION_TEMPLATE, hash_sample, usable_constraints
+from evolforge.steps.autoif_forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration, Verification, join_answers,
+                                          load_demonstrations, parse_verification, parser_for, verification_conversations)
 from evolforge.steps.autoif_sandbox import FunctionRun, Runner, run_function
-
-
-@dataclass(frozen=True)
-class Verification:
-    func: str
-    cases: tuple[tuple[str, bool], ...]  # (response text, expected result of evaluate)
-
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-_BOOL_WORDS = {"true": True, "false": False}
-
-
-def extract_json(text: str, key: str | None = None) -> tuple[Any | None, str | None]:
-    """The first JSON object in ``text`` (holding ``key`` when given): fenced blocks first, then the whole
-    text, trying each ``{`` in turn. Returns (object, None) or (None, reason): ``no_json`` (no brace),
-    ``invalid_json`` (nothing decodes), ``missing_<key>`` (objects decode, none holds ``key``).
-
-    Control characters inside strings are allowed (models often put raw newlines in ``func``)."""
-    decoder = json.JSONDecoder(strict=False)
-    candidates = [m.group(1).strip() for m in _FENCE.finditer(text)] + [text]
-    saw_brace = decoded = False
-    for chunk in candidates:
-        for start in [i for i, c in enumerate(chunk) if c == "{"]:
-            saw_brace = True
-            try:
-                obj, _ = decoder.raw_decode(chunk, start)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                decoded = True
-                if key is None or key in obj:
-                    return obj, None
-    if decoded:
-        return None, f"missing_{key}"
-    return None, "invalid_json" if saw_brace else "no_json"
-
-
-_PY_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
-
-
-def python_function(text: str) -> str | None:
-    """``evaluate`` written as plain Python instead of inside the JSON: the first fenced block that defines
-    it (imports and helpers included), else the unfenced ``def evaluate`` and its indented body."""
-    for match in _PY_FENCE.finditer(text):
-        if re.search(r"^\s*def evaluate\s*\(", match.group(1), re.M):
-            return match.group(1).strip()
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if re.match(r"def evaluate\s*\(", line):
-            body = [line]
-            for nxt in lines[i + 1:]:
-                if nxt.strip() and not nxt[0].isspace():
-                    break
-                body.append(nxt)
-            return "\n".join(body).strip()
-    return None
-
-
-def parse_verification(text: str) -> tuple[Verification | None, str | None]:
-    """(function + cases, None) or (None, reason). Expected results may be JSON booleans or "true"/"false".
-
-    The JSON object the prompt asks for comes first. Small models often write the function as a Python block
-    instead; that function is used when a JSON object with ``cases`` stands elsewhere in the answer, and the
-    sample fails with ``function_without_cases`` when none does (a function alone cannot be cross-validated)."""
-    obj, reason = extract_json(text, key="func")
-    if obj is None:
-        func = python_function(text)
-        if func is None:
-            return None, reason
-        cases_obj, _ = extract_json(text, key="cases")
-        if cases_obj is None:
-            return None, "function_without_cases"
-        obj = {"func": func, "cases": cases_obj["cases"]}
-    func = obj["func"]
-    if not isinstance(func, str) or not func.strip():
-        return None, "missing_func"
-    if "\n" not in func and "\\n" in func:  # the reference prompt asks for "\n" escapes written literally
-        func = func.replace("\\n", "\n")
-    if "def evaluate" not in func:
-        return None, "no_evaluate_function"
-    cases = []
-    for case in obj.get("cases") or []:
-        if not isinstance(case, dict) or not isinstance(case.get("input"), str):
-            continue
-        expected = case.get("output")
-        if isinstance(expected, str):
-            expected = _BOOL_WORDS.get(expected.strip().lower())
-        if isinstance(expected, bool):
-            cases.append((case["input"], expected))
-    if not cases:
-        return None, "no_valid_cases"
-    return Verification(func.strip(), tuple(cases)), None
 
 
 @dataclass
@@ -274,3 +193,48 @@ def verify_summary(constraints: pl.DataFrame, functions: pl.DataFrame, cases: pl
             "functions_dropped": by_reason(functions),
             "cases": cases.height, "cases_kept": int((cases["status"] == KEPT).sum()),
             "cases_dropped": by_reason(cases)}
+
+
+def sample_verifications(llm: LLM, constraints: pl.DataFrame, settings: AutoIFSettings, prompts: PromptLibrary,
+                         demos: Sequence[Demonstration]) -> list[list[str | None]]:
+    """Per constraint, ``functions_per_constraint`` sampled answers: one conversation per sample (form paper)
+    or two (form lines: the function, then the cases), whose answers are joined into the sample's text."""
+    k = settings.functions_per_constraint
+    conversations = [verification_conversations(settings.form, c, prompts, demos, sample_index=i)
+                     for c in constraints["constraint"].to_list() for i in range(k)]
+    n = len(conversations[0])
+    requests = [llm.request(turns, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
+                            seed=settings.seed, sample_index=i % k) for i, sample in enumerate(conversations) for turns in sample]
+    answers = llm.complete(requests, desc="autoif verification functions")
+    texts = [join_answers(answers[j:j + n]) for j in range(0, len(answers), n)]
+    return [texts[i:i + k] for i in range(0, len(texts), k)]
+
+
+def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The autoif_verify stage: verification functions and test cases sampled for (at most ``max_constraints``
+    of) the usable constraints and cross-validated in the sandbox; empty tables marked skipped unless
+    ``scenario: autoif``."""
+    cfg = load_section(params, "autoif")
+    table = read_table(constraints_dir)
+    validation.check(table, validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
+    active = cfg.scenario == "autoif"
+    constraints = hash_sample(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
+    demos = load_demonstrations(prompts) if active and cfg.form == "lines" else []
+    samples: list[list[str | None]] = []
+    meta: dict[str, Any] = {"skipped": not active}
+    stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
+    if active and constraints.height:
+        llm = open_role(params, "evolver", open_cache(params))
+        samples = sample_verifications(llm, constraints, cfg, prompts, demos)
+        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+        stats = {"evolver": llm.stats}
+    verified, functions, cases = verify_constraints(constraints, samples, cfg, parse=parser_for(cfg.form), copies=Copies.of(demos))
+    metrics = verify_summary(verified, functions, cases) | {"skipped": not active, "sandbox": isolation() if active else None,
+                                                           "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0),
+                                                           "llm": stats}
+    templates = [*LINES_TEMPLATES, EXAMPLES_FILE] if cfg.form == "lines" else [VERIFICATION_TEMPLATE]
+    meta |= {"settings": dataclasses.asdict(cfg), "form": cfg.form, "template_hash": prompts.hash(templates[0]),
+             "template_hashes": {t: prompts.hash(t) for t in templates}}
+    return Outputs(metrics, f"autoif_verify: {metrics['constraints_verified']}/{metrics['constraints']} constraints verified, "
+                            f"{metrics['functions_kept']}/{metrics['samples']} functions kept; dropped {metrics['constraints_dropped']}",
+                   table=verified, meta=meta, tables={"functions.parquet": functions, "cases.parquet": cases})

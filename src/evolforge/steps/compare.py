@@ -17,13 +17,20 @@ loss); any disagreement is a tie. This cancels the judge's position bias.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import polars as pl
 
+from evolforge.core.cache import open_cache
+from evolforge.core.params import load_role, load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.llm import LLM
 from evolforge.core.settings import CompareSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.stage import Outputs
+from evolforge.llm.cached import LLM, open_llm, open_role
+from evolforge.llm.types import Completion
+from evolforge.steps.respond import RESPONSE_TEMPLATE, respond
+from evolforge.steps.seed import build_seed
 
 JUDGE_TEMPLATE = "judge/win_tie_lose.j2"
 VERDICTS = ("win", "tie", "lose")
@@ -87,3 +94,55 @@ def counts(verdicts: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def answer_table(items: pl.DataFrame, done_a: Sequence[Completion], done_b: Sequence[Completion], judged: list[int],
+                 verdicts: pl.DataFrame) -> pl.DataFrame:
+    """One row per instruction: both answers and finish reasons, and the verdict columns of the judged pairs; a
+    pair with a failed answer is not judged and keeps its ``failure_reason``."""
+    position = {i: row for row, i in enumerate(judged)}
+    verdict_rows = [verdicts.row(position[i], named=True) if i in position else dict.fromkeys(verdicts.columns)
+                    for i in range(items.height)]
+    failure = [None if i in position else "no_answer: " + ", ".join(
+        f"{side} {c.failure_reason}" for side, c in (("tuned", done_a[i]), ("other", done_b[i])) if c.failed)
+        for i in range(items.height)]
+    return items.select("id", "instruction", "input").with_columns(
+        answer_tuned=pl.Series([c.text for c in done_a], dtype=pl.String),
+        answer_other=pl.Series([c.text for c in done_b], dtype=pl.String),
+        finish_tuned=pl.Series([c.finish_reason for c in done_a], dtype=pl.String),
+        finish_other=pl.Series([c.finish_reason for c in done_b], dtype=pl.String),
+        failure_reason=pl.Series(failure, dtype=pl.String),
+    ).hstack(pl.DataFrame(verdict_rows, schema=verdicts.schema))
+
+
+def run(instructions_file: str, model: str, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The compare stage: ``model`` (the fine-tuned one) against roles.base or ``compare.against``, both
+    answering greedily through the hf/vllm backend of roles.base, judged by roles.judge."""
+    cfg = load_section(params, "compare")
+    items = build_seed(instructions_file, limit=cfg.limit, seed=cfg.seed)[0]
+    cache = open_cache(params)
+    base = load_role(params, "base")
+    answer_role = dataclasses.replace(base, temperature=0.0, max_tokens=cfg.max_tokens)
+    tuned = open_llm(dataclasses.replace(answer_role, name="compare_tuned", model=model, revision=None), cache)
+    other_model = base.model if cfg.against == "base" else cfg.against
+    other = open_llm(dataclasses.replace(answer_role, name="compare_other", model=other_model,
+                                         revision=base.revision if cfg.against == "base" else None), cache)
+    instructions, inputs = items["instruction"].to_list(), items["input"].to_list()
+    done_a = respond(tuned, prompts, instructions, inputs, desc="answers: tuned")
+    done_b = respond(other, prompts, instructions, inputs, desc="answers: other")
+    # a pair is judged only when both models answered; a failed call leaves that pair unjudged, with its reason
+    judged = [i for i, (a, b) in enumerate(zip(done_a, done_b)) if not a.failed and not b.failed]
+    judge = open_role(params, "judge", cache)
+    queries = [q + "\n" + x if x else q for q, x in zip(instructions, inputs)]  # the reference code's user query
+    verdicts = judge_pairs(judge, prompts, [queries[i] for i in judged], [done_a[i].text for i in judged],
+                           [done_b[i].text for i in judged], both_orders=cfg.both_orders, rule=cfg.parse,
+                           max_tokens=cfg.judge_max_tokens)
+    table = answer_table(items, done_a, done_b, judged, verdicts)
+    llms = {"tuned": tuned, "other": other, "judge": judge}
+    metrics = counts(table["verdict"].drop_nulls().to_list()) | {
+        "unjudged": items.height - len(judged), "both_orders": cfg.both_orders, "parse": cfg.parse, "against": cfg.against,
+        "calls": {n: llm.stats["calls"] for n, llm in llms.items()},
+        "cache_hits": {n: llm.stats["cache_hits"] for n, llm in llms.items()},
+        "llm": {n: llm.stats for n, llm in llms.items()}}
+    meta = {"tuned": tuned.label, "other": other.label, "judge": judge.label, "settings": dataclasses.asdict(cfg),
+            "template_hashes": {t: prompts.hash(t) for t in (RESPONSE_TEMPLATE, JUDGE_TEMPLATE)}}
+    return Outputs(metrics, f"compare: tuned vs {cfg.against}: {metrics['win']} win / {metrics['tie']} tie / {metrics['lose']} lose",
+                   table=table, meta=meta)

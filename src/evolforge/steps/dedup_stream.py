@@ -25,16 +25,23 @@ per million items). Pass 1 computes every sketch once and pass 4 again for the w
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from evolforge.core import validation
+from evolforge.core.params import load_section
+from evolforge.core.records import TABLE
 from evolforge.core.settings import DedupSettings
+from evolforge.core.stage import Outputs
+from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.steps.selection import guard_reason
 from evolforge.steps.dedup import (EXACT, NEAR, band_digest, find_duplicates, item_text, lsh_bands, mark_shared,
                                    minhash_signatures, shingle_hashes, survival_order)
 
@@ -212,3 +219,22 @@ def dedup_chunks(chunks: Chunks, usable: Usable, work: Path,
         "threshold": config.threshold, "shingle_size": config.shingle_size, "num_perm": config.num_perm,
     }
     return _with_answers(chunks, starts, work), metrics
+
+
+def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+    """The dedup stage: every item of ``items`` with its answers (``ANSWERS``), streamed into ``out``
+    ``data.chunk_rows`` rows at a time, the scratch folder beside it. A usable item (one selection could take)
+    wins its cluster over an unusable twin."""
+    cfg, rows = load_section(params, "dedup"), load_section(params, "data").chunk_rows
+    source = table_file(items)
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
+    Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work:
+        chunks, metrics = dedup_chunks(lambda columns: iter_chunks(source, rows, columns),
+                                       lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows)
+        schema = {**table_schema(source), **ANSWERS}
+        write_output_chunks(out, {TABLE: (schema, chunks)}, meta={"params": vars(cfg)})
+    metrics["peak_rss_mib"] = peak_rss_mib()
+    return Outputs(metrics, f"dedup: {metrics['removed']} of {metrics['items']} items are near-duplicates "
+                            f"({metrics['removed_exact']} exact); per round {metrics['removed_per_round']}; "
+                            f"peak RSS {metrics['peak_rss_mib']} MiB")

@@ -144,6 +144,10 @@ class RepetitionTest:
     min_words: int = 10
 
 
+def repetition_test(repetition: dict) -> RepetitionTest:
+    """The thresholds of ``evolve.repetition`` / ``respond.repetition`` (defaults where params say nothing)."""
+    return RepetitionTest(**repetition)
+
 
 def repeated_ngram_fraction(text: str, n: int = 3) -> float:
     """Share of the word n-grams (lower-case) that repeat an earlier n-gram of ``text``; 0 without n-grams.

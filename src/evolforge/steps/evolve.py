@@ -4,7 +4,7 @@ Strategies (``evolve.strategy``):
 - ``evol``: Evol-Instruct's hand-written methods, four in-depth (add_constraints, deepening, concretizing,
   reasoning) and optionally in-breadth, assigned ``round_robin`` (rotated by round, as the SLM paper does)
   or ``random`` (seeded, as the original Evol-Instruct does), by a hash of the item's lineage id and the
-  round, never by row position (see :func:`assign_methods`). The evolver's whole answer is the new
+  round, never by row position (see :func:`evolforge.steps.evolve_prompts.assign_methods`). The evolver's whole answer is the new
   instruction.
 - ``auto`` / ``auto_initial``: one evolving method text (optimized by the optimize stage, or the initial
   method) applied to every instruction; the new instruction is parsed from after
@@ -27,34 +27,34 @@ next round is the evolved rows plus, with ``on_failure: keep_parent``, the paren
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple
 
 import polars as pl
-import yaml
 
-from evolforge.steps import elimination
-from evolforge.llm import LLM, Role, loads_nothing_more
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.core.params import ParamsError, load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id
-from evolforge.steps.respond import respond
+from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
 from evolforge.core.settings import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.stage import Outputs
+from evolforge.core.roles import Role
+from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.registry import loads_nothing_more
+from evolforge.steps import elimination
+from evolforge.steps.evolve_prompts import assign_methods, evolving_messages, template_hash
+from evolforge.steps.respond import respond, response_sampling
 
-IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
-BREADTH = "breadth"
 STRATEGIES = ("evol", "auto", "auto_initial")
 INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
 RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")  # rules on an answer to the evolved instruction
 JUDGE_RULES = ("not_an_instruction_judge", "info_gain")  # checks that ask the judge role
 IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
-METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
-
-
-def repetition_test(repetition: dict) -> elimination.RepetitionTest:
-    """The thresholds of ``evolve.repetition`` / ``respond.repetition`` (defaults where params say nothing)."""
-    return elimination.RepetitionTest(**repetition)
+JUDGE_TEMPLATES = ("judge/equal.j2", IS_INSTRUCTION_TEMPLATE)  # the judge checks' prompts
+POOL = "pool.parquet"  # beside a round's table: what the next round evolves
 
 
 def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> tuple[EvolveSettings, str | None]:
@@ -74,85 +74,6 @@ def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> t
         raise ValueError(f"data/method/meta.json fallback: {target!r} is not one of {STRATEGIES}")
     reason = method_meta.get("fallback_reason") or "the evolver cannot follow the optimized method's format"
     return dataclasses.replace(settings, strategy=target), f"evolve.strategy auto falls back to {target}: {reason}"
-
-
-def _hash_int(*parts: Any) -> int:
-    return int(hashlib.sha256("\0".join(map(str, parts)).encode("utf-8")).hexdigest()[:15], 16)
-
-
-def assign_methods(ids: Sequence[str], round_index: int, assignment: str = "round_robin", breadth: bool = True,
-                   seed: int = 0) -> list[str]:
-    """Evol-Instruct method per item, from the item's id and the round only -- never its row position, so
-    adding, removing or reordering items leaves every other item's method (and its cached calls) alone.
-
-    ``round_robin``: each lineage walks the methods in order, one step per round, from a start fixed by
-    a hash of its id (pass the items' ``root_id``): a chain never meets the same method twice in a row and
-    meets every method once in ``len(methods)`` rounds, as the SLM paper's rotation by round intends.
-    Over many items each method gets an equal share up to sampling noise (the hash is uniform).
-    ``random``: an independent draw per (seed, round, item), as the original Evol-Instruct does.
-
-    >>> assign_methods(["a", "b"], 1, breadth=False) == [assign_methods(["a"], 1, breadth=False)[0],
-    ...                                                   assign_methods(["b"], 1, breadth=False)[0]]
-    True
-    """
-    methods = IN_DEPTH + ([BREADTH] if breadth else [])
-    if assignment == "random":
-        return [methods[_hash_int(seed, round_index, i) % len(methods)] for i in ids]
-    return [methods[(_hash_int(i) + round_index) % len(methods)] for i in ids]
-
-
-def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None) -> str:
-    """The evolving prompt for ``instruction``: Evol-Instruct's breadth or in-depth template for those
-    methods, otherwise (an Auto Evol-Instruct strategy) the evolving method ``method_text``."""
-    if method == BREADTH:
-        return prompts.render("evolve/breadth.j2", instruction=instruction)
-    if method in IN_DEPTH:
-        return prompts.render("evolve/depth.j2", method=method, instruction=instruction)
-    if method_text is None:
-        raise ValueError(f"method {method!r} needs an evolving method text")
-    return prompts.render(METHOD_TEMPLATE, method=method_text, instruction=instruction)
-
-
-EXAMPLE_FILES = {"evol": "evolve/examples.yaml", "auto": "optimize/examples.yaml"}  # under prompts/
-
-
-def load_examples(prompts: PromptLibrary, method: str) -> list[dict[str, str]]:
-    """The worked examples of ``method`` (an Evol-Instruct method, or an Auto Evol-Instruct strategy),
-    each {"instruction", "answer"}; one clear error when the file lacks them."""
-    auto = method not in IN_DEPTH and method != BREADTH
-    path = prompts.root / EXAMPLE_FILES["auto" if auto else "evol"]
-    key = "auto" if auto else method
-    try:
-        found = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read the few-shot examples (evolve.few_shot): {err}") from None
-    examples = found.get(key) if isinstance(found, dict) else None
-    answer = "answer" if auto else "rewritten"
-    if not isinstance(examples, list) or not examples or not all(
-            isinstance(e, dict) and isinstance(e.get("instruction"), str) and isinstance(e.get(answer), str)
-            for e in examples):
-        raise ValueError(f"{path}: {key}: expected a non-empty list of {{instruction, {answer}}} examples")
-    return [{"instruction": e["instruction"], "answer": e[answer]} for e in examples]
-
-
-def evolving_messages(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None,
-                      few_shot: bool = False) -> list[dict[str, str]]:
-    """The chat of one evolving call: the evolving prompt for ``instruction``; with ``few_shot``, after the
-    method's worked examples, each an earlier turn (its prompt, answered by its rewrite)."""
-    turns = []
-    if few_shot:
-        for example in load_examples(prompts, method):
-            turns += [{"role": "user", "content": evolving_prompt(prompts, method, example["instruction"], method_text)},
-                      {"role": "assistant", "content": example["answer"]}]
-    return [*turns, {"role": "user", "content": evolving_prompt(prompts, method, instruction, method_text)}]
-
-
-def template_hash(prompts: PromptLibrary, method: str, method_text: str | None = None) -> str:
-    if method == BREADTH:
-        return prompts.hash("evolve/breadth.j2")
-    if method in IN_DEPTH:
-        return prompts.hash("evolve/depth.j2")
-    return make_id(prompts.hash(METHOD_TEMPLATE), method_text)
 
 
 def method_text(strategy: str, method_file: str | Path) -> str | None:
@@ -263,7 +184,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
 
     # 2. checks on the instruction itself
     switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
-    repetition = repetition_test(settings.repetition)
+    repetition = elimination.repetition_test(settings.repetition)
     reasons: list[str | None] = []
     for m, it, cand, finish, out in zip(methods, items, candidates, finishes, outs):
         if out.failed:
@@ -368,3 +289,68 @@ def round_summary(table: pl.DataFrame) -> dict:
     return {"in": table.height, "evolved": evolved.height, "failed": table.height - evolved.height,
             "failed_by_reason": dict(sorted(reasons.items())), "mean_length_growth": growth,
             "evolver_cut_at_max_tokens": int((table["finish_reason"] == "length").sum())}
+
+
+def read_pool(src: Path) -> pl.DataFrame:
+    """A round's pool is its predecessor's pool.parquet; the seed table is round 1's pool."""
+    table = pl.read_parquet(src / POOL) if (src / POOL).exists() else read_table(src)
+    validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input"]) + validation.unique("id"), src)
+    return table
+
+
+def open_checkers(params: dict[str, Any], settings: EvolveSettings, evolver: LLM, cache: Any,
+                  round_name: str) -> tuple[LLM | None, LLM | None, EvolveSettings]:
+    """(judge, responder, settings with ``check_role`` resolved): the roles the round's checks ask, None
+    where no check needs one. Nothing loads until a request misses the cache."""
+    judge_checks = [k for k in JUDGE_RULES if settings.rule(k)]
+    judge = open_role(params, "judge", cache) if judge_checks else None
+    if judge is not None and not loads_nothing_more(judge.role, evolver.role):
+        print(f"{round_name}: the judge checks ({', '.join(judge_checks)}) load roles.judge "
+              f"({judge.role.model}) beside roles.evolver ({evolver.role.model}) in this process; if the two "
+              f"do not fit in memory together, serve the judge (backend openai) or turn those checks off")
+    responder = None
+    if settings.check_role != "evolver" and any(settings.rule(k) for k in RESPONSE_RULES):
+        responder = open_role(params, "responder", cache)
+        settings = dataclasses.replace(settings, check_role=resolve_check_role(settings.check_role, evolver.role, responder.role))
+        if settings.check_role == "evolver":  # auto, and the responder is another local model
+            responder = None
+    return judge, responder, settings
+
+
+def run(round_name: str, src: str | Path, method: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The evolve stage for the round ``round_name`` of ``evolve.rounds``: the pool of ``src`` evolved once,
+    with the method of ``method`` (method.txt; its meta.json's ``fallback`` for strategy auto)."""
+    section = load_section(params, "evolve")
+    settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
+    if round_name not in section.rounds:
+        raise ParamsError([f"evolve.rounds: no round named {round_name!r} (rounds: {', '.join(section.rounds)})"])
+    index = section.rounds[round_name]["index"]
+    pool = read_pool(Path(src))
+    requested = settings.strategy
+    method_meta = Path(method).with_name("meta.json")
+    settings, fallback = resolve_strategy(settings, json.loads(method_meta.read_text(encoding="utf-8"))
+                                          if requested == "auto" and method_meta.exists() else {})
+    if fallback:
+        print(f"{round_name}: {fallback}")
+    text = method_text(settings.strategy, Path(method))
+    cache = open_cache(params)
+    evolver = open_role(params, "evolver", cache)
+    judge, responder, settings = open_checkers(params, settings, evolver, cache, round_name)
+    table, next_pool, summary = evolve_round(
+        pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
+        responder=responder, respond_sampling=response_sampling(load_section(params, "respond")))
+    assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
+    roles = {name: llm for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}
+    summary.update(round=round_name, index=index, strategy=settings.strategy, requested_strategy=requested,
+                   fallback=fallback, check_role=settings.check_role,
+                   calls=sum(llm.stats["calls"] for llm in roles.values()),
+                   cache_hits=sum(llm.stats["cache_hits"] for llm in roles.values()),
+                   llm={name: llm.stats for name, llm in roles.items()})
+    meta = {"round": round_name, "index": index, "model": evolver.label, "model_identity": evolver.identity,
+            "template_hashes": {n: prompts.hash(n) for n in prompts.names
+                                if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},
+            "method_text": text, "settings": dataclasses.asdict(settings), "requested_strategy": requested,
+            "fallback": fallback}
+    return Outputs(summary, f"{round_name}: {summary['in']} in, {summary['evolved']} evolved, {summary['failed']} failed "
+                            f"{summary['failed_by_reason']}; {summary['calls']} calls, {summary['cache_hits']} cache hits",
+                   table=table, meta=meta, tables={POOL: next_pool})

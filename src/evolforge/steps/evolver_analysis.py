@@ -17,12 +17,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import statistics
+from pathlib import Path
 from typing import Any, Sequence
 
+from evolforge.core.cache import open_cache
+from evolforge.core.models import load_causal_lm, load_tokenizer
+from evolforge.core.params import load_role, load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.llm import LLM
+from evolforge.core.records import read_table
 from evolforge.core.settings import AnalysisSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.stage import Outputs
+from evolforge.llm.cached import LLM, open_llm, open_role
+from evolforge.steps.evolve_prompts import assign_methods, evolving_prompt
+from evolforge.steps.optimize import initial_method_text
 
 KEYWORD_TEMPLATE = "judge/method_keyword.j2"
 _STEP2 = re.compile(r"step\s*2\s*#?\s*plan", re.IGNORECASE)
@@ -107,3 +117,38 @@ def method_keywords(evolver: LLM, judge: LLM, prompts: PromptLibrary, evolving_p
     distinct = sorted({k for k in keywords if k})
     return {"answers": len(answers), "answers_with_methods": sum(1 for a in answers if method_lines(a)),
             "method_lines": len(methods), "distinct_keywords": len(distinct), "keywords": distinct}
+
+
+def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """Both analyses on the first ``evolver_analysis.items`` seeds of ``seed``, for roles.evolver and each model
+    of ``evolver_analysis.evolvers``: Evol-Instruct prompts with the paper's method rotation (round 1) for the
+    top-token probabilities, the Auto Evol-Instruct initial method for the keywords."""
+    cfg = load_section(params, "evolver_analysis")
+    table = read_table(seed).head(cfg.items)
+    seeds = table["instruction"].to_list()
+    methods = assign_methods(table["root_id"].to_list(), 1, "round_robin", load_section(params, "evolve").breadth, cfg.seed)
+    evol_prompts = [evolving_prompt(prompts, m, q) for m, q in zip(methods, seeds)]
+    method_text = initial_method_text(prompts, load_section(params, "optimize").initial_method)
+    auto_prompts = [evolving_prompt(prompts, "auto", q, method_text) for q in seeds]
+    cache = open_cache(params)
+    judge = open_role(params, "judge", cache)
+    evolver = load_role(params, "evolver")
+    roles = [evolver] + [dataclasses.replace(evolver, name=f"evolver_{i + 1}", model=m, revision=None)
+                         for i, m in enumerate(cfg.evolvers or [])]
+    metrics, plot = {"items": len(seeds), "first_tokens": cfg.first_tokens, "evolvers": {}}, []
+    for role in roles:
+        tokenizer = load_tokenizer(role.model, role.revision)
+        model = load_causal_lm(role.model, role.revision, dtype=role.dtype, device=role.device)
+        probs = [p for row in top_token_probs(model, tokenizer, evol_prompts, cfg.max_tokens, cfg.first_tokens) for p in row]
+        del model
+        # the paper samples the Auto Evol prompt at 0.7 / 0.95 for the methods lists
+        sampler = open_llm(dataclasses.replace(role, temperature=0.7, top_p=0.95), cache)
+        keywords = method_keywords(sampler, judge, prompts, auto_prompts, cfg.keyword_max_tokens)
+        metrics["evolvers"][role.model] = {
+            "tokens": len(probs), "mean_top_prob": statistics.fmean(probs) if probs else None,
+            "median_top_prob": statistics.median(probs) if probs else None,
+            "share_above_0_9": sum(p > 0.9 for p in probs) / len(probs) if probs else None, **keywords}
+        plot += [{"evolver": role.model, **row} for row in histogram(probs, cfg.bins)]
+    return Outputs(metrics, "\n".join(f"evolver_analysis: {name}: mean top-token probability {m['mean_top_prob']}, "
+                                       f"{m['distinct_keywords']} distinct keywords" for name, m in metrics["evolvers"].items()),
+                   plot=plot)

@@ -25,19 +25,29 @@ long, rejected, retries exhausted) has a null raw text and the failure as its re
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.llm import LLM, Completion
-from evolforge.llm.ranking import choice_probabilities, expected_value
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.core.params import load_section
 from evolforge.core.prompts import PromptLibrary
+from evolforge.core.stage import Outputs
+from evolforge.core.stream import check_chunks, iter_chunks, table_file, table_schema
 from evolforge.core.text import question_text
+from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.types import Completion
+from evolforge.llm.ranking import choice_probabilities, expected_value
 
 LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 SCORES = tuple(str(n) for n in range(101))  # what a constrained score may be
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
 SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
+COLUMNS = ["id", "round", "difficulty_level", "difficulty_level_reason", "difficulty_level_raw", "difficulty_score",
+           "difficulty_score_reason", "difficulty_score_raw", "score_prompt", "judge_constrained", "difficulty_expected",
+           "level_expected"]  # data/judged's table
 
 
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
@@ -132,3 +142,38 @@ def level_distribution(table: pl.DataFrame) -> list[dict]:
             rows.append({"round": int(rnd), "level": level, "count": n,
                          "share": n / parsed.height if parsed.height else 0.0})
     return sorted(rows, key=lambda r: (r["round"], LEVELS.index(r["level"])))
+
+
+def run(items: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The judge stage over the table ``items``: the item texts are read ``data.chunk_rows`` at a time and
+    judged chunk by chunk (each item's answers are its own); only the judged columns, without the texts, are
+    held for the output (docs/scale.md)."""
+    cfg = load_section(params, "judge")
+    source, rows = table_file(items), load_section(params, "data").chunk_rows
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
+    llm = open_role(params, "judge", open_cache(params))
+
+    def judged(chunk: pl.DataFrame) -> pl.DataFrame:
+        return judge(chunk, llm, prompts, score_prompt=cfg.score_prompt, max_tokens=cfg.max_tokens, constrain=cfg.constrain,
+                     probabilities=cfg.probabilities).select(COLUMNS)
+
+    parts = [judged(chunk) for chunk in iter_chunks(source, rows)]
+    table = pl.concat(parts) if parts else judged(pl.DataFrame(schema=table_schema(source)))  # no rows: the columns
+    per_round = {str(r): {"mean_difficulty_score": part["difficulty_score"].mean(),
+                          "mean_difficulty_expected": part["difficulty_expected"].mean(),
+                          "mean_level_expected": part["level_expected"].mean(),
+                          "levels": {level: int((part["difficulty_level"] == level).sum()) for level in LEVELS}}
+                 for (r,), part in table.group_by(["round"], maintain_order=True)}
+    metrics = {"items": table.height, "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
+               "mean_difficulty_score": table["difficulty_score"].mean(), "probabilities": cfg.probabilities,
+               "mean_difficulty_expected": table["difficulty_expected"].mean(),
+               "level_unparsed": int(table["difficulty_level"].is_null().sum()),
+               "score_unparsed": int(table["difficulty_score"].is_null().sum()),
+               "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "llm": {"judge": llm.stats}}  # tokens, failures and cost of the calls
+    score_template = SCORE_TEMPLATES[cfg.score_prompt]
+    meta = {"model": llm.label, "model_identity": llm.identity, "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
+            "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), score_template: prompts.hash(score_template)}}
+    return Outputs(metrics, f"judge: {table.height} items, {metrics['level_unparsed']} levels and {metrics['score_unparsed']} scores unparsed",
+                   table=table, meta=meta, checks=validation.between("difficulty_score", 0, 100), plot=level_distribution(table),
+                   peak_rss=True)

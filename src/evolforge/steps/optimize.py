@@ -30,18 +30,7 @@ method's rate is measured once and carried (re-scoring it would repeat the same 
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
-Telling the truth about a run (``stop_reason``, :func:`usability`):
-
-- a step whose m answers hold no parseable ```` ```Optimized Method``` ```` block says so in its log
-  (``no_parseable_candidate``). ``stop_reason`` is ``no_parseable_candidate``, never ``patience`` or
-  ``steps``, when no step produced one (nothing was optimized) or when patience ran out over steps that
-  produced none;
-- a method that fails at least ``unusable_failure_rate`` of the development set is one the evolver
-  cannot follow (a small evolver rarely writes the final-instruction marker). The metrics say so for the
-  initial and the resulting method, and ``on_unusable`` decides what evolving with ``strategy: auto``
-  does with an unusable result: ``evol`` falls back to Evol-Instruct's hand-written methods (recorded
-  as ``fallback`` in ``data/method/meta.json``; the evolve stage reads it), ``stop`` stops the stage
-  with the message, ``keep`` evolves with the method anyway.
+Whether the evolver can follow the result, and what evolving then does: :mod:`evolforge.steps.optimize_result`.
 
 Trajectory stages whose answer lacks the final-instruction marker keep the raw answer (stripped), as
 the reference code does: the optimizer then sees the broken output it is meant to analyse, and the
@@ -63,15 +52,22 @@ import dataclasses
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
+from evolforge.core.cache import open_cache
+from evolforge.core.params import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
+from evolforge.core.settings import OptimizeSettings
+from evolforge.core.stage import Outputs
+from evolforge.core.versions import output_versions
+from evolforge.llm.cached import LLM, open_role
 from evolforge.steps import elimination
 from evolforge.steps.evolve import evolve_with_method
-from evolforge.llm import LLM
-from evolforge.core.prompts import PromptLibrary
-from evolforge.steps.respond import respond
-from evolforge.core.settings import OptimizeSettings
+from evolforge.steps.evolve_prompts import METHOD_TEMPLATE
+from evolforge.steps.optimize_result import Candidate, MethodScore, OptimizeResult, summary, usability
+from evolforge.steps.respond import RESPONSE_TEMPLATE, respond
 
 INITIAL_TEMPLATES = {"initial": "optimize/initial_method.j2", "weak": "optimize/weak_method.j2"}
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
@@ -81,46 +77,6 @@ ON_UNUSABLE = ("evol", "stop", "keep")
 
 _OPTIMIZED = re.compile(r"```Optimized Method([\s\S]*?)```")
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
-
-
-@dataclass
-class MethodScore:
-    """How one method does on the development set."""
-
-    failure_rate: float  # lambda = failures / dev size
-    failures: int  # missing marker + responses caught by F
-    missing_marker: int  # evolved answers without #Finally Rewritten Instruction#
-    success: float  # 1 - failure_rate
-    score: float  # success x mean response chars / mean evolved-instruction chars (reference code)
-    cut_at_max_tokens: int = 0  # evolved answers that stopped at max_tokens (the usual cause of a missing marker)
-
-
-@dataclass
-class Candidate:
-    """One optimizer sample: its feedback, its raw answer and, when it parsed, the method and its score."""
-
-    index: int  # = sample_index of both optimizer calls
-    feedback: str | None  # None when the analysis call failed
-    answer: str | None  # None when the call failed (parse_error says why)
-    method: str | None
-    parse_error: str | None
-    dev: MethodScore | None = None
-
-
-@dataclass
-class OptimizeResult:
-    method: str  # the result: the best method (see the selection rules above)
-    initial: MethodScore
-    best: MethodScore
-    initial_method: str = ""
-    dev_size: int = 0
-    log: list[dict] = field(default_factory=list)  # one row per step run
-    stop_reason: str = "steps"  # "steps" | "patience" | "no_parseable_candidate" (see the module doc)
-    stopped_early: bool = False  # stopped before ``steps`` steps
-
-    @property
-    def steps_run(self) -> int:
-        return len(self.log)
 
 
 def initial_method_text(prompts: PromptLibrary, which: str) -> str:
@@ -301,54 +257,54 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     return result
 
 
-def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
-    """Can the evolver follow the initial and the resulting method's format? And what evolving does if not."""
-    limit = float(settings.unusable_failure_rate)
-    initial_ok = result.initial.failure_rate < limit
-    method_ok = result.best.failure_rate < limit
-    out = {"unusable_failure_rate": limit, "initial_method_usable": initial_ok, "method_usable": method_ok,
-           "fallback": None, "message": None}
-    if not method_ok:
-        which = "the initial method" if result.method == result.initial_method else "the optimized method"
-        out["message"] = (
-            f"the evolver cannot follow the evolving method's format: {which} fails "
-            f"{result.best.failures} of {result.dev_size} "
-            f"development items ({result.best.missing_marker} without the final-instruction marker, "
-            f"{result.best.cut_at_max_tokens} answers cut at max_tokens), at or above "
-            f"optimize.unusable_failure_rate {limit}")
-        if settings.on_unusable == "evol":
-            out["fallback"] = "evol"
-            out["message"] += "; evolve.strategy auto falls back to Evol-Instruct's hand-written methods (evol)"
-        elif settings.on_unusable == "keep":
-            out["message"] += "; evolving with it anyway (optimize.on_unusable: keep)"
-    return out
+def open_models(params: dict) -> dict[str, LLM]:
+    """Evolver and optimizer LLMs (one loaded model when both roles name the same one)."""
+    cache = open_cache(params)
+    return dict(evolver=open_role(params, "evolver", cache), optimizer=open_role(params, "optimizer", cache))
 
 
-def curve(result: OptimizeResult) -> list[dict]:
-    """Plot rows: step 0 is the initial method; each later step the current method after selection."""
-    rows = [{"step": 0, "failure_rate": result.initial.failure_rate, "best_failure_rate": result.initial.failure_rate}]
-    rows += [{"step": r["step"], "failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"]}
-             for r in result.log]
-    return rows
+def write_method(out: str | Path, method: str, log: list[dict], meta: dict) -> None:
+    """The optimize stage's folder: method.txt (the exact text: no added newline), log.jsonl, meta.json."""
+    with atomic_dir(out) as tmp:
+        (tmp / "method.txt").write_text(method, encoding="utf-8")
+        write_jsonl(tmp / "log.jsonl", log)
+        write_json(tmp / "meta.json", {VERSIONS: output_versions(), **meta})  # as write_output records them
 
 
-def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: dict | None = None) -> dict:
-    """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``, ``usable`` is :func:`usability`."""
-    return {
-        **(usable or {}),
-        "initial_missing_marker": result.initial.missing_marker,
-        "initial_cut_at_max_tokens": result.initial.cut_at_max_tokens,
-        "parseable_candidates": sum(r["parseable_candidates"] for r in result.log),
-        "candidates_proposed": sum(len(r["candidates"]) for r in result.log),
-        "optimized": result.method != result.initial_method,
-        "skipped": False,
-        "initial_failure_rate": result.initial.failure_rate,
-        "best_failure_rate": result.best.failure_rate,
-        "per_step": curve(result),
-        "steps_run": result.steps_run,
-        "stopped_early": result.stopped_early,
-        "stop_reason": result.stop_reason,
-        "calls": sum(s["calls"] for s in stats.values()),
-        "cache_hits": sum(s["cache_hits"] for s in stats.values()),
-        "llm": stats,
-    }
+def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The optimize stage: the method optimized on the seed items of ``seed``, written to ``out``. With
+    ``evolve.strategy`` other than auto it costs nothing: the initial method, an empty log, no model loaded."""
+    settings = load_section(params, "optimize")
+    evolve_settings = load_section(params, "evolve")
+    strategy = evolve_settings.strategy
+    initial = initial_method_text(prompts, settings.initial_method)
+    templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE, ANALYSIS_TEMPLATE,
+                 OPTIMIZATION_TEMPLATE]
+    meta = {"templates": {t: prompts.hash(t) for t in templates}, "params": dataclasses.asdict(settings),
+            "evolve_strategy": strategy}
+    if strategy != "auto":
+        write_method(out, initial, [], {**meta, "skipped": True, "models": {}})
+        return Outputs({"skipped": True, "reason": f"evolve.strategy is {strategy!r}, not 'auto'", "steps_run": 0,
+                        "calls": 0, "cache_hits": 0}, f"optimize: skipped (evolve.strategy {strategy}); initial method -> {out}/method.txt",
+                       plot=[])
+    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
+             for r in read_table(seed).select("id", "instruction", "input").to_dicts()]
+    rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
+    dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
+    models = open_models(params)
+    result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
+                             evolve_controls=evolve_settings.controls, few_shot=evolve_settings.few_shot, **models)
+    usable = usability(result, settings)
+    if usable["message"]:
+        print(f"optimize: {usable['message']}")
+    if not usable["method_usable"] and settings.on_unusable == "stop":
+        raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unusable: stop): {usable['message']}")
+    meta.update(skipped=False, dev_ids=[d["id"] for d in dev], fallback=usable["fallback"],
+                fallback_reason=usable["message"] if usable["fallback"] else None,
+                models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})
+    write_method(out, result.method, result.log, meta)
+    metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats}, usable)
+    return Outputs(metrics, f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
+                            f"in {result.steps_run} step(s) ({result.stop_reason}; {metrics['parseable_candidates']} of "
+                            f"{metrics['candidates_proposed']} candidates parsed) -> {Path(out) / 'method.txt'}",
+                   plot=metrics["per_step"])

@@ -11,16 +11,22 @@ and the reason in ``response_failure_reason`` / ``response_failure_detail``: nev
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from evolforge.steps import elimination
-from evolforge.llm import LLM, Completion
-from evolforge.core.prompts import PromptLibrary
 from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.core.params import load_section
+from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, LINEAGE, read_table
 from evolforge.core.settings import RespondSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.stage import Outputs
+from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.types import Completion
+from evolforge.steps import elimination
 
 RESPONSE_TEMPLATE = "respond/response.j2"
 KEEP = LINEAGE + ["instruction", "input", "template_hash", "model", "finish_reason"]
@@ -82,3 +88,23 @@ def status_counts(table: pl.DataFrame) -> dict[str, int]:
     counts = dict.fromkeys(elimination.RESPONSE_STATUSES, 0)
     counts.update(table["response_status"].value_counts().iter_rows())
     return counts
+
+
+def run(evolved: str | Path, seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The respond stage: the evolved items of ``respond.rounds`` (round folders under ``evolved``; the seeds
+    of ``seed`` with ``include_seed``), answered by the responder role."""
+    cfg = load_section(params, "respond")  # load_params checked that its rounds are evolve.rounds indices
+    rounds = {r["index"]: name for name, r in load_section(params, "evolve").rounds.items()}
+    items = gather([f"{evolved}/{rounds[k]}" for k in cfg.rounds], seed if cfg.include_seed else None)
+    llm = open_role(params, "responder", open_cache(params))
+    table = answer(items, llm, prompts, repetition=elimination.repetition_test(cfg.repetition), **response_sampling(cfg))
+    statuses = status_counts(table)
+    metrics = {"items": table.height, "response_status": statuses, "empty_responses": statuses["empty"],
+               "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "failed_responses": int(table["response_failure_reason"].is_not_null().sum()), "llm": {"responder": llm.stats},
+               "per_round": {str(k): v for k, v in zip(*table["round"].value_counts(sort=True).to_dict(as_series=False).values())}}
+    meta = {"model": llm.label, "model_identity": llm.identity, "template_hash": prompts.hash(RESPONSE_TEMPLATE),
+            "params": dataclasses.asdict(cfg)}
+    return Outputs(metrics, f"respond: {table.height} responses {statuses}; {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits",
+                   table=table, meta=meta, peak_rss=True,  # docs/scale.md
+                   checks=validation.item_columns(LINEAGE + ["instruction", "input", "output", "response_status"]) + validation.unique("id"))

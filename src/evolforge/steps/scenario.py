@@ -12,19 +12,20 @@ rejected), ``autoif.on_empty`` decides: ``evol`` trains on the evol pool instead
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from evolforge.core import validation
+from evolforge.core.params import load_section
+from evolforge.core.records import LINEAGE, TABLE
+from evolforge.core.stage import Outputs
+from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+
 SCENARIOS = ("evol", "autoif")
-
-
-def read_scenario(params: dict[str, Any]) -> str:
-    """``params.yaml autoif.scenario``: which branch (evol | autoif) feeds judge, score, select and finetune."""
-    from evolforge.core.params import load_section
-
-    return load_section(params, "autoif").scenario
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,30 @@ def pick_pool(scenario: str, evol: pl.DataFrame, autoif: pl.DataFrame, on_empty:
         return Pool(autoif, scenario, autoif_source)
     why = "no answered AutoIF item (see metrics/autoif/*.json: constraints verified, responses kept)"
     if on_empty == "fail":
-        from evolforge.core.validation import DataError
-
-        raise DataError(autoif_source, "autoif.on_empty: fail", detail=why)
+        raise validation.DataError(autoif_source, "autoif.on_empty: fail", detail=why)
     return Pool(evol, scenario, evol_source, fallback=f"no_autoif_items: {why}")
+
+
+def run(evol: str, autoif: str, out: str | Path, params: dict[str, Any]) -> Outputs:
+    """The pick_scenario stage: one of the two tables unchanged, streamed into ``out``. The choice is made on
+    each table's first row (whether the AutoIF one has rows); the chosen table then streams through
+    (docs/scale.md)."""
+    cfg, rows = load_section(params, "autoif"), load_section(params, "data").chunk_rows
+    files = {evol: table_file(evol), autoif: table_file(autoif)}
+    heads = [next(iter(iter_chunks(files[path], 1)), pl.DataFrame(schema=table_schema(files[path]))) for path in (evol, autoif)]
+    pool = pick_pool(cfg.scenario, *heads, cfg.on_empty, evol_source=evol, autoif_source=autoif)
+    source = files[pool.source]
+    check_chunks(source, validation.item_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), rows)
+    items = pl.scan_parquet(source).select(pl.len()).collect().item()
+    if not items:
+        raise validation.DataError(pool.source, "non-empty pool", detail=f"no answered items for scenario {cfg.scenario!r}")
+    per_method = {m: int(n) for m, n in pl.scan_parquet(source).group_by("method").len().sort("method").collect(engine="streaming").iter_rows()}
+    write_output_chunks(out, {TABLE: (table_schema(source), iter_chunks(source, rows))},
+                        meta={"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback})
+    metrics = {"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback, "items": items,
+               "autoif_items": pl.scan_parquet(files[autoif]).select(pl.len()).collect().item(), "per_method": per_method,
+               "peak_rss_mib": peak_rss_mib()}  # docs/scale.md
+    if pool.fallback:
+        print(f"pick_scenario: WARNING: scenario autoif fell back to {pool.source} ({pool.fallback}); "
+              f"set autoif.on_empty: fail to stop instead", file=sys.stderr)
+    return Outputs(metrics, f"pick_scenario: {pool.scenario}: {items} items from {pool.source}")

@@ -9,11 +9,14 @@ naming the file, the row, the field and the rule.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import polars as pl
 
+from evolforge.core.params import load_section
 from evolforge.core.records import LINEAGE, SEED, make_id
+from evolforge.core.stage import Outputs
 from evolforge.core.text import normalize_text
 from evolforge.core.validation import DataError
 from evolforge.steps.seed_fields import chat_records, check_values, field_map, normalise_records, normalise_table, require_mapped
@@ -87,3 +90,12 @@ def build_seed(source: str, *, fmt: str = "auto", fields: dict | None = None, co
                "duplicates_removed": n_read - n_unique, "sampled_out": n_unique - table.height,
                "rows_written": table.height, "limit": limit}
     return SeedBuild(table, metrics, duplicates)
+
+
+def run(params: dict[str, Any]) -> Outputs:
+    """The seed stage: ``params.yaml seed`` read into the seed table, with the dropped duplicates beside it."""
+    cfg = load_section(params, "seed")
+    table, metrics, duplicates = build_seed(cfg.source, fmt=cfg.format, fields=cfg.fields, config=cfg.config,
+                                            split=cfg.split, revision=cfg.revision, limit=cfg.limit, seed=cfg.seed)
+    return Outputs(metrics, f"seed: {metrics['rows_written']} items ({metrics['duplicates_removed']} duplicates removed)",
+                   table=table, meta={"params": dataclasses.asdict(cfg)}, tables={"duplicates.parquet": duplicates})

@@ -1,0 +1,289 @@
+"""The LLM of one role behind the call cache (:class:`LLM`), and how a stage opens one (:func:`open_role`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from evolforge.core.cache import CallCache, KeyFrame
+from evolforge.core.models import ModelError
+from evolforge.core.params import load_role, load_section
+from evolforge.core.roles import ChatRequest, Role
+from evolforge.core.settings import LLMSettings
+from evolforge.llm import dryrun
+from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
+from evolforge.llm.identity import IDENTITY_FILE, recorded_entry, resolve_identity
+from evolforge.llm.keys import identity_digest, resolved_engine, sampling_signature, str_choices
+from evolforge.llm.registry import shared_backend
+from evolforge.llm.types import Backend, Completion, LLMFailureError, refuse_controls, refuse_ranking
+
+# A commit writes every index page its rows land on, so a small one costs more per row. When answers come
+# faster than a half-second commit can store them (a large cache, a fast backend), the next commit waits
+# this many times as long as the last one took: committing stays within a fifth of the time.
+COMMIT_SPACING = 4.0
+
+
+class LLM:
+    """One model role behind the call cache: it carries its :class:`Role` (generation defaults), looks
+    every request up, generates only the misses and commits completions as they come: every
+    ``commit_every`` completions or ``commit_interval_s`` seconds, whichever is first (and no sooner than
+    ``COMMIT_SPACING`` times the last commit's duration), and at the end (also when the run stops on an error).
+
+    A failed item (``Completion.failed``) is returned to the caller and counted, never cached, so a
+    rerun retries exactly the failures. Past ``max_failure_rate`` of a call's requests the call raises
+    :class:`LLMFailureError` once everything it got is committed -- early, as soon as the failures
+    already exceed what the threshold allows for the whole call.
+
+    The backend is loaded on the first cache miss, so a stage whose calls are all cached never loads
+    its model. ``identity`` (from ``models/identity.json``) names the model in cache keys; without it
+    the backend is asked, which loads it.
+
+    ``stats``: ``calls`` (requests handed to the backend), ``cache_hits``, ``failures`` and
+    ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made), and
+    ``cost`` when the role has prices.
+    """
+
+    def __init__(self, backend: Backend | None, cache: CallCache | None, *, role: Role | None = None,
+                 identity: dict[str, Any] | None = None, batch_size: int | None = None, desc: str | None = None,
+                 settings: LLMSettings | None = None, engine: dict[str, Any] | None = None):
+        if backend is None and (role is None or identity is None):
+            raise ValueError("an LLM without a backend needs its role and the model identity")
+        self._backend = backend
+        self.role = role or Role(name=getattr(backend, "name", "llm"), backend=getattr(backend, "name", "?"),
+                                 model=str(backend.identity().get("name", "?")))
+        self.cache = cache
+        self._identity = dict(identity) if identity is not None else backend.identity()
+        # what the key says the model runs with: as recorded by the models stage, or resolved here
+        self._engine = dict(engine) if engine is not None else resolved_engine(self.role)
+        self._frames: dict[tuple, KeyFrame] = {}  # see key()
+        if batch_size is None:  # servers: the backend's own pool bounds requests in flight
+            batch_size = self.role.concurrency * 4 if self.role.backend == "openai" else self.role.batch_size
+        self.batch_size = max(1, int(batch_size))
+        self.desc = desc or self.role.name
+        self.settings = settings or LLMSettings()
+        self.stats: dict[str, Any] = {"calls": 0, "cache_hits": 0, "failures": 0, "failed_by_reason": {},
+                                      "prompt_tokens": 0, "completion_tokens": 0}
+        if self.role.price_per_mtok_prompt is not None or self.role.price_per_mtok_completion is not None:
+            self.stats["cost"] = 0.0
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            backend = shared_backend(self.role)
+            runs_with = getattr(backend, "runs_with", None)
+            if runs_with is not None:  # an ``auto`` the keys resolved elsewhere must be what loaded here
+                actual = {k: v for k, v in runs_with().items() if getattr(self.role, k, None) == "auto"}
+                keyed = {k: self._engine.get(k) for k in actual}
+                if actual != keyed:
+                    raise ModelError(
+                        f"roles.{self.role.name} ({self.role.model}) loaded with {actual}, but its cache keys say "
+                        f"{keyed} (models/identity.json, written where the models stage ran); rerun the models "
+                        f"stage on this machine (`dvc repro models`)")
+            self._backend = backend
+        return self._backend
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    @property
+    def label(self) -> str:
+        """``model@<first 12 of the identity digest>``: the model column of every artifact."""
+        return f"{self.role.model}@{identity_digest(self._identity)[:12]}"
+
+    def request(self, messages: Sequence[dict[str, str]], **overrides) -> ChatRequest:
+        """A request with this role's generation defaults, overridden where given (None = default)."""
+        return self.role.request(messages, **overrides)
+
+    def key(self, request: ChatRequest) -> str:
+        """``cache_key`` of ``request`` for this role, through a :class:`KeyFrame` kept per sampling."""
+        sig = sampling_signature(request)
+        frame = self._frames.get(sig)
+        if frame is None:
+            frame = KeyFrame(backend=self.role.backend, model=self._identity, engine=self._engine,
+                             temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
+                             seed=request.seed, sample_index=request.sample_index,
+                             constraint=self._constraint(request))
+            if str_choices(request.choices) and len(self._frames) < 4096:
+                self._frames[sig] = frame
+        return frame.key_of_pairs(request.messages)
+
+    def _constraint(self, request: ChatRequest) -> dict[str, Any] | None:
+        """The part of a constrained request's key: its choices and, for a server, how they are enforced;
+        its generation controls when it has some (a request without any keeps the key it always had)."""
+        controls = request.controls.key() if request.controls is not None else {}
+        if request.choices is None and not controls:
+            return None
+        constraint: dict[str, Any] = {}
+        if request.choices is not None:
+            constraint["choices"] = list(request.choices)
+            if request.rank:  # log-probabilities of every choice instead of a decoded answer
+                constraint["rank"] = True
+            elif self.role.backend == "openai":
+                constraint["format"] = self.role.choice_format
+        if controls:
+            constraint["controls"] = controls
+        return constraint
+
+
+    def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
+        """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
+        refuse_controls(self.role.backend, requests, f"roles.{self.role.name}")
+        refuse_ranking(self.role.backend, requests, f"roles.{self.role.name}")
+        keys = [self.key(r) for r in requests]
+        hits = self.cache.get_many(sorted(set(keys))) if self.cache is not None else {}
+        results: list[Completion | None] = [None] * len(requests)
+        missing: dict[str, list[int]] = {}  # identical requests are generated once
+        for i, k in enumerate(keys):
+            hit = hits.get(k)
+            if hit is not None:
+                results[i] = Completion(hit[0], hit[1], cached=True)
+            else:
+                missing.setdefault(k, []).append(i)
+        self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
+        if not missing:
+            return results  # type: ignore[return-value]
+        if dryrun.active():  # evolforge plan: count the misses, send nothing
+            return self._dry_run(requests, missing, results, desc or self.desc)
+
+        # Length-sorted so batches pad little; outputs do not depend on batch composition.
+        todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
+        allowed = math.floor(self.settings.max_failure_rate * len(requests) + 1e-9)
+        failed: Counter[str] = Counter()
+        pending: list[tuple[str, str, str | None, str]] = []
+        last_commit = time.monotonic()
+        interval = self.settings.commit_interval_s
+        model = self.role.model
+        gate = open_gate(self.role, self.settings, self.cache, desc or self.desc, len(todo))  # spend and caps
+
+        def commit() -> None:
+            nonlocal last_commit, interval
+            start = time.monotonic()
+            if self.cache is not None and pending:
+                # first stored wins: another process may have filled a key meanwhile
+                for k, (text, finish) in self.cache.put_many(pending).items():
+                    for i in missing[k]:
+                        results[i] = Completion(text, finish)
+            pending.clear()
+            last_commit = time.monotonic()
+            interval = max(self.settings.commit_interval_s, COMMIT_SPACING * (last_commit - start))
+
+        with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
+                  desc=desc or self.desc, unit="req", leave=False) as bar:
+            try:
+                for finished in gate.stream(self._run, [requests[idx[0]] for _, idx in todo], [k for k, _ in todo]):
+                    done = 0
+                    for j, out in finished:
+                        k, idx = todo[j]
+                        for i in idx:
+                            results[i] = out
+                        done += len(idx)
+                        if out.failure_reason is not None:
+                            failed[out.failure_reason] += len(idx)
+                        else:
+                            pending.append((k, out.text, out.finish_reason, model))
+                    self._count([out for _, out in finished])
+                    bar.update(done)
+                    bar.set_postfix_str(gate.postfix(), refresh=False)
+                    if len(pending) >= self.settings.commit_every or (
+                            pending and time.monotonic() - last_commit >= interval):
+                        commit()
+                    if sum(failed.values()) > allowed:
+                        break  # the threshold is passed whatever the rest brings
+            finally:
+                commit()
+        unsent = [i for j in gate.unsent for i in todo[j][1]]  # kept back by a cap in llm.budget
+        for i in unsent:
+            results[i] = Completion.failure(BUDGET_EXHAUSTED, gate.message)
+        self._record_failures(failed + Counter({BUDGET_EXHAUSTED: len(unsent)}))
+        if sum(failed.values()) > allowed:
+            self._raise_failures(failed, results, len(requests))
+        if unsent:
+            raise BudgetExhaustedError(gate.message)
+        return results  # type: ignore[return-value]
+
+    def _dry_run(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
+                 results: list[Completion | None], desc: str) -> list[Completion]:
+        """A dry run's answers to the misses: stand-ins, or ``dry_run`` failures (evolforge.llm.dryrun)."""
+        cache_path = getattr(self.cache, "path", None)
+        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc).items():
+            for i in missing[k]:
+                results[i] = Completion(text, "stop") if text is not None else Completion.failure(dryrun.DRY_RUN, "dry run")
+        return results  # type: ignore[return-value]
+
+    def _count(self, outs: list[Completion]) -> None:
+        """Add the calls of ``outs`` (completions just made, failed ones included) to the stats."""
+        prompt = sum([out.prompt_tokens or 0 for out in outs])
+        completion = sum([out.completion_tokens or 0 for out in outs])
+        self.stats["calls"] += len(outs)
+        self.stats["prompt_tokens"] += prompt
+        self.stats["completion_tokens"] += completion
+        if "cost" in self.stats:
+            self.stats["cost"] += (prompt * (self.role.price_per_mtok_prompt or 0.0)
+                                   + completion * (self.role.price_per_mtok_completion or 0.0)) / 1e6
+
+    def _record_failures(self, failed: Counter) -> None:
+        self.stats["failures"] += sum(failed.values())
+        by_reason = self.stats["failed_by_reason"]
+        for reason, n in failed.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+
+    def _raise_failures(self, failed: Counter, results: list[Completion | None], total: int) -> None:
+        example = next(c for c in results if c is not None and c.failed)
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
+        raise LLMFailureError(
+            f"roles.{self.role.name} ({self.role.model}): {sum(failed.values())} of {total} requests failed "
+            f"({counts}), more than params.yaml llm.max_failure_rate = {self.settings.max_failure_rate} allows; "
+            f"every completion received is in the cache, so a rerun retries only the rest. "
+            f"First failure: {example.failure_reason}: {example.error}")
+
+    def _run(self, requests: list[ChatRequest], keys: list[str]) -> Iterator[list[tuple[int, Completion]]]:
+        """Completions as they finish, as (position in ``requests``, completion) groups to commit.
+
+        A backend with ``stream`` keeps requests in flight and hands back each one as soon as it ends
+        (hf: ``batch_size`` slots; openai: ``concurrency`` connections; vllm: the whole list in large
+        chunks); the others take ``batch_size`` requests at a time. A backend that ``wants_call_cache``
+        (openai with ``batch_api``: it records its jobs there) also gets the cache and the requests' keys."""
+        stream = getattr(self.backend, "stream", None)
+        if stream is not None:
+            if getattr(self.backend, "wants_call_cache", False):
+                yield from stream(requests, slots=self.batch_size, cache=self.cache, keys=keys)
+            else:
+                yield from stream(requests, slots=self.batch_size)
+            return
+        for start in range(0, len(requests), self.batch_size):
+            outputs = self.backend.generate(requests[start : start + self.batch_size])
+            yield list(enumerate(outputs, start))
+
+    def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str | None]:
+        """The texts of :meth:`generate`; None for a failed item (never an invented text)."""
+        return [None if c.failed else c.text for c in self.generate(requests, desc=desc)]
+
+
+def _size(request: ChatRequest) -> tuple[int, int]:
+    return request.max_tokens, sum([len(content) for _, content in request.messages])
+
+
+def open_llm(role: Role, cache: CallCache | None, identity: dict[str, Any] | None = None,
+             desc: str | None = None, settings: LLMSettings | None = None,
+             engine: dict[str, Any] | None = None) -> LLM:
+    """An LLM for ``role``. Given the model ``identity`` the backend loads only on the first cache miss.
+    ``engine``: the role's :func:`resolved_engine` as the models stage recorded it (None: resolved here)."""
+    return LLM(None if identity is not None else shared_backend(role), cache, role=role, identity=identity,
+               desc=desc, settings=settings, engine=engine)
+
+
+def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
+              identities: str | Path = IDENTITY_FILE) -> LLM:
+    """The LLM for role ``name`` of ``params``, pinned by ``models/identity.json``; nothing loads until a
+    request misses the cache."""
+    role = load_role(params, name)
+    settings = load_section(params, "llm")
+    entry = recorded_entry(role, identities) or {}
+    identity = entry["identity"] if entry else resolve_identity(role)
+    return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"))

@@ -1,0 +1,90 @@
+"""Which model an ``openai`` role's server serves (``GET /models``), pinned as the role's identity: the served
+model id, never the URL (the models stage, :func:`evolforge.llm.identity.resolve_identity`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from evolforge.core.models import ModelError
+from evolforge.core.roles import Role
+from evolforge.llm.openai_http import api_key, preview
+
+log = logging.getLogger(__name__)
+
+# Fields of a /models entry that tell two servers of one model id apart (vLLM lists the weights it loaded
+# as `root` and the context as `max_model_len`); `created` and `owned_by` say nothing about the weights.
+_MODEL_FIELDS = ("root", "parent", "max_model_len")
+
+
+def served_model_identity(role: Role) -> dict[str, Any]:
+    """Pin an openai role's model: ``GET {base_url}/models`` must list ``role.model``; the identity is the
+    served model id (plus ``revision`` when the role gives one: the label of the weights, which a server does not
+    always report; warned about when it reports nothing that changes with them), never the URL, so moving a server
+    keeps the cache. With ``base_urls`` every replica must list the model, with the same weights
+    (``root``) and context (``max_model_len``) where the server says; otherwise one cache key would
+    stand for two models, and the role is refused. ``served_identity`` (a server without ``GET /models``) is
+    taken as stated, and the server is not asked."""
+    import aiohttp
+
+    if not role.urls:
+        raise ValueError(f"params.yaml roles.{role.name}: backend 'openai' needs base_url (or base_urls)")
+    if role.served_identity is not None:  # a server without GET /models: the identity the user states
+        return {"served_model": role.model, "stated": role.served_identity,
+                **({"revision": role.revision} if role.revision else {})}
+    key = api_key(role)
+    headers = {"Accept": "application/json", "User-Agent": "evolforge"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    urls = [u.rstrip("/") + "/models" for u in role.urls]
+
+    async def fetch_all() -> list[tuple[int, bytes] | BaseException]:
+        timeout = aiohttp.ClientTimeout(total=role.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def fetch(url: str) -> tuple[int, bytes]:
+                async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                    return resp.status, await resp.read()
+
+            return await asyncio.gather(*(fetch(u) for u in urls), return_exceptions=True)
+
+    def redact(text: str) -> str:
+        return text.replace(key, "<redacted>") if key else text
+
+    entries: list[dict[str, Any]] = []
+    for url, answer in zip(urls, asyncio.run(fetch_all())):
+        if isinstance(answer, (aiohttp.ClientError, OSError, asyncio.TimeoutError)):
+            raise ModelError(f"params.yaml roles.{role.name}: cannot list the models of {url}: "
+                             f"{redact(f'{type(answer).__name__}: {answer}')}")
+        if isinstance(answer, BaseException):
+            raise answer
+        status, raw = answer
+        if status != 200:
+            raise ModelError(f"params.yaml roles.{role.name}: GET {url} answered HTTP {status}: {redact(preview(raw))}")
+        try:
+            served = {m["id"]: m for m in orjson.loads(raw)["data"]}
+        except (orjson.JSONDecodeError, KeyError, TypeError) as err:
+            raise ModelError(f"params.yaml roles.{role.name}: GET {url}: not a model list ({err}): {redact(preview(raw))}") from None
+        if role.model not in served:
+            raise ModelError(f"params.yaml roles.{role.name}.model: {role.model!r} is not served at {url}; "
+                             f"it serves {sorted(served)[:20]}")
+        entry = served[role.model] if isinstance(served[role.model], dict) else {}
+        entries.append({f: entry[f] for f in _MODEL_FIELDS if f in entry})
+    for url, entry in zip(urls[1:], entries[1:]):
+        if entry != entries[0]:
+            raise ModelError(
+                f"params.yaml roles.{role.name}.base_urls: the replicas serve different models under the name "
+                f"{role.model!r}: {urls[0]} reports {entries[0]}, {url} reports {entry}; every replica must run "
+                f"the same weights and max_model_len (one cache key stands for all of them)")
+    if not entries[0] and not role.revision:
+        # the name alone stands for the model: new weights served under it would get the old cached answers
+        log.warning("roles.%s: %s reports nothing about %r that changes with its weights (no %s); answers are "
+                    "cached under the name alone, so new weights served under it reuse them: set roles.%s.revision "
+                    "to a label you change with the weights (README: model roles)", role.name, urls[0], role.model,
+                    " / ".join(_MODEL_FIELDS), role.name)
+    ident: dict[str, Any] = {"served_model": role.model}
+    if role.revision:
+        ident["revision"] = role.revision
+    return ident

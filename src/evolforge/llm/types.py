@@ -1,0 +1,92 @@
+"""What the LLM layer exchanges: a :class:`Completion` per request (or the reason it has none), what a backend
+provides (:class:`Backend`), and the refusals made before any call (controls or ranking a backend cannot honour)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+from evolforge.core.roles import ChatRequest, Controls, controls_problems
+
+# failure_reason values: why an item got no completion
+PROMPT_TOO_LONG = "prompt_too_long"  # the prompt does not fit the model's context (checked before sending)
+REQUEST_REJECTED = "request_rejected"  # the server refused this request (a non-retryable 4xx)
+RETRIES_EXHAUSTED = "retries_exhausted"  # every attempt failed (timeouts, 429, 5xx, dropped connections)
+ERROR_CHARS = 300  # how much of a server's message a failure keeps
+
+
+@dataclass(frozen=True, slots=True)  # slots: one per item, as ChatRequest
+class Completion:
+    text: str
+    finish_reason: str | None = None  # "stop" | "length" | None when the backend does not say
+    cached: bool = False
+    failure_reason: str | None = None  # set when the item got no completion (then text is "")
+    error: str | None = None  # the failure's detail: the server's message, trimmed, never the key
+    # tokens this call used (from the server's usage, or counted); None when unknown or cached
+    prompt_tokens: int | None = field(default=None, compare=False)
+    completion_tokens: int | None = field(default=None, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.failure_reason is not None
+
+    @classmethod
+    def failure(cls, reason: str, error: str) -> "Completion":
+        error = " ".join(error.split())
+        return cls("", None, failure_reason=reason,
+                   error=error if len(error) <= ERROR_CHARS else error[:ERROR_CHARS] + "...")
+
+
+class ControlsError(ValueError):
+    """A request carries a generation control its role's backend cannot honour (refused before any call)."""
+
+
+def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
+    """Raise :class:`ControlsError` when a request carries a control ``backend`` cannot honour."""
+    seen: set[Controls] = set()
+    for request in requests:
+        if request.controls is None or request.controls in seen:
+            continue
+        seen.add(request.controls)
+        problems = controls_problems(backend, request.controls, where)
+        if problems:
+            raise ControlsError("; ".join(problems))
+
+
+RANKING_BACKENDS = ("hf", "vllm")  # backends that score choices by their log-probabilities
+
+
+def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
+    """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
+    if backend not in RANKING_BACKENDS and any(r.rank for r in requests):
+        raise ControlsError(f"{where}: backend {backend!r} cannot score answers by their probabilities "
+                            f"(params.yaml judge.probabilities needs log-probabilities of whole answers: "
+                            f"backend {' or '.join(RANKING_BACKENDS)}); set judge.probabilities: false")
+    if any(r.rank and not r.choices for r in requests):
+        raise ControlsError(f"{where}: a ranking request needs its choices")
+
+
+class LLMFailureError(RuntimeError):
+    """Too many of a stage's calls failed (``llm.max_failure_rate``); every completion was committed first."""
+
+
+class Backend(Protocol):
+    """What a backend provides. ``generate`` keeps the order of its input; an item that cannot be served
+    comes back as a failed completion (``Completion.failure``), and only a fault that concerns every
+    request (a bad key, a wrong URL) raises. A backend may also offer ``stream(requests, slots)``,
+    yielding lists of (index, completion) as requests finish (hf, vllm, openai, ray)."""
+
+    name: str
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]: ...
+
+
+def collect(finished_groups: Iterator[list[tuple[int, "Completion"]]], n: int) -> list["Completion"]:
+    """The completions a backend's ``stream`` yields, put back in request order (its ``generate``)."""
+    results: list[Completion | None] = [None] * n
+    for finished in finished_groups:
+        for i, completion in finished:
+            results[i] = completion
+    return results  # type: ignore[return-value]

@@ -1,0 +1,115 @@
+"""The optimize step's result -- each method's score on the development set, each optimizer candidate, the
+chosen method and its log -- and what the stage says about it.
+
+Telling the truth about a run (``stop_reason``, :func:`usability`):
+
+- a step whose m answers hold no parseable ```` ```Optimized Method``` ```` block says so in its log
+  (``no_parseable_candidate``). ``stop_reason`` is ``no_parseable_candidate``, never ``patience`` or
+  ``steps``, when no step produced one (nothing was optimized) or when patience ran out over steps that
+  produced none;
+- a method that fails at least ``unusable_failure_rate`` of the development set is one the evolver
+  cannot follow (a small evolver rarely writes the final-instruction marker). The metrics say so for the
+  initial and the resulting method, and ``on_unusable`` decides what evolving with ``strategy: auto``
+  does with an unusable result: ``evol`` falls back to Evol-Instruct's hand-written methods (recorded
+  as ``fallback`` in ``data/method/meta.json``; the evolve stage reads it), ``stop`` stops the stage
+  with the message, ``keep`` evolves with the method anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from evolforge.core.settings import OptimizeSettings
+
+
+@dataclass
+class MethodScore:
+    """How one method does on the development set."""
+
+    failure_rate: float  # lambda = failures / dev size
+    failures: int  # missing marker + responses caught by F
+    missing_marker: int  # evolved answers without #Finally Rewritten Instruction#
+    success: float  # 1 - failure_rate
+    score: float  # success x mean response chars / mean evolved-instruction chars (reference code)
+    cut_at_max_tokens: int = 0  # evolved answers that stopped at max_tokens (the usual cause of a missing marker)
+
+
+@dataclass
+class Candidate:
+    """One optimizer sample: its feedback, its raw answer and, when it parsed, the method and its score."""
+
+    index: int  # = sample_index of both optimizer calls
+    feedback: str | None  # None when the analysis call failed
+    answer: str | None  # None when the call failed (parse_error says why)
+    method: str | None
+    parse_error: str | None
+    dev: MethodScore | None = None
+
+
+@dataclass
+class OptimizeResult:
+    method: str  # the result: the best method (see the selection rules above)
+    initial: MethodScore
+    best: MethodScore
+    initial_method: str = ""
+    dev_size: int = 0
+    log: list[dict] = field(default_factory=list)  # one row per step run
+    stop_reason: str = "steps"  # "steps" | "patience" | "no_parseable_candidate" (see the module doc)
+    stopped_early: bool = False  # stopped before ``steps`` steps
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.log)
+
+
+def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
+    """Can the evolver follow the initial and the resulting method's format? And what evolving does if not."""
+    limit = float(settings.unusable_failure_rate)
+    initial_ok = result.initial.failure_rate < limit
+    method_ok = result.best.failure_rate < limit
+    out = {"unusable_failure_rate": limit, "initial_method_usable": initial_ok, "method_usable": method_ok,
+           "fallback": None, "message": None}
+    if not method_ok:
+        which = "the initial method" if result.method == result.initial_method else "the optimized method"
+        out["message"] = (
+            f"the evolver cannot follow the evolving method's format: {which} fails "
+            f"{result.best.failures} of {result.dev_size} "
+            f"development items ({result.best.missing_marker} without the final-instruction marker, "
+            f"{result.best.cut_at_max_tokens} answers cut at max_tokens), at or above "
+            f"optimize.unusable_failure_rate {limit}")
+        if settings.on_unusable == "evol":
+            out["fallback"] = "evol"
+            out["message"] += "; evolve.strategy auto falls back to Evol-Instruct's hand-written methods (evol)"
+        elif settings.on_unusable == "keep":
+            out["message"] += "; evolving with it anyway (optimize.on_unusable: keep)"
+    return out
+
+
+def curve(result: OptimizeResult) -> list[dict]:
+    """Plot rows: step 0 is the initial method; each later step the current method after selection."""
+    rows = [{"step": 0, "failure_rate": result.initial.failure_rate, "best_failure_rate": result.initial.failure_rate}]
+    rows += [{"step": r["step"], "failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"]}
+             for r in result.log]
+    return rows
+
+
+def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: dict | None = None) -> dict:
+    """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``, ``usable`` is :func:`usability`."""
+    return {
+        **(usable or {}),
+        "initial_missing_marker": result.initial.missing_marker,
+        "initial_cut_at_max_tokens": result.initial.cut_at_max_tokens,
+        "parseable_candidates": sum(r["parseable_candidates"] for r in result.log),
+        "candidates_proposed": sum(len(r["candidates"]) for r in result.log),
+        "optimized": result.method != result.initial_method,
+        "skipped": False,
+        "initial_failure_rate": result.initial.failure_rate,
+        "best_failure_rate": result.best.failure_rate,
+        "per_step": curve(result),
+        "steps_run": result.steps_run,
+        "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "calls": sum(s["calls"] for s in stats.values()),
+        "cache_hits": sum(s["cache_hits"] for s in stats.values()),
+        "llm": stats,
+    }
