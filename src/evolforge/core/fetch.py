@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evolforge.core.records import atomic_dir
-from evolforge.core.settings import FetchSettings, WheelPart
+from evolforge.core.fetch_settings import FetchSettings, WheelPart
 
 
 class FetchError(Exception):

@@ -17,10 +17,11 @@ from evolforge.core.params import DEFAULT_FILE, ParamsError, suggest, check_sect
 from evolforge.core.roles import ROLE_NAMES, Role
 from evolforge.core.secrets import secret_problems
 from evolforge.core.settings import (CacheSettings, CardSettings, DecontaminateSettings, DedupSettings, DiversitySettings,
-                                     EvaluateSettings, EvolveSection, FetchSettings, FinetuneSettings, JudgeSettings,
+                                     EvaluateSettings, EvolveSection, FinetuneSettings, JudgeSettings,
                                      LLMSettings, OptimizeSettings, RespondSettings, ScoreSettings, SeedSettings,
                                      SelectSettings, AutoIFSettings, CompareSettings, AnalysisSettings)
 from evolforge.core.settings import DataSettings
+from evolforge.core.fetch_settings import FetchSettings
 
 SECTIONS: dict[str, type] = {
     "cache": CacheSettings,
