@@ -23,9 +23,18 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 
 # The longest test files, started first: `make test` runs two workers that each take one file at a time
-# (pytest-xdist, --dist loadfile), so the end-to-end file (about 10 minutes) runs beside all the others
-# instead of after them.
-LONGEST_FIRST = ("test_pipeline.py", "test_plan.py", "test_humaneval_real.py", "test_bench_smoke.py")
+# (pytest-xdist, --dist loadfile), so the end-to-end build and its first experiments (about 8 minutes) run
+# beside all the others instead of after them. The other experiments on that build come once another long
+# file has given the build time to finish.
+LONGEST_FIRST = ("test_pipeline.py", "test_plan.py", "test_humaneval_real.py", "test_pipeline_scenarios.py",
+                 "test_bench_smoke.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist (3.x) hands out --dist loadfile's files by their number of tests, most first, unless told
+    # not to: the end-to-end file, with few tests, would start minutes late
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -69,3 +78,14 @@ def tiny_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(out, REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(steps=40), log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def pipeline_built(tmp_path_factory) -> tuple[Path, dict, str]:
+    """The module's own copy of the end-to-end build (tests/pipeline_build.py: built from nothing once per
+    run, committed as "built"), its environment, and the output of the build's `dvc repro`."""
+    from pipeline_build import built_copy, own_copy
+
+    shared, out = built_copy(tmp_path_factory, REPO)
+    work, env = own_copy(tmp_path_factory, shared)
+    return work, env, out
