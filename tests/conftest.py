@@ -55,13 +55,10 @@ def no_proxy(monkeypatch):
 def sandbox_checks_alone(tmp_path_factory):
     """Held by the tests that count the processes a sandbox run leaves: one pytest-xdist worker at a time
     (a fork bomb's orphans in one worker's test must not land in another's count)."""
-    import fcntl
+    from run_shared import held, run_folder
 
-    lock = tmp_path_factory.getbasetemp().parent / "sandbox-checks.lock"  # shared by the workers of one run
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with held(run_folder(tmp_path_factory) / "sandbox-checks.lock"):
         yield
-        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +69,15 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The project's tiny model, briefly trained (fewer steps than the shipped params: tests need its
-    code paths and formats, not its answers)."""
+    code paths and formats, not its answers); built once per run, shared by the xdist workers, read only."""
+    from run_shared import once, run_folder
     from tiny import TinyConfig, build_tiny_model
 
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(out, REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(steps=40), log=lambda _: None)
-    return out
+    def build(folder: Path) -> None:
+        build_tiny_model(folder / "model", REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(steps=40),
+                         log=lambda _: None)
+
+    return once(run_folder(tmp_path_factory) / "tiny", build) / "model"
 
 
 @pytest.fixture(scope="module")

