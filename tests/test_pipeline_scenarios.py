@@ -1,0 +1,61 @@
+"""End to end, continued: the experiments that switch the evolution strategy or the data scenario, and a
+forced rerun, each on this module's own copy of the full build that tests/test_pipeline.py checks
+(``pipeline_built``, tests/conftest.py: built once per pytest run), started from the committed build
+(``back_to_built``). Apart from tests/test_pipeline.py so that the two can run on two pytest-xdist workers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import polars as pl
+import pytest
+
+from pipeline_build import back_to_built, metric, run, stages_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_hand_written_methods_experiment(pipeline_built):
+    """Hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs
+    nothing (run up to respond and the rounds' report: what follows is the full build's, covered above)."""
+    work, env, _ = pipeline_built
+    back_to_built(work, env)
+    exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6", "evolve_report", "respond"], work, env)
+    ran = stages_run(exp)
+    assert {"seed", "evolve@round_1", "evolve@round_3", "evolve_report", "respond"} <= set(ran) and "fetch_model" not in ran
+    assert metric(work, "seed.json")["rows_written"] == 6
+    assert metric(work, "optimize.json")["skipped"] is True and metric(work, "optimize.json")["calls"] == 0
+    assert metric(work, "evolve.json")["round_1"]["in"] == 6
+    methods = set(pl.read_parquet(work / "data/evolved/round_1/items.parquet")["method"])
+    assert methods <= {"add_constraints", "deepening", "concretizing", "reasoning", "breadth"} and len(methods) > 1
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,
+                           check=True).stdout
+    assert '"top_fraction"' in shown and "finetuned" in shown  # a param and the evaluation rows
+
+
+def test_autoif_scenario(pipeline_built):
+    """The AutoIF scenario: its stages run; the tiny model writes no verifiable function, so the pool falls
+    back to the evolved data, visibly, and nothing after the switch has to rerun."""
+    work, env, _ = pipeline_built
+    back_to_built(work, env)
+    exp = run(["dvc", "exp", "run", "-S", "autoif.scenario=autoif", "-S", "autoif.max_constraints=2",
+               "-S", "autoif.functions_per_constraint=2", "-S", "autoif.self_instruct_calls=1"], work, env)
+    ran = stages_run(exp)
+    assert {"autoif_constraints", "autoif_verify", "autoif_respond", "pick_scenario"} <= set(ran)
+    verify = metric(work, "autoif/verify.json")
+    assert verify["skipped"] is False and verify["constraints"] == 2 and verify["samples"] == 4
+    assert sum(verify["constraints_dropped"].values()) + verify["constraints_verified"] == 2
+    pool = metric(work, "pool.json")
+    assert pool["scenario"] == "autoif"
+    if verify["constraints_verified"] == 0:
+        assert pool["fallback"].startswith("no_autoif_items") and "judge" not in ran
+
+
+def test_forced_rerun_of_an_llm_stage_makes_no_call(pipeline_built):
+    """Forcing an LLM stage to run again with the same inputs makes no new call."""
+    work, env, _ = pipeline_built
+    back_to_built(work, env)
+    run(["dvc", "repro", "-f", "-s", "respond"], work, env)
+    respond = metric(work, "respond.json")
+    assert respond["calls"] == 0 and respond["cache_hits"] == respond["items"] > 0
