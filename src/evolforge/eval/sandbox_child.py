@@ -348,12 +348,17 @@ def _main():
     # it can see leads here; it cannot install signal handlers (main thread only). `done` is released by a
     # statement that runs only once the program's last statement completed; nothing the program can reach
     # refers to it. The main thread decides: exit 0 if it was released, 1 once the program's threads ended.
-    done = _thread.allocate_lock()
+    # `started` is released by a first statement in that thread: a thread is counted only once it runs, so
+    # the count is read only after it (on a busy machine a new thread may wait long to be scheduled).
+    done, started = _thread.allocate_lock(), _thread.allocate_lock()
     done.acquire()
+    started.acquire()
     # the tests are compiled on their own: the program cannot swallow them (an unclosed string, a block)
     namespace = {"__name__": "candidate", "__builtins__": __builtins__}
-    run = map(exec, [program, tests, compile("release()", "<evolforge-end>", "exec")],
-              [namespace, namespace, {"__builtins__": {}, "release": done.release}])
+    run = map(exec, [compile("started()", "<evolforge-start>", "exec"), program, tests,
+                     compile("release()", "<evolforge-end>", "exec")],
+              [{"__builtins__": {}, "started": started.release}, namespace, namespace,
+               {"__builtins__": {}, "release": done.release}])
     del program, tests, namespace
     acquire, alive = done.acquire, _thread._count
 
@@ -367,6 +372,8 @@ def _main():
     try:
         _thread.start_new_thread(collections.deque, (run, 0))
         del run
+        started.acquire()
+        del started
         while True:
             if acquire(True, 0.02):
                 finish(0)
