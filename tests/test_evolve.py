@@ -503,3 +503,21 @@ def test_evolve_controls_and_few_shot_shape_the_evolving_calls_only(seed_table):
     assert all(r.controls == Controls(banned_strings=("Given Prompt",), stop=("\n\n",)) for r in evolving)
     assert all(len(r.messages) > 1 and r.messages[1][0] == "assistant" for r in evolving)  # worked examples first
     assert all(r.controls is None and len(r.messages) == 1 for r in answering)  # the response check: untouched
+
+
+def test_the_step_format_has_its_own_controls_and_budget(seed_table):
+    """evolve.method_controls / method_max_tokens shape the auto rounds' evolving calls; the hand-written
+    methods (strategy evol, also a fallback) keep evolve.controls / max_tokens."""
+    import dataclasses
+    from evolforge.core.roles import Controls
+
+    settings = EvolveSettings(strategy="auto", controls={"stop": ["\n\n"]}, max_tokens=96,
+                              method_controls={"banned_strings": ["Sure"]}, method_max_tokens=320)
+    fake = run_round(seed_table, 1, settings, {}, method_text="Rewrite it. Reply with #Finally Rewritten Instruction#:")[1]
+    evolving = [r for r in fake.sent if "#Instruction#:" in r.messages[-1][1]]
+    assert evolving and {(r.max_tokens, r.controls) for r in evolving} == {(320, Controls(banned_strings=("Sure",)))}
+    fake = run_round(seed_table, 1, dataclasses.replace(settings, strategy="evol"), {})[1]
+    evolving = [r for r in fake.sent if not r.messages[-1][1].startswith("Given the following instruction")]
+    assert evolving and {(r.max_tokens, r.controls) for r in evolving} == {(96, Controls(stop=("\n\n",)))}
+    unset = dataclasses.replace(settings, method_controls=None, method_max_tokens=None)
+    assert unset.step_format() == ({"stop": ["\n\n"]}, 96)  # null: the same as controls / max_tokens

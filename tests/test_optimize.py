@@ -338,7 +338,7 @@ def load_stage():
     return module
 
 
-def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14) -> tuple[list[str], Path]:
+def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14, evolve: dict | None = None) -> tuple[list[str], Path]:
     params = {
         "cache": {"path": str(tmp_path / "cache.sqlite")},
         # a model that does not exist: loading it would fail the test
@@ -346,7 +346,7 @@ def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14) -> tuple[list[s
         "optimize": {"initial_method": "initial", "steps": 2, "candidates": 2, "batch_size": 2, "dev_size": 4,
                      "trajectory_rounds": 1, "patience": 1, "selection": "lowest_failure",
                      "evolver_temperature": 0.0, "seed": 0},
-        "evolve": {"strategy": strategy},
+        "evolve": {"strategy": strategy, **(evolve or {})},
     }
     (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
     seed = pl.DataFrame([{**it, "output": "answer"} for it in items(n_seed)])
@@ -391,6 +391,27 @@ def test_stage_writes_method_log_metrics_and_plot(tmp_path, monkeypatch):
                        "best_failure_rate": metrics["initial_failure_rate"]}
     assert len(meta["dev_ids"]) == 4 and "optimize/analysis.j2" in meta["templates"]
     assert meta["models"]["evolver"].startswith("fake@") and meta["models"]["optimizer"].startswith("fake-opt@")
+
+
+@pytest.mark.parametrize("method, expected", [
+    ({"method_controls": {"banned_strings": ["Sure"]}, "method_max_tokens": 320}, (320, ("Sure",), ())),
+    ({}, (96, (), ("\n\n",))),  # null: evolve.controls / max_tokens, as the rounds use them
+])
+def test_step_format_calls_use_the_method_controls_and_budget(tmp_path, monkeypatch, method, expected):
+    """Every evolving call of the loop (development runs and trajectories) gets the step format's controls and
+    budget; the answers to the evolved instructions keep the role's own."""
+    stage = load_stage()
+    evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
+    evolver = LLM(evolver_fake, None, role=EVOLVER_ROLE)
+    optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails=0")), model="fake-opt"), None)
+    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
+    argv, _ = stage_setup(tmp_path, "auto", evolve={"controls": {"stop": ["\n\n"]}, "max_tokens": 96, **method})
+    stage.main(argv)
+    evolving = [r for r in evolver_fake.sent if EVOLVE_SPLIT in r.messages[-1][1]]
+    answering = [r for r in evolver_fake.sent if EVOLVE_SPLIT not in r.messages[-1][1]]
+    assert len({r.messages[-1][1].split(EVOLVE_SPLIT)[0] for r in evolving}) > 1  # the initial method and candidates
+    assert {(r.max_tokens, r.controls.banned_strings, r.controls.stop) for r in evolving} == {expected}
+    assert answering and all(r.controls is None for r in answering)
 
 
 def test_stage_with_too_small_a_seed_names_the_params(tmp_path, monkeypatch):

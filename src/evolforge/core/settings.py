@@ -151,12 +151,21 @@ class EvolveSettings:
     repetition: Repetition = field(default_factory=dict)
     # generation controls of the evolving calls (optimize's development runs use them too), over the role's
     controls: ControlSettings = field(default_factory=dict)
+    # the Auto Evol-Instruct step-format calls (strategy auto / auto_initial rounds, optimize's development runs
+    # and trajectories) instead; None = controls / max_tokens above
+    method_controls: ControlSettings | None = None
+    method_max_tokens: PositiveInt | None = None
     # worked examples before each evolving prompt (prompts/evolve/examples.yaml; strategy auto:
     # prompts/optimize/examples.yaml, in optimize's development runs too); false = zero-shot, the papers'
     few_shot: bool = False
 
     def rule(self, name: str) -> bool:
         return bool(self.elimination.get(name, RULES[name]))
+
+    def step_format(self) -> tuple[ControlSettings, int | None]:
+        """(controls, max_tokens) of the step-format calls."""
+        return (self.controls if self.method_controls is None else self.method_controls,
+                self.max_tokens if self.method_max_tokens is None else self.method_max_tokens)
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})

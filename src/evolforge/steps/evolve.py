@@ -95,7 +95,8 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
                        seed: int | None = None, desc: str = "evolve",
                        controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> list[Evolution]:
     """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
-    no raw text (as unparseable as a missing marker, and nothing to show). ``controls``: ``evolve.controls``."""
+    no raw text (as unparseable as a missing marker, and nothing to show). ``controls``, ``max_tokens``: the
+    step-format calls' (``EvolveSettings.step_format``)."""
     merged = llm.role.controls.merged(controls)
     requests = [llm.request(evolving_messages(prompts, "auto", i, method_text, few_shot),
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
@@ -167,10 +168,11 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
         if not method_text:
             raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
         methods = [settings.strategy] * n
+    # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
+    controls, max_tokens = (settings.controls, settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
     # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
-    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-                    seed=settings.seed, sample_index=round_index,
-                    controls=evolver.role.controls.merged(settings.controls))
+    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
+                    seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(controls))
 
     # 1. evolve
     requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot), **sampling)

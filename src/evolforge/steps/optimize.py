@@ -110,15 +110,16 @@ def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: ra
 
 
 def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
-                     *, rounds: int, temperature: float,
-                     controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> tuple[list[dict], list[dict]]:
+                     *, rounds: int, temperature: float, controls: Mapping[str, Any] | None = None,
+                     max_tokens: int | None = None, few_shot: bool = False) -> tuple[list[dict], list[dict]]:
     """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of unparsed stages])."""
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
     unparsed = []
     current = list(instructions)
     for r in range(1, rounds + 1):
         results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
-                                     desc=f"trajectory round {r}", controls=controls, few_shot=few_shot)
+                                     desc=f"trajectory round {r}", controls=controls, max_tokens=max_tokens,
+                                     few_shot=few_shot)
         for case, (parsed, raw, _) in zip(cases, results):
             if parsed is None:
                 unparsed.append({"id": case["id"], "round": r})
@@ -129,11 +130,11 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
 
 def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str,
                  *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                 few_shot: bool = False) -> MethodScore:
+                 max_tokens: int | None = None, few_shot: bool = False) -> MethodScore:
     """Evolve the development set with ``method``, answer each evolved instruction, count F failures.
-    ``controls``: the evolving calls' generation controls (``evolve.controls``, as the rounds will use them)."""
-    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method,
-                                 temperature=temperature, desc=f"{desc}: evolve", controls=controls, few_shot=few_shot)
+    ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the rounds use them)."""
+    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method, temperature=temperature,
+                                 max_tokens=max_tokens, desc=f"{desc}: evolve", controls=controls, few_shot=few_shot)
     answered = [(d, e.instruction) for d, e in zip(dev, evolved) if e.instruction is not None]
     responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
                         desc=f"{desc}: respond", temperature=0.0) if answered else []
@@ -198,13 +199,14 @@ def select_candidate(candidates: list[Candidate], current: MethodScore, selectio
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
-                    few_shot: bool = False) -> OptimizeResult:
+                    evolve_max_tokens: int | None = None, few_shot: bool = False) -> OptimizeResult:
     """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
-    ``evolve_controls``: ``evolve.controls``, for the evolving calls (the method is scored as the rounds use it)."""
+    ``evolve_controls``, ``evolve_max_tokens``: the step-format calls' (``EvolveSettings.step_format``), for
+    the evolving calls (the method is scored as the rounds use it)."""
     temperature = settings.evolver_temperature
     current_method = initial_method
-    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0",
-                           controls=evolve_controls, few_shot=few_shot)
+    evolving = dict(controls=evolve_controls, max_tokens=evolve_max_tokens, few_shot=few_shot)
+    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0", **evolving)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
     stale = 0  # steps since the best rate last decreased
@@ -213,14 +215,13 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
         batch = rng.sample(pool, int(settings.batch_size))
         trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
                                                 current_method, rounds=int(settings.trajectory_rounds), temperature=temperature,
-                                                controls=evolve_controls, few_shot=few_shot)
+                                                **evolving)
         proposals = propose_methods(optimizer, prompts, trajectory, current_method,
                                     candidates=int(settings.candidates), controls=settings.controls)
         for c in proposals:
             if c.method is not None:
                 c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
-                                     desc=f"step {step} candidate {c.index}", controls=evolve_controls,
-                                     few_shot=few_shot)
+                                     desc=f"step {step} candidate {c.index}", **evolving)
         parsed = sum(c.method is not None for c in proposals)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
@@ -292,8 +293,10 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
     dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
     models = open_models(params)
+    evolve_controls, evolve_max_tokens = evolve_settings.step_format()
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
-                             evolve_controls=evolve_settings.controls, few_shot=evolve_settings.few_shot, **models)
+                             evolve_controls=evolve_controls, evolve_max_tokens=evolve_max_tokens,
+                             few_shot=evolve_settings.few_shot, **models)
     usable = usability(result, settings)
     if usable["message"]:
         print(f"optimize: {usable['message']}")
