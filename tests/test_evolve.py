@@ -37,6 +37,10 @@ INSTRUCTION_TABLE = [
     ("Here is the rewritten prompt: add 2 and 30.", elimination.TEMPLATE_WORDS),
     ("The given prompt asks to add numbers.", elimination.TEMPLATE_WORDS),
     ("#Created Prompt#: Multiply 4 by 5.", elimination.TEMPLATE_WORDS),
+    ("Explain what this code does in 1 sentence.\n#Rewriten Prompt#:", elimination.TEMPLATE_WORDS),  # misspelt
+    ("#Rewritn  prompts #\nAdd 2 and 3 twice.", elimination.TEMPLATE_WORDS),
+    ("Add 2 and 3, then post it with #math# and #numbers#.", None),  # hashtags are not the labels
+    ("In C, what does #include do to a prompt? Add 2 and 3.", None),
 ]
 RESPONSE_TABLE = [
     ("The sum is 5, and doubled it is 10.", None),

@@ -49,6 +49,9 @@ TEMPLATE_PHRASES = (
     "#finally rewritten instruction#", "#rewritten instruction#", "#methods list#",
     "#instruction#", "#plan#",  # the initial Auto Evol-Instruct method's labels
 )
+# ... and the labels' form in any spelling a small evolver copies them with ("#Rewriten Prompt#:", "#The given
+# Instruction#"): a '#'-delimited label that ends in prompt or instruction
+TEMPLATE_LABEL = re.compile(r"#[^#\n]{0,40}\b(?:prompt|instruction)s?\s*#", re.IGNORECASE)
 
 # Auto Evol-Instruct F: a response that starts like one of these and ends with "?" asks back instead of answering.
 ASK_BACK_OPENINGS = (
@@ -253,7 +256,7 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
         return UNCHANGED
     if template_words:
         low = evolved.lower()
-        if any(p in low for p in TEMPLATE_PHRASES):
+        if any(p in low for p in TEMPLATE_PHRASES) or TEMPLATE_LABEL.search(evolved):
             return TEMPLATE_WORDS
     if chatter and is_chatter(evolved):
         return CHATTER
