@@ -10,6 +10,7 @@ within an encode chunk, so every item meets the same batch, hence the same float
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +20,7 @@ from evolforge.core import validation
 from evolforge.core.params import load_role, load_section
 from evolforge.core.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs
-from evolforge.core.stream import check_chunks, iter_chunks, table_file, table_schema, write_output_chunks
+from evolforge.core.stream import check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
 from evolforge.core.versions import output_versions
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import ifd
@@ -57,9 +58,12 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
                                     **dataclasses.asdict(cfg), batch_size=role.batch_size, chunk_size=ifd.ENCODE_CHUNK)
             yield pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
 
-    write_output_chunks(out, {TABLE: (schema, scored())},  # meta.json as write_output records it
-                        meta={VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),
-                              "params": dataclasses.asdict(cfg)})
+    meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),  # as write_output
+            "params": dataclasses.asdict(cfg)}
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:  # the model runs on this thread
+        write_output_chunks(out, {TABLE: (schema, read_spilled(spilled(scored(), work)))}, meta=meta)
     written = table_file(out)
 
     def column(name: str) -> pl.Series:  # one column of the written table at a time: 8 bytes per item
