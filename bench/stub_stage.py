@@ -59,8 +59,10 @@ def stand_in_scores(model, tokenizer, instructions, inputs, responses, **_) -> p
 
 
 def main() -> None:
-    stage, args = sys.argv[1], sys.argv[2:]
-    if stage == "respond":
+    stage, args = (sys.argv[1:2] or ["--help"])[0], sys.argv[2:]
+    if stage in ("-h", "--help"):
+        print(f"usage: stub_stage.py respond|score <the stage script's flags>\n{__doc__}")
+    elif stage == "respond":
         import evolforge.steps.respond as respond
 
         respond.open_role = stand_in_responder
@@ -71,8 +73,9 @@ def main() -> None:
         ifd.ifd_scores = stand_in_scores
     else:
         raise SystemExit(f"stub_stage.py: no stand-in for stage {stage!r} (respond, score)")
-    sys.argv = [f"{stage}.py", *args]
-    runpy.run_path(str(STAGES / f"{stage}.py"), run_name="__main__")
+    if stage in ("respond", "score"):
+        sys.argv = [f"{stage}.py", *args]
+        runpy.run_path(str(STAGES / f"{stage}.py"), run_name="__main__")
 
 
 if __name__ == "__main__":
