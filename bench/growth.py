@@ -1,13 +1,15 @@
 """Growth benchmark: CPU, wall and peak memory of the data stages as the number of items grows.
 
     PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
-        [--baseline-commit f1fd5ed [--baseline-only]] [--stages dedup decontaminate] [--work DIR]
+        [--baseline-commit f1fd5ed [--baseline-only]] [--stages dedup decontaminate respond score] [--work DIR]
 
 For each size N it writes N synthetic items (``bench/dedup.py``'s generator: N/3 seeds x 3 rounds, a quarter
 of each later round a one-word edit of an earlier item) as a responses table, in chunks, then runs each stage
 script (``stages/dedup.py``, then ``stages/decontaminate.py`` on its output, offline benchmarks) as its own
 process, and reads the process's CPU time and peak RSS from the kernel (``wait4``): the figure is the stage's
-whole run, imports and Parquet I/O included. With ``--baseline-commit`` the stage scripts of that commit (the
+whole run, imports and Parquet I/O included. ``respond`` (the items split into their three rounds' folders)
+and ``score`` (on the responses table) run with a stand-in model (``bench/stub_stage.py``): their reading,
+checks, chunking, writing and metrics, not a model's time. With ``--baseline-commit`` the stage scripts of that commit (the
 in-memory versions, against today's library) run on the same items too, as stage ``<name>@<commit>``, and
 the streamed outputs are compared byte for byte with theirs.
 
@@ -52,10 +54,27 @@ def write_items(total: int, folder: Path, chunk: int) -> None:
     write_json(folder / "meta.json", {})
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """(CPU seconds, wall seconds, peak RSS MiB) of one child process, from the kernel's accounting."""
+def write_rounds(source: Path, evolved: Path, chunk: int) -> None:
+    """``source``'s items as the evolve stage's round folders ``evolved/round_<r>`` (lineage columns added),
+    streamed."""
+    import polars as pl
+
+    from evolforge.core.stream import iter_chunks, table_schema
+
+    lineage = {"root_id": pl.col("id"), "parent_id": pl.col("id"), "method": pl.lit("deepen"), "failure_reason": pl.lit(None, pl.String),
+               "template_hash": pl.lit("t"), "model": pl.lit("m"), "finish_reason": pl.lit("stop")}
+    schema = {**table_schema(source), **{k: pl.String for k in lineage}}
+    for r in (1, 2, 3):
+        (evolved / f"round_{r}").mkdir(parents=True)
+        sink_chunks(evolved / f"round_{r}" / TABLE, schema,
+                    (part.filter(pl.col("round") == r).with_columns(**lineage) for part in iter_chunks(source, chunk)))
+        write_json(evolved / f"round_{r}" / "meta.json", {})
+
+
+def measure(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float, float]:
+    """(CPU seconds, wall seconds, peak RSS MiB) of one child process run in ``cwd``, from the kernel's accounting."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -67,7 +86,8 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
 def stage_scripts(commit: str | None, work: Path) -> dict[str, Path]:
     """Stage name -> script: today's, or the versions of ``commit`` (written under ``work``)."""
     if commit is None:
-        return {name: REPO / "stages" / f"{name}.py" for name in ("dedup", "decontaminate")}
+        return {**{name: REPO / "stages" / f"{name}.py" for name in ("dedup", "decontaminate")},
+                **{name: REPO / "bench" / "stub_stage.py" for name in ("respond", "score")}}
     out = {}
     for name in ("dedup", "decontaminate"):
         text = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:stages/{name}.py"], check=True,
@@ -80,10 +100,16 @@ def stage_scripts(commit: str | None, work: Path) -> dict[str, Path]:
 def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="growth-", dir=args.work) as tmp:
-        root = Path(tmp)
+        root = Path(tmp).absolute()  # the stages run in it (no models/identity.json there: the stand-in scorer)
         write_items(total, root / "responses", args.chunk_rows)
+        if "respond" in args.stages:
+            write_rounds(root / "responses" / TABLE, root / "evolved", args.chunk_rows)
         (root / "params.yaml").write_text(f"data: {{chunk_rows: {args.chunk_rows}}}\n"
-                                          "evaluate: {suite: offline, tasks: [ifeval, gsm8k, math, humaneval, mbpp]}\n")
+                                          "evaluate: {suite: offline, tasks: [ifeval, gsm8k, math, humaneval, mbpp]}\n"
+                                          "evolve: {rounds: {round_1: {src: data/seed, index: 1}, round_2: {src: data/evolved/round_1, index: 2},"
+                                          " round_3: {src: data/evolved/round_2, index: 3}}}\n"
+                                          "respond: {rounds: [1, 2, 3], include_seed: false}\n"
+                                          "roles: {scorer: {backend: hf, model: stand-in}}\n")
         versions = [] if args.baseline_only else [("", stage_scripts(None, root))]
         if args.baseline_commit:
             versions.append((f"@{args.baseline_commit}", stage_scripts(args.baseline_commit, root)))
@@ -93,10 +119,15 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
             items_flag = "--items" if '"--items"' in Path(scripts["dedup"]).read_text() else "--responses"
             steps = {"dedup": [scripts["dedup"], items_flag, root / "responses", "--out", dedup_out],
                      "decontaminate": [scripts["decontaminate"], "--dedup", dedup_out, "--out", clean_out]}
-            for name in args.stages:
+            if not suffix:  # the stand-in stages have no in-memory version to compare with
+                steps["respond"] = [scripts["respond"], "respond", "--evolved", root / "evolved", "--seed", root / "seed",
+                                    "--prompts", REPO / "prompts", "--out", root / "answered"]
+                steps["score"] = [scripts["score"], "score", "--items", root / "responses", "--out", root / "scores",
+                                  "--plots", root / "plots"]
+            for name in (n for n in args.stages if n in steps):
                 cmd = [sys.executable, *map(str, steps[name]), "--params", str(root / "params.yaml"),
                        "--metrics", str(root / f"{name}{suffix}.json")]
-                cpu, wall, peak = measure(cmd, env)
+                cpu, wall, peak = measure(cmd, env, root)
                 row = {"stage": name + suffix, "items": total, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
                        "peak_rss_mib": round(peak, 1)}
                 print(f"{row['stage']:>28} {total:>9,} items: CPU {cpu:7.1f} s, wall {wall:7.1f} s, peak RSS {peak:7.0f} MiB",
@@ -129,7 +160,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, nargs="+", required=True, help="total items per run (a third per round)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--chunk-rows", type=int, default=100_000, help="data.chunk_rows for the stages")
-    ap.add_argument("--stages", nargs="+", default=["dedup", "decontaminate"], choices=["dedup", "decontaminate"])
+    ap.add_argument("--stages", nargs="+", default=["dedup", "decontaminate"], choices=["dedup", "decontaminate", "respond", "score"])
     ap.add_argument("--baseline-commit", default=None, help="also run this commit's stage scripts (in-memory)")
     ap.add_argument("--baseline-only", action="store_true", help="run only --baseline-commit's scripts")
     ap.add_argument("--work", default=None, help="scratch folder (default: the system's)")

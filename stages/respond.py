@@ -16,7 +16,7 @@ from evolforge.steps.respond import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--evolved", "--seed"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.evolved, args.seed, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.evolved, args.seed, args.out, load_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """score stage: IFD and IC-IFD losses from the scorer model.
 
-Reads:  data/clean/, params.yaml `score` (template, boundary, max_length, cherry_truncation, max_batch_tokens),
+Reads:  data/clean/ (data.chunk_rows rows at a time: docs/scale.md), params.yaml `score` (template, boundary, max_length, cherry_truncation, max_batch_tokens),
         roles `scorer` (model, revision, dtype, device, batch_size), models/identity.json (the scorer's identity)
 Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts),
         metrics/score.json (means), metrics/plots/{ifd,ic_ifd}_hist.json
@@ -16,7 +16,7 @@ from evolforge.steps.score import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plots"])
-    write(args, run(args.items, load_params(args.params)))
+    write(args, run(args.items, args.out, load_params(args.params)))
 
 
 if __name__ == "__main__":

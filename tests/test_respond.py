@@ -40,6 +40,11 @@ def round_table(finish: dict[str, str]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def gathered(round_dirs: list) -> pl.DataFrame:
+    """The items respond answers, all chunks together."""
+    return pl.concat(list(gather(round_dirs).chunks()))
+
+
 def responder() -> tuple[LLM, FakeBackend]:
     fake = FakeBackend(lambda request: REPLIES[request.messages[-1][1].split("Instruction: ")[1].split("\n")[0]])
     return LLM(fake, None, role=ROLE), fake
@@ -47,7 +52,7 @@ def responder() -> tuple[LLM, FakeBackend]:
 
 def test_response_status_per_item_and_counts(tmp_path):
     write_output(tmp_path / "round_1", round_table({}))
-    items = gather([tmp_path / "round_1"])
+    items = gathered([tmp_path / "round_1"])
     assert items.height == 4 and "failed" not in items["id"].to_list()  # only evolved items are answered
     llm, fake = responder()
     table = answer(items, llm, PromptLibrary())
@@ -62,7 +67,7 @@ def test_response_status_per_item_and_counts(tmp_path):
 
 def test_repetition_thresholds_reach_the_status(tmp_path):
     write_output(tmp_path / "round_1", round_table({}))
-    items = gather([tmp_path / "round_1"])
+    items = gathered([tmp_path / "round_1"])
     llm, _ = responder()
     lax = RepetitionTest(max_repeated_ngram_fraction=1.0, max_compression_ratio=1000)
     table = answer(items, llm, PromptLibrary(), repetition=lax)
@@ -73,7 +78,7 @@ def test_the_evolvers_finish_reason_travels_with_the_item(tmp_path):
     write_output(tmp_path / "round_1", round_table({"Add 2 and 3.": "length"}))
     legacy = round_table({}).drop("finish_reason")  # a round written before finish reasons were kept
     write_output(tmp_path / "round_2", legacy.with_columns(round=pl.lit(2)))
-    items = gather([tmp_path / "round_1", tmp_path / "round_2"])
+    items = gathered([tmp_path / "round_1", tmp_path / "round_2"])
     llm, _ = responder()
     table = answer(items, llm, PromptLibrary())
     first = table.filter(pl.col("round") == 1)

@@ -183,10 +183,11 @@ def test_growth_benchmark_reports_every_stage(tmp_path):
 
     out = tmp_path / "growth.json"
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    stages = ["dedup", "decontaminate", "respond", "score"]
     subprocess.run([sys.executable, str(REPO / "bench" / "growth.py"), "--items", "300", "600", "--json", str(out),
-                    "--chunk-rows", "128", "--work", str(tmp_path)], check=True, env=env, capture_output=True, text=True)
+                    "--chunk-rows", "128", "--work", str(tmp_path), "--stages", *stages], check=True, env=env, capture_output=True, text=True)
     rows = json.loads(out.read_text())
-    assert [(r["stage"], r["items"]) for r in rows] == [("dedup", 300), ("decontaminate", 300), ("dedup", 600), ("decontaminate", 600)]
+    assert [(r["stage"], r["items"]) for r in rows] == [(s, n) for n in (300, 600) for s in stages]
     assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 50 for r in rows)
 
 

@@ -196,7 +196,7 @@ class RespondSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """``data``: how the data stages (pick_scenario, dedup, decontaminate, judge) read and write their tables (docs/scale.md)."""
+    """``data``: how the data stages (respond, pick_scenario, dedup, decontaminate, judge, score) read and write their tables (docs/scale.md)."""
 
     chunk_rows: PositiveInt = 100_000  # rows read, processed and written at a time; memory follows it, results do not
 

@@ -18,7 +18,7 @@ import polars as pl
 from polars.io.plugins import register_io_source
 
 from evolforge.core.records import TABLE, atomic_dir, write_json, write_jsonl
-from evolforge.core.validation import DataError, Rule, check
+from evolforge.core.validation import DataError, Rule, check, unique
 
 Chunks = Callable[[], Iterable[pl.DataFrame]]  # called once per pass: a fresh iterable of chunks each time
 
@@ -78,6 +78,26 @@ def sink_chunks(file: str | Path, schema: pl.Schema | dict[str, pl.DataType], ch
     register_io_source(source, schema=schema).sink_parquet(file)
 
 
+def spilled(chunks: Iterable[pl.DataFrame], work: str | Path) -> list[Path]:
+    """Produce ``chunks`` here, on the calling thread, each written to a Parquet file in ``work``; the files in
+    order. For chunks that call a model or the call cache: polars runs a sink's Python source on a thread of
+    its own, where a SQLite connection (and a progress bar, a signal) of the caller's does not work; the
+    files are then read back one at a time into the sink (:func:`read_spilled`)."""
+    files = []
+    for k, chunk in enumerate(chunks):
+        files.append(Path(work) / f"part-{k:06d}.parquet")
+        chunk.write_parquet(files[-1])
+    return files
+
+
+def read_spilled(files: list[Path]) -> Iterator[pl.DataFrame]:
+    """The chunks :func:`spilled` wrote, one at a time, each file removed once read."""
+    for file in files:
+        chunk = pl.read_parquet(file)
+        file.unlink()
+        yield chunk
+
+
 def write_output_chunks(out_dir: str | Path, tables: dict[str, tuple[pl.Schema, Iterable[pl.DataFrame]]],
                         meta: dict | None = None, extra: dict[str, Any] | None = None) -> None:
     """:func:`evolforge.core.records.write_output` for streamed tables: each ``name -> (schema, chunks)`` is
@@ -90,28 +110,40 @@ def write_output_chunks(out_dir: str | Path, tables: dict[str, tuple[pl.Schema, 
             (write_jsonl if name.endswith(".jsonl") else write_json)(tmp / name, data)
 
 
+def checked_chunks(chunks: Iterable[pl.DataFrame], rules: list[Rule], file: str | Path) -> Iterator[pl.DataFrame]:
+    """``chunks``, each checked against ``rules`` (:func:`evolforge.core.validation.check`) as it passes: row
+    numbers in an error count from the first chunk's first row and name ``file``."""
+    lo = 0
+    for chunk in chunks:
+        try:
+            check(chunk, rules, file)
+        except DataError as err:
+            raise DataError(file, err.rule, [r + lo for r in err.rows], err.detail) from None
+        lo += chunk.height
+        yield chunk
+
+
+def check_unique(table: pl.LazyFrame, column: str, file: str | Path) -> None:
+    """:func:`evolforge.core.validation.unique` over ``table``'s ``column``, one streaming query over that
+    column alone; rows in the error counted from 1, as in ``check()``, naming ``file``."""
+    repeated = (table.select(column).with_row_index("row")
+                .filter(pl.col(column).is_duplicated()).head(10).collect(engine="streaming"))
+    if repeated.height:
+        raise DataError(file, unique(column)[0].words, (repeated["row"] + 1).to_list(),
+                        detail=f"{column} {repeated[column][0]!r} appears more than once")
+
+
 def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
     """:func:`evolforge.core.validation.check` of a whole table, a chunk at a time: row numbers in the error
     count from the table's first row; a uniqueness rule is checked over the whole column (one streaming
     query over that column alone)."""
     file = table_file(path)
-    unique = [r for r in rules if r.expectation == "ExpectColumnValuesToBeUnique"]
-    per_chunk = [r for r in rules if r not in unique]
-    lo = 0
+    unique_rules = [r for r in rules if r.expectation == "ExpectColumnValuesToBeUnique"]
     empty = pl.DataFrame(schema=table_schema(file))  # a table without rows still has its columns checked
-    for chunk in chain([empty], iter_chunks(file, chunk_rows)):
-        try:
-            check(chunk, per_chunk, file)
-        except DataError as err:
-            raise DataError(file, err.rule, [r + lo for r in err.rows], err.detail) from None
-        lo += chunk.height
-    for rule in unique:
-        column = rule.kwargs["column"]
-        repeated = (pl.scan_parquet(file).select(column).with_row_index("row")  # rows counted from 1, as in check()
-                    .filter(pl.col(column).is_duplicated()).head(10).collect(engine="streaming"))
-        if repeated.height:
-            raise DataError(file, rule.words, (repeated["row"] + 1).to_list(),
-                            detail=f"{column} {repeated[column][0]!r} appears more than once")
+    for _ in checked_chunks(chain([empty], iter_chunks(file, chunk_rows)), [r for r in rules if r not in unique_rules], file):
+        pass
+    for rule in unique_rules:
+        check_unique(pl.scan_parquet(file), rule.kwargs["column"], file)
 
 
 def peak_rss_mib() -> float:

@@ -29,6 +29,8 @@ from evolforge.score.formulas import NULL_ROW_LOSSES, SCORE_SCHEMA, scores_row
 from evolforge.score.losses import IGNORE, split_head, token_nlls
 from evolforge.score.passes import EncodedItem, encode_items, question_positions
 
+ENCODE_CHUNK = 4096  # items encoded, length-sorted and batched together by ifd_scores (its chunk_size)
+
 
 def load_scorer(model_name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
     """(model, tokenizer) for scoring: eval mode, bf16 on GPU / fp32 on CPU, right padding."""
@@ -76,7 +78,7 @@ def ifd_scores(
     max_batch_tokens: int = 16384,
     batch_size: int | None = None,
     progress: bool = True,
-    chunk_size: int = 4096,
+    chunk_size: int = ENCODE_CHUNK,
 ) -> pl.DataFrame:
     """Losses, IFD and IC-IFD of each (instruction, input, response), one row per item in input order.
 
@@ -111,7 +113,9 @@ def ifd_scores(
     Two forward passes per item (conditioned: L(Q) and L(A|Q) at once; direct: L(A)), in length-sorted,
     right-padded batches of at most ``max_batch_tokens`` padded tokens (and ``batch_size`` rows when
     given); log-softmax in fp32 over slices of the vocabulary projection
-    (:func:`~evolforge.score.losses.token_nlls`); items are encoded ``chunk_size`` at a time.
+    (:func:`~evolforge.score.losses.token_nlls`); items are encoded ``chunk_size`` at a time, and a batch
+    never spans two such chunks: scoring the items in pieces of whole chunks gives the same batches, hence
+    the same floats, as scoring them at once (the score stage reads its table that way).
     """
     inputs = inputs if inputs is not None else [""] * len(instructions)
     _check_lengths(instructions, inputs, responses)

@@ -1,49 +1,85 @@
 """The score stage: IFD and IC-IFD losses of every item from roles.scorer (:mod:`evolforge.score.ifd`), stored
 at the precision of :mod:`evolforge.score.precision` (docs/scoring.md): losses at 4 significant digits, IFD /
-IC-IFD recomputed from them and the means at 6, so another CPU's last-bit differences do not change the hashes."""
+IC-IFD recomputed from them and the means at 6, so another CPU's last-bit differences do not change the hashes.
+
+The items are read, scored and written in chunks of whole scorer encode chunks (``data.chunk_rows`` rounded
+down to a multiple of :data:`evolforge.score.ifd.ENCODE_CHUNK`, at least one): the scorer forms its batches
+within an encode chunk, so every item meets the same batch, hence the same floats, as in one whole-table run
+(docs/scale.md)."""
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.params import load_role, load_section
-from evolforge.core.records import read_table
+from evolforge.core.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs
+from evolforge.core.stream import check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
+from evolforge.core.versions import output_versions
 from evolforge.llm.identity import recorded_identity
+from evolforge.score import ifd
+from evolforge.score.formulas import SCORE_SCHEMA
 from evolforge.score.histogram import histogram
-from evolforge.score.ifd import ifd_scores, load_scorer
 from evolforge.score.precision import RATIO_DIGITS, significant, stored_scores
 
 MEANS = ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd")  # in the metrics
 
 
-def run(items: str | Path, params: dict[str, Any]) -> Outputs:
-    """Scores (id, round, losses in nats, ifd, ic_ifd, token counts) of the items of ``items``; the scorer
-    runs in-process (hf): scoring needs logits."""
+def scoring_rows(chunk_rows: int) -> int:
+    """Rows read and scored at a time: ``chunk_rows`` rounded down to whole encode chunks, at least one.
+
+    >>> scoring_rows(100_000), scoring_rows(7)
+    (98304, 4096)
+    """
+    return max(1, chunk_rows // ifd.ENCODE_CHUNK) * ifd.ENCODE_CHUNK
+
+
+def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+    """Scores (id, round, losses in nats, ifd, ic_ifd, token counts) of the items of ``items``, streamed into
+    ``out``; the scorer runs in-process (hf): scoring needs logits."""
     cfg = load_section(params, "score")
     role = load_role(params, "scorer")
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
-    table = read_table(items)
-    validation.check(table, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), items)
-    model, tokenizer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
-    scores = ifd_scores(model, tokenizer, table["instruction"].to_list(), table["input"].to_list(), table["output"].to_list(),
-                        **dataclasses.asdict(cfg), batch_size=role.batch_size)
-    table = pl.concat([table.select("id", "round"), stored_scores(scores)], how="horizontal")
+    source, rows = table_file(items), load_section(params, "data").chunk_rows
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), rows)
+    model, tokenizer = ifd.load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+    schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_SCHEMA})
+
+    def scored() -> Iterator[pl.DataFrame]:
+        for chunk in iter_chunks(source, scoring_rows(rows), ["id", "round", "instruction", "input", "output"]):
+            scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(), chunk["output"].to_list(),
+                                    **dataclasses.asdict(cfg), batch_size=role.batch_size, chunk_size=ifd.ENCODE_CHUNK)
+            yield pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
+
+    meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),  # as write_output
+            "params": dataclasses.asdict(cfg)}
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:  # the model runs on this thread
+        write_output_chunks(out, {TABLE: (schema, read_spilled(spilled(scored(), work)))}, meta=meta)
+    written = table_file(out)
+
+    def column(name: str) -> pl.Series:  # one column of the written table at a time: 8 bytes per item
+        return pl.read_parquet(written, columns=[name])[name]
 
     def mean(col: str) -> float | None:
-        s = table[col].drop_nulls().drop_nans()
+        s = column(col).drop_nulls().drop_nans()
         return significant(float(s.mean()), RATIO_DIGITS) if s.len() else None
 
-    metrics = {"items": table.height, "template": cfg.template, "scorer": role.model,
-               "null_scores": int(table["ic_ifd"].is_null().sum()), **{f"mean_{c}": mean(c) for c in MEANS},
-               "share_ifd_above_1": float((table["ifd"] > 1).sum() / max(1, table["ifd"].drop_nulls().len()))}
-    return Outputs(metrics, f"score: {table.height} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}",
-                   table=table, meta={"scorer": role.model, "scorer_identity": recorded_identity(role), "params": dataclasses.asdict(cfg)},
-                   checks=validation.unique("id"), plots={f"{c}_hist.json": histogram(table[c].to_list()) for c in ("ifd", "ic_ifd")},
-                   peak_rss=True)
+    scored_ifd = column("ifd")
+    metrics = {"items": scored_ifd.len(), "template": cfg.template, "scorer": role.model,
+               "null_scores": int(column("ic_ifd").is_null().sum()), **{f"mean_{c}": mean(c) for c in MEANS},
+               "share_ifd_above_1": float((scored_ifd > 1).sum() / max(1, scored_ifd.drop_nulls().len()))}
+    plots = {"ifd_hist.json": histogram(scored_ifd.to_list())}
+    del scored_ifd
+    plots["ic_ifd_hist.json"] = histogram(column("ic_ifd").to_list())
+    return Outputs(metrics, f"score: {metrics['items']} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}",
+                   plots=plots, peak_rss=True)
+
