@@ -172,3 +172,21 @@ def test_the_reexport_check_sees_one(tmp_path):
     user = tmp_path / "user.py"
     user.write_text("from evolforge.low import OWN, a\n\ndef f():\n    from evolforge.low import thing\n")
     assert reexport_imports([user], tmp_path) == ["user.py:4 from evolforge.low import thing"]
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module named by an import anywhere in the file, function-level ones included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_steps_never_import_the_report():
+    # the report reads what the steps wrote (and their constants); a step's output never depends on the page
+    found = {name: sorted(i for i in all_imports(path) if i.startswith("evolforge.report"))
+             for name, path in modules().items() if name.startswith("evolforge.steps")}
+    assert not {name: found_ for name, found_ in found.items() if found_}
