@@ -13,12 +13,12 @@ from evolforge.core.params import load_section
 from evolforge.steps import elimination
 from evolforge.steps.elimination import repetition_test
 from evolforge.steps.evolve import EvolveSettings, evolve_round, method_text, resolve_strategy
-from evolforge.steps.evolve_prompts import IN_DEPTH, assign_methods
+from evolforge.steps.evolve_prompts import IN_DEPTH, METHOD_TEMPLATE, assign_methods
 from evolforge.steps.lineage import chain, format_chain
 from evolforge.core.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.fake import FakeBackend, TemplateReplies
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import make_id, write_output
 from evolforge.steps.seed import build_seed
@@ -125,30 +125,38 @@ def seed_table(tmp_path):
     return build_seed(str(path))[0]
 
 
-def scripted_evolver(plan: dict[str, str]):
-    """Evolving prompts -> evolved text by the given plan (a list: one entry per attempt);
-    response prompts -> a scripted answer."""
+EVOLVING = {"evolve/depth.j2", "evolve/breadth.j2", METHOD_TEMPLATE}  # the templates of an evolving call
+RESPONSE = "respond/response.j2"  # the response check's (and respond's) template
 
-    def reply(request):
-        prompt = request.messages[-1][1]
-        if prompt.startswith("Given the following instruction"):
-            instruction = prompt.split("Instruction: ", 1)[1].split("\n", 1)[0]
-            return plan.get(f"answer:{instruction}", "A fine, complete answer.")
-        instruction = prompt.split("#The Given Prompt#:\n", 1)[-1].split("#Given Prompt#:\n", 1)[-1]
-        instruction = instruction.split("\n#", 1)[0].split("\n\n#Instruction#:\n")[-1].strip()
-        if "#Instruction#:\n" in prompt:  # method-based (auto) prompt
-            instruction = prompt.rsplit("#Instruction#:\n", 1)[1].strip()
+
+def scripted_evolver(plan: dict[str, str]) -> TemplateReplies:
+    """Evolving prompts (by template) -> evolved text by the given plan, keyed by the instruction they evolve
+    (a list: one entry per attempt); response prompts -> the plan's ``answer:<instruction>``, else a fine answer.
+    Watch the prompt library the round renders with (``.watch``): the fake routes by template name."""
+
+    def evolve(variables, request):
+        instruction = variables["instruction"].strip()
         answer = plan.get(instruction, f"{instruction} Explain each step.")
         return answer.pop(0) if isinstance(answer, list) else answer  # a list scripts successive attempts
 
-    return reply
+    def respond(variables, request):
+        return plan.get(f"answer:{variables['instruction']}", "A fine, complete answer.")
+
+    return TemplateReplies({**{name: evolve for name in EVOLVING}, RESPONSE: respond})
+
+
+def sent(fake, *templates):
+    """The requests ``fake`` got whose last message one of ``templates`` rendered."""
+    return [r for r in fake.sent if fake.reply_fn.template_of(r) in templates]
 
 
 def run_round(pool, index, settings, plan, method_text=None):
     """One round with the scripted fake behind both the evolver and the responder (the response check)."""
-    fake = FakeBackend(scripted_evolver(plan))
-    return evolve_round(pool, round_index=index, settings=settings, prompts=PromptLibrary(), evolver=LLM(fake, None, role=ROLE),
-                        method_text=method_text, responder=LLM(fake, None, role=RESPONDER)), fake
+    replies = scripted_evolver(plan)
+    fake = FakeBackend(replies)
+    return evolve_round(pool, round_index=index, settings=settings, prompts=replies.watch(PromptLibrary()),
+                        evolver=LLM(fake, None, role=ROLE), method_text=method_text,
+                        responder=LLM(fake, None, role=RESPONDER)), fake
 
 
 def test_round_reasons_counts_and_keep_parent(seed_table):
@@ -175,7 +183,7 @@ def test_round_reasons_counts_and_keep_parent(seed_table):
     assert pool.to_dicts() == [{c: row.get(c) for c in pool.columns} for row in expected]  # in pool order, lineage kept
     assert pool.schema == {c: table.schema[c] for c in pool.columns}
     # the response checks ran only for instructions that passed the text checks, greedily
-    checks = [r for r in fake.sent if r.messages[-1][1].startswith("Given the following")]
+    checks = sent(fake, RESPONSE)
     assert len(checks) == 4 and all(r.temperature == 0.0 for r in checks)
 
 
@@ -195,7 +203,7 @@ def test_auto_strategy_parses_marker_and_records_missing(seed_table):
     assert summary["failed_by_reason"] == {"missing_final_marker": 1}
     assert table.filter(pl.col("status") == "evolved")["instruction"].to_list() == [f"Solve harder task {i}." for i in range(5)]
     assert set(table["method"]) == {"auto"}
-    assert all(method in r.messages[-1][1] for r in fake.sent if "#Instruction#:" in r.messages[-1][1])
+    assert all(method in r.messages[-1][1] for r in sent(fake, METHOD_TEMPLATE))
 
 
 def test_three_rounds_chain_and_lineage(seed_table, tmp_path, capsys):
@@ -256,8 +264,7 @@ def test_kept_parent_gets_a_fresh_attempt_next_round(seed_table):
     settings = EvolveSettings(strategy="evol", breadth=False)
     (_, _, _), first = run_round(seed_table, 1, settings, {})
     (_, _, _), second = run_round(seed_table, 5, settings, {})  # round 5 rotates back to round 1's methods
-    evolve_1 = [r for r in first.sent if "#The Given Prompt#" in r.messages[-1][1]]
-    evolve_5 = [r for r in second.sent if "#The Given Prompt#" in r.messages[-1][1]]
+    evolve_1, evolve_5 = sent(first, "evolve/depth.j2"), sent(second, "evolve/depth.j2")
     assert [r.messages for r in evolve_1] == [r.messages for r in evolve_5]  # same prompts...
     assert {r.sample_index for r in evolve_1} == {1} and {r.sample_index for r in evolve_5} == {5}  # ...new samples
 
@@ -281,7 +288,7 @@ def test_replies_cut_at_max_tokens_fail_as_truncated_and_keep_their_finish_reaso
     assert finish["Task number 1."] == "length" and finish["Task number 0."] == "stop"
     assert summary["evolver_cut_at_max_tokens"] == 1
     assert summary["failed_by_reason"]["truncated_at_max_tokens"] == 1
-    checked = [r.messages[-1][1] for r in fake.sent if r.messages[-1][1].startswith("Given the following")]
+    checked = [fake.reply_fn.source(r)[1]["instruction"] for r in sent(fake, RESPONSE)]
     assert len(checked) == 2 and not any("task number 1 in three steps" in c for c in checked)  # no answer to a cut text
 
     lenient = EvolveSettings(strategy="evol", breadth=False, elimination={
@@ -303,21 +310,24 @@ def test_auto_reply_cut_before_its_marker_is_truncated_not_missing_marker(seed_t
 
 
 def test_judge_checks_that_the_rewrite_is_an_instruction(seed_table):
-    judged = []
+    from evolforge.steps.evolve import IS_INSTRUCTION_TEMPLATE
 
-    def verdict(request):
-        text = request.messages[-1][1]
-        judged.append(text)
+    def verdict(variables, request):
+        text = variables["text"]
         return "No" if "Task number 2. Explain" in text else "Maybe" if "Task number 3. Explain" in text else "Yes"
 
     settings = EvolveSettings(strategy="evol", breadth=False, elimination={"not_an_instruction_judge": True})
-    judge = LLM(FakeBackend(verdict), None, role=Role.from_params("judge", {"backend": "hf", "model": "fake"}))
-    fake = FakeBackend(scripted_evolver({}))
-    table, _, summary = evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
+    replies = scripted_evolver({})
+    replies.routes[IS_INSTRUCTION_TEMPLATE] = verdict
+    judge_fake = FakeBackend(replies)
+    judge = LLM(judge_fake, None, role=Role.from_params("judge", {"backend": "hf", "model": "fake"}))
+    fake = FakeBackend(replies)
+    table, _, summary = evolve_round(seed_table, round_index=1, settings=settings, prompts=replies.watch(PromptLibrary()),
                                      evolver=LLM(fake, None, role=ROLE), judge=judge, responder=LLM(fake, None, role=RESPONDER))
     assert summary["failed_by_reason"] == {"judged_not_an_instruction": 1}
     assert summary["instruction_check_unparsed"] == 1  # "Maybe" eliminates nothing
-    assert len(judged) == 6 and all("Is the text an instruction?" in t for t in judged)
+    judged = judge_fake.sent
+    assert len(judged) == 6 and {replies.template_of(r) for r in judged} == {IS_INSTRUCTION_TEMPLATE}
     with pytest.raises(ValueError, match="need the judge role"):
         evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
                      evolver=LLM(fake, None, role=ROLE), responder=LLM(fake, None, role=RESPONDER))
@@ -354,7 +364,13 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     spec = importlib.util.spec_from_file_location("evolve_stage", repo / "stages/evolve.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    fake = FakeBackend(scripted_evolver({}))
+    from evolforge.steps.evolve import IS_INSTRUCTION_TEMPLATE
+
+    replies = scripted_evolver({})
+    replies.routes[IS_INSTRUCTION_TEMPLATE] = lambda variables, request: "Yes"  # the judge checks, when on
+    fake = FakeBackend(replies)
+    render = PromptLibrary.render  # the stage makes its own library: record what every library renders
+    monkeypatch.setattr(PromptLibrary, "render", lambda self, name, /, **v: replies.note(name, v, render(self, name, **v)))
     monkeypatch.setattr("evolforge.steps.evolve.open_role", lambda params, name, cache: LLM(fake, None, role=(roles or {}).get(name, ROLE)))
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     tmp_path.mkdir(exist_ok=True)
@@ -453,16 +469,18 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     sampling = response_sampling(RespondSettings(max_tokens=40))
     for check_role in ("responder", "evolver", "auto"):  # auto: the two roles share one model here
         cache = CallCache(tmp_path / f"{check_role}.sqlite")
-        evolver_fake, responder_fake = FakeBackend(scripted_evolver({})), FakeBackend(scripted_evolver({}))
+        replies = scripted_evolver({})
+        prompts = replies.watch(PromptLibrary())
+        evolver_fake, responder_fake = FakeBackend(replies), FakeBackend(replies)
         evolver, responder = LLM(evolver_fake, cache, role=ROLE), LLM(responder_fake, cache, role=RESPONDER)
         settings = EvolveSettings(strategy="evol", breadth=False, max_tokens=64, check_role=check_role)
-        table, _, summary = evolve_round(seed_table, round_index=1, settings=settings, prompts=PromptLibrary(),
+        table, _, summary = evolve_round(seed_table, round_index=1, settings=settings, prompts=prompts,
                                          evolver=evolver, responder=responder, respond_sampling=sampling)
         assert summary["evolved"] == 6
-        checks = [r for fake in (evolver_fake, responder_fake) for r in fake.sent if "Given the following" in r.messages[-1][1]]
+        checks = [r for fake in (evolver_fake, responder_fake) for r in sent(fake, RESPONSE)]
         assert len(checks) == 6
         evolved = table.filter(pl.col("status") == "evolved")
-        answers = respond(responder, PromptLibrary(), evolved["instruction"].to_list(), evolved["input"].to_list(), **sampling)
+        answers = respond(responder, prompts, evolved["instruction"].to_list(), evolved["input"].to_list(), **sampling)
         assert [a.text for a in answers] == ["A fine, complete answer."] * 6
         if check_role in ("responder", "auto"):
             assert all(r in responder_fake.sent for r in checks) and {r.max_tokens for r in checks} == {40}
@@ -473,9 +491,10 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
             assert responder.stats["calls"] == 6 and responder.stats["cache_hits"] == 0
         cache.close()
 
+    replies = scripted_evolver({})
     with pytest.raises(ValueError, match="check_role responder: the response rules need the responder role"):
         evolve_round(seed_table, round_index=1, settings=EvolveSettings(strategy="evol", check_role="responder"),
-                     prompts=PromptLibrary(), evolver=LLM(FakeBackend(scripted_evolver({})), None, role=ROLE))
+                     prompts=replies.watch(PromptLibrary()), evolver=LLM(FakeBackend(replies), None, role=ROLE))
 
 
 def test_auto_check_role_loads_no_second_model():
@@ -501,8 +520,7 @@ def test_evolve_controls_and_few_shot_shape_the_evolving_calls_only(seed_table):
 
     settings = EvolveSettings(controls={"banned_strings": ["Given Prompt"], "stop": ["\n\n"]}, few_shot=True)
     fake = run_round(seed_table, 1, settings, {})[1]
-    evolving = [r for r in fake.sent if not r.messages[-1][1].startswith("Given the following instruction")]
-    answering = [r for r in fake.sent if r.messages[-1][1].startswith("Given the following instruction")]
+    evolving, answering = sent(fake, *EVOLVING), sent(fake, RESPONSE)
     assert evolving and answering
     assert all(r.controls == Controls(banned_strings=("Given Prompt",), stop=("\n\n",)) for r in evolving)
     assert all(len(r.messages) > 1 and r.messages[1][0] == "assistant" for r in evolving)  # worked examples first
@@ -518,10 +536,10 @@ def test_the_step_format_has_its_own_controls_and_budget(seed_table):
     settings = EvolveSettings(strategy="auto", controls={"stop": ["\n\n"]}, max_tokens=96,
                               method_controls={"banned_strings": ["Sure"]}, method_max_tokens=320)
     fake = run_round(seed_table, 1, settings, {}, method_text="Rewrite it. Reply with #Finally Rewritten Instruction#:")[1]
-    evolving = [r for r in fake.sent if "#Instruction#:" in r.messages[-1][1]]
+    evolving = sent(fake, METHOD_TEMPLATE)
     assert evolving and {(r.max_tokens, r.controls) for r in evolving} == {(320, Controls(banned_strings=("Sure",)))}
     fake = run_round(seed_table, 1, dataclasses.replace(settings, strategy="evol"), {})[1]
-    evolving = [r for r in fake.sent if not r.messages[-1][1].startswith("Given the following instruction")]
+    evolving = sent(fake, *EVOLVING)
     assert evolving and {(r.max_tokens, r.controls) for r in evolving} == {(96, Controls(stop=("\n\n",)))}
     unset = dataclasses.replace(settings, method_controls=None, method_max_tokens=None)
     assert unset.step_format() == ({"stop": ["\n\n"]}, 96)  # null: the same as controls / max_tokens

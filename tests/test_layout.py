@@ -135,3 +135,58 @@ def test_the_checks_see_a_cycle_and_where_imports_run(tmp_path):
                      "evolforge.high": {"evolforge.low.a"}}
     assert cycles(graph) == [["evolforge.high", "evolforge.low.a"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def reexport_imports(files: list[Path], src: Path = SRC) -> list[str]:
+    """``from <package> import name`` anywhere in ``files`` where the package's ``__init__`` only imports
+    ``name`` from elsewhere: the importer should name the module that defines it."""
+    names = modules(src)
+    imported = {}
+    for name, path in names.items():
+        if path.name == "__init__.py":
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            imported[name] = {alias.asname or alias.name for node in module_level_imports(tree)
+                              if isinstance(node, ast.ImportFrom) for alias in node.names}
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module in imported:
+                found += [f"{path.name}:{node.lineno} from {node.module} import {alias.name}" for alias in node.names
+                          if f"{node.module}.{alias.name}" not in names and alias.name in imported[node.module]]
+    return found
+
+
+def test_names_are_imported_from_the_module_that_defines_them():
+    root = SRC.parent
+    files = [p for folder in ("src", "stages", "tests", "tools", "bench") for p in sorted((root / folder).rglob("*.py"))]
+    found = reexport_imports(files)
+    assert not found, "import these from the module that defines them, not the package:\n" + "\n".join(found)
+
+
+def test_the_reexport_check_sees_one(tmp_path):
+    package = tmp_path / "evolforge" / "low"
+    package.mkdir(parents=True)
+    (tmp_path / "evolforge" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("from evolforge.low.a import thing\n\nOWN = 1\n")
+    (package / "a.py").write_text("thing = 1\n")
+    user = tmp_path / "user.py"
+    user.write_text("from evolforge.low import OWN, a\n\ndef f():\n    from evolforge.low import thing\n")
+    assert reexport_imports([user], tmp_path) == ["user.py:4 from evolforge.low import thing"]
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module named by an import anywhere in the file, function-level ones included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_steps_never_import_the_report():
+    # the report reads what the steps wrote (and their constants); a step's output never depends on the page
+    found = {name: sorted(i for i in all_imports(path) if i.startswith("evolforge.report"))
+             for name, path in modules().items() if name.startswith("evolforge.steps")}
+    assert not {name: found_ for name, found_ in found.items() if found_}

@@ -31,13 +31,3 @@ Modules: :mod:`~evolforge.llm.types` (completions, failures, what a backend prov
 :mod:`~evolforge.llm.identity` (the model a role names, ``models/identity.json``), :mod:`~evolforge.llm.registry`
 (the backends: ``hf``, ``vllm``, ``openai``, ``ray``) and the backends themselves.
 """
-
-from __future__ import annotations
-
-# The names llm/hf.py imports from this package (its own imports move with it; nothing else imports these here).
-from evolforge.core.roles import ChatRequest, Role
-from evolforge.llm.choices import ChoiceTrie
-from evolforge.llm.keys import request_seed
-from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect
-
-__all__ = ["PROMPT_TOO_LONG", "ChatRequest", "ChoiceTrie", "Completion", "Role", "collect", "request_seed"]

@@ -12,18 +12,31 @@ or fail an item (``Completion.failure(...)``). Tokens are counted as whitespace-
 
 >>> FakeBackend([Completion("A tale of", "length")]).generate([ChatRequest.chat([])])[0].finish_reason
 'length'
+
+A fake that stands in for a step's model answers by the template that rendered the prompt, never by its
+wording: :class:`TemplateReplies` watches the step's prompt library and routes each request by the template
+name and the variables its last message was rendered from, so rewording a template breaks no test:
+
+>>> from evolforge.core.prompts import PromptLibrary
+>>> replies = TemplateReplies({"respond/response.j2": lambda v, request: f"An answer to {v['instruction']}"})
+>>> prompts = replies.watch(PromptLibrary())
+>>> request = ChatRequest.chat([{"role": "user", "content": prompts.render("respond/response.j2", instruction="Add 2 and 3.", input="")}])
+>>> FakeBackend(replies).generate([request])[0].text, replies.template_of(request)
+('An answer to Add 2 and 3.', 'respond/response.j2')
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
+from evolforge.core.prompts import PromptLibrary
 from evolforge.core.roles import ChatRequest
 from evolforge.llm.types import Completion
 
 
 Reply = Union[str, Completion]
+Route = Callable[[dict[str, Any], ChatRequest], Reply]  # (the template's variables, the request) -> reply
 
 
 class FakeBackend:
@@ -56,3 +69,43 @@ class FakeBackend:
             prompt_words = sum(len(content.split()) for _, content in r.messages)
             out.append(Completion(text, "stop", prompt_tokens=prompt_words, completion_tokens=len(text.split())))
         return out
+
+
+class TemplateReplies:
+    """A :class:`FakeBackend` reply function that answers each request by the template its last message was
+    rendered from: ``routes[template name](variables, request)``.
+
+    The names come from the prompt libraries it watches (:meth:`watch`, or :meth:`note` from a wrapped
+    ``render``): each records the texts it renders with their template and variables. A request whose last
+    message no watched library rendered, or whose template has no route, is an error naming it."""
+
+    def __init__(self, routes: dict[str, Route]):
+        self.routes = dict(routes)
+        self.rendered: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def note(self, name: str, variables: dict[str, Any], text: str) -> str:
+        """Record that template ``name`` rendered ``text`` from ``variables``; returns ``text``."""
+        self.rendered[text] = (name, dict(variables))
+        return text
+
+    def watch(self, library: PromptLibrary) -> PromptLibrary:
+        """``library``, recording from now on every text it renders."""
+        render = library.render
+        library.render = lambda name, /, **variables: self.note(name, variables, render(name, **variables))  # type: ignore[method-assign]
+        return library
+
+    def source(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
+        """The template name and variables that rendered the request's last message."""
+        text = request.messages[-1][1] if request.messages else ""
+        if text not in self.rendered:
+            raise AssertionError(f"TemplateReplies: no watched prompt library rendered this message: {text[:120]!r}")
+        return self.rendered[text]
+
+    def template_of(self, request: ChatRequest) -> str:
+        return self.source(request)[0]
+
+    def __call__(self, request: ChatRequest) -> Reply:
+        name, variables = self.source(request)
+        if name not in self.routes:
+            raise AssertionError(f"TemplateReplies: no reply scripted for template {name} (routes: {sorted(self.routes)})")
+        return self.routes[name](variables, request)

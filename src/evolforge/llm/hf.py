@@ -24,7 +24,7 @@ applied per row at every step by :mod:`evolforge.llm.decoding`; a prefix is rend
 assistant turn (the chat template's ``continue_final_message``) and starts the returned text.
 
 Sampling is done per row with the row's own ``torch.Generator`` seeded from the whole request
-(:func:`evolforge.llm.request_seed`); rows at temperature 0 are greedy. So a request yields the same
+(:func:`evolforge.llm.keys.request_seed`); rows at temperature 0 are greedy. So a request yields the same
 tokens whichever batch it lands in, greedy and sampled rows share a batch, and identical requests give
 identical outputs.
 """
@@ -41,9 +41,11 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from evolforge.llm import PROMPT_TOO_LONG, ChatRequest, ChoiceTrie, Completion, Role, collect, request_seed
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
-from evolforge.core.roles import pick_threads
+from evolforge.core.roles import ChatRequest, Role, pick_threads
+from evolforge.llm.choices import ChoiceTrie
+from evolforge.llm.keys import request_seed
+from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect
 from evolforge.llm.decoding import RowControls, pick, rank_sequences
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)

@@ -14,17 +14,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import heapq
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from evolforge.core.records import EVOLVED, META, TABLE
+from evolforge.core.records import EVOLVED, TABLE
 from evolforge.report.spend import spend
 from evolforge.report.summary import headline
 from evolforge.score.histogram import histogram
+from evolforge.steps.funnel import evolved_rounds, funnel, json_at, provenance, table_at
 
 READS = ["data/seed", "data/evolved", "data/responses", "data/clean", "data/judged", "data/scores", "data/diversity",
          "data/selected", "metrics", "models/identity.json"]
@@ -37,99 +37,9 @@ TEXT_LIMIT = 400  # characters of an instruction or response shown on the page
 SCORE_FIELDS = {"difficulty_expected": "expected score", "difficulty_score": "most likely score"}
 
 
-def _table(root: Path, rel: str) -> pl.DataFrame | None:
-    path = root / rel / TABLE
-    return pl.read_parquet(path) if path.exists() else None
-
-
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def _rounds(root: Path) -> list[Path]:
-    def index(p: Path) -> int:
-        tail = p.name.rsplit("_", 1)[-1]
-        return int(tail) if tail.isdigit() else 0
-    return sorted((p for p in (root / "data" / "evolved").glob("*/") if (p / TABLE).exists()), key=index)
-
-
 def _digest(key: str) -> str:
     """A lineage's place in a sample: stable across versions built from the same seeds."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _reasons(table: pl.DataFrame) -> dict[str, int]:
-    failed = table.filter(pl.col("failure_reason").is_not_null())
-    return {r: n for r, n in sorted(failed.group_by("failure_reason").len().iter_rows(), key=lambda kv: (-kv[1], kv[0]))}
-
-
-def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
-    if table is None or "round" not in table.columns:
-        return {}
-    return {int(r): int(n) for r, n in sorted(table.group_by("round").len().iter_rows())}
-
-
-def _removed(root: Path) -> dict[int, dict[str, int]]:
-    """Per round, the items dedup and decontaminate dropped, by reason (``data/clean/removed.parquet``)."""
-    path = root / "data" / "clean" / "removed.parquet"
-    if not path.exists():
-        return {}
-    removed = pl.read_parquet(path)
-    if not removed.height or "round" not in removed.columns:
-        return {}
-    # dedup's own reason (exact_duplicate | near_duplicate) when recorded, else the stage that removed it
-    by_stage = {"dedup": "near_duplicate", "decontaminate": "contaminated"}
-    stage = removed["removed_by"] if "removed_by" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
-    detail = removed["dedup_reason"] if "dedup_reason" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
-    reason = [d if s == "dedup" and d else by_stage.get(s or "", s or "removed") for s, d in zip(stage, detail)]
-    labelled = removed.select("round").with_columns(reason=pl.Series(reason, dtype=pl.String))
-    out: dict[int, dict[str, int]] = {}
-    for (r,), part in labelled.group_by(["round"]):
-        counts = part.group_by("reason").len().iter_rows()
-        out[int(r)] = dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
-    return out
-
-
-def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
-    """One row per round: in (the attempts), evolved, failed (by reason), survival (evolved / in), answered, clean
-    (with the removed by reason), judged, selected. ``selected`` is the selection when it is not yet in
-    ``data/selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
-    publish)."""
-    responses, clean = _table(root, "data/responses"), _table(root, "data/clean")
-    judged = _table(root, "data/judged")
-    selected = selected if selected is not None else _table(root, "data/selected")
-    answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
-    kept = _by_round(clean) if clean is not None else {}
-    removed = _removed(root) if clean is not None else {}
-    seed = _table(root, "data/seed")
-    rows = []
-    if seed is not None:
-        rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "survival": None,
-                     "failed_by_reason": {},
-                     "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None else None) if clean is not None else None,
-                     "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
-    for path in _rounds(root):
-        t = pl.read_parquet(path / TABLE)
-        r = int(t["round"][0]) if t.height else 0
-        evolved = int((t["status"] == EVOLVED).sum())
-        # survival: the share of the round's attempts that passed the elimination rules
-        rows.append({"round": r, "in": t.height, "evolved": evolved, "failed": t.height - evolved,
-                     "survival": round(evolved / t.height, 4) if t.height else None,
-                     "failed_by_reason": _reasons(t), "answered": answered.get(r, 0),
-                     "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": removed.get(r, {}),
-                     "judged": judged_n.get(r, 0), "selected": selected_n.get(r, 0)})
-    return rows
-
-
-def round_strategies(root: Path) -> list[dict]:
-    """Per evolved round (its ``meta.json``): the strategy asked for, the one used, and why they differ."""
-    out = []
-    for path in _rounds(root):
-        meta = _json(path / META) or {}
-        used = (meta.get("settings") or {}).get("strategy")
-        out.append({"round": meta.get("round", path.name), "requested": meta.get("requested_strategy") or used,
-                    "used": used, "fallback": meta.get("fallback")})
-    return out
 
 
 def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
@@ -138,17 +48,17 @@ def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
     Seeds are picked by a hash of their id (stable across versions built from the same seeds), preferring
     those whose chain reaches the last round.
     """
-    seed = _table(root, "data/seed")
-    rounds = [pl.read_parquet(p / TABLE) for p in _rounds(root)]
+    seed = table_at(root, "data/seed")
+    rounds = [pl.read_parquet(p / TABLE) for p in evolved_rounds(root)]
     if seed is None or not rounds:
         return []
     cols = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
     rows = pl.concat([seed.select(cols)] + [t.select(cols) for t in rounds], how="vertical_relaxed")
     for rel, names in (("data/judged", ["difficulty_level"]), ("data/scores", ["ifd", "ic_ifd"])):
-        t = _table(root, rel)
+        t = table_at(root, rel)
         if t is not None:
             rows = rows.join(t.select(["id"] + [c for c in names if c in t.columns]), on="id", how="left")
-    selected = _table(root, "data/selected")
+    selected = table_at(root, "data/selected")
     chosen = set(selected["id"].to_list()) if selected is not None else set()
     last = max(int(t["round"].max()) for t in rounds if t.height) if any(t.height for t in rounds) else 0
     by_root: dict[str, list[dict]] = {}
@@ -165,9 +75,9 @@ def judge_levels(root: Path) -> list[dict]:
     """Level counts and shares per round (the plot data of the judge stage, recomputed from data/judged)."""
     from evolforge.steps.judge import LEVELS
 
-    judged = _table(root, "data/judged")
+    judged = table_at(root, "data/judged")
     if judged is None:
-        return _json(root / "metrics" / "plots" / "difficulty_levels.json") or []
+        return json_at(root / "metrics" / "plots" / "difficulty_levels.json") or []
     out = []
     for (r,), part in sorted(judged.group_by(["round"]), key=lambda kv: kv[0][0]):
         for level in LEVELS + [None]:
@@ -212,7 +122,7 @@ def evolved_pairs(root: Path, n: int = PAIRS_PER_ROUND) -> list[dict]:
     Picked by a hash of their seed's id, as :func:`chains` picks: the same lineages in every round, and in every
     version built from the same seeds. Only the picked rows, their parents and their judgements are read.
     """
-    rounds = [p / TABLE for p in _rounds(root)]
+    rounds = [p / TABLE for p in evolved_rounds(root)]
     cols = ["id", "root_id", "parent_id", "round", "method", "instruction", "input"]
     picked = []
     for path in rounds:
@@ -257,7 +167,7 @@ def _on_bins(bins: list[dict], values: list[float | None]) -> list[dict]:
 
 def score_histograms(root: Path) -> dict[str, list[dict]]:
     """IFD, IC-IFD and MND histograms of the scored pool, and of the selection when there is one."""
-    scores, selected = _table(root, "data/scores"), _table(root, "data/selected")
+    scores, selected = table_at(root, "data/scores"), table_at(root, "data/selected")
     out = {}
     for col in ("ifd", "ic_ifd", "mnd"):
         if scores is not None and col in scores.columns:
@@ -266,7 +176,7 @@ def score_histograms(root: Path) -> dict[str, list[dict]]:
             if selected is not None and col in selected.columns:  # on the pool's bins: bars of one width
                 out[col] += [{**b, "set": "selected"} for b in _on_bins(bins, selected[col].to_list())]
         else:
-            plot = _json(root / "metrics" / "plots" / f"{col}_hist.json")
+            plot = json_at(root / "metrics" / "plots" / f"{col}_hist.json")
             if plot:
                 out[col] = [{**b, "set": "pool"} for b in plot]
     return out
@@ -274,35 +184,12 @@ def score_histograms(root: Path) -> dict[str, list[dict]]:
 
 def examples(root: Path, metric: str | None) -> dict[str, list[dict]]:
     """The selected items with the highest and the lowest value of the selection metric."""
-    selected = _table(root, "data/selected")
+    selected = table_at(root, "data/selected")
     if selected is None or not metric or metric not in selected.columns:
         return {}
     ranked = selected.filter(pl.col(metric).is_not_null()).sort([metric, "id"], descending=[True, False])
     cols = [c for c in ("id", "round", "instruction", "input", "output", "ifd", "ic_ifd", "difficulty_level") if c in ranked.columns]
     return {"top": ranked.head(EXAMPLES).select(cols).to_dicts(), "bottom": ranked.tail(EXAMPLES).reverse().select(cols).to_dicts()}
-
-
-def provenance(root: Path) -> list[dict]:
-    """Models, their identities and the prompt template hashes, stage by stage (from each output's meta.json)."""
-    rows = []
-    stages = [(f"evolve {p.name}", p) for p in _rounds(root)] + [
-        (name, root / "data" / name) for name in ("responses", "judged", "scores", "selected")]
-    for stage, folder in stages:
-        meta = _json(folder / META)
-        if meta is None:
-            continue
-        hashes = dict(meta.get("template_hashes") or {})
-        if meta.get("template_hash"):
-            hashes["respond/response.j2"] = meta["template_hash"]
-        scorer = meta.get("scorer") if isinstance(meta.get("scorer"), dict) else None  # score: model_identity()
-        model = meta.get("model") or (scorer or {}).get("name")
-        identity = meta.get("model_identity") or scorer
-        if stage == "scores" and not model:
-            model = (_json(root / "metrics" / "score.json") or {}).get("scorer")
-        if not (model or identity or hashes):
-            continue  # select and the like: no model, no prompt
-        rows.append({"stage": stage, "model": model, "identity": identity, "template_hashes": hashes})
-    return rows
 
 
 def train_curve(root: Path) -> list[dict]:
@@ -311,7 +198,7 @@ def train_curve(root: Path) -> list[dict]:
     if live.exists():
         with open(live, encoding="utf-8") as fh:
             return [{"step": int(r["step"]), "loss": float(r["loss"])} for r in csv.DictReader(fh, delimiter="\t")]
-    return _json(root / "metrics" / "plots" / "train_loss.json") or []
+    return json_at(root / "metrics" / "plots" / "train_loss.json") or []
 
 
 def eval_rows(metrics: dict) -> dict | None:
@@ -353,7 +240,7 @@ def stale_metrics(root: Path) -> list[str]:
 def collect(root: str | Path) -> dict[str, Any]:
     """Everything the report shows about the version at ``root``."""
     root = Path(root)
-    metrics = {p.stem: _json(p) for p in sorted((root / "metrics").glob("*.json"))}
+    metrics = {p.stem: json_at(p) for p in sorted((root / "metrics").glob("*.json"))}
     select = metrics.get("select") or {}
     plots = root / "metrics" / "plots"
     return {
@@ -367,13 +254,13 @@ def collect(root: str | Path) -> dict[str, Any]:
         "histograms": score_histograms(root),
         "examples": examples(root, select.get("metric")),
         "selection_metric": select.get("metric"),
-        "evolve_failures": _json(plots / "evolve_failures.json") or [],
-        "optimize": (metrics.get("optimize") or {}).get("per_step") or _json(plots / "optimize.json") or [],
+        "evolve_failures": json_at(plots / "evolve_failures.json") or [],
+        "optimize": (metrics.get("optimize") or {}).get("per_step") or json_at(plots / "optimize.json") or [],
         "train_curve": train_curve(root),
         "eval": eval_rows(metrics),
         "train": metrics.get("train"),
         "provenance": provenance(root),
-        "identities": _json(root / "models" / "identity.json"),
+        "identities": json_at(root / "models" / "identity.json"),
         "spend": spend(root),  # tokens and cost per role, per surviving and per selected item
         "metrics": metrics,
         "warnings": stale_metrics(root),

@@ -37,6 +37,7 @@ from evolforge.core.records import META, TABLE, VERSIONS
 from evolforge.core.text import question_text
 from evolforge.core.settings import CardSettings
 from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
+from evolforge.steps.funnel import funnel, provenance, round_strategies
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
@@ -220,8 +221,6 @@ def _versions_rows(root: Path) -> list[list[Any]]:
 
 def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings, fingerprint: str = "") -> str:
     """The README.md text: YAML header, then how the data was made."""
-    from evolforge.report.collect import funnel, provenance, round_strategies
-
     header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
               "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
               "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],

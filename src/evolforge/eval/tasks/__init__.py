@@ -22,9 +22,9 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
+from evolforge.core.settings import BENCHMARKS  # the names params may use
 from evolforge.eval.tasks.offline_data import OFFLINE_ITEMS
 
-from evolforge.core.settings import BENCHMARKS  # noqa: E402  (the names params may use)
 CODE_BENCHMARKS = ("humaneval", "mbpp")  # scored by executing model-written code
 
 SUITES: dict[str, dict[str, str]] = {
