@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
     parser.add_argument("--memory-check", action="store_true", help="only the 16 x 4096 / 152k-vocabulary check")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--peak-size", type=int, default=4096,
+                        help="side of the square matmul that measures the machine's peak (smaller: a smoke run)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,7 +197,7 @@ def main() -> None:
     # Work each path does: conditioned + direct passes, and the reference's conditioned pass twice.
     fast_flops = matmul_flops(model, conditioned + direct)
     ref_flops = fast_flops + matmul_flops(model, conditioned)
-    peak = matmul_peak(model.device, model.dtype)
+    peak = matmul_peak(model.device, model.dtype, size=args.peak_size)
     rel = ((fast["ic_ifd"] - ref["ic_ifd"]).abs() / ref["ic_ifd"].abs()).max()
     print(f"{'':>26}{'seconds':>10}{'items/s':>10}{'tokens/s':>11}{'GFLOP/s':>10}{'of peak':>9}{'peak MiB':>10}")
     for name, seconds, flops, memory in [("batched (2 passes)", fast_s, fast_flops, fast_peak),
@@ -205,7 +207,7 @@ def main() -> None:
               f"{rate / 1e9:>10.1f}{rate / peak:>9.0%}{memory['bytes'] / 2**20:>10.0f}")
     print(f"speed-up {ref_s / fast_s:.1f}x; max relative difference in IC-IFD {rel:.2e}; "
           f"mean tokens per item {n_tokens / args.items:.0f}")
-    print(f"this machine's {model.dtype} matmul peak (4096^3): {peak / 1e9:.1f} GFLOP/s; at that rate the "
+    print(f"this machine's {model.dtype} matmul peak ({args.peak_size}^3): {peak / 1e9:.1f} GFLOP/s; at that rate the "
           f"batched work would take {fast_flops / peak:.2f} s, a {ref_s / (fast_flops / peak):.1f}x ceiling "
           f"against this reference run")
 

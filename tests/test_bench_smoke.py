@@ -17,7 +17,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "http_client.py": ["--requests", "200", "--repeat", "1", "--only", "aiohttp today", "raw streams (floor)"],
     "pipeline.py": ["--requests", "200"],
     "generation.py": ["--model", "{tiny}", "--n", "4", "--batch-size", "2", "--max-tokens", "4", "--repeat", "1"],
-    "score.py": ["--model", "{tiny}", "--items", "8", "--batch-size", "4"],
+    "score.py": ["--model", "{tiny}", "--items", "8", "--batch-size", "4", "--peak-size", "256"],
     "stages.py": ["--seeds", "40", "--in-process"],
     "sandbox.py": ["--problems", "3"],
     "growth.py": ["--items", "300", "600", "--chunk-rows", "128"],
