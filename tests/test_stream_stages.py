@@ -1,4 +1,4 @@
-"""Streaming the respond, score and select stages: at any ``data.chunk_rows`` each writes the bytes (and
+"""Streaming the respond and score stages: at any ``data.chunk_rows`` each writes the bytes (and
 metrics, plots) it writes when the whole table fits in one chunk, and those are the in-memory path's."""
 
 from __future__ import annotations
