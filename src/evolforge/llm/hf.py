@@ -46,21 +46,9 @@ from evolforge.core.roles import ChatRequest, Role, pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect
-from evolforge.llm.decoding import RowControls, pick, rank_sequences
+from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, rank_sequences, sample_token
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
-REPICK_THREADS_S = 30.0  # a call this long after the last choice of threads measures the machine again
-
-
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """One token from a row's logits: softmax at ``temperature``, nucleus ``top_p``, the row's generator."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
-        sorted_p[sorted_p.cumsum(0) - sorted_p >= top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
 def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:

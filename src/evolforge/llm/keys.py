@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from evolforge.core.cache import json_around
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.core.roles import LLAMACPP_CONTEXT, ChatRequest, Role
 
 
 def request_seed(request: ChatRequest) -> int:
@@ -77,7 +77,8 @@ def engine_options(role: Role) -> dict[str, Any]:
     """The options of ``role`` that change outputs beyond the model's identity: part of every cache key.
 
     hf: dtype and device (numerics differ between them), and ``max_model_len`` when set (it cuts each
-    answer's token budget; unset, the key is as it was before it counted). vllm: dtype, tensor
+    answer's token budget; unset, the key is as it was before it counted). llamacpp: its context length
+    (the quantization is part of the GGUF file's identity). vllm: dtype, tensor
     parallelism, context length and the engine arguments in ``extra`` (quantization, ...). ray: the
     actors' ``engine`` and that engine's options (as hf or vllm; ``auto`` holds both). A server's engine
     is its own business: its served model id stands for it, so an openai role has none."""
@@ -88,6 +89,8 @@ def engine_options(role: Role) -> dict[str, Any]:
             "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
     if role.backend in ("hf", "vllm"):
         return hf if role.backend == "hf" else vllm
+    if role.backend == "llamacpp":  # the GGUF's quantization is in its identity; the context cuts budgets
+        return {"context": role.max_model_len or LLAMACPP_CONTEXT}
     if role.backend == "ray":  # replicas, GPUs per replica and the cluster's address change no output
         return {"engine": role.engine, **{"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[role.engine]}
     return {}

@@ -48,6 +48,12 @@ def _hf(role: Role) -> Backend:
     return HFBackend.from_role(role)
 
 
+def _llamacpp(role: Role) -> Backend:
+    from evolforge.llm.llamacpp_backend import LlamaCppBackend
+
+    return LlamaCppBackend.from_role(role)
+
+
 def _vllm(role: Role) -> Backend:
     from evolforge.llm.vllm_backend import VLLMBackend
 
@@ -66,4 +72,4 @@ def _ray(role: Role) -> Backend:
     return RayBackend.from_role(role)
 
 
-BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai, "ray": _ray}
+BACKENDS = {"hf": _hf, "llamacpp": _llamacpp, "vllm": _vllm, "openai": _openai, "ray": _ray}

