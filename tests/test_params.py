@@ -188,7 +188,7 @@ LEGITIMATE = {
 
 def test_engine_settings_with_token_or_key_in_their_names_are_accepted(shipped):
     assert find_secrets(LEGITIMATE) == []
-    params = edited(shipped, "roles.evolver", "extra", dict(LEGITIMATE))
+    params = edited(edited(shipped, "roles.evolver", "backend", "vllm"), "roles.evolver", "extra", dict(LEGITIMATE))
     check_params(params)
     assert Role.from_params("evolver", params["roles"]["evolver"]).extra["max_num_batched_tokens"] == 8192
 

@@ -21,6 +21,8 @@ from evolforge.core.params import NonEmptyStr, NonNegativeFloat, NonNegativeInt,
 BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
 LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
+# a llamacpp role's `extra` (evolforge/llm/llamacpp_backend.py): name -> (check, what it must be)
+LLAMACPP_EXTRA = {"reuse_prefix": (lambda v: isinstance(v, bool), "true or false")}
 
 # Generation controls each backend honours (docs/controls.md); any other is refused with one message.
 CONTROL_NAMES = ("banned_strings", "assistant_prefix", "stop", "repetition_penalty", "no_repeat_ngram_size",
@@ -218,7 +220,7 @@ class Role:
             # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
             raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
                                "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
-        problems = role.server_problems() + controls_problems(role.backend, role.controls, where)
+        problems = role.server_problems() + controls_problems(role.backend, role.controls, where) + role.extra_problems()
         if problems:
             raise ParamsError(problems)
         return role
@@ -227,6 +229,16 @@ class Role:
     def urls(self) -> list[str]:
         """The servers of an openai role: ``base_urls``, or ``[base_url]`` (empty when neither is set)."""
         return list(self.base_urls) if self.base_urls else ([self.base_url] if self.base_url else [])
+
+    def extra_problems(self) -> list[str]:
+        """What is wrong with a llamacpp role's ``extra`` (the other backends pass it on to their engines)."""
+        if self.backend != "llamacpp":
+            return []
+        where = f"roles.{self.name}.extra"
+        return [f"{where}.{name}: unknown for backend llamacpp; allowed: {', '.join(LLAMACPP_EXTRA)}"
+                if name not in LLAMACPP_EXTRA else f"{where}.{name}: got {value!r}; must be {LLAMACPP_EXTRA[name][1]}"
+                for name, value in self.extra.items()
+                if name not in LLAMACPP_EXTRA or not LLAMACPP_EXTRA[name][0](value)]
 
     def server_problems(self) -> list[str]:
         """What is wrong with the role's server settings (``base_url`` / ``base_urls`` / ``batch_api``)."""

@@ -78,7 +78,7 @@ def engine_options(role: Role) -> dict[str, Any]:
 
     hf: dtype and device (numerics differ between them), and ``max_model_len`` when set (it cuts each
     answer's token budget; unset, the key is as it was before it counted). llamacpp: its context length
-    (the quantization is part of the GGUF file's identity). vllm: dtype, tensor
+    and ``extra`` (``reuse_prefix``); the quantization is part of the GGUF's identity. vllm: dtype, tensor
     parallelism, context length and the engine arguments in ``extra`` (quantization, ...). ray: the
     actors' ``engine`` and that engine's options (as hf or vllm; ``auto`` holds both). A server's engine
     is its own business: its served model id stands for it, so an openai role has none."""
@@ -90,7 +90,7 @@ def engine_options(role: Role) -> dict[str, Any]:
     if role.backend in ("hf", "vllm"):
         return hf if role.backend == "hf" else vllm
     if role.backend == "llamacpp":  # the GGUF's quantization is in its identity; the context cuts budgets
-        return {"context": role.max_model_len or LLAMACPP_CONTEXT}
+        return {"context": role.max_model_len or LLAMACPP_CONTEXT, **{k: role.extra[k] for k in sorted(role.extra)}}
     if role.backend == "ray":  # replicas, GPUs per replica and the cluster's address change no output
         return {"engine": role.engine, **{"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[role.engine]}
     return {}
