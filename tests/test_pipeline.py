@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_build import FAST, OTHER, TINY, back_to_built, metric, prepared_copy, run, stages_run
+from pipeline_build import FAST, OTHER, TINY, TINY_GGUF, back_to_built, metric, prepared_copy, run, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_copy_prepared(prepared):
     work = prepared
     params = yaml.safe_load((work / "params.yaml").read_text())
     assert not (work / "dvc.lock").exists() and (work / TINY / "config.json").is_file()
-    assert {role["model"] for role in params["roles"].values()} == {TINY}
+    assert {(role["backend"], role["model"]) for role in params["roles"].values()} == {("hf", TINY), ("llamacpp", TINY_GGUF)}
     assert all(params[section][key] == value for (section, key), value in FAST.items())
 
 
@@ -49,7 +49,8 @@ def test_full_build(pipeline_built):
     assert (work / "models/SmolLM2-135M-Instruct/model.safetensors").is_file()  # the shipped model, converted
     identity = json.loads((work / "models/identity.json").read_text())
     assert set(identity) == {"evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base"}
-    assert len({json.dumps(e["identity"]) for e in identity.values()}) == 1  # every role on the tiny model
+    # every role on the tiny model: as safetensors (hf) or written as GGUF (the shipped llamacpp roles)
+    assert len({json.dumps(e["identity"]) for e in identity.values()}) == 2
 
     assert metric(work, "seed.json")["rows_written"] == 8
     evolve = metric(work, "evolve.json")

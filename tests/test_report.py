@@ -303,6 +303,7 @@ def _nothing_evolved_version(root):
 def test_card_says_nothing_evolved_and_names_the_fallback(tmp_path):
     _nothing_evolved_version(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evolve"]["strategy"] = "auto"  # requested; the version's rounds fell back to evol
     text = write_card(tmp_path / "data" / "selected", tmp_path, params).read_text(encoding="utf-8")
     intro = text.split("\n# ", 1)[1].split("\n\n")[1]
     assert intro.startswith("3 instruction-response pairs. No instruction evolved: 1 round(s) of evolution were run")

@@ -137,12 +137,15 @@ class LlamaCppBackend:
         kept = _shared(self.llm.input_ids[:self.llm.n_tokens], tokens) if reuse else 0
         self.llm.n_tokens = kept
         self.llm.eval(list(tokens[kept:]))  # drops the KV cache past `kept` first
-        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
-        return torch.from_numpy(logits.copy())
+        return self._last_logits()
 
     def _step(self, token: int) -> torch.Tensor:
         """Logits after appending one token to the sequence in the cache."""
         self.llm.eval([token])
+        return self._last_logits()
+
+    def _last_logits(self) -> torch.Tensor:
+        """The logits of the last evaluated token (a copy: llama.cpp reuses its buffer)."""
         logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
         return torch.from_numpy(logits.copy())
 
