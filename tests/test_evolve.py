@@ -33,6 +33,7 @@ INSTRUCTION_TABLE = [
     ("", elimination.EMPTY),
     ("   \n", elimination.EMPTY),
     ("add 2 and 3.", elimination.UNCHANGED),          # same words, case and spacing aside
+    ("Add 2, and 3!", elimination.UNCHANGED),         # and punctuation
     ("#Rewritten Prompt#: Add 2 and 3 twice.", elimination.TEMPLATE_WORDS),
     ("Here is the rewritten prompt: add 2 and 30.", elimination.TEMPLATE_WORDS),
     ("The given prompt asks to add numbers.", elimination.TEMPLATE_WORDS),

@@ -129,6 +129,14 @@ def _normalise(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+_NOT_WORDS = re.compile(r"[^\w\s]+")
+
+
+def _words(text: str) -> str:
+    """``text``'s words alone: case, spacing and punctuation aside ("How long?" and "how long." are one)."""
+    return " ".join(_NOT_WORDS.sub(" ", text).split()).lower()
+
+
 @dataclass(frozen=True)
 class RepetitionTest:
     """Thresholds of the ``repetitive`` rule and of ``response_status`` (``params.yaml evolve.repetition``,
@@ -252,7 +260,7 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
         return EMPTY if empty else None
     if truncated and finish_reason == "length":
         return TRUNCATED
-    if unchanged and _normalise(evolved) == _normalise(parent):
+    if unchanged and _words(evolved) == _words(parent):
         return UNCHANGED
     if template_words:
         low = evolved.lower()
