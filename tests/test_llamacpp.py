@@ -145,3 +145,6 @@ def test_a_llamacpp_roles_extra_is_checked():
         Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"n_gpu_layers": 10}})
     role = Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"reuse_prefix": False}})
     assert engine_options(role) == {"context": 4096, "reuse_prefix": False}
+    for name in ("scorer", "embedder", "base"):  # they need a transformers model
+        with pytest.raises(ParamsError, match=rf"roles.{name}.backend: llamacpp serves the chat roles"):
+            Role.from_params(name, {"backend": "llamacpp", "model": "m"})

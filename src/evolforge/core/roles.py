@@ -231,9 +231,13 @@ class Role:
         return list(self.base_urls) if self.base_urls else ([self.base_url] if self.base_url else [])
 
     def extra_problems(self) -> list[str]:
-        """What is wrong with a llamacpp role's ``extra`` (the other backends pass it on to their engines)."""
+        """What is wrong with a llamacpp role: a role that needs a transformers model (scores, embeddings,
+        training), or an unknown ``extra`` (the other backends pass ``extra`` on to their engines)."""
         if self.backend != "llamacpp":
             return []
+        if self.name in ("scorer", "embedder", "base"):
+            return [f"roles.{self.name}.backend: llamacpp serves the chat roles (evolver, optimizer, responder, judge); "
+                    f"{self.name} runs in-process on a transformers model: backend hf"]
         where = f"roles.{self.name}.extra"
         return [f"{where}.{name}: unknown for backend llamacpp; allowed: {', '.join(LLAMACPP_EXTRA)}"
                 if name not in LLAMACPP_EXTRA else f"{where}.{name}: got {value!r}; must be {LLAMACPP_EXTRA[name][1]}"

@@ -45,7 +45,6 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
-
 class RowControls:
     """One request's controls, with its banned strings as token sequences of ``tokenizer``."""
 
