@@ -33,7 +33,7 @@ OTHER = "models/other_embedder"  # a random-weight model, to swap the embedder
 
 FAST = {
     ("seed", "limit"): 8,
-    ("evolve", "strategy"): "auto",  # the shipped run evolves with the hand-written methods; here the loop runs too
+    ("evolve", "strategy"): "auto",  # as shipped (a test that changes it sets it back)
     ("optimize", "dev_size"): 4,
     ("optimize", "batch_size"): 3,
     ("optimize", "steps"): 1,

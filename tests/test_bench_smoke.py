@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is the suite's tiny model
+TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is the suite's tiny model ("{tiny_gguf}": as GGUF)
     "dedup.py": ["--items", "300", "--rounds", "2"],
     "http_client.py": ["--requests", "200", "--repeat", "1", "--only", "aiohttp today", "raw streams (floor)"],
     "pipeline.py": ["--requests", "200"],
@@ -22,6 +22,8 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "sandbox.py": ["--problems", "3"],
     "growth.py": ["--items", "300", "600", "--chunk-rows", "128"],
     "controls_survival.py": ["--model", "{tiny}", "--seeds", "2", "--max-tokens", "8", "--configs", "none"],
+    "llamacpp_batch.py": ["--model", "{tiny_gguf}", "--sizes", "1", "3", "--prompt-tokens", "20", "--steps", "3",
+                          "--threads", "1"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
@@ -44,8 +46,13 @@ def test_every_bench_script_is_covered():
 
 
 @pytest.mark.parametrize("script", sorted(TINY_RUNS))
-def test_bench_runs_at_tiny_size(script, tiny_model):
-    args = [str(tiny_model) if a == "{tiny}" else a for a in TINY_RUNS[script]]
+def test_bench_runs_at_tiny_size(script, tiny_model, tmp_path):
+    models = {"{tiny}": str(tiny_model)}
+    if "{tiny_gguf}" in TINY_RUNS[script]:
+        from tiny_gguf import write_tiny_gguf
+
+        models["{tiny_gguf}"] = str(write_tiny_gguf(tiny_model, tmp_path))
+    args = [models.get(a, a) for a in TINY_RUNS[script]]
     proc = run(script, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any(ch.isdigit() for ch in proc.stdout), f"{script} printed no figure:\n{proc.stdout[-2000:]}"

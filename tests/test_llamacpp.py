@@ -83,7 +83,7 @@ def test_it_never_writes_a_banned_string_and_honours_stop_and_prefix(backend):
 
 
 def test_a_request_gives_the_same_answer_whatever_came_before(gguf_folder):
-    whole = LlamaCppBackend(str(gguf_folder), threads=1, reuse_prefix=False)
+    whole = LlamaCppBackend(str(gguf_folder), threads=1, reuse_prefix=False, batch_size=1)
     requests = [ask(p, temperature=0.8, seed=3, max_tokens=20) for p in PROMPTS]
     forward = [c.text for c in whole.generate(requests)]
     assert [c.text for c in whole.generate(requests[::-1])] == forward[::-1]
@@ -148,3 +148,17 @@ def test_a_llamacpp_roles_extra_is_checked():
     for name in ("scorer", "embedder", "base"):  # they need a transformers model
         with pytest.raises(ParamsError, match=rf"roles.{name}.backend: llamacpp serves the chat roles"):
             Role.from_params(name, {"backend": "llamacpp", "model": "m"})
+
+
+def test_requests_decoded_together_get_the_answers_they_get_alone(gguf_folder):
+    alone = LlamaCppBackend(str(gguf_folder), threads=1, reuse_prefix=False, batch_size=1)
+    together = LlamaCppBackend(str(gguf_folder), threads=1, batch_size=3)  # 9 requests: slots are refilled
+    requests = [ask(p, temperature=t, seed=2, max_tokens=16 + 4 * k, controls=Controls(no_repeat_ngram_size=2))
+                for k, p in enumerate(PROMPTS) for t in (0.0, 0.9)] + [ask(PROMPTS[0], max_tokens=3)]
+    expected = alone.generate(requests)
+    got = together.generate(requests)
+    assert [c.text for c in got] == [c.text for c in expected]
+    assert [(c.finish_reason, c.completion_tokens) for c in got] == [(c.finish_reason, c.completion_tokens)
+                                                                     for c in expected]
+    streamed = [i for group in together.stream(requests, slots=2) for i, _ in group]
+    assert sorted(streamed) == list(range(len(requests)))  # every request answered once
