@@ -40,7 +40,7 @@ def test_shipped_params_pass_and_every_section_types(repo, shipped):
     for name in SECTIONS:
         if name != "roles":
             load_section(params, name)  # defaults fill what is absent, no error
-    assert load_section(params, "seed").limit == 8 and load_section(params, "evolve").rounds["round_2"]["index"] == 2
+    assert load_section(params, "seed").limit == 6 and load_section(params, "evolve").rounds["round_2"]["index"] == 2
 
 
 def test_evolforge_check_command(repo, tmp_path):
