@@ -247,8 +247,12 @@ def make_copy(root: Path, n_seeds: int, base_url: str) -> None:
     # the papers' setup on a server: the decode-time aids of the shipped small model (banned strings, n-gram
     # and repetition penalties, ranked judge answers) are hf's, and a server role refuses them
     params["evolve"]["controls"], params["optimize"]["controls"], params["judge"]["probabilities"] = {}, {}, False
+    from evolforge.core.roles import CONTROL_NAMES, SUPPORTED_CONTROLS
+
     for name in LLM_ROLES:
         role = params["roles"][name]
+        for control in set(CONTROL_NAMES) - SUPPORTED_CONTROLS["openai"]:
+            role.pop(control, None)  # a role's own decode-time aids (the responder's repetition penalty) go too
         role.update(backend="openai", model=MODEL, base_url=base_url, concurrency=CONCURRENCY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     identity = {name: {"backend": "openai", "model": MODEL, "revision": None, "identity": {"served_model": MODEL}}
