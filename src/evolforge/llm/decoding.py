@@ -31,18 +31,31 @@ from evolforge.core.roles import Controls
 
 RANK_CHUNK = 16  # answers scored per forward pass (each holds a copy of the prompt's KV cache)
 REPICKS = 32  # tokens a row may have masked in one step before it ends instead (never reached in practice)
+NUCLEUS_TOP_K = 1024  # tokens a nucleus is first looked for among (sample_token)
 REPICK_THREADS_S = 30.0  # a call this long after the last choice of threads measures the machine again
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """One token from a row's logits: softmax at ``temperature``, nucleus ``top_p``, the row's generator."""
     probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least one token)
-        sorted_p[sorted_p.cumsum(0) - sorted_p >= top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    if top_p >= 1.0:
+        return int(torch.multinomial(probs, 1, generator=generator).item())
+    ids, kept = nucleus(probs, top_p)
+    return int(ids[torch.multinomial(kept, 1, generator=generator)].item())
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, probabilities) of the smallest set of most likely tokens whose mass reaches ``top_p``
+    (always at least one token), most likely first. The nucleus is looked for among the ``NUCLEUS_TOP_K``
+    most likely tokens and the whole vocabulary sorted only when they hold less than ``top_p``: sorting
+    150k probabilities for every token cost about 13 ms, more than a small model's decoding step."""
+    ordered, order = probs.topk(min(NUCLEUS_TOP_K, probs.numel()))
+    mass = ordered.cumsum(0)
+    if mass[-1] < top_p and ordered.numel() < probs.numel():
+        ordered, order = probs.sort(descending=True)
+        mass = ordered.cumsum(0)
+    keep = mass - ordered < top_p  # the mass before a token has not reached top_p yet
+    return order[keep], ordered[keep]
 
 
 class RowControls:
