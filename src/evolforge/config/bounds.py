@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 from annotated_types import Ge, Gt, Le, MinLen
 from typing_extensions import is_typeddict  # also knows typing_extensions.TypedDict (pydantic's)
 
+# Bounds for section fields (pydantic reads these annotated_types markers).
 PositiveInt = Annotated[int, Ge(1)]
 NonNegativeInt = Annotated[int, Ge(0)]
 NonNegativeFloat = Annotated[float, Ge(0)]
@@ -59,12 +60,14 @@ def settable(cls: type) -> list[dataclasses.Field]:
 
 
 def strip_optional(tp: Any) -> list[Any]:
+    """The members of a union other than None (``int | None`` -> [int]); any other type as a list of one."""
     if typing.get_origin(tp) in (Union, types.UnionType):
         return [a for a in typing.get_args(tp) if a is not type(None)]
     return [tp]
 
 
 def base(tp: Any) -> Any:
+    """The type under an ``Annotated`` (its bounds dropped)."""
     return typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp
 
 
@@ -91,6 +94,8 @@ def annotation_at(cls: Any, path: tuple) -> Any:
 
 
 def field_names(tp: Any) -> list[str]:
+    """The keys params may write in a mapping of type ``tp`` (a settings class, a TypedDict, a dict keyed by a
+    Literal), sorted; [] when the keys are free."""
     for member in strip_optional(base(tp)) if tp is not None else []:
         member = base(member)
         if dataclasses.is_dataclass(member):
