@@ -20,7 +20,7 @@ import polars as pl
 from evolforge.steps.decontaminate import decontaminate
 from evolforge.steps.decontaminate_index import load_problems
 from evolforge.steps.dedup import dedup_table
-from evolforge.core.settings import DecontaminateSettings, DedupSettings
+from evolforge.config.curation import DecontaminateSettings, DedupSettings
 
 
 def synthetic_chunks(n: int, rounds: int, seed: int = 0, chunk: int = 100_000) -> Iterator[pl.DataFrame]:

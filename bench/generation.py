@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.core.roles import ChatRequest
+from evolforge.config.roles import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.hf import HFBackend
 from evolforge.core.prompts import PromptLibrary

@@ -51,7 +51,7 @@ def requests(n: int, max_tokens: int):
     sys.path.insert(0, str(BENCH))
     from generation import prompts_for
 
-    from evolforge.core.roles import ChatRequest
+    from evolforge.config.roles import ChatRequest
 
     return [ChatRequest.chat([{"role": "user", "content": p}], max_tokens=max_tokens) for p in prompts_for(n)]
 
@@ -95,7 +95,7 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float) 
 def phase_replicas(args) -> dict:
     import torch
 
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.registry import make_backend
 

@@ -201,7 +201,7 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.openai_api import OpenAIBackend
     from evolforge.llm.openai_http import event_loop
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from evolforge.steps.dedup import item_text, shingles
-from evolforge.core.params import load_params, load_section
+from evolforge.config.loader import load_params, load_section
 
 
 def main() -> None:

@@ -247,7 +247,7 @@ def make_copy(root: Path, n_seeds: int, base_url: str) -> None:
     # the papers' setup on a server: the decode-time aids of the shipped small model (banned strings, n-gram
     # and repetition penalties, ranked judge answers) are hf's, and a server role refuses them
     params["evolve"]["controls"], params["optimize"]["controls"], params["judge"]["probabilities"] = {}, {}, False
-    from evolforge.core.roles import CONTROL_NAMES, SUPPORTED_CONTROLS
+    from evolforge.config.roles import CONTROL_NAMES, SUPPORTED_CONTROLS
 
     for name in LLM_ROLES:
         role = params["roles"][name]

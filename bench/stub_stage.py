@@ -37,7 +37,7 @@ class StandInResponder:
 
 
 def stand_in_responder(params, name, cache=None):
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
 
     return LLM(StandInResponder(), None, role=Role.from_params(name, {"backend": "hf", "model": "stand-in"}))

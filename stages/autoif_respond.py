@@ -11,7 +11,7 @@ Runs only when `scenario: autoif`; otherwise writes an empty table and `skipped:
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.autoif_respond import run

@@ -11,7 +11,7 @@ Writes: data/compare/items.parquet (both answers and finish reasons, raw judge a
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.compare import run

@@ -10,7 +10,7 @@ The table is read and written data.chunk_rows rows at a time (docs/scale.md): th
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.dedup_stream import run
 

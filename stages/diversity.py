@@ -8,7 +8,7 @@ Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/divers
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.diversity import run
 

@@ -8,7 +8,7 @@ Writes: metrics/evolve.json (per round: in, evolved, failed by reason, length gr
 from pathlib import Path
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.steps.evolve_report import run

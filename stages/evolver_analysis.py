@@ -10,7 +10,7 @@ Writes: metrics/evolver_analysis.json (per evolver: mean / median top-token prob
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.evolver_analysis import run

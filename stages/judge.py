@@ -7,7 +7,7 @@ Writes: data/judged/items.parquet (id + difficulty columns), metrics/judge.json,
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.judge import run

@@ -12,7 +12,7 @@ on_unusable `stop`, an unusable method stops the stage with a message. Logic: sr
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.optimize import run

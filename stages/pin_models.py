@@ -14,7 +14,7 @@ here; an unchanged folder costs a `stat` per file (digests remembered in .evolfo
 import json
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params, load_role, section
+from evolforge.config.loader import load_params, load_role, section
 from evolforge.core.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.llm.identity import identity_entry, resolve_identity

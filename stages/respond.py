@@ -8,7 +8,7 @@ Writes: data/responses/items.parquet (lineage + instruction, input, output, resp
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.respond import run

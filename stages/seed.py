@@ -7,7 +7,7 @@ Rules for the source (what is refused and why): docs/seeds.md.
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.seed import run
 

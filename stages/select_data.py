@@ -14,7 +14,7 @@ Writes: data/selected/items.parquet (lineage + text + every metric), excluded.pa
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.params import load_params
+from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.select import run
 

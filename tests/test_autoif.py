@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 
-from evolforge.core.settings import AutoIFSettings
+from evolforge.config.generation import AutoIFSettings
 from evolforge.steps.autoif import KEPT, collect_constraints, constraint_key, parse_constraint_lines
 from evolforge.steps.autoif_respond import pair_queries, response_records, verify_responses
 from evolforge.steps.autoif_sandbox import FunctionRun, run_function

@@ -11,9 +11,10 @@ import sqlite3
 import pytest
 
 from evolforge.core.cache import CallCache
-from evolforge.core.params import ParamsError, load_section
-from evolforge.core.roles import Role
-from evolforge.core.settings import LLMSettings
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_section
+from evolforge.config.roles import Role
+from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, SpendLedger, caps_for
 from fake_openai import FakeOpenAIServer, chat_body

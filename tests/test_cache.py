@@ -16,8 +16,8 @@ import time
 import pytest
 
 from evolforge.core.cache import CallCache, KeyFrame, cache_key
-from evolforge.core.roles import Role
-from evolforge.core.roles import ChatRequest
+from evolforge.config.roles import Role
+from evolforge.config.roles import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 
@@ -135,8 +135,8 @@ def test_streaming_backend_commits_each_completion_as_it_ends(tmp_path):
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     from evolforge.core.cache import CallCache
-    from evolforge.core.roles import ChatRequest
-    from evolforge.core.settings import LLMSettings
+    from evolforge.config.roles import ChatRequest
+    from evolforge.config.runtime import LLMSettings
     from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 
@@ -213,7 +213,7 @@ def test_key_drops_top_p_and_seed_at_temperature_zero_and_keeps_engine_options()
 
 
 def test_engine_options_per_backend():
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.keys import engine_options
 
     hf = Role(name="r", backend="hf", model="m", dtype="bfloat16", device="cpu")
@@ -291,7 +291,7 @@ def test_first_stored_completion_wins(tmp_path):
 
 
 def test_commits_every_interval_while_a_stream_runs(tmp_path):
-    from evolforge.core.settings import LLMSettings
+    from evolforge.config.runtime import LLMSettings
 
     seen_committed = []
 
@@ -312,7 +312,7 @@ def test_commits_every_interval_while_a_stream_runs(tmp_path):
 def test_a_slow_commit_spaces_the_next(tmp_path):
     """When a commit takes longer than a fraction of the interval (a large cache, answers faster than SQLite
     stores them), the next one waits COMMIT_SPACING times as long: fewer, larger commits."""
-    from evolforge.core.settings import LLMSettings
+    from evolforge.config.runtime import LLMSettings
     from evolforge.llm.cached import COMMIT_SPACING
 
     commits = []
@@ -337,7 +337,7 @@ def test_a_slow_commit_spaces_the_next(tmp_path):
 
 
 def test_llm_settings_refuse_unknown_keys_and_bad_values():
-    from evolforge.core.params import load_section
+    from evolforge.config.loader import load_section
 
     assert load_section({}, "llm").max_failure_rate == 0.05
     with pytest.raises(ValueError, match="llm.max_failure_rat: unknown key; did you mean `max_failure_rate`"):

@@ -8,7 +8,7 @@ import pytest
 
 from evolforge.steps.judge import LEVELS, SCORES, judge
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 
 from evolforge.steps.compare import combine_orders, counts, judge_pairs, parse_verdict
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from evolforge.core.params import ParamsError
-from evolforge.core.roles import Controls
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.config.bounds import ParamsError
+from evolforge.config.roles import Controls
+from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
 from evolforge.llm.fake import FakeBackend

@@ -12,7 +12,8 @@ import pytest
 from evolforge.steps.dedup import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, item_text, minhash_signatures,
                                    shingle_hashes, shingles, survival_order)
 from evolforge.core.text import normalize_text
-from evolforge.core.params import ParamsError, load_section
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_section
 from stage_runs import run_stage
 
 

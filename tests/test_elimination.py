@@ -14,7 +14,7 @@ import pytest
 
 from evolforge.steps.elimination import repetition_test
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 
 from evolforge.steps import elimination
 from evolforge.steps.elimination import RepetitionTest

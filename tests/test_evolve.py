@@ -8,14 +8,14 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 
 from evolforge.steps import elimination
 from evolforge.steps.elimination import repetition_test
 from evolforge.steps.evolve import EvolveSettings, evolve_round, method_text, resolve_strategy
 from evolforge.steps.evolve_prompts import IN_DEPTH, METHOD_TEMPLATE, assign_methods
 from evolforge.steps.lineage import chain, format_chain
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
 from evolforge.llm.fake import FakeBackend, TemplateReplies
@@ -465,7 +465,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     greedy at evolve.max_tokens, and respond has to ask again."""
     from evolforge.steps.respond import respond, response_sampling
     from evolforge.core.cache import CallCache
-    from evolforge.core.settings import RespondSettings
+    from evolforge.config.generation import RespondSettings
 
     sampling = response_sampling(RespondSettings(max_tokens=40))
     for check_role in ("responder", "evolver", "auto"):  # auto: the two roles share one model here
@@ -517,7 +517,7 @@ def test_auto_check_role_loads_no_second_model():
 
 
 def test_evolve_controls_and_few_shot_shape_the_evolving_calls_only(seed_table):
-    from evolforge.core.roles import Controls
+    from evolforge.config.roles import Controls
 
     settings = EvolveSettings(controls={"banned_strings": ["Given Prompt"], "stop": ["\n\n"]}, few_shot=True)
     fake = run_round(seed_table, 1, settings, {})[1]
@@ -532,7 +532,7 @@ def test_the_step_format_has_its_own_controls_and_budget(seed_table):
     """evolve.method_controls / method_max_tokens shape the auto rounds' evolving calls; the hand-written
     methods (strategy evol, also a fallback) keep evolve.controls / max_tokens."""
     import dataclasses
-    from evolforge.core.roles import Controls
+    from evolforge.config.roles import Controls
 
     settings = EvolveSettings(strategy="auto", controls={"stop": ["\n\n"]}, max_tokens=96,
                               method_controls={"banned_strings": ["Sure"]}, method_max_tokens=320)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 import torch
 
 from evolforge.steps.evolver_analysis import (histogram, keyword_key, method_keywords, method_lines,
                                               top_token_probs)
 from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 

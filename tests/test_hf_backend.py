@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from evolforge.core.cache import CallCache
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import open_llm
 from evolforge.llm.types import Completion
 from evolforge.llm import hf

@@ -23,7 +23,8 @@ import pytest
 
 from evolforge.steps.seed import build_seed
 from evolforge.core.models import ModelError, model_identity
-from evolforge.core.params import ParamsError, load_params
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_params
 from evolforge.core.validation import DataError
 from test_seed_input import run_seed_stage  # the seed stage's __main__, in this process
 
@@ -302,7 +303,7 @@ def test_an_unreadable_table_is_refused_naming_it(tmp_path, content):
 
 
 def test_a_broken_identity_file_is_refused_with_its_line(tmp_path):
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.identity import recorded_identity
 
     path = tmp_path / "identity.json"
@@ -430,14 +431,14 @@ def test_a_train_file_with_a_bad_line_names_the_line(tmp_path):
     ({"backend": "openai", "model": "m", "base_urls": ["http://a:1/v1", "ftp://b/v1"]}, 'base_urls[1]: got "ftp://b/v1"'),
 ])
 def test_server_addresses_are_checked_with_params(role, expected):
-    from evolforge.core.schema import check_params
+    from evolforge.config.schema import check_params
 
     with pytest.raises(ParamsError, match=re.escape(expected)):
         check_params({"roles": {"judge": role}})
 
 
 def test_autoif_query_lengths_that_keep_nothing_are_refused():
-    from evolforge.core.schema import check_params
+    from evolforge.config.schema import check_params
 
     with pytest.raises(ParamsError, match=re.escape("autoif.queries.min_chars: 300 is not below max_chars (20)")):
         check_params({"autoif": {"queries": {"min_chars": 300, "max_chars": 20}}})

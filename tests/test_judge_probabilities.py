@@ -10,10 +10,10 @@ import math
 import polars as pl
 import pytest
 
-from evolforge.core.params import ParamsError
+from evolforge.config.bounds import ParamsError
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.settings import JudgeSettings, SelectSettings
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.config.curation import JudgeSettings, SelectSettings
+from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
 from evolforge.llm.fake import FakeBackend

@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 
 from evolforge.steps.judge import LEVELS, judge, level_distribution, parse_level, parse_score
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.settings import SelectSettings
+from evolforge.config.curation import SelectSettings
 from evolforge.steps.selection import select_items, to_alpaca, to_trl
 
 

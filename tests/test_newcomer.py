@@ -30,7 +30,7 @@ def test_first_step_of_the_shipped_schedule_learns():
     import torch
     from transformers import get_scheduler
 
-    from evolforge.core.params import load_params, load_section
+    from evolforge.config.loader import load_params, load_section
     from report_fixture import REPO
 
     cfg = load_section(load_params(REPO / "params.yaml"), "finetune")
@@ -191,7 +191,7 @@ def test_chat_and_prompt_files_get_errors_that_say_how_to_read_them(tmp_path):
 
 
 def test_chat_format_is_a_params_choice():
-    from evolforge.core.params import load_section
+    from evolforge.config.loader import load_section
 
     assert load_section({"seed": {"source": "x.jsonl", "format": "chat"}}, "seed").format == "chat"
 
@@ -205,7 +205,7 @@ def _no_proxy(monkeypatch):
 
 
 def _served(url: str, **extra):
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
 
     return Role.from_params("evolver", {"backend": "openai", "model": "test-model", "base_url": url,
                                         "timeout_s": 2, **extra})
@@ -228,8 +228,8 @@ def test_a_server_without_get_models_is_pinned_by_its_stated_identity(_no_proxy)
 
 
 def test_served_identity_is_for_servers_only():
-    from evolforge.core.params import ParamsError
-    from evolforge.core.roles import Role
+    from evolforge.config.bounds import ParamsError
+    from evolforge.config.roles import Role
 
     with pytest.raises(ParamsError, match="served_identity: only an openai role"):
         Role.from_params("evolver", {"backend": "hf", "model": "models/x", "served_identity": "v1"})

@@ -13,11 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from evolforge.core.cache import CallCache
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import open_llm
 from evolforge.llm.openai_api import OpenAIBackend
 from evolforge.llm.openai_http import LLMRequestError
-from evolforge.core.roles import refuse_secrets
+from evolforge.config.roles import refuse_secrets
 
 HANG = ("hang",)
 DROP = ("drop",)

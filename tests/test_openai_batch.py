@@ -11,8 +11,8 @@ import sqlite3
 import pytest
 
 from evolforge.core.cache import CallCache, batch_job_key
-from evolforge.core.roles import Role
-from evolforge.core.settings import LLMSettings
+from evolforge.config.roles import Role
+from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
 from evolforge.llm.openai_batch import BatchJobs, chunks
 from fake_openai import FakeOpenAIServer, chat_body
@@ -186,7 +186,7 @@ def test_jobs_are_cut_by_request_count_and_by_file_size():
 def test_pacing_with_batch_api_is_refused_not_ignored(limit):
     """A batch job is scheduled by the provider: a per-minute pace would be silently ignored, so it is an
     error naming the field (and batch_api alone, or the pace alone, is fine)."""
-    from evolforge.core.params import ParamsError
+    from evolforge.config.bounds import ParamsError
 
     fields = {"backend": "openai", "model": "m", "base_url": "https://api.example.com/v1", "batch_api": True}
     with pytest.raises(ParamsError, match=rf"roles\.evolver\.{limit}: paces requests sent one by one.*batch_api: false"):

@@ -15,9 +15,9 @@ import pytest
 
 from evolforge.core.cache import CallCache
 from evolforge.core.models import ModelError
-from evolforge.core.params import ParamsError
-from evolforge.core.roles import Role
-from evolforge.core.settings import LLMSettings
+from evolforge.config.bounds import ParamsError
+from evolforge.config.roles import Role
+from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
 from evolforge.llm.openai_api import OpenAIBackend
 from evolforge.llm.openai_served import served_model_identity

@@ -20,11 +20,11 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 
 from evolforge.core.cache import CallCache
 from evolforge.steps.elimination import auto_evol_failure
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.fake import FakeBackend
 from evolforge.steps import optimize as optimize_step

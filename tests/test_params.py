@@ -12,10 +12,11 @@ import sys
 import pytest
 import yaml
 
-from evolforge.core.params import ParamsError, load_params, load_section
-from evolforge.core.roles import Role
-from evolforge.core.schema import SECTIONS, check_params
-from evolforge.core.secrets import find_secrets
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_params, load_section
+from evolforge.config.roles import Role
+from evolforge.config.schema import SECTIONS, check_params
+from evolforge.config.secrets import find_secrets
 
 SK = "sk-" + "Zq3vR8tLw1Xy7Kp2Nb5Hd9Fg"  # key-shaped test values, assembled so no scanner flags this file
 HF = "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ012345"
@@ -101,7 +102,7 @@ def test_finetune_dtypes_are_the_ones_pick_dtype_takes():
     import typing
 
     from evolforge.core.models import pick_dtype
-    from evolforge.core.settings import TrainDtype
+    from evolforge.config.training import TrainDtype
 
     for name in typing.get_args(TrainDtype):
         pick_dtype(name, "cpu")  # raises for a name it does not know
@@ -194,7 +195,7 @@ def test_engine_settings_with_token_or_key_in_their_names_are_accepted(shipped):
 
 
 def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
-    code = ("import sys; from evolforge.core.params import load_params; load_params('params.yaml'); "
+    code = ("import sys; from evolforge.config.loader import load_params; load_params('params.yaml'); "
             "import evolforge.steps.judge, evolforge.llm; "
             "print(sorted(m for m in ('torch', 'great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
@@ -206,7 +207,7 @@ def test_lr_scheduler_names_are_transformers_schedulers():
 
     from transformers import SchedulerType
 
-    from evolforge.core.settings import LRScheduler
+    from evolforge.config.training import LRScheduler
 
     assert set(typing.get_args(LRScheduler)) <= {s.value for s in SchedulerType}
     with pytest.raises(ParamsError, match=r'finetune\.lr_scheduler: got "cosinee"'):
@@ -224,7 +225,7 @@ def test_check_applies_the_rules_between_a_sections_fields(section, data, expect
 
 @pytest.mark.parametrize("value", [-1, "fast", True, float("nan")])
 def test_a_servers_backoff_must_be_seconds(value):
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
 
     server = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"}
     with pytest.raises(ParamsError, match=r"roles.judge.extra.backoff_s: got .*; allowed: a number of seconds >= 0"):

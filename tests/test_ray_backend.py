@@ -11,8 +11,8 @@ import time
 import pytest
 
 from evolforge.core.cache import CallCache
-from evolforge.core.roles import ChatRequest, Role
-from evolforge.core.settings import LLMSettings
+from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM
 from evolforge.llm.keys import engine_options, request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Completion

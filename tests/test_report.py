@@ -13,7 +13,8 @@ import statistics
 import polars as pl
 import pytest
 
-from evolforge.core.params import ParamsError, load_section
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_section
 from evolforge.core.records import write_output
 import yaml
 

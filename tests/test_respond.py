@@ -9,13 +9,13 @@ import pytest
 
 from evolforge.steps.elimination import repetition_test
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 
 from evolforge.steps.elimination import RepetitionTest
 from evolforge.steps.respond import answer, gather, status_counts
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import write_output
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
 from evolforge.llm.fake import FakeBackend

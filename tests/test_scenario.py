@@ -215,7 +215,7 @@ def load_stage(repo: Path, script: str):
 def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatch, capsys):
     """scenario autoif with a model that follows the prompts: constraints are verified in the sandbox, the
     answers pass their functions, the pool is the AutoIF items (no fallback) and the judge scores them."""
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 

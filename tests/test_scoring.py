@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from evolforge.core.params import load_section
-from evolforge.core.settings import ScoreSettings
+from evolforge.config.loader import load_section
+from evolforge.config.curation import ScoreSettings
 import torch
 
 from tiny import build_random_llama

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.core.settings import SelectSettings
+from evolforge.config.curation import SelectSettings
 from evolforge.steps.selection import EMBEDDINGS, Embeddings, diverse_walk, load_embeddings, select_items
 from evolforge.core.records import write_output
 

@@ -130,7 +130,7 @@ def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
 def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
     """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
     from evolforge.core.records import read_table, write_output
-    from evolforge.core.settings import DecontaminateSettings
+    from evolforge.config.curation import DecontaminateSettings
     from evolforge.steps.decontaminate import decontaminate
     from evolforge.steps.decontaminate_index import load_problems
 
@@ -247,7 +247,7 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
     """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
     its input is read 3 rows at a time or whole."""
     from evolforge.core.records import write_output
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
 

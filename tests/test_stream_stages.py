@@ -75,7 +75,7 @@ def test_score_stage_streams_with_the_whole_table_bytes(tmp_path, scorer_model, 
 def test_score_stage_writes_what_the_in_memory_scorer_wrote(tmp_path, scorer_model, monkeypatch):
     """Chunks of whole encode chunks (the default 4096 here covers the table) give the bytes of the table
     scored at once and written with write_parquet, as the stage did before it streamed."""
-    from evolforge.core.settings import ScoreSettings
+    from evolforge.config.curation import ScoreSettings
     from evolforge.score.ifd import ifd_scores, load_scorer
     from evolforge.score.precision import stored_scores
 
@@ -107,7 +107,7 @@ def respond_inputs(folder: Path) -> None:
 
 def fake_responder(params, name, cache=None):
     """A responder whose answer depends on the prompt alone: complete, truncated, empty or looping."""
-    from evolforge.core.roles import Role
+    from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.fake import FakeBackend
     from evolforge.llm.types import Completion
@@ -127,7 +127,7 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     written by write_output; the same counts."""
     from evolforge.core.prompts import PromptLibrary
     from evolforge.core.records import read_table, write_output
-    from evolforge.core.params import load_section
+    from evolforge.config.loader import load_section
     from evolforge.steps.respond import KEEP, RESPONSE_TEMPLATE, answer
 
     respond_inputs(tmp_path)

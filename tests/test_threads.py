@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolforge.core.roles import Role, usable_cores
+from evolforge.config.roles import Role, usable_cores
 
 
 def test_omp_num_threads_wins(tmp_path):
@@ -40,7 +40,7 @@ def test_role_threads_are_checked(threads):
 def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
     from tiny import build_random_llama
 
-    from evolforge.core.roles import ChatRequest
+    from evolforge.config.roles import ChatRequest
     from evolforge.llm.hf import HFBackend
 
     path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
@@ -53,7 +53,7 @@ def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
         torch.set_num_threads(2)  # another backend of the process set its own
         backend.generate([ChatRequest.chat([{"role": "user", "content": "hi"}], max_tokens=2)])
         assert torch.get_num_threads() == 1
-        from evolforge.core import roles
+        from evolforge.config import roles
 
         monkeypatch.setattr(roles, "busy_cores", lambda: 0.0)  # an idle machine: every usable core
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -65,7 +65,7 @@ def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
 
 
 def test_pick_threads_leaves_the_cores_others_use():
-    from evolforge.core.roles import pick_threads
+    from evolforge.config.roles import pick_threads
 
     usable = usable_cores({})
     assert pick_threads({}, busy=0.0) == usable
@@ -77,6 +77,6 @@ def test_pick_threads_leaves_the_cores_others_use():
 
 
 def test_busy_cores_reads_proc_stat(tmp_path):
-    from evolforge.core.roles import busy_cores
+    from evolforge.config.roles import busy_cores
 
     assert busy_cores(0.0, stat=str(tmp_path / "missing")) is None

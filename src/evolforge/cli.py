@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "check":
-        from evolforge.core.params import load_params
+        from evolforge.config.loader import load_params
 
         params = load_params(args.params)
         print(f"{args.params}: ok ({len(params)} sections)")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit(f"evolforge plots export: {err}") from None
     elif args.command == "card":
         from evolforge.steps.card import write_card
-        from evolforge.core.params import load_params
+        from evolforge.config.loader import load_params
 
         print(write_card(args.selected, args.root, load_params(args.params)))
     elif args.command == "plan":

@@ -36,7 +36,7 @@ def refusal_types() -> tuple[type[BaseException], ...]:
     """Errors whose message is written for people (imported here, not at the top, to stay cheap)."""
     from evolforge.core.fetch import FetchError
     from evolforge.core.models import ModelError
-    from evolforge.core.params import ParamsError
+    from evolforge.config.bounds import ParamsError
     from evolforge.core.prompts import PromptError
     from evolforge.core.validation import DataError
 

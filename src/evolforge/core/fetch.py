@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evolforge.core.records import atomic_dir
-from evolforge.core.fetch_settings import FetchSettings, WheelPart
+from evolforge.config.runtime import FetchSettings, WheelPart
 
 
 class FetchError(Exception):

@@ -69,12 +69,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 
 
-from evolforge.core.settings import BENCHMARKS
+from evolforge.config.training import BENCHMARKS
 from evolforge.eval.tasks import CODE_BENCHMARKS, SUITES, write_suite
 from evolforge.eval.tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
 from evolforge.core.models import is_local, pick_device, pick_dtype
 from evolforge.core.records import replace_dir
-from evolforge.core.settings import EvaluateSettings
+from evolforge.config.training import EvaluateSettings
 
 log = logging.getLogger(__name__)
 

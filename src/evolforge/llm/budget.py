@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from evolforge.core.roles import ChatRequest, Role
-from evolforge.core.settings import LLMSettings
+from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.runtime import LLMSettings
 
 BUDGET_EXHAUSTED = "budget_exhausted"  # failure_reason of a request a cap kept from being sent
 RUN_ENV = "EVOLFORGE_RUN_ID"  # names the run that ``llm.budget.*.run`` caps (default: one stage process)

@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from evolforge.core.cache import CallCache, KeyFrame
 from evolforge.core.models import ModelError
-from evolforge.core.params import load_role, load_section
-from evolforge.core.roles import ChatRequest, Role
-from evolforge.core.settings import LLMSettings
+from evolforge.config.loader import load_role, load_section
+from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.runtime import LLMSettings
 from evolforge.llm import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
 from evolforge.llm.identity import IDENTITY_FILE, recorded_entry, resolve_identity

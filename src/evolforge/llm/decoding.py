@@ -1,4 +1,4 @@
-"""Generation controls at decode time for the in-process backends (hf, llamacpp): see :class:`evolforge.core.roles.Controls`.
+"""Generation controls at decode time for the in-process backends (hf, llamacpp): see :class:`evolforge.config.roles.Controls`.
 
 :class:`RowControls` holds one request's controls, prepared with the model's tokenizer, and is applied to
 that request's row of logits at every step:
@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
-from evolforge.core.roles import Controls
+from evolforge.config.roles import Controls
 
 RANK_CHUNK = 16  # answers scored per forward pass (each holds a copy of the prompt's KV cache)
 REPICKS = 32  # tokens a row may have masked in one step before it ends instead (never reached in practice)

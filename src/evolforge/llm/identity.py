@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from evolforge.core.models import ModelError, model_identity
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 
 IDENTITY_FILE = Path("models/identity.json")  # written by the models stage; every LLM stage reads it
 

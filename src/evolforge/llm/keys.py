@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from evolforge.core.cache import json_around
-from evolforge.core.roles import LLAMACPP_CONTEXT, ChatRequest, Role
+from evolforge.config.roles import LLAMACPP_CONTEXT, ChatRequest, Role
 
 
 def request_seed(request: ChatRequest) -> int:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from evolforge.core.models import load_tokenizer, model_identity
-from evolforge.core.roles import LLAMACPP_CONTEXT, ChatRequest, Role, pick_threads
+from evolforge.config.roles import LLAMACPP_CONTEXT, ChatRequest, Role, pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import request_seed

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from evolforge.core.cache import CallCache
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion, collect
 from evolforge.llm.openai_batch import BatchJobs
 from evolforge.llm.openai_http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG, Finished,

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import orjson
 
 from evolforge.core.cache import CallCache, batch_job_key
-from evolforge.core.roles import ChatRequest
+from evolforge.config.roles import ChatRequest
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion
 from evolforge.llm.openai_http import (RETRY_STATUSES, TOO_LONG, Finished, LLMRequestError, Waker, completion_from,
                                        parse_retry_after, preview)

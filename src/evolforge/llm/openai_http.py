@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import orjson
 
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.types import Completion
 
 PREVIEW_CHARS = 200  # how much of a failing response body a message quotes

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from evolforge.core.models import ModelError
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.openai_http import api_key, preview
 
 log = logging.getLogger(__name__)

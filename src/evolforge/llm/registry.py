@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from evolforge.core.roles import CONTROL_NAMES, Role
+from evolforge.config.roles import CONTROL_NAMES, Role
 from evolforge.llm.types import Backend
 
 

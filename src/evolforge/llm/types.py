@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
-from evolforge.core.roles import ChatRequest, Controls, controls_problems
+from evolforge.config.roles import ChatRequest, Controls, controls_problems
 
 # failure_reason values: why an item got no completion
 PROMPT_TOO_LONG = "prompt_too_long"  # the prompt does not fit the model's context (checked before sending)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from evolforge.core.roles import ChatRequest, Role
+from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect, refuse_controls
 from evolforge.core.models import model_identity

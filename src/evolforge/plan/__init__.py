@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from evolforge.core.cache import DEFAULT_CACHE_PATH
-from evolforge.core.params import load_params, load_role
+from evolforge.config.loader import load_params, load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
 from evolforge.llm.dryrun import DRY_RUN_ENV
 

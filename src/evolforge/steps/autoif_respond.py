@@ -19,10 +19,10 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
-from evolforge.core.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
+from evolforge.config.generation import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
 from evolforge.steps.autoif import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample

@@ -20,10 +20,10 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import FAILED, make_id, read_table
-from evolforge.core.settings import AutoIFSettings
+from evolforge.config.generation import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation
 from evolforge.llm.cached import LLM, open_role

@@ -31,11 +31,11 @@ from typing import Any
 import polars as pl
 import yaml
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.jsonfiles import read_json
 from evolforge.core.records import META, TABLE, VERSIONS
 from evolforge.core.text import question_text
-from evolforge.core.settings import CardSettings
+from evolforge.config.curation import CardSettings
 from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
 from evolforge.steps.funnel import funnel, provenance, round_strategies
 

@@ -48,9 +48,9 @@ import numpy as np
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import load_role, load_section
+from evolforge.config.loader import load_role, load_section
 from evolforge.core.records import TABLE
-from evolforge.core.settings import DecontaminateSettings
+from evolforge.config.curation import DecontaminateSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
 from evolforge.steps.decontaminate_index import Problem, load_problems

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from evolforge.core.settings import DecontaminateSettings
+from evolforge.config.curation import DecontaminateSettings
 from evolforge.core.text import normalize_text
 
 _WORD = re.compile(r"\w+")
@@ -162,7 +162,7 @@ def hub_problems(tasks: Sequence[str], load: Callable[..., Iterable[dict]] | Non
 def load_problems(tasks: Sequence[str], suite: str, config: DecontaminateSettings = DecontaminateSettings(),
                   hub_load: Callable[..., Iterable[dict]] | None = None) -> tuple[list[Problem], list[str]]:
     """Every reference problem for ``evaluate.tasks`` / ``evaluate.suite``, and notes on what was skipped."""
-    from evolforge.core.settings import BENCHMARKS
+    from evolforge.config.training import BENCHMARKS
 
     problems, notes = offline_problems(tasks), []
     unknown = [t for t in tasks if t not in BENCHMARKS]

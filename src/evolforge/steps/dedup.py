@@ -43,7 +43,7 @@ import numpy as np
 import polars as pl
 
 from evolforge.core.text import normalize_text
-from evolforge.core.settings import DedupSettings
+from evolforge.config.curation import DedupSettings
 
 EXACT, NEAR = "exact_duplicate", "near_duplicate"
 

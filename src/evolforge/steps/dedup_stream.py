@@ -36,9 +36,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from evolforge.core import validation
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.records import TABLE
-from evolforge.core.settings import DedupSettings
+from evolforge.config.curation import DedupSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
 from evolforge.steps.selection import guard_reason

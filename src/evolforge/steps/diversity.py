@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import load_role, load_section
+from evolforge.config.loader import load_role, load_section
 from evolforge.core.records import atomic_dir, read_table, write_json
 from evolforge.core.stage import Outputs
 from evolforge.llm.identity import recorded_identity

@@ -36,12 +36,13 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import ParamsError, load_section
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
-from evolforge.core.settings import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
+from evolforge.config.generation import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
-from evolforge.core.roles import Role
+from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.registry import loads_nothing_more
 from evolforge.steps import elimination

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from evolforge.core.jsonfiles import read_json
-from evolforge.core.params import section
+from evolforge.config.loader import section
 from evolforge.core.validation import DataError
 
 COUNTS = ("in", "evolved", "failed", "calls", "cache_hits")  # what the report adds up

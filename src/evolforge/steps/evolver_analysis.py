@@ -25,10 +25,10 @@ from typing import Any, Sequence
 
 from evolforge.core.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.core.params import load_role, load_section
+from evolforge.config.loader import load_role, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table
-from evolforge.core.settings import AnalysisSettings  # noqa: F401  (part of this module's API)
+from evolforge.config.training import AnalysisSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_llm, open_role
 from evolforge.steps.evolve_prompts import assign_methods, evolving_prompt

@@ -32,7 +32,7 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, table_file, table_schema

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evolforge.core.settings import OptimizeSettings
+from evolforge.config.generation import OptimizeSettings
 
 
 @dataclass

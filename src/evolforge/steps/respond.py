@@ -21,10 +21,11 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, LINEAGE, TABLE, VERSIONS
-from evolforge.core.settings import DataSettings, RespondSettings  # noqa: F401  (part of this module's API)
+from evolforge.config.generation import RespondSettings
+from evolforge.config.runtime import DataSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import (check_chunks, check_unique, checked_chunks, iter_chunks, read_spilled, spilled, table_file,
                                    table_schema, write_output_chunks)

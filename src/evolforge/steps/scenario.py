@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.records import LINEAGE, TABLE
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks

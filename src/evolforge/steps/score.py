@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import polars as pl
 
 from evolforge.core import validation
-from evolforge.core.params import load_role, load_section
+from evolforge.config.loader import load_role, load_section
 from evolforge.core.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks

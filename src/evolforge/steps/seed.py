@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.records import LINEAGE, SEED, make_id
 from evolforge.core.stage import Outputs
 from evolforge.core.text import normalize_text

@@ -55,7 +55,7 @@ def _require_instruction(mapping: dict[str, str | None], columns: list[str], fil
     """The instruction's column is present; and no mapped field is missing while a column that differs from
     its name only in case or spaces is there (`Output `): that field would silently be read as empty."""
     if not mapping.get("instruction"):
-        from evolforge.core.params import ParamsError
+        from evolforge.config.bounds import ParamsError
 
         raise ParamsError(["seed.fields.instruction: got null; allowed: the name of the source column that holds the instruction"])
     present = [c for c in columns if c != ROW]

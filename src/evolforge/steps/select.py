@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from evolforge.core import validation
-from evolforge.core.params import load_section
+from evolforge.config.loader import load_section
 from evolforge.core.records import read_table
 from evolforge.core.stage import Outputs
 from evolforge.steps.card import write_card

@@ -40,10 +40,10 @@ import numpy as np
 import polars as pl
 
 from evolforge.steps.dedup import item_text
-from evolforge.core.params import ParamsError
+from evolforge.config.bounds import ParamsError
 from evolforge.core.records import EVOLVED, SEED, TABLE, read_table
 from evolforge.core.text import question_text
-from evolforge.core.settings import SelectSettings
+from evolforge.config.curation import SelectSettings
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
 EMBEDDINGS = "embeddings.npy"

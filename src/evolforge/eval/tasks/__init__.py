@@ -22,7 +22,7 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-from evolforge.core.settings import BENCHMARKS  # the names params may use
+from evolforge.config.training import BENCHMARKS  # the names params may use
 from evolforge.eval.tasks.offline_data import OFFLINE_ITEMS
 
 CODE_BENCHMARKS = ("humaneval", "mbpp")  # scored by executing model-written code

@@ -1,10 +1,11 @@
-"""The params.yaml schema: which sections exist and the dataclass that types each one.
+"""The params.yaml schema: which sections exist, the class that types each one, and the checks of a whole file.
 
-To add a section, write its dataclass in :mod:`evolforge.core.settings` (typed fields with defaults; bounds
-from :mod:`evolforge.core.params`, allowed values as ``Literal``) and add one line to ``SECTIONS``. The
-classes live in core, not beside the code that reads them, so that checking params imports nothing else.
-``roles`` is the one section that is a mapping of entries (role name -> :class:`~evolforge.core.roles.Role`).
-A section that is absent from the file takes its dataclass's defaults.
+To add a section, write its dataclass in the settings module of its concept (:mod:`~evolforge.config.runtime`,
+:mod:`~evolforge.config.generation`, :mod:`~evolforge.config.curation`, :mod:`~evolforge.config.training`;
+typed fields with defaults, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``) and
+add one line to ``SECTIONS``. ``roles`` is the one section that is a mapping of entries (role name ->
+:class:`~evolforge.config.roles.Role`). A section that is absent from the file takes its dataclass's defaults.
+:func:`check_params` checks every section, then :func:`cross_checks` the rules that span sections.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from evolforge.core.params import DEFAULT_FILE, ParamsError, suggest, check_section, non_ascii_problem
-from evolforge.core.roles import ROLE_NAMES, Role
-from evolforge.core.secrets import secret_problems
-from evolforge.core.settings import (CacheSettings, CardSettings, DecontaminateSettings, DedupSettings, DiversitySettings,
-                                     EvaluateSettings, EvolveSection, FinetuneSettings, JudgeSettings,
-                                     LLMSettings, OptimizeSettings, RespondSettings, ScoreSettings, SeedSettings,
-                                     SelectSettings, AutoIFSettings, CompareSettings, AnalysisSettings)
-from evolforge.core.settings import DataSettings
-from evolforge.core.fetch_settings import FetchSettings
+from evolforge.config.bounds import DEFAULT_FILE, ParamsError
+from evolforge.config.curation import (CardSettings, DecontaminateSettings, DedupSettings, DiversitySettings, JudgeSettings,
+                                       ScoreSettings, SelectSettings)
+from evolforge.config.generation import AutoIFSettings, EvolveSection, OptimizeSettings, RespondSettings, SeedSettings
+from evolforge.config.messages import non_ascii_problem, suggest
+from evolforge.config.parse import check_section
+from evolforge.config.roles import ROLE_NAMES, Role
+from evolforge.config.runtime import CacheSettings, DataSettings, FetchSettings, LLMSettings
+from evolforge.config.secrets import secret_problems
+from evolforge.config.training import AnalysisSettings, CompareSettings, EvaluateSettings, FinetuneSettings
 
 SECTIONS: dict[str, type] = {
     "cache": CacheSettings,

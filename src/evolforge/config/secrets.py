@@ -145,7 +145,7 @@ def find_secrets(value: Any, where: str = "") -> list[tuple[str, str]]:
 
 
 def secret_problems(value: Any, where: str = "") -> list[str]:
-    """One line per secret, for :class:`~evolforge.core.params.ParamsError` (paths only, never values)."""
+    """One line per secret, for :class:`~evolforge.config.bounds.ParamsError` (paths only, never values)."""
     return [f"{path}: holds {kind}; secrets do not belong in params.yaml (it is committed and copied into "
             "dvc.lock and DVC's run-cache): put the secret in an environment variable and name that variable "
             "(roles.<name>.api_key_env)" for path, kind in find_secrets(value, where)]

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le
 
-from evolforge.core.params import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from evolforge.config.bounds import NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError, PositiveFloat, PositiveInt
+from evolforge.config.parse import parse
+from evolforge.config.secrets import secret_problems
 
 BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
@@ -125,12 +127,9 @@ _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 def refuse_secrets(where: str, base_url: str | None, settings: Mapping[str, Any], settings_where: str) -> None:
     """params.yaml is committed and recorded in dvc.lock: a secret written there would leak. Refuses any
-    secret-shaped value (see :mod:`evolforge.core.secrets`: recognised by value, whatever the key's name)
+    secret-shaped value (see :mod:`evolforge.config.secrets`: recognised by value, whatever the key's name)
     in ``base_url`` (at ``where``) and in the free-form ``settings`` (at ``settings_where``), naming the
     key path only, never the value. Keys are read from environment variables instead."""
-    from evolforge.core.params import ParamsError
-    from evolforge.core.secrets import secret_problems
-
     problems = secret_problems({"base_url": base_url} if base_url else {}, where) + secret_problems(dict(settings), settings_where)
     if problems:
         raise ParamsError(problems)
@@ -208,9 +207,6 @@ class Role:
     @classmethod
     def from_params(cls, name: str, params: Mapping[str, Any] | None) -> "Role":
         """``roles.<name>`` checked against the schema: types, ranges, unknown keys, secrets by value."""
-        from evolforge.core.params import ParamsError, parse
-        from evolforge.core.secrets import secret_problems
-
         where = f"roles.{name}"
         problems = secret_problems(dict(params or {}), where) if isinstance(params, Mapping) else []
         if problems:

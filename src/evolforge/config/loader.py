@@ -1,0 +1,153 @@
+"""Reading ``params.yaml``: one typed schema for the whole file, checked before any stage does work.
+
+:func:`read_yaml` reads the file strictly (a key written twice, a non-text key, an anchor that holds itself
+or expands into a YAML bomb are refused with their line); :func:`load_params` then checks all of it against
+:mod:`evolforge.config.schema`: unknown sections and keys, non-ASCII (look-alike) keys, wrong types, values
+out of range, and secret-shaped values anywhere. Every problem is reported at once, each naming the key's
+full path, what was given and what is allowed::
+
+    params.yaml: 2 problems
+      seed.limt: unknown key; did you mean `limit`? (seed keys: config, fields, format, limit, ...)
+      evolve.assignment: got "round-robin" (text); allowed: one of "round_robin", "random"
+
+Stages read their section typed, with the defaults filled in:
+
+>>> params = load_params("params.yaml")              # doctest: +SKIP
+>>> settings = load_section({"seed": {"source": "data/seeds/demo.jsonl", "limit": 5}}, "seed")
+>>> type(settings).__name__, settings.limit, settings.split   # the defaults filled in
+('SeedSettings', 5, 'train')
+>>> load_role({"roles": {"evolver": {"backend": "hf", "model": "m"}}}, "evolver").batch_size
+8
+
+Values are checked strictly, as YAML typed them: ``"5"`` is not an integer, ``1`` is not ``true``,
+``2.5`` is not an integer (an integer is accepted where a number is).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from evolforge.config.bounds import DEFAULT_FILE, ParamsError
+from evolforge.config.messages import kind, show_key
+from evolforge.config.parse import parse
+from evolforge.config.roles import Role
+from evolforge.config.schema import SECTIONS, check_params
+
+# ---------------------------------------------------------------------------------------------------
+# reading the file
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load keeps the last of two equal keys without a word; a typo'd copy must not win silently."""
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_VALUES = 100_000  # the shipped file holds a few hundred; anchors repeated into millions are a YAML bomb
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG:  # `<<: *anchor` (a merge key); an explicit key may override what it brings
+            continue
+        line = key_node.start_mark.line + 1
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str):
+            shown = (f"the key `{key_node.value}` reads as {kind(key)}" if isinstance(key_node, yaml.ScalarNode)
+                     else f"a key is {'a list' if isinstance(key, list) else 'a mapping'}")
+            raise ParamsError([f"line {line}: {shown}, not text; keys are plain names"
+                               + (" (YAML reads an unquoted on/off/yes/no/true/false as true/false: quote it)"
+                                  if isinstance(key, bool) else " (quote it)" if isinstance(key_node, yaml.ScalarNode) else "")])
+        if key in seen:
+            raise ParamsError([f"line {line}: key {show_key(key)} appears twice in one mapping "
+                               f"(first on line {seen[key]}); YAML would silently keep the last"])
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _count_values(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` expands to once aliases are copied out (memoised per node, so a YAML bomb
+    -- nine anchors of nine aliases each -- is counted in microseconds, not built). A node that holds
+    itself (``a: &a [*a]``) would make every reader loop forever."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        mark = node.start_mark
+        raise ParamsError([f"line {mark.line + 1}, column {mark.column + 1}: an anchor holds an alias of itself "
+                           "(a value that contains itself); params are plain trees"])
+    open_.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_count_values(item, sizes, open_) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_count_values(k, sizes, open_) + _count_values(v, sizes, open_) for k, v in node.value)
+    open_.discard(key)
+    sizes[key] = total
+    return total
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    if not str(path).strip():
+        raise ParamsError(["is not a file name: the params file's path is empty"], repr(str(path)))
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(["not found (or not a regular file)"], path)
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            loader = _UniqueKeyLoader(fh)
+            try:
+                node = loader.get_single_node()
+                if node is not None and _count_values(node, {}, set()) > MAX_VALUES:
+                    raise ParamsError([f"expands to more than {MAX_VALUES:,} values (anchors and aliases repeated "
+                                       "inside each other); write the settings out"])
+                data = loader.construct_document(node) if node is not None else None
+            finally:
+                loader.dispose()
+        data = {} if data is None else data
+    except ParamsError as err:
+        raise ParamsError(err.problems, path) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ParamsError([f"{where}not valid YAML ({getattr(err, 'problem', None) or err})"], path) from None
+    except UnicodeDecodeError as err:
+        raise ParamsError([f"byte {err.start}: the file is not UTF-8 text"], path) from None
+    except RecursionError:
+        raise ParamsError(["values are nested too deeply to read (thousands of levels)"], path) from None
+    if not isinstance(data, dict):
+        raise ParamsError([f"the top level is {kind(data)}; expected a mapping of sections"], path)
+    return data
+
+
+def load_params(path: str | Path = DEFAULT_FILE) -> dict[str, Any]:
+    """Read ``path`` and check the whole file against the schema (every section, not only the caller's);
+    raises :class:`ParamsError` listing every problem. Returns the mapping as written (no defaults added):
+    typed sections come from :func:`load_section`."""
+    params = read_yaml(path)
+    check_params(params, path)
+    return params
+
+
+def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The raw mapping of one section ({} when absent or empty)."""
+    return dict(params.get(name) or {})
+
+
+def load_section(params: Mapping[str, Any], name: str) -> Any:
+    """Section ``name`` as its typed dataclass, defaults filled in."""
+    return parse(SECTIONS[name], params.get(name) or {}, name)
+
+
+def load_role(params: Mapping[str, Any], name: str) -> Role:
+    """Role ``name`` (a :class:`~evolforge.config.roles.Role`)."""
+    roles = params.get("roles") or {}
+    if name not in roles:
+        raise ParamsError([f"roles.{name}: the role is missing; roles present: {sorted(roles)}"])
+    return Role.from_params(name, roles[name])
