@@ -19,8 +19,8 @@ from evolforge.core.params import ParamsError
 from evolforge.core.roles import Role
 from evolforge.core.settings import LLMSettings
 from evolforge.llm.cached import open_llm
-from evolforge.llm.openai_api import OpenAIBackend
-from evolforge.llm.openai_served import served_model_identity
+from evolforge.llm.backends.openai.client import OpenAIBackend
+from evolforge.llm.backends.openai.served import served_model_identity
 from fake_openai import FakeOpenAIServer, chat_body
 
 
