@@ -33,7 +33,7 @@ from evolforge.config.loader import load_params, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import Controls
 from evolforge.config.roles import ChatRequest
-from evolforge.llm.hf import HFBackend
+from evolforge.llm.backends.hf import HFBackend
 from evolforge.steps import elimination
 from evolforge.steps.evolve_prompts import BREADTH, IN_DEPTH, evolving_messages
 

@@ -21,7 +21,7 @@ import polars as pl
 
 from evolforge.config.roles import ChatRequest
 from evolforge.llm.cached import LLM
-from evolforge.llm.hf import HFBackend
+from evolforge.llm.backends.hf import HFBackend
 from evolforge.core.prompts import PromptLibrary
 
 REPO = Path(__file__).resolve().parents[1]

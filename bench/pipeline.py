@@ -202,8 +202,8 @@ def main() -> None:
     logging.disable(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
     from evolforge.config.roles import Role
-    from evolforge.llm.openai_api import OpenAIBackend
-    from evolforge.llm.openai_http import event_loop
+    from evolforge.llm.backends.openai.client import OpenAIBackend
+    from evolforge.llm.backends.openai.http import event_loop
 
     proc, port = start_server(kind=args.server)
     try:

@@ -173,7 +173,7 @@ def test_the_report_shows_cost_per_role_per_surviving_and_per_selected_item(tmp_
 
 def test_prompt_tokens_without_a_tokenizer_and_stand_ins_of_a_dry_run(tmp_path):
     from evolforge.llm.budget import Usage
-    from evolforge.llm.dryrun import PromptCounter, stand_in
+    from evolforge.llm.backends.dryrun import PromptCounter, stand_in
 
     unknown = Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"})
     request = unknown.request([{"role": "user", "content": "x" * 400}])

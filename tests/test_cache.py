@@ -19,7 +19,7 @@ from evolforge.core.cache import CallCache, KeyFrame, cache_key
 from evolforge.config.roles import Role
 from evolforge.config.roles import ChatRequest
 from evolforge.llm.cached import LLM
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.backends.fake import FakeBackend
 
 BASE = dict(backend="hf", model={"name": "m", "revision": "r1"}, messages=[{"role": "user", "content": "hi"}],
             temperature=0.7, top_p=0.95, max_tokens=32, seed=1, sample_index=0)
@@ -138,7 +138,7 @@ KILLED_RUN = textwrap.dedent("""
     from evolforge.config.roles import ChatRequest
     from evolforge.config.runtime import LLMSettings
     from evolforge.llm.cached import LLM
-    from evolforge.llm.fake import FakeBackend
+    from evolforge.llm.backends.fake import FakeBackend
 
     def slow(r):
         time.sleep(0.05)

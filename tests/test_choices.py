@@ -13,8 +13,8 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import Completion
-from evolforge.llm.fake import FakeBackend
-from evolforge.llm.openai_api import OpenAIBackend
+from evolforge.llm.backends.fake import FakeBackend
+from evolforge.llm.backends.openai.client import OpenAIBackend
 from fake_openai import FakeOpenAIServer, chat_body
 from test_llm_failures import stub_vllm
 
@@ -86,9 +86,9 @@ def test_openai_reply_that_ignores_the_schema_falls_back_to_the_text():
 
 def test_vllm_gets_a_guided_choice_per_constrained_request(monkeypatch):
     stub_vllm(monkeypatch)
-    from evolforge.llm.vllm_backend import VLLMBackend
+    from evolforge.llm.backends.vllm import VLLMBackend
 
-    monkeypatch.setattr("evolforge.llm.vllm_backend.model_identity", lambda model, revision: {"name": model})
+    monkeypatch.setattr("evolforge.llm.backends.vllm.model_identity", lambda model, revision: {"name": model})
     backend = VLLMBackend("stub", max_model_len=32)
     constrained = backend.sampling_params(ask("rate it", choices=("easy", "hard")))
     assert constrained["structured_outputs"] == ("structured", {"choice": ["easy", "hard"]})
@@ -110,7 +110,7 @@ def test_judge_asks_with_its_labels_and_scores_unless_told_not_to():
 
 @pytest.mark.slow
 def test_hf_answers_are_one_of_the_choices(tiny_model):
-    from evolforge.llm.hf import HFBackend
+    from evolforge.llm.backends.hf import HFBackend
 
     backend = HFBackend(str(tiny_model))
     numbers = tuple(str(n) for n in range(101))

@@ -10,7 +10,7 @@ from evolforge.steps.compare import combine_orders, counts, judge_pairs, parse_v
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.backends.fake import FakeBackend
 
 
 @pytest.mark.parametrize("text, paper, last_line", [

@@ -10,7 +10,7 @@ from evolforge.config.roles import Controls
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.backends.fake import FakeBackend
 
 EACH_CONTROL = [  # (a value, another value) of each control
     ({"banned_strings": ("#The Given Prompt#",)}, {"banned_strings": ("#The Given Prompt#", "Rewritten Prompt")}),
@@ -63,7 +63,7 @@ def test_a_backend_that_cannot_honour_a_control_refuses_it_clearly():
 
 
 def test_openai_payload_carries_stop_and_frequency_penalty():
-    from evolforge.llm.openai_api import OpenAIBackend
+    from evolforge.llm.backends.openai.client import OpenAIBackend
 
     backend = OpenAIBackend("http://127.0.0.1:1/v1", "m")
     body = backend.payload(ask(controls=Controls(stop=("\n#",), frequency_penalty=0.4)))
@@ -74,7 +74,7 @@ def test_openai_payload_carries_stop_and_frequency_penalty():
 
 
 def test_vllm_sampling_params_carry_the_controls():
-    from evolforge.llm.vllm_backend import control_params
+    from evolforge.llm.backends.vllm import control_params
 
     assert control_params(ask()) == {}
     assert control_params(ask(controls=Controls(banned_strings=("#Rewritten Prompt#",), stop=("\n\n",),
@@ -124,7 +124,7 @@ def test_row_controls_penalise_and_ban_as_defined():
 def test_hf_never_writes_a_banned_string_and_honours_stop_and_prefix(tiny_model):
     from collections import Counter
 
-    from evolforge.llm.hf import HFBackend
+    from evolforge.llm.backends.hf import HFBackend
 
     backend = HFBackend(str(tiny_model), threads=1)
     prompts = ["Rewrite this prompt to be harder: Name a color.", "Add one constraint to: Write a haiku.",

@@ -18,7 +18,7 @@ from evolforge.steps.lineage import chain, format_chain
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
-from evolforge.llm.fake import FakeBackend, TemplateReplies
+from evolforge.llm.backends.fake import FakeBackend, TemplateReplies
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import make_id, write_output
 from evolforge.steps.seed import build_seed

@@ -13,7 +13,7 @@ from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.backends.fake import FakeBackend
 
 
 @pytest.fixture(scope="module")

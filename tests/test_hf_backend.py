@@ -10,8 +10,8 @@ from evolforge.core.cache import CallCache
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import open_llm
 from evolforge.llm.types import Completion
-from evolforge.llm import hf
-from evolforge.llm.hf import HFBackend
+from evolforge.llm.backends import hf
+from evolforge.llm.backends.hf import HFBackend
 
 pytestmark = pytest.mark.slow
 

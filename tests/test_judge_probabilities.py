@@ -16,7 +16,7 @@ from evolforge.config.curation import JudgeSettings, SelectSettings
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.judge import LEVELS, SCORES, judge
 from evolforge.steps.selection import select_items
 
@@ -78,7 +78,7 @@ def test_hf_ranks_whole_answers_by_their_likelihood(tmp_path):
     import torch
     from tiny import build_random_llama
 
-    from evolforge.llm.hf import HFBackend
+    from evolforge.llm.backends.hf import HFBackend
 
     path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
                               intermediate_size=64, texts=["rate it very easy easy medium hard 0 1 10 100 42"] * 50)
@@ -100,7 +100,7 @@ def test_hf_ranks_whole_answers_by_their_likelihood(tmp_path):
 
 
 def test_a_dry_run_counts_no_completion_tokens_for_a_ranking(tmp_path, monkeypatch):
-    from evolforge.llm.dryrun import DRY_RUN_ENV, record
+    from evolforge.llm.backends.dryrun import DRY_RUN_ENV, record
 
     monkeypatch.setenv(DRY_RUN_ENV, str(tmp_path / "calls.jsonl"))
     role = Role(name="judge", backend="hf", model="m", max_tokens=32)

@@ -11,7 +11,7 @@ import pytest
 
 from evolforge.config.roles import ChatRequest, Controls, Role
 from evolforge.llm.keys import engine_options
-from evolforge.llm.llamacpp_backend import LlamaCppBackend, LlamaCppError
+from evolforge.llm.backends.llamacpp import LlamaCppBackend, LlamaCppError
 
 PROMPTS = ["Rewrite this prompt to be harder: Name a color.", "Add one constraint to: Write a haiku.",
            "Rewrite the prompt: Explain what a leap year is.", "Make it more complex: Give three tips."]
@@ -36,7 +36,7 @@ def backend(gguf_folder):
 
 @pytest.fixture(scope="module")
 def hf_backend(tiny_model):
-    from evolforge.llm.hf import HFBackend
+    from evolforge.llm.backends.hf import HFBackend
 
     return HFBackend(str(tiny_model), threads=1)
 

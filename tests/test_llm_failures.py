@@ -26,10 +26,10 @@ from evolforge.config.roles import ChatRequest, Role
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM, open_llm
 from evolforge.llm.types import Completion, LLMFailureError
-from evolforge.llm.fake import FakeBackend
-from evolforge.llm.openai_api import OpenAIBackend
-from evolforge.llm.openai_served import served_model_identity
-from evolforge.llm.openai_http import LLMRequestError
+from evolforge.llm.backends.fake import FakeBackend
+from evolforge.llm.backends.openai.client import OpenAIBackend
+from evolforge.llm.backends.openai.served import served_model_identity
+from evolforge.llm.backends.openai.http import LLMRequestError
 from fake_openai import FakeOpenAIServer, chat_body
 
 REJECTED = {"task 03", "task 11", "task 17"}
@@ -140,7 +140,7 @@ def test_429_with_retry_after_zero_waits_the_minimum_backoff():
 
 
 def test_429_waits_the_least_throttle_wait_even_with_backoff_zero():
-    from evolforge.llm.openai_http import MIN_THROTTLE_WAIT_S
+    from evolforge.llm.backends.openai.http import MIN_THROTTLE_WAIT_S
 
     attempts = []
 
@@ -274,7 +274,7 @@ def test_openai_prompt_too_long_is_checked_before_sending(tmp_path):
 def test_hf_prompt_too_long_and_generation_stops_at_the_last_position(tmp_path):
     from tiny import build_random_llama
 
-    from evolforge.llm.hf import HFBackend
+    from evolforge.llm.backends.hf import HFBackend
 
     path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                               intermediate_size=64, max_position_embeddings=40)
@@ -332,10 +332,10 @@ def stub_vllm(monkeypatch) -> None:
 def test_vllm_prompt_too_long_fails_one_item_not_the_call(monkeypatch):
     stub_vllm(monkeypatch)
     monkeypatch.setattr(_StubVLLM, "calls", [])
-    from evolforge.llm.vllm_backend import VLLMBackend
+    from evolforge.llm.backends.vllm import VLLMBackend
 
     monkeypatch.setattr(VLLMBackend, "identity", lambda self: {"name": "stub"})
-    monkeypatch.setattr("evolforge.llm.vllm_backend.model_identity", lambda model, revision: {"name": model})
+    monkeypatch.setattr("evolforge.llm.backends.vllm.model_identity", lambda model, revision: {"name": model})
     backend = VLLMBackend("stub", max_model_len=32)
     requests = [ChatRequest.chat([{"role": "user", "content": LONG if i == 3 else f"question {i}"}]) for i in range(10)]
     out = LLM(backend, None, role=Role(name="r", backend="vllm", model="stub"), settings=LLMSettings(max_failure_rate=0.2)).generate(requests)

@@ -244,10 +244,10 @@ def test_warns_when_the_server_reports_nothing_that_changes_with_the_weights(_no
     import logging
 
     from fake_openai import FakeOpenAIServer, chat_body
-    from evolforge.llm.openai_served import served_model_identity
+    from evolforge.llm.backends.openai.served import served_model_identity
 
     with FakeOpenAIServer(lambda body: (200, chat_body("ok"), {}), listed) as server, \
-            caplog.at_level(logging.WARNING, logger="evolforge.llm.openai_served"):
+            caplog.at_level(logging.WARNING, logger="evolforge.llm.backends.openai.served"):
         identity = served_model_identity(_served(server.base_url, **extra))
     assert identity["served_model"] == "test-model" and identity.get("revision") == extra.get("revision")
     assert ("changes with its weights" in caplog.text and "roles.evolver.revision" in caplog.text) == warns

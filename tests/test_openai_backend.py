@@ -15,8 +15,8 @@ import pytest
 from evolforge.core.cache import CallCache
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import open_llm
-from evolforge.llm.openai_api import OpenAIBackend
-from evolforge.llm.openai_http import LLMRequestError
+from evolforge.llm.backends.openai.client import OpenAIBackend
+from evolforge.llm.backends.openai.http import LLMRequestError
 from evolforge.config.roles import refuse_secrets
 
 HANG = ("hang",)

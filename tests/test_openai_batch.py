@@ -14,7 +14,7 @@ from evolforge.core.cache import CallCache, batch_job_key
 from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
-from evolforge.llm.openai_batch import BatchJobs, chunks
+from evolforge.llm.backends.openai.batch import BatchJobs, chunks
 from fake_openai import FakeOpenAIServer, chat_body
 
 REJECT = "task 04"

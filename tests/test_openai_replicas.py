@@ -19,8 +19,8 @@ from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
-from evolforge.llm.openai_api import OpenAIBackend
-from evolforge.llm.openai_served import served_model_identity
+from evolforge.llm.backends.openai.client import OpenAIBackend
+from evolforge.llm.backends.openai.served import served_model_identity
 from fake_openai import FakeOpenAIServer, chat_body
 
 

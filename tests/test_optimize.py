@@ -26,7 +26,7 @@ from evolforge.core.cache import CallCache
 from evolforge.steps.elimination import auto_evol_failure
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps import optimize as optimize_step
 from evolforge.steps.optimize import (OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
                                       parse_optimized_method, score_method, select_candidate, split_dev_pool)

@@ -18,7 +18,7 @@ from evolforge.core.records import write_output
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
-from evolforge.llm.fake import FakeBackend
+from evolforge.llm.backends.fake import FakeBackend
 
 ROLE = Role.from_params("responder", {"backend": "hf", "model": "fake", "max_tokens": 32})
 # instruction -> what the fake responder returns

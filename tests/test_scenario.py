@@ -217,7 +217,7 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
     answers pass their functions, the pool is the AutoIF items (no fallback) and the judge scores them."""
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
-    from evolforge.llm.fake import FakeBackend
+    from evolforge.llm.backends.fake import FakeBackend
 
     (work / "data/seeds/demo.jsonl").write_text((repo / "data/seeds/demo.jsonl").read_text())
     monkeypatch.chdir(work)

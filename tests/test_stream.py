@@ -249,7 +249,7 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
     from evolforge.core.records import write_output
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
-    from evolforge.llm.fake import FakeBackend
+    from evolforge.llm.backends.fake import FakeBackend
 
     def reply(request):
         prompt = request.messages[-1][1]

@@ -109,7 +109,7 @@ def fake_responder(params, name, cache=None):
     """A responder whose answer depends on the prompt alone: complete, truncated, empty or looping."""
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
-    from evolforge.llm.fake import FakeBackend
+    from evolforge.llm.backends.fake import FakeBackend
     from evolforge.llm.types import Completion
 
     def reply(request):

@@ -23,7 +23,7 @@ from evolforge.config.secrets import secret_problems
 BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
 LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
-# a llamacpp role's `extra` (evolforge/llm/llamacpp_backend.py): name -> (check, what it must be)
+# a llamacpp role's `extra` (evolforge/llm/backends/llamacpp.py): name -> (check, what it must be)
 LLAMACPP_EXTRA = {"reuse_prefix": (lambda v: isinstance(v, bool), "true or false")}
 
 # Generation controls each backend honours (docs/controls.md); any other is refused with one message.

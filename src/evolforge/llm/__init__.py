@@ -7,9 +7,10 @@ Every stage talks to models the same way::
     texts = llm.complete([llm.request([{"role": "user", "content": prompt}]) for prompt in prompts])
     llm.stats  # {"calls": ..., "cache_hits": ..., "failures": ..., "prompt_tokens": ..., ...}
 
-Backends (``role.backend``): ``hf`` (transformers in-process), ``vllm`` (vLLM offline engine, GPU extra)
-``openai`` (any OpenAI-compatible ``/v1/chat/completions`` server) and ``ray`` (a Ray Data pipeline over
-several copies of the model, ray extra; docs/scale_ray.md). Tests use ``FakeBackend``.
+Backends (``role.backend``, :mod:`evolforge.llm.backends`): ``hf`` (transformers in-process), ``llamacpp`` (a
+GGUF file through llama.cpp on the CPU), ``vllm`` (vLLM offline engine, GPU extra), ``openai`` (any
+OpenAI-compatible ``/v1/chat/completions`` server) and ``ray`` (a Ray Data pipeline over several copies of the
+model, ray extra; docs/scale_ray.md). Tests use ``FakeBackend`` (:mod:`evolforge.llm.backends.fake`).
 
 A request with ``choices`` gets exactly one of them where the backend can enforce it: hf masks every
 token that leaves the set (see :class:`~evolforge.llm.choices.ChoiceTrie`), vllm uses its structured outputs
@@ -24,10 +25,11 @@ committing everything it got -- only when the failures pass ``max_failure_rate``
 
 Spend (tokens, cost, time) is recorded in the cache database and caps in ``llm.budget`` are enforced before
 sending (:mod:`evolforge.llm.budget`: the rest ``budget_exhausted``, then :class:`BudgetExhaustedError`);
-under ``EVOLFORGE_DRY_RUN`` nothing is sent and the misses are counted (:mod:`evolforge.llm.dryrun`).
+under ``EVOLFORGE_DRY_RUN`` nothing is sent and the misses are counted (:mod:`evolforge.llm.backends.dryrun`).
 
 Modules: :mod:`~evolforge.llm.types` (completions, failures, what a backend provides), :mod:`~evolforge.llm.cached`
 (the LLM of a role behind the cache, ``open_role``), :mod:`~evolforge.llm.keys` (request seeds, engine options),
 :mod:`~evolforge.llm.identity` (the model a role names, ``models/identity.json``), :mod:`~evolforge.llm.registry`
-(the backends: ``hf``, ``vllm``, ``openai``, ``ray``) and the backends themselves.
+(the backends: ``hf``, ``llamacpp``, ``vllm``, ``openai``, ``ray``) and the backends themselves, one module (or
+package) each in :mod:`evolforge.llm.backends` (with ``dryrun`` and the test double ``fake``).
 """

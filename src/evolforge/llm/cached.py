@@ -15,7 +15,7 @@ from evolforge.core.models import ModelError
 from evolforge.config.loader import load_role, load_section
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.config.runtime import LLMSettings
-from evolforge.llm import dryrun
+from evolforge.llm.backends import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
 from evolforge.llm.identity import IDENTITY_FILE, recorded_entry, resolve_identity
 from evolforge.llm.keys import identity_digest, resolved_engine, sampling_signature, str_choices
@@ -209,7 +209,7 @@ class LLM:
 
     def _dry_run(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
                  results: list[Completion | None], desc: str) -> list[Completion]:
-        """A dry run's answers to the misses: stand-ins, or ``dry_run`` failures (evolforge.llm.dryrun)."""
+        """A dry run's answers to the misses: stand-ins, or ``dry_run`` failures (evolforge.llm.backends.dryrun)."""
         cache_path = getattr(self.cache, "path", None)
         for k, text in dryrun.record(self.role, cache_path, requests, missing, desc).items():
             for i in missing[k]:

@@ -16,7 +16,7 @@ def resolve_identity(role: Role, memo: str | Path | None = None) -> dict[str, An
     """Pin the model a role names, without loading it: weights hash or hub commit sha, or for a server the
     model id it serves (asked with ``GET /models``; the URL is not part of it)."""
     if role.backend == "openai":
-        from evolforge.llm.openai_served import served_model_identity
+        from evolforge.llm.backends.openai.served import served_model_identity
 
         return served_model_identity(role)
     return model_identity(role.model, role.revision, memo=memo)

@@ -43,31 +43,31 @@ def shared_backend(role: Role) -> Backend:
 
 
 def _hf(role: Role) -> Backend:
-    from evolforge.llm.hf import HFBackend
+    from evolforge.llm.backends.hf import HFBackend
 
     return HFBackend.from_role(role)
 
 
 def _llamacpp(role: Role) -> Backend:
-    from evolforge.llm.llamacpp_backend import LlamaCppBackend
+    from evolforge.llm.backends.llamacpp import LlamaCppBackend
 
     return LlamaCppBackend.from_role(role)
 
 
 def _vllm(role: Role) -> Backend:
-    from evolforge.llm.vllm_backend import VLLMBackend
+    from evolforge.llm.backends.vllm import VLLMBackend
 
     return VLLMBackend.from_role(role)
 
 
 def _openai(role: Role) -> Backend:
-    from evolforge.llm.openai_api import OpenAIBackend
+    from evolforge.llm.backends.openai.client import OpenAIBackend
 
     return OpenAIBackend.from_role(role)
 
 
 def _ray(role: Role) -> Backend:
-    from evolforge.llm.ray_backend import RayBackend
+    from evolforge.llm.backends.ray import RayBackend
 
     return RayBackend.from_role(role)
 

@@ -3,7 +3,7 @@
 For the stages ``dvc repro`` will run (``will_run``: as DVC decides, from each stage's own changes against
 dvc.lock and the outputs the stages before it change; an always-changed stage that rewrites what dvc.lock
 records is left out), in pipeline order, the planner runs each LLM stage's own command with
-``EVOLFORGE_DRY_RUN`` set (evolforge.llm.dryrun) in a scratch copy of the workspace: every file linked, but
+``EVOLFORGE_DRY_RUN`` set (evolforge.llm.backends.dryrun) in a scratch copy of the workspace: every file linked, but
 the outputs of the stages it runs written fresh in the copy, so the workspace, its DVC state and the call
 cache are never changed. Each generate call looks its requests up in the call cache
 and records only the ones the cache cannot answer, with their prompt tokens; nothing is sent.
@@ -36,7 +36,7 @@ from typing import Any
 from evolforge.core.cache import DEFAULT_CACHE_PATH
 from evolforge.config.loader import load_params, load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
-from evolforge.llm.dryrun import DRY_RUN_ENV
+from evolforge.llm.backends.dryrun import DRY_RUN_ENV
 
 MODEL_ROLES = {"scorer", "embedder", "base"}  # roles a stage loads itself (not chat calls through the cache)
 NOTHING_AFTER = "so nothing after it runs for it"

@@ -11,7 +11,7 @@ import orjson
 
 from evolforge.core.models import ModelError
 from evolforge.config.roles import Role
-from evolforge.llm.openai_http import api_key, preview
+from evolforge.llm.backends.openai.http import api_key, preview
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ it over plain HTTP to a host that is not loopback logs a warning.
 ``requests_per_minute`` / ``tokens_per_minute`` pace requests evenly (tokens counted as the prompt's
 characters / 4 plus ``max_tokens``, a provider's usual rule of thumb, before the request is sent).
 
-The request body is built in :mod:`evolforge.llm.openai_request`; several servers of one model
-(``base_urls``) are routed in :mod:`evolforge.llm.openai_replicas`; a provider's batch API (``batch_api``)
-is driven by :mod:`evolforge.llm.openai_batch`; what both paths share (statuses, bodies, the key, pacing,
-the event loop) is :mod:`evolforge.llm.openai_http`.
+The request body is built in :mod:`evolforge.llm.backends.openai.request`; several servers of one model
+(``base_urls``) are routed in :mod:`evolforge.llm.backends.openai.replicas`; a provider's batch API (``batch_api``)
+is driven by :mod:`evolforge.llm.backends.openai.batch`; what both paths share (statuses, bodies, the key, pacing,
+the event loop) is :mod:`evolforge.llm.backends.openai.http`.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ import orjson
 from evolforge.core.cache import CallCache
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion, collect
-from evolforge.llm.openai_batch import BatchJobs
-from evolforge.llm.openai_http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG, Finished,
-                                       LLMRequestError, Pace, Secret, Waker, api_key, is_loopback, parse_completion,
-                                       parse_retry_after, preview, stepped)
-from evolforge.llm.openai_replicas import Replica, Replicas
-from evolforge.llm.openai_request import chat_body, too_long_failure, unwrap_answer
+from evolforge.llm.backends.openai.batch import BatchJobs
+from evolforge.llm.backends.openai.http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG,
+                                                Finished, LLMRequestError, Pace, Secret, Waker, api_key, is_loopback,
+                                                parse_completion, parse_retry_after, preview, stepped)
+from evolforge.llm.backends.openai.replicas import Replica, Replicas
+from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ class OpenAIBackend:
         )
 
     def identity(self) -> dict[str, Any]:
-        """As :func:`evolforge.llm.openai_served.served_model_identity` would pin it, without asking the server."""
+        """As :func:`evolforge.llm.backends.openai.served.served_model_identity` would pin it, without asking the
+        server."""
         ident: dict[str, Any] = {"served_model": self.model}
         if self.revision:
             ident["revision"] = self.revision
@@ -247,12 +248,13 @@ class OpenAIBackend:
     # -- one request ----------------------------------------------------------------------------
 
     def payload(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body of ``request`` to this server (see :func:`~evolforge.llm.openai_request.chat_body`)."""
+        """The JSON body of ``request`` to this server (see
+        :func:`~evolforge.llm.backends.openai.request.chat_body`)."""
         return chat_body(request, self.model, self.choice_format)
 
     def too_long(self, request: ChatRequest) -> Completion | None:
         """A ``prompt_too_long`` failure when the prompt cannot fit ``max_model_len``; None when it fits or
-        nothing is known to check with (see :func:`~evolforge.llm.openai_request.too_long_failure`)."""
+        nothing is known to check with (see :func:`~evolforge.llm.backends.openai.request.too_long_failure`)."""
         return too_long_failure(request, self.tokenizer, self.max_model_len)
 
     async def _complete(self, session, request: ChatRequest, replicas: Replicas) -> Completion:

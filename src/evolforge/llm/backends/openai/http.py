@@ -1,5 +1,5 @@
-"""HTTP pieces of the openai backend that the request path (:mod:`evolforge.llm.openai_api`) and the batch
-path (:mod:`evolforge.llm.openai_batch`) share: which statuses are retried or fatal, reading a chat
+"""HTTP pieces of the openai backend that the request path (:mod:`evolforge.llm.backends.openai.client`) and
+the batch path (:mod:`evolforge.llm.backends.openai.batch`) share: which statuses are retried or fatal, reading a chat
 completion and a ``Retry-After`` header out of a response, the API key (from the environment, never shown),
 even pacing, and the event loop that is stepped in the caller's thread.
 

@@ -26,9 +26,9 @@ import orjson
 from evolforge.core.cache import CallCache, batch_job_key
 from evolforge.config.roles import ChatRequest
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion
-from evolforge.llm.openai_http import (RETRY_STATUSES, TOO_LONG, Finished, LLMRequestError, Waker, completion_from,
-                                       parse_retry_after, preview)
-from evolforge.llm.openai_request import unwrap_answer
+from evolforge.llm.backends.openai.http import (RETRY_STATUSES, TOO_LONG, Finished, LLMRequestError, Waker,
+                                                completion_from, parse_retry_after, preview)
+from evolforge.llm.backends.openai.request import unwrap_answer
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class Job:
 
 
 class BatchJobs:
-    """The batch path of ``backend`` (an :class:`~evolforge.llm.openai_api.OpenAIBackend` with ``batch_api``):
-    its settings, sessions, retry delays and redaction serve the calls to the batch endpoints."""
+    """The batch path of ``backend`` (an :class:`~evolforge.llm.backends.openai.client.OpenAIBackend` with
+    ``batch_api``): its settings, sessions, retry delays and redaction serve the calls to the batch endpoints."""
 
     def __init__(self, backend):
         self.backend = backend
