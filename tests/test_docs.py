@@ -31,7 +31,7 @@ def test_quick_start_commands_exist(repo):
 
 def test_file_map_names_real_files(repo):
     block = readme(repo).split("## File map", 1)[1].split("```", 2)[1]
-    roots = [repo, repo / "src/evolforge", *(p for p in (repo / "src/evolforge").iterdir() if p.is_dir()), repo / "prompts"]
+    roots = [repo, repo / "src/evolforge", *(p for p in (repo / "src/evolforge").rglob("*") if p.is_dir()), repo / "prompts"]
     names = re.findall(r"(?<![\w/.-])((?:[\w.-]+/)+|[\w.-]+\.(?:py|yaml|lock|jsonl))(?![\w/])", block)
     assert len(names) > 20
     missing = [n for n in names if not any((root / n.rstrip("/")).exists() for root in roots)]
