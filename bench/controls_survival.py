@@ -34,8 +34,8 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import Controls
 from evolforge.config.roles import ChatRequest
 from evolforge.llm.backends.hf import HFBackend
-from evolforge.steps import elimination
-from evolforge.steps.evolve_prompts import BREADTH, IN_DEPTH, evolving_messages
+from evolforge.steps.common import elimination
+from evolforge.steps.common.evolving import BREADTH, IN_DEPTH, evolving_messages
 
 REPO = Path(__file__).resolve().parents[1]
 BANNED = ("#The Given Prompt#", "#Rewritten Prompt#", "#Given Prompt#", "#Created Prompt#", "Given Prompt",

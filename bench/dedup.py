@@ -17,9 +17,9 @@ from typing import Iterator
 
 import polars as pl
 
-from evolforge.steps.decontaminate import decontaminate
-from evolforge.steps.decontaminate_index import load_problems
-from evolforge.steps.dedup import dedup_table
+from evolforge.steps.decontaminate.step import decontaminate
+from evolforge.steps.decontaminate.index import load_problems
+from evolforge.steps.dedup.minhash import dedup_table
 from evolforge.config.curation import DecontaminateSettings, DedupSettings
 
 

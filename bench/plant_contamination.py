@@ -67,7 +67,7 @@ SEED_FILE = "data/seeds/planted.jsonl"
 def plant(repo: Path) -> list[str]:
     """Write the planted seed file and point params.yaml at it; returns the planted seeds' ids."""
     sys.path.insert(0, str(repo / "src"))
-    from evolforge.steps.seed import build_seed
+    from evolforge.steps.common.source import build_seed
     from evolforge.config.loader import load_params, load_section
     from evolforge.core.records import make_id
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.steps.dedup import item_text, shingles
+from evolforge.core.text import item_text
+from evolforge.steps.dedup.minhash import shingles
 from evolforge.config.loader import load_params, load_section
 
 

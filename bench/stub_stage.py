@@ -63,7 +63,7 @@ def main() -> None:
     if stage in ("-h", "--help"):
         print(f"usage: stub_stage.py respond|score <the stage script's flags>\n{__doc__}")
     elif stage == "respond":
-        import evolforge.steps.respond as respond
+        import evolforge.steps.respond.step as respond
 
         respond.open_role = stand_in_responder
     elif stage == "score":

@@ -12,7 +12,7 @@ from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
-from evolforge.steps.autoif import run
+from evolforge.steps.autoif.constraints import run
 
 
 def main() -> None:

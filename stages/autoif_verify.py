@@ -15,7 +15,7 @@ from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
-from evolforge.steps.autoif_verify import run
+from evolforge.steps.autoif.verify import run
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ Items stream through data.chunk_rows rows at a time against the benchmark index 
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
-from evolforge.steps.decontaminate import run
+from evolforge.steps.decontaminate.step import run
 
 
 def main() -> None:

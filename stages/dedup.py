@@ -12,7 +12,7 @@ The table is read and written data.chunk_rows rows at a time (docs/scale.md): th
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
-from evolforge.steps.dedup_stream import run
+from evolforge.steps.dedup.step import run
 
 
 def main() -> None:

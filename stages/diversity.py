@@ -10,7 +10,7 @@ Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/divers
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
-from evolforge.steps.diversity import run
+from evolforge.steps.diversity.step import run
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.records import write_json
 from evolforge.core.stage import arguments
-from evolforge.steps.evolve_report import run
+from evolforge.steps.evolve.report import run
 
 
 def main() -> None:

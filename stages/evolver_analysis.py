@@ -1,5 +1,5 @@
 """evolver_analysis (optional, run by hand: not a dvc.yaml stage): the SLM paper's two evolver analyses on the
-same seeds, for roles.evolver and any models listed in `evolver_analysis.evolvers` (steps/evolver_analysis.py):
+same seeds, for roles.evolver and any models listed in `evolver_analysis.evolvers` (steps/evolver_analysis/step.py):
 top-token probability of the first generated tokens of greedy Evol-Instruct evolutions (paper Fig. 5), and
 distinct method keywords in the Auto Evol-Instruct initial method's Step-1 lists (paper §3.3, judge role).
 
@@ -13,7 +13,7 @@ from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
-from evolforge.steps.evolver_analysis import run
+from evolforge.steps.evolver_analysis.step import run
 
 
 def main() -> None:

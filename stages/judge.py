@@ -10,7 +10,7 @@ from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
-from evolforge.steps.judge import run
+from evolforge.steps.judge.step import run
 
 
 def main() -> None:

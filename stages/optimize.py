@@ -8,14 +8,14 @@ Writes: data/method/ (method.txt: the method to evolve with; log.jsonl: one row 
         `fallback` is "evol" when the evolver cannot follow the method's format and on_unusable is evol),
         metrics/optimize.json, metrics/plots/optimize.json (step, failure_rate, best_failure_rate)
 With evolve.strategy other than `auto` the stage costs nothing (the initial method, no model loaded); with
-on_unusable `stop`, an unusable method stops the stage with a message. Logic: src/evolforge/steps/optimize.py.
+on_unusable `stop`, an unusable method stops the stage with a message. Logic: src/evolforge/steps/optimize/step.py.
 """
 
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
-from evolforge.steps.optimize import run
+from evolforge.steps.optimize.step import run
 
 
 def main(argv: list[str] | None = None) -> None:

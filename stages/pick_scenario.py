@@ -12,7 +12,7 @@ the metrics and meta, a warning on stderr); `on_empty: fail` stops with that mes
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
-from evolforge.steps.scenario import run
+from evolforge.steps.pool.step import run
 
 
 def main() -> None:

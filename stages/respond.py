@@ -11,7 +11,7 @@ from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
-from evolforge.steps.respond import run
+from evolforge.steps.respond.step import run
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ recomputed from them and the means at 6, so another CPU's last-bit differences d
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
-from evolforge.steps.score import run
+from evolforge.steps.score.step import run
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ Rules for the source (what is refused and why): docs/seeds.md.
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
-from evolforge.steps.seed import run
+from evolforge.steps.seed.step import run
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ Writes: data/selected/items.parquet (lineage + text + every metric), excluded.pa
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
 from evolforge.core.stage import arguments, write
-from evolforge.steps.select import run
+from evolforge.steps.select.step import run
 
 
 def main() -> None:

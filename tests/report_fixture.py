@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.steps.judge import LEVELS, level_distribution
+from evolforge.steps.judge.step import LEVELS, level_distribution
 from evolforge.core.records import make_id, write_json, write_output
 from evolforge.score.histogram import histogram
 

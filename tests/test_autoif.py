@@ -10,11 +10,11 @@ import pytest
 from evolforge.config.loader import load_section
 
 from evolforge.config.generation import AutoIFSettings
-from evolforge.steps.autoif import KEPT, collect_constraints, constraint_key, parse_constraint_lines
-from evolforge.steps.autoif_respond import pair_queries, response_records, verify_responses
-from evolforge.steps.autoif_sandbox import FunctionRun, run_function
-from evolforge.steps.autoif_forms import extract_json, parse_verification
-from evolforge.steps.autoif_verify import cross_validate, verify_constraints
+from evolforge.steps.autoif.constraints import KEPT, collect_constraints, constraint_key, parse_constraint_lines
+from evolforge.steps.autoif.respond import pair_queries, response_records, verify_responses
+from evolforge.steps.autoif.sandbox import FunctionRun, run_function
+from evolforge.steps.autoif.forms import extract_json, parse_verification
+from evolforge.steps.autoif.verify import cross_validate, verify_constraints
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED
 
 NO_COMMAS = "def evaluate(response):\n    return ',' not in response\n"
@@ -205,7 +205,7 @@ def test_settings_refuse_unknown_keys_with_their_path():
 # --- the small-model form (autoif.form: lines), copy checks, the both-outcomes rule ---------------
 
 from evolforge.core.prompts import PromptLibrary  # noqa: E402
-from evolforge.steps.autoif_forms import (Copies, Demonstration, join_answers, load_demonstrations,  # noqa: E402
+from evolforge.steps.autoif.forms import (Copies, Demonstration, join_answers, load_demonstrations,  # noqa: E402
                                           parse_lines, verification_conversations)
 
 LINES_OK = "```python\ndef evaluate(response):\n    return ',' not in response\n```\nFOLLOWS: One two.\nBREAKS: One, two."

@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from evolforge.steps.judge import LEVELS, SCORES, judge
+from evolforge.steps.judge.step import LEVELS, SCORES, judge
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM

@@ -6,7 +6,7 @@ import pytest
 
 from evolforge.config.loader import load_section
 
-from evolforge.steps.compare import combine_orders, counts, judge_pairs, parse_verdict
+from evolforge.steps.compare.step import combine_orders, counts, judge_pairs, parse_verdict
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM

@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.steps.decontaminate import DecontaminateSettings, decontaminate
-from evolforge.steps.decontaminate_index import Problem, hub_problems, load_problems, offline_problems, tokens
-from evolforge.steps.decontaminate_match import ngram_matches
+from evolforge.steps.decontaminate.step import DecontaminateSettings, decontaminate
+from evolforge.steps.decontaminate.index import Problem, hub_problems, load_problems, offline_problems, tokens
+from evolforge.steps.decontaminate.match import ngram_matches
 from evolforge.eval.tasks.offline_data import GSM8K, MBPP
 
 TASKS = ["ifeval", "gsm8k", "math", "humaneval", "mbpp"]
@@ -119,7 +119,7 @@ def test_word_tokens_are_the_regex_word_runs():
     import random
     import re
 
-    from evolforge.steps.decontaminate_index import _word_tokens
+    from evolforge.steps.decontaminate.index import _word_tokens
 
     rng = random.Random(3)
     alphabet = [chr(c) for c in range(128)] + ["é", "ß", "中", "\u0301", "٣", "\xa0"]
@@ -132,7 +132,7 @@ def test_words_and_names_skip_normalising_with_the_same_result():
     """Items' ASCII texts are tokenised without ``normalize_text``'s join: the same words and defined names."""
     import random
 
-    from evolforge.steps.decontaminate_index import _defined, _word_tokens, words_and_names
+    from evolforge.steps.decontaminate.index import _defined, _word_tokens, words_and_names
     from evolforge.core.text import normalize_text
 
     rng = random.Random(5)
@@ -353,7 +353,7 @@ def test_chunk_size_does_not_change_any_match(problems):
 
 def test_rolling_hashes_equal_the_per_window_formula():
     """The hash of a window is sum_j value(token j) * P^(n-1-j) mod 2^64, whichever lengths one pass computes."""
-    from evolforge.steps.decontaminate_index import _P, Corpus, Vocab
+    from evolforge.steps.decontaminate.index import _P, Corpus, Vocab
 
     rng = np.random.default_rng(1)
     seqs = [[f"t{k}" for k in rng.integers(0, 9, size=size)] for size in (0, 3, 5, 12, 1, 7)]

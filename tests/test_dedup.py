@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.steps.dedup import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, item_text, minhash_signatures,
+from evolforge.steps.dedup.minhash import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, minhash_signatures,
                                    shingle_hashes, shingles, survival_order)
-from evolforge.core.text import normalize_text
+from evolforge.core.text import item_text, normalize_text
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from stage_runs import run_stage

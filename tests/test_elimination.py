@@ -12,12 +12,12 @@ import random
 
 import pytest
 
-from evolforge.steps.elimination import repetition_test
+from evolforge.steps.common.elimination import repetition_test
 
 from evolforge.config.loader import load_section
 
-from evolforge.steps import elimination
-from evolforge.steps.elimination import RepetitionTest
+from evolforge.steps.common import elimination
+from evolforge.steps.common.elimination import RepetitionTest
 
 LOOP_HAIKU = ("Rewritten Prompt:\nIn a world where every leaf is a story of autumn,\nA leaf that must be made anew.\n"
               "The story of the leaves,\nA tale of autumn,\nA tale of the leaves,\nA tale of the Leaves.\n"

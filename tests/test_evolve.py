@@ -10,18 +10,18 @@ import pytest
 
 from evolforge.config.loader import load_section
 
-from evolforge.steps import elimination
-from evolforge.steps.elimination import repetition_test
-from evolforge.steps.evolve import EvolveSettings, evolve_round, method_text, resolve_strategy
-from evolforge.steps.evolve_prompts import IN_DEPTH, METHOD_TEMPLATE, assign_methods
-from evolforge.steps.lineage import chain, format_chain
+from evolforge.steps.common import elimination
+from evolforge.steps.common.elimination import repetition_test
+from evolforge.steps.evolve.step import EvolveSettings, evolve_round, method_text, resolve_strategy
+from evolforge.steps.common.evolving import IN_DEPTH, METHOD_TEMPLATE, assign_methods
+from evolforge.steps.common.lineage import chain, format_chain
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
 from evolforge.llm.backends.fake import FakeBackend, TemplateReplies
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import make_id, write_output
-from evolforge.steps.seed import build_seed
+from evolforge.steps.common.source import build_seed
 
 ROLE = Role.from_params("evolver", {"backend": "hf", "model": "fake"})
 RESPONDER = Role.from_params("responder", {"backend": "hf", "model": "fake", "max_tokens": 48})
@@ -311,7 +311,7 @@ def test_auto_reply_cut_before_its_marker_is_truncated_not_missing_marker(seed_t
 
 
 def test_judge_checks_that_the_rewrite_is_an_instruction(seed_table):
-    from evolforge.steps.evolve import IS_INSTRUCTION_TEMPLATE
+    from evolforge.steps.evolve.step import IS_INSTRUCTION_TEMPLATE
 
     def verdict(variables, request):
         text = variables["text"]
@@ -365,14 +365,14 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     spec = importlib.util.spec_from_file_location("evolve_stage", repo / "stages/evolve.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    from evolforge.steps.evolve import IS_INSTRUCTION_TEMPLATE
+    from evolforge.steps.evolve.step import IS_INSTRUCTION_TEMPLATE
 
     replies = scripted_evolver({})
     replies.routes[IS_INSTRUCTION_TEMPLATE] = lambda variables, request: "Yes"  # the judge checks, when on
     fake = FakeBackend(replies)
     render = PromptLibrary.render  # the stage makes its own library: record what every library renders
     monkeypatch.setattr(PromptLibrary, "render", lambda self, name, /, **v: replies.note(name, v, render(self, name, **v)))
-    monkeypatch.setattr("evolforge.steps.evolve.open_role", lambda params, name, cache: LLM(fake, None, role=(roles or {}).get(name, ROLE)))
+    monkeypatch.setattr("evolforge.steps.evolve.step.open_role", lambda params, name, cache: LLM(fake, None, role=(roles or {}).get(name, ROLE)))
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     tmp_path.mkdir(exist_ok=True)
     params = {"evolve": {"breadth": False, "rounds": {"round_1": {"src": "x", "index": 1}}, **evolve},
@@ -463,7 +463,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     """check_role responder (default): the check asks the responder with respond's sampling, so the respond
     stage's requests for the surviving instructions are all in the cache; evolver: the evolver answers,
     greedy at evolve.max_tokens, and respond has to ask again."""
-    from evolforge.steps.respond import respond, response_sampling
+    from evolforge.steps.common.responses import respond, response_sampling
     from evolforge.core.cache import CallCache
     from evolforge.config.generation import RespondSettings
 
@@ -500,7 +500,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
 
 def test_auto_check_role_loads_no_second_model():
     """auto answers with the responder only when that costs no second model in the evolve stage's process."""
-    from evolforge.steps.evolve import resolve_check_role
+    from evolforge.steps.evolve.step import resolve_check_role
 
     def role(name, **fields):
         return Role.from_params(name, {"backend": "hf", "model": "org/evolver-8b", **fields})

@@ -7,7 +7,7 @@ import pytest
 from evolforge.config.loader import load_section
 import torch
 
-from evolforge.steps.evolver_analysis import (histogram, keyword_key, method_keywords, method_lines,
+from evolforge.steps.evolver_analysis.step import (histogram, keyword_key, method_keywords, method_lines,
                                               top_token_probs)
 from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.core.prompts import PromptLibrary

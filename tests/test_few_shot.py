@@ -9,7 +9,7 @@ import pytest
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.generation import EvolveSettings
-from evolforge.steps.evolve_prompts import BREADTH, IN_DEPTH, evolving_messages, evolving_prompt, load_examples
+from evolforge.steps.common.evolving import BREADTH, IN_DEPTH, evolving_messages, evolving_prompt, load_examples
 
 
 def test_zero_shot_is_the_prompt_alone_and_the_default(repo):

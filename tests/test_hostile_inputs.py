@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evolforge.steps.seed import build_seed
+from evolforge.steps.common.source import build_seed
 from evolforge.core.models import ModelError, model_identity
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_params
@@ -369,7 +369,7 @@ def _items(**changes) -> pl.DataFrame:
     ({"input": pl.Series([["x"], ["y"]])}, "rule 'column 'input' holds text': it holds List(String)"),
 ])
 def test_a_hand_edited_item_table_is_refused_before_any_call(tmp_path, changes, expected):
-    from evolforge.steps.respond import gather
+    from evolforge.steps.respond.step import gather
     from evolforge.core.records import write_output
 
     write_output(tmp_path / "seed", _items(**changes))
@@ -385,7 +385,7 @@ def test_a_seed_table_of_the_pipeline_passes_the_item_checks():
 
 
 def test_a_seed_table_with_our_row_column_is_refused(tmp_path):
-    from evolforge.steps.seed_read import read_table_file
+    from evolforge.steps.common.source_read import read_table_file
 
     path = tmp_path / "s.parquet"
     pl.DataFrame({"instruction": ["a"], "_row": [7]}).write_parquet(path)
@@ -399,7 +399,7 @@ def test_a_seed_table_with_our_row_column_is_refused(tmp_path):
     ("R\xe9ponds en fran\xe7ais.\n".encode("latin-1"), "rule 'text is UTF-8': line 1, byte 0xe9 at column 2"),
 ])
 def test_bad_seed_constraints_files_are_refused(tmp_path, text, expected):
-    from evolforge.steps.autoif import read_seed_constraints
+    from evolforge.steps.autoif.constraints import read_seed_constraints
 
     path = tmp_path / "constraints.txt"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())

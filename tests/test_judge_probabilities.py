@@ -17,8 +17,8 @@ from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
 from evolforge.llm.backends.fake import FakeBackend
-from evolforge.steps.judge import LEVELS, SCORES, judge
-from evolforge.steps.selection import select_items
+from evolforge.steps.judge.step import LEVELS, SCORES, judge
+from evolforge.steps.select.selection import select_items
 
 
 def scripted(request: ChatRequest) -> str:

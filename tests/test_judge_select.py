@@ -7,13 +7,13 @@ import math
 import polars as pl
 import pytest
 
-from evolforge.steps.judge import LEVELS, judge, level_distribution, parse_level, parse_score
+from evolforge.steps.judge.step import LEVELS, judge, level_distribution, parse_level, parse_score
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.curation import SelectSettings
-from evolforge.steps.selection import select_items, to_alpaca, to_trl
+from evolforge.steps.select.selection import select_items, to_alpaca, to_trl
 
 
 @pytest.mark.parametrize("raw,expected", [

@@ -1,6 +1,7 @@
 """The package's shape: modules small enough to hold one thing, and layers that import one way.
 
-A module over ``MAX_MODULE_LINES`` usually holds two things (split it at the seam); an import cycle between
+A module over ``MAX_MODULE_LINES`` or a function over ``MAX_FUNCTION_LINES`` usually holds two things (split it at
+the seam); a step imports other steps only through ``steps/common``; an import cycle between
 modules means a layer reaches back up (move what both need below them). Imports are read with ``ast`` from
 every ``src/evolforge`` module: those run when the module is imported (outside functions and classes, inside
 top-level ``if`` / ``try`` included), so no function-level import dodges the check by running later.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def modules(src: Path = SRC) -> dict[str, Path]:
@@ -185,3 +187,50 @@ def test_steps_never_import_the_report():
     found = {name: sorted(i for i in all_imports(path) if i.startswith("evolforge.report"))
              for name, path in modules().items() if name.startswith("evolforge.steps")}
     assert not {name: found_ for name, found_ in found.items() if found_}
+
+
+def step_of(module: str) -> str | None:
+    """The step a module belongs to (``evolforge.steps.<step>.*`` -> ``<step>``), None outside the steps."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["evolforge", "steps"] else None
+
+
+def cross_step_imports(src: Path = SRC) -> dict[str, list[str]]:
+    """``{step module: the other steps' modules it imports}``: a step reads in one folder and shares only
+    through ``steps/common``, so a step's behaviour never changes because another step's file did."""
+    found = {}
+    for name, path in modules(src).items():
+        mine = step_of(name)
+        if mine is None or mine == "common":
+            continue
+        other = sorted(i for i in all_imports(path) if step_of(i) not in (None, "common", mine))
+        if other:
+            found[name] = other
+    return found
+
+
+def test_steps_share_only_through_common():
+    assert not cross_step_imports(), "a step imports another step (move what both need to steps/common)"
+
+
+def test_every_step_is_a_folder_with_a_run():
+    steps = SRC / "evolforge" / "steps"
+    assert not [p.name for p in steps.glob("*.py") if p.name != "__init__.py"], "a step module outside a step folder"
+    for folder in sorted(p for p in steps.iterdir() if p.is_dir() and p.name not in ("common", "__pycache__")):
+        runs = [p.name for p in folder.glob("*.py") if "def run(" in p.read_text(encoding="utf-8")]
+        assert runs, f"steps/{folder.name} has no module with a run()"
+
+
+def test_the_check_sees_a_cross_step_import(tmp_path):
+    pkg = tmp_path / "evolforge" / "steps"
+    for folder in ("a", "b", "common"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "common" / "shared.py").write_text("X = 1\n")
+    (pkg / "b" / "step.py").write_text("def run():\n    pass\n")
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (pkg / "a" / "step.py").write_text("from evolforge.steps.common.shared import X\nfrom evolforge.steps.b.step import run\n\n\n"
+                                       f"def long():\n{body}")
+    assert cross_step_imports(tmp_path) == {"evolforge.steps.a.step": ["evolforge.steps.b.step", "evolforge.steps.b.step.run"]}

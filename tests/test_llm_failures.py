@@ -14,10 +14,10 @@ import types
 import polars as pl
 import pytest
 
-from evolforge.steps.evolve import EvolveSettings, evolve_round
-from evolforge.steps.judge import judge
-from evolforge.steps.optimize import propose_methods, score_method
-from evolforge.steps.respond import answer
+from evolforge.steps.evolve.step import EvolveSettings, evolve_round
+from evolforge.steps.judge.step import judge
+from evolforge.steps.optimize.step import propose_methods, score_method
+from evolforge.steps.respond.step import answer
 from evolforge.core.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary

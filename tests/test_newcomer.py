@@ -153,7 +153,7 @@ def test_chat_format_seed_files_are_read(tmp_path):
 
     import polars as pl
 
-    from evolforge.steps.seed import build_seed
+    from evolforge.steps.common.source import build_seed
 
     openai = tmp_path / "messages.jsonl"
     openai.write_text("\n".join(json.dumps(r) for r in [
@@ -173,7 +173,7 @@ def test_chat_and_prompt_files_get_errors_that_say_how_to_read_them(tmp_path):
     import json
 
     from evolforge.core.validation import DataError
-    from evolforge.steps.seed import build_seed
+    from evolforge.steps.common.source import build_seed
 
     chat = tmp_path / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n"

@@ -23,14 +23,14 @@ import pytest
 from evolforge.config.loader import load_section
 
 from evolforge.core.cache import CallCache
-from evolforge.steps.elimination import auto_evol_failure
+from evolforge.steps.common.elimination import auto_evol_failure
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
-from evolforge.steps import optimize as optimize_step
-from evolforge.steps.optimize import (OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
+from evolforge.steps.optimize import step as optimize_step
+from evolforge.steps.optimize.step import (OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
                                       parse_optimized_method, score_method, select_candidate, split_dev_pool)
-from evolforge.steps.optimize_result import Candidate, MethodScore, summary, usability
+from evolforge.steps.optimize.result import Candidate, MethodScore, summary, usability
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
 from evolforge.core.records import write_output
 

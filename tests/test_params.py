@@ -196,7 +196,7 @@ def test_engine_settings_with_token_or_key_in_their_names_are_accepted(shipped):
 
 def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
     code = ("import sys; from evolforge.config.loader import load_params; load_params('params.yaml'); "
-            "import evolforge.steps.judge, evolforge.llm; "
+            "import evolforge.steps.judge.step, evolforge.llm; "
             "print(sorted(m for m in ('torch', 'great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -21,7 +21,7 @@ import yaml
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-from evolforge.steps.card import CardSettings, size_category, write_card  # noqa: E402
+from evolforge.steps.select.card import CardSettings, size_category, write_card  # noqa: E402
 from evolforge.report import build_report  # noqa: E402
 from evolforge.report.assets import LIBRARIES, TEMPLATE, library_scripts  # noqa: E402
 from evolforge.report.collect import collect  # noqa: E402
@@ -211,7 +211,7 @@ def test_each_dataset_version_loads_as_itself_through_one_shared_cache(tmp_path)
 
 
 def test_card_scenario_line(tmp_path):
-    from evolforge.steps.card import _scenario_line
+    from evolforge.steps.select.card import _scenario_line
 
     assert "not recorded" in _scenario_line(tmp_path)
     (tmp_path / "metrics").mkdir()

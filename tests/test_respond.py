@@ -7,12 +7,12 @@ import json
 import polars as pl
 import pytest
 
-from evolforge.steps.elimination import repetition_test
+from evolforge.steps.common.elimination import repetition_test
 
 from evolforge.config.loader import load_section
 
-from evolforge.steps.elimination import RepetitionTest
-from evolforge.steps.respond import answer, gather, status_counts
+from evolforge.steps.common.elimination import RepetitionTest
+from evolforge.steps.respond.step import answer, gather, status_counts
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import write_output
 from evolforge.config.roles import Role
@@ -93,7 +93,7 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     llm, _ = responder()
-    monkeypatch.setattr("evolforge.steps.respond.open_role", lambda params, name, cache: llm)
+    monkeypatch.setattr("evolforge.steps.respond.step.open_role", lambda params, name, cache: llm)
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     write_output(tmp_path / "evolved" / "round_1", round_table({}))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}},

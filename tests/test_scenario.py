@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dvc_commands import dvc_args
-from evolforge.steps.scenario import pick_pool
+from evolforge.steps.pool.step import pick_pool
 from evolforge.core.records import LINEAGE, read_table, write_output
 from evolforge.core.validation import DataError
 
@@ -228,7 +228,7 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
                          "functions_per_constraint": 2, "queries_per_constraint": 2, "case_timeout_s": 2.0}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     fake = FakeBackend(scripted_reply)
-    for step in ("autoif", "autoif_verify", "autoif_respond", "judge"):
+    for step in ("autoif.constraints", "autoif.verify", "autoif.respond", "judge.step"):
         monkeypatch.setattr(f"evolforge.steps.{step}.open_role",
                             lambda p, name, cache: LLM(fake, None, role=Role.from_params(name, p["roles"][name])))
     for script in ("autoif_constraints.py", "autoif_verify.py", "autoif_respond.py", "pick_scenario.py", "judge.py"):

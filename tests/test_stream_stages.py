@@ -128,10 +128,11 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     from evolforge.core.prompts import PromptLibrary
     from evolforge.core.records import read_table, write_output
     from evolforge.config.loader import load_section
-    from evolforge.steps.respond import KEEP, RESPONSE_TEMPLATE, answer
+    from evolforge.steps.common.responses import RESPONSE_TEMPLATE
+    from evolforge.steps.respond.step import KEEP, answer
 
     respond_inputs(tmp_path)
-    monkeypatch.setattr("evolforge.steps.respond.open_role", fake_responder)
+    monkeypatch.setattr("evolforge.steps.respond.step.open_role", fake_responder)
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}, "round_2": {"src": "x", "index": 2}}},
               "respond": {"rounds": [1, 2], "include_seed": True}}

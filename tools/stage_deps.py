@@ -1,6 +1,6 @@
 """Generate each dvc.yaml stage's source deps from its script's import closure.
 
-A stage depends on the files it runs, not on whole packages: editing ``steps/dedup.py`` must rerun dedup and
+A stage depends on the files it runs, not on whole packages: editing ``steps/dedup/minhash.py`` must rerun dedup and
 the stages downstream of its output, never the twelve stages that import nothing of it. This tool follows a
 stage script's ``evolforge`` imports (at any depth of a file, function-level ones too) to every module it can
 run, adds the data files beside them (report templates, task configs), and writes that list as the stage's

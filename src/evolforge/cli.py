@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from evolforge import __version__
-from evolforge.steps.lineage import chain, format_chain
+from evolforge.steps.common.lineage import chain, format_chain
 from evolforge.core.errors import run_stage
 
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f"evolforge plots export: {err}") from None
     elif args.command == "card":
-        from evolforge.steps.card import write_card
+        from evolforge.steps.select.card import write_card
         from evolforge.config.loader import load_params
 
         print(write_card(args.selected, args.root, load_params(args.params)))
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
             made = make_plan(".", args.stages or None, args.params)
             print(json.dumps(made.to_json(), indent=2) if args.json else render(made))
     elif args.command == "push-to-hub":
-        from evolforge.steps.card import push_to_hub
+        from evolforge.steps.select.card import push_to_hub
 
         print(push_to_hub(args.selected, args.repo_id, private=args.private))
 

@@ -27,6 +27,13 @@ def normalize_text(text: str | None) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+def item_text(instruction: str | None, input_text: str | None) -> str:
+    """The text compared for an item: normalised instruction, plus newline + normalised input when present
+    (:func:`evolforge.core.text.normalize_text`, the seed stage's exact-duplicate rule too)."""
+    instruction, input_text = normalize_text(instruction), normalize_text(input_text)
+    return f"{instruction}\n{input_text}" if input_text else instruction
+
+
 def question_text(instruction: str, input_text: str | None) -> str:
     """Q as paper B builds it: the instruction, plus "\\n" + input when the input is non-empty."""
     return instruction + "\n" + input_text if input_text else instruction

@@ -1,0 +1,240 @@
+"""AutoIF steps 2 and 3 (the ``autoif_verify`` stage): each constraint's sampled answers parsed into a
+verification function and test cases (:mod:`evolforge.steps.autoif.forms`: the paper's JSON form or the lines
+form), every function run on every case in the sandbox and cross-validated (:func:`cross_validate`,
+:func:`verify_constraints`).
+
+>>> cross_validate([[True, False], [True, True]], [True, False], min_accuracy=0.8).functions_kept
+[True, False]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import polars as pl
+
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.config.loader import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import FAILED, make_id, read_table
+from evolforge.config.generation import AutoIFSettings
+from evolforge.core.stage import Outputs
+from evolforge.eval.sandbox import isolation
+from evolforge.llm.cached import LLM, open_role
+from evolforge.steps.autoif.constraints import COPIED, KEPT, VERIFICATION_TEMPLATE, hash_sample, usable_constraints
+from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration, Verification, join_answers,
+                                          load_demonstrations, parse_verification, parser_for, verification_conversations)
+from evolforge.steps.autoif.sandbox import FunctionRun, Runner, run_function
+
+
+@dataclass
+class CrossValidation:
+    cases_kept: list[bool]
+    accuracy: list[float | None]  # per function, on the kept cases; None when no case was kept
+    functions_kept: list[bool]
+
+
+def cross_validate(matrix: Sequence[Sequence[bool | None]], expected: Sequence[bool],
+                   min_accuracy: float = 0.8) -> CrossValidation:
+    """``matrix[f][c]``: what function f returned on case c (None: no bool). A case is kept if any function
+    reproduces its expected result; a function if its accuracy on the kept cases is >= ``min_accuracy``."""
+    cases_kept = [any(row[c] is exp for row in matrix) for c, exp in enumerate(expected)]
+    kept_idx = [c for c, k in enumerate(cases_kept) if k]
+    accuracy = [sum(row[c] is expected[c] for c in kept_idx) / len(kept_idx) if kept_idx else None for row in matrix]
+    return CrossValidation(cases_kept, accuracy, [a is not None and a >= min_accuracy for a in accuracy])
+
+
+Parser = Callable[[str], "tuple[Verification | None, str | None]"]
+
+
+class CopyCheck(Protocol):
+    """Tells whether a function or a case was copied from a few-shot demonstration (see autoif_forms.Copies)."""
+
+    def func(self, func: str) -> bool: ...
+
+    def case(self, text: str) -> bool: ...
+
+
+class _NoCopies:
+    def func(self, func: str) -> bool:
+        return False
+
+    def case(self, text: str) -> bool:
+        return False
+
+
+def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence[str | None]], settings: AutoIFSettings,
+                       runner: Runner | None = None, parse: Parser | None = None,
+                       copies: CopyCheck | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Parse each constraint's samples (``parse``: the paper's JSON form by default), run every function on
+    every case, cross-validate. A function or case that ``copies`` recognises as a demonstration's is dropped
+    (``copied_demonstration``) before anything runs; a sample the LLM failed to return (None) is ``no_output``.
+
+    Returns (constraints with status / failure_reason and counts, functions table, cases table)."""
+    runner = runner or (lambda func, inputs: run_function(func, inputs, settings.case_timeout_s, settings.memory_mb))
+    parse, copies = parse or parse_verification, copies or _NoCopies()
+    plans = []  # per constraint: (functions [(sample, func, raw)], parse failures, cases [(input, expected)], copied cases)
+    jobs = []  # (constraint position, function position, func, inputs)
+    for pos, samples in enumerate(raw_samples):
+        funcs, failures, cases, seen_funcs, copied_cases = [], [], {}, {}, {}
+        for k, raw in enumerate(samples):
+            parsed, reason = parse(raw) if raw is not None else (None, "no_output")
+            if parsed is None:
+                failures.append((k, raw, reason))
+                continue
+            if copies.func(parsed.func):
+                failures.append((k, raw, COPIED))
+            elif parsed.func in seen_funcs:
+                failures.append((k, raw, "duplicate_function"))
+            else:
+                seen_funcs[parsed.func] = k
+                funcs.append((k, parsed.func, raw))
+            for case in parsed.cases:
+                (copied_cases if copies.case(case[0]) else cases).setdefault(case, None)
+        cases_list = list(cases)
+        plans.append((funcs, failures, cases_list, list(copied_cases)))
+        for f, (_, func, _) in enumerate(funcs):
+            if cases_list:
+                jobs.append((pos, f, func, [c[0] for c in cases_list]))
+    with ThreadPoolExecutor(max_workers=settings.workers) as pool:  # each job waits on its own subprocess
+        outcomes = list(pool.map(lambda job: runner(job[2], job[3]), jobs))
+    runs = {(pos, f): run for (pos, f, _, _), run in zip(jobs, outcomes)}
+
+    c_rows, f_rows, k_rows = [], [], []
+    for pos, (row, (funcs, failures, cases, copied_cases)) in enumerate(zip(constraints.iter_rows(named=True), plans)):
+        cid = row["id"]
+        usable = [f for f in range(len(funcs)) if runs.get((pos, f)) is not None and runs[(pos, f)].status == "ok"]
+        cv = cross_validate([runs[(pos, f)].results for f in usable], [c[1] for c in cases], settings.min_accuracy)
+        acc = dict(zip(usable, cv.accuracy))
+        kept = {f for f, k in zip(usable, cv.functions_kept) if k}
+        for k, raw, reason in failures:
+            f_rows.append({"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, "sample", k), "func": None,
+                           "raw": raw, "run_status": None, "accuracy": None, "status": FAILED, "failure_reason": reason})
+        for f, (k, func, raw) in enumerate(funcs):
+            run = runs.get((pos, f))
+            reason = None
+            if run is None:
+                reason = "no_cases"
+            elif run.status != "ok":
+                reason = f"run_{run.status}"
+            elif f not in kept:
+                reason = "no_kept_cases" if acc[f] is None else "low_accuracy"
+            f_rows.append({"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, func), "func": func, "raw": raw,
+                           "run_status": run.status if run else None, "run_detail": run.detail if run else None,
+                           "case_errors": _error_counts(run),
+                           "accuracy": acc.get(f), "status": KEPT if f in kept else FAILED, "failure_reason": reason})
+        for c, (inp, exp) in enumerate(cases):
+            k_rows.append({"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
+                           "status": KEPT if cv.cases_kept[c] else FAILED,
+                           "failure_reason": None if cv.cases_kept[c] else "no_function_agrees"})
+        for inp, exp in copied_cases:
+            k_rows.append({"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
+                           "status": FAILED, "failure_reason": COPIED})
+        n_cases_kept = sum(cv.cases_kept)
+        outcomes_kept = {exp for (_, exp), k in zip(cases, cv.cases_kept) if k}
+        if not funcs:
+            reason = "no_parsable_sample"
+        elif not cases:
+            reason = "no_cases"
+        elif not usable:
+            reason = "no_runnable_function"
+        elif n_cases_kept == 0:
+            reason = "no_case_reproduced"
+        elif settings.both_outcomes and len(outcomes_kept) < 2:  # a constant function would pass one-sided cases
+            reason = "one_sided_cases"
+        elif not kept:
+            reason = "no_accurate_function"
+        elif len(kept) < settings.min_functions:
+            reason = "too_few_functions"
+        elif n_cases_kept < settings.min_cases:
+            reason = "too_few_cases"
+        else:
+            reason = None
+        c_rows.append({**row, "status": KEPT if reason is None else FAILED, "failure_reason": reason,
+                       "samples": len(funcs) + len(failures), "functions": len(funcs), "functions_runnable": len(usable),
+                       "functions_kept": len(kept), "cases": len(cases), "cases_kept": n_cases_kept})
+    f_schema = {"constraint_id": pl.String, "sample_index": pl.Int64, "function_id": pl.String, "func": pl.String,
+                "raw": pl.String, "run_status": pl.String, "run_detail": pl.String, "case_errors": pl.String,
+                "accuracy": pl.Float64,
+                "status": pl.String, "failure_reason": pl.String}
+    k_schema = {"constraint_id": pl.String, "case_id": pl.String, "input": pl.String, "expected": pl.Boolean,
+                "status": pl.String, "failure_reason": pl.String}
+    c_schema = {**constraints.schema, "samples": pl.Int64, "functions": pl.Int64, "functions_runnable": pl.Int64,
+                "functions_kept": pl.Int64, "cases": pl.Int64, "cases_kept": pl.Int64}
+    return (pl.DataFrame(c_rows, schema=c_schema), pl.DataFrame(f_rows, schema=f_schema),
+            pl.DataFrame(k_rows, schema=k_schema))
+
+
+def _error_counts(run: FunctionRun | None) -> str | None:
+    """Why cases gave no bool, e.g. ``{"case_timeout": 2}`` (JSON), or None when every case answered."""
+    if run is None or not any(run.errors):
+        return None
+    counts: dict[str, int] = {}
+    for e in run.errors:
+        if e:
+            counts[e] = counts.get(e, 0) + 1
+    return json.dumps(counts, sort_keys=True)
+
+
+def verify_summary(constraints: pl.DataFrame, functions: pl.DataFrame, cases: pl.DataFrame) -> dict[str, Any]:
+    def by_reason(t: pl.DataFrame) -> dict[str, int]:
+        failed = t.filter(pl.col("status") == FAILED)
+        return {r: int(n) for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}
+
+    return {"constraints": constraints.height, "constraints_verified": int((constraints["status"] == KEPT).sum()),
+            "constraints_dropped": by_reason(constraints),
+            "samples": functions.height, "functions_kept": int((functions["status"] == KEPT).sum()),
+            "functions_dropped": by_reason(functions),
+            "cases": cases.height, "cases_kept": int((cases["status"] == KEPT).sum()),
+            "cases_dropped": by_reason(cases)}
+
+
+def sample_verifications(llm: LLM, constraints: pl.DataFrame, settings: AutoIFSettings, prompts: PromptLibrary,
+                         demos: Sequence[Demonstration]) -> list[list[str | None]]:
+    """Per constraint, ``functions_per_constraint`` sampled answers: one conversation per sample (form paper)
+    or two (form lines: the function, then the cases), whose answers are joined into the sample's text."""
+    k = settings.functions_per_constraint
+    conversations = [verification_conversations(settings.form, c, prompts, demos, sample_index=i)
+                     for c in constraints["constraint"].to_list() for i in range(k)]
+    n = len(conversations[0])
+    requests = [llm.request(turns, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
+                            seed=settings.seed, sample_index=i % k) for i, sample in enumerate(conversations) for turns in sample]
+    answers = llm.complete(requests, desc="autoif verification functions")
+    texts = [join_answers(answers[j:j + n]) for j in range(0, len(answers), n)]
+    return [texts[i:i + k] for i in range(0, len(texts), k)]
+
+
+def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The autoif_verify stage: verification functions and test cases sampled for (at most ``max_constraints``
+    of) the usable constraints and cross-validated in the sandbox; empty tables marked skipped unless
+    ``scenario: autoif``."""
+    cfg = load_section(params, "autoif")
+    table = read_table(constraints_dir)
+    validation.check(table, validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
+    active = cfg.scenario == "autoif"
+    constraints = hash_sample(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
+    demos = load_demonstrations(prompts) if active and cfg.form == "lines" else []
+    samples: list[list[str | None]] = []
+    meta: dict[str, Any] = {"skipped": not active}
+    stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
+    if active and constraints.height:
+        llm = open_role(params, "evolver", open_cache(params))
+        samples = sample_verifications(llm, constraints, cfg, prompts, demos)
+        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+        stats = {"evolver": llm.stats}
+    verified, functions, cases = verify_constraints(constraints, samples, cfg, parse=parser_for(cfg.form), copies=Copies.of(demos))
+    metrics = verify_summary(verified, functions, cases) | {"skipped": not active, "sandbox": isolation() if active else None,
+                                                           "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0),
+                                                           "llm": stats}
+    templates = [*LINES_TEMPLATES, EXAMPLES_FILE] if cfg.form == "lines" else [VERIFICATION_TEMPLATE]
+    meta |= {"settings": dataclasses.asdict(cfg), "form": cfg.form, "template_hash": prompts.hash(templates[0]),
+             "template_hashes": {t: prompts.hash(t) for t in templates}}
+    return Outputs(metrics, f"autoif_verify: {metrics['constraints_verified']}/{metrics['constraints']} constraints verified, "
+                            f"{metrics['functions_kept']}/{metrics['samples']} functions kept; dropped {metrics['constraints_dropped']}",
+                   table=verified, meta=meta, tables={"functions.parquet": functions, "cases.parquet": cases})

@@ -1,0 +1,136 @@
+"""Evolving: which Evol-Instruct method each item gets (:func:`assign_methods`), the chat of one evolving call --
+Evol-Instruct's in-depth and in-breadth templates, or an Auto Evol-Instruct method text -- with the method's
+worked examples before it under ``evolve.few_shot`` (:func:`evolving_messages`), Auto Evol-Instruct's starting
+method (:func:`initial_method_text`) and the call that applies a method text (:func:`evolve_with_method`), which
+the evolve and optimize steps both make.
+
+>>> assign_methods(["a", "b"], 1, breadth=False) == [assign_methods(["a"], 1, breadth=False)[0],
+...                                                   assign_methods(["b"], 1, breadth=False)[0]]
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import yaml
+
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import make_id
+from evolforge.llm.cached import LLM
+from evolforge.steps.common import elimination
+
+IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
+BREADTH = "breadth"
+METHOD_TEMPLATE = "optimize/evolve_with_method.j2"
+INITIAL_TEMPLATES = {"initial": "optimize/initial_method.j2", "weak": "optimize/weak_method.j2"}
+
+
+def _hash_int(*parts: Any) -> int:
+    return int(hashlib.sha256("\0".join(map(str, parts)).encode("utf-8")).hexdigest()[:15], 16)
+
+
+def assign_methods(ids: Sequence[str], round_index: int, assignment: str = "round_robin", breadth: bool = True,
+                   seed: int = 0) -> list[str]:
+    """Evol-Instruct method per item, from the item's id and the round only -- never its row position, so
+    adding, removing or reordering items leaves every other item's method (and its cached calls) alone.
+
+    ``round_robin``: each lineage walks the methods in order, one step per round, from a start fixed by
+    a hash of its id (pass the items' ``root_id``): a chain never meets the same method twice in a row and
+    meets every method once in ``len(methods)`` rounds, as the SLM paper's rotation by round intends.
+    Over many items each method gets an equal share up to sampling noise (the hash is uniform).
+    ``random``: an independent draw per (seed, round, item), as the original Evol-Instruct does.
+
+    >>> assign_methods(["a", "b"], 1, breadth=False) == [assign_methods(["a"], 1, breadth=False)[0],
+    ...                                                   assign_methods(["b"], 1, breadth=False)[0]]
+    True
+    """
+    methods = IN_DEPTH + ([BREADTH] if breadth else [])
+    if assignment == "random":
+        return [methods[_hash_int(seed, round_index, i) % len(methods)] for i in ids]
+    return [methods[(_hash_int(i) + round_index) % len(methods)] for i in ids]
+
+
+def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None) -> str:
+    """The evolving prompt for ``instruction``: Evol-Instruct's breadth or in-depth template for those
+    methods, otherwise (an Auto Evol-Instruct strategy) the evolving method ``method_text``."""
+    if method == BREADTH:
+        return prompts.render("evolve/breadth.j2", instruction=instruction)
+    if method in IN_DEPTH:
+        return prompts.render("evolve/depth.j2", method=method, instruction=instruction)
+    if method_text is None:
+        raise ValueError(f"method {method!r} needs an evolving method text")
+    return prompts.render(METHOD_TEMPLATE, method=method_text, instruction=instruction)
+
+
+EXAMPLE_FILES = {"evol": "evolve/examples.yaml", "auto": "optimize/examples.yaml"}  # under prompts/
+
+
+def load_examples(prompts: PromptLibrary, method: str) -> list[dict[str, str]]:
+    """The worked examples of ``method`` (an Evol-Instruct method, or an Auto Evol-Instruct strategy),
+    each {"instruction", "answer"}; one clear error when the file lacks them."""
+    auto = method not in IN_DEPTH and method != BREADTH
+    path = prompts.root / EXAMPLE_FILES["auto" if auto else "evol"]
+    key = "auto" if auto else method
+    try:
+        found = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read the few-shot examples (evolve.few_shot): {err}") from None
+    examples = found.get(key) if isinstance(found, dict) else None
+    answer = "answer" if auto else "rewritten"
+    if not isinstance(examples, list) or not examples or not all(
+            isinstance(e, dict) and isinstance(e.get("instruction"), str) and isinstance(e.get(answer), str)
+            for e in examples):
+        raise ValueError(f"{path}: {key}: expected a non-empty list of {{instruction, {answer}}} examples")
+    return [{"instruction": e["instruction"], "answer": e[answer]} for e in examples]
+
+
+def evolving_messages(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None,
+                      few_shot: bool = False) -> list[dict[str, str]]:
+    """The chat of one evolving call: the evolving prompt for ``instruction``; with ``few_shot``, after the
+    method's worked examples, each an earlier turn (its prompt, answered by its rewrite)."""
+    turns = []
+    if few_shot:
+        for example in load_examples(prompts, method):
+            turns += [{"role": "user", "content": evolving_prompt(prompts, method, example["instruction"], method_text)},
+                      {"role": "assistant", "content": example["answer"]}]
+    return [*turns, {"role": "user", "content": evolving_prompt(prompts, method, instruction, method_text)}]
+
+
+def template_hash(prompts: PromptLibrary, method: str, method_text: str | None = None) -> str:
+    if method == BREADTH:
+        return prompts.hash("evolve/breadth.j2")
+    if method in IN_DEPTH:
+        return prompts.hash("evolve/depth.j2")
+    return make_id(prompts.hash(METHOD_TEMPLATE), method_text)
+
+
+def initial_method_text(prompts: PromptLibrary, which: str) -> str:
+    """The starting method: the paper's initial method (Fig. 2) or its weak baseline (Fig. 9)."""
+    if which not in INITIAL_TEMPLATES:
+        raise ValueError(f"params.yaml optimize.initial_method: {which!r} is not one of {sorted(INITIAL_TEMPLATES)}")
+    return prompts.render(INITIAL_TEMPLATES[which])
+
+
+class Evolution(NamedTuple):
+    """One instruction evolved with a method text."""
+
+    instruction: str | None  # parsed after the final-instruction marker; None when it is missing
+    raw: str | None  # the evolver's whole answer; None when the call failed
+    finish_reason: str | None  # "length": the answer stopped at max_tokens
+
+
+def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
+                       temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
+                       seed: int | None = None, desc: str = "evolve",
+                       controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> list[Evolution]:
+    """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
+    no raw text (as unparseable as a missing marker, and nothing to show). ``controls``, ``max_tokens``: the
+    step-format calls' (``EvolveSettings.step_format``)."""
+    merged = llm.role.controls.merged(controls)
+    requests = [llm.request(evolving_messages(prompts, "auto", i, method_text, few_shot),
+                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
+                for i in instructions]
+    return [Evolution(None, None, None) if c.failed else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
+            for c in llm.generate(requests, desc=desc)]

@@ -1,0 +1,130 @@
+"""What one version's artifacts count, read from disk: the funnel per round (in, evolved, failed by reason,
+answered, kept, judged, selected), the strategy each evolved round used, and the models and prompt templates of
+each stage. The dataset card (:mod:`evolforge.steps.select.card`) and the report page (:mod:`evolforge.report.collect`)
+both show them; every artifact is optional, so a half-built version reads as what it has.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from evolforge.core.records import EVOLVED, META, TABLE
+
+
+def table_at(root: Path, rel: str) -> pl.DataFrame | None:
+    """The table of the artifact folder ``root / rel``; None when it is not there."""
+    path = root / rel / TABLE
+    return pl.read_parquet(path) if path.exists() else None
+
+
+def json_at(path: Path) -> Any:
+    """A JSON file's content; None when it is not there."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def evolved_rounds(root: Path) -> list[Path]:
+    def index(p: Path) -> int:
+        tail = p.name.rsplit("_", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+    return sorted((p for p in (root / "data" / "evolved").glob("*/") if (p / TABLE).exists()), key=index)
+
+
+def _reasons(table: pl.DataFrame) -> dict[str, int]:
+    failed = table.filter(pl.col("failure_reason").is_not_null())
+    return {r: n for r, n in sorted(failed.group_by("failure_reason").len().iter_rows(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
+    if table is None or "round" not in table.columns:
+        return {}
+    return {int(r): int(n) for r, n in sorted(table.group_by("round").len().iter_rows())}
+
+
+def _removed(root: Path) -> dict[int, dict[str, int]]:
+    """Per round, the items dedup and decontaminate dropped, by reason (``data/clean/removed.parquet``)."""
+    path = root / "data" / "clean" / "removed.parquet"
+    if not path.exists():
+        return {}
+    removed = pl.read_parquet(path)
+    if not removed.height or "round" not in removed.columns:
+        return {}
+    # dedup's own reason (exact_duplicate | near_duplicate) when recorded, else the stage that removed it
+    by_stage = {"dedup": "near_duplicate", "decontaminate": "contaminated"}
+    stage = removed["removed_by"] if "removed_by" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
+    detail = removed["dedup_reason"] if "dedup_reason" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
+    reason = [d if s == "dedup" and d else by_stage.get(s or "", s or "removed") for s, d in zip(stage, detail)]
+    labelled = removed.select("round").with_columns(reason=pl.Series(reason, dtype=pl.String))
+    out: dict[int, dict[str, int]] = {}
+    for (r,), part in labelled.group_by(["round"]):
+        counts = part.group_by("reason").len().iter_rows()
+        out[int(r)] = dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
+    return out
+
+
+def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
+    """One row per round: in (the attempts), evolved, failed (by reason), survival (evolved / in), answered, clean
+    (with the removed by reason), judged, selected. ``selected`` is the selection when it is not yet in
+    ``data/selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
+    publish)."""
+    responses, clean = table_at(root, "data/responses"), table_at(root, "data/clean")
+    judged = table_at(root, "data/judged")
+    selected = selected if selected is not None else table_at(root, "data/selected")
+    answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
+    kept = _by_round(clean) if clean is not None else {}
+    removed = _removed(root) if clean is not None else {}
+    seed = table_at(root, "data/seed")
+    rows = []
+    if seed is not None:
+        rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "survival": None,
+                     "failed_by_reason": {},
+                     "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None else None) if clean is not None else None,
+                     "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
+    for path in evolved_rounds(root):
+        t = pl.read_parquet(path / TABLE)
+        r = int(t["round"][0]) if t.height else 0
+        evolved = int((t["status"] == EVOLVED).sum())
+        # survival: the share of the round's attempts that passed the elimination rules
+        rows.append({"round": r, "in": t.height, "evolved": evolved, "failed": t.height - evolved,
+                     "survival": round(evolved / t.height, 4) if t.height else None,
+                     "failed_by_reason": _reasons(t), "answered": answered.get(r, 0),
+                     "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": removed.get(r, {}),
+                     "judged": judged_n.get(r, 0), "selected": selected_n.get(r, 0)})
+    return rows
+
+
+def round_strategies(root: Path) -> list[dict]:
+    """Per evolved round (its ``meta.json``): the strategy asked for, the one used, and why they differ."""
+    out = []
+    for path in evolved_rounds(root):
+        meta = json_at(path / META) or {}
+        used = (meta.get("settings") or {}).get("strategy")
+        out.append({"round": meta.get("round", path.name), "requested": meta.get("requested_strategy") or used,
+                    "used": used, "fallback": meta.get("fallback")})
+    return out
+
+
+def provenance(root: Path) -> list[dict]:
+    """Models, their identities and the prompt template hashes, stage by stage (from each output's meta.json)."""
+    rows = []
+    stages = [(f"evolve {p.name}", p) for p in evolved_rounds(root)] + [
+        (name, root / "data" / name) for name in ("responses", "judged", "scores", "selected")]
+    for stage, folder in stages:
+        meta = json_at(folder / META)
+        if meta is None:
+            continue
+        hashes = dict(meta.get("template_hashes") or {})
+        if meta.get("template_hash"):
+            hashes["respond/response.j2"] = meta["template_hash"]
+        scorer = meta.get("scorer") if isinstance(meta.get("scorer"), dict) else None  # score: model_identity()
+        model = meta.get("model") or (scorer or {}).get("name")
+        identity = meta.get("model_identity") or scorer
+        if stage == "scores" and not model:
+            model = (json_at(root / "metrics" / "score.json") or {}).get("scorer")
+        if not (model or identity or hashes):
+            continue  # select and the like: no model, no prompt
+        rows.append({"stage": stage, "model": model, "identity": identity, "template_hashes": hashes})
+    return rows

@@ -1,0 +1,1 @@
+"""The compare step: the base and fine-tuned models' answers judged pairwise (``step.run``)."""

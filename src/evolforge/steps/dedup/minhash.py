@@ -1,0 +1,335 @@
+"""Near-duplicate removal: MinHash LSH over the normalised instruction (+ input) of every item.
+
+Text. ``normalize_text`` is Unicode NFKC, casefold, whitespace runs collapsed to one space, ends stripped;
+the text of an item is its normalised instruction, plus a newline and the normalised input when there is
+one (:func:`item_text`). The seed stage's exact-duplicate check uses the same ``normalize_text``, so "the
+same instruction" means one thing across the pipeline.
+
+Similarity. The Jaccard similarity of two items' sets of word shingles (``shingle_size`` consecutive
+words of the normalised text; a text shorter than that is one shingle), each shingle hashed to 64 bits
+(:func:`shingle_hashes`). MinHash sketches of all items at once (:func:`minhash_signatures`, vectorised:
+one sketch object per item cost more CPU than the rest of the stage), banded for LSH (:class:`BandIndex`),
+propose candidates; each candidate is checked with the exact Jaccard of the two shingle sets, so the
+sketch can only miss a pair (an LSH false negative: below 1 % for a pair exactly at the threshold, see
+:func:`lsh_bands`, and fewer above it), never invent one.
+
+Who survives. Items are walked in survival order and an item is removed when an item already kept has
+Jaccard >= ``threshold`` with it; ``duplicate_of`` names that kept item (the most similar one; ties go to
+the earlier in survival order). So no two kept items are near-duplicates (up to LSH misses), and every
+removed item points at a kept item it resembles directly (no chains A ~ B ~ C). Survival order:
+
+1. usable items first (``usable``: the item can be selected -- instruction evolved, response complete),
+   so a twin with an empty or truncated response never displaces a complete one;
+2. then the latest round (the most evolved version of a prompt);
+3. then the smallest id (ids are content hashes: an arbitrary but stable tie-break).
+
+Worked example: "Sort a list of numbers." (round 1) and "sort a  list of NUMBERS." (round 2) normalise to
+the same text (Jaccard 1.0): the round-2 item survives and the round-1 item gets ``duplicate_of`` = its id.
+
+>>> normalize_text("  Ｓort a\\tlist  of NUMBERS. ")
+'sort a list of numbers.'
+>>> shingles("sort a list of numbers.", 3)
+['sort a list', 'a list of', 'list of numbers.']
+"""
+
+from __future__ import annotations
+
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from evolforge.core.text import item_text, normalize_text  # noqa: F401  (normalize_text: the docstring example)
+from evolforge.config.curation import DedupSettings
+
+EXACT, NEAR = "exact_duplicate", "near_duplicate"
+
+
+def shingles(text: str, size: int) -> list[str]:
+    """Word ``size``-grams of an already normalised text (the whole text when it has fewer words)."""
+    words = text.split()
+    if len(words) <= size:
+        return [" ".join(words)] if words else []
+    return [" ".join(words[i:i + size]) for i in range(len(words) - size + 1)]
+
+
+_P = np.uint64(0x100000001B3)  # the shingle hash's multiplier (odd, so no word's value is lost mod 2^64)
+
+
+def _polynomial(values: np.ndarray, size: int) -> np.ndarray:
+    """``sum_j values[i + j] * P^(size-1-j) mod 2^64`` for every window start i."""
+    count = values.size - size + 1
+    h = np.zeros(max(count, 0), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(size):
+            h = h * _P + values[j:j + count]
+    return h
+
+
+def _word_values(words: pl.Series) -> np.ndarray:
+    """A fixed 64-bit value per word (blake2b of its UTF-8: the same on every run and machine), hashed
+    once per distinct word."""
+    distinct = words.unique(maintain_order=True)
+    table = np.fromiter((int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
+                         for w in distinct.to_list()), dtype=np.uint64, count=len(distinct))
+    index = words.replace_strict(distinct, np.arange(len(distinct)), return_dtype=pl.Int64)
+    return table[index.to_numpy()]
+
+
+def shingle_hashes(texts: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every text's word shingles (:func:`shingles`), concatenated, with each text's slice
+    ``[offsets[k], offsets[k + 1])`` of them (empty for an empty text).
+
+    A shingle's hash is the polynomial of its words' values (one fixed 64-bit value per word, see
+    :func:`_polynomial`): two different shingles share one with probability about 2^-64, so set sizes and
+    Jaccard are the shingle sets' own. Texts split at single spaces and at :func:`item_text`'s newline,
+    which is all the whitespace ``normalize_text`` leaves (empty pieces are dropped).
+    """
+    words = pl.Series(texts, dtype=pl.String).str.replace_all("\n", " ", literal=True).str.split(" ")
+    words = words.list.eval(pl.element().filter(pl.element() != ""))
+    lengths = words.list.len().to_numpy().astype(np.int64)
+    flat = words.explode().drop_nulls()
+    values = _word_values(flat) if len(flat) else np.zeros(0, np.uint64)
+    starts = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    counts = np.where(lengths > size, lengths - size + 1, np.minimum(lengths, 1))  # shingles per text
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    windows = _polynomial(values, size)
+    # shingle t of a text of >= size words is the window starting at its word t
+    source = np.arange(int(offsets[-1])) + np.repeat(starts[:-1] - offsets[:-1], counts)
+    out = windows[np.minimum(source, windows.size - 1)] if windows.size else np.zeros(source.size, np.uint64)
+    for k in np.flatnonzero((lengths > 0) & (lengths < size)):  # a shorter text is one shingle: all its words
+        out[offsets[k]] = _polynomial(values[starts[k]:starts[k + 1]], int(lengths[k]))[0]
+    return out, offsets
+
+
+def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int,
+                       chunk: int = 1 << 14) -> np.ndarray:
+    """MinHash signature (``num_perm`` uint32 values) of every text's shingle hashes: value k of a text is
+    the minimum over its shingles x of ``h_k(fold(x))``, with ``fold(x)`` the xor of x's two 32-bit halves
+    and ``h_k(y) = ((a_k * y + b_k) mod 2^64) >> 32`` (multiply-add-shift: a universal family on 32-bit
+    keys; a_k, b_k drawn from ``seed``). A text without shingles gets all ones. Work is done ``chunk``
+    shingles at a time (a longer text too), so memory stays at ``chunk * num_perm`` words."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    keys = (hashes ^ (hashes >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+    out = np.full((offsets.size - 1, num_perm), 0xFFFFFFFF, dtype=np.uint32)
+    nonempty = np.flatnonzero(offsets[1:] > offsets[:-1])
+    ends = offsets[nonempty + 1]
+    buffer = np.empty((num_perm, chunk), dtype=np.uint64)  # permutations x shingles, reduced along rows
+
+    def permuted(lo: int, hi: int) -> np.ndarray:
+        block = buffer[:, :hi - lo]
+        with np.errstate(over="ignore"):
+            np.multiply(a[:, None], keys[None, lo:hi], out=block)
+            block += b[:, None]
+        block >>= np.uint64(32)
+        return block
+
+    k = 0
+    while k < nonempty.size:  # whole texts per chunk: as many as fit in `chunk` shingles
+        lo = int(offsets[nonempty[k]])
+        stop = int(np.searchsorted(ends, lo + chunk, side="right"))
+        if stop == k:  # one text longer than a chunk: its minimum a chunk at a time
+            text, hi = nonempty[k], int(ends[k])
+            for start in range(lo, hi, chunk):
+                np.minimum(out[text], permuted(start, min(start + chunk, hi)).min(axis=1), out=out[text])
+            k += 1
+            continue
+        texts = nonempty[k:stop]
+        out[texts] = np.minimum.reduceat(permuted(lo, int(ends[stop - 1])), offsets[texts] - lo, axis=1).T
+        k = stop
+    return out
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard of two sorted unique hash arrays."""
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)
+
+
+def lsh_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
+    """(bands, rows per band) for LSH: a pair at exactly ``threshold`` becomes a candidate with probability
+    >= ``recall`` (1 - (1 - J^r)^b; higher above it), and among such settings the one proposing fewest pairs
+    at threshold - 0.2. Candidates are verified exactly, so extra candidates cost time, never accuracy.
+
+    >>> lsh_bands(0.7, 128)
+    (32, 4)
+    """
+    best = (num_perm, 1)
+    best_cost = None
+    for rows in range(1, num_perm // 2 + 1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold ** rows) ** bands < recall:
+            continue
+        cost = 1 - (1 - max(threshold - 0.2, 0.0) ** rows) ** bands
+        if best_cost is None or cost < best_cost:
+            best, best_cost = (bands, rows), cost
+    return best
+
+
+class BandIndex:
+    """LSH buckets over MinHash signatures: band k of a signature is its values ``k*rows .. (k+1)*rows - 1``,
+    and a query returns every inserted item that shares a band with it (one dict lookup per band). Band
+    keys are the band's values as one opaque bytes record, so only an exact band match is a candidate.
+
+    >>> index = BandIndex(bands=2, rows=2)
+    >>> index.insert(7, index.keys(np.array([1, 2, 3, 4], dtype=np.uint64)))
+    >>> index.query(index.keys(np.array([9, 9, 3, 4], dtype=np.uint64))), index.query(index.keys(np.array([1, 9, 9, 9], dtype=np.uint64)))
+    ({7}, set())
+    """
+
+    def __init__(self, bands: int, rows: int):
+        self.rows = rows
+        # a bucket holds its one item as a bare int, a list only once a second item shares it: most buckets
+        # never do, and a list per band per item would cost about 90 bytes each (3 GiB for 52k seeds x 4)
+        self.buckets: list[dict[bytes, int | list[int]]] = [{} for _ in range(bands)]
+
+    def keys(self, signature: np.ndarray) -> list[bytes]:
+        """One bytes key per band: the band's values, as one opaque record each."""
+        used = np.ascontiguousarray(signature[: len(self.buckets) * self.rows])
+        return used.view(f"V{used.itemsize * self.rows}").tolist()
+
+    def query(self, keys: list[bytes]) -> set[int]:
+        found: set[int] = set()
+        for bucket, key in zip(self.buckets, keys):
+            hit = bucket.get(key)
+            if hit is not None:
+                if isinstance(hit, int):
+                    found.add(hit)
+                else:
+                    found.update(hit)
+        return found
+
+    def insert(self, item: int, keys: list[bytes]) -> None:
+        for bucket, key in zip(self.buckets, keys):
+            held = bucket.get(key)
+            if held is None:
+                bucket[key] = item
+            elif isinstance(held, int):
+                bucket[key] = [held, item]
+            else:
+                held.append(item)
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """One entry per input item, in input order."""
+
+    duplicate_of: list[int | None]    # index of the kept item it duplicates, None when kept
+    similarity: list[float | None]    # exact Jaccard with that item
+    reason: list[str | None]          # exact_duplicate | near_duplicate | None
+
+
+def survival_order(rounds: Sequence[int], ids: Sequence[str], usable: Sequence[bool]) -> list[int]:
+    """Indices in the order they claim a cluster: usable first, then latest round, then smallest id (ids
+    compare by code point, as Python's ``<`` does: UTF-8's byte order is code-point order); equal keys
+    keep their input order."""
+    keys = pl.DataFrame({"usable": pl.Series(usable, dtype=pl.Boolean), "round": pl.Series(rounds, dtype=pl.Int64),
+                         "id": pl.Series(ids, dtype=pl.String)})
+    return keys.with_row_index("index").sort(["usable", "round", "id"], descending=[True, True, False],
+                                             maintain_order=True)["index"].to_list()
+
+
+def _shared_bands(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Mask of the texts that share at least one band with another text (a 64-bit digest of each band's
+    values: a digest collision only marks a text for the exact check, it never hides a pair)."""
+    shared = np.zeros(len(signatures), dtype=bool)
+    for band in range(bands):
+        mark_shared(band_digest(signatures, band, rows), shared)
+    return shared
+
+
+def band_digest(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """A 64-bit digest of every text's values in LSH band ``band`` (equal bands, equal digests)."""
+    digest = np.zeros(len(signatures), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in signatures[:, band * rows:(band + 1) * rows].T:
+            digest = digest * _P ^ column.astype(np.uint64)
+    return digest
+
+
+def mark_shared(digest: np.ndarray, shared: np.ndarray) -> None:
+    """Set ``shared`` where a text's band digest is also another text's."""
+    _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
+    shared |= counts[inverse] > 1
+
+
+def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSettings = DedupSettings()) -> Duplicates:
+    """Greedy near-duplicate removal over normalised ``texts``, walking them in ``order``.
+
+    Empty texts take no part (nothing to compare; selection's guards drop them). Sketches are computed for
+    all texts at once; a text that shares no LSH band with any other text can have no candidate and is
+    kept without a lookup, so the walk visits only the texts that share a band. Time is linear in the
+    number of items plus the candidate pairs LSH proposes.
+    """
+    n = len(texts)
+    duplicate_of: list[int | None] = [None] * n
+    similarity: list[float | None] = [None] * n
+    reason: list[str | None] = [None] * n
+    bands, rows = lsh_bands(config.threshold, config.num_perm)
+    hashes, offsets = shingle_hashes(texts, config.shingle_size)
+    signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
+    walked = _shared_bands(signatures, bands, rows) & (offsets[1:] > offsets[:-1])
+    walk = [i for i in order if walked[i]]
+    band_keys = dict(zip(walk, signatures[walk].view(f"V{signatures.itemsize * rows}").tolist()))
+    lsh = BandIndex(bands, rows)
+    kept_sets: dict[int, np.ndarray] = {}
+    rank = {i: r for r, i in enumerate(order)}
+    exact_owner: dict[str, int] = {}
+    for i in walk:
+        text = texts[i]
+        if text in exact_owner:  # the common case costs a dict lookup, not a comparison
+            duplicate_of[i], similarity[i], reason[i] = exact_owner[text], 1.0, EXACT
+            continue
+        keys = band_keys[i]
+        mine = np.unique(hashes[offsets[i]:offsets[i + 1]])  # the exact set, for the exact Jaccard
+        best, best_j = None, -1.0
+        for j in lsh.query(keys):
+            score = jaccard(mine, kept_sets[j])
+            if score > best_j or (score == best_j and rank[j] < rank[best]):
+                best, best_j = j, score
+        if best is not None and best_j >= config.threshold:
+            duplicate_of[i], similarity[i] = best, best_j
+            reason[i] = EXACT if best_j == 1.0 and texts[best] == text else NEAR
+            continue
+        lsh.insert(i, keys)
+        kept_sets[i] = mine
+        exact_owner[text] = i
+    return Duplicates(duplicate_of, similarity, reason)
+
+
+def dedup_table(table: pl.DataFrame, usable: Sequence[bool], config: DedupSettings = DedupSettings()) -> tuple[pl.DataFrame, dict]:
+    """Add ``duplicate_of`` (kept item's id), ``duplicate_similarity`` and ``dedup_reason`` to every row.
+
+    ``usable`` (one bool per row) is the selection guards' verdict; see the module docstring for the
+    survival order. Returns (table with the new columns, metrics).
+    """
+    texts = [item_text(q, x) for q, x in zip(table["instruction"].to_list(), table["input"].to_list())]
+    ids = table["id"].to_list()
+    rounds = table["round"].to_list()
+    found = find_duplicates(texts, survival_order(rounds, ids, usable), config)
+    out = table.with_columns(
+        duplicate_of=pl.Series([None if j is None else ids[j] for j in found.duplicate_of], dtype=pl.String),
+        duplicate_similarity=pl.Series(found.similarity, dtype=pl.Float64),
+        dedup_reason=pl.Series(found.reason, dtype=pl.String),
+    )
+    removed = out.filter(pl.col("duplicate_of").is_not_null())
+    per_round = removed.group_by("round").len().sort("round")
+    metrics = {
+        "items": out.height,
+        "removed": removed.height,
+        "kept": out.height - removed.height,
+        "removed_exact": int((removed["dedup_reason"] == EXACT).sum()),
+        "removed_near": int((removed["dedup_reason"] == NEAR).sum()),
+        "removed_per_round": {str(r): int(c) for r, c in per_round.iter_rows()},
+        "clusters_with_duplicates": removed["duplicate_of"].n_unique(),
+        "distinct_texts_before": len(set(t for t in texts if t)),
+        "threshold": config.threshold, "shingle_size": config.shingle_size, "num_perm": config.num_perm,
+    }
+    return out, metrics

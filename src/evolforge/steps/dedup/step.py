@@ -1,0 +1,241 @@
+"""Near-duplicate removal in bounded memory: the answers of :func:`evolforge.steps.dedup.minhash.dedup_table` (the
+same ``duplicate_of``, similarity and reason for every item), with the table read and written in chunks.
+
+Why it can be split. In the greedy walk an item is only ever compared with kept items that share an LSH
+band with it, and an exact-text twin shares every band. So the walk restricted to one connected component
+of the "shares a band" graph gives that component's items the answers the walk over all items gives them
+(the survival order restricted to a component is the same order). Components are walked a group at a
+time, each group with the in-memory :func:`~evolforge.steps.dedup.minhash.find_duplicates`.
+
+Passes (``work`` is a scratch folder; nothing in it outlives the stage):
+
+1. per chunk: text, shingles, MinHash; each band's 64-bit digest is appended to a file per band;
+2. per band (one column of 8 bytes per item in memory): which items share a band (they are "walked";
+   an item that shares none is kept without a comparison, as in the in-memory walk), and the components
+   of the walked items, merged band by band with ``scipy.sparse.csgraph.connected_components``;
+3. components are packed into groups of about ``chunk_rows / 4`` walked items; per chunk, the walked rows'
+   (index, id, round, usable, text) are spilled to their group's folder;
+4. per group: :func:`find_duplicates` over its rows, the removed rows' answers spilled per output chunk;
+5. the output: every input chunk with its answers, streamed to Parquet.
+
+Memory: a chunk's texts and sketches, one group's walk (a group holds whole components, so one very large
+cluster of near-duplicates is walked at once), and in pass 2 one band's digests (8 bytes per item: 10 MiB
+per million items). Pass 1 computes every sketch once and pass 4 again for the walked items only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import polars as pl
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from evolforge.core import validation
+from evolforge.config.loader import load_section
+from evolforge.core.records import TABLE
+from evolforge.config.curation import DedupSettings
+from evolforge.core.stage import Outputs
+from evolforge.core.text import item_text
+from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.steps.common.guards import guard_reason
+from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, find_duplicates, lsh_bands, mark_shared,
+                                   minhash_signatures, shingle_hashes, survival_order)
+
+# a fresh pass over the input table, chunk by chunk: all columns (None) or only those named
+Chunks = Callable[[list[str] | None], Iterable[pl.DataFrame]]
+Usable = Callable[[pl.DataFrame], Sequence[bool]]
+WALK_SHARE = 4  # a group walks about chunk_rows / WALK_SHARE items (see dedup_chunks)
+ANSWERS = {"duplicate_of": pl.String, "duplicate_similarity": pl.Float64, "dedup_reason": pl.String}
+
+
+@dataclass
+class _Tally:
+    """The metrics' counts, summed over groups."""
+
+    removed_per_round: dict[int, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=lambda: {EXACT: 0, NEAR: 0})
+    clusters: int = 0
+    distinct_texts: int = 0
+
+
+def _texts(chunk: pl.DataFrame) -> list[str]:
+    return [item_text(q, x) for q, x in zip(chunk["instruction"].to_list(), chunk["input"].to_list())]
+
+
+def _sketch_pass(chunks: Chunks, usable: Usable, config: DedupSettings, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 1: band digests appended to ``work/band-K.u64``; returns (each chunk's first row, then the row
+    count; mask of the texts with shingles; mask of the usable items)."""
+    bands, rows = lsh_bands(config.threshold, config.num_perm)
+    files = [open(work / f"band-{k}.u64", "wb") for k in range(bands)]
+    nonempty: list[np.ndarray] = []  # 1 byte per item
+    usable_rows: list[np.ndarray] = []
+    starts = [0]
+    try:
+        for chunk in chunks(None):
+            usable_rows.append(np.asarray(usable(chunk), dtype=bool))
+            hashes, offsets = shingle_hashes(_texts(chunk), config.shingle_size)
+            signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
+            for k, fh in enumerate(files):
+                band_digest(signatures, k, rows).tofile(fh)
+            nonempty.append(offsets[1:] > offsets[:-1])
+            starts.append(starts[-1] + chunk.height)
+    finally:
+        for fh in files:
+            fh.close()
+    def joined(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    return np.array(starts, dtype=np.int64), joined(nonempty), joined(usable_rows)
+
+
+def _walked(work: Path, bands: int, nonempty: np.ndarray) -> np.ndarray:
+    """Indices of the items that share a band with another item and have shingles (the walk's items)."""
+    shared = np.zeros(nonempty.size, dtype=bool)
+    for k in range(bands):
+        mark_shared(np.fromfile(work / f"band-{k}.u64", dtype=np.uint64), shared)
+    return np.flatnonzero(shared & nonempty)
+
+
+def _components(work: Path, bands: int, walked: np.ndarray) -> np.ndarray:
+    """Component label of every walked item in the graph "shares a band", merged one band at a time (a
+    64-bit digest collision can only merge two components: a larger group, the same answers)."""
+    m = walked.size
+    labels = np.arange(m)
+    for k in range(bands):
+        digest = np.fromfile(work / f"band-{k}.u64", dtype=np.uint64)[walked]
+        order = np.argsort(digest, kind="stable")
+        ordered = digest[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        leader = order[np.repeat(starts, np.diff(np.r_[starts, m]))]  # the first item of each equal run
+        linked = leader != order
+        if linked.any():
+            edges = coo_matrix((np.ones(int(linked.sum()), dtype=np.int8),
+                                (labels[order[linked]], labels[leader[linked]])), shape=(m, m))
+            labels = connected_components(edges, directed=False)[1][labels]
+    return labels
+
+
+def _groups(labels: np.ndarray, target: int) -> np.ndarray:
+    """Group of every walked item: whole components, packed in label order to about ``target`` items."""
+    if not labels.size:
+        return labels
+    sizes = np.bincount(labels)
+    before = np.cumsum(sizes) - sizes
+    return (before // target)[labels]
+
+
+def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray,
+                  groups: np.ndarray, work: Path) -> int:
+    """Pass 3: the walked rows of each chunk, to ``work/group-G/chunk-C.parquet``; returns the group count."""
+    count = int(groups.max()) + 1 if groups.size else 0
+    for g in range(count):
+        (work / f"group-{g}").mkdir()
+    lo = 0
+    for c, chunk in enumerate(chunks(["id", "round", "instruction", "input"])):
+        hi = lo + chunk.height
+        a, b = np.searchsorted(walked, [lo, hi])
+        if b > a:
+            local = walked[a:b] - lo
+            part = chunk[local]
+            rows = part.select("id", "round").with_columns(index=pl.Series(walked[a:b]), usable=pl.Series(usable[walked[a:b]]),
+                                                           text=pl.Series(_texts(part), dtype=pl.String))
+            for (g,), frame in rows.with_columns(group=pl.Series(groups[a:b])).group_by("group", maintain_order=True):
+                frame.drop("group").write_parquet(work / f"group-{g}" / f"chunk-{c:06d}.parquet")
+        lo = hi
+    return count
+
+
+def _walk_groups(count: int, config: DedupSettings, starts: np.ndarray, work: Path, tally: _Tally) -> None:
+    """Pass 4: the in-memory walk over each group; the removed rows' answers go to ``work/answers-C/``."""
+    for g in range(count):
+        files = sorted((work / f"group-{g}").glob("chunk-*.parquet"))  # chunk order: input order
+        rows = pl.concat([pl.read_parquet(f) for f in files])
+        texts = rows["text"].to_list()
+        found = find_duplicates(texts, survival_order(rows["round"].to_list(), rows["id"].to_list(),
+                                                      rows["usable"].to_list()), config)
+        ids = rows["id"].to_list()
+        removed = [k for k, j in enumerate(found.duplicate_of) if j is not None]
+        answers = pl.DataFrame({
+            "index": rows["index"].gather(removed), "round": rows["round"].gather(removed),
+            "duplicate_of": pl.Series([ids[found.duplicate_of[k]] for k in removed], dtype=pl.String),
+            "duplicate_similarity": pl.Series([found.similarity[k] for k in removed], dtype=pl.Float64),
+            "dedup_reason": pl.Series([found.reason[k] for k in removed], dtype=pl.String)})
+        for r in answers["round"].to_list():
+            tally.removed_per_round[r] = tally.removed_per_round.get(r, 0) + 1
+        for reason in (EXACT, NEAR):
+            tally.reasons[reason] += int((answers["dedup_reason"] == reason).sum())
+        tally.clusters += answers["duplicate_of"].n_unique()
+        tally.distinct_texts += len(set(texts))
+        answers = answers.with_columns(chunk=pl.Series(np.searchsorted(starts, answers["index"].to_numpy(), side="right") - 1))
+        for (c,), frame in answers.group_by("chunk", maintain_order=True):
+            folder = work / f"answers-{c}"
+            folder.mkdir(exist_ok=True)
+            frame.drop("chunk", "round").write_parquet(folder / f"group-{g}.parquet")
+
+
+def _with_answers(chunks: Chunks, starts: np.ndarray, work: Path) -> Iterator[pl.DataFrame]:
+    """Pass 5: every input chunk with its three answer columns (null where kept), as dedup_table adds them."""
+    lo = 0
+    for c, chunk in enumerate(chunks(None)):
+        if c + 1 >= starts.size or starts[c + 1] - lo != chunk.height:  # the input changed under us
+            raise RuntimeError(f"dedup: input chunk {c} has {chunk.height} rows, not as in the first pass")
+        columns = {name: pl.Series(name, [None] * chunk.height, dtype=dtype) for name, dtype in ANSWERS.items()}
+        files = sorted((work / f"answers-{c}").glob("*.parquet"))
+        if files:
+            answers = pl.concat([pl.read_parquet(f) for f in files])
+            where = (answers["index"] - lo).to_numpy()
+            for name in ANSWERS:
+                columns[name].scatter(where, answers[name])
+        yield chunk.with_columns(**columns)
+        lo += chunk.height
+
+
+def dedup_chunks(chunks: Chunks, usable: Usable, work: Path,
+                 config: DedupSettings = DedupSettings(), chunk_rows: int = 100_000) -> tuple[Iterator[pl.DataFrame], dict]:
+    """:func:`evolforge.steps.dedup.minhash.dedup_table` over a table read in chunks: ``chunks(columns)`` gives a
+    fresh pass over them (all columns for None), the same rows in the same chunks each time (it is called
+    three times), ``usable(chunk)`` the selection guards' verdict per row, ``work`` an empty scratch folder
+    that must outlive the returned iterator, ``chunk_rows / WALK_SHARE`` about how many walked items one group holds.
+    Returns (the output chunks, to stream to Parquet, metrics)."""
+    bands, _ = lsh_bands(config.threshold, config.num_perm)
+    starts, nonempty, usable_rows = _sketch_pass(chunks, usable, config, work)
+    n = int(starts[-1])
+    walked = _walked(work, bands, nonempty)
+    # a walked item costs about 4x a streamed row (its band keys, bucket entries and shingle set), so a
+    # group of a quarter chunk takes about the memory of a chunk being read
+    groups = _groups(_components(work, bands, walked), max(1, chunk_rows // WALK_SHARE))
+    tally = _Tally(distinct_texts=int(nonempty.sum()) - walked.size)  # a text sharing no band is unique
+    _walk_groups(_spill_groups(chunks, usable_rows, walked, groups, work), config, starts, work, tally)
+    removed = sum(tally.removed_per_round.values())
+    metrics = {
+        "items": n, "removed": removed, "kept": n - removed,
+        "removed_exact": tally.reasons[EXACT], "removed_near": tally.reasons[NEAR],
+        "removed_per_round": {str(r): c for r, c in sorted(tally.removed_per_round.items())},
+        "clusters_with_duplicates": tally.clusters, "distinct_texts_before": tally.distinct_texts,
+        "threshold": config.threshold, "shingle_size": config.shingle_size, "num_perm": config.num_perm,
+    }
+    return _with_answers(chunks, starts, work), metrics
+
+
+def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+    """The dedup stage: every item of ``items`` with its answers (``ANSWERS``), streamed into ``out``
+    ``data.chunk_rows`` rows at a time, the scratch folder beside it. A usable item (one selection could take)
+    wins its cluster over an unusable twin."""
+    cfg, rows = load_section(params, "dedup"), load_section(params, "data").chunk_rows
+    source = table_file(items)
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
+    Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work:
+        chunks, metrics = dedup_chunks(lambda columns: iter_chunks(source, rows, columns),
+                                       lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows)
+        schema = {**table_schema(source), **ANSWERS}
+        write_output_chunks(out, {TABLE: (schema, chunks)}, meta={"params": vars(cfg)})
+    metrics["peak_rss_mib"] = peak_rss_mib()
+    return Outputs(metrics, f"dedup: {metrics['removed']} of {metrics['items']} items are near-duplicates "
+                            f"({metrics['removed_exact']} exact); per round {metrics['removed_per_round']}; "
+                            f"peak RSS {metrics['peak_rss_mib']} MiB")

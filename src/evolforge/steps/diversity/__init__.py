@@ -1,0 +1,1 @@
+"""The diversity step: embeddings and neighbour statistics of the items (``step.run``)."""

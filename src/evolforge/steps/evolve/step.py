@@ -1,0 +1,336 @@
+"""One round of instruction evolution, with elimination and recorded reasons.
+
+Strategies (``evolve.strategy``):
+- ``evol``: Evol-Instruct's hand-written methods, four in-depth (add_constraints, deepening, concretizing,
+  reasoning) and optionally in-breadth, assigned ``round_robin`` (rotated by round, as the SLM paper does)
+  or ``random`` (seeded, as the original Evol-Instruct does), by a hash of the item's lineage id and the
+  round, never by row position (see :func:`evolforge.steps.common.evolving.assign_methods`). The evolver's whole answer is the new
+  instruction.
+- ``auto`` / ``auto_initial``: one evolving method text (optimized by the optimize stage, or the initial
+  method) applied to every instruction; the new instruction is parsed from after
+  ``#Finally Rewritten Instruction#:`` and a missing marker is a failure.
+
+Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/elimination.md) run in three
+passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
+template words, chatter, repetitive, not an instruction), on an answer to it (sorry + short, stop words
+only, rule F; by default the responder's answer, the one the respond stage keeps, when that loads no second
+model), then the optional judge checks (not an instruction, information gain).
+The evolver's ``finish_reason`` is kept per row ("length": cut at ``max_tokens``).
+
+Only ``instruction`` is evolved; ``input`` is carried over. Every item that enters a round leaves it as
+exactly one row, ``evolved`` or ``failed`` (with ``failure_reason``), so in = evolved + failed. An LLM
+call that failed (``prompt_too_long``, ``request_rejected``, ``retries_exhausted``) fails its item with
+that reason, the server's message in ``failure_detail`` and a null ``raw_output``. The pool for the
+next round is the evolved rows plus, with ``on_failure: keep_parent``, the parents of failed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+import polars as pl
+
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
+from evolforge.config.generation import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.stage import Outputs
+from evolforge.config.roles import Role
+from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.registry import loads_nothing_more
+from evolforge.steps.common import elimination
+from evolforge.steps.common.evolving import assign_methods, evolving_messages, template_hash
+from evolforge.steps.common.responses import respond, response_sampling
+
+STRATEGIES = ("evol", "auto", "auto_initial")
+INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
+RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")  # rules on an answer to the evolved instruction
+JUDGE_RULES = ("not_an_instruction_judge", "info_gain")  # checks that ask the judge role
+IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
+JUDGE_TEMPLATES = ("judge/equal.j2", IS_INSTRUCTION_TEMPLATE)  # the judge checks' prompts
+POOL = "pool.parquet"  # beside a round's table: what the next round evolves
+
+
+def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> tuple[EvolveSettings, str | None]:
+    """The strategy to evolve with, and why it differs from ``settings.strategy`` (None when it does not).
+
+    Rule: ``strategy: auto`` whose optimize stage found that the evolver cannot follow the method's
+    format (``data/method/meta.json`` ``fallback: evol``, from ``optimize.on_unusable: evol``) evolves
+    with Evol-Instruct's hand-written methods instead of a method that fails (almost) every item.
+
+    >>> resolve_strategy(EvolveSettings(strategy="auto"), {"fallback": "evol", "fallback_reason": "no marker"})[1]
+    'evolve.strategy auto falls back to evol: no marker'
+    """
+    if settings.strategy != "auto" or not method_meta.get("fallback"):
+        return settings, None
+    target = method_meta["fallback"]
+    if target not in STRATEGIES:
+        raise ValueError(f"data/method/meta.json fallback: {target!r} is not one of {STRATEGIES}")
+    reason = method_meta.get("fallback_reason") or "the evolver cannot follow the optimized method's format"
+    return dataclasses.replace(settings, strategy=target), f"evolve.strategy auto falls back to {target}: {reason}"
+
+
+def method_text(strategy: str, method_file: str | Path) -> str | None:
+    """The evolving method a strategy uses: auto (the optimized method) and auto_initial (the initial method)
+    read the one the optimize stage wrote to ``method.txt``; evol uses the hand-written methods (None)."""
+    return Path(method_file).read_text(encoding="utf-8").strip() if strategy in ("auto", "auto_initial") else None
+
+
+def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:
+    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed (or failed).
+    The answer is held to Yes / No (see ``ChatRequest.choices``)."""
+    requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}],
+                            choices=("Yes", "No")) for t in texts]
+    return [None if t is None else elimination.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
+
+
+def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
+    """LLM check: True when the evolved instruction equals its parent (no information gain); the answer is
+    held to the prompt's two verdicts."""
+    requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}],
+                            choices=("Equal", "Not Equal")) for p, c in zip(parents, children)]
+    # a failed call is an unparsed verdict: the item is not eliminated on no evidence
+    return [None if t is None else elimination.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
+
+
+def resolve_check_role(check_role: str, evolver: Role, responder: Role) -> str:
+    """``evolve.check_role`` as the stage applies it: ``auto`` is ``responder`` when the responder is a
+    server or the evolver's own model (nothing more to load in the stage's process), else ``evolver``: two
+    local models in one process (an hf model and a vLLM engine each claiming most of a GPU) may not fit."""
+    if check_role != "auto":
+        return check_role
+    return "responder" if loads_nothing_more(responder, evolver) else "evolver"
+
+
+def check_responder(settings: EvolveSettings, evolver: LLM, responder: LLM | None,
+                    respond_sampling: Mapping[str, Any] | None) -> tuple[LLM, dict[str, Any]]:
+    """Who answers the evolved instructions for the response rules, and the sampling it answers with.
+
+    ``evolve.check_role: responder``: the responder role with ``respond_sampling`` (respond's
+    ``temperature`` / ``max_tokens``, as the respond stage passes them), so the check's answer is the very
+    request the respond stage makes for a surviving instruction and respond finds it in the cache: one
+    answer per instruction, as Evol-Instruct judges the response it keeps. ``evolver``: the evolver,
+    greedy, at ``evolve.max_tokens``, an extra answer per surviving instruction that respond does not reuse.
+    ``auto`` (default): see :func:`resolve_check_role`.
+    """
+    role = settings.check_role
+    if role == "auto":
+        role = "evolver" if responder is None else resolve_check_role(role, evolver.role, responder.role)
+    if role == "evolver":
+        return evolver, {"temperature": 0.0, "max_tokens": settings.max_tokens, "seed": settings.seed}
+    if responder is None:
+        raise ValueError("evolve.check_role responder: the response rules need the responder role")
+    return responder, dict(respond_sampling or {})
+
+
+def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
+                 evolver: LLM, method_text: str | None = None, judge: LLM | None = None,
+                 responder: LLM | None = None,
+                 respond_sampling: Mapping[str, Any] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Evolve every item of ``pool`` once. Returns (round table, next pool, summary).
+
+    ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules when
+    ``evolve.check_role`` comes to ``responder`` (see :func:`check_responder`)."""
+    items = pool.to_dicts()
+    n = len(items)
+    if settings.strategy == "evol":
+        methods = assign_methods([it["root_id"] for it in items], round_index, settings.assignment, settings.breadth, settings.seed)
+    else:
+        if not method_text:
+            raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
+        methods = [settings.strategy] * n
+    # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
+    controls, max_tokens = (settings.controls, settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
+    # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
+    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
+                    seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(controls))
+
+    # 1. evolve
+    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot), **sampling)
+                for m, it in zip(methods, items)]
+    outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
+    raws = [None if c.failed else c.text for c in outs]
+    finishes = [c.finish_reason for c in outs]
+    details: list[str | None] = [c.error for c in outs]
+    candidates = [None if r is None else elimination.parse_final_instruction(r) if m in STRATEGIES else r.strip()
+                  for m, r in zip(methods, raws)]
+
+    # 2. checks on the instruction itself
+    switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
+    repetition = elimination.repetition_test(settings.repetition)
+    reasons: list[str | None] = []
+    for m, it, cand, finish, out in zip(methods, items, candidates, finishes, outs):
+        if out.failed:
+            reasons.append(out.failure_reason)
+            continue
+        if m in STRATEGIES and cand is None:
+            # a marker that never came because the answer was cut off: the cut is the cause
+            cut = switches["truncated"] and finish == "length"
+            reasons.append(elimination.TRUNCATED if cut else elimination.MISSING_MARKER)
+            continue
+        reasons.append(elimination.instruction_failure(it["instruction"], cand, finish_reason=finish,
+                                                    repetition=repetition, **switches))
+
+    # 3. checks on an answer to the evolved instruction (generated only when a rule needs it)
+    responses: list[str | None] = [None] * n
+    response_rules = {k: settings.rule(k) for k in RESPONSE_RULES}
+    alive = [i for i in range(n) if reasons[i] is None]
+    if any(response_rules.values()) and alive:
+        checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
+        answers = respond(checker, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
+                          desc=f"round {round_index}: check", **check_sampling)
+        for i, answer in zip(alive, answers):
+            if answer.failed:  # the item cannot be checked: it fails with the call's reason
+                reasons[i], details[i] = answer.failure_reason, f"check response: {answer.error}"
+                continue
+            responses[i] = answer.text
+            reasons[i] = elimination.response_failure(answer.text, **response_rules)
+
+    # 4. optional checks with the judge: is it an instruction at all, then does it add anything
+    if any(settings.rule(k) for k in JUDGE_RULES) and judge is None:
+        raise ValueError("evolve.elimination.not_an_instruction_judge and info_gain need the judge role")
+    unparsed_instruction = 0
+    alive = [i for i in range(n) if reasons[i] is None]
+    if settings.rule("not_an_instruction_judge") and alive:
+        verdicts = is_instruction_verdicts(judge, prompts, [candidates[i] for i in alive])
+        for i, asks in zip(alive, verdicts):
+            unparsed_instruction += asks is None
+            if asks is False:
+                reasons[i] = elimination.JUDGED_NOT_AN_INSTRUCTION
+    unparsed_equal = 0
+    alive = [i for i in range(n) if reasons[i] is None]
+    if settings.rule("info_gain") and alive:
+        verdicts = info_gain_verdicts(judge, prompts, [items[i]["instruction"] for i in alive], [candidates[i] for i in alive])
+        for i, same in zip(alive, verdicts):
+            unparsed_equal += same is None
+            if same:
+                reasons[i] = elimination.NO_INFO_GAIN
+
+    statuses = [EVOLVED if reason is None else FAILED for reason in reasons]
+    texts = [cand if cand is not None else "" for cand in candidates]
+    hashes = {m: template_hash(prompts, m, method_text) for m in set(methods)}
+    table = pl.DataFrame({
+        "id": [make_id(it["id"], round_index, m, text, status) for it, m, text, status in zip(items, methods, texts, statuses)],
+        "root_id": [it["root_id"] for it in items], "parent_id": [it["id"] for it in items], "round": [round_index] * n,
+        "method": methods, "status": statuses, "failure_reason": reasons, "failure_detail": details,
+        "instruction": texts, "input": [it["input"] for it in items], "output": [""] * n,
+        "parent_instruction": [it["instruction"] for it in items], "raw_output": raws, "finish_reason": finishes,
+        "check_response": responses, "template_hash": [hashes[m] for m in methods], "model": [evolver.label] * n,
+    }, schema=ROUND_SCHEMA)
+    # the next pool, in pool order: each evolved item, and (keep_parent) the parent of each failed one
+    evolved = pl.Series([status == EVOLVED for status in statuses], dtype=pl.Boolean)
+    pool_out = _as_pool(table)
+    if settings.on_failure == "keep_parent":
+        parents = _as_pool(pool)
+        pool_out = pl.DataFrame([pool_out[c].zip_with(evolved, parents[c]) for c in POOL_COLUMNS])
+    else:
+        pool_out = pool_out.filter(evolved)
+    summary = round_summary(table)
+    summary["equal_check_unparsed"] = unparsed_equal
+    summary["instruction_check_unparsed"] = unparsed_instruction
+    summary["next_pool"] = pool_out.height
+    return table, pool_out, summary
+
+
+ROUND_SCHEMA = {
+    "id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": pl.Int32, "method": pl.String,
+    "status": pl.String, "failure_reason": pl.String, "failure_detail": pl.String, "instruction": pl.String, "input": pl.String,
+    "output": pl.String, "parent_instruction": pl.String, "raw_output": pl.String, "finish_reason": pl.String,
+    "check_response": pl.String,
+    "template_hash": pl.String, "model": pl.String,
+}
+
+
+POOL_COLUMNS = LINEAGE + ["instruction", "input", "output"]  # what an item carries into the next round
+
+
+def _as_pool(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame``'s pool columns, typed as the round table's (null where ``frame`` lacks one)."""
+    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(ROUND_SCHEMA[c]).alias(c)
+                         for c in POOL_COLUMNS])
+
+
+def round_summary(table: pl.DataFrame) -> dict:
+    """Counts (in = evolved + failed), failures by reason, and mean instruction length growth."""
+    evolved = table.filter(pl.col("status") == EVOLVED)
+    reasons = Counter(r for r in table["failure_reason"].to_list() if r is not None)
+    growth = None
+    if evolved.height:
+        ratio = evolved.select(
+            pl.col("instruction").str.split(" ").list.len() / pl.col("parent_instruction").str.split(" ").list.len())
+        growth = float(ratio.to_series().mean())
+    return {"in": table.height, "evolved": evolved.height, "failed": table.height - evolved.height,
+            "failed_by_reason": dict(sorted(reasons.items())), "mean_length_growth": growth,
+            "evolver_cut_at_max_tokens": int((table["finish_reason"] == "length").sum())}
+
+
+def read_pool(src: Path) -> pl.DataFrame:
+    """A round's pool is its predecessor's pool.parquet; the seed table is round 1's pool."""
+    table = pl.read_parquet(src / POOL) if (src / POOL).exists() else read_table(src)
+    validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input"]) + validation.unique("id"), src)
+    return table
+
+
+def open_checkers(params: dict[str, Any], settings: EvolveSettings, evolver: LLM, cache: Any,
+                  round_name: str) -> tuple[LLM | None, LLM | None, EvolveSettings]:
+    """(judge, responder, settings with ``check_role`` resolved): the roles the round's checks ask, None
+    where no check needs one. Nothing loads until a request misses the cache."""
+    judge_checks = [k for k in JUDGE_RULES if settings.rule(k)]
+    judge = open_role(params, "judge", cache) if judge_checks else None
+    if judge is not None and not loads_nothing_more(judge.role, evolver.role):
+        print(f"{round_name}: the judge checks ({', '.join(judge_checks)}) load roles.judge "
+              f"({judge.role.model}) beside roles.evolver ({evolver.role.model}) in this process; if the two "
+              f"do not fit in memory together, serve the judge (backend openai) or turn those checks off")
+    responder = None
+    if settings.check_role != "evolver" and any(settings.rule(k) for k in RESPONSE_RULES):
+        responder = open_role(params, "responder", cache)
+        settings = dataclasses.replace(settings, check_role=resolve_check_role(settings.check_role, evolver.role, responder.role))
+        if settings.check_role == "evolver":  # auto, and the responder is another local model
+            responder = None
+    return judge, responder, settings
+
+
+def run(round_name: str, src: str | Path, method: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The evolve stage for the round ``round_name`` of ``evolve.rounds``: the pool of ``src`` evolved once,
+    with the method of ``method`` (method.txt; its meta.json's ``fallback`` for strategy auto)."""
+    section = load_section(params, "evolve")
+    settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
+    if round_name not in section.rounds:
+        raise ParamsError([f"evolve.rounds: no round named {round_name!r} (rounds: {', '.join(section.rounds)})"])
+    index = section.rounds[round_name]["index"]
+    pool = read_pool(Path(src))
+    requested = settings.strategy
+    method_meta = Path(method).with_name("meta.json")
+    settings, fallback = resolve_strategy(settings, json.loads(method_meta.read_text(encoding="utf-8"))
+                                          if requested == "auto" and method_meta.exists() else {})
+    if fallback:
+        print(f"{round_name}: {fallback}")
+    text = method_text(settings.strategy, Path(method))
+    cache = open_cache(params)
+    evolver = open_role(params, "evolver", cache)
+    judge, responder, settings = open_checkers(params, settings, evolver, cache, round_name)
+    table, next_pool, summary = evolve_round(
+        pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
+        responder=responder, respond_sampling=response_sampling(load_section(params, "respond")))
+    assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
+    roles = {name: llm for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}
+    summary.update(round=round_name, index=index, strategy=settings.strategy, requested_strategy=requested,
+                   fallback=fallback, check_role=settings.check_role,
+                   calls=sum(llm.stats["calls"] for llm in roles.values()),
+                   cache_hits=sum(llm.stats["cache_hits"] for llm in roles.values()),
+                   llm={name: llm.stats for name, llm in roles.items()})
+    meta = {"round": round_name, "index": index, "model": evolver.label, "model_identity": evolver.identity,
+            "template_hashes": {n: prompts.hash(n) for n in prompts.names
+                                if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},
+            "method_text": text, "settings": dataclasses.asdict(settings), "requested_strategy": requested,
+            "fallback": fallback}
+    return Outputs(summary, f"{round_name}: {summary['in']} in, {summary['evolved']} evolved, {summary['failed']} failed "
+                            f"{summary['failed_by_reason']}; {summary['calls']} calls, {summary['cache_hits']} cache hits",
+                   table=table, meta=meta, tables={POOL: next_pool})

@@ -1,0 +1,304 @@
+"""Auto Evol-Instruct: optimize the evolving method on a development set (ALGORITHMS.md section 4.4).
+
+One step t, starting from the current method e_{t-1}:
+
+1. sample a mini-batch from the pool and evolve it ``trajectory_rounds`` times with e_{t-1} -> the
+   trajectory ``[{"id": k, "stage0": x, "stage1": e(x), ...}]`` (JSON, as the reference code builds it);
+2. ``candidates`` (m) independent optimizer conversations: user = analysis prompt -> feedback, then, in
+   the same conversation, user = optimization prompt with e_{t-1} -> an answer holding
+   ```` ```Optimized Method ... ``` ````; sample ``j`` uses ``sample_index=j``, so the m samples differ
+   and each is still cached on its own;
+3. every candidate that parses evolves the whole development set; the evolver (temperature 0) answers
+   each evolved instruction and the failure function F counts failures: the evol failure rate
+   lambda = failures / dev size. A missing ``#Finally Rewritten Instruction#`` is a failure without a response;
+4. a selection rule picks e_t (or keeps e_{t-1}).
+
+Selection rules (``optimize.selection``):
+
+- ``lowest_failure`` (paper): e_t is the candidate with the lowest lambda (ties: the lower sample
+  index), even when it is worse than e_{t-1}: the paper always moves to the step's best candidate. The
+  *result* is the method with the lowest lambda seen (the initial one included; a later method must be
+  strictly lower to replace it).
+- ``no_regression`` (reference code): success = 1 - lambda; score = success x (mean characters of the
+  responses / mean characters of the evolved instructions), both over the items that parsed. Candidates
+  are tried by score, highest first (ties: lower index); the first with success >= and score >= those
+  of e_{t-1} becomes e_t, otherwise e_{t-1} is kept. The result is e_t after the last step (it never
+  has a higher lambda than an earlier e_t).
+
+The development set is fixed across steps and disjoint from the mini-batch pool, so the current
+method's rate is measured once and carried (re-scoring it would repeat the same cached calls).
+Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
+``patience`` consecutive steps (``patience`` 0 or null: never early).
+
+Whether the evolver can follow the result, and what evolving then does: :mod:`evolforge.steps.optimize.result`.
+
+Trajectory stages whose answer lacks the final-instruction marker keep the raw answer (stripped), as
+the reference code does: the optimizer then sees the broken output it is meant to analyse, and the
+next round evolves that text. Such stages are listed in the step's log (``trajectory_unparsed``).
+
+A failed LLM call (prompt too long, rejected, retries exhausted) counts like an unparseable answer: a
+missing marker on the development set, a failed response there, a candidate with a ``parse_error``
+naming the failure; a failed trajectory stage keeps the previous stage's text (there is no answer).
+
+>>> parse_optimized_method("Sure.\\n```Optimized Method\\nStep 1: list methods.\\n```")
+('Step 1: list methods.', None)
+>>> parse_optimized_method("I have improved the method.")
+(None, 'no ```Optimized Method``` block')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from evolforge.core.cache import open_cache
+from evolforge.config.loader import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
+from evolforge.config.generation import OptimizeSettings
+from evolforge.core.stage import Outputs
+from evolforge.core.versions import output_versions
+from evolforge.llm.cached import LLM, open_role
+from evolforge.steps.common import elimination
+from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
+from evolforge.steps.optimize.result import Candidate, MethodScore, OptimizeResult, summary, usability
+from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond
+
+ANALYSIS_TEMPLATE = "optimize/analysis.j2"
+OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
+SELECTIONS = ("lowest_failure", "no_regression")
+ON_UNUSABLE = ("evol", "stop", "keep")
+
+_OPTIMIZED = re.compile(r"```Optimized Method([\s\S]*?)```")
+_PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
+
+
+def parse_optimized_method(text: str) -> tuple[str | None, str | None]:
+    """The first non-empty fenced ```` ```Optimized Method ``` ```` block -> (method, None), or (None, reason)."""
+    blocks = [b.strip() for b in _OPTIMIZED.findall(text)]
+    if not blocks:
+        return None, "no ```Optimized Method``` block"
+    for block in blocks:
+        if block and block != _PLACEHOLDER:
+            return block, None
+    return None, "empty ```Optimized Method``` block"
+
+
+def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """A seeded development set of ``dev_size`` items and the rest as the mini-batch pool (disjoint)."""
+    if len(items) < dev_size + batch_size:
+        raise ValueError(
+            f"optimize: the seed has {len(items)} items, too few for a development set of {dev_size} "
+            f"(params.yaml optimize.dev_size) plus a mini-batch of {batch_size} (optimize.batch_size) "
+            f"from the remaining items; lower them or use a larger seed")
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    return [items[i] for i in order[:dev_size]], [items[i] for i in order[dev_size:]]
+
+
+def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
+                     *, rounds: int, temperature: float, controls: Mapping[str, Any] | None = None,
+                     max_tokens: int | None = None, few_shot: bool = False) -> tuple[list[dict], list[dict]]:
+    """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of unparsed stages])."""
+    cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
+    unparsed = []
+    current = list(instructions)
+    for r in range(1, rounds + 1):
+        results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
+                                     desc=f"trajectory round {r}", controls=controls, max_tokens=max_tokens,
+                                     few_shot=few_shot)
+        for case, (parsed, raw, _) in zip(cases, results):
+            if parsed is None:
+                unparsed.append({"id": case["id"], "round": r})
+            case[f"stage{r}"] = parsed if parsed is not None else raw.strip() if raw is not None else case[f"stage{r - 1}"]
+        current = [case[f"stage{r}"] for case in cases]
+    return cases, unparsed
+
+
+def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str,
+                 *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
+                 max_tokens: int | None = None, few_shot: bool = False) -> MethodScore:
+    """Evolve the development set with ``method``, answer each evolved instruction, count F failures.
+    ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the rounds use them)."""
+    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method, temperature=temperature,
+                                 max_tokens=max_tokens, desc=f"{desc}: evolve", controls=controls, few_shot=few_shot)
+    answered = [(d, e.instruction) for d, e in zip(dev, evolved) if e.instruction is not None]
+    responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
+                        desc=f"{desc}: respond", temperature=0.0) if answered else []
+    missing = len(dev) - len(answered)
+    # a failed response call is a failure, like a response that F catches
+    fails = missing + sum(r.failed or elimination.auto_evol_failure(r.text) for r in responses)
+    rate = fails / len(dev)
+    ratio = 0.0
+    texts = [r.text for r in responses if not r.failed]
+    if answered and texts:
+        mean_instruction = sum(len(q) for _, q in answered) / len(answered)
+        mean_response = sum(len(t) for t in texts) / len(texts)
+        ratio = mean_response / mean_instruction if mean_instruction else 0.0
+    return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing, success=1.0 - rate,
+                       score=(1.0 - rate) * ratio, cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved))
+
+
+def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
+                    *, candidates: int, controls: Mapping[str, Any] | None = None) -> list[Candidate]:
+    """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns."""
+    analysis = {"role": "user", "content": prompts.render(
+        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
+    # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
+    # (the fenced method); the analysis is free text with the role's own controls
+    merged = optimizer.role.controls.merged(controls)
+    feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
+                                   desc="optimizer: analysis")
+    optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
+    asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
+    answers = dict(zip(asked, optimizer.generate(
+        [optimizer.request([analysis, {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j,
+                           controls=merged)
+         for j in asked], desc="optimizer: optimization")))
+    out = []
+    for j, feedback in enumerate(feedbacks):
+        answer = answers.get(j)
+        if feedback.failed or answer.failed:
+            failed = feedback if feedback.failed else answer
+            out.append(Candidate(index=j, feedback=None if feedback.failed else feedback.text, answer=None,
+                                 method=None, parse_error=f"call failed: {failed.failure_reason}: {failed.error}"))
+            continue
+        parsed, error = parse_optimized_method(answer.text)
+        out.append(Candidate(index=j, feedback=feedback.text, answer=answer.text, method=parsed, parse_error=error))
+    return out
+
+
+def select_candidate(candidates: list[Candidate], current: MethodScore, selection: str) -> int | None:
+    """Index of the candidate that becomes the current method, or None to keep it (rules: module doc)."""
+    scored = [c for c in candidates if c.dev is not None]
+    if not scored:
+        return None
+    if selection == "lowest_failure":
+        return min(scored, key=lambda c: (c.dev.failure_rate, c.index)).index
+    if selection == "no_regression":
+        for c in sorted(scored, key=lambda c: (-c.dev.score, c.index)):
+            if c.dev.success >= current.success and c.dev.score >= current.score:
+                return c.index
+        return None
+    raise ValueError(f"params.yaml optimize.selection: {selection!r} is not one of {SELECTIONS}")
+
+
+def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
+                    optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
+                    rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
+                    evolve_max_tokens: int | None = None, few_shot: bool = False) -> OptimizeResult:
+    """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
+    ``evolve_controls``, ``evolve_max_tokens``: the step-format calls' (``EvolveSettings.step_format``), for
+    the evolving calls (the method is scored as the rounds use it)."""
+    temperature = settings.evolver_temperature
+    current_method = initial_method
+    evolving = dict(controls=evolve_controls, max_tokens=evolve_max_tokens, few_shot=few_shot)
+    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0", **evolving)
+    result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
+                            dev_size=len(dev))
+    stale = 0  # steps since the best rate last decreased
+    stale_unparsed = 0  # of those, steps whose candidates all failed to parse
+    for step in range(1, int(settings.steps) + 1):
+        batch = rng.sample(pool, int(settings.batch_size))
+        trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
+                                                current_method, rounds=int(settings.trajectory_rounds), temperature=temperature,
+                                                **evolving)
+        proposals = propose_methods(optimizer, prompts, trajectory, current_method,
+                                    candidates=int(settings.candidates), controls=settings.controls)
+        for c in proposals:
+            if c.method is not None:
+                c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
+                                     desc=f"step {step} candidate {c.index}", **evolving)
+        parsed = sum(c.method is not None for c in proposals)
+        chosen = select_candidate(proposals, current, settings.selection)
+        method_before = current_method
+        if chosen is not None:
+            current_method, current = proposals[chosen].method, proposals[chosen].dev
+        previous_best = result.best.failure_rate
+        if settings.selection == "no_regression" or current.failure_rate < result.best.failure_rate:
+            result.method, result.best = current_method, current
+        improved = result.best.failure_rate < previous_best
+        stale = 0 if improved else stale + 1
+        stale_unparsed = 0 if improved else stale_unparsed + (parsed == 0)
+        result.log.append({
+            "step": step,
+            "method_before": method_before,
+            "minibatch_ids": [b["id"] for b in batch],
+            "trajectory": trajectory,
+            "trajectory_unparsed": unparsed,
+            "candidates": [dataclasses.asdict(c) for c in proposals],
+            "parse_errors": sum(c.parse_error is not None for c in proposals),
+            "parseable_candidates": parsed,
+            "no_parseable_candidate": parsed == 0,
+            "chosen": chosen,
+            "current_failure_rate": current.failure_rate,
+            "best_failure_rate": result.best.failure_rate,
+            "improved": improved,
+        })
+        if settings.patience and stale >= settings.patience:
+            # patience means "candidates were tried and none did better"; steps without one are another story
+            result.stop_reason = "no_parseable_candidate" if stale_unparsed == stale else "patience"
+            result.stopped_early = True
+            break
+    if result.log and not any(r["parseable_candidates"] for r in result.log):
+        result.stop_reason = "no_parseable_candidate"  # the steps ran, but the optimizer never wrote a method
+    return result
+
+
+def open_models(params: dict) -> dict[str, LLM]:
+    """Evolver and optimizer LLMs (one loaded model when both roles name the same one)."""
+    cache = open_cache(params)
+    return dict(evolver=open_role(params, "evolver", cache), optimizer=open_role(params, "optimizer", cache))
+
+
+def write_method(out: str | Path, method: str, log: list[dict], meta: dict) -> None:
+    """The optimize stage's folder: method.txt (the exact text: no added newline), log.jsonl, meta.json."""
+    with atomic_dir(out) as tmp:
+        (tmp / "method.txt").write_text(method, encoding="utf-8")
+        write_jsonl(tmp / "log.jsonl", log)
+        write_json(tmp / "meta.json", {VERSIONS: output_versions(), **meta})  # as write_output records them
+
+
+def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The optimize stage: the method optimized on the seed items of ``seed``, written to ``out``. With
+    ``evolve.strategy`` other than auto it costs nothing: the initial method, an empty log, no model loaded."""
+    settings = load_section(params, "optimize")
+    evolve_settings = load_section(params, "evolve")
+    strategy = evolve_settings.strategy
+    initial = initial_method_text(prompts, settings.initial_method)
+    templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE, ANALYSIS_TEMPLATE,
+                 OPTIMIZATION_TEMPLATE]
+    meta = {"templates": {t: prompts.hash(t) for t in templates}, "params": dataclasses.asdict(settings),
+            "evolve_strategy": strategy}
+    if strategy != "auto":
+        write_method(out, initial, [], {**meta, "skipped": True, "models": {}})
+        return Outputs({"skipped": True, "reason": f"evolve.strategy is {strategy!r}, not 'auto'", "steps_run": 0,
+                        "calls": 0, "cache_hits": 0}, f"optimize: skipped (evolve.strategy {strategy}); initial method -> {out}/method.txt",
+                       plot=[])
+    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
+             for r in read_table(seed).select("id", "instruction", "input").to_dicts()]
+    rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
+    dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
+    models = open_models(params)
+    evolve_controls, evolve_max_tokens = evolve_settings.step_format()
+    result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
+                             evolve_controls=evolve_controls, evolve_max_tokens=evolve_max_tokens,
+                             few_shot=evolve_settings.few_shot, **models)
+    usable = usability(result, settings)
+    if usable["message"]:
+        print(f"optimize: {usable['message']}")
+    if not usable["method_usable"] and settings.on_unusable == "stop":
+        raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unusable: stop): {usable['message']}")
+    meta.update(skipped=False, dev_ids=[d["id"] for d in dev], fallback=usable["fallback"],
+                fallback_reason=usable["message"] if usable["fallback"] else None,
+                models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})
+    write_method(out, result.method, result.log, meta)
+    metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats}, usable)
+    return Outputs(metrics, f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
+                            f"in {result.steps_run} step(s) ({result.stop_reason}; {metrics['parseable_candidates']} of "
+                            f"{metrics['candidates_proposed']} candidates parsed) -> {Path(out) / 'method.txt'}",
+                   plot=metrics["per_step"])

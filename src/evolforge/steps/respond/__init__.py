@@ -1,0 +1,1 @@
+"""The respond step: an answer for every seed and surviving evolved instruction (``step.run``)."""

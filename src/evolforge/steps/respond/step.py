@@ -1,0 +1,145 @@
+"""Responses: answer instructions with the response template (the SLM paper's, one user turn).
+
+``gather`` collects the surviving (``evolved``) items of the chosen rounds, plus the seeds if asked,
+keeping every lineage column and the evolver's ``finish_reason`` (as ``instruction_finish_reason``);
+``answer`` fills ``output`` from the responder role and marks each response with ``response_status``:
+``complete``, ``truncated`` (cut at ``max_tokens``), ``repetitive`` (loops) or ``empty``
+(:func:`evolforge.steps.common.elimination.response_status`). Only complete responses are training material.
+A call that failed (prompt too long, rejected, retries exhausted) keeps its row with a null ``output``
+and the reason in ``response_failure_reason`` / ``response_failure_detail``: never an invented text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+
+from evolforge.core import validation
+from evolforge.core.cache import open_cache
+from evolforge.config.loader import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.records import EVOLVED, LINEAGE, TABLE, VERSIONS
+from evolforge.config.runtime import DataSettings  # noqa: F401  (part of this module's API)
+from evolforge.core.stage import Outputs
+from evolforge.core.stream import (check_chunks, check_unique, checked_chunks, iter_chunks, read_spilled, spilled, table_file,
+                                   table_schema, write_output_chunks)
+from evolforge.core.versions import output_versions
+from evolforge.llm.cached import LLM, open_role
+from evolforge.steps.common import elimination
+from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond, response_sampling
+
+KEEP = LINEAGE + ["instruction", "input", "template_hash", "model", "finish_reason"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gathered:
+    """The items to answer, as they stream from their tables: the seeds' (all of them) and each round's
+    (its ``evolved`` items), in that order, the columns of ``KEEP`` typed as one ``vertical_relaxed`` concat
+    of the tables would type them."""
+
+    parts: list[tuple[Path, bool]]  # (table file, a round: keep only its evolved items)
+    schema: pl.Schema
+    chunk_rows: int
+
+    def chunks(self) -> Iterator[pl.DataFrame]:
+        """The items ``chunk_rows`` rows of a table at a time (fewer after a round's filter)."""
+        for file, is_round in self.parts:
+            for chunk in iter_chunks(file, self.chunk_rows):
+                yield _kept(chunk, is_round).cast(dict(self.schema))
+
+    def ids(self) -> pl.LazyFrame:
+        """The items' ids in order (a streaming query: no texts read)."""
+        scans = [pl.scan_parquet(file).filter(pl.col("status") == EVOLVED) if is_round else pl.scan_parquet(file)
+                 for file, is_round in self.parts]
+        return pl.concat([scan.select("id") for scan in scans])
+
+
+def _kept(table: pl.DataFrame, is_round: bool) -> pl.DataFrame:
+    if not is_round:
+        return table.with_columns(template_hash=pl.lit(None, pl.String), model=pl.lit(None, pl.String),
+                                  finish_reason=pl.lit(None, pl.String)).select(KEEP)
+    if "finish_reason" not in table.columns:  # a round written before finish reasons were kept
+        table = table.with_columns(finish_reason=pl.lit(None, pl.String))
+    return table.filter(pl.col("status") == EVOLVED).select(KEEP)
+
+
+def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None, chunk_rows: int = DataSettings.chunk_rows) -> Gathered:
+    """Evolved items of the given round folders (and all seeds when ``seed_dir`` is given), lineage kept; every
+    table checked first, ``chunk_rows`` rows at a time."""
+    parts = ([(table_file(seed_dir), False)] if seed_dir is not None else []) + [(table_file(d), True) for d in round_dirs]
+    if not parts:
+        raise ValueError("respond: no rounds selected (params.yaml respond.rounds) and include_seed is false")
+    for file, _ in parts:
+        check_chunks(file, validation.item_columns(LINEAGE + ["instruction", "input"]), chunk_rows)
+    empty = [_kept(pl.DataFrame(schema=table_schema(file)), is_round) for file, is_round in parts]
+    return Gathered(parts, pl.concat(empty, how="vertical_relaxed").schema, chunk_rows)
+
+
+def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
+           repetition: elimination.RepetitionTest = elimination.RepetitionTest(), **sampling) -> pl.DataFrame:
+    """``items`` with ``output``, ``response_finish_reason`` and ``response_status`` filled in; a failed call
+    leaves ``output`` null with its reason (``response_status`` failed)."""
+    completions = respond(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
+    return items.rename({"template_hash": "evolve_template_hash", "model": "evolver_model",
+                         "finish_reason": "instruction_finish_reason"}).with_columns(
+        output=pl.Series([None if c.failed else c.text for c in completions], dtype=pl.String),
+        response_finish_reason=pl.Series([c.finish_reason for c in completions], dtype=pl.String),
+        response_status=pl.Series([elimination.FAILED_RESPONSE if c.failed else elimination.response_status(c.text, c.finish_reason, repetition)
+                                   for c in completions], dtype=pl.String),
+        response_failure_reason=pl.Series([c.failure_reason for c in completions], dtype=pl.String),
+        response_failure_detail=pl.Series([c.error for c in completions], dtype=pl.String),
+        response_template_hash=pl.lit(prompts.hash(RESPONSE_TEMPLATE)),
+    )
+
+
+def status_counts(table: pl.DataFrame) -> dict[str, int]:
+    """Responses per ``response_status``, every status listed (0 when absent)."""
+    counts = dict.fromkeys(elimination.RESPONSE_STATUSES, 0)
+    counts.update(table["response_status"].value_counts().iter_rows())
+    return counts
+
+
+def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The respond stage: the evolved items of ``respond.rounds`` (round folders under ``evolved``; the seeds
+    of ``seed`` with ``include_seed``), answered by the responder role ``data.chunk_rows`` rows at a time
+    and streamed into ``out`` (docs/scale.md)."""
+    cfg = load_section(params, "respond")  # load_params checked that its rounds are evolve.rounds indices
+    rounds = {r["index"]: name for name, r in load_section(params, "evolve").rounds.items()}
+    items = gather([f"{evolved}/{rounds[k]}" for k in cfg.rounds], seed if cfg.include_seed else None,
+                   load_section(params, "data").chunk_rows)
+    check_unique(items.ids(), "id", out)  # the output's rule, before any call
+    llm = open_role(params, "responder", open_cache(params))
+    repetition = elimination.repetition_test(cfg.repetition)
+    statuses, per_round, failed = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0
+
+    def answered() -> Iterator[pl.DataFrame]:
+        nonlocal failed
+        for chunk in items.chunks():
+            table = answer(chunk, llm, prompts, repetition=repetition, **response_sampling(cfg))
+            for status, n in status_counts(table).items():
+                statuses[status] += n
+            per_round.update(table["round"].to_list())
+            failed += int(table["response_failure_reason"].is_not_null().sum())
+            yield table
+
+    schema = answer(pl.DataFrame(schema=items.schema), llm, prompts).schema  # no rows: no call
+    rules = validation.item_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
+    meta = {VERSIONS: output_versions(), "model": llm.label, "model_identity": llm.identity,  # as write_output records it
+            "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": dataclasses.asdict(cfg)}
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:  # the calls on this thread
+        parts = spilled(checked_chunks(answered(), rules, out), work)
+        write_output_chunks(out, {TABLE: (schema, read_spilled(parts))}, meta=meta)
+    total = sum(per_round.values())
+    metrics = {"items": total, "response_status": statuses, "empty_responses": statuses["empty"],
+               "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "failed_responses": failed, "llm": {"responder": llm.stats},
+               "per_round": {str(k): n for k, n in per_round.items()}}
+    return Outputs(metrics, f"respond: {total} responses {statuses}; {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits",
+                   peak_rss=True)  # docs/scale.md

@@ -1,0 +1,1 @@
+"""The score step: IFD and IC-IFD from the scorer model (``step.run``)."""

@@ -1,0 +1,1 @@
+"""Selection: the policy (``selection``), the training files and the dataset card (``card``), written by ``step.run``."""

@@ -1,0 +1,299 @@
+"""The dataset card and a ``datasets``-loadable copy of the selection (Hugging Face dataset layout).
+
+Written into the selection's folder, beside what the select stage wrote::
+
+    data/selected/README.md                              the card: YAML header + how the data was made
+    data/selected/data/train-00000-of-00001.parquet      the rows (lineage, text, chat messages, scores)
+
+The card's ``configs`` entry points ``datasets`` at the shards, so the other files of the folder
+(items.parquet, train.jsonl, ...) are not mistaken for data::
+
+    >>> import datasets                                                   # doctest: +SKIP
+    >>> datasets.load_dataset("data/selected")["train"][0]["messages"]    # doctest: +SKIP
+    [{'role': 'user', 'content': '...'}, {'role': 'assistant', 'content': '...'}]
+
+The card says what made the data: seed source, every role's model and identity (``models/identity.json``
+when present, else ``params.yaml`` roles), prompt template hashes, evolution and selection params, counts
+per stage, the versions of the packages that can change the data, and known limitations. The ``configs``
+entry's ``description`` carries the shards' sha256 fingerprint: ``datasets`` keys its cache on the folder's
+name and that header, so each version gets its own cache entry and loads as itself. ``params.yaml`` section ``card`` (optional) sets the header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from evolforge.config.loader import load_section
+from evolforge.core.jsonfiles import read_json
+from evolforge.core.records import META, TABLE, VERSIONS
+from evolforge.core.text import question_text
+from evolforge.config.curation import CardSettings
+from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
+from evolforge.steps.common.funnel import funnel, provenance, round_strategies
+
+SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
+COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
+           "difficulty_score", "ifd", "ic_ifd", "mnd"]
+DESCRIPTIONS = {
+    "id": "stable content-derived id", "root_id": "id of the seed the item descends from",
+    "parent_id": "id of the item it was evolved from", "round": "evolution round (0 = seed)",
+    "method": "evolution method that produced it", "instruction": "the instruction", "input": "optional input",
+    "output": "the response (responder model)", "messages": "the pair as chat messages (user, assistant)",
+    "difficulty_level": "judge's difficulty label (5 levels)", "difficulty_score": "judge's difficulty score, 0-100",
+    "ifd": "instruction-following difficulty, L(A|Q) / L(A)", "ic_ifd": "IC-IFD, L(A|Q) / (L(Q) L(A))",
+    "mnd": "minimum distance to another item's embedding (diversity)",
+}
+# The configs header carries the shards' fingerprint: `datasets` keys its cache on the folder's name and the
+# header (not on the files' contents), so without it every `data/selected` would share one cache entry and a
+# second version would load as the first.
+LOADING = """## Loading
+
+```python
+import datasets
+ds = datasets.load_dataset("<this folder or hub id>")["train"]
+```
+
+The header's `configs` entry carries this version's fingerprint (`{fingerprint}`, sha256 of the shards), so
+the `datasets` cache keeps each version apart. Or read the shards directly:
+`polars.read_parquet("<this folder>/data/train-*.parquet")`."""
+LIMITATIONS = """- Instructions and responses are written by language models: they can be wrong, unsafe or unanswerable, and
+  nothing here verifies a response. Difficulty labels and scores are one judge model's opinion.
+- Evolution and selection favour what the evolver and scorer models find hard; topics, languages and styles of
+  the seed set carry over, and so do its biases.
+- Licence: the rows derive from the seed set and from the models' outputs; check the terms of both (see the
+  models above) before redistributing or training on this data."""
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` bucket for ``n`` rows."""
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                         (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")):
+        if n < bound:
+            return label
+    return "n>100M"
+
+
+def hub_rows(selected: pl.DataFrame) -> pl.DataFrame:
+    """The columns published: lineage, text, chat messages and the scores the selection has."""
+    cols = [c for c in COLUMNS if c in selected.columns]
+    messages = [[{"role": "user", "content": question_text(r["instruction"], r["input"] or "")},
+                 {"role": "assistant", "content": r["output"]}]
+                for r in selected.select("instruction", "input", "output").iter_rows(named=True)]
+    return selected.select(cols).with_columns(messages=pl.Series(messages))
+
+
+def write_shards(rows: pl.DataFrame, folder: Path) -> list[str]:
+    """``data/train-XXXXX-of-YYYYY.parquet`` files (the Hub's naming), replacing any earlier ones."""
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for old in data.glob("train-*.parquet"):
+        old.unlink()
+    n = max(1, math.ceil(rows.height / SHARD_ROWS))
+    names = []
+    for i in range(n):
+        name = f"train-{i:05d}-of-{n:05d}.parquet"
+        tmp = data / f".{name}.tmp-{os.getpid()}"
+        rows.slice(i * SHARD_ROWS, SHARD_ROWS).write_parquet(tmp)
+        os.replace(tmp, data / name)
+        names.append(f"data/{name}")
+    return names
+
+
+def shards_fingerprint(folder: Path, names: list[str]) -> str:
+    """sha256 of the shards' bytes, in name order (first 16 hex digits): the version's fingerprint."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _models(root: Path, params: dict) -> list[dict]:
+    identities = root / "models" / "identity.json"
+    if identities.exists():
+        found = read_json(identities)
+        return [{"role": role, **{k: v.get(k) for k in ("backend", "model", "revision", "identity")}}
+                for role, v in sorted(found.items()) if isinstance(v, dict)]
+    return [{"role": role, "backend": v.get("backend"), "model": v.get("model"), "revision": v.get("revision"),
+             "identity": None} for role, v in sorted((params.get("roles") or {}).items()) if isinstance(v, dict)]
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == {}:
+        return ""
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _scenario_line(root: Path) -> str:
+    """Which pool was deduplicated, judged and selected from (``metrics/pool.json``, stage pick_scenario)."""
+    path = root / "metrics" / "pool.json"
+    pool = read_json(path) if path.is_file() else {}
+    if not pool:
+        return "**Scenario**: not recorded (no `metrics/pool.json`)."
+    line = f"**Scenario**: `{pool.get('scenario', '?')}`, {pool.get('items', '?')} items from `{pool.get('source', '?')}`"
+    if pool.get("autoif_items"):
+        line += f", of them {pool['autoif_items']} verified by AutoIF (their constraints checked by code)"
+    if pool.get("fallback"):
+        line += f"; the AutoIF pool was empty, so the evolved one was used (`autoif.on_empty: evol`): {pool['fallback']}"
+    return line + "."
+
+
+STRATEGY_WORDS = {"evol": "Evol-Instruct's hand-written methods", "auto": "Auto Evol-Instruct's optimized method",
+                  "auto_initial": "Auto Evol-Instruct's initial (not optimized) method"}
+
+
+def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[dict], n_rounds: int, metric: str) -> str:
+    """The card's opening paragraph: what the rows are, claiming evolution only where items evolved.
+
+    >>> rows = pl.DataFrame({"round": [0, 0]})
+    >>> summary_text(rows, [{"round": 1, "evolved": 0}], [], 1, "ic_ifd")[:60]
+    '2 instruction-response pairs. No instruction evolved: no evo'
+    """
+    evolved_total = sum(r["evolved"] or 0 for r in funnel_rows if r["round"] != 0)
+    n_rounds = len(strategies) or n_rounds  # the rounds built, when their outputs are there
+    from_seed = int((rows["round"] == 0).sum()) if "round" in rows.columns else 0
+    from_rounds = rows.height - from_seed
+    tail = (f"answered, judged for difficulty, scored by IFD / IC-IFD and selected by `{metric}`. Built with "
+            "evolforge (a DVC pipeline): `params.yaml` and the prompt templates, whose hashes are listed below, "
+            "determine it.")
+    if evolved_total == 0:
+        tried = f"{n_rounds} round(s) of evolution were run and every rewrite was eliminated" if strategies else \
+            "no evolution round was run"
+        return (f"{rows.height} instruction-response pairs. No instruction evolved: {tried} (see the counts "
+                f"below), so the pairs are seed instructions, {tail}")
+    used = sorted({s["used"] for s in strategies if s["used"]})
+    how = " and ".join(STRATEGY_WORDS.get(u, f"strategy `{u}`") for u in used) or "Evol-Instruct"
+    fell_back = [s for s in strategies if s["fallback"]]
+    if fell_back:
+        how += (f" (strategy `{fell_back[0]['requested']}` was asked for; the rounds fell back because the evolver "
+                "could not follow the optimized method)")
+    return (f"{rows.height} instruction-response pairs: {from_rounds} with instructions evolved from a seed set "
+            f"({evolved_total} rewrites survived over {n_rounds} round(s), with {how}) and {from_seed} seed "
+            f"instructions; {tail}")
+
+
+def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) -> str:
+    """``**Evolution**: ...``: the strategy asked for and, per the rounds' meta.json, the one used."""
+    requested = evolve_cfg.get("strategy", "?")
+    used = sorted({s["used"] for s in strategies if s["used"]})
+    line = f"**Evolution**: strategy `{requested}`"
+    if used and used != [requested]:
+        line += " requested, used " + ", ".join(f"`{u}`" for u in used)
+        reason = next((s["fallback"] for s in strategies if s["fallback"]), None)
+        line += f" ({reason})" if reason else ""
+    return line + f", rounds {', '.join(rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`."
+
+
+def _versions_rows(root: Path) -> list[list[Any]]:
+    """Package, version, the stage outputs whose ``meta.json`` recorded it; this install's where none did.
+
+    The selection itself is left out: the card is written by the same install, while it is being replaced, and
+    so are folders being written (``.name.tmp-*``)."""
+    seen: dict[str, dict[str, list[str]]] = {name: {} for name in OUTPUT_PACKAGES}
+    metas = [*root.glob(f"data/*/{META}"), *root.glob(f"data/*/*/{META}")]
+    for meta_path in sorted(p for p in metas if p.parent.relative_to(root).parts[1] != "selected"
+                            and not any(part.startswith(".") for part in p.relative_to(root).parts)):
+        recorded = (read_json(meta_path) or {}).get(VERSIONS)
+        for name, version in (recorded.items() if isinstance(recorded, dict) else ()):
+            if name in seen:
+                seen[name].setdefault(str(version), []).append(meta_path.parent.relative_to(root).as_posix())
+    now = output_versions()
+    rows = []
+    for name, by_version in seen.items():
+        for version, stages in sorted(by_version.items()) or [(str(now[name]), ["(installed when the card was written)"])]:
+            rows.append([f"`{name}`", "not installed" if version == "None" else version, ", ".join(stages)])
+    return rows
+
+
+def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings, fingerprint: str = "") -> str:
+    """The README.md text: YAML header, then how the data was made."""
+    header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
+              "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
+              "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],
+              "configs": [{"config_name": "default", "description": f"fingerprint {fingerprint}",
+                          "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
+    seed_cfg, evolve_cfg, select_cfg = (params.get(k) or {} for k in ("seed", "evolve", "select"))
+    funnel_rows = funnel(root, selected=rows)  # the selection being written, not an older data/selected
+    counts = [[("seed" if r["round"] == 0 else r["round"]), r["in"], r["evolved"], r["failed"],
+               ", ".join(f"{k}: {v}" for k, v in r["failed_by_reason"].items()), r["answered"],
+               r["clean"], r["judged"], r["selected"]] for r in funnel_rows]
+    prompts = [[p["stage"], p["model"], ", ".join(f"`{n}` {h}" for n, h in sorted(p["template_hashes"].items()))]
+               for p in provenance(root)]
+    models = [[m["role"], m["backend"], m["model"], m["revision"], m["identity"]] for m in _models(root, params)]
+    columns = [[f"`{c}`", DESCRIPTIONS.get(c, "")] for c in rows.columns]
+    rounds = sorted((evolve_cfg.get("rounds") or {}).items(), key=lambda kv: (kv[1] or {}).get("index", 0))
+    limitations = LIMITATIONS + (f"\n{settings.limitations.strip()}" if settings.limitations else "")
+    if any(str(m[2] or "").rstrip("/").endswith("models/tiny") for m in models):
+        limitations += ("\n- Built with the project's tiny test model: the rows exercise the pipeline and are not "
+                        "data to train a real model on.")
+    parts = [
+        "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
+        f"# {settings.pretty_name}",
+        summary_text(rows, funnel_rows, round_strategies(root), len(rounds), select_cfg.get("metric", "?")),
+        LOADING.format(fingerprint=fingerprint),
+        "## How it was made",
+        f"**Seed source**: `{seed_cfg.get('source', 'unknown')}`"
+        + (f" at revision `{seed_cfg['revision']}`" if seed_cfg.get("revision") else "")
+        + (f", limit {seed_cfg['limit']}" if seed_cfg.get("limit") else "") + ".",
+        evolution_line(evolve_cfg, round_strategies(root), [name for name, _ in rounds]),
+        _scenario_line(root),
+        "**Selection**: " + ", ".join(f"`{k}`: {_cell(v)}" for k, v in sorted(select_cfg.items())) + ".",
+        "### Models\n\n" + _md_table(["role", "backend", "model", "revision", "identity"], models),
+        "### Prompt templates (sha256 prefixes)\n\n" + _md_table(["stage", "model", "templates"], prompts),
+        "### Counts per stage\n\nSeeds in, then per round: items in, evolved, failed (by reason), answered, kept after "
+        "deduplication / decontamination (when run), judged, selected.\n\n"
+        + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered", "kept", "judged", "selected"], counts),
+        "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k] for k in ("seed", "evolve", "respond", "autoif", "judge", "score", "select")
+                                                       if k in params}, sort_keys=True) + "```",
+        "### Software versions\n\nThe installed versions of the packages that can change the data, as each stage "
+        "output's `meta.json` recorded them (`make setup` installs the locked set: `requirements/cpu.txt`).\n\n"
+        + _md_table(["package", "version", "recorded by"], _versions_rows(root)),
+        "## Columns\n\n" + _md_table(["column", "meaning"], columns),
+        "## Known limitations\n\n" + limitations,
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | None = None) -> Path:
+    """Write the shards and ``README.md`` into ``selected_dir``; return the card's path."""
+    params = params or {}
+    settings = load_section(params, "card")
+    selected_dir, root = Path(selected_dir), Path(root)
+    table_path = selected_dir / TABLE
+    if not table_path.exists():
+        raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
+    rows = hub_rows(pl.read_parquet(table_path))
+    fingerprint = shards_fingerprint(selected_dir, write_shards(rows, selected_dir))
+    card = selected_dir / "README.md"
+    tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
+    tmp.write_text(card_text(rows, root, params, settings, fingerprint), encoding="utf-8")
+    os.replace(tmp, card)
+    return card
+
+
+def push_to_hub(selected_dir: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload the card and the shards to a Hub dataset repository (needs a token: ``hf auth login``)."""
+    from huggingface_hub import HfApi
+
+    selected_dir = Path(selected_dir)
+    if not (selected_dir / "README.md").exists() or not list((selected_dir / "data").glob("train-*.parquet")):
+        raise FileNotFoundError(f"{selected_dir}: no card or shards; run `evolforge card` (or the select stage) first")
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(selected_dir),
+                      allow_patterns=["README.md", "data/train-*.parquet"], commit_message="evolforge: dataset card and shards")
+    return f"https://huggingface.co/datasets/{repo_id}"

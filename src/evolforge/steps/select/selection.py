@@ -1,0 +1,267 @@
+"""Selecting the training set: guards, floors, rank by a metric, keep a top fraction or everything above a
+threshold (optionally only items far enough from those already kept), and export for SFT trainers.
+
+Metrics: ``ic_ifd`` (SLM paper, higher is better), ``ifd`` (Cherry: higher = the instruction helps less,
+i.e. harder to follow), ``difficulty_score`` (judge, 0-100), ``difficulty_expected`` (the judge's
+expected 0-100 score under its probabilities, ``judge.probabilities``) or ``random`` (seeded baseline). Items whose
+metric is null (unparseable judge answer, degenerate loss) are never selected by a metric.
+
+Known bias of IFD and IC-IFD. Both divide by how predictable the text is: IFD = L(A|Q) / L(A) is high
+when the instruction barely helps, IC-IFD = L(A|Q) / (L(Q) L(A)) is high when L(Q) is *low*, and on a
+real small model IC-IFD ran -0.86 (Spearman) with L(Q). Ranking by them favours what the scorer reads
+strangely: looping text (tiny L(Q) once the loop starts), answers that do not follow the question, code
+blocks with repeated lines. Two floors counter this: ``min_loss_instruction`` (drop items whose L(Q), in
+nats per token, is below it: looping and templated instructions) and ``min_mnd`` (drop items whose nearest
+neighbour in the pool is closer than it: near-copies, which also get low losses).
+
+Order of the filters (each one's removals are counted, and an empty selection names the filter that
+emptied it): rounds -> guards (:data:`GUARDS`: only complete items) -> ``ifd_filter`` -> floors ->
+metric present -> threshold -> diversity walk / top fraction.
+
+Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
+every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the walk stops once
+ceil(fraction x ranked) items are kept, so a too-close item's place goes to the next one down. Distances
+are squared L2 between unit-normalised embeddings, d^2 = 2 - 2 cos, the unit of MND (DEITA's cosine
+similarity 0.9 is d^2 = 0.2).
+
+Embeddings contract (the diversity stage's output folder, e.g. ``data/diversity/``): ``embeddings.npy``, a
+float32 (N, d) array, row i belonging to row i of ``items.parquet`` in the same folder (column ``id``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import polars as pl
+
+from evolforge.config.bounds import ParamsError
+from evolforge.core.records import TABLE, read_table
+from evolforge.core.text import item_text, question_text
+from evolforge.config.curation import SelectSettings
+from evolforge.steps.common.guards import GUARDS, guard_reason
+
+METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
+EMBEDDINGS = "embeddings.npy"
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Unit-normalised item embeddings by id (see the module docstring for the files)."""
+
+    ids: list[str]
+    vectors: np.ndarray  # (N, d) float32, unit rows
+
+    def take(self, ids: Sequence[str]) -> np.ndarray:
+        where = {i: k for k, i in enumerate(self.ids)}
+        missing = [i for i in ids if i not in where]
+        if missing:
+            raise KeyError(f"embeddings: {len(missing)} items have no embedding (first: {missing[:3]}); rerun the diversity stage")
+        return self.vectors[[where[i] for i in ids]]
+
+
+def load_embeddings(folder: str | Path) -> Embeddings:
+    """Read ``embeddings.npy`` + the ``id`` column of ``items.parquet`` from a diversity output folder."""
+    folder = Path(folder)
+    ids = read_table(folder)["id"].to_list()
+    vectors = np.load(folder / EMBEDDINGS, allow_pickle=False).astype(np.float32, copy=False)
+    if vectors.ndim != 2 or len(vectors) != len(ids):
+        raise ValueError(f"{folder / EMBEDDINGS}: shape {vectors.shape} does not match the {len(ids)} rows of {folder / TABLE}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise ValueError(f"{folder / EMBEDDINGS}: rows {bad[:10].tolist()} are zero or not finite")
+    return Embeddings(ids, vectors / norms)
+
+
+def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = None, block_size: int = 1024) -> list[int]:
+    """Greedy DEITA walk over unit ``vectors`` in their given (ranked) order: row i is kept when its squared
+    L2 distance to every kept row exceeds ``threshold``; stop after ``budget`` kept. Returns kept rows.
+
+    Exact, blockwise: each block is compared with all rows kept before it by one matrix multiply, then
+    resolved in order against the rows it keeps itself (time ~ N x kept x d, memory ~ block x kept).
+    """
+    n = len(vectors)
+    budget = n if budget is None else budget
+    kept: list[int] = []
+    kept_vectors = np.empty((min(budget, n), vectors.shape[1] if n else 0), dtype=np.float32)
+    for start in range(0, n, block_size):
+        if len(kept) >= budget:
+            break
+        block = vectors[start:start + block_size]
+        if kept:
+            near = (2.0 - 2.0 * (block @ kept_vectors[:len(kept)].T)).min(axis=1)
+            ok = near > threshold
+        else:
+            ok = np.ones(len(block), dtype=bool)
+        inner = 2.0 - 2.0 * (block @ block.T)
+        mine: list[int] = []
+        for i in np.flatnonzero(ok):
+            if mine and inner[i, mine].min() <= threshold:
+                continue
+            mine.append(int(i))
+            kept_vectors[len(kept) + len(mine) - 1] = block[i]
+            if len(kept) + len(mine) >= budget:
+                break
+        kept += [start + i for i in mine]
+    return kept
+
+
+class Selection(NamedTuple):
+    chosen: pl.DataFrame      # the training set, ranked
+    summary: dict             # counts per filter, the filter that emptied it, diversity of the set
+    excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen
+
+
+def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Embeddings | None = None) -> Selection:
+    """Select from ``table`` (one row per item, with the metric's column) as ``settings`` (params.yaml
+    ``select``) say. A threshold wins over the top fraction. ``embeddings`` are needed for
+    ``diversity_threshold`` and, when given, add the within-set distances to the summary.
+
+    >>> t = pl.DataFrame({"id": ["a", "b", "c", "d"], "round": [1, 1, 2, 2], "ifd": [0.5, 1.2, 0.9, 0.7],
+    ...                   "ic_ifd": [0.3, 0.6, 0.4, None]})
+    >>> select_items(t, SelectSettings("ic_ifd", top_fraction=0.5)).chosen["id"].to_list()
+    ['b', 'c']
+    """
+    metric, top_fraction, threshold = settings.metric, settings.top_fraction, settings.threshold
+    diversity_threshold = settings.diversity_threshold
+    # load_section checks these for params.yaml; settings built in code are checked here
+    if metric not in METRICS:
+        raise ParamsError([f"select.metric: got {metric!r}; allowed: {', '.join(METRICS)}"])
+    if top_fraction is not None and not 0 < top_fraction <= 1:
+        raise ParamsError([f"select.top_fraction: got {top_fraction}; allowed: a number in (0, 1]"])
+    if diversity_threshold is not None and embeddings is None:
+        raise ValueError("params.yaml select.diversity_threshold needs embeddings (the diversity stage's output)")
+    pool = table
+    excluded: list[pl.DataFrame] = []
+    steps: list[dict] = []
+
+    def apply(name: str, keep: pl.Expr) -> None:
+        nonlocal pool
+        keep = keep.fill_null(False)
+        dropped = pool.filter(~keep)
+        pool = pool.filter(keep)
+        excluded.append(dropped.select("id", "round").with_columns(skip_reason=pl.lit(name)))
+        steps.append({"filter": name, "removed": dropped.height, "left": pool.height})
+
+    if settings.rounds is not None:
+        apply("round_not_selected", pl.col("round").is_in(settings.rounds))
+    reasons = guard_reason(pool)
+    pool = pool.with_columns(_guard=reasons)
+    for name in GUARDS:
+        if all(c in table.columns for c in GUARDS[name][1]):
+            apply(name, pl.col("_guard").is_null() | (pl.col("_guard") != name))
+    pool = pool.drop("_guard")
+    if settings.ifd_filter:
+        apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
+    if settings.min_loss_instruction is not None:
+        # polars orders NaN above every number, so NaN is refused explicitly
+        apply("loss_instruction_below_floor",
+              (pl.col("loss_instruction") >= settings.min_loss_instruction) & pl.col("loss_instruction").is_not_nan())
+    if settings.min_mnd is not None:
+        apply("mnd_below_floor", (pl.col("mnd") >= settings.min_mnd) & pl.col("mnd").is_not_nan())
+    if metric == "random":
+        order = list(range(pool.height))
+        random.Random(settings.seed).shuffle(order)
+        ranked = pool.with_columns(_rank=pl.Series(order, dtype=pl.Int64)).sort("_rank").drop("_rank")
+    else:
+        value = pl.col(metric)
+        apply("no_metric", value.is_not_null() & (value.is_not_nan() if pool.schema[metric].is_float() else pl.lit(True)))
+        ranked = pool.sort([metric, "id"], descending=[True, False])
+    if threshold is not None:
+        pool = ranked
+        apply("below_threshold", pl.col(metric) >= threshold)
+        ranked = pool
+    budget = math.ceil(top_fraction * ranked.height) if threshold is None else ranked.height
+    if diversity_threshold is not None:
+        kept = diverse_walk(embeddings.take(ranked["id"].to_list()), diversity_threshold, budget)
+        chosen = ranked[kept] if kept else ranked.head(0)
+        walked = np.zeros(ranked.height, dtype=bool)  # refused as too close, vs never reached (budget full)
+        walked[: (kept[-1] + 1 if len(kept) == budget and kept else ranked.height)] = True
+        is_kept = np.zeros(ranked.height, dtype=bool)
+        is_kept[kept] = True
+        parts = {"too_close_to_selected": walked & ~is_kept, "outside_top_fraction": ~walked}
+    else:
+        chosen = ranked.head(budget)
+        parts = {"outside_top_fraction": np.arange(ranked.height) >= budget}
+    for name, mask in parts.items():
+        if name == "outside_top_fraction" and threshold is not None:
+            continue  # a threshold keeps everything above it: there is no budget
+        part = ranked.filter(pl.Series(mask, dtype=pl.Boolean))
+        excluded.append(part.select("id", "round").with_columns(skip_reason=pl.lit(name)))
+        steps.append({"filter": name, "removed": part.height, "left": None})
+    # the diversity walk and the budget act together: both report the final count
+    for step in steps:
+        if step["left"] is None:
+            step["left"] = chosen.height
+
+    summary = {"metric": metric, "items": table.height, "selected": chosen.height, "filters": steps,
+               "removed_by_filter": {s["filter"]: s["removed"] for s in steps if s["removed"]},
+               "emptied_by": None}
+    if chosen.height == 0:
+        summary["emptied_by"] = next((s["filter"] for s in steps if s["removed"] and s["left"] == 0),
+                                     "empty input" if table.height == 0 else steps[-1]["filter"] if steps else None)
+    summary["selected_by_round"] = {str(r): int(n) for r, n in chosen.group_by("round").len().sort("round").iter_rows()}
+    if metric != "random" and chosen.height:
+        summary[f"selected_mean_{metric}"] = float(chosen[metric].mean())
+        summary[f"pool_mean_{metric}"] = float(ranked[metric].mean())
+    summary.update(set_diversity(chosen, table, embeddings))
+    excluded_table = pl.concat(excluded, how="vertical_relaxed") if excluded else pl.DataFrame(
+        schema={"id": pl.String, "round": pl.Int64, "skip_reason": pl.String})
+    return Selection(chosen, summary, excluded_table)
+
+
+def distinct_ratio(rows: pl.DataFrame) -> float | None:
+    """Distinct normalised instruction (+ input) texts per row; 1.0 = no two rows ask the same thing."""
+    if rows.height == 0 or "instruction" not in rows.columns:
+        return None
+    inputs = rows["input"].to_list() if "input" in rows.columns else [None] * rows.height
+    texts = {item_text(q, x) for q, x in zip(rows["instruction"].to_list(), inputs)}
+    return len(texts) / rows.height
+
+
+def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Embeddings | None) -> dict:
+    """Distinct-instruction ratio of the selection and the pool; mean MND of the selected items against the
+    pool (the ``mnd`` column) and, with embeddings, nearest-neighbour distances within the selection."""
+    out: dict = {"distinct_instruction_ratio_selected": distinct_ratio(chosen),
+                 "distinct_instruction_ratio_pool": distinct_ratio(pool)}
+    if "mnd" in chosen.columns and chosen.height:
+        mnd = chosen["mnd"].drop_nulls().drop_nans()
+        out["selected_mean_mnd_vs_pool"] = float(mnd.mean()) if mnd.len() else None
+    if embeddings is not None and chosen.height > 1:
+        from evolforge.score.diversity import neighbor_stats  # torch is imported only when needed
+
+        within = neighbor_stats(embeddings.take(chosen["id"].to_list())).min_distance
+        out["selected_mean_mnd_within"] = float(np.mean(within))
+        out["selected_min_mnd_within"] = float(np.min(within))
+    return out
+
+
+def join_metrics(items: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """``items`` with the columns of each per-item table (judged, scores, diversity; keyed by ``id``) joined on.
+    Every item must have a row in every table: a missing one means that stage ran on other items."""
+    for name, other in tables.items():
+        other = other.drop("round", strict=False)
+        unmatched = items.join(other, on="id", how="anti").height
+        if unmatched:
+            raise ValueError(f"{name}: {unmatched} items have no row; rerun that stage")
+        items = items.join(other, on="id", how="left")
+    return items
+
+
+def conversational_row(prompt: str, completion: str) -> dict:
+    """One TRL conversational prompt/completion record (TRL trains on the completion only by default)."""
+    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
+
+
+def to_trl(rows: pl.DataFrame) -> list[dict]:
+    """The selected rows as TRL records, each with its item id."""
+    return [{"id": r["id"], **conversational_row(question_text(r["instruction"], r["input"]), r["output"])}
+            for r in rows.select("id", "instruction", "input", "output").iter_rows(named=True)]
+
+
+def to_alpaca(rows: pl.DataFrame) -> list[dict]:
+    return rows.select("instruction", "input", "output").to_dicts()
