@@ -20,7 +20,8 @@ import polars as pl
 from evolforge.steps.decontaminate.step import decontaminate
 from evolforge.steps.decontaminate.index import load_problems
 from evolforge.steps.dedup.minhash import dedup_table
-from evolforge.config.curation import DecontaminateSettings, DedupSettings
+from evolforge.steps.decontaminate.settings import DecontaminateSettings
+from evolforge.steps.dedup.settings import DedupSettings
 
 
 def synthetic_chunks(n: int, rounds: int, seed: int = 0, chunk: int = 100_000) -> Iterator[pl.DataFrame]:

@@ -9,7 +9,7 @@ import pytest
 
 from evolforge.config.loader import load_section
 
-from evolforge.config.generation import AutoIFSettings
+from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.autoif.constraints import KEPT, collect_constraints, constraint_key, parse_constraint_lines
 from evolforge.steps.autoif.respond import pair_queries, response_records, verify_responses
 from evolforge.steps.autoif.sandbox import FunctionRun, run_function

@@ -465,7 +465,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     greedy at evolve.max_tokens, and respond has to ask again."""
     from evolforge.steps.common.responses import respond, response_sampling
     from evolforge.core.cache import CallCache
-    from evolforge.config.generation import RespondSettings
+    from evolforge.steps.respond.settings import RespondSettings
 
     sampling = response_sampling(RespondSettings(max_tokens=40))
     for check_role in ("responder", "evolver", "auto"):  # auto: the two roles share one model here

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.generation import EvolveSettings
+from evolforge.steps.evolve.settings import EvolveSettings
 from evolforge.steps.common.evolving import BREADTH, IN_DEPTH, evolving_messages, evolving_prompt, load_examples
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from evolforge.config.bounds import ParamsError
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.curation import JudgeSettings, SelectSettings
+from evolforge.steps.judge.settings import JudgeSettings
+from evolforge.steps.select.settings import SelectSettings
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError

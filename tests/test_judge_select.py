@@ -12,7 +12,7 @@ from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.curation import SelectSettings
+from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.select.selection import select_items, to_alpaca, to_trl
 
 

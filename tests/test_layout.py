@@ -213,6 +213,14 @@ def test_steps_share_only_through_common():
     assert not cross_step_imports(), "a step imports another step (move what both need to steps/common)"
 
 
+def test_settings_modules_import_only_the_config():
+    # config.schema imports every steps/<step>/settings.py: one that reached further would load step code
+    # (or a model) to check params.yaml, and could close an import cycle through the config
+    found = {name: sorted(i for i in all_imports(path) if i.startswith("evolforge") and not i.startswith("evolforge.config"))
+             for name, path in modules().items() if name.startswith("evolforge.steps.") and name.endswith(".settings")}
+    assert len(found) >= 10 and not {name: f for name, f in found.items() if f}
+
+
 def test_every_step_is_a_folder_with_a_run():
     steps = SRC / "evolforge" / "steps"
     assert not [p.name for p in steps.glob("*.py") if p.name != "__init__.py"], "a step module outside a step folder"

@@ -202,6 +202,15 @@ def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
     assert out.stdout.strip() == "[]"
 
 
+def test_checking_params_loads_only_the_config_and_the_steps_settings(repo):
+    # a step's section is typed by steps/<step>/settings.py; reading it must not run the step's package code
+    code = ("import sys; from evolforge.config.loader import load_params; load_params('params.yaml'); "
+            "import re; print(sorted(m for m in sys.modules if m.startswith('evolforge') and not "
+            "re.fullmatch(r'evolforge(\\.config(\\.\\w+)?|\\.steps(\\.\\w+(\\.settings)?)?)?', m)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_lr_scheduler_names_are_transformers_schedulers():
     import typing
 

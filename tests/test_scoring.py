@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from evolforge.config.loader import load_section
-from evolforge.config.curation import ScoreSettings
+from evolforge.steps.score.settings import ScoreSettings
 import torch
 
 from tiny import build_random_llama

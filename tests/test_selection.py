@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.config.curation import SelectSettings
+from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.select.selection import EMBEDDINGS, Embeddings, diverse_walk, load_embeddings, select_items
 from evolforge.core.records import write_output
 

@@ -130,7 +130,7 @@ def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
 def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
     """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
     from evolforge.core.records import read_table, write_output
-    from evolforge.config.curation import DecontaminateSettings
+    from evolforge.steps.decontaminate.settings import DecontaminateSettings
     from evolforge.steps.decontaminate.step import decontaminate
     from evolforge.steps.decontaminate.index import load_problems
 

@@ -75,7 +75,7 @@ def test_score_stage_streams_with_the_whole_table_bytes(tmp_path, scorer_model, 
 def test_score_stage_writes_what_the_in_memory_scorer_wrote(tmp_path, scorer_model, monkeypatch):
     """Chunks of whole encode chunks (the default 4096 here covers the table) give the bytes of the table
     scored at once and written with write_parquet, as the stage did before it streamed."""
-    from evolforge.config.curation import ScoreSettings
+    from evolforge.steps.score.settings import ScoreSettings
     from evolforge.score.ifd import ifd_scores, load_scorer
     from evolforge.score.precision import stored_scores
 

@@ -1,9 +1,10 @@
 """The params.yaml schema: which sections exist, the class that types each one, and the checks of a whole file.
 
-To add a section, write its dataclass in the settings module of its concept (:mod:`~evolforge.config.runtime`,
-:mod:`~evolforge.config.generation`, :mod:`~evolforge.config.curation`, :mod:`~evolforge.config.training`;
-typed fields with defaults, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``) and
-add one line to ``SECTIONS``. ``roles`` is the one section that is a mapping of entries (role name ->
+To add a section, write its dataclass in its step's settings module (``steps/<step>/settings.py``; the
+sections of no step in :mod:`~evolforge.config.runtime` and :mod:`~evolforge.config.training`): typed fields with
+defaults, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``; then add one line to
+``SECTIONS``. A settings module imports nothing but :mod:`evolforge.config` (and a step's ``__init__`` nothing at
+all), so checking params loads no step, model or data code. ``roles`` is the one section that is a mapping of entries (role name ->
 :class:`~evolforge.config.roles.Role`). A section that is absent from the file takes its dataclass's defaults.
 :func:`check_params` checks every section, then :func:`cross_checks` the rules that span sections.
 """
@@ -15,15 +16,25 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from evolforge.config.bounds import DEFAULT_FILE, ParamsError
-from evolforge.config.curation import (CardSettings, DecontaminateSettings, DedupSettings, DiversitySettings, JudgeSettings,
-                                       ScoreSettings, SelectSettings)
-from evolforge.config.generation import AutoIFSettings, EvolveSection, OptimizeSettings, RespondSettings, SeedSettings
 from evolforge.config.messages import non_ascii_problem, suggest
 from evolforge.config.parse import check_section
 from evolforge.config.roles import ROLE_NAMES, Role
 from evolforge.config.runtime import CacheSettings, DataSettings, FetchSettings, LLMSettings
 from evolforge.config.secrets import secret_problems
-from evolforge.config.training import AnalysisSettings, CompareSettings, EvaluateSettings, FinetuneSettings
+from evolforge.config.training import EvaluateSettings, FinetuneSettings
+from evolforge.steps.autoif.settings import AutoIFSettings
+from evolforge.steps.compare.settings import CompareSettings
+from evolforge.steps.decontaminate.settings import DecontaminateSettings
+from evolforge.steps.dedup.settings import DedupSettings
+from evolforge.steps.diversity.settings import DiversitySettings
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.evolver_analysis.settings import AnalysisSettings
+from evolforge.steps.judge.settings import JudgeSettings
+from evolforge.steps.optimize.settings import OptimizeSettings
+from evolforge.steps.respond.settings import RespondSettings
+from evolforge.steps.score.settings import ScoreSettings
+from evolforge.steps.seed.settings import SeedSettings
+from evolforge.steps.select.settings import CardSettings, SelectSettings
 
 SECTIONS: dict[str, type] = {
     "cache": CacheSettings,

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Lt, MinLen
 
-from evolforge.config.bounds import (Fraction, NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError,
+from evolforge.config.bounds import (Fraction, NonNegativeFloat, NonNegativeInt,
                                      PositiveFloat, PositiveInt, Probability)
 
 BENCHMARKS = ("ifeval", "gsm8k", "math", "humaneval", "mbpp")  # what `evaluate.tasks` may name
@@ -75,33 +75,3 @@ class EvaluateSettings:
     sandbox_memory_mb: PositiveInt = 512
     bootstrap_iters: NonNegativeInt = 0
     seed: int = 1234
-
-
-@dataclass
-class CompareSettings:
-    """``compare``: win-tie-lose judging of two models' answers."""
-
-    against: NonEmptyStr = "base"  # base (roles.base) or a model folder / hub id, e.g. another experiment's models/sft
-    limit: PositiveInt | None = None  # instructions judged (seeded sample); the paper: all 805 AlpacaFarm ones
-    both_orders: bool = True  # judge A-B and B-A and count a win only when both agree
-    parse: Literal["paper", "last_line"] = "paper"  # paper (substring in the whole answer) | last_line
-    max_tokens: PositiveInt = 256  # answer length for both models (greedy)
-    judge_max_tokens: PositiveInt | None = None  # null = roles.judge's
-    seed: int = 0
-
-
-@dataclass
-class AnalysisSettings:
-    """``evolver_analysis``: why small evolvers win (top-token probabilities, distinct method keywords)."""
-
-    items: PositiveInt = 16  # seeds analysed (the first ones of data/seed)
-    first_tokens: PositiveInt | None = 5  # tokens per output whose probability counts; null = the whole output
-    max_tokens: PositiveInt = 32  # greedy tokens generated for the probability analysis (>= first_tokens)
-    bins: PositiveInt = 10
-    evolvers: list[str] | None = None  # extra models (local folders or hub ids) to compare with roles.evolver
-    keyword_max_tokens: PositiveInt = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.first_tokens is not None and self.first_tokens > self.max_tokens:
-            raise ParamsError([f"evolver_analysis.first_tokens: {self.first_tokens} is more than max_tokens ({self.max_tokens})"])

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.config.curation import Boundary, CherryTruncation, Template
+from evolforge.steps.score.settings import Boundary, CherryTruncation, Template
 from evolforge.score.formulas import NULL_ROW_LOSSES, SCORE_SCHEMA, scores_row
 from evolforge.score.losses import IGNORE, split_head, token_nlls
 from evolforge.score.passes import EncodedItem, encode_items, question_positions

@@ -22,7 +22,7 @@ from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
-from evolforge.config.generation import QUERY_DEFAULTS, AutoIFSettings, QuerySource
+from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
 from evolforge.steps.autoif.constraints import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample

@@ -23,7 +23,7 @@ from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import FAILED, make_id, read_table
-from evolforge.config.generation import AutoIFSettings
+from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation
 from evolforge.llm.cached import LLM, open_role

@@ -6,7 +6,7 @@ development runs ask the same, with the same sampling, so the respond step finds
 
 from __future__ import annotations
 
-from evolforge.config.generation import RespondSettings
+from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion

@@ -25,7 +25,6 @@ import polars as pl
 from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_role, load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.training import CompareSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_llm, open_role
 from evolforge.llm.types import Completion

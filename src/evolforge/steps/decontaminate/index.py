@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from evolforge.config.curation import DecontaminateSettings
+from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.text import normalize_text
 
 _WORD = re.compile(r"\w+")

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from evolforge.config.curation import DecontaminateSettings
+from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.steps.decontaminate.index import (NAME, Corpus, NgramWindows, Problem, Vocab, build_index, candidates,
                                                  hide_names, not_boilerplate, prefilter, tokens, words_and_names)
 

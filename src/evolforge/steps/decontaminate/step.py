@@ -50,7 +50,7 @@ import polars as pl
 from evolforge.core import validation
 from evolforge.config.loader import load_role, load_section
 from evolforge.core.records import TABLE
-from evolforge.config.curation import DecontaminateSettings
+from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
 from evolforge.steps.decontaminate.index import Problem, load_problems

@@ -43,7 +43,7 @@ import numpy as np
 import polars as pl
 
 from evolforge.core.text import item_text, normalize_text  # noqa: F401  (normalize_text: the docstring example)
-from evolforge.config.curation import DedupSettings
+from evolforge.steps.dedup.settings import DedupSettings
 
 EXACT, NEAR = "exact_duplicate", "near_duplicate"
 

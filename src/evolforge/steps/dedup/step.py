@@ -38,7 +38,7 @@ from scipy.sparse.csgraph import connected_components
 from evolforge.core import validation
 from evolforge.config.loader import load_section
 from evolforge.core.records import TABLE
-from evolforge.config.curation import DedupSettings
+from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.text import item_text
 from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks

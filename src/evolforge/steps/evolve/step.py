@@ -40,7 +40,7 @@ from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
-from evolforge.config.generation import RULES, EvolveSection, EvolveSettings  # noqa: F401  (part of this module's API)
+from evolforge.steps.evolve.settings import EvolveSettings
 from evolforge.core.stage import Outputs
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM, open_role

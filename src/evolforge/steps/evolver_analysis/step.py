@@ -28,7 +28,6 @@ from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.config.loader import load_role, load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import read_table
-from evolforge.config.training import AnalysisSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_llm, open_role
 from evolforge.steps.common.evolving import assign_methods, evolving_prompt, initial_method_text

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evolforge.config.generation import OptimizeSettings
+from evolforge.steps.optimize.settings import OptimizeSettings
 
 
 @dataclass

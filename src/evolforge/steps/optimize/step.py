@@ -59,7 +59,7 @@ from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
-from evolforge.config.generation import OptimizeSettings
+from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.versions import output_versions
 from evolforge.llm.cached import LLM, open_role

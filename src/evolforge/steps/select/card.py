@@ -35,7 +35,7 @@ from evolforge.config.loader import load_section
 from evolforge.core.jsonfiles import read_json
 from evolforge.core.records import META, TABLE, VERSIONS
 from evolforge.core.text import question_text
-from evolforge.config.curation import CardSettings
+from evolforge.steps.select.settings import CardSettings
 from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
 from evolforge.steps.common.funnel import funnel, provenance, round_strategies
 

@@ -42,7 +42,7 @@ import polars as pl
 from evolforge.config.bounds import ParamsError
 from evolforge.core.records import TABLE, read_table
 from evolforge.core.text import item_text, question_text
-from evolforge.config.curation import SelectSettings
+from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.common.guards import GUARDS, guard_reason
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")

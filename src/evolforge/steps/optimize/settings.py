@@ -1,0 +1,35 @@
+"""``optimize``: Auto Evol-Instruct's method search.
+
+A dataclass whose fields hold the defaults (the one place they live) and the types: bounds from
+:mod:`evolforge.config.bounds`, allowed values as ``Literal``. :mod:`evolforge.config.schema` maps the section
+to it; this module imports nothing but :mod:`evolforge.config`, so checking params loads no step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from annotated_types import Gt, Le
+
+from evolforge.config.bounds import NonNegativeFloat, NonNegativeInt, PositiveInt
+from evolforge.config.controls import ControlSettings
+
+
+@dataclass
+class OptimizeSettings:
+    """``optimize``; paper values in ALGORITHMS.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
+
+    initial_method: Literal["initial", "weak"] = "initial"
+    steps: NonNegativeInt = 10
+    candidates: PositiveInt = 5
+    batch_size: PositiveInt = 10
+    dev_size: PositiveInt = 50
+    trajectory_rounds: PositiveInt = 1
+    patience: NonNegativeInt | None = 1
+    selection: Literal["lowest_failure", "no_regression"] = "lowest_failure"
+    evolver_temperature: NonNegativeFloat = 0.0
+    seed: int = 0
+    unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9  # a method failing this share of the dev set is unusable
+    on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
+    controls: ControlSettings = field(default_factory=dict)  # of the optimization turn, over roles.optimizer's

@@ -1,0 +1,35 @@
+"""``score``: IFD / IC-IFD (the scoring itself, :mod:`evolforge.score.ifd`, takes the same choices).
+
+A dataclass whose fields hold the defaults (the one place they live) and the types: bounds from
+:mod:`evolforge.config.bounds`, allowed values as ``Literal``. :mod:`evolforge.config.schema` maps the section
+to it; this module imports nothing but :mod:`evolforge.config`, so checking params loads no step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import Ge
+
+from evolforge.config.bounds import PositiveInt
+
+
+Template = Literal["raw", "chat", "cherry"]
+
+
+Boundary = Literal["prefix", "offsets"]
+
+
+CherryTruncation = Literal["official", "same-tokens"]
+
+
+@dataclass
+class ScoreSettings:
+    """``score``: IFD / IC-IFD scoring (defaults: paper B's official code; see evolforge.score.ifd)."""
+
+    template: Template = "raw"  # raw (EA eval_loss.py: Q + "\n" + A) | chat (chat template) | cherry (Cherry_LLM's IFD)
+    boundary: Boundary = "prefix"  # prefix (the official codes' rule) | offsets (exact, from character offsets)
+    max_length: Annotated[int, Ge(2)] | None = None  # tokens of the conditioned pass; null = no truncation
+    cherry_truncation: CherryTruncation = "official"  # official (Cherry's +4 rule and skips) | same-tokens
+    max_batch_tokens: PositiveInt = 16384  # padded tokens per forward pass (bounds activation memory)

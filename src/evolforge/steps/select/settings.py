@@ -1,0 +1,47 @@
+"""``select`` (what is kept) and ``card`` (the dataset card written with the selection).
+
+A dataclass whose fields hold the defaults (the one place they live) and the types: bounds from
+:mod:`evolforge.config.bounds`, allowed values as ``Literal``. :mod:`evolforge.config.schema` maps the section
+to it; this module imports nothing but :mod:`evolforge.config`, so checking params loads no step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Le
+
+from evolforge.config.bounds import Fraction, NonEmptyStr, NonNegativeInt, ParamsError
+
+
+@dataclass
+class SelectSettings:
+    """``select``."""
+
+    metric: Literal["ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random"] = "ic_ifd"
+    top_fraction: Fraction | None = 0.25  # SLM paper keeps the top 25 %
+    threshold: float | None = None  # keep items with metric >= threshold (wins over top_fraction)
+    ifd_filter: bool = False  # drop IFD > 1 (the IFD paper does)
+    rounds: list[int] | None = None  # null = every round
+    seed: NonNegativeInt = 0  # for metric random
+    min_loss_instruction: Annotated[float, Ge(0)] | None = None  # floor on L(Q), nats per token
+    min_mnd: Annotated[float, Ge(0), Le(4)] | None = None  # floor on the pool MND (squared L2 of unit embeddings)
+    diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None  # DEITA walk: keep if d^2 to every kept item exceeds it
+
+    def __post_init__(self) -> None:
+        if self.threshold is None and self.top_fraction is None:
+            raise ParamsError(["select: set top_fraction or threshold"])
+        if self.threshold is not None and self.metric == "random":
+            raise ParamsError(["select.threshold: a threshold makes no sense with metric random"])
+
+
+@dataclass
+class CardSettings:
+    """``card`` (all optional): the dataset card written with the selection."""
+
+    license: NonEmptyStr = "other"  # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
+    language: list[str] = field(default_factory=lambda: ["en"])
+    task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
+    pretty_name: NonEmptyStr = "evolforge evolved instructions"
+    limitations: str | None = None  # extra known limitations, appended to the standard ones
