@@ -475,3 +475,16 @@ def test_instruction_text_is_escaped_on_the_page(version):
     assert "<b>topic" not in page  # every fixture instruction holds "<b>topic i</b> & its history."
     for title in ("Evolved instructions beside their parents", "Sample lineage chains"):
         assert "&lt;b&gt;topic" in _section(page, title) and "&amp; its history" in _section(page, title)
+
+
+def test_card_versions_come_from_the_select_stages_inputs_only(tmp_path):
+    """The card is part of data/selected, so it reads only the select stage's deps: an output of a later stage
+    (data/compare) or a folder another run left behind must not change it."""
+    _nothing_evolved_version(tmp_path)
+    (tmp_path / "data" / "clean").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "data" / "clean" / "meta.json").write_text(json.dumps({"versions": {"polars": "9.9.9-clean"}}))
+    (tmp_path / "data" / "compare").mkdir(parents=True)
+    (tmp_path / "data" / "compare" / "meta.json").write_text(json.dumps({"versions": {"polars": "0.0.1-later"}}))
+    text = write_card(tmp_path / "data" / "selected", tmp_path, {}).read_text(encoding="utf-8")
+    assert "| `polars` | 9.9.9-clean | data/clean |" in text
+    assert "0.0.1-later" not in text and "data/compare" not in text

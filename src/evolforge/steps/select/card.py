@@ -198,15 +198,17 @@ def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) 
     return line + f", rounds {', '.join(rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`."
 
 
-def _versions_rows(root: Path) -> list[list[Any]]:
-    """Package, version, the stage outputs whose ``meta.json`` recorded it; this install's where none did.
+# the stage outputs the card reads (their tables, meta.json): the select stage's dvc.yaml deps, so the card
+# changes only with them (never with an output of a later stage, or one that another experiment left behind)
+READS = ("data/seed", "data/evolved/round_*", "data/responses", "data/clean", "data/judged", "data/scores", "data/diversity")
 
-    The selection itself is left out: the card is written by the same install, while it is being replaced, and
-    so are folders being written (``.name.tmp-*``)."""
+
+def _versions_rows(root: Path) -> list[list[Any]]:
+    """Package, version, the stage outputs (of ``READS``) whose ``meta.json`` recorded it; this install's where
+    none did. The selection itself is left out: the card is written by the same install, while it is being
+    replaced."""
     seen: dict[str, dict[str, list[str]]] = {name: {} for name in OUTPUT_PACKAGES}
-    metas = [*root.glob(f"data/*/{META}"), *root.glob(f"data/*/*/{META}")]
-    for meta_path in sorted(p for p in metas if p.parent.relative_to(root).parts[1] != "selected"
-                            and not any(part.startswith(".") for part in p.relative_to(root).parts)):
+    for meta_path in sorted(p for pattern in READS for p in root.glob(f"{pattern}/{META}")):
         recorded = (read_json(meta_path) or {}).get(VERSIONS)
         for name, version in (recorded.items() if isinstance(recorded, dict) else ()):
             if name in seen:
