@@ -130,6 +130,140 @@ def check_responder(settings: EvolveSettings, evolver: LLM, responder: LLM | Non
     return responder, dict(respond_sampling or {})
 
 
+@dataclasses.dataclass
+class _Round:
+    """One round's items and what each phase found, one entry per item in pool order."""
+
+    items: list[dict[str, Any]]
+    methods: list[str]
+    raws: list[str | None]  # the evolver's whole answer; None where its call failed
+    finishes: list[str | None]  # the evolver's finish_reason ("length": cut at max_tokens)
+    candidates: list[str | None]  # the evolved instruction parsed from the answer; None where none was found
+    reasons: list[str | None]  # why the item failed; None while it survives
+    details: list[str | None]  # a failed call's message
+    responses: list[str | None]  # the answer the response rules read; None where none was asked
+
+    def alive(self) -> list[int]:
+        """Positions of the items that no rule has failed so far."""
+        return [i for i, reason in enumerate(self.reasons) if reason is None]
+
+
+def _round_methods(items: list[dict[str, Any]], round_index: int, settings: EvolveSettings,
+                   method_text: str | None) -> list[str]:
+    """The evolving method of each item: a hand-written one per item (evol), else the strategy's one text."""
+    if settings.strategy == "evol":
+        return assign_methods([it["root_id"] for it in items], round_index, settings.assignment, settings.breadth, settings.seed)
+    if not method_text:
+        raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
+    return [settings.strategy] * len(items)
+
+
+def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_index: int, settings: EvolveSettings,
+                  prompts: PromptLibrary, evolver: LLM, method_text: str | None) -> _Round:
+    """Ask the evolver to rewrite each item's instruction with its method; the round before any rule runs
+    (an item whose call failed already holds the call's reason)."""
+    # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
+    controls, max_tokens = (settings.controls, settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
+    # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
+    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
+                    seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(controls))
+    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot), **sampling)
+                for m, it in zip(methods, items)]
+    outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
+    raws = [None if c.failed else c.text for c in outs]
+    candidates = [None if r is None else elimination.parse_final_instruction(r) if m in STRATEGIES else r.strip()
+                  for m, r in zip(methods, raws)]
+    return _Round(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
+                  reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
+                  responses=[None] * len(items))
+
+
+def _instruction_rules(state: _Round, settings: EvolveSettings) -> None:
+    """Phase 1: the text rules (:data:`INSTRUCTION_RULES`) on each evolved instruction, first failure wins."""
+    switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
+    repetition = elimination.repetition_test(settings.repetition)
+    for i in state.alive():
+        candidate, finish = state.candidates[i], state.finishes[i]
+        if state.methods[i] in STRATEGIES and candidate is None:
+            # a marker that never came because the answer was cut off: the cut is the cause
+            cut = switches["truncated"] and finish == "length"
+            state.reasons[i] = elimination.TRUNCATED if cut else elimination.MISSING_MARKER
+            continue
+        state.reasons[i] = elimination.instruction_failure(state.items[i]["instruction"], candidate, finish_reason=finish,
+                                                           repetition=repetition, **switches)
+
+
+def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
+                    evolver: LLM, responder: LLM | None, respond_sampling: Mapping[str, Any] | None) -> None:
+    """Phase 2: the rules on an answer to each surviving instruction (:data:`RESPONSE_RULES`); the answers
+    are generated only when one of those rules is on."""
+    response_rules = {k: settings.rule(k) for k in RESPONSE_RULES}
+    alive = state.alive()
+    if not (any(response_rules.values()) and alive):
+        return
+    checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
+    answers = respond(checker, prompts, [state.candidates[i] for i in alive], [state.items[i]["input"] for i in alive],
+                      desc=f"round {round_index}: check", **check_sampling)
+    for i, answer in zip(alive, answers):
+        if answer.failed:  # the item cannot be checked: it fails with the call's reason
+            state.reasons[i], state.details[i] = answer.failure_reason, f"check response: {answer.error}"
+            continue
+        state.responses[i] = answer.text
+        state.reasons[i] = elimination.response_failure(answer.text, **response_rules)
+
+
+def _judge_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary, judge: LLM | None) -> tuple[int, int]:
+    """Phase 3: the judge's checks (:data:`JUDGE_RULES`), is it an instruction at all, then does it add
+    anything. Returns how many verdicts went unparsed: (instruction check, equal check)."""
+    if any(settings.rule(k) for k in JUDGE_RULES) and judge is None:
+        raise ValueError("evolve.elimination.not_an_instruction_judge and info_gain need the judge role")
+    unparsed_instruction = unparsed_equal = 0
+    alive = state.alive()
+    if settings.rule("not_an_instruction_judge") and alive:
+        verdicts = is_instruction_verdicts(judge, prompts, [state.candidates[i] for i in alive])
+        for i, asks in zip(alive, verdicts):
+            unparsed_instruction += asks is None
+            if asks is False:
+                state.reasons[i] = elimination.JUDGED_NOT_AN_INSTRUCTION
+    alive = state.alive()
+    if settings.rule("info_gain") and alive:
+        verdicts = info_gain_verdicts(judge, prompts, [state.items[i]["instruction"] for i in alive],
+                                      [state.candidates[i] for i in alive])
+        for i, same in zip(alive, verdicts):
+            unparsed_equal += same is None
+            if same:
+                state.reasons[i] = elimination.NO_INFO_GAIN
+    return unparsed_instruction, unparsed_equal
+
+
+def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method_text: str | None,
+                 model: str) -> pl.DataFrame:
+    """The round table (:data:`ROUND_SCHEMA`): one row per item, ``evolved`` or ``failed`` with its reason."""
+    items, methods, n = state.items, state.methods, len(state.items)
+    statuses = [EVOLVED if reason is None else FAILED for reason in state.reasons]
+    texts = [cand if cand is not None else "" for cand in state.candidates]
+    hashes = {m: template_hash(prompts, m, method_text) for m in set(methods)}
+    return pl.DataFrame({
+        "id": [make_id(it["id"], round_index, m, text, status) for it, m, text, status in zip(items, methods, texts, statuses)],
+        "root_id": [it["root_id"] for it in items], "parent_id": [it["id"] for it in items], "round": [round_index] * n,
+        "method": methods, "status": statuses, "failure_reason": state.reasons, "failure_detail": state.details,
+        "instruction": texts, "input": [it["input"] for it in items], "output": [""] * n,
+        "parent_instruction": [it["instruction"] for it in items], "raw_output": state.raws, "finish_reason": state.finishes,
+        "check_response": state.responses, "template_hash": [hashes[m] for m in methods], "model": [model] * n,
+    }, schema=ROUND_SCHEMA)
+
+
+def _next_pool(pool: pl.DataFrame, table: pl.DataFrame, on_failure: str) -> pl.DataFrame:
+    """The next round's pool, in pool order: each evolved item and, with ``keep_parent``, the parent of each
+    failed one."""
+    evolved = pl.Series([status == EVOLVED for status in table["status"].to_list()], dtype=pl.Boolean)
+    pool_out = _as_pool(table)
+    if on_failure == "keep_parent":
+        parents = _as_pool(pool)
+        return pl.DataFrame([pool_out[c].zip_with(evolved, parents[c]) for c in POOL_COLUMNS])
+    return pool_out.filter(evolved)
+
+
 def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
                  evolver: LLM, method_text: str | None = None, judge: LLM | None = None,
                  responder: LLM | None = None,
@@ -139,103 +273,18 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules when
     ``evolve.check_role`` comes to ``responder`` (see :func:`check_responder`)."""
     items = pool.to_dicts()
-    n = len(items)
-    if settings.strategy == "evol":
-        methods = assign_methods([it["root_id"] for it in items], round_index, settings.assignment, settings.breadth, settings.seed)
-    else:
-        if not method_text:
-            raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
-        methods = [settings.strategy] * n
-    # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
-    controls, max_tokens = (settings.controls, settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
-    # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
-    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
-                    seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(controls))
-
-    # 1. evolve
-    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot), **sampling)
-                for m, it in zip(methods, items)]
-    outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
-    raws = [None if c.failed else c.text for c in outs]
-    finishes = [c.finish_reason for c in outs]
-    details: list[str | None] = [c.error for c in outs]
-    candidates = [None if r is None else elimination.parse_final_instruction(r) if m in STRATEGIES else r.strip()
-                  for m, r in zip(methods, raws)]
-
-    # 2. checks on the instruction itself
-    switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
-    repetition = elimination.repetition_test(settings.repetition)
-    reasons: list[str | None] = []
-    for m, it, cand, finish, out in zip(methods, items, candidates, finishes, outs):
-        if out.failed:
-            reasons.append(out.failure_reason)
-            continue
-        if m in STRATEGIES and cand is None:
-            # a marker that never came because the answer was cut off: the cut is the cause
-            cut = switches["truncated"] and finish == "length"
-            reasons.append(elimination.TRUNCATED if cut else elimination.MISSING_MARKER)
-            continue
-        reasons.append(elimination.instruction_failure(it["instruction"], cand, finish_reason=finish,
-                                                    repetition=repetition, **switches))
-
-    # 3. checks on an answer to the evolved instruction (generated only when a rule needs it)
-    responses: list[str | None] = [None] * n
-    response_rules = {k: settings.rule(k) for k in RESPONSE_RULES}
-    alive = [i for i in range(n) if reasons[i] is None]
-    if any(response_rules.values()) and alive:
-        checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
-        answers = respond(checker, prompts, [candidates[i] for i in alive], [items[i]["input"] for i in alive],
-                          desc=f"round {round_index}: check", **check_sampling)
-        for i, answer in zip(alive, answers):
-            if answer.failed:  # the item cannot be checked: it fails with the call's reason
-                reasons[i], details[i] = answer.failure_reason, f"check response: {answer.error}"
-                continue
-            responses[i] = answer.text
-            reasons[i] = elimination.response_failure(answer.text, **response_rules)
-
-    # 4. optional checks with the judge: is it an instruction at all, then does it add anything
-    if any(settings.rule(k) for k in JUDGE_RULES) and judge is None:
-        raise ValueError("evolve.elimination.not_an_instruction_judge and info_gain need the judge role")
-    unparsed_instruction = 0
-    alive = [i for i in range(n) if reasons[i] is None]
-    if settings.rule("not_an_instruction_judge") and alive:
-        verdicts = is_instruction_verdicts(judge, prompts, [candidates[i] for i in alive])
-        for i, asks in zip(alive, verdicts):
-            unparsed_instruction += asks is None
-            if asks is False:
-                reasons[i] = elimination.JUDGED_NOT_AN_INSTRUCTION
-    unparsed_equal = 0
-    alive = [i for i in range(n) if reasons[i] is None]
-    if settings.rule("info_gain") and alive:
-        verdicts = info_gain_verdicts(judge, prompts, [items[i]["instruction"] for i in alive], [candidates[i] for i in alive])
-        for i, same in zip(alive, verdicts):
-            unparsed_equal += same is None
-            if same:
-                reasons[i] = elimination.NO_INFO_GAIN
-
-    statuses = [EVOLVED if reason is None else FAILED for reason in reasons]
-    texts = [cand if cand is not None else "" for cand in candidates]
-    hashes = {m: template_hash(prompts, m, method_text) for m in set(methods)}
-    table = pl.DataFrame({
-        "id": [make_id(it["id"], round_index, m, text, status) for it, m, text, status in zip(items, methods, texts, statuses)],
-        "root_id": [it["root_id"] for it in items], "parent_id": [it["id"] for it in items], "round": [round_index] * n,
-        "method": methods, "status": statuses, "failure_reason": reasons, "failure_detail": details,
-        "instruction": texts, "input": [it["input"] for it in items], "output": [""] * n,
-        "parent_instruction": [it["instruction"] for it in items], "raw_output": raws, "finish_reason": finishes,
-        "check_response": responses, "template_hash": [hashes[m] for m in methods], "model": [evolver.label] * n,
-    }, schema=ROUND_SCHEMA)
-    # the next pool, in pool order: each evolved item, and (keep_parent) the parent of each failed one
-    evolved = pl.Series([status == EVOLVED for status in statuses], dtype=pl.Boolean)
-    pool_out = _as_pool(table)
-    if settings.on_failure == "keep_parent":
-        parents = _as_pool(pool)
-        pool_out = pl.DataFrame([pool_out[c].zip_with(evolved, parents[c]) for c in POOL_COLUMNS])
-    else:
-        pool_out = pool_out.filter(evolved)
+    methods = _round_methods(items, round_index, settings, method_text)
+    state = _evolve_items(items, methods, round_index=round_index, settings=settings, prompts=prompts,
+                          evolver=evolver, method_text=method_text)
+    _instruction_rules(state, settings)
+    _response_rules(state, round_index=round_index, settings=settings, prompts=prompts, evolver=evolver,
+                    responder=responder, respond_sampling=respond_sampling)
+    unparsed_instruction, unparsed_equal = _judge_rules(state, settings, prompts, judge)
+    table = _round_table(state, round_index, prompts, method_text, evolver.label)
+    pool_out = _next_pool(pool, table, settings.on_failure)
     summary = round_summary(table)
-    summary["equal_check_unparsed"] = unparsed_equal
-    summary["instruction_check_unparsed"] = unparsed_instruction
-    summary["next_pool"] = pool_out.height
+    summary.update(equal_check_unparsed=unparsed_equal, instruction_check_unparsed=unparsed_instruction,
+                   next_pool=pool_out.height)
     return table, pool_out, summary
 
 

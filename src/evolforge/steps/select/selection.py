@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -116,88 +116,111 @@ class Selection(NamedTuple):
     excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen
 
 
-def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Embeddings | None = None) -> Selection:
-    """Select from ``table`` (one row per item, with the metric's column) as ``settings`` (params.yaml
-    ``select``) say. A threshold wins over the top fraction. ``embeddings`` are needed for
-    ``diversity_threshold`` and, when given, add the within-set distances to the summary.
+@dataclass
+class _Filtering:
+    """The pool as the filters leave it, with each filter's removed rows and counts, in filter order."""
 
-    >>> t = pl.DataFrame({"id": ["a", "b", "c", "d"], "round": [1, 1, 2, 2], "ifd": [0.5, 1.2, 0.9, 0.7],
-    ...                   "ic_ifd": [0.3, 0.6, 0.4, None]})
-    >>> select_items(t, SelectSettings("ic_ifd", top_fraction=0.5)).chosen["id"].to_list()
-    ['b', 'c']
-    """
-    metric, top_fraction, threshold = settings.metric, settings.top_fraction, settings.threshold
-    diversity_threshold = settings.diversity_threshold
-    # load_section checks these for params.yaml; settings built in code are checked here
-    if metric not in METRICS:
-        raise ParamsError([f"select.metric: got {metric!r}; allowed: {', '.join(METRICS)}"])
-    if top_fraction is not None and not 0 < top_fraction <= 1:
-        raise ParamsError([f"select.top_fraction: got {top_fraction}; allowed: a number in (0, 1]"])
-    if diversity_threshold is not None and embeddings is None:
-        raise ValueError("params.yaml select.diversity_threshold needs embeddings (the diversity stage's output)")
-    pool = table
-    excluded: list[pl.DataFrame] = []
-    steps: list[dict] = []
+    pool: pl.DataFrame
+    excluded: list[pl.DataFrame] = field(default_factory=list)  # id, round, skip_reason of the removed rows
+    steps: list[dict] = field(default_factory=list)  # {"filter", "removed", "left"}; left None until the end
 
-    def apply(name: str, keep: pl.Expr) -> None:
-        nonlocal pool
+    def apply(self, name: str, keep: pl.Expr) -> None:
+        """Keep the pool's rows where ``keep`` holds (null counts as not); the others are removed by ``name``."""
         keep = keep.fill_null(False)
-        dropped = pool.filter(~keep)
-        pool = pool.filter(keep)
-        excluded.append(dropped.select("id", "round").with_columns(skip_reason=pl.lit(name)))
-        steps.append({"filter": name, "removed": dropped.height, "left": pool.height})
+        dropped = self.pool.filter(~keep)
+        self.pool = self.pool.filter(keep)
+        self.record(name, dropped, self.pool.height)
 
+    def record(self, name: str, dropped: pl.DataFrame, left: int | None) -> None:
+        """Count ``dropped`` as removed by ``name``, with ``left`` rows after it."""
+        self.excluded.append(dropped.select("id", "round").with_columns(skip_reason=pl.lit(name)))
+        self.steps.append({"filter": name, "removed": dropped.height, "left": left})
+
+
+def _check_settings(settings: SelectSettings, embeddings: Embeddings | None) -> None:
+    """Refuse settings that cannot run: those built in code that load_section would refuse in params.yaml,
+    and a diversity threshold without embeddings."""
+    if settings.metric not in METRICS:
+        raise ParamsError([f"select.metric: got {settings.metric!r}; allowed: {', '.join(METRICS)}"])
+    if settings.top_fraction is not None and not 0 < settings.top_fraction <= 1:
+        raise ParamsError([f"select.top_fraction: got {settings.top_fraction}; allowed: a number in (0, 1]"])
+    if settings.diversity_threshold is not None and embeddings is None:
+        raise ValueError("params.yaml select.diversity_threshold needs embeddings (the diversity stage's output)")
+
+
+def _filter_pool(table: pl.DataFrame, settings: SelectSettings) -> _Filtering:
+    """The filters before ranking: rounds, guards (those whose columns ``table`` has), ``ifd_filter``, floors."""
+    filtering = _Filtering(table)
     if settings.rounds is not None:
-        apply("round_not_selected", pl.col("round").is_in(settings.rounds))
-    reasons = guard_reason(pool)
-    pool = pool.with_columns(_guard=reasons)
+        filtering.apply("round_not_selected", pl.col("round").is_in(settings.rounds))
+    filtering.pool = filtering.pool.with_columns(_guard=guard_reason(filtering.pool))
     for name in GUARDS:
         if all(c in table.columns for c in GUARDS[name][1]):
-            apply(name, pl.col("_guard").is_null() | (pl.col("_guard") != name))
-    pool = pool.drop("_guard")
+            filtering.apply(name, pl.col("_guard").is_null() | (pl.col("_guard") != name))
+    filtering.pool = filtering.pool.drop("_guard")
     if settings.ifd_filter:
-        apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
+        filtering.apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
     if settings.min_loss_instruction is not None:
         # polars orders NaN above every number, so NaN is refused explicitly
-        apply("loss_instruction_below_floor",
-              (pl.col("loss_instruction") >= settings.min_loss_instruction) & pl.col("loss_instruction").is_not_nan())
+        filtering.apply("loss_instruction_below_floor",
+                        (pl.col("loss_instruction") >= settings.min_loss_instruction) & pl.col("loss_instruction").is_not_nan())
     if settings.min_mnd is not None:
-        apply("mnd_below_floor", (pl.col("mnd") >= settings.min_mnd) & pl.col("mnd").is_not_nan())
+        filtering.apply("mnd_below_floor", (pl.col("mnd") >= settings.min_mnd) & pl.col("mnd").is_not_nan())
+    return filtering
+
+
+def _rank(filtering: _Filtering, settings: SelectSettings) -> pl.DataFrame:
+    """The filtered pool ranked: best metric first (ties by id), or shuffled (``random``); items without the
+    metric and, with a threshold, those below it are removed."""
+    metric = settings.metric
     if metric == "random":
-        order = list(range(pool.height))
+        order = list(range(filtering.pool.height))
         random.Random(settings.seed).shuffle(order)
-        ranked = pool.with_columns(_rank=pl.Series(order, dtype=pl.Int64)).sort("_rank").drop("_rank")
+        ranked = filtering.pool.with_columns(_rank=pl.Series(order, dtype=pl.Int64)).sort("_rank").drop("_rank")
     else:
         value = pl.col(metric)
-        apply("no_metric", value.is_not_null() & (value.is_not_nan() if pool.schema[metric].is_float() else pl.lit(True)))
-        ranked = pool.sort([metric, "id"], descending=[True, False])
-    if threshold is not None:
-        pool = ranked
-        apply("below_threshold", pl.col(metric) >= threshold)
-        ranked = pool
-    budget = math.ceil(top_fraction * ranked.height) if threshold is None else ranked.height
-    if diversity_threshold is not None:
-        kept = diverse_walk(embeddings.take(ranked["id"].to_list()), diversity_threshold, budget)
-        chosen = ranked[kept] if kept else ranked.head(0)
-        walked = np.zeros(ranked.height, dtype=bool)  # refused as too close, vs never reached (budget full)
-        walked[: (kept[-1] + 1 if len(kept) == budget and kept else ranked.height)] = True
-        is_kept = np.zeros(ranked.height, dtype=bool)
-        is_kept[kept] = True
-        parts = {"too_close_to_selected": walked & ~is_kept, "outside_top_fraction": ~walked}
-    else:
-        chosen = ranked.head(budget)
-        parts = {"outside_top_fraction": np.arange(ranked.height) >= budget}
+        is_float = filtering.pool.schema[metric].is_float()
+        filtering.apply("no_metric", value.is_not_null() & (value.is_not_nan() if is_float else pl.lit(True)))
+        ranked = filtering.pool.sort([metric, "id"], descending=[True, False])
+    if settings.threshold is not None:
+        filtering.pool = ranked
+        filtering.apply("below_threshold", pl.col(metric) >= settings.threshold)
+        ranked = filtering.pool
+    return ranked
+
+
+def _take(ranked: pl.DataFrame, settings: SelectSettings,
+          embeddings: Embeddings | None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+    """The chosen rows of ``ranked`` (top fraction, optionally by the diversity walk), and a mask over
+    ``ranked`` of the rows each of those two cuts left out."""
+    budget = math.ceil(settings.top_fraction * ranked.height) if settings.threshold is None else ranked.height
+    if settings.diversity_threshold is None:
+        return ranked.head(budget), {"outside_top_fraction": np.arange(ranked.height) >= budget}
+    kept = diverse_walk(embeddings.take(ranked["id"].to_list()), settings.diversity_threshold, budget)
+    chosen = ranked[kept] if kept else ranked.head(0)
+    walked = np.zeros(ranked.height, dtype=bool)  # refused as too close, vs never reached (budget full)
+    walked[: (kept[-1] + 1 if len(kept) == budget and kept else ranked.height)] = True
+    is_kept = np.zeros(ranked.height, dtype=bool)
+    is_kept[kept] = True
+    return chosen, {"too_close_to_selected": walked & ~is_kept, "outside_top_fraction": ~walked}
+
+
+def _record_cuts(filtering: _Filtering, ranked: pl.DataFrame, parts: dict[str, np.ndarray],
+                 chosen: pl.DataFrame, threshold: float | None) -> None:
+    """Count the rows the final cuts (``parts``, from :func:`_take`) left out of ``ranked``."""
     for name, mask in parts.items():
         if name == "outside_top_fraction" and threshold is not None:
             continue  # a threshold keeps everything above it: there is no budget
-        part = ranked.filter(pl.Series(mask, dtype=pl.Boolean))
-        excluded.append(part.select("id", "round").with_columns(skip_reason=pl.lit(name)))
-        steps.append({"filter": name, "removed": part.height, "left": None})
+        filtering.record(name, ranked.filter(pl.Series(mask, dtype=pl.Boolean)), None)
     # the diversity walk and the budget act together: both report the final count
-    for step in steps:
+    for step in filtering.steps:
         if step["left"] is None:
             step["left"] = chosen.height
 
+
+def _selection_summary(table: pl.DataFrame, chosen: pl.DataFrame, ranked: pl.DataFrame, steps: list[dict],
+                       metric: str, embeddings: Embeddings | None) -> dict:
+    """Counts per filter, the filter that emptied the selection, selected per round, metric means, diversity."""
     summary = {"metric": metric, "items": table.height, "selected": chosen.height, "filters": steps,
                "removed_by_filter": {s["filter"]: s["removed"] for s in steps if s["removed"]},
                "emptied_by": None}
@@ -209,9 +232,28 @@ def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: E
         summary[f"selected_mean_{metric}"] = float(chosen[metric].mean())
         summary[f"pool_mean_{metric}"] = float(ranked[metric].mean())
     summary.update(set_diversity(chosen, table, embeddings))
-    excluded_table = pl.concat(excluded, how="vertical_relaxed") if excluded else pl.DataFrame(
+    return summary
+
+
+def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Embeddings | None = None) -> Selection:
+    """Select from ``table`` (one row per item, with the metric's column) as ``settings`` (params.yaml
+    ``select``) say. A threshold wins over the top fraction. ``embeddings`` are needed for
+    ``diversity_threshold`` and, when given, add the within-set distances to the summary.
+
+    >>> t = pl.DataFrame({"id": ["a", "b", "c", "d"], "round": [1, 1, 2, 2], "ifd": [0.5, 1.2, 0.9, 0.7],
+    ...                   "ic_ifd": [0.3, 0.6, 0.4, None]})
+    >>> select_items(t, SelectSettings("ic_ifd", top_fraction=0.5)).chosen["id"].to_list()
+    ['b', 'c']
+    """
+    _check_settings(settings, embeddings)
+    filtering = _filter_pool(table, settings)
+    ranked = _rank(filtering, settings)
+    chosen, parts = _take(ranked, settings, embeddings)
+    _record_cuts(filtering, ranked, parts, chosen, settings.threshold)
+    summary = _selection_summary(table, chosen, ranked, filtering.steps, settings.metric, embeddings)
+    excluded = pl.concat(filtering.excluded, how="vertical_relaxed") if filtering.excluded else pl.DataFrame(
         schema={"id": pl.String, "round": pl.Int64, "skip_reason": pl.String})
-    return Selection(chosen, summary, excluded_table)
+    return Selection(chosen, summary, excluded)
 
 
 def distinct_ratio(rows: pl.DataFrame) -> float | None:
