@@ -3,7 +3,7 @@
 :mod:`evolforge.eval.sandbox` passes ``sandbox_roles.py``'s text followed by this file's to ``python -I -B -c``,
 and the settings plus the code on stdin (JSON). Everything here runs before untrusted code and holds no secret.
 Roles: ``program`` (a run without tests: it runs the code off the main thread and exits 0 only once the code's
-last statement completed, see ``_main``), ``worker`` and ``checker`` (a run with tests: see ``sandbox_roles``;
+last statement completed, see ``_run_program``), ``worker`` and ``checker`` (a run with tests: see ``sandbox_roles``;
 there the verdict is the checker's nonce, never an exit status).
 """
 
@@ -184,24 +184,27 @@ def _seccomp():
     return libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
 
 
+# the audit hook's tables; it binds them when made, so a worker's program that rebinds these names changes nothing
+_BLOCK_PREFIXES = ("ctypes.", "socket.", "os.exec", "os.spawn", "os.posix_spawn", "cpython.")
+_BLOCK = frozenset({"os.fork", "os.forkpty", "os.system", "os.kill", "os.killpg", "subprocess.Popen", "gc.get_objects",
+                    "gc.get_referrers", "gc.get_referents", "sys._current_frames", "sys._current_exceptions",
+                    "sys.settrace", "sys.setprofile", "code.__new__", "os.startfile", "pty.spawn", "sys.addaudithook"})
+_PATH_EVENTS = frozenset({"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
+                          "os.truncate", "os.link", "os.symlink", "os.utime", "os.setxattr", "os.removexattr",
+                          "shutil.rmtree", "shutil.copyfile", "shutil.copymode", "shutil.copystat",
+                          "shutil.move", "shutil.chown", "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod"})
+_NO_IMPORT = frozenset({"ctypes", "_ctypes", "_cffi_backend", "cffi", "_testcapi",
+                        "_testinternalcapi", "_xxsubinterpreters", "_testmultiphase", "_ctypes_test"})
+
+
 def _audit_hook(work, read_dirs, read_files, list_dirs, exit_blocked, exit_now, write2, getcwd):
     """A Python-level guard that the program cannot remove (PEP 578): clear statuses for what the OS layers
     also stop, and the closing of the introspection routes that could reach the verdict's machinery."""
     readable = tuple(read_dirs) + tuple(list_dirs) + (work,)
-    block_prefixes = ("ctypes.", "socket.", "os.exec", "os.spawn", "os.posix_spawn", "cpython.")
-    block = frozenset({"os.fork", "os.forkpty", "os.system", "os.kill", "os.killpg", "subprocess.Popen",
-                       "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-                       "sys._current_exceptions", "sys.settrace", "sys.setprofile", "code.__new__",
-                       "os.startfile", "pty.spawn", "sys.addaudithook"})
-    no_import = frozenset({"ctypes", "_ctypes", "_cffi_backend", "cffi", "_testcapi",
-                           "_testinternalcapi", "_xxsubinterpreters", "_testmultiphase", "_ctypes_test"})
-    path_events = frozenset({"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
-                             "os.truncate", "os.link", "os.symlink", "os.utime", "os.setxattr", "os.removexattr",
-                             "shutil.rmtree", "shutil.copyfile", "shutil.copymode", "shutil.copystat",
-                             "shutil.move", "shutil.chown", "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod"})
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    # bound now: the program may rebind the builtins, never these names
+    # bound now: the program may rebind the builtins and this module's names, never these names
     str_, bytes_, int_, isinstance_, any_, getattr_, callable_ = str, bytes, int, isinstance, any, getattr, callable
+    block_prefixes, block, no_import, path_events = _BLOCK_PREFIXES, _BLOCK, _NO_IMPORT, _PATH_EVENTS
     permission_error = PermissionError
 
     def norm(path):  # string-only normalisation: nothing the program can patch runs here
@@ -274,19 +277,8 @@ def _guard_exits(_imp, posix, audit):
                 setattr(mod, key, fake_exit)
 
 
-def _main():
-    cfg = json.loads(sys.stdin.buffer.read())
-    os.close(0)
-    import _imp
-    import _thread
-    import collections
-    import posix
-    import resource
-    import traceback
-
-    exit_now, write2, getcwd = posix._exit, posix.write, posix.getcwd
-    work = os.path.realpath(cfg["work"])
-
+def _lock_down(cfg, work, resource, exit_now, write2):
+    """The OS layers ``cfg`` asks for, in this order; one that cannot be set up ends the process (``exit_setup``)."""
     def fail_setup(what):
         write2(2, ("evolforge-sandbox: could not set up " + what + "\n").encode())
         exit_now(cfg["exit_setup"])
@@ -320,30 +312,11 @@ def _main():
     if cfg["expect_uid"] is not None and os.getuid() != cfg["expect_uid"]:
         fail_setup(f"uid {cfg['expect_uid']} (running as {os.getuid()})")
 
-    if cfg["role"] == "program":  # its exit status is its status: guard the ways to a clean early exit
-        _guard_exits(_imp, posix, sys.audit)
-    for mod in [m for m in list(sys.modules) if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
-        del sys.modules[mod]
-    if cfg["audit"]:  # off only in tests that show what the OS layers hold on their own
-        sys.addaudithook(_audit_hook(work, read_dirs, read_files, list_dirs, cfg["exit_blocked"], exit_now,
-                                     write2, getcwd))
-    if cfg["role"] != "program":  # a run with tests: the program's worker, or the tests' checker
-        _run_role(cfg, traceback, exit_now)
-    flushes = (sys.stdout.flush, sys.stderr.flush)  # the original streams, whatever the program rebinds
-    try:
-        program = compile(cfg["code"], "<candidate>", "exec")
-    except BaseException:  # noqa: BLE001 - a syntax error (or a too deep one) fails the program
-        traceback.print_exc()
-        exit_now(1)
-    try:
-        tests = compile(cfg["tests"], "<tests>", "exec")
-    except BaseException:  # noqa: BLE001 - broken tests are the caller's error, still not a pass
-        traceback.print_exc()
-        exit_now(cfg["exit_setup"])
-    del cfg
+
+def _run_program(program, tests, flushes, _thread, collections, exit_now, write2):
+    """The ``program`` role: clear this module's names (then look none up), run ``program``, then ``tests``."""
     for name in [k for k in globals() if not k.startswith("__")]:  # nothing for `import __main__` to find
         del globals()[name]
-
     # The program runs in a thread whose stack holds no frame of ours (deque and map are C), so that no frame
     # it can see leads here; it cannot install signal handlers (main thread only). `done` is released by a
     # statement that runs only once the program's last statement completed; nothing the program can reach
@@ -385,6 +358,43 @@ def _main():
         pass
     write2(2, b"evolforge-sandbox: the program did not run to its end\n")
     finish(1)
+
+
+def _main():
+    cfg = json.loads(sys.stdin.buffer.read())
+    os.close(0)
+    import _imp
+    import _thread
+    import collections
+    import posix
+    import resource
+    import traceback
+
+    exit_now, write2, getcwd = posix._exit, posix.write, posix.getcwd
+    work = os.path.realpath(cfg["work"])
+    _lock_down(cfg, work, resource, exit_now, write2)
+    if cfg["role"] == "program":  # its exit status is its status: guard the ways to a clean early exit
+        _guard_exits(_imp, posix, sys.audit)
+    for mod in [m for m in list(sys.modules) if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[mod]
+    if cfg["audit"]:  # off only in tests that show what the OS layers hold on their own
+        sys.addaudithook(_audit_hook(work, cfg["read_dirs"], cfg["read_files"], cfg["list_dirs"],
+                                     cfg["exit_blocked"], exit_now, write2, getcwd))
+    if cfg["role"] != "program":  # a run with tests: the program's worker, or the tests' checker
+        _run_role(cfg, traceback, exit_now)
+    flushes = (sys.stdout.flush, sys.stderr.flush)  # the original streams, whatever the program rebinds
+    try:
+        program = compile(cfg["code"], "<candidate>", "exec")
+    except BaseException:  # noqa: BLE001 - a syntax error (or a too deep one) fails the program
+        traceback.print_exc()
+        exit_now(1)
+    try:
+        tests = compile(cfg["tests"], "<tests>", "exec")
+    except BaseException:  # noqa: BLE001 - broken tests are the caller's error, still not a pass
+        traceback.print_exc()
+        exit_now(cfg["exit_setup"])
+    del cfg
+    _run_program(program, tests, flushes, _thread, collections, exit_now, write2)
 
 
 _main()
