@@ -69,6 +69,34 @@ class _NoCopies:
         return False
 
 
+_FUNCTION_SCHEMA = {"constraint_id": pl.String, "sample_index": pl.Int64, "function_id": pl.String, "func": pl.String,
+                    "raw": pl.String, "run_status": pl.String, "run_detail": pl.String, "case_errors": pl.String,
+                    "accuracy": pl.Float64, "status": pl.String, "failure_reason": pl.String}
+_CASE_SCHEMA = {"constraint_id": pl.String, "case_id": pl.String, "input": pl.String, "expected": pl.Boolean,
+                "status": pl.String, "failure_reason": pl.String}
+_COUNT_SCHEMA = {"samples": pl.Int64, "functions": pl.Int64, "functions_runnable": pl.Int64,
+                 "functions_kept": pl.Int64, "cases": pl.Int64, "cases_kept": pl.Int64}  # appended to the constraints'
+
+
+@dataclass
+class _Plan:
+    """One constraint's samples, parsed: the functions to run, the samples dropped before running, the cases."""
+    functions: list[tuple[int, str, str]]  # (sample index, func, raw answer), distinct and not copied
+    failures: list[tuple[int, str | None, str]]  # (sample index, raw answer or None, failure reason)
+    cases: list[tuple[str, bool]]  # distinct (input, expected), in the order first seen
+    copied_cases: list[tuple[str, bool]]  # cases recognised as a demonstration's, never run
+
+
+@dataclass
+class _Verdict:
+    """One constraint's cross-validation: which of its functions ran and which were kept."""
+    runs: dict[int, FunctionRun]  # function position -> its run (absent: no case to run on)
+    usable: list[int]  # positions of the functions whose run is ``ok``
+    cv: CrossValidation
+    accuracy: dict[int, float | None]  # function position -> accuracy, for the usable ones
+    kept: set[int]  # positions of the kept functions
+
+
 def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence[str | None]], settings: AutoIFSettings,
                        runner: Runner | None = None, parse: Parser | None = None,
                        copies: CopyCheck | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -79,96 +107,119 @@ def verify_constraints(constraints: pl.DataFrame, raw_samples: Sequence[Sequence
     Returns (constraints with status / failure_reason and counts, functions table, cases table)."""
     runner = runner or (lambda func, inputs: run_function(func, inputs, settings.case_timeout_s, settings.memory_mb))
     parse, copies = parse or parse_verification, copies or _NoCopies()
-    plans = []  # per constraint: (functions [(sample, func, raw)], parse failures, cases [(input, expected)], copied cases)
-    jobs = []  # (constraint position, function position, func, inputs)
-    for pos, samples in enumerate(raw_samples):
-        funcs, failures, cases, seen_funcs, copied_cases = [], [], {}, {}, {}
-        for k, raw in enumerate(samples):
-            parsed, reason = parse(raw) if raw is not None else (None, "no_output")
-            if parsed is None:
-                failures.append((k, raw, reason))
-                continue
-            if copies.func(parsed.func):
-                failures.append((k, raw, COPIED))
-            elif parsed.func in seen_funcs:
-                failures.append((k, raw, "duplicate_function"))
-            else:
-                seen_funcs[parsed.func] = k
-                funcs.append((k, parsed.func, raw))
-            for case in parsed.cases:
-                (copied_cases if copies.case(case[0]) else cases).setdefault(case, None)
-        cases_list = list(cases)
-        plans.append((funcs, failures, cases_list, list(copied_cases)))
-        for f, (_, func, _) in enumerate(funcs):
-            if cases_list:
-                jobs.append((pos, f, func, [c[0] for c in cases_list]))
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:  # each job waits on its own subprocess
-        outcomes = list(pool.map(lambda job: runner(job[2], job[3]), jobs))
-    runs = {(pos, f): run for (pos, f, _, _), run in zip(jobs, outcomes)}
-
+    plans = [_plan(samples, parse, copies) for samples in raw_samples]
+    runs = _run_functions(plans, runner, settings.workers)
     c_rows, f_rows, k_rows = [], [], []
-    for pos, (row, (funcs, failures, cases, copied_cases)) in enumerate(zip(constraints.iter_rows(named=True), plans)):
+    for pos, (row, plan) in enumerate(zip(constraints.iter_rows(named=True), plans)):
         cid = row["id"]
-        usable = [f for f in range(len(funcs)) if runs.get((pos, f)) is not None and runs[(pos, f)].status == "ok"]
-        cv = cross_validate([runs[(pos, f)].results for f in usable], [c[1] for c in cases], settings.min_accuracy)
-        acc = dict(zip(usable, cv.accuracy))
-        kept = {f for f, k in zip(usable, cv.functions_kept) if k}
-        for k, raw, reason in failures:
-            f_rows.append({"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, "sample", k), "func": None,
-                           "raw": raw, "run_status": None, "accuracy": None, "status": FAILED, "failure_reason": reason})
-        for f, (k, func, raw) in enumerate(funcs):
-            run = runs.get((pos, f))
-            reason = None
-            if run is None:
-                reason = "no_cases"
-            elif run.status != "ok":
-                reason = f"run_{run.status}"
-            elif f not in kept:
-                reason = "no_kept_cases" if acc[f] is None else "low_accuracy"
-            f_rows.append({"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, func), "func": func, "raw": raw,
-                           "run_status": run.status if run else None, "run_detail": run.detail if run else None,
-                           "case_errors": _error_counts(run),
-                           "accuracy": acc.get(f), "status": KEPT if f in kept else FAILED, "failure_reason": reason})
-        for c, (inp, exp) in enumerate(cases):
-            k_rows.append({"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
-                           "status": KEPT if cv.cases_kept[c] else FAILED,
-                           "failure_reason": None if cv.cases_kept[c] else "no_function_agrees"})
-        for inp, exp in copied_cases:
-            k_rows.append({"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
-                           "status": FAILED, "failure_reason": COPIED})
-        n_cases_kept = sum(cv.cases_kept)
-        outcomes_kept = {exp for (_, exp), k in zip(cases, cv.cases_kept) if k}
-        if not funcs:
-            reason = "no_parsable_sample"
-        elif not cases:
-            reason = "no_cases"
-        elif not usable:
-            reason = "no_runnable_function"
-        elif n_cases_kept == 0:
-            reason = "no_case_reproduced"
-        elif settings.both_outcomes and len(outcomes_kept) < 2:  # a constant function would pass one-sided cases
-            reason = "one_sided_cases"
-        elif not kept:
-            reason = "no_accurate_function"
-        elif len(kept) < settings.min_functions:
-            reason = "too_few_functions"
-        elif n_cases_kept < settings.min_cases:
-            reason = "too_few_cases"
-        else:
-            reason = None
+        verdict = _cross_validate_plan(plan, runs.get(pos, {}), settings.min_accuracy)
+        f_rows += _function_rows(cid, plan, verdict)
+        k_rows += _case_rows(cid, plan, verdict.cv)
+        reason = _constraint_failure(plan, verdict, settings)
         c_rows.append({**row, "status": KEPT if reason is None else FAILED, "failure_reason": reason,
-                       "samples": len(funcs) + len(failures), "functions": len(funcs), "functions_runnable": len(usable),
-                       "functions_kept": len(kept), "cases": len(cases), "cases_kept": n_cases_kept})
-    f_schema = {"constraint_id": pl.String, "sample_index": pl.Int64, "function_id": pl.String, "func": pl.String,
-                "raw": pl.String, "run_status": pl.String, "run_detail": pl.String, "case_errors": pl.String,
-                "accuracy": pl.Float64,
-                "status": pl.String, "failure_reason": pl.String}
-    k_schema = {"constraint_id": pl.String, "case_id": pl.String, "input": pl.String, "expected": pl.Boolean,
-                "status": pl.String, "failure_reason": pl.String}
-    c_schema = {**constraints.schema, "samples": pl.Int64, "functions": pl.Int64, "functions_runnable": pl.Int64,
-                "functions_kept": pl.Int64, "cases": pl.Int64, "cases_kept": pl.Int64}
-    return (pl.DataFrame(c_rows, schema=c_schema), pl.DataFrame(f_rows, schema=f_schema),
-            pl.DataFrame(k_rows, schema=k_schema))
+                       "samples": len(plan.functions) + len(plan.failures), "functions": len(plan.functions),
+                       "functions_runnable": len(verdict.usable), "functions_kept": len(verdict.kept),
+                       "cases": len(plan.cases), "cases_kept": sum(verdict.cv.cases_kept)})
+    return (pl.DataFrame(c_rows, schema={**constraints.schema, **_COUNT_SCHEMA}),
+            pl.DataFrame(f_rows, schema=_FUNCTION_SCHEMA), pl.DataFrame(k_rows, schema=_CASE_SCHEMA))
+
+
+def _plan(samples: Sequence[str | None], parse: Parser, copies: CopyCheck) -> _Plan:
+    """Parse one constraint's samples; a sample whose function is unparsable, copied or already seen is a
+    failure, though its cases still count (cases are pooled across samples, deduplicated)."""
+    funcs, failures, cases, seen_funcs, copied_cases = [], [], {}, set(), {}
+    for k, raw in enumerate(samples):
+        parsed, reason = parse(raw) if raw is not None else (None, "no_output")
+        if parsed is None:
+            failures.append((k, raw, reason))
+            continue
+        if copies.func(parsed.func):
+            failures.append((k, raw, COPIED))
+        elif parsed.func in seen_funcs:
+            failures.append((k, raw, "duplicate_function"))
+        else:
+            seen_funcs.add(parsed.func)
+            funcs.append((k, parsed.func, raw))
+        for case in parsed.cases:
+            (copied_cases if copies.case(case[0]) else cases).setdefault(case, None)  # a dict: ordered set
+    return _Plan(funcs, failures, list(cases), list(copied_cases))
+
+
+def _run_functions(plans: Sequence[_Plan], runner: Runner, workers: int) -> dict[int, dict[int, FunctionRun]]:
+    """Every function of every plan run on its constraint's case inputs (none for a plan without cases).
+    Returns constraint position -> function position -> run."""
+    jobs = [(pos, f, func, [c[0] for c in plan.cases])
+            for pos, plan in enumerate(plans) if plan.cases for f, (_, func, _) in enumerate(plan.functions)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # each job waits on its own subprocess
+        outcomes = list(pool.map(lambda job: runner(job[2], job[3]), jobs))
+    runs: dict[int, dict[int, FunctionRun]] = {}
+    for (pos, f, _, _), run in zip(jobs, outcomes):
+        runs.setdefault(pos, {})[f] = run
+    return runs
+
+
+def _cross_validate_plan(plan: _Plan, runs: dict[int, FunctionRun], min_accuracy: float) -> _Verdict:
+    """Cross-validate the functions that ran ``ok`` against the plan's cases."""
+    usable = [f for f in range(len(plan.functions)) if runs.get(f) is not None and runs[f].status == "ok"]
+    cv = cross_validate([runs[f].results for f in usable], [c[1] for c in plan.cases], min_accuracy)
+    kept = {f for f, k in zip(usable, cv.functions_kept) if k}
+    return _Verdict(runs, usable, cv, dict(zip(usable, cv.accuracy)), kept)
+
+
+def _function_rows(cid: str, plan: _Plan, verdict: _Verdict) -> list[dict[str, Any]]:
+    """The functions table's rows of one constraint: the samples dropped before running, then each function
+    with its run and why it was dropped (None when kept)."""
+    rows: list[dict[str, Any]] = [
+        {"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, "sample", k), "func": None,
+         "raw": raw, "run_status": None, "accuracy": None, "status": FAILED, "failure_reason": reason}
+        for k, raw, reason in plan.failures]
+    for f, (k, func, raw) in enumerate(plan.functions):
+        run = verdict.runs.get(f)
+        reason = None
+        if run is None:
+            reason = "no_cases"
+        elif run.status != "ok":
+            reason = f"run_{run.status}"
+        elif f not in verdict.kept:
+            reason = "no_kept_cases" if verdict.accuracy[f] is None else "low_accuracy"
+        rows.append({"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, func), "func": func, "raw": raw,
+                     "run_status": run.status if run else None, "run_detail": run.detail if run else None,
+                     "case_errors": _error_counts(run), "accuracy": verdict.accuracy.get(f),
+                     "status": KEPT if f in verdict.kept else FAILED, "failure_reason": reason})
+    return rows
+
+
+def _case_rows(cid: str, plan: _Plan, cv: CrossValidation) -> list[dict[str, Any]]:
+    """The cases table's rows of one constraint: the cross-validated cases, then the copied ones."""
+    rows = [{"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
+             "status": KEPT if kept else FAILED, "failure_reason": None if kept else "no_function_agrees"}
+            for (inp, exp), kept in zip(plan.cases, cv.cases_kept)]
+    rows += [{"constraint_id": cid, "case_id": make_id(cid, inp, exp), "input": inp, "expected": exp,
+              "status": FAILED, "failure_reason": COPIED} for inp, exp in plan.copied_cases]
+    return rows
+
+
+def _constraint_failure(plan: _Plan, verdict: _Verdict, settings: AutoIFSettings) -> str | None:
+    """Why a constraint is dropped (the first rule it breaks, in the order checked), or None when verified."""
+    n_cases_kept = sum(verdict.cv.cases_kept)
+    if not plan.functions:
+        return "no_parsable_sample"
+    if not plan.cases:
+        return "no_cases"
+    if not verdict.usable:
+        return "no_runnable_function"
+    if n_cases_kept == 0:
+        return "no_case_reproduced"
+    outcomes_kept = {exp for (_, exp), k in zip(plan.cases, verdict.cv.cases_kept) if k}
+    if settings.both_outcomes and len(outcomes_kept) < 2:  # a constant function would pass one-sided cases
+        return "one_sided_cases"
+    if not verdict.kept:
+        return "no_accurate_function"
+    if len(verdict.kept) < settings.min_functions:
+        return "too_few_functions"
+    if n_cases_kept < settings.min_cases:
+        return "too_few_cases"
+    return None
 
 
 def _error_counts(run: FunctionRun | None) -> str | None:

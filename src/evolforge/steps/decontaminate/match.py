@@ -123,19 +123,43 @@ class References:
         instruction (or output). Flagged when that share is >= ``paraphrase_coverage`` and the covered tokens
         number at least ``ngram`` (as much shared text as the contiguous rule asks for, only in pieces).
         Returns item index -> Match (instruction first, then output; within a field the highest coverage)."""
-        config, refs, vocab = self.config, self.corpus, self.vocab
+        config = self.config
         n = int(config.paraphrase_ngram)
+        shared = self._shared_windows(items, item_windows, todo, n)
+        if shared is None:
+            return {}
+        groups = _CoverGroups.of(*shared, n)
+        share = groups.covered / self.corpus.lengths[groups.ref_seq]
+        flagged = (groups.covered >= config.ngram) & (share >= config.paraphrase_coverage)
+        best = _best_groups(groups.item_seq, share, flagged)
+        out: dict[int, Match] = {}
+        for s in sorted(best):  # instruction (even seq) before output of the same item
+            item = s // 2
+            if item in out:
+                continue
+            g = best[s]
+            ref_seq = int(groups.ref_seq[g])
+            pieces = self._covered_pieces(ref_seq, groups.pos[groups.starts[g]:groups.ends[g]], n)
+            out[item] = Match(int(self.seq_problem[ref_seq]), "instruction" if s % 2 == 0 else "output",
+                              pieces, int(groups.ends[g] - groups.starts[g]), "ngram_coverage", float(share[g]))
+        return out
+
+    def _shared_windows(self, items: Corpus, item_windows: NgramWindows, todo: np.ndarray,
+                        n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every (item window, reference window) pair of ``n`` equal tokens, for the items in ``todo``, as
+        (item seq, reference seq, position in the reference text) per pair; None when there is none."""
+        refs = self.corpus
         rh, rseq, rpos = self.cover
         ih, iseq, ipos = item_windows
         mine = candidates(self.cover_table, ih)  # a window with no equal reference hash adds nothing
         mine = mine[todo[iseq[mine] // 2]]
         ih, iseq, ipos = ih[mine], iseq[mine], ipos[mine]
         if rh.size == 0 or ih.size == 0:
-            return {}
+            return None
         lo, hi = np.searchsorted(rh, ih, "left"), np.searchsorted(rh, ih, "right")
         cnt = hi - lo
         if not cnt.any():
-            return {}
+            return None
         # one row per (item window, reference window) with equal hashes
         rep = np.repeat(np.arange(ih.size), cnt)
         ref = lo[rep] + np.arange(rep.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
@@ -144,9 +168,40 @@ class References:
         for k in range(n):  # confirm token by token: a 64-bit hash collision fails here
             same &= items.ids[items.starts[a_seq] + a_pos + k] == refs.ids[refs.starts[b_seq] + b_pos + k]
         if not same.any():
-            return {}
-        # covered positions of each reference text, per item text: the union of its matched windows
-        hits = np.unique(np.stack([a_seq[same], b_seq[same], b_pos[same]], axis=1), axis=0)  # sorted by a, b, pos
+            return None
+        return a_seq[same], b_seq[same], b_pos[same]
+
+    def _covered_pieces(self, ref_seq: int, window_pos: np.ndarray, n: int) -> str:
+        """The reference text's pieces covered by windows of ``n`` tokens starting at ``window_pos`` (sorted),
+        overlapping windows merged into one piece, in the text's order, joined by `` ... ``."""
+        refs, base = self.corpus, int(self.corpus.starts[ref_seq])
+        pieces, run_start, run_end = [], None, None
+        for p in window_pos:
+            if run_end is not None and p < run_end:  # overlapping windows: one piece
+                run_end = max(run_end, int(p) + n)
+                continue
+            if run_end is not None:
+                pieces.append(match_words(self.vocab, refs.ids[base + run_start: base + run_end]))
+            run_start, run_end = int(p), int(p) + n
+        pieces.append(match_words(self.vocab, refs.ids[base + run_start: base + run_end]))
+        return " ... ".join(pieces)
+
+
+@dataclass(frozen=True)
+class _CoverGroups:
+    """The coverage check's confirmed shared windows, one group per (item text, reference text)."""
+    item_seq: np.ndarray  # per group: the item text
+    ref_seq: np.ndarray   # per group: the reference text
+    covered: np.ndarray   # per group: tokens of the reference text covered by the union of its windows
+    pos: np.ndarray       # per window, grouped and sorted: its start in the reference text
+    starts: np.ndarray    # per group: its first window in ``pos``
+    ends: np.ndarray      # per group: one past its last window in ``pos``
+
+    @classmethod
+    def of(cls, a_seq: np.ndarray, b_seq: np.ndarray, b_pos: np.ndarray, n: int) -> _CoverGroups:
+        """Group the pairs (item seq ``a_seq``, reference seq ``b_seq``, window start ``b_pos``) of
+        ``n``-token windows; a reference window matched more than once counts once."""
+        hits = np.unique(np.stack([a_seq, b_seq, b_pos], axis=1), axis=0)  # sorted by a, b, pos
         a, b, pos = hits[:, 0], hits[:, 1], hits[:, 2]
         new_group = np.ones(a.size, dtype=bool)
         new_group[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
@@ -154,35 +209,17 @@ class References:
         step = np.full(a.size, n, dtype=np.int64)  # tokens a window adds beyond the previous one of its group
         step[:-1] = np.minimum(np.diff(pos), n)
         step[np.r_[starts[1:] - 1, a.size - 1]] = n  # the last window of a group adds all its n tokens
-        covered = np.add.reduceat(step, starts)
-        g_a, g_b = a[starts], b[starts]
-        share = covered / refs.lengths[g_b]
-        flagged = (covered >= config.ngram) & (share >= config.paraphrase_coverage)
-        best: dict[int, int] = {}  # item seq -> group
-        for g in np.flatnonzero(flagged):
-            s = int(g_a[g])
-            if s not in best or share[g] > share[best[s]]:
-                best[s] = int(g)
-        out: dict[int, Match] = {}
-        ends = np.r_[starts[1:], a.size]
-        for s in sorted(best):  # instruction (even seq) before output of the same item
-            item = s // 2
-            if item in out:
-                continue
-            g = best[s]
-            ref_seq, base = int(g_b[g]), int(refs.starts[g_b[g]])
-            pieces, run_start, run_end = [], None, None
-            for p in pos[starts[g]:ends[g]]:  # merge the group's windows into runs of the reference text
-                if run_end is not None and p < run_end:  # overlapping windows: one piece
-                    run_end = max(run_end, int(p) + n)
-                    continue
-                if run_end is not None:
-                    pieces.append(match_words(vocab, refs.ids[base + run_start: base + run_end]))
-                run_start, run_end = int(p), int(p) + n
-            pieces.append(match_words(vocab, refs.ids[base + run_start: base + run_end]))
-            out[item] = Match(int(self.seq_problem[ref_seq]), "instruction" if s % 2 == 0 else "output",
-                              " ... ".join(pieces), int(ends[g] - starts[g]), "ngram_coverage", float(share[g]))
-        return out
+        return cls(a[starts], b[starts], np.add.reduceat(step, starts), pos, starts, np.r_[starts[1:], a.size])
+
+
+def _best_groups(item_seq: np.ndarray, share: np.ndarray, flagged: np.ndarray) -> dict[int, int]:
+    """Item seq -> its flagged group of highest ``share`` (the first such group on ties)."""
+    best: dict[int, int] = {}
+    for g in np.flatnonzero(flagged):
+        s = int(item_seq[g])
+        if s not in best or share[g] > share[best[s]]:
+            best[s] = int(g)
+    return best
 
 
 def check_chunk_size(chunk_size: int) -> None:
