@@ -135,46 +135,49 @@ class LLM:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
         refuse_controls(self.role.backend, requests, f"roles.{self.role.name}")
         refuse_ranking(self.role.backend, requests, f"roles.{self.role.name}")
-        keys = [self.key(r) for r in requests]
+        results, missing = self._from_cache([self.key(r) for r in requests])
+        self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
+        if not missing:
+            return results  # type: ignore[return-value]
+        if dryrun.active():  # evolforge plan: count the misses, send nothing
+            return self._dry_run(requests, missing, results, desc or self.desc)
+        allowed = math.floor(self.settings.max_failure_rate * len(requests) + 1e-9)
+        failed, unsent, message = self._generate_missing(requests, missing, results, allowed, desc or self.desc)
+        for i in unsent:
+            results[i] = Completion.failure(BUDGET_EXHAUSTED, message)
+        self._record_failures(failed + Counter({BUDGET_EXHAUSTED: len(unsent)}))
+        if sum(failed.values()) > allowed:
+            self._raise_failures(failed, results, len(requests))
+        if unsent:
+            raise BudgetExhaustedError(message)
+        return results  # type: ignore[return-value]
+
+    def _from_cache(self, keys: list[str]) -> tuple[list[Completion | None], dict[str, list[int]]]:
+        """The cached completions, in request order (None where missing), and the missing keys with the indices
+        that ask for each (identical requests are generated once)."""
         hits = self.cache.get_many(sorted(set(keys))) if self.cache is not None else {}
-        results: list[Completion | None] = [None] * len(requests)
-        missing: dict[str, list[int]] = {}  # identical requests are generated once
+        results: list[Completion | None] = [None] * len(keys)
+        missing: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
             hit = hits.get(k)
             if hit is not None:
                 results[i] = Completion(hit[0], hit[1], cached=True)
             else:
                 missing.setdefault(k, []).append(i)
-        self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
-        if not missing:
-            return results  # type: ignore[return-value]
-        if dryrun.active():  # evolforge plan: count the misses, send nothing
-            return self._dry_run(requests, missing, results, desc or self.desc)
+        return results, missing
 
+    def _generate_missing(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
+                          results: list[Completion | None], allowed: int, desc: str) -> tuple[Counter[str], list[int], str]:
+        """Generate the misses through the spend gate, filling ``results`` and committing answers to the cache as
+        they finish; stop early once more than ``allowed`` failed. Returns (failures by reason, the indices a cap
+        kept back, the gate's message)."""
         # Length-sorted so batches pad little; outputs do not depend on batch composition.
         todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
-        allowed = math.floor(self.settings.max_failure_rate * len(requests) + 1e-9)
         failed: Counter[str] = Counter()
-        pending: list[tuple[str, str, str | None, str]] = []
-        last_commit = time.monotonic()
-        interval = self.settings.commit_interval_s
-        model = self.role.model
-        gate = open_gate(self.role, self.settings, self.cache, desc or self.desc, len(todo))  # spend and caps
-
-        def commit() -> None:
-            nonlocal last_commit, interval
-            start = time.monotonic()
-            if self.cache is not None and pending:
-                # first stored wins: another process may have filled a key meanwhile
-                for k, (text, finish) in self.cache.put_many(pending).items():
-                    for i in missing[k]:
-                        results[i] = Completion(text, finish)
-            pending.clear()
-            last_commit = time.monotonic()
-            interval = max(self.settings.commit_interval_s, COMMIT_SPACING * (last_commit - start))
-
+        store = _CacheWriter(self.cache, self.settings, missing, results)
+        gate = open_gate(self.role, self.settings, self.cache, desc, len(todo))  # spend and caps
         with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
-                  desc=desc or self.desc, unit="req", leave=False) as bar:
+                  desc=desc, unit="req", leave=False) as bar:
             try:
                 for finished in gate.stream(self._run, [requests[idx[0]] for _, idx in todo], [k for k, _ in todo]):
                     done = 0
@@ -186,26 +189,17 @@ class LLM:
                         if out.failure_reason is not None:
                             failed[out.failure_reason] += len(idx)
                         else:
-                            pending.append((k, out.text, out.finish_reason, model))
+                            store.pending.append((k, out.text, out.finish_reason, self.role.model))
                     self._count([out for _, out in finished])
                     bar.update(done)
                     bar.set_postfix_str(gate.postfix(), refresh=False)
-                    if len(pending) >= self.settings.commit_every or (
-                            pending and time.monotonic() - last_commit >= interval):
-                        commit()
+                    if store.due():
+                        store.commit()
                     if sum(failed.values()) > allowed:
                         break  # the threshold is passed whatever the rest brings
             finally:
-                commit()
-        unsent = [i for j in gate.unsent for i in todo[j][1]]  # kept back by a cap in llm.budget
-        for i in unsent:
-            results[i] = Completion.failure(BUDGET_EXHAUSTED, gate.message)
-        self._record_failures(failed + Counter({BUDGET_EXHAUSTED: len(unsent)}))
-        if sum(failed.values()) > allowed:
-            self._raise_failures(failed, results, len(requests))
-        if unsent:
-            raise BudgetExhaustedError(gate.message)
-        return results  # type: ignore[return-value]
+                store.commit()
+        return failed, [i for j in gate.unsent for i in todo[j][1]], gate.message  # unsent: kept back by a cap in llm.budget
 
     def _dry_run(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
                  results: list[Completion | None], desc: str) -> list[Completion]:
@@ -263,6 +257,34 @@ class LLM:
     def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str | None]:
         """The texts of :meth:`generate`; None for a failed item (never an invented text)."""
         return [None if c.failed else c.text for c in self.generate(requests, desc=desc)]
+
+
+class _CacheWriter:
+    """Finished answers waiting to be stored in the call cache: committed every ``llm.commit_every`` answers or
+    ``llm.commit_interval_s`` seconds, whichever comes first, with commits spaced so that they take at most
+    1/``COMMIT_SPACING`` of the time. A kill loses at most what is pending."""
+
+    def __init__(self, cache: CallCache | None, settings: LLMSettings, missing: dict[str, list[int]],
+                 results: list[Completion | None]) -> None:
+        self.cache, self.settings, self.missing, self.results = cache, settings, missing, results
+        self.pending: list[tuple[str, str, str | None, str]] = []  # (key, text, finish_reason, model)
+        self.last_commit = time.monotonic()
+        self.interval = settings.commit_interval_s
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.settings.commit_every or (
+            bool(self.pending) and time.monotonic() - self.last_commit >= self.interval)
+
+    def commit(self) -> None:
+        start = time.monotonic()
+        if self.cache is not None and self.pending:
+            # first stored wins: another process may have filled a key meanwhile
+            for k, (text, finish) in self.cache.put_many(self.pending).items():
+                for i in self.missing[k]:
+                    self.results[i] = Completion(text, finish)
+        self.pending.clear()
+        self.last_commit = time.monotonic()
+        self.interval = max(self.settings.commit_interval_s, COMMIT_SPACING * (self.last_commit - start))
 
 
 def _size(request: ChatRequest) -> tuple[int, int]:

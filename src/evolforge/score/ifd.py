@@ -13,6 +13,29 @@ per-token losses are :mod:`evolforge.score.losses`.
 :func:`ifd_scores` is the fast path (two passes per item, length-sorted batches under a token budget,
 the vocabulary projection applied to hidden states a slice at a time); :func:`reference_ifd_scores`
 is the straightforward one (one item at a time, three passes with HF ``labels``), for checking.
+
+The templates:
+
+``template="raw"`` reproduces Evolution-Analysis ``Evol_Instruct/eval_loss.py`` (paper B's IC-IFD)
+with ``boundary="prefix"``: conditioned pass = tokenize(Q + "\\n" + A) with the tokenizer's special
+tokens; L(Q) averages its tokens 1..L_q-1 and L(A|Q) its tokens L_q.. (the separator included),
+L_q = len(tokenize(Q)); L(A) averages tokenize(A)'s tokens after the first. EA has no truncation.
+
+``template="cherry"`` reproduces Cherry_LLM's IFD (``cherry_seletion/data_analysis.py --mod cherry
+--prompt alpaca`` then ``data_by_IFD.py``) with ``boundary="prefix"`` and ``max_length`` (Cherry's
+512): conditioned text = the Alpaca prompt (with or without its Input block) + A, L(A|Q) from
+token len(encode(prompt)); direct text = "### Response:" + A, L(A) from token
+len(encode("### Response:")); truncation and skips as :func:`~evolforge.score.passes.cherry_truncate`
+(``cherry_truncation="same-tokens"`` uses :func:`~evolforge.score.passes.truncate_item` instead). Cherry
+drops IFD > 1 after scoring; here the value is kept and ``select.ifd_filter`` drops it. L(Q) (not part of
+Cherry's IFD) averages the instruction's and the input's own tokens inside the prompt.
+
+``template="chat"`` (no official code; the pair as fine-tuning renders it): conditioned text = the
+chat template's [user Q, assistant A] conversation, tokenized whole without added special tokens;
+L(A|Q) from where the generation prompt ends (A plus the end-of-turn text); L(Q) over Q's own
+tokens only, located in the rendered prompt (a default system prompt and the role markers are
+context, never averaged); L(A) scores the answer text after the generation prompt alone, preceded
+by the tokenizer's special prefix.
 """
 
 from __future__ import annotations
@@ -84,29 +107,8 @@ def ifd_scores(
 
     Columns: see ``SCORE_SCHEMA``. Q = instruction, plus "\\n" + input when the input is non-empty.
 
-    ``template="raw"`` reproduces Evolution-Analysis ``Evol_Instruct/eval_loss.py`` (paper B's IC-IFD)
-    with ``boundary="prefix"``: conditioned pass = tokenize(Q + "\\n" + A) with the tokenizer's special
-    tokens; L(Q) averages its tokens 1..L_q-1 and L(A|Q) its tokens L_q.. (the separator included),
-    L_q = len(tokenize(Q)); L(A) averages tokenize(A)'s tokens after the first. EA has no truncation.
-
-    ``template="cherry"`` reproduces Cherry_LLM's IFD (``cherry_seletion/data_analysis.py --mod cherry
-    --prompt alpaca`` then ``data_by_IFD.py``) with ``boundary="prefix"`` and ``max_length`` (Cherry's
-    512): conditioned text = the Alpaca prompt (with or without its Input block) + A, L(A|Q) from
-    token len(encode(prompt)); direct text = "### Response:" + A, L(A) from token
-    len(encode("### Response:")); truncation and skips as :func:`~evolforge.score.passes.cherry_truncate`
-    (``cherry_truncation="same-tokens"`` uses :func:`~evolforge.score.passes.truncate_item` instead). Cherry
-    drops IFD > 1 after scoring; here the value is kept and ``select.ifd_filter`` drops it. L(Q) (not part of
-    Cherry's IFD) averages the instruction's and the input's own tokens inside the prompt.
-
-    ``template="chat"`` (no official code; the pair as fine-tuning renders it): conditioned text = the
-    chat template's [user Q, assistant A] conversation, tokenized whole without added special tokens;
-    L(A|Q) from where the generation prompt ends (A plus the end-of-turn text); L(Q) over Q's own
-    tokens only, located in the rendered prompt (a default system prompt and the role markers are
-    context, never averaged); L(A) scores the answer text after the generation prompt alone, preceded
-    by the tokenizer's special prefix.
-
-    ``boundary``: "prefix" (the official codes' rule) or "offsets" (the exact character boundary);
-    see :mod:`evolforge.score.passes`. ``max_length`` (raw, chat) cuts the conditioned pass from the right
+    ``template``: which texts the passes see (raw, cherry, chat: see the module doc). ``boundary``: "prefix"
+    (the official codes' rule) or "offsets" (the exact character boundary); see :mod:`evolforge.score.passes`. ``max_length`` (raw, chat) cuts the conditioned pass from the right
     and drops as many tokens from the end of the direct pass; an item whose prompt alone is longer gets
     nulls and a ``null_reason``.
 
@@ -127,12 +129,18 @@ def ifd_scores(
             chunk = slice(start, start + chunk_size)
             items = encode_items(tokenizer, instructions[chunk], inputs[chunk], responses[chunk], template,
                                  boundary, max_length, cherry_truncation)
-            passes = {}
-            for name in ("conditioned_ids", "direct_ids"):
-                passes[name] = token_nlls(model, [getattr(item, name) for item in items], batch_size, pad_id,
-                                          bar.update, max_batch_tokens, head)
-            rows += [_item_scores(*triple) for triple in zip(items, passes["conditioned_ids"], passes["direct_ids"])]
+            rows += _chunk_scores(model, items, pad_id, head, bar.update, batch_size, max_batch_tokens)
     return pl.from_dicts(rows, schema=SCORE_SCHEMA)
+
+
+def _chunk_scores(model, items: list[EncodedItem], pad_id: int, head, progress, batch_size: int | None,
+                  max_batch_tokens: int) -> list[dict[str, Any]]:
+    """The score rows of one chunk of encoded items: its conditioned passes, then its direct passes."""
+    passes = {}
+    for name in ("conditioned_ids", "direct_ids"):
+        passes[name] = token_nlls(model, [getattr(item, name) for item in items], batch_size, pad_id,
+                                  progress, max_batch_tokens, head)
+    return [_item_scores(*triple) for triple in zip(items, passes["conditioned_ids"], passes["direct_ids"])]
 
 
 # ----------------------------------------------------------------------------------------------
