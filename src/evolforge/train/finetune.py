@@ -148,17 +148,11 @@ def finetune(
     end. ``out_dir`` is rewritten in full: written beside it, then renamed into place. ``live_dir``: where
     DVCLive writes the per-step metrics as training runs (rewritten at the start; None: no live metrics).
     """
-    import torch
     from accelerate import PartialState
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    s = settings
-    if s.mode not in MODES:
-        raise ValueError(f"finetune.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
-    if not 0 <= s.warmup_ratio < 1:
-        raise ValueError(f"finetune.warmup_ratio must be in [0, 1), got {s.warmup_ratio}")
-    validate_rows(train_rows)
+    _check_inputs(settings, train_rows)
     tokenizer = load_tokenizer(base_model, revision=revision, padding_side="right")
     if tokenizer.chat_template is None:
         raise ValueError(f"base model {base_model!r} has no chat template; the prompt/completion rows are rendered "
@@ -171,64 +165,20 @@ def finetune(
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
 
-    cuda = torch.cuda.is_available()
-    device = pick_device("auto")
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    config = SFTConfig(
-        output_dir=str(staging),
-        learning_rate=s.lr,
-        num_train_epochs=s.epochs,
-        max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum,
-        max_length=s.max_length,
-        warmup_steps=warmup_steps(s.warmup_ratio, len(train_rows), epochs=s.epochs, max_steps=s.max_steps,
-                                  batch_size=s.batch_size, grad_accum=s.grad_accum, processes=state.num_processes),
-        lr_scheduler_type=s.lr_scheduler,
-        weight_decay=s.weight_decay,
-        completion_only_loss=True,
-        packing=False,  # packing needs flash attention; plain padding everywhere keeps CPU and GPU alike
-        gradient_checkpointing=s.gradient_checkpointing,
-        bf16=bf16,
-        use_cpu=not cuda,
-        dataloader_pin_memory=cuda,
-        seed=s.seed,
-        data_seed=s.seed,
-        logging_steps=s.logging_steps,
-        logging_first_step=True,
-        save_strategy="no",
-        report_to="none",  # the DVCLive callback below is added by hand, with its folder and settings
-        disable_tqdm=True,
-        model_init_kwargs={"revision": revision, "dtype": str(pick_dtype(s.dtype, device)).removeprefix("torch.")},
-    )
-    peft_config = None
-    if s.mode == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                                 target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
+    config = _sft_config(settings, staging, len(train_rows), state.num_processes, revision)
     callbacks = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else None
     trainer = SFTTrainer(model=base_model, args=config, train_dataset=Dataset.from_list(list(train_rows)),
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+                         processing_class=tokenizer, peft_config=_peft_config(settings), callbacks=callbacks)
     trainable, total = _count_params(trainer.model)
-    log.info("fine-tuning %s (%s): %d rows, %d of %d parameters trainable", base_model, s.mode, len(train_rows),
-             trainable, total)
+    log.info("fine-tuning %s (%s): %d rows, %d of %d parameters trainable", base_model, settings.mode,
+             len(train_rows), trainable, total)
     output = trainer.train()
-
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.use_cache = True  # training turns the KV cache off; generation wants it back
-    trainer.save_model(str(staging))  # weights (ZeRO-3: gathered), or the adapter for LoRA; and the tokenizer
-    if state.is_main_process:
-        # a pickle of the run's arguments (paths included): not needed to load the model, and it would make the
-        # folder's bytes, hence the model's identity in evaluation caches, differ between identical runs
-        (staging / "training_args.bin").unlink(missing_ok=True)
-        replace_dir(staging, out_dir)
-    state.wait_for_everyone()
+    _save(trainer, staging, out_dir, state)
 
     curve = [{"step": int(e["step"]), "loss": round(float(e["loss"]), 6)}
              for e in trainer.state.log_history if "loss" in e and "step" in e]
     metrics = {
-        "mode": s.mode,
+        "mode": settings.mode,
         "base_model": model_identity(base_model, revision),
         "train_loss_final": curve[-1]["loss"] if curve else None,  # last logged loss, mean token CE (nats)
         "train_loss_mean": round(float(output.training_loss), 6),  # mean over all steps
@@ -239,8 +189,76 @@ def finetune(
         "samples_per_s": round(float(output.metrics.get("train_samples_per_second", 0.0)), 3),
         "trainable_params": trainable,
         "total_params": total,
-        "global_batch": s.batch_size * s.grad_accum * state.num_processes,
+        "global_batch": settings.batch_size * settings.grad_accum * state.num_processes,
         "processes": state.num_processes,
-        "bf16": bf16,
+        "bf16": config.bf16,
     }
     return FinetuneResult(metrics=metrics, loss_curve=curve, is_main_process=state.is_main_process)
+
+
+def _check_inputs(s: FinetuneSettings, train_rows: Sequence[dict]) -> None:
+    """The settings a dataclass type cannot check, and the rows (:func:`validate_rows`)."""
+    if s.mode not in MODES:
+        raise ValueError(f"finetune.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
+    if not 0 <= s.warmup_ratio < 1:
+        raise ValueError(f"finetune.warmup_ratio must be in [0, 1), got {s.warmup_ratio}")
+    validate_rows(train_rows)
+
+
+def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, revision: str | None):
+    """TRL's ``SFTConfig`` for these settings: completion-only loss, no packing, bf16 where the GPU has it."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    device = pick_device("auto")
+    return SFTConfig(
+        output_dir=str(staging),
+        learning_rate=s.lr,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        max_length=s.max_length,
+        warmup_steps=warmup_steps(s.warmup_ratio, rows, epochs=s.epochs, max_steps=s.max_steps,
+                                  batch_size=s.batch_size, grad_accum=s.grad_accum, processes=processes),
+        lr_scheduler_type=s.lr_scheduler,
+        weight_decay=s.weight_decay,
+        completion_only_loss=True,
+        packing=False,  # packing needs flash attention; plain padding everywhere keeps CPU and GPU alike
+        gradient_checkpointing=s.gradient_checkpointing,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        dataloader_pin_memory=cuda,
+        seed=s.seed,
+        data_seed=s.seed,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",
+        report_to="none",  # the DVCLive callback is added by hand, with its folder and settings
+        disable_tqdm=True,
+        model_init_kwargs={"revision": revision, "dtype": str(pick_dtype(s.dtype, device)).removeprefix("torch.")},
+    )
+
+
+def _peft_config(s: FinetuneSettings):
+    """PEFT's ``LoraConfig`` under ``mode: lora``; None (every parameter trained) under ``mode: full``."""
+    if s.mode != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                      target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def _save(trainer, staging: Path, out_dir: Path, state) -> None:
+    """Write the model (or the LoRA adapter) and the tokenizer to ``staging``, then rename it to ``out_dir``."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.use_cache = True  # training turns the KV cache off; generation wants it back
+    trainer.save_model(str(staging))  # weights (ZeRO-3: gathered), or the adapter for LoRA; and the tokenizer
+    if state.is_main_process:
+        # a pickle of the run's arguments (paths included): not needed to load the model, and it would make the
+        # folder's bytes, hence the model's identity in evaluation caches, differ between identical runs
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        replace_dir(staging, out_dir)
+    state.wait_for_everyone()
