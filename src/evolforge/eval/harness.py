@@ -322,15 +322,7 @@ def evaluate(
     ``..._stderr`` entries.
     """
     s = settings if settings is not None else EvaluateSettings()
-    import lm_eval
-    import lm_eval.models  # noqa: F401  (registers the built-in backends even when a test registered its own first)
-
-    for label in models:
-        if label == "skipped" or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
-            raise ValueError(f"model label {label!r} must be a plain name (letters, digits, _ . -) other than "
-                             "'skipped': it names the result entry and the samples folder")
-    if s.backend == "local-chat-completions" and not s.apply_chat_template:
-        raise ValueError("the local-chat-completions backend sends chat messages: apply_chat_template must be true")
+    _check_request(models, s)
     benchmarks, skipped = resolve_tasks(s.tasks, s.suite, s.allow_code_execution)
     if s.allow_code_execution and any(b in CODE_BENCHMARKS for b in benchmarks):
         from evolforge.eval.sandbox import isolation
@@ -348,34 +340,53 @@ def evaluate(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         for label, model in models.items():
-            report[label] = {}
-            if not benchmarks:
-                continue
-            args = model_args(model, s.backend, dtype=s.dtype, device=s.device, revision=revision, backend_args=s.backend_args)
-            log.info("evaluating %s (%s, %s) on %s", label, s.backend, args, ", ".join(benchmarks.values()))
-            results = lm_eval.simple_evaluate(
-                model=s.backend, model_args=args, tasks=list(benchmarks.values()), task_manager=task_manager,
-                limit=s.limit, batch_size=s.batch_size, device=pick_device(s.device) if s.backend == "hf" else None,
-                apply_chat_template=s.apply_chat_template, fewshot_as_multiturn=bool(s.apply_chat_template),
-                system_instruction=s.system_instruction, num_fewshot=s.num_fewshot,
-                gen_kwargs=dict(s.gen_kwargs) if s.gen_kwargs else None, log_samples=True,
-                bootstrap_iters=s.bootstrap_iters, confirm_run_unsafe_code=s.allow_code_execution,
-                random_seed=s.seed, numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed,
-            )
-            label_dir = staging / label
-            label_dir.mkdir()
-            counts = _write_samples(results, benchmarks, label_dir)
-            with open(label_dir / "results.json", "w", encoding="utf-8") as f:
-                json.dump(_results_record(results), f, indent=2, ensure_ascii=False)
-            for benchmark, harness_task in benchmarks.items():
-                report[label].update(flatten_metrics(results, benchmark, harness_task))
-                report[label][f"{benchmark}/n"] = counts[benchmark]
-            del results
-            gc.collect()
-            _free_accelerator_memory()
+            report[label] = _evaluate_one(label, model, benchmarks, task_manager, staging, s, revision) if benchmarks else {}
     report["skipped"] = skipped
     replace_dir(staging, out_dir)
     return report
+
+
+def _check_request(models: Mapping[str, Any], s: EvaluateSettings) -> None:
+    """Labels that can name a result entry and a folder; a chat backend with the chat template applied."""
+    for label in models:
+        if label == "skipped" or not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise ValueError(f"model label {label!r} must be a plain name (letters, digits, _ . -) other than "
+                             "'skipped': it names the result entry and the samples folder")
+    if s.backend == "local-chat-completions" and not s.apply_chat_template:
+        raise ValueError("the local-chat-completions backend sends chat messages: apply_chat_template must be true")
+
+
+def _evaluate_one(label: str, model: str | Mapping[str, Any], benchmarks: dict[str, str], task_manager, staging: Path,
+                  s: EvaluateSettings, revision: str | None) -> dict[str, Any]:
+    """One model through the harness: its samples and results.json under ``staging/label``, its flat metrics
+    returned; the model's memory freed before the next one loads."""
+    import lm_eval
+    import lm_eval.models  # noqa: F401  (registers the built-in backends even when a test registered its own first)
+
+    args = model_args(model, s.backend, dtype=s.dtype, device=s.device, revision=revision, backend_args=s.backend_args)
+    log.info("evaluating %s (%s, %s) on %s", label, s.backend, args, ", ".join(benchmarks.values()))
+    results = lm_eval.simple_evaluate(
+        model=s.backend, model_args=args, tasks=list(benchmarks.values()), task_manager=task_manager,
+        limit=s.limit, batch_size=s.batch_size, device=pick_device(s.device) if s.backend == "hf" else None,
+        apply_chat_template=s.apply_chat_template, fewshot_as_multiturn=bool(s.apply_chat_template),
+        system_instruction=s.system_instruction, num_fewshot=s.num_fewshot,
+        gen_kwargs=dict(s.gen_kwargs) if s.gen_kwargs else None, log_samples=True,
+        bootstrap_iters=s.bootstrap_iters, confirm_run_unsafe_code=s.allow_code_execution,
+        random_seed=s.seed, numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed,
+    )
+    label_dir = staging / label
+    label_dir.mkdir()
+    counts = _write_samples(results, benchmarks, label_dir)
+    with open(label_dir / "results.json", "w", encoding="utf-8") as f:
+        json.dump(_results_record(results), f, indent=2, ensure_ascii=False)
+    metrics: dict[str, Any] = {}
+    for benchmark, harness_task in benchmarks.items():
+        metrics.update(flatten_metrics(results, benchmark, harness_task))
+        metrics[f"{benchmark}/n"] = counts[benchmark]
+    del results
+    gc.collect()
+    _free_accelerator_memory()
+    return metrics
 
 
 def _free_accelerator_memory() -> None:

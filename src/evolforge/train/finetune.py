@@ -177,23 +177,30 @@ def finetune(
 
     curve = [{"step": int(e["step"]), "loss": round(float(e["loss"]), 6)}
              for e in trainer.state.log_history if "loss" in e and "step" in e]
-    metrics = {
-        "mode": settings.mode,
-        "base_model": model_identity(base_model, revision),
+    metrics = _run_metrics(settings, trainer, output, curve, model_identity(base_model, revision), len(train_rows),
+                           (trainable, total), state.num_processes)
+    return FinetuneResult(metrics=metrics, loss_curve=curve, is_main_process=state.is_main_process)
+
+
+def _run_metrics(s: FinetuneSettings, trainer, output, curve: list[dict], base: dict, rows: int,
+                 params: tuple[int, int], processes: int) -> dict[str, Any]:
+    """What ``metrics/train.json`` records of a run: losses, steps, throughput, parameters trained, batch."""
+    return {
+        "mode": s.mode,
+        "base_model": base,
         "train_loss_final": curve[-1]["loss"] if curve else None,  # last logged loss, mean token CE (nats)
         "train_loss_mean": round(float(output.training_loss), 6),  # mean over all steps
         "steps": int(output.global_step),
         "epochs": round(float(trainer.state.epoch or 0.0), 4),
-        "examples": len(train_rows),
+        "examples": rows,
         "runtime_s": round(float(output.metrics.get("train_runtime", 0.0)), 2),
         "samples_per_s": round(float(output.metrics.get("train_samples_per_second", 0.0)), 3),
-        "trainable_params": trainable,
-        "total_params": total,
-        "global_batch": settings.batch_size * settings.grad_accum * state.num_processes,
-        "processes": state.num_processes,
-        "bf16": config.bf16,
+        "trainable_params": params[0],
+        "total_params": params[1],
+        "global_batch": s.batch_size * s.grad_accum * processes,
+        "processes": processes,
+        "bf16": trainer.args.bf16,
     }
-    return FinetuneResult(metrics=metrics, loss_curve=curve, is_main_process=state.is_main_process)
 
 
 def _check_inputs(s: FinetuneSettings, train_rows: Sequence[dict]) -> None:
