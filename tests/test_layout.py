@@ -229,7 +229,25 @@ def test_every_step_is_a_folder_with_a_run():
         assert runs, f"steps/{folder.name} has no module with a run()"
 
 
-def test_the_check_sees_a_cross_step_import(tmp_path):
+def long_functions(src: Path = SRC, limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """``{module:function: lines}`` for every function (methods and nested functions included) longer than
+    ``limit`` lines, from its ``def`` (decorators excluded) to its last line."""
+    found = {}
+    for name, path in modules(src).items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found[f"{name}:{node.name}"] = lines
+    return found
+
+
+def test_no_function_over_the_limit():
+    over = long_functions()
+    assert not over, f"functions over {MAX_FUNCTION_LINES} lines (split each at its seam): {over}"
+
+
+def test_the_checks_see_a_long_function_and_a_cross_step_import(tmp_path):
     pkg = tmp_path / "evolforge" / "steps"
     for folder in ("a", "b", "common"):
         (pkg / folder).mkdir(parents=True)
@@ -242,3 +260,4 @@ def test_the_check_sees_a_cross_step_import(tmp_path):
     (pkg / "a" / "step.py").write_text("from evolforge.steps.common.shared import X\nfrom evolforge.steps.b.step import run\n\n\n"
                                        f"def long():\n{body}")
     assert cross_step_imports(tmp_path) == {"evolforge.steps.a.step": ["evolforge.steps.b.step", "evolforge.steps.b.step.run"]}
+    assert long_functions(tmp_path) == {"evolforge.steps.a.step:long": MAX_FUNCTION_LINES + 1}

@@ -290,25 +290,10 @@ class OpenAIBackend:
             finally:
                 replicas.release(replica, fault, retry_after)
             if status is not None:
-                if status == 200:
-                    completion = parse_completion(raw)
-                    if completion is not None:
-                        return unwrap_answer(request, completion, self.choice_format)
-                    cause = f"malformed response body: {preview(raw)}"
-                elif 300 <= status < 400:
-                    raise LLMRequestError(self.redact(
-                        f"POST {url}: the server answered HTTP {status}, a redirect to {location!r}; redirects "
-                        f"are not followed (the API key would go along): set base_url to the final address"), status)
-                elif status in FATAL_STATUSES:
-                    raise LLMRequestError(self.redact(
-                        f"POST {url} (model {self.model!r}): HTTP {status}: {preview(raw)}; every request "
-                        f"would fail the same way (check the key, base_url and model)"), status)
-                elif status in RETRY_STATUSES or status >= 500:
-                    cause = f"HTTP {status}: {preview(raw)}"
-                else:
-                    message = preview(raw)
-                    reason = PROMPT_TOO_LONG if TOO_LONG.search(message) else REQUEST_REJECTED
-                    return Completion.failure(reason, self.redact(f"HTTP {status}: {message}"))
+                answer = self._answer(request, url, status, raw, location)
+                if isinstance(answer, Completion):
+                    return answer
+                cause = answer
             if replicas.several:
                 cause = f"{replica.base_url}: {cause}"
             if attempt == attempts:
@@ -324,6 +309,28 @@ class OpenAIBackend:
             log.debug("%s", self.redact(f"{url} attempt {attempt}/{attempts}: {cause}; retrying in {delay:.2f}s"))
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _answer(self, request: ChatRequest, url: str, status: int, raw: bytes, location: str | None) -> Completion | str:
+        """What one HTTP answer means: the completion, or a failure no retry changes (a rejected request), or
+        the cause to retry for (a str); a redirect or an answer every request would get raises."""
+        if status == 200:
+            completion = parse_completion(raw)
+            if completion is not None:
+                return unwrap_answer(request, completion, self.choice_format)
+            return f"malformed response body: {preview(raw)}"
+        if 300 <= status < 400:
+            raise LLMRequestError(self.redact(
+                f"POST {url}: the server answered HTTP {status}, a redirect to {location!r}; redirects "
+                f"are not followed (the API key would go along): set base_url to the final address"), status)
+        if status in FATAL_STATUSES:
+            raise LLMRequestError(self.redact(
+                f"POST {url} (model {self.model!r}): HTTP {status}: {preview(raw)}; every request "
+                f"would fail the same way (check the key, base_url and model)"), status)
+        if status in RETRY_STATUSES or status >= 500:
+            return f"HTTP {status}: {preview(raw)}"
+        message = preview(raw)
+        reason = PROMPT_TOO_LONG if TOO_LONG.search(message) else REQUEST_REJECTED
+        return Completion.failure(reason, self.redact(f"HTTP {status}: {message}"))
 
     def retry_delay(self, attempt: int, retry_after: float | None, throttled: bool = False) -> float:
         # At least the backoff, whatever Retry-After says (0 would mean a burst of retries); jitter above

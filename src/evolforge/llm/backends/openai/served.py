@@ -28,18 +28,41 @@ def served_model_identity(role: Role) -> dict[str, Any]:
     (``root``) and context (``max_model_len``) where the server says; otherwise one cache key would
     stand for two models, and the role is refused. ``served_identity`` (a server without ``GET /models``) is
     taken as stated, and the server is not asked."""
-    import aiohttp
-
     if not role.urls:
         raise ValueError(f"params.yaml roles.{role.name}: backend 'openai' needs base_url (or base_urls)")
     if role.served_identity is not None:  # a server without GET /models: the identity the user states
         return {"served_model": role.model, "stated": role.served_identity,
                 **({"revision": role.revision} if role.revision else {})}
+    urls = [u.rstrip("/") + "/models" for u in role.urls]
+    entries = _served_entries(role, urls)
+    for url, entry in zip(urls[1:], entries[1:]):
+        if entry != entries[0]:
+            raise ModelError(
+                f"params.yaml roles.{role.name}.base_urls: the replicas serve different models under the name "
+                f"{role.model!r}: {urls[0]} reports {entries[0]}, {url} reports {entry}; every replica must run "
+                f"the same weights and max_model_len (one cache key stands for all of them)")
+    if not entries[0] and not role.revision:
+        # the name alone stands for the model: new weights served under it would get the old cached answers
+        log.warning("roles.%s: %s reports nothing about %r that changes with its weights (no %s); answers are "
+                    "cached under the name alone, so new weights served under it reuse them: set roles.%s.revision "
+                    "to a label you change with the weights (README: model roles)", role.name, urls[0], role.model,
+                    " / ".join(_MODEL_FIELDS), role.name)
+    ident: dict[str, Any] = {"served_model": role.model}
+    if role.revision:
+        ident["revision"] = role.revision
+    return ident
+
+
+def _served_entries(role: Role, urls: list[str]) -> list[dict[str, Any]]:
+    """``GET`` each replica's model list (concurrently); per url, the ``_MODEL_FIELDS`` its entry for
+    ``role.model`` reports. A server that cannot be reached, answers an error or does not serve the model is a
+    :class:`ModelError` naming it; the key never appears in a message."""
+    import aiohttp
+
     key = api_key(role)
     headers = {"Accept": "application/json", "User-Agent": "evolforge"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    urls = [u.rstrip("/") + "/models" for u in role.urls]
 
     async def fetch_all() -> list[tuple[int, bytes] | BaseException]:
         timeout = aiohttp.ClientTimeout(total=role.timeout_s)
@@ -72,19 +95,4 @@ def served_model_identity(role: Role) -> dict[str, Any]:
                              f"it serves {sorted(served)[:20]}")
         entry = served[role.model] if isinstance(served[role.model], dict) else {}
         entries.append({f: entry[f] for f in _MODEL_FIELDS if f in entry})
-    for url, entry in zip(urls[1:], entries[1:]):
-        if entry != entries[0]:
-            raise ModelError(
-                f"params.yaml roles.{role.name}.base_urls: the replicas serve different models under the name "
-                f"{role.model!r}: {urls[0]} reports {entries[0]}, {url} reports {entry}; every replica must run "
-                f"the same weights and max_model_len (one cache key stands for all of them)")
-    if not entries[0] and not role.revision:
-        # the name alone stands for the model: new weights served under it would get the old cached answers
-        log.warning("roles.%s: %s reports nothing about %r that changes with its weights (no %s); answers are "
-                    "cached under the name alone, so new weights served under it reuse them: set roles.%s.revision "
-                    "to a label you change with the weights (README: model roles)", role.name, urls[0], role.model,
-                    " / ".join(_MODEL_FIELDS), role.name)
-    ident: dict[str, Any] = {"served_model": role.model}
-    if role.revision:
-        ident["revision"] = role.revision
-    return ident
+    return entries
