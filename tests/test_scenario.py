@@ -97,7 +97,10 @@ def test_pick_scenario_falls_back_visibly_or_stops(work, monkeypatch, capsys):
     assert code == 0 and "WARNING: scenario autoif fell back to data/responses" in err
     pool = json.loads((work / "metrics/pool.json").read_text())
     assert pool["scenario"] == "autoif" and pool["autoif_items"] == 0 and pool["fallback"].startswith("no_autoif_items")
-    assert json.loads((work / "data/pool/meta.json").read_text())["fallback"] == pool["fallback"]
+    meta = json.loads((work / "data/pool/meta.json").read_text())
+    assert meta["fallback"] == pool["fallback"]
+    # the card reads the pool's meta.json: it carries the versions recorded by the branch it came from
+    assert meta["versions"] == json.loads((work / "data/responses/meta.json").read_text())["versions"]
 
     write_params(work, scenario="autoif", on_empty="fail")
     code, err = run_stage(work, "pick_scenario.py", monkeypatch, capsys)

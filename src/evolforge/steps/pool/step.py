@@ -21,7 +21,8 @@ import polars as pl
 
 from evolforge.core import validation
 from evolforge.config.loader import load_section
-from evolforge.core.records import LINEAGE, TABLE
+from evolforge.core.jsonfiles import read_json
+from evolforge.core.records import LINEAGE, META, TABLE, VERSIONS
 from evolforge.core.stage import Outputs
 from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
 
@@ -55,6 +56,14 @@ def pick_pool(scenario: str, evol: pl.DataFrame, autoif: pl.DataFrame, on_empty:
     return Pool(evol, scenario, evol_source, fallback=f"no_autoif_items: {why}")
 
 
+def _recorded_versions(folder: Path) -> dict[str, Any] | None:
+    """The package versions the chosen branch recorded in its ``meta.json``: the pool is that table unchanged,
+    so the dataset card (which reads the pool, not the branch) reports what made it."""
+    meta = folder / META
+    recorded = (read_json(meta) or {}).get(VERSIONS) if meta.is_file() else None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def run(evol: str, autoif: str, out: str | Path, params: dict[str, Any]) -> Outputs:
     """The pick_scenario stage: one of the two tables unchanged, streamed into ``out``. The choice is made on
     each table's first row (whether the AutoIF one has rows); the chosen table then streams through
@@ -70,7 +79,8 @@ def run(evol: str, autoif: str, out: str | Path, params: dict[str, Any]) -> Outp
         raise validation.DataError(pool.source, "non-empty pool", detail=f"no answered items for scenario {cfg.scenario!r}")
     per_method = {m: int(n) for m, n in pl.scan_parquet(source).group_by("method").len().sort("method").collect(engine="streaming").iter_rows()}
     write_output_chunks(out, {TABLE: (table_schema(source), iter_chunks(source, rows))},
-                        meta={"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback})
+                        meta={"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback,
+                              VERSIONS: _recorded_versions(Path(pool.source))})
     metrics = {"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback, "items": items,
                "autoif_items": pl.scan_parquet(files[autoif]).select(pl.len()).collect().item(), "per_method": per_method,
                "peak_rss_mib": peak_rss_mib()}  # docs/scale.md

@@ -200,7 +200,7 @@ def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) 
 
 # the stage outputs the card reads (their tables, meta.json): the select stage's dvc.yaml deps, so the card
 # changes only with them (never with an output of a later stage, or one that another experiment left behind)
-READS = ("data/seed", "data/evolved/round_*", "data/responses", "data/clean", "data/judged", "data/scores", "data/diversity")
+READS = ("data/seed", "data/evolved/round_*", "data/pool", "data/clean", "data/judged", "data/scores", "data/diversity")
 
 
 def _versions_rows(root: Path) -> list[list[Any]]:
