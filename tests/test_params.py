@@ -194,21 +194,23 @@ def test_engine_settings_with_token_or_key_in_their_names_are_accepted(shipped):
     assert Role.from_params("evolver", params["roles"]["evolver"]).extra["max_num_batched_tokens"] == 8192
 
 
+def _after_loading_params(repo, then: str) -> str:
+    """What ``then`` prints in a fresh interpreter that has just loaded the shipped params.yaml."""
+    code = "import sys, re; from evolforge.config.loader import load_params; load_params('params.yaml'); " + then
+    return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
-    code = ("import sys; from evolforge.config.loader import load_params; load_params('params.yaml'); "
-            "import evolforge.steps.judge.step, evolforge.llm; "
-            "print(sorted(m for m in ('torch', 'great_expectations') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    printed = _after_loading_params(repo, "import evolforge.steps.judge.step, evolforge.llm; "
+                                          "print(sorted(m for m in ('torch', 'great_expectations') if m in sys.modules))")
+    assert printed == "[]"
 
 
 def test_checking_params_loads_only_the_config_and_the_steps_settings(repo):
     # a step's section is typed by steps/<step>/settings.py; reading it must not run the step's package code
-    code = ("import sys; from evolforge.config.loader import load_params; load_params('params.yaml'); "
-            "import re; print(sorted(m for m in sys.modules if m.startswith('evolforge') and not "
-            "re.fullmatch(r'evolforge(\\.config(\\.\\w+)?|\\.steps(\\.\\w+(\\.settings)?)?)?', m)))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    printed = _after_loading_params(repo, "print(sorted(m for m in sys.modules if m.startswith('evolforge') and not "
+                                          "re.fullmatch(r'evolforge(\\.config(\\.\\w+)?|\\.steps(\\.\\w+(\\.settings)?)?)?', m)))")
+    assert printed == "[]"
 
 
 def test_lr_scheduler_names_are_transformers_schedulers():

@@ -1,3 +1,8 @@
 """The pipeline's steps, one folder each (seed, optimize, evolve, respond, autoif, pool, dedup, decontaminate,
 judge, score, diversity, select, compare, evolver_analysis): a stage script maps its paths to the step's
-``run()``. What several steps need lives in :mod:`evolforge.steps.common`; a step never imports another step."""
+``run()``. What several steps need lives in :mod:`evolforge.steps.common`; a step never imports another step.
+
+A step's ``settings.py`` types its params.yaml section: a dataclass whose fields hold the defaults (the one
+place they live) and the types, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``.
+:mod:`evolforge.config.schema` maps the section to it; a settings module imports nothing but
+:mod:`evolforge.config`, so checking params loads no step."""

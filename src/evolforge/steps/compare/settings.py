@@ -1,9 +1,4 @@
-"""``compare``: win-tie-lose judging of two models' answers.
-
-A dataclass whose fields hold the defaults (the one place they live) and the types: bounds from
-:mod:`evolforge.config.bounds`, allowed values as ``Literal``. :mod:`evolforge.config.schema` maps the section
-to it; this module imports nothing but :mod:`evolforge.config`, so checking params loads no step.
-"""
+"""``compare``: win-tie-lose judging of two models' answers."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""``optimize``: Auto Evol-Instruct's method search.
-
-A dataclass whose fields hold the defaults (the one place they live) and the types: bounds from
-:mod:`evolforge.config.bounds`, allowed values as ``Literal``. :mod:`evolforge.config.schema` maps the section
-to it; this module imports nothing but :mod:`evolforge.config`, so checking params loads no step.
-"""
+"""``optimize``: Auto Evol-Instruct's method search."""
 
 from __future__ import annotations
 

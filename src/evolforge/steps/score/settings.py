@@ -1,9 +1,4 @@
-"""``score``: IFD / IC-IFD (the scoring itself, :mod:`evolforge.score.ifd`, takes the same choices).
-
-A dataclass whose fields hold the defaults (the one place they live) and the types: bounds from
-:mod:`evolforge.config.bounds`, allowed values as ``Literal``. :mod:`evolforge.config.schema` maps the section
-to it; this module imports nothing but :mod:`evolforge.config`, so checking params loads no step.
-"""
+"""``score``: IFD / IC-IFD (the scoring itself, :mod:`evolforge.score.ifd`, takes the same choices)."""
 
 from __future__ import annotations
 
