@@ -34,8 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup import synthetic_chunks  # noqa: E402  (bench/dedup.py: the synthetic items)
 
-from evolforge.core.records import TABLE, write_json  # noqa: E402
-from evolforge.core.stream import sink_chunks  # noqa: E402
+from evolforge.io.records import TABLE, write_json  # noqa: E402
+from evolforge.io.stream import sink_chunks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_EXTRA = {"status": "evolved", "response_status": "complete"}  # what the selection guards read
@@ -59,10 +59,10 @@ def write_rounds(source: Path, evolved: Path, chunk: int) -> None:
     streamed."""
     import polars as pl
 
-    from evolforge.core.stream import iter_chunks, table_schema
+    from evolforge.io.stream import iter_chunks, table_schema
 
     lineage = {"root_id": pl.col("id"), "parent_id": pl.col("id"), "method": pl.lit("deepen"), "failure_reason": pl.lit(None, pl.String),
-               "template_hash": pl.lit("t"), "model": pl.lit("m"), "finish_reason": pl.lit("stop")}
+               "evolve_template_hash": pl.lit("t"), "evolver_model": pl.lit("m"), "instruction_finish_reason": pl.lit("stop")}
     schema = {**table_schema(source), **{k: pl.String for k in lineage}}
     for r in (1, 2, 3):
         (evolved / f"round_{r}").mkdir(parents=True)
@@ -134,7 +134,7 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
                       flush=True)
                 results.append(row)
         if args.baseline_commit:
-            for folder, files in (("dedup", [TABLE]), ("clean", [TABLE, "removed.parquet"])):
+            for folder, files in (("dedup", [TABLE, "removed.parquet"]), ("clean", [TABLE, "removed.parquet"])):
                 for name in files:
                     a, b = root / folder / name, root / f"{folder}@{args.baseline_commit}" / name
                     if a.exists() and b.exists():

@@ -69,7 +69,7 @@ def plant(repo: Path) -> list[str]:
     sys.path.insert(0, str(repo / "src"))
     from evolforge.steps.common.source import build_seed
     from evolforge.config.loader import load_params, load_section
-    from evolforge.core.records import make_id
+    from evolforge.io.records import make_id
 
     params_path = repo / "params.yaml"
     cfg = load_section(load_params(str(params_path)), "seed")
@@ -112,8 +112,9 @@ def run_pipeline(repo: Path) -> float:
 def report(repo: Path, planted_ids: list[str]) -> bool:
     import polars as pl
 
-    pool = pl.read_parquet(repo / "data/dedup/items.parquet")
-    removed = pl.read_parquet(repo / "data/clean/removed.parquet")
+    pool = pl.read_parquet(repo / "data/pool/items.parquet")
+    removed = pl.concat([pl.read_parquet(repo / f"data/{folder}/removed.parquet").with_columns(removed_by=pl.lit(stage))
+                         for folder, stage in (("dedup", "dedup"), ("clean", "decontaminate"))], how="diagonal_relaxed")
     cols = ["id", "root_id", "round", "removed_by", "duplicate_of", "contamination_reason", "contamination_benchmark",
             "contamination_problem_id", "contamination_field", "contamination_similarity", "contamination_ngram"]
     flags = removed.select([c for c in cols if c in removed.columns])
@@ -154,7 +155,7 @@ def main() -> None:
     repo = args.repo.resolve()
     if args.report_only:
         sys.path.insert(0, str(repo / "src"))
-        from evolforge.core.records import make_id
+        from evolforge.io.records import make_id
 
         ids = [make_id(row["instruction"], row["input"]) for row, _ in PLANTED]
     else:

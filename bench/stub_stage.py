@@ -45,7 +45,7 @@ def stand_in_responder(params, name, cache=None):
 
 def stand_in_scores(model, tokenizer, instructions, inputs, responses, **_) -> pl.DataFrame:
     """Losses from word counts: the scorer's columns and types, a few nats each."""
-    from evolforge.score.formulas import SCORE_SCHEMA
+    from evolforge.io.columns import SCORE_VALUES
 
     words = pl.DataFrame({"q": instructions, "a": responses}).select(q=pl.col("q").str.count_matches(" ") + 1,
                                                                      a=pl.col("a").str.count_matches(" ") + 1)
@@ -55,7 +55,7 @@ def stand_in_scores(model, tokenizer, instructions, inputs, responses, **_) -> p
                                ic_ifd=pl.col("loss_response_given_instruction") / (pl.col("loss_response") * pl.col("loss_instruction")),
                                n_tokens_instruction=words["q"].cast(pl.Int64), n_tokens_response=words["a"].cast(pl.Int64),
                                n_tokens_response_given_instruction=words["a"].cast(pl.Int64),
-                               null_reason=pl.lit(None, pl.String)).select(list(SCORE_SCHEMA))
+                               null_reason=pl.lit(None, pl.String)).select(list(SCORE_VALUES))
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
-"""dedup stage: mark near-duplicate items (MinHash LSH over normalised instruction + input), before judging.
+"""dedup stage: drop near-duplicate items (MinHash LSH over normalised instruction + input), before judging.
 
 Reads:  data/pool/ (the scenario's items: every answered round, and the seeds when respond.include_seed),
         params.yaml `dedup` (threshold, shingle_size, num_perm, seed), `data.chunk_rows`
-Writes: data/dedup/items.parquet (every item, plus duplicate_of = the id of the kept item it duplicates,
-        duplicate_similarity = exact Jaccard, dedup_reason = exact_duplicate | near_duplicate), meta.json;
-        metrics/dedup.json (removed per round, exact vs near, peak_rss_mib)
-Nothing is dropped here: decontaminate writes data/clean/ with the kept items and the removed ones.
+Writes: data/dedup/items.parquet (the kept items, with data/pool's columns), data/dedup/removed.parquet (the
+        duplicates, plus duplicate_of = the id of the kept item each duplicates, duplicate_similarity = exact
+        Jaccard, dedup_reason = exact_duplicate | near_duplicate), meta.json; metrics/dedup.json (removed per
+        round, exact vs near, peak_rss_mib)
 The table is read and written data.chunk_rows rows at a time (docs/scale.md): the same output for any value.
 """
 

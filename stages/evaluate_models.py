@@ -12,7 +12,7 @@ lm-evaluation-harness imports.)
 
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params, load_role, load_section
-from evolforge.core.records import write_json
+from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.eval.harness import evaluate
 

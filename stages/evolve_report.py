@@ -9,7 +9,7 @@ from pathlib import Path
 
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params
-from evolforge.core.records import write_json
+from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.steps.evolve.report import run
 

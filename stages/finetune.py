@@ -9,9 +9,9 @@ Multi-GPU (DeepSpeed ZeRO-3):
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.jsonfiles import read_jsonl
+from evolforge.io.jsonfiles import read_jsonl
 from evolforge.config.loader import load_params, load_role, load_section
-from evolforge.core.records import write_json
+from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.train.finetune import finetune
 

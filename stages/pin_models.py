@@ -15,7 +15,7 @@ import json
 
 from evolforge.core.errors import run_stage
 from evolforge.config.loader import load_params, load_role, section
-from evolforge.core.records import write_json
+from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.llm.identity import identity_entry, resolve_identity
 from evolforge.llm.keys import resolved_engine

@@ -10,7 +10,7 @@ Two versions side by side (not a stage; experiments or folders): evolforge repor
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.core.records import write_json
+from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.report import build_report
 from evolforge.report.summary import headline

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from evolforge.steps.judge.step import LEVELS, level_distribution
-from evolforge.core.records import make_id, write_json, write_output
+from evolforge.io.records import make_id, write_json, write_output
 from evolforge.score.histogram import histogram
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
             row = {"id": make_id(parent["id"], k, text), "root_id": parent["root_id"], "parent_id": parent["id"], "round": k,
                    "method": rng.choice(METHODS), "status": "failed" if failed else "evolved",
                    "failure_reason": rng.choice(REASONS) if failed else None, "instruction": text, "input": "",
-                   "output": "", "template_hash": "t" * 16, "model": "evolver-model"}
+                   "output": "", "evolve_template_hash": "t" * 16, "evolver_model": "evolver-model"}
             rows.append(row)
             next_pool.append(parent if failed else row)  # on_failure: keep_parent
         table = pl.DataFrame(rows, schema_overrides={"failure_reason": pl.String})
@@ -53,8 +53,9 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
         pool = next_pool
     responses = pl.DataFrame([{**r, "output": f"Response to: {r['instruction']}"} for r in evolved_rows],
                              schema_overrides={"failure_reason": pl.String})
-    write_output(root / "data" / "responses", responses,
-                 meta={"model": "responder-model", "model_identity": {"weights_sha256": "r" * 64}, "template_hash": "p" * 16})
+    for folder in ("responses", "pool"):  # pick_scenario copies the evol branch to data/pool
+        write_output(root / "data" / folder, responses,
+                     meta={"model": "responder-model", "model_identity": {"weights_sha256": "r" * 64}, "template_hash": "p" * 16})
     judged = responses.select("id", "round").with_columns(
         difficulty_level=pl.Series([rng.choice(LEVELS) for _ in range(responses.height)]),
         difficulty_score=pl.Series([float(rng.randint(0, 100)) for _ in range(responses.height)]),

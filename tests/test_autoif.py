@@ -15,7 +15,7 @@ from evolforge.steps.autoif.respond import pair_queries, response_records, verif
 from evolforge.steps.autoif.sandbox import FunctionRun, run_function
 from evolforge.steps.autoif.forms import extract_json, parse_verification
 from evolforge.steps.autoif.verify import cross_validate, verify_constraints
-from evolforge.core.records import EVOLVED, FAILED, LINEAGE, SEED
+from evolforge.io.records import EVOLVED, FAILED, LINEAGE, SEED
 
 NO_COMMAS = "def evaluate(response):\n    return ',' not in response\n"
 WRONG = "def evaluate(response):\n    return ',' in response\n"

@@ -152,7 +152,7 @@ def test_the_report_shows_cost_per_role_per_surviving_and_per_selected_item(tmp_
 
     import polars as pl
 
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
     from evolforge.report.collect import collect
     from evolforge.report.page import render
 

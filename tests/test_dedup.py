@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import random
 import unicodedata
 
@@ -169,10 +171,12 @@ def test_config_refuses_bad_values():
 
 
 def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
-    """dedup then decontaminate on a small responses table: duplicates and a planted GSM8K item are
-    removed with their reasons; the rest is data/clean."""
-    from evolforge.core.records import read_table, write_output
+    """dedup then decontaminate on a small responses table: each drops what it flags into its removed.parquet
+    with its reason columns (the duplicate, then a planted GSM8K item); the rest is data/clean, with the
+    input's columns, and the data-quality plot counts both."""
     from evolforge.eval.tasks.offline_data import GSM8K
+    from evolforge.io.columns import CONTAMINATION_FLAGS, DUPLICATE_FLAGS
+    from evolforge.io.records import read_table, write_output
 
     rows = [("r1", 1, "Explain why the sky is blue to a child.", "Because of light scattering."),
             ("r2", 2, "explain why the  sky is BLUE to a child.", "Sunlight scatters."),
@@ -187,10 +191,16 @@ def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
                                           "evaluate: {suite: offline, tasks: [gsm8k, humaneval]}\n")
     monkeypatch.chdir(tmp_path)
     run_stage("dedup.py", "--items", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
-    run_stage("decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json")
+    run_stage("decontaminate.py", "--dedup", "dedup", "--out", "clean", "--metrics", "m/decon.json", "--plot", "m/plot.json")
     clean = read_table(tmp_path / "clean")
-    removed = pl.read_parquet(tmp_path / "clean" / "removed.parquet").sort("id")
-    assert sorted(clean["id"]) == ["r2", "r4"]
-    assert removed.select("id", "removed_by", "duplicate_of", "contamination_benchmark", "contamination_problem_id").rows() == [
-        ("r1", "dedup", "r2", None, None), ("r3", "decontaminate", None, "gsm8k", "offline/0")]
-    assert "tom has 3 boxes" in removed["contamination_ngram"][1]
+    assert sorted(read_table(tmp_path / "dedup")["id"]) == ["r2", "r3", "r4"]
+    assert sorted(clean["id"]) == ["r2", "r4"] and clean.columns == table.columns
+    duplicates = pl.read_parquet(tmp_path / "dedup" / "removed.parquet")
+    assert duplicates.columns == table.columns + list(DUPLICATE_FLAGS)
+    assert duplicates.select("id", "duplicate_of", "dedup_reason").rows() == [("r1", "r2", "exact_duplicate")]
+    contaminated = pl.read_parquet(tmp_path / "clean" / "removed.parquet")
+    assert contaminated.columns == table.columns + list(CONTAMINATION_FLAGS)
+    assert contaminated.select("id", "contamination_benchmark", "contamination_problem_id").rows() == [("r3", "gsm8k", "offline/0")]
+    assert "tom has 3 boxes" in contaminated["contamination_ngram"][0]
+    plot = json.loads((tmp_path / "m" / "plot.json").read_text())
+    assert sorted((row["round"], row["reason"], row["count"]) for row in plot) == [(1, "near-duplicate", 1), (2, "contaminated", 1)]

@@ -20,7 +20,7 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
 from evolforge.llm.backends.fake import FakeBackend, TemplateReplies
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import make_id, write_output
+from evolforge.io.records import make_id, write_output
 from evolforge.steps.common.source import build_seed
 
 ROLE = Role.from_params("evolver", {"backend": "hf", "model": "fake"})
@@ -285,7 +285,7 @@ def test_replies_cut_at_max_tokens_fail_as_truncated_and_keep_their_finish_reaso
     assert reasons == {"Task number 0.": None, "Task number 1.": "truncated_at_max_tokens",
                        "Task number 2.": "asks_user_for_input", "Task number 3.": "not_an_instruction",
                        "Task number 4.": "repetitive", "Task number 5.": None}
-    finish = dict(zip(table["parent_instruction"], table["finish_reason"]))
+    finish = dict(zip(table["parent_instruction"], table["instruction_finish_reason"]))
     assert finish["Task number 1."] == "length" and finish["Task number 0."] == "stop"
     assert summary["evolver_cut_at_max_tokens"] == 1
     assert summary["failed_by_reason"]["truncated_at_max_tokens"] == 1
@@ -295,7 +295,7 @@ def test_replies_cut_at_max_tokens_fail_as_truncated_and_keep_their_finish_reaso
     lenient = EvolveSettings(strategy="evol", breadth=False, elimination={
         "truncated": False, "chatter": False, "not_an_instruction": False, "repetitive": False})
     (table, _, summary), _ = run_round(seed_table, 1, lenient, plan)
-    assert summary["failed"] == 0 and table["finish_reason"].to_list().count("length") == 1
+    assert summary["failed"] == 0 and table["instruction_finish_reason"].to_list().count("length") == 1
 
 
 def test_auto_reply_cut_before_its_marker_is_truncated_not_missing_marker(seed_table):

@@ -25,7 +25,7 @@ from evolforge.steps.common.source import build_seed
 from evolforge.core.models import ModelError, model_identity
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_params
-from evolforge.core.validation import DataError
+from evolforge.io.validation import DataError
 from test_seed_input import run_seed_stage  # the seed stage's __main__, in this process
 
 OK = {"instruction": "Add 2 and 3.", "input": "", "output": "5"}
@@ -295,7 +295,7 @@ def test_the_stage_refuses_with_exit_2_no_traceback_and_no_output(repo, tmp_path
 
 @pytest.mark.parametrize("content", [b"", b"PAR1 cut short", b'{"id": "a"}\n'])
 def test_an_unreadable_table_is_refused_naming_it(tmp_path, content):
-    from evolforge.core.records import read_table
+    from evolforge.io.records import read_table
 
     (tmp_path / "items.parquet").write_bytes(content)
     with pytest.raises(DataError, match=r"items\.parquet: rule 'a readable Parquet table'.*rerun the stage"):
@@ -313,7 +313,7 @@ def test_a_broken_identity_file_is_refused_with_its_line(tmp_path):
 
 
 def test_a_failure_while_finishing_an_output_leaves_the_previous_one(tmp_path):
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
 
     out = tmp_path / "selected"
     write_output(out, pl.DataFrame({"id": ["a"]}), extra={"train.jsonl": [{"id": "a"}]})
@@ -370,7 +370,7 @@ def _items(**changes) -> pl.DataFrame:
 ])
 def test_a_hand_edited_item_table_is_refused_before_any_call(tmp_path, changes, expected):
     from evolforge.steps.respond.step import gather
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
 
     write_output(tmp_path / "seed", _items(**changes))
     with pytest.raises(DataError, match=re.escape(expected)):
@@ -378,8 +378,8 @@ def test_a_hand_edited_item_table_is_refused_before_any_call(tmp_path, changes, 
 
 
 def test_a_seed_table_of_the_pipeline_passes_the_item_checks():
-    from evolforge.core import validation
-    from evolforge.core.records import LINEAGE
+    from evolforge.io import validation
+    from evolforge.io.records import LINEAGE
 
     validation.check(_items(), validation.item_columns(LINEAGE + ["instruction", "input"]), "seed")
 
@@ -408,7 +408,7 @@ def test_bad_seed_constraints_files_are_refused(tmp_path, text, expected):
 
 
 def test_a_train_file_with_a_bad_line_names_the_line(tmp_path):
-    from evolforge.core.jsonfiles import read_jsonl
+    from evolforge.io.jsonfiles import read_jsonl
 
     path = tmp_path / "train.jsonl"
     path.write_text('\ufeff{"prompt": []}\n\n{"prompt": [}\n', encoding="utf-8")

@@ -261,3 +261,11 @@ def test_the_checks_see_a_long_function_and_a_cross_step_import(tmp_path):
                                        f"def long():\n{body}")
     assert cross_step_imports(tmp_path) == {"evolforge.steps.a.step": ["evolforge.steps.b.step", "evolforge.steps.b.step.run"]}
     assert long_functions(tmp_path) == {"evolforge.steps.a.step:long": MAX_FUNCTION_LINES + 1}
+
+
+def test_the_typed_lineage_is_the_records_lineage():
+    """evolforge.io.columns types the lineage columns that evolforge.io.records names: the same, in order."""
+    from evolforge.io.columns import LINEAGE_TYPES
+    from evolforge.io.records import LINEAGE
+
+    assert list(LINEAGE_TYPES) == LINEAGE

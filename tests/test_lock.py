@@ -128,7 +128,7 @@ def test_every_stage_output_records_the_versions(tmp_path):
 
     import polars as pl
 
-    from evolforge.core.records import META, VERSIONS, write_output
+    from evolforge.io.records import META, VERSIONS, write_output
 
     write_output(tmp_path / "out", pl.DataFrame({"id": ["a"]}), meta={"model": "m"})
     meta = json.loads((tmp_path / "out" / META).read_text())

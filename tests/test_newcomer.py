@@ -172,7 +172,7 @@ def test_chat_format_seed_files_are_read(tmp_path):
 def test_chat_and_prompt_files_get_errors_that_say_how_to_read_them(tmp_path):
     import json
 
-    from evolforge.core.validation import DataError
+    from evolforge.io.validation import DataError
     from evolforge.steps.common.source import build_seed
 
     chat = tmp_path / "chat.jsonl"
@@ -258,7 +258,7 @@ def test_warns_when_the_server_reports_nothing_that_changes_with_the_weights(_no
 STAGE = '''
 import pathlib, sys, yaml
 from evolforge.core.errors import run_stage
-from evolforge.core.records import atomic_dir
+from evolforge.io.records import atomic_dir
 
 def main():
     n = yaml.safe_load(open("params.yaml"))["n"]
@@ -316,7 +316,7 @@ def test_headline_metrics_of_a_version(tmp_path):
 
     import polars as pl
 
-    from evolforge.core.records import write_json, write_output
+    from evolforge.io.records import write_json, write_output
     from evolforge.report.summary import headline
 
     assert headline(tmp_path) == {"surv": {}, "sel": {"n": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}}

@@ -32,7 +32,7 @@ from evolforge.steps.optimize.step import (OptimizeSettings, build_trajectory, i
                                       parse_optimized_method, score_method, select_candidate, split_dev_pool)
 from evolforge.steps.optimize.result import Candidate, MethodScore, summary, usability
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
-from evolforge.core.records import write_output
+from evolforge.io.records import write_output
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = PromptLibrary(DEFAULT_PROMPTS_DIR)

@@ -16,6 +16,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -64,8 +65,9 @@ def test_full_build(pipeline_built):
     responses = metric(work, "respond.json")
     evolved = sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))
     assert responses["items"] == 8 + evolved  # + the seeds
-    # evolve's response check asked the responder what respond asks: every evolved item's answer was cached
-    assert responses["cache_hits"] >= evolved and responses["calls"] <= 8
+    # evolve's response check asked the responder what respond asks: every evolved item's answer is taken
+    # from its round table, and only the seeds are asked
+    assert responses["check_answers_reused"] == evolved and responses["calls"] + responses["cache_hits"] == 8
     clean = metric(work, "decontaminate.json")["kept"]
     assert clean == responses["items"] - metric(work, "dedup.json")["removed"] - metric(work, "decontaminate.json")["flagged"]
     assert metric(work, "score.json")["items"] == metric(work, "diversity.json")["items"] == clean
@@ -89,6 +91,24 @@ def test_full_build(pipeline_built):
         stats = metric(work, name)["llm"][role]
         generated = stats["completion_tokens"] == 0 if (name, ranked) == ("judge.json", True) else stats["completion_tokens"] > 0
         assert stats["calls"] > 0 and stats["prompt_tokens"] > 0 and generated, (name, role, stats)
+
+
+def test_artifacts_hold_their_declared_columns(pipeline_built):
+    """Every item table of the build has the columns (names, order, types) evolforge.io.columns declares."""
+    from evolforge.io import columns
+
+    work, _, _ = pipeline_built
+    responses = columns.RESPONSES  # scenario evol: the pool and the filtered tables keep respond's columns
+    expected = {"data/seed/items.parquet": columns.SEED, "data/responses/items.parquet": responses,
+                "data/pool/items.parquet": responses, "data/dedup/items.parquet": responses,
+                "data/dedup/removed.parquet": {**responses, **columns.DUPLICATE_FLAGS},
+                "data/clean/items.parquet": responses, "data/clean/removed.parquet": {**responses, **columns.CONTAMINATION_FLAGS},
+                "data/judged/items.parquet": columns.JUDGED, "data/scores/items.parquet": columns.SCORES,
+                "data/diversity/items.parquet": columns.DIVERSITY,
+                **{f"data/evolved/round_{k}/items.parquet": columns.ROUND for k in (1, 2, 3)}}
+    for rel, declared in expected.items():
+        assert dict(pl.read_parquet_schema(work / rel)) == declared, rel
+        assert list(pl.read_parquet_schema(work / rel)) == list(declared), rel
 
 
 def test_noop_rebuild(pipeline_built):

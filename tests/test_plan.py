@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from evolforge.core.records import write_output
+from evolforge.io.records import write_output
 from evolforge.plan import make_plan
 from evolforge.plan.table import render
 from fake_openai import FakeOpenAIServer, chat_body

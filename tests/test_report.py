@@ -15,7 +15,7 @@ import pytest
 
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
-from evolforge.core.records import write_output
+from evolforge.io.records import write_output
 import yaml
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -284,7 +284,7 @@ def test_card_counts_come_from_the_selection_being_written(version, tmp_path):
 
 def _nothing_evolved_version(root):
     """A version whose one round failed entirely after `auto` fell back to the hand-written methods."""
-    from evolforge.core.records import make_id, write_output
+    from evolforge.io.records import make_id, write_output
 
     seeds = pl.DataFrame([{"id": make_id(f"s{i}"), "root_id": make_id(f"s{i}"), "parent_id": None, "round": 0,
                            "method": "seed", "status": "seed", "failure_reason": None, "instruction": f"Seed {i}.",
@@ -298,6 +298,7 @@ def _nothing_evolved_version(root):
                  meta={"round": "round_1", "settings": {"strategy": "evol"}, "requested_strategy": "auto",
                        "fallback": "evolve.strategy auto falls back to evol: the evolver cannot follow the method"})
     write_output(root / "data" / "responses", seeds)
+    write_output(root / "data" / "pool", seeds)
     write_output(root / "data" / "selected", seeds.head(3))
 
 
@@ -314,18 +315,19 @@ def test_card_says_nothing_evolved_and_names_the_fallback(tmp_path):
 
 
 def test_report_shows_what_dedup_and_decontamination_removed(version, tmp_path):
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
 
     root, _ = version
     copy = _copy_version(root, tmp_path / "v")
     responses = pl.read_parquet(copy / "data" / "responses" / "items.parquet")
     r1 = responses.filter(pl.col("round") == 1)
-    removed = pl.concat([r1.head(2).with_columns(removed_by=pl.lit("dedup"), dedup_reason=pl.lit("near_duplicate")),
-                         r1.slice(2, 1).with_columns(removed_by=pl.lit("dedup"), dedup_reason=pl.lit("exact_duplicate")),
-                         responses.filter(pl.col("round") == 2).head(1).with_columns(
-                             removed_by=pl.lit("decontaminate"), dedup_reason=pl.lit(None, pl.String))])
-    kept = responses.join(removed.select("id"), on="id", how="anti")
-    write_output(copy / "data" / "clean", kept, tables={"removed.parquet": removed})
+    duplicates = pl.concat([r1.head(2).with_columns(dedup_reason=pl.lit("near_duplicate")),
+                            r1.slice(2, 1).with_columns(dedup_reason=pl.lit("exact_duplicate"))])
+    contaminated = responses.filter(pl.col("round") == 2).head(1).with_columns(contamination_benchmark=pl.lit("gsm8k"))
+    deduped = responses.join(duplicates.select("id"), on="id", how="anti")
+    write_output(copy / "data" / "dedup", deduped, tables={"removed.parquet": duplicates})
+    write_output(copy / "data" / "clean", deduped.join(contaminated.select("id"), on="id", how="anti"),
+                 tables={"removed.parquet": contaminated})
     funnel = {r["round"]: r for r in collect(copy)["funnel"]}
     assert funnel[1]["removed_by_reason"] == {"near_duplicate": 2, "exact_duplicate": 1}
     assert funnel[2]["removed_by_reason"] == {"contaminated": 1} and funnel[3]["removed_by_reason"] == {}

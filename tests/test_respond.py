@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import polars as pl
 import pytest
@@ -12,9 +13,11 @@ from evolforge.steps.common.elimination import repetition_test
 from evolforge.config.loader import load_section
 
 from evolforge.steps.common.elimination import RepetitionTest
+from evolforge.io.columns import RESPONSES
+from evolforge.steps.common.responses import response_requests
 from evolforge.steps.respond.step import answer, gather, status_counts
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import write_output
+from evolforge.io.records import write_output
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
@@ -33,10 +36,10 @@ REPLIES = {
 def round_table(finish: dict[str, str]) -> pl.DataFrame:
     rows = [{"id": f"i{k}", "root_id": f"r{k}", "parent_id": f"r{k}", "round": 1, "method": "deepening",
              "status": "evolved", "failure_reason": None, "instruction": q, "input": "", "output": "",
-             "template_hash": "t", "model": "fake@x", "finish_reason": finish.get(q, "stop")}
+             "evolve_template_hash": "t", "evolver_model": "fake@x", "instruction_finish_reason": finish.get(q, "stop")}
             for k, q in enumerate(REPLIES)]
     rows.append({**rows[0], "id": "failed", "status": "failed", "failure_reason": "truncated_at_max_tokens",
-                 "finish_reason": "length"})
+                 "instruction_finish_reason": "length"})
     return pl.DataFrame(rows)
 
 
@@ -76,7 +79,7 @@ def test_repetition_thresholds_reach_the_status(tmp_path):
 
 def test_the_evolvers_finish_reason_travels_with_the_item(tmp_path):
     write_output(tmp_path / "round_1", round_table({"Add 2 and 3.": "length"}))
-    legacy = round_table({}).drop("finish_reason")  # a round written before finish reasons were kept
+    legacy = round_table({}).drop("instruction_finish_reason")  # a round written before finish reasons were kept
     write_output(tmp_path / "round_2", legacy.with_columns(round=pl.lit(2)))
     items = gathered([tmp_path / "round_1", tmp_path / "round_2"])
     llm, _ = responder()
@@ -84,6 +87,26 @@ def test_the_evolvers_finish_reason_travels_with_the_item(tmp_path):
     first = table.filter(pl.col("round") == 1)
     assert dict(zip(first["instruction"], first["instruction_finish_reason"]))["Add 2 and 3."] == "length"
     assert table.filter(pl.col("round") == 2)["instruction_finish_reason"].null_count() == 4
+
+
+def test_a_rounds_check_answer_is_taken_when_respond_asks_the_same_request(tmp_path):
+    llm, fake = responder()
+    prompts = PromptLibrary()
+    table = round_table({})
+    requests = response_requests(llm, prompts, table["instruction"].to_list(), table["input"].to_list())
+    keys = [llm.key(r) for r in requests]
+    keys[1] = "0" * 64  # asked with other settings: respond asks again
+    stored = table.with_columns(check_response=pl.Series(["From the check."] * table.height),
+                                check_finish_reason=pl.lit("length"), check_request_key=pl.Series(keys))
+    write_output(tmp_path / "round_1", stored)
+    tally = Counter()
+    answered = answer(gathered([tmp_path / "round_1"]), llm, prompts, tally=tally)
+    outputs = dict(zip(answered["instruction"], answered["output"]))
+    assert tally["reused"] == 3 and [r.messages[-1][1] for r in fake.sent] == [requests[1].messages[-1][1]]
+    assert outputs["Explain leap years."] == REPLIES["Explain leap years."].text
+    assert outputs["Add 2 and 3."] == "From the check."
+    assert dict(zip(answered["instruction"], answered["response_finish_reason"]))["Add 2 and 3."] == "length"
+    assert answered.columns == list(RESPONSES)
 
 
 def test_stage_counts_statuses(repo, tmp_path, monkeypatch):

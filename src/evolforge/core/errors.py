@@ -8,7 +8,7 @@ row, the field and the rule, and are printed as they are. Anything else is print
 its type, since a traceback is for whoever debugs the code: ``--debug`` on the command line (taken out
 before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it. ``--dry-run`` (taken out the same
 way) prints the plan of the dvc.yaml stage that runs this command instead (``evolforge plan``, docs/llm.md).
-Outputs are written whole or not at all (:mod:`evolforge.core.records`), so a refused stage leaves nothing
+Outputs are written whole or not at all (:mod:`evolforge.io.records`), so a refused stage leaves nothing
 partial behind; under ``dvc repro``, which removes a stage's outputs before running it, a failed stage puts its
 previous ones back from DVC's cache (:mod:`evolforge.core.restore`).
 """
@@ -38,7 +38,7 @@ def refusal_types() -> tuple[type[BaseException], ...]:
     from evolforge.core.models import ModelError
     from evolforge.config.bounds import ParamsError
     from evolforge.core.prompts import PromptError
-    from evolforge.core.validation import DataError
+    from evolforge.io.validation import DataError
 
     return (ParamsError, DataError, ModelError, FetchError, PromptError, FileNotFoundError, IsADirectoryError,
             PermissionError)

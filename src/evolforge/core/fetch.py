@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-from evolforge.core.records import atomic_dir
+from evolforge.io.records import atomic_dir
 from evolforge.config.runtime import FetchSettings, WheelPart
 
 

@@ -25,9 +25,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import polars as pl
 
-from evolforge.core import validation
-from evolforge.core.records import write_json, write_output
-from evolforge.core.stream import peak_rss_mib
+from evolforge.io import validation
+from evolforge.io.records import write_json, write_output
+from evolforge.io.stream import peak_rss_mib
 
 
 def arguments(doc: str | None, *, reads: Sequence[str] = (), writes: Sequence[str] = (), values: Sequence[str] = (),
@@ -50,7 +50,7 @@ def arguments(doc: str | None, *, reads: Sequence[str] = (), writes: Sequence[st
 class Outputs:
     """What a step hands back for its stage to write (:func:`write`).
 
-    ``table`` (with ``meta``, ``tables``, ``extra`` and ``finish``: :func:`evolforge.core.records.write_output`)
+    ``table`` (with ``meta``, ``tables``, ``extra`` and ``finish``: :func:`evolforge.io.records.write_output`)
     is the ``--out`` folder, checked against ``checks`` first; None when the step wrote ``--out`` itself
     (streamed tables, files that are not a table) or has none. ``metrics`` go to ``--metrics`` (with the
     process's ``peak_rss_mib`` when ``peak_rss``: docs/scale.md), ``plot`` to ``--plot``, each ``plots``

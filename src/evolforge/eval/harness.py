@@ -73,7 +73,7 @@ from evolforge.config.training import BENCHMARKS
 from evolforge.eval.tasks import CODE_BENCHMARKS, SUITES, write_suite
 from evolforge.eval.tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
 from evolforge.core.models import is_local, pick_device, pick_dtype
-from evolforge.core.records import replace_dir
+from evolforge.io.records import replace_dir
 from evolforge.config.training import EvaluateSettings
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ def recorded_entry(role: Role, path: str | Path = IDENTITY_FILE) -> dict[str, An
     path = Path(path)
     if not path.is_file():
         return None
-    from evolforge.core.jsonfiles import read_json  # (polars: not for every importer of the LLM layer)
+    from evolforge.io.jsonfiles import read_json  # (polars: not for every importer of the LLM layer)
 
     found = read_json(path)
     entry = found.get(role.name) if isinstance(found, dict) else None

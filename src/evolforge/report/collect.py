@@ -4,7 +4,7 @@ A *version* is a folder laid out as the pipeline writes it (the repository root,
 experiment's outputs). Every artifact is optional: what is missing is reported as missing, never
 invented, so the page of a half-built version still opens. Paths read (relative to the version root):
 
-    data/seed, data/evolved/round_*/ (items.parquet + meta.json), data/responses, data/clean, data/judged,
+    data/seed, data/evolved/round_*/ (items.parquet + meta.json), data/responses, data/pool, data/dedup, data/clean, data/judged,
     data/scores, data/diversity, data/selected, metrics/*.json, metrics/plots/*.json, metrics/train_live,
     models/identity.json
 """
@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from evolforge.core.records import EVOLVED, TABLE
+from evolforge.io.records import EVOLVED, TABLE
 from evolforge.report.spend import spend
 from evolforge.report.summary import headline
 from evolforge.score.histogram import histogram
 from evolforge.steps.common.funnel import evolved_rounds, funnel, json_at, provenance, table_at
 
-READS = ["data/seed", "data/evolved", "data/responses", "data/clean", "data/judged", "data/scores", "data/diversity",
+READS = ["data/seed", "data/evolved", "data/responses", "data/pool", "data/dedup", "data/clean", "data/judged", "data/scores", "data/diversity",
          "data/selected", "metrics", "models/identity.json"]
 SAMPLE_CHAINS = 20
 PAIRS_PER_ROUND = 4  # surviving rewrites shown beside their parents, per round

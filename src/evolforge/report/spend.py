@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from evolforge.core.records import TABLE
+from evolforge.io.records import TABLE
 
 
 def spend(root: Path) -> dict[str, Any]:

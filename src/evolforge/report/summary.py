@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import polars as pl
 
-from evolforge.core.records import TABLE
+from evolforge.io.records import TABLE
 
 # the score each benchmark is known by (its paper's headline metric), as metrics/eval.json names it
 MAIN_SCORE = {"ifeval": "prompt_level_strict_acc", "gsm8k": "exact_match_strict", "math": "exact_match",

@@ -23,20 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
-
-SCORE_SCHEMA = {
-    "loss_instruction": pl.Float64,  # mean token cross-entropy, nats
-    "loss_response": pl.Float64,
-    "loss_response_given_instruction": pl.Float64,
-    "ifd": pl.Float64,
-    "ic_ifd": pl.Float64,
-    "n_tokens_instruction": pl.Int64,  # tokens averaged in each loss
-    "n_tokens_response": pl.Int64,
-    "n_tokens_response_given_instruction": pl.Int64,
-    "null_reason": pl.String,  # why a value above is null; null when none is
-}
-
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:  # None or a zero loss: no ratio

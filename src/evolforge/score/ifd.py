@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 
 from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.steps.score.settings import Boundary, CherryTruncation, Template
-from evolforge.score.formulas import NULL_ROW_LOSSES, SCORE_SCHEMA, scores_row
+from evolforge.io.columns import SCORE_VALUES
+from evolforge.score.formulas import NULL_ROW_LOSSES, scores_row
 from evolforge.score.losses import IGNORE, split_head, token_nlls
 from evolforge.score.passes import EncodedItem, encode_items, question_positions
 
@@ -105,7 +106,7 @@ def ifd_scores(
 ) -> pl.DataFrame:
     """Losses, IFD and IC-IFD of each (instruction, input, response), one row per item in input order.
 
-    Columns: see ``SCORE_SCHEMA``. Q = instruction, plus "\\n" + input when the input is non-empty.
+    Columns: see ``SCORE_VALUES``. Q = instruction, plus "\\n" + input when the input is non-empty.
 
     ``template``: which texts the passes see (raw, cherry, chat: see the module doc). ``boundary``: "prefix"
     (the official codes' rule) or "offsets" (the exact character boundary); see :mod:`evolforge.score.passes`. ``max_length`` (raw, chat) cuts the conditioned pass from the right
@@ -130,7 +131,7 @@ def ifd_scores(
             items = encode_items(tokenizer, instructions[chunk], inputs[chunk], responses[chunk], template,
                                  boundary, max_length, cherry_truncation)
             rows += _chunk_scores(model, items, pad_id, head, bar.update, batch_size, max_batch_tokens)
-    return pl.from_dicts(rows, schema=SCORE_SCHEMA)
+    return pl.from_dicts(rows, schema=SCORE_VALUES)
 
 
 def _chunk_scores(model, items: list[EncodedItem], pad_id: int, head, progress, batch_size: int | None,
@@ -191,4 +192,4 @@ def reference_ifd_scores(
         loss_aq, n_aq = _hf_mean_loss(model, ids, range(max(item.response_start, 1), len(ids)))
         loss_a, n_a = _hf_mean_loss(model, item.direct_ids, range(max(item.direct_start, 1), len(item.direct_ids)))
         rows.append(scores_row(loss_q, n_q, loss_a, n_a, loss_aq, n_aq))
-    return pl.from_dicts(rows, schema=SCORE_SCHEMA)
+    return pl.from_dicts(rows, schema=SCORE_VALUES)

@@ -16,7 +16,8 @@ import math
 
 import polars as pl
 
-from evolforge.score.formulas import SCORE_SCHEMA, scores_row
+from evolforge.io.columns import SCORE_VALUES
+from evolforge.score.formulas import scores_row
 
 LOSS_DIGITS = 4  # significant digits of each stored loss: far finer than what separates items in a ranking
 RATIO_DIGITS = 6  # significant digits of IFD, IC-IFD and the metrics' means (from stored losses: exact already)
@@ -36,14 +37,14 @@ def significant(value: float | None, digits: int) -> float | None:
 
 
 def stored_scores(scores: pl.DataFrame) -> pl.DataFrame:
-    """``scores`` (``SCORE_SCHEMA`` columns, plus any others left as they are) with the losses at
+    """``scores`` (``SCORE_VALUES`` columns, plus any others left as they are) with the losses at
     ``LOSS_DIGITS`` and IFD / IC-IFD recomputed from them at ``RATIO_DIGITS``; a row keeps its null_reason."""
     rows = []
-    for row in scores.select(list(SCORE_SCHEMA)).iter_rows(named=True):
+    for row in scores.select(list(SCORE_VALUES)).iter_rows(named=True):
         losses = {name: significant(row[name], LOSS_DIGITS) for name in LOSSES}
         new = scores_row(losses["loss_instruction"], row["n_tokens_instruction"], losses["loss_response"],
                          row["n_tokens_response"], losses["loss_response_given_instruction"],
                          row["n_tokens_response_given_instruction"], row["null_reason"])
         rows.append({**new, "ifd": significant(new["ifd"], RATIO_DIGITS), "ic_ifd": significant(new["ic_ifd"], RATIO_DIGITS)})
-    stored = pl.from_dicts(rows, schema=SCORE_SCHEMA) if rows else scores.select(list(SCORE_SCHEMA)).clear()
+    stored = pl.from_dicts(rows, schema=SCORE_VALUES) if rows else scores.select(list(SCORE_VALUES)).clear()
     return scores.with_columns(stored)

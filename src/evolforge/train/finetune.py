@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 
 from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
-from evolforge.core.records import replace_dir
+from evolforge.io.records import replace_dir
 from evolforge.config.training import FinetuneSettings
 
 log = logging.getLogger(__name__)

@@ -32,12 +32,12 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
 from evolforge.core.cache import open_cache
-from evolforge.core.jsonfiles import read_text
+from evolforge.io.jsonfiles import read_text
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import EVOLVED, FAILED, SEED, make_id
+from evolforge.io.records import EVOLVED, FAILED, SEED, make_id
 from evolforge.config.roles import ChatRequest
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_role

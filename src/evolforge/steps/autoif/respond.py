@@ -17,17 +17,21 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
+from evolforge.io.columns import AUTOIF_RESPONSES
 from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
+from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
 from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
 from evolforge.steps.autoif.constraints import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample
 from evolforge.steps.autoif.sandbox import Runner, run_function
 from evolforge.steps.common.source import build_seed
+
+
+VERDICT = ("pass_rate", "response_verified")  # what verify_responses adds
 
 
 def select_queries(queries: pl.DataFrame, source: QuerySource) -> pl.DataFrame:
@@ -56,8 +60,9 @@ PAIR_SCHEMA = {"constraint_id": pl.String, "constraint": pl.String, "query_id": 
 
 def response_records(pairs: pl.DataFrame, outputs: Sequence[str], *, evolver_model: str, self_instruct_hash: str,
                      response_hash: str) -> pl.DataFrame:
-    """The pairs as rows of the responses schema (``data/responses``): instruction = constraint, input =
-    query (the reference code's record), lineage from the constraint, ``round`` 1, ``method`` autoif."""
+    """The pairs as rows of :data:`evolforge.io.columns.AUTOIF_RESPONSES` before the verdict (``VERDICT``):
+    instruction = constraint, input = query (the reference code's record), lineage from the constraint,
+    ``round`` 1, ``method`` autoif."""
     return pairs.with_columns(
         id=pl.struct("constraint_id", "query_id").map_elements(lambda r: make_id(METHOD, r["constraint_id"], r["query_id"]),
                                                             return_dtype=pl.String),
@@ -66,8 +71,7 @@ def response_records(pairs: pl.DataFrame, outputs: Sequence[str], *, evolver_mod
         instruction=pl.col("constraint"), input=pl.col("query"), evolve_template_hash=pl.lit(self_instruct_hash),
         evolver_model=pl.lit(evolver_model), output=pl.Series(list(outputs), dtype=pl.String),
         response_template_hash=pl.lit(response_hash),
-    ).select(LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "output",
-                        "response_template_hash", "constraint_id", "query_id"])
+    ).select([c for c in AUTOIF_RESPONSES if c not in VERDICT])
 
 
 def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: AutoIFSettings,
@@ -125,7 +129,7 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
         table = table.with_columns(pass_rate=pl.lit(None, pl.Float64), response_verified=pl.lit(None, pl.Boolean))
     rejected = table.filter(pl.col("response_verified") == False).with_columns(  # noqa: E712 (null = not checked)
         status=pl.lit(FAILED), failure_reason=pl.lit("response_not_verified"))
-    kept = table.filter(pl.col("response_verified").is_null() | pl.col("response_verified"))
+    kept = table.filter(pl.col("response_verified").is_null() | pl.col("response_verified")).select(list(AUTOIF_RESPONSES))
     rates = table["pass_rate"].drop_nulls()
     metrics = {"skipped": not active, "constraints": constraints.height if active else 0, "queries": n_queries,
                "pairs": table.height, "responses_kept": kept.height, "responses_rejected": rejected.height,

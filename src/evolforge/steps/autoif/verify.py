@@ -18,11 +18,11 @@ from typing import Any, Callable, Protocol, Sequence
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
 from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import FAILED, make_id, read_table
+from evolforge.io.records import FAILED, make_id, read_table
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation

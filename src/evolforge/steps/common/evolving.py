@@ -17,7 +17,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import yaml
 
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import make_id
+from evolforge.io.records import make_id
 from evolforge.llm.cached import LLM
 from evolforge.steps.common import elimination
 

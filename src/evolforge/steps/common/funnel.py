@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from evolforge.core.records import EVOLVED, META, TABLE
+from evolforge.io.records import EVOLVED, META, TABLE
 
 
 def table_at(root: Path, rel: str) -> pl.DataFrame | None:
@@ -45,21 +45,17 @@ def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
 
 
 def _removed(root: Path) -> dict[int, dict[str, int]]:
-    """Per round, the items dedup and decontaminate dropped, by reason (``data/clean/removed.parquet``)."""
-    path = root / "data" / "clean" / "removed.parquet"
-    if not path.exists():
-        return {}
-    removed = pl.read_parquet(path)
-    if not removed.height or "round" not in removed.columns:
-        return {}
-    # dedup's own reason (exact_duplicate | near_duplicate) when recorded, else the stage that removed it
-    by_stage = {"dedup": "near_duplicate", "decontaminate": "contaminated"}
-    stage = removed["removed_by"] if "removed_by" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
-    detail = removed["dedup_reason"] if "dedup_reason" in removed.columns else pl.Series([None] * removed.height, dtype=pl.String)
-    reason = [d if s == "dedup" and d else by_stage.get(s or "", s or "removed") for s, d in zip(stage, detail)]
-    labelled = removed.select("round").with_columns(reason=pl.Series(reason, dtype=pl.String))
+    """Per round, the items dedup and decontaminate dropped, by reason (their ``removed.parquet``: dedup's
+    ``dedup_reason``, exact_duplicate | near_duplicate; decontaminate's are "contaminated")."""
+    parts = []
+    for folder, reason in (("dedup", pl.col("dedup_reason")), ("clean", pl.lit("contaminated"))):
+        path = root / "data" / folder / "removed.parquet"
+        if path.exists():
+            removed = pl.read_parquet(path)
+            if removed.height:
+                parts.append(removed.select(pl.col("round").cast(pl.Int64), reason.fill_null("removed").alias("reason")))
     out: dict[int, dict[str, int]] = {}
-    for (r,), part in labelled.group_by(["round"]):
+    for (r,), part in pl.concat(parts).group_by(["round"]) if parts else []:
         counts = part.group_by("reason").len().iter_rows()
         out[int(r)] = dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
     return out
@@ -70,7 +66,7 @@ def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
     (with the removed by reason), judged, selected. ``selected`` is the selection when it is not yet in
     ``data/selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
     publish)."""
-    responses, clean = table_at(root, "data/responses"), table_at(root, "data/clean")
+    responses, clean = table_at(root, "data/pool"), table_at(root, "data/clean")
     judged = table_at(root, "data/judged")
     selected = selected if selected is not None else table_at(root, "data/selected")
     answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)

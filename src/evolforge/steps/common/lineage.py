@@ -4,7 +4,7 @@
 ...     print(step["round"], step["method"], step["status"], step["instruction"])
 
 :func:`format_chain` prints each step with its status; for a failed attempt it also prints why
-(``failure_reason``), what the evolver wrote (``raw_output``, with its ``finish_reason``) and, when a
+(``failure_reason``), what the evolver wrote (``raw_output``, with its ``instruction_finish_reason``) and, when a
 check on an answer to it failed it, that answer (``check_response``: by default the responder's). An
 auto-strategy attempt that failed has no instruction, so its raw output is the only trace of what the
 model did.
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.core.records import EVOLVED, FAILED, read_table
-from evolforge.core.validation import DataError
+from evolforge.io.records import EVOLVED, FAILED, read_table
+from evolforge.io.validation import DataError
 
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason", "instruction"]
-DETAIL = ["raw_output", "finish_reason", "check_response"]  # round tables only; None for seeds
+DETAIL = ["raw_output", "instruction_finish_reason", "check_response"]  # round tables only; None for seeds
 
 
 def _columns(table: pl.DataFrame) -> pl.DataFrame:
-    missing = [c for c in DETAIL if c not in table.columns]  # seeds, and rounds written before finish_reason
+    missing = [c for c in DETAIL if c not in table.columns]  # seeds
     return table.with_columns([pl.lit(None, pl.String).alias(c) for c in missing]).select(COLUMNS + DETAIL)
 
 
@@ -94,9 +94,9 @@ def format_chain(steps: list[dict], raw: bool = False) -> str:
             lines.append("\n".join(f"    {line}".rstrip() for line in s["instruction"].splitlines()))
         failed = s["status"] == FAILED
         if (failed or raw) and s.get("raw_output") is not None and s["raw_output"].strip() != (s["instruction"] or ""):
-            finish = f", finish_reason {s['finish_reason']}" if s.get("finish_reason") else ""
+            finish = f", finish_reason {s['instruction_finish_reason']}" if s.get("instruction_finish_reason") else ""
             lines.append(_indent(f"evolver wrote{finish}", s["raw_output"]))
-        elif failed and s.get("finish_reason") == "length":
+        elif failed and s.get("instruction_finish_reason") == "length":
             lines.append("    (the evolver stopped at max_tokens)")
         if failed and s.get("check_response") is not None:
             lines.append(_indent("the answer to it (response check)", s["check_response"]))

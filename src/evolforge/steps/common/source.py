@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from evolforge.core.records import LINEAGE, SEED, make_id
+from evolforge.io.records import LINEAGE, SEED, make_id
 from evolforge.core.text import normalize_text
-from evolforge.core.validation import DataError
+from evolforge.io.validation import DataError
 from evolforge.steps.common.source_fields import chat_records, check_values, field_map, normalise_records, normalise_table, require_mapped
 from evolforge.steps.common.source_read import ROW, read_source, source_digest
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import polars as pl
 
-from evolforge.core import validation
-from evolforge.core.jsonfiles import json_kind
-from evolforge.core.validation import DataError
+from evolforge.io import validation
+from evolforge.io.jsonfiles import json_kind
+from evolforge.io.validation import DataError
 from evolforge.steps.common.source_read import ROW
 
 PRESETS: dict[str, dict[str, str | None]] = {

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.core.jsonfiles import json_kind, jsonl_objects, read_text
-from evolforge.core.jsonfiles import read_json as read_json_file
-from evolforge.core.validation import DataError
+from evolforge.io.jsonfiles import json_kind, jsonl_objects, read_text
+from evolforge.io.jsonfiles import read_json as read_json_file
+from evolforge.io.validation import DataError
 
 LOCAL_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROW = "_row"  # source row number, kept until validation so errors can name it

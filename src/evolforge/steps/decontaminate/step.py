@@ -47,21 +47,15 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
+from evolforge.io.columns import CONTAMINATION_FLAGS
 from evolforge.config.loader import load_role, load_section
-from evolforge.core.records import TABLE
+from evolforge.io.records import TABLE
 from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.stage import Outputs
-from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.io.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
 from evolforge.steps.decontaminate.index import Problem, load_problems
 from evolforge.steps.decontaminate.match import CHUNK_ITEMS, Match, References, check_chunk_size, embedding_matches
-
-
-CONTAMINATION_COLUMNS = {
-    "contamination_reason": pl.String, "contamination_benchmark": pl.String, "contamination_problem_id": pl.String,
-    "contamination_source": pl.String, "contamination_field": pl.String, "contamination_ngram": pl.String,
-    "contamination_similarity": pl.Float64,
-}
 
 
 def item_texts(table: pl.DataFrame) -> tuple[list[str], list[str]]:
@@ -97,7 +91,7 @@ class Decontaminator:
         matches: list[Match | None] = []  # the rows' texts are built a slice at a time, never all at once
         for part in table.iter_slices(chunk_size):
             matches += self.refs.matches(*item_texts(part))
-        columns: dict[str, list[Any]] = {c: [None] * table.height for c in CONTAMINATION_COLUMNS}
+        columns: dict[str, list[Any]] = {c: [None] * table.height for c in CONTAMINATION_FLAGS}
 
         def record(i: int, reason: str, p: Problem, field: str, ngram: str | None, similarity: float | None) -> None:
             for column, value in (("reason", reason), ("benchmark", p.benchmark), ("problem_id", p.problem_id),
@@ -120,8 +114,8 @@ class Decontaminator:
                     if b >= 0:
                         record(i, "embedding_similarity", problems[b], "instruction", None, float(s))
         self.items += table.height
-        flags = pl.DataFrame(columns, schema=CONTAMINATION_COLUMNS)
-        return pl.concat([table.drop([c for c in CONTAMINATION_COLUMNS if c in table.columns]), flags], how="horizontal")
+        flags = pl.DataFrame(columns, schema=CONTAMINATION_FLAGS)
+        return pl.concat([table.drop([c for c in CONTAMINATION_FLAGS if c in table.columns]), flags], how="horizontal")
 
     def metrics(self) -> dict:
         """Counts over every row flagged so far."""
@@ -147,7 +141,6 @@ def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: Deco
     return out, checker.metrics()
 
 
-REMOVED_BY = {"dedup": "near-duplicate", "decontaminate": "contaminated"}  # removed_by -> the plot's reason
 
 
 def role_embedder(params: dict[str, Any]) -> Callable[[list[str]], np.ndarray]:
@@ -161,59 +154,60 @@ def role_embedder(params: dict[str, Any]) -> Callable[[list[str]], np.ndarray]:
     return embed
 
 
+def dedup_removed_counts(dedup: Path) -> Counter:
+    """round -> items the dedup stage dropped (its removed.parquet; none when it has none)."""
+    file = dedup / "removed.parquet"
+    if not file.exists():
+        return Counter()
+    return Counter(pl.read_parquet(file, columns=["round"])["round"].to_list())
+
+
 def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
-    """The decontaminate stage: the items of ``dedup`` that are not duplicates, checked against the benchmark
-    index built once, streamed ``data.chunk_rows`` rows at a time into ``out``: items.parquet holds the kept
-    ones, removed.parquet the duplicates, then the contaminated ones (spilled beside ``out`` meanwhile), with the
-    columns of both (as one diagonal concat)."""
+    """The decontaminate stage: the items of ``dedup`` (what dedup kept) checked against the benchmark index
+    built once, streamed ``data.chunk_rows`` rows at a time into ``out``: items.parquet holds the clean ones
+    with their input's columns, removed.parquet the contaminated ones with the ``contamination_*`` columns
+    (spilled beside ``out`` meanwhile). The plot counts what dedup and this stage dropped, per round."""
     cfg, evaluate, rows = load_section(params, "decontaminate"), load_section(params, "evaluate"), load_section(params, "data").chunk_rows
     source = table_file(dedup)
-    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output", "duplicate_of"]), rows)
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]), rows)
     problems, notes = load_problems(list(evaluate.tasks), evaluate.suite, cfg)
     for note in notes:
         print(f"decontaminate: note: {note}")
     checker = Decontaminator(problems, cfg, role_embedder(params) if cfg.embedding_threshold is not None else None)
-    empty = pl.DataFrame(schema=table_schema(source))
-    kept_schema = checker.flag(empty).schema
-    template = pl.concat([empty.with_columns(removed_by=pl.lit("dedup")),
-                          pl.DataFrame(schema=kept_schema).with_columns(removed_by=pl.lit("decontaminate"))], how="diagonal_relaxed")
-    removed_counts: Counter = Counter()  # (round, removed_by) -> items
-    counts: Counter = Counter()  # duplicates, checked
+    input_schema = table_schema(source)
+    flagged_schema = checker.flag(pl.DataFrame(schema=input_schema)).schema
+    flagged_per_round: Counter = Counter()
+    checked = 0
 
     def kept_chunks(work: Path) -> Iterator[pl.DataFrame]:
-        """The items that are not duplicates, checked; the contaminated ones spilled to ``work``."""
+        """The clean items; the contaminated ones spilled to ``work``."""
+        nonlocal checked
         for c, chunk in enumerate(iter_chunks(source, rows)):
-            duplicate = chunk["duplicate_of"].is_not_null()
-            counts["duplicates"] += int(duplicate.sum())
-            checked = checker.flag(chunk.filter(~duplicate))
-            contaminated = checked["contamination_benchmark"].is_not_null()
-            counts["checked"] += checked.height
+            flagged = checker.flag(chunk)
+            contaminated = flagged["contamination_benchmark"].is_not_null()
+            checked += flagged.height
             if contaminated.any():
-                checked.filter(contaminated).write_parquet(work / f"contaminated-{c:06d}.parquet")
-            yield checked.filter(~contaminated)
-
-    def removed(part: pl.DataFrame, by: str) -> pl.DataFrame:
-        removed_counts.update((r, by) for r in part["round"].to_list())
-        return pl.concat([template, part.with_columns(removed_by=pl.lit(by))], how="diagonal_relaxed")
+                flagged_per_round.update(chunk.filter(contaminated)["round"].to_list())
+                flagged.filter(contaminated).write_parquet(work / f"contaminated-{c:06d}.parquet")
+            yield chunk.filter(~contaminated)
 
     def removed_chunks(work: Path) -> Iterator[pl.DataFrame]:
-        for chunk in iter_chunks(source, rows):
-            yield removed(chunk.filter(pl.col("duplicate_of").is_not_null()), "dedup")
         for file in sorted(work.glob("contaminated-*.parquet")):
-            yield removed(pl.read_parquet(file), "decontaminate")
+            yield pl.read_parquet(file)
 
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:
         meta = {"params": vars(cfg), "notes": notes, "reference_problems": checker.metrics()["reference_problems"],
                 "tasks": list(evaluate.tasks), "suite": evaluate.suite}
-        write_output_chunks(out, {TABLE: (kept_schema, kept_chunks(Path(work))),
-                                  "removed.parquet": (template.schema, removed_chunks(Path(work)))}, meta=meta)
+        write_output_chunks(out, {TABLE: (input_schema, kept_chunks(Path(work))),
+                                  "removed.parquet": (flagged_schema, removed_chunks(Path(work)))}, meta=meta)
     metrics = checker.metrics()
-    flagged_rounds = sorted((r, n) for (r, by), n in removed_counts.items() if by == "decontaminate")
-    metrics.update({"duplicates_skipped": counts["duplicates"], "kept": counts["checked"] - metrics["flagged"], "notes": notes,
-                    "flagged_per_round": {str(r): n for r, n in flagged_rounds}, "peak_rss_mib": peak_rss_mib()})
-    plot = [{"round": int(r), "reason": REMOVED_BY[by], "count": n} for (r, by), n in sorted(removed_counts.items())]
-    return Outputs(metrics, f"decontaminate: {metrics['flagged']} of {counts['checked']} items flagged {metrics['flagged_per_benchmark']}; "
-                            f"{metrics['kept']} kept, {sum(removed_counts.values())} removed in all; peak RSS {metrics['peak_rss_mib']} MiB",
-                   plot=plot)
+    metrics.update({"kept": checked - metrics["flagged"], "notes": notes,
+                    "flagged_per_round": {str(r): n for r, n in sorted(flagged_per_round.items())}, "peak_rss_mib": peak_rss_mib()})
+    duplicates = dedup_removed_counts(Path(dedup) if Path(dedup).is_dir() else Path(dedup).parent)
+    plot = sorted([{"round": int(r), "reason": "near-duplicate", "count": n} for r, n in duplicates.items()]
+                  + [{"round": int(r), "reason": "contaminated", "count": n} for r, n in flagged_per_round.items()],
+                  key=lambda row: (row["round"], row["reason"]))
+    return Outputs(metrics, f"decontaminate: {metrics['flagged']} of {checked} items flagged {metrics['flagged_per_benchmark']}; "
+                            f"{metrics['kept']} kept; peak RSS {metrics['peak_rss_mib']} MiB", plot=plot)

@@ -16,7 +16,8 @@ Passes (``work`` is a scratch folder; nothing in it outlives the stage):
 3. components are packed into groups of about ``chunk_rows / 4`` walked items; per chunk, the walked rows'
    (index, id, round, usable, text) are spilled to their group's folder;
 4. per group: :func:`find_duplicates` over its rows, the removed rows' answers spilled per output chunk;
-5. the output: every input chunk with its answers, streamed to Parquet.
+5. the output: every input chunk with its answers (:func:`dedup_chunks`); the stage streams the kept rows to
+   items.parquet and the duplicates, with their answers, to removed.parquet.
 
 Memory: a chunk's texts and sketches, one group's walk (a group holds whole components, so one very large
 cluster of near-duplicates is walked at once), and in pass 2 one band's digests (8 bytes per item: 10 MiB
@@ -35,13 +36,15 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from evolforge.core import validation
+from evolforge.io import validation
+from evolforge.io.columns import DUPLICATE_FLAGS
 from evolforge.config.loader import load_section
-from evolforge.core.records import TABLE
+from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.text import item_text
-from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.io.stream import (check_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file, table_schema,
+                                 write_output_chunks)
 from evolforge.steps.common.guards import guard_reason
 from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, find_duplicates, lsh_bands, mark_shared,
                                    minhash_signatures, shingle_hashes, survival_order)
@@ -50,7 +53,6 @@ from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, find_duplic
 Chunks = Callable[[list[str] | None], Iterable[pl.DataFrame]]
 Usable = Callable[[pl.DataFrame], Sequence[bool]]
 WALK_SHARE = 4  # a group walks about chunk_rows / WALK_SHARE items (see dedup_chunks)
-ANSWERS = {"duplicate_of": pl.String, "duplicate_similarity": pl.Float64, "dedup_reason": pl.String}
 
 
 @dataclass
@@ -184,12 +186,12 @@ def _with_answers(chunks: Chunks, starts: np.ndarray, work: Path) -> Iterator[pl
     for c, chunk in enumerate(chunks(None)):
         if c + 1 >= starts.size or starts[c + 1] - lo != chunk.height:  # the input changed under us
             raise RuntimeError(f"dedup: input chunk {c} has {chunk.height} rows, not as in the first pass")
-        columns = {name: pl.Series(name, [None] * chunk.height, dtype=dtype) for name, dtype in ANSWERS.items()}
+        columns = {name: pl.Series(name, [None] * chunk.height, dtype=dtype) for name, dtype in DUPLICATE_FLAGS.items()}
         files = sorted((work / f"answers-{c}").glob("*.parquet"))
         if files:
             answers = pl.concat([pl.read_parquet(f) for f in files])
             where = (answers["index"] - lo).to_numpy()
-            for name in ANSWERS:
+            for name in DUPLICATE_FLAGS:
                 columns[name].scatter(where, answers[name])
         yield chunk.with_columns(**columns)
         lo += chunk.height
@@ -223,18 +225,35 @@ def dedup_chunks(chunks: Chunks, usable: Usable, work: Path,
 
 
 def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
-    """The dedup stage: every item of ``items`` with its answers (``ANSWERS``), streamed into ``out``
-    ``data.chunk_rows`` rows at a time, the scratch folder beside it. A usable item (one selection could take)
+    """The dedup stage: the items of ``items`` that no kept item duplicates, with their input's columns,
+    streamed into ``out`` ``data.chunk_rows`` rows at a time (the scratch folder beside it); removed.parquet
+    holds the duplicates with their answers (``DUPLICATE_FLAGS``). A usable item (one selection could take)
     wins its cluster over an unusable twin."""
     cfg, rows = load_section(params, "dedup"), load_section(params, "data").chunk_rows
     source = table_file(items)
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
     Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work:
-        chunks, metrics = dedup_chunks(lambda columns: iter_chunks(source, rows, columns),
-                                       lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows)
-        schema = {**table_schema(source), **ANSWERS}
-        write_output_chunks(out, {TABLE: (schema, chunks)}, meta={"params": vars(cfg)})
+        answered, metrics = dedup_chunks(lambda columns: iter_chunks(source, rows, columns),
+                                         lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows)
+        removed = Path(work) / "removed"
+        removed.mkdir()
+
+        def kept() -> Iterator[pl.DataFrame]:
+            """The kept items; the duplicates spilled to ``removed``."""
+            for c, chunk in enumerate(answered):
+                duplicate = chunk["duplicate_of"].is_not_null()
+                if duplicate.any():
+                    chunk.filter(duplicate).write_parquet(removed / f"{c:06d}.parquet")
+                yield chunk.filter(~duplicate).drop(list(DUPLICATE_FLAGS))
+
+        def duplicates() -> Iterator[pl.DataFrame]:  # read once kept() has spilled them all
+            yield from read_spilled(sorted(removed.iterdir()))
+
+        schema = table_schema(source)
+        write_output_chunks(out, {TABLE: (schema, kept()),
+                                  "removed.parquet": ({**schema, **DUPLICATE_FLAGS}, duplicates())},
+                            meta={"params": vars(cfg)})
     metrics["peak_rss_mib"] = peak_rss_mib()
     return Outputs(metrics, f"dedup: {metrics['removed']} of {metrics['items']} items are near-duplicates "
                             f"({metrics['removed_exact']} exact); per round {metrics['removed_per_round']}; "

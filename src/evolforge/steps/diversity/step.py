@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
 from evolforge.config.loader import load_role, load_section
-from evolforge.core.records import atomic_dir, read_table, write_json
+from evolforge.io.records import atomic_dir, read_table, write_json
 from evolforge.core.stage import Outputs
 from evolforge.llm.identity import recorded_identity
 from evolforge.score.diversity import embed_texts, item_texts, neighbor_stats

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evolforge.core.jsonfiles import read_json
+from evolforge.io.jsonfiles import read_json
 from evolforge.config.loader import section
-from evolforge.core.validation import DataError
+from evolforge.io.validation import DataError
 
 COUNTS = ("in", "evolved", "failed", "calls", "cache_hits")  # what the report adds up
 

@@ -15,7 +15,8 @@ passes, first failure wins: on the evolved instruction (empty, truncated at ``ma
 template words, chatter, repetitive, not an instruction), on an answer to it (sorry + short, stop words
 only, rule F; by default the responder's answer, the one the respond stage keeps, when that loads no second
 model), then the optional judge checks (not an instruction, information gain).
-The evolver's ``finish_reason`` is kept per row ("length": cut at ``max_tokens``).
+The evolver's finish reason is kept per row (``instruction_finish_reason``, "length": cut at ``max_tokens``),
+and the answer the response rules read with its finish reason and its request's cache key (``check_*``).
 
 Only ``instruction`` is evolved; ``input`` is carried over. Every item that enters a round leaves it as
 exactly one row, ``evolved`` or ``failed`` (with ``failure_reason``), so in = evolved + failed. An LLM
@@ -34,12 +35,13 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
+from evolforge.io.columns import ROUND
 from evolforge.core.cache import open_cache
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
+from evolforge.io.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
 from evolforge.steps.evolve.settings import EvolveSettings
 from evolforge.core.stage import Outputs
 from evolforge.config.roles import Role
@@ -47,7 +49,7 @@ from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.registry import loads_nothing_more
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import assign_methods, evolving_messages, template_hash
-from evolforge.steps.common.responses import respond, response_sampling
+from evolforge.steps.common.responses import response_requests, response_sampling
 
 STRATEGIES = ("evol", "auto", "auto_initial")
 INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
@@ -115,7 +117,8 @@ def check_responder(settings: EvolveSettings, evolver: LLM, responder: LLM | Non
 
     ``evolve.check_role: responder``: the responder role with ``respond_sampling`` (respond's
     ``temperature`` / ``max_tokens``, as the respond stage passes them), so the check's answer is the very
-    request the respond stage makes for a surviving instruction and respond finds it in the cache: one
+    request the respond stage makes for a surviving instruction and respond takes it from the round table
+    (``check_response`` under its ``check_request_key``): one
     answer per instruction, as Evol-Instruct judges the response it keeps. ``evolver``: the evolver,
     greedy, at ``evolve.max_tokens``, an extra answer per surviving instruction that respond does not reuse.
     ``auto`` (default): see :func:`resolve_check_role`.
@@ -142,6 +145,8 @@ class _Round:
     reasons: list[str | None]  # why the item failed; None while it survives
     details: list[str | None]  # a failed call's message
     responses: list[str | None]  # the answer the response rules read; None where none was asked
+    response_finishes: list[str | None]  # its finish_reason
+    response_keys: list[str | None]  # its request's cache key (the respond stage reuses an answer whose key it asks)
 
     def alive(self) -> list[int]:
         """Positions of the items that no rule has failed so far."""
@@ -175,7 +180,7 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
                   for m, r in zip(methods, raws)]
     return _Round(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
                   reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
-                  responses=[None] * len(items))
+                  responses=[None] * len(items), response_finishes=[None] * len(items), response_keys=[None] * len(items))
 
 
 def _instruction_rules(state: _Round, settings: EvolveSettings) -> None:
@@ -202,13 +207,15 @@ def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings
     if not (any(response_rules.values()) and alive):
         return
     checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
-    answers = respond(checker, prompts, [state.candidates[i] for i in alive], [state.items[i]["input"] for i in alive],
-                      desc=f"round {round_index}: check", **check_sampling)
-    for i, answer in zip(alive, answers):
+    requests = response_requests(checker, prompts, [state.candidates[i] for i in alive],
+                                 [state.items[i]["input"] for i in alive], **check_sampling)
+    answers = checker.generate(requests, desc=f"round {round_index}: check")
+    for i, request, answer in zip(alive, requests, answers):
         if answer.failed:  # the item cannot be checked: it fails with the call's reason
             state.reasons[i], state.details[i] = answer.failure_reason, f"check response: {answer.error}"
             continue
-        state.responses[i] = answer.text
+        state.responses[i], state.response_finishes[i] = answer.text, answer.finish_reason
+        state.response_keys[i] = checker.key(request)
         state.reasons[i] = elimination.response_failure(answer.text, **response_rules)
 
 
@@ -238,7 +245,7 @@ def _judge_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary
 
 def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method_text: str | None,
                  model: str) -> pl.DataFrame:
-    """The round table (:data:`ROUND_SCHEMA`): one row per item, ``evolved`` or ``failed`` with its reason."""
+    """The round table (:data:`evolforge.io.columns.ROUND`): one row per item, ``evolved`` or ``failed`` with its reason."""
     items, methods, n = state.items, state.methods, len(state.items)
     statuses = [EVOLVED if reason is None else FAILED for reason in state.reasons]
     texts = [cand if cand is not None else "" for cand in state.candidates]
@@ -248,9 +255,11 @@ def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method
         "root_id": [it["root_id"] for it in items], "parent_id": [it["id"] for it in items], "round": [round_index] * n,
         "method": methods, "status": statuses, "failure_reason": state.reasons, "failure_detail": state.details,
         "instruction": texts, "input": [it["input"] for it in items], "output": [""] * n,
-        "parent_instruction": [it["instruction"] for it in items], "raw_output": state.raws, "finish_reason": state.finishes,
-        "check_response": state.responses, "template_hash": [hashes[m] for m in methods], "model": [model] * n,
-    }, schema=ROUND_SCHEMA)
+        "parent_instruction": [it["instruction"] for it in items], "raw_output": state.raws,
+        "instruction_finish_reason": state.finishes, "check_response": state.responses,
+        "check_finish_reason": state.response_finishes, "check_request_key": state.response_keys,
+        "evolve_template_hash": [hashes[m] for m in methods], "evolver_model": [model] * n,
+    }, schema=ROUND)
 
 
 def _next_pool(pool: pl.DataFrame, table: pl.DataFrame, on_failure: str) -> pl.DataFrame:
@@ -288,21 +297,12 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     return table, pool_out, summary
 
 
-ROUND_SCHEMA = {
-    "id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": pl.Int32, "method": pl.String,
-    "status": pl.String, "failure_reason": pl.String, "failure_detail": pl.String, "instruction": pl.String, "input": pl.String,
-    "output": pl.String, "parent_instruction": pl.String, "raw_output": pl.String, "finish_reason": pl.String,
-    "check_response": pl.String,
-    "template_hash": pl.String, "model": pl.String,
-}
-
-
 POOL_COLUMNS = LINEAGE + ["instruction", "input", "output"]  # what an item carries into the next round
 
 
 def _as_pool(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame``'s pool columns, typed as the round table's (null where ``frame`` lacks one)."""
-    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(ROUND_SCHEMA[c]).alias(c)
+    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(ROUND[c]).alias(c)
                          for c in POOL_COLUMNS])
 
 
@@ -317,7 +317,7 @@ def round_summary(table: pl.DataFrame) -> dict:
         growth = float(ratio.to_series().mean())
     return {"in": table.height, "evolved": evolved.height, "failed": table.height - evolved.height,
             "failed_by_reason": dict(sorted(reasons.items())), "mean_length_growth": growth,
-            "evolver_cut_at_max_tokens": int((table["finish_reason"] == "length").sum())}
+            "evolver_cut_at_max_tokens": int((table["instruction_finish_reason"] == "length").sum())}
 
 
 def read_pool(src: Path) -> pl.DataFrame:

@@ -27,7 +27,7 @@ from evolforge.core.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.config.loader import load_role, load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import read_table
+from evolforge.io.records import read_table
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_llm, open_role
 from evolforge.steps.common.evolving import assign_methods, evolving_prompt, initial_method_text

@@ -30,12 +30,13 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
+from evolforge.io.columns import JUDGED
 from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.core.stream import check_chunks, iter_chunks, table_file, table_schema
+from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema
 from evolforge.core.text import question_text
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
@@ -45,9 +46,6 @@ LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
 SCORES = tuple(str(n) for n in range(101))  # what a constrained score may be
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
 SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
-COLUMNS = ["id", "round", "difficulty_level", "difficulty_level_reason", "difficulty_level_raw", "difficulty_score",
-           "difficulty_score_reason", "difficulty_score_raw", "score_prompt", "judge_constrained", "difficulty_expected",
-           "level_expected"]  # data/judged's table
 
 
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?$")
@@ -155,7 +153,7 @@ def run(items: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Ou
 
     def judged(chunk: pl.DataFrame) -> pl.DataFrame:
         return judge(chunk, llm, prompts, score_prompt=cfg.score_prompt, max_tokens=cfg.max_tokens, constrain=cfg.constrain,
-                     probabilities=cfg.probabilities).select(COLUMNS)
+                     probabilities=cfg.probabilities).select(list(JUDGED))
 
     parts = [judged(chunk) for chunk in iter_chunks(source, rows)]
     table = pl.concat(parts) if parts else judged(pl.DataFrame(schema=table_schema(source)))  # no rows: the columns

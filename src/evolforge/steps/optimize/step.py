@@ -58,7 +58,7 @@ from typing import Any, Mapping
 from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
+from evolforge.io.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.versions import output_versions

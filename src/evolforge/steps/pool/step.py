@@ -19,12 +19,12 @@ from typing import Any
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
 from evolforge.config.loader import load_section
-from evolforge.core.jsonfiles import read_json
-from evolforge.core.records import LINEAGE, META, TABLE, VERSIONS
+from evolforge.io.jsonfiles import read_json
+from evolforge.io.records import LINEAGE, META, TABLE, VERSIONS
 from evolforge.core.stage import Outputs
-from evolforge.core.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.io.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
 
 SCENARIOS = ("evol", "autoif")
 

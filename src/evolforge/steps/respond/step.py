@@ -1,10 +1,13 @@
 """Responses: answer instructions with the response template (the SLM paper's, one user turn).
 
 ``gather`` collects the surviving (``evolved``) items of the chosen rounds, plus the seeds if asked,
-keeping every lineage column and the evolver's ``finish_reason`` (as ``instruction_finish_reason``);
-``answer`` fills ``output`` from the responder role and marks each response with ``response_status``:
+keeping every lineage column and the evolver's columns (``evolve_template_hash``, ``evolver_model``,
+``instruction_finish_reason``); ``answer`` fills ``output`` and marks each response with ``response_status``:
 ``complete``, ``truncated`` (cut at ``max_tokens``), ``repetitive`` (loops) or ``empty``
 (:func:`evolforge.steps.common.elimination.response_status`). Only complete responses are training material.
+The answer is the one the round's response check got (``check_response``) when the respond stage's request
+for the item has that answer's key (``check_request_key``: same responder, template, sampling and text),
+else the responder's, through the call cache. The output's columns are :data:`evolforge.io.columns.RESPONSES`.
 A call that failed (prompt too long, rejected, retries exhausted) keeps its row with a null ``output``
 and the reason in ``response_failure_reason`` / ``response_failure_detail``: never an invented text.
 """
@@ -19,21 +22,24 @@ from typing import Any, Iterator
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
+from evolforge.io.columns import RESPONSES
 from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.records import EVOLVED, LINEAGE, TABLE, VERSIONS
+from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS
 from evolforge.config.runtime import DataSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
-from evolforge.core.stream import (check_chunks, check_unique, checked_chunks, iter_chunks, read_spilled, spilled, table_file,
+from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks, read_spilled, spilled, table_file,
                                    table_schema, write_output_chunks)
 from evolforge.core.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
-from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond, response_sampling
+from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_requests, response_sampling
 
-KEEP = LINEAGE + ["instruction", "input", "template_hash", "model", "finish_reason"]
+CHECK = ["check_response", "check_finish_reason", "check_request_key"]  # a round's answers, read by answer()
+KEEP = LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "instruction_finish_reason"] + CHECK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +66,10 @@ class Gathered:
 
 
 def _kept(table: pl.DataFrame, is_round: bool) -> pl.DataFrame:
-    if not is_round:
-        return table.with_columns(template_hash=pl.lit(None, pl.String), model=pl.lit(None, pl.String),
-                                  finish_reason=pl.lit(None, pl.String)).select(KEEP)
-    if "finish_reason" not in table.columns:  # a round written before finish reasons were kept
-        table = table.with_columns(finish_reason=pl.lit(None, pl.String))
-    return table.filter(pl.col("status") == EVOLVED).select(KEEP)
+    """The ``KEEP`` columns of a table's items to answer (a round's evolved ones), null where it has none
+    (the seeds have no evolver columns and no check answers)."""
+    table = table.with_columns([pl.lit(None, pl.String).alias(c) for c in KEEP if c not in table.columns])
+    return (table.filter(pl.col("status") == EVOLVED) if is_round else table).select(KEEP)
 
 
 def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None, chunk_rows: int = DataSettings.chunk_rows) -> Gathered:
@@ -80,21 +84,38 @@ def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None, chu
     return Gathered(parts, pl.concat(empty, how="vertical_relaxed").schema, chunk_rows)
 
 
+def completions(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, **sampling) -> tuple[list[Completion], int]:
+    """(one completion per item, how many were a round's check answers): an item's check answer when the
+    request for it has the answer's key, the responder's otherwise."""
+    requests = response_requests(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
+    stored = zip(items["check_request_key"].to_list(), items["check_response"].to_list(),
+                 items["check_finish_reason"].to_list())
+    out: list[Completion | None] = [Completion(text, finish) if key is not None and text is not None and key == llm.key(request)
+                                    else None for request, (key, text, finish) in zip(requests, stored)]
+    todo = [i for i, c in enumerate(out) if c is None]
+    for i, c in zip(todo, llm.generate([requests[i] for i in todo], desc="respond") if todo else []):
+        out[i] = c
+    return [c for c in out if c is not None], len(out) - len(todo)
+
+
 def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
-           repetition: elimination.RepetitionTest = elimination.RepetitionTest(), **sampling) -> pl.DataFrame:
-    """``items`` with ``output``, ``response_finish_reason`` and ``response_status`` filled in; a failed call
-    leaves ``output`` null with its reason (``response_status`` failed)."""
-    completions = respond(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
-    return items.rename({"template_hash": "evolve_template_hash", "model": "evolver_model",
-                         "finish_reason": "instruction_finish_reason"}).with_columns(
-        output=pl.Series([None if c.failed else c.text for c in completions], dtype=pl.String),
-        response_finish_reason=pl.Series([c.finish_reason for c in completions], dtype=pl.String),
+           repetition: elimination.RepetitionTest = elimination.RepetitionTest(), tally: Counter | None = None,
+           **sampling) -> pl.DataFrame:
+    """``items`` (``KEEP``) answered (:func:`completions`; ``tally["reused"]`` counts the check answers taken),
+    as :data:`evolforge.io.columns.RESPONSES`: ``output``, ``response_finish_reason`` and ``response_status``
+    filled in; a failed call leaves ``output`` null with its reason (``response_status`` failed)."""
+    answers, reused = completions(items, llm, prompts, **sampling)
+    if tally is not None:
+        tally["reused"] += reused
+    return items.with_columns(
+        output=pl.Series([None if c.failed else c.text for c in answers], dtype=pl.String),
+        response_finish_reason=pl.Series([c.finish_reason for c in answers], dtype=pl.String),
         response_status=pl.Series([elimination.FAILED_RESPONSE if c.failed else elimination.response_status(c.text, c.finish_reason, repetition)
-                                   for c in completions], dtype=pl.String),
-        response_failure_reason=pl.Series([c.failure_reason for c in completions], dtype=pl.String),
-        response_failure_detail=pl.Series([c.error for c in completions], dtype=pl.String),
+                                   for c in answers], dtype=pl.String),
+        response_failure_reason=pl.Series([c.failure_reason for c in answers], dtype=pl.String),
+        response_failure_detail=pl.Series([c.error for c in answers], dtype=pl.String),
         response_template_hash=pl.lit(prompts.hash(RESPONSE_TEMPLATE)),
-    )
+    ).select(list(RESPONSES))
 
 
 def status_counts(table: pl.DataFrame) -> dict[str, int]:
@@ -115,12 +136,12 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str
     check_unique(items.ids(), "id", out)  # the output's rule, before any call
     llm = open_role(params, "responder", open_cache(params))
     repetition = elimination.repetition_test(cfg.repetition)
-    statuses, per_round, failed = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0
+    statuses, per_round, failed, tally = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0, Counter()
 
     def answered() -> Iterator[pl.DataFrame]:
         nonlocal failed
         for chunk in items.chunks():
-            table = answer(chunk, llm, prompts, repetition=repetition, **response_sampling(cfg))
+            table = answer(chunk, llm, prompts, repetition=repetition, tally=tally, **response_sampling(cfg))
             for status, n in status_counts(table).items():
                 statuses[status] += n
             per_round.update(table["round"].to_list())
@@ -138,8 +159,9 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str
         write_output_chunks(out, {TABLE: (schema, read_spilled(parts))}, meta=meta)
     total = sum(per_round.values())
     metrics = {"items": total, "response_status": statuses, "empty_responses": statuses["empty"],
-               "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"], "check_answers_reused": tally["reused"],
                "failed_responses": failed, "llm": {"responder": llm.stats},
                "per_round": {str(k): n for k, n in per_round.items()}}
-    return Outputs(metrics, f"respond: {total} responses {statuses}; {llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits",
+    return Outputs(metrics, f"respond: {total} responses {statuses}; {tally['reused']} check answers of the rounds reused, "
+                            f"{llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits",
                    peak_rss=True)  # docs/scale.md

@@ -16,15 +16,15 @@ from typing import Any, Iterator
 
 import polars as pl
 
-from evolforge.core import validation
+from evolforge.io import validation
 from evolforge.config.loader import load_role, load_section
-from evolforge.core.records import TABLE, VERSIONS
+from evolforge.io.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs
-from evolforge.core.stream import check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
+from evolforge.io.stream import check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
 from evolforge.core.versions import output_versions
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import ifd
-from evolforge.score.formulas import SCORE_SCHEMA
+from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.histogram import histogram
 from evolforge.score.precision import RATIO_DIGITS, significant, stored_scores
 
@@ -50,7 +50,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     source, rows = table_file(items), load_section(params, "data").chunk_rows
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), rows)
     model, tokenizer = ifd.load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
-    schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_SCHEMA})
+    schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_VALUES})
 
     def scored() -> Iterator[pl.DataFrame]:
         for chunk in iter_chunks(source, scoring_rows(rows), ["id", "round", "instruction", "input", "output"]):

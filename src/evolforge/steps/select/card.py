@@ -32,8 +32,8 @@ import polars as pl
 import yaml
 
 from evolforge.config.loader import load_section
-from evolforge.core.jsonfiles import read_json
-from evolforge.core.records import META, TABLE, VERSIONS
+from evolforge.io.jsonfiles import read_json
+from evolforge.io.records import META, TABLE, VERSIONS
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
 from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
@@ -200,7 +200,7 @@ def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) 
 
 # the stage outputs the card reads (their tables, meta.json): the select stage's dvc.yaml deps, so the card
 # changes only with them (never with an output of a later stage, or one that another experiment left behind)
-READS = ("data/seed", "data/evolved/round_*", "data/pool", "data/clean", "data/judged", "data/scores", "data/diversity")
+READS = ("data/seed", "data/evolved/round_*", "data/pool", "data/dedup", "data/clean", "data/judged", "data/scores", "data/diversity")
 
 
 def _versions_rows(root: Path) -> list[list[Any]]:

@@ -15,7 +15,7 @@ nats per token, is below it: looping and templated instructions) and ``min_mnd``
 neighbour in the pool is closer than it: near-copies, which also get low losses).
 
 Order of the filters (each one's removals are counted, and an empty selection names the filter that
-emptied it): rounds -> guards (:data:`GUARDS`: only complete items) -> ``ifd_filter`` -> floors ->
+emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``ifd_filter`` -> floors ->
 metric present -> threshold -> diversity walk / top fraction.
 
 Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
@@ -40,10 +40,10 @@ import numpy as np
 import polars as pl
 
 from evolforge.config.bounds import ParamsError
-from evolforge.core.records import TABLE, read_table
+from evolforge.io.records import TABLE, read_table
 from evolforge.core.text import item_text, question_text
 from evolforge.steps.select.settings import SelectSettings
-from evolforge.steps.common.guards import GUARDS, guard_reason
+from evolforge.steps.common.guards import applicable, guard_reason
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
 EMBEDDINGS = "embeddings.npy"
@@ -154,9 +154,8 @@ def _filter_pool(table: pl.DataFrame, settings: SelectSettings) -> _Filtering:
     if settings.rounds is not None:
         filtering.apply("round_not_selected", pl.col("round").is_in(settings.rounds))
     filtering.pool = filtering.pool.with_columns(_guard=guard_reason(filtering.pool))
-    for name in GUARDS:
-        if all(c in table.columns for c in GUARDS[name][1]):
-            filtering.apply(name, pl.col("_guard").is_null() | (pl.col("_guard") != name))
+    for name in applicable(table):
+        filtering.apply(name, pl.col("_guard").is_null() | (pl.col("_guard") != name))
     filtering.pool = filtering.pool.drop("_guard")
     if settings.ifd_filter:
         filtering.apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))

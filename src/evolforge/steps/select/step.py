@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from evolforge.core import validation
+from evolforge.io import validation
 from evolforge.config.loader import load_section
-from evolforge.core.records import read_table
+from evolforge.io.records import read_table
 from evolforge.core.stage import Outputs
 from evolforge.steps.select.card import write_card
 from evolforge.steps.select.selection import join_metrics, load_embeddings, select_items, to_alpaca, to_trl

@@ -112,7 +112,7 @@ def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = N
 
 def read_table(path: str | Path) -> pl.DataFrame:
     """Read a stage output (its folder or the Parquet file itself)."""
-    from evolforge.core.validation import DataError
+    from evolforge.io.validation import DataError
 
     path = Path(path)
     file = path / TABLE if path.is_dir() else path

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from evolforge.core.validation import DataError
+from evolforge.io.validation import DataError
 
 JSONL_RULE = "each line is one JSON object"
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from evolforge.core.records import TABLE, atomic_dir, write_json, write_jsonl
-from evolforge.core.validation import DataError, Rule, check, unique
+from evolforge.io.records import TABLE, atomic_dir, write_json, write_jsonl
+from evolforge.io.validation import DataError, Rule, check, unique
 
 Chunks = Callable[[], Iterable[pl.DataFrame]]  # called once per pass: a fresh iterable of chunks each time
 
@@ -100,7 +100,7 @@ def read_spilled(files: list[Path]) -> Iterator[pl.DataFrame]:
 
 def write_output_chunks(out_dir: str | Path, tables: dict[str, tuple[pl.Schema, Iterable[pl.DataFrame]]],
                         meta: dict | None = None, extra: dict[str, Any] | None = None) -> None:
-    """:func:`evolforge.core.records.write_output` for streamed tables: each ``name -> (schema, chunks)`` is
+    """:func:`evolforge.io.records.write_output` for streamed tables: each ``name -> (schema, chunks)`` is
     sunk into a temporary folder that replaces ``out_dir`` whole only when every file is written."""
     with atomic_dir(out_dir) as tmp:
         for name, (schema, chunks) in tables.items():
@@ -111,7 +111,7 @@ def write_output_chunks(out_dir: str | Path, tables: dict[str, tuple[pl.Schema, 
 
 
 def checked_chunks(chunks: Iterable[pl.DataFrame], rules: list[Rule], file: str | Path) -> Iterator[pl.DataFrame]:
-    """``chunks``, each checked against ``rules`` (:func:`evolforge.core.validation.check`) as it passes: row
+    """``chunks``, each checked against ``rules`` (:func:`evolforge.io.validation.check`) as it passes: row
     numbers in an error count from the first chunk's first row and name ``file``."""
     lo = 0
     for chunk in chunks:
@@ -124,7 +124,7 @@ def checked_chunks(chunks: Iterable[pl.DataFrame], rules: list[Rule], file: str 
 
 
 def check_unique(table: pl.LazyFrame, column: str, file: str | Path) -> None:
-    """:func:`evolforge.core.validation.unique` over ``table``'s ``column``, one streaming query over that
+    """:func:`evolforge.io.validation.unique` over ``table``'s ``column``, one streaming query over that
     column alone; rows in the error counted from 1, as in ``check()``, naming ``file``."""
     repeated = (table.select(column).with_row_index("row")
                 .filter(pl.col(column).is_duplicated()).head(10).collect(engine="streaming"))
@@ -134,7 +134,7 @@ def check_unique(table: pl.LazyFrame, column: str, file: str | Path) -> None:
 
 
 def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
-    """:func:`evolforge.core.validation.check` of a whole table, a chunk at a time: row numbers in the error
+    """:func:`evolforge.io.validation.check` of a whole table, a chunk at a time: row numbers in the error
     count from the table's first row; a uniqueness rule is checked over the whole column (one streaming
     query over that column alone)."""
     file = table_file(path)
