@@ -179,6 +179,12 @@ class InstantBackend:
     def identity(self) -> dict:
         return {"name": "instant"}
 
+    @property
+    def capabilities(self):  # generate only
+        from evolforge.llm.types import Capabilities
+
+        return Capabilities()
+
     def generate(self, requests):
         from evolforge.llm.types import Completion
 

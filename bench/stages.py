@@ -147,6 +147,12 @@ class InstantBackend:
     def identity(self) -> dict:
         return {"served_model": MODEL}
 
+    @property
+    def capabilities(self):  # generate only
+        from evolforge.llm.types import Capabilities
+
+        return Capabilities()
+
     def generate(self, requests):
         start = time.process_time()
         answers = [answer(r.messages[-1][1], r.choices) for r in requests]

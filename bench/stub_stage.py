@@ -30,6 +30,12 @@ class StandInResponder:
     def identity(self) -> dict:
         return {"name": self.model}
 
+    @property
+    def capabilities(self):  # generate only
+        from evolforge.llm.types import Capabilities
+
+        return Capabilities()
+
     def generate(self, requests):
         from evolforge.llm.types import Completion
 

@@ -20,6 +20,7 @@ from evolforge.config.roles import Role
 from evolforge.config.roles import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
+from evolforge.llm.types import Capabilities
 
 BASE = dict(backend="hf", model={"name": "m", "revision": "r1"}, messages=[{"role": "user", "content": "hi"}],
             temperature=0.7, top_p=0.95, max_tokens=32, seed=1, sample_index=0)
@@ -95,6 +96,8 @@ def test_failure_mid_run_keeps_finished_batches(tmp_path):
 
 class StreamingFake(FakeBackend):
     """A FakeBackend with ``stream``: finishes the requests in flight one at a time, last admitted first."""
+
+    capabilities = Capabilities(stream=True)
 
     def __init__(self, replies):
         super().__init__(replies)
@@ -257,6 +260,8 @@ def test_a_model_loaded_otherwise_than_its_keys_say_is_refused(monkeypatch):
     from evolforge.core.models import ModelError
 
     class LoadedOnGPU(FakeBackend):
+        capabilities = Capabilities(runs_with=True)
+
         def runs_with(self):
             return {"device": "cuda", "dtype": "bfloat16"}
 
@@ -296,6 +301,8 @@ def test_commits_every_interval_while_a_stream_runs(tmp_path):
     seen_committed = []
 
     class Slow(FakeBackend):
+        capabilities = Capabilities(stream=True)
+
         def stream(self, requests, slots):
             for i, r in enumerate(requests):
                 time.sleep(0.03)
@@ -324,6 +331,8 @@ def test_a_slow_commit_spaces_the_next(tmp_path):
             return super().put_many(rows)
 
     class Fast(FakeBackend):
+        capabilities = Capabilities(stream=True)
+
         def stream(self, requests, slots):
             for i, r in enumerate(requests):
                 time.sleep(0.005)

@@ -75,9 +75,8 @@ class LLM:
     def backend(self) -> Backend:
         if self._backend is None:
             backend = shared_backend(self.role)
-            runs_with = getattr(backend, "runs_with", None)
-            if runs_with is not None:  # an ``auto`` the keys resolved elsewhere must be what loaded here
-                actual = {k: v for k, v in runs_with().items() if getattr(self.role, k, None) == "auto"}
+            if backend.capabilities.runs_with:  # an ``auto`` the keys resolved elsewhere must be what loaded here
+                actual = {k: v for k, v in backend.runs_with().items() if getattr(self.role, k, None) == "auto"}
                 keyed = {k: self._engine.get(k) for k in actual}
                 if actual != keyed:
                     raise ModelError(
@@ -239,16 +238,16 @@ class LLM:
     def _run(self, requests: list[ChatRequest], keys: list[str]) -> Iterator[list[tuple[int, Completion]]]:
         """Completions as they finish, as (position in ``requests``, completion) groups to commit.
 
-        A backend with ``stream`` keeps requests in flight and hands back each one as soon as it ends
+        A backend that can ``stream`` keeps requests in flight and hands back each one as soon as it ends
         (hf: ``batch_size`` slots; openai: ``concurrency`` connections; vllm: the whole list in large
-        chunks); the others take ``batch_size`` requests at a time. A backend that ``wants_call_cache``
+        chunks); the others take ``batch_size`` requests at a time. One that declares ``call_cache``
         (openai with ``batch_api``: it records its jobs there) also gets the cache and the requests' keys."""
-        stream = getattr(self.backend, "stream", None)
-        if stream is not None:
-            if getattr(self.backend, "wants_call_cache", False):
-                yield from stream(requests, slots=self.batch_size, cache=self.cache, keys=keys)
+        backend = self.backend
+        if backend.capabilities.stream:
+            if backend.capabilities.call_cache:
+                yield from backend.stream(requests, slots=self.batch_size, cache=self.cache, keys=keys)
             else:
-                yield from stream(requests, slots=self.batch_size)
+                yield from backend.stream(requests, slots=self.batch_size)
             return
         for start in range(0, len(requests), self.batch_size):
             outputs = self.backend.generate(requests[start : start + self.batch_size])

@@ -70,13 +70,26 @@ class LLMFailureError(RuntimeError):
     """Too many of a stage's calls failed (``llm.max_failure_rate``); every completion was committed first."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers beyond ``generate``, declared by the backend (the LLM reads it, never probes)."""
+
+    # stream(requests, slots) yields lists of (index, completion) as requests finish (hf, llamacpp, vllm,
+    # openai, ray); without it the LLM hands ``generate`` batch_size requests at a time
+    stream: bool = False
+    # stream also takes cache= and keys=: it records its jobs in the call cache (openai with batch_api)
+    call_cache: bool = False
+    # runs_with() says what the role's ``auto`` device / dtype resolved to where it loaded (hf)
+    runs_with: bool = False
+
+
 class Backend(Protocol):
     """What a backend provides. ``generate`` keeps the order of its input; an item that cannot be served
     comes back as a failed completion (``Completion.failure``), and only a fault that concerns every
-    request (a bad key, a wrong URL) raises. A backend may also offer ``stream(requests, slots)``,
-    yielding lists of (index, completion) as requests finish (hf, vllm, openai, ray)."""
+    request (a bad key, a wrong URL) raises. ``capabilities`` says what else it offers."""
 
     name: str
+    capabilities: Capabilities
 
     def identity(self) -> dict[str, Any]: ...
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import ChatRequest
-from evolforge.llm.types import Completion
+from evolforge.llm.types import Capabilities, Completion
 
 
 Reply = Union[str, Completion]
@@ -41,6 +41,7 @@ Route = Callable[[dict[str, Any], ChatRequest], Reply]  # (the template's variab
 
 class FakeBackend:
     name = "fake"
+    capabilities = Capabilities()
 
     def __init__(self, replies: Iterable[Reply] | Callable[[ChatRequest], Reply] = (), model: str = "fake-model"):
         self.reply_fn = replies if callable(replies) else None

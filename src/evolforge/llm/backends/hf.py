@@ -45,7 +45,7 @@ from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, mo
 from evolforge.config.roles import ChatRequest, Role, pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
-from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect
+from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, rank_sequences, sample_token
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
@@ -132,6 +132,7 @@ class _Batch:
 
 class HFBackend:
     name = "hf"
+    capabilities = Capabilities(stream=True, runs_with=True)
 
     def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
                  threads: int | None = None, max_model_len: int | None = None):

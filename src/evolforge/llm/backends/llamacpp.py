@@ -45,7 +45,7 @@ from evolforge.config.roles import LLAMACPP_CONTEXT, ChatRequest, Role, pick_thr
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import request_seed
-from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect
+from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
 Finished = list[tuple[int, Completion]]
 PROMPT_BATCH = 512  # prompt tokens per llama.cpp decode call
@@ -75,6 +75,7 @@ def _shared(cached: Sequence[int], tokens: Sequence[int]) -> int:
 
 class LlamaCppBackend:
     name = "llamacpp"
+    capabilities = Capabilities(stream=True)
 
     def __init__(self, model: str, threads: int | None = None, max_model_len: int | None = None,
                  reuse_prefix: bool = True, batch_size: int = 8):

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Sequence
 from evolforge.core.models import model_identity
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.keys import request_seed
-from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Completion, refuse_controls
+from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Capabilities, Completion, refuse_controls
 
 Finished = list[tuple[int, Completion]]
 EXTRA_HINT = "pip install 'evolforge[ray]' (ray[data] 2.60.0)"
@@ -135,6 +135,7 @@ def vllm_completion(row: dict[str, Any], max_tokens: int) -> Completion:
 
 class RayBackend:
     name = "ray"
+    capabilities = Capabilities(stream=True)
 
     def __init__(self, role: Role):
         if role.engine == "vllm" and role.gpus_per_replica not in (None, float(role.tensor_parallel_size)):

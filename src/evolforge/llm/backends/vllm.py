@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 from evolforge.config.roles import ChatRequest, Role
 from evolforge.llm.keys import request_seed
-from evolforge.llm.types import PROMPT_TOO_LONG, Completion, collect, refuse_controls
+from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect, refuse_controls
 from evolforge.core.models import model_identity
 
 CHUNK = 4096  # requests per engine call: large enough for the scheduler, small enough to commit often
@@ -38,6 +38,7 @@ Finished = list[tuple[int, Completion]]
 
 class VLLMBackend:
     name = "vllm"
+    capabilities = Capabilities(stream=True)
 
     def __init__(self, model: str, revision: str | None = None, dtype: str = "auto",
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,

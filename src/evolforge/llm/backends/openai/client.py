@@ -47,7 +47,8 @@ import orjson
 
 from evolforge.core.cache import CallCache
 from evolforge.config.roles import ChatRequest, Role
-from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion, collect
+from evolforge.llm.types import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities, Completion,
+                                 collect)
 from evolforge.llm.backends.openai.batch import BatchJobs
 from evolforge.llm.backends.openai.http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG,
                                                 Finished, LLMRequestError, Pace, Secret, Waker, api_key, is_loopback,
@@ -176,10 +177,10 @@ class OpenAIBackend:
         )
 
     @property
-    def wants_call_cache(self) -> bool:
-        """True when :meth:`stream` needs the LLM's call cache and the requests' cache keys (batch jobs
-        are recorded there, and each line's ``custom_id`` is the request's key)."""
-        return self.batch_api
+    def capabilities(self) -> Capabilities:
+        """It streams; with ``batch_api`` :meth:`stream` needs the LLM's call cache and the requests' cache
+        keys (batch jobs are recorded there, and each line's ``custom_id`` is the request's key)."""
+        return Capabilities(stream=True, call_cache=self.batch_api)
 
     # -- many requests --------------------------------------------------------------------------
 
