@@ -3,8 +3,7 @@
 To add a section, write its dataclass in its step's settings module (``steps/<step>/settings.py``; the
 sections of no step in :mod:`~evolforge.config.runtime` and :mod:`~evolforge.config.training`): typed fields with
 defaults, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``; then add one line to
-``SECTIONS``. A settings module imports nothing but :mod:`evolforge.config` (and a step's ``__init__`` nothing at
-all), so checking params loads no step, model or data code. ``roles`` is the one section that is a mapping of entries (role name ->
+``SECTIONS`` (what a settings module may import: :mod:`evolforge.steps`). ``roles`` is the one section that is a mapping of entries (role name ->
 :class:`~evolforge.config.roles.Role`). A section that is absent from the file takes its dataclass's defaults.
 :func:`check_params` checks every section, then :func:`cross_checks` the rules that span sections.
 """

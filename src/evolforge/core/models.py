@@ -25,14 +25,15 @@ class ModelError(Exception):
     """A model that cannot be pinned or loaded; the message is for people."""
 
 
-def is_local(model: str) -> bool:
+def is_local_model(model: str) -> bool:
+    """A model given as a folder on disk (else a hub id)."""
     return Path(model).is_dir()
 
 
 def check_model_name(model: str) -> None:
     """Refuse a model that is no local folder and cannot be a hub id: a path (``./m``, ``/m``, ``~/m``,
     ``a/b/c``) that does not exist is named as a missing folder, not sent to the hub as an id."""
-    if is_local(model):
+    if is_local_model(model):
         return
     path = Path(model).expanduser()
     if path.exists():
@@ -117,7 +118,7 @@ def resolve_hub_revision(model: str, revision: str | None) -> str:
 
 def model_identity(model: str, revision: str | None = None, memo: str | Path | None = None) -> dict[str, Any]:
     """What a model *is*, independent of how it is spelled: weights hash (local) or commit sha (hub)."""
-    if is_local(model):
+    if is_local_model(model):
         return {"weights_sha256": hash_model_dir(model, memo)}
     check_model_name(model)
     return {"hub_id": model, "revision": resolve_hub_revision(model, revision)}

@@ -72,7 +72,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from evolforge.config.training import BENCHMARKS
 from evolforge.eval.tasks import CODE_BENCHMARKS, SUITES, write_suite
 from evolforge.eval.tasks.code_scoring import ALLOW_ENV, MEMORY_ENV, TIMEOUT_ENV
-from evolforge.core.models import is_local, pick_device, pick_dtype
+from evolforge.core.models import is_local_model, pick_device, pick_dtype
 from evolforge.io.records import replace_dir
 from evolforge.config.training import EvaluateSettings
 
@@ -118,7 +118,7 @@ def model_args(model: str | Mapping[str, Any], backend: str, *, dtype: str = "au
     base = adapter_base(model)
     if backend in ("hf", "vllm"):
         args["pretrained"] = base or model
-        if revision and not is_local(base or model):
+        if revision and not is_local_model(base or model):
             args["revision"] = revision
         args["dtype"] = str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")
         if base and backend == "hf":

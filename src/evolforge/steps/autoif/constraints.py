@@ -5,7 +5,7 @@ Four steps, each a stage:
 1. **self-instruct** -- the seed constraints go into a prompt asking the evolver for new format (not style)
    constraints; the answer's list lines are parsed and deduplicated (:func:`parse_constraint_lines`,
    :func:`collect_constraints`): this module, which also holds what the steps share (templates, statuses,
-   :func:`hash_sample`);
+   :func:`first_by_hash`);
 2. **verification functions** -- per constraint, K samples each asking for one JSON object holding a Python
    ``evaluate(response) -> bool`` and test cases with expected results
    (:func:`evolforge.steps.autoif.forms.parse_verification`; the other form: :mod:`evolforge.steps.autoif.forms`);
@@ -130,8 +130,10 @@ def usable_constraints(table: pl.DataFrame) -> pl.DataFrame:
     return table.filter(pl.col("status") != FAILED)
 
 
-def hash_sample(table: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
-    """At most ``n`` rows chosen by a seeded hash of their id: adding rows never reshuffles the others."""
+def first_by_hash(table: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
+    """At most ``n`` rows, those with the smallest seeded hash of their id, in hash order: adding rows never
+    reshuffles the others. (The seed stage's ``steps.common.source.hash_sample`` takes the same rows but keeps
+    them in source order.)"""
     if n is None or table.height <= n:
         return table
     order = table["id"].map_elements(lambda i: make_id(seed, i), return_dtype=pl.String)

@@ -26,7 +26,7 @@ from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_t
 from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
-from evolforge.steps.autoif.constraints import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, hash_sample
+from evolforge.steps.autoif.constraints import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
 from evolforge.steps.autoif.sandbox import Runner, run_function
 from evolforge.steps.common.source import build_seed
 
@@ -103,7 +103,7 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
     active = cfg.scenario == "autoif"
     constraints = read_table(verified)
     functions = pl.read_parquet(f"{verified}/functions.parquet")
-    constraints = hash_sample(constraints.filter(pl.col("status") == KEPT), cfg.paired_constraints, cfg.seed)
+    constraints = first_by_hash(constraints.filter(pl.col("status") == KEPT), cfg.paired_constraints, cfg.seed)
     meta = {"skipped": not active, "settings": dataclasses.asdict(cfg), "template_hash": prompts.hash(RESPOND_TEMPLATE)}
     pairs, outputs, n_queries = pl.DataFrame(schema=PAIR_SCHEMA), [], 0
     if active and constraints.height:  # no verified constraint: nothing to pair, the query source is not read

@@ -27,7 +27,7 @@ from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation
 from evolforge.llm.cached import LLM, open_role
-from evolforge.steps.autoif.constraints import COPIED, KEPT, VERIFICATION_TEMPLATE, hash_sample, usable_constraints
+from evolforge.steps.autoif.constraints import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
 from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration, Verification, join_answers,
                                           load_demonstrations, parse_verification, parser_for, verification_conversations)
 from evolforge.steps.autoif.sandbox import FunctionRun, Runner, run_function
@@ -269,7 +269,7 @@ def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibr
     table = read_table(constraints_dir)
     validation.check(table, validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
     active = cfg.scenario == "autoif"
-    constraints = hash_sample(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
+    constraints = first_by_hash(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
     demos = load_demonstrations(prompts) if active and cfg.form == "lines" else []
     samples: list[list[str | None]] = []
     meta: dict[str, Any] = {"skipped": not active}

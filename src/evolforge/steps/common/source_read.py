@@ -2,7 +2,7 @@
 every record numbered (:data:`ROW`) so that a refusal can name its row. What is not a readable regular file,
 or not what its suffix says, is a :class:`DataError` naming the file (docs/seeds.md).
 
->>> is_local("data/seeds/demo.jsonl"), is_local("tatsu-lab/alpaca")
+>>> is_local_source("data/seeds/demo.jsonl"), is_local_source("tatsu-lab/alpaca")
 (True, False)
 """
 
@@ -138,7 +138,8 @@ def read_hub(source: str, config: str | None, split: str, revision: str | None) 
     return numbered(pl.from_arrow(ds.data.table), source)
 
 
-def is_local(source: str) -> bool:
+def is_local_source(source: str) -> bool:
+    """A seed source that is a file (on disk, or named like one) rather than a hub dataset id."""
     path = Path(source)
     try:
         on_disk = path.exists() or path.is_symlink()
@@ -149,14 +150,14 @@ def is_local(source: str) -> bool:
 
 def read_source(source: str, config: str | None = None, split: str = "train", revision: str | None = None) -> list[dict] | pl.DataFrame:
     """JSON/JSONL give a list of records (each with its row number); other formats a table."""
-    if is_local(source):
+    if is_local_source(source):
         return read_local(Path(source).expanduser())
     return read_hub(source, config, split, revision)
 
 
 def source_digest(source: str) -> str | None:
     """sha256 of a local source file (recorded in the metrics; None for hub datasets)."""
-    if not is_local(source):
+    if not is_local_source(source):
         return None
     digest = hashlib.sha256()
     with open(Path(source).expanduser(), "rb") as fh:

@@ -13,14 +13,14 @@ from evolforge.config.bounds import NonEmptyStr, NonNegativeFloat, PositiveInt
 from evolforge.config.controls import ControlSettings, Repetition
 
 
-# Evolution elimination rules -> on when params.yaml does not say; the judge checks cost calls and are opt-in.
-RULES = {"empty": True, "truncated": True, "unchanged": True, "template_words": True, "chatter": True,
-         "repetitive": True, "not_an_instruction": True, "sorry_short": True, "stopwords_only": True,
-         "rule_f": True, "not_an_instruction_judge": False, "info_gain": False}
-
-
-RuleName = Literal["empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction",
-                   "sorry_short", "stopwords_only", "rule_f", "not_an_instruction_judge", "info_gain"]
+# The elimination rules (evolve.elimination), named once, in the order a round runs them: on the evolved
+# instruction's text, on an answer to it, then the checks that ask the judge role
+INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
+RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")
+JUDGE_RULES = ("not_an_instruction_judge", "info_gain")
+# rule -> on when params.yaml does not say; the judge checks cost calls and are opt-in
+RULES = {**dict.fromkeys(INSTRUCTION_RULES + RESPONSE_RULES, True), **dict.fromkeys(JUDGE_RULES, False)}
+RuleName = Literal[INSTRUCTION_RULES + RESPONSE_RULES + JUDGE_RULES]  # type: ignore[valid-type]
 
 
 @dataclass

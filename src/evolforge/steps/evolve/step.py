@@ -42,7 +42,7 @@ from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
-from evolforge.steps.evolve.settings import EvolveSettings
+from evolforge.steps.evolve.settings import INSTRUCTION_RULES, JUDGE_RULES, RESPONSE_RULES, EvolveSettings
 from evolforge.core.stage import Outputs
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM, open_role
@@ -52,9 +52,6 @@ from evolforge.steps.common.evolving import assign_methods, evolving_messages, t
 from evolforge.steps.common.responses import response_requests, response_sampling
 
 STRATEGIES = ("evol", "auto", "auto_initial")
-INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "chatter", "repetitive", "not_an_instruction")
-RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")  # rules on an answer to the evolved instruction
-JUDGE_RULES = ("not_an_instruction_judge", "info_gain")  # checks that ask the judge role
 IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
 JUDGE_TEMPLATES = ("judge/equal.j2", IS_INSTRUCTION_TEMPLATE)  # the judge checks' prompts
 POOL = "pool.parquet"  # beside a round's table: what the next round evolves
