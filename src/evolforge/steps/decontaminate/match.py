@@ -37,7 +37,7 @@ class References:
 
     def __init__(self, problems: Sequence[Problem], config: DecontaminateSettings) -> None:
         self.config = config
-        self.vocab = Vocab()  # shared with the items: equal tokens, equal ids
+        self.vocab = Vocab()  # the references' tokens, shared with the items: equal tokens, equal ids
         self.names = frozenset().union(*(p.names for p in problems))
         self.vocab.alias(self.names, NAME)  # hidden wherever they occur, on both sides
         ref_seqs, seq_problem = [], []
@@ -46,6 +46,7 @@ class References:
                 ref_seqs.append(tokens(text, self.names))  # one name set on both sides keeps them comparable
                 seq_problem.append(k)
         self.corpus = Corpus.build(self.vocab, ref_seqs)
+        self.vocab.freeze()  # the items' own words can match nothing: they stay out of the vocabulary
         self.seq_problem = np.array(seq_problem, dtype=np.int64)
         short = sorted({int(L) for L in self.corpus.lengths if config.min_tokens <= L < config.ngram})
         specs = [(config.ngram, False)] + [(L, True) for L in short]
