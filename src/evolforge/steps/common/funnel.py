@@ -54,8 +54,10 @@ def _removed(root: Path) -> dict[int, dict[str, int]]:
             removed = pl.read_parquet(path)
             if removed.height:
                 parts.append(removed.select(pl.col("round").cast(pl.Int64), reason.fill_null("removed").alias("reason")))
+    if not parts:
+        return {}
     out: dict[int, dict[str, int]] = {}
-    for (r,), part in pl.concat(parts).group_by(["round"]) if parts else []:
+    for (r,), part in pl.concat(parts).group_by(["round"]):
         counts = part.group_by("reason").len().iter_rows()
         out[int(r)] = dict(sorted(counts, key=lambda kv: (-kv[1], kv[0])))
     return out

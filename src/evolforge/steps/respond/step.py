@@ -31,7 +31,7 @@ from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS
 from evolforge.config.runtime import DataSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
 from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks, read_spilled, spilled, table_file,
-                                   table_schema, write_output_chunks)
+                                 table_schema, write_output_chunks)
 from evolforge.core.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
