@@ -17,7 +17,7 @@ import pytest
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round
 from evolforge.steps.judge.step import judge
 from evolforge.steps.optimize.step import propose_methods, score_method
-from evolforge.steps.respond.step import KEEP, answer
+from evolforge.steps.respond.step import _kept, answer
 from evolforge.core.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary
@@ -360,7 +360,7 @@ def scripted_failures(fail_when):
 def test_respond_and_judge_keep_the_row_and_record_the_reason():
     items = pl.DataFrame({"id": ["a", "b", "c"], "round": [1, 1, 2], "instruction": ["Fine", "Refused one", "Also fine"],
                           "input": ["", "", ""], "instruction_finish_reason": ["stop"] * 3})
-    items = items.with_columns([pl.lit(None, pl.String).alias(c) for c in KEEP if c not in items.columns]).select(KEEP)
+    items = _kept(items, is_round=False)  # the columns respond answers, null where absent
     lenient = LLMSettings(max_failure_rate=0.5)
     answered = answer(items, LLM(FakeBackend(scripted_failures(lambda p: "Refused" in p)), None, settings=lenient), PromptLibrary())
     assert answered["output"].to_list()[1] is None and answered["output"].to_list()[0] is not None

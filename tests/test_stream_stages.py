@@ -129,7 +129,7 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     from evolforge.io.records import read_table, write_output
     from evolforge.config.loader import load_section
     from evolforge.steps.common.responses import RESPONSE_TEMPLATE
-    from evolforge.steps.respond.step import KEEP, answer
+    from evolforge.steps.respond.step import _kept, answer
 
     respond_inputs(tmp_path)
     monkeypatch.setattr("evolforge.steps.respond.step.open_role", fake_responder)
@@ -146,11 +146,8 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
         for key in ("calls", "cache_hits", "llm"):  # a prompt in two chunks is sent twice or found in the cache
             metrics.pop(key)
         runs[rows] = (outputs(tmp_path / f"out-{rows}", ["items.parquet", "meta.json"]), metrics)
-    def kept(table: pl.DataFrame) -> pl.DataFrame:  # the KEEP columns, null where a table has none
-        return table.with_columns([pl.lit(None, pl.String).alias(c) for c in KEEP if c not in table.columns]).select(KEEP)
-
-    seeds = kept(read_table(tmp_path / "seed"))
-    evolved = [kept(read_table(tmp_path / "evolved" / r).filter(pl.col("status") == "evolved")) for r in ("round_1", "round_2")]
+    seeds = _kept(read_table(tmp_path / "seed"), is_round=False)
+    evolved = [_kept(read_table(tmp_path / "evolved" / r), is_round=True) for r in ("round_1", "round_2")]
     whole = pl.concat([seeds, *evolved], how="vertical_relaxed")
     llm = fake_responder({}, "responder")
     prompts = PromptLibrary(repo / "prompts")

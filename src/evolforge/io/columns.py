@@ -1,7 +1,7 @@
 """The columns of each artifact's ``items.parquet``, declared once, in order, with their types.
 
-Writers build their tables from these (``select`` / ``schema=``), readers check the columns they need
-against them, and ``tests/test_pipeline.py`` compares every artifact of a real build with its entry here.
+Writers build their tables from these (``select`` / ``schema=``), and ``tests/test_pipeline.py`` compares
+every artifact of a real build with its entry here.
 Names are unique across the pipeline: a column means one thing wherever it appears (the evolver's
 ``instruction_finish_reason`` is never a response's ``response_finish_reason``), so no stage renames one.
 
@@ -80,8 +80,3 @@ SCORES: Columns = {"id": pl.String, "round": pl.Int32, **SCORE_VALUES}
 
 # data/diversity
 DIVERSITY: Columns = {"id": pl.String, "round": pl.Int32, "mnd": pl.Float64, "repeat_count": pl.Int64}
-
-
-def names(*groups: Columns) -> list[str]:
-    """The column names of ``groups``, in order (for a reader's required-columns check or a ``select``)."""
-    return [name for group in groups for name in group]

@@ -51,9 +51,8 @@ def _removed(root: Path) -> dict[int, dict[str, int]]:
     for folder, reason in (("dedup", pl.col("dedup_reason")), ("clean", pl.lit("contaminated"))):
         path = root / "data" / folder / "removed.parquet"
         if path.exists():
-            removed = pl.read_parquet(path)
-            if removed.height:
-                parts.append(removed.select(pl.col("round").cast(pl.Int64), reason.fill_null("removed").alias("reason")))
+            removed = pl.scan_parquet(path).select(pl.col("round").cast(pl.Int64), reason.fill_null("removed").alias("reason"))
+            parts.append(removed.collect())
     if not parts:
         return {}
     out: dict[int, dict[str, int]] = {}

@@ -205,7 +205,7 @@ def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     metrics = checker.metrics()
     metrics.update({"kept": checked - metrics["flagged"], "notes": notes,
                     "flagged_per_round": {str(r): n for r, n in sorted(flagged_per_round.items())}, "peak_rss_mib": peak_rss_mib()})
-    duplicates = dedup_removed_counts(Path(dedup) if Path(dedup).is_dir() else Path(dedup).parent)
+    duplicates = dedup_removed_counts(source.parent)
     plot = sorted([{"round": int(r), "reason": "near-duplicate", "count": n} for r, n in duplicates.items()]
                   + [{"round": int(r), "reason": "contaminated", "count": n} for r, n in flagged_per_round.items()],
                   key=lambda row: (row["round"], row["reason"]))
