@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import polars as pl
 import pytest
 
 from evolforge.io import validation
+from evolforge.io.records import ROW_GROUP_ROWS, write_table
 from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_schema
 from evolforge.io.validation import DataError
 from evolforge.steps.dedup.minhash import dedup_table
@@ -86,6 +89,32 @@ def test_sink_writes_what_write_parquet_writes(tmp_path):
         sink_chunks(tmp_path / f"sunk-{rows}.parquet", table.schema, table.iter_slices(rows))
         assert (tmp_path / f"sunk-{rows}.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     assert [c.height for c in iter_chunks(tmp_path / "whole.parquet", 500)] == [500, 500, 245]  # 3 x 400 + 40 twins + 5 blanks
+
+
+def test_row_groups_follow_the_rows_not_the_chunks(tmp_path):
+    """A table of several row groups: the same bytes streamed in chunks of any size, written whole, or
+    written from a frame chunked otherwise in memory (polars' own row groups followed the chunks)."""
+    n = 2 * ROW_GROUP_ROWS + 1234
+    table = pl.DataFrame({"id": [f"item-{k}" for k in range(n)], "round": [k % 4 for k in range(n)]})
+    write_table(table, tmp_path / "whole.parquet")
+    for rows in (1000, 10_000, ROW_GROUP_ROWS + 1, n):
+        sink_chunks(tmp_path / f"sunk-{rows}.parquet", table.schema, table.iter_slices(rows))
+        assert (tmp_path / f"sunk-{rows}.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    write_table(pl.concat(list(table.iter_slices(7_000)), rechunk=False), tmp_path / "pieces.parquet")
+    assert (tmp_path / "pieces.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert [c.height for c in iter_chunks(tmp_path / "whole.parquet", ROW_GROUP_ROWS)] == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 1234]
+
+
+@pytest.mark.parametrize("given, expected", [(None, "dirty_decay_ms:0,muzzy_decay_ms:0"), ("narenas:2", "narenas:2")])
+def test_polars_allocator_hands_freed_memory_back(given, expected):
+    """Importing evolforge before polars tells polars' jemalloc to return freed pages at once (a streamed
+    stage's memory would otherwise grow with the run); a setting of the user's is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    if given is not None:
+        env["_RJEM_MALLOC_CONF"] = given
+    code = "import evolforge, os, polars; print(os.environ['_RJEM_MALLOC_CONF'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith(expected)  # polars puts its own settings first; the last one wins
 
 
 def test_chunked_checks_name_the_table_row(tmp_path):

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from evolforge.core.memory import return_freed_memory
 from evolforge.core.restore import restore_under_dvc
 
 EXIT_REFUSED = 2  # bad input or params: fix the input
@@ -64,6 +65,7 @@ def _with_params_file(message: str, argv: list[str]) -> str:
 
 def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     """Run a stage's ``main``; on an error print one message to stderr and exit non-zero."""
+    return_freed_memory()
     debug = debug_enabled()
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")

@@ -25,6 +25,12 @@ TABLE = "items.parquet"  # the table file inside every stage output folder
 META = "meta.json"  # template hashes, model identities, params used, package versions (key VERSIONS)
 VERSIONS = "versions"  # meta.json key: {package: installed version} of core/versions.OUTPUT_PACKAGES
 
+# rows per Parquet row group of every table written. Fixed, so a file's bytes depend on its rows alone: left
+# to polars, the row groups follow how the frame happens to be chunked in memory (a table streamed out in
+# 10k-row chunks got other row groups than the same rows written whole). A table of fewer rows is one row
+# group, as polars writes it by default.
+ROW_GROUP_ROWS = 65_536
+
 LINEAGE = ["id", "root_id", "parent_id", "round", "method", "status", "failure_reason"]
 
 # statuses
@@ -90,6 +96,12 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def write_table(table: pl.DataFrame, path: str | Path) -> None:
+    """``table`` as a Parquet file in row groups of :data:`ROW_GROUP_ROWS` rows: the same bytes however the
+    frame is chunked in memory (or streamed, :func:`evolforge.io.stream.sink_chunks`)."""
+    table.write_parquet(path, row_group_size=ROW_GROUP_ROWS)
+
+
 def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = None, extra: dict[str, Any] | None = None,
                  tables: dict[str, pl.DataFrame] | None = None, finish: Callable[[Path], object] | None = None) -> None:
     """Write a stage output folder atomically: ``items.parquet``, ``meta.json``, extra tables and JSON/JSONL files;
@@ -97,9 +109,9 @@ def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = N
     an error there leaves the previous output as it was. ``meta.json`` gets the installed versions of the
     packages that can change outputs (``VERSIONS``) unless ``meta`` already has them."""
     with atomic_dir(out_dir) as tmp:
-        table.write_parquet(tmp / TABLE)
+        write_table(table, tmp / TABLE)
         for name, other in (tables or {}).items():
-            other.write_parquet(tmp / name)
+            write_table(other, tmp / name)
         write_json(tmp / META, {VERSIONS: output_versions(), **(meta or {})})
         for name, data in (extra or {}).items():
             if name.endswith(".jsonl"):

@@ -2,9 +2,9 @@
 so a stage's peak memory follows the chunk size, not the number of items.
 
 Writing goes through polars' streaming Parquet sink over a Python source of chunks
-(:func:`sink_chunks`): the file it writes is byte for byte the one ``DataFrame.write_parquet`` writes for
-the concatenated chunks (same writer, same row groups), so streaming a stage changes none of its outputs'
-hashes. ``data.chunk_rows`` (``docs/scale.md``) sets the chunk size.
+(:func:`sink_chunks`): the file it writes is byte for byte the one :func:`evolforge.io.records.write_table`
+writes for the concatenated chunks (same writer, row groups of ``ROW_GROUP_ROWS`` rows whatever the chunks),
+so streaming a stage, or its chunk size, changes none of its outputs' hashes. ``data.chunk_rows`` (``docs/scale.md``) sets the chunk size.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from evolforge.io.records import TABLE, atomic_dir, write_json, write_jsonl
+from evolforge.io.records import ROW_GROUP_ROWS, TABLE, atomic_dir, write_json, write_jsonl
 from evolforge.io.validation import DataError, Rule, check, unique
 
 Chunks = Callable[[], Iterable[pl.DataFrame]]  # called once per pass: a fresh iterable of chunks each time
@@ -67,7 +67,8 @@ def iter_chunks(path: str | Path, chunk_rows: int, columns: list[str] | None = N
 
 def sink_chunks(file: str | Path, schema: pl.Schema | dict[str, pl.DataType], chunks: Iterable[pl.DataFrame]) -> None:
     """Write ``chunks`` (frames of ``schema``) as one Parquet file, streaming: the same bytes as
-    ``pl.concat(chunks).write_parquet(file)``, without ever holding the concatenation."""
+    ``write_table(pl.concat(chunks), file)`` for any split into chunks (the row groups are
+    ``ROW_GROUP_ROWS`` rows, never the chunks), without ever holding the concatenation."""
     schema = pl.Schema(schema)
 
     def source(with_columns: list[str] | None, predicate: Any, n_rows: int | None, batch_size: int | None) -> Iterator[pl.DataFrame]:
@@ -75,7 +76,7 @@ def sink_chunks(file: str | Path, schema: pl.Schema | dict[str, pl.DataType], ch
             if part.height:
                 yield part.select(list(schema)).cast(dict(schema))
 
-    register_io_source(source, schema=schema).sink_parquet(file)
+    register_io_source(source, schema=schema).sink_parquet(file, row_group_size=ROW_GROUP_ROWS)
 
 
 def spilled(chunks: Iterable[pl.DataFrame], work: str | Path) -> list[Path]:

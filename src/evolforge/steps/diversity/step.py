@@ -13,7 +13,7 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.config.loader import load_role, load_section
-from evolforge.io.records import atomic_dir, read_table, write_json
+from evolforge.io.records import TABLE, atomic_dir, read_table, write_json, write_table
 from evolforge.core.stage import Outputs
 from evolforge.llm.identity import recorded_identity
 from evolforge.score.diversity import embed_texts, item_texts, neighbor_stats
@@ -34,7 +34,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     table = table.select("id", "round").with_columns(
         mnd=pl.Series(neighbours.min_distance, dtype=pl.Float64), repeat_count=pl.Series(neighbours.repeat_count, dtype=pl.Int64))
     with atomic_dir(out) as tmp:
-        table.write_parquet(tmp / "items.parquet")
+        write_table(table, tmp / TABLE)
         np.save(tmp / "embeddings.npy", embeddings)
         write_json(tmp / "meta.json", {"embedder": cfg.embedder, "model": role.model, "identity": recorded_identity(role),
                                        "dimensions": int(embeddings.shape[1]), "params": dataclasses.asdict(cfg)})

@@ -33,7 +33,7 @@ import yaml
 
 from evolforge.config.loader import load_section
 from evolforge.io.jsonfiles import read_json
-from evolforge.io.records import META, TABLE, VERSIONS
+from evolforge.io.records import META, TABLE, VERSIONS, write_table
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
 from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
@@ -101,7 +101,7 @@ def write_shards(rows: pl.DataFrame, folder: Path) -> list[str]:
     for i in range(n):
         name = f"train-{i:05d}-of-{n:05d}.parquet"
         tmp = data / f".{name}.tmp-{os.getpid()}"
-        rows.slice(i * SHARD_ROWS, SHARD_ROWS).write_parquet(tmp)
+        write_table(rows.slice(i * SHARD_ROWS, SHARD_ROWS), tmp)
         os.replace(tmp, data / name)
         names.append(f"data/{name}")
     return names
