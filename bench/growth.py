@@ -14,7 +14,7 @@ checks, chunking, writing and metrics, not a model's time. With ``--baseline-com
 in-memory versions, against today's library) run on the same items too, as stage ``<name>@<commit>``, and
 the streamed outputs are compared byte for byte with theirs. With ``--peers`` the same items also go through
 datatrove's MinHash dedup (``bench/peer_datatrove.py``, stage ``datatrove-minhash``, its own process in its
-own virtual environment ``bench/.peers-venv``, created once from PyPI: never a project dependency), given the
+own virtual environment ``.evolforge/peers-venv``, created once from PyPI: never a project dependency), given the
 text evolforge's dedup compares (``item_text``, precomputed here) and the same shingles and LSH bands; both
 dedup rows then carry ``removed`` and the ratio of their CPU seconds is printed per size.
 
@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--baseline-only", action="store_true", help="run only --baseline-commit's scripts")
     ap.add_argument("--work", default=None, help="scratch folder (default: the system's)")
     ap.add_argument("--peers", action="store_true",
-                    help="also run datatrove's MinHash dedup on the same items (installs it in bench/.peers-venv once)")
+                    help="also run datatrove's MinHash dedup on the same items (installs it in .evolforge/peers-venv once)")
     args = ap.parse_args()
     if args.baseline_only and not args.baseline_commit:
         ap.error("--baseline-only needs --baseline-commit")

@@ -1,6 +1,6 @@
 """datatrove's MinHash dedup on the items ``bench/growth.py --peers`` wrote: the peer dedup is measured against.
 
-    bench/.peers-venv/bin/python bench/peer_datatrove.py --items DIR --out DIR [--n-grams 3] [--buckets 32] [--rows 4]
+    .evolforge/peers-venv/bin/python bench/peer_datatrove.py --items DIR --out DIR [--n-grams 3] [--buckets 32] [--rows 4]
 
 Reads ``DIR/items.parquet`` (columns ``id`` and ``text``: the text evolforge's dedup compares, written by
 growth.py with ``evolforge.core.text.item_text``, so this script needs no evolforge) and runs datatrove's four
@@ -9,8 +9,8 @@ as evolforge's stage. The kept documents go to ``--out/kept/*.parquet``; signatu
 ids to remove to scratch folders beside them, logs to ``--out/logs``.
 
 It runs in its own virtual environment, never the project's: :func:`peer_python` creates
-``bench/.peers-venv`` once with :data:`REQUIREMENTS` (datatrove is Apache-2.0) and reuses it while the
-pins are the same. The script imports datatrove only in :func:`run`, so ``--help`` works anywhere.
+``.evolforge/peers-venv`` (the git-ignored cache folder) once with :data:`REQUIREMENTS` (datatrove is
+Apache-2.0) and reuses it while the pins are the same. The script imports datatrove only in :func:`run`, so ``--help`` works anywhere.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 # reader and writer's pyarrow, and the English word tokenizer the MinHash steps load (spaCy's blank "en": no
 # model download)
 REQUIREMENTS = ["datatrove[processing]==0.10.1", "spacy==3.8.18", "pyarrow==26.0.1"]
-VENV = Path(__file__).resolve().parent / ".peers-venv"
+VENV = Path(__file__).resolve().parents[1] / ".evolforge" / "peers-venv"
 
 
 def peer_python(venv: Path = VENV) -> Path:
