@@ -41,7 +41,6 @@ from dedup import synthetic_chunks  # noqa: E402  (bench/dedup.py: the synthetic
 from peer_datatrove import peer_python  # noqa: E402  (bench/peer_datatrove.py: the peer's venv)
 
 from evolforge.core.text import item_text  # noqa: E402
-
 from evolforge.io.records import TABLE, write_json  # noqa: E402
 from evolforge.io.stream import iter_chunks, sink_chunks  # noqa: E402
 from evolforge.steps.dedup.minhash import lsh_bands  # noqa: E402
