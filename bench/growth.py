@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
         [--baseline-commit f1fd5ed [--baseline-only]] [--stages dedup decontaminate respond score] [--work DIR]
+        [--peers]
 
 For each size N it writes N synthetic items (``bench/dedup.py``'s generator: N/3 seeds x 3 rounds, a quarter
 of each later round a one-word edit of an earlier item) as a responses table, in chunks, then runs each stage
@@ -11,7 +12,11 @@ whole run, imports and Parquet I/O included. ``respond`` (the items split into t
 and ``score`` (on the responses table) run with a stand-in model (``bench/stub_stage.py``): their reading,
 checks, chunking, writing and metrics, not a model's time. With ``--baseline-commit`` the stage scripts of that commit (the
 in-memory versions, against today's library) run on the same items too, as stage ``<name>@<commit>``, and
-the streamed outputs are compared byte for byte with theirs.
+the streamed outputs are compared byte for byte with theirs. With ``--peers`` the same items also go through
+datatrove's MinHash dedup (``bench/peer_datatrove.py``, stage ``datatrove-minhash``, its own process in its
+own virtual environment ``.evolforge/peers-venv``, created once from PyPI: never a project dependency), given the
+text evolforge's dedup compares (``item_text``, precomputed here) and the same shingles and LSH bands; both
+dedup rows then carry ``removed`` and the ratio of their CPU seconds is printed per size.
 
 Prints one line per run and, per stage, the fitted slope (least squares over the sizes) of CPU seconds and
 peak MiB per 100k items; ``--json`` gets a list of ``{"stage", "items", "cpu_s", "wall_s", "peak_rss_mib"}``.
@@ -33,9 +38,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup import synthetic_chunks  # noqa: E402  (bench/dedup.py: the synthetic items)
+from peer_datatrove import peer_python  # noqa: E402  (bench/peer_datatrove.py: the peer's venv)
 
+from evolforge.core.text import item_text  # noqa: E402
 from evolforge.io.records import TABLE, write_json  # noqa: E402
-from evolforge.io.stream import sink_chunks  # noqa: E402
+from evolforge.io.stream import iter_chunks, sink_chunks  # noqa: E402
+from evolforge.steps.dedup.minhash import lsh_bands  # noqa: E402
+from evolforge.steps.dedup.settings import DedupSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_EXTRA = {"status": "evolved", "response_status": "complete"}  # what the selection guards read
@@ -59,7 +68,7 @@ def write_rounds(source: Path, evolved: Path, chunk: int) -> None:
     streamed."""
     import polars as pl
 
-    from evolforge.io.stream import iter_chunks, table_schema
+    from evolforge.io.stream import table_schema
 
     lineage = {"root_id": pl.col("id"), "parent_id": pl.col("id"), "method": pl.lit("deepen"), "failure_reason": pl.lit(None, pl.String),
                "evolve_template_hash": pl.lit("t"), "evolver_model": pl.lit("m"), "instruction_finish_reason": pl.lit("stop")}
@@ -69,6 +78,42 @@ def write_rounds(source: Path, evolved: Path, chunk: int) -> None:
         sink_chunks(evolved / f"round_{r}" / TABLE, schema,
                     (part.filter(pl.col("round") == r).with_columns(**lineage) for part in iter_chunks(source, chunk)))
         write_json(evolved / f"round_{r}" / "meta.json", {})
+
+
+def write_peer_items(source: Path, folder: Path, chunk: int) -> None:
+    """``source``'s ids and the text evolforge's dedup compares for each (``item_text``) as
+    ``folder/items.parquet``, streamed: what the peer dedups."""
+    import polars as pl
+
+    folder.mkdir(parents=True)
+    sink_chunks(folder / TABLE, {"id": pl.String, "text": pl.String},
+                (pl.DataFrame({"id": part["id"], "text": [item_text(i, x) for i, x in zip(part["instruction"], part["input"])]},
+                              schema={"id": pl.String, "text": pl.String})
+                 for part in iter_chunks(source, chunk, ["id", "instruction", "input"])))
+
+
+def run_peer(total: int, root: Path, python: Path, chunk: int, results: list[dict]) -> None:
+    """datatrove's MinHash dedup on the items of ``root``: its row, ``removed`` on it and on this size's dedup
+    row, and the ratio of their CPU seconds."""
+    import polars as pl
+
+    write_peer_items(root / "responses" / TABLE, root / "peer", chunk)
+    settings = DedupSettings()  # the stage's defaults: growth.py's params.yaml has no dedup section
+    bands, rows = lsh_bands(settings.threshold, settings.num_perm)
+    cmd = [str(python), str(REPO / "bench" / "peer_datatrove.py"), "--items", str(root / "peer"), "--out",
+           str(root / "datatrove"), "--n-grams", str(settings.shingle_size), "--buckets", str(bands), "--rows", str(rows),
+           "--seed", str(settings.seed)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer sees none of evolforge
+    cpu, wall, peak = measure(cmd, env, root)
+    kept = pl.scan_parquet(root / "datatrove" / "kept" / "*.parquet").select(pl.len()).collect().item()
+    row = {"stage": "datatrove-minhash", "items": total, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
+           "peak_rss_mib": round(peak, 1), "removed": total - kept}
+    print(f"{row['stage']:>28} {total:>9,} items: CPU {cpu:7.1f} s, wall {wall:7.1f} s, peak RSS {peak:7.0f} MiB", flush=True)
+    ours = next(r for r in results if r["stage"] == "dedup" and r["items"] == total)
+    ours["removed"] = json.loads((root / "dedup.json").read_text())["removed"]
+    results.append(row)
+    print(f"{'':>28} removed: dedup {ours['removed']:,}, datatrove-minhash {row['removed']:,}; "
+          f"CPU datatrove-minhash / dedup: {row['cpu_s'] / ours['cpu_s']:.1f}x", flush=True)
 
 
 def measure(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float, float]:
@@ -97,7 +142,8 @@ def stage_scripts(commit: str | None, work: Path) -> dict[str, Path]:
     return out
 
 
-def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[dict]:
+def run_size(total: int, args: argparse.Namespace, env: dict[str, str], peer: Path | None) -> list[dict]:
+    """Every stage on ``total`` synthetic items (and datatrove's MinHash on them when ``peer``, its Python)."""
     results = []
     with tempfile.TemporaryDirectory(prefix="growth-", dir=args.work) as tmp:
         root = Path(tmp).absolute()  # the stages run in it (no models/identity.json there: the stand-in scorer)
@@ -140,6 +186,8 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
                     if a.exists() and b.exists():
                         same = a.read_bytes() == b.read_bytes()
                         print(f"{'':>28} {folder}/{name}: {'byte-identical' if same else 'DIFFERENT'} to {args.baseline_commit}'s")
+        if peer:
+            run_peer(total, root, peer, args.chunk_rows, results)
     return results
 
 
@@ -164,14 +212,19 @@ def main() -> None:
     ap.add_argument("--baseline-commit", default=None, help="also run this commit's stage scripts (in-memory)")
     ap.add_argument("--baseline-only", action="store_true", help="run only --baseline-commit's scripts")
     ap.add_argument("--work", default=None, help="scratch folder (default: the system's)")
+    ap.add_argument("--peers", action="store_true",
+                    help="also run datatrove's MinHash dedup on the same items (installs it in .evolforge/peers-venv once)")
     args = ap.parse_args()
     if args.baseline_only and not args.baseline_commit:
         ap.error("--baseline-only needs --baseline-commit")
+    if args.peers and (args.baseline_only or "dedup" not in args.stages):
+        ap.error("--peers compares with today's dedup: keep dedup in --stages, without --baseline-only")
+    peer = peer_python() if args.peers else None  # the peer's interpreter, installed before any timing
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     print(f"{os.cpu_count()} cores visible; chunk_rows {args.chunk_rows}")
     results = []
     for total in args.items:
-        results += run_size(total, args, env)
+        results += run_size(total, args, env, peer)
     slopes(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

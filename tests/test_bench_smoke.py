@@ -31,6 +31,7 @@ HELP_ONLY = {  # script -> why the suite only checks that it starts
     "plant_contamination.py": "modifies a built copy of the repository and runs dvc repro",
     "selected_near_duplicates.py": "reads a built data/selected",
     "stub_stage.py": "a helper of growth.py, which runs it (tests/test_stream.py)",
+    "peer_datatrove.py": "runs in the datatrove virtualenv growth.py --peers installs from PyPI",
 }
 
 

@@ -223,6 +223,20 @@ def test_growth_benchmark_reports_every_stage(tmp_path):
     assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 50 for r in rows)
 
 
+def test_growth_gives_the_peer_the_text_dedup_compares(tmp_path):
+    """growth.py --peers hands datatrove each item's id and item_text (normalised instruction, newline,
+    normalised input), chunk by chunk, in table order."""
+    import subprocess
+
+    pl.DataFrame({"id": ["a", "b", "c"], "instruction": ["  Sort THIS\tlist ", "Ｆull width", "x"],
+                  "input": ["", "Some  Input", None]}).write_parquet(tmp_path / "items.parquet")
+    script = ("import sys; from pathlib import Path; sys.path.insert(0, 'bench'); from growth import write_peer_items; "
+              f"write_peer_items(Path({str(tmp_path / 'items.parquet')!r}), Path({str(tmp_path / 'peer')!r}), 2)")
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, env={"PYTHONPATH": str(REPO / "src")}, check=True)
+    assert pl.read_parquet(tmp_path / "peer" / "items.parquet").rows() == [
+        ("a", "sort this list"), ("b", "full width\nsome input"), ("c", "x")]
+
+
 def test_pick_scenario_streams_the_chosen_table_unchanged(tmp_path, monkeypatch):
     """pick_scenario with chunks of 50 rows: the pool is the evol table's bytes (as the in-memory stage
     wrote them), its counts are the table's."""
