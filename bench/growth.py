@@ -14,7 +14,7 @@ checks, chunking, writing and metrics, not a model's time. With ``--baseline-com
 in-memory versions, against today's library) run on the same items too, as stage ``<name>@<commit>``, and
 the streamed outputs are compared byte for byte with theirs.
 
-With ``--engines local ray`` dedup and decontaminate also run with ``data.engine: ray`` (stage ``<name>[ray]``,
+With ``--engines local ray`` dedup and decontaminate also run with ``data.engine: ray`` (stage ``<name>-ray``,
 a local Ray cluster started by the stage; docs/scale_ray.md), and their outputs are compared byte for byte
 with the local engine's. A stage's Ray workers are not its children, so their CPU is missing from ``cpu_s``;
 ``machine_cpu_s`` is the CPU time the whole machine spent during the run (``/proc/stat``: other processes
@@ -130,7 +130,7 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
         if "ray" in args.engines and not args.baseline_only:
             params = (root / "params.yaml").read_text()
             (root / "params-ray.yaml").write_text(params.replace("engine: local", "engine: ray", 1))
-            versions.append(("[ray]", {k: v for k, v in stage_scripts(None, root).items() if k in ("dedup", "decontaminate")}))
+            versions.append(("-ray", {k: v for k, v in stage_scripts(None, root).items() if k in ("dedup", "decontaminate")}))
         if args.baseline_commit:
             versions.append((f"@{args.baseline_commit}", stage_scripts(args.baseline_commit, root)))
         for suffix, scripts in versions:
@@ -145,7 +145,7 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
                 steps["score"] = [scripts["score"], "score", "--items", root / "responses", "--out", root / "scores",
                                   "--plots", root / "plots"]
             for name in (n for n in args.stages if n in steps):
-                params = root / ("params-ray.yaml" if suffix == "[ray]" else "params.yaml")
+                params = root / ("params-ray.yaml" if suffix == "-ray" else "params.yaml")
                 cmd = [sys.executable, *map(str, steps[name]), "--params", str(params),
                        "--metrics", str(root / f"{name}{suffix}.json")]
                 cpu, wall, peak, machine = measure(cmd, env, root)
@@ -154,7 +154,7 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
                 print(f"{row['stage']:>28} {total:>9,} items: CPU {cpu:7.1f} s (machine {machine:7.1f} s), wall {wall:7.1f} s, "
                       f"peak RSS {peak:7.0f} MiB", flush=True)
                 results.append(row)
-        for suffix in [f"@{args.baseline_commit}"] * bool(args.baseline_commit) + ["[ray]"] * ("[ray]" in dict(versions)):
+        for suffix in [f"@{args.baseline_commit}"] * bool(args.baseline_commit) + ["-ray"] * ("-ray" in dict(versions)):
             for folder, files in (("dedup", [TABLE, "removed.parquet"]), ("clean", [TABLE, "removed.parquet"])):
                 for name in files:
                     a, b = root / folder / name, root / f"{folder}{suffix}" / name
