@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
         [--baseline-commit f1fd5ed [--baseline-only]] [--stages dedup decontaminate respond score] [--work DIR]
-        [--engines local ray]
+        [--engines local ray [--ray-address 127.0.0.1:6379]]
 
 For each size N it writes N synthetic items (``bench/dedup.py``'s generator: N/3 seeds x 3 rounds, a quarter
 of each later round a one-word edit of an earlier item) as a responses table, in chunks, then runs each stage
@@ -15,8 +15,8 @@ in-memory versions, against today's library) run on the same items too, as stage
 the streamed outputs are compared byte for byte with theirs.
 
 With ``--engines local ray`` dedup and decontaminate also run with ``data.engine: ray`` (stage ``<name>-ray``,
-a local Ray cluster started by the stage; docs/scale_ray.md), and their outputs are compared byte for byte
-with the local engine's. A stage's Ray workers are not its children, so their CPU is missing from ``cpu_s``;
+on a local Ray cluster each stage starts, or on the one at ``--ray-address``; docs/scale_ray.md), and their
+outputs are compared byte for byte with the local engine's. A stage's Ray workers are not its children, so their CPU is missing from ``cpu_s``;
 ``machine_cpu_s`` is the CPU time the whole machine spent during the run (``/proc/stat``: other processes
 included), the figure to compare the engines by.
 
@@ -129,7 +129,8 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str]) -> list[
         versions = [] if args.baseline_only else [("", stage_scripts(None, root))]
         if "ray" in args.engines and not args.baseline_only:
             params = (root / "params.yaml").read_text()
-            (root / "params-ray.yaml").write_text(params.replace("engine: local", "engine: ray", 1))
+            address = "null" if args.ray_address is None else json.dumps(args.ray_address)
+            (root / "params-ray.yaml").write_text(params.replace("engine: local", f"engine: ray, ray_address: {address}", 1))
             versions.append(("-ray", {k: v for k, v in stage_scripts(None, root).items() if k in ("dedup", "decontaminate")}))
         if args.baseline_commit:
             versions.append((f"@{args.baseline_commit}", stage_scripts(args.baseline_commit, root)))
@@ -187,6 +188,7 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="scratch folder (default: the system's)")
     ap.add_argument("--engines", nargs="+", default=["local"], choices=["local", "ray"],
                     help="data.engine values to run dedup and decontaminate with (ray: a local Ray cluster)")
+    ap.add_argument("--ray-address", default=None, help="data.ray_address for the Ray runs (default: each starts its own)")
     args = ap.parse_args()
     if args.baseline_only and not args.baseline_commit:
         ap.error("--baseline-only needs --baseline-commit")
