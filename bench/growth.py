@@ -3,6 +3,7 @@
     PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
         [--baseline-commit f1fd5ed [--baseline-only]] [--stages dedup decontaminate respond score] [--work DIR]
         [--peers]
+        [--engines local ray [--ray-address 127.0.0.1:6379]]
 
 For each size N it writes N synthetic items (``bench/dedup.py``'s generator: N/3 seeds x 3 rounds, a quarter
 of each later round a one-word edit of an earlier item) as a responses table, in chunks, then runs each stage
@@ -18,8 +19,15 @@ own virtual environment ``.evolforge/peers-venv``, created once from PyPI: never
 text evolforge's dedup compares (``item_text``, precomputed here) and the same shingles and LSH bands; both
 dedup rows then carry ``removed`` and the ratio of their CPU seconds is printed per size.
 
+With ``--engines local ray`` dedup and decontaminate also run with ``data.engine: ray`` (stage ``<name>-ray``,
+on a local Ray cluster each stage starts, or on the one at ``--ray-address``; docs/scale_ray.md), and their
+outputs are compared byte for byte with the local engine's. A stage's Ray workers are not its children, so their CPU is missing from ``cpu_s``;
+``machine_cpu_s`` is the CPU time the whole machine spent during the run (``/proc/stat``: other processes
+included), the figure to compare the engines by.
+
 Prints one line per run and, per stage, the fitted slope (least squares over the sizes) of CPU seconds and
-peak MiB per 100k items; ``--json`` gets a list of ``{"stage", "items", "cpu_s", "wall_s", "peak_rss_mib"}``.
+peak MiB per 100k items; ``--json`` gets a list of ``{"stage", "items", "cpu_s", "machine_cpu_s", "wall_s",
+"peak_rss_mib"}``.
 Run it under ``flock /tmp/evolforge-heavy.lock`` on a shared machine: 1.2M items is minutes of CPU.
 """
 
@@ -104,7 +112,7 @@ def run_peer(total: int, root: Path, python: Path, chunk: int, results: list[dic
            str(root / "datatrove"), "--n-grams", str(settings.shingle_size), "--buckets", str(bands), "--rows", str(rows),
            "--seed", str(settings.seed)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer sees none of evolforge
-    cpu, wall, peak = measure(cmd, env, root)
+    cpu, wall, peak, _ = measure(cmd, env, root)
     kept = pl.scan_parquet(root / "datatrove" / "kept" / "*.parquet").select(pl.len()).collect().item()
     row = {"stage": "datatrove-minhash", "items": total, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
            "peak_rss_mib": round(peak, 1), "removed": total - kept}
@@ -116,16 +124,24 @@ def run_peer(total: int, root: Path, python: Path, chunk: int, results: list[dic
           f"CPU datatrove-minhash / dedup: {row['cpu_s'] / ours['cpu_s']:.1f}x", flush=True)
 
 
-def measure(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float, float]:
-    """(CPU seconds, wall seconds, peak RSS MiB) of one child process run in ``cwd``, from the kernel's accounting."""
-    start = time.perf_counter()
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every core, every process)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    idle = int(fields[3]) + int(fields[4])  # idle + iowait
+    return (sum(int(f) for f in fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float, float, float]:
+    """(CPU seconds, wall seconds, peak RSS MiB) of one child process run in ``cwd``, from the kernel's accounting,
+    and the machine's CPU seconds meanwhile."""
+    start, machine = time.perf_counter(), machine_cpu_s()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
+    wall, machine = time.perf_counter() - start, machine_cpu_s() - machine
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{output}")
-    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024
+    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024, machine
 
 
 def stage_scripts(commit: str | None, work: Path) -> dict[str, Path]:
@@ -150,13 +166,18 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str], peer: Pa
         write_items(total, root / "responses", args.chunk_rows)
         if "respond" in args.stages:
             write_rounds(root / "responses" / TABLE, root / "evolved", args.chunk_rows)
-        (root / "params.yaml").write_text(f"data: {{chunk_rows: {args.chunk_rows}}}\n"
+        (root / "params.yaml").write_text(f"data: {{chunk_rows: {args.chunk_rows}, engine: local}}\n"
                                           "evaluate: {suite: offline, tasks: [ifeval, gsm8k, math, humaneval, mbpp]}\n"
                                           "evolve: {rounds: {round_1: {src: data/seed, index: 1}, round_2: {src: data/evolved/round_1, index: 2},"
                                           " round_3: {src: data/evolved/round_2, index: 3}}}\n"
                                           "respond: {rounds: [1, 2, 3], include_seed: false}\n"
                                           "roles: {scorer: {backend: hf, model: stand-in}}\n")
         versions = [] if args.baseline_only else [("", stage_scripts(None, root))]
+        if "ray" in args.engines and not args.baseline_only:
+            params = (root / "params.yaml").read_text()
+            address = "null" if args.ray_address is None else json.dumps(args.ray_address)
+            (root / "params-ray.yaml").write_text(params.replace("engine: local", f"engine: ray, ray_address: {address}", 1))
+            versions.append(("-ray", {k: v for k, v in stage_scripts(None, root).items() if k in ("dedup", "decontaminate")}))
         if args.baseline_commit:
             versions.append((f"@{args.baseline_commit}", stage_scripts(args.baseline_commit, root)))
         for suffix, scripts in versions:
@@ -165,27 +186,28 @@ def run_size(total: int, args: argparse.Namespace, env: dict[str, str], peer: Pa
             items_flag = "--items" if '"--items"' in Path(scripts["dedup"]).read_text() else "--responses"
             steps = {"dedup": [scripts["dedup"], items_flag, root / "responses", "--out", dedup_out],
                      "decontaminate": [scripts["decontaminate"], "--dedup", dedup_out, "--out", clean_out]}
-            if not suffix:  # the stand-in stages have no in-memory version to compare with
+            if not suffix:  # the stand-in stages have no in-memory or Ray version to compare with
                 steps["respond"] = [scripts["respond"], "respond", "--evolved", root / "evolved", "--seed", root / "seed",
                                     "--prompts", REPO / "prompts", "--out", root / "answered"]
                 steps["score"] = [scripts["score"], "score", "--items", root / "responses", "--out", root / "scores",
                                   "--plots", root / "plots"]
             for name in (n for n in args.stages if n in steps):
-                cmd = [sys.executable, *map(str, steps[name]), "--params", str(root / "params.yaml"),
+                params = root / ("params-ray.yaml" if suffix == "-ray" else "params.yaml")
+                cmd = [sys.executable, *map(str, steps[name]), "--params", str(params),
                        "--metrics", str(root / f"{name}{suffix}.json")]
-                cpu, wall, peak = measure(cmd, env, root)
-                row = {"stage": name + suffix, "items": total, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-                       "peak_rss_mib": round(peak, 1)}
-                print(f"{row['stage']:>28} {total:>9,} items: CPU {cpu:7.1f} s, wall {wall:7.1f} s, peak RSS {peak:7.0f} MiB",
-                      flush=True)
+                cpu, wall, peak, machine = measure(cmd, env, root)
+                row = {"stage": name + suffix, "items": total, "cpu_s": round(cpu, 2), "machine_cpu_s": round(machine, 2),
+                       "wall_s": round(wall, 2), "peak_rss_mib": round(peak, 1)}
+                print(f"{row['stage']:>28} {total:>9,} items: CPU {cpu:7.1f} s (machine {machine:7.1f} s), wall {wall:7.1f} s, "
+                      f"peak RSS {peak:7.0f} MiB", flush=True)
                 results.append(row)
-        if args.baseline_commit:
+        for suffix in [f"@{args.baseline_commit}"] * bool(args.baseline_commit) + ["-ray"] * ("-ray" in dict(versions)):
             for folder, files in (("dedup", [TABLE, "removed.parquet"]), ("clean", [TABLE, "removed.parquet"])):
                 for name in files:
-                    a, b = root / folder / name, root / f"{folder}@{args.baseline_commit}" / name
+                    a, b = root / folder / name, root / f"{folder}{suffix}" / name
                     if a.exists() and b.exists():
                         same = a.read_bytes() == b.read_bytes()
-                        print(f"{'':>28} {folder}/{name}: {'byte-identical' if same else 'DIFFERENT'} to {args.baseline_commit}'s")
+                        print(f"{'':>28} {folder}/{name}: {'byte-identical' if same else 'DIFFERENT'} to {folder}{suffix}'s")
         if peer:
             run_peer(total, root, peer, args.chunk_rows, results)
     return results
@@ -214,6 +236,9 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="scratch folder (default: the system's)")
     ap.add_argument("--peers", action="store_true",
                     help="also run datatrove's MinHash dedup on the same items (installs it in .evolforge/peers-venv once)")
+    ap.add_argument("--engines", nargs="+", default=["local"], choices=["local", "ray"],
+                    help="data.engine values to run dedup and decontaminate with (ray: a local Ray cluster)")
+    ap.add_argument("--ray-address", default=None, help="data.ray_address for the Ray runs (default: each starts its own)")
     args = ap.parse_args()
     if args.baseline_only and not args.baseline_commit:
         ap.error("--baseline-only needs --baseline-commit")

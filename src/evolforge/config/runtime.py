@@ -66,6 +66,10 @@ class DataSettings:
     """``data``: how the data stages (respond, pick_scenario, dedup, decontaminate, judge, score) read and write their tables (docs/scale.md)."""
 
     chunk_rows: PositiveInt = 100_000  # rows read, processed and written at a time; memory follows it, results do not
+    # where dedup's sketches, decontamination and IFD scoring run: in the stage's process (local) or as Ray Data
+    # pipelines, a task or actor per chunk (ray; docs/scale_ray.md). The outputs are the same bytes either way.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # engine ray: an existing cluster ("auto", "ray://host:10001"); null = start a local one
 
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Described("64 lower-case hex digits")]

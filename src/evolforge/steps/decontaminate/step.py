@@ -53,7 +53,8 @@ from evolforge.config.loader import load_role, load_section
 from evolforge.io.records import TABLE
 from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.stage import Outputs
-from evolforge.io.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.io.ray_data import map_chunks, session
+from evolforge.io.stream import check_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
 from evolforge.steps.decontaminate.index import Problem, load_problems
 from evolforge.steps.decontaminate.match import CHUNK_ITEMS, Match, References, check_chunk_size, embedding_matches
 
@@ -86,6 +87,13 @@ class Decontaminator:
     def flag(self, table: pl.DataFrame, chunk_size: int = CHUNK_ITEMS) -> pl.DataFrame:
         """``table`` with the ``contamination_*`` columns (null where clean), its texts tokenised
         ``chunk_size`` rows at a time; counted in :meth:`metrics`."""
+        flagged = self.check(table, chunk_size)
+        self.count(flagged)
+        return flagged
+
+    def check(self, table: pl.DataFrame, chunk_size: int = CHUNK_ITEMS) -> pl.DataFrame:
+        """:meth:`flag` without the counting: a function of ``table`` alone (it may run in a Ray task, on a
+        copy of this object; the driver then counts what comes back with :meth:`count`)."""
         check_chunk_size(chunk_size)
         problems, config = self.problems, self.config
         matches: list[Match | None] = []  # the rows' texts are built a slice at a time, never all at once
@@ -97,8 +105,6 @@ class Decontaminator:
             for column, value in (("reason", reason), ("benchmark", p.benchmark), ("problem_id", p.problem_id),
                                   ("source", p.source), ("field", field), ("ngram", ngram), ("similarity", similarity)):
                 columns[f"contamination_{column}"][i] = value
-            self.per_benchmark[p.benchmark] = self.per_benchmark.get(p.benchmark, 0) + 1
-            self.per_reason[reason] = self.per_reason.get(reason, 0) + 1
 
         for i, m in enumerate(matches):
             if m is not None:
@@ -113,9 +119,15 @@ class Decontaminator:
                 for i, b, s in zip(todo, best, sim):
                     if b >= 0:
                         record(i, "embedding_similarity", problems[b], "instruction", None, float(s))
-        self.items += table.height
         flags = pl.DataFrame(columns, schema=CONTAMINATION_FLAGS)
         return pl.concat([table.drop([c for c in CONTAMINATION_FLAGS if c in table.columns]), flags], how="horizontal")
+
+    def count(self, flagged: pl.DataFrame) -> None:
+        """Add the rows of ``flagged`` (:meth:`check`'s output) to the counts of :meth:`metrics`."""
+        self.items += flagged.height
+        for name, counts in (("benchmark", self.per_benchmark), ("reason", self.per_reason)):
+            for value in flagged[f"contamination_{name}"].drop_nulls().to_list():
+                counts[value] = counts.get(value, 0) + 1
 
     def metrics(self) -> dict:
         """Counts over every row flagged so far."""
@@ -167,7 +179,8 @@ def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     built once, streamed ``data.chunk_rows`` rows at a time into ``out``: items.parquet holds the clean ones
     with their input's columns, removed.parquet the contaminated ones with the ``contamination_*`` columns
     (spilled beside ``out`` meanwhile). The plot counts what dedup and this stage dropped, per round."""
-    cfg, evaluate, rows = load_section(params, "decontaminate"), load_section(params, "evaluate"), load_section(params, "data").chunk_rows
+    cfg, evaluate, data = load_section(params, "decontaminate"), load_section(params, "evaluate"), load_section(params, "data")
+    rows = data.chunk_rows
     source = table_file(dedup)
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]), rows)
     problems, notes = load_problems(list(evaluate.tasks), evaluate.suite, cfg)
@@ -175,21 +188,22 @@ def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
         print(f"decontaminate: note: {note}")
     checker = Decontaminator(problems, cfg, role_embedder(params) if cfg.embedding_threshold is not None else None)
     input_schema = table_schema(source)
-    flagged_schema = checker.flag(pl.DataFrame(schema=input_schema)).schema
+    flagged_schema = checker.check(pl.DataFrame(schema=input_schema)).schema
     flagged_per_round: Counter = Counter()
     checked = 0
 
     def kept_chunks(work: Path) -> Iterator[pl.DataFrame]:
         """The clean items; the contaminated ones spilled to ``work``."""
         nonlocal checked
-        for c, chunk in enumerate(iter_chunks(source, rows)):
-            flagged = checker.flag(chunk)
+        # the index goes to the Ray tasks with checker.check (pickled once, into Ray's object store)
+        for c, flagged in enumerate(map_chunks(source, rows, None, checker.check, data)):
+            checker.count(flagged)
             contaminated = flagged["contamination_benchmark"].is_not_null()
             checked += flagged.height
             if contaminated.any():
-                flagged_per_round.update(chunk.filter(contaminated)["round"].to_list())
+                flagged_per_round.update(flagged.filter(contaminated)["round"].to_list())
                 flagged.filter(contaminated).write_parquet(work / f"contaminated-{c:06d}.parquet")
-            yield chunk.filter(~contaminated)
+            yield flagged.filter(~contaminated).select(list(input_schema))
 
     def removed_chunks(work: Path) -> Iterator[pl.DataFrame]:
         for file in sorted(work.glob("contaminated-*.parquet")):
@@ -197,7 +211,7 @@ def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
 
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work, session(data):
         meta = {"params": vars(cfg), "notes": notes, "reference_problems": checker.metrics()["reference_problems"],
                 "tasks": list(evaluate.tasks), "suite": evaluate.suite}
         write_output_chunks(out, {TABLE: (input_schema, kept_chunks(Path(work))),

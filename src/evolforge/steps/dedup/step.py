@@ -9,7 +9,8 @@ time, each group with the in-memory :func:`~evolforge.steps.dedup.minhash.find_d
 
 Passes (``work`` is a scratch folder; nothing in it outlives the stage):
 
-1. per chunk: text, shingles, MinHash; each band's 64-bit digest is appended to a file per band;
+1. per chunk: text, shingles, MinHash; each band's 64-bit digest is appended to a file per band (the
+   sketching is a Ray Data task per chunk with ``data.engine: ray``; the appending stays here);
 2. per band (one column of 8 bytes per item in memory): which items share a band (they are "walked";
    an item that shares none is kept without a comparison, as in the in-memory walk), and the components
    of the walked items, merged band by band with ``scipy.sparse.csgraph.connected_components``;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -39,6 +41,7 @@ from scipy.sparse.csgraph import connected_components
 from evolforge.io import validation
 from evolforge.io.columns import DUPLICATE_FLAGS
 from evolforge.config.loader import load_section
+from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs
@@ -52,6 +55,8 @@ from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, find_duplic
 # a fresh pass over the input table, chunk by chunk: all columns (None) or only those named
 Chunks = Callable[[list[str] | None], Iterable[pl.DataFrame]]
 Usable = Callable[[pl.DataFrame], Sequence[bool]]
+# fn applied to every chunk of a pass over the input table (all columns), the results in chunk order
+Mapped = Callable[[Callable[[pl.DataFrame], pl.DataFrame]], Iterable[pl.DataFrame]]
 WALK_SHARE = 4  # a group walks about chunk_rows / WALK_SHARE items (see dedup_chunks)
 
 
@@ -69,23 +74,31 @@ def _texts(chunk: pl.DataFrame) -> list[str]:
     return [item_text(q, x) for q, x in zip(chunk["instruction"].to_list(), chunk["input"].to_list())]
 
 
-def _sketch_pass(chunks: Chunks, usable: Usable, config: DedupSettings, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pass 1: band digests appended to ``work/band-K.u64``; returns (each chunk's first row, then the row
-    count; mask of the texts with shingles; mask of the usable items)."""
+def _sketch(chunk: pl.DataFrame, usable: Usable, config: DedupSettings) -> pl.DataFrame:
+    """Pass 1's work on one chunk, a row per item: usable, has shingles (nonempty), each band's 64-bit digest
+    (``band_K``). Depends on the chunk alone: it may run in a Ray task."""
     bands, rows = lsh_bands(config.threshold, config.num_perm)
+    hashes, offsets = shingle_hashes(_texts(chunk), config.shingle_size)
+    signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
+    return pl.DataFrame({"usable": np.asarray(usable(chunk), dtype=bool), "nonempty": offsets[1:] > offsets[:-1],
+                         **{f"band_{k}": band_digest(signatures, k, rows) for k in range(bands)}})
+
+
+def _sketch_pass(sketches: Iterable[pl.DataFrame], bands: int, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 1: each chunk's sketches (:func:`_sketch`, in chunk order), their band digests appended to
+    ``work/band-K.u64``; returns (each chunk's first row, then the row count; mask of the texts with
+    shingles; mask of the usable items)."""
     files = [open(work / f"band-{k}.u64", "wb") for k in range(bands)]
     nonempty: list[np.ndarray] = []  # 1 byte per item
     usable_rows: list[np.ndarray] = []
     starts = [0]
     try:
-        for chunk in chunks(None):
-            usable_rows.append(np.asarray(usable(chunk), dtype=bool))
-            hashes, offsets = shingle_hashes(_texts(chunk), config.shingle_size)
-            signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
+        for sketch in sketches:
+            usable_rows.append(sketch["usable"].to_numpy())
             for k, fh in enumerate(files):
-                band_digest(signatures, k, rows).tofile(fh)
-            nonempty.append(offsets[1:] > offsets[:-1])
-            starts.append(starts[-1] + chunk.height)
+                sketch[f"band_{k}"].to_numpy().tofile(fh)
+            nonempty.append(sketch["nonempty"].to_numpy())
+            starts.append(starts[-1] + sketch.height)
     finally:
         for fh in files:
             fh.close()
@@ -197,15 +210,19 @@ def _with_answers(chunks: Chunks, starts: np.ndarray, work: Path) -> Iterator[pl
         lo += chunk.height
 
 
-def dedup_chunks(chunks: Chunks, usable: Usable, work: Path,
-                 config: DedupSettings = DedupSettings(), chunk_rows: int = 100_000) -> tuple[Iterator[pl.DataFrame], dict]:
+def dedup_chunks(chunks: Chunks, usable: Usable, work: Path, config: DedupSettings = DedupSettings(),
+                 chunk_rows: int = 100_000, mapped: Mapped | None = None) -> tuple[Iterator[pl.DataFrame], dict]:
     """:func:`evolforge.steps.dedup.minhash.dedup_table` over a table read in chunks: ``chunks(columns)`` gives a
     fresh pass over them (all columns for None), the same rows in the same chunks each time (it is called
     three times), ``usable(chunk)`` the selection guards' verdict per row, ``work`` an empty scratch folder
     that must outlive the returned iterator, ``chunk_rows / WALK_SHARE`` about how many walked items one group holds.
-    Returns (the output chunks, to stream to Parquet, metrics)."""
+    ``mapped(fn)``, when given, runs pass 1: ``fn`` over the same chunks, the results in order (the stage's
+    :func:`evolforge.io.ray_data.map_chunks`, on Ray with ``data.engine: ray``); by default it is
+    ``map(fn, chunks(None))``. Returns (the output chunks, to stream to Parquet, metrics)."""
     bands, _ = lsh_bands(config.threshold, config.num_perm)
-    starts, nonempty, usable_rows = _sketch_pass(chunks, usable, config, work)
+    sketch = partial(_sketch, usable=usable, config=config)
+    sketches = mapped(sketch) if mapped is not None else map(sketch, chunks(None))
+    starts, nonempty, usable_rows = _sketch_pass(sketches, bands, work)
     n = int(starts[-1])
     walked = _walked(work, bands, nonempty)
     # a walked item costs about 4x a streamed row (its band keys, bucket entries and shingle set), so a
@@ -229,13 +246,14 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     streamed into ``out`` ``data.chunk_rows`` rows at a time (the scratch folder beside it); removed.parquet
     holds the duplicates with their answers (``DUPLICATE_FLAGS``). A usable item (one selection could take)
     wins its cluster over an unusable twin."""
-    cfg, rows = load_section(params, "dedup"), load_section(params, "data").chunk_rows
-    source = table_file(items)
+    cfg, data = load_section(params, "dedup"), load_section(params, "data")
+    source, rows = table_file(items), data.chunk_rows
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
     Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work:
+    with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work, session(data):
         answered, metrics = dedup_chunks(lambda columns: iter_chunks(source, rows, columns),
-                                         lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows)
+                                         lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows,
+                                         mapped=lambda fn: map_chunks(source, rows, None, fn, data))  # pass 1 on Ray
         removed = Path(work) / "removed"
         removed.mkdir()
 

@@ -12,21 +12,25 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import polars as pl
+import torch
 
 from evolforge.io import validation
 from evolforge.config.loader import load_role, load_section
+from evolforge.config.roles import Role
 from evolforge.io.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs
-from evolforge.io.stream import check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
+from evolforge.io.ray_data import map_chunks, session
+from evolforge.io.stream import check_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
 from evolforge.core.versions import output_versions
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import ifd
 from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.histogram import histogram
 from evolforge.score.precision import RATIO_DIGITS, significant, stored_scores
+from evolforge.steps.score.settings import ScoreSettings
 
 MEANS = ("loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd")  # in the metrics
 
@@ -40,30 +44,49 @@ def scoring_rows(chunk_rows: int) -> int:
     return max(1, chunk_rows // ifd.ENCODE_CHUNK) * ifd.ENCODE_CHUNK
 
 
+class ChunkScorer:
+    """The stored scores of a chunk of items (id, round, then :data:`SCORE_VALUES`), the scorer loaded on
+    the first call: once in the stage's process, or once per Ray actor (``data.engine: ray``). The encode
+    chunk is fixed here, in the stage's process, so an actor batches as the stage would."""
+
+    def __init__(self, role: Role, settings: ScoreSettings, threads: int | None = None) -> None:
+        self.role, self.settings, self.threads = role, settings, threads
+        self.encode_chunk = ifd.ENCODE_CHUNK
+        self._scorer: tuple[Any, Any] | None = None
+
+    def __call__(self, chunk: pl.DataFrame) -> pl.DataFrame:
+        role = self.role
+        if self._scorer is None:
+            if self.threads is not None:  # an actor takes `threads` CPUs of its node, not all of them
+                torch.set_num_threads(self.threads)
+            self._scorer = ifd.load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+        model, tokenizer = self._scorer
+        scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(), chunk["output"].to_list(),
+                                **dataclasses.asdict(self.settings), batch_size=role.batch_size, chunk_size=self.encode_chunk)
+        return pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
+
+
 def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     """Scores (id, round, losses in nats, ifd, ic_ifd, token counts) of the items of ``items``, streamed into
-    ``out``; the scorer runs in-process (hf): scoring needs logits."""
+    ``out``; the scorer runs in-process (hf): scoring needs logits. With ``data.engine: ray`` the chunks are
+    scored by ``roles.scorer.replicas`` Ray actors of ``roles.scorer.threads`` CPUs (default 1) each."""
     cfg = load_section(params, "score")
     role = load_role(params, "scorer")
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
-    source, rows = table_file(items), load_section(params, "data").chunk_rows
-    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), rows)
-    model, tokenizer = ifd.load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+    source, data = table_file(items), load_section(params, "data")
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), data.chunk_rows)
     schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_VALUES})
-
-    def scored() -> Iterator[pl.DataFrame]:
-        for chunk in iter_chunks(source, scoring_rows(rows), ["id", "round", "instruction", "input", "output"]):
-            scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(), chunk["output"].to_list(),
-                                    **dataclasses.asdict(cfg), batch_size=role.batch_size, chunk_size=ifd.ENCODE_CHUNK)
-            yield pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
+    scorer = ChunkScorer(role, cfg, threads=(role.threads or 1) if data.engine == "ray" else None)
+    scored = map_chunks(source, scoring_rows(data.chunk_rows), ["id", "round", "instruction", "input", "output"], scorer, data,
+                        actors=role.replicas, cpus=role.threads or 1)
 
     meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),  # as write_output
             "params": dataclasses.asdict(cfg)}
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:  # the model runs on this thread
-        write_output_chunks(out, {TABLE: (schema, read_spilled(spilled(scored(), work)))}, meta=meta)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work, session(data):  # the model runs on this thread
+        write_output_chunks(out, {TABLE: (schema, read_spilled(spilled(scored, work)))}, meta=meta)
     written = table_file(out)
 
     def column(name: str) -> pl.Series:  # one column of the written table at a time: 8 bytes per item
