@@ -11,7 +11,9 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import yaml
@@ -67,6 +69,13 @@ def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, metho
 EXAMPLE_FILES = {"evol": "evolve/examples.yaml", "auto": "optimize/examples.yaml"}  # under prompts/
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed_yaml(path: Path, stamp: tuple[int, int]) -> Any:
+    """``path`` parsed, once per version of the file (``stamp``: its mtime and size): the examples are read
+    for every item evolved with few-shot examples, and parsing the file each time cost 20x the stage's CPU."""
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
 def load_examples(prompts: PromptLibrary, method: str) -> list[dict[str, str]]:
     """The worked examples of ``method`` (an Evol-Instruct method, or an Auto Evol-Instruct strategy),
     each {"instruction", "answer"}; one clear error when the file lacks them."""
@@ -74,7 +83,8 @@ def load_examples(prompts: PromptLibrary, method: str) -> list[dict[str, str]]:
     path = prompts.root / EXAMPLE_FILES["auto" if auto else "evol"]
     key = "auto" if auto else method
     try:
-        found = yaml.safe_load(path.read_text(encoding="utf-8"))
+        stat = path.stat()
+        found = _parsed_yaml(path, (stat.st_mtime_ns, stat.st_size))
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: cannot read the few-shot examples (evolve.few_shot): {err}") from None
     examples = found.get(key) if isinstance(found, dict) else None
