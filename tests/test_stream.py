@@ -19,7 +19,7 @@ import pytest
 
 from evolforge.io import validation
 from evolforge.io.records import ROW_GROUP_ROWS, write_table
-from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_schema
+from evolforge.io.stream import check_chunks, check_unique, iter_chunks, sink_chunks, table_schema
 from evolforge.io.validation import DataError
 from evolforge.steps.dedup.minhash import dedup_table
 from evolforge.io.columns import DUPLICATE_FLAGS
@@ -139,6 +139,29 @@ def test_chunked_checks_name_the_table_row(tmp_path):
     assert err.value.rows == [4, 271] and "id values are unique" in str(err.value)
     table.write_parquet(tmp_path / "good.parquet")
     check_chunks(tmp_path / "good.parquet", rules, 100)
+
+
+@pytest.mark.parametrize("repeats", [0, 1, 3, 25])
+def test_unique_check_names_what_a_whole_column_check_names(repeats):
+    """The hashed uniqueness check reports the rows (the first ten) and the value that polars'
+    ``is_duplicated`` over the whole column finds, for ids, numbers and nulls."""
+    import random
+
+    rng = random.Random(repeats)
+    for values in ([f"id-{k}" for k in range(5000)], list(range(5000))):
+        for _ in range(repeats):
+            values[rng.randrange(5000)] = values[rng.randrange(5000)]
+        if repeats == 3:
+            values[10] = values[20] = None
+        column = pl.Series("id", values)
+        expected = column.to_frame().with_row_index("row").filter(pl.col("id").is_duplicated()).head(10)
+        if not expected.height:
+            check_unique(column.to_frame().lazy(), "id", "t.parquet")
+            continue
+        with pytest.raises(DataError) as err:
+            check_unique(column.to_frame().lazy(), "id", "t.parquet")
+        assert err.value.rows == (expected["row"] + 1).to_list()
+        assert f"id {expected['id'][0]!r} appears more than once" in str(err.value)
 
 
 def test_dedup_stage_output_is_the_in_memory_one(tmp_path, monkeypatch):
