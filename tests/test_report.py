@@ -58,6 +58,8 @@ def test_histogram_bins_are_round_and_count_everything(values):
         assert b["bin_high"] - b["bin_low"] == pytest.approx(step)
     assert bins[0]["bin_low"] <= min(values) and bins[-1]["bin_high"] >= max(values)
     assert histogram([None]) == []
+    column = pl.Series(values + [None, float("nan")], dtype=pl.Float64)  # a table's column, as score bins it
+    assert histogram(column.to_numpy()) == bins
 
 
 def test_nice_step():

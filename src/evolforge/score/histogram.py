@@ -29,12 +29,16 @@ def _clean(x: float) -> float:
     return float(f"{x:.12g}")
 
 
-def histogram(values: Iterable[float | None], bins: int = 20) -> list[dict]:
+def histogram(values: Iterable[float | None] | np.ndarray, bins: int = 20) -> list[dict]:
     """Counts over round-step bins that cover the finite values (None and NaN are left out); [] when none.
 
-    At most ``bins + 1`` bins; the last bin includes its upper edge.
+    At most ``bins + 1`` bins; the last bin includes its upper edge. A numpy array (a table's column, nulls as
+    NaN) is binned as it is, without a Python object per value.
     """
-    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if isinstance(values, np.ndarray):
+        x = values.astype(float, copy=False)
+    else:
+        x = np.asarray([v for v in values if v is not None], dtype=float)
     x = x[np.isfinite(x)]
     if x.size == 0:
         return []

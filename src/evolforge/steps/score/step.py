@@ -100,9 +100,9 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     metrics = {"items": scored_ifd.len(), "template": cfg.template, "scorer": role.model,
                "null_scores": int(column("ic_ifd").is_null().sum()), **{f"mean_{c}": mean(c) for c in MEANS},
                "share_ifd_above_1": float((scored_ifd > 1).sum() / max(1, scored_ifd.drop_nulls().len()))}
-    plots = {"ifd_hist.json": histogram(scored_ifd.to_list())}
+    plots = {"ifd_hist.json": histogram(scored_ifd.to_numpy())}
     del scored_ifd
-    plots["ic_ifd_hist.json"] = histogram(column("ic_ifd").to_list())
+    plots["ic_ifd_hist.json"] = histogram(column("ic_ifd").to_numpy())
     return Outputs(metrics, f"score: {metrics['items']} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}",
                    plots=plots, peak_rss=True)
 
