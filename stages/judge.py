@@ -15,7 +15,7 @@ from evolforge.steps.judge.step import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plot"], prompts=True)
-    write(args, run(args.items, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.items, args.out, load_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

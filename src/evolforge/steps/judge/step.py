@@ -25,6 +25,7 @@ long, rejected, retries exhausted) has a null raw text and the failure as its re
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +37,10 @@ from evolforge.core.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema
+from evolforge.io.records import TABLE, VERSIONS
+from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
+                                 write_output_chunks)
+from evolforge.core.versions import output_versions
 from evolforge.core.text import question_text
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
@@ -142,10 +146,25 @@ def level_distribution(table: pl.DataFrame) -> list[dict]:
     return sorted(rows, key=lambda r: (r["round"], LEVELS.index(r["level"])))
 
 
-def run(items: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+def _per_round(written: Path) -> tuple[dict, pl.DataFrame]:
+    """The metrics' per-round means and level counts, from the written table read a column or two at a time
+    (never the raw answers), and the (round, difficulty_level) columns for the levels plot."""
+    levels = pl.read_parquet(written, columns=["round", "difficulty_level"])
+    per_round: dict[str, dict] = {str(r): {} for (r,), _ in levels.group_by(["round"], maintain_order=True)}
+    for column in ("difficulty_score", "difficulty_expected", "level_expected"):
+        values = pl.read_parquet(written, columns=["round", column])
+        for (r,), part in values.group_by(["round"], maintain_order=True):
+            per_round[str(r)][f"mean_{column}"] = part[column].mean()
+    for (r,), part in levels.group_by(["round"], maintain_order=True):
+        per_round[str(r)]["levels"] = {level: int((part["difficulty_level"] == level).sum()) for level in LEVELS}
+    return per_round, levels
+
+
+def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The judge stage over the table ``items``: the item texts are read ``data.chunk_rows`` at a time and
-    judged chunk by chunk (each item's answers are its own); only the judged columns, without the texts, are
-    held for the output (docs/scale.md)."""
+    judged chunk by chunk (each item's answers are its own); each chunk's judged columns, without the texts,
+    are spilled beside ``out`` and streamed into it; the metrics read the written table a column at a time
+    (docs/scale.md)."""
     cfg = load_section(params, "judge")
     source, rows = table_file(items), load_section(params, "data").chunk_rows
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
@@ -155,23 +174,29 @@ def run(items: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Ou
         return judge(chunk, llm, prompts, score_prompt=cfg.score_prompt, max_tokens=cfg.max_tokens, constrain=cfg.constrain,
                      probabilities=cfg.probabilities).select(list(JUDGED))
 
-    parts = [judged(chunk) for chunk in iter_chunks(source, rows)]
-    table = pl.concat(parts) if parts else judged(pl.DataFrame(schema=table_schema(source)))  # no rows: the columns
-    per_round = {str(r): {"mean_difficulty_score": part["difficulty_score"].mean(),
-                          "mean_difficulty_expected": part["difficulty_expected"].mean(),
-                          "mean_level_expected": part["level_expected"].mean(),
-                          "levels": {level: int((part["difficulty_level"] == level).sum()) for level in LEVELS}}
-                 for (r,), part in table.group_by(["round"], maintain_order=True)}
-    metrics = {"items": table.height, "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
-               "mean_difficulty_score": table["difficulty_score"].mean(), "probabilities": cfg.probabilities,
-               "mean_difficulty_expected": table["difficulty_expected"].mean(),
-               "level_unparsed": int(table["difficulty_level"].is_null().sum()),
-               "score_unparsed": int(table["difficulty_score"].is_null().sum()),
+    score_template = SCORE_TEMPLATES[cfg.score_prompt]
+    meta = {VERSIONS: output_versions(), "model": llm.label, "model_identity": llm.identity,  # as write_output
+            "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
+            "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), score_template: prompts.hash(score_template)}}
+    out = Path(out)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.absolute().parent) as work:  # the model runs on this thread
+        checked = checked_chunks(map(judged, iter_chunks(source, rows)), validation.between("difficulty_score", 0, 100), out)
+        files = spilled(checked, work)
+        schema = pl.read_parquet_schema(files[0]) if files else judged(pl.DataFrame(schema=table_schema(source))).schema
+        write_output_chunks(out, {TABLE: (schema, read_spilled(files))}, meta=meta)
+    written = table_file(out)
+
+    def column(name: str) -> pl.Series:
+        return pl.read_parquet(written, columns=[name])[name]
+
+    per_round, levels = _per_round(written)
+    metrics = {"items": levels.height, "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
+               "mean_difficulty_score": column("difficulty_score").mean(), "probabilities": cfg.probabilities,
+               "mean_difficulty_expected": column("difficulty_expected").mean(),
+               "level_unparsed": int(levels["difficulty_level"].is_null().sum()),
+               "score_unparsed": int(column("difficulty_score").is_null().sum()),
                "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
                "llm": {"judge": llm.stats}}  # tokens, failures and cost of the calls
-    score_template = SCORE_TEMPLATES[cfg.score_prompt]
-    meta = {"model": llm.label, "model_identity": llm.identity, "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
-            "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), score_template: prompts.hash(score_template)}}
-    return Outputs(metrics, f"judge: {table.height} items, {metrics['level_unparsed']} levels and {metrics['score_unparsed']} scores unparsed",
-                   table=table, meta=meta, checks=validation.between("difficulty_score", 0, 100), plot=level_distribution(table),
-                   peak_rss=True)
+    return Outputs(metrics, f"judge: {levels.height} items, {metrics['level_unparsed']} levels and {metrics['score_unparsed']} scores unparsed",
+                   plot=level_distribution(levels), peak_rss=True)
