@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
         [--baseline-commit f1fd5ed [--baseline-only]] [--stages all | dedup decontaminate respond ...]
-        [--diversity-max-items 600000] [--work DIR] [--peers]
+        [--diversity-max-items 300000] [--work DIR] [--peers]
         [--engines local ray [--ray-address 127.0.0.1:6379]]
 
 For each size N it writes N synthetic items (``bench/dedup.py``'s generator: N/3 seeds x 3 rounds, a quarter
@@ -71,9 +71,13 @@ from evolforge.steps.dedup.minhash import lsh_bands  # noqa: E402
 from evolforge.steps.dedup.settings import DedupSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PAIR_NS = 1.0  # CPU nanoseconds per pair of the diversity stage's exact MND (16-d stand-in vectors), measured at 150k items
+# CPU nanoseconds per pair of the diversity stage's exact MND, 16-d stand-in vectors: its whole run at 150k items
+# (129,326 rows after dedup and decontaminate) took 91.4 s of CPU on the shared two-core machine (peak 6.5 GiB)
+PAIR_NS = 5.5
 METRICS = {"pick_scenario": "pool"}  # metrics/<name>.json as dvc.yaml names it, where not the stage's name
-DIVERSITY_MAX_ITEMS = 600_000  # above it, diversity is skipped with its estimated time (see PAIR_NS)
+# above it, diversity is skipped with its estimated time: 300k items (~259k rows) is about 6 min of CPU, 1.2M
+# (~1.03M rows) about 98 min
+DIVERSITY_MAX_ITEMS = 300_000
 
 
 def write_peer_items(source: Path, folder: Path, chunk: int) -> None:
