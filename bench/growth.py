@@ -11,7 +11,8 @@ of ``--stages`` (default: dedup decontaminate; ``all``: respond pick_scenario de
 diversity select, dvc.yaml's order) as its own process, with dvc.yaml's command line and a params.yaml
 written for the run (``data.chunk_rows`` from ``--chunk-rows``; the shipped ``judge``, ``diversity`` and
 ``select`` sections), and reads the process's CPU time and peak RSS from the kernel (``wait4``): the figure
-is the stage's whole run, imports and Parquet I/O included. Where each stage reads and writes:
+is the stage's whole run, imports and Parquet I/O included (read by a small launcher process: Linux carries a
+process's peak RSS across exec, so a child of growth.py would report growth.py's own). Where each stage reads and writes:
 ``bench/growth_stages.py``. ``respond`` (the items split into their three rounds' folders), ``judge``,
 ``score`` and ``diversity`` run with a stand-in model (``bench/stub_stage.py``): the responder answers 60
 words, the judge answers the shipped settings' requests (constrained, ranked by probabilities: a JSON list
@@ -123,17 +124,28 @@ def machine_cpu_s() -> float:
     return (sum(int(f) for f in fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+# Linux keeps a process's peak RSS across exec: a child of this process would report at least this process's own
+# peak (the items it wrote). So the stage runs under a small launcher, which reports the stage's CPU and peak.
+LAUNCHER = ("import json, os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
+            "open(sys.argv[1], 'w').write(json.dumps([u.ru_utime + u.ru_stime, u.ru_maxrss])); "
+            "sys.exit(os.waitstatus_to_exitcode(s))")
+
+
 def measure(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float, float, float]:
-    """(CPU seconds, wall seconds, peak RSS MiB) of one child process run in ``cwd``, from the kernel's accounting,
-    and the machine's CPU seconds meanwhile."""
-    start, machine = time.perf_counter(), machine_cpu_s()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall, machine = time.perf_counter() - start, machine_cpu_s() - machine
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{output}")
-    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss / 1024, machine
+    """(CPU seconds, wall seconds, peak RSS MiB) of one child process run in ``cwd``, from the kernel's accounting
+    (``wait4`` in :data:`LAUNCHER`), and the machine's CPU seconds meanwhile."""
+    with tempfile.TemporaryDirectory(prefix="growth-measure-") as tmp:
+        report = Path(tmp) / "usage.json"
+        start, machine = time.perf_counter(), machine_cpu_s()
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *cmd], env=env, cwd=cwd,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = proc.stdout.read()
+        code = proc.wait()
+        wall, machine = time.perf_counter() - start, machine_cpu_s() - machine
+        if code != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{output}")
+        cpu, peak_kib = json.loads(report.read_text())
+    return cpu, wall, peak_kib / 1024, machine
 
 
 def stage_scripts(commit: str | None, work: Path) -> dict[str, Path]:
