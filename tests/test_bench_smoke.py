@@ -30,7 +30,8 @@ HELP_ONLY = {  # script -> why the suite only checks that it starts
     "score_reference.py": "needs the shipped model and the papers' official checkouts",
     "plant_contamination.py": "modifies a built copy of the repository and runs dvc repro",
     "selected_near_duplicates.py": "reads a built data/selected",
-    "stub_stage.py": "a helper of growth.py, which runs it (tests/test_stream.py)",
+    "stub_stage.py": "a helper of growth.py, which runs it (tests/test_stream.py, test_growth_runs_every_data_stage)",
+    "growth_stages.py": "a module of growth.py (test_growth_runs_every_data_stage)",
     "peer_datatrove.py": "runs in the datatrove virtualenv growth.py --peers installs from PyPI",
 }
 
@@ -63,3 +64,32 @@ def test_bench_runs_at_tiny_size(script, tiny_model, tmp_path):
 def test_bench_starts(script):
     proc = run(script, ["--help"])
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_growth_runs_every_data_stage(tmp_path):
+    """growth.py --stages all on a few hundred items: a row with positive figures for each of the eight data
+    stages, in dvc.yaml's order; with diversity above --diversity-max-items, its row says it was skipped and
+    select still runs."""
+    import json
+
+    out = tmp_path / "growth.json"
+    proc = run("growth.py", ["--items", "600", "--chunk-rows", "100", "--stages", "all", "--work", str(tmp_path),
+                             "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["stage"] for r in rows] == ["respond", "pick_scenario", "dedup", "decontaminate", "judge", "score",
+                                          "diversity", "select"]
+    for r in rows:
+        assert r["items"] == 600 and r["input_rows"] > 0, r
+        assert r["cpu_s"] > 0 and r["wall_s"] > 0 and r["peak_rss_mib"] > 50 and r["machine_cpu_s"] >= 0, r
+    proc = run("growth.py", ["--items", "300", "--chunk-rows", "100", "--stages", "all", "--work", str(tmp_path),
+                             "--diversity-max-items", "200", "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    rows = {r["stage"]: r for r in json.loads(out.read_text())}
+    assert rows["diversity"]["cpu_s"] is None and "diversity-max-items" in rows["diversity"]["skipped"]
+    assert "SKIPPED" in proc.stdout and rows["select"]["cpu_s"] > 0
+
+
+def test_growth_refuses_select_without_its_inputs():
+    proc = run("growth.py", ["--items", "300", "--stages", "dedup", "decontaminate", "select"])
+    assert proc.returncode == 2 and "select reads the output of judge and score and diversity" in proc.stderr
