@@ -15,7 +15,7 @@ array([0.8, 0.4, 0.4], dtype=float32)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -45,37 +45,79 @@ class NeighborStats:
     repeat_count: np.ndarray  # (N,) int64: other items closer than the repeat threshold
 
 
-def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-d array (items x dimensions), got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    zero = np.flatnonzero(norms[:, 0] == 0)
-    if zero.size:
-        raise ValueError(f"embedding rows {zero[:10].tolist()} have zero norm: no direction to compare")
-    return x / norms
+KEY_BLOCK = 4096  # least rows of keys compared with a block of queries at once (the last tile takes the rest)
+MIN_TILE_WORK = 1 << 24  # least multiply-adds per tile: a product no smaller than BLAS's small-matrix paths
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    x = np.asarray(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _check_rows(embeddings, block_size: int) -> None:
+    """2-d, and no row of zero norm (the first ten such rows named), read a block of rows at a time."""
+    if len(embeddings.shape) != 2:
+        raise ValueError(f"embeddings must be a 2-d array (items x dimensions), got shape {tuple(embeddings.shape)}")
+    zero: list[int] = []
+    for start in range(0, embeddings.shape[0], block_size):
+        norms = np.linalg.norm(np.asarray(embeddings[start : start + block_size], dtype=np.float32), axis=1)
+        zero += (np.flatnonzero(norms == 0) + start).tolist()
+        if len(zero) >= 10:
+            break
+    if zero:
+        raise ValueError(f"embedding rows {zero[:10]} have zero norm: no direction to compare")
+
+
+def _key_tiles(n: int, rows: int) -> list[tuple[int, int]]:
+    """[start, stop) of tiles of ``rows`` keys, the last one also taking a shorter rest (all n when n < 2 rows)."""
+    starts = list(range(0, n, rows))
+    if len(starts) > 1 and n - starts[-1] < rows:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _fold(d2: np.ndarray, first_query: int, first_key: int, min_distance: np.ndarray, repeat_count: np.ndarray,
+          repeat_threshold: float) -> None:
+    """Fold one tile of cosines (queries x keys) into its queries' running minimum and repeat count."""
+    d2 *= -2.0  # in place: 2 - 2 cos with the float32 roundings of 2.0 - 2.0 * cos, one tile of memory
+    d2 += 2.0
+    np.maximum(d2, 0.0, out=d2)  # rounding can dip just below 0 for duplicates
+    lo, hi = max(first_query, first_key), min(first_query + d2.shape[0], first_key + d2.shape[1])
+    if lo < hi:
+        own = np.arange(lo, hi)
+        d2[own - first_query, own - first_key] = np.inf  # not its own neighbour
+    np.minimum(min_distance, d2.min(axis=1), out=min_distance)
+    repeat_count += (d2 < repeat_threshold).sum(axis=1)
 
 
 def neighbor_stats(
-    embeddings: np.ndarray, block_size: int = 4096, repeat_threshold: float = REPEAT_THRESHOLD
+    embeddings: np.ndarray, block_size: int = 4096, repeat_threshold: float = REPEAT_THRESHOLD, key_block: int = KEY_BLOCK
 ) -> NeighborStats:
-    """Exact nearest-neighbour distance and repeat count of every row, blockwise.
+    """Exact nearest-neighbour distance and repeat count of every row, tile by tile.
 
-    Each block of ``block_size`` queries is compared with all N rows by one matrix multiply, so
-    memory is block_size x N x 4 bytes (4096 x 100k: 1.6 GB), never N x N. Unlike paper B's
-    ``search_batch(k=500)``, repeats are counted over all rows, not only the 500 nearest.
+    ``embeddings`` is anything with ``shape`` whose row slices are arrays: an array, a memory map, or
+    :class:`evolforge.steps.diversity.npy.NpyRows` (a file read a block at a time); rows are normalised a
+    block at a time. Each block of ``block_size`` queries is compared with tiles of at least ``key_block``
+    keys by one matrix multiply, so memory is about block_size x 2 key_block x 4 bytes (4096 x 8191: 128 MiB),
+    whatever N; time is N x N x d. The floats are those of one product of a query block with all N rows
+    (every cosine is the same dot product over d; min and counts are exact), except that numpy hands a
+    block of one query row (N = 1 mod block_size) to BLAS's gemv, whose rounding of a few columns depends
+    on how BLAS splits them among its threads. Unlike paper B's ``search_batch(k=500)``, repeats are
+    counted over all rows, not only the 500 nearest.
     """
-    x = _unit_rows(embeddings)
-    n = len(x)
-    min_distance = np.empty(n, dtype=np.float32)
-    repeat_count = np.empty(n, dtype=np.int64)
+    rows = embeddings if hasattr(embeddings, "shape") else np.asarray(embeddings, dtype=np.float32)
+    _check_rows(rows, block_size)
+    n = rows.shape[0]
+    min_distance = np.full(n, np.inf, dtype=np.float32)
+    repeat_count = np.zeros(n, dtype=np.int64)
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
-        d2 = 2.0 - 2.0 * (x[start:stop] @ x.T)  # (block, N) squared L2 of unit vectors
-        np.maximum(d2, 0.0, out=d2)  # rounding can dip just below 0 for duplicates
-        d2[np.arange(stop - start), np.arange(start, stop)] = np.inf  # not its own neighbour
-        min_distance[start:stop] = d2.min(axis=1)
-        repeat_count[start:stop] = (d2 < repeat_threshold).sum(axis=1)
+        queries = _unit_rows(rows[start:stop])
+        tile = max(key_block, -(-MIN_TILE_WORK // max(1, queries.size)))
+        for first, last in _key_tiles(n, tile):
+            # the whole table in one tile: the same buffer twice, so numpy takes the path it took for x @ x.T
+            keys = queries if (start, stop) == (first, last) == (0, n) else _unit_rows(rows[first:last])
+            _fold(queries @ keys.T, start, first, min_distance[start:stop], repeat_count[start:stop], repeat_threshold)
     min_distance[np.isinf(min_distance)] = np.nan  # a single item has no neighbour
     return NeighborStats(min_distance, repeat_count)
 
@@ -89,24 +131,42 @@ def min_neighbor_distance(embeddings: np.ndarray, block_size: int = 4096) -> np.
 # Embeddings.
 
 
+EMBED_CHUNK = 4096  # texts length-sorted and batched together by the embedders (their chunk_size)
+
+
 @torch.inference_mode()
 def mean_pooled_embeddings(
-    model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = 512, progress: bool = False
+    model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = 512, progress: bool = False,
+    chunk_size: int = EMBED_CHUNK,
 ) -> np.ndarray:
     """Unit-normalised mean of the causal LM's last hidden state over each text's tokens (padding
-    masked out); (N, hidden) float32. Longest texts first in right-padded batches; input order kept."""
+    masked out); (N, hidden) float32. Longest texts first in right-padded batches; input order kept.
+
+    Texts are sorted and batched ``chunk_size`` at a time, and a batch never spans two such chunks: a
+    text's vector depends on its batch (padding changes the floats in the last bits), so embedding the
+    texts in pieces of whole chunks gives the same floats as embedding them at once."""
     if not texts:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
     truncation = max_length is not None
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=truncation, max_length=max_length)["input_ids"]
-    empty = [i for i, seq in enumerate(ids) if not seq]
-    if empty:
-        raise ValueError(f"texts {empty[:10]} have no tokens: nothing to embed")
-    backbone = model.base_model  # the transformer without the LM head: no logits computed
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[np.ndarray] = []
+    with tqdm(total=len(texts), desc="embedding", disable=not progress) as bar:
+        for start in range(0, len(texts), chunk_size):
+            ids = tokenizer(list(texts[start : start + chunk_size]), add_special_tokens=True, truncation=truncation,
+                            max_length=max_length)["input_ids"]
+            empty = [start + i for i, seq in enumerate(ids) if not seq]
+            if empty:
+                raise ValueError(f"texts {empty[:10]} have no tokens: nothing to embed")
+            out += _pooled_chunk(model, ids, batch_size, pad_id, bar.update)
+    return np.stack(out)
+
+
+def _pooled_chunk(model, ids: list[list[int]], batch_size: int, pad_id: int, progress) -> list[np.ndarray]:
+    """The unit mean-pooled vectors of one chunk of token ids, in its order; batches of length-sorted rows."""
+    backbone = model.base_model  # the transformer without the LM head: no logits computed
     out: list[np.ndarray] = [np.empty(0)] * len(ids)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc="embedding", disable=not progress):
+    for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         input_ids, mask = pad_right([ids[i] for i in rows], pad_id, model.device)
         hidden = backbone(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
@@ -114,10 +174,11 @@ def mean_pooled_embeddings(
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
         for row, vector in zip(rows, torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()):
             out[row] = vector
-    return np.stack(out)
+        progress(len(rows))
+    return out
 
 
-def _sentence_transformer_embeddings(texts, model_name, batch_size, revision, device, progress) -> np.ndarray:
+def _sentence_transformer(model_name, batch_size, revision, device, progress, chunk_size) -> Callable[[Sequence[str]], np.ndarray]:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
@@ -127,13 +188,16 @@ def _sentence_transformer_embeddings(texts, model_name, batch_size, revision, de
             "(or use kind='causal-lm-mean', which needs nothing more)"
         ) from err
     model = SentenceTransformer(model_name, device=None if device == "auto" else device, revision=revision)
-    vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=progress)
-    return vectors.astype(np.float32)
+
+    def embed(texts: Sequence[str]) -> np.ndarray:  # encode() sorts by length too: one call per chunk
+        parts = [model.encode(list(texts[start : start + chunk_size]), batch_size=batch_size, normalize_embeddings=True,
+                              convert_to_numpy=True, show_progress_bar=progress) for start in range(0, len(texts), chunk_size)]
+        return np.concatenate(parts).astype(np.float32) if parts else model.encode([], convert_to_numpy=True).astype(np.float32)
+
+    return embed
 
 
-def embed_texts(
-    texts: Sequence[str],
+def text_embedder(
     model_name: str,
     kind: EmbeddingKind = "causal-lm-mean",
     batch_size: int = 32,
@@ -142,16 +206,23 @@ def embed_texts(
     dtype: str = "auto",
     device: str = "auto",
     progress: bool = True,
-) -> np.ndarray:
-    """Unit-normalised embeddings, (N, d) float32.
+    chunk_size: int = EMBED_CHUNK,
+) -> Callable[[Sequence[str]], np.ndarray]:
+    """``texts -> `` unit-normalised embeddings, (N, d) float32, the model loaded once, here.
 
     ``kind="sentence-transformers"``: a SentenceTransformer (paper B: all-mpnet-base-v2); needs the
     optional sentence-transformers package. ``kind="causal-lm-mean"`` (offline default): mean-pooled
-    last hidden state of a causal LM, e.g. the scorer model, truncated to ``max_length`` tokens.
+    last hidden state of a causal LM, e.g. the scorer model, truncated to ``max_length`` tokens. Either
+    sorts and batches the texts ``chunk_size`` at a time (:func:`mean_pooled_embeddings`).
     """
     if kind == "sentence-transformers":
-        return _sentence_transformer_embeddings(texts, model_name, batch_size, revision, device, progress)
+        return _sentence_transformer(model_name, batch_size, revision, device, progress, chunk_size)
     if kind == "causal-lm-mean":
         model, tokenizer = load_scorer(model_name, revision, dtype=dtype, device=device)
-        return mean_pooled_embeddings(model, tokenizer, texts, batch_size, max_length, progress)
+        return lambda texts: mean_pooled_embeddings(model, tokenizer, texts, batch_size, max_length, progress, chunk_size)
     raise ValueError(f"embedding kind must be 'sentence-transformers' or 'causal-lm-mean', got {kind!r}")
+
+
+def embed_texts(texts: Sequence[str], model_name: str, kind: EmbeddingKind = "causal-lm-mean", **settings: Any) -> np.ndarray:
+    """Unit-normalised embeddings of ``texts``, (N, d) float32: :func:`text_embedder` (its ``settings``) once."""
+    return text_embedder(model_name, kind, **settings)(texts)
