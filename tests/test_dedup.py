@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.steps.dedup.minhash import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, minhash_signatures,
-                                   shingle_hashes, shingles, survival_order)
+from evolforge.steps.dedup.minhash import (EXACT, NEAR, DedupSettings, _shared_bands, band_digests, dedup_table, find_duplicates,
+                                           minhash_signatures, shingle_hashes, shingles, survival_order, walk_duplicates)
 from evolforge.core.text import item_text, normalize_text
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
@@ -153,12 +153,36 @@ def test_signatures_do_not_depend_on_chunking():
     assert not np.array_equal(minhash_signatures(hashes, offsets, 64, seed=4), whole)
     # only texts that share a band with another text are walked: the two copies, not the unrelated text
     twins = shingle_hashes(["sort a list of numbers", "unrelated words about leaves", "sort a list of numbers"], 3)
-    assert _shared_bands(minhash_signatures(*twins, 128, seed=1), 32, 4).tolist() == [True, False, True]
+    assert _shared_bands(band_digests(minhash_signatures(*twins, 128, seed=1), 32, 4)).tolist() == [True, False, True]
     # a signature value is the minimum of that permutation over the text's shingles, whatever their order
     k = 5
     mine = hashes[offsets[k]:offsets[k + 1]]
     again = minhash_signatures(mine[::-1].copy(), np.array([0, mine.size]), 64, seed=3)
     assert np.array_equal(again[0], whole[k])
+
+
+def test_walk_takes_the_band_digests_it_is_given():
+    """The walk keyed by given band digests: the sketch's own give find_duplicates' answers; digests that
+    collide between unrelated texts only add candidates, which the exact Jaccard rejects."""
+    texts = [normalize_text(t) for t in corpus(60)]
+    order = list(range(len(texts)))
+    random.Random(5).shuffle(order)
+    config = DedupSettings()
+    hashes, offsets = shingle_hashes(texts, config.shingle_size)
+    digests = band_digests(minhash_signatures(hashes, offsets, 128, config.seed), 32, 4)
+    expected = find_duplicates(texts, order, config)
+    assert sum(j is not None for j in expected.duplicate_of) > 20
+    assert walk_duplicates(texts, order, digests, config) == expected  # shingle hashes computed by the walk
+    assert walk_duplicates(texts, order, digests, config, (hashes, offsets)) == expected
+    colliding = digests.copy()
+    colliding[:, 0] = 7  # every text "shares" band 0: every kept text becomes a candidate of every other
+    assert _shared_bands(colliding).all()
+    assert walk_duplicates(texts, order, colliding, config) == expected
+    # a twin that shares no digest with its copy is never a candidate: the walk sees only what the keys say
+    twins = ["sort a list of numbers in place", "sort a list of numbers in place"]
+    apart = np.array([[1, 2], [3, 4]], dtype=np.uint64)
+    assert walk_duplicates(twins, [0, 1], apart, config).duplicate_of == [None, None]
+    assert walk_duplicates(twins, [1, 0], apart[[0, 0]], config).duplicate_of == [1, None]
 
 
 def test_config_refuses_bad_values():
