@@ -8,8 +8,8 @@ same instruction" means one thing across the pipeline.
 Similarity. The Jaccard similarity of two items' sets of word shingles (``shingle_size`` consecutive
 words of the normalised text; a text shorter than that is one shingle), each shingle hashed to 64 bits
 (:func:`shingle_hashes`). MinHash sketches of all items at once (:func:`minhash_signatures`, vectorised:
-one sketch object per item cost more CPU than the rest of the stage), banded for LSH (:class:`BandIndex`,
-each band keyed by a 64-bit digest of its values), propose candidates; each candidate is checked with the exact Jaccard of the two shingle sets, so the
+one sketch object per item cost more CPU than the rest of the stage), banded for LSH (each band reduced to
+a 64-bit digest of its values; :func:`shared_buckets`), propose candidates; each candidate is checked with the exact Jaccard of the two shingle sets, so the
 sketch can only miss a pair (an LSH false negative: below 1 % for a pair exactly at the threshold, see
 :func:`lsh_bands`, and fewer above it), never invent one.
 
@@ -167,43 +167,6 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[in
     return best
 
 
-class BandIndex:
-    """LSH buckets over band keys (one 64-bit digest of each band's values, :func:`band_digest`): a query
-    returns every inserted item with an equal key in some band (one dict lookup per band).
-
-    >>> index = BandIndex(bands=2)
-    >>> index.insert(7, [11, 12])
-    >>> index.query([9, 12]), index.query([12, 9])
-    ({7}, set())
-    """
-
-    def __init__(self, bands: int):
-        # a bucket holds its one item as a bare int, a list only once a second item shares it: most buckets
-        # never do, and a list per band per item would cost about 90 bytes each (3 GiB for 52k seeds x 4)
-        self.buckets: list[dict[int, int | list[int]]] = [{} for _ in range(bands)]
-
-    def query(self, keys: list[int]) -> set[int]:
-        found: set[int] = set()
-        for bucket, key in zip(self.buckets, keys):
-            hit = bucket.get(key)
-            if hit is not None:
-                if isinstance(hit, int):
-                    found.add(hit)
-                else:
-                    found.update(hit)
-        return found
-
-    def insert(self, item: int, keys: list[int]) -> None:
-        for bucket, key in zip(self.buckets, keys):
-            held = bucket.get(key)
-            if held is None:
-                bucket[key] = item
-            elif isinstance(held, int):
-                bucket[key] = [held, item]
-            else:
-                held.append(item)
-
-
 @dataclass(frozen=True)
 class Duplicates:
     """One entry per input item, in input order."""
@@ -223,13 +186,27 @@ def survival_order(rounds: Sequence[int], ids: Sequence[str], usable: Sequence[b
                                              maintain_order=True)["index"].to_list()
 
 
-def _shared_bands(digests: np.ndarray) -> np.ndarray:
-    """Mask of the texts that share at least one band digest with another text (``digests``: one row per
-    text, one column per band, as :func:`band_digests`)."""
-    shared = np.zeros(len(digests), dtype=bool)
+def shared_buckets(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The LSH buckets that hold two texts or more (``digests``: one row per text, one column per band, as
+    :func:`band_digests`; a bucket is one band and one digest in it): text i is in buckets
+    ``ids[starts[i]:starts[i + 1]]``, in band order. A text whose slice is empty shares no band with another.
+
+    >>> ids, starts = shared_buckets(np.array([[1, 5], [2, 5], [1, 6]], dtype=np.uint64))
+    >>> [ids[starts[i]:starts[i + 1]].tolist() for i in range(3)]
+    [[0, 2], [2], [0]]
+    """
+    rows, ids, base = [], [], 0
     for column in digests.T:
-        mark_shared(column, shared)
-    return shared
+        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+        held = np.flatnonzero(counts[inverse] > 1)
+        rows.append(held)
+        ids.append(base + inverse[held])
+        base += counts.size
+    row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    by_text = np.argsort(row, kind="stable")  # each text's buckets in band order
+    starts = np.zeros(len(digests) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row, minlength=len(digests)), out=starts[1:])
+    return (np.concatenate(ids)[by_text] if ids else row), starts
 
 
 def band_digest(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
@@ -281,10 +258,11 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
     similarity: list[float | None] = [None] * n
     reason: list[str | None] = [None] * n
     hashes, offsets = shingled if shingled is not None else shingle_hashes(texts, config.shingle_size)
-    walked = _shared_bands(digests) & (offsets[1:] > offsets[:-1])
+    ids, starts = shared_buckets(digests)
+    walked = ((np.diff(starts) > 0) & (np.diff(offsets) > 0)).tolist()  # shares a band, has shingles
     walk = [i for i in order if walked[i]]
-    band_keys = dict(zip(walk, digests[walk].tolist()))
-    lsh = BandIndex(digests.shape[1])
+    buckets = {i: ids[starts[i]:starts[i + 1]].tolist() for i in walk}  # only shared buckets: others hold no one
+    kept_in: dict[int, list[int]] = {}  # a bucket's kept texts
     kept_sets: dict[int, tuple[np.ndarray, int]] = {}  # a kept text's shingle hashes and how many distinct
     rank = {i: r for r, i in enumerate(walk)}
     exact_owner: dict[str, int] = {}
@@ -293,21 +271,24 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
         if text in exact_owner:  # the common case costs a dict lookup, not a comparison
             duplicate_of[i], similarity[i], reason[i] = exact_owner[text], 1.0, EXACT
             continue
-        keys = band_keys[i]
         lo, hi = offsets[i], offsets[i + 1]
         mine = set(hashes[lo:hi].tolist())  # the exact set, for the exact Jaccard
+        candidates: set[int] = set()
+        for bucket in buckets[i]:
+            candidates.update(kept_in.get(bucket, ()))
         best, best_j = None, -1.0
-        for j in lsh.query(keys):
+        for j in candidates:
             theirs, size = kept_sets[j]
-            shared = len(mine.intersection(theirs.tolist()))
-            score = shared / (len(mine) + size - shared)
+            common = len(mine.intersection(theirs.tolist()))
+            score = common / (len(mine) + size - common)
             if score > best_j or (score == best_j and rank[j] < rank[best]):
                 best, best_j = j, score
         if best is not None and best_j >= config.threshold:
             duplicate_of[i], similarity[i] = best, best_j
             reason[i] = EXACT if best_j == 1.0 and texts[best] == text else NEAR
             continue
-        lsh.insert(i, keys)
+        for bucket in buckets[i]:
+            kept_in.setdefault(bucket, []).append(i)
         kept_sets[i] = (hashes[lo:hi], len(mine))
         exact_owner[text] = i
     return Duplicates(duplicate_of, similarity, reason)
