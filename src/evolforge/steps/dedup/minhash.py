@@ -191,17 +191,19 @@ def shared_buckets(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     :func:`band_digests`; a bucket is one band and one digest in it): text i is in buckets
     ``ids[starts[i]:starts[i + 1]]``, in band order. A text whose slice is empty shares no band with another.
 
+    Bucket ids count from 0 with no gaps (the walk keeps a list indexed by them).
+
     >>> ids, starts = shared_buckets(np.array([[1, 5], [2, 5], [1, 6]], dtype=np.uint64))
     >>> [ids[starts[i]:starts[i + 1]].tolist() for i in range(3)]
-    [[0, 2], [2], [0]]
+    [[0, 1], [1], [0]]
     """
     rows, ids, base = [], [], 0
     for column in digests.T:
-        _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
-        held = np.flatnonzero(counts[inverse] > 1)
+        held = np.flatnonzero(pl.Series(column).is_duplicated().to_numpy())
+        _, inverse = np.unique(column[held], return_inverse=True)
         rows.append(held)
-        ids.append(base + inverse[held])
-        base += counts.size
+        ids.append(base + inverse)
+        base += int(inverse.max()) + 1 if held.size else 0
     row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     by_text = np.argsort(row, kind="stable")  # each text's buckets in band order
     starts = np.zeros(len(digests) + 1, dtype=np.int64)
@@ -225,8 +227,7 @@ def band_digests(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def mark_shared(digest: np.ndarray, shared: np.ndarray) -> None:
     """Set ``shared`` where a text's band digest is also another text's."""
-    _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
-    shared |= counts[inverse] > 1
+    shared |= pl.Series(digest).is_duplicated().to_numpy()
 
 
 def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSettings = DedupSettings()) -> Duplicates:
@@ -261,8 +262,8 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
     ids, starts = shared_buckets(digests)
     walked = ((np.diff(starts) > 0) & (np.diff(offsets) > 0)).tolist()  # shares a band, has shingles
     walk = [i for i in order if walked[i]]
-    buckets = {i: ids[starts[i]:starts[i + 1]].tolist() for i in walk}  # only shared buckets: others hold no one
-    kept_in: dict[int, list[int]] = {}  # a bucket's kept texts
+    buckets, first = ids.tolist(), starts.tolist()  # text i's shared buckets: buckets[first[i]:first[i + 1]]
+    kept_in: list[list[int] | None] = [None] * (int(ids.max()) + 1 if ids.size else 0)  # a bucket's kept texts
     kept_sets: dict[int, tuple[np.ndarray, int]] = {}  # a kept text's shingle hashes and how many distinct
     rank = {i: r for r, i in enumerate(walk)}
     exact_owner: dict[str, int] = {}
@@ -273,9 +274,12 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
             continue
         lo, hi = offsets[i], offsets[i + 1]
         mine = set(hashes[lo:hi].tolist())  # the exact set, for the exact Jaccard
+        mine_in = buckets[first[i]:first[i + 1]]  # only shared buckets: the others never hold another text
         candidates: set[int] = set()
-        for bucket in buckets[i]:
-            candidates.update(kept_in.get(bucket, ()))
+        for bucket in mine_in:
+            held = kept_in[bucket]
+            if held is not None:
+                candidates.update(held)
         best, best_j = None, -1.0
         for j in candidates:
             theirs, size = kept_sets[j]
@@ -287,8 +291,12 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
             duplicate_of[i], similarity[i] = best, best_j
             reason[i] = EXACT if best_j == 1.0 and texts[best] == text else NEAR
             continue
-        for bucket in buckets[i]:
-            kept_in.setdefault(bucket, []).append(i)
+        for bucket in mine_in:
+            held = kept_in[bucket]
+            if held is None:
+                kept_in[bucket] = [i]
+            else:
+                held.append(i)
         kept_sets[i] = (hashes[lo:hi], len(mine))
         exact_owner[text] = i
     return Duplicates(duplicate_of, similarity, reason)
