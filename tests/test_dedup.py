@@ -229,3 +229,30 @@ def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
     assert "tom has 3 boxes" in contaminated["contamination_ngram"][0]
     plot = json.loads((tmp_path / "m" / "plot.json").read_text())
     assert sorted((row["round"], row["reason"], row["count"]) for row in plot) == [(1, "near-duplicate", 1), (2, "contaminated", 1)]
+
+
+def test_stage_refuses_bad_items_naming_the_row(tmp_path):
+    """The stage checks what check_chunks checks, in its own passes: the columns and types first, then a null
+    id, round or instruction named by its row in the table (chunks of 100 rows), before a repeated id; the
+    previous output stays."""
+    from evolforge.io.validation import DataError
+    from evolforge.steps.dedup.step import run
+
+    table = pl.DataFrame({"id": [f"i{k:03d}" for k in range(250)], "round": [1] * 250,
+                          "instruction": [f"task {k} with a few words" for k in range(250)], "input": [""] * 250})
+    row = pl.int_range(pl.len())
+    cases = {  # the broken table -> (the rule in the message, the rows named)
+        "null_instruction": (table.with_columns(instruction=pl.when(row == 201).then(None).otherwise("instruction")),
+                             "instruction is not null", [202]),
+        "null_ids": (table.with_columns(id=pl.when(row.is_in([120, 230])).then(None).otherwise("id")), "id is not null", [121]),
+        "repeated_id": (table.with_columns(id=pl.when(row == 230).then(pl.lit("i003")).otherwise("id")),
+                        "id values are unique", [4, 231]),
+        "text_round": (table.with_columns(round=pl.col("round").cast(pl.String)), "column 'round' holds integers", []),
+    }
+    for name, (broken, rule, rows) in cases.items():
+        (tmp_path / name).mkdir()
+        broken.write_parquet(tmp_path / name / "items.parquet")
+        with pytest.raises(DataError) as err:
+            run(tmp_path / name, tmp_path / f"{name}-out", {"data": {"chunk_rows": 100}})
+        assert err.value.rule == rule and err.value.rows == rows, (name, str(err.value))
+        assert not (tmp_path / f"{name}-out").exists()

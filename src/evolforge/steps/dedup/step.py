@@ -49,8 +49,8 @@ from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.text import item_text
-from evolforge.io.stream import (check_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file, table_schema,
-                                 write_output_chunks)
+from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file,
+                                 table_schema, write_output_chunks)
 from evolforge.steps.common.guards import guard_reason
 from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, lsh_bands, mark_shared, minhash_signatures,
                                            shingle_hashes, survival_order, walk_duplicates)
@@ -260,12 +260,17 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     wins its cluster over an unusable twin."""
     cfg, data = load_section(params, "dedup"), load_section(params, "data")
     source, rows = table_file(items), data.chunk_rows
-    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
+    # check_chunks' checks without a pass of their own: the columns and their types from the schema now, the
+    # values (no null id, round or instruction) in every pass that reads them (pass 3 is the first that uses
+    # them: pass 1 takes a null text as empty), then the ids' uniqueness (one query over their column)
+    rules = validation.item_columns(["id", "round", "instruction", "input"])
+    validation.check(pl.DataFrame(schema=table_schema(source)), rules, source)
     Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work, session(data):
-        answered, metrics = dedup_chunks(lambda columns: iter_chunks(source, rows, columns),
+        answered, metrics = dedup_chunks(lambda columns: checked_chunks(iter_chunks(source, rows, columns), rules, source),
                                          lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows,
                                          mapped=lambda fn: map_chunks(source, rows, None, fn, data))  # pass 1 on Ray
+        check_unique(pl.scan_parquet(source), "id", source)
         removed = Path(work) / "removed"
         removed.mkdir()
 
