@@ -239,6 +239,20 @@ def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSet
     return walk_duplicates(texts, order, digests, config, (hashes, offsets))
 
 
+def _closest(mine: set[int], candidates: set[int], kept_sets: dict[int, tuple[np.ndarray, int]],
+             rank: dict[int, int]) -> tuple[int | None, float]:
+    """The candidate whose shingle set has the highest exact Jaccard with ``mine`` (ties: the earlier in the
+    walk, by ``rank``) and that Jaccard; (None, -1.0) without candidates."""
+    best, best_j = None, -1.0
+    for j in candidates:
+        theirs, size = kept_sets[j]
+        common = len(mine.intersection(theirs.tolist()))
+        score = common / (len(mine) + size - common)
+        if score > best_j or (score == best_j and rank[j] < rank[best]):
+            best, best_j = j, score
+    return best, best_j
+
+
 def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndarray,
                     config: DedupSettings = DedupSettings(),
                     shingled: tuple[np.ndarray, np.ndarray] | None = None) -> Duplicates:
@@ -263,6 +277,7 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
     walked = ((np.diff(starts) > 0) & (np.diff(offsets) > 0)).tolist()  # shares a band, has shingles
     walk = [i for i in order if walked[i]]
     buckets, first = ids.tolist(), starts.tolist()  # text i's shared buckets: buckets[first[i]:first[i + 1]]
+    bounds = offsets.tolist()  # text i's shingle hashes: hashes[bounds[i]:bounds[i + 1]]
     kept_in: list[list[int] | None] = [None] * (int(ids.max()) + 1 if ids.size else 0)  # a bucket's kept texts
     kept_sets: dict[int, tuple[np.ndarray, int]] = {}  # a kept text's shingle hashes and how many distinct
     rank = {i: r for r, i in enumerate(walk)}
@@ -272,7 +287,7 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
         if text in exact_owner:  # the common case costs a dict lookup, not a comparison
             duplicate_of[i], similarity[i], reason[i] = exact_owner[text], 1.0, EXACT
             continue
-        lo, hi = offsets[i], offsets[i + 1]
+        lo, hi = bounds[i], bounds[i + 1]
         mine = set(hashes[lo:hi].tolist())  # the exact set, for the exact Jaccard
         mine_in = buckets[first[i]:first[i + 1]]  # only shared buckets: the others never hold another text
         candidates: set[int] = set()
@@ -280,13 +295,7 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
             held = kept_in[bucket]
             if held is not None:
                 candidates.update(held)
-        best, best_j = None, -1.0
-        for j in candidates:
-            theirs, size = kept_sets[j]
-            common = len(mine.intersection(theirs.tolist()))
-            score = common / (len(mine) + size - common)
-            if score > best_j or (score == best_j and rank[j] < rank[best]):
-                best, best_j = j, score
+        best, best_j = _closest(mine, candidates, kept_sets, rank)
         if best is not None and best_j >= config.threshold:
             duplicate_of[i], similarity[i] = best, best_j
             reason[i] = EXACT if best_j == 1.0 and texts[best] == text else NEAR
