@@ -9,9 +9,10 @@ Similarity. The Jaccard similarity of two items' sets of word shingles (``shingl
 words of the normalised text; a text shorter than that is one shingle), each shingle hashed to 64 bits
 (:func:`shingle_hashes`). MinHash sketches of all items at once (:func:`minhash_signatures`, vectorised:
 one sketch object per item cost more CPU than the rest of the stage), banded for LSH (each band reduced to
-a 64-bit digest of its values; :func:`shared_buckets`), propose candidates; each candidate is checked with the exact Jaccard of the two shingle sets, so the
-sketch can only miss a pair (an LSH false negative: below 1 % for a pair exactly at the threshold, see
-:func:`lsh_bands`, and fewer above it), never invent one.
+a 64-bit digest of its values, :func:`band_digest`; :func:`shared_buckets`), propose candidates; each
+candidate is checked with the exact Jaccard of the two shingle sets, so the sketch can only miss a pair (an
+LSH false negative: below 1 % for a pair exactly at the threshold, see :func:`lsh_bands`, and fewer above
+it), never invent one (a digest collision only adds a candidate: :func:`walk_duplicates`).
 
 Who survives. Items are walked in survival order and an item is removed when an item already kept has
 Jaccard >= ``threshold`` with it; ``duplicate_of`` names that kept item (the most similar one; ties go to

@@ -51,7 +51,7 @@ from evolforge.core.stage import Outputs
 from evolforge.core.text import item_text
 from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file,
                                  table_schema, write_output_chunks)
-from evolforge.steps.common.guards import guard_reason
+from evolforge.steps.common.guards import GUARDS, guard_reason
 from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, lsh_bands, mark_shared, minhash_signatures,
                                            shingle_hashes, survival_order, walk_duplicates)
 
@@ -263,13 +263,16 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     # check_chunks' checks without a pass of their own: the columns and their types from the schema now, the
     # values (no null id, round or instruction) in every pass that reads them (pass 3 is the first that uses
     # them: pass 1 takes a null text as empty), then the ids' uniqueness (one query over their column)
-    rules = validation.item_columns(["id", "round", "instruction", "input"])
-    validation.check(pl.DataFrame(schema=table_schema(source)), rules, source)
+    rules, schema = validation.item_columns(["id", "round", "instruction", "input"]), table_schema(source)
+    validation.check(pl.DataFrame(schema=schema), rules, source)
+    # pass 1 reads the texts and the columns the guards read, no other
+    sketched = [c for c in dict.fromkeys(["instruction", "input", *(c for g in GUARDS.values() for c in g.columns)])
+                if c in schema]
     Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work, session(data):
         answered, metrics = dedup_chunks(lambda columns: checked_chunks(iter_chunks(source, rows, columns), rules, source),
                                          lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows,
-                                         mapped=lambda fn: map_chunks(source, rows, None, fn, data))  # pass 1 on Ray
+                                         mapped=lambda fn: map_chunks(source, rows, sketched, fn, data))  # pass 1 on Ray
         check_unique(pl.scan_parquet(source), "id", source)
         removed = Path(work) / "removed"
         removed.mkdir()
@@ -285,7 +288,6 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
         def duplicates() -> Iterator[pl.DataFrame]:  # read once kept() has spilled them all
             yield from read_spilled(sorted(removed.iterdir()))
 
-        schema = table_schema(source)
         write_output_chunks(out, {TABLE: (schema, kept()),
                                   "removed.parquet": ({**schema, **DUPLICATE_FLAGS}, duplicates())},
                             meta={"params": vars(cfg)})
