@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.steps.dedup.minhash import (EXACT, NEAR, DedupSettings, _shared_bands, dedup_table, find_duplicates, minhash_signatures,
-                                   shingle_hashes, shingles, survival_order)
+from evolforge.steps.dedup.minhash import (EXACT, NEAR, DedupSettings, band_digests, dedup_table, find_duplicates,
+                                           minhash_signatures, shingle_hashes, shingles, shared_buckets, survival_order, walk_duplicates)
 from evolforge.core.text import item_text, normalize_text
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
@@ -153,12 +153,37 @@ def test_signatures_do_not_depend_on_chunking():
     assert not np.array_equal(minhash_signatures(hashes, offsets, 64, seed=4), whole)
     # only texts that share a band with another text are walked: the two copies, not the unrelated text
     twins = shingle_hashes(["sort a list of numbers", "unrelated words about leaves", "sort a list of numbers"], 3)
-    assert _shared_bands(minhash_signatures(*twins, 128, seed=1), 32, 4).tolist() == [True, False, True]
+    _, starts = shared_buckets(band_digests(minhash_signatures(*twins, 128, seed=1), 32, 4))
+    assert (np.diff(starts) > 0).tolist() == [True, False, True] and starts[-1] == 64  # the copies share all 32 bands
     # a signature value is the minimum of that permutation over the text's shingles, whatever their order
     k = 5
     mine = hashes[offsets[k]:offsets[k + 1]]
     again = minhash_signatures(mine[::-1].copy(), np.array([0, mine.size]), 64, seed=3)
     assert np.array_equal(again[0], whole[k])
+
+
+def test_walk_takes_the_band_digests_it_is_given():
+    """The walk keyed by given band digests: the sketch's own give find_duplicates' answers; digests that
+    collide between unrelated texts only add candidates, which the exact Jaccard rejects."""
+    texts = [normalize_text(t) for t in corpus(60)]
+    order = list(range(len(texts)))
+    random.Random(5).shuffle(order)
+    config = DedupSettings()
+    hashes, offsets = shingle_hashes(texts, config.shingle_size)
+    digests = band_digests(minhash_signatures(hashes, offsets, 128, config.seed), 32, 4)
+    expected = find_duplicates(texts, order, config)
+    assert sum(j is not None for j in expected.duplicate_of) > 20
+    assert walk_duplicates(texts, order, digests, config) == expected  # shingle hashes computed by the walk
+    assert walk_duplicates(texts, order, digests, config, (hashes, offsets)) == expected
+    colliding = digests.copy()
+    colliding[:, 0] = 7  # every text "shares" band 0: every kept text becomes a candidate of every other
+    assert (np.diff(shared_buckets(colliding)[1]) > 0).all()
+    assert walk_duplicates(texts, order, colliding, config) == expected
+    # a twin that shares no digest with its copy is never a candidate: the walk sees only what the keys say
+    twins = ["sort a list of numbers in place", "sort a list of numbers in place"]
+    apart = np.array([[1, 2], [3, 4]], dtype=np.uint64)
+    assert walk_duplicates(twins, [0, 1], apart, config).duplicate_of == [None, None]
+    assert walk_duplicates(twins, [1, 0], apart[[0, 0]], config).duplicate_of == [1, None]
 
 
 def test_config_refuses_bad_values():
@@ -204,3 +229,30 @@ def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):
     assert "tom has 3 boxes" in contaminated["contamination_ngram"][0]
     plot = json.loads((tmp_path / "m" / "plot.json").read_text())
     assert sorted((row["round"], row["reason"], row["count"]) for row in plot) == [(1, "near-duplicate", 1), (2, "contaminated", 1)]
+
+
+def test_stage_refuses_bad_items_naming_the_row(tmp_path):
+    """The stage checks what check_chunks checks, in its own passes: the columns and types first, then a null
+    id, round or instruction named by its row in the table (chunks of 100 rows), before a repeated id; the
+    previous output stays."""
+    from evolforge.io.validation import DataError
+    from evolforge.steps.dedup.step import run
+
+    table = pl.DataFrame({"id": [f"i{k:03d}" for k in range(250)], "round": [1] * 250,
+                          "instruction": [f"task {k} with a few words" for k in range(250)], "input": [""] * 250})
+    row = pl.int_range(pl.len())
+    cases = {  # the broken table -> (the rule in the message, the rows named)
+        "null_instruction": (table.with_columns(instruction=pl.when(row == 201).then(None).otherwise("instruction")),
+                             "instruction is not null", [202]),
+        "null_ids": (table.with_columns(id=pl.when(row.is_in([120, 230])).then(None).otherwise("id")), "id is not null", [121]),
+        "repeated_id": (table.with_columns(id=pl.when(row == 230).then(pl.lit("i003")).otherwise("id")),
+                        "id values are unique", [4, 231]),
+        "text_round": (table.with_columns(round=pl.col("round").cast(pl.String)), "column 'round' holds integers", []),
+    }
+    for name, (broken, rule, rows) in cases.items():
+        (tmp_path / name).mkdir()
+        broken.write_parquet(tmp_path / name / "items.parquet")
+        with pytest.raises(DataError) as err:
+            run(tmp_path / name, tmp_path / f"{name}-out", {"data": {"chunk_rows": 100}})
+        assert err.value.rule == rule and err.value.rows == rows, (name, str(err.value))
+        assert not (tmp_path / f"{name}-out").exists()

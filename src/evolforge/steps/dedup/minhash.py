@@ -8,10 +8,11 @@ same instruction" means one thing across the pipeline.
 Similarity. The Jaccard similarity of two items' sets of word shingles (``shingle_size`` consecutive
 words of the normalised text; a text shorter than that is one shingle), each shingle hashed to 64 bits
 (:func:`shingle_hashes`). MinHash sketches of all items at once (:func:`minhash_signatures`, vectorised:
-one sketch object per item cost more CPU than the rest of the stage), banded for LSH (:class:`BandIndex`),
-propose candidates; each candidate is checked with the exact Jaccard of the two shingle sets, so the
-sketch can only miss a pair (an LSH false negative: below 1 % for a pair exactly at the threshold, see
-:func:`lsh_bands`, and fewer above it), never invent one.
+one sketch object per item cost more CPU than the rest of the stage), banded for LSH (each band reduced to
+a 64-bit digest of its values, :func:`band_digest`; :func:`shared_buckets`), propose candidates; each
+candidate is checked with the exact Jaccard of the two shingle sets, so the sketch can only miss a pair (an
+LSH false negative: below 1 % for a pair exactly at the threshold, see :func:`lsh_bands`, and fewer above
+it), never invent one (a digest collision only adds a candidate: :func:`walk_duplicates`).
 
 Who survives. Items are walked in survival order and an item is removed when an item already kept has
 Jaccard >= ``threshold`` with it; ``duplicate_of`` names that kept item (the most similar one; ties go to
@@ -147,12 +148,6 @@ def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, s
     return out
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact Jaccard of two sorted unique hash arrays."""
-    inter = np.intersect1d(a, b, assume_unique=True).size
-    return inter / (a.size + b.size - inter)
-
-
 def lsh_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
     """(bands, rows per band) for LSH: a pair at exactly ``threshold`` becomes a candidate with probability
     >= ``recall`` (1 - (1 - J^r)^b; higher above it), and among such settings the one proposing fewest pairs
@@ -171,50 +166,6 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[in
         if best_cost is None or cost < best_cost:
             best, best_cost = (bands, rows), cost
     return best
-
-
-class BandIndex:
-    """LSH buckets over MinHash signatures: band k of a signature is its values ``k*rows .. (k+1)*rows - 1``,
-    and a query returns every inserted item that shares a band with it (one dict lookup per band). Band
-    keys are the band's values as one opaque bytes record, so only an exact band match is a candidate.
-
-    >>> index = BandIndex(bands=2, rows=2)
-    >>> index.insert(7, index.keys(np.array([1, 2, 3, 4], dtype=np.uint64)))
-    >>> index.query(index.keys(np.array([9, 9, 3, 4], dtype=np.uint64))), index.query(index.keys(np.array([1, 9, 9, 9], dtype=np.uint64)))
-    ({7}, set())
-    """
-
-    def __init__(self, bands: int, rows: int):
-        self.rows = rows
-        # a bucket holds its one item as a bare int, a list only once a second item shares it: most buckets
-        # never do, and a list per band per item would cost about 90 bytes each (3 GiB for 52k seeds x 4)
-        self.buckets: list[dict[bytes, int | list[int]]] = [{} for _ in range(bands)]
-
-    def keys(self, signature: np.ndarray) -> list[bytes]:
-        """One bytes key per band: the band's values, as one opaque record each."""
-        used = np.ascontiguousarray(signature[: len(self.buckets) * self.rows])
-        return used.view(f"V{used.itemsize * self.rows}").tolist()
-
-    def query(self, keys: list[bytes]) -> set[int]:
-        found: set[int] = set()
-        for bucket, key in zip(self.buckets, keys):
-            hit = bucket.get(key)
-            if hit is not None:
-                if isinstance(hit, int):
-                    found.add(hit)
-                else:
-                    found.update(hit)
-        return found
-
-    def insert(self, item: int, keys: list[bytes]) -> None:
-        for bucket, key in zip(self.buckets, keys):
-            held = bucket.get(key)
-            if held is None:
-                bucket[key] = item
-            elif isinstance(held, int):
-                bucket[key] = [held, item]
-            else:
-                held.append(item)
 
 
 @dataclass(frozen=True)
@@ -236,13 +187,29 @@ def survival_order(rounds: Sequence[int], ids: Sequence[str], usable: Sequence[b
                                              maintain_order=True)["index"].to_list()
 
 
-def _shared_bands(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """Mask of the texts that share at least one band with another text (a 64-bit digest of each band's
-    values: a digest collision only marks a text for the exact check, it never hides a pair)."""
-    shared = np.zeros(len(signatures), dtype=bool)
-    for band in range(bands):
-        mark_shared(band_digest(signatures, band, rows), shared)
-    return shared
+def shared_buckets(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The LSH buckets that hold two texts or more (``digests``: one row per text, one column per band, as
+    :func:`band_digests`; a bucket is one band and one digest in it): text i is in buckets
+    ``ids[starts[i]:starts[i + 1]]``, in band order. A text whose slice is empty shares no band with another.
+
+    Bucket ids count from 0 with no gaps (the walk keeps a list indexed by them).
+
+    >>> ids, starts = shared_buckets(np.array([[1, 5], [2, 5], [1, 6]], dtype=np.uint64))
+    >>> [ids[starts[i]:starts[i + 1]].tolist() for i in range(3)]
+    [[0, 1], [1], [0]]
+    """
+    rows, ids, base = [], [], 0
+    for column in digests.T:
+        held = np.flatnonzero(pl.Series(column).is_duplicated().to_numpy())
+        _, inverse = np.unique(column[held], return_inverse=True)
+        rows.append(held)
+        ids.append(base + inverse)
+        base += int(inverse.max()) + 1 if held.size else 0
+    row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    by_text = np.argsort(row, kind="stable")  # each text's buckets in band order
+    starts = np.zeros(len(digests) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row, minlength=len(digests)), out=starts[1:])
+    return (np.concatenate(ids)[by_text] if ids else row), starts
 
 
 def band_digest(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
@@ -254,52 +221,93 @@ def band_digest(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
     return digest
 
 
+def band_digests(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Every text's :func:`band_digest` of each band: one row per text, one column per band."""
+    return np.stack([band_digest(signatures, k, rows) for k in range(bands)], axis=1)
+
+
 def mark_shared(digest: np.ndarray, shared: np.ndarray) -> None:
     """Set ``shared`` where a text's band digest is also another text's."""
-    _, inverse, counts = np.unique(digest, return_inverse=True, return_counts=True)
-    shared |= counts[inverse] > 1
+    shared |= pl.Series(digest).is_duplicated().to_numpy()
 
 
 def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSettings = DedupSettings()) -> Duplicates:
-    """Greedy near-duplicate removal over normalised ``texts``, walking them in ``order``.
+    """Greedy near-duplicate removal over normalised ``texts``, walking them in ``order``: the texts are
+    sketched all at once, each LSH band reduced to its 64-bit digest, and :func:`walk_duplicates` walks them."""
+    bands, rows = lsh_bands(config.threshold, config.num_perm)
+    hashes, offsets = shingle_hashes(texts, config.shingle_size)
+    digests = band_digests(minhash_signatures(hashes, offsets, bands * rows, config.seed), bands, rows)
+    return walk_duplicates(texts, order, digests, config, (hashes, offsets))
 
-    Empty texts take no part (nothing to compare; selection's guards drop them). Sketches are computed for
-    all texts at once; a text that shares no LSH band with any other text can have no candidate and is
-    kept without a lookup, so the walk visits only the texts that share a band. Time is linear in the
-    number of items plus the candidate pairs LSH proposes.
+
+def _closest(mine: set[int], candidates: set[int], kept_sets: dict[int, tuple[np.ndarray, int]],
+             rank: dict[int, int]) -> tuple[int | None, float]:
+    """The candidate whose shingle set has the highest exact Jaccard with ``mine`` (ties: the earlier in the
+    walk, by ``rank``) and that Jaccard; (None, -1.0) without candidates."""
+    best, best_j = None, -1.0
+    for j in candidates:
+        theirs, size = kept_sets[j]
+        common = len(mine.intersection(theirs.tolist()))
+        score = common / (len(mine) + size - common)
+        if score > best_j or (score == best_j and rank[j] < rank[best]):
+            best, best_j = j, score
+    return best, best_j
+
+
+def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndarray,
+                    config: DedupSettings = DedupSettings(),
+                    shingled: tuple[np.ndarray, np.ndarray] | None = None) -> Duplicates:
+    """The greedy walk of :func:`find_duplicates`, given every text's band digests (``digests``, as
+    :func:`band_digests`: the streamed stage passes those its sketch pass wrote, so no text is sketched twice)
+    and, optionally, its :func:`shingle_hashes` (``shingled``; else they are computed here).
+
+    Empty texts take no part (nothing to compare; selection's guards drop them). A text that shares no band
+    digest with any other text can have no candidate and is kept without a lookup, so the walk visits only
+    the texts that share one. A text's candidates are the kept texts with an equal digest in some band;
+    each is checked with the exact Jaccard of the two shingle sets. Two different bands with equal digests
+    (probability about 2^-64 per pair and band) add a candidate the bands' values would not have proposed:
+    the exact check still decides, so at worst a pair at or above the threshold that LSH would have missed
+    is found. Time is linear in the number of items plus the candidate pairs LSH proposes.
     """
     n = len(texts)
     duplicate_of: list[int | None] = [None] * n
     similarity: list[float | None] = [None] * n
     reason: list[str | None] = [None] * n
-    bands, rows = lsh_bands(config.threshold, config.num_perm)
-    hashes, offsets = shingle_hashes(texts, config.shingle_size)
-    signatures = minhash_signatures(hashes, offsets, bands * rows, config.seed)
-    walked = _shared_bands(signatures, bands, rows) & (offsets[1:] > offsets[:-1])
+    hashes, offsets = shingled if shingled is not None else shingle_hashes(texts, config.shingle_size)
+    ids, starts = shared_buckets(digests)
+    walked = ((np.diff(starts) > 0) & (np.diff(offsets) > 0)).tolist()  # shares a band, has shingles
     walk = [i for i in order if walked[i]]
-    band_keys = dict(zip(walk, signatures[walk].view(f"V{signatures.itemsize * rows}").tolist()))
-    lsh = BandIndex(bands, rows)
-    kept_sets: dict[int, np.ndarray] = {}
-    rank = {i: r for r, i in enumerate(order)}
+    buckets, first = ids.tolist(), starts.tolist()  # text i's shared buckets: buckets[first[i]:first[i + 1]]
+    bounds = offsets.tolist()  # text i's shingle hashes: hashes[bounds[i]:bounds[i + 1]]
+    kept_in: list[list[int] | None] = [None] * (int(ids.max()) + 1 if ids.size else 0)  # a bucket's kept texts
+    kept_sets: dict[int, tuple[np.ndarray, int]] = {}  # a kept text's shingle hashes and how many distinct
+    rank = {i: r for r, i in enumerate(walk)}
     exact_owner: dict[str, int] = {}
     for i in walk:
         text = texts[i]
         if text in exact_owner:  # the common case costs a dict lookup, not a comparison
             duplicate_of[i], similarity[i], reason[i] = exact_owner[text], 1.0, EXACT
             continue
-        keys = band_keys[i]
-        mine = np.unique(hashes[offsets[i]:offsets[i + 1]])  # the exact set, for the exact Jaccard
-        best, best_j = None, -1.0
-        for j in lsh.query(keys):
-            score = jaccard(mine, kept_sets[j])
-            if score > best_j or (score == best_j and rank[j] < rank[best]):
-                best, best_j = j, score
+        lo, hi = bounds[i], bounds[i + 1]
+        mine = set(hashes[lo:hi].tolist())  # the exact set, for the exact Jaccard
+        mine_in = buckets[first[i]:first[i + 1]]  # only shared buckets: the others never hold another text
+        candidates: set[int] = set()
+        for bucket in mine_in:
+            held = kept_in[bucket]
+            if held is not None:
+                candidates.update(held)
+        best, best_j = _closest(mine, candidates, kept_sets, rank)
         if best is not None and best_j >= config.threshold:
             duplicate_of[i], similarity[i] = best, best_j
             reason[i] = EXACT if best_j == 1.0 and texts[best] == text else NEAR
             continue
-        lsh.insert(i, keys)
-        kept_sets[i] = mine
+        for bucket in mine_in:
+            held = kept_in[bucket]
+            if held is None:
+                kept_in[bucket] = [i]
+            else:
+                held.append(i)
+        kept_sets[i] = (hashes[lo:hi], len(mine))
         exact_owner[text] = i
     return Duplicates(duplicate_of, similarity, reason)
 

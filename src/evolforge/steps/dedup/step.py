@@ -5,7 +5,8 @@ Why it can be split. In the greedy walk an item is only ever compared with kept 
 band with it, and an exact-text twin shares every band. So the walk restricted to one connected component
 of the "shares a band" graph gives that component's items the answers the walk over all items gives them
 (the survival order restricted to a component is the same order). Components are walked a group at a
-time, each group with the in-memory :func:`~evolforge.steps.dedup.minhash.find_duplicates`.
+time, each group with the in-memory walk (:func:`~evolforge.steps.dedup.minhash.walk_duplicates`, the one
+:func:`~evolforge.steps.dedup.minhash.find_duplicates` runs), keyed by the band digests of pass 1.
 
 Passes (``work`` is a scratch folder; nothing in it outlives the stage):
 
@@ -15,14 +16,16 @@ Passes (``work`` is a scratch folder; nothing in it outlives the stage):
    an item that shares none is kept without a comparison, as in the in-memory walk), and the components
    of the walked items, merged band by band with ``scipy.sparse.csgraph.connected_components``;
 3. components are packed into groups of about ``chunk_rows / 4`` walked items; per chunk, the walked rows'
-   (index, id, round, usable, text) are spilled to their group's folder;
-4. per group: :func:`find_duplicates` over its rows, the removed rows' answers spilled per output chunk;
+   (index, id, round, usable, text) and their band digests (read back from pass 1's files) are spilled to
+   their group's folder;
+4. per group: :func:`walk_duplicates` over its rows with those digests as band keys (nothing is sketched
+   again: only the shingle hashes, for the exact Jaccard), the removed rows' answers spilled per output chunk;
 5. the output: every input chunk with its answers (:func:`dedup_chunks`); the stage streams the kept rows to
    items.parquet and the duplicates, with their answers, to removed.parquet.
 
 Memory: a chunk's texts and sketches, one group's walk (a group holds whole components, so one very large
 cluster of near-duplicates is walked at once), and in pass 2 one band's digests (8 bytes per item: 10 MiB
-per million items). Pass 1 computes every sketch once and pass 4 again for the walked items only.
+per million items). Every sketch is computed once, in pass 1.
 """
 
 from __future__ import annotations
@@ -46,11 +49,11 @@ from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.text import item_text
-from evolforge.io.stream import (check_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file, table_schema,
-                                 write_output_chunks)
-from evolforge.steps.common.guards import guard_reason
-from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, find_duplicates, lsh_bands, mark_shared,
-                                   minhash_signatures, shingle_hashes, survival_order)
+from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file,
+                                 table_schema, write_output_chunks)
+from evolforge.steps.common.guards import GUARDS, guard_reason
+from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, lsh_bands, mark_shared, minhash_signatures,
+                                           shingle_hashes, survival_order, walk_duplicates)
 
 # a fresh pass over the input table, chunk by chunk: all columns (None) or only those named
 Chunks = Callable[[list[str] | None], Iterable[pl.DataFrame]]
@@ -144,9 +147,10 @@ def _groups(labels: np.ndarray, target: int) -> np.ndarray:
     return (before // target)[labels]
 
 
-def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray,
-                  groups: np.ndarray, work: Path) -> int:
-    """Pass 3: the walked rows of each chunk, to ``work/group-G/chunk-C.parquet``; returns the group count."""
+def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray, groups: np.ndarray, bands: int,
+                  work: Path) -> int:
+    """Pass 3: the walked rows of each chunk, to ``work/group-G/chunk-C.parquet``, and their band digests
+    (pass 1's, read back from ``work/band-K.u64``) to ``work/group-G/keys-C.npy``; returns the group count."""
     count = int(groups.max()) + 1 if groups.size else 0
     for g in range(count):
         (work / f"group-{g}").mkdir()
@@ -155,24 +159,32 @@ def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray,
         hi = lo + chunk.height
         a, b = np.searchsorted(walked, [lo, hi])
         if b > a:
-            local = walked[a:b] - lo
-            part = chunk[local]
-            rows = part.select("id", "round").with_columns(index=pl.Series(walked[a:b]), usable=pl.Series(usable[walked[a:b]]),
+            index = walked[a:b]
+            keys = np.stack([np.fromfile(work / f"band-{k}.u64", dtype=np.uint64, count=hi - lo, offset=8 * lo)[index - lo]
+                             for k in range(bands)], axis=1)
+            part = chunk[index - lo]
+            rows = part.select("id", "round").with_columns(index=pl.Series(index), usable=pl.Series(usable[index]),
                                                            text=pl.Series(_texts(part), dtype=pl.String))
-            for (g,), frame in rows.with_columns(group=pl.Series(groups[a:b])).group_by("group", maintain_order=True):
-                frame.drop("group").write_parquet(work / f"group-{g}" / f"chunk-{c:06d}.parquet")
+            mine = groups[a:b]
+            by_group = np.argsort(mine, kind="stable")  # each group's rows stay in input order
+            for taken in np.split(by_group, np.flatnonzero(np.diff(mine[by_group])) + 1):
+                folder = work / f"group-{mine[taken[0]]}"
+                rows[taken].write_parquet(folder / f"chunk-{c:06d}.parquet")
+                np.save(folder / f"keys-{c:06d}.npy", keys[taken])
         lo = hi
     return count
 
 
 def _walk_groups(count: int, config: DedupSettings, starts: np.ndarray, work: Path, tally: _Tally) -> None:
-    """Pass 4: the in-memory walk over each group; the removed rows' answers go to ``work/answers-C/``."""
+    """Pass 4: the in-memory walk over each group, keyed by the band digests pass 3 spilled; the removed
+    rows' answers go to ``work/answers-C/``."""
     for g in range(count):
         files = sorted((work / f"group-{g}").glob("chunk-*.parquet"))  # chunk order: input order
         rows = pl.concat([pl.read_parquet(f) for f in files])
+        keys = np.concatenate([np.load(f.with_name(f"keys-{f.stem.removeprefix('chunk-')}.npy")) for f in files])
         texts = rows["text"].to_list()
-        found = find_duplicates(texts, survival_order(rows["round"].to_list(), rows["id"].to_list(),
-                                                      rows["usable"].to_list()), config)
+        found = walk_duplicates(texts, survival_order(rows["round"].to_list(), rows["id"].to_list(),
+                                                      rows["usable"].to_list()), keys, config)
         ids = rows["id"].to_list()
         removed = [k for k, j in enumerate(found.duplicate_of) if j is not None]
         answers = pl.DataFrame({
@@ -229,7 +241,7 @@ def dedup_chunks(chunks: Chunks, usable: Usable, work: Path, config: DedupSettin
     # group of a quarter chunk takes about the memory of a chunk being read
     groups = _groups(_components(work, bands, walked), max(1, chunk_rows // WALK_SHARE))
     tally = _Tally(distinct_texts=int(nonempty.sum()) - walked.size)  # a text sharing no band is unique
-    _walk_groups(_spill_groups(chunks, usable_rows, walked, groups, work), config, starts, work, tally)
+    _walk_groups(_spill_groups(chunks, usable_rows, walked, groups, bands, work), config, starts, work, tally)
     removed = sum(tally.removed_per_round.values())
     metrics = {
         "items": n, "removed": removed, "kept": n - removed,
@@ -248,12 +260,20 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     wins its cluster over an unusable twin."""
     cfg, data = load_section(params, "dedup"), load_section(params, "data")
     source, rows = table_file(items), data.chunk_rows
-    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
+    # check_chunks' checks without a pass of their own: the columns and their types from the schema now, the
+    # values (no null id, round or instruction) in every pass that reads them (pass 3 is the first that uses
+    # them: pass 1 takes a null text as empty), then the ids' uniqueness (one query over their column)
+    rules, schema = validation.item_columns(["id", "round", "instruction", "input"]), table_schema(source)
+    validation.check(pl.DataFrame(schema=schema), rules, source)
+    # pass 1 reads the texts and the columns the guards read, no other
+    sketched = [c for c in dict.fromkeys(["instruction", "input", *(c for g in GUARDS.values() for c in g.columns)])
+                if c in schema]
     Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work, session(data):
-        answered, metrics = dedup_chunks(lambda columns: iter_chunks(source, rows, columns),
+        answered, metrics = dedup_chunks(lambda columns: checked_chunks(iter_chunks(source, rows, columns), rules, source),
                                          lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows,
-                                         mapped=lambda fn: map_chunks(source, rows, None, fn, data))  # pass 1 on Ray
+                                         mapped=lambda fn: map_chunks(source, rows, sketched, fn, data))  # pass 1 on Ray
+        check_unique(pl.scan_parquet(source), "id", source)
         removed = Path(work) / "removed"
         removed.mkdir()
 
@@ -268,7 +288,6 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
         def duplicates() -> Iterator[pl.DataFrame]:  # read once kept() has spilled them all
             yield from read_spilled(sorted(removed.iterdir()))
 
-        schema = table_schema(source)
         write_output_chunks(out, {TABLE: (schema, kept()),
                                   "removed.parquet": ({**schema, **DUPLICATE_FLAGS}, duplicates())},
                             meta={"params": vars(cfg)})
