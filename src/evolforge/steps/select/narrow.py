@@ -75,10 +75,12 @@ def ranking_table(inputs: Inputs, chunk_rows: int) -> tuple[pl.DataFrame, list[s
     table, guards = _items_narrow(inputs.items, chunk_rows)
     for path in inputs.per_item():
         columns = [c for c in METRIC_COLUMNS if c in table_schema(path) and c not in table.columns]
-        other = pl.scan_parquet(table_file(path)).select("id", *columns).collect()
-        unmatched = table.join(other, on="id", how="anti").height
+        other = pl.scan_parquet(table_file(path)).select("id", *columns, _found=pl.lit(True))
+        # one join, not an anti join and then a left one: the marker is null where an item has no row
+        table = table.lazy().join(other, on="id", how="left", maintain_order="left").collect()
+        unmatched = table["_found"].null_count()
         if unmatched:
             raise ValueError(f"{path}: {unmatched} items have no row; rerun that stage")
-        table = table.join(other, on="id", how="left", maintain_order="left")
+        table = table.drop("_found")
     return table, guards
 
