@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 
 from evolforge.steps.select.settings import SelectSettings
-from evolforge.steps.select.selection import EMBEDDINGS, Embeddings, diverse_walk, load_embeddings, select_items
+from evolforge.steps.select.embeddings import EMBEDDINGS, Embeddings, load_embeddings
+from evolforge.steps.select.selection import diverse_walk, select_items
 from evolforge.io.records import write_output
 
 

@@ -15,10 +15,15 @@ import polars as pl
 from evolforge.io.records import EVOLVED, META, TABLE
 
 
-def table_at(root: Path, rel: str) -> pl.DataFrame | None:
-    """The table of the artifact folder ``root / rel``; None when it is not there."""
+def table_at(root: Path, rel: str, columns: list[str] | None = None) -> pl.DataFrame | None:
+    """The table of the artifact folder ``root / rel`` (only ``columns``, those of them it has, when given); None
+    when it is not there."""
     path = root / rel / TABLE
-    return pl.read_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    if columns is None:
+        return pl.read_parquet(path)
+    return pl.read_parquet(path, columns=[c for c in columns if c in pl.read_parquet_schema(path)])
 
 
 def json_at(path: Path) -> Any:
@@ -67,13 +72,14 @@ def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
     (with the removed by reason), judged, selected. ``selected`` is the selection when it is not yet in
     ``data/selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
     publish)."""
-    responses, clean = table_at(root, "data/pool"), table_at(root, "data/clean")
-    judged = table_at(root, "data/judged")
-    selected = selected if selected is not None else table_at(root, "data/selected")
+    # the round column alone: the counts per round (8 bytes per item, not the texts)
+    responses, clean = table_at(root, "data/pool", ["round"]), table_at(root, "data/clean", ["round"])
+    judged = table_at(root, "data/judged", ["round"])
+    selected = selected if selected is not None else table_at(root, "data/selected", ["round"])
     answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
     kept = _by_round(clean) if clean is not None else {}
     removed = _removed(root) if clean is not None else {}
-    seed = table_at(root, "data/seed")
+    seed = table_at(root, "data/seed", ["id"])
     rows = []
     if seed is not None:
         rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "survival": None,
@@ -81,7 +87,7 @@ def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
                      "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None else None) if clean is not None else None,
                      "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
     for path in evolved_rounds(root):
-        t = pl.read_parquet(path / TABLE)
+        t = pl.read_parquet(path / TABLE, columns=["round", "status", "failure_reason"])
         r = int(t["round"][0]) if t.height else 0
         evolved = int((t["status"] == EVOLVED).sum())
         # survival: the share of the round's attempts that passed the elimination rules

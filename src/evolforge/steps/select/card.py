@@ -26,7 +26,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 import yaml
@@ -34,6 +34,7 @@ import yaml
 from evolforge.config.loader import load_section
 from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import META, TABLE, VERSIONS, write_table
+from evolforge.io.stream import sink_chunks
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
 from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
@@ -90,18 +91,31 @@ def hub_rows(selected: pl.DataFrame) -> pl.DataFrame:
     return selected.select(cols).with_columns(messages=pl.Series(messages))
 
 
-def write_shards(rows: pl.DataFrame, folder: Path) -> list[str]:
-    """``data/train-XXXXX-of-YYYYY.parquet`` files (the Hub's naming), replacing any earlier ones."""
+def _hub_chunks(table: Path, start: int, rows: int, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """The hub rows of rows ``start`` to ``start + rows`` of ``table``, ``chunk_rows`` at a time."""
+    scan = pl.scan_parquet(table)
+    for lo in range(start, start + rows, chunk_rows):
+        yield hub_rows(scan.slice(lo, min(chunk_rows, start + rows - lo)).collect())
+
+
+def write_shards(table: Path, folder: Path, chunk_rows: int) -> list[str]:
+    """``data/train-XXXXX-of-YYYYY.parquet`` files (the Hub's naming) of the hub rows of ``table`` (the selection's
+    Parquet file, read ``chunk_rows`` rows at a time), replacing any earlier ones."""
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
     for old in data.glob("train-*.parquet"):
         old.unlink()
-    n = max(1, math.ceil(rows.height / SHARD_ROWS))
+    total = pl.scan_parquet(table).select(pl.len()).collect().item()
+    n = max(1, math.ceil(total / SHARD_ROWS))
+    schema = hub_rows(pl.read_parquet(table, n_rows=1)).schema
     names = []
     for i in range(n):
         name = f"train-{i:05d}-of-{n:05d}.parquet"
         tmp = data / f".{name}.tmp-{os.getpid()}"
-        write_table(rows.slice(i * SHARD_ROWS, SHARD_ROWS), tmp)
+        if total:
+            sink_chunks(tmp, schema, _hub_chunks(table, i * SHARD_ROWS, min(SHARD_ROWS, total - i * SHARD_ROWS), chunk_rows))
+        else:  # no rows: the columns alone, as hub_rows gives them for an empty table
+            write_table(hub_rows(pl.read_parquet(table, n_rows=0)), tmp)
         os.replace(tmp, data / name)
         names.append(f"data/{name}")
     return names
@@ -111,7 +125,9 @@ def shards_fingerprint(folder: Path, names: list[str]) -> str:
     """sha256 of the shards' bytes, in name order (first 16 hex digits): the version's fingerprint."""
     digest = hashlib.sha256()
     for name in names:
-        digest.update((folder / name).read_bytes())
+        with open(folder / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
@@ -221,8 +237,10 @@ def _versions_rows(root: Path) -> list[list[Any]]:
     return rows
 
 
-def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettings, fingerprint: str = "") -> str:
-    """The README.md text: YAML header, then how the data was made."""
+def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, settings: CardSettings,
+              fingerprint: str = "") -> str:
+    """The README.md text: YAML header, then how the data was made. ``rows``: the published rows' ``round``
+    column (its height, the row count), ``columns``: the published columns."""
     header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
               "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
               "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],
@@ -236,7 +254,7 @@ def card_text(rows: pl.DataFrame, root: Path, params: dict, settings: CardSettin
     prompts = [[p["stage"], p["model"], ", ".join(f"`{n}` {h}" for n, h in sorted(p["template_hashes"].items()))]
                for p in provenance(root)]
     models = [[m["role"], m["backend"], m["model"], m["revision"], m["identity"]] for m in _models(root, params)]
-    columns = [[f"`{c}`", DESCRIPTIONS.get(c, "")] for c in rows.columns]
+    columns = [[f"`{c}`", DESCRIPTIONS.get(c, "")] for c in columns]
     rounds = sorted((evolve_cfg.get("rounds") or {}).items(), key=lambda kv: (kv[1] or {}).get("index", 0))
     limitations = LIMITATIONS + (f"\n{settings.limitations.strip()}" if settings.limitations else "")
     if any(str(m[2] or "").rstrip("/").endswith("models/tiny") for m in models):
@@ -278,11 +296,15 @@ def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | 
     table_path = selected_dir / TABLE
     if not table_path.exists():
         raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
-    rows = hub_rows(pl.read_parquet(table_path))
-    fingerprint = shards_fingerprint(selected_dir, write_shards(rows, selected_dir))
+    chunk_rows = load_section(params, "data").chunk_rows
+    fingerprint = shards_fingerprint(selected_dir, write_shards(table_path, selected_dir, chunk_rows))
+    has_round = "round" in pl.read_parquet_schema(table_path)
+    # 8 bytes per row: the rows' rounds, for the counts per round (a row number where there is no round)
+    rounds = pl.scan_parquet(table_path).select(pl.col("round") if has_round else pl.int_range(pl.len()).alias("row")).collect()
+    columns = list(hub_rows(pl.read_parquet(table_path, n_rows=0)).columns)
     card = selected_dir / "README.md"
     tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
-    tmp.write_text(card_text(rows, root, params, settings, fingerprint), encoding="utf-8")
+    tmp.write_text(card_text(rounds, columns, root, params, settings, fingerprint), encoding="utf-8")
     os.replace(tmp, card)
     return card
 

@@ -24,8 +24,10 @@ ceil(fraction x ranked) items are kept, so a too-close item's place goes to the 
 are squared L2 between unit-normalised embeddings, d^2 = 2 - 2 cos, the unit of MND (DEITA's cosine
 similarity 0.9 is d^2 = 0.2).
 
-Embeddings contract (the diversity stage's output folder, e.g. ``data/diversity/``): ``embeddings.npy``, a
-float32 (N, d) array, row i belonging to row i of ``items.parquet`` in the same folder (column ``id``).
+The filters, ranking and cuts work on whatever table they are given: the whole joined table
+(:func:`select_items`) or the select stage's narrow one (ids, round, metrics, and the two helper columns
+:func:`with_helpers` adds: the first failed guard and a 64-bit digest of the item's text), never both ways.
+Embeddings: :mod:`evolforge.steps.select.embeddings`.
 """
 
 from __future__ import annotations
@@ -33,49 +35,20 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
 
 from evolforge.config.bounds import ParamsError
-from evolforge.io.records import TABLE, read_table
 from evolforge.core.text import item_text, question_text
+from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.common.guards import applicable, guard_reason
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
-EMBEDDINGS = "embeddings.npy"
-
-@dataclass(frozen=True)
-class Embeddings:
-    """Unit-normalised item embeddings by id (see the module docstring for the files)."""
-
-    ids: list[str]
-    vectors: np.ndarray  # (N, d) float32, unit rows
-
-    def take(self, ids: Sequence[str]) -> np.ndarray:
-        where = {i: k for k, i in enumerate(self.ids)}
-        missing = [i for i in ids if i not in where]
-        if missing:
-            raise KeyError(f"embeddings: {len(missing)} items have no embedding (first: {missing[:3]}); rerun the diversity stage")
-        return self.vectors[[where[i] for i in ids]]
-
-
-def load_embeddings(folder: str | Path) -> Embeddings:
-    """Read ``embeddings.npy`` + the ``id`` column of ``items.parquet`` from a diversity output folder."""
-    folder = Path(folder)
-    ids = read_table(folder)["id"].to_list()
-    vectors = np.load(folder / EMBEDDINGS, allow_pickle=False).astype(np.float32, copy=False)
-    if vectors.ndim != 2 or len(vectors) != len(ids):
-        raise ValueError(f"{folder / EMBEDDINGS}: shape {vectors.shape} does not match the {len(ids)} rows of {folder / TABLE}")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
-    if bad.size:
-        raise ValueError(f"{folder / EMBEDDINGS}: rows {bad[:10].tolist()} are zero or not finite")
-    return Embeddings(ids, vectors / norms)
-
+GUARD, TEXT = "_guard", "_text"  # helper columns: the first guard a row fails (null: none), its text's digest
+Vectors = Embeddings | EmbeddingFile
 
 def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = None, block_size: int = 1024) -> list[int]:
     """Greedy DEITA walk over unit ``vectors`` in their given (ranked) order: row i is kept when its squared
@@ -137,7 +110,7 @@ class _Filtering:
         self.steps.append({"filter": name, "removed": dropped.height, "left": left})
 
 
-def _check_settings(settings: SelectSettings, embeddings: Embeddings | None) -> None:
+def _check_settings(settings: SelectSettings, embeddings: Vectors | None) -> None:
     """Refuse settings that cannot run: those built in code that load_section would refuse in params.yaml,
     and a diversity threshold without embeddings."""
     if settings.metric not in METRICS:
@@ -148,15 +121,13 @@ def _check_settings(settings: SelectSettings, embeddings: Embeddings | None) -> 
         raise ValueError("params.yaml select.diversity_threshold needs embeddings (the diversity stage's output)")
 
 
-def _filter_pool(table: pl.DataFrame, settings: SelectSettings) -> _Filtering:
-    """The filters before ranking: rounds, guards (those whose columns ``table`` has), ``ifd_filter``, floors."""
+def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str]) -> _Filtering:
+    """The filters before ranking: rounds, ``guards`` (by the ``GUARD`` column), ``ifd_filter``, floors."""
     filtering = _Filtering(table)
     if settings.rounds is not None:
         filtering.apply("round_not_selected", pl.col("round").is_in(settings.rounds))
-    filtering.pool = filtering.pool.with_columns(_guard=guard_reason(filtering.pool))
-    for name in applicable(table):
-        filtering.apply(name, pl.col("_guard").is_null() | (pl.col("_guard") != name))
-    filtering.pool = filtering.pool.drop("_guard")
+    for name in guards:
+        filtering.apply(name, pl.col(GUARD).is_null() | (pl.col(GUARD) != name))
     if settings.ifd_filter:
         filtering.apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
     if settings.min_loss_instruction is not None:
@@ -189,13 +160,13 @@ def _rank(filtering: _Filtering, settings: SelectSettings) -> pl.DataFrame:
 
 
 def _take(ranked: pl.DataFrame, settings: SelectSettings,
-          embeddings: Embeddings | None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+          embeddings: Vectors | None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """The chosen rows of ``ranked`` (top fraction, optionally by the diversity walk), and a mask over
     ``ranked`` of the rows each of those two cuts left out."""
     budget = math.ceil(settings.top_fraction * ranked.height) if settings.threshold is None else ranked.height
     if settings.diversity_threshold is None:
         return ranked.head(budget), {"outside_top_fraction": np.arange(ranked.height) >= budget}
-    kept = diverse_walk(embeddings.take(ranked["id"].to_list()), settings.diversity_threshold, budget)
+    kept = diverse_walk(embeddings.take(ranked["id"]), settings.diversity_threshold, budget)
     chosen = ranked[kept] if kept else ranked.head(0)
     walked = np.zeros(ranked.height, dtype=bool)  # refused as too close, vs never reached (budget full)
     walked[: (kept[-1] + 1 if len(kept) == budget and kept else ranked.height)] = True
@@ -218,7 +189,7 @@ def _record_cuts(filtering: _Filtering, ranked: pl.DataFrame, parts: dict[str, n
 
 
 def _selection_summary(table: pl.DataFrame, chosen: pl.DataFrame, ranked: pl.DataFrame, steps: list[dict],
-                       metric: str, embeddings: Embeddings | None) -> dict:
+                       metric: str, embeddings: Vectors | None) -> dict:
     """Counts per filter, the filter that emptied the selection, selected per round, metric means, diversity."""
     summary = {"metric": metric, "items": table.height, "selected": chosen.height, "filters": steps,
                "removed_by_filter": {s["filter"]: s["removed"] for s in steps if s["removed"]},
@@ -234,7 +205,31 @@ def _selection_summary(table: pl.DataFrame, chosen: pl.DataFrame, ranked: pl.Dat
     return summary
 
 
-def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Embeddings | None = None) -> Selection:
+def with_helpers(table: pl.DataFrame) -> pl.DataFrame:
+    """``table`` with the helper columns :func:`choose` reads: ``GUARD`` and, when it has instructions, ``TEXT``."""
+    table = table.with_columns(guard_reason(table).alias(GUARD))
+    if "instruction" not in table.columns:
+        return table
+    inputs = table["input"] if "input" in table.columns else pl.Series([None] * table.height, dtype=pl.String)
+    return table.with_columns(text_digests(table["instruction"], inputs).alias(TEXT))
+
+
+def choose(table: pl.DataFrame, settings: SelectSettings, guards: list[str],
+           embeddings: Vectors | None = None) -> Selection:
+    """:func:`select_items` on a table that has the helper columns (:func:`with_helpers`), ``guards`` the names of
+    the guards that apply to it; the chosen rows keep every column but the helpers."""
+    _check_settings(settings, embeddings)
+    filtering = _filter_pool(table, settings, guards)
+    ranked = _rank(filtering, settings)
+    chosen, parts = _take(ranked, settings, embeddings)
+    _record_cuts(filtering, ranked, parts, chosen, settings.threshold)
+    summary = _selection_summary(table, chosen, ranked, filtering.steps, settings.metric, embeddings)
+    excluded = pl.concat(filtering.excluded, how="vertical_relaxed") if filtering.excluded else pl.DataFrame(
+        schema={"id": pl.String, "round": pl.Int64, "skip_reason": pl.String})
+    return Selection(chosen.drop(GUARD, TEXT, strict=False), summary, excluded)
+
+
+def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Vectors | None = None) -> Selection:
     """Select from ``table`` (one row per item, with the metric's column) as ``settings`` (params.yaml
     ``select``) say. A threshold wins over the top fraction. ``embeddings`` are needed for
     ``diversity_threshold`` and, when given, add the within-set distances to the summary.
@@ -244,27 +239,25 @@ def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: E
     >>> select_items(t, SelectSettings("ic_ifd", top_fraction=0.5)).chosen["id"].to_list()
     ['b', 'c']
     """
-    _check_settings(settings, embeddings)
-    filtering = _filter_pool(table, settings)
-    ranked = _rank(filtering, settings)
-    chosen, parts = _take(ranked, settings, embeddings)
-    _record_cuts(filtering, ranked, parts, chosen, settings.threshold)
-    summary = _selection_summary(table, chosen, ranked, filtering.steps, settings.metric, embeddings)
-    excluded = pl.concat(filtering.excluded, how="vertical_relaxed") if filtering.excluded else pl.DataFrame(
-        schema={"id": pl.String, "round": pl.Int64, "skip_reason": pl.String})
-    return Selection(chosen, summary, excluded)
+    return choose(with_helpers(table), settings, applicable(table), embeddings)
+
+
+def text_digests(instructions: pl.Series, inputs: pl.Series) -> pl.Series:
+    """A 64-bit digest of each item's normalised text (:func:`evolforge.core.text.item_text`): equal texts, equal
+    digests; 8 bytes per item where the texts would be tens or thousands."""
+    texts = pl.Series([item_text(q, x) for q, x in zip(instructions.to_list(), inputs.to_list())], dtype=pl.String)
+    return texts.hash(seed=0)
 
 
 def distinct_ratio(rows: pl.DataFrame) -> float | None:
-    """Distinct normalised instruction (+ input) texts per row; 1.0 = no two rows ask the same thing."""
-    if rows.height == 0 or "instruction" not in rows.columns:
+    """Distinct normalised instruction (+ input) texts per row (by their ``TEXT`` digests); 1.0 = no two rows ask
+    the same thing."""
+    if rows.height == 0 or TEXT not in rows.columns:
         return None
-    inputs = rows["input"].to_list() if "input" in rows.columns else [None] * rows.height
-    texts = {item_text(q, x) for q, x in zip(rows["instruction"].to_list(), inputs)}
-    return len(texts) / rows.height
+    return np.unique(rows[TEXT].to_numpy()).size / rows.height
 
 
-def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Embeddings | None) -> dict:
+def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors | None) -> dict:
     """Distinct-instruction ratio of the selection and the pool; mean MND of the selected items against the
     pool (the ``mnd`` column) and, with embeddings, nearest-neighbour distances within the selection."""
     out: dict = {"distinct_instruction_ratio_selected": distinct_ratio(chosen),
@@ -275,7 +268,7 @@ def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Embeddin
     if embeddings is not None and chosen.height > 1:
         from evolforge.score.diversity import neighbor_stats  # torch is imported only when needed
 
-        within = neighbor_stats(embeddings.take(chosen["id"].to_list())).min_distance
+        within = neighbor_stats(embeddings.take(chosen["id"])).min_distance
         out["selected_mean_mnd_within"] = float(np.mean(within))
         out["selected_min_mnd_within"] = float(np.min(within))
     return out

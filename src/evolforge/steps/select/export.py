@@ -1,0 +1,99 @@
+"""The chosen rows with every column, in rank order, written a chunk at a time: ``items.parquet``,
+``train.jsonl`` (TRL) and ``train_alpaca.json`` (Alpaca) of the selection's folder.
+
+An external sort by rank: each input table is read ``chunk_rows`` rows at a time; its chosen rows, tagged
+with their rank, are spilled to the bucket of their rank range (``chunk_rows`` ranks per bucket) in a scratch
+folder. Each bucket is then read back, its four tables' parts joined as the whole tables were
+(:func:`evolforge.steps.select.selection.join_metrics`: the items' columns, then judged's, scores', diversity's)
+and sorted by rank: the chunks of the ranked selection, in order. Memory: one input chunk, one bucket, and the
+chosen ids with their ranks (about 40 bytes per chosen item).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import polars as pl
+
+from evolforge.io import validation
+from evolforge.io.records import TABLE
+from evolforge.io.stream import checked_chunks, iter_chunks, read_spilled, sink_chunks, spilled, table_schema
+from evolforge.steps.select.selection import join_metrics, to_alpaca, to_trl
+
+RANK = "_rank"
+CHECKS = validation.non_empty_text(["instruction", "output"])  # ids are unique: they were checked in the items
+
+
+def _spill_buckets(paths: list[str], ranks: pl.DataFrame, chunk_rows: int, work: Path) -> None:
+    """Every chosen row of every table, with its rank, to ``work/bucket-B/T-C.parquet`` (table T, chunk C)."""
+    for t, path in enumerate(paths):
+        for c, chunk in enumerate(iter_chunks(path, chunk_rows)):
+            hit = (chunk if t == 0 else chunk.drop("round", strict=False)).join(ranks, on="id", how="inner")
+            bucket = (hit[RANK] // chunk_rows).alias("_bucket")
+            for (b,), part in hit.with_columns(bucket).group_by("_bucket", maintain_order=True):
+                folder = work / f"bucket-{b:06d}"
+                folder.mkdir(exist_ok=True)
+                part.drop("_bucket").write_parquet(folder / f"{t}-{c:06d}.parquet")
+
+
+def _empty(paths: list[str]) -> list[pl.DataFrame]:
+    """Each table's columns without rows (the per-item tables without ``round``), with the rank."""
+    frames = [pl.DataFrame(schema=table_schema(path)) for path in paths]
+    frames = [frames[0]] + [f.drop("round", strict=False) for f in frames[1:]]
+    return [f.with_columns(pl.lit(None, dtype=pl.Int64).alias(RANK)) for f in frames]
+
+
+def _joined(paths: list[str], frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The items' part joined with the per-item tables' parts, as the whole tables were; sorted by rank."""
+    return join_metrics(frames[0], {path: f.drop(RANK) for path, f in zip(paths[1:], frames[1:])}).sort(RANK)
+
+
+def ranked_rows(paths: list[str], chosen: pl.Series, chunk_rows: int,
+                work: Path) -> tuple[pl.Schema, Iterator[pl.DataFrame]]:
+    """The rows of ``chosen`` (ids, in rank order) with every column of ``paths`` (items first, then the
+    per-item tables), ``chunk_rows`` at a time in rank order; and their schema. ``work`` is an empty scratch
+    folder that must outlive the iterator."""
+    ranks = pl.DataFrame({"id": chosen, RANK: pl.int_range(chosen.len(), dtype=pl.Int64, eager=True)})
+    _spill_buckets(paths, ranks, chunk_rows, work)
+    empty = _empty(paths)
+    schema = _joined(paths, empty).drop(RANK).schema
+
+    def chunks() -> Iterator[pl.DataFrame]:
+        for b in range(-(-chosen.len() // chunk_rows)):
+            folder = work / f"bucket-{b:06d}"
+            frames = [pl.concat([pl.read_parquet(f) for f in sorted(folder.glob(f"{t}-*.parquet"))] or [empty[t]])
+                      for t in range(len(paths))]
+            yield _joined(paths, frames).drop(RANK)
+            for file in folder.iterdir():
+                file.unlink()
+    return schema, chunks()
+
+
+def _exported(chunks: Iterable[pl.DataFrame], folder: Path) -> Iterator[pl.DataFrame]:
+    """``chunks``, passed on, with their rows written to ``train.jsonl`` and ``train_alpaca.json`` as they pass:
+    the bytes :func:`evolforge.io.records.write_jsonl` and ``write_json`` write for the whole lists."""
+    with open(folder / "train.jsonl", "w", encoding="utf-8") as trl, \
+            open(folder / "train_alpaca.json", "w", encoding="utf-8") as alpaca:
+        opening = "[\n"
+        for chunk in chunks:
+            for row in to_trl(chunk):
+                trl.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            for row in to_alpaca(chunk):
+                # an element of write_json's indented list: the row's own lines, two spaces in
+                text = json.dumps(row, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+                alpaca.write(opening + "\n".join("  " + line for line in text.split("\n")))
+                opening = ",\n"
+            yield chunk
+        alpaca.write("[]\n" if opening == "[\n" else "\n]\n")
+
+
+def write_selection(folder: Path, paths: list[str], chosen: pl.Series, chunk_rows: int, work: Path) -> None:
+    """``items.parquet``, ``train.jsonl`` and ``train_alpaca.json`` of the selection ``chosen`` (ids in rank order)
+    into ``folder``, streamed; the ranked chunks are spilled to ``work`` and sunk into the table from there."""
+    schema, chunks = ranked_rows(paths, chosen, chunk_rows, work)
+    ranked = work / "ranked"
+    ranked.mkdir()
+    files = spilled(_exported(checked_chunks(chunks, CHECKS, folder / TABLE), folder), ranked)
+    sink_chunks(folder / TABLE, schema, read_spilled(files))

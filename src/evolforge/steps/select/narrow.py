@@ -1,0 +1,86 @@
+"""The select stage's inputs, checked and narrowed a chunk at a time: the ranking table.
+
+The ranking (:func:`evolforge.steps.select.selection.choose`) needs, per item, its id and round, the first guard
+it fails, a digest of its text (for the distinct-instruction ratios) and the metric columns; never its texts.
+:func:`ranking_table` builds that table from the items read ``chunk_rows`` at a time (guards and digests computed
+per chunk, texts dropped) joined with the metric columns of judged, scores and diversity: about 80 bytes per
+item, the one part of the stage that grows with the number of items (with the selection's ids, below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+
+import polars as pl
+
+from evolforge.io import validation
+from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema
+from evolforge.steps.common.guards import GUARDS, applicable
+from evolforge.steps.select.selection import GUARD, TEXT, with_helpers
+from evolforge.steps.select.settings import SelectSettings
+
+# the columns the filters and the summary read (the metrics, the floors' and ifd_filter's columns, the pool MND)
+METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The stage's four tables, as the command line names them (the names appear in errors)."""
+
+    items: str
+    judged: str
+    scores: str
+    diversity: str
+
+    def per_item(self) -> list[str]:
+        """The per-item tables, in the order their columns follow the items' (judged, scores, diversity)."""
+        return [self.judged, self.scores, self.diversity]
+
+
+def check_inputs(inputs: Inputs, settings: SelectSettings, chunk_rows: int) -> None:
+    """The checks the stage has always made (item columns, unique ids, the numbers this selection reads, in the
+    table that holds them), a chunk at a time (:func:`evolforge.io.stream.check_chunks`)."""
+    check_chunks(inputs.items, validation.item_columns(["id", "round", "instruction", "input", "output"])
+                 + validation.unique("id"), chunk_rows)
+    metric = settings.metric
+    numbers = {inputs.scores: [metric] if metric in ("ifd", "ic_ifd") else [],
+               inputs.judged: [metric] if metric in ("difficulty_score", "difficulty_expected") else [],
+               inputs.diversity: ["mnd"] if settings.min_mnd is not None else []}
+    numbers[inputs.scores] += ["ifd"] if settings.ifd_filter else []
+    numbers[inputs.scores] += ["loss_instruction"] if settings.min_loss_instruction is not None else []
+    for path in inputs.per_item():
+        check_chunks(path, validation.item_columns(["id"]) + validation.unique("id")
+                     + validation.number_columns(numbers[path]), chunk_rows)
+
+
+def _items_narrow(items: str, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]:
+    """id, round, the items' own metric columns, ``GUARD`` and ``TEXT`` of every item, in table order; and the
+    guards that apply (those whose columns the items have)."""
+    schema = table_schema(items)
+    guards = applicable(pl.DataFrame(schema=schema))
+    read = ["id", "round", *(c for c in ("instruction", "input") if c in schema),
+            *(c for name in guards for c in GUARDS[name].columns if c not in ("instruction", "input")),
+            *(c for c in METRIC_COLUMNS if c in schema)]
+    read = list(dict.fromkeys(read))
+    keep = ["id", "round", *(c for c in METRIC_COLUMNS if c in schema), GUARD, TEXT]
+    empty = pl.DataFrame(schema={c: schema[c] for c in read})  # a table without rows still has its columns
+    parts = [with_helpers(chunk).select(keep) for chunk in chain([empty], iter_chunks(items, chunk_rows, read))]
+    return pl.concat(parts), guards
+
+
+def ranking_table(inputs: Inputs, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]:
+    """The ranking table (module docstring) in the items' order, and the guards that apply. Every item must have a
+    row in every per-item table: a missing one means that stage ran on other items."""
+    table, guards = _items_narrow(inputs.items, chunk_rows)
+    for path in inputs.per_item():
+        columns = [c for c in METRIC_COLUMNS if c in table_schema(path) and c not in table.columns]
+        other = pl.scan_parquet(table_file(path)).select("id", *columns, _found=pl.lit(True))
+        # one join, not an anti join and then a left one: the marker is null where an item has no row
+        table = table.lazy().join(other, on="id", how="left", maintain_order="left").collect()
+        unmatched = table["_found"].null_count()
+        if unmatched:
+            raise ValueError(f"{path}: {unmatched} items have no row; rerun that stage")
+        table = table.drop("_found")
+    return table, guards
+
