@@ -10,7 +10,8 @@ import pytest
 
 from tiny import build_random_llama
 import evolforge.score.diversity as diversity
-from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings, min_neighbor_distance, neighbor_stats
+from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings
+from evolforge.score.neighbors import min_neighbor_distance, neighbor_stats
 from evolforge.score.ifd import load_scorer
 from evolforge.steps.diversity.npy import NpyRows, NpyRowWriter
 

@@ -43,6 +43,39 @@ def test_diverse_walk_matches_brute_force(threshold, budget, block):
     assert diverse_walk(x, threshold, budget, block_size=block) == expected
 
 
+def whole_product_walk(vectors: np.ndarray, threshold: float, budget: int, block_size: int = 1024) -> list[int]:
+    """The walk as it was before its kept rows were tiled: each block against every kept row in one product."""
+    kept: list[int] = []
+    kept_vectors = np.empty((min(budget, len(vectors)), vectors.shape[1]), dtype=np.float32)
+    for start in range(0, len(vectors), block_size):
+        if len(kept) >= budget:
+            break
+        block = vectors[start:start + block_size]
+        ok = ((2.0 - 2.0 * (block @ kept_vectors[:len(kept)].T)).min(axis=1) > threshold if kept
+              else np.ones(len(block), dtype=bool))
+        inner = 2.0 - 2.0 * (block @ block.T)
+        mine: list[int] = []
+        for i in np.flatnonzero(ok):
+            if mine and inner[i, mine].min() <= threshold:
+                continue
+            mine.append(int(i))
+            kept_vectors[len(kept) + len(mine) - 1] = block[i]
+            if len(kept) + len(mine) >= budget:
+                break
+        kept += [start + i for i in mine]
+    return kept
+
+
+@pytest.mark.parametrize("n, d, threshold", [(14_000, 16, 0.02), (9_000, 64, 0.2)])
+def test_diverse_walk_over_many_kept_rows_is_the_whole_product_walk(n, d, threshold):
+    """Past KEY_BLOCK kept rows the walk compares a block with them a tile at a time: the same rows kept as one
+    product with all of them (the same floats: each distance is the same dot product)."""
+    x = unit(n, d, seed=d, clusters=4000)
+    expected = whole_product_walk(x, threshold, n)
+    assert 6_000 < len(expected) < n  # past one tile of kept rows, and some refused
+    assert diverse_walk(x, threshold, n) == expected
+
+
 def pool(n: int = 60, seed: int = 3) -> tuple[pl.DataFrame, Embeddings]:
     rng = np.random.default_rng(seed)
     ids = [f"i{k:03d}" for k in range(n)]

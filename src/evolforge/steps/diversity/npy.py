@@ -45,7 +45,7 @@ class NpyRowWriter:
 
 class NpyRows:
     """The rows of a 2-d C-order ``.npy`` file: ``shape``, ``dtype`` and ``rows[start:stop]``, each slice one
-    explicit read of its bytes (for :func:`evolforge.score.diversity.neighbor_stats`)."""
+    explicit read of its bytes (for :func:`evolforge.score.neighbors.neighbor_stats`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

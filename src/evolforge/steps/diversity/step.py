@@ -23,7 +23,8 @@ from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_fi
 from evolforge.core.stage import Outputs
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import diversity
-from evolforge.score.diversity import NeighborStats, item_texts, neighbor_stats
+from evolforge.score.diversity import item_texts
+from evolforge.score.neighbors import NeighborStats, neighbor_stats
 from evolforge.score.histogram import histogram
 from evolforge.steps.diversity.npy import NpyRows, NpyRowWriter
 

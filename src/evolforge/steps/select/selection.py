@@ -42,6 +42,7 @@ import polars as pl
 
 from evolforge.config.bounds import ParamsError
 from evolforge.core.text import item_text, question_text
+from evolforge.score.neighbors import KEY_BLOCK, MIN_TILE_WORK, key_tiles, neighbor_stats
 from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.common.guards import applicable, guard_reason
@@ -50,12 +51,26 @@ METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
 GUARD, TEXT = "_guard", "_text"  # helper columns: the first guard a row fails (null: none), its text's digest
 Vectors = Embeddings | EmbeddingFile
 
+def _nearest(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Each row of ``block``'s least squared distance 2 - 2 cos to the rows of ``kept``, a tile of them at a time."""
+    near = np.full(len(block), np.inf, dtype=np.float32)
+    tile = max(KEY_BLOCK, -(-MIN_TILE_WORK // max(1, block.size)))
+    for first, last in key_tiles(len(kept), tile):
+        d2 = block @ kept[first:last].T
+        d2 *= -2.0  # in place: the float32 roundings of 2.0 - 2.0 * cos, one tile of memory
+        d2 += 2.0
+        np.minimum(near, d2.min(axis=1), out=near)
+    return near
+
+
 def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = None, block_size: int = 1024) -> list[int]:
     """Greedy DEITA walk over unit ``vectors`` in their given (ranked) order: row i is kept when its squared
     L2 distance to every kept row exceeds ``threshold``; stop after ``budget`` kept. Returns kept rows.
 
-    Exact, blockwise: each block is compared with all rows kept before it by one matrix multiply, then
-    resolved in order against the rows it keeps itself (time ~ N x kept x d, memory ~ block x kept).
+    Exact, blockwise: each block is compared with the rows kept before it, tiles of at least ``KEY_BLOCK`` of
+    them at a time (as :func:`~evolforge.score.neighbors.neighbor_stats` tiles its keys: the same floats as one
+    product with all of them), then resolved in order against the rows it keeps itself (time ~ N x kept x d,
+    memory ~ block x 2 KEY_BLOCK, whatever the number kept; the kept rows themselves, kept x d).
     """
     n = len(vectors)
     budget = n if budget is None else budget
@@ -66,8 +81,7 @@ def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = Non
             break
         block = vectors[start:start + block_size]
         if kept:
-            near = (2.0 - 2.0 * (block @ kept_vectors[:len(kept)].T)).min(axis=1)
-            ok = near > threshold
+            ok = _nearest(block, kept_vectors[:len(kept)]) > threshold
         else:
             ok = np.ones(len(block), dtype=bool)
         inner = 2.0 - 2.0 * (block @ block.T)
@@ -266,8 +280,6 @@ def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors 
         mnd = chosen["mnd"].drop_nulls().drop_nans()
         out["selected_mean_mnd_vs_pool"] = float(mnd.mean()) if mnd.len() else None
     if embeddings is not None and chosen.height > 1:
-        from evolforge.score.diversity import neighbor_stats  # torch is imported only when needed
-
         within = neighbor_stats(embeddings.take(chosen["id"])).min_distance
         out["selected_mean_mnd_within"] = float(np.mean(within))
         out["selected_min_mnd_within"] = float(np.min(within))
