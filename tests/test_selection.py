@@ -168,3 +168,20 @@ def test_select_stage_records_skips_and_names_the_emptying_filter(tmp_path, repo
     with pytest.raises(SystemExit) as refused:
         run("{metric: ic_ifd, min_mdn: 0.1}")
     assert refused.value.code == 2 and "select.min_mdn: unknown key; did you mean `min_mnd`?" in capsys.readouterr().err
+
+
+def test_distances_within_a_large_selection_come_from_a_fixed_sample(monkeypatch):
+    """Above WITHIN_MAX selected items the within-selection distances are those of a fixed sample of that many
+    (the search is quadratic), said in the summary; at or under it, of every selected item, and no such key."""
+    from evolforge.score.neighbors import neighbor_stats
+    from evolforge.steps.select import selection
+
+    table, emb = pool()
+    settings = SelectSettings("ic_ifd", top_fraction=1.0)
+    whole = select_items(table, settings, embeddings=emb).summary
+    assert "selected_mnd_within_sample" not in whole
+    assert whole["selected_min_mnd_within"] == float(np.min(neighbor_stats(emb.take(table["id"])).min_distance))
+    monkeypatch.setattr(selection, "WITHIN_MAX", 20)
+    runs = [select_items(table, settings, embeddings=emb).summary for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0]["selected_mnd_within_sample"] == 20
+    assert runs[0]["selected"] == 60 and runs[0]["selected_mean_mnd_within"] != whole["selected_mean_mnd_within"]

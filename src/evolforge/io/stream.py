@@ -5,11 +5,16 @@ Writing goes through polars' streaming Parquet sink over a Python source of chun
 (:func:`sink_chunks`): the file it writes is byte for byte the one :func:`evolforge.io.records.write_table`
 writes for the concatenated chunks (same writer, row groups of ``ROW_GROUP_ROWS`` rows whatever the chunks),
 so streaming a stage, or its chunk size, changes none of its outputs' hashes. ``data.chunk_rows`` (``docs/scale.md``) sets the chunk size.
+
+A loop over chunks drops its chunk before it asks for the next one (``del`` after a ``yield``, or a consumer
+that keeps nothing): a ``for`` variable otherwise still holds chunk k while chunk k + 1 is read, two chunks
+where one is needed.
 """
 
 from __future__ import annotations
 
 import resource
+from collections import deque
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -76,6 +81,7 @@ def sink_chunks(file: str | Path, schema: pl.Schema | dict[str, pl.DataType], ch
         for part in chunks:  # the sink asks for every column and row: no projection or filter to apply
             if part.height:
                 yield part.select(list(schema)).cast(dict(schema))
+            del part  # not held while the next chunk is read (module docstring)
 
     register_io_source(source, schema=schema).sink_parquet(file, row_group_size=ROW_GROUP_ROWS)
 
@@ -98,6 +104,7 @@ def read_spilled(files: list[Path]) -> Iterator[pl.DataFrame]:
         chunk = pl.read_parquet(file)
         file.unlink()
         yield chunk
+        del chunk  # not held while the next one is read
 
 
 def write_output_chunks(out_dir: str | Path, tables: dict[str, tuple[pl.Schema, Iterable[pl.DataFrame]]],
@@ -123,6 +130,7 @@ def checked_chunks(chunks: Iterable[pl.DataFrame], rules: list[Rule], file: str 
             raise DataError(file, err.rule, [r + lo for r in err.rows], err.detail) from None
         lo += chunk.height
         yield chunk
+        del chunk  # not held while the next one is read
 
 
 def check_unique(table: pl.LazyFrame, column: str, file: str | Path) -> None:
@@ -153,8 +161,8 @@ def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
     file = table_file(path)
     unique_rules = [r for r in rules if r.expectation == "ExpectColumnValuesToBeUnique"]
     empty = pl.DataFrame(schema=table_schema(file))  # a table without rows still has its columns checked
-    for _ in checked_chunks(chain([empty], iter_chunks(file, chunk_rows)), [r for r in rules if r not in unique_rules], file):
-        pass
+    deque(checked_chunks(chain([empty], iter_chunks(file, chunk_rows)), [r for r in rules if r not in unique_rules], file),
+          maxlen=0)  # consumed without holding a chunk while the next is read
     for rule in unique_rules:
         check_unique(pl.scan_parquet(file), rule.kwargs["column"], file)
 
