@@ -82,6 +82,9 @@ def size_category(n: int) -> str:
     return "n>100M"
 
 
+HUB_SHARE = 8  # the shards are written data.chunk_rows / HUB_SHARE rows at a time (write_card)
+
+
 def hub_rows(selected: pl.DataFrame) -> pl.DataFrame:
     """The columns published: lineage, text, chat messages and the scores the selection has."""
     cols = [c for c in COLUMNS if c in selected.columns]
@@ -296,7 +299,8 @@ def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | 
     table_path = selected_dir / TABLE
     if not table_path.exists():
         raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
-    chunk_rows = load_section(params, "data").chunk_rows
+    # a hub row's chat messages are built as Python objects first: several times a streamed row's memory
+    chunk_rows = max(1, load_section(params, "data").chunk_rows // HUB_SHARE)
     fingerprint = shards_fingerprint(selected_dir, write_shards(table_path, selected_dir, chunk_rows))
     has_round = "round" in pl.read_parquet_schema(table_path)
     # 8 bytes per row: the rows' rounds, for the counts per round (a row number where there is no round)

@@ -2,11 +2,12 @@
 ``train.jsonl`` (TRL) and ``train_alpaca.json`` (Alpaca) of the selection's folder.
 
 An external sort by rank: each input table is read ``chunk_rows`` rows at a time; its chosen rows, tagged
-with their rank, are spilled to the bucket of their rank range (``chunk_rows`` ranks per bucket) in a scratch
-folder. Each bucket is then read back, its four tables' parts joined as the whole tables were
+with their rank, are spilled to the bucket of their rank range (``chunk_rows / BUCKET_SHARE`` ranks per bucket)
+in a scratch folder. Each bucket is then read back, its four tables' parts joined as the whole tables were
 (:func:`evolforge.steps.select.selection.join_metrics`: the items' columns, then judged's, scores', diversity's)
-and sorted by rank: the chunks of the ranked selection, in order. Memory: one input chunk, one bucket, and the
-chosen ids with their ranks (about 40 bytes per chosen item).
+and sorted by rank: the chunks of the ranked selection, in order. Memory: one input chunk, one bucket (its
+reads, joins and sort copy its rows about four times over, hence a quarter chunk), and the chosen ids with their
+ranks (about 40 bytes per chosen item).
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from evolforge.io.stream import checked_chunks, iter_chunks, read_spilled, sink_
 from evolforge.steps.select.selection import join_metrics, to_alpaca, to_trl
 
 RANK = "_rank"
+BUCKET_SHARE = 4  # a bucket holds chunk_rows / BUCKET_SHARE ranks: read, joined and sorted, about a chunk's memory
 CHECKS = validation.non_empty_text(["instruction", "output"])  # ids are unique: they were checked in the items
 
 
-def _spill_buckets(paths: list[str], ranks: pl.DataFrame, chunk_rows: int, work: Path) -> None:
+def _spill_buckets(paths: list[str], ranks: pl.DataFrame, chunk_rows: int, bucket_rows: int, work: Path) -> None:
     """Every chosen row of every table, with its rank, to ``work/bucket-B/T-C.parquet`` (table T, chunk C)."""
     for t, path in enumerate(paths):
         for c, chunk in enumerate(iter_chunks(path, chunk_rows)):
             hit = (chunk if t == 0 else chunk.drop("round", strict=False)).join(ranks, on="id", how="inner")
-            bucket = (hit[RANK] // chunk_rows).alias("_bucket")
+            bucket = (hit[RANK] // bucket_rows).alias("_bucket")
             for (b,), part in hit.with_columns(bucket).group_by("_bucket", maintain_order=True):
                 folder = work / f"bucket-{b:06d}"
                 folder.mkdir(exist_ok=True)
@@ -53,15 +55,16 @@ def _joined(paths: list[str], frames: list[pl.DataFrame]) -> pl.DataFrame:
 def ranked_rows(paths: list[str], chosen: pl.Series, chunk_rows: int,
                 work: Path) -> tuple[pl.Schema, Iterator[pl.DataFrame]]:
     """The rows of ``chosen`` (ids, in rank order) with every column of ``paths`` (items first, then the
-    per-item tables), ``chunk_rows`` at a time in rank order; and their schema. ``work`` is an empty scratch
+    per-item tables), a bucket (``chunk_rows / BUCKET_SHARE`` rows) at a time in rank order; and their schema. ``work`` is an empty scratch
     folder that must outlive the iterator."""
     ranks = pl.DataFrame({"id": chosen, RANK: pl.int_range(chosen.len(), dtype=pl.Int64, eager=True)})
-    _spill_buckets(paths, ranks, chunk_rows, work)
+    bucket_rows = max(1, chunk_rows // BUCKET_SHARE)
+    _spill_buckets(paths, ranks, chunk_rows, bucket_rows, work)
     empty = _empty(paths)
     schema = _joined(paths, empty).drop(RANK).schema
 
     def chunks() -> Iterator[pl.DataFrame]:
-        for b in range(-(-chosen.len() // chunk_rows)):
+        for b in range(-(-chosen.len() // bucket_rows)):
             folder = work / f"bucket-{b:06d}"
             frames = [pl.concat([pl.read_parquet(f) for f in sorted(folder.glob(f"{t}-*.parquet"))] or [empty[t]])
                       for t in range(len(paths))]
