@@ -63,7 +63,7 @@ class LLMSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """``data``: how the data stages (respond, pick_scenario, dedup, decontaminate, judge, score) read and write their tables (docs/scale.md)."""
+    """``data``: how the data stages (respond through select) read and write their tables (docs/scale.md)."""
 
     chunk_rows: PositiveInt = 100_000  # rows read, processed and written at a time; memory follows it, results do not
     # where dedup's sketches, decontamination and IFD scoring run: in the stage's process (local) or as Ray Data
