@@ -95,6 +95,7 @@ def spilled(chunks: Iterable[pl.DataFrame], work: str | Path) -> list[Path]:
     for k, chunk in enumerate(chunks):
         files.append(Path(work) / f"part-{k:06d}.parquet")
         chunk.write_parquet(files[-1])
+        del chunk  # not held while the next one is produced
     return files
 
 

@@ -57,6 +57,7 @@ class Gathered:
         for file, is_round in self.parts:
             for chunk in iter_chunks(file, self.chunk_rows):
                 yield _kept(chunk, is_round).cast(dict(self.schema))
+                del chunk  # not held while the next one is read (io/stream.py)
 
     def ids(self) -> pl.LazyFrame:
         """The items' ids in order (a streaming query: no texts read)."""
@@ -147,6 +148,7 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str
             per_round.update(table["round"].to_list())
             failed += int(table["response_failure_reason"].is_not_null().sum())
             yield table
+            del chunk, table  # not held while the next chunk is read and answered
 
     schema = answer(pl.DataFrame(schema=items.schema), llm, prompts).schema  # no rows: no call
     rules = validation.item_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
