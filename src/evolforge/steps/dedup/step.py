@@ -102,6 +102,7 @@ def _sketch_pass(sketches: Iterable[pl.DataFrame], bands: int, work: Path) -> tu
                 sketch[f"band_{k}"].to_numpy().tofile(fh)
             nonempty.append(sketch["nonempty"].to_numpy())
             starts.append(starts[-1] + sketch.height)
+            del sketch  # not held while the next chunk is read and sketched (io/stream.py)
     finally:
         for fh in files:
             fh.close()
@@ -171,7 +172,9 @@ def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray, groups
                 folder = work / f"group-{mine[taken[0]]}"
                 rows[taken].write_parquet(folder / f"chunk-{c:06d}.parquet")
                 np.save(folder / f"keys-{c:06d}.npy", keys[taken])
+            del part, rows, keys
         lo = hi
+        del chunk
     return count
 
 
@@ -218,8 +221,9 @@ def _with_answers(chunks: Chunks, starts: np.ndarray, work: Path) -> Iterator[pl
             where = (answers["index"] - lo).to_numpy()
             for name in DUPLICATE_FLAGS:
                 columns[name].scatter(where, answers[name])
-        yield chunk.with_columns(**columns)
         lo += chunk.height
+        yield chunk.with_columns(**columns)
+        del chunk, columns
 
 
 def dedup_chunks(chunks: Chunks, usable: Usable, work: Path, config: DedupSettings = DedupSettings(),
@@ -284,6 +288,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
                 if duplicate.any():
                     chunk.filter(duplicate).write_parquet(removed / f"{c:06d}.parquet")
                 yield chunk.filter(~duplicate).drop(list(DUPLICATE_FLAGS))
+                del chunk, duplicate
 
         def duplicates() -> Iterator[pl.DataFrame]:  # read once kept() has spilled them all
             yield from read_spilled(sorted(removed.iterdir()))
