@@ -1,6 +1,6 @@
 """Growth benchmark: CPU, wall and peak memory of the data stages as the number of items grows.
 
-    PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 100000]
+    PYTHONPATH=src python bench/growth.py --items 150000 1200000 --json growth.json [--chunk-rows 50000]
         [--baseline-commit f1fd5ed [--baseline-only]] [--stages all | dedup decontaminate respond ...]
         [--diversity-max-items 300000] [--work DIR] [--peers]
         [--engines local ray [--ray-address 127.0.0.1:6379]]
@@ -65,6 +65,7 @@ from growth_stages import (PIPELINE, stage_commands, stage_order_problem, table_
                            write_items, write_params, write_rounds, write_stand_in_diversity)
 from peer_datatrove import peer_python  # noqa: E402  (bench/peer_datatrove.py: the peer's venv)
 
+from evolforge.config.runtime import DataSettings  # noqa: E402
 from evolforge.core.text import item_text  # noqa: E402
 from evolforge.io.records import TABLE, write_json  # noqa: E402
 from evolforge.io.stream import iter_chunks, sink_chunks  # noqa: E402
@@ -277,7 +278,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, nargs="+", required=True, help="total items per run (a third per round)")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--chunk-rows", type=int, default=100_000, help="data.chunk_rows for the stages")
+    ap.add_argument("--chunk-rows", type=int, default=DataSettings().chunk_rows, help="data.chunk_rows for the stages")
     ap.add_argument("--stages", nargs="+", default=["dedup", "decontaminate"], choices=[*PIPELINE, "all"],
                     help="stages to run, in this order (all: every one, in dvc.yaml's order: " + " ".join(PIPELINE) + ")")
     ap.add_argument("--diversity-max-items", type=int, default=DIVERSITY_MAX_ITEMS,

@@ -65,7 +65,7 @@ class LLMSettings:
 class DataSettings:
     """``data``: how the data stages (respond through select) read and write their tables (docs/scale.md)."""
 
-    chunk_rows: PositiveInt = 100_000  # rows read, processed and written at a time; memory follows it, results do not
+    chunk_rows: PositiveInt = 50_000  # rows read, processed and written at a time; memory follows it, results do not
     # where dedup's sketches, decontamination and IFD scoring run: in the stage's process (local) or as Ray Data
     # pipelines, a task or actor per chunk (ray; docs/scale_ray.md). The outputs are the same bytes either way.
     engine: Literal["local", "ray"] = "local"

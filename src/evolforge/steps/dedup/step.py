@@ -227,7 +227,7 @@ def _with_answers(chunks: Chunks, starts: np.ndarray, work: Path) -> Iterator[pl
 
 
 def dedup_chunks(chunks: Chunks, usable: Usable, work: Path, config: DedupSettings = DedupSettings(),
-                 chunk_rows: int = 100_000, mapped: Mapped | None = None) -> tuple[Iterator[pl.DataFrame], dict]:
+                 chunk_rows: int = 50_000, mapped: Mapped | None = None) -> tuple[Iterator[pl.DataFrame], dict]:
     """:func:`evolforge.steps.dedup.minhash.dedup_table` over a table read in chunks: ``chunks(columns)`` gives a
     fresh pass over them (all columns for None), the same rows in the same chunks each time (it is called
     three times), ``usable(chunk)`` the selection guards' verdict per row, ``work`` an empty scratch folder

@@ -112,7 +112,7 @@ def _blocks(file: Path, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         yield start, block
 
 
-def load_embeddings(folder: str | Path, chunk_rows: int = 100_000) -> EmbeddingFile:
+def load_embeddings(folder: str | Path, chunk_rows: int = 50_000) -> EmbeddingFile:
     """Check ``embeddings.npy`` against the ``id`` column of ``items.parquet`` of a diversity output folder (one
     row per id; no row zero or not finite), a block at a time, and open it for reading by id."""
     folder = Path(folder)
