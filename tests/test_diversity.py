@@ -1,5 +1,5 @@
-"""Minimum Neighbor Distance against a brute-force numpy computation and, bit for bit, against the blockwise
-function it replaced; causal-LM mean embeddings."""
+"""Minimum Neighbor Distance against a brute-force numpy computation and, up to BLAS's rounding, against the
+blockwise function it replaced; causal-LM mean embeddings."""
 
 from __future__ import annotations
 
@@ -73,17 +73,27 @@ def with_twins(n: int, d: int, seed: int) -> np.ndarray:
     return x
 
 
+def assert_product_floats(actual, expected):
+    """The distances of one product of a query block with all N rows, as BLAS rounds them: equal bit for bit
+    where its kernels for a tile's edge rows and columns round as those for the inner ones (as on the
+    machine these tests were written on), within a float32 ulp or two where they do not (OpenBLAS on an AMD
+    EPYC, Zen 3, AVX2: about 2-3 % of the rows, at most 4.8e-7 apart)."""
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("n, d, block_size, key_block", [
     (1, 4, 4096, 4096), (2, 64, 4096, 4096), (34, 64, 4096, 4096), (35, 576, 4096, 4096), (150, 16, 7, 64),
     (3000, 64, 512, 1024), (2051, 300, 256, 512), (5000, 64, 4096, 1024), (10000, 16, 4096, 4096), (20000, 2, 4096, 4096),
 ])
-def test_tiled_neighbor_stats_equal_the_whole_row_blocks_bit_for_bit(n, d, block_size, key_block):
-    """Query blocks as before, keys in tiles: every float and count as one product with all N rows gave."""
+def test_tiled_neighbor_stats_equal_the_whole_row_blocks(n, d, block_size, key_block):
+    """Query blocks as before, keys in tiles: every count and (up to BLAS's rounding) every float as one
+    product with all N rows gave."""
     x = with_twins(n, d, seed=n + d)
     expected_min, expected_repeats = whole_row_blocks(x, block_size)
     stats = neighbor_stats(x, block_size=block_size, key_block=key_block)
     assert stats.min_distance.dtype == np.float32 and stats.repeat_count.dtype == np.int64
-    np.testing.assert_array_equal(stats.min_distance, expected_min)  # NaN where N == 1, equal floats elsewhere
+    assert_product_floats(stats.min_distance, expected_min)  # NaN where N == 1
     np.testing.assert_array_equal(stats.repeat_count, expected_repeats)
     if n > 20:
         assert stats.repeat_count[[3, 10, 0, n - 1]].min() >= 1  # twins, also across blocks and tiles
@@ -92,11 +102,11 @@ def test_tiled_neighbor_stats_equal_the_whole_row_blocks_bit_for_bit(n, d, block
 
 def test_a_last_block_of_one_row_is_equal_but_for_its_own_row():
     """N = 1 mod block_size: numpy hands the last query row to BLAS's gemv, whose rounding of a few columns
-    follows how BLAS splits them among threads (docstring); the other rows are equal bit for bit."""
+    follows how BLAS splits them among threads (docstring); the other rows are equal as in the other tests."""
     x = with_twins(2 * 512 + 1, 64, seed=5)
     expected_min, expected_repeats = whole_row_blocks(x, 512)
     stats = neighbor_stats(x, block_size=512, key_block=256)
-    np.testing.assert_array_equal(stats.min_distance[:-1], expected_min[:-1])
+    assert_product_floats(stats.min_distance[:-1], expected_min[:-1])
     np.testing.assert_array_equal(stats.repeat_count, expected_repeats)
     np.testing.assert_allclose(stats.min_distance[-1], expected_min[-1], rtol=1e-5)
 
@@ -115,7 +125,7 @@ def test_neighbor_stats_reads_a_file_in_blocks_and_holds_tiles_not_rows(tmp_path
     tracemalloc.stop()
     assert peak < 8e6, peak  # tiles of 512 x at most 1023 keys (2 MB), a few at once; rows read 512 at a time
     expected_min, expected_repeats = whole_row_blocks(x, 512)
-    np.testing.assert_array_equal(stats.min_distance, expected_min)
+    assert_product_floats(stats.min_distance, expected_min)
     np.testing.assert_array_equal(stats.repeat_count, expected_repeats)
 
 

@@ -83,9 +83,11 @@ def neighbor_stats(
     block at a time. Each block of ``block_size`` queries is compared with tiles of at least ``key_block``
     keys by one matrix multiply, so memory is about block_size x 2 key_block x 4 bytes (4096 x 8191: 128 MiB),
     whatever N; time is N x N x d. The floats are those of one product of a query block with all N rows
-    (every cosine is the same dot product over d; min and counts are exact), except that numpy hands a
-    block of one query row (N = 1 mod block_size) to BLAS's gemv, whose rounding of a few columns depends
-    on how BLAS splits them among its threads. Unlike paper B's ``search_batch(k=500)``, repeats are
+    where BLAS rounds a tile's edge rows and columns as its inner ones (every cosine is the same dot product
+    over d; min and counts are exact); where it does not (OpenBLAS on an AMD EPYC, Zen 3), a few percent of
+    them differ by a float32 ulp or two. They never depend on the chunk size. Numpy hands a block of one
+    query row (N = 1 mod block_size) to BLAS's gemv, whose rounding of a few columns depends on how BLAS
+    splits them among its threads. Unlike paper B's ``search_batch(k=500)``, repeats are
     counted over all rows, not only the 500 nearest.
     """
     rows = embeddings if hasattr(embeddings, "shape") else np.asarray(embeddings, dtype=np.float32)

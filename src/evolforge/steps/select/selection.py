@@ -68,8 +68,8 @@ def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = Non
     L2 distance to every kept row exceeds ``threshold``; stop after ``budget`` kept. Returns kept rows.
 
     Exact, blockwise: each block is compared with the rows kept before it, tiles of at least ``KEY_BLOCK`` of
-    them at a time (as :func:`~evolforge.score.neighbors.neighbor_stats` tiles its keys: the same floats as one
-    product with all of them), then resolved in order against the rows it keeps itself (time ~ N x kept x d,
+    them at a time (as :func:`~evolforge.score.neighbors.neighbor_stats` tiles its keys: the floats of one product
+    with all of them, up to BLAS's rounding of a tile's edges), then resolved in order against the rows it keeps itself (time ~ N x kept x d,
     memory ~ block x 2 KEY_BLOCK, whatever the number kept; the kept rows themselves, kept x d).
     """
     n = len(vectors)
