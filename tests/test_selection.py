@@ -13,6 +13,7 @@ import pytest
 
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.select.embeddings import EMBEDDINGS, Embeddings, load_embeddings
+from evolforge.steps.select import selection
 from evolforge.steps.select.selection import diverse_walk, select_items
 from evolforge.io.records import write_output
 
@@ -43,35 +44,14 @@ def test_diverse_walk_matches_brute_force(threshold, budget, block):
     assert diverse_walk(x, threshold, budget, block_size=block) == expected
 
 
-def whole_product_walk(vectors: np.ndarray, threshold: float, budget: int, block_size: int = 1024) -> list[int]:
-    """The walk as it was before its kept rows were tiled: each block against every kept row in one product."""
-    kept: list[int] = []
-    kept_vectors = np.empty((min(budget, len(vectors)), vectors.shape[1]), dtype=np.float32)
-    for start in range(0, len(vectors), block_size):
-        if len(kept) >= budget:
-            break
-        block = vectors[start:start + block_size]
-        ok = ((2.0 - 2.0 * (block @ kept_vectors[:len(kept)].T)).min(axis=1) > threshold if kept
-              else np.ones(len(block), dtype=bool))
-        inner = 2.0 - 2.0 * (block @ block.T)
-        mine: list[int] = []
-        for i in np.flatnonzero(ok):
-            if mine and inner[i, mine].min() <= threshold:
-                continue
-            mine.append(int(i))
-            kept_vectors[len(kept) + len(mine) - 1] = block[i]
-            if len(kept) + len(mine) >= budget:
-                break
-        kept += [start + i for i in mine]
-    return kept
-
-
 @pytest.mark.parametrize("n, d, threshold", [(14_000, 16, 0.02), (9_000, 64, 0.2)])
-def test_diverse_walk_over_many_kept_rows_is_the_whole_product_walk(n, d, threshold):
-    """Past KEY_BLOCK kept rows the walk compares a block with them a tile at a time: the same rows kept as one
-    product with all of them (the same floats: each distance is the same dot product)."""
+def test_diverse_walk_over_many_kept_rows_is_the_whole_product_walk(n, d, threshold, monkeypatch):
+    """Past KEY_BLOCK kept rows the walk compares a block with them a tile at a time: the same rows kept as
+    when it compared a block with every kept row in one product (each distance is the same dot product)."""
     x = unit(n, d, seed=d, clusters=4000)
-    expected = whole_product_walk(x, threshold, n)
+    with monkeypatch.context() as whole:
+        whole.setattr(selection, "_nearest", lambda block, kept: (2.0 - 2.0 * (block @ kept.T)).min(axis=1))
+        expected = diverse_walk(x, threshold, n)
     assert 6_000 < len(expected) < n  # past one tile of kept rows, and some refused
     assert diverse_walk(x, threshold, n) == expected
 
