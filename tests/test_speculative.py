@@ -11,7 +11,7 @@ import torch
 from evolforge.config.roles import ChatRequest, Controls, Role
 from evolforge.llm.backends.llamacpp import LlamaCppBackend
 from evolforge.llm.decoding import sample_token
-from evolforge.llm.speculative import Drafter
+from evolforge.llm.speculative import MAX_DRAFT, Drafter, StepCost, draft_length
 
 QUOTED = "Rewrite the following prompt to be harder. #Given Prompt#: Name a color of the sky. Name a color of the sky."
 PROMPTS = [QUOTED, "Repeat: one two three one two three one two three", "Add one constraint to: Write a haiku.",
@@ -164,16 +164,28 @@ def test_the_acceptance_rule_is_speculative_samplings_for_a_point_draft():
             assert torch.allclose(freq, residual, atol=0.015), (d, freq, residual)
 
 
-def test_drafter_looks_up_the_longest_recent_ngram():
+def test_drafter_looks_up_the_longest_recent_ngram_and_learns_its_acceptance():
     tokens: list[int] = []
     d = Drafter([1, 2, 3, 4, 5, 9, 2, 3, 8, 1, 2, 3], tokens)
+    assert d.alpha(0.5) == 0.5  # no draft yet: the backend's rate
     assert d.draft(2) == [4, 5]  # 1, 2, 3 was followed by 4, 5 (not 2, 3 alone: 8)
     tokens += [4, 5]
     d.accepted(2)
-    assert d.draft(10) == [9, 2, 3, 8, 1, 2]  # 3, 4, 5 was followed by these; 6 after a full acceptance
-    d.accepted(1)
-    assert len(d.draft(10)) <= 2  # shortened after a rejection
+    assert d.draft(6) == [9, 2, 3, 8, 1, 2]  # 3, 4, 5 was followed by these
+    d.accepted(1)  # one accepted, then a rejection
+    assert (d.hits, d.misses) == (3, 1) and d.alpha(0.5) == pytest.approx((3 + 2) / (4 + 4))
     assert d.draft(0) == []
+
+
+def test_draft_length_weighs_acceptance_against_the_steps_cost():
+    assert draft_length(0.95, 1, (1.0, 0.1)) == MAX_DRAFT  # one sequence, cheap tokens: draft long
+    assert draft_length(0.5, 6, (1.0, 0.5)) == 0  # a busy step and a coin-flip draft: none
+    assert draft_length(0.0, 1, (1.0, 0.1)) == 0
+    assert draft_length(0.9, 6, (1.0, 0.5)) < draft_length(0.9, 1, (1.0, 0.5))
+    cost = StepCost(prior=(9.0, 9.0))
+    for tokens in (1, 2, 4, 8, 1, 2, 4, 8):
+        cost.add(tokens, 0.05 + 0.01 * tokens)
+    assert cost.fit() == pytest.approx((0.05, 0.01))
 
 
 def test_a_role_turns_speculation_off():

@@ -33,18 +33,69 @@ Only the rounding can differ: on a quantized model llama.cpp's kernels for a bat
 round a logit differently from its one-token step (as they already do for sequences decoded side by side,
 docs/models.md), which can flip a near-tie. On a float32 model (the tests') the outputs are identical.
 
-Cost: on a CPU a fed token is not free (each costs about one prompt token's compute, a fraction of a
-decoding step), so a sequence drafts only after an n-gram match and at most ``MAX_DRAFT`` tokens; the draft
-length follows the sequence's acceptance (longer after a fully accepted draft, shorter after a rejection).
+Cost: on a CPU a fed token is not free. A step of n sequences costs about ``a + b x (tokens fed)``
+(``a`` reading the weights once, ``b`` each token's arithmetic); the backend fits ``a`` and ``b`` to its own
+recent steps (:class:`StepCost`). The j-th draft token is reached and accepted with probability about
+``alpha ** j``, ``alpha`` the request's acceptance rate so far (its accepted draft tokens over those plus its
+rejections, starting from the backend's rate over all requests), and then saves a step's share
+``(a + b n) / n``; it is fed only while ``alpha ** j x (a + b n) / n >= b`` (:func:`draft_length`). So with
+many sequences decoded together (a step already busy with arithmetic) a draft must be likelier to pass
+than with one, and a request whose drafts fail stops drafting.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Sequence
 
 MAX_NGRAM, MIN_NGRAM = 3, 2  # the n-gram sizes looked up, longest first
 MAX_DRAFT = 8  # draft tokens a sequence verifies in one step at most
-FIRST_DRAFT = 4  # the draft length a request starts with
+PRIOR = (3.0, 1.0)  # (accepted, rejected) a backend's acceptance rate starts from
+PRIOR_WEIGHT = 4.0  # a request's own rate starts from the backend's, worth this many drafts
+
+
+def draft_length(alpha: float, sequences: int, cost: tuple[float, float]) -> int:
+    """Draft tokens worth feeding one of ``sequences`` sequences, at acceptance rate ``alpha`` and step cost
+    ``cost`` = (a, b): the largest j with ``alpha ** j x (a + b n) / n >= b``.
+
+    >>> draft_length(0.9, 1, (1.0, 0.5)), draft_length(0.9, 6, (1.0, 0.5)), draft_length(0.3, 6, (1.0, 0.5))
+    (8, 2, 0)
+    """
+    a, b = cost
+    share = (a + b * sequences) / sequences
+    if b <= 0:
+        return MAX_DRAFT
+    if alpha <= 0 or share <= b:
+        return 0
+    if alpha >= 1:
+        return MAX_DRAFT
+    return max(0, min(MAX_DRAFT, math.floor(math.log(b / share) / math.log(alpha))))
+
+
+class StepCost:
+    """``(a, b)`` of a step's seconds ~ a + b x tokens fed, fitted to the last ``window`` steps (least
+    squares); ``prior`` until the steps fed at least two different numbers of tokens."""
+
+    def __init__(self, prior: tuple[float, float] = (1.0, 0.5), window: int = 256):
+        self.prior = prior
+        self.steps: deque[tuple[int, float]] = deque(maxlen=window)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.steps.append((tokens, seconds))
+
+    def fit(self) -> tuple[float, float]:
+        if len(self.steps) < 8:
+            return self.prior
+        n = len(self.steps)
+        mx = sum(t for t, _ in self.steps) / n
+        my = sum(s for _, s in self.steps) / n
+        var = sum((t - mx) ** 2 for t, _ in self.steps)
+        if var == 0:
+            return self.prior
+        b = sum((t - mx) * (s - my) for t, s in self.steps) / var
+        a = my - b * mx
+        return (a, b) if a > 0 and b > 0 else self.prior
 
 
 class Drafter:
@@ -56,17 +107,23 @@ class Drafter:
     [4, 5, 9]
     >>> tokens += [4, 7]; d.draft(3)  # no earlier 4, 7: nothing to verify
     []
+    >>> d.draft(0)
+    []
     """
 
     def __init__(self, prompt: Sequence[int], tokens: list[int]):
         self.prompt, self.tokens = list(prompt), tokens
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its most recent occurrence ended
         self.indexed = 0  # n-grams ending at or before this position are in the index
-        self.length = FIRST_DRAFT
+        self.hits = self.misses = 0  # draft tokens accepted; drafts cut short by a rejection
         self.last: list[int] = []
 
+    def alpha(self, prior: float) -> float:
+        """This request's acceptance rate per draft token, starting from ``prior``."""
+        return (self.hits + PRIOR_WEIGHT * prior) / (self.hits + self.misses + PRIOR_WEIGHT)
+
     def draft(self, room: int) -> list[int]:
-        """Up to ``min(room, length)`` tokens that followed the last n-gram's most recent earlier occurrence."""
+        """Up to ``room`` tokens that followed the last n-gram's most recent earlier occurrence."""
         seq = self.prompt + self.tokens
         for end in range(max(self.indexed + 1, MIN_NGRAM), len(seq)):  # every n-gram ending before the last
             for n in range(MIN_NGRAM, min(MAX_NGRAM, end) + 1):
@@ -78,12 +135,12 @@ class Drafter:
         for n in range(MAX_NGRAM, MIN_NGRAM - 1, -1):
             end = self.index.get(tuple(seq[-n:])) if len(seq) > n else None
             if end is not None:
-                self.last = seq[end:end + min(room, self.length)]
+                self.last = seq[end:end + room]
                 break
         return self.last
 
     def accepted(self, n: int) -> None:
-        """``n`` tokens of the last draft were accepted: lengthen after a full draft, shorten otherwise."""
-        if not self.last:
-            return
-        self.length = min(MAX_DRAFT, self.length + 2) if n == len(self.last) else max(1, n + 1)
+        """``n`` tokens of the last draft were accepted (the rest rejected)."""
+        if self.last:
+            self.hits += n
+            self.misses += n < len(self.last)

@@ -45,6 +45,7 @@ from evolforge.config.roles import LLAMACPP_CONTEXT, ChatRequest, Role, pick_thr
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import request_seed
+from evolforge.llm.speculative import PRIOR, StepCost, draft_length
 from evolforge.llm.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
@@ -95,6 +96,8 @@ class LlamaCppBackend:
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._threads_picked = time.monotonic()
         self.drafted = self.accepted = 0  # speculative draft tokens verified, and accepted, since loading
+        self.rejections = 0  # drafts cut short
+        self.step_cost = StepCost()  # seconds of a decoding step by tokens fed (speculative.draft_length)
 
     @classmethod
     def from_role(cls, role: Role) -> "LlamaCppBackend":
@@ -179,21 +182,32 @@ class LlamaCppBackend:
             if not active:
                 continue
             seqs = sorted(active)
-            room = max(0, PROMPT_BATCH // len(seqs) - 1)
-            feeds = [[active[s].tokens[-1], *(active[s].draft(room) if self.speculative else ())] for s in seqs]
+            feeds = [[active[s].tokens[-1], *self._draft(active[s], len(seqs))] for s in seqs]
+            start = time.perf_counter()
             rows = self.cache.extend(list(zip(seqs, feeds)))
+            self.step_cost.add(sum(map(len, feeds)), time.perf_counter() - start)
             finished = []
             for seq, fed, logits in zip(seqs, feeds, rows):
                 job = active[seq]
                 done, used = job.verify(fed, logits)
                 self.drafted += len(fed) - 1
                 self.accepted += used - 1
+                self.rejections += done is None and used < len(fed)
                 if done is not None:
                     finished.append((active.pop(seq).index, done))
                 elif used < len(fed):
                     self.cache.trim(seq, len(self.cache.held[seq]) - (len(fed) - used))
             if finished:
                 yield finished
+
+    def _draft(self, job: "_Job", sequences: int) -> list[int]:
+        """The draft tokens worth feeding after ``job``'s last token (none without ``speculative``)."""
+        if not self.speculative or job.drafter is None:
+            return []
+        prior = (self.accepted + PRIOR[0]) / (self.accepted + self.rejections + sum(PRIOR))
+        room = min(PROMPT_BATCH // sequences - 1, draft_length(job.drafter.alpha(prior), sequences,
+                                                                self.step_cost.fit()))
+        return job.draft(room)
 
     def choose(self, logits: torch.Tensor, job: "_Job") -> int:
         """The next token of ``job``'s answer, as the hf backend chooses it."""
