@@ -70,6 +70,7 @@ def run(backend: LlamaCppBackend, requests: list[ChatRequest], slots: int, specu
 
     cache.prefill = timed
     drafted, accepted = backend.drafted, backend.accepted
+    evaluated, reused = cache.evaluated, cache.reused
     try:
         start = time.perf_counter()
         outs = [c for _, c in sorted(i_c for group in backend.stream(requests, slots) for i_c in group)]
@@ -79,7 +80,8 @@ def run(backend: LlamaCppBackend, requests: list[ChatRequest], slots: int, specu
     generated = sum(c.completion_tokens for c in outs)
     return {"wall_s": wall, "prefill_s": spent[0], "generated": generated,
             "decode_tps": generated / (wall - spent[0]), "drafted": backend.drafted - drafted,
-            "accepted": backend.accepted - accepted, "texts": [c.text for c in outs]}
+            "accepted": backend.accepted - accepted, "prompt_evaluated": cache.evaluated - evaluated,
+            "prompt_reused": cache.reused - reused, "texts": [c.text for c in outs]}
 
 
 def main() -> None:
@@ -114,6 +116,7 @@ def main() -> None:
                         "identical": same, "requests": len(requests),
                         "decode_speedup": on["decode_tps"] / off["decode_tps"],
                         "wall_speedup": off["wall_s"] / on["wall_s"]}
+        print(f"  prompt tokens evaluated {on['prompt_evaluated']}, reused from the KV store {on['prompt_reused']}")
         for a, b in zip(off["texts"], on["texts"]):
             if a != b:
                 print(f"  differs:\n    off: {a[:160]!r}\n    on:  {b[:160]!r}")
