@@ -19,7 +19,8 @@ from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.backends import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
-from evolforge.llm.identity import IDENTITY_FILE, recorded_entry, resolve_identity
+from evolforge.llm.identity import IDENTITY_FILE, recorded_entry
+from evolforge.llm.pinning import resolve_identity
 from evolforge.llm.keys import identity_digest, resolved_engine, sampling_signature, str_choices
 from evolforge.llm.registry import shared_backend
 from evolforge.llm.types import Backend, Completion, LLMFailureError, refuse_controls, refuse_ranking

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from evolforge.core.prompts import PromptError, PromptLibrary
-from evolforge.steps.autoif.constraints import VERIFICATION_TEMPLATE, constraint_key
+from evolforge.steps.autoif.shared import VERIFICATION_TEMPLATE, constraint_key
 
 FORMS = ("lines", "paper")
 FUNCTION_TEMPLATE = "autoif/verification_function.j2"

@@ -26,7 +26,7 @@ from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_t
 from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
-from evolforge.steps.autoif.constraints import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
+from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
 from evolforge.steps.autoif.sandbox import Runner, run_function
 from evolforge.steps.common.source import build_seed
 

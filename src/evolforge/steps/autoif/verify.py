@@ -27,7 +27,7 @@ from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation
 from evolforge.llm.cached import LLM, open_role
-from evolforge.steps.autoif.constraints import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
+from evolforge.steps.autoif.shared import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
 from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration, Verification, join_answers,
                                           load_demonstrations, parse_verification, parser_for, verification_conversations)
 from evolforge.steps.autoif.sandbox import FunctionRun, Runner, run_function

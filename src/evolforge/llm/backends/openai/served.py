@@ -1,5 +1,5 @@
 """Which model an ``openai`` role's server serves (``GET /models``), pinned as the role's identity: the served
-model id, never the URL (the models stage, :func:`evolforge.llm.identity.resolve_identity`)."""
+model id, never the URL (the models stage, :func:`evolforge.llm.pinning.resolve_identity`)."""
 
 from __future__ import annotations
 
