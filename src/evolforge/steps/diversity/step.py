@@ -19,7 +19,7 @@ import polars as pl
 from evolforge.io import validation
 from evolforge.config.loader import load_section
 from evolforge.config.roles import load_role
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE, atomic_dir, write_json
 from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_file, table_schema

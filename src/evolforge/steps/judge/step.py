@@ -35,7 +35,7 @@ from evolforge.io import validation
 from evolforge.io.columns import JUDGED
 from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs

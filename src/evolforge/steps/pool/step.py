@@ -21,7 +21,7 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.config.loader import load_section
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import LINEAGE, META, TABLE, VERSIONS

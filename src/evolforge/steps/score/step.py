@@ -20,7 +20,7 @@ import torch
 from evolforge.io import validation
 from evolforge.config.loader import load_section
 from evolforge.config.roles import load_role
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.config.roles import Role
 from evolforge.io.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs

@@ -32,7 +32,7 @@ import polars as pl
 import yaml
 
 from evolforge.config.loader import load_section
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import META, TABLE, VERSIONS, write_table
 from evolforge.io.stream import sink_chunks
