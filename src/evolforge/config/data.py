@@ -17,4 +17,5 @@ class DataSettings:
     # where dedup's sketches, decontamination and IFD scoring run: in the stage's process (local) or as Ray Data
     # pipelines, a task or actor per chunk (ray; docs/scale_ray.md). The outputs are the same bytes either way.
     engine: Literal["local", "ray"] = "local"
-    ray_address: str | None = None  # engine ray: an existing cluster ("auto", "ray://host:10001"); null = start a local one
+    # engine ray: an existing cluster ("auto", "ray://host:10001"); null = start a local one
+    ray_address: str | None = None

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pydantic import with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from evolforge.config.bounds import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability
+from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                                     PositiveInt, Probability)
 
 
 @dataclass

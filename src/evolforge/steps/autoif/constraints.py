@@ -135,10 +135,12 @@ def run(seeds_file: str | Path, params: dict[str, Any], prompts: PromptLibrary) 
                "llm": {"evolver": llm.stats},  # tokens, failures and cost of the calls
                "lines": table.height - len(seeds), "constraints": table.height - failed.height,
                "new_constraints": int((table["status"] == "evolved").sum()),
-               "dropped": {r: int(n) for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}}
+               "dropped": {r: int(n)
+                           for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}}
     meta = {"model": llm.label, "model_identity": llm.identity, "settings": dataclasses.asdict(cfg),
             "template_hash": prompts.hash(SELF_INSTRUCT_TEMPLATE)}
-    return Outputs(metrics, f"autoif_constraints: {metrics['constraints']} constraints ({metrics['new_constraints']} new) "
+    return Outputs(metrics,
+                   f"autoif_constraints: {metrics['constraints']} constraints ({metrics['new_constraints']} new) "
                             f"from {cfg.self_instruct_calls} calls; dropped {metrics['dropped']}",
                    table=table, meta=meta, checks=validation.unique("id") + validation.non_empty_text(["constraint"]),
                    extra={"raw_outputs.jsonl": [{"call_index": i, "text": t} for i, t in enumerate(outputs)]})
