@@ -90,8 +90,9 @@ def _name(node: ast.AST, loops: dict[str, list[str]]) -> list[str] | str | None:
 
 
 def _called(node: ast.Call) -> str | None:
-    return (node.func.id if isinstance(node.func, ast.Name) else node.func.attr
-            if isinstance(node.func, ast.Attribute) else None)
+    if isinstance(node.func, ast.Name):
+        return node.func.id
+    return node.func.attr if isinstance(node.func, ast.Attribute) else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -171,8 +172,8 @@ def _read_at(node: ast.AST, readers: dict[str, tuple[int, str]]) -> tuple[str, a
         reader = readers.get(_called(node))
         if reader and len(node.args) > reader[0] and not _is_other_object(node):
             return reader[1], node.args[reader[0]]
-        if isinstance(node.func,
-                      ast.Attribute) and node.func.attr == "get" and _is_params(node.func.value) and node.args:
+        method = node.func.attr if isinstance(node.func, ast.Attribute) else None
+        if method == "get" and _is_params(node.func.value) and node.args:
             return "section", node.args[0]
     if isinstance(node, ast.Subscript) and _is_params(node.value) and isinstance(node.ctx, ast.Load) \
             and not (isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, int)):  # a tuple's item
@@ -194,8 +195,10 @@ def declared(spec: dict) -> set[str]:
     """The sections (and roles) a dvc.yaml stage declares under ``params:``, from any params file."""
     found = set()
     for entry in spec.get("params") or []:
-        keys = [k
-                for file, ks in entry.items() if file != NOT_A_FILE for k in ks] if isinstance(entry, dict) else [entry]
+        if isinstance(entry, dict):
+            keys = [k for file, ks in entry.items() if file != NOT_A_FILE for k in ks]
+        else:
+            keys = [entry]
         for key in keys:
             parts = key.split(".")
             found.add(".".join(parts[:2]) if parts[0] == "roles" and len(parts) > 1 else parts[0])
@@ -213,10 +216,9 @@ def compare(dvc_text: str) -> dict[str, dict[str, list[str]]]:
         read -= RUNTIME
         wanted = declared(spec)
         covered = {r for r in read if r in wanted or (r.startswith("roles.") and "roles" in wanted)}
-        differences = {"undeclared": sorted(read - covered), "unread": sorted(w for w in wanted - read
-                                                                               if not (w == "roles"
-                                                                                       and any(r.startswith("roles.")
-                                                                                               for r in read))),
+        some_role = any(r.startswith("roles.") for r in read)
+        differences = {"undeclared": sorted(read - covered),
+                       "unread": sorted(w for w in wanted - read if not (w == "roles" and some_role)),
                        "unknown": problems}
         if any(differences.values()):
             out[name] = differences

@@ -169,8 +169,8 @@ class LLM:
         return results, missing
 
     def _generate_missing(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
-                          results: list[Completion | None], allowed: int, desc: str) -> tuple[Counter[str], list[int],
-                                                                                              str]:
+                          results: list[Completion | None], allowed: int,
+                          desc: str) -> tuple[Counter[str], list[int], str]:
         """Generate the misses through the spend gate, filling ``results`` and committing answers to the cache as
         they finish; stop early once more than ``allowed`` failed. Returns (failures by reason, the indices a cap
         kept back, the gate's message)."""

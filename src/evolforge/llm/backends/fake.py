@@ -93,9 +93,8 @@ class TemplateReplies:
     def watch(self, library: PromptLibrary) -> PromptLibrary:
         """``library``, recording from now on every text it renders."""
         render = library.render
-        library.render = lambda name, /, **variables: self.note(name, variables,
-                                                                render(name,
-                                                                       **variables))  # type: ignore[method-assign]
+        library.render = (  # type: ignore[method-assign]
+            lambda name, /, **variables: self.note(name, variables, render(name, **variables)))
         return library
 
     def source(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:

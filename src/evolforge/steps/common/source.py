@@ -1,9 +1,8 @@
 """A seed source read into the seed table: read a local file or a Hugging Face dataset
-(:mod:`evolforge.steps.common.source_read`), map its fields to
-instruction / input / output and check every value (:mod:`evolforge.steps.common.source_fields`), give every row a
-stable
-content-derived id, drop duplicates (recording which row was kept) and optionally keep a hash-based sample. The
-rules are written for users in docs/seeds.md.
+(:mod:`evolforge.steps.common.source_read`), map its fields to instruction / input / output and check every value
+(:mod:`evolforge.steps.common.source_fields`), give every row a stable content-derived id, drop duplicates
+(recording which row was kept) and optionally keep a hash-based sample. The rules are written for users in
+docs/seeds.md.
 
 Bad input is refused, never repaired; no rows at all is refused too. Each refusal is a :class:`DataError`
 naming the file, the row, the field and the rule.

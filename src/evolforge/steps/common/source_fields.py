@@ -151,9 +151,8 @@ def normalise_records(rows: list[dict], mapping: dict[str, str | None], file: st
                 shown = (repr(value) if len(repr(value)) <= 40
                          else f"{repr(value)[:20]}... ({len(repr(value))} characters)")
                 raise DataError(file, f"{target} is text", [row[ROW]],
-                                f"field '{column}' holds {json_kind(value)}" + (f" ({shown})"
-                                                                                if isinstance(value,
-                                                                                              (int, float)) else ""))
+                                f"field '{column}' holds {json_kind(value)}"
+                                + (f" ({shown})" if isinstance(value, (int, float)) else ""))
             if value is not None and not value.isascii():
                 try:
                     value.encode("utf-8")
