@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.backends.llamacpp import LlamaCppBackend, _Context, gguf_file
 
 DEFAULT_MODEL = "/work/main/models/Qwen2.5-Coder-1.5B-Instruct-GGUF"

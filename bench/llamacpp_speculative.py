@@ -27,8 +27,10 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from evolforge.config.loader import load_role, load_section
-from evolforge.config.roles import ChatRequest
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.backends.llamacpp import LlamaCppBackend
 from evolforge.steps.common.evolving import assign_methods, evolving_messages
@@ -38,14 +40,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def rewrites(n: int) -> tuple[list[ChatRequest], int]:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    role, settings = load_role(params, "evolver"), load_section(params, "evolve")
+    role, settings = load_role(params, "evolver"), load_section(params, "evolve", EvolveSection)
     prompts = PromptLibrary(REPO / "prompts")
     seeds = pl.read_ndjson(REPO / "data/seeds/demo.jsonl").to_dicts()[:n]
     ids = [f"seed-{i}" for i in range(len(seeds))]
     methods = assign_methods(ids, 1, settings.assignment, settings.breadth, settings.seed)
     sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
                     seed=settings.seed, sample_index=1, controls=role.controls.merged(settings.controls))
-    return [role.request(evolving_messages(prompts, m, s["instruction"], None, settings.few_shot), **sampling)
+    return [role_request(role, evolving_messages(prompts, m, s["instruction"], None, settings.few_shot), **sampling)
             for m, s in zip(methods, seeds)], role.batch_size
 
 

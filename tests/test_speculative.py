@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolforge.config.roles import ChatRequest, Controls, Role
+from evolforge.config.roles import Controls, Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.backends.llamacpp import LlamaCppBackend
 from evolforge.llm.decoding import sample_token
 from evolforge.llm.speculative import MAX_DRAFT, Drafter, StepCost, draft_length
@@ -106,6 +107,7 @@ def test_accepted_rejected_and_partial_drafts_change_no_token(pair, monkeypatch)
     _Oracle.answers = answers
     assert sum(map(len, answers.values())) > 60
     monkeypatch.setattr(module, "_Drafter", _Oracle)
+    monkeypatch.setattr(module, "draft_length", lambda *_: 5)  # whatever the steps cost here
     for spoil in (2, 3, 1000):
         _Oracle.spoil = spoil
         before = (spec.drafted, spec.accepted)
