@@ -10,6 +10,7 @@ Workloads, built as the stages build them from params.yaml and the demo seeds:
   worked examples before it when ``evolve.few_shot``), at the evolver role's sampling (0.7 / 0.95), budget
   (``evolve.max_tokens``) and controls (the role's merged with ``evolve.controls``: banned strings, stop,
   no-repeat n-grams, repetition penalty), ``roles.evolver.batch_size`` sequences together;
+- **rewrites 1 seq**: the first four of them, one sequence at a time;
 - **code answers**: the response template on the demo's code seeds, greedy, ``--answer-tokens`` tokens.
 
 Each workload runs twice on one backend -- speculation off, then on -- from an empty KV store, and prints
@@ -58,8 +59,15 @@ def code_answers(n: int, tokens: int) -> list[ChatRequest]:
         "respond/response.j2", instruction=s["instruction"], input=s["input"])}], max_tokens=tokens) for s in seeds]
 
 
-def run(backend: LlamaCppBackend, requests: list[ChatRequest], slots: int, speculative: bool) -> dict:
+def run(backend: LlamaCppBackend, requests: list[ChatRequest], slots: int, speculative: bool,
+        fixed: int | None = None) -> dict:
+    """One workload; ``fixed``: every draft this long (where prompt lookup finds one), not the cost rule's."""
+    import evolforge.llm.backends.llamacpp as module
+
     backend.speculative = speculative
+    rule = module.draft_length
+    if fixed is not None:
+        module.draft_length = lambda *_: fixed
     cache = backend.cache
     cache.keep_only(-1)  # an empty store: both runs evaluate the same prompt tokens
     spent, plain = [0.0], cache.prefill
@@ -79,6 +87,7 @@ def run(backend: LlamaCppBackend, requests: list[ChatRequest], slots: int, specu
         wall = time.perf_counter() - start
     finally:
         del cache.prefill
+        module.draft_length = rule
     generated = sum(c.completion_tokens for c in outs)
     return {"wall_s": wall, "prefill_s": spent[0], "generated": generated,
             "decode_tps": generated / (wall - spent[0]), "drafted": backend.drafted - drafted,
@@ -93,11 +102,15 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=6, help="code answers")
     ap.add_argument("--answer-tokens", type=int, default=160)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fixed", type=int, nargs="*", default=[],
+                    help="also run with drafts of this fixed length (the cost rule's alternative)")
+    ap.add_argument("--workloads", nargs="*", default=["rewrites", "rewrites 1 seq", "code answers"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     evolving, slots = rewrites(args.n)
-    work = {"rewrites": (evolving, slots), "code answers": (code_answers(args.answers, args.answer_tokens), slots)}
+    work = {"rewrites": (evolving, slots), "rewrites 1 seq": (evolving[:4], 1),
+            "code answers": (code_answers(args.answers, args.answer_tokens), slots)}
     backend = LlamaCppBackend(args.model, threads=args.threads, batch_size=slots)
     backend.generate([ChatRequest.chat([{"role": "user", "content": "Hi"}], max_tokens=2)])  # warm-up
     report = {}
@@ -105,23 +118,29 @@ def main() -> None:
     print(f"{'workload':<14}{'speculation':>12}{'wall s':>8}{'decode tok/s':>14}{'drafted':>9}{'accepted':>9}"
           f"{'accept %':>9}{'speed-up':>9}{'same':>7}")
     for name, (requests, n_slots) in work.items():
-        off = run(backend, requests, n_slots, speculative=False)
-        on = run(backend, requests, n_slots, speculative=True)
-        same = sum(a == b for a, b in zip(off["texts"], on["texts"]))
-        for label, r in (("off", off), ("on", on)):
+        if name not in args.workloads:
+            continue
+        runs = {"off": run(backend, requests, n_slots, speculative=False),
+                "on": run(backend, requests, n_slots, speculative=True)}
+        for k in args.fixed:
+            runs[f"fixed {k}"] = run(backend, requests, n_slots, speculative=True, fixed=k)
+        off = runs["off"]
+        for label, r in runs.items():
             rate = 100 * r["accepted"] / r["drafted"] if r["drafted"] else 0.0
             speed = r["decode_tps"] / off["decode_tps"]
+            same = sum(a == b for a, b in zip(off["texts"], r["texts"]))
             print(f"{name:<14}{label:>12}{r['wall_s']:>8.1f}{r['decode_tps']:>14.1f}{r['drafted']:>9}"
-                  f"{r['accepted']:>9}{rate:>9.0f}{speed:>9.2f}{f'{same}/{len(requests)}' if label == 'on' else '':>7}")
-        report[name] = {"off": {k: v for k, v in off.items() if k != "texts"},
-                        "on": {k: v for k, v in on.items() if k != "texts"},
-                        "identical": same, "requests": len(requests),
-                        "decode_speedup": on["decode_tps"] / off["decode_tps"],
-                        "wall_speedup": off["wall_s"] / on["wall_s"]}
+                  f"{r['accepted']:>9}{rate:>9.0f}{speed:>9.2f}{f'{same}/{len(requests)}':>7}")
+        on = runs["on"]
         print(f"  prompt tokens evaluated {on['prompt_evaluated']}, reused from the KV store {on['prompt_reused']}")
-        for a, b in zip(off["texts"], on["texts"]):
-            if a != b:
-                print(f"  differs:\n    off: {a[:160]!r}\n    on:  {b[:160]!r}")
+        report[name] = {label: {k: v for k, v in r.items() if k != "texts"} | {
+            "identical": sum(a == b for a, b in zip(off["texts"], r["texts"])), "requests": len(requests),
+            "decode_speedup": r["decode_tps"] / off["decode_tps"], "wall_speedup": off["wall_s"] / r["wall_s"]}
+            for label, r in runs.items()}
+        for label, r in runs.items():
+            for a, b in zip(off["texts"], r["texts"]):
+                if a != b:
+                    print(f"  {label} differs:\n    off: {a[:120]!r}\n    {label}: {b[:120]!r}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
