@@ -12,7 +12,7 @@ from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.backends.llamacpp import LlamaCppBackend
 from evolforge.llm.decoding import sample_token
-from evolforge.llm.speculative import MAX_DRAFT, Drafter, StepCost, draft_length
+from evolforge.llm.speculative import MAX_DRAFT, PRIOR, Drafter, draft_length
 
 QUOTED = "Rewrite the following prompt to be harder. #Given Prompt#: Name a color of the sky. Name a color of the sky."
 PROMPTS = [QUOTED, "Repeat: one two three one two three one two three", "Add one constraint to: Write a haiku.",
@@ -169,13 +169,13 @@ def test_the_acceptance_rule_is_speculative_samplings_for_a_point_draft():
 def test_drafter_looks_up_the_longest_recent_ngram_and_learns_its_acceptance():
     tokens: list[int] = []
     d = Drafter([1, 2, 3, 4, 5, 9, 2, 3, 8, 1, 2, 3], tokens)
-    assert d.alpha(0.5) == 0.5  # no draft yet: the backend's rate
+    assert d.alpha() == PRIOR[0] / sum(PRIOR)  # no draft yet: the prior
     assert d.draft(2) == [4, 5]  # 1, 2, 3 was followed by 4, 5 (not 2, 3 alone: 8)
     tokens += [4, 5]
     d.accepted(2)
     assert d.draft(6) == [9, 2, 3, 8, 1, 2]  # 3, 4, 5 was followed by these
     d.accepted(1)  # one accepted, then a rejection
-    assert (d.hits, d.misses) == (3, 1) and d.alpha(0.5) == pytest.approx((3 + 2) / (4 + 4))
+    assert (d.hits, d.misses) == (3, 1) and d.alpha() == pytest.approx((3 + PRIOR[0]) / (4 + sum(PRIOR)))
     assert d.draft(0) == []
 
 
@@ -184,10 +184,7 @@ def test_draft_length_weighs_acceptance_against_the_steps_cost():
     assert draft_length(0.5, 6, (1.0, 0.5)) == 0  # a busy step and a coin-flip draft: none
     assert draft_length(0.0, 1, (1.0, 0.1)) == 0
     assert draft_length(0.9, 6, (1.0, 0.5)) < draft_length(0.9, 1, (1.0, 0.5))
-    cost = StepCost(prior=(9.0, 9.0))
-    for tokens in (1, 2, 4, 8, 1, 2, 4, 8):
-        cost.add(tokens, 0.05 + 0.01 * tokens)
-    assert cost.fit() == pytest.approx((0.05, 0.01))
+    assert draft_length(0.99, 1) > draft_length(0.9, 1) > draft_length(0.8, 1) > draft_length(0.6, 1) == 0  # shipped cost
 
 
 def test_a_role_turns_speculation_off():

@@ -33,29 +33,30 @@ Only the rounding can differ: on a quantized model llama.cpp's kernels for a bat
 round a logit differently from its one-token step (as they already do for sequences decoded side by side,
 docs/models.md), which can flip a near-tie. On a float32 model (the tests') the outputs are identical.
 
-Cost: on a CPU a fed token is not free. A step of n sequences costs about ``a + b x (tokens fed)``
-(``a`` reading the weights once, ``b`` each token's arithmetic); the backend fits ``a`` and ``b`` to its own
-recent steps (:class:`StepCost`). The j-th draft token is reached and accepted with probability about
-``alpha ** j``, ``alpha`` the request's acceptance rate so far (its accepted draft tokens over those plus its
-rejections, starting from the backend's rate over all requests), and then saves a step's share
-``(a + b n) / n``; it is fed only while ``alpha ** j x (a + b n) / n >= b`` (:func:`draft_length`). So with
-many sequences decoded together (a step already busy with arithmetic) a draft must be likelier to pass
-than with one, and a request whose drafts fail stops drafting.
+Cost: on a CPU a fed token is not free. A step of n sequences fed N tokens in all costs about ``a + b N``;
+measured for Qwen2.5-Coder-1.5B Q4_K_M on two cores (``STEP_COST``; bench/llamacpp_speculative.py) a fed
+token costs 25 ms against a step's 11 ms of fixed cost, so a draft token costs most of what it can save. The
+j-th draft token is reached and accepted with probability about ``alpha ** j``, ``alpha`` the request's
+acceptance rate so far (accepted draft tokens over those plus rejections, starting from ``PRIOR``), and then
+saves a step's share ``(a + b n) / n``; it is fed only while ``alpha ** j x (a + b n) / n >= b``
+(:func:`draft_length`). So a draft is fed only when it is likely to pass, longer with one sequence than with
+several (a step of several is already busy with arithmetic), and a request whose drafts fail stops drafting.
+The cost is a constant, not timed at run time: which tokens are fed together -- and so, on a quantized
+model, how logits are rounded -- must not depend on the machine's load, or a rerun would not reproduce.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Sequence
 
 MAX_NGRAM, MIN_NGRAM = 3, 2  # the n-gram sizes looked up, longest first
 MAX_DRAFT = 8  # draft tokens a sequence verifies in one step at most
-PRIOR = (3.0, 1.0)  # (accepted, rejected) a backend's acceptance rate starts from
-PRIOR_WEIGHT = 4.0  # a request's own rate starts from the backend's, worth this many drafts
+STEP_COST = (11.0, 25.0)  # (a, b): ms of a step ~ a + b x tokens fed (Qwen2.5-Coder-1.5B Q4_K_M, 2 cores)
+PRIOR = (3.0, 1.0)  # (accepted, rejected) a request's acceptance rate starts from
 
 
-def draft_length(alpha: float, sequences: int, cost: tuple[float, float]) -> int:
+def draft_length(alpha: float, sequences: int, cost: tuple[float, float] = STEP_COST) -> int:
     """Draft tokens worth feeding one of ``sequences`` sequences, at acceptance rate ``alpha`` and step cost
     ``cost`` = (a, b): the largest j with ``alpha ** j x (a + b n) / n >= b``.
 
@@ -71,31 +72,6 @@ def draft_length(alpha: float, sequences: int, cost: tuple[float, float]) -> int
     if alpha >= 1:
         return MAX_DRAFT
     return max(0, min(MAX_DRAFT, math.floor(math.log(b / share) / math.log(alpha))))
-
-
-class StepCost:
-    """``(a, b)`` of a step's seconds ~ a + b x tokens fed, fitted to the last ``window`` steps (least
-    squares); ``prior`` until the steps fed at least two different numbers of tokens."""
-
-    def __init__(self, prior: tuple[float, float] = (1.0, 0.5), window: int = 256):
-        self.prior = prior
-        self.steps: deque[tuple[int, float]] = deque(maxlen=window)
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.steps.append((tokens, seconds))
-
-    def fit(self) -> tuple[float, float]:
-        if len(self.steps) < 8:
-            return self.prior
-        n = len(self.steps)
-        mx = sum(t for t, _ in self.steps) / n
-        my = sum(s for _, s in self.steps) / n
-        var = sum((t - mx) ** 2 for t, _ in self.steps)
-        if var == 0:
-            return self.prior
-        b = sum((t - mx) * (s - my) for t, s in self.steps) / var
-        a = my - b * mx
-        return (a, b) if a > 0 and b > 0 else self.prior
 
 
 class Drafter:
@@ -118,9 +94,9 @@ class Drafter:
         self.hits = self.misses = 0  # draft tokens accepted; drafts cut short by a rejection
         self.last: list[int] = []
 
-    def alpha(self, prior: float) -> float:
-        """This request's acceptance rate per draft token, starting from ``prior``."""
-        return (self.hits + PRIOR_WEIGHT * prior) / (self.hits + self.misses + PRIOR_WEIGHT)
+    def alpha(self) -> float:
+        """This request's acceptance rate per draft token so far, starting from ``PRIOR``."""
+        return (self.hits + PRIOR[0]) / (self.hits + self.misses + sum(PRIOR))
 
     def draft(self, room: int) -> list[int]:
         """Up to ``room`` tokens that followed the last n-gram's most recent earlier occurrence."""

@@ -47,7 +47,7 @@ from evolforge.llm.threads import pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
-from evolforge.llm.speculative import PRIOR, StepCost, draft_length
+from evolforge.llm.speculative import draft_length
 from evolforge.llm.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
@@ -98,8 +98,6 @@ class LlamaCppBackend:
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._threads_picked = time.monotonic()
         self.drafted = self.accepted = 0  # speculative draft tokens verified, and accepted, since loading
-        self.rejections = 0  # drafts cut short
-        self.step_cost = StepCost()  # seconds of a decoding step by tokens fed (speculative.draft_length)
 
     @classmethod
     def from_role(cls, role: Role) -> "LlamaCppBackend":
@@ -186,16 +184,13 @@ class LlamaCppBackend:
                 continue
             seqs = sorted(active)
             feeds = [[active[s].tokens[-1], *self._draft(active[s], len(seqs))] for s in seqs]
-            start = time.perf_counter()
             rows = self.cache.extend(list(zip(seqs, feeds)))
-            self.step_cost.add(sum(map(len, feeds)), time.perf_counter() - start)
             finished = []
             for seq, fed, logits in zip(seqs, feeds, rows):
                 job = active[seq]
                 done, used = job.verify(fed, logits)
                 self.drafted += len(fed) - 1
                 self.accepted += used - 1
-                self.rejections += done is None and used < len(fed)
                 if done is not None:
                     finished.append((active.pop(seq).index, done))
                 elif used < len(fed):
@@ -207,9 +202,7 @@ class LlamaCppBackend:
         """The draft tokens worth feeding after ``job``'s last token (none without ``speculative``)."""
         if not self.speculative or job.drafter is None:
             return []
-        prior = (self.accepted + PRIOR[0]) / (self.accepted + self.rejections + sum(PRIOR))
-        room = min(PROMPT_BATCH // sequences - 1, draft_length(job.drafter.alpha(prior), sequences,
-                                                                self.step_cost.fit()))
+        room = min(PROMPT_BATCH // sequences - 1, draft_length(job.drafter.alpha(), sequences))
         return job.draft(room)
 
     def choose(self, logits: torch.Tensor, job: "_Job") -> int:
