@@ -12,14 +12,14 @@ Items stream through data.chunk_rows rows at a time against the benchmark index 
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.decontaminate.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--dedup"], writes=["--out", "--metrics"], optional={"--plot": None})
-    write(args, run(args.dedup, args.out, load_params(args.params)))
+    write(args, run(args.dedup, args.out, read_params(args.params)))
 
 
 if __name__ == "__main__":

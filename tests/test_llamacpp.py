@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from evolforge.config.roles import ChatRequest, Controls, Role
+from evolforge.config.roles import Controls, Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import engine_options
 from evolforge.llm.backends.llamacpp import LlamaCppBackend, LlamaCppError
 

@@ -18,11 +18,12 @@ from evolforge.steps.evolve.step import EvolveSettings, evolve_round
 from evolforge.steps.judge.step import judge
 from evolforge.steps.optimize.step import propose_methods, score_method
 from evolforge.steps.respond.step import _kept, answer
-from evolforge.core.cache import CallCache
+from evolforge.llm.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import LINEAGE
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM, open_llm
 from evolforge.llm.types import Completion, LLMFailureError

@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from evolforge.core.cache import CallCache, batch_job_key
+from evolforge.llm.cache import CallCache, batch_job_key
 from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm

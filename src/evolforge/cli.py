@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "check":
-        from evolforge.config.loader import load_params
+        from evolforge.schema import load_params
 
         params = load_params(args.params)
         print(f"{args.params}: ok ({len(params)} sections)")
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> None:
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f"evolforge plots export: {err}") from None
     elif args.command == "card":
+        from evolforge.schema import load_params
         from evolforge.steps.select.card import write_card
-        from evolforge.config.loader import load_params
 
         print(write_card(args.selected, args.root, load_params(args.params)))
     elif args.command == "plan":

@@ -4,7 +4,7 @@ stages stream their tables) and ``fetch_model`` (where the shipped model's file 
 pinned, read by :mod:`evolforge.core.fetch`).
 
 Like every settings module, it holds dataclasses (``TypedDict`` for nested mappings) whose fields carry the
-defaults and the types; :mod:`evolforge.config.schema` maps each params section to its class.
+defaults and the types; :mod:`evolforge.schema` maps each params section to its class.
 """
 
 from __future__ import annotations

@@ -16,12 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evolforge.config.refusal import Refusal
+
 # Files whose bytes decide what a local model generates.
 _IDENTITY_GLOBS = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.gguf")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
-class ModelError(Exception):
+class ModelError(Refusal):
     """A model that cannot be pinned or loaded; the message is for people."""
 
 

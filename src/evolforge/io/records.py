@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterator
 
 import polars as pl
 
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 
 TABLE = "items.parquet"  # the table file inside every stage output folder
 META = "meta.json"  # template hashes, model identities, params used, package versions (key VERSIONS)
-VERSIONS = "versions"  # meta.json key: {package: installed version} of core/versions.OUTPUT_PACKAGES
+VERSIONS = "versions"  # meta.json key: {package: installed version} of io/versions.OUTPUT_PACKAGES
 
 # rows per Parquet row group of every table written. Fixed, so a file's bytes depend on its rows alone: left
 # to polars, the row groups follow how the frame happens to be chunked in memory (a table streamed out in

@@ -13,7 +13,6 @@ where one is needed.
 
 from __future__ import annotations
 
-import resource
 from collections import deque
 from itertools import chain
 from pathlib import Path
@@ -166,8 +165,3 @@ def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
           maxlen=0)  # consumed without holding a chunk while the next is read
     for rule in unique_rules:
         check_unique(pl.scan_parquet(file), rule.kwargs["column"], file)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

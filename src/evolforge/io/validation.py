@@ -18,8 +18,10 @@ from typing import Any
 
 import polars as pl
 
+from evolforge.config.refusal import Refusal
 
-class DataError(ValueError):
+
+class DataError(Refusal, ValueError):
     """Bad data at a stage boundary. The message names file, row and rule."""
 
     def __init__(self, file: str | Path, rule: str, rows: list[int] | None = None, detail: str = ""):

@@ -10,10 +10,12 @@ from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from evolforge.core.cache import CallCache, KeyFrame
+from evolforge.llm.cache import CallCache, KeyFrame
 from evolforge.core.models import ModelError
-from evolforge.config.loader import load_role, load_section
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.backends import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
@@ -97,7 +99,7 @@ class LLM:
 
     def request(self, messages: Sequence[dict[str, str]], **overrides) -> ChatRequest:
         """A request with this role's generation defaults, overridden where given (None = default)."""
-        return self.role.request(messages, **overrides)
+        return role_request(self.role, messages, **overrides)
 
     def key(self, request: ChatRequest) -> str:
         """``cache_key`` of ``request`` for this role, through a :class:`KeyFrame` kept per sampling."""
@@ -304,7 +306,7 @@ def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
     """The LLM for role ``name`` of ``params``, pinned by ``models/identity.json``; nothing loads until a
     request misses the cache."""
     role = load_role(params, name)
-    settings = load_section(params, "llm")
+    settings = load_section(params, "llm", LLMSettings)
     entry = recorded_entry(role, identities) or {}
     identity = entry["identity"] if entry else resolve_identity(role)
     return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"))

@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evolforge.core.cache import DEFAULT_CACHE_PATH
-from evolforge.config.loader import load_params, load_role
+from evolforge.llm.cache import DEFAULT_CACHE_PATH
+from evolforge.schema import load_params
+from evolforge.config.roles import load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
 from evolforge.llm.backends.dryrun import DRY_RUN_ENV
 
@@ -277,7 +278,7 @@ def _reaches(stages: list[Stage], a: Stage, b: Stage) -> bool:
 
 
 def _cache_path(root: Path, params: dict[str, Any]) -> Path:
-    """The call cache the stages would open (``EVOLFORGE_CACHE`` wins, as in evolforge.core.cache.open_cache)."""
+    """The call cache the stages would open (``EVOLFORGE_CACHE`` wins, as in evolforge.llm.cache.open_cache)."""
     path = Path(os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH)
     return path if path.is_absolute() else root / path
 

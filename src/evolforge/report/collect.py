@@ -24,6 +24,7 @@ from evolforge.io.records import EVOLVED, TABLE
 from evolforge.report.spend import spend
 from evolforge.report.summary import headline
 from evolforge.score.histogram import histogram
+from evolforge.steps.judge.levels import LEVELS
 from evolforge.steps.common.funnel import evolved_rounds, funnel, json_at, provenance, table_at
 
 READS = ["data/seed", "data/evolved", "data/responses", "data/pool", "data/dedup", "data/clean", "data/judged", "data/scores", "data/diversity",
@@ -73,8 +74,6 @@ def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
 
 def judge_levels(root: Path) -> list[dict]:
     """Level counts and shares per round (the plot data of the judge stage, recomputed from data/judged)."""
-    from evolforge.steps.judge.step import LEVELS
-
     judged = table_at(root, "data/judged")
     if judged is None:
         return json_at(root / "metrics" / "plots" / "difficulty_levels.json") or []

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.steps.score.settings import Boundary, CherryTruncation, Template
+from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.formulas import NULL_ROW_LOSSES, scores_row
 from evolforge.score.losses import IGNORE, split_head, token_nlls

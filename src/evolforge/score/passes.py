@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Sequence, get_args
 
 from evolforge.core.prompts import PromptLibrary
-from evolforge.steps.score.settings import Boundary, CherryTruncation, Template
+from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.core.text import question_text
 
 # Cherry's direct text: the response header alone (data_analysis.py: '### Response:' + output).

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.budget import SpendLedger, call_label, prompt_bytes
 
 DRY_RUN_ENV = "EVOLFORGE_DRY_RUN"

@@ -31,7 +31,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Sequence, Union
 
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import Capabilities, Completion
 
 

@@ -33,12 +33,13 @@ from typing import Any, Sequence
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.io.jsonfiles import read_text
 from evolforge.config.loader import load_section
+from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, SEED, make_id
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_role
 
@@ -143,7 +144,7 @@ def first_by_hash(table: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame
 def run(seeds_file: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The autoif_constraints stage: ``self_instruct_calls`` samples of the self-instruct prompt over the seed
     constraints, parsed into one constraint table; an empty table marked skipped unless ``scenario: autoif``."""
-    cfg = load_section(params, "autoif")
+    cfg = load_section(params, "autoif", AutoIFSettings)
     seeds = read_seed_constraints(seeds_file)
     if cfg.scenario != "autoif":
         return Outputs({"skipped": True}, "autoif_constraints: skipped (scenario is not autoif)",

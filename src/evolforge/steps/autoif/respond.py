@@ -19,7 +19,7 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import AUTOIF_RESPONSES
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
@@ -99,7 +99,7 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
     """The autoif_respond stage: (at most ``paired_constraints`` of) the verified constraints, each paired with
     queries and answered by the responder; with ``verify_responses`` the answers the constraint's functions
     refuse go to rejected.parquet. An empty table marked skipped unless ``scenario: autoif``."""
-    cfg = load_section(params, "autoif")
+    cfg = load_section(params, "autoif", AutoIFSettings)
     active = cfg.scenario == "autoif"
     constraints = read_table(verified)
     functions = pl.read_parquet(f"{verified}/functions.parquet")

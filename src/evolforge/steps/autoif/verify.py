@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol, Sequence
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import FAILED, make_id, read_table
@@ -265,7 +265,7 @@ def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibr
     """The autoif_verify stage: verification functions and test cases sampled for (at most ``max_constraints``
     of) the usable constraints and cross-validated in the sandbox; empty tables marked skipped unless
     ``scenario: autoif``."""
-    cfg = load_section(params, "autoif")
+    cfg = load_section(params, "autoif", AutoIFSettings)
     table = read_table(constraints_dir)
     validation.check(table, validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
     active = cfg.scenario == "autoif"

@@ -22,8 +22,10 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.core.cache import open_cache
-from evolforge.config.loader import load_role, load_section
+from evolforge.llm.cache import open_cache
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.steps.compare.settings import CompareSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_llm, open_role
@@ -115,7 +117,7 @@ def answer_table(items: pl.DataFrame, done_a: Sequence[Completion], done_b: Sequ
 def run(instructions_file: str, model: str, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The compare stage: ``model`` (the fine-tuned one) against roles.base or ``compare.against``, both
     answering greedily through the hf/vllm backend of roles.base, judged by roles.judge."""
-    cfg = load_section(params, "compare")
+    cfg = load_section(params, "compare", CompareSettings)
     items = build_seed(instructions_file, limit=cfg.limit, seed=cfg.seed)[0]
     cache = open_cache(params)
     base = load_role(params, "base")

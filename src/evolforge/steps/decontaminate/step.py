@@ -49,12 +49,17 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import CONTAMINATION_FLAGS
-from evolforge.config.loader import load_role, load_section
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.runtime import DataSettings
+from evolforge.config.training import EvaluateSettings
+from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE
 from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.ray_data import map_chunks, session
-from evolforge.io.stream import check_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.core.memory import peak_rss_mib
+from evolforge.io.stream import check_chunks, table_file, table_schema, write_output_chunks
 from evolforge.steps.decontaminate.index import Problem, load_problems
 from evolforge.steps.decontaminate.match import CHUNK_ITEMS, Match, References, check_chunk_size, embedding_matches
 
@@ -159,7 +164,7 @@ def role_embedder(params: dict[str, Any]) -> Callable[[list[str]], np.ndarray]:
     """Texts -> vectors with roles.embedder (``diversity.embedder`` kind), for ``embedding_threshold``."""
     from evolforge.score.diversity import embed_texts  # torch: imported only by a stage that embeds (peak RSS)
 
-    role, kind = load_role(params, "embedder"), load_section(params, "diversity").embedder
+    role, kind = load_role(params, "embedder"), load_section(params, "diversity", DiversitySettings).embedder
 
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(texts, role.model, kind=kind, revision=role.revision, dtype=role.dtype, device=role.device)
@@ -179,7 +184,7 @@ def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     built once, streamed ``data.chunk_rows`` rows at a time into ``out``: items.parquet holds the clean ones
     with their input's columns, removed.parquet the contaminated ones with the ``contamination_*`` columns
     (spilled beside ``out`` meanwhile). The plot counts what dedup and this stage dropped, per round."""
-    cfg, evaluate, data = load_section(params, "decontaminate"), load_section(params, "evaluate"), load_section(params, "data")
+    cfg, evaluate, data = load_section(params, "decontaminate", DecontaminateSettings), load_section(params, "evaluate", EvaluateSettings), load_section(params, "data", DataSettings)
     rows = data.chunk_rows
     source = table_file(dedup)
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]), rows)

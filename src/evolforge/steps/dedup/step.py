@@ -44,12 +44,14 @@ from scipy.sparse.csgraph import connected_components
 from evolforge.io import validation
 from evolforge.io.columns import DUPLICATE_FLAGS
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import DataSettings
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.text import item_text
-from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file,
+from evolforge.core.memory import peak_rss_mib
+from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, read_spilled, table_file,
                                  table_schema, write_output_chunks)
 from evolforge.steps.common.guards import GUARDS, guard_reason
 from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, lsh_bands, mark_shared, minhash_signatures,
@@ -262,7 +264,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     streamed into ``out`` ``data.chunk_rows`` rows at a time (the scratch folder beside it); removed.parquet
     holds the duplicates with their answers (``DUPLICATE_FLAGS``). A usable item (one selection could take)
     wins its cluster over an unusable twin."""
-    cfg, data = load_section(params, "dedup"), load_section(params, "data")
+    cfg, data = load_section(params, "dedup", DedupSettings), load_section(params, "data", DataSettings)
     source, rows = table_file(items), data.chunk_rows
     # check_chunks' checks without a pass of their own: the columns and their types from the schema now, the
     # values (no null id, round or instruction) in every pass that reads them (pass 3 is the first that uses

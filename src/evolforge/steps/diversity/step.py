@@ -17,7 +17,10 @@ import numpy as np
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.config.loader import load_role, load_section
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.runtime import DataSettings
+from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE, atomic_dir, write_json
 from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_file, table_schema
 from evolforge.core.stage import Outputs
@@ -67,7 +70,7 @@ def with_neighbours(chunks: Iterator[pl.DataFrame], neighbours: NeighborStats) -
 def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     """Embed the items of ``items`` and write ``out``: items.parquet (id, round, mnd, repeat_count),
     embeddings.npy (unit-normalised float32, one row per item in the table's order) and meta.json."""
-    cfg, data = load_section(params, "diversity"), load_section(params, "data")
+    cfg, data = load_section(params, "diversity", DiversitySettings), load_section(params, "data", DataSettings)
     role = load_role(params, "embedder")
     source = table_file(items)
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), data.chunk_rows)

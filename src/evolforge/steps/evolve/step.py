@@ -37,9 +37,11 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import ROUND
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
 from evolforge.steps.evolve.settings import INSTRUCTION_RULES, JUDGE_RULES, RESPONSE_RULES, EvolveSettings
@@ -346,7 +348,7 @@ def open_checkers(params: dict[str, Any], settings: EvolveSettings, evolver: LLM
 def run(round_name: str, src: str | Path, method: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The evolve stage for the round ``round_name`` of ``evolve.rounds``: the pool of ``src`` evolved once,
     with the method of ``method`` (method.txt; its meta.json's ``fallback`` for strategy auto)."""
-    section = load_section(params, "evolve")
+    section = load_section(params, "evolve", EvolveSection)
     settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
     if round_name not in section.rounds:
         raise ParamsError([f"evolve.rounds: no round named {round_name!r} (rounds: {', '.join(section.rounds)})"])
@@ -364,7 +366,7 @@ def run(round_name: str, src: str | Path, method: str | Path, params: dict[str, 
     judge, responder, settings = open_checkers(params, settings, evolver, cache, round_name)
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
-        responder=responder, respond_sampling=response_sampling(load_section(params, "respond")))
+        responder=responder, respond_sampling=response_sampling(load_section(params, "respond", RespondSettings)))
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
     roles = {name: llm for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}
     summary.update(round=round_name, index=index, strategy=settings.strategy, requested_strategy=requested,

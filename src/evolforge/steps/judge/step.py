@@ -33,21 +33,22 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import JUDGED
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import DataSettings
+from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.io.records import TABLE, VERSIONS
 from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
                                  write_output_chunks)
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.core.text import question_text
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
 from evolforge.llm.ranking import choice_probabilities, expected_value
+from evolforge.steps.judge.levels import LEVELS, SCORES
 
-LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
-SCORES = tuple(str(n) for n in range(101))  # what a constrained score may be
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
 SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
 
@@ -165,8 +166,8 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
     judged chunk by chunk (each item's answers are its own); each chunk's judged columns, without the texts,
     are spilled beside ``out`` and streamed into it; the metrics read the written table a column at a time
     (docs/scale.md)."""
-    cfg = load_section(params, "judge")
-    source, rows = table_file(items), load_section(params, "data").chunk_rows
+    cfg = load_section(params, "judge", JudgeSettings)
+    source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
     llm = open_role(params, "judge", open_cache(params))
 

@@ -55,13 +55,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
@@ -266,8 +267,8 @@ def write_method(out: str | Path, method: str, log: list[dict], meta: dict) -> N
 def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The optimize stage: the method optimized on the seed items of ``seed``, written to ``out``. With
     ``evolve.strategy`` other than auto it costs nothing: the initial method, an empty log, no model loaded."""
-    settings = load_section(params, "optimize")
-    evolve_settings = load_section(params, "evolve")
+    settings = load_section(params, "optimize", OptimizeSettings)
+    evolve_settings = load_section(params, "evolve", EvolveSection)
     strategy = evolve_settings.strategy
     initial = initial_method_text(prompts, settings.initial_method)
     templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE, ANALYSIS_TEMPLATE,

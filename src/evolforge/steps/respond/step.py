@@ -24,15 +24,17 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import RESPONSES
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS
 from evolforge.config.runtime import DataSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
 from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks, read_spilled, spilled, table_file,
                                  table_schema, write_output_chunks)
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
@@ -130,10 +132,10 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str
     """The respond stage: the evolved items of ``respond.rounds`` (round folders under ``evolved``; the seeds
     of ``seed`` with ``include_seed``), answered by the responder role ``data.chunk_rows`` rows at a time
     and streamed into ``out`` (docs/scale.md)."""
-    cfg = load_section(params, "respond")  # load_params checked that its rounds are evolve.rounds indices
-    rounds = {r["index"]: name for name, r in load_section(params, "evolve").rounds.items()}
+    cfg = load_section(params, "respond", RespondSettings)  # the models stage checked that its rounds are evolve.rounds indices
+    rounds = {r["index"]: name for name, r in load_section(params, "evolve", EvolveSection).rounds.items()}
     items = gather([f"{evolved}/{rounds[k]}" for k in cfg.rounds], seed if cfg.include_seed else None,
-                   load_section(params, "data").chunk_rows)
+                   load_section(params, "data", DataSettings).chunk_rows)
     check_unique(items.ids(), "id", out)  # the output's rule, before any call
     llm = open_role(params, "responder", open_cache(params))
     repetition = elimination.repetition_test(cfg.repetition)

@@ -18,13 +18,15 @@ import polars as pl
 import torch
 
 from evolforge.io import validation
-from evolforge.config.loader import load_role, load_section
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.runtime import DataSettings
 from evolforge.config.roles import Role
 from evolforge.io.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.stream import check_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import ifd
 from evolforge.io.columns import SCORE_VALUES
@@ -70,11 +72,11 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     """Scores (id, round, losses in nats, ifd, ic_ifd, token counts) of the items of ``items``, streamed into
     ``out``; the scorer runs in-process (hf): scoring needs logits. With ``data.engine: ray`` the chunks are
     scored by ``roles.scorer.replicas`` Ray actors of ``roles.scorer.threads`` CPUs (default 1) each."""
-    cfg = load_section(params, "score")
+    cfg = load_section(params, "score", ScoreSettings)
     role = load_role(params, "scorer")
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
-    source, data = table_file(items), load_section(params, "data")
+    source, data = table_file(items), load_section(params, "data", DataSettings)
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), data.chunk_rows)
     schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_VALUES})
     scorer = ChunkScorer(role, cfg, threads=(role.threads or 1) if data.engine == "ray" else None)

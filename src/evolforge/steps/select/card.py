@@ -32,12 +32,13 @@ import polars as pl
 import yaml
 
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import DataSettings
 from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import META, TABLE, VERSIONS, write_table
 from evolforge.io.stream import sink_chunks
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
-from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
+from evolforge.io.versions import OUTPUT_PACKAGES, output_versions
 from evolforge.steps.common.funnel import funnel, provenance, round_strategies
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
@@ -294,13 +295,13 @@ def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, 
 def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | None = None) -> Path:
     """Write the shards and ``README.md`` into ``selected_dir``; return the card's path."""
     params = params or {}
-    settings = load_section(params, "card")
+    settings = load_section(params, "card", CardSettings)
     selected_dir, root = Path(selected_dir), Path(root)
     table_path = selected_dir / TABLE
     if not table_path.exists():
         raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
     # a hub row's chat messages are built as Python objects first: several times a streamed row's memory
-    chunk_rows = max(1, load_section(params, "data").chunk_rows // HUB_SHARE)
+    chunk_rows = max(1, load_section(params, "data", DataSettings).chunk_rows // HUB_SHARE)
     fingerprint = shards_fingerprint(selected_dir, write_shards(table_path, selected_dir, chunk_rows))
     has_round = "round" in pl.read_parquet_schema(table_path)
     # 8 bytes per row: the rows' rounds, for the counts per round (a row number where there is no round)

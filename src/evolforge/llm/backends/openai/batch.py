@@ -23,8 +23,8 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 
-from evolforge.core.cache import CallCache, batch_job_key
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.cache import CallCache, batch_job_key
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion
 from evolforge.llm.backends.openai.http import (RETRY_STATUSES, TOO_LONG, Finished, LLMRequestError, Waker,
                                                 completion_from, parse_retry_after, preview)

@@ -45,8 +45,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from evolforge.core.cache import CallCache
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.llm.cache import CallCache
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities, Completion,
                                  collect)
 from evolforge.llm.backends.openai.batch import BatchJobs
