@@ -52,8 +52,8 @@ $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(PIP)
 	$(if $(filter 1,$(GPU)),,$(PY) -m pip install --quiet $(TORCH) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX)))
-	awk '/^[^ #]/ { keep = !/^llama-cpp-python==/ } keep' $(LOCK) > $(VENV)/lock-but-llama-cpp.txt
-	awk '/^[^ #]/ { keep = /^llama-cpp-python==/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
+	awk '/^[^ #]/ { keep = !/^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-but-llama-cpp.txt
+	awk '/^[^ #]/ { keep = /^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-but-llama-cpp.txt
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
