@@ -120,7 +120,7 @@ def report(repo: Path, planted_ids: list[str]) -> bool:
             "contamination_problem_id", "contamination_field", "contamination_similarity", "contamination_ngram"]
     flags = removed.select([c for c in cols if c in removed.columns])
     ok = True
-    for seed_id, (row, (benchmark, problem_id)) in zip(planted_ids, PLANTED):
+    for seed_id, (_row, (benchmark, problem_id)) in zip(planted_ids, PLANTED):
         family = pool.filter(pl.col("root_id") == seed_id).sort("round")
         print(f"\nplanted {benchmark} {problem_id} (seed id {seed_id}): {family.height} item(s) in the answered pool")
         for item in family.iter_rows(named=True):

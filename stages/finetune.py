@@ -22,7 +22,8 @@ def main() -> None:
     args = arguments(__doc__, reads=["--train"], writes=["--out", "--metrics", "--plot", "--live"])
     params = read_params(args.params)
     base = load_role(params, "base")
-    result = finetune(base.model, read_jsonl(args.train), args.out, load_section(params, "finetune", FinetuneSettings), revision=base.revision,
+    result = finetune(base.model, read_jsonl(args.train), args.out, load_section(params, "finetune", FinetuneSettings),
+                      revision=base.revision,
                       live_dir=args.live)
     if result.is_main_process:
         write_json(args.metrics, result.metrics)

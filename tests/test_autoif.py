@@ -10,7 +10,8 @@ import pytest
 from evolforge.config.loader import load_section
 
 from evolforge.steps.autoif.settings import AutoIFSettings
-from evolforge.steps.autoif.constraints import KEPT, collect_constraints, constraint_key, parse_constraint_lines
+from evolforge.steps.autoif.constraints import collect_constraints, parse_constraint_lines
+from evolforge.steps.autoif.shared import KEPT, constraint_key
 from evolforge.steps.autoif.respond import pair_queries, response_records, verify_responses
 from evolforge.steps.autoif.sandbox import FunctionRun, run_function
 from evolforge.steps.autoif.forms import extract_json, parse_verification

@@ -225,7 +225,8 @@ def test_engine_options_per_backend():
     assert engine_options(hf) == {"dtype": "bfloat16", "device": "cpu"}
     assert engine_options(vllm)["quantization"] == "awq" and engine_options(vllm)["max_model_len"] == 4096
     assert engine_options(server) == {}  # the served model id stands for the server's engine
-    key = lambda role: LLM(FakeBackend(), None, role=role, identity={"name": "m"}).key(req(0))
+    def key(role):
+        return LLM(FakeBackend(), None, role=role, identity={"name": "m"}).key(req(0))
     assert key(hf) != key(Role(name="r", backend="hf", model="m", dtype="float32", device="cpu"))
     assert key(server) == key(Role(name="other", backend="openai", model="m", base_url="http://10.0.0.1/v1"))
     # hf cuts answers where max_model_len ends: a limit set is in the key, no limit keeps the key it had
@@ -249,7 +250,8 @@ def test_an_hf_roles_auto_device_and_dtype_are_keyed_as_resolved():
     explicit = Role(name="r", backend="hf", model="m", device="cpu", dtype="float32")
     assert resolved_engine(explicit) == {"device": "cpu", "dtype": "float32"}
     assert resolved_engine(Role(name="r", backend="vllm", model="m"))["dtype"] == "auto"  # vLLM: the model's dtype
-    key = lambda role, engine=None: LLM(FakeBackend(), None, role=role, identity={"name": "m"}, engine=engine).key(req(0))
+    def key(role, engine=None):
+        return LLM(FakeBackend(), None, role=role, identity={"name": "m"}, engine=engine).key(req(0))
     assert key(auto) == key(dataclasses.replace(auto, device=device, dtype=resolved_engine(auto)["dtype"]))
     assert key(auto, engine={"device": "cuda", "dtype": "bfloat16"}) != key(auto, engine={"device": "cpu", "dtype": "float32"})
 

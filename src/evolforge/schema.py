@@ -6,7 +6,7 @@ unknown ones, the rules that span sections -- is this module's job, run by ``evo
 models stage, which ``dvc repro`` runs first (:func:`load_params`).
 
 To add a section, write its dataclass in its step's settings module (``steps/<step>/settings.py``; the
-sections of no step in :mod:`~evolforge.config.runtime` and :mod:`~evolforge.config.training`): typed fields with
+sections of no step in :mod:`~evolforge.config.runtime`, ``data``, ``fetch_model`` and ``training``): typed fields with
 defaults, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``; then add one line to
 ``SECTIONS``. ``roles`` is the one section that is a mapping of entries (role name ->
 :class:`~evolforge.config.roles.Role`). A section that is absent from the file takes its dataclass's defaults.
@@ -23,7 +23,9 @@ from evolforge.config.loader import control_character_problems, read_yaml
 from evolforge.config.messages import non_ascii_problem, suggest
 from evolforge.config.parse import check_section
 from evolforge.config.roles import ROLE_NAMES, Role
-from evolforge.config.runtime import CacheSettings, DataSettings, FetchSettings, LLMSettings
+from evolforge.config.runtime import CacheSettings, LLMSettings
+from evolforge.config.data import DataSettings
+from evolforge.config.fetch_model import FetchSettings
 from evolforge.config.secrets import secret_problems
 from evolforge.config.training import EvaluateSettings, FinetuneSettings
 from evolforge.steps.autoif.settings import AutoIFSettings
@@ -121,7 +123,8 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
     """Rules that span sections (or keys of one section that a type alone cannot tie together)."""
     problems = []
     autoif = params.get("autoif")
-    for where, source in (("seed", params.get("seed")), ("autoif.queries", autoif.get("queries") if isinstance(autoif, dict) else None)):
+    for where, source in (("seed", params.get("seed")),
+                          ("autoif.queries", autoif.get("queries") if isinstance(autoif, dict) else None)):
         fields = source.get("fields") if isinstance(source, dict) else None
         if isinstance(fields, dict) and "instruction" in fields and fields["instruction"] is None:
             problems.append(f"{where}.fields.instruction: got null; allowed: the name of the source column that holds "
@@ -134,5 +137,6 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
         rounds = respond.get("rounds")
         missing = [k for k in rounds if isinstance(k, int) and k not in indices] if isinstance(rounds, list) else []
         if missing:
-            problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds ({sorted(i for i in indices if isinstance(i, int))})")
+            problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds "
+                            f"({sorted(i for i in indices if isinstance(i, int))})")
     return problems

@@ -13,7 +13,8 @@ point one way:
 - :mod:`~evolforge.config.messages`: problems in words (a type described, a value shown, the closest key);
 - :mod:`~evolforge.config.parse`: one section checked (:func:`check_section`) and typed (:func:`parse`);
 - the settings of the sections that belong to no step: :mod:`~evolforge.config.runtime` (cache, llm and its
-  budget, data, fetch_model), :mod:`~evolforge.config.training` (finetune, evaluate), and
+  budget), :mod:`~evolforge.config.data`, :mod:`~evolforge.config.fetch_model`,
+  :mod:`~evolforge.config.training` (finetune, evaluate), and
   :mod:`~evolforge.config.roles` (``roles.<name>``, its generation controls, :func:`load_role`; the chat requests
   a role makes are :mod:`evolforge.llm.requests`);
   :mod:`~evolforge.config.controls`: the control and repetition types several steps' settings share;

@@ -41,7 +41,8 @@ class ParamsError(Refusal, ValueError):
         if len(self.problems) == 1:
             super().__init__(f"{self.file} {self.problems[0]}")
         else:
-            super().__init__(f"{self.file}: {len(self.problems)} problems\n" + "\n".join(f"  {p}" for p in self.problems))
+            super().__init__(f"{self.file}: {len(self.problems)} problems\n"
+                             + "\n".join(f"  {p}" for p in self.problems))
 
 
 @dataclasses.dataclass(frozen=True)

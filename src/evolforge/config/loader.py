@@ -61,9 +61,9 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
         if not isinstance(key, str):
             shown = (f"the key `{key_node.value}` reads as {kind(key)}" if isinstance(key_node, yaml.ScalarNode)
                      else f"a key is {'a list' if isinstance(key, list) else 'a mapping'}")
-            raise ParamsError([f"line {line}: {shown}, not text; keys are plain names"
-                               + (" (YAML reads an unquoted on/off/yes/no/true/false as true/false: quote it)"
-                                  if isinstance(key, bool) else " (quote it)" if isinstance(key_node, yaml.ScalarNode) else "")])
+            quote = (" (YAML reads an unquoted on/off/yes/no/true/false as true/false: quote it)"
+                     if isinstance(key, bool) else " (quote it)" if isinstance(key_node, yaml.ScalarNode) else "")
+            raise ParamsError([f"line {line}: {shown}, not text; keys are plain names" + quote])
         if key in seen:
             raise ParamsError([f"line {line}: key {show_key(key)} appears twice in one mapping "
                                f"(first on line {seen[key]}); YAML would silently keep the last"])

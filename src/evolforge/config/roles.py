@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le
 
-from evolforge.config.bounds import NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError, PositiveFloat, PositiveInt
+from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError,
+                                     PositiveFloat, PositiveInt)
 from evolforge.config.parse import parse
 from evolforge.config.secrets import secret_problems
 
@@ -94,7 +95,8 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
     return problems
 
 
-ROLE_NAMES = ("evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base")  # add a role's name here first
+# add a role's name here first
+ROLE_NAMES = ("evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -103,7 +105,8 @@ def refuse_secrets(where: str, base_url: str | None, settings: Mapping[str, Any]
     secret-shaped value (see :mod:`evolforge.config.secrets`: recognised by value, whatever the key's name)
     in ``base_url`` (at ``where``) and in the free-form ``settings`` (at ``settings_where``), naming the
     key path only, never the value. Keys are read from environment variables instead."""
-    problems = secret_problems({"base_url": base_url} if base_url else {}, where) + secret_problems(dict(settings), settings_where)
+    problems = secret_problems({"base_url": base_url}
+                               if base_url else {}, where) + secret_problems(dict(settings), settings_where)
     if problems:
         raise ParamsError(problems)
 
@@ -189,7 +192,8 @@ class Role:
             # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
             raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
                                "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
-        problems = role.server_problems() + controls_problems(role.backend, role.controls, where) + role.extra_problems()
+        problems = (role.server_problems()
+                    + controls_problems(role.backend, role.controls, where) + role.extra_problems())
         if problems:
             raise ParamsError(problems)
         return role
@@ -205,7 +209,8 @@ class Role:
         if self.backend != "llamacpp":
             return []
         if self.name in ("scorer", "embedder", "base"):
-            return [f"roles.{self.name}.backend: llamacpp serves the chat roles (evolver, optimizer, responder, judge); "
+            return [f"roles.{self.name}.backend: llamacpp serves the chat roles (evolver, optimizer, "
+                    f"responder, judge); "
                     f"{self.name} runs in-process on a transformers model: backend hf"]
         where = f"roles.{self.name}.extra"
         return [f"{where}.{name}: unknown for backend llamacpp; allowed: {', '.join(LLAMACPP_EXTRA)}"

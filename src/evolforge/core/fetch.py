@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from evolforge.config.refusal import Refusal
 from evolforge.io.records import atomic_dir
-from evolforge.config.runtime import FetchSettings, WheelPart
+from evolforge.config.fetch_model import FetchSettings, WheelPart
 
 
 class FetchError(Refusal):

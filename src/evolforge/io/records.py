@@ -102,7 +102,8 @@ def write_table(table: pl.DataFrame, path: str | Path) -> None:
     table.write_parquet(path, row_group_size=ROW_GROUP_ROWS)
 
 
-def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = None, extra: dict[str, Any] | None = None,
+def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = None,
+                 extra: dict[str, Any] | None = None,
                  tables: dict[str, pl.DataFrame] | None = None, finish: Callable[[Path], object] | None = None) -> None:
     """Write a stage output folder atomically: ``items.parquet``, ``meta.json``, extra tables and JSON/JSONL files;
     ``finish(folder)`` writes whatever else belongs in it (from those files) before it is moved into place, so

@@ -162,7 +162,8 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
     names = {s.name for s in stages}
     unknown = sorted(set(only or []) - names)
     if unknown:
-        raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: {', '.join(s.name for s in stages)})")
+        raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: "
+                         f"{', '.join(s.name for s in stages)})")
     params = load_params(root / params_file)
     cache = _cache_path(root, params)
     ledger = SpendLedger(cache) if cache.exists() else None

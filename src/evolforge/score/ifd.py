@@ -109,7 +109,8 @@ def ifd_scores(
     Columns: see ``SCORE_VALUES``. Q = instruction, plus "\\n" + input when the input is non-empty.
 
     ``template``: which texts the passes see (raw, cherry, chat: see the module doc). ``boundary``: "prefix"
-    (the official codes' rule) or "offsets" (the exact character boundary); see :mod:`evolforge.score.passes`. ``max_length`` (raw, chat) cuts the conditioned pass from the right
+    (the official codes' rule) or "offsets" (the exact character boundary); see :mod:`evolforge.score.passes`.
+    ``max_length`` (raw, chat) cuts the conditioned pass from the right
     and drops as many tokens from the end of the direct pass; an item whose prompt alone is longer gets
     nulls and a ``null_reason``.
 

@@ -122,7 +122,8 @@ class LlamaCppBackend:
         """The prompt's tokens: the chat template (an unfinished assistant turn after a prefix), as hf renders it."""
         prefix = request.controls.assistant_prefix if request.controls is not None else None
         if prefix:
-            text = self.tokenizer.apply_chat_template([*request.message_dicts, {"role": "assistant", "content": prefix}],
+            text = self.tokenizer.apply_chat_template([*request.message_dicts,
+                                                       {"role": "assistant", "content": prefix}],
                                                       tokenize=False, continue_final_message=True)
         else:
             text = self.tokenizer.apply_chat_template(request.message_dicts, tokenize=False, add_generation_prompt=True)

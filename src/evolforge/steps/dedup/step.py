@@ -44,7 +44,7 @@ from scipy.sparse.csgraph import connected_components
 from evolforge.io import validation
 from evolforge.io.columns import DUPLICATE_FLAGS
 from evolforge.config.loader import load_section
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
@@ -163,7 +163,8 @@ def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray, groups
         a, b = np.searchsorted(walked, [lo, hi])
         if b > a:
             index = walked[a:b]
-            keys = np.stack([np.fromfile(work / f"band-{k}.u64", dtype=np.uint64, count=hi - lo, offset=8 * lo)[index - lo]
+            keys = np.stack([np.fromfile(work / f"band-{k}.u64", dtype=np.uint64,
+                                         count=hi - lo, offset=8 * lo)[index - lo]
                              for k in range(bands)], axis=1)
             part = chunk[index - lo]
             rows = part.select("id", "round").with_columns(index=pl.Series(index), usable=pl.Series(usable[index]),
@@ -203,7 +204,8 @@ def _walk_groups(count: int, config: DedupSettings, starts: np.ndarray, work: Pa
             tally.reasons[reason] += int((answers["dedup_reason"] == reason).sum())
         tally.clusters += answers["duplicate_of"].n_unique()
         tally.distinct_texts += len(set(texts))
-        answers = answers.with_columns(chunk=pl.Series(np.searchsorted(starts, answers["index"].to_numpy(), side="right") - 1))
+        answers = (answers.with_columns(chunk=pl.Series(np.searchsorted(starts, answers["index"].to_numpy(),
+                                                                        side="right") - 1)))
         for (c,), frame in answers.group_by("chunk", maintain_order=True):
             folder = work / f"answers-{c}"
             folder.mkdir(exist_ok=True)
@@ -276,9 +278,11 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
                 if c in schema]
     Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work, session(data):
-        answered, metrics = dedup_chunks(lambda columns: checked_chunks(iter_chunks(source, rows, columns), rules, source),
+        answered, metrics = dedup_chunks(lambda columns: checked_chunks(iter_chunks(source, rows, columns), rules,
+                                                                        source),
                                          lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows,
-                                         mapped=lambda fn: map_chunks(source, rows, sketched, fn, data))  # pass 1 on Ray
+                                         # pass 1 on Ray
+                                         mapped=lambda fn: map_chunks(source, rows, sketched, fn, data))
         check_unique(pl.scan_parquet(source), "id", source)
         removed = Path(work) / "removed"
         removed.mkdir()

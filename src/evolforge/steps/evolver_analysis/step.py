@@ -128,7 +128,8 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
     cfg = load_section(params, "evolver_analysis", AnalysisSettings)
     table = read_table(seed).head(cfg.items)
     seeds = table["instruction"].to_list()
-    methods = assign_methods(table["root_id"].to_list(), 1, "round_robin", load_section(params, "evolve", EvolveSection).breadth, cfg.seed)
+    methods = assign_methods(table["root_id"].to_list(), 1, "round_robin",
+                             load_section(params, "evolve", EvolveSection).breadth, cfg.seed)
     evol_prompts = [evolving_prompt(prompts, m, q) for m, q in zip(methods, seeds)]
     method_text = initial_method_text(prompts, load_section(params, "optimize", OptimizeSettings).initial_method)
     auto_prompts = [evolving_prompt(prompts, "auto", q, method_text) for q in seeds]
@@ -141,7 +142,9 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
     for role in roles:
         tokenizer = load_tokenizer(role.model, role.revision)
         model = load_causal_lm(role.model, role.revision, dtype=role.dtype, device=role.device)
-        probs = [p for row in top_token_probs(model, tokenizer, evol_prompts, cfg.max_tokens, cfg.first_tokens) for p in row]
+        probs = [p
+                 for row in top_token_probs(model, tokenizer, evol_prompts,
+                                            cfg.max_tokens, cfg.first_tokens) for p in row]
         del model
         # the paper samples the Auto Evol prompt at 0.7 / 0.95 for the methods lists
         sampler = open_llm(dataclasses.replace(role, temperature=0.7, top_p=0.95), cache)
@@ -152,5 +155,6 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
             "share_above_0_9": sum(p > 0.9 for p in probs) / len(probs) if probs else None, **keywords}
         plot += [{"evolver": role.model, **row} for row in histogram(probs, cfg.bins)]
     return Outputs(metrics, "\n".join(f"evolver_analysis: {name}: mean top-token probability {m['mean_top_prob']}, "
-                                       f"{m['distinct_keywords']} distinct keywords" for name, m in metrics["evolvers"].items()),
+                                       f"{m['distinct_keywords']} distinct keywords"
+                                      for name, m in metrics["evolvers"].items()),
                    plot=plot)

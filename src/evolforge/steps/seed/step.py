@@ -17,5 +17,6 @@ def run(params: dict[str, Any]) -> Outputs:
     cfg = load_section(params, "seed", SeedSettings)
     table, metrics, duplicates = build_seed(cfg.source, fmt=cfg.format, fields=cfg.fields, config=cfg.config,
                                             split=cfg.split, revision=cfg.revision, limit=cfg.limit, seed=cfg.seed)
-    return Outputs(metrics, f"seed: {metrics['rows_written']} items ({metrics['duplicates_removed']} duplicates removed)",
+    return Outputs(metrics,
+                   f"seed: {metrics['rows_written']} items ({metrics['duplicates_removed']} duplicates removed)",
                    table=table, meta={"params": dataclasses.asdict(cfg)}, tables={"duplicates.parquet": duplicates})

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from evolforge.config.loader import load_section
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.records import write_table
