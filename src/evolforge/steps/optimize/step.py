@@ -210,8 +210,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
         batch = rng.sample(pool, int(settings.batch_size))
         trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
                                                 current_method, rounds=int(settings.trajectory_rounds),
-                                                temperature=temperature,
-                                                **evolving)
+                                                temperature=temperature, **evolving)
         proposals = propose_methods(optimizer, prompts, trajectory, current_method,
                                     candidates=int(settings.candidates), controls=settings.controls)
         for c in proposals:
