@@ -24,6 +24,9 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "controls_survival.py": ["--model", "{tiny}", "--seeds", "2", "--max-tokens", "8", "--configs", "none"],
     "llamacpp_batch.py": ["--model", "{tiny_gguf}", "--sizes", "1", "3", "--prompt-tokens", "20", "--steps", "3",
                           "--threads", "1"],
+    "llamacpp_limit.py": ["--model", "{tiny_gguf}", "--threads", "1", "--prompt-tokens", "40", "--steps", "3"],
+    "llamacpp_speculative.py": ["--model", "{tiny_gguf}", "--threads", "1", "--n", "2", "--answers", "1",
+                                "--answer-tokens", "4", "--fixed", "2"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
