@@ -23,6 +23,7 @@ class SelectSettings:
     min_loss_instruction: Annotated[float, Ge(0)] | None = None  # floor on L(Q), nats per token
     min_mnd: Annotated[float, Ge(0), Le(4)] | None = None  # floor on the pool MND (squared L2 of unit embeddings)
     diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None  # DEITA walk: keep if d^2 to every kept item exceeds it
+    require_check: bool = False  # drop items whose answer fails its answer check (items without one stay)
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:
