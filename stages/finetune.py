@@ -12,7 +12,7 @@ from evolforge.core.errors import run_stage
 from evolforge.io.jsonfiles import read_jsonl
 from evolforge.config.loader import load_params, load_role, load_section
 from evolforge.io.records import write_json
-from evolforge.core.stage import arguments
+from evolforge.core.stage import WALL_S, arguments, process_wall_s
 from evolforge.train.finetune import finetune
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     result = finetune(base.model, read_jsonl(args.train), args.out, load_section(params, "finetune"), revision=base.revision,
                       live_dir=args.live)
     if result.is_main_process:
-        write_json(args.metrics, result.metrics)
+        write_json(args.metrics, {**result.metrics, WALL_S: process_wall_s()})
         write_json(args.plot, result.loss_curve)
         print(f"finetune: {result.metrics}")
 
