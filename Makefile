@@ -65,6 +65,7 @@ run-varied: setup
 	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 
 test: setup
+	$(PY) -m ruff check
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup

@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evolforge.core.cache import DEFAULT_CACHE_PATH
-from evolforge.config.loader import load_params, load_role
+from evolforge.llm.cache import DEFAULT_CACHE_PATH
+from evolforge.schema import load_params
+from evolforge.config.roles import load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
 from evolforge.llm.backends.dryrun import DRY_RUN_ENV
 
@@ -161,7 +162,8 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
     names = {s.name for s in stages}
     unknown = sorted(set(only or []) - names)
     if unknown:
-        raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: {', '.join(s.name for s in stages)})")
+        raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: "
+                         f"{', '.join(s.name for s in stages)})")
     params = load_params(root / params_file)
     cache = _cache_path(root, params)
     ledger = SpendLedger(cache) if cache.exists() else None
@@ -277,7 +279,7 @@ def _reaches(stages: list[Stage], a: Stage, b: Stage) -> bool:
 
 
 def _cache_path(root: Path, params: dict[str, Any]) -> Path:
-    """The call cache the stages would open (``EVOLFORGE_CACHE`` wins, as in evolforge.core.cache.open_cache)."""
+    """The call cache the stages would open (``EVOLFORGE_CACHE`` wins, as in evolforge.llm.cache.open_cache)."""
     path = Path(os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH)
     return path if path.is_absolute() else root / path
 

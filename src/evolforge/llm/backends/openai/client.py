@@ -45,8 +45,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from evolforge.core.cache import CallCache
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.llm.cache import CallCache
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities, Completion,
                                  collect)
 from evolforge.llm.backends.openai.batch import BatchJobs
@@ -311,7 +312,8 @@ class OpenAIBackend:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _answer(self, request: ChatRequest, url: str, status: int, raw: bytes, location: str | None) -> Completion | str:
+    def _answer(self, request: ChatRequest, url: str, status: int,
+                raw: bytes, location: str | None) -> Completion | str:
         """What one HTTP answer means: the completion, or a failure no retry changes (a rejected request), or
         the cause to retry for (a str); a redirect or an answer every request would get raises."""
         if status == 200:

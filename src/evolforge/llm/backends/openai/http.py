@@ -32,8 +32,8 @@ FATAL_STATUSES = {401, 403, 404}  # every request would fail the same way
 RETRY_STATUSES = {408, 409, 429}  # plus 5xx
 MIN_THROTTLE_WAIT_S = 0.5  # the least a 429 waits before its retry, whatever backoff_s and Retry-After say
 # How servers word "prompt + max_tokens exceeds the context" in a 400 (vLLM, OpenAI, TGI, llama.cpp).
-TOO_LONG = re.compile(r"context.length|maximum context|max_model_len|too long|too many tokens|exceeds? the (?:model|context)",
-                      re.IGNORECASE)
+TOO_LONG = re.compile(r"context.length|maximum context|max_model_len|too long|too many tokens"
+                      r"|exceeds? the (?:model|context)", re.IGNORECASE)
 Finished = list[tuple[int, Completion]]
 
 

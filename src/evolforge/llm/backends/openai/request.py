@@ -3,7 +3,7 @@ the request's seed, a constrained request's choices in the role's ``choice_forma
 honours), the check that the prompt fits ``max_model_len`` before it is sent, and a constrained reply's
 ``answer`` read back out of its JSON.
 
->>> from evolforge.config.roles import ChatRequest
+>>> from evolforge.llm.requests import ChatRequest
 >>> from evolforge.llm.types import Completion
 >>> ask = ChatRequest((("user", "Easy or hard?"),), choices=("easy", "hard"))
 >>> chat_body(ask, "m", "structured_outputs")["structured_outputs"]
@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Completion, refuse_controls
 
