@@ -87,9 +87,9 @@ def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple
     the end of the turn) and it runs to the end of the text, unless the answer was cut at ``max_tokens``
     (``finish_reason`` "length"): a method cut mid-way is refused, never completed.
 
-    >>> parse_optimized_method("```Optimized Method\nStep 1: list methods.", "stop")
+    >>> parse_optimized_method("```Optimized Method\\nStep 1: list methods.", "stop")
     ('Step 1: list methods.', None)
-    >>> parse_optimized_method("```Optimized Method\nStep 1: list", "length")
+    >>> parse_optimized_method("```Optimized Method\\nStep 1: list", "length")
     (None, 'the ```Optimized Method``` block was cut at max_tokens')
     """
     openers = list(_OPENER.finditer(text))
