@@ -197,14 +197,17 @@ def optimize_html(v: dict) -> str:
         return f"<p>optimize skipped: {esc(m.get('reason'))}</p>"
     dev = m.get("dev_size")
     head = (f"<p>initial method: fails {esc(m.get('initial_failures'))} of {esc(dev)} development items; "
-            f"chosen method: fails {esc(m.get('best_failures'))} of {esc(dev)}; {esc(m.get('parseable_candidates'))} of "
+            f"chosen method: fails {esc(m.get('best_failures'))} of {esc(dev)}; "
+            f"{esc(m.get('parseable_candidates'))} of "
             f"{esc(m.get('candidates_proposed'))} candidates parsed over {esc(m.get('steps_run'))} step(s) "
-            f"(stop: {esc(m.get('stop_reason'))}){'; fallback: ' + esc(m.get('fallback')) if m.get('fallback') else ''}.</p>")
+            f"(stop: {esc(m.get('stop_reason'))})"
+            f"{'; fallback: ' + esc(m.get('fallback')) if m.get('fallback') else ''}.</p>")
     rows = []
     for step in m.get("loop") or []:
         for c in step["candidates"]:
             chosen = "chosen" if step["chosen"] == c["index"] else ""
-            rows.append(f"<tr>{num(step['step'])}{num(c['index'])}<td>{'yes' if c['parsed'] else esc(c['parse_error'])}</td>"
+            parsed = "yes" if c["parsed"] else esc(c["parse_error"])
+            rows.append(f"<tr>{num(step['step'])}{num(c['index'])}<td>{parsed}</td>"
                         f"{num(c['failures'])}{num(c['failure_rate'])}<td>{chosen}</td>"
                         f"{num(step['current_failure_rate'])}{num(step['best_failure_rate'])}</tr>")
     steps = table(["step", "candidate", "parsed", "dev failures", "failure rate", "", "current rate after the step",
@@ -221,7 +224,8 @@ def minutes_html(v: dict) -> str:
     total = wall.pop("total", None)
     if not wall:
         return '<p class="missing">no stage recorded its wall time in this version</p>'
-    rows = [f"<tr><td>{esc(stage)}</td>{num(round(s, 1))}{num(round(s / 60, 2))}{pct(s / total if total else None)}</tr>"
+    rows = [f"<tr><td>{esc(stage)}</td>{num(round(s, 1))}{num(round(s / 60, 2))}"
+            f"{pct(s / total if total else None)}</tr>"
             for stage, s in sorted(wall.items(), key=lambda kv: -kv[1])]
     rows.append(f"<tr><td><b>total</b></td>{num(total)}{num(round(total / 60, 2) if total else None)}{pct(1.0)}</tr>")
     return table(["stage", "seconds", "minutes", "share"], rows)
@@ -396,10 +400,12 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
          side_by_side(versions, funnel_table)),
         ("Scenario", "the pool that went on to dedup: evolved instructions (evol) or AutoIF's verified items (autoif)",
          side_by_side(versions, scenario_html)),
-        ("Answer checks", "the answers of items whose seed carries a check (a number, or Python tests run in the sandbox); "
+        ("Answer checks", "the answers of items whose seed carries a check (a number, or Python tests run in the "
+         "sandbox); "
          "a rewrite changes the question, so evolved items have none", side_by_side(versions, checks_html)),
         ("Evolution and optimization", "", charts_html(versions, ["evolve_failures", "optimize"])),
-        ("Auto Evol-Instruct's optimization loop", "each step's candidate methods, their failure rates on the development "
+        ("Auto Evol-Instruct's optimization loop", "each step's candidate methods, their failure rates on the "
+         "development "
          "set, the one chosen, and the chosen method against the initial one", side_by_side(versions, optimize_html)),
         ("Evolved instructions beside their parents", f"up to {PAIRS_PER_ROUND} surviving rewrites per round (the same "
          "seeds' lineages in every round), the method used, and the judge's score and level of both",

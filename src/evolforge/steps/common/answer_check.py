@@ -61,14 +61,16 @@ def parse_check(value: Any, file: str = "<check>", row: int | None = None) -> di
         if value is None:
             return None
     if not isinstance(value, dict):
-        raise refuse("is an object", f"got {type(value).__name__} {str(value)[:40]!r}; e.g. {{\"kind\": \"number\", \"value\": 42}}")
+        example = '{"kind": "number", "value": 42}'
+        raise refuse("is an object", f"got {type(value).__name__} {str(value)[:40]!r}; e.g. {example}")
     kind = value.get("kind")
     if kind not in KINDS:
         raise refuse(f"{FIELD}.kind is one of {', '.join(KINDS)}", f"got {kind!r}")
     allowed = {"number": {"kind", "value", "tolerance"}, "python_tests": {"kind", "tests", "timeout_s"}}[kind]
     unknown = sorted(set(value) - allowed)
     if unknown:
-        raise refuse(f"a {kind} check has only the fields {', '.join(sorted(allowed))}", f"unknown: {', '.join(unknown)}")
+        raise refuse(f"a {kind} check has only the fields {', '.join(sorted(allowed))}",
+                     f"unknown: {', '.join(unknown)}")
     if kind == "number":
         number = value.get("value")
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
@@ -100,7 +102,8 @@ _NUMBER = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−
 _NUMBER_RE = re.compile(rf"(?<![\w.])({_NUMBER})(?![\w])")
 # phrases that announce the final answer; the number after the last of them is the answer
 _ANNOUNCED = re.compile(
-    rf"(?:final answer|answer)\s*(?:\*\*)?\s*(?:is|:|=|would be|will be)\s*[:=]?\s*(?:\*\*)?\s*(?:approximately\s+|about\s+)?"
+    rf"(?:final answer|answer)\s*(?:\*\*)?\s*(?:is|:|=|would be|will be)\s*[:=]?\s*(?:\*\*)?\s*"
+    rf"(?:approximately\s+|about\s+)?"
     rf"[$€£]?\s*({_NUMBER})|\\boxed\{{\s*[$]?({_NUMBER})|####\s*[$]?({_NUMBER})", re.IGNORECASE)
 
 

@@ -54,7 +54,8 @@ def hash_sample(table: pl.DataFrame, limit: int, seed: int, min_checked: int = 0
     ``min_checked``: the ``min_checked`` items with an answer check (``answer_check`` not null) of smallest
     rank are taken first (fewer when the source has fewer), the rest of the ``limit`` by rank among all the
     others: a small sample that still holds answers that can be checked."""
-    ranked = table.with_columns(_rank=pl.col("id").map_elements(lambda i: make_id(seed, i), return_dtype=pl.String)).sort("_rank")
+    rank = pl.col("id").map_elements(lambda i: make_id(seed, i), return_dtype=pl.String)
+    ranked = table.with_columns(_rank=rank).sort("_rank")
     first: list[int] = []
     if min_checked and "answer_check" in ranked.columns:
         first = ranked.filter(pl.col("answer_check").is_not_null()).head(min(min_checked, limit))[ROW].to_list()
@@ -69,7 +70,8 @@ def read_checks(raw: list[dict] | pl.DataFrame, source: str) -> dict[int, str]:
     if isinstance(raw, list):
         pairs = [(r[ROW], r.get(CHECK_FIELD)) for r in raw if r.get(CHECK_FIELD) is not None]
     elif CHECK_FIELD in raw.columns:
-        pairs = [(r[ROW], r[CHECK_FIELD]) for r in raw.select(ROW, CHECK_FIELD).to_dicts() if r[CHECK_FIELD] is not None]
+        pairs = [(r[ROW], r[CHECK_FIELD]) for r in raw.select(ROW, CHECK_FIELD).to_dicts()
+                 if r[CHECK_FIELD] is not None]
     else:
         pairs = []
     out = {}

@@ -43,8 +43,8 @@ from evolforge.steps.common.answer_check import check_answer
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_requests, response_sampling
 
 CHECK = ["check_response", "check_finish_reason", "check_request_key"]  # a round's answers, read by answer()
-KEEP = (LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "instruction_finish_reason", "answer_check"]
-        + CHECK)
+KEEP = (LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "instruction_finish_reason",
+                   "answer_check"] + CHECK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,8 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
         tally["reused"] += reused
     if "answer_check" not in items.columns:  # a table from before answer checks: none
         items = items.with_columns(answer_check=pl.lit(None, pl.String))
-    checked = [check_answer(check, None if c.failed else c.text) for check, c in zip(items["answer_check"].to_list(), answers)]
+    checked = [check_answer(check, None if c.failed else c.text)
+               for check, c in zip(items["answer_check"].to_list(), answers)]
     return items.with_columns(
         answer_check_passed=pl.Series([None if r is None else r.passed for r in checked], dtype=pl.Boolean),
         answer_check_detail=pl.Series([None if r is None else r.detail for r in checked], dtype=pl.String),
