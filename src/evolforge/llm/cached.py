@@ -47,8 +47,9 @@ class LLM:
     the backend is asked, which loads it.
 
     ``stats``: ``calls`` (requests handed to the backend), ``cache_hits``, ``failures`` and
-    ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made), and
-    ``cost`` when the role has prices.
+    ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made),
+    ``prompt_tokens_cached`` (of ``prompt_tokens``, those the backend's KV store already held: llamacpp's
+    prefix reuse; absent for backends that do not say) and ``cost`` when the role has prices.
     """
 
     def __init__(self, backend: Backend | None, cache: CallCache | None, *, role: Role | None = None,
@@ -222,6 +223,9 @@ class LLM:
         self.stats["calls"] += len(outs)
         self.stats["prompt_tokens"] += prompt
         self.stats["completion_tokens"] += completion
+        cached = [out.prompt_cached for out in outs if out.prompt_cached is not None]
+        if cached:  # a backend with a KV store (llamacpp): prompt tokens it did not evaluate again
+            self.stats["prompt_tokens_cached"] = self.stats.get("prompt_tokens_cached", 0) + sum(cached)
         if "cost" in self.stats:
             self.stats["cost"] += (prompt * (self.role.price_per_mtok_prompt or 0.0)
                                    + completion * (self.role.price_per_mtok_completion or 0.0)) / 1e6

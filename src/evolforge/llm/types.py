@@ -26,6 +26,8 @@ class Completion:
     # tokens this call used (from the server's usage, or counted); None when unknown or cached
     prompt_tokens: int | None = field(default=None, compare=False)
     completion_tokens: int | None = field(default=None, compare=False)
+    # of prompt_tokens, those a backend found already evaluated in its KV store (llamacpp); None when unknown
+    prompt_cached: int | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
