@@ -39,7 +39,7 @@ export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run test bench clean-cache lock
+.PHONY: setup run run-varied test bench clean-cache lock
 
 setup: $(STAMP)
 
@@ -70,6 +70,10 @@ lock: setup
 
 run: setup
 	dvc repro
+
+# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (README "Difficulty per round")
+run-varied: setup
+	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 
 test: setup
 	$(PY) -m ruff check

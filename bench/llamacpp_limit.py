@@ -29,7 +29,6 @@ Run it on an idle machine (under the lock on a shared one): the figures are thro
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import threading
 import time
