@@ -183,6 +183,15 @@ class Role:
     # optional prices per million tokens (any currency); LLM.stats then carries the cost
     price_per_mtok_prompt: NonNegativeFloat | None = None
     price_per_mtok_completion: NonNegativeFloat | None = None
+    # the price of prompt tokens a provider serves from its prompt cache (usage.prompt_tokens_details.cached_tokens);
+    # None: they cost price_per_mtok_prompt
+    price_per_mtok_cached_prompt: NonNegativeFloat | None = None
+    # a reasoning model's thinking (evolforge.llm.thinking): the markers around it in the text, [open, close]
+    # ([] = none: the text is the answer whatever it holds); a server's reasoning_content is always kept apart
+    thinking_tags: list[NonEmptyStr] = field(default_factory=lambda: ["<think>", "</think>"])
+    # tokens a thinking model may think, added to every request's max_tokens (a stage's own max_tokens, e.g. a
+    # judge's 8, is what the answer may take; servers count max_tokens over thinking and answer together)
+    thinking_budget: NonNegativeInt = 0
     # openai: submit a stage's cache misses as batch jobs (POST /files + /batches: about half the price,
     # results within batch_completion_window), polled every batch_poll_s seconds
     batch_api: bool = False
@@ -217,6 +226,9 @@ class Role:
             raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
                                "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
         problems = role.server_problems() + controls_problems(role.backend, role.controls, where) + role.extra_problems()
+        if role.thinking_tags and len(role.thinking_tags) != 2:
+            problems.append(f"{where}.thinking_tags: got {json.dumps(role.thinking_tags)}; allowed: the opening and "
+                            f"closing markers, e.g. [\"<think>\", \"</think>\"], or [] for none")
         if problems:
             raise ParamsError(problems)
         return role
@@ -297,7 +309,7 @@ class Role:
         return ChatRequest(tuple([(m["role"], m["content"]) for m in messages]),
                            self.temperature if temperature is None else temperature,
                            self.top_p if top_p is None else top_p,
-                           self.max_tokens if max_tokens is None else max_tokens,
+                           (self.max_tokens if max_tokens is None else max_tokens) + self.thinking_budget,
                            self.seed if seed is None else seed,
                            0 if sample_index is None else sample_index,
                            None if choices is None else tuple(choices),

@@ -22,9 +22,16 @@ class Completion:
     cached: bool = False
     failure_reason: str | None = None  # set when the item got no completion (then text is "")
     error: str | None = None  # the failure's detail: the server's message, trimmed, never the key
-    # tokens this call used (from the server's usage, or counted); None when unknown or cached
+    # tokens this call used (from the server's usage, or counted); None when unknown or cached.
+    # completion_tokens counts every generated token, a reasoning model's thinking included
     prompt_tokens: int | None = field(default=None, compare=False)
     completion_tokens: int | None = field(default=None, compare=False)
+    # a reasoning model's thinking, apart from ``text`` (evolforge.llm.thinking); None when it did not think
+    thinking: str | None = None
+    # of completion_tokens, the thinking's (where the server reports it) and the prompt's served from the
+    # server's prefix cache (usage.prompt_tokens_details.cached_tokens; priced at price_per_mtok_cached_prompt)
+    thinking_tokens: int | None = field(default=None, compare=False)
+    cached_prompt_tokens: int | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:

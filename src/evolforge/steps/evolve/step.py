@@ -144,6 +144,8 @@ class _Round:
     responses: list[str | None]  # the answer the response rules read; None where none was asked
     response_finishes: list[str | None]  # its finish_reason
     response_keys: list[str | None]  # its request's cache key (the respond stage reuses an answer whose key it asks)
+    thinking: list[str | None] = dataclasses.field(default_factory=list)  # the evolver's thinking (a reasoning model)
+    response_thinking: list[str | None] = dataclasses.field(default_factory=list)  # the checked answer's thinking
 
     def alive(self) -> list[int]:
         """Positions of the items that no rule has failed so far."""
@@ -177,7 +179,8 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
                   for m, r in zip(methods, raws)]
     return _Round(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
                   reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
-                  responses=[None] * len(items), response_finishes=[None] * len(items), response_keys=[None] * len(items))
+                  responses=[None] * len(items), response_finishes=[None] * len(items), response_keys=[None] * len(items),
+                  thinking=[c.thinking for c in outs], response_thinking=[None] * len(items))
 
 
 def _instruction_rules(state: _Round, settings: EvolveSettings) -> None:
@@ -212,6 +215,7 @@ def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings
             state.reasons[i], state.details[i] = answer.failure_reason, f"check response: {answer.error}"
             continue
         state.responses[i], state.response_finishes[i] = answer.text, answer.finish_reason
+        state.response_thinking[i] = answer.thinking
         state.response_keys[i] = checker.key(request)
         state.reasons[i] = elimination.response_failure(answer.text, **response_rules)
 
@@ -256,6 +260,7 @@ def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method
         "instruction_finish_reason": state.finishes, "check_response": state.responses,
         "check_finish_reason": state.response_finishes, "check_request_key": state.response_keys,
         "evolve_template_hash": [hashes[m] for m in methods], "evolver_model": [model] * n,
+        "instruction_thinking": state.thinking or [None] * n, "check_thinking": state.response_thinking or [None] * n,
     }, schema=ROUND)
 
 

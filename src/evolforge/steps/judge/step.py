@@ -131,6 +131,8 @@ def judge(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, score_prompt: s
         judge_constrained=pl.lit(constrain),
         difficulty_expected=pl.Series(score_expected, dtype=pl.Float64),
         level_expected=pl.Series(level_expected, dtype=pl.Float64),
+        difficulty_level_thinking=pl.Series([c.thinking for c in level_out], dtype=pl.String),
+        difficulty_score_thinking=pl.Series([c.thinking for c in score_out], dtype=pl.String),
     )
 
 

@@ -55,12 +55,14 @@ from evolforge.llm.backends.openai.http import (FATAL_STATUSES, MIN_THROTTLE_WAI
                                                 parse_completion, parse_retry_after, preview, stepped)
 from evolforge.llm.backends.openai.replicas import Replica, Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
+from evolforge.llm.thinking import DEFAULT_TAGS, separate
 
 log = logging.getLogger(__name__)
 
 
 class OpenAIBackend:
     name = "openai"
+    thinking_tags: tuple[str, ...] = DEFAULT_TAGS  # a reasoning model's markers (the role's thinking_tags)
 
     def __init__(
         self,
@@ -140,7 +142,7 @@ class OpenAIBackend:
             from evolforge.core.models import load_tokenizer
 
             tokenizer = load_tokenizer(role.tokenizer, None)
-        return cls(
+        backend = cls(
             role.urls,
             role.model,
             api_key=api_key(role),
@@ -159,6 +161,8 @@ class OpenAIBackend:
             batch_completion_window=role.batch_completion_window,
             batch_max_requests=role.batch_max_requests,
         )
+        backend.thinking_tags = tuple(role.thinking_tags)
+        return backend
 
     def identity(self) -> dict[str, Any]:
         """As :func:`evolforge.llm.backends.openai.served.served_model_identity` would pin it, without asking the
@@ -317,7 +321,8 @@ class OpenAIBackend:
         if status == 200:
             completion = parse_completion(raw)
             if completion is not None:
-                return unwrap_answer(request, completion, self.choice_format)
+                # the thinking out first: a constrained answer's JSON follows it (evolforge.llm.thinking)
+                return unwrap_answer(request, separate(completion, self.thinking_tags), self.choice_format)
             return f"malformed response body: {preview(raw)}"
         if 300 <= status < 400:
             raise LLMRequestError(self.redact(

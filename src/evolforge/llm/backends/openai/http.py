@@ -162,15 +162,27 @@ def parse_completion(raw: bytes) -> Completion | None:
 
 
 def completion_from(body: Any) -> Completion | None:
-    """A completion from a chat completion object, or None when it is not one."""
+    """A completion from a chat completion object, or None when it is not one. A reasoning model's thinking
+    that the server sends apart (``reasoning_content``, or ``reasoning``) is kept in ``thinking``; the usage's
+    cached prompt tokens (``prompt_tokens_details.cached_tokens``) and thinking tokens
+    (``completion_tokens_details.reasoning_tokens``) are read where given."""
     try:
         choice = body["choices"][0]
-        content = choice["message"]["content"]
+        message = choice["message"]
+        content = message["content"]
+        thinking = message.get("reasoning_content") or message.get("reasoning")
+        if content is None and isinstance(thinking, str):  # thought until max_tokens, never answered
+            content = ""
         if not isinstance(content, str):
             return None
         usage = body.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
         return Completion(content.strip(), choice.get("finish_reason"),
-                          prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+                          prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                          thinking=thinking.strip() or None if isinstance(thinking, str) else None,
+                          thinking_tokens=completion_details.get("reasoning_tokens"),
+                          cached_prompt_tokens=details.get("cached_tokens"))
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
 
