@@ -30,6 +30,14 @@ def main() -> None:
     for name in sorted(section(params, "roles")):
         role = load_role(params, name)
         entries[name] = identity_entry(role, resolve_identity(role, memo=MEMO), engine=resolved_engine(role))
+    # what each server is, as found: every setting it cannot honour, named where it is written, before any request
+    from evolforge.config.bounds import ParamsError
+    from evolforge.config.servers import server_problems
+
+    kinds = {n: e["identity"].get("server", "openai") for n, e in entries.items() if e["backend"] == "openai"}
+    problems = server_problems(params, kinds)
+    if problems:
+        raise ParamsError(problems)
     write_json(args.out, entries)
     for name, entry in entries.items():
         print(f"models: {name:<9} {entry['backend']:<6} {entry['model']} -> {json.dumps(entry['identity'])[:80]}")

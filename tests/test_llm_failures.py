@@ -445,6 +445,8 @@ def test_max_failure_rate_holds_over_the_stage_not_over_one_small_table(tmp_path
                                                   r"this stage asked"):
             _tables(strict, [6, 6, 5, 6], rejected_table=2)
         assert strict.asked == 23
+        with pytest.raises(LLMFailureError, match=r"3 of 23 requests failed"):
+            check_failures()  # the stage's end says the same
 
         # a stage that asked fewer than the minimum in all is judged at its end, whole
         small = open_llm(role(server), CallCache(tmp_path / "c.sqlite"), settings=LLMSettings(max_failure_rate=0.1))

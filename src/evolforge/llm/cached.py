@@ -107,6 +107,15 @@ class LLM:
         return dict(self._identity)
 
     @property
+    def control_backend(self) -> str:
+        """What requests' controls and rankings are checked against: the backend, or for a server the kind its
+        identity records (``openai:vllm``, ``openai:llamacpp``; evolforge.llm.backends.openai.served)."""
+        if self.role.backend != "openai":
+            return self.role.backend
+        kind = self.role.server if self.role.server != "auto" else self._identity.get("server", "openai")
+        return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai"
+
+    @property
     def label(self) -> str:
         """``model@<first 12 of the identity digest>``: the model column of every artifact."""
         return f"{self.role.model}@{identity_digest(self._identity)[:12]}"
@@ -148,8 +157,8 @@ class LLM:
 
     def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
-        refuse_controls(self.role.backend, requests, f"roles.{self.role.name}")
-        refuse_ranking(self.role.backend, requests, f"roles.{self.role.name}")
+        refuse_controls(self.control_backend, requests, f"roles.{self.role.name}")
+        refuse_ranking(self.control_backend, requests, f"roles.{self.role.name}")
         results, missing = self._from_cache([self.key(r) for r in requests])
         self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
         if not missing:

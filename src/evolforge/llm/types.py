@@ -60,15 +60,18 @@ def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -
             raise ControlsError("; ".join(problems))
 
 
-RANKING_BACKENDS = ("hf", "llamacpp", "vllm")  # backends that score choices by their log-probabilities
+# backends that score choices by their log-probabilities; servers: those whose /completions echo the prompt's
+RANKING_BACKENDS = ("hf", "llamacpp", "vllm", "openai:vllm", "openai:llamacpp")
 
 
 def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
     """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
     if backend not in RANKING_BACKENDS and any(r.rank for r in requests):
-        raise ControlsError(f"{where}: backend {backend!r} cannot score answers by their probabilities "
-                            f"(params.yaml judge.probabilities needs log-probabilities of whole answers: "
-                            f"backend {' or '.join(RANKING_BACKENDS)}); set judge.probabilities: false")
+        raise ControlsError(f"params.yaml judge.probabilities ({where}): {backend.replace('openai:', 'the ')} "
+                            f"{'server' if backend.startswith('openai') else 'backend'} cannot score answers by "
+                            f"their probabilities (it needs the prompt log-probabilities of whole answers: backend "
+                            f"hf, llamacpp or vllm, or a vLLM / llama.cpp server with roles.<role>.tokenizer); set "
+                            f"judge.probabilities: false")
     if any(r.rank and not r.choices for r in requests):
         raise ControlsError(f"{where}: a ranking request needs its choices")
 

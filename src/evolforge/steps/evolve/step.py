@@ -170,7 +170,8 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
     controls, max_tokens = (settings.controls, settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
     # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
     sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
-                    seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(controls))
+                    seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(
+                        controls, "evolve.controls" if settings.strategy == "evol" else "evolve.method_controls"))
     requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot), **sampling)
                 for m, it in zip(methods, items)]
     outs = evolver.generate(requests, desc=f"round {round_index}: evolve")

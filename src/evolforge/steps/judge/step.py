@@ -162,6 +162,21 @@ def _per_round(written: Path) -> tuple[dict, pl.DataFrame]:
     return per_round, levels
 
 
+def held(cfg: Any, llm: LLM, column: Any) -> bool:
+    """True when something held the judge's answers to the allowed ones: ``judge.constrain`` asked for it, the
+    backend enforces it (a server role whose choice_format is not none; a ranking always) and no answer the
+    judge gave fell outside them (a server that ignored the constraint answers free text)."""
+    if not cfg.constrain:
+        return False
+    if cfg.probabilities:
+        return True
+    if llm.role.backend == "openai" and llm.role.choice_format == "none":
+        return False
+    outside = {"not_a_level", "not_a_number", "out_of_range"}
+    return not any(reason in outside for name in ("difficulty_level_reason", "difficulty_score_reason")
+                   for reason in column(name).drop_nulls().to_list())
+
+
 def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The judge stage over the table ``items``: the item texts are read ``data.chunk_rows`` at a time and
     judged chunk by chunk (each item's answers are its own); each chunk's judged columns, without the texts,
@@ -193,7 +208,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
         return pl.read_parquet(written, columns=[name])[name]
 
     per_round, levels = _per_round(written)
-    metrics = {"items": levels.height, "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
+    metrics = {"items": levels.height, "score_prompt": cfg.score_prompt, "constrained": held(cfg, llm, column),
                "mean_difficulty_score": column("difficulty_score").mean(), "probabilities": cfg.probabilities,
                "mean_difficulty_expected": column("difficulty_expected").mean(),
                "level_unparsed": int(levels["difficulty_level"].is_null().sum()),

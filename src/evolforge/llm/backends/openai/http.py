@@ -187,6 +187,24 @@ def completion_from(body: Any) -> Completion | None:
         return None
 
 
+def setting_hint(raw: bytes, role: str) -> str:
+        """The setting to change for a request the server refused as invalid, named where it is written."""
+        text = raw[:4000].decode("utf-8", "replace")
+        where = f"roles.{role}"
+        if "response_format" in text or "json_schema" in text:
+            return (f"; this server does not take response_format json_schema: set {where}.server to what it is "
+                    f"(llamacpp: a grammar holds the answers) or {where}.choice_format: none")
+        if "structured_outputs" in text or "guided" in text:
+            return f"; this server does not take structured_outputs: set {where}.choice_format: response_format"
+        for name, setting in (("bad_words", "banned_strings"), ("repeat_penalty", "repetition_penalty"),
+                              ("repetition_penalty", "repetition_penalty"), ("grammar", "banned_strings / assistant_prefix"),
+                              ("continue_final_message", "assistant_prefix")):
+            if name in text:
+                return (f"; the server refused {name} ({setting}): set {where}.server to what it is, or remove "
+                        f"{setting} from the stage's controls")
+        return ""
+
+
 def preview(raw: bytes) -> str:
     text = " ".join(raw[: PREVIEW_CHARS * 4].decode("utf-8", "replace").split())
     text = text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
