@@ -5,8 +5,8 @@ server's prompt log-probabilities.
 For each choice, ``POST {base_url}/completions`` with the chat prompt rendered by the role's ``tokenizer``
 (the served model's chat template), the choice and the end of the assistant's turn, ``echo: true`` and
 ``logprobs: 1``: vLLM's server and llama.cpp's (llama-cpp-python started with ``--logits_all true``) answer
-with the log-probability of every prompt token; the choice's are those at or after the end of the rendered
-prompt. One request per choice (101 for a 0-100 score), each retried as a chat request is; the completion's
+with the log-probability of every prompt token; the choice's are the last ones, as many as the choice and the
+turn's end add to the rendered prompt (counted with the tokenizer). One request per choice (101 for a 0-100 score), each retried as a chat request is; the completion's
 text is the JSON list of the choices' log-probabilities. The OpenAI API echoes no prompt log-probabilities,
 so an ``openai`` server kind is refused before any request (evolforge.llm.types.refuse_ranking).
 """
@@ -35,22 +35,28 @@ def rendered(tokenizer: Any, request: ChatRequest, choice: str) -> tuple[str, st
     return prompt, choice + end
 
 
-def echo_logprob(raw: bytes, prompt: str, answer: str) -> tuple[float, int] | None:
-    """(the summed log-probability of the echoed tokens of ``answer``, the prompt's tokens) from a ``/completions``
-    answer to ``prompt + answer`` with ``echo`` and ``logprobs``; None when the body is not one. The tokens are
-    told by their ``text_offset``: characters (vLLM) or bytes (llama-cpp-python), whichever the offsets reach;
-    tokens past the text (the one generated, where a server lists it) are left out."""
+def answer_tokens(tokenizer: Any, prompt: str, answer: str) -> int:
+    """How many tokens ``answer`` adds after ``prompt`` (special tokens such as the turn's end parsed)."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count(prompt + answer) - count(prompt)
+
+
+def echo_logprob(raw: bytes, n: int) -> tuple[float, int] | None:
+    """(the summed log-probability of the last ``n`` echoed prompt tokens, the prompt's tokens) from a
+    ``/completions`` answer with ``echo`` and ``logprobs``; None when the body is not one. The prompt's tokens
+    are counted from its end: a token listed past the prompt (the one generated: vLLM lists it, llama-cpp-python
+    does not) is left out, and so are the offsets, which servers count over the text without special tokens."""
     try:
         body = orjson.loads(raw)
-        logprobs = body["choices"][0]["logprobs"]
-        values, offsets = logprobs["token_logprobs"], logprobs["text_offset"]
-        text = prompt + answer
-        in_bytes = len(text.encode()) != len(text) and max(offsets) >= len(text)
-        start, end = (len(prompt.encode()), len(text.encode())) if in_bytes else (len(prompt), len(text))
-        picked = [v for v, at in zip(values, offsets) if start <= at < end]
+        values = body["choices"][0]["logprobs"]["token_logprobs"]
+        prompt_tokens = int((body.get("usage") or {}).get("prompt_tokens") or len(values))
+        end = min(len(values), prompt_tokens)
+        picked = values[end - n:end] if 0 < n <= end else []
         if not picked or any(v is None for v in picked):
             return None
-        return float(sum(picked)), int((body.get("usage") or {}).get("prompt_tokens") or 0)
+        return float(sum(picked)), prompt_tokens
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
         return None
 
@@ -70,8 +76,8 @@ async def rank_on_server(backend: Any, session: Any, request: ChatRequest, repli
                              "echo": True, "logprobs": 1})
         found: dict[str, tuple[float, int]] = {}
 
-        def parse(_: ChatRequest, raw: bytes, prompt: str = prompt, answer: str = answer) -> Completion | None:
-            value = echo_logprob(raw, prompt, answer)
+        def parse(_: ChatRequest, raw: bytes, n: int = answer_tokens(tokenizer, prompt, answer)) -> Completion | None:
+            value = echo_logprob(raw, n)
             if value is None:
                 return None
             found["value"] = value
