@@ -191,3 +191,27 @@ def test_a_stage_control_is_refused_where_it_is_written():
     found = server_problems(params, {"evolver": "openai", "judge": "openai"})
     assert any(p.startswith("evolve.controls.banned_strings: backend 'openai' (roles.evolver) cannot") for p in found)
     assert any(p.startswith("judge.probabilities: the judge's server") for p in found)
+
+
+def test_the_readme_server_blocks_are_valid_params():
+    """README "The chat roles on a server": each params block is valid and its server honours every setting."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from evolforge.config.servers import server_problems
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### The chat roles on a server", 1)[1].split("\n## ", 1)[0]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    assert len(blocks) == 2
+    for block in blocks:
+        for name, fields in block["roles"].items():
+            role = Role.from_params(name, fields)
+            assert role.server in ("llamacpp", "vllm")
+            params = {**block, "evolve": {"strategy": "evol", "controls": {
+                **block["evolve"]["controls"], "banned_strings": ["Given Prompt"], "stop": ["\n\n"],
+                "repetition_penalty": 1.15}}, "judge": {"probabilities": True}}
+            assert server_problems(params) == []
+    assert "-S +roles.evolver.base_url=http://127.0.0.1:8000/v1" in section
