@@ -61,6 +61,7 @@ run: setup
 	dvc repro
 
 test: setup
+	$(PY) -m ruff check
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup

@@ -29,10 +29,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from evolforge.config.loader import load_params, load_section
+from evolforge.config.loader import read_params, load_section
+from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import Controls
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.backends.hf import HFBackend
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import BREADTH, IN_DEPTH, evolving_messages
@@ -50,7 +51,7 @@ CONTROLS = {
 
 def shipped_aids() -> tuple[bool, Controls]:
     """``evolve.few_shot`` and ``evolve.controls`` as params.yaml ships them."""
-    settings = load_section(load_params(REPO / "params.yaml"), "evolve")
+    settings = load_section(read_params(REPO / "params.yaml"), "evolve", EvolveSection)
     return settings.few_shot, Controls().merged(settings.controls)
 
 

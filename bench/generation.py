@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.hf import HFBackend
 from evolforge.core.prompts import PromptLibrary

@@ -51,7 +51,7 @@ def requests(n: int, max_tokens: int):
     sys.path.insert(0, str(BENCH))
     from generation import prompts_for
 
-    from evolforge.config.roles import ChatRequest
+    from evolforge.llm.requests import ChatRequest
 
     return [ChatRequest.chat([{"role": "user", "content": p}], max_tokens=max_tokens) for p in prompts_for(n)]
 

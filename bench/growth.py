@@ -65,9 +65,9 @@ from growth_stages import (PIPELINE, stage_commands, stage_order_problem, table_
                            write_items, write_params, write_rounds, write_stand_in_diversity)
 from peer_datatrove import peer_python  # noqa: E402  (bench/peer_datatrove.py: the peer's venv)
 
-from evolforge.config.runtime import DataSettings  # noqa: E402
+from evolforge.config.data import DataSettings  # noqa: E402
 from evolforge.core.text import item_text  # noqa: E402
-from evolforge.io.records import TABLE, write_json  # noqa: E402
+from evolforge.io.records import TABLE  # noqa: E402
 from evolforge.io.stream import iter_chunks, sink_chunks  # noqa: E402
 from evolforge.steps.dedup.minhash import lsh_bands  # noqa: E402
 from evolforge.steps.dedup.settings import DedupSettings  # noqa: E402

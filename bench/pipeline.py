@@ -155,7 +155,7 @@ def child_cpu() -> float:
 
 
 def through_llm(backend, n: int, role, label: str) -> dict:
-    from evolforge.core.cache import CallCache
+    from evolforge.llm.cache import CallCache
     from evolforge.llm.cached import LLM
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -68,11 +68,12 @@ def plant(repo: Path) -> list[str]:
     """Write the planted seed file and point params.yaml at it; returns the planted seeds' ids."""
     sys.path.insert(0, str(repo / "src"))
     from evolforge.steps.common.source import build_seed
-    from evolforge.config.loader import load_params, load_section
+    from evolforge.config.loader import read_params, load_section
+    from evolforge.steps.seed.settings import SeedSettings
     from evolforge.io.records import make_id
 
     params_path = repo / "params.yaml"
-    cfg = load_section(load_params(str(params_path)), "seed")
+    cfg = load_section(read_params(str(params_path)), "seed", SeedSettings)
     cwd = os.getcwd()
     os.chdir(repo)  # seed.source is relative to the repository
     try:
@@ -119,7 +120,7 @@ def report(repo: Path, planted_ids: list[str]) -> bool:
             "contamination_problem_id", "contamination_field", "contamination_similarity", "contamination_ngram"]
     flags = removed.select([c for c in cols if c in removed.columns])
     ok = True
-    for seed_id, (row, (benchmark, problem_id)) in zip(planted_ids, PLANTED):
+    for seed_id, (_row, (benchmark, problem_id)) in zip(planted_ids, PLANTED):
         family = pool.filter(pl.col("root_id") == seed_id).sort("round")
         print(f"\nplanted {benchmark} {problem_id} (seed id {seed_id}): {family.height} item(s) in the answered pool")
         for item in family.iter_rows(named=True):

@@ -18,7 +18,8 @@ import polars as pl
 
 from evolforge.core.text import item_text
 from evolforge.steps.dedup.minhash import shingles
-from evolforge.config.loader import load_params, load_section
+from evolforge.config.loader import read_params, load_section
+from evolforge.steps.dedup.settings import DedupSettings
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("."))
     ap.add_argument("--table", default="data/selected")
     args = ap.parse_args()
-    cfg = load_section(load_params(str(args.root / "params.yaml")), "dedup")
+    cfg = load_section(read_params(str(args.root / "params.yaml")), "dedup", DedupSettings)
     table = pl.read_parquet(args.root / args.table / "items.parquet")
     sets = [set(shingles(item_text(q, x), cfg.shingle_size)) for q, x in zip(table["instruction"], table["input"])]
     pairs = [(len(a & b) / len(a | b), i, j) for (i, a), (j, b) in itertools.combinations(enumerate(sets), 2) if a | b]

@@ -284,7 +284,7 @@ def stage_commands(root: Path) -> list[tuple[str, list[str]]]:
                 items = items[part]
             for key, item in items.items():
                 cmd = stage["do"]["cmd"].replace("${key}", key)
-                cmd = re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), cmd)
+                cmd = re.sub(r"\$\{item\.(\w+)\}", lambda m, item=item: str(item[m.group(1)]), cmd)
                 out.append((f"{name} {key}", shlex.split(cmd)))
         else:
             out.append((name, shlex.split(stage["cmd"])))

@@ -9,7 +9,7 @@ Runs only when `scenario: autoif`; otherwise writes an empty table and `skipped:
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.autoif.constraints import run
@@ -17,7 +17,7 @@ from evolforge.steps.autoif.constraints import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--seeds"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.seeds, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.seeds, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

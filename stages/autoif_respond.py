@@ -11,7 +11,7 @@ Runs only when `scenario: autoif`; otherwise writes an empty table and `skipped:
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.autoif.respond import run
@@ -19,7 +19,7 @@ from evolforge.steps.autoif.respond import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--verified"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.verified, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.verified, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Runs only when `scenario: autoif`; otherwise writes empty tables and `skipped: t
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.autoif.verify import run
@@ -20,7 +20,7 @@ from evolforge.steps.autoif.verify import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--constraints"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.constraints, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.constraints, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

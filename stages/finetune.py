@@ -10,7 +10,9 @@ Multi-GPU (DeepSpeed ZeRO-3):
 
 from evolforge.core.errors import run_stage
 from evolforge.io.jsonfiles import read_jsonl
-from evolforge.config.loader import load_params, load_role, load_section
+from evolforge.config.loader import read_params, load_section
+from evolforge.config.roles import load_role
+from evolforge.config.training import FinetuneSettings
 from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.train.finetune import finetune
@@ -18,9 +20,10 @@ from evolforge.train.finetune import finetune
 
 def main() -> None:
     args = arguments(__doc__, reads=["--train"], writes=["--out", "--metrics", "--plot", "--live"])
-    params = load_params(args.params)
+    params = read_params(args.params)
     base = load_role(params, "base")
-    result = finetune(base.model, read_jsonl(args.train), args.out, load_section(params, "finetune"), revision=base.revision,
+    result = finetune(base.model, read_jsonl(args.train), args.out, load_section(params, "finetune", FinetuneSettings),
+                      revision=base.revision,
                       live_dir=args.live)
     if result.is_main_process:
         write_json(args.metrics, result.metrics)

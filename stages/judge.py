@@ -7,7 +7,7 @@ Writes: data/judged/items.parquet (id + difficulty columns), metrics/judge.json,
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.judge.step import run
@@ -15,7 +15,7 @@ from evolforge.steps.judge.step import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plot"], prompts=True)
-    write(args, run(args.items, args.out, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.items, args.out, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ on_unusable `stop`, an unusable method stops the stage with a message. Logic: sr
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.optimize.step import run
@@ -20,7 +20,7 @@ from evolforge.steps.optimize.step import run
 
 def main(argv: list[str] | None = None) -> None:
     args = arguments(__doc__, reads=["--seed"], writes=["--out", "--metrics", "--plot"], prompts=True, argv=argv)
-    write(args, run(args.seed, args.out, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.seed, args.out, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ the metrics and meta, a warning on stderr); `on_empty: fail` stops with that mes
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.pool.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--evol", "--autoif"], writes=["--out", "--metrics"])
-    write(args, run(args.evol, args.autoif, args.out, load_params(args.params)))
+    write(args, run(args.evol, args.autoif, args.out, read_params(args.params)))
 
 
 if __name__ == "__main__":

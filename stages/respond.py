@@ -8,7 +8,7 @@ Writes: data/responses/items.parquet (lineage + instruction, input, output, resp
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import arguments, write
 from evolforge.steps.respond.step import run
@@ -16,7 +16,7 @@ from evolforge.steps.respond.step import run
 
 def main() -> None:
     args = arguments(__doc__, reads=["--evolved", "--seed"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.evolved, args.seed, args.out, load_params(args.params), PromptLibrary(args.prompts)))
+    write(args, run(args.evolved, args.seed, args.out, read_params(args.params), PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """score stage: IFD and IC-IFD losses from the scorer model.
 
-Reads:  data/clean/ (data.chunk_rows rows at a time: docs/scale.md), params.yaml `score` (template, boundary, max_length, cherry_truncation, max_batch_tokens),
+Reads:  data/clean/ (data.chunk_rows rows at a time: docs/scale.md), params.yaml `score` (template, boundary,
+max_length, cherry_truncation, max_batch_tokens),
         roles `scorer` (model, revision, dtype, device, batch_size), models/identity.json (the scorer's identity)
 Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts),
         metrics/score.json (means), metrics/plots/{ifd,ic_ifd}_hist.json
@@ -9,14 +10,14 @@ recomputed from them and the means at 6, so another CPU's last-bit differences d
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.score.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plots"])
-    write(args, run(args.items, args.out, load_params(args.params)))
+    write(args, run(args.items, args.out, read_params(args.params)))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@ Rules for the source (what is refused and why): docs/seeds.md.
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.seed.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, writes=["--out", "--metrics"])
-    write(args, run(load_params(args.params)))
+    write(args, run(read_params(args.params)))
 
 
 if __name__ == "__main__":

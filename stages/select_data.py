@@ -14,14 +14,14 @@ Writes: data/selected/items.parquet (lineage + text + every metric), excluded.pa
 """
 
 from evolforge.core.errors import run_stage
-from evolforge.config.loader import load_params
+from evolforge.config.loader import read_params
 from evolforge.core.stage import arguments, write
 from evolforge.steps.select.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items", "--judged", "--scores", "--diversity"], writes=["--out", "--metrics"])
-    write(args, run(args.items, args.judged, args.scores, args.diversity, load_params(args.params)))
+    write(args, run(args.items, args.judged, args.scores, args.diversity, read_params(args.params)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import pytest
 from evolforge.config.loader import load_section
 
 from evolforge.steps.autoif.settings import AutoIFSettings
-from evolforge.steps.autoif.constraints import KEPT, collect_constraints, constraint_key, parse_constraint_lines
+from evolforge.steps.autoif.constraints import collect_constraints, parse_constraint_lines
+from evolforge.steps.autoif.shared import KEPT, constraint_key
 from evolforge.steps.autoif.respond import pair_queries, response_records, verify_responses
 from evolforge.steps.autoif.sandbox import FunctionRun, run_function
 from evolforge.steps.autoif.forms import extract_json, parse_verification
@@ -195,11 +196,11 @@ def test_verify_responses_pass_rates():
 
 def test_settings_refuse_unknown_keys_with_their_path():
     with pytest.raises(ValueError, match=r"autoif\.queries\.sorce: unknown key"):
-        load_section({"autoif": {"queries": {"sorce": "x"}}}, "autoif")
+        load_section({"autoif": {"queries": {"sorce": "x"}}}, "autoif", AutoIFSettings)
     with pytest.raises(ValueError, match=r"autoif.calls: unknown key"):
-        load_section({"autoif": {"calls": 3}}, "autoif")
+        load_section({"autoif": {"calls": 3}}, "autoif", AutoIFSettings)
     with pytest.raises(ValueError, match=r"autoif.min_accuracy"):
-        load_section({"autoif": {"min_accuracy": 1.5}}, "autoif")
+        load_section({"autoif": {"min_accuracy": 1.5}}, "autoif", AutoIFSettings)
 
 
 # --- the small-model form (autoif.form: lines), copy checks, the both-outcomes rule ---------------
@@ -295,6 +296,6 @@ def test_copied_demonstrations_and_one_sided_cases_are_dropped():
 
 
 def test_form_setting_is_typed():
-    assert load_section({}, "autoif").form == "lines"
+    assert load_section({}, "autoif", AutoIFSettings).form == "lines"
     with pytest.raises(ValueError, match=r"autoif.form"):
-        load_section({"autoif": {"form": "json"}}, "autoif")
+        load_section({"autoif": {"form": "json"}}, "autoif", AutoIFSettings)

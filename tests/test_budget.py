@@ -10,10 +10,11 @@ import sqlite3
 
 import pytest
 
-from evolforge.core.cache import CallCache
+from evolforge.llm.cache import CallCache
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.config.roles import Role
+from evolforge.llm.requests import role_request
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, SpendLedger, caps_for
@@ -45,7 +46,7 @@ def requests(llm, n: int = 40) -> list:
 
 
 def settings(**budget) -> LLMSettings:
-    return load_section({"llm": {"budget": budget}}, "llm")
+    return load_section({"llm": {"budget": budget}}, "llm", LLMSettings)
 
 
 def texts(outs) -> list:
@@ -141,10 +142,10 @@ def test_batch_jobs_are_submitted_only_for_what_fits_the_cap(tmp_path):
 
 def test_budget_settings_are_typed():
     with pytest.raises(ParamsError, match=r"llm\.budget\.run\.dollars: unknown key"):
-        load_section({"llm": {"budget": {"run": {"dollars": 5}}}}, "llm")
+        load_section({"llm": {"budget": {"run": {"dollars": 5}}}}, "llm", LLMSettings)
     with pytest.raises(ParamsError, match=r"llm\.budget\.roles\.evolver\.total\.tokens"):
-        load_section({"llm": {"budget": {"roles": {"evolver": {"total": {"tokens": -1}}}}}}, "llm")
-    assert load_section({}, "llm").budget == {}
+        load_section({"llm": {"budget": {"roles": {"evolver": {"total": {"tokens": -1}}}}}}, "llm", LLMSettings)
+    assert load_section({}, "llm", LLMSettings).budget == {}
 
 
 def test_the_report_shows_cost_per_role_per_surviving_and_per_selected_item(tmp_path):
@@ -176,7 +177,7 @@ def test_prompt_tokens_without_a_tokenizer_and_stand_ins_of_a_dry_run(tmp_path):
     from evolforge.llm.backends.dryrun import PromptCounter, stand_in
 
     unknown = Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"})
-    request = unknown.request([{"role": "user", "content": "x" * 400}])
+    request = role_request(unknown, [{"role": "user", "content": "x" * 400}])
     guess = PromptCounter(unknown)
     assert guess.how == "bytes/4" and guess.count(request) == 100 + 4
     ledger = SpendLedger(tmp_path / "c.sqlite")
@@ -186,7 +187,7 @@ def test_prompt_tokens_without_a_tokenizer_and_stand_ins_of_a_dry_run(tmp_path):
     samples = ["an answer", "another"]
     free = stand_in(samples, "ab" * 32, request)
     assert free.startswith(samples[int("abababab", 16) % 2]) and free != stand_in(samples, "cd" * 32, request)
-    choice = unknown.request([{"role": "user", "content": "pick"}], choices=("Yes", "No"))
+    choice = role_request(unknown, [{"role": "user", "content": "pick"}], choices=("Yes", "No"))
     assert stand_in(["Yes"], "ab" * 32, choice) == "Yes"  # a constrained answer stays parseable
 
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from evolforge.core.cache import CallCache, KeyFrame, cache_key
+from evolforge.llm.cache import CallCache, KeyFrame, cache_key
 from evolforge.config.roles import Role
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.llm.types import Capabilities
@@ -137,8 +137,8 @@ def test_streaming_backend_commits_each_completion_as_it_ends(tmp_path):
 
 KILLED_RUN = textwrap.dedent("""
     import sys, time
-    from evolforge.core.cache import CallCache
-    from evolforge.config.roles import ChatRequest
+    from evolforge.llm.cache import CallCache
+    from evolforge.llm.requests import ChatRequest
     from evolforge.config.runtime import LLMSettings
     from evolforge.llm.cached import LLM
     from evolforge.llm.backends.fake import FakeBackend
@@ -195,7 +195,7 @@ def test_two_processes_share_the_cache(tmp_path):
 
 
 def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
-    from evolforge.core.cache import open_cache, repo_root
+    from evolforge.llm.cache import open_cache, repo_root
 
     queued = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
     queued.mkdir(parents=True)
@@ -225,7 +225,8 @@ def test_engine_options_per_backend():
     assert engine_options(hf) == {"dtype": "bfloat16", "device": "cpu"}
     assert engine_options(vllm)["quantization"] == "awq" and engine_options(vllm)["max_model_len"] == 4096
     assert engine_options(server) == {}  # the served model id stands for the server's engine
-    key = lambda role: LLM(FakeBackend(), None, role=role, identity={"name": "m"}).key(req(0))
+    def key(role):
+        return LLM(FakeBackend(), None, role=role, identity={"name": "m"}).key(req(0))
     assert key(hf) != key(Role(name="r", backend="hf", model="m", dtype="float32", device="cpu"))
     assert key(server) == key(Role(name="other", backend="openai", model="m", base_url="http://10.0.0.1/v1"))
     # hf cuts answers where max_model_len ends: a limit set is in the key, no limit keeps the key it had
@@ -249,7 +250,8 @@ def test_an_hf_roles_auto_device_and_dtype_are_keyed_as_resolved():
     explicit = Role(name="r", backend="hf", model="m", device="cpu", dtype="float32")
     assert resolved_engine(explicit) == {"device": "cpu", "dtype": "float32"}
     assert resolved_engine(Role(name="r", backend="vllm", model="m"))["dtype"] == "auto"  # vLLM: the model's dtype
-    key = lambda role, engine=None: LLM(FakeBackend(), None, role=role, identity={"name": "m"}, engine=engine).key(req(0))
+    def key(role, engine=None):
+        return LLM(FakeBackend(), None, role=role, identity={"name": "m"}, engine=engine).key(req(0))
     assert key(auto) == key(dataclasses.replace(auto, device=device, dtype=resolved_engine(auto)["dtype"]))
     assert key(auto, engine={"device": "cuda", "dtype": "bfloat16"}) != key(auto, engine={"device": "cpu", "dtype": "float32"})
 
@@ -347,12 +349,13 @@ def test_a_slow_commit_spaces_the_next(tmp_path):
 
 def test_llm_settings_refuse_unknown_keys_and_bad_values():
     from evolforge.config.loader import load_section
+    from evolforge.config.runtime import LLMSettings
 
-    assert load_section({}, "llm").max_failure_rate == 0.05
+    assert load_section({}, "llm", LLMSettings).max_failure_rate == 0.05
     with pytest.raises(ValueError, match="llm.max_failure_rat: unknown key; did you mean `max_failure_rate`"):
-        load_section({"llm": {"max_failure_rat": 0.1}}, "llm")
+        load_section({"llm": {"max_failure_rat": 0.1}}, "llm", LLMSettings)
     with pytest.raises(ValueError, match="llm.max_failure_rate: got 1.5"):
-        load_section({"llm": {"max_failure_rate": 1.5}}, "llm")
+        load_section({"llm": {"max_failure_rate": 1.5}}, "llm", LLMSettings)
 
 
 def test_keys_and_seeds_never_change():

@@ -6,13 +6,15 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from evolforge.steps.judge.step import LEVELS, SCORES, judge
+from evolforge.steps.judge.levels import LEVELS, SCORES
+
+from evolforge.steps.judge.step import judge
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
-from evolforge.llm.types import Completion
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.llm.backends.openai.client import OpenAIBackend
 from fake_openai import FakeOpenAIServer, chat_body
@@ -41,7 +43,7 @@ def test_choices_change_the_cache_key_and_seed_only_when_given():
     assert llm.key(constrained) != llm.key(ask("q", choices=("a", "c")))
     assert request_seed(plain) != request_seed(constrained)
     # an unconstrained request keeps the key it had before choices existed
-    from evolforge.core.cache import cache_key
+    from evolforge.llm.cache import cache_key
     from evolforge.llm.keys import resolved_engine
     assert llm.key(plain) == cache_key(backend="hf", model=llm.identity, engine=resolved_engine(llm.role),
                                        messages=plain.message_dicts, temperature=0.0, top_p=1.0, max_tokens=256,

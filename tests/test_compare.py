@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evolforge.config.loader import load_section
+from evolforge.steps.compare.settings import CompareSettings
 
 from evolforge.steps.compare.step import combine_orders, counts, judge_pairs, parse_verdict
 from evolforge.core.prompts import PromptLibrary
@@ -67,8 +68,8 @@ def test_judge_pairs_position_biased_judge_gives_ties_with_both_orders_only():
 
 
 def test_settings():
-    assert load_section({"compare": {"both_orders": False}}, "compare").both_orders is False
+    assert load_section({"compare": {"both_orders": False}}, "compare", CompareSettings).both_orders is False
     with pytest.raises(ValueError, match=r"compare.parse"):
-        load_section({"compare": {"parse": "regex"}}, "compare")
+        load_section({"compare": {"parse": "regex"}}, "compare", CompareSettings)
     with pytest.raises(ValueError, match=r"compare.orders: unknown key"):
-        load_section({"compare": {"orders": 2}}, "compare")
+        load_section({"compare": {"orders": 2}}, "compare", CompareSettings)

@@ -7,7 +7,8 @@ import pytest
 
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Controls
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
 from evolforge.llm.backends.fake import FakeBackend
@@ -37,10 +38,10 @@ def test_each_control_changes_the_cache_key(control, other):
 
 def test_a_role_without_controls_makes_requests_without_any():
     role = Role.from_params("evolver", {"backend": "hf", "model": "m"})
-    assert role.request([{"role": "user", "content": "q"}]).controls is None
+    assert role_request(role, [{"role": "user", "content": "q"}]).controls is None
     role = Role.from_params("evolver", {"backend": "hf", "model": "m", "banned_strings": ["Rewritten Prompt"],
                                         "repetition_penalty": 1.2})
-    request = role.request([{"role": "user", "content": "q"}])
+    request = role_request(role, [{"role": "user", "content": "q"}])
     assert request.controls == Controls(banned_strings=("Rewritten Prompt",), repetition_penalty=1.2)
     # a stage's overrides go over the role's; null keeps the role's value
     merged = role.controls.merged({"stop": ["\n\n"], "repetition_penalty": None})

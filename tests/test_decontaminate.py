@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from evolforge.steps.decontaminate.step import DecontaminateSettings, decontaminate
+from evolforge.steps.decontaminate.settings import DecontaminateSettings
+from evolforge.steps.decontaminate.step import decontaminate
 from evolforge.steps.decontaminate.index import Problem, hub_problems, load_problems, offline_problems, tokens
 from evolforge.steps.decontaminate.match import ngram_matches
 from evolforge.eval.tasks.offline_data import GSM8K, MBPP
@@ -287,7 +288,7 @@ def test_coverage_matches_a_brute_force(problems):
             toks[2:2] = phrase
         probs.append(Problem("gsm8k", f"p{k}", "offline", (" ".join(toks),), " ".join(toks)))
     items = []
-    for k in range(300):
+    for _ in range(300):
         ref = probs[int(rng.integers(len(probs)))].texts[0].split()
         pieces, i = [], 0
         while i < len(ref):  # cut into pieces of 3-12 tokens, keep most, shuffle, add noise between them

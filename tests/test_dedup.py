@@ -188,11 +188,11 @@ def test_walk_takes_the_band_digests_it_is_given():
 
 def test_config_refuses_bad_values():
     with pytest.raises(ParamsError, match=r"dedup\.treshold: unknown key; did you mean `threshold`\?"):
-        load_section({"dedup": {"treshold": 0.8}}, "dedup")
+        load_section({"dedup": {"treshold": 0.8}}, "dedup", DedupSettings)
     with pytest.raises(ParamsError, match=r"dedup\.shingle_size: got 2\.5"):
-        load_section({"dedup": {"shingle_size": 2.5}}, "dedup")
+        load_section({"dedup": {"shingle_size": 2.5}}, "dedup", DedupSettings)
     with pytest.raises(ParamsError, match=r"dedup\.threshold: got 1\.5"):
-        load_section({"dedup": {"threshold": 1.5}}, "dedup")
+        load_section({"dedup": {"threshold": 1.5}}, "dedup", DedupSettings)
 
 
 def test_stages_write_clean_and_removed(tmp_path, repo, monkeypatch):

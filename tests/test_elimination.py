@@ -15,6 +15,8 @@ import pytest
 from evolforge.steps.common.elimination import repetition_test
 
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.respond.settings import RespondSettings
 
 from evolforge.steps.common import elimination
 from evolforge.steps.common.elimination import RepetitionTest
@@ -124,12 +126,12 @@ def test_repetition_thresholds_are_params():
     assert elimination.is_repetitive(text)
     assert not elimination.is_repetitive(text, RepetitionTest(min_words=20))
     assert not elimination.is_repetitive(text, RepetitionTest(max_repeated_ngram_fraction=0.95, max_compression_ratio=50))
-    lax = repetition_test(load_section({"evolve": {"repetition": {"ngram": 4, "max_repeated_ngram_fraction": 0.5}}}, "evolve").repetition)
+    lax = repetition_test(load_section({"evolve": {"repetition": {"ngram": 4, "max_repeated_ngram_fraction": 0.5}}}, "evolve", EvolveSection).repetition)
     assert lax.ngram == 4 and lax.max_compression_ratio == 2.4
     with pytest.raises(ValueError, match=r"evolve.repetition.ngrams: unknown key"):
-        repetition_test(load_section({"evolve": {"repetition": {"ngrams": 3}}}, "evolve").repetition)
+        repetition_test(load_section({"evolve": {"repetition": {"ngrams": 3}}}, "evolve", EvolveSection).repetition)
     with pytest.raises(ValueError, match=r"respond\.repetition\.max_compression_ratio"):
-        repetition_test(load_section({"respond": {"repetition": {"max_compression_ratio": 0.5}}}, "respond").repetition)
+        repetition_test(load_section({"respond": {"repetition": {"max_compression_ratio": 0.5}}}, "respond", RespondSettings).repetition)
 
 
 def test_compression_ratio_is_zlib_level_9():

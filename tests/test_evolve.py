@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
 
 from evolforge.steps.common import elimination
 from evolforge.steps.common.elimination import repetition_test
@@ -255,10 +256,10 @@ def test_method_text_per_strategy(tmp_path):
 
 def test_unknown_evolve_settings_are_refused():
     with pytest.raises(ValueError, match="unknown key"):
-        load_section({"evolve": {"strategy": "evol", "temprature": 0.5}}, "evolve")
+        load_section({"evolve": {"strategy": "evol", "temprature": 0.5}}, "evolve", EvolveSection)
     with pytest.raises(ValueError, match="evolve.elimination.rule_F: unknown key; did you mean `rule_f`"):
-        load_section({"evolve": {"elimination": {"rule_F": False}}}, "evolve")
-    assert load_section({"evolve": {"strategy": "auto", "rounds": {}}}, "evolve").temperature is None
+        load_section({"evolve": {"elimination": {"rule_F": False}}}, "evolve", EvolveSection)
+    assert load_section({"evolve": {"strategy": "auto", "rounds": {}}}, "evolve", EvolveSection).temperature is None
 
 
 def test_kept_parent_gets_a_fresh_attempt_next_round(seed_table):
@@ -335,12 +336,12 @@ def test_judge_checks_that_the_rewrite_is_an_instruction(seed_table):
 
 
 def test_new_rules_are_on_unless_switched_off_and_thresholds_are_checked():
-    settings = load_section({"evolve": {"elimination": {"chatter": False}, "repetition": {"ngram": 4}}}, "evolve")
+    settings = load_section({"evolve": {"elimination": {"chatter": False}, "repetition": {"ngram": 4}}}, "evolve", EvolveSection)
     assert settings.rule("truncated") and settings.rule("repetitive") and settings.rule("not_an_instruction")
     assert not settings.rule("chatter") and not settings.rule("not_an_instruction_judge")
     assert repetition_test(settings.repetition).ngram == 4
     with pytest.raises(ValueError, match=r"evolve\.repetition\.n: unknown key"):
-        load_section({"evolve": {"repetition": {"n": 4}}}, "evolve")
+        load_section({"evolve": {"repetition": {"n": 4}}}, "evolve", EvolveSection)
 
 
 # --- strategy auto on an evolver that cannot follow the method ------------------------------------
@@ -464,7 +465,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
     stage's requests for the surviving instructions are all in the cache; evolver: the evolver answers,
     greedy at evolve.max_tokens, and respond has to ask again."""
     from evolforge.steps.common.responses import respond, response_sampling
-    from evolforge.core.cache import CallCache
+    from evolforge.llm.cache import CallCache
     from evolforge.steps.respond.settings import RespondSettings
 
     sampling = response_sampling(RespondSettings(max_tokens=40))

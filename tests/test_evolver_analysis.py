@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evolforge.config.loader import load_section
+from evolforge.steps.evolver_analysis.settings import AnalysisSettings
 import torch
 
 from evolforge.steps.evolver_analysis.step import (histogram, keyword_key, method_keywords, method_lines,
@@ -81,6 +82,6 @@ def test_method_keywords_counts_distinct_normalised_keywords():
 
 def test_settings():
     with pytest.raises(ValueError, match="first_tokens"):
-        load_section({"evolver_analysis": {"first_tokens": 50, "max_tokens": 8}}, "evolver_analysis")
+        load_section({"evolver_analysis": {"first_tokens": 50, "max_tokens": 8}}, "evolver_analysis", AnalysisSettings)
     with pytest.raises(ValueError, match="unknown key"):
-        load_section({"evolver_analysis": {"tokens": 5}}, "evolver_analysis")
+        load_section({"evolver_analysis": {"tokens": 5}}, "evolver_analysis", AnalysisSettings)

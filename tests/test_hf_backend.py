@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from evolforge.core.cache import CallCache
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.llm.cache import CallCache
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import open_llm
 from evolforge.llm.types import Completion
 from evolforge.llm.backends import hf

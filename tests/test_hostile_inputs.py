@@ -24,7 +24,7 @@ import pytest
 from evolforge.steps.common.source import build_seed
 from evolforge.core.models import ModelError, model_identity
 from evolforge.config.bounds import ParamsError
-from evolforge.config.loader import load_params
+from evolforge.schema import load_params
 from evolforge.io.validation import DataError
 from test_seed_input import run_seed_stage  # the seed stage's __main__, in this process
 
@@ -431,14 +431,14 @@ def test_a_train_file_with_a_bad_line_names_the_line(tmp_path):
     ({"backend": "openai", "model": "m", "base_urls": ["http://a:1/v1", "ftp://b/v1"]}, 'base_urls[1]: got "ftp://b/v1"'),
 ])
 def test_server_addresses_are_checked_with_params(role, expected):
-    from evolforge.config.schema import check_params
+    from evolforge.schema import check_params
 
     with pytest.raises(ParamsError, match=re.escape(expected)):
         check_params({"roles": {"judge": role}})
 
 
 def test_autoif_query_lengths_that_keep_nothing_are_refused():
-    from evolforge.config.schema import check_params
+    from evolforge.schema import check_params
 
     with pytest.raises(ParamsError, match=re.escape("autoif.queries.min_chars: 300 is not below max_chars (20)")):
         check_params({"autoif": {"queries": {"min_chars": 300, "max_chars": 20}}})

@@ -14,11 +14,13 @@ from evolforge.config.bounds import ParamsError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.select.settings import SelectSettings
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
 from evolforge.llm.backends.fake import FakeBackend
-from evolforge.steps.judge.step import LEVELS, SCORES, judge
+from evolforge.steps.judge.levels import LEVELS, SCORES
+from evolforge.steps.judge.step import judge
 from evolforge.steps.select.selection import select_items
 
 

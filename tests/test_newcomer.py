@@ -30,10 +30,11 @@ def test_first_step_of_the_shipped_schedule_learns():
     import torch
     from transformers import get_scheduler
 
-    from evolforge.config.loader import load_params, load_section
+    from evolforge.config.loader import read_params, load_section
+    from evolforge.config.training import FinetuneSettings
     from report_fixture import REPO
 
-    cfg = load_section(load_params(REPO / "params.yaml"), "finetune")
+    cfg = load_section(read_params(REPO / "params.yaml"), "finetune", FinetuneSettings)
     total = cfg.max_steps if cfg.max_steps > 0 else 100
     warm = warmup_steps(cfg.warmup_ratio, 24, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
                         grad_accum=cfg.grad_accum)
@@ -192,8 +193,9 @@ def test_chat_and_prompt_files_get_errors_that_say_how_to_read_them(tmp_path):
 
 def test_chat_format_is_a_params_choice():
     from evolforge.config.loader import load_section
+    from evolforge.steps.seed.settings import SeedSettings
 
-    assert load_section({"seed": {"source": "x.jsonl", "format": "chat"}}, "seed").format == "chat"
+    assert load_section({"seed": {"source": "x.jsonl", "format": "chat"}}, "seed", SeedSettings).format == "chat"
 
 
 # --- server roles: a stated identity, and a warning when the name alone stands for the weights ------------
@@ -215,7 +217,7 @@ def test_a_server_without_get_models_is_pinned_by_its_stated_identity(_no_proxy)
     import socket
 
     from evolforge.core.models import ModelError
-    from evolforge.llm.identity import resolve_identity
+    from evolforge.llm.pinning import resolve_identity
 
     with socket.socket() as s:  # a port nothing listens on: the server is not asked
         s.bind(("127.0.0.1", 0))

@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from evolforge.core.cache import CallCache
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.llm.cache import CallCache
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import open_llm
 from evolforge.llm.backends.openai.client import OpenAIBackend
 from evolforge.llm.backends.openai.http import LLMRequestError

@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from evolforge.core.cache import CallCache, batch_job_key
+from evolforge.llm.cache import CallCache, batch_job_key
 from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
@@ -76,13 +76,13 @@ def test_batch_results_equal_the_request_path_and_lines_carry_cache_keys(tmp_pat
         assert batched.complete(requests) == expected
         assert server.chats() == chats  # nothing went through /chat/completions
         assert server.calls("POST", "/v1/files") == 1 and server.calls("POST", "/v1/batches") == 1
-        lines = [json.loads(l) for l in server.files["file-1"].splitlines()]
-        assert [l["custom_id"] for l in lines] == sorted((batched.key(r) for r in requests),
+        lines = [json.loads(line) for line in server.files["file-1"].splitlines()]
+        assert [line["custom_id"] for line in lines] == sorted((batched.key(r) for r in requests),
                                                           key=[batched.key(r) for r in requests].index)
-        assert {l["url"] for l in lines} == {"/v1/chat/completions"}
+        assert {line["url"] for line in lines} == {"/v1/chat/completions"}
         assert server.batches["batch-1"]["completion_window"] == "24h"
     assert completions(tmp_path / "batch.sqlite") == completions(tmp_path / "plain.sqlite")
-    job = CallCache(tmp_path / "batch.sqlite").batch_job(batch_job_key(l["custom_id"] for l in lines))
+    job = CallCache(tmp_path / "batch.sqlite").batch_job(batch_job_key(line["custom_id"] for line in lines))
     assert (job.batch_id, job.status) == ("batch-1", "completed")
 
 
@@ -118,8 +118,8 @@ def test_a_stage_stopped_while_polling_resumes_the_same_job(tmp_path, monkeypatc
         texts = resumed.complete(stage(resumed))
         assert server.calls("POST", "/v1/batches") == 1 and server.calls("POST", "/v1/files") == 1  # not again
         assert server.calls("GET", "/v1/batches/batch-1") >= 3
-        assert texts == [f"task {i:02d} | t=0.7 seed={json.loads(l)['body']['seed']}"
-                         for i, l in zip((0, 1, 2, 3, 5, 6), server.files["file-1"].splitlines())]
+        assert texts == [f"task {i:02d} | t=0.7 seed={json.loads(line)['body']['seed']}"
+                         for i, line in zip((0, 1, 2, 3, 5, 6), server.files["file-1"].splitlines())]
 
 
 def test_results_of_finished_jobs_are_committed_before_a_stop_and_the_rest_resume(tmp_path, monkeypatch):

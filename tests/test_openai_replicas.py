@@ -13,10 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from evolforge.core.cache import CallCache
+from evolforge.llm.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Role
+from evolforge.llm.requests import role_request
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
 from evolforge.llm.backends.openai.client import OpenAIBackend
@@ -138,7 +139,7 @@ def test_each_replica_gets_at_most_its_concurrency():
         s.reply = slow(s.port)
     with servers[0], servers[1]:
         backend = OpenAIBackend([s.base_url for s in servers], "test-model", concurrency=3, timeout_s=5)
-        out = backend.generate([Role(name="r", backend="openai", model="m").request([{"role": "user", "content": f"q{i}"}])
+        out = backend.generate([role_request(Role(name="r", backend="openai", model="m"), [{"role": "user", "content": f"q{i}"}])
                                 for i in range(24)])
     assert [c.text.split(" |")[0] for c in out] == [f"q{i}" for i in range(24)]
     assert set(peak) == {s.port for s in servers}  # both served

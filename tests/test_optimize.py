@@ -22,7 +22,7 @@ import pytest
 
 from evolforge.config.loader import load_section
 
-from evolforge.core.cache import CallCache
+from evolforge.llm.cache import CallCache
 from evolforge.steps.common.elimination import auto_evol_failure
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
@@ -172,11 +172,11 @@ def test_select_candidate(selection, candidates, expected):
 
 def test_settings_reject_unknown_values():
     with pytest.raises(ValueError, match="optimize.selection"):
-        load_section({"optimize": {"selection": "best"}}, "optimize")
+        load_section({"optimize": {"selection": "best"}}, "optimize", OptimizeSettings)
     with pytest.raises(ValueError, match="unknown key"):
-        load_section({"optimize": {"step": 3}}, "optimize")
+        load_section({"optimize": {"step": 3}}, "optimize", OptimizeSettings)
     with pytest.raises(ValueError, match="optimize.initial_method"):
-        load_section({"optimize": {"initial_method": "strong"}}, "optimize")
+        load_section({"optimize": {"initial_method": "strong"}}, "optimize", OptimizeSettings)
 
 
 # --- development set -----------------------------------------------------------------------------
@@ -488,9 +488,9 @@ def test_a_method_the_evolver_cannot_follow_is_unusable():
 
 def test_unusable_settings_are_checked():
     with pytest.raises(ValueError, match="optimize.on_unusable"):
-        load_section({"optimize": {"on_unusable": "crash"}}, "optimize")
+        load_section({"optimize": {"on_unusable": "crash"}}, "optimize", OptimizeSettings)
     with pytest.raises(ValueError, match="optimize.unusable_failure_rate"):
-        load_section({"optimize": {"unusable_failure_rate": 1.5}}, "optimize")
+        load_section({"optimize": {"unusable_failure_rate": 1.5}}, "optimize", OptimizeSettings)
 
 
 def unusable_stage(tmp_path, monkeypatch, on_unusable):

@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from evolforge.config.bounds import ParamsError
-from evolforge.config.loader import load_params, load_section
+from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.seed.settings import SeedSettings
 from evolforge.config.roles import Role
-from evolforge.config.schema import SECTIONS, check_params
+from evolforge.schema import SECTIONS, check_params, load_params
 from evolforge.config.secrets import find_secrets
 
 SK = "sk-" + "Zq3vR8tLw1Xy7Kp2Nb5Hd9Fg"  # key-shaped test values, assembled so no scanner flags this file
@@ -40,8 +42,8 @@ def test_shipped_params_pass_and_every_section_types(repo, shipped):
     assert set(params) <= set(SECTIONS)
     for name in SECTIONS:
         if name != "roles":
-            load_section(params, name)  # defaults fill what is absent, no error
-    assert load_section(params, "seed").limit == 6 and load_section(params, "evolve").rounds["round_2"]["index"] == 2
+            load_section(params, name, SECTIONS[name])  # defaults fill what is absent, no error
+    assert load_section(params, "seed", SeedSettings).limit == 6 and load_section(params, "evolve", EvolveSection).rounds["round_2"]["index"] == 2
 
 
 def test_evolforge_check_command(repo, tmp_path):
@@ -196,7 +198,7 @@ def test_engine_settings_with_token_or_key_in_their_names_are_accepted(shipped):
 
 def _after_loading_params(repo, then: str) -> str:
     """What ``then`` prints in a fresh interpreter that has just loaded the shipped params.yaml."""
-    code = "import sys, re; from evolforge.config.loader import load_params; load_params('params.yaml'); " + then
+    code = "import sys, re; from evolforge.schema import load_params; load_params('params.yaml'); " + then
     return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -208,9 +210,11 @@ def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
 
 def test_checking_params_loads_only_the_config_and_the_steps_settings(repo):
     # a step's section is typed by steps/<step>/settings.py; reading it must not run the step's package code
-    # (core.memory: the package's __init__ sets the allocator before anything imports polars)
+    # (core.memory: the package's __init__ sets the allocator before anything imports polars; score.choices:
+    # the leaf of the scoring's choices that the score section's settings are typed with)
     printed = _after_loading_params(repo, "print(sorted(m for m in sys.modules if m.startswith('evolforge') and not "
-                                          "re.fullmatch(r'evolforge(\\.core(\\.memory)?|\\.config(\\.\\w+)?|\\.steps(\\.\\w+(\\.settings)?)?)?', m)))")
+                                          "re.fullmatch(r'evolforge(\\.schema|\\.core(\\.memory)?|\\.config(\\.\\w+)?|"
+                                          "\\.score(\\.choices)?|\\.steps(\\.\\w+(\\.settings)?)?)?', m)))")
     assert printed == "[]"
 
 

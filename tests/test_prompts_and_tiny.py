@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evolforge.core.models import hash_model_dir
-from evolforge.core.prompts import PromptLibrary
+from evolforge.core.prompts import PromptError, PromptLibrary
 
 
 def test_strict_undefined_and_hash(tmp_path):
@@ -30,7 +30,6 @@ def test_strict_undefined_and_hash(tmp_path):
 ])
 def test_unusable_templates_are_refused_naming_the_file(tmp_path, files, expected):
     from evolforge.core.errors import refusal_types
-    from evolforge.core.prompts import PromptError
 
     for name, text in files.items():
         (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -42,7 +41,7 @@ def test_unusable_templates_are_refused_naming_the_file(tmp_path, files, expecte
 def test_shipped_templates_render(repo):
     lib = PromptLibrary(repo / "prompts")
     assert "#Rewritten Prompt#:" in lib.render("evolve/depth.j2", method="deepening", instruction="X")
-    with pytest.raises(Exception):
+    with pytest.raises(PromptError):
         lib.render("evolve/depth.j2", method="no_such_method", instruction="X")
     assert lib.render("respond/response.j2", instruction="Q", input="").endswith("Instruction: Q\nResponse:")
     assert "Input: I" in lib.render("respond/response.j2", instruction="Q", input="I")

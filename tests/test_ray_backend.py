@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from evolforge.core.cache import CallCache
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.llm.cache import CallCache
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM
 from evolforge.llm.keys import engine_options, request_seed

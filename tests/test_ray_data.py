@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.io.ray_data import CHUNK, _joined, map_chunks, session
 from stage_runs import run_stage
 from test_stream import items

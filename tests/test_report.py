@@ -234,10 +234,10 @@ def test_card_scenario_line(tmp_path):
 
 def test_card_settings_are_checked():
     with pytest.raises(ParamsError, match="card.licence"):
-        load_section({"card": {"licence": "mit"}}, "card")
+        load_section({"card": {"licence": "mit"}}, "card", CardSettings)
     with pytest.raises(ParamsError, match="card.language"):
-        load_section({"card": {"language": "en"}}, "card")
-    assert load_section({}, "card") == CardSettings()
+        load_section({"card": {"language": "en"}}, "card", CardSettings)
+    assert load_section({}, "card", CardSettings) == CardSettings()
     assert [size_category(n) for n in (0, 999, 1000, 250_000)] == ["n<1K", "n<1K", "1K<n<10K", "100K<n<1M"]
 
 

@@ -11,6 +11,7 @@ import pytest
 from evolforge.steps.common.elimination import repetition_test
 
 from evolforge.config.loader import load_section
+from evolforge.steps.respond.settings import RespondSettings
 
 from evolforge.steps.common.elimination import RepetitionTest
 from evolforge.io.columns import RESPONSES
@@ -134,7 +135,7 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
 
 def test_respond_settings_are_typed():
     with pytest.raises(ValueError, match=r"respond.max_token: unknown key"):
-        load_section({"respond": {"max_token": 3}}, "respond")
+        load_section({"respond": {"max_token": 3}}, "respond", RespondSettings)
     with pytest.raises(ValueError, match=r"respond\.repetition"):
-        load_section({"respond": {"repetition": {"min_word": 3}}}, "respond")
-    assert repetition_test(load_section({"respond": {"rounds": [1, 2]}}, "respond").repetition) == RepetitionTest()
+        load_section({"respond": {"repetition": {"min_word": 3}}}, "respond", RespondSettings)
+    assert repetition_test(load_section({"respond": {"rounds": [1, 2]}}, "respond", RespondSettings).repetition) == RepetitionTest()

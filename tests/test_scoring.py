@@ -190,15 +190,15 @@ def test_cherry_template_token_layout(scorer):
 
 
 def test_score_settings_from_params():
-    assert load_section({}, "score") == ScoreSettings()
-    config = load_section({"score": {"template": "cherry", "max_length": 512, "boundary": "offsets"}}, "score")
+    assert load_section({}, "score", ScoreSettings) == ScoreSettings()
+    config = load_section({"score": {"template": "cherry", "max_length": 512, "boundary": "offsets"}}, "score", ScoreSettings)
     assert (config.template, config.max_length, config.boundary) == ("cherry", 512, "offsets")
     with pytest.raises(ValueError, match=r"score.templat: unknown key; did you mean `template`"):
-        load_section({"score": {"templat": "raw"}}, "score")
+        load_section({"score": {"templat": "raw"}}, "score", ScoreSettings)
     with pytest.raises(ValueError, match=r"score.template: got \"alpaca\""):
-        load_section({"score": {"template": "alpaca"}}, "score")
+        load_section({"score": {"template": "alpaca"}}, "score", ScoreSettings)
     with pytest.raises(ValueError, match=r"score.max_batch_tokens: got 0"):
-        load_section({"score": {"max_batch_tokens": 0}}, "score")
+        load_section({"score": {"max_batch_tokens": 0}}, "score", ScoreSettings)
 
 
 class BigramModel(torch.nn.Module):

@@ -31,11 +31,13 @@ def test_a_step_file_is_a_dep_of_the_stages_that_import_it_only():
 
 
 def test_function_level_imports_count(tmp_path, monkeypatch):
-    """An import inside a function runs when the function does: it is a dependency too."""
+    """An import inside a function runs when the function does: it is a dependency too. A module that is only
+    a docstring (a package's documentation) runs nothing: no output depends on it."""
     src = tmp_path / "src" / "evolforge"
     (src / "steps").mkdir(parents=True)
-    for path in (src / "__init__.py", src / "steps" / "__init__.py", src / "steps" / "b.py"):
-        path.write_text("")
+    (src / "__init__.py").write_text("")
+    (src / "steps" / "__init__.py").write_text('"""The steps."""\n')
+    (src / "steps" / "b.py").write_text('"""b"""\n\nB = 1\n')
     (src / "steps" / "a.py").write_text("def run():\n    from evolforge.steps import b\n")
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "s.py").write_text("import evolforge.steps.a\n")
@@ -43,5 +45,6 @@ def test_function_level_imports_count(tmp_path, monkeypatch):
     monkeypatch.setattr(stage_deps, "SRC", tmp_path / "src")
     dvc = "stages:\n  s:\n    cmd: python stages/s.py\n    deps:\n    - stages/s.py\n    - src/evolforge/old\n    - data/x\n"
     assert stage_deps.rewrite(dvc) == ("stages:\n  s:\n    cmd: python stages/s.py\n    deps:\n    - stages/s.py\n"
-                                       "    - src/evolforge/steps/__init__.py\n    - src/evolforge/steps/a.py\n"
-                                       "    - src/evolforge/steps/b.py\n    - data/x\n")
+                                       "    - src/evolforge/steps/a.py\n    - src/evolforge/steps/b.py\n    - data/x\n")
+    (src / "steps" / "__init__.py").write_text('"""The steps."""\n\nSTEPS = ["a", "b"]\n')  # now it holds code
+    assert "    - src/evolforge/steps/__init__.py\n" in stage_deps.rewrite(dvc)

@@ -39,7 +39,6 @@ def _bench_synthetic():
 def items(per_round: int = 1500, rounds: int = 3) -> pl.DataFrame:
     """Synthetic items plus hard cases: exact twins far apart in the table, blank texts, unusable rows."""
     table = _bench_synthetic()(per_round, rounds, seed=3)
-    n = table.height
     twins = table.slice(0, 40).with_columns(id=pl.col("id") + "-twin", round=pl.lit(1, dtype=pl.Int64))
     blanks = pl.DataFrame({"id": [f"blank-{k}" for k in range(5)], "round": [2] * 5, "instruction": ["", "  ", "", "x", ""],
                            "output": ["a"] * 5, "input": [""] * 5}, schema=table.schema)

@@ -13,7 +13,7 @@ import pytest
 
 from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
-from evolforge.core.cache import CallCache
+from evolforge.llm.cache import CallCache
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.columns import JUDGED, RESPONSES, ROUND
 from evolforge.io.records import LINEAGE
@@ -21,7 +21,7 @@ from evolforge.llm.cached import open_llm
 from evolforge.llm.thinking import separate, split
 from evolforge.llm.types import Completion
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round
-from evolforge.steps.judge.step import LEVELS, judge
+from evolforge.steps.judge.step import judge
 from evolforge.steps.respond.step import KEEP, answer
 from fake_openai import FakeOpenAIServer, chat_body
 

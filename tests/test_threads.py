@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolforge.config.roles import Role, usable_cores
+from evolforge.config.roles import Role
+from evolforge.llm.threads import usable_cores
 
 
 def test_omp_num_threads_wins(tmp_path):
@@ -40,7 +41,7 @@ def test_role_threads_are_checked(threads):
 def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
     from tiny import build_random_llama
 
-    from evolforge.config.roles import ChatRequest
+    from evolforge.llm.requests import ChatRequest
     from evolforge.llm.backends.hf import HFBackend
 
     path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
@@ -53,19 +54,19 @@ def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
         torch.set_num_threads(2)  # another backend of the process set its own
         backend.generate([ChatRequest.chat([{"role": "user", "content": "hi"}], max_tokens=2)])
         assert torch.get_num_threads() == 1
-        from evolforge.config import roles
+        from evolforge.llm import threads
 
-        monkeypatch.setattr(roles, "busy_cores", lambda: 0.0)  # an idle machine: every usable core
+        monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)  # an idle machine: every usable core
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         assert HFBackend(str(path)).threads == usable_cores()  # the default
-        monkeypatch.setattr(roles, "busy_cores", lambda: 64.0)  # a machine busy with others: one thread
+        monkeypatch.setattr(threads, "busy_cores", lambda: 64.0)  # a machine busy with others: one thread
         assert HFBackend(str(path)).threads == 1
     finally:
         torch.set_num_threads(before)
 
 
 def test_pick_threads_leaves_the_cores_others_use():
-    from evolforge.config.roles import pick_threads
+    from evolforge.llm.threads import pick_threads
 
     usable = usable_cores({})
     assert pick_threads({}, busy=0.0) == usable
@@ -77,6 +78,6 @@ def test_pick_threads_leaves_the_cores_others_use():
 
 
 def test_busy_cores_reads_proc_stat(tmp_path):
-    from evolforge.config.roles import busy_cores
+    from evolforge.llm.threads import busy_cores
 
     assert busy_cores(0.0, stat=str(tmp_path / "missing")) is None

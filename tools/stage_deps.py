@@ -5,6 +5,8 @@ the stages downstream of its output, never the twelve stages that import nothing
 stage script's ``evolforge`` imports (at any depth of a file, function-level ones too) to every module it can
 run, adds the data files beside them (report templates, task configs), and writes that list as the stage's
 ``src/evolforge/...`` deps, in place of the old ones. Other deps (the script, inputs, prompts) stay as written.
+A module that is only a docstring (a package's ``__init__`` that documents it) runs nothing, so no output depends
+on it: it is left out (once it holds code, ``--check`` asks for the deps to be written again).
 
     python tools/stage_deps.py --check   # exit 1 and show the difference when dvc.yaml is out of date
     python tools/stage_deps.py --write   # rewrite the deps in dvc.yaml (comments and order kept)
@@ -63,6 +65,15 @@ def data_files(folder: Path) -> set[Path]:
     return found
 
 
+def runs_nothing(path: Path) -> bool:
+    """A Python module whose whole body is its docstring."""
+    if path.suffix != ".py":
+        return False
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+               for n in body)
+
+
 def closure(script: Path) -> list[str]:
     """Repository-relative paths of every source file ``script`` can run or read, sorted."""
     seen: set[Path] = set()
@@ -74,7 +85,7 @@ def closure(script: Path) -> list[str]:
                 todo.append(module)
     for folder in {module.parent for module in seen}:
         seen |= data_files(folder)
-    paths = {p.relative_to(REPO).as_posix() for p in seen}
+    paths = {p.relative_to(REPO).as_posix() for p in seen if not runs_nothing(p)}
     return sorted(paths - PACKAGE_ROOT)
 
 

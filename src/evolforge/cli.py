@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     lin.add_argument("item_id", help="an item id (or a unique prefix)")
     lin.add_argument("--seed", default="data/seed")
     lin.add_argument("--evolved", default="data/evolved", help="folder holding round_<k>/ outputs")
-    lin.add_argument("--raw", action="store_true", help="show the evolver's raw output for every step, not only failed ones")
+    lin.add_argument("--raw", action="store_true",
+                     help="show the evolver's raw output for every step, not only failed ones")
 
     rep = sub.add_parser("report", help="write the offline HTML report of a dataset version (or two, side by side)")
     rep.add_argument("--out", default="reports/index.html")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "check":
-        from evolforge.config.loader import load_params
+        from evolforge.schema import load_params
 
         from evolforge.config.servers import server_problems
 
@@ -102,8 +103,8 @@ def run(args: argparse.Namespace) -> None:
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f"evolforge plots export: {err}") from None
     elif args.command == "card":
+        from evolforge.schema import load_params
         from evolforge.steps.select.card import write_card
-        from evolforge.config.loader import load_params
 
         print(write_card(args.selected, args.root, load_params(args.params)))
     elif args.command == "plan":

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, Union
 from annotated_types import Ge, Gt, Le, MinLen
 from typing_extensions import is_typeddict  # also knows typing_extensions.TypedDict (pydantic's)
 
+from evolforge.config.refusal import Refusal
+
 # Bounds for section fields (pydantic reads these annotated_types markers).
 PositiveInt = Annotated[int, Ge(1)]
 NonNegativeInt = Annotated[int, Ge(0)]
@@ -31,7 +33,7 @@ NonEmptyStr = Annotated[str, MinLen(1)]
 DEFAULT_FILE = "params.yaml"
 
 
-class ParamsError(ValueError):
+class ParamsError(Refusal, ValueError):
     """params.yaml breaks the schema. ``problems`` holds one line per problem: ``path: what is wrong``."""
 
     def __init__(self, problems: list[str], file: str | Path = DEFAULT_FILE):
@@ -39,7 +41,8 @@ class ParamsError(ValueError):
         if len(self.problems) == 1:
             super().__init__(f"{self.file} {self.problems[0]}")
         else:
-            super().__init__(f"{self.file}: {len(self.problems)} problems\n" + "\n".join(f"  {p}" for p in self.problems))
+            super().__init__(f"{self.file}: {len(self.problems)} problems\n"
+                             + "\n".join(f"  {p}" for p in self.problems))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ WHY_NOT = {
     ("openai", "banned_strings"): ("OpenAI's logit_bias bans single tokens of its own tokenizer, not strings; vLLM's "
                                     "server (bad_words) and llama.cpp's (a grammar) can: set the role's server"),
     ("openai", "assistant_prefix"): ("OpenAI's chat completions API cannot continue an assistant turn; vLLM's server "
-                                      "(continue_final_message) and llama.cpp's (a grammar) can: set the role's server"),
+                                      "(continue_final_message) and llama.cpp's (a grammar) can: set the role's "
+                                      "server"),
     ("openai", "repetition_penalty"): ("not an OpenAI API parameter (use frequency_penalty); vLLM's and llama.cpp's "
                                         "servers take it: set the role's server"),
     ("openai", "no_repeat_ngram_size"): "no OpenAI-compatible server offers an n-gram ban; use repetition_penalty",

@@ -1,23 +1,24 @@
-"""Reading ``params.yaml``: one typed schema for the whole file, checked before any stage does work.
+"""Reading ``params.yaml``: the file read strictly, and the sections a stage uses typed, defaults filled in
+(a role: :func:`evolforge.config.roles.load_role`).
 
 :func:`read_yaml` reads the file strictly (a key written twice, a non-text key, an anchor that holds itself
-or expands into a YAML bomb are refused with their line); :func:`load_params` then checks all of it against
-:mod:`evolforge.config.schema`: unknown sections and keys, non-ASCII (look-alike) keys, wrong types, values
-out of range, and secret-shaped values anywhere. Every problem is reported at once, each naming the key's
-full path, what was given and what is allowed::
+or expands into a YAML bomb are refused with their line); :func:`read_params` also refuses secret-shaped values
+and control characters anywhere in it. A stage then types only the sections it reads, with the settings class
+its step imports: unknown keys, non-ASCII (look-alike) keys, wrong types and values out of range are reported
+at once, each naming the key's full path, what was given and what is allowed::
 
     params.yaml: 2 problems
       seed.limt: unknown key; did you mean `limit`? (seed keys: config, fields, format, limit, ...)
-      evolve.assignment: got "round-robin" (text); allowed: one of "round_robin", "random"
+      seed.format: got "alpacca" (text); allowed: one of "auto", "alpaca", ...
 
-Stages read their section typed, with the defaults filled in:
+Checking the whole file (every section, unknown sections, rules across sections) is
+:func:`evolforge.schema.load_params`'s job (``evolforge check`` and the models stage), so a stage imports
+no other step's settings.
 
->>> params = load_params("params.yaml")              # doctest: +SKIP
->>> settings = load_section({"seed": {"source": "data/seeds/demo.jsonl", "limit": 5}}, "seed")
+>>> from evolforge.steps.seed.settings import SeedSettings
+>>> settings = load_section({"seed": {"source": "data/seeds/demo.jsonl", "limit": 5}}, "seed", SeedSettings)
 >>> type(settings).__name__, settings.limit, settings.split   # the defaults filled in
 ('SeedSettings', 5, 'train')
->>> load_role({"roles": {"evolver": {"backend": "hf", "model": "m"}}}, "evolver").batch_size
-8
 
 Values are checked strictly, as YAML typed them: ``"5"`` is not an integer, ``1`` is not ``true``,
 ``2.5`` is not an integer (an integer is accepted where a number is).
@@ -25,16 +26,18 @@ Values are checked strictly, as YAML typed them: ``"5"`` is not an integer, ``1`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import yaml
 
 from evolforge.config.bounds import DEFAULT_FILE, ParamsError
 from evolforge.config.messages import kind, show_key
 from evolforge.config.parse import parse
-from evolforge.config.roles import Role
-from evolforge.config.schema import SECTIONS, check_params
+from evolforge.config.secrets import secret_problems
+
+Settings = TypeVar("Settings")
 
 # ---------------------------------------------------------------------------------------------------
 # reading the file
@@ -58,9 +61,9 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
         if not isinstance(key, str):
             shown = (f"the key `{key_node.value}` reads as {kind(key)}" if isinstance(key_node, yaml.ScalarNode)
                      else f"a key is {'a list' if isinstance(key, list) else 'a mapping'}")
-            raise ParamsError([f"line {line}: {shown}, not text; keys are plain names"
-                               + (" (YAML reads an unquoted on/off/yes/no/true/false as true/false: quote it)"
-                                  if isinstance(key, bool) else " (quote it)" if isinstance(key_node, yaml.ScalarNode) else "")])
+            quote = (" (YAML reads an unquoted on/off/yes/no/true/false as true/false: quote it)"
+                     if isinstance(key, bool) else " (quote it)" if isinstance(key_node, yaml.ScalarNode) else "")
+            raise ParamsError([f"line {line}: {shown}, not text; keys are plain names" + quote])
         if key in seen:
             raise ParamsError([f"line {line}: key {show_key(key)} appears twice in one mapping "
                                f"(first on line {seen[key]}); YAML would silently keep the last"])
@@ -126,13 +129,36 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_params(path: str | Path = DEFAULT_FILE) -> dict[str, Any]:
-    """Read ``path`` and check the whole file against the schema (every section, not only the caller's);
-    raises :class:`ParamsError` listing every problem. Returns the mapping as written (no defaults added):
-    typed sections come from :func:`load_section`."""
+def read_params(path: str | Path = DEFAULT_FILE) -> dict[str, Any]:
+    """Read ``path`` strictly and refuse secret-shaped values (first, so no other message can echo one) and
+    control characters anywhere in it; raises :class:`ParamsError` listing every problem. Returns the mapping
+    as written (no defaults added): the sections a stage uses come typed from :func:`load_section`."""
     params = read_yaml(path)
-    check_params(params, path)
+    problems = secret_problems(params)
+    if problems:  # stop here: the messages below show the values they refuse
+        raise ParamsError(problems, path)
+    problems = control_character_problems(params)
+    if problems:
+        raise ParamsError(problems, path)
     return params
+
+
+# C0 controls but tab, newline and carriage return; DEL; C1 controls. No setting holds them: a NUL in a path
+# is refused by the OS only later, and an ESC sequence in a value rewrites the terminal that shows it.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def control_character_problems(value: Any, where: str = "") -> list[str]:
+    """One line per text value (at any depth) holding a control character, naming the character."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in control_character_problems(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in control_character_problems(v, f"{where}[{i}]")]
+    m = _CONTROL.search(value) if isinstance(value, str) else None
+    if m is None:
+        return []
+    return [f"{where}: holds the control character U+{ord(m.group()):04X} at character {m.start() + 1}; "
+            "allowed: text without control characters (tab and newlines are fine)"]
 
 
 def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -140,14 +166,6 @@ def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(params.get(name) or {})
 
 
-def load_section(params: Mapping[str, Any], name: str) -> Any:
-    """Section ``name`` as its typed dataclass, defaults filled in."""
-    return parse(SECTIONS[name], params.get(name) or {}, name)
-
-
-def load_role(params: Mapping[str, Any], name: str) -> Role:
-    """Role ``name`` (a :class:`~evolforge.config.roles.Role`)."""
-    roles = params.get("roles") or {}
-    if name not in roles:
-        raise ParamsError([f"roles.{name}: the role is missing; roles present: {sorted(roles)}"])
-    return Role.from_params(name, roles[name])
+def load_section(params: Mapping[str, Any], name: str, settings: type[Settings]) -> Settings:
+    """Section ``name`` as an instance of its ``settings`` class (the one its step imports), defaults filled in."""
+    return parse(settings, params.get(name) or {}, name)

@@ -40,10 +40,12 @@ def problem(cls: type, data: dict, where: str, path: tuple, errors: list[dict]) 
     error_type = errors[0]["type"]
     if "[key]" in errors[0]["loc"]:  # a mapping whose keys are a fixed set (evolve.elimination, seed.fields)
         allowed = field_names(annotation_at(cls, path[:-1]))
-        return f"{name}: unknown key{suggest(str(path[-1]), allowed)} ({dotted(where, path[:-1])} keys: {', '.join(allowed)})"
+        return (f"{name}: unknown key{suggest(str(path[-1]), allowed)} "
+                f"({dotted(where, path[:-1])} keys: {', '.join(allowed)})")
     if error_type == "extra_forbidden":
         allowed = field_names(annotation_at(cls, path[:-1]))
-        return f"{name}: unknown key{suggest(str(path[-1]), allowed)}" + (f" ({dotted(where, path[:-1])} keys: {', '.join(allowed)})" if allowed else "")
+        return (f"{name}: unknown key{suggest(str(path[-1]), allowed)}"
+                + (f" ({dotted(where, path[:-1])} keys: {', '.join(allowed)})" if allowed else ""))
     tp = annotation_at(cls, path)
     allowed = describe(tp) if tp is not None else "; ".join(dict.fromkeys(e["msg"] for e in errors))
     if error_type == "missing":
@@ -119,7 +121,8 @@ def describe(tp: Any) -> str:
         return f"a mapping of {_plural(describe(args[0]))} to {_plural(describe(args[1]))}"
     if dataclasses.is_dataclass(tp) or is_typeddict(tp):
         return f"a mapping with keys {', '.join(field_names(tp))}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "text", Any: "any value"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {bool: "true or false", int: "an integer", float: "a number",
+            str: "text", Any: "any value"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _plural(words: str) -> str:

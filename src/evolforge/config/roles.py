@@ -1,7 +1,11 @@
-"""Model roles from ``params.yaml`` (``roles.<name>``) and the chat requests they make.
+"""Model roles from ``params.yaml`` (``roles.<name>``): which model, where, its generation defaults and controls;
+:func:`load_role` types one.
 
-Kept apart from the backends so that reading a role (to fine-tune or evaluate ``roles.base``) imports
-no backend code.
+    >>> load_role({"roles": {"evolver": {"backend": "hf", "model": "m"}}}, "evolver").batch_size
+    8
+
+A params type only: the chat requests a role makes are built in the LLM layer (:mod:`evolforge.llm.requests`),
+so reading a role (to fine-tune or evaluate ``roles.base``) imports no LLM code.
 """
 
 from __future__ import annotations
@@ -9,26 +13,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le
 
-from evolforge.config.bounds import NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError, PositiveFloat, PositiveInt
+from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError,
+                                     PositiveFloat, PositiveInt)
 from evolforge.config.parse import parse
 from evolforge.config.secrets import secret_problems
 
 BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
-LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
 # a llamacpp role's `extra` (evolforge/llm/backends/llamacpp.py): name -> (check, what it must be)
 LLAMACPP_EXTRA = {"reuse_prefix": (lambda v: isinstance(v, bool), "true or false")}
 
 # Generation controls each backend honours and why not (docs/controls.md); any other is refused with one message
-from evolforge.config.control_support import CONTROL_NAMES, SERVER_KINDS, SUPPORTED_CONTROLS, WHY_NOT as _WHY_NOT  # noqa: E402
+from evolforge.config.control_support import CONTROL_NAMES, SUPPORTED_CONTROLS, WHY_NOT as _WHY_NOT  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,36 +97,8 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
     return problems
 
 
-@dataclass(frozen=True, slots=True)  # slots: a stage holds one per item (a third less memory, built faster)
-class ChatRequest:
-    """One chat completion request. ``sample_index`` tells apart repeated samples of one prompt.
-
-    ``choices``, when given, constrains the answer to exactly one of those strings (a judge's labels,
-    a score's numbers): each backend enforces it its own way (see :mod:`evolforge.llm`)."""
-
-    messages: tuple[tuple[str, str], ...]  # ((role, content), ...): hashable and immutable
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int = 0
-    sample_index: int = 0
-    choices: tuple[str, ...] | None = None
-    controls: Controls | None = None  # None (or all unset) = none: the request's key is as it always was
-    # with choices: instead of decoding, score every choice's likelihood; the text is then the JSON list of
-    # the choices' log-probabilities (each choice and the end of the turn), in order (evolforge.llm.ranking)
-    rank: bool = False
-
-    @classmethod
-    def chat(cls, messages: Sequence[Mapping[str, str]], **sampling) -> "ChatRequest":
-        return cls(messages=tuple([(m["role"], m["content"]) for m in messages]), **sampling)
-
-    @property
-    def message_dicts(self) -> list[dict[str, str]]:
-        return [{"role": r, "content": c} for r, c in self.messages]
-
-
-
-ROLE_NAMES = ("evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base")  # add a role's name here first
+# add a role's name here first
+ROLE_NAMES = ("evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base")
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -132,7 +107,8 @@ def refuse_secrets(where: str, base_url: str | None, settings: Mapping[str, Any]
     secret-shaped value (see :mod:`evolforge.config.secrets`: recognised by value, whatever the key's name)
     in ``base_url`` (at ``where``) and in the free-form ``settings`` (at ``settings_where``), naming the
     key path only, never the value. Keys are read from environment variables instead."""
-    problems = secret_problems({"base_url": base_url} if base_url else {}, where) + secret_problems(dict(settings), settings_where)
+    problems = secret_problems({"base_url": base_url}
+                               if base_url else {}, where) + secret_problems(dict(settings), settings_where)
     if problems:
         raise ParamsError(problems)
 
@@ -238,7 +214,8 @@ class Role:
             # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
             raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
                                "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
-        problems = role.server_problems() + controls_problems(role.control_backend, role.controls, where) + role.extra_problems()
+        problems = (role.server_problems()
+                    + controls_problems(role.control_backend, role.controls, where) + role.extra_problems())
         if role.thinking_tags and len(role.thinking_tags) != 2:
             problems.append(f"{where}.thinking_tags: got {json.dumps(role.thinking_tags)}; allowed: the opening and "
                             f"closing markers, e.g. [\"<think>\", \"</think>\"], or [] for none")
@@ -257,7 +234,8 @@ class Role:
         if self.backend != "llamacpp":
             return []
         if self.name in ("scorer", "embedder", "base"):
-            return [f"roles.{self.name}.backend: llamacpp serves the chat roles (evolver, optimizer, responder, judge); "
+            return [f"roles.{self.name}.backend: llamacpp serves the chat roles (evolver, optimizer, "
+                    f"responder, judge); "
                     f"{self.name} runs in-process on a transformers model: backend hf"]
         where = f"roles.{self.name}.extra"
         return [f"{where}.{name}: unknown for backend llamacpp; allowed: {', '.join(LLAMACPP_EXTRA)}"
@@ -311,90 +289,10 @@ class Role:
                                 f"or set batch_api: false")
         return problems
 
-    def request(self, messages: Sequence[Mapping[str, str]], *, temperature: float | None = None,
-                top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None,
-                sample_index: int | None = None, choices: Sequence[str] | None = None,
-                controls: Controls | None = None, rank: bool = False) -> ChatRequest:
-        """A request with this role's generation defaults, overridden where given (None = default).
-        Called once per item of a stage: the fields are passed as they are, not through a dict.
-        ``controls`` replaces the role's own (build it with ``role.controls.merged(stage_overrides)``)."""
-        controls = self.controls if controls is None else controls
-        return ChatRequest(tuple([(m["role"], m["content"]) for m in messages]),
-                           self.temperature if temperature is None else temperature,
-                           self.top_p if top_p is None else top_p,
-                           (self.max_tokens if max_tokens is None else max_tokens) + self.thinking_budget,
-                           self.seed if seed is None else seed,
-                           0 if sample_index is None else sample_index,
-                           None if choices is None else tuple(choices),
-                           controls if controls.used() else None, rank)
 
-
-def _cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
-    """CPUs the container may use (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``); None when unlimited."""
-    root = os.fspath(root)
-    try:
-        quota, period = open(os.path.join(root, "cpu.max"), encoding="ascii").read().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota = int(open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii").read())
-        period = int(open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii").read())
-        return None if quota <= 0 or period <= 0 else quota / period
-    except (OSError, ValueError):
-        return None
-
-
-def usable_cores(environ: Mapping[str, str] | None = None, cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
-    """Threads worth running here: ``OMP_NUM_THREADS`` when set (the user's explicit choice), otherwise the
-    cores this process may run on (``sched_getaffinity``) capped by a cgroup CPU quota (rounded down, at
-    least 1). More threads than that make torch's decoding much slower on a shared machine, not faster."""
-    environ = os.environ if environ is None else environ
-    omp = environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) > 0:
-        return int(omp)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    limit = _cgroup_cpu_limit(cgroup_root)
-    if limit is not None:
-        cores = min(cores, max(1, math.floor(limit)))
-    return max(1, cores)
-
-
-def _cpu_times(stat: str = "/proc/stat") -> tuple[float, float] | None:
-    """(busy, total) jiffies of all CPUs from ``/proc/stat``; None where it cannot be read (not Linux)."""
-    try:
-        fields = [float(x) for x in open(stat, encoding="ascii").readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def busy_cores(window_s: float = 0.2, stat: str = "/proc/stat") -> float | None:
-    """How many cores other processes keep busy right now, measured over ``window_s`` while this one
-    sleeps; None where it cannot be measured."""
-    import time
-
-    before = _cpu_times(stat)
-    time.sleep(window_s)
-    after = _cpu_times(stat)
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    cores = os.cpu_count() or 1
-    return cores * (after[0] - before[0]) / (after[1] - before[1])
-
-
-def pick_threads(environ: Mapping[str, str] | None = None, busy: float | None | object = ...) -> int:
-    """torch threads for decoding now: :func:`usable_cores`, less the cores other processes keep busy
-    (at least 1). Measured on a shared machine (issue 28): with two threads, any other load made matrix
-    products about 30x slower, while one thread stayed steady; so a busy machine gets fewer threads and
-    degrades gracefully, an idle one gets them all. ``OMP_NUM_THREADS`` (the user's choice) is kept as is."""
-    environ = os.environ if environ is None else environ
-    usable = usable_cores(environ)
-    omp = environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) > 0:
-        return usable
-    busy = busy_cores() if busy is ... else busy
-    if busy is None:
-        return usable
-    return max(1, min(usable, usable - math.floor(busy + 0.5)))
+def load_role(params: Mapping[str, Any], name: str) -> Role:
+    """Role ``name`` (a :class:`Role`)."""
+    roles = params.get("roles") or {}
+    if name not in roles:
+        raise ParamsError([f"roles.{name}: the role is missing; roles present: {sorted(roles)}"])
+    return Role.from_params(name, roles[name])

@@ -99,7 +99,8 @@ def _url_secret(text: str) -> str | None:
         if url.username or url.password:
             return "credentials in a URL's user part"
         for name, value in parse_qsl(url.query, keep_blank_values=False):
-            if value and (credential_name(name) or name.lower() in _QUERY_CREDENTIALS or _words(name)[-1:] in (["key"], ["token"])):
+            if value and (credential_name(name) or name.lower() in _QUERY_CREDENTIALS
+                          or _words(name)[-1:] in (["key"], ["token"])):
                 return "a credential in a URL's query string"
         if any(_random_looking(seg, 20) for seg in re.split(r"[/:]", url.path)):
             return "a token in a URL's path"

@@ -3,7 +3,7 @@
 ``evolver_analysis`` (why small evolvers win).
 
 Each section is a dataclass whose fields hold the defaults and the types (bounds from
-:mod:`evolforge.config.bounds`, allowed values as ``Literal``); :mod:`evolforge.config.schema` maps each
+:mod:`evolforge.config.bounds`, allowed values as ``Literal``); :mod:`evolforge.schema` maps each
 section's name to its class. ``train.finetune.finetune`` and ``eval.harness.evaluate`` take theirs whole.
 """
 

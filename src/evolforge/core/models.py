@@ -16,12 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from evolforge.config.refusal import Refusal
+
 # Files whose bytes decide what a local model generates.
 _IDENTITY_GLOBS = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.gguf")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
-class ModelError(Exception):
+class ModelError(Refusal):
     """A model that cannot be pinned or loaded; the message is for people."""
 
 
@@ -37,7 +39,8 @@ def check_model_name(model: str) -> None:
         return
     path = Path(model).expanduser()
     if path.exists():
-        raise ModelError(f"model {model!r}: {path} is not a folder (a model is a folder with config and weights, or a hub id owner/name)")
+        raise ModelError(f"model {model!r}: {path} is not a folder (a model is a folder with config and weights, or a "
+                         f"hub id owner/name)")
     if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
         raise ModelError(f"model {model!r}: no such folder ({path.resolve() if not model.startswith('~') else path}); "
                          "a hub id is owner/name")

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import jinja2
 
+from evolforge.config.refusal import Refusal
+
 # The repository's prompts/ folder; stages pass it explicitly, tests and the tiny-model builder use this.
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[3] / "prompts"
 
 
-class PromptError(ValueError):
+class PromptError(Refusal, ValueError):
     """A template that cannot be used: missing, not UTF-8, empty, a syntax error, or a variable it needs
     that the stage does not give. The message names the file (and the line, where Jinja knows it)."""
 

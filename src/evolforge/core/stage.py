@@ -4,7 +4,7 @@ A stage script maps paths to its step's ``run()`` and writes the result::
 
     def main() -> None:
         args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plot"], prompts=True)
-        write(args, run(args.items, load_params(args.params), PromptLibrary(args.prompts)))
+        write(args, run(args.items, read_params(args.params), PromptLibrary(args.prompts)))
 
     if __name__ == "__main__":
         run_stage(main)       # evolforge.core.errors: one clear message instead of a traceback
@@ -26,9 +26,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import polars as pl
 
+from evolforge.core.memory import peak_rss_mib
 from evolforge.io import validation
 from evolforge.io.records import write_json, write_output
-from evolforge.io.stream import peak_rss_mib
 
 
 def arguments(doc: str | None, *, reads: Sequence[str] = (), writes: Sequence[str] = (), values: Sequence[str] = (),

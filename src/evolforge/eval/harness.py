@@ -299,7 +299,8 @@ def _results_record(results: dict) -> dict:
 
     keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
             "config", "lm_eval_version", "transformers_version")
-    text = json.dumps({k: results[k] for k in keep if k in results}, default=handle_non_serializable, ensure_ascii=False)
+    text = json.dumps({k: results[k] for k in keep if k in results},
+                      default=handle_non_serializable, ensure_ascii=False)
     text = text.replace(json.dumps(str(_suite_dir()), ensure_ascii=False)[1:-1], SUITE_PLACEHOLDER)
     return json.loads(_ADDRESS.sub(">", text))
 
@@ -340,7 +341,8 @@ def evaluate(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         for label, model in models.items():
-            report[label] = _evaluate_one(label, model, benchmarks, task_manager, staging, s, revision) if benchmarks else {}
+            report[label] = _evaluate_one(label, model, benchmarks,
+                                          task_manager, staging, s, revision) if benchmarks else {}
     report["skipped"] = skipped
     replace_dir(staging, out_dir)
     return report

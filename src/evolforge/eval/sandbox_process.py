@@ -35,7 +35,8 @@ DEFAULT_PACKAGES = ("numpy",)  # third-party packages a program may import (and 
 ENV_ALLOWED = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # the child's script: its roles (worker, checker), then its lock-down and entry point
-CHILD_SOURCE = "\n".join(Path(__file__).with_name(name).read_text() for name in ("sandbox_roles.py", "sandbox_child.py"))
+CHILD_SOURCE = "\n".join(Path(__file__).with_name(name).read_text()
+                         for name in ("sandbox_roles.py", "sandbox_child.py"))
 # the work directory's disk quota, where a mount namespace allows a tmpfs (else only RLIMIT_FSIZE holds)
 WORK_QUOTA_MB = 64
 WORK_QUOTA_FILES = 2048

@@ -27,19 +27,24 @@ def read_text(path: Path, lines_are_rows: bool = False) -> str:
     and byte (as the row for JSONL), and what the file is when its first bytes tell: UTF-16, gzip..."""
     data = path.read_bytes()
     head = data[:4096]
-    kind = next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)  # named only for a file refused anyway
+    # named only for a file refused anyway
+    kind = next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
     if head.count(b"\x00") * 4 >= len(head) > 0:  # valid UTF-8, but no text file is a quarter NUL bytes
-        raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert it as UTF-8 text" if kind else
-                        "every other byte is NUL: the file looks like UTF-16 text without a byte order mark; save it as UTF-8")
+        raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert "
+                                                      f"it as UTF-8 text" if kind else
+                        "every other byte is NUL: the file looks like UTF-16 text without a byte order mark; "
+                        "save it as UTF-8")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         if kind:
-            raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or convert it as UTF-8 text") from None
+            raise DataError(path, "text is UTF-8", detail=f"the file is {kind} (its first bytes say so); save or "
+                                                          f"convert it as UTF-8 text") from None
         line = data.count(b"\n", 0, err.start) + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         raise DataError(path, "text is UTF-8", [line] if lines_are_rows else None,
-                        ("" if lines_are_rows else f"line {line}, ") + f"byte 0x{data[err.start]:02x} at column {column} "
+                        (""
+                         if lines_are_rows else f"line {line}, ") + f"byte 0x{data[err.start]:02x} at column {column} "
                         "(Latin-1 or Windows-1252 text? save it as UTF-8)") from None
 
 
@@ -72,7 +77,8 @@ def parse_json(text: str, file: str | Path, rule: str, rows: list[int] | None = 
         raise DataError(file, rule, rows, f"{where}: {err.msg}") from None
     except _DuplicateKey as err:
         raise DataError(file, "each JSON object names a key once", rows,
-                        f"key {json.dumps(err.args[0], ensure_ascii=True)} appears twice in one object (JSON readers would silently keep the last)") from None
+                        f"key {json.dumps(err.args[0], ensure_ascii=True)} appears twice in one object (JSON readers "
+                        f"would silently keep the last)") from None
     except RecursionError:
         raise DataError(file, rule, rows, "values nested too deeply to read (thousands of levels)") from None
     except ValueError as err:  # an integer of more than 4300 digits
@@ -99,7 +105,8 @@ def jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
         if not line.strip():  # blank lines separate nothing
             continue
         if line.startswith("\ufeff"):
-            raise DataError(path, JSONL_RULE, [line_no], "the line starts with a byte order mark (files joined together?); remove it")
+            raise DataError(path, JSONL_RULE, [line_no],
+                            "the line starts with a byte order mark (files joined together?); remove it")
         obj = parse_json(line, path, JSONL_RULE, [line_no])
         if not isinstance(obj, dict):
             raise DataError(path, JSONL_RULE, [line_no], f"got {json_kind(obj)}")

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import polars as pl
 
-from evolforge.config.runtime import DataSettings
+from evolforge.config.data import DataSettings
 from evolforge.io.stream import iter_chunks, table_file
 
 EXTRA_HINT = "pip install 'evolforge[ray]' (ray[data] 2.60.0)"
@@ -105,12 +105,14 @@ def map_chunks(path: str | Path, chunk_rows: int, columns: list[str] | None, fn:
     bounds = chunk_bounds(file, chunk_rows)
     if not bounds:
         return
-    dataset = ray.data.from_items([{"chunk": c, "start": start, "rows": rows} for c, (start, rows) in enumerate(bounds)],
+    dataset = ray.data.from_items([{"chunk": c, "start": start, "rows": rows}
+                                   for c, (start, rows) in enumerate(bounds)],
                                   override_num_blocks=len(bounds))  # a block, hence a task, per chunk
     dataset.context.execution_options.preserve_order = True  # this dataset's own context, not the process's
     dataset.context.enable_progress_bars = False  # the stage prints its own summary
     if actors is None:
-        mapped = dataset.map_batches(ChunkTask(fn, str(file), columns), batch_size=1, batch_format="pyarrow", num_cpus=cpus)
+        mapped = dataset.map_batches(ChunkTask(fn, str(file), columns), batch_size=1,
+                                     batch_format="pyarrow", num_cpus=cpus)
     else:
         mapped = dataset.map_batches(ChunkTask, fn_constructor_args=(fn, str(file), columns), batch_size=1,
                                      batch_format="pyarrow", num_cpus=cpus,

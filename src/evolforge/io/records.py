@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterator
 
 import polars as pl
 
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 
 TABLE = "items.parquet"  # the table file inside every stage output folder
 META = "meta.json"  # template hashes, model identities, params used, package versions (key VERSIONS)
-VERSIONS = "versions"  # meta.json key: {package: installed version} of core/versions.OUTPUT_PACKAGES
+VERSIONS = "versions"  # meta.json key: {package: installed version} of io/versions.OUTPUT_PACKAGES
 
 # rows per Parquet row group of every table written. Fixed, so a file's bytes depend on its rows alone: left
 # to polars, the row groups follow how the frame happens to be chunked in memory (a table streamed out in
@@ -102,7 +102,8 @@ def write_table(table: pl.DataFrame, path: str | Path) -> None:
     table.write_parquet(path, row_group_size=ROW_GROUP_ROWS)
 
 
-def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = None, extra: dict[str, Any] | None = None,
+def write_output(out_dir: str | Path, table: pl.DataFrame, meta: dict | None = None,
+                 extra: dict[str, Any] | None = None,
                  tables: dict[str, pl.DataFrame] | None = None, finish: Callable[[Path], object] | None = None) -> None:
     """Write a stage output folder atomically: ``items.parquet``, ``meta.json``, extra tables and JSON/JSONL files;
     ``finish(folder)`` writes whatever else belongs in it (from those files) before it is moved into place, so

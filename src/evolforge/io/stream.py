@@ -4,7 +4,8 @@ so a stage's peak memory follows the chunk size, not the number of items.
 Writing goes through polars' streaming Parquet sink over a Python source of chunks
 (:func:`sink_chunks`): the file it writes is byte for byte the one :func:`evolforge.io.records.write_table`
 writes for the concatenated chunks (same writer, row groups of ``ROW_GROUP_ROWS`` rows whatever the chunks),
-so streaming a stage, or its chunk size, changes none of its outputs' hashes. ``data.chunk_rows`` (``docs/scale.md``) sets the chunk size.
+so streaming a stage, or its chunk size, changes none of its outputs' hashes. ``data.chunk_rows`` (``docs/scale.md``)
+sets the chunk size.
 
 A loop over chunks drops its chunk before it asks for the next one (``del`` after a ``yield``, or a consumer
 that keeps nothing): a ``for`` variable otherwise still holds chunk k while chunk k + 1 is read, two chunks
@@ -13,7 +14,6 @@ where one is needed.
 
 from __future__ import annotations
 
-import resource
 from collections import deque
 from itertools import chain
 from pathlib import Path
@@ -77,7 +77,8 @@ def sink_chunks(file: str | Path, schema: pl.Schema | dict[str, pl.DataType], ch
     ``ROW_GROUP_ROWS`` rows, never the chunks), without ever holding the concatenation."""
     schema = pl.Schema(schema)
 
-    def source(with_columns: list[str] | None, predicate: Any, n_rows: int | None, batch_size: int | None) -> Iterator[pl.DataFrame]:
+    def source(with_columns: list[str] | None, predicate: Any,
+               n_rows: int | None, batch_size: int | None) -> Iterator[pl.DataFrame]:
         for part in chunks:  # the sink asks for every column and row: no projection or filter to apply
             if part.height:
                 yield part.select(list(schema)).cast(dict(schema))
@@ -162,12 +163,8 @@ def check_chunks(path: str | Path, rules: list[Rule], chunk_rows: int) -> None:
     file = table_file(path)
     unique_rules = [r for r in rules if r.expectation == "ExpectColumnValuesToBeUnique"]
     empty = pl.DataFrame(schema=table_schema(file))  # a table without rows still has its columns checked
-    deque(checked_chunks(chain([empty], iter_chunks(file, chunk_rows)), [r for r in rules if r not in unique_rules], file),
+    deque(checked_chunks(chain([empty], iter_chunks(file, chunk_rows)),
+                         [r for r in rules if r not in unique_rules], file),
           maxlen=0)  # consumed without holding a chunk while the next is read
     for rule in unique_rules:
         check_unique(pl.scan_parquet(file), rule.kwargs["column"], file)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

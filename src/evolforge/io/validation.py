@@ -2,7 +2,8 @@
 
 A failed check raises :class:`DataError` naming the file, the row(s) and the rule, e.g.::
 
-    data/seed/items.parquet: rows 3, 17: rule 'instruction is non-empty text' (expect_column_value_lengths_to_be_between)
+    data/seed/items.parquet: rows 3, 17: rule 'instruction is non-empty text'
+    (expect_column_value_lengths_to_be_between)
 
 Row numbers are 1-based positions in the table as read (for JSONL sources: line numbers).
 """
@@ -18,15 +19,18 @@ from typing import Any
 
 import polars as pl
 
+from evolforge.config.refusal import Refusal
 
-class DataError(ValueError):
+
+class DataError(Refusal, ValueError):
     """Bad data at a stage boundary. The message names file, row and rule."""
 
     def __init__(self, file: str | Path, rule: str, rows: list[int] | None = None, detail: str = ""):
         self.file, self.rule, self.rows, self.detail = str(file), rule, rows or [], detail
         where = ""
         if self.rows:
-            shown = ", ".join(str(r) for r in self.rows[:10]) + (f" (+{len(self.rows) - 10} more)" if len(self.rows) > 10 else "")
+            shown = ", ".join(str(r) for r in self.rows[:10]) + (f" (+{len(self.rows) - 10} more)"
+                                                                 if len(self.rows) > 10 else "")
             where = f" row{'s' if len(self.rows) > 1 else ''} {shown}:"
         super().__init__(f"{self.file}:{where} rule '{rule}'" + (f": {detail}" if detail else ""))
 
@@ -67,7 +71,8 @@ def item_columns(columns: list[str]) -> list[Rule]:
 
 def number_columns(columns: list[str]) -> list[Rule]:
     """``columns`` present and holding numbers (nulls allowed: an unscored item is never selected by it)."""
-    return required_columns(columns) + [Rule(f"column '{c}' holds numbers", "ColumnType", {"column": c, "type": "number"})
+    return required_columns(columns) + [Rule(f"column '{c}' holds numbers", "ColumnType",
+                                             {"column": c, "type": "number"})
                                         for c in columns]
 
 
@@ -92,7 +97,8 @@ CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 # bidirectional embeddings, overrides and isolates: they reorder how text displays ("Trojan Source")
 BIDI_CONTROLS = "[\u202a-\u202e\u2066-\u2069]"
 # a character that shows: not whitespace, not zero-width / format / filler characters
-VISIBLE = "[^\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]"
+VISIBLE = ("[^\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+           "\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]")
 
 
 # Unicode tag characters show nothing but spell ASCII that a model reads ("ASCII smuggling" of hidden
@@ -106,7 +112,8 @@ def no_tag_characters(columns: list[str]) -> list[Rule]:
 
 
 def visible_text(columns: list[str]) -> list[Rule]:
-    return [Rule(f"{c} has a visible character (not only zero-width or format characters)", "ExpectColumnValuesToMatchRegex",
+    return [Rule(f"{c} has a visible character (not only zero-width or format characters)",
+                 "ExpectColumnValuesToMatchRegex",
                  {"column": c, "regex": VISIBLE}) for c in columns]
 
 
@@ -161,7 +168,8 @@ def _holds(table: pl.DataFrame, rule: Rule) -> bool:
         return column.null_count() == 0 and not (column.dtype.is_float() and column.is_nan().any())
     if kind == "ExpectColumnValuesToBeUnique":
         return not column.drop_nulls().is_duplicated().any()
-    if kind == "ExpectColumnValuesToBeBetween" and column.dtype.is_numeric() and kwargs.keys() <= {"column", "min_value", "max_value"}:
+    if kind == "ExpectColumnValuesToBeBetween" and column.dtype.is_numeric() \
+            and kwargs.keys() <= {"column", "min_value", "max_value"}:
         values = column.drop_nulls()
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         return bool((low is None or (values >= low).all()) and (high is None or (values <= high).all()))

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings
 
 BUDGET_EXHAUSTED = "budget_exhausted"  # failure_reason of a request a cap kept from being sent

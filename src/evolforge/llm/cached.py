@@ -11,14 +11,17 @@ from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from evolforge.core.cache import CallCache, KeyFrame
+from evolforge.llm.cache import CallCache, KeyFrame
 from evolforge.core.models import ModelError
-from evolforge.config.loader import load_role, load_section
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.backends import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, cost_of, open_gate, priced
-from evolforge.llm.identity import IDENTITY_FILE, recorded_entry, resolve_identity
+from evolforge.llm.identity import IDENTITY_FILE, recorded_entry
+from evolforge.llm.pinning import resolve_identity
 from evolforge.llm.keys import identity_digest, resolved_engine, sampling_signature, str_choices
 from evolforge.llm.registry import shared_backend
 from evolforge.llm.thinking import separate
@@ -122,7 +125,7 @@ class LLM:
 
     def request(self, messages: Sequence[dict[str, str]], **overrides) -> ChatRequest:
         """A request with this role's generation defaults, overridden where given (None = default)."""
-        return self.role.request(messages, **overrides)
+        return role_request(self.role, messages, **overrides)
 
     def key(self, request: ChatRequest) -> str:
         """``cache_key`` of ``request`` for this role, through a :class:`KeyFrame` kept per sampling."""
@@ -206,7 +209,8 @@ class LLM:
         return results, missing
 
     def _generate_missing(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
-                          results: list[Completion | None], allowed: float, desc: str) -> tuple[Counter[str], list[int], str]:
+                          results: list[Completion | None], allowed: float,
+                          desc: str) -> tuple[Counter[str], list[int], str]:
         """Generate the misses through the spend gate, filling ``results`` and committing answers to the cache as
         they finish; stop early once more than ``allowed`` failed. Returns (failures by reason, the indices a cap
         kept back, the gate's message)."""
@@ -238,7 +242,8 @@ class LLM:
                         break  # the threshold is passed whatever the rest brings
             finally:
                 store.commit()
-        return failed, [i for j in gate.unsent for i in todo[j][1]], gate.message  # unsent: kept back by a cap in llm.budget
+        # unsent: kept back by a cap in llm.budget
+        return failed, [i for j in gate.unsent for i in todo[j][1]], gate.message
 
     def _dry_run(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
                  results: list[Completion | None], desc: str) -> list[Completion]:
@@ -246,7 +251,8 @@ class LLM:
         cache_path = getattr(self.cache, "path", None)
         for k, text in dryrun.record(self.role, cache_path, requests, missing, desc).items():
             for i in missing[k]:
-                results[i] = Completion(text, "stop") if text is not None else Completion.failure(dryrun.DRY_RUN, "dry run")
+                results[i] = (Completion(text, "stop") if text is not None
+                              else Completion.failure(dryrun.DRY_RUN, "dry run"))
         return results  # type: ignore[return-value]
 
     def _count(self, outs: list[Completion]) -> None:
@@ -363,7 +369,7 @@ def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
     """The LLM for role ``name`` of ``params``, pinned by ``models/identity.json``; nothing loads until a
     request misses the cache."""
     role = load_role(params, name)
-    settings = load_section(params, "llm")
+    settings = load_section(params, "llm", LLMSettings)
     entry = recorded_entry(role, identities) or {}
     identity = entry["identity"] if entry else resolve_identity(role)
     return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"))

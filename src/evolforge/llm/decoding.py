@@ -1,4 +1,5 @@
-"""Generation controls at decode time for the in-process backends (hf, llamacpp): see :class:`evolforge.config.roles.Controls`.
+"""Generation controls at decode time for the in-process backends (hf, llamacpp): see
+:class:`evolforge.config.roles.Controls`.
 
 :class:`RowControls` holds one request's controls, prepared with the model's tokenizer, and is applied to
 that request's row of logits at every step:
@@ -141,7 +142,8 @@ def pick(logits: torch.Tensor, choose, row_controls: RowControls, tokens: Sequen
 
 
 @torch.inference_mode()
-def rank_sequences(model, prompt: Sequence[int], sequences: Sequence[Sequence[int]], chunk: int = RANK_CHUNK) -> list[float]:
+def rank_sequences(model, prompt: Sequence[int], sequences: Sequence[Sequence[int]],
+                   chunk: int = RANK_CHUNK) -> list[float]:
     """Log-probability of each token sequence following ``prompt`` under ``model`` (a transformers causal LM):
     one pass over the prompt, whose KV cache is then shared by ``chunk`` sequences at a time."""
     device = model.device

@@ -1,25 +1,15 @@
-"""Which model a role names, pinned without loading it: resolved (weights hash, hub commit sha, served model id)
-or as the models stage recorded it in ``models/identity.json``."""
+"""Which model a role names, as the models stage recorded it in ``models/identity.json`` (resolving it is
+:mod:`evolforge.llm.pinning`'s job: a stage that only reads the record imports no backend)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from evolforge.core.models import ModelError, model_identity
+from evolforge.core.models import ModelError
 from evolforge.config.roles import Role
 
 IDENTITY_FILE = Path("models/identity.json")  # written by the models stage; every LLM stage reads it
-
-
-def resolve_identity(role: Role, memo: str | Path | None = None) -> dict[str, Any]:
-    """Pin the model a role names, without loading it: weights hash or hub commit sha, or for a server the
-    model id it serves (asked with ``GET /models``; the URL is not part of it)."""
-    if role.backend == "openai":
-        from evolforge.llm.backends.openai.served import served_model_identity
-
-        return served_model_identity(role)
-    return model_identity(role.model, role.revision, memo=memo)
 
 
 def identity_entry(role: Role, identity: dict[str, Any], engine: dict[str, Any] | None = None) -> dict[str, Any]:

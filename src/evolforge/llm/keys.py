@@ -1,6 +1,6 @@
 """What names a call: the sampling seed derived from a request (:func:`request_seed`), what of a request besides
 its messages its cache key and seed depend on, the digest of a model identity, and the engine options of a role
-that change outputs (part of every cache key, :class:`evolforge.core.cache.KeyFrame`)."""
+that change outputs (part of every cache key, :class:`evolforge.llm.cache.KeyFrame`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from typing import Any
 
 import orjson
 
-from evolforge.core.cache import json_around
-from evolforge.config.roles import LLAMACPP_CONTEXT, ChatRequest, Role
+from evolforge.llm.cache import json_around
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
+
+LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
 
 
 def request_seed(request: ChatRequest) -> int:

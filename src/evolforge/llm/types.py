@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
-from evolforge.config.roles import ChatRequest, Controls, controls_problems
+from evolforge.config.roles import Controls, controls_problems
+from evolforge.llm.requests import ChatRequest
 
 # failure_reason values: why an item got no completion
 PROMPT_TOO_LONG = "prompt_too_long"  # the prompt does not fit the model's context (checked before sending)

@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evolforge.core.cache import DEFAULT_CACHE_PATH
-from evolforge.config.loader import load_params, load_role
-from evolforge.config.roles import Role
+from evolforge.llm.cache import DEFAULT_CACHE_PATH
+from evolforge.schema import load_params
+from evolforge.config.roles import Role, load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
 from evolforge.llm.backends.dryrun import DRY_RUN_ENV
 
@@ -168,7 +168,8 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
     names = {s.name for s in stages}
     unknown = sorted(set(only or []) - names)
     if unknown:
-        raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: {', '.join(s.name for s in stages)})")
+        raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: "
+                         f"{', '.join(s.name for s in stages)})")
     params_path = (root / params_file).resolve()
     params = load_params(params_path)
     # another params file than the workspace's: every copy the plan runs in has it as its params.yaml
@@ -295,7 +296,7 @@ def _reaches(stages: list[Stage], a: Stage, b: Stage) -> bool:
 
 
 def _cache_path(root: Path, params: dict[str, Any]) -> Path:
-    """The call cache the stages would open (``EVOLFORGE_CACHE`` wins, as in evolforge.core.cache.open_cache)."""
+    """The call cache the stages would open (``EVOLFORGE_CACHE`` wins, as in evolforge.llm.cache.open_cache)."""
     path = Path(os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH)
     return path if path.is_absolute() else root / path
 
@@ -365,7 +366,8 @@ def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: S
         if seen.calls and seen.seconds:
             row.seconds = seen.seconds / seen.calls * row.requests
         if seen.prompt_tokens and seen.cached_prompt_tokens:
-            row.cached_prompt_tokens_expected = round(row.prompt_tokens * seen.cached_prompt_tokens / seen.prompt_tokens)
+            share = seen.cached_prompt_tokens / seen.prompt_tokens
+            row.cached_prompt_tokens_expected = round(row.prompt_tokens * share)
     if priced(role):
         row.cost_max = cost_of(role, row.prompt_tokens, row.completion_tokens_max)  # no prompt cache assumed
         if row.completion_tokens_expected is not None:

@@ -24,19 +24,25 @@ TEMPLATE = Path(__file__).with_name("plots_template.html")
 # (package, version, file inside the tarball, sha256 of the npm tarball)
 LIBRARIES = [
     ("vega", "5.20.2", "package/build/vega.min.js", "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d"),
-    ("vega-lite", "5.2.0", "package/build/vega-lite.min.js", "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b"),
-    ("vega-embed", "6.18.2", "package/build/vega-embed.min.js", "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b"),
+    ("vega-lite", "5.2.0", "package/build/vega-lite.min.js",
+     "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b"),
+    ("vega-embed", "6.18.2", "package/build/vega-embed.min.js",
+     "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b"),
 ]
 # What each minified build bundles besides its own code, so the licence header is complete.
 BUNDLED = {
     "vega": "d3-array, d3-color, d3-dispatch, d3-dsv, d3-force, d3-format, d3-geo, d3-hierarchy, d3-interpolate, "
-            "d3-geo-projection, d3-path, d3-quadtree, d3-scale, d3-shape, d3-time, d3-time-format, d3-timer, d3-delaunay, "
+            "d3-geo-projection, d3-path, d3-quadtree, d3-scale, d3-shape, d3-time, d3-time-format, "
+            "d3-timer, d3-delaunay, "
             "delaunator (ISC or BSD-3-Clause, Copyright Mike Bostock and contributors); topojson-client (ISC); "
             "the vega-* modules (BSD-3-Clause, University of Washington Interactive Data Lab)",
-    "vega-lite": "clone (MIT), fast-deep-equal (MIT), fast-json-stable-stringify (MIT), json-stringify-pretty-compact (MIT), "
+    "vega-lite": "clone (MIT), fast-deep-equal (MIT), fast-json-stable-stringify (MIT), "
+                 "json-stringify-pretty-compact (MIT), "
                  "array-flat-polyfill (CC0-1.0), tslib (0BSD)",
-    "vega-embed": "fast-json-patch (MIT), json-stringify-pretty-compact (MIT), semver (ISC), vega-themes (BSD-3-Clause), "
-                  "vega-tooltip (BSD-3-Clause), vega-schema-url-parser (BSD-3-Clause), vega-util (BSD-3-Clause), tslib (0BSD)",
+    "vega-embed": "fast-json-patch (MIT), json-stringify-pretty-compact (MIT), semver (ISC), vega-themes "
+                  "(BSD-3-Clause), "
+                  "vega-tooltip (BSD-3-Clause), vega-schema-url-parser (BSD-3-Clause), vega-util "
+                  "(BSD-3-Clause), tslib (0BSD)",
 }
 BEGIN, END = "<!-- vega libraries: begin -->", "<!-- vega libraries: end -->"
 
@@ -80,7 +86,8 @@ def build_template(tarballs: list[str | Path]) -> str:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         match = [lib for lib in LIBRARIES if lib[3] == digest]
         if not match:
-            raise ValueError(f"{path}: sha256 {digest} is none of the pinned packages {[f'{n}@{v}' for n, v, _, _ in LIBRARIES]}")
+            raise ValueError(f"{path}: sha256 {digest} is none of the pinned packages "
+                             f"{[f'{n}@{v}' for n, v, _, _ in LIBRARIES]}")
         by_name[match[0][0]] = path
     scripts = []
     for name, version, member, _ in LIBRARIES:

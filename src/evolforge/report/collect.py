@@ -4,7 +4,8 @@ A *version* is a folder laid out as the pipeline writes it (the repository root,
 experiment's outputs). Every artifact is optional: what is missing is reported as missing, never
 invented, so the page of a half-built version still opens. Paths read (relative to the version root):
 
-    data/seed, data/evolved/round_*/ (items.parquet + meta.json), data/responses, data/pool, data/dedup, data/clean, data/judged,
+    data/seed, data/evolved/round_*/ (items.parquet + meta.json), data/responses, data/pool, data/dedup, data/clean,
+    data/judged,
     data/scores, data/diversity, data/selected, metrics/*.json, metrics/plots/*.json, metrics/train_live,
     models/identity.json
 """
@@ -24,9 +25,11 @@ from evolforge.io.records import EVOLVED, TABLE
 from evolforge.report.spend import spend
 from evolforge.report.summary import headline
 from evolforge.score.histogram import histogram
+from evolforge.steps.judge.levels import LEVELS
 from evolforge.steps.common.funnel import evolved_rounds, funnel, json_at, provenance, table_at
 
-READS = ["data/seed", "data/evolved", "data/responses", "data/pool", "data/dedup", "data/clean", "data/judged", "data/scores", "data/diversity",
+READS = ["data/seed", "data/evolved", "data/responses", "data/pool", "data/dedup", "data/clean", "data/judged",
+         "data/scores", "data/diversity",
          "data/selected", "metrics", "models/identity.json"]
 SAMPLE_CHAINS = 20
 PAIRS_PER_ROUND = 4  # surviving rewrites shown beside their parents, per round
@@ -73,18 +76,18 @@ def chains(root: Path, n: int = SAMPLE_CHAINS) -> list[list[dict]]:
 
 def judge_levels(root: Path) -> list[dict]:
     """Level counts and shares per round (the plot data of the judge stage, recomputed from data/judged)."""
-    from evolforge.steps.judge.step import LEVELS
-
     judged = table_at(root, "data/judged")
     if judged is None:
         return json_at(root / "metrics" / "plots" / "difficulty_levels.json") or []
     out = []
     for (r,), part in sorted(judged.group_by(["round"]), key=lambda kv: kv[0][0]):
         for level in LEVELS + [None]:
-            count = int(part["difficulty_level"].is_null().sum() if level is None else (part["difficulty_level"] == level).sum())
+            count = int(part["difficulty_level"].is_null().sum() if level is None
+                        else (part["difficulty_level"] == level).sum())
             if level is None and not count:
                 continue
-            out.append({"round": int(r), "level": level or "unparsed", "count": count, "share": round(count / part.height, 4)})
+            out.append({"round": int(r), "level": level or "unparsed", "count": count,
+                        "share": round(count / part.height, 4)})
     return out
 
 
@@ -127,7 +130,8 @@ def evolved_pairs(root: Path, n: int = PAIRS_PER_ROUND) -> list[dict]:
     picked = []
     for path in rounds:
         survivors = pl.scan_parquet(path).filter(pl.col("status") == EVOLVED).select("id", "root_id").collect()
-        keys = heapq.nsmallest(n, zip(survivors["root_id"], survivors["id"]), key=lambda k: (_digest(k[0] or k[1]), k[1]))
+        keys = heapq.nsmallest(n, zip(survivors["root_id"], survivors["id"]),
+                               key=lambda k: (_digest(k[0] or k[1]), k[1]))
         order = {item_id: i for i, (_, item_id) in enumerate(keys)}
         part = pl.scan_parquet(path).filter(pl.col("id").is_in(list(order))).select(cols).collect()
         picked += sorted(part.to_dicts(), key=lambda r: order[r["id"]])
@@ -188,8 +192,11 @@ def examples(root: Path, metric: str | None) -> dict[str, list[dict]]:
     if selected is None or not metric or metric not in selected.columns:
         return {}
     ranked = selected.filter(pl.col(metric).is_not_null()).sort([metric, "id"], descending=[True, False])
-    cols = [c for c in ("id", "round", "instruction", "input", "output", "ifd", "ic_ifd", "difficulty_level") if c in ranked.columns]
-    return {"top": ranked.head(EXAMPLES).select(cols).to_dicts(), "bottom": ranked.tail(EXAMPLES).reverse().select(cols).to_dicts()}
+    cols = [c
+            for c in ("id", "round", "instruction", "input", "output", "ifd",
+                      "ic_ifd", "difficulty_level") if c in ranked.columns]
+    return {"top": ranked.head(EXAMPLES).select(cols).to_dicts(),
+            "bottom": ranked.tail(EXAMPLES).reverse().select(cols).to_dicts()}
 
 
 def train_curve(root: Path) -> list[dict]:
@@ -215,9 +222,12 @@ METRIC_SOURCES = {
     "metrics/evolve.json": "data/evolved", "metrics/plots/evolve_failures.json": "data/evolved",
     "metrics/optimize.json": "data/method", "metrics/respond.json": "data/responses",
     "metrics/pool.json": "data/pool", "metrics/decontaminate.json": "data/clean", "metrics/judge.json": "data/judged",
-    "metrics/score.json": "data/scores", "metrics/diversity.json": "data/diversity", "metrics/select.json": "data/selected",
-    "metrics/train.json": "models/sft", "metrics/train_live": "models/sft", "metrics/plots/train_loss.json": "models/sft",
-    "metrics/eval_base.json": "data/eval_base", "metrics/eval.json": "data/eval", "metrics/compare.json": "data/compare",
+    "metrics/score.json": "data/scores", "metrics/diversity.json": "data/diversity",
+                  "metrics/select.json": "data/selected",
+    "metrics/train.json": "models/sft", "metrics/train_live": "models/sft",
+                  "metrics/plots/train_loss.json": "models/sft",
+    "metrics/eval_base.json": "data/eval_base", "metrics/eval.json": "data/eval",
+                  "metrics/compare.json": "data/compare",
 }
 
 

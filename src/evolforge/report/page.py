@@ -112,8 +112,8 @@ def levels_table(v: dict) -> str:
     by_round: dict[int, dict[str, int]] = {}
     for r in v["levels"]:
         by_round.setdefault(r["round"], {})[r["level"]] = r["count"]
-    rows = [f"<tr>{num('seed' if rnd == 0 else rnd)}{''.join(num(c.get(l, 0)) for l in levels)}{num(sum(c.values()))}</tr>"
-            for rnd, c in sorted(by_round.items())]
+    rows = [f"<tr>{num('seed' if rnd == 0 else rnd)}{''.join(num(c.get(level, 0)) for level in levels)}"
+            f"{num(sum(c.values()))}</tr>" for rnd, c in sorted(by_round.items())]
     return table(["round"] + levels + ["total"], rows)
 
 
@@ -276,8 +276,10 @@ CHARTS = [
      "failure reason", "items", lambda v: v["evolve_failures"]),
     ("optimize", "Optimize: dev-set evol failure rate per step", "steps", "step", "failure_rate",
      "optimization step", "failure rate", lambda v: v["optimize"]),
-    ("train_loss", "Fine-tuning loss per step", "steps", "step", "loss", "step", "loss (nats)", lambda v: v["train_curve"]),
-    ("ifd", "IFD: pool and selection", "histogram", "bin_low", "count", "IFD", "items", lambda v: v["histograms"].get("ifd")),
+    ("train_loss", "Fine-tuning loss per step", "steps", "step", "loss", "step", "loss (nats)",
+     lambda v: v["train_curve"]),
+    ("ifd", "IFD: pool and selection", "histogram", "bin_low", "count", "IFD", "items",
+     lambda v: v["histograms"].get("ifd")),
     ("ic_ifd", "IC-IFD: pool and selection", "histogram", "bin_low", "count", "IC-IFD", "items",
      lambda v: v["histograms"].get("ic_ifd")),
     ("mnd", "Minimum neighbour distance (diversity)", "histogram", "bin_low", "count", "MND", "items",
@@ -326,7 +328,8 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
     sections = [
         ("Summary", "the headline figures of metrics/summary.json, as dvc exp show compares them",
          side_by_side(versions, summary_html)),
-        ("Funnel per round", "seeds → evolved / failed by reason (survival: the share of a round's attempts that evolved) "
+        ("Funnel per round",
+         "seeds → evolved / failed by reason (survival: the share of a round's attempts that evolved) "
          "→ answered → deduplicated / decontaminated → judged → selected",
          side_by_side(versions, funnel_table)),
         ("Scenario", "the pool that went on to dedup: evolved instructions (evol) or AutoIF's verified items (autoif)",
@@ -342,7 +345,8 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
         ("IFD / IC-IFD", "distributions over the scored pool and over the selection",
          charts_html(versions, ["ifd", "ic_ifd", "mnd"])),
         ("Selected examples: highest selection metric", "", side_by_side(versions, lambda v: examples_table(v, "top"))),
-        ("Selected examples: lowest selection metric", "", side_by_side(versions, lambda v: examples_table(v, "bottom"))),
+        ("Selected examples: lowest selection metric", "",
+         side_by_side(versions, lambda v: examples_table(v, "bottom"))),
         ("Fine-tuning and evaluation", "base model vs the model tuned on this selection",
          charts_html(versions, ["train_loss"]) + side_by_side(versions, eval_table)),
         ("Pairwise comparison", "the judge's verdicts, fine-tuned model against the other, on held-out prompts",
@@ -356,8 +360,10 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
     ]
     warnings = "".join(f"<p class='warning'>{esc(label)}: {esc(w)}</p>" for label, v in versions
                        for w in v.get("warnings") or [])
-    body = warnings + "".join(f"<h2>{esc(h)}</h2>{f'<p>{esc(sub)}</p>' if sub else ''}{content}" for h, sub, content in sections)
+    body = warnings + "".join(f"<h2>{esc(h)}</h2>{f'<p>{esc(sub)}</p>' if sub else ''}{content}"
+                              for h, sub, content in sections)
     return (f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'>\n<title>{esc(title)}: {esc(labels)}</title>\n"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'>\n<title>{esc(title)}: "
+            f"{esc(labels)}</title>\n"
             f"{library_scripts()}\n{RUNNER}\n<style>{STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{esc(title)}</h1>\n<ul>{where}</ul>\n{body}\n</body>\n</html>\n")

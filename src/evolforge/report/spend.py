@@ -71,7 +71,8 @@ def spend_html(v: dict) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>{per_item}"
 
 
-STATS = ("calls", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost")  # cached: a provider's prompt cache
+# cached_prompt_tokens: of prompt_tokens, those a provider served from its prompt cache
+STATS = ("calls", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost")
 
 
 def _fmt(x: Any) -> str:

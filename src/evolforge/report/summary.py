@@ -62,7 +62,8 @@ def _selection(root: Path) -> dict[str, float | None]:
         return dict.fromkeys(cols)
     names = pl.read_parquet_schema(path)
     table = pl.read_parquet(path, columns=[c for c in cols.values() if c in names])
-    return {short: (round(float(table[col].mean()), 4) if col in table.columns and table[col].null_count() < table.height
+    return {short: (round(float(table[col].mean()), 4) if col in table.columns
+                    and table[col].null_count() < table.height
                     else None) for short, col in cols.items()}
 
 

@@ -75,7 +75,8 @@ def _pooled_chunk(model, ids: list[list[int]], batch_size: int, pad_id: int, pro
     return out
 
 
-def _sentence_transformer(model_name, batch_size, revision, device, progress, chunk_size) -> Callable[[Sequence[str]], np.ndarray]:
+def _sentence_transformer(model_name, batch_size, revision,
+                          device, progress, chunk_size) -> Callable[[Sequence[str]], np.ndarray]:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
@@ -88,8 +89,10 @@ def _sentence_transformer(model_name, batch_size, revision, device, progress, ch
 
     def embed(texts: Sequence[str]) -> np.ndarray:  # encode() sorts by length too: one call per chunk
         parts = [model.encode(list(texts[start : start + chunk_size]), batch_size=batch_size, normalize_embeddings=True,
-                              convert_to_numpy=True, show_progress_bar=progress) for start in range(0, len(texts), chunk_size)]
-        return np.concatenate(parts).astype(np.float32) if parts else model.encode([], convert_to_numpy=True).astype(np.float32)
+                              convert_to_numpy=True, show_progress_bar=progress)
+                 for start in range(0, len(texts), chunk_size)]
+        return (np.concatenate(parts).astype(np.float32) if parts
+                else model.encode([], convert_to_numpy=True).astype(np.float32))
 
     return embed
 
@@ -116,10 +119,12 @@ def text_embedder(
         return _sentence_transformer(model_name, batch_size, revision, device, progress, chunk_size)
     if kind == "causal-lm-mean":
         model, tokenizer = load_scorer(model_name, revision, dtype=dtype, device=device)
-        return lambda texts: mean_pooled_embeddings(model, tokenizer, texts, batch_size, max_length, progress, chunk_size)
+        return lambda texts: mean_pooled_embeddings(model, tokenizer, texts, batch_size,
+                                                    max_length, progress, chunk_size)
     raise ValueError(f"embedding kind must be 'sentence-transformers' or 'causal-lm-mean', got {kind!r}")
 
 
-def embed_texts(texts: Sequence[str], model_name: str, kind: EmbeddingKind = "causal-lm-mean", **settings: Any) -> np.ndarray:
+def embed_texts(texts: Sequence[str], model_name: str,
+                kind: EmbeddingKind = "causal-lm-mean", **settings: Any) -> np.ndarray:
     """Unit-normalised embeddings of ``texts``, (N, d) float32: :func:`text_embedder` (its ``settings``) once."""
     return text_embedder(model_name, kind, **settings)(texts)

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.steps.score.settings import Boundary, CherryTruncation, Template
+from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.formulas import NULL_ROW_LOSSES, scores_row
 from evolforge.score.losses import IGNORE, split_head, token_nlls
@@ -109,7 +109,8 @@ def ifd_scores(
     Columns: see ``SCORE_VALUES``. Q = instruction, plus "\\n" + input when the input is non-empty.
 
     ``template``: which texts the passes see (raw, cherry, chat: see the module doc). ``boundary``: "prefix"
-    (the official codes' rule) or "offsets" (the exact character boundary); see :mod:`evolforge.score.passes`. ``max_length`` (raw, chat) cuts the conditioned pass from the right
+    (the official codes' rule) or "offsets" (the exact character boundary); see :mod:`evolforge.score.passes`.
+    ``max_length`` (raw, chat) cuts the conditioned pass from the right
     and drops as many tokens from the end of the direct pass; an item whose prompt alone is longer gets
     nulls and a ``null_reason``.
 

@@ -41,7 +41,8 @@ def token_budget_batches(lengths: Sequence[int], max_batch_tokens: int, max_rows
     batches: list[list[int]] = []
     for i in order:
         batch = batches[-1] if batches else None
-        if batch and (len(batch) + 1) * lengths[batch[0]] <= max_batch_tokens and (max_rows is None or len(batch) < max_rows):
+        if batch and (len(batch) + 1) * lengths[batch[0]] <= max_batch_tokens \
+                and (max_rows is None or len(batch) < max_rows):
             batch.append(i)
         else:
             batches.append([i])

@@ -74,7 +74,8 @@ def _fold(d2: np.ndarray, first_query: int, first_key: int, min_distance: np.nda
 
 
 def neighbor_stats(
-    embeddings: np.ndarray, block_size: int = 4096, repeat_threshold: float = REPEAT_THRESHOLD, key_block: int = KEY_BLOCK
+    embeddings: np.ndarray, block_size: int = 4096, repeat_threshold: float = REPEAT_THRESHOLD,
+                   key_block: int = KEY_BLOCK
 ) -> NeighborStats:
     """Exact nearest-neighbour distance and repeat count of every row, tile by tile.
 

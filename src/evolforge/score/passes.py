@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Sequence, get_args
 
 from evolforge.core.prompts import PromptLibrary
-from evolforge.steps.score.settings import Boundary, CherryTruncation, Template
+from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.core.text import question_text
 
 # Cherry's direct text: the response header alone (data_analysis.py: '### Response:' + output).
@@ -119,7 +119,8 @@ def _alpaca_pieces(prompts: PromptLibrary, with_input: bool) -> list[str]:
     return [head, *rest.split(_SENTINELS[1])] if with_input else [head, rest]
 
 
-def _cherry_texts(pieces: dict[bool, list[str]], instruction: str, input_text: str, answer: str) -> tuple[PassText, PassText]:
+def _cherry_texts(pieces: dict[bool, list[str]], instruction: str,
+                  input_text: str, answer: str) -> tuple[PassText, PassText]:
     # Cherry data_analysis.py (--prompt alpaca): whole_text = prompt + output, response from
     # text.rfind(output) (= len(prompt)); direct text '### Response:' + output. L(Q) is ours: Cherry has
     # none in IFD; here it averages the instruction's and the input's own tokens inside the prompt.
@@ -229,7 +230,8 @@ def encode_items(
     max_length: int | None = None,
     cherry_truncation: CherryTruncation = "official",
 ) -> list[EncodedItem]:
-    """Token ids of each item under ``template`` and ``boundary`` (see :func:`evolforge.score.ifd.ifd_scores`), truncated."""
+    """Token ids of each item under ``template`` and ``boundary`` (see :func:`evolforge.score.ifd.ifd_scores`),
+    truncated."""
     if template not in get_args(Template):
         raise ValueError(f"template must be one of {list(get_args(Template))}, got {template!r}")
     if boundary not in get_args(Boundary):
@@ -306,7 +308,8 @@ def cherry_truncate(item: EncodedItem, prompt_tokens: int, max_length: int | Non
         return item
     prompt_tokens = min(prompt_tokens, max_length)  # Cherry encodes the prompt with truncation too
     if max_length - prompt_tokens <= 0:
-        return _null(f"prompt is {prompt_tokens} tokens, no room within max_length={max_length} (Cherry skips the item)")
+        return _null(f"prompt is {prompt_tokens} tokens, no room within max_length={max_length} (Cherry "
+                     f"skips the item)")
     conditioned = item.conditioned_ids[:max_length]
     direct = item.direct_ids[: max_length - prompt_tokens + CHERRY_DIRECT_SLACK]
     direct_tokens = len(direct) - item.direct_start

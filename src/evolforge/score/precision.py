@@ -45,6 +45,7 @@ def stored_scores(scores: pl.DataFrame) -> pl.DataFrame:
         new = scores_row(losses["loss_instruction"], row["n_tokens_instruction"], losses["loss_response"],
                          row["n_tokens_response"], losses["loss_response_given_instruction"],
                          row["n_tokens_response_given_instruction"], row["null_reason"])
-        rows.append({**new, "ifd": significant(new["ifd"], RATIO_DIGITS), "ic_ifd": significant(new["ic_ifd"], RATIO_DIGITS)})
+        rows.append({**new, "ifd": significant(new["ifd"], RATIO_DIGITS),
+                     "ic_ifd": significant(new["ic_ifd"], RATIO_DIGITS)})
     stored = pl.from_dicts(rows, schema=SCORE_VALUES) if rows else scores.select(list(SCORE_VALUES)).clear()
     return scores.with_columns(stored)

@@ -4,5 +4,6 @@ judge, score, diversity, select, compare, evolver_analysis): a stage script maps
 
 A step's ``settings.py`` types its params.yaml section: a dataclass whose fields hold the defaults (the one
 place they live) and the types, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``.
-:mod:`evolforge.config.schema` maps the section to it; a settings module imports nothing but
-:mod:`evolforge.config`, so checking params loads no step."""
+The step types its section with it (``load_section(params, "seed", SeedSettings)``) and :mod:`evolforge.schema`
+maps the section to it; a settings module imports nothing but :mod:`evolforge.config` (and leaves of types,
+``score/choices.py``), so checking params loads no step."""

@@ -79,7 +79,8 @@ def score_program(program: str, tests: str | None = None, *, setup: str = "",
     if os.environ.get(ALLOW_ENV) != "1":
         raise RuntimeError(f"refusing to execute model-written code: {ALLOW_ENV}=1 is not set "
                            "(evaluate.allow_code_execution is false)")
-    limits = {"timeout_s": float(os.environ.get(TIMEOUT_ENV, "10")), "memory_mb": int(os.environ.get(MEMORY_ENV, "512"))}
+    limits = {"timeout_s": float(os.environ.get(TIMEOUT_ENV, "10")),
+              "memory_mb": int(os.environ.get(MEMORY_ENV, "512"))}
     checks = {"tests": tests, "setup": setup, "calls": calls}
     result = run_untrusted(program, **checks, **limits)
     if result.status == "error":  # the sandbox itself could not be set up: not the program's verdict, try once more
@@ -130,7 +131,8 @@ def mbpp_fewshot_samples() -> list[dict]:
                        "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)"],
          "is_fewshot": True},
         {"task_id": 3, "text": "Write a python function to identify non-prime numbers.",
-         "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n    for i in range(2,int(math.sqrt(n)) + 1):"
+         "code": "import math\r\ndef is_not_prime(n):\r\n    result = False\r\n    for i in "
+                 "range(2,int(math.sqrt(n)) + 1):"
                  "\r\n        if n % i == 0:\r\n            result = True\r\n    return result",
          "test_list": ["assert is_not_prime(2) == False", "assert is_not_prime(10) == True",
                        "assert is_not_prime(35) == True"],

@@ -58,7 +58,8 @@ IFEVAL = [
             "find their way home. Is there anything else I can help with?"),
     _ifeval(1004, "Name the largest planet in the solar system. Wrap your entire output in JSON format, and do not "
                   "include the words moon or star in the response.",
-            [("detectable_format:json_format", {}), ("keywords:forbidden_words", {"forbidden_words": ["moon", "star"]})],
+            [("detectable_format:json_format", {}),
+             ("keywords:forbidden_words", {"forbidden_words": ["moon", "star"]})],
             '{"planet": "Jupiter"}'),
     _ifeval(1005, "Write a one-sentence slogan for a bakery and wrap your entire response with double quotation "
                   "marks. Highlight at least 1 section in your answer with markdown, i.e. *highlighted section*.",
@@ -122,7 +123,8 @@ def _humaneval(n: int, prompt: str, solution: str, asserts: list[str], entry_poi
 
 
 HUMANEVAL = [
-    _humaneval(0, 'def add_numbers(a: int, b: int) -> int:\n    """Return the sum of a and b.\n    >>> add_numbers(2, 3)\n'
+    _humaneval(0,
+               'def add_numbers(a: int, b: int) -> int:\n    """Return the sum of a and b.\n    >>> add_numbers(2, 3)\n'
                   '    5\n    """\n',
                "    return a + b\n", ["candidate(2, 3) == 5", "candidate(-1, 1) == 0", "candidate(0, 0) == 0"],
                "add_numbers"),
@@ -137,7 +139,8 @@ HUMANEVAL = [
     _humaneval(3, "from typing import List\n\n\ndef running_max(numbers: List[int]) -> List[int]:\n"
                   '    """Return the list of the largest element seen so far at each position.\n'
                   "    >>> running_max([1, 3, 2, 5])\n    [1, 3, 3, 5]\n    \"\"\"\n",
-               "    result = []\n    for x in numbers:\n        result.append(x if not result else max(result[-1], x))\n"
+               "    result = []\n    for x in numbers:\n        result.append(x if not result else "
+               "max(result[-1], x))\n"
                "    return result\n",
                ["candidate([]) == []", "candidate([1, 3, 2, 5]) == [1, 3, 3, 5]", "candidate([4, 1]) == [4, 4]"],
                "running_max"),

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.budget import SpendLedger, call_label, prompt_bytes
 
 DRY_RUN_ENV = "EVOLFORGE_DRY_RUN"
@@ -60,7 +61,8 @@ def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest],
     samples = ledger.samples(role.name, label) if ledger is not None else []
     if ledger is not None:
         ledger.close()
-    return {k: stand_in(samples, k, requests[idx[0]]) for k, idx in missing.items()} if samples else dict.fromkeys(missing)
+    return {k: stand_in(samples, k, requests[idx[0]])
+            for k, idx in missing.items()} if samples else dict.fromkeys(missing)
 
 
 def stand_in(samples: list[str], key: str, request: ChatRequest) -> str:

@@ -20,7 +20,8 @@ name and the variables its last message was rendered from, so rewording a templa
 >>> from evolforge.core.prompts import PromptLibrary
 >>> replies = TemplateReplies({"respond/response.j2": lambda v, request: f"An answer to {v['instruction']}"})
 >>> prompts = replies.watch(PromptLibrary())
->>> request = ChatRequest.chat([{"role": "user", "content": prompts.render("respond/response.j2", instruction="Add 2 and 3.", input="")}])
+>>> content = prompts.render("respond/response.j2", instruction="Add 2 and 3.", input="")
+>>> request = ChatRequest.chat([{"role": "user", "content": content}])
 >>> FakeBackend(replies).generate([request])[0].text, replies.template_of(request)
 ('An answer to Add 2 and 3.', 'respond/response.j2')
 """
@@ -31,7 +32,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Sequence, Union
 
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import Capabilities, Completion
 
 
@@ -92,7 +93,8 @@ class TemplateReplies:
     def watch(self, library: PromptLibrary) -> PromptLibrary:
         """``library``, recording from now on every text it renders."""
         render = library.render
-        library.render = lambda name, /, **variables: self.note(name, variables, render(name, **variables))  # type: ignore[method-assign]
+        library.render = (  # type: ignore[method-assign]
+            lambda name, /, **variables: self.note(name, variables, render(name, **variables)))
         return library
 
     def source(self, request: ChatRequest) -> tuple[str, dict[str, Any]]:
@@ -108,5 +110,6 @@ class TemplateReplies:
     def __call__(self, request: ChatRequest) -> Reply:
         name, variables = self.source(request)
         if name not in self.routes:
-            raise AssertionError(f"TemplateReplies: no reply scripted for template {name} (routes: {sorted(self.routes)})")
+            raise AssertionError(f"TemplateReplies: no reply scripted for template {name} (routes: "
+                                 f"{sorted(self.routes)})")
         return self.routes[name](variables, request)

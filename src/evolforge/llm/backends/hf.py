@@ -42,7 +42,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
-from evolforge.config.roles import ChatRequest, Role, pick_threads
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
+from evolforge.llm.threads import pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect

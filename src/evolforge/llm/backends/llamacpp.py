@@ -41,10 +41,12 @@ import numpy as np
 import torch
 
 from evolforge.core.models import load_tokenizer, model_identity
-from evolforge.config.roles import LLAMACPP_CONTEXT, ChatRequest, Role, pick_threads
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
+from evolforge.llm.threads import pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
-from evolforge.llm.keys import request_seed
+from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
 Finished = list[tuple[int, Completion]]
@@ -120,7 +122,8 @@ class LlamaCppBackend:
         """The prompt's tokens: the chat template (an unfinished assistant turn after a prefix), as hf renders it."""
         prefix = request.controls.assistant_prefix if request.controls is not None else None
         if prefix:
-            text = self.tokenizer.apply_chat_template([*request.message_dicts, {"role": "assistant", "content": prefix}],
+            text = self.tokenizer.apply_chat_template([*request.message_dicts,
+                                                       {"role": "assistant", "content": prefix}],
                                                       tokenize=False, continue_final_message=True)
         else:
             text = self.tokenizer.apply_chat_template(request.message_dicts, tokenize=False, add_generation_prompt=True)

@@ -33,7 +33,8 @@ import math
 from typing import Any, Iterator, Sequence
 
 from evolforge.core.models import model_identity
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Capabilities, Completion, refuse_controls
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect, refuse_controls
 from evolforge.core.models import model_identity

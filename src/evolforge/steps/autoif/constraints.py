@@ -4,8 +4,8 @@ Four steps, each a stage:
 
 1. **self-instruct** -- the seed constraints go into a prompt asking the evolver for new format (not style)
    constraints; the answer's list lines are parsed and deduplicated (:func:`parse_constraint_lines`,
-   :func:`collect_constraints`): this module, which also holds what the steps share (templates, statuses,
-   :func:`first_by_hash`);
+   :func:`collect_constraints`): this module (what the steps share -- templates, statuses,
+   :func:`~evolforge.steps.autoif.shared.first_by_hash` -- is :mod:`evolforge.steps.autoif.shared`);
 2. **verification functions** -- per constraint, K samples each asking for one JSON object holding a Python
    ``evaluate(response) -> bool`` and test cases with expected results
    (:func:`evolforge.steps.autoif.forms.parse_verification`; the other form: :mod:`evolforge.steps.autoif.forms`);
@@ -33,21 +33,16 @@ from typing import Any, Sequence
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.io.jsonfiles import read_text
 from evolforge.config.loader import load_section
+from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, SEED, make_id
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_role
-
-SELF_INSTRUCT_TEMPLATE = "autoif/self_instruct.j2"
-VERIFICATION_TEMPLATE = "autoif/verification.j2"
-RESPOND_TEMPLATE = "autoif/respond.j2"
-METHOD = "autoif"
-KEPT = "kept"  # status of a kept function, case or verified constraint in the intermediate tables
-COPIED = "copied_demonstration"  # a function or case copied verbatim from a few-shot demonstration
+from evolforge.steps.autoif.shared import SELF_INSTRUCT_TEMPLATE, constraint_key
 
 
 # --- step 1: constraints -------------------------------------------------------------------------
@@ -77,11 +72,6 @@ def parse_constraint_lines(text: str) -> list[tuple[str, str | None]]:
         match = _BULLET.match(line)
         out.append((line[match.end():].strip(), None) if match else (line.strip(), "not_a_list_item"))
     return out
-
-
-def constraint_key(text: str) -> str:
-    """What two constraints must share to be duplicates: case, spacing and end punctuation ignored."""
-    return re.sub(r"\s+", " ", text).strip().strip(" .!").lower()
 
 
 def collect_constraints(seeds: Sequence[str], outputs: Sequence[str], min_chars: int = 10,
@@ -126,24 +116,10 @@ def sampled_requests(llm: LLM, content: str, n: int, **sampling) -> list[ChatReq
     return [dataclasses.replace(base, sample_index=i) for i in range(n)]
 
 
-def usable_constraints(table: pl.DataFrame) -> pl.DataFrame:
-    return table.filter(pl.col("status") != FAILED)
-
-
-def first_by_hash(table: pl.DataFrame, n: int | None, seed: int) -> pl.DataFrame:
-    """At most ``n`` rows, those with the smallest seeded hash of their id, in hash order: adding rows never
-    reshuffles the others. (The seed stage's ``steps.common.source.hash_sample`` takes the same rows but keeps
-    them in source order.)"""
-    if n is None or table.height <= n:
-        return table
-    order = table["id"].map_elements(lambda i: make_id(seed, i), return_dtype=pl.String)
-    return table.with_columns(_order=order).sort("_order").head(n).drop("_order")
-
-
 def run(seeds_file: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The autoif_constraints stage: ``self_instruct_calls`` samples of the self-instruct prompt over the seed
     constraints, parsed into one constraint table; an empty table marked skipped unless ``scenario: autoif``."""
-    cfg = load_section(params, "autoif")
+    cfg = load_section(params, "autoif", AutoIFSettings)
     seeds = read_seed_constraints(seeds_file)
     if cfg.scenario != "autoif":
         return Outputs({"skipped": True}, "autoif_constraints: skipped (scenario is not autoif)",
@@ -159,10 +135,12 @@ def run(seeds_file: str | Path, params: dict[str, Any], prompts: PromptLibrary) 
                "llm": {"evolver": llm.stats},  # tokens, failures and cost of the calls
                "lines": table.height - len(seeds), "constraints": table.height - failed.height,
                "new_constraints": int((table["status"] == "evolved").sum()),
-               "dropped": {r: int(n) for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}}
+               "dropped": {r: int(n)
+                           for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}}
     meta = {"model": llm.label, "model_identity": llm.identity, "settings": dataclasses.asdict(cfg),
             "template_hash": prompts.hash(SELF_INSTRUCT_TEMPLATE)}
-    return Outputs(metrics, f"autoif_constraints: {metrics['constraints']} constraints ({metrics['new_constraints']} new) "
+    return Outputs(metrics,
+                   f"autoif_constraints: {metrics['constraints']} constraints ({metrics['new_constraints']} new) "
                             f"from {cfg.self_instruct_calls} calls; dropped {metrics['dropped']}",
                    table=table, meta=meta, checks=validation.unique("id") + validation.non_empty_text(["constraint"]),
                    extra={"raw_outputs.jsonl": [{"call_index": i, "text": t} for i, t in enumerate(outputs)]})

@@ -21,8 +21,10 @@ Cross-validation is the same in both forms. What the demonstrations could leak i
 a demonstration whose instruction equals the constraint is left out of that prompt, and a function or case
 copied verbatim from a demonstration is dropped as ``copied_demonstration`` (:class:`Copies`).
 
->>> parse_lines("```python\\ndef evaluate(response):\\n    return '!' not in response\\n```\\nFOLLOWS: Fine.\\nBREAKS: No!")
-(Verification(func="def evaluate(response):\\n    return '!' not in response", cases=(('Fine.', True), ('No!', False))), None)
+>>> parse_lines("```python\\ndef evaluate(response):\\n    return '!' not in response\\n```\\n"
+...             "FOLLOWS: Fine.\\nBREAKS: No!")
+(Verification(func="def evaluate(response):\\n    return '!' not in response", cases=(('Fine.', True), ('No!', False))),
+None)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from evolforge.core.prompts import PromptError, PromptLibrary
-from evolforge.steps.autoif.constraints import VERIFICATION_TEMPLATE, constraint_key
+from evolforge.steps.autoif.shared import VERIFICATION_TEMPLATE, constraint_key
 
 FORMS = ("lines", "paper")
 FUNCTION_TEMPLATE = "autoif/verification_function.j2"
@@ -179,12 +181,15 @@ def load_demonstrations(prompts: PromptLibrary, name: str = EXAMPLES_FILE) -> li
     fields = ("constraint", "func", "follows", "breaks")
     demos = []
     for i, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or set(row) != set(fields) or not all(isinstance(row[f], str) and row[f].strip() for f in fields):
-            raise PromptError(f"{where}: example {i}: needs exactly the keys {', '.join(fields)}, each a non-empty string")
+        if not isinstance(row, dict) or set(row) != set(fields) or not all(isinstance(row[f], str)
+                                                                           and row[f].strip() for f in fields):
+            raise PromptError(f"{where}: example {i}: needs exactly the keys {', '.join(fields)}, each a "
+                              f"non-empty string")
         demo = Demonstration(**{f: row[f].strip() for f in fields})
         parsed, reason = parse_lines(demo.answer())
         if parsed is None or parsed.cases != ((demo.follows, True), (demo.breaks, False)):
-            raise PromptError(f"{where}: example {i}: does not parse back in the lines form ({reason or 'cases differ'}); "
+            raise PromptError(f"{where}: example {i}: does not parse back in the lines form "
+                              f"({reason or 'cases differ'}); "
                              "func must define evaluate(response), follows/breaks must be one line each")
         demos.append(demo)
     return demos
@@ -204,7 +209,8 @@ def verification_conversations(form: str, constraint: str, prompts: PromptLibrar
     shift = sample_index % len(usable) if usable else 0
     rotated = usable[shift:] + usable[:shift]
     conversations = []
-    for template, answer in ((FUNCTION_TEMPLATE, Demonstration.function_answer), (CASES_TEMPLATE, Demonstration.cases_answer)):
+    for template, answer in ((FUNCTION_TEMPLATE, Demonstration.function_answer),
+                             (CASES_TEMPLATE, Demonstration.cases_answer)):
         turns = []
         for demo in rotated:
             turns += [{"role": "user", "content": prompts.render(template, constraint=demo.constraint)},
@@ -263,7 +269,8 @@ class Copies:
     @classmethod
     def of(cls, demos: Sequence[Demonstration]) -> "Copies":
         """The copy check for samples written after ``demos`` (nothing is a copy when there are none)."""
-        return cls(frozenset(_normal(d.func) for d in demos), frozenset(c for d in demos for c in (d.follows, d.breaks)))
+        return cls(frozenset(_normal(d.func) for d in demos),
+                   frozenset(c for d in demos for c in (d.follows, d.breaks)))
 
     def func(self, func: str) -> bool:
         return _normal(func) in self.funcs

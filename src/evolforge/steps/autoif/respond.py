@@ -19,14 +19,14 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import AUTOIF_RESPONSES
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
 from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
-from evolforge.steps.autoif.constraints import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
+from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
 from evolforge.steps.autoif.sandbox import Runner, run_function
 from evolforge.steps.common.source import build_seed
 
@@ -37,9 +37,11 @@ VERDICT = ("pass_rate", "response_verified")  # what verify_responses adds
 def select_queries(queries: pl.DataFrame, source: QuerySource) -> pl.DataFrame:
     """Queries (id, query) from a seed-format table: instruction + "\\n" + input, within the length window
     (exclusive bounds, as the reference code's ``20 < len(q) < 300``)."""
-    text = pl.when(pl.col("input") != "").then(pl.col("instruction") + "\n" + pl.col("input")).otherwise(pl.col("instruction"))
+    text = (pl.when(pl.col("input") != "").then(pl.col("instruction") + "\n" + pl.col("input"))
+            .otherwise(pl.col("instruction")))
     out = queries.select(pl.col("id").alias("query_id"), text.alias("query"))
-    return out.filter((pl.col("query").str.len_chars() > source.min_chars) & (pl.col("query").str.len_chars() < source.max_chars))
+    length = pl.col("query").str.len_chars()
+    return out.filter((length > source.min_chars) & (length < source.max_chars))
 
 
 def pair_queries(constraints: pl.DataFrame, queries: pl.DataFrame, per_constraint: int, seed: int) -> pl.DataFrame:
@@ -64,7 +66,8 @@ def response_records(pairs: pl.DataFrame, outputs: Sequence[str], *, evolver_mod
     instruction = constraint, input = query (the reference code's record), lineage from the constraint,
     ``round`` 1, ``method`` autoif."""
     return pairs.with_columns(
-        id=pl.struct("constraint_id", "query_id").map_elements(lambda r: make_id(METHOD, r["constraint_id"], r["query_id"]),
+        id=pl.struct("constraint_id", "query_id").map_elements(lambda r: make_id(METHOD,
+                                                                                 r["constraint_id"], r["query_id"]),
                                                             return_dtype=pl.String),
         root_id=pl.col("constraint_id"), parent_id=pl.col("constraint_id"), round=pl.lit(1, pl.Int32),
         method=pl.lit(METHOD), status=pl.lit(EVOLVED), failure_reason=pl.lit(None, pl.String),
@@ -99,7 +102,7 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
     """The autoif_respond stage: (at most ``paired_constraints`` of) the verified constraints, each paired with
     queries and answered by the responder; with ``verify_responses`` the answers the constraint's functions
     refuse go to rejected.parquet. An empty table marked skipped unless ``scenario: autoif``."""
-    cfg = load_section(params, "autoif")
+    cfg = load_section(params, "autoif", AutoIFSettings)
     active = cfg.scenario == "autoif"
     constraints = read_table(verified)
     functions = pl.read_parquet(f"{verified}/functions.parquet")
@@ -108,20 +111,24 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
     pairs, outputs, n_queries = pl.DataFrame(schema=PAIR_SCHEMA), [], 0
     if active and constraints.height:  # no verified constraint: nothing to pair, the query source is not read
         q = SimpleNamespace(**{**QUERY_DEFAULTS, **cfg.queries})
-        queries = select_queries(build_seed(q.source, fmt=q.format, fields=q.fields, config=q.config, split=q.split)[0], q)
+        queries = (select_queries(build_seed(q.source, fmt=q.format, fields=q.fields,
+                                             config=q.config, split=q.split)[0], q))
         n_queries = queries.height
         pairs = pair_queries(constraints, queries, cfg.queries_per_constraint, cfg.seed)
     stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
     if pairs.height:
         llm = open_role(params, "responder", open_cache(params))
         requests = [llm.request([{"role": "user", "content": prompts.render(RESPOND_TEMPLATE, constraint=c, query=x)}],
-                                max_tokens=cfg.response_max_tokens) for c, x in zip(pairs["constraint"], pairs["query"])]
+                                max_tokens=cfg.response_max_tokens) for c, x in zip(pairs["constraint"],
+                                                                                    pairs["query"])]
         outputs = llm.complete(requests, desc="autoif respond")
-        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"],
+                 "cache_hits": llm.stats["cache_hits"]}
         stats = {"responder": llm.stats}
     # the evolver that wrote the constraints' functions, as the verify stage recorded it
     evolver = json.loads(Path(verified, META).read_text(encoding="utf-8")).get("model") or ""
-    table = response_records(pairs, outputs, evolver_model=evolver, self_instruct_hash=prompts.hash(SELF_INSTRUCT_TEMPLATE),
+    table = response_records(pairs, outputs, evolver_model=evolver,
+                             self_instruct_hash=prompts.hash(SELF_INSTRUCT_TEMPLATE),
                              response_hash=prompts.hash(RESPOND_TEMPLATE))
     if cfg.verify_responses:
         table = verify_responses(table, functions, cfg)
@@ -129,13 +136,16 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
         table = table.with_columns(pass_rate=pl.lit(None, pl.Float64), response_verified=pl.lit(None, pl.Boolean))
     rejected = table.filter(pl.col("response_verified") == False).with_columns(  # noqa: E712 (null = not checked)
         status=pl.lit(FAILED), failure_reason=pl.lit("response_not_verified"))
-    kept = table.filter(pl.col("response_verified").is_null() | pl.col("response_verified")).select(list(AUTOIF_RESPONSES))
+    kept = table.filter(pl.col("response_verified").is_null() | pl.col("response_verified")).select(
+        list(AUTOIF_RESPONSES))
     rates = table["pass_rate"].drop_nulls()
     metrics = {"skipped": not active, "constraints": constraints.height if active else 0, "queries": n_queries,
                "pairs": table.height, "responses_kept": kept.height, "responses_rejected": rejected.height,
                "mean_pass_rate": float(rates.mean()) if rates.len() else None,
                "verified_share": kept.height / table.height if table.height and cfg.verify_responses else None,
                "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0), "llm": stats}
-    return Outputs(metrics, f"autoif_respond: {kept.height}/{table.height} responses kept (mean pass rate {metrics['mean_pass_rate']})",
+    return Outputs(metrics, f"autoif_respond: {kept.height}/{table.height} responses kept (mean pass rate "
+                            f"{metrics['mean_pass_rate']})",
                    table=kept, meta=meta, tables={"rejected.parquet": rejected},
-                   checks=validation.item_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"))
+                   checks=validation.item_columns(LINEAGE
+                                                  + ["instruction", "input", "output"]) + validation.unique("id"))

@@ -9,7 +9,8 @@ from annotated_types import Gt, Le
 from pydantic import with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
-from evolforge.config.bounds import NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError, PositiveFloat, PositiveInt, Probability
+from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError, PositiveFloat,
+                                     PositiveInt, Probability)
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
@@ -53,7 +54,8 @@ class AutoIFSettings:
     min_accuracy: Probability = 0.8
     min_functions: PositiveInt = 1  # original AutoIF: 3 functions and 10 cases; the SLM paper's code: 1 and 1
     min_cases: PositiveInt = 1
-    case_timeout_s: PositiveFloat = 5.0  # seconds per test case (the reference code's SIGALRM limit), summed per function
+    # seconds per test case (the reference code's SIGALRM limit), summed per function
+    case_timeout_s: PositiveFloat = 5.0
     memory_mb: PositiveInt = 512
     workers: PositiveInt = 2  # sandbox processes at a time
     queries: QuerySource = field(default_factory=dict)  # defaults: QUERY_DEFAULTS

@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol, Sequence
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import FAILED, make_id, read_table
@@ -27,9 +27,11 @@ from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation
 from evolforge.llm.cached import LLM, open_role
-from evolforge.steps.autoif.constraints import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
-from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration, Verification, join_answers,
-                                          load_demonstrations, parse_verification, parser_for, verification_conversations)
+from evolforge.steps.autoif.shared import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
+from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration,
+                                          Verification, join_answers,
+                                          load_demonstrations, parse_verification, parser_for,
+                                          verification_conversations)
 from evolforge.steps.autoif.sandbox import FunctionRun, Runner, run_function
 
 
@@ -182,7 +184,8 @@ def _function_rows(cid: str, plan: _Plan, verdict: _Verdict) -> list[dict[str, A
             reason = f"run_{run.status}"
         elif f not in verdict.kept:
             reason = "no_kept_cases" if verdict.accuracy[f] is None else "low_accuracy"
-        rows.append({"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, func), "func": func, "raw": raw,
+        rows.append({"constraint_id": cid, "sample_index": k, "function_id": make_id(cid, func),
+                     "func": func, "raw": raw,
                      "run_status": run.status if run else None, "run_detail": run.detail if run else None,
                      "case_errors": _error_counts(run), "accuracy": verdict.accuracy.get(f),
                      "status": KEPT if f in verdict.kept else FAILED, "failure_reason": reason})
@@ -254,8 +257,10 @@ def sample_verifications(llm: LLM, constraints: pl.DataFrame, settings: AutoIFSe
     conversations = [verification_conversations(settings.form, c, prompts, demos, sample_index=i)
                      for c in constraints["constraint"].to_list() for i in range(k)]
     n = len(conversations[0])
-    requests = [llm.request(turns, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-                            seed=settings.seed, sample_index=i % k) for i, sample in enumerate(conversations) for turns in sample]
+    requests = [llm.request(turns, temperature=settings.temperature, top_p=settings.top_p,
+                            max_tokens=settings.max_tokens,
+                            seed=settings.seed, sample_index=i % k)
+                for i, sample in enumerate(conversations) for turns in sample]
     answers = llm.complete(requests, desc="autoif verification functions")
     texts = [join_answers(answers[j:j + n]) for j in range(0, len(answers), n)]
     return [texts[i:i + k] for i in range(0, len(texts), k)]
@@ -265,9 +270,10 @@ def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibr
     """The autoif_verify stage: verification functions and test cases sampled for (at most ``max_constraints``
     of) the usable constraints and cross-validated in the sandbox; empty tables marked skipped unless
     ``scenario: autoif``."""
-    cfg = load_section(params, "autoif")
+    cfg = load_section(params, "autoif", AutoIFSettings)
     table = read_table(constraints_dir)
-    validation.check(table, validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
+    validation.check(table,
+                     validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
     active = cfg.scenario == "autoif"
     constraints = first_by_hash(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
     demos = load_demonstrations(prompts) if active and cfg.form == "lines" else []
@@ -277,15 +283,21 @@ def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibr
     if active and constraints.height:
         llm = open_role(params, "evolver", open_cache(params))
         samples = sample_verifications(llm, constraints, cfg, prompts, demos)
-        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"]}
+        meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"],
+                 "cache_hits": llm.stats["cache_hits"]}
         stats = {"evolver": llm.stats}
-    verified, functions, cases = verify_constraints(constraints, samples, cfg, parse=parser_for(cfg.form), copies=Copies.of(demos))
-    metrics = verify_summary(verified, functions, cases) | {"skipped": not active, "sandbox": isolation() if active else None,
-                                                           "calls": meta.get("calls", 0), "cache_hits": meta.get("cache_hits", 0),
+    verified, functions, cases = verify_constraints(constraints, samples, cfg, parse=parser_for(cfg.form),
+                                                    copies=Copies.of(demos))
+    metrics = verify_summary(verified, functions, cases) | {"skipped": not active,
+                                                            "sandbox": isolation() if active else None,
+                                                           "calls": meta.get("calls", 0),
+                                                            "cache_hits": meta.get("cache_hits", 0),
                                                            "llm": stats}
     templates = [*LINES_TEMPLATES, EXAMPLES_FILE] if cfg.form == "lines" else [VERIFICATION_TEMPLATE]
     meta |= {"settings": dataclasses.asdict(cfg), "form": cfg.form, "template_hash": prompts.hash(templates[0]),
              "template_hashes": {t: prompts.hash(t) for t in templates}}
-    return Outputs(metrics, f"autoif_verify: {metrics['constraints_verified']}/{metrics['constraints']} constraints verified, "
-                            f"{metrics['functions_kept']}/{metrics['samples']} functions kept; dropped {metrics['constraints_dropped']}",
+    return Outputs(metrics,
+                   f"autoif_verify: {metrics['constraints_verified']}/{metrics['constraints']} constraints verified, "
+                            f"{metrics['functions_kept']}/{metrics['samples']} functions kept; dropped "
+                            f"{metrics['constraints_dropped']}",
                    table=verified, meta=meta, tables={"functions.parquet": functions, "cases.parquet": cases})

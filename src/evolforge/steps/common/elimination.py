@@ -322,7 +322,8 @@ def response_status(text: str | None, finish_reason: str | None,
 def parse_final_instruction(text: str) -> str | None:
     """The text after the last ``#Finally Rewritten Instruction#:`` (or a known variant); None if absent.
 
-    >>> parse_final_instruction("Step 3 #Rewritten Instruction#: a\\nStep 4 #Finally Rewritten Instruction#:\\n Add 2 and 3. ")
+    >>> parse_final_instruction("Step 3 #Rewritten Instruction#: a\\n"
+    ...                         "Step 4 #Finally Rewritten Instruction#:\\n Add 2 and 3. ")
     'Add 2 and 3.'
     """
     for marker in FINAL_MARKERS:

@@ -103,7 +103,8 @@ def evolving_messages(prompts: PromptLibrary, method: str, instruction: str, met
     turns = []
     if few_shot:
         for example in load_examples(prompts, method):
-            turns += [{"role": "user", "content": evolving_prompt(prompts, method, example["instruction"], method_text)},
+            turns += [{"role": "user",
+                       "content": evolving_prompt(prompts, method, example["instruction"], method_text)},
                       {"role": "assistant", "content": example["answer"]}]
     return [*turns, {"role": "user", "content": evolving_prompt(prompts, method, instruction, method_text)}]
 
@@ -142,5 +143,6 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
     requests = [llm.request(evolving_messages(prompts, "auto", i, method_text, few_shot),
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
                 for i in instructions]
-    return [Evolution(None, None, None) if c.failed else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
+    return [Evolution(None, None, None) if c.failed
+            else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
             for c in llm.generate(requests, desc=desc)]

@@ -40,7 +40,8 @@ def evolved_rounds(root: Path) -> list[Path]:
 
 def _reasons(table: pl.DataFrame) -> dict[str, int]:
     failed = table.filter(pl.col("failure_reason").is_not_null())
-    return {r: n for r, n in sorted(failed.group_by("failure_reason").len().iter_rows(), key=lambda kv: (-kv[1], kv[0]))}
+    return {r: n
+            for r, n in sorted(failed.group_by("failure_reason").len().iter_rows(), key=lambda kv: (-kv[1], kv[0]))}
 
 
 def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
@@ -56,7 +57,8 @@ def _removed(root: Path) -> dict[int, dict[str, int]]:
     for folder, reason in (("dedup", pl.col("dedup_reason")), ("clean", pl.lit("contaminated"))):
         path = root / "data" / folder / "removed.parquet"
         if path.exists():
-            removed = pl.scan_parquet(path).select(pl.col("round").cast(pl.Int64), reason.fill_null("removed").alias("reason"))
+            removed = pl.scan_parquet(path).select(pl.col("round").cast(pl.Int64),
+                                                   reason.fill_null("removed").alias("reason"))
             parts.append(removed.collect())
     if not parts:
         return {}
@@ -84,7 +86,8 @@ def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
     if seed is not None:
         rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "survival": None,
                      "failed_by_reason": {},
-                     "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None else None) if clean is not None else None,
+                     "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None
+                                                                    else None) if clean is not None else None,
                      "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
     for path in evolved_rounds(root):
         t = pl.read_parquet(path / TABLE, columns=["round", "status", "failure_reason"])

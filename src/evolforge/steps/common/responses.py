@@ -25,7 +25,8 @@ def response_sampling(settings: RespondSettings) -> dict[str, float | int | None
 def response_requests(llm: LLM, prompts: PromptLibrary, instructions: list[str], inputs: list[str],
                       **sampling) -> list[ChatRequest]:
     """One chat turn per (instruction, input), rendered from the response template."""
-    return [llm.request([{"role": "user", "content": prompts.render(RESPONSE_TEMPLATE, instruction=q, input=x)}], **sampling)
+    return [llm.request([{"role": "user",
+                          "content": prompts.render(RESPONSE_TEMPLATE, instruction=q, input=x)}], **sampling)
             for q, x in zip(instructions, inputs)]
 
 

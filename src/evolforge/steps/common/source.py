@@ -1,7 +1,8 @@
-"""A seed source read into the seed table: read a local file or a Hugging Face dataset (:mod:`evolforge.steps.common.source_read`), map its fields to
-instruction / input / output and check every value (:mod:`evolforge.steps.common.source_fields`), give every row a stable
-content-derived id, drop duplicates (recording which row was kept) and optionally keep a hash-based sample. The
-rules are written for users in docs/seeds.md.
+"""A seed source read into the seed table: read a local file or a Hugging Face dataset
+(:mod:`evolforge.steps.common.source_read`), map its fields to instruction / input / output and check every value
+(:mod:`evolforge.steps.common.source_fields`), give every row a stable content-derived id, drop duplicates
+(recording which row was kept) and optionally keep a hash-based sample. The rules are written for users in
+docs/seeds.md.
 
 Bad input is refused, never repaired; no rows at all is refused too. Each refusal is a :class:`DataError`
 naming the file, the row, the field and the rule.
@@ -16,10 +17,12 @@ import polars as pl
 from evolforge.io.records import LINEAGE, SEED, make_id
 from evolforge.core.text import normalize_text
 from evolforge.io.validation import DataError
-from evolforge.steps.common.source_fields import chat_records, check_values, field_map, normalise_records, normalise_table, require_mapped
+from evolforge.steps.common.source_fields import (chat_records, check_values, field_map, normalise_records,
+                                                  normalise_table, require_mapped)
 from evolforge.steps.common.source_read import ROW, read_source, source_digest
 
-DUPLICATE_RULE = "same instruction and input after normalize_text (NFKC, casefold, whitespace collapsed); the first row in the source is kept"
+DUPLICATE_RULE = ("same instruction and input after normalize_text (NFKC, casefold, whitespace collapsed); "
+                  "the first row in the source is kept")
 
 
 class SeedBuild(NamedTuple):
@@ -58,7 +61,8 @@ def build_seed(source: str, *, fmt: str = "auto", fields: dict | None = None, co
         raise ValueError(f"params.yaml seed.limit: got {limit!r}; allowed: an integer >= 1, or null")
     raw = read_source(source, config, split, revision)
     if len(raw) == 0:
-        raise DataError(source, "the source holds at least one record", detail="it holds none (blank lines, a header only, or an empty table)")
+        raise DataError(source, "the source holds at least one record",
+                        detail="it holds none (blank lines, a header only, or an empty table)")
     columns = sorted({k for r in raw for k in r}) if isinstance(raw, list) else list(raw.columns)
     require_mapped(fields, columns, source)
     if fmt == "chat":  # conversations -> instruction / output records, then read as alpaca
@@ -70,7 +74,8 @@ def build_seed(source: str, *, fmt: str = "auto", fields: dict | None = None, co
     else:
         table = normalise_table(raw, field_map(columns, fmt, fields), source)
     if table.height == 0:
-        raise DataError(source, "the source holds at least one record", detail="it holds none (a header only, or an empty table)")
+        raise DataError(source, "the source holds at least one record",
+                        detail="it holds none (a header only, or an empty table)")
     check_values(table, source)
     table = table.with_columns(id=pl.struct("instruction", "input").map_elements(
         lambda r: make_id(r["instruction"], r["input"]), return_dtype=pl.String))

@@ -36,7 +36,8 @@ PRESETS: dict[str, dict[str, str | None]] = {
 FIELDS = ("instruction", "input", "output")
 
 
-def field_map(columns: list[str], fmt: str = "auto", fields: dict[str, str | None] | None = None) -> dict[str, str | None]:
+def field_map(columns: list[str], fmt: str = "auto",
+              fields: dict[str, str | None] | None = None) -> dict[str, str | None]:
     if fmt == "auto":
         fmt = "gsm8k" if {"question", "answer"} <= set(columns) and "instruction" not in columns else "alpaca"
     if fmt not in PRESETS:
@@ -57,7 +58,8 @@ def _require_instruction(mapping: dict[str, str | None], columns: list[str], fil
     if not mapping.get("instruction"):
         from evolforge.config.bounds import ParamsError
 
-        raise ParamsError(["seed.fields.instruction: got null; allowed: the name of the source column that holds the instruction"])
+        raise ParamsError(["seed.fields.instruction: got null; allowed: the name of the source column that holds "
+                           "the instruction"])
     present = [c for c in columns if c != ROW]
     for target in FIELDS:
         column = mapping.get(target)
@@ -76,7 +78,8 @@ def _require_instruction(mapping: dict[str, str | None], columns: list[str], fil
                 pair = ", output: completion" if "completion" in present else ""
                 hint = (f"; a prompt/completion file: map its columns with seed.fields: "
                         f"{{instruction: prompt{pair}}}")
-            raise DataError(file, f"field '{column}' (mapped to {target}) is present", detail=f"columns: {present}{hint}")
+            raise DataError(file, f"field '{column}' (mapped to {target}) is present",
+                            detail=f"columns: {present}{hint}")
 
 
 def require_mapped(fields: dict[str, str | None] | None, columns: list[str], file: str) -> None:
@@ -107,7 +110,8 @@ def chat_records(rows: list[dict], file: str) -> list[dict]:
     as ``instruction`` and the first assistant turn after it as ``output`` (none: ""). System turns and later
     turns are not read. A record without a user turn is refused, naming its row.
 
-    >>> chat_records([{"_row": 1, "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]}], "f")
+    >>> chat_records([{"_row": 1, "conversations": [{"from": "human", "value": "Hi?"},
+    ...                                              {"from": "gpt", "value": "Hello."}]}], "f")
     [{'_row': 1, 'instruction': 'Hi?', 'output': 'Hello.'}]
     """
     out = []
@@ -144,9 +148,11 @@ def normalise_records(rows: list[dict], mapping: dict[str, str | None], file: st
                 raise DataError(file, f"field '{column}' (mapped to instruction) is present", [row[ROW]],
                                 f"this row has no '{column}'; its fields: {sorted(k for k in row if k != ROW)}")
             if value is not None and not isinstance(value, str):
-                shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:20]}... ({len(repr(value))} characters)"
+                shown = (repr(value) if len(repr(value)) <= 40
+                         else f"{repr(value)[:20]}... ({len(repr(value))} characters)")
                 raise DataError(file, f"{target} is text", [row[ROW]],
-                                f"field '{column}' holds {json_kind(value)}" + (f" ({shown})" if isinstance(value, (int, float)) else ""))
+                                f"field '{column}' holds {json_kind(value)}"
+                                + (f" ({shown})" if isinstance(value, (int, float)) else ""))
             if value is not None and not value.isascii():
                 try:
                     value.encode("utf-8")
@@ -175,8 +181,10 @@ def normalise_table(raw: pl.DataFrame, mapping: dict[str, str | None], file: str
             out[target] = value if target == "instruction" else value.fill_null("")
         else:
             first = raw.filter(pl.col(column).is_not_null())[ROW].head(1).to_list()
-            kind = ("lists" if isinstance(dtype, (pl.List, pl.Array)) else "records (struct/dict values)" if isinstance(dtype, pl.Struct)
-                    else "numbers" if dtype.is_numeric() else "true/false values" if dtype == pl.Boolean else "binary data"
+            kind = ("lists" if isinstance(dtype, (pl.List, pl.Array)) else "records (struct/dict values)"
+                    if isinstance(dtype, pl.Struct)
+                    else "numbers" if dtype.is_numeric() else "true/false values" if dtype == pl.Boolean
+                    else "binary data"
                     if dtype == pl.Binary else f"{dtype} values")
             raise DataError(file, f"{target} is text", first, f"column '{column}' holds {kind} ({dtype}), not text")
     return raw.select(pl.col(ROW).cast(pl.Int64), **out)

@@ -32,14 +32,16 @@ def check_regular_file(path: Path) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         raise DataError(path, "seed.source is an existing local file",
-                        detail="no such file" + (" (wildcards are not expanded: name one file)" if any(c in str(path) for c in "*?[") else "")) from None
+                        detail="no such file" + (" (wildcards are not expanded: name one file)"
+                                                 if any(c in str(path) for c in "*?[") else "")) from None
     except OSError as err:
         raise DataError(path, "seed.source is a readable local file", detail=err.strerror or str(err)) from None
     except ValueError as err:  # a NUL character in the path
         raise DataError(ascii(str(path)), "seed.source is a path without NUL characters", detail=str(err)) from None
     if not stat.S_ISREG(st.st_mode):
         kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode)
                 else "not a regular file")
         raise DataError(path, "seed.source is a regular file", detail=f"it is {kind}")
     if st.st_size == 0:
@@ -69,7 +71,8 @@ def read_csv(path: Path) -> pl.DataFrame:
     a lossy read would silently put U+FFFD where a Latin-1 "é" stood."""
     text = read_text(path)
     if not text.strip():
-        raise DataError(path, "the file holds at least one record", detail="it holds only a byte order mark or blank lines")
+        raise DataError(path, "the file holds at least one record",
+                        detail="it holds only a byte order mark or blank lines")
     if "\r" in text and "\n" not in text:  # lines ended by a lone CR (old Mac editors): polars would read one line
         text = text.replace("\r", "\n")
     try:
@@ -78,13 +81,15 @@ def read_csv(path: Path) -> pl.DataFrame:
         header = []  # polars names the problem below
     twice = sorted({c for c in header if header.count(c) > 1})
     if twice:  # polars would rename the second copy and read the first: which one was meant cannot be told
-        raise DataError(path, "column names are unique", detail=f"the header names {', '.join(repr(c) for c in twice)} more than once")
+        raise DataError(path, "column names are unique",
+                        detail=f"the header names {', '.join(repr(c) for c in twice)} more than once")
     try:
         return pl.read_csv(text.encode("utf-8"), infer_schema_length=0)
     except Exception as err:  # polars raises several types for unreadable files
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         try:
-            rows = [next(i for i, cells in enumerate(csv.reader(io.StringIO(text))) if i and cells and len(cells) != len(header))]
+            rows = ([next(i for i, cells in enumerate(csv.reader(io.StringIO(text))) if i and cells
+                          and len(cells) != len(header))])
         except (StopIteration, csv.Error):
             rows = []
         if rows and "fields" in detail:
@@ -101,7 +106,8 @@ def read_table_file(path: Path, kind: str) -> pl.DataFrame:
         try:
             table = pl.read_parquet(path)
         except Exception as err:  # polars raises several types for unreadable files
-            raise DataError(path, f"the file is readable {kind}", detail=str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+            raise DataError(path, f"the file is readable {kind}",
+                            detail=str(err).splitlines()[0] if str(err) else type(err).__name__) from None
     return numbered(table, path)
 
 
@@ -148,7 +154,8 @@ def is_local_source(source: str) -> bool:
     return on_disk or path.suffix.lower() in LOCAL_FORMATS or source.startswith((".", "/", "~"))
 
 
-def read_source(source: str, config: str | None = None, split: str = "train", revision: str | None = None) -> list[dict] | pl.DataFrame:
+def read_source(source: str, config: str | None = None, split: str = "train",
+                revision: str | None = None) -> list[dict] | pl.DataFrame:
     """JSON/JSONL give a list of records (each with its row number); other formats a table."""
     if is_local_source(source):
         return read_local(Path(source).expanduser())

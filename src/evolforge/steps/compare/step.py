@@ -22,8 +22,10 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.core.cache import open_cache
-from evolforge.config.loader import load_role, load_section
+from evolforge.llm.cache import open_cache
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.steps.compare.settings import CompareSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_llm, open_role
@@ -67,7 +69,8 @@ def judge_pairs(llm: LLM, prompts: PromptLibrary, queries: Sequence[str], answer
                 max_tokens: int | None = None) -> pl.DataFrame:
     """One row per query: the raw judge answer(s), each order's verdict, and A's final ``verdict``."""
     def ask(firsts: Sequence[str], seconds: Sequence[str], desc: str) -> list[str]:
-        requests = [llm.request([{"role": "user", "content": prompts.render(JUDGE_TEMPLATE, query=q, first=f, second=s)}],
+        requests = [llm.request([{"role": "user",
+                                  "content": prompts.render(JUDGE_TEMPLATE, query=q, first=f, second=s)}],
                                 max_tokens=max_tokens) for q, f, s in zip(queries, firsts, seconds)]
         return llm.complete(requests, desc=desc)
 
@@ -115,7 +118,7 @@ def answer_table(items: pl.DataFrame, done_a: Sequence[Completion], done_b: Sequ
 def run(instructions_file: str, model: str, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The compare stage: ``model`` (the fine-tuned one) against roles.base or ``compare.against``, both
     answering greedily through the hf/vllm backend of roles.base, judged by roles.judge."""
-    cfg = load_section(params, "compare")
+    cfg = load_section(params, "compare", CompareSettings)
     items = build_seed(instructions_file, limit=cfg.limit, seed=cfg.seed)[0]
     cache = open_cache(params)
     base = load_role(params, "base")
@@ -137,11 +140,13 @@ def run(instructions_file: str, model: str, params: dict[str, Any], prompts: Pro
     table = answer_table(items, done_a, done_b, judged, verdicts)
     llms = {"tuned": tuned, "other": other, "judge": judge}
     metrics = counts(table["verdict"].drop_nulls().to_list()) | {
-        "unjudged": items.height - len(judged), "both_orders": cfg.both_orders, "parse": cfg.parse, "against": cfg.against,
+        "unjudged": items.height - len(judged), "both_orders": cfg.both_orders, "parse": cfg.parse,
+                                                                 "against": cfg.against,
         "calls": {n: llm.stats["calls"] for n, llm in llms.items()},
         "cache_hits": {n: llm.stats["cache_hits"] for n, llm in llms.items()},
         "llm": {n: llm.stats for n, llm in llms.items()}}
     meta = {"tuned": tuned.label, "other": other.label, "judge": judge.label, "settings": dataclasses.asdict(cfg),
             "template_hashes": {t: prompts.hash(t) for t in (RESPONSE_TEMPLATE, JUDGE_TEMPLATE)}}
-    return Outputs(metrics, f"compare: tuned vs {cfg.against}: {metrics['win']} win / {metrics['tie']} tie / {metrics['lose']} lose",
+    return Outputs(metrics, f"compare: tuned vs {cfg.against}: {metrics['win']} win / {metrics['tie']} tie / "
+                            f"{metrics['lose']} lose",
                    table=table, meta=meta)

@@ -1,1 +1,2 @@
-"""Benchmark decontamination: the benchmarks' n-gram index (``index``), the matching (``match``) and the step (``step.run``)."""
+"""Benchmark decontamination: the benchmarks' n-gram index (``index``), the matching (``match``) and the step
+(``step.run``)."""

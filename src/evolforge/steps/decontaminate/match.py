@@ -94,7 +94,8 @@ class References:
             at = np.searchsorted(index.hashes, h)
             at[at == index.hashes.size] = 0
             for f in np.flatnonzero(index.hashes[at] == h):
-                hits.setdefault(int(seq[f]), []).append((int(pos[f]), index.n, int(index.seq[at[f]]), int(index.pos[at[f]])))
+                hits.setdefault(int(seq[f]), []).append((int(pos[f]), index.n,
+                                                         int(index.seq[at[f]]), int(index.pos[at[f]])))
 
         out: list[Match | None] = [None] * len(instructions)
         for s in sorted(hits):

@@ -7,7 +7,8 @@ References are the prompts and answers of the benchmarks the evaluate stage runs
 - with ``evaluate.suite: hub``, the real test sets through ``datasets`` (the Hugging Face cache, like any
   download). A set that cannot be loaded (offline, not cached) is skipped with a recorded note.
 
-Text is compared as word tokens (:func:`evolforge.steps.decontaminate.index.tokens`): ``normalize_text`` (NFKC, casefold, whitespace), then runs
+Text is compared as word tokens (:func:`evolforge.steps.decontaminate.index.tokens`): ``normalize_text`` (NFKC,
+casefold, whitespace), then runs
 of word characters, so punctuation, layout and case do not matter ("[1.0, 2.8]" is ``1 0 2 8``). Function
 and class names a text defines (``def name`` / ``class name``), and every name any reference problem defines, become
 one placeholder token, on both sides: a renamed function keeps the n-grams of its signature, doctests and
@@ -32,7 +33,8 @@ cosine similarity to a benchmark prompt is at least ``embedding_threshold``.
 
 Cost is linear, memory bounded by the chunk (plus the shared vocabulary of distinct tokens): the references
 are tokenised and indexed once (:mod:`evolforge.steps.decontaminate.index`); the items are then read
-``chunk_size`` at a time (:mod:`evolforge.steps.decontaminate.match`), their token hashes combined into rolling 64-bit n-gram hashes with numpy (one pass for every compared
+``chunk_size`` at a time (:mod:`evolforge.steps.decontaminate.match`), their token hashes combined into rolling 64-bit
+n-gram hashes with numpy (one pass for every compared
 length), looked up in the sorted reference hashes, and every hit is confirmed token by token (both rules).
 An item's result depends on it alone, so the chunk size changes memory and nothing else.
 """
@@ -49,19 +51,25 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import CONTAMINATION_FLAGS
-from evolforge.config.loader import load_role, load_section
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.data import DataSettings
+from evolforge.config.training import EvaluateSettings
+from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE
 from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.ray_data import map_chunks, session
-from evolforge.io.stream import check_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.core.memory import peak_rss_mib
+from evolforge.io.stream import check_chunks, table_file, table_schema, write_output_chunks
 from evolforge.steps.decontaminate.index import Problem, load_problems
 from evolforge.steps.decontaminate.match import CHUNK_ITEMS, Match, References, check_chunk_size, embedding_matches
 
 
 def item_texts(table: pl.DataFrame) -> tuple[list[str], list[str]]:
     """(instruction + input, output) of each row, as the n-gram and embedding checks compare them."""
-    instructions = [f"{q}\n{x}" if x else (q or "") for q, x in zip(table["instruction"].to_list(), table["input"].to_list())]
+    instructions = [f"{q}\n{x}" if x else (q or "")
+                    for q, x in zip(table["instruction"].to_list(), table["input"].to_list())]
     return instructions, [a or "" for a in table["output"].to_list()]
 
 
@@ -136,12 +144,14 @@ class Decontaminator:
             "items": self.items, "flagged": sum(self.per_benchmark.values()),
             "flagged_per_benchmark": dict(sorted(self.per_benchmark.items())),
             "flagged_per_reason": dict(sorted(self.per_reason.items())),
-            "reference_problems": {b: sum(p.benchmark == b for p in problems) for b in sorted({p.benchmark for p in problems})},
+            "reference_problems": {b: sum(p.benchmark == b for p in problems)
+                                   for b in sorted({p.benchmark for p in problems})},
             "ngram": self.config.ngram,
         }
 
 
-def decontaminate(table: pl.DataFrame, problems: Sequence[Problem], config: DecontaminateSettings = DecontaminateSettings(),
+def decontaminate(table: pl.DataFrame, problems: Sequence[Problem],
+                  config: DecontaminateSettings = DecontaminateSettings(),
                   embed: Callable[[list[str]], np.ndarray] | None = None,
                   chunk_size: int = CHUNK_ITEMS) -> tuple[pl.DataFrame, dict]:
     """Add the ``contamination_*`` columns to every row (null where clean). ``embed`` (texts -> vectors)
@@ -159,7 +169,7 @@ def role_embedder(params: dict[str, Any]) -> Callable[[list[str]], np.ndarray]:
     """Texts -> vectors with roles.embedder (``diversity.embedder`` kind), for ``embedding_threshold``."""
     from evolforge.score.diversity import embed_texts  # torch: imported only by a stage that embeds (peak RSS)
 
-    role, kind = load_role(params, "embedder"), load_section(params, "diversity").embedder
+    role, kind = load_role(params, "embedder"), load_section(params, "diversity", DiversitySettings).embedder
 
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(texts, role.model, kind=kind, revision=role.revision, dtype=role.dtype, device=role.device)
@@ -179,7 +189,8 @@ def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     built once, streamed ``data.chunk_rows`` rows at a time into ``out``: items.parquet holds the clean ones
     with their input's columns, removed.parquet the contaminated ones with the ``contamination_*`` columns
     (spilled beside ``out`` meanwhile). The plot counts what dedup and this stage dropped, per round."""
-    cfg, evaluate, data = load_section(params, "decontaminate"), load_section(params, "evaluate"), load_section(params, "data")
+    cfg = load_section(params, "decontaminate", DecontaminateSettings)
+    evaluate, data = load_section(params, "evaluate", EvaluateSettings), load_section(params, "data", DataSettings)
     rows = data.chunk_rows
     source = table_file(dedup)
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]), rows)
@@ -218,10 +229,12 @@ def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
                                   "removed.parquet": (flagged_schema, removed_chunks(Path(work)))}, meta=meta)
     metrics = checker.metrics()
     metrics.update({"kept": checked - metrics["flagged"], "notes": notes,
-                    "flagged_per_round": {str(r): n for r, n in sorted(flagged_per_round.items())}, "peak_rss_mib": peak_rss_mib()})
+                    "flagged_per_round": {str(r): n for r, n in sorted(flagged_per_round.items())},
+                    "peak_rss_mib": peak_rss_mib()})
     duplicates = dedup_removed_counts(source.parent)
     plot = sorted([{"round": int(r), "reason": "near-duplicate", "count": n} for r, n in duplicates.items()]
                   + [{"round": int(r), "reason": "contaminated", "count": n} for r, n in flagged_per_round.items()],
                   key=lambda row: (row["round"], row["reason"]))
-    return Outputs(metrics, f"decontaminate: {metrics['flagged']} of {checked} items flagged {metrics['flagged_per_benchmark']}; "
+    return Outputs(metrics, f"decontaminate: {metrics['flagged']} of {checked} items flagged "
+                            f"{metrics['flagged_per_benchmark']}; "
                             f"{metrics['kept']} kept; peak RSS {metrics['peak_rss_mib']} MiB", plot=plot)

@@ -312,7 +312,8 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
     return Duplicates(duplicate_of, similarity, reason)
 
 
-def dedup_table(table: pl.DataFrame, usable: Sequence[bool], config: DedupSettings = DedupSettings()) -> tuple[pl.DataFrame, dict]:
+def dedup_table(table: pl.DataFrame, usable: Sequence[bool],
+                config: DedupSettings = DedupSettings()) -> tuple[pl.DataFrame, dict]:
     """Add ``duplicate_of`` (kept item's id), ``duplicate_similarity`` and ``dedup_reason`` to every row.
 
     ``usable`` (one bool per row) is the selection guards' verdict; see the module docstring for the

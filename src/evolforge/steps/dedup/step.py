@@ -44,12 +44,14 @@ from scipy.sparse.csgraph import connected_components
 from evolforge.io import validation
 from evolforge.io.columns import DUPLICATE_FLAGS
 from evolforge.config.loader import load_section
+from evolforge.config.data import DataSettings
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs
 from evolforge.core.text import item_text
-from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, peak_rss_mib, read_spilled, table_file,
+from evolforge.core.memory import peak_rss_mib
+from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, read_spilled, table_file,
                                  table_schema, write_output_chunks)
 from evolforge.steps.common.guards import GUARDS, guard_reason
 from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, lsh_bands, mark_shared, minhash_signatures,
@@ -161,7 +163,8 @@ def _spill_groups(chunks: Chunks, usable: np.ndarray, walked: np.ndarray, groups
         a, b = np.searchsorted(walked, [lo, hi])
         if b > a:
             index = walked[a:b]
-            keys = np.stack([np.fromfile(work / f"band-{k}.u64", dtype=np.uint64, count=hi - lo, offset=8 * lo)[index - lo]
+            keys = np.stack([np.fromfile(work / f"band-{k}.u64", dtype=np.uint64,
+                                         count=hi - lo, offset=8 * lo)[index - lo]
                              for k in range(bands)], axis=1)
             part = chunk[index - lo]
             rows = part.select("id", "round").with_columns(index=pl.Series(index), usable=pl.Series(usable[index]),
@@ -201,7 +204,8 @@ def _walk_groups(count: int, config: DedupSettings, starts: np.ndarray, work: Pa
             tally.reasons[reason] += int((answers["dedup_reason"] == reason).sum())
         tally.clusters += answers["duplicate_of"].n_unique()
         tally.distinct_texts += len(set(texts))
-        answers = answers.with_columns(chunk=pl.Series(np.searchsorted(starts, answers["index"].to_numpy(), side="right") - 1))
+        answers = (answers.with_columns(chunk=pl.Series(np.searchsorted(starts, answers["index"].to_numpy(),
+                                                                        side="right") - 1)))
         for (c,), frame in answers.group_by("chunk", maintain_order=True):
             folder = work / f"answers-{c}"
             folder.mkdir(exist_ok=True)
@@ -262,7 +266,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     streamed into ``out`` ``data.chunk_rows`` rows at a time (the scratch folder beside it); removed.parquet
     holds the duplicates with their answers (``DUPLICATE_FLAGS``). A usable item (one selection could take)
     wins its cluster over an unusable twin."""
-    cfg, data = load_section(params, "dedup"), load_section(params, "data")
+    cfg, data = load_section(params, "dedup", DedupSettings), load_section(params, "data", DataSettings)
     source, rows = table_file(items), data.chunk_rows
     # check_chunks' checks without a pass of their own: the columns and their types from the schema now, the
     # values (no null id, round or instruction) in every pass that reads them (pass 3 is the first that uses
@@ -274,9 +278,11 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
                 if c in schema]
     Path(out).absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dedup-work-", dir=Path(out).absolute().parent) as work, session(data):
-        answered, metrics = dedup_chunks(lambda columns: checked_chunks(iter_chunks(source, rows, columns), rules, source),
+        answered, metrics = dedup_chunks(lambda columns: checked_chunks(iter_chunks(source, rows, columns), rules,
+                                                                        source),
                                          lambda chunk: guard_reason(chunk).is_null().to_list(), Path(work), cfg, rows,
-                                         mapped=lambda fn: map_chunks(source, rows, sketched, fn, data))  # pass 1 on Ray
+                                         # pass 1 on Ray
+                                         mapped=lambda fn: map_chunks(source, rows, sketched, fn, data))
         check_unique(pl.scan_parquet(source), "id", source)
         removed = Path(work) / "removed"
         removed.mkdir()

@@ -51,11 +51,13 @@ class NpyRows:
         self.path = Path(path)
         with open(self.path, "rb") as file:
             version = np.lib.format.read_magic(file)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
             shape, fortran_order, self.dtype = read_header(file)
             self._offset = file.tell()
         if len(shape) != 2 or fortran_order:
-            raise ValueError(f"{self.path}: expected a 2-d C-order array, got shape {shape}, fortran_order={fortran_order}")
+            raise ValueError(f"{self.path}: expected a 2-d C-order array, got shape {shape}, "
+                             f"fortran_order={fortran_order}")
         self.shape: tuple[int, int] = shape
         self._fd = os.open(self.path, os.O_RDONLY)
 

@@ -17,7 +17,10 @@ import numpy as np
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.config.loader import load_role, load_section
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.data import DataSettings
+from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE, atomic_dir, write_json
 from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_file, table_schema
 from evolforge.core.stage import Outputs
@@ -67,10 +70,12 @@ def with_neighbours(chunks: Iterator[pl.DataFrame], neighbours: NeighborStats) -
 def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     """Embed the items of ``items`` and write ``out``: items.parquet (id, round, mnd, repeat_count),
     embeddings.npy (unit-normalised float32, one row per item in the table's order) and meta.json."""
-    cfg, data = load_section(params, "diversity"), load_section(params, "data")
+    cfg, data = load_section(params, "diversity", DiversitySettings), load_section(params, "data", DataSettings)
     role = load_role(params, "embedder")
     source = table_file(items)
-    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), data.chunk_rows)
+    check_chunks(source,
+                 validation.item_columns(["id",
+                                          "round", "instruction", "input"]) + validation.unique("id"), data.chunk_rows)
     embed_chunk = diversity.EMBED_CHUNK  # read here, at run time: the texts the embedder sorts and batches together
     embed = diversity.text_embedder(role.model, kind=cfg.embedder, revision=role.revision, dtype=role.dtype,
                                     device=role.device, batch_size=role.batch_size, chunk_size=embed_chunk)
@@ -79,9 +84,11 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
         dims = write_embeddings(tmp / EMBEDDINGS, source, embedding_rows(data.chunk_rows, embed_chunk), embed)
         with NpyRows(tmp / EMBEDDINGS) as vectors:
             neighbours = neighbor_stats(vectors)
-        sink_chunks(tmp / TABLE, schema, with_neighbours(iter_chunks(source, data.chunk_rows, ["id", "round"]), neighbours))
+        sink_chunks(tmp / TABLE, schema,
+                    with_neighbours(iter_chunks(source, data.chunk_rows, ["id", "round"]), neighbours))
         del neighbours
-        write_json(tmp / "meta.json", {"embedder": cfg.embedder, "model": role.model, "identity": recorded_identity(role),
+        write_json(tmp / "meta.json",
+                   {"embedder": cfg.embedder, "model": role.model, "identity": recorded_identity(role),
                                        "dimensions": dims, "params": dataclasses.asdict(cfg)})
     return _outputs(table_file(out), cfg.embedder, role.model)
 
@@ -96,5 +103,6 @@ def _outputs(written: Path, embedder: str, model: str) -> Outputs:
     finite = mnd.drop_nulls().drop_nans()
     metrics["mean_mnd"] = float(finite.mean()) if finite.len() else None
     plots = {"mnd_hist.json": histogram(finite.to_numpy())}
-    return Outputs(metrics, f"diversity: {metrics['items']} items, mean MND {metrics['mean_mnd']}, {metrics['items_with_repeats']} with repeats",
+    return Outputs(metrics, f"diversity: {metrics['items']} items, mean MND {metrics['mean_mnd']}, "
+                            f"{metrics['items_with_repeats']} with repeats",
                    plots=plots, peak_rss=True)

@@ -25,9 +25,11 @@ def read_round_metrics(path: Path) -> dict:
             raise DataError(path, f"'{key}' is a count (an integer >= 0)", detail=f"got {json.dumps(m.get(key))}")
     reasons = m.get("failed_by_reason")
     if not isinstance(reasons, dict) or any(type(c) is not int for c in reasons.values()):
-        raise DataError(path, "'failed_by_reason' maps each reason to a count", detail=f"got {json.dumps(reasons)[:200]}")
+        raise DataError(path, "'failed_by_reason' maps each reason to a count",
+                        detail=f"got {json.dumps(reasons)[:200]}")
     if m.get("mean_length_growth") is not None and type(m["mean_length_growth"]) not in (int, float):
-        raise DataError(path, "'mean_length_growth' is a number or null", detail=f"got {json.dumps(m['mean_length_growth'])}")
+        raise DataError(path, "'mean_length_growth' is a number or null",
+                        detail=f"got {json.dumps(m['mean_length_growth'])}")
     return m
 
 

@@ -4,7 +4,8 @@ Strategies (``evolve.strategy``):
 - ``evol``: Evol-Instruct's hand-written methods, four in-depth (add_constraints, deepening, concretizing,
   reasoning) and optionally in-breadth, assigned ``round_robin`` (rotated by round, as the SLM paper does)
   or ``random`` (seeded, as the original Evol-Instruct does), by a hash of the item's lineage id and the
-  round, never by row position (see :func:`evolforge.steps.common.evolving.assign_methods`). The evolver's whole answer is the new
+  round, never by row position (see :func:`evolforge.steps.common.evolving.assign_methods`). The evolver's whole answer
+  is the new
   instruction.
 - ``auto`` / ``auto_initial``: one evolving method text (optimized by the optimize stage, or the initial
   method) applied to every instruction; the new instruction is parsed from after
@@ -37,9 +38,11 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import ROUND
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
 from evolforge.steps.evolve.settings import INSTRUCTION_RULES, JUDGE_RULES, RESPONSE_RULES, EvolveSettings
@@ -87,7 +90,8 @@ def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) 
     The answer is held to Yes / No (see ``ChatRequest.choices``)."""
     requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}],
                             choices=("Yes", "No")) for t in texts]
-    return [None if t is None else elimination.parse_is_instruction(t) for t in llm.complete(requests, desc="instruction check")]
+    return [None if t is None else elimination.parse_is_instruction(t)
+            for t in llm.complete(requests, desc="instruction check")]
 
 
 def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
@@ -156,7 +160,8 @@ def _round_methods(items: list[dict[str, Any]], round_index: int, settings: Evol
                    method_text: str | None) -> list[str]:
     """The evolving method of each item: a hand-written one per item (evol), else the strategy's one text."""
     if settings.strategy == "evol":
-        return assign_methods([it["root_id"] for it in items], round_index, settings.assignment, settings.breadth, settings.seed)
+        return assign_methods([it["root_id"] for it in items], round_index, settings.assignment,
+                              settings.breadth, settings.seed)
     if not method_text:
         raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
     return [settings.strategy] * len(items)
@@ -167,12 +172,14 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
     """Ask the evolver to rewrite each item's instruction with its method; the round before any rule runs
     (an item whose call failed already holds the call's reason)."""
     # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
-    controls, max_tokens = (settings.controls, settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
+    controls, max_tokens = (settings.controls,
+                            settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
     # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
     sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
                     seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(
                         controls, "evolve.controls" if settings.strategy == "evol" else "evolve.method_controls"))
-    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot), **sampling)
+    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"],
+                                                  method_text, settings.few_shot), **sampling)
                 for m, it in zip(methods, items)]
     outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
     raws = [None if c.failed else c.text for c in outs]
@@ -180,7 +187,8 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
                   for m, r in zip(methods, raws)]
     return _Round(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
                   reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
-                  responses=[None] * len(items), response_finishes=[None] * len(items), response_keys=[None] * len(items),
+                  responses=[None] * len(items), response_finishes=[None] * len(items),
+                  response_keys=[None] * len(items),
                   thinking=[c.thinking for c in outs], response_thinking=[None] * len(items))
 
 
@@ -195,7 +203,8 @@ def _instruction_rules(state: _Round, settings: EvolveSettings) -> None:
             cut = switches["truncated"] and finish == "length"
             state.reasons[i] = elimination.TRUNCATED if cut else elimination.MISSING_MARKER
             continue
-        state.reasons[i] = elimination.instruction_failure(state.items[i]["instruction"], candidate, finish_reason=finish,
+        state.reasons[i] = elimination.instruction_failure(state.items[i]["instruction"],
+                                                           candidate, finish_reason=finish,
                                                            repetition=repetition, **switches)
 
 
@@ -247,13 +256,15 @@ def _judge_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary
 
 def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method_text: str | None,
                  model: str) -> pl.DataFrame:
-    """The round table (:data:`evolforge.io.columns.ROUND`): one row per item, ``evolved`` or ``failed`` with its reason."""
+    """The round table (:data:`evolforge.io.columns.ROUND`): one row per item, ``evolved`` or ``failed`` with its
+    reason."""
     items, methods, n = state.items, state.methods, len(state.items)
     statuses = [EVOLVED if reason is None else FAILED for reason in state.reasons]
     texts = [cand if cand is not None else "" for cand in state.candidates]
     hashes = {m: template_hash(prompts, m, method_text) for m in set(methods)}
     return pl.DataFrame({
-        "id": [make_id(it["id"], round_index, m, text, status) for it, m, text, status in zip(items, methods, texts, statuses)],
+        "id": [make_id(it["id"], round_index, m, text, status)
+               for it, m, text, status in zip(items, methods, texts, statuses)],
         "root_id": [it["root_id"] for it in items], "parent_id": [it["id"] for it in items], "round": [round_index] * n,
         "method": methods, "status": statuses, "failure_reason": state.reasons, "failure_detail": state.details,
         "instruction": texts, "input": [it["input"] for it in items], "output": [""] * n,
@@ -343,16 +354,18 @@ def open_checkers(params: dict[str, Any], settings: EvolveSettings, evolver: LLM
     responder = None
     if settings.check_role != "evolver" and any(settings.rule(k) for k in RESPONSE_RULES):
         responder = open_role(params, "responder", cache)
-        settings = dataclasses.replace(settings, check_role=resolve_check_role(settings.check_role, evolver.role, responder.role))
+        settings = dataclasses.replace(settings,
+                                       check_role=resolve_check_role(settings.check_role, evolver.role, responder.role))
         if settings.check_role == "evolver":  # auto, and the responder is another local model
             responder = None
     return judge, responder, settings
 
 
-def run(round_name: str, src: str | Path, method: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+def run(round_name: str, src: str | Path, method: str | Path,
+        params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The evolve stage for the round ``round_name`` of ``evolve.rounds``: the pool of ``src`` evolved once,
     with the method of ``method`` (method.txt; its meta.json's ``fallback`` for strategy auto)."""
-    section = load_section(params, "evolve")
+    section = load_section(params, "evolve", EvolveSection)
     settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
     if round_name not in section.rounds:
         raise ParamsError([f"evolve.rounds: no round named {round_name!r} (rounds: {', '.join(section.rounds)})"])
@@ -370,9 +383,10 @@ def run(round_name: str, src: str | Path, method: str | Path, params: dict[str, 
     judge, responder, settings = open_checkers(params, settings, evolver, cache, round_name)
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
-        responder=responder, respond_sampling=response_sampling(load_section(params, "respond")))
+        responder=responder, respond_sampling=response_sampling(load_section(params, "respond", RespondSettings)))
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
-    roles = {name: llm for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}
+    roles = {name: llm
+             for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}
     summary.update(round=round_name, index=index, strategy=settings.strategy, requested_strategy=requested,
                    fallback=fallback, check_role=settings.check_role,
                    calls=sum(llm.stats["calls"] for llm in roles.values()),
@@ -383,6 +397,8 @@ def run(round_name: str, src: str | Path, method: str | Path, params: dict[str, 
                                 if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},
             "method_text": text, "settings": dataclasses.asdict(settings), "requested_strategy": requested,
             "fallback": fallback}
-    return Outputs(summary, f"{round_name}: {summary['in']} in, {summary['evolved']} evolved, {summary['failed']} failed "
-                            f"{summary['failed_by_reason']}; {summary['calls']} calls, {summary['cache_hits']} cache hits",
+    return Outputs(summary,
+                   f"{round_name}: {summary['in']} in, {summary['evolved']} evolved, {summary['failed']} failed "
+                            f"{summary['failed_by_reason']}; {summary['calls']} calls, "
+                            f"{summary['cache_hits']} cache hits",
                    table=table, meta=meta, tables={POOL: next_pool})

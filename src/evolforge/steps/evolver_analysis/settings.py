@@ -21,4 +21,5 @@ class AnalysisSettings:
 
     def __post_init__(self) -> None:
         if self.first_tokens is not None and self.first_tokens > self.max_tokens:
-            raise ParamsError([f"evolver_analysis.first_tokens: {self.first_tokens} is more than max_tokens ({self.max_tokens})"])
+            raise ParamsError([f"evolver_analysis.first_tokens: {self.first_tokens} is more than max_tokens "
+                               f"({self.max_tokens})"])

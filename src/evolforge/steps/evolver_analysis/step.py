@@ -23,9 +23,13 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.config.loader import load_role, load_section
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.evolver_analysis.settings import AnalysisSettings
+from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import read_table
 from evolforge.core.stage import Outputs
@@ -121,12 +125,13 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
     """Both analyses on the first ``evolver_analysis.items`` seeds of ``seed``, for roles.evolver and each model
     of ``evolver_analysis.evolvers``: Evol-Instruct prompts with the paper's method rotation (round 1) for the
     top-token probabilities, the Auto Evol-Instruct initial method for the keywords."""
-    cfg = load_section(params, "evolver_analysis")
+    cfg = load_section(params, "evolver_analysis", AnalysisSettings)
     table = read_table(seed).head(cfg.items)
     seeds = table["instruction"].to_list()
-    methods = assign_methods(table["root_id"].to_list(), 1, "round_robin", load_section(params, "evolve").breadth, cfg.seed)
+    methods = assign_methods(table["root_id"].to_list(), 1, "round_robin",
+                             load_section(params, "evolve", EvolveSection).breadth, cfg.seed)
     evol_prompts = [evolving_prompt(prompts, m, q) for m, q in zip(methods, seeds)]
-    method_text = initial_method_text(prompts, load_section(params, "optimize").initial_method)
+    method_text = initial_method_text(prompts, load_section(params, "optimize", OptimizeSettings).initial_method)
     auto_prompts = [evolving_prompt(prompts, "auto", q, method_text) for q in seeds]
     cache = open_cache(params)
     judge = open_role(params, "judge", cache)
@@ -137,7 +142,9 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
     for role in roles:
         tokenizer = load_tokenizer(role.model, role.revision)
         model = load_causal_lm(role.model, role.revision, dtype=role.dtype, device=role.device)
-        probs = [p for row in top_token_probs(model, tokenizer, evol_prompts, cfg.max_tokens, cfg.first_tokens) for p in row]
+        probs = [p
+                 for row in top_token_probs(model, tokenizer, evol_prompts,
+                                            cfg.max_tokens, cfg.first_tokens) for p in row]
         del model
         # the paper samples the Auto Evol prompt at 0.7 / 0.95 for the methods lists
         sampler = open_llm(dataclasses.replace(role, temperature=0.7, top_p=0.95), cache)
@@ -148,5 +155,6 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
             "share_above_0_9": sum(p > 0.9 for p in probs) / len(probs) if probs else None, **keywords}
         plot += [{"evolver": role.model, **row} for row in histogram(probs, cfg.bins)]
     return Outputs(metrics, "\n".join(f"evolver_analysis: {name}: mean top-token probability {m['mean_top_prob']}, "
-                                       f"{m['distinct_keywords']} distinct keywords" for name, m in metrics["evolvers"].items()),
+                                       f"{m['distinct_keywords']} distinct keywords"
+                                      for name, m in metrics["evolvers"].items()),
                    plot=plot)

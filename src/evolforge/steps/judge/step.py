@@ -33,21 +33,23 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import JUDGED
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.config.data import DataSettings
+from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.io.records import TABLE, VERSIONS
-from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
+from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read_spilled, spilled,
+                                 table_file, table_schema,
                                  write_output_chunks)
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.core.text import question_text
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
 from evolforge.llm.ranking import choice_probabilities, expected_value
+from evolforge.steps.judge.levels import LEVELS, SCORES
 
-LEVELS = ["very easy", "easy", "medium", "hard", "very hard"]
-SCORES = tuple(str(n) for n in range(101))  # what a constrained score may be
 LEVEL_TEMPLATE = "judge/difficulty_level.j2"
 SCORE_TEMPLATES = {"paper": "judge/difficulty_score.j2", "code": "judge/difficulty_score_code.j2"}
 
@@ -182,23 +184,28 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
     judged chunk by chunk (each item's answers are its own); each chunk's judged columns, without the texts,
     are spilled beside ``out`` and streamed into it; the metrics read the written table a column at a time
     (docs/scale.md)."""
-    cfg = load_section(params, "judge")
-    source, rows = table_file(items), load_section(params, "data").chunk_rows
-    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
+    cfg = load_section(params, "judge", JudgeSettings)
+    source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
+    check_chunks(source,
+                 validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
     llm = open_role(params, "judge", open_cache(params))
 
     def judged(chunk: pl.DataFrame) -> pl.DataFrame:
-        return judge(chunk, llm, prompts, score_prompt=cfg.score_prompt, max_tokens=cfg.max_tokens, constrain=cfg.constrain,
+        return judge(chunk, llm, prompts, score_prompt=cfg.score_prompt, max_tokens=cfg.max_tokens,
+                     constrain=cfg.constrain,
                      probabilities=cfg.probabilities).select(list(JUDGED))
 
     score_template = SCORE_TEMPLATES[cfg.score_prompt]
     meta = {VERSIONS: output_versions(), "model": llm.label, "model_identity": llm.identity,  # as write_output
             "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
-            "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE), score_template: prompts.hash(score_template)}}
+            "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE),
+                                score_template: prompts.hash(score_template)}}
     out = Path(out)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.absolute().parent) as work:  # the model runs on this thread
-        checked = checked_chunks(map(judged, iter_chunks(source, rows)), validation.between("difficulty_score", 0, 100), out)
+    # the model runs on this thread
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.absolute().parent) as work:
+        checked = checked_chunks(map(judged, iter_chunks(source, rows)),
+                                 validation.between("difficulty_score", 0, 100), out)
         files = spilled(checked, work)
         schema = pl.read_parquet_schema(files[0]) if files else judged(pl.DataFrame(schema=table_schema(source))).schema
         write_output_chunks(out, {TABLE: (schema, read_spilled(files))}, meta=meta)
@@ -215,5 +222,6 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
                "score_unparsed": int(column("difficulty_score").is_null().sum()),
                "per_round": per_round, "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
                "llm": {"judge": llm.stats}}  # tokens, failures and cost of the calls
-    return Outputs(metrics, f"judge: {levels.height} items, {metrics['level_unparsed']} levels and {metrics['score_unparsed']} scores unparsed",
+    return Outputs(metrics, f"judge: {levels.height} items, {metrics['level_unparsed']} levels and "
+                            f"{metrics['score_unparsed']} scores unparsed",
                    plot=level_distribution(levels), peak_rss=True)

@@ -25,6 +25,7 @@ class OptimizeSettings:
     selection: Literal["lowest_failure", "no_regression"] = "lowest_failure"
     evolver_temperature: NonNegativeFloat = 0.0
     seed: int = 0
-    unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9  # a method failing this share of the dev set is unusable
+    # a method failing this share of the dev set is unusable
+    unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9
     on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
     controls: ControlSettings = field(default_factory=dict)  # of the optimization turn, over roles.optimizer's

@@ -55,13 +55,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
@@ -88,7 +89,8 @@ def parse_optimized_method(text: str) -> tuple[str | None, str | None]:
     return None, "empty ```Optimized Method``` block"
 
 
-def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
+def split_dev_pool(items: list[dict], *, dev_size: int,
+                   batch_size: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """A seeded development set of ``dev_size`` items and the rest as the mini-batch pool (disjoint)."""
     if len(items) < dev_size + batch_size:
         raise ValueError(
@@ -114,7 +116,8 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
         for case, (parsed, raw, _) in zip(cases, results):
             if parsed is None:
                 unparsed.append({"id": case["id"], "round": r})
-            case[f"stage{r}"] = parsed if parsed is not None else raw.strip() if raw is not None else case[f"stage{r - 1}"]
+            case[f"stage{r}"] = (parsed if parsed is not None else raw.strip() if raw is not None
+                                 else case[f"stage{r - 1}"])
         current = [case[f"stage{r}"] for case in cases]
     return cases, unparsed
 
@@ -156,7 +159,8 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
     asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
     answers = dict(zip(asked, optimizer.generate(
-        [optimizer.request([analysis, {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j,
+        [optimizer.request([analysis,
+                            {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j,
                            controls=merged)
          for j in asked], desc="optimizer: optimization")))
     out = []
@@ -205,8 +209,8 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     for step in range(1, int(settings.steps) + 1):
         batch = rng.sample(pool, int(settings.batch_size))
         trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
-                                                current_method, rounds=int(settings.trajectory_rounds), temperature=temperature,
-                                                **evolving)
+                                                current_method, rounds=int(settings.trajectory_rounds),
+                                                temperature=temperature, **evolving)
         proposals = propose_methods(optimizer, prompts, trajectory, current_method,
                                     candidates=int(settings.candidates), controls=settings.controls)
         for c in proposals:
@@ -266,8 +270,8 @@ def write_method(out: str | Path, method: str, log: list[dict], meta: dict) -> N
 def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The optimize stage: the method optimized on the seed items of ``seed``, written to ``out``. With
     ``evolve.strategy`` other than auto it costs nothing: the initial method, an empty log, no model loaded."""
-    settings = load_section(params, "optimize")
-    evolve_settings = load_section(params, "evolve")
+    settings = load_section(params, "optimize", OptimizeSettings)
+    evolve_settings = load_section(params, "evolve", EvolveSection)
     strategy = evolve_settings.strategy
     initial = initial_method_text(prompts, settings.initial_method)
     templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE, ANALYSIS_TEMPLATE,
@@ -277,7 +281,8 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     if strategy != "auto":
         write_method(out, initial, [], {**meta, "skipped": True, "models": {}})
         return Outputs({"skipped": True, "reason": f"evolve.strategy is {strategy!r}, not 'auto'", "steps_run": 0,
-                        "calls": 0, "cache_hits": 0}, f"optimize: skipped (evolve.strategy {strategy}); initial method -> {out}/method.txt",
+                        "calls": 0, "cache_hits": 0},
+                       f"optimize: skipped (evolve.strategy {strategy}); initial method -> {out}/method.txt",
                        plot=[])
     items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
              for r in read_table(seed).select("id", "instruction", "input").to_dicts()]
@@ -298,7 +303,9 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
                 models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})
     write_method(out, result.method, result.log, meta)
     metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats}, usable)
-    return Outputs(metrics, f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
-                            f"in {result.steps_run} step(s) ({result.stop_reason}; {metrics['parseable_candidates']} of "
+    return Outputs(metrics,
+                   f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
+                            f"in {result.steps_run} step(s) ({result.stop_reason}; "
+                            f"{metrics['parseable_candidates']} of "
                             f"{metrics['candidates_proposed']} candidates parsed) -> {Path(out) / 'method.txt'}",
                    plot=metrics["per_step"])

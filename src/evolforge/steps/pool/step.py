@@ -21,10 +21,13 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.config.loader import load_section
+from evolforge.config.data import DataSettings
+from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import LINEAGE, META, TABLE, VERSIONS
 from evolforge.core.stage import Outputs
-from evolforge.io.stream import check_chunks, iter_chunks, peak_rss_mib, table_file, table_schema, write_output_chunks
+from evolforge.core.memory import peak_rss_mib
+from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema, write_output_chunks
 
 SCENARIOS = ("evol", "autoif")
 
@@ -68,21 +71,26 @@ def run(evol: str, autoif: str, out: str | Path, params: dict[str, Any]) -> Outp
     """The pick_scenario stage: one of the two tables unchanged, streamed into ``out``. The choice is made on
     each table's first row (whether the AutoIF one has rows); the chosen table then streams through
     (docs/scale.md)."""
-    cfg, rows = load_section(params, "autoif"), load_section(params, "data").chunk_rows
+    cfg, rows = load_section(params, "autoif", AutoIFSettings), load_section(params, "data", DataSettings).chunk_rows
     files = {evol: table_file(evol), autoif: table_file(autoif)}
-    heads = [next(iter(iter_chunks(files[path], 1)), pl.DataFrame(schema=table_schema(files[path]))) for path in (evol, autoif)]
+    heads = [next(iter(iter_chunks(files[path], 1)), pl.DataFrame(schema=table_schema(files[path])))
+             for path in (evol, autoif)]
     pool = pick_pool(cfg.scenario, *heads, cfg.on_empty, evol_source=evol, autoif_source=autoif)
     source = files[pool.source]
-    check_chunks(source, validation.item_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), rows)
+    check_chunks(source,
+                 validation.item_columns(LINEAGE + ["instruction", "input", "output"]) + validation.unique("id"), rows)
     items = pl.scan_parquet(source).select(pl.len()).collect().item()
     if not items:
-        raise validation.DataError(pool.source, "non-empty pool", detail=f"no answered items for scenario {cfg.scenario!r}")
-    per_method = {m: int(n) for m, n in pl.scan_parquet(source).group_by("method").len().sort("method").collect(engine="streaming").iter_rows()}
+        raise validation.DataError(pool.source, "non-empty pool",
+                                   detail=f"no answered items for scenario {cfg.scenario!r}")
+    counts = pl.scan_parquet(source).group_by("method").len().sort("method").collect(engine="streaming")
+    per_method = {m: int(n) for m, n in counts.iter_rows()}
     write_output_chunks(out, {TABLE: (table_schema(source), iter_chunks(source, rows))},
                         meta={"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback,
                               VERSIONS: _recorded_versions(Path(pool.source))})
     metrics = {"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback, "items": items,
-               "autoif_items": pl.scan_parquet(files[autoif]).select(pl.len()).collect().item(), "per_method": per_method,
+               "autoif_items": pl.scan_parquet(files[autoif]).select(pl.len()).collect().item(),
+               "per_method": per_method,
                "peak_rss_mib": peak_rss_mib()}  # docs/scale.md
     if pool.fallback:
         print(f"pick_scenario: WARNING: scenario autoif fell back to {pool.source} ({pool.fallback}); "

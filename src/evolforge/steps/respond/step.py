@@ -24,21 +24,25 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import RESPONSES
-from evolforge.core.cache import open_cache
+from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS
-from evolforge.config.runtime import DataSettings  # noqa: F401  (part of this module's API)
+from evolforge.config.data import DataSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
-from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks, read_spilled, spilled, table_file,
+from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks,
+                                 read_spilled, spilled, table_file,
                                  table_schema, write_output_chunks)
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_requests, response_sampling
 
-CHECK = ["check_response", "check_finish_reason", "check_request_key", "check_thinking"]  # a round's answers, read by answer()
+# a round's answers, read by answer()
+CHECK = ["check_response", "check_finish_reason", "check_request_key", "check_thinking"]
 KEEP = LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "instruction_finish_reason"] + CHECK
 
 
@@ -73,10 +77,12 @@ def _kept(table: pl.DataFrame, is_round: bool) -> pl.DataFrame:
     return (table.filter(pl.col("status") == EVOLVED) if is_round else table).select(KEEP)
 
 
-def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None, chunk_rows: int = DataSettings.chunk_rows) -> Gathered:
+def gather(round_dirs: list[str | Path], seed_dir: str | Path | None = None,
+           chunk_rows: int = DataSettings.chunk_rows) -> Gathered:
     """Evolved items of the given round folders (and all seeds when ``seed_dir`` is given), lineage kept; every
     table checked first, ``chunk_rows`` rows at a time."""
-    parts = ([(table_file(seed_dir), False)] if seed_dir is not None else []) + [(table_file(d), True) for d in round_dirs]
+    parts = ([(table_file(seed_dir), False)]
+             if seed_dir is not None else []) + [(table_file(d), True) for d in round_dirs]
     if not parts:
         raise ValueError("respond: no rounds selected (params.yaml respond.rounds) and include_seed is false")
     for file, _ in parts:
@@ -112,7 +118,8 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
     return items.with_columns(
         output=pl.Series([None if c.failed else c.text for c in answers], dtype=pl.String),
         response_finish_reason=pl.Series([c.finish_reason for c in answers], dtype=pl.String),
-        response_status=pl.Series([elimination.FAILED_RESPONSE if c.failed else elimination.response_status(c.text, c.finish_reason, repetition)
+        response_status=pl.Series([elimination.FAILED_RESPONSE if c.failed
+                                   else elimination.response_status(c.text, c.finish_reason, repetition)
                                    for c in answers], dtype=pl.String),
         response_failure_reason=pl.Series([c.failure_reason for c in answers], dtype=pl.String),
         response_failure_detail=pl.Series([c.error for c in answers], dtype=pl.String),
@@ -128,14 +135,16 @@ def status_counts(table: pl.DataFrame) -> dict[str, int]:
     return counts
 
 
-def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+def run(evolved: str | Path, seed: str | Path, out: str | Path,
+        params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The respond stage: the evolved items of ``respond.rounds`` (round folders under ``evolved``; the seeds
     of ``seed`` with ``include_seed``), answered by the responder role ``data.chunk_rows`` rows at a time
     and streamed into ``out`` (docs/scale.md)."""
-    cfg = load_section(params, "respond")  # load_params checked that its rounds are evolve.rounds indices
-    rounds = {r["index"]: name for name, r in load_section(params, "evolve").rounds.items()}
+    # the models stage checked that its rounds are evolve.rounds indices
+    cfg = load_section(params, "respond", RespondSettings)
+    rounds = {r["index"]: name for name, r in load_section(params, "evolve", EvolveSection).rounds.items()}
     items = gather([f"{evolved}/{rounds[k]}" for k in cfg.rounds], seed if cfg.include_seed else None,
-                   load_section(params, "data").chunk_rows)
+                   load_section(params, "data", DataSettings).chunk_rows)
     check_unique(items.ids(), "id", out)  # the output's rule, before any call
     llm = open_role(params, "responder", open_cache(params))
     repetition = elimination.repetition_test(cfg.repetition)
@@ -154,7 +163,8 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str
 
     schema = answer(pl.DataFrame(schema=items.schema), llm, prompts).schema  # no rows: no call
     rules = validation.item_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
-    meta = {VERSIONS: output_versions(), "model": llm.label, "model_identity": llm.identity,  # as write_output records it
+    # as write_output records it
+    meta = {VERSIONS: output_versions(), "model": llm.label, "model_identity": llm.identity,
             "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": dataclasses.asdict(cfg)}
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,9 +173,11 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, params: dict[str
         write_output_chunks(out, {TABLE: (schema, read_spilled(parts))}, meta=meta)
     total = sum(per_round.values())
     metrics = {"items": total, "response_status": statuses, "empty_responses": statuses["empty"],
-               "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"], "check_answers_reused": tally["reused"],
+               "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
+               "check_answers_reused": tally["reused"],
                "failed_responses": failed, "llm": {"responder": llm.stats},
                "per_round": {str(k): n for k, n in per_round.items()}}
-    return Outputs(metrics, f"respond: {total} responses {statuses}; {tally['reused']} check answers of the rounds reused, "
+    return Outputs(metrics,
+                   f"respond: {total} responses {statuses}; {tally['reused']} check answers of the rounds reused, "
                             f"{llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits",
                    peak_rss=True)  # docs/scale.md

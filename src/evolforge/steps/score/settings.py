@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from annotated_types import Ge
 
 from evolforge.config.bounds import PositiveInt
-
-
-Template = Literal["raw", "chat", "cherry"]
-
-
-Boundary = Literal["prefix", "offsets"]
-
-
-CherryTruncation = Literal["official", "same-tokens"]
+from evolforge.score.choices import Boundary, CherryTruncation, Template
 
 
 @dataclass

@@ -18,13 +18,15 @@ import polars as pl
 import torch
 
 from evolforge.io import validation
-from evolforge.config.loader import load_role, load_section
+from evolforge.config.loader import load_section
+from evolforge.config.roles import load_role
+from evolforge.config.data import DataSettings
 from evolforge.config.roles import Role
 from evolforge.io.records import TABLE, VERSIONS
 from evolforge.core.stage import Outputs
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.stream import check_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
-from evolforge.core.versions import output_versions
+from evolforge.io.versions import output_versions
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import ifd
 from evolforge.io.columns import SCORE_VALUES
@@ -61,8 +63,10 @@ class ChunkScorer:
                 torch.set_num_threads(self.threads)
             self._scorer = ifd.load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
         model, tokenizer = self._scorer
-        scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(), chunk["output"].to_list(),
-                                **dataclasses.asdict(self.settings), batch_size=role.batch_size, chunk_size=self.encode_chunk)
+        scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(),
+                                chunk["output"].to_list(),
+                                **dataclasses.asdict(self.settings), batch_size=role.batch_size,
+                                chunk_size=self.encode_chunk)
         return pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
 
 
@@ -70,22 +74,27 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     """Scores (id, round, losses in nats, ifd, ic_ifd, token counts) of the items of ``items``, streamed into
     ``out``; the scorer runs in-process (hf): scoring needs logits. With ``data.engine: ray`` the chunks are
     scored by ``roles.scorer.replicas`` Ray actors of ``roles.scorer.threads`` CPUs (default 1) each."""
-    cfg = load_section(params, "score")
+    cfg = load_section(params, "score", ScoreSettings)
     role = load_role(params, "scorer")
     if role.backend != "hf":
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
-    source, data = table_file(items), load_section(params, "data")
-    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]) + validation.unique("id"), data.chunk_rows)
+    source, data = table_file(items), load_section(params, "data", DataSettings)
+    check_chunks(source,
+                 validation.item_columns(["id", "round",
+                                          "instruction", "input", "output"]) + validation.unique("id"), data.chunk_rows)
     schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_VALUES})
     scorer = ChunkScorer(role, cfg, threads=(role.threads or 1) if data.engine == "ray" else None)
-    scored = map_chunks(source, scoring_rows(data.chunk_rows), ["id", "round", "instruction", "input", "output"], scorer, data,
+    scored = map_chunks(source, scoring_rows(data.chunk_rows),
+                        ["id", "round", "instruction", "input", "output"], scorer, data,
                         actors=role.replicas, cpus=role.threads or 1)
 
-    meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),  # as write_output
+    # as write_output
+    meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),
             "params": dataclasses.asdict(cfg)}
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work, session(data):  # the model runs on this thread
+    # the model runs on this thread
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work, session(data):
         write_output_chunks(out, {TABLE: (schema, read_spilled(spilled(scored, work)))}, meta=meta)
     written = table_file(out)
 
@@ -103,6 +112,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     plots = {"ifd_hist.json": histogram(scored_ifd.to_numpy())}
     del scored_ifd
     plots["ic_ifd_hist.json"] = histogram(column("ic_ifd").to_numpy())
-    return Outputs(metrics, f"score: {metrics['items']} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD {metrics['mean_ic_ifd']}",
+    return Outputs(metrics, f"score: {metrics['items']} items, mean IFD {metrics['mean_ifd']}, mean IC-IFD "
+                            f"{metrics['mean_ic_ifd']}",
                    plots=plots, peak_rss=True)
 

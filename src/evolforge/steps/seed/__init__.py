@@ -1,1 +1,2 @@
-"""The seed step: a source (file or hub dataset) read, mapped to instruction/input/output, deduplicated and sampled (``step.run``)."""
+"""The seed step: a source (file or hub dataset) read, mapped to instruction/input/output, deduplicated and sampled
+(``step.run``)."""

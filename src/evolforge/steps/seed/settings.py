@@ -14,7 +14,8 @@ class SeedSettings:
 
     source: NonEmptyStr  # a local .jsonl/.json/.parquet/.csv file, or a Hugging Face dataset id
     format: Literal["auto", "alpaca", "gsm8k", "code_alpaca", "chat"] = "auto"  # chat: messages / ShareGPT
-    fields: dict[Literal["instruction", "input", "output"], NonEmptyStr | None] = field(default_factory=dict)  # instruction: never null
+    # instruction: never null
+    fields: dict[Literal["instruction", "input", "output"], NonEmptyStr | None] = field(default_factory=dict)
     config: str | None = None  # hub dataset config
     split: NonEmptyStr = "train"
     revision: str | None = None  # hub dataset revision (a commit sha pins it exactly)

@@ -1,1 +1,2 @@
-"""Selection: the policy (``selection``), the training files and the dataset card (``card``), written by ``step.run``."""
+"""Selection: the policy (``selection``), the training files and the dataset card (``card``), written by
+``step.run``."""

@@ -16,7 +16,8 @@ The card says what made the data: seed source, every role's model and identity (
 when present, else ``params.yaml`` roles), prompt template hashes, evolution and selection params, counts
 per stage, the versions of the packages that can change the data, and known limitations. The ``configs``
 entry's ``description`` carries the shards' sha256 fingerprint: ``datasets`` keys its cache on the folder's
-name and that header, so each version gets its own cache entry and loads as itself. ``params.yaml`` section ``card`` (optional) sets the header.
+name and that header, so each version gets its own cache entry and loads as itself. ``params.yaml`` section ``card``
+(optional) sets the header.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ import polars as pl
 import yaml
 
 from evolforge.config.loader import load_section
+from evolforge.config.data import DataSettings
 from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import META, TABLE, VERSIONS, write_table
 from evolforge.io.stream import sink_chunks
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
-from evolforge.core.versions import OUTPUT_PACKAGES, output_versions
+from evolforge.io.versions import OUTPUT_PACKAGES, output_versions
 from evolforge.steps.common.funnel import funnel, provenance, round_strategies
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
@@ -65,12 +67,13 @@ ds = datasets.load_dataset("<this folder or hub id>")["train"]
 The header's `configs` entry carries this version's fingerprint (`{fingerprint}`, sha256 of the shards), so
 the `datasets` cache keeps each version apart. Or read the shards directly:
 `polars.read_parquet("<this folder>/data/train-*.parquet")`."""
-LIMITATIONS = """- Instructions and responses are written by language models: they can be wrong, unsafe or unanswerable, and
-  nothing here verifies a response. Difficulty labels and scores are one judge model's opinion.
+LIMITATIONS = (
+    "- Instructions and responses are written by language models: they can be wrong, unsafe or unanswerable, and\n"
+    """  nothing here verifies a response. Difficulty labels and scores are one judge model's opinion.
 - Evolution and selection favour what the evolver and scorer models find hard; topics, languages and styles of
   the seed set carry over, and so do its biases.
 - Licence: the rows derive from the seed set and from the models' outputs; check the terms of both (see the
-  models above) before redistributing or training on this data."""
+  models above) before redistributing or training on this data.""")
 
 
 def size_category(n: int) -> str:
@@ -116,7 +119,8 @@ def write_shards(table: Path, folder: Path, chunk_rows: int) -> list[str]:
         name = f"train-{i:05d}-of-{n:05d}.parquet"
         tmp = data / f".{name}.tmp-{os.getpid()}"
         if total:
-            sink_chunks(tmp, schema, _hub_chunks(table, i * SHARD_ROWS, min(SHARD_ROWS, total - i * SHARD_ROWS), chunk_rows))
+            sink_chunks(tmp, schema,
+                        _hub_chunks(table, i * SHARD_ROWS, min(SHARD_ROWS, total - i * SHARD_ROWS), chunk_rows))
         else:  # no rows: the columns alone, as hub_rows gives them for an empty table
             write_table(hub_rows(pl.read_parquet(table, n_rows=0)), tmp)
         os.replace(tmp, data / name)
@@ -163,11 +167,13 @@ def _scenario_line(root: Path) -> str:
     pool = read_json(path) if path.is_file() else {}
     if not pool:
         return "**Scenario**: not recorded (no `metrics/pool.json`)."
-    line = f"**Scenario**: `{pool.get('scenario', '?')}`, {pool.get('items', '?')} items from `{pool.get('source', '?')}`"
+    line = (f"**Scenario**: `{pool.get('scenario', '?')}`, {pool.get('items', '?')} items from "
+            f"`{pool.get('source', '?')}`")
     if pool.get("autoif_items"):
         line += f", of them {pool['autoif_items']} verified by AutoIF (their constraints checked by code)"
     if pool.get("fallback"):
-        line += f"; the AutoIF pool was empty, so the evolved one was used (`autoif.on_empty: evol`): {pool['fallback']}"
+        line += ("; the AutoIF pool was empty, so the evolved one was used (`autoif.on_empty: evol`): "
+                 f"{pool['fallback']}")
     return line + "."
 
 
@@ -175,7 +181,8 @@ STRATEGY_WORDS = {"evol": "Evol-Instruct's hand-written methods", "auto": "Auto 
                   "auto_initial": "Auto Evol-Instruct's initial (not optimized) method"}
 
 
-def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[dict], n_rounds: int, metric: str) -> str:
+def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[dict],
+                 n_rounds: int, metric: str) -> str:
     """The card's opening paragraph: what the rows are, claiming evolution only where items evolved.
 
     >>> rows = pl.DataFrame({"round": [0, 0]})
@@ -219,7 +226,8 @@ def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) 
 
 # the stage outputs the card reads (their tables, meta.json): the select stage's dvc.yaml deps, so the card
 # changes only with them (never with an output of a later stage, or one that another experiment left behind)
-READS = ("data/seed", "data/evolved/round_*", "data/pool", "data/dedup", "data/clean", "data/judged", "data/scores", "data/diversity")
+READS = ("data/seed", "data/evolved/round_*", "data/pool", "data/dedup", "data/clean", "data/judged",
+         "data/scores", "data/diversity")
 
 
 def _versions_rows(root: Path) -> list[list[Any]]:
@@ -235,7 +243,8 @@ def _versions_rows(root: Path) -> list[list[Any]]:
     now = output_versions()
     rows = []
     for name, by_version in seen.items():
-        for version, stages in sorted(by_version.items()) or [(str(now[name]), ["(installed when the card was written)"])]:
+        for version, stages in sorted(by_version.items()) or [(str(now[name]),
+                                                               ["(installed when the card was written)"])]:
             rows.append([f"`{name}`", "not installed" if version == "None" else version, ", ".join(stages)])
     return rows
 
@@ -279,8 +288,11 @@ def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, 
         "### Prompt templates (sha256 prefixes)\n\n" + _md_table(["stage", "model", "templates"], prompts),
         "### Counts per stage\n\nSeeds in, then per round: items in, evolved, failed (by reason), answered, kept after "
         "deduplication / decontamination (when run), judged, selected.\n\n"
-        + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered", "kept", "judged", "selected"], counts),
-        "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k] for k in ("seed", "evolve", "respond", "autoif", "judge", "score", "select")
+        + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered",
+                     "kept", "judged", "selected"], counts),
+        "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k]
+                                                        for k in ("seed", "evolve", "respond", "autoif",
+                                                                  "judge", "score", "select")
                                                        if k in params}, sort_keys=True) + "```",
         "### Software versions\n\nThe installed versions of the packages that can change the data, as each stage "
         "output's `meta.json` recorded them (`make setup` installs the locked set: `requirements/cpu.txt`).\n\n"
@@ -294,17 +306,18 @@ def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, 
 def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | None = None) -> Path:
     """Write the shards and ``README.md`` into ``selected_dir``; return the card's path."""
     params = params or {}
-    settings = load_section(params, "card")
+    settings = load_section(params, "card", CardSettings)
     selected_dir, root = Path(selected_dir), Path(root)
     table_path = selected_dir / TABLE
     if not table_path.exists():
         raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
     # a hub row's chat messages are built as Python objects first: several times a streamed row's memory
-    chunk_rows = max(1, load_section(params, "data").chunk_rows // HUB_SHARE)
+    chunk_rows = max(1, load_section(params, "data", DataSettings).chunk_rows // HUB_SHARE)
     fingerprint = shards_fingerprint(selected_dir, write_shards(table_path, selected_dir, chunk_rows))
     has_round = "round" in pl.read_parquet_schema(table_path)
     # 8 bytes per row: the rows' rounds, for the counts per round (a row number where there is no round)
-    rounds = pl.scan_parquet(table_path).select(pl.col("round") if has_round else pl.int_range(pl.len()).alias("row")).collect()
+    rounds = pl.scan_parquet(table_path).select(pl.col("round") if has_round
+                                                else pl.int_range(pl.len()).alias("row")).collect()
     columns = list(hub_rows(pl.read_parquet(table_path, n_rows=0)).columns)
     card = selected_dir / "README.md"
     tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
@@ -323,5 +336,6 @@ def push_to_hub(selected_dir: str | Path, repo_id: str, private: bool = False) -
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(selected_dir),
-                      allow_patterns=["README.md", "data/train-*.parquet"], commit_message="evolforge: dataset card and shards")
+                      allow_patterns=["README.md",
+                                      "data/train-*.parquet"], commit_message="evolforge: dataset card and shards")
     return f"https://huggingface.co/datasets/{repo_id}"

@@ -117,7 +117,8 @@ def load_embeddings(folder: str | Path, chunk_rows: int = 50_000) -> EmbeddingFi
     row per id; no row zero or not finite), a block at a time, and open it for reading by id."""
     folder = Path(folder)
     file = folder / EMBEDDINGS
-    ids = pl.concat([chunk for chunk in iter_chunks(folder, chunk_rows, ["id"])] or [pl.DataFrame(schema={"id": pl.String})])
+    ids = pl.concat([chunk for chunk in iter_chunks(folder, chunk_rows, ["id"])]
+                    or [pl.DataFrame(schema={"id": pl.String})])
     shape = np.load(file, mmap_mode="r", allow_pickle=False).shape
     if len(shape) != 2 or shape[0] != ids.height:
         raise ValueError(f"{file}: shape {shape} does not match the {ids.height} rows of {folder / TABLE}")

@@ -55,7 +55,8 @@ def _joined(paths: list[str], frames: list[pl.DataFrame]) -> pl.DataFrame:
 def ranked_rows(paths: list[str], chosen: pl.Series, chunk_rows: int,
                 work: Path) -> tuple[pl.Schema, Iterator[pl.DataFrame]]:
     """The rows of ``chosen`` (ids, in rank order) with every column of ``paths`` (items first, then the
-    per-item tables), a bucket (``chunk_rows / BUCKET_SHARE`` rows) at a time in rank order; and their schema. ``work`` is an empty scratch
+    per-item tables), a bucket (``chunk_rows / BUCKET_SHARE`` rows) at a time in rank order; and their schema. ``work``
+    is an empty scratch
     folder that must outlive the iterator."""
     ranks = pl.DataFrame({"id": chosen, RANK: pl.int_range(chosen.len(), dtype=pl.Int64, eager=True)})
     bucket_rows = max(1, chunk_rows // BUCKET_SHARE)

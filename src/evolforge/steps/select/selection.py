@@ -15,7 +15,8 @@ nats per token, is below it: looping and templated instructions) and ``min_mnd``
 neighbour in the pool is closer than it: near-copies, which also get low losses).
 
 Order of the filters (each one's removals are counted, and an empty selection names the filter that
-emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``ifd_filter`` -> floors ->
+emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``ifd_filter`` ->
+floors ->
 metric present -> threshold -> diversity walk / top fraction.
 
 Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
@@ -35,7 +36,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -69,7 +70,8 @@ def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = Non
 
     Exact, blockwise: each block is compared with the rows kept before it, tiles of at least ``KEY_BLOCK`` of
     them at a time (as :func:`~evolforge.score.neighbors.neighbor_stats` tiles its keys: the floats of one product
-    with all of them, up to BLAS's rounding of a tile's edges), then resolved in order against the rows it keeps itself (time ~ N x kept x d,
+    with all of them, up to BLAS's rounding of a tile's edges), then resolved in order against the rows it keeps itself
+    (time ~ N x kept x d,
     memory ~ block x 2 KEY_BLOCK, whatever the number kept; the kept rows themselves, kept x d).
     """
     n = len(vectors)
@@ -147,7 +149,8 @@ def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str
     if settings.min_loss_instruction is not None:
         # polars orders NaN above every number, so NaN is refused explicitly
         filtering.apply("loss_instruction_below_floor",
-                        (pl.col("loss_instruction") >= settings.min_loss_instruction) & pl.col("loss_instruction").is_not_nan())
+                        (pl.col("loss_instruction") >= settings.min_loss_instruction)
+                        & pl.col("loss_instruction").is_not_nan())
     if settings.min_mnd is not None:
         filtering.apply("mnd_below_floor", (pl.col("mnd") >= settings.min_mnd) & pl.col("mnd").is_not_nan())
     return filtering
@@ -310,7 +313,8 @@ def join_metrics(items: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.Dat
 
 def conversational_row(prompt: str, completion: str) -> dict:
     """One TRL conversational prompt/completion record (TRL trains on the completion only by default)."""
-    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
+    return {"prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": completion}]}
 
 
 def to_trl(rows: pl.DataFrame) -> list[dict]:

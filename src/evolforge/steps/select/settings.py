@@ -22,7 +22,8 @@ class SelectSettings:
     seed: NonNegativeInt = 0  # for metric random
     min_loss_instruction: Annotated[float, Ge(0)] | None = None  # floor on L(Q), nats per token
     min_mnd: Annotated[float, Ge(0), Le(4)] | None = None  # floor on the pool MND (squared L2 of unit embeddings)
-    diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None  # DEITA walk: keep if d^2 to every kept item exceeds it
+    # DEITA walk: keep if d^2 to every kept item exceeds it
+    diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:
@@ -35,7 +36,8 @@ class SelectSettings:
 class CardSettings:
     """``card`` (all optional): the dataset card written with the selection."""
 
-    license: NonEmptyStr = "other"  # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
+    # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
+    license: NonEmptyStr = "other"
     language: list[str] = field(default_factory=lambda: ["en"])
     task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
     pretty_name: NonEmptyStr = "evolforge evolved instructions"

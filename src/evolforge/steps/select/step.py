@@ -18,6 +18,8 @@ from typing import Any
 import polars as pl
 
 from evolforge.config.loader import load_section
+from evolforge.config.data import DataSettings
+from evolforge.steps.select.settings import SelectSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.records import write_table
 from evolforge.steps.select.card import write_card
@@ -39,7 +41,7 @@ def _write(folder: Path, inputs: Inputs, selection: Selection, params: dict[str,
 def run(items: str, judged: str, scores: str, diversity: str, params: dict[str, Any]) -> Outputs:
     """The select stage: the items of ``items`` joined with the per-item tables of ``judged``, ``scores`` and
     ``diversity``, selected by ``params.yaml select``, exported for SFT, with the dataset card."""
-    cfg, rows = load_section(params, "select"), load_section(params, "data").chunk_rows
+    cfg, rows = load_section(params, "select", SelectSettings), load_section(params, "data", DataSettings).chunk_rows
     inputs = Inputs(items, judged, scores, diversity)
     check_inputs(inputs, cfg, rows)
     table, guards = ranking_table(inputs, rows)

@@ -23,8 +23,8 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 
-from evolforge.core.cache import CallCache, batch_job_key
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.cache import CallCache, batch_job_key
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion
 from evolforge.llm.backends.openai.http import (RETRY_STATUSES, TOO_LONG, Finished, LLMRequestError, Waker,
                                                 completion_from, parse_retry_after, preview)
@@ -103,7 +103,8 @@ class BatchJobs:
             lines = {i: orjson.dumps({"custom_id": ids[i], "method": "POST", "url": BATCH_ENDPOINT,
                                       "body": self.backend.payload(requests[i])}) + b"\n" for i in todo}
             for chunk in chunks(todo, lambda i: len(lines[i]), self.backend.batch_max_requests, BATCH_MAX_BYTES):
-                jobs.append(await self._submit(session, [ids[i] for i in chunk], b"".join(lines[i] for i in chunk), cache))
+                jobs.append(await self._submit(session, [ids[i] for i in chunk],
+                                               b"".join(lines[i] for i in chunk), cache))
             await self._await_jobs(session, jobs, requests, position, done, run, cache)
 
     async def _submit(self, session, ids: list[str], lines: bytes, cache: CallCache | None) -> Job:
@@ -130,7 +131,8 @@ class BatchJobs:
                           done: Finished, run: Waker, cache: CallCache | None) -> None:
         from tqdm.auto import tqdm
 
-        with tqdm(total=sum(len(j.ids) for j in jobs), desc=f"{self.backend.model} batch", unit="req", leave=False) as bar:
+        with tqdm(total=sum(len(j.ids) for j in jobs), desc=f"{self.backend.model} batch",
+                  unit="req", leave=False) as bar:
             active = list(jobs)
             while active:
                 for job in list(active):
@@ -201,11 +203,13 @@ class BatchJobs:
             completion = completion_from(response.get("body"))
             if completion is not None:
                 return completion
-            return Completion.failure(RETRIES_EXHAUSTED, f"malformed result: {preview(orjson.dumps(response.get('body')))}")
+            return Completion.failure(RETRIES_EXHAUSTED,
+                                      f"malformed result: {preview(orjson.dumps(response.get('body')))}")
         body = response.get("body")
         detail = (error or {}).get("message") if isinstance(error, dict) else error
         if not detail and isinstance(body, dict):
-            detail = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else body.get("error")
+            detail = (body.get("error")
+                      or {}).get("message") if isinstance(body.get("error"), dict) else body.get("error")
         message = str(detail or preview(orjson.dumps(body)))
         code = (error or {}).get("code") if isinstance(error, dict) else None
         if TOO_LONG.search(message):
@@ -250,8 +254,10 @@ class BatchJobs:
                 else:
                     raise LLMRequestError(self.backend.redact(f"{method} {url}: HTTP {status}: {preview(raw)}"), status)
             if attempt == attempts:
-                raise LLMRequestError(self.backend.redact(f"{method} {url}: {attempts} attempts, the last: {cause}; the "
-                                                          f"batch jobs submitted so far are recorded, a rerun resumes them"))
+                raise LLMRequestError(self.backend.redact(f"{method} {url}: {attempts} attempts, the "
+                                                          f"last: {cause}; the "
+                                                          f"batch jobs submitted so far are recorded, a "
+                                                          f"rerun resumes them"))
             await asyncio.sleep(self.backend.retry_delay(attempt, retry_after, throttled=status == 429))
         raise AssertionError("unreachable")
 

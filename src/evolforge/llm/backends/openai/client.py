@@ -46,8 +46,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from evolforge.core.cache import CallCache
-from evolforge.config.roles import ChatRequest, Role
+from evolforge.llm.cache import CallCache
+from evolforge.config.roles import Role
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities, Completion,
                                  collect)
 from evolforge.llm.backends.openai.batch import BatchJobs
@@ -60,7 +61,8 @@ from evolforge.llm.thinking import DEFAULT_TAGS, separate
 from evolforge.llm.backends.openai.ranking import rank_on_server
 
 # a server's answer to a request it could not validate, when it sends it as 500 (pydantic / FastAPI wording)
-VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|Extra inputs are not permitted|"
+VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|"
+                        r"Extra inputs are not permitted|"
                         r"Unrecognized request argument|unexpected keyword argument")
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ FATAL_STATUSES = {401, 403, 404}  # every request would fail the same way
 RETRY_STATUSES = {408, 409, 429}  # plus 5xx
 MIN_THROTTLE_WAIT_S = 0.5  # the least a 429 waits before its retry, whatever backoff_s and Retry-After say
 # How servers word "prompt + max_tokens exceeds the context" in a 400 (vLLM, OpenAI, TGI, llama.cpp).
-TOO_LONG = re.compile(r"context.length|maximum context|max_model_len|too long|too many tokens|exceeds? the (?:model|context)",
-                      re.IGNORECASE)
+TOO_LONG = re.compile(r"context.length|maximum context|max_model_len|too long|too many tokens"
+                      r"|exceeds? the (?:model|context)", re.IGNORECASE)
 Finished = list[tuple[int, Completion]]
 
 
@@ -197,7 +197,8 @@ def setting_hint(raw: bytes, role: str) -> str:
         if "structured_outputs" in text or "guided" in text:
             return f"; this server does not take structured_outputs: set {where}.choice_format: response_format"
         for name, setting in (("bad_words", "banned_strings"), ("repeat_penalty", "repetition_penalty"),
-                              ("repetition_penalty", "repetition_penalty"), ("grammar", "banned_strings / assistant_prefix"),
+                              ("repetition_penalty", "repetition_penalty"),
+                              ("grammar", "banned_strings / assistant_prefix"),
                               ("continue_final_message", "assistant_prefix")):
             if name in text:
                 return (f"; the server refused {name} ({setting}): set {where}.server to what it is, or remove "

@@ -6,7 +6,8 @@ For each choice, ``POST {base_url}/completions`` with the chat prompt rendered b
 (the served model's chat template), the choice and the end of the assistant's turn, ``echo: true`` and
 ``logprobs: 1``: vLLM's server and llama.cpp's (llama-cpp-python started with ``--logits_all true``) answer
 with the log-probability of every prompt token; the choice's are the last ones, as many as the choice and the
-turn's end add to the rendered prompt (counted with the tokenizer). One request per choice (101 for a 0-100 score), each retried as a chat request is; the completion's
+turn's end add to the rendered prompt (counted with the tokenizer). One request per choice (101 for a 0-100
+score), each retried as a chat request is; the completion's
 text is the JSON list of the choices' log-probabilities. The OpenAI API echoes no prompt log-probabilities,
 so an ``openai`` server kind is refused before any request (evolforge.llm.types.refuse_ranking).
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import REQUEST_REJECTED, Completion
 
 
@@ -76,7 +77,8 @@ async def rank_on_server(backend: Any, session: Any, request: ChatRequest, repli
                              "echo": True, "logprobs": 1})
         found: dict[str, tuple[float, int]] = {}
 
-        def parse(_: ChatRequest, raw: bytes, n: int = answer_tokens(tokenizer, prompt, answer)) -> Completion | None:
+        def parse(_: ChatRequest, raw: bytes, n: int = answer_tokens(tokenizer, prompt, answer),
+                  found: dict[str, tuple[float, int]] = found) -> Completion | None:
             value = echo_logprob(raw, n)
             if value is None:
                 return None

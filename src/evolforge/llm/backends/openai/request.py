@@ -3,7 +3,7 @@ the request's seed, a constrained request's choices in the role's ``choice_forma
 honours), the check that the prompt fits ``max_model_len`` before it is sent, and a constrained reply's
 ``answer`` read back out of its JSON.
 
->>> from evolforge.config.roles import ChatRequest
+>>> from evolforge.llm.requests import ChatRequest
 >>> from evolforge.llm.types import Completion
 >>> ask = ChatRequest((("user", "Easy or hard?"),), choices=("easy", "hard"))
 >>> chat_body(ask, "m", "structured_outputs")["structured_outputs"]
@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from evolforge.config.roles import ChatRequest
+from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Completion, refuse_controls
 
@@ -140,7 +140,8 @@ def text_grammar(banned: tuple[str, ...], prefix: str = "") -> str:
         for target, chars in sorted(moves.items()):
             if target == 0:
                 continue
-            alternatives.append(f"{_literal(chars[0])} s{target}" if len(chars) == 1 else f"[{_char_class(set(chars))}] s{target}")
+            alternatives.append(f"{_literal(chars[0])} s{target}" if len(chars) == 1
+                                else f"[{_char_class(set(chars))}] s{target}")
         to_root = [c for c in moves.get(0, [])]
         if to_root:
             alternatives.append(f"[{_char_class(set(to_root))}] s0")
@@ -166,7 +167,8 @@ def too_long_failure(request: ChatRequest, tokenizer: Any, max_model_len: int | 
                                                f"it exceeds max_model_len {max_model_len}")
 
 
-def unwrap_answer(request: ChatRequest, completion: Completion, choice_format: str, server: str = "openai") -> Completion:
+def unwrap_answer(request: ChatRequest, completion: Completion, choice_format: str,
+                  server: str = "openai") -> Completion:
     """A constrained request's answer out of its ``response_format`` JSON (see :func:`answer_field`); a vLLM
     continuation of an ``assistant_prefix`` with the prefix put back before it (the text is prefix + rest)."""
     if completion.failed:

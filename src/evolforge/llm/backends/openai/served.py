@@ -1,5 +1,5 @@
 """Which model an ``openai`` role's server serves (``GET /models``), pinned as the role's identity: the served
-model id, never the URL (the models stage, :func:`evolforge.llm.identity.resolve_identity`)."""
+model id, never the URL (the models stage, :func:`evolforge.llm.pinning.resolve_identity`)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def _served_entries(role: Role, urls: list[str]) -> list[dict[str, Any]]:
         try:
             served = {m["id"]: m for m in orjson.loads(raw)["data"]}
         except (orjson.JSONDecodeError, KeyError, TypeError) as err:
-            raise ModelError(f"params.yaml roles.{role.name}: GET {url}: not a model list ({err}): {redact(preview(raw))}") from None
+            raise ModelError(f"params.yaml roles.{role.name}: GET {url}: not a model list ({err}): "
+                             f"{redact(preview(raw))}") from None
         if role.model not in served:
             raise ModelError(f"params.yaml roles.{role.name}.model: {role.model!r} is not served at {url}; "
                              f"it serves {sorted(served)[:20]}")

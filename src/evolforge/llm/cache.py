@@ -225,7 +225,8 @@ class CallCache:
             # in key order: consecutive inserts land on neighbouring index pages (a stable sort keeps
             # the first of two rows with one key first, so it is still the one stored)
             self._db.executemany(
-                "INSERT OR IGNORE INTO completions (key, text, finish, model, created, thinking) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO completions (key, text, finish, model, created, thinking) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 sorted(((r[0], r[1], r[2], r[3], now, r[4] if len(r) > 4 else None) for r in rows), key=itemgetter(0)),
             )
             inserted = self._db.total_changes - before

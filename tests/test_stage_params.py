@@ -1,0 +1,46 @@
+"""A stage's declared ``params:`` in dvc.yaml are the params sections its code reads, both ways
+(tools/stage_params.py reads the code of each stage's import closure)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("stage_params", REPO / "tools" / "stage_params.py")
+stage_params = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(stage_params)
+
+
+def test_every_stage_declares_the_params_its_code_reads_and_only_those(capsys):
+    assert stage_params.main(["--check"]) == 0, capsys.readouterr().err[-3000:]
+
+
+def test_the_card_sections_are_the_select_stages_params():
+    text = (REPO / "dvc.yaml").read_text(encoding="utf-8")
+    select = stage_params.yaml.safe_load(text)["stages"]["select"]
+    assert {"seed", "evolve", "respond", "autoif", "judge", "score", "select", "card", "roles"} <= stage_params.declared(select)
+
+
+def test_a_missing_and_an_extra_declaration_are_both_reported():
+    text = (REPO / "dvc.yaml").read_text(encoding="utf-8")
+    assert "    - dedup\n" in text
+    without = text.replace("    params:\n    - dedup\n", "    params:\n    - judge\n", 1)  # dedup's params
+    assert stage_params.compare(without)["dedup"] == {"undeclared": ["dedup"], "unread": ["judge"], "unknown": []}
+
+
+def test_the_reads_it_sees(tmp_path):
+    module = tmp_path / "step.py"
+    module.write_text(
+        "def run(params):\n"
+        "    cfg = load_section(params, 'dedup', DedupSettings)\n"
+        "    judge = open_role(params, 'judge', None)\n"
+        "    card = {k: params[k] for k in ('seed', 'evolve')}\n"
+        "    return params.get('roles'), params[0]\n"
+        "def open_role(params, name, cache):\n"
+        "    return load_role(params, name)\n"
+        "def guess(params, which):\n"
+        "    return params.get(which + '_x')\n", encoding="utf-8")
+    found, problems = stage_params.reads([module])
+    assert found == {"dedup", "roles.judge", "seed", "evolve", "roles"}
+    assert problems == [f"{module}:9 (guess): reads a params section whose name cannot be told"]
