@@ -59,3 +59,14 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
                             "tokenizer, with its chat template) and roles.judge.max_model_len, to put each answer "
                             "after the prompt; or set judge.probabilities: false")
     return problems
+
+
+def refuse_unservable(params: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """The models stage's check: with the server kinds its ``models/identity.json`` ``entries`` record, raise
+    :class:`ParamsError` listing every setting a role's server cannot honour."""
+    from evolforge.config.bounds import ParamsError
+
+    kinds = {n: e["identity"].get("server", "openai") for n, e in entries.items() if e["backend"] == "openai"}
+    problems = server_problems(params, kinds)
+    if problems:
+        raise ParamsError(problems)
