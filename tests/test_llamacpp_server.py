@@ -16,6 +16,7 @@ Every wait is bounded; only 127.0.0.1 is used."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import socket
 import subprocess
@@ -32,7 +33,7 @@ from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.requests import ChatRequest
 from evolforge.schema import load_params
-from evolforge.steps.evolve.settings import EvolveSettings
+from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings
 from evolforge.config.servers import server_problems
 from evolforge.llm.cache import CallCache
 from evolforge.core.prompts import PromptLibrary
@@ -140,7 +141,8 @@ def test_the_shipped_stages_run_on_the_server(server, gguf_folder, tmp_path):
     cache = CallCache(tmp_path / "cache.sqlite")
     prompts = PromptLibrary(REPO / "prompts")
     evolver = role_llm(params, "evolver", cache)
-    settings = load_section(params, "evolve", EvolveSettings)
+    section = load_section(params, "evolve", EvolveSection)  # the shipped section, its rounds aside
+    settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
     table, _, _ = evolve_round(seeds(4), round_index=1, settings=settings, prompts=prompts, evolver=evolver)
     assert table.height == 4 and evolver.stats["failures"] == 0 and evolver.stats["calls"] > 0
     banned = params["evolve"]["controls"]["banned_strings"]
