@@ -15,7 +15,7 @@ from evolforge.config.loader import read_params, load_section
 from evolforge.config.roles import load_role
 from evolforge.config.training import EvaluateSettings
 from evolforge.io.records import write_json
-from evolforge.core.stage import arguments
+from evolforge.core.stage import WALL_S, arguments, process_wall_s
 from evolforge.eval.harness import evaluate
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     base = load_role(params, "base")
     report = evaluate({args.label: args.model or base.model}, args.samples,
                       load_section(params, "evaluate", EvaluateSettings), revision=base.revision)
-    write_json(args.metrics, report)
+    write_json(args.metrics, {**report, WALL_S: process_wall_s()})
     print(f"{args.label}: "
           + ", ".join(f"{k}={v:.3f}" for k, v in sorted(report[args.label].items()) if not k.endswith("/n")))
     if report.get("skipped"):

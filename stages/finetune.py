@@ -14,7 +14,7 @@ from evolforge.config.loader import read_params, load_section
 from evolforge.config.roles import load_role
 from evolforge.config.training import FinetuneSettings
 from evolforge.io.records import write_json
-from evolforge.core.stage import arguments
+from evolforge.core.stage import WALL_S, arguments, process_wall_s
 from evolforge.train.finetune import finetune
 
 
@@ -26,7 +26,7 @@ def main() -> None:
                       revision=base.revision,
                       live_dir=args.live)
     if result.is_main_process:
-        write_json(args.metrics, result.metrics)
+        write_json(args.metrics, {**result.metrics, WALL_S: process_wall_s()})
         write_json(args.plot, result.loss_curve)
         print(f"finetune: {result.metrics}")
 

@@ -98,11 +98,33 @@ def test_make_setup_installs_torch_first_then_exactly_the_lock(tmp_path):
     venv = tmp_path / "venv"  # not there: make prints every command of a fresh setup
     out = subprocess.run(["make", "-n", "setup", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     torch_at = out.index(f"pip install --quiet torch=={torch_pin()}")
-    lock_at = out.index("pip install --quiet --require-hashes --no-deps -r requirements/cpu.txt")
-    assert torch_at < lock_at < out.index("pip install --quiet --no-deps --no-build-isolation -e .") < out.index("pip check")
+    rest_at = out.index(f"pip install --quiet --require-hashes --no-deps -r {venv}/lock-but-llama-cpp.txt")
+    llama_at = out.index(f"pip install --quiet --require-hashes --no-deps -r {venv}/lock-llama-cpp.txt")
+    assert torch_at < rest_at < llama_at < out.index("pip install --quiet --no-deps --no-build-isolation -e .") < out.index("pip check")
+    [llama_line] = [ln for ln in out.splitlines() if "lock-llama-cpp.txt" in ln and "pip install" in ln]
+    assert "-DLLAVA_BUILD=OFF" in llama_line and "-DGGML_NATIVE=ON" in llama_line
+    assert f"-DCMAKE_PROJECT_llama.cpp_INCLUDE={REPO}/requirements/llama-cpp-lib-only.cmake" in llama_line
+    assert "set(LLAMA_BUILD_COMMON OFF)" in (REPO / "requirements" / "llama-cpp-lib-only.cmake").read_text()
     gpu = subprocess.run(["make", "-n", "setup", f"VENV={venv}", "GPU=1"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
-    assert "-r requirements/gpu.txt" in gpu and "torch==" not in gpu  # the GPU lock brings CUDA torch itself
+    assert "requirements/gpu.txt" in gpu and "requirements/cpu.txt" not in gpu
+    assert "torch==" not in gpu  # the GPU lock brings CUDA torch itself
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+def test_make_setup_splits_the_lock_into_llama_cpp_python_and_the_rest(tmp_path, gpu):
+    """The two files `make setup` installs from hold every pin of the lock once, hashes included:
+    llama-cpp-python alone in one, everything else in the other."""
+    venv = tmp_path / "venv"
+    out = subprocess.run(["make", "-n", "setup", f"VENV={venv}"] + (["GPU=1"] if gpu else []), cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    venv.mkdir()
+    for line in (ln for ln in out.splitlines() if ln.startswith("awk ")):
+        subprocess.run(["bash", "-c", line], cwd=REPO, check=True)
+    lock = read_lock(GPU_LOCK if gpu else CPU_LOCK)
+    llama, rest = read_lock(venv / "lock-llama-cpp.txt"), read_lock(venv / "lock-but-llama-cpp.txt")
+    assert llama == {"llama-cpp-python": lock["llama-cpp-python"]} and llama["llama-cpp-python"]["hashes"] >= 1
+    assert rest == {name: pin for name, pin in lock.items() if name != "llama-cpp-python"}
 
 
 def test_make_lock_regenerates_both_locks(tmp_path):

@@ -143,12 +143,27 @@ def test_failure_function_f(response, expected):
     ("```Optimized Method\n```", None, "empty ```Optimized Method``` block"),
     ("```Optimized Method\n<Optimized Method Here>\n```", None, "empty ```Optimized Method``` block"),
     ("```Optimized Method\n\n```\n```Optimized Method\nsecond\n```", "second", None),
-    ("```Optimized Method\nno closing fence", None, "no ```Optimized Method``` block"),
     ("```Method\nthe old one\n```", None, "no ```Optimized Method``` block"),
     (UNPARSEABLE, None, "no ```Optimized Method``` block"),
+    ("```optimized method\nStep 1: lower case.\n```", "Step 1: lower case.", None),  # the fence's words in any case
+    ("``` Optimized_Method:\nStep 1: a\n```", "Step 1: a", None),
 ])
 def test_parse_optimized_method(answer, method, error):
     assert parse_optimized_method(answer) == (method, error)
+
+
+@pytest.mark.parametrize("answer, finish, method, error", [
+    # an open block ended by the turn or a stop string at its closing fence (optimize.controls.stop) is the method
+    ("```Optimized Method\nStep 1: a.\nStep 2: b.", "stop", "Step 1: a.\nStep 2: b.", None),
+    ("```Optimized Method\nno closing fence", None, "no closing fence", None),
+    # cut at max_tokens inside the block: refused, never completed
+    ("```Optimized Method\nStep 1: a.\nStep 2:", "length", None, "the ```Optimized Method``` block was cut at max_tokens"),
+    # a closed block before the cut is whole
+    ("```Optimized Method\nStep 1: a.\n```\nMore talk that ran", "length", "Step 1: a.", None),
+    ("```Optimized Method\n", "stop", None, "empty ```Optimized Method``` block"),
+])
+def test_parse_optimized_method_open_block(answer, finish, method, error):
+    assert parse_optimized_method(answer, finish) == (method, error)
 
 
 def score(rate: float, value: float) -> MethodScore:

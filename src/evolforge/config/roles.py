@@ -28,7 +28,8 @@ from evolforge.config.secrets import secret_problems
 BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
 # a llamacpp role's `extra` (evolforge/llm/backends/llamacpp.py): name -> (check, what it must be)
-LLAMACPP_EXTRA = {"reuse_prefix": (lambda v: isinstance(v, bool), "true or false")}
+LLAMACPP_EXTRA = {"reuse_prefix": (lambda v: isinstance(v, bool), "true or false"),
+                  "speculative": (lambda v: isinstance(v, bool), "true or false")}
 
 # Generation controls each backend honours and why not (docs/controls.md); any other is refused with one message
 from evolforge.config.control_support import CONTROL_NAMES, SUPPORTED_CONTROLS, WHY_NOT as _WHY_NOT  # noqa: E402

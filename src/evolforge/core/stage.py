@@ -30,6 +30,8 @@ from evolforge.core.memory import peak_rss_mib
 from evolforge.io import validation
 from evolforge.io.records import write_json, write_output
 
+_IMPORTED = __import__("time").time()
+
 
 def arguments(doc: str | None, *, reads: Sequence[str] = (), writes: Sequence[str] = (), values: Sequence[str] = (),
               optional: Mapping[str, str | None] | None = None, prompts: bool = False,
@@ -78,16 +80,34 @@ def stage_failures() -> None:
         cached.check_failures()
 
 
+WALL_S = "wall_s"  # the metrics key of the stage process's wall seconds (report/summary.py gathers them)
+
+
+def process_wall_s() -> float:
+    """Wall seconds since this process started (its imports and model loading included), to 0.1 s."""
+    import time
+
+    try:
+        import psutil
+
+        started = psutil.Process().create_time()
+    except Exception:  # psutil missing or refused: the time since this module was imported
+        started = _IMPORTED
+    return round(time.time() - started, 1)
+
+
 def write(args: argparse.Namespace, result: Outputs) -> None:
     """Write ``result`` to the paths of ``args`` (``out``, ``metrics``, ``plot``, ``plots``), then print its
     message. The ``--out`` folder is written whole or not at all, before any metric; nothing is written when the
-    stage's failed calls are past ``llm.max_failure_rate`` (evolforge.llm.cached.check_failures)."""
+    stage's failed calls are past ``llm.max_failure_rate`` (evolforge.llm.cached.check_failures). The metrics
+    get the process's wall seconds up to then (``wall_s``)."""
     stage_failures()
     if result.table is not None:
         validation.check(result.table, result.checks, args.out)
         write_output(args.out, result.table, meta=result.meta, extra=result.extra, tables=result.tables,
                      finish=result.finish)
-    write_json(args.metrics, {**result.metrics, "peak_rss_mib": peak_rss_mib()} if result.peak_rss else result.metrics)
+    metrics = {**result.metrics, "peak_rss_mib": peak_rss_mib()} if result.peak_rss else dict(result.metrics)
+    write_json(args.metrics, {**metrics, WALL_S: process_wall_s()})
     if result.plot is not None and getattr(args, "plot", None):  # decontaminate's --plot is optional
         write_json(args.plot, result.plot)
     for name, data in result.plots.items():

@@ -20,7 +20,8 @@ LINEAGE_TYPES: Columns = {"id": pl.String, "root_id": pl.String, "parent_id": pl
                      "method": pl.String, "status": pl.String, "failure_reason": pl.String}
 _TEXTS: Columns = {"instruction": pl.String, "input": pl.String, "output": pl.String}
 
-SEED: Columns = {**LINEAGE_TYPES, **_TEXTS}  # data/seed
+# data/seed; answer_check: the seed's answer check as canonical JSON (steps/common/answer_check.py), null where none
+SEED: Columns = {**LINEAGE_TYPES, **_TEXTS, "answer_check": pl.String}
 
 # data/evolved/<round>: every item of the round's pool, evolved or failed. check_* is the answer the response
 # rules read, its finish reason and its request's cache key (null where none was asked): the respond stage
@@ -39,6 +40,9 @@ RESPONSES: Columns = {
     "evolver_model": pl.String, "instruction_finish_reason": pl.String, "output": pl.String,
     "response_finish_reason": pl.String, "response_status": pl.String, "response_failure_reason": pl.String,
     "response_failure_detail": pl.String, "response_template_hash": pl.String,
+    # the seed's answer check (round 0 only: a rewrite changes the question) and the answer judged by it:
+    # passed true/false, null where the item has no check; the detail says what was compared or why it failed
+    "answer_check": pl.String, "answer_check_passed": pl.Boolean, "answer_check_detail": pl.String,
     "response_thinking": pl.String,  # a reasoning model's thinking before ``output`` (evolforge.llm.thinking)
 }
 

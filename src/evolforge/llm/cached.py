@@ -58,8 +58,9 @@ class LLM:
     the backend is asked, which loads it.
 
     ``stats``: ``calls`` (requests handed to the backend), ``cache_hits``, ``failures`` and
-    ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made), and
-    ``cost`` when the role has prices.
+    ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made),
+    ``prompt_tokens_cached`` (of ``prompt_tokens``, those the backend's KV store already held: llamacpp's
+    prefix reuse; absent for backends that do not say) and ``cost`` when the role has prices.
     """
 
     def __init__(self, backend: Backend | None, cache: CallCache | None, *, role: Role | None = None,
@@ -265,6 +266,9 @@ class LLM:
         self.stats["completion_tokens"] += completion  # the thinking's tokens included
         self.stats["cached_prompt_tokens"] += cached
         self.stats["thinking_tokens"] += sum([out.thinking_tokens or 0 for out in outs])
+        kept = [out.prompt_cached for out in outs if out.prompt_cached is not None]
+        if kept:  # a backend with a KV store (llamacpp): prompt tokens it did not evaluate again
+            self.stats["prompt_tokens_cached"] = self.stats.get("prompt_tokens_cached", 0) + sum(kept)
         if "cost" in self.stats:
             self.stats["cost"] += cost_of(self.role, prompt, completion, cached)
 

@@ -33,6 +33,8 @@ class Completion:
     # server's prefix cache (usage.prompt_tokens_details.cached_tokens; priced at price_per_mtok_cached_prompt)
     thinking_tokens: int | None = field(default=None, compare=False)
     cached_prompt_tokens: int | None = field(default=None, compare=False)
+    # of prompt_tokens, those a backend found already evaluated in its KV store (llamacpp); None when unknown
+    prompt_cached: int | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import heapq
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,21 @@ def examples(root: Path, metric: str | None) -> dict[str, list[dict]]:
             "bottom": ranked.tail(EXAMPLES).reverse().select(cols).to_dicts()}
 
 
+def answer_checks(root: Path) -> list[dict]:
+    """The answered items that have an answer check (data/responses): round, instruction, the check's kind,
+    whether the answer passed and why not, and whether the item was selected."""
+    responses = table_at(root, "data/responses")
+    if responses is None or "answer_check" not in responses.columns:
+        return []
+    checked = responses.filter(pl.col("answer_check").is_not_null())
+    selected = table_at(root, "data/selected")
+    chosen = set(selected["id"].to_list()) if selected is not None else set()
+    return [{"id": r["id"], "round": r["round"], "instruction": r["instruction"], "output": r["output"],
+             "kind": json.loads(r["answer_check"]).get("kind"),
+             "passed": r["answer_check_passed"], "detail": r["answer_check_detail"], "selected": r["id"] in chosen}
+            for r in checked.to_dicts()]
+
+
 def train_curve(root: Path) -> list[dict]:
     """Loss per step: DVCLive's file when training logged live, else the finetune stage's loss curve."""
     live = root / "metrics" / "train_live" / "plots" / "metrics" / "loss.tsv"
@@ -267,6 +283,8 @@ def collect(root: str | Path) -> dict[str, Any]:
         "evolve_failures": json_at(plots / "evolve_failures.json") or [],
         "optimize": (metrics.get("optimize") or {}).get("per_step") or json_at(plots / "optimize.json") or [],
         "train_curve": train_curve(root),
+        "answer_checks": answer_checks(root),
+        "optimize_metrics": metrics.get("optimize") or {},
         "eval": eval_rows(metrics),
         "train": metrics.get("train"),
         "provenance": provenance(root),

@@ -165,6 +165,72 @@ def summary_html(v: dict) -> str:
     return table(["metric", "value", "what"], rows)
 
 
+def checks_html(v: dict) -> str:
+    """The answers that have an answer check (the seeds that carry one): passed or not, and why."""
+    rows_in = v.get("answer_checks") or []
+    if not rows_in:
+        return '<p class="missing">no answered item has an answer check in this version (seeds without `check`)</p>'
+    passed = sum(bool(r["passed"]) for r in rows_in)
+    kinds: dict[str, list[int]] = {}
+    for r in rows_in:
+        kinds.setdefault(r["kind"], [0, 0])
+        kinds[r["kind"]][0] += bool(r["passed"])
+        kinds[r["kind"]][1] += 1
+    line = (f"<p><b>Answer checks: {passed} of {len(rows_in)} answers pass</b> ("
+            + ", ".join(f"{esc(k)} {p} of {n}" for k, (p, n) in sorted(kinds.items()))
+            + "); items without a check are not counted.</p>")
+    rows = [f"<tr>{num('seed' if r['round'] == 0 else r['round'])}<td>{esc(r['kind'])}</td>"
+            f"<td class='{'evolved' if r['passed'] else 'failed'}'>{'passed' if r['passed'] else 'failed'}</td>"
+            f"<td>{esc(r['detail'])}</td><td>{'yes' if r['selected'] else 'no'}</td>"
+            f"<td class='text'>{clip(r['instruction'], 200)}</td><td class='text'>{clip(r['output'], 300)}</td></tr>"
+            for r in rows_in]
+    return line + table(["round", "check", "result", "detail", "selected", "instruction", "answer"], rows)
+
+
+def optimize_html(v: dict) -> str:
+    """Auto Evol-Instruct's loop (metrics/optimize.json): each step's candidates with their development-set
+    failure rates, the one chosen, and the chosen method beside the initial one as a diff."""
+    m = v.get("optimize_metrics") or {}
+    if not m:
+        return '<p class="missing">no optimize metrics in this version</p>'
+    if m.get("skipped"):
+        return f"<p>optimize skipped: {esc(m.get('reason'))}</p>"
+    dev = m.get("dev_size")
+    head = (f"<p>initial method: fails {esc(m.get('initial_failures'))} of {esc(dev)} development items; "
+            f"chosen method: fails {esc(m.get('best_failures'))} of {esc(dev)}; "
+            f"{esc(m.get('parseable_candidates'))} of "
+            f"{esc(m.get('candidates_proposed'))} candidates parsed over {esc(m.get('steps_run'))} step(s) "
+            f"(stop: {esc(m.get('stop_reason'))})"
+            f"{'; fallback: ' + esc(m.get('fallback')) if m.get('fallback') else ''}.</p>")
+    rows = []
+    for step in m.get("loop") or []:
+        for c in step["candidates"]:
+            chosen = "chosen" if step["chosen"] == c["index"] else ""
+            parsed = "yes" if c["parsed"] else esc(c["parse_error"])
+            rows.append(f"<tr>{num(step['step'])}{num(c['index'])}<td>{parsed}</td>"
+                        f"{num(c['failures'])}{num(c['failure_rate'])}<td>{chosen}</td>"
+                        f"{num(step['current_failure_rate'])}{num(step['best_failure_rate'])}</tr>")
+    steps = table(["step", "candidate", "parsed", "dev failures", "failure rate", "", "current rate after the step",
+                   "best rate so far"], rows)
+    diff = m.get("method_diff")
+    shown = (f"<h4>chosen method vs initial method</h4><pre class='text'>{esc(diff)}</pre>" if diff
+             else "<p>the chosen method is the initial one (no candidate failed the development set less often)</p>")
+    return head + steps + shown
+
+
+def minutes_html(v: dict) -> str:
+    """Where the minutes went: each stage's wall seconds (metrics/summary.json ``wall``) and its share."""
+    wall = dict((v.get("headline") or {}).get("wall") or {})
+    total = wall.pop("total", None)
+    if not wall:
+        return '<p class="missing">no stage recorded its wall time in this version</p>'
+    rows = [f"<tr><td>{esc(stage)}</td>{num(round(s, 1))}{num(round(s / 60, 2))}"
+            f"{pct(s / total if total else None)}</tr>"
+            for stage, s in sorted(wall.items(), key=lambda kv: -kv[1])]
+    rows.append(f"<tr><td><b>total</b></td>{num(total)}{num(round(total / 60, 2) if total else None)}{pct(1.0)}</tr>")
+    return table(["stage", "seconds", "minutes", "share"], rows)
+
+
 def examples_table(v: dict, which: str) -> str:
     rows = []
     for e in v["examples"].get(which, []):
@@ -334,7 +400,13 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
          side_by_side(versions, funnel_table)),
         ("Scenario", "the pool that went on to dedup: evolved instructions (evol) or AutoIF's verified items (autoif)",
          side_by_side(versions, scenario_html)),
+        ("Answer checks", "the answers of items whose seed carries a check (a number, or Python tests run in the "
+         "sandbox); "
+         "a rewrite changes the question, so evolved items have none", side_by_side(versions, checks_html)),
         ("Evolution and optimization", "", charts_html(versions, ["evolve_failures", "optimize"])),
+        ("Auto Evol-Instruct's optimization loop", "each step's candidate methods, their failure rates on the "
+         "development "
+         "set, the one chosen, and the chosen method against the initial one", side_by_side(versions, optimize_html)),
         ("Evolved instructions beside their parents", f"up to {PAIRS_PER_ROUND} surviving rewrites per round (the same "
          "seeds' lineages in every round), the method used, and the judge's score and level of both",
          side_by_side(versions, pairs_html)),
@@ -355,6 +427,8 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
          side_by_side(versions, chains_html)),
         ("Models and prompts", "each stage's model, its identity and the hashes of the prompt templates it rendered",
          side_by_side(versions, provenance_html)),
+        ("Where the minutes went", "each stage's wall seconds in its last run (metrics/summary.json wall.*; the model "
+         "fetch stages are not timed), longest first", side_by_side(versions, minutes_html)),
         ("LLM spend", "tokens and cost per role over the stages' last runs (cached answers cost nothing), "
          "and per item kept", side_by_side(versions, spend_html)),
     ]

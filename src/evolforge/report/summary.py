@@ -11,9 +11,13 @@ pattern shows them all (README "Experiments and sharing")::
     sel.icifd      mean IC-IFD of the selection (data/selected)
     ev.<task>      the fine-tuned model's main score per benchmark (metrics/eval.json)
     cost.usd       LLM spend of the stages' calls, summed over every metrics file (null: no prices set)
+    wall.<stage>   wall seconds of each stage's last run (its metrics file's ``wall_s``: the process from start
+                   to its metrics, model loading included; a stage DVC skipped keeps the figure of the run that
+                   made its output), in pipeline order; ``wall.total`` their sum. The stages without a metrics
+                   file (fetch_model, fetch_evolver, models) and the report itself are not timed here.
 
     >>> sorted(headline("no/such/version"))
-    ['cost', 'ev', 'sel', 'surv']
+    ['cost', 'ev', 'sel', 'surv', 'wall']
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ from evolforge.io.records import TABLE
 # the score each benchmark is known by (its paper's headline metric), as metrics/eval.json names it
 MAIN_SCORE = {"ifeval": "prompt_level_strict_acc", "gsm8k": "exact_match_strict", "math": "exact_match",
               "humaneval": "pass@1", "mbpp": "pass@1"}
-KEEP = r"Experiment|(surv|sel|ev|cost)\..*"  # the `dvc exp show --keep` pattern of these columns
+KEEP = r"Experiment|(surv|sel|ev|cost)\..*|wall\.total"  # the `dvc exp show --keep` pattern of these columns
+# stage -> its metrics file (relative to metrics/), in pipeline order; the evolve rounds are found by glob
+STAGE_METRICS = {
+    "seed": "seed.json", "optimize": "optimize.json", "evolve": "evolve/*.json", "respond": "respond.json",
+    "autoif_constraints": "autoif/constraints.json", "autoif_verify": "autoif/verify.json",
+    "autoif_respond": "autoif/respond.json", "pick_scenario": "pool.json", "dedup": "dedup.json",
+    "decontaminate": "decontaminate.json", "judge": "judge.json", "score": "score.json", "diversity": "diversity.json",
+    "select": "select.json", "finetune": "train.json", "evaluate_base": "eval_base.json", "evaluate": "eval.json",
+    "compare": "compare.json",
+}
 
 
 def _json(path: Path) -> Any:
@@ -67,6 +80,20 @@ def _selection(root: Path) -> dict[str, float | None]:
                     else None) for short, col in cols.items()}
 
 
+def stage_wall_s(metrics: Path) -> dict[str, float]:
+    """{stage: wall seconds} of the stages whose metrics file records ``wall_s`` (core/stage.py), in pipeline
+    order; an evolve round is ``evolve@<round>``. ``total``: their sum."""
+    out: dict[str, float] = {}
+    for stage, pattern in STAGE_METRICS.items():
+        for path in sorted(metrics.glob(pattern)):
+            value = (_json(path) or {}).get("wall_s") if path.is_file() else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{stage}@{path.stem}" if "*" in pattern else stage] = float(value)
+    if out:
+        out["total"] = round(sum(out.values()), 1)
+    return out
+
+
 def headline(root: str | Path) -> dict[str, dict[str, Any]]:
     """The headline figures of the version at ``root`` (missing ones are null, never invented)."""
     root = Path(root)
@@ -82,4 +109,4 @@ def headline(root: str | Path) -> dict[str, dict[str, Any]]:
     if selection["icifd"] is None:  # no data/selected here (a fresh clone): the select stage's own figure
         selection["icifd"] = select.get("selected_mean_ic_ifd")
     return {"surv": survival, "sel": {"n": select.get("selected"), **selection}, "ev": scores,
-            "cost": {"usd": round(sum(costs), 4) if costs else None}}
+            "cost": {"usd": round(sum(costs), 4) if costs else None}, "wall": stage_wall_s(metrics)}

@@ -47,6 +47,8 @@ from evolforge.llm.threads import pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
+from evolforge.llm.speculative import draft_length
+from evolforge.llm.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
 Finished = list[tuple[int, Completion]]
@@ -80,8 +82,9 @@ class LlamaCppBackend:
     capabilities = Capabilities(stream=True)
 
     def __init__(self, model: str, threads: int | None = None, max_model_len: int | None = None,
-                 reuse_prefix: bool = True, batch_size: int = 8):
+                 reuse_prefix: bool = True, batch_size: int = 8, speculative: bool = True):
         path = gguf_file(model)
+        self.speculative = speculative
         self.fixed_threads = threads
         self.context = max_model_len or LLAMACPP_CONTEXT
         self.reuse_prefix = reuse_prefix
@@ -94,11 +97,13 @@ class LlamaCppBackend:
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._threads_picked = time.monotonic()
+        self.drafted = self.accepted = 0  # speculative draft tokens verified, and accepted, since loading
 
     @classmethod
     def from_role(cls, role: Role) -> "LlamaCppBackend":
         return cls(role.model, threads=role.threads, max_model_len=role.max_model_len,
-                   reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.batch_size)
+                   reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.batch_size,
+                   speculative=bool(role.extra.get("speculative", True)))
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -156,14 +161,21 @@ class LlamaCppBackend:
         yield from self._decode(jobs, max(1, min(slots, self.batch_size)))
 
     def _decode(self, jobs: list["_Job"], slots: int) -> Iterator[Finished]:
-        """The jobs' answers, ``slots`` sequences at a time: a freed sequence takes the next job at once."""
+        """The jobs' answers, ``slots`` sequences at a time: a freed sequence takes the next job at once.
+
+        Each step feeds every active sequence its last chosen token and, with ``speculative``, the tokens
+        its :class:`_Drafter` proposes; every fed position's logits come back from the one batch, and
+        the job chooses token after token from them while its choice equals the next fed token (see
+        :mod:`evolforge.llm.speculative`). Positions after the first mismatch are dropped from the cache."""
         waiting, active = deque(jobs), {}  # sequence -> its job
         while waiting or active:
             for seq in [s for s in range(slots) if s not in active]:
                 if not waiting:
                     break
                 job = waiting.popleft()
-                done = job.advance(self.cache.prefill(seq, job.prompt, self.reuse_prefix))
+                logits = self.cache.prefill(seq, job.prompt, self.reuse_prefix)
+                job.prompt_cached = self.cache.last_reused
+                done = job.advance(logits)
                 if done is not None:
                     yield [(job.index, done)]
                 else:
@@ -171,14 +183,27 @@ class LlamaCppBackend:
             if not active:
                 continue
             seqs = sorted(active)
-            logits = self.cache.step([(active[s].tokens[-1], s) for s in seqs])
+            feeds = [[active[s].tokens[-1], *self._draft(active[s], len(seqs))] for s in seqs]
+            rows = self.cache.extend(list(zip(seqs, feeds)))
             finished = []
-            for row, seq in zip(logits, seqs):
-                done = active[seq].advance(row)
+            for seq, fed, logits in zip(seqs, feeds, rows):
+                job = active[seq]
+                done, used = job.verify(fed, logits)
+                self.drafted += len(fed) - 1
+                self.accepted += used - 1
                 if done is not None:
                     finished.append((active.pop(seq).index, done))
+                elif used < len(fed):
+                    self.cache.trim(seq, len(self.cache.held[seq]) - (len(fed) - used))
             if finished:
                 yield finished
+
+    def _draft(self, job: "_Job", sequences: int) -> list[int]:
+        """The draft tokens worth feeding after ``job``'s last token (none without ``speculative``)."""
+        if not self.speculative or job.drafter is None:
+            return []
+        room = min(PROMPT_BATCH // sequences - 1, draft_length(job.drafter.alpha(), sequences))
+        return job.draft(room)
 
     def choose(self, logits: torch.Tensor, job: "_Job") -> int:
         """The next token of ``job``'s answer, as the hf backend chooses it."""
@@ -212,7 +237,7 @@ class LlamaCppBackend:
         scores = [sum(float(logp[seq[:n]][seq[n]]) for n in range(len(seq))) + float(logp[seq][trie.stop])
                   for seq in encoded]
         return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
-                          completion_tokens=0)
+                          completion_tokens=0, prompt_cached=self.cache.last_reused)
 
     def _trie_logprobs(self, prompt: list[int], nodes: set[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
         """Next-token log-probabilities after ``prompt`` + each node (every prefix of a node is a node)."""
@@ -256,6 +281,24 @@ class _Job:
             self.generator.manual_seed(request_seed(request))
         self.budget = min(request.max_tokens, backend.context - len(prompt))
         self.tokens: list[int] = []
+        self.prompt_cached = 0  # prompt tokens the KV store already held (set by the backend)
+        self.drafter = _Drafter(prompt, self.tokens) if backend.speculative else None
+
+    def draft(self, room: int) -> list[int]:
+        """Tokens to verify after ``tokens[-1]``: the drafter's guess, cut to the budget and ``room``."""
+        return self.drafter.draft(min(room, self.budget - len(self.tokens) - 1))
+
+    def verify(self, fed: list[int], logits: Iterator[torch.Tensor]) -> tuple[Completion | None, int]:
+        """Choose tokens from the logits after each fed token (``fed[0]`` the last chosen, the rest a
+        draft) while each choice equals the next fed token. Returns (the answer when it ended, how many
+        fed positions hold tokens of the answer: 1 + the draft tokens accepted)."""
+        for i, row in enumerate(logits):
+            done = self.advance(row)
+            if done is not None or i + 1 == len(fed) or self.tokens[-1] != fed[i + 1]:
+                if self.drafter is not None:
+                    self.drafter.accepted(i)
+                return done, i + 1
+        raise AssertionError("unreachable: the last fed position always ends the loop")
 
     def advance(self, logits: torch.Tensor) -> Completion | None:
         """Choose the next token from ``logits``; the answer when that ends it, else None (the token is
@@ -267,13 +310,14 @@ class _Job:
         cut = self.controls.stop_at(self.tokens) if self.controls is not None else None
         if cut is not None:
             return Completion(self.controls.finish(cut), "stop", prompt_tokens=len(self.prompt),
-                              completion_tokens=len(self.tokens))
+                              completion_tokens=len(self.tokens), prompt_cached=self.prompt_cached)
         return self._completion("length") if len(self.tokens) >= self.budget else None
 
     def _completion(self, finish: str, ended: bool = False) -> Completion:
         text = self.backend.tokenizer.decode(self.tokens, skip_special_tokens=True)
         return Completion(self.controls.finish(text) if self.controls is not None else text.strip(), finish,
-                          prompt_tokens=len(self.prompt), completion_tokens=len(self.tokens) + ended)
+                          prompt_tokens=len(self.prompt), completion_tokens=len(self.tokens) + ended,
+                          prompt_cached=self.prompt_cached)
 
 
 class _Context:
@@ -301,6 +345,8 @@ class _Context:
         self.n_vocab = self.model.n_vocab()
         self.held: dict[int, list[int]] = {}  # sequence -> the tokens its cache holds
         self.threads = threads
+        self.evaluated = self.reused = 0  # prompt tokens evaluated / found in the store, since loading
+        self.last_reused = 0  # of the last prefill
 
     def set_threads(self, threads: int) -> None:
         """Threads for now (a machine that got busy gets fewer, as the hf backend does)."""
@@ -328,6 +374,9 @@ class _Context:
             self._fill([(t, start + j, seq, start + j == len(prompt) - 1) for j, t in enumerate(chunk)])
             self.context.decode(self.batch)
         self.held[seq] = list(prompt)
+        self.evaluated += len(prompt) - keep
+        self.reused += keep
+        self.last_reused = keep
         return self._logits(self.batch.n_tokens() - 1)
 
     def step(self, tokens: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -337,6 +386,27 @@ class _Context:
         for token, seq in tokens:
             self.held[seq].append(token)
         return [self._logits(j) for j in range(len(tokens))]
+
+    def extend(self, feeds: list[tuple[int, list[int]]]) -> list[Iterator[torch.Tensor]]:
+        """Append each sequence's tokens (sequence, tokens) in one batch; per sequence, the logits after
+        each of its tokens, read as they are asked for (a rejected draft's rows are never copied), valid
+        until the next evaluation."""
+        self._fill([(token, len(self.held[seq]) + j, seq, True) for seq, tokens in feeds
+                    for j, token in enumerate(tokens)])
+        self.context.decode(self.batch)
+        rows, j = [], 0
+        for seq, tokens in feeds:
+            self.held[seq].extend(tokens)
+            rows.append(map(self._logits, range(j, j + len(tokens))))
+            j += len(tokens)
+        return rows
+
+    def trim(self, seq: int, length: int) -> None:
+        """Sequence ``seq`` keeps its first ``length`` tokens (the cells after them are freed)."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, length, -1)
+        del self.held[seq][length:]
 
     def copy(self, source: int, seq: int) -> None:
         """Sequence ``seq`` holds what ``source`` holds (the same cells)."""

@@ -93,9 +93,40 @@ def curve(result: OptimizeResult) -> list[dict]:
     return rows
 
 
+def loop(result: OptimizeResult) -> list[dict]:
+    """Each step of the loop, for the metrics and the report: every candidate (parsed or why not, its failures
+    on the development set), the one chosen (None: the current method kept) and the rates after the step."""
+    rows = []
+    for r in result.log:
+        candidates = []
+        for c in r["candidates"]:
+            dev = c.get("dev") or {}
+            candidates.append({"index": c["index"], "parsed": c["method"] is not None, "parse_error": c["parse_error"],
+                               "failure_rate": dev.get("failure_rate"), "failures": dev.get("failures"),
+                               "missing_marker": dev.get("missing_marker"),
+                               "method_chars": len(c["method"]) if c["method"] is not None else None})
+        rows.append({"step": r["step"], "candidates": candidates, "chosen": r["chosen"],
+                     "current_failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"],
+                     "improved": r["improved"]})
+    return rows
+
+
+def method_diff(initial: str, method: str) -> str:
+    """The chosen method against the initial one, as a unified diff of their lines ("" when they are equal)."""
+    import difflib
+
+    return "\n".join(difflib.unified_diff(initial.splitlines(), method.splitlines(), "initial method", "chosen method",
+                                          lineterm=""))
+
+
 def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: dict | None = None) -> dict:
     """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``, ``usable`` is :func:`usability`."""
     return {
+        "loop": loop(result),
+        "initial_failures": result.initial.failures,
+        "best_failures": result.best.failures,
+        "dev_size": result.dev_size,
+        "method_diff": method_diff(result.initial_method, result.method),
         **(usable or {}),
         "initial_missing_marker": result.initial.missing_marker,
         "initial_cut_at_max_tokens": result.initial.cut_at_max_tokens,

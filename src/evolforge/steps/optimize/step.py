@@ -74,18 +74,38 @@ OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
 SELECTIONS = ("lowest_failure", "no_regression")
 ON_UNUSABLE = ("evol", "stop", "keep")
 
-_OPTIMIZED = re.compile(r"```Optimized Method([\s\S]*?)```")
+# the block's opening fence: "```Optimized Method", in any case, with or without spaces or an underscore
+_OPENER = re.compile(r"```[ \t]*optimized[ _\t]*method[ \t]*:?[ \t]*\n?", re.IGNORECASE)
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
 
 
-def parse_optimized_method(text: str) -> tuple[str | None, str | None]:
-    """The first non-empty fenced ```` ```Optimized Method ``` ```` block -> (method, None), or (None, reason)."""
-    blocks = [b.strip() for b in _OPTIMIZED.findall(text)]
-    if not blocks:
+def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple[str | None, str | None]:
+    """The first non-empty ```` ```Optimized Method ``` ```` block -> (method, None), or (None, reason).
+
+    A block is the text from its opening fence (any case: ```` ```optimized method````) to the next fence. The
+    last block may be open: its answer ended there (a stop string at the closing fence, ``optimize.controls``, or
+    the end of the turn) and it runs to the end of the text, unless the answer was cut at ``max_tokens``
+    (``finish_reason`` "length"): a method cut mid-way is refused, never completed.
+
+    >>> parse_optimized_method("```Optimized Method\\nStep 1: list methods.", "stop")
+    ('Step 1: list methods.', None)
+    >>> parse_optimized_method("```Optimized Method\\nStep 1: list", "length")
+    (None, 'the ```Optimized Method``` block was cut at max_tokens')
+    """
+    openers = list(_OPENER.finditer(text))
+    if not openers:
         return None, "no ```Optimized Method``` block"
-    for block in blocks:
+    cut = False
+    for opener in openers:
+        end = text.find("```", opener.end())
+        if end < 0 and finish_reason == "length":
+            cut = True
+            continue
+        block = (text[opener.end():] if end < 0 else text[opener.end():end]).strip()
         if block and block != _PLACEHOLDER:
             return block, None
+    if cut:
+        return None, "the ```Optimized Method``` block was cut at max_tokens"
     return None, "empty ```Optimized Method``` block"
 
 
@@ -171,7 +191,7 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
             out.append(Candidate(index=j, feedback=None if feedback.failed else feedback.text, answer=None,
                                  method=None, parse_error=f"call failed: {failed.failure_reason}: {failed.error}"))
             continue
-        parsed, error = parse_optimized_method(answer.text)
+        parsed, error = parse_optimized_method(answer.text, answer.finish_reason)
         out.append(Candidate(index=j, feedback=feedback.text, answer=answer.text, method=parsed, parse_error=error))
     return out
 

@@ -39,11 +39,13 @@ from evolforge.io.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
+from evolforge.steps.common.answer_check import check_answer
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_requests, response_sampling
 
 # a round's answers, read by answer()
 CHECK = ["check_response", "check_finish_reason", "check_request_key", "check_thinking"]
-KEEP = LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "instruction_finish_reason"] + CHECK
+KEEP = (LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "instruction_finish_reason",
+                   "answer_check"] + CHECK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,8 @@ class Gathered:
 
 def _kept(table: pl.DataFrame, is_round: bool) -> pl.DataFrame:
     """The ``KEEP`` columns of a table's items to answer (a round's evolved ones), null where it has none
-    (the seeds have no evolver columns and no check answers)."""
+    (the seeds have no evolver columns and no check answers; the rounds have no answer checks: a rewrite changes
+    the question, steps/common/answer_check.py)."""
     table = table.with_columns([pl.lit(None, pl.String).alias(c) for c in KEEP if c not in table.columns])
     return (table.filter(pl.col("status") == EVOLVED) if is_round else table).select(KEEP)
 
@@ -115,7 +118,14 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
     answers, reused = completions(items, llm, prompts, **sampling)
     if tally is not None:
         tally["reused"] += reused
+    if "answer_check" not in items.columns:  # a table from before answer checks: none
+        items = items.with_columns(answer_check=pl.lit(None, pl.String))
+    checked = [check_answer(check, None if c.failed else c.text)
+               for check, c in zip(items["answer_check"].to_list(), answers)]
     return items.with_columns(
+        answer_check_passed=pl.Series([None if r is None else r.passed for r in checked], dtype=pl.Boolean),
+        answer_check_detail=pl.Series([None if r is None else r.detail for r in checked], dtype=pl.String),
+    ).with_columns(
         output=pl.Series([None if c.failed else c.text for c in answers], dtype=pl.String),
         response_finish_reason=pl.Series([c.finish_reason for c in answers], dtype=pl.String),
         response_status=pl.Series([elimination.FAILED_RESPONSE if c.failed
@@ -126,6 +136,30 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
         response_template_hash=pl.lit(prompts.hash(RESPONSE_TEMPLATE)),
         response_thinking=pl.Series([c.thinking for c in answers], dtype=pl.String),
     ).select(list(RESPONSES))
+
+
+def check_counts(table: pl.DataFrame) -> dict[str, int]:
+    """Items with an answer check, how many passed and failed, per check kind (``answer_check`` JSON's kind)."""
+    with_check = table.filter(pl.col("answer_check").is_not_null())
+    kinds = with_check["answer_check"].str.json_path_match("$.kind").to_list()
+    out = {"items": with_check.height, "passed": int(with_check["answer_check_passed"].sum() or 0),
+           "failed": int((~with_check["answer_check_passed"]).sum() or 0), "by_kind": {}}
+    for kind, passed in zip(kinds, with_check["answer_check_passed"].to_list()):
+        entry = out["by_kind"].setdefault(kind, {"items": 0, "passed": 0})
+        entry["items"] += 1
+        entry["passed"] += bool(passed)
+    return out
+
+
+def add_check_counts(total: dict, part: dict) -> dict:
+    """Two :func:`check_counts` added."""
+    out = {k: total.get(k, 0) + part[k] for k in ("items", "passed", "failed")}
+    out["by_kind"] = {k: dict(v) for k, v in total.get("by_kind", {}).items()}
+    for kind, entry in part["by_kind"].items():
+        into = out["by_kind"].setdefault(kind, {"items": 0, "passed": 0})
+        into["items"] += entry["items"]
+        into["passed"] += entry["passed"]
+    return out
 
 
 def status_counts(table: pl.DataFrame) -> dict[str, int]:
@@ -149,11 +183,13 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path,
     llm = open_role(params, "responder", open_cache(params))
     repetition = elimination.repetition_test(cfg.repetition)
     statuses, per_round, failed, tally = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0, Counter()
+    checks: dict = {"items": 0, "passed": 0, "failed": 0, "by_kind": {}}
 
     def answered() -> Iterator[pl.DataFrame]:
-        nonlocal failed
+        nonlocal failed, checks
         for chunk in items.chunks():
             table = answer(chunk, llm, prompts, repetition=repetition, tally=tally, **response_sampling(cfg))
+            checks = add_check_counts(checks, check_counts(table))
             for status, n in status_counts(table).items():
                 statuses[status] += n
             per_round.update(table["round"].to_list())
@@ -175,9 +211,10 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path,
     metrics = {"items": total, "response_status": statuses, "empty_responses": statuses["empty"],
                "calls": llm.stats["calls"], "cache_hits": llm.stats["cache_hits"],
                "check_answers_reused": tally["reused"],
-               "failed_responses": failed, "llm": {"responder": llm.stats},
+               "failed_responses": failed, "answer_checks": checks, "llm": {"responder": llm.stats},
                "per_round": {str(k): n for k, n in per_round.items()}}
     return Outputs(metrics,
-                   f"respond: {total} responses {statuses}; {tally['reused']} check answers of the rounds reused, "
+                   f"respond: {total} responses {statuses}; answer checks {checks['passed']} of {checks['items']} "
+                   f"passed; {tally['reused']} check answers of the rounds reused, "
                             f"{llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits",
                    peak_rss=True)  # docs/scale.md

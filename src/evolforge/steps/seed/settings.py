@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from evolforge.config.bounds import NonEmptyStr, PositiveInt
+from evolforge.config.bounds import NonEmptyStr, NonNegativeInt, PositiveInt
 
 
 @dataclass
@@ -21,3 +21,4 @@ class SeedSettings:
     revision: str | None = None  # hub dataset revision (a commit sha pins it exactly)
     limit: PositiveInt | None = None  # keep a hash-based sample of this many items
     seed: int = 0
+    min_checked: NonNegativeInt = 0  # of the sample, this many seeds with an answer check first (docs/seeds.md)

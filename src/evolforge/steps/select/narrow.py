@@ -22,6 +22,7 @@ from evolforge.steps.select.settings import SelectSettings
 
 # the columns the filters and the summary read (the metrics, the floors' and ifd_filter's columns, the pool MND)
 METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd")
+CHECK_PASSED = "answer_check_passed"  # the items' answer check result (require_check reads it; null: no check)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,9 @@ def _items_narrow(items: str, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]
     guards = applicable(pl.DataFrame(schema=schema))
     read = ["id", "round", *(c for c in ("instruction", "input") if c in schema),
             *(c for name in guards for c in GUARDS[name].columns if c not in ("instruction", "input")),
-            *(c for c in METRIC_COLUMNS if c in schema)]
+            *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema)]
     read = list(dict.fromkeys(read))
-    keep = ["id", "round", *(c for c in METRIC_COLUMNS if c in schema), GUARD, TEXT]
+    keep = ["id", "round", *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema), GUARD, TEXT]
     empty = pl.DataFrame(schema={c: schema[c] for c in read})  # a table without rows still has its columns
     parts = [with_helpers(chunk).select(keep) for chunk in chain([empty], iter_chunks(items, chunk_rows, read))]
     return pl.concat(parts), guards

@@ -15,7 +15,8 @@ nats per token, is below it: looping and templated instructions) and ``min_mnd``
 neighbour in the pool is closer than it: near-copies, which also get low losses).
 
 Order of the filters (each one's removals are counted, and an empty selection names the filter that
-emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``ifd_filter`` ->
+emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``require_check``
+(``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``ifd_filter`` ->
 floors ->
 metric present -> threshold -> diversity walk / top fraction.
 
@@ -144,6 +145,8 @@ def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str
         filtering.apply("round_not_selected", pl.col("round").is_in(settings.rounds))
     for name in guards:
         filtering.apply(name, pl.col(GUARD).is_null() | (pl.col(GUARD) != name))
+    if settings.require_check and "answer_check_passed" in table.columns:  # items without a check stay
+        filtering.apply("answer_check_failed", pl.col("answer_check_passed").is_null() | pl.col("answer_check_passed"))
     if settings.ifd_filter:
         filtering.apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
     if settings.min_loss_instruction is not None:

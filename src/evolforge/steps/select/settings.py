@@ -24,6 +24,7 @@ class SelectSettings:
     min_mnd: Annotated[float, Ge(0), Le(4)] | None = None  # floor on the pool MND (squared L2 of unit embeddings)
     # DEITA walk: keep if d^2 to every kept item exceeds it
     diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None
+    require_check: bool = False  # drop items whose answer fails its answer check (items without one stay)
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:
