@@ -4,19 +4,18 @@ Reads:  params.yaml, checked whole (the stages after it type only their own sect
         each role's local model folder, the local Hugging Face cache or the hub (hub ids), or `GET /models`
 Writes: models/identity.json -- {role: {backend, model, revision, identity, engine}}: identity is a sha256 of a
         local folder's weights, config and tokenizer files, a hub revision's commit sha, or the model id a server
-        serves (never its URL); engine the options its cache keys carry (hf `auto` device, dtype resolved here)
-Every model stage depends on its roles' entries of this file, never on a model folder. Always run (`always_changed`):
-weights replaced in place, a moved hub branch, a server serving another model are noticed here; an unchanged
-folder costs a `stat` per file (digests remembered in .evolforge/model_hashes.json).
+        serves (never its URL), with the server's kind; engine: the options its cache keys carry (hf `auto` resolved)
+Every model stage depends on its roles' entries, never on a model folder. Always run: new weights, a moved hub
+branch, another served model (and a setting the server cannot honour) are noticed here (digests: .evolforge).
 """
 
 import json
-
 from evolforge.core.errors import run_stage
 from evolforge.config.roles import load_role
 from evolforge.io.records import write_json
 from evolforge.core.stage import arguments
 from evolforge.schema import load_params
+from evolforge.config.servers import refuse_unservable
 from evolforge.llm.identity import identity_entry
 from evolforge.llm.pinning import resolve_identity
 from evolforge.llm.keys import resolved_engine
@@ -31,6 +30,7 @@ def main() -> None:
     for name in sorted(params.get("roles") or {}):
         role = load_role(params, name)
         entries[name] = identity_entry(role, resolve_identity(role, memo=MEMO), engine=resolved_engine(role))
+    refuse_unservable(params, entries)  # what a server cannot honour, named where written, before any request
     write_json(args.out, entries)
     for name, entry in entries.items():
         print(f"models: {name:<9} {entry['backend']:<6} {entry['model']} -> {json.dumps(entry['identity'])[:80]}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import sys
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +42,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
+@pytest.fixture(autouse=True)
+def _forget_stage_llms():
+    """``llm.max_failure_rate`` is judged over what a stage (one process) asked; a test is one stage."""
+    yield
+    cached = sys.modules.get("evolforge.llm.cached")
+    if cached is not None:
+        cached._OPEN.clear()
 
 
 @pytest.fixture

@@ -34,6 +34,31 @@ def chat_body(text: str, prompt_tokens: int | None = None, completion_tokens: in
     return body
 
 
+def thinking_body(body: dict, mode: str, thought: str = "Let me think. The user wants an answer; I ought to reason first.") -> dict:
+    """``body`` (a chat completion) as a reasoning model's server sends it: ``mode`` "tags" puts the thinking
+    in the text between ``<think>`` tags, "open" after the chat template opened it (the closing tag only, as
+    Qwen3 and DeepSeek-R1 write), "field" in ``message.reasoning_content`` (vLLM's reasoning parser, llama.cpp's
+    --reasoning-format). The usage's completion tokens count the thinking's words too, and say how many."""
+    body = json.loads(json.dumps(body))
+    message = body["choices"][0]["message"]
+    answer = message["content"]
+    if mode == "tags":
+        message["content"] = f"<think>\n{thought}\n</think>\n\n{answer}"
+    elif mode == "open":
+        message["content"] = f"{thought}\n</think>\n\n{answer}"
+    elif mode == "field":
+        message["reasoning_content"] = thought
+    else:
+        raise ValueError(mode)
+    usage = body.get("usage")
+    if usage:
+        extra = len(thought.split())
+        usage["completion_tokens"] += extra
+        usage["total_tokens"] += extra
+        usage["completion_tokens_details"] = {"reasoning_tokens": extra}
+    return body
+
+
 class FakeOpenAIServer:
     """``reply(body) -> (status, body, headers)`` answers each chat request; ``models`` are listed (a name,
     or a dict with ``id`` and the fields a server reports, e.g. ``root`` and ``max_model_len``)."""
@@ -55,6 +80,7 @@ class FakeOpenAIServer:
         self.batch_status: str | None = None
         self.hold: set[str] = set()  # batch ids that stay in progress however often they are polled
         self.redirect_get: str | None = None  # when set, every GET answers 302 to this address
+        self.thinking: str | None = None  # a reasoning model: "tags", "open" or "field" (thinking_body)
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -206,6 +232,8 @@ class FakeOpenAIServer:
                     self._send(server.fail_status, {"error": {"message": "replica down"}}, {})
                     return
                 status, payload, headers = server.reply(body)
+                if status == 200 and server.thinking and isinstance(payload, dict):
+                    payload = thinking_body(payload, server.thinking)
                 if status == 200:
                     with server.lock:
                         server.answered += 1

@@ -51,7 +51,13 @@ def test_a_role_without_controls_makes_requests_without_any():
 def test_a_backend_that_cannot_honour_a_control_refuses_it_clearly():
     with pytest.raises(ParamsError, match=r"roles.evolver.banned_strings: backend 'openai' cannot honour"):
         Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1",
-                                     "banned_strings": ["#The Given Prompt#"]})
+                                     "server": "openai", "banned_strings": ["#The Given Prompt#"]})
+    # a server of a kind not known yet is held to what vLLM's and llama.cpp's servers offer
+    Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1",
+                                 "banned_strings": ["#The Given Prompt#"], "repetition_penalty": 1.1})
+    with pytest.raises(ParamsError, match=r"roles.evolver.no_repeat_ngram_size: an OpenAI-compatible server cannot"):
+        Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1",
+                                     "no_repeat_ngram_size": 3})
     with pytest.raises(ParamsError, match=r"roles.evolver.no_repeat_ngram_size: backend 'vllm' cannot honour"):
         Role.from_params("evolver", {"backend": "vllm", "model": "m", "no_repeat_ngram_size": 3})
     server = LLM(FakeBackend(["never sent"]), None,
@@ -150,3 +156,63 @@ def test_hf_never_writes_a_banned_string_and_honours_stop_and_prefix(tiny_model)
     request = ask(prompts[0], max_tokens=8, controls=Controls(assistant_prefix="Step 1:"))
     assert backend.render(request).endswith("Step 1:")
     assert backend.generate([request])[0].text.startswith("Step 1:")
+
+
+def test_each_server_kind_gets_each_control_in_its_own_parameters():
+    from evolforge.llm.backends.openai.request import chat_body
+
+    controls = Controls(banned_strings=("Given Prompt",), stop=("\n\n",), repetition_penalty=1.15,
+                        assistant_prefix="```Method\n")
+    request = ask(controls=controls)
+    vllm = chat_body(request, "m", "response_format", "vllm")
+    assert vllm["bad_words"] == ["Given Prompt"] and vllm["repetition_penalty"] == 1.15 and vllm["stop"] == ["\n\n"]
+    assert vllm["messages"][-1] == {"role": "assistant", "content": "```Method\n"} and vllm["continue_final_message"]
+    llama = chat_body(request, "m", "response_format", "llamacpp")
+    assert llama["repeat_penalty"] == 1.15 and "bad_words" not in llama
+    assert llama["grammar"].startswith('root ::= "```Method\\x0A" s0')
+    with pytest.raises(ControlsError, match=r"banned_strings: backend 'openai' cannot honour"):
+        chat_body(request, "m", "response_format", "openai")
+    choices = ask(choices=("easy", "hard"))
+    assert chat_body(choices, "m", "response_format", "llamacpp")["grammar"] == 'root ::= "easy" | "hard"'
+    assert "response_format" not in chat_body(choices, "m", "response_format", "llamacpp")
+
+
+def test_a_stage_control_is_refused_where_it_is_written():
+    from evolforge.config.servers import server_problems
+
+    params = {"roles": {"evolver": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"},
+                        "judge": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"}},
+              "evolve": {"strategy": "evol", "controls": {"no_repeat_ngram_size": 4, "banned_strings": ["x"]}},
+              "judge": {"probabilities": True}}
+    problems = server_problems(params)
+    assert any(p.startswith("evolve.controls.no_repeat_ngram_size: an OpenAI-compatible server (roles.evolver) "
+                            "cannot honour") for p in problems)
+    assert not any("banned_strings" in p for p in problems)
+    assert any(p.startswith("judge.probabilities: on a server it needs roles.judge.tokenizer") for p in problems)
+    found = server_problems(params, {"evolver": "openai", "judge": "openai"})
+    assert any(p.startswith("evolve.controls.banned_strings: backend 'openai' (roles.evolver) cannot") for p in found)
+    assert any(p.startswith("judge.probabilities: the judge's server") for p in found)
+
+
+def test_the_readme_server_blocks_are_valid_params():
+    """README "The chat roles on a server": each params block is valid and its server honours every setting."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from evolforge.config.servers import server_problems
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### The chat roles on a server", 1)[1].split("\n## ", 1)[0]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    assert len(blocks) == 2
+    for block in blocks:
+        for name, fields in block["roles"].items():
+            role = Role.from_params(name, fields)
+            assert role.server in ("llamacpp", "vllm")
+            params = {**block, "evolve": {"strategy": "evol", "controls": {
+                **block["evolve"]["controls"], "banned_strings": ["Given Prompt"], "stop": ["\n\n"],
+                "repetition_penalty": 1.15}}, "judge": {"probabilities": True}}
+            assert server_problems(params) == []
+    assert "-S +roles.evolver.base_url=http://127.0.0.1:8000/v1" in section

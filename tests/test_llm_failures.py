@@ -400,3 +400,76 @@ def test_optimize_counts_a_failed_call_as_unparseable():
                                  [{"id": 0, "stage0": "x", "stage1": "y"}], "method", candidates=3)
     assert [c.method for c in candidates] == ["Step 1: do it.", None, "Step 1: do it."]
     assert candidates[1].answer is None and candidates[1].parse_error.startswith("call failed: retries_exhausted")
+
+
+def _tables(llm, sizes, rejected_table):
+    """Generate one table after another (as respond does, one per round), the ``rejected_table``'s first three
+    prompts rejected by the server; the completions of each."""
+    out, start = [], 0
+    for t, n in enumerate(sizes):
+        tasks = [f"task {start + i:02d}" for i in range(n)]
+        if t == rejected_table:
+            REJECTED_NOW.clear()
+            REJECTED_NOW.update(tasks[:3])
+        out.append(llm.generate([llm.request([{"role": "user", "content": f"Describe {task}."}]) for task in tasks]))
+        start += n
+    return out
+
+
+REJECTED_NOW: set[str] = set()
+
+
+def _rejecting(body: dict):
+    task = TASK.search(body["messages"][-1]["content"]).group(0)
+    if task in REJECTED_NOW:
+        return 400, {"error": {"message": f"content policy: {task} refused"}}, {}
+    return 200, chat_body(f"About {task}.", 10, 3), {}
+
+
+def test_max_failure_rate_holds_over_the_stage_not_over_one_small_table(tmp_path):
+    """Three rejections, all in the third of four tables (3 of its 5 requests, 3 of the stage's 23): a small
+    table alone past the threshold does not stop the stage; the stage's end judges the whole."""
+    from evolforge.llm.cached import MIN_REQUESTS_TO_STOP_EARLY, check_failures
+
+    assert 6 + 6 + 5 < MIN_REQUESTS_TO_STOP_EARLY <= 23
+    with FakeOpenAIServer(_rejecting) as server:
+        llm = open_llm(role(server), CallCache(tmp_path / "a.sqlite"), settings=LLMSettings(max_failure_rate=0.5))
+        tables = _tables(llm, [6, 6, 5, 6], rejected_table=2)
+        assert [sum(c.failed for c in t) for t in tables] == [0, 0, 3, 0]  # 3 of 5 in one table: 60% > 50%
+        assert llm.asked == 23 and sum(llm.failed.values()) == 3
+        check_failures()  # 3 of 23 is under 0.5: the stage passes
+
+        # the same rejections with a threshold the stage is past (3 of 23 > 10%): no early stop in the small
+        # tables before MIN_REQUESTS_TO_STOP_EARLY requests were asked; the last table's call (23 asked) stops it
+        strict = open_llm(role(server), CallCache(tmp_path / "b.sqlite"), settings=LLMSettings(max_failure_rate=0.1))
+        with pytest.raises(LLMFailureError, match=r"3 of 23 requests failed \(3 request_rejected\).*over everything "
+                                                  r"this stage asked"):
+            _tables(strict, [6, 6, 5, 6], rejected_table=2)
+        assert strict.asked == 23
+        with pytest.raises(LLMFailureError, match=r"3 of 23 requests failed"):
+            check_failures()  # the stage's end says the same
+
+        # a stage that asked fewer than the minimum in all is judged at its end, whole
+        small = open_llm(role(server), CallCache(tmp_path / "c.sqlite"), settings=LLMSettings(max_failure_rate=0.1))
+        _tables(small, [6, 5], rejected_table=1)
+        with pytest.raises(LLMFailureError, match=r"3 of 11 requests failed"):
+            check_failures()
+        check_failures()  # checked once: the stage's LLMs are forgotten after
+
+
+def test_one_rejection_in_a_small_round_passes_the_shipped_threshold(tmp_path):
+    """As the shipped run: 0.05 of 23 requests allows one failure, wherever it lands."""
+    from evolforge.llm.cached import check_failures
+
+    def one_rejected(body: dict):
+        task = TASK.search(body["messages"][-1]["content"]).group(0)
+        if task == "task 13":
+            return 400, {"error": {"message": "refused"}}, {}
+        return 200, chat_body(f"About {task}.", 10, 3), {}
+
+    with FakeOpenAIServer(one_rejected) as server:
+        llm = open_llm(role(server), CallCache(tmp_path / "a.sqlite"), settings=LLMSettings(max_failure_rate=0.05))
+        REJECTED_NOW.clear()
+        _tables(llm, [6, 6, 5, 6], rejected_table=-1)
+        assert sum(llm.failed.values()) == 1
+        check_failures()

@@ -61,3 +61,31 @@ def test_forced_rerun_of_an_llm_stage_makes_no_call(pipeline_built):
     # the evolved items' answers come from their round tables, the seeds' from the cache
     assert respond["calls"] == 0 and respond["cache_hits"] + respond["check_answers_reused"] == respond["items"] > 0
     assert respond["check_answers_reused"] > 0
+
+
+def test_plan_after_editing_each_prompt_template(pipeline_built):
+    """`evolforge plan` on the shipped run after a line is added to any one of its prompt templates, in turn:
+    it plans every stage that template makes stale (compare included: its roles compare_tuned and
+    compare_other are made by the stage, named nowhere in params.yaml), never an error."""
+    work, env, _ = pipeline_built
+    back_to_built(work, env)
+    templates = sorted((work / "prompts").rglob("*.j2"))
+    assert len(templates) >= 15
+    planned_any = set()
+    for template in templates:
+        before = template.read_text()
+        template.write_text(before + "\nAnswer carefully.\n")
+        try:
+            done = subprocess.run(["evolforge", "plan", "--json"], cwd=work, env=env, capture_output=True, text=True)
+        finally:
+            template.write_text(before)
+        name = template.relative_to(work)
+        assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
+        assert "error" not in done.stderr, f"{name}: {done.stderr[-2000:]}"
+        import json
+
+        plan = json.loads(done.stdout)
+        assert plan["stale"], f"{name}: nothing stale after editing it"
+        assert not plan["failed"], f"{name}: dry runs failed: {plan['notes']}"
+        planned_any |= set(plan["stale"])
+    assert "compare" in planned_any  # respond's template feeds what the tuned model is compared on

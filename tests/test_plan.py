@@ -266,3 +266,42 @@ def test_a_local_role_without_a_price_is_planned_in_tokens_and_time(tmp_path, se
     # no price: the cost column says "-"; nothing observed yet: expected tokens and time say "?"
     assert re.search(rf"respond +responder +respond +{ITEMS} +[\d,]+ +\? / [\d,]+ +- +\?", render(plan))
     assert server.answered == 0
+
+
+def test_another_params_file_is_planned_as_given(tmp_path, server, tokenizer_dir, monkeypatch, capsys):
+    """``evolforge plan --params OTHER.yaml``: what is stale and what the calls ask, with OTHER.yaml as
+    params.yaml (the workspace's params.yaml is neither read for it nor changed)."""
+    root = project(tmp_path / "p", server, tokenizer_dir)
+    repro = subprocess.run([str(BIN / "dvc"), "repro", "-q"], cwd=root, capture_output=True, text=True, env=env())
+    assert repro.returncode == 0, (repro.stdout + repro.stderr)[-3000:]
+    assert planned(root, monkeypatch).rows == []
+    shipped = (root / "params.yaml").read_text()
+    other = json.loads(shipped)
+    other["roles"]["judge"]["max_tokens"] = 9  # judge's role changes: judge is stale, respond is not
+    (root / "other.yaml").write_text(json.dumps(other))
+    plan = planned(root, monkeypatch, params_file="other.yaml")
+    assert plan.stale == ["judge"]
+    assert {(r.stage, r.role) for r in plan.rows} == {("judge", "judge")}
+    assert any(n == "planned with other.yaml as params.yaml" for n in plan.notes)
+    assert (root / "params.yaml").read_text() == shipped and planned(root, monkeypatch).rows == []
+
+    from evolforge import cli
+
+    monkeypatch.setattr(sys, "argv", ["evolforge"])
+    cli.main(["plan", "--params", "other.yaml", "--json"])  # the command line passes the file on
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["stale"] == ["judge"]
+
+
+def test_a_role_the_stage_makes_itself_is_priced_as_the_stage_had_it():
+    """compare asks ``compare_tuned`` / ``compare_other`` (made from roles.base, named nowhere in params.yaml):
+    the plan prices them as the dry run recorded them, never looks them up."""
+    from evolforge.plan import estimate
+
+    call = {"role": "compare_tuned", "backend": "hf", "label": "answers: tuned", "requests": 3,
+            "prompt_tokens": 300, "max_tokens": 96, "counted": "tokenizer",
+            "prices": {"prompt": None, "completion": None, "cached_prompt": None}}
+    row = estimate("compare", call, {"roles": {"judge": {"backend": "hf", "model": "x"}}}, None)
+    assert (row.role, row.requests, row.prompt_tokens, row.cost_max) == ("compare_tuned", 3, 300, None)
+    priced = estimate("compare", {**call, "prices": {"prompt": 1.0, "completion": 2.0}}, {}, None)
+    assert priced.cost_max == pytest.approx((300 * 1.0 + 96 * 2.0) / 1e6)

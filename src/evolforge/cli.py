@@ -75,7 +75,12 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "check":
         from evolforge.schema import load_params
 
+        from evolforge.config.servers import server_problems
+
         params = load_params(args.params)
+        problems = server_problems(params)  # what a role's server cannot honour, without asking it
+        if problems:
+            raise SystemExit(f"{args.params}: " + "\n".join(f"  {p}" for p in problems))
         print(f"{args.params}: ok ({len(params)} sections)")
     elif args.command == "lineage":
         rounds = sorted((p for p in Path(args.evolved).glob("*/") if (p / "items.parquet").exists()),

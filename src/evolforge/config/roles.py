@@ -10,6 +10,7 @@ so reading a role (to fine-tune or evaluate ``roles.base``) imports no LLM code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -30,24 +31,8 @@ BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` L
 LLAMACPP_EXTRA = {"reuse_prefix": (lambda v: isinstance(v, bool), "true or false"),
                   "speculative": (lambda v: isinstance(v, bool), "true or false")}
 
-# Generation controls each backend honours (docs/controls.md); any other is refused with one message.
-CONTROL_NAMES = ("banned_strings", "assistant_prefix", "stop", "repetition_penalty", "no_repeat_ngram_size",
-                 "frequency_penalty")
-SUPPORTED_CONTROLS = {
-    "hf": set(CONTROL_NAMES),
-    "llamacpp": set(CONTROL_NAMES),
-    "vllm": {"banned_strings", "assistant_prefix", "stop", "repetition_penalty", "frequency_penalty"},
-    "openai": {"stop", "frequency_penalty"},
-    "ray": set(),
-}
-_WHY_NOT = {
-    ("vllm", "no_repeat_ngram_size"): "vLLM's sampling parameters have no n-gram ban; use repetition_penalty",
-    ("openai", "banned_strings"): ("a server's logit_bias bans single tokens of its own tokenizer, not strings; "
-                                    "serve the model with vLLM and use backend vllm, or use backend hf"),
-    ("openai", "assistant_prefix"): "the chat completions API has no portable way to continue an assistant turn",
-    ("openai", "repetition_penalty"): "not an OpenAI API parameter; use frequency_penalty",
-    ("openai", "no_repeat_ngram_size"): "not an OpenAI API parameter; use frequency_penalty",
-}
+# Generation controls each backend honours and why not (docs/controls.md); any other is refused with one message
+from evolforge.config.control_support import CONTROL_NAMES, SUPPORTED_CONTROLS, WHY_NOT as _WHY_NOT  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +52,12 @@ class Controls:
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     frequency_penalty: float | None = None
+    # where each set control was written ("evolve.controls", "roles.evolver"): what a refusal names; never in a key
+    sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def source(self, name: str, default: str) -> str:
+        """Where control ``name`` was written (``default`` when not recorded)."""
+        return dict(self.sources).get(name, default)
 
     def used(self) -> list[str]:
         """Names of the controls that are set."""
@@ -76,13 +67,17 @@ class Controls:
         """The set controls as a plain dict (cache keys): unset ones are left out."""
         return {n: list(v) if isinstance(v, tuple) else v for n in self.used() for v in [getattr(self, n)]}
 
-    def merged(self, overrides: Mapping[str, Any] | None) -> "Controls":
-        """These controls with the non-null ``overrides`` (a stage's ``controls`` section) put over them."""
+    def merged(self, overrides: Mapping[str, Any] | None, where: str | None = None) -> "Controls":
+        """These controls with the non-null ``overrides`` (a stage's ``controls`` section, written at ``where``,
+        e.g. "evolve.controls") put over them."""
         fields = {n: getattr(self, n) for n in CONTROL_NAMES}
+        sources = dict(self.sources)
         for name, value in (overrides or {}).items():
             if value is not None:
                 fields[name] = tuple(value) if isinstance(value, list) else value
-        return Controls(**fields)
+                if where:
+                    sources[name] = where
+        return Controls(**fields, sources=tuple(sorted(sources.items())))
 
 
 def controls_problems(backend: str, controls: "Controls", where: str) -> list[str]:
@@ -91,8 +86,15 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
     for name in controls.used():
         if name not in SUPPORTED_CONTROLS.get(backend, set()):
             why = _WHY_NOT.get((backend, name), f"the {backend} backend does not implement it")
-            problems.append(f"{where}.{name}: backend {backend!r} cannot honour this generation control ({why}); "
-                            f"remove it or use a backend that can (docs/controls.md)")
+            at = controls.source(name, where)
+            role = f" ({where})" if at != where else ""
+            if backend == "openai:any":
+                what = f"an OpenAI-compatible server{role} cannot honour this generation control"
+            elif backend.startswith("openai:"):
+                what = f"{backend.split(':')[1]}'s server{role} cannot honour this generation control"
+            else:
+                what = f"backend {backend!r}{role} cannot honour this generation control"
+            problems.append(f"{at}.{name}: {what} ({why}); remove it or use a backend that can (docs/controls.md)")
     return problems
 
 
@@ -146,6 +148,9 @@ class Role:
     # openai: the identity you state for a server without GET /models (e.g. the weights' sha or a release
     # tag; change it when the weights change): the models stage then does not ask the server
     served_identity: NonEmptyStr | None = None
+    # openai: what the server is -- vllm, llamacpp (llama.cpp's or llama-cpp-python's server) or openai (any other:
+    # the OpenAI API's own parameters only); auto = found from GET /models by the models stage, recorded in the identity
+    server: Literal["auto", "vllm", "llamacpp", "openai"] = "auto"
     concurrency: PositiveInt = 8  # requests in flight per server (per replica with base_urls)
     timeout_s: PositiveFloat = 120.0
     max_retries: NonNegativeInt = 5
@@ -160,6 +165,15 @@ class Role:
     # optional prices per million tokens (any currency); LLM.stats then carries the cost
     price_per_mtok_prompt: NonNegativeFloat | None = None
     price_per_mtok_completion: NonNegativeFloat | None = None
+    # the price of prompt tokens a provider serves from its prompt cache (usage.prompt_tokens_details.cached_tokens);
+    # None: they cost price_per_mtok_prompt
+    price_per_mtok_cached_prompt: NonNegativeFloat | None = None
+    # a reasoning model's thinking (evolforge.llm.thinking): the markers around it in the text, [open, close]
+    # ([] = none: the text is the answer whatever it holds); a server's reasoning_content is always kept apart
+    thinking_tags: list[NonEmptyStr] = field(default_factory=lambda: ["<think>", "</think>"])
+    # tokens a thinking model may think, added to every request's max_tokens (a stage's own max_tokens, e.g. a
+    # judge's 8, is what the answer may take; servers count max_tokens over thinking and answer together)
+    thinking_budget: NonNegativeInt = 0
     # openai: submit a stage's cache misses as batch jobs (POST /files + /batches: about half the price,
     # results within batch_completion_window), polled every batch_poll_s seconds
     batch_api: bool = False
@@ -178,8 +192,16 @@ class Role:
     @property
     def controls(self) -> Controls:
         """The role's generation controls."""
-        return Controls(tuple(self.banned_strings), self.assistant_prefix, tuple(self.stop),
-                        self.repetition_penalty, self.no_repeat_ngram_size, self.frequency_penalty)
+        controls = Controls(tuple(self.banned_strings), self.assistant_prefix, tuple(self.stop),
+                            self.repetition_penalty, self.no_repeat_ngram_size, self.frequency_penalty)
+        return dataclasses.replace(controls, sources=tuple((n, f"roles.{self.name}") for n in controls.used()))
+
+    @property
+    def control_backend(self) -> str:
+        """The name controls are checked against: the backend, or ``openai:<server>`` for a server of known kind."""
+        if self.backend != "openai" or self.server == "openai":
+            return self.backend
+        return "openai:any" if self.server == "auto" else f"openai:{self.server}"
 
     @classmethod
     def from_params(cls, name: str, params: Mapping[str, Any] | None) -> "Role":
@@ -194,7 +216,10 @@ class Role:
             raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
                                "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
         problems = (role.server_problems()
-                    + controls_problems(role.backend, role.controls, where) + role.extra_problems())
+                    + controls_problems(role.control_backend, role.controls, where) + role.extra_problems())
+        if role.thinking_tags and len(role.thinking_tags) != 2:
+            problems.append(f"{where}.thinking_tags: got {json.dumps(role.thinking_tags)}; allowed: the opening and "
+                            f"closing markers, e.g. [\"<think>\", \"</think>\"], or [] for none")
         if problems:
             raise ParamsError(problems)
         return role

@@ -70,6 +70,9 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
         sys.exit(subprocess.call([sys.executable, "-m", "evolforge.cli", "plan", "--command", *sys.argv]))
     try:
         main()
+        cached = sys.modules.get("evolforge.llm.cached")  # a stage that wrote its outputs itself: past
+        if cached is not None:  # llm.max_failure_rate over all it asked, it still fails
+            cached.check_failures()
     except SystemExit as exit_:
         if isinstance(exit_.code, str):  # a stage's own `raise SystemExit("message")`
             exit_.code = _with_params_file(exit_.code, sys.argv)

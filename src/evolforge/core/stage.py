@@ -19,6 +19,7 @@ calls from the scripts' source and compares them with dvc.yaml's commands, deps 
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -71,6 +72,14 @@ class Outputs:
     peak_rss: bool = False
 
 
+def stage_failures() -> None:
+    """Raise when an LLM of this stage failed past ``llm.max_failure_rate`` of what it was asked (a stage
+    that made no call never imported the LLM layer)."""
+    cached = sys.modules.get("evolforge.llm.cached")
+    if cached is not None:
+        cached.check_failures()
+
+
 WALL_S = "wall_s"  # the metrics key of the stage process's wall seconds (report/summary.py gathers them)
 
 
@@ -89,8 +98,10 @@ def process_wall_s() -> float:
 
 def write(args: argparse.Namespace, result: Outputs) -> None:
     """Write ``result`` to the paths of ``args`` (``out``, ``metrics``, ``plot``, ``plots``), then print its
-    message. The ``--out`` folder is written whole or not at all, before any metric. The metrics get the
-    process's wall seconds up to then (``wall_s``)."""
+    message. The ``--out`` folder is written whole or not at all, before any metric; nothing is written when the
+    stage's failed calls are past ``llm.max_failure_rate`` (evolforge.llm.cached.check_failures). The metrics
+    get the process's wall seconds up to then (``wall_s``)."""
+    stage_failures()
     if result.table is not None:
         validation.check(result.table, result.checks, args.out)
         write_output(args.out, result.table, meta=result.meta, extra=result.extra, tables=result.tables,

@@ -30,6 +30,8 @@ ROUND: Columns = {
     **LINEAGE_TYPES, "failure_detail": pl.String, **_TEXTS, "parent_instruction": pl.String, "raw_output": pl.String,
     "instruction_finish_reason": pl.String, "check_response": pl.String, "check_finish_reason": pl.String,
     "check_request_key": pl.String, "evolve_template_hash": pl.String, "evolver_model": pl.String,
+    # a reasoning model's thinking before raw_output / check_response (evolforge.llm.thinking); null: none
+    "instruction_thinking": pl.String, "check_thinking": pl.String,
 }
 
 # data/responses: the evolved items (and seeds) with the responder's answer in ``output``
@@ -41,6 +43,7 @@ RESPONSES: Columns = {
     # the seed's answer check (round 0 only: a rewrite changes the question) and the answer judged by it:
     # passed true/false, null where the item has no check; the detail says what was compared or why it failed
     "answer_check": pl.String, "answer_check_passed": pl.Boolean, "answer_check_detail": pl.String,
+    "response_thinking": pl.String,  # a reasoning model's thinking before ``output`` (evolforge.llm.thinking)
 }
 
 # data/autoif/responses: AutoIF's (constraint, query) items whose answer its verification functions accept
@@ -66,6 +69,8 @@ JUDGED: Columns = {
     "difficulty_level_raw": pl.String, "difficulty_score": pl.Float64, "difficulty_score_reason": pl.String,
     "difficulty_score_raw": pl.String, "score_prompt": pl.String, "judge_constrained": pl.Boolean,
     "difficulty_expected": pl.Float64, "level_expected": pl.Float64,
+    # a reasoning judge's thinking before each answer (evolforge.llm.thinking); null: none
+    "difficulty_level_thinking": pl.String, "difficulty_score_thinking": pl.String,
 }
 
 # data/scores: id and round, then the scores (score.ifd builds its rows with SCORE_VALUES)

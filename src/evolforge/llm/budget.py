@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS spend (
     prompt_bytes      INTEGER NOT NULL,
     seconds           REAL NOT NULL,  -- wall time the calls took
     cost              REAL NOT NULL,
-    created           REAL NOT NULL
+    created           REAL NOT NULL,
+    cached_prompt_tokens INTEGER NOT NULL DEFAULT 0  -- of prompt_tokens, served from the provider's prompt cache
 );
 CREATE INDEX IF NOT EXISTS spend_role ON spend (role, label);
 CREATE TABLE IF NOT EXISTS spend_samples (
@@ -87,14 +88,20 @@ def prompt_bytes(request: ChatRequest) -> int:
     return sum(len(content.encode("utf-8")) for _, content in request.messages)
 
 
-def cost_of(role: Role, prompt_tokens: int, completion_tokens: int) -> float:
-    """Cost from the role's prices per million tokens (0 for a role without prices)."""
-    return (prompt_tokens * (role.price_per_mtok_prompt or 0.0)
+def cost_of(role: Role, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> float:
+    """Cost from the role's prices per million tokens (0 for a role without prices). ``cached_prompt_tokens``
+    (of ``prompt_tokens``: served from the provider's prompt cache) cost ``price_per_mtok_cached_prompt``
+    where the role gives it, the prompt price otherwise; completion tokens include a thinking model's thinking."""
+    prompt_price = role.price_per_mtok_prompt or 0.0
+    cached_price = role.price_per_mtok_cached_prompt
+    cached = min(cached_prompt_tokens, prompt_tokens) if cached_price is not None else 0
+    return ((prompt_tokens - cached) * prompt_price + cached * (cached_price or 0.0)
             + completion_tokens * (role.price_per_mtok_completion or 0.0)) / 1e6
 
 
 def priced(role: Role) -> bool:
-    return role.price_per_mtok_prompt is not None or role.price_per_mtok_completion is not None
+    return (role.price_per_mtok_prompt is not None or role.price_per_mtok_completion is not None
+            or getattr(role, "price_per_mtok_cached_prompt", None) is not None)
 
 
 @dataclass
@@ -107,13 +114,15 @@ class Usage:
     prompt_bytes: int = 0
     seconds: float = 0.0
     cost: float = 0.0
+    cached_prompt_tokens: int = 0  # of prompt_tokens: served from the provider's prompt cache
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def add(self, other: "Usage") -> None:
-        for name in ("calls", "prompt_tokens", "completion_tokens", "prompt_bytes", "seconds", "cost"):
+        for name in ("calls", "prompt_tokens", "completion_tokens", "prompt_bytes", "seconds", "cost",
+                     "cached_prompt_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -125,6 +134,12 @@ class SpendLedger:
         self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
         self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         self._db.executescript(_SCHEMA)
+        if "cached_prompt_tokens" not in {row[1] for row in self._db.execute("PRAGMA table_info(spend)")}:
+            try:  # a ledger written before cached prompt tokens were read
+                self._db.execute("ALTER TABLE spend ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as err:  # another process added it meanwhile
+                if "duplicate column" not in str(err):
+                    raise
 
     def add(self, role: str, label: str, usage: Usage, samples: dict[int, str] | None = None,
             run: str | None = None) -> None:
@@ -133,9 +148,9 @@ class SpendLedger:
         try:
             self._db.execute(
                 "INSERT INTO spend (role, label, run, calls, prompt_tokens, completion_tokens, prompt_bytes, "
-                "seconds, cost, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "seconds, cost, created, cached_prompt_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (role, label, run or run_id(), usage.calls, usage.prompt_tokens, usage.completion_tokens,
-                 usage.prompt_bytes, usage.seconds, usage.cost, time.time()))
+                 usage.prompt_bytes, usage.seconds, usage.cost, time.time(), usage.cached_prompt_tokens))
             self._db.executemany("INSERT OR REPLACE INTO spend_samples (role, label, slot, text) VALUES (?, ?, ?, ?)",
                                  [(role, label, slot, text) for slot, text in (samples or {}).items()])
             self._db.execute("COMMIT")
@@ -152,7 +167,8 @@ class SpendLedger:
                 args.append(value)
         row = self._db.execute(
             "SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
-            "COALESCE(SUM(prompt_bytes), 0), COALESCE(SUM(seconds), 0), COALESCE(SUM(cost), 0) FROM spend"
+            "COALESCE(SUM(prompt_bytes), 0), COALESCE(SUM(seconds), 0), COALESCE(SUM(cost), 0), "
+            "COALESCE(SUM(cached_prompt_tokens), 0) FROM spend"
             + (" WHERE " + " AND ".join(where) if where else ""), args).fetchone()
         return Usage(*row)
 
@@ -240,10 +256,11 @@ class Gate:
         for out in outs:
             usage.prompt_tokens += out.prompt_tokens or 0
             usage.completion_tokens += out.completion_tokens or 0
+            usage.cached_prompt_tokens += out.cached_prompt_tokens or 0
             if out.failure_reason is None:
                 self._samples[self._answers % SAMPLES] = out.text
                 self._answers += 1
-        usage.cost = cost_of(self.role, usage.prompt_tokens, usage.completion_tokens)
+        usage.cost = cost_of(self.role, usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
         self.spent.add(usage)
         self._pending.add(usage)
         if now - self._last_flush >= FLUSH_INTERVAL_S:

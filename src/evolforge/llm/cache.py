@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS completions (
     text    TEXT NOT NULL,
     finish  TEXT,
     model   TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    thinking TEXT  -- a reasoning model's thinking, apart from its answer (evolforge.llm.thinking); NULL: none
 )
 """
 _BATCH_SCHEMA = """
@@ -186,21 +187,33 @@ class CallCache:
         self._db.execute("PRAGMA wal_autocheckpoint=10000")
         self._db.execute(_SCHEMA)
         self._db.executescript(_BATCH_SCHEMA)
+        if "thinking" not in {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}:
+            try:  # a cache written before thinking was kept: the column is added (no row is rewritten)
+                self._db.execute("ALTER TABLE completions ADD COLUMN thinking TEXT")
+            except sqlite3.OperationalError as err:  # another process added it meanwhile
+                if "duplicate column" not in str(err):
+                    raise
 
-    def get_many(self, keys: list[str]) -> dict[str, tuple[str, str | None]]:
-        """Return {key: (text, finish_reason)} for the keys present."""
-        found: dict[str, tuple[str, str | None]] = {}
+    def get_many(self, keys: list[str], thinking: bool = False) -> dict[str, tuple]:
+        """Return {key: (text, finish_reason)} for the keys present; with ``thinking``,
+        {key: (text, finish_reason, thinking)}."""
+        found: dict[str, tuple] = {}
         for start in range(0, len(keys), 500):  # SQLite caps bound parameters per statement
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            if thinking:
+                rows = self._db.execute(
+                    f"SELECT key, text, finish, thinking FROM completions WHERE key IN ({marks})", chunk)
+                found.update({k: (t, f, th) for k, t, f, th in rows})
+                continue
             rows = self._db.execute(
                 f"SELECT key, text, finish FROM completions WHERE key IN ({marks})", chunk
             )
             found.update({k: (t, f) for k, t, f in rows})
         return found
 
-    def put_many(self, rows: list[tuple[str, str, str | None, str]]) -> dict[str, tuple[str, str | None]]:
-        """Insert (key, text, finish_reason, model_name) rows in one transaction; a key already stored keeps
+    def put_many(self, rows: list[tuple]) -> dict[str, tuple[str, str | None]]:
+        """Insert (key, text, finish_reason, model_name[, thinking]) rows in one transaction; a key already stored keeps
         its completion (first stored wins). Returns {key: (text, finish_reason)} as stored for the keys
         that were already there with another completion (empty when every row went in)."""
         if not rows:
@@ -212,8 +225,9 @@ class CallCache:
             # in key order: consecutive inserts land on neighbouring index pages (a stable sort keeps
             # the first of two rows with one key first, so it is still the one stored)
             self._db.executemany(
-                "INSERT OR IGNORE INTO completions (key, text, finish, model, created) VALUES (?, ?, ?, ?, ?)",
-                sorted(((k, t, f, m, now) for k, t, f, m in rows), key=itemgetter(0)),
+                "INSERT OR IGNORE INTO completions (key, text, finish, model, created, thinking) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                sorted(((r[0], r[1], r[2], r[3], now, r[4] if len(r) > 4 else None) for r in rows), key=itemgetter(0)),
             )
             inserted = self._db.total_changes - before
             self._db.execute("COMMIT")
@@ -223,7 +237,7 @@ class CallCache:
         if inserted == len(rows):
             return {}
         stored = self.get_many([k for k, *_ in rows])  # read back: another writer got there first
-        return {k: stored[k] for k, t, f, _ in rows if k in stored and stored[k] != (t, f)}
+        return {k: stored[k] for k, t, f, *_ in rows if k in stored and stored[k] != (t, f)}
 
     # -- provider batch jobs ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,17 +19,24 @@ from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.backends import dryrun
-from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
+from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, cost_of, open_gate, priced
 from evolforge.llm.identity import IDENTITY_FILE, recorded_entry
 from evolforge.llm.pinning import resolve_identity
 from evolforge.llm.keys import identity_digest, resolved_engine, sampling_signature, str_choices
 from evolforge.llm.registry import shared_backend
+from evolforge.llm.thinking import separate
 from evolforge.llm.types import Backend, Completion, LLMFailureError, refuse_controls, refuse_ranking
 
 # A commit writes every index page its rows land on, so a small one costs more per row. When answers come
 # faster than a half-second commit can store them (a large cache, a fast backend), the next commit waits
 # this many times as long as the last one took: committing stays within a fifth of the time.
 COMMIT_SPACING = 4.0
+# ``llm.max_failure_rate`` holds over everything a stage asks of a role. Before the stage ends, an LLM stops
+# early only once it has been asked at least this many requests and its failures are already past the
+# threshold's share of them; below that, one rejected prompt in a small first table would stop a stage that
+# ends well under the threshold. The stage's end (evolforge.core.stage.write, run_stage) checks the whole.
+MIN_REQUESTS_TO_STOP_EARLY = 20
+_OPEN: "weakref.WeakSet[LLM]" = weakref.WeakSet()  # the LLMs of this process (a stage), checked at its end
 
 
 class LLM:
@@ -38,9 +46,12 @@ class LLM:
     ``COMMIT_SPACING`` times the last commit's duration), and at the end (also when the run stops on an error).
 
     A failed item (``Completion.failed``) is returned to the caller and counted, never cached, so a
-    rerun retries exactly the failures. Past ``max_failure_rate`` of a call's requests the call raises
-    :class:`LLMFailureError` once everything it got is committed -- early, as soon as the failures
-    already exceed what the threshold allows for the whole call.
+    rerun retries exactly the failures. ``max_failure_rate`` holds over every request this LLM has been
+    asked (all its calls: a stage's chunks and tables, cached answers included): a call raises
+    :class:`LLMFailureError` once everything it got is committed when, counting this whole call, at least
+    ``MIN_REQUESTS_TO_STOP_EARLY`` requests were asked and the failures are past the threshold's share of
+    them -- early, as soon as that holds. What a stage asked of fewer is judged at its end
+    (:func:`check_failures`).
 
     The backend is loaded on the first cache miss, so a stage whose calls are all cached never loads
     its model. ``identity`` (from ``models/identity.json``) names the model in cache keys; without it
@@ -71,9 +82,14 @@ class LLM:
         self.desc = desc or self.role.name
         self.settings = settings or LLMSettings()
         self.stats: dict[str, Any] = {"calls": 0, "cache_hits": 0, "failures": 0, "failed_by_reason": {},
-                                      "prompt_tokens": 0, "completion_tokens": 0}
-        if self.role.price_per_mtok_prompt is not None or self.role.price_per_mtok_completion is not None:
+                                      "prompt_tokens": 0, "completion_tokens": 0, "cached_prompt_tokens": 0,
+                                      "thinking_tokens": 0}
+        if priced(self.role):
             self.stats["cost"] = 0.0
+        self.asked = 0  # requests asked of this LLM so far (cached ones included): max_failure_rate's base
+        self.failed: Counter[str] = Counter()  # the failures among them, by reason
+        self.first_failure: Completion | None = None
+        _OPEN.add(self)
 
     @property
     def backend(self) -> Backend:
@@ -93,6 +109,15 @@ class LLM:
     @property
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
+
+    @property
+    def control_backend(self) -> str:
+        """What requests' controls and rankings are checked against: the backend, or for a server the kind its
+        identity records (``openai:vllm``, ``openai:llamacpp``; evolforge.llm.backends.openai.served)."""
+        if self.role.backend != "openai":
+            return self.role.backend
+        kind = self.role.server if self.role.server != "auto" else self._identity.get("server", "openai")
+        return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai"
 
     @property
     def label(self) -> str:
@@ -136,41 +161,56 @@ class LLM:
 
     def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
-        refuse_controls(self.role.backend, requests, f"roles.{self.role.name}")
-        refuse_ranking(self.role.backend, requests, f"roles.{self.role.name}")
+        refuse_controls(self.control_backend, requests, f"roles.{self.role.name}")
+        refuse_ranking(self.control_backend, requests, f"roles.{self.role.name}")
         results, missing = self._from_cache([self.key(r) for r in requests])
         self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
         if not missing:
             return results  # type: ignore[return-value]
         if dryrun.active():  # evolforge plan: count the misses, send nothing
             return self._dry_run(requests, missing, results, desc or self.desc)
-        allowed = math.floor(self.settings.max_failure_rate * len(requests) + 1e-9)
-        failed, unsent, message = self._generate_missing(requests, missing, results, allowed, desc or self.desc)
+        asked = self.asked + len(requests)
+        allowed = self.allowed(asked)
+        # the failures this call may add before the stage is past the threshold (early stops only)
+        room = allowed - sum(self.failed.values()) if asked >= MIN_REQUESTS_TO_STOP_EARLY else math.inf
+        failed, unsent, message = self._generate_missing(requests, missing, results, room, desc or self.desc)
         for i in unsent:
             results[i] = Completion.failure(BUDGET_EXHAUSTED, message)
         self._record_failures(failed + Counter({BUDGET_EXHAUSTED: len(unsent)}))
-        if sum(failed.values()) > allowed:
-            self._raise_failures(failed, results, len(requests))
+        self.asked = asked
+        self.failed += failed
+        if failed and self.first_failure is None:
+            self.first_failure = next(c for c in results if c is not None and c.failed)
+        if sum(failed.values()) > room:
+            self.raise_failures()
         if unsent:
             raise BudgetExhaustedError(message)
         return results  # type: ignore[return-value]
 
+    def allowed(self, asked: int) -> int:
+        """How many of ``asked`` requests may fail under ``llm.max_failure_rate``."""
+        return math.floor(self.settings.max_failure_rate * asked + 1e-9)
+
+    def past_threshold(self) -> bool:
+        """True when this LLM's failures are past ``llm.max_failure_rate`` of every request it was asked."""
+        return sum(self.failed.values()) > self.allowed(self.asked)
+
     def _from_cache(self, keys: list[str]) -> tuple[list[Completion | None], dict[str, list[int]]]:
         """The cached completions, in request order (None where missing), and the missing keys with the indices
         that ask for each (identical requests are generated once)."""
-        hits = self.cache.get_many(sorted(set(keys))) if self.cache is not None else {}
+        hits = self.cache.get_many(sorted(set(keys)), thinking=True) if self.cache is not None else {}
         results: list[Completion | None] = [None] * len(keys)
         missing: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
             hit = hits.get(k)
             if hit is not None:
-                results[i] = Completion(hit[0], hit[1], cached=True)
+                results[i] = Completion(hit[0], hit[1], cached=True, thinking=hit[2])
             else:
                 missing.setdefault(k, []).append(i)
         return results, missing
 
     def _generate_missing(self, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
-                          results: list[Completion | None], allowed: int,
+                          results: list[Completion | None], allowed: float,
                           desc: str) -> tuple[Counter[str], list[int], str]:
         """Generate the misses through the spend gate, filling ``results`` and committing answers to the cache as
         they finish; stop early once more than ``allowed`` failed. Returns (failures by reason, the indices a cap
@@ -193,7 +233,7 @@ class LLM:
                         if out.failure_reason is not None:
                             failed[out.failure_reason] += len(idx)
                         else:
-                            store.pending.append((k, out.text, out.finish_reason, self.role.model))
+                            store.pending.append((k, out.text, out.finish_reason, self.role.model, out.thinking))
                     self._count([out for _, out in finished])
                     bar.update(done)
                     bar.set_postfix_str(gate.postfix(), refresh=False)
@@ -220,15 +260,17 @@ class LLM:
         """Add the calls of ``outs`` (completions just made, failed ones included) to the stats."""
         prompt = sum([out.prompt_tokens or 0 for out in outs])
         completion = sum([out.completion_tokens or 0 for out in outs])
+        cached = sum([out.cached_prompt_tokens or 0 for out in outs])
         self.stats["calls"] += len(outs)
         self.stats["prompt_tokens"] += prompt
-        self.stats["completion_tokens"] += completion
-        cached = [out.prompt_cached for out in outs if out.prompt_cached is not None]
-        if cached:  # a backend with a KV store (llamacpp): prompt tokens it did not evaluate again
-            self.stats["prompt_tokens_cached"] = self.stats.get("prompt_tokens_cached", 0) + sum(cached)
+        self.stats["completion_tokens"] += completion  # the thinking's tokens included
+        self.stats["cached_prompt_tokens"] += cached
+        self.stats["thinking_tokens"] += sum([out.thinking_tokens or 0 for out in outs])
+        kept = [out.prompt_cached for out in outs if out.prompt_cached is not None]
+        if kept:  # a backend with a KV store (llamacpp): prompt tokens it did not evaluate again
+            self.stats["prompt_tokens_cached"] = self.stats.get("prompt_tokens_cached", 0) + sum(kept)
         if "cost" in self.stats:
-            self.stats["cost"] += (prompt * (self.role.price_per_mtok_prompt or 0.0)
-                                   + completion * (self.role.price_per_mtok_completion or 0.0)) / 1e6
+            self.stats["cost"] += cost_of(self.role, prompt, completion, cached)
 
     def _record_failures(self, failed: Counter) -> None:
         self.stats["failures"] += sum(failed.values())
@@ -236,14 +278,15 @@ class LLM:
         for reason, n in failed.items():
             by_reason[reason] = by_reason.get(reason, 0) + n
 
-    def _raise_failures(self, failed: Counter, results: list[Completion | None], total: int) -> None:
-        example = next(c for c in results if c is not None and c.failed)
-        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
+    def raise_failures(self) -> None:
+        example = self.first_failure
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.failed.items()))
         raise LLMFailureError(
-            f"roles.{self.role.name} ({self.role.model}): {sum(failed.values())} of {total} requests failed "
-            f"({counts}), more than params.yaml llm.max_failure_rate = {self.settings.max_failure_rate} allows; "
-            f"every completion received is in the cache, so a rerun retries only the rest. "
-            f"First failure: {example.failure_reason}: {example.error}")
+            f"roles.{self.role.name} ({self.role.model}): {sum(self.failed.values())} of {self.asked} requests "
+            f"failed ({counts}), more than params.yaml llm.max_failure_rate = {self.settings.max_failure_rate} "
+            f"allows (counted over everything this stage asked of the role); every completion received is in the "
+            f"cache, so a rerun retries only the failures. First failure: "
+            f"{example.failure_reason if example else '?'}: {example.error if example else ''}")
 
     def _run(self, requests: list[ChatRequest], keys: list[str]) -> Iterator[list[tuple[int, Completion]]]:
         """Completions as they finish, as (position in ``requests``, completion) groups to commit.
@@ -252,6 +295,11 @@ class LLM:
         (hf: ``batch_size`` slots; openai: ``concurrency`` connections; vllm: the whole list in large
         chunks); the others take ``batch_size`` requests at a time. One that declares ``call_cache``
         (openai with ``batch_api``: it records its jobs there) also gets the cache and the requests' keys."""
+        for group in self._backend_run(requests, keys):
+            # a reasoning model's thinking leaves the answer before anything reads it (evolforge.llm.thinking)
+            yield [(j, out if requests[j].rank else separate(out, self.role.thinking_tags)) for j, out in group]
+
+    def _backend_run(self, requests: list[ChatRequest], keys: list[str]) -> Iterator[list[tuple[int, Completion]]]:
         backend = self.backend
         if backend.capabilities.stream:
             if backend.capabilities.call_cache:
@@ -276,7 +324,7 @@ class _CacheWriter:
     def __init__(self, cache: CallCache | None, settings: LLMSettings, missing: dict[str, list[int]],
                  results: list[Completion | None]) -> None:
         self.cache, self.settings, self.missing, self.results = cache, settings, missing, results
-        self.pending: list[tuple[str, str, str | None, str]] = []  # (key, text, finish_reason, model)
+        self.pending: list[tuple[str, str, str | None, str, str | None]] = []  # (key, text, finish, model, thinking)
         self.last_commit = time.monotonic()
         self.interval = settings.commit_interval_s
 
@@ -290,10 +338,21 @@ class _CacheWriter:
             # first stored wins: another process may have filled a key meanwhile
             for k, (text, finish) in self.cache.put_many(self.pending).items():
                 for i in self.missing[k]:
-                    self.results[i] = Completion(text, finish)
+                    self.results[i] = Completion(text, finish)  # another process's answer (thinking not read back)
         self.pending.clear()
         self.last_commit = time.monotonic()
         self.interval = max(self.settings.commit_interval_s, COMMIT_SPACING * (self.last_commit - start))
+
+
+def check_failures() -> None:
+    """At a stage's end: raise :class:`LLMFailureError` for an LLM of this process whose failures are past
+    ``llm.max_failure_rate`` of everything it was asked (a stage that asked fewer than
+    ``MIN_REQUESTS_TO_STOP_EARLY`` requests never stopped early). The LLMs are forgotten after the check."""
+    llms = list(_OPEN)
+    _OPEN.clear()
+    for llm in llms:
+        if llm.past_threshold():
+            llm.raise_failures()
 
 
 def _size(request: ChatRequest) -> tuple[int, int]:

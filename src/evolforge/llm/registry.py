@@ -18,7 +18,8 @@ def make_backend(role: Role) -> Backend:
 # Fields of a role that only shape requests or batching; roles equal in every other field share one
 # loaded model within a process (one GPU rarely holds two copies; loading twice wastes minutes).
 _REQUEST_FIELDS = {"name", "temperature", "top_p", "max_tokens", "seed", "batch_size",
-                   "price_per_mtok_prompt", "price_per_mtok_completion", *CONTROL_NAMES}
+                   "price_per_mtok_prompt", "price_per_mtok_completion", "price_per_mtok_cached_prompt",
+                   "thinking_tags", "thinking_budget", *CONTROL_NAMES}
 _LOADED: dict[str, Backend] = {}
 
 

@@ -48,7 +48,7 @@ def role_request(role: Role, messages: Sequence[Mapping[str, str]], *, temperatu
     return ChatRequest(tuple([(m["role"], m["content"]) for m in messages]),
                        role.temperature if temperature is None else temperature,
                        role.top_p if top_p is None else top_p,
-                       role.max_tokens if max_tokens is None else max_tokens,
+                       (role.max_tokens if max_tokens is None else max_tokens) + role.thinking_budget,
                        role.seed if seed is None else seed,
                        0 if sample_index is None else sample_index,
                        None if choices is None else tuple(choices),

@@ -23,9 +23,16 @@ class Completion:
     cached: bool = False
     failure_reason: str | None = None  # set when the item got no completion (then text is "")
     error: str | None = None  # the failure's detail: the server's message, trimmed, never the key
-    # tokens this call used (from the server's usage, or counted); None when unknown or cached
+    # tokens this call used (from the server's usage, or counted); None when unknown or cached.
+    # completion_tokens counts every generated token, a reasoning model's thinking included
     prompt_tokens: int | None = field(default=None, compare=False)
     completion_tokens: int | None = field(default=None, compare=False)
+    # a reasoning model's thinking, apart from ``text`` (evolforge.llm.thinking); None when it did not think
+    thinking: str | None = None
+    # of completion_tokens, the thinking's (where the server reports it) and the prompt's served from the
+    # server's prefix cache (usage.prompt_tokens_details.cached_tokens; priced at price_per_mtok_cached_prompt)
+    thinking_tokens: int | None = field(default=None, compare=False)
+    cached_prompt_tokens: int | None = field(default=None, compare=False)
     # of prompt_tokens, those a backend found already evaluated in its KV store (llamacpp); None when unknown
     prompt_cached: int | None = field(default=None, compare=False)
 
@@ -56,15 +63,18 @@ def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -
             raise ControlsError("; ".join(problems))
 
 
-RANKING_BACKENDS = ("hf", "llamacpp", "vllm")  # backends that score choices by their log-probabilities
+# backends that score choices by their log-probabilities; servers: those whose /completions echo the prompt's
+RANKING_BACKENDS = ("hf", "llamacpp", "vllm", "openai:vllm", "openai:llamacpp")
 
 
 def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
     """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
     if backend not in RANKING_BACKENDS and any(r.rank for r in requests):
-        raise ControlsError(f"{where}: backend {backend!r} cannot score answers by their probabilities "
-                            f"(params.yaml judge.probabilities needs log-probabilities of whole answers: "
-                            f"backend {' or '.join(RANKING_BACKENDS)}); set judge.probabilities: false")
+        raise ControlsError(f"params.yaml judge.probabilities ({where}): {backend.replace('openai:', 'the ')} "
+                            f"{'server' if backend.startswith('openai') else 'backend'} cannot score answers by "
+                            f"their probabilities (it needs the prompt log-probabilities of whole answers: backend "
+                            f"hf, llamacpp or vllm, or a vLLM / llama.cpp server with roles.<role>.tokenizer); set "
+                            f"judge.probabilities: false")
     if any(r.rank and not r.choices for r in requests):
         raise ControlsError(f"{where}: a ranking request needs its choices")
 

@@ -25,6 +25,7 @@ and call), the cost from the role's prices, and the time from the role's recorde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ from typing import Any
 
 from evolforge.llm.cache import DEFAULT_CACHE_PATH
 from evolforge.schema import load_params
-from evolforge.config.roles import load_role
+from evolforge.config.roles import Role, load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
 from evolforge.llm.backends.dryrun import DRY_RUN_ENV
 
@@ -80,6 +81,9 @@ class Row:
     cost_expected: float | None = None
     seconds: float | None = None
     counted: str = ""  # how prompt tokens were counted (tokenizer | observed ratio | bytes/4)
+    # of prompt_tokens, those the provider's prompt cache is expected to serve (at the share observed for this
+    # role and call; priced at price_per_mtok_cached_prompt in cost_expected); None when none was observed
+    cached_prompt_tokens_expected: int | None = None
 
 
 @dataclass
@@ -121,12 +125,14 @@ def pipeline(root: Path) -> list[Stage]:
         return stages
 
 
-def changed_stages(root: Path) -> set[str]:
+def changed_stages(root: Path, site_cache: Path | None = None) -> set[str]:
     """The stages ``dvc status`` reports for a change of their own (command, dependencies, parameters or
-    outputs against dvc.lock, or never run), not for being ``always_changed`` alone."""
+    outputs against dvc.lock, or never run), not for being ``always_changed`` alone. ``site_cache``: for a
+    scratch copy (:func:`make_shadow`), its own hash database, and no git."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    config = {"core": {"site_cache_dir": str(site_cache), "no_scm": True}} if site_cache is not None else None
+    with contextlib.chdir(root), Repo(str(root), config=config) as repo:  # stage names as from the root
         return {name for name, why in repo.status().items() if [w for w in why if w != "always changed"]}
 
 
@@ -164,7 +170,10 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
     if unknown:
         raise ValueError(f"no such stage in dvc.yaml: {', '.join(unknown)} (stages: "
                          f"{', '.join(s.name for s in stages)})")
-    params = load_params(root / params_file)
+    params_path = (root / params_file).resolve()
+    params = load_params(params_path)
+    # another params file than the workspace's: every copy the plan runs in has it as its params.yaml
+    swap = params_path if params_path != (root / "params.yaml").resolve() else None
     cache = _cache_path(root, params)
     ledger = SpendLedger(cache) if cache.exists() else None
     plan = Plan()
@@ -176,12 +185,12 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
         if only:
             todo, probed = [s for s in stages if s.name in only], []
         else:
-            todo, probed = will_run(root, stages, tmp, cache, plan.notes)
+            todo, probed = will_run(root, stages, tmp, cache, plan.notes, swap)
         plan.stale = [s.name for s in todo]
         to_run = _chain(todo)
         kept = [s for s in probed if s not in to_run]  # what they wrote in will_run's copy goes on
         shadow = tmp / "work"
-        make_shadow(root, shadow, [o for s in to_run + kept for o in s.outs])
+        make_shadow(root, shadow, [o for s in to_run + kept for o in s.outs], swap)
         for out in [o for s in kept for o in s.outs]:
             os.replace(tmp / "probe" / out, shadow / out)
         for stage in todo:
@@ -200,6 +209,8 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
                 continue
             if stage.kind == "llm":
                 plan.rows += [estimate(stage.name, call, params, ledger) for call in calls]
+    if swap is not None:
+        plan.notes.append(f"planned with {params_file} as params.yaml")
     if ledger is not None:
         ledger.close()
     later = [r for r in plan.rows if r.stage != plan.rows[0].stage] if plan.rows else []
@@ -210,7 +221,7 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
 
 
 def will_run(root: Path, stages: list[Stage], tmp: Path, cache: Path,
-             notes: list[str]) -> tuple[list[Stage], list[Stage]]:
+             notes: list[str], params: Path | None = None) -> tuple[list[Stage], list[Stage]]:
     """The stages ``dvc repro`` will run, in order, and the always-changed ones run in ``tmp / "probe"``.
 
     As DVC decides: a stage runs when it changed itself against dvc.lock (``changed_stages``) or when a stage
@@ -219,11 +230,17 @@ def will_run(root: Path, stages: list[Stage], tmp: Path, cache: Path,
     what runs after it depends on what it writes. A plain one is run in a scratch copy and its outputs
     hashed against dvc.lock; one that loads or writes a model is not run (the plan loads no model) and is
     taken to write what dvc.lock records while its own dependencies and parameters are unchanged. Either
-    way, one that changes nothing is left out, and ``notes`` says so.
+    way, one that changes nothing is left out, and ``notes`` says so. ``params``: another file than the
+    workspace's params.yaml to decide with (``evolforge plan --params``).
     """
-    own = changed_stages(root)
+    if params is None:
+        own = changed_stages(root)
+    else:  # as DVC would decide with that file as params.yaml: in a copy that has it there
+        status = tmp / "status"
+        make_shadow(root, status, [], params)
+        own = changed_stages(status, tmp / "dvc-site-cache")
     probe = tmp / "probe"
-    make_shadow(root, probe, [o for s in stages if s.always_changed and s.kind == "plain" for o in s.outs])
+    make_shadow(root, probe, [o for s in stages if s.always_changed and s.kind == "plain" for o in s.outs], params)
     changed: list[str] = []  # the outputs that change, as dvc.yaml names them
     todo: list[Stage] = []
     probed: list[Stage] = []
@@ -284,9 +301,10 @@ def _cache_path(root: Path, params: dict[str, Any]) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def make_shadow(root: Path, shadow: Path, outs: list[str]) -> None:
+def make_shadow(root: Path, shadow: Path, outs: list[str], params: Path | None = None) -> None:
     """A scratch copy of ``root``: every entry a symbolic link, but the folders that hold ``outs`` real
-    folders (so a stage writes its outputs into the copy) and ``outs`` themselves absent."""
+    folders (so a stage writes its outputs into the copy) and ``outs`` themselves absent; with ``params``, its
+    ``params.yaml`` is that file."""
     outs = [Path(o) for o in outs]
     holders = {p for o in outs for p in o.parents if str(p) != "."}
     shadow.mkdir(parents=True)
@@ -303,6 +321,9 @@ def make_shadow(root: Path, shadow: Path, outs: list[str]) -> None:
                 (shadow / here).symlink_to(entry)
 
     mirror(Path("."))
+    if params is not None:
+        (shadow / "params.yaml").unlink(missing_ok=True)
+        (shadow / "params.yaml").symlink_to(params)
 
 
 def dry_run(stage: Stage, shadow: Path, tmp: Path, cache: Path) -> tuple[list[dict[str, Any]], str | None]:
@@ -327,8 +348,10 @@ def dry_run(stage: Stage, shadow: Path, tmp: Path, cache: Path) -> tuple[list[di
 
 
 def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: SpendLedger | None) -> Row:
-    """A row of the plan: one call's dry-run counts, with the expected completion, cost and time."""
-    role = load_role(params, call["role"])
+    """A row of the plan: one call's dry-run counts, with the expected completion, cost and time. The role is
+    priced as the stage had it (the dry run records its prices): a stage may make a role params.yaml does not
+    name (compare's ``compare_tuned`` and ``compare_other``, from roles.base)."""
+    role = _priced_role(call, params)
     row = Row(stage, call["role"], call["label"], call["requests"], call["prompt_tokens"], call["max_tokens"],
               counted=call["counted"])
     if ledger is not None:
@@ -342,11 +365,25 @@ def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: S
             row.completion_tokens_expected = min(round(mean * row.requests), row.completion_tokens_max)
         if seen.calls and seen.seconds:
             row.seconds = seen.seconds / seen.calls * row.requests
+        if seen.prompt_tokens and seen.cached_prompt_tokens:
+            share = seen.cached_prompt_tokens / seen.prompt_tokens
+            row.cached_prompt_tokens_expected = round(row.prompt_tokens * share)
     if priced(role):
-        row.cost_max = cost_of(role, row.prompt_tokens, row.completion_tokens_max)
+        row.cost_max = cost_of(role, row.prompt_tokens, row.completion_tokens_max)  # no prompt cache assumed
         if row.completion_tokens_expected is not None:
-            row.cost_expected = cost_of(role, row.prompt_tokens, row.completion_tokens_expected)
+            row.cost_expected = cost_of(role, row.prompt_tokens, row.completion_tokens_expected,
+                                        row.cached_prompt_tokens_expected or 0)
     return row
+
+
+def _priced_role(call: dict[str, Any], params: dict[str, Any]) -> Role:
+    """The role of a dry-run call, with the prices the stage gave it (params.yaml's when not recorded)."""
+    prices = call.get("prices")
+    if prices is None:
+        return load_role(params, call["role"])
+    return Role(name=call["role"], backend=call.get("backend", "openai"), model=call["role"],
+                price_per_mtok_prompt=prices.get("prompt"), price_per_mtok_completion=prices.get("completion"),
+                price_per_mtok_cached_prompt=prices.get("cached_prompt"))
 
 
 __all__ = ["Plan", "Row", "Stage", "changed_outputs", "changed_stages", "dry_run", "estimate", "feeds", "make_plan",

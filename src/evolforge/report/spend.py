@@ -30,8 +30,9 @@ def spend(root: Path) -> dict[str, Any]:
         for role, stats in ((metrics.get("llm") or {}) if isinstance(metrics, dict) else {}).items():
             if not isinstance(stats, dict):
                 continue
-            mine = roles.setdefault(role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": None})
-            for name in ("calls", "prompt_tokens", "completion_tokens"):
+            mine = roles.setdefault(role, {"calls": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
+                                           "completion_tokens": 0, "cost": None})
+            for name in ("calls", "prompt_tokens", "cached_prompt_tokens", "completion_tokens"):
                 mine[name] += int(stats.get(name) or 0)
             if stats.get("cost") is not None:
                 mine["cost"] = (mine["cost"] or 0.0) + float(stats["cost"])
@@ -60,16 +61,18 @@ def spend_html(v: dict) -> str:
     if not s.get("roles"):
         return '<p class="missing">no LLM stage metrics</p>'
 
-    rows = [f"<tr><td>{html.escape(role)}</td>" + "".join(f"<td>{_fmt(r[k])}</td>" for k in STATS) + "</tr>"
+    rows = [f"<tr><td>{html.escape(role)}</td>" + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in STATS) + "</tr>"
             for role, r in sorted(s["roles"].items())]
-    head = "".join(f"<th>{h}</th>" for h in ("role", "calls", "prompt tokens", "completion tokens", "cost"))
+    head = "".join(f"<th>{h}</th>" for h in ("role", "calls", "prompt tokens", "of them cached", "completion tokens",
+                                             "cost"))
     per_item = (f"<p>cost {_fmt(s['cost'])}; per surviving item ({_fmt(s['surviving'])} in data/clean) "
                 f"{_fmt(s['cost_per_surviving'])}; per selected item ({_fmt(s['selected'])}) "
                 f"{_fmt(s['cost_per_selected'])}</p>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>{per_item}"
 
 
-STATS = ("calls", "prompt_tokens", "completion_tokens", "cost")
+# cached_prompt_tokens: of prompt_tokens, those a provider served from its prompt cache
+STATS = ("calls", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost")
 
 
 def _fmt(x: Any) -> str:

@@ -51,7 +51,11 @@ def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest],
     line = {"role": role.name, "backend": role.backend, "label": label, "requests": len(firsts),
             "prompt_tokens": sum(counter.count(r) for r in firsts), "prompt_bytes": sum(map(prompt_bytes, firsts)),
             "max_tokens": sum(0 if r.rank else r.max_tokens for r in firsts),  # a ranking decodes nothing
-            "counted": counter.how}
+            "counted": counter.how,
+            # the prices the stage's role has (a stage may make a role of its own, as compare's ``compare_tuned``,
+            # which params.yaml does not name): the plan prices the call with them
+            "prices": {"prompt": role.price_per_mtok_prompt, "completion": role.price_per_mtok_completion,
+                       "cached_prompt": getattr(role, "price_per_mtok_cached_prompt", None)}}
     with open(active(), "a", encoding="utf-8") as f:  # type: ignore[arg-type]
         f.write(json.dumps(line) + "\n")
     samples = ledger.samples(role.name, label) if ledger is not None else []

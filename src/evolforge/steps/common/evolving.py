@@ -139,7 +139,7 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
     """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
     no raw text (as unparseable as a missing marker, and nothing to show). ``controls``, ``max_tokens``: the
     step-format calls' (``EvolveSettings.step_format``)."""
-    merged = llm.role.controls.merged(controls)
+    merged = llm.role.controls.merged(controls, "evolve.method_controls")
     requests = [llm.request(evolving_messages(prompts, "auto", i, method_text, few_shot),
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
                 for i in instructions]

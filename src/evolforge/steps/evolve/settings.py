@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 from annotated_types import Gt, Le
@@ -74,3 +75,9 @@ class EvolveSection(EvolveSettings):
     """The ``evolve`` section as params.yaml holds it: the settings plus the rounds."""
 
     rounds: dict[str, EvolveRound] = field(default_factory=dict)
+
+
+def method_text(strategy: str, method_file: str | Path) -> str | None:
+    """The evolving method a strategy uses: auto (the optimized method) and auto_initial (the initial method)
+    read the one the optimize stage wrote to ``method.txt``; evol uses the hand-written methods (None)."""
+    return Path(method_file).read_text(encoding="utf-8").strip() if strategy in ("auto", "auto_initial") else None

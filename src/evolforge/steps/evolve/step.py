@@ -41,7 +41,7 @@ from evolforge.io.columns import ROUND
 from evolforge.llm.cache import open_cache
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
-from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.evolve.settings import EvolveSection, method_text
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
@@ -77,12 +77,6 @@ def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> t
         raise ValueError(f"data/method/meta.json fallback: {target!r} is not one of {STRATEGIES}")
     reason = method_meta.get("fallback_reason") or "the evolver cannot follow the optimized method's format"
     return dataclasses.replace(settings, strategy=target), f"evolve.strategy auto falls back to {target}: {reason}"
-
-
-def method_text(strategy: str, method_file: str | Path) -> str | None:
-    """The evolving method a strategy uses: auto (the optimized method) and auto_initial (the initial method)
-    read the one the optimize stage wrote to ``method.txt``; evol uses the hand-written methods (None)."""
-    return Path(method_file).read_text(encoding="utf-8").strip() if strategy in ("auto", "auto_initial") else None
 
 
 def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:
@@ -148,6 +142,8 @@ class _Round:
     responses: list[str | None]  # the answer the response rules read; None where none was asked
     response_finishes: list[str | None]  # its finish_reason
     response_keys: list[str | None]  # its request's cache key (the respond stage reuses an answer whose key it asks)
+    thinking: list[str | None]  # the evolver's thinking (a reasoning model; evolforge.llm.thinking), and the checks'
+    response_thinking: list[str | None]
 
     def alive(self) -> list[int]:
         """Positions of the items that no rule has failed so far."""
@@ -170,14 +166,14 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
     """Ask the evolver to rewrite each item's instruction with its method; the round before any rule runs
     (an item whose call failed already holds the call's reason)."""
     # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
-    controls, max_tokens = (settings.controls,
-                            settings.max_tokens) if settings.strategy == "evol" else settings.step_format()
+    evol = settings.strategy == "evol"
+    controls, max_tokens = (settings.controls, settings.max_tokens) if evol else settings.step_format()
     # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
-    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens,
-                    seed=settings.seed, sample_index=round_index, controls=evolver.role.controls.merged(controls))
-    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"],
-                                                  method_text, settings.few_shot), **sampling)
-                for m, it in zip(methods, items)]
+    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens, seed=settings.seed,
+                    sample_index=round_index, controls=evolver.role.controls.merged(
+                        controls, "evolve.controls" if evol else "evolve.method_controls"))
+    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot),
+                                **sampling) for m, it in zip(methods, items)]
     outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
     raws = [None if c.failed else c.text for c in outs]
     candidates = [None if r is None else elimination.parse_final_instruction(r) if m in STRATEGIES else r.strip()
@@ -185,7 +181,8 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
     return _Round(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
                   reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
                   responses=[None] * len(items), response_finishes=[None] * len(items),
-                  response_keys=[None] * len(items))
+                  response_keys=[None] * len(items), thinking=[c.thinking for c in outs],
+                  response_thinking=[None] * len(items))
 
 
 def _instruction_rules(state: _Round, settings: EvolveSettings) -> None:
@@ -221,6 +218,7 @@ def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings
             state.reasons[i], state.details[i] = answer.failure_reason, f"check response: {answer.error}"
             continue
         state.responses[i], state.response_finishes[i] = answer.text, answer.finish_reason
+        state.response_thinking[i] = answer.thinking
         state.response_keys[i] = checker.key(request)
         state.reasons[i] = elimination.response_failure(answer.text, **response_rules)
 
@@ -267,6 +265,7 @@ def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method
         "instruction_finish_reason": state.finishes, "check_response": state.responses,
         "check_finish_reason": state.response_finishes, "check_request_key": state.response_keys,
         "evolve_template_hash": [hashes[m] for m in methods], "evolver_model": [model] * n,
+        "instruction_thinking": state.thinking, "check_thinking": state.response_thinking,
     }, schema=ROUND)
 
 

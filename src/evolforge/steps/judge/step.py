@@ -133,6 +133,8 @@ def judge(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, score_prompt: s
         judge_constrained=pl.lit(constrain),
         difficulty_expected=pl.Series(score_expected, dtype=pl.Float64),
         level_expected=pl.Series(level_expected, dtype=pl.Float64),
+        difficulty_level_thinking=pl.Series([c.thinking for c in level_out], dtype=pl.String),
+        difficulty_score_thinking=pl.Series([c.thinking for c in score_out], dtype=pl.String),
     )
 
 
@@ -160,6 +162,21 @@ def _per_round(written: Path) -> tuple[dict, pl.DataFrame]:
     for (r,), part in levels.group_by(["round"], maintain_order=True):
         per_round[str(r)]["levels"] = {level: int((part["difficulty_level"] == level).sum()) for level in LEVELS}
     return per_round, levels
+
+
+def held(cfg: Any, llm: LLM, column: Any) -> bool:
+    """True when something held the judge's answers to the allowed ones: ``judge.constrain`` asked for it, the
+    backend enforces it (a server role whose choice_format is not none; a ranking always) and no answer the
+    judge gave fell outside them (a server that ignored the constraint answers free text)."""
+    if not cfg.constrain:
+        return False
+    if cfg.probabilities:
+        return True
+    if llm.role.backend == "openai" and llm.role.choice_format == "none":
+        return False
+    outside = {"not_a_level", "not_a_number", "out_of_range"}
+    return not any(reason in outside for name in ("difficulty_level_reason", "difficulty_score_reason")
+                   for reason in column(name).drop_nulls().to_list())
 
 
 def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
@@ -198,7 +215,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
         return pl.read_parquet(written, columns=[name])[name]
 
     per_round, levels = _per_round(written)
-    metrics = {"items": levels.height, "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
+    metrics = {"items": levels.height, "score_prompt": cfg.score_prompt, "constrained": held(cfg, llm, column),
                "mean_difficulty_score": column("difficulty_score").mean(), "probabilities": cfg.probabilities,
                "mean_difficulty_expected": column("difficulty_expected").mean(),
                "level_unparsed": int(levels["difficulty_level"].is_null().sum()),

@@ -173,7 +173,7 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
     # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
     # (the fenced method); the analysis is free text with the role's own controls
-    merged = optimizer.role.controls.merged(controls)
+    merged = optimizer.role.controls.merged(controls, "optimize.controls")
     feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
                                    desc="optimizer: analysis")
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}

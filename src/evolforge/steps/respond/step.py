@@ -42,7 +42,8 @@ from evolforge.steps.common import elimination
 from evolforge.steps.common.answer_check import check_answer
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_requests, response_sampling
 
-CHECK = ["check_response", "check_finish_reason", "check_request_key"]  # a round's answers, read by answer()
+# a round's answers, read by answer()
+CHECK = ["check_response", "check_finish_reason", "check_request_key", "check_thinking"]
 KEEP = (LINEAGE + ["instruction", "input", "evolve_template_hash", "evolver_model", "instruction_finish_reason",
                    "answer_check"] + CHECK)
 
@@ -98,10 +99,10 @@ def completions(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, **samplin
     request for it has the answer's key, the responder's otherwise."""
     requests = response_requests(llm, prompts, items["instruction"].to_list(), items["input"].to_list(), **sampling)
     stored = zip(items["check_request_key"].to_list(), items["check_response"].to_list(),
-                 items["check_finish_reason"].to_list())
-    out: list[Completion | None] = [Completion(text, finish) if key is not None and text is not None
-                                    and key == llm.key(request)
-                                    else None for request, (key, text, finish) in zip(requests, stored)]
+                 items["check_finish_reason"].to_list(), items["check_thinking"].to_list())
+    out: list[Completion | None] = [Completion(text, finish, thinking=thinking)
+                                    if key is not None and text is not None and key == llm.key(request)
+                                    else None for request, (key, text, finish, thinking) in zip(requests, stored)]
     todo = [i for i, c in enumerate(out) if c is None]
     for i, c in zip(todo, llm.generate([requests[i] for i in todo], desc="respond") if todo else []):
         out[i] = c
@@ -133,6 +134,7 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
         response_failure_reason=pl.Series([c.failure_reason for c in answers], dtype=pl.String),
         response_failure_detail=pl.Series([c.error for c in answers], dtype=pl.String),
         response_template_hash=pl.lit(prompts.hash(RESPONSE_TEMPLATE)),
+        response_thinking=pl.Series([c.thinking for c in answers], dtype=pl.String),
     ).select(list(RESPONSES))
 
 

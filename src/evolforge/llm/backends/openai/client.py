@@ -39,8 +39,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -53,15 +54,25 @@ from evolforge.llm.types import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHA
 from evolforge.llm.backends.openai.batch import BatchJobs
 from evolforge.llm.backends.openai.http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG,
                                                 Finished, LLMRequestError, Pace, Secret, Waker, api_key, is_loopback,
-                                                parse_completion, parse_retry_after, preview, stepped)
+                                                parse_completion, parse_retry_after, preview, setting_hint, stepped)
 from evolforge.llm.backends.openai.replicas import Replica, Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
+from evolforge.llm.thinking import DEFAULT_TAGS, separate
+from evolforge.llm.backends.openai.ranking import rank_on_server
+
+# a server's answer to a request it could not validate, when it sends it as 500 (pydantic / FastAPI wording)
+VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|"
+                        r"Extra inputs are not permitted|"
+                        r"Unrecognized request argument|unexpected keyword argument")
 
 log = logging.getLogger(__name__)
 
 
 class OpenAIBackend:
     name = "openai"
+    thinking_tags: tuple[str, ...] = DEFAULT_TAGS  # a reasoning model's markers (the role's thinking_tags)
+    server = "openai"  # what the server is: vllm | llamacpp | openai (evolforge.llm.backends.openai.served)
+    role_name = "?"  # the role, for messages that name its settings
 
     def __init__(
         self,
@@ -141,7 +152,7 @@ class OpenAIBackend:
             from evolforge.core.models import load_tokenizer
 
             tokenizer = load_tokenizer(role.tokenizer, None)
-        return cls(
+        backend = cls(
             role.urls,
             role.model,
             api_key=api_key(role),
@@ -160,6 +171,12 @@ class OpenAIBackend:
             batch_completion_window=role.batch_completion_window,
             batch_max_requests=role.batch_max_requests,
         )
+        backend.thinking_tags = tuple(role.thinking_tags)
+        backend.role_name = role.name
+        from evolforge.llm.backends.openai.served import server_kind
+
+        backend.server = server_kind(role, strict=False)  # asks GET /models once when the role says auto
+        return backend
 
     def identity(self) -> dict[str, Any]:
         """As :func:`evolforge.llm.backends.openai.served.served_model_identity` would pin it, without asking the
@@ -167,6 +184,8 @@ class OpenAIBackend:
         ident: dict[str, Any] = {"served_model": self.model}
         if self.revision:
             ident["revision"] = self.revision
+        if self.server != "openai":
+            ident["server"] = self.server
         return ident
 
     def __repr__(self) -> str:
@@ -252,7 +271,7 @@ class OpenAIBackend:
     def payload(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of ``request`` to this server (see
         :func:`~evolforge.llm.backends.openai.request.chat_body`)."""
-        return chat_body(request, self.model, self.choice_format)
+        return chat_body(request, self.model, self.choice_format, self.server)
 
     def too_long(self, request: ChatRequest) -> Completion | None:
         """A ``prompt_too_long`` failure when the prompt cannot fit ``max_model_len``; None when it fits or
@@ -260,12 +279,27 @@ class OpenAIBackend:
         return too_long_failure(request, self.tokenizer, self.max_model_len)
 
     async def _complete(self, session, request: ChatRequest, replicas: Replicas) -> Completion:
-        import aiohttp
-
         refused = self.too_long(request)
         if refused is not None:
             return refused
-        body = orjson.dumps(self.payload(request))
+        if request.rank:
+            return await rank_on_server(self, session, request, replicas)
+        return await self.post(session, request, replicas, "chat/completions", orjson.dumps(self.payload(request)),
+                               self._chat_answer)
+
+    def _chat_answer(self, request: ChatRequest, raw: bytes) -> Completion | None:
+        completion = parse_completion(raw)
+        if completion is None:
+            return None
+        # the thinking out first: a constrained answer's JSON follows it (evolforge.llm.thinking)
+        return unwrap_answer(request, separate(completion, self.thinking_tags), self.choice_format, self.server)
+
+    async def post(self, session, request: ChatRequest, replicas: Replicas, endpoint: str, body: bytes,
+                   parse: Callable[[ChatRequest, bytes], Completion | None]) -> Completion:
+        """POST ``body`` to ``endpoint`` of a replica, with the retries and replica health of the module doc;
+        ``parse`` reads a 200's body (None: malformed, retried)."""
+        import aiohttp
+
         attempts = self.max_retries + 1
         # how long this request waits when every replica is out (with one server, its first attempt is at once)
         deadline = time.monotonic() + self.retry_delay(1, None) if replicas.several else None
@@ -273,7 +307,7 @@ class OpenAIBackend:
             retry_after = None
             status = None
             replica = await replicas.acquire(deadline)
-            url = replica.url
+            url = f"{replica.base_url}/{endpoint}"
             fault: bool | None = None  # stays None when cancelled: nothing learned about the replica
             try:
                 async with session.post(url, data=body, allow_redirects=False) as resp:
@@ -292,7 +326,7 @@ class OpenAIBackend:
             finally:
                 replicas.release(replica, fault, retry_after)
             if status is not None:
-                answer = self._answer(request, url, status, raw, location)
+                answer = self._answer(request, url, status, raw, location, parse)
                 if isinstance(answer, Completion):
                     return answer
                 cause = answer
@@ -312,15 +346,20 @@ class OpenAIBackend:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _answer(self, request: ChatRequest, url: str, status: int,
-                raw: bytes, location: str | None) -> Completion | str:
-        """What one HTTP answer means: the completion, or a failure no retry changes (a rejected request), or
-        the cause to retry for (a str); a redirect or an answer every request would get raises."""
+    def _answer(self, request: ChatRequest, url: str, status: int, raw: bytes, location: str | None,
+                parse: Callable[[ChatRequest, bytes], Completion | None]) -> Completion | str:
+        """What one HTTP answer means: the completion, or a failure no retry changes (a rejected request, a
+        validation error sent as 500), or the cause to retry for (a str); a redirect or an answer every request
+        would get raises."""
         if status == 200:
-            completion = parse_completion(raw)
+            completion = parse(request, raw)
             if completion is not None:
-                return unwrap_answer(request, completion, self.choice_format)
+                return completion
             return f"malformed response body: {preview(raw)}"
+        if status >= 500 and VALIDATION.search(raw[:4000].decode("utf-8", "replace")):
+            # a server that answers a request it cannot take with 500 (llama-cpp-python's): the same every time
+            return Completion.failure(REQUEST_REJECTED, self.redact(
+                f"HTTP {status} (a validation error: not retried): {preview(raw)}{setting_hint(raw, self.role_name)}"))
         if 300 <= status < 400:
             raise LLMRequestError(self.redact(
                 f"POST {url}: the server answered HTTP {status}, a redirect to {location!r}; redirects "

@@ -162,17 +162,48 @@ def parse_completion(raw: bytes) -> Completion | None:
 
 
 def completion_from(body: Any) -> Completion | None:
-    """A completion from a chat completion object, or None when it is not one."""
+    """A completion from a chat completion object, or None when it is not one. A reasoning model's thinking
+    that the server sends apart (``reasoning_content``, or ``reasoning``) is kept in ``thinking``; the usage's
+    cached prompt tokens (``prompt_tokens_details.cached_tokens``) and thinking tokens
+    (``completion_tokens_details.reasoning_tokens``) are read where given."""
     try:
         choice = body["choices"][0]
-        content = choice["message"]["content"]
+        message = choice["message"]
+        content = message["content"]
+        thinking = message.get("reasoning_content") or message.get("reasoning")
+        if content is None and isinstance(thinking, str):  # thought until max_tokens, never answered
+            content = ""
         if not isinstance(content, str):
             return None
         usage = body.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
         return Completion(content.strip(), choice.get("finish_reason"),
-                          prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+                          prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                          thinking=thinking.strip() or None if isinstance(thinking, str) else None,
+                          thinking_tokens=completion_details.get("reasoning_tokens"),
+                          cached_prompt_tokens=details.get("cached_tokens"))
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
+
+
+def setting_hint(raw: bytes, role: str) -> str:
+        """The setting to change for a request the server refused as invalid, named where it is written."""
+        text = raw[:4000].decode("utf-8", "replace")
+        where = f"roles.{role}"
+        if "response_format" in text or "json_schema" in text:
+            return (f"; this server does not take response_format json_schema: set {where}.server to what it is "
+                    f"(llamacpp: a grammar holds the answers) or {where}.choice_format: none")
+        if "structured_outputs" in text or "guided" in text:
+            return f"; this server does not take structured_outputs: set {where}.choice_format: response_format"
+        for name, setting in (("bad_words", "banned_strings"), ("repeat_penalty", "repetition_penalty"),
+                              ("repetition_penalty", "repetition_penalty"),
+                              ("grammar", "banned_strings / assistant_prefix"),
+                              ("continue_final_message", "assistant_prefix")):
+            if name in text:
+                return (f"; the server refused {name} ({setting}): set {where}.server to what it is, or remove "
+                        f"{setting} from the stage's controls")
+        return ""
 
 
 def preview(raw: bytes) -> str:

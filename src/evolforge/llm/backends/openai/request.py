@@ -8,6 +8,8 @@ honours), the check that the prompt fits ``max_model_len`` before it is sent, an
 >>> ask = ChatRequest((("user", "Easy or hard?"),), choices=("easy", "hard"))
 >>> chat_body(ask, "m", "structured_outputs")["structured_outputs"]
 {'choice': ['easy', 'hard']}
+>>> chat_body(ask, "m", "response_format", server="llamacpp")["grammar"]
+'root ::= "easy" | "hard"'
 >>> unwrap_answer(ask, Completion('{"answer": "hard"}', "stop"), "response_format").text
 'hard'
 """
@@ -24,8 +26,9 @@ from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Completion, refuse_controls
 
 
-def chat_body(request: ChatRequest, model: str, choice_format: str) -> dict[str, Any]:
-    """The JSON body of ``POST /chat/completions`` for ``request`` to ``model``."""
+def chat_body(request: ChatRequest, model: str, choice_format: str, server: str = "openai") -> dict[str, Any]:
+    """The JSON body of ``POST /chat/completions`` for ``request`` to ``model`` on a ``server`` (vllm, llamacpp
+    or openai: each control and constraint in the parameters that server offers)."""
     body = {
         "model": model,
         "messages": request.message_dicts,
@@ -36,20 +39,114 @@ def chat_body(request: ChatRequest, model: str, choice_format: str) -> dict[str,
         # differ on servers that honour seeds; 31 bits because some servers reject larger seeds.
         "seed": request_seed(request) & 0x7FFFFFFF,
     }
-    if request.choices is not None and choice_format == "response_format":
+    if request.choices is not None and choice_format != "none" and server == "llamacpp":
+        # llama.cpp's server takes a GBNF grammar (its response_format has no json_schema): the answer is the choice
+        body["grammar"] = choice_grammar(request.choices)
+    elif request.choices is not None and choice_format == "response_format":
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "answer", "strict": True, "schema": {
                 "type": "object", "properties": {"answer": {"type": "string", "enum": list(request.choices)}},
                 "required": ["answer"], "additionalProperties": False}}}
     elif request.choices is not None and choice_format == "structured_outputs":
         body["structured_outputs"] = {"choice": list(request.choices)}
-    refuse_controls("openai", [request], "request")
-    if request.controls is not None:  # those a server honours
-        if request.controls.stop:
-            body["stop"] = list(request.controls.stop)
-        if request.controls.frequency_penalty is not None:
-            body["frequency_penalty"] = request.controls.frequency_penalty
+    refuse_controls(f"openai:{server}" if server in ("vllm", "llamacpp") else "openai", [request], "request")
+    controls = request.controls
+    if controls is not None:  # those the server honours (refused above otherwise)
+        if controls.stop:
+            body["stop"] = list(controls.stop)
+        if controls.frequency_penalty is not None:
+            body["frequency_penalty"] = controls.frequency_penalty
+        if controls.repetition_penalty is not None:
+            body["repeat_penalty" if server == "llamacpp" else "repetition_penalty"] = controls.repetition_penalty
+        if server == "vllm":
+            if controls.banned_strings:
+                body["bad_words"] = list(controls.banned_strings)
+            if controls.assistant_prefix is not None:  # the turn the model continues (the text is prefix + rest)
+                body["messages"] = [*body["messages"], {"role": "assistant", "content": controls.assistant_prefix}]
+                body["continue_final_message"] = True
+                body["add_generation_prompt"] = False
+        elif server == "llamacpp" and (controls.banned_strings or controls.assistant_prefix is not None) \
+                and "grammar" not in body:
+            body["grammar"] = text_grammar(controls.banned_strings, controls.assistant_prefix or "")
     return body
+
+
+def _literal(text: str) -> str:
+    """A GBNF string literal."""
+    return '"' + "".join(f"\\x{ord(c):02X}" if ord(c) < 0x20 or c in '"\\' else c for c in text) + '"'
+
+
+def choice_grammar(choices: tuple[str, ...]) -> str:
+    """A GBNF grammar whose only sentences are ``choices``.
+
+    >>> choice_grammar(("easy", "hard"))
+    'root ::= "easy" | "hard"'
+    """
+    return "root ::= " + " | ".join(_literal(c) for c in choices)
+
+
+def _char_class(chars: set[str]) -> str:
+    return "".join(f"\\x{ord(c):02X}" if ord(c) < 0x80 and not c.isalnum() else c for c in sorted(chars))
+
+
+def text_grammar(banned: tuple[str, ...], prefix: str = "") -> str:
+    """A GBNF grammar of every text that starts with ``prefix`` and holds none of ``banned`` (each also after a
+    space): an Aho-Corasick automaton over the banned strings, one rule per state that has not matched one.
+
+    >>> print(text_grammar(("ab",)))
+    root ::= s0
+    s0 ::= "" | [^ab] s0 | "a" s1 | [b] s0
+    s1 ::= "" | [^ab] s0 | "a" s1
+    """
+    patterns = sorted({b for b in banned if b})
+    goto: list[dict[str, int]] = [{}]
+    end = [False]
+    for pattern in patterns:
+        state = 0
+        for c in pattern:
+            if c not in goto[state]:
+                goto.append({})
+                end.append(False)
+                goto[state][c] = len(goto) - 1
+            state = goto[state][c]
+        end[state] = True
+    fail = [0] * len(goto)
+    order = list(goto[0].values())
+    for state in order:  # breadth first: a state's failure link is known before its children's
+        for c, child in goto[state].items():
+            f = fail[state]
+            while f and c not in goto[f]:
+                f = fail[f]
+            fail[child] = goto[f].get(c, 0) if goto[f].get(c, 0) != child else 0
+            end[child] = end[child] or end[fail[child]]
+            order.append(child)
+    alphabet = {c for p in patterns for c in p}
+
+    def step(state: int, c: str) -> int:
+        while state and c not in goto[state]:
+            state = fail[state]
+        return goto[state].get(c, 0)
+
+    rules = ["root ::= " + (_literal(prefix) + " " if prefix else "") + "s0"]
+    for state in range(len(goto)):
+        if end[state]:
+            continue
+        moves: dict[int, list[str]] = {}
+        for c in sorted(alphabet):
+            target = step(state, c)
+            if not end[target]:
+                moves.setdefault(target, []).append(c)
+        alternatives = ['""', f"[^{_char_class(alphabet)}] s0"] if alphabet else ['""', "[^\\x00] s0"]
+        for target, chars in sorted(moves.items()):
+            if target == 0:
+                continue
+            alternatives.append(f"{_literal(chars[0])} s{target}" if len(chars) == 1
+                                else f"[{_char_class(set(chars))}] s{target}")
+        to_root = [c for c in moves.get(0, [])]
+        if to_root:
+            alternatives.append(f"[{_char_class(set(to_root))}] s0")
+        rules.append(f"s{state} ::= " + " | ".join(alternatives))
+    return "\n".join(rules)
 
 
 def prompt_tokens(request: ChatRequest, tokenizer: Any) -> int:
@@ -70,10 +167,17 @@ def too_long_failure(request: ChatRequest, tokenizer: Any, max_model_len: int | 
                                                f"it exceeds max_model_len {max_model_len}")
 
 
-def unwrap_answer(request: ChatRequest, completion: Completion, choice_format: str) -> Completion:
-    """A constrained request's answer out of its ``response_format`` JSON (see :func:`answer_field`)."""
-    if request.choices is not None and choice_format == "response_format" and not completion.failed:
+def unwrap_answer(request: ChatRequest, completion: Completion, choice_format: str,
+                  server: str = "openai") -> Completion:
+    """A constrained request's answer out of its ``response_format`` JSON (see :func:`answer_field`); a vLLM
+    continuation of an ``assistant_prefix`` with the prefix put back before it (the text is prefix + rest)."""
+    if completion.failed:
+        return completion
+    if request.choices is not None and choice_format == "response_format" and server != "llamacpp":
         return answer_field(completion)
+    prefix = request.controls.assistant_prefix if request.controls is not None else None
+    if server == "vllm" and prefix is not None and request.choices is None:
+        return dataclasses.replace(completion, text=(prefix + completion.text).strip())
     return completion
 
 

@@ -18,6 +18,41 @@ log = logging.getLogger(__name__)
 # Fields of a /models entry that tell two servers of one model id apart (vLLM lists the weights it loaded
 # as `root` and the context as `max_model_len`); `created` and `owned_by` say nothing about the weights.
 _MODEL_FIELDS = ("root", "parent", "max_model_len")
+_KINDS: dict[str, str] = {}  # base_url -> the server kind found there (one look per process)
+
+
+def kind_of(entry: dict[str, Any]) -> str:
+    """What serves a ``GET /models`` entry: vLLM says ``owned_by: vllm``; llama.cpp's server ``llamacpp`` and
+    llama-cpp-python's ``me`` (with an empty ``permissions`` list); anything else is taken for the OpenAI API.
+
+    >>> kind_of({"id": "m", "owned_by": "vllm", "root": "m"}), kind_of({"id": "m", "owned_by": "me", "permissions": []})
+    ('vllm', 'llamacpp')
+    """
+    owner = str(entry.get("owned_by", "")).lower()
+    if owner == "vllm":
+        return "vllm"
+    if owner in ("llamacpp", "llama.cpp") or (owner == "me" and entry.get("permissions") == []):
+        return "llamacpp"
+    return "openai"
+
+
+def server_kind(role: Role, strict: bool = True) -> str:
+    """The kind of an openai role's server: ``role.server`` when set, else found from ``GET /models`` (once per
+    process and server); ``openai`` for a server stated with ``served_identity`` (not asked). Not ``strict``
+    (the backend, after the models stage pinned the role): a server that cannot list its models is ``openai``."""
+    if role.server != "auto":
+        return role.server
+    if role.served_identity is not None or not role.urls:
+        return "openai"
+    url = role.urls[0].rstrip("/")
+    if url not in _KINDS:
+        try:
+            _served_entries(role, [url + "/models"])
+        except ModelError:
+            if strict:
+                raise
+            _KINDS[url] = "openai"
+    return _KINDS.get(url, "openai")
 
 
 def served_model_identity(role: Role) -> dict[str, Any]:
@@ -50,6 +85,9 @@ def served_model_identity(role: Role) -> dict[str, Any]:
     ident: dict[str, Any] = {"served_model": role.model}
     if role.revision:
         ident["revision"] = role.revision
+    kind = server_kind(role)
+    if kind != "openai":  # what the server is decides the parameters each control and constraint is sent in
+        ident["server"] = kind
     return ident
 
 
@@ -95,5 +133,6 @@ def _served_entries(role: Role, urls: list[str]) -> list[dict[str, Any]]:
             raise ModelError(f"params.yaml roles.{role.name}.model: {role.model!r} is not served at {url}; "
                              f"it serves {sorted(served)[:20]}")
         entry = served[role.model] if isinstance(served[role.model], dict) else {}
+        _KINDS[url.rsplit("/models", 1)[0]] = kind_of(entry)
         entries.append({f: entry[f] for f in _MODEL_FIELDS if f in entry})
     return entries
