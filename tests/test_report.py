@@ -363,7 +363,7 @@ def test_partly_built_workspace_warns_about_stale_metrics(version, tmp_path, cap
 
 
 def test_evaluation_differences_show_their_sample_size(version):
-    from evolforge.report.page import eval_table
+    from evolforge.report.sections import eval_table
 
     v = {"eval": {"base": {"mbpp/pass@1": 0.5, "mbpp/n": 4, "gsm8k/exact_match_flexible": 0.2, "gsm8k/n": 5},
                   "finetuned": {"mbpp/pass@1": 0.75, "mbpp/n": 4, "gsm8k/exact_match_flexible": 0.4, "gsm8k/n": 10}}}

@@ -13,10 +13,12 @@ Up to ``batch_size`` requests are decoded together, each in its own sequence of 
 (one token per sequence per step: on two cores four sequences make about 1.7 times the tokens per second
 of one). Every token is chosen in Python from llama.cpp's logits as the hf backend chooses it
 (:mod:`evolforge.llm.decoding` applies the controls, a :class:`ChoiceTrie` masks, the request's own seeded
-torch generator samples), so all of the hf backend's controls are honoured. The context's KV cache is one
-store of ``context x batch_size`` tokens shared by its sequences: a new request starts from the longest
-prefix any sequence holds (``reuse_prefix``, on by default), so a stage's template and few-shot examples
-are evaluated once, and prompts go in the order of their tokens so that neighbours share the most.
+torch generator samples), so all of the hf backend's controls are honoured. The context's KV cache
+(:class:`~evolforge.llm.backends.llamacpp_context.LlamaCppContext`: the model, the context and what each
+sequence holds) is one store of ``context x batch_size`` tokens shared by its sequences: a new request
+starts from the longest prefix any sequence holds (``reuse_prefix``, on by default), so a stage's template
+and few-shot examples are evaluated once, and prompts go in the order of their tokens so that neighbours
+share the most.
 llama.cpp may round logits slightly differently when a prompt was evaluated in other pieces or beside
 other sequences; with ``batch_size: 1`` and ``extra: {reuse_prefix: false}`` every prompt is evaluated
 whole and alone, so an answer does not depend on the other requests (slower).
@@ -29,15 +31,12 @@ log-probabilities followed by the end of the turn, as the hf backend's
 
 from __future__ import annotations
 
-import atexit
 import json
-import logging
 import time
 from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 
 from evolforge.core.models import load_tokenizer, model_identity
@@ -47,17 +46,12 @@ from evolforge.llm.threads import pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
+from evolforge.llm.backends.llamacpp_context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
 from evolforge.llm.speculative import draft_length
 from evolforge.llm.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
 Finished = list[tuple[int, Completion]]
-PROMPT_BATCH = 512  # prompt tokens per llama.cpp decode call
-RANK_SEQUENCES = 64  # sequences a ranking uses at most: the prompt's and one level's trie nodes
-
-
-class LlamaCppError(RuntimeError):
-    """The model folder or the llama.cpp install cannot serve the role; the message is for people."""
 
 
 def gguf_file(model: str) -> Path:
@@ -68,13 +62,6 @@ def gguf_file(model: str) -> Path:
         raise LlamaCppError(f"model {model!r}: backend llamacpp needs a folder with exactly one .gguf file and its "
                             f"tokenizer (fetch_model with format: gguf writes one); found {[p.name for p in found]}")
     return found[0]
-
-
-def _shared(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """How many leading tokens ``tokens`` shares with ``cached``, leaving at least one to evaluate."""
-    limit = min(len(cached), len(tokens) - 1)
-    same = np.flatnonzero(np.asarray(cached[:limit], dtype=np.int64) != np.asarray(tokens[:limit], dtype=np.int64))
-    return int(same[0]) if same.size else max(limit, 0)
 
 
 class LlamaCppBackend:
@@ -92,7 +79,8 @@ class LlamaCppBackend:
         self.tokenizer = load_tokenizer(model, padding_side="left")
         if self.tokenizer.chat_template is None:
             raise LlamaCppError(f"model {model}: the tokenizer has no chat template; chat roles need one")
-        self.cache = _Context(path, tokens=self.context * max(self.batch_size, 2), threads=threads or pick_threads())
+        self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
+                                     threads=threads or pick_threads())
         self._identity = model_identity(model)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
@@ -318,123 +306,3 @@ class _Job:
         return Completion(self.controls.finish(text) if self.controls is not None else text.strip(), finish,
                           prompt_tokens=len(self.prompt), completion_tokens=len(self.tokens) + ended,
                           prompt_cached=self.prompt_cached)
-
-
-class _Context:
-    """The model and one llama.cpp context of several sequences over one KV store (a copied prefix shares
-    its cells), with what each sequence holds, so that a new prompt starts from the longest cached prefix."""
-
-    def __init__(self, path: Path, tokens: int, threads: int):
-        try:
-            import llama_cpp
-            from llama_cpp import _internals
-        except ImportError as exc:  # pragma: no cover - the dependency is locked; a broken install says so
-            raise LlamaCppError("backend llamacpp needs llama-cpp-python (a locked dependency: make setup)") from exc
-        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log: errors only
-        self.model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
-                                           verbose=False)
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch = tokens, PROMPT_BATCH, PROMPT_BATCH
-        params.n_seq_max, params.kv_unified = RANK_SEQUENCES, True
-        params.n_threads = params.n_threads_batch = threads
-        self.context = _internals.LlamaContext(model=self.model, params=params, verbose=False)
-        self.batch = _internals.LlamaBatch(n_tokens=PROMPT_BATCH, embd=0, n_seq_max=RANK_SEQUENCES, verbose=False)
-        for part in (self.model, self.context, self.batch):  # freed (last first) while llama_cpp still exists
-            atexit.register(part.close)
-        self.memory = self.context.memory
-        self.n_vocab = self.model.n_vocab()
-        self.held: dict[int, list[int]] = {}  # sequence -> the tokens its cache holds
-        self.threads = threads
-        self.evaluated = self.reused = 0  # prompt tokens evaluated / found in the store, since loading
-        self.last_reused = 0  # of the last prefill
-
-    def set_threads(self, threads: int) -> None:
-        """Threads for now (a machine that got busy gets fewer, as the hf backend does)."""
-        if threads != self.threads:
-            self.context.set_n_threads(threads, threads)
-            self.threads = threads
-
-    def prefill(self, seq: int, prompt: list[int], reuse: bool) -> torch.Tensor:
-        """Put ``prompt`` in sequence ``seq`` and return the logits after it. With ``reuse`` the longest
-        prefix some sequence holds is shared, and only the rest is evaluated (at least one token)."""
-        import llama_cpp
-
-        source, keep = seq, 0
-        if reuse:
-            source, keep = max(((s, _shared(held, prompt)) for s, held in self.held.items()), key=lambda x: x[1],
-                               default=(seq, 0))
-        if source == seq or keep == 0:
-            source = seq
-            llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1)
-        else:
-            self.drop(seq)
-            llama_cpp.llama_memory_seq_cp(self.memory, source, seq, 0, keep)
-        for start in range(keep, len(prompt), PROMPT_BATCH):
-            chunk = prompt[start:start + PROMPT_BATCH]
-            self._fill([(t, start + j, seq, start + j == len(prompt) - 1) for j, t in enumerate(chunk)])
-            self.context.decode(self.batch)
-        self.held[seq] = list(prompt)
-        self.evaluated += len(prompt) - keep
-        self.reused += keep
-        self.last_reused = keep
-        return self._logits(self.batch.n_tokens() - 1)
-
-    def step(self, tokens: list[tuple[int, int]]) -> list[torch.Tensor]:
-        """Append each (token, sequence) to its sequence in one batch; the logits after each."""
-        self._fill([(token, len(self.held[seq]), seq, True) for token, seq in tokens])
-        self.context.decode(self.batch)
-        for token, seq in tokens:
-            self.held[seq].append(token)
-        return [self._logits(j) for j in range(len(tokens))]
-
-    def extend(self, feeds: list[tuple[int, list[int]]]) -> list[Iterator[torch.Tensor]]:
-        """Append each sequence's tokens (sequence, tokens) in one batch; per sequence, the logits after
-        each of its tokens, read as they are asked for (a rejected draft's rows are never copied), valid
-        until the next evaluation."""
-        self._fill([(token, len(self.held[seq]) + j, seq, True) for seq, tokens in feeds
-                    for j, token in enumerate(tokens)])
-        self.context.decode(self.batch)
-        rows, j = [], 0
-        for seq, tokens in feeds:
-            self.held[seq].extend(tokens)
-            rows.append(map(self._logits, range(j, j + len(tokens))))
-            j += len(tokens)
-        return rows
-
-    def trim(self, seq: int, length: int) -> None:
-        """Sequence ``seq`` keeps its first ``length`` tokens (the cells after them are freed)."""
-        import llama_cpp
-
-        llama_cpp.llama_memory_seq_rm(self.memory, seq, length, -1)
-        del self.held[seq][length:]
-
-    def copy(self, source: int, seq: int) -> None:
-        """Sequence ``seq`` holds what ``source`` holds (the same cells)."""
-        import llama_cpp
-
-        self.drop(seq)
-        llama_cpp.llama_memory_seq_cp(self.memory, source, seq, -1, -1)
-        self.held[seq] = list(self.held[source])
-
-    def drop(self, seq: int) -> None:
-        import llama_cpp
-
-        llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
-        self.held.pop(seq, None)
-
-    def keep_only(self, seq: int) -> None:
-        """Every other sequence emptied (a ranking needs them)."""
-        for other in [s for s in self.held if s != seq]:
-            self.drop(other)
-
-    def _fill(self, tokens: list[tuple[int, int, int, bool]]) -> None:
-        """The batch holds these (token, position, sequence, wants logits)."""
-        batch = self.batch.batch
-        batch.n_tokens = len(tokens)
-        for j, (token, position, seq, logits) in enumerate(tokens):
-            batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, position, 1, logits
-            batch.seq_id[j][0] = seq
-
-    def _logits(self, j: int) -> torch.Tensor:
-        """The logits of the batch's ``j``-th token (a float32 copy: llama.cpp reuses its buffer)."""
-        return torch.from_numpy(np.ctypeslib.as_array(self.context.get_logits_ith(j), shape=(self.n_vocab,)).copy())
