@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.backends.llamacpp import LlamaCppBackend, _Context, gguf_file
+from evolforge.llm.backends.llamacpp import LlamaCppBackend, gguf_file
+from evolforge.llm.backends.llamacpp_context import LlamaCppContext
 
 DEFAULT_MODEL = "/work/main/models/Qwen2.5-Coder-1.5B-Instruct-GGUF"
 TEMPERATURE, TOP_P = 0.7, 0.95  # the shipped evolver's
@@ -105,7 +106,7 @@ def peak_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
 
 # ---------------------------------------------------------------- llama.cpp's own loop
 
-def own_loop(cache: _Context, prompt: list[int], sequences: int, steps: int, seed: int = 1) -> dict[str, float]:
+def own_loop(cache: LlamaCppContext, prompt: list[int], sequences: int, steps: int, seed: int = 1) -> dict[str, float]:
     """llama.cpp decoding with its own sampler chain, no Python per token beyond the batch: prefill
     ``prompt`` in sequence 0 (timed), share it with ``sequences`` sequences, then ``steps`` steps of one
     token per sequence, each sampled in C (top-p, temperature, dist)."""

@@ -101,6 +101,8 @@ def server(gguf_folder, tmp_path_factory):
 def served_params(base_url: str, gguf_folder: Path) -> dict:
     """The shipped params.yaml with every chat role on the server (the role keeps its sampling and controls)."""
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
+    params["evolve"]["strategy"] = "evol"  # the hand-written methods: their calls carry evolve.controls (auto's carry
+    #                                      evolve.method_controls, none shipped)
     for name in CHAT_ROLES:
         role = params["roles"][name]
         for local in ("model", "batch_size", "threads"):

@@ -321,7 +321,7 @@ def test_headline_metrics_of_a_version(tmp_path):
     from evolforge.io.records import write_json, write_output
     from evolforge.report.summary import headline
 
-    assert headline(tmp_path) == {"surv": {}, "sel": {"n": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}}
+    assert headline(tmp_path) == {"surv": {}, "sel": {"n": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}, "wall": {}}
     m = tmp_path / "metrics"
     write_json(m / "evolve.json", {"round_1": {"in": 16, "evolved": 4}, "round_2": {"in": 16, "evolved": 0},
                                    "total": {"in": 32, "evolved": 4}})
