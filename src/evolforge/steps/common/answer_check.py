@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from evolforge.eval.sandbox import run_untrusted
 from evolforge.io.validation import DataError
 
 KINDS = ("number", "python_tests")
@@ -180,8 +181,6 @@ def check_number(answer: str, value: float, tolerance: float = DEFAULT_TOLERANCE
 
 def check_python(answer: str, tests: str, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = 512) -> CheckResult:
     """The answer's code (:func:`extract_code`) passes ``tests`` in the sandbox."""
-    from evolforge.eval.sandbox import run_untrusted
-
     code = extract_code(answer)
     if code is None:
         return CheckResult(False, "no Python code in the answer (a fenced block that parses)")
