@@ -34,7 +34,7 @@ from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.roles import Controls
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.backends.hf import HFBackend
+from evolforge.llm.backends.hf.backend import HFBackend
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import BREADTH, IN_DEPTH, evolving_messages
 

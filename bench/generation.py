@@ -21,7 +21,7 @@ import polars as pl
 
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
-from evolforge.llm.backends.hf import HFBackend
+from evolforge.llm.backends.hf.backend import HFBackend
 from evolforge.core.prompts import PromptLibrary
 
 REPO = Path(__file__).resolve().parents[1]

@@ -68,7 +68,7 @@ def generated(llm, reqs) -> dict:
 
 def phase_engine(args) -> dict:
     from evolforge.llm.cached import LLM
-    from evolforge.llm.backends.vllm import VLLMBackend
+    from evolforge.llm.backends.vllm.backend import VLLMBackend
 
     backend = VLLMBackend(args.model, dtype="bfloat16", max_model_len=args.max_model_len)
     llm = LLM(backend, None, batch_size=len(args.reqs))

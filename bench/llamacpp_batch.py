@@ -3,7 +3,7 @@
     PYTHONPATH=src python bench/llamacpp_batch.py [--model models/Qwen2.5-Coder-1.5B-Instruct-GGUF]
         [--sizes 1 2 4 8 16] [--prompt-tokens 300] [--steps 30] [--threads 2]
 
-The model's llama.cpp context (:class:`evolforge.llm.backends.llamacpp_context.LlamaCppContext`, the one the backend decodes
+The model's llama.cpp context (:class:`evolforge.llm.backends.llamacpp.context.LlamaCppContext`, the one the backend decodes
 in) evaluates a prompt of ``--prompt-tokens`` tokens once (printed: prompt tokens/s), shares it with each
 sequence, then appends one token to every sequence per step for ``--steps`` steps, reading each sequence's
 logits as the backend does. Prints, per number of sequences, ms per step, tokens/s and the ratio to one
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from evolforge.llm.backends.llamacpp import gguf_file
-from evolforge.llm.backends.llamacpp_context import LlamaCppContext
+from evolforge.llm.backends.llamacpp.backend import gguf_file
+from evolforge.llm.backends.llamacpp.context import LlamaCppContext
 
 
 def main() -> None:

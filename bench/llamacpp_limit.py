@@ -7,7 +7,7 @@
 Three rates of prefill (prompt tokens/s) and decode (generated tokens/s, one sequence and ``--batch-size``
 sequences together), measured in the same process on the same threads:
 
-- **backend**: :class:`evolforge.llm.backends.llamacpp.LlamaCppBackend` generating as a stage does (chat
+- **backend**: :class:`evolforge.llm.backends.llamacpp.backend.LlamaCppBackend` generating as a stage does (chat
   template, tokenizer, every token chosen in Python, sampled at the evolver's temperature 0.7 / top-p 0.95;
   no speculation, so that the loop itself is measured). Prefill time is the time spent in the context's
   ``prefill``; decode rate = generated tokens / (wall - prefill time), so the Python side of every token
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.backends.llamacpp import LlamaCppBackend, gguf_file
-from evolforge.llm.backends.llamacpp_context import LlamaCppContext
+from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend, gguf_file
+from evolforge.llm.backends.llamacpp.context import LlamaCppContext
 
 DEFAULT_MODEL = "/work/main/models/Qwen2.5-Coder-1.5B-Instruct-GGUF"
 TEMPERATURE, TOP_P = 0.7, 0.95  # the shipped evolver's

@@ -1,4 +1,4 @@
-"""Speculative decoding (prompt lookup, evolforge.llm.speculative) on the shipped kind of work, same run with
+"""Speculative decoding (prompt lookup, evolforge.llm.backends.llamacpp.speculative) on the shipped kind of work, same run with
 and without it.
 
     flock /tmp/evolforge.lock python bench/llamacpp_speculative.py \
@@ -33,7 +33,7 @@ from evolforge.config.roles import load_role
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.core.prompts import PromptLibrary
-from evolforge.llm.backends.llamacpp import LlamaCppBackend
+from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
 from evolforge.steps.common.evolving import assign_methods, evolving_messages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def code_answers(n: int, tokens: int) -> list[ChatRequest]:
 def run(backend: LlamaCppBackend, requests: list[ChatRequest], slots: int, speculative: bool,
         fixed: int | None = None) -> dict:
     """One workload; ``fixed``: every draft this long (where prompt lookup finds one), not the cost rule's."""
-    import evolforge.llm.backends.llamacpp as module
+    import evolforge.llm.backends.llamacpp.backend as module
 
     backend.speculative = speculative
     rule = module.draft_length

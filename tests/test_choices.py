@@ -88,9 +88,9 @@ def test_openai_reply_that_ignores_the_schema_falls_back_to_the_text():
 
 def test_vllm_gets_a_guided_choice_per_constrained_request(monkeypatch):
     stub_vllm(monkeypatch)
-    from evolforge.llm.backends.vllm import VLLMBackend
+    from evolforge.llm.backends.vllm.backend import VLLMBackend
 
-    monkeypatch.setattr("evolforge.llm.backends.vllm.model_identity", lambda model, revision: {"name": model})
+    monkeypatch.setattr("evolforge.llm.backends.vllm.backend.model_identity", lambda model, revision: {"name": model})
     backend = VLLMBackend("stub", max_model_len=32)
     constrained = backend.sampling_params(ask("rate it", choices=("easy", "hard")))
     assert constrained["structured_outputs"] == ("structured", {"choice": ["easy", "hard"]})
@@ -112,7 +112,7 @@ def test_judge_asks_with_its_labels_and_scores_unless_told_not_to():
 
 @pytest.mark.slow
 def test_hf_answers_are_one_of_the_choices(tiny_model):
-    from evolforge.llm.backends.hf import HFBackend
+    from evolforge.llm.backends.hf.backend import HFBackend
 
     backend = HFBackend(str(tiny_model))
     numbers = tuple(str(n) for n in range(101))

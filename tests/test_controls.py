@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from evolforge.config.backend_specs import SERVER_KINDS, SPECS
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Controls
-from evolforge.config.roles import Role
+from evolforge.config.roles import BACKEND_NAMES, Role, controls_problems
 from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.llm.cached import LLM
-from evolforge.llm.types import ControlsError
+from evolforge.llm.types import ControlsError, refuse_ranking
 from evolforge.llm.backends.fake import FakeBackend
 
 EACH_CONTROL = [  # (a value, another value) of each control
@@ -81,7 +82,7 @@ def test_openai_payload_carries_stop_and_frequency_penalty():
 
 
 def test_vllm_sampling_params_carry_the_controls():
-    from evolforge.llm.backends.vllm import control_params
+    from evolforge.llm.backends.vllm.backend import control_params
 
     assert control_params(ask()) == {}
     assert control_params(ask(controls=Controls(banned_strings=("#Rewritten Prompt#",), stop=("\n\n",),
@@ -131,7 +132,7 @@ def test_row_controls_penalise_and_ban_as_defined():
 def test_hf_never_writes_a_banned_string_and_honours_stop_and_prefix(tiny_model):
     from collections import Counter
 
-    from evolforge.llm.backends.hf import HFBackend
+    from evolforge.llm.backends.hf.backend import HFBackend
 
     backend = HFBackend(str(tiny_model), threads=1)
     prompts = ["Rewrite this prompt to be harder: Name a color.", "Add one constraint to: Write a haiku.",
@@ -216,3 +217,32 @@ def test_the_readme_server_blocks_are_valid_params():
                 "repetition_penalty": 1.15}}, "judge": {"probabilities": True}}
             assert server_problems(params) == []
     assert "-S +roles.evolver.base_url=http://127.0.0.1:8000/v1" in section
+
+
+@pytest.mark.parametrize("backend", sorted(SPECS))
+def test_each_backend_honours_what_its_spec_declares_and_refuses_the_rest(backend):
+    """One declared spec per backend (config/backend_specs.py) is what the role checks and the LLM layer's
+    refusals read: a control it lists passes, any other is refused with the spec's reason; a ranking request
+    goes through only where the spec says it ranks."""
+    spec = SPECS[backend]
+    for control, _ in EACH_CONTROL:
+        name = next(iter(control))
+        problems = controls_problems(backend, Controls(**control), "roles.judge")
+        assert not problems if name in spec.controls else len(problems) == 1
+        if name in spec.why_not:
+            assert spec.why_not[name] in problems[0]
+    ranking = [ask(choices=("yes", "no"), rank=True)]
+    if spec.ranks:
+        refuse_ranking(backend, ranking, "roles.judge")
+    else:
+        with pytest.raises(ControlsError, match="cannot score answers by their probabilities"):
+            refuse_ranking(backend, ranking, "roles.judge")
+
+
+def test_every_backend_a_role_can_name_and_every_server_kind_has_a_spec():
+    assert set(BACKEND_NAMES) | {f"openai:{kind}" for kind in SERVER_KINDS if kind != "openai"} | {"openai:any"} \
+        == set(SPECS)
+    with pytest.raises(ParamsError, match=r"roles.scorer.backend: llamacpp serves the chat roles"):
+        Role.from_params("scorer", {"backend": "llamacpp", "model": "m"})
+    with pytest.raises(ParamsError, match=r"roles.judge.extra.speculative: got 'yes'; must be true or false"):
+        Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"speculative": "yes"}})

@@ -11,8 +11,8 @@ from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import open_llm
 from evolforge.llm.types import Completion
-from evolforge.llm.backends import hf
-from evolforge.llm.backends.hf import HFBackend
+from evolforge.llm.backends.hf import backend as hf
+from evolforge.llm.backends.hf.backend import HFBackend
 
 pytestmark = pytest.mark.slow
 

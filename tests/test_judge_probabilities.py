@@ -81,7 +81,7 @@ def test_hf_ranks_whole_answers_by_their_likelihood(tmp_path):
     import torch
     from tiny import build_random_llama
 
-    from evolforge.llm.backends.hf import HFBackend
+    from evolforge.llm.backends.hf.backend import HFBackend
 
     path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
                               intermediate_size=64, texts=["rate it very easy easy medium hard 0 1 10 100 42"] * 50)

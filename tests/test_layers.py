@@ -20,7 +20,7 @@ RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
 
 
 def package_of(module: str) -> str | None:
-    """``evolforge.llm.backends.hf`` -> ``llm``; None for the package root."""
+    """``evolforge.llm.backends.hf.backend`` -> ``llm``; None for the package root."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "evolforge" else None
 

@@ -12,8 +12,8 @@ import pytest
 from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import engine_options
-from evolforge.llm.backends.llamacpp import LlamaCppBackend
-from evolforge.llm.backends.llamacpp_context import LlamaCppError
+from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
+from evolforge.llm.backends.llamacpp.context import LlamaCppError
 
 PROMPTS = ["Rewrite this prompt to be harder: Name a color.", "Add one constraint to: Write a haiku.",
            "Rewrite the prompt: Explain what a leap year is.", "Make it more complex: Give three tips."]
@@ -38,7 +38,7 @@ def backend(gguf_folder):
 
 @pytest.fixture(scope="module")
 def hf_backend(tiny_model):
-    from evolforge.llm.backends.hf import HFBackend
+    from evolforge.llm.backends.hf.backend import HFBackend
 
     return HFBackend(str(tiny_model), threads=1)
 

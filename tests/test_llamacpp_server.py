@@ -166,7 +166,7 @@ def test_the_shipped_stages_run_on_the_server(server, gguf_folder, tmp_path):
 
 
 def test_greedy_answers_and_rankings_are_the_llamacpp_backends(server, gguf_folder, tmp_path):
-    from evolforge.llm.backends.llamacpp import LlamaCppBackend
+    from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
     from evolforge.llm.backends.openai.client import OpenAIBackend
 
     local = LlamaCppBackend(str(gguf_folder), threads=1)

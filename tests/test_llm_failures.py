@@ -275,7 +275,7 @@ def test_openai_prompt_too_long_is_checked_before_sending(tmp_path):
 def test_hf_prompt_too_long_and_generation_stops_at_the_last_position(tmp_path):
     from tiny import build_random_llama
 
-    from evolforge.llm.backends.hf import HFBackend
+    from evolforge.llm.backends.hf.backend import HFBackend
 
     path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                               intermediate_size=64, max_position_embeddings=40)
@@ -333,10 +333,10 @@ def stub_vllm(monkeypatch) -> None:
 def test_vllm_prompt_too_long_fails_one_item_not_the_call(monkeypatch):
     stub_vllm(monkeypatch)
     monkeypatch.setattr(_StubVLLM, "calls", [])
-    from evolforge.llm.backends.vllm import VLLMBackend
+    from evolforge.llm.backends.vllm.backend import VLLMBackend
 
     monkeypatch.setattr(VLLMBackend, "identity", lambda self: {"name": "stub"})
-    monkeypatch.setattr("evolforge.llm.backends.vllm.model_identity", lambda model, revision: {"name": model})
+    monkeypatch.setattr("evolforge.llm.backends.vllm.backend.model_identity", lambda model, revision: {"name": model})
     backend = VLLMBackend("stub", max_model_len=32)
     requests = [ChatRequest.chat([{"role": "user", "content": LONG if i == 3 else f"question {i}"}]) for i in range(10)]
     out = LLM(backend, None, role=Role(name="r", backend="vllm", model="stub"), settings=LLMSettings(max_failure_rate=0.2)).generate(requests)

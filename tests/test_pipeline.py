@@ -73,7 +73,10 @@ def test_full_build(pipeline_built):
     assert metric(work, "score.json")["items"] == metric(work, "diversity.json")["items"] == clean
     selected = [json.loads(line) for line in (work / "data/selected/train.jsonl").read_text().splitlines()]
     assert selected and selected[0]["prompt"][0]["role"] == "user" and selected[0]["completion"][0]["role"] == "assistant"
-    assert metric(work, "judge.json")["items"] == clean
+    judge = metric(work, "judge.json")
+    assert judge["items"] == clean == sum(r["items"] for r in judge["per_round"].values())
+    for r in judge["per_round"].values():  # each round's spread beside its mean (null under two items)
+        assert (r["sd_difficulty_score"] is None) == (r["items"] < 2) and "mean_difficulty_expected" in r
     assert (work / "reports/index.html").stat().st_size > 10_000  # the offline report page
     assert "gsm8k/exact_match_flexible" in metric(work, "eval_base.json")["base"]
     assert "humaneval/pass@1" in metric(work, "eval.json")["finetuned"]  # model-written code ran in the sandbox

@@ -17,8 +17,8 @@ from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM
 from evolforge.llm.keys import engine_options, request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Completion
-from evolforge.llm.backends.hf import HFBackend
-from evolforge.llm.backends.ray import RayBackend, request_from_row, request_row, vllm_completion, vllm_row
+from evolforge.llm.backends.hf.backend import HFBackend
+from evolforge.llm.backends.ray.backend import RayBackend, request_from_row, request_row, vllm_completion, vllm_row
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 

@@ -1,4 +1,4 @@
-"""Speculative decoding in the llamacpp backend (evolforge.llm.speculative) changes no token: on the tests'
+"""Speculative decoding in the llamacpp backend (evolforge.llm.backends.llamacpp.speculative) changes no token: on the tests'
 tiny float32 GGUF, answers with and without it are identical -- greedy and sampled (same seed), under every
 generation control -- with drafts that are accepted, rejected and partly accepted; the cache cells of
 rejected positions are removed; and the acceptance rule is the speculative-sampling rule for a point draft."""
@@ -10,9 +10,9 @@ import torch
 
 from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.backends.llamacpp import LlamaCppBackend
+from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
 from evolforge.llm.decoding import sample_token
-from evolforge.llm.speculative import MAX_DRAFT, PRIOR, Drafter, draft_length
+from evolforge.llm.backends.llamacpp.speculative import MAX_DRAFT, PRIOR, Drafter, draft_length
 
 QUOTED = "Rewrite the following prompt to be harder. #Given Prompt#: Name a color of the sky. Name a color of the sky."
 PROMPTS = [QUOTED, "Repeat: one two three one two three one two three", "Add one constraint to: Write a haiku.",
@@ -89,7 +89,7 @@ def test_answers_are_identical_with_and_without_speculation(pair):
 
 
 def test_accepted_rejected_and_partial_drafts_change_no_token(pair, monkeypatch):
-    import evolforge.llm.backends.llamacpp as module
+    import evolforge.llm.backends.llamacpp.backend as module
 
     plain, spec = pair
     requests = requests_with_every_control()

@@ -48,3 +48,52 @@ def test_function_level_imports_count(tmp_path, monkeypatch):
                                        "    - src/evolforge/steps/a.py\n    - src/evolforge/steps/b.py\n    - data/x\n")
     (src / "steps" / "__init__.py").write_text('"""The steps."""\n\nSTEPS = ["a", "b"]\n')  # now it holds code
     assert "    - src/evolforge/steps/__init__.py\n" in stage_deps.rewrite(dvc)
+
+
+def test_a_stage_depends_on_its_roles_backends_through_params():
+    """The registry imports backends by name: a stage that builds them lists each of its roles' backend
+    package through params, what the backends share statically, and no file of a backend no role names."""
+    judge = deps("judge")
+    assert "src/evolforge/llm/backends/${roles.judge.backend}" in judge
+    assert "src/evolforge/llm/decoding.py" in judge  # shared by the hf and llamacpp backends
+    assert not [d for d in judge if d.startswith("src/evolforge/llm/backends/openai/")]
+    assert "src/evolforge/llm/backends/${roles.embedder.backend}" in deps("models")  # `roles` whole: every role
+    assert not [d for d in deps("dedup") if "/llm/" in d]
+
+
+def test_the_backends_are_the_packages_a_role_can_name():
+    import typing
+
+    from evolforge.config.roles import Role
+    from evolforge.llm import registry
+
+    names = {p.name for p in stage_deps.backend_packages()}
+    assert names == set(registry.BACKENDS) == set(typing.get_args(typing.get_type_hints(Role)["backend"]))
+
+
+def test_only_the_known_modules_import_evolforge_by_name():
+    """A module imported by name is invisible to the import closure: only the registry and pinning may do it,
+    and stage_deps adds their backends through params."""
+    by_name = {p.relative_to(REPO).as_posix() for p in (REPO / "src/evolforge").rglob("*.py")
+               if 'import_module(f"evolforge' in p.read_text() or 'import_module("evolforge' in p.read_text()}
+    assert by_name == stage_deps.BY_NAME
+
+
+def test_dvc_reads_the_backend_from_params(tmp_path):
+    """DVC resolves ``${roles.judge.backend}`` from params.yaml, so `dvc exp run -S roles.judge.backend=openai`
+    makes the openai package a dep of the judge (and reruns it)."""
+    import subprocess
+    import sys
+
+    from dvc.repo import Repo
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["roles"]["judge"]["backend"] = "openai"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    with Repo(str(tmp_path)) as repo:
+        found = {stage.name: {dep.def_path for dep in stage.deps} for stage in repo.index.stages}
+    assert "src/evolforge/llm/backends/openai" in found["judge"]
+    assert "src/evolforge/llm/backends/llamacpp" not in found["judge"]
+    assert "src/evolforge/llm/backends/llamacpp" in found["respond"]

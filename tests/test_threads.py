@@ -42,7 +42,7 @@ def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
     from tiny import build_random_llama
 
     from evolforge.llm.requests import ChatRequest
-    from evolforge.llm.backends.hf import HFBackend
+    from evolforge.llm.backends.hf.backend import HFBackend
 
     path = build_random_llama(tmp_path / "m", vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                               intermediate_size=64, texts=["name a colour and say hello to the world"] * 50)

@@ -23,6 +23,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
@@ -30,6 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 # the package's docstring, version and typing marker: no stage's output depends on them
 PACKAGE_ROOT = {"src/evolforge/__init__.py", "src/evolforge/py.typed"}
+BACKENDS = SRC / "evolforge/llm/backends"
+# modules that import backends by name, so their stages depend on their roles' backends (through params): the
+# registry builds any backend, pinning asks a server (openai) which model it serves
+BY_NAME = {"src/evolforge/llm/registry.py", "src/evolforge/llm/pinning.py"}
 GENERATED = re.compile(r"^\s+- src/evolforge/\S+\s*$")
 
 
@@ -74,10 +79,10 @@ def runs_nothing(path: Path) -> bool:
                for n in body)
 
 
-def closure(script: Path) -> list[str]:
-    """Repository-relative paths of every source file ``script`` can run or read, sorted."""
+def _reach(starts: Iterable[Path]) -> set[Path]:
+    """Every module the files ``starts`` import, followed to the end, with the data files beside them."""
     seen: set[Path] = set()
-    todo = [script]
+    todo = list(starts)
     while todo:
         for module in imported_files(todo.pop()):
             if module not in seen:
@@ -85,8 +90,50 @@ def closure(script: Path) -> list[str]:
                 todo.append(module)
     for folder in {module.parent for module in seen}:
         seen |= data_files(folder)
-    paths = {p.relative_to(REPO).as_posix() for p in seen if not runs_nothing(p)}
+    return seen
+
+
+def _listed(found: Iterable[Path]) -> list[str]:
+    paths = {p.relative_to(REPO).as_posix() for p in found if not runs_nothing(p)}
     return sorted(paths - PACKAGE_ROOT)
+
+
+def closure(script: Path) -> list[str]:
+    """Repository-relative paths of every source file ``script`` can run or read, sorted."""
+    return _listed(_reach([script]))
+
+
+def backend_packages() -> list[Path]:
+    """The folders of the backends a role can name (``llm/backends/<name>/``)."""
+    return sorted(p for p in BACKENDS.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+
+
+def by_name(root: str) -> list[Path]:
+    """The backend modules ``root`` (a :data:`BY_NAME` key) imports by name."""
+    if root.endswith("registry.py"):
+        return [m for package in backend_packages() for m in package.rglob("*.py")]
+    return [BACKENDS / "openai/served.py"]
+
+
+def backend_support(roots: Iterable[str]) -> list[str]:
+    """What the backend modules that ``roots`` import by name import outside their own packages (the LLM
+    layer's decoding, choices, threads...): a static dep, since which backends run is for params to say."""
+    found: set[Path] = set()
+    for module in (m for root in roots for m in by_name(root)):
+        package = BACKENDS / module.relative_to(BACKENDS).parts[0]
+        found |= {p for p in _reach([module]) if package not in p.parents}
+    return _listed(found)
+
+
+def role_deps(stage: dict) -> list[str]:
+    """One dep per role the stage declares: that role's backend package, named through params, so DVC reads
+    the backend from params.yaml (``dvc exp run -S roles.judge.backend=openai`` reruns the judge, and an edit
+    of the openai backend then stales it; an edit of a backend no role of a stage uses stales nothing)."""
+    params = [p for p in stage.get("do", stage).get("params") or [] if isinstance(p, str)]
+    roles = sorted({p.split(".")[1] for p in params if p.startswith("roles.")})
+    if "roles" in params:  # the whole section: every role params.yaml names
+        roles = sorted(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["roles"])
+    return [f"{BACKENDS.relative_to(REPO).as_posix()}/${{roles.{role}.backend}}" for role in roles]
 
 
 def stage_scripts(dvc_text: str) -> dict[str, str]:
@@ -95,9 +142,20 @@ def stage_scripts(dvc_text: str) -> dict[str, str]:
     return {name: shlex.split(spec.get("do", spec)["cmd"])[1] for name, spec in stages.items()}
 
 
+def stage_deps(spec: dict, script: Path) -> list[str]:
+    """A stage's source deps: its script's closure; where it imports backends by name (:data:`BY_NAME`), what
+    those backends import outside their packages and each of its roles' backend package."""
+    found = closure(script)
+    roots = BY_NAME & set(found)
+    if not roots:
+        return found
+    return sorted(set(found) | set(backend_support(roots))) + role_deps(spec)
+
+
 def rewrite(dvc_text: str) -> str:
-    """dvc.yaml with every stage's ``src/evolforge`` deps replaced by its script's closure, placed right after
+    """dvc.yaml with every stage's ``src/evolforge`` deps replaced by :func:`stage_deps`, placed right after
     the script's own dep line."""
+    specs = yaml.safe_load(dvc_text)["stages"]
     scripts = stage_scripts(dvc_text)
     out, stage = [], None
     for line in dvc_text.splitlines(keepends=True):
@@ -109,7 +167,8 @@ def rewrite(dvc_text: str) -> str:
         out.append(line)
         dep = re.match(r"^(\s+)- (stages/\w+\.py)\s*$", line)
         if dep and stage in scripts and dep.group(2) == scripts[stage]:
-            out.extend(f"{dep.group(1)}- {path}\n" for path in closure(REPO / scripts[stage]))
+            found = stage_deps(specs[stage], REPO / scripts[stage])
+            out.extend(f"{dep.group(1)}- {path}\n" for path in found)
     return "".join(out)
 
 

@@ -25,14 +25,9 @@ from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeI
 from evolforge.config.parse import parse
 from evolforge.config.secrets import secret_problems
 
+from evolforge.config.backend_specs import CHAT_ROLES, CONTROL_NAMES, spec_of
+
 BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
-
-# a llamacpp role's `extra` (evolforge/llm/backends/llamacpp.py): name -> (check, what it must be)
-LLAMACPP_EXTRA = {"reuse_prefix": (lambda v: isinstance(v, bool), "true or false"),
-                  "speculative": (lambda v: isinstance(v, bool), "true or false")}
-
-# Generation controls each backend honours and why not (docs/controls.md); any other is refused with one message
-from evolforge.config.control_support import CONTROL_NAMES, SUPPORTED_CONTROLS, WHY_NOT as _WHY_NOT  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +79,9 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
     """One message per control that ``backend`` cannot honour (empty when it honours them all)."""
     problems = []
     for name in controls.used():
-        if name not in SUPPORTED_CONTROLS.get(backend, set()):
-            why = _WHY_NOT.get((backend, name), f"the {backend} backend does not implement it")
+        spec = spec_of(backend)
+        if name not in spec.controls:
+            why = spec.why_not.get(name, f"the {backend} backend does not implement it")
             at = controls.source(name, where)
             role = f" ({where})" if at != where else ""
             if backend == "openai:any":
@@ -230,19 +226,21 @@ class Role:
         return list(self.base_urls) if self.base_urls else ([self.base_url] if self.base_url else [])
 
     def extra_problems(self) -> list[str]:
-        """What is wrong with a llamacpp role: a role that needs a transformers model (scores, embeddings,
-        training), or an unknown ``extra`` (the other backends pass ``extra`` on to their engines)."""
-        if self.backend != "llamacpp":
-            return []
-        if self.name in ("scorer", "embedder", "base"):
-            return [f"roles.{self.name}.backend: llamacpp serves the chat roles (evolver, optimizer, "
-                    f"responder, judge); "
+        """What is wrong with a role its backend cannot serve (a llamacpp scorer: scores, embeddings and training
+        need a transformers model), or an unknown ``extra`` where the backend reads it (llamacpp; the others
+        pass ``extra`` on to their engines)."""
+        spec = spec_of(self.backend)
+        if spec.roles is not None and self.name in ("scorer", "embedder", "base"):
+            return [f"roles.{self.name}.backend: {self.backend} serves the chat roles "
+                    f"({', '.join(sorted(CHAT_ROLES))}); "
                     f"{self.name} runs in-process on a transformers model: backend hf"]
+        if spec.extra is None:
+            return []
         where = f"roles.{self.name}.extra"
-        return [f"{where}.{name}: unknown for backend llamacpp; allowed: {', '.join(LLAMACPP_EXTRA)}"
-                if name not in LLAMACPP_EXTRA else f"{where}.{name}: got {value!r}; must be {LLAMACPP_EXTRA[name][1]}"
+        return [f"{where}.{name}: unknown for backend {self.backend}; allowed: {', '.join(spec.extra)}"
+                if name not in spec.extra else f"{where}.{name}: got {value!r}; must be {spec.extra[name][1]}"
                 for name, value in self.extra.items()
-                if name not in LLAMACPP_EXTRA or not LLAMACPP_EXTRA[name][0](value)]
+                if name not in spec.extra or not spec.extra[name][0](value)]
 
     def server_problems(self) -> list[str]:
         """What is wrong with the role's server settings (``base_url`` / ``base_urls`` / ``batch_api``)."""

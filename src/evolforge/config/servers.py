@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Controls, Role, controls_problems
 
 
@@ -50,7 +51,7 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     judge = params.get("judge") or {}
     if "judge" in roles and judge.get("probabilities"):
         kind = backend("judge")
-        if kind == "openai":
+        if not spec_of(kind).ranks and kind != "openai:any":  # a server of kind auto: checked once it is known
             problems.append("judge.probabilities: the judge's server (roles.judge) cannot score answers by their "
                             "probabilities (the OpenAI API echoes no prompt log-probabilities; vLLM's and llama.cpp's "
                             "servers do: set roles.judge.server), or set judge.probabilities: false")

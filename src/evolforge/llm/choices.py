@@ -1,5 +1,5 @@
 """Constrained decoding's prefix tree: the token sequences of a request's choices (the hf backend holds its
-answer to them, see :mod:`evolforge.llm.backends.hf`)."""
+answer to them, see :mod:`evolforge.llm.backends.hf.backend`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,9 @@ loaded model shared by the roles that load it alike."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+from typing import Any, Callable
 
 from evolforge.config.roles import CONTROL_NAMES, Role
 from evolforge.llm.types import Backend
@@ -43,34 +45,22 @@ def shared_backend(role: Role) -> Backend:
     return _LOADED[key]
 
 
-def _hf(role: Role) -> Backend:
-    from evolforge.llm.backends.hf import HFBackend
-
-    return HFBackend.from_role(role)
-
-
-def _llamacpp(role: Role) -> Backend:
-    from evolforge.llm.backends.llamacpp import LlamaCppBackend
-
-    return LlamaCppBackend.from_role(role)
+# name -> (module under evolforge.llm.backends, class). Imported by name, on purpose: a stage's dvc.yaml deps
+# name the package of each of its roles' backends through params (tools/stage_deps.py), so the import graph
+# that the deps follow statically must not reach every backend from every LLM stage.
+_BACKEND_CLASSES = {"hf": ("hf.backend", "HFBackend"), "llamacpp": ("llamacpp.backend", "LlamaCppBackend"),
+                    "vllm": ("vllm.backend", "VLLMBackend"), "openai": ("openai.client", "OpenAIBackend"),
+                    "ray": ("ray.backend", "RayBackend")}
 
 
-def _vllm(role: Role) -> Backend:
-    from evolforge.llm.backends.vllm import VLLMBackend
-
-    return VLLMBackend.from_role(role)
-
-
-def _openai(role: Role) -> Backend:
-    from evolforge.llm.backends.openai.client import OpenAIBackend
-
-    return OpenAIBackend.from_role(role)
+def backend_attribute(module: str, name: str) -> Any:
+    """``name`` from ``evolforge.llm.backends.<module>``, imported on first use."""
+    return getattr(importlib.import_module(f"evolforge.llm.backends.{module}"), name)
 
 
-def _ray(role: Role) -> Backend:
-    from evolforge.llm.backends.ray import RayBackend
+def _factory(backend: str) -> Callable[[Role], Backend]:
+    module, cls = _BACKEND_CLASSES[backend]
+    return lambda role: backend_attribute(module, cls).from_role(role)
 
-    return RayBackend.from_role(role)
 
-
-BACKENDS = {"hf": _hf, "llamacpp": _llamacpp, "vllm": _vllm, "openai": _openai, "ray": _ray}
+BACKENDS: dict[str, Callable[[Role], Backend]] = {name: _factory(name) for name in _BACKEND_CLASSES}

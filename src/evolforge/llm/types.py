@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Controls, controls_problems
 from evolforge.llm.requests import ChatRequest
 
@@ -63,13 +64,11 @@ def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -
             raise ControlsError("; ".join(problems))
 
 
-# backends that score choices by their log-probabilities; servers: those whose /completions echo the prompt's
-RANKING_BACKENDS = ("hf", "llamacpp", "vllm", "openai:vllm", "openai:llamacpp")
 
 
 def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
     """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
-    if backend not in RANKING_BACKENDS and any(r.rank for r in requests):
+    if not spec_of(backend).ranks and any(r.rank for r in requests):
         raise ControlsError(f"params.yaml judge.probabilities ({where}): {backend.replace('openai:', 'the ')} "
                             f"{'server' if backend.startswith('openai') else 'backend'} cannot score answers by "
                             f"their probabilities (it needs the prompt log-probabilities of whole answers: backend "

@@ -151,14 +151,17 @@ def level_distribution(table: pl.DataFrame) -> list[dict]:
 
 
 def _per_round(written: Path) -> tuple[dict, pl.DataFrame]:
-    """The metrics' per-round means and level counts, from the written table read a column or two at a time
-    (never the raw answers), and the (round, difficulty_level) columns for the levels plot."""
+    """The metrics' per-round item counts, means with their spread (sample standard deviation, null under two
+    values) and level counts, from the written table read a column or two at a time (never the raw answers),
+    and the (round, difficulty_level) columns for the levels plot."""
     levels = pl.read_parquet(written, columns=["round", "difficulty_level"])
-    per_round: dict[str, dict] = {str(r): {} for (r,), _ in levels.group_by(["round"], maintain_order=True)}
+    per_round: dict[str, dict] = {str(r): {"items": part.height}
+                                  for (r,), part in levels.group_by(["round"], maintain_order=True)}
     for column in ("difficulty_score", "difficulty_expected", "level_expected"):
         values = pl.read_parquet(written, columns=["round", column])
         for (r,), part in values.group_by(["round"], maintain_order=True):
             per_round[str(r)][f"mean_{column}"] = part[column].mean()
+            per_round[str(r)][f"sd_{column}"] = part[column].std()
     for (r,), part in levels.group_by(["round"], maintain_order=True):
         per_round[str(r)]["levels"] = {level: int((part["difficulty_level"] == level).sum()) for level in LEVELS}
     return per_round, levels

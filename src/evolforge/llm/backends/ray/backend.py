@@ -101,7 +101,7 @@ class HFReplica:
     """One Ray actor running the hf backend: rows of requests in, finished completions out as they end."""
 
     def __init__(self, role: Role, slots: int):
-        from evolforge.llm.backends.hf import HFBackend
+        from evolforge.llm.backends.hf.backend import HFBackend
 
         self.backend = HFBackend.from_role(role)
         self.slots = slots

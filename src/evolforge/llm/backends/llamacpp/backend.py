@@ -14,7 +14,7 @@ Up to ``batch_size`` requests are decoded together, each in its own sequence of 
 of one). Every token is chosen in Python from llama.cpp's logits as the hf backend chooses it
 (:mod:`evolforge.llm.decoding` applies the controls, a :class:`ChoiceTrie` masks, the request's own seeded
 torch generator samples), so all of the hf backend's controls are honoured. The context's KV cache
-(:class:`~evolforge.llm.backends.llamacpp_context.LlamaCppContext`: the model, the context and what each
+(:class:`~evolforge.llm.backends.llamacpp.context.LlamaCppContext`: the model, the context and what each
 sequence holds) is one store of ``context x batch_size`` tokens shared by its sequences: a new request
 starts from the longest prefix any sequence holds (``reuse_prefix``, on by default), so a stage's template
 and few-shot examples are evaluated once, and prompts go in the order of their tokens so that neighbours
@@ -46,9 +46,9 @@ from evolforge.llm.threads import pick_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
-from evolforge.llm.backends.llamacpp_context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
-from evolforge.llm.speculative import draft_length
-from evolforge.llm.speculative import Drafter as _Drafter
+from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
+from evolforge.llm.backends.llamacpp.speculative import draft_length
+from evolforge.llm.backends.llamacpp.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
 Finished = list[tuple[int, Completion]]
@@ -154,7 +154,8 @@ class LlamaCppBackend:
         Each step feeds every active sequence its last chosen token and, with ``speculative``, the tokens
         its :class:`_Drafter` proposes; every fed position's logits come back from the one batch, and
         the job chooses token after token from them while its choice equals the next fed token (see
-        :mod:`evolforge.llm.speculative`). Positions after the first mismatch are dropped from the cache."""
+        :mod:`evolforge.llm.backends.llamacpp.speculative`). Positions after the first mismatch are dropped from
+        the cache."""
         waiting, active = deque(jobs), {}  # sequence -> its job
         while waiting or active:
             for seq in [s for s in range(slots) if s not in active]:

@@ -1,4 +1,4 @@
-"""The llama.cpp context under the llamacpp backend (:mod:`evolforge.llm.backends.llamacpp`): the GGUF model
+"""The llama.cpp context under the llamacpp backend (:mod:`evolforge.llm.backends.llamacpp.backend`): the GGUF model
 and one context of several sequences over one KV store, with the tokens each sequence holds.
 
 A copied prefix shares its cells, so a new prompt starts from the longest prefix any sequence holds and only

@@ -1,0 +1,73 @@
+"""What each backend can do, declared once: the generation controls it honours (and why not where it does
+not), whether it scores given answers by their log-probabilities (``judge.probabilities``, ranking), which
+roles it can serve and which ``extra`` settings it reads. The role checks (:mod:`evolforge.config.roles`,
+``evolforge check``, the models stage) and the LLM layer's refusals read this table; docs/controls.md
+explains it.
+
+An ``openai`` role's server is ``openai:<kind>`` once its kind is known (``Role.server``, or found by the
+models stage), ``openai:any`` while it is not: a server is held to what its API offers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+# the generation controls a role or a stage can set (docs/controls.md)
+CONTROL_NAMES = ("banned_strings", "assistant_prefix", "stop", "repetition_penalty", "no_repeat_ngram_size",
+                 "frequency_penalty")
+SERVER_KINDS = ("vllm", "llamacpp", "openai")  # what an openai role's server is (Role.server)
+CHAT_ROLES = frozenset({"evolver", "optimizer", "responder", "judge"})
+_ALL = frozenset(CONTROL_NAMES)
+_SERVED = _ALL - {"no_repeat_ngram_size"}  # vLLM's engine and the vLLM / llama.cpp servers: no n-gram ban
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend's abilities."""
+
+    controls: frozenset[str]  # the generation controls it honours
+    ranks: bool  # scores choices by their log-probabilities (judge.probabilities)
+    why_not: Mapping[str, str] = field(default_factory=dict)  # control -> why it does not honour it
+    roles: frozenset[str] | None = None  # the roles it can serve (None: every role)
+    # the `extra` settings it reads: name -> (check, what it must be); None: passed on to the engine as written
+    extra: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None
+
+
+_NO_NGRAM_SERVER = "{}'s server has no n-gram ban among its request parameters; use repetition_penalty"
+SPECS: dict[str, BackendSpec] = {
+    "hf": BackendSpec(_ALL, ranks=True),
+    "llamacpp": BackendSpec(_ALL, ranks=True, roles=CHAT_ROLES,
+                            extra={"reuse_prefix": (_boolean, "true or false"),
+                                   "speculative": (_boolean, "true or false")}),
+    "vllm": BackendSpec(_SERVED, ranks=True, why_not={
+        "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
+    "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), ranks=False, why_not={
+        "banned_strings": ("OpenAI's logit_bias bans single tokens of its own tokenizer, not strings; vLLM's server "
+                           "(bad_words) and llama.cpp's (a grammar) can: set the role's server"),
+        "assistant_prefix": ("OpenAI's chat completions API cannot continue an assistant turn; vLLM's server "
+                             "(continue_final_message) and llama.cpp's (a grammar) can: set the role's server"),
+        "repetition_penalty": ("not an OpenAI API parameter (use frequency_penalty); vLLM's and llama.cpp's "
+                               "servers take it: set the role's server"),
+        "no_repeat_ngram_size": "no OpenAI-compatible server offers an n-gram ban; use repetition_penalty"}),
+    # servers whose /completions echo the prompt's log-probabilities (ranking needs the role's tokenizer)
+    "openai:vllm": BackendSpec(_SERVED, ranks=True, why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
+    "openai:llamacpp": BackendSpec(_SERVED, ranks=True,
+                                   why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("llama.cpp")}),
+    # a server of a kind not known yet (server: auto): held to what vllm and llamacpp offer; the models stage,
+    # which asks the server, checks what it is
+    "openai:any": BackendSpec(_SERVED, ranks=False, why_not={
+        "no_repeat_ngram_size": ("no OpenAI-compatible server (vLLM, llama.cpp, OpenAI) offers an n-gram ban; use "
+                                 "repetition_penalty, or an in-process backend")}),
+    "ray": BackendSpec(frozenset(), ranks=False),
+}
+NOTHING = BackendSpec(frozenset(), ranks=False)  # a backend the table does not name (a test double): no controls
+
+
+def spec_of(backend: str) -> BackendSpec:
+    """The abilities of ``backend`` (a role's backend, or ``openai:<kind>`` for a server)."""
+    return SPECS.get(backend, NOTHING)
