@@ -8,6 +8,11 @@ run, adds the data files beside them (report templates, task configs), and write
 A module that is only a docstring (a package's ``__init__`` that documents it) runs nothing, so no output depends
 on it: it is left out (once it holds code, ``--check`` asks for the deps to be written again).
 
+The backends are the exception: which one runs is for params to say, so the registry and pinning import them by
+name (:data:`BY_NAME`), out of the closure's sight, and a stage that reaches them lists what the backends import
+outside their own packages, plus one dep per role it declares, ``src/evolforge/llm/backends/${roles.<name>.backend}``:
+DVC resolves it from params.yaml (``-S`` included), so an edit of a backend stales only the stages whose roles use it.
+
     python tools/stage_deps.py --check   # exit 1 and show the difference when dvc.yaml is out of date
     python tools/stage_deps.py --write   # rewrite the deps in dvc.yaml (comments and order kept)
 
