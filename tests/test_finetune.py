@@ -116,12 +116,20 @@ def test_lora_finetune(tiny_model, tmp_path):
     assert isinstance(_generate(merged, AutoTokenizer.from_pretrained(out)), str)
 
 
-def test_same_seed_same_weights(tiny_model, tmp_path):
+def test_same_seed_same_weights(tiny_model, tmp_path, monkeypatch):
+    """The same run gives the same folder, byte for byte, online or offline (HF_HUB_OFFLINE makes transformers
+    load with local_files_only, which a tokenizer would record in its tokenizer_config.json)."""
+    import huggingface_hub.constants
+
     from evolforge.core.models import hash_model_dir
 
-    runs = [finetune(str(tiny_model), ROWS, tmp_path / f"run{i}", replace(FAST, max_steps=4)) for i in range(2)]
+    runs = []
+    for i, offline in enumerate((False, True)):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        runs.append(finetune(str(tiny_model), ROWS, tmp_path / f"run{i}", replace(FAST, max_steps=4)))
     assert hash_model_dir(tmp_path / "run0") == hash_model_dir(tmp_path / "run1")
     assert runs[0].loss_curve == runs[1].loss_curve
+    assert "local_files_only" not in (tmp_path / "run0" / "tokenizer_config.json").read_text()
 
 
 def test_accelerate_zero3_config():

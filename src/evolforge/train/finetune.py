@@ -262,6 +262,9 @@ def _save(trainer, staging: Path, out_dir: Path, state) -> None:
     """Write the model (or the LoRA adapter) and the tokenizer to ``staging``, then rename it to ``out_dir``."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.use_cache = True  # training turns the KV cache off; generation wants it back
+    # how the tokenizer was loaded is no part of the model: local_files_only follows HF_HUB_OFFLINE, and kept in
+    # tokenizer_config.json it would make the same run's folder (its identity) differ online and offline
+    trainer.processing_class.init_kwargs.pop("local_files_only", None)
     trainer.save_model(str(staging))  # weights (ZeRO-3: gathered), or the adapter for LoRA; and the tokenizer
     if state.is_main_process:
         # a pickle of the run's arguments (paths included): not needed to load the model, and it would make the
