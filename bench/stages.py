@@ -253,11 +253,11 @@ def make_copy(root: Path, n_seeds: int, base_url: str) -> None:
     # the papers' setup on a server: the decode-time aids of the shipped small model (banned strings, n-gram
     # and repetition penalties, ranked judge answers) are hf's, and a server role refuses them
     params["evolve"]["controls"], params["optimize"]["controls"], params["judge"]["probabilities"] = {}, {}, False
-    from evolforge.config.roles import CONTROL_NAMES, SUPPORTED_CONTROLS
+    from evolforge.config.backend_specs import CONTROL_NAMES, SPECS
 
     for name in LLM_ROLES:
         role = params["roles"][name]
-        for control in set(CONTROL_NAMES) - SUPPORTED_CONTROLS["openai"]:
+        for control in set(CONTROL_NAMES) - SPECS["openai"].controls:
             role.pop(control, None)  # a role's own decode-time aids (the responder's repetition penalty) go too
         role.update(backend="openai", model=MODEL, base_url=base_url, concurrency=CONCURRENCY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
