@@ -37,9 +37,10 @@ SRC = REPO / "src"
 # the package's docstring, version and typing marker: no stage's output depends on them
 PACKAGE_ROOT = {"src/evolforge/__init__.py", "src/evolforge/py.typed"}
 BACKENDS = SRC / "evolforge/llm/backends"
-# modules that import backends by name, so their stages depend on their roles' backends (through params): the
-# registry builds any backend, pinning asks a server (openai) which model it serves
-BY_NAME = {"src/evolforge/llm/registry.py", "src/evolforge/llm/pinning.py"}
+# modules that import backends by name -> the modules they import (None: every backend package), so their
+# stages depend on their roles' backends through params: the registry builds any backend, pinning asks a
+# server (openai) which model it serves
+BY_NAME = {"src/evolforge/llm/registry.py": None, "src/evolforge/llm/pinning.py": ("openai/served.py",)}
 GENERATED = re.compile(r"^\s+- src/evolforge/\S+\s*$")
 
 
@@ -115,9 +116,9 @@ def backend_packages() -> list[Path]:
 
 def by_name(root: str) -> list[Path]:
     """The backend modules ``root`` (a :data:`BY_NAME` key) imports by name."""
-    if root.endswith("registry.py"):
+    if BY_NAME[root] is None:
         return [m for package in backend_packages() for m in package.rglob("*.py")]
-    return [BACKENDS / "openai/served.py"]
+    return [BACKENDS / module for module in BY_NAME[root]]
 
 
 def backend_support(roots: Iterable[str]) -> list[str]:
@@ -151,7 +152,7 @@ def stage_deps(spec: dict, script: Path) -> list[str]:
     """A stage's source deps: its script's closure; where it imports backends by name (:data:`BY_NAME`), what
     those backends import outside their packages and each of its roles' backend package."""
     found = closure(script)
-    roots = BY_NAME & set(found)
+    roots = set(BY_NAME) & set(found)
     if not roots:
         return found
     return sorted(set(found) | set(backend_support(roots))) + role_deps(spec)
