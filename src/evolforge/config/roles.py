@@ -77,9 +77,8 @@ class Controls:
 
 def controls_problems(backend: str, controls: "Controls", where: str) -> list[str]:
     """One message per control that ``backend`` cannot honour (empty when it honours them all)."""
-    problems = []
+    problems, spec = [], spec_of(backend)
     for name in controls.used():
-        spec = spec_of(backend)
         if name not in spec.controls:
             why = spec.why_not.get(name, f"the {backend} backend does not implement it")
             at = controls.source(name, where)

@@ -64,8 +64,6 @@ def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -
             raise ControlsError("; ".join(problems))
 
 
-
-
 def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
     """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
     if not spec_of(backend).ranks and any(r.rank for r in requests):
