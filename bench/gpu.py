@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -76,27 +75,12 @@ def phase_engine(args) -> dict:
     return {**generated(llm, args.reqs), "gpus": 1}
 
 
-def wait_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"vllm serve exited with {server.returncode}; its log ({log}) ends:\n"
-                             + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(3)
-    raise SystemExit(f"vllm serve at {url} was not ready after {timeout_s:.0f} s; see {log}")
-
-
 def phase_replicas(args) -> dict:
     import torch
 
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
+    from evolforge.llm.backends.openai.served import wait_until_serving
     from evolforge.llm.registry import make_backend
 
     if "base_urls" not in {f.name for f in dataclasses.fields(Role)}:
@@ -124,7 +108,10 @@ def phase_replicas(args) -> dict:
                                       stderr=subprocess.STDOUT, start_new_session=True)
             servers.append((server, log, f"http://127.0.0.1:{argv[argv.index('--port') + 1]}/v1"))
         for server, log, url in servers:
-            wait_ready(url, server, log, args.startup_timeout)
+            try:
+                wait_until_serving(url, server, log, args.startup_timeout, every_s=3)
+            except RuntimeError as err:
+                raise SystemExit(f"vllm serve: {err}") from None
         role = Role(name="evolver", backend="openai", model=args.model, base_urls=[url for _, _, url in servers],
                     concurrency=args.concurrency, timeout_s=600.0, max_tokens=args.max_tokens)
         llm = LLM(make_backend(role), None, role=role)

@@ -21,8 +21,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import polars as pl
@@ -31,6 +29,7 @@ import pytest
 from evolforge.config.loader import load_section
 from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
+from evolforge.llm.backends.openai.served import wait_until_serving
 from evolforge.llm.requests import ChatRequest
 from evolforge.schema import load_params
 from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings
@@ -73,20 +72,8 @@ def server(gguf_folder, tmp_path_factory):
                              "--logits_all", "true", "--n_threads", "1", "--verbose", "false"],
                             stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + START_S
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited ({proc.returncode}); see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not answer within {START_S}s; see {log.name}")
-            time.sleep(0.5)
+        wait_until_serving(base_url, proc, Path(log.name), START_S)
         yield base_url
     finally:
         proc.terminate()

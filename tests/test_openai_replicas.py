@@ -21,7 +21,7 @@ from evolforge.llm.requests import role_request
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import open_llm
 from evolforge.llm.backends.openai.client import OpenAIBackend
-from evolforge.llm.backends.openai.served import served_model_identity
+from evolforge.llm.backends.openai.served import served_model_identity, wait_until_serving
 from fake_openai import FakeOpenAIServer, chat_body
 
 
@@ -181,3 +181,25 @@ def test_a_key_over_plain_http_to_any_remote_replica_is_warned(caplog):
     assert "http://10.1.2.3:8000/v1: the API key is sent over plain HTTP" in caplog.text
     assert "127.0.0.1" not in caplog.text and "sk-abc" not in caplog.text + repr(b)
     assert "base_urls=" in repr(b) and b.identity() == {"served_model": "m"}
+
+
+def test_waiting_for_a_started_server(tmp_path):
+    """wait_until_serving returns once GET /models answers, and names the log's end when the process exits
+    first or never answers."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "server.log"
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with FakeOpenAIServer(seeded_reply) as server:
+            wait_until_serving(server.base_url, alive, log, timeout_s=10)
+        with pytest.raises(RuntimeError, match="did not answer within 1 s"):
+            wait_until_serving("http://127.0.0.1:9/v1", alive, log, timeout_s=1, every_s=0.2)
+    finally:
+        alive.kill()
+    log.write_text("loading weights\nout of memory\n")
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(RuntimeError, match=r"exited with 3; its log .* ends:\nloading weights\nout of memory"):
+        wait_until_serving("http://127.0.0.1:9/v1", dead, log, timeout_s=10)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +23,25 @@ log = logging.getLogger(__name__)
 # as `root` and the context as `max_model_len`); `created` and `owned_by` say nothing about the weights.
 _MODEL_FIELDS = ("root", "parent", "max_model_len")
 _KINDS: dict[str, str] = {}  # base_url -> the server kind found there (one look per process)
+
+
+def wait_until_serving(base_url: str, server: subprocess.Popen, log: Path, timeout_s: float,
+                       every_s: float = 0.5) -> None:
+    """Wait until a server just started as ``server`` answers ``GET {base_url}/models``. Raise RuntimeError,
+    with the end of its ``log``, when it exits first or does not answer within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.is_file() else ""
+            raise RuntimeError(f"the server exited with {server.returncode}; its log ({log}) ends:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/models", timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(every_s)
+    raise RuntimeError(f"the server at {base_url} did not answer within {timeout_s:.0f} s; see {log}")
 
 
 def kind_of(entry: dict[str, Any]) -> str:
