@@ -35,7 +35,6 @@ READS = ["data/seed", "data/evolved", "data/responses", "data/pool", "data/dedup
 SAMPLE_CHAINS = 20
 PAIRS_PER_ROUND = 4  # surviving rewrites shown beside their parents, per round
 EXAMPLES = 5  # top and bottom selected examples shown
-TEXT_LIMIT = 400  # characters of an instruction or response shown on the page
 # the judge's 0-100 score columns (data/judged), the expected one first: with judge.probabilities it tells apart
 # items that the most likely answer lumps together; without, it is null and the most likely score is all there is
 SCORE_FIELDS = {"difficulty_expected": "expected score", "difficulty_score": "most likely score"}

@@ -36,7 +36,6 @@ from evolforge.steps.common.source import build_seed
 JUDGE_TEMPLATE = "judge/win_tie_lose.j2"
 VERDICTS = ("win", "tie", "lose")
 RULES = ("paper", "last_line")
-_FLIP = {"win": "lose", "lose": "win", "tie": "tie"}
 
 
 def parse_verdict(text: str, rule: str = "paper") -> str:

@@ -72,7 +72,6 @@ from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
 SELECTIONS = ("lowest_failure", "no_regression")
-ON_UNUSABLE = ("evol", "stop", "keep")
 
 # the block's opening fence: "```Optimized Method", in any case, with or without spaces or an underscore
 _OPENER = re.compile(r"```[ \t]*optimized[ _\t]*method[ \t]*:?[ \t]*\n?", re.IGNORECASE)
