@@ -134,7 +134,9 @@ def phase_score(args) -> dict:
     sys.path.insert(0, str(BENCH))
     from score import synth_items
 
-    from evolforge.score.ifd import ifd_scores, load_scorer
+    from evolforge.core.models import load_scorer
+
+    from evolforge.score.ifd import ifd_scores
 
     model, tokenizer = load_scorer(args.model, dtype="bfloat16", device="cuda")
     items = synth_items(args.score_items, seed=0)

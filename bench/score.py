@@ -170,7 +170,9 @@ def main() -> None:
         memory_check(args.device, args.max_batch_tokens)
         return
 
-    from evolforge.score.ifd import ifd_scores, load_scorer, reference_ifd_scores
+    from evolforge.core.models import load_scorer
+
+    from evolforge.score.ifd import ifd_scores, reference_ifd_scores
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model or str(build_random_llama(Path(tmp) / "random-llama"))

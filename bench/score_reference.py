@@ -120,7 +120,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from evolforge.score.ifd import ifd_scores, load_scorer
+    from evolforge.core.models import load_scorer
+
+    from evolforge.score.ifd import ifd_scores
 
     model, tokenizer = load_scorer(args.model, dtype="float32", device="cpu")
     items = load_items(args.humaneval, args.prose)

@@ -140,8 +140,9 @@ def main() -> None:
         judge.open_role = stand_in_judge
     elif stage == "score":
         import evolforge.score.ifd as ifd
+        import evolforge.steps.score.step as step
 
-        ifd.load_scorer = lambda *a, **k: (None, None)
+        step.load_scorer = lambda *a, **k: (None, None)
         ifd.ifd_scores = stand_in_scores
     elif stage == "diversity":
         use_stand_in_embedder()

@@ -12,7 +12,7 @@ from tiny import build_random_llama
 import evolforge.score.diversity as diversity
 from evolforge.score.diversity import embed_texts, item_texts, mean_pooled_embeddings
 from evolforge.score.neighbors import min_neighbor_distance, neighbor_stats
-from evolforge.score.ifd import load_scorer
+from evolforge.core.models import load_scorer
 from evolforge.steps.diversity.npy import NpyRows, NpyRowWriter
 
 

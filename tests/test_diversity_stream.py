@@ -73,7 +73,7 @@ def test_diversity_stage_writes_what_the_in_memory_stage_wrote(tmp_path, embedde
     function neighbor_stats was (whole_row_blocks), write_table and np.save."""
     from evolforge.io.records import write_table
     from evolforge.score.diversity import item_texts, mean_pooled_embeddings
-    from evolforge.score.ifd import load_scorer
+    from evolforge.core.models import load_scorer
 
     folder = run_diversity(tmp_path / "run", embedder_model, 7, monkeypatch)
     table = items()

@@ -17,7 +17,8 @@ from tiny import build_random_llama
 import evolforge.score.ifd as ifd
 import evolforge.score.losses as losses
 from evolforge.core.text import question_text
-from evolforge.score.ifd import ifd_scores, load_scorer, reference_ifd_scores
+from evolforge.core.models import load_scorer
+from evolforge.score.ifd import ifd_scores, reference_ifd_scores
 from evolforge.score.losses import split_head, token_budget_batches
 from evolforge.score.passes import chat_texts, encode_items
 

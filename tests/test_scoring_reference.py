@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from tiny import build_random_llama
-from evolforge.score.ifd import ifd_scores, load_scorer
+from evolforge.core.models import load_scorer
+from evolforge.score.ifd import ifd_scores
 from evolforge.score.passes import encode_items
 
 # Pre-tokenizer splits as in the Llama-3 and Qwen2 tokenizer.json files (Qwen: one digit at a time).

@@ -57,8 +57,18 @@ def test_a_stage_depends_on_its_roles_backends_through_params():
     assert "src/evolforge/llm/backends/${roles.judge.backend}" in judge
     assert "src/evolforge/llm/decoding.py" in judge  # shared by the hf and llamacpp backends
     assert not [d for d in judge if d.startswith("src/evolforge/llm/backends/openai/")]
-    assert "src/evolforge/llm/backends/${roles.embedder.backend}" in deps("models")  # `roles` whole: every role
+    every_role = stage_deps.role_deps({"params": ["roles"]})  # the whole section: every role params.yaml names
+    assert "src/evolforge/llm/backends/${roles.embedder.backend}" in every_role
+    assert len(every_role) == len(yaml.safe_load((REPO / "params.yaml").read_text())["roles"])
     assert not [d for d in deps("dedup") if "/llm/" in d]
+
+
+def test_a_stage_that_only_pins_depends_on_what_pinning_imports_by_name():
+    """The models stage builds no backend: it lists the module pinning imports by name (asking a server which
+    model it serves) and what that imports, not its roles' whole backend packages."""
+    models = deps("models")
+    assert "src/evolforge/llm/backends/openai/served.py" in models
+    assert not [d for d in models if "${" in d or d.startswith("src/evolforge/llm/backends/llamacpp")]
 
 
 def test_the_backends_are_the_packages_a_role_can_name():

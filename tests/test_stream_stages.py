@@ -77,7 +77,8 @@ def test_score_stage_writes_what_the_in_memory_scorer_wrote(tmp_path, scorer_mod
     """Chunks of whole encode chunks (the default 4096 here covers the table) give the bytes of the table
     scored at once and written with write_parquet, as the stage did before it streamed."""
     from evolforge.steps.score.settings import ScoreSettings
-    from evolforge.score.ifd import ifd_scores, load_scorer
+    from evolforge.core.models import load_scorer
+    from evolforge.score.ifd import ifd_scores
     from evolforge.score.precision import stored_scores
 
     folder = run_score(tmp_path / "run", scorer_model, 7, monkeypatch)

@@ -9,9 +9,11 @@ A module that is only a docstring (a package's ``__init__`` that documents it) r
 on it: it is left out (once it holds code, ``--check`` asks for the deps to be written again).
 
 The backends are the exception: which one runs is for params to say, so the registry and pinning import them by
-name (:data:`BY_NAME`), out of the closure's sight, and a stage that reaches them lists what the backends import
-outside their own packages, plus one dep per role it declares, ``src/evolforge/llm/backends/${roles.<name>.backend}``:
-DVC resolves it from params.yaml (``-S`` included), so an edit of a backend stales only the stages whose roles use it.
+name (:data:`BY_NAME`), out of the closure's sight. A stage that builds backends (reaches the registry) lists what
+the backends import outside their own packages, plus one dep per role it declares,
+``src/evolforge/llm/backends/${roles.<name>.backend}``: DVC resolves it from params.yaml (``-S`` included), so an
+edit of a backend stales only the stages whose roles use it. A stage that reaches only pinning (the models stage)
+lists the one module pinning imports by name, ``openai/served.py``, with what it imports: not whole backends.
 
     python tools/stage_deps.py --check   # exit 1 and show the difference when dvc.yaml is out of date
     python tools/stage_deps.py --write   # rewrite the deps in dvc.yaml (comments and order kept)
@@ -40,7 +42,8 @@ BACKENDS = SRC / "evolforge/llm/backends"
 # modules that import backends by name -> the modules they import (None: every backend package), so their
 # stages depend on their roles' backends through params: the registry builds any backend, pinning asks a
 # server (openai) which model it serves
-BY_NAME = {"src/evolforge/llm/registry.py": None, "src/evolforge/llm/pinning.py": ("openai/served.py",)}
+REGISTRY = "src/evolforge/llm/registry.py"
+BY_NAME = {REGISTRY: None, "src/evolforge/llm/pinning.py": ("openai/served.py",)}
 GENERATED = re.compile(r"^\s+- src/evolforge/\S+\s*$")
 
 
@@ -149,13 +152,18 @@ def stage_scripts(dvc_text: str) -> dict[str, str]:
 
 
 def stage_deps(spec: dict, script: Path) -> list[str]:
-    """A stage's source deps: its script's closure; where it imports backends by name (:data:`BY_NAME`), what
-    those backends import outside their packages and each of its roles' backend package."""
+    """A stage's source deps: its script's closure; where it builds backends, what they import outside their
+    packages and each of its roles' backend package; where it only imports a few backend modules by name
+    (pinning), those modules and what they import."""
     found = closure(script)
     roots = set(BY_NAME) & set(found)
     if not roots:
         return found
-    return sorted(set(found) | set(backend_support(roots))) + role_deps(spec)
+    deps = set(found) | set(backend_support(roots))
+    if REGISTRY in roots:  # it builds backends: each of its roles' package, through params
+        return sorted(deps) + role_deps(spec)
+    named = [module for root in roots for module in by_name(root)]  # a few modules, not whole backends
+    return sorted(deps | set(_listed(set(named) | _reach(named))))
 
 
 def rewrite(dvc_text: str) -> str:

@@ -170,3 +170,8 @@ def load_causal_lm(model: str, revision: str | None = None, dtype: str = "auto",
     device = pick_device(device)
     lm = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=pick_dtype(dtype, device))
     return lm.to(device).eval()
+
+
+def load_scorer(model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
+    """(model, tokenizer) for scoring and embedding: eval mode, bf16 on GPU / fp32 on CPU, right padding."""
+    return load_causal_lm(model, revision, dtype=dtype, device=device), load_tokenizer(model, revision, "right")

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.text import question_text
-from evolforge.score.ifd import load_scorer
+from evolforge.core.models import load_scorer
 from evolforge.score.losses import pad_right
 
 EmbeddingKind = Literal["sentence-transformers", "causal-lm-mean"]

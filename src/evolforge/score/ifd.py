@@ -6,6 +6,7 @@ worked example). Which text each forward pass sees (templates ``raw``, ``cherry`
 parts begin in tokens (boundaries ``prefix``, ``offsets``) is :mod:`evolforge.score.passes`; the batched
 per-token losses are :mod:`evolforge.score.losses`.
 
+>>> from evolforge.core.models import load_scorer
 >>> model, tokenizer = load_scorer("models/tiny")                      # doctest: +SKIP
 >>> ifd_scores(model, tokenizer, ["Add 2 and 3."], [""], ["5"]).columns  # doctest: +SKIP
 ['loss_instruction', 'loss_response', 'loss_response_given_instruction', 'ifd', 'ic_ifd', ...]
@@ -46,7 +47,6 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.formulas import NULL_ROW_LOSSES, scores_row
@@ -54,13 +54,6 @@ from evolforge.score.losses import IGNORE, split_head, token_nlls
 from evolforge.score.passes import EncodedItem, encode_items, question_positions
 
 ENCODE_CHUNK = 4096  # items encoded, length-sorted and batched together by ifd_scores (its chunk_size)
-
-
-def load_scorer(model_name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
-    """(model, tokenizer) for scoring: eval mode, bf16 on GPU / fp32 on CPU, right padding."""
-    tokenizer = load_tokenizer(model_name, revision, padding_side="right")
-    model = load_causal_lm(model_name, revision, dtype=dtype, device=device)
-    return model, tokenizer
 
 
 def _mean(nll: torch.Tensor) -> tuple[float | None, int]:

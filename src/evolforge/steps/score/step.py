@@ -27,6 +27,7 @@ from evolforge.core.stage import Outputs
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.stream import check_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
 from evolforge.io.versions import output_versions
+from evolforge.core.models import load_scorer
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import ifd
 from evolforge.io.columns import SCORE_VALUES
@@ -61,7 +62,7 @@ class ChunkScorer:
         if self._scorer is None:
             if self.threads is not None:  # an actor takes `threads` CPUs of its node, not all of them
                 torch.set_num_threads(self.threads)
-            self._scorer = ifd.load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+            self._scorer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
         model, tokenizer = self._scorer
         scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(),
                                 chunk["output"].to_list(),
