@@ -56,11 +56,12 @@ def test_hf_backend_applies_the_role_threads(tmp_path, monkeypatch):
         assert torch.get_num_threads() == 1
         from evolforge.llm import threads
 
-        monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)  # an idle machine: every usable core
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        assert HFBackend(str(path)).threads == usable_cores()  # the default
-        monkeypatch.setattr(threads, "busy_cores", lambda: 64.0)  # a machine busy with others: one thread
-        assert HFBackend(str(path)).threads == 1
+        monkeypatch.setattr(threads, "busy_cores", lambda: 64.0)  # a machine busy with others
+        assert HFBackend(str(path)).threads == usable_cores()  # the default: every usable core, whatever the load
+        assert HFBackend(str(path), follow_load=True).threads == 1  # following the load: one thread
+        monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)  # an idle machine: every usable core
+        assert HFBackend(str(path), follow_load=True).threads == usable_cores()
     finally:
         torch.set_num_threads(before)
 
@@ -81,3 +82,17 @@ def test_busy_cores_reads_proc_stat(tmp_path):
     from evolforge.llm.threads import busy_cores
 
     assert busy_cores(0.0, stat=str(tmp_path / "missing")) is None
+
+
+def test_decoding_threads_follow_the_load_only_when_asked(monkeypatch):
+    """The thread count changes llama.cpp's logits: by default it is every usable core, busy machine or not, so
+    a rerun decodes the same tokens; ``follow_load`` (a role's ``threads_follow_load``) picks fewer when busy."""
+    from evolforge.llm import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 64.0)
+    assert threads.decoding_threads() == usable_cores({})
+    assert threads.decoding_threads(follow_load=True) == 1
+    assert threads.decoding_threads(3, follow_load=True) == 3  # the role's own number stands
+    role = Role.from_params("responder", {"backend": "llamacpp", "model": "m", "threads_follow_load": True})
+    assert role.threads_follow_load and not Role.from_params("responder", {"backend": "llamacpp", "model": "m"}).threads_follow_load

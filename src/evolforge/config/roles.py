@@ -129,7 +129,11 @@ class Role:
     tensor_parallel_size: PositiveInt = 1
     gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = 0.9
     max_model_len: PositiveInt | None = None
-    threads: PositiveInt | None = None  # hf, llamacpp: CPU threads; None = pick_threads() (fewer on a busy machine)
+    threads: PositiveInt | None = None  # hf, llamacpp: CPU threads; None = every usable core (llm/threads.py)
+    # hf, llamacpp without `threads`: fewer threads while other processes keep cores busy, picked again at a call
+    # 30 s after the last pick; faster on a shared machine, but the count changes llama.cpp's logits, so a rerun
+    # may then decode other tokens
+    threads_follow_load: bool = False
     # ray: a Ray Data pipeline over `replicas` actors (docs/scale_ray.md)
     ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None = start a local one
     replicas: PositiveInt = 1  # actors, each holding one copy of the model (data parallel)

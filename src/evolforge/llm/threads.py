@@ -1,4 +1,11 @@
-"""CPU threads for in-process decoding (hf, llamacpp): the cores this process may use, less those others keep busy."""
+"""CPU threads for in-process decoding (hf, llamacpp): the cores this process may use.
+
+The thread count is part of the arithmetic: llama.cpp splits a one-token step's work by thread, and its logits
+for the same tokens differ with the count (up to 0.3 on Qwen2.5-Coder-1.5B Q4_K_M, 1 against 2 to 4 threads;
+torch's float32 ones by about 2e-5), enough to flip a near tie. So by default a backend decodes with every usable
+core, a number that does not change while the machine is busy, and a rerun on the same machine decodes the same
+tokens. A role's ``threads_follow_load`` trades that for speed on a shared machine (:func:`pick_threads`).
+"""
 
 from __future__ import annotations
 
@@ -76,3 +83,11 @@ def pick_threads(environ: Mapping[str, str] | None = None, busy: float | None | 
     if busy is None:
         return usable
     return max(1, min(usable, usable - math.floor(busy + 0.5)))
+
+
+def decoding_threads(threads: int | None = None, follow_load: bool = False) -> int:
+    """The threads a backend decodes with: the role's ``threads``; otherwise every usable core, or with
+    ``follow_load`` :func:`pick_threads` (fewer while other processes keep cores busy)."""
+    if threads:
+        return threads
+    return pick_threads() if follow_load else usable_cores()

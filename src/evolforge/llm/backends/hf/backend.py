@@ -44,7 +44,7 @@ from transformers.cache_utils import DynamicLayer
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.threads import pick_threads
+from evolforge.llm.threads import decoding_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
@@ -137,12 +137,12 @@ class HFBackend:
     capabilities = Capabilities(stream=True, runs_with=True)
 
     def __init__(self, model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
-                 threads: int | None = None, max_model_len: int | None = None):
+                 threads: int | None = None, max_model_len: int | None = None, follow_load: bool = False):
         self.model_name = model
         self.revision = revision
         # torch's default (every core it sees) oversubscribes a shared or quota-limited machine
-        self.fixed_threads = threads
-        self.threads = threads or pick_threads()
+        self.follow_load = follow_load and not threads  # pick again as the machine's load changes
+        self.threads = decoding_threads(threads, follow_load)
         self._threads_picked = time.monotonic()
         torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(model, revision, padding_side="left")
@@ -163,7 +163,7 @@ class HFBackend:
     @classmethod
     def from_role(cls, role: Role) -> "HFBackend":
         return cls(role.model, role.revision, dtype=role.dtype, device=role.device, threads=role.threads,
-                   max_model_len=role.max_model_len)
+                   max_model_len=role.max_model_len, follow_load=role.threads_follow_load)
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -211,8 +211,8 @@ class HFBackend:
         """
         if not requests:
             return
-        if self.fixed_threads is None and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
-            self.threads = pick_threads()  # the machine got busy (or idle) since: threads for now
+        if self.follow_load and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
+            self.threads = decoding_threads(follow_load=True)  # the machine got busy (or idle) since
             self._threads_picked = time.monotonic()
         if torch.get_num_threads() != self.threads:  # or another backend in this process set its own
             torch.set_num_threads(self.threads)

@@ -42,7 +42,7 @@ import torch
 from evolforge.core.models import load_tokenizer, model_identity
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.threads import pick_threads
+from evolforge.llm.threads import decoding_threads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
@@ -69,10 +69,10 @@ class LlamaCppBackend:
     capabilities = Capabilities(stream=True)
 
     def __init__(self, model: str, threads: int | None = None, max_model_len: int | None = None,
-                 reuse_prefix: bool = True, batch_size: int = 8, speculative: bool = True):
+                 reuse_prefix: bool = True, batch_size: int = 8, speculative: bool = True, follow_load: bool = False):
         path = gguf_file(model)
         self.speculative = speculative
-        self.fixed_threads = threads
+        self.follow_load = follow_load and not threads  # pick again as the machine's load changes
         self.context = max_model_len or LLAMACPP_CONTEXT
         self.reuse_prefix = reuse_prefix
         self.batch_size = min(batch_size, RANK_SEQUENCES)
@@ -80,7 +80,7 @@ class LlamaCppBackend:
         if self.tokenizer.chat_template is None:
             raise LlamaCppError(f"model {model}: the tokenizer has no chat template; chat roles need one")
         self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
-                                     threads=threads or pick_threads())
+                                     threads=decoding_threads(threads, follow_load))
         self._identity = model_identity(model)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
@@ -91,7 +91,7 @@ class LlamaCppBackend:
     def from_role(cls, role: Role) -> "LlamaCppBackend":
         return cls(role.model, threads=role.threads, max_model_len=role.max_model_len,
                    reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.batch_size,
-                   speculative=bool(role.extra.get("speculative", True)))
+                   speculative=bool(role.extra.get("speculative", True)), follow_load=role.threads_follow_load)
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -129,8 +129,8 @@ class LlamaCppBackend:
         """Every request's answer, yielded as it ends: rankings and empty budgets first, then up to ``slots``
         (at most ``batch_size``) generations decoded together. With ``reuse_prefix`` the prompts go in the
         order of their tokens, so that each shares the longest prefix with one before it."""
-        if self.fixed_threads is None and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
-            self.cache.set_threads(pick_threads())
+        if self.follow_load and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
+            self.cache.set_threads(decoding_threads(follow_load=True))
             self._threads_picked = time.monotonic()
         prompts = [self.render(r) for r in requests]
         order = sorted(range(len(requests)), key=prompts.__getitem__) if self.reuse_prefix else range(len(requests))
