@@ -81,6 +81,15 @@ class ScriptedServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     action = server._action(body)
+                done = False
+
+                def finished():  # before the client can see the reply: it may send its next request at once
+                    nonlocal done
+                    if not done:
+                        done = True
+                        with server.lock:
+                            server.in_flight -= 1
+
                 try:
                     time.sleep(server.delay_s)
                     if action is HANG:
@@ -89,6 +98,7 @@ class ScriptedServer:
                     if action is DROP:
                         return  # close without a status line
                     _, status, payload, headers = action
+                    finished()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -99,8 +109,7 @@ class ScriptedServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up first
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    finished()
 
             def log_message(self, *args):
                 pass
