@@ -135,7 +135,6 @@ def phase_score(args) -> dict:
     from score import synth_items
 
     from evolforge.core.models import load_scorer
-
     from evolforge.score.ifd import ifd_scores
 
     model, tokenizer = load_scorer(args.model, dtype="bfloat16", device="cuda")

@@ -171,7 +171,6 @@ def main() -> None:
         return
 
     from evolforge.core.models import load_scorer
-
     from evolforge.score.ifd import ifd_scores, reference_ifd_scores
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -121,7 +121,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from evolforge.core.models import load_scorer
-
     from evolforge.score.ifd import ifd_scores
 
     model, tokenizer = load_scorer(args.model, dtype="float32", device="cpu")

@@ -159,11 +159,10 @@ def stage_deps(spec: dict, script: Path) -> list[str]:
     roots = set(BY_NAME) & set(found)
     if not roots:
         return found
-    deps = set(found) | set(backend_support(roots))
     if REGISTRY in roots:  # it builds backends: each of its roles' package, through params
-        return sorted(deps) + role_deps(spec)
+        return sorted(set(found) | set(backend_support(roots))) + role_deps(spec)
     named = [module for root in roots for module in by_name(root)]  # a few modules, not whole backends
-    return sorted(deps | set(_listed(set(named) | _reach(named))))
+    return sorted(set(found) | set(_listed(set(named) | _reach(named))))
 
 
 def rewrite(dvc_text: str) -> str:
