@@ -10,10 +10,9 @@ Writes: data/autoif/responses/items.parquet in the schema of data/responses (lin
 Runs only when `scenario: autoif`; otherwise writes an empty table and `skipped: true`.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.autoif.respond import run
 
 

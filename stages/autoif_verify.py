@@ -11,10 +11,9 @@ Writes: data/autoif/verified/items.parquet (constraints: status kept/failed + re
 Runs only when `scenario: autoif`; otherwise writes empty tables and `skipped: true`.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.autoif.verify import run
 
 

@@ -10,10 +10,9 @@ Writes: data/compare/items.parquet (both answers and finish reasons, raw judge a
         metrics/compare.json (win / tie / lose counts and rates from the fine-tuned model's side, unjudged)
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.compare.step import run
 
 

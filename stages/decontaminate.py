@@ -12,9 +12,8 @@ Writes: data/clean/items.parquet (the items not contaminated, with data/dedup's 
 Items stream through data.chunk_rows rows at a time against the benchmark index built once (docs/scale.md).
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
-from evolforge.core.stage import arguments, write
 from evolforge.steps.decontaminate.step import run
 
 

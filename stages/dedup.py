@@ -9,9 +9,8 @@ Writes: data/dedup/items.parquet (the kept items, with data/pool's columns), dat
 The table is read and written data.chunk_rows rows at a time (docs/scale.md): the same output for any value.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
-from evolforge.core.stage import arguments, write
 from evolforge.steps.dedup.step import run
 
 

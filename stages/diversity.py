@@ -7,9 +7,8 @@ Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/divers
         metrics/plots/mnd_hist.json
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
-from evolforge.core.stage import arguments, write
 from evolforge.steps.diversity.step import run
 
 

@@ -10,12 +10,11 @@ Writes: --metrics ({"<label>": {"<benchmark>/<metric>": value, ...}, "skipped": 
 lm-evaluation-harness imports.)
 """
 
-from evolforge.core.errors import run_stage
-from evolforge.config.loader import read_params, load_section
+from evolforge.core.stage import WALL_S, arguments, process_wall_s, run_stage
+from evolforge.config.loader import load_section, read_params
 from evolforge.config.roles import load_role
 from evolforge.config.training import EvaluateSettings
 from evolforge.io.records import write_json
-from evolforge.core.stage import WALL_S, arguments, process_wall_s
 from evolforge.eval.harness import evaluate
 
 

@@ -7,10 +7,9 @@ Writes: data/evolved/<round>/ items.parquet (one row per item in: evolved or fai
         pool.parquet (what the next round evolves), meta.json; metrics/evolve/<round>.json
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.evolve.step import run
 
 

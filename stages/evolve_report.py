@@ -7,10 +7,9 @@ Writes: metrics/evolve.json (per round: in, evolved, failed by reason, length gr
 
 from pathlib import Path
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage
 from evolforge.config.loader import read_params
 from evolforge.io.records import write_json
-from evolforge.core.stage import arguments
 from evolforge.steps.evolve.report import run
 
 

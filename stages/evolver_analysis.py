@@ -9,10 +9,9 @@ Writes: metrics/evolver_analysis.json (per evolver: mean / median top-token prob
         metrics/plots/evolver_top_prob.json (share per probability bin and evolver)
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.evolver_analysis.step import run
 
 

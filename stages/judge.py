@@ -6,10 +6,9 @@ Writes: data/judged/items.parquet (id + difficulty columns), metrics/judge.json,
         metrics/plots/difficulty_levels.json (level shares per round)
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.judge.step import run
 
 

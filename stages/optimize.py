@@ -11,10 +11,9 @@ With evolve.strategy other than `auto` the stage costs nothing (the initial meth
 on_unusable `stop`, an unusable method stops the stage with a message. Logic: src/evolforge/steps/optimize/step.py.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.optimize.step import run
 
 

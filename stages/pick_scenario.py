@@ -9,9 +9,8 @@ With scenario autoif and no AutoIF item left, `on_empty: evol` takes the evol po
 the metrics and meta, a warning on stderr); `on_empty: fail` stops with that message.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
-from evolforge.core.stage import arguments, write
 from evolforge.steps.pool.step import run
 
 

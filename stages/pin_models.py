@@ -10,10 +10,9 @@ branch, another served model (and a setting the server cannot honour) are notice
 """
 
 import json
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage
 from evolforge.config.roles import load_role
 from evolforge.io.records import write_json
-from evolforge.core.stage import arguments
 from evolforge.schema import load_params
 from evolforge.config.servers import refuse_unservable
 from evolforge.llm.identity import identity_entry

@@ -9,9 +9,8 @@ Params: none (the page shows what the other stages wrote)
 Two versions side by side (not a stage; experiments or folders): evolforge report --compare A B
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage
 from evolforge.io.records import write_json
-from evolforge.core.stage import arguments
 from evolforge.report import build_report
 from evolforge.report.summary import headline
 

@@ -7,10 +7,9 @@ Writes: data/responses/items.parquet (lineage + instruction, input, output, resp
         metrics/respond.json (items, responses per response_status, calls, cache hits, items per round)
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.stage import arguments, write
 from evolforge.steps.respond.step import run
 
 

@@ -9,9 +9,8 @@ Stored precision (score/precision.py, docs/scoring.md): losses at 4 significant 
 recomputed from them and the means at 6, so another CPU's last-bit differences do not change the hashes.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
-from evolforge.core.stage import arguments, write
 from evolforge.steps.score.step import run
 
 

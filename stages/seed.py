@@ -6,9 +6,8 @@ Writes: data/seed/items.parquet, duplicates.parquet (each dropped duplicate and 
 Rules for the source (what is refused and why): docs/seeds.md.
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
-from evolforge.core.stage import arguments, write
 from evolforge.steps.seed.step import run
 
 

@@ -13,9 +13,8 @@ Writes: data/selected/items.parquet (lineage + text + every metric), excluded.pa
         metrics/select.json (items removed per filter, diversity of the selected set)
 """
 
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
-from evolforge.core.stage import arguments, write
 from evolforge.steps.select.step import run
 
 

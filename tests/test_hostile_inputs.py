@@ -453,7 +453,7 @@ def test_autoif_query_lengths_that_keep_nothing_are_refused():
 def test_evolve_report_refuses_a_hand_edited_round_file(repo, tmp_path, capsys, monkeypatch, edit, expected):
     import importlib.util
 
-    from evolforge.core.errors import run_stage
+    from evolforge.core.stage import run_stage
 
     metrics = {"in": 6, "evolved": 5, "failed": 1, "calls": 11, "cache_hits": 0, "failed_by_reason": {"empty": 1},
                "mean_length_growth": 1.4}
@@ -480,7 +480,7 @@ def test_evolve_report_refuses_a_hand_edited_round_file(repo, tmp_path, capsys, 
 ])
 @pytest.mark.parametrize("error", [ValueError, SystemExit])  # a stage's own SystemExit message too
 def test_a_stage_run_on_another_params_file_says_which_file_params_yaml_means(monkeypatch, capsys, argv, noted, error):
-    from evolforge.core.errors import run_stage
+    from evolforge.core.stage import run_stage
 
     def main():
         raise error("params.yaml roles.scorer.backend: scoring needs logits")

@@ -4,8 +4,8 @@
 
 Every import counts, the ones inside functions too (they run when the function does, and tools/stage_deps.py
 makes them a stage's deps). Packages of one layer may import each other, never both ways: the package graph
-has no cycle. The package root (``evolforge/__init__.py``) is outside the layers: it sets the allocator
-(``core/memory``) before anything imports polars.
+has no cycle. The package root (``evolforge/__init__.py``) is outside the layers: it sets polars' allocator
+before anything imports polars.
 """
 
 from __future__ import annotations

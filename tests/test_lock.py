@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from evolforge.io.versions import OUTPUT_PACKAGES, installed_version
+from evolforge.io.records import OUTPUT_PACKAGES, installed_version
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_LOCK, GPU_LOCK = REPO / "requirements" / "cpu.txt", REPO / "requirements" / "gpu.txt"
@@ -137,7 +137,7 @@ def test_make_lock_regenerates_both_locks(tmp_path):
 
 
 def test_output_packages_are_locked():
-    """The packages recorded in meta.json and the card (io/versions.py) are pinned by the locks."""
+    """The packages recorded in meta.json and the card (io/records.py) are pinned by the locks."""
     cpu, gpu = read_lock(CPU_LOCK), read_lock(GPU_LOCK)
     for name in OUTPUT_PACKAGES:
         assert name in gpu, name

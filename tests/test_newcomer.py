@@ -259,7 +259,7 @@ def test_warns_when_the_server_reports_nothing_that_changes_with_the_weights(_no
 
 STAGE = '''
 import pathlib, sys, yaml
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import run_stage
 from evolforge.io.records import atomic_dir
 
 def main():

@@ -12,13 +12,12 @@ import sys
 import pytest
 import yaml
 
-from evolforge.config.bounds import ParamsError
+from evolforge.config.bounds import ParamsError, find_secrets
 from evolforge.config.loader import load_section
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.seed.settings import SeedSettings
 from evolforge.config.roles import Role
 from evolforge.schema import SECTIONS, check_params, load_params
-from evolforge.config.secrets import find_secrets
 
 SK = "sk-" + "Zq3vR8tLw1Xy7Kp2Nb5Hd9Fg"  # key-shaped test values, assembled so no scanner flags this file
 HF = "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ012345"
@@ -210,10 +209,9 @@ def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
 
 def test_checking_params_loads_only_the_config_and_the_steps_settings(repo):
     # a step's section is typed by steps/<step>/settings.py; reading it must not run the step's package code
-    # (core.memory: the package's __init__ sets the allocator before anything imports polars; score.choices:
-    # the leaf of the scoring's choices that the score section's settings are typed with)
+    # (score.choices: the leaf of the scoring's choices that the score section's settings are typed with)
     printed = _after_loading_params(repo, "print(sorted(m for m in sys.modules if m.startswith('evolforge') and not "
-                                          "re.fullmatch(r'evolforge(\\.schema|\\.core(\\.memory)?|\\.config(\\.\\w+)?|"
+                                          "re.fullmatch(r'evolforge(\\.schema|\\.config(\\.\\w+)?|"
                                           "\\.score(\\.choices)?|\\.steps(\\.\\w+(\\.settings)?)?)?', m)))")
     assert printed == "[]"
 

@@ -29,7 +29,7 @@ def test_strict_undefined_and_hash(tmp_path):
     ({}, r"a\.j2: no such template"),
 ])
 def test_unusable_templates_are_refused_naming_the_file(tmp_path, files, expected):
-    from evolforge.core.errors import refusal_types
+    from evolforge.core.stage import refusal_types
 
     for name, text in files.items():
         (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())

@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "src/evolforge"
 # the stage runner, records, errors and the params loader: what every stage runs (with what they import)
-BASE_ROOTS = ("src/evolforge/core/stage.py", "src/evolforge/core/errors.py", "src/evolforge/config/loader.py")
+BASE_ROOTS = ("src/evolforge/core/stage.py", "src/evolforge/config/loader.py")
 
 
 def expanded_deps(root: Path = REPO) -> dict[str, set[str]]:
@@ -73,19 +73,22 @@ def figures(root: Path = REPO) -> dict:
     deps = expanded_deps(root)
     table = {path: stales(path, deps) for path in source_files(root)}
     used = {p: s for p, s in table.items() if s}
+    modules = {p: s for p, s in table.items() if p.endswith(".py")}
     base = shared_base(root)
     return {"stages": len(deps), "table": table, "base": base,
             "mean_used": sum(len(s) for s in used.values()) / len(used),
             "mean_all": sum(len(s) for s in table.values()) / len(table),
-            "files_used": len(used), "files_all": len(table),
+            "mean_modules": sum(len(s) for s in modules.values()) / len(modules),
+            "files_used": len(used), "files_all": len(table), "modules": len(modules),
             "every_stage": sorted(p for p, s in table.items() if len(s) == len(deps))}
 
 
 def report(found: dict, worst: int, every: bool) -> None:
     table, base, n = found["table"], found["base"], found["stages"]
     print(f"{n} stages; {found['files_used']} source files are deps of a stage, {found['files_all']} in {PACKAGE}")
-    print(f"mean stages a one-line edit makes stale: {found['mean_used']:.2f} over the files stages depend on, "
-          f"{found['mean_all']:.2f} over every file of the package")
+    print(f"mean stages a one-line edit makes stale: {found['mean_all']:.2f} over every file of the package, "
+          f"{found['mean_modules']:.2f} over its {found['modules']} Python modules, "
+          f"{found['mean_used']:.2f} over the files stages depend on")
     print(f"files that stale every stage: {len(found['every_stage'])}")
     print(f"shared base ({len(base)} files): " + ", ".join(f"{p.removeprefix(PACKAGE + '/')} {len(table[p])}"
                                                         for p in sorted(base)))

@@ -3,10 +3,42 @@
 Seed data -> Auto Evol-Instruct method optimization -> multi-round evolution -> responses ->
 difficulty, IFD and IC-IFD scoring -> selection -> fine-tuning -> evaluation, as a DVC pipeline.
 The package holds the logic; the scripts under ``stages/`` are thin DVC wrappers around it.
+
+Importing the package first sets polars' allocator to hand freed memory back at once (before any module
+imports polars, which reads the setting once): a streamed stage frees a chunk's worth of memory per chunk, and
+jemalloc keeps freed pages for up to a second and a half, so the memory retained grew with the number of
+chunks (docs/scale.md, "Memory handed back"; glibc's side is :func:`evolforge.core.stage.return_freed_memory`).
+It changes how much memory a process holds, never what it writes.
 """
 
-from evolforge.core.memory import set_jemalloc_conf
+from __future__ import annotations
 
-set_jemalloc_conf()  # before any evolforge module imports polars (core/memory.py says why)
+import os
 
 __version__ = "0.1.0"
+
+# polars appends the variable's value to its own jemalloc settings when first imported; these return
+# freed pages at once
+JEMALLOC_VAR = "_RJEM_MALLOC_CONF"
+JEMALLOC_CONF = "dirty_decay_ms:0,muzzy_decay_ms:0"
+POLARS_DEFAULT = "dirty_decay_ms:500,muzzy_decay_ms:1000"  # what polars writes into the variable (polars 2.1)
+
+
+def jemalloc_conf(given: str) -> str:
+    """The jemalloc settings for a process whose ``_RJEM_MALLOC_CONF`` is ``given``: the user's, with
+    :data:`JEMALLOC_CONF` added unless they set a decay themselves. polars writes its own settings into the
+    variable, so a process started by one that imported polars inherits them: those are not the user's.
+
+    >>> jemalloc_conf(""), jemalloc_conf(POLARS_DEFAULT + ",narenas:2"), jemalloc_conf("dirty_decay_ms:2000")
+    ('dirty_decay_ms:0,muzzy_decay_ms:0', 'narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0', 'dirty_decay_ms:2000')
+    """
+    given = given.removeprefix(POLARS_DEFAULT).strip(",")
+    return given if "decay_ms" in given else ",".join(filter(None, [given, JEMALLOC_CONF]))
+
+
+def set_jemalloc_conf() -> None:
+    """Set :func:`jemalloc_conf` for this process; works only before polars is first imported (below)."""
+    os.environ[JEMALLOC_VAR] = jemalloc_conf(os.environ.get(JEMALLOC_VAR, ""))
+
+
+set_jemalloc_conf()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from evolforge import __version__
 from evolforge.steps.common.lineage import chain, format_chain
-from evolforge.core.errors import run_stage
+from evolforge.core.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:

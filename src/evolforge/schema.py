@@ -18,15 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from evolforge.config.bounds import DEFAULT_FILE, ParamsError
-from evolforge.config.loader import control_character_problems, read_yaml
+from evolforge.config.bounds import DEFAULT_FILE, ParamsError, secret_problems
+from evolforge.config.loader import check_section, control_character_problems, read_yaml
 from evolforge.config.messages import non_ascii_problem, suggest
-from evolforge.config.parse import check_section
 from evolforge.config.roles import ROLE_NAMES, Role
 from evolforge.config.runtime import CacheSettings, LLMSettings
 from evolforge.config.data import DataSettings
 from evolforge.config.fetch_model import FetchSettings
-from evolforge.config.secrets import secret_problems
 from evolforge.config.training import EvaluateSettings, FinetuneSettings
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.compare.settings import CompareSettings

@@ -6,12 +6,10 @@ nothing else of evolforge. A step's section is typed by the class in its ``steps
 checks of a whole file are :mod:`evolforge.schema` (``evolforge check``, the models stage). Inside it, imports
 point one way:
 
-- :mod:`~evolforge.config.bounds`: the leaf -- :class:`ParamsError`, ``DEFAULT_FILE``, the bounds fields are
-  typed with (``PositiveInt``, ``Fraction`` ...) and the readers of a settings class's annotations;
-  :mod:`~evolforge.config.refusal` (the base of every error written for people) and
-  :mod:`~evolforge.config.secrets` (secret-shaped values, recognised by value) are leaves too;
+- :mod:`~evolforge.config.bounds`: the leaf -- :class:`Refusal` (the base of every error written for people),
+  :class:`ParamsError`, ``DEFAULT_FILE``, the bounds fields are typed with (``PositiveInt``, ``Fraction`` ...),
+  the readers of a settings class's annotations, and secret-shaped values (recognised by value);
 - :mod:`~evolforge.config.messages`: problems in words (a type described, a value shown, the closest key);
-- :mod:`~evolforge.config.parse`: one section checked (:func:`check_section`) and typed (:func:`parse`);
 - the settings of the sections that belong to no step: :mod:`~evolforge.config.runtime` (cache, llm and its
   budget), :mod:`~evolforge.config.data`, :mod:`~evolforge.config.fetch_model`,
   :mod:`~evolforge.config.training` (finetune, evaluate), and
@@ -19,7 +17,8 @@ point one way:
   a role makes are :mod:`evolforge.llm.requests`);
   :mod:`~evolforge.config.controls`: the control and repetition types several steps' settings share;
 - :mod:`~evolforge.config.loader`: the file read (:func:`read_params`: strict YAML, no secrets, no control
-  characters) and one section typed (:func:`load_section`, with the settings class the caller names).
+  characters) and one section checked (:func:`check_section`) and typed (:func:`parse`; :func:`load_section`,
+  with the settings class the caller names).
 
 Import each name from the module that defines it; this ``__init__`` is documentation only.
 """

@@ -22,8 +22,7 @@ from typing import Annotated, Any, Literal, Union
 from annotated_types import Ge, Gt, Le, Lt, MinLen
 from typing_extensions import is_typeddict  # also knows typing_extensions.TypedDict (pydantic's)
 
-from evolforge.config.bounds import Described, annotation_at, field_names
-from evolforge.config.secrets import secret_kind
+from evolforge.config.bounds import Described, annotation_at, field_names, secret_kind
 
 
 def dotted(where: str, path: tuple | list) -> str:

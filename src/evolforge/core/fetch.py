@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-from evolforge.config.refusal import Refusal
+from evolforge.config.bounds import Refusal
 from evolforge.io.records import atomic_dir
 from evolforge.config.fetch_model import FetchSettings, WheelPart
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evolforge.config.refusal import Refusal
+from evolforge.config.bounds import Refusal
 
 # Files whose bytes decide what a local model generates.
 _IDENTITY_GLOBS = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.gguf")

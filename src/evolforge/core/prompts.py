@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from evolforge.config.refusal import Refusal
+from evolforge.config.bounds import Refusal
 
 # The repository's prompts/ folder; stages pass it explicitly, tests and the tiny-model builder use this.
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[3] / "prompts"

@@ -1,4 +1,5 @@
-"""What every stage script does around its step: take its paths, write what the step hands back.
+"""What every stage script does around its step: take its paths, write what the step hands back, and end
+with success or one clear message.
 
 A stage script maps paths to its step's ``run()`` and writes the result::
 
@@ -7,26 +8,46 @@ A stage script maps paths to its step's ``run()`` and writes the result::
         write(args, run(args.items, read_params(args.params), PromptLibrary(args.prompts)))
 
     if __name__ == "__main__":
-        run_stage(main)       # evolforge.core.errors: one clear message instead of a traceback
+        run_stage(main)       # one clear message instead of a traceback
 
 Every path a stage reads (``reads``) or writes (``writes``) and every other value dvc.yaml gives it
 (``values``) is a required flag: a script run by hand reads what ``dvc repro`` gives it, never a default of
 its own. ``--params`` and ``--prompts`` default to the repository's own configuration; ``optional`` flags
 (``{flag: default}``) are the exceptions a stage documents. ``tests/test_stage_interfaces.py`` reads these
 calls from the scripts' source and compares them with dvc.yaml's commands, deps and outputs.
+
+How a stage ends (:func:`run_stage`): refusals (bad params, bad data, a missing model) are already written for
+people: they name the file, the row, the field and the rule, and are printed as they are. Anything else is
+printed as one line too, with its type, since a traceback is for whoever debugs the code: ``--debug`` on the
+command line (taken out before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it.
+``--dry-run`` (taken out the same way) prints the plan of the dvc.yaml stage that runs this command instead
+(``evolforge plan``, docs/llm.md). Outputs are written whole or not at all (:mod:`evolforge.io.records`), so a
+refused stage leaves nothing partial behind; under ``dvc repro``, which removes a stage's outputs before
+running it, a failed stage puts its previous ones back from DVC's cache (:func:`restore_outputs`).
+
+A stage process hands the memory it frees back to the system at once (:func:`return_freed_memory`; polars'
+jemalloc is set by the package's ``__init__``, before polars loads; docs/scale.md, "Memory handed back").
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import ctypes
 import dataclasses
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import polars as pl
+import yaml
 
-from evolforge.core.memory import peak_rss_mib
+from evolforge.config.bounds import Refusal
 from evolforge.io import validation
 from evolforge.io.records import write_json, write_output
 
@@ -113,3 +134,189 @@ def write(args: argparse.Namespace, result: Outputs) -> None:
     for name, data in result.plots.items():
         write_json(Path(args.plots) / name, data)
     print(result.message)
+
+
+# ---------------------------------------------------------------------------------------------------
+# how a stage ends: success, or one message and a non-zero exit
+
+
+EXIT_REFUSED = 2  # bad input or params: fix the input
+EXIT_FAILED = 1  # anything else
+
+
+def debug_enabled(argv: list[str] | None = None) -> bool:
+    argv = sys.argv if argv is None else argv
+    return "--debug" in argv or os.environ.get("EVOLFORGE_DEBUG", "") not in ("", "0")
+
+
+def refusal_types() -> tuple[type[BaseException], ...]:
+    """Errors whose message is written for people: every :class:`~evolforge.config.bounds.Refusal` (bad params,
+    data, model, download or prompt template) and the operating system's refusals of a path."""
+    return (Refusal, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+def params_file(argv: list[str]) -> str | None:
+    """The file a stage's ``--params`` names (``--params F`` or ``--params=F``), None when not given."""
+    for i, arg in enumerate(argv):
+        if arg == "--params" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--params="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _with_params_file(message: str, argv: list[str]) -> str:
+    """Messages name settings as ``params.yaml <key>``; a stage run on another file says which one it read."""
+    given = params_file(argv)
+    if given and Path(given).name != "params.yaml" and "params.yaml" in message:
+        return f"{message}\n(params.yaml here is {given}: this run's --params)"
+    return message
+
+
+def run_stage(main: Callable[[], object], name: str | None = None) -> None:
+    """Run a stage's ``main``; on an error print one message to stderr and exit non-zero."""
+    return_freed_memory()
+    debug = debug_enabled()
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    name = name or Path(sys.argv[0]).stem
+    if "--dry-run" in sys.argv:  # plan this stage's calls instead of making them (in a process of its own:
+        sys.argv.remove("--dry-run")  # the planner is no dependency of the stage's outputs)
+        sys.exit(subprocess.call([sys.executable, "-m", "evolforge.cli", "plan", "--command", *sys.argv]))
+    try:
+        main()
+        cached = sys.modules.get("evolforge.llm.cached")  # a stage that wrote its outputs itself: past
+        if cached is not None:  # llm.max_failure_rate over all it asked, it still fails
+            cached.check_failures()
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):  # a stage's own `raise SystemExit("message")`
+            exit_.code = _with_params_file(exit_.code, sys.argv)
+        if exit_.code not in (None, 0):
+            restore_under_dvc(name)
+        raise
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; nothing was written", file=sys.stderr)
+        restore_under_dvc(name)
+        sys.exit(130)
+    except BaseException as err:  # noqa: BLE001 - the one place a stage's errors become messages
+        restore_under_dvc(name)  # dvc repro removed the outputs before running: put them back
+        if debug:
+            raise
+        message = _with_params_file(str(err), sys.argv)
+        if isinstance(err, refusal_types()):
+            print(f"{name}: error: {message}", file=sys.stderr)
+            sys.exit(EXIT_REFUSED)
+        print(f"{name}: error ({type(err).__name__}): {message}\n"
+              f"(rerun with --debug or EVOLFORGE_DEBUG=1 to see where)", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the outputs dvc repro removed, put back when the stage fails
+
+
+def _lock_entry(root: Path, stage: str) -> dict:
+    """``dvc.lock``'s entry of ``stage`` (``name`` or ``name@key`` of a foreach; ``file.yaml:name`` elsewhere)."""
+    lock = root / "dvc.lock"
+    if ":" in stage or not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    return stages.get(stage) or {}
+
+
+def _cache_dir(root: Path) -> Path:
+    """The DVC cache's ``files/md5`` folder (``cache.dir`` of .dvc/config when set)."""
+    from dvc.config import Config
+
+    configured = Config(dvc_dir=str(root / ".dvc")).get("cache", {}).get("dir")
+    base = Path(configured) if configured else root / ".dvc" / "cache"
+    return (base if base.is_absolute() else root / ".dvc" / base) / "files" / "md5"
+
+
+def _cached(cache: Path, md5: str) -> Path:
+    return cache / md5[:2] / md5[2:]
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy one cached file into place (written beside it, then renamed: never a half file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".{target.name}.restore-{os.getpid()}")
+    shutil.copyfile(source, part)
+    os.replace(part, target)
+
+
+def restore_outputs(root: str | Path, stage: str) -> list[str]:
+    """Restore ``stage``'s missing outputs from DVC's cache; return the paths put back (those whose cache
+    entries are all present; the others are left missing, as they were)."""
+    root = Path(root)
+    entry = _lock_entry(root, stage)
+    restored = []
+    cache = None
+    for out in entry.get("outs") or []:
+        path, md5 = out.get("path"), out.get("md5")
+        if not path or not md5 or (root / path).exists():
+            continue
+        cache = cache or _cache_dir(root)
+        if md5.endswith(".dir"):
+            listing_file = _cached(cache, md5)
+            if not listing_file.is_file():
+                continue
+            listing = json.loads(listing_file.read_text(encoding="utf-8"))
+            if not all(_cached(cache, f["md5"]).is_file() for f in listing):
+                continue
+            for f in listing:
+                _copy(_cached(cache, f["md5"]), root / path / f["relpath"])
+            (root / path).mkdir(parents=True, exist_ok=True)  # an empty folder too
+        elif _cached(cache, md5).is_file():
+            _copy(_cached(cache, md5), root / path)
+        else:
+            continue
+        restored.append(path)
+    return restored
+
+
+def restore_under_dvc(name: str) -> None:
+    """Called by a failing stage: under ``dvc repro``, put its previous outputs back and say so."""
+    root, stage = os.environ.get("DVC_ROOT"), os.environ.get("DVC_STAGE")
+    if not root or not stage:
+        return
+    try:
+        restored = restore_outputs(root, stage)
+    except Exception as err:  # noqa: BLE001 - restoring is a courtesy; the stage's own error is what matters
+        print(f"{name}: could not restore the previous outputs ({type(err).__name__}: {err}); "
+              f"`dvc checkout {stage}` does", file=sys.stderr)
+        return
+    if restored:
+        print(f"{name}: the previous outputs are back in place (from DVC's cache): {', '.join(restored)}",
+              file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# memory handed back to the system
+
+
+# glibc: a block of at least this many bytes is its own mapping, returned when freed; a heap top over it is trimmed
+MALLOC_LIMIT = 1 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def return_freed_memory() -> None:
+    """glibc's malloc: map blocks of :data:`MALLOC_LIMIT` bytes or more on their own and trim the heap
+    beyond it (fixed values, so malloc no longer raises them). A no-op on any other C library.
+
+    A streamed stage allocates and frees a chunk's worth of memory per chunk, for as many chunks as the table
+    has. Both allocators in the process keep freed memory for reuse: polars' jemalloc for up to a second and
+    a half (set in the package's ``__init__``), glibc's malloc (numpy's arrays) in its heap when a block is
+    under its mmap threshold, which it raises up to 32 MiB as it sees large blocks freed. The retained memory
+    then grew with the length of the run: dedup at 1.2M items peaked at 1.55x its peak at 150k with the
+    allocators' defaults, 1.30x with these settings (docs/scale.md has the figures)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(None)
+    libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_LIMIT)
+    libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_LIMIT)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

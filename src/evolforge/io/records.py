@@ -4,6 +4,12 @@ Artifacts are Parquet files written with polars, one row per item. Every row car
 (``LINEAGE``); an item that fails stays in the table with ``status`` and ``failure_reason`` so counts
 add up. Outputs are written to a temporary sibling and renamed into place, so a crash or kill never
 leaves a partial output that looks complete.
+
+Every output's ``meta.json`` also records the installed versions of the packages that can change it
+(:func:`output_versions`): a new transformers, tokenizers or polars release can change tokenization,
+generation or Parquet bytes without any change in ``params.yaml`` or code (README "Locked dependencies");
+``make setup`` installs the versions pinned in ``requirements/cpu.txt`` (or ``requirements/gpu.txt``), so on a
+locked install these match the lock.
 """
 
 from __future__ import annotations
@@ -14,16 +20,15 @@ import json
 import os
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import polars as pl
 
-from evolforge.io.versions import output_versions
-
 TABLE = "items.parquet"  # the table file inside every stage output folder
 META = "meta.json"  # template hashes, model identities, params used, package versions (key VERSIONS)
-VERSIONS = "versions"  # meta.json key: {package: installed version} of io/versions.OUTPUT_PACKAGES
+VERSIONS = "versions"  # meta.json key: {package: installed version} of OUTPUT_PACKAGES (below)
 
 # rows per Parquet row group of every table written. Fixed, so a file's bytes depend on its rows alone: left
 # to polars, the row groups follow how the frame happens to be chunked in memory (a table streamed out in
@@ -138,3 +143,25 @@ def read_table(path: str | Path) -> pl.DataFrame:
         raise DataError(file, "a readable Parquet table", detail=f"{first}; rerun the stage that writes it "
                         "(`dvc repro`), or `dvc checkout` to restore the recorded version") from None
 
+
+# ---------------------------------------------------------------------------------------------------
+# the package versions every output records
+
+
+# the distributions whose release can change the data: model math, tokenization, generation, Parquet bytes,
+# dataset loading, fine-tuning and evaluation
+OUTPUT_PACKAGES = ("torch", "transformers", "tokenizers", "vllm", "datasets", "polars", "pyarrow", "trl", "peft",
+                   "lm-eval")
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None where it is not installed (vllm on a CPU box)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def output_versions() -> dict[str, str | None]:
+    """``{package: version or None}`` for every package of ``OUTPUT_PACKAGES``, in that order."""
+    return {name: installed_version(name) for name in OUTPUT_PACKAGES}

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from evolforge.config.refusal import Refusal
+from evolforge.config.bounds import Refusal
 
 
 class DataError(Refusal, ValueError):

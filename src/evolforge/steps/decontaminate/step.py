@@ -58,9 +58,8 @@ from evolforge.config.training import EvaluateSettings
 from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE
 from evolforge.steps.decontaminate.settings import DecontaminateSettings
-from evolforge.core.stage import Outputs
+from evolforge.core.stage import Outputs, peak_rss_mib
 from evolforge.io.ray_data import map_chunks, session
-from evolforge.core.memory import peak_rss_mib
 from evolforge.io.stream import check_chunks, table_file, table_schema, write_output_chunks
 from evolforge.steps.decontaminate.index import Problem, load_problems
 from evolforge.steps.decontaminate.match import CHUNK_ITEMS, Match, References, check_chunk_size, embedding_matches

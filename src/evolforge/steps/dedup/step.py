@@ -48,9 +48,8 @@ from evolforge.config.data import DataSettings
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.records import TABLE
 from evolforge.steps.dedup.settings import DedupSettings
-from evolforge.core.stage import Outputs
+from evolforge.core.stage import Outputs, peak_rss_mib
 from evolforge.core.text import item_text
-from evolforge.core.memory import peak_rss_mib
 from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, read_spilled, table_file,
                                  table_schema, write_output_chunks)
 from evolforge.steps.common.guards import GUARDS, guard_reason

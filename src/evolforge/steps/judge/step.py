@@ -39,11 +39,10 @@ from evolforge.config.data import DataSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.io.records import TABLE, VERSIONS
+from evolforge.io.records import TABLE, VERSIONS, output_versions
 from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read_spilled, spilled,
                                  table_file, table_schema,
                                  write_output_chunks)
-from evolforge.io.versions import output_versions
 from evolforge.core.text import question_text
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion

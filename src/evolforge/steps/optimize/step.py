@@ -59,10 +59,9 @@ from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import VERSIONS, atomic_dir, read_table, write_json, write_jsonl
+from evolforge.io.records import VERSIONS, atomic_dir, output_versions, read_table, write_json, write_jsonl
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
-from evolforge.io.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text

@@ -25,8 +25,7 @@ from evolforge.config.data import DataSettings
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import LINEAGE, META, TABLE, VERSIONS
-from evolforge.core.stage import Outputs
-from evolforge.core.memory import peak_rss_mib
+from evolforge.core.stage import Outputs, peak_rss_mib
 from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema, write_output_chunks
 
 SCENARIOS = ("evol", "autoif")

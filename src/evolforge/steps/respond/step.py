@@ -29,13 +29,12 @@ from evolforge.config.loader import load_section
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS
+from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS, output_versions
 from evolforge.config.data import DataSettings  # noqa: F401  (part of this module's API)
 from evolforge.core.stage import Outputs
 from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks,
                                  read_spilled, spilled, table_file,
                                  table_schema, write_output_chunks)
-from evolforge.io.versions import output_versions
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination

@@ -19,14 +19,12 @@ import torch
 
 from evolforge.io import validation
 from evolforge.config.loader import load_section
-from evolforge.config.roles import load_role
+from evolforge.config.roles import Role, load_role
 from evolforge.config.data import DataSettings
-from evolforge.config.roles import Role
-from evolforge.io.records import TABLE, VERSIONS
+from evolforge.io.records import TABLE, VERSIONS, output_versions
 from evolforge.core.stage import Outputs
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.stream import check_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
-from evolforge.io.versions import output_versions
 from evolforge.core.models import load_scorer
 from evolforge.llm.identity import recorded_identity
 from evolforge.score import ifd

@@ -35,11 +35,10 @@ import yaml
 from evolforge.config.loader import load_section
 from evolforge.config.data import DataSettings
 from evolforge.io.jsonfiles import read_json
-from evolforge.io.records import META, TABLE, VERSIONS, write_table
+from evolforge.io.records import META, OUTPUT_PACKAGES, TABLE, VERSIONS, output_versions, write_table
 from evolforge.io.stream import sink_chunks
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
-from evolforge.io.versions import OUTPUT_PACKAGES, output_versions
 from evolforge.steps.common.funnel import funnel, provenance, round_strategies
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
