@@ -69,6 +69,33 @@ def test_bench_starts(script):
     assert proc.returncode == 0 and "usage" in proc.stdout, proc.stderr[-2000:]
 
 
+def test_speculative_bench_replays_saved_requests_without_polars(tiny_model, tmp_path):
+    """--save-requests writes the workloads built from params; --requests runs them where polars cannot be
+    imported (a GPU machine's case), with --gpu-layers, --cost and --measure-cost."""
+    import json
+
+    from tiny_gguf import write_tiny_gguf
+
+    saved, out = tmp_path / "requests.json", tmp_path / "spec.json"
+    proc = run("llamacpp_speculative.py", ["--n", "2", "--answers", "1", "--answer-tokens", "4",
+                                           "--save-requests", str(saved)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [len(json.loads(saved.read_text())[k]) for k in ("rewrites", "code answers")] == [2, 1]
+    no_polars = ("import runpy, sys; sys.modules['polars'] = None; sys.argv = sys.argv[1:]; "
+                 "runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-c", no_polars, str(REPO / "bench" / "llamacpp_speculative.py"),
+                           "--requests", str(saved), "--model", str(write_tiny_gguf(tiny_model, tmp_path)),
+                           "--threads", "1", "--max-tokens", "4", "--gpu-layers", "0", "--cost", "1", "0.1",
+                           "--measure-cost", "--cost-repeats", "1", "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["step_cost"] == [1.0, 0.1] and report["gpu_layers"] == 0
+    assert len(report["measured_cost"]["points"]) == 16 and "measured step cost" in proc.stdout
+    assert report["rewrites"]["on"]["requests"] == 2 and report["code answers"]["off"]["requests"] == 1
+
+
 def test_growth_runs_every_data_stage(tmp_path):
     """growth.py --stages all at two sizes: a row with positive figures for each of the eight data stages, in
     dvc.yaml's order; at the size above --diversity-max-items the diversity row says it was skipped and select

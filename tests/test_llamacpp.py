@@ -147,9 +147,40 @@ def test_a_llamacpp_roles_extra_is_checked():
         Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"n_gpu_layers": 10}})
     role = Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"reuse_prefix": False}})
     assert engine_options(role) == {"context": 4096, "reuse_prefix": False}
+    for layers in (-1, 0, 28):
+        role = Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"gpu_layers": layers}})
+        assert engine_options(role) == {"context": 4096, "gpu_layers": layers}  # a GPU's kernels round otherwise
+    for bad in (-2, 1.5, True, "all", None):
+        with pytest.raises(ParamsError, match=rf"roles.judge.extra.gpu_layers: got {bad!r}; must be an integer >= -1"):
+            Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"gpu_layers": bad}})
     for name in ("scorer", "embedder", "base"):  # they need a transformers model
         with pytest.raises(ParamsError, match=rf"roles.{name}.backend: llamacpp serves the chat roles"):
             Role.from_params(name, {"backend": "llamacpp", "model": "m"})
+
+
+def test_gpu_layers_reach_llama_cpps_model_params(gguf_folder, monkeypatch):
+    """``extra.gpu_layers`` is llama.cpp's ``n_gpu_layers`` (this CPU build ignores it, so the params handed over
+    are checked): 0 unless set, since llama.cpp's own default (-1) offloads every layer on a GPU build; a build
+    that cannot offload refuses any other value when the backend loads."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    handed, real = [], _internals.LlamaModel
+
+    def recording(*, path_model, params, verbose):
+        handed.append(params.n_gpu_layers)
+        return real(path_model=path_model, params=params, verbose=verbose)
+
+    monkeypatch.setattr(_internals, "LlamaModel", recording)
+    LlamaCppBackend(str(gguf_folder), threads=1)
+    if not llama_cpp.llama_supports_gpu_offload():
+        with pytest.raises(LlamaCppError, match="extra.gpu_layers is -1, but this llama-cpp-python cannot offload"):
+            LlamaCppBackend(str(gguf_folder), threads=1, gpu_layers=-1)
+        monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    for layers in (-1, 3):
+        LlamaCppBackend.from_role(Role.from_params("evolver", {"backend": "llamacpp", "model": str(gguf_folder),
+                                                               "threads": 1, "extra": {"gpu_layers": layers}}))
+    assert handed == [0, -1, 3]
 
 
 def test_requests_decoded_together_get_the_answers_they_get_alone(gguf_folder):

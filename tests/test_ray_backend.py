@@ -11,7 +11,7 @@ import time
 import pytest
 
 from evolforge.llm.cache import CallCache
-from evolforge.config.roles import Role
+from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings
 from evolforge.llm.cached import LLM
@@ -144,6 +144,10 @@ def test_rows_carry_the_whole_request():
     constrained = ChatRequest.chat([{"role": "user", "content": "Rate it."}], choices=("easy", "hard"))
     back = request_from_row(request_row(0, constrained)["request"])
     assert back == constrained and hash(back.choices)  # a tuple again: the hf actor's trie is keyed by it
+    controlled = ChatRequest.chat([{"role": "user", "content": "Hi"}], temperature=0.7, controls=Controls(
+        banned_strings=("As an AI",), stop=("\n\n",), no_repeat_ngram_size=3, repetition_penalty=1.1))
+    back = request_from_row(request_row(0, controlled)["request"])
+    assert back == controlled and back.controls.used() == controlled.controls.used()  # Controls again, not a dict
     assert vllm_row(0, constrained)["sampling_params"]["structured_outputs"] == {"choice": ["easy", "hard"]}
 
 

@@ -26,6 +26,10 @@ def _boolean(value: Any) -> bool:
     return isinstance(value, bool)
 
 
+def _layers(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= -1
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """One backend's abilities."""
@@ -43,7 +47,8 @@ SPECS: dict[str, BackendSpec] = {
     "hf": BackendSpec(_ALL, ranks=True),
     "llamacpp": BackendSpec(_ALL, ranks=True, roles=CHAT_ROLES,
                             extra={"reuse_prefix": (_boolean, "true or false"),
-                                   "speculative": (_boolean, "true or false")}),
+                                   "speculative": (_boolean, "true or false"),
+                                   "gpu_layers": (_layers, "an integer >= -1 (0: CPU only, -1: every layer)")}),
     "vllm": BackendSpec(_SERVED, ranks=True, why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
     "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), ranks=False, why_not={

@@ -4,7 +4,7 @@ cache key) and :func:`role_request` (a request with a role's generation defaults
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from evolforge.config.roles import Controls, Role
 
@@ -35,6 +35,24 @@ class ChatRequest:
     @property
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
+
+    def as_json(self) -> dict[str, Any]:
+        """The whole request as JSON values; :meth:`from_json` rebuilds an equal one (same key, same seed).
+        Controls keep the set ones (not where each was written, which no comparison sees)."""
+        return {"messages": [list(m) for m in self.messages], "temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "seed": self.seed, "sample_index": self.sample_index,
+                "choices": None if self.choices is None else list(self.choices),
+                "controls": None if self.controls is None else self.controls.key(), "rank": self.rank}
+
+    @classmethod
+    def from_json(cls, fields: Mapping[str, Any]) -> "ChatRequest":
+        controls = fields.get("controls")
+        return cls(tuple((role, content) for role, content in fields["messages"]), fields["temperature"],
+                   fields["top_p"], fields["max_tokens"], fields["seed"], fields["sample_index"],
+                   None if fields.get("choices") is None else tuple(fields["choices"]),
+                   None if controls is None else Controls(**{k: tuple(v) if isinstance(v, list) else v
+                                                             for k, v in controls.items()}),
+                   fields.get("rank", False))
 
 
 def role_request(role: Role, messages: Sequence[Mapping[str, str]], *, temperature: float | None = None,

@@ -1,4 +1,4 @@
-"""The ``llamacpp`` backend (a GGUF file on the CPU through llama-cpp-python):
+"""The ``llamacpp`` backend (a GGUF file on the CPU or a GPU through llama-cpp-python):
 :mod:`~evolforge.llm.backends.llamacpp.backend` (requests, sampling, controls),
 :mod:`~evolforge.llm.backends.llamacpp.context` (the llama.cpp context and what each sequence holds) and
 :mod:`~evolforge.llm.backends.llamacpp.speculative` (prompt-lookup drafting). Documentation only: import each

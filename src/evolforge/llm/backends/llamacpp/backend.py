@@ -1,5 +1,5 @@
-"""llama.cpp backend: a GGUF file decoded on the CPU by llama-cpp-python, with the hf backend's controls,
-choices and ranking.
+"""llama.cpp backend: a GGUF file decoded on the CPU by llama-cpp-python (or on a GPU, ``extra.gpu_layers``),
+with the hf backend's controls, choices and ranking.
 
 A quantized model runs several times faster through llama.cpp on a few CPU cores than the same model
 dequantized to float32 in torch (measured on two cores: Qwen2.5-Coder-1.5B-Instruct Q4_K_M at about 15
@@ -47,7 +47,7 @@ from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
-from evolforge.llm.backends.llamacpp.speculative import draft_length
+from evolforge.llm.backends.llamacpp.speculative import GPU_STEP_COST, STEP_COST, draft_length
 from evolforge.llm.backends.llamacpp.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
@@ -69,9 +69,12 @@ class LlamaCppBackend:
     capabilities = Capabilities(stream=True)
 
     def __init__(self, model: str, threads: int | None = None, max_model_len: int | None = None,
-                 reuse_prefix: bool = True, batch_size: int = 8, speculative: bool = True, follow_load: bool = False):
+                 reuse_prefix: bool = True, batch_size: int = 8, speculative: bool = True, follow_load: bool = False,
+                 gpu_layers: int = 0):
         path = gguf_file(model)
         self.speculative = speculative
+        # the draft rule's step cost (a, b), fixed here for the backend's life: a rerun feeds the same drafts
+        self.step_cost = STEP_COST if gpu_layers == 0 else GPU_STEP_COST
         self.follow_load = follow_load and not threads  # pick again as the machine's load changes
         self.context = max_model_len or LLAMACPP_CONTEXT
         self.reuse_prefix = reuse_prefix
@@ -80,7 +83,7 @@ class LlamaCppBackend:
         if self.tokenizer.chat_template is None:
             raise LlamaCppError(f"model {model}: the tokenizer has no chat template; chat roles need one")
         self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
-                                     threads=decoding_threads(threads, follow_load))
+                                     threads=decoding_threads(threads, follow_load), gpu_layers=gpu_layers)
         self._identity = model_identity(model)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
@@ -91,7 +94,8 @@ class LlamaCppBackend:
     def from_role(cls, role: Role) -> "LlamaCppBackend":
         return cls(role.model, threads=role.threads, max_model_len=role.max_model_len,
                    reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.batch_size,
-                   speculative=bool(role.extra.get("speculative", True)), follow_load=role.threads_follow_load)
+                   speculative=bool(role.extra.get("speculative", True)), follow_load=role.threads_follow_load,
+                   gpu_layers=int(role.extra.get("gpu_layers", 0)))
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -191,7 +195,7 @@ class LlamaCppBackend:
         """The draft tokens worth feeding after ``job``'s last token (none without ``speculative``)."""
         if not self.speculative or job.drafter is None:
             return []
-        room = min(PROMPT_BATCH // sequences - 1, draft_length(job.drafter.alpha(), sequences))
+        room = min(PROMPT_BATCH // sequences - 1, draft_length(job.drafter.alpha(), sequences, self.step_cost))
         return job.draft(room)
 
     def choose(self, logits: torch.Tensor, job: "_Job") -> int:

@@ -36,15 +36,22 @@ class LlamaCppContext:
     """The model and one llama.cpp context of several sequences over one KV store (a copied prefix shares
     its cells), with what each sequence holds, so that a new prompt starts from the longest cached prefix."""
 
-    def __init__(self, path: Path, tokens: int, threads: int):
+    def __init__(self, path: Path, tokens: int, threads: int, gpu_layers: int = 0):
+        """``gpu_layers``: layers whose weights and KV cache llama.cpp puts on the GPU (llama.cpp's
+        ``n_gpu_layers``: 0 none, -1 every one, N the last N with the output layer counted among them)."""
         try:
             import llama_cpp
             from llama_cpp import _internals
         except ImportError as exc:  # pragma: no cover - the dependency is locked; a broken install says so
             raise LlamaCppError("backend llamacpp needs llama-cpp-python (a locked dependency: make setup)") from exc
+        if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
+            raise LlamaCppError(f"extra.gpu_layers is {gpu_layers}, but this llama-cpp-python cannot offload to a GPU "
+                                "(built without GGML_CUDA, or no GPU found): set gpu_layers: 0, or build it with "
+                                "CMAKE_ARGS=-DGGML_CUDA=on on a machine with a GPU")
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log: errors only
-        self.model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
-                                           verbose=False)
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = gpu_layers  # explicit: llama.cpp's default (-1) offloads every layer
+        self.model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = tokens, PROMPT_BATCH, PROMPT_BATCH
         params.n_seq_max, params.kv_unified = RANK_SEQUENCES, True

@@ -27,7 +27,6 @@ names one (``ray_address``); an already connected Ray session is used as it is.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from typing import Any, Iterator, Sequence
@@ -58,15 +57,11 @@ def _import_ray():
 def request_row(index: int, request: ChatRequest) -> dict[str, Any]:
     """One request as a row for the hf actors: its index and the whole request (JSON, so the actor
     rebuilds the very same request and derives the same seed)."""
-    return {"index": index, "request": json.dumps(dataclasses.asdict(request), ensure_ascii=False)}
+    return {"index": index, "request": json.dumps(request.as_json(), ensure_ascii=False)}
 
 
 def request_from_row(blob: str) -> ChatRequest:
-    fields = json.loads(blob)
-    fields["messages"] = tuple((role, content) for role, content in fields["messages"])
-    if fields.get("choices") is not None:
-        fields["choices"] = tuple(fields["choices"])
-    return ChatRequest(**fields)
+    return ChatRequest.from_json(json.loads(blob))
 
 
 def _columns(finished: Finished) -> dict[str, list]:
