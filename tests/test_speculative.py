@@ -12,7 +12,7 @@ from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
 from evolforge.llm.decoding import sample_token
-from evolforge.llm.backends.llamacpp.speculative import (GPU_STEP_COST, MAX_DRAFT, PRIOR, STEP_COST, Drafter,
+from evolforge.llm.backends.llamacpp.speculative import (MAX_DRAFT, PRIOR, STEP_COST, Drafter,
                                                        draft_length)
 
 QUOTED = "Rewrite the following prompt to be harder. #Given Prompt#: Name a color of the sky. Name a color of the sky."
@@ -188,21 +188,19 @@ def test_draft_length_weighs_acceptance_against_the_steps_cost():
     assert draft_length(0.99, 1) > draft_length(0.9, 1) > draft_length(0.8, 1) > draft_length(0.6, 1) == 0  # shipped cost
 
 
-def test_the_draft_rule_costs_a_step_as_the_model_runs(gguf_folder, monkeypatch):
-    """The step cost measured on the CPU, unless layers are on a GPU (``gpu_layers``): then the GPU's, chosen
-    once when the backend is built, so that the same requests feed the same drafts on every run."""
-    import llama_cpp
+def test_the_draft_rule_costs_a_step_by_the_backends_constant(gguf_folder, monkeypatch):
+    """The step cost is the backend's, fixed when it is built (so that the same requests feed the same drafts on
+    every run): the CPU's measured constant, which the bench's --cost replaces for a run."""
     import evolforge.llm.backends.llamacpp.backend as module
 
-    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)  # this CPU build loads it on the CPU
-    assert LlamaCppBackend(str(gguf_folder), threads=1).step_cost == STEP_COST
-    gpu = LlamaCppBackend(str(gguf_folder), threads=1, gpu_layers=-1)
-    assert gpu.step_cost == GPU_STEP_COST != STEP_COST
+    backend = LlamaCppBackend(str(gguf_folder), threads=1)
+    assert backend.step_cost == STEP_COST
+    backend.step_cost = (1.0, 0.01)
     costs = []
     monkeypatch.setattr(module, "draft_length", lambda alpha, sequences, cost: costs.append(cost) or 0)
-    gpu.generate([ask(PROMPTS[0], max_tokens=6)])  # a first token, then a step that may draft
-    assert costs and set(costs) == {GPU_STEP_COST}
-    assert draft_length(PRIOR[0] / sum(PRIOR), 1, GPU_STEP_COST) > draft_length(PRIOR[0] / sum(PRIOR), 1, STEP_COST)
+    backend.generate([ask(PROMPTS[0], max_tokens=6)])  # a first token, then a step that may draft
+    assert costs and set(costs) == {(1.0, 0.01)}
+    assert draft_length(PRIOR[0] / sum(PRIOR), 1, (1.0, 0.01)) > draft_length(PRIOR[0] / sum(PRIOR), 1, STEP_COST)
 
 
 def test_a_role_turns_speculation_off():

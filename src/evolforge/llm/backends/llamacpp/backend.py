@@ -47,7 +47,7 @@ from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
-from evolforge.llm.backends.llamacpp.speculative import GPU_STEP_COST, STEP_COST, draft_length
+from evolforge.llm.backends.llamacpp.speculative import STEP_COST, draft_length
 from evolforge.llm.backends.llamacpp.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 
@@ -73,8 +73,9 @@ class LlamaCppBackend:
                  gpu_layers: int = 0):
         path = gguf_file(model)
         self.speculative = speculative
-        # the draft rule's step cost (a, b), fixed here for the backend's life: a rerun feeds the same drafts
-        self.step_cost = STEP_COST if gpu_layers == 0 else GPU_STEP_COST
+        # the draft rule's step cost (a, b), fixed for the backend's life so that a rerun feeds the same drafts;
+        # measured on the CPU (a GPU's is not yet: docs/models.md); the bench's --cost sets another
+        self.step_cost = STEP_COST
         self.follow_load = follow_load and not threads  # pick again as the machine's load changes
         self.context = max_model_len or LLAMACPP_CONTEXT
         self.reuse_prefix = reuse_prefix

@@ -43,9 +43,10 @@ saves a step's share ``(a + b n) / n``; it is fed only while ``alpha ** j x (a +
 several (a step of several is already busy with arithmetic), and a request whose drafts fail stops drafting.
 The cost is a constant, not timed at run time: which tokens are fed together -- and so, on a quantized
 model, how logits are rounded -- must not depend on the machine's load, or a rerun would not reproduce.
-A model on a GPU (``extra.gpu_layers``) has its own constant, ``GPU_STEP_COST``: there a fed token costs
-little next to a step's fixed cost (kernel launches, llama.cpp's host work), so drafts pay at much lower
-acceptance rates; the backend picks one of the two when it is built.
+The constant was measured on the CPU; a model on a GPU (``extra.gpu_layers``) drafts by it too until a GPU's
+is measured (``bench/llamacpp_speculative.py --gpu-layers -1 --measure-cost``; docs/models.md says why it
+is not yet): there a fed token should cost little next to a step's fixed cost, so drafts would pay at lower
+acceptance rates than this constant lets through.
 """
 
 from __future__ import annotations
@@ -56,11 +57,6 @@ from typing import Sequence
 MAX_NGRAM, MIN_NGRAM = 3, 2  # the n-gram sizes looked up, longest first
 MAX_DRAFT = 8  # draft tokens a sequence verifies in one step at most
 STEP_COST = (11.0, 25.0)  # (a, b): ms of a step ~ a + b x tokens fed (Qwen2.5-Coder-1.5B Q4_K_M, 2 cores)
-# the same on a GPU (every layer offloaded). AWAITS THE GPU MEASUREMENT (bench/llamacpp_speculative.py
-# --gpu-layers -1 --measure-cost on an H200): until then an estimate -- a step's fixed cost is kernel launches
-# and llama.cpp's host work (~3 ms), a fed token its share of the products and its logits row (0.6 MB) copied
-# to the host (~0.1 ms)
-GPU_STEP_COST = (3.0, 0.1)
 PRIOR = (3.0, 1.0)  # (accepted, rejected) a request's acceptance rate starts from
 
 
