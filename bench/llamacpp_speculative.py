@@ -22,11 +22,11 @@ same workloads (``--n`` / ``--answers`` then keep the first ones, ``--max-tokens
 
 Each workload runs twice on one backend -- speculation off, then on -- from an empty KV store, and prints
 wall seconds, decode tokens/s (generated tokens / (wall - time in prompt evaluation)), the draft tokens
-verified and accepted, and how many answers are identical. ``--gpu-layers`` puts layers on a GPU; ``--cost A B`` gives the draft rule another step cost for the
-run. ``--measure-cost`` first times decode steps of n sequences x k fed tokens each after a prompt (the
-median of ``--cost-repeats``, the first call of each shape not counted) and prints the least-squares fit
-ms = a + b x fed tokens: the constant for ``speculative.STEP_COST`` on this machine.
-Run it on an idle machine (under the lock).
+verified and accepted, and how many answers are identical. ``--gpu-layers`` puts layers on a GPU;
+``--cost A B`` gives the draft rule another step cost for the run. ``--measure-cost`` first times decode
+steps of n sequences x k fed tokens each after a prompt (the median of ``--cost-repeats``, the first call
+of each shape not counted) and prints the least-squares fit ms = a + b x fed tokens: the constant for
+``speculative.STEP_COST`` on this machine. Run it on an idle machine (under the lock).
 """
 
 from __future__ import annotations
