@@ -21,9 +21,8 @@ from urllib.parse import urlsplit
 from annotated_types import Ge, Gt, Le
 
 from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError,
-                                     PositiveFloat, PositiveInt)
+                                     PositiveFloat, PositiveInt, secret_problems)
 from evolforge.config.loader import parse
-from evolforge.config.bounds import secret_problems
 
 from evolforge.config.backend_specs import CHAT_ROLES, CONTROL_NAMES, spec_of
 
@@ -100,9 +99,9 @@ _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 def refuse_secrets(where: str, base_url: str | None, settings: Mapping[str, Any], settings_where: str) -> None:
     """params.yaml is committed and recorded in dvc.lock: a secret written there would leak. Refuses any
-    secret-shaped value (see :func:`evolforge.config.bounds.find_secrets`: recognised by value, whatever the key's name)
-    in ``base_url`` (at ``where``) and in the free-form ``settings`` (at ``settings_where``), naming the
-    key path only, never the value. Keys are read from environment variables instead."""
+    secret-shaped value (see :func:`evolforge.config.bounds.find_secrets`: recognised by value, whatever the
+    key's name) in ``base_url`` (at ``where``) and in the free-form ``settings`` (at ``settings_where``),
+    naming the key path only, never the value. Keys are read from environment variables instead."""
     problems = secret_problems({"base_url": base_url}
                                if base_url else {}, where) + secret_problems(dict(settings), settings_where)
     if problems:
