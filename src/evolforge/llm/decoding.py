@@ -33,7 +33,6 @@ from evolforge.config.roles import Controls
 RANK_CHUNK = 16  # answers scored per forward pass (each holds a copy of the prompt's KV cache)
 REPICKS = 32  # tokens a row may have masked in one step before it ends instead (never reached in practice)
 NUCLEUS_TOP_K = 1024  # tokens a nucleus is first looked for among (sample_token)
-REPICK_THREADS_S = 30.0  # a call this long after the last choice of threads measures the machine again
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

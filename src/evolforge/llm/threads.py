@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Mapping
 
 
@@ -91,3 +92,22 @@ def decoding_threads(threads: int | None = None, follow_load: bool = False) -> i
     if threads:
         return threads
     return pick_threads() if follow_load else usable_cores()
+
+
+REPICK_S = 30.0  # a call this long after the last pick of threads measures the machine again (follow_load)
+
+
+class DecodingThreads:
+    """A backend's decoding threads: :func:`decoding_threads` when it is built; with ``follow_load`` (and no
+    ``threads`` of the role's own) picked again by :meth:`now` at a call :data:`REPICK_S` after the last pick."""
+
+    def __init__(self, threads: int | None = None, follow_load: bool = False):
+        self.follow_load = follow_load and not threads
+        self.count = decoding_threads(threads, follow_load)
+        self._picked = time.monotonic()
+
+    def now(self) -> int:
+        """The threads to decode with now (the machine may have got busy, or idle, since the last pick)."""
+        if self.follow_load and time.monotonic() - self._picked > REPICK_S:
+            self.count, self._picked = pick_threads(), time.monotonic()
+        return self.count

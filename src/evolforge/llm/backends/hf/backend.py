@@ -32,7 +32,6 @@ identical outputs.
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -44,11 +43,11 @@ from transformers.cache_utils import DynamicLayer
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.threads import decoding_threads
+from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
-from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, rank_sequences, sample_token
+from evolforge.llm.decoding import RowControls, pick, rank_sequences, sample_token
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
@@ -141,9 +140,8 @@ class HFBackend:
         self.model_name = model
         self.revision = revision
         # torch's default (every core it sees) oversubscribes a shared or quota-limited machine
-        self.follow_load = follow_load and not threads  # pick again as the machine's load changes
-        self.threads = decoding_threads(threads, follow_load)
-        self._threads_picked = time.monotonic()
+        self._threads = DecodingThreads(threads, follow_load)
+        self.threads = self._threads.count
         torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(model, revision, padding_side="left")
         self.model = load_causal_lm(model, revision, dtype=dtype, device=device)
@@ -211,9 +209,7 @@ class HFBackend:
         """
         if not requests:
             return
-        if self.follow_load and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
-            self.threads = decoding_threads(follow_load=True)  # the machine got busy (or idle) since
-            self._threads_picked = time.monotonic()
+        self.threads = self._threads.now()
         if torch.get_num_threads() != self.threads:  # or another backend in this process set its own
             torch.set_num_threads(self.threads)
         generators = {}

@@ -32,7 +32,6 @@ log-probabilities followed by the end of the turn, as the hf backend's
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -42,9 +41,9 @@ import torch
 from evolforge.core.models import load_tokenizer, model_identity
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.threads import decoding_threads
+from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
-from evolforge.llm.decoding import REPICK_THREADS_S, RowControls, pick, sample_token
+from evolforge.llm.decoding import RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
 from evolforge.llm.backends.llamacpp.speculative import STEP_COST, draft_length
@@ -76,7 +75,7 @@ class LlamaCppBackend:
         # the draft rule's step cost (a, b), fixed for the backend's life so that a rerun feeds the same drafts;
         # measured on the CPU (a GPU's is not yet: docs/models.md); the bench's --cost sets another
         self.step_cost = STEP_COST
-        self.follow_load = follow_load and not threads  # pick again as the machine's load changes
+        self._threads = DecodingThreads(threads, follow_load)
         self.context = max_model_len or LLAMACPP_CONTEXT
         self.reuse_prefix = reuse_prefix
         self.batch_size = min(batch_size, RANK_SEQUENCES)
@@ -84,11 +83,10 @@ class LlamaCppBackend:
         if self.tokenizer.chat_template is None:
             raise LlamaCppError(f"model {model}: the tokenizer has no chat template; chat roles need one")
         self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
-                                     threads=decoding_threads(threads, follow_load), gpu_layers=gpu_layers)
+                                     threads=self._threads.count, gpu_layers=gpu_layers)
         self._identity = model_identity(model)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
-        self._threads_picked = time.monotonic()
         self.drafted = self.accepted = 0  # speculative draft tokens verified, and accepted, since loading
 
     @classmethod
@@ -134,9 +132,7 @@ class LlamaCppBackend:
         """Every request's answer, yielded as it ends: rankings and empty budgets first, then up to ``slots``
         (at most ``batch_size``) generations decoded together. With ``reuse_prefix`` the prompts go in the
         order of their tokens, so that each shares the longest prefix with one before it."""
-        if self.follow_load and time.monotonic() - self._threads_picked > REPICK_THREADS_S:
-            self.cache.set_threads(decoding_threads(follow_load=True))
-            self._threads_picked = time.monotonic()
+        self.cache.set_threads(self._threads.now())  # a no-op unless following the load picked another count
         prompts = [self.render(r) for r in requests]
         order = sorted(range(len(requests)), key=prompts.__getitem__) if self.reuse_prefix else range(len(requests))
         jobs = []
