@@ -42,7 +42,8 @@ CHECKED_PYTHONS = SUPPORTED_PYTHONS + ((3, 14),)  # 3.14 is reported, not promis
 SOURCE_BUILT = {"llama-cpp-python": "compiles llama.cpp", "antlr4-python3-runtime": "pure Python",
                 "langdetect": "pure Python", "rouge-score": "pure Python", "sqlitedict": "pure Python",
                 "word2number": "pure Python"}
-PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(?P<version>[^\s;\\]+)\s*(?:;(?P<marker>[^\\]+))?")
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==(?P<version>[^\s;\\]+)"
+                 r"\s*(?:;(?P<marker>[^\\]+))?")
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ def pip_check(pins: dict[str, dict]) -> tuple[str, bool]:
                 run = subprocess.run(
                     [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--ignore-installed",
                      "--require-hashes", "--only-binary=:all:",
-                     *[arg for tag in platform.wheel_platforms() for arg in ("--platform", tag)], "--python-version", "%d.%d" % python, "--implementation", "cp", "--target", target,
+                     *[arg for tag in platform.wheel_platforms() for arg in ("--platform", tag)],
+                     "--python-version", "%d.%d" % python, "--implementation", "cp", "--target", target,
                      "--isolated", "-r", body], capture_output=True, text=True)
             verdict = "ok" if run.returncode == 0 else "FAILED: " + _last_error(run.stderr)
             if run.returncode and python in SUPPORTED_PYTHONS:

@@ -326,8 +326,9 @@ def evaluate(
     _check_request(models, s)
     benchmarks, skipped = resolve_tasks(s.tasks, s.suite, s.allow_code_execution)
     if s.allow_code_execution and any(b in CODE_BENCHMARKS for b in benchmarks):
-        from evolforge.eval.sandbox import isolation
+        from evolforge.eval.sandbox import isolation, require_sandbox
 
+        require_sandbox("evaluate (" + ", ".join(b for b in benchmarks if b in CODE_BENCHMARKS) + ")")
         log.info("code benchmarks run in the sandbox, limits %ss / %s MiB, isolation %s",
                  s.sandbox_timeout_s, s.sandbox_memory_mb, isolation())
     _check_nltk(list(benchmarks.values()))

@@ -51,6 +51,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from evolforge.config.bounds import Refusal
 from evolforge.eval.sandbox_process import (  # noqa: F401  (constants re-exported for callers and tests)
     DEFAULT_PACKAGES, ENV_ALLOWED, EXIT_BLOCKED, EXIT_MEMORY, EXIT_SETUP, NPROC, STDERR_TAIL_CHARS, UID_BASE,
     UID_SPAN, WORK_QUOTA_FILES, WORK_QUOTA_MB, WORKER_GRACE_S, _Child, _end, _Layers, _start, _status,
@@ -68,6 +69,26 @@ class SandboxResult:
     stderr: str  # the last STDERR_TAIL_CHARS characters of stderr (with tests: the program's, then the tests')
     returncode: int | None  # None when it was killed at the time limit
     duration_s: float  # wall clock, seconds
+
+
+# The isolation the sandbox is built on (network and pid namespaces, Landlock, seccomp) is Linux's; elsewhere
+# model-written code is not run at all rather than run with rlimits and an audit hook alone.
+SANDBOX_PLATFORMS = ("linux",)
+
+
+def require_sandbox(purpose: str, platform: str = sys.platform) -> None:
+    """Refuse, before any work, to run model-written code where the sandbox's isolation does not exist.
+
+    >>> try:
+    ...     require_sandbox("evaluate (humaneval)", platform="darwin")
+    ... except Refusal as refused:
+    ...     print(str(refused)[:71])
+    evaluate (humaneval) runs model-written code, which evolforge runs only
+    """
+    if platform not in SANDBOX_PLATFORMS:
+        raise Refusal(f"{purpose} runs model-written code, which evolforge runs only in its Linux sandbox (namespaces,"
+                      f" Landlock, seccomp); this machine is {platform}: run this stage on Linux (a Linux VM or "
+                      "container works)")
 
 
 _NS_FULL = ("--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private")
@@ -99,6 +120,7 @@ _probe_lock = threading.Lock()
 @functools.lru_cache(maxsize=1)
 def _layers() -> _Layers:
     """Probe once per process, each layer with a real run, which layers this machine offers."""
+    require_sandbox("the code sandbox")
     with _probe_lock:
         none = _Layers((), False, False, False, False, False)
         layers = next((lay for prefix, full in _namespace_options()

@@ -27,6 +27,7 @@ from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, Quer
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
 from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
+from evolforge.eval.sandbox import require_sandbox
 from evolforge.steps.autoif.sandbox import Runner, run_function
 from evolforge.steps.common.source import build_seed
 
@@ -104,6 +105,8 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
     refuse go to rejected.parquet. An empty table marked skipped unless ``scenario: autoif``."""
     cfg = load_section(params, "autoif", AutoIFSettings)
     active = cfg.scenario == "autoif"
+    if active and cfg.verify_responses:
+        require_sandbox("autoif_respond (autoif.verify_responses)")
     constraints = read_table(verified)
     functions = pl.read_parquet(f"{verified}/functions.parquet")
     constraints = first_by_hash(constraints.filter(pl.col("status") == KEPT), cfg.paired_constraints, cfg.seed)

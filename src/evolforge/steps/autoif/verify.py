@@ -25,7 +25,7 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import FAILED, make_id, read_table
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
-from evolforge.eval.sandbox import isolation
+from evolforge.eval.sandbox import isolation, require_sandbox
 from evolforge.llm.cached import LLM, open_role
 from evolforge.steps.autoif.shared import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
 from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration,
@@ -275,6 +275,8 @@ def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibr
     validation.check(table,
                      validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
     active = cfg.scenario == "autoif"
+    if active:
+        require_sandbox("autoif_verify (the verification functions)")
     constraints = first_by_hash(usable_constraints(table), cfg.max_constraints, cfg.seed) if active else table.clear()
     demos = load_demonstrations(prompts) if active and cfg.form == "lines" else []
     samples: list[list[str | None]] = []

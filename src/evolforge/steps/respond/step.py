@@ -38,6 +38,7 @@ from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, ite
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
+from evolforge.eval.sandbox import require_sandbox
 from evolforge.steps.common.answer_check import check_answer
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_requests, response_sampling
 
@@ -63,6 +64,13 @@ class Gathered:
             for chunk in iter_chunks(file, self.chunk_rows):
                 yield _kept(chunk, is_round).cast(dict(self.schema))
                 del chunk  # not held while the next one is read (io/stream.py)
+
+    def runs_code(self) -> bool:
+        """Does an item carry a check that runs its answer's code (``python_tests``)? Reads one column."""
+        scans = [pl.scan_parquet(file).select("answer_check") for file, is_round in self.parts
+                 if not is_round and "answer_check" in table_schema(file)]
+        return bool(scans) and pl.concat(scans).filter(
+            pl.col("answer_check").str.contains('"python_tests"', literal=True)).head(1).collect().height > 0
 
     def ids(self) -> pl.LazyFrame:
         """The items' ids in order (a streaming query: no texts read)."""
@@ -179,6 +187,8 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path,
     items = gather([f"{evolved}/{rounds[k]}" for k in cfg.rounds], seed if cfg.include_seed else None,
                    load_section(params, "data", DataSettings).chunk_rows)
     check_unique(items.ids(), "id", out)  # the output's rule, before any call
+    if items.runs_code():
+        require_sandbox("respond (the seeds' python_tests answer checks)")
     llm = open_role(params, "responder", open_cache(params))
     repetition = elimination.repetition_test(cfg.repetition)
     statuses, per_round, failed, tally = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0, Counter()
