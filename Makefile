@@ -105,7 +105,7 @@ test: setup
 
 # The tests whose code differs by interpreter or CPU: the llama.cpp backend (native kernels, the probe) and the
 # quantized models. `.ci/run` runs them on a second interpreter (e.g. make test-portable PYTHON=python3.13 VENV=.venv-3.13).
-PORTABLE_TESTS ?= tests/test_llamacpp*.py tests/test_speculative.py tests/test_lock.py tests/test_sandbox.py
+PORTABLE_TESTS ?= tests/test_llamacpp*.py tests/test_speculative.py tests/test_lock.py tests/test_platforms.py tests/test_sandbox.py
 test-portable: setup
 	$(VENV)/bin/evolforge check
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(wildcard $(PORTABLE_TESTS))
