@@ -7,7 +7,7 @@ TEST_WORKERS ?= 2  # pytest-xdist workers of `make test` (one test file each at 
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu for the CPU build where PyPI's default is CUDA
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.evolforge-installed
-# The lock (README "Locked dependencies"): every package but torch, pinned with hashes. GPU=1 installs the
+# The lock (docs/reference/dependencies.md): every package but torch, pinned with hashes. GPU=1 installs the
 # GPU lock instead (the gpu and dev extras, CUDA torch included, from PyPI).
 TORCH := torch==2.13.0
 PIP := pip==26.3
@@ -71,7 +71,7 @@ lock: setup
 run: setup
 	dvc repro
 
-# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (README "Difficulty per round")
+# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results.md "The same measurement on a second seed set")
 run-varied: setup
 	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 

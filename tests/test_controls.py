@@ -1,4 +1,4 @@
-"""Generation controls (docs/controls.md): each one is part of the cache key (requests without any keep
+"""Generation controls (docs/explanation/controls.md): each one is part of the cache key (requests without any keep
 their keys), the hf backend honours them at decode time, and a backend that cannot honour one refuses it."""
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` L
 
 @dataclass(frozen=True, slots=True)
 class Controls:
-    """Generation controls for small models (docs/controls.md). The empty value (all unset) is no control.
+    """Generation controls for small models (docs/explanation/controls.md). The empty value (all unset) is no control.
 
     ``banned_strings`` can never be generated (each also with a leading space); ``assistant_prefix``
     starts the assistant's turn, which the model continues (the returned text is prefix + continuation);
@@ -88,7 +88,8 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
                 what = f"{backend.split(':')[1]}'s server{role} cannot honour this generation control"
             else:
                 what = f"backend {backend!r}{role} cannot honour this generation control"
-            problems.append(f"{at}.{name}: {what} ({why}); remove it or use a backend that can (docs/controls.md)")
+            problems.append(f"{at}.{name}: {what} ({why}); remove it or use a backend that can "
+                            "(docs/explanation/controls.md)")
     return problems
 
 
@@ -154,7 +155,7 @@ class Role:
         "help": "hf, llamacpp without `threads`: fewer threads while other processes keep cores busy, picked again "
                 "at a call 30 s after the last pick; faster on a shared machine, but the count changes llama.cpp's "
                 "logits, so a rerun may then decode other tokens"})
-    # ray: a Ray Data pipeline over `replicas` actors (docs/scale_ray.md)
+    # ray: a Ray Data pipeline over `replicas` actors (docs/how-to/scale-ray.md)
     ray_address: str | None = field(default=None, metadata={
         "help": "ray: an existing cluster (\"auto\", \"ray://host:10001\"); None = start a local one "
                 "(docs/how-to/scale-ray.md)"})
@@ -226,7 +227,7 @@ class Role:
     extra: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "backend-specific settings: llamacpp reads reuse_prefix, speculative, gpu_layers "
                 "(config/backend_specs.py); other backends pass them to the engine as written"})
-    # generation controls for small models (see Controls, docs/controls.md); a stage's `controls` overrides
+    # generation controls for small models (see Controls, docs/explanation/controls.md); a stage's `controls` overrides
     banned_strings: list[str] = field(default_factory=list, metadata={
         "help": "generation control: strings that can never be generated (each also with a leading space); a stage's "
                 "`controls` overrides (docs/explanation/controls.md)"})

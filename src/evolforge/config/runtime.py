@@ -29,7 +29,7 @@ class CacheSettings:
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
 class SpendCap(TypedDict, total=False):
-    """A ceiling on spend (docs/llm.md "Spend caps"); absent or null = no ceiling of that kind."""
+    """A ceiling on spend (docs/explanation/llm.md "Spend caps"); absent or null = no ceiling of that kind."""
 
     cost: NonNegativeFloat | None  # in the roles' price currency (only roles with prices count)
     tokens: NonNegativeInt | None  # prompt + completion tokens

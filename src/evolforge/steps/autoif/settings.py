@@ -32,7 +32,8 @@ QUERY_DEFAULTS = {"source": "data/seeds/demo.jsonl", "format": "auto", "fields":
 
 @dataclass
 class AutoIFSettings:
-    """``autoif``: the SLM paper's AutoIF scenario. Paper values in comments; the defaults are scaled down."""
+    """``autoif``: the SLM paper's AutoIF scenario. The papers' values are in the fields' metadata; the defaults
+    are scaled down."""
 
     scenario: Literal["evol", "autoif"] = field(default="evol", metadata={
         "help": "which branch's answers feed dedup, judge, score and select"})

@@ -24,4 +24,4 @@ class SeedSettings:
     limit: PositiveInt | None = field(default=None, metadata={"help": "keep a hash-based sample of this many items"})
     seed: int = field(default=0, metadata={"help": "the seed of the hash-based sample (limit)"})
     min_checked: NonNegativeInt = field(default=0, metadata={
-        "help": "of the sample, this many seeds with an answer check first (docs/seeds.md)"})
+        "help": "of the sample, this many seeds with an answer check first (docs/how-to/seeds.md)"})
