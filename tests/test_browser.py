@@ -32,7 +32,7 @@ def shots(tmp_path_factory) -> Path:
 
 def plots_section() -> str:
     """The `plots:` block of docs/how-to/report.md (the dvc.yaml one, checked in :func:`dvc_repo`)."""
-    text = (REPO / "docs" / "report.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "how-to" / "report.md").read_text(encoding="utf-8")
     return re.search(r"<!-- plots section.*?-->\n```yaml\n(.*?)```", text, re.S).group(1)
 
 
