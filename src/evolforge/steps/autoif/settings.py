@@ -51,10 +51,12 @@ class AutoIFSettings:
     top_p: Annotated[float, Gt(0), Le(1)] = field(default=0.95, metadata={
         "help": "self-instruct and verification samples",
         "paper": "0.95"})
-    max_tokens: PositiveInt | None = field(default=None, metadata={"help": "null = roles.evolver's", "unit": "tokens"})
+    max_tokens: PositiveInt | None = field(default=None, metadata={
+        "help": "per self-instruct or verification sample; null = roles.evolver's", "unit": "tokens"})
     max_constraints: PositiveInt | None = field(default=None, metadata={
         "help": "verify at most this many (seeded, by hash); null = all"})
-    functions_per_constraint: PositiveInt = field(default=4, metadata={"help": "K", "paper": "8"})
+    functions_per_constraint: PositiveInt = field(default=4, metadata={
+        "help": "verification samples K asked for each constraint", "paper": "8"})
     form: Literal["lines", "paper"] = field(default="lines", metadata={
         "help": "how a verification sample is asked for: lines = few-shot worked examples and the cases as "
                 "FOLLOWS:/BREAKS: lines (what a 135M model follows) | paper = the reference zero-shot prompt asking "
@@ -76,8 +78,11 @@ class AutoIFSettings:
         "unit": "s"})
     memory_mb: PositiveInt = field(default=512, metadata={"help": "memory limit per sandbox process", "unit": "MB"})
     workers: PositiveInt = field(default=2, metadata={"help": "sandbox processes at a time"})
-    queries: QuerySource = field(default_factory=dict, metadata={"help": "defaults: QUERY_DEFAULTS"})
-    queries_per_constraint: PositiveInt = field(default=4, metadata={"help": "Q", "paper": "16"})
+    queries: QuerySource = field(default_factory=dict, metadata={
+        "help": "where the queries paired with constraints come from, read like seed.source (defaults: "
+                "data/seeds/demo.jsonl, 20 < length < 300 characters)", "paper": "ShareGPT"})
+    queries_per_constraint: PositiveInt = field(default=4, metadata={
+        "help": "queries Q paired with each verified constraint", "paper": "16"})
     paired_constraints: PositiveInt | None = field(default=None, metadata={
         "help": "down-sample verified constraints (paper: 420); null = all"})
     response_max_tokens: PositiveInt | None = field(default=None, metadata={

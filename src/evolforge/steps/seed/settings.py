@@ -15,9 +15,11 @@ class SeedSettings:
     source: NonEmptyStr = field(metadata={
         "help": "a local .jsonl/.json/.parquet/.csv file, or a Hugging Face dataset id"})
     format: Literal["auto", "alpaca", "gsm8k", "code_alpaca", "chat"] = field(default="auto", metadata={
-        "help": "chat: messages / ShareGPT"})
+        "help": "auto | alpaca | gsm8k | code_alpaca | chat (messages / ShareGPT: the first user turn is the "
+                "instruction, the first assistant turn the output)"})
     fields: dict[Literal["instruction", "input", "output"], NonEmptyStr | None] = field(default_factory=dict, metadata={
-        "help": "instruction: never null"})
+        "help": "column names to read instead of the format's, e.g. {instruction: prompt, output: completion}; "
+                "instruction is never null"})
     config: str | None = field(default=None, metadata={"help": "hub dataset config"})
     split: NonEmptyStr = field(default="train", metadata={"help": "hub dataset split"})
     revision: str | None = field(default=None, metadata={"help": "hub dataset revision (a commit sha pins it exactly)"})

@@ -24,7 +24,8 @@ class SelectSettings:
     threshold: float | None = field(default=None, metadata={
         "help": "keep items with metric >= threshold (wins over top_fraction)"})
     ifd_filter: bool = field(default=False, metadata={"help": "drop IFD > 1 (the IFD paper does)"})
-    rounds: list[int] | None = field(default=None, metadata={"help": "null = every round"})
+    rounds: list[int] | None = field(default=None, metadata={
+        "help": "the rounds to select from (0 = the seeds); null = every round answered"})
     seed: NonNegativeInt = field(default=0, metadata={"help": "for metric random"})
     min_loss_instruction: Annotated[float, Ge(0)] | None = field(default=None, metadata={
         "help": "floor on L(Q), nats per token"})
