@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 
@@ -12,9 +13,11 @@ def readme(repo) -> str:
     return (repo / "README.md").read_text(encoding="utf-8")
 
 
-def test_stage_table_matches_dvc_yaml(repo):
+@pytest.mark.parametrize("page", ["README.md", "docs/reference/stages.md"])
+def test_stage_table_matches_dvc_yaml(repo, page):
     stages = set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-    table = re.search(r"\| stage \| reads \| writes \| what \|\n\|[-|]+\|\n((?:\|.*\|\n)+)", readme(repo)).group(1)
+    text = (repo / page).read_text(encoding="utf-8")
+    table = re.search(r"\| stage \| reads \| writes \| what \|\n\|[-|]+\|\n((?:\|.*\|\n)+)", text).group(1)
     documented = {re.match(r"\| `([a-z_]+)", row).group(1) for row in table.splitlines()}
     assert documented == stages
 
