@@ -48,6 +48,8 @@ The help comes from each field's `metadata` in the settings dataclasses (`src/ev
 
 def settings_fields(cls: type) -> list[dataclasses.Field]:
     """The fields params.yaml can set (a field marked ``params: False``, such as a role's name, is not one)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__}: a params section's class must be a dataclass (its fields carry the help)")
     return [f for f in dataclasses.fields(cls) if f.metadata.get("params", True)]
 
 
@@ -157,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     if lacking:
         print("settings fields without help (add metadata={'help': ...} to the field): " + ", ".join(lacking),
               file=sys.stderr)
-        if args.check or args.write:
-            return 1
     page = render()
-    if args.write:
+    if args.write:  # written even when help is missing, so the gaps show on the page; the exit status says so
         PAGE.parent.mkdir(parents=True, exist_ok=True)
         PAGE.write_text(page, encoding="utf-8")
-        return 0
+        return 1 if lacking else 0
+    if lacking and args.check:
+        return 1
     if args.check:
         if not PAGE.is_file() or PAGE.read_text(encoding="utf-8") != page:
             print(f"{PAGE.relative_to(REPO)} is stale: run python tools/params_doc.py --write", file=sys.stderr)
