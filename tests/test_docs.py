@@ -172,3 +172,17 @@ def test_links_between_pages_point_at_files(repo):
     broken = [f"{page.relative_to(repo)} -> {target.relative_to(repo)}" for page in doc_pages(repo)
               for target in _links(page) if not target.is_file() and str(target.relative_to(repo)) not in PENDING]
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+
+
+def test_code_and_config_name_docs_pages_that_exist(repo):
+    """Error messages, docstrings and comments point at docs pages by path; a moved page must leave none behind.
+    prompts/ is not read: a template file's bytes are hashed into the outputs, so its comments change only with
+    a data version."""
+    roots = ["src", "stages", "tests", "tools", "bench", "params.yaml", "dvc.yaml", "Makefile", "pyproject.toml",
+             ".ci/run"]
+    files = [p for root in roots for p in ([repo / root] if (repo / root).is_file() else (repo / root).rglob("*"))
+             if p.is_file() and p.suffix in ("", ".py", ".yaml", ".toml", ".md", ".txt", ".cfg")]
+    missing = sorted({f"{p.relative_to(repo)}: {name}" for p in files
+                      for name in re.findall(r"\bdocs/[\w./-]+?\.md\b", p.read_text(encoding="utf-8", errors="ignore"))
+                      if not (repo / name).is_file() and name not in PENDING})
+    assert not missing, "references to docs pages that do not exist:\n" + "\n".join(missing)
