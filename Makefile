@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.evolforge-installed
 # The interpreters the lock is checked for (tools/check_lock.py) and the suite runs on; `make setup` refuses others.
 SUPPORTED_PYTHONS := 3.11 3.12 3.13
-# The lock (README "Locked dependencies"): every package but torch, pinned with hashes. GPU=1 installs the
+# The lock (docs/reference/dependencies.md): every package but torch, pinned with hashes. GPU=1 installs the
 # GPU lock instead (the gpu and dev extras, CUDA torch included, from PyPI).
 TORCH := torch==2.13.0
 PIP := pip==26.3
@@ -95,7 +95,7 @@ lock: setup
 run: setup
 	dvc repro
 
-# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (README "Difficulty per round")
+# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results.md "The same measurement on a second seed set")
 run-varied: setup
 	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 

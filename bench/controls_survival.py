@@ -1,5 +1,5 @@
 """Benchmark: how many of the evolver's rewrites pass the instruction rules, with and without the small-model
-aids (generation controls, few-shot examples; docs/controls.md), and how many per minute a given evolver
+aids (generation controls, few-shot examples; docs/explanation/controls.md), and how many per minute a given evolver
 model writes.
 
 One evolving call per seed (the five methods in turn, evolve's sampling: temperature 0.7, top_p

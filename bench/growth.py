@@ -34,7 +34,7 @@ text evolforge's dedup compares (``item_text``, precomputed here) and the same s
 dedup rows then carry ``removed`` and the ratio of their CPU seconds is printed per size.
 
 With ``--engines local ray`` dedup and decontaminate also run with ``data.engine: ray`` (stage ``<name>-ray``,
-on a local Ray cluster each stage starts, or on the one at ``--ray-address``; docs/scale_ray.md), and their
+on a local Ray cluster each stage starts, or on the one at ``--ray-address``; docs/how-to/scale-ray.md), and their
 outputs are compared byte for byte with the local engine's. A stage's Ray workers are not its children, so their CPU is missing from ``cpu_s``;
 ``machine_cpu_s`` is the CPU time the whole machine spent during the run (``/proc/stat``: other processes
 included), the figure to compare the engines by.

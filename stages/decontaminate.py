@@ -9,7 +9,7 @@ Writes: data/clean/items.parquet (the items not contaminated, with data/dedup's 
         (the contaminated ones, plus contamination_reason / _benchmark / _problem_id / _source / _field / _ngram /
         _similarity), meta.json (reference problems, notes on skipped test sets); metrics/decontaminate.json (with
         peak_rss_mib); --plot: what dedup and decontaminate removed, per round and reason
-Items stream through data.chunk_rows rows at a time against the benchmark index built once (docs/scale.md).
+Items stream through data.chunk_rows rows at a time against the benchmark index built once (docs/how-to/scale.md).
 """
 
 from evolforge.core.stage import arguments, run_stage, write

@@ -6,7 +6,7 @@ Writes: data/dedup/items.parquet (the kept items, with data/pool's columns), dat
         duplicates, plus duplicate_of = the id of the kept item each duplicates, duplicate_similarity = exact
         Jaccard, dedup_reason = exact_duplicate | near_duplicate), meta.json; metrics/dedup.json (removed per
         round, exact vs near, peak_rss_mib)
-The table is read and written data.chunk_rows rows at a time (docs/scale.md): the same output for any value.
+The table is read and written data.chunk_rows rows at a time (docs/how-to/scale.md): the same output for any value.
 """
 
 from evolforge.core.stage import arguments, run_stage, write

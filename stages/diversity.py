@@ -1,6 +1,6 @@
 """diversity stage: instruction embeddings and minimum neighbour distance (MND).
 
-Reads:  data/clean/ (data.chunk_rows rows at a time: docs/scale.md), params.yaml `diversity` (embedder kind),
+Reads:  data/clean/ (data.chunk_rows rows at a time: docs/how-to/scale.md), params.yaml `diversity` (embedder kind),
         roles `embedder` (model, revision, dtype, device, batch_size), models/identity.json (the embedder's identity)
 Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/diversity/embeddings.npy
         (unit-normalised float32, one row per item in the table's order), metrics/diversity.json,

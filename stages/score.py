@@ -1,11 +1,11 @@
 """score stage: IFD and IC-IFD losses from the scorer model.
 
-Reads:  data/clean/ (data.chunk_rows rows at a time: docs/scale.md), params.yaml `score` (template, boundary,
+Reads:  data/clean/ (data.chunk_rows rows at a time: docs/how-to/scale.md), params.yaml `score` (template, boundary,
 max_length, cherry_truncation, max_batch_tokens),
         roles `scorer` (model, revision, dtype, device, batch_size), models/identity.json (the scorer's identity)
 Writes: data/scores/items.parquet (id, round, loss_* in nats, ifd, ic_ifd, token counts),
         metrics/score.json (means), metrics/plots/{ifd,ic_ifd}_hist.json
-Stored precision (score/precision.py, docs/scoring.md): losses at 4 significant digits, IFD / IC-IFD
+Stored precision (score/precision.py, docs/explanation/scoring.md): losses at 4 significant digits, IFD / IC-IFD
 recomputed from them and the means at 6, so another CPU's last-bit differences do not change the hashes.
 """
 

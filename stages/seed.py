@@ -3,7 +3,7 @@
 Reads:  params.yaml `seed` (source, format, fields, config, split, revision, limit, seed); the source file
 Writes: data/seed/items.parquet, duplicates.parquet (each dropped duplicate and the row kept instead),
         meta.json; metrics/seed.json (counts, and the source file's sha256)
-Rules for the source (what is refused and why): docs/seeds.md.
+Rules for the source (what is refused and why): docs/how-to/seeds.md.
 """
 
 from evolforge.core.stage import arguments, run_stage, write

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # Under pytest-xdist each worker (and every stage process it starts) computes on one thread: two workers
 # on two cores, and torch's two-thread matrix products slow down manyfold when another process shares
-# the cores (docs/controls.md "Threads").
+# the cores (docs/explanation/controls.md "Threads").
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -31,8 +31,8 @@ def shots(tmp_path_factory) -> Path:
 
 
 def plots_section() -> str:
-    """The `plots:` block of docs/report.md (the dvc.yaml one, checked in :func:`dvc_repo`)."""
-    text = (REPO / "docs" / "report.md").read_text(encoding="utf-8")
+    """The `plots:` block of docs/how-to/report.md (the dvc.yaml one, checked in :func:`dvc_repo`)."""
+    text = (REPO / "docs" / "how-to" / "report.md").read_text(encoding="utf-8")
     return re.search(r"<!-- plots section.*?-->\n```yaml\n(.*?)```", text, re.S).group(1)
 
 
@@ -53,7 +53,7 @@ def dvc_repo(tmp_path_factory) -> Path:
                     ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     (repo / "dvc.yaml").write_text(plots_section())
     assert yaml.safe_load(plots_section())["plots"] == yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"], \
-        "docs/report.md shows a plots section other than dvc.yaml's"
+        "docs/how-to/report.md shows a plots section other than dvc.yaml's"
 
     def run(*cmd: str) -> str:
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""Generation controls (docs/controls.md): each one is part of the cache key (requests without any keep
+"""Generation controls (docs/explanation/controls.md): each one is part of the cache key (requests without any keep
 their keys), the hf backend honours them at decode time, and a backend that cannot honour one refuses it."""
 
 from __future__ import annotations
@@ -195,8 +195,9 @@ def test_a_stage_control_is_refused_where_it_is_written():
     assert any(p.startswith("judge.probabilities: the judge's server") for p in found)
 
 
-def test_the_readme_server_blocks_are_valid_params():
-    """README "The chat roles on a server": each params block is valid and its server honours every setting."""
+def test_the_documented_server_blocks_are_valid_params():
+    """docs/how-to/models.md "The chat roles on a server": each params block is valid and its server honours every
+    setting."""
     import re
     from pathlib import Path
 
@@ -204,7 +205,7 @@ def test_the_readme_server_blocks_are_valid_params():
 
     from evolforge.config.servers import server_problems
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs/how-to/models.md").read_text()
     section = readme.split("### The chat roles on a server", 1)[1].split("\n## ", 1)[0]
     blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
     assert len(blocks) == 2

@@ -119,7 +119,7 @@ def test_the_server_kind_is_found_and_what_it_cannot_honour_is_named_where_writt
     assert server_problems(params, kinds) == [
         "evolve.controls.no_repeat_ngram_size: llamacpp's server (roles.evolver) cannot honour this generation "
         "control (llama.cpp's server has no n-gram ban among its request parameters; use repetition_penalty); "
-        "remove it or use a backend that can (docs/controls.md)"]
+        "remove it or use a backend that can (docs/explanation/controls.md)"]
     params["evolve"]["controls"]["no_repeat_ngram_size"] = None
     assert server_problems(params, kinds) == []
 

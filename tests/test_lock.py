@@ -1,5 +1,5 @@
 """The lock: `requirements/cpu.txt` and `requirements/gpu.txt` pin every package with hashes, `make setup`
-installs exactly them, and what is installed here is what the lock says (README "Locked dependencies")."""
+installs exactly them, and what is installed here is what the lock says (docs/reference/dependencies.md)."""
 
 from __future__ import annotations
 

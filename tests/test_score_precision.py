@@ -45,7 +45,7 @@ def test_ratios_follow_from_the_stored_losses():
     assert stored["loss_response_given_instruction"] == 1.441
     assert stored["ifd"] == significant(1.441 / 1.852, RATIO_DIGITS)
     assert stored["ic_ifd"] == significant(1.441 / (2.414 * 1.852), RATIO_DIGITS)
-    assert LOSS_DIGITS == 4 and RATIO_DIGITS == 6  # what docs/scoring.md states
+    assert LOSS_DIGITS == 4 and RATIO_DIGITS == 6  # what docs/explanation/scoring.md states
 
 
 def test_nulls_and_reasons_and_other_columns_are_kept():

@@ -15,7 +15,7 @@ section it reads:
 A read whose section cannot be told (a computed name) is a problem: name it literally. Sections are compared
 whole (a stage that declares ``evolve.strategy`` declares the ``evolve`` section) and roles one by one; the
 runtime sections ``cache``, ``llm`` and ``data`` (where completions are kept, when they are committed, how many
-rows a chunk holds: docs/scale.md shows the outputs do not depend on them) are not declared by design.
+rows a chunk holds: docs/how-to/scale.md shows the outputs do not depend on them) are not declared by design.
 
     python tools/stage_params.py            # every stage: what it reads, what it declares, the differences
     python tools/stage_params.py --check    # exit 1 when a stage's declared sections differ from what it reads

@@ -5,8 +5,10 @@
     evolforge plots export [--format svg|png|pdf] [--out reports/plots] [--revs REV ...]
     evolforge card [--selected data/selected]
     evolforge push-to-hub REPO_ID [--selected data/selected] [--private]
-    evolforge check [params.yaml]      check the whole params file against the schema (docs/params.md)
-    evolforge plan [STAGE ...] [--json]  requests, tokens, cost and time the stale stages would spend (docs/llm.md)
+    evolforge check [params.yaml]      check the whole params file against the schema
+                                       (docs/reference/params-validation.md)
+    evolforge plan [STAGE ...] [--json]  requests, tokens, cost and time the stale stages would spend
+                                         (docs/explanation/llm.md)
     evolforge --version
 """
 

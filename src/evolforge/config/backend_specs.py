@@ -1,7 +1,7 @@
 """What each backend can do, declared once: the generation controls it honours (and why not where it does
 not), whether it scores given answers by their log-probabilities (``judge.probabilities``, ranking), which
 roles it can serve and which ``extra`` settings it reads. The role checks (:mod:`evolforge.config.roles`,
-``evolforge check``, the models stage) and the LLM layer's refusals read this table; docs/controls.md
+``evolforge check``, the models stage) and the LLM layer's refusals read this table; docs/explanation/controls.md
 explains it.
 
 An ``openai`` role's server is ``openai:<kind>`` once its kind is known (``Role.server``, or found by the
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-# the generation controls a role or a stage can set (docs/controls.md)
+# the generation controls a role or a stage can set (docs/explanation/controls.md)
 CONTROL_NAMES = ("banned_strings", "assistant_prefix", "stop", "repetition_penalty", "no_repeat_ngram_size",
                  "frequency_penalty")
 SERVER_KINDS = ("vllm", "llamacpp", "openai")  # what an openai role's server is (Role.server)

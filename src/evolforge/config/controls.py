@@ -27,7 +27,8 @@ class Repetition(TypedDict, total=False):
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
 class ControlSettings(TypedDict, total=False):
     """A stage's generation controls (``evolve.controls``, ``optimize.controls``), put over its role's own
-    (``roles.<name>.banned_strings`` ...; see :class:`evolforge.config.roles.Controls`, docs/controls.md)."""
+    (``roles.<name>.banned_strings`` ...; see :class:`evolforge.config.roles.Controls`,
+    docs/explanation/controls.md)."""
 
     banned_strings: list[str]
     assistant_prefix: str | None

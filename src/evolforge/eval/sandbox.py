@@ -20,7 +20,7 @@ last statement completed. ``passed`` needs that nonce: no exit status, finalizer
 after a lock only the end of the program releases): a status, not a verdict a hostile program cannot fake.
 
 **Layers**, each used when the machine offers it (``isolation()`` says which are on; a missing one is logged
-as a warning once per process, never silently). See ``docs/sandbox.md`` for what each one holds and when.
+as a warning once per process, never silently). See ``docs/explanation/sandbox.md`` for what each one holds and when.
 
 - namespaces (``unshare``): no network, its own pid namespace (every process of the run dies with it), its
   own mount namespace (fresh ``/proc``; empty ``/tmp``, ``/run``, ``/dev/shm``, so no host Unix socket there;
@@ -170,7 +170,7 @@ def run_untrusted(code: str, timeout_s: float = 10.0, memory_mb: int = 512, *, t
     """Run ``code`` in a fresh sandboxed interpreter; with ``tests``, judge it by them, outside its process.
 
     Without ``tests``: ``passed`` means the program's last statement completed within the limits. The program's
-    own process says so, so it is no verdict that a hostile program could not fake (``docs/sandbox.md``).
+    own process says so, so it is no verdict that a hostile program could not fake (``docs/explanation/sandbox.md``).
 
     With ``tests``: the program runs in one child (the worker); the trusted ``setup``, then ``tests``, run in
     another (the checker), where each name in ``calls`` (default: each callable of the program that the tests

@@ -1,4 +1,4 @@
-"""The data stages' per-chunk work in this process or on Ray Data (``data.engine``, docs/scale_ray.md).
+"""The data stages' per-chunk work in this process or on Ray Data (``data.engine``, docs/how-to/scale-ray.md).
 
 :func:`map_chunks` applies a function to every chunk of a Parquet table and yields the results in table
 order: with ``engine: local`` it is ``map(fn, iter_chunks(...))``; with ``engine: ray`` the same calls run as

@@ -7,7 +7,7 @@ leaves a partial output that looks complete.
 
 Every output's ``meta.json`` also records the installed versions of the packages that can change it
 (:func:`output_versions`): a new transformers, tokenizers or polars release can change tokenization,
-generation or Parquet bytes without any change in ``params.yaml`` or code (README "Locked dependencies");
+generation or Parquet bytes without any change in ``params.yaml`` or code (docs/reference/dependencies.md);
 ``make setup`` installs the versions pinned in ``requirements/cpu.txt`` (or ``requirements/gpu.txt``), so on a
 locked install these match the lock.
 """

@@ -4,8 +4,8 @@ so a stage's peak memory follows the chunk size, not the number of items.
 Writing goes through polars' streaming Parquet sink over a Python source of chunks
 (:func:`sink_chunks`): the file it writes is byte for byte the one :func:`evolforge.io.records.write_table`
 writes for the concatenated chunks (same writer, row groups of ``ROW_GROUP_ROWS`` rows whatever the chunks),
-so streaming a stage, or its chunk size, changes none of its outputs' hashes. ``data.chunk_rows`` (``docs/scale.md``)
-sets the chunk size.
+so streaming a stage, or its chunk size, changes none of its outputs' hashes. ``data.chunk_rows``
+(``docs/how-to/scale.md``) sets the chunk size.
 
 A loop over chunks drops its chunk before it asks for the next one (``del`` after a ``yield``, or a consumer
 that keeps nothing): a ``for`` variable otherwise still holds chunk k while chunk k + 1 is read, two chunks

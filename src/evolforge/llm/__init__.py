@@ -10,7 +10,7 @@ Every stage talks to models the same way::
 Backends (``role.backend``, :mod:`evolforge.llm.backends`): ``hf`` (transformers in-process), ``llamacpp`` (a
 GGUF file through llama.cpp on the CPU), ``vllm`` (vLLM offline engine, GPU extra), ``openai`` (any
 OpenAI-compatible ``/v1/chat/completions`` server) and ``ray`` (a Ray Data pipeline over several copies of the
-model, ray extra; docs/scale_ray.md). Tests use ``FakeBackend`` (:mod:`evolforge.llm.backends.fake`).
+model, ray extra; docs/how-to/scale-ray.md). Tests use ``FakeBackend`` (:mod:`evolforge.llm.backends.fake`).
 
 A request with ``choices`` gets exactly one of them where the backend can enforce it: hf masks every
 token that leaves the set (see :class:`~evolforge.llm.choices.ChoiceTrie`), vllm uses its structured outputs

@@ -16,7 +16,7 @@ When not even the next request's worst case fits, the rest are not sent: each be
 after every completion received is committed. A batch-API role gets the same chunks, so a job is only
 ever submitted for requests whose worst case fits.
 
-Caps (docs/llm.md "Spend caps"): ``llm.budget.run`` / ``total`` for all roles together and
+Caps (docs/explanation/llm.md "Spend caps"): ``llm.budget.run`` / ``total`` for all roles together and
 ``llm.budget.roles.<role>.run`` / ``total`` for one role, each with ``cost`` and/or ``tokens``. ``run``
 counts the spend recorded under this run's id: ``EVOLFORGE_RUN_ID`` when set (give one value to every
 stage of a ``dvc repro``), else one id per stage process. ``total`` counts everything the cache database

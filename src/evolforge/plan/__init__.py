@@ -18,7 +18,7 @@ previous runs' answers survived. Stages without an LLM role that lie between two
 embedder, the fine-tuned model) or write models are not run, and a stage after one of them is planned on
 its previous outputs (the plan says so).
 
-Per stage, role and call: requests, prompt tokens (counted as docs/llm.md says), completion tokens as an
+Per stage, role and call: requests, prompt tokens (counted as docs/explanation/llm.md says), completion tokens as an
 upper bound (``max_tokens``) and an expected value (the mean completion length recorded for that role
 and call), the cost from the role's prices, and the time from the role's recorded seconds per call.
 """
@@ -216,7 +216,7 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
     later = [r for r in plan.rows if r.stage != plan.rows[0].stage] if plan.rows else []
     if later:
         plan.notes.append(f"exact: the requests of {plan.rows[0].stage} that depend only on its inputs; its calls "
-                          f"on stand-in answers and every later stage are estimates (see docs/llm.md)")
+                          f"on stand-in answers and every later stage are estimates (see docs/explanation/llm.md)")
     return plan
 
 

@@ -3,7 +3,7 @@
 Every stage's metrics file also holds its operational counters (calls, cache hits, tokens per role, ...):
 useful to debug a run, noise when comparing experiments. The report stage gathers the figures that say
 whether a data version is better into ``metrics/summary.json``, short names grouped so that one ``--keep``
-pattern shows them all (README "Experiments and sharing")::
+pattern shows them all (docs/how-to/experiments.md)::
 
     surv.<round>   share of the round's items that evolved (metrics/evolve.json; round_1 -> r1)
     sel.n          items selected (metrics/select.json)

@@ -1,7 +1,7 @@
 """The texts and token ids of an item's two forward passes for IFD scoring (:mod:`evolforge.score.ifd`).
 
 The conditioned pass gives L(Q) and L(A|Q), the direct pass L(A). Templates (which text each pass sees;
-docs/scoring.md has the full account):
+docs/explanation/scoring.md has the full account):
 
 * ``raw``    paper B's official code, Evolution-Analysis ``Evol_Instruct/eval_loss.py`` @ 7595feb:
   ``Q + "\\n" + A`` tokenized whole, L(A) from ``A`` tokenized alone.

@@ -1,4 +1,5 @@
-"""The precision at which the score stage stores its floating-point results (docs/scoring.md "Stored precision").
+"""The precision at which the score stage stores its floating-point results (docs/explanation/scoring.md
+"Stored precision").
 
 A forward pass in fp32 gives losses that differ in their last bits from one CPU (or thread count, or BLAS
 kernel) to another, about 1e-6 relative, so full-precision scores make ``data/scores`` and everything

@@ -1,4 +1,4 @@
-"""The LLM layer's side of a dry run (``evolforge plan``, docs/llm.md "Plan before you pay").
+"""The LLM layer's side of a dry run (``evolforge plan``, docs/explanation/llm.md "Plan before you pay").
 
 When ``EVOLFORGE_DRY_RUN`` names a file, no request reaches a backend (no model loads): every generate
 call looks its requests up in the call cache as usual and, for the requests the cache cannot answer,

@@ -3,7 +3,7 @@
 
 ``autoif.form: paper`` is the reference prompt (``prompts/autoif/verification.j2``): one zero-shot user turn
 asking for a single JSON object with ``func`` and ``cases``. SmolLM2-135M-Instruct answers it with a Python block
-and never with the cases (docs/autoif.md), so nothing can be cross-validated.
+and never with the cases (docs/how-to/autoif.md), so nothing can be cross-validated.
 
 ``autoif.form: lines`` (the default) asks for the same two things in a form small models copy reliably:
 

@@ -1,6 +1,6 @@
 """Answer checks: a seed whose answer can be checked says how, and each answer is checked against it.
 
-A seed record may carry a ``check`` field (docs/seeds.md "Checkable seeds"), one of::
+A seed record may carry a ``check`` field (docs/how-to/seeds.md "Checkable seeds"), one of::
 
     {"kind": "number", "value": 42}                      # the answer's final number equals 42
     {"kind": "number", "value": 0.5, "tolerance": 1e-3}  # within an absolute tolerance (default 1e-6)

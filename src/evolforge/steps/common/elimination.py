@@ -5,7 +5,7 @@ Evol-Instruct's elimination (WizardLM section 3.3) and Auto Evol-Instruct's fail
 (its reference code's exact rule set); see ``shared/reference/ALGORITHMS.md`` sections 3.5 and 4.4.
 Rules of this project catch what small real evolvers write and the papers' large models do not:
 output cut at ``max_tokens``, loops, answers in place of rewrites, and chatter that asks the user for
-input. ``docs/elimination.md`` lists every rule, its reason string, source and thresholds.
+input. ``docs/explanation/elimination.md`` lists every rule, its reason string, source and thresholds.
 
 >>> auto_evol_failure("Sure, which city do you mean?")
 True
@@ -145,7 +145,7 @@ class RepetitionTest:
     exceeds ``max_compression_ratio`` (Whisper's hallucination test uses 2.4 with gzip). Texts under
     ``min_words`` words are never called repetitive (a short list of numbers repeats by nature).
 
-    Measured on SmolLM2-135M-Instruct outputs of 300-650 characters (docs/elimination.md): ordinary text
+    Measured on SmolLM2-135M-Instruct outputs of 300-650 characters (docs/explanation/elimination.md): ordinary text
     0.00-0.14 repeated trigrams and ratio 1.0-2.1; loops 0.33-0.93 and 2.3-10.7.
     """
 

@@ -2,7 +2,7 @@
 (:mod:`evolforge.steps.common.source_read`), map its fields to instruction / input / output and check every value
 (:mod:`evolforge.steps.common.source_fields`), give every row a stable content-derived id, drop duplicates
 (recording which row was kept) and optionally keep a hash-based sample. The rules are written for users in
-docs/seeds.md.
+docs/how-to/seeds.md.
 
 Bad input is refused, never repaired; no rows at all is refused too. Each refusal is a :class:`DataError`
 naming the file, the row, the field and the rule.
@@ -64,7 +64,7 @@ def hash_sample(table: pl.DataFrame, limit: int, seed: int, min_checked: int = 0
 
 
 def read_checks(raw: list[dict] | pl.DataFrame, source: str) -> dict[int, str]:
-    """{source row: canonical check JSON} of the records with a ``check`` field (docs/seeds.md "Checkable
+    """{source row: canonical check JSON} of the records with a ``check`` field (docs/how-to/seeds.md "Checkable
     seeds"); each value validated by :func:`evolforge.steps.common.answer_check.parse_check`, a bad one refused
     naming the file and row."""
     if isinstance(raw, list):

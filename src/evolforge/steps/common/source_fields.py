@@ -1,4 +1,4 @@
-"""A seed source's fields mapped to instruction / input / output and every value checked (docs/seeds.md).
+"""A seed source's fields mapped to instruction / input / output and every value checked (docs/how-to/seeds.md).
 
 Field presets (``seed.format``): ``alpaca`` and ``code_alpaca`` (instruction / input / output), ``gsm8k``
 (question / answer), ``chat`` (OpenAI ``messages`` / ShareGPT ``conversations``: the first user turn is the

@@ -1,6 +1,6 @@
 """Reading a seed source (``seed.source``): a local JSONL, JSON, Parquet or CSV file, or a Hugging Face dataset,
 every record numbered (:data:`ROW`) so that a refusal can name its row. What is not a readable regular file,
-or not what its suffix says, is a :class:`DataError` naming the file (docs/seeds.md).
+or not what its suffix says, is a :class:`DataError` naming the file (docs/how-to/seeds.md).
 
 >>> is_local_source("data/seeds/demo.jsonl"), is_local_source("tatsu-lab/alpaca")
 (True, False)

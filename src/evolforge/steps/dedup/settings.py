@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from annotated_types import Ge, Le
@@ -14,7 +14,9 @@ from evolforge.config.bounds import NonNegativeInt, PositiveInt
 class DedupSettings:
     """``dedup``."""
 
-    threshold: Annotated[float, Ge(0.05), Le(1.0)] = 0.7  # Jaccard of word-shingle sets: at or above, duplicates
-    shingle_size: PositiveInt = 3  # words per shingle (instructions are short: 3 keeps reorderings apart)
-    num_perm: Annotated[int, Ge(16), Le(1024)] = 128  # MinHash permutations
-    seed: NonNegativeInt = 1  # MinHash permutation seed
+    threshold: Annotated[float, Ge(0.05), Le(1.0)] = field(default=0.7, metadata={
+        "help": "Jaccard of word-shingle sets: at or above, duplicates"})
+    shingle_size: PositiveInt = field(default=3, metadata={
+        "help": "words per shingle (instructions are short: 3 keeps reorderings apart)"})
+    num_perm: Annotated[int, Ge(16), Le(1024)] = field(default=128, metadata={"help": "MinHash permutations"})
+    seed: NonNegativeInt = field(default=1, metadata={"help": "MinHash permutation seed"})

@@ -2,7 +2,7 @@
 (:mod:`evolforge.score.diversity`). Its own stage, so that a new embedder recomputes no IFD loss, and new IFD
 settings recompute no embedding.
 
-Bounded memory (docs/scale.md): the items are read and embedded in whole embedder chunks (``data.chunk_rows``
+Bounded memory (docs/how-to/scale.md): the items are read and embedded in whole embedder chunks (``data.chunk_rows``
 rounded down to a multiple of :data:`evolforge.score.diversity.EMBED_CHUNK`, at least one), each chunk's
 vectors appended to embeddings.npy; the neighbour statistics read that file a block of rows at a time; the
 table streams out. What grows with the items: the running minimum and repeat count, 12 bytes per item."""

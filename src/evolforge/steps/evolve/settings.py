@@ -28,30 +28,49 @@ RuleName = Literal[INSTRUCTION_RULES + RESPONSE_RULES + JUDGE_RULES]  # type: ig
 class EvolveSettings:
     """``evolve`` without ``rounds`` (what one round needs; the stage records it in meta.json)."""
 
-    strategy: Literal["evol", "auto", "auto_initial"] = "evol"
-    assignment: Literal["round_robin", "random"] = "round_robin"
-    breadth: bool = True
-    on_failure: Literal["keep_parent", "drop"] = "keep_parent"
-    # evolver sampling; None = the evolver role's default
-    temperature: NonNegativeFloat | None = None
-    top_p: Annotated[float, Gt(0), Le(1)] | None = None
-    max_tokens: PositiveInt | None = None
-    seed: int = 0
-    # who answers the evolved instructions for the response rules: responder (with respond's sampling: the
-    # answer respond would give, so respond finds it in the cache) | evolver (greedy, at max_tokens) | auto
-    # (responder when that loads no second model in the evolve stage's process, else evolver)
-    check_role: Literal["auto", "responder", "evolver"] = "auto"
-    elimination: dict[RuleName, bool] = field(default_factory=dict)  # defaults: RULES
-    repetition: Repetition = field(default_factory=dict)
-    # generation controls of the evolving calls (optimize's development runs use them too), over the role's
-    controls: ControlSettings = field(default_factory=dict)
-    # the Auto Evol-Instruct step-format calls (strategy auto / auto_initial rounds, optimize's development runs
-    # and trajectories) instead; None = controls / max_tokens above
-    method_controls: ControlSettings | None = None
-    method_max_tokens: PositiveInt | None = None
-    # worked examples before each evolving prompt (prompts/evolve/examples.yaml; strategy auto:
-    # prompts/optimize/examples.yaml, in optimize's development runs too); false = zero-shot, the papers'
-    few_shot: bool = False
+    strategy: Literal["evol", "auto", "auto_initial"] = field(default="evol", metadata={
+        "help": "evol (the hand-written methods) | auto (the method the optimize stage chose) | auto_initial (the "
+                "initial method)"})
+    assignment: Literal["round_robin", "random"] = field(default="round_robin", metadata={
+        "help": "how methods are assigned to items: round_robin (SLM paper, rotated by round) | random (original "
+                "Evol-Instruct, seeded)"})
+    breadth: bool = field(default=True, metadata={
+        "help": "in-breadth evolving alongside the four in-depth methods (strategy evol)"})
+    on_failure: Literal["keep_parent", "drop"] = field(default="keep_parent", metadata={
+        "help": "keep_parent (a failed item's parent goes on to the next round, original Evol-Instruct) | drop"})
+    temperature: NonNegativeFloat | None = field(default=None, metadata={
+        "help": "evolver sampling; null = roles.evolver's",
+        "paper": "0.7 (SLM)"})
+    top_p: Annotated[float, Gt(0), Le(1)] | None = field(default=None, metadata={
+        "help": "evolver sampling; null = roles.evolver's",
+        "paper": "0.95 (SLM)"})
+    max_tokens: PositiveInt | None = field(default=None, metadata={
+        "help": "new tokens of a rewrite; null = roles.evolver's",
+        "unit": "tokens",
+        "paper": "2048"})
+    seed: int = field(default=0, metadata={"help": "the seed of the evolving requests and of random assignment"})
+    check_role: Literal["auto", "responder", "evolver"] = field(default="auto", metadata={
+        "help": "who answers the evolved instructions for the response rules: responder (with respond's sampling: "
+                "the answer respond would give, so respond finds it in the cache) | evolver (greedy, at max_tokens) "
+                "| auto (responder when that loads no second model in the evolve stage's process, else evolver)"})
+    elimination: dict[RuleName, bool] = field(default_factory=dict, metadata={
+        "help": "each elimination rule on or off; an unset rule takes its default (all on but the judge checks "
+                "not_an_instruction_judge and info_gain; docs/explanation/elimination.md)"})
+    repetition: Repetition = field(default_factory=dict, metadata={
+        "help": "thresholds of the repetitive rule: {ngram, max_repeated_ngram_fraction, max_compression_ratio, "
+                "min_words}"})
+    controls: ControlSettings = field(default_factory=dict, metadata={
+        "help": "generation controls of the evolving calls (optimize's development runs use them too), over the "
+                "role's"})
+    method_controls: ControlSettings | None = field(default=None, metadata={
+        "help": "the Auto Evol-Instruct step-format calls (strategy auto / auto_initial rounds, optimize's "
+                "development runs and trajectories) instead; None = controls / max_tokens above"})
+    method_max_tokens: PositiveInt | None = field(default=None, metadata={
+        "help": "max_tokens of the step-format calls; null = max_tokens",
+        "unit": "tokens"})
+    few_shot: bool = field(default=False, metadata={
+        "help": "worked examples before each evolving prompt (prompts/evolve/examples.yaml; strategy auto: "
+                "prompts/optimize/examples.yaml, in optimize's development runs too); false = zero-shot, the papers'"})
 
     def rule(self, name: str) -> bool:
         return bool(self.elimination.get(name, RULES[name]))
@@ -74,7 +93,9 @@ class EvolveRound(TypedDict):
 class EvolveSection(EvolveSettings):
     """The ``evolve`` section as params.yaml holds it: the settings plus the rounds."""
 
-    rounds: dict[str, EvolveRound] = field(default_factory=dict)
+    rounds: dict[str, EvolveRound] = field(default_factory=dict, metadata={
+        "help": "the rounds, by name: {src: the input folder, index: 1-based}; round_1 reads data/seed, each later "
+                "one the round before"})
 
 
 def method_text(strategy: str, method_file: str | Path) -> str | None:

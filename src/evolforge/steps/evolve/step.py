@@ -11,7 +11,7 @@ Strategies (``evolve.strategy``):
   method) applied to every instruction; the new instruction is parsed from after
   ``#Finally Rewritten Instruction#:`` and a missing marker is a failure.
 
-Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/elimination.md) run in three
+Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/explanation/elimination.md) run in three
 passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
 template words, chatter, repetitive, not an instruction), on an answer to it (sorry + short, stop words
 only, rule F; by default the responder's answer, the one the respond stage keeps, when that loads no second

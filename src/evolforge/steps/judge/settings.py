@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from evolforge.config.bounds import ParamsError, PositiveInt
@@ -12,15 +12,16 @@ from evolforge.config.bounds import ParamsError, PositiveInt
 class JudgeSettings:
     """``judge``."""
 
-    score_prompt: Literal["paper", "code"] = "paper"
-    max_tokens: PositiveInt | None = None  # null = roles.judge's
-    # true: answers held to the five labels / the numbers 0-100 (constrained decoding, guided choice or a
-    # response_format schema, by backend); false: free text read by the parser, as the papers judge
-    constrain: bool = True
-    # true: each allowed answer scored by its likelihood (hf, vllm; evolforge.llm.ranking): the most likely
-    # answer, and the expected score / level under the model's probabilities (difficulty_expected,
-    # level_expected); false: one decoded answer, expected columns null
-    probabilities: bool = False
+    score_prompt: Literal["paper", "code"] = field(default="paper", metadata={
+        "help": "paper (the SLM paper's Fig. 19 layout) | code (the reference code's wording)"})
+    max_tokens: PositiveInt | None = field(default=None, metadata={"help": "null = roles.judge's", "unit": "tokens"})
+    constrain: bool = field(default=True, metadata={
+        "help": "true: answers held to the five labels / the numbers 0-100 (constrained decoding, guided choice or a "
+                "response_format schema, by backend); false: free text read by the parser, as the papers judge"})
+    probabilities: bool = field(default=False, metadata={
+        "help": "true: each allowed answer scored by its likelihood (hf, vllm; evolforge.llm.ranking): the most "
+                "likely answer, and the expected score / level under the model's probabilities (difficulty_expected, "
+                "level_expected); false: one decoded answer, expected columns null"})
 
     def __post_init__(self) -> None:
         if self.probabilities and not self.constrain:

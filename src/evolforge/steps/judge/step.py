@@ -185,7 +185,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
     """The judge stage over the table ``items``: the item texts are read ``data.chunk_rows`` at a time and
     judged chunk by chunk (each item's answers are its own); each chunk's judged columns, without the texts,
     are spilled beside ``out`` and streamed into it; the metrics read the written table a column at a time
-    (docs/scale.md)."""
+    (docs/how-to/scale.md)."""
     cfg = load_section(params, "judge", JudgeSettings)
     source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
     check_chunks(source,

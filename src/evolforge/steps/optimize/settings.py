@@ -15,17 +15,36 @@ from evolforge.config.controls import ControlSettings
 class OptimizeSettings:
     """``optimize``; paper values in ALGORITHMS.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
 
-    initial_method: Literal["initial", "weak"] = "initial"
-    steps: NonNegativeInt = 10
-    candidates: PositiveInt = 5
-    batch_size: PositiveInt = 10
-    dev_size: PositiveInt = 50
-    trajectory_rounds: PositiveInt = 1
-    patience: NonNegativeInt | None = 1
-    selection: Literal["lowest_failure", "no_regression"] = "lowest_failure"
-    evolver_temperature: NonNegativeFloat = 0.0
-    seed: int = 0
-    # a method failing this share of the dev set is unusable
-    unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = 0.9
-    on_unusable: Literal["evol", "stop", "keep"] = "evol"  # fall back to hand-written methods | stop | evolve anyway
-    controls: ControlSettings = field(default_factory=dict)  # of the optimization turn, over roles.optimizer's
+    initial_method: Literal["initial", "weak"] = field(default="initial", metadata={
+        "help": "the method the optimization starts from: initial | weak (the paper's weak baseline)"})
+    steps: NonNegativeInt = field(default=10, metadata={
+        "help": "optimization steps T (0 = keep the initial method)",
+        "paper": "10"})
+    candidates: PositiveInt = field(default=5, metadata={
+        "help": "candidate methods m the optimizer writes per step",
+        "paper": "5"})
+    batch_size: PositiveInt = field(default=10, metadata={
+        "help": "mini-batch of seeds whose evolution trajectories the optimizer analyses",
+        "paper": "10"})
+    dev_size: PositiveInt = field(default=50, metadata={
+        "help": "development set on which each candidate's evol failure rate is measured",
+        "paper": "50"})
+    trajectory_rounds: PositiveInt = field(default=1, metadata={
+        "help": "evolution rounds l in one trajectory",
+        "paper": "1"})
+    patience: NonNegativeInt | None = field(default=1, metadata={
+        "help": "stop after this many steps without improvement; null = run every step"})
+    selection: Literal["lowest_failure", "no_regression"] = field(default="lowest_failure", metadata={
+        "help": "lowest_failure (the paper: the candidate with the lowest dev failure rate) | no_regression (the "
+                "reference code)",
+        "paper": "lowest_failure"})
+    evolver_temperature: NonNegativeFloat = field(default=0.0, metadata={
+        "help": "the evol LLM's temperature in the development runs",
+        "paper": "0"})
+    seed: int = field(default=0, metadata={"help": "the seed of the mini-batch and development samples"})
+    unusable_failure_rate: Annotated[float, Gt(0), Le(1)] = field(default=0.9, metadata={
+        "help": "a method failing this share of the dev set is unusable"})
+    on_unusable: Literal["evol", "stop", "keep"] = field(default="evol", metadata={
+        "help": "fall back to hand-written methods | stop | evolve anyway"})
+    controls: ControlSettings = field(default_factory=dict, metadata={
+        "help": "of the optimization turn, over roles.optimizer's"})

@@ -69,7 +69,7 @@ def _recorded_versions(folder: Path) -> dict[str, Any] | None:
 def run(evol: str, autoif: str, out: str | Path, params: dict[str, Any]) -> Outputs:
     """The pick_scenario stage: one of the two tables unchanged, streamed into ``out``. The choice is made on
     each table's first row (whether the AutoIF one has rows); the chosen table then streams through
-    (docs/scale.md)."""
+    (docs/how-to/scale.md)."""
     cfg, rows = load_section(params, "autoif", AutoIFSettings), load_section(params, "data", DataSettings).chunk_rows
     files = {evol: table_file(evol), autoif: table_file(autoif)}
     heads = [next(iter(iter_chunks(files[path], 1)), pl.DataFrame(schema=table_schema(files[path])))
@@ -90,7 +90,7 @@ def run(evol: str, autoif: str, out: str | Path, params: dict[str, Any]) -> Outp
     metrics = {"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback, "items": items,
                "autoif_items": pl.scan_parquet(files[autoif]).select(pl.len()).collect().item(),
                "per_method": per_method,
-               "peak_rss_mib": peak_rss_mib()}  # docs/scale.md
+               "peak_rss_mib": peak_rss_mib()}  # docs/how-to/scale.md
     if pool.fallback:
         print(f"pick_scenario: WARNING: scenario autoif fell back to {pool.source} ({pool.fallback}); "
               f"set autoif.on_empty: fail to stop instead", file=sys.stderr)

@@ -180,7 +180,7 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path,
         params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
     """The respond stage: the evolved items of ``respond.rounds`` (round folders under ``evolved``; the seeds
     of ``seed`` with ``include_seed``), answered by the responder role ``data.chunk_rows`` rows at a time
-    and streamed into ``out`` (docs/scale.md)."""
+    and streamed into ``out`` (docs/how-to/scale.md)."""
     # the models stage checked that its rounds are evolve.rounds indices
     cfg = load_section(params, "respond", RespondSettings)
     rounds = {r["index"]: name for name, r in load_section(params, "evolve", EvolveSection).rounds.items()}
@@ -226,4 +226,4 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path,
                    f"respond: {total} responses {statuses}; answer checks {checks['passed']} of {checks['items']} "
                    f"passed; {tally['reused']} check answers of the rounds reused, "
                             f"{llm.stats['calls']} calls, {llm.stats['cache_hits']} cache hits",
-                   peak_rss=True)  # docs/scale.md
+                   peak_rss=True)  # docs/how-to/scale.md

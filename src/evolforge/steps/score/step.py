@@ -1,11 +1,12 @@
 """The score stage: IFD and IC-IFD losses of every item from roles.scorer (:mod:`evolforge.score.ifd`), stored
-at the precision of :mod:`evolforge.score.precision` (docs/scoring.md): losses at 4 significant digits, IFD /
-IC-IFD recomputed from them and the means at 6, so another CPU's last-bit differences do not change the hashes.
+at the precision of :mod:`evolforge.score.precision` (docs/explanation/scoring.md): losses at 4 significant
+digits, IFD / IC-IFD recomputed from them and the means at 6, so another CPU's last-bit differences do not
+change the hashes.
 
 The items are read, scored and written in chunks of whole scorer encode chunks (``data.chunk_rows`` rounded
 down to a multiple of :data:`evolforge.score.ifd.ENCODE_CHUNK`, at least one): the scorer forms its batches
 within an encode chunk, so every item meets the same batch, hence the same floats, as in one whole-table run
-(docs/scale.md)."""
+(docs/how-to/scale.md)."""
 
 from __future__ import annotations
 

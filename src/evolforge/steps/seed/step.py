@@ -1,5 +1,5 @@
 """The seed stage: ``params.yaml seed`` read into the seed table (:func:`evolforge.steps.common.source.build_seed`),
-with the dropped duplicates beside it. The rules are written for users in docs/seeds.md."""
+with the dropped duplicates beside it. The rules are written for users in docs/how-to/seeds.md."""
 
 from __future__ import annotations
 

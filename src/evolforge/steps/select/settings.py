@@ -14,17 +14,27 @@ from evolforge.config.bounds import Fraction, NonEmptyStr, NonNegativeInt, Param
 class SelectSettings:
     """``select``."""
 
-    metric: Literal["ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random"] = "ic_ifd"
-    top_fraction: Fraction | None = 0.25  # SLM paper keeps the top 25 %
-    threshold: float | None = None  # keep items with metric >= threshold (wins over top_fraction)
-    ifd_filter: bool = False  # drop IFD > 1 (the IFD paper does)
-    rounds: list[int] | None = None  # null = every round
-    seed: NonNegativeInt = 0  # for metric random
-    min_loss_instruction: Annotated[float, Ge(0)] | None = None  # floor on L(Q), nats per token
-    min_mnd: Annotated[float, Ge(0), Le(4)] | None = None  # floor on the pool MND (squared L2 of unit embeddings)
-    # DEITA walk: keep if d^2 to every kept item exceeds it
-    diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = None
-    require_check: bool = False  # drop items whose answer fails its answer check (items without one stay)
+    metric: Literal["ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random"] = field(
+        default="ic_ifd", metadata={
+        "help": "what ranks the items: ic_ifd | ifd | difficulty_score | difficulty_expected | random",
+        "paper": "ic_ifd (SLM)"})
+    top_fraction: Fraction | None = field(default=0.25, metadata={
+        "help": "keep this share of the complete items, best first",
+        "paper": "0.25 (SLM)"})
+    threshold: float | None = field(default=None, metadata={
+        "help": "keep items with metric >= threshold (wins over top_fraction)"})
+    ifd_filter: bool = field(default=False, metadata={"help": "drop IFD > 1 (the IFD paper does)"})
+    rounds: list[int] | None = field(default=None, metadata={
+        "help": "the rounds to select from (0 = the seeds); null = every round answered"})
+    seed: NonNegativeInt = field(default=0, metadata={"help": "for metric random"})
+    min_loss_instruction: Annotated[float, Ge(0)] | None = field(default=None, metadata={
+        "help": "floor on L(Q), nats per token"})
+    min_mnd: Annotated[float, Ge(0), Le(4)] | None = field(default=None, metadata={
+        "help": "floor on the pool MND (squared L2 of unit embeddings)"})
+    diversity_threshold: Annotated[float, Ge(0), Le(4)] | None = field(default=None, metadata={
+        "help": "DEITA walk: keep if d^2 to every kept item exceeds it"})
+    require_check: bool = field(default=False, metadata={
+        "help": "drop items whose answer fails its answer check (items without one stay)"})
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:
@@ -37,9 +47,11 @@ class SelectSettings:
 class CardSettings:
     """``card`` (all optional): the dataset card written with the selection."""
 
-    # an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models
-    license: NonEmptyStr = "other"
-    language: list[str] = field(default_factory=lambda: ["en"])
-    task_categories: list[str] = field(default_factory=lambda: ["text-generation"])
-    pretty_name: NonEmptyStr = "evolforge evolved instructions"
-    limitations: str | None = None  # extra known limitations, appended to the standard ones
+    license: NonEmptyStr = field(default="other", metadata={
+        "help": "an identifier from the Hub's list (apache-2.0, cc-by-4.0, ...); depends on seeds and models"})
+    language: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "the card's language codes"})
+    task_categories: list[str] = field(default_factory=lambda: ["text-generation"], metadata={
+        "help": "the card's Hub task categories"})
+    pretty_name: NonEmptyStr = field(default="evolforge evolved instructions", metadata={"help": "the card's title"})
+    limitations: str | None = field(default=None, metadata={
+        "help": "extra known limitations, appended to the standard ones"})

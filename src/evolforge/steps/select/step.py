@@ -2,7 +2,7 @@
 ``params.yaml select`` (:func:`evolforge.steps.select.selection.choose`), exported for SFT (TRL's
 conversational prompt/completion, Alpaca) with the dataset card (:mod:`evolforge.steps.select.card`).
 
-In bounded memory (docs/scale.md): the inputs are checked ``data.chunk_rows`` rows at a time, the ranking runs
+In bounded memory (docs/how-to/scale.md): the inputs are checked ``data.chunk_rows`` rows at a time, the ranking runs
 on a narrow table (:mod:`evolforge.steps.select.narrow`), the embeddings are read by row from their file
 (:mod:`evolforge.steps.select.embeddings`), and the chosen rows are joined back and written in rank order a
 chunk at a time (:mod:`evolforge.steps.select.export`), in a scratch folder beside the output.

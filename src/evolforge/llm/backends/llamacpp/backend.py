@@ -3,7 +3,7 @@ with the hf backend's controls, choices and ranking.
 
 A quantized model runs several times faster through llama.cpp on a few CPU cores than the same model
 dequantized to float32 in torch (measured on two cores: Qwen2.5-Coder-1.5B-Instruct Q4_K_M at about 15
-tokens/s against 2.7), which is what lets the shipped run evolve with a 1.5B model (docs/models.md).
+tokens/s against 2.7), which is what lets the shipped run evolve with a 1.5B model (docs/explanation/offline-models.md).
 
 The model is a folder holding one ``*.gguf`` file and the tokenizer that ``fetch_model`` (``format: gguf``)
 saved beside it. The chat template is rendered and the prompt tokenized with that tokenizer, whose ids are
@@ -73,7 +73,7 @@ class LlamaCppBackend:
         path = gguf_file(model)
         self.speculative = speculative
         # the draft rule's step cost (a, b), fixed for the backend's life so that a rerun feeds the same drafts;
-        # measured on the CPU (a GPU's is not yet: docs/models.md); the bench's --cost sets another
+        # measured on the CPU (a GPU's is not yet: docs/explanation/offline-models.md); the bench's --cost sets another
         self.step_cost = STEP_COST
         self._threads = DecodingThreads(threads, follow_load)
         self.context = max_model_len or LLAMACPP_CONTEXT

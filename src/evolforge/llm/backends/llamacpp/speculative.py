@@ -31,7 +31,8 @@ When every draft token is accepted, the logits after the last one give one more 
 
 Only the rounding can differ: on a quantized model llama.cpp's kernels for a batch of several tokens may
 round a logit differently from its one-token step (as they already do for sequences decoded side by side,
-docs/models.md), which can flip a near-tie. On a float32 model (the tests') the outputs are identical.
+docs/explanation/offline-models.md), which can flip a near-tie. On a float32 model (the tests') the outputs are
+identical.
 
 Cost: on a CPU a fed token is not free. A step of n sequences fed N tokens in all costs about ``a + b N``;
 measured for Qwen2.5-Coder-1.5B Q4_K_M on two cores (``STEP_COST``; bench/llamacpp_speculative.py) a fed
@@ -44,9 +45,9 @@ several (a step of several is already busy with arithmetic), and a request whose
 The cost is a constant, not timed at run time: which tokens are fed together -- and so, on a quantized
 model, how logits are rounded -- must not depend on the machine's load, or a rerun would not reproduce.
 The constant was measured on the CPU; a model on a GPU (``extra.gpu_layers``) drafts by it too until a GPU's
-is measured (``bench/llamacpp_speculative.py --gpu-layers -1 --measure-cost``; docs/models.md says why it
-is not yet): there a fed token should cost little next to a step's fixed cost, so drafts would pay at lower
-acceptance rates than this constant lets through.
+is measured (``bench/llamacpp_speculative.py --gpu-layers -1 --measure-cost``;
+docs/explanation/offline-models.md says why it is not yet): there a fed token should cost little next to a
+step's fixed cost, so drafts would pay at lower acceptance rates than this constant lets through.
 """
 
 from __future__ import annotations

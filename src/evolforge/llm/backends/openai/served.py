@@ -103,7 +103,7 @@ def served_model_identity(role: Role) -> dict[str, Any]:
         # the name alone stands for the model: new weights served under it would get the old cached answers
         log.warning("roles.%s: %s reports nothing about %r that changes with its weights (no %s); answers are "
                     "cached under the name alone, so new weights served under it reuse them: set roles.%s.revision "
-                    "to a label you change with the weights (README: model roles)", role.name, urls[0], role.model,
+                    "to a label you change with the weights (docs/how-to/models.md)", role.name, urls[0], role.model,
                     " / ".join(_MODEL_FIELDS), role.name)
     ident: dict[str, Any] = {"served_model": role.model}
     if role.revision:

@@ -1,5 +1,5 @@
 """Ray Data backend: a stage's cache misses go through a Ray Data pipeline over ``replicas`` actors, each
-holding one copy of the model (ray extra: ``pip install 'evolforge[ray]'``; docs/scale_ray.md).
+holding one copy of the model (ray extra: ``pip install 'evolforge[ray]'``; docs/how-to/scale-ray.md).
 
 Two engines, picked by ``roles.<name>.engine``:
 
