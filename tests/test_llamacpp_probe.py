@@ -156,3 +156,44 @@ def test_a_crash_inside_a_stage_ends_with_one_message_naming_the_role_model_cpu_
     debug = subprocess.run([sys.executable, str(script), str(folder), "--debug"], capture_output=True, text=True,
                            timeout=120, cwd=tmp_path)
     assert "llamacpp/context.py" in debug.stderr and "in prefill" in debug.stderr
+
+
+TOY = '''
+import os, pathlib, signal, yaml
+from evolforge.core import native
+from evolforge.core.stage import run_stage
+
+
+def main():
+    n = yaml.safe_load(open("params.yaml"))["n"]
+    if n < 0:  # as llama.cpp's kernels did: a fatal signal in native code, after a note of what runs there
+        native.note("roles.evolver (models/toy) crashed in llama.cpp; set roles.evolver.extra.extra_bufts: false")
+        os.kill(os.getpid(), signal.SIGSEGV)
+    pathlib.Path("out.txt").write_text(f"n={n}\\n")
+
+
+run_stage(main, name="toy")
+'''
+
+
+def test_a_stage_killed_by_a_native_crash_under_dvc_repro_gets_its_previous_outputs_back(tmp_path):
+    import yaml
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "stage.py").write_text(TOY)
+    (repo / "params.yaml").write_text("n: 2\n")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": {
+        "cmd": "python stage.py", "deps": ["stage.py"], "params": ["n"], "outs": ["out.txt"]}}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        subprocess.run(command, cwd=repo, check=True, env=env, capture_output=True, timeout=240)
+    assert (repo / "out.txt").read_text() == "n=2\n"
+    (repo / "params.yaml").write_text("n: -1\n")
+    done = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode != 0
+    assert ("toy: error: the process died in native code (Segmentation fault): roles.evolver (models/toy) crashed "
+            "in llama.cpp; set roles.evolver.extra.extra_bufts: false") in done.stderr
+    assert "the previous outputs are back in place (from DVC's cache): out.txt" in done.stderr
+    assert (repo / "out.txt").read_text() == "n=2\n"

@@ -36,7 +36,7 @@ import platform
 import signal
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,7 +134,8 @@ def verdict(path: Path, gpu_layers: int = 0, threads: int = 2, store: Path | Non
         outcome = _run_child(path, gpu_layers, threads)
         found = Verdict(not outcome.startswith(("killed", "logits")), outcome, cpu_name(), probed=True)
         if not outcome.startswith("failed"):
-            _write(store, key, {**asdict(found), "model": str(path), "build": build_identity()["llama_cpp"]})
+            _write(store, key, {"extra_bufts": found.extra_bufts, "outcome": outcome, "cpu": found.cpu,
+                                "model": str(path), "llama_cpp": build_identity()["llama_cpp"]})
         then = "" if found.extra_bufts else "; it loads with them off"
         print(f"llamacpp: {path.name} on this CPU ({found.cpu}) with llama.cpp's extra buffer types: {outcome} "
               f"({PROMPT_TOKENS}-token prompt, {SEQUENCES} sequences){then}", file=sys.stderr, flush=True)
