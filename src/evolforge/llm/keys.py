@@ -12,6 +12,7 @@ import orjson
 
 from evolforge.llm.cache import json_around
 from evolforge.config.roles import Role
+from evolforge.llm.pinning import resolved_kernels
 from evolforge.llm.requests import ChatRequest
 
 LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
@@ -108,11 +109,7 @@ def resolved_engine(role: Role) -> dict[str, Any]:
     :mod:`evolforge.llm.backends.llamacpp.probe`; nothing is added where they ran, so those keys are unchanged).
     A ray role's actors resolve ``auto`` on their own machines: keyed as written."""
     options = engine_options(role)
-    if role.backend == "llamacpp" and "extra_bufts" not in role.extra:
-        from evolforge.llm.backends.llamacpp.probe import probed_extra_bufts
-
-        if not probed_extra_bufts(role):  # the kernels that made the answers (they round logits differently)
-            options["extra_bufts"] = False
+    options.update(resolved_kernels(role))  # the kernels that made the answers (they round logits differently)
     if role.backend == "hf" and "auto" in (role.device, role.dtype):
         from evolforge.core.models import dtype_name, pick_device, pick_dtype
 
