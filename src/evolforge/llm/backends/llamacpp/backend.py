@@ -97,6 +97,7 @@ class LlamaCppBackend:
                       f"in the kernel probe; loaded with them off (the plain kernels), as the cache keys record "
                       f"(extra_bufts: false)", file=sys.stderr, flush=True)
         self.extra_bufts = extra_bufts
+        native.note(self.crash_note())  # loading repacks the weights: native code that may crash too
         self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
                                      threads=self._threads.count, gpu_layers=gpu_layers, extra_bufts=extra_bufts)
         self._identity = model_identity(model)

@@ -66,6 +66,7 @@ def gguf_of(model: str) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo's, else what the platform says)."""
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
