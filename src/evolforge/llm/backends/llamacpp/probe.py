@@ -49,6 +49,7 @@ SEQUENCES = 4  # decoded together after it
 STEPS = 3
 CHILD_TIMEOUT_S = 600
 NOT_FINITE = 3  # the child's exit status when a logit came back NaN or infinite
+CRASHES = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT")  # signals of a fault in the code the child ran
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def _run_child(path: Path, gpu_layers: int, threads: int) -> str:
             name = signal.Signals(-done.returncode).name
         except ValueError:
             name = f"signal {-done.returncode}"
-        return f"killed by {name}"
+        # a fault of the code that ran decides; a kill from outside (the OOM killer's SIGKILL, a SIGTERM) does not
+        return f"killed by {name}" if name in CRASHES else f"failed: killed by {name}"
     if done.returncode == NOT_FINITE:
         return "logits not finite"
     if done.returncode != 0:
