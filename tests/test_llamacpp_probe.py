@@ -197,3 +197,18 @@ def test_a_stage_killed_by_a_native_crash_under_dvc_repro_gets_its_previous_outp
             "in llama.cpp; set roles.evolver.extra.extra_bufts: false") in done.stderr
     assert "the previous outputs are back in place (from DVC's cache): out.txt" in done.stderr
     assert (repo / "out.txt").read_text() == "n=2\n"
+
+
+@pytest.mark.parametrize("status, outcome, extra_bufts, kept", [
+    (-11, "killed by SIGSEGV", False, True), (-4, "killed by SIGILL", False, True),
+    (3, "logits not finite", False, True), (0, "ran", True, True),
+    (-9, "failed: killed by SIGKILL", True, False),  # the OOM killer's: no verdict on the kernels
+    (1, "failed: exit status 1: ValueError: no model", True, False)])
+def test_what_the_childs_end_decides(tmp_path, verdicts, monkeypatch, status, outcome, extra_bufts, kept):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    done = subprocess.CompletedProcess([], status, "", "Traceback ...\nValueError: no model\n")
+    monkeypatch.setattr(probe.subprocess, "run", lambda *a, **kw: done)
+    found = probe.verdict(model)
+    assert (found.outcome, found.extra_bufts) == (outcome, extra_bufts)
+    assert verdicts.exists() == kept
