@@ -20,8 +20,14 @@ LOCK := $(if $(filter 1,$(GPU)),$(GPU_LOCK),$(CPU_LOCK))
 # (-march=native). Only what the package loads is built: libllama and ggml, not llama.cpp's `common` library
 # (turned off by the file below, which runs inside llama.cpp's own CMakeLists) nor the multimodal libmtmd
 # (LLAVA_BUILD); about 2 minutes on two cores instead of 5. CMAKE_ARGS given to make are added after these.
+# On x86-64 llama.cpp's AMX matrix kernels are left out (-march=native would compile them in on a Xeon that
+# has AMX, and they segfault on Q4_K_M prompts there: llama.cpp issue 20824); the compiler puts these -mno-amx
+# flags after its expansion of -march=native, so they win. The CPU-repack kernels (AVX2/AVX-512) stay, and
+# the speed is unchanged where AMX is absent (docs/explanation/cpu-kernels.md has the figures).
+LLAMA_CPP_NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON \
-  -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/requirements/llama-cpp-lib-only.cmake
+  -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/requirements/llama-cpp-lib-only.cmake \
+  $(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),'-DCMAKE_C_FLAGS=$(LLAMA_CPP_NO_AMX)' '-DCMAKE_CXX_FLAGS=$(LLAMA_CPP_NO_AMX)')
 # `make lock` resolves from the same places pip installs from (pip's own extra indexes and find-links);
 # recursive (=) so pip is only asked when `make lock` runs. UPGRADE=1 moves every pin to the newest allowed.
 # The CPU lock is one universal resolution (every supported Python and platform, each pin with the hash of every

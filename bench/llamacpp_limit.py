@@ -2,7 +2,7 @@
 
     flock /tmp/evolforge.lock python bench/llamacpp_limit.py \
         [--model /work/main/models/Qwen2.5-Coder-1.5B-Instruct-GGUF] [--batch-size 6] [--threads 2]
-        [--prompt-tokens 400] [--steps 48] [--json out.json]
+        [--prompt-tokens 400] [--steps 48] [--json out.json] [--extra-bufts probe|on|off]
 
 Three rates of prefill (prompt tokens/s) and decode (generated tokens/s, one sequence and ``--batch-size``
 sequences together), measured in the same process on the same threads:
@@ -197,6 +197,9 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=400)
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--extra-bufts", choices=("probe", "on", "off"), default="probe",
+                    help="llama.cpp's extra buffer types (CPU-repack kernels): as the kernel probe finds (as a stage "
+                         "loads), or forced; off measures the plain kernels a crash falls back to")
     args = ap.parse_args()
 
     path = gguf_file(args.model)
@@ -204,7 +207,8 @@ def main() -> None:
     bw, peak = bandwidth(args.threads), peak_flops(args.threads)
 
     backend = LlamaCppBackend(args.model, threads=args.threads, batch_size=args.batch_size,
-                              max_model_len=max(2048, args.prompt_tokens + args.steps + 64))
+                              max_model_len=max(2048, args.prompt_tokens + args.steps + 64),
+                              extra_bufts={"probe": None, "on": True, "off": False}[args.extra_bufts])
     backend.speculative = False  # the plain loop (no-op before speculation exists)
     words = (LONG_TASK * 200).split()
     text = " ".join(words[:args.prompt_tokens * 3 // 4])
@@ -229,7 +233,7 @@ def main() -> None:
     table.insert(0, {"what": "prefill", "backend": mine1["prefill_tps"], "llama_cpp": theirs1["prefill_tps"],
                      "bound": prefill_bound})
     print(f"model: {path.name} ({read / 1e9:.2f} GB read per decode step, {params / 1e9:.2f} G parameters "
-          f"multiplied per token); threads {args.threads}")
+          f"multiplied per token); threads {args.threads}; extra buffer types {'on' if backend.extra_bufts else 'off'}")
     print(f"memory bandwidth {bw / 1e9:.1f} GB/s (numpy copy), float32 matmul peak {peak / 1e9:.1f} GFLOP/s "
           f"(torch; a proxy for the q4/int8 kernels)")
     print(f"prompt {len(prompt_ids)} tokens, {args.steps} decode steps, sampled (t {TEMPERATURE}, top-p {TOP_P})")
@@ -243,7 +247,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": str(path), "threads": args.threads, "batch_size": args.batch_size,
-            "prompt_tokens": len(prompt_ids), "steps": args.steps, "bytes_per_step": read, "parameters": params,
+            "prompt_tokens": len(prompt_ids), "steps": args.steps, "extra_bufts": backend.extra_bufts, "bytes_per_step": read, "parameters": params,
             "bandwidth_bytes_s": bw, "peak_flops": peak, "rows": table}, indent=2) + "\n")
 
 

@@ -3,7 +3,7 @@ and without it.
 
     flock /tmp/evolforge.lock python bench/llamacpp_speculative.py \
         [--model /work/main/models/Qwen2.5-Coder-1.5B-Instruct-GGUF] [--n 12] [--answers 6] [--threads 2]
-        [--gpu-layers N] [--cost A B] [--measure-cost] [--fixed 2 4] [--json out.json]
+        [--gpu-layers N] [--cost A B] [--measure-cost] [--fixed 2 4] [--json out.json] [--extra-bufts probe|on|off]
     python bench/llamacpp_speculative.py --save-requests requests.json   # the workloads, then exit
     python bench/llamacpp_speculative.py --requests requests.json ...    # those workloads (no polars needed)
 
@@ -202,6 +202,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--save-requests", type=Path, default=None, help="write the workloads' requests here and exit")
     ap.add_argument("--requests", type=Path, default=None, help="read the workloads' requests from here")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--extra-bufts", choices=("probe", "on", "off"), default="probe",
+                    help="llama.cpp's extra buffer types (CPU-repack kernels): as the kernel probe finds, or forced")
     return ap.parse_args()
 
 
@@ -219,14 +221,16 @@ def main() -> None:
     slots, evolving = workloads["slots"], workloads["rewrites"]
     work = {"rewrites": (evolving, slots), "rewrites 1 seq": (evolving[:4], 1),
             "code answers": (workloads["code answers"], slots)}
-    backend = LlamaCppBackend(args.model, threads=args.threads, batch_size=slots, gpu_layers=args.gpu_layers)
+    backend = LlamaCppBackend(args.model, threads=args.threads, batch_size=slots, gpu_layers=args.gpu_layers,
+                              extra_bufts={"probe": None, "on": True, "off": False}[args.extra_bufts])
     if args.cost:
         backend.step_cost = tuple(args.cost)
     backend.generate([ChatRequest.chat([{"role": "user", "content": "Hi"}], max_tokens=2)])  # warm-up
     report = {"gpu_layers": args.gpu_layers, "threads": args.threads, "sequences": slots,
-              "step_cost": list(backend.step_cost)}
+              "step_cost": list(backend.step_cost), "extra_bufts": backend.extra_bufts}
     print(f"model {Path(args.model).name}, {args.threads} threads, {slots} sequences together, gpu layers "
-          f"{args.gpu_layers}, draft rule's step cost {backend.step_cost[0]:g} ms + {backend.step_cost[1]:g} ms/token")
+          f"{args.gpu_layers}, draft rule's step cost {backend.step_cost[0]:g} ms + {backend.step_cost[1]:g} ms/token, "
+          f"extra buffer types {'on' if backend.extra_bufts else 'off'}")
     if args.measure_cost:
         report["measured_cost"] = cost = measure_cost(backend, backend.render(evolving[0]), args.cost_repeats)
         for p in cost["points"]:

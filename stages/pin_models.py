@@ -4,7 +4,8 @@ Reads:  params.yaml, checked whole (the stages after it type only their own sect
         each role's local model folder, the local Hugging Face cache or the hub (hub ids), or `GET /models`
 Writes: models/identity.json -- {role: {backend, model, revision, identity, engine}}: identity is a sha256 of a
         local folder's weights, config and tokenizer files, a hub revision's commit sha, or the model id a server
-        serves (never its URL), with the server's kind; engine: the options its cache keys carry (hf `auto` resolved)
+        serves (never its URL), with the server's kind; engine: the options its cache keys carry (hf `auto` resolved;
+        llamacpp `extra_bufts: false` where its kernels crashed the model here: the probe's child, not this process)
 Every model stage depends on its roles' entries, never on a model folder. Always run: new weights, a moved hub
 branch, another served model (and a setting the server cannot honour) are noticed here (digests: .evolforge).
 """

@@ -53,6 +53,16 @@ def _forget_stage_llms():
         cached._OPEN.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_verdicts_of_the_run(tmp_path_factory):
+    """The llamacpp kernel probe's verdicts on the tests' model files are kept for this run only, not in the
+    repository's .evolforge (stages run by a test keep theirs under the folder they run in)."""
+    from evolforge.llm.backends.llamacpp import probe
+
+    probe.VERDICTS = tmp_path_factory.mktemp("kernels") / "llamacpp_kernels.json"
+    yield
+
+
 @pytest.fixture
 def no_proxy(monkeypatch):
     """A proxy set in the environment must not intercept requests to a local test server."""

@@ -43,9 +43,17 @@ def _tensors(model_dir: Path, config: dict) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(t, dtype=np.float32) for name, t in out.items()}
 
 
-def write_tiny_gguf(model_dir: str | Path, out_dir: str | Path) -> Path:
-    """``out_dir`` with ``model.gguf`` (the tiny model at ``model_dir``) and its tokenizer files."""
+# the matrices a quantized file stores quantized (as llama.cpp's quantizer leaves norms in float32)
+QUANTIZED = ("token_embd", "output.weight", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+             "ffn_down")
+
+
+def write_tiny_gguf(model_dir: str | Path, out_dir: str | Path, quant: str = "F32") -> Path:
+    """``out_dir`` with ``model.gguf`` (the tiny model at ``model_dir``) and its tokenizer files. ``quant``:
+    ``F32``, or a type of ``gguf.quants`` (``Q8_0``, ``Q4_0``: blocks of 32 along a row, which the tiny model's
+    64- and 192-wide rows allow; the K-quants' 256 do not) for every matrix (norms stay float32)."""
     import gguf
+    from gguf import quants
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +78,8 @@ def write_tiny_gguf(model_dir: str | Path, out_dir: str | Path) -> Path:
     writer.add_rope_dimension_count(config["hidden_size"] // config["num_attention_heads"])
     writer.add_rope_freq_base(float(config.get("rope_theta") or config.get("rope_parameters", {}).get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    qtype = None if quant == "F32" else gguf.GGMLQuantizationType[quant]
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if qtype is None else gguf.LlamaFileType[f"MOSTLY_{quant}"])
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -83,7 +92,10 @@ def write_tiny_gguf(model_dir: str | Path, out_dir: str | Path) -> Path:
     writer.add_chat_template(tokenizer_config["chat_template"] if "chat_template" in tokenizer_config
                              else (model_dir / "chat_template.jinja").read_text(encoding="utf-8"))
     for name, tensor in _tensors(model_dir, config).items():
-        writer.add_tensor(name, tensor)
+        if qtype is not None and any(part in name for part in QUANTIZED):
+            writer.add_tensor(name, quants.quantize(tensor, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, tensor)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

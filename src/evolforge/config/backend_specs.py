@@ -48,7 +48,10 @@ SPECS: dict[str, BackendSpec] = {
     "llamacpp": BackendSpec(_ALL, ranks=True, roles=CHAT_ROLES,
                             extra={"reuse_prefix": (_boolean, "true or false"),
                                    "speculative": (_boolean, "true or false"),
-                                   "gpu_layers": (_layers, "an integer >= -1 (0: CPU only, -1: every layer)")}),
+                                   "gpu_layers": (_layers, "an integer >= -1 (0: CPU only, -1: every layer)"),
+                                   # llama.cpp's extra buffer types (CPU-repack / AMX kernels); unset: as the
+                                   # kernel probe finds on this CPU (llm/backends/llamacpp/probe.py)
+                                   "extra_bufts": (_boolean, "true or false (unset: as the kernel probe finds)")}),
     "vllm": BackendSpec(_SERVED, ranks=True, why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
     "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), ranks=False, why_not={

@@ -24,7 +24,8 @@ command line (taken out before the stage parses its arguments) or ``EVOLFORGE_DE
 (``evolforge plan``, docs/explanation/llm.md). Outputs are written whole or not at all
 (:mod:`evolforge.io.records`), so a refused stage leaves nothing partial behind; under ``dvc repro``, which
 removes a stage's outputs before running it, a failed stage puts its previous ones back from DVC's cache
-(:func:`restore_outputs`).
+(:func:`restore_outputs`); so does a stage killed by a crash in native code, with one message naming what
+crashed (:mod:`evolforge.core.native`).
 
 A stage process hands the memory it frees back to the system at once (:func:`return_freed_memory`; polars'
 jemalloc is set by the package's ``__init__``, before polars loads; docs/how-to/scale.md, "Memory handed back").
@@ -49,6 +50,7 @@ import polars as pl
 import yaml
 
 from evolforge.config.bounds import Refusal
+from evolforge.core import native
 from evolforge.io import validation
 from evolforge.io.records import write_json, write_output
 
@@ -184,6 +186,7 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     if "--dry-run" in sys.argv:  # plan this stage's calls instead of making them (in a process of its own:
         sys.argv.remove("--dry-run")  # the planner is no dependency of the stage's outputs)
         sys.exit(subprocess.call([sys.executable, "-m", "evolforge.cli", "plan", "--command", *sys.argv]))
+    native.arm(name, debug)  # a crash in native code: one message and the outputs back (evolforge.core.native)
     try:
         main()
         cached = sys.modules.get("evolforge.llm.cached")  # a stage that wrote its outputs itself: past

@@ -86,6 +86,8 @@ class LLM:
                                       "thinking_tokens": 0}
         if priced(self.role):
             self.stats["cost"] = 0.0
+        if self._engine.get("extra_bufts") is False:  # llamacpp: the plain kernels made (or make) these answers
+            self.stats["extra_bufts"] = False
         self.asked = 0  # requests asked of this LLM so far (cached ones included): max_failure_rate's base
         self.failed: Counter[str] = Counter()  # the failures among them, by reason
         self.first_failure: Completion | None = None
@@ -96,7 +98,8 @@ class LLM:
         if self._backend is None:
             backend = shared_backend(self.role)
             if backend.capabilities.runs_with:  # an ``auto`` the keys resolved elsewhere must be what loaded here
-                actual = {k: v for k, v in backend.runs_with().items() if getattr(self.role, k, None) == "auto"}
+                # (a role's field set to auto: hf's device and dtype; or an option no field holds, llamacpp's kernels)
+                actual = {k: v for k, v in backend.runs_with().items() if getattr(self.role, k, "auto") == "auto"}
                 keyed = {k: self._engine.get(k) for k in actual}
                 if actual != keyed:
                     raise ModelError(

@@ -12,6 +12,7 @@ import orjson
 
 from evolforge.llm.cache import json_around
 from evolforge.config.roles import Role
+from evolforge.llm.pinning import resolved_kernels
 from evolforge.llm.requests import ChatRequest
 
 LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
@@ -103,8 +104,12 @@ def resolved_engine(role: Role) -> dict[str, Any]:
     """:func:`engine_options` with an hf role's ``device: auto`` and ``dtype: auto`` resolved as its backend
     will load the model (CUDA when torch sees a GPU, else the CPU; bf16 on a GPU, fp32 on the CPU), so
     that completions made on a GPU and on the CPU are never served for each other. torch is imported only
-    for such a role. A ray role's actors resolve ``auto`` on their own machines: keyed as written."""
+    for such a role. A llamacpp role that does not set ``extra.extra_bufts`` gets ``extra_bufts: false``
+    where llama.cpp's extra buffer types crashed its model on this CPU (the probe,
+    :mod:`evolforge.llm.backends.llamacpp.probe`; nothing is added where they ran, so those keys are unchanged).
+    A ray role's actors resolve ``auto`` on their own machines: keyed as written."""
     options = engine_options(role)
+    options.update(resolved_kernels(role))  # the kernels that made the answers (they round logits differently)
     if role.backend == "hf" and "auto" in (role.device, role.dtype):
         from evolforge.core.models import dtype_name, pick_device, pick_dtype
 

@@ -1,5 +1,6 @@
 """Which model a role names, pinned without loading it: a local folder's weights hash, a hub revision's
-commit sha, or the model id a server serves. The models stage records it (:mod:`evolforge.llm.identity`)."""
+commit sha, or the model id a server serves. The models stage records it (:mod:`evolforge.llm.identity`),
+with the kernels a llamacpp role's model runs with on this machine (:func:`resolved_kernels`)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,14 @@ def resolve_identity(role: Role, memo: str | Path | None = None) -> dict[str, An
         served = importlib.import_module("evolforge.llm.backends.openai.served")
         return served.served_model_identity(role)
     return model_identity(role.model, role.revision, memo=memo)
+
+
+def resolved_kernels(role: Role) -> dict[str, Any]:
+    """A llamacpp role that leaves ``extra.extra_bufts`` unset: ``{"extra_bufts": False}`` where llama.cpp's
+    extra buffer types crashed its model on this machine (the kernel probe, in a child process:
+    :mod:`evolforge.llm.backends.llamacpp.probe`), else nothing (every other role, too)."""
+    if role.backend != "llamacpp" or "extra_bufts" in role.extra:
+        return {}
+    # by name, as the registry imports backends: a stage's deps name the llamacpp package through params
+    probe = importlib.import_module("evolforge.llm.backends.llamacpp.probe")
+    return {} if probe.probed_extra_bufts(role) else {"extra_bufts": False}

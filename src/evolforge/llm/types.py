@@ -89,7 +89,8 @@ class Capabilities:
     stream: bool = False
     # stream also takes cache= and keys=: it records its jobs in the call cache (openai with batch_api)
     call_cache: bool = False
-    # runs_with() says what the role's ``auto`` device / dtype resolved to where it loaded (hf)
+    # runs_with() says what the role's ``auto`` device / dtype resolved to where it loaded (hf), or which kernels
+    # the model loaded with (llamacpp's extra_bufts, as the kernel probe chose them)
     runs_with: bool = False
 
 

@@ -32,12 +32,14 @@ log-probabilities followed by the end of the turn, as the hf backend's
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
+from evolforge.core import native
 from evolforge.core.models import load_tokenizer, model_identity
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
@@ -46,6 +48,7 @@ from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import RowControls, pick, sample_token
 from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
+from evolforge.llm.backends.llamacpp.probe import cpu_name, verdict
 from evolforge.llm.backends.llamacpp.speculative import STEP_COST, draft_length
 from evolforge.llm.backends.llamacpp.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
@@ -65,11 +68,13 @@ def gguf_file(model: str) -> Path:
 
 class LlamaCppBackend:
     name = "llamacpp"
-    capabilities = Capabilities(stream=True)
+    capabilities = Capabilities(stream=True, runs_with=True)
 
     def __init__(self, model: str, threads: int | None = None, max_model_len: int | None = None,
                  reuse_prefix: bool = True, batch_size: int = 8, speculative: bool = True, follow_load: bool = False,
-                 gpu_layers: int = 0):
+                 gpu_layers: int = 0, extra_bufts: bool | None = None, role: str = "llamacpp"):
+        """``extra_bufts``: load with llama.cpp's extra buffer types (None: as the kernel probe found,
+        :mod:`evolforge.llm.backends.llamacpp.probe`); ``role``: the role's name, for messages."""
         path = gguf_file(model)
         self.speculative = speculative
         # the draft rule's step cost (a, b), fixed for the backend's life so that a rerun feeds the same drafts;
@@ -82,8 +87,19 @@ class LlamaCppBackend:
         self.tokenizer = load_tokenizer(model, padding_side="left")
         if self.tokenizer.chat_template is None:
             raise LlamaCppError(f"model {model}: the tokenizer has no chat template; chat roles need one")
+        self.role, self.model = role, model
+        self.probed = extra_bufts is None  # the kernels were the probe's choice, not the role's
+        if extra_bufts is None:
+            found = verdict(path, gpu_layers, threads=self._threads.count)
+            extra_bufts = found.extra_bufts
+            if not extra_bufts:
+                print(f"{role}: {model}: llama.cpp's extra buffer types were {found.outcome} on this CPU ({found.cpu}) "
+                      f"in the kernel probe; loaded with them off (the plain kernels), as the cache keys record "
+                      f"(extra_bufts: false)", file=sys.stderr, flush=True)
+        self.extra_bufts = extra_bufts
+        native.note(self.crash_note())  # loading repacks the weights: native code that may crash too
         self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
-                                     threads=self._threads.count, gpu_layers=gpu_layers)
+                                     threads=self._threads.count, gpu_layers=gpu_layers, extra_bufts=extra_bufts)
         self._identity = model_identity(model)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
@@ -94,10 +110,25 @@ class LlamaCppBackend:
         return cls(role.model, threads=role.threads, max_model_len=role.max_model_len,
                    reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.batch_size,
                    speculative=bool(role.extra.get("speculative", True)), follow_load=role.threads_follow_load,
-                   gpu_layers=int(role.extra.get("gpu_layers", 0)))
+                   gpu_layers=int(role.extra.get("gpu_layers", 0)), extra_bufts=role.extra.get("extra_bufts"),
+                   role=f"roles.{role.name}")
 
     def identity(self) -> dict:
         return dict(self._identity)
+
+    def runs_with(self) -> dict[str, bool | None]:
+        """The engine option the kernel probe chose, as :func:`evolforge.llm.keys.resolved_engine` keys it
+        (false when it turned the extra buffer types off, else absent: None), or the role's own setting."""
+        return {"extra_bufts": None if self.probed and self.extra_bufts else self.extra_bufts}
+
+    def crash_note(self) -> str:
+        """What a crash in llama.cpp from here on would mean, and the setting that works around it."""
+        where = f"{self.role} ({self.model}) crashed in llama.cpp on this CPU ({cpu_name()})"
+        if self.extra_bufts:
+            return (f"{where} with llama.cpp's extra buffer types (CPU-repack / AMX kernels); set "
+                    f"{self.role}.extra.extra_bufts: false in params.yaml to load it with the plain kernels")
+        return (f"{where} with the plain kernels (extra_bufts: false); a llama-cpp-python built without AMX "
+                f"(make setup: docs/explanation/cpu-kernels.md) or another model file ({self.role}.model) may run")
 
     def _stop_ids(self) -> set[int]:
         """End-of-generation tokens as the GGUF declares them (Qwen2.5: <|im_end|> and <|endoftext|>)."""
@@ -133,6 +164,7 @@ class LlamaCppBackend:
         (at most ``batch_size``) generations decoded together. With ``reuse_prefix`` the prompts go in the
         order of their tokens, so that each shares the longest prefix with one before it."""
         self.cache.set_threads(self._threads.now())  # a no-op unless following the load picked another count
+        native.note(self.crash_note())  # what a crash in llama.cpp would mean (the stage's guard says it)
         prompts = [self.render(r) for r in requests]
         order = sorted(range(len(requests)), key=prompts.__getitem__) if self.reuse_prefix else range(len(requests))
         jobs = []

@@ -36,9 +36,12 @@ class LlamaCppContext:
     """The model and one llama.cpp context of several sequences over one KV store (a copied prefix shares
     its cells), with what each sequence holds, so that a new prompt starts from the longest cached prefix."""
 
-    def __init__(self, path: Path, tokens: int, threads: int, gpu_layers: int = 0):
+    def __init__(self, path: Path, tokens: int, threads: int, gpu_layers: int = 0, extra_bufts: bool = True):
         """``gpu_layers``: layers whose weights and KV cache llama.cpp puts on the GPU (llama.cpp's
-        ``n_gpu_layers``: 0 none, -1 every one, N the last N with the output layer counted among them)."""
+        ``n_gpu_layers``: 0 none, -1 every one, N the last N with the output layer counted among them).
+        ``extra_bufts``: llama.cpp's extra buffer types for the CPU's weights (``use_extra_bufts``: the weights
+        repacked for the CPU-repack kernels, and the AMX kernels where the build has them); off, every matrix
+        product takes the plain kernels (:mod:`evolforge.llm.backends.llamacpp.probe` says when that is needed)."""
         try:
             import llama_cpp
             from llama_cpp import _internals
@@ -51,6 +54,7 @@ class LlamaCppContext:
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log: errors only
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = gpu_layers  # explicit: llama.cpp's default (-1) offloads every layer
+        model_params.use_extra_bufts = extra_bufts
         self.model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = tokens, PROMPT_BATCH, PROMPT_BATCH
