@@ -16,7 +16,7 @@ PIP := pip==26.3
 CPU_LOCK := requirements/cpu.txt
 GPU_LOCK := requirements/gpu.txt
 LOCK := $(if $(filter 1,$(GPU)),$(GPU_LOCK),$(CPU_LOCK))
-# llama-cpp-python is the one locked package PyPI has only as source: pip compiles llama.cpp for this CPU
+# llama-cpp-python is the one locked package that compiles (PyPI has only its source): llama.cpp for this CPU
 # (-march=native). Only what the package loads is built: libllama and ggml, not llama.cpp's `common` library
 # (turned off by the file below, which runs inside llama.cpp's own CMakeLists) nor the multimodal libmtmd
 # (LLAVA_BUILD); about 2 minutes on two cores instead of 5. CMAKE_ARGS given to make are added after these.
@@ -28,11 +28,10 @@ LLAMA_CPP_NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON \
   -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/requirements/llama-cpp-lib-only.cmake \
   $(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),'-DCMAKE_C_FLAGS=$(LLAMA_CPP_NO_AMX)' '-DCMAKE_CXX_FLAGS=$(LLAMA_CPP_NO_AMX)')
-# `make lock` resolves from the same places pip installs from (pip's own extra indexes and find-links);
-# recursive (=) so pip is only asked when `make lock` runs. UPGRADE=1 moves every pin to the newest allowed.
 # The CPU lock is one universal resolution (every supported Python and platform, each pin with the hash of every
 # file the index has), so it is resolved from the index alone: a local mirror's extra index would hash only its
 # own files. pip's find-links stay, for the CPU torch build the resolution reads torch's requirements from.
+# Recursive (=) so pip is only asked when `make lock` runs. UPGRADE=1 moves every pin to the newest allowed.
 LOCK_SOURCES = $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
   $(if $(strip $(TORCH_INDEX)),--extra-index-url $(TORCH_INDEX))
 UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --quiet --generate-hashes --custom-compile-command "make lock" --python-version 3.11 \
