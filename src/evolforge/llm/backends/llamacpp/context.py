@@ -49,8 +49,9 @@ class LlamaCppContext:
             raise LlamaCppError("backend llamacpp needs llama-cpp-python (a locked dependency: make setup)") from exc
         if gpu_layers and not llama_cpp.llama_supports_gpu_offload():
             raise LlamaCppError(f"extra.gpu_layers is {gpu_layers}, but this llama-cpp-python cannot offload to a GPU "
-                                "(built without GGML_CUDA, or no GPU found): set gpu_layers: 0, or build it with "
-                                "CMAKE_ARGS=-DGGML_CUDA=on on a machine with a GPU")
+                                "(built without a GPU backend, or no GPU found): set gpu_layers: 0, or build it with "
+                                "CMAKE_ARGS=-DGGML_CUDA=on on a machine with an NVIDIA GPU (on macOS the default "
+                                "build offloads to Metal)")
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log: errors only
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = gpu_layers  # explicit: llama.cpp's default (-1) offloads every layer
