@@ -27,7 +27,7 @@ from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, Quer
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
 from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
-from evolforge.steps.autoif.sandbox import Runner, run_function
+from evolforge.steps.common.function_runs import Runner, run_function
 from evolforge.steps.common.source import build_seed
 
 
