@@ -20,8 +20,8 @@ from evolforge.steps.select.step import run
 
 
 def main() -> None:
-    args = arguments(__doc__, reads=["--items", "--judged", "--scores", "--diversity", "--verified"],
-                     writes=["--out", "--metrics"])
+    args = arguments(__doc__, reads=["--items", "--judged", "--scores", "--diversity"], writes=["--out", "--metrics"],
+                     optional={"--verified": None})  # a selection without the verify stage's verdicts
     write(args, run(args.items, args.judged, args.scores, args.diversity, read_params(args.params), args.verified))
 
 

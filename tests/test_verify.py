@@ -312,7 +312,8 @@ def ranked_table() -> pl.DataFrame:
 
 
 def test_select_drops_wrong_answers_and_near_duplicates_and_fills_their_places():
-    chosen, summary, excluded = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=0.6))
+    chosen, summary, excluded = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=0.6,
+                                                                            near_duplicates=0.7))
     assert chosen["id"].to_list() == ["a", "d", "e"]  # b repeats a's answer, c is wrong; d and e move up
     reasons = dict(zip(excluded["id"].to_list(), excluded["skip_reason"].to_list()))
     assert reasons == {"c": "verified_wrong", "b": "near_duplicate_of_selected"}

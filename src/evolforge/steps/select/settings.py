@@ -30,10 +30,10 @@ class SelectSettings:
     min_confidence: Probability | None = field(default=None, metadata={
         "help": "floor on verify_confidence, the verify stage's estimated probability that the answer is right; "
                 "items without one stay; null = none"})
-    near_duplicates: Probability | None = field(default=0.7, metadata={
+    near_duplicates: Probability | None = field(default=None, metadata={
         "help": "no two selected items whose instructions (+ input) or answers reach this Jaccard similarity of "
                 "word 3-grams: the better ranked one stays (near_duplicate_of_selected); null = off",
-        "paper": "dedup.threshold's 0.7"})
+        "paper": "none (the shipped params.yaml: 0.7, dedup.threshold's value)"})
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:
