@@ -338,3 +338,30 @@ def test_near_duplicate_walk_compares_instructions_too_and_stops_at_the_budget()
     read = lambda ids: [(i, *texts[i]) for i in ids]  # noqa: E731
     assert walk_near_duplicates(["x", "y", "z", "w"], read, 0.7) == ["y"]
     assert walk_near_duplicates(["x", "z", "y"], read, 0.7, keep_at_most=2) == []  # y past the budget
+
+
+# --- seen by people -------------------------------------------------------------------------------------------------
+
+def test_card_and_report_show_each_selected_items_verification(tmp_path):
+    from evolforge.report.sections import verification_html
+    from evolforge.steps.select.card import verification_section
+
+    selected = ranked_table().with_columns(verify_method=pl.Series(["code_tests", "code_tests", "numeric", "judge",
+                                                                    "judge"]),
+                                           verify_evidence=pl.Series([
+                                               '{"tests": 4, "kept_tests": 3, "answer_passed": 3, "programs": 3}',
+                                               "{}", '{"answer_value": 12.0, "sample_values": [19.0, 19.0]}',
+                                               '{"p_right": 0.9, "reason": "all four are renewable."}', "{}"]))
+    selected.write_parquet(tmp_path / "items.parquet")
+    card = verification_section(tmp_path / "items.parquet")
+    assert "| code_tests | right | 2 |" in card and "| numeric | wrong | 1 |" in card
+    assert "passed 3 of 3 kept tests (4 written, 2 independent solutions)" in card
+    assert "answer 12; samples 19, 19; program -" in card
+    ranked_table().drop("verify_verdict", "verify_confidence").write_parquet(tmp_path / "plain.parquet")
+    assert "no answer was checked" in verification_section(tmp_path / "plain.parquet")
+    page = verification_html({"verification": {
+        "metrics": {"per_method": {"judge": {"right": 1, "wrong": 0, "unsure": 0}}},
+        "selected": [{"id": "d", "round": 1, "instruction": "List four.", "output": "Solar.", "method": "judge",
+                      "verdict": "right", "confidence": 0.9, "evidence": "P(right) 0.90: all <four>"}]}})
+    assert "all &lt;four&gt;" in page and "<td class='evolved'>right</td>" in page
+    assert "no verify stage" in verification_html({})
