@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -88,9 +89,9 @@ def stats_delta(before: dict, after: dict) -> dict:
                                                              "completion_tokens")}
 
 
-def run_set(name: str, items: list[dict], real_of, params: dict, prompts: PromptLibrary) -> dict:
+def run_set(name: str, items: list[dict], real_of, params: dict, prompts: PromptLibrary, identities: str) -> dict:
     cache = open_cache(params)
-    responder, judge = open_role(params, "responder", cache), open_role(params, "judge", cache)
+    responder, judge = (open_role(params, role, cache, identities) for role in ("responder", "judge"))
     sampling = response_sampling(load_section(params, "respond", RespondSettings))
     started = time.perf_counter()
     answers = respond(responder, prompts, [i["instruction"] for i in items], [""] * len(items),
@@ -103,7 +104,8 @@ def run_set(name: str, items: list[dict], real_of, params: dict, prompts: Prompt
                                               for a in answers]})
     before = {"responder": dict(responder.stats), "judge": dict(judge.stats)}
     started = time.perf_counter()
-    settings = load_section(params, "verify", VerifySettings)
+    # every answer verified, a truncated one too (the stage skips those: select's guards drop them anyway)
+    settings = dataclasses.replace(load_section(params, "verify", VerifySettings), only_selectable=False)
     verified = verify(table, responder, judge, prompts, settings, sampling)
     verify_s = time.perf_counter() - started
     real = [real_of(item, a.text) for item, a in zip(items, answers)]
@@ -138,7 +140,8 @@ def main() -> None:
     ap.add_argument("--prompts", default=str(REPO / "prompts"))
     ap.add_argument("--limit", type=int, default=None, help="HumanEval problems (first N by task id); 0 = none")
     ap.add_argument("--arithmetic", type=int, default=None, help="arithmetic problems (first N); 0 = none")
-    ap.add_argument("--model", help="a GGUF folder or file for roles responder and judge (llamacpp), e.g. a test model")
+    ap.add_argument("--model", help="a GGUF folder for roles responder and judge (llamacpp), e.g. a test model; "
+                                    "its identity is resolved here, not read from models/identity.json")
     ap.add_argument("--cache", help="the call cache's SQLite file (default: params.yaml cache.path)")
     ap.add_argument("--json", help="write the figures and per-item verdicts here")
     args = ap.parse_args()
@@ -149,13 +152,16 @@ def main() -> None:
     if args.cache:
         params["cache"] = {**(params.get("cache") or {}), "path": args.cache}
     prompts = PromptLibrary(args.prompts)
+    identities = str(REPO / "models" / "identity.json") if not args.model else ""  # "": no file, resolved here
     results = []
     if args.limit != 0:
         results.append(run_set("humaneval", humaneval(args.limit),
-                               lambda item, answer: humaneval_passes(item["problem"], answer), params, prompts))
+                               lambda item, answer: humaneval_passes(item["problem"], answer), params, prompts,
+                               identities))
     if args.arithmetic != 0:
         results.append(run_set("arithmetic", arithmetic(args.arithmetic),
-                               lambda item, answer: check_number(answer, item["value"], 1e-6).passed, params, prompts))
+                               lambda item, answer: check_number(answer, item["value"], 1e-6).passed, params, prompts,
+                               identities))
     for result in results:
         show(result)
     if args.json:
