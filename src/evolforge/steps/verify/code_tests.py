@@ -87,7 +87,9 @@ def program_for(answer: str | None, name: str, task: str = "") -> str | None:
     functions = top_level_functions(code) if code else []
     if not functions:
         return None
-    alias = "" if name in functions else f"\n\n{name} = {functions[-1]}\n"
+    # the answer's own function: its last top-level one, a demo's main() or a test_ function left aside
+    own = [f for f in functions if f != "main" and not f.startswith("test")] or functions
+    alias = "" if name in functions else f"\n\n{name} = {own[-1]}\n"
     return code + alias + EVALUATE
 
 

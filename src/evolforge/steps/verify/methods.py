@@ -43,7 +43,7 @@ class Item:
     answer: str
 
 
-def _ask(llm: LLM, template: str, prompts: PromptLibrary, **variables) -> list[dict[str, str]]:
+def _ask(template: str, prompts: PromptLibrary, **variables) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompts.render(template, **variables)}]
 
 
@@ -62,11 +62,11 @@ def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setting
     names = [function_name(item.task) for item in items]
     requests = []
     for item, name in zip(items, names):
-        requests += [llm.request(_ask(llm, TESTS_TEMPLATE, prompts, task=item.task, name=name,
+        requests += [llm.request(_ask(TESTS_TEMPLATE, prompts, task=item.task, name=name,
                                       n=settings.tests_per_set),
                                  max_tokens=settings.tests_max_tokens, sample_index=s, **sampling)
                      for s in range(settings.test_sets)]
-        requests += [llm.request(_ask(llm, SOLUTION_TEMPLATE, prompts, task=item.task, name=name),
+        requests += [llm.request(_ask(SOLUTION_TEMPLATE, prompts, task=item.task, name=name),
                                  max_tokens=settings.solution_max_tokens, sample_index=s, **sampling)
                      for s in range(settings.solutions)]
     texts = llm.complete(requests, desc="verify code") if requests else []
@@ -103,7 +103,7 @@ def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, sett
         requests += [response_requests(llm, prompts, [item.instruction], [item.input], sample_index=s + 1,
                                        **sampling)[0] for s in range(settings.samples)]
         if settings.program_of_thought:
-            requests.append(llm.request(_ask(llm, PROGRAM_TEMPLATE, prompts, task=item.task), temperature=0.0,
+            requests.append(llm.request(_ask(PROGRAM_TEMPLATE, prompts, task=item.task), temperature=0.0,
                                         max_tokens=settings.program_max_tokens))
     texts = llm.complete(requests, desc="verify numbers") if requests else []
     per = settings.samples + int(settings.program_of_thought)
@@ -123,13 +123,13 @@ def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, sett
 
 def verify_judged(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings) -> list[Result]:
     """The judge role's verdict over the labels right / wrong (P(right) with ``probabilities``) and its reason."""
-    labels = [llm.request(_ask(llm, CORRECTNESS_TEMPLATE, prompts, task=item.task, answer=item.answer),
+    labels = [llm.request(_ask(CORRECTNESS_TEMPLATE, prompts, task=item.task, answer=item.answer),
                           choices=LABELS, rank=settings.probabilities, max_tokens=None if settings.probabilities
                           else 2) for item in items]
     label_texts = llm.complete(labels, desc="verify judge") if labels else []
     reasons: list[str | None] = [None] * len(items)
     if settings.reason_max_tokens and items:
-        reasons = llm.complete([llm.request(_ask(llm, REASON_TEMPLATE, prompts, task=item.task, answer=item.answer),
+        reasons = llm.complete([llm.request(_ask(REASON_TEMPLATE, prompts, task=item.task, answer=item.answer),
                                             max_tokens=settings.reason_max_tokens) for item in items],
                                desc="verify judge reasons")
     results = []
