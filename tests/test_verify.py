@@ -332,6 +332,15 @@ def test_select_switches_and_confidence_floor():
     assert unverified.height == 5  # a table without the verify columns: nothing to drop
 
 
+def test_the_select_stage_reads_the_walks_texts_from_the_items_file(tmp_path):
+    from evolforge.steps.select.narrow import file_texts
+
+    ranked_table().write_parquet(tmp_path / "items.parquet")
+    read = file_texts(str(tmp_path / "items.parquet"))
+    assert sorted(read(["c", "a"])) == [("a", REVERSE, REVERSE_RIGHT), ("c", SUM_DIFF, "38 and 12.")]
+    assert walk_near_duplicates(["a", "b", "c", "d"], read, 0.7) == ["b"]
+
+
 def test_near_duplicate_walk_compares_instructions_too_and_stops_at_the_budget():
     texts = {"x": ("Add two numbers and print the sum.", "1"), "y": ("Add two  numbers and PRINT the sum.", "2"),
              "z": ("Name a river.", "3"), "w": ("Name a city.", "4")}
