@@ -3,9 +3,10 @@
 shadow the standard library's select module.)
 
 Reads:  data/clean/ (deduplicated, decontaminated), data/judged/, data/scores/, data/diversity/ (items.parquet
-        with id, mnd; embeddings.npy for select.diversity_threshold), params.yaml `select` (metric,
-        top_fraction, threshold, ifd_filter, rounds, seed, min_loss_instruction, min_mnd, diversity_threshold)
-        and `card`; data/seed, data/evolved, models/identity.json for the dataset card
+        with id, mnd; embeddings.npy for select.diversity_threshold), data/verified/ (verify_* per item),
+        params.yaml `select` (metric, top_fraction, threshold, ifd_filter, rounds, seed, min_loss_instruction,
+        min_mnd, diversity_threshold, drop_wrong, min_confidence, near_duplicates) and `card`; data/seed,
+        data/evolved, models/identity.json for the dataset card
 Writes: data/selected/items.parquet (lineage + text + every metric), excluded.parquet (id, round,
         skip_reason for every item not chosen: a guard such as empty_response, a floor, the budget),
         train.jsonl (TRL conversational prompt/completion), train_alpaca.json (Alpaca), meta.json,
@@ -19,8 +20,9 @@ from evolforge.steps.select.step import run
 
 
 def main() -> None:
-    args = arguments(__doc__, reads=["--items", "--judged", "--scores", "--diversity"], writes=["--out", "--metrics"])
-    write(args, run(args.items, args.judged, args.scores, args.diversity, read_params(args.params)))
+    args = arguments(__doc__, reads=["--items", "--judged", "--scores", "--diversity"], writes=["--out", "--metrics"],
+                     optional={"--verified": None})  # a selection without the verify stage's verdicts
+    write(args, run(args.items, args.judged, args.scores, args.diversity, read_params(args.params), args.verified))
 
 
 if __name__ == "__main__":

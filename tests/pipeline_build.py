@@ -42,6 +42,10 @@ FAST = {
     ("finetune", "lr"): 1.0e-3,
     ("evaluate", "limit"): 1,
     ("evaluate", "tasks"): ["gsm8k", "humaneval"],  # one answer-matching and one code task; all five in test_evaluate
+    ("verify", "test_sets"): 1,  # one of each sample: the flow runs, the tiny model's texts verify nothing
+    ("verify", "solutions"): 1,
+    ("verify", "samples"): 1,
+    ("select", "near_duplicates"): None,  # the tiny model answers every question alike: the walk would keep one item
 }
 TINY_TOKENS = {"evolver": 128, "optimizer": 400, "responder": 96, "judge": 16}
 

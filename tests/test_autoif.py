@@ -13,9 +13,10 @@ from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.autoif.constraints import collect_constraints, parse_constraint_lines
 from evolforge.steps.autoif.shared import KEPT, constraint_key
 from evolforge.steps.autoif.respond import pair_queries, response_records, verify_responses
-from evolforge.steps.autoif.sandbox import FunctionRun, run_function
+from evolforge.steps.common.function_runs import FunctionRun, run_function
 from evolforge.steps.autoif.forms import extract_json, parse_verification
-from evolforge.steps.autoif.verify import cross_validate, verify_constraints
+from evolforge.steps.autoif.verify import verify_constraints
+from evolforge.steps.common.cross_validation import cross_validate
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, SEED
 
 NO_COMMAS = "def evaluate(response):\n    return ',' not in response\n"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is the suite's tiny model ("{tiny_gguf}": as GGUF)
+TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is the suite's tiny model ("{tiny_gguf}": as GGUF,
+    # "{tmp}": the test's own folder)
     "dedup.py": ["--items", "300", "--rounds", "2"],
     "http_client.py": ["--requests", "200", "--repeat", "1", "--only", "aiohttp today", "raw streams (floor)"],
     "pipeline.py": ["--requests", "200"],
@@ -25,6 +26,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "llamacpp_batch.py": ["--model", "{tiny_gguf}", "--sizes", "1", "3", "--prompt-tokens", "20", "--steps", "3",
                           "--threads", "1"],
     "llamacpp_limit.py": ["--model", "{tiny_gguf}", "--threads", "1", "--prompt-tokens", "40", "--steps", "3"],
+    "verify_humaneval.py": ["--model", "{tiny_gguf}", "--limit", "2", "--arithmetic", "2", "--cache", "{tmp}/c.sqlite"],
     "llamacpp_speculative.py": ["--model", "{tiny_gguf}", "--threads", "1", "--n", "2", "--answers", "1",
                                 "--answer-tokens", "4", "--fixed", "2"],
 }
@@ -57,7 +59,7 @@ def test_bench_runs_at_tiny_size(script, tiny_model, tmp_path):
         from tiny_gguf import write_tiny_gguf
 
         models["{tiny_gguf}"] = str(write_tiny_gguf(tiny_model, tmp_path))
-    args = [models.get(a, a) for a in TINY_RUNS[script]]
+    args = [models.get(a, a).replace("{tmp}", str(tmp_path)) for a in TINY_RUNS[script]]
     proc = run(script, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert any(ch.isdigit() for ch in proc.stdout), f"{script} printed no figure:\n{proc.stdout[-2000:]}"

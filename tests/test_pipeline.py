@@ -44,7 +44,7 @@ def test_full_build(pipeline_built):
     work, env, out = pipeline_built
     ran = stages_run(out)
     for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "dedup",
-                  "decontaminate", "judge", "score", "diversity", "select", "finetune", "evaluate_base", "evaluate", "report",
+                  "decontaminate", "judge", "score", "diversity", "verify", "select", "finetune", "evaluate_base", "evaluate", "report",
                   "autoif_constraints", "autoif_verify", "autoif_respond", "pick_scenario", "compare"):
         assert stage in ran
     assert (work / "models/SmolLM2-135M-Instruct/model.safetensors").is_file()  # the shipped model, converted
@@ -107,7 +107,7 @@ def test_artifacts_hold_their_declared_columns(pipeline_built):
                 "data/dedup/removed.parquet": {**responses, **columns.DUPLICATE_FLAGS},
                 "data/clean/items.parquet": responses, "data/clean/removed.parquet": {**responses, **columns.CONTAMINATION_FLAGS},
                 "data/judged/items.parquet": columns.JUDGED, "data/scores/items.parquet": columns.SCORES,
-                "data/diversity/items.parquet": columns.DIVERSITY,
+                "data/diversity/items.parquet": columns.DIVERSITY, "data/verified/items.parquet": columns.VERIFIED,
                 **{f"data/evolved/round_{k}/items.parquet": columns.ROUND for k in (1, 2, 3)}}
     for rel, declared in expected.items():
         assert dict(pl.read_parquet_schema(work / rel)) == declared, rel

@@ -22,7 +22,7 @@ import pytest
 from processes import descendants as _descendants, sandbox_uid_processes as _sandbox_uid_processes
 from evolforge.eval.sandbox import run_untrusted
 from evolforge.eval.tasks import code_scoring
-from evolforge.steps.autoif import sandbox as autoif_sandbox
+from evolforge.steps.common import function_runs as autoif_sandbox
 
 pytestmark = pytest.mark.usefixtures("sandbox_checks_alone")  # conftest.py
 

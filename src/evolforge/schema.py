@@ -39,6 +39,7 @@ from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.score.settings import ScoreSettings
 from evolforge.steps.seed.settings import SeedSettings
 from evolforge.steps.select.settings import CardSettings, SelectSettings
+from evolforge.steps.verify.settings import VerifySettings
 
 SECTIONS: dict[str, type] = {
     "cache": CacheSettings,
@@ -55,6 +56,7 @@ SECTIONS: dict[str, type] = {
     "judge": JudgeSettings,
     "score": ScoreSettings,
     "diversity": DiversitySettings,
+    "verify": VerifySettings,
     "select": SelectSettings,
     "card": CardSettings,
     "finetune": FinetuneSettings,

@@ -73,6 +73,12 @@ JUDGED: Columns = {
     "difficulty_level_thinking": pl.String, "difficulty_score_thinking": pl.String,
 }
 
+# data/verified (steps/verify): how each answer was checked, the verdict, what it rests on, P(right)
+VERIFIED: Columns = {
+    "id": pl.String, "round": pl.Int32, "verify_method": pl.String, "verify_verdict": pl.String,
+    "verify_evidence": pl.String, "verify_confidence": pl.Float64,
+}
+
 # data/scores: id and round, then the scores (score.ifd builds its rows with SCORE_VALUES)
 SCORE_VALUES: Columns = {
     "loss_instruction": pl.Float64,  # mean token cross-entropy, nats

@@ -27,6 +27,7 @@ from evolforge.report.spend import spend
 from evolforge.report.summary import headline
 from evolforge.score.histogram import histogram
 from evolforge.steps.judge.levels import LEVELS
+from evolforge.steps.common.verification import COLUMNS as VERIFY_COLUMNS, evidence_line
 from evolforge.steps.common.funnel import evolved_rounds, funnel, json_at, provenance, table_at
 
 READS = ["data/seed", "data/evolved", "data/responses", "data/pool", "data/dedup", "data/clean", "data/judged",
@@ -214,6 +215,19 @@ def answer_checks(root: Path) -> list[dict]:
             for r in checked.to_dicts()]
 
 
+def verifications(root: Path) -> dict[str, Any]:
+    """The verify stage's verdicts: counts per method and verdict over the pool (metrics/verify.json) and, per
+    selected item, how it was checked, the verdict, the confidence and a reading of the evidence."""
+    selected = table_at(root, "data/selected", ["id", "round", "instruction", "output", *VERIFY_COLUMNS])
+    rows = []
+    if selected is not None and "verify_verdict" in selected.columns:
+        rows = [{"id": r["id"], "round": r["round"], "instruction": r["instruction"], "output": r["output"],
+                 "method": r["verify_method"], "verdict": r["verify_verdict"], "confidence": r["verify_confidence"],
+                 "evidence": evidence_line(r["verify_method"], r["verify_evidence"])}
+                for r in selected.iter_rows(named=True)]
+    return {"metrics": json_at(root / "metrics" / "verify.json"), "selected": rows}
+
+
 def train_curve(root: Path) -> list[dict]:
     """Loss per step: DVCLive's file when training logged live, else the finetune stage's loss curve."""
     live = root / "metrics" / "train_live" / "plots" / "metrics" / "loss.tsv"
@@ -238,6 +252,7 @@ METRIC_SOURCES = {
     "metrics/optimize.json": "data/method", "metrics/respond.json": "data/responses",
     "metrics/pool.json": "data/pool", "metrics/decontaminate.json": "data/clean", "metrics/judge.json": "data/judged",
     "metrics/score.json": "data/scores", "metrics/diversity.json": "data/diversity",
+    "metrics/verify.json": "data/verified",
                   "metrics/select.json": "data/selected",
     "metrics/train.json": "models/sft", "metrics/train_live": "models/sft",
                   "metrics/plots/train_loss.json": "models/sft",
@@ -283,6 +298,7 @@ def collect(root: str | Path) -> dict[str, Any]:
         "optimize": (metrics.get("optimize") or {}).get("per_step") or json_at(plots / "optimize.json") or [],
         "train_curve": train_curve(root),
         "answer_checks": answer_checks(root),
+        "verification": verifications(root),  # the verify stage's verdicts, per method and per selected item
         "optimize_metrics": metrics.get("optimize") or {},
         "eval": eval_rows(metrics),
         "train": metrics.get("train"),

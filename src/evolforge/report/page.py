@@ -23,7 +23,8 @@ from evolforge.report.assets import library_scripts
 from evolforge.report.collect import PAIRS_PER_ROUND, SCORE_FIELDS
 from evolforge.report.sections import (checks_html, chains_html, compare_table, difficulty_table, esc, eval_table,
                                        examples_table, funnel_table, levels_table, minutes_html, optimize_html,
-                                       pairs_html, provenance_html, scenario_html, summary_html)
+                                       pairs_html, provenance_html, scenario_html, summary_html,
+                                       verification_html)
 from evolforge.report.spend import spend_html
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -141,6 +142,9 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
         ("Answer checks", "the answers of items whose seed carries a check (a number, or Python tests run in the "
          "sandbox); "
          "a rewrite changes the question, so evolved items have none", side_by_side(versions, checks_html)),
+        ("Verification", "every answer that could be selected, checked by the verify stage: code against tests it "
+         "did not write, numbers recomputed, the rest judged (counts over the pool; then each selected item)",
+         side_by_side(versions, verification_html)),
         ("Evolution and optimization", "", charts_html(versions, ["evolve_failures", "optimize"])),
         ("Auto Evol-Instruct's optimization loop", "each step's candidate methods, their failure rates on the "
          "development "

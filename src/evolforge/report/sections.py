@@ -147,6 +147,28 @@ def checks_html(v: dict) -> str:
     return line + table(["round", "check", "result", "detail", "selected", "instruction", "answer"], rows)
 
 
+VERDICT_CLASS = {"right": "evolved", "wrong": "failed", "unsure": ""}
+
+
+def verification_html(v: dict) -> str:
+    """The verify stage: items per method and verdict over the pool, then each selected item's verification."""
+    data = v.get("verification") or {}
+    m = data.get("metrics") or {}
+    if not m and not data.get("selected"):
+        return '<p class="missing">no verify stage in this version: no answer was checked before selection</p>'
+    per = m.get("per_method") or {}
+    counts = [f"<tr><td>{esc(method)}</td>{''.join(num(n.get(k)) for k in ('right', 'wrong', 'unsure'))}</tr>"
+              for method, n in per.items() if sum(n.values())]
+    rows = [f"<tr><td><code>{esc(r['id'])}</code></td>{num('seed' if r['round'] == 0 else r['round'])}"
+            f"<td>{esc(r['method'])}</td><td class='{VERDICT_CLASS.get(r['verdict'], '')}'>{esc(r['verdict'])}</td>"
+            f"{num(r['confidence'])}<td>{clip(r['evidence'], 300)}</td>"
+            f"<td class='text'>{clip(r['instruction'], 200)}</td><td class='text'>{clip(r['output'], 300)}</td></tr>"
+            for r in data.get("selected") or []]
+    return (table(["method", "right", "wrong", "unsure"], counts)
+            + "<p>The selected items, one by one:</p>"
+            + table(["id", "round", "method", "verdict", "confidence", "evidence", "instruction", "answer"], rows))
+
+
 def optimize_html(v: dict) -> str:
     """Auto Evol-Instruct's loop (metrics/optimize.json): each step's candidates with their development-set
     failure rates, the one chosen, and the chosen method beside the initial one as a diff."""

@@ -40,8 +40,8 @@ STAGE_METRICS = {
     "autoif_constraints": "autoif/constraints.json", "autoif_verify": "autoif/verify.json",
     "autoif_respond": "autoif/respond.json", "pick_scenario": "pool.json", "dedup": "dedup.json",
     "decontaminate": "decontaminate.json", "judge": "judge.json", "score": "score.json", "diversity": "diversity.json",
-    "select": "select.json", "finetune": "train.json", "evaluate_base": "eval_base.json", "evaluate": "eval.json",
-    "compare": "compare.json",
+    "verify": "verify.json", "select": "select.json", "finetune": "train.json", "evaluate_base": "eval_base.json",
+    "evaluate": "eval.json", "compare": "compare.json",
 }
 
 

@@ -10,9 +10,9 @@ Four steps, each a stage:
    ``evaluate(response) -> bool`` and test cases with expected results
    (:func:`evolforge.steps.autoif.forms.parse_verification`; the other form: :mod:`evolforge.steps.autoif.forms`);
 3. **cross-validation** -- every function runs on every case in the sandbox, one process per function
-   (:func:`evolforge.steps.autoif.sandbox.run_function`); a case is kept if any function reproduces its expected
+   (:func:`evolforge.steps.common.function_runs.run_function`); a case is kept if any function reproduces its expected
    result, a function if its accuracy on the kept cases reaches ``min_accuracy``; a constraint with no function
-   left is dropped (:func:`evolforge.steps.autoif.verify.cross_validate`);
+   left is dropped (:func:`evolforge.steps.common.cross_validation.cross_validate`);
 4. **pairing** -- each verified constraint is paired with Q queries in the paper's "answer the query strictly
    following the instruction" layout and answered by the responder; optionally only responses that the
    constraint's kept functions accept are kept (:func:`evolforge.steps.autoif.respond.verify_responses`).

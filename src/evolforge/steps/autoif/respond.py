@@ -28,7 +28,7 @@ from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
 from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
 from evolforge.eval.sandbox import require_sandbox
-from evolforge.steps.autoif.sandbox import Runner, run_function
+from evolforge.steps.common.function_runs import Runner, run_function
 from evolforge.steps.common.source import build_seed
 
 

@@ -1,10 +1,7 @@
 """AutoIF steps 2 and 3 (the ``autoif_verify`` stage): each constraint's sampled answers parsed into a
 verification function and test cases (:mod:`evolforge.steps.autoif.forms`: the paper's JSON form or the lines
-form), every function run on every case in the sandbox and cross-validated (:func:`cross_validate`,
-:func:`verify_constraints`).
-
->>> cross_validate([[True, False], [True, True]], [True, False], min_accuracy=0.8).functions_kept
-[True, False]
+form), every function run on every case in the sandbox and cross-validated
+(:func:`evolforge.steps.common.cross_validation.cross_validate`, :func:`verify_constraints`).
 """
 
 from __future__ import annotations
@@ -32,24 +29,8 @@ from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies
                                           Verification, join_answers,
                                           load_demonstrations, parse_verification, parser_for,
                                           verification_conversations)
-from evolforge.steps.autoif.sandbox import FunctionRun, Runner, run_function
-
-
-@dataclass
-class CrossValidation:
-    cases_kept: list[bool]
-    accuracy: list[float | None]  # per function, on the kept cases; None when no case was kept
-    functions_kept: list[bool]
-
-
-def cross_validate(matrix: Sequence[Sequence[bool | None]], expected: Sequence[bool],
-                   min_accuracy: float = 0.8) -> CrossValidation:
-    """``matrix[f][c]``: what function f returned on case c (None: no bool). A case is kept if any function
-    reproduces its expected result; a function if its accuracy on the kept cases is >= ``min_accuracy``."""
-    cases_kept = [any(row[c] is exp for row in matrix) for c, exp in enumerate(expected)]
-    kept_idx = [c for c, k in enumerate(cases_kept) if k]
-    accuracy = [sum(row[c] is expected[c] for c in kept_idx) / len(kept_idx) if kept_idx else None for row in matrix]
-    return CrossValidation(cases_kept, accuracy, [a is not None and a >= min_accuracy for a in accuracy])
+from evolforge.steps.common.cross_validation import CrossValidation, cross_validate
+from evolforge.steps.common.function_runs import FunctionRun, Runner, run_function
 
 
 Parser = Callable[[str], "tuple[Verification | None, str | None]"]

@@ -40,10 +40,12 @@ from evolforge.io.stream import sink_chunks
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
 from evolforge.steps.common.funnel import funnel, provenance, round_strategies
+from evolforge.steps.common.verification import COLUMNS as VERIFY_COLUMNS, DESCRIPTIONS as VERIFY_DESCRIPTIONS
+from evolforge.steps.common.verification import evidence_line
 
 SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
 COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
-           "difficulty_score", "ifd", "ic_ifd", "mnd"]
+           "difficulty_score", "ifd", "ic_ifd", "mnd", *VERIFY_COLUMNS]
 DESCRIPTIONS = {
     "id": "stable content-derived id", "root_id": "id of the seed the item descends from",
     "parent_id": "id of the item it was evolved from", "round": "evolution round (0 = seed)",
@@ -52,6 +54,7 @@ DESCRIPTIONS = {
     "difficulty_level": "judge's difficulty label (5 levels)", "difficulty_score": "judge's difficulty score, 0-100",
     "ifd": "instruction-following difficulty, L(A|Q) / L(A)", "ic_ifd": "IC-IFD, L(A|Q) / (L(Q) L(A))",
     "mnd": "minimum distance to another item's embedding (diversity)",
+    **VERIFY_DESCRIPTIONS,
 }
 # The configs header carries the shards' fingerprint: `datasets` keys its cache on the folder's name and the
 # header (not on the files' contents), so without it every `data/selected` would share one cache entry and a
@@ -68,7 +71,8 @@ the `datasets` cache keeps each version apart. Or read the shards directly:
 `polars.read_parquet("<this folder>/data/train-*.parquet")`."""
 LIMITATIONS = (
     "- Instructions and responses are written by language models: they can be wrong, unsafe or unanswerable, and\n"
-    """  nothing here verifies a response. Difficulty labels and scores are one judge model's opinion.
+    """  the verify stage's verdicts (see Verification) rest on small models' tests, samples and judgements: a `right`
+  is evidence, not proof. Difficulty labels and scores are one judge model's opinion.
 - Evolution and selection favour what the evolver and scorer models find hard; topics, languages and styles of
   the seed set carry over, and so do its biases.
 - Licence: the rows derive from the seed set and from the models' outputs; check the terms of both (see the
@@ -226,7 +230,7 @@ def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) 
 # the stage outputs the card reads (their tables, meta.json): the select stage's dvc.yaml deps, so the card
 # changes only with them (never with an output of a later stage, or one that another experiment left behind)
 READS = ("data/seed", "data/evolved/round_*", "data/pool", "data/dedup", "data/clean", "data/judged",
-         "data/scores", "data/diversity")
+         "data/scores", "data/diversity", "data/verified")
 
 
 def _versions_rows(root: Path) -> list[list[Any]]:
@@ -248,8 +252,30 @@ def _versions_rows(root: Path) -> list[list[Any]]:
     return rows
 
 
+CARD_ITEMS = 50  # selected items listed one by one, in rank order, in the card's verification section
+
+
+def verification_section(table: Path) -> str:
+    """``## Verification``: the selected items per method and verdict, then the first :data:`CARD_ITEMS` items one by
+    one (method, verdict, confidence, evidence) -- read from the selection's table, a few columns at a time."""
+    if "verify_verdict" not in pl.read_parquet_schema(table):
+        return "## Verification\n\nSelected without the verify stage: no answer was checked."
+    counts = (pl.scan_parquet(table).group_by("verify_method", "verify_verdict").len()
+              .sort("verify_method", "verify_verdict").collect())
+    head = pl.read_parquet(table, columns=["id", "round", "instruction", *VERIFY_COLUMNS], n_rows=CARD_ITEMS)
+    items = [[f"`{r['id']}`", r["round"], r["instruction"][:80], r["verify_method"], r["verify_verdict"],
+              "" if r["verify_confidence"] is None else f"{r['verify_confidence']:.2f}",
+              evidence_line(r["verify_method"], r["verify_evidence"])[:160]] for r in head.iter_rows(named=True)]
+    return ("## Verification\n\nEach answer was checked before selection (stage `verify`): code run against tests "
+            "written for the instruction, numbers recomputed, the rest judged for correctness; `select.drop_wrong` "
+            "drops the answers found wrong.\n\n"
+            + _md_table(["method", "verdict", "items"], [list(r) for r in counts.iter_rows()])
+            + f"\n\nThe selected items (the first {CARD_ITEMS}, best ranked first):\n\n"
+            + _md_table(["id", "round", "instruction", "method", "verdict", "confidence", "evidence"], items))
+
+
 def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, settings: CardSettings,
-              fingerprint: str = "") -> str:
+              fingerprint: str = "", verification: str = "") -> str:
     """The README.md text: YAML header, then how the data was made. ``rows``: the published rows' ``round``
     column (its height, the row count), ``columns``: the published columns."""
     header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
@@ -291,11 +317,12 @@ def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, 
                      "kept", "judged", "selected"], counts),
         "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k]
                                                         for k in ("seed", "evolve", "respond", "autoif",
-                                                                  "judge", "score", "select")
+                                                                  "judge", "verify", "score", "select")
                                                        if k in params}, sort_keys=True) + "```",
         "### Software versions\n\nThe installed versions of the packages that can change the data, as each stage "
         "output's `meta.json` recorded them (`make setup` installs the locked set: `requirements/cpu.txt`).\n\n"
         + _md_table(["package", "version", "recorded by"], _versions_rows(root)),
+        *([verification] if verification else []),
         "## Columns\n\n" + _md_table(["column", "meaning"], columns),
         "## Known limitations\n\n" + limitations,
     ]
@@ -320,7 +347,8 @@ def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | 
     columns = list(hub_rows(pl.read_parquet(table_path, n_rows=0)).columns)
     card = selected_dir / "README.md"
     tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
-    tmp.write_text(card_text(rounds, columns, root, params, settings, fingerprint), encoding="utf-8")
+    tmp.write_text(card_text(rounds, columns, root, params, settings, fingerprint, verification_section(table_path)),
+                   encoding="utf-8")
     os.replace(tmp, card)
     return card
 

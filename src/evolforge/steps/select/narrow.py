@@ -11,32 +11,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import Sequence
 
 import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema
 from evolforge.steps.common.guards import GUARDS, applicable
-from evolforge.steps.select.selection import GUARD, TEXT, with_helpers
+from evolforge.steps.select.near_duplicates import TextReader
+from evolforge.steps.select.selection import GUARD, TEXT, table_texts, with_helpers
 from evolforge.steps.select.settings import SelectSettings
 
 # the columns the filters and the summary read (the metrics, the floors' and ifd_filter's columns, the pool MND)
-METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd")
+METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd",
+                  "verify_verdict", "verify_confidence")  # the last two: drop_wrong's and min_confidence's
 CHECK_PASSED = "answer_check_passed"  # the items' answer check result (require_check reads it; null: no check)
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The stage's four tables, as the command line names them (the names appear in errors)."""
+    """The stage's tables, as the command line names them (the names appear in errors); ``verified`` is optional
+    (a selection without the verify stage's verdicts)."""
 
     items: str
     judged: str
     scores: str
     diversity: str
+    verified: str | None = None
 
     def per_item(self) -> list[str]:
-        """The per-item tables, in the order their columns follow the items' (judged, scores, diversity)."""
-        return [self.judged, self.scores, self.diversity]
+        """The per-item tables, in the order their columns follow the items' (judged, scores, diversity,
+        verified)."""
+        return [self.judged, self.scores, self.diversity] + ([self.verified] if self.verified else [])
 
 
 def check_inputs(inputs: Inputs, settings: SelectSettings, chunk_rows: int) -> None:
@@ -48,6 +54,8 @@ def check_inputs(inputs: Inputs, settings: SelectSettings, chunk_rows: int) -> N
     numbers = {inputs.scores: [metric] if metric in ("ifd", "ic_ifd") else [],
                inputs.judged: [metric] if metric in ("difficulty_score", "difficulty_expected") else [],
                inputs.diversity: ["mnd"] if settings.min_mnd is not None else []}
+    if inputs.verified:
+        numbers[inputs.verified] = ["verify_confidence"] if settings.min_confidence is not None else []
     numbers[inputs.scores] += ["ifd"] if settings.ifd_filter else []
     numbers[inputs.scores] += ["loss_instruction"] if settings.min_loss_instruction is not None else []
     for path in inputs.per_item():
@@ -68,6 +76,15 @@ def _items_narrow(items: str, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]
     empty = pl.DataFrame(schema={c: schema[c] for c in read})  # a table without rows still has its columns
     parts = [with_helpers(chunk).select(keep) for chunk in chain([empty], iter_chunks(items, chunk_rows, read))]
     return pl.concat(parts), guards
+
+
+def file_texts(items: str) -> TextReader:
+    """What reads the question and answer texts of some items from the items' file (their rows only)."""
+    def read(ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        rows = (pl.scan_parquet(table_file(items)).filter(pl.col("id").is_in(list(ids)))
+                .select("id", "instruction", "input", "output").collect())
+        return table_texts(rows)(ids)
+    return read
 
 
 def ranking_table(inputs: Inputs, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]:

@@ -16,9 +16,12 @@ neighbour in the pool is closer than it: near-copies, which also get low losses)
 
 Order of the filters (each one's removals are counted, and an empty selection names the filter that
 emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``require_check``
-(``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``ifd_filter`` ->
-floors ->
-metric present -> threshold -> diversity walk / top fraction.
+(``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``drop_wrong``
+(``verified_wrong``: the verify stage's verdict) -> ``min_confidence`` (``below_min_confidence``) -> ``ifd_filter`` ->
+floors -> metric present -> threshold -> near-duplicate walk (``near_duplicate_of_selected``: an item whose
+instruction or answer nearly repeats a better ranked one's, :mod:`evolforge.steps.select.near_duplicates`) ->
+diversity walk / top fraction. The near-duplicate walk, like the diversity walk, gives a dropped item's place to the
+next one down: the budget is the top fraction of the ranked items before it.
 
 Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
 every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the walk stops once
@@ -37,7 +40,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
@@ -46,6 +49,7 @@ from evolforge.config.bounds import ParamsError
 from evolforge.core.text import item_text, question_text
 from evolforge.score.neighbors import KEY_BLOCK, MIN_TILE_WORK, key_tiles, neighbor_stats
 from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
+from evolforge.steps.select.near_duplicates import TextReader, walk_near_duplicates
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.common.guards import applicable, guard_reason
 
@@ -147,6 +151,11 @@ def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str
         filtering.apply(name, pl.col(GUARD).is_null() | (pl.col(GUARD) != name))
     if settings.require_check and "answer_check_passed" in table.columns:  # items without a check stay
         filtering.apply("answer_check_failed", pl.col("answer_check_passed").is_null() | pl.col("answer_check_passed"))
+    if settings.drop_wrong and "verify_verdict" in table.columns:  # items never verified stay
+        filtering.apply("verified_wrong", pl.col("verify_verdict").is_null() | (pl.col("verify_verdict") != "wrong"))
+    if settings.min_confidence is not None and "verify_confidence" in table.columns:
+        filtering.apply("below_min_confidence", pl.col("verify_confidence").is_null()
+                        | (pl.col("verify_confidence") >= settings.min_confidence))
     if settings.ifd_filter:
         filtering.apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
     if settings.min_loss_instruction is not None:
@@ -179,11 +188,27 @@ def _rank(filtering: _Filtering, settings: SelectSettings) -> pl.DataFrame:
     return ranked
 
 
-def _take(ranked: pl.DataFrame, settings: SelectSettings,
-          embeddings: Vectors | None) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+def _budget(ranked: pl.DataFrame, settings: SelectSettings) -> int:
+    return math.ceil(settings.top_fraction * ranked.height) if settings.threshold is None else ranked.height
+
+
+def _without_near_duplicates(filtering: _Filtering, ranked: pl.DataFrame, settings: SelectSettings,
+                             texts: TextReader | None, budget: int) -> pl.DataFrame:
+    """``ranked`` less the items whose instruction or answer nearly repeats a better ranked kept one's; the walk
+    stops once the budget is kept, unless the diversity walk still has to choose among what follows."""
+    if settings.near_duplicates is None or texts is None or ranked.height == 0:
+        return ranked
+    stop = budget if settings.diversity_threshold is None else None
+    dropped = walk_near_duplicates(ranked["id"].to_list(), texts, settings.near_duplicates, stop)
+    filtering.pool = ranked
+    filtering.apply("near_duplicate_of_selected", ~pl.col("id").is_in(dropped))
+    return filtering.pool
+
+
+def _take(ranked: pl.DataFrame, settings: SelectSettings, embeddings: Vectors | None,
+          budget: int) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """The chosen rows of ``ranked`` (top fraction, optionally by the diversity walk), and a mask over
     ``ranked`` of the rows each of those two cuts left out."""
-    budget = math.ceil(settings.top_fraction * ranked.height) if settings.threshold is None else ranked.height
     if settings.diversity_threshold is None:
         return ranked.head(budget), {"outside_top_fraction": np.arange(ranked.height) >= budget}
     kept = diverse_walk(embeddings.take(ranked["id"]), settings.diversity_threshold, budget)
@@ -235,13 +260,16 @@ def with_helpers(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def choose(table: pl.DataFrame, settings: SelectSettings, guards: list[str],
-           embeddings: Vectors | None = None) -> Selection:
+           embeddings: Vectors | None = None, texts: TextReader | None = None) -> Selection:
     """:func:`select_items` on a table that has the helper columns (:func:`with_helpers`), ``guards`` the names of
-    the guards that apply to it; the chosen rows keep every column but the helpers."""
+    the guards that apply to it, ``texts`` what reads the items' texts for the near-duplicate walk (None: no
+    walk); the chosen rows keep every column but the helpers."""
     _check_settings(settings, embeddings)
     filtering = _filter_pool(table, settings, guards)
     ranked = _rank(filtering, settings)
-    chosen, parts = _take(ranked, settings, embeddings)
+    budget = _budget(ranked, settings)
+    ranked = _without_near_duplicates(filtering, ranked, settings, texts, budget)
+    chosen, parts = _take(ranked, settings, embeddings, budget)
     _record_cuts(filtering, ranked, parts, chosen, settings.threshold)
     summary = _selection_summary(table, chosen, ranked, filtering.steps, settings.metric, embeddings)
     excluded = pl.concat(filtering.excluded, how="vertical_relaxed") if filtering.excluded else pl.DataFrame(
@@ -259,7 +287,19 @@ def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: V
     >>> select_items(t, SelectSettings("ic_ifd", top_fraction=0.5)).chosen["id"].to_list()
     ['b', 'c']
     """
-    return choose(with_helpers(table), settings, applicable(table), embeddings)
+    texts = table_texts(table) if {"instruction", "output"} <= set(table.columns) else None
+    return choose(with_helpers(table), settings, applicable(table), embeddings, texts)
+
+
+def table_texts(table: pl.DataFrame) -> TextReader:
+    """What reads the question and answer texts of some of ``table``'s items (the near-duplicate walk's input)."""
+    def read(ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        rows = table.filter(pl.col("id").is_in(list(ids)))
+        inputs = rows["input"].to_list() if "input" in rows.columns else [None] * rows.height
+        return [(i, question_text(q, x), a or "") for i, q, x, a in zip(rows["id"].to_list(),
+                                                                        rows["instruction"].to_list(), inputs,
+                                                                        rows["output"].to_list())]
+    return read
 
 
 def text_digests(instructions: pl.Series, inputs: pl.Series) -> pl.Series:

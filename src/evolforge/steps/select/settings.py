@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from annotated_types import Ge, Le
 
-from evolforge.config.bounds import Fraction, NonEmptyStr, NonNegativeInt, ParamsError
+from evolforge.config.bounds import Fraction, NonEmptyStr, NonNegativeInt, ParamsError, Probability
 
 
 @dataclass
@@ -35,6 +35,15 @@ class SelectSettings:
         "help": "DEITA walk: keep if d^2 to every kept item exceeds it"})
     require_check: bool = field(default=False, metadata={
         "help": "drop items whose answer fails its answer check (items without one stay)"})
+    drop_wrong: bool = field(default=True, metadata={
+        "help": "drop items the verify stage found wrong (skip reason verified_wrong)"})
+    min_confidence: Probability | None = field(default=None, metadata={
+        "help": "floor on verify_confidence, the verify stage's estimated probability that the answer is right; "
+                "items without one stay; null = none"})
+    near_duplicates: Probability | None = field(default=None, metadata={
+        "help": "no two selected items whose instructions (+ input) or answers reach this Jaccard similarity of "
+                "word 3-grams: the better ranked one stays (near_duplicate_of_selected); null = off",
+        "paper": "none (the shipped params.yaml: 0.7, dedup.threshold's value)"})
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:

@@ -25,7 +25,7 @@ from evolforge.io.records import write_table
 from evolforge.steps.select.card import write_card
 from evolforge.steps.select.embeddings import load_embeddings
 from evolforge.steps.select.export import write_selection
-from evolforge.steps.select.narrow import Inputs, check_inputs, ranking_table
+from evolforge.steps.select.narrow import Inputs, check_inputs, file_texts, ranking_table
 from evolforge.steps.select.selection import Selection, choose
 
 
@@ -38,14 +38,16 @@ def _write(folder: Path, inputs: Inputs, selection: Selection, params: dict[str,
     write_card(folder, ".", params)
 
 
-def run(items: str, judged: str, scores: str, diversity: str, params: dict[str, Any]) -> Outputs:
-    """The select stage: the items of ``items`` joined with the per-item tables of ``judged``, ``scores`` and
-    ``diversity``, selected by ``params.yaml select``, exported for SFT, with the dataset card."""
+def run(items: str, judged: str, scores: str, diversity: str, params: dict[str, Any],
+        verified: str | None = None) -> Outputs:
+    """The select stage: the items of ``items`` joined with the per-item tables of ``judged``, ``scores``,
+    ``diversity`` and (when given) ``verified``, selected by ``params.yaml select``, exported for SFT, with the
+    dataset card."""
     cfg, rows = load_section(params, "select", SelectSettings), load_section(params, "data", DataSettings).chunk_rows
-    inputs = Inputs(items, judged, scores, diversity)
+    inputs = Inputs(items, judged, scores, diversity, verified)
     check_inputs(inputs, cfg, rows)
     table, guards = ranking_table(inputs, rows)
-    selection = choose(table, cfg, guards, embeddings=load_embeddings(diversity, rows))
+    selection = choose(table, cfg, guards, embeddings=load_embeddings(diversity, rows), texts=file_texts(items))
     summary = selection.summary
     if selection.chosen.height == 0:
         counts = ", ".join(f"{s['filter']} -{s['removed']}" for s in summary["filters"] if s["removed"])

@@ -1,5 +1,7 @@
-"""AutoIF's verification functions run in the sandbox (:func:`evolforge.eval.sandbox.run_untrusted`): one
-process per function, every input in order, one verdict per input (:class:`FunctionRun`).
+"""Model-written functions run in the sandbox (:func:`evolforge.eval.sandbox.run_untrusted`): one process per
+function, every input in order, one verdict per input (:class:`FunctionRun`). AutoIF runs its verification
+functions on their cases with it; the verify step runs an answer's code (wrapped in an ``evaluate``) on
+model-written asserts.
 
 >>> read_verdicts('t {"setup": "ok"}\\nt {"i": 0, "result": true}\\nnoise', "t", 2, "passed").results
 (True, None)

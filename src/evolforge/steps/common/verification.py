@@ -1,0 +1,51 @@
+"""How an item's verification reads for people: one line from its method and evidence (the verify step's
+``verify_evidence`` JSON), as the dataset card and the report page show it beside the verdict.
+
+>>> evidence_line("numeric", '{"answer_value": 12.0, "sample_values": [19.0, 19.0], "program_value": 19.0}')
+'answer 12; samples 19, 19; program 19'
+>>> evidence_line("code_tests", '{"tests": 4, "kept_tests": 3, "answer_passed": 3, "programs": 3}')
+'passed 3 of 3 kept tests (4 written, 2 independent solutions)'
+"""
+
+from __future__ import annotations
+
+import json
+
+COLUMNS = ("verify_method", "verify_verdict", "verify_evidence", "verify_confidence")
+DESCRIPTIONS = {
+    "verify_method": "how the answer was checked: code_tests, numeric, judge, answer_check, none (not verified)",
+    "verify_verdict": "right, wrong or unsure",
+    "verify_evidence": "what the verdict rests on (JSON): tests and which passed, values compared, the judge's reason",
+    "verify_confidence": "estimated probability that the answer is right (null: not measured)",
+}
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def evidence_line(method: str | None, evidence: str | None) -> str:
+    """A short reading of ``evidence`` for ``method`` (the raw text where it is not the JSON expected)."""
+    try:
+        e = json.loads(evidence or "{}")
+    except json.JSONDecodeError:
+        return (evidence or "")[:200]
+    if not isinstance(e, dict):
+        return str(e)[:200]
+    if "error" in e:
+        return f"not verified: {e['error']}"[:200]
+    if method == "code_tests":
+        if "kept_tests" not in e:
+            return f"{e.get('why', 'no verdict')} ({e.get('tests', 0)} tests written)"
+        return (f"passed {e['answer_passed']} of {e['kept_tests']} kept tests ({e['tests']} written, "
+                f"{e['programs'] - 1} independent solutions)")
+    if method == "numeric":
+        samples = ", ".join(_number(v) for v in e.get("sample_values") or []) or "-"
+        return f"answer {_number(e.get('answer_value'))}; samples {samples}; program {_number(e.get('program_value'))}"
+    if method == "judge":
+        p = e.get("p_right")
+        return (f"P(right) {p:.2f}" if isinstance(p, (int, float)) else "no P(right)") + (
+            f": {e['reason']}" if e.get("reason") else "")
+    if method == "answer_check":
+        return f"seed's check: {e.get('detail') or '-'}"
+    return f"not verified ({e.get('not_verified', '-')})"

@@ -1,0 +1,151 @@
+"""Code answers checked by tests they did not write (CodeT's dual agreement over AutoIF's cross-validation).
+
+For an instruction whose answer is Python code, the model writes ``test_sets`` sets of assert lines for the
+*instruction* (it never sees the answer: :data:`TESTS_TEMPLATE`) and ``solutions`` independent solutions
+(:data:`SOLUTION_TEMPLATE`). Every program -- the answer's and the peers' -- runs every test in the sandbox, one
+process per program (:func:`evolforge.steps.common.function_runs.run_function`: the program wrapped in an
+``evaluate(test)`` that execs one assert). Then:
+
+1. AutoIF's rule (:func:`evolforge.steps.common.cross_validation.cross_validate`, every test expected to pass): a test
+   no program passes is dropped as a wrong test; a program's accuracy is its share of the kept tests;
+2. CodeT's dual agreement: programs that pass the same kept tests form a group scored
+   ``programs x tests passed``; the top group is the consensus.
+
+The answer is ``right`` when it passes ``min_pass`` of the kept tests or belongs to a top group (one wrong test
+does not sink it), ``wrong`` when a group it is not in outscores its own, ``unsure`` without a kept test.
+
+The function the tests call is named from the instruction (``def name(`` or ```name(```), else ``solution``;
+an answer whose functions carry another name gets that name bound to its last top-level function.
+
+>>> function_name("Complete it:\\ndef add(a, b):\\n    '''Sum.'''")
+'add'
+>>> parse_tests("```python\\nassert add(1, 2) == 3\\n1. assert add(0, 0) == 0\\nassert add(\\n```", "add")
+['assert add(1, 2) == 3', 'assert add(0, 0) == 0']
+>>> consensus([[True, True], [True, False], [True, True]])
+([0, 2], 4)
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from evolforge.steps.common.answer_check import extract_code
+from evolforge.steps.common.cross_validation import cross_validate
+from evolforge.steps.common.function_runs import FunctionRun
+
+TESTS_TEMPLATE = "verify/tests.j2"
+SOLUTION_TEMPLATE = "verify/solution.j2"
+DEFAULT_NAME = "solution"
+_DEF = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.M)
+_NAMED = re.compile(r"`([A-Za-z_]\w*)\s*\(")
+_CODE_WORDS = re.compile(r"\b(python|function|program|script|code|implement|method|class|algorithm)\b", re.I)
+_FENCED = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n([\s\S]*?)(?:```|\Z)")
+_LIST_MARK = re.compile(r"^(?:[-*]\s+|\d+[.)]\s+)")
+# the wrapper every program runs under: one assert per call, True when it holds, False on any exception
+EVALUATE = '''
+
+def evaluate(_test):
+    try:
+        exec(_test, globals())
+    except Exception:
+        return False
+    return True
+'''
+
+
+def function_name(task: str) -> str:
+    """The function name the task asks for (its ``def`` line, or a backquoted call), else ``solution``."""
+    found = _DEF.findall(task) or _NAMED.findall(task)
+    return found[-1] if found else DEFAULT_NAME
+
+
+def top_level_functions(code: str) -> list[str]:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return []
+    return [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def is_code_task(task: str, answer: str | None) -> bool:
+    """A task about code whose answer holds a Python program with a top-level function."""
+    code = extract_code(answer or "")
+    return code is not None and bool(top_level_functions(code)) and bool(_CODE_WORDS.search(task))
+
+
+def program_for(answer: str | None, name: str, task: str = "") -> str | None:
+    """The answer's code with ``name`` bound to its function, plus :data:`EVALUATE`; None without a function.
+    A task that gives the signature (HumanEval's prompt) and an answer that gives only the body: the two joined."""
+    code = extract_code(answer or "")
+    if (code is None or not top_level_functions(code)) and _DEF.search(task):
+        fenced = _FENCED.search(answer or "")
+        body = (fenced.group(1) if fenced else answer or "").strip("\n")
+        code = extract_code(task.rstrip() + "\n" + body) if body.startswith((" ", "\t")) else None
+    functions = top_level_functions(code) if code else []
+    if not functions:
+        return None
+    # the answer's own function: its last top-level one, a demo's main() or a test_ function left aside
+    own = [f for f in functions if f != "main" and not f.startswith("test")] or functions
+    alias = "" if name in functions else f"\n\n{name} = {own[-1]}\n"
+    return code + alias + EVALUATE
+
+
+def parse_tests(text: str | None, name: str) -> list[str]:
+    """The distinct assert lines of a test set that call ``name`` and parse, in order (fences, bullets and
+    numbering around them ignored)."""
+    found: dict[str, None] = {}
+    for line in (text or "").splitlines():
+        line = _LIST_MARK.sub("", line.strip()).strip("` ")
+        if not line.startswith("assert ") or f"{name}(" not in line:
+            continue
+        try:
+            ast.parse(line)
+        except (SyntaxError, ValueError):
+            continue
+        found.setdefault(line, None)
+    return list(found)
+
+
+def consensus(matrix: Sequence[Sequence[bool]]) -> tuple[list[int], int]:
+    """CodeT's dual agreement: programs grouped by the tests they pass, each group scored (programs in it) x
+    (tests it passes). Returns (the programs of the top groups, the top score)."""
+    groups: dict[tuple[bool, ...], list[int]] = {}
+    for p, row in enumerate(matrix):
+        groups.setdefault(tuple(row), []).append(p)
+    scores = {key: len(members) * sum(key) for key, members in groups.items()}
+    top = max(scores.values(), default=0)
+    return sorted(p for key, members in groups.items() if scores[key] == top for p in members), top
+
+
+@dataclass
+class CodeVerdict:
+    verdict: str  # right | wrong | unsure
+    confidence: float | None  # the answer's share of the kept tests passed
+    evidence: dict = field(default_factory=dict)
+
+
+def judge_runs(tests: Sequence[str], runs: Sequence[FunctionRun | None], min_pass: float) -> CodeVerdict:
+    """The verdict on the answer (``runs[0]``) from every program's run on ``tests`` (None: the program
+    could not be built; its row fails every test)."""
+    passed = [[bool(r is not None and r.results[t] is True) for t in range(len(tests))] for r in runs]
+    evidence: dict = {"tests": len(tests), "programs": len(runs),
+                      "answer_run": runs[0].status if runs[0] is not None else "no_function"}
+    if not tests:
+        return CodeVerdict("unsure", None, evidence | {"why": "no test parsed"})
+    cv = cross_validate(passed, [True] * len(tests), min_accuracy=min_pass)
+    kept = [t for t, k in enumerate(cv.cases_kept) if k]
+    evidence["results"] = [{"test": test[:160], "kept": k, "answer_passed": passed[0][t]}
+                           for t, (test, k) in enumerate(zip(tests, cv.cases_kept))]
+    if not kept:
+        return CodeVerdict("unsure", None, evidence | {"why": "no program passes any test"})
+    top, top_score = consensus([[row[t] for t in kept] for row in passed])
+    accuracy = cv.accuracy[0] or 0.0
+    evidence |= {"kept_tests": len(kept), "answer_passed": sum(passed[0][t] for t in kept),
+                 "peer_accuracy": [round(a or 0.0, 3) for a in cv.accuracy[1:]],
+                 "consensus": {"top_score": top_score, "answer_in_top_group": 0 in top}}
+    if accuracy >= min_pass or 0 in top:
+        return CodeVerdict("right", accuracy, evidence)
+    return CodeVerdict("wrong", accuracy, evidence | {"why": "programs that agree on other tests outvote it"})

@@ -1,0 +1,143 @@
+"""The three verification methods over a batch of items: their requests (every call through the call cache, in one
+``generate`` per kind so a backend batches them), their sandbox runs (``workers`` at a time) and their verdicts.
+Each returns, per item, a :class:`Result`; an item whose calls or runs failed gets ``unsure`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from evolforge.core.prompts import PromptLibrary
+from evolforge.llm.cached import LLM
+from evolforge.steps.common.answer_check import extract_code, final_number
+from evolforge.steps.common.function_runs import FunctionRun, run_function
+from evolforge.steps.common.responses import response_requests
+from evolforge.steps.verify.code_tests import (SOLUTION_TEMPLATE, TESTS_TEMPLATE, function_name, judge_runs,
+                                               parse_tests, program_for)
+from evolforge.steps.verify.correctness import (CORRECTNESS_TEMPLATE, LABELS, REASON_TEMPLATE, label_verdict,
+                                                parse_reason)
+from evolforge.steps.verify.numeric import PROGRAM_TEMPLATE, compare_values, numeric_evidence, program_value
+from evolforge.steps.verify.settings import VerifySettings
+
+Runner = Callable[[str, Sequence[str]], FunctionRun]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One item's verification: the four columns it writes."""
+
+    method: str
+    verdict: str  # right | wrong | unsure
+    evidence: str  # JSON
+    confidence: float | None  # estimated probability that the answer is right
+
+
+@dataclass(frozen=True)
+class Item:
+    task: str  # the question Q: instruction (+ "\n" + input)
+    instruction: str
+    input: str
+    answer: str
+
+
+def _ask(template: str, prompts: PromptLibrary, **variables) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompts.render(template, **variables)}]
+
+
+def _parallel(jobs: list[Callable[[], Any]], workers: int) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # each job waits on its own sandbox process
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
+                runner: Runner | None = None) -> list[Result]:
+    """Tests written for each instruction (``test_sets`` samples) and ``solutions`` peers; every program run on
+    every test in the sandbox; the verdict by :func:`evolforge.steps.verify.code_tests.judge_runs`."""
+    runner = runner or (lambda program, tests: run_function(program, tests, settings.case_timeout_s,
+                                                            settings.memory_mb))
+    sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
+    names = [function_name(item.task) for item in items]
+    requests = []
+    for item, name in zip(items, names):
+        requests += [llm.request(_ask(TESTS_TEMPLATE, prompts, task=item.task, name=name,
+                                      n=settings.tests_per_set),
+                                 max_tokens=settings.tests_max_tokens, sample_index=s, **sampling)
+                     for s in range(settings.test_sets)]
+        requests += [llm.request(_ask(SOLUTION_TEMPLATE, prompts, task=item.task, name=name),
+                                 max_tokens=settings.solution_max_tokens, sample_index=s, **sampling)
+                     for s in range(settings.solutions)]
+    texts = llm.complete(requests, desc="verify code") if requests else []
+    per = settings.test_sets + settings.solutions
+    plans = []
+    for k, (item, name) in enumerate(zip(items, names)):
+        answers = texts[k * per:(k + 1) * per]
+        tests = list(dict.fromkeys(t for text in answers[:settings.test_sets] for t in parse_tests(text, name)))
+        programs = [program_for(item.answer, name, item.task)] + [program_for(t, name, item.task)
+                                                                  for t in answers[settings.test_sets:]]
+        plans.append((name, tests, programs, sum(t is None for t in answers)))
+    jobs = [(k, p) for k, (_, tests, programs, _) in enumerate(plans) if tests
+            for p, program in enumerate(programs) if program is not None]
+    runs = _parallel([lambda k=k, p=p: runner(plans[k][2][p], plans[k][1]) for k, p in jobs], settings.workers)
+    by_item: dict[int, dict[int, FunctionRun]] = {}
+    for (k, p), run in zip(jobs, runs):
+        by_item.setdefault(k, {})[p] = run
+    results = []
+    for k, (name, tests, programs, failed_calls) in enumerate(plans):
+        verdict = judge_runs(tests, [by_item.get(k, {}).get(p) for p in range(len(programs))], settings.min_pass)
+        evidence = {"function": name, "failed_calls": failed_calls, **verdict.evidence}
+        results.append(Result("code_tests", verdict.verdict, json.dumps(evidence, sort_keys=True), verdict.confidence))
+    return results
+
+
+def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
+                   response_sampling: dict[str, Any]) -> list[Result]:
+    """``samples`` more answers to each question (respond's own request, sampled) and a program of thought; the
+    greedy answer's final number against theirs (:func:`evolforge.steps.verify.numeric.compare_values`)."""
+    sampling = {**response_sampling, "temperature": settings.temperature, "top_p": settings.top_p,
+                "seed": settings.seed}
+    requests = []
+    for item in items:
+        requests += [response_requests(llm, prompts, [item.instruction], [item.input], sample_index=s + 1,
+                                       **sampling)[0] for s in range(settings.samples)]
+        if settings.program_of_thought:
+            requests.append(llm.request(_ask(PROGRAM_TEMPLATE, prompts, task=item.task), temperature=0.0,
+                                        max_tokens=settings.program_max_tokens))
+    texts = llm.complete(requests, desc="verify numbers") if requests else []
+    per = settings.samples + int(settings.program_of_thought)
+    programs = [extract_code(texts[k * per + settings.samples] or "") if settings.program_of_thought else None
+                for k in range(len(items))]
+    ran = _parallel([lambda code=code: program_value(code, settings.case_timeout_s * 2, settings.memory_mb)
+                     if settings.program_of_thought else (None, None) for code in programs], settings.workers)
+    results = []
+    for k, item in enumerate(items):
+        greedy = final_number(item.answer)
+        samples = [final_number(t) if t else None for t in texts[k * per:k * per + settings.samples]]
+        program, note = ran[k]
+        verdict, confidence, why = compare_values(greedy, samples + [program], settings.tolerance)
+        results.append(Result("numeric", verdict, numeric_evidence(greedy, samples, program, note, why), confidence))
+    return results
+
+
+def verify_judged(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings) -> list[Result]:
+    """The judge role's verdict over the labels right / wrong (P(right) with ``probabilities``) and its reason."""
+    labels = [llm.request(_ask(CORRECTNESS_TEMPLATE, prompts, task=item.task, answer=item.answer),
+                          choices=LABELS, rank=settings.probabilities, max_tokens=None if settings.probabilities
+                          else 2) for item in items]
+    label_texts = llm.complete(labels, desc="verify judge") if labels else []
+    reasons: list[str | None] = [None] * len(items)
+    if settings.reason_max_tokens and items:
+        reasons = llm.complete([llm.request(_ask(REASON_TEMPLATE, prompts, task=item.task, answer=item.answer),
+                                            max_tokens=settings.reason_max_tokens) for item in items],
+                               desc="verify judge reasons")
+    results = []
+    for text, reason_text in zip(label_texts, reasons):
+        verdict, p_right, failure = label_verdict(text, settings.probabilities, settings.right_at, settings.wrong_at)
+        said, reason = parse_reason(reason_text)
+        if failure is not None and said is not None:  # the labels could not be read: the reason's first word
+            verdict = said
+        evidence = {"p_right": p_right, "reason": reason, "reason_says": said, "failure": failure}
+        results.append(Result("judge", verdict, json.dumps(evidence, sort_keys=True), p_right))
+    return results

@@ -1,0 +1,94 @@
+"""Numeric answers recomputed: self-consistency (more sampled answers, their final numbers compared) and program
+of thought (the model writes Python that computes the answer; the sandbox runs it and its printed number counts).
+
+The greedy answer's final number (:func:`evolforge.steps.common.answer_check.final_number`) is compared with the
+others' (:func:`compare_values`): ``right`` when at least half of the others that gave a number agree with it,
+``wrong`` when two or more agree on another value and outnumber those that agree with it (the values are recorded),
+``unsure`` otherwise. The confidence is the share of all values (the greedy one included) equal to the greedy one.
+
+>>> compare_values(12.0, [19.0, 19.0, 19.0], 1e-4)[:2]
+('wrong', 0.25)
+>>> compare_values(12.0, [12.0, 19.0, None], 1e-4)[:2]
+('right', 0.6666666666666666)
+>>> is_numeric_task("The sum of two numbers is 50 and their difference is 12. What are the numbers?", "38 and 12.")
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+from typing import Sequence
+
+from evolforge.eval.sandbox import run_untrusted
+from evolforge.steps.common.answer_check import final_number
+
+PROGRAM_TEMPLATE = "verify/program.j2"
+_ASKS_NUMBER = re.compile(
+    r"\b(how (many|much|long|far|old)|calculate|compute|what is|what are|find|total|sum|difference|product|"
+    r"average|percent(age)?|cost|price|solve|how fast|rate|remain(s|ing)?|left)\b", re.I)
+# runs the model's program with its output captured, then writes one tagged line (the only stream back is stderr)
+_HARNESS = '''
+import io as _io, json as _json, os as _os, sys as _sys
+_buf = _io.StringIO()
+_sys.stdout = _buf
+try:
+    exec(compile({code!r}, "<program>", "exec"), {{"__name__": "__main__"}})
+    _status = "ok"
+except BaseException as _e:
+    _status = type(_e).__name__ + ": " + str(_e)[:160]
+_os.write(2, ({tag!r} + " " + _json.dumps({{"status": _status, "stdout": _buf.getvalue()[-400:]}}) + "\\n").encode())
+'''
+
+
+def is_numeric_task(task: str, answer: str | None) -> bool:
+    """A question with numbers in it that asks for a quantity, and an answer that ends in a number."""
+    return (bool(re.search(r"\d", task)) and bool(_ASKS_NUMBER.search(task))
+            and final_number(answer or "") is not None)
+
+
+def same(a: float, b: float, tolerance: float) -> bool:
+    return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
+
+
+def compare_values(greedy: float | None, others: Sequence[float | None],
+                   tolerance: float) -> tuple[str, float | None, str]:
+    """(verdict, confidence, why) of the greedy answer's number against the other values (None: no number)."""
+    values = [v for v in others if v is not None]
+    if greedy is None:
+        return "unsure", None, "the answer gives no number"
+    if not values:
+        return "unsure", None, "no other value to compare"
+    agree = sum(same(v, greedy, tolerance) for v in values)
+    confidence = (agree + 1) / (len(values) + 1)
+    rivals = [v for v in values if not same(v, greedy, tolerance)]
+    best = max((sum(same(r, v, tolerance) for r in rivals) for v in rivals), default=0)
+    if agree >= 1 and agree * 2 >= len(values):
+        return "right", confidence, f"{agree} of {len(values)} recomputed values agree"
+    if best >= 2 and best > agree:
+        return "wrong", confidence, f"{best} recomputed values agree on another number"
+    return "unsure", confidence, "the recomputed values disagree"
+
+
+def program_value(code: str | None, timeout_s: float, memory_mb: int) -> tuple[float | None, str]:
+    """The last number a program prints, run in the sandbox; (None, why) when there is none."""
+    if code is None:
+        return None, "no program"
+    tag = "pot-" + secrets.token_hex(8)
+    result = run_untrusted(_HARNESS.format(code=code, tag=tag), timeout_s=timeout_s, memory_mb=memory_mb)
+    line = next((ln for ln in reversed(result.stderr.splitlines()) if ln.startswith(tag + " ")), None)
+    if line is None:
+        return None, f"program {result.status}"
+    report = json.loads(line[len(tag) + 1:])
+    if report["status"] != "ok":
+        return None, f"program raised {report['status']}"
+    value = final_number(report["stdout"])
+    return value, "printed " + report["stdout"].strip()[-80:]
+
+
+def numeric_evidence(greedy: float | None, samples: Sequence[float | None], program: float | None,
+                     program_note: str | None, why: str) -> str:
+    return json.dumps({"answer_value": greedy, "sample_values": list(samples), "program_value": program,
+                       "program": program_note, "why": why}, sort_keys=True)

@@ -1,0 +1,156 @@
+"""The verify step: every answer that could be selected is checked, by the cheapest method that fits it.
+
+Per item, in this order (:func:`choose_method`):
+
+- ``none``: verification is off (``verify.enabled``), or the item fails one of select's guards (an incomplete
+  answer, never selected) under ``only_selectable``: recorded unverified, at no cost;
+- ``answer_check``: the seed carries a check (a number, Python tests) that the respond step already ran: its result;
+- ``code_tests``: a code task answered with a Python function: tests written for the instruction, cross-checked
+  with independent solutions in the sandbox (:mod:`evolforge.steps.verify.code_tests`);
+- ``numeric``: a question asking for a quantity, answered with a number: self-consistency and program of thought
+  (:mod:`evolforge.steps.verify.numeric`);
+- ``judge``: everything else, the judge role's correctness verdict (:mod:`evolforge.steps.verify.correctness`).
+
+Columns written (:data:`evolforge.io.columns.VERIFIED`): ``verify_method``, ``verify_verdict`` (right | wrong |
+unsure), ``verify_evidence`` (JSON: tests and which passed, the values compared, the judge's P(right) and reason)
+and ``verify_confidence`` (the estimated probability that the answer is right; null where none was measured).
+An item whose verification raised is ``unsure`` with the error as its evidence: one bad item never sinks the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.stage import Outputs
+from evolforge.core.text import question_text
+from evolforge.eval.sandbox import isolation, require_sandbox
+from evolforge.io import validation
+from evolforge.io.columns import VERIFIED
+from evolforge.io.records import TABLE, VERSIONS, output_versions
+from evolforge.io.stream import (check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
+                                 write_output_chunks)
+from evolforge.llm.cache import open_cache
+from evolforge.llm.cached import LLM, open_role
+from evolforge.steps.common.guards import guard_reason
+from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_sampling
+from evolforge.steps.respond.settings import RespondSettings
+from evolforge.steps.verify.code_tests import SOLUTION_TEMPLATE, TESTS_TEMPLATE, is_code_task
+from evolforge.steps.verify.correctness import CORRECTNESS_TEMPLATE, REASON_TEMPLATE
+from evolforge.steps.verify.methods import Item, Result, Runner, verify_code, verify_judged, verify_numbers
+from evolforge.steps.verify.numeric import PROGRAM_TEMPLATE, is_numeric_task
+from evolforge.steps.verify.settings import VerifySettings
+
+METHODS = ("none", "answer_check", "code_tests", "numeric", "judge")
+VERDICTS = ("right", "wrong", "unsure")
+TEMPLATES = (TESTS_TEMPLATE, SOLUTION_TEMPLATE, PROGRAM_TEMPLATE, CORRECTNESS_TEMPLATE, REASON_TEMPLATE,
+             RESPONSE_TEMPLATE)
+
+
+def choose_method(row: dict[str, Any], guard: str | None, settings: VerifySettings) -> str:
+    """The method for one item (module docstring), from its instruction, input, answer, guard and check."""
+    if not settings.enabled or (settings.only_selectable and guard is not None):
+        return "none"
+    if row.get("answer_check_passed") is not None:
+        return "answer_check"
+    task = question_text(row["instruction"], row.get("input"))
+    if is_code_task(task, row.get("output")):
+        return "code_tests"
+    return "numeric" if is_numeric_task(task, row.get("output")) else "judge"
+
+
+def _free(method: str, row: dict[str, Any], guard: str | None) -> Result:
+    """The results that cost no call: unverified items, and seeds whose answer check already ran."""
+    if method == "none":
+        return Result("none", "unsure", json.dumps({"not_verified": guard or "verify.enabled is false"}), None)
+    passed = bool(row["answer_check_passed"])
+    return Result("answer_check", "right" if passed else "wrong",
+                  json.dumps({"check": row.get("answer_check"), "detail": row.get("answer_check_detail")}),
+                  1.0 if passed else 0.0)
+
+
+def _guarded(method: str, run: Any, items: list[Item]) -> list[Result]:
+    """``run(items)``, or every item ``unsure`` with the error when the method raised for the batch."""
+    if not items:
+        return []
+    try:
+        return run(items)
+    except Exception as err:  # one bad batch is recorded on its items; the other methods' items go on
+        why = json.dumps({"error": f"{type(err).__name__}: {str(err)[:300]}"})
+        return [Result(method, "unsure", why, None) for _ in items]
+
+
+def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibrary, settings: VerifySettings,
+           sampling: dict[str, Any], runner: Runner | None = None) -> pl.DataFrame:
+    """The verification columns (:data:`evolforge.io.columns.VERIFIED`) of every row of ``table``, in order."""
+    rows = table.to_dicts()
+    guards = guard_reason(table).to_list() if table.height else []
+    methods = [choose_method(r, g, settings) for r, g in zip(rows, guards)]
+    results: list[Result | None] = [None] * len(rows)
+    for k, (method, row, guard) in enumerate(zip(methods, rows, guards)):
+        if method in ("none", "answer_check"):
+            results[k] = _free(method, row, guard)
+    batches = {"code_tests": lambda xs: verify_code(xs, responder, prompts, settings, runner),
+               "numeric": lambda xs: verify_numbers(xs, responder, prompts, settings, sampling),
+               "judge": lambda xs: verify_judged(xs, judge, prompts, settings)}
+    for method, run in batches.items():
+        picked = [k for k, m in enumerate(methods) if m == method]
+        items = [Item(question_text(rows[k]["instruction"], rows[k].get("input")), rows[k]["instruction"],
+                      rows[k].get("input") or "", rows[k].get("output") or "") for k in picked]
+        for k, result in zip(picked, _guarded(method, run, items)):
+            results[k] = result
+    return pl.DataFrame({"id": table["id"], "round": table["round"].cast(pl.Int32),
+                         "verify_method": [r.method for r in results], "verify_verdict": [r.verdict for r in results],
+                         "verify_evidence": [r.evidence for r in results],
+                         "verify_confidence": [r.confidence for r in results]}, schema=VERIFIED)
+
+
+def counts(written: Path) -> dict[str, Any]:
+    """Items per method and verdict, and per verdict, from the written table's two small columns."""
+    table = pl.read_parquet(written, columns=["verify_method", "verify_verdict"])
+    pairs = Counter(zip(table["verify_method"].to_list(), table["verify_verdict"].to_list()))
+    per_method = {m: {v: pairs.get((m, v), 0) for v in VERDICTS} for m in METHODS}
+    return {"items": table.height, "per_method": per_method,
+            "per_verdict": {v: sum(per_method[m][v] for m in METHODS) for v in VERDICTS},
+            "verified": table.height - sum(per_method["none"].values())}
+
+
+def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+    """The verify stage over the table ``items``, ``data.chunk_rows`` at a time (each item's checks are its own);
+    the columns spilled beside ``out`` and streamed into it, as the judge stage writes."""
+    cfg = load_section(params, "verify", VerifySettings)
+    if cfg.enabled:  # code answers and programs of thought run in the sandbox
+        require_sandbox("verify (code answers against their tests, programs of thought)")
+    sampling = response_sampling(load_section(params, "respond", RespondSettings))
+    source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
+    check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"])
+                 + validation.unique("id"), rows)
+    cache = open_cache(params)
+    responder, judge = open_role(params, "responder", cache), open_role(params, "judge", cache)
+
+    def verified(chunk: pl.DataFrame) -> pl.DataFrame:
+        return verify(chunk, responder, judge, prompts, cfg, sampling)
+
+    meta = {VERSIONS: output_versions(), "model": responder.label, "model_identity": responder.identity,
+            "judge_model": judge.label, "template_hashes": {t: prompts.hash(t) for t in TEMPLATES}}
+    out = Path(out)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.absolute().parent) as work:
+        files = spilled(map(verified, iter_chunks(source, rows)), work)
+        empty = verified(pl.DataFrame(schema=table_schema(source)))
+        write_output_chunks(out, {TABLE: (empty.schema, read_spilled(files))}, meta=meta)
+    metrics = counts(table_file(out)) | {
+        "sandbox": isolation() if cfg.enabled else None,
+        "calls": responder.stats["calls"] + judge.stats["calls"],
+        "cache_hits": responder.stats["cache_hits"] + judge.stats["cache_hits"],
+        "llm": {"responder": responder.stats, "judge": judge.stats}}
+    return Outputs(metrics, f"verify: {metrics['verified']} of {metrics['items']} items verified; verdicts "
+                            f"{metrics['per_verdict']}", peak_rss=True)

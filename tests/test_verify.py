@@ -1,0 +1,376 @@
+"""The verify step: parsing (table-driven), the verdict rules, the flow with a fake model answering by template, real
+sandbox runs of answers against tests they did not write, the stage, and the selection that uses the verdicts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_section
+from evolforge.config.roles import Role
+from evolforge.core.prompts import PromptLibrary
+from evolforge.llm.backends.fake import FakeBackend, TemplateReplies
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import Completion
+from evolforge.steps.common.function_runs import FunctionRun, run_function
+from evolforge.steps.select.near_duplicates import walk_near_duplicates
+from evolforge.steps.select.selection import select_items
+from evolforge.steps.select.settings import SelectSettings
+from evolforge.steps.verify.code_tests import (EVALUATE, consensus, function_name, is_code_task, judge_runs,
+                                               parse_tests, program_for)
+from evolforge.steps.verify.correctness import label_verdict, parse_reason
+from evolforge.steps.verify.numeric import compare_values, is_numeric_task, program_value
+from evolforge.steps.verify.settings import VerifySettings
+from evolforge.steps.verify.step import choose_method, verify
+from stage_runs import run_stage
+
+REPO = Path(__file__).resolve().parents[1]
+REVERSE = "Write a Python function that reverses the words in a sentence."
+REVERSE_RIGHT = "Here it is:\n```python\ndef reverse_words(s):\n    return ' '.join(s.split()[::-1])\n```\nDone."
+REVERSE_WRONG = "```python\ndef reverse_words(s):\n    return s[::-1]\n```"
+TESTS_TEXT = ("```python\nassert solution('a b c') == 'c b a'\nassert solution('hello world') == 'world hello'\n"
+              "assert solution('x') == 'x'\nassert solution('one two') == 'one two'\n```")  # the last one is wrong
+SUM_DIFF = "The sum of two numbers is 50 and their difference is 12. What are the numbers?"
+
+
+# --- parsing and rules, table-driven -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task, name", [
+    ("Complete the function:\ndef add(a, b):\n    '''Sum.'''\n", "add"),
+    ("Write a function `count_vowels(text)` that counts vowels.", "count_vowels"),
+    (REVERSE, "solution"),
+])
+def test_function_name(task, name):
+    assert function_name(task) == name
+
+
+@pytest.mark.parametrize("text, tests", [
+    ("assert f(1) == 2\nassert f(1) == 2\n", ["assert f(1) == 2"]),  # deduplicated
+    ("1. assert f(1) == 2\n- assert f(2) == 3\n`assert f(3) == 4`", ["assert f(1) == 2", "assert f(2) == 3",
+                                                                     "assert f(3) == 4"]),
+    ("assert g(1) == 2\nassert f(1 ==\nprint(f(1))", []),  # another function, does not parse, not an assert
+    (None, []),
+])
+def test_parse_tests(text, tests):
+    assert parse_tests(text, "f") == tests
+
+
+def test_program_for_binds_the_asked_name_and_joins_a_signature_with_its_body():
+    program = program_for(REVERSE_RIGHT, "solution")
+    assert "solution = reverse_words" in program and program.endswith(EVALUATE)
+    body_only = "```python\n    return a + b\n```"
+    assert "def add(a, b)" in program_for(body_only, "add", "def add(a, b):\n    '''Sum.'''\n")
+    assert program_for("No code here.", "solution") is None
+
+
+def test_consensus_is_codets_dual_agreement():
+    # two programs pass tests 0 and 1 (score 2 x 2 = 4); one passes all three (1 x 3 = 3)
+    assert consensus([[True, True, False], [True, True, True], [True, True, False]]) == ([0, 2], 4)
+
+
+def _run(results):
+    return FunctionRun("ok", tuple(results), tuple(None for _ in results))
+
+
+@pytest.mark.parametrize("rows, verdict, confidence", [
+    # the answer fails only a test no program passes: that test is dropped, the answer is right
+    ([[True, True, False], [True, True, False]], "right", 1.0),
+    # a wrong test one peer passes: 2 of 3 kept for the answer, but it is in the top group with the other peer
+    ([[True, True, False], [True, True, True], [True, True, False]], "right", 2 / 3),
+    # the answer fails what two agreeing peers pass
+    ([[True, False, False], [True, True, True], [True, True, True]], "wrong", 1 / 3),
+    # nothing passes anything: no kept test
+    ([[False, False], [False, False]], "unsure", None),
+])
+def test_code_verdicts(rows, verdict, confidence):
+    out = judge_runs(["t0", "t1", "t2"][:len(rows[0])], [_run(r) for r in rows], min_pass=0.8)
+    assert out.verdict == verdict
+    assert out.confidence == (pytest.approx(confidence) if confidence is not None else None)
+
+
+def test_an_answer_without_a_function_fails_every_test():
+    out = judge_runs(["t0"], [None, _run([True]), _run([True])], min_pass=0.8)
+    assert out.verdict == "wrong" and out.evidence["answer_run"] == "no_function"
+
+
+@pytest.mark.parametrize("greedy, others, verdict", [
+    (12.0, [19.0, 19.0, 19.0], "wrong"),
+    (31.0, [31.0, 31.0, 19.0], "right"),
+    (31.0, [31.0000001, None, None], "right"),  # within the tolerance
+    (31.0, [19.0, 25.0], "unsure"),  # the others disagree among themselves
+    (None, [1.0], "unsure"),
+    (5.0, [None, None], "unsure"),
+])
+def test_numeric_verdicts(greedy, others, verdict):
+    assert compare_values(greedy, others, 1e-4)[0] == verdict
+
+
+@pytest.mark.parametrize("text, probabilities, verdict, p", [
+    (json.dumps([math.log(0.9), math.log(0.1)]), True, "right", 0.9),
+    (json.dumps([math.log(0.5), math.log(0.5)]), True, "unsure", 0.5),
+    (json.dumps([math.log(0.2), math.log(0.8)]), True, "wrong", 0.2),
+    ("not json", True, "unsure", None),
+    ("Wrong.", False, "wrong", 0.0),
+    ("maybe", False, "unsure", None),
+    (None, True, "unsure", None),
+])
+def test_judge_labels(text, probabilities, verdict, p):
+    got, p_right, _ = label_verdict(text, probabilities, 0.65, 0.35)
+    assert got == verdict and (p_right == pytest.approx(p) if p is not None else p_right is None)
+
+
+@pytest.mark.parametrize("text, said, reason", [
+    ("Right: it lists four renewable sources.", "right", "it lists four renewable sources."),
+    ("**Incorrect** - the idiom is misexplained.", "wrong", "the idiom is misexplained."),
+    ("It depends.", None, "It depends."),
+    ("", None, None),
+])
+def test_parse_reason(text, said, reason):
+    assert parse_reason(text) == (said, reason)
+
+
+@pytest.mark.parametrize("row, guard, method", [
+    ({"instruction": REVERSE, "input": "", "output": REVERSE_RIGHT}, None, "code_tests"),
+    ({"instruction": "Explain what a Python decorator is.", "input": "", "output": "It wraps a function."}, None,
+     "judge"),
+    ({"instruction": SUM_DIFF, "input": "", "output": "38 and 12."}, None, "numeric"),
+    ({"instruction": SUM_DIFF, "input": "", "output": "38 and 12.", "answer_check_passed": False}, None,
+     "answer_check"),
+    ({"instruction": REVERSE, "input": "", "output": REVERSE_RIGHT}, "response_incomplete", "none"),
+])
+def test_choose_method(row, guard, method):
+    assert choose_method(row, guard, VerifySettings()) == method
+    assert choose_method(row, None, VerifySettings(enabled=False)) == "none"
+
+
+def test_settings_refuse_crossed_judge_bounds():
+    with pytest.raises(ParamsError, match="wrong_at"):
+        load_section({"verify": {"right_at": 0.4, "wrong_at": 0.6}}, "verify", VerifySettings)
+
+
+def test_task_kinds():
+    assert is_code_task(REVERSE, REVERSE_RIGHT) and not is_code_task(REVERSE, "Reverse them by hand.")
+    assert is_numeric_task(SUM_DIFF, "38 and 12.") and not is_numeric_task("Describe the water cycle.", "Rain 2 days")
+
+
+# --- the sandbox, for real ------------------------------------------------------------------------------------------
+
+def test_answers_run_against_tests_they_did_not_write_in_the_sandbox():
+    tests = parse_tests(TESTS_TEXT, "solution")
+    right = run_function(program_for(REVERSE_RIGHT, "solution"), tests, case_timeout_s=2)
+    wrong = run_function(program_for(REVERSE_WRONG, "solution"), tests, case_timeout_s=2)
+    assert right.status == "ok" and right.results == (True, True, True, False)
+    assert wrong.results == (True, False, True, False)  # "a b c" reversed letter by letter is "c b a" too
+    out = judge_runs(tests, [wrong, right, right], min_pass=0.8)  # two right peers outvote the wrong answer
+    assert out.verdict == "wrong"
+    assert [r["kept"] for r in out.evidence["results"]] == [True, True, True, False]  # the wrong test dropped
+
+
+def test_program_of_thought_runs_in_the_sandbox():
+    assert program_value("a, b = (50 + 12) / 2, (50 - 12) / 2\nprint(a, b)", 5, 256)[0] == 19.0
+    value, why = program_value("raise ValueError('no')", 5, 256)
+    assert value is None and "ValueError" in why
+    assert program_value("import socket\nsocket.create_connection(('1.1.1.1', 80), 1)\nprint(1)", 5, 256)[0] is None
+
+
+# --- the flow, with a fake model answering by template --------------------------------------------------------------
+
+def replies() -> TemplateReplies:
+    def solution(v, request):
+        return "```python\ndef solution(s):\n    return ' '.join(s.split()[::-1])\n```"
+
+    def response(v, request):  # self-consistency samples: the right pair
+        return "The numbers are 31 and 19." if "sum of two" in v["instruction"] else "Paris."
+
+    def correctness(v, request):
+        p = 0.9 if "renewable" in v["task"] else 0.2
+        return json.dumps([math.log(p), math.log(1 - p)])
+
+    return TemplateReplies({
+        "verify/tests.j2": lambda v, r: TESTS_TEXT if "sentence" in v["task"] else "I cannot.",
+        "verify/solution.j2": solution,
+        "respond/response.j2": response,
+        "verify/program.j2": lambda v, r: "```python\nprint((50 + 12) // 2, (50 - 12) // 2)\n```",
+        "verify/correctness.j2": correctness,
+        "verify/reason.j2": lambda v, r: ("Right: all four are renewable." if "renewable" in v["task"]
+                                          else "Wrong: it does not answer."),
+    })
+
+
+def table() -> pl.DataFrame:
+    rows = [("code-right", REVERSE, REVERSE_RIGHT, "complete", None),
+            ("code-wrong", REVERSE + " Keep the order of letters.", REVERSE_WRONG, "complete", None),
+            ("num-wrong", SUM_DIFF, "The two numbers are 38 and 12.", "complete", None),
+            ("judged", "List four renewable sources of energy.", "Solar, wind, hydro and geothermal.", "complete", None),
+            ("checked", "What is 6 times 7?", "42", "complete", True),
+            ("cut", "Explain gravity.", "Gravity is", "truncated", None)]
+    return pl.DataFrame({"id": [r[0] for r in rows], "round": [0, 1, 0, 0, 0, 2], "status": ["seed"] * 6,
+                         "instruction": [r[1] for r in rows], "input": [""] * 6, "output": [r[2] for r in rows],
+                         "response_status": [r[3] for r in rows], "answer_check_passed": [r[4] for r in rows]})
+
+
+def fake_llm(name: str, routes) -> tuple[LLM, FakeBackend]:
+    backend = FakeBackend(routes)
+    return LLM(backend, None, role=Role.from_params(name, {"backend": "hf", "model": "fake", "max_tokens": 64})), backend
+
+
+def test_verify_flow_records_a_verdict_per_item(repo):
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    (responder, sent), (judge, _) = fake_llm("responder", routes), fake_llm("judge", routes)
+    out = verify(table(), responder, judge, prompts, VerifySettings(), {"temperature": None, "max_tokens": None})
+    got = {r["id"]: r for r in out.to_dicts()}
+    assert out.height == 6 and set(out.columns) >= {"verify_method", "verify_verdict", "verify_evidence",
+                                                    "verify_confidence"}
+    assert (got["code-right"]["verify_method"], got["code-right"]["verify_verdict"]) == ("code_tests", "right")
+    assert got["code-wrong"]["verify_verdict"] == "wrong"
+    evidence = json.loads(got["code-right"]["verify_evidence"])
+    assert evidence["tests"] == 4 and evidence["kept_tests"] == 3  # 'one two' == 'one two' passed by no program
+    assert [r["answer_passed"] for r in evidence["results"]] == [True, True, True, False]
+    num = json.loads(got["num-wrong"]["verify_evidence"])
+    assert got["num-wrong"]["verify_verdict"] == "wrong"
+    assert num["answer_value"] == 12.0 and num["sample_values"] == [19.0, 19.0] and num["program_value"] == 19.0
+    assert (got["judged"]["verify_verdict"], got["judged"]["verify_confidence"]) == ("right", pytest.approx(0.9))
+    assert json.loads(got["judged"]["verify_evidence"])["reason"] == "all four are renewable."
+    assert (got["checked"]["verify_method"], got["checked"]["verify_verdict"]) == ("answer_check", "right")
+    assert (got["cut"]["verify_method"], got["cut"]["verify_verdict"]) == ("none", "unsure")
+    # the tests were written without the answer: no test prompt carries it
+    test_prompts = [r.messages[-1][1] for r in sent.sent if routes.template_of(r) == "verify/tests.j2"]
+    assert test_prompts and not any("reverse_words" in p or "[::-1]" in p for p in test_prompts)
+    # the samples differ by sample index (distinct cache keys), never the greedy answer's key
+    samples = [r for r in sent.sent if routes.template_of(r) == "respond/response.j2"]
+    assert sorted(r.sample_index for r in samples) == [1, 2] and {r.temperature for r in samples} == {0.7}
+
+
+def test_a_failing_method_or_call_leaves_its_items_unsure_and_the_others_verified(repo):
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    (responder, _), (judge, _) = fake_llm("responder", routes), fake_llm(
+        "judge", lambda r: Completion.failure("prompt_too_long", "the prompt does not fit"))
+
+    def broken_runner(program, tests):
+        raise OSError("sandbox gone")
+
+    out = verify(table(), responder, judge, prompts, VerifySettings(), {}, runner=broken_runner)
+    got = {r["id"]: r for r in out.to_dicts()}
+    assert got["code-right"]["verify_verdict"] == "unsure"
+    assert "sandbox gone" in json.loads(got["code-right"]["verify_evidence"])["error"]
+    assert got["judged"]["verify_verdict"] == "unsure"  # the judge's calls failed
+    assert got["num-wrong"]["verify_verdict"] == "wrong"  # the other methods went on
+
+
+def test_verify_stage_writes_items_and_metrics(tmp_path, monkeypatch, repo):
+    from evolforge.io.records import write_output
+
+    routes = replies()
+
+    def fake_role(params, name, cache=None):
+        return fake_llm(name, routes)[0]
+
+    monkeypatch.setattr("evolforge.steps.verify.step.open_role", fake_role)
+    write_output(tmp_path / "clean", table())
+    (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("evolforge.core.prompts.PromptLibrary.render", _watched(routes))
+    run_stage("verify.py", "--items", "clean", "--prompts", str(repo / "prompts"), "--out", "verified",
+              "--metrics", "m/verify.json")
+    written = pl.read_parquet(tmp_path / "verified" / "items.parquet")
+    assert written["id"].to_list() == table()["id"].to_list()
+    metrics = json.loads((tmp_path / "m" / "verify.json").read_text())
+    assert metrics["items"] == 6 and metrics["verified"] == 5
+    assert metrics["per_method"]["code_tests"] == {"right": 1, "wrong": 1, "unsure": 0}
+    assert metrics["per_verdict"] == {"right": 3, "wrong": 2, "unsure": 1} and metrics["calls"] > 0
+
+
+def _watched(routes: TemplateReplies):
+    """PromptLibrary.render, noting each rendered template for the routes (the stage builds its own library)."""
+    original = PromptLibrary.render
+
+    def render(self, template, /, **variables):
+        return routes.note(template, variables, original(self, template, **variables))
+    return render
+
+
+# --- selection ------------------------------------------------------------------------------------------------------
+
+def ranked_table() -> pl.DataFrame:
+    return pl.DataFrame({
+        "id": ["a", "b", "c", "d", "e"], "round": [0, 3, 0, 1, 2],
+        "instruction": [REVERSE, REVERSE.replace("reverses the words in a sentence",
+                                                 "takes a sentence as input and returns it with its words reversed"),
+                        SUM_DIFF, "List four renewable sources of energy.", "Describe the water cycle."],
+        "input": [""] * 5,
+        "output": [REVERSE_RIGHT, REVERSE_RIGHT, "38 and 12.", "Solar, wind, hydro, geothermal.", "Rain falls."],
+        "ic_ifd": [0.9, 0.8, 0.7, 0.6, 0.5],
+        "verify_verdict": ["right", "right", "wrong", "right", "unsure"],
+        "verify_confidence": [1.0, 1.0, 0.25, 0.9, None]})
+
+
+def test_select_drops_wrong_answers_and_near_duplicates_and_fills_their_places():
+    chosen, summary, excluded = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=0.6,
+                                                                            near_duplicates=0.7))
+    assert chosen["id"].to_list() == ["a", "d", "e"]  # b repeats a's answer, c is wrong; d and e move up
+    reasons = dict(zip(excluded["id"].to_list(), excluded["skip_reason"].to_list()))
+    assert reasons == {"c": "verified_wrong", "b": "near_duplicate_of_selected"}
+    assert summary["removed_by_filter"] == {"verified_wrong": 1, "near_duplicate_of_selected": 1}
+
+
+def test_select_switches_and_confidence_floor():
+    off = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=1.0, drop_wrong=False,
+                                                      near_duplicates=None)).chosen
+    assert off["id"].to_list() == ["a", "b", "c", "d", "e"]
+    floor = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=1.0, min_confidence=0.95,
+                                                        near_duplicates=None)).chosen
+    assert floor["id"].to_list() == ["a", "b", "e"]  # d below the floor; e never measured, stays
+    unverified = select_items(ranked_table().drop("verify_verdict", "verify_confidence"),
+                              SelectSettings("ic_ifd", top_fraction=1.0, near_duplicates=None)).chosen
+    assert unverified.height == 5  # a table without the verify columns: nothing to drop
+
+
+def test_the_select_stage_reads_the_walks_texts_from_the_items_file(tmp_path):
+    from evolforge.steps.select.narrow import file_texts
+
+    ranked_table().write_parquet(tmp_path / "items.parquet")
+    read = file_texts(str(tmp_path / "items.parquet"))
+    assert sorted(read(["c", "a"])) == [("a", REVERSE, REVERSE_RIGHT), ("c", SUM_DIFF, "38 and 12.")]
+    assert walk_near_duplicates(["a", "b", "c", "d"], read, 0.7) == ["b"]
+
+
+def test_near_duplicate_walk_compares_instructions_too_and_stops_at_the_budget():
+    texts = {"x": ("Add two numbers and print the sum.", "1"), "y": ("Add two  numbers and PRINT the sum.", "2"),
+             "z": ("Name a river.", "3"), "w": ("Name a city.", "4")}
+    read = lambda ids: [(i, *texts[i]) for i in ids]  # noqa: E731
+    assert walk_near_duplicates(["x", "y", "z", "w"], read, 0.7) == ["y"]
+    assert walk_near_duplicates(["x", "z", "y"], read, 0.7, keep_at_most=2) == []  # y past the budget
+
+
+# --- seen by people -------------------------------------------------------------------------------------------------
+
+def test_card_and_report_show_each_selected_items_verification(tmp_path):
+    from evolforge.report.sections import verification_html
+    from evolforge.steps.select.card import verification_section
+
+    selected = ranked_table().with_columns(verify_method=pl.Series(["code_tests", "code_tests", "numeric", "judge",
+                                                                    "judge"]),
+                                           verify_evidence=pl.Series([
+                                               '{"tests": 4, "kept_tests": 3, "answer_passed": 3, "programs": 3}',
+                                               "{}", '{"answer_value": 12.0, "sample_values": [19.0, 19.0]}',
+                                               '{"p_right": 0.9, "reason": "all four are renewable."}', "{}"]))
+    selected.write_parquet(tmp_path / "items.parquet")
+    card = verification_section(tmp_path / "items.parquet")
+    assert "| code_tests | right | 2 |" in card and "| numeric | wrong | 1 |" in card
+    assert "passed 3 of 3 kept tests (4 written, 2 independent solutions)" in card
+    assert "answer 12; samples 19, 19; program -" in card
+    ranked_table().drop("verify_verdict", "verify_confidence").write_parquet(tmp_path / "plain.parquet")
+    assert "no answer was checked" in verification_section(tmp_path / "plain.parquet")
+    page = verification_html({"verification": {
+        "metrics": {"per_method": {"judge": {"right": 1, "wrong": 0, "unsure": 0}}},
+        "selected": [{"id": "d", "round": 1, "instruction": "List four.", "output": "Solar.", "method": "judge",
+                      "verdict": "right", "confidence": 0.9, "evidence": "P(right) 0.90: all <four>"}]}})
+    assert "all &lt;four&gt;" in page and "<td class='evolved'>right</td>" in page
+    assert "no verify stage" in verification_html({})
