@@ -178,6 +178,28 @@ def test_each_server_kind_gets_each_control_in_its_own_parameters():
     assert "response_format" not in chat_body(choices, "m", "response_format", "llamacpp")
 
 
+def test_a_prefix_grammar_holds_the_stop_strings_after_the_prefix():
+    """llama.cpp's server applies `stop` to the prefix its grammar wrote: the shipped optimize controls
+    (prefix "```Optimized Method\\n", stop "```") would end every answer at its own opening fence. The stop
+    strings go in the grammar instead, after the prefix, and come off the text as a server's stop would."""
+    from evolforge.llm.backends.openai.request import chat_body, unwrap_answer
+    from evolforge.llm.types import Completion
+
+    prefix = "```Optimized Method\n"
+    request = ask(controls=Controls(assistant_prefix=prefix, stop=("```",)))
+    llama = chat_body(request, "m", "response_format", "llamacpp")
+    assert "stop" not in llama
+    assert llama["grammar"].startswith('root ::= "```Optimized Method\\x0A" s0') and '| "`"' in llama["grammar"]
+    vllm = chat_body(request, "m", "response_format", "vllm")
+    assert vllm["stop"] == ["```"] and vllm["continue_final_message"]  # vLLM applies it to the continuation only
+    assert chat_body(ask(controls=Controls(stop=("```",))), "m", "response_format", "llamacpp")["stop"] == ["```"]
+    written = Completion(prefix + "Step 1: list methods.\n```", "stop")
+    out = unwrap_answer(request, written, "response_format", "llamacpp")
+    assert out.text == "```Optimized Method\nStep 1: list methods." and out.finish_reason == "stop"
+    open_block = Completion(prefix + "Step 1: list", "length")  # cut at max_tokens: left as it came
+    assert unwrap_answer(request, open_block, "response_format", "llamacpp") == open_block
+
+
 def test_a_stage_control_is_refused_where_it_is_written():
     from evolforge.config.servers import server_problems
 
