@@ -49,12 +49,13 @@ import orjson
 from evolforge.llm.cache import CallCache
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.types import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities, Completion,
-                                 collect)
+from evolforge.llm.types import (ERROR_CHARS, PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities,
+                                 Completion, collect)
 from evolforge.llm.backends.openai.batch import BatchJobs
 from evolforge.llm.backends.openai.http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG,
                                                 Finished, LLMRequestError, Pace, Secret, Waker, api_key, is_loopback,
-                                                parse_completion, parse_retry_after, preview, setting_hint, stepped)
+                                                parse_completion, parse_retry_after, preview, server_message,
+                                                setting_hint, stepped)
 from evolforge.llm.backends.openai.replicas import Replica, Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
 from evolforge.llm.thinking import DEFAULT_TAGS, separate
@@ -356,10 +357,12 @@ class OpenAIBackend:
             if completion is not None:
                 return completion
             return f"malformed response body: {preview(raw)}"
-        if status >= 500 and VALIDATION.search(raw[:4000].decode("utf-8", "replace")):
+        if status >= 500 and VALIDATION.search(raw[:ERROR_CHARS].decode("utf-8", "replace")):
             # a server that answers a request it cannot take with 500 (llama-cpp-python's): the same every time
+            # the setting to change first, then the server's message whole (it may name the fix itself)
             return Completion.failure(REQUEST_REJECTED, self.redact(
-                f"HTTP {status} (a validation error: not retried): {preview(raw)}{setting_hint(raw, self.role_name)}"))
+                f"HTTP {status} (a validation error: not retried){setting_hint(raw, self.role_name)}; the server "
+                f"said: {server_message(raw)}"))
         if 300 <= status < 400:
             raise LLMRequestError(self.redact(
                 f"POST {url}: the server answered HTTP {status}, a redirect to {location!r}; redirects "
@@ -370,9 +373,10 @@ class OpenAIBackend:
                 f"would fail the same way (check the key, base_url and model)"), status)
         if status in RETRY_STATUSES or status >= 500:
             return f"HTTP {status}: {preview(raw)}"
-        message = preview(raw)
+        message = server_message(raw)
         reason = PROMPT_TOO_LONG if TOO_LONG.search(message) else REQUEST_REJECTED
-        return Completion.failure(reason, self.redact(f"HTTP {status}: {message}"))
+        hint = setting_hint(raw, self.role_name) if reason == REQUEST_REJECTED else ""
+        return Completion.failure(reason, self.redact(f"HTTP {status}: {message}{hint}"))
 
     def retry_delay(self, attempt: int, retry_after: float | None, throttled: bool = False) -> float:
         # At least the backoff, whatever Retry-After says (0 would mean a burst of retries); jitter above
