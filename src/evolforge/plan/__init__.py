@@ -18,6 +18,9 @@ previous runs' answers survived. Stages without an LLM role that lie between two
 embedder, the fine-tuned model) or write models are not run, and a stage after one of them is planned on
 its previous outputs (the plan says so).
 
+A role whose ``models/identity.json`` entry does not match params (its roles just moved to a server) is counted
+from params alone (evolforge.llm.backends.dryrun), its rows marked ``pinned: false`` and noted as estimates.
+
 Per stage, role and call: requests, prompt tokens (counted as docs/llm.md says), completion tokens as an
 upper bound (``max_tokens``) and an expected value (the mean completion length recorded for that role
 and call), the cost from the role's prices, and the time from the role's recorded seconds per call.
@@ -84,6 +87,9 @@ class Row:
     # of prompt_tokens, those the provider's prompt cache is expected to serve (at the share observed for this
     # role and call; priced at price_per_mtok_cached_prompt in cost_expected); None when none was observed
     cached_prompt_tokens_expected: int | None = None
+    # False: the role is not pinned by models/identity.json as params name it (the models stage has not run since
+    # its roles moved): requests counted against the cache under the identity params give, so estimates
+    pinned: bool = True
 
 
 @dataclass
@@ -213,6 +219,13 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
         plan.notes.append(f"planned with {params_file} as params.yaml")
     if ledger is not None:
         ledger.close()
+    unpinned = sorted({r.role for r in plan.rows if not r.pinned})
+    if unpinned:
+        plan.notes.append(
+            f"not pinned yet (marked *): {', '.join(f'roles.{r}' for r in unpinned)}; models/identity.json does not "
+            f"pin them as params.yaml names them (`dvc repro models` has not run since), so their requests are counted "
+            f"from params alone, against the call cache under the identity params give, with the tokenizer each "
+            f"role names (bytes/4 without one): estimates")
     later = [r for r in plan.rows if r.stage != plan.rows[0].stage] if plan.rows else []
     if later:
         plan.notes.append(f"exact: the requests of {plan.rows[0].stage} that depend only on its inputs; its calls "
@@ -353,7 +366,7 @@ def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: S
     name (compare's ``compare_tuned`` and ``compare_other``, from roles.base)."""
     role = _priced_role(call, params)
     row = Row(stage, call["role"], call["label"], call["requests"], call["prompt_tokens"], call["max_tokens"],
-              counted=call["counted"])
+              counted=call["counted"], pinned=call.get("pinned", True))
     if ledger is not None:
         seen = ledger.spent(role=role.name, label=call["label"])
         if not seen.calls:
