@@ -177,3 +177,39 @@ def test_greedy_answers_and_rankings_are_the_llamacpp_backends(server, gguf_fold
         ask = ChatRequest.chat([{"role": "user", "content": alike[0]}], choices=choices, rank=True)
         [mine], [theirs] = local.generate([ask]), remote.generate([ask])
         assert json.loads(theirs.text) == pytest.approx(json.loads(mine.text), abs=1e-3)
+
+
+def test_optimize_writes_candidates_on_the_server(server, gguf_folder, tmp_path):
+    """Issue 60: the shipped optimize controls (assistant_prefix "```Optimized Method\\n", stop "```") on the server.
+    Sent as its `stop`, the stop string ends every answer at the prefix's own opening fence (the grammar writes the
+    prefix): every candidate is empty. Held in the grammar after the prefix, the candidates are written."""
+    import urllib.request
+
+    from evolforge.llm.backends.openai.request import chat_body, text_grammar
+    from evolforge.steps.optimize.step import parse_optimized_method, propose_methods
+
+    params = served_params(server, gguf_folder)
+    controls = params["optimize"]["controls"]
+    assert controls == {"assistant_prefix": "```Optimized Method\n", "stop": ["```"]}  # shipped
+    optimizer = role_llm(params, "optimizer", CallCache(tmp_path / "cache.sqlite"))
+    trajectory = [{"id": 0, "stage0": "Name a colour.", "stage1": "Name a colour and say why."},
+                  {"id": 1, "stage0": "Add two numbers.", "stage1": "Add two numbers."}]
+    method = "Step 1: list methods.\nStep 2: rewrite the instruction."
+    candidates = propose_methods(optimizer, PromptLibrary(REPO / "prompts"), trajectory, method, candidates=3,
+                                 controls=controls)
+    parsed = [c for c in candidates if c.method is not None]
+    assert parsed, [(c.parse_error, c.answer) for c in candidates]  # at least one (the tiny model: every one)
+    assert all(c.answer.startswith("```Optimized Method\n") and "```" not in c.answer[3:] for c in parsed)
+
+    # what the server does with the stop string as its own `stop` parameter: the answer ends at the prefix
+    request = optimizer.request([{"role": "user", "content": "Improve the method."}],
+                                controls=optimizer.role.controls.merged(controls, "optimize.controls"))
+    body = chat_body(request, "tiny", "response_format", "llamacpp")
+    assert "stop" not in body and body["grammar"] == text_grammar((), controls["assistant_prefix"], ("```",))
+    body.update(stop=["```"], grammar=text_grammar((), controls["assistant_prefix"]))
+    ask = urllib.request.Request(f"{server}/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(ask, timeout=60) as reply:
+        text = json.loads(reply.read())["choices"][0]["message"]["content"]
+    assert text.strip() in ("", "```Optimized Method")  # llama-cpp-python 0.3.36: "" (cut at the first fence)
+    assert parse_optimized_method(text, "stop")[0] is None
