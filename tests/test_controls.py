@@ -211,10 +211,13 @@ def test_a_stage_control_is_refused_where_it_is_written():
     assert any(p.startswith("evolve.controls.no_repeat_ngram_size: an OpenAI-compatible server (roles.evolver) "
                             "cannot honour") for p in problems)
     assert not any("banned_strings" in p for p in problems)
-    assert any(p.startswith("judge.probabilities: on a server it needs roles.judge.tokenizer") for p in problems)
+    assert not any(p.startswith("judge.probabilities") for p in problems)  # every kind ranks (a walk of top_logprobs)
     found = server_problems(params, {"evolver": "openai", "judge": "openai"})
     assert any(p.startswith("evolve.controls.banned_strings: backend 'openai' (roles.evolver) cannot") for p in found)
-    assert any(p.startswith("judge.probabilities: the judge's server") for p in found)
+    assert not any(p.startswith("judge.probabilities") for p in found)
+    # vLLM's echoed prompt log-probabilities need the served model's tokenizer
+    vllm = server_problems(params, {"evolver": "vllm", "judge": "vllm"})
+    assert any(p.startswith("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer") for p in vllm)
 
 
 def test_the_readme_server_blocks_are_valid_params():

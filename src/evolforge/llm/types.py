@@ -71,8 +71,8 @@ def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) ->
     if not spec_of(backend).ranks and any(r.rank for r in requests):
         raise ControlsError(f"params.yaml judge.probabilities ({where}): {backend.replace('openai:', 'the ')} "
                             f"{'server' if backend.startswith('openai') else 'backend'} cannot score answers by "
-                            f"their probabilities (it needs the prompt log-probabilities of whole answers: backend "
-                            f"hf, llamacpp or vllm, or a vLLM / llama.cpp server with roles.<role>.tokenizer); set "
+                            f"their probabilities (it needs the log-probabilities of whole answers: backend "
+                            f"hf, llamacpp, vllm or openai); set "
                             f"judge.probabilities: false")
     if any(r.rank and not r.choices for r in requests):
         raise ControlsError(f"{where}: a ranking request needs its choices")

@@ -60,6 +60,7 @@ from evolforge.llm.backends.openai.replicas import Replica, Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
 from evolforge.llm.thinking import DEFAULT_TAGS, separate
 from evolforge.llm.backends.openai.ranking import rank_on_server
+from evolforge.llm.backends.openai.walk import TOP_LOGPROBS, walk_on_server
 
 # a server's answer to a request it could not validate, when it sends it as 500 (pydantic / FastAPI wording)
 VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|"
@@ -74,6 +75,7 @@ class OpenAIBackend:
     thinking_tags: tuple[str, ...] = DEFAULT_TAGS  # a reasoning model's markers (the role's thinking_tags)
     server = "openai"  # what the server is: vllm | llamacpp | openai (evolforge.llm.backends.openai.served)
     role_name = "?"  # the role, for messages that name its settings
+    top_logprobs = TOP_LOGPROBS  # how many next tokens a ranking's walk asks for (roles.<role>.extra.top_logprobs)
 
     def __init__(
         self,
@@ -174,6 +176,7 @@ class OpenAIBackend:
         )
         backend.thinking_tags = tuple(role.thinking_tags)
         backend.role_name = role.name
+        backend.top_logprobs = int(role.extra.get("top_logprobs", TOP_LOGPROBS))
         from evolforge.llm.backends.openai.served import server_kind
 
         backend.server = server_kind(role, strict=False)  # asks GET /models once when the role says auto
@@ -283,8 +286,10 @@ class OpenAIBackend:
         refused = self.too_long(request)
         if refused is not None:
             return refused
-        if request.rank:
-            return await rank_on_server(self, session, request, replicas)
+        if request.rank:  # echoed prompt log-probabilities where they come back right, else a walk of top_logprobs
+            if self.server == "vllm":
+                return await rank_on_server(self, session, request, replicas)
+            return await walk_on_server(self, session, request, replicas)
         return await self.post(session, request, replicas, "chat/completions", orjson.dumps(self.payload(request)),
                                self._chat_answer)
 
