@@ -18,9 +18,6 @@ previous runs' answers survived. Stages without an LLM role that lie between two
 embedder, the fine-tuned model) or write models are not run, and a stage after one of them is planned on
 its previous outputs (the plan says so).
 
-A role whose ``models/identity.json`` entry does not match params (its roles just moved to a server) is counted
-from params alone (evolforge.llm.backends.dryrun), its rows marked ``pinned: false`` and noted as estimates.
-
 Per stage, role and call: requests, prompt tokens (counted as docs/llm.md says), completion tokens as an
 upper bound (``max_tokens``) and an expected value (the mean completion length recorded for that role
 and call), the cost from the role's prices, and the time from the role's recorded seconds per call.
@@ -41,7 +38,7 @@ from evolforge.llm.cache import DEFAULT_CACHE_PATH
 from evolforge.schema import load_params
 from evolforge.config.roles import Role, load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
-from evolforge.llm.backends.dryrun import DRY_RUN_ENV
+from evolforge.llm.backends.dryrun import DRY_RUN_ENV, unpinned_note
 
 MODEL_ROLES = {"scorer", "embedder", "base"}  # roles a stage loads itself (not chat calls through the cache)
 NOTHING_AFTER = "so nothing after it runs for it"
@@ -87,9 +84,7 @@ class Row:
     # of prompt_tokens, those the provider's prompt cache is expected to serve (at the share observed for this
     # role and call; priced at price_per_mtok_cached_prompt in cost_expected); None when none was observed
     cached_prompt_tokens_expected: int | None = None
-    # False: the role is not pinned by models/identity.json as params name it (the models stage has not run since
-    # its roles moved): requests counted against the cache under the identity params give, so estimates
-    pinned: bool = True
+    pinned: bool = True  # False: models/identity.json does not pin the role as params name it yet (estimates)
 
 
 @dataclass
@@ -219,13 +214,7 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
         plan.notes.append(f"planned with {params_file} as params.yaml")
     if ledger is not None:
         ledger.close()
-    unpinned = sorted({r.role for r in plan.rows if not r.pinned})
-    if unpinned:
-        plan.notes.append(
-            f"not pinned yet (marked *): {', '.join(f'roles.{r}' for r in unpinned)}; models/identity.json does not "
-            f"pin them as params.yaml names them (`dvc repro models` has not run since), so their requests are counted "
-            f"from params alone, against the call cache under the identity params give, with the tokenizer each "
-            f"role names (bytes/4 without one): estimates")
+    plan.notes += unpinned_note(sorted({r.role for r in plan.rows if not r.pinned}))
     later = [r for r in plan.rows if r.stage != plan.rows[0].stage] if plan.rows else []
     if later:
         plan.notes.append(f"exact: the requests of {plan.rows[0].stage} that depend only on its inputs; its calls "

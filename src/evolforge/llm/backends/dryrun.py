@@ -57,6 +57,14 @@ def params_identity(role: Role) -> dict[str, Any]:
     return {"unpinned": role.model, **({"revision": role.revision} if role.revision else {})}
 
 
+def unpinned_note(roles: list[str]) -> list[str]:
+    """The plan's note on the roles a dry run counted from params alone (none when every role was pinned)."""
+    names = ", ".join(f"roles.{r}" for r in roles)
+    return [f"not pinned yet (marked *): {names}; models/identity.json does not pin them as params.yaml names "
+            f"them (`dvc repro models` has not run since): their requests are counted from params alone, with the "
+            f"tokenizer each role names: estimates"] if roles else []
+
+
 def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
            desc: str, pinned: bool = True) -> dict[str, str | None]:
     """Record the misses of one generate call; returns {key: stand-in answer or None}. ``pinned``: False for a
@@ -129,4 +137,5 @@ def role_tokenizer(role: Role) -> Any:
     return _TOKENIZERS[name]
 
 
-__all__ = ["DRY_RUN", "DRY_RUN_ENV", "PromptCounter", "active", "params_identity", "record", "role_tokenizer"]
+__all__ = ["DRY_RUN", "DRY_RUN_ENV", "PromptCounter", "active", "params_identity", "record", "role_tokenizer",
+           "unpinned_note"]

@@ -209,6 +209,21 @@ def select_candidate(candidates: list[Candidate], current: MethodScore, selectio
     raise ValueError(f"params.yaml optimize.selection: {selection!r} is not one of {SELECTIONS}")
 
 
+def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], settings: OptimizeSettings) -> int:
+    """How many of a step's candidates parsed. None: warned in the stage log and kept in the result's warnings (the
+    metrics, the report); the stage stops there under ``optimize.on_unparseable: stop``."""
+    parsed = sum(c.method is not None for c in proposals)
+    if parsed:
+        return parsed
+    warning = unparseable_warning(step, proposals)
+    result.warnings.append(warning)
+    print(f"optimize: warning: {warning}", flush=True)  # the stage log, as it happens
+    if settings.on_unparseable == "stop":
+        raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unparseable: stop): {warning}; "
+                         f"every answer is in the call cache, so a rerun asks only what changed")
+    return 0
+
+
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
@@ -235,14 +250,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             if c.method is not None:
                 c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
                                      desc=f"step {step} candidate {c.index}", **evolving)
-        parsed = sum(c.method is not None for c in proposals)
-        if not parsed:
-            warning = unparseable_warning(step, proposals)
-            result.warnings.append(warning)
-            print(f"optimize: warning: {warning}", flush=True)  # the stage log, as it happens
-            if settings.on_unparseable == "stop":
-                raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unparseable: stop): {warning}; "
-                                 f"every answer is in the call cache, so a rerun asks only what changed")
+        parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
         if chosen is not None:

@@ -119,27 +119,7 @@ def text_grammar(banned: tuple[str, ...], prefix: str = "", stop: tuple[str, ...
     kinds = {b: "banned" for b in banned if b}
     kinds.update({s: "stop" for s in stop if s and s not in kinds})  # banned wins: it is never written
     patterns = sorted(kinds)
-    goto: list[dict[str, int]] = [{}]
-    ends: list[set[str]] = [set()]  # the kinds of the strings a state has just completed
-    for pattern in patterns:
-        state = 0
-        for c in pattern:
-            if c not in goto[state]:
-                goto.append({})
-                ends.append(set())
-                goto[state][c] = len(goto) - 1
-            state = goto[state][c]
-        ends[state].add(kinds[pattern])
-    fail = [0] * len(goto)
-    order = list(goto[0].values())
-    for state in order:  # breadth first: a state's failure link is known before its children's
-        for c, child in goto[state].items():
-            f = fail[state]
-            while f and c not in goto[f]:
-                f = fail[f]
-            fail[child] = goto[f].get(c, 0) if goto[f].get(c, 0) != child else 0
-            ends[child] |= ends[fail[child]]
-            order.append(child)
+    goto, fail, ends = _automaton(patterns, kinds)
     alphabet = {c for p in patterns for c in p}
 
     def step(state: int, c: str) -> int:
@@ -168,6 +148,33 @@ def text_grammar(banned: tuple[str, ...], prefix: str = "", stop: tuple[str, ...
             alternatives.append(f"[{_char_class(set(to_root))}] s0")
         rules.append(f"s{state} ::= " + " | ".join(alternatives))
     return "\n".join(rules)
+
+
+def _automaton(patterns: list[str], kinds: dict[str, str]) -> tuple[list[dict[str, int]], list[int], list[set[str]]]:
+    """The Aho-Corasick automaton of ``patterns``: its moves, failure links and, per state, the kinds of the
+    patterns it has just completed."""
+    goto: list[dict[str, int]] = [{}]
+    ends: list[set[str]] = [set()]  # the kinds of the strings a state has just completed
+    for pattern in patterns:
+        state = 0
+        for c in pattern:
+            if c not in goto[state]:
+                goto.append({})
+                ends.append(set())
+                goto[state][c] = len(goto) - 1
+            state = goto[state][c]
+        ends[state].add(kinds[pattern])
+    fail = [0] * len(goto)
+    order = list(goto[0].values())
+    for state in order:  # breadth first: a state's failure link is known before its children's
+        for c, child in goto[state].items():
+            f = fail[state]
+            while f and c not in goto[f]:
+                f = fail[f]
+            fail[child] = goto[f].get(c, 0) if goto[f].get(c, 0) != child else 0
+            ends[child] |= ends[fail[child]]
+            order.append(child)
+    return goto, fail, ends
 
 
 def cut_at_stop(text: str, prefix: str, stop: tuple[str, ...]) -> tuple[str, bool]:

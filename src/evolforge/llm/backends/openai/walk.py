@@ -36,7 +36,7 @@ import orjson
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import Completion
 
-EXPAND_AT = 0.002  # a prefix this probable (of all the answers' mass) is walked when its answers are not known
+EXPAND_AT = 0.002  # a prefix with this share of the answers' mass is walked when its answers are not known
 MAX_GENERATIONS = 24  # per ranking request, at most
 TOP_LOGPROBS = 20  # the most the OpenAI API lists; roles.<role>.extra.top_logprobs for more where a server allows
 UNSEEN = -1000.0  # the log-probability of an answer the walk never saw
@@ -84,7 +84,7 @@ def answer_probabilities(choices: tuple[str, ...], seen: dict[str, dict[str, flo
     ({'1': 0.25, '10': 0.25, '2': 0.5}, {})
     """
     probs = dict.fromkeys(choices, 0.0)
-    todo: dict[str, float] = {}
+    pending: dict[str, float] = {}
     stack = [("", 1.0)]
     while stack:
         prefix, mass = stack.pop()
@@ -93,8 +93,8 @@ def answer_probabilities(choices: tuple[str, ...], seen: dict[str, dict[str, flo
         if top is None:
             if len(under) == 1:
                 probs[under[0]] += mass  # one answer there: no walk needed (a leaf ends there)
-            elif mass >= EXPAND_AT:
-                todo[prefix] = todo.get(prefix, 0.0) + mass
+            else:
+                pending[prefix] = pending.get(prefix, 0.0) + mass
             continue
         if prefix in probs:
             ends = [math.exp(lp) for t, lp in top.items() if t in END_TOKENS]
@@ -105,7 +105,9 @@ def answer_probabilities(choices: tuple[str, ...], seen: dict[str, dict[str, flo
             nxt = prefix + token
             if any(c.startswith(nxt) for c in under):
                 stack.append((nxt, mass * math.exp(lp)))
-    return probs, todo
+    # EXPAND_AT of the answers' mass (seen or not): a model may give all of them little of its whole vocabulary
+    total = sum(probs.values()) + sum(pending.values())
+    return probs, {p: m for p, m in pending.items() if m >= EXPAND_AT * total}
 
 
 def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None, top: int) -> dict[str, Any]:
