@@ -61,6 +61,10 @@ def test_ranking_is_keyed_apart_and_refused_where_a_backend_cannot_score():
     plain = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"))
     ranked = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"), rank=True)
     assert llm.key(plain) != llm.key(ranked)
+    served = Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+    walked = LLM(None, None, role=served, identity={"served_model": "m", "server": "llamacpp"})
+    echoed = LLM(None, None, role=served, identity={"served_model": "m", "server": "vllm"})
+    assert walked._constraint(ranked)["rank"] == "top_logprobs" and echoed._constraint(ranked)["rank"] is True
     ray = LLM(FakeBackend(), None, role=Role(name="judge", backend="ray", model="m"))
     with pytest.raises(ControlsError, match="cannot score answers by their probabilities"):
         ray.generate([ranked])

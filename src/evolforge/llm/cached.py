@@ -152,7 +152,10 @@ class LLM:
         if request.choices is not None:
             constraint["choices"] = list(request.choices)
             if request.rank:  # log-probabilities of every choice instead of a decoded answer
-                constraint["rank"] = True
+                # a server other than vLLM's walks top_logprobs (evolforge.llm.backends.openai.walk): keyed apart from
+                # the echoed prompt log-probabilities it was once read from (llama-cpp-python's were off by one)
+                walked = self.role.backend == "openai" and self._identity.get("server") != "vllm"
+                constraint["rank"] = "top_logprobs" if walked else True
             elif self.role.backend == "openai":
                 constraint["format"] = self.role.choice_format
         if controls:
