@@ -34,7 +34,7 @@ from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.evolver_analysis.settings import AnalysisSettings
 from evolforge.steps.judge.settings import JudgeSettings
-from evolforge.steps.optimize.answer_format import answer_problems
+from evolforge.config.optimize_answer import answer_problems
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.score.settings import ScoreSettings

@@ -60,7 +60,7 @@ from evolforge.config.loader import load_section
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import VERSIONS, atomic_dir, output_versions, read_table, write_json, write_jsonl
-from evolforge.steps.optimize.answer_format import OPENER, answer_problems
+from evolforge.config.optimize_answer import OPENER, answer_problems
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_role

@@ -1,5 +1,6 @@
 """What the optimization turn's answer must hold for a candidate to parse, checked against its controls before
-any request (``evolforge check`` and the models stage, through :func:`evolforge.schema.cross_checks`).
+any request (``evolforge check`` and the models stage, through :func:`evolforge.schema.cross_checks`, and the
+optimize stage). A config module: checking a whole params file loads only the config and the steps' settings.
 
 A candidate is the text of a ```` ```Optimized Method ```` block (:func:`evolforge.steps.optimize.step.
 parse_optimized_method`). The answer is ``assistant_prefix`` (when set) followed by what the model writes, and
@@ -21,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from evolforge.config.roles import Controls, Role
+from evolforge.config.roles import Controls, load_role
 
 OPENING = "```Optimized Method"  # as the optimization prompt asks for it (prompts/optimize/optimization.j2)
 # the opening fence the parser accepts: any case, with or without spaces or an underscore
@@ -60,13 +61,11 @@ def answer_problems(params: Mapping[str, Any]) -> list[str]:
     """:func:`format_problems` of the optimization turn's controls (roles.optimizer's under optimize.controls),
     when the optimize stage makes calls (``evolve.strategy: auto``)."""
     evolve, optimize = params.get("evolve") or {}, params.get("optimize") or {}
-    roles = params.get("roles") or {}
-    if not isinstance(evolve, Mapping) or evolve.get("strategy", "evol") != "auto" or "optimizer" not in roles:
+    if not isinstance(evolve, Mapping) or evolve.get("strategy", "evol") != "auto":
         return []
     try:
-        role = Role.from_params("optimizer", roles["optimizer"])
-        controls = role.controls.merged(optimize.get("controls") if isinstance(optimize, Mapping) else None,
-                                        "optimize.controls")
+        controls = load_role(params, "optimizer").controls.merged(
+            optimize.get("controls") if isinstance(optimize, Mapping) else None, "optimize.controls")
     except (ValueError, TypeError):
-        return []  # the sections' own checks name what is wrong
+        return []  # the sections' own checks name what is wrong (a missing role among them)
     return format_problems(controls)
