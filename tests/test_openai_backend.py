@@ -379,3 +379,13 @@ def test_a_refusal_keeps_the_servers_message_whole_and_names_the_setting(server,
     with pytest.raises(LLMFailureError, match=r"First failure: request_rejected: HTTP 500 .*set roles\.judge\.server"
                                               r".*roles\.judge\.choice_format: none"):
         check_failures()  # at the stage's end
+
+
+def test_llama_cpp_pythons_refusal_of_log_probabilities_says_how_to_start_it(server):
+    server.always = reply(500, {"error": {"message": "logprobs is not supported for models created with "
+                                                     "logits_all=False", "type": "internal_server_error"}})
+    judge = OpenAIBackend(server.base_url, "test-model", concurrency=1, max_retries=3, backoff_s=0.01)
+    judge.server = "llamacpp"
+    [failed] = judge.generate([ask("Easy or hard?", choices=("easy", "hard"), rank=True)])
+    assert failed.failure_reason == "request_rejected" and server.count() == 1  # not retried: the same every time
+    assert "started with --logits_all true" in failed.error and "judge.probabilities: false" in failed.error

@@ -63,7 +63,8 @@ from evolforge.llm.backends.openai.ranking import rank_on_server
 from evolforge.llm.backends.openai.walk import TOP_LOGPROBS, walk_on_server
 
 # a server's answer to a request it could not validate, when it sends it as 500 (pydantic / FastAPI wording)
-VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|"
+# (and llama-cpp-python's refusal of logprobs without --logits_all)
+VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|logits_all=False|"
                         r"Extra inputs are not permitted|"
                         r"Unrecognized request argument|unexpected keyword argument")
 
@@ -379,7 +380,7 @@ class OpenAIBackend:
         if status in RETRY_STATUSES or status >= 500:
             return f"HTTP {status}: {preview(raw)}"
         message = server_message(raw)
-        reason = PROMPT_TOO_LONG if TOO_LONG.search(message) else REQUEST_REJECTED
+        reason = PROMPT_TOO_LONG if TOO_LONG.search(preview(raw)) else REQUEST_REJECTED  # the wording, not the request
         hint = setting_hint(raw, self.role_name) if reason == REQUEST_REJECTED else ""
         return Completion.failure(reason, self.redact(f"HTTP {status}: {message}{hint}"))
 
