@@ -178,6 +178,28 @@ def test_each_server_kind_gets_each_control_in_its_own_parameters():
     assert "response_format" not in chat_body(choices, "m", "response_format", "llamacpp")
 
 
+def test_a_prefix_grammar_holds_the_stop_strings_after_the_prefix():
+    """llama.cpp's server applies `stop` to the prefix its grammar wrote: the shipped optimize controls
+    (prefix "```Optimized Method\\n", stop "```") would end every answer at its own opening fence. The stop
+    strings go in the grammar instead, after the prefix, and come off the text as a server's stop would."""
+    from evolforge.llm.backends.openai.request import chat_body, unwrap_answer
+    from evolforge.llm.types import Completion
+
+    prefix = "```Optimized Method\n"
+    request = ask(controls=Controls(assistant_prefix=prefix, stop=("```",)))
+    llama = chat_body(request, "m", "response_format", "llamacpp")
+    assert "stop" not in llama
+    assert llama["grammar"].startswith('root ::= "```Optimized Method\\x0A" s0') and '| "`"' in llama["grammar"]
+    vllm = chat_body(request, "m", "response_format", "vllm")
+    assert vllm["stop"] == ["```"] and vllm["continue_final_message"]  # vLLM applies it to the continuation only
+    assert chat_body(ask(controls=Controls(stop=("```",))), "m", "response_format", "llamacpp")["stop"] == ["```"]
+    written = Completion(prefix + "Step 1: list methods.\n```", "stop")
+    out = unwrap_answer(request, written, "response_format", "llamacpp")
+    assert out.text == "```Optimized Method\nStep 1: list methods." and out.finish_reason == "stop"
+    open_block = Completion(prefix + "Step 1: list", "length")  # cut at max_tokens: left as it came
+    assert unwrap_answer(request, open_block, "response_format", "llamacpp") == open_block
+
+
 def test_a_stage_control_is_refused_where_it_is_written():
     from evolforge.config.servers import server_problems
 
@@ -189,10 +211,13 @@ def test_a_stage_control_is_refused_where_it_is_written():
     assert any(p.startswith("evolve.controls.no_repeat_ngram_size: an OpenAI-compatible server (roles.evolver) "
                             "cannot honour") for p in problems)
     assert not any("banned_strings" in p for p in problems)
-    assert any(p.startswith("judge.probabilities: on a server it needs roles.judge.tokenizer") for p in problems)
+    assert not any(p.startswith("judge.probabilities") for p in problems)  # every kind ranks (a walk of top_logprobs)
     found = server_problems(params, {"evolver": "openai", "judge": "openai"})
     assert any(p.startswith("evolve.controls.banned_strings: backend 'openai' (roles.evolver) cannot") for p in found)
-    assert any(p.startswith("judge.probabilities: the judge's server") for p in found)
+    assert not any(p.startswith("judge.probabilities") for p in found)
+    # vLLM's echoed prompt log-probabilities need the served model's tokenizer
+    vllm = server_problems(params, {"evolver": "vllm", "judge": "vllm"})
+    assert any(p.startswith("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer") for p in vllm)
 
 
 def test_the_documented_server_blocks_are_valid_params():

@@ -22,6 +22,7 @@ from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.judge.levels import LEVELS, SCORES
 from evolforge.steps.judge.step import judge
 from evolforge.steps.select.selection import select_items
+from evolforge.llm.ranking import choice_probabilities, expected_value
 
 
 def scripted(request: ChatRequest) -> str:
@@ -60,10 +61,13 @@ def test_ranking_is_keyed_apart_and_refused_where_a_backend_cannot_score():
     plain = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"))
     ranked = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"), rank=True)
     assert llm.key(plain) != llm.key(ranked)
-    server = LLM(FakeBackend(), None, role=Role(name="judge", backend="openai", model="m",
-                                                base_url="http://127.0.0.1:1/v1"))
+    served = Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+    walked = LLM(None, None, role=served, identity={"served_model": "m", "server": "llamacpp"})
+    echoed = LLM(None, None, role=served, identity={"served_model": "m", "server": "vllm"})
+    assert walked._constraint(ranked)["rank"] == "top_logprobs" and echoed._constraint(ranked)["rank"] is True
+    ray = LLM(FakeBackend(), None, role=Role(name="judge", backend="ray", model="m"))
     with pytest.raises(ControlsError, match="cannot score answers by their probabilities"):
-        server.generate([ranked])
+        ray.generate([ranked])
     with pytest.raises(ParamsError, match="judge.probabilities"):
         JudgeSettings(constrain=False, probabilities=True)
 
@@ -113,3 +117,70 @@ def test_a_dry_run_counts_no_completion_tokens_for_a_ranking(tmp_path, monkeypat
     record(role, None, [decoded], {"k": [0]}, "judge level")
     lines = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert [(line["requests"], line["max_tokens"]) for line in lines] == [(1, 0), (1, 32)]
+
+
+# --- on a chat API: a walk of top_logprobs (evolforge.llm.backends.openai.walk) ----------------------------------
+
+def _answers_model(center: float, spread: float) -> dict[str, float]:
+    """A model's probabilities over the 0-100 answers: a discretised bell around ``center``."""
+    weights = {s: math.exp(-((float(s) - center) / spread) ** 2 / 2) for s in SCORES}
+    total = sum(weights.values())
+    return {s: w / total for s, w in weights.items()}
+
+
+def _walking_server(answers: dict[str, float], asked: list[dict]):
+    """A chat server of a character-level model whose answers are ``answers``: greedy, held to the grammar's
+    answers, reporting the top next characters ("" is the end of the turn) at each one it writes."""
+    import re
+
+    from fake_openai import chat_body
+
+    def under(prefix: str) -> float:
+        return sum(p for a, p in answers.items() if a.startswith(prefix))
+
+    def reply(body: dict):
+        asked.append(body)
+        held = re.findall(r'"((?:[^"\\]|\\.)*)"', body["grammar"].split("::=", 1)[1])
+        written, content = "", []
+        while True:
+            here = under(written)
+            nxt = {c: under(written + c) / here for c in "0123456789" if under(written + c) > 0}
+            if written in answers:
+                nxt[""] = answers[written] / here
+            top = sorted(nxt.items(), key=lambda kv: -kv[1])[:body["top_logprobs"]]
+            allowed = [c for c in nxt if c and any(h.startswith(written + c) for h in held)]
+            if written in held:
+                allowed.append("")
+            pick = max(allowed, key=nxt.__getitem__)
+            if pick == "":
+                break
+            content.append({"token": pick, "logprob": math.log(nxt[pick]),
+                            "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top]})
+            written += pick
+        out = chat_body(written, 30, len(content))
+        out["choices"][0]["logprobs"] = {"content": content}
+        return 200, out, {}
+
+    return reply
+
+
+def test_on_llamacpps_server_a_walk_of_top_logprobs_gives_the_expected_score_in_a_few_generations():
+    from fake_openai import FakeOpenAIServer
+
+    from evolforge.llm.backends.openai.client import OpenAIBackend
+
+    answers = _answers_model(63.0, 6.0)
+    exact = sum(float(a) * p for a, p in answers.items())
+    asked: list[dict] = []
+    with FakeOpenAIServer(_walking_server(answers, asked)) as server:
+        backend = OpenAIBackend(server.base_url, "test-model")
+        backend.server = "llamacpp"
+        ask = ChatRequest.chat([{"role": "user", "content": "How hard, 0-100?"}], choices=SCORES, rank=True)
+        [out] = backend.generate([ask])
+    probs = choice_probabilities(out.text)
+    assert abs(expected_value(probs, [float(s) for s in SCORES]) - exact) < 0.5  # mass left out: < EXPAND_AT a prefix
+    assert SCORES[max(range(len(probs)), key=probs.__getitem__)] == "63"
+    assert 2 <= len(asked) <= 8  # against 101 echoed prompts
+    assert all(b["logprobs"] is True and b["top_logprobs"] == 20 and b["temperature"] == 0.0 for b in asked)
+    assert asked[0]["grammar"].startswith('root ::= "0" | "1" | "2"')  # the first: every answer
+    assert all(b["grammar"].startswith('root ::= "') for b in asked[1:])  # then past one prefix each

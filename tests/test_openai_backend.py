@@ -340,3 +340,52 @@ def test_secrets_in_evaluation_backend_args_are_refused():
         refuse_secrets("evaluate.backend_args", "http://u:pw@host/v1", {}, "evaluate.backend_args")
     with pytest.raises(ValueError, match="evaluate.backend_args.api_key"):
         refuse_secrets("evaluate.backend_args", None, {"api_key": "sk-1"}, "evaluate.backend_args")
+
+
+# llama-cpp-python's answer to a response_format it does not take: HTTP 500, pydantic's wording, the request quoted
+# in full before the point (issue 60: cut at 300 characters, the message lost the setting to change)
+_VALIDATION_500 = {"error": {"message": (
+    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be 'text' or "
+    "'json_object' [type=literal_error, input_value='json_schema', input_type=str]\n    For further information "
+    "visit https://errors.pydantic.dev/2.11/v/literal_error; request: " + json.dumps(
+        {"messages": [{"role": "user", "content": "Rate the difficulty of this question. " * 20}],
+         "response_format": {"type": "json_schema"}})), "type": "internal_server_error"}}
+
+
+def test_a_refusal_keeps_the_servers_message_whole_and_names_the_setting(server, tmp_path):
+    from evolforge.llm.cached import check_failures
+    from evolforge.llm.types import LLMFailureError
+
+    server.always = reply(500, _VALIDATION_500)
+    judge = OpenAIBackend(server.base_url, "test-model", concurrency=1, max_retries=3, backoff_s=0.01)
+    judge.role_name = "judge"
+    [failed] = judge.generate([ask("Easy or hard?", choices=("easy", "hard"))])
+    assert failed.failure_reason == "request_rejected" and server.count() == 1  # not retried
+    assert failed.error.startswith("HTTP 500 (a validation error: not retried); this server does not take "
+                                   "response_format json_schema: set roles.judge.server to what it is")
+    assert "roles.judge.choice_format: none" in failed.error
+    assert "errors.pydantic.dev" in failed.error and "Rate the difficulty of this question. " * 20 in failed.error
+    assert len(failed.error) > 1000  # whole: no 300-character cut
+    # a 400 with the same wording: the whole message and the setting too
+    server.always = reply(400, _VALIDATION_500)
+    [rejected] = judge.generate([ask("Easy or hard?", choices=("easy", "hard"))])
+    assert rejected.error.startswith("HTTP 400: ") and rejected.error.endswith("or roles.judge.choice_format: none")
+    # the stage's message, when the failures pass llm.max_failure_rate, carries it
+    role = Role(name="judge", backend="openai", model="test-model", base_url=server.base_url, max_retries=0)
+    llm = open_llm(role, CallCache(tmp_path / "c.sqlite"), identity={"served_model": "test-model"})
+    llm._backend = judge
+    server.always = reply(500, _VALIDATION_500)
+    llm.generate([ask(f"Easy or hard? {i}", choices=("easy", "hard")) for i in range(4)])
+    with pytest.raises(LLMFailureError, match=r"First failure: request_rejected: HTTP 500 .*set roles\.judge\.server"
+                                              r".*roles\.judge\.choice_format: none"):
+        check_failures()  # at the stage's end
+
+
+def test_llama_cpp_pythons_refusal_of_log_probabilities_says_how_to_start_it(server):
+    server.always = reply(500, {"error": {"message": "logprobs is not supported for models created with "
+                                                     "logits_all=False", "type": "internal_server_error"}})
+    judge = OpenAIBackend(server.base_url, "test-model", concurrency=1, max_retries=3, backoff_s=0.01)
+    judge.server = "llamacpp"
+    [failed] = judge.generate([ask("Easy or hard?", choices=("easy", "hard"), rank=True)])
+    assert failed.failure_reason == "request_rejected" and server.count() == 1  # not retried: the same every time
+    assert "started with --logits_all true" in failed.error and "judge.probabilities: false" in failed.error

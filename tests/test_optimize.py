@@ -547,3 +547,65 @@ def test_dev_answers_cut_at_max_tokens_are_counted():
     cut = FakeBackend(lambda request: Completion("Step 1 #Methods List#:\n#1.\n#2.\n#3.", "length"))
     result = score_method(LLM(cut, None, role=EVOLVER_ROLE), PROMPTS, items(4), "initial", temperature=0.0)
     assert (result.failure_rate, result.missing_marker, result.cut_at_max_tokens) == (1.0, 4, 4)
+
+
+# --- a step with no parseable candidate warns; on_unparseable decides; settings that empty every candidate ------
+
+def test_a_step_with_no_parseable_candidate_warns_and_on_unparseable_decides(tmp_path, monkeypatch, capsys):
+    r = run(lambda current, j: UNPARSEABLE, steps=2)
+    assert len(r.result.warnings) == 2 and r.result.warnings[0].startswith(
+        "step 1: none of the 2 candidates parsed (2 x no ```Optimized Method``` block)")
+    assert "optimize: warning: step 2: none of the 2 candidates parsed" in capsys.readouterr().out
+    assert summary(r.result, {})["warnings"] == r.result.warnings
+    with pytest.raises(SystemExit, match=r"on_unparseable: stop\): step 1: none of the 2 candidates parsed"):
+        run(lambda current, j: UNPARSEABLE, steps=2, on_unparseable="stop")
+    # a step where one parses: no warning
+    assert run({"m0 fails=1": [UNPARSEABLE, fenced("m1 fails=0")]}).result.warnings == []
+    with pytest.raises(ValueError, match="optimize.on_unparseable"):
+        load_section({"optimize": {"on_unparseable": "crash"}}, "optimize", OptimizeSettings)
+
+
+def test_the_stage_warning_reaches_the_metrics_and_the_report(tmp_path, monkeypatch, capsys):
+    from evolforge.report.sections import optimize_html
+
+    stage, argv, out = unusable_stage(tmp_path, monkeypatch, "evol")
+    stage.main(argv)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["warnings"] and metrics["warnings"][0].startswith("step 1: none of the 2 candidates parsed")
+    assert "optimize: warning: step 1: none of the 2 candidates parsed" in capsys.readouterr().out
+    assert "<p class='warning'>step 1: none of the 2 candidates parsed" in optimize_html({"optimize_metrics": metrics})
+
+
+@pytest.mark.parametrize("controls, roles_optimizer, refused", [
+    ({"assistant_prefix": "```Optimized Method\n", "stop": ["```"]}, {}, None),  # shipped: the stop is after the prefix
+    ({"stop": ["```"]}, {}, "optimize.controls.stop: '```' is in the block's opening"),
+    ({"assistant_prefix": "```", "stop": ["Method"]}, {}, "optimize.controls.stop: 'Method' is in the block's"),
+    ({"assistant_prefix": "```", "stop": ["```"]}, {}, None),  # the prefix writes the fence: "```" is after it
+    ({}, {"banned_strings": ["Optimized"]}, "roles.optimizer.banned_strings: 'Optimized' is in the block's opening"),
+    ({"assistant_prefix": "Sure.\n", "stop": ["\n\n"]}, {}, None),
+])
+def test_settings_that_would_empty_every_candidate_are_refused_before_any_request(controls, roles_optimizer, refused):
+    from evolforge.config.bounds import ParamsError
+    from evolforge.schema import check_params, load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["optimize"]["controls"] = controls
+    params["roles"]["optimizer"].update(roles_optimizer)
+    if refused is None:
+        check_params(params)
+        return
+    with pytest.raises(ParamsError, match=re.escape(refused)):
+        check_params(params)  # what `evolforge check` and the models stage run
+    params["evolve"]["strategy"] = "evol"  # the optimize stage makes no call then
+    check_params(params)
+
+
+def test_the_optimize_stage_refuses_them_too(tmp_path, monkeypatch):
+    from evolforge.config.bounds import ParamsError
+
+    stage, argv, out = unusable_stage(tmp_path, monkeypatch, "evol")
+    params = json.loads((out / "params.yaml").read_text())
+    params["optimize"]["controls"] = {"stop": ["```"]}
+    (out / "params.yaml").write_text(json.dumps(params))
+    with pytest.raises((ParamsError, SystemExit), match="block's opening"):
+        stage.main(argv)

@@ -305,3 +305,34 @@ def test_a_role_the_stage_makes_itself_is_priced_as_the_stage_had_it():
     assert (row.role, row.requests, row.prompt_tokens, row.cost_max) == ("compare_tuned", 3, 300, None)
     priced = estimate("compare", {**call, "prices": {"prompt": 1.0, "completion": 2.0}}, {}, None)
     assert priced.cost_max == pytest.approx((300 * 1.0 + 96 * 2.0) / 1e6)
+
+
+def test_roles_moved_to_a_server_are_planned_before_the_models_stage_pins_them(tmp_path, server, tokenizer_dir,
+                                                                              monkeypatch):
+    """Issue 60: the roles pointed at a server while models/identity.json still pins the in-process models (or
+    before any models stage ran): every LLM stage's requests counted from params alone, no server asked, the
+    figures marked as estimates."""
+    root = project(tmp_path / "p", server, tokenizer_dir)
+    local = {"backend": "llamacpp", "model": "models/Qwen", "revision": None, "identity": {"sha256": "0" * 64}}
+    (root / "models").mkdir()
+    (root / "models/identity.json").write_text(json.dumps({"responder": local, "judge": local}))
+    plan = planned(root, monkeypatch)
+    assert plan.failed == [] and plan.stale == ["respond", "judge"]
+    [respond] = stage_rows(plan, "respond")
+    assert respond.requests == ITEMS and respond.counted == "tokenizer" and not respond.pinned
+    assert respond.prompt_tokens > ITEMS and respond.cost_max is not None
+    assert {r.role for r in plan.rows if not r.pinned} == {"responder", "judge"}
+    assert any(n.startswith("not pinned yet (marked *): roles.judge, roles.responder;") and "estimates" in n
+               for n in plan.notes)
+    assert "responder *" in render(plan)
+    assert server.answered == 0 and not [s for s in server.seen if s["path"].endswith("/models")]  # nobody asked
+
+    # no models/identity.json at all, and the server down: still counted, from params alone
+    (root / "models/identity.json").unlink()
+    params = json.loads((root / "params.yaml").read_text())
+    for role in params["roles"].values():
+        role["base_url"] = "http://127.0.0.1:9/v1"  # nothing listens there
+    (root / "params.yaml").write_text(json.dumps(params))
+    plan = planned(root, monkeypatch)
+    assert plan.failed == [] and [(r.stage, r.requests, r.pinned) for r in stage_rows(plan, "respond")] == [
+        ("respond", ITEMS, False)]

@@ -34,6 +34,7 @@ from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.evolver_analysis.settings import AnalysisSettings
 from evolforge.steps.judge.settings import JudgeSettings
+from evolforge.config.optimize_answer import answer_problems
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.score.settings import ScoreSettings
@@ -129,6 +130,7 @@ def cross_checks(params: Mapping[str, Any]) -> list[str]:
         if isinstance(fields, dict) and "instruction" in fields and fields["instruction"] is None:
             problems.append(f"{where}.fields.instruction: got null; allowed: the name of the source column that holds "
                             "the instruction (only input and output may be null: left empty)")
+    problems += answer_problems(params)  # a stop or banned string that would empty every optimizer candidate
     evolve, respond = params.get("evolve") or {}, params.get("respond") or {}
     if isinstance(evolve, dict) and isinstance(respond, dict) and isinstance(evolve.get("rounds"), dict):
         indices = {r.get("index") for r in evolve["rounds"].values() if isinstance(r, dict)}

@@ -54,7 +54,9 @@ SPECS: dict[str, BackendSpec] = {
                                    "extra_bufts": (_boolean, "true or false (unset: as the kernel probe finds)")}),
     "vllm": BackendSpec(_SERVED, ranks=True, why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
-    "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), ranks=False, why_not={
+    # every server kind ranks: vLLM's from echoed prompt log-probabilities, the others from a walk of the chat
+    # API's top_logprobs (evolforge.llm.backends.openai.walk)
+    "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), ranks=True, why_not={
         "banned_strings": ("OpenAI's logit_bias bans single tokens of its own tokenizer, not strings; vLLM's server "
                            "(bad_words) and llama.cpp's (a grammar) can: set the role's server"),
         "assistant_prefix": ("OpenAI's chat completions API cannot continue an assistant turn; vLLM's server "
@@ -62,13 +64,13 @@ SPECS: dict[str, BackendSpec] = {
         "repetition_penalty": ("not an OpenAI API parameter (use frequency_penalty); vLLM's and llama.cpp's "
                                "servers take it: set the role's server"),
         "no_repeat_ngram_size": "no OpenAI-compatible server offers an n-gram ban; use repetition_penalty"}),
-    # servers whose /completions echo the prompt's log-probabilities (ranking needs the role's tokenizer)
+    # vLLM's /completions echo the prompt's log-probabilities right (ranking needs the role's tokenizer there)
     "openai:vllm": BackendSpec(_SERVED, ranks=True, why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
     "openai:llamacpp": BackendSpec(_SERVED, ranks=True,
                                    why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("llama.cpp")}),
     # a server of a kind not known yet (server: auto): held to what vllm and llamacpp offer; the models stage,
     # which asks the server, checks what it is
-    "openai:any": BackendSpec(_SERVED, ranks=False, why_not={
+    "openai:any": BackendSpec(_SERVED, ranks=True, why_not={
         "no_repeat_ngram_size": ("no OpenAI-compatible server (vLLM, llama.cpp, OpenAI) offers an n-gram ban; use "
                                  "repetition_penalty, or an in-process backend")}),
     "ray": BackendSpec(frozenset(), ranks=False),

@@ -51,12 +51,12 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     judge = params.get("judge") or {}
     if "judge" in roles and judge.get("probabilities"):
         kind = backend("judge")
-        if not spec_of(kind).ranks and kind != "openai:any":  # a server of kind auto: checked once it is known
+        if not spec_of(kind).ranks:
             problems.append("judge.probabilities: the judge's server (roles.judge) cannot score answers by their "
-                            "probabilities (the OpenAI API echoes no prompt log-probabilities; vLLM's and llama.cpp's "
-                            "servers do: set roles.judge.server), or set judge.probabilities: false")
-        elif not roles["judge"].tokenizer:
-            problems.append("judge.probabilities: on a server it needs roles.judge.tokenizer (the served model's "
+                            "probabilities; set judge.probabilities: false")
+        elif kind == "openai:vllm" and not roles["judge"].tokenizer:
+            # vLLM's echoed prompt log-probabilities; the other kinds walk top_logprobs (no tokenizer needed)
+            problems.append("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer (the served model's "
                             "tokenizer, with its chat template) and roles.judge.max_model_len, to put each answer "
                             "after the prompt; or set judge.probabilities: false")
     return problems

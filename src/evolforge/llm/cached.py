@@ -91,6 +91,7 @@ class LLM:
         self.asked = 0  # requests asked of this LLM so far (cached ones included): max_failure_rate's base
         self.failed: Counter[str] = Counter()  # the failures among them, by reason
         self.first_failure: Completion | None = None
+        self.pinned = True  # False: a dry run's role that models/identity.json does not pin yet (open_role)
         _OPEN.add(self)
 
     @property
@@ -154,7 +155,10 @@ class LLM:
         if request.choices is not None:
             constraint["choices"] = list(request.choices)
             if request.rank:  # log-probabilities of every choice instead of a decoded answer
-                constraint["rank"] = True
+                # a server other than vLLM's walks top_logprobs (evolforge.llm.backends.openai.walk): keyed apart from
+                # the echoed prompt log-probabilities it was once read from (llama-cpp-python's were off by one)
+                walked = self.role.backend == "openai" and self._identity.get("server") != "vllm"
+                constraint["rank"] = "top_logprobs" if walked else True
             elif self.role.backend == "openai":
                 constraint["format"] = self.role.choice_format
         if controls:
@@ -253,7 +257,7 @@ class LLM:
                  results: list[Completion | None], desc: str) -> list[Completion]:
         """A dry run's answers to the misses: stand-ins, or ``dry_run`` failures (evolforge.llm.backends.dryrun)."""
         cache_path = getattr(self.cache, "path", None)
-        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc).items():
+        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc, pinned=self.pinned).items():
             for i in missing[k]:
                 results[i] = (Completion(text, "stop") if text is not None
                               else Completion.failure(dryrun.DRY_RUN, "dry run"))
@@ -377,6 +381,16 @@ def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
     request misses the cache."""
     role = load_role(params, name)
     settings = load_section(params, "llm", LLMSettings)
-    entry = recorded_entry(role, identities) or {}
+    try:
+        entry = recorded_entry(role, identities) or {}
+    except ModelError:
+        if not dryrun.active():
+            raise
+        entry = None  # the models stage has not pinned it as params name it yet
+    if entry is None or (not entry and dryrun.active() and role.backend == "openai"):
+        # evolforge plan before `dvc repro models`: counted from params alone, asking no server (dryrun module doc)
+        llm = open_llm(role, cache, dryrun.params_identity(role), settings=settings)
+        llm.pinned = False
+        return llm
     identity = entry["identity"] if entry else resolve_identity(role)
     return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"))

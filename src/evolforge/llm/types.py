@@ -14,7 +14,9 @@ from evolforge.llm.requests import ChatRequest
 PROMPT_TOO_LONG = "prompt_too_long"  # the prompt does not fit the model's context (checked before sending)
 REQUEST_REJECTED = "request_rejected"  # the server refused this request (a non-retryable 4xx)
 RETRIES_EXHAUSTED = "retries_exhausted"  # every attempt failed (timeouts, 429, 5xx, dropped connections)
-ERROR_CHARS = 300  # how much of a server's message a failure keeps
+# how much of a failure's detail is kept: a server's message whole (a validation error quotes the request and
+# ends with the fix), never a proxy's whole HTML page
+ERROR_CHARS = 20_000
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per item, as ChatRequest
@@ -23,7 +25,7 @@ class Completion:
     finish_reason: str | None = None  # "stop" | "length" | None when the backend does not say
     cached: bool = False
     failure_reason: str | None = None  # set when the item got no completion (then text is "")
-    error: str | None = None  # the failure's detail: the server's message, trimmed, never the key
+    error: str | None = None  # the failure's detail: the server's message whole (up to ERROR_CHARS), never the key
     # tokens this call used (from the server's usage, or counted); None when unknown or cached.
     # completion_tokens counts every generated token, a reasoning model's thinking included
     prompt_tokens: int | None = field(default=None, compare=False)
@@ -69,8 +71,8 @@ def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) ->
     if not spec_of(backend).ranks and any(r.rank for r in requests):
         raise ControlsError(f"params.yaml judge.probabilities ({where}): {backend.replace('openai:', 'the ')} "
                             f"{'server' if backend.startswith('openai') else 'backend'} cannot score answers by "
-                            f"their probabilities (it needs the prompt log-probabilities of whole answers: backend "
-                            f"hf, llamacpp or vllm, or a vLLM / llama.cpp server with roles.<role>.tokenizer); set "
+                            f"their probabilities (it needs the log-probabilities of whole answers: backend "
+                            f"hf, llamacpp, vllm or openai); set "
                             f"judge.probabilities: false")
     if any(r.rank and not r.choices for r in requests):
         raise ControlsError(f"{where}: a ranking request needs its choices")

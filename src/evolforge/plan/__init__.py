@@ -38,7 +38,7 @@ from evolforge.llm.cache import DEFAULT_CACHE_PATH
 from evolforge.schema import load_params
 from evolforge.config.roles import Role, load_role
 from evolforge.llm.budget import SpendLedger, cost_of, priced
-from evolforge.llm.backends.dryrun import DRY_RUN_ENV
+from evolforge.llm.backends.dryrun import DRY_RUN_ENV, unpinned_note
 
 MODEL_ROLES = {"scorer", "embedder", "base"}  # roles a stage loads itself (not chat calls through the cache)
 NOTHING_AFTER = "so nothing after it runs for it"
@@ -84,6 +84,7 @@ class Row:
     # of prompt_tokens, those the provider's prompt cache is expected to serve (at the share observed for this
     # role and call; priced at price_per_mtok_cached_prompt in cost_expected); None when none was observed
     cached_prompt_tokens_expected: int | None = None
+    pinned: bool = True  # False: models/identity.json does not pin the role as params name it yet (estimates)
 
 
 @dataclass
@@ -213,6 +214,7 @@ def make_plan(root: str | Path = ".", only: list[str] | None = None, params_file
         plan.notes.append(f"planned with {params_file} as params.yaml")
     if ledger is not None:
         ledger.close()
+    plan.notes += unpinned_note(sorted({r.role for r in plan.rows if not r.pinned}))
     later = [r for r in plan.rows if r.stage != plan.rows[0].stage] if plan.rows else []
     if later:
         plan.notes.append(f"exact: the requests of {plan.rows[0].stage} that depend only on its inputs; its calls "
@@ -353,7 +355,7 @@ def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: S
     name (compare's ``compare_tuned`` and ``compare_other``, from roles.base)."""
     role = _priced_role(call, params)
     row = Row(stage, call["role"], call["label"], call["requests"], call["prompt_tokens"], call["max_tokens"],
-              counted=call["counted"])
+              counted=call["counted"], pinned=call.get("pinned", True))
     if ledger is not None:
         seen = ledger.spent(role=role.name, label=call["label"])
         if not seen.calls:

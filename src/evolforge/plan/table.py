@@ -20,7 +20,7 @@ def render(plan: Plan) -> str:
         table = [list(HEADER)]
         for stage in dict.fromkeys(r.stage for r in plan.rows):
             rows = [r for r in plan.rows if r.stage == stage]
-            table += [_cells(r.stage, r.role, r.label, r) for r in rows]
+            table += [_cells(r.stage, r.role + ("" if r.pinned else " *"), r.label, r) for r in rows]
             if len(rows) > 1:
                 table.append(_cells(stage, "", "(stage)", _sum(rows)))
         table.append(_cells("total", "", "", _sum(plan.rows)))

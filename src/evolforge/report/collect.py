@@ -306,5 +306,7 @@ def collect(root: str | Path) -> dict[str, Any]:
         "identities": json_at(root / "models" / "identity.json"),
         "spend": spend(root),  # tokens and cost per role, per surviving and per selected item
         "metrics": metrics,
-        "warnings": stale_metrics(root),
+        # and what a stage warned about (optimize: a step none of whose candidates parsed)
+        "warnings": stale_metrics(root) + [f"optimize: {w}" for w in (metrics.get("optimize") or {}).get("warnings")
+                                           or []],
     }

@@ -197,7 +197,8 @@ def optimize_html(v: dict) -> str:
     diff = m.get("method_diff")
     shown = (f"<h4>chosen method vs initial method</h4><pre class='text'>{esc(diff)}</pre>" if diff
              else "<p>the chosen method is the initial one (no candidate failed the development set less often)</p>")
-    return head + steps + shown
+    warned = "".join(f"<p class='warning'>{esc(w)}</p>" for w in m.get("warnings") or [])
+    return head + warned + steps + shown
 
 
 def minutes_html(v: dict) -> str:

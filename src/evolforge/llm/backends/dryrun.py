@@ -14,6 +14,12 @@ an hf, vllm or ray role's model folder, which holds it), with its chat template,
 them. Otherwise they are estimated from the role's prompt tokens per UTF-8 byte observed in the spend
 records, or, with none yet, as bytes / 4 plus 4 per message (the usual rule of thumb for English with a
 BPE tokenizer; within about 20% for English prose).
+
+A role that ``models/identity.json`` does not pin as params name it (its roles were pointed at a server, or at
+another model, and ``dvc repro models`` has not run since) is counted from params alone: the identity the models
+stage would pin, read from params without asking the server (:func:`params_identity`), its prompts counted with
+the tokenizer the role names; its line says ``pinned: false``, and the plan marks its figures as estimates
+(the served model may answer to a cached identity, or not).
 """
 
 from __future__ import annotations
@@ -41,9 +47,28 @@ def active() -> Path | None:
     return Path(path) if path else None
 
 
+def params_identity(role: Role) -> dict[str, Any]:
+    """The identity a role would be pinned to, from params alone (no server asked, no weights read): a served
+    model's name (with ``revision`` and ``server`` where params give them, as the models stage records them); a
+    local model's path or hub id (a key no pinned run shares: every call counts as a miss)."""
+    if role.backend == "openai":
+        return {"served_model": role.model, **({"revision": role.revision} if role.revision else {}),
+                **({"server": role.server} if role.server in ("vllm", "llamacpp") else {})}
+    return {"unpinned": role.model, **({"revision": role.revision} if role.revision else {})}
+
+
+def unpinned_note(roles: list[str]) -> list[str]:
+    """The plan's note on the roles a dry run counted from params alone (none when every role was pinned)."""
+    names = ", ".join(f"roles.{r}" for r in roles)
+    return [f"not pinned yet (marked *): {names}; models/identity.json does not pin them as params.yaml names "
+            f"them (`dvc repro models` has not run since): their requests are counted from params alone, with the "
+            f"tokenizer each role names: estimates"] if roles else []
+
+
 def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
-           desc: str) -> dict[str, str | None]:
-    """Record the misses of one generate call; returns {key: stand-in answer or None}."""
+           desc: str, pinned: bool = True) -> dict[str, str | None]:
+    """Record the misses of one generate call; returns {key: stand-in answer or None}. ``pinned``: False for a
+    role models/identity.json does not pin yet, whose counts are therefore estimates."""
     label = call_label(desc)
     ledger = SpendLedger(cache_path) if cache_path is not None and Path(cache_path).exists() else None
     counter = PromptCounter(role, ledger)
@@ -51,7 +76,7 @@ def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest],
     line = {"role": role.name, "backend": role.backend, "label": label, "requests": len(firsts),
             "prompt_tokens": sum(counter.count(r) for r in firsts), "prompt_bytes": sum(map(prompt_bytes, firsts)),
             "max_tokens": sum(0 if r.rank else r.max_tokens for r in firsts),  # a ranking decodes nothing
-            "counted": counter.how,
+            "counted": counter.how, "pinned": pinned,
             # the prices the stage's role has (a stage may make a role of its own, as compare's ``compare_tuned``,
             # which params.yaml does not name): the plan prices the call with them
             "prices": {"prompt": role.price_per_mtok_prompt, "completion": role.price_per_mtok_completion,
@@ -112,4 +137,5 @@ def role_tokenizer(role: Role) -> Any:
     return _TOKENIZERS[name]
 
 
-__all__ = ["DRY_RUN", "DRY_RUN_ENV", "PromptCounter", "active", "record", "role_tokenizer"]
+__all__ = ["DRY_RUN", "DRY_RUN_ENV", "PromptCounter", "active", "params_identity", "record", "role_tokenizer",
+           "unpinned_note"]

@@ -4,9 +4,10 @@ chosen method and its log -- and what the stage says about it.
 Telling the truth about a run (``stop_reason``, :func:`usability`):
 
 - a step whose m answers hold no parseable ```` ```Optimized Method``` ```` block says so in its log
-  (``no_parseable_candidate``). ``stop_reason`` is ``no_parseable_candidate``, never ``patience`` or
-  ``steps``, when no step produced one (nothing was optimized) or when patience ran out over steps that
-  produced none;
+  (``no_parseable_candidate``) and as a warning (:func:`unparseable_warning`: the stage log, the metrics'
+  ``warnings``, the report); ``on_unparseable`` decides whether the stage goes on or stops there.
+  ``stop_reason`` is ``no_parseable_candidate``, never ``patience`` or ``steps``, when no step produced one
+  (nothing was optimized) or when patience ran out over steps that produced none;
 - a method that fails at least ``unusable_failure_rate`` of the development set is one the evolver
   cannot follow (a small evolver rarely writes the final-instruction marker). The metrics say so for the
   initial and the resulting method, and ``on_unusable`` decides what evolving with ``strategy: auto``
@@ -56,10 +57,21 @@ class OptimizeResult:
     log: list[dict] = field(default_factory=list)  # one row per step run
     stop_reason: str = "steps"  # "steps" | "patience" | "no_parseable_candidate" (see the module doc)
     stopped_early: bool = False  # stopped before ``steps`` steps
+    warnings: list[str] = field(default_factory=list)  # said in the stage log, the metrics and the report
 
     @property
     def steps_run(self) -> int:
         return len(self.log)
+
+
+def unparseable_warning(step: int, candidates: list[Candidate]) -> str:
+    """What a step none of whose candidates parsed says, with why each did not (counted by reason)."""
+    reasons: dict[str, int] = {}
+    for c in candidates:
+        reasons[c.parse_error or "?"] = reasons.get(c.parse_error or "?", 0) + 1
+    why = "; ".join(f"{n} x {reason}" for reason, n in reasons.items())
+    return (f"step {step}: none of the {len(candidates)} candidates parsed ({why}); the current method is kept "
+            f"for this step (optimize.on_unparseable decides whether the stage goes on)")
 
 
 def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
@@ -140,6 +152,7 @@ def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: di
         "steps_run": result.steps_run,
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
+        "warnings": result.warnings,
         "calls": sum(s["calls"] for s in stats.values()),
         "cache_hits": sum(s["cache_hits"] for s in stats.values()),
         "llm": stats,

@@ -48,3 +48,8 @@ class OptimizeSettings:
         "help": "fall back to hand-written methods | stop | evolve anyway"})
     controls: ControlSettings = field(default_factory=dict, metadata={
         "help": "of the optimization turn, over roles.optimizer's"})
+    on_unparseable: Literal["continue", "stop"] = field(default="continue", metadata={"help": (
+        "a step none of whose candidates parsed (warned in the stage log, metrics/optimize.json and the report): "
+        "continue (the next step samples again; patience and on_unusable judge the result) | stop (the stage "
+        "fails there; the answers stay in the call cache). continue: a step of m samples can miss by chance, "
+        "and the settings that empty every candidate are refused before any request")})

@@ -51,29 +51,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from evolforge.llm.cache import open_cache
+from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import VERSIONS, atomic_dir, output_versions, read_table, write_json, write_jsonl
+from evolforge.config.optimize_answer import OPENER, answer_problems
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_role
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
-from evolforge.steps.optimize.result import Candidate, MethodScore, OptimizeResult, summary, usability
+from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, summary,
+                                             unparseable_warning, usability)
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond
 
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
 SELECTIONS = ("lowest_failure", "no_regression")
 
-# the block's opening fence: "```Optimized Method", in any case, with or without spaces or an underscore
-_OPENER = re.compile(r"```[ \t]*optimized[ _\t]*method[ \t]*:?[ \t]*\n?", re.IGNORECASE)
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
 
 
@@ -90,7 +90,7 @@ def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple
     >>> parse_optimized_method("```Optimized Method\\nStep 1: list", "length")
     (None, 'the ```Optimized Method``` block was cut at max_tokens')
     """
-    openers = list(_OPENER.finditer(text))
+    openers = list(OPENER.finditer(text))
     if not openers:
         return None, "no ```Optimized Method``` block"
     cut = False
@@ -209,6 +209,21 @@ def select_candidate(candidates: list[Candidate], current: MethodScore, selectio
     raise ValueError(f"params.yaml optimize.selection: {selection!r} is not one of {SELECTIONS}")
 
 
+def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], settings: OptimizeSettings) -> int:
+    """How many of a step's candidates parsed. None: warned in the stage log and kept in the result's warnings (the
+    metrics, the report); the stage stops there under ``optimize.on_unparseable: stop``."""
+    parsed = sum(c.method is not None for c in proposals)
+    if parsed:
+        return parsed
+    warning = unparseable_warning(step, proposals)
+    result.warnings.append(warning)
+    print(f"optimize: warning: {warning}", flush=True)  # the stage log, as it happens
+    if settings.on_unparseable == "stop":
+        raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unparseable: stop): {warning}; "
+                         f"every answer is in the call cache, so a rerun asks only what changed")
+    return 0
+
+
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
@@ -235,7 +250,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             if c.method is not None:
                 c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
                                      desc=f"step {step} candidate {c.index}", **evolving)
-        parsed = sum(c.method is not None for c in proposals)
+        parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
         if chosen is not None:
@@ -302,6 +317,9 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
                         "calls": 0, "cache_hits": 0},
                        f"optimize: skipped (evolve.strategy {strategy}); initial method -> {out}/method.txt",
                        plot=[])
+    problems = answer_problems(params)  # what would empty every candidate, before any request
+    if problems:
+        raise ParamsError(problems)
     items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
              for r in read_table(seed).select("id", "instruction", "input").to_dicts()]
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch

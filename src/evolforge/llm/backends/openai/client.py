@@ -49,19 +49,22 @@ import orjson
 from evolforge.llm.cache import CallCache
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.types import (PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities, Completion,
-                                 collect)
+from evolforge.llm.types import (ERROR_CHARS, PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities,
+                                 Completion, collect)
 from evolforge.llm.backends.openai.batch import BatchJobs
 from evolforge.llm.backends.openai.http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG,
                                                 Finished, LLMRequestError, Pace, Secret, Waker, api_key, is_loopback,
-                                                parse_completion, parse_retry_after, preview, setting_hint, stepped)
+                                                parse_completion, parse_retry_after, preview, server_message,
+                                                setting_hint, stepped)
 from evolforge.llm.backends.openai.replicas import Replica, Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
 from evolforge.llm.thinking import DEFAULT_TAGS, separate
 from evolforge.llm.backends.openai.ranking import rank_on_server
+from evolforge.llm.backends.openai.walk import TOP_LOGPROBS, walk_on_server
 
 # a server's answer to a request it could not validate, when it sends it as 500 (pydantic / FastAPI wording)
-VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|"
+# (and llama-cpp-python's refusal of logprobs without --logits_all)
+VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|logits_all=False|"
                         r"Extra inputs are not permitted|"
                         r"Unrecognized request argument|unexpected keyword argument")
 
@@ -73,6 +76,7 @@ class OpenAIBackend:
     thinking_tags: tuple[str, ...] = DEFAULT_TAGS  # a reasoning model's markers (the role's thinking_tags)
     server = "openai"  # what the server is: vllm | llamacpp | openai (evolforge.llm.backends.openai.served)
     role_name = "?"  # the role, for messages that name its settings
+    top_logprobs = TOP_LOGPROBS  # how many next tokens a ranking's walk asks for (roles.<role>.extra.top_logprobs)
 
     def __init__(
         self,
@@ -173,6 +177,7 @@ class OpenAIBackend:
         )
         backend.thinking_tags = tuple(role.thinking_tags)
         backend.role_name = role.name
+        backend.top_logprobs = int(role.extra.get("top_logprobs", TOP_LOGPROBS))
         from evolforge.llm.backends.openai.served import server_kind
 
         backend.server = server_kind(role, strict=False)  # asks GET /models once when the role says auto
@@ -282,8 +287,10 @@ class OpenAIBackend:
         refused = self.too_long(request)
         if refused is not None:
             return refused
-        if request.rank:
-            return await rank_on_server(self, session, request, replicas)
+        if request.rank:  # echoed prompt log-probabilities where they come back right, else a walk of top_logprobs
+            if self.server == "vllm":
+                return await rank_on_server(self, session, request, replicas)
+            return await walk_on_server(self, session, request, replicas)
         return await self.post(session, request, replicas, "chat/completions", orjson.dumps(self.payload(request)),
                                self._chat_answer)
 
@@ -356,10 +363,12 @@ class OpenAIBackend:
             if completion is not None:
                 return completion
             return f"malformed response body: {preview(raw)}"
-        if status >= 500 and VALIDATION.search(raw[:4000].decode("utf-8", "replace")):
+        if status >= 500 and VALIDATION.search(raw[:ERROR_CHARS].decode("utf-8", "replace")):
             # a server that answers a request it cannot take with 500 (llama-cpp-python's): the same every time
+            # the setting to change first, then the server's message whole (it may name the fix itself)
             return Completion.failure(REQUEST_REJECTED, self.redact(
-                f"HTTP {status} (a validation error: not retried): {preview(raw)}{setting_hint(raw, self.role_name)}"))
+                f"HTTP {status} (a validation error: not retried){setting_hint(raw, self.role_name)}; the server "
+                f"said: {server_message(raw)}"))
         if 300 <= status < 400:
             raise LLMRequestError(self.redact(
                 f"POST {url}: the server answered HTTP {status}, a redirect to {location!r}; redirects "
@@ -370,9 +379,10 @@ class OpenAIBackend:
                 f"would fail the same way (check the key, base_url and model)"), status)
         if status in RETRY_STATUSES or status >= 500:
             return f"HTTP {status}: {preview(raw)}"
-        message = preview(raw)
-        reason = PROMPT_TOO_LONG if TOO_LONG.search(message) else REQUEST_REJECTED
-        return Completion.failure(reason, self.redact(f"HTTP {status}: {message}"))
+        message = server_message(raw)
+        reason = PROMPT_TOO_LONG if TOO_LONG.search(preview(raw)) else REQUEST_REJECTED  # the wording, not the request
+        hint = setting_hint(raw, self.role_name) if reason == REQUEST_REJECTED else ""
+        return Completion.failure(reason, self.redact(f"HTTP {status}: {message}{hint}"))
 
     def retry_delay(self, attempt: int, retry_after: float | None, throttled: bool = False) -> float:
         # At least the backoff, whatever Retry-After says (0 would mean a burst of retries); jitter above

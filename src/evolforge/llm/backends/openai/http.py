@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import orjson
 
 from evolforge.config.roles import Role
-from evolforge.llm.types import Completion
+from evolforge.llm.types import ERROR_CHARS, Completion
 
 PREVIEW_CHARS = 200  # how much of a failing response body a message quotes
 FATAL_STATUSES = {401, 403, 404}  # every request would fail the same way
@@ -189,8 +189,11 @@ def completion_from(body: Any) -> Completion | None:
 
 def setting_hint(raw: bytes, role: str) -> str:
         """The setting to change for a request the server refused as invalid, named where it is written."""
-        text = raw[:4000].decode("utf-8", "replace")
+        text = raw[:ERROR_CHARS].decode("utf-8", "replace")
         where = f"roles.{role}"
+        if "logits_all" in text:  # llama-cpp-python gives log-probabilities only when started with --logits_all
+            return ("; llama-cpp-python's server gives log-probabilities (judge.probabilities reads top_logprobs) only "
+                    "when started with --logits_all true: restart it so, or set judge.probabilities: false")
         if "response_format" in text or "json_schema" in text:
             return (f"; this server does not take response_format json_schema: set {where}.server to what it is "
                     f"(llamacpp: a grammar holds the answers) or {where}.choice_format: none")
@@ -204,6 +207,13 @@ def setting_hint(raw: bytes, role: str) -> str:
                 return (f"; the server refused {name} ({setting}): set {where}.server to what it is, or remove "
                         f"{setting} from the stage's controls")
         return ""
+
+
+def server_message(raw: bytes) -> str:
+    """A refusal's body whole (whitespace collapsed; up to ERROR_CHARS): what a server says about a request it will
+    never take is the user's only clue to the setting to change, and it often ends with it."""
+    text = " ".join(raw[: ERROR_CHARS * 4].decode("utf-8", "replace").split())
+    return repr(text[:ERROR_CHARS]) if text else "(empty body)"
 
 
 def preview(raw: bytes) -> str:

@@ -1,6 +1,8 @@
-"""Scores from probabilities on a server (``ChatRequest.rank``, judge.probabilities): each allowed answer's
+"""Scores from probabilities on vLLM's server (``ChatRequest.rank``, judge.probabilities): each allowed answer's
 log-probability after the prompt, as the local backends rank it (evolforge.llm.ranking), read from the
-server's prompt log-probabilities.
+server's prompt log-probabilities. The other server kinds walk the chat API's top_logprobs instead
+(:mod:`evolforge.llm.backends.openai.walk`): llama-cpp-python's server (0.3.36) echoes each prompt token's
+log-probability one position late when the prompt has no BOS token (Qwen), and the OpenAI API echoes none.
 
 For each choice, ``POST {base_url}/completions`` with the chat prompt rendered by the role's ``tokenizer``
 (the served model's chat template), the choice and the end of the assistant's turn, ``echo: true`` and
