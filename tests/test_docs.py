@@ -139,8 +139,6 @@ def test_shipped_run_figures_are_written_only_with_their_source(repo):
 
 # --- every page reachable from the README's "I want to" table; every link points at a file ---------------------
 
-# pages written beside this one (issue 58's parallel work): linked already, they exist once merged
-PENDING: set[str] = set()
 LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
 
 
@@ -169,7 +167,7 @@ def test_every_doc_page_is_reachable_from_the_readme_table(repo):
 
 def test_links_between_pages_point_at_files(repo):
     broken = [f"{page.relative_to(repo)} -> {target.relative_to(repo)}" for page in doc_pages(repo)
-              for target in _links(page) if not target.is_file() and str(target.relative_to(repo)) not in PENDING]
+              for target in _links(page) if not target.is_file()]
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
 
 
@@ -183,5 +181,5 @@ def test_code_and_config_name_docs_pages_that_exist(repo):
              if p.is_file() and p.suffix in ("", ".py", ".yaml", ".toml", ".md", ".txt", ".cfg")]
     missing = sorted({f"{p.relative_to(repo)}: {name}" for p in files
                       for name in re.findall(r"\bdocs/[\w./-]+?\.md\b", p.read_text(encoding="utf-8", errors="ignore"))
-                      if not (repo / name).is_file() and name not in PENDING})
+                      if not (repo / name).is_file()})
     assert not missing, "references to docs pages that do not exist:\n" + "\n".join(missing)
