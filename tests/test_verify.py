@@ -24,7 +24,7 @@ from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.verify.code_tests import (EVALUATE, consensus, function_name, is_code_task, judge_runs,
                                                parse_tests, program_for)
 from evolforge.steps.verify.correctness import label_verdict, parse_reason
-from evolforge.steps.verify.numeric import compare_values, is_numeric_task, program_value
+from evolforge.steps.verify.numeric import compare_values, is_numeric_task, program_value, stated_values
 from evolforge.steps.verify.settings import VerifySettings
 from evolforge.steps.verify.step import choose_method, verify
 from stage_runs import run_stage
@@ -99,15 +99,24 @@ def test_an_answer_without_a_function_fails_every_test():
 
 
 @pytest.mark.parametrize("greedy, others, verdict", [
-    (12.0, [19.0, 19.0, 19.0], "wrong"),
-    (31.0, [31.0, 31.0, 19.0], "right"),
-    (31.0, [31.0000001, None, None], "right"),  # within the tolerance
-    (31.0, [19.0, 25.0], "unsure"),  # the others disagree among themselves
-    (None, [1.0], "unsure"),
-    (5.0, [None, None], "unsure"),
+    ([12.0], [19.0, 19.0, 19.0], "wrong"),
+    ([31.0], [31.0, 31.0, 19.0], "right"),
+    ([31.0], [31.0000001, None, None], "right"),  # within the tolerance
+    ([16.67], [50 / 3, 50 / 3, 1.05], "right"),  # a rounded answer meets its exact recomputation at 0.5 %
+    ([31.0], [19.0, 25.0], "unsure"),  # the others disagree among themselves
+    ([], [1.0], "unsure"),
+    ([5.0], [None, None], "unsure"),
+    ([12.0, 38.0], [24.0, 12.0, 19.0], "unsure"),  # "38 and 12": one of three agrees
+    ([19.0, 31.0], [31.0, 19.0, 19.0], "right"),  # "31 and 19": each value meets one stated
 ])
 def test_numeric_verdicts(greedy, others, verdict):
-    assert compare_values(greedy, others, 1e-4)[0] == verdict
+    assert compare_values(greedy, others, 5e-3)[0] == verdict
+
+
+def test_the_values_an_answer_states():
+    assert stated_values("The two numbers are 38 and 12.") == [12.0, 38.0]
+    assert stated_values("First 7 + 5 = 12.\nSo the answer is 12.") == [12.0]
+    assert stated_values("No number here.") == []
 
 
 @pytest.mark.parametrize("text, probabilities, verdict, p", [

@@ -112,6 +112,15 @@ def _to_float(text: str) -> float:
     return float(text.replace(",", "").replace("−", "-"))
 
 
+def numbers(text: str) -> list[float]:
+    """Every number of ``text``, in order, read as :func:`final_number` reads one.
+
+    >>> numbers("The two numbers are 38 and 12.")
+    [38.0, 12.0]
+    """
+    return [_to_float(n) for n in _NUMBER_RE.findall(text)]
+
+
 def final_number(answer: str) -> float | None:
     """The number an answer gives as its result: the one after its last "answer is" / "answer:" /
     ``\\boxed{}`` / ``####``, else its last number. Thousands commas, a currency sign and a trailing
@@ -130,8 +139,8 @@ def final_number(answer: str) -> float | None:
     if announced:
         last = announced[-1]
         return _to_float(next(g for g in last.groups() if g is not None))
-    numbers = _NUMBER_RE.findall(answer)
-    return _to_float(numbers[-1]) if numbers else None
+    found = numbers(answer)
+    return found[-1] if found else None
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n([\s\S]*?)(?:```|\Z)")

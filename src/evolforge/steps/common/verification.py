@@ -41,7 +41,8 @@ def evidence_line(method: str | None, evidence: str | None) -> str:
                 f"{e['programs'] - 1} independent solutions)")
     if method == "numeric":
         samples = ", ".join(_number(v) for v in e.get("sample_values") or []) or "-"
-        return f"answer {_number(e.get('answer_value'))}; samples {samples}; program {_number(e.get('program_value'))}"
+        stated = " / ".join(_number(v) for v in e.get("answer_values") or [e.get("answer_value")])
+        return f"answer {stated}; samples {samples}; program {_number(e.get('program_value'))}"
     if method == "judge":
         p = e.get("p_right")
         return (f"P(right) {p:.2f}" if isinstance(p, (int, float)) else "no P(right)") + (

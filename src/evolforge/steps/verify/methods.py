@@ -19,7 +19,8 @@ from evolforge.steps.verify.code_tests import (SOLUTION_TEMPLATE, TESTS_TEMPLATE
                                                parse_tests, program_for)
 from evolforge.steps.verify.correctness import (CORRECTNESS_TEMPLATE, LABELS, REASON_TEMPLATE, label_verdict,
                                                 parse_reason)
-from evolforge.steps.verify.numeric import PROGRAM_TEMPLATE, compare_values, numeric_evidence, program_value
+from evolforge.steps.verify.numeric import (PROGRAM_TEMPLATE, compare_values, numeric_evidence, program_value,
+                                            stated_values)
 from evolforge.steps.verify.settings import VerifySettings
 
 Runner = Callable[[str, Sequence[str]], FunctionRun]
@@ -113,11 +114,12 @@ def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, sett
                      if settings.program_of_thought else (None, None) for code in programs], settings.workers)
     results = []
     for k, item in enumerate(items):
-        greedy = final_number(item.answer)
+        stated = stated_values(item.answer)
         samples = [final_number(t) if t else None for t in texts[k * per:k * per + settings.samples]]
         program, note = ran[k]
-        verdict, confidence, why = compare_values(greedy, samples + [program], settings.tolerance)
-        results.append(Result("numeric", verdict, numeric_evidence(greedy, samples, program, note, why), confidence))
+        verdict, confidence, why = compare_values(stated, samples + [program], settings.tolerance)
+        results.append(Result("numeric", verdict, numeric_evidence(final_number(item.answer), stated, samples,
+                                                                   program, note, why), confidence))
     return results
 
 

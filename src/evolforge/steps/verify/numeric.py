@@ -1,15 +1,18 @@
 """Numeric answers recomputed: self-consistency (more sampled answers, their final numbers compared) and program
 of thought (the model writes Python that computes the answer; the sandbox runs it and its printed number counts).
 
-The greedy answer's final number (:func:`evolforge.steps.common.answer_check.final_number`) is compared with the
-others' (:func:`compare_values`): ``right`` when at least half of the others that gave a number agree with it,
-``wrong`` when two or more agree on another value and outnumber those that agree with it (the values are recorded),
-``unsure`` otherwise. The confidence is the share of all values (the greedy one included) equal to the greedy one.
+The values the greedy answer states (:func:`stated_values`: its final number, and every number of the last
+sentence that holds one, so "38 and 12" states both) are compared with the others' final numbers
+(:func:`compare_values`): ``right`` when at least half of the others that gave a number agree with one of them,
+``wrong`` when two or more agree on another value and outnumber those that agree (the values are recorded),
+``unsure`` otherwise. The confidence is the share of all values (the answer's counted once) that agree with it.
 
->>> compare_values(12.0, [19.0, 19.0, 19.0], 1e-4)[:2]
+>>> compare_values([12.0], [19.0, 19.0, 19.0], 1e-4)[:2]
 ('wrong', 0.25)
->>> compare_values(12.0, [12.0, 19.0, None], 1e-4)[:2]
+>>> compare_values([12.0], [12.0, 19.0, None], 1e-4)[:2]
 ('right', 0.6666666666666666)
+>>> stated_values("So it takes 500 / 30 = 16.67 minutes. It empties in about 16.67 minutes, from 500 litres to 0.")
+[0.0, 16.67, 500.0]
 >>> is_numeric_task("The sum of two numbers is 50 and their difference is 12. What are the numbers?", "38 and 12.")
 True
 """
@@ -23,7 +26,7 @@ import secrets
 from typing import Sequence
 
 from evolforge.eval.sandbox import run_untrusted
-from evolforge.steps.common.answer_check import final_number
+from evolforge.steps.common.answer_check import final_number, numbers
 
 PROGRAM_TEMPLATE = "verify/program.j2"
 _ASKS_NUMBER = re.compile(
@@ -49,21 +52,32 @@ def is_numeric_task(task: str, answer: str | None) -> bool:
             and final_number(answer or "") is not None)
 
 
+def stated_values(answer: str | None) -> list[float]:
+    """The values an answer gives as its result: its final number and the numbers of its last sentence with one."""
+    final = final_number(answer or "")
+    if final is None:
+        return []
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", answer.strip()) if numbers(s)]
+    return sorted({final, *(numbers(sentences[-1]) if sentences else [])})
+
+
 def same(a: float, b: float, tolerance: float) -> bool:
     return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
 
 
-def compare_values(greedy: float | None, others: Sequence[float | None],
+def compare_values(stated: Sequence[float], others: Sequence[float | None],
                    tolerance: float) -> tuple[str, float | None, str]:
-    """(verdict, confidence, why) of the greedy answer's number against the other values (None: no number)."""
+    """(verdict, confidence, why) of the values the greedy answer states against the other values (None: no
+    number)."""
     values = [v for v in others if v is not None]
-    if greedy is None:
+    if not stated:
         return "unsure", None, "the answer gives no number"
     if not values:
         return "unsure", None, "no other value to compare"
-    agree = sum(same(v, greedy, tolerance) for v in values)
+    agrees = [any(same(v, s, tolerance) for s in stated) for v in values]
+    agree = sum(agrees)
     confidence = (agree + 1) / (len(values) + 1)
-    rivals = [v for v in values if not same(v, greedy, tolerance)]
+    rivals = [v for v, a in zip(values, agrees) if not a]
     best = max((sum(same(r, v, tolerance) for r in rivals) for v in rivals), default=0)
     if agree >= 1 and agree * 2 >= len(values):
         return "right", confidence, f"{agree} of {len(values)} recomputed values agree"
@@ -88,7 +102,7 @@ def program_value(code: str | None, timeout_s: float, memory_mb: int) -> tuple[f
     return value, "printed " + report["stdout"].strip()[-80:]
 
 
-def numeric_evidence(greedy: float | None, samples: Sequence[float | None], program: float | None,
-                     program_note: str | None, why: str) -> str:
-    return json.dumps({"answer_value": greedy, "sample_values": list(samples), "program_value": program,
-                       "program": program_note, "why": why}, sort_keys=True)
+def numeric_evidence(greedy: float | None, stated: Sequence[float], samples: Sequence[float | None],
+                     program: float | None, program_note: str | None, why: str) -> str:
+    return json.dumps({"answer_value": greedy, "answer_values": list(stated), "sample_values": list(samples),
+                       "program_value": program, "program": program_note, "why": why}, sort_keys=True)

@@ -30,8 +30,9 @@ class VerifySettings:
         "paper": "self-consistency: 40"})
     program_of_thought: bool = field(default=True, metadata={
         "help": "numbers: the model also writes Python computing the answer; the sandbox runs it"})
-    tolerance: PositiveFloat = field(default=1e-4, metadata={
-        "help": "numbers: two values agree within this share of the larger (or this much, near zero)"})
+    tolerance: PositiveFloat = field(default=5e-3, metadata={
+        "help": "numbers: two values agree within this share of the larger (or this much, near zero): 0.5 % lets "
+                "a rounded answer (16.67) meet its exact recomputation (50 / 3)"})
     right_at: Probability = field(default=0.65, metadata={
         "help": "judge: probability of 'right' at or above which the verdict is right"})
     wrong_at: Probability = field(default=0.35, metadata={
