@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -151,3 +152,15 @@ def test_respond_refuses_off_linux_before_any_call_when_a_seed_runs_code(repo, t
     with pytest.raises(Refusal, match=r"^respond \(the seeds' python_tests answer checks\) runs model-written code"):
         stage.main()
     assert not (tmp_path / "responses").exists()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AMX flags are x86-64 compiler flags")
+def test_make_setup_compiles_llama_cpp_without_its_amx_kernels_on_x86_64(tmp_path):
+    """-march=native on a Xeon with AMX would build llama.cpp's AMX kernels, which crash on Q4_K_M prompts; the
+    -mno-amx flags (after gcc's expansion of -march=native) leave them out, for C and C++ alike."""
+    out = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'venv'}", f"PYTHON={sys.executable}"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    [llama] = [ln for ln in out.splitlines() if "lock-llama-cpp.txt" in ln and "pip install" in ln]
+    for flags in ("-DCMAKE_C_FLAGS=", "-DCMAKE_CXX_FLAGS="):
+        assert f"{flags}-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in llama, llama
+    assert "-DGGML_NATIVE=ON" in llama
