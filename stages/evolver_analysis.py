@@ -3,10 +3,14 @@ same seeds, for roles.evolver and any models listed in `evolver_analysis.evolver
 top-token probability of the first generated tokens of greedy Evol-Instruct evolutions (paper Fig. 5), and
 distinct method keywords in the Auto Evol-Instruct initial method's Step-1 lists (paper §3.3, judge role).
 
-Reads:  data/seed/, params.yaml `evolver_analysis`, `evolve.breadth`, `optimize.initial_method`, roles `evolver`
-        and `judge`, prompts/evolve, prompts/optimize, prompts/judge/method_keyword.j2
-Writes: metrics/evolver_analysis.json (per evolver: mean / median top-token probability, distinct keywords),
-        metrics/plots/evolver_top_prob.json (share per probability bin and evolver)
+    python stages/evolver_analysis.py --seed data/seed --metrics metrics/evolver_analysis.json
+                                      --plot metrics/plots/evolver_top_prob.json   (one line)
+
+Reads:  --seed (the seed stage's output), params.yaml `evolver_analysis`, `evolve.breadth`,
+        `optimize.initial_method`, roles `evolver` and `judge`, prompts/evolve, prompts/optimize,
+        prompts/judge/method_keyword.j2
+Writes: --metrics (per evolver: mean / median top-token probability, distinct keywords),
+        --plot (share per probability bin and evolver)
 """
 
 from evolforge.core.stage import arguments, run_stage, write
@@ -16,8 +20,7 @@ from evolforge.steps.evolver_analysis.step import run
 
 
 def main() -> None:
-    args = arguments(__doc__, optional={"--seed": "data/seed", "--metrics": "metrics/evolver_analysis.json",
-                                        "--plot": "metrics/plots/evolver_top_prob.json"}, prompts=True)
+    args = arguments(__doc__, reads=["--seed"], writes=["--metrics", "--plot"], prompts=True)
     write(args, run(args.seed, read_params(args.params), PromptLibrary(args.prompts)))
 
 

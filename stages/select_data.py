@@ -5,8 +5,9 @@ shadow the standard library's select module.)
 Reads:  data/clean/ (deduplicated, decontaminated), data/judged/, data/scores/, data/diversity/ (items.parquet
         with id, mnd; embeddings.npy for select.diversity_threshold), data/verified/ (verify_* per item),
         params.yaml `select` (metric, top_fraction, threshold, ifd_filter, rounds, seed, min_loss_instruction,
-        min_mnd, diversity_threshold, drop_wrong, min_confidence, near_duplicates) and `card`; data/seed,
-        data/evolved, models/identity.json for the dataset card
+        min_mnd, diversity_threshold, drop_wrong, min_confidence, near_duplicates) and `card`; for the dataset
+        card, what the card flags give (--seed, --evolved, --responses, --pool, --dedup, --identities,
+        --pool-metrics, --score-metrics; a flag left out is a part the card leaves out)
 Writes: data/selected/items.parquet (lineage + text + every metric), excluded.parquet (id, round,
         skip_reason for every item not chosen: a guard such as empty_response, a floor, the budget),
         train.jsonl (TRL conversational prompt/completion), train_alpaca.json (Alpaca), meta.json,
@@ -16,13 +17,19 @@ Writes: data/selected/items.parquet (lineage + text + every metric), excluded.pa
 
 from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import read_params
+from evolforge.steps.common.layout import Layout
 from evolforge.steps.select.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items", "--judged", "--scores", "--diversity"], writes=["--out", "--metrics"],
-                     optional={"--verified": None})  # a selection without the verify stage's verdicts
-    write(args, run(args.items, args.judged, args.scores, args.diversity, read_params(args.params), args.verified))
+                     optional={"--verified": None,  # a selection without the verify stage's verdicts
+                               "--seed": None, "--evolved": None, "--responses": None, "--pool": None,
+                               "--dedup": None, "--identities": None, "--pool-metrics": None,
+                               "--score-metrics": None})  # the card's sources
+    card = Layout.from_flags(vars(args), clean="items")
+    write(args, run(args.items, args.judged, args.scores, args.diversity, read_params(args.params), args.verified,
+                    card))
 
 
 if __name__ == "__main__":

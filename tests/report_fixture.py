@@ -17,8 +17,12 @@ from evolforge.steps.judge.levels import LEVELS
 from evolforge.steps.judge.step import level_distribution
 from evolforge.io.records import make_id, write_json, write_output
 from evolforge.score.histogram import histogram
+from evolforge.steps.common.layout import Layout, stage_flags
 
 REPO = Path(__file__).resolve().parents[1]
+# where the report and the card read a version's artifacts: the paths dvc.yaml's report and select stages give
+REPORT = Layout.from_flags(stage_flags("report", REPO / "dvc.yaml"))
+CARD = Layout.from_flags(stage_flags("select", REPO / "dvc.yaml"), clean="items")
 METHODS = ["add_constraints", "deepening", "concretizing", "increase_reasoning", "breadth"]
 REASONS = ["missing_final_marker", "unchanged", "copied_template_words"]
 

@@ -15,7 +15,7 @@ import pytest
 from browser import chromium, open_page
 from evolforge.report import build_report
 from evolforge.report.page import CHARTS
-from report_fixture import REPO, build_version
+from report_fixture import REPO, REPORT, build_version
 
 needs_chromium = pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed "
                                     "(Debian: apt-get install -y chromium); the browser checks are skipped")
@@ -101,7 +101,7 @@ def test_report_page_renders_offline_in_chromium(tmp_path, shots):
     build_version(a)
     build_version(b, seed=1)
     for name, sources in (("report", [a]), ("compare", [a, b])):
-        page = build_report(tmp_path / f"{name}.html", [str(s) for s in sources], ["A", "B"][: len(sources)])
+        page = build_report(tmp_path / f"{name}.html", REPORT, [str(s) for s in sources], ["A", "B"][: len(sources)])
         result = open_page(page, shots / f"{name}.png")
         assert result.console_errors == [] and result.requests == []
         assert result.status == {"expected": len(CHARTS), "drawn": len(CHARTS), "errors": []}

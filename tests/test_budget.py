@@ -156,6 +156,7 @@ def test_the_report_shows_cost_per_role_per_surviving_and_per_selected_item(tmp_
     from evolforge.io.records import write_output
     from evolforge.report.collect import collect
     from evolforge.report.page import render
+    from report_fixture import REPORT
 
     (tmp_path / "metrics/evolve").mkdir(parents=True)
     (tmp_path / "metrics/evolve/round_1.json").write_text(json.dumps(
@@ -165,10 +166,10 @@ def test_the_report_shows_cost_per_role_per_surviving_and_per_selected_item(tmp_
     write_output(tmp_path / "data/clean", pl.DataFrame({"id": ["a", "b", "c", "d", "e"], "round": [1] * 5,
                                                         "failure_reason": [None, None, None, None, "duplicate"]}))
     write_output(tmp_path / "data/selected", pl.DataFrame({"id": ["a", "b"], "round": [1, 1]}))
-    s = collect(tmp_path)["spend"]
+    s = collect(REPORT.under(tmp_path))["spend"]
     assert s["cost"] == 4.0 and s["tokens"] == 2700 and s["roles"]["evolver"]["calls"] == 10
     assert s["surviving"] == 4 and s["cost_per_surviving"] == 1.0 and s["cost_per_selected"] == 2.0
-    page = render([("v", collect(tmp_path))])
+    page = render([("v", collect(REPORT.under(tmp_path)))])
     assert "LLM spend" in page and "per selected item (2) 2" in page
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -340,6 +341,7 @@ def test_cli_misuse_is_one_line_without_traceback(repo, tmp_path, monkeypatch, c
     from evolforge.cli import main
 
     monkeypatch.chdir(tmp_path)
+    shutil.copy(repo / "dvc.yaml", "dvc.yaml")  # where the commands read the artifacts' paths
     seed = Path("data/seed")
     seed.mkdir(parents=True)
     pl.DataFrame({"id": ["s1"], "root_id": ["s1"], "parent_id": [None], "round": [0], "method": ["seed"],

@@ -320,8 +320,10 @@ def test_headline_metrics_of_a_version(tmp_path):
 
     from evolforge.io.records import write_json, write_output
     from evolforge.report.summary import headline
+    from report_fixture import REPORT
 
-    assert headline(tmp_path) == {"surv": {}, "sel": {"n": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}, "wall": {}}
+    version = REPORT.under(tmp_path)
+    assert headline(version) == {"surv": {}, "sel": {"n": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}, "wall": {}}
     m = tmp_path / "metrics"
     write_json(m / "evolve.json", {"round_1": {"in": 16, "evolved": 4}, "round_2": {"in": 16, "evolved": 0},
                                    "total": {"in": 32, "evolved": 4}})
@@ -332,11 +334,11 @@ def test_headline_metrics_of_a_version(tmp_path):
     write_json(m / "evolve" / "round_1.json", {"llm": {"evolver": {"cost": 1.5}, "responder": {"calls": 2}}})
     write_output(tmp_path / "data" / "selected", pl.DataFrame({"id": ["a", "b", "c"], "difficulty_score": [10.0, 20.0, 60.0],
                                                               "ic_ifd": [0.1, 0.2, 0.3]}))
-    h = headline(tmp_path)
+    h = headline(version)
     assert h["surv"] == {"r1": 0.25, "r2": 0.0}
     assert h["sel"] == {"n": 3, "diff": 30.0, "icifd": 0.2}  # the selection's own rows, not select.json's 0.9
     assert h["ev"] == {"mbpp": 0.75, "ifeval": 0.2}
     assert h["cost"] == {"usd": 1.75}
     write_json(m / "summary.json", h)  # the file itself is never counted twice
-    assert headline(tmp_path)["cost"] == {"usd": 1.75}
+    assert headline(version)["cost"] == {"usd": 1.75}
     assert json.loads((m / "summary.json").read_text())["sel"]["n"] == 3

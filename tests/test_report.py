@@ -27,7 +27,7 @@ from evolforge.report.assets import LIBRARIES, TEMPLATE, library_scripts  # noqa
 from evolforge.report.collect import collect  # noqa: E402
 from evolforge.report.page import CHARTS, render, spec  # noqa: E402
 from evolforge.score.histogram import histogram, nice_step  # noqa: E402
-from report_fixture import REPO, build_version  # noqa: E402
+from report_fixture import CARD, REPO, REPORT, build_version  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_template_inlines_the_three_libraries_with_their_licences():
 
 def test_collect_counts_match_the_fixture(version):
     root, expected = version
-    v = collect(root)
+    v = collect(REPORT.under(root))
     funnel = {r["round"]: r for r in v["funnel"]}
     assert funnel[0]["in"] == expected["seeds"]
     for k in (1, 2, 3):
@@ -118,7 +118,7 @@ def test_collect_counts_match_the_fixture(version):
 def test_grouped_bars_keep_rounds_apart(version):
     root, _ = version
     chart = next(c for c in CHARTS if c[0] == "difficulty_levels")
-    content = spec([("A", collect(root))], chart)
+    content = spec([("A", collect(REPORT.under(root)))], chart)
     enc = content["encoding"]
     assert enc["xOffset"]["field"] == enc["color"]["field"] == "round"  # one bar per round, side by side
     assert "stack" not in json.dumps(enc) and enc["x"]["field"] == "level" and enc["y"]["field"] == "share"
@@ -129,7 +129,7 @@ def test_report_page_one_and_two_versions(version, tmp_path):
     root, expected = version
     other = tmp_path / "other"
     build_version(other, seed=1)
-    page = build_report(tmp_path / "index.html", [str(root)], ["A"]).read_text(encoding="utf-8")
+    page = build_report(tmp_path / "index.html", REPORT, [str(root)], ["A"]).read_text(encoding="utf-8")
     assert page.count("<ol class='chain'") == 20
     assert page.count("evolforgeDraw('chart-") == len(CHARTS)
     # nothing the browser would fetch: no src / href attributes, no CSS url()
@@ -139,7 +139,7 @@ def test_report_page_one_and_two_versions(version, tmp_path):
     assert "<h2>Pairwise comparison</h2>" in page  # win, tie, lose of the fixture's 10 prompts
     assert '<td>base</td><td class="num">10</td><td class="num">6</td><td class="num">3</td><td class="num">1</td>' in page
 
-    both = build_report(tmp_path / "compare.html", [str(root), str(other)], ["A", "B"]).read_text(encoding="utf-8")
+    both = build_report(tmp_path / "compare.html", REPORT, [str(root), str(other)], ["A", "B"]).read_text(encoding="utf-8")
     assert both.count("<ol class='chain'") == 40 and "<h3>A</h3>" in both and "<h3>B</h3>" in both
     specs = [json.loads(m) for m in re.findall(r"evolforgeDraw\('chart-[a-z_]+', (\{.*?\})\);</script>", both)]
     revs = set().union(*({row["rev"].split(" · ")[0] for row in s["data"]["values"]} for s in specs))
@@ -147,7 +147,7 @@ def test_report_page_one_and_two_versions(version, tmp_path):
 
 
 def test_report_of_a_version_with_nothing_built(tmp_path):
-    page = render([("empty", collect(tmp_path))])
+    page = render([("empty", collect(REPORT.under(tmp_path)))])
     assert "not built in this version" in page and "no data" in page
 
 
@@ -157,7 +157,7 @@ def test_dataset_card_and_datasets_folder(version, tmp_path):
     root, expected = version
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["card"] = {"license": "apache-2.0", "limitations": "Demo seeds only."}
-    card = write_card(root / "data" / "selected", root, params)
+    card = write_card(root / "data" / "selected", CARD.under(root), params)
     text = card.read_text(encoding="utf-8")
     header = yaml.safe_load(text.split("---")[1])
     assert header["license"] == "apache-2.0" and header["size_categories"] == ["n<1K"]
@@ -186,7 +186,7 @@ def _selection(root, prefix: str, n: int):
     pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(n)], "root_id": ["r"] * n, "parent_id": [None] * n,
                   "round": [1] * n, "method": ["deepen"] * n, "instruction": [f"{prefix} question {i}" for i in range(n)],
                   "input": [""] * n, "output": [f"{prefix} answer {i}" for i in range(n)]}).write_parquet(folder / "items.parquet")
-    write_card(folder, root, {})
+    write_card(folder, CARD.under(root), {})
     return folder
 
 
@@ -215,19 +215,20 @@ def test_each_dataset_version_loads_as_itself_through_one_shared_cache(tmp_path)
 def test_card_scenario_line(tmp_path):
     from evolforge.steps.select.card import _scenario_line
 
-    assert "not recorded" in _scenario_line(tmp_path)
+    pool = tmp_path / "metrics" / "pool.json"
+    assert "not recorded" in _scenario_line(None) and "not recorded" in _scenario_line(pool)
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "pool.json").write_text(json.dumps(
+    pool.write_text(json.dumps(
         {"scenario": "autoif", "source": "data/responses", "items": 40, "autoif_items": 0,
          "fallback": "no_autoif_items: 0 verified constraints"}))
-    line = _scenario_line(tmp_path)
+    line = _scenario_line(pool)
     assert line.startswith("**Scenario**: `autoif`, 40 items from `data/responses`")
     assert "evolved one was used" in line and "0 verified constraints" in line and "verified by AutoIF" not in line
-    (tmp_path / "metrics" / "pool.json").write_text(json.dumps(
+    pool.write_text(json.dumps(
         {"scenario": "autoif", "source": "data/autoif/responses", "items": 12, "autoif_items": 12, "fallback": None}))
-    line = _scenario_line(tmp_path)
+    line = _scenario_line(pool)
     assert "12 items from `data/autoif/responses`, of them 12 verified by AutoIF" in line and "used" not in line
-    page = render([("A", {**collect(tmp_path / "nothing"), "metrics": {"pool": {"scenario": "autoif", "items": 3,
+    page = render([("A", {**collect(REPORT.under(tmp_path / "nothing")), "metrics": {"pool": {"scenario": "autoif", "items": 3,
                                                                                  "fallback": "no_autoif_items: none"}}})])
     assert "<td>fallback</td><td>no_autoif_items: none</td>" in page and "no compare metrics" in page
 
@@ -245,7 +246,7 @@ def test_export_draws_svg_and_png_offline(version, tmp_path):
     from evolforge.report.export import export_plots
 
     root, _ = version
-    v = collect(root)
+    v = collect(REPORT.under(root))
     specs = {c[0]: spec([("A", v)], c) for c in CHARTS}
     svg = export_plots(tmp_path, "svg", specs=specs)
     assert len(svg) == len(CHARTS) and all(p.read_text().lstrip().startswith("<svg") for p in svg)
@@ -273,7 +274,7 @@ def test_card_counts_come_from_the_selection_being_written(version, tmp_path):
     staging.mkdir()
     shutil.copy(copy / "data" / "selected" / "items.parquet", staging / "items.parquet")
     shutil.rmtree(copy / "data" / "selected")
-    text = write_card(staging, copy, yaml.safe_load((REPO / "params.yaml").read_text())).read_text(encoding="utf-8")
+    text = write_card(staging, CARD.under(copy), yaml.safe_load((REPO / "params.yaml").read_text())).read_text(encoding="utf-8")
     selected = pl.read_parquet(staging / "items.parquet")
     rows = [line for line in text.splitlines() if re.match(r"\| [123] \|", line)]
     per_round = {int(line.split("|")[1]): int(line.split("|")[-2]) for line in rows}
@@ -308,7 +309,7 @@ def test_card_says_nothing_evolved_and_names_the_fallback(tmp_path):
     _nothing_evolved_version(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["evolve"]["strategy"] = "auto"  # requested; the version's rounds fell back to evol
-    text = write_card(tmp_path / "data" / "selected", tmp_path, params).read_text(encoding="utf-8")
+    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), params).read_text(encoding="utf-8")
     intro = text.split("\n# ", 1)[1].split("\n\n")[1]
     assert intro.startswith("3 instruction-response pairs. No instruction evolved: 1 round(s) of evolution were run")
     assert "seed instructions" in intro and "Evol-Instruct" not in intro
@@ -330,36 +331,42 @@ def test_report_shows_what_dedup_and_decontamination_removed(version, tmp_path):
     write_output(copy / "data" / "dedup", deduped, tables={"removed.parquet": duplicates})
     write_output(copy / "data" / "clean", deduped.join(contaminated.select("id"), on="id", how="anti"),
                  tables={"removed.parquet": contaminated})
-    funnel = {r["round"]: r for r in collect(copy)["funnel"]}
+    funnel = {r["round"]: r for r in collect(REPORT.under(copy))["funnel"]}
     assert funnel[1]["removed_by_reason"] == {"near_duplicate": 2, "exact_duplicate": 1}
     assert funnel[2]["removed_by_reason"] == {"contaminated": 1} and funnel[3]["removed_by_reason"] == {}
     assert funnel[1]["clean"] == funnel[1]["answered"] - 3
-    page = render([("A", collect(copy))])
+    page = render([("A", collect(REPORT.under(copy)))])
     assert "near_duplicate: 2<br>exact_duplicate: 1" in page and "contaminated: 1" in page
 
 
 def test_partly_built_workspace_warns_about_stale_metrics(version, tmp_path, capsys):
+    """A metric sits beside its stage's outputs as the workspace's dvc.yaml declares them."""
     import shutil
 
     root, _ = version
     copy = _copy_version(root, tmp_path / "v")
-    assert collect(copy)["warnings"] == []  # no dvc.yaml: a version copied out of a revision, complete by construction
-    (copy / "dvc.yaml").write_text("stages: {}\n")
+    layout = REPORT.under(copy)
+    assert collect(layout)["warnings"] == []  # no dvc.yaml: a version copied out of a revision, complete by construction
+    assert collect(layout, copy / "dvc.yaml")["warnings"] == []  # none there either
+    shutil.copy(REPO / "dvc.yaml", copy / "dvc.yaml")
+    (copy / "metrics" / "evolve").mkdir()
+    (copy / "metrics" / "evolve" / "round_1.json").write_text("{}")  # an evolve round's own metrics
     for output in ("data/method", "data/pool", "data/clean", "data/diversity", "models/sft", "data/eval_base",
                    "data/eval", "data/compare"):
         (copy / output).mkdir(parents=True, exist_ok=True)
-    assert collect(copy)["warnings"] == []  # a workspace where every metric sits beside its output
+    assert collect(layout, copy / "dvc.yaml")["warnings"] == []  # every metric sits beside its stage's outputs
     shutil.rmtree(copy / "data" / "evolved")  # a fresh clone that built only the seed and responses
     shutil.rmtree(copy / "data" / "compare")  # evaluate ran here, compare did not
-    warnings = collect(copy)["warnings"]
-    assert any(w.startswith("metrics/evolve.json, metrics/plots/evolve_failures.json present but data/evolved is not")
-               for w in warnings)
+    warnings = collect(layout, copy / "dvc.yaml")["warnings"]
+    assert any(w.startswith("metrics/evolve present but data/evolved is not") for w in warnings)
     assert any("metrics/compare.json present but data/compare is not" in w for w in warnings)
-    assert not any("metrics/eval.json" in w for w in warnings)
-    build_report(tmp_path / "index.html", [str(copy)], ["ws"])
+    assert not any("metrics/eval.json" in w for w in warnings) and len(warnings) == 2
+    build_report(tmp_path / "index.html", REPORT, [str(copy)], ["ws"])
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert page.count("<p class='warning'>ws: ") == len(warnings)
     assert "evolforge report: warning: ws: metrics/compare.json present" in capsys.readouterr().err
+    build_report(tmp_path / "stage.html", REPORT, [str(copy)], ["ws"], stale_check=False)  # the report stage's
+    assert "<p class='warning'>" not in (tmp_path / "stage.html").read_text(encoding="utf-8")
 
 
 def test_evaluation_differences_show_their_sample_size(version):
@@ -383,7 +390,7 @@ def test_side_by_side_tables_scroll_in_their_column():
 def test_charts_read_well_with_few_points_and_two_sets(version):
     """The selection's histogram shares the pool's bins (bars of one width); step charts tick whole steps from zero."""
     root, _ = version
-    v = collect(root)
+    v = collect(REPORT.under(root))
     for col in ("ifd", "ic_ifd", "mnd"):
         pool = [(b["bin_low"], b["bin_high"]) for b in v["histograms"][col] if b["set"] == "pool"]
         chosen = [(b["bin_low"], b["bin_high"]) for b in v["histograms"][col] if b["set"] == "selected"]
@@ -402,7 +409,7 @@ def _section(page: str, title: str) -> str:
 
 def test_survival_per_round_in_the_funnel_and_the_summary(version):
     root, expected = version
-    v = collect(root)
+    v = collect(REPORT.under(root))
     page = render([("A", v)])
     funnel = {r["round"]: r for r in v["funnel"]}
     assert funnel[0]["survival"] is None
@@ -420,7 +427,7 @@ def test_survival_per_round_in_the_funnel_and_the_summary(version):
 
 def test_evolved_instructions_beside_their_parents(version):
     root, expected = version
-    v = collect(root)
+    v = collect(REPORT.under(root))
     tables = [pl.read_parquet(root / "data" / "seed" / "items.parquet")] + [
         pl.read_parquet(root / "data" / "evolved" / f"round_{k}" / "items.parquet") for k in (1, 2, 3)]
     by_id = {r["id"]: r for t in tables for r in t.to_dicts()}
@@ -445,7 +452,7 @@ def test_evolved_instructions_beside_their_parents(version):
 
 def test_difficulty_distribution_per_round(version, tmp_path):
     root, _ = version
-    v = collect(root)
+    v = collect(REPORT.under(root))
     judged = pl.read_parquet(root / "data" / "judged" / "items.parquet")
     for field in ("difficulty_expected", "difficulty_score"):
         rows = {r["round"]: r for r in v["difficulty"] if r["score"] == field}
@@ -468,14 +475,14 @@ def test_difficulty_distribution_per_round(version, tmp_path):
     # judge.probabilities off: the expected score is null, the most likely one is all there is
     copy = _copy_version(root, tmp_path / "v")
     write_output(copy / "data" / "judged", judged.with_columns(difficulty_expected=pl.lit(None, pl.Float64)))
-    off = collect(copy)
+    off = collect(REPORT.under(copy))
     assert {r["score"] for r in off["difficulty"]} == {"difficulty_score"}
     assert all(p["score"] == judged.filter(pl.col("id") == p["id"])["difficulty_score"].item() for p in off["pairs"])
 
 
 def test_instruction_text_is_escaped_on_the_page(version):
     root, _ = version
-    page = render([("A", collect(root))])
+    page = render([("A", collect(REPORT.under(root)))])
     assert "<b>topic" not in page  # every fixture instruction holds "<b>topic i</b> & its history."
     for title in ("Evolved instructions beside their parents", "Sample lineage chains"):
         assert "&lt;b&gt;topic" in _section(page, title) and "&amp; its history" in _section(page, title)
@@ -489,6 +496,6 @@ def test_card_versions_come_from_the_select_stages_inputs_only(tmp_path):
     (tmp_path / "data" / "clean" / "meta.json").write_text(json.dumps({"versions": {"polars": "9.9.9-clean"}}))
     (tmp_path / "data" / "compare").mkdir(parents=True)
     (tmp_path / "data" / "compare" / "meta.json").write_text(json.dumps({"versions": {"polars": "0.0.1-later"}}))
-    text = write_card(tmp_path / "data" / "selected", tmp_path, {}).read_text(encoding="utf-8")
+    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), {}).read_text(encoding="utf-8")
     assert "| `polars` | 9.9.9-clean | data/clean |" in text
     assert "0.0.1-later" not in text and "data/compare" not in text

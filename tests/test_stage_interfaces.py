@@ -6,6 +6,10 @@ left are ``--params`` and ``--prompts``, the repository's own configuration, and
 script names. The scripts' arguments are read from their source (the ``arguments(...)`` call of
 :mod:`evolforge.core.stage`), so no script runs: a path it reads is one of the stage's deps, a path it writes
 one of its outs, metrics or plots, and every declared output is written through one of its flags.
+
+No code reads another stage's output at a path of its own: the package's and the scripts' string constants name no
+path under ``data/``, ``metrics/`` or ``models/`` (:data:`NOT_READS` lists the few that read nothing), so what a
+stage reads comes from its flags, and through them from dvc.yaml.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def test_command_matches_script(name, stage):
     deps, outs = entries(stage, ("deps",)), entries(stage, ("outs", "metrics", "plots"))
     for flag, value in given.items():
         kind = flags[flag]["kind"]
-        if kind == "reads":
+        if kind == "reads" or (kind == "optional" and flag not in OUTPUT_FLAGS):  # an optional input is read too
             assert any(overlaps(value, d) for d in deps), f"{name}: {flag} {value} is read but is not among the stage's deps"
         if kind == "writes" or (kind == "optional" and flag in OUTPUT_FLAGS):
             assert any(overlaps(value, p) for p in outs), f"{name}: {flag} {value} is not among the stage's outs, metrics or plots"
@@ -117,3 +121,55 @@ def test_the_checks_catch_a_disagreement(tmp_path):
         "--params": "config", "--prompts": "config", "--items": "reads", "--out": "writes", "--round": "values",
         "--model": "optional"}
     assert not overlaps("data/clean", "data/cleaner") and overlaps("data/evolved", "data/evolved/round_1")
+
+
+ARTIFACTS = ("data", "metrics", "models")  # the folders of the stages' outputs
+# string constants naming a path there that read no stage's output, per file, and why
+NOT_READS = {
+    # every LLM stage's pinned identities: dvc.yaml declares the file under each such stage's `params:`
+    "src/evolforge/llm/identity.py": {"models/identity.json"},
+    "src/evolforge/steps/autoif/settings.py": {"data/seeds/demo.jsonl"},  # a params default (autoif.query.source)
+    # the names pick_pool records when its caller gives none; the stage passes its flags
+    "src/evolforge/steps/pool/step.py": {"data/responses", "data/autoif/responses"},
+    "src/evolforge/steps/evolve/step.py": {"data/method/meta.json fallback: "},  # a message
+    "src/evolforge/plan/__init__.py": {"models/"},  # the planner sorts dvc.yaml's outs into kinds
+    "src/evolforge/eval/tasks/__init__.py": {"data"},  # the offline benchmarks' folder inside a task folder it writes
+    # the Hub's layout inside the selection (data/train-*.parquet), and the tiny test model's name
+    "src/evolforge/steps/select/card.py": {"data", "data/", "data/train-*.parquet", "models/tiny"},
+}
+
+
+def artifact_paths(path: Path) -> list[tuple[int, str]]:
+    """``(line, text)`` of the string constants of ``path`` (docstrings aside) that name a path in one of
+    :data:`ARTIFACTS`: ``"data/..."``, or a bare ``"data"`` joined with ``/``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    joined = {id(side) for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+              for side in (node.left, node.right)}
+    return sorted((node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and (node.value.split("/")[0] in ARTIFACTS and "/" in node.value
+                       or node.value in ARTIFACTS and id(node) in joined))
+
+
+def test_no_code_reads_an_artifact_at_a_fixed_path():
+    """What a stage reads comes from its flags (dvc.yaml), never from a path written in the package or a script."""
+    found = [f"{rel}:{line}: {text!r}" for path in sorted([*(REPO / "src").rglob("*.py"), *(REPO / "stages").glob("*.py")])
+             for rel in [path.relative_to(REPO).as_posix()] for line, text in artifact_paths(path)
+             if text not in NOT_READS.get(rel, ())]
+    assert not found, "paths of stage outputs written in the code (take them from the stage's flags):\n" + "\n".join(found)
+
+
+def test_the_scan_sees_a_fixed_path(tmp_path):
+    """The scan finds a path written whole or joined with ``/``, and leaves docstrings and params sections alone."""
+    module = tmp_path / "m.py"
+    module.write_text('"""Reads data/clean."""\n'
+                      'from pathlib import Path\n'
+                      'def f(root, params):\n'
+                      '    """The rows of metrics/select.json."""\n'
+                      '    a = root / "data" / "clean"\n'
+                      '    b = Path("metrics/pool.json")\n'
+                      '    return a, b, params["data"]\n')
+    assert artifact_paths(module) == [(5, "data"), (6, "metrics/pool.json")]

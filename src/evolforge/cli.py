@@ -1,15 +1,18 @@
 """The ``evolforge`` command: small helpers around the pipeline's artifacts.
 
-    evolforge lineage ITEM_ID [--seed data/seed] [--evolved data/evolved] [--raw]
+    evolforge lineage ITEM_ID [--seed DIR] [--evolved DIR] [--raw]
     evolforge report [--out reports/index.html] [--compare A B] [--labels A B]
     evolforge plots export [--format svg|png|pdf] [--out reports/plots] [--revs REV ...]
-    evolforge card [--selected data/selected]
-    evolforge push-to-hub REPO_ID [--selected data/selected] [--private]
+    evolforge card [--selected DIR]
+    evolforge push-to-hub REPO_ID [--selected DIR] [--private]
     evolforge check [params.yaml]      check the whole params file against the schema
                                        (docs/reference/params-validation.md)
     evolforge plan [STAGE ...] [--json]  requests, tokens, cost and time the stale stages would spend
                                          (docs/explanation/llm.md)
     evolforge --version
+
+The artifacts these read lie where dvc.yaml puts them: a path left out is read from the command of the stage
+that reads it (the report stage's for lineage and report, the select stage's for card and push-to-hub).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 from pathlib import Path
 
 from evolforge import __version__
+from evolforge.steps.common.layout import Layout, stage_flags
 from evolforge.steps.common.lineage import chain, format_chain
 from evolforge.core.stage import run_stage
 
@@ -29,14 +33,15 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     lin = sub.add_parser("lineage", help="print the chain of one item from its seed to its last round")
     lin.add_argument("item_id", help="an item id (or a unique prefix)")
-    lin.add_argument("--seed", default="data/seed")
-    lin.add_argument("--evolved", default="data/evolved", help="folder holding round_<k>/ outputs")
+    lin.add_argument("--seed", help="the seed stage's output (default: the report stage's --seed in dvc.yaml)")
+    lin.add_argument("--evolved", help="folder holding round_<k>/ outputs (default: the report stage's --evolved)")
     lin.add_argument("--raw", action="store_true",
                      help="show the evolver's raw output for every step, not only failed ones")
 
     rep = sub.add_parser("report", help="write the offline HTML report of a dataset version (or two, side by side)")
     rep.add_argument("--out", default="reports/index.html")
-    rep.add_argument("--root", default=".", help="the version to show: a folder laid out as the pipeline writes it")
+    rep.add_argument("--root", default=".", help="the version to show: a folder laid out as the pipeline writes it "
+                                                 "(where dvc.yaml's report stage reads each artifact)")
     rep.add_argument("--compare", nargs=2, metavar=("A", "B"),
                      help="two versions side by side: folders, git revisions or experiment names (read through DVC)")
     rep.add_argument("--labels", nargs="+", help="names shown for the versions (default: as given)")
@@ -50,13 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--revs", nargs="+", help="git revisions / experiments to draw side by side (dvc plots diff)")
 
     card = sub.add_parser("card", help="(re)write the dataset card and the datasets-loadable folder of a selection")
-    card.add_argument("--selected", default="data/selected")
-    card.add_argument("--root", default=".", help="the version's root (metrics/, data/, models/identity.json)")
+    card.add_argument("--selected", help="the selection (default: the select stage's --out in dvc.yaml, in --root)")
+    card.add_argument("--root", default=".", help="the version's folder, holding the outputs where dvc.yaml's select "
+                                                  "stage reads them")
     card.add_argument("--params", default="params.yaml")
 
     hub = sub.add_parser("push-to-hub", help="upload the selection (Parquet shards + card) to the Hugging Face Hub")
     hub.add_argument("repo_id", help="owner/name of the dataset repository")
-    hub.add_argument("--selected", default="data/selected")
+    hub.add_argument("--selected", help="the selection (default: the select stage's --out in dvc.yaml)")
     hub.add_argument("--private", action="store_true")
     check = sub.add_parser("check", help="check params.yaml against the schema: unknown or look-alike keys, "
                                          "types, ranges, secrets; exits non-zero with every problem listed")
@@ -85,15 +91,17 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit(f"{args.params}: " + "\n".join(f"  {p}" for p in problems))
         print(f"{args.params}: ok ({len(params)} sections)")
     elif args.command == "lineage":
-        rounds = sorted((p for p in Path(args.evolved).glob("*/") if (p / "items.parquet").exists()),
-                        key=lambda p: int(p.name.rsplit("_", 1)[-1]) if p.name.rsplit("_", 1)[-1].isdigit() else 0)
-        print(format_chain(chain(args.item_id, args.seed, rounds), raw=args.raw))
+        from evolforge.steps.common.funnel import evolved_rounds
+
+        declared = stage_flags("report") if args.seed is None or args.evolved is None else {}
+        seed, evolved = args.seed or declared["--seed"], args.evolved or declared["--evolved"]
+        print(format_chain(chain(args.item_id, seed, evolved_rounds(Path(evolved))), raw=args.raw))
     elif args.command == "report":
         from evolforge.report import build_report
 
         sources = list(args.compare) if args.compare else [args.root]
         try:
-            print(build_report(args.out, sources, args.labels))
+            print(build_report(args.out, Layout.from_flags(stage_flags("report")), sources, args.labels))
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f"evolforge report: {err}") from None
     elif args.command == "plots":
@@ -108,7 +116,10 @@ def run(args: argparse.Namespace) -> None:
         from evolforge.schema import load_params
         from evolforge.steps.select.card import write_card
 
-        print(write_card(args.selected, args.root, load_params(args.params)))
+        declared = stage_flags("select")
+        selected = args.selected or Path(args.root) / declared["--out"]
+        card = Layout.from_flags(declared, clean="items").under(args.root)
+        print(write_card(selected, card, load_params(args.params)))
     elif args.command == "plan":
         from evolforge.plan import make_plan
         from evolforge.plan.table import dry_run_command, render
@@ -121,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "push-to-hub":
         from evolforge.steps.select.card import push_to_hub
 
-        print(push_to_hub(args.selected, args.repo_id, private=args.private))
+        print(push_to_hub(args.selected or stage_flags("select")["--out"], args.repo_id, private=args.private))
 
 if __name__ == "__main__":
     main()

@@ -16,13 +16,15 @@ from typing import Any
 import polars as pl
 
 from evolforge.io.records import TABLE
+from evolforge.steps.common.layout import Layout
 
 
-def spend(root: Path) -> dict[str, Any]:
-    """Per role and in total: calls, tokens, cost (None when no role has a price); and the cost per item
-    surviving to ``data/clean`` and per item in ``data/selected``."""
+def spend(layout: Layout) -> dict[str, Any]:
+    """Per role and in total: calls, tokens, cost (None when no role has a price) over the metrics folder of
+    ``layout``; and the cost per item surviving to its clean items and per item of its selection."""
     roles: dict[str, dict[str, Any]] = {}
-    for path in sorted((root / "metrics").rglob("*.json")):
+    metrics = sorted(layout.metrics_dir.rglob("*.json")) if layout.metrics_dir is not None else []
+    for path in metrics:
         try:
             metrics = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -38,7 +40,7 @@ def spend(root: Path) -> dict[str, Any]:
                 mine["cost"] = (mine["cost"] or 0.0) + float(stats["cost"])
     costs = [r["cost"] for r in roles.values() if r["cost"] is not None]
     total = sum(costs) if costs else None
-    surviving, selected = _rows(root / "data/clean"), _rows(root / "data/selected")
+    surviving, selected = _rows(layout.clean), _rows(layout.selected)
     return {"roles": roles, "cost": total,
             "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in roles.values()),
             "surviving": surviving, "selected": selected,
@@ -46,11 +48,11 @@ def spend(root: Path) -> dict[str, Any]:
             "cost_per_selected": total / selected if total is not None and selected else None}
 
 
-def _rows(folder: Path) -> int | None:
-    if not (folder / TABLE).exists():
+def _rows(folder: Path | None) -> int | None:
+    if folder is None or not (folder / TABLE).exists():
         return None
     table = pl.read_parquet(folder / TABLE)
-    if "failure_reason" in table.columns:  # data/clean keeps removed items, marked
+    if "failure_reason" in table.columns:  # the clean items keep the removed ones, marked
         table = table.filter(pl.col("failure_reason").is_null())
     return table.height
 

@@ -16,7 +16,10 @@ pattern shows them all (docs/how-to/experiments.md)::
                    made its output), in pipeline order; ``wall.total`` their sum. The stages without a metrics
                    file (fetch_model, fetch_evolver, models) and the report itself are not timed here.
 
-    >>> sorted(headline("no/such/version"))
+The figures come from the version's metrics folder and selection, as the report stage's
+:class:`~evolforge.steps.common.layout.Layout` gives them::
+
+    >>> sorted(headline(Layout()))
     ['cost', 'ev', 'sel', 'surv', 'wall']
 """
 
@@ -29,6 +32,7 @@ from typing import Any, Iterator
 import polars as pl
 
 from evolforge.io.records import TABLE
+from evolforge.steps.common.layout import Layout
 
 # the score each benchmark is known by (its paper's headline metric), as metrics/eval.json names it
 MAIN_SCORE = {"ifeval": "prompt_level_strict_acc", "gsm8k": "exact_match_strict", "math": "exact_match",
@@ -45,8 +49,8 @@ STAGE_METRICS = {
 }
 
 
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def _json(path: Path | None) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
 
 
 def _short_round(name: str) -> str:
@@ -68,10 +72,10 @@ def _costs(value: Any) -> Iterator[float]:
             yield from _costs(inner)
 
 
-def _selection(root: Path) -> dict[str, float | None]:
-    path = root / "data" / "selected" / TABLE
+def _selection(selected: Path | None) -> dict[str, float | None]:
+    path = selected / TABLE if selected is not None else None
     cols = {"diff": "difficulty_score", "icifd": "ic_ifd"}
-    if not path.exists():
+    if path is None or not path.exists():
         return dict.fromkeys(cols)
     names = pl.read_parquet_schema(path)
     table = pl.read_parquet(path, columns=[c for c in cols.values() if c in names])
@@ -80,11 +84,11 @@ def _selection(root: Path) -> dict[str, float | None]:
                     else None) for short, col in cols.items()}
 
 
-def stage_wall_s(metrics: Path) -> dict[str, float]:
-    """{stage: wall seconds} of the stages whose metrics file records ``wall_s`` (core/stage.py), in pipeline
-    order; an evolve round is ``evolve@<round>``. ``total``: their sum."""
+def stage_wall_s(metrics: Path | None) -> dict[str, float]:
+    """{stage: wall seconds} of the stages whose metrics file (in the folder ``metrics``) records ``wall_s``
+    (core/stage.py), in pipeline order; an evolve round is ``evolve@<round>``. ``total``: their sum."""
     out: dict[str, float] = {}
-    for stage, pattern in STAGE_METRICS.items():
+    for stage, pattern in STAGE_METRICS.items() if metrics is not None else ():
         for path in sorted(metrics.glob(pattern)):
             value = (_json(path) or {}).get("wall_s") if path.is_file() else None
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -94,19 +98,24 @@ def stage_wall_s(metrics: Path) -> dict[str, float]:
     return out
 
 
-def headline(root: str | Path) -> dict[str, dict[str, Any]]:
-    """The headline figures of the version at ``root`` (missing ones are null, never invented)."""
-    root = Path(root)
-    metrics = root / "metrics"
-    evolve = _json(metrics / "evolve.json") or {}
+def headline(layout: Layout) -> dict[str, dict[str, Any]]:
+    """The headline figures of the version whose artifacts ``layout`` gives (missing ones are null, never
+    invented)."""
+    metrics = layout.metrics_dir
+
+    def metric(name: str) -> Any:
+        return _json(metrics / name if metrics is not None else None)
+
+    evolve = metric("evolve.json") or {}
     survival = {_short_round(name): (round(r["evolved"] / r["in"], 4) if r.get("in") else None)
                 for name, r in evolve.items() if name != "total" and isinstance(r, dict) and "evolved" in r}
-    select = _json(metrics / "select.json") or {}
-    tuned = (_json(metrics / "eval.json") or {}).get("finetuned") or {}
+    select = metric("select.json") or {}
+    tuned = (metric("eval.json") or {}).get("finetuned") or {}
     scores = {task: tuned.get(f"{task}/{key}") for task, key in MAIN_SCORE.items() if f"{task}/{key}" in tuned}
-    costs = [c for path in sorted(metrics.rglob("*.json")) if path.name != "summary.json" for c in _costs(_json(path))]
-    selection = _selection(root)
-    if selection["icifd"] is None:  # no data/selected here (a fresh clone): the select stage's own figure
+    files = sorted(metrics.rglob("*.json")) if metrics is not None else []
+    costs = [c for path in files if path.name != "summary.json" for c in _costs(_json(path))]
+    selection = _selection(layout.selected)
+    if selection["icifd"] is None:  # no selection here (a fresh clone): the select stage's own figure
         selection["icifd"] = select.get("selected_mean_ic_ifd")
     return {"surv": survival, "sel": {"n": select.get("selected"), **selection}, "ev": scores,
             "cost": {"usd": round(sum(costs), 4) if costs else None}, "wall": stage_wall_s(metrics)}

@@ -1,7 +1,8 @@
 """What one version's artifacts count, read from disk: the funnel per round (in, evolved, failed by reason,
 answered, kept, judged, selected), the strategy each evolved round used, and the models and prompt templates of
 each stage. The dataset card (:mod:`evolforge.steps.select.card`) and the report page (:mod:`evolforge.report.collect`)
-both show them; every artifact is optional, so a half-built version reads as what it has.
+both show them; every artifact is optional, so a half-built version reads as what it has. Where each artifact lies is
+the reader's :class:`~evolforge.steps.common.layout.Layout`: the paths its stage's command in dvc.yaml gives.
 """
 
 from __future__ import annotations
@@ -13,29 +14,33 @@ from typing import Any
 import polars as pl
 
 from evolforge.io.records import EVOLVED, META, TABLE
+from evolforge.steps.common.layout import Layout
 
 
-def table_at(root: Path, rel: str, columns: list[str] | None = None) -> pl.DataFrame | None:
-    """The table of the artifact folder ``root / rel`` (only ``columns``, those of them it has, when given); None
-    when it is not there."""
-    path = root / rel / TABLE
-    if not path.exists():
+def table_at(folder: Path | None, columns: list[str] | None = None) -> pl.DataFrame | None:
+    """The table of the artifact folder ``folder`` (only ``columns``, those of them it has, when given); None
+    when it is not given or not there."""
+    path = folder / TABLE if folder is not None else None
+    if path is None or not path.exists():
         return None
     if columns is None:
         return pl.read_parquet(path)
     return pl.read_parquet(path, columns=[c for c in columns if c in pl.read_parquet_schema(path)])
 
 
-def json_at(path: Path) -> Any:
-    """A JSON file's content; None when it is not there."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+def json_at(path: Path | None) -> Any:
+    """A JSON file's content; None when it is not given or not there."""
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else None
 
 
-def evolved_rounds(root: Path) -> list[Path]:
+def evolved_rounds(evolved: Path | None) -> list[Path]:
+    """The round folders (with a table) of ``evolved``, the folder holding each round's output, in round order."""
     def index(p: Path) -> int:
         tail = p.name.rsplit("_", 1)[-1]
         return int(tail) if tail.isdigit() else 0
-    return sorted((p for p in (root / "data" / "evolved").glob("*/") if (p / TABLE).exists()), key=index)
+    if evolved is None:
+        return []
+    return sorted((p for p in evolved.glob("*/") if (p / TABLE).exists()), key=index)
 
 
 def _reasons(table: pl.DataFrame) -> dict[str, int]:
@@ -50,13 +55,13 @@ def _by_round(table: pl.DataFrame | None) -> dict[int, int]:
     return {int(r): int(n) for r, n in sorted(table.group_by("round").len().iter_rows())}
 
 
-def _removed(root: Path) -> dict[int, dict[str, int]]:
+def _removed(layout: Layout) -> dict[int, dict[str, int]]:
     """Per round, the items dedup and decontaminate dropped, by reason (their ``removed.parquet``: dedup's
     ``dedup_reason``, exact_duplicate | near_duplicate; decontaminate's are "contaminated")."""
     parts = []
-    for folder, reason in (("dedup", pl.col("dedup_reason")), ("clean", pl.lit("contaminated"))):
-        path = root / "data" / folder / "removed.parquet"
-        if path.exists():
+    for folder, reason in ((layout.dedup, pl.col("dedup_reason")), (layout.clean, pl.lit("contaminated"))):
+        path = folder / "removed.parquet" if folder is not None else None
+        if path is not None and path.exists():
             removed = pl.scan_parquet(path).select(pl.col("round").cast(pl.Int64),
                                                    reason.fill_null("removed").alias("reason"))
             parts.append(removed.collect())
@@ -69,19 +74,19 @@ def _removed(root: Path) -> dict[int, dict[str, int]]:
     return out
 
 
-def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
+def funnel(layout: Layout, selected: pl.DataFrame | None = None) -> list[dict]:
     """One row per round: in (the attempts), evolved, failed (by reason), survival (evolved / in), answered, clean
     (with the removed by reason), judged, selected. ``selected`` is the selection when it is not yet in
-    ``data/selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
+    ``layout.selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
     publish)."""
     # the round column alone: the counts per round (8 bytes per item, not the texts)
-    responses, clean = table_at(root, "data/pool", ["round"]), table_at(root, "data/clean", ["round"])
-    judged = table_at(root, "data/judged", ["round"])
-    selected = selected if selected is not None else table_at(root, "data/selected", ["round"])
+    responses, clean = table_at(layout.pool, ["round"]), table_at(layout.clean, ["round"])
+    judged = table_at(layout.judged, ["round"])
+    selected = selected if selected is not None else table_at(layout.selected, ["round"])
     answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
     kept = _by_round(clean) if clean is not None else {}
-    removed = _removed(root) if clean is not None else {}
-    seed = table_at(root, "data/seed", ["id"])
+    removed = _removed(layout) if clean is not None else {}
+    seed = table_at(layout.seed, ["id"])
     rows = []
     if seed is not None:
         rows.append({"round": 0, "in": seed.height, "evolved": None, "failed": None, "survival": None,
@@ -89,7 +94,7 @@ def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
                      "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None
                                                                     else None) if clean is not None else None,
                      "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
-    for path in evolved_rounds(root):
+    for path in evolved_rounds(layout.evolved):
         t = pl.read_parquet(path / TABLE, columns=["round", "status", "failure_reason"])
         r = int(t["round"][0]) if t.height else 0
         evolved = int((t["status"] == EVOLVED).sum())
@@ -102,10 +107,10 @@ def funnel(root: Path, selected: pl.DataFrame | None = None) -> list[dict]:
     return rows
 
 
-def round_strategies(root: Path) -> list[dict]:
+def round_strategies(layout: Layout) -> list[dict]:
     """Per evolved round (its ``meta.json``): the strategy asked for, the one used, and why they differ."""
     out = []
-    for path in evolved_rounds(root):
+    for path in evolved_rounds(layout.evolved):
         meta = json_at(path / META) or {}
         used = (meta.get("settings") or {}).get("strategy")
         out.append({"round": meta.get("round", path.name), "requested": meta.get("requested_strategy") or used,
@@ -113,13 +118,13 @@ def round_strategies(root: Path) -> list[dict]:
     return out
 
 
-def provenance(root: Path) -> list[dict]:
+def provenance(layout: Layout) -> list[dict]:
     """Models, their identities and the prompt template hashes, stage by stage (from each output's meta.json)."""
     rows = []
-    stages = [(f"evolve {p.name}", p) for p in evolved_rounds(root)] + [
-        (name, root / "data" / name) for name in ("responses", "judged", "scores", "selected")]
+    stages = [(f"evolve {p.name}", p) for p in evolved_rounds(layout.evolved)] + [
+        (name, getattr(layout, name)) for name in ("responses", "judged", "scores", "selected")]
     for stage, folder in stages:
-        meta = json_at(folder / META)
+        meta = json_at(folder / META if folder is not None else None)
         if meta is None:
             continue
         hashes = dict(meta.get("template_hashes") or {})
@@ -129,7 +134,7 @@ def provenance(root: Path) -> list[dict]:
         model = meta.get("model") or (scorer or {}).get("name")
         identity = meta.get("model_identity") or scorer
         if stage == "scores" and not model:
-            model = (json_at(root / "metrics" / "score.json") or {}).get("scorer")
+            model = (json_at(layout.score_metrics) or {}).get("scorer")
         if not (model or identity or hashes):
             continue  # select and the like: no model, no prompt
         rows.append({"stage": stage, "model": model, "identity": identity, "template_hashes": hashes})

@@ -12,12 +12,13 @@ The card's ``configs`` entry points ``datasets`` at the shards, so the other fil
     >>> datasets.load_dataset("data/selected")["train"][0]["messages"]    # doctest: +SKIP
     [{'role': 'user', 'content': '...'}, {'role': 'assistant', 'content': '...'}]
 
-The card says what made the data: seed source, every role's model and identity (``models/identity.json``
-when present, else ``params.yaml`` roles), prompt template hashes, evolution and selection params, counts
+The card says what made the data: seed source, every role's model and identity (the models stage's identity file
+when given, else ``params.yaml`` roles), prompt template hashes, evolution and selection params, counts
 per stage, the versions of the packages that can change the data, and known limitations. The ``configs``
 entry's ``description`` carries the shards' sha256 fingerprint: ``datasets`` keys its cache on the folder's
 name and that header, so each version gets its own cache entry and loads as itself. ``params.yaml`` section ``card``
-(optional) sets the header.
+(optional) sets the header. The other stages' outputs it reads are the select stage's card flags (a
+:class:`~evolforge.steps.common.layout.Layout`), each one of its dvc.yaml deps, so the card changes only with them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from evolforge.io.records import META, OUTPUT_PACKAGES, TABLE, VERSIONS, output_
 from evolforge.io.stream import sink_chunks
 from evolforge.core.text import question_text
 from evolforge.steps.select.settings import CardSettings
-from evolforge.steps.common.funnel import funnel, provenance, round_strategies
+from evolforge.steps.common.funnel import evolved_rounds, funnel, provenance, round_strategies
+from evolforge.steps.common.layout import Layout
 from evolforge.steps.common.verification import COLUMNS as VERIFY_COLUMNS, DESCRIPTIONS as VERIFY_DESCRIPTIONS
 from evolforge.steps.common.verification import evidence_line
 
@@ -141,9 +143,8 @@ def shards_fingerprint(folder: Path, names: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _models(root: Path, params: dict) -> list[dict]:
-    identities = root / "models" / "identity.json"
-    if identities.exists():
+def _models(identities: Path | None, params: dict) -> list[dict]:
+    if identities is not None and identities.exists():
         found = read_json(identities)
         return [{"role": role, **{k: v.get(k) for k in ("backend", "model", "revision", "identity")}}
                 for role, v in sorted(found.items()) if isinstance(v, dict)]
@@ -164,12 +165,11 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _scenario_line(root: Path) -> str:
-    """Which pool was deduplicated, judged and selected from (``metrics/pool.json``, stage pick_scenario)."""
-    path = root / "metrics" / "pool.json"
-    pool = read_json(path) if path.is_file() else {}
+def _scenario_line(path: Path | None) -> str:
+    """Which pool was deduplicated, judged and selected from (``path``: the pick_scenario stage's metrics)."""
+    pool = read_json(path) if path is not None and path.is_file() else {}
     if not pool:
-        return "**Scenario**: not recorded (no `metrics/pool.json`)."
+        return "**Scenario**: not recorded (no metrics of the pick_scenario stage)."
     line = (f"**Scenario**: `{pool.get('scenario', '?')}`, {pool.get('items', '?')} items from "
             f"`{pool.get('source', '?')}`")
     if pool.get("autoif_items"):
@@ -227,22 +227,22 @@ def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) 
     return line + f", rounds {', '.join(rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`."
 
 
-# the stage outputs the card reads (their tables, meta.json): the select stage's dvc.yaml deps, so the card
-# changes only with them (never with an output of a later stage, or one that another experiment left behind)
-READS = ("data/seed", "data/evolved/round_*", "data/pool", "data/dedup", "data/clean", "data/judged",
-         "data/scores", "data/diversity", "data/verified")
+# the stage outputs whose recorded package versions the card lists (their meta.json): the select stage's inputs,
+# never an output of a later stage, or one that another experiment left behind
+VERSIONED = ("seed", "pool", "dedup", "clean", "judged", "scores", "diversity", "verified")
 
 
-def _versions_rows(root: Path) -> list[list[Any]]:
-    """Package, version, the stage outputs (of ``READS``) whose ``meta.json`` recorded it; this install's where
-    none did. The selection itself is left out: the card is written by the same install, while it is being
-    replaced."""
+def _versions_rows(layout: Layout) -> list[list[Any]]:
+    """Package, version, the stage outputs (the evolved rounds and :data:`VERSIONED`) whose ``meta.json`` recorded
+    it; this install's where none did. The selection itself is left out: the card is written by the same install,
+    while it is being replaced."""
     seen: dict[str, dict[str, list[str]]] = {name: {} for name in OUTPUT_PACKAGES}
-    for meta_path in sorted(p for pattern in READS for p in root.glob(f"{pattern}/{META}")):
+    folders = evolved_rounds(layout.evolved) + [f for f in (getattr(layout, name) for name in VERSIONED) if f]
+    for meta_path in sorted(p for p in (f / META for f in folders) if p.is_file()):
         recorded = (read_json(meta_path) or {}).get(VERSIONS)
         for name, version in (recorded.items() if isinstance(recorded, dict) else ()):
             if name in seen:
-                seen[name].setdefault(str(version), []).append(meta_path.parent.relative_to(root).as_posix())
+                seen[name].setdefault(str(version), []).append(layout.relative(meta_path.parent))
     now = output_versions()
     rows = []
     for name, by_version in seen.items():
@@ -274,23 +274,25 @@ def verification_section(table: Path) -> str:
             + _md_table(["id", "round", "instruction", "method", "verdict", "confidence", "evidence"], items))
 
 
-def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, settings: CardSettings,
+def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, params: dict, settings: CardSettings,
               fingerprint: str = "", verification: str = "") -> str:
     """The README.md text: YAML header, then how the data was made. ``rows``: the published rows' ``round``
-    column (its height, the row count), ``columns``: the published columns."""
+    column (its height, the row count), ``columns``: the published columns, ``layout``: the other stages'
+    outputs."""
     header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
               "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
               "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],
               "configs": [{"config_name": "default", "description": f"fingerprint {fingerprint}",
                           "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
     seed_cfg, evolve_cfg, select_cfg = (params.get(k) or {} for k in ("seed", "evolve", "select"))
-    funnel_rows = funnel(root, selected=rows)  # the selection being written, not an older data/selected
+    funnel_rows = funnel(layout, selected=rows)  # the selection being written, not an older one
     counts = [[("seed" if r["round"] == 0 else r["round"]), r["in"], r["evolved"], r["failed"],
                ", ".join(f"{k}: {v}" for k, v in r["failed_by_reason"].items()), r["answered"],
                r["clean"], r["judged"], r["selected"]] for r in funnel_rows]
     prompts = [[p["stage"], p["model"], ", ".join(f"`{n}` {h}" for n, h in sorted(p["template_hashes"].items()))]
-               for p in provenance(root)]
-    models = [[m["role"], m["backend"], m["model"], m["revision"], m["identity"]] for m in _models(root, params)]
+               for p in provenance(layout)]
+    models = [[m["role"], m["backend"], m["model"], m["revision"], m["identity"]]
+              for m in _models(layout.identities, params)]
     columns = [[f"`{c}`", DESCRIPTIONS.get(c, "")] for c in columns]
     rounds = sorted((evolve_cfg.get("rounds") or {}).items(), key=lambda kv: (kv[1] or {}).get("index", 0))
     limitations = LIMITATIONS + (f"\n{settings.limitations.strip()}" if settings.limitations else "")
@@ -300,14 +302,14 @@ def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, 
     parts = [
         "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
         f"# {settings.pretty_name}",
-        summary_text(rows, funnel_rows, round_strategies(root), len(rounds), select_cfg.get("metric", "?")),
+        summary_text(rows, funnel_rows, round_strategies(layout), len(rounds), select_cfg.get("metric", "?")),
         LOADING.format(fingerprint=fingerprint),
         "## How it was made",
         f"**Seed source**: `{seed_cfg.get('source', 'unknown')}`"
         + (f" at revision `{seed_cfg['revision']}`" if seed_cfg.get("revision") else "")
         + (f", limit {seed_cfg['limit']}" if seed_cfg.get("limit") else "") + ".",
-        evolution_line(evolve_cfg, round_strategies(root), [name for name, _ in rounds]),
-        _scenario_line(root),
+        evolution_line(evolve_cfg, round_strategies(layout), [name for name, _ in rounds]),
+        _scenario_line(layout.pool_metrics),
         "**Selection**: " + ", ".join(f"`{k}`: {_cell(v)}" for k, v in sorted(select_cfg.items())) + ".",
         "### Models\n\n" + _md_table(["role", "backend", "model", "revision", "identity"], models),
         "### Prompt templates (sha256 prefixes)\n\n" + _md_table(["stage", "model", "templates"], prompts),
@@ -321,7 +323,7 @@ def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, 
                                                        if k in params}, sort_keys=True) + "```",
         "### Software versions\n\nThe installed versions of the packages that can change the data, as each stage "
         "output's `meta.json` recorded them (`make setup` installs the locked set: `requirements/cpu.txt`).\n\n"
-        + _md_table(["package", "version", "recorded by"], _versions_rows(root)),
+        + _md_table(["package", "version", "recorded by"], _versions_rows(layout)),
         *([verification] if verification else []),
         "## Columns\n\n" + _md_table(["column", "meaning"], columns),
         "## Known limitations\n\n" + limitations,
@@ -329,11 +331,12 @@ def card_text(rows: pl.DataFrame, columns: list[str], root: Path, params: dict, 
     return "\n\n".join(parts) + "\n"
 
 
-def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | None = None) -> Path:
-    """Write the shards and ``README.md`` into ``selected_dir``; return the card's path."""
+def write_card(selected_dir: str | Path, layout: Layout, params: dict | None = None) -> Path:
+    """Write the shards and ``README.md`` into ``selected_dir``, telling how the outputs of ``layout`` made the
+    selection; return the card's path."""
     params = params or {}
     settings = load_section(params, "card", CardSettings)
-    selected_dir, root = Path(selected_dir), Path(root)
+    selected_dir = Path(selected_dir)
     table_path = selected_dir / TABLE
     if not table_path.exists():
         raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
@@ -347,8 +350,8 @@ def write_card(selected_dir: str | Path, root: str | Path = ".", params: dict | 
     columns = list(hub_rows(pl.read_parquet(table_path, n_rows=0)).columns)
     card = selected_dir / "README.md"
     tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
-    tmp.write_text(card_text(rounds, columns, root, params, settings, fingerprint, verification_section(table_path)),
-                   encoding="utf-8")
+    tmp.write_text(card_text(rounds, columns, layout, params, settings, fingerprint,
+                             verification_section(table_path)), encoding="utf-8")
     os.replace(tmp, card)
     return card
 

@@ -22,6 +22,7 @@ from evolforge.config.data import DataSettings
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.records import write_table
+from evolforge.steps.common.layout import Layout
 from evolforge.steps.select.card import write_card
 from evolforge.steps.select.embeddings import load_embeddings
 from evolforge.steps.select.export import write_selection
@@ -29,20 +30,22 @@ from evolforge.steps.select.narrow import Inputs, check_inputs, file_texts, rank
 from evolforge.steps.select.selection import Selection, choose
 
 
-def _write(folder: Path, inputs: Inputs, selection: Selection, params: dict[str, Any], chunk_rows: int) -> None:
+def _write(folder: Path, inputs: Inputs, selection: Selection, params: dict[str, Any], chunk_rows: int,
+           card: Layout) -> None:
     """The selection's files into ``folder`` (the output's temporary folder): the chosen rows streamed in rank
-    order (items.parquet, train.jsonl, train_alpaca.json), excluded.parquet, then the card from items.parquet."""
+    order (items.parquet, train.jsonl, train_alpaca.json), excluded.parquet, then the card from items.parquet
+    and the outputs of ``card``."""
     with tempfile.TemporaryDirectory(prefix=".select-work-", dir=folder.parent) as work:
         write_selection(folder, [inputs.items, *inputs.per_item()], selection.chosen["id"], chunk_rows, Path(work))
     write_table(selection.excluded, folder / "excluded.parquet")
-    write_card(folder, ".", params)
+    write_card(folder, card, params)
 
 
 def run(items: str, judged: str, scores: str, diversity: str, params: dict[str, Any],
-        verified: str | None = None) -> Outputs:
+        verified: str | None = None, card: Layout | None = None) -> Outputs:
     """The select stage: the items of ``items`` joined with the per-item tables of ``judged``, ``scores``,
     ``diversity`` and (when given) ``verified``, selected by ``params.yaml select``, exported for SFT, with the
-    dataset card."""
+    dataset card, which tells what the outputs of ``card`` (the earlier stages'; None: none) count."""
     cfg, rows = load_section(params, "select", SelectSettings), load_section(params, "data", DataSettings).chunk_rows
     inputs = Inputs(items, judged, scores, diversity, verified)
     check_inputs(inputs, cfg, rows)
@@ -57,4 +60,5 @@ def run(items: str, judged: str, scores: str, diversity: str, params: dict[str, 
     return Outputs(summary, f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}; "
                             f"removed per filter {summary['removed_by_filter']}",
                    table=pl.DataFrame(), meta={"params": dataclasses.asdict(cfg)},
-                   finish=lambda folder: _write(folder, inputs, selection, params, rows), peak_rss=True)
+                   finish=lambda folder: _write(folder, inputs, selection, params, rows, card or Layout()),
+                   peak_rss=True)
