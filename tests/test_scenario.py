@@ -118,8 +118,10 @@ def test_dvc_yaml_routes_the_pool_through_pick_scenario(repo):
     assert {"autoif.scenario", "autoif.on_empty"} <= set(stages["pick_scenario"]["params"])
     for name in STAGES_READING_THE_POOL:
         assert "data/pool" in stages[name]["deps"] and "--items data/pool" in stages[name]["cmd"]
-    for name, stage in stages.items():  # nothing after the switch reads the evol answers directly
-        if name not in ("pick_scenario", "report"):
+    # nothing after the switch reads the evol answers directly; select's dataset card and the report name the
+    # respond stage's model and prompt hash (its meta.json)
+    for name, stage in stages.items():
+        if name not in ("pick_scenario", "select", "report"):
             assert "data/responses" not in stage.get("deps", []), name
     chain = [("autoif_constraints", "data/autoif/constraints"), ("autoif_verify", "data/autoif/verified"),
              ("autoif_respond", "data/autoif/responses")]
