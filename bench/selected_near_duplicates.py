@@ -4,7 +4,7 @@
 
 Reads ``<root>/<table>/items.parquet`` and ``<root>/params.yaml`` (``dedup.threshold``, ``dedup.shingle_size``)
 and compares every pair exactly (no MinHash): the text is dedup's ``item_text`` (normalised instruction +
-input), the shingles its word ``shingle_size``-grams as plain strings (not their CRC-32 hashes). Prints the
+input), the shingles its word ``shingle_size``-grams as plain strings (not their 64-bit hashes). Prints the
 most similar pair and the pairs at or above the threshold; exit status 1 when there is one. Quadratic: meant
 for a selected set (thousands of rows), not a pool.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from evolforge.core.text import item_text
-from evolforge.steps.dedup.minhash import shingles
+from evolforge.steps.common.shingles import shingles
 from evolforge.config.loader import read_params, load_section
 from evolforge.steps.dedup.settings import DedupSettings
 

@@ -11,8 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
+from evolforge.steps.common.shingles import shingle_hashes, shingles
 from evolforge.steps.dedup.minhash import (EXACT, NEAR, DedupSettings, band_digests, dedup_table, find_duplicates,
-                                           minhash_signatures, shingle_hashes, shingles, shared_buckets, survival_order, walk_duplicates)
+                                           minhash_signatures, shared_buckets, survival_order, walk_duplicates)
 from evolforge.core.text import item_text, normalize_text
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section

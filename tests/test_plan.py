@@ -186,11 +186,32 @@ def test_first_stale_stage_exact_then_only_the_rest_and_a_raised_cap_finishes_as
     assert capped_then_raised.equals(pl.read_parquet(free / "data/responses/items.parquet"))
 
 
-def test_after_a_prompt_edit_only_the_stages_and_calls_it_feeds(tmp_path, server, tokenizer_dir, monkeypatch):
+def test_after_a_run_another_params_file_and_a_prompt_edit_plan_only_what_they_change(tmp_path, server, tokenizer_dir,
+                                                                                     monkeypatch, capsys):
+    """One run of the project (`dvc repro`), then two plans on it: ``evolforge plan --params OTHER.yaml`` (what is
+    stale and what the calls ask, with OTHER.yaml as params.yaml; the workspace's params.yaml is neither read for
+    it nor changed), and after editing one prompt, only the stages and calls that prompt feeds."""
     root = project(tmp_path / "p", server, tokenizer_dir)
     repro = subprocess.run([str(BIN / "dvc"), "repro", "-q"], cwd=root, capture_output=True, text=True, env=env())
     assert repro.returncode == 0, (repro.stdout + repro.stderr)[-3000:]
     assert planned(root, monkeypatch).rows == []
+
+    shipped = (root / "params.yaml").read_text()
+    other = json.loads(shipped)
+    other["roles"]["judge"]["max_tokens"] = 9  # judge's role changes: judge is stale, respond is not
+    (root / "other.yaml").write_text(json.dumps(other))
+    plan = planned(root, monkeypatch, params_file="other.yaml")
+    assert plan.stale == ["judge"]
+    assert {(r.stage, r.role) for r in plan.rows} == {("judge", "judge")}
+    assert any(n == "planned with other.yaml as params.yaml" for n in plan.notes)
+    assert (root / "params.yaml").read_text() == shipped and planned(root, monkeypatch).rows == []
+
+    from evolforge import cli
+
+    monkeypatch.setattr(sys, "argv", ["evolforge"])
+    cli.main(["plan", "--params", "other.yaml", "--json"])  # the command line passes the file on
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["stale"] == ["judge"]
 
     level = root / "prompts/judge/difficulty_level.j2"
     level.write_text(level.read_text().replace("label how difficult", "say how difficult"))
@@ -266,31 +287,6 @@ def test_a_local_role_without_a_price_is_planned_in_tokens_and_time(tmp_path, se
     # no price: the cost column says "-"; nothing observed yet: expected tokens and time say "?"
     assert re.search(rf"respond +responder +respond +{ITEMS} +[\d,]+ +\? / [\d,]+ +- +\?", render(plan))
     assert server.answered == 0
-
-
-def test_another_params_file_is_planned_as_given(tmp_path, server, tokenizer_dir, monkeypatch, capsys):
-    """``evolforge plan --params OTHER.yaml``: what is stale and what the calls ask, with OTHER.yaml as
-    params.yaml (the workspace's params.yaml is neither read for it nor changed)."""
-    root = project(tmp_path / "p", server, tokenizer_dir)
-    repro = subprocess.run([str(BIN / "dvc"), "repro", "-q"], cwd=root, capture_output=True, text=True, env=env())
-    assert repro.returncode == 0, (repro.stdout + repro.stderr)[-3000:]
-    assert planned(root, monkeypatch).rows == []
-    shipped = (root / "params.yaml").read_text()
-    other = json.loads(shipped)
-    other["roles"]["judge"]["max_tokens"] = 9  # judge's role changes: judge is stale, respond is not
-    (root / "other.yaml").write_text(json.dumps(other))
-    plan = planned(root, monkeypatch, params_file="other.yaml")
-    assert plan.stale == ["judge"]
-    assert {(r.stage, r.role) for r in plan.rows} == {("judge", "judge")}
-    assert any(n == "planned with other.yaml as params.yaml" for n in plan.notes)
-    assert (root / "params.yaml").read_text() == shipped and planned(root, monkeypatch).rows == []
-
-    from evolforge import cli
-
-    monkeypatch.setattr(sys, "argv", ["evolforge"])
-    cli.main(["plan", "--params", "other.yaml", "--json"])  # the command line passes the file on
-    shown = json.loads(capsys.readouterr().out)
-    assert shown["stale"] == ["judge"]
 
 
 def test_a_role_the_stage_makes_itself_is_priced_as_the_stage_had_it():

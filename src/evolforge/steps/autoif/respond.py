@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -28,7 +27,7 @@ from evolforge.core.stage import Outputs
 from evolforge.llm.cached import open_role
 from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
 from evolforge.eval.sandbox import require_sandbox
-from evolforge.steps.common.function_runs import Runner, run_function
+from evolforge.steps.common.function_runs import Runner, run_all, run_function
 from evolforge.steps.common.source import build_seed
 
 
@@ -88,8 +87,7 @@ def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: Aut
     for (cid,), part in table.group_by(["constraint_id"], maintain_order=True):
         for func in kept.filter(pl.col("constraint_id") == cid)["func"].to_list():
             jobs.append((part["id"].to_list(), func, part["output"].to_list()))
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-        outcomes = list(pool.map(lambda job: runner(job[1], job[2]), jobs))
+    outcomes = run_all(runner, [(func, outputs) for _, func, outputs in jobs], settings.workers)
     votes: dict[str, list[bool]] = {}
     for (ids, _, _), run in zip(jobs, outcomes):
         for item_id, result in zip(ids, run.results):

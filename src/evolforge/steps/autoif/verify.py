@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -30,7 +29,7 @@ from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies
                                           load_demonstrations, parse_verification, parser_for,
                                           verification_conversations)
 from evolforge.steps.common.cross_validation import CrossValidation, cross_validate
-from evolforge.steps.common.function_runs import FunctionRun, Runner, run_function
+from evolforge.steps.common.function_runs import FunctionRun, Runner, run_all, run_function
 
 
 Parser = Callable[[str], "tuple[Verification | None, str | None]"]
@@ -133,8 +132,7 @@ def _run_functions(plans: Sequence[_Plan], runner: Runner, workers: int) -> dict
     Returns constraint position -> function position -> run."""
     jobs = [(pos, f, func, [c[0] for c in plan.cases])
             for pos, plan in enumerate(plans) if plan.cases for f, (_, func, _) in enumerate(plan.functions)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # each job waits on its own subprocess
-        outcomes = list(pool.map(lambda job: runner(job[2], job[3]), jobs))
+    outcomes = run_all(runner, [(func, inputs) for _, _, func, inputs in jobs], workers)
     runs: dict[int, dict[int, FunctionRun]] = {}
     for (pos, f, _, _), run in zip(jobs, outcomes):
         runs.setdefault(pos, {})[f] = run

@@ -1,7 +1,7 @@
 """Model-written functions run in the sandbox (:func:`evolforge.eval.sandbox.run_untrusted`): one process per
 function, every input in order, one verdict per input (:class:`FunctionRun`). AutoIF runs its verification
 functions on their cases with it; the verify step runs an answer's code (wrapped in an ``evaluate``) on
-model-written asserts.
+model-written asserts. :func:`run_all` runs many such calls ``workers`` at a time.
 
 >>> read_verdicts('t {"setup": "ok"}\\nt {"i": 0, "result": true}\\nnoise', "t", 2, "passed").results
 (True, None)
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
+
+from evolforge.eval.sandbox import run_untrusted
 
 # One program per function: it defines the function, calls it on every input in order and writes one verdict
 # line per input to stderr (the only stream the sandbox returns), each prefixed by a random tag so the
@@ -68,8 +71,6 @@ def harness(func: str, inputs: Sequence[str], tag: str) -> str:
 
 def run_function(func: str, inputs: Sequence[str], case_timeout_s: float = 5.0, memory_mb: int = 512) -> FunctionRun:
     """Run ``evaluate`` from ``func`` on every input, in one sandboxed process."""
-    from evolforge.eval.sandbox import run_untrusted
-
     tag = "verdict-" + secrets.token_hex(8)
     limit = STARTUP_S + case_timeout_s * max(1, len(inputs))
     result = run_untrusted(harness(func, inputs, tag), timeout_s=limit, memory_mb=memory_mb)
@@ -107,3 +108,20 @@ def read_verdicts(stderr: str, tag: str, n: int, sandbox_status: str) -> Functio
 
 
 Runner = Callable[[str, Sequence[str]], FunctionRun]
+
+
+R = TypeVar("R")
+
+
+def run_all(run: Callable[..., R], calls: Sequence[tuple[Any, ...]], workers: int) -> list[R]:
+    """``run(*call)`` for every call, ``workers`` at a time, the results in the calls' order.
+
+    Threads are enough: each call waits on its own sandbox process. A function that fails (raises, loops, runs out
+    of memory) says so in its result (:class:`FunctionRun` status, a program's note), so one bad function never
+    stops the others; an exception out of ``run`` itself is a bug, raised once the calls under way have ended.
+
+    >>> run_all(pow, [(2, 3), (3, 2)], workers=2)
+    [8, 9]
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda call: run(*call), calls))

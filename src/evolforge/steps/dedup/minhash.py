@@ -7,10 +7,11 @@ same instruction" means one thing across the pipeline.
 
 Similarity. The Jaccard similarity of two items' sets of word shingles (``shingle_size`` consecutive
 words of the normalised text; a text shorter than that is one shingle), each shingle hashed to 64 bits
-(:func:`shingle_hashes`). MinHash sketches of all items at once (:func:`minhash_signatures`, vectorised:
-one sketch object per item cost more CPU than the rest of the stage), banded for LSH (each band reduced to
-a 64-bit digest of its values, :func:`band_digest`; :func:`shared_buckets`), propose candidates; each
-candidate is checked with the exact Jaccard of the two shingle sets, so the sketch can only miss a pair (an
+(:mod:`evolforge.steps.common.shingles`, which select's near-duplicate filter shares). MinHash sketches of
+all items at once (:func:`minhash_signatures`, vectorised: one sketch object per item cost more CPU than the
+rest of the stage), banded for LSH (each band reduced to a 64-bit digest of its values, :func:`band_digest`;
+:func:`shared_buckets`), propose candidates; each candidate is checked with the exact Jaccard of the two
+shingle sets (:class:`~evolforge.steps.common.shingles.KeptShingles`), so the sketch can only miss a pair (an
 LSH false negative: below 1 % for a pair exactly at the threshold, see :func:`lsh_bands`, and fewer above
 it), never invent one (a digest collision only adds a candidate: :func:`walk_duplicates`).
 
@@ -29,14 +30,11 @@ the same text (Jaccard 1.0): the round-2 item survives and the round-1 item gets
 
 >>> normalize_text("  Ｓort a\\tlist  of NUMBERS. ")
 'sort a list of numbers.'
->>> shingles("sort a list of numbers.", 3)
-['sort a list', 'a list of', 'list of numbers.']
 """
 
 from __future__ import annotations
 
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -44,68 +42,10 @@ import numpy as np
 import polars as pl
 
 from evolforge.core.text import item_text, normalize_text  # noqa: F401  (normalize_text: the docstring example)
+from evolforge.steps.common.shingles import MULTIPLIER, KeptShingles, shingle_hashes
 from evolforge.steps.dedup.settings import DedupSettings
 
 EXACT, NEAR = "exact_duplicate", "near_duplicate"
-
-
-def shingles(text: str, size: int) -> list[str]:
-    """Word ``size``-grams of an already normalised text (the whole text when it has fewer words)."""
-    words = text.split()
-    if len(words) <= size:
-        return [" ".join(words)] if words else []
-    return [" ".join(words[i:i + size]) for i in range(len(words) - size + 1)]
-
-
-_P = np.uint64(0x100000001B3)  # the shingle hash's multiplier (odd, so no word's value is lost mod 2^64)
-
-
-def _polynomial(values: np.ndarray, size: int) -> np.ndarray:
-    """``sum_j values[i + j] * P^(size-1-j) mod 2^64`` for every window start i."""
-    count = values.size - size + 1
-    h = np.zeros(max(count, 0), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(size):
-            h = h * _P + values[j:j + count]
-    return h
-
-
-def _word_values(words: pl.Series) -> np.ndarray:
-    """A fixed 64-bit value per word (blake2b of its UTF-8: the same on every run and machine), hashed
-    once per distinct word."""
-    distinct = words.unique(maintain_order=True)
-    table = np.fromiter((int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
-                         for w in distinct.to_list()), dtype=np.uint64, count=len(distinct))
-    index = words.replace_strict(distinct, np.arange(len(distinct)), return_dtype=pl.Int64)
-    return table[index.to_numpy()]
-
-
-def shingle_hashes(texts: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit hashes of every text's word shingles (:func:`shingles`), concatenated, with each text's slice
-    ``[offsets[k], offsets[k + 1])`` of them (empty for an empty text).
-
-    A shingle's hash is the polynomial of its words' values (one fixed 64-bit value per word, see
-    :func:`_polynomial`): two different shingles share one with probability about 2^-64, so set sizes and
-    Jaccard are the shingle sets' own. Texts split at single spaces and at :func:`item_text`'s newline,
-    which is all the whitespace ``normalize_text`` leaves (empty pieces are dropped).
-    """
-    words = pl.Series(texts, dtype=pl.String).str.replace_all("\n", " ", literal=True).str.split(" ")
-    words = words.list.eval(pl.element().filter(pl.element() != ""))
-    lengths = words.list.len().to_numpy().astype(np.int64)
-    flat = words.explode().drop_nulls()
-    values = _word_values(flat) if len(flat) else np.zeros(0, np.uint64)
-    starts = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    counts = np.where(lengths > size, lengths - size + 1, np.minimum(lengths, 1))  # shingles per text
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    windows = _polynomial(values, size)
-    # shingle t of a text of >= size words is the window starting at its word t
-    source = np.arange(int(offsets[-1])) + np.repeat(starts[:-1] - offsets[:-1], counts)
-    out = windows[np.minimum(source, windows.size - 1)] if windows.size else np.zeros(source.size, np.uint64)
-    for k in np.flatnonzero((lengths > 0) & (lengths < size)):  # a shorter text is one shingle: all its words
-        out[offsets[k]] = _polynomial(values[starts[k]:starts[k + 1]], int(lengths[k]))[0]
-    return out, offsets
 
 
 def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int,
@@ -217,7 +157,7 @@ def band_digest(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
     digest = np.zeros(len(signatures), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in signatures[:, band * rows:(band + 1) * rows].T:
-            digest = digest * _P ^ column.astype(np.uint64)
+            digest = digest * MULTIPLIER ^ column.astype(np.uint64)
     return digest
 
 
@@ -238,20 +178,6 @@ def find_duplicates(texts: Sequence[str], order: Sequence[int], config: DedupSet
     hashes, offsets = shingle_hashes(texts, config.shingle_size)
     digests = band_digests(minhash_signatures(hashes, offsets, bands * rows, config.seed), bands, rows)
     return walk_duplicates(texts, order, digests, config, (hashes, offsets))
-
-
-def _closest(mine: set[int], candidates: set[int], kept_sets: dict[int, tuple[np.ndarray, int]],
-             rank: dict[int, int]) -> tuple[int | None, float]:
-    """The candidate whose shingle set has the highest exact Jaccard with ``mine`` (ties: the earlier in the
-    walk, by ``rank``) and that Jaccard; (None, -1.0) without candidates."""
-    best, best_j = None, -1.0
-    for j in candidates:
-        theirs, size = kept_sets[j]
-        common = len(mine.intersection(theirs.tolist()))
-        score = common / (len(mine) + size - common)
-        if score > best_j or (score == best_j and rank[j] < rank[best]):
-            best, best_j = j, score
-    return best, best_j
 
 
 def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndarray,
@@ -279,9 +205,8 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
     walk = [i for i in order if walked[i]]
     buckets, first = ids.tolist(), starts.tolist()  # text i's shared buckets: buckets[first[i]:first[i + 1]]
     bounds = offsets.tolist()  # text i's shingle hashes: hashes[bounds[i]:bounds[i + 1]]
-    kept_in: list[list[int] | None] = [None] * (int(ids.max()) + 1 if ids.size else 0)  # a bucket's kept texts
-    kept_sets: dict[int, tuple[np.ndarray, int]] = {}  # a kept text's shingle hashes and how many distinct
-    rank = {i: r for r, i in enumerate(walk)}
+    kept_in: list[list[int] | None] = [None] * (int(ids.max()) + 1 if ids.size else 0)  # a bucket's kept numbers
+    kept, kept_text = KeptShingles(), []  # the kept texts' shingle sets; text index of kept number k
     exact_owner: dict[str, int] = {}
     for i in walk:
         text = texts[i]
@@ -296,18 +221,19 @@ def walk_duplicates(texts: Sequence[str], order: Sequence[int], digests: np.ndar
             held = kept_in[bucket]
             if held is not None:
                 candidates.update(held)
-        best, best_j = _closest(mine, candidates, kept_sets, rank)
+        best, best_j = kept.closest(mine, candidates)  # ties: the first kept, the earlier in the walk
         if best is not None and best_j >= config.threshold:
-            duplicate_of[i], similarity[i] = best, best_j
-            reason[i] = EXACT if best_j == 1.0 and texts[best] == text else NEAR
+            duplicate_of[i], similarity[i] = kept_text[best], best_j
+            reason[i] = EXACT if best_j == 1.0 and texts[kept_text[best]] == text else NEAR
             continue
+        k = kept.add(hashes[lo:hi], mine)
+        kept_text.append(i)
         for bucket in mine_in:
             held = kept_in[bucket]
             if held is None:
-                kept_in[bucket] = [i]
+                kept_in[bucket] = [k]
             else:
-                held.append(i)
-        kept_sets[i] = (hashes[lo:hi], len(mine))
+                held.append(k)
         exact_owner[text] = i
     return Duplicates(duplicate_of, similarity, reason)
 

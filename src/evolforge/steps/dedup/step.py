@@ -53,8 +53,9 @@ from evolforge.core.text import item_text
 from evolforge.io.stream import (check_unique, checked_chunks, iter_chunks, read_spilled, table_file,
                                  table_schema, write_output_chunks)
 from evolforge.steps.common.guards import GUARDS, guard_reason
+from evolforge.steps.common.shingles import shingle_hashes
 from evolforge.steps.dedup.minhash import (EXACT, NEAR, band_digest, lsh_bands, mark_shared, minhash_signatures,
-                                           shingle_hashes, survival_order, walk_duplicates)
+                                           survival_order, walk_duplicates)
 
 # a fresh pass over the input table, chunk by chunk: all columns (None) or only those named
 Chunks = Callable[[list[str] | None], Iterable[pl.DataFrame]]

@@ -6,8 +6,8 @@ Dedup removes near-duplicate instructions from the pool before judging (``dedup.
 instructions that differ in wording but share their answer -- a seed and its rewrite answered with the same code --
 pass it. Here the answers are compared too, and among the items that could be selected only, the better ranked
 one kept. Texts are normalised (:func:`evolforge.core.text.normalize_text`) and compared as sets of word 3-grams
-(the whole text under three words), each held as a 64-bit hash: an inverted index from 3-gram to the kept items
-finds the candidates, whose exact Jaccard decides.
+(the whole text under three words), each held as a stable 64-bit hash (:mod:`evolforge.steps.common.shingles`, as
+dedup's): an inverted index from 3-gram to the kept items finds the candidates, whose exact Jaccard decides.
 
 >>> texts = {"a": ("Reverse the words of a sentence.", "def f(s): return ' '.join(s.split()[::-1])"),
 ...          "b": ("Write a function that returns a sentence with its words reversed.",
@@ -21,7 +21,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from evolforge.core.text import normalize_text
+from evolforge.steps.common.shingles import KeptShingles, shingle_hashes
 
 SHINGLE = 3  # words per shingle (dedup's default)
 WINDOW = 4096  # ranked items whose texts are read at a time
@@ -30,51 +33,31 @@ WINDOW = 4096  # ranked items whose texts are read at a time
 TextReader = Callable[[Sequence[str]], Iterable[tuple[str, str, str]]]
 
 
-def shingle_set(text: str | None, size: int = SHINGLE) -> frozenset[int]:
-    """The hashed word ``size``-grams of the normalised text (one for a shorter text; none for an empty one)."""
-    words = normalize_text(text).split()
-    if len(words) < size:
-        return frozenset([hash(tuple(words))]) if words else frozenset()
-    return frozenset(hash(tuple(words[i:i + size])) for i in range(len(words) - size + 1))
-
-
-class _Index:
-    """The kept items' shingle sets of one text kind, and an inverted index from shingle to them."""
-
-    def __init__(self) -> None:
-        self.sets: list[frozenset[int]] = []
-        self.postings: dict[int, list[int]] = {}
-
-    def closest(self, mine: frozenset[int]) -> float:
-        """The highest Jaccard of ``mine`` with a kept set (0.0 when none shares a shingle)."""
-        shared: dict[int, int] = {}
-        for s in mine:
-            for k in self.postings.get(s, ()):
-                shared[k] = shared.get(k, 0) + 1
-        return max((n / (len(mine) + len(self.sets[k]) - n) for k, n in shared.items()), default=0.0)
-
-    def add(self, mine: frozenset[int]) -> None:
-        for s in mine:
-            self.postings.setdefault(s, []).append(len(self.sets))
-        self.sets.append(mine)
+def _shingled(texts: Iterable[str | None]) -> list[tuple[np.ndarray, set[int]]]:
+    """Each text's shingle hashes (of its normalised form) and their set."""
+    hashes, offsets = shingle_hashes([normalize_text(t) for t in texts], SHINGLE)
+    bounds = offsets.tolist()
+    return [(hashes[lo:hi], set(hashes[lo:hi].tolist())) for lo, hi in zip(bounds, bounds[1:])]
 
 
 def walk_near_duplicates(ranked: Sequence[str], read: TextReader, threshold: float,
                          keep_at_most: int | None = None) -> list[str]:
     """The ids of ``ranked`` (best first) that are near-duplicates of a better ranked item kept by the walk; the
     walk stops once ``keep_at_most`` items are kept (the rest are neither kept nor counted)."""
-    questions, answers, dropped, kept = _Index(), _Index(), [], 0
+    questions, answers = KeptShingles(indexed=True), KeptShingles(indexed=True)
+    dropped, kept = [], 0
     for start in range(0, len(ranked), WINDOW):
         window = ranked[start:start + WINDOW]
         texts = {i: (q, a) for i, q, a in read(window)}
-        for item in window:
+        shingled = zip(window, _shingled(texts[i][0] for i in window), _shingled(texts[i][1] for i in window))
+        for item, (q, q_set), (a, a_set) in shingled:
             if keep_at_most is not None and kept >= keep_at_most:
                 return dropped
-            q, a = (shingle_set(t) for t in texts[item])
-            if (q and questions.closest(q) >= threshold) or (a and answers.closest(a) >= threshold):
+            if ((q_set and questions.closest(q_set)[1] >= threshold)
+                    or (a_set and answers.closest(a_set)[1] >= threshold)):
                 dropped.append(item)
                 continue
-            questions.add(q)
-            answers.add(a)
+            questions.add(q, q_set)
+            answers.add(a, a_set)
             kept += 1
     return dropped

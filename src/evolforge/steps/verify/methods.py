@@ -6,14 +6,13 @@ Each returns, per item, a :class:`Result`; an item whose calls or runs failed ge
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
 from evolforge.steps.common.answer_check import extract_code, final_number
-from evolforge.steps.common.function_runs import FunctionRun, run_function
+from evolforge.steps.common.function_runs import FunctionRun, Runner, run_all, run_function
 from evolforge.steps.common.responses import response_requests
 from evolforge.steps.verify.code_tests import (SOLUTION_TEMPLATE, TESTS_TEMPLATE, function_name, judge_runs,
                                                parse_tests, program_for)
@@ -22,8 +21,6 @@ from evolforge.steps.verify.correctness import (CORRECTNESS_TEMPLATE, LABELS, RE
 from evolforge.steps.verify.numeric import (PROGRAM_TEMPLATE, compare_values, numeric_evidence, program_value,
                                             stated_values)
 from evolforge.steps.verify.settings import VerifySettings
-
-Runner = Callable[[str, Sequence[str]], FunctionRun]
 
 
 @dataclass(frozen=True)
@@ -46,11 +43,6 @@ class Item:
 
 def _ask(template: str, prompts: PromptLibrary, **variables) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompts.render(template, **variables)}]
-
-
-def _parallel(jobs: list[Callable[[], Any]], workers: int) -> list[Any]:
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # each job waits on its own sandbox process
-        return list(pool.map(lambda job: job(), jobs))
 
 
 def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
@@ -81,7 +73,7 @@ def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setting
         plans.append((name, tests, programs, sum(t is None for t in answers)))
     jobs = [(k, p) for k, (_, tests, programs, _) in enumerate(plans) if tests
             for p, program in enumerate(programs) if program is not None]
-    runs = _parallel([lambda k=k, p=p: runner(plans[k][2][p], plans[k][1]) for k, p in jobs], settings.workers)
+    runs = run_all(runner, [(plans[k][2][p], plans[k][1]) for k, p in jobs], settings.workers)
     by_item: dict[int, dict[int, FunctionRun]] = {}
     for (k, p), run in zip(jobs, runs):
         by_item.setdefault(k, {})[p] = run
@@ -110,8 +102,8 @@ def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, sett
     per = settings.samples + int(settings.program_of_thought)
     programs = [extract_code(texts[k * per + settings.samples] or "") if settings.program_of_thought else None
                 for k in range(len(items))]
-    ran = _parallel([lambda code=code: program_value(code, settings.case_timeout_s * 2, settings.memory_mb)
-                     if settings.program_of_thought else (None, None) for code in programs], settings.workers)
+    ran = (run_all(program_value, [(code, settings.case_timeout_s * 2, settings.memory_mb) for code in programs],
+                   settings.workers) if settings.program_of_thought else [(None, None)] * len(items))
     results = []
     for k, item in enumerate(items):
         stated = stated_values(item.answer)
