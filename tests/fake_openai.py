@@ -1,6 +1,6 @@
 """A loopback OpenAI-compatible server for tests: keep-alive HTTP/1.1, a reply function per request,
-``GET /v1/models``, the files and batches endpoints of the batch API, and a record of every request's
-method, path, headers and body.
+``GET /v1/models``, ``GET /props`` where set (llama.cpp's server), the files and batches endpoints of the batch
+API, and a record of every request's method, path, headers and body.
 
 A replica that fails for a while: ``fail_first`` (the first N chat requests fail) or ``fail_until``
 (every chat request before that ``time.monotonic()``), answered with ``fail_status`` -- or, when it is
@@ -81,6 +81,7 @@ class FakeOpenAIServer:
         self.hold: set[str] = set()  # batch ids that stay in progress however often they are polled
         self.redirect_get: str | None = None  # when set, every GET answers 302 to this address
         self.thinking: str | None = None  # a reasoning model: "tags", "open" or "field" (thinking_body)
+        self.props: dict | None = None  # GET /props answers this (llama.cpp's server), 404 while None
         self.httpd = ThreadingHTTPServer((host, 0), self._handler())
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -207,6 +208,8 @@ class FakeOpenAIServer:
                 elif self.path.endswith("/models"):
                     listed = [m if isinstance(m, dict) else {"id": m} for m in server.models]
                     self._send(200, {"object": "list", "data": [{"object": "model", **m} for m in listed]}, {})
+                elif self.path == "/props" and server.props is not None:
+                    self._send(200, server.props, {})
                 elif len(parts) == 3 and parts[1] == "batches":
                     self._send(*server._poll(parts[2]), {})
                 elif len(parts) == 4 and parts[1] == "files" and parts[3] == "content" and parts[2] in server.files:

@@ -27,6 +27,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
                           "--threads", "1"],
     "llamacpp_limit.py": ["--model", "{tiny_gguf}", "--threads", "1", "--prompt-tokens", "40", "--steps", "3"],
     "verify_humaneval.py": ["--model", "{tiny_gguf}", "--limit", "2", "--arithmetic", "2", "--cache", "{tmp}/c.sqlite"],
+    "served_vs_inprocess.py": ["--inprocess", "metrics", "--served", "metrics"],  # the committed run against itself
     "llamacpp_speculative.py": ["--model", "{tiny_gguf}", "--threads", "1", "--n", "2", "--answers", "1",
                                 "--answer-tokens", "4", "--fixed", "2"],
 }

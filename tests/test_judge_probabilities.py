@@ -128,9 +128,11 @@ def _answers_model(center: float, spread: float) -> dict[str, float]:
     return {s: w / total for s, w in weights.items()}
 
 
-def _walking_server(answers: dict[str, float], asked: list[dict]):
+def _walking_server(answers: dict[str, float], asked: list[dict], collapsed: bool = False):
     """A chat server of a character-level model whose answers are ``answers``: greedy, held to the grammar's
-    answers, reporting the top next characters ("" is the end of the turn) at each one it writes."""
+    answers, at most ``max_tokens`` characters, reporting the top next characters ("" is the end of the turn) at
+    each one it writes. ``collapsed``: as llama-cpp-python's server, which names every control token "" and keeps
+    the least likely of them, the end of the turn is listed with a control token's -12 in place of its own."""
     import re
 
     from fake_openai import chat_body
@@ -148,11 +150,13 @@ def _walking_server(answers: dict[str, float], asked: list[dict]):
             if written in answers:
                 nxt[""] = answers[written] / here
             top = sorted(nxt.items(), key=lambda kv: -kv[1])[:body["top_logprobs"]]
+            if collapsed:
+                top = [(t, p if t else math.exp(-12.0)) for t, p in top]
             allowed = [c for c in nxt if c and any(h.startswith(written + c) for h in held)]
             if written in held:
                 allowed.append("")
             pick = max(allowed, key=nxt.__getitem__)
-            if pick == "":
+            if pick == "" or len(content) == body["max_tokens"]:
                 break
             content.append({"token": pick, "logprob": math.log(nxt[pick]),
                             "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top]})
@@ -184,3 +188,26 @@ def test_on_llamacpps_server_a_walk_of_top_logprobs_gives_the_expected_score_in_
     assert all(b["logprobs"] is True and b["top_logprobs"] == 20 and b["temperature"] == 0.0 for b in asked)
     assert asked[0]["grammar"].startswith('root ::= "0" | "1" | "2"')  # the first: every answer
     assert all(b["grammar"].startswith('root ::= "') for b in asked[1:])  # then past one prefix each
+
+
+@pytest.mark.parametrize("collapsed", [False, True])
+def test_the_walk_reads_the_end_of_turn_where_a_server_lists_control_tokens_as_one(collapsed):
+    """Low scores hang on the end of the turn: "1" ... "9" and "10" are answers that others go on from. Where the
+    server keeps only the least likely of its control tokens (llama-cpp-python), the end of the turn is what the
+    listed digits leave. Every generation stops at its answer's last character (max_tokens: its bytes)."""
+    from fake_openai import FakeOpenAIServer
+
+    from evolforge.llm.backends.openai.client import OpenAIBackend
+
+    answers = _answers_model(9.0, 5.0)
+    exact = sum(float(a) * p for a, p in answers.items())
+    asked: list[dict] = []
+    with FakeOpenAIServer(_walking_server(answers, asked, collapsed)) as server:
+        backend = OpenAIBackend(server.base_url, "test-model")
+        backend.server = "llamacpp"
+        ask = ChatRequest.chat([{"role": "user", "content": "How hard, 0-100?"}], choices=SCORES, rank=True)
+        [out] = backend.generate([ask])
+    probs = choice_probabilities(out.text)
+    assert abs(expected_value(probs, [float(s) for s in SCORES]) - exact) < 0.5
+    assert abs(probs[SCORES.index("10")] - answers["10"]) < 0.01
+    assert asked[0]["max_tokens"] == 3 and all(b["max_tokens"] == 2 for b in asked[1:] if '"100"' not in b["grammar"])

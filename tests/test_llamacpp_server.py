@@ -30,6 +30,7 @@ import pytest
 from evolforge.config.loader import load_section
 from evolforge.config.roles import Role
 from evolforge.config.runtime import LLMSettings
+from evolforge.llm.backends.openai.client import OpenAIBackend
 from evolforge.llm.backends.openai.served import wait_until_serving
 from evolforge.llm.requests import ChatRequest
 from evolforge.schema import load_params
@@ -114,8 +115,10 @@ def seeds(n: int) -> pl.DataFrame:
 
 def test_the_server_kind_is_found_and_what_it_cannot_honour_is_named_where_written(server, gguf_folder):
     params = served_params(server, gguf_folder)
-    identity = served_model_identity(Role.from_params("judge", params["roles"]["judge"]))
-    assert identity == {"served_model": "tiny", "server": "llamacpp"}
+    role = Role.from_params("judge", params["roles"]["judge"])
+    assert served_model_identity(role) == {"served_model": "tiny", "server": "llamacpp"}
+    # llama-cpp-python's server decodes one request at a time (no GET /props): one in flight, not concurrency
+    assert role.concurrency > 1 and OpenAIBackend.from_role(role).concurrency == 1
     kinds = {name: "llamacpp" for name in CHAT_ROLES}
     assert server_problems(params, kinds) == [
         "evolve.controls.no_repeat_ngram_size: llamacpp's server (roles.evolver) cannot honour this generation "

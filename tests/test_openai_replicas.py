@@ -203,3 +203,28 @@ def test_waiting_for_a_started_server(tmp_path):
     dead.wait()
     with pytest.raises(RuntimeError, match=r"exited with 3; its log .* ends:\nloading weights\nout of memory"):
         wait_until_serving("http://127.0.0.1:9/v1", dead, log, timeout_s=10)
+
+
+@pytest.mark.parametrize("props, server, concurrency, in_flight", [
+    ({"total_slots": 4}, "llamacpp", 8, 4),  # llama.cpp's llama-server --parallel 4
+    (None, "llamacpp", 8, 1),  # llama-cpp-python's server: no /props, one request at a time
+    ({"total_slots": 4}, "llamacpp", 2, 2),  # fewer asked than the server takes: as asked
+    ({"total_slots": 0}, "llamacpp", 8, 8),  # nothing it could mean: as asked
+    (None, "vllm", 8, 8),  # vLLM batches whatever is in flight: not asked
+])
+def test_in_flight_requests_are_held_to_a_llamacpp_servers_slots(props, server, concurrency, in_flight, capsys):
+    """More requests in flight than a llama.cpp server decodes at once only wait in its queue, where one that
+    waits past timeout_s is retried while the server still decodes the first copy."""
+    from evolforge.llm.backends.openai import served
+
+    with FakeOpenAIServer(lambda body: (200, chat_body("ok"), {})) as fake:
+        fake.props = props
+        served._SLOTS.clear()
+        role = Role(name="judge", backend="openai", model="test-model", base_url=fake.base_url, server=server,
+                    concurrency=concurrency)
+        backend = OpenAIBackend.from_role(role)
+        assert backend.concurrency == in_flight
+        assert fake.calls("GET", "/props") == (server == "llamacpp")
+        said = capsys.readouterr().out
+        assert (f"{in_flight} in flight, not roles.judge.concurrency {concurrency}" in said) == (in_flight < concurrency)
+        assert backend.generate([role_request(role, [{"role": "user", "content": "hi"}])])[0].text == "ok"

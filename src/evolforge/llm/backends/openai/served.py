@@ -7,6 +7,7 @@ import asyncio
 import logging
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 # as `root` and the context as `max_model_len`); `created` and `owned_by` say nothing about the weights.
 _MODEL_FIELDS = ("root", "parent", "max_model_len")
 _KINDS: dict[str, str] = {}  # base_url -> the server kind found there (one look per process)
+_SLOTS: dict[str, int | None] = {}  # base_url -> the requests its llama.cpp server decodes at once
 
 
 def wait_until_serving(base_url: str, server: subprocess.Popen, log: Path, timeout_s: float,
@@ -76,6 +78,28 @@ def server_kind(role: Role, strict: bool = True) -> str:
                 raise
             _KINDS[url] = "openai"
     return _KINDS.get(url, "openai")
+
+
+def server_slots(role: Role) -> int | None:
+    """How many requests a llama.cpp server decodes at once: llama.cpp's own ``llama-server`` reports it as
+    ``total_slots`` at ``GET /props`` (its ``--parallel``); llama-cpp-python's ``python -m llama_cpp.server`` has no
+    ``/props`` (404) and decodes one request at a time (1). None where the server cannot say (it could not be
+    reached: the requests will tell). Asked once per process and server (the first of ``base_urls``: replicas
+    run alike). Only for a ``llamacpp`` server: vLLM, SGLang and the OpenAI API batch what is in flight."""
+    if not role.urls:
+        return None
+    url = role.urls[0].rstrip("/")
+    if url not in _SLOTS:
+        root = url[:-3] if url.endswith("/v1") else url
+        try:
+            with urllib.request.urlopen(root + "/props", timeout=min(role.timeout_s, 10.0)) as reply:
+                slots = orjson.loads(reply.read()).get("total_slots")
+            _SLOTS[url] = slots if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1 else None
+        except urllib.error.HTTPError as err:
+            _SLOTS[url] = 1 if err.code == 404 else None
+        except (OSError, ValueError, AttributeError):
+            _SLOTS[url] = None
+    return _SLOTS[url]
 
 
 def served_model_identity(role: Role) -> dict[str, Any]:

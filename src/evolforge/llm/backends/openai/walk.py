@@ -74,6 +74,30 @@ def record_path(content: list[dict[str, Any]], seen: dict[str, dict[str, float]]
         written += token
 
 
+def end_probability(top: dict[str, float], alone: bool) -> float:
+    """The probability that the turn ends at a position, from the top next tokens listed there; where none of them
+    is an end of turn, 1 for an answer that nothing goes on from (``alone``), else 0.
+
+    llama-cpp-python's server names every control token ``""`` and keeps one of them per position, the least likely
+    listed (its top_logprobs is a mapping from the token's text): after ``"10"`` it lists ``"": -9.6`` where the
+    end of turn has -1.3. Where ``""`` is listed, the end of turn is therefore taken as what the listed text tokens
+    leave (at least the listed ``""``): every token is listed but the unlikeliest, so that is the end of turn plus
+    the unlisted tail.
+
+    >>> round(end_probability({"0": math.log(0.7), "5": math.log(0.02), "": -9.6}, alone=False), 3)
+    0.28
+    >>> end_probability({"0": math.log(0.7)}, alone=True), end_probability({"0": math.log(0.7)}, alone=False)
+    (1.0, 0.0)
+    """
+    ends = [math.exp(lp) for t, lp in top.items() if t in END_TOKENS]
+    if not ends:
+        return 1.0 if alone else 0.0
+    if "" in top:
+        rest = 1.0 - sum(math.exp(lp) for t, lp in top.items() if t not in END_TOKENS)
+        return max(sum(ends), rest)
+    return sum(ends)
+
+
 def answer_probabilities(choices: tuple[str, ...], seen: dict[str, dict[str, float]]) -> tuple[dict[str, float],
                                                                                                  dict[str, float]]:
     """(each answer's probability from what the walk has seen, the prefixes still to walk with their probability).
@@ -97,8 +121,7 @@ def answer_probabilities(choices: tuple[str, ...], seen: dict[str, dict[str, flo
                 pending[prefix] = pending.get(prefix, 0.0) + mass
             continue
         if prefix in probs:
-            ends = [math.exp(lp) for t, lp in top.items() if t in END_TOKENS]
-            probs[prefix] += mass * (sum(ends) if ends else (1.0 if len(under) == 1 else 0.0))
+            probs[prefix] += mass * end_probability(top, alone=len(under) == 1)
         for token, lp in top.items():
             if token in END_TOKENS:
                 continue
@@ -114,10 +137,13 @@ def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None,
     """The chat completion that walks past ``prefix`` (None: from the start), greedy, with its top log-probabilities;
     held to the answers by a grammar on llama.cpp's server, by guided choice on vLLM's, free on the OpenAI API."""
     choices = tuple(request.choices or ())
-    longest = max(len(c) for c in choices)
-    body: dict[str, Any] = {"model": model, "messages": request.message_dicts, "temperature": 0.0,
-                            "max_tokens": longest + 2, "logprobs": True, "top_logprobs": top, "seed": 0}
     held = choices if prefix is None else tuple(c for c in choices if c.startswith(prefix) and len(c) > len(prefix))
+    # held to the answers, no answer takes more tokens than bytes: the generation stops at its last token, without
+    # a step for the end of turn (read, where an answer goes on, from the top tokens listed after it); a free one
+    # (the OpenAI API) may open with a space or a quote
+    longest = max(len(c.encode("utf-8")) for c in held) + (0 if server in ("llamacpp", "vllm") else 2)
+    body: dict[str, Any] = {"model": model, "messages": request.message_dicts, "temperature": 0.0,
+                            "max_tokens": longest, "logprobs": True, "top_logprobs": top, "seed": 0}
     if server == "llamacpp":
         body["grammar"] = "root ::= " + " | ".join(_literal(c) for c in held)
     elif server == "vllm":
