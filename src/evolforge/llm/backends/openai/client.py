@@ -178,18 +178,10 @@ class OpenAIBackend:
         backend.thinking_tags = tuple(role.thinking_tags)
         backend.role_name = role.name
         backend.top_logprobs = int(role.extra.get("top_logprobs", TOP_LOGPROBS))
-        from evolforge.llm.backends.openai.served import server_kind, server_slots
+        from evolforge.llm.backends.openai.served import in_flight, server_kind
 
         backend.server = server_kind(role, strict=False)  # asks GET /models once when the role says auto
-        slots = server_slots(role) if backend.server == "llamacpp" else None
-        if slots is not None and slots < backend.concurrency:
-            # more in flight would only wait in the server's queue, and a request waiting there longer than
-            # timeout_s is retried while the server still decodes the first copy
-            how = "its GET /props total_slots" if slots > 1 else "llama-cpp-python's server: no GET /props"
-            print(f"roles.{role.name}: the server decodes {slots} request{'' if slots == 1 else 's'} at a time "
-                  f"({how}): {slots} in flight, not roles.{role.name}.concurrency {backend.concurrency}",
-                  flush=True)
-            backend.concurrency = slots
+        backend.concurrency = in_flight(role, backend.server, backend.concurrency)
         return backend
 
     def identity(self) -> dict[str, Any]:

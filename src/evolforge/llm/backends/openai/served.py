@@ -102,6 +102,19 @@ def server_slots(role: Role) -> int | None:
     return _SLOTS[url]
 
 
+def in_flight(role: Role, server: str, concurrency: int) -> int:
+    """Requests to keep in flight: ``concurrency``, held to what a ``llamacpp`` server decodes at once
+    (:func:`server_slots`), said in the stage log. More would only wait in the server's queue, where one waiting
+    longer than ``timeout_s`` is retried while the server still decodes the first copy."""
+    slots = server_slots(role) if server == "llamacpp" else None
+    if slots is None or slots >= concurrency:
+        return concurrency
+    how = "its GET /props total_slots" if slots > 1 else "llama-cpp-python's server: no GET /props"
+    print(f"roles.{role.name}: the server decodes {slots} request{'' if slots == 1 else 's'} at a time ({how}): "
+          f"{slots} in flight, not roles.{role.name}.concurrency {concurrency}", flush=True)
+    return slots
+
+
 def served_model_identity(role: Role) -> dict[str, Any]:
     """Pin an openai role's model: ``GET {base_url}/models`` must list ``role.model``; the identity is the
     served model id (plus ``revision`` when the role gives one: the label of the weights, which a server does not
