@@ -195,6 +195,7 @@ def test_two_processes_share_the_cache(tmp_path):
 
 
 def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
+    from evolforge.config.runtime import CacheSettings
     from evolforge.llm.cache import open_cache, repo_root
 
     queued = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
@@ -203,7 +204,7 @@ def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
     assert repo_root(tmp_path) == tmp_path.resolve()
     monkeypatch.delenv("EVOLFORGE_CACHE", raising=False)
     monkeypatch.chdir(queued)
-    cache = open_cache({"cache": {"path": ".evolforge/cache.sqlite"}})
+    cache = open_cache(CacheSettings(path=".evolforge/cache.sqlite"))
     assert cache.path == (tmp_path / "repo" / ".evolforge" / "cache.sqlite").resolve()
 
 

@@ -1,8 +1,9 @@
 """What each backend can do, declared once: the generation controls it honours (and why not where it does
 not), whether it scores given answers by their log-probabilities (``judge.probabilities``, ranking), which
-roles it can serve and which ``extra`` settings it reads. The role checks (:mod:`evolforge.config.roles`,
-``evolforge check``, the models stage) and the LLM layer's refusals read this table; docs/explanation/controls.md
-explains it.
+roles it can serve, which ``extra`` settings it reads, and what it is (a server, the scorer's in-process
+transformers model, a build whose kernels are probed). The role checks (:mod:`evolforge.config.roles`,
+``evolforge check``, the models stage), the LLM layer and the steps ask this table what a backend does, never
+test its name; docs/explanation/controls.md explains it.
 
 An ``openai`` role's server is ``openai:<kind>`` once its kind is known (``Role.server``, or found by the
 models stage), ``openai:any`` while it is not: a server is held to what its API offers.
@@ -40,12 +41,20 @@ class BackendSpec:
     roles: frozenset[str] | None = None  # the roles it can serve (None: every role)
     # the `extra` settings it reads: name -> (check, what it must be); None: passed on to the engine as written
     extra: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None
+    called: str | None = None  # what a refusal calls it ("backend 'hf'", "vllm's server"); None: backend '<name>'
+    # an OpenAI-compatible server: pinned by the model id it serves (its engine is its own business, so no engine
+    # option is in its keys), requests in flight bounded by `concurrency`, choices held by `choice_format`
+    served: bool = False
+    # a transformers model in this process: what roles.scorer needs (losses from its logits); its device and dtype
+    # `auto` resolve on this machine, into the cache keys
+    transformers: bool = False
+    probes_kernels: bool = False  # a native build whose kernels are probed per CPU and model (llamacpp)
 
 
 _NO_NGRAM_SERVER = "{}'s server has no n-gram ban among its request parameters; use repetition_penalty"
 SPECS: dict[str, BackendSpec] = {
-    "hf": BackendSpec(_ALL, ranks=True),
-    "llamacpp": BackendSpec(_ALL, ranks=True, roles=CHAT_ROLES,
+    "hf": BackendSpec(_ALL, ranks=True, transformers=True),
+    "llamacpp": BackendSpec(_ALL, ranks=True, roles=CHAT_ROLES, probes_kernels=True,
                             extra={"reuse_prefix": (_boolean, "true or false"),
                                    "speculative": (_boolean, "true or false"),
                                    "gpu_layers": (_layers, "an integer >= -1 (0: CPU only, -1: every layer)"),
@@ -56,7 +65,7 @@ SPECS: dict[str, BackendSpec] = {
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
     # every server kind ranks: vLLM's from echoed prompt log-probabilities, the others from a walk of the chat
     # API's top_logprobs (evolforge.llm.backends.openai.walk)
-    "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), ranks=True, why_not={
+    "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), ranks=True, served=True, why_not={
         "banned_strings": ("OpenAI's logit_bias bans single tokens of its own tokenizer, not strings; vLLM's server "
                            "(bad_words) and llama.cpp's (a grammar) can: set the role's server"),
         "assistant_prefix": ("OpenAI's chat completions API cannot continue an assistant turn; vLLM's server "
@@ -65,12 +74,13 @@ SPECS: dict[str, BackendSpec] = {
                                "servers take it: set the role's server"),
         "no_repeat_ngram_size": "no OpenAI-compatible server offers an n-gram ban; use repetition_penalty"}),
     # vLLM's /completions echo the prompt's log-probabilities right (ranking needs the role's tokenizer there)
-    "openai:vllm": BackendSpec(_SERVED, ranks=True, why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
-    "openai:llamacpp": BackendSpec(_SERVED, ranks=True,
+    "openai:vllm": BackendSpec(_SERVED, ranks=True, served=True, called="vllm's server",
+                               why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
+    "openai:llamacpp": BackendSpec(_SERVED, ranks=True, served=True, called="llamacpp's server",
                                    why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("llama.cpp")}),
     # a server of a kind not known yet (server: auto): held to what vllm and llamacpp offer; the models stage,
     # which asks the server, checks what it is
-    "openai:any": BackendSpec(_SERVED, ranks=True, why_not={
+    "openai:any": BackendSpec(_SERVED, ranks=True, served=True, called="an OpenAI-compatible server", why_not={
         "no_repeat_ngram_size": ("no OpenAI-compatible server (vLLM, llama.cpp, OpenAI) offers an n-gram ban; use "
                                  "repetition_penalty, or an in-process backend")}),
     "ray": BackendSpec(frozenset(), ranks=False),
@@ -81,3 +91,12 @@ NOTHING = BackendSpec(frozenset(), ranks=False)  # a backend the table does not 
 def spec_of(backend: str) -> BackendSpec:
     """The abilities of ``backend`` (a role's backend, or ``openai:<kind>`` for a server)."""
     return SPECS.get(backend, NOTHING)
+
+
+def checked_as(backend: str, server: str) -> str:
+    """The spec a role's requests are checked against: its ``backend``, or for a server of kind ``server``
+    (``Role.server``, or the kind the models stage found) ``openai:<kind>``; ``openai:any`` while the kind is
+    not known (``auto``), and ``openai`` for a server offering only the OpenAI API's own parameters."""
+    if not spec_of(backend).served or server not in ("auto", "vllm", "llamacpp"):
+        return backend
+    return "openai:any" if server == "auto" else f"openai:{server}"

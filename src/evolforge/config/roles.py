@@ -24,7 +24,7 @@ from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeI
                                      PositiveFloat, PositiveInt, secret_problems)
 from evolforge.config.loader import parse
 
-from evolforge.config.backend_specs import CHAT_ROLES, CONTROL_NAMES, spec_of
+from evolforge.config.backend_specs import CHAT_ROLES, CONTROL_NAMES, checked_as, spec_of
 
 BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
@@ -82,13 +82,8 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
             why = spec.why_not.get(name, f"the {backend} backend does not implement it")
             at = controls.source(name, where)
             role = f" ({where})" if at != where else ""
-            if backend == "openai:any":
-                what = f"an OpenAI-compatible server{role} cannot honour this generation control"
-            elif backend.startswith("openai:"):
-                what = f"{backend.split(':')[1]}'s server{role} cannot honour this generation control"
-            else:
-                what = f"backend {backend!r}{role} cannot honour this generation control"
-            problems.append(f"{at}.{name}: {what} ({why}); remove it or use a backend that can "
+            problems.append(f"{at}.{name}: {spec.called or f'backend {backend!r}'}{role} cannot honour this "
+                            f"generation control ({why}); remove it or use a backend that can "
                             "(docs/explanation/controls.md)")
     return problems
 
@@ -252,10 +247,9 @@ class Role:
 
     @property
     def control_backend(self) -> str:
-        """The name controls are checked against: the backend, or ``openai:<server>`` for a server of known kind."""
-        if self.backend != "openai" or self.server == "openai":
-            return self.backend
-        return "openai:any" if self.server == "auto" else f"openai:{self.server}"
+        """The spec controls are checked against: the backend, or ``openai:<server>`` for a server
+        (:func:`~evolforge.config.backend_specs.checked_as`)."""
+        return checked_as(self.backend, self.server)
 
     @classmethod
     def from_params(cls, name: str, params: Mapping[str, Any] | None) -> "Role":
@@ -315,7 +309,8 @@ class Role:
                 if canonical in seen:
                     problems.append(f"{where}.base_urls[{i}]: {url!r} is listed twice")
                 seen.add(canonical)
-        if self.backend == "openai" and self.base_url is None and self.base_urls is None:
+        served = spec_of(self.backend).served
+        if served and self.base_url is None and self.base_urls is None:
             problems.append(f"{where}: backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1), or base_urls "
                             "for several replicas of one model")
         given = [("base_url", self.base_url)] if self.base_url is not None else []
@@ -326,15 +321,15 @@ class Role:
                 problems.append(f"{where}.{field_name}: got {json.dumps(url)}; allowed: an http:// or https:// URL "
                                 "with a host, e.g. http://127.0.0.1:8000/v1")
         backoff = self.extra.get("backoff_s")
-        if self.backend == "openai" and "backoff_s" in self.extra and (
+        if served and "backoff_s" in self.extra and (
                 isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not math.isfinite(backoff)
                 or backoff < 0):
             problems.append(f"{where}.extra.backoff_s: got {json.dumps(backoff, default=str)}; allowed: a number "
                             "of seconds >= 0 (the first retry's wait, doubled on each retry; default 1)")
-        if self.served_identity is not None and self.backend != "openai":
+        if self.served_identity is not None and not served:
             problems.append(f"{where}.served_identity: only an openai role states its identity; the others are pinned "
                             "from their weights or hub revision")
-        if self.batch_api and self.backend != "openai":
+        if self.batch_api and not served:
             problems.append(f"{where}.batch_api: only an openai role can use a provider's batch API")
         if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:
             problems.append(f"{where}.batch_api: a batch job goes to one provider; use base_url, not several base_urls")

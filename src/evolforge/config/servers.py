@@ -32,7 +32,7 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     (vllm | llamacpp | openai); without it, a role's ``server`` setting, and for auto what no kind offers."""
     roles = {}
     for name, fields in (params.get("roles") or {}).items():
-        if isinstance(fields, Mapping) and fields.get("backend") == "openai":
+        if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).served:
             try:
                 roles[name] = Role.from_params(name, fields)
             except ValueError:
@@ -67,7 +67,7 @@ def refuse_unservable(params: Mapping[str, Any], entries: Mapping[str, Mapping[s
     :class:`ParamsError` listing every setting a role's server cannot honour."""
     from evolforge.config.bounds import ParamsError
 
-    kinds = {n: e["identity"].get("server", "openai") for n, e in entries.items() if e["backend"] == "openai"}
+    kinds = {n: e["identity"].get("server", "openai") for n, e in entries.items() if spec_of(e["backend"]).served}
     problems = server_problems(params, kinds)
     if problems:
         raise ParamsError(problems)

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from evolforge.llm.cache import json_around
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Role
 from evolforge.llm.pinning import resolved_kernels
 from evolforge.llm.requests import ChatRequest
@@ -86,18 +87,36 @@ def engine_options(role: Role) -> dict[str, Any]:
     parallelism, context length and the engine arguments in ``extra`` (quantization, ...). ray: the
     actors' ``engine`` and that engine's options (as hf or vllm; ``auto`` holds both). A server's engine
     is its own business: its served model id stands for it, so an openai role has none."""
-    hf = {"dtype": role.dtype, "device": role.device}
+    return _ENGINE_OPTIONS.get(role.backend, _none)(role)
+
+
+def _hf(role: Role) -> dict[str, Any]:
+    options = {"dtype": role.dtype, "device": role.device}
     if role.max_model_len is not None:
-        hf["max_model_len"] = role.max_model_len
-    vllm = {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
+        options["max_model_len"] = role.max_model_len
+    return options
+
+
+def _vllm(role: Role) -> dict[str, Any]:
+    return {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
             "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
-    if role.backend in ("hf", "vllm"):
-        return hf if role.backend == "hf" else vllm
-    if role.backend == "llamacpp":  # the GGUF's quantization is in its identity; the context cuts budgets
-        return {"context": role.max_model_len or LLAMACPP_CONTEXT, **{k: role.extra[k] for k in sorted(role.extra)}}
-    if role.backend == "ray":  # replicas, GPUs per replica and the cluster's address change no output
-        return {"engine": role.engine, **{"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[role.engine]}
+
+
+def _llamacpp(role: Role) -> dict[str, Any]:  # the GGUF's quantization is in its identity; the context cuts budgets
+    return {"context": role.max_model_len or LLAMACPP_CONTEXT, **{k: role.extra[k] for k in sorted(role.extra)}}
+
+
+def _ray(role: Role) -> dict[str, Any]:  # replicas, GPUs per replica and the cluster's address change no output
+    engines = {"hf": _hf(role), "vllm": _vllm(role)}
+    return {"engine": role.engine, **(engines.get(role.engine) or {**engines["hf"], **engines["vllm"]})}
+
+
+def _none(role: Role) -> dict[str, Any]:
     return {}
+
+
+# what each backend's outputs depend on beyond the model (a server's: nothing it can see)
+_ENGINE_OPTIONS = {"hf": _hf, "vllm": _vllm, "llamacpp": _llamacpp, "ray": _ray}
 
 
 def resolved_engine(role: Role) -> dict[str, Any]:
@@ -110,7 +129,7 @@ def resolved_engine(role: Role) -> dict[str, Any]:
     A ray role's actors resolve ``auto`` on their own machines: keyed as written."""
     options = engine_options(role)
     options.update(resolved_kernels(role))  # the kernels that made the answers (they round logits differently)
-    if role.backend == "hf" and "auto" in (role.device, role.dtype):
+    if spec_of(role.backend).transformers and "auto" in (role.device, role.dtype):
         from evolforge.core.models import dtype_name, pick_device, pick_dtype
 
         device = pick_device(role.device)

@@ -8,6 +8,7 @@ import importlib
 import json
 from typing import Any, Callable
 
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import CONTROL_NAMES, Role
 from evolforge.llm.types import Backend
 
@@ -34,7 +35,7 @@ def loads_nothing_more(role: Role, other: Role) -> bool:
     """True when a stage that already uses ``other`` can use ``role`` too without loading another model in
     its process: ``role`` is a server (``openai``), or both load the same model with the same settings
     (they share one backend, see :func:`shared_backend`)."""
-    return role.backend == "openai" or _loading_key(role) == _loading_key(other)
+    return spec_of(role.backend).served or _loading_key(role) == _loading_key(other)
 
 
 def shared_backend(role: Role) -> Backend:

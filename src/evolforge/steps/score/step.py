@@ -20,6 +20,7 @@ import torch
 
 from evolforge.io import validation
 from evolforge.config.loader import load_section
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Role, load_role
 from evolforge.config.data import DataSettings
 from evolforge.io.records import TABLE, VERSIONS, output_versions
@@ -76,7 +77,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     scored by ``roles.scorer.replicas`` Ray actors of ``roles.scorer.threads`` CPUs (default 1) each."""
     cfg = load_section(params, "score", ScoreSettings)
     role = load_role(params, "scorer")
-    if role.backend != "hf":
+    if not spec_of(role.backend).transformers:
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
     source, data = table_file(items), load_section(params, "data", DataSettings)
     check_chunks(source,

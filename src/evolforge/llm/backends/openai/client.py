@@ -140,9 +140,7 @@ class OpenAIBackend:
 
     @classmethod
     def from_role(cls, role: Role) -> "OpenAIBackend":
-        problems = role.server_problems()
-        if problems:
-            raise ValueError(f"params.yaml {problems[0]}")
+        # the role's server settings were checked where params were parsed (Role.from_params)
         if not role.urls:
             raise ValueError(
                 f"params.yaml roles.{role.name}: backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1), "
