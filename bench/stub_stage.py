@@ -83,9 +83,11 @@ def stand_in_judge(llms):
     """The stage's roles (roles.judge) as the stand-in judge, each with its generation settings (its batch size)."""
     import dataclasses
 
+    from evolforge.config.backend_specs import HfSettings
     from evolforge.llm.cached import LLM
 
-    return {name: LLM(StandInJudge(), None, role=dataclasses.replace(role, backend="hf", model="stand-in"))  # hf ranks
+    return {name: LLM(StandInJudge(), None, role=dataclasses.replace(  # hf: ranks choices
+                role, backend="hf", model="stand-in", settings=HfSettings(batch_size=role.settings.batch_size)))
             for name, role in llms.roles.items()}
 
 

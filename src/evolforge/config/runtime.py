@@ -87,8 +87,8 @@ def load_llm_params(params: Mapping[str, Any], roles: Sequence[str]) -> LLMParam
     """The :class:`LLMParams` of a stage that uses ``roles`` (a literal tuple of role names: tools/stage_params.py
     reads it to know which ``roles.<name>`` the stage depends on).
 
-    >>> load_llm_params({"roles": {"judge": {"backend": "hf", "model": "m"}}}, ("judge",)).roles["judge"].batch_size
-    8
+    >>> load_llm_params({"roles": {"judge": {"backend": "hf", "model": "m"}}}, ("judge",)).roles["judge"].settings
+    HfSettings(batch_size=8, dtype='auto', device='auto', threads=None, threads_follow_load=False, replicas=1)
     """
     return LLMParams({name: load_role(params, name) for name in roles}, load_section(params, "llm", LLMSettings),
                      load_section(params, "cache", CacheSettings))

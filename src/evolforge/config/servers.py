@@ -40,7 +40,7 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     kinds = dict(kinds or {})
 
     def backend(name: str) -> str:
-        kind = kinds.get(name) or roles[name].server
+        kind = kinds.get(name) or roles[name].settings.server
         return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai:any" if kind == "auto" else "openai"
 
     problems: list[str] = []
@@ -54,7 +54,7 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
         if not spec_of(kind).ranks:
             problems.append("judge.probabilities: the judge's server (roles.judge) cannot score answers by their "
                             "probabilities; set judge.probabilities: false")
-        elif kind == "openai:vllm" and not roles["judge"].tokenizer:
+        elif kind == "openai:vllm" and not roles["judge"].settings.tokenizer:
             # vLLM's echoed prompt log-probabilities; the other kinds walk top_logprobs (no tokenizer needed)
             problems.append("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer (the served model's "
                             "tokenizer, with its chat template) and roles.judge.max_model_len, to put each answer "

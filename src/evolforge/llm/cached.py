@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from evolforge.llm.cache import CallCache, KeyFrame, open_cache
 from evolforge.core.models import ModelError
-from evolforge.config.backend_specs import checked_as, spec_of
+from evolforge.config.backend_specs import checked_as
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.config.runtime import LLMParams, LLMSettings
@@ -75,9 +75,9 @@ class LLM:
         # what the key says the model runs with: as recorded by the models stage, or resolved here
         self._engine = dict(engine) if engine is not None else resolved_engine(self.role)
         self._frames: dict[tuple, KeyFrame] = {}  # see key()
-        self.served = spec_of(self.role.backend).served  # an OpenAI-compatible server
-        if batch_size is None:  # servers: the backend's own pool bounds requests in flight
-            batch_size = self.role.concurrency * 4 if self.served else self.role.batch_size
+        self.served = self.role.served  # an OpenAI-compatible server
+        if batch_size is None:  # servers: the backend's own pool bounds requests in flight (OpenAISettings)
+            batch_size = self.role.settings.batch_size
         self.batch_size = max(1, int(batch_size))
         self.desc = desc or self.role.name
         self.settings = settings or LLMSettings()
@@ -118,8 +118,8 @@ class LLM:
     def control_backend(self) -> str:
         """What requests' controls and rankings are checked against: the backend, or for a server the kind its
         identity records (``openai:vllm``, ``openai:llamacpp``; evolforge.llm.backends.openai.served)."""
-        kind = self.role.server if self.role.server != "auto" else self._identity.get("server", "openai")
-        return checked_as(self.role.backend, kind)
+        kind = self.role.settings.server if self.served else "auto"
+        return checked_as(self.role.backend, kind if kind != "auto" else self._identity.get("server", "openai"))
 
     @property
     def label(self) -> str:
@@ -158,7 +158,7 @@ class LLM:
                 walked = self.served and self._identity.get("server") != "vllm"
                 constraint["rank"] = "top_logprobs" if walked else True
             elif self.served:
-                constraint["format"] = self.role.choice_format
+                constraint["format"] = self.role.settings.choice_format
         if controls:
             constraint["controls"] = controls
         return constraint
@@ -383,7 +383,7 @@ def open_role(role: Role, cache: CallCache | None, settings: LLMSettings,
         if not dryrun.active():
             raise
         entry = None  # the models stage has not pinned it as params name it yet
-    if entry is None or (not entry and dryrun.active() and spec_of(role.backend).served):
+    if entry is None or (not entry and dryrun.active() and role.served):
         # evolforge plan before `dvc repro models`: counted from params alone, asking no server (dryrun module doc)
         llm = open_llm(role, cache, dryrun.params_identity(role), settings=settings)
         llm.pinned = False

@@ -91,14 +91,18 @@ def engine_options(role: Role) -> dict[str, Any]:
 
 
 def _hf(role: Role) -> dict[str, Any]:
-    options = {"dtype": role.dtype, "device": role.device}
-    if role.max_model_len is not None:
-        options["max_model_len"] = role.max_model_len
+    return _transformers(role.settings.dtype, role.settings.device, role.max_model_len)
+
+
+def _transformers(dtype: str, device: str, max_model_len: int | None) -> dict[str, Any]:
+    options = {"dtype": dtype, "device": device}
+    if max_model_len is not None:
+        options["max_model_len"] = max_model_len
     return options
 
 
 def _vllm(role: Role) -> dict[str, Any]:
-    return {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
+    return {"dtype": role.settings.dtype, "tensor_parallel_size": role.settings.tensor_parallel_size,
             "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
 
 
@@ -107,8 +111,10 @@ def _llamacpp(role: Role) -> dict[str, Any]:  # the GGUF's quantization is in it
 
 
 def _ray(role: Role) -> dict[str, Any]:  # replicas, GPUs per replica and the cluster's address change no output
-    engines = {"hf": _hf(role), "vllm": _vllm(role)}
-    return {"engine": role.engine, **(engines.get(role.engine) or {**engines["hf"], **engines["vllm"]})}
+    # hf actors place the model as their own machine does: keyed as device auto
+    engines = {"hf": _transformers(role.settings.dtype, "auto", role.max_model_len), "vllm": _vllm(role)}
+    engine = role.settings.engine
+    return {"engine": engine, **(engines.get(engine) or {**engines["hf"], **engines["vllm"]})}
 
 
 def _none(role: Role) -> dict[str, Any]:
@@ -129,10 +135,12 @@ def resolved_engine(role: Role) -> dict[str, Any]:
     A ray role's actors resolve ``auto`` on their own machines: keyed as written."""
     options = engine_options(role)
     options.update(resolved_kernels(role))  # the kernels that made the answers (they round logits differently)
-    if spec_of(role.backend).transformers and "auto" in (role.device, role.dtype):
+    settings = role.settings
+    if spec_of(role.backend).transformers and "auto" in (settings.device, settings.dtype):
         from evolforge.core.models import dtype_name, pick_device, pick_dtype
 
-        device = pick_device(role.device)
+        device = pick_device(settings.device)
         options["device"] = device
-        options["dtype"] = dtype_name(pick_dtype(role.dtype, device)) if role.dtype == "auto" else role.dtype
+        dtype = settings.dtype
+        options["dtype"] = dtype_name(pick_dtype(dtype, device)) if dtype == "auto" else dtype
     return options

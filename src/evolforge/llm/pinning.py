@@ -16,7 +16,7 @@ from evolforge.core.models import model_identity
 def resolve_identity(role: Role, memo: str | Path | None = None) -> dict[str, Any]:
     """Pin the model a role names, without loading it: weights hash or hub commit sha, or for a server the
     model id it serves (asked with ``GET /models``; the URL is not part of it)."""
-    if spec_of(role.backend).served:
+    if role.served:
         # by name, as the registry imports backends: the stage's deps name the openai package through params
         served = importlib.import_module("evolforge.llm.backends.openai.served")
         return served.served_model_identity(role)

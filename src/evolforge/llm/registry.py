@@ -8,7 +8,6 @@ import importlib
 import json
 from typing import Any, Callable
 
-from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import CONTROL_NAMES, Role
 from evolforge.llm.types import Backend
 
@@ -27,7 +26,8 @@ _LOADED: dict[str, Backend] = {}
 
 
 def _loading_key(role: Role) -> str:
-    fields = {k: v for k, v in dataclasses.asdict(role).items() if k not in _REQUEST_FIELDS}
+    every = {**dataclasses.asdict(role), **dataclasses.asdict(role.settings)}  # the backend's settings beside the rest
+    fields = {k: v for k, v in every.items() if k not in _REQUEST_FIELDS and k != "settings"}
     return json.dumps(fields, sort_keys=True, default=str)
 
 
@@ -35,7 +35,7 @@ def loads_nothing_more(role: Role, other: Role) -> bool:
     """True when a stage that already uses ``other`` can use ``role`` too without loading another model in
     its process: ``role`` is a server (``openai``), or both load the same model with the same settings
     (they share one backend, see :func:`shared_backend`)."""
-    return spec_of(role.backend).served or _loading_key(role) == _loading_key(other)
+    return role.served or _loading_key(role) == _loading_key(other)
 
 
 def shared_backend(role: Role) -> Backend:

@@ -141,7 +141,8 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
     metrics, plot = {"items": len(seeds), "first_tokens": cfg.first_tokens, "evolvers": {}}, []
     for role in roles:
         tokenizer = load_tokenizer(role.model, role.revision)
-        model = load_causal_lm(role.model, role.revision, dtype=role.dtype, device=role.device)
+        model = load_causal_lm(role.model, role.revision, dtype=role.transformers.dtype,
+                               device=role.transformers.device)
         probs = [p
                  for row in top_token_probs(model, tokenizer, evol_prompts,
                                             cfg.max_tokens, cfg.first_tokens) for p in row]

@@ -174,7 +174,7 @@ def held(cfg: Any, llm: LLM, column: Any) -> bool:
         return False
     if cfg.probabilities:
         return True
-    if llm.served and llm.role.choice_format == "none":
+    if llm.served and llm.role.settings.choice_format == "none":
         return False
     outside = {"not_a_level", "not_a_number", "out_of_range"}
     return not any(reason in outside for name in ("difficulty_level_reason", "difficulty_score_reason")

@@ -62,11 +62,12 @@ class ChunkScorer:
         if self._scorer is None:
             if self.threads is not None:  # an actor takes `threads` CPUs of its node, not all of them
                 torch.set_num_threads(self.threads)
-            self._scorer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+            hf = role.settings  # an hf role (run() refuses the others)
+            self._scorer = load_scorer(role.model, role.revision, dtype=hf.dtype, device=hf.device)
         model, tokenizer = self._scorer
         scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(),
                                 chunk["output"].to_list(),
-                                **dataclasses.asdict(self.settings), batch_size=role.batch_size,
+                                **dataclasses.asdict(self.settings), batch_size=role.settings.batch_size,
                                 chunk_size=self.encode_chunk)
         return pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
 
@@ -84,10 +85,10 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
                  validation.item_columns(["id", "round",
                                           "instruction", "input", "output"]) + validation.unique("id"), data.chunk_rows)
     schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_VALUES})
-    scorer = ChunkScorer(role, cfg, threads=(role.threads or 1) if data.engine == "ray" else None)
+    scorer = ChunkScorer(role, cfg, threads=(role.settings.threads or 1) if data.engine == "ray" else None)
     scored = map_chunks(source, scoring_rows(data.chunk_rows),
                         ["id", "round", "instruction", "input", "output"], scorer, data,
-                        actors=role.replicas, cpus=role.threads or 1)
+                        actors=role.settings.replicas, cpus=role.settings.threads or 1)
 
     # as write_output
     meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),

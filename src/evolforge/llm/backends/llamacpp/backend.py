@@ -107,9 +107,9 @@ class LlamaCppBackend:
 
     @classmethod
     def from_role(cls, role: Role) -> "LlamaCppBackend":
-        return cls(role.model, threads=role.threads, max_model_len=role.max_model_len,
-                   reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.batch_size,
-                   speculative=bool(role.extra.get("speculative", True)), follow_load=role.threads_follow_load,
+        return cls(role.model, threads=role.settings.threads, max_model_len=role.max_model_len,
+                   reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.settings.batch_size,
+                   speculative=bool(role.extra.get("speculative", True)), follow_load=role.settings.threads_follow_load,
                    gpu_layers=int(role.extra.get("gpu_layers", 0)), extra_bufts=role.extra.get("extra_bufts"),
                    role=f"roles.{role.name}")
 
