@@ -40,6 +40,16 @@ def _layers(value: Any) -> bool:
 
 
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
+
+
+def _transformers_options(dtype: str, device: str, max_model_len: int | None) -> dict[str, Any]:
+    """dtype and device (numerics differ between them), and ``max_model_len`` when set (it cuts each answer's
+    token budget; unset, the key is as it was before it counted)."""
+    options = {"dtype": dtype, "device": device}
+    if max_model_len is not None:
+        options["max_model_len"] = max_model_len
+    return options
 
 
 # --- each backend's own settings (``roles.<name>.<key>`` beside the common ones of a Role) --------------------
@@ -54,6 +64,11 @@ class LocalSettings:
     """A model decoded in this process (a backend the table does not name: a test double)."""
 
     batch_size: PositiveInt = field(default=8, metadata={"help": "requests decoded together"})
+
+    def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """What of the role's settings changes its outputs beyond the model's identity: part of every cache key
+        (:func:`evolforge.llm.keys.engine_options`)."""
+        return {}
 
 
 @dataclass
@@ -70,6 +85,9 @@ class HfSettings(LocalSettings):
     replicas: PositiveInt = field(default=1, metadata={
         "help": "with data.engine ray (score): Ray actors, each holding one copy of the model (data parallel)"})
 
+    def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return _transformers_options(self.dtype, self.device, max_model_len)
+
 
 @dataclass
 class LlamacppSettings(LocalSettings):
@@ -77,6 +95,10 @@ class LlamacppSettings(LocalSettings):
 
     threads: PositiveInt | None = field(default=None, metadata={"help": _THREADS})
     threads_follow_load: bool = field(default=False, metadata={"help": _FOLLOW_LOAD})
+
+    def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        # the GGUF's quantization is in its identity; the context cuts budgets
+        return {"context": max_model_len or LLAMACPP_CONTEXT, **{k: extra[k] for k in sorted(extra)}}
 
 
 @dataclass
@@ -87,6 +109,11 @@ class VllmSettings(LocalSettings):
     tensor_parallel_size: PositiveInt = field(default=1, metadata={"help": "GPUs one model is split across"})
     gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = field(default=0.9, metadata={
         "help": "the share of GPU memory the engine may take"})
+
+    def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        # extra: the engine's arguments (quantization, ...)
+        return {"dtype": self.dtype, "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": max_model_len,
+                **{k: extra[k] for k in sorted(extra)}}
 
 
 @dataclass
@@ -103,6 +130,13 @@ class RaySettings(VllmSettings):
     gpus_per_replica: NonNegativeFloat | None = field(default=None, metadata={
         "help": "hf actors (vllm ones take tensor_parallel_size); None = 0"})
     threads: PositiveInt | None = field(default=None, metadata={"help": "CPU threads of each hf actor"})
+
+    def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        # the actors' engine and its options (auto: both); replicas, GPUs per replica and the cluster's address
+        # change no output, and hf actors place the model as their own machine does (keyed as device auto)
+        engines = {"hf": _transformers_options(self.dtype, "auto", max_model_len),
+                   "vllm": super().engine_options(max_model_len, extra)}
+        return {"engine": self.engine, **(engines.get(self.engine) or {**engines["hf"], **engines["vllm"]})}
 
 
 @dataclass
@@ -161,6 +195,9 @@ class OpenAISettings:
     def batch_size(self) -> int:
         """Requests handed to the backend at once: its own pool bounds those in flight."""
         return self.concurrency * 4
+
+    def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {}  # a server's engine is its own business: its served model id stands for it
 
     def problems(self, where: str, extra: Mapping[str, Any]) -> list[str]:
         """What is wrong with these server settings (``base_url`` / ``base_urls`` / ``batch_api``, and the role's

@@ -16,7 +16,6 @@ from evolforge.config.roles import Role
 from evolforge.llm.pinning import resolved_kernels
 from evolforge.llm.requests import ChatRequest
 
-LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
 
 
 def request_seed(request: ChatRequest) -> int:
@@ -79,50 +78,15 @@ def identity_digest(identity: dict[str, Any]) -> str:
 
 
 def engine_options(role: Role) -> dict[str, Any]:
-    """The options of ``role`` that change outputs beyond the model's identity: part of every cache key.
+    """The options of ``role`` that change outputs beyond the model's identity: part of every cache key, as its
+    backend's settings class declares them (:mod:`evolforge.config.backend_specs`).
 
-    hf: dtype and device (numerics differ between them), and ``max_model_len`` when set (it cuts each
-    answer's token budget; unset, the key is as it was before it counted). llamacpp: its context length
-    and ``extra`` (``reuse_prefix``); the quantization is part of the GGUF's identity. vllm: dtype, tensor
-    parallelism, context length and the engine arguments in ``extra`` (quantization, ...). ray: the
-    actors' ``engine`` and that engine's options (as hf or vllm; ``auto`` holds both). A server's engine
-    is its own business: its served model id stands for it, so an openai role has none."""
-    return _ENGINE_OPTIONS.get(role.backend, _none)(role)
-
-
-def _hf(role: Role) -> dict[str, Any]:
-    return _transformers(role.settings.dtype, role.settings.device, role.max_model_len)
-
-
-def _transformers(dtype: str, device: str, max_model_len: int | None) -> dict[str, Any]:
-    options = {"dtype": dtype, "device": device}
-    if max_model_len is not None:
-        options["max_model_len"] = max_model_len
-    return options
-
-
-def _vllm(role: Role) -> dict[str, Any]:
-    return {"dtype": role.settings.dtype, "tensor_parallel_size": role.settings.tensor_parallel_size,
-            "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
-
-
-def _llamacpp(role: Role) -> dict[str, Any]:  # the GGUF's quantization is in its identity; the context cuts budgets
-    return {"context": role.max_model_len or LLAMACPP_CONTEXT, **{k: role.extra[k] for k in sorted(role.extra)}}
-
-
-def _ray(role: Role) -> dict[str, Any]:  # replicas, GPUs per replica and the cluster's address change no output
-    # hf actors place the model as their own machine does: keyed as device auto
-    engines = {"hf": _transformers(role.settings.dtype, "auto", role.max_model_len), "vllm": _vllm(role)}
-    engine = role.settings.engine
-    return {"engine": engine, **(engines.get(engine) or {**engines["hf"], **engines["vllm"]})}
-
-
-def _none(role: Role) -> dict[str, Any]:
-    return {}
-
-
-# what each backend's outputs depend on beyond the model (a server's: nothing it can see)
-_ENGINE_OPTIONS = {"hf": _hf, "vllm": _vllm, "llamacpp": _llamacpp, "ray": _ray}
+    hf: dtype and device, and ``max_model_len`` when set. llamacpp: its context length and ``extra``
+    (``reuse_prefix``); the quantization is part of the GGUF's identity. vllm: dtype, tensor parallelism,
+    context length and the engine arguments in ``extra`` (quantization, ...). ray: the actors' ``engine`` and
+    that engine's options (as hf or vllm; ``auto`` holds both). A server's engine is its own business: its
+    served model id stands for it, so an openai role has none."""
+    return role.settings.engine_options(role.max_model_len, role.extra)
 
 
 def resolved_engine(role: Role) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from evolforge.llm.requests import ChatRequest
 from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import RowControls, pick, sample_token
-from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
+from evolforge.config.backend_specs import LLAMACPP_CONTEXT
+from evolforge.llm.keys import request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
 from evolforge.llm.backends.llamacpp.probe import cpu_name, verdict
 from evolforge.llm.backends.llamacpp.speculative import STEP_COST, draft_length
