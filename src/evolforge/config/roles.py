@@ -167,14 +167,6 @@ class Role:
     frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None = field(default=None, metadata={
         "help": "generation control: subtracts penalty x count from each generated token's logit (OpenAI's "
                 "definition)"})
-
-    @property
-    def controls(self) -> Controls:
-        """The role's generation controls."""
-        controls = Controls(tuple(self.banned_strings), self.assistant_prefix, tuple(self.stop),
-                            self.repetition_penalty, self.no_repeat_ngram_size, self.frequency_penalty)
-        return dataclasses.replace(controls, sources=tuple((n, f"roles.{self.name}") for n in controls.used()))
-
     # what the backend takes beside these (HfSettings, OpenAISettings, ...: config/backend_specs.py), from the
     # role's other keys; None: the backend's defaults
     settings: BackendSettings = field(default=None, metadata={"params": False})  # type: ignore[assignment]
@@ -182,6 +174,13 @@ class Role:
     def __post_init__(self) -> None:
         if self.settings is None:
             self.settings = spec_of(self.backend).settings()
+
+    @property
+    def controls(self) -> Controls:
+        """The role's generation controls."""
+        controls = Controls(tuple(self.banned_strings), self.assistant_prefix, tuple(self.stop),
+                            self.repetition_penalty, self.no_repeat_ngram_size, self.frequency_penalty)
+        return dataclasses.replace(controls, sources=tuple((n, f"roles.{self.name}") for n in controls.used()))
 
     @property
     def served(self) -> bool:
@@ -212,19 +211,11 @@ class Role:
         if backend not in BACKEND_NAMES:  # the schema says what is wrong with the backend (or the mapping)
             return parse(cls, fields, where, name=name)
         kind = SPECS[backend].settings
-        own = _keys(kind)
-        misplaced = {key: f"{where}.{key}: a setting of backend {', '.join(others)}, not of {backend}"
-                     for key in fields if key not in own and key not in _keys(cls)
-                     for others in [[b for b in BACKEND_NAMES if key in _keys(SPECS[b].settings)]] if others}
-        allowed = sorted(own | _keys(cls))
-        unknown = {key: f"{where}.{key}: unknown key{suggest(key, allowed)} ({where} keys of backend {backend}: "
-                        f"{', '.join(allowed)})"
-                   for key in fields if isinstance(key, str) and key.isascii() and key.isprintable()
-                   and key not in allowed and key not in misplaced}
-        mine = {k: v for k, v in fields.items() if k in own}
-        rest = {k: v for k, v in fields.items() if k not in own and k not in misplaced and k not in unknown}
-        problems = [*misplaced.values(), *unknown.values(), *check_section(kind, mine, where),
-                    *check_section(cls, rest, where)]
+        mine = {k: v for k, v in fields.items() if k in _keys(kind)}
+        rest = {k: v for k, v in fields.items() if k not in mine}
+        foreign = _foreign_keys(rest, backend, where)  # another backend's keys, or no role's
+        problems = [*foreign.values(), *check_section(kind, mine, where),
+                    *check_section(cls, {k: v for k, v in rest.items() if k not in foreign}, where)]
         if problems:
             raise ParamsError(problems)
         role = parse(cls, rest, where, name=name, settings=parse(kind, mine, where))
@@ -262,6 +253,23 @@ class Role:
 
 def _keys(cls: type) -> set[str]:
     return {f.name for f in settable(cls)}
+
+
+def _foreign_keys(fields: Mapping[str, Any], backend: str, where: str) -> dict[str, str]:
+    """key -> problem, for each key of ``fields`` (a role's keys but its backend's own) that is no common key of
+    a Role: a setting of another backend, or unknown (with the keys a role of ``backend`` may set)."""
+    allowed = sorted(_keys(Role) | _keys(SPECS[backend].settings))
+    problems = {}
+    for key in fields:
+        if key in allowed:
+            continue
+        others = [b for b in BACKEND_NAMES if key in _keys(SPECS[b].settings)]
+        if others:
+            problems[key] = f"{where}.{key}: a setting of backend {', '.join(others)}, not of {backend}"
+        elif isinstance(key, str) and key.isascii() and key.isprintable():  # the schema names the others' characters
+            problems[key] = (f"{where}.{key}: unknown key{suggest(key, allowed)} ({where} keys of backend {backend}: "
+                             f"{', '.join(allowed)})")
+    return problems
 
 
 def load_role(params: Mapping[str, Any], name: str) -> Role:
