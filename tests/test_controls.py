@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from evolforge.config.backend_specs import SERVER_KINDS, SPECS, OpenAISettings
+from evolforge.config.backend_specs import BACKEND_NAMES, SERVER_KINDS, SPECS, OpenAISettings
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Controls
-from evolforge.config.roles import BACKEND_NAMES, Role, controls_problems
+from evolforge.config.roles import Role, controls_problems
 from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError, refuse_ranking

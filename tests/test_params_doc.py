@@ -11,8 +11,7 @@ import typing
 import yaml
 from typing_extensions import is_typeddict
 
-from evolforge.config.backend_specs import SPECS
-from evolforge.config.roles import BACKEND_NAMES
+from evolforge.config.backend_specs import BACKEND_NAMES, SPECS
 from evolforge.schema import SECTIONS
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from evolforge.config.backend_specs import SPECS, HfSettings, LlamacppSettings, OpenAISettings
+from evolforge.config.backend_specs import BACKEND_NAMES, SPECS, HfSettings, LlamacppSettings, OpenAISettings
 from evolforge.config.bounds import ParamsError
-from evolforge.config.roles import BACKEND_NAMES, Role
+from evolforge.config.roles import Role
 from evolforge.config.runtime import CacheSettings, LLMSettings, load_llm_params
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "evolforge"

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "reference" / "params.md"
 sys.path.insert(0, str(REPO / "src"))
 
-from evolforge.config.backend_specs import SPECS  # noqa: E402
-from evolforge.config.roles import BACKEND_NAMES, ROLE_NAMES  # noqa: E402
+from evolforge.config.backend_specs import BACKEND_NAMES, SPECS  # noqa: E402
+from evolforge.config.roles import ROLE_NAMES  # noqa: E402
 from evolforge.schema import SECTIONS  # noqa: E402
 
 HEADER = """# params.yaml reference

@@ -266,23 +266,28 @@ class BackendSpec:
     # `auto` resolve on this machine, into the cache keys
     transformers: bool = False
     probes_kernels: bool = False  # a native build whose kernels are probed per CPU and model (llamacpp)
+    # "module:Class" under evolforge.llm.backends that runs it (llm/registry.py imports it by name, on first use);
+    # None: a server kind, checked against but run by its backend's class
+    runs: str | None = None
 
 
 _NO_NGRAM_SERVER = "{}'s server has no n-gram ban among its request parameters; use repetition_penalty"
 SPECS: dict[str, BackendSpec] = {
-    "hf": BackendSpec(_ALL, HfSettings, ranks=True, transformers=True),
+    "hf": BackendSpec(_ALL, HfSettings, ranks=True, transformers=True, runs="hf.backend:HFBackend"),
     "llamacpp": BackendSpec(_ALL, LlamacppSettings, ranks=True, roles=CHAT_ROLES, probes_kernels=True,
+                            runs="llamacpp.backend:LlamaCppBackend",
                             extra={"reuse_prefix": (_boolean, "true or false"),
                                    "speculative": (_boolean, "true or false"),
                                    "gpu_layers": (_layers, "an integer >= -1 (0: CPU only, -1: every layer)"),
                                    # llama.cpp's extra buffer types (CPU-repack / AMX kernels); unset: as the
                                    # kernel probe finds on this CPU (llm/backends/llamacpp/probe.py)
                                    "extra_bufts": (_boolean, "true or false (unset: as the kernel probe finds)")}),
-    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, why_not={
+    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, runs="vllm.backend:VLLMBackend", why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
     # every server kind ranks: vLLM's from echoed prompt log-probabilities, the others from a walk of the chat
     # API's top_logprobs (evolforge.llm.backends.openai.walk)
-    "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), OpenAISettings, ranks=True, served=True, why_not={
+    "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), OpenAISettings, ranks=True, served=True,
+                          runs="openai.client:OpenAIBackend", why_not={
         "banned_strings": ("OpenAI's logit_bias bans single tokens of its own tokenizer, not strings; vLLM's server "
                            "(bad_words) and llama.cpp's (a grammar) can: set the role's server"),
         "assistant_prefix": ("OpenAI's chat completions API cannot continue an assistant turn; vLLM's server "
@@ -301,8 +306,9 @@ SPECS: dict[str, BackendSpec] = {
                               why_not={
         "no_repeat_ngram_size": ("no OpenAI-compatible server (vLLM, llama.cpp, OpenAI) offers an n-gram ban; use "
                                  "repetition_penalty, or an in-process backend")}),
-    "ray": BackendSpec(frozenset(), RaySettings, ranks=False),
+    "ray": BackendSpec(frozenset(), RaySettings, ranks=False, runs="ray.backend:RayBackend"),
 }
+BACKEND_NAMES = tuple(name for name, spec in SPECS.items() if spec.runs)  # what roles.<name>.backend may name
 # a backend the table does not name (a test double): no controls
 NOTHING = BackendSpec(frozenset(), LocalSettings, ranks=False)
 

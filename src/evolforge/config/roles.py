@@ -24,10 +24,9 @@ from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeI
 from evolforge.config.loader import check_section, parse
 from evolforge.config.messages import suggest
 
-from evolforge.config.backend_specs import (CHAT_ROLES, CONTROL_NAMES, SPECS, BackendSettings, HfSettings,
-                                            checked_as, spec_of)
+from evolforge.config.backend_specs import (BACKEND_NAMES, CHAT_ROLES, CONTROL_NAMES, SPECS, BackendSettings,
+                                            HfSettings, checked_as, spec_of)
 
-BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +108,7 @@ class Role:
     """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
 
     name: str = field(metadata={"params": False})  # the key under `roles`, set by from_params
-    backend: Literal["hf", "llamacpp", "vllm", "openai", "ray"] = field(metadata={
+    backend: Literal["hf", "llamacpp", "vllm", "openai", "ray"] = field(metadata={  # = BACKEND_NAMES
         "help": "what runs the model: hf (transformers in-process), llamacpp (a GGUF on llama.cpp, chat roles only), "
                 "vllm (GPU extra), openai (any OpenAI-compatible server), ray (Ray Data)"})
     model: NonEmptyStr = field(metadata={
