@@ -207,8 +207,12 @@ class Role:
         if problems:
             raise ParamsError(problems)
         backend = fields.get("backend") if isinstance(fields, Mapping) else None
-        if backend not in BACKEND_NAMES:  # the schema says what is wrong with the backend (or the mapping)
-            return parse(cls, fields, where, name=name)
+        if backend not in BACKEND_NAMES:  # the schema says what is wrong with the backend (or the mapping); a
+            # backend's own keys are left out: whether they fit depends on the backend meant
+            some_backends = {k for b in BACKEND_NAMES for k in _keys(SPECS[b].settings)}
+            checked = {k: v for k, v in fields.items() if k not in some_backends} if isinstance(fields, Mapping) \
+                else fields
+            return parse(cls, checked, where, name=name)
         kind = SPECS[backend].settings
         mine = {k: v for k, v in fields.items() if k in _keys(kind)}
         rest = {k: v for k, v in fields.items() if k not in mine}

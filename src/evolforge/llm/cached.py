@@ -100,7 +100,8 @@ class LLM:
             backend = shared_backend(self.role)
             if backend.capabilities.runs_with:  # an ``auto`` the keys resolved elsewhere must be what loaded here
                 # (a role's field set to auto: hf's device and dtype; or an option no field holds, llamacpp's kernels)
-                actual = {k: v for k, v in backend.runs_with().items() if getattr(self.role, k, "auto") == "auto"}
+                settings = self.role.settings
+                actual = {k: v for k, v in backend.runs_with().items() if getattr(settings, k, "auto") == "auto"}
                 keyed = {k: self._engine.get(k) for k in actual}
                 if actual != keyed:
                     raise ModelError(

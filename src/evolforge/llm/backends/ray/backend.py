@@ -27,11 +27,13 @@ names one (``ray_address``); an already connected Ray session is used as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any, Iterator, Sequence
 
 from evolforge.core.models import model_identity
+from evolforge.config.backend_specs import HfSettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import request_seed
@@ -92,13 +94,21 @@ def _completions(batch: dict[str, Any]) -> Finished:
     return out
 
 
+def hf_role(role: Role) -> Role:
+    """The hf role an actor loads: the ray role's model, dtype, threads and batch size, on the device its
+    machine has (``auto``, as the cache keys say)."""
+    settings = role.settings
+    return dataclasses.replace(role, backend="hf", settings=HfSettings(batch_size=settings.batch_size,
+                                                                       dtype=settings.dtype, threads=settings.threads))
+
+
 class HFReplica:
     """One Ray actor running the hf backend: rows of requests in, finished completions out as they end."""
 
     def __init__(self, role: Role, slots: int):
         from evolforge.llm.backends.hf.backend import HFBackend
 
-        self.backend = HFBackend.from_role(role)
+        self.backend = HFBackend.from_role(hf_role(role))
         self.slots = slots
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list]]:
