@@ -19,7 +19,7 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.keys import engine_options, request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Completion
 from evolforge.llm.backends.hf.backend import HFBackend
-from evolforge.llm.backends.ray.backend import RayBackend, request_from_row, request_row, vllm_completion, vllm_row
+from evolforge.llm.backends.ray.backend import RayBackend, hf_role, request_from_row, request_row, vllm_completion, vllm_row
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
@@ -60,7 +60,7 @@ def requests() -> list[ChatRequest]:
 
 @pytest.fixture(scope="module")
 def expected(role) -> list[Completion]:
-    return HFBackend.from_role(dataclasses.replace(role, backend="hf")).generate(requests())
+    return HFBackend.from_role(hf_role(role)).generate(requests())  # the hf role each actor loads
 
 
 @pytest.mark.slow  # a local Ray cluster and a tiny model
