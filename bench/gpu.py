@@ -78,13 +78,14 @@ def phase_engine(args) -> dict:
 def phase_replicas(args) -> dict:
     import torch
 
+    from evolforge.config.backend_specs import OpenAISettings
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.backends.openai.served import wait_until_serving
     from evolforge.llm.registry import make_backend
 
-    if "base_urls" not in {f.name for f in dataclasses.fields(Role)}:
-        raise SystemExit("this checkout's Role has no base_urls (several servers for one openai role): "
+    if "base_urls" not in {f.name for f in dataclasses.fields(OpenAISettings)}:
+        raise SystemExit("this checkout's openai roles have no base_urls (several servers for one role): "
                          "the replicas phase needs it")
     vllm = shutil.which("vllm")
     if vllm is None:
@@ -112,8 +113,9 @@ def phase_replicas(args) -> dict:
                 wait_until_serving(url, server, log, args.startup_timeout, every_s=3)
             except RuntimeError as err:
                 raise SystemExit(f"vllm serve: {err}") from None
-        role = Role(name="evolver", backend="openai", model=args.model, base_urls=[url for _, _, url in servers],
-                    concurrency=args.concurrency, timeout_s=600.0, max_tokens=args.max_tokens)
+        role = Role(name="evolver", backend="openai", model=args.model, max_tokens=args.max_tokens,
+                    settings=OpenAISettings(base_urls=[url for _, _, url in servers], concurrency=args.concurrency,
+                                            timeout_s=600.0))
         llm = LLM(make_backend(role), None, role=role)
         llm.generate(args.reqs[:8])  # warm-up
         return {**generated(llm, args.reqs), "gpus": min(gpus, 2)}

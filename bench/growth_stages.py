@@ -119,7 +119,8 @@ def write_params(root: Path, chunk_rows: int) -> Path:
     sections (params.yaml's), the stand-in roles, and pick_scenario on the evol branch."""
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())
     judge_role = {"backend": "hf", "model": "stand-in", "batch_size": shipped["roles"]["judge"].get("batch_size", 8)}
-    roles = {"scorer": {"backend": "hf", "model": "stand-in"}, "judge": judge_role, "embedder": {"backend": "hf", "model": "stand-in"}}
+    roles = {"scorer": {"backend": "hf", "model": "stand-in"}, "judge": judge_role, "embedder": {"backend": "hf", "model": "stand-in"},
+             "responder": {"backend": "hf", "model": "stand-in"}}
     sections = {"autoif": {"scenario": "evol", "on_empty": "evol"}, "judge": shipped["judge"],
                 "diversity": shipped["diversity"], "select": shipped["select"]}
     (root / "params.yaml").write_text(f"data: {{chunk_rows: {chunk_rows}, engine: local}}\n"

@@ -73,7 +73,7 @@ def built_workloads(n: int, answers: int, answer_tokens: int) -> dict:
     code = [ChatRequest.chat([{"role": "user", "content": prompts.render(
         "respond/response.j2", instruction=s["instruction"], input=s["input"])}], max_tokens=answer_tokens)
         for s in [s for s in seeds if s["category"] == "code"][:answers]]
-    return {"slots": role.batch_size, "rewrites": rewrites, "code answers": code}
+    return {"slots": role.settings.batch_size, "rewrites": rewrites, "code answers": code}
 
 
 def save_requests(workloads: dict, path: Path) -> None:

@@ -207,6 +207,7 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    from evolforge.config.backend_specs import OpenAISettings
     from evolforge.config.roles import Role
     from evolforge.llm.backends.openai.client import OpenAIBackend
     from evolforge.llm.backends.openai.http import event_loop
@@ -214,8 +215,8 @@ def main() -> None:
     proc, port = start_server(kind=args.server)
     try:
         alone = server_alone(port, args.requests, args.concurrency)
-        role = Role(name="bench", backend="openai", model="bench-model", base_url=f"http://127.0.0.1:{port}/v1",
-                    concurrency=args.concurrency)
+        role = Role(name="bench", backend="openai", model="bench-model",
+                    settings=OpenAISettings(base_url=f"http://127.0.0.1:{port}/v1", concurrency=args.concurrency))
         backend = OpenAIBackend.from_role(role)
         runs = [through_llm(backend, args.requests, role, "http") for _ in range(max(1, args.repeat))]
     finally:

@@ -253,12 +253,18 @@ def make_copy(root: Path, n_seeds: int, base_url: str) -> None:
     # the papers' setup on a server: the decode-time aids of the shipped small model (banned strings, n-gram
     # and repetition penalties, ranked judge answers) are hf's, and a server role refuses them
     params["evolve"]["controls"], params["optimize"]["controls"], params["judge"]["probabilities"] = {}, {}, False
-    from evolforge.config.backend_specs import CONTROL_NAMES, SPECS
+    from evolforge.config.backend_specs import BACKEND_NAMES, CONTROL_NAMES, SPECS
+    from evolforge.config.bounds import settable
 
+    # the shipped backend's own settings (llamacpp's batch_size) are no setting of a server role
+    others = {f.name for b in BACKEND_NAMES for f in settable(SPECS[b].settings)} - {
+        f.name for f in settable(SPECS["openai"].settings)}
     for name in LLM_ROLES:
         role = params["roles"][name]
         for control in set(CONTROL_NAMES) - SPECS["openai"].controls:
             role.pop(control, None)  # a role's own decode-time aids (the responder's repetition penalty) go too
+        for key in others:
+            role.pop(key, None)
         role.update(backend="openai", model=MODEL, base_url=base_url, concurrency=CONCURRENCY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     identity = {name: {"backend": "openai", "model": MODEL, "revision": None, "identity": {"served_model": MODEL}}

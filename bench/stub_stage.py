@@ -50,11 +50,13 @@ class StandInResponder:
         return [Completion(ANSWER, "stop", prompt_tokens=1, completion_tokens=60) for _ in requests]
 
 
-def stand_in_responder(params, name, cache=None):
+def stand_in_responder(llms):
+    """The stage's roles (roles.responder) as the stand-in responder."""
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
 
-    return LLM(StandInResponder(), None, role=Role.from_params(name, {"backend": "hf", "model": "stand-in"}))
+    return {name: LLM(StandInResponder(), None, role=Role.from_params(name, {"backend": "hf", "model": "stand-in"}))
+            for name in llms.roles}
 
 
 def judge_answer(request) -> str:
@@ -77,13 +79,16 @@ class StandInJudge(StandInResponder):
         return [Completion(judge_answer(r), "stop", prompt_tokens=1, completion_tokens=1) for r in requests]
 
 
-def stand_in_judge(params, name, cache=None):
-    """roles.judge as the stand-in judge, with the role's generation settings of ``params`` (its batch size)."""
-    from evolforge.config.roles import Role
+def stand_in_judge(llms):
+    """The stage's roles (roles.judge) as the stand-in judge, each with its generation settings (its batch size)."""
+    import dataclasses
+
+    from evolforge.config.backend_specs import HfSettings
     from evolforge.llm.cached import LLM
 
-    role = {**((params.get("roles") or {}).get(name) or {}), "backend": "hf", "model": "stand-in"}  # hf: ranks choices
-    return LLM(StandInJudge(), None, role=Role.from_params(name, role))
+    return {name: LLM(StandInJudge(), None, role=dataclasses.replace(  # hf: ranks choices
+                role, backend="hf", model="stand-in", settings=HfSettings(batch_size=role.settings.batch_size)))
+            for name, role in llms.roles.items()}
 
 
 def hash_vectors(texts, dimensions: int = 16) -> np.ndarray:
@@ -133,11 +138,11 @@ def main() -> None:
     elif stage == "respond":
         import evolforge.steps.respond.step as respond
 
-        respond.open_role = stand_in_responder
+        respond.open_roles = stand_in_responder
     elif stage == "judge":
         import evolforge.steps.judge.step as judge
 
-        judge.open_role = stand_in_judge
+        judge.open_roles = stand_in_judge
     elif stage == "score":
         import evolforge.score.ifd as ifd
         import evolforge.steps.score.step as step

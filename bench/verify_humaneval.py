@@ -30,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from evolforge.config.loader import load_section, read_params
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.eval.sandbox import run_untrusted
 from evolforge.llm.cache import open_cache
@@ -90,8 +91,9 @@ def stats_delta(before: dict, after: dict) -> dict:
 
 
 def run_set(name: str, items: list[dict], real_of, params: dict, prompts: PromptLibrary, identities: str) -> dict:
-    cache = open_cache(params)
-    responder, judge = (open_role(params, role, cache, identities) for role in ("responder", "judge"))
+    llms = load_llm_params(params, ("responder", "judge"))
+    cache = open_cache(llms.cache)
+    responder, judge = (open_role(llms.roles[role], cache, llms.llm, identities) for role in ("responder", "judge"))
     sampling = response_sampling(load_section(params, "respond", RespondSettings))
     started = time.perf_counter()
     answers = respond(responder, prompts, [i["instruction"] for i in items], [""] * len(items),

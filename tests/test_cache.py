@@ -16,6 +16,7 @@ import time
 import pytest
 
 from evolforge.llm.cache import CallCache, KeyFrame, cache_key
+from evolforge.config.backend_specs import HfSettings, OpenAISettings, RaySettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
@@ -195,6 +196,7 @@ def test_two_processes_share_the_cache(tmp_path):
 
 
 def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
+    from evolforge.config.runtime import CacheSettings
     from evolforge.llm.cache import open_cache, repo_root
 
     queued = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
@@ -203,7 +205,7 @@ def test_queued_experiments_share_the_repository_cache(tmp_path, monkeypatch):
     assert repo_root(tmp_path) == tmp_path.resolve()
     monkeypatch.delenv("EVOLFORGE_CACHE", raising=False)
     monkeypatch.chdir(queued)
-    cache = open_cache({"cache": {"path": ".evolforge/cache.sqlite"}})
+    cache = open_cache(CacheSettings(path=".evolforge/cache.sqlite"))
     assert cache.path == (tmp_path / "repo" / ".evolforge" / "cache.sqlite").resolve()
 
 
@@ -219,20 +221,22 @@ def test_engine_options_per_backend():
     from evolforge.config.roles import Role
     from evolforge.llm.keys import engine_options
 
-    hf = Role(name="r", backend="hf", model="m", dtype="bfloat16", device="cpu")
+    hf = Role(name="r", backend="hf", model="m", settings=HfSettings(dtype="bfloat16", device="cpu"))
     vllm = Role(name="r", backend="vllm", model="m", max_model_len=4096, extra={"quantization": "awq"})
-    server = Role(name="r", backend="openai", model="m", base_url="http://127.0.0.1:1/v1", dtype="float16")
+    server = Role(name="r", backend="openai", model="m", settings=OpenAISettings(base_url="http://127.0.0.1:1/v1"))
     assert engine_options(hf) == {"dtype": "bfloat16", "device": "cpu"}
     assert engine_options(vllm)["quantization"] == "awq" and engine_options(vllm)["max_model_len"] == 4096
     assert engine_options(server) == {}  # the served model id stands for the server's engine
     def key(role):
         return LLM(FakeBackend(), None, role=role, identity={"name": "m"}).key(req(0))
-    assert key(hf) != key(Role(name="r", backend="hf", model="m", dtype="float32", device="cpu"))
-    assert key(server) == key(Role(name="other", backend="openai", model="m", base_url="http://10.0.0.1/v1"))
+    assert key(hf) != key(Role(name="r", backend="hf", model="m", settings=HfSettings(dtype="float32", device="cpu")))
+    assert key(server) == key(Role(name="other", backend="openai", model="m",
+                                   settings=OpenAISettings(base_url="http://10.0.0.1/v1")))
     # hf cuts answers where max_model_len ends: a limit set is in the key, no limit keeps the key it had
-    short = Role(name="r", backend="hf", model="m", dtype="bfloat16", device="cpu", max_model_len=512)
+    short = Role(name="r", backend="hf", model="m", max_model_len=512,
+                 settings=HfSettings(dtype="bfloat16", device="cpu"))
     assert engine_options(short)["max_model_len"] == 512 and key(short) != key(hf)
-    ray_hf = Role(name="r", backend="ray", model="m", engine="hf", max_model_len=512)
+    ray_hf = Role(name="r", backend="ray", model="m", max_model_len=512, settings=RaySettings(engine="hf"))
     assert engine_options(ray_hf)["max_model_len"] == 512
 
 
@@ -246,13 +250,13 @@ def test_an_hf_roles_auto_device_and_dtype_are_keyed_as_resolved():
     device = pick_device("auto")  # cpu here; cuda where torch sees a GPU
     auto = Role(name="r", backend="hf", model="m")
     assert resolved_engine(auto) == {"device": device, "dtype": dtype_name(pick_dtype("auto", device))}
-    assert resolved_engine(dataclasses.replace(auto, dtype="bfloat16")) == {"device": device, "dtype": "bfloat16"}
-    explicit = Role(name="r", backend="hf", model="m", device="cpu", dtype="float32")
+    assert resolved_engine(dataclasses.replace(auto, settings=dataclasses.replace(auto.settings, dtype="bfloat16"))) == {"device": device, "dtype": "bfloat16"}
+    explicit = Role(name="r", backend="hf", model="m", settings=HfSettings(device="cpu", dtype="float32"))
     assert resolved_engine(explicit) == {"device": "cpu", "dtype": "float32"}
     assert resolved_engine(Role(name="r", backend="vllm", model="m"))["dtype"] == "auto"  # vLLM: the model's dtype
     def key(role, engine=None):
         return LLM(FakeBackend(), None, role=role, identity={"name": "m"}, engine=engine).key(req(0))
-    assert key(auto) == key(dataclasses.replace(auto, device=device, dtype=resolved_engine(auto)["dtype"]))
+    assert key(auto) == key(dataclasses.replace(auto, settings=dataclasses.replace(auto.settings, device=device, dtype=resolved_engine(auto)["dtype"])))
     assert key(auto, engine={"device": "cuda", "dtype": "bfloat16"}) != key(auto, engine={"device": "cpu", "dtype": "float32"})
 
 
@@ -277,7 +281,7 @@ def test_a_model_loaded_otherwise_than_its_keys_say_is_refused(monkeypatch):
     pinned_on_gpu = LLM(None, None, role=role, identity={"name": "m"}, engine={"device": "cuda", "dtype": "bfloat16"})
     assert pinned_on_gpu.complete([req(0)]) == ["answer"]
     monkeypatch.setattr(registry, "_LOADED", {})
-    chosen = dataclasses.replace(role, device="cuda:0", dtype="bf16")  # written out: keyed as written, not checked
+    chosen = dataclasses.replace(role, settings=dataclasses.replace(role.settings, device="cuda:0", dtype="bf16"))  # written out: keyed as written, not checked
     assert LLM(None, None, role=chosen, identity={"name": "m"}).complete([req(0)]) == ["answer"]
 
 def test_first_stored_completion_wins(tmp_path):
@@ -470,7 +474,7 @@ def test_keys_and_seeds_equal_the_plain_json_encoding_on_random_payloads():
                 temperature=variant.temperature, top_p=variant.top_p, max_tokens=variant.max_tokens,
                 seed=variant.seed, sample_index=variant.sample_index,
                 constraint=None if variant.choices is None else {"choices": list(variant.choices),
-                                                                 "format": role.choice_format})
+                                                                 "format": role.settings.choice_format})
         assert len(llm._frames) <= frames + 1  # the variant found the request's frame
     assert len(llm._frames) > 100
 

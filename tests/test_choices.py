@@ -10,6 +10,7 @@ from evolforge.steps.judge.levels import LEVELS, SCORES
 
 from evolforge.steps.judge.step import judge
 from evolforge.core.prompts import PromptLibrary
+from evolforge.config.backend_specs import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
@@ -48,9 +49,10 @@ def test_choices_change_the_cache_key_and_seed_only_when_given():
     assert llm.key(plain) == cache_key(backend="hf", model=llm.identity, engine=resolved_engine(llm.role),
                                        messages=plain.message_dicts, temperature=0.0, top_p=1.0, max_tokens=256,
                                        seed=0, sample_index=0)
-    server = LLM(FakeBackend(), None, role=Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1"))
-    other = LLM(FakeBackend(), None, role=Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1",
-                                               choice_format="none"))
+    settings = OpenAISettings(base_url="http://127.0.0.1:1/v1")
+    server = LLM(FakeBackend(), None, role=Role(name="judge", backend="openai", model="m", settings=settings))
+    other = LLM(FakeBackend(), None, role=Role(name="judge", backend="openai", model="m",
+                                               settings=OpenAISettings(base_url=settings.base_url, choice_format="none")))
     assert server.key(constrained) != other.key(constrained)  # how a server is held to the choices matters
 
 

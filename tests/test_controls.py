@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from evolforge.config.backend_specs import SERVER_KINDS, SPECS
+from evolforge.config.backend_specs import BACKEND_NAMES, SERVER_KINDS, SPECS, OpenAISettings
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Controls
-from evolforge.config.roles import BACKEND_NAMES, Role, controls_problems
+from evolforge.config.roles import Role, controls_problems
 from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError, refuse_ranking
@@ -62,7 +62,8 @@ def test_a_backend_that_cannot_honour_a_control_refuses_it_clearly():
     with pytest.raises(ParamsError, match=r"roles.evolver.no_repeat_ngram_size: backend 'vllm' cannot honour"):
         Role.from_params("evolver", {"backend": "vllm", "model": "m", "no_repeat_ngram_size": 3})
     server = LLM(FakeBackend(["never sent"]), None,
-                 role=Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1"))
+                 role=Role(name="judge", backend="openai", model="m",
+                           settings=OpenAISettings(base_url="http://127.0.0.1:1/v1")))
     with pytest.raises(ControlsError, match=r"roles.judge.assistant_prefix: backend 'openai' cannot honour"):
         server.generate([ask(controls=Controls(assistant_prefix="Step 1:"))])
     assert server.backend.sent == []  # refused before anything was sent
@@ -237,7 +238,7 @@ def test_the_documented_server_blocks_are_valid_params():
     for block in blocks:
         for name, fields in block["roles"].items():
             role = Role.from_params(name, fields)
-            assert role.server in ("llamacpp", "vllm")
+            assert role.settings.server in ("llamacpp", "vllm")
             params = {**block, "evolve": {"strategy": "evol", "controls": {
                 **block["evolve"]["controls"], "banned_strings": ["Given Prompt"], "stop": ["\n\n"],
                 "repetition_penalty": 1.15}}, "judge": {"probabilities": True}}

@@ -373,11 +373,13 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     fake = FakeBackend(replies)
     render = PromptLibrary.render  # the stage makes its own library: record what every library renders
     monkeypatch.setattr(PromptLibrary, "render", lambda self, name, /, **v: replies.note(name, v, render(self, name, **v)))
-    monkeypatch.setattr("evolforge.steps.evolve.step.open_role", lambda params, name, cache: LLM(fake, None, role=(roles or {}).get(name, ROLE)))
+    monkeypatch.setattr("evolforge.steps.evolve.step.open_role",
+                        lambda role, cache, settings: LLM(fake, None, role=(roles or {}).get(role.name, ROLE)))
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     tmp_path.mkdir(exist_ok=True)
     params = {"evolve": {"breadth": False, "rounds": {"round_1": {"src": "x", "index": 1}}, **evolve},
-              "optimize": {"initial_method": "initial"}}
+              "optimize": {"initial_method": "initial"},
+              "roles": {name: {"backend": "hf", "model": "fake"} for name in ("evolver", "judge", "responder")}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     write_output(tmp_path / "seed", seed_table)
     stage_args = ["evolve", "--params", str(tmp_path / "params.yaml"), "--round", "round_1", "--src", str(tmp_path / "seed"),

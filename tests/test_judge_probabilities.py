@@ -14,6 +14,7 @@ from evolforge.config.bounds import ParamsError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.select.settings import SelectSettings
+from evolforge.config.backend_specs import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
@@ -61,7 +62,7 @@ def test_ranking_is_keyed_apart_and_refused_where_a_backend_cannot_score():
     plain = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"))
     ranked = ChatRequest.chat([{"role": "user", "content": "q"}], choices=("a", "b"), rank=True)
     assert llm.key(plain) != llm.key(ranked)
-    served = Role(name="judge", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+    served = Role(name="judge", backend="openai", model="m", settings=OpenAISettings(base_url="http://127.0.0.1:1/v1"))
     walked = LLM(None, None, role=served, identity={"served_model": "m", "server": "llamacpp"})
     echoed = LLM(None, None, role=served, identity={"served_model": "m", "server": "vllm"})
     assert walked._constraint(ranked)["rank"] == "top_logprobs" and echoed._constraint(ranked)["rank"] is True

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from evolforge.config.backend_specs import LlamacppSettings
 from evolforge.config.roles import Role
 from evolforge.llm.backends.llamacpp import probe
 from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
@@ -75,7 +76,8 @@ def crashing(tmp_path, monkeypatch):
 
 
 def role_of(folder: Path, **extra) -> Role:
-    return Role(name="evolver", backend="llamacpp", model=str(folder), threads=1, batch_size=4, extra=extra)
+    return Role(name="evolver", backend="llamacpp", model=str(folder), extra=extra,
+                settings=LlamacppSettings(threads=1, batch_size=4))
 
 
 def test_the_probe_runs_once_and_keeps_its_verdict(folder, verdicts, monkeypatch, capfd):
@@ -123,6 +125,7 @@ def test_a_role_that_sets_extra_bufts_is_loaded_as_it_says_and_not_probed(folder
 
 STAGE = '''
 import sys
+from evolforge.config.backend_specs import LlamacppSettings
 from evolforge.config.roles import Role
 from evolforge.core.stage import run_stage
 from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
@@ -130,7 +133,8 @@ from evolforge.llm.requests import ChatRequest
 
 
 def main():
-    role = Role(name="evolver", backend="llamacpp", model=sys.argv[1], threads=1, extra={"extra_bufts": True})
+    role = Role(name="evolver", backend="llamacpp", model=sys.argv[1], extra={"extra_bufts": True},
+                settings=LlamacppSettings(threads=1))
     backend = LlamaCppBackend.from_role(role)
     backend.generate([ChatRequest.chat([{"role": "user", "content": "Rewrite: " * 40}], max_tokens=4)])
     print("answered")

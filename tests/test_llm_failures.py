@@ -22,6 +22,7 @@ from evolforge.llm.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import LINEAGE
+from evolforge.config.backend_specs import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings
@@ -260,8 +261,8 @@ def test_openai_prompt_too_long_is_checked_before_sending(tmp_path):
 
     tokenizer = train_tokenizer([" ".join(pseudo_words(50))] * 20, 300)
     with pytest.raises(ValueError, match="roles.evolver.tokenizer .*max_model_len, which is not set"):
-        OpenAIBackend.from_role(Role(name="evolver", backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
-                                     tokenizer="some/tokenizer"))
+        OpenAIBackend.from_role(Role(name="evolver", backend="openai", model="m", settings=OpenAISettings(
+            base_url="http://127.0.0.1:9/v1", tokenizer="some/tokenizer")))
     with FakeOpenAIServer(lambda body: (200, chat_body("fits"), {})) as server:
         checked = role(server, max_model_len=64, max_tokens=8)  # from_role loads role.tokenizer; given here
         backend = OpenAIBackend(server.base_url, "test-model", max_model_len=64, tokenizer=tokenizer)

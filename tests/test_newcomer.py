@@ -233,7 +233,7 @@ def test_served_identity_is_for_servers_only():
     from evolforge.config.bounds import ParamsError
     from evolforge.config.roles import Role
 
-    with pytest.raises(ParamsError, match="served_identity: only an openai role"):
+    with pytest.raises(ParamsError, match="roles.evolver.served_identity: a setting of backend openai, not of hf"):
         Role.from_params("evolver", {"backend": "hf", "model": "models/x", "served_identity": "v1"})
 
 

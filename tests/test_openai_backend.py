@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from evolforge.llm.cache import CallCache
+from evolforge.config.backend_specs import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import open_llm
@@ -259,8 +260,8 @@ def test_a_fatal_status_abandons_the_rest(server):
 def test_api_key_is_sent_but_never_exposed(server, monkeypatch, caplog):
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("EVOLFORGE_TEST_API_KEY", secret)
-    role = Role(name="judge", backend="openai", model="test-model", base_url=server.base_url,
-                api_key_env="EVOLFORGE_TEST_API_KEY", max_retries=1, extra={"backoff_s": 0.01})
+    role = Role(name="judge", backend="openai", model="test-model", extra={"backoff_s": 0.01},
+                settings=OpenAISettings(base_url=server.base_url, api_key_env="EVOLFORGE_TEST_API_KEY", max_retries=1))
     b = OpenAIBackend.from_role(role)
 
     assert b.generate([ask("hi")])[0].text == "echo: hi"
@@ -285,8 +286,8 @@ def test_api_key_is_sent_but_never_exposed(server, monkeypatch, caplog):
 
 def test_missing_api_key_env_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("EVOLFORGE_MISSING_KEY", raising=False)
-    role = Role(name="evolver", backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
-                api_key_env="EVOLFORGE_MISSING_KEY")
+    role = Role(name="evolver", backend="openai", model="m",
+                settings=OpenAISettings(base_url="http://127.0.0.1:9/v1", api_key_env="EVOLFORGE_MISSING_KEY"))
     with pytest.raises(ValueError, match="EVOLFORGE_MISSING_KEY.*not set"):
         OpenAIBackend.from_role(role)
 
@@ -371,7 +372,8 @@ def test_a_refusal_keeps_the_servers_message_whole_and_names_the_setting(server,
     [rejected] = judge.generate([ask("Easy or hard?", choices=("easy", "hard"))])
     assert rejected.error.startswith("HTTP 400: ") and rejected.error.endswith("or roles.judge.choice_format: none")
     # the stage's message, when the failures pass llm.max_failure_rate, carries it
-    role = Role(name="judge", backend="openai", model="test-model", base_url=server.base_url, max_retries=0)
+    role = Role(name="judge", backend="openai", model="test-model",
+                settings=OpenAISettings(base_url=server.base_url, max_retries=0))
     llm = open_llm(role, CallCache(tmp_path / "c.sqlite"), identity={"served_model": "test-model"})
     llm._backend = judge
     server.always = reply(500, _VALIDATION_500)

@@ -191,5 +191,5 @@ def test_pacing_with_batch_api_is_refused_not_ignored(limit):
     fields = {"backend": "openai", "model": "m", "base_url": "https://api.example.com/v1", "batch_api": True}
     with pytest.raises(ParamsError, match=rf"roles\.evolver\.{limit}: paces requests sent one by one.*batch_api: false"):
         Role.from_params("evolver", {**fields, limit: 100})
-    assert Role.from_params("evolver", fields).batch_api
-    assert getattr(Role.from_params("evolver", {**fields, "batch_api": False, limit: 100}), limit) == 100
+    assert Role.from_params("evolver", fields).settings.batch_api
+    assert getattr(Role.from_params("evolver", {**fields, "batch_api": False, limit: 100}).settings, limit) == 100

@@ -176,7 +176,7 @@ def test_a_key_pasted_into_api_key_env_is_not_echoed():
     assert "api_key_env: must be the NAME of an environment variable" in str(err.value)
     assert "Zq3vR8tLw1Xy7Kp2Nb5Hd9Fg" not in str(err.value)
     assert Role.from_params("evolver", {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1",
-                                        "api_key_env": "OPENAI_API_KEY"}).api_key_env == "OPENAI_API_KEY"
+                                        "api_key_env": "OPENAI_API_KEY"}).settings.api_key_env == "OPENAI_API_KEY"
 
 
 LEGITIMATE = {

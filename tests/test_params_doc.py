@@ -11,8 +11,7 @@ import typing
 import yaml
 from typing_extensions import is_typeddict
 
-from evolforge.config.backend_specs import SPECS
-from evolforge.config.roles import BACKEND_NAMES
+from evolforge.config.backend_specs import BACKEND_NAMES, SPECS
 from evolforge.schema import SECTIONS
 
 
@@ -52,6 +51,10 @@ def test_a_field_without_help_fails_the_check(repo, monkeypatch, capsys):
     assert "bare.size" in capsys.readouterr().err
 
 
+def _keys(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def _unknown_keys(node, tp, path: str) -> list[str]:
     """Keys of ``node`` (as params.yaml holds it) that type ``tp`` does not declare."""
     if dataclasses.is_dataclass(tp):
@@ -78,9 +81,12 @@ def test_every_key_of_params_yaml_is_in_the_schema(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     unknown = [name for name in params if name not in SECTIONS]
     for name, data in params.items():
-        if name == "roles":
+        if name == "roles":  # a role's keys: the common ones and those of its backend's settings class
             for role, fields in data.items():
-                unknown += _unknown_keys(fields, SECTIONS["roles"], f"roles.{role}")
+                own = SPECS[fields["backend"]].settings
+                unknown += _unknown_keys({k: v for k, v in fields.items() if k not in _keys(own)},
+                                         SECTIONS["roles"], f"roles.{role}")
+                unknown += _unknown_keys({k: v for k, v in fields.items() if k in _keys(own)}, own, f"roles.{role}")
         elif name in SECTIONS:
             unknown += _unknown_keys(data, SECTIONS[name], name)
     assert not unknown, f"params.yaml keys the schema does not declare: {unknown}"

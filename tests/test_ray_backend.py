@@ -11,6 +11,7 @@ import time
 import pytest
 
 from evolforge.llm.cache import CallCache
+from evolforge.config.backend_specs import RaySettings
 from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings
@@ -18,7 +19,7 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.keys import engine_options, request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, Completion
 from evolforge.llm.backends.hf.backend import HFBackend
-from evolforge.llm.backends.ray.backend import RayBackend, request_from_row, request_row, vllm_completion, vllm_row
+from evolforge.llm.backends.ray.backend import RayBackend, hf_role, request_from_row, request_row, vllm_completion, vllm_row
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
@@ -42,8 +43,8 @@ def role(tmp_path_factory) -> Role:
                               num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=96,
                               texts=[" ".join(pseudo_words(60, seed)) for seed in range(40)])
     # one thread per actor and in-process alike: float sums, hence greedy picks, do not depend on it
-    return Role(name="evolver", backend="ray", model=str(path), engine="hf", replicas=2, threads=1,
-                batch_size=3, max_tokens=10)
+    return Role(name="evolver", backend="ray", model=str(path), max_tokens=10,
+                settings=RaySettings(engine="hf", replicas=2, threads=1, batch_size=3))
 
 
 def requests() -> list[ChatRequest]:
@@ -59,14 +60,14 @@ def requests() -> list[ChatRequest]:
 
 @pytest.fixture(scope="module")
 def expected(role) -> list[Completion]:
-    return HFBackend.from_role(dataclasses.replace(role, backend="hf")).generate(requests())
+    return HFBackend.from_role(hf_role(role)).generate(requests())  # the hf role each actor loads
 
 
 @pytest.mark.slow  # a local Ray cluster and a tiny model
 @pytest.mark.timeout(300)
 def test_same_outputs_as_hf_in_process(ray, role, expected):
     backend = RayBackend.from_role(role)
-    groups = list(backend.stream(requests(), slots=role.batch_size))
+    groups = list(backend.stream(requests(), slots=role.settings.batch_size))
     seen = sorted(i for group in groups for i, _ in group)
     assert seen == list(range(len(requests())))  # every request once
     got = dict(pair for group in groups for pair in group)
@@ -77,10 +78,10 @@ def test_same_outputs_as_hf_in_process(ray, role, expected):
 
 
 def test_engine_in_the_cache_key():
-    role = Role(name="evolver", backend="ray", model="m", engine="hf")
+    role = Role(name="evolver", backend="ray", model="m", settings=RaySettings(engine="hf"))
     assert engine_options(role) == {"engine": "hf", "dtype": "auto", "device": "auto"}
-    assert engine_options(dataclasses.replace(role, replicas=8, ray_address="auto")) == engine_options(role)
-    assert "tensor_parallel_size" in engine_options(dataclasses.replace(role, engine="vllm"))
+    assert engine_options(dataclasses.replace(role, settings=dataclasses.replace(role.settings, replicas=8, ray_address="auto"))) == engine_options(role)
+    assert "tensor_parallel_size" in engine_options(dataclasses.replace(role, settings=dataclasses.replace(role.settings, engine="vllm")))
 
 
 LENIENT = LLMSettings(max_failure_rate=0.2)  # the one prompt too long must not stop the call
@@ -103,7 +104,7 @@ def test_resume_after_a_kill_sends_only_the_missing(ray, role, expected, tmp_pat
     sent: list[int] = []  # rows handed to Ray, per pipeline
     from_items = ray.data.from_items
     monkeypatch.setattr(ray.data, "from_items", lambda items, **kw: sent.append(len(items)) or from_items(items, **kw))
-    role = dataclasses.replace(role, replicas=1)  # one actor: the resume does not need two, and starts faster
+    role = dataclasses.replace(role, settings=dataclasses.replace(role.settings, replicas=1))  # one actor: the resume does not need two, and starts faster
     backend = RayBackend.from_role(role)
     stream = backend.stream
 
@@ -179,4 +180,4 @@ def test_role_errors(monkeypatch):
         RayBackend.from_role(role)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(ImportError, match=r"pip install 'evolforge\[ray\]'"):
-        RayBackend.from_role(dataclasses.replace(role, gpus_per_replica=None))
+        RayBackend.from_role(dataclasses.replace(role, settings=dataclasses.replace(role.settings, gpus_per_replica=None)))

@@ -117,11 +117,11 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     llm, _ = responder()
-    monkeypatch.setattr("evolforge.steps.respond.step.open_role", lambda params, name, cache: llm)
+    monkeypatch.setattr("evolforge.steps.respond.step.open_roles", lambda llms: {"responder": llm})
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     write_output(tmp_path / "evolved" / "round_1", round_table({}))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}},
-              "respond": {"rounds": [1], "repetition": {"ngram": 3}}}
+              "respond": {"rounds": [1], "repetition": {"ngram": 3}}, "roles": {"responder": {"backend": "hf", "model": "fake"}}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     monkeypatch.setattr("sys.argv", ["respond", "--params", str(tmp_path / "params.yaml"), "--evolved", str(tmp_path / "evolved"), "--seed", str(tmp_path / "seed"),
                                      "--prompts", str(repo / "prompts"), "--out", str(tmp_path / "responses"),

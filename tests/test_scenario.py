@@ -220,7 +220,6 @@ def load_stage(repo: Path, script: str):
 def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatch, capsys):
     """scenario autoif with a model that follows the prompts: constraints are verified in the sandbox, the
     answers pass their functions, the pool is the AutoIF items (no fallback) and the judge scores them."""
-    from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.backends.fake import FakeBackend
 
@@ -234,8 +233,8 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     fake = FakeBackend(scripted_reply)
     for step in ("autoif.constraints", "autoif.verify", "autoif.respond", "judge.step"):
-        monkeypatch.setattr(f"evolforge.steps.{step}.open_role",
-                            lambda p, name, cache: LLM(fake, None, role=Role.from_params(name, p["roles"][name])))
+        monkeypatch.setattr(f"evolforge.steps.{step}.open_roles",
+                            lambda llms: {name: LLM(fake, None, role=role) for name, role in llms.roles.items()})
     for script in ("autoif_constraints.py", "autoif_verify.py", "autoif_respond.py", "pick_scenario.py", "judge.py"):
         stage = load_stage(repo, script)
         # dvc.yaml's arguments; judge reads the pool itself here (no dedup / decontaminate in between)

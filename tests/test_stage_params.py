@@ -35,6 +35,7 @@ def test_the_reads_it_sees(tmp_path):
         "def run(params):\n"
         "    cfg = load_section(params, 'dedup', DedupSettings)\n"
         "    judge = open_role(params, 'judge', None)\n"
+        "    llms = load_llm_params(params, ('responder', 'base'))\n"
         "    card = {k: params[k] for k in ('seed', 'evolve')}\n"
         "    return params.get('roles'), params[0]\n"
         "def open_role(params, name, cache):\n"
@@ -42,5 +43,5 @@ def test_the_reads_it_sees(tmp_path):
         "def guess(params, which):\n"
         "    return params.get(which + '_x')\n", encoding="utf-8")
     found, problems = stage_params.reads([module])
-    assert found == {"dedup", "roles.judge", "seed", "evolve", "roles"}
-    assert problems == [f"{module}:9 (guess): reads a params section whose name cannot be told"]
+    assert found == {"dedup", "roles.judge", "roles.responder", "roles.base", "seed", "evolve", "roles"}
+    assert problems == [f"{module}:10 (guess): reads a params section whose name cannot be told"]

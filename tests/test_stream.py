@@ -322,7 +322,6 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
     """The judge stage (a fake judge answering by prompt) writes the same bytes and scores' metrics whether
     its input is read 3 rows at a time or whole."""
     from evolforge.io.records import write_output
-    from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.backends.fake import FakeBackend
 
@@ -331,15 +330,16 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
         hard = "w1" in prompt
         return ("70" if hard else "20") if "from 0 to 100" in prompt else ("hard" if hard else "easy")
 
-    def fake_role(params, name, cache=None):
-        return LLM(FakeBackend(reply), None, role=Role.from_params(name, {"backend": "hf", "model": "fake"}))
+    def fake_roles(llms):
+        return {name: LLM(FakeBackend(reply), None, role=role) for name, role in llms.roles.items()}
 
-    monkeypatch.setattr("evolforge.steps.judge.step.open_role", fake_role)
+    monkeypatch.setattr("evolforge.steps.judge.step.open_roles", fake_roles)
     runs = []
     for chunk_rows in (3, 1000):
         work = tmp_path / str(chunk_rows)
         write_output(work / "clean", items(4).drop("usable"))
-        (work / "params.yaml").write_text(f"data: {{chunk_rows: {chunk_rows}}}\n")
+        (work / "params.yaml").write_text(f"data: {{chunk_rows: {chunk_rows}}}\n"
+                                          "roles: {judge: {backend: hf, model: fake}}\n")
         monkeypatch.chdir(work)
         run_stage("judge.py", "--items", "clean", "--prompts", str(REPO / "prompts"), "--out", "judged",
                   "--metrics", "m/judge.json", "--plot", "m/levels.json")

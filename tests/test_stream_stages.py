@@ -107,7 +107,7 @@ def respond_inputs(folder: Path) -> None:
     write_output(folder / "evolved" / "round_2", table(26, 2).drop("instruction_finish_reason"))
 
 
-def fake_responder(params, name, cache=None):
+def fake_responder(name, cache=None):
     """A responder whose answer depends on the prompt alone: complete, truncated, empty or looping."""
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
@@ -132,13 +132,15 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     from evolforge.config.loader import load_section
     from evolforge.steps.respond.settings import RespondSettings
     from evolforge.steps.common.responses import RESPONSE_TEMPLATE
+    from evolforge.llm.cache import open_cache
     from evolforge.steps.respond.step import _kept, answer
 
     respond_inputs(tmp_path)
-    monkeypatch.setattr("evolforge.steps.respond.step.open_role", fake_responder)
+    monkeypatch.setattr("evolforge.steps.respond.step.open_roles",  # through the stage's call cache
+                        lambda llms: {name: fake_responder(name, open_cache(llms.cache)) for name in llms.roles})
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}, "round_2": {"src": "x", "index": 2}}},
-              "respond": {"rounds": [1, 2], "include_seed": True}}
+              "respond": {"rounds": [1, 2], "include_seed": True}, "roles": {"responder": {"backend": "hf", "model": "fake"}}}
     runs = {}
     for rows in CHUNKS:
         (tmp_path / "params.yaml").write_text(json.dumps({**params, "data": {"chunk_rows": rows}}))
@@ -152,7 +154,7 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     seeds = _kept(read_table(tmp_path / "seed"), is_round=False)
     evolved = [_kept(read_table(tmp_path / "evolved" / r), is_round=True) for r in ("round_1", "round_2")]
     whole = pl.concat([seeds, *evolved], how="vertical_relaxed")
-    llm = fake_responder({}, "responder")
+    llm = fake_responder("responder")
     prompts = PromptLibrary(repo / "prompts")
     expected = answer(whole, llm, prompts)
     write_output(tmp_path / "expected", expected, meta={"model": llm.label, "model_identity": llm.identity, "template_hash": prompts.hash(RESPONSE_TEMPLATE),

@@ -95,4 +95,4 @@ def test_decoding_threads_follow_the_load_only_when_asked(monkeypatch):
     assert threads.decoding_threads(follow_load=True) == 1
     assert threads.decoding_threads(3, follow_load=True) == 3  # the role's own number stands
     role = Role.from_params("responder", {"backend": "llamacpp", "model": "m", "threads_follow_load": True})
-    assert role.threads_follow_load and not Role.from_params("responder", {"backend": "llamacpp", "model": "m"}).threads_follow_load
+    assert role.settings.threads_follow_load and not Role.from_params("responder", {"backend": "llamacpp", "model": "m"}).settings.threads_follow_load

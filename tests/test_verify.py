@@ -278,12 +278,13 @@ def test_verify_stage_writes_items_and_metrics(tmp_path, monkeypatch, repo):
 
     routes = replies()
 
-    def fake_role(params, name, cache=None):
-        return fake_llm(name, routes)[0]
+    def fake_roles(llms):
+        return {name: fake_llm(name, routes)[0] for name in llms.roles}
 
-    monkeypatch.setattr("evolforge.steps.verify.step.open_role", fake_role)
+    monkeypatch.setattr("evolforge.steps.verify.step.open_roles", fake_roles)
     write_output(tmp_path / "clean", table())
-    (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1}\n")
+    (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1}\n"
+                                          "roles: {responder: {backend: hf, model: fake}, judge: {backend: hf, model: fake}}\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("evolforge.core.prompts.PromptLibrary.render", _watched(routes))
     run_stage("verify.py", "--items", "clean", "--prompts", str(repo / "prompts"), "--out", "verified",

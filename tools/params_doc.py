@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "reference" / "params.md"
 sys.path.insert(0, str(REPO / "src"))
 
+from evolforge.config.backend_specs import BACKEND_NAMES, SPECS  # noqa: E402
 from evolforge.config.roles import ROLE_NAMES  # noqa: E402
 from evolforge.schema import SECTIONS  # noqa: E402
 
@@ -53,9 +54,16 @@ def settings_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("params", True)]
 
 
+def backend_settings() -> dict[str, type]:
+    """backend -> the class of what a role of that backend sets beside the common keys (config/backend_specs.py)."""
+    return {backend: SPECS[backend].settings for backend in BACKEND_NAMES}
+
+
 def missing_help() -> list[str]:
-    """``section.key`` of every field without help."""
-    return [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in settings_fields(cls)
+    """``section.key`` of every field without help (a backend's own keys: ``roles.<name>.key``)."""
+    classes = [(name, cls) for name, cls in SECTIONS.items()]
+    classes += [("roles.<name>", cls) for cls in dict.fromkeys(backend_settings().values())]
+    return [f"{name}.{f.name}" for name, cls in classes for f in settings_fields(cls)
             if not str(f.metadata.get("help", "")).strip()]
 
 
@@ -132,12 +140,9 @@ def render() -> str:
         where = "roles.<name>" if name == "roles" else name
         if name == "roles":
             out.append("Role names: " + ", ".join(f"`{r}`" for r in ROLE_NAMES) + ".\n")
-        out.append("| key | type | default | unit | paper | help |\n|---|---|---|---|---|---|")
-        for f in settings_fields(cls):
-            meta = f.metadata
-            out.append(f"| `{where}.{f.name}` | {_code(str(f.type))} | {_default(f)} | {_cell(meta.get('unit', ''))} "
-                       f"| {_cell(str(meta.get('paper', '')))} | {_cell(str(meta.get('help', '')))} |")
-        out.append("")
+        out += _field_table(where, cls)
+        if name == "roles":
+            out += _backend_tables()
         hints = typing.get_type_hints(cls)
         nested = [found for f in settings_fields(cls) for found in _typed_dicts(hints[f.name], f"{where}.{f.name}")]
         for path, td in nested:
@@ -147,6 +152,25 @@ def render() -> str:
             out += _typeddict_rows(path, td)
             out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _field_table(where: str, cls: type) -> list[str]:
+    rows = ["| key | type | default | unit | paper | help |\n|---|---|---|---|---|---|"]
+    for f in settings_fields(cls):
+        meta = f.metadata
+        rows.append(f"| `{where}.{f.name}` | {_code(str(f.type))} | {_default(f)} | {_cell(meta.get('unit', ''))} "
+                    f"| {_cell(str(meta.get('paper', '')))} | {_cell(str(meta.get('help', '')))} |")
+    return rows + [""]
+
+
+def _backend_tables() -> list[str]:
+    """Each backend's own keys, which a role of another backend cannot set."""
+    out = ["Beside those, a role sets the keys of its backend only (a key of another backend is refused):\n"]
+    for backend, cls in backend_settings().items():
+        out.append(f"### backend: {backend}\n")
+        out.append(f"{_prose(cls.__doc__)} ({cls.__name__})\n")
+        out += _field_table("roles.<name>", cls)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,10 +6,11 @@ code a stage runs -- its script's import closure, as ``tools/stage_deps.py`` fin
 section it reads:
 
 - ``load_section(params, "seed", ...)``, ``section(params, "evolve")``: that section;
-- ``load_role(params, "judge")``, ``open_role(params, "judge", ...)``: ``roles.judge``;
+- ``load_role(params, "judge")``: ``roles.judge``; ``load_llm_params(params, ("responder", "judge"))`` (the roles
+  a stage opens LLMs for): ``roles.responder`` and ``roles.judge``;
 - ``params.get("cache")``, ``params["seed"]``: that section, also where the key is a loop variable over a
   literal tuple (``params.get(k) for k in ("seed", "evolve")``);
-- a function that passes its own parameter on as the name (``open_role(params, name, cache)`` calls
+- a function that passes its own parameter on as the name (``def open_one(params, name)`` calling
   ``load_role(params, name)``) reads what its callers name.
 
 A read whose section cannot be told (a computed name) is a problem: name it literally. Sections are compared
@@ -39,7 +40,8 @@ import stage_deps  # noqa: E402  (the import closure of a stage's script)
 REPO = stage_deps.REPO
 RUNTIME = {"cache", "llm", "data"}  # read by every stage's machinery; no output depends on them
 # the functions that read one section (or role) named by an argument: {name: (argument index, kind)}
-READERS = {"load_section": (1, "section"), "section": (1, "section"), "load_role": (1, "role")}
+READERS = {"load_section": (1, "section"), "section": (1, "section"), "load_role": (1, "role"),
+           "load_llm_params": (1, "role")}
 # the whole-file checks (`evolforge check`, the models stage) read every section to refuse a bad file; no output
 # is made from what they read
 CHECKS = "src/evolforge/schema.py"
@@ -79,9 +81,12 @@ def _loop_values(function: ast.AST) -> dict[str, list[str]]:
 
 
 def _name(node: ast.AST, loops: dict[str, list[str]]) -> list[str] | str | None:
-    """The section names an argument can hold: literal strings, or the name of the parameter it is."""
+    """The section names an argument can hold: a literal string or tuple of them, or the name of the parameter
+    it is."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
+    if _literal_strings(node) is not None:
+        return _literal_strings(node)
     if isinstance(node, ast.Name) and node.id in loops:
         return loops[node.id]
     if isinstance(node, ast.Name):

@@ -1,8 +1,10 @@
-"""Model roles from ``params.yaml`` (``roles.<name>``): which model, where, its generation defaults and controls;
-:func:`load_role` types one.
+"""Model roles from ``params.yaml`` (``roles.<name>``): which model, where, its generation defaults and controls,
+and its backend's own settings (``role.settings``: one class per backend, declared with its spec in
+:mod:`evolforge.config.backend_specs`, so what an hf role can set is no field of a llamacpp role); :func:`load_role`
+types one.
 
-    >>> load_role({"roles": {"evolver": {"backend": "hf", "model": "m"}}}, "evolver").batch_size
-    8
+    >>> load_role({"roles": {"evolver": {"backend": "llamacpp", "model": "m", "batch_size": 6}}}, "evolver").settings
+    LlamacppSettings(batch_size=6, threads=None, threads_follow_load=False)
 
 A params type only: the chat requests a role makes are built in the LLM layer (:mod:`evolforge.llm.requests`),
 so reading a role (to fine-tune or evaluate ``roles.base``) imports no LLM code.
@@ -12,21 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping
-from urllib.parse import urlsplit
 
 from annotated_types import Ge, Gt, Le
 
-from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError,
+from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError, settable,
                                      PositiveFloat, PositiveInt, secret_problems)
-from evolforge.config.loader import parse
+from evolforge.config.loader import check_section, parse
+from evolforge.config.messages import suggest
 
-from evolforge.config.backend_specs import CHAT_ROLES, CONTROL_NAMES, spec_of
+from evolforge.config.backend_specs import (BACKEND_NAMES, CHAT_ROLES, CONTROL_NAMES, SPECS, BackendSettings,
+                                            HfSettings, checked_as, spec_of)
 
-BACKEND_NAMES = ("hf", "llamacpp", "vllm", "openai", "ray")  # = the `backend` Literal of Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,20 +82,14 @@ def controls_problems(backend: str, controls: "Controls", where: str) -> list[st
             why = spec.why_not.get(name, f"the {backend} backend does not implement it")
             at = controls.source(name, where)
             role = f" ({where})" if at != where else ""
-            if backend == "openai:any":
-                what = f"an OpenAI-compatible server{role} cannot honour this generation control"
-            elif backend.startswith("openai:"):
-                what = f"{backend.split(':')[1]}'s server{role} cannot honour this generation control"
-            else:
-                what = f"backend {backend!r}{role} cannot honour this generation control"
-            problems.append(f"{at}.{name}: {what} ({why}); remove it or use a backend that can "
+            problems.append(f"{at}.{name}: {spec.called or f'backend {backend!r}'}{role} cannot honour this "
+                            f"generation control ({why}); remove it or use a backend that can "
                             "(docs/explanation/controls.md)")
     return problems
 
 
 # add a role's name here first
 ROLE_NAMES = ("evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base")
-_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def refuse_secrets(where: str, base_url: str | None, settings: Mapping[str, Any], settings_where: str) -> None:
@@ -114,7 +108,7 @@ class Role:
     """One model role from ``params.yaml`` (``roles.<name>``): which model, where, and its defaults."""
 
     name: str = field(metadata={"params": False})  # the key under `roles`, set by from_params
-    backend: Literal["hf", "llamacpp", "vllm", "openai", "ray"] = field(metadata={
+    backend: Literal["hf", "llamacpp", "vllm", "openai", "ray"] = field(metadata={  # = BACKEND_NAMES
         "help": "what runs the model: hf (transformers in-process), llamacpp (a GGUF on llama.cpp, chat roles only), "
                 "vllm (GPU extra), openai (any OpenAI-compatible server), ray (Ray Data)"})
     model: NonEmptyStr = field(metadata={
@@ -134,70 +128,10 @@ class Role:
         "unit": "tokens",
         "paper": "2048"})
     seed: int = field(default=0, metadata={"help": "the base of each request's seed (with the item and sample index)"})
-    # hf / vllm
-    batch_size: PositiveInt = field(default=8, metadata={"help": "hf / vllm / llamacpp: requests decoded together"})
-    dtype: str = field(default="auto", metadata={
-        "help": "hf / vllm: weights' dtype; auto resolves on this machine (bfloat16 on GPU, float32 on CPU) and is "
-                "recorded in the identity"})
-    device: str = field(default="auto", metadata={
-        "help": "hf: where the model runs; auto = cuda where torch sees a GPU, else cpu (recorded in the identity)"})
-    tensor_parallel_size: PositiveInt = field(default=1, metadata={
-        "help": "vllm (and ray's vllm engines): GPUs one model is split across"})
-    gpu_memory_utilization: Annotated[float, Gt(0), Le(1)] = field(default=0.9, metadata={
-        "help": "vllm: the share of GPU memory the engine may take"})
     max_model_len: PositiveInt | None = field(default=None, metadata={
         "help": "the context length (vllm's engine, llamacpp's KV cache: null = 4096, a server's --n_ctx to check "
                 "prompts against)",
         "unit": "tokens"})
-    threads: PositiveInt | None = field(default=None, metadata={
-        "help": "hf, llamacpp: CPU threads; None = every usable core (llm/threads.py)"})
-    threads_follow_load: bool = field(default=False, metadata={
-        "help": "hf, llamacpp without `threads`: fewer threads while other processes keep cores busy, picked again "
-                "at a call 30 s after the last pick; faster on a shared machine, but the count changes llama.cpp's "
-                "logits, so a rerun may then decode other tokens"})
-    # ray: a Ray Data pipeline over `replicas` actors (docs/how-to/scale-ray.md)
-    ray_address: str | None = field(default=None, metadata={
-        "help": "ray: an existing cluster (\"auto\", \"ray://host:10001\"); None = start a local one "
-                "(docs/how-to/scale-ray.md)"})
-    replicas: PositiveInt = field(default=1, metadata={
-        "help": "actors, each holding one copy of the model (data parallel)"})
-    engine: Literal["auto", "vllm", "hf"] = field(default="auto", metadata={
-        "help": "what each actor runs; auto = vllm when the cluster has GPUs"})
-    gpus_per_replica: NonNegativeFloat | None = field(default=None, metadata={
-        "help": "hf actors (vllm ones take tensor_parallel_size); None = 0"})
-    # openai-compatible servers
-    base_url: str | None = field(default=None, metadata={
-        "help": "openai: the server's URL, e.g. http://127.0.0.1:8000/v1"})
-    base_urls: list[NonEmptyStr] | None = field(default=None, metadata={
-        "help": "or several replicas of one model (e.g. one `vllm serve` per GPU), instead of base_url"})
-    api_key_env: str | None = field(default=None, metadata={
-        "help": "the NAME of the environment variable holding the key"})
-    served_identity: NonEmptyStr | None = field(default=None, metadata={
-        "help": "openai: the identity you state for a server without GET /models (e.g. the weights' sha or a release "
-                "tag; change it when the weights change): the models stage then does not ask the server"})
-    server: Literal["auto", "vllm", "llamacpp", "openai"] = field(default="auto", metadata={
-        "help": "openai: what the server is -- vllm, llamacpp (llama.cpp's or llama-cpp-python's server) or openai "
-                "(any other: the OpenAI API's own parameters only); auto = found from GET /models by the models "
-                "stage, recorded in the identity"})
-    concurrency: PositiveInt = field(default=8, metadata={
-        "help": "requests in flight per server (per replica with base_urls)"})
-    timeout_s: PositiveFloat = field(default=120.0, metadata={
-        "help": "openai: seconds one request may take before it is retried",
-        "unit": "s"})
-    max_retries: NonNegativeInt = field(default=5, metadata={
-        "help": "openai: retries of a failed request before it is the item's recorded failure (retries_exhausted)"})
-    requests_per_minute: PositiveFloat | None = field(default=None, metadata={
-        "help": "openai: pace requests to a provider's limit (None = no limit)"})
-    tokens_per_minute: PositiveFloat | None = field(default=None, metadata={
-        "help": "openai: pace requests to a provider's token limit, counting prompt + max_tokens (None = no limit)",
-        "unit": "tokens / minute"})
-    tokenizer: str | None = field(default=None, metadata={
-        "help": "openai: a tokenizer (hub id or local path) to check prompts against max_model_len before sending"})
-    choice_format: Literal["response_format", "structured_outputs", "none"] = field(
-        default="response_format", metadata={
-        "help": "openai: how an answer is held to a request's choices -- response_format (a JSON schema with an "
-                "enum: OpenAI, vLLM, SGLang, llama.cpp), structured_outputs (vLLM's exact-choice extension) or none "
-                "(free text)"})
     # optional prices per million tokens (any currency); LLM.stats then carries the cost
     price_per_mtok_prompt: NonNegativeFloat | None = field(default=None, metadata={
         "help": "optional price per million prompt tokens (any currency); the stage's metrics then carry the cost"})
@@ -214,16 +148,6 @@ class Role:
         "help": "tokens a thinking model may think, added to every request's max_tokens (a stage's own max_tokens, "
                 "e.g. a judge's 8, is what the answer may take; servers count max_tokens over thinking and answer "
                 "together)"})
-    batch_api: bool = field(default=False, metadata={
-        "help": "openai: submit a stage's cache misses as batch jobs (POST /files + /batches: about half the price, "
-                "results within batch_completion_window), polled every batch_poll_s seconds"})
-    batch_poll_s: PositiveFloat = field(default=30.0, metadata={
-        "help": "openai with batch_api: seconds between polls of a batch job",
-        "unit": "s"})
-    batch_completion_window: NonEmptyStr = field(default="24h", metadata={
-        "help": "openai with batch_api: the completion window asked of the provider"})
-    batch_max_requests: PositiveInt = field(default=50_000, metadata={
-        "help": "requests per job (OpenAI's limit per batch is 50,000)"})
     extra: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "backend-specific settings: llamacpp reads reuse_prefix, speculative, gpu_layers "
                 "(config/backend_specs.py); other backends pass them to the engine as written"})
@@ -242,6 +166,13 @@ class Role:
     frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None = field(default=None, metadata={
         "help": "generation control: subtracts penalty x count from each generated token's logit (OpenAI's "
                 "definition)"})
+    # what the backend takes beside these (HfSettings, OpenAISettings, ...: config/backend_specs.py), from the
+    # role's other keys; None: the backend's defaults
+    settings: BackendSettings = field(default=None, metadata={"params": False})  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.settings is None:
+            self.settings = spec_of(self.backend).settings()
 
     @property
     def controls(self) -> Controls:
@@ -251,24 +182,46 @@ class Role:
         return dataclasses.replace(controls, sources=tuple((n, f"roles.{self.name}") for n in controls.used()))
 
     @property
+    def served(self) -> bool:
+        """An OpenAI-compatible server (its settings are :class:`OpenAISettings`)."""
+        return spec_of(self.backend).served
+
+    @property
+    def transformers(self) -> HfSettings:
+        """How a transformers model of this role loads in this process (dtype, device, batch size): its own settings
+        for an hf role, the defaults for a model of another backend read with transformers (evolver_analysis)."""
+        return self.settings if spec_of(self.backend).transformers else HfSettings()
+
+    @property
     def control_backend(self) -> str:
-        """The name controls are checked against: the backend, or ``openai:<server>`` for a server of known kind."""
-        if self.backend != "openai" or self.server == "openai":
-            return self.backend
-        return "openai:any" if self.server == "auto" else f"openai:{self.server}"
+        """The spec controls are checked against: the backend, or ``openai:<server>`` for a server
+        (:func:`~evolforge.config.backend_specs.checked_as`)."""
+        return checked_as(self.backend, self.settings.server if self.served else "auto")
 
     @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any] | None) -> "Role":
-        """``roles.<name>`` checked against the schema: types, ranges, unknown keys, secrets by value."""
+    def from_params(cls, name: str, fields: Mapping[str, Any] | None) -> "Role":
+        """``roles.<name>`` checked against the schema (the common keys and those of its backend's settings class):
+        types, ranges, unknown keys, another backend's keys, secrets by value."""
         where = f"roles.{name}"
-        problems = secret_problems(dict(params or {}), where) if isinstance(params, Mapping) else []
+        problems = secret_problems(dict(fields or {}), where) if isinstance(fields, Mapping) else []
         if problems:
             raise ParamsError(problems)
-        role = parse(cls, params, where, name=name)
-        if role.api_key_env is not None and not _ENV_NAME.match(role.api_key_env):
-            # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
-            raise ParamsError([f"{where}.api_key_env: must be the NAME of an environment variable (capitals, digits "
-                               "and _, e.g. OPENAI_API_KEY), not the key itself; the value given is not shown"])
+        backend = fields.get("backend") if isinstance(fields, Mapping) else None
+        if backend not in BACKEND_NAMES:  # the schema says what is wrong with the backend (or the mapping); a
+            # backend's own keys are left out: whether they fit depends on the backend meant
+            some_backends = {k for b in BACKEND_NAMES for k in _keys(SPECS[b].settings)}
+            checked = {k: v for k, v in fields.items() if k not in some_backends} if isinstance(fields, Mapping) \
+                else fields
+            return parse(cls, checked, where, name=name)
+        kind = SPECS[backend].settings
+        mine = {k: v for k, v in fields.items() if k in _keys(kind)}
+        rest = {k: v for k, v in fields.items() if k not in mine}
+        foreign = _foreign_keys(rest, backend, where)  # another backend's keys, or no role's
+        problems = [*foreign.values(), *check_section(kind, mine, where),
+                    *check_section(cls, {k: v for k, v in rest.items() if k not in foreign}, where)]
+        if problems:
+            raise ParamsError(problems)
+        role = parse(cls, rest, where, name=name, settings=parse(kind, mine, where))
         problems = (role.server_problems()
                     + controls_problems(role.control_backend, role.controls, where) + role.extra_problems())
         if role.thinking_tags and len(role.thinking_tags) != 2:
@@ -277,11 +230,6 @@ class Role:
         if problems:
             raise ParamsError(problems)
         return role
-
-    @property
-    def urls(self) -> list[str]:
-        """The servers of an openai role: ``base_urls``, or ``[base_url]`` (empty when neither is set)."""
-        return list(self.base_urls) if self.base_urls else ([self.base_url] if self.base_url else [])
 
     def extra_problems(self) -> list[str]:
         """What is wrong with a role its backend cannot serve (a llamacpp scorer: scores, embeddings and training
@@ -301,50 +249,30 @@ class Role:
                 if name not in spec.extra or not spec.extra[name][0](value)]
 
     def server_problems(self) -> list[str]:
-        """What is wrong with the role's server settings (``base_url`` / ``base_urls`` / ``batch_api``)."""
-        where = f"roles.{self.name}"
-        problems = []
-        if self.base_url is not None and self.base_urls is not None:
-            problems.append(f"{where}: give base_url (one server) or base_urls (replicas of one model), not both")
-        if self.base_urls is not None:
-            if not self.base_urls:
-                problems.append(f"{where}.base_urls: an empty list; list at least one server, or use base_url")
-            seen: set[str] = set()
-            for i, url in enumerate(self.base_urls):
-                canonical = url.rstrip("/")
-                if canonical in seen:
-                    problems.append(f"{where}.base_urls[{i}]: {url!r} is listed twice")
-                seen.add(canonical)
-        if self.backend == "openai" and self.base_url is None and self.base_urls is None:
-            problems.append(f"{where}: backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1), or base_urls "
-                            "for several replicas of one model")
-        given = [("base_url", self.base_url)] if self.base_url is not None else []
-        given += [(f"base_urls[{i}]", u) for i, u in enumerate(self.base_urls or [])]
-        for field_name, url in given:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                problems.append(f"{where}.{field_name}: got {json.dumps(url)}; allowed: an http:// or https:// URL "
-                                "with a host, e.g. http://127.0.0.1:8000/v1")
-        backoff = self.extra.get("backoff_s")
-        if self.backend == "openai" and "backoff_s" in self.extra and (
-                isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not math.isfinite(backoff)
-                or backoff < 0):
-            problems.append(f"{where}.extra.backoff_s: got {json.dumps(backoff, default=str)}; allowed: a number "
-                            "of seconds >= 0 (the first retry's wait, doubled on each retry; default 1)")
-        if self.served_identity is not None and self.backend != "openai":
-            problems.append(f"{where}.served_identity: only an openai role states its identity; the others are pinned "
-                            "from their weights or hub revision")
-        if self.batch_api and self.backend != "openai":
-            problems.append(f"{where}.batch_api: only an openai role can use a provider's batch API")
-        if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:
-            problems.append(f"{where}.batch_api: a batch job goes to one provider; use base_url, not several base_urls")
-        for limit in ("requests_per_minute", "tokens_per_minute"):
-            if self.batch_api and getattr(self, limit) is not None:
-                # silently ignored otherwise: a batch job is scheduled by the provider, not paced by us
-                problems.append(f"{where}.{limit}: paces requests sent one by one; with batch_api the provider "
-                                f"schedules the job under its own batch limits (queued tokens): remove {limit} "
-                                f"or set batch_api: false")
-        return problems
+        """What is wrong with a server role's settings (``base_url`` / ``base_urls`` / ``batch_api``); none for the
+        other backends."""
+        return self.settings.problems(f"roles.{self.name}", self.extra) if self.served else []
+
+
+def _keys(cls: type) -> set[str]:
+    return {f.name for f in settable(cls)}
+
+
+def _foreign_keys(fields: Mapping[str, Any], backend: str, where: str) -> dict[str, str]:
+    """key -> problem, for each key of ``fields`` (a role's keys but its backend's own) that is no common key of
+    a Role: a setting of another backend, or unknown (with the keys a role of ``backend`` may set)."""
+    allowed = sorted(_keys(Role) | _keys(SPECS[backend].settings))
+    problems = {}
+    for key in fields:
+        if key in allowed:
+            continue
+        others = [b for b in BACKEND_NAMES if key in _keys(SPECS[b].settings)]
+        if others:
+            problems[key] = f"{where}.{key}: a setting of backend {', '.join(others)}, not of {backend}"
+        elif isinstance(key, str) and key.isascii() and key.isprintable():  # the schema names the others' characters
+            problems[key] = (f"{where}.{key}: unknown key{suggest(key, allowed)} ({where} keys of backend {backend}: "
+                             f"{', '.join(allowed)})")
+    return problems
 
 
 def load_role(params: Mapping[str, Any], name: str) -> Role:

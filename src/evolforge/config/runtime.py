@@ -1,5 +1,6 @@
 """The settings of the LLM layer's machinery, whatever a stage computes: ``cache`` (where completions are kept)
-and ``llm`` (when calls are committed, when a stage gives up, the spend caps of ``llm.budget``). The other
+and ``llm`` (when calls are committed, when a stage gives up, the spend caps of ``llm.budget``), parsed with a
+stage's roles once into :class:`LLMParams`, all the LLM layer is given (never params itself). The other
 sections of no step: :mod:`~evolforge.config.data` (how the data stages stream their tables),
 :mod:`~evolforge.config.fetch_model` (where the shipped model's file comes from), :mod:`~evolforge.config.training`.
 
@@ -10,12 +11,15 @@ defaults and the types; :mod:`evolforge.schema` maps each params section to its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 from pydantic import with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat,
                                      PositiveInt, Probability)
+from evolforge.config.loader import load_section
+from evolforge.config.roles import Role, load_role
 
 
 @dataclass
@@ -66,3 +70,25 @@ class LLMSettings:
     budget: BudgetSettings = field(default_factory=dict, metadata={
         "help": "hard spend caps, none by default: run / total / roles.<role>, each {cost, tokens} "
                 "(docs/explanation/llm.md \"Spend caps\")"})
+
+
+@dataclass(frozen=True)
+class LLMParams:
+    """What a stage opens its LLMs from (``evolforge.llm.open_role(llms.roles["judge"], cache, llms.llm)``),
+    parsed from params once by :func:`load_llm_params`: the roles it uses (typed, each checked once: secrets
+    by value, server settings, controls, extras), ``llm`` and ``cache``."""
+
+    roles: Mapping[str, Role]
+    llm: LLMSettings
+    cache: CacheSettings
+
+
+def load_llm_params(params: Mapping[str, Any], roles: Sequence[str]) -> LLMParams:
+    """The :class:`LLMParams` of a stage that uses ``roles`` (a literal tuple of role names: tools/stage_params.py
+    reads it to know which ``roles.<name>`` the stage depends on).
+
+    >>> load_llm_params({"roles": {"judge": {"backend": "hf", "model": "m"}}}, ("judge",)).roles["judge"].settings
+    HfSettings(batch_size=8, dtype='auto', device='auto', threads=None, threads_follow_load=False, replicas=1)
+    """
+    return LLMParams({name: load_role(params, name) for name in roles}, load_section(params, "llm", LLMSettings),
+                     load_section(params, "cache", CacheSettings))

@@ -32,7 +32,7 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     (vllm | llamacpp | openai); without it, a role's ``server`` setting, and for auto what no kind offers."""
     roles = {}
     for name, fields in (params.get("roles") or {}).items():
-        if isinstance(fields, Mapping) and fields.get("backend") == "openai":
+        if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).served:
             try:
                 roles[name] = Role.from_params(name, fields)
             except ValueError:
@@ -40,7 +40,7 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     kinds = dict(kinds or {})
 
     def backend(name: str) -> str:
-        kind = kinds.get(name) or roles[name].server
+        kind = kinds.get(name) or roles[name].settings.server
         return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai:any" if kind == "auto" else "openai"
 
     problems: list[str] = []
@@ -54,7 +54,7 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
         if not spec_of(kind).ranks:
             problems.append("judge.probabilities: the judge's server (roles.judge) cannot score answers by their "
                             "probabilities; set judge.probabilities: false")
-        elif kind == "openai:vllm" and not roles["judge"].tokenizer:
+        elif kind == "openai:vllm" and not roles["judge"].settings.tokenizer:
             # vLLM's echoed prompt log-probabilities; the other kinds walk top_logprobs (no tokenizer needed)
             problems.append("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer (the served model's "
                             "tokenizer, with its chat template) and roles.judge.max_model_len, to put each answer "
@@ -67,7 +67,7 @@ def refuse_unservable(params: Mapping[str, Any], entries: Mapping[str, Mapping[s
     :class:`ParamsError` listing every setting a role's server cannot honour."""
     from evolforge.config.bounds import ParamsError
 
-    kinds = {n: e["identity"].get("server", "openai") for n, e in entries.items() if e["backend"] == "openai"}
+    kinds = {n: e["identity"].get("server", "openai") for n, e in entries.items() if spec_of(e["backend"]).served}
     problems = server_problems(params, kinds)
     if problems:
         raise ParamsError(problems)

@@ -2,8 +2,9 @@
 
 Every stage talks to models the same way::
 
-    from evolforge.llm.cached import open_role
-    llm = open_role(params, "evolver", cache)      # an LLM that carries its role's defaults
+    llms = load_llm_params(params, ("evolver",))   # evolforge.config.runtime: roles, llm, cache; parsed once
+    cache = open_cache(llms.cache)                   # evolforge.llm.cache
+    llm = open_role(llms.roles["evolver"], cache, llms.llm)  # an LLM that carries its role's defaults
     texts = llm.complete([llm.request([{"role": "user", "content": prompt}]) for prompt in prompts])
     llm.stats  # {"calls": ..., "cache_hits": ..., "failures": ..., "prompt_tokens": ..., ...}
 

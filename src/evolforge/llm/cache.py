@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
+from evolforge.config.runtime import CacheSettings
+
 
 DEFAULT_CACHE_PATH = Path(".evolforge/cache.sqlite")
 
@@ -306,8 +308,8 @@ def repo_root(cwd: Path | None = None) -> Path:
     return cwd
 
 
-def open_cache(params: dict[str, Any]) -> CallCache:
+def open_cache(settings: CacheSettings) -> CallCache:
     """The call cache named by ``cache.path`` (env ``EVOLFORGE_CACHE`` wins, for tests and shared boxes);
     a relative path is relative to the repository root."""
-    path = Path(os.environ.get("EVOLFORGE_CACHE") or (params.get("cache") or {}).get("path") or DEFAULT_CACHE_PATH)
+    path = Path(os.environ.get("EVOLFORGE_CACHE") or settings.path)
     return CallCache(path if path.is_absolute() else repo_root() / path)

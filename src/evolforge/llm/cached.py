@@ -11,13 +11,12 @@ from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from evolforge.llm.cache import CallCache, KeyFrame
+from evolforge.llm.cache import CallCache, KeyFrame, open_cache
 from evolforge.core.models import ModelError
-from evolforge.config.loader import load_section
-from evolforge.config.roles import load_role
+from evolforge.config.backend_specs import checked_as
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest, role_request
-from evolforge.config.runtime import LLMSettings
+from evolforge.config.runtime import LLMParams, LLMSettings
 from evolforge.llm.backends import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, cost_of, open_gate, priced
 from evolforge.llm.identity import IDENTITY_FILE, recorded_entry
@@ -76,8 +75,9 @@ class LLM:
         # what the key says the model runs with: as recorded by the models stage, or resolved here
         self._engine = dict(engine) if engine is not None else resolved_engine(self.role)
         self._frames: dict[tuple, KeyFrame] = {}  # see key()
-        if batch_size is None:  # servers: the backend's own pool bounds requests in flight
-            batch_size = self.role.concurrency * 4 if self.role.backend == "openai" else self.role.batch_size
+        self.served = self.role.served  # an OpenAI-compatible server
+        if batch_size is None:  # servers: the backend's own pool bounds requests in flight (OpenAISettings)
+            batch_size = self.role.settings.batch_size
         self.batch_size = max(1, int(batch_size))
         self.desc = desc or self.role.name
         self.settings = settings or LLMSettings()
@@ -100,7 +100,8 @@ class LLM:
             backend = shared_backend(self.role)
             if backend.capabilities.runs_with:  # an ``auto`` the keys resolved elsewhere must be what loaded here
                 # (a role's field set to auto: hf's device and dtype; or an option no field holds, llamacpp's kernels)
-                actual = {k: v for k, v in backend.runs_with().items() if getattr(self.role, k, "auto") == "auto"}
+                settings = self.role.settings
+                actual = {k: v for k, v in backend.runs_with().items() if getattr(settings, k, "auto") == "auto"}
                 keyed = {k: self._engine.get(k) for k in actual}
                 if actual != keyed:
                     raise ModelError(
@@ -118,10 +119,8 @@ class LLM:
     def control_backend(self) -> str:
         """What requests' controls and rankings are checked against: the backend, or for a server the kind its
         identity records (``openai:vllm``, ``openai:llamacpp``; evolforge.llm.backends.openai.served)."""
-        if self.role.backend != "openai":
-            return self.role.backend
-        kind = self.role.server if self.role.server != "auto" else self._identity.get("server", "openai")
-        return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai"
+        kind = self.role.settings.server if self.served else "auto"
+        return checked_as(self.role.backend, kind if kind != "auto" else self._identity.get("server", "openai"))
 
     @property
     def label(self) -> str:
@@ -157,10 +156,10 @@ class LLM:
             if request.rank:  # log-probabilities of every choice instead of a decoded answer
                 # a server other than vLLM's walks top_logprobs (evolforge.llm.backends.openai.walk): keyed apart from
                 # the echoed prompt log-probabilities it was once read from (llama-cpp-python's were off by one)
-                walked = self.role.backend == "openai" and self._identity.get("server") != "vllm"
+                walked = self.served and self._identity.get("server") != "vllm"
                 constraint["rank"] = "top_logprobs" if walked else True
-            elif self.role.backend == "openai":
-                constraint["format"] = self.role.choice_format
+            elif self.served:
+                constraint["format"] = self.role.settings.choice_format
         if controls:
             constraint["controls"] = controls
         return constraint
@@ -375,22 +374,26 @@ def open_llm(role: Role, cache: CallCache | None, identity: dict[str, Any] | Non
                desc=desc, settings=settings, engine=engine)
 
 
-def open_role(params: dict[str, Any], name: str, cache: CallCache | None,
+def open_role(role: Role, cache: CallCache | None, settings: LLMSettings,
               identities: str | Path = IDENTITY_FILE) -> LLM:
-    """The LLM for role ``name`` of ``params``, pinned by ``models/identity.json``; nothing loads until a
-    request misses the cache."""
-    role = load_role(params, name)
-    settings = load_section(params, "llm", LLMSettings)
+    """The LLM of ``role`` (parsed by the stage: :func:`evolforge.config.runtime.load_llm_params`), pinned by
+    ``models/identity.json``; nothing loads until a request misses the cache."""
     try:
         entry = recorded_entry(role, identities) or {}
     except ModelError:
         if not dryrun.active():
             raise
         entry = None  # the models stage has not pinned it as params name it yet
-    if entry is None or (not entry and dryrun.active() and role.backend == "openai"):
+    if entry is None or (not entry and dryrun.active() and role.served):
         # evolforge plan before `dvc repro models`: counted from params alone, asking no server (dryrun module doc)
         llm = open_llm(role, cache, dryrun.params_identity(role), settings=settings)
         llm.pinned = False
         return llm
     identity = entry["identity"] if entry else resolve_identity(role)
     return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"))
+
+
+def open_roles(llms: LLMParams) -> dict[str, LLM]:
+    """An LLM for every role of ``llms`` (:func:`open_role`), all sharing one call cache."""
+    cache = open_cache(llms.cache)
+    return {name: open_role(role, cache, llms.llm) for name, role in llms.roles.items()}

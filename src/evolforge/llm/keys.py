@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 
 from evolforge.llm.cache import json_around
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Role
 from evolforge.llm.pinning import resolved_kernels
 from evolforge.llm.requests import ChatRequest
 
-LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
 
 
 def request_seed(request: ChatRequest) -> int:
@@ -78,26 +78,15 @@ def identity_digest(identity: dict[str, Any]) -> str:
 
 
 def engine_options(role: Role) -> dict[str, Any]:
-    """The options of ``role`` that change outputs beyond the model's identity: part of every cache key.
+    """The options of ``role`` that change outputs beyond the model's identity: part of every cache key, as its
+    backend's settings class declares them (:mod:`evolforge.config.backend_specs`).
 
-    hf: dtype and device (numerics differ between them), and ``max_model_len`` when set (it cuts each
-    answer's token budget; unset, the key is as it was before it counted). llamacpp: its context length
-    and ``extra`` (``reuse_prefix``); the quantization is part of the GGUF's identity. vllm: dtype, tensor
-    parallelism, context length and the engine arguments in ``extra`` (quantization, ...). ray: the
-    actors' ``engine`` and that engine's options (as hf or vllm; ``auto`` holds both). A server's engine
-    is its own business: its served model id stands for it, so an openai role has none."""
-    hf = {"dtype": role.dtype, "device": role.device}
-    if role.max_model_len is not None:
-        hf["max_model_len"] = role.max_model_len
-    vllm = {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
-            "max_model_len": role.max_model_len, **{k: role.extra[k] for k in sorted(role.extra)}}
-    if role.backend in ("hf", "vllm"):
-        return hf if role.backend == "hf" else vllm
-    if role.backend == "llamacpp":  # the GGUF's quantization is in its identity; the context cuts budgets
-        return {"context": role.max_model_len or LLAMACPP_CONTEXT, **{k: role.extra[k] for k in sorted(role.extra)}}
-    if role.backend == "ray":  # replicas, GPUs per replica and the cluster's address change no output
-        return {"engine": role.engine, **{"hf": hf, "vllm": vllm, "auto": {**hf, **vllm}}[role.engine]}
-    return {}
+    hf: dtype and device, and ``max_model_len`` when set. llamacpp: its context length and ``extra``
+    (``reuse_prefix``); the quantization is part of the GGUF's identity. vllm: dtype, tensor parallelism,
+    context length and the engine arguments in ``extra`` (quantization, ...). ray: the actors' ``engine`` and
+    that engine's options (as hf or vllm; ``auto`` holds both). A server's engine is its own business: its
+    served model id stands for it, so an openai role has none."""
+    return role.settings.engine_options(role.max_model_len, role.extra)
 
 
 def resolved_engine(role: Role) -> dict[str, Any]:
@@ -110,10 +99,12 @@ def resolved_engine(role: Role) -> dict[str, Any]:
     A ray role's actors resolve ``auto`` on their own machines: keyed as written."""
     options = engine_options(role)
     options.update(resolved_kernels(role))  # the kernels that made the answers (they round logits differently)
-    if role.backend == "hf" and "auto" in (role.device, role.dtype):
+    settings = role.settings
+    if spec_of(role.backend).transformers and "auto" in (settings.device, settings.dtype):
         from evolforge.core.models import dtype_name, pick_device, pick_dtype
 
-        device = pick_device(role.device)
+        device = pick_device(settings.device)
         options["device"] = device
-        options["dtype"] = dtype_name(pick_dtype(role.dtype, device)) if role.dtype == "auto" else role.dtype
+        dtype = settings.dtype
+        options["dtype"] = dtype_name(pick_dtype(dtype, device)) if dtype == "auto" else dtype
     return options

@@ -8,7 +8,8 @@ import importlib
 import json
 from typing import Any, Callable
 
-from evolforge.config.roles import CONTROL_NAMES, Role
+from evolforge.config.backend_specs import BACKEND_NAMES, CONTROL_NAMES, SPECS
+from evolforge.config.roles import Role
 from evolforge.llm.types import Backend
 
 
@@ -26,7 +27,8 @@ _LOADED: dict[str, Backend] = {}
 
 
 def _loading_key(role: Role) -> str:
-    fields = {k: v for k, v in dataclasses.asdict(role).items() if k not in _REQUEST_FIELDS}
+    every = {**dataclasses.asdict(role), **dataclasses.asdict(role.settings)}  # the backend's settings beside the rest
+    fields = {k: v for k, v in every.items() if k not in _REQUEST_FIELDS and k != "settings"}
     return json.dumps(fields, sort_keys=True, default=str)
 
 
@@ -34,7 +36,7 @@ def loads_nothing_more(role: Role, other: Role) -> bool:
     """True when a stage that already uses ``other`` can use ``role`` too without loading another model in
     its process: ``role`` is a server (``openai``), or both load the same model with the same settings
     (they share one backend, see :func:`shared_backend`)."""
-    return role.backend == "openai" or _loading_key(role) == _loading_key(other)
+    return role.served or _loading_key(role) == _loading_key(other)
 
 
 def shared_backend(role: Role) -> Backend:
@@ -45,12 +47,9 @@ def shared_backend(role: Role) -> Backend:
     return _LOADED[key]
 
 
-# name -> (module under evolforge.llm.backends, class). Imported by name, on purpose: a stage's dvc.yaml deps
-# name the package of each of its roles' backends through params (tools/stage_deps.py), so the import graph
-# that the deps follow statically must not reach every backend from every LLM stage.
-_BACKEND_CLASSES = {"hf": ("hf.backend", "HFBackend"), "llamacpp": ("llamacpp.backend", "LlamaCppBackend"),
-                    "vllm": ("vllm.backend", "VLLMBackend"), "openai": ("openai.client", "OpenAIBackend"),
-                    "ray": ("ray.backend", "RayBackend")}
+# Each backend's class is imported by name (its spec's `runs`), on purpose: a stage's dvc.yaml deps name the
+# package of each of its roles' backends through params (tools/stage_deps.py), so the import graph that the deps
+# follow statically must not reach every backend from every LLM stage.
 
 
 def backend_attribute(module: str, name: str) -> Any:
@@ -58,9 +57,9 @@ def backend_attribute(module: str, name: str) -> Any:
     return getattr(importlib.import_module(f"evolforge.llm.backends.{module}"), name)
 
 
-def _factory(backend: str) -> Callable[[Role], Backend]:
-    module, cls = _BACKEND_CLASSES[backend]
+def _factory(runs: str) -> Callable[[Role], Backend]:
+    module, cls = runs.split(":")
     return lambda role: backend_attribute(module, cls).from_role(role)
 
 
-BACKENDS: dict[str, Callable[[Role], Backend]] = {name: _factory(name) for name in _BACKEND_CLASSES}
+BACKENDS: dict[str, Callable[[Role], Backend]] = {name: _factory(SPECS[name].runs) for name in BACKEND_NAMES}

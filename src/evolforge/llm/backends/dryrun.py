@@ -53,7 +53,7 @@ def params_identity(role: Role) -> dict[str, Any]:
     local model's path or hub id (a key no pinned run shares: every call counts as a miss)."""
     if role.backend == "openai":
         return {"served_model": role.model, **({"revision": role.revision} if role.revision else {}),
-                **({"server": role.server} if role.server in ("vllm", "llamacpp") else {})}
+                **({"server": role.settings.server} if role.settings.server in ("vllm", "llamacpp") else {})}
     return {"unpinned": role.model, **({"revision": role.revision} if role.revision else {})}
 
 
@@ -123,7 +123,7 @@ class PromptCounter:
 
 def role_tokenizer(role: Role) -> Any:
     """The tokenizer a role's prompts are counted with, or None where none can be loaded here."""
-    name = role.tokenizer if role.backend == "openai" else role.model
+    name = role.settings.tokenizer if role.backend == "openai" else role.model
     if not name or (role.backend != "openai" and not Path(name).is_dir()):
         return None  # a hub id: no download in a dry run
     if name not in _TOKENIZERS:

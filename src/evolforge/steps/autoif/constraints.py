@@ -33,15 +33,15 @@ from typing import Any, Sequence
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.llm.cache import open_cache
 from evolforge.io.jsonfiles import read_text
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, SEED, make_id
 from evolforge.llm.requests import ChatRequest
 from evolforge.core.stage import Outputs
-from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.cached import LLM, open_roles
 from evolforge.steps.autoif.shared import SELF_INSTRUCT_TEMPLATE, constraint_key
 
 
@@ -124,7 +124,7 @@ def run(seeds_file: str | Path, params: dict[str, Any], prompts: PromptLibrary) 
     if cfg.scenario != "autoif":
         return Outputs({"skipped": True}, "autoif_constraints: skipped (scenario is not autoif)",
                        table=collect_constraints([], []), meta={"skipped": True})
-    llm = open_role(params, "evolver", open_cache(params))
+    llm = open_roles(load_llm_params(params, ("evolver",)))["evolver"]
     prompt = prompts.render(SELF_INSTRUCT_TEMPLATE, seeds=seeds, count=cfg.new_per_call)
     requests = sampled_requests(llm, prompt, cfg.self_instruct_calls, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_tokens=cfg.max_tokens, seed=cfg.seed)

@@ -18,13 +18,13 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import AUTOIF_RESPONSES
-from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
 from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.core.stage import Outputs
-from evolforge.llm.cached import open_role
+from evolforge.llm.cached import open_roles
 from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
 from evolforge.eval.sandbox import require_sandbox
 from evolforge.steps.common.function_runs import Runner, run_all, run_function
@@ -118,7 +118,7 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
         pairs = pair_queries(constraints, queries, cfg.queries_per_constraint, cfg.seed)
     stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
     if pairs.height:
-        llm = open_role(params, "responder", open_cache(params))
+        llm = open_roles(load_llm_params(params, ("responder",)))["responder"]
         requests = [llm.request([{"role": "user", "content": prompts.render(RESPOND_TEMPLATE, constraint=c, query=x)}],
                                 max_tokens=cfg.response_max_tokens) for c, x in zip(pairs["constraint"],
                                                                                     pairs["query"])]

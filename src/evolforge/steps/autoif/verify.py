@@ -15,14 +15,14 @@ from typing import Any, Callable, Protocol, Sequence
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import FAILED, make_id, read_table
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation, require_sandbox
-from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.cached import LLM, open_roles
 from evolforge.steps.autoif.shared import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
 from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration,
                                           Verification, join_answers,
@@ -262,7 +262,7 @@ def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibr
     meta: dict[str, Any] = {"skipped": not active}
     stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
     if active and constraints.height:
-        llm = open_role(params, "evolver", open_cache(params))
+        llm = open_roles(load_llm_params(params, ("evolver",)))["evolver"]
         samples = sample_verifications(llm, constraints, cfg, prompts, demos)
         meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"],
                  "cache_hits": llm.stats["cache_hits"]}

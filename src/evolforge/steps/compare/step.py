@@ -24,7 +24,7 @@ import polars as pl
 
 from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
-from evolforge.config.roles import load_role
+from evolforge.config.runtime import load_llm_params
 from evolforge.steps.compare.settings import CompareSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
@@ -119,19 +119,21 @@ def run(instructions_file: str, model: str, params: dict[str, Any], prompts: Pro
     answering greedily through the hf/vllm backend of roles.base, judged by roles.judge."""
     cfg = load_section(params, "compare", CompareSettings)
     items = build_seed(instructions_file, limit=cfg.limit, seed=cfg.seed)[0]
-    cache = open_cache(params)
-    base = load_role(params, "base")
+    llms = load_llm_params(params, ("base", "judge"))
+    cache, base = open_cache(llms.cache), llms.roles["base"]
     answer_role = dataclasses.replace(base, temperature=0.0, max_tokens=cfg.max_tokens)
-    tuned = open_llm(dataclasses.replace(answer_role, name="compare_tuned", model=model, revision=None), cache)
+    tuned = open_llm(dataclasses.replace(answer_role, name="compare_tuned", model=model, revision=None), cache,
+                     settings=llms.llm)
     other_model = base.model if cfg.against == "base" else cfg.against
     other = open_llm(dataclasses.replace(answer_role, name="compare_other", model=other_model,
-                                         revision=base.revision if cfg.against == "base" else None), cache)
+                                         revision=base.revision if cfg.against == "base" else None), cache,
+                     settings=llms.llm)
     instructions, inputs = items["instruction"].to_list(), items["input"].to_list()
     done_a = respond(tuned, prompts, instructions, inputs, desc="answers: tuned")
     done_b = respond(other, prompts, instructions, inputs, desc="answers: other")
     # a pair is judged only when both models answered; a failed call leaves that pair unjudged, with its reason
     judged = [i for i, (a, b) in enumerate(zip(done_a, done_b)) if not a.failed and not b.failed]
-    judge = open_role(params, "judge", cache)
+    judge = open_role(llms.roles["judge"], cache, llms.llm)
     queries = [q + "\n" + x if x else q for q, x in zip(instructions, inputs)]  # the reference code's user query
     verdicts = judge_pairs(judge, prompts, [queries[i] for i in judged], [done_a[i].text for i in judged],
                            [done_b[i].text for i in judged], both_orders=cfg.both_orders, rule=cfg.parse,

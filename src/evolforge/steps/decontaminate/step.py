@@ -171,7 +171,8 @@ def role_embedder(params: dict[str, Any]) -> Callable[[list[str]], np.ndarray]:
     role, kind = load_role(params, "embedder"), load_section(params, "diversity", DiversitySettings).embedder
 
     def embed(texts: list[str]) -> np.ndarray:
-        return embed_texts(texts, role.model, kind=kind, revision=role.revision, dtype=role.dtype, device=role.device)
+        return embed_texts(texts, role.model, kind=kind, revision=role.revision, dtype=role.transformers.dtype,
+                           device=role.transformers.device)
     return embed
 
 

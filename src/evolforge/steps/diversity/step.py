@@ -77,8 +77,9 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
                  validation.item_columns(["id",
                                           "round", "instruction", "input"]) + validation.unique("id"), data.chunk_rows)
     embed_chunk = diversity.EMBED_CHUNK  # read here, at run time: the texts the embedder sorts and batches together
-    embed = diversity.text_embedder(role.model, kind=cfg.embedder, revision=role.revision, dtype=role.dtype,
-                                    device=role.device, batch_size=role.batch_size, chunk_size=embed_chunk)
+    hf = role.transformers
+    embed = diversity.text_embedder(role.model, kind=cfg.embedder, revision=role.revision, dtype=hf.dtype,
+                                    device=hf.device, batch_size=hf.batch_size, chunk_size=embed_chunk)
     schema = {**{c: table_schema(source)[c] for c in ("id", "round")}, "mnd": pl.Float64, "repeat_count": pl.Int64}
     with atomic_dir(out) as tmp:
         dims = write_embeddings(tmp / EMBEDDINGS, source, embedding_rows(data.chunk_rows, embed_chunk), embed)

@@ -38,9 +38,10 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import ROUND
-from evolforge.llm.cache import open_cache
+from evolforge.llm.cache import CallCache, open_cache
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import LLMParams, load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection, method_text
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
@@ -334,19 +335,19 @@ def read_pool(src: Path) -> pl.DataFrame:
     return table
 
 
-def open_checkers(params: dict[str, Any], settings: EvolveSettings, evolver: LLM, cache: Any,
+def open_checkers(llms: LLMParams, settings: EvolveSettings, evolver: LLM, cache: CallCache,
                   round_name: str) -> tuple[LLM | None, LLM | None, EvolveSettings]:
     """(judge, responder, settings with ``check_role`` resolved): the roles the round's checks ask, None
     where no check needs one. Nothing loads until a request misses the cache."""
     judge_checks = [k for k in JUDGE_RULES if settings.rule(k)]
-    judge = open_role(params, "judge", cache) if judge_checks else None
+    judge = open_role(llms.roles["judge"], cache, llms.llm) if judge_checks else None
     if judge is not None and not loads_nothing_more(judge.role, evolver.role):
         print(f"{round_name}: the judge checks ({', '.join(judge_checks)}) load roles.judge "
               f"({judge.role.model}) beside roles.evolver ({evolver.role.model}) in this process; if the two "
               f"do not fit in memory together, serve the judge (backend openai) or turn those checks off")
     responder = None
     if settings.check_role != "evolver" and any(settings.rule(k) for k in RESPONSE_RULES):
-        responder = open_role(params, "responder", cache)
+        responder = open_role(llms.roles["responder"], cache, llms.llm)
         settings = dataclasses.replace(settings,
                                        check_role=resolve_check_role(settings.check_role, evolver.role, responder.role))
         if settings.check_role == "evolver":  # auto, and the responder is another local model
@@ -371,9 +372,10 @@ def run(round_name: str, src: str | Path, method: str | Path,
     if fallback:
         print(f"{round_name}: {fallback}")
     text = method_text(settings.strategy, Path(method))
-    cache = open_cache(params)
-    evolver = open_role(params, "evolver", cache)
-    judge, responder, settings = open_checkers(params, settings, evolver, cache, round_name)
+    llms = load_llm_params(params, ("evolver", "judge", "responder"))
+    cache = open_cache(llms.cache)
+    evolver = open_role(llms.roles["evolver"], cache, llms.llm)
+    judge, responder, settings = open_checkers(llms, settings, evolver, cache, round_name)
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
         responder=responder, respond_sampling=response_sampling(load_section(params, "respond", RespondSettings)))

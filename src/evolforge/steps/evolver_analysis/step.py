@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from evolforge.llm.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
 from evolforge.config.loader import load_section
-from evolforge.config.roles import load_role
+from evolforge.config.runtime import load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.evolver_analysis.settings import AnalysisSettings
 from evolforge.steps.optimize.settings import OptimizeSettings
@@ -133,21 +133,22 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
     evol_prompts = [evolving_prompt(prompts, m, q) for m, q in zip(methods, seeds)]
     method_text = initial_method_text(prompts, load_section(params, "optimize", OptimizeSettings).initial_method)
     auto_prompts = [evolving_prompt(prompts, "auto", q, method_text) for q in seeds]
-    cache = open_cache(params)
-    judge = open_role(params, "judge", cache)
-    evolver = load_role(params, "evolver")
+    llms = load_llm_params(params, ("judge", "evolver"))
+    cache = open_cache(llms.cache)
+    judge, evolver = open_role(llms.roles["judge"], cache, llms.llm), llms.roles["evolver"]
     roles = [evolver] + [dataclasses.replace(evolver, name=f"evolver_{i + 1}", model=m, revision=None)
                          for i, m in enumerate(cfg.evolvers or [])]
     metrics, plot = {"items": len(seeds), "first_tokens": cfg.first_tokens, "evolvers": {}}, []
     for role in roles:
         tokenizer = load_tokenizer(role.model, role.revision)
-        model = load_causal_lm(role.model, role.revision, dtype=role.dtype, device=role.device)
+        model = load_causal_lm(role.model, role.revision, dtype=role.transformers.dtype,
+                               device=role.transformers.device)
         probs = [p
                  for row in top_token_probs(model, tokenizer, evol_prompts,
                                             cfg.max_tokens, cfg.first_tokens) for p in row]
         del model
         # the paper samples the Auto Evol prompt at 0.7 / 0.95 for the methods lists
-        sampler = open_llm(dataclasses.replace(role, temperature=0.7, top_p=0.95), cache)
+        sampler = open_llm(dataclasses.replace(role, temperature=0.7, top_p=0.95), cache, settings=llms.llm)
         keywords = method_keywords(sampler, judge, prompts, auto_prompts, cfg.keyword_max_tokens)
         metrics["evolvers"][role.model] = {
             "tokens": len(probs), "mean_top_prob": statistics.fmean(probs) if probs else None,

@@ -33,8 +33,8 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import JUDGED
-from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 from evolforge.config.data import DataSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.core.prompts import PromptLibrary
@@ -44,7 +44,7 @@ from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read
                                  table_file, table_schema,
                                  write_output_chunks)
 from evolforge.core.text import question_text
-from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.cached import LLM, open_roles
 from evolforge.llm.types import Completion
 from evolforge.llm.ranking import choice_probabilities, expected_value
 from evolforge.steps.judge.levels import LEVELS, SCORES
@@ -174,7 +174,7 @@ def held(cfg: Any, llm: LLM, column: Any) -> bool:
         return False
     if cfg.probabilities:
         return True
-    if llm.role.backend == "openai" and llm.role.choice_format == "none":
+    if llm.served and llm.role.settings.choice_format == "none":
         return False
     outside = {"not_a_level", "not_a_number", "out_of_range"}
     return not any(reason in outside for name in ("difficulty_level_reason", "difficulty_score_reason")
@@ -190,7 +190,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
     source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
     check_chunks(source,
                  validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
-    llm = open_role(params, "judge", open_cache(params))
+    llm = open_roles(load_llm_params(params, ("judge",)))["judge"]
 
     def judged(chunk: pl.DataFrame) -> pl.DataFrame:
         return judge(chunk, llm, prompts, score_prompt=cfg.score_prompt, max_tokens=cfg.max_tokens,

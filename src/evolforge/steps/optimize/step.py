@@ -54,16 +54,16 @@ import random
 from pathlib import Path
 from typing import Any, Mapping
 
-from evolforge.llm.cache import open_cache
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import VERSIONS, atomic_dir, output_versions, read_table, write_json, write_jsonl
 from evolforge.config.optimize_answer import OPENER, answer_problems
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
-from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.cached import LLM, open_roles
 from evolforge.steps.common import elimination
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, summary,
@@ -288,8 +288,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
 
 def open_models(params: dict) -> dict[str, LLM]:
     """Evolver and optimizer LLMs (one loaded model when both roles name the same one)."""
-    cache = open_cache(params)
-    return dict(evolver=open_role(params, "evolver", cache), optimizer=open_role(params, "optimizer", cache))
+    return open_roles(load_llm_params(params, ("evolver", "optimizer")))
 
 
 def write_method(out: str | Path, method: str, log: list[dict], meta: dict) -> None:

@@ -24,8 +24,8 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import RESPONSES
-from evolforge.llm.cache import open_cache
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
@@ -35,7 +35,7 @@ from evolforge.core.stage import Outputs
 from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks,
                                  read_spilled, spilled, table_file,
                                  table_schema, write_output_chunks)
-from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.cached import LLM, open_roles
 from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
 from evolforge.eval.sandbox import require_sandbox
@@ -189,7 +189,7 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path,
     check_unique(items.ids(), "id", out)  # the output's rule, before any call
     if items.runs_code():
         require_sandbox("respond (the seeds' python_tests answer checks)")
-    llm = open_role(params, "responder", open_cache(params))
+    llm = open_roles(load_llm_params(params, ("responder",)))["responder"]
     repetition = elimination.repetition_test(cfg.repetition)
     statuses, per_round, failed, tally = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0, Counter()
     checks: dict = {"items": 0, "passed": 0, "failed": 0, "by_kind": {}}

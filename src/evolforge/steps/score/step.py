@@ -20,6 +20,7 @@ import torch
 
 from evolforge.io import validation
 from evolforge.config.loader import load_section
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Role, load_role
 from evolforge.config.data import DataSettings
 from evolforge.io.records import TABLE, VERSIONS, output_versions
@@ -61,11 +62,12 @@ class ChunkScorer:
         if self._scorer is None:
             if self.threads is not None:  # an actor takes `threads` CPUs of its node, not all of them
                 torch.set_num_threads(self.threads)
-            self._scorer = load_scorer(role.model, role.revision, dtype=role.dtype, device=role.device)
+            hf = role.settings  # an hf role (run() refuses the others)
+            self._scorer = load_scorer(role.model, role.revision, dtype=hf.dtype, device=hf.device)
         model, tokenizer = self._scorer
         scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(),
                                 chunk["output"].to_list(),
-                                **dataclasses.asdict(self.settings), batch_size=role.batch_size,
+                                **dataclasses.asdict(self.settings), batch_size=role.settings.batch_size,
                                 chunk_size=self.encode_chunk)
         return pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
 
@@ -76,17 +78,17 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     scored by ``roles.scorer.replicas`` Ray actors of ``roles.scorer.threads`` CPUs (default 1) each."""
     cfg = load_section(params, "score", ScoreSettings)
     role = load_role(params, "scorer")
-    if role.backend != "hf":
+    if not spec_of(role.backend).transformers:
         raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
     source, data = table_file(items), load_section(params, "data", DataSettings)
     check_chunks(source,
                  validation.item_columns(["id", "round",
                                           "instruction", "input", "output"]) + validation.unique("id"), data.chunk_rows)
     schema = pl.Schema({**{c: table_schema(source)[c] for c in ("id", "round")}, **SCORE_VALUES})
-    scorer = ChunkScorer(role, cfg, threads=(role.threads or 1) if data.engine == "ray" else None)
+    scorer = ChunkScorer(role, cfg, threads=(role.settings.threads or 1) if data.engine == "ray" else None)
     scored = map_chunks(source, scoring_rows(data.chunk_rows),
                         ["id", "round", "instruction", "input", "output"], scorer, data,
-                        actors=role.replicas, cpus=role.threads or 1)
+                        actors=role.settings.replicas, cpus=role.settings.threads or 1)
 
     # as write_output
     meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),

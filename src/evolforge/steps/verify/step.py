@@ -29,6 +29,7 @@ import polars as pl
 
 from evolforge.config.data import DataSettings
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.core.text import question_text
@@ -38,8 +39,7 @@ from evolforge.io.columns import VERIFIED
 from evolforge.io.records import TABLE, VERSIONS, output_versions
 from evolforge.io.stream import (check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
                                  write_output_chunks)
-from evolforge.llm.cache import open_cache
-from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.cached import LLM, open_roles
 from evolforge.steps.common.guards import guard_reason
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_sampling
 from evolforge.steps.respond.settings import RespondSettings
@@ -133,8 +133,8 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
     source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"])
                  + validation.unique("id"), rows)
-    cache = open_cache(params)
-    responder, judge = open_role(params, "responder", cache), open_role(params, "judge", cache)
+    llms = open_roles(load_llm_params(params, ("responder", "judge")))
+    responder, judge = llms["responder"], llms["judge"]
 
     def verified(chunk: pl.DataFrame) -> pl.DataFrame:
         return verify(chunk, responder, judge, prompts, cfg, sampling)

@@ -160,8 +160,9 @@ class HFBackend:
 
     @classmethod
     def from_role(cls, role: Role) -> "HFBackend":
-        return cls(role.model, role.revision, dtype=role.dtype, device=role.device, threads=role.threads,
-                   max_model_len=role.max_model_len, follow_load=role.threads_follow_load)
+        settings = role.settings
+        return cls(role.model, role.revision, dtype=settings.dtype, device=settings.device, threads=settings.threads,
+                   max_model_len=role.max_model_len, follow_load=settings.threads_follow_load)
 
     def identity(self) -> dict:
         return dict(self._identity)

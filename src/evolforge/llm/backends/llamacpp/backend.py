@@ -46,7 +46,8 @@ from evolforge.llm.requests import ChatRequest
 from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import RowControls, pick, sample_token
-from evolforge.llm.keys import LLAMACPP_CONTEXT, request_seed
+from evolforge.config.backend_specs import LLAMACPP_CONTEXT
+from evolforge.llm.keys import request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
 from evolforge.llm.backends.llamacpp.probe import cpu_name, verdict
 from evolforge.llm.backends.llamacpp.speculative import STEP_COST, draft_length
@@ -107,9 +108,9 @@ class LlamaCppBackend:
 
     @classmethod
     def from_role(cls, role: Role) -> "LlamaCppBackend":
-        return cls(role.model, threads=role.threads, max_model_len=role.max_model_len,
-                   reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.batch_size,
-                   speculative=bool(role.extra.get("speculative", True)), follow_load=role.threads_follow_load,
+        return cls(role.model, threads=role.settings.threads, max_model_len=role.max_model_len,
+                   reuse_prefix=bool(role.extra.get("reuse_prefix", True)), batch_size=role.settings.batch_size,
+                   speculative=bool(role.extra.get("speculative", True)), follow_load=role.settings.threads_follow_load,
                    gpu_layers=int(role.extra.get("gpu_layers", 0)), extra_bufts=role.extra.get("extra_bufts"),
                    role=f"roles.{role.name}")
 

@@ -151,7 +151,7 @@ def probed_extra_bufts(role: Role) -> bool:
     path = gguf_of(role.model)
     if path is None:
         return True
-    return verdict(path, int(role.extra.get("gpu_layers", 0)), threads=role.threads or 2).extra_bufts
+    return verdict(path, int(role.extra.get("gpu_layers", 0)), threads=role.settings.threads or 2).extra_bufts
 
 
 def _run_child(path: Path, gpu_layers: int, threads: int) -> str:

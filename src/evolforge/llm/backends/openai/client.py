@@ -140,40 +140,38 @@ class OpenAIBackend:
 
     @classmethod
     def from_role(cls, role: Role) -> "OpenAIBackend":
-        problems = role.server_problems()
-        if problems:
-            raise ValueError(f"params.yaml {problems[0]}")
-        if not role.urls:
+        # the role's server settings were checked where params were parsed (Role.from_params)
+        if not role.settings.urls:
             raise ValueError(
                 f"params.yaml roles.{role.name}: backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1), "
                 f"or base_urls for several replicas of one model"
             )
         tokenizer = None
-        if role.tokenizer:
+        if role.settings.tokenizer:
             if not role.max_model_len:
                 raise ValueError(f"params.yaml roles.{role.name}.tokenizer counts prompts against max_model_len, "
                                  f"which is not set")
             from evolforge.core.models import load_tokenizer
 
-            tokenizer = load_tokenizer(role.tokenizer, None)
+            tokenizer = load_tokenizer(role.settings.tokenizer, None)
         backend = cls(
-            role.urls,
+            role.settings.urls,
             role.model,
             api_key=api_key(role),
-            concurrency=role.concurrency,
-            timeout_s=role.timeout_s,
-            max_retries=role.max_retries,
+            concurrency=role.settings.concurrency,
+            timeout_s=role.settings.timeout_s,
+            max_retries=role.settings.max_retries,
             backoff_s=float(role.extra.get("backoff_s", 1.0)),
             revision=role.revision,
             max_model_len=role.max_model_len,
             tokenizer=tokenizer,
-            requests_per_minute=role.requests_per_minute,
-            tokens_per_minute=role.tokens_per_minute,
-            choice_format=role.choice_format,
-            batch_api=role.batch_api,
-            batch_poll_s=role.batch_poll_s,
-            batch_completion_window=role.batch_completion_window,
-            batch_max_requests=role.batch_max_requests,
+            requests_per_minute=role.settings.requests_per_minute,
+            tokens_per_minute=role.settings.tokens_per_minute,
+            choice_format=role.settings.choice_format,
+            batch_api=role.settings.batch_api,
+            batch_poll_s=role.settings.batch_poll_s,
+            batch_completion_window=role.settings.batch_completion_window,
+            batch_max_requests=role.settings.batch_max_requests,
         )
         backend.thinking_tags = tuple(role.thinking_tags)
         backend.role_name = role.name

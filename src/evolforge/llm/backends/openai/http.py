@@ -84,14 +84,14 @@ def is_loopback(host: str | None) -> bool:
 
 
 def api_key(role: Role) -> str | None:
-    """The key from the environment variable ``role.api_key_env`` names (None when it names none)."""
-    if not role.api_key_env:
+    """The key from the environment variable the role's ``api_key_env`` names (None when it names none)."""
+    if not role.settings.api_key_env:
         return None
-    value = os.environ.get(role.api_key_env)
+    value = os.environ.get(role.settings.api_key_env)
     if not value:
         raise ValueError(
             f"params.yaml roles.{role.name}.api_key_env names the environment variable "
-            f"{role.api_key_env}, which is not set (or empty); export it, or drop api_key_env "
+            f"{role.settings.api_key_env}, which is not set (or empty); export it, or drop api_key_env "
             f"for a server that needs no key"
         )
     return value

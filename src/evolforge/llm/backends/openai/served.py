@@ -62,14 +62,14 @@ def kind_of(entry: dict[str, Any]) -> str:
 
 
 def server_kind(role: Role, strict: bool = True) -> str:
-    """The kind of an openai role's server: ``role.server`` when set, else found from ``GET /models`` (once per
-    process and server); ``openai`` for a server stated with ``served_identity`` (not asked). Not ``strict``
+    """The kind of an openai role's server: its ``server`` setting when set, else found from ``GET /models`` (once
+    per process and server); ``openai`` for a server stated with ``served_identity`` (not asked). Not ``strict``
     (the backend, after the models stage pinned the role): a server that cannot list its models is ``openai``."""
-    if role.server != "auto":
-        return role.server
-    if role.served_identity is not None or not role.urls:
+    if role.settings.server != "auto":
+        return role.settings.server
+    if role.settings.served_identity is not None or not role.settings.urls:
         return "openai"
-    url = role.urls[0].rstrip("/")
+    url = role.settings.urls[0].rstrip("/")
     if url not in _KINDS:
         try:
             _served_entries(role, [url + "/models"])
@@ -123,12 +123,12 @@ def served_model_identity(role: Role) -> dict[str, Any]:
     (``root``) and context (``max_model_len``) where the server says; otherwise one cache key would
     stand for two models, and the role is refused. ``served_identity`` (a server without ``GET /models``) is
     taken as stated, and the server is not asked."""
-    if not role.urls:
+    if not role.settings.urls:
         raise ValueError(f"params.yaml roles.{role.name}: backend 'openai' needs base_url (or base_urls)")
-    if role.served_identity is not None:  # a server without GET /models: the identity the user states
-        return {"served_model": role.model, "stated": role.served_identity,
+    if role.settings.served_identity is not None:  # a server without GET /models: the identity the user states
+        return {"served_model": role.model, "stated": role.settings.served_identity,
                 **({"revision": role.revision} if role.revision else {})}
-    urls = [u.rstrip("/") + "/models" for u in role.urls]
+    urls = [u.rstrip("/") + "/models" for u in role.settings.urls]
     entries = _served_entries(role, urls)
     for url, entry in zip(urls[1:], entries[1:]):
         if entry != entries[0]:
@@ -163,7 +163,7 @@ def _served_entries(role: Role, urls: list[str]) -> list[dict[str, Any]]:
         headers["Authorization"] = f"Bearer {key}"
 
     async def fetch_all() -> list[tuple[int, bytes] | BaseException]:
-        timeout = aiohttp.ClientTimeout(total=role.timeout_s)
+        timeout = aiohttp.ClientTimeout(total=role.settings.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             async def fetch(url: str) -> tuple[int, bytes]:
                 async with session.get(url, headers=headers, allow_redirects=False) as resp:

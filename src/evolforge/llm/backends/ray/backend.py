@@ -27,11 +27,13 @@ names one (``ray_address``); an already connected Ray session is used as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any, Iterator, Sequence
 
 from evolforge.core.models import model_identity
+from evolforge.config.backend_specs import HfSettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import request_seed
@@ -92,13 +94,21 @@ def _completions(batch: dict[str, Any]) -> Finished:
     return out
 
 
+def hf_role(role: Role) -> Role:
+    """The hf role an actor loads: the ray role's model, dtype, threads and batch size, on the device its
+    machine has (``auto``, as the cache keys say)."""
+    settings = role.settings
+    return dataclasses.replace(role, backend="hf", settings=HfSettings(batch_size=settings.batch_size,
+                                                                       dtype=settings.dtype, threads=settings.threads))
+
+
 class HFReplica:
     """One Ray actor running the hf backend: rows of requests in, finished completions out as they end."""
 
     def __init__(self, role: Role, slots: int):
         from evolforge.llm.backends.hf.backend import HFBackend
 
-        self.backend = HFBackend.from_role(role)
+        self.backend = HFBackend.from_role(hf_role(role))
         self.slots = slots
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list]]:
@@ -134,13 +144,15 @@ class RayBackend:
     capabilities = Capabilities(stream=True)
 
     def __init__(self, role: Role):
-        if role.engine == "vllm" and role.gpus_per_replica not in (None, float(role.tensor_parallel_size)):
-            raise ValueError(f"params.yaml roles.{role.name}.gpus_per_replica = {role.gpus_per_replica}: a vllm "
-                             f"replica takes tensor_parallel_size ({role.tensor_parallel_size}) GPUs; set that instead")
+        settings = role.settings
+        if settings.engine == "vllm" and settings.gpus_per_replica not in (None, float(settings.tensor_parallel_size)):
+            raise ValueError(f"params.yaml roles.{role.name}.gpus_per_replica = {settings.gpus_per_replica}: a vllm "
+                             f"replica takes tensor_parallel_size ({settings.tensor_parallel_size}) GPUs; set that "
+                             "instead")
         self._ray = _import_ray()
         self.role = role
         self._identity = model_identity(role.model, role.revision)
-        self._engine: str | None = None if role.engine == "auto" else role.engine
+        self._engine: str | None = None if role.settings.engine == "auto" else role.settings.engine
 
     @classmethod
     def from_role(cls, role: Role) -> "RayBackend":
@@ -160,7 +172,7 @@ class RayBackend:
     def _connect(self) -> None:
         ray = self._ray
         if not ray.is_initialized():
-            ray.init(address=self.role.ray_address, log_to_driver=False)
+            ray.init(address=self.role.settings.ray_address, log_to_driver=False)
 
     def _dataset(self, rows: list[dict[str, Any]], per_block: int):
         """``rows`` as a Ray dataset of blocks of ``per_block`` rows (one actor call each). Settings go to
@@ -171,7 +183,7 @@ class RayBackend:
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
-        for finished in self.stream(requests, slots=self.role.batch_size):
+        for finished in self.stream(requests, slots=self.role.settings.batch_size):
             for i, completion in finished:
                 results[i] = completion
         return results  # type: ignore[return-value]
@@ -205,7 +217,7 @@ class RayBackend:
 
     def _hf_pipeline(self, requests: Sequence[ChatRequest], slots: int):
         ray, role = self._ray, self.role
-        replicas = min(role.replicas, len(requests))
+        replicas = min(role.settings.replicas, len(requests))
         # rows per actor call: several slots' worth, but every replica gets work on a short list
         per_call = max(1, min(slots * CALLS_PER_SLOT, math.ceil(len(requests) / replicas)))
         dataset = self._dataset([request_row(i, r) for i, r in enumerate(requests)], per_call)
@@ -217,20 +229,20 @@ class RayBackend:
             batch_format="numpy",
             # one call at a time per actor: a call queued behind a busy actor would wait while another idles
             compute=ray.data.ActorPoolStrategy(size=replicas, max_tasks_in_flight_per_actor=1),
-            num_cpus=role.threads or 1, num_gpus=role.gpus_per_replica or 0)
+            num_cpus=role.settings.threads or 1, num_gpus=role.settings.gpus_per_replica or 0)
 
     def _vllm_pipeline(self, requests: Sequence[ChatRequest]):
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
         role = self.role
-        engine_kwargs = {"dtype": role.dtype, "tensor_parallel_size": role.tensor_parallel_size,
-                         "gpu_memory_utilization": role.gpu_memory_utilization, **role.extra}
+        engine_kwargs = {"dtype": role.settings.dtype, "tensor_parallel_size": role.settings.tensor_parallel_size,
+                         "gpu_memory_utilization": role.settings.gpu_memory_utilization, **role.extra}
         if role.revision is not None:
             engine_kwargs["revision"] = role.revision
         if role.max_model_len is not None:
             engine_kwargs["max_model_len"] = role.max_model_len
         config = vLLMEngineProcessorConfig(
-            model_source=role.model, engine_kwargs=engine_kwargs, concurrency=role.replicas,
+            model_source=role.model, engine_kwargs=engine_kwargs, concurrency=role.settings.replicas,
             batch_size=VLLM_ROWS_PER_CALL, should_continue_on_error=True)  # a bad row is that row's failure
         return build_processor(config)(self._dataset([vllm_row(i, r) for i, r in enumerate(requests)],
                                                      VLLM_ROWS_PER_CALL))

@@ -65,8 +65,9 @@ class VLLMBackend:
 
     @classmethod
     def from_role(cls, role: Role) -> "VLLMBackend":
-        return cls(role.model, role.revision, dtype=role.dtype, tensor_parallel_size=role.tensor_parallel_size,
-                   gpu_memory_utilization=role.gpu_memory_utilization, max_model_len=role.max_model_len,
+        settings = role.settings
+        return cls(role.model, role.revision, dtype=settings.dtype, tensor_parallel_size=settings.tensor_parallel_size,
+                   gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=role.max_model_len,
                    **role.extra)
 
     def identity(self) -> dict:
