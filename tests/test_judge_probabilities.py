@@ -65,7 +65,9 @@ def test_ranking_is_keyed_apart_and_refused_where_a_backend_cannot_score():
     served = Role(name="judge", backend="openai", model="m", settings=OpenAISettings(base_url="http://127.0.0.1:1/v1"))
     walked = LLM(None, None, role=served, identity={"served_model": "m", "server": "llamacpp"})
     echoed = LLM(None, None, role=served, identity={"served_model": "m", "server": "vllm"})
-    assert walked._constraint(ranked)["rank"] == "top_logprobs" and echoed._constraint(ranked)["rank"] is True
+    api = LLM(None, None, role=served, identity={"served_model": "m"})  # the OpenAI API: one generation, as before
+    assert walked._constraint(ranked)["rank"] == "top_logprobs:end" and echoed._constraint(ranked)["rank"] is True
+    assert api._constraint(ranked)["rank"] == "top_logprobs"  # its walks read the end of turn as they always did
     ray = LLM(FakeBackend(), None, role=Role(name="judge", backend="ray", model="m"))
     with pytest.raises(ControlsError, match="cannot score answers by their probabilities"):
         ray.generate([ranked])

@@ -118,7 +118,7 @@ def test_the_server_kind_is_found_and_what_it_cannot_honour_is_named_where_writt
     role = Role.from_params("judge", params["roles"]["judge"])
     assert served_model_identity(role) == {"served_model": "tiny", "server": "llamacpp"}
     # llama-cpp-python's server decodes one request at a time (no GET /props): one in flight, not concurrency
-    assert role.concurrency > 1 and OpenAIBackend.from_role(role).concurrency == 1
+    assert role.settings.concurrency > 1 and OpenAIBackend.from_role(role).concurrency == 1
     kinds = {name: "llamacpp" for name in CHAT_ROLES}
     assert server_problems(params, kinds) == [
         "evolve.controls.no_repeat_ngram_size: llamacpp's server (roles.evolver) cannot honour this generation "

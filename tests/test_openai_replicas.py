@@ -220,8 +220,8 @@ def test_in_flight_requests_are_held_to_a_llamacpp_servers_slots(props, server, 
     with FakeOpenAIServer(lambda body: (200, chat_body("ok"), {})) as fake:
         fake.props = props
         served._SLOTS.clear()
-        role = Role(name="judge", backend="openai", model="test-model", base_url=fake.base_url, server=server,
-                    concurrency=concurrency)
+        role = Role.from_params("judge", {"backend": "openai", "model": "test-model", "base_url": fake.base_url,
+                                          "server": server, "concurrency": concurrency})
         backend = OpenAIBackend.from_role(role)
         assert backend.concurrency == in_flight
         assert fake.calls("GET", "/props") == (server == "llamacpp")

@@ -154,10 +154,11 @@ class LLM:
         if request.choices is not None:
             constraint["choices"] = list(request.choices)
             if request.rank:  # log-probabilities of every choice instead of a decoded answer
-                # a server other than vLLM's walks top_logprobs (evolforge.llm.backends.openai.walk): keyed apart from
-                # the echoed prompt log-probabilities it was once read from (llama-cpp-python's were off by one)
-                walked = self.served and self._identity.get("server") != "vllm"
-                constraint["rank"] = "top_logprobs" if walked else True
+                # a server other than vLLM's walks top_logprobs (openai.walk), keyed apart from the echo it was once
+                # read from; on llama.cpp's, apart from the walk that read the end of turn as listed, too
+                server = self._identity.get("server")
+                walk = "top_logprobs:end" if server == "llamacpp" else "top_logprobs"
+                constraint["rank"] = walk if self.served and server != "vllm" else True
             elif self.served:
                 constraint["format"] = self.role.settings.choice_format
         if controls:

@@ -86,13 +86,13 @@ def server_slots(role: Role) -> int | None:
     ``/props`` (404) and decodes one request at a time (1). None where the server cannot say (it could not be
     reached: the requests will tell). Asked once per process and server (the first of ``base_urls``: replicas
     run alike). Only for a ``llamacpp`` server: vLLM, SGLang and the OpenAI API batch what is in flight."""
-    if not role.urls:
+    if not role.settings.urls:
         return None
-    url = role.urls[0].rstrip("/")
+    url = role.settings.urls[0].rstrip("/")
     if url not in _SLOTS:
         root = url[:-3] if url.endswith("/v1") else url
         try:
-            with urllib.request.urlopen(root + "/props", timeout=min(role.timeout_s, 10.0)) as reply:
+            with urllib.request.urlopen(root + "/props", timeout=min(role.settings.timeout_s, 10.0)) as reply:
                 slots = orjson.loads(reply.read()).get("total_slots")
             _SLOTS[url] = slots if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1 else None
         except urllib.error.HTTPError as err:
