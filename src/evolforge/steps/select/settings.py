@@ -40,7 +40,7 @@ class SelectSettings:
     min_confidence: Probability | None = field(default=None, metadata={
         "help": "floor on verify_confidence, the verify stage's estimated probability that the answer is right; "
                 "items without one stay; null = none"})
-    near_duplicates: Probability | None = field(default=None, metadata={
+    near_duplicates: Fraction | None = field(default=None, metadata={
         "help": "no two selected items whose instructions (+ input) or answers reach this Jaccard similarity of "
                 "word 3-grams: the better ranked one stays (near_duplicate_of_selected); null = off",
         "paper": "none (the shipped params.yaml: 0.7, dedup.threshold's value)"})
