@@ -228,3 +228,19 @@ def test_in_flight_requests_are_held_to_a_llamacpp_servers_slots(props, server, 
         said = capsys.readouterr().out
         assert (f"{in_flight} in flight, not roles.judge.concurrency {concurrency}" in said) == (in_flight < concurrency)
         assert backend.generate([role_request(role, [{"role": "user", "content": "hi"}])])[0].text == "ok"
+
+
+def test_a_server_not_reachable_yet_is_asked_for_its_slots_again():
+    from evolforge.llm.backends.openai import served
+
+    served._SLOTS.clear()
+    with FakeOpenAIServer(lambda body: (200, chat_body("ok"), {})) as fake:
+        url = fake.base_url
+    role = Role.from_params("judge", {"backend": "openai", "model": "test-model", "base_url": url,
+                                      "server": "llamacpp", "concurrency": 8})
+    assert served.server_slots(role) is None and url.rstrip("/") not in served._SLOTS  # the server is gone
+    with FakeOpenAIServer(lambda body: (200, chat_body("ok"), {})) as fake:
+        fake.props = {"total_slots": 2}
+        role = Role.from_params("judge", {"backend": "openai", "model": "test-model", "base_url": fake.base_url,
+                                          "server": "llamacpp", "concurrency": 8})
+        assert served.server_slots(role) == 2

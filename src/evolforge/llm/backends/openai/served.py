@@ -96,9 +96,11 @@ def server_slots(role: Role) -> int | None:
                 slots = orjson.loads(reply.read()).get("total_slots")
             _SLOTS[url] = slots if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1 else None
         except urllib.error.HTTPError as err:
-            _SLOTS[url] = 1 if err.code == 404 else None
+            if err.code != 404:
+                return None  # a server error now: asked again by the next backend, not remembered
+            _SLOTS[url] = 1
         except (OSError, ValueError, AttributeError):
-            _SLOTS[url] = None
+            return None  # not reachable now (a server still starting): asked again, not remembered as "cannot say"
     return _SLOTS[url]
 
 
