@@ -101,7 +101,9 @@ def test_an_answer_without_a_function_fails_every_test():
 @pytest.mark.parametrize("greedy, others, verdict", [
     ([12.0], [19.0, 19.0, 19.0], "wrong"),
     ([31.0], [31.0, 31.0, 19.0], "right"),
-    ([31.0], [31.0000001, None, None], "right"),  # within the tolerance
+    ([31.0], [31.0000001, 31.0, None], "right"),  # within the tolerance; two of the three asked agree
+    ([31.0], [31.0, None, None], "unsure"),  # one of three asked: not a majority
+    ([15.0], [15.0, 12.0, None], "unsure"),  # one sample agrees, one does not, the program printed nothing
     ([16.67], [50 / 3, 50 / 3, 1.05], "right"),  # a rounded answer meets its exact recomputation at 0.5 %
     ([31.0], [19.0, 25.0], "unsure"),  # the others disagree among themselves
     ([], [1.0], "unsure"),

@@ -3,14 +3,18 @@ of thought (the model writes Python that computes the answer; the sandbox runs i
 
 The values the greedy answer states (:func:`stated_values`: its final number, and every number of the last
 sentence that holds one, so "38 and 12" states both) are compared with the others' final numbers
-(:func:`compare_values`): ``right`` when at least half of the others that gave a number agree with one of them,
-``wrong`` when two or more agree on another value and outnumber those that agree (the values are recorded),
-``unsure`` otherwise. The confidence is the share of all values (the answer's counted once) that agree with it.
+(:func:`compare_values`): ``right`` when more than half of the recomputations asked for agree with one of them
+(one that gave no number counts as not agreeing: one sample of two that agrees is not a majority), ``wrong`` when
+two or more agree on another value and outnumber those that agree (the values are recorded), ``unsure``
+otherwise. The confidence is the share of all values, the answer's counted once and every recomputation asked for
+counted, that agree with it: less evidence, less confidence.
 
 >>> compare_values([12.0], [19.0, 19.0, 19.0], 1e-4)[:2]
 ('wrong', 0.25)
+>>> compare_values([12.0], [12.0, 12.0, None], 1e-4)[:2]
+('right', 0.75)
 >>> compare_values([12.0], [12.0, 19.0, None], 1e-4)[:2]
-('right', 0.6666666666666666)
+('unsure', 0.5)
 >>> stated_values("So it takes 500 / 30 = 16.67 minutes. It empties in about 16.67 minutes, from 500 litres to 0.")
 [0.0, 16.67, 500.0]
 >>> is_numeric_task("The sum of two numbers is 50 and their difference is 12. What are the numbers?", "38 and 12.")
@@ -67,8 +71,8 @@ def same(a: float, b: float, tolerance: float) -> bool:
 
 def compare_values(stated: Sequence[float], others: Sequence[float | None],
                    tolerance: float) -> tuple[str, float | None, str]:
-    """(verdict, confidence, why) of the values the greedy answer states against the other values (None: no
-    number)."""
+    """(verdict, confidence, why) of the values the greedy answer states against the recomputed values (one per
+    recomputation asked for; None: it gave no number)."""
     values = [v for v in others if v is not None]
     if not stated:
         return "unsure", None, "the answer gives no number"
@@ -76,10 +80,10 @@ def compare_values(stated: Sequence[float], others: Sequence[float | None],
         return "unsure", None, "no other value to compare"
     agrees = [any(same(v, s, tolerance) for s in stated) for v in values]
     agree = sum(agrees)
-    confidence = (agree + 1) / (len(values) + 1)
+    confidence = (agree + 1) / (len(others) + 1)
     rivals = [v for v, a in zip(values, agrees) if not a]
     best = max((sum(same(r, v, tolerance) for r in rivals) for v in rivals), default=0)
-    if agree >= 1 and agree * 2 >= len(values):
+    if agree * 2 > len(others):
         return "right", confidence, f"{agree} of {len(values)} recomputed values agree"
     if best >= 2 and best > agree:
         return "wrong", confidence, f"{best} recomputed values agree on another number"
