@@ -12,11 +12,12 @@ Two problem sets, each asked through respond's own request and sampling (``respo
 
 Printed per set, beside the real verdicts: the verifier's verdicts; the precision of the answers the selection
 accepts (``select.drop_wrong`` and ``select.min_confidence`` of ``--params``: not found wrong, confidence not
-below the floor) and the share of the wrong answers it rejects (recall); the same for the answers not found wrong
-and for those called right; and its cost, answering and verifying apart: requests, the tokens of every answer (counted with
-the model's tokenizer, the cached ones too), and seconds. Every call goes through the call cache (``cache.path``),
-so a run can stop and go on, and a second run gives the same verdicts; the seconds measured are those of the
-requests answered in this run, and the seconds of all of them are estimated at that run's tokens per second.
+below the floor) and the share of the wrong answers it rejects (recall); the same for the answers not found
+wrong and for those called right; and its cost, answering and verifying apart: requests, the tokens of every
+answer (counted with the model's tokenizer, the cached ones too), and seconds. Every call goes through the call
+cache (``cache.path``), so a run can stop and go on, and a second run gives the same verdicts; the seconds
+measured are those of the requests answered in this run, and the seconds of all of them are estimated at that
+run's tokens per second.
 
     PYTHONPATH=src python bench/verify_humaneval.py --limit 20 [--arithmetic 20] [--params params.yaml]
     PYTHONPATH=src python bench/verify_humaneval.py --limit 2 --arithmetic 2 --model DIR --cache /tmp/c.sqlite
@@ -44,8 +45,9 @@ from evolforge.llm.types import Completion
 from evolforge.steps.common.answer_check import extract_code
 from evolforge.steps.common.responses import respond, response_sampling
 from evolforge.steps.respond.settings import RespondSettings
-from evolforge.steps.verify.settings import VerifySettings
+from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.verify.numeric import stated_values
+from evolforge.steps.verify.settings import VerifySettings
 from evolforge.steps.verify.step import verify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +149,8 @@ def run_set(name: str, items: list[dict], real_of, params: dict, prompts: Prompt
     verified = verify(table, responder, judge, prompts, settings, sampling)
     verifying = tally.cost(time.perf_counter() - started, tokenizer)
     real = [real_of(item, a.text) for item, a in zip(items, answers)]
-    select = {k: (params.get("select") or {}).get(k, d) for k, d in (("drop_wrong", True), ("min_confidence", None))}
+    chosen = load_section(params, "select", SelectSettings)
+    select = {"drop_wrong": chosen.drop_wrong, "min_confidence": chosen.min_confidence}
     return {"set": name, **figures(real, verified["verify_verdict"].to_list(), verified["verify_confidence"].to_list(),
                                    select),
             "methods": dict(verified.group_by("verify_method").len().sort("verify_method").iter_rows()),
