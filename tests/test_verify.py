@@ -22,7 +22,7 @@ from evolforge.steps.select.near_duplicates import walk_near_duplicates
 from evolforge.steps.select.selection import select_items
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.verify.code_tests import (EVALUATE, consensus, function_name, is_code_task, judge_runs,
-                                               parse_tests, program_for)
+                                               parse_tests, program_for, stated_examples)
 from evolforge.steps.verify.correctness import label_verdict, parse_reason
 from evolforge.steps.verify.numeric import compare_values, is_numeric_task, program_value, stated_values
 from evolforge.steps.verify.settings import VerifySettings
@@ -91,6 +91,38 @@ def test_code_verdicts(rows, verdict, confidence):
     out = judge_runs(["t0", "t1", "t2"][:len(rows[0])], [_run(r) for r in rows], min_pass=0.8)
     assert out.verdict == verdict
     assert out.confidence == (pytest.approx(confidence) if confidence is not None else None)
+
+
+def test_without_consensus_a_top_group_does_not_vouch_for_an_answer_below_min_pass():
+    # answer and one peer share a bug (they fail t2, which the other peer passes): CodeT's group of two wins
+    rows = [[True, True, False], [True, True, False], [True, True, True]]
+    assert judge_runs(["t0", "t1", "t2"], [_run(r) for r in rows], min_pass=1.0).verdict == "right"
+    out = judge_runs(["t0", "t1", "t2"], [_run(r) for r in rows], min_pass=1.0, with_consensus=False)
+    assert out.verdict == "wrong" and "below verify.min_pass 1" in out.evidence["why"]
+    assert out.confidence == pytest.approx(2 / 3)
+
+
+def test_the_tasks_own_examples_are_never_dropped_and_one_failed_sinks_the_answer():
+    # example e0 fails for every program: still kept (the task states it), so the answer is wrong
+    rows = [[False, True, True], [False, True, True]]
+    out = judge_runs(["e0", "t1", "t2"], [_run(r) for r in rows], min_pass=0.8, examples=1)
+    assert out.verdict == "wrong" and out.evidence["why"] == "fails the task's own example: e0"
+    assert [(r["kept"], r["example"]) for r in out.evidence["results"]] == [(True, True), (True, False),
+                                                                            (True, False)]
+    assert judge_runs(["e0", "t1"], [_run([True, True]), _run([True, False])], 0.8, examples=1).verdict == "right"
+
+
+@pytest.mark.parametrize("task, expected", [
+    ("def add(a, b):\n    >>> add(1, 2)\n    3\n    >>> add(-1, 1)\n    0\n", ["assert add(1, 2) == 3",
+                                                                             "assert add(-1, 1) == 0"]),
+    # HumanEval's other spellings: ==, =>, ➞, ->; a comment or a trailing period cut
+    ("    add([1, 2], 5) ➞ False # unbalanced\n    add('ab', 'c') => 'abc'.\n    add(0, 0) == 0",
+     ["assert add([1, 2], 5) == False", "assert add('ab', 'c') == 'abc'", "assert add(0, 0) == 0"]),
+    # not literals (a name, an expression as the value), another function, a doctest without its value
+    ("add(a, 1) == 2\nadd(1, 2) -> 1 + 2 = 3\nmul(2, 3) == 6\n>>> add(1, 1)\n>>> x = 2\n", []),
+])
+def test_the_examples_a_task_states(task, expected):
+    assert stated_examples(task, "add") == expected
 
 
 def test_an_answer_without_a_function_fails_every_test():

@@ -5,6 +5,9 @@
 'answer 12; samples 19, 19; program 19'
 >>> evidence_line("code_tests", '{"tests": 4, "kept_tests": 3, "answer_passed": 3, "programs": 3}')
 'passed 3 of 3 kept tests (4 written, 2 independent solutions)'
+>>> evidence_line("code_tests", '{"tests": 6, "examples": 2, "kept_tests": 5, "answer_passed": 4, "programs": 3, '
+...               '"why": "an example fails"}')
+'passed 4 of 5 kept tests (2 stated in the task, 4 written, 2 independent solutions); an example fails'
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ def evidence_line(method: str | None, evidence: str | None) -> str:
     if method == "code_tests":
         if "kept_tests" not in e:
             return f"{e.get('why', 'no verdict')} ({e.get('tests', 0)} tests written)"
-        return (f"passed {e['answer_passed']} of {e['kept_tests']} kept tests ({e['tests']} written, "
-                f"{e['programs'] - 1} independent solutions)")
+        stated = e.get("examples") or 0
+        written = f"{stated} stated in the task, {e['tests'] - stated} written" if stated else f"{e['tests']} written"
+        why = f"; {e['why']}" if e.get("why") else ""
+        return (f"passed {e['answer_passed']} of {e['kept_tests']} kept tests ({written}, "
+                f"{e['programs'] - 1} independent solutions){why}")[:300]
     if method == "numeric":
         samples = ", ".join(_number(v) for v in e.get("sample_values") or []) or "-"
         stated = " / ".join(_number(v) for v in e.get("answer_values") or [e.get("answer_value")])

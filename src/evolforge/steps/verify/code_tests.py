@@ -11,8 +11,16 @@ process per program (:func:`evolforge.steps.common.function_runs.run_function`: 
 2. CodeT's dual agreement: programs that pass the same kept tests form a group scored
    ``programs x tests passed``; the top group is the consensus.
 
-The answer is ``right`` when it passes ``min_pass`` of the kept tests or belongs to a top group (one wrong test
-does not sink it), ``wrong`` when a group it is not in outscores its own, ``unsure`` without a kept test.
+The task's own examples come first (:func:`stated_examples`: a doctest ``>>> name(...)`` and the line after it,
+or a line ``name(...) == / => / -> / ➞ value``, arguments and value Python literals): tests the task states,
+never dropped, and an answer that fails one is ``wrong`` whatever the other tests say.
+
+The answer is ``right`` when it passes ``min_pass`` of the kept tests (the examples included), or, with
+``consensus`` (CodeT's rule), when it belongs to a top group (one wrong test does not sink it); ``wrong`` when it
+fails an example, or a group it is not in outscores its own, or (without ``consensus``) when it falls below
+``min_pass``; ``unsure`` without a kept test. Without ``consensus`` programs that share one bug cannot vouch for
+each other: on the HumanEval bench (docs/explanation/verification.md) every right answer passed all its kept
+tests, and the top-group rule let wrong ones through.
 
 The function the tests call is named from the instruction (``def name(`` or ```name(```), else ``solution``;
 an answer whose functions carry another name gets that name bound to its last top-level function.
@@ -23,6 +31,8 @@ an answer whose functions carry another name gets that name bound to its last to
 ['assert add(1, 2) == 3', 'assert add(0, 0) == 0']
 >>> consensus([[True, True], [True, False], [True, True]])
 ([0, 2], 4)
+>>> stated_examples("def add(a, b):\\n    >>> add(1, 2)\\n    3\\n    add(x, 1) == 2\\n    add(0, 0) ➞ 0", "add")
+['assert add(1, 2) == 3', 'assert add(0, 0) == 0']
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ _NAMED = re.compile(r"`([A-Za-z_]\w*)\s*\(")
 _CODE_WORDS = re.compile(r"\b(python|function|program|script|code|implement|method|class|algorithm)\b", re.I)
 _FENCED = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n([\s\S]*?)(?:```|\Z)")
 _LIST_MARK = re.compile(r"^(?:[-*]\s+|\d+[.)]\s+)")
+_STATED = re.compile(r"^(?:>>>\s*)?(?P<call>[A-Za-z_]\w*\(.*\))\s*(?:==>|==|=>|->|➞|→)\s*(?P<want>.+)$")
 # the wrapper every program runs under: one assert per call, True when it holds, False on any exception
 EVALUATE = '''
 
@@ -93,6 +104,48 @@ def program_for(answer: str | None, name: str, task: str = "") -> str | None:
     return code + alias + EVALUATE
 
 
+def _literal(text: str) -> str | None:
+    """``text`` (a trailing comment, period or comma cut) when it is a Python literal, else None."""
+    text = re.split(r"\s+#", text.strip())[0].strip().rstrip(".,;").strip()
+    try:
+        ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return text
+
+
+def _literal_call(source: str, name: str) -> bool:
+    """``source`` is one call of ``name`` whose arguments are all Python literals."""
+    try:
+        call = ast.parse(source.strip(), mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == name):
+            return False
+        for arg in [*call.args, *(k.value for k in call.keywords)]:
+            ast.literal_eval(arg)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+def stated_examples(task: str, name: str) -> list[str]:
+    """The examples the task itself states for ``name``, as assert lines: a doctest (``>>> name(...)`` and the
+    line after it) or a line ``name(...) == value`` (or ``=>``, ``->``, ``➞``, ``→``), literals only."""
+    found: dict[str, None] = {}
+    lines = task.splitlines()
+    for k, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith(">>>"):
+            source, following = text[3:].strip(), lines[k + 1].strip() if k + 1 < len(lines) else ""
+            want = _literal(following) if following and not following.startswith(">>>") else None
+            if want is not None and _literal_call(source, name):
+                found.setdefault(f"assert {source} == {want}", None)
+                continue
+        stated = _STATED.match(text)
+        if stated and _literal_call(stated["call"], name) and (want := _literal(stated["want"])) is not None:
+            found.setdefault(f"assert {stated['call']} == {want}", None)
+    return list(found)
+
+
 def parse_tests(text: str | None, name: str) -> list[str]:
     """The distinct assert lines of a test set that call ``name`` and parse, in order (fences, bullets and
     numbering around them ignored)."""
@@ -127,25 +180,34 @@ class CodeVerdict:
     evidence: dict = field(default_factory=dict)
 
 
-def judge_runs(tests: Sequence[str], runs: Sequence[FunctionRun | None], min_pass: float) -> CodeVerdict:
+def judge_runs(tests: Sequence[str], runs: Sequence[FunctionRun | None], min_pass: float, examples: int = 0,
+               with_consensus: bool = True) -> CodeVerdict:
     """The verdict on the answer (``runs[0]``) from every program's run on ``tests`` (None: the program
-    could not be built; its row fails every test)."""
+    could not be built; its row fails every test). The first ``examples`` tests are the task's own (never
+    dropped); ``with_consensus``: CodeT's top group vouches for an answer below ``min_pass``."""
     passed = [[bool(r is not None and r.results[t] is True) for t in range(len(tests))] for r in runs]
-    evidence: dict = {"tests": len(tests), "programs": len(runs),
+    evidence: dict = {"tests": len(tests), "examples": examples, "programs": len(runs),
                       "answer_run": runs[0].status if runs[0] is not None else "no_function"}
     if not tests:
         return CodeVerdict("unsure", None, evidence | {"why": "no test parsed"})
     cv = cross_validate(passed, [True] * len(tests), min_accuracy=min_pass)
-    kept = [t for t, k in enumerate(cv.cases_kept) if k]
-    evidence["results"] = [{"test": test[:160], "kept": k, "answer_passed": passed[0][t]}
-                           for t, (test, k) in enumerate(zip(tests, cv.cases_kept))]
+    keep = [t < examples or k for t, k in enumerate(cv.cases_kept)]
+    kept = [t for t, k in enumerate(keep) if k]
+    evidence["results"] = [{"test": test[:160], "kept": k, "answer_passed": passed[0][t], "example": t < examples}
+                           for t, (test, k) in enumerate(zip(tests, keep))]
     if not kept:
         return CodeVerdict("unsure", None, evidence | {"why": "no program passes any test"})
     top, top_score = consensus([[row[t] for t in kept] for row in passed])
-    accuracy = cv.accuracy[0] or 0.0
+    accuracy = sum(passed[0][t] for t in kept) / len(kept)
     evidence |= {"kept_tests": len(kept), "answer_passed": sum(passed[0][t] for t in kept),
-                 "peer_accuracy": [round(a or 0.0, 3) for a in cv.accuracy[1:]],
+                 "peer_accuracy": [round(sum(row[t] for t in kept) / len(kept), 3) for row in passed[1:]],
                  "consensus": {"top_score": top_score, "answer_in_top_group": 0 in top}}
-    if accuracy >= min_pass or 0 in top:
+    failed = [tests[t][:160] for t in range(examples) if not passed[0][t]]
+    if failed:
+        return CodeVerdict("wrong", accuracy, evidence | {"why": f"fails the task's own example: {failed[0]}"})
+    if accuracy >= min_pass or (with_consensus and 0 in top):
         return CodeVerdict("right", accuracy, evidence)
-    return CodeVerdict("wrong", accuracy, evidence | {"why": "programs that agree on other tests outvote it"})
+    if 0 not in top:
+        return CodeVerdict("wrong", accuracy, evidence | {"why": "programs that agree on other tests outvote it"})
+    return CodeVerdict("wrong", accuracy, evidence | {"why": f"passes {accuracy:.0%} of the kept tests, below "
+                                                             f"verify.min_pass {min_pass:g}"})

@@ -15,7 +15,7 @@ from evolforge.steps.common.answer_check import extract_code, final_number
 from evolforge.steps.common.function_runs import FunctionRun, Runner, run_all, run_function
 from evolforge.steps.common.responses import response_requests
 from evolforge.steps.verify.code_tests import (SOLUTION_TEMPLATE, TESTS_TEMPLATE, function_name, judge_runs,
-                                               parse_tests, program_for)
+                                               parse_tests, program_for, stated_examples)
 from evolforge.steps.verify.correctness import (CORRECTNESS_TEMPLATE, LABELS, REASON_TEMPLATE, label_verdict,
                                                 parse_reason)
 from evolforge.steps.verify.numeric import (PROGRAM_TEMPLATE, compare_values, numeric_evidence, program_value,
@@ -47,8 +47,9 @@ def _ask(template: str, prompts: PromptLibrary, **variables) -> list[dict[str, s
 
 def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
                 runner: Runner | None = None) -> list[Result]:
-    """Tests written for each instruction (``test_sets`` samples) and ``solutions`` peers; every program run on
-    every test in the sandbox; the verdict by :func:`evolforge.steps.verify.code_tests.judge_runs`."""
+    """The task's own examples and tests written for each instruction (``test_sets`` samples), ``solutions``
+    peers; every program run on every test in the sandbox; the verdict by
+    :func:`evolforge.steps.verify.code_tests.judge_runs`."""
     runner = runner or (lambda program, tests: run_function(program, tests, settings.case_timeout_s,
                                                             settings.memory_mb))
     sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
@@ -67,19 +68,22 @@ def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setting
     plans = []
     for k, (item, name) in enumerate(zip(items, names)):
         answers = texts[k * per:(k + 1) * per]
-        tests = list(dict.fromkeys(t for text in answers[:settings.test_sets] for t in parse_tests(text, name)))
+        examples = stated_examples(item.task, name)  # the task's own, first: never dropped
+        written = [t for text in answers[:settings.test_sets] for t in parse_tests(text, name)]
+        tests = list(dict.fromkeys(examples + written))
         programs = [program_for(item.answer, name, item.task)] + [program_for(t, name, item.task)
                                                                   for t in answers[settings.test_sets:]]
-        plans.append((name, tests, programs, sum(t is None for t in answers)))
-    jobs = [(k, p) for k, (_, tests, programs, _) in enumerate(plans) if tests
+        plans.append((name, tests, programs, sum(t is None for t in answers), len(examples)))
+    jobs = [(k, p) for k, (_, tests, programs, _, _) in enumerate(plans) if tests
             for p, program in enumerate(programs) if program is not None]
     runs = run_all(runner, [(plans[k][2][p], plans[k][1]) for k, p in jobs], settings.workers)
     by_item: dict[int, dict[int, FunctionRun]] = {}
     for (k, p), run in zip(jobs, runs):
         by_item.setdefault(k, {})[p] = run
     results = []
-    for k, (name, tests, programs, failed_calls) in enumerate(plans):
-        verdict = judge_runs(tests, [by_item.get(k, {}).get(p) for p in range(len(programs))], settings.min_pass)
+    for k, (name, tests, programs, failed_calls, examples) in enumerate(plans):
+        verdict = judge_runs(tests, [by_item.get(k, {}).get(p) for p in range(len(programs))], settings.min_pass,
+                             examples, settings.consensus)
         evidence = {"function": name, "failed_calls": failed_calls, **verdict.evidence}
         results.append(Result("code_tests", verdict.verdict, json.dumps(evidence, sort_keys=True), verdict.confidence))
     return results

@@ -25,6 +25,10 @@ class VerifySettings:
     min_pass: Probability = field(default=0.8, metadata={
         "help": "code: share of the kept tests an answer must pass to be right (AutoIF's min_accuracy)",
         "paper": "AutoIF: 0.8"})
+    consensus: bool = field(default=True, metadata={
+        "help": "code: an answer below min_pass is still right when it is in CodeT's top group (the programs that "
+                "pass the same kept tests, scored programs x tests); false: below min_pass is wrong",
+        "paper": "CodeT: dual agreement"})
     samples: NonNegativeInt = field(default=2, metadata={
         "help": "numbers: extra answers sampled for self-consistency, their final numbers compared",
         "paper": "self-consistency: 40"})
