@@ -164,3 +164,4 @@ def test_make_setup_compiles_llama_cpp_without_its_amx_kernels_on_x86_64(tmp_pat
     for flags in ("-DCMAKE_C_FLAGS=", "-DCMAKE_CXX_FLAGS="):
         assert f"{flags}-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in llama, llama
     assert "-DGGML_NATIVE=ON" in llama
+    assert llama.endswith("--no-cache-dir")  # never a wheel pip cached from a build with other flags or another CPU
