@@ -23,9 +23,12 @@ LOCK := $(if $(filter 1,$(GPU)),$(GPU_LOCK),$(CPU_LOCK))
 # On x86-64 llama.cpp's AMX matrix kernels are left out (-march=native would compile them in on a Xeon that
 # has AMX, and they segfault on Q4_K_M prompts there: llama.cpp issue 20824); the compiler puts these -mno-amx
 # flags after its expansion of -march=native, so they win. The CPU-repack kernels (AVX2/AVX-512) stay, and
-# the speed is unchanged where AMX is absent (docs/explanation/cpu-kernels.md has the figures). It is compiled
-# every time (--no-cache-dir): pip's wheel cache is keyed by the source alone and would hand back a wheel built
-# with other flags or on another CPU (a home directory shared between machines, or a build before these flags).
+# the speed is unchanged where AMX is absent (docs/explanation/cpu-kernels.md has the figures). pip's wheel
+# cache is keyed by the source alone and would hand back a wheel built with other flags or on another CPU (a home
+# directory shared between machines, a build before these flags), so pip gets a cache directory per build key
+# (tools/llama_cpp_build_key.py: the flags, the CPU's features, the compilers): a build is reused only where
+# all of them are the same.
+LLAMA_CPP_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/evolforge/llama-cpp-python
 LLAMA_CPP_NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CPP_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON \
   -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/requirements/llama-cpp-lib-only.cmake \
@@ -85,7 +88,7 @@ $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	awk '/^[^ #]/ { keep = !/^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-but-llama-cpp.txt
 	awk '/^[^ #]/ { keep = /^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-but-llama-cpp.txt
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt --no-cache-dir
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" PIP_CACHE_DIR="$(LLAMA_CPP_CACHE)/$$($(PY) tools/llama_cpp_build_key.py "$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS")" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	touch $(STAMP)

@@ -164,4 +164,21 @@ def test_make_setup_compiles_llama_cpp_without_its_amx_kernels_on_x86_64(tmp_pat
     for flags in ("-DCMAKE_C_FLAGS=", "-DCMAKE_CXX_FLAGS="):
         assert f"{flags}-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in llama, llama
     assert "-DGGML_NATIVE=ON" in llama
-    assert llama.endswith("--no-cache-dir")  # never a wheel pip cached from a build with other flags or another CPU
+    # never a wheel pip cached from a build with other flags or on another CPU: pip's cache is one per build key
+    assert 'PIP_CACHE_DIR="' in llama and "evolforge/llama-cpp-python/$(" in llama
+    assert "tools/llama_cpp_build_key.py" in llama
+
+
+def test_a_llama_cpp_build_is_reused_only_with_the_same_flags_cpu_and_compiler(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import llama_cpp_build_key as key
+
+    base = key.build_key("-DA=1")
+    assert key.build_key("-DA=1") == base and len(base) == 16
+    assert key.build_key("-DA=2") != base  # CMAKE_ARGS
+    assert key.build_key(f"-DINCLUDE={key.REPO}/x.cmake") == key.build_key("-DINCLUDE=<checkout>/x.cmake")  # any clone
+    monkeypatch.setattr(key, "cpu_features", lambda: "flags : avx2 amx_tile")
+    assert key.build_key("-DA=1") != base  # another CPU
+    with_cpu = key.build_key("-DA=1")
+    monkeypatch.setattr(key, "compiler", lambda name: f"{name} 99.0")
+    assert key.build_key("-DA=1") != with_cpu  # another compiler
