@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -29,10 +30,11 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.optimize import step as optimize_step
 from evolforge.steps.optimize.step import (OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
-                                      parse_optimized_method, score_method, select_candidate, split_dev_pool)
+                                           parse_optimized_method, score_method, score_methods, select_candidate,
+                                           split_dev_pool)
 from evolforge.steps.optimize.result import Candidate, MethodScore, summary, usability
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
-from evolforge.io.records import write_output
+from evolforge.io.records import SEED_POOL, write_output
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = PromptLibrary(DEFAULT_PROMPTS_DIR)
@@ -364,8 +366,8 @@ def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14, evolve: dict | 
         "evolve": {"strategy": strategy, **(evolve or {})},
     }
     (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
-    seed = pl.DataFrame([{**it, "output": "answer"} for it in items(n_seed)])
-    write_output(tmp_path / "seed", seed)
+    pool = pl.DataFrame([{**it, "output": "answer"} for it in items(n_seed)])
+    write_output(tmp_path / "seed", pool.head(3), tables={SEED_POOL: pool})  # 3 seeds evolved, all in the pool
     argv = ["--params", str(tmp_path / "params.yaml"), "--seed", str(tmp_path / "seed"), "--out", str(tmp_path / "method"),
             "--metrics", str(tmp_path / "metrics.json"), "--plot", str(tmp_path / "plots" / "optimize.json"),
             "--prompts", str(DEFAULT_PROMPTS_DIR)]
@@ -608,4 +610,68 @@ def test_the_optimize_stage_refuses_them_too(tmp_path, monkeypatch):
     params["optimize"]["controls"] = {"stop": ["```"]}
     (out / "params.yaml").write_text(json.dumps(params))
     with pytest.raises((ParamsError, SystemExit), match="block's opening"):
+        stage.main(argv)
+
+
+# --- the development set, batching, the answer budget, what the log says -------------------------
+
+def test_the_development_set_comes_from_outside_the_evolved_seeds():
+    pool = items(20)
+    evolved = frozenset(f"id{i:02d}" for i in range(10))
+    dev, rest = split_dev_pool(pool, dev_size=8, batch_size=3, rng=random.Random(0), held_out=evolved)
+    assert not {d["id"] for d in dev} & evolved
+    assert sorted(d["id"] for d in dev + rest) == [p["id"] for p in pool]
+    # a pool too small to keep them apart lends the dev set evolved seeds, and says nothing wrong
+    dev, _ = split_dev_pool(pool, dev_size=14, batch_size=3, rng=random.Random(0), held_out=evolved)
+    assert len({d["id"] for d in dev} & evolved) == 4
+
+
+def test_candidates_are_scored_together_as_each_alone():
+    """One call evolves the dev set for every candidate and one answers them all; the scores are each method's own."""
+    dev = items(5)
+    methods = ["m1 fails=0", "m2 fails=2", "nomarker fails=0", "m3 fails=5 long"]
+    fake = FakeBackend(evolver_reply(lambda m, q: q in [d["instruction"] for d in dev][:fails(m)]))
+    together = score_methods(LLM(fake, None, role=EVOLVER_ROLE), PROMPTS, dev, methods, temperature=0.0)
+    # the role's batches of 8 filled across methods: 20 evolutions, then 15 answers (nomarker's evolutions get none)
+    assert fake.batches == [8, 8, 4, 8, 7]
+    alone = [score_method(LLM(FakeBackend(evolver_reply(lambda m, q: q in [d["instruction"] for d in dev][:fails(m)])),
+                              None, role=EVOLVER_ROLE), PROMPTS, dev, m, temperature=0.0) for m in methods]
+    assert together == alone
+    assert [s.failures for s in together] == [0, 2, 5, 5]
+
+
+def test_the_optimization_turn_fits_the_method_it_rewrites():
+    long_method = "Step 1: list methods. " * 100  # 2,200 characters: over 600 tokens
+    ran = run({long_method: [fenced("m1 fails=0"), fenced("m2 fails=1")]}, initial=long_method)
+    turns = [r for r in ran.optimizer_fake.sent if len(r.messages) == 3]
+    assert turns and {r.max_tokens for r in turns} == {math.ceil(2.0 * len(long_method) / 3.5)}
+    short = run({"m0 fails=1": [fenced("m1 fails=0"), fenced("m2 fails=1")]})
+    assert {r.max_tokens for r in short.optimizer_fake.sent if len(r.messages) == 3} == {OPTIMIZER_ROLE.max_tokens}
+
+
+def test_the_log_says_why_the_initial_method_was_kept(capsys):
+    clean = run({"m0 fails=0": [fenced("m1 fails=0"), fenced("m2 fails=1")]}, initial="m0 fails=0")
+    assert clean.result.notes and "fails none of the 4 development items" in clean.result.notes[0]
+    assert "no candidate can measure as better" in capsys.readouterr().out
+    assert clean.result.outcome.startswith("kept the initial method: it fails none of the 4")
+    worse = run({"m0 fails=2": [fenced("m1 fails=3"), fenced("m2 fails=2")]}, initial="m0 fails=2")
+    assert worse.result.outcome == ("kept the initial method: it fails 2 of 4 development items and no candidate "
+                                    "failed fewer (the best of 2 failed 2)")
+    better = run({"m0 fails=2": [fenced("m1 fails=1"), fenced("m2 fails=3")]}, initial="m0 fails=2")
+    assert better.result.outcome == "improved: the optimized method fails 1 of 4 development items, the initial 2 of 4"
+    assert not better.result.notes
+    assert summary(better.result, {})["outcome"] == better.result.outcome
+
+
+def test_stage_draws_the_dev_set_from_the_pool_outside_the_evolved_seeds(tmp_path, monkeypatch):
+    stage = load_stage()
+    evolver = LLM(FakeBackend(evolver_reply(lambda m, q: False)), None, role=EVOLVER_ROLE)
+    optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails=0")), model="fake-opt"), None)
+    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
+    argv, out = stage_setup(tmp_path, "auto")
+    stage.main(argv)
+    meta = json.loads((out / "method" / "meta.json").read_text())
+    assert len(meta["dev_ids"]) == 4 and not set(meta["dev_ids"]) & {"id00", "id01", "id02"}
+    (out / "seed" / SEED_POOL).unlink()
+    with pytest.raises(ValueError, match="pool.parquet: missing; the seed stage writes it"):
         stage.main(argv)

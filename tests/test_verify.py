@@ -355,9 +355,35 @@ def ranked_table() -> pl.DataFrame:
         "verify_confidence": [1.0, 1.0, 0.25, 0.9, None]})
 
 
+def test_select_keeps_only_vouched_answers_by_default():
+    """Only ``right`` (or a passing answer check) is selected: unsure and unverified items stay out, whatever their
+    metric; an answer check that passed vouches for an item the verifier never saw."""
+    table = ranked_table().with_columns(answer_check_passed=pl.Series([None, None, None, None, None], dtype=pl.Boolean))
+    table = pl.concat([table, pl.DataFrame({
+        "id": ["f", "g"], "round": [0, 1], "instruction": ["What is 6 x 7?", "Name a colour."], "input": ["", ""],
+        "output": ["42", "Blue."], "ic_ifd": [0.95, 0.99], "verify_verdict": ["unsure", "unsure"],
+        "verify_confidence": [None, 0.63], "answer_check_passed": [True, None]})], how="vertical_relaxed")
+    chosen, summary, excluded = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, near_duplicates=None))
+    assert chosen["id"].to_list() == ["f", "a", "b", "d"]
+    reasons = dict(zip(excluded["id"].to_list(), excluded["skip_reason"].to_list()))
+    assert reasons == {"c": "verified_wrong", "e": "not_vouched", "g": "not_vouched"}
+    assert summary["removed_by_filter"] == {"verified_wrong": 1, "not_vouched": 2}
+
+
+def test_unvouched_items_let_in_rank_after_the_vouched_ones():
+    table = ranked_table().with_columns(ic_ifd=pl.Series([0.1, 0.2, 0.3, 0.4, 0.99]))  # e, unsure, ranks best
+    chosen = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, near_duplicates=None,
+                                                require_vouched=False)).chosen
+    assert chosen["id"].to_list() == ["d", "b", "a", "e"]  # c is wrong: drop_wrong
+    shuffled = select_items(table, SelectSettings("random", top_fraction=1.0, near_duplicates=None,
+                                                  require_vouched=False, drop_wrong=False)).chosen
+    assert shuffled["id"].to_list()[-2:] in (["c", "e"], ["e", "c"])  # random within each part
+
+
 def test_select_drops_wrong_answers_and_near_duplicates_and_fills_their_places():
     chosen, summary, excluded = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=0.6,
-                                                                            near_duplicates=0.7))
+                                                                            near_duplicates=0.7,
+                                                                            require_vouched=False))
     assert chosen["id"].to_list() == ["a", "d", "e"]  # b repeats a's answer, c is wrong; d and e move up
     reasons = dict(zip(excluded["id"].to_list(), excluded["skip_reason"].to_list()))
     assert reasons == {"c": "verified_wrong", "b": "near_duplicate_of_selected"}
@@ -366,11 +392,11 @@ def test_select_drops_wrong_answers_and_near_duplicates_and_fills_their_places()
 
 def test_select_switches_and_confidence_floor():
     off = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=1.0, drop_wrong=False,
-                                                      near_duplicates=None)).chosen
-    assert off["id"].to_list() == ["a", "b", "c", "d", "e"]
+                                                      near_duplicates=None, require_vouched=False)).chosen
+    assert off["id"].to_list() == ["a", "b", "d", "c", "e"]  # the vouched first
     floor = select_items(ranked_table(), SelectSettings("ic_ifd", top_fraction=1.0, min_confidence=0.95,
-                                                        near_duplicates=None)).chosen
-    assert floor["id"].to_list() == ["a", "b", "e"]  # d below the floor; e never measured, stays
+                                                        near_duplicates=None, require_vouched=False)).chosen
+    assert floor["id"].to_list() == ["a", "b"]  # d below the floor; e never measured: no confidence, no place
     unverified = select_items(ranked_table().drop("verify_verdict", "verify_confidence"),
                               SelectSettings("ic_ifd", top_fraction=1.0, near_duplicates=None)).chosen
     assert unverified.height == 5  # a table without the verify columns: nothing to drop

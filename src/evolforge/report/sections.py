@@ -116,7 +116,7 @@ def summary_html(v: dict) -> str:
     h = v["headline"]
     rows = [f"<tr><td><code>surv.{esc(r)}</code></td>{pct(s)}<td>survival: share of round {esc(r[1:])}'s attempts "
             f"that passed the elimination rules</td></tr>" for r, s in h["surv"].items()]
-    sel, what = h["sel"], {"n": "items selected", "diff": "mean judge difficulty score of the selection (0-100)",
+    sel, what = h["sel"], {"n": "items selected", "diff": "mean expected judge difficulty of the selection (0-100)",
                            "icifd": "mean IC-IFD of the selection"}
     rows += [f"<tr><td><code>sel.{k}</code></td>{num(sel.get(k))}<td>{esc(what[k])}</td></tr>" for k in what]
     rows += [f"<tr><td><code>ev.{esc(task)}</code></td>{num(score)}<td>the fine-tuned model's {esc(task)} "

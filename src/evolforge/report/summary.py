@@ -7,7 +7,8 @@ pattern shows them all (docs/how-to/experiments.md)::
 
     surv.<round>   share of the round's items that evolved (metrics/evolve.json; round_1 -> r1)
     sel.n          items selected (metrics/select.json)
-    sel.diff       mean judge difficulty score of the selection, 0-100 (data/selected)
+    sel.diff       mean judge difficulty of the selection, 0-100: the expected score under the judge's probabilities
+                   (judge.probabilities), else its most likely score (data/selected)
     sel.icifd      mean IC-IFD of the selection (data/selected)
     ev.<task>      the fine-tuned model's main score per benchmark (metrics/eval.json)
     cost.usd       LLM spend of the stages' calls, summed over every metrics file (null: no prices set)
@@ -74,14 +75,16 @@ def _costs(value: Any) -> Iterator[float]:
 
 def _selection(selected: Path | None) -> dict[str, float | None]:
     path = selected / TABLE if selected is not None else None
-    cols = {"diff": "difficulty_score", "icifd": "ic_ifd"}
+    # each figure's columns, the first with a value wins: the most likely score is one of 101 round numbers that a
+    # small judge gives most items alike (85 for every selected item of one run), its expectation tells them apart
+    cols = {"diff": ("difficulty_expected", "difficulty_score"), "icifd": ("ic_ifd",)}
     if path is None or not path.exists():
         return dict.fromkeys(cols)
     names = pl.read_parquet_schema(path)
-    table = pl.read_parquet(path, columns=[c for c in cols.values() if c in names])
-    return {short: (round(float(table[col].mean()), 4) if col in table.columns
-                    and table[col].null_count() < table.height
-                    else None) for short, col in cols.items()}
+    table = pl.read_parquet(path, columns=[c for group in cols.values() for c in group if c in names])
+    present = {short: [c for c in group if c in table.columns and table[c].null_count() < table.height]
+               for short, group in cols.items()}
+    return {short: round(float(table[found[0]].mean()), 4) if found else None for short, found in present.items()}
 
 
 def stage_wall_s(metrics: Path | None) -> dict[str, float]:

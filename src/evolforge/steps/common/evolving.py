@@ -139,10 +139,20 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
     """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
     no raw text (as unparseable as a missing marker, and nothing to show). ``controls``, ``max_tokens``: the
     step-format calls' (``EvolveSettings.step_format``)."""
+    return evolve_with_methods(llm, prompts, instructions, [method_text], temperature=temperature, top_p=top_p,
+                               max_tokens=max_tokens, seed=seed, desc=desc, controls=controls, few_shot=few_shot)
+
+
+def evolve_with_methods(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_texts: list[str],
+                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
+                        seed: int | None = None, desc: str = "evolve",
+                        controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> list[Evolution]:
+    """:func:`evolve_with_method` for several methods in one call to ``llm`` (its batches filled across them):
+    method-major, ``len(instructions)`` evolutions per method."""
     merged = llm.role.controls.merged(controls, "evolve.method_controls")
     requests = [llm.request(evolving_messages(prompts, "auto", i, method_text, few_shot),
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
-                for i in instructions]
+                for method_text in method_texts for i in instructions]
     return [Evolution(None, None, None) if c.failed
             else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
             for c in llm.generate(requests, desc=desc)]

@@ -58,6 +58,8 @@ class OptimizeResult:
     stop_reason: str = "steps"  # "steps" | "patience" | "no_parseable_candidate" (see the module doc)
     stopped_early: bool = False  # stopped before ``steps`` steps
     warnings: list[str] = field(default_factory=list)  # said in the stage log, the metrics and the report
+    notes: list[str] = field(default_factory=list)  # what the development set can and cannot tell (stage log, metrics)
+    outcome: str = ""  # one sentence: did the optimized method beat the initial one, and if not, why (:func:`outcome`)
 
     @property
     def steps_run(self) -> int:
@@ -72,6 +74,32 @@ def unparseable_warning(step: int, candidates: list[Candidate]) -> str:
     why = "; ".join(f"{n} x {reason}" for reason, n in reasons.items())
     return (f"step {step}: none of the {len(candidates)} candidates parsed ({why}); the current method is kept "
             f"for this step (optimize.on_unparseable decides whether the stage goes on)")
+
+
+def indistinct_dev_note(dev_size: int) -> str:
+    """What the log says when the initial method fails none of the development set: no method can measure better."""
+    return (f"the initial method fails none of the {dev_size} development items, so no candidate can measure as "
+            f"better on this set (lowest_failure needs a lower failure rate): a larger optimize.dev_size, harder "
+            f"seeds or a weaker starting method (optimize.initial_method: weak) can tell methods apart")
+
+
+def outcome(result: OptimizeResult) -> str:
+    """One sentence for the stage log and the metrics: the optimized method beat the initial one on the development
+    set, or why it could not."""
+    n = result.dev_size
+    start = f"{result.initial.failures} of {n}"
+    if result.best.failure_rate < result.initial.failure_rate:
+        return f"improved: the optimized method fails {result.best.failures} of {n} development items, the initial {start}"
+    if not result.log:
+        return "kept the initial method: no optimization step ran (optimize.steps: 0)"
+    if not any(r["parseable_candidates"] for r in result.log):
+        return "kept the initial method: the optimizer wrote no parseable method in any step"
+    if result.initial.failures == 0:
+        return f"kept the initial method: it fails none of the {n} development items, so nothing can measure better"
+    tried = [c for r in result.log for c in r["candidates"] if c.get("dev")]
+    fewest = min(c["dev"]["failures"] for c in tried) if tried else None
+    return (f"kept the initial method: it fails {start} development items and no candidate failed fewer "
+            f"(the best of {len(tried)} failed {fewest})")
 
 
 def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
@@ -153,6 +181,8 @@ def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: di
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
         "warnings": result.warnings,
+        "notes": result.notes,
+        "outcome": result.outcome,
         "calls": sum(s["calls"] for s in stats.values()),
         "cache_hits": sum(s["cache_hits"] for s in stats.values()),
         "llm": stats,

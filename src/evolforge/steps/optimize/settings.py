@@ -48,6 +48,9 @@ class OptimizeSettings:
         "help": "fall back to hand-written methods | stop | evolve anyway"})
     controls: ControlSettings = field(default_factory=dict, metadata={
         "help": "of the optimization turn, over roles.optimizer's"})
+    answer_budget: Annotated[float, Gt(0)] = field(default=2.0, metadata={"help": (
+        "the optimization turn's max_tokens as a multiple of the current method's length in tokens (estimated at "
+        "3.5 characters a token), never below roles.optimizer.max_tokens: the rewritten method must fit")})
     on_unparseable: Literal["continue", "stop"] = field(default="continue", metadata={"help": (
         "a step none of whose candidates parsed (warned in the stage log, metrics/optimize.json and the report): "
         "continue (the next step samples again; patience and on_unusable judge the result) | stop (the stage "

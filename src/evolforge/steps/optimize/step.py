@@ -50,24 +50,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any, Mapping
+
+import polars as pl
 
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.config.runtime import load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import VERSIONS, atomic_dir, output_versions, read_table, write_json, write_jsonl
+from evolforge.io.records import (SEED_POOL, TABLE, VERSIONS, atomic_dir, output_versions, read_table, write_json,
+                                  write_jsonl)
 from evolforge.config.optimize_answer import OPENER, answer_problems
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_roles
 from evolforge.steps.common import elimination
-from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
-from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, summary,
-                                             unparseable_warning, usability)
+from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method,
+                                             evolve_with_methods, initial_method_text)
+from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note, outcome,
+                                             summary, unparseable_warning, usability)
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond
 
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
@@ -107,16 +112,21 @@ def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple
     return None, "empty ```Optimized Method``` block"
 
 
-def split_dev_pool(items: list[dict], *, dev_size: int,
-                   batch_size: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """A seeded development set of ``dev_size`` items and the rest as the mini-batch pool (disjoint)."""
+def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: random.Random,
+                   held_out: frozenset[str] = frozenset()) -> tuple[list[dict], list[dict]]:
+    """A seeded development set of ``dev_size`` items and the rest as the mini-batch pool (disjoint).
+
+    The development set is drawn first from the items whose id is not in ``held_out`` (the seeds the rounds
+    evolve, the paper's training data), so a method is measured on instructions it will not be applied to; only a
+    pool too small for that lends it some of them."""
     if len(items) < dev_size + batch_size:
         raise ValueError(
-            f"optimize: the seed has {len(items)} items, too few for a development set of {dev_size} "
+            f"optimize: the seed pool has {len(items)} items, too few for a development set of {dev_size} "
             f"(params.yaml optimize.dev_size) plus a mini-batch of {batch_size} (optimize.batch_size) "
-            f"from the remaining items; lower them or use a larger seed")
+            f"from the remaining items; lower them or use a larger seed source")
     order = list(range(len(items)))
     rng.shuffle(order)
+    order.sort(key=lambda i: items[i]["id"] in held_out)  # stable: the shuffle's order within each part
     return [items[i] for i in order[:dev_size]], [items[i] for i in order[dev_size:]]
 
 
@@ -140,33 +150,67 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
     return cases, unparsed
 
 
-def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str,
-                 *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                 max_tokens: int | None = None, few_shot: bool = False) -> MethodScore:
-    """Evolve the development set with ``method``, answer each evolved instruction, count F failures.
-    ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the rounds use them)."""
-    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev], method, temperature=temperature,
-                                 max_tokens=max_tokens, desc=f"{desc}: evolve", controls=controls, few_shot=few_shot)
-    answered = [(d, e.instruction) for d, e in zip(dev, evolved) if e.instruction is not None]
-    responses = respond(evolver, prompts, [q for _, q in answered], [d.get("input") or "" for d, _ in answered],
+def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
+                  *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
+                  max_tokens: int | None = None, few_shot: bool = False) -> list[MethodScore]:
+    """Evolve the development set with each of ``methods``, answer each evolved instruction, count F failures.
+
+    All methods' evolutions go to the evolver as one call, then all their answers as one: a step's candidates
+    fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
+    every other round). ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the
+    rounds use them)."""
+    if not methods:
+        return []
+    n = len(dev)
+    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
+                                  temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
+                                  controls=controls, few_shot=few_shot)
+    answered = [(k, d, e.instruction) for k, (d, e) in enumerate(zip(dev * len(methods), evolved))
+                if e.instruction is not None]
+    responses = respond(evolver, prompts, [q for _, _, q in answered], [d.get("input") or "" for _, d, _ in answered],
                         desc=f"{desc}: respond", temperature=0.0) if answered else []
-    missing = len(dev) - len(answered)
+    by_method: list[list[tuple[str, Any]]] = [[] for _ in methods]
+    for (k, _, question), response in zip(answered, responses):
+        by_method[k // n].append((question, response))
+    return [_method_score(pairs, n, evolved[m * n:(m + 1) * n]) for m, pairs in enumerate(by_method)]
+
+
+def _method_score(answered: list[tuple[str, Any]], n: int, evolved: list) -> MethodScore:
+    """One method's :class:`MethodScore` from its (evolved instruction, response) pairs on ``n`` dev items."""
+    missing = n - len(answered)
     # a failed response call is a failure, like a response that F catches
-    fails = missing + sum(r.failed or elimination.auto_evol_failure(r.text) for r in responses)
-    rate = fails / len(dev)
+    fails = missing + sum(r.failed or elimination.auto_evol_failure(r.text) for _, r in answered)
+    rate = fails / n
     ratio = 0.0
-    texts = [r.text for r in responses if not r.failed]
+    texts = [r.text for _, r in answered if not r.failed]
     if answered and texts:
-        mean_instruction = sum(len(q) for _, q in answered) / len(answered)
+        mean_instruction = sum(len(q) for q, _ in answered) / len(answered)
         mean_response = sum(len(t) for t in texts) / len(texts)
         ratio = mean_response / mean_instruction if mean_instruction else 0.0
     return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing, success=1.0 - rate,
                        score=(1.0 - rate) * ratio, cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved))
 
 
+def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str, **options) -> MethodScore:
+    """:func:`score_methods` for one method."""
+    return score_methods(evolver, prompts, dev, [method], **options)[0]
+
+
+CHARS_PER_TOKEN = 3.5  # a conservative estimate for English prose (BPE vocabularies average about 4)
+
+
+def answer_budget(optimizer: LLM, method: str, factor: float) -> int:
+    """The optimization turn's max_tokens: ``factor`` times the current method's estimated tokens, never below
+    the role's own ``max_tokens``. A rewrite of a 300-token method must fit, whatever the role's short default
+    for its free-text turns (a method cut mid-way is refused, and on some CPUs every sample ran past 320)."""
+    return max(int(optimizer.role.max_tokens or 0), math.ceil(factor * len(method) / CHARS_PER_TOKEN))
+
+
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
-                    *, candidates: int, controls: Mapping[str, Any] | None = None) -> list[Candidate]:
-    """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns."""
+                    *, candidates: int, controls: Mapping[str, Any] | None = None,
+                    max_tokens: int | None = None) -> list[Candidate]:
+    """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
+    ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
     # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
@@ -179,7 +223,7 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
     answers = dict(zip(asked, optimizer.generate(
         [optimizer.request([analysis,
                             {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j,
-                           controls=merged)
+                           controls=merged, max_tokens=max_tokens)
          for j in asked], desc="optimizer: optimization")))
     out = []
     for j, feedback in enumerate(feedbacks):
@@ -237,6 +281,9 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0", **evolving)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
+    if current.failures == 0 and settings.selection == "lowest_failure":
+        result.notes.append(indistinct_dev_note(len(dev)))
+        print(f"optimize: {result.notes[-1]}", flush=True)
     stale = 0  # steps since the best rate last decreased
     stale_unparsed = 0  # of those, steps whose candidates all failed to parse
     for step in range(1, int(settings.steps) + 1):
@@ -245,11 +292,13 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
                                                 current_method, rounds=int(settings.trajectory_rounds),
                                                 temperature=temperature, **evolving)
         proposals = propose_methods(optimizer, prompts, trajectory, current_method,
-                                    candidates=int(settings.candidates), controls=settings.controls)
-        for c in proposals:
-            if c.method is not None:
-                c.dev = score_method(evolver, prompts, dev, c.method, temperature=temperature,
-                                     desc=f"step {step} candidate {c.index}", **evolving)
+                                    candidates=int(settings.candidates), controls=settings.controls,
+                                    max_tokens=answer_budget(optimizer, current_method, settings.answer_budget))
+        scored = [c for c in proposals if c.method is not None]
+        for c, score in zip(scored, score_methods(evolver, prompts, dev, [c.method for c in scored],
+                                                  temperature=temperature, desc=f"step {step} candidates",
+                                                  **evolving)):
+            c.dev = score
         parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
@@ -283,7 +332,16 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             break
     if result.log and not any(r["parseable_candidates"] for r in result.log):
         result.stop_reason = "no_parseable_candidate"  # the steps ran, but the optimizer never wrote a method
+    result.outcome = outcome(result)
     return result
+
+
+def read_seed_pool(seed: str | Path) -> pl.DataFrame:
+    """The seed stage's whole pool (every seed before ``seed.limit``'s sample), beside its table."""
+    path = Path(seed) / SEED_POOL
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; the seed stage writes it beside {TABLE} (rerun it: dvc repro seed)")
+    return pl.read_parquet(path)
 
 
 def open_models(params: dict) -> dict[str, LLM]:
@@ -320,9 +378,11 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     if problems:
         raise ParamsError(problems)
     items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
-             for r in read_table(seed).select("id", "instruction", "input").to_dicts()]
+             for r in read_seed_pool(seed).select("id", "instruction", "input").to_dicts()]
+    evolved = frozenset(read_table(seed)["id"].to_list())  # the seeds the rounds evolve
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
-    dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
+    dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng,
+                               held_out=evolved)
     models = open_models(params)
     evolve_controls, evolve_max_tokens = evolve_settings.step_format()
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,

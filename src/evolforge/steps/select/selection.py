@@ -17,11 +17,13 @@ neighbour in the pool is closer than it: near-copies, which also get low losses)
 Order of the filters (each one's removals are counted, and an empty selection names the filter that
 emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``require_check``
 (``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``drop_wrong``
-(``verified_wrong``: the verify stage's verdict) -> ``min_confidence`` (``below_min_confidence``) -> ``ifd_filter`` ->
-floors -> metric present -> threshold -> near-duplicate walk (``near_duplicate_of_selected``: an item whose
+(``verified_wrong``: the verify stage's verdict) -> ``require_vouched`` (``not_vouched``: neither the verdict ``right``
+nor a passing answer check) -> ``min_confidence`` (``below_min_confidence``; an item without a confidence goes too) ->
+``ifd_filter`` -> floors -> metric present -> threshold -> near-duplicate walk (``near_duplicate_of_selected``: an item whose
 instruction or answer nearly repeats a better ranked one's, :mod:`evolforge.steps.select.near_duplicates`) ->
 diversity walk / top fraction. The near-duplicate walk, like the diversity walk, gives a dropped item's place to the
-next one down: the budget is the top fraction of the ranked items before it.
+next one down: the budget is the top fraction of the ranked items before it. The vouched items rank ahead of the rest
+(which only ``require_vouched: false`` leaves in): an unverified item never takes a vouched one's place.
 
 Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
 every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the walk stops once
@@ -153,9 +155,10 @@ def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str
         filtering.apply("answer_check_failed", pl.col("answer_check_passed").is_null() | pl.col("answer_check_passed"))
     if settings.drop_wrong and "verify_verdict" in table.columns:  # items never verified stay
         filtering.apply("verified_wrong", pl.col("verify_verdict").is_null() | (pl.col("verify_verdict") != "wrong"))
+    if settings.require_vouched and VOUCHING & set(table.columns):  # a table nothing checked: no pipeline's
+        filtering.apply("not_vouched", vouched(table.columns))
     if settings.min_confidence is not None and "verify_confidence" in table.columns:
-        filtering.apply("below_min_confidence", pl.col("verify_confidence").is_null()
-                        | (pl.col("verify_confidence") >= settings.min_confidence))
+        filtering.apply("below_min_confidence", pl.col("verify_confidence") >= settings.min_confidence)
     if settings.ifd_filter:
         filtering.apply("ifd_above_1", pl.col("ifd").is_not_null() & (pl.col("ifd") <= 1.0))
     if settings.min_loss_instruction is not None:
@@ -168,19 +171,36 @@ def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str
     return filtering
 
 
+VOUCHING = {"verify_verdict", "answer_check_passed"}  # the columns that can vouch for an item
+
+
+def vouched(columns: Sequence[str]) -> pl.Expr:
+    """Items something vouched for: the verify stage's verdict ``right``, or an answer check that passed (a table
+    without either column vouches for nothing)."""
+    checks = []
+    if "verify_verdict" in columns:
+        checks.append(pl.col("verify_verdict") == "right")
+    if "answer_check_passed" in columns:
+        checks.append(pl.col("answer_check_passed"))
+    return pl.any_horizontal(checks).fill_null(False) if checks else pl.lit(False)
+
+
 def _rank(filtering: _Filtering, settings: SelectSettings) -> pl.DataFrame:
-    """The filtered pool ranked: best metric first (ties by id), or shuffled (``random``); items without the
-    metric and, with a threshold, those below it are removed."""
+    """The filtered pool ranked: the vouched items (:func:`vouched`) first, each part best metric first (ties by
+    id) or shuffled (``random``); items without the metric and, with a threshold, those below it are removed."""
     metric = settings.metric
+    first = (~vouched(filtering.pool.columns)).alias("_unvouched")  # False sorts first
     if metric == "random":
         order = list(range(filtering.pool.height))
         random.Random(settings.seed).shuffle(order)
-        ranked = filtering.pool.with_columns(_rank=pl.Series(order, dtype=pl.Int64)).sort("_rank").drop("_rank")
+        ranked = (filtering.pool.with_columns(first, _rank=pl.Series(order, dtype=pl.Int64))
+                  .sort("_unvouched", "_rank").drop("_unvouched", "_rank"))
     else:
         value = pl.col(metric)
         is_float = filtering.pool.schema[metric].is_float()
         filtering.apply("no_metric", value.is_not_null() & (value.is_not_nan() if is_float else pl.lit(True)))
-        ranked = filtering.pool.sort([metric, "id"], descending=[True, False])
+        ranked = (filtering.pool.with_columns(first).sort(["_unvouched", metric, "id"], descending=[False, True, False])
+                  .drop("_unvouched"))
     if settings.threshold is not None:
         filtering.pool = ranked
         filtering.apply("below_threshold", pl.col(metric) >= settings.threshold)

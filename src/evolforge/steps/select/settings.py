@@ -37,9 +37,12 @@ class SelectSettings:
         "help": "drop items whose answer fails its answer check (items without one stay)"})
     drop_wrong: bool = field(default=True, metadata={
         "help": "drop items the verify stage found wrong (skip reason verified_wrong)"})
+    require_vouched: bool = field(default=True, metadata={
+        "help": "select only items vouched for: verify_verdict right, or an answer check passed (not_vouched); "
+                "false lets unsure and unverified items in, ranked after the vouched ones"})
     min_confidence: Probability | None = field(default=None, metadata={
         "help": "floor on verify_confidence, the verify stage's estimated probability that the answer is right; "
-                "items without one stay; null = none"})
+                "items without one (unverified, or unsure for want of evidence) go too; null = none"})
     near_duplicates: Fraction | None = field(default=None, metadata={
         "help": "no two selected items whose instructions (+ input) or answers reach this Jaccard similarity of "
                 "word 3-grams: the better ranked one stays (near_duplicate_of_selected); null = off",
