@@ -89,7 +89,8 @@ def outcome(result: OptimizeResult) -> str:
     n = result.dev_size
     start = f"{result.initial.failures} of {n}"
     if result.best.failure_rate < result.initial.failure_rate:
-        return f"improved: the optimized method fails {result.best.failures} of {n} development items, the initial {start}"
+        return (f"improved: the optimized method fails {result.best.failures} of {n} development items, "
+                f"the initial {start}")
     if not result.log:
         return "kept the initial method: no optimization step ran (optimize.steps: 0)"
     if not any(r["parseable_candidates"] for r in result.log):

@@ -14,16 +14,17 @@ blocks with repeated lines. Two floors counter this: ``min_loss_instruction`` (d
 nats per token, is below it: looping and templated instructions) and ``min_mnd`` (drop items whose nearest
 neighbour in the pool is closer than it: near-copies, which also get low losses).
 
-Order of the filters (each one's removals are counted, and an empty selection names the filter that
-emptied it): rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``require_check``
+Order of the filters (each one's removals are counted, and an empty selection names the filter that emptied it):
+rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``require_check``
 (``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``drop_wrong``
-(``verified_wrong``: the verify stage's verdict) -> ``require_vouched`` (``not_vouched``: neither the verdict ``right``
-nor a passing answer check) -> ``min_confidence`` (``below_min_confidence``; an item without a confidence goes too) ->
-``ifd_filter`` -> floors -> metric present -> threshold -> near-duplicate walk (``near_duplicate_of_selected``: an item whose
-instruction or answer nearly repeats a better ranked one's, :mod:`evolforge.steps.select.near_duplicates`) ->
-diversity walk / top fraction. The near-duplicate walk, like the diversity walk, gives a dropped item's place to the
-next one down: the budget is the top fraction of the ranked items before it. The vouched items rank ahead of the rest
-(which only ``require_vouched: false`` leaves in): an unverified item never takes a vouched one's place.
+(``verified_wrong``: the verify stage's verdict) -> ``require_vouched`` (``not_vouched``: neither the verdict
+``right`` nor a passing answer check) -> ``min_confidence`` (``below_min_confidence``; an item without a confidence
+goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> near-duplicate walk
+(``near_duplicate_of_selected``: an item whose instruction or answer nearly repeats a better ranked one's,
+:mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction. The near-duplicate walk, like the
+diversity walk, gives a dropped item's place to the next one down: the budget is the top fraction of the ranked items
+before it. The vouched items rank ahead of the rest (which only ``require_vouched: false`` leaves in): an unverified
+item never takes a vouched one's place.
 
 Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
 every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the walk stops once
