@@ -641,10 +641,10 @@ def test_candidates_are_scored_together_as_each_alone():
 
 
 def test_the_optimization_turn_fits_the_method_it_rewrites():
-    long_method = "Step 1: list methods. " * 100  # 2,200 characters: over 600 tokens
+    long_method = "Step 1: list methods. " * 100  # 2,200 characters: over 900 tokens at 1.5x
     ran = run({long_method: [fenced("m1 fails=0"), fenced("m2 fails=1")]}, initial=long_method)
     turns = [r for r in ran.optimizer_fake.sent if len(r.messages) == 3]
-    assert turns and {r.max_tokens for r in turns} == {math.ceil(2.0 * len(long_method) / 3.5)}
+    assert turns and {r.max_tokens for r in turns} == {math.ceil(1.5 * len(long_method) / 3.5)}
     short = run({"m0 fails=1": [fenced("m1 fails=0"), fenced("m2 fails=1")]})
     assert {r.max_tokens for r in short.optimizer_fake.sent if len(r.messages) == 3} == {OPTIMIZER_ROLE.max_tokens}
 
@@ -675,3 +675,16 @@ def test_stage_draws_the_dev_set_from_the_pool_outside_the_evolved_seeds(tmp_pat
     (out / "seed" / SEED_POOL).unlink()
     with pytest.raises(ValueError, match="pool.parquet: missing; the seed stage writes it"):
         stage.main(argv)
+
+
+def test_a_method_written_back_unchanged_is_not_scored_again():
+    ran = run({"m0 fails=1": [fenced("m0 fails=1"), fenced("m2 fails=0")]}, initial="m0 fails=1")
+    candidates = ran.result.log[0]["candidates"]
+    assert [c["unchanged"] for c in candidates] == [True, False]
+    assert candidates[0]["dev"]["failures"] == 1
+    evolved_with = [r.messages[-1][1].split(EVOLVE_SPLIT)[0] for r in ran.evolver_fake.sent
+                    if EVOLVE_SPLIT in r.messages[-1][1]]
+    assert evolved_with.count("m0 fails=1") == 4 + 2  # the dev set at step 0 and the trajectory, never again
+    assert evolved_with.count("m2 fails=0") == 4
+    echo = run({"m0 fails=1": [fenced("m0 fails=1"), fenced("m0 fails=1")]}, initial="m0 fails=1")
+    assert echo.result.outcome == "kept the initial method: every method the optimizer wrote was the current one, unchanged"

@@ -45,6 +45,7 @@ class Candidate:
     method: str | None
     parse_error: str | None
     dev: MethodScore | None = None
+    unchanged: bool = False  # the method written back as it was (scored as the current method, no calls)
 
 
 @dataclass
@@ -97,7 +98,9 @@ def outcome(result: OptimizeResult) -> str:
         return "kept the initial method: the optimizer wrote no parseable method in any step"
     if result.initial.failures == 0:
         return f"kept the initial method: it fails none of the {n} development items, so nothing can measure better"
-    tried = [c for r in result.log for c in r["candidates"] if c.get("dev")]
+    tried = [c for r in result.log for c in r["candidates"] if c.get("dev") and not c.get("unchanged")]
+    if not tried:
+        return "kept the initial method: every method the optimizer wrote was the current one, unchanged"
     fewest = min(c["dev"]["failures"] for c in tried) if tried else None
     return (f"kept the initial method: it fails {start} development items and no candidate failed fewer "
             f"(the best of {len(tried)} failed {fewest})")
@@ -144,7 +147,7 @@ def loop(result: OptimizeResult) -> list[dict]:
             dev = c.get("dev") or {}
             candidates.append({"index": c["index"], "parsed": c["method"] is not None, "parse_error": c["parse_error"],
                                "failure_rate": dev.get("failure_rate"), "failures": dev.get("failures"),
-                               "missing_marker": dev.get("missing_marker"),
+                               "missing_marker": dev.get("missing_marker"), "unchanged": c.get("unchanged", False),
                                "method_chars": len(c["method"]) if c["method"] is not None else None})
         rows.append({"step": r["step"], "candidates": candidates, "chosen": r["chosen"],
                      "current_failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"],

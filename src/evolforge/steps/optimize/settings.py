@@ -48,7 +48,7 @@ class OptimizeSettings:
         "help": "fall back to hand-written methods | stop | evolve anyway"})
     controls: ControlSettings = field(default_factory=dict, metadata={
         "help": "of the optimization turn, over roles.optimizer's"})
-    answer_budget: Annotated[float, Gt(0)] = field(default=2.0, metadata={"help": (
+    answer_budget: Annotated[float, Gt(0)] = field(default=1.5, metadata={"help": (
         "the optimization turn's max_tokens as a multiple of the current method's length in tokens (estimated at "
         "3.5 characters a token), never below roles.optimizer.max_tokens: the rewritten method must fit")})
     on_unparseable: Literal["continue", "stop"] = field(default="continue", metadata={"help": (

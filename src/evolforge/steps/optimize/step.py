@@ -294,7 +294,10 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
         proposals = propose_methods(optimizer, prompts, trajectory, current_method,
                                     candidates=int(settings.candidates), controls=settings.controls,
                                     max_tokens=answer_budget(optimizer, current_method, settings.answer_budget))
-        scored = [c for c in proposals if c.method is not None]
+        for c in proposals:  # a method written back unchanged is the current one: its score is known
+            if c.method is not None and c.method.strip() == current_method.strip():
+                c.dev, c.unchanged = current, True
+        scored = [c for c in proposals if c.method is not None and not c.unchanged]
         for c, score in zip(scored, score_methods(evolver, prompts, dev, [c.method for c in scored],
                                                   temperature=temperature, desc=f"step {step} candidates",
                                                   **evolving)):
