@@ -193,6 +193,9 @@ def test_verify_responses_pass_rates():
     assert out["response_verified"].to_list() == [True, True]
     out = verify_responses(table, functions, AutoIFSettings(case_timeout_s=1, response_min_pass=0.75))
     assert out["response_verified"].to_list() == [True, False]
+    # the verdict is the item's answer check, which the verify stage takes and select counts as vouching
+    assert out["answer_check_passed"].to_list() == [True, False]
+    assert out["answer_check_detail"].to_list()[1].startswith("AutoIF: 1 of 2 of the constraint's verification")
 
 
 def test_settings_refuse_unknown_keys_with_their_path():

@@ -51,6 +51,8 @@ AUTOIF_RESPONSES: Columns = {
     **LINEAGE_TYPES, "instruction": pl.String, "input": pl.String, "evolve_template_hash": pl.String,
     "evolver_model": pl.String, "output": pl.String, "response_template_hash": pl.String,
     "constraint_id": pl.String, "query_id": pl.String, "pass_rate": pl.Float64, "response_verified": pl.Boolean,
+    # response_verified again, as the item's answer check (verify and select read it; null: not verified)
+    "answer_check_passed": pl.Boolean, "answer_check_detail": pl.String,
 }
 
 # what dedup adds to the items it drops (data/dedup/removed.parquet)

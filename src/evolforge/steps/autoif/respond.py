@@ -31,7 +31,10 @@ from evolforge.steps.common.function_runs import Runner, run_all, run_function
 from evolforge.steps.common.source import build_seed
 
 
-VERDICT = ("pass_rate", "response_verified")  # what verify_responses adds
+# what verify_responses adds: the share of functions that accept a response, its verdict, and the same verdict as the
+# item's answer check (the column the verify and select stages read: AutoIF's functions are this item's check, of the
+# constraint's form, not of the answer's content, as the original AutoIF verifies its responses)
+VERDICT = ("pass_rate", "response_verified", "answer_check_passed", "answer_check_detail")
 
 
 def select_queries(queries: pl.DataFrame, source: QuerySource) -> pl.DataFrame:
@@ -92,9 +95,13 @@ def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: Aut
     for (ids, _, _), run in zip(jobs, outcomes):
         for item_id, result in zip(ids, run.results):
             votes.setdefault(item_id, []).append(result is True)
-    rates = [sum(votes[i]) / len(votes[i]) if votes.get(i) else None for i in table["id"].to_list()]
+    ids = table["id"].to_list()
+    rates = [sum(votes[i]) / len(votes[i]) if votes.get(i) else None for i in ids]
+    details = [f"AutoIF: {sum(votes[i])} of {len(votes[i])} of the constraint's verification functions accept it "
+               f"(autoif.response_min_pass {settings.response_min_pass})" if votes.get(i) else None for i in ids]
     return table.with_columns(pass_rate=pl.Series(rates, dtype=pl.Float64)).with_columns(
-        response_verified=pl.col("pass_rate") >= settings.response_min_pass)
+        response_verified=pl.col("pass_rate") >= settings.response_min_pass).with_columns(
+        answer_check_passed=pl.col("response_verified"), answer_check_detail=pl.Series(details, dtype=pl.String))
 
 
 def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
@@ -134,7 +141,9 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
     if cfg.verify_responses:
         table = verify_responses(table, functions, cfg)
     else:
-        table = table.with_columns(pass_rate=pl.lit(None, pl.Float64), response_verified=pl.lit(None, pl.Boolean))
+        table = table.with_columns(pass_rate=pl.lit(None, pl.Float64), response_verified=pl.lit(None, pl.Boolean),
+                                   answer_check_passed=pl.lit(None, pl.Boolean),
+                                   answer_check_detail=pl.lit(None, pl.String))
     rejected = table.filter(pl.col("response_verified") == False).with_columns(  # noqa: E712 (null = not checked)
         status=pl.lit(FAILED), failure_reason=pl.lit("response_not_verified"))
     kept = table.filter(pl.col("response_verified").is_null() | pl.col("response_verified")).select(
