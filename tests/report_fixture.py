@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from evolforge.steps.judge.levels import LEVELS
+from evolforge.steps.common.difficulty import LEVELS
 
 from evolforge.steps.judge.step import level_distribution
 from evolforge.io.records import make_id, write_json, write_output

@@ -6,9 +6,9 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from evolforge.steps.judge.levels import LEVELS, SCORES
+from evolforge.steps.common.difficulty import LEVELS, SCORES
 
-from evolforge.steps.judge.step import judge
+from evolforge.steps.common.difficulty import judge
 from evolforge.core.prompts import PromptLibrary
 from evolforge.config.backend_specs import OpenAISettings
 from evolforge.config.roles import Role

@@ -20,8 +20,8 @@ from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
 from evolforge.llm.backends.fake import FakeBackend
-from evolforge.steps.judge.levels import LEVELS, SCORES
-from evolforge.steps.judge.step import judge
+from evolforge.steps.common.difficulty import LEVELS, SCORES
+from evolforge.steps.common.difficulty import judge
 from evolforge.steps.select.selection import select_items
 from evolforge.llm.ranking import choice_probabilities, expected_value
 

@@ -7,9 +7,10 @@ import math
 import polars as pl
 import pytest
 
-from evolforge.steps.judge.levels import LEVELS
+from evolforge.steps.common.difficulty import LEVELS
 
-from evolforge.steps.judge.step import judge, level_distribution, parse_level, parse_score
+from evolforge.steps.common.difficulty import judge, parse_level, parse_score
+from evolforge.steps.judge.step import level_distribution
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend

@@ -42,7 +42,7 @@ from evolforge.io.records import LINEAGE
 from evolforge.llm.backends.openai.served import served_model_identity
 from evolforge.llm.cached import open_llm
 from evolforge.steps.evolve.step import evolve_round
-from evolforge.steps.judge.step import LEVELS, judge
+from evolforge.steps.common.difficulty import LEVELS, judge
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("no_proxy")]
 
@@ -191,7 +191,7 @@ def test_judge_expected_values_are_the_in_process_ones(server, gguf_folder):
     from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
     from evolforge.llm.backends.openai.client import OpenAIBackend
     from evolforge.llm.ranking import choice_probabilities, expected_value
-    from evolforge.steps.judge.step import LEVEL_TEMPLATE, SCORE_TEMPLATES, SCORES
+    from evolforge.steps.common.difficulty import LEVEL_TEMPLATE, SCORE_TEMPLATES, SCORES
 
     local = LlamaCppBackend(str(gguf_folder), threads=1)
     fields = served_params(server, gguf_folder)["roles"]["judge"]

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round
-from evolforge.steps.judge.step import judge
+from evolforge.steps.common.difficulty import judge
 from evolforge.steps.optimize.step import propose_methods, score_method
 from evolforge.steps.respond.step import _kept, answer
 from evolforge.llm.cache import CallCache

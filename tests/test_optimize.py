@@ -362,7 +362,7 @@ def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14, evolve: dict | 
         "roles": {name: {"backend": "hf", "model": str(tmp_path / "no-such-model")} for name in ("evolver", "optimizer")},
         "optimize": {"initial_method": "initial", "steps": 2, "candidates": 2, "batch_size": 2, "dev_size": 4,
                      "trajectory_rounds": 1, "patience": 1, "selection": "lowest_failure",
-                     "evolver_temperature": 0.0, "seed": 0},
+                     "evolver_temperature": 0.0, "seed": 0, "judge_difficulty": False},
         "evolve": {"strategy": strategy, **(evolve or {})},
     }
     (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
@@ -392,7 +392,7 @@ def test_stage_writes_method_log_metrics_and_plot(tmp_path, monkeypatch):
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: fails(m) > int(q.split()[-1]) % 4)), None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails={j}")), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     stage.main(argv)
     method = (out / "method" / "method.txt").read_text(encoding="utf-8")
@@ -421,7 +421,7 @@ def test_step_format_calls_use_the_method_controls_and_budget(tmp_path, monkeypa
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
     evolver = LLM(evolver_fake, None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails=0")), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, _ = stage_setup(tmp_path, "auto", evolve={"controls": {"stop": ["\n\n"]}, "max_tokens": 96, **method})
     stage.main(argv)
     evolving = [r for r in evolver_fake.sent if EVOLVE_SPLIT in r.messages[-1][1]]
@@ -514,7 +514,7 @@ def unusable_stage(tmp_path, monkeypatch, on_unusable):
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: True)), None, role=EVOLVER_ROLE)  # every answer asks back
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: UNPARSEABLE), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     params = json.loads((out / "params.yaml").read_text())
     params["optimize"].update(on_unusable=on_unusable, unusable_failure_rate=0.9)
@@ -667,7 +667,7 @@ def test_stage_draws_the_dev_set_from_the_pool_outside_the_evolved_seeds(tmp_pat
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: False)), None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails=0")), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     stage.main(argv)
     meta = json.loads((out / "method" / "meta.json").read_text())
@@ -688,3 +688,33 @@ def test_a_method_written_back_unchanged_is_not_scored_again():
     assert evolved_with.count("m2 fails=0") == 4
     echo = run({"m0 fails=1": [fenced("m0 fails=1"), fenced("m0 fails=1")]}, initial="m0 fails=1")
     assert echo.result.outcome == "kept the initial method: every method the optimizer wrote was the current one, unchanged"
+
+
+def test_stage_judges_the_dev_set_under_both_methods(tmp_path, monkeypatch):
+    """``judge_difficulty``: the dev seeds, their evolutions with the initial method and with the result, each judged
+    once; the evolutions are the scoring runs' own (read back, not asked again)."""
+    stage = load_stage()
+    evolver_fake = FakeBackend(evolver_reply(lambda m, q: m == "initial"))  # the initial method fails every item
+    evolver = LLM(evolver_fake, CallCache(tmp_path / "calls.sqlite"), role=EVOLVER_ROLE)
+    optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails=0")), model="fake-opt"), None)
+    # the fake judge scores an evolved instruction by its method tag: 70 for the result (m0), 40 for the initial
+    judged = []
+
+    def score(request):
+        query = request.messages[-1][1]
+        judged.append(query)
+        return "70" if "[m0 fails=0]" in query else "40" if "[initial]" in query else "10"
+    judge = LLM(FakeBackend(score, model="fake-judge"), None, role=Role(name="judge", backend="hf", model="fake"))
+    monkeypatch.setattr(optimize_step, "open_models",
+                        lambda params, judge_role=False, **kw: dict(evolver=evolver, optimizer=optimizer, judge=judge))
+    argv, out = stage_setup(tmp_path, "auto")
+    params = json.loads((tmp_path / "params.yaml").read_text())
+    params["optimize"].update(judge_difficulty=True, steps=1)
+    params["judge"] = {"probabilities": False, "constrain": True}
+    (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")
+    stage.main(argv)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dev_difficulty"] == {"measure": "difficulty_score", "seeds": {"items": 4, "mean": 10.0},
+                                         "initial": {"items": 4, "mean": 40.0}, "method": {"items": 4, "mean": 70.0}}
+    assert len(judged) == 12 and metrics["llm"]["judge"]["calls"] == 12
+    assert sum(EVOLVE_SPLIT in r.messages[-1][1] for r in evolver_fake.sent) == 4 + 2 + 2 * 4  # nothing asked again

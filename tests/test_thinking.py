@@ -21,7 +21,7 @@ from evolforge.llm.cached import open_llm
 from evolforge.llm.thinking import separate, split
 from evolforge.llm.types import Completion
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round
-from evolforge.steps.judge.step import judge
+from evolforge.steps.common.difficulty import judge
 from evolforge.steps.respond.step import KEEP, answer
 from fake_openai import FakeOpenAIServer, chat_body
 

@@ -27,7 +27,7 @@ from evolforge.io.records import EVOLVED, TABLE
 from evolforge.report.spend import spend
 from evolforge.report.summary import headline
 from evolforge.score.histogram import histogram
-from evolforge.steps.judge.levels import LEVELS
+from evolforge.steps.common.difficulty import LEVELS
 from evolforge.steps.common.verification import COLUMNS as VERIFY_COLUMNS, evidence_line
 from evolforge.steps.common.funnel import evolved_rounds, funnel, json_at, provenance, table_at
 from evolforge.steps.common.layout import Layout

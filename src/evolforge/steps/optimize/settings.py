@@ -51,6 +51,10 @@ class OptimizeSettings:
     answer_budget: Annotated[float, Gt(0)] = field(default=1.5, metadata={"help": (
         "the optimization turn's max_tokens as a multiple of the current method's length in tokens (estimated at "
         "3.5 characters a token), never below roles.optimizer.max_tokens: the rewritten method must fit")})
+    judge_difficulty: bool = field(default=True, metadata={"help": (
+        "judge the development set's evolved instructions under the initial and the resulting method (and the dev "
+        "seeds themselves) with roles.judge, as the judge section asks: their mean difficulty in the metrics, the "
+        "paper's comparison of methods on the evolved data; false: no judge calls")})
     on_unparseable: Literal["continue", "stop"] = field(default="continue", metadata={"help": (
         "a step none of whose candidates parsed (warned in the stage log, metrics/optimize.json and the report): "
         "continue (the next step samples again; patience and on_unusable judge the result) | stop (the stage "

@@ -62,6 +62,7 @@ from evolforge.config.loader import load_section
 from evolforge.config.runtime import load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.core.prompts import PromptLibrary
+from evolforge.core.text import question_text
 from evolforge.io.records import (SEED_POOL, TABLE, VERSIONS, atomic_dir, output_versions, read_table, write_json,
                                   write_jsonl)
 from evolforge.config.optimize_answer import OPENER, answer_problems
@@ -73,7 +74,9 @@ from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE,
                                              evolve_with_methods, initial_method_text)
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note, outcome,
                                              summary, unparseable_warning, usability)
+from evolforge.steps.common.difficulty import SCORE_TEMPLATES, difficulty_scores
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond
+from evolforge.steps.judge.settings import JudgeSettings
 
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
@@ -347,8 +350,42 @@ def read_seed_pool(seed: str | Path) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
-def open_models(params: dict) -> dict[str, LLM]:
-    """Evolver and optimizer LLMs (one loaded model when both roles name the same one)."""
+def dev_difficulty(result: OptimizeResult, dev: list[dict], judge: LLM, prompts: PromptLibrary,
+                   settings: JudgeSettings, evolver: LLM, temperature: float, **evolving) -> dict[str, Any]:
+    """The judge's mean difficulty (0-100; the expected score with ``judge.probabilities``) of the development
+    seeds and of their evolutions under the initial and the resulting method: the evolutions are the scoring
+    runs' own (the same requests, read back from the call cache), those without a final instruction left out."""
+    methods = list(dict.fromkeys([result.initial_method, result.method]))
+    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods, temperature=temperature,
+                                  desc="dev difficulty: evolutions", **evolving)
+    inputs = [d.get("input") or "" for d in dev]
+    texts = {"seeds": [question_text(d["instruction"], x) for d, x in zip(dev, inputs)]}
+    for k, name in enumerate(methods):
+        part = evolved[k * len(dev):(k + 1) * len(dev)]
+        texts["initial" if name == result.initial_method else "method"] = [
+            question_text(e.instruction, x) for e, x in zip(part, inputs) if e.instruction is not None]
+    queries = [q for group in texts.values() for q in group]
+    scores = difficulty_scores(queries, judge, prompts, score_prompt=settings.score_prompt,
+                               max_tokens=settings.max_tokens, constrain=settings.constrain,
+                               probabilities=settings.probabilities, desc="dev difficulty: judge")
+    out: dict[str, Any] = {"measure": "difficulty_expected" if settings.probabilities else "difficulty_score"}
+    start = 0
+    for name, group in texts.items():
+        values = [v for v in scores[start:start + len(group)] if v is not None]
+        start += len(group)
+        out[name] = {"items": len(values), "mean": sum(values) / len(values) if values else None}
+    out.setdefault("method", out["initial"])  # the initial method kept: one set of evolutions
+    return out
+
+
+def _mean(group: dict) -> str:
+    return "-" if group["mean"] is None else f"{group['mean']:.1f} ({group['items']} items)"
+
+
+def open_models(params: dict, judge: bool = False) -> dict[str, LLM]:
+    """Evolver and optimizer LLMs, and the judge with ``judge`` (one loaded model where the roles name the same)."""
+    if judge:
+        return open_roles(load_llm_params(params, ("evolver", "optimizer", "judge")))
     return open_roles(load_llm_params(params, ("evolver", "optimizer")))
 
 
@@ -369,6 +406,8 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     initial = initial_method_text(prompts, settings.initial_method)
     templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE, ANALYSIS_TEMPLATE,
                  OPTIMIZATION_TEMPLATE]
+    if settings.judge_difficulty:
+        templates.append(SCORE_TEMPLATES[load_section(params, "judge", JudgeSettings).score_prompt])
     meta = {"templates": {t: prompts.hash(t) for t in templates}, "params": dataclasses.asdict(settings),
             "evolve_strategy": strategy}
     if strategy != "auto":
@@ -386,11 +425,18 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
     dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng,
                                held_out=evolved)
-    models = open_models(params)
+    models = open_models(params, judge=settings.judge_difficulty)
+    judge = models.pop("judge", None)
     evolve_controls, evolve_max_tokens = evolve_settings.step_format()
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
                              evolve_controls=evolve_controls, evolve_max_tokens=evolve_max_tokens,
                              few_shot=evolve_settings.few_shot, **models)
+    print(f"optimize: {result.outcome}", flush=True)
+    difficulty = None
+    if judge is not None:
+        difficulty = dev_difficulty(result, dev, judge, prompts, load_section(params, "judge", JudgeSettings),
+                                    models["evolver"], settings.evolver_temperature, controls=evolve_controls,
+                                    max_tokens=evolve_max_tokens, few_shot=evolve_settings.few_shot)
     usable = usability(result, settings)
     if usable["message"]:
         print(f"optimize: {usable['message']}")
@@ -400,10 +446,15 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
                 fallback_reason=usable["message"] if usable["fallback"] else None,
                 models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})
     write_method(out, result.method, result.log, meta)
-    metrics = summary(result, {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats}, usable)
+    stats = {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats}
+    metrics = summary(result, stats | ({"judge": judge.stats} if judge is not None else {}), usable)
+    metrics["dev_difficulty"] = difficulty
     return Outputs(metrics,
                    f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
                             f"in {result.steps_run} step(s) ({result.stop_reason}; "
                             f"{metrics['parseable_candidates']} of "
-                            f"{metrics['candidates_proposed']} candidates parsed) -> {Path(out) / 'method.txt'}",
+                            f"{metrics['candidates_proposed']} candidates parsed) -> {Path(out) / 'method.txt'}"
+                            + (f"; difficulty of the dev seeds {_mean(difficulty['seeds'])}, evolved with the "
+                               f"initial method {_mean(difficulty['initial'])}, with the result "
+                               f"{_mean(difficulty['method'])}" if difficulty else ""),
                    plot=metrics["per_step"])
