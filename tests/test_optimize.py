@@ -29,7 +29,8 @@ from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.optimize import step as optimize_step
-from evolforge.steps.optimize.step import (OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
+from evolforge.steps.evolve.settings import EvolveSettings
+from evolforge.steps.optimize.step import (FailureRules, OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
                                            parse_optimized_method, score_method, score_methods, select_candidate,
                                            split_dev_pool)
 from evolforge.steps.optimize.result import Candidate, MethodScore, summary, usability
@@ -718,3 +719,28 @@ def test_stage_judges_the_dev_set_under_both_methods(tmp_path, monkeypatch):
                                          "initial": {"items": 4, "mean": 40.0}, "method": {"items": 4, "mean": 70.0}}
     assert len(judged) == 12 and metrics["llm"]["judge"]["calls"] == 12
     assert sum(EVOLVE_SPLIT in r.messages[-1][1] for r in evolver_fake.sent) == 4 + 2 + 2 * 4  # nothing asked again
+
+
+def test_elimination_failures_are_the_rounds_rules():
+    """``failure: elimination``: an evolution the rounds would drop (unchanged, chatter) fails the dev set too, with
+    the rule that dropped it; under rule_f only F and a missing marker count."""
+    dev = [{"id": f"id{i}", "instruction": f"Write a short poem about the number {i}.", "input": ""} for i in range(4)]
+
+    def reply(request):
+        prompt = request.messages[-1][1]
+        if EVOLVE_SPLIT in prompt:
+            method, instruction = prompt.rsplit(EVOLVE_SPLIT, 1)
+            final = {"same": instruction, "chatty": "What would you like me to rewrite?"}.get(
+                method, f"Write {instruction} as a limerick.")
+            return f"Step 4 #Finally Rewritten Instruction#:\n{final}"
+        return "Done: an answer."
+    evolve = EvolveSettings()
+    for kind, expected in (("rule_f", [0, 0, 0]), ("elimination", [4, 4, 0])):
+        rules = FailureRules.of(kind, evolve)
+        scores = score_methods(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev,
+                               ["same", "chatty", "fine"], temperature=0.0, rules=rules)
+        assert [s.failures for s in scores] == expected
+    assert scores[0].failures_by_reason == {"unchanged": 4} and scores[1].failures_by_reason == {"asks_user_for_input": 4}
+    off = FailureRules.of("elimination", EvolveSettings(elimination={"unchanged": False}))
+    assert score_method(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, "same", temperature=0.0,
+                        rules=off).failures == 0

@@ -33,6 +33,7 @@ class MethodScore:
     success: float  # 1 - failure_rate
     score: float  # success x mean response chars / mean evolved-instruction chars (reference code)
     cut_at_max_tokens: int = 0  # evolved answers that stopped at max_tokens (the usual cause of a missing marker)
+    failures_by_reason: dict[str, int] = field(default_factory=dict)  # the failures, by the rule that failed each
 
 
 @dataclass

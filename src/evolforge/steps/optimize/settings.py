@@ -38,6 +38,12 @@ class OptimizeSettings:
         "help": "lowest_failure (the paper: the candidate with the lowest dev failure rate) | no_regression (the "
                 "reference code)",
         "paper": "lowest_failure"})
+    failure: Literal["rule_f", "elimination"] = field(default="rule_f", metadata={
+        "help": "what fails a development item's evolution: rule_f (the papers' failure function F on the evolver's "
+                "answer; a missing final-instruction marker fails too) | elimination (the rounds' own rules, "
+                "evolve.elimination and evolve.repetition: the evolved text's rules, then its answer's, F among them; "
+                "the judge's checks left out)",
+        "paper": "rule_f"})
     evolver_temperature: NonNegativeFloat = field(default=0.0, metadata={
         "help": "the evol LLM's temperature in the development runs",
         "paper": "0"})

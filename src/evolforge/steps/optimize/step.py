@@ -10,7 +10,9 @@ One step t, starting from the current method e_{t-1}:
    and each is still cached on its own;
 3. every candidate that parses evolves the whole development set; the evolver (temperature 0) answers
    each evolved instruction and the failure function F counts failures: the evol failure rate
-   lambda = failures / dev size. A missing ``#Finally Rewritten Instruction#`` is a failure without a response;
+   lambda = failures / dev size. A missing ``#Finally Rewritten Instruction#`` is a failure without a response.
+   ``optimize.failure: elimination`` counts the rounds' own elimination rules instead (:class:`FailureRules`):
+   an unchanged or chatty rewrite fails too, as it fails in a round;
 4. a selection rule picks e_t (or keeps e_{t-1}).
 
 Selection rules (``optimize.selection``):
@@ -52,6 +54,7 @@ import dataclasses
 import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,7 +63,7 @@ import polars as pl
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.config.runtime import load_llm_params
-from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSection, EvolveSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
 from evolforge.io.records import (SEED_POOL, TABLE, VERSIONS, atomic_dir, output_versions, read_table, write_json,
@@ -69,8 +72,9 @@ from evolforge.config.optimize_answer import OPENER, answer_problems
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
-from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method,
+from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, evolve_with_method,
                                              evolve_with_methods, initial_method_text)
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note, outcome,
                                              summary, unparseable_warning, usability)
@@ -153,10 +157,48 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
     return cases, unparsed
 
 
+@dataclass(frozen=True)
+class FailureRules:
+    """What fails a development item's evolution (``optimize.failure``): ``rule_f`` (the papers' F on the evolver's
+    answer to the evolved instruction, a missing final-instruction marker failing too) or ``elimination`` (the
+    rounds' own rules, as ``evolve.elimination`` and ``evolve.repetition`` set them: the evolved instruction's text
+    rules, then its answer's, F among them; the judge's checks are left out, they cost calls)."""
+
+    kind: str = "rule_f"
+    instruction: tuple[tuple[str, bool], ...] = ()  # evolve.elimination's switches of the text rules
+    response: tuple[tuple[str, bool], ...] = ()  # ... and of the answer's
+    repetition: elimination.RepetitionTest = elimination.RepetitionTest()
+
+    @classmethod
+    def of(cls, kind: str, evolve: EvolveSettings) -> "FailureRules":
+        return cls(kind, tuple((k, evolve.rule(k)) for k in INSTRUCTION_RULES),
+                   tuple((k, evolve.rule(k)) for k in RESPONSE_RULES), elimination.repetition_test(evolve.repetition))
+
+    def instruction_failure(self, parent: str, evolution: Evolution) -> str | None:
+        """Why the evolution fails before it is answered, or None."""
+        if evolution.instruction is None:  # as a round: an answer cut before the marker fails by the cut
+            cut = self.kind == "elimination" and dict(self.instruction).get("truncated", True)
+            return elimination.TRUNCATED if cut and evolution.finish_reason == "length" else elimination.MISSING_MARKER
+        if self.kind != "elimination":
+            return None
+        return elimination.instruction_failure(parent, evolution.instruction, finish_reason=evolution.finish_reason,
+                                               repetition=self.repetition, **dict(self.instruction))
+
+    def response_failure(self, response: Completion) -> str | None:
+        """Why the answer to a surviving evolution fails it, or None (a failed call fails it with its reason)."""
+        if response.failed:
+            return response.failure_reason or "failed"
+        if self.kind != "elimination":
+            return elimination.AUTO_FAILURE if elimination.auto_evol_failure(response.text) else None
+        return elimination.response_failure(response.text, **dict(self.response))
+
+
 def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
                   *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                  max_tokens: int | None = None, few_shot: bool = False) -> list[MethodScore]:
-    """Evolve the development set with each of ``methods``, answer each evolved instruction, count F failures.
+                  max_tokens: int | None = None, few_shot: bool = False,
+                  rules: FailureRules = FailureRules()) -> list[MethodScore]:
+    """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
+    already, and count the failures (``rules``: :class:`FailureRules`).
 
     All methods' evolutions go to the evolver as one call, then all their answers as one: a step's candidates
     fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
@@ -168,30 +210,39 @@ def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods
     evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
                                   temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
                                   controls=controls, few_shot=few_shot)
-    answered = [(k, d, e.instruction) for k, (d, e) in enumerate(zip(dev * len(methods), evolved))
-                if e.instruction is not None]
-    responses = respond(evolver, prompts, [q for _, _, q in answered], [d.get("input") or "" for _, d, _ in answered],
+    reasons: list[str | None] = [rules.instruction_failure(d["instruction"], e)
+                                 for d, e in zip(dev * len(methods), evolved)]
+    answered = [k for k, why in enumerate(reasons) if why is None]
+    responses = respond(evolver, prompts, [evolved[k].instruction for k in answered],
+                        [dev[k % n].get("input") or "" for k in answered],
                         desc=f"{desc}: respond", temperature=0.0) if answered else []
-    by_method: list[list[tuple[str, Any]]] = [[] for _ in methods]
-    for (k, _, question), response in zip(answered, responses):
-        by_method[k // n].append((question, response))
-    return [_method_score(pairs, n, evolved[m * n:(m + 1) * n]) for m, pairs in enumerate(by_method)]
+    texts: list[str | None] = [None] * len(evolved)
+    for k, response in zip(answered, responses):
+        reasons[k] = rules.response_failure(response)
+        texts[k] = None if response.failed else response.text
+    return [_method_score(evolved[m * n:(m + 1) * n], reasons[m * n:(m + 1) * n], texts[m * n:(m + 1) * n])
+            for m in range(len(methods))]
 
 
-def _method_score(answered: list[tuple[str, Any]], n: int, evolved: list) -> MethodScore:
-    """One method's :class:`MethodScore` from its (evolved instruction, response) pairs on ``n`` dev items."""
-    missing = n - len(answered)
-    # a failed response call is a failure, like a response that F catches
-    fails = missing + sum(r.failed or elimination.auto_evol_failure(r.text) for _, r in answered)
+def _method_score(evolved: list[Evolution], reasons: list[str | None], texts: list[str | None]) -> MethodScore:
+    """One method's :class:`MethodScore` on the development set: its evolutions, each one's failure (None: it
+    evolved) and the answer each got (None: not answered, or the call failed)."""
+    n = len(evolved)
+    fails = sum(r is not None for r in reasons)
     rate = fails / n
     ratio = 0.0
-    texts = [r.text for _, r in answered if not r.failed]
-    if answered and texts:
-        mean_instruction = sum(len(q) for q, _ in answered) / len(answered)
-        mean_response = sum(len(t) for t in texts) / len(texts)
-        ratio = mean_response / mean_instruction if mean_instruction else 0.0
-    return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing, success=1.0 - rate,
-                       score=(1.0 - rate) * ratio, cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved))
+    pairs = [(e.instruction, t) for e, t in zip(evolved, texts) if t is not None]
+    if pairs:  # the reference code's length ratio, over the evolutions that were answered
+        mean_instruction = sum(len(q) for q, _ in pairs) / len(pairs)
+        ratio = (sum(len(t) for _, t in pairs) / len(pairs)) / mean_instruction if mean_instruction else 0.0
+    by_reason: dict[str, int] = {}
+    for r in reasons:
+        if r is not None:
+            by_reason[r] = by_reason.get(r, 0) + 1
+    return MethodScore(failure_rate=rate, failures=fails, missing_marker=sum(e.instruction is None for e in evolved),
+                       success=1.0 - rate, score=(1.0 - rate) * ratio,
+                       cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved),
+                       failures_by_reason=dict(sorted(by_reason.items())))
 
 
 def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str, **options) -> MethodScore:
@@ -274,14 +325,16 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
-                    evolve_max_tokens: int | None = None, few_shot: bool = False) -> OptimizeResult:
+                    evolve_max_tokens: int | None = None, few_shot: bool = False,
+                    rules: FailureRules = FailureRules()) -> OptimizeResult:
     """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
     ``evolve_controls``, ``evolve_max_tokens``: the step-format calls' (``EvolveSettings.step_format``), for
     the evolving calls (the method is scored as the rounds use it)."""
     temperature = settings.evolver_temperature
     current_method = initial_method
     evolving = dict(controls=evolve_controls, max_tokens=evolve_max_tokens, few_shot=few_shot)
-    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0", **evolving)
+    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0", rules=rules,
+                           **evolving)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
     if current.failures == 0 and settings.selection == "lowest_failure":
@@ -303,7 +356,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
         scored = [c for c in proposals if c.method is not None and not c.unchanged]
         for c, score in zip(scored, score_methods(evolver, prompts, dev, [c.method for c in scored],
                                                   temperature=temperature, desc=f"step {step} candidates",
-                                                  **evolving)):
+                                                  rules=rules, **evolving)):
             c.dev = score
         parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
@@ -430,7 +483,8 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     evolve_controls, evolve_max_tokens = evolve_settings.step_format()
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
                              evolve_controls=evolve_controls, evolve_max_tokens=evolve_max_tokens,
-                             few_shot=evolve_settings.few_shot, **models)
+                             few_shot=evolve_settings.few_shot,
+                             rules=FailureRules.of(settings.failure, evolve_settings), **models)
     print(f"optimize: {result.outcome}", flush=True)
     difficulty = None
     if judge is not None:
