@@ -203,21 +203,23 @@ def test_a_prefix_grammar_holds_the_stop_strings_after_the_prefix():
 
 def test_a_stage_control_is_refused_where_it_is_written():
     from evolforge.config.servers import server_problems
+    from evolforge.schema import asked_of_roles
 
     params = {"roles": {"evolver": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"},
                         "judge": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"}},
               "evolve": {"strategy": "evol", "controls": {"no_repeat_ngram_size": 4, "banned_strings": ["x"]}},
               "judge": {"probabilities": True}}
-    problems = server_problems(params)
+    asked = asked_of_roles(params)
+    problems = server_problems(params, asked)
     assert any(p.startswith("evolve.controls.no_repeat_ngram_size: an OpenAI-compatible server (roles.evolver) "
                             "cannot honour") for p in problems)
     assert not any("banned_strings" in p for p in problems)
     assert not any(p.startswith("judge.probabilities") for p in problems)  # every kind ranks (a walk of top_logprobs)
-    found = server_problems(params, {"evolver": "openai", "judge": "openai"})
+    found = server_problems(params, asked, {"evolver": "openai", "judge": "openai"})
     assert any(p.startswith("evolve.controls.banned_strings: backend 'openai' (roles.evolver) cannot") for p in found)
     assert not any(p.startswith("judge.probabilities") for p in found)
     # vLLM's echoed prompt log-probabilities need the served model's tokenizer
-    vllm = server_problems(params, {"evolver": "vllm", "judge": "vllm"})
+    vllm = server_problems(params, asked, {"evolver": "vllm", "judge": "vllm"})
     assert any(p.startswith("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer") for p in vllm)
 
 
@@ -230,6 +232,7 @@ def test_the_documented_server_blocks_are_valid_params():
     import yaml
 
     from evolforge.config.servers import server_problems
+    from evolforge.schema import asked_of_roles
 
     readme = (Path(__file__).resolve().parents[1] / "docs/how-to/models.md").read_text()
     section = readme.split("### The chat roles on a server", 1)[1].split("\n## ", 1)[0]
@@ -242,7 +245,7 @@ def test_the_documented_server_blocks_are_valid_params():
             params = {**block, "evolve": {"strategy": "evol", "controls": {
                 **block["evolve"]["controls"], "banned_strings": ["Given Prompt"], "stop": ["\n\n"],
                 "repetition_penalty": 1.15}}, "judge": {"probabilities": True}}
-            assert server_problems(params) == []
+            assert server_problems(params, asked_of_roles(params)) == []
     assert "-S +roles.evolver.base_url=http://127.0.0.1:8000/v1" in section
 
 

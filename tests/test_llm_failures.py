@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("no_proxy")  # tests/conftest.py
 
 def role(server: FakeOpenAIServer, **kw) -> Role:
     fields = dict(backend="openai", model="test-model", base_url=server.base_url, concurrency=4, timeout_s=5,
-                  max_retries=2, extra={"backoff_s": 0.01})
+                  max_retries=2, backoff_s=0.01)
     fields.update(kw)
     return Role.from_params("evolver", fields)
 
