@@ -30,8 +30,7 @@ def main() -> None:
     for name in sorted(params.get("roles") or {}):
         role = load_role(params, name)
         entries[name] = identity_entry(role, resolve_identity(role, memo=MEMO), engine=resolved_engine(role))
-    # what a server (or the judge's backend) cannot honour, named where written, before any request
-    refuse_unservable(params, entries, asked_of_roles(params))
+    refuse_unservable(params, entries, asked_of_roles(params))  # what a server cannot honour, before any request
     write_json(args.out, entries)
     for name, entry in entries.items():
         print(f"models: {name:<9} {entry['backend']:<6} {entry['model']} -> {json.dumps(entry['identity'])[:80]}")

@@ -256,6 +256,22 @@ class Role:
         other backends."""
         return self.settings.problems(f"roles.{self.name}", self.extra) if self.served else []
 
+    def ranking_problems(self, setting: str, backend: str | None = None) -> list[str]:
+        """What keeps this role from ranking answers by their probabilities, as ``setting`` (``judge.probabilities``,
+        ``verify.probabilities``: the key the user wrote) asks it to; ``backend``: what its requests are checked
+        against (``openai:vllm`` once the models stage found the server's kind), by default :attr:`control_backend`."""
+        backend = backend or self.control_backend
+        spec = spec_of(backend)
+        if not spec.ranks:
+            return [f"{setting}: {spec.called or f'backend {backend!r}'} (roles.{self.name}) cannot score answers by "
+                    f"their probabilities (it needs the log-probabilities of whole answers: backend hf, llamacpp, "
+                    f"vllm or openai); set {setting}: false"]
+        if spec.ranks_by_echo and not self.settings.tokenizer:
+            return [f"{setting}: on vLLM's server it needs roles.{self.name}.tokenizer (the served model's tokenizer, "
+                    f"with its chat template) and roles.{self.name}.max_model_len, to put each answer after the "
+                    f"prompt; or set {setting}: false"]
+        return []
+
 
 def _keys(cls: type) -> set[str]:
     return {f.name for f in settable(cls)}

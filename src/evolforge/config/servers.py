@@ -3,7 +3,7 @@ before any request: every generation control where it is written (``evolve.contr
 ``roles.<role>``), and the judge's rankings (``judge.probabilities``, ``verify.probabilities``) whatever its
 backend. ``evolforge check`` runs it without asking any server (a role whose ``server`` is auto is held to what
 every kind offers); the models stage runs it with the kinds it found; the verify stage checks its own ranking
-with the kind its judge's identity records (:func:`ranking_problems`).
+with the kind its judge's identity records (:meth:`Role.ranking_problems`).
 
 What the stages ask that the params as written do not say (a section's defaults live in its step's settings
 class, which this layer does not import) comes typed, as :class:`Asked` (:func:`evolforge.schema.asked_of_roles`).
@@ -26,23 +26,6 @@ class Asked:
 
     strategy: str
     rankings: tuple[str, ...]
-
-
-def ranking_problems(role: Role, setting: str, backend: str | None = None) -> list[str]:
-    """What keeps ``role`` from ranking answers by their probabilities, as ``setting`` (``judge.probabilities``,
-    ``verify.probabilities``: the key the user wrote) asks it to; ``backend``: what the role's requests are
-    checked against (``openai:vllm`` once the models stage found the server's kind), by default its own."""
-    backend = backend or role.control_backend
-    spec = spec_of(backend)
-    if not spec.ranks:
-        called = spec.called or f"backend '{backend}'"
-        return [f"{setting}: {called} (roles.{role.name}) cannot score answers by their probabilities (it needs the "
-                f"log-probabilities of whole answers: backend hf, llamacpp, vllm or openai); set {setting}: false"]
-    if spec.ranks_by_echo and not role.settings.tokenizer:
-        return [f"{setting}: on vLLM's server it needs roles.{role.name}.tokenizer (the served model's tokenizer, "
-                f"with its chat template) and roles.{role.name}.max_model_len, to put each answer after the prompt; "
-                f"or set {setting}: false"]
-    return []
 
 
 def _stage_controls(params: Mapping[str, Any], roles: Mapping[str, Role],
@@ -90,7 +73,7 @@ def server_problems(params: Mapping[str, Any], asked: Asked, kinds: Mapping[str,
     if judge is not None:
         checked = backend("judge") if judge.served else judge.control_backend
         for setting in asked.rankings:
-            problems += ranking_problems(judge, setting, checked)
+            problems += judge.ranking_problems(setting, checked)
     return problems
 
 

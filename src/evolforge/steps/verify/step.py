@@ -35,7 +35,6 @@ from evolforge.config.bounds import ParamsError, Refusal
 from evolforge.config.data import DataSettings
 from evolforge.config.loader import load_section
 from evolforge.config.runtime import load_llm_params
-from evolforge.config.servers import ranking_problems
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.core.text import question_text
@@ -153,7 +152,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
     llms = open_roles(load_llm_params(params, ("responder", "judge")))
     responder, judge = llms["responder"], llms["judge"]
     if cfg.enabled and cfg.probabilities:  # refused before any call, naming the setting that asks for it
-        refused = ranking_problems(judge.role, "verify.probabilities", judge.control_backend)
+        refused = judge.role.ranking_problems("verify.probabilities", judge.control_backend)
         if refused:
             raise ParamsError(refused)
 
