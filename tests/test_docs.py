@@ -277,3 +277,12 @@ def test_code_and_config_name_docs_pages_that_exist(repo):
                       for name in re.findall(r"\bdocs/[\w./-]+?\.md\b", p.read_text(encoding="utf-8", errors="ignore"))
                       if not (repo / name).is_file()})
     assert not missing, "references to docs pages that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_page_the_code_cites_is_in_the_repository(repo):
+    """A module's docstring or comment that sends the reader to a page (docs/..., a digest's section) names a file
+    that exists."""
+    cited = re.compile(r"(?<![\w/.-])((?:docs|bench)/[\w/.-]+\.md)")
+    missing = sorted({f"{path.relative_to(repo)}: {page}" for path in (repo / "src").rglob("*.py")
+                      for page in cited.findall(path.read_text(encoding="utf-8")) if not (repo / page).is_file()})
+    assert not missing, "pages cited but not in the repository:\n" + "\n".join(missing)
