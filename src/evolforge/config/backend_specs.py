@@ -306,8 +306,7 @@ SPECS: dict[str, BackendSpec] = {
                                    # llama.cpp's extra buffer types (CPU-repack / AMX kernels); unset: as the
                                    # kernel probe finds on this CPU (llm/backends/llamacpp/probe.py)
                                    "extra_bufts": (_boolean, "true or false (unset: as the kernel probe finds)")}),
-    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, roles=_BUT_SCORER, runs="vllm.backend:VLLMBackend",
-                        why_not={
+    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, roles=_BUT_SCORER, runs="vllm.backend:VLLMBackend", why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
     # every server kind ranks: vLLM's from echoed prompt log-probabilities, the others from a walk of the chat
     # API's top_logprobs (evolforge.llm.backends.openai.walk)
