@@ -14,7 +14,7 @@ import json
 from evolforge.core.stage import arguments, run_stage
 from evolforge.config.roles import load_role
 from evolforge.io.records import write_json
-from evolforge.schema import load_params
+from evolforge.schema import asked_of_roles, load_params
 from evolforge.config.servers import refuse_unservable
 from evolforge.llm.identity import identity_entry
 from evolforge.llm.pinning import resolve_identity
@@ -30,7 +30,7 @@ def main() -> None:
     for name in sorted(params.get("roles") or {}):
         role = load_role(params, name)
         entries[name] = identity_entry(role, resolve_identity(role, memo=MEMO), engine=resolved_engine(role))
-    refuse_unservable(params, entries)  # what a server cannot honour, named where written, before any request
+    refuse_unservable(params, entries, asked_of_roles(params))  # what a server cannot honour, before any request
     write_json(args.out, entries)
     for name, entry in entries.items():
         print(f"models: {name:<9} {entry['backend']:<6} {entry['model']} -> {json.dumps(entry['identity'])[:80]}")

@@ -35,7 +35,7 @@ def reply(body: dict):
 
 def role(server: FakeOpenAIServer, **kw) -> Role:
     fields = {"backend": "openai", "model": "test-model", "base_url": server.base_url, "concurrency": 4,
-              "timeout_s": 5, "max_retries": 1, "max_tokens": 16, "extra": {"backoff_s": 0.01}, **PRICES}
+              "timeout_s": 5, "max_retries": 1, "max_tokens": 16, "backoff_s": 0.01, **PRICES}
     fields.update(kw)
     return Role.from_params("evolver", fields)
 

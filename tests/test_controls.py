@@ -203,21 +203,23 @@ def test_a_prefix_grammar_holds_the_stop_strings_after_the_prefix():
 
 def test_a_stage_control_is_refused_where_it_is_written():
     from evolforge.config.servers import server_problems
+    from evolforge.schema import asked_of_roles
 
     params = {"roles": {"evolver": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"},
                         "judge": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"}},
               "evolve": {"strategy": "evol", "controls": {"no_repeat_ngram_size": 4, "banned_strings": ["x"]}},
               "judge": {"probabilities": True}}
-    problems = server_problems(params)
+    asked = asked_of_roles(params)
+    problems = server_problems(params, asked)
     assert any(p.startswith("evolve.controls.no_repeat_ngram_size: an OpenAI-compatible server (roles.evolver) "
                             "cannot honour") for p in problems)
     assert not any("banned_strings" in p for p in problems)
     assert not any(p.startswith("judge.probabilities") for p in problems)  # every kind ranks (a walk of top_logprobs)
-    found = server_problems(params, {"evolver": "openai", "judge": "openai"})
+    found = server_problems(params, asked, {"evolver": "openai", "judge": "openai"})
     assert any(p.startswith("evolve.controls.banned_strings: backend 'openai' (roles.evolver) cannot") for p in found)
     assert not any(p.startswith("judge.probabilities") for p in found)
     # vLLM's echoed prompt log-probabilities need the served model's tokenizer
-    vllm = server_problems(params, {"evolver": "vllm", "judge": "vllm"})
+    vllm = server_problems(params, asked, {"evolver": "vllm", "judge": "vllm"})
     assert any(p.startswith("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer") for p in vllm)
 
 
@@ -230,6 +232,7 @@ def test_the_documented_server_blocks_are_valid_params():
     import yaml
 
     from evolforge.config.servers import server_problems
+    from evolforge.schema import asked_of_roles
 
     readme = (Path(__file__).resolve().parents[1] / "docs/how-to/models.md").read_text()
     section = readme.split("### The chat roles on a server", 1)[1].split("\n## ", 1)[0]
@@ -242,7 +245,7 @@ def test_the_documented_server_blocks_are_valid_params():
             params = {**block, "evolve": {"strategy": "evol", "controls": {
                 **block["evolve"]["controls"], "banned_strings": ["Given Prompt"], "stop": ["\n\n"],
                 "repetition_penalty": 1.15}}, "judge": {"probabilities": True}}
-            assert server_problems(params) == []
+            assert server_problems(params, asked_of_roles(params)) == []
     assert "-S +roles.evolver.base_url=http://127.0.0.1:8000/v1" in section
 
 
@@ -273,3 +276,77 @@ def test_every_backend_a_role_can_name_and_every_server_kind_has_a_spec():
         Role.from_params("scorer", {"backend": "llamacpp", "model": "m"})
     with pytest.raises(ParamsError, match=r"roles.judge.extra.speculative: got 'yes'; must be true or false"):
         Role.from_params("judge", {"backend": "llamacpp", "model": "m", "extra": {"speculative": "yes"}})
+
+
+# --- what check refuses is what a stage would refuse ----------------------------------------------------------------
+
+def test_a_backend_serves_the_scorer_exactly_where_it_runs_a_transformers_model():
+    """The score stage takes the losses from a transformers model's logits in its own process: the spec's roles
+    say so (every backend a role can name)."""
+    for name in BACKEND_NAMES:
+        spec = SPECS[name]
+        assert (spec.roles is None or "scorer" in spec.roles) == spec.transformers, name
+
+
+@pytest.mark.parametrize("backend", ["vllm", "openai", "ray"])
+def test_check_and_the_score_stage_refuse_a_scorer_that_cannot_score_alike(backend, tmp_path, capsys):
+    import yaml
+
+    from evolforge.cli import main
+    from evolforge.steps.score.step import run
+
+    fields = {"backend": backend, "model": "org/m"}
+    if backend == "openai":
+        fields["base_url"] = "http://127.0.0.1:8000/v1"
+    params = {"roles": {"scorer": fields}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    says = (f"roles.scorer.backend: {backend} serves every role but the scorer, not the scorer: the score stage "
+            f"computes losses from the logits of a transformers model in its own process; use backend hf")
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", str(tmp_path / "params.yaml")])
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(ParamsError) as refused:  # a refusal for people (exit 2), before any item is read
+        run(tmp_path / "no-items", tmp_path / "scored", params)
+    assert says in str(refused.value)
+
+
+SERVED_JUDGE = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"}
+
+
+@pytest.mark.parametrize("judge, kinds, expected", [
+    ({**SERVED_JUDGE, "server": "vllm"}, None,
+     "verify.probabilities: on vLLM's server it needs roles.judge.tokenizer"),
+    (SERVED_JUDGE, {"judge": "vllm"}, "verify.probabilities: on vLLM's server it needs roles.judge.tokenizer"),
+    ({"backend": "ray", "model": "org/m"}, None,
+     "verify.probabilities: backend 'ray' (roles.judge) cannot score answers by their probabilities"),
+])
+def test_verify_probabilities_is_held_to_the_judge_as_judge_probabilities_is(judge, kinds, expected):
+    from evolforge.config.servers import server_problems
+    from evolforge.schema import asked_of_roles
+
+    params = {"roles": {"judge": judge}}  # verify.probabilities: true by default
+    assert asked_of_roles(params).rankings == ("verify.probabilities",)
+    problems = server_problems(params, asked_of_roles(params), kinds)
+    assert [p for p in problems if "probabilities" in p] == [p for p in problems if p.startswith(expected)] != []
+    assert not any("judge.probabilities" in p for p in problems)  # the setting written, not the judge stage's
+    for off in ({"verify": {"probabilities": False}}, {"verify": {"enabled": False}}):
+        assert server_problems({**params, **off}, asked_of_roles({**params, **off}), kinds) == []
+    both = {**params, "judge": {"probabilities": True}}
+    assert [p.split(":")[0] for p in server_problems(both, asked_of_roles(both), kinds)] == [
+        "judge.probabilities", "verify.probabilities"]
+
+
+def test_evolve_controls_are_checked_under_the_strategy_the_evolve_stage_defaults_to():
+    """evolve.strategy defaults to evol (the hand-written methods), whose calls take evolve.controls."""
+    from evolforge.config.servers import server_problems
+    from evolforge.schema import asked_of_roles
+
+    evolver = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1", "server": "openai"}
+    # the step-format calls (optimize's) take method_controls: here none, so only the evol calls take controls
+    evolve = {"controls": {"repetition_penalty": 1.2}, "method_controls": {}}
+    params = {"roles": {"evolver": evolver}, "evolve": evolve}
+    assert asked_of_roles(params).strategy == "evol"
+    assert [p.split(":")[0] for p in server_problems(params, asked_of_roles(params))] == [
+        "evolve.controls.repetition_penalty"]
+    auto = {**params, "evolve": {**evolve, "strategy": "auto"}}
+    assert server_problems(auto, asked_of_roles(auto)) == []

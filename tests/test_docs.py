@@ -89,20 +89,80 @@ UNMARKED = [re.compile(p, re.I) for p in (
 )]
 
 
-def _source_value(repo, file: str, key: str):
-    """The value a marker names: a dotted key of params.yaml or a metrics JSON (``#len``: how many entries), or
-    ``lines`` / ``lines:<field>`` of a JSONL file (rows, rows holding that field)."""
+class Committed:
+    """What git's HEAD holds of the repository, for the figures' check: the shipped run's page is checked against the
+    run it describes, which is committed (metrics/, params.yaml), never against what a local ``make run`` rewrote
+    since. A page edited in the working tree is checked against the working tree (a new run being written up);
+    outside a git checkout everything is read as it is."""
+
+    def __init__(self, repo):
+        import subprocess
+
+        self.repo = repo
+
+        def git(*args: str) -> str | None:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+            return done.stdout if done.returncode == 0 else None
+
+        self._git = git
+        tracked, changed = git("ls-files"), git("diff", "--name-only", "HEAD")
+        self.tracked = set((tracked or "").splitlines())
+        self.changed = set(changed.splitlines()) if changed is not None else None  # None: not a git checkout
+
+    def as_committed(self, path: str) -> bool:
+        """True when ``path`` is as HEAD holds it."""
+        return self.changed is not None and path in self.tracked and path not in self.changed
+
+    def text(self, path: str, committed: bool) -> str:
+        """``path``'s text: HEAD's when ``committed`` and the working tree's differs, else the working tree's."""
+        if committed and self.changed is not None and path in self.changed:
+            text = self._git("show", f"HEAD:{path}")
+            if text is not None:
+                return text
+        return (self.repo / path).read_text(encoding="utf-8")
+
+
+def _source_value(text: str, file: str, key: str):
+    """The value a marker names in ``text`` (the content of ``file``): a dotted key of params.yaml or a metrics JSON
+    (``#len``: how many entries), or ``lines`` / ``lines:<field>`` of a JSONL file (rows, rows holding that field).
+    Raises LookupError saying which part of the key is missing."""
     import json
 
-    path = repo / file
     if file.endswith(".jsonl"):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         return len(rows) if key == "lines" else sum(key.split(":", 1)[1] in row for row in rows)
-    node = yaml.safe_load(path.read_text()) if file.endswith(".yaml") else json.loads(path.read_text())
+    node = yaml.safe_load(text) if file.endswith(".yaml") else json.loads(text)
     key, _, count = key.partition("#")
+    seen = []
     for part in key.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise LookupError(f"{file} has no {'.'.join(seen + [part])}"
+                              + (f" (under {'.'.join(seen)}: {sorted(node) if isinstance(node, dict) else node!r})"
+                                 if seen else "")) from None
+        seen.append(part)
     return len(node) if count == "len" else node
+
+
+def shipped_figure_problems(repo) -> list[str]:
+    """One line per marked figure of the docs that its source does not state: ``page: figure but file key = value``,
+    or ``page: figure but file has no key``. A committed page is read against the committed sources (:class:`Committed`)."""
+    committed, wrong = Committed(repo), []
+    for page in doc_pages(repo):
+        where = page.relative_to(repo).as_posix()
+        as_committed = committed.as_committed(where)
+        for written, file, key in FIGURE.findall(page.read_text(encoding="utf-8")):
+            try:
+                value = _source_value(committed.text(file, as_committed), file, key)
+            except LookupError as missing:
+                wrong.append(f"{where}: {written} but {missing}")
+                continue
+            number = float(written.replace(",", ""))
+            decimals = len(written.split(".")[1]) if "." in written else 0
+            if not isinstance(value, (int, float)) or round(float(value), decimals) != number:
+                wrong.append(f"{where}: {written} but {file} {key} = {value!r}")
+    return wrong
 
 
 def doc_pages(repo):
@@ -113,15 +173,49 @@ def test_shipped_run_figures_equal_params_and_metrics(repo):
     results = (repo / "docs/results.md").read_text(encoding="utf-8")
     figures = FIGURE.findall(results)
     assert len(figures) >= 20, "docs/results.md lost its markers"
-    wrong = []
-    for page in doc_pages(repo):
-        for written, file, key in FIGURE.findall(page.read_text(encoding="utf-8")):
-            value = _source_value(repo, file, key)
-            number = float(written.replace(",", ""))
-            decimals = len(written.split(".")[1]) if "." in written else 0
-            if not isinstance(value, (int, float)) or round(float(value), decimals) != number:
-                wrong.append(f"{page.relative_to(repo)}: {written} but {file} {key} = {value!r}")
+    wrong = shipped_figure_problems(repo)
     assert not wrong, "\n".join(wrong)
+
+
+def _committed_copy(repo, tmp_path):
+    """A git repository in ``tmp_path`` holding what ``repo``'s HEAD holds of the docs and the figures' sources."""
+    import subprocess
+
+    sources = ["README.md", "bench/README.md", "docs", "params.yaml", "metrics", "data/seeds/demo.jsonl"]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "HEAD", *sources], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip("not a git checkout")
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"]):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    return tmp_path
+
+
+def test_the_figures_check_reads_the_committed_run_not_what_a_local_run_wrote(repo, tmp_path):
+    """The README's two commands in a newcomer's order: `make run` rewrites metrics/ (on another CPU the run may
+    find other counts, or none, so a key the page quotes can be missing), then `make test` checks the docs."""
+    import json
+
+    copy = _committed_copy(repo, tmp_path)
+    marks = [(f, k) for _, f, k in FIGURE.findall((copy / "docs/results.md").read_text(encoding="utf-8"))
+             if f.startswith("metrics/") and f.endswith(".json") and "#" not in k]
+    assert marks, "docs/results.md quotes no metrics file"
+    file, key = marks[0]
+    local = json.loads((copy / file).read_text(encoding="utf-8"))
+    node, *path = [local, *key.split(".")]
+    for part in path[:-1]:
+        node = node[part]
+    del node[path[-1]]  # the local run's metrics lack a key the committed page quotes
+    (copy / file).write_text(json.dumps(local), encoding="utf-8")
+    assert shipped_figure_problems(copy) == []
+    test_shipped_run_figures_equal_params_and_metrics(copy)
+
+    # a page being edited is read against the working tree: the missing key is named, never a KeyError
+    page = copy / "docs/results.md"
+    page.write_text(page.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    problems = shipped_figure_problems(copy)
+    assert problems and all(p.startswith("docs/results.md: ") for p in problems)
+    assert any(f"but {file} has no {key}" in p for p in problems), problems
 
 
 def test_shipped_run_figures_are_written_only_with_their_source(repo):
@@ -183,3 +277,12 @@ def test_code_and_config_name_docs_pages_that_exist(repo):
                       for name in re.findall(r"\bdocs/[\w./-]+?\.md\b", p.read_text(encoding="utf-8", errors="ignore"))
                       if not (repo / name).is_file()})
     assert not missing, "references to docs pages that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_page_the_code_cites_is_in_the_repository(repo):
+    """A module's docstring or comment that sends the reader to a page (docs/..., a digest's section) names a file
+    that exists."""
+    cited = re.compile(r"(?<![\w/.-])((?:docs|bench)/[\w/.-]+\.md)")
+    missing = sorted({f"{path.relative_to(repo)}: {page}" for path in (repo / "src").rglob("*.py")
+                      for page in cited.findall(path.read_text(encoding="utf-8")) if not (repo / page).is_file()})
+    assert not missing, "pages cited but not in the repository:\n" + "\n".join(missing)

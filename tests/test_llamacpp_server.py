@@ -36,6 +36,7 @@ from evolforge.llm.requests import ChatRequest
 from evolforge.schema import load_params
 from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings
 from evolforge.config.servers import server_problems
+from evolforge.schema import asked_of_roles
 from evolforge.llm.cache import CallCache
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import LINEAGE
@@ -120,12 +121,12 @@ def test_the_server_kind_is_found_and_what_it_cannot_honour_is_named_where_writt
     # llama-cpp-python's server decodes one request at a time (no GET /props): one in flight, not concurrency
     assert role.settings.concurrency > 1 and OpenAIBackend.from_role(role).concurrency == 1
     kinds = {name: "llamacpp" for name in CHAT_ROLES}
-    assert server_problems(params, kinds) == [
+    assert server_problems(params, asked_of_roles(params), kinds) == [
         "evolve.controls.no_repeat_ngram_size: llamacpp's server (roles.evolver) cannot honour this generation "
         "control (llama.cpp's server has no n-gram ban among its request parameters; use repetition_penalty); "
         "remove it or use a backend that can (docs/explanation/controls.md)"]
     params["evolve"]["controls"]["no_repeat_ngram_size"] = None
-    assert server_problems(params, kinds) == []
+    assert server_problems(params, asked_of_roles(params), kinds) == []
 
 
 def test_the_shipped_stages_run_on_the_server(server, gguf_folder, tmp_path):
@@ -196,7 +197,7 @@ def test_judge_expected_values_are_the_in_process_ones(server, gguf_folder):
     local = LlamaCppBackend(str(gguf_folder), threads=1)
     fields = served_params(server, gguf_folder)["roles"]["judge"]
     # the walk sees every allowed token when the server lists the whole vocabulary (llama-cpp-python allows it)
-    remote = OpenAIBackend.from_role(Role.from_params("judge", {**fields, "extra": {"top_logprobs": 2100}}))
+    remote = OpenAIBackend.from_role(Role.from_params("judge", {**fields, "top_logprobs": 2100}))
     prompts = PromptLibrary(REPO / "prompts")
     for query in ("Name a colour.", "Explain step 3 of making bread.", "Write a poem about the sea in four lines."):
         for template, choices, values, tolerance in (

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("no_proxy")  # tests/conftest.py
 
 def role(server: FakeOpenAIServer, **kw) -> Role:
     fields = dict(backend="openai", model="test-model", base_url=server.base_url, concurrency=4, timeout_s=5,
-                  max_retries=2, extra={"backoff_s": 0.01})
+                  max_retries=2, backoff_s=0.01)
     fields.update(kw)
     return Role.from_params("evolver", fields)
 
@@ -474,3 +474,17 @@ def test_one_rejection_in_a_small_round_passes_the_shipped_threshold(tmp_path):
         _tables(llm, [6, 6, 5, 6], rejected_table=-1)
         assert sum(llm.failed.values()) == 1
         check_failures()
+
+
+def test_answers_from_the_cache_count_among_what_a_stage_asked(tmp_path):
+    """max_failure_rate holds over every request a stage asked of a role, cache hits included: a rerun whose
+    first call is answered from the cache judges a later failure over both calls, as the first run did."""
+    cache = CallCache(tmp_path / "cache.sqlite")
+    role = Role.from_params("judge", {"backend": "hf", "model": "fake"})
+    asks = [ChatRequest.chat([{"role": "user", "content": f"question {i}"}]) for i in range(20)]
+    LLM(FakeBackend(lambda request: "an answer"), cache, role=role).generate(asks[:19])
+    rerun = LLM(FakeBackend(lambda request: Completion.failure("request_rejected", "refused")), cache, role=role)
+    assert not any(c.failed for c in rerun.generate(asks[:19]))  # every one from the cache
+    assert rerun.generate(asks[19:])[0].failed
+    assert rerun.asked == 20 and sum(rerun.failed.values()) == 1
+    assert not rerun.past_threshold()  # 1 of 20 is within the default 0.05 (1 of 1 would not be)

@@ -260,8 +260,9 @@ def test_a_fatal_status_abandons_the_rest(server):
 def test_api_key_is_sent_but_never_exposed(server, monkeypatch, caplog):
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("EVOLFORGE_TEST_API_KEY", secret)
-    role = Role(name="judge", backend="openai", model="test-model", extra={"backoff_s": 0.01},
-                settings=OpenAISettings(base_url=server.base_url, api_key_env="EVOLFORGE_TEST_API_KEY", max_retries=1))
+    role = Role(name="judge", backend="openai", model="test-model",
+                settings=OpenAISettings(base_url=server.base_url, api_key_env="EVOLFORGE_TEST_API_KEY", max_retries=1,
+                                        backoff_s=0.01))
     b = OpenAIBackend.from_role(role)
 
     assert b.generate([ask("hi")])[0].text == "echo: hi"

@@ -32,7 +32,7 @@ def reply(body: dict):
 
 def role(server: FakeOpenAIServer, **kw) -> Role:
     fields = {"backend": "openai", "model": "test-model", "base_url": server.base_url, "concurrency": 2,
-              "timeout_s": 5, "max_retries": 1, "extra": {"backoff_s": 0.01},
+              "timeout_s": 5, "max_retries": 1, "backoff_s": 0.01,
               "batch_api": True, "batch_poll_s": 0.01}
     fields.update(kw)
     return Role.from_params("evolver", fields)

@@ -36,7 +36,7 @@ def seeded_reply(body: dict):
 
 def role(urls: list[str], **kw) -> Role:
     fields = {"backend": "openai", "model": "test-model", "concurrency": 2, "timeout_s": 5, "max_retries": 8,
-              "extra": {"backoff_s": 0.05}}
+              "backoff_s": 0.05}
     fields.update({"base_url": urls[0]} if len(urls) == 1 else {"base_urls": urls})
     fields.update(kw)
     return Role.from_params("evolver", fields)
@@ -97,7 +97,7 @@ def test_a_replica_taken_out_stays_out_in_the_next_call(tmp_path):
     second call sends nothing to a replica still in its cool-down."""
     with FakeOpenAIServer(seeded_reply) as down, FakeOpenAIServer(seeded_reply) as up:
         down.fail_until = time.monotonic() + 60  # 503 throughout
-        llm = open_llm(role([down.base_url, up.base_url], extra={"backoff_s": 5.0}), CallCache(tmp_path / "c.sqlite"))
+        llm = open_llm(role([down.base_url, up.base_url], backoff_s=5.0), CallCache(tmp_path / "c.sqlite"))
         first = llm.generate(stage_requests(llm))
         failed_before = down.failed
         second = llm.generate([llm.request([{"role": "user", "content": f"check {i}"}]) for i in range(8)])
@@ -107,7 +107,7 @@ def test_a_replica_taken_out_stays_out_in_the_next_call(tmp_path):
 
 def test_all_replicas_down_ends_in_retries_exhausted_items_not_a_crash(tmp_path):
     urls = [f"http://127.0.0.1:{closed_port()}/v1", f"http://127.0.0.1:{closed_port()}/v1"]
-    llm = open_llm(role(urls, max_retries=2, extra={"backoff_s": 0.01}), CallCache(tmp_path / "c.sqlite"),
+    llm = open_llm(role(urls, max_retries=2, backoff_s=0.01), CallCache(tmp_path / "c.sqlite"),
                    settings=LLMSettings(max_failure_rate=1.0))
     start = time.monotonic()
     out = llm.generate(stage_requests(llm))

@@ -242,7 +242,8 @@ def test_a_servers_backoff_must_be_seconds(value):
     from evolforge.config.roles import Role
 
     server = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1"}
-    with pytest.raises(ParamsError, match=r"roles.judge.extra.backoff_s: got .*; allowed: a number of seconds >= 0"):
-        Role.from_params("judge", {**server, "extra": {"backoff_s": value}})
+    with pytest.raises(ParamsError, match=r"roles.judge.backoff_s: "):
+        Role.from_params("judge", {**server, "backoff_s": value})
     for fine in (0, 2.5):
-        assert Role.from_params("judge", {**server, "extra": {"backoff_s": fine}}).extra["backoff_s"] == fine
+        assert Role.from_params("judge", {**server, "backoff_s": fine}).settings.backoff_s == fine
+    assert Role.from_params("judge", server).settings.backoff_s == 1.0

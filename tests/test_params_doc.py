@@ -120,3 +120,15 @@ def test_the_paper_values_in_params_yaml_comments_match_the_metadata(repo):
             assert str(paper).split(" ")[0] == key.group(2).split(" ")[0], (
                 f"params.yaml {section}.{key.group(1)}: comment says paper {key.group(2)!r}, the field {paper!r}")
     assert checked >= 5
+
+
+def test_every_sandbox_memory_setting_is_labelled_in_the_unit_the_sandbox_applies(repo):
+    """The sandbox caps a process's address space at ``memory_mb * 1024 * 1024`` bytes: mebibytes, so every
+    ``*memory_mb`` setting says MiB (its key keeps the name params.yaml has always used)."""
+    child = (repo / "src/evolforge/eval/sandbox_child.py").read_text(encoding="utf-8")
+    assert 'cfg["memory_mb"] * 1024 * 1024' in child
+    tool = _tool(repo)
+    units = {f"{name}.{f.name}": f.metadata.get("unit") for name, cls in SECTIONS.items() if name != "roles"
+             for f in tool.settings_fields(cls) if f.name.endswith("memory_mb")}
+    assert set(units) >= {"verify.memory_mb", "autoif.memory_mb", "evaluate.sandbox_memory_mb"}
+    assert units == dict.fromkeys(units, "MiB")

@@ -135,7 +135,7 @@ def test_selection_experiment(pipeline_built):
 
 
 def test_new_embedder_and_weights_replaced_in_place(pipeline_built):
-    """A new embedder reruns diversity (and selection if the distances moved), never IFD scoring or an LLM
+    """A new embedder reruns diversity (and selection, which declares every role), never IFD scoring or an LLM
     stage; then its weights replaced in place make exactly that role's stages stale."""
     work, env, _ = pipeline_built
     back_to_built(work, env)

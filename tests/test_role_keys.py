@@ -37,3 +37,19 @@ def test_the_pins_cover_the_shipped_roles_and_every_backend():
     assert {"evolver", "optimizer", "responder", "judge", "scorer", "embedder", "base"} <= set(PINNED)
     assert {p["fields"]["backend"] for p in PINNED.values()} == {"hf", "llamacpp", "vllm", "openai", "ray"}
     assert len({json.dumps(p["keys"]["plain"]) for p in PINNED.values()}) > 5  # the keys differ between backends
+
+
+SERVED = {"backend": "openai", "model": "served", "base_url": "http://127.0.0.1:8000/v1", "server": "llamacpp"}
+
+
+def _rank_key(**fields) -> str:
+    llm = open_llm(Role.from_params("judge", {**SERVED, **fields}), None, {"served_model": "served", "server": "llamacpp"})
+    return llm.key(llm.request(MESSAGES, choices=["a", "b"], rank=True))
+
+
+def test_an_openai_roles_top_logprobs_is_in_its_keys_and_its_default_keeps_them():
+    """A walk that lists fewer next tokens reads fewer answers: another ranking, another key. The default is the
+    value every key was made with before it was keyed, so those keys stay; what changes no answer stays out."""
+    assert _rank_key() == _rank_key(top_logprobs=20)  # the pinned openai roles above: their keys as before
+    assert _rank_key(top_logprobs=5) != _rank_key() and _rank_key(top_logprobs=5) != _rank_key(top_logprobs=50)
+    assert _rank_key(backoff_s=0.25) == _rank_key()  # how long a retry waits changes no answer

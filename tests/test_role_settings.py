@@ -79,3 +79,33 @@ def test_no_backend_name_is_tested_outside_the_backends_and_the_spec():
              for path in SRC.rglob("*.py") if path not in allowed and (SRC / "llm" / "backends") not in path.parents
              for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if test.search(line)]
     assert found == []
+
+
+OPENAI = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:8000/v1", "server": "openai"}
+
+
+@pytest.mark.parametrize("extra, says", [
+    ({"top_logprobs": 5}, "roles.judge.extra.top_logprobs: backend openai reads no extra settings (its settings are "
+                          "keys of roles.judge itself; write roles.judge.top_logprobs)"),
+    ({"backoff_s": 0.5}, "roles.judge.extra.backoff_s: backend openai reads no extra settings"),
+    ({"logprobs": True}, "roles.judge.extra.logprobs: backend openai reads no extra settings (its settings are keys "
+                         "of roles.judge itself)"),
+])
+def test_an_openai_roles_extra_is_refused_naming_the_key(extra, says):
+    """A server role reads no ``extra``: a key there was once read (top_logprobs, backoff_s) or silently ignored."""
+    with pytest.raises(ParamsError) as err:
+        Role.from_params("judge", {**OPENAI, "extra": extra})
+    assert says in str(err.value)
+
+
+def test_an_openai_backend_is_built_with_its_roles_typed_settings():
+    from evolforge.llm.backends.openai.client import OpenAIBackend
+
+    default = OpenAISettings()
+    assert (default.backoff_s, default.top_logprobs) == (1.0, 20)
+    built = OpenAIBackend.from_role(Role.from_params("judge", {**OPENAI, "backoff_s": 0.25, "top_logprobs": 5}))
+    assert (built.backoff_s, built.top_logprobs) == (0.25, 5)
+    plain = OpenAIBackend.from_role(Role.from_params("judge", OPENAI))
+    assert (plain.backoff_s, plain.top_logprobs) == (1.0, 20)
+    with pytest.raises(ParamsError, match=r"roles\.judge\.top_logprobs"):
+        Role.from_params("judge", {**OPENAI, "top_logprobs": 0})

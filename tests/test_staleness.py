@@ -4,6 +4,7 @@ the stages real `dvc status` reports on a copy of the repository; only the share
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,3 +22,12 @@ def test_only_the_shared_base_stales_every_stage():
     found = staleness.figures()
     assert found["every_stage"] and set(found["every_stage"]) <= found["base"]
     assert not [p for p in found["base"] if not p.startswith("src/evolforge/")]
+
+
+def test_the_figures_the_docs_quote_are_current():
+    """docs/explanation/architecture.md quotes FIGURES_FILE behind checked markers (tests/test_docs.py); the file
+    holds what the code's stages and files make today."""
+    written = json.loads((staleness.REPO / staleness.FIGURES_FILE).read_text(encoding="utf-8"))
+    assert written == staleness.quoted(staleness.figures()), (
+        f"{staleness.FIGURES_FILE} is stale: run python tools/staleness.py --write (and update the figures that "
+        f"docs/explanation/architecture.md quotes from it)")

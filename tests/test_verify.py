@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -14,9 +15,13 @@ from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
 from evolforge.config.roles import Role
 from evolforge.core.prompts import PromptLibrary
+from evolforge.config.runtime import LLMSettings
 from evolforge.llm.backends.fake import FakeBackend, TemplateReplies
-from evolforge.llm.cached import LLM
-from evolforge.llm.types import Completion
+from evolforge.llm.backends.openai.http import LLMRequestError
+from evolforge.llm.budget import BudgetExhaustedError
+from evolforge.llm.cache import CallCache
+from evolforge.llm.cached import LLM, check_failures
+from evolforge.llm.types import Completion, ControlsError, LLMFailureError
 from evolforge.steps.common.function_runs import FunctionRun, run_function
 from evolforge.steps.select.near_duplicates import walk_near_duplicates
 from evolforge.steps.select.selection import select_items
@@ -26,7 +31,7 @@ from evolforge.steps.verify.code_tests import (EVALUATE, consensus, function_nam
 from evolforge.steps.verify.correctness import label_verdict, parse_reason
 from evolforge.steps.verify.numeric import compare_values, is_numeric_task, program_value, stated_values
 from evolforge.steps.verify.settings import VerifySettings
-from evolforge.steps.verify.step import choose_method, verify
+from evolforge.steps.verify.step import VERIFY_ERROR, choose_method, verify
 from stage_runs import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,6 +310,101 @@ def test_a_failing_method_or_call_leaves_its_items_unsure_and_the_others_verifie
     assert "sandbox gone" in json.loads(got["code-right"]["verify_evidence"])["error"]
     assert got["judged"]["verify_verdict"] == "unsure"  # the judge's calls failed
     assert got["num-wrong"]["verify_verdict"] == "wrong"  # the other methods went on
+
+
+# --- what stops verify, as it stops every stage ----------------------------------------------------------------------
+
+def _capped_judge(tmp_path: Path) -> LLM:
+    """A judge under ``llm.budget.run.tokens: 1``: not even the first request fits, so none is sent."""
+    settings = load_section({"llm": {"budget": {"run": {"tokens": 1}}}}, "llm", LLMSettings)
+    role = Role.from_params("judge", {"backend": "hf", "model": "fake", "max_tokens": 64})
+    return LLM(FakeBackend(replies()), CallCache(tmp_path / "cache.sqlite"), role=role, settings=settings)
+
+
+def _judge_raising(error: Exception) -> LLM:
+    def route(request):
+        raise error
+    return fake_llm("judge", route)[0]
+
+
+def _ray_judge() -> LLM:
+    """A judge whose backend cannot rank answers by their probabilities (verify.probabilities asks it to)."""
+    return LLM(FakeBackend(replies()), None, role=Role.from_params("judge", {"backend": "ray", "model": "fake"}))
+
+
+@pytest.mark.parametrize("judge, error, says", [
+    ("budget", BudgetExhaustedError, r"llm\.budget\.run\.tokens"),
+    ("request", LLMRequestError, "HTTP 401"),
+    ("refusal", ControlsError, "cannot score answers by their probabilities"),
+])
+def test_a_spent_budget_a_request_error_or_a_refusal_stops_verify_instead_of_leaving_items_unsure(
+        repo, tmp_path, judge, error, says):
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    judges = {"budget": lambda: _capped_judge(tmp_path), "refusal": _ray_judge,
+              "request": lambda: _judge_raising(LLMRequestError("HTTP 401: invalid API key", status=401))}
+    with pytest.raises(error, match=says):
+        verify(table(), fake_llm("responder", routes)[0], judges[judge](), prompts, VerifySettings(), {})
+
+
+def test_items_left_unsure_by_an_error_count_toward_max_failure_rate(repo):
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    (responder, _), (judge, _) = fake_llm("responder", routes), fake_llm("judge", routes)
+
+    def broken_runner(program, tests):
+        raise OSError("sandbox gone")
+
+    out = verify(table(), responder, judge, prompts, VerifySettings(), {}, runner=broken_runner)
+    assert out.filter(pl.col("verify_method") == "code_tests")["verify_verdict"].to_list() == ["unsure", "unsure"]
+    assert responder.failed == Counter({VERIFY_ERROR: 2}) and responder.stats["failed_by_reason"] == {VERIFY_ERROR: 2}
+    assert not judge.failed  # the judge's items were verified
+    with pytest.raises(LLMFailureError, match=r"roles\.responder \(fake\): 2 of \d+ requests failed \(2 verify_error\)"
+                                              r".*First failure: verify_error: verify code_tests: OSError: sandbox gone"):
+        check_failures()
+
+
+def _stage_in(tmp_path: Path, monkeypatch, repo: Path, judge: LLM, routes: TemplateReplies, roles: str = "") -> None:
+    """The verify stage's inputs and params under ``tmp_path``, its roles the fakes (``judge`` as the judge)."""
+    from evolforge.io.records import write_output
+
+    def fake_roles(llms):
+        return {name: judge if name == "judge" else fake_llm(name, routes)[0] for name in llms.roles}
+
+    monkeypatch.setattr("evolforge.steps.verify.step.open_roles", fake_roles)
+    write_output(tmp_path / "clean", table())
+    (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1}\n" + (roles or
+        "roles: {responder: {backend: hf, model: fake}, judge: {backend: hf, model: fake}}\n"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("evolforge.core.prompts.PromptLibrary.render", _watched(routes))
+
+
+def _run_verify_stage(repo: Path) -> None:
+    run_stage("verify.py", "--items", "clean", "--prompts", str(repo / "prompts"), "--out", "verified",
+              "--metrics", "m/verify.json")
+
+
+def test_the_verify_stage_fails_under_a_spent_budget(tmp_path, monkeypatch, capsys, repo):
+    """docs/explanation/llm.md: when not even the next request fits under a cap, the stage fails with one message."""
+    _stage_in(tmp_path, monkeypatch, repo, _capped_judge(tmp_path / "c"), replies())
+    with pytest.raises(SystemExit) as exit_:
+        _run_verify_stage(repo)
+    assert exit_.value.code == 1 and "verify: error (BudgetExhaustedError)" in capsys.readouterr().err
+    assert not (tmp_path / "verified").exists() and not (tmp_path / "m" / "verify.json").exists()
+
+
+def test_the_verify_stage_refuses_a_judge_that_cannot_rank_naming_verify_probabilities(tmp_path, monkeypatch,
+                                                                                      capsys, repo):
+    judge = _ray_judge()
+    _stage_in(tmp_path, monkeypatch, repo, judge, replies(),
+              "roles: {responder: {backend: hf, model: fake}, judge: {backend: ray, model: fake}}\n")
+    with pytest.raises(SystemExit) as exit_:
+        _run_verify_stage(repo)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert ("verify: error: params.yaml verify.probabilities: backend 'ray' (roles.judge) cannot score answers by "
+            "their probabilities") in err and "judge.probabilities" not in err
+    assert judge.backend.sent == []  # refused before any call
 
 
 def test_verify_stage_writes_items_and_metrics(tmp_path, monkeypatch, repo):

@@ -10,6 +10,8 @@ other files, each with the stages it stales::
     python tools/staleness.py --all           # every file with its stages
     python tools/staleness.py --verify 6      # and check 6 files (with the worst, a base file and one no stage
                                               # runs) against real `dvc status` on a temporary copy of the repo
+    python tools/staleness.py --write         # write the figures docs/explanation/architecture.md quotes
+                                              # (FIGURES_FILE; tests/test_staleness.py checks it is current)
 
 ``--verify`` copies the repository's files (tracked and untracked, not ignored) to a temporary folder, writes
 its ``dvc.lock`` so that every source dep holds the file's current hash, appends one comment line to each
@@ -36,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "src/evolforge"
 # the stage runner, records, errors and the params loader: what every stage runs (with what they import)
 BASE_ROOTS = ("src/evolforge/core/stage.py", "src/evolforge/config/loader.py")
+# the figures the docs quote (each behind a `<!--= docs/reference/staleness.json key -->` marker, tests/test_docs.py)
+FIGURES_FILE = "docs/reference/staleness.json"
 
 
 def expanded_deps(root: Path = REPO) -> dict[str, set[str]]:
@@ -81,6 +85,15 @@ def figures(root: Path = REPO) -> dict:
             "mean_modules": sum(len(s) for s in modules.values()) / len(modules),
             "files_used": len(used), "files_all": len(table), "modules": len(modules),
             "every_stage": sorted(p for p, s in table.items() if len(s) == len(deps))}
+
+
+def quoted(found: dict) -> dict:
+    """The figures of :func:`figures` that the docs quote, as FIGURES_FILE holds them (means to 2 decimals)."""
+    table, loader = found["table"], "src/evolforge/config/loader.py"
+    return {"stages": found["stages"], "files_all": found["files_all"], "mean_all": round(found["mean_all"], 2),
+            "modules": found["modules"], "mean_modules": round(found["mean_modules"], 2),
+            "files_used": found["files_used"], "mean_used": round(found["mean_used"], 2),
+            "every_stage": len(found["every_stage"]), "base": len(found["base"]), "loader": len(table[loader])}
 
 
 def report(found: dict, worst: int, every: bool) -> None:
@@ -190,9 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="show every file")
     ap.add_argument("--verify", type=int, metavar="N", help="check N random files (and 3 chosen) with dvc status")
     ap.add_argument("--files", nargs="+", metavar="PATH", help="check these files with dvc status")
+    ap.add_argument("--write", action="store_true", help=f"write the figures the docs quote to {FIGURES_FILE}")
     args = ap.parse_args(argv)
     found = figures()
     report(found, args.worst, args.all)
+    if args.write:
+        (REPO / FIGURES_FILE).write_text(json.dumps(quoted(found), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {FIGURES_FILE}")
     paths = (args.files or []) + (sample(found, args.verify) if args.verify is not None else [])
     if not paths:
         return 0

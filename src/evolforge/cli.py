@@ -81,12 +81,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "check":
-        from evolforge.schema import load_params
+        from evolforge.schema import asked_of_roles, load_params
 
         from evolforge.config.servers import server_problems
 
         params = load_params(args.params)
-        problems = server_problems(params)  # what a role's server cannot honour, without asking it
+        # what a role's backend or server cannot honour (without asking a server), as the stages would refuse it
+        problems = server_problems(params, asked_of_roles(params))
         if problems:
             raise SystemExit(f"{args.params}: " + "\n".join(f"  {p}" for p in problems))
         print(f"{args.params}: ok ({len(params)} sections)")

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from evolforge.config.bounds import DEFAULT_FILE, ParamsError, secret_problems
-from evolforge.config.loader import check_section, control_character_problems, read_yaml
+from evolforge.config.loader import check_section, control_character_problems, load_section, read_yaml
 from evolforge.config.messages import non_ascii_problem, suggest
 from evolforge.config.roles import ROLE_NAMES, Role
 from evolforge.config.runtime import CacheSettings, LLMSettings
+from evolforge.config.servers import Asked
 from evolforge.config.data import DataSettings
 from evolforge.config.fetch_model import FetchSettings
 from evolforge.config.training import EvaluateSettings, FinetuneSettings
@@ -75,6 +76,16 @@ def load_params(path: str | Path = DEFAULT_FILE) -> dict[str, Any]:
     params = read_yaml(path)
     check_params(params, path)
     return params
+
+
+def asked_of_roles(params: Mapping[str, Any]) -> Asked:
+    """What the stages will ask of the roles, from their typed sections (defaults included), for the checks of
+    :mod:`evolforge.config.servers`: the evolve strategy and the settings that ask the judge to rank."""
+    evolve = load_section(params, "evolve", EvolveSection)
+    judge, verify = load_section(params, "judge", JudgeSettings), load_section(params, "verify", VerifySettings)
+    rankings = (("judge.probabilities", judge.probabilities),
+                ("verify.probabilities", verify.enabled and verify.probabilities))
+    return Asked(evolve.strategy, tuple(setting for setting, on in rankings if on))
 
 
 def check_params(params: Mapping[str, Any], file: str | Path = DEFAULT_FILE) -> None:

@@ -1,6 +1,7 @@
 """What each backend can do, declared once: the generation controls it honours (and why not where it does
-not), whether it scores given answers by their log-probabilities (``judge.probabilities``, ranking), which
-roles it can serve, which ``extra`` settings it reads, and what it is (a server, the scorer's in-process
+not), whether it scores given answers by their log-probabilities (``judge.probabilities``,
+``verify.probabilities``: ranking), which roles it can serve (:data:`ROLE_NEEDS`: a scorer needs a transformers
+model's logits), which ``extra`` settings it reads, and what it is (a server, the scorer's in-process
 transformers model, a build whose kernels are probed). The role checks (:mod:`evolforge.config.roles`,
 ``evolforge check``, the models stage), the LLM layer and the steps ask this table what a backend does, never
 test its name; docs/explanation/controls.md explains it.
@@ -12,9 +13,8 @@ models stage), ``openai:any`` while it is not: a server is held to what its API 
 from __future__ import annotations
 
 import json
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Callable, Literal, Mapping
 from urllib.parse import urlsplit
 
@@ -27,6 +27,15 @@ CONTROL_NAMES = ("banned_strings", "assistant_prefix", "stop", "repetition_penal
                  "frequency_penalty")
 SERVER_KINDS = ("vllm", "llamacpp", "openai")  # what an openai role's server is (Role.server)
 CHAT_ROLES = frozenset({"evolver", "optimizer", "responder", "judge"})
+MODEL_ROLES = frozenset({"scorer", "embedder", "base"})  # a stage loads their model itself (no chat calls)
+# what a role needs of its backend where not every backend serves it: the refusal's reason (BackendSpec.roles)
+ROLE_NEEDS = {
+    "scorer": "the score stage computes losses from the logits of a transformers model in its own process",
+    "embedder": "the diversity and decontaminate stages embed with a transformers model in their own process",
+    "base": "the finetune and evaluate stages load and train a transformers model in their own process",
+}
+_BUT_SCORER = CHAT_ROLES | MODEL_ROLES - {"scorer"}  # a model other than hf's: what no stage refuses
+TOP_LOGPROBS = 20  # the most the OpenAI API lists: how many next tokens a ranking's walk asks for by default
 _ALL = frozenset(CONTROL_NAMES)
 _SERVED = _ALL - {"no_repeat_ngram_size"}  # vLLM's engine and the vLLM / llama.cpp servers: no n-gram ban
 
@@ -185,6 +194,13 @@ class OpenAISettings:
         "help": "with batch_api: the completion window asked of the provider"})
     batch_max_requests: PositiveInt = field(default=50_000, metadata={
         "help": "requests per job (OpenAI's limit per batch is 50,000)"})
+    backoff_s: NonNegativeFloat = field(default=1.0, metadata={
+        "help": "the first retry's wait, doubled on each retry up to 60 s (a 429 waits at least 0.5 s)",
+        "unit": "s"})
+    top_logprobs: PositiveInt = field(default=TOP_LOGPROBS, metadata={
+        "help": "next tokens a ranking (judge.probabilities, verify.probabilities) asks a server other than vLLM's "
+                "to list at each step of its walk: 20 is the OpenAI API's most; raise it where a server allows more "
+                "and an answer is not listed (a value other than 20 is in the cache key)"})
 
     @property
     def urls(self) -> list[str]:
@@ -197,11 +213,14 @@ class OpenAISettings:
         return self.concurrency * 4
 
     def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
-        return {}  # a server's engine is its own business: its served model id stands for it
+        """A server's engine is its own business (its served model id stands for it); what this client does that
+        changes an answer is keyed: ``top_logprobs`` (a walk that lists fewer tokens reads fewer answers), when
+        other than the default every key was made with before it counted."""
+        return {} if self.top_logprobs == TOP_LOGPROBS else {"top_logprobs": self.top_logprobs}
 
     def problems(self, where: str, extra: Mapping[str, Any]) -> list[str]:
-        """What is wrong with these server settings (``base_url`` / ``base_urls`` / ``batch_api``, and the role's
-        ``extra.backoff_s``), each named under ``where`` (``roles.judge``)."""
+        """What is wrong with these server settings (``base_url`` / ``base_urls`` / ``batch_api``, and any key of
+        the role's ``extra``: a server role reads none), each named under ``where`` (``roles.judge``)."""
         problems = []
         if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
             # the value itself is never shown: a key pasted here instead of a variable's name must not be echoed
@@ -228,11 +247,10 @@ class OpenAISettings:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 problems.append(f"{where}.{field_name}: got {json.dumps(url)}; allowed: an http:// or https:// URL "
                                 "with a host, e.g. http://127.0.0.1:8000/v1")
-        backoff = extra.get("backoff_s")
-        if "backoff_s" in extra and (isinstance(backoff, bool) or not isinstance(backoff, (int, float))
-                                     or not math.isfinite(backoff) or backoff < 0):
-            problems.append(f"{where}.extra.backoff_s: got {json.dumps(backoff, default=str)}; allowed: a number "
-                            "of seconds >= 0 (the first retry's wait, doubled on each retry; default 1)")
+        for key in extra:  # once read from extra (and any other key silently ignored): settings of their own now
+            moved = f"; write {where}.{key}" if key in _OPENAI_FIELDS else ""
+            problems.append(f"{where}.extra.{key}: backend openai reads no extra settings (its settings are keys of "
+                            f"{where} itself{moved})")
         if self.batch_api and self.base_urls is not None and len(self.base_urls) > 1:
             problems.append(f"{where}.batch_api: a batch job goes to one provider; use base_url, not several base_urls")
         for limit in ("requests_per_minute", "tokens_per_minute"):
@@ -253,19 +271,25 @@ class BackendSpec:
 
     controls: frozenset[str]  # the generation controls it honours
     settings: type[BackendSettings]  # what a role of this backend sets beside the common keys
-    ranks: bool  # scores choices by their log-probabilities (judge.probabilities)
+    ranks: bool  # scores choices by their log-probabilities (judge.probabilities, verify.probabilities)
     why_not: Mapping[str, str] = field(default_factory=dict)  # control -> why it does not honour it
-    roles: frozenset[str] | None = None  # the roles it can serve (None: every role)
+    # the roles it can serve (None: every role); a role it cannot serve is refused where params are read, with
+    # the role's need (ROLE_NEEDS), before any stage runs
+    roles: frozenset[str] | None = None
     # the `extra` settings it reads: name -> (check, what it must be); None: passed on to the engine as written
     extra: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None
     called: str | None = None  # what a refusal calls it ("backend 'hf'", "vllm's server"); None: backend '<name>'
-    # an OpenAI-compatible server: pinned by the model id it serves (its engine is its own business, so no engine
-    # option is in its keys), requests in flight bounded by `concurrency`, choices held by `choice_format`
+    # an OpenAI-compatible server: pinned by the model id it serves (its engine is its own business: its keys hold
+    # only what the client does that changes an answer), requests in flight bounded by `concurrency`, choices held
+    # by `choice_format`
     served: bool = False
     # a transformers model in this process: what roles.scorer needs (losses from its logits); its device and dtype
     # `auto` resolve on this machine, into the cache keys
     transformers: bool = False
     probes_kernels: bool = False  # a native build whose kernels are probed per CPU and model (llamacpp)
+    # ranks from the prompt log-probabilities a server echoes (vLLM's): each answer is put after the prompt with the
+    # role's tokenizer, so a ranking needs roles.<name>.tokenizer (the other servers walk top_logprobs)
+    ranks_by_echo: bool = False
     # "module:Class" under evolforge.llm.backends that runs it (llm/registry.py imports it by name, on first use);
     # None: a server kind, checked against but run by its backend's class
     runs: str | None = None
@@ -282,12 +306,12 @@ SPECS: dict[str, BackendSpec] = {
                                    # llama.cpp's extra buffer types (CPU-repack / AMX kernels); unset: as the
                                    # kernel probe finds on this CPU (llm/backends/llamacpp/probe.py)
                                    "extra_bufts": (_boolean, "true or false (unset: as the kernel probe finds)")}),
-    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, runs="vllm.backend:VLLMBackend", why_not={
+    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, roles=_BUT_SCORER, runs="vllm.backend:VLLMBackend", why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
     # every server kind ranks: vLLM's from echoed prompt log-probabilities, the others from a walk of the chat
     # API's top_logprobs (evolforge.llm.backends.openai.walk)
     "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), OpenAISettings, ranks=True, served=True,
-                          runs="openai.client:OpenAIBackend", why_not={
+                          roles=_BUT_SCORER, runs="openai.client:OpenAIBackend", why_not={
         "banned_strings": ("OpenAI's logit_bias bans single tokens of its own tokenizer, not strings; vLLM's server "
                            "(bad_words) and llama.cpp's (a grammar) can: set the role's server"),
         "assistant_prefix": ("OpenAI's chat completions API cannot continue an assistant turn; vLLM's server "
@@ -297,7 +321,7 @@ SPECS: dict[str, BackendSpec] = {
         "no_repeat_ngram_size": "no OpenAI-compatible server offers an n-gram ban; use repetition_penalty"}),
     # vLLM's /completions echo the prompt's log-probabilities right (ranking needs the role's tokenizer there)
     "openai:vllm": BackendSpec(_SERVED, OpenAISettings, ranks=True, served=True, called="vllm's server",
-                               why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
+                               ranks_by_echo=True, why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
     "openai:llamacpp": BackendSpec(_SERVED, OpenAISettings, ranks=True, served=True, called="llamacpp's server",
                                    why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("llama.cpp")}),
     # a server of a kind not known yet (server: auto): held to what vllm and llamacpp offer; the models stage,
@@ -306,9 +330,10 @@ SPECS: dict[str, BackendSpec] = {
                               why_not={
         "no_repeat_ngram_size": ("no OpenAI-compatible server (vLLM, llama.cpp, OpenAI) offers an n-gram ban; use "
                                  "repetition_penalty, or an in-process backend")}),
-    "ray": BackendSpec(frozenset(), RaySettings, ranks=False, runs="ray.backend:RayBackend"),
+    "ray": BackendSpec(frozenset(), RaySettings, ranks=False, roles=_BUT_SCORER, runs="ray.backend:RayBackend"),
 }
 BACKEND_NAMES = tuple(name for name, spec in SPECS.items() if spec.runs)  # what roles.<name>.backend may name
+_OPENAI_FIELDS = frozenset(f.name for f in fields(OpenAISettings))
 # a backend the table does not name (a test double): no controls
 NOTHING = BackendSpec(frozenset(), LocalSettings, ranks=False)
 

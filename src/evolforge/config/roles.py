@@ -25,7 +25,7 @@ from evolforge.config.loader import check_section, parse
 from evolforge.config.messages import suggest
 
 from evolforge.config.backend_specs import (BACKEND_NAMES, CHAT_ROLES, CONTROL_NAMES, SPECS, BackendSettings,
-                                            HfSettings, checked_as, spec_of)
+                                            HfSettings, ROLE_NEEDS, checked_as, spec_of)
 
 
 
@@ -149,8 +149,9 @@ class Role:
                 "e.g. a judge's 8, is what the answer may take; servers count max_tokens over thinking and answer "
                 "together)"})
     extra: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "backend-specific settings: llamacpp reads reuse_prefix, speculative, gpu_layers "
-                "(config/backend_specs.py); other backends pass them to the engine as written"})
+        "help": "backend-specific settings: llamacpp reads reuse_prefix, speculative, gpu_layers, extra_bufts "
+                "(config/backend_specs.py); vllm and ray pass them to vLLM's engine as written; openai reads none "
+                "(its settings are keys of the role); hf does not read them"})
     # generation controls for small models (see Controls, docs/explanation/controls.md); a stage's `controls` overrides
     banned_strings: list[str] = field(default_factory=list, metadata={
         "help": "generation control: strings that can never be generated (each also with a leading space); a stage's "
@@ -232,14 +233,16 @@ class Role:
         return role
 
     def extra_problems(self) -> list[str]:
-        """What is wrong with a role its backend cannot serve (a llamacpp scorer: scores, embeddings and training
-        need a transformers model), or an unknown ``extra`` where the backend reads it (llamacpp; the others
-        pass ``extra`` on to their engines)."""
+        """What is wrong with a role its backend cannot serve (``BackendSpec.roles``: a llamacpp scorer, embedder
+        or base, a vllm, openai or ray scorer), or an unknown ``extra`` where the backend reads it (llamacpp; the
+        server roles read none: :meth:`server_problems`; the others pass ``extra`` on to their engines)."""
         spec = spec_of(self.backend)
-        if spec.roles is not None and self.name in ("scorer", "embedder", "base"):
-            return [f"roles.{self.name}.backend: {self.backend} serves the chat roles "
-                    f"({', '.join(sorted(CHAT_ROLES))}); "
-                    f"{self.name} runs in-process on a transformers model: backend hf"]
+        if spec.roles is not None and self.name not in spec.roles:
+            serves = (f"the chat roles ({', '.join(sorted(CHAT_ROLES))})" if spec.roles == CHAT_ROLES
+                      else f"every role but the {', '.join(sorted(set(ROLE_NEEDS) - spec.roles))}")
+            able = [b for b in BACKEND_NAMES if SPECS[b].roles is None or self.name in SPECS[b].roles]
+            return [f"roles.{self.name}.backend: {self.backend} serves {serves}, not the {self.name}: "
+                    f"{ROLE_NEEDS[self.name]}; use backend {' or '.join(able)}"]
         if spec.extra is None:
             return []
         where = f"roles.{self.name}.extra"
@@ -252,6 +255,22 @@ class Role:
         """What is wrong with a server role's settings (``base_url`` / ``base_urls`` / ``batch_api``); none for the
         other backends."""
         return self.settings.problems(f"roles.{self.name}", self.extra) if self.served else []
+
+    def ranking_problems(self, setting: str, backend: str | None = None) -> list[str]:
+        """What keeps this role from ranking answers by their probabilities, as ``setting`` (``judge.probabilities``,
+        ``verify.probabilities``: the key the user wrote) asks it to; ``backend``: what its requests are checked
+        against (``openai:vllm`` once the models stage found the server's kind), by default :attr:`control_backend`."""
+        backend = backend or self.control_backend
+        spec = spec_of(backend)
+        if not spec.ranks:
+            return [f"{setting}: {spec.called or f'backend {backend!r}'} (roles.{self.name}) cannot score answers by "
+                    f"their probabilities (it needs the log-probabilities of whole answers: backend hf, llamacpp, "
+                    f"vllm or openai); set {setting}: false"]
+        if spec.ranks_by_echo and not self.settings.tokenizer:
+            return [f"{setting}: on vLLM's server it needs roles.{self.name}.tokenizer (the served model's tokenizer, "
+                    f"with its chat template) and roles.{self.name}.max_model_len, to put each answer after the "
+                    f"prompt; or set {setting}: false"]
+        return []
 
 
 def _keys(cls: type) -> set[str]:

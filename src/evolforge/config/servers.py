@@ -1,23 +1,41 @@
 """What the roles served by OpenAI-compatible servers are asked to do, checked against what each server offers,
 before any request: every generation control where it is written (``evolve.controls``, ``optimize.controls``,
-``roles.<role>``) and judge.probabilities. ``evolforge check`` runs it without asking any server (a role whose
-``server`` is auto is held to what every kind offers); the models stage runs it with the kinds it found."""
+``roles.<role>``), and the judge's rankings (``judge.probabilities``, ``verify.probabilities``) whatever its
+backend. ``evolforge check`` runs it without asking any server (a role whose ``server`` is auto is held to what
+every kind offers); the models stage runs it with the kinds it found; the verify stage checks its own ranking
+with the kind its judge's identity records (:meth:`Role.ranking_problems`).
+
+What the stages ask that the params as written do not say (a section's defaults live in its step's settings
+class, which this layer does not import) comes typed, as :class:`Asked` (:func:`evolforge.schema.asked_of_roles`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Controls, Role, controls_problems
 
 
-def _stage_controls(params: Mapping[str, Any], roles: Mapping[str, Role]) -> list[tuple[str, Controls]]:
+@dataclass(frozen=True)
+class Asked:
+    """What the stages will ask of the roles, from their typed sections: the evolve rounds' ``strategy`` and the
+    settings that ask the judge to rank answers by their probabilities (``judge.probabilities`` when true,
+    ``verify.probabilities`` when verify is enabled and it is true)."""
+
+    strategy: str
+    rankings: tuple[str, ...]
+
+
+def _stage_controls(params: Mapping[str, Any], roles: Mapping[str, Role],
+                    asked: Asked) -> list[tuple[str, Controls]]:
     """(role, controls) of each kind of call the stages make, sources recorded."""
     evolve, optimize = params.get("evolve") or {}, params.get("optimize") or {}
     calls = [(name, role.controls) for name, role in roles.items()]
     if "evolver" in roles:
         evolver = roles["evolver"].controls
-        if evolve.get("strategy", "auto") == "evol":
+        if asked.strategy == "evol":  # the hand-written methods' calls (the others: the step format's, below)
             calls.append(("evolver", evolver.merged(evolve.get("controls"), "evolve.controls")))
         method = evolve.get("method_controls")
         calls.append(("evolver", evolver.merged(evolve.get("controls"), "evolve.controls") if method is None
@@ -27,16 +45,20 @@ def _stage_controls(params: Mapping[str, Any], roles: Mapping[str, Role]) -> lis
     return calls
 
 
-def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None = None) -> list[str]:
-    """One message per setting an openai role's server cannot honour. ``kinds``: role -> the server kind found
-    (vllm | llamacpp | openai); without it, a role's ``server`` setting, and for auto what no kind offers."""
-    roles = {}
+def server_problems(params: Mapping[str, Any], asked: Asked, kinds: Mapping[str, str] | None = None) -> list[str]:
+    """One message per setting a role cannot honour where it is served: a control an openai role's server does
+    not offer, a ranking (:attr:`Asked.rankings`) the judge's backend cannot make. ``kinds``: role -> the server
+    kind found (vllm | llamacpp | openai); without it, a role's ``server`` setting, and for auto what no kind
+    offers."""
+    roles, judge = {}, None
     for name, fields in (params.get("roles") or {}).items():
-        if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).served:
-            try:
+        try:
+            if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).served:
                 roles[name] = Role.from_params(name, fields)
-            except ValueError:
-                continue  # the loader reports it
+            if name == "judge" and asked.rankings:
+                judge = roles.get(name) or Role.from_params(name, fields)
+        except ValueError:
+            continue  # the loader reports it
     kinds = dict(kinds or {})
 
     def backend(name: str) -> str:
@@ -44,30 +66,23 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
         return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai:any" if kind == "auto" else "openai"
 
     problems: list[str] = []
-    for name, controls in _stage_controls(params, roles):
+    for name, controls in _stage_controls(params, roles, asked):
         for problem in controls_problems(backend(name), controls, f"roles.{name}"):
             if problem not in problems:
                 problems.append(problem)
-    judge = params.get("judge") or {}
-    if "judge" in roles and judge.get("probabilities"):
-        kind = backend("judge")
-        if not spec_of(kind).ranks:
-            problems.append("judge.probabilities: the judge's server (roles.judge) cannot score answers by their "
-                            "probabilities; set judge.probabilities: false")
-        elif kind == "openai:vllm" and not roles["judge"].settings.tokenizer:
-            # vLLM's echoed prompt log-probabilities; the other kinds walk top_logprobs (no tokenizer needed)
-            problems.append("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer (the served model's "
-                            "tokenizer, with its chat template) and roles.judge.max_model_len, to put each answer "
-                            "after the prompt; or set judge.probabilities: false")
+    if judge is not None:
+        checked = backend("judge") if judge.served else judge.control_backend
+        for setting in asked.rankings:
+            problems += judge.ranking_problems(setting, checked)
     return problems
 
 
-def refuse_unservable(params: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]]) -> None:
+def refuse_unservable(params: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]], asked: Asked) -> None:
     """The models stage's check: with the server kinds its ``models/identity.json`` ``entries`` record, raise
     :class:`ParamsError` listing every setting a role's server cannot honour."""
     from evolforge.config.bounds import ParamsError
 
     kinds = {n: e["identity"].get("server", "openai") for n, e in entries.items() if spec_of(e["backend"]).served}
-    problems = server_problems(params, kinds)
+    problems = server_problems(params, asked, kinds)
     if problems:
         raise ParamsError(problems)

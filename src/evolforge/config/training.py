@@ -111,7 +111,7 @@ class EvaluateSettings:
         "unit": "s"})
     sandbox_memory_mb: PositiveInt = field(default=512, metadata={
         "help": "memory limit per program in the sandbox",
-        "unit": "MB"})
+        "unit": "MiB"})
     bootstrap_iters: NonNegativeInt = field(default=0, metadata={
         "help": "lm-evaluation-harness bootstrap iterations for standard errors (0 = none)"})
     seed: int = field(default=1234, metadata={"help": "lm-evaluation-harness seed"})

@@ -173,6 +173,7 @@ class LLM:
         results, missing = self._from_cache([self.key(r) for r in requests])
         self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
         if not missing:
+            self.asked += len(requests)  # answered from the cache: asked all the same (max_failure_rate's base)
             return results  # type: ignore[return-value]
         if dryrun.active():  # evolforge plan: count the misses, send nothing
             return self._dry_run(requests, missing, results, desc or self.desc)
@@ -193,6 +194,18 @@ class LLM:
         if unsent:
             raise BudgetExhaustedError(message)
         return results  # type: ignore[return-value]
+
+    def record_item_failures(self, reason: str, items: int, error: str) -> None:
+        """Count ``items`` that the caller could not use although their requests were answered (the verify step:
+        a batch whose sandbox or parsing failed) as failures toward ``llm.max_failure_rate``, under ``reason``;
+        ``error`` says why. The stage's end judges them with the rest (:func:`check_failures`)."""
+        if items <= 0:
+            return
+        failed = Counter({reason: items})
+        self._record_failures(failed)
+        self.failed += failed
+        if self.first_failure is None:
+            self.first_failure = Completion.failure(reason, error)
 
     def allowed(self, asked: int) -> int:
         """How many of ``asked`` requests may fail under ``llm.max_failure_rate``."""

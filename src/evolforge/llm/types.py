@@ -69,11 +69,13 @@ def refuse_controls(backend: str, requests: Sequence[ChatRequest], where: str) -
 def refuse_ranking(backend: str, requests: Sequence[ChatRequest], where: str) -> None:
     """Raise :class:`ControlsError` when ``backend`` cannot rank a request's choices by likelihood."""
     if not spec_of(backend).ranks and any(r.rank for r in requests):
-        raise ControlsError(f"params.yaml judge.probabilities ({where}): {backend.replace('openai:', 'the ')} "
+        # the stage that asks names its own setting first (evolforge.config.servers.ranking_problems); this is the
+        # last guard, for a caller that did not
+        raise ControlsError(f"{where}: {backend.replace('openai:', 'the ')} "
                             f"{'server' if backend.startswith('openai') else 'backend'} cannot score answers by "
                             f"their probabilities (it needs the log-probabilities of whole answers: backend "
-                            f"hf, llamacpp, vllm or openai); set "
-                            f"judge.probabilities: false")
+                            f"hf, llamacpp, vllm or openai); set the setting that asked for them to false "
+                            f"(judge.probabilities for the judge stage, verify.probabilities for verify)")
     if any(r.rank and not r.choices for r in requests):
         raise ControlsError(f"{where}: a ranking request needs its choices")
 

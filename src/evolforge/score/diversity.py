@@ -1,6 +1,6 @@
-"""Diversity: instruction embeddings for the Minimum Neighbor Distance (MND, ALGORITHMS.md §7; the distances
-themselves are :mod:`evolforge.score.neighbors`). Text per item = instruction + "\\n" + input (input only when
-non-empty), see :func:`item_texts`.
+"""Diversity: instruction embeddings for the Minimum Neighbor Distance (MND, docs/reference/algorithms.md §7;
+the distances themselves are :mod:`evolforge.score.neighbors`). Text per item = instruction + "\\n" + input (input
+only when non-empty), see :func:`item_texts`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""IFD and IC-IFD scores of items under a scorer model (ALGORITHMS.md §1-2): the score stage's driver.
+"""IFD and IC-IFD scores of items under a scorer model (docs/reference/algorithms.md §1-2): the score stage's driver.
 
 Each item's three mean token cross-entropies L(Q), L(A|Q), L(A) (nats per token) and their ratios ifd =
 L(A|Q) / L(A) and ic_ifd = L(A|Q) / (L(Q) * L(A)) (:mod:`evolforge.score.formulas` has the formulas and a

@@ -1,6 +1,6 @@
 """Nearest neighbours between unit-normalised embeddings, exact and tile by tile, in numpy alone (no torch):
-each item's Minimum Neighbor Distance (MND, ALGORITHMS.md §7) and repeat count, for the diversity stage, and
-the tiles the selection's diversity walk compares its kept rows in.
+each item's Minimum Neighbor Distance (MND, docs/reference/algorithms.md §7) and repeat count, for the diversity
+stage, and the tiles the selection's diversity walk compares its kept rows in.
 
 MND of an item = squared L2 distance between unit-normalised embeddings to its nearest neighbour other than
 itself, d^2 = 2 - 2 cos (what paper B reads from a flat faiss L2 index). Higher = more diverse; an exact

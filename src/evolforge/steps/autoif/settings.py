@@ -76,7 +76,7 @@ class AutoIFSettings:
     case_timeout_s: PositiveFloat = field(default=5.0, metadata={
         "help": "seconds per test case (the reference code's SIGALRM limit), summed per function",
         "unit": "s"})
-    memory_mb: PositiveInt = field(default=512, metadata={"help": "memory limit per sandbox process", "unit": "MB"})
+    memory_mb: PositiveInt = field(default=512, metadata={"help": "memory limit per sandbox process", "unit": "MiB"})
     workers: PositiveInt = field(default=2, metadata={"help": "sandbox processes at a time"})
     queries: QuerySource = field(default_factory=dict, metadata={
         "help": "where the queries paired with constraints come from, read like seed.source (defaults: "

@@ -2,7 +2,7 @@
 
 Each rule returns a reason string (recorded per item as ``failure_reason``) or None. The rules follow
 Evol-Instruct's elimination (WizardLM section 3.3) and Auto Evol-Instruct's failure function F
-(its reference code's exact rule set); see ``shared/reference/ALGORITHMS.md`` sections 3.5 and 4.4.
+(its reference code's exact rule set); see ``docs/reference/algorithms.md`` sections 3.5 and 4.4.
 Rules of this project catch what small real evolvers write and the papers' large models do not:
 output cut at ``max_tokens``, loops, answers in place of rewrites, and chatter that asks the user for
 input. ``docs/explanation/elimination.md`` lists every rule, its reason string, source and thresholds.

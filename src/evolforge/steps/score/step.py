@@ -20,7 +20,6 @@ import torch
 
 from evolforge.io import validation
 from evolforge.config.loader import load_section
-from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Role, load_role
 from evolforge.config.data import DataSettings
 from evolforge.io.records import TABLE, VERSIONS, output_versions
@@ -62,7 +61,7 @@ class ChunkScorer:
         if self._scorer is None:
             if self.threads is not None:  # an actor takes `threads` CPUs of its node, not all of them
                 torch.set_num_threads(self.threads)
-            hf = role.settings  # an hf role (run() refuses the others)
+            hf = role.settings  # an hf role (BackendSpec.roles: the others cannot serve the scorer)
             self._scorer = load_scorer(role.model, role.revision, dtype=hf.dtype, device=hf.device)
         model, tokenizer = self._scorer
         scores = ifd.ifd_scores(model, tokenizer, chunk["instruction"].to_list(), chunk["input"].to_list(),
@@ -77,9 +76,7 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
     ``out``; the scorer runs in-process (hf): scoring needs logits. With ``data.engine: ray`` the chunks are
     scored by ``roles.scorer.replicas`` Ray actors of ``roles.scorer.threads`` CPUs (default 1) each."""
     cfg = load_section(params, "score", ScoreSettings)
-    role = load_role(params, "scorer")
-    if not spec_of(role.backend).transformers:
-        raise SystemExit("params.yaml roles.scorer.backend: scoring needs logits, so it runs in-process (hf)")
+    role = load_role(params, "scorer")  # a backend that cannot serve the scorer is refused there (BackendSpec.roles)
     source, data = table_file(items), load_section(params, "data", DataSettings)
     check_chunks(source,
                  validation.item_columns(["id", "round",

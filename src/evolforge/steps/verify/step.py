@@ -14,7 +14,11 @@ Per item, in this order (:func:`choose_method`):
 Columns written (:data:`evolforge.io.columns.VERIFIED`): ``verify_method``, ``verify_verdict`` (right | wrong |
 unsure), ``verify_evidence`` (JSON: tests and which passed, the values compared, the judge's P(right) and reason)
 and ``verify_confidence`` (the estimated probability that the answer is right; null where none was measured).
-An item whose verification raised is ``unsure`` with the error as its evidence: one bad item never sinks the stage.
+A method's batch that fails on what a batch can really fail on (:data:`BATCH_FAULTS`: the sandbox's OS errors, text
+that does not parse) leaves its items ``unsure`` with the error as their evidence, the other methods' items go on, and
+each such item counts as a failure of the role that answered it toward ``llm.max_failure_rate``. A refusal (a
+setting the backend cannot honour), a spent ``llm.budget``, a request error (a bad key, URL or model) and a bug
+stop the stage, as in every other stage.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 import polars as pl
 
+from evolforge.config.bounds import ParamsError, Refusal
 from evolforge.config.data import DataSettings
 from evolforge.config.loader import load_section
 from evolforge.config.runtime import load_llm_params
@@ -40,6 +45,7 @@ from evolforge.io.records import TABLE, VERSIONS, output_versions
 from evolforge.io.stream import (check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
                                  write_output_chunks)
 from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.types import ControlsError
 from evolforge.steps.common.guards import guard_reason
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_sampling
 from evolforge.steps.respond.settings import RespondSettings
@@ -50,6 +56,11 @@ from evolforge.steps.verify.numeric import PROGRAM_TEMPLATE, is_numeric_task
 from evolforge.steps.verify.settings import VerifySettings
 
 METHODS = ("none", "answer_check", "code_tests", "numeric", "judge")
+# What a method's batch can really fail on: the sandbox's OS errors (no process, no temporary folder) and
+# model-written text that does not parse. A Refusal or ControlsError is a ValueError too, but a setting to fix.
+BATCH_FAULTS = (OSError, ValueError, SyntaxError, RecursionError)
+REFUSALS = (Refusal, ControlsError)
+VERIFY_ERROR = "verify_error"  # the failure reason an item left unsure by its batch's error counts under
 VERDICTS = ("right", "wrong", "unsure")
 TEMPLATES = (TESTS_TEMPLATE, SOLUTION_TEMPLATE, PROGRAM_TEMPLATE, CORRECTNESS_TEMPLATE, REASON_TEMPLATE,
              RESPONSE_TEMPLATE)
@@ -77,15 +88,20 @@ def _free(method: str, row: dict[str, Any], guard: str | None) -> Result:
                   1.0 if passed else 0.0)
 
 
-def _guarded(method: str, run: Any, items: list[Item]) -> list[Result]:
-    """``run(items)``, or every item ``unsure`` with the error when the method raised for the batch."""
+def _guarded(method: str, run: Any, items: list[Item], llm: LLM) -> list[Result]:
+    """``run(items)``, or every item ``unsure`` with the error when the batch failed on one of
+    :data:`BATCH_FAULTS`; those items count as failures of ``llm`` (the role that answered them) toward
+    ``llm.max_failure_rate``. Anything else propagates: a refusal, a spent budget, a request error, a bug."""
     if not items:
         return []
     try:
         return run(items)
-    except Exception as err:  # one bad batch is recorded on its items; the other methods' items go on
-        why = json.dumps({"error": f"{type(err).__name__}: {str(err)[:300]}"})
-        return [Result(method, "unsure", why, None) for _ in items]
+    except REFUSALS:
+        raise
+    except BATCH_FAULTS as err:  # one bad batch is recorded on its items; the other methods' items go on
+        why = f"{type(err).__name__}: {str(err)[:300]}"
+        llm.record_item_failures(VERIFY_ERROR, len(items), f"verify {method}: {why}")
+        return [Result(method, "unsure", json.dumps({"error": why}), None) for _ in items]
 
 
 def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibrary, settings: VerifySettings,
@@ -105,7 +121,7 @@ def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibra
         picked = [k for k, m in enumerate(methods) if m == method]
         items = [Item(question_text(rows[k]["instruction"], rows[k].get("input")), rows[k]["instruction"],
                       rows[k].get("input") or "", rows[k].get("output") or "") for k in picked]
-        for k, result in zip(picked, _guarded(method, run, items)):
+        for k, result in zip(picked, _guarded(method, run, items, judge if method == "judge" else responder)):
             results[k] = result
     return pl.DataFrame({"id": table["id"], "round": table["round"].cast(pl.Int32),
                          "verify_method": [r.method for r in results], "verify_verdict": [r.verdict for r in results],
@@ -135,6 +151,10 @@ def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: Pro
                  + validation.unique("id"), rows)
     llms = open_roles(load_llm_params(params, ("responder", "judge")))
     responder, judge = llms["responder"], llms["judge"]
+    if cfg.enabled and cfg.probabilities:  # refused before any call, naming the setting that asks for it
+        refused = judge.role.ranking_problems("verify.probabilities", judge.control_backend)
+        if refused:
+            raise ParamsError(refused)
 
     def verified(chunk: pl.DataFrame) -> pl.DataFrame:
         return verify(chunk, responder, judge, prompts, cfg, sampling)

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from evolforge.llm.cache import CallCache
+from evolforge.config.backend_specs import TOP_LOGPROBS
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import (ERROR_CHARS, PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities,
@@ -60,7 +61,7 @@ from evolforge.llm.backends.openai.replicas import Replica, Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
 from evolforge.llm.thinking import DEFAULT_TAGS, separate
 from evolforge.llm.backends.openai.ranking import rank_on_server
-from evolforge.llm.backends.openai.walk import TOP_LOGPROBS, walk_on_server
+from evolforge.llm.backends.openai.walk import walk_on_server
 
 # a server's answer to a request it could not validate, when it sends it as 500 (pydantic / FastAPI wording)
 # (and llama-cpp-python's refusal of logprobs without --logits_all)
@@ -76,7 +77,7 @@ class OpenAIBackend:
     thinking_tags: tuple[str, ...] = DEFAULT_TAGS  # a reasoning model's markers (the role's thinking_tags)
     server = "openai"  # what the server is: vllm | llamacpp | openai (evolforge.llm.backends.openai.served)
     role_name = "?"  # the role, for messages that name its settings
-    top_logprobs = TOP_LOGPROBS  # how many next tokens a ranking's walk asks for (roles.<role>.extra.top_logprobs)
+    top_logprobs = TOP_LOGPROBS  # how many next tokens a ranking's walk asks for (roles.<role>.top_logprobs)
 
     def __init__(
         self,
@@ -161,7 +162,7 @@ class OpenAIBackend:
             concurrency=role.settings.concurrency,
             timeout_s=role.settings.timeout_s,
             max_retries=role.settings.max_retries,
-            backoff_s=float(role.extra.get("backoff_s", 1.0)),
+            backoff_s=role.settings.backoff_s,
             revision=role.revision,
             max_model_len=role.max_model_len,
             tokenizer=tokenizer,
@@ -175,7 +176,7 @@ class OpenAIBackend:
         )
         backend.thinking_tags = tuple(role.thinking_tags)
         backend.role_name = role.name
-        backend.top_logprobs = int(role.extra.get("top_logprobs", TOP_LOGPROBS))
+        backend.top_logprobs = role.settings.top_logprobs
         from evolforge.llm.backends.openai.served import in_flight, server_kind
 
         backend.server = server_kind(role, strict=False)  # asks GET /models once when the role says auto

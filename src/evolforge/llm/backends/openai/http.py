@@ -192,8 +192,9 @@ def setting_hint(raw: bytes, role: str) -> str:
         text = raw[:ERROR_CHARS].decode("utf-8", "replace")
         where = f"roles.{role}"
         if "logits_all" in text:  # llama-cpp-python gives log-probabilities only when started with --logits_all
-            return ("; llama-cpp-python's server gives log-probabilities (judge.probabilities reads top_logprobs) only "
-                    "when started with --logits_all true: restart it so, or set judge.probabilities: false")
+            return ("; llama-cpp-python's server gives log-probabilities (a ranking reads top_logprobs) only when "
+                    "started with --logits_all true: restart it so, or set judge.probabilities: false (the judge "
+                    "stage) or verify.probabilities: false (verify), whichever asked")
         if "response_format" in text or "json_schema" in text:
             return (f"; this server does not take response_format json_schema: set {where}.server to what it is "
                     f"(llamacpp: a grammar holds the answers) or {where}.choice_format: none")

@@ -69,8 +69,9 @@ async def rank_on_server(backend: Any, session: Any, request: ChatRequest, repli
     tokenizer = backend.tokenizer
     if tokenizer is None:
         return Completion.failure(REQUEST_REJECTED, (
-            f"params.yaml judge.probabilities on a server needs roles.{backend.role_name}.tokenizer (the served "
-            f"model's tokenizer with its chat template, and max_model_len) to put each answer after the prompt"))
+            f"a ranking (judge.probabilities, verify.probabilities) on vLLM's server needs "
+            f"roles.{backend.role_name}.tokenizer (the served model's tokenizer with its chat template, and "
+            f"max_model_len) to put each answer after the prompt"))
     scores: list[float] = []
     prompt_tokens = 0
     for choice in request.choices or ():

@@ -14,7 +14,7 @@ first digit takes 2-4 generations, against 101 echoed prompts; a level 1-2.
 
 How close this comes to the local ranking: every tokenization of an answer counts (the local ranking scores the
 tokenizer's own one); prefixes under ``EXPAND_AT`` are left out (at most that mass per prefix); a token outside
-the ``top_logprobs`` the server lists (``roles.<role>.extra.top_logprobs``, default 20, OpenAI's most) is not
+the ``top_logprobs`` the server lists (``roles.<role>.top_logprobs``, default 20, OpenAI's most) is not
 seen. For a model whose answers lie within its top tokens, the expected values agree within about a point of
 100 (tests/test_llamacpp_server.py). The completion's text is the JSON list of the answers' log-probabilities, as
 a ranking's is; an answer never seen gets ``UNSEEN``.
@@ -33,12 +33,12 @@ from typing import Any
 
 import orjson
 
+from evolforge.config.backend_specs import TOP_LOGPROBS
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import Completion
 
 EXPAND_AT = 0.002  # a prefix with this share of the answers' mass is walked when its answers are not known
 MAX_GENERATIONS = 24  # per ranking request, at most
-TOP_LOGPROBS = 20  # the most the OpenAI API lists; roles.<role>.extra.top_logprobs for more where a server allows
 UNSEEN = -1000.0  # the log-probability of an answer the walk never saw
 # what an end of turn looks like in top_logprobs: llama-cpp-python lists a control token as ""
 END_TOKENS = frozenset({"", "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>", "<|end|>", "<end_of_turn>"})
@@ -190,8 +190,8 @@ async def walk_on_server(backend: Any, session: Any, request: ChatRequest, repli
     probs, _ = answer_probabilities(choices, seen)
     if not any(probs.values()):
         return Completion.failure("request_rejected", (
-            f"judge.probabilities: none of the allowed answers is among the {top} most likely tokens the server "
-            f"listed; raise roles.{backend.role_name}.extra.top_logprobs where the server allows it"))
+            f"roles.{backend.role_name}: none of the allowed answers is among the {top} most likely tokens the server "
+            f"listed for a ranking; raise roles.{backend.role_name}.top_logprobs where the server allows it"))
     scores = [math.log(p) if p > 0 else UNSEEN for p in probs.values()]
     return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=tokens[0],
                       completion_tokens=tokens[1])
