@@ -13,7 +13,7 @@ from evolforge.config.controls import ControlSettings
 
 @dataclass
 class OptimizeSettings:
-    """``optimize``; paper values in ALGORITHMS.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
+    """``optimize``; paper values in docs/reference/algorithms.md 4.4 (T=10, m=5, batch 10, |D|=50, l=1)."""
 
     initial_method: Literal["initial", "weak"] = field(default="initial", metadata={
         "help": "the method the optimization starts from: initial | weak (the paper's weak baseline)"})

@@ -1,4 +1,4 @@
-"""Auto Evol-Instruct: optimize the evolving method on a development set (ALGORITHMS.md section 4.4).
+"""Auto Evol-Instruct: optimize the evolving method on a development set (docs/reference/algorithms.md section 4.4).
 
 One step t, starting from the current method e_{t-1}:
 
