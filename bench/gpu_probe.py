@@ -25,10 +25,10 @@ measurement (a slow one is recorded as timed out).
 
 On a GPU machine that receives at most 64 MiB beside the checkout (docs/gpu.md has the whole recipe), carry, in
 folders that ``.git/info/exclude`` ignores: ``tok-qwen/`` (the shipped GGUF folder's ``tokenizer.json``, gzipped:
-``tokenizer.json.gz`` is read as is, plus ``tokenizer_config.json`` and ``chat_template.jinja``: about 2.4 MiB)
+``tokenizer.json.gz`` is read as is, plus ``tokenizer_config.json`` and ``chat_template.jinja``: about 2.1 MB)
 and ``.whl/`` (the wheels the GPU image lacks, ``pip download --no-deps --only-binary=:all: --python-version
 3.12 --platform manylinux_2_17_x86_64``: polars 1.20.0, pydantic + pydantic-core + annotated-types +
-typing-inspection, orjson, trl 1.16.0, datasets 5.2.0, dill, multiprocess: about 38 MiB). The checkout's own
+typing-inspection, orjson, trl 1.16.0, datasets 5.2.0, dill, multiprocess: about 36 MiB). The checkout's own
 ``src/``, ``prompts/`` and ``bench/`` travel as tracked files. Then::
 
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
