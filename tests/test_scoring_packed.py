@@ -141,3 +141,15 @@ def test_activation_estimate_bounds_the_measured_figure():
     model = SimpleNamespace(config=SimpleNamespace(hidden_size=1536, intermediate_size=8960), dtype=torch.bfloat16)
     estimate = losses._activation_bytes_per_token(model)
     assert 62_000 < estimate < 124_000
+
+
+def test_kernel_check_catches_attention_across_sequences():
+    """The start-up check of a variable-length kernel (run inside the scorer's inference mode, backward
+    included) passes the exact kernel and fails one that lets a sequence attend to the one before it."""
+    def whole_row(q, k, v, cu, longest, scale):  # causal over the packed row: the bug packing must not have
+        part = [t.transpose(0, 1)[None] for t in (q, k, v)]
+        return torch.nn.functional.scaled_dot_product_attention(*part, is_causal=True, scale=scale)[0].transpose(0, 1)
+
+    with torch.inference_mode():
+        assert varlen.kernel_agrees(varlen._sdpa_loop, "cpu", torch.float32, backward=True)
+        assert not varlen.kernel_agrees(whole_row, "cpu", torch.float32)

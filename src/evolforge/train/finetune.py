@@ -236,7 +236,7 @@ def _padding_free(s: FinetuneSettings, requested: bool | None) -> bool:
     if requested is not None:
         return requested
     device = pick_device("auto")
-    return device.startswith("cuda") and packed_kernel_works(device, pick_dtype(s.dtype, device))
+    return device.startswith("cuda") and packed_kernel_works(device, pick_dtype(s.dtype, device), backward=True)
 
 
 def truncated(dataset, max_length: int):
