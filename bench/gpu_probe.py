@@ -17,7 +17,8 @@ times evolforge's own code on it; each figure is a JSON line starting ``RESULT``
   gradients), peak memory, whether batches were padding-free.
 
 A section that fails prints its error as a RESULT line and the next one runs; ``--section-s`` bounds each
-measurement (a slow one is recorded as timed out).
+measurement (a slow one is recorded as timed out). ``--profile`` adds torch profiler tables (the 25 costliest
+operations) of a scorer run and of a few fine-tuning steps, to see where the time goes.
 
     python bench/gpu_probe.py --tokenizer tok-qwen                       # on a GPU machine, all sections
     python bench/gpu_probe.py --tokenizer tok-qwen --sections scorer --budgets 65536,device
@@ -116,6 +117,22 @@ def timed(limit: int, fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def profiled(section: str, what: str, fn, *args, **kwargs):
+    """Run ``fn`` under torch's profiler and emit its 25 costliest operations (device time on a GPU, host time
+    on a CPU) as a table: where the time of a path goes, from the same run as its figures."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        out = fn(*args, **kwargs)
+        sync()
+    table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=25)
+    print(table, flush=True)
+    emit({"section": section, "profile": what, "table": table})
+    return out
+
+
 def words(rng: random.Random, lo: int, hi: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
@@ -183,11 +200,14 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
              "responses": [words(rng, a_lo, a_hi) for _ in range(n)]}
     model, tokenizer = load_scorer(str(model_dir))
     params = sum(p.numel() for p in model.parameters())
-    encoded = encode_items(tokenizer, items["instructions"], [""] * n, items["responses"])
+    encoded, encode_s = timed(args.section_s, encode_items, tokenizer, items["instructions"], [""] * n,
+                              items["responses"])
     tokens = sum(len(e.conditioned_ids) + len(e.direct_ids) for e in encoded)  # both passes
     packed = use_packing(model)
+    # encode_s: the tokenization inside each ifd_scores call below (host time the GPU may wait for)
     emit({"section": "scorer", "packed_by_default": packed, "kernel": kernel_name(str(model.device)),
-          "device_budget": device_token_budget(model, None), "items": n, "tokens": tokens})
+          "device_budget": device_token_budget(model, None), "items": n, "tokens": tokens,
+          "encode_s": round(encode_s, 2)})
     modes = [None, False] if packed else [None, True] if args.small else [None]
     warm = {k: (v[:32] if v else v) for k, v in items.items()}
     for budget in args.budgets:
@@ -207,6 +227,10 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
                   "tokens_per_s": round(tokens / seconds), "items_per_s": round(n / seconds, 1),
                   "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2), "peak_gib": peak_gib(),
                   "nulls": int(scores["ifd"].null_count())})
+    if args.profile:
+        part = {k: (v[: max(2, n // 8)] if v else v) for k, v in items.items()}
+        profiled("scorer", f"ifd_scores, {max(2, n // 8)} items, device budget", ifd_scores, model, tokenizer, **part,
+                 progress=False)
     m = args.reference_items
     subset = {k: (v[:m] if v else v) for k, v in items.items()}
     reference, seconds = timed(args.section_s, reference_ifd_scores, model, tokenizer, **subset)
@@ -300,6 +324,16 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
               "tokens": round(tokens), "tokens_per_s": round(tokens / seconds),
               "mfu_pct": round(100 * flops / seconds / peak, 2), "peak_gib": peak_gib(),
               "loss_final": m["train_loss_final"]})
+        if args.profile:
+            few = dataclasses.replace(settings, max_steps=min(5, settings.max_steps))
+            out = Path(tempfile.mkdtemp(prefix=f"probe-{mode}-profiled-"))
+            try:
+                profiled("finetune", f"{mode}, {few.max_steps} steps, loading included", finetune, str(model_dir),
+                         rows, out / "model", few)
+            except Exception as err:  # noqa: BLE001
+                emit({"section": "finetune", "profile": mode, "error": repr(err)[:500]})
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
 
 
 SECTIONS = {"scorer": section_scorer, "generate": section_generate, "finetune": section_finetune}
@@ -318,6 +352,8 @@ def main() -> None:
     parser.add_argument("--section-s", type=int, default=300, help="seconds one measurement may take")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: the data sheet's; "
                                                           "on a CPU a measured fp32 matmul)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile a scorer run and a few fine-tuning steps (their costliest operations)")
     parser.add_argument("--work", help="folder for the model (default: a temporary one)")
     parser.add_argument("--json", help="also write every RESULT record to this file")
     args = parser.parse_args()
