@@ -225,3 +225,26 @@ def test_padding_free_truncates_as_trl_does():
                               {"input_ids": [7, 8], "labels": [-100, 8]}])
     out = truncated(rows, 4)
     assert out["input_ids"] == [[1, 2, 3, 4], [7, 8]] and out["labels"] == [[-100, -100, 3, 4], [-100, 8]]
+
+
+def test_gradient_checkpointing_as_set_and_auto_off_on_cpu(tiny_model, tmp_path):
+    """true and false are the user's; auto (the default) resolves to off where there is no GPU memory to run
+    out of. On a GPU auto compares training_bytes with the free memory (its doctest: the Qwen2.5-1.5B shape)."""
+    assert FinetuneSettings().gradient_checkpointing == "auto"
+    auto = finetune(str(tiny_model), ROWS, tmp_path / "auto", replace(FAST, max_steps=1))
+    forced = finetune(str(tiny_model), ROWS, tmp_path / "on", replace(FAST, max_steps=1, gradient_checkpointing=True))
+    assert (auto.metrics["gradient_checkpointing"], forced.metrics["gradient_checkpointing"]) == (False, True)
+
+
+def test_training_bytes_bound_the_measured_peaks():
+    """The estimate for the Qwen2.5-1.5B shape at batch 8 x 1,024 tokens in bf16 is above the peaks measured
+    on an H100 (docs/gpu.md: 24.6 GiB full, 18.6 GiB LoRA, with sequences shorter than 1,024 tokens) and within 2x."""
+    from types import SimpleNamespace
+
+    from evolforge.train.finetune import training_bytes
+
+    qwen = SimpleNamespace(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                           num_key_value_heads=2, vocab_size=151665, tie_word_embeddings=True)
+    for mode, measured in (("full", 24.6), ("lora", 18.6)):
+        estimate = training_bytes(qwen, replace(FAST, mode=mode, batch_size=8, max_length=1024), 2) / 2**30
+        assert measured < estimate < 2 * measured, mode

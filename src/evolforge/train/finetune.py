@@ -35,7 +35,9 @@ row with position ids restarting at each (TRL's ``padding_free``), attention kep
 variable-length flash-attention kernel (:mod:`evolforge.score.varlen`), so no step computes a padding token. The
 batches, their sequences and the loss (mean over the batch's completion tokens) are those of padded training.
 Padding-free runs where :func:`~evolforge.score.varlen.packed_kernel_works` finds the kernel (CUDA, bf16/fp16);
-elsewhere batches are right-padded. Gradient checkpointing is ``finetune.gradient_checkpointing``, as set.
+elsewhere batches are right-padded. Gradient checkpointing is ``finetune.gradient_checkpointing`` when set to
+true or false; ``auto`` turns it on only where a step would not fit the GPU's memory without it
+(:func:`training_bytes`), since it costs about a third more compute.
 
 On CPU (no CUDA): fp32, no bf16, padded batches, ``use_cpu``: the same run as before any of the above. A hub
 base model downloads on first use into the Hugging Face cache (``hf download <model>`` beforehand for an offline
@@ -178,7 +180,8 @@ def finetune(
     state.wait_for_everyone()
 
     flat = _padding_free(settings, padding_free)
-    config = _sft_config(settings, staging, len(train_rows), state.num_processes, revision, flat)
+    checkpointing = _checkpointing(settings, base_model, revision)
+    config = _sft_config(settings, staging, len(train_rows), state.num_processes, revision, flat, checkpointing)
     callbacks = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else None
     trainer = SFTTrainer(model=base_model, args=config, train_dataset=Dataset.from_list(list(train_rows)),
                          processing_class=tokenizer, peft_config=_peft_config(settings), callbacks=callbacks)
@@ -216,6 +219,7 @@ def _run_metrics(s: FinetuneSettings, trainer, output, curve: list[dict], base: 
         "processes": processes,
         "bf16": trainer.args.bf16,
         "padding_free": bool(trainer.args.padding_free),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
     }
 
 
@@ -254,8 +258,54 @@ def _liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
+def training_bytes(config, s: FinetuneSettings, width: int) -> int:
+    """GPU memory one process needs for a step without gradient checkpointing, bytes, from the model's
+    ``config`` (its text part), the settings and the bytes per weight (``width``): the weights, and for
+    ``mode: full`` their gradients and AdamW's two moments (in the weights' dtype); plus the activations kept
+    for the backward pass of ``batch_size x max_length`` tokens, 2 x (10 x hidden + 4 x intermediate) values
+    per token and layer (the residual stream, norms, attention projections and the MLP's three wide tensors).
+    An upper bound: ZeRO-3's sharding and sequences shorter than max_length only lower it.
+
+    >>> from types import SimpleNamespace as NS
+    >>> qwen_1_5b = NS(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+    ...                num_key_value_heads=2, vocab_size=151665, tie_word_embeddings=True)
+    >>> round(training_bytes(qwen_1_5b, FinetuneSettings(batch_size=8, max_length=1024), 2) / 2**30, 1)
+    33.4
+    """
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    heads = config.num_attention_heads
+    kv = hidden * (getattr(config, "num_key_value_heads", None) or heads) // heads
+    embeddings = config.vocab_size * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    params = embeddings + layers * (hidden * (2 * hidden + 2 * kv) + 3 * hidden * intermediate)
+    static = params * width * (4 if s.mode == "full" else 1)
+    activations = s.batch_size * s.max_length * layers * 2 * (10 * hidden + 4 * intermediate)
+    return static + activations * width // 2
+
+
+def _checkpointing(s: FinetuneSettings, base_model: str, revision: str | None) -> bool:
+    """``finetune.gradient_checkpointing``, with ``auto`` resolved: on where :func:`training_bytes` exceeds 90 %
+    of the GPU's free memory; off on CPU (no GPU memory to run out of)."""
+    if s.gradient_checkpointing != "auto":
+        return bool(s.gradient_checkpointing)
+    import torch
+    from transformers import AutoConfig
+
+    device = pick_device("auto")
+    if not device.startswith("cuda"):
+        return False
+    config = AutoConfig.from_pretrained(base_model, revision=revision)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = torch.finfo(pick_dtype(s.dtype, device)).bits // 8
+    free, _ = torch.cuda.mem_get_info()
+    need = training_bytes(config, s, width)
+    log.info("gradient checkpointing (auto): a step needs about %.1f GiB without it, %.1f GiB free: %s",
+             need / 2**30, free / 2**30, "on" if need > 0.9 * free else "off")
+    return need > 0.9 * free
+
+
 def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, revision: str | None,
-                padding_free: bool = False):
+                padding_free: bool = False, checkpointing: bool = False):
     """TRL's ``SFTConfig`` for these settings: completion-only loss, no packing of rows into fixed-length
     blocks (a step trains ``batch_size`` rows, as the papers' runs did), padding-free batches when asked
     (then ``max_length`` is applied by :func:`truncated`), bf16 and Liger's kernels where the GPU has them."""
@@ -284,7 +334,7 @@ def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, r
         completion_only_loss=True,
         packing=False,
         padding_free=padding_free,
-        gradient_checkpointing=s.gradient_checkpointing,
+        gradient_checkpointing=checkpointing,
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_liger_kernel=cuda and _liger_installed(),
         use_cpu=not cuda,
