@@ -313,7 +313,7 @@ def attending_packed(model):
     if before == varlen.ATTENTION:
         yield model
         return
-    model.set_attn_implementation(varlen.ATTENTION)
+    model.set_attn_implementation(varlen.register())
     try:
         yield model
     finally:

@@ -9,7 +9,7 @@ alone, with no padding token anywhere:
 >>> cumulative_lengths([3, 2]).tolist(), packed_positions([3, 2]).tolist()
 ([0, 3, 5], [0, 1, 2, 0, 1])
 
-:data:`ATTENTION` is registered with transformers' ``AttentionInterface``; a model set to it
+:func:`register` adds :data:`ATTENTION` to transformers' ``AttentionInterface``; a model set to it
 (``model.set_attn_implementation(ATTENTION)``, or ``attn_implementation=ATTENTION`` when loading) reads the
 sequence boundaries from the ``cu_seq_lens_q`` / ``max_length_q`` keyword arguments of its forward (the scorer
 passes them, computed on the host: no device sync) or else from ``position_ids`` (a training batch of TRL's
@@ -131,13 +131,14 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     return out[None], None
 
 
-def _register() -> None:
+@functools.cache
+def register() -> str:
+    """Register :func:`packed_attention` with transformers as :data:`ATTENTION` (once; transformers is imported
+    here, not when this module is) and return the name."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION, packed_attention)
-
-
-_register()
+    return ATTENTION
 
 
 @functools.cache

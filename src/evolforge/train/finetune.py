@@ -312,13 +312,13 @@ def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, r
     import torch
     from trl import SFTConfig
 
-    from evolforge.score.varlen import ATTENTION
+    from evolforge.score.varlen import register
 
     cuda = torch.cuda.is_available()
     device = pick_device("auto")
     model_init = {"revision": revision, "dtype": str(pick_dtype(s.dtype, device)).removeprefix("torch.")}
     if padding_free:
-        model_init["attn_implementation"] = ATTENTION
+        model_init["attn_implementation"] = register()
     return SFTConfig(
         output_dir=str(staging),
         learning_rate=s.lr,
