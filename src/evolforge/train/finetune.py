@@ -337,6 +337,7 @@ def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, r
         gradient_checkpointing=checkpointing,
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_liger_kernel=cuda and _liger_installed(),
+        **({"optim": "adamw_torch_fused"} if cuda else {}),  # on a GPU whatever the transformers version
         use_cpu=not cuda,
         dataloader_pin_memory=cuda,
         seed=s.seed,
