@@ -320,6 +320,11 @@ def attending_packed(model):
         model.set_attn_implementation(before)
 
 
+def _head_dim(config) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _can_pack(model) -> bool:
     """The model dispatches attention through transformers' AttentionInterface (so it can be switched)."""
     can = getattr(model, "_can_set_attn_implementation", None)
@@ -360,7 +365,8 @@ def use_packing(model, packing: bool | None = None) -> bool:
             raise ValueError(f"{type(model).__name__} cannot score packed rows: its attention does not go through "
                              "transformers' AttentionInterface")
         return True
-    if not (_can_pack(model) and varlen.packed_kernel_works(str(model.device), model.dtype)):
+    if not (_can_pack(model) and varlen.packed_kernel_works(str(model.device), model.dtype,
+                                                            head_dim=_head_dim(model.config))):
         return False
     try:
         agrees = _packing_agrees(model)

@@ -142,10 +142,10 @@ def register() -> str:
 
 
 @functools.cache
-def packed_kernel_works(device: str, dtype: torch.dtype, backward: bool = False) -> bool:
-    """Whether a fast variable-length kernel runs on ``device`` in ``dtype`` (and its backward, for training)
-    and agrees with SDPA there (:func:`kernel_agrees`). False on CPU: there the per-sequence SDPA loop is exact
-    but slower than padded batches."""
+def packed_kernel_works(device: str, dtype: torch.dtype, backward: bool = False, head_dim: int = 64) -> bool:
+    """Whether a fast variable-length kernel runs on ``device`` in ``dtype`` at ``head_dim`` (and its backward,
+    for training) and agrees with SDPA there (:func:`kernel_agrees`). False on CPU: there the per-sequence SDPA
+    loop is exact but slower than padded batches."""
     if not str(device).startswith("cuda") or dtype not in (torch.bfloat16, torch.float16):
         return False
     found = _cuda_kernel()
@@ -153,7 +153,7 @@ def packed_kernel_works(device: str, dtype: torch.dtype, backward: bool = False)
         return False
     name, kernel = found
     try:
-        ok = kernel_agrees(kernel, device, dtype, backward)
+        ok = kernel_agrees(kernel, device, dtype, backward, head_dim)
     except Exception as err:  # a kernel missing from this build, or this GPU  # noqa: BLE001
         log.info("packed attention: %s does not run here (%s); padded batches instead", name, err)
         return False
@@ -162,20 +162,21 @@ def packed_kernel_works(device: str, dtype: torch.dtype, backward: bool = False)
     return ok
 
 
-def kernel_agrees(kernel: Kernel, device: str, dtype: torch.dtype, backward: bool = False) -> bool:
+def kernel_agrees(kernel: Kernel, device: str, dtype: torch.dtype, backward: bool = False,
+                  head_dim: int = 64) -> bool:
     """``kernel`` on two sequences (37 and 91 tokens) of a grouped-query problem equals causal SDPA on each
     alone, within bf16's rounding; with ``backward``, its gradient is finite too. Runs with autograd on even
     inside ``torch.inference_mode`` (the scorer's)."""
     with torch.inference_mode(False), torch.enable_grad():
         gen = torch.Generator(device="cpu").manual_seed(0)
         lengths = [37, 91]
-        q, k, v = (torch.randn(sum(lengths), heads, 64, generator=gen).to(device, dtype).requires_grad_(backward)
-                   for heads in (4, 2, 2))
+        q, k, v = (torch.randn(sum(lengths), heads, head_dim, generator=gen).to(device, dtype)
+                   .requires_grad_(backward) for heads in (4, 2, 2))
         cu = cumulative_lengths(lengths, device)
         k4, v4 = _expand_heads(k, 4), _expand_heads(v, 4)
-        got = kernel(q, k4.contiguous(), v4.contiguous(), cu, max(lengths), 0.125)
+        got = kernel(q, k4.contiguous(), v4.contiguous(), cu, max(lengths), head_dim ** -0.5)
         want = _sdpa_loop(q.detach().float(), k4.detach().float(), v4.detach().float(), cu.cpu(), max(lengths),
-                          0.125)
+                          head_dim ** -0.5)
         ok = bool(torch.allclose(got.detach().float(), want, atol=2e-2, rtol=2e-2))
         if backward:
             got.float().sum().backward()

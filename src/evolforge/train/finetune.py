@@ -179,7 +179,7 @@ def finetune(
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
 
-    flat = _padding_free(settings, padding_free)
+    flat = _padding_free(settings, base_model, revision, padding_free)
     checkpointing = _checkpointing(settings, base_model, revision)
     config = _sft_config(settings, staging, len(train_rows), state.num_processes, revision, flat, checkpointing)
     callbacks = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else None
@@ -232,7 +232,15 @@ def _check_inputs(s: FinetuneSettings, train_rows: Sequence[dict]) -> None:
     validate_rows(train_rows)
 
 
-def _padding_free(s: FinetuneSettings, requested: bool | None) -> bool:
+def _text_config(base_model: str, revision: str | None):
+    """The model's config (its text part, for a multimodal one)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base_model, revision=revision)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _padding_free(s: FinetuneSettings, base_model: str, revision: str | None, requested: bool | None) -> bool:
     """Whether to train on padding-free batches: ``requested``, or (None) where the variable-length kernel runs on
     this machine's GPU in the training dtype."""
     from evolforge.score.varlen import packed_kernel_works
@@ -240,7 +248,11 @@ def _padding_free(s: FinetuneSettings, requested: bool | None) -> bool:
     if requested is not None:
         return requested
     device = pick_device("auto")
-    return device.startswith("cuda") and packed_kernel_works(device, pick_dtype(s.dtype, device), backward=True)
+    if not device.startswith("cuda"):
+        return False
+    config = _text_config(base_model, revision)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return packed_kernel_works(device, pick_dtype(s.dtype, device), backward=True, head_dim=head_dim)
 
 
 def truncated(dataset, max_length: int):
@@ -289,13 +301,11 @@ def _checkpointing(s: FinetuneSettings, base_model: str, revision: str | None) -
     if s.gradient_checkpointing != "auto":
         return bool(s.gradient_checkpointing)
     import torch
-    from transformers import AutoConfig
 
     device = pick_device("auto")
     if not device.startswith("cuda"):
         return False
-    config = AutoConfig.from_pretrained(base_model, revision=revision)
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    config = _text_config(base_model, revision)
     width = torch.finfo(pick_dtype(s.dtype, device)).bits // 8
     free, _ = torch.cuda.mem_get_info()
     need = training_bytes(config, s, width)
