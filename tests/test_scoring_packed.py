@@ -153,3 +153,26 @@ def test_kernel_check_catches_attention_across_sequences():
     with torch.inference_mode():
         assert varlen.kernel_agrees(varlen._sdpa_loop, "cpu", torch.float32, backward=True)
         assert not varlen.kernel_agrees(whole_row, "cpu", torch.float32)
+
+
+def test_packed_batches_are_queued_without_reading_a_value_back(scorer, monkeypatch):
+    """Queueing a pass's packed batches reads no tensor value back to the host (on a GPU each such read waits
+    for the device): the losses come back in one copy, when collected. The CPU's per-sequence attention loop,
+    which reads its bounds, is replaced by a stand-in, as the GPU's kernel would be. (Padded batches do not
+    pass this: transformers' mask preparation checks the position ids it makes, once per forward pass.)"""
+    model, _ = scorer
+    generator = torch.Generator().manual_seed(3)
+    sequences = [torch.randint(3, 2000, (n,), generator=generator).tolist() for n in (40, 7, 120, 3, 66, 90)]
+    reads: list[str] = []
+    monkeypatch.setattr(varlen, "_sdpa_loop", lambda q, k, v, cu, n, scale: torch.zeros_like(q))
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k:
+                            (reads.append(_name), _real(self, *a, **k))[1])
+    with losses.attending_packed(model), torch.no_grad():
+        pending = losses.queue_token_nlls(model, sequences, max_batch_tokens=160, packed=True)
+        queued = list(reads)
+        nlls = pending.collect()
+    monkeypatch.undo()
+    assert queued == [] and reads == ["cpu"]
+    assert [t.numel() for t in nlls] == [n - 1 for n in (40, 7, 120, 3, 66, 90)]
