@@ -321,8 +321,10 @@ def attending_packed(model):
 
 
 def _head_dim(config) -> int:
+    """Size of one attention head (64 where the config does not say)."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    heads = getattr(config, "num_attention_heads", None)
+    return getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 64)
 
 
 def _can_pack(model) -> bool:
@@ -365,8 +367,9 @@ def use_packing(model, packing: bool | None = None) -> bool:
             raise ValueError(f"{type(model).__name__} cannot score packed rows: its attention does not go through "
                              "transformers' AttentionInterface")
         return True
-    if not (_can_pack(model) and varlen.packed_kernel_works(str(model.device), model.dtype,
-                                                            head_dim=_head_dim(model.config))):
+    if model.device.type != "cuda" or not _can_pack(model):
+        return False
+    if not varlen.packed_kernel_works(str(model.device), model.dtype, head_dim=_head_dim(model.config)):
         return False
     try:
         agrees = _packing_agrees(model)
