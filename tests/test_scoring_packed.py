@@ -26,6 +26,12 @@ def scorer(tiny_model):
     return load_scorer(str(tiny_model), device="cpu")
 
 
+def whole_row(q, k, v, cu, longest, scale):
+    """A wrong packed kernel: causal over the whole row, so a sequence attends to the ones before it."""
+    part = [t.transpose(0, 1)[None] for t in (q, k, v)]
+    return torch.nn.functional.scaled_dot_product_attention(*part, is_causal=True, scale=scale)[0].transpose(0, 1)
+
+
 def _items(n: int = 14, seed: int = 0) -> dict[str, list[str]]:
     """Instructions of 1 to 60 words and responses of 1 to 300: sequences from a few tokens to several
     hundred, so packed rows hold many short sequences beside a long one."""
@@ -146,10 +152,6 @@ def test_activation_estimate_bounds_the_measured_figure():
 def test_kernel_check_catches_attention_across_sequences():
     """The start-up check of a variable-length kernel (run inside the scorer's inference mode, backward
     included) passes the exact kernel and fails one that lets a sequence attend to the one before it."""
-    def whole_row(q, k, v, cu, longest, scale):  # causal over the packed row: the bug packing must not have
-        part = [t.transpose(0, 1)[None] for t in (q, k, v)]
-        return torch.nn.functional.scaled_dot_product_attention(*part, is_causal=True, scale=scale)[0].transpose(0, 1)
-
     with torch.inference_mode():
         assert varlen.kernel_agrees(varlen._sdpa_loop, "cpu", torch.float32, backward=True)
         assert not varlen.kernel_agrees(whole_row, "cpu", torch.float32)
@@ -176,3 +178,13 @@ def test_packed_batches_are_queued_without_reading_a_value_back(scorer, monkeypa
     monkeypatch.undo()
     assert queued == [] and reads == ["cpu"]
     assert [t.numel() for t in nlls] == [n - 1 for n in (40, 7, 120, 3, 66, 90)]
+
+
+def test_start_up_check_compares_packed_logits_with_unpacked(scorer, monkeypatch):
+    """use_packing's model check on a GPU (here on the CPU's kernel): the tiny model gives the same logits packed
+    as alone; with a kernel that lets sequences see each other it does not, and the scorer would pad."""
+    model, _ = scorer
+
+    assert losses._packing_agrees(model)
+    monkeypatch.setattr(varlen, "_sdpa_loop", whole_row)
+    assert not losses._packing_agrees(model)
