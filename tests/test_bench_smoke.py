@@ -17,6 +17,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "dedup.py": ["--items", "300", "--rounds", "2"],
     "http_client.py": ["--requests", "200", "--repeat", "1", "--only", "aiohttp today", "raw streams (floor)"],
     "pipeline.py": ["--requests", "200"],
+    "gpu_probe.py": ["--tokenizer", "{tiny}", "--small", "--section-s", "120"],  # a CPU run of the GPU probe's code
     "generation.py": ["--model", "{tiny}", "--n", "4", "--batch-size", "2", "--max-tokens", "4", "--repeat", "1"],
     "score.py": ["--model", "{tiny}", "--items", "8", "--batch-size", "4", "--peak-size", "256"],
     "stages.py": ["--seeds", "40", "--in-process"],

@@ -65,8 +65,10 @@ class FinetuneSettings:
     lora_target_modules: str | list[str] = field(default="all-linear", metadata={
         "help": "the modules LoRA adapts (peft's all-linear, or names)",
         "paper": "all-linear"})
-    gradient_checkpointing: bool = field(default=True, metadata={
-        "help": "recompute activations in the backward pass (less memory; on for real models)",
+    gradient_checkpointing: bool | Literal["auto"] = field(default="auto", metadata={
+        "help": "recompute activations in the backward pass (less memory, about a third more compute); auto: on "
+                "only where a step would not fit the GPU's free memory without it (estimated from the model's "
+                "shape, batch_size x max_length tokens), off on CPU",
         "paper": "true"})
     seed: int = field(default=0, metadata={"help": "the trainer's seed"})
     logging_steps: PositiveInt = field(default=10, metadata={

@@ -41,6 +41,7 @@ by the tokenizer's special prefix.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 import polars as pl
@@ -50,7 +51,8 @@ from tqdm.auto import tqdm
 from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.formulas import NULL_ROW_LOSSES, scores_row
-from evolforge.score.losses import IGNORE, split_head, token_nlls
+from evolforge.score.losses import (IGNORE, PendingLosses, attending_packed, device_token_budget, queue_token_nlls,
+                                    split_head, use_packing)
 from evolforge.score.passes import EncodedItem, encode_items, question_positions
 
 ENCODE_CHUNK = 4096  # items encoded, length-sorted and batched together by ifd_scores (its chunk_size)
@@ -92,10 +94,11 @@ def ifd_scores(
     boundary: Boundary = "prefix",
     max_length: int | None = None,
     cherry_truncation: CherryTruncation = "official",
-    max_batch_tokens: int = 16384,
+    max_batch_tokens: int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
     chunk_size: int = ENCODE_CHUNK,
+    packing: bool | None = None,
 ) -> pl.DataFrame:
     """Losses, IFD and IC-IFD of each (instruction, input, response), one row per item in input order.
 
@@ -107,35 +110,45 @@ def ifd_scores(
     and drops as many tokens from the end of the direct pass; an item whose prompt alone is longer gets
     nulls and a ``null_reason``.
 
-    Two forward passes per item (conditioned: L(Q) and L(A|Q) at once; direct: L(A)), in length-sorted,
-    right-padded batches of at most ``max_batch_tokens`` padded tokens (and ``batch_size`` rows when
-    given); log-softmax in fp32 over slices of the vocabulary projection
-    (:func:`~evolforge.score.losses.token_nlls`); items are encoded ``chunk_size`` at a time, and a batch
-    never spans two such chunks: scoring the items in pieces of whole chunks gives the same batches, hence
-    the same floats, as scoring them at once (the score stage reads its table that way).
+    Two forward passes per item (conditioned: L(Q) and L(A|Q) at once; direct: L(A)), longest first, in
+    batches of at most ``max_batch_tokens`` tokens (and ``batch_size`` sequences when given): packed rows
+    with no padding where ``packing`` allows (None: where a variable-length attention kernel runs, i.e. a
+    GPU; see :func:`~evolforge.score.losses.use_packing`), right-padded rows otherwise. ``max_batch_tokens``
+    is a cap; on a GPU the budget is what its free memory holds under it
+    (:func:`~evolforge.score.losses.device_token_budget`; None: no cap). Log-softmax in fp32 over slices of
+    the vocabulary projection (:mod:`evolforge.score.losses`). Items are encoded ``chunk_size`` at a time and
+    a batch never spans two such chunks: scoring the items in pieces of whole chunks gives the same batches,
+    hence the same floats, as scoring them at once (the score stage reads its table that way). A chunk's
+    losses stay on the device until its passes are queued and the next chunk is encoded.
     """
     inputs = inputs if inputs is not None else [""] * len(instructions)
     _check_lengths(instructions, inputs, responses)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     head = split_head(model)
+    packed = use_packing(model, packing)
+    budget = device_token_budget(model, max_batch_tokens)
     rows: list[dict[str, Any]] = []
-    with tqdm(total=2 * len(instructions), unit="seq", desc="IFD scoring", disable=not progress) as bar:
+    queued = None  # the previous chunk: (items, pending losses of its two passes)
+    with tqdm(total=2 * len(instructions), unit="seq", desc="IFD scoring", disable=not progress) as bar, \
+            (attending_packed(model) if packed else nullcontext()):
         for start in range(0, len(instructions), chunk_size):
             chunk = slice(start, start + chunk_size)
             items = encode_items(tokenizer, instructions[chunk], inputs[chunk], responses[chunk], template,
                                  boundary, max_length, cherry_truncation)
-            rows += _chunk_scores(model, items, pad_id, head, bar.update, batch_size, max_batch_tokens)
+            if queued:
+                rows += _chunk_scores(*queued)
+            queued = items, [queue_token_nlls(model, [getattr(item, name) for item in items], batch_size, pad_id,
+                                              bar.update, budget, head, packed)
+                             for name in ("conditioned_ids", "direct_ids")]
+        if queued:
+            rows += _chunk_scores(*queued)
     return pl.from_dicts(rows, schema=SCORE_VALUES)
 
 
-def _chunk_scores(model, items: list[EncodedItem], pad_id: int, head, progress, batch_size: int | None,
-                  max_batch_tokens: int) -> list[dict[str, Any]]:
-    """The score rows of one chunk of encoded items: its conditioned passes, then its direct passes."""
-    passes = {}
-    for name in ("conditioned_ids", "direct_ids"):
-        passes[name] = token_nlls(model, [getattr(item, name) for item in items], batch_size, pad_id,
-                                  progress, max_batch_tokens, head)
-    return [_item_scores(*triple) for triple in zip(items, passes["conditioned_ids"], passes["direct_ids"])]
+def _chunk_scores(items: list[EncodedItem], passes: list[PendingLosses]) -> list[dict[str, Any]]:
+    """The score rows of one chunk of encoded items from its conditioned and direct passes' losses."""
+    conditioned, direct = (pending.collect() for pending in passes)
+    return [_item_scores(*triple) for triple in zip(items, conditioned, direct)]
 
 
 # ----------------------------------------------------------------------------------------------
