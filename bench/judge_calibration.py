@@ -31,7 +31,7 @@ from evolforge.steps.verify.settings import VerifySettings
 
 REPO = Path(__file__).resolve().parents[1]
 LABELLED = REPO / "bench" / "data" / "judge_labelled.jsonl"
-THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
 
 
 def labelled(path: Path = LABELLED) -> list[dict]:

@@ -1,0 +1,48 @@
+"""The experiments kept under docs/experiments/ (tools/keep_experiment.py, bench/judge_calibration.py) hold what
+docs/results.md and docs/explanation/verification.md say of them, and the shipped settings follow from them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "docs" / "experiments"
+
+
+def kept(name: str) -> dict:
+    return json.loads((EXPERIMENTS / name).read_text(encoding="utf-8"))
+
+
+def params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_judge_threshold_is_the_calibrated_one():
+    """The table is recomputed from the kept probabilities and the labels; the shipped ``verify.right_at`` is a
+    threshold of the table at which most answers called right are right."""
+    calibration = _bench("judge_calibration")
+    result = kept("judge-calibration.json")
+    rows = calibration.labelled()
+    by_id = {item["id"]: item for item in result["per_item"]}
+    assert set(by_id) == {r["id"] for r in rows}
+    assert all(by_id[r["id"]]["label"] == r["label"] for r in rows)
+    table = calibration.table(rows, [by_id[r["id"]]["p_right"] for r in rows],
+                              [by_id[r["id"]]["reason_says"] for r in rows])
+    assert table == result["table"]
+    right_at = params()["verify"]["right_at"]
+    row = next(r for r in table if r["threshold"] == right_at and not r["reason_agrees"])
+    assert row["precision"] >= 0.8 and row["called_right"] >= 5
+    # no threshold below it is as precise: a lower one would keep more right answers at the same precision
+    assert all(r["precision"] < row["precision"] for r in table
+               if r["threshold"] < right_at and not r["reason_agrees"] and r["precision"] is not None)
