@@ -81,11 +81,13 @@ def arithmetic(limit: int | None) -> list[dict]:
 
 
 def figures(real: list[bool], verdicts: list[str], confidences: list[float | None], select: dict) -> dict:
-    """Precision of the answers accepted (as ``select`` would: not wrong, confidence not below the floor), of
-    those not found wrong and of those called right; recall of the wrong ones (not accepted; found wrong)."""
+    """Precision of the answers accepted (as ``select`` would: not wrong; with ``require_vouched`` called right only;
+    a confidence at or above the floor), of those not found wrong and of those called right; recall of the wrong
+    ones (not accepted; found wrong)."""
     floor = select.get("min_confidence")
-    accepted = [not (select.get("drop_wrong", True) and v == "wrong") and (floor is None or c is None or c >= floor)
-                for v, c in zip(verdicts, confidences)]
+    vouched_only = select.get("require_vouched", True)
+    accepted = [not (select.get("drop_wrong", True) and v == "wrong") and (not vouched_only or v == "right")
+                and (floor is None or (c is not None and c >= floor)) for v, c in zip(verdicts, confidences)]
 
     def precision(keep):
         kept = [r for r, k in zip(real, keep) if k]
@@ -150,7 +152,8 @@ def run_set(name: str, items: list[dict], real_of, params: dict, prompts: Prompt
     verifying = tally.cost(time.perf_counter() - started, tokenizer)
     real = [real_of(item, a.text) for item, a in zip(items, answers)]
     chosen = load_section(params, "select", SelectSettings)
-    select = {"drop_wrong": chosen.drop_wrong, "min_confidence": chosen.min_confidence}
+    select = {"drop_wrong": chosen.drop_wrong, "require_vouched": chosen.require_vouched,
+              "min_confidence": chosen.min_confidence}
     return {"set": name, **figures(real, verified["verify_verdict"].to_list(), verified["verify_confidence"].to_list(),
                                    select),
             "methods": dict(verified.group_by("verify_method").len().sort("verify_method").iter_rows()),
