@@ -174,6 +174,8 @@ def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: di
         "method_diff": method_diff(result.initial_method, result.method),
         **(usable or {}),
         "initial_missing_marker": result.initial.missing_marker,
+        "initial_failures_by_reason": result.initial.failures_by_reason,
+        "best_failures_by_reason": result.best.failures_by_reason,
         "initial_cut_at_max_tokens": result.initial.cut_at_max_tokens,
         "parseable_candidates": sum(r["parseable_candidates"] for r in result.log),
         "candidates_proposed": sum(len(r["candidates"]) for r in result.log),
