@@ -1,6 +1,7 @@
-"""What the roles served by OpenAI-compatible servers are asked to do, checked against what each server offers,
-before any request: every generation control where it is written (``evolve.controls``, ``optimize.controls``,
-``roles.<role>``) and judge.probabilities. ``evolforge check`` runs it without asking any server (a role whose
+"""What the roles served by OpenAI-compatible servers are asked to do, checked against what each server offers
+(and the in-process roles against what their backend offers: config/backend_specs.py), before any request: every
+generation control where it is written (``evolve.controls``, ``optimize.controls``, ``roles.<role>``) and
+judge.probabilities. ``evolforge check`` runs it without asking any server (a role whose
 ``server`` is auto is held to what every kind offers); the models stage runs it with the kinds it found."""
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def _stage_controls(params: Mapping[str, Any], roles: Mapping[str, Role]) -> lis
 
 
 def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None = None) -> list[str]:
-    """One message per setting an openai role's server cannot honour. ``kinds``: role -> the server kind found
-    (vllm | llamacpp | openai); without it, a role's ``server`` setting, and for auto what no kind offers."""
+    """One message per setting an openai role's server, or an in-process role's backend, cannot honour (a stage's
+    controls; a role's own are refused when it loads). ``kinds``: role -> the server kind found (vllm | llamacpp
+    | openai); without it, a role's ``server`` setting, and for auto what no kind offers."""
     roles = {}
     for name, fields in (params.get("roles") or {}).items():
-        if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).served:
+        if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).runs:
             try:
                 roles[name] = Role.from_params(name, fields)
             except ValueError:
@@ -40,6 +42,8 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     kinds = dict(kinds or {})
 
     def backend(name: str) -> str:
+        if not roles[name].served:
+            return roles[name].backend
         kind = kinds.get(name) or roles[name].settings.server
         return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai:any" if kind == "auto" else "openai"
 
@@ -52,8 +56,9 @@ def server_problems(params: Mapping[str, Any], kinds: Mapping[str, str] | None =
     if "judge" in roles and judge.get("probabilities"):
         kind = backend("judge")
         if not spec_of(kind).ranks:
-            problems.append("judge.probabilities: the judge's server (roles.judge) cannot score answers by their "
-                            "probabilities; set judge.probabilities: false")
+            problems.append(f"judge.probabilities: the judge's {'server' if roles['judge'].served else 'backend'} "
+                            f"(roles.judge) cannot score answers by their probabilities; set judge.probabilities: "
+                            f"false")
         elif kind == "openai:vllm" and not roles["judge"].settings.tokenizer:
             # vLLM's echoed prompt log-probabilities; the other kinds walk top_logprobs (no tokenizer needed)
             problems.append("judge.probabilities: on vLLM's server it needs roles.judge.tokenizer (the served model's "
