@@ -9,9 +9,12 @@ prefix cache on (its default) and filled with the same prompts."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
+# the engine core in this process: spawned, it would start by importing the test run's main module again
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 pytest.importorskip("vllm")
 
 from evolforge.config.backend_specs import VllmSettings  # noqa: E402
@@ -85,11 +88,11 @@ def test_a_seeded_request_gives_the_same_text_in_any_batch(vllm_backend):
 def test_an_answer_with_choices_is_one_of_them(vllm_backend, hf_backend):
     levels = ("very easy", "easy", "medium", "hard", "very hard")
     numbers = tuple(str(n) for n in range(101))
-    requests = [ask(p, choices=levels, max_tokens=8) for p in PROMPTS] + \
-               [ask(p, choices=numbers, max_tokens=8) for p in PROMPTS]
+    requests = [ask(p, choices=levels, max_tokens=32) for p in PROMPTS] + \
+               [ask(p, choices=numbers, max_tokens=32) for p in PROMPTS]
     ours = [c.text for c in vllm_backend.generate(requests)]
     assert ours[:5] and all(t in levels for t in ours[:5]) and all(t in numbers for t in ours[5:])
-    sampled = vllm_backend.generate([ask(p, choices=levels, temperature=1.0, max_tokens=8) for p in PROMPTS])
+    sampled = vllm_backend.generate([ask(p, choices=levels, temperature=1.0, max_tokens=32) for p in PROMPTS])
     assert all(c.text in levels for c in sampled)
     # greedy: the hf backend picks token by token among the choices' own tokenizations, vLLM's grammar among
     # every tokenization of them, so the two may part where a choice can be spelled in other tokens
