@@ -28,7 +28,7 @@ RANK_TOLERANCE = 1e-3  # nats: vLLM's kernels and transformers' sum in other ord
 # a CPU engine small enough for a shared two-core machine: its KV cache set (not a share of the RAM), eager
 # PyTorch (no compile step), the engine core in this process
 ENGINE = {"kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}
-CONTEXT = 256
+CONTEXT = 1024  # the judge's prompts are about 300 tokens of this tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,9 @@ def test_the_judges_expected_values_equal_the_hf_backends(vllm_backend, hf_backe
 
 def test_a_prompt_that_does_not_fit_fails_its_item_and_a_budget_is_cut_at_the_context(vllm_backend, hf_backend):
     long = ask(" ".join(PROMPTS * 40), max_tokens=8)
-    near = ask(" ".join(PROMPTS * 7), max_tokens=200)  # fits, but not with 200 more tokens
+    # a prompt that fits, but not with 200 more tokens
+    near = next(r for r in (ask(" ".join(PROMPTS * k), max_tokens=200) for k in range(1, 40))
+                if CONTEXT - 200 < vllm_backend.prompt_tokens(r) < CONTEXT - 20)
     out = vllm_backend.generate([long, ask("pa", max_tokens=4), ranked(" ".join(PROMPTS * 40), CHOICES), near,
                                  ask("pa", max_tokens=0)])
     assert out[0].failure_reason == "prompt_too_long" and f"max_model_len is {CONTEXT}" in out[0].error
