@@ -55,6 +55,8 @@ def built(tmp_path_factory, repo) -> tuple[Path, dict, str]:
                                   "top_p": role.get("top_p", 1.0), "max_tokens": TINY_TOKENS[name]}
                                  if name in CHAT else {"backend": "hf", "model": TINY})
     params["judge"]["probabilities"] = True
+    # vLLM has no n-gram ban: the evolving calls' controls without it (optimize.on_unusable: evol would use them)
+    params["evolve"]["controls"].pop("no_repeat_ngram_size")
     params["fetch_model"]["downloads"] = str(repo / ".evolforge/downloads")  # one download per machine
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (work / ".gitignore").write_text((work / ".gitignore").read_text() + f"/{TINY}/\n")
