@@ -170,7 +170,7 @@ def test_a_prompt_that_does_not_fit_fails_its_item_and_a_budget_is_cut_at_the_co
 def test_generation_controls_hold(vllm_backend):
     plain = vllm_backend.generate([ask(p, max_tokens=16) for p in PROMPTS])
     # a word the greedy answers write, banned; then a stop at it; then a prefix
-    word = next(w for c in plain for w in c.text.split() if len(w) > 3)
+    word = next(w for c in plain for w in c.text.split() if len(w) > 3 and w.isascii() and w.isalpha())
     banned = Controls(banned_strings=(word,))
     out = vllm_backend.generate([ask(p, max_tokens=16, controls=banned) for p in PROMPTS])
     # vLLM's bad_words bans the word's own token sequences (with and without a leading space), not the string
