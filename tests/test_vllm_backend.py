@@ -15,6 +15,7 @@ import pytest
 
 # the engine core in this process: spawned, it would start by importing the test run's main module again
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # offline: vLLM reports usage to its server unless told not to
 pytest.importorskip("vllm")
 
 from evolforge.config.backend_specs import VllmSettings  # noqa: E402

@@ -60,7 +60,7 @@ def built(tmp_path_factory, repo) -> tuple[Path, dict, str]:
     params["fetch_model"]["downloads"] = str(repo / ".evolforge/downloads")  # one download per machine
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (work / ".gitignore").write_text((work / ".gitignore").read_text() + f"/{TINY}/\n")
-    env = {**environment(work), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    env = {**environment(work), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "start"]):
         subprocess.run(cmd, cwd=work, check=True, env=env)
     out = run(["dvc", "repro", "judge"], work, env)
