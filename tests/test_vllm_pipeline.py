@@ -1,8 +1,9 @@
 """End to end on vLLM: `dvc repro judge` on a temporary copy of the repository with the four chat roles (evolver,
-optimizer, responder, judge) on the vllm backend -- vLLM's CPU build, ``make test-vllm`` -- and the others on hf,
-every role on a trained tiny model (tests/tiny.py, with a head size vLLM's CPU attention takes). The stages from
-the seed to the judge run for real, the judge ranks by likelihood (judge.probabilities), and a second repro
-reruns nothing downstream. The main suite skips it (no vllm there); tests/test_pipeline.py runs the whole pipeline on hf and
+optimizer, responder, judge) on the vllm backend -- vLLM's CPU build, ``make test-vllm
+VLLM_TESTS=tests/test_vllm_pipeline.py`` (10-18 minutes on two cores) -- and the others on hf, every role on a
+trained tiny model (tests/tiny.py, with a head size vLLM's CPU attention takes). The stages from the seed to the
+judge run for real, the judge ranks by likelihood (judge.probabilities), and a second repro reruns nothing
+downstream. The main suite skips it (no vllm there); tests/test_pipeline.py runs the whole pipeline on hf and
 llamacpp."""
 
 from __future__ import annotations
