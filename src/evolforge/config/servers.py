@@ -1,9 +1,10 @@
-"""What the roles served by OpenAI-compatible servers are asked to do, checked against what each server offers,
-before any request: every generation control where it is written (``evolve.controls``, ``optimize.controls``,
-``roles.<role>``), and the judge's rankings (``judge.probabilities``, ``verify.probabilities``) whatever its
-backend. ``evolforge check`` runs it without asking any server (a role whose ``server`` is auto is held to what
-every kind offers); the models stage runs it with the kinds it found; the verify stage checks its own ranking
-with the kind its judge's identity records (:meth:`Role.ranking_problems`).
+"""What the roles served by OpenAI-compatible servers are asked to do, checked against what each server offers (and
+the in-process roles against what their backend offers: config/backend_specs.py), before any request: every
+generation control where it is written (``evolve.controls``, ``optimize.controls``, ``roles.<role>``), and the
+judge's rankings (``judge.probabilities``, ``verify.probabilities``) whatever its backend. ``evolforge check`` runs it
+without asking any server (a role whose ``server`` is auto is held to what every kind offers); the models stage runs
+it with the kinds it found; the verify stage checks its own ranking with the kind its judge's identity records
+(:meth:`Role.ranking_problems`).
 
 What the stages ask that the params as written do not say (a section's defaults live in its step's settings
 class, which this layer does not import) comes typed, as :class:`Asked` (:func:`evolforge.schema.asked_of_roles`).
@@ -46,14 +47,14 @@ def _stage_controls(params: Mapping[str, Any], roles: Mapping[str, Role],
 
 
 def server_problems(params: Mapping[str, Any], asked: Asked, kinds: Mapping[str, str] | None = None) -> list[str]:
-    """One message per setting a role cannot honour where it is served: a control an openai role's server does
-    not offer, a ranking (:attr:`Asked.rankings`) the judge's backend cannot make. ``kinds``: role -> the server
-    kind found (vllm | llamacpp | openai); without it, a role's ``server`` setting, and for auto what no kind
-    offers."""
+    """One message per setting a role cannot honour where it runs: a control an openai role's server, or an
+    in-process role's backend, does not offer (a stage's controls; a role's own are refused when it loads), a
+    ranking (:attr:`Asked.rankings`) the judge's backend cannot make. ``kinds``: role -> the server kind found
+    (vllm | llamacpp | openai); without it, a role's ``server`` setting, and for auto what no kind offers."""
     roles, judge = {}, None
     for name, fields in (params.get("roles") or {}).items():
         try:
-            if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).served:
+            if isinstance(fields, Mapping) and spec_of(str(fields.get("backend"))).runs:
                 roles[name] = Role.from_params(name, fields)
             if name == "judge" and asked.rankings:
                 judge = roles.get(name) or Role.from_params(name, fields)
@@ -62,6 +63,8 @@ def server_problems(params: Mapping[str, Any], asked: Asked, kinds: Mapping[str,
     kinds = dict(kinds or {})
 
     def backend(name: str) -> str:
+        if not roles[name].served:
+            return roles[name].backend
         kind = kinds.get(name) or roles[name].settings.server
         return f"openai:{kind}" if kind in ("vllm", "llamacpp") else "openai:any" if kind == "auto" else "openai"
 
