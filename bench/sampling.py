@@ -111,6 +111,34 @@ def main() -> None:
               f"CPU {cpu:6.2f} s = {tokens / cpu:8.1f} tokens per CPU second")
     print(f"sampled / greedy: {best['sampled'][0] / best['greedy'][0]:.2f}x wall, "
           f"{best['sampled'][1] / best['greedy'][1]:.2f}x CPU")
+    step_costs(args.n, backend.model.config.vocab_size, args.temperature, args.top_p)
+
+
+def step_costs(rows: int, vocab: int, temperature: float, top_p: float, repeat: int = 20) -> None:
+    """Milliseconds per step, on logits of ``rows`` x ``vocab`` spread as the bench model's: the greedy argmax,
+    the batched sampler's draws, and the full sort of every row a sorting nucleus would need."""
+    from evolforge.llm.decoding import BatchSampler, SamplingRows
+
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 0.5
+    sampling = SamplingRows.of([(temperature, top_p, i) for i in range(rows)], "cpu")
+    counter = torch.arange(rows)
+
+    def ms(work) -> float:
+        work()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            work()
+        return (time.perf_counter() - start) / repeat * 1e3
+
+    def sample() -> None:
+        sampler = BatchSampler(logits, sampling, counter, nucleus=top_p < 1)
+        drawn = sampler.draws().tolist()
+        unsettled = [row for row, token in enumerate(drawn) if token < 0]
+        if unsettled:
+            sampler.settle(unsettled)
+
+    print(f"per step, {rows} x {vocab:,} logits: argmax {ms(lambda: logits.argmax(dim=-1)):.2f} ms; batched sampler "
+          f"{ms(sample):.2f} ms; a full sort of the rows {ms(lambda: logits.sort(dim=-1, descending=True)):.2f} ms")
 
 
 if __name__ == "__main__":

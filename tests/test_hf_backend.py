@@ -126,7 +126,9 @@ def test_a_sampled_request_gives_the_same_text_in_any_batch_at_any_place(backend
               + requests(2, temperature=0.5, top_p=0.5, seed=9))
     alone = backend.generate([target])[0]
     assert backend.generate([target, *others[:2]])[0] == alone
-    assert backend.generate([*others, target])[-1] == alone
+    mixed = backend.generate([*others, target])
+    assert mixed[-1] == alone
+    assert mixed[:3] == backend.generate(others[:3])  # greedy rows beside sampled ones: as in a greedy batch
     assert backend.generate([others[4], target, others[0], others[6]])[1] == alone
     streamed = dict(pair for finished in backend.stream([*others[:5], target], slots=2) for pair in finished)
     assert streamed[5] == alone  # admitted last, merged into a running batch

@@ -69,6 +69,7 @@ REPICKS = 32  # tokens a row may have masked in one step before it ends instead 
 NUCLEUS_TOP_K = 1024  # tokens a nucleus is first looked for among (sample_token, BatchSampler's cover)
 ROUNDS = {"cpu": 1}  # draws per row on the device before the host looks, by device type (others: 4)
 ATTEMPTS = 8  # draws from the whole distribution before a row draws from its nucleus's cover
+BLOCK = 256  # tokens per block (at most) of BatchSampler's two-step inverse CDF
 _M32 = 0xFFFFFFFF
 
 
@@ -150,32 +151,68 @@ class SamplingRows:
                             torch.cat([self.key, other.key]))
 
 
+def _block(vocab: int) -> int | None:
+    """The largest power of two from 32 to :data:`BLOCK` that divides ``vocab`` (49,152 and 151,936 have one),
+    or None."""
+    return next((size for size in (BLOCK, 128, 64, 32) if vocab % size == 0), None)
+
+
+class _Proposal:
+    """Draws from the weights of ``blocks`` (rows, blocks, tokens per block) by inverse CDF in two steps: the block
+    where the blocks' cumulative sums (float64) pass u x their total, then the token where that block's own
+    cumulative sums pass what is left. A block's sum is a reduction, cheaper than a cumulative sum over the whole
+    vocabulary, and float64 keeps each token's share exact to rounding."""
+
+    def __init__(self, blocks: torch.Tensor):
+        self.blocks = blocks
+        self.cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)
+        self.total = self.cdf[:, -1]
+
+    def token(self, u: torch.Tensor) -> torch.Tensor:
+        """Each row's token for its uniform ``u``; never one of weight 0."""
+        target = torch.minimum(u * self.total, torch.nextafter(self.total, torch.zeros_like(self.total)))
+        block = torch.searchsorted(self.cdf, target[:, None], right=True)
+        before = torch.where(block > 0, self.cdf.gather(1, (block - 1).clamp(min=0)), 0.0)[:, 0]
+        inner = self.blocks.gather(1, block[:, :, None].expand(-1, -1, self.blocks.shape[-1]))[:, 0]
+        inner = inner.cumsum(dim=-1, dtype=torch.float64)
+        rest = torch.minimum(target - before, torch.nextafter(inner[:, -1], torch.zeros_like(before)))
+        return block[:, 0] * self.blocks.shape[-1] + torch.searchsorted(inner, rest[:, None], right=True)[:, 0]
+
+    def select(self, rows) -> "_Proposal":
+        some = object.__new__(_Proposal)
+        some.blocks, some.cdf, some.total = self.blocks[rows], self.cdf[rows], self.total[rows]
+        return some
+
+
 class BatchSampler:
     """One step's draws for every row of ``logits`` (rows, vocabulary), at each row's temperature and top_p,
     with its noise (:func:`uniforms` of its key and ``counter``); see the module's docstring. Greedy rows are
     drawn at temperature 1 and their draws ignored. ``nucleus``: whether some row has top_p < 1 (else every
-    draw is kept and the test is skipped)."""
+    draw is kept and the test is skipped); ``peak``: each row's largest logit, when the caller has it."""
 
     def __init__(self, logits: torch.Tensor, rows: SamplingRows, counter: torch.Tensor, nucleus: bool,
-                 repick: int = 0):
+                 repick: int = 0, peak: torch.Tensor | None = None):
         logits = logits.float()
         scale = 1 / torch.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
-        peak = logits.max(dim=-1, keepdim=True).values
-        # exp((logit - max) / temperature), in one pass and one more: the most likely token weighs 1
+        peak = (logits.max(dim=-1).values if peak is None else peak.float())[:, None]
+        # exp((logit - max) / temperature): the most likely token weighs 1
         self.weights = torch.addcmul(-peak * scale, logits, scale).exp_()
-        self.cdf = torch.cumsum(self.weights, dim=-1, dtype=torch.float64)
-        self.total = self.cdf[:, -1]
+        block = _block(self.weights.shape[-1])
+        if block is None:  # no power of two of at least 32 divides the vocabulary: padded with tokens of weight 0
+            self.weights = torch.nn.functional.pad(self.weights, (0, -self.weights.shape[-1] % BLOCK))
+            block = BLOCK
+        self.proposal = _Proposal(self.weights.view(self.weights.shape[0], -1, block))
         # a token is in the nucleus when the tokens strictly more likely than it weigh less than this
-        self.limit = torch.where(rows.top_p < 1, rows.top_p * self.total, torch.inf)
+        self.limit = torch.where(rows.top_p < 1, rows.top_p * self.proposal.total, torch.inf)
         self.rows, self.counter, self.nucleus, self.repick = rows, counter, nucleus, repick
 
     def draws(self, rounds: int | None = None) -> torch.Tensor:
         """Each row's first kept draw among its first ``rounds`` (default: :data:`ROUNDS` of the device),
         -1 where none was kept; nothing is read back from the device."""
-        self.drawn = rounds or ROUNDS.get(self.weights.device.type, 4)
+        self.drawn = min(rounds or ROUNDS.get(self.weights.device.type, 4), ATTEMPTS)
         chosen = torch.full_like(self.counter, -1)
         for draw in range(self.drawn):
-            token = self._draw(draw, self.cdf, self.total)
+            token = self.proposal.token(self._uniform(draw))
             chosen = torch.where((chosen < 0) & self._kept(token), token, chosen)
         return chosen
 
@@ -185,7 +222,7 @@ class BatchSampler:
         some = self._subset(torch.tensor(rows, device=self.weights.device))
         chosen = torch.full_like(some.counter, -1)
         for draw in range(self.drawn, ATTEMPTS):
-            token = some._draw(draw, some.cdf, some.total)
+            token = some.proposal.token(some._uniform(draw))
             chosen = torch.where((chosen < 0) & some._kept(token), token, chosen)
             if bool((chosen >= 0).all()):
                 break
@@ -196,9 +233,9 @@ class BatchSampler:
         """This one row's first kept draw from :data:`ATTEMPTS` on, drawn from the tokens heavier than its
         :meth:`_floor`: every token outside that cover is outside the nucleus, so the kept draw is still exact."""
         covered = torch.where(self.weights > self._floor(), self.weights, 0.0)
-        cdf = torch.cumsum(covered, dim=-1, dtype=torch.float64)
+        cover = _Proposal(covered.view(1, -1, self.proposal.blocks.shape[-1]))
         for draw in count(ATTEMPTS):
-            token = self._draw(draw, cdf, cdf[:, -1])
+            token = cover.token(self._uniform(draw))
             if bool(self._kept(token)):
                 return int(token)
         raise AssertionError("count() never ends")
@@ -206,16 +243,13 @@ class BatchSampler:
     def _subset(self, rows) -> "BatchSampler":
         """This sampler over ``rows`` only (an index tensor or a slice)."""
         some = object.__new__(BatchSampler)
-        some.weights, some.cdf, some.total, some.limit, some.counter = (
-            t[rows] for t in (self.weights, self.cdf, self.total, self.limit, self.counter))
-        some.rows, some.nucleus, some.repick, some.drawn = self.rows.select(rows), self.nucleus, self.repick, self.drawn
+        some.weights, some.limit, some.counter = (t[rows] for t in (self.weights, self.limit, self.counter))
+        some.proposal, some.rows = self.proposal.select(rows), self.rows.select(rows)
+        some.nucleus, some.repick, some.drawn = self.nucleus, self.repick, self.drawn
         return some
 
-    def _draw(self, draw: int, cdf: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-        """The token where ``cdf`` passes u x ``total``, u this draw's uniform: never one of weight 0."""
-        u = uniforms(self.rows.key, self.counter, draw, self.repick)
-        target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-        return torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+    def _uniform(self, draw: int) -> torch.Tensor:
+        return uniforms(self.rows.key, self.counter, draw, self.repick)
 
     def _kept(self, token: torch.Tensor) -> torch.Tensor:
         """Whether each row's ``token`` is in its nucleus."""
@@ -225,7 +259,7 @@ class BatchSampler:
 
     def _above(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight of each row's tokens strictly heavier than ``weight`` (rows, 1)."""
-        return torch.where(self.weights > weight, self.weights, 0.0).sum(dim=-1, dtype=torch.float64)
+        return torch.where(self.weights > weight, self.weights, 0.0).sum(dim=-1)
 
     def _floor(self) -> torch.Tensor:
         """A weight (1, 1) at or below which no token of this one row is in its nucleus, as close to the

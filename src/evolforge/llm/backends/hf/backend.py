@@ -305,12 +305,14 @@ class HFBackend:
                 kept = logits[row, allowed]
                 logits[row] = float("-inf")
                 logits[row, allowed] = kept
-        chosen = logits.argmax(dim=-1)
         sampled = [row for row, i in enumerate(batch.index) if requests[i].temperature > 0]
         sampler = None
-        if sampled:
+        if not sampled:
+            chosen = logits.argmax(dim=-1)
+        else:  # the greedy rows' argmax (the first largest logit, as argmax picks it) and the sampler's peak at once
+            peak, chosen = logits.max(dim=-1)
             nucleus = any(requests[batch.index[row]].top_p < 1 for row in sampled)
-            sampler = BatchSampler(logits, batch.sampling, batch.positions, nucleus)
+            sampler = BatchSampler(logits, batch.sampling, batch.positions, nucleus, peak=peak)
             chosen = torch.where(batch.sampling.temperature > 0, sampler.draws(), chosen)
         tokens = chosen.tolist()
         changed = False
