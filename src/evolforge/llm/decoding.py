@@ -30,16 +30,19 @@ other rows, so a request gives the same tokens in any batch, at any place in it:
   the sample index), the position the drawn token will take, the draw's number and the repick's number
   (:func:`uniforms`: 32-bit xor-shift-multiply rounds, each a bijection, keyed by the seed). Nothing is
   carried from step to step, so no generator state has to follow a row from batch to batch.
-- **Inverse CDF, not Gumbel-max.** A draw is the token where the row's cumulative weights (float64) pass
-  ``u`` x their total: exact (each token is drawn with its share of the total, to float64 rounding), and it
-  needs one uniform per row where Gumbel-max needs one per token of the vocabulary (150k noise values per row
-  per step, which on a CPU cost more than the model's step). Weights are ``exp((logit - max) / temperature)``.
+- **Inverse CDF, not Gumbel-max.** A draw is the token where the row's cumulative weights pass ``u`` x their
+  total, found in two steps (the block of 256 tokens where the blocks' float64 sums pass it, then the token in
+  that block): exact (each token is drawn with its share of the total, to float64 rounding), one reduction over
+  the vocabulary instead of a cumulative sum, and one uniform per row where Gumbel-max needs one per token of
+  the vocabulary (noise for 150k tokens per row per step costs a CPU more than the model's step). Weights are
+  ``exp((logit - max) / temperature)``.
 - **top_p by rejection, without sorting.** The nucleus is the set of tokens whose strictly more likely tokens
   weigh less than ``top_p`` of the total (ties at its edge are all in: the set does not depend on an order).
   A draw from the whole distribution is kept when its token is in the nucleus (one masked sum over the row
   says so) and drawn again otherwise: rejection sampling, so the kept token follows the distribution
   renormalised over the nucleus exactly, and each draw is kept with probability at least ``top_p``. Sorting
-  150k weights per row and step, as the usual way does, costs a CPU several times the model's own step.
+  every row's weights at every step, as the usual way does, costs a CPU more than the model's own step
+  (``bench/sampling.py`` prints both).
   After :data:`ATTEMPTS` rejected draws (at ``top_p`` 0.95, one row in 10^10) the row draws instead from a
   set that covers its nucleus, found by sorting that one row and checked with the same test, and still keeps
   only tokens of the nucleus; the first kept draw is the row's token either way.
@@ -163,9 +166,10 @@ class _Proposal:
     cumulative sums pass what is left. A block's sum is a reduction, cheaper than a cumulative sum over the whole
     vocabulary, and float64 keeps each token's share exact to rounding."""
 
-    def __init__(self, blocks: torch.Tensor):
+    def __init__(self, blocks: torch.Tensor, sums: torch.Tensor | None = None):
         self.blocks = blocks
-        self.cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)
+        self.sums = blocks.sum(dim=-1) if sums is None else sums  # float32: summing in float64 copies every weight
+        self.cdf = self.sums.double().cumsum(dim=-1)
         self.total = self.cdf[:, -1]
 
     def token(self, u: torch.Tensor) -> torch.Tensor:
@@ -175,12 +179,15 @@ class _Proposal:
         before = torch.where(block > 0, self.cdf.gather(1, (block - 1).clamp(min=0)), 0.0)[:, 0]
         inner = self.blocks.gather(1, block[:, :, None].expand(-1, -1, self.blocks.shape[-1]))[:, 0]
         inner = inner.cumsum(dim=-1, dtype=torch.float64)
-        rest = torch.minimum(target - before, torch.nextafter(inner[:, -1], torch.zeros_like(before)))
+        # the share of the block passed, on the block's own cumulative sums (its float32 sum may differ in rounding)
+        share = (target - before) / self.sums.gather(1, block)[:, 0].double()
+        rest = torch.minimum(share * inner[:, -1], torch.nextafter(inner[:, -1], torch.zeros_like(before)))
         return block[:, 0] * self.blocks.shape[-1] + torch.searchsorted(inner, rest[:, None], right=True)[:, 0]
 
-    def select(self, rows) -> "_Proposal":
+    def select(self, rows, blocks: torch.Tensor) -> "_Proposal":
+        """The proposal of ``rows``, whose ``blocks`` the caller has selected already."""
         some = object.__new__(_Proposal)
-        some.blocks, some.cdf, some.total = self.blocks[rows], self.cdf[rows], self.total[rows]
+        some.blocks, some.sums, some.cdf, some.total = blocks, self.sums[rows], self.cdf[rows], self.total[rows]
         return some
 
 
@@ -244,7 +251,8 @@ class BatchSampler:
         """This sampler over ``rows`` only (an index tensor or a slice)."""
         some = object.__new__(BatchSampler)
         some.weights, some.limit, some.counter = (t[rows] for t in (self.weights, self.limit, self.counter))
-        some.proposal, some.rows = self.proposal.select(rows), self.rows.select(rows)
+        blocks = some.weights.view(some.weights.shape[0], -1, self.proposal.blocks.shape[-1])
+        some.proposal, some.rows = self.proposal.select(rows, blocks), self.rows.select(rows)
         some.nucleus, some.repick, some.drawn = self.nucleus, self.repick, self.drawn
         return some
 
