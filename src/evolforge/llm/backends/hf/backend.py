@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from itertools import count
 from dataclasses import dataclass
+from itertools import count
 from typing import Iterator, Sequence
 
 import torch
