@@ -241,6 +241,36 @@ def test_engine_options_per_backend():
 
 
 
+def test_a_sampled_hf_call_names_the_sampler_in_its_key_and_a_greedy_one_does_not():
+    """The hf backend's sampler decides a sampled answer: its name is in the engine of every sampled hf (and ray hf /
+    auto) key, so a cache filled by another sampler is not served; greedy keys, and other backends', stay as they were."""
+    from evolforge.config.backend_specs import HF_SAMPLER
+
+    engine = {"dtype": "float32", "device": "cpu"}
+    messages = [{"role": "user", "content": "hi"}]
+
+    def keys(role, engine):
+        llm = LLM(FakeBackend(), None, role=role, identity={"name": "m"}, engine=engine)
+        sampled = llm.request(messages, temperature=0.7, top_p=0.9, seed=3)
+        greedy = llm.request(messages, temperature=0.0)
+        frame = dict(backend=role.backend, model={"name": "m"}, messages=messages, max_tokens=sampled.max_tokens,
+                     sample_index=0)
+        return (llm.key(sampled) == cache_key(**frame, engine={**engine, "sampler": HF_SAMPLER}, temperature=0.7,
+                                              top_p=0.9, seed=3),
+                llm.key(sampled) == cache_key(**frame, engine=engine, temperature=0.7, top_p=0.9, seed=3),
+                llm.key(greedy) == cache_key(**frame, engine=engine, temperature=0.0, top_p=1.0, seed=0))
+
+    hf = Role(name="r", backend="hf", model="m", settings=HfSettings(dtype="float32", device="cpu"))
+    assert keys(hf, engine) == (True, False, True)
+    for ray_engine in ("hf", "auto"):
+        ray = Role(name="r", backend="ray", model="m", settings=RaySettings(engine=ray_engine))
+        assert keys(ray, {"engine": ray_engine}) == (True, False, True)
+    vllm = Role(name="r", backend="vllm", model="m")
+    ray_vllm = Role(name="r", backend="ray", model="m", settings=RaySettings(engine="vllm"))
+    for role in (vllm, ray_vllm):
+        assert keys(role, {"dtype": "auto"}) == (False, True, True)
+
+
 def test_an_hf_roles_auto_device_and_dtype_are_keyed_as_resolved():
     """``device: auto`` / ``dtype: auto`` are keyed as what they become on this machine, so completions made
     on a GPU (bf16) and on the CPU (fp32) are never served for each other."""

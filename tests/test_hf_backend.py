@@ -99,3 +99,43 @@ def test_role_through_cache(tiny_model, tmp_path):
     assert again.complete(reqs) == first and (again.stats["calls"], again.stats["cache_hits"]) == (0, 5)
     assert llm.stats["prompt_tokens"] > 0 and llm.stats["completion_tokens"] > 0  # counted by the backend
     assert "weights_sha256" in again.identity
+
+
+def test_greedy_equals_transformers_generate(backend):
+    """Greedy decoding, batched or alone, gives the tokens transformers' own greedy ``generate`` gives."""
+    import torch
+
+    reqs = requests(5)
+    batched = [c.text for c in backend.generate(reqs)]
+    stops = sorted(backend.stop_ids)
+    for request, text in zip(reqs, batched):
+        ids = backend.tokenizer(backend.render(request), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            out = backend.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                         max_new_tokens=request.max_tokens, eos_token_id=stops,
+                                         pad_token_id=backend.tokenizer.pad_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        new = new[:next((j for j, t in enumerate(new) if t in backend.stop_ids), len(new))]
+        assert text == backend.tokenizer.decode(new, skip_special_tokens=True).strip()
+        assert backend.generate([request])[0].text == text
+
+
+def test_a_sampled_request_gives_the_same_text_in_any_batch_at_any_place(backend):
+    target = requests(2, temperature=0.8, top_p=0.9, seed=11)[1]
+    others = (requests(3) + requests(3, temperature=1.2, top_p=1.0, seed=4)
+              + requests(2, temperature=0.5, top_p=0.5, seed=9))
+    alone = backend.generate([target])[0]
+    assert backend.generate([target, *others[:2]])[0] == alone
+    mixed = backend.generate([*others, target])
+    assert mixed[-1] == alone
+    assert mixed[:3] == backend.generate(others[:3])  # greedy rows beside sampled ones: as in a greedy batch
+    assert backend.generate([others[4], target, others[0], others[6]])[1] == alone
+    streamed = dict(pair for finished in backend.stream([*others[:5], target], slots=2) for pair in finished)
+    assert streamed[5] == alone  # admitted last, merged into a running batch
+
+
+def test_top_p_near_zero_samples_the_greedy_answer(backend):
+    greedy = [c.text for c in backend.generate(requests(5))]
+    narrow = [c.text for c in backend.generate(requests(5, temperature=1.0, top_p=1e-6, seed=2))]
+    wide = [c.text for c in backend.generate(requests(5, temperature=1.0, top_p=1.0, seed=2))]
+    assert narrow == greedy and wide != greedy

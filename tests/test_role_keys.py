@@ -2,7 +2,12 @@
 ab7d57e, with the identities and engines models/identity.json recorded for them) and for one role of each other
 backend and server kind, the engine options, cache keys, sampling seeds, model labels and batch sizes computed by
 the code before the roles' settings were split by backend. A change that moves a role's fields must leave every
-one of them byte for byte: the shipped run's cache is then still hit, and its outputs stay md5-identical."""
+one of them byte for byte: the shipped run's cache is then still hit, and its outputs stay md5-identical.
+
+One change of output re-pinned keys on purpose: the hf backend's sampler became batched and counter-based
+(:class:`evolforge.llm.decoding.BatchSampler`), so the ``sampled`` keys of the roles whose calls an hf backend
+samples (hf, ray with hf or auto actors) name it (``sampler`` in their engine) and differ from before; every greedy
+key, every seed and every other backend's key stayed as it was."""
 
 from __future__ import annotations
 

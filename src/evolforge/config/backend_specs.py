@@ -50,6 +50,10 @@ def _layers(value: Any) -> bool:
 
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
+# How the hf backend samples (evolforge.llm.decoding.BatchSampler: counter-based noise, inverse CDF, top_p by
+# rejection), in the key of every sampled hf call: a sampler that draws other tokens gets a new name, so the cache
+# never serves one sampler's answers for another's. Greedy calls do not carry it.
+HF_SAMPLER = "batched-icdf-rejection"
 
 
 def _transformers_options(dtype: str, device: str, max_model_len: int | None) -> dict[str, Any]:
@@ -79,6 +83,11 @@ class LocalSettings:
         (:func:`evolforge.llm.keys.engine_options`)."""
         return {}
 
+    def sampling_options(self) -> dict[str, Any]:
+        """What names the backend's sampler: part of the engine in the key of each call at a temperature above 0
+        (:func:`evolforge.llm.keys.sampling_options`); greedy keys never hold it."""
+        return {}
+
 
 @dataclass
 class HfSettings(LocalSettings):
@@ -96,6 +105,9 @@ class HfSettings(LocalSettings):
 
     def engine_options(self, max_model_len: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
         return _transformers_options(self.dtype, self.device, max_model_len)
+
+    def sampling_options(self) -> dict[str, Any]:
+        return {"sampler": HF_SAMPLER}
 
 
 @dataclass
@@ -168,6 +180,10 @@ class RaySettings(VllmEngineSettings):
                    "vllm": super().engine_options(max_model_len, extra)}
         return {"engine": self.engine, **(engines.get(self.engine) or {**engines["hf"], **engines["vllm"]})}
 
+    def sampling_options(self) -> dict[str, Any]:
+        # hf actors sample with the hf backend's sampler (auto may run them); vLLM's sampler is its own
+        return {"sampler": HF_SAMPLER} if self.engine in ("hf", "auto") else {}
+
 
 @dataclass
 class OpenAISettings:
@@ -238,6 +254,9 @@ class OpenAISettings:
         changes an answer is keyed: ``top_logprobs`` (a walk that lists fewer tokens reads fewer answers), when
         other than the default every key was made with before it counted."""
         return {} if self.top_logprobs == TOP_LOGPROBS else {"top_logprobs": self.top_logprobs}
+
+    def sampling_options(self) -> dict[str, Any]:
+        return {}
 
     def problems(self, where: str, extra: Mapping[str, Any]) -> list[str]:
         """What is wrong with these server settings (``base_url`` / ``base_urls`` / ``batch_api``, and any key of

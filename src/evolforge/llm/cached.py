@@ -21,7 +21,7 @@ from evolforge.llm.backends import dryrun
 from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, cost_of, open_gate, priced
 from evolforge.llm.identity import IDENTITY_FILE, recorded_entry
 from evolforge.llm.pinning import resolve_identity
-from evolforge.llm.keys import identity_digest, resolved_engine, sampling_signature, str_choices
+from evolforge.llm.keys import identity_digest, resolved_engine, sampling_options, sampling_signature, str_choices
 from evolforge.llm.registry import shared_backend
 from evolforge.llm.thinking import separate
 from evolforge.llm.types import Backend, Completion, LLMFailureError, refuse_controls, refuse_ranking
@@ -74,6 +74,8 @@ class LLM:
         self._identity = dict(identity) if identity is not None else backend.identity()
         # what the key says the model runs with: as recorded by the models stage, or resolved here
         self._engine = dict(engine) if engine is not None else resolved_engine(self.role)
+        # the engine of a sampled call's key: with the backend's sampler named (greedy keys stay as they were)
+        self._sampled_engine = {**self._engine, **sampling_options(self.role)}
         self._frames: dict[tuple, KeyFrame] = {}  # see key()
         self.served = self.role.served  # an OpenAI-compatible server
         if batch_size is None:  # servers: the backend's own pool bounds requests in flight (OpenAISettings)
@@ -136,7 +138,8 @@ class LLM:
         sig = sampling_signature(request)
         frame = self._frames.get(sig)
         if frame is None:
-            frame = KeyFrame(backend=self.role.backend, model=self._identity, engine=self._engine,
+            engine = self._engine if float(request.temperature) == 0.0 else self._sampled_engine
+            frame = KeyFrame(backend=self.role.backend, model=self._identity, engine=engine,
                              temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
                              seed=request.seed, sample_index=request.sample_index,
                              constraint=self._constraint(request))

@@ -89,6 +89,13 @@ def engine_options(role: Role) -> dict[str, Any]:
     return role.settings.engine_options(role.max_model_len, role.extra)
 
 
+def sampling_options(role: Role) -> dict[str, Any]:
+    """What names ``role``'s sampler, added to the engine in the key of each call at a temperature above 0
+    (:meth:`evolforge.llm.cache.KeyFrame`), so that greedy keys stay as they were when a sampler changes. hf (and
+    ray with hf actors): ``sampler`` (:data:`evolforge.config.backend_specs.HF_SAMPLER`); others: none."""
+    return role.settings.sampling_options()
+
+
 def resolved_engine(role: Role) -> dict[str, Any]:
     """:func:`engine_options` with an hf role's ``device: auto`` and ``dtype: auto`` resolved as its backend
     will load the model (CUDA when torch sees a GPU, else the CPU; bf16 on a GPU, fp32 on the CPU), so

@@ -23,10 +23,12 @@ A request's generation controls (banned and stop strings, an assistant prefix, r
 applied per row at every step by :mod:`evolforge.llm.decoding`; a prefix is rendered as an unfinished
 assistant turn (the chat template's ``continue_final_message``) and starts the returned text.
 
-Sampling is done per row with the row's own ``torch.Generator`` seeded from the whole request
-(:func:`evolforge.llm.keys.request_seed`); rows at temperature 0 are greedy. So a request yields the same
-tokens whichever batch it lands in, greedy and sampled rows share a batch, and identical requests give
-identical outputs.
+Sampling draws every row of a step at once on the model's device (:class:`evolforge.llm.decoding.BatchSampler`:
+inverse CDF with counter-based noise, top_p by rejection, no sort and no copy of the vocabulary to the host):
+a row's noise is a function of its request's seed (:func:`evolforge.llm.keys.request_seed`), the position
+of the token drawn and the draw's number, and rows at temperature 0 are greedy. So a request yields the same
+tokens whichever batch it lands in and wherever in it, greedy and sampled rows share a batch, and identical
+requests give identical outputs. Each step reads its tokens back from the device once, sampled or greedy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
+from itertools import count
 from typing import Iterator, Sequence
 
 import torch
@@ -47,7 +50,7 @@ from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
-from evolforge.llm.decoding import RowControls, pick, rank_sequences, sample_token
+from evolforge.llm.decoding import BatchSampler, RowControls, SamplingRows, pick, rank_sequences, sample_row
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
@@ -98,6 +101,7 @@ class _Batch:
     positions: torch.Tensor  # (rows,): position id of the token each row feeds next
     last: torch.Tensor  # (rows,): the token each row feeds next
     tokens: list[list[int]]  # generated so far, per row
+    sampling: SamplingRows  # each row's temperature, top_p and noise key
 
     def __len__(self) -> int:
         return len(self.index)
@@ -115,6 +119,7 @@ class _Batch:
             torch.cat([self.positions, other.positions]),
             torch.cat([self.last, other.last]),
             self.tokens + other.tokens,
+            self.sampling.cat(other.sampling),
         )
 
     def keep(self, rows: list[int], trim: bool) -> "_Batch":
@@ -128,7 +133,7 @@ class _Batch:
                 layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
             mask = mask[:, lead:]
         return _Batch([self.index[r] for r in rows], self.cache, mask, self.positions[select], self.last[select],
-                      [self.tokens[r] for r in rows])
+                      [self.tokens[r] for r in rows], self.sampling.select(select))
 
 
 class HFBackend:
@@ -213,11 +218,8 @@ class HFBackend:
         self.threads = self._threads.now()
         if torch.get_num_threads() != self.threads:  # or another backend in this process set its own
             torch.set_num_threads(self.threads)
-        generators = {}
-        for i, request in enumerate(requests):
-            if request.temperature > 0:
-                generators[i] = torch.Generator(device="cpu")
-                generators[i].manual_seed(request_seed(request))
+        # (temperature, top_p, seed) per request; a greedy one needs no seed
+        sampling = [(r.temperature, r.top_p, request_seed(r) if r.temperature > 0 else 0) for r in requests]
         tries = {i: self.trie(r.choices) for i, r in enumerate(requests) if r.choices is not None}
         self._controls = {i: RowControls(r.controls, self.tokenizer) for i, r in enumerate(requests)
                           if r.controls is not None and r.controls.used()}
@@ -246,15 +248,15 @@ class HFBackend:
             free = slots - (len(batch) if batch is not None else 0)
             if waiting and free >= (refill if batch is not None and self.can_merge else slots):
                 admitted = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                fresh, logits = self._prefill(prompts, admitted)
-                fresh.last = self._choose(logits, fresh, requests, generators, tries)
-                fresh, finished = self._retire(fresh, budgets, prompts)
+                fresh, logits = self._prefill(prompts, admitted, sampling)
+                chosen = self._choose(logits, fresh, requests, tries)
+                fresh, finished = self._retire(fresh, chosen, budgets, prompts)
                 if fresh is not None:
                     batch = fresh if batch is None else batch.merge(fresh)
             else:
                 assert batch is not None
-                batch.last = self._choose(self._step(batch), batch, requests, generators, tries)
-                batch, finished = self._retire(batch, budgets, prompts)
+                chosen = self._choose(self._step(batch), batch, requests, tries)
+                batch, finished = self._retire(batch, chosen, budgets, prompts)
             if finished:
                 yield finished
 
@@ -266,7 +268,8 @@ class HFBackend:
         return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
                           completion_tokens=0)
 
-    def _prefill(self, prompts: list[list[int]], admitted: list[int]) -> tuple[_Batch, torch.Tensor]:
+    def _prefill(self, prompts: list[list[int]], admitted: list[int],
+                 sampling: list[tuple[float, float, int]]) -> tuple[_Batch, torch.Tensor]:
         """Run the prompts of ``admitted`` through the model (left-padded): a batch and its next-token logits."""
         enc = self.tokenizer.pad({"input_ids": [prompts[i] for i in admitted]}, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
@@ -276,7 +279,8 @@ class HFBackend:
             cache.layers = [_SlabLayer() for _ in cache.layers]
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
-        batch = _Batch(admitted, cache, mask, positions[:, -1] + 1, ids[:, -1], [[] for _ in admitted])
+        batch = _Batch(admitted, cache, mask, positions[:, -1] + 1, ids[:, -1], [[] for _ in admitted],
+                       SamplingRows.of([sampling[i] for i in admitted], self.model.device))
         return batch, out.logits[:, -1]
 
     def _step(self, batch: _Batch) -> torch.Tensor:
@@ -288,9 +292,10 @@ class HFBackend:
         return out.logits[:, -1]
 
     def _choose(self, logits: torch.Tensor, batch: _Batch, requests: Sequence[ChatRequest],
-                generators: dict[int, torch.Generator], tries: dict[int, ChoiceTrie]) -> torch.Tensor:
-        """Each row's next token: greedy, or sampled with the request's generator; rows with choices
-        pick among the tokens their trie allows; rows with controls have them applied first."""
+                tries: dict[int, ChoiceTrie]) -> list[int]:
+        """Each row's next token (set as ``batch.last`` and returned): greedy, or drawn by the batch's sampler;
+        rows with choices pick among the tokens their trie allows; rows with controls have them applied first.
+        The tokens are read back from the device once (``tolist``), as greedy decoding always did."""
         for row, i in enumerate(batch.index):
             if i in self._controls:
                 self._controls[i].adjust(logits[row], batch.tokens[row])
@@ -300,31 +305,52 @@ class HFBackend:
                 kept = logits[row, allowed]
                 logits[row] = float("-inf")
                 logits[row, allowed] = kept
-        chosen = logits.argmax(dim=-1)
+        sampled = [row for row, i in enumerate(batch.index) if requests[i].temperature > 0]
+        sampler = None
+        if not sampled:
+            chosen = logits.argmax(dim=-1)
+        else:  # the greedy rows' argmax (the first largest logit, as argmax picks it) and the sampler's peak at once
+            peak, chosen = logits.max(dim=-1)
+            nucleus = any(requests[batch.index[row]].top_p < 1 for row in sampled)
+            sampler = BatchSampler(logits, batch.sampling, batch.positions, nucleus, peak=peak)
+            chosen = torch.where(batch.sampling.temperature > 0, sampler.draws(), chosen)
+        tokens = chosen.tolist()
+        changed = False
+        unsettled = [row for row in sampled if tokens[row] < 0]  # none of their draws on the device was kept
+        if unsettled:  # about 1 - top_p of the sampled rows on a CPU, rare on a GPU
+            for row, token in zip(unsettled, sampler.settle(unsettled)):
+                tokens[row] = token
+            changed = True
         for row, i in enumerate(batch.index):
-            if i in generators:
-                chosen[row] = sample_token(logits[row], requests[i].temperature, requests[i].top_p, generators[i])
             if i in self._controls and self._controls[i].controls.banned_strings:
-                chosen[row] = self._repick(logits[row], int(chosen[row]), requests[i], generators.get(i),
-                                           self._controls[i], batch.tokens[row])
-        return chosen
+                token = self._repick(logits[row], tokens[row], batch, row, self._controls[i],
+                                     requests[i].temperature > 0)
+                tokens[row], changed = token, changed or token != tokens[row]
+        batch.last = torch.tensor(tokens, device=logits.device) if changed else chosen
+        return tokens
 
-    def _repick(self, logits: torch.Tensor, first: int, request: ChatRequest, generator: torch.Generator | None,
-                controls: RowControls, tokens: list[int]) -> int:
-        """``first``, unless it spells a banned string: then the row picks again without it (see decoding)."""
+    def _repick(self, logits: torch.Tensor, first: int, batch: _Batch, row: int, controls: RowControls,
+                sampled: bool) -> int:
+        """``first``, unless it spells a banned string: then the row picks again without it (see decoding);
+        a sampled row draws anew, with noise of its own for each repick."""
+        tokens = batch.tokens[row]
         if not controls.violates([*tokens, first]):
             return first
         logits[first] = float("-inf")
-        if generator is None:
-            return pick(logits, lambda row: int(row.argmax()), controls, tokens, min(self.stop_ids))
-        return pick(logits, lambda row: sample_token(row, request.temperature, request.top_p, generator),
-                    controls, tokens, min(self.stop_ids))
+        if not sampled:
+            return pick(logits, lambda values: int(values.argmax()), controls, tokens, min(self.stop_ids))
+        rows = batch.sampling.select(slice(row, row + 1))
+        repicks = count(1)
+        counter = batch.positions[row:row + 1]
+        return pick(logits, lambda values: sample_row(values, rows, counter, next(repicks)), controls, tokens,
+                    min(self.stop_ids))
 
-    def _retire(self, batch: _Batch, budgets: list[int], prompts: list[list[int]]) -> tuple[_Batch | None, Finished]:
-        """Record each row's new token; rows that stopped or used their budget leave the batch."""
+    def _retire(self, batch: _Batch, chosen: list[int], budgets: list[int],
+                prompts: list[list[int]]) -> tuple[_Batch | None, Finished]:
+        """Record each row's new token (``chosen``); rows that stopped or used their budget leave the batch."""
         finished: Finished = []
         keep = []
-        for row, (i, token) in enumerate(zip(batch.index, batch.last.tolist())):
+        for row, (i, token) in enumerate(zip(batch.index, chosen)):
             tokens = batch.tokens[row]
             if token in self.stop_ids:
                 finished.append((i, self._completion(tokens, "stop", len(prompts[i]), i)))
