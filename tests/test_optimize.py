@@ -674,7 +674,7 @@ def test_stage_draws_the_dev_set_from_the_pool_outside_the_evolved_seeds(tmp_pat
     meta = json.loads((out / "method" / "meta.json").read_text())
     assert len(meta["dev_ids"]) == 4 and not set(meta["dev_ids"]) & {"id00", "id01", "id02"}
     (out / "seed" / SEED_POOL).unlink()
-    with pytest.raises(ValueError, match="pool.parquet: missing; the seed stage writes it"):
+    with pytest.raises(ValueError, match="all_seeds.parquet: missing; the seed stage writes it"):
         stage.main(argv)
 
 

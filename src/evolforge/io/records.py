@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator
 import polars as pl
 
 TABLE = "items.parquet"  # the table file inside every stage output folder
-SEED_POOL = "pool.parquet"  # beside the seed table: every seed before seed.limit's sample (Auto Evol-Instruct's pool)
+SEED_POOL = "all_seeds.parquet"  # beside the seed table: every seed before seed.limit's sample (Auto Evol-Instruct's;
+# not "pool.parquet", which beside a round's table is what the next round evolves, and round 1 would read it)
 META = "meta.json"  # template hashes, model identities, params used, package versions (key VERSIONS)
 VERSIONS = "versions"  # meta.json key: {package: installed version} of OUTPUT_PACKAGES (below)
 

@@ -1,7 +1,7 @@
 """The seed stage: ``params.yaml seed`` read into the seed table (:func:`evolforge.steps.common.source.build_seed`),
-with the dropped duplicates beside it, and the whole seed pool before ``seed.limit``'s sample (``pool.parquet``: the
-items Auto Evol-Instruct draws its development set and mini-batches from, as the paper splits its seed pool X). The
-rules are written for users in docs/how-to/seeds.md."""
+with the dropped duplicates beside it, and the whole seed pool before ``seed.limit``'s sample
+(``all_seeds.parquet``: the items Auto Evol-Instruct draws its development set and mini-batches from, as the paper
+splits its seed pool X). The rules are written for users in docs/how-to/seeds.md."""
 
 from __future__ import annotations
 
