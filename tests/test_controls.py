@@ -300,7 +300,8 @@ def test_check_and_the_score_stage_refuse_a_scorer_that_cannot_score_alike(backe
         fields["base_url"] = "http://127.0.0.1:8000/v1"
     params = {"roles": {"scorer": fields}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    says = (f"roles.scorer.backend: {backend} serves every role but the scorer, not the scorer: the score stage "
+    serves = "the chat roles (evolver, judge, optimizer, responder)" if backend == "vllm" else "every role but the scorer"
+    says = (f"roles.scorer.backend: {backend} serves {serves}, not the scorer: the score stage "
             f"computes losses from the logits of a transformers model in its own process; use backend hf")
     with pytest.raises(SystemExit) as exit_:
         main(["check", str(tmp_path / "params.yaml")])

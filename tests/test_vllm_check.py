@@ -62,7 +62,7 @@ def test_an_in_process_backend_that_cannot_rank_is_refused_by_the_check(repo, tm
 
     proc = check(repo, tmp_path, ray_judge)
     assert proc.returncode != 0
-    assert "judge.probabilities: the judge's backend (roles.judge) cannot score answers" in proc.stderr
+    assert "judge.probabilities: backend 'ray' (roles.judge) cannot score answers" in proc.stderr
 
 
 def test_an_engine_argument_a_role_key_sets_is_refused_in_extra():
