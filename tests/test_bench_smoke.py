@@ -29,11 +29,13 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "llamacpp_limit.py": ["--model", "{tiny_gguf}", "--threads", "1", "--prompt-tokens", "40", "--steps", "3"],
     "verify_humaneval.py": ["--model", "{tiny_gguf}", "--limit", "2", "--arithmetic", "2", "--cache", "{tmp}/c.sqlite"],
     "served_vs_inprocess.py": ["--inprocess", "metrics", "--served", "metrics"],  # the committed run against itself
+    "sampling.py": ["--n", "2", "--max-tokens", "4", "--vocab", "512", "--threads", "1", "--repeat", "1"],
     "llamacpp_speculative.py": ["--model", "{tiny_gguf}", "--threads", "1", "--n", "2", "--answers", "1",
                                 "--answer-tokens", "4", "--fixed", "2"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
+    "judge_calibration.py": "judges 61 answers with the shipped judge model (models/, fetched by make run)",
     "score_reference.py": "needs the shipped model and the papers' official checkouts",
     "plant_contamination.py": "modifies a built copy of the repository and runs dvc repro",
     "selected_near_duplicates.py": "reads a built data/selected",
