@@ -204,13 +204,14 @@ def test_round_items_have_no_check(tmp_path):
 # --- select.require_check ---------------------------------------------------------------------------------
 
 def test_require_check_drops_failed_checks_and_keeps_unchecked():
+    """require_check alone (require_vouched off: it would drop the unchecked items too)."""
     table = pl.DataFrame({"id": ["a", "b", "c", "d"], "round": [0, 0, 1, 1], "ic_ifd": [0.9, 0.8, 0.7, 0.6],
                           "answer_check_passed": [False, True, None, None]})
-    kept = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, require_check=True))
+    kept = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, require_vouched=False, require_check=True))
     assert kept.chosen["id"].to_list() == ["b", "c", "d"]
     assert dict(zip(kept.excluded["id"], kept.excluded["skip_reason"])) == {"a": "answer_check_failed"}
     assert {"filter": "answer_check_failed", "removed": 1, "left": 3} in kept.summary["filters"]
-    off = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, require_check=False))
-    assert off.chosen["id"].to_list() == ["a", "b", "c", "d"]
-    no_column = select_items(table.drop("answer_check_passed"), SelectSettings("ic_ifd", top_fraction=1.0, require_check=True))
+    off = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, require_vouched=False, require_check=False))
+    assert off.chosen["id"].to_list() == ["b", "a", "c", "d"]  # the vouched item (a passing check) ranks first
+    no_column = select_items(table.drop("answer_check_passed"), SelectSettings("ic_ifd", top_fraction=1.0, require_vouched=False, require_check=True))
     assert no_column.chosen.height == 4  # a pool without checks (AutoIF's): nothing to drop

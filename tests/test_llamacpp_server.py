@@ -121,11 +121,13 @@ def test_the_server_kind_is_found_and_what_it_cannot_honour_is_named_where_writt
     # llama-cpp-python's server decodes one request at a time (no GET /props): one in flight, not concurrency
     assert role.settings.concurrency > 1 and OpenAIBackend.from_role(role).concurrency == 1
     kinds = {name: "llamacpp" for name in CHAT_ROLES}
+    why = ("cannot honour this generation control (llama.cpp's server has no n-gram ban among its request "
+           "parameters; use repetition_penalty); remove it or use a backend that can (docs/explanation/controls.md)")
     assert server_problems(params, asked_of_roles(params), kinds) == [
-        "evolve.controls.no_repeat_ngram_size: llamacpp's server (roles.evolver) cannot honour this generation "
-        "control (llama.cpp's server has no n-gram ban among its request parameters; use repetition_penalty); "
-        "remove it or use a backend that can (docs/explanation/controls.md)"]
+        f"evolve.controls.no_repeat_ngram_size: llamacpp's server (roles.evolver) {why}",
+        f"optimize.controls.no_repeat_ngram_size: llamacpp's server (roles.optimizer) {why}"]
     params["evolve"]["controls"]["no_repeat_ngram_size"] = None
+    params["optimize"]["controls"]["no_repeat_ngram_size"] = None
     assert server_problems(params, asked_of_roles(params), kinds) == []
 
 
@@ -224,7 +226,8 @@ def test_optimize_writes_candidates_on_the_server(server, gguf_folder, tmp_path)
 
     params = served_params(server, gguf_folder)
     controls = params["optimize"]["controls"]
-    assert controls == {"assistant_prefix": "```Optimized Method\n", "stop": ["```"]}  # shipped
+    assert controls == {"assistant_prefix": "```Optimized Method\n", "stop": ["```"], "no_repeat_ngram_size": 8}
+    controls = {k: v for k, v in controls.items() if k != "no_repeat_ngram_size"}  # no server offers it (above)
     optimizer = role_llm(params, "optimizer", CallCache(tmp_path / "cache.sqlite"))
     trajectory = [{"id": 0, "stage0": "Name a colour.", "stage1": "Name a colour and say why."},
                   {"id": 1, "stage0": "Add two numbers.", "stage1": "Add two numbers."}]
