@@ -11,10 +11,14 @@ times evolforge's own code on it; each figure is a JSON line starting ``RESULT``
   largest IFD difference), and the padded rows on the same items (largest IFD difference: packing's check on the GPU).
 * ``generate``  ``HFBackend.generate`` greedy and sampled (temperature 0.7, top_p 0.95) against transformers'
   ``model.generate`` (one left-padded static batch, as many new tokens) at each ``--gen`` size (requests x
-  tokens); random weights never end a turn, so every request runs to its max_tokens.
+  tokens); random weights never end a turn, so every request runs to its max_tokens. Each is timed ``--repeat``
+  times and the best run reported beside the first: the first run at a batch size pays its warm-up (on an H100 it
+  took up to twice as long, for either implementation, whichever ran first).
 * ``finetune``  :func:`evolforge.train.finetune.finetune`, full and LoRA (rank 8, all linear), a few steps:
   tokens/s, model FLOPs utilisation (6 x parameters per trained token for full, 4 x for LoRA: no weight
-  gradients), peak memory, whether batches were padding-free.
+  gradients), peak memory, whether batches were padding-free; and the steady figures: a short run of a sixth of
+  the steps is timed too, and the difference of the two runtimes is the time of the steps after it (start-up,
+  the first steps' kernel choices and the optimizer's state allocation aside).
 
 A section that fails prints its error as a RESULT line and the next one runs; ``--section-s`` bounds each
 measurement (a slow one is recorded as timed out). ``--profile`` adds torch profiler tables (the 25 costliest
@@ -232,6 +236,8 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
         profiled("scorer", f"ifd_scores, {max(2, n // 8)} items, device budget", ifd_scores, model, tokenizer, **part,
                  progress=False)
     m = args.reference_items
+    if not m:
+        return
     subset = {k: (v[:m] if v else v) for k, v in items.items()}
     reference, seconds = timed(args.section_s, reference_ifd_scores, model, tokenizer, **subset)
     ours = ifd_scores(model, tokenizer, **subset, progress=False)
@@ -265,9 +271,11 @@ def section_generate(model_dir: Path, args, peak: float) -> None:
             common = {"section": "generate", "requests": n, "max_tokens": max_tokens, "temperature": temperature}
             try:
                 backend.generate(requests[:4])  # warm-up
-                outs, seconds = timed(args.section_s, backend.generate, requests)
+                runs = [timed(args.section_s, backend.generate, requests) for _ in range(max(1, args.repeat))]
+                outs, seconds = min(runs, key=lambda run: run[1])
                 ours = sum(o.completion_tokens or 0 for o in outs) / seconds
                 emit({**common, "impl": "evolforge HFBackend.generate", "seconds": round(seconds, 2),
+                      "first_run_s": round(runs[0][1], 2), "runs": len(runs),
                       "tokens_per_s": round(ours), "failures": sum(1 for o in outs if o.failed)})
             except Exception as err:  # noqa: BLE001
                 emit({**common, "impl": "evolforge HFBackend.generate", "error": repr(err)[:500]})
@@ -280,10 +288,12 @@ def section_generate(model_dir: Path, args, peak: float) -> None:
                 sampling.update(temperature=temperature, top_p=top_p)
             try:
                 with torch.inference_mode():
-                    out, seconds = timed(args.section_s, model.generate, **batch, **sampling)
+                    runs = [timed(args.section_s, model.generate, **batch, **sampling)
+                            for _ in range(max(1, args.repeat))]
+                out, seconds = min(runs, key=lambda run: run[1])
                 theirs = (out.shape[1] - batch["input_ids"].shape[1]) * n / seconds
                 emit({**common, "impl": "transformers model.generate (static batch)", "seconds": round(seconds, 2),
-                      "tokens_per_s": round(theirs),
+                      "first_run_s": round(runs[0][1], 2), "runs": len(runs), "tokens_per_s": round(theirs),
                       "evolforge_vs_transformers": round(ours / theirs, 2) if ours else None})
             except Exception as err:  # noqa: BLE001
                 emit({**common, "impl": "transformers model.generate (static batch)", "error": repr(err)[:500]})
@@ -310,24 +320,27 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
         settings = base if mode == "full" else dataclasses.replace(
             base, mode="lora", lora_rank=8, lora_alpha=8, lora_dropout=0.0, lora_target_modules="all-linear", lr=1e-4)
         reset_peak()
-        out = Path(tempfile.mkdtemp(prefix=f"probe-{mode}-"))
-        try:
-            with deadline(args.section_s):
-                result = finetune(str(model_dir), rows, out / "model", settings)
+        short = dataclasses.replace(settings, max_steps=max(1, settings.max_steps // 6))
+        try:  # the whole run, then a short one: their difference is the steady steps, start-up costs aside
+            result = _trained(model_dir, rows, settings, mode, args.section_s)
+            runtime_short = _trained(model_dir, rows, short, mode, args.section_s).metrics["runtime_s"]
         except Exception as err:  # noqa: BLE001
             emit({"section": "finetune", "mode": mode, "error": repr(err)[:1500]})
             continue
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
         m = result.metrics
         seconds = m["runtime_s"]
-        tokens = m["steps"] * args.ft_batch * sum(lengths) / len(lengths)  # mean row, truncated, per example
+        step_tokens = args.ft_batch * sum(lengths) / len(lengths)  # mean row, truncated, per example
+        tokens = m["steps"] * step_tokens
         flops = (6 if mode == "full" else 4) * m["total_params"] * tokens
+        steady_s = (seconds - runtime_short) / max(1, m["steps"] - short.max_steps)  # one steady step
+        steady_mfu = (6 if mode == "full" else 4) * m["total_params"] * step_tokens / steady_s / peak
         emit({"section": "finetune", "mode": mode, "steps": m["steps"], "batch": args.ft_batch,
               "max_length": args.ft_max_length, "bf16": m["bf16"], "padding_free": m.get("padding_free"),
               "trainable": m["trainable_params"], "total": m["total_params"], "train_runtime_s": seconds,
               "tokens": round(tokens), "tokens_per_s": round(tokens / seconds),
-              "mfu_pct": round(100 * flops / seconds / peak, 2), "peak_gib": peak_gib(),
+              "mfu_pct": round(100 * flops / seconds / peak, 2), "steady_step_s": round(steady_s, 4),
+              "steady_tokens_per_s": round(step_tokens / steady_s), "steady_mfu_pct": round(100 * steady_mfu, 2),
+              "peak_gib": peak_gib(),
               "loss_final": m["train_loss_final"]})
         if args.profile:
             few = dataclasses.replace(settings, max_steps=min(5, settings.max_steps))
@@ -339,6 +352,18 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
                 emit({"section": "finetune", "profile": mode, "error": repr(err)[:500]})
             finally:
                 shutil.rmtree(out, ignore_errors=True)
+
+
+def _trained(model_dir: Path, rows: list[dict], settings, mode: str, limit: int):
+    """:func:`evolforge.train.finetune.finetune` on ``rows`` into a temporary folder, at most ``limit`` s."""
+    from evolforge.train.finetune import finetune
+
+    out = Path(tempfile.mkdtemp(prefix=f"probe-{mode}-"))
+    try:
+        with deadline(limit):
+            return finetune(str(model_dir), rows, out / "model", settings)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 SECTIONS = {"scorer": section_scorer, "generate": section_generate, "finetune": section_finetune}
@@ -359,6 +384,11 @@ def main() -> None:
                                                           "on a CPU a measured fp32 matmul)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a scorer run and a few fine-tuning steps (their costliest operations)")
+    parser.add_argument("--reference-items", type=int,
+                        help="items the one-item reference loop scores (0: none); default 200 (--small: 3)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="timed runs of each generate measurement, the first included (its warm-up at that "
+                             "batch size: the allocator, the kernels' choices); the best is reported beside the first")
     parser.add_argument("--work", help="folder for the model (default: a temporary one)")
     parser.add_argument("--json", help="also write every RESULT record to this file")
     args = parser.parse_args()
@@ -368,7 +398,9 @@ def main() -> None:
     args.budgets = (args.budgets or ("512,device" if small else "16384,65536,device")).split(",")
     args.gen = (args.gen or ("4x8,8x8" if small else "64x64,256x256")).split(",")
     # sizes (words of synthetic text: instruction, response; prompt; training prompt, completion)
-    args.score_items, args.reference_items = (12, 3) if small else (4000, 200)
+    args.score_items = 12 if small else 4000
+    if args.reference_items is None:
+        args.reference_items = 3 if small else 200
     args.item_words = ((5, 20), (10, 40)) if small else ((40, 160), (100, 400))
     args.prompt_words = (5, 20) if small else (30, 200)
     args.ft_rows, args.ft_steps, args.ft_batch, args.ft_max_length = (8, 2, 4, 96) if small else (1024, 30, 8, 1024)

@@ -117,7 +117,7 @@ def main() -> None:
 def step_costs(rows: int, vocab: int, temperature: float, top_p: float, repeat: int = 20) -> None:
     """Milliseconds per step, on logits of ``rows`` x ``vocab`` spread as the bench model's: the greedy argmax,
     the batched sampler's draws, and the full sort of every row a sorting nucleus would need."""
-    from evolforge.llm.decoding import BatchSampler, SamplingRows
+    from evolforge.llm.sampling import BatchSampler, SamplingRows
 
     logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 0.5
     sampling = SamplingRows.of([(temperature, top_p, i) for i in range(rows)], "cpu")

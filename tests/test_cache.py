@@ -356,7 +356,7 @@ def test_a_slow_commit_spaces_the_next(tmp_path):
     """When a commit takes longer than a fraction of the interval (a large cache, answers faster than SQLite
     stores them), the next one waits COMMIT_SPACING times as long: fewer, larger commits."""
     from evolforge.config.runtime import LLMSettings
-    from evolforge.llm.cached import COMMIT_SPACING
+    from evolforge.llm.cache import COMMIT_SPACING
 
     commits = []
 

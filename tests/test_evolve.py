@@ -547,3 +547,22 @@ def test_the_step_format_has_its_own_controls_and_budget(seed_table):
     assert evolving and {(r.max_tokens, r.controls) for r in evolving} == {(96, Controls(stop=("\n\n",)))}
     unset = dataclasses.replace(settings, method_controls=None, method_max_tokens=None)
     assert unset.step_format() == ({"stop": ["\n\n"]}, 96)  # null: the same as controls / max_tokens
+
+
+@pytest.mark.parametrize("few_shot", [True, False])
+def test_a_rewrite_that_pastes_the_worked_example_fails_under_few_shot(tmp_path, few_shot):
+    """The worked example (prompts/optimize/examples.yaml) turns "Write a short poem about the sea." into "... in
+    exactly four lines, told by a sailor, where every line ends with a word that rhymes with "blue"". A rewrite that
+    pastes those phrases onto another instruction copied the example: copied_worked_example. A rewrite that adds
+    its own constraints passes, and zero-shot (nothing shown) the same text passes."""
+    path = tmp_path / "s.jsonl"
+    pl.DataFrame([{"instruction": f"Write about topic {i}.", "input": "", "output": ""} for i in range(2)]).write_ndjson(path)
+    pool = build_seed(str(path))[0]
+    final = "Step 4 #Finally Rewritten Instruction#:\n"
+    plan = {"Write about topic 0.": final + "Write about topic 0 in exactly four lines, told by a pirate.",
+            "Write about topic 1.": final + "Write about topic 1 for a ten-year-old, with two everyday examples."}
+    settings = EvolveSettings(strategy="auto", few_shot=few_shot)
+    (table, _, _), _ = run_round(pool, 1, settings, plan, method_text="Rewrite the #Instruction#.")
+    reasons = dict(zip(table["instruction"].str.slice(0, 20), table["failure_reason"]))
+    assert reasons == {"Write about topic 0 ": elimination.COPIED_EXAMPLE if few_shot else None,
+                       "Write about topic 1 ": None}

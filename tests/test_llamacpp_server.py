@@ -222,7 +222,7 @@ def test_optimize_writes_candidates_on_the_server(server, gguf_folder, tmp_path)
     import urllib.request
 
     from evolforge.llm.backends.openai.request import chat_body, text_grammar
-    from evolforge.steps.optimize.step import parse_optimized_method, propose_methods
+    from evolforge.steps.optimize.candidates import parse_optimized_method, propose_methods
 
     params = served_params(server, gguf_folder)
     controls = params["optimize"]["controls"]

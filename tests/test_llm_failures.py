@@ -16,7 +16,8 @@ import pytest
 
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round
 from evolforge.steps.common.difficulty import judge
-from evolforge.steps.optimize.step import propose_methods, score_method
+from evolforge.steps.optimize.candidates import propose_methods
+from evolforge.steps.optimize.scoring import score_method
 from evolforge.steps.respond.step import _kept, answer
 from evolforge.llm.cache import CallCache
 from evolforge.core.models import ModelError

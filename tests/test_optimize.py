@@ -30,9 +30,11 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.optimize import step as optimize_step
 from evolforge.steps.evolve.settings import EvolveSettings
-from evolforge.steps.optimize.step import (FailureRules, OptimizeSettings, build_trajectory, initial_method_text, optimize_method,
-                                           parse_optimized_method, score_method, score_methods, select_candidate,
-                                           split_dev_pool)
+from evolforge.steps.common.evolving import initial_method_text
+from evolforge.steps.optimize.candidates import parse_optimized_method
+from evolforge.steps.optimize.scoring import FailureRules, score_method, score_methods
+from evolforge.steps.optimize.settings import OptimizeSettings
+from evolforge.steps.optimize.step import build_trajectory, optimize_method, select_candidate, split_dev_pool
 from evolforge.steps.optimize.result import Candidate, MethodScore, summary, usability
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
 from evolforge.io.records import SEED_POOL, write_output
@@ -736,11 +738,34 @@ def test_elimination_failures_are_the_rounds_rules():
         return "Done: an answer."
     evolve = EvolveSettings()
     for kind, expected in (("rule_f", [0, 0, 0]), ("elimination", [4, 4, 0])):
-        rules = FailureRules.of(kind, evolve)
+        rules = FailureRules.of(kind, evolve, PROMPTS)
         scores = score_methods(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev,
                                ["same", "chatty", "fine"], temperature=0.0, rules=rules)
         assert [s.failures for s in scores] == expected
     assert scores[0].failures_by_reason == {"unchanged": 4} and scores[1].failures_by_reason == {"asks_user_for_input": 4}
-    off = FailureRules.of("elimination", EvolveSettings(elimination={"unchanged": False}))
+    off = FailureRules.of("elimination", EvolveSettings(elimination={"unchanged": False}), PROMPTS)
     assert score_method(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, "same", temperature=0.0,
                         rules=off).failures == 0
+
+
+def test_elimination_fails_a_method_whose_rewrites_copy_the_worked_example():
+    """Under evolve.few_shot the evolver sees one worked example (prompts/optimize/examples.yaml); a small optimizer's
+    method can make it paste that example's additions onto every instruction ("... in exactly four lines, told by a
+    ..."), which no other rule catches. The copied phrases fail it (copied_worked_example); zero-shot, nothing was
+    shown and the rule has nothing to compare."""
+    dev = [{"id": f"d{k}", "instruction": f"Explain topic {k}.", "input": ""} for k in range(3)]
+
+    def reply(request):
+        prompt = request.messages[-1][1]
+        if EVOLVE_SPLIT in prompt:
+            method, instruction = prompt.rsplit(EVOLVE_SPLIT, 1)
+            added = (" in exactly four lines, told by a teacher, where every line ends with a word that rhymes"
+                     if method == "copy" else " for a ten-year-old, with two everyday examples")
+            return f"Step 4 #Finally Rewritten Instruction#:\n{instruction.strip().rstrip('.')}{added}."
+        return "Done: an answer."
+    for few_shot, expected in ((True, [3, 0]), (False, [0, 0])):
+        evolve = EvolveSettings(few_shot=few_shot)
+        scores = score_methods(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, ["copy", "fine"],
+                               temperature=0.0, few_shot=few_shot, rules=FailureRules.of("elimination", evolve, PROMPTS))
+        assert [s.failures for s in scores] == expected
+    assert scores[0].failures_by_reason == {} and FailureRules.of("elimination", evolve, PROMPTS).example_additions == frozenset()

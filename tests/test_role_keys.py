@@ -5,7 +5,7 @@ the code before the roles' settings were split by backend. A change that moves a
 one of them byte for byte: the shipped run's cache is then still hit, and its outputs stay md5-identical.
 
 One change of output re-pinned keys on purpose: the hf backend's sampler became batched and counter-based
-(:class:`evolforge.llm.decoding.BatchSampler`), so the ``sampled`` keys of the roles whose calls an hf backend
+(:class:`evolforge.llm.sampling.BatchSampler`), so the ``sampled`` keys of the roles whose calls an hf backend
 samples (hf, ray with hf or auto actors) name it (``sampler`` in their engine) and differ from before; every greedy
 key, every seed and every other backend's key stayed as it was."""
 

@@ -1,6 +1,6 @@
-"""Sampling a token. :func:`evolforge.llm.decoding.sample_token` (llamacpp): the nucleus found among the most likely
+"""Sampling a token. :func:`evolforge.llm.sampling.sample_token` (llamacpp): the nucleus found among the most likely
 tokens is the one a full sort of the vocabulary finds, and draws follow the request's seeded generator.
-:class:`evolforge.llm.decoding.BatchSampler` (hf): draws follow the definition (temperature, top_p) on a small
+:class:`evolforge.llm.sampling.BatchSampler` (hf): draws follow the definition (temperature, top_p) on a small
 vocabulary, a row's draw depends on its logits and seed alone, and the counter-based noise is uniform."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolforge.llm.decoding import (BatchSampler, SamplingRows, noise_key, nucleus, sample_row, sample_token,
+from evolforge.llm.sampling import (BatchSampler, SamplingRows, noise_key, nucleus, sample_row, sample_token,
                                     uniforms)
 
 
@@ -37,7 +37,7 @@ def test_sample_token_draws_only_from_the_nucleus_and_follows_the_seed():
     assert sample_token(logits, 1.0, 1e-9, torch.Generator()) == int(logits.argmax())
 
 
-# --- the hf backend's batched sampler (evolforge.llm.decoding.BatchSampler) -----------------------------------
+# --- the hf backend's batched sampler (evolforge.llm.sampling.BatchSampler) -----------------------------------
 
 def _rows(n: int, temperature: float, top_p: float, seed: int = 0) -> SamplingRows:
     return SamplingRows.of([(temperature, top_p, seed * 1_000_003 + 7919 * i + 1) for i in range(n)], "cpu")

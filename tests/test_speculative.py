@@ -11,7 +11,7 @@ import torch
 from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
-from evolforge.llm.decoding import sample_token
+from evolforge.llm.sampling import sample_token
 from evolforge.llm.backends.llamacpp.speculative import (MAX_DRAFT, PRIOR, STEP_COST, Drafter,
                                                        draft_length)
 

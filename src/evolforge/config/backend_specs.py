@@ -50,7 +50,7 @@ def _layers(value: Any) -> bool:
 
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 LLAMACPP_CONTEXT = 4096  # KV cache tokens of a llamacpp role without max_model_len (a GGUF may allow far more)
-# How the hf backend samples (evolforge.llm.decoding.BatchSampler: counter-based noise, inverse CDF, top_p by
+# How the hf backend samples (evolforge.llm.sampling.BatchSampler: counter-based noise, inverse CDF, top_p by
 # rejection), in the key of every sampled hf call: a sampler that draws other tokens gets a new name, so the cache
 # never serves one sampler's answers for another's. Greedy calls do not carry it.
 HF_SAMPLER = "batched-icdf-rejection"

@@ -2,7 +2,7 @@
 any request (``evolforge check`` and the models stage, through :func:`evolforge.schema.cross_checks`, and the
 optimize stage). A config module: checking a whole params file loads only the config and the steps' settings.
 
-A candidate is the text of a ```` ```Optimized Method ```` block (:func:`evolforge.steps.optimize.step.
+A candidate is the text of a ```` ```Optimized Method ```` block (:func:`evolforge.steps.optimize.candidates.
 parse_optimized_method`). The answer is ``assistant_prefix`` (when set) followed by what the model writes, and
 every backend applies ``stop`` and ``banned_strings`` to what the model writes after the prefix (llama.cpp's
 server through its grammar: :func:`evolforge.llm.backends.openai.request.text_grammar`). So a stop or banned

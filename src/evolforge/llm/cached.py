@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from evolforge.llm.cache import CallCache, KeyFrame, open_cache
+from evolforge.llm.cache import CacheWriter, CallCache, KeyFrame, open_cache
 from evolforge.core.models import ModelError
 from evolforge.config.backend_specs import checked_as
 from evolforge.config.roles import Role
@@ -26,10 +25,6 @@ from evolforge.llm.registry import shared_backend
 from evolforge.llm.thinking import separate
 from evolforge.llm.types import Backend, Completion, LLMFailureError, refuse_controls, refuse_ranking
 
-# A commit writes every index page its rows land on, so a small one costs more per row. When answers come
-# faster than a half-second commit can store them (a large cache, a fast backend), the next commit waits
-# this many times as long as the last one took: committing stays within a fifth of the time.
-COMMIT_SPACING = 4.0
 # ``llm.max_failure_rate`` holds over everything a stage asks of a role. Before the stage ends, an LLM stops
 # early only once it has been asked at least this many requests and its failures are already past the
 # threshold's share of them; below that, one rejected prompt in a small first table would stop a stage that
@@ -241,7 +236,7 @@ class LLM:
         # Length-sorted so batches pad little; outputs do not depend on batch composition.
         todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
         failed: Counter[str] = Counter()
-        store = _CacheWriter(self.cache, self.settings, missing, results)
+        store = CacheWriter(self.cache, self.settings, missing, results)
         gate = open_gate(self.role, self.settings, self.cache, desc, len(todo))  # spend and caps
         with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
                   desc=desc, unit="req", leave=False) as bar:
@@ -337,34 +332,6 @@ class LLM:
     def complete(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[str | None]:
         """The texts of :meth:`generate`; None for a failed item (never an invented text)."""
         return [None if c.failed else c.text for c in self.generate(requests, desc=desc)]
-
-
-class _CacheWriter:
-    """Finished answers waiting to be stored in the call cache: committed every ``llm.commit_every`` answers or
-    ``llm.commit_interval_s`` seconds, whichever comes first, with commits spaced so that they take at most
-    1/``COMMIT_SPACING`` of the time. A kill loses at most what is pending."""
-
-    def __init__(self, cache: CallCache | None, settings: LLMSettings, missing: dict[str, list[int]],
-                 results: list[Completion | None]) -> None:
-        self.cache, self.settings, self.missing, self.results = cache, settings, missing, results
-        self.pending: list[tuple[str, str, str | None, str, str | None]] = []  # (key, text, finish, model, thinking)
-        self.last_commit = time.monotonic()
-        self.interval = settings.commit_interval_s
-
-    def due(self) -> bool:
-        return len(self.pending) >= self.settings.commit_every or (
-            bool(self.pending) and time.monotonic() - self.last_commit >= self.interval)
-
-    def commit(self) -> None:
-        start = time.monotonic()
-        if self.cache is not None and self.pending:
-            # first stored wins: another process may have filled a key meanwhile
-            for k, (text, finish) in self.cache.put_many(self.pending).items():
-                for i in self.missing[k]:
-                    self.results[i] = Completion(text, finish)  # another process's answer (thinking not read back)
-        self.pending.clear()
-        self.last_commit = time.monotonic()
-        self.interval = max(self.settings.commit_interval_s, COMMIT_SPACING * (self.last_commit - start))
 
 
 def check_failures() -> None:

@@ -55,7 +55,10 @@ from evolforge.score.losses import (IGNORE, PendingLosses, attending_packed, dev
                                     split_head, use_packing)
 from evolforge.score.passes import EncodedItem, encode_items, question_positions
 
-ENCODE_CHUNK = 4096  # items encoded, length-sorted and batched together by ifd_scores (its chunk_size)
+# Items encoded, length-sorted and batched together by ifd_scores (its chunk_size). A chunk is encoded while the
+# device scores the one before, so only the first chunk's tokenization is time the device waits: 4,000 items in
+# one chunk of 4,096 left an H100 idle for the whole 9 s of their tokenization (bench/gpu_probe.py, encode_s).
+ENCODE_CHUNK = 1024
 
 
 def _mean(nll: torch.Tensor) -> tuple[float | None, int]:

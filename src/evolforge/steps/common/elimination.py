@@ -19,6 +19,7 @@ import re
 import string
 import zlib
 from dataclasses import dataclass
+from typing import Iterable
 
 # reasons, as recorded in ``failure_reason``
 EMPTY = "empty"
@@ -32,6 +33,7 @@ NO_INFO_GAIN = "no_information_gain"
 EMPTY_RESPONSE = "empty_response"
 TRUNCATED = "truncated_at_max_tokens"
 REPETITIVE = "repetitive"
+COPIED_EXAMPLE = "copied_worked_example"
 CHATTER = "asks_user_for_input"
 NOT_AN_INSTRUCTION = "not_an_instruction"
 JUDGED_NOT_AN_INSTRUCTION = "judged_not_an_instruction"
@@ -249,13 +251,47 @@ def _first_word(clause: str) -> str:
     return ""
 
 
+EXAMPLE_NGRAM = 5  # words of a phrase that counts as copied from a worked example
+
+
+def _phrases(text: str, n: int = EXAMPLE_NGRAM) -> set[tuple[str, ...]]:
+    """``text``'s word n-grams (case and punctuation aside) that hold at least two words outside the stop words."""
+    words = _words(text).split()
+    return {g for g in zip(*(words[i:] for i in range(n))) if sum(w not in STOP_WORDS for w in g) >= 2}
+
+
+def example_additions(examples: Iterable[tuple[str, str]]) -> frozenset[tuple[str, ...]]:
+    """The phrases each worked example's rewrite added to its instruction, from ``(instruction, rewrite)`` pairs.
+
+    >>> sorted(example_additions([("Write a poem.", "Write a poem in exactly four lines.")]))[0]
+    ('a', 'poem', 'in', 'exactly', 'four')
+    """
+    return frozenset(p for instruction, rewrite in examples for p in _phrases(rewrite) - _phrases(instruction))
+
+
+def copies_example(parent: str, evolved: str, additions: frozenset[tuple[str, ...]]) -> bool:
+    """Whether ``evolved`` holds a phrase that a worked example added and ``parent`` does not have: the evolver
+    copied the example's rewrite instead of applying the method (a small evolver's habit under evolve.few_shot).
+
+    >>> added = example_additions([("Write a poem.", "Write a poem in exactly four lines, told by a sailor.")])
+    >>> copies_example("Explain tides.", "Explain tides in exactly four lines, told by a fisherman.", added)
+    True
+    >>> copies_example("Explain tides.", "Explain tides to a child in four short sentences.", added)
+    False
+    """
+    return bool(additions) and not (_phrases(evolved) & additions) <= _phrases(parent)
+
+
 def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str | None = None,
                         empty: bool = True, truncated: bool = True, unchanged: bool = True,
-                        template_words: bool = True, chatter: bool = True, repetitive: bool = True,
-                        not_an_instruction: bool = True,
-                        repetition: RepetitionTest = RepetitionTest()) -> str | None:
+                        template_words: bool = True, copied_example: bool = True, chatter: bool = True,
+                        repetitive: bool = True, not_an_instruction: bool = True,
+                        repetition: RepetitionTest = RepetitionTest(),
+                        example_additions: frozenset[tuple[str, ...]] = frozenset()) -> str | None:
     """Checks on the evolved instruction itself, first match wins (switches as in ``params.yaml
-    evolve.elimination``). ``finish_reason`` is the evolver's: "length" means it stopped at ``max_tokens``."""
+    evolve.elimination``). ``finish_reason`` is the evolver's: "length" means it stopped at ``max_tokens``.
+    ``example_additions``: what the worked examples shown to the evolver added (:func:`example_additions`; none
+    without ``evolve.few_shot``)."""
     if evolved is None or not evolved.strip():
         return EMPTY if empty else None
     if truncated and finish_reason == "length":
@@ -266,6 +302,8 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
         low = evolved.lower()
         if any(p in low for p in TEMPLATE_PHRASES) or TEMPLATE_LABEL.search(evolved):
             return TEMPLATE_WORDS
+    if copied_example and copies_example(parent, evolved, example_additions):
+        return COPIED_EXAMPLE
     if chatter and is_chatter(evolved):
         return CHATTER
     if repetitive and is_repetitive(evolved, repetition):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import yaml
 
@@ -94,6 +94,15 @@ def load_examples(prompts: PromptLibrary, method: str) -> list[dict[str, str]]:
             for e in examples):
         raise ValueError(f"{path}: {key}: expected a non-empty list of {{instruction, {answer}}} examples")
     return [{"instruction": e["instruction"], "answer": e[answer]} for e in examples]
+
+
+def worked_example_additions(prompts: PromptLibrary, methods: Iterable[str]) -> frozenset[tuple[str, ...]]:
+    """The phrases that the worked examples of ``methods`` add to their instructions (each example's final
+    instruction against its instruction): a rewrite that holds one its parent lacks copied the example
+    (the ``copied_example`` rule, :func:`evolforge.steps.common.elimination.copies_example`)."""
+    return elimination.example_additions(
+        (e["instruction"], elimination.parse_final_instruction(e["answer"]) or e["answer"])
+        for method in sorted(set(methods)) for e in load_examples(prompts, method))
 
 
 def evolving_messages(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None,

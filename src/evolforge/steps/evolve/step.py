@@ -52,7 +52,7 @@ from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM, open_role
 from evolforge.llm.registry import loads_nothing_more
 from evolforge.steps.common import elimination
-from evolforge.steps.common.evolving import assign_methods, evolving_messages, template_hash
+from evolforge.steps.common.evolving import assign_methods, evolving_messages, template_hash, worked_example_additions
 from evolforge.steps.common.responses import response_requests, response_sampling
 
 STRATEGIES = ("evol", "auto", "auto_initial")
@@ -186,9 +186,10 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
                   response_thinking=[None] * len(items))
 
 
-def _instruction_rules(state: _Round, settings: EvolveSettings) -> None:
+def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary) -> None:
     """Phase 1: the text rules (:data:`INSTRUCTION_RULES`) on each evolved instruction, first failure wins."""
     switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
+    added = worked_example_additions(prompts, state.methods) if settings.few_shot else frozenset()
     repetition = elimination.repetition_test(settings.repetition)
     for i in state.alive():
         candidate, finish = state.candidates[i], state.finishes[i]
@@ -199,7 +200,7 @@ def _instruction_rules(state: _Round, settings: EvolveSettings) -> None:
             continue
         state.reasons[i] = elimination.instruction_failure(state.items[i]["instruction"],
                                                            candidate, finish_reason=finish,
-                                                           repetition=repetition, **switches)
+                                                           repetition=repetition, example_additions=added, **switches)
 
 
 def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
@@ -293,7 +294,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     methods = _round_methods(items, round_index, settings, method_text)
     state = _evolve_items(items, methods, round_index=round_index, settings=settings, prompts=prompts,
                           evolver=evolver, method_text=method_text)
-    _instruction_rules(state, settings)
+    _instruction_rules(state, settings, prompts)
     _response_rules(state, round_index=round_index, settings=settings, prompts=prompts, evolver=evolver,
                     responder=responder, respond_sampling=respond_sampling)
     unparsed_instruction, unparsed_equal = _judge_rules(state, settings, prompts, judge)

@@ -42,19 +42,14 @@ A failed LLM call (prompt too long, rejected, retries exhausted) counts like an 
 missing marker on the development set, a failed response there, a candidate with a ``parse_error``
 naming the failure; a failed trajectory stage keeps the previous stage's text (there is no answer).
 
->>> parse_optimized_method("Sure.\\n```Optimized Method\\nStep 1: list methods.\\n```")
-('Step 1: list methods.', None)
->>> parse_optimized_method("I have improved the method.")
-(None, 'no ```Optimized Method``` block')
+The optimizer's conversations and the parsing of its answers: :mod:`evolforge.steps.optimize.candidates`; how
+a method is measured on the development set: :mod:`evolforge.steps.optimize.scoring`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -62,61 +57,26 @@ import polars as pl
 
 from evolforge.config.bounds import ParamsError
 from evolforge.config.loader import load_section
+from evolforge.config.optimize_answer import answer_problems
 from evolforge.config.runtime import load_llm_params
-from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSection, EvolveSettings
 from evolforge.core.prompts import PromptLibrary
-from evolforge.core.text import question_text
+from evolforge.core.stage import Outputs
 from evolforge.io.records import (SEED_POOL, TABLE, VERSIONS, atomic_dir, output_versions, read_table, write_json,
                                   write_jsonl)
-from evolforge.config.optimize_answer import OPENER, answer_problems
-from evolforge.steps.optimize.settings import OptimizeSettings
-from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM, open_roles
-from evolforge.llm.types import Completion
-from evolforge.steps.common import elimination
-from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, evolve_with_method,
-                                             evolve_with_methods, initial_method_text)
+from evolforge.steps.common.difficulty import SCORE_TEMPLATES
+from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
+from evolforge.steps.common.responses import RESPONSE_TEMPLATE
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.judge.settings import JudgeSettings
+from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATE, answer_budget,
+                                                 propose_methods)
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note, outcome,
                                              summary, unparseable_warning, usability)
-from evolforge.steps.common.difficulty import SCORE_TEMPLATES, difficulty_scores
-from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond
-from evolforge.steps.judge.settings import JudgeSettings
+from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, score_method, score_methods
+from evolforge.steps.optimize.settings import OptimizeSettings
 
-ANALYSIS_TEMPLATE = "optimize/analysis.j2"
-OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
 SELECTIONS = ("lowest_failure", "no_regression")
-
-_PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
-
-
-def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple[str | None, str | None]:
-    """The first non-empty ```` ```Optimized Method ``` ```` block -> (method, None), or (None, reason).
-
-    A block is the text from its opening fence (any case: ```` ```optimized method````) to the next fence. The
-    last block may be open: its answer ended there (a stop string at the closing fence, ``optimize.controls``, or
-    the end of the turn) and it runs to the end of the text, unless the answer was cut at ``max_tokens``
-    (``finish_reason`` "length"): a method cut mid-way is refused, never completed.
-
-    >>> parse_optimized_method("```Optimized Method\\nStep 1: list methods.", "stop")
-    ('Step 1: list methods.', None)
-    >>> parse_optimized_method("```Optimized Method\\nStep 1: list", "length")
-    (None, 'the ```Optimized Method``` block was cut at max_tokens')
-    """
-    openers = list(OPENER.finditer(text))
-    if not openers:
-        return None, "no ```Optimized Method``` block"
-    cut = False
-    for opener in openers:
-        end = text.find("```", opener.end())
-        if end < 0 and finish_reason == "length":
-            cut = True
-            continue
-        block = (text[opener.end():] if end < 0 else text[opener.end():end]).strip()
-        if block and block != _PLACEHOLDER:
-            return block, None
-    if cut:
-        return None, "the ```Optimized Method``` block was cut at max_tokens"
-    return None, "empty ```Optimized Method``` block"
 
 
 def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: random.Random,
@@ -157,141 +117,6 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
     return cases, unparsed
 
 
-@dataclass(frozen=True)
-class FailureRules:
-    """What fails a development item's evolution (``optimize.failure``): ``rule_f`` (the papers' F on the evolver's
-    answer to the evolved instruction, a missing final-instruction marker failing too) or ``elimination`` (the
-    rounds' own rules, as ``evolve.elimination`` and ``evolve.repetition`` set them: the evolved instruction's text
-    rules, then its answer's, F among them; the judge's checks are left out, they cost calls)."""
-
-    kind: str = "rule_f"
-    instruction: tuple[tuple[str, bool], ...] = ()  # evolve.elimination's switches of the text rules
-    response: tuple[tuple[str, bool], ...] = ()  # ... and of the answer's
-    repetition: elimination.RepetitionTest = elimination.RepetitionTest()
-
-    @classmethod
-    def of(cls, kind: str, evolve: EvolveSettings) -> "FailureRules":
-        return cls(kind, tuple((k, evolve.rule(k)) for k in INSTRUCTION_RULES),
-                   tuple((k, evolve.rule(k)) for k in RESPONSE_RULES), elimination.repetition_test(evolve.repetition))
-
-    def instruction_failure(self, parent: str, evolution: Evolution) -> str | None:
-        """Why the evolution fails before it is answered, or None."""
-        if evolution.instruction is None:  # as a round: an answer cut before the marker fails by the cut
-            cut = self.kind == "elimination" and dict(self.instruction).get("truncated", True)
-            return elimination.TRUNCATED if cut and evolution.finish_reason == "length" else elimination.MISSING_MARKER
-        if self.kind != "elimination":
-            return None
-        return elimination.instruction_failure(parent, evolution.instruction, finish_reason=evolution.finish_reason,
-                                               repetition=self.repetition, **dict(self.instruction))
-
-    def response_failure(self, response: Completion) -> str | None:
-        """Why the answer to a surviving evolution fails it, or None (a failed call fails it with its reason)."""
-        if response.failed:
-            return response.failure_reason or "failed"
-        if self.kind != "elimination":
-            return elimination.AUTO_FAILURE if elimination.auto_evol_failure(response.text) else None
-        return elimination.response_failure(response.text, **dict(self.response))
-
-
-def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
-                  *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                  max_tokens: int | None = None, few_shot: bool = False,
-                  rules: FailureRules = FailureRules()) -> list[MethodScore]:
-    """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
-    already, and count the failures (``rules``: :class:`FailureRules`).
-
-    All methods' evolutions go to the evolver as one call, then all their answers as one: a step's candidates
-    fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
-    every other round). ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the
-    rounds use them)."""
-    if not methods:
-        return []
-    n = len(dev)
-    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
-                                  temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
-                                  controls=controls, few_shot=few_shot)
-    reasons: list[str | None] = [rules.instruction_failure(d["instruction"], e)
-                                 for d, e in zip(dev * len(methods), evolved)]
-    answered = [k for k, why in enumerate(reasons) if why is None]
-    responses = respond(evolver, prompts, [evolved[k].instruction for k in answered],
-                        [dev[k % n].get("input") or "" for k in answered],
-                        desc=f"{desc}: respond", temperature=0.0) if answered else []
-    texts: list[str | None] = [None] * len(evolved)
-    for k, response in zip(answered, responses):
-        reasons[k] = rules.response_failure(response)
-        texts[k] = None if response.failed else response.text
-    return [_method_score(evolved[m * n:(m + 1) * n], reasons[m * n:(m + 1) * n], texts[m * n:(m + 1) * n])
-            for m in range(len(methods))]
-
-
-def _method_score(evolved: list[Evolution], reasons: list[str | None], texts: list[str | None]) -> MethodScore:
-    """One method's :class:`MethodScore` on the development set: its evolutions, each one's failure (None: it
-    evolved) and the answer each got (None: not answered, or the call failed)."""
-    n = len(evolved)
-    fails = sum(r is not None for r in reasons)
-    rate = fails / n
-    ratio = 0.0
-    pairs = [(e.instruction, t) for e, t in zip(evolved, texts) if t is not None]
-    if pairs:  # the reference code's length ratio, over the evolutions that were answered
-        mean_instruction = sum(len(q) for q, _ in pairs) / len(pairs)
-        ratio = (sum(len(t) for _, t in pairs) / len(pairs)) / mean_instruction if mean_instruction else 0.0
-    by_reason: dict[str, int] = {}
-    for r in reasons:
-        if r is not None:
-            by_reason[r] = by_reason.get(r, 0) + 1
-    return MethodScore(failure_rate=rate, failures=fails, missing_marker=sum(e.instruction is None for e in evolved),
-                       success=1.0 - rate, score=(1.0 - rate) * ratio,
-                       cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved),
-                       failures_by_reason=dict(sorted(by_reason.items())))
-
-
-def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str, **options) -> MethodScore:
-    """:func:`score_methods` for one method."""
-    return score_methods(evolver, prompts, dev, [method], **options)[0]
-
-
-CHARS_PER_TOKEN = 3.5  # a conservative estimate for English prose (BPE vocabularies average about 4)
-
-
-def answer_budget(optimizer: LLM, method: str, factor: float) -> int:
-    """The optimization turn's max_tokens: ``factor`` times the current method's estimated tokens, never below
-    the role's own ``max_tokens``. A rewrite of a 300-token method must fit, whatever the role's short default
-    for its free-text turns (a method cut mid-way is refused, and on some CPUs every sample ran past 320)."""
-    return max(int(optimizer.role.max_tokens or 0), math.ceil(factor * len(method) / CHARS_PER_TOKEN))
-
-
-def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
-                    *, candidates: int, controls: Mapping[str, Any] | None = None,
-                    max_tokens: int | None = None) -> list[Candidate]:
-    """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
-    ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's."""
-    analysis = {"role": "user", "content": prompts.render(
-        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
-    # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
-    # (the fenced method); the analysis is free text with the role's own controls
-    merged = optimizer.role.controls.merged(controls, "optimize.controls")
-    feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
-                                   desc="optimizer: analysis")
-    optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
-    asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
-    answers = dict(zip(asked, optimizer.generate(
-        [optimizer.request([analysis,
-                            {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j,
-                           controls=merged, max_tokens=max_tokens)
-         for j in asked], desc="optimizer: optimization")))
-    out = []
-    for j, feedback in enumerate(feedbacks):
-        answer = answers.get(j)
-        if feedback.failed or answer.failed:
-            failed = feedback if feedback.failed else answer
-            out.append(Candidate(index=j, feedback=None if feedback.failed else feedback.text, answer=None,
-                                 method=None, parse_error=f"call failed: {failed.failure_reason}: {failed.error}"))
-            continue
-        parsed, error = parse_optimized_method(answer.text, answer.finish_reason)
-        out.append(Candidate(index=j, feedback=feedback.text, answer=answer.text, method=parsed, parse_error=error))
-    return out
-
-
 def select_candidate(candidates: list[Candidate], current: MethodScore, selection: str) -> int | None:
     """Index of the candidate that becomes the current method, or None to keep it (rules: module doc)."""
     scored = [c for c in candidates if c.dev is not None]
@@ -322,6 +147,28 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
     return 0
 
 
+def _step_candidates(step: int, batch: list[dict], current_method: str, current: MethodScore, dev: list[dict], *,
+                     evolver: LLM, optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
+                     rules: FailureRules, evolving: dict) -> tuple[list[dict], list[dict], list[Candidate]]:
+    """One step's candidates: the mini-batch's trajectory under the current method, the optimizer's proposals, and
+    each new method scored on the development set -> (trajectory, its unparsed stages, the candidates)."""
+    trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch], current_method,
+                                            rounds=int(settings.trajectory_rounds),
+                                            temperature=settings.evolver_temperature, **evolving)
+    proposals = propose_methods(optimizer, prompts, trajectory, current_method, candidates=int(settings.candidates),
+                                controls=settings.controls,
+                                max_tokens=answer_budget(optimizer, current_method, settings.answer_budget))
+    for c in proposals:  # a method written back unchanged is the current one: its score is known
+        if c.method is not None and c.method.strip() == current_method.strip():
+            c.dev, c.unchanged = current, True
+    scored = [c for c in proposals if c.method is not None and not c.unchanged]
+    for c, score in zip(scored, score_methods(evolver, prompts, dev, [c.method for c in scored],
+                                              temperature=settings.evolver_temperature,
+                                              desc=f"step {step} candidates", rules=rules, **evolving)):
+        c.dev = score
+    return trajectory, unparsed, proposals
+
+
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
@@ -344,20 +191,9 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     stale_unparsed = 0  # of those, steps whose candidates all failed to parse
     for step in range(1, int(settings.steps) + 1):
         batch = rng.sample(pool, int(settings.batch_size))
-        trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch],
-                                                current_method, rounds=int(settings.trajectory_rounds),
-                                                temperature=temperature, **evolving)
-        proposals = propose_methods(optimizer, prompts, trajectory, current_method,
-                                    candidates=int(settings.candidates), controls=settings.controls,
-                                    max_tokens=answer_budget(optimizer, current_method, settings.answer_budget))
-        for c in proposals:  # a method written back unchanged is the current one: its score is known
-            if c.method is not None and c.method.strip() == current_method.strip():
-                c.dev, c.unchanged = current, True
-        scored = [c for c in proposals if c.method is not None and not c.unchanged]
-        for c, score in zip(scored, score_methods(evolver, prompts, dev, [c.method for c in scored],
-                                                  temperature=temperature, desc=f"step {step} candidates",
-                                                  rules=rules, **evolving)):
-            c.dev = score
+        trajectory, unparsed, proposals = _step_candidates(
+            step, batch, current_method, current, dev, evolver=evolver, optimizer=optimizer, prompts=prompts,
+            settings=settings, rules=rules, evolving=evolving)
         parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
@@ -403,36 +239,13 @@ def read_seed_pool(seed: str | Path) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
-def dev_difficulty(result: OptimizeResult, dev: list[dict], judge: LLM, prompts: PromptLibrary,
-                   settings: JudgeSettings, evolver: LLM, temperature: float, **evolving) -> dict[str, Any]:
-    """The judge's mean difficulty (0-100; the expected score with ``judge.probabilities``) of the development
-    seeds and of their evolutions under the initial and the resulting method: the evolutions are the scoring
-    runs' own (the same requests, read back from the call cache), those without a final instruction left out."""
-    methods = list(dict.fromkeys([result.initial_method, result.method]))
-    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods, temperature=temperature,
-                                  desc="dev difficulty: evolutions", **evolving)
-    inputs = [d.get("input") or "" for d in dev]
-    texts = {"seeds": [question_text(d["instruction"], x) for d, x in zip(dev, inputs)]}
-    for k, name in enumerate(methods):
-        part = evolved[k * len(dev):(k + 1) * len(dev)]
-        texts["initial" if name == result.initial_method else "method"] = [
-            question_text(e.instruction, x) for e, x in zip(part, inputs) if e.instruction is not None]
-    queries = [q for group in texts.values() for q in group]
-    scores = difficulty_scores(queries, judge, prompts, score_prompt=settings.score_prompt,
-                               max_tokens=settings.max_tokens, constrain=settings.constrain,
-                               probabilities=settings.probabilities, desc="dev difficulty: judge")
-    out: dict[str, Any] = {"measure": "difficulty_expected" if settings.probabilities else "difficulty_score"}
-    start = 0
-    for name, group in texts.items():
-        values = [v for v in scores[start:start + len(group)] if v is not None]
-        start += len(group)
-        out[name] = {"items": len(values), "mean": sum(values) / len(values) if values else None}
-    out.setdefault("method", out["initial"])  # the initial method kept: one set of evolutions
-    return out
-
-
-def _mean(group: dict) -> str:
-    return "-" if group["mean"] is None else f"{group['mean']:.1f} ({group['items']} items)"
+def read_dev_pool(seed: str | Path, settings: OptimizeSettings, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """The development set and the mini-batch pool, from the seed stage's whole pool (:func:`split_dev_pool`)."""
+    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
+             for r in read_seed_pool(seed).select("id", "instruction", "input").to_dicts()]
+    evolved = frozenset(read_table(seed)["id"].to_list())  # the seeds the rounds evolve
+    return split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng,
+                          held_out=evolved)
 
 
 def open_models(params: dict, judge: bool = False) -> dict[str, LLM]:
@@ -472,19 +285,15 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     problems = answer_problems(params)  # what would empty every candidate, before any request
     if problems:
         raise ParamsError(problems)
-    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
-             for r in read_seed_pool(seed).select("id", "instruction", "input").to_dicts()]
-    evolved = frozenset(read_table(seed)["id"].to_list())  # the seeds the rounds evolve
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
-    dev, pool = split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng,
-                               held_out=evolved)
+    dev, pool = read_dev_pool(seed, settings, rng)
     models = open_models(params, judge=settings.judge_difficulty)
     judge = models.pop("judge", None)
     evolve_controls, evolve_max_tokens = evolve_settings.step_format()
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
                              evolve_controls=evolve_controls, evolve_max_tokens=evolve_max_tokens,
                              few_shot=evolve_settings.few_shot,
-                             rules=FailureRules.of(settings.failure, evolve_settings), **models)
+                             rules=FailureRules.of(settings.failure, evolve_settings, prompts), **models)
     print(f"optimize: {result.outcome}", flush=True)
     difficulty = None
     if judge is not None:
@@ -503,12 +312,18 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     stats = {"evolver": models["evolver"].stats, "optimizer": models["optimizer"].stats}
     metrics = summary(result, stats | ({"judge": judge.stats} if judge is not None else {}), usable)
     metrics["dev_difficulty"] = difficulty
-    return Outputs(metrics,
-                   f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
-                            f"in {result.steps_run} step(s) ({result.stop_reason}; "
-                            f"{metrics['parseable_candidates']} of "
-                            f"{metrics['candidates_proposed']} candidates parsed) -> {Path(out) / 'method.txt'}"
-                            + (f"; difficulty of the dev seeds {_mean(difficulty['seeds'])}, evolved with the "
-                               f"initial method {_mean(difficulty['initial'])}, with the result "
-                               f"{_mean(difficulty['method'])}" if difficulty else ""),
-                   plot=metrics["per_step"])
+    return Outputs(metrics, _message(result, metrics, Path(out)), plot=metrics["per_step"])
+
+
+def _message(result: OptimizeResult, metrics: dict, out: Path) -> str:
+    """The stage's one-line summary."""
+    difficulty = metrics["dev_difficulty"]
+    return (f"optimize: failure rate {result.initial.failure_rate:.3f} -> {result.best.failure_rate:.3f} "
+            f"in {result.steps_run} step(s) ({result.stop_reason}; {metrics['parseable_candidates']} of "
+            f"{metrics['candidates_proposed']} candidates parsed) -> {out / 'method.txt'}"
+            + (f"; difficulty of the dev seeds {_mean(difficulty['seeds'])}, evolved with the initial method "
+               f"{_mean(difficulty['initial'])}, with the result {_mean(difficulty['method'])}" if difficulty else ""))
+
+
+def _mean(group: dict) -> str:
+    return "-" if group["mean"] is None else f"{group['mean']:.1f} ({group['items']} items)"

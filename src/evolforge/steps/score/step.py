@@ -41,7 +41,7 @@ def scoring_rows(chunk_rows: int) -> int:
     """Rows read and scored at a time: ``chunk_rows`` rounded down to whole encode chunks, at least one.
 
     >>> scoring_rows(100_000), scoring_rows(7)
-    (98304, 4096)
+    (99328, 1024)
     """
     return max(1, chunk_rows // ifd.ENCODE_CHUNK) * ifd.ENCODE_CHUNK
 

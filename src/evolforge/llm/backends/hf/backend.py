@@ -23,7 +23,7 @@ A request's generation controls (banned and stop strings, an assistant prefix, r
 applied per row at every step by :mod:`evolforge.llm.decoding`; a prefix is rendered as an unfinished
 assistant turn (the chat template's ``continue_final_message``) and starts the returned text.
 
-Sampling draws every row of a step at once on the model's device (:class:`evolforge.llm.decoding.BatchSampler`:
+Sampling draws every row of a step at once on the model's device (:class:`evolforge.llm.sampling.BatchSampler`:
 inverse CDF with counter-based noise, top_p by rejection, no sort and no copy of the vocabulary to the host):
 a row's noise is a function of its request's seed (:func:`evolforge.llm.keys.request_seed`), the position
 of the token drawn and the draw's number, and rows at temperature 0 are greedy. So a request yields the same
@@ -50,7 +50,8 @@ from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
-from evolforge.llm.decoding import BatchSampler, RowControls, SamplingRows, pick, rank_sequences, sample_row
+from evolforge.llm.decoding import RowControls, pick, rank_sequences
+from evolforge.llm.sampling import BatchSampler, SamplingRows, sample_row
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 

@@ -45,7 +45,8 @@ from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
-from evolforge.llm.decoding import RowControls, pick, sample_token
+from evolforge.llm.decoding import RowControls, pick
+from evolforge.llm.sampling import sample_token
 from evolforge.config.backend_specs import LLAMACPP_CONTEXT
 from evolforge.llm.keys import request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError

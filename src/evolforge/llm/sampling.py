@@ -1,0 +1,268 @@
+"""Sampling a token: every row of a batch at once on the model's device (the hf backend; :class:`BatchSampler`),
+or one row (:func:`sample_token`, the llamacpp backend).
+
+Every row of a step is drawn at once, on the model's device, with no copy of the vocabulary to the host and no
+wait for the device beyond the one greedy decoding makes (reading the step's tokens). A row's draw depends on
+its logits and on (its request's seed, the position of the token drawn, the draw's number) alone, never on the
+other rows, so a request gives the same tokens in any batch, at any place in it:
+
+- **Noise, counter-based.** Each draw takes one uniform number in [0, 1) with 53 random bits, computed on the
+  device from the request's seed (:func:`evolforge.llm.keys.request_seed`, which already folds in the seed and
+  the sample index), the position the drawn token will take, the draw's number and the repick's number
+  (:func:`uniforms`: 32-bit xor-shift-multiply rounds, each a bijection, keyed by the seed). Nothing is
+  carried from step to step, so no generator state has to follow a row from batch to batch.
+- **Inverse CDF, not Gumbel-max.** A draw is the token where the row's cumulative weights pass ``u`` x their
+  total, found in two steps (the block of 256 tokens where the blocks' float64 sums pass it, then the token in
+  that block): exact (each token is drawn with its share of the total, to float64 rounding), one reduction over
+  the vocabulary instead of a cumulative sum, and one uniform per row where Gumbel-max needs one per token of
+  the vocabulary (noise for 150k tokens per row per step costs a CPU more than the model's step). Weights are
+  ``exp((logit - max) / temperature)``.
+- **top_p by rejection, without sorting.** The nucleus is the set of tokens whose strictly more likely tokens
+  weigh less than ``top_p`` of the total (ties at its edge are all in: the set does not depend on an order).
+  A draw from the whole distribution is kept when its token is in the nucleus (one masked sum over the row
+  says so) and drawn again otherwise: rejection sampling, so the kept token follows the distribution
+  renormalised over the nucleus exactly, and each draw is kept with probability at least ``top_p``. Sorting
+  every row's weights at every step, as the usual way does, costs a CPU more than the model's own step
+  (``bench/sampling.py`` prints both).
+  After :data:`ATTEMPTS` rejected draws (at ``top_p`` 0.95, one row in 10^10) the row draws instead from a
+  set that covers its nucleus, found by sorting that one row and checked with the same test, and still keeps
+  only tokens of the nucleus; the first kept draw is the row's token either way.
+- **The host looks once.** Rows make :data:`ROUNDS` draws on the device (more on a GPU, where a masked sum
+  is cheap and a wait is not); the step's tokens are then read once, as greedy decoding reads them, and a row
+  that has not kept one yet (about 1 - top_p of the rows on a CPU) goes on drawing from there. The token is
+  the first kept draw in every case, so how many draws are made before the host looks changes no output.
+
+Greedy rows (temperature 0) take the argmax as they always did; a batch of greedy rows builds no sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import count
+from typing import Sequence
+
+import torch
+
+NUCLEUS_TOP_K = 1024  # tokens a nucleus is first looked for among (sample_token, BatchSampler's cover)
+ROUNDS = {"cpu": 1}  # draws per row on the device before the host looks, by device type (others: 4)
+ATTEMPTS = 8  # draws from the whole distribution before a row draws from its nucleus's cover
+BLOCK = 256  # tokens per block (at most) of BatchSampler's two-step inverse CDF
+_M32 = 0xFFFFFFFF
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token from a row's logits: softmax at ``temperature``, nucleus ``top_p``, the row's generator."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if top_p >= 1.0:
+        return int(torch.multinomial(probs, 1, generator=generator).item())
+    ids, kept = nucleus(probs, top_p)
+    return int(ids[torch.multinomial(kept, 1, generator=generator)].item())
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, probabilities) of the smallest set of most likely tokens whose mass reaches ``top_p``
+    (always at least one token), most likely first. The nucleus is looked for among the ``NUCLEUS_TOP_K``
+    most likely tokens and the whole vocabulary sorted only when they hold less than ``top_p``: sorting
+    150k probabilities for every token cost about 13 ms, more than a small model's decoding step."""
+    ordered, order = probs.topk(min(NUCLEUS_TOP_K, probs.numel()))
+    mass = ordered.cumsum(0)
+    if mass[-1] < top_p and ordered.numel() < probs.numel():
+        ordered, order = probs.sort(descending=True)
+        mass = ordered.cumsum(0)
+    keep = mass - ordered < top_p  # the mass before a token has not reached top_p yet
+    return order[keep], ordered[keep]
+
+
+def _mix32(x):
+    """A bijection of 32-bit words (two xor-shift-multiply rounds, multiplier 0x45D9F3B), on an int or an int64
+    tensor: every product stays below 2**59, so int64 arithmetic never overflows."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    return (x >> 16) ^ x
+
+
+def noise_key(seed: int) -> tuple[int, int]:
+    """A request's seed (60 bits, :func:`evolforge.llm.keys.request_seed`) as the two 32-bit words of its key."""
+    return seed >> 32 & _M32, seed & _M32
+
+
+def uniforms(key: torch.Tensor, counter: torch.Tensor, draw: int, repick: int = 0) -> torch.Tensor:
+    """One number in [0, 1) per row with 53 random bits, a function of the row's ``key`` (rows, 2), its
+    ``counter`` (the position of the token drawn), ``draw`` and ``repick`` alone: for one key, each
+    (counter, draw, repick, half) goes through a chain of bijections, so no two draws of a row share noise.
+
+    >>> key = torch.tensor([[1, 2], [1, 2], [3, 4]])
+    >>> u = uniforms(key, torch.tensor([7, 7, 7]), draw=0)
+    >>> bool(u[0] == u[1]), bool(u[0] != u[2]), bool(((0 <= u) & (u < 1)).all())
+    (True, True, True)
+    """
+    halves = [_mix32(_mix32(_mix32(half) ^ draw) ^ repick) for half in (0, 1)]  # python ints: no copy to the device
+    base = _mix32(counter & _M32)
+    x = torch.stack([base ^ halves[0], base ^ halves[1]], dim=-1)
+    x = _mix32(_mix32(x ^ key[:, 1:]) ^ key[:, :1])
+    return ((x[:, 0] >> 5) * 2 ** 26 + (x[:, 1] >> 6)).double() * 2.0 ** -53  # 27 + 26 bits
+
+
+@dataclass
+class SamplingRows:
+    """The sampling of a batch's rows, on the model's device: ``temperature`` (rows,), 0 for a greedy row;
+    ``top_p`` (rows,); ``key`` (rows, 2), the request seed's :func:`noise_key`."""
+
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    key: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: Sequence[tuple[float, float, int]], device) -> "SamplingRows":
+        """From (temperature, top_p, request seed) per row."""
+        return cls(torch.tensor([r[0] for r in rows], dtype=torch.float32, device=device),
+                   torch.tensor([r[1] for r in rows], dtype=torch.float64, device=device),
+                   torch.tensor([noise_key(r[2]) for r in rows], dtype=torch.long, device=device))
+
+    def select(self, rows) -> "SamplingRows":
+        """The rows ``rows`` (an index tensor or a slice)."""
+        return SamplingRows(self.temperature[rows], self.top_p[rows], self.key[rows])
+
+    def cat(self, other: "SamplingRows") -> "SamplingRows":
+        return SamplingRows(torch.cat([self.temperature, other.temperature]), torch.cat([self.top_p, other.top_p]),
+                            torch.cat([self.key, other.key]))
+
+
+def _block(vocab: int) -> int | None:
+    """The largest power of two from 32 to :data:`BLOCK` that divides ``vocab`` (49,152 and 151,936 have one),
+    or None."""
+    return next((size for size in (BLOCK, 128, 64, 32) if vocab % size == 0), None)
+
+
+class _Proposal:
+    """Draws from the weights of ``blocks`` (rows, blocks, tokens per block) by inverse CDF in two steps: the block
+    where the blocks' cumulative sums (float64) pass u x their total, then the token where that block's own
+    cumulative sums pass what is left. A block's sum is a reduction, cheaper than a cumulative sum over the whole
+    vocabulary, and float64 keeps each token's share exact to rounding."""
+
+    def __init__(self, blocks: torch.Tensor, sums: torch.Tensor | None = None):
+        self.blocks = blocks
+        self.sums = blocks.sum(dim=-1) if sums is None else sums  # float32: summing in float64 copies every weight
+        self.cdf = self.sums.double().cumsum(dim=-1)
+        self.total = self.cdf[:, -1]
+
+    def token(self, u: torch.Tensor) -> torch.Tensor:
+        """Each row's token for its uniform ``u``; never one of weight 0."""
+        target = torch.minimum(u * self.total, torch.nextafter(self.total, torch.zeros_like(self.total)))
+        block = torch.searchsorted(self.cdf, target[:, None], right=True)
+        before = torch.where(block > 0, self.cdf.gather(1, (block - 1).clamp(min=0)), 0.0)[:, 0]
+        inner = self.blocks.gather(1, block[:, :, None].expand(-1, -1, self.blocks.shape[-1]))[:, 0]
+        inner = inner.cumsum(dim=-1, dtype=torch.float64)
+        # the share of the block passed, on the block's own cumulative sums (its float32 sum may differ in rounding)
+        share = (target - before) / self.sums.gather(1, block)[:, 0].double()
+        rest = torch.minimum(share * inner[:, -1], torch.nextafter(inner[:, -1], torch.zeros_like(before)))
+        return block[:, 0] * self.blocks.shape[-1] + torch.searchsorted(inner, rest[:, None], right=True)[:, 0]
+
+    def select(self, rows, blocks: torch.Tensor) -> "_Proposal":
+        """The proposal of ``rows``, whose ``blocks`` the caller has selected already."""
+        some = object.__new__(_Proposal)
+        some.blocks, some.sums, some.cdf, some.total = blocks, self.sums[rows], self.cdf[rows], self.total[rows]
+        return some
+
+
+class BatchSampler:
+    """One step's draws for every row of ``logits`` (rows, vocabulary), at each row's temperature and top_p,
+    with its noise (:func:`uniforms` of its key and ``counter``); see the module's docstring. Greedy rows are
+    drawn at temperature 1 and their draws ignored. ``nucleus``: whether some row has top_p < 1 (else every
+    draw is kept and the test is skipped); ``peak``: each row's largest logit, when the caller has it."""
+
+    def __init__(self, logits: torch.Tensor, rows: SamplingRows, counter: torch.Tensor, nucleus: bool,
+                 repick: int = 0, peak: torch.Tensor | None = None):
+        logits = logits.float()
+        scale = 1 / torch.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
+        peak = (logits.max(dim=-1).values if peak is None else peak.float())[:, None]
+        # exp((logit - max) / temperature): the most likely token weighs 1
+        self.weights = torch.addcmul(-peak * scale, logits, scale).exp_()
+        block = _block(self.weights.shape[-1])
+        if block is None:  # no power of two of at least 32 divides the vocabulary: padded with tokens of weight 0
+            self.weights = torch.nn.functional.pad(self.weights, (0, -self.weights.shape[-1] % BLOCK))
+            block = BLOCK
+        self.proposal = _Proposal(self.weights.view(self.weights.shape[0], -1, block))
+        # a token is in the nucleus when the tokens strictly more likely than it weigh less than this
+        self.limit = torch.where(rows.top_p < 1, rows.top_p * self.proposal.total, torch.inf)
+        self.rows, self.counter, self.nucleus, self.repick = rows, counter, nucleus, repick
+
+    def draws(self, rounds: int | None = None) -> torch.Tensor:
+        """Each row's first kept draw among its first ``rounds`` (default: :data:`ROUNDS` of the device),
+        -1 where none was kept; nothing is read back from the device."""
+        self.drawn = min(rounds or ROUNDS.get(self.weights.device.type, 4), ATTEMPTS)
+        chosen = torch.full_like(self.counter, -1)
+        for draw in range(self.drawn):
+            token = self.proposal.token(self._uniform(draw))
+            chosen = torch.where((chosen < 0) & self._kept(token), token, chosen)
+        return chosen
+
+    def settle(self, rows: list[int]) -> list[int]:
+        """The tokens of ``rows``, none of whose draws :meth:`draws` kept: each row's first kept draw after them
+        (after :data:`ATTEMPTS` draws, from the cover of its nucleus)."""
+        some = self._subset(torch.tensor(rows, device=self.weights.device))
+        chosen = torch.full_like(some.counter, -1)
+        for draw in range(self.drawn, ATTEMPTS):
+            token = some.proposal.token(some._uniform(draw))
+            chosen = torch.where((chosen < 0) & some._kept(token), token, chosen)
+            if bool((chosen >= 0).all()):
+                break
+        return [token if token >= 0 else some._subset(slice(j, j + 1))._from_cover()
+                for j, token in enumerate(chosen.tolist())]
+
+    def _from_cover(self) -> int:
+        """This one row's first kept draw from :data:`ATTEMPTS` on, drawn from the tokens heavier than its
+        :meth:`_floor`: every token outside that cover is outside the nucleus, so the kept draw is still exact."""
+        covered = torch.where(self.weights > self._floor(), self.weights, 0.0)
+        cover = _Proposal(covered.view(1, -1, self.proposal.blocks.shape[-1]))
+        for draw in count(ATTEMPTS):
+            token = cover.token(self._uniform(draw))
+            if bool(self._kept(token)):
+                return int(token)
+        raise AssertionError("count() never ends")
+
+    def _subset(self, rows) -> "BatchSampler":
+        """This sampler over ``rows`` only (an index tensor or a slice)."""
+        some = object.__new__(BatchSampler)
+        some.weights, some.limit, some.counter = (t[rows] for t in (self.weights, self.limit, self.counter))
+        blocks = some.weights.view(some.weights.shape[0], -1, self.proposal.blocks.shape[-1])
+        some.proposal, some.rows = self.proposal.select(rows, blocks), self.rows.select(rows)
+        some.nucleus, some.repick, some.drawn = self.nucleus, self.repick, self.drawn
+        return some
+
+    def _uniform(self, draw: int) -> torch.Tensor:
+        return uniforms(self.rows.key, self.counter, draw, self.repick)
+
+    def _kept(self, token: torch.Tensor) -> torch.Tensor:
+        """Whether each row's ``token`` is in its nucleus."""
+        if not self.nucleus:
+            return torch.ones_like(token, dtype=torch.bool)
+        return self._above(self.weights.gather(1, token[:, None])) < self.limit
+
+    def _above(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight of each row's tokens strictly heavier than ``weight`` (rows, 1)."""
+        return torch.where(self.weights > weight, self.weights, 0.0).sum(dim=-1)
+
+    def _floor(self) -> torch.Tensor:
+        """A weight (1, 1) at or below which no token of this one row is in its nucleus, as close to the
+        nucleus as sorting finds it (the most likely tokens first, all of them if need be); each candidate
+        is checked with the draws' own test, so the cover holds the whole nucleus."""
+        weights = self.weights[0]
+        ordered = weights.topk(min(NUCLEUS_TOP_K, weights.numel())).values
+        while True:
+            before = ordered.double().cumsum(0) - ordered.double()
+            at = int((before < self.limit[0]).sum())
+            while at < ordered.numel() and bool(self._above(ordered[at].view(1, 1)) < self.limit):
+                at += 1
+            if at < ordered.numel():
+                return ordered[at].view(1, 1)
+            if ordered.numel() == weights.numel():
+                return torch.full((1, 1), -1.0, device=weights.device)  # every token may be in it
+            ordered = weights.sort(descending=True).values
+
+
+def sample_row(logits: torch.Tensor, rows: SamplingRows, counter: torch.Tensor, repick: int) -> int:
+    """One row's token from its ``logits`` (vocabulary,), drawn anew for its ``repick``-th repick."""
+    sampler = BatchSampler(logits[None], rows, counter, nucleus=bool(rows.top_p[0] < 1), repick=repick)
+    token = int(sampler.draws()[0])
+    return token if token >= 0 else sampler.settle([0])[0]

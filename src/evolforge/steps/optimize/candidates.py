@@ -1,0 +1,95 @@
+"""The optimizer's side of an Auto Evol-Instruct step: m analysis + optimization conversations over a trajectory,
+each answer parsed into a candidate method (docs/reference/algorithms.md section 4.4).
+
+>>> parse_optimized_method("Sure.\\n```Optimized Method\\nStep 1: list methods.\\n```")
+('Step 1: list methods.', None)
+>>> parse_optimized_method("I have improved the method.")
+(None, 'no ```Optimized Method``` block')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+from evolforge.config.optimize_answer import OPENER
+from evolforge.core.prompts import PromptLibrary
+from evolforge.llm.cached import LLM
+from evolforge.steps.optimize.result import Candidate
+
+ANALYSIS_TEMPLATE = "optimize/analysis.j2"
+OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
+_PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
+
+
+def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple[str | None, str | None]:
+    """The first non-empty ```` ```Optimized Method ``` ```` block -> (method, None), or (None, reason).
+
+    A block is the text from its opening fence (any case: ```` ```optimized method````) to the next fence. The
+    last block may be open: its answer ended there (a stop string at the closing fence, ``optimize.controls``, or
+    the end of the turn) and it runs to the end of the text, unless the answer was cut at ``max_tokens``
+    (``finish_reason`` "length"): a method cut mid-way is refused, never completed.
+
+    >>> parse_optimized_method("```Optimized Method\\nStep 1: list methods.", "stop")
+    ('Step 1: list methods.', None)
+    >>> parse_optimized_method("```Optimized Method\\nStep 1: list", "length")
+    (None, 'the ```Optimized Method``` block was cut at max_tokens')
+    """
+    openers = list(OPENER.finditer(text))
+    if not openers:
+        return None, "no ```Optimized Method``` block"
+    cut = False
+    for opener in openers:
+        end = text.find("```", opener.end())
+        if end < 0 and finish_reason == "length":
+            cut = True
+            continue
+        block = (text[opener.end():] if end < 0 else text[opener.end():end]).strip()
+        if block and block != _PLACEHOLDER:
+            return block, None
+    if cut:
+        return None, "the ```Optimized Method``` block was cut at max_tokens"
+    return None, "empty ```Optimized Method``` block"
+
+
+CHARS_PER_TOKEN = 3.5  # a conservative estimate for English prose (BPE vocabularies average about 4)
+
+
+def answer_budget(optimizer: LLM, method: str, factor: float) -> int:
+    """The optimization turn's max_tokens: ``factor`` times the current method's estimated tokens, never below
+    the role's own ``max_tokens``. A rewrite of a 300-token method must fit, whatever the role's short default
+    for its free-text turns (a method cut mid-way is refused, and on some CPUs every sample ran past 320)."""
+    return max(int(optimizer.role.max_tokens or 0), math.ceil(factor * len(method) / CHARS_PER_TOKEN))
+
+
+def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
+                    *, candidates: int, controls: Mapping[str, Any] | None = None,
+                    max_tokens: int | None = None) -> list[Candidate]:
+    """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
+    ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's."""
+    analysis = {"role": "user", "content": prompts.render(
+        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
+    # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
+    # (the fenced method); the analysis is free text with the role's own controls
+    merged = optimizer.role.controls.merged(controls, "optimize.controls")
+    feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
+                                   desc="optimizer: analysis")
+    optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
+    asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
+    answers = dict(zip(asked, optimizer.generate(
+        [optimizer.request([analysis,
+                            {"role": "assistant", "content": feedbacks[j].text}, optimization], sample_index=j,
+                           controls=merged, max_tokens=max_tokens)
+         for j in asked], desc="optimizer: optimization")))
+    out = []
+    for j, feedback in enumerate(feedbacks):
+        answer = answers.get(j)
+        if feedback.failed or answer.failed:
+            failed = feedback if feedback.failed else answer
+            out.append(Candidate(index=j, feedback=None if feedback.failed else feedback.text, answer=None,
+                                 method=None, parse_error=f"call failed: {failed.failure_reason}: {failed.error}"))
+            continue
+        parsed, error = parse_optimized_method(answer.text, answer.finish_reason)
+        out.append(Candidate(index=j, feedback=feedback.text, answer=answer.text, method=parsed, parse_error=error))
+    return out

@@ -1,0 +1,144 @@
+"""How a method is measured on the development set: its evol failure rate under a failure function
+(:class:`FailureRules`), and the judge's difficulty of the instructions it evolves (:func:`dev_difficulty`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from evolforge.core.prompts import PromptLibrary
+from evolforge.core.text import question_text
+from evolforge.llm.cached import LLM
+from evolforge.llm.types import Completion
+from evolforge.steps.common import elimination
+from evolforge.steps.common.difficulty import difficulty_scores
+from evolforge.steps.common.evolving import Evolution, evolve_with_methods, worked_example_additions
+from evolforge.steps.common.responses import respond
+from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSettings
+from evolforge.steps.judge.settings import JudgeSettings
+from evolforge.steps.optimize.result import MethodScore, OptimizeResult
+
+
+@dataclass(frozen=True)
+class FailureRules:
+    """What fails a development item's evolution (``optimize.failure``): ``rule_f`` (the papers' F on the evolver's
+    answer to the evolved instruction, a missing final-instruction marker failing too) or ``elimination`` (the
+    rounds' own rules, as ``evolve.elimination`` and ``evolve.repetition`` set them: the evolved instruction's text
+    rules, then its answer's, F among them; the judge's checks are left out, they cost calls)."""
+
+    kind: str = "rule_f"
+    instruction: tuple[tuple[str, bool], ...] = ()  # evolve.elimination's switches of the text rules
+    response: tuple[tuple[str, bool], ...] = ()  # ... and of the answer's
+    repetition: elimination.RepetitionTest = elimination.RepetitionTest()
+    example_additions: frozenset[tuple[str, ...]] = frozenset()  # what the worked examples add (evolve.few_shot)
+
+    @classmethod
+    def of(cls, kind: str, evolve: EvolveSettings, prompts: PromptLibrary) -> "FailureRules":
+        additions = worked_example_additions(prompts, ["auto"]) if evolve.few_shot else frozenset()
+        return cls(kind, tuple((k, evolve.rule(k)) for k in INSTRUCTION_RULES),
+                   tuple((k, evolve.rule(k)) for k in RESPONSE_RULES), elimination.repetition_test(evolve.repetition),
+                   additions)
+
+    def instruction_failure(self, parent: str, evolution: Evolution) -> str | None:
+        """Why the evolution fails before it is answered, or None."""
+        if evolution.instruction is None:  # as a round: an answer cut before the marker fails by the cut
+            cut = self.kind == "elimination" and dict(self.instruction).get("truncated", True)
+            return elimination.TRUNCATED if cut and evolution.finish_reason == "length" else elimination.MISSING_MARKER
+        if self.kind != "elimination":
+            return None
+        return elimination.instruction_failure(parent, evolution.instruction, finish_reason=evolution.finish_reason,
+                                               repetition=self.repetition, example_additions=self.example_additions,
+                                               **dict(self.instruction))
+
+    def response_failure(self, response: Completion) -> str | None:
+        """Why the answer to a surviving evolution fails it, or None (a failed call fails it with its reason)."""
+        if response.failed:
+            return response.failure_reason or "failed"
+        if self.kind != "elimination":
+            return elimination.AUTO_FAILURE if elimination.auto_evol_failure(response.text) else None
+        return elimination.response_failure(response.text, **dict(self.response))
+
+
+def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
+                  *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
+                  max_tokens: int | None = None, few_shot: bool = False,
+                  rules: FailureRules = FailureRules()) -> list[MethodScore]:
+    """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
+    already, and count the failures (``rules``: :class:`FailureRules`).
+
+    All methods' evolutions go to the evolver as one call, then all their answers as one: a step's candidates
+    fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
+    every other round). ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the
+    rounds use them)."""
+    if not methods:
+        return []
+    n = len(dev)
+    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
+                                  temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
+                                  controls=controls, few_shot=few_shot)
+    reasons: list[str | None] = [rules.instruction_failure(d["instruction"], e)
+                                 for d, e in zip(dev * len(methods), evolved)]
+    answered = [k for k, why in enumerate(reasons) if why is None]
+    responses = respond(evolver, prompts, [evolved[k].instruction for k in answered],
+                        [dev[k % n].get("input") or "" for k in answered],
+                        desc=f"{desc}: respond", temperature=0.0) if answered else []
+    texts: list[str | None] = [None] * len(evolved)
+    for k, response in zip(answered, responses):
+        reasons[k] = rules.response_failure(response)
+        texts[k] = None if response.failed else response.text
+    return [_method_score(evolved[m * n:(m + 1) * n], reasons[m * n:(m + 1) * n], texts[m * n:(m + 1) * n])
+            for m in range(len(methods))]
+
+
+def _method_score(evolved: list[Evolution], reasons: list[str | None], texts: list[str | None]) -> MethodScore:
+    """One method's :class:`MethodScore` on the development set: its evolutions, each one's failure (None: it
+    evolved) and the answer each got (None: not answered, or the call failed)."""
+    n = len(evolved)
+    fails = sum(r is not None for r in reasons)
+    rate = fails / n
+    ratio = 0.0
+    pairs = [(e.instruction, t) for e, t in zip(evolved, texts) if t is not None]
+    if pairs:  # the reference code's length ratio, over the evolutions that were answered
+        mean_instruction = sum(len(q) for q, _ in pairs) / len(pairs)
+        ratio = (sum(len(t) for _, t in pairs) / len(pairs)) / mean_instruction if mean_instruction else 0.0
+    by_reason: dict[str, int] = {}
+    for r in reasons:
+        if r is not None:
+            by_reason[r] = by_reason.get(r, 0) + 1
+    return MethodScore(failure_rate=rate, failures=fails, missing_marker=sum(e.instruction is None for e in evolved),
+                       success=1.0 - rate, score=(1.0 - rate) * ratio,
+                       cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved),
+                       failures_by_reason=dict(sorted(by_reason.items())))
+
+
+def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str, **options) -> MethodScore:
+    """:func:`score_methods` for one method."""
+    return score_methods(evolver, prompts, dev, [method], **options)[0]
+
+
+def dev_difficulty(result: OptimizeResult, dev: list[dict], judge: LLM, prompts: PromptLibrary,
+                   settings: JudgeSettings, evolver: LLM, temperature: float, **evolving) -> dict[str, Any]:
+    """The judge's mean difficulty (0-100; the expected score with ``judge.probabilities``) of the development
+    seeds and of their evolutions under the initial and the resulting method: the evolutions are the scoring
+    runs' own (the same requests, read back from the call cache), those without a final instruction left out."""
+    methods = list(dict.fromkeys([result.initial_method, result.method]))
+    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods, temperature=temperature,
+                                  desc="dev difficulty: evolutions", **evolving)
+    inputs = [d.get("input") or "" for d in dev]
+    texts = {"seeds": [question_text(d["instruction"], x) for d, x in zip(dev, inputs)]}
+    for k, name in enumerate(methods):
+        part = evolved[k * len(dev):(k + 1) * len(dev)]
+        texts["initial" if name == result.initial_method else "method"] = [
+            question_text(e.instruction, x) for e, x in zip(part, inputs) if e.instruction is not None]
+    queries = [q for group in texts.values() for q in group]
+    scores = difficulty_scores(queries, judge, prompts, score_prompt=settings.score_prompt,
+                               max_tokens=settings.max_tokens, constrain=settings.constrain,
+                               probabilities=settings.probabilities, desc="dev difficulty: judge")
+    out: dict[str, Any] = {"measure": "difficulty_expected" if settings.probabilities else "difficulty_score"}
+    start = 0
+    for name, group in texts.items():
+        values = [v for v in scores[start:start + len(group)] if v is not None]
+        start += len(group)
+        out[name] = {"items": len(values), "mean": sum(values) / len(values) if values else None}
+    out.setdefault("method", out["initial"])  # the initial method kept: one set of evolutions
+    return out
