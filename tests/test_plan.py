@@ -25,7 +25,8 @@ from evolforge.plan.table import render
 from fake_openai import FakeOpenAIServer, chat_body
 from tiny import CHAT_TEMPLATE, train_tokenizer
 
-pytestmark = pytest.mark.usefixtures("no_proxy")  # tests/conftest.py
+# evolforge plan and dvc on a copy of the repository: end to end (make test-slow)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_proxy")]  # no_proxy: tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS = 24
