@@ -54,3 +54,22 @@ def test_the_shipped_optimizer_parses_a_candidate_every_step_on_a_dev_set_of_ten
     assert all(any(c["parsed"] for c in step["candidates"]) for step in optimize["loop"])
     assert optimize["outcome"].startswith(("improved", "kept the initial method: "))
 
+
+
+def test_the_weak_method_experiment_measured_every_step_on_ten_items():
+    """The kept Fig. 4 experiment (docs/results.md): run from the weak method, every step proposed candidates that
+    parsed or were refused for a stated reason, each scored on the whole development set, and the outcome it records
+    follows from its figures (kept: no candidate strictly below the starting method)."""
+    weak = kept("weak-method.json")
+    optimize = weak["metrics"]["optimize"]
+    assert "optimize.initial_method=weak" in weak["command"] and optimize["dev_size"] >= 10
+    assert optimize["steps_run"] == len(optimize["loop"]) >= 2
+    for step in optimize["loop"]:
+        assert all(c["parsed"] or c["parse_error"] for c in step["candidates"])
+        assert all(c["failures"] is not None for c in step["candidates"] if c["parsed"])
+    best_candidate = min(c["failures"] for step in optimize["loop"] for c in step["candidates"] if c["parsed"])
+    if best_candidate < optimize["initial_failures"]:
+        assert optimize["outcome"].startswith("improved") and optimize["best_failures"] == best_candidate
+    else:
+        assert optimize["outcome"].startswith("kept the initial method")
+        assert optimize["best_failures"] == optimize["initial_failures"]
