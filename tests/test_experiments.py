@@ -73,3 +73,17 @@ def test_the_weak_method_experiment_measured_every_step_on_ten_items():
     else:
         assert optimize["outcome"].startswith("kept the initial method")
         assert optimize["best_failures"] == optimize["initial_failures"]
+
+
+def test_the_autoif_experiment_keeps_verified_items():
+    """The kept AutoIF experiment (docs/results.md): responses that pass their constraint's kept functions make the
+    pool without a fallback, verify takes the functions' verdict as each item's answer check, and select keeps at
+    least three of them."""
+    autoif = kept("autoif.json")
+    metrics = autoif["metrics"]
+    assert "autoif.scenario=autoif" in autoif["command"]
+    assert metrics["autoif/verify"]["constraints_verified"] >= 1
+    assert metrics["pool"]["scenario"] == "autoif" and metrics["pool"]["fallback"] is None
+    assert metrics["pool"]["autoif_items"] == metrics["autoif/respond"]["responses_kept"] >= 3
+    assert metrics["verify"]["per_method"]["answer_check"]["right"] == metrics["verify"]["per_verdict"]["right"]
+    assert metrics["select"]["selected"] >= 3 and "not_vouched" not in metrics["select"]["removed_by_filter"]
