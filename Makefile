@@ -109,9 +109,9 @@ run: setup
 run-varied: setup
 	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 
-# The suite in two parts, each on TEST_WORKERS workers: `make test` the tests that take seconds (about 8 minutes on
+# The suite in two parts, each on TEST_WORKERS workers: `make test` the tests that take seconds (about 6 minutes on
 # two cores), `make test-slow` the end-to-end ones marked slow (dvc repro of the pipeline on the tiny model and the
-# plans and experiments on that build, the benchmarks at tiny size, a local Ray cluster: about 14 minutes).
+# plans and experiments on that build, the benchmarks at tiny size, a local Ray cluster: about 25 minutes).
 # `.ci/run` runs both.
 test: setup
 	$(PY) -m ruff check
