@@ -279,7 +279,8 @@ def copies_example(parent: str, evolved: str, additions: frozenset[tuple[str, ..
     >>> copies_example("Explain tides.", "Explain tides to a child in four short sentences.", added)
     False
     """
-    return bool(additions) and not (_phrases(evolved) & additions) <= _phrases(parent)
+    copied = _phrases(evolved) & additions if additions else set()
+    return bool(copied) and not copied <= _phrases(parent)  # the parent is read only for a rewrite that matched
 
 
 def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str | None = None,
