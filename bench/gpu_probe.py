@@ -16,13 +16,15 @@ times evolforge's own code on it; each figure is a JSON line starting ``RESULT``
   took up to twice as long, for either implementation, whichever ran first).
 * ``finetune``  :func:`evolforge.train.finetune.finetune`, full and LoRA (rank 8, all linear), a few steps:
   tokens/s, model FLOPs utilisation (6 x parameters per trained token for full, 4 x for LoRA: no weight
-  gradients), peak memory, whether batches were padding-free; and the steady figures: a short run of a sixth of
-  the steps is timed too, and the difference of the two runtimes is the time of the steps after it (start-up,
-  the first steps' kernel choices and the optimizer's state allocation aside).
+  gradients), peak memory, whether batches were padding-free; and the steady figures, from a clock of every
+  optimizer step (device synchronised): the median step after the first sixth, split into its forward and
+  backward passes and the rest (clipping, AdamW). ``--ft-variants`` adds runs with ``compile`` (torch.compile),
+  ``padded`` (no padding-free batches) or ``lora-compile``.
 
 A section that fails prints its error as a RESULT line and the next one runs; ``--section-s`` bounds each
-measurement (a slow one is recorded as timed out). ``--profile`` adds torch profiler tables (the 25 costliest
-operations) of a scorer run and of a few fine-tuning steps, to see where the time goes.
+measurement (a slow one is recorded as timed out). ``--profile`` adds torch profiler tables (the 20 costliest
+operations by device and by host time, and the device's busy share) of a scorer run and of three fine-tuning steps
+mid-run, to see where the time goes; ``--compile`` scores once more with ``compile=True``.
 
     python bench/gpu_probe.py --tokenizer tok-qwen                       # on a GPU machine, all sections
     python bench/gpu_probe.py --tokenizer tok-qwen --sections scorer --budgets 65536,device
@@ -121,20 +123,93 @@ def timed(limit: int, fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def profile_tables(prof, seconds: float) -> dict:
+    """Where a profiled span's time went: the 20 costliest operations by device time and by host time, and the
+    device's busy share of the wall time (its kernels' summed time over ``seconds``)."""
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not the operators above them
+    device = sum(e.self_device_time_total for e in kernels) / 1e6
+    tables = {"by_host": events.table(sort_by="self_cpu_time_total", row_limit=20)}
+    if torch.cuda.is_available():
+        tables["by_device"] = events.table(sort_by="self_cuda_time_total", row_limit=20)
+    for table in tables.values():
+        print(table, flush=True)
+    return {"wall_s": round(seconds, 4), "device_busy_s": round(device, 4),
+            "device_busy_pct": round(100 * device / seconds, 1) if seconds else None, **tables}
+
+
 def profiled(section: str, what: str, fn, *args, **kwargs):
-    """Run ``fn`` under torch's profiler and emit its 25 costliest operations (device time on a GPU, host time
-    on a CPU) as a table: where the time of a path goes, from the same run as its figures."""
+    """Run ``fn`` under torch's profiler and emit where its time went (:func:`profile_tables`), from the same run
+    as its figures."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         out = fn(*args, **kwargs)
         sync()
-    table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=25)
-    print(table, flush=True)
-    emit({"section": section, "profile": what, "table": table})
+        seconds = time.perf_counter() - start
+    emit({"section": section, "profile": what, **profile_tables(prof, seconds)})
     return out
+
+
+def step_clock(section: str, what: str, profile_steps: tuple[int, int] | None = None):
+    """A transformers ``TrainerCallback`` that times every optimizer step, device synchronised: its forward and
+    backward passes (to the optimizer's call) and the rest (clipping, AdamW, the scheduler); at the end of
+    training it emits the median step and its split, and with ``profile_steps`` (first, count) the profiler's
+    tables of those steps (:func:`profile_tables`)."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.steps, self.prof, self.mark = [], None, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if profile_steps and state.global_step == profile_steps[0]:
+                from torch.profiler import ProfilerActivity, profile
+
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                self.prof, self.profiled_from = profile(activities=activities), time.perf_counter()
+                self.prof.__enter__()
+            sync()
+            self.mark = self.begin = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            sync()
+            self.mark = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sync()
+            end = time.perf_counter()
+            self.steps.append((self.mark - self.begin, end - self.mark))
+            if self.prof is not None and state.global_step == profile_steps[0] + profile_steps[1]:
+                self.prof.__exit__(None, None, None)
+                emit({"section": section, "profile": f"{what}, steps {profile_steps[0] + 1}-{state.global_step}",
+                      **profile_tables(self.prof, end - self.profiled_from)})
+                self.prof = None
+
+        def median(self) -> tuple[float, float]:
+            """(forward and backward, the rest) of the median step after the first sixth (their warm-up)."""
+            steady = sorted(self.steps[len(self.steps) // 6:], key=sum)
+            return steady[len(steady) // 2] if steady else (float("nan"), float("nan"))
+
+        def median_step(self) -> float:
+            return sum(self.median())
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.prof is not None:  # training ended inside the profiled steps
+                self.prof.__exit__(None, None, None)
+                emit({"section": section, "profile": f"{what}, steps {profile_steps[0] + 1}-{state.global_step}",
+                      **profile_tables(self.prof, time.perf_counter() - self.profiled_from)})
+                self.prof = None
+            forward_backward, rest = self.median()
+            emit({"section": section, "step_clock": what, "steps": len(self.steps),
+                  "first_steps_s": [round(sum(step), 3) for step in self.steps[:4]],
+                  "median_step_s": round(forward_backward + rest, 4),
+                  "forward_backward_s": round(forward_backward, 4), "optimizer_s": round(rest, 4)})
+
+    return StepClock()
 
 
 def words(rng: random.Random, lo: int, hi: int) -> str:
@@ -231,6 +306,8 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
                   "tokens_per_s": round(tokens / seconds), "items_per_s": round(n / seconds, 1),
                   "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2), "peak_gib": peak_gib(),
                   "nulls": int(scores["ifd"].null_count())})
+    if args.compile:
+        _scorer_compiled(model, tokenizer, items, warm, tokens, params, peak, args)
     if args.profile:
         part = {k: (v[: max(2, n // 8)] if v else v) for k, v in items.items()}
         profiled("scorer", f"ifd_scores, {max(2, n // 8)} items, device budget", ifd_scores, model, tokenizer, **part,
@@ -251,6 +328,27 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
           "seconds": round(seconds, 2), "items_per_s": round(m / seconds, 1),
           "ifd_max_abs_diff_vs_ifd_scores": largest_difference(ours, reference),
           "ifd_max_abs_diff_padded_vs_ifd_scores": largest_difference(ours, padded)})
+
+
+def _scorer_compiled(model, tokenizer, items: dict, warm: dict, tokens: int, params: int, peak: float, args) -> None:
+    """``ifd_scores(compile=True)`` at the device budget: its compilation (on the warm-up items), its tokens/s
+    and the largest IFD difference against the eager run."""
+    from evolforge.score.ifd import ifd_scores
+
+    try:
+        _, compile_s = timed(args.section_s, ifd_scores, model, tokenizer, **warm, compile=True, progress=False)
+        reset_peak()
+        scores, seconds = timed(args.section_s, ifd_scores, model, tokenizer, **items, compile=True, progress=False)
+        eager = ifd_scores(model, tokenizer, **items, progress=False)
+    except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
+        emit({"section": "scorer", "compile": True, "error": repr(err)[:1500]})
+        return
+    diffs = [abs(a - b) for a, b in zip(scores["ifd"].to_list(), eager["ifd"].to_list())
+             if a is not None and b is not None]
+    emit({"section": "scorer", "impl": "evolforge ifd_scores, compile=True", "max_batch_tokens": "device",
+          "warm_up_with_compilation_s": round(compile_s, 1), "seconds": round(seconds, 2),
+          "tokens_per_s": round(tokens / seconds), "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2),
+          "peak_gib": peak_gib(), "ifd_max_abs_diff_vs_eager": max(diffs) if diffs else None})
 
 
 def section_generate(model_dir: Path, args, peak: float) -> None:
@@ -303,7 +401,6 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
     from transformers import AutoTokenizer
 
     from evolforge.config.training import FinetuneSettings
-    from evolforge.train.finetune import finetune
 
     rng = random.Random(3)
     (q_lo, q_hi), (a_lo, a_hi) = args.row_words
@@ -313,55 +410,49 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
     lengths = [min(args.ft_max_length, len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True,
                                                                          return_dict=False)))
                for r in rows]
+    step_tokens = args.ft_batch * sum(lengths) / len(lengths)  # mean row, truncated, per example
     base = FinetuneSettings(batch_size=args.ft_batch, grad_accum=1, max_steps=args.ft_steps,
                             max_length=args.ft_max_length, logging_steps=5, warmup_ratio=0.0, lr=2e-5,
                             gradient_checkpointing=False)
-    for mode in ("full", "lora"):
-        settings = base if mode == "full" else dataclasses.replace(
-            base, mode="lora", lora_rank=8, lora_alpha=8, lora_dropout=0.0, lora_target_modules="all-linear", lr=1e-4)
+    lora = dataclasses.replace(base, mode="lora", lora_rank=8, lora_alpha=8, lora_dropout=0.0,
+                               lora_target_modules="all-linear", lr=1e-4)
+    runs = [("full", base, {}), ("lora", lora, {})]
+    variants = {"compile": (dataclasses.replace(base, compile=True), {}),
+                "padded": (base, {"padding_free": False}),
+                "lora-compile": (dataclasses.replace(lora, compile=True), {})}
+    runs += [(name, *variants[name]) for name in args.ft_variants]
+    for label, settings, options in runs:
         reset_peak()
-        short = dataclasses.replace(settings, max_steps=max(1, settings.max_steps // 6))
-        try:  # the whole run, then a short one: their difference is the steady steps, start-up costs aside
-            result = _trained(model_dir, rows, settings, mode, args.section_s)
-            runtime_short = _trained(model_dir, rows, short, mode, args.section_s).metrics["runtime_s"]
+        profile_steps = (args.ft_steps // 2, 3) if args.profile and label in ("full", "lora") else None
+        clock = step_clock("finetune", label, profile_steps)
+        try:
+            result = _trained(model_dir, rows, settings, label, args.section_s, callbacks=[clock], **options)
         except Exception as err:  # noqa: BLE001
-            emit({"section": "finetune", "mode": mode, "error": repr(err)[:1500]})
+            emit({"section": "finetune", "mode": label, "error": repr(err)[:1500]})
             continue
         m = result.metrics
-        seconds = m["runtime_s"]
-        step_tokens = args.ft_batch * sum(lengths) / len(lengths)  # mean row, truncated, per example
-        tokens = m["steps"] * step_tokens
-        flops = (6 if mode == "full" else 4) * m["total_params"] * tokens
-        steady_s = (seconds - runtime_short) / max(1, m["steps"] - short.max_steps)  # one steady step
-        steady_mfu = (6 if mode == "full" else 4) * m["total_params"] * step_tokens / steady_s / peak
-        emit({"section": "finetune", "mode": mode, "steps": m["steps"], "batch": args.ft_batch,
+        factor = 6 if settings.mode == "full" else 4  # LoRA: no weight gradients
+        median = clock.median_step()
+        emit({"section": "finetune", "mode": label, "steps": m["steps"], "batch": args.ft_batch,
               "max_length": args.ft_max_length, "bf16": m["bf16"], "padding_free": m.get("padding_free"),
-              "trainable": m["trainable_params"], "total": m["total_params"], "train_runtime_s": seconds,
-              "tokens": round(tokens), "tokens_per_s": round(tokens / seconds),
-              "mfu_pct": round(100 * flops / seconds / peak, 2), "steady_step_s": round(steady_s, 4),
-              "steady_tokens_per_s": round(step_tokens / steady_s), "steady_mfu_pct": round(100 * steady_mfu, 2),
-              "peak_gib": peak_gib(),
-              "loss_final": m["train_loss_final"]})
-        if args.profile:
-            few = dataclasses.replace(settings, max_steps=min(5, settings.max_steps))
-            out = Path(tempfile.mkdtemp(prefix=f"probe-{mode}-profiled-"))
-            try:
-                profiled("finetune", f"{mode}, {few.max_steps} steps, loading included", finetune, str(model_dir),
-                         rows, out / "model", few)
-            except Exception as err:  # noqa: BLE001
-                emit({"section": "finetune", "profile": mode, "error": repr(err)[:500]})
-            finally:
-                shutil.rmtree(out, ignore_errors=True)
+              "compile": settings.compile, "trainable": m["trainable_params"], "total": m["total_params"],
+              "train_runtime_s": m["runtime_s"], "step_tokens": round(step_tokens),
+              "tokens_per_s": round(m["steps"] * step_tokens / m["runtime_s"]),
+              "mfu_pct": round(100 * factor * m["total_params"] * m["steps"] * step_tokens / m["runtime_s"] / peak, 2),
+              "median_step_s": round(median, 4), "steady_tokens_per_s": round(step_tokens / median),
+              "steady_mfu_pct": round(100 * factor * m["total_params"] * step_tokens / median / peak, 2),
+              "peak_gib": peak_gib(), "loss_final": m["train_loss_final"]})
 
 
-def _trained(model_dir: Path, rows: list[dict], settings, mode: str, limit: int):
-    """:func:`evolforge.train.finetune.finetune` on ``rows`` into a temporary folder, at most ``limit`` s."""
+def _trained(model_dir: Path, rows: list[dict], settings, mode: str, limit: int, **options):
+    """:func:`evolforge.train.finetune.finetune` on ``rows`` into a temporary folder, at most ``limit`` s
+    (``options``: more of its keyword arguments)."""
     from evolforge.train.finetune import finetune
 
     out = Path(tempfile.mkdtemp(prefix=f"probe-{mode}-"))
     try:
         with deadline(limit):
-            return finetune(str(model_dir), rows, out / "model", settings)
+            return finetune(str(model_dir), rows, out / "model", settings, **options)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -389,6 +480,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2,
                         help="timed runs of each generate measurement, the first included (its warm-up at that "
                              "batch size: the allocator, the kernels' choices); the best is reported beside the first")
+    parser.add_argument("--compile", action="store_true",
+                        help="also score with compile=True at the device budget (against the eager scores)")
+    parser.add_argument("--ft-variants", default="",
+                        help="more fine-tuning runs, comma-separated: compile, padded, lora-compile")
     parser.add_argument("--work", help="folder for the model (default: a temporary one)")
     parser.add_argument("--json", help="also write every RESULT record to this file")
     args = parser.parse_args()
@@ -396,6 +491,7 @@ def main() -> None:
     if small:
         args.shape = "small"
     args.budgets = (args.budgets or ("512,device" if small else "16384,65536,device")).split(",")
+    args.ft_variants = [v for v in args.ft_variants.split(",") if v]
     args.gen = (args.gen or ("4x8,8x8" if small else "64x64,256x256")).split(",")
     # sizes (words of synthetic text: instruction, response; prompt; training prompt, completion)
     args.score_items = 12 if small else 4000

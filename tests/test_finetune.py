@@ -236,6 +236,30 @@ def test_gradient_checkpointing_as_set_and_auto_off_on_cpu(tiny_model, tmp_path)
     assert (auto.metrics["gradient_checkpointing"], forced.metrics["gradient_checkpointing"]) == (False, True)
 
 
+def test_compile_reaches_the_trainer(tmp_path):
+    """finetune.compile is transformers' torch_compile, off by default (a short run would pay the compilation)."""
+    from evolforge.train.finetune import _sft_config
+
+    assert FinetuneSettings().compile is False
+    assert _sft_config(replace(FAST, compile=True), tmp_path, rows=4, processes=1, revision=None).torch_compile
+    assert not _sft_config(FAST, tmp_path, rows=4, processes=1, revision=None).torch_compile
+
+
+def test_callbacks_see_every_step(tiny_model, tmp_path):
+    """Callbacks given to finetune run with the trainer's own (the GPU probe's step clock is one)."""
+    from transformers import TrainerCallback
+
+    class Steps(TrainerCallback):
+        seen: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seen.append(state.global_step)
+
+    steps = Steps()
+    finetune(str(tiny_model), ROWS, tmp_path / "out", replace(FAST, max_steps=2), callbacks=[steps])
+    assert steps.seen == [1, 2]
+
+
 def test_training_bytes_bound_the_measured_peaks():
     """The estimate for the Qwen2.5-1.5B shape at batch 8 x 1,024 tokens in bf16 is above the peaks measured
     on an H100 (docs/gpu.md: 24.6 GiB full, 18.6 GiB LoRA, with sequences shorter than 1,024 tokens) and within 2x."""

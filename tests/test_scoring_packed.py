@@ -188,3 +188,17 @@ def test_start_up_check_compares_packed_logits_with_unpacked(scorer, monkeypatch
     assert losses._packing_agrees(model)
     monkeypatch.setattr(varlen, "_sdpa_loop", whole_row)
     assert not losses._packing_agrees(model)
+
+
+@pytest.mark.slow  # compiling the tiny model's trunk and loss takes about a minute on two cores
+def test_compiled_scores_equal_eager_padded_and_packed(scorer):
+    """``compile=True`` (the trunk and the fused loss through torch.compile, dynamic shapes) gives the eager
+    path's floats, in padded and in packed rows of changing lengths (no recompilation per row length)."""
+    model, tokenizer = scorer
+    items = _items()
+    torch._dynamo.reset()
+    for packing in (False, True):
+        eager = ifd_scores(model, tokenizer, **items, packing=packing, max_batch_tokens=400, progress=False)
+        compiled = ifd_scores(model, tokenizer, **items, packing=packing, max_batch_tokens=400, progress=False,
+                              compile=True)
+        assert_close(compiled, eager, rel=1e-5)

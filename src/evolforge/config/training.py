@@ -73,6 +73,10 @@ class FinetuneSettings:
     seed: int = field(default=0, metadata={"help": "the trainer's seed"})
     logging_steps: PositiveInt = field(default=10, metadata={
         "help": "log loss and learning rate every N steps (DVCLive)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model for training (transformers' torch_compile: fused kernels, fewer launches; "
+                "the first steps pay the compilation, shapes that vary with padding-free batches compile once "
+                "more, dynamic): for GPU runs of many steps"})
     dtype: TrainDtype = field(default="auto", metadata={
         "help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16"})
 

@@ -51,8 +51,8 @@ from tqdm.auto import tqdm
 from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.formulas import NULL_ROW_LOSSES, scores_row
-from evolforge.score.losses import (IGNORE, PendingLosses, attending_packed, device_token_budget, queue_token_nlls,
-                                    split_head, use_packing)
+from evolforge.score.losses import (IGNORE, PendingLosses, attending_packed, compiled, device_token_budget,
+                                    queue_token_nlls, split_head, use_packing)
 from evolforge.score.passes import EncodedItem, encode_items, question_positions
 
 # Items encoded, length-sorted and batched together by ifd_scores (its chunk_size). A chunk is encoded while the
@@ -102,6 +102,7 @@ def ifd_scores(
     progress: bool = True,
     chunk_size: int = ENCODE_CHUNK,
     packing: bool | None = None,
+    compile: bool = False,
 ) -> pl.DataFrame:
     """Losses, IFD and IC-IFD of each (instruction, input, response), one row per item in input order.
 
@@ -109,9 +110,8 @@ def ifd_scores(
 
     ``template``: which texts the passes see (raw, cherry, chat: see the module doc). ``boundary``: "prefix"
     (the official codes' rule) or "offsets" (the exact character boundary); see :mod:`evolforge.score.passes`.
-    ``max_length`` (raw, chat) cuts the conditioned pass from the right
-    and drops as many tokens from the end of the direct pass; an item whose prompt alone is longer gets
-    nulls and a ``null_reason``.
+    ``max_length`` (raw, chat) cuts the conditioned pass from the right and drops as many tokens from the end
+    of the direct pass; an item whose prompt alone is longer gets nulls and a ``null_reason``.
 
     Two forward passes per item (conditioned: L(Q) and L(A|Q) at once; direct: L(A)), longest first, in
     batches of at most ``max_batch_tokens`` tokens (and ``batch_size`` sequences when given): packed rows
@@ -122,12 +122,13 @@ def ifd_scores(
     the vocabulary projection (:mod:`evolforge.score.losses`). Items are encoded ``chunk_size`` at a time and
     a batch never spans two such chunks: scoring the items in pieces of whole chunks gives the same batches,
     hence the same floats, as scoring them at once (the score stage reads its table that way). A chunk's
-    losses stay on the device until its passes are queued and the next chunk is encoded.
+    losses stay on the device until its passes are queued and the next chunk is encoded. ``compile``:
+    :func:`~evolforge.score.losses.compiled` (measured slower on an H100: no stage turns it on).
     """
     inputs = inputs if inputs is not None else [""] * len(instructions)
     _check_lengths(instructions, inputs, responses)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    head = split_head(model)
+    forward = (compiled if compile else lambda *pair: pair)(model, split_head(model))
     packed = use_packing(model, packing)
     budget = device_token_budget(model, max_batch_tokens)
     rows: list[dict[str, Any]] = []
@@ -140,8 +141,8 @@ def ifd_scores(
                                  boundary, max_length, cherry_truncation)
             if queued:
                 rows += _chunk_scores(*queued)
-            queued = items, [queue_token_nlls(model, [getattr(item, name) for item in items], batch_size, pad_id,
-                                              bar.update, budget, head, packed)
+            queued = items, [queue_token_nlls(forward[0], [getattr(item, name) for item in items], batch_size, pad_id,
+                                              bar.update, budget, forward[1], packed)
                              for name in ("conditioned_ids", "direct_ids")]
         if queued:
             rows += _chunk_scores(*queued)

@@ -95,10 +95,18 @@ def packed_batches(lengths: Sequence[int], max_batch_tokens: int, max_rows: int 
 
 @dataclass(frozen=True)
 class _Head:
-    """The model split into its trunk (hidden states) and its vocabulary projection."""
+    """The model split into its trunk (hidden states) and its vocabulary projection; ``loss``: :meth:`nll`
+    compiled (:func:`compiled`)."""
 
     trunk: torch.nn.Module
     projection: torch.nn.Module
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def nll(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """NLL (nats) of ``targets`` after hidden ``states``: the projection, then cross-entropy in fp32."""
+        if self.loss is not None:
+            return self.loss(states, targets)
+        return torch.nn.functional.cross_entropy(self.projection(states).float(), targets, reduction="none")
 
 
 def split_head(model) -> _Head | None:
@@ -115,6 +123,16 @@ def split_head(model) -> _Head | None:
     if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item()):
         return None
     return _Head(trunk, projection)
+
+
+def compiled(model, head: _Head | None) -> tuple[Any, _Head | None]:
+    """(model, head) run through ``torch.compile``, dynamic shapes (a packed row's length changes every batch):
+    the trunk and the loss (its fp32 log-sum-exp fused into one pass over the logits), else the whole model."""
+    if head is None:
+        return torch.compile(model, dynamic=True), None
+    plain = _Head(head.trunk, head.projection)
+    return model, _Head(torch.compile(head.trunk, dynamic=True), head.projection,
+                        torch.compile(plain.nll, dynamic=True))
 
 
 @dataclass(frozen=True)
@@ -176,14 +194,15 @@ def _scored_nll(model, head: _Head | None, batch: _Batch, out: torch.Tensor, log
     if head is not None:
         states = head.trunk(input_ids=ids, **kwargs).last_hidden_state.flatten(0, 1)
         rows = max(1, logit_elements // head.projection.out_features)
-        project = lambda part: head.projection(states[part])  # noqa: E731
+        nll = lambda part: head.nll(states[scored[part]], targets[part])  # noqa: E731
     else:
         logits = model(input_ids=ids, **kwargs).logits.flatten(0, 1)  # a view: never copied whole
         rows = max(1, logit_elements // logits.shape[-1])
-        project = lambda part: logits[part]  # noqa: E731
+        nll = lambda part: torch.nn.functional.cross_entropy(  # noqa: E731
+            logits[scored[part]].float(), targets[part], reduction="none")
     for start in range(0, scored.numel(), rows):
         part = slice(start, start + rows)
-        out[part] = torch.nn.functional.cross_entropy(project(scored[part]).float(), targets[part], reduction="none")
+        out[part] = nll(part)
 
 
 @dataclass

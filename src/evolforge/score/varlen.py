@@ -115,7 +115,11 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
         raise ValueError(f"packed attention takes one packed row, got a batch of {query.shape[0]}")
     if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None or dropout:
         raise NotImplementedError("packed attention: no sliding window, logit soft-capping or dropout")
-    if kwargs.get("cu_seq_lens_q") is not None:
+    if kwargs.get("cu_seq_lens_q") is not None and torch.compiler.is_compiling():
+        # the row's length bounds its longest sequence: read from the shape, the value of max_length_q (new with
+        # nearly every batch) never becomes part of the compiled graph's guards, so it never recompiles for one
+        cu, longest = kwargs["cu_seq_lens_q"], query.shape[2]
+    elif kwargs.get("cu_seq_lens_q") is not None:
         cu, longest = kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
     elif kwargs.get("position_ids") is not None:
         cu, longest = _boundaries_from_positions(kwargs["position_ids"])

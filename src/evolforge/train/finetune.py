@@ -151,6 +151,7 @@ def finetune(
     revision: str | None = None,
     live_dir: str | Path | None = None,
     padding_free: bool | None = None,
+    callbacks: Sequence = (),
 ) -> FinetuneResult:
     """Fine-tune ``base_model`` on ``train_rows``; write the model (full) or adapter (lora) + tokenizer to ``out_dir``.
 
@@ -160,7 +161,8 @@ def finetune(
     end. ``out_dir`` is rewritten in full: written beside it, then renamed into place. ``live_dir``: where
     DVCLive writes the per-step metrics as training runs (rewritten at the start; None: no live metrics).
     ``padding_free``: None (auto) where the variable-length kernel runs (see the module doc); True forces it
-    (on a CPU, with the exact but slow per-sequence attention), False never.
+    (on a CPU, with the exact but slow per-sequence attention), False never. ``callbacks``: more of transformers'
+    ``TrainerCallback`` objects for the trainer (a probe's step timer, for one).
     """
     from accelerate import PartialState
     from datasets import Dataset
@@ -182,7 +184,8 @@ def finetune(
     flat = _padding_free(settings, base_model, revision, padding_free)
     checkpointing = _checkpointing(settings, base_model, revision)
     config = _sft_config(settings, staging, len(train_rows), state.num_processes, revision, flat, checkpointing)
-    callbacks = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else None
+    live = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else []
+    callbacks = [*live, *callbacks] or None
     trainer = SFTTrainer(model=base_model, args=config, train_dataset=Dataset.from_list(list(train_rows)),
                          processing_class=tokenizer, peft_config=_peft_config(settings), callbacks=callbacks)
     if flat:  # TRL leaves truncation to the caller under padding_free without packing
@@ -345,6 +348,7 @@ def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, r
         packing=False,
         padding_free=padding_free,
         gradient_checkpointing=checkpointing,
+        torch_compile=s.compile,
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_liger_kernel=cuda and _liger_installed(),
         **({"optim": "adamw_torch_fused"} if cuda else {}),  # on a GPU whatever the transformers version
