@@ -286,3 +286,91 @@ def test_every_page_the_code_cites_is_in_the_repository(repo):
     missing = sorted({f"{path.relative_to(repo)}: {page}" for path in (repo / "src").rglob("*.py")
                       for page in cited.findall(path.read_text(encoding="utf-8")) if not (repo / page).is_file()})
     assert not missing, "pages cited but not in the repository:\n" + "\n".join(missing)
+
+
+# --- measured figures: on a results page beside their record, never in the explanation or how-to pages ----------
+
+_NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+_UNIT = (r"(?:\s?(?:tokens/s|items/s|calls/s|requests/s|GFLOP/s|CPU s|points|ms|s|min|minutes|seconds|h|hours|MiB|GiB|KiB"
+         r"|MB|GB|KB)|x|\s?%)(?![\w/])")
+# a figure with a unit of time, memory, rate, speed-up or share ("15.5 s", "488 MiB", "2.9x", "5-10 %", "375 and
+# 439 MiB"), or the date of a measurement
+MEASURED = re.compile(rf"(?<![\w.,/-]){_NUMBER}(?:\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*{_NUMBER})*{_UNIT}"
+                      r"|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]* 20\d\d\b|\bmeasured on\b")
+# figures of the explanation and how-to pages that are settings or limits, not measurements: (page, phrase, why)
+NOT_MEASURED = [
+    ("docs/how-to/scale.md", "capped at 60 s", "the replicas' cool-down cap, a constant of the client"),
+    ("docs/how-to/scale.md", "(up to 24 h)", "the provider's batch completion window"),
+    ("docs/how-to/scale.md", "thresholds at 1 MiB", "the glibc thresholds every stage script sets"),
+    ("docs/how-to/servers.md", "0.2% of the answers' probability", "the walk's threshold, a constant of the code"),
+    ("docs/how-to/servers.md", "prefixes under 0.2%", "the walk's threshold, a constant of the code"),
+    ("docs/how-to/servers.md", "6 points of a score", "the tolerance a test states"),
+    ("docs/how-to/servers.md", "(120 s)", "`timeout_s`'s default"),
+    ("docs/how-to/scale.md", "(about 1 KB per item)", "the size of a judged item's raw answers, by construction"),
+]
+# pages whose measured figures have not moved to docs/results/ yet
+NOT_YET_MOVED = {
+    "docs/explanation/controls.md",
+    "docs/explanation/cpu-kernels.md",
+    "docs/explanation/data-quality.md",
+    "docs/explanation/llm.md",
+    "docs/explanation/offline-models.md",
+    "docs/explanation/sandbox.md",
+    "docs/explanation/scoring.md",
+    "docs/explanation/verification.md",
+    "docs/how-to/autoif.md",
+    "docs/how-to/experiments.md",
+    "docs/how-to/finetune-evaluate.md",
+    "docs/how-to/models.md",
+    "docs/how-to/report.md",
+    "docs/how-to/scale-ray.md",
+    "docs/how-to/seeds.md",
+}
+
+
+def _prose(text: str) -> list[tuple[int, str]]:
+    """The lines of a page outside code blocks, with inline code, link targets and comments blanked."""
+    lines, fence = [], False
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            fence = not fence
+            continue
+        if not fence:
+            lines.append((n, re.sub(r"`[^`]*`|\]\([^)]*\)|<!--(?!=).*?-->", " ", line)))
+    return lines
+
+
+def test_explanation_and_how_to_pages_state_no_measured_figures(repo):
+    """A measured figure dates with its machine and code: it sits on a results page (docs/results.md,
+    docs/results/*.md) with its record; the explanation and how-to pages keep the reasoning and link there."""
+    found = []
+    for page in sorted([*(repo / "docs/explanation").glob("*.md"), *(repo / "docs/how-to").glob("*.md")]):
+        where = page.relative_to(repo).as_posix()
+        if where in NOT_YET_MOVED:
+            continue
+        allowed = [phrase for p, phrase, _ in NOT_MEASURED if p == where]
+        for n, line in _prose(page.read_text(encoding="utf-8")):
+            for phrase in allowed:
+                line = line.replace(phrase, " ")
+            found += [f"{where}:{n}: {m.group(0)!r}" for m in MEASURED.finditer(line)]
+    assert not found, "measured figures outside the results pages (move them to docs/results/):\n" + "\n".join(found)
+
+
+def test_every_measured_figure_of_a_results_page_has_its_record(repo):
+    """On docs/results/*.md each figure with a unit carries a `<!--= file key -->` marker (checked against its
+    record by test_shipped_run_figures_equal_params_and_metrics)."""
+    pages = sorted((repo / "docs/results").glob("*.md"))
+    assert pages, "docs/results/ holds no page"
+    unmarked = []
+    for page in pages:
+        text = re.sub(rf"{_NUMBER}\**`?\s*<!--= \S+ \S+ -->", "#", page.read_text(encoding="utf-8"))
+        for n, line in _prose(text):
+            unmarked += [f"{page.relative_to(repo)}:{n}: {m.group(0)!r}" for m in MEASURED.finditer(line)
+                         if not m.group(0)[0].isalpha() and not re.fullmatch(r"\d{1,2} \w+ 20\d\d", m.group(0))]
+    assert not unmarked, "figures without a record on a results page:\n" + "\n".join(unmarked)
+
+
+def test_the_measured_figures_check_finds_them():
+    assert [m.group(0) for m in MEASURED.finditer("took 15.5 s, 375 and 439 MiB, 2.9x, 5-10 % on 25 Nov 2026")] == [
+        "15.5 s", "375 and 439 MiB", "2.9x", "5-10 %", "25 Nov 2026"]
+    assert not MEASURED.search("4096 x N, 1.2M items, f1fd5ed, v0.10.1")
