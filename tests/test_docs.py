@@ -319,7 +319,6 @@ NOT_MEASURED = [
 NOT_YET_MOVED = {
     "docs/explanation/cpu-kernels.md",
     "docs/explanation/data-quality.md",
-    "docs/explanation/offline-models.md",
     "docs/explanation/sandbox.md",
     "docs/explanation/scoring.md",
     "docs/explanation/verification.md",
