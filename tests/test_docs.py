@@ -325,7 +325,6 @@ NOT_MEASURED = [
 NOT_YET_MOVED = {
     "docs/explanation/cpu-kernels.md",
     "docs/explanation/data-quality.md",
-    "docs/explanation/verification.md",
     "docs/how-to/autoif.md",
     "docs/how-to/experiments.md",
     "docs/how-to/finetune-evaluate.md",
