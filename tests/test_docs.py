@@ -377,3 +377,29 @@ def test_the_measured_figures_check_finds_them():
     assert [m.group(0) for m in MEASURED.finditer("took 15.5 s, 375 and 439 MiB, 2.9x, 5-10 % on 25 Nov 2026")] == [
         "15.5 s", "375 and 439 MiB", "2.9x", "5-10 %", "25 Nov 2026"]
     assert not MEASURED.search("4096 x N, 1.2M items, f1fd5ed, v0.10.1")
+
+
+def test_every_measurement_record_names_its_command_and_is_quoted(repo):
+    """A record of figures under docs/experiments/ says what measured them (command, date, machine), and each of
+    its figures is quoted by a page: a figure dropped from the page is dropped from its record too."""
+    import json
+
+    quoted = {(f, k) for page in doc_pages(repo) for _, f, k in FIGURE.findall(page.read_text(encoding="utf-8"))}
+
+    def leaves(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{path}.{key}")
+        else:
+            yield path
+
+    problems = []
+    for record in sorted((repo / "docs/experiments").glob("*.json")):
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        if "figures" not in kept:
+            continue
+        name = record.relative_to(repo).as_posix()
+        problems += [f"{name}: no {field}" for field in ("command", "date", "cpu") if not kept.get(field)]
+        problems += [f"{name}: {key} is quoted by no page" for key in leaves(kept["figures"], "figures")
+                     if (name, key) not in quoted]
+    assert not problems, "\n".join(problems)
