@@ -291,7 +291,7 @@ def test_every_page_the_code_cites_is_in_the_repository(repo):
 # --- measured figures: on a results page beside their record, never in the explanation or how-to pages ----------
 
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
-_UNIT = (r"(?:\s?(?:tokens/s|items/s|calls/s|requests/s|GFLOP/s|CPU s|points|us|ms|s|min|minutes|seconds|h|hours|MiB|GiB|KiB"
+_UNIT = (r"(?:\s?(?:tokens/s|items/s|calls/s|requests/s|GFLOP/s|GB/s|ms/case|CPU seconds|CPU s|points|us|ms|s|min|minutes|seconds|h|hours|MiB|GiB|KiB"
          r"|MB|GB|KB)|x|\s?%)(?![\w/])")
 # a figure with a unit of time, memory, rate, speed-up or share ("15.5 s", "488 MiB", "2.9x", "5-10 %", "375 and
 # 439 MiB"), or the date of a measurement
