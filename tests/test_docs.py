@@ -286,3 +286,122 @@ def test_every_page_the_code_cites_is_in_the_repository(repo):
     missing = sorted({f"{path.relative_to(repo)}: {page}" for path in (repo / "src").rglob("*.py")
                       for page in cited.findall(path.read_text(encoding="utf-8")) if not (repo / page).is_file()})
     assert not missing, "pages cited but not in the repository:\n" + "\n".join(missing)
+
+
+# --- measured figures: on a results page beside their record, never in the explanation or how-to pages ----------
+
+_NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+_UNIT = (r"(?:\s?(?:tokens/s|items/s|calls/s|requests/s|GFLOP/s|GB/s|ms/case|CPU seconds|CPU s|points|us|ms|s|min|minutes|seconds|h|hours|MiB|GiB|KiB"
+         r"|MB|GB|KB)|x|\s?%)(?![\w/])")
+# a figure with a unit of time, memory, rate, speed-up or share ("15.5 s", "488 MiB", "2.9x", "5-10 %", "375 and
+# 439 MiB"), or the date of a measurement
+MEASURED = re.compile(rf"(?<![\w.,/-]){_NUMBER}(?:\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*{_NUMBER})*{_UNIT}"
+                      r"|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]* 20\d\d\b|\bmeasured on\b")
+# figures of the explanation and how-to pages that are settings or limits, not measurements: (page, phrase, why)
+NOT_MEASURED = [
+    ("docs/explanation/controls.md", "over 0.2 s while it sleeps; again at a call 30 s or more",
+     "when threads_follow_load samples the load, constants of the code"),
+    ("docs/explanation/controls.md", "Qwen2.5-Coder-1.5B-Instruct-GGUF, 1.1 GB,", "the pinned GGUF's file size"),
+    ("docs/explanation/cpu-kernels.md", "at 90 % / 75 %", "thresholds a test asserts"),
+    ("docs/explanation/data-quality.md", "probability >= 99 %", "what the LSH banding is chosen for"),
+    ("docs/explanation/llm.md", "default 1 s), doubling up to 60 s", "the retries' default and cap"),
+    ("docs/explanation/llm.md", "up to 25% jitter", "the retries' jitter, a constant of the client"),
+    ("docs/explanation/llm.md", "at least 0.5 s", "a 429's minimum wait, a constant of the client"),
+    ("docs/explanation/llm.md", "within 1% of what the server counted", "the tolerance tests/test_plan.py asserts"),
+    ("docs/explanation/sandbox.md", "a message over 32 MiB", "a limit of the sandbox's protocol"),
+    ("docs/explanation/sandbox.md", "16 MiB per file", "a limit the sandbox sets"),
+    ("docs/explanation/sandbox.md", "empty 64 KiB tmpfs", "a limit the sandbox sets"),
+    ("docs/explanation/sandbox.md", "64 MiB and 2048 files", "a limit the sandbox sets"),
+    ("docs/explanation/sandbox.md", "(64 MiB) and", "`WORK_QUOTA_MB`, a limit the sandbox sets"),
+    ("docs/explanation/scoring.md", "i.e. 0.2 % to 2 %", "arithmetic: the rounding noise over the stored grid"),
+    ("docs/how-to/autoif.md", "the reference code's 5 s SIGALRM", "`case_timeout_s`'s default, the reference code's"),
+    ("docs/how-to/models.md", "downloads it once (1.1 GB)", "the pinned GGUF's file size"),
+    ("docs/how-to/models.md", "to about 2 GiB for Qwen's 152k", "an estimate from the vocabulary's size, not a measurement"),
+    ("docs/how-to/models.md", "(about 7.5 GiB at 8,192 tokens;", "an estimate from the vocabulary's size, not a measurement"),
+    ("docs/how-to/models.md", "up to 24 h)", "the provider's batch completion window"),
+    ("docs/how-to/scale.md", "capped at 60 s", "the replicas' cool-down cap, a constant of the client"),
+    ("docs/how-to/scale.md", "(up to 24 h)", "the provider's batch completion window"),
+    ("docs/how-to/scale.md", "thresholds at 1 MiB", "the glibc thresholds every stage script sets"),
+    ("docs/how-to/scale.md", "(about 1 KB per item)", "the size of a judged item's raw answers, by construction"),
+    ("docs/how-to/seeds.md", "keeps about 80% of the old sample", "arithmetic: 20k of the 25k seeds"),
+    ("docs/how-to/servers.md", "0.2% of the answers' probability", "the walk's threshold, a constant of the code"),
+    ("docs/how-to/servers.md", "prefixes under 0.2%", "the walk's threshold, a constant of the code"),
+    ("docs/how-to/servers.md", "6 points of a score", "the tolerance a test states"),
+    ("docs/how-to/servers.md", "(120 s)", "`timeout_s`'s default"),
+]
+def _prose(text: str) -> list[tuple[int, str]]:
+    """The lines of a page outside code blocks, with inline code, link targets and comments blanked."""
+    lines, fence = [], False
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            fence = not fence
+            continue
+        if not fence:
+            lines.append((n, re.sub(r"`[^`]*`|\]\([^)]*\)|<!--(?!=).*?-->", " ", line)))
+    return lines
+
+
+def test_explanation_and_how_to_pages_state_no_measured_figures(repo):
+    """A measured figure dates with its machine and code: it sits on a results page (docs/results.md,
+    docs/results/*.md) with its record; the explanation and how-to pages keep the reasoning and link there."""
+    found, used = [], set()
+    for page in sorted([*(repo / "docs/explanation").glob("*.md"), *(repo / "docs/how-to").glob("*.md")]):
+        where = page.relative_to(repo).as_posix()
+        allowed = [phrase for p, phrase, _ in NOT_MEASURED if p == where]
+        for n, line in _prose(page.read_text(encoding="utf-8")):
+            for phrase in allowed:
+                if phrase in line:
+                    used.add((where, phrase))
+                line = line.replace(phrase, " ")
+            found += [f"{where}:{n}: {m.group(0)!r}" for m in MEASURED.finditer(line)]
+    assert not found, "measured figures outside the results pages (move them to docs/results/):\n" + "\n".join(found)
+    stale = [f"{p}: {phrase!r}" for p, phrase, _ in NOT_MEASURED if (p, phrase) not in used]
+    assert not stale, "NOT_MEASURED names phrases its pages no longer hold:\n" + "\n".join(stale)
+
+
+def test_every_measured_figure_of_a_results_page_has_its_record(repo):
+    """On docs/results/*.md each figure with a unit carries a `<!--= file key -->` marker (checked against its
+    record by test_shipped_run_figures_equal_params_and_metrics)."""
+    pages = sorted((repo / "docs/results").glob("*.md"))
+    assert pages, "docs/results/ holds no page"
+    unmarked = []
+    for page in pages:
+        text = re.sub(rf"{_NUMBER}\**`?\s*<!--= \S+ \S+ -->", "#", page.read_text(encoding="utf-8"))
+        for n, line in _prose(text):
+            # "#-3 %": a range whose first figure is marked and whose second is not
+            line = re.sub(rf"#\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*(?={_NUMBER})", "# ", line)
+            unmarked += [f"{page.relative_to(repo)}:{n}: {m.group(0)!r}" for m in MEASURED.finditer(line)
+                         if not m.group(0)[0].isalpha() and not re.fullmatch(r"\d{1,2} \w+ 20\d\d", m.group(0))]
+    assert not unmarked, "figures without a record on a results page:\n" + "\n".join(unmarked)
+
+
+def test_the_measured_figures_check_finds_them():
+    assert [m.group(0) for m in MEASURED.finditer("took 15.5 s, 375 and 439 MiB, 2.9x, 5-10 % on 25 Nov 2026")] == [
+        "15.5 s", "375 and 439 MiB", "2.9x", "5-10 %", "25 Nov 2026"]
+    assert not MEASURED.search("4096 x N, 1.2M items, f1fd5ed, v0.10.1")
+
+
+def test_every_measurement_record_names_its_command_and_is_quoted(repo):
+    """A record of figures under docs/experiments/ says what measured them (command, date, machine), and each of
+    its figures is quoted by a page: a figure dropped from the page is dropped from its record too."""
+    import json
+
+    quoted = {(f, k) for page in doc_pages(repo) for _, f, k in FIGURE.findall(page.read_text(encoding="utf-8"))}
+
+    def leaves(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{path}.{key}")
+        else:
+            yield path
+
+    problems = []
+    for record in sorted((repo / "docs/experiments").glob("*.json")):
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        if "figures" not in kept:
+            continue
+        name = record.relative_to(repo).as_posix()
+        problems += [f"{name}: no {field}" for field in ("command", "date", "cpu") if not kept.get(field)]
+        problems += [f"{name}: {key} is quoted by no page" for key in leaves(kept["figures"], "figures")
+                     if (name, key) not in quoted]
+    assert not problems, "\n".join(problems)
