@@ -139,3 +139,20 @@ def test_top_p_near_zero_samples_the_greedy_answer(backend):
     narrow = [c.text for c in backend.generate(requests(5, temperature=1.0, top_p=1e-6, seed=2))]
     wide = [c.text for c in backend.generate(requests(5, temperature=1.0, top_p=1.0, seed=2))]
     assert narrow == greedy and wide != greedy
+
+
+def test_the_mask_grows_into_spare_columns_as_concatenation_would():
+    """``_Batch.grow`` widens the mask by one column of ones per step through a view into spare columns, past the
+    end of its room too, and starts a new room when merging or row selection replaced the mask."""
+    import torch
+
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    batch = hf._Batch([0, 1], None, mask, torch.zeros(2), torch.zeros(2), [[], []], None)
+    expected = mask
+    for _ in range(2 * hf._SlabLayer.room + 5):
+        batch.grow()
+        expected = torch.cat([expected, torch.ones(2, 1, dtype=expected.dtype)], dim=1)
+        assert torch.equal(batch.mask, expected)
+    merged = hf._Batch([0], None, expected[:1, 2:].clone(), torch.zeros(1), torch.zeros(1), [[]], None)
+    merged.grow()
+    assert torch.equal(merged.mask, torch.cat([expected[:1, 2:], torch.ones(1, 1, dtype=expected.dtype)], dim=1))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolforge.llm.sampling import (BatchSampler, SamplingRows, noise_key, nucleus, sample_row, sample_token,
-                                    uniforms)
+from evolforge.llm.sampling import (BatchSampler, SamplingRows, argmax, noise_key, nucleus, sample_row, sample_token,
+                                    uniforms, uniforms_of_draws)
 
 
 def _nucleus_by_full_sort(probs: torch.Tensor, top_p: float) -> set[int]:
@@ -148,3 +148,42 @@ def test_uniforms_are_uniform_and_distinct():
     assert len(set(uniforms(one_key, torch.zeros(n, dtype=torch.long), draw=0).tolist())) == 1
     assert not torch.equal(uniforms(key, torch.zeros(n, dtype=torch.long), draw=0),
                            uniforms(key, torch.zeros(n, dtype=torch.long), draw=1))
+
+
+# --- the fast paths: the same numbers as the plain operations, to the bit ------------------------------------
+
+@pytest.mark.parametrize("vocab", [49_152, 96, 100, 7])  # blocks of 256 and of 32; no block (plain argmax)
+def test_argmax_is_torchs_argmax(vocab):
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randint(-3, 4, (64, vocab), generator=g).float()  # many ties: the first largest must win
+    logits[0] = float("-inf")
+    logits[1, vocab // 2:] = float("-inf")
+    logits[2, -1] = 50.0
+    assert torch.equal(argmax(logits), logits.argmax(dim=-1))
+    spread = torch.randn(16, vocab, generator=g)
+    assert torch.equal(argmax(spread), spread.argmax(dim=-1))
+    assert torch.equal(argmax(spread.bfloat16()), spread.bfloat16().argmax(dim=-1))
+
+
+def test_the_nucleus_test_sums_as_where_does():
+    """On a CPU the weight above each drawn token is summed from ``threshold`` row by row; the sums equal the
+    plain ``where`` sums to the bit (a kept draw must not change), ties included."""
+    g = torch.Generator().manual_seed(9)
+    logits = torch.cat([torch.randn(8, 49_152, generator=g) * 2, torch.randint(0, 3, (4, 49_152), generator=g).float()])
+    sampler = BatchSampler(logits, SamplingRows.of([(0.7, 0.9, i) for i in range(12)], "cpu"),
+                           torch.zeros(12, dtype=torch.long), nucleus=True)
+    for column in (0, 17, 49_151):
+        weight = sampler.weights[:, column:column + 1]
+        expected = torch.where(sampler.weights > weight, sampler.weights, 0.0).sum(dim=-1)
+        assert torch.equal(sampler._above(weight), expected)
+
+
+def test_the_noise_of_all_draws_at_once_is_each_draws_noise():
+    n = 500
+    key = torch.tensor([noise_key(s * 7919 + 3) for s in range(n)])
+    counter = torch.arange(n) * 13
+    for repick in (0, 5):
+        together = uniforms_of_draws(key, counter, 8, repick)
+        assert together.shape == (n, 8)
+        for draw in range(8):
+            assert torch.equal(together[:, draw], uniforms(key, counter, draw, repick))

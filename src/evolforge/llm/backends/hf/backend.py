@@ -51,7 +51,7 @@ from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 from evolforge.llm.decoding import RowControls, pick, rank_sequences
-from evolforge.llm.sampling import BatchSampler, SamplingRows, sample_row
+from evolforge.llm.sampling import BatchSampler, SamplingRows, argmax, sample_row
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
@@ -103,9 +103,20 @@ class _Batch:
     last: torch.Tensor  # (rows,): the token each row feeds next
     tokens: list[list[int]]  # generated so far, per row
     sampling: SamplingRows  # each row's temperature, top_p and noise key
+    _room: torch.Tensor | None = None  # the mask and columns of ones after it; ``mask`` is a view into it
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def grow(self) -> None:
+        """One more mask column, 1 in every row (the token each row feeds now): a view one column wider into
+        ``_room``, whose spare columns are ones already, where a copy of the whole mask grows by concatenation.
+        Merging and row selection make new batches, with no ``_room`` yet."""
+        width = self.mask.shape[1] + 1
+        room = self._room
+        if room is None or width > room.shape[1]:
+            room = torch.cat([self.mask, self.mask.new_ones(len(self), _SlabLayer.room)], dim=1)
+        self._room, self.mask = room, room[:, :width]
 
     def merge(self, other: "_Batch") -> "_Batch":
         """One batch holding both batches' rows; the shorter cache is left-padded to the longer one."""
@@ -286,7 +297,7 @@ class HFBackend:
 
     def _step(self, batch: _Batch) -> torch.Tensor:
         """Feed each row's last token; the next-token logits."""
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch), 1)], dim=1)
+        batch.grow()
         out = self.model(input_ids=batch.last[:, None], attention_mask=batch.mask,
                          position_ids=batch.positions[:, None], past_key_values=batch.cache, use_cache=True)
         batch.positions = batch.positions + 1
@@ -309,12 +320,13 @@ class HFBackend:
         sampled = [row for row, i in enumerate(batch.index) if requests[i].temperature > 0]
         sampler = None
         if not sampled:
-            chosen = logits.argmax(dim=-1)
-        else:  # the greedy rows' argmax (the first largest logit, as argmax picks it) and the sampler's peak at once
-            peak, chosen = logits.max(dim=-1)
+            chosen = argmax(logits)
+        else:
             nucleus = any(requests[batch.index[row]].top_p < 1 for row in sampled)
-            sampler = BatchSampler(logits, batch.sampling, batch.positions, nucleus, peak=peak)
-            chosen = torch.where(batch.sampling.temperature > 0, sampler.draws(), chosen)
+            sampler = BatchSampler(logits, batch.sampling, batch.positions, nucleus)
+            chosen = sampler.draws()
+            if len(sampled) < len(batch):  # the greedy rows' argmax
+                chosen = torch.where(batch.sampling.temperature > 0, chosen, argmax(logits))
         tokens = chosen.tolist()
         changed = False
         unsettled = [row for row in sampled if tokens[row] < 0]  # none of their draws on the device was kept
