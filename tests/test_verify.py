@@ -553,3 +553,100 @@ def test_card_and_report_show_each_selected_items_verification(tmp_path):
                       "verdict": "right", "confidence": 0.9, "evidence": "P(right) 0.90: all <four>"}]}})
     assert "all &lt;four&gt;" in page and "<td class='evolved'>right</td>" in page
     assert "no verify stage" in verification_html({})
+
+
+# --- AutoIF items: the constraint's verdict and the content's ------------------------------------------------------
+
+DONE = "Finish your answer with the word Done."
+AUTOIF_CHECK = "AutoIF: 2 of 2 of the constraint's verification functions accept it (autoif.response_min_pass 0.8)"
+
+
+def autoif_table() -> pl.DataFrame:
+    """AutoIF items (instruction = constraint, input = query) whose constraint the functions accepted, but one
+    answers its query wrong, and one whose constraint failed."""
+    rows = [("if-num-wrong", DONE, SUM_DIFF, "The numbers are 32 and 18. Done", True),
+            ("if-judged", "Answer in fewer than 50 words.", "List four renewable sources of energy.",
+             "Solar, wind, hydro and geothermal.", True),
+            ("if-unsure", DONE, "Suggest a name for a cat.", "Whiskers. Done", True),
+            ("if-form-failed", DONE, "List four renewable sources of energy.", "Solar, wind, hydro, geothermal.",
+             False)]
+    return pl.DataFrame({"id": [r[0] for r in rows], "round": [1] * 4, "method": ["autoif"] * 4,
+                         "status": ["evolved"] * 4, "instruction": [r[1] for r in rows],
+                         "input": [r[2] for r in rows], "output": [r[3] for r in rows],
+                         "answer_check_passed": [r[4] for r in rows],
+                         "answer_check_detail": [AUTOIF_CHECK] * 4})
+
+
+def autoif_replies() -> TemplateReplies:
+    routes = replies()
+
+    def correctness(v, request):  # a name for a cat: the judge cannot tell (between wrong_at and right_at)
+        p = 0.9 if "renewable" in v["task"] else 0.45 if "cat" in v["task"] else 0.2
+        return json.dumps([math.log(p), math.log(1 - p)])
+
+    return TemplateReplies({**routes.routes, "verify/correctness.j2": correctness})
+
+
+@pytest.mark.parametrize("row, method", [
+    ({"method": "autoif", "instruction": DONE, "input": SUM_DIFF, "output": "31 and 19. Done",
+      "answer_check_passed": True}, "numeric"),
+    ({"method": "autoif", "instruction": DONE, "input": SUM_DIFF, "output": "31 and 19.",
+      "answer_check_passed": False}, "answer_check"),  # the constraint failed: that is the verdict
+    # the constraint's own number ("fewer than 50 words") does not make a quantity question of the query
+    ({"method": "autoif", "instruction": "Answer in fewer than 50 words.", "input": "What is a closure in Python?",
+      "output": "A function with its scope; 1 example.", "answer_check_passed": True}, "judge"),
+    ({"method": "autoif", "instruction": DONE, "input": REVERSE, "output": REVERSE_RIGHT + " Done",
+      "answer_check_passed": True}, "code_tests"),
+])
+def test_an_autoif_items_content_is_checked_by_the_method_its_query_allows(row, method):
+    assert choose_method(row, None, VerifySettings()) == method
+
+
+def test_an_autoif_item_is_right_only_when_its_constraint_passed_and_its_content_is_right(repo):
+    routes = autoif_replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    (responder, sent), (judge, judged) = fake_llm("responder", routes), fake_llm("judge", routes)
+    out = verify(autoif_table(), responder, judge, prompts, VerifySettings(), {"temperature": None, "max_tokens": None})
+    got = {r["id"]: r for r in out.to_dicts()}
+    assert {k: (r["verify_method"], r["verify_verdict"]) for k, r in got.items()} == {
+        "if-num-wrong": ("numeric", "wrong"),  # the functions accept "Done"; 32 and 18 is not the pair
+        "if-judged": ("judge", "right"),
+        "if-unsure": ("judge", "unsure"),  # a passed constraint does not vouch for content the judge cannot tell
+        "if-form-failed": ("answer_check", "wrong")}
+    num = json.loads(got["if-num-wrong"]["verify_evidence"])
+    assert num["constraint"] == {"passed": True, "detail": AUTOIF_CHECK}
+    assert num["sample_values"] == [19.0, 19.0] and num["program_value"] == 19.0
+    assert json.loads(got["if-judged"]["verify_evidence"])["constraint"]["passed"] is True
+    assert got["if-judged"]["verify_confidence"] == pytest.approx(0.9)
+    # the number is recomputed from the query alone; the judge reads the constraint with the query
+    samples = [r.messages[-1][1] for r in sent.sent if routes.template_of(r) == "respond/response.j2"]
+    assert samples and all(SUM_DIFF in p and DONE not in p for p in samples)
+    asked = [r.messages[-1][1] for r in judged.sent if routes.template_of(r) == "verify/correctness.j2"]
+    assert any("fewer than 50 words" in p and "renewable" in p for p in asked)
+
+
+def test_the_verify_metrics_count_autoif_items_by_their_content_verdict(repo, tmp_path):
+    from evolforge.io.records import write_output
+    from evolforge.steps.verify.step import counts
+
+    routes = autoif_replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    out = verify(autoif_table(), fake_llm("responder", routes)[0], fake_llm("judge", routes)[0], prompts,
+                 VerifySettings(), {"temperature": None, "max_tokens": None})
+    write_output(tmp_path / "verified", out)
+    got = counts(tmp_path / "verified" / "items.parquet")
+    assert got["constraint_passed_by_content"] == {"right": 1, "wrong": 1, "unsure": 1}
+    assert got["per_method"]["answer_check"] == {"right": 0, "wrong": 1, "unsure": 0}
+
+
+def test_a_passed_constraint_does_not_vouch_where_verify_checked_the_content():
+    table = pl.DataFrame({
+        "id": ["right", "wrong", "unsure", "unverified"], "round": [1] * 4,
+        "instruction": [DONE] * 4, "input": ["q1", "q2", "q3", "q4"], "output": ["a1", "a2", "a3", "a4"],
+        "ic_ifd": [0.4, 0.9, 0.8, 0.3], "answer_check_passed": [True] * 4,
+        "verify_method": ["judge", "numeric", "judge", "none"],
+        "verify_verdict": ["right", "wrong", "unsure", "unsure"], "verify_confidence": [0.9, 0.0, 0.45, None]})
+    chosen, summary, excluded = select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, near_duplicates=None))
+    assert chosen["id"].to_list() == ["right", "unverified"]  # the check still vouches where verify saw no content
+    assert dict(zip(excluded["id"].to_list(), excluded["skip_reason"].to_list())) == {
+        "wrong": "verified_wrong", "unsure": "not_vouched"}

@@ -3,6 +3,9 @@
 
 >>> evidence_line("numeric", '{"answer_value": 12.0, "sample_values": [19.0, 19.0], "program_value": 19.0}')
 'answer 12; samples 19, 19; program 19'
+>>> evidence_line("numeric", '{"answer_value": 10.0, "sample_values": [8.75, 8.75], "program_value": 8.75, '
+...               '"constraint": {"passed": true, "detail": "AutoIF: 2 of 2 functions accept it"}}')
+'constraint passed; content: answer 10; samples 8.75, 8.75; program 8.75'
 >>> evidence_line("code_tests", '{"tests": 4, "kept_tests": 3, "answer_passed": 3, "programs": 3}')
 'passed 3 of 3 kept tests (4 written, 2 independent solutions)'
 >>> evidence_line("code_tests", '{"tests": 6, "examples": 2, "kept_tests": 5, "answer_passed": 4, "programs": 3, '
@@ -15,6 +18,9 @@ from __future__ import annotations
 import json
 
 COLUMNS = ("verify_method", "verify_verdict", "verify_evidence", "verify_confidence")
+# the methods that check an answer's content; their verdict decides over an answer check of the form only (an AutoIF
+# item's constraint), which otherwise vouches for an item (steps/select/selection.py)
+CONTENT_METHODS = ("code_tests", "numeric", "judge")
 DESCRIPTIONS = {
     "verify_method": "how the answer was checked: code_tests, numeric, judge, answer_check, none (not verified)",
     "verify_verdict": "right, wrong or unsure",
@@ -28,13 +34,22 @@ def _number(value: float | None) -> str:
 
 
 def evidence_line(method: str | None, evidence: str | None) -> str:
-    """A short reading of ``evidence`` for ``method`` (the raw text where it is not the JSON expected)."""
+    """A short reading of ``evidence`` for ``method`` (the raw text where it is not the JSON expected); an AutoIF
+    item's constraint verdict first, where its evidence holds one."""
     try:
         e = json.loads(evidence or "{}")
     except json.JSONDecodeError:
         return (evidence or "")[:200]
     if not isinstance(e, dict):
         return str(e)[:200]
+    if isinstance(e.get("constraint"), dict):
+        constraint = e.pop("constraint")
+        said = "passed" if constraint.get("passed") else "failed"
+        return f"constraint {said}; content: {_content_line(method, e)}"[:300]
+    return _content_line(method, e)
+
+
+def _content_line(method: str | None, e: dict) -> str:
     if "error" in e:
         return f"not verified: {e['error']}"[:200]
     if method == "code_tests":

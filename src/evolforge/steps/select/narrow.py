@@ -24,7 +24,8 @@ from evolforge.steps.select.settings import SelectSettings
 
 # the columns the filters and the summary read (the metrics, the floors' and ifd_filter's columns, the pool MND)
 METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd",
-                  "verify_verdict", "verify_confidence")  # the last two: drop_wrong's and min_confidence's
+                  "verify_verdict", "verify_confidence",  # drop_wrong's and min_confidence's
+                  "verify_method")  # whether verify checked the content: then an answer check alone does not vouch
 CHECK_PASSED = "answer_check_passed"  # the items' answer check result (require_check reads it; null: no check)
 
 

@@ -18,8 +18,9 @@ Order of the filters (each one's removals are counted, and an empty selection na
 rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``require_check``
 (``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``drop_wrong``
 (``verified_wrong``: the verify stage's verdict) -> ``require_vouched`` (``not_vouched``: neither the verdict
-``right`` nor a passing answer check) -> ``min_confidence`` (``below_min_confidence``; an item without a confidence
-goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> near-duplicate walk
+``right`` nor a passing answer check; an answer check of the form only, an AutoIF item's constraint, does not vouch
+where verify checked the content and did not call it right) -> ``min_confidence`` (``below_min_confidence``; an
+item without a confidence goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> near-duplicate walk
 (``near_duplicate_of_selected``: an item whose instruction or answer nearly repeats a better ranked one's,
 :mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction. The near-duplicate walk, like the
 diversity walk, gives a dropped item's place to the next one down: the budget is the top fraction of the ranked items
@@ -55,6 +56,7 @@ from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
 from evolforge.steps.select.near_duplicates import TextReader, walk_near_duplicates
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.common.guards import applicable, guard_reason
+from evolforge.steps.common.verification import CONTENT_METHODS
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
 GUARD, TEXT = "_guard", "_text"  # helper columns: the first guard a row fails (null: none), its text's digest
@@ -176,13 +178,17 @@ VOUCHING = {"verify_verdict", "answer_check_passed"}  # the columns that can vou
 
 
 def vouched(columns: Sequence[str]) -> pl.Expr:
-    """Items something vouched for: the verify stage's verdict ``right``, or an answer check that passed (a table
-    without either column vouches for nothing)."""
+    """Items something vouched for: the verify stage's verdict ``right``, or an answer check that passed where the
+    verify stage did not check the content itself (an AutoIF item's check is its constraint's, of the answer's form:
+    when verify checked its content, that verdict decides); a table without either column vouches for nothing."""
     checks = []
     if "verify_verdict" in columns:
         checks.append(pl.col("verify_verdict") == "right")
     if "answer_check_passed" in columns:
-        checks.append(pl.col("answer_check_passed"))
+        passed = pl.col("answer_check_passed")
+        if "verify_method" in columns:
+            passed = passed & ~pl.col("verify_method").is_in(CONTENT_METHODS).fill_null(False)
+        checks.append(passed)
     return pl.any_horizontal(checks).fill_null(False) if checks else pl.lit(False)
 
 

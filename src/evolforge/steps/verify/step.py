@@ -4,7 +4,9 @@ Per item, in this order (:func:`choose_method`):
 
 - ``none``: verification is off (``verify.enabled``), or the item fails one of select's guards (an incomplete
   answer, never selected) under ``only_selectable``: recorded unverified, at no cost;
-- ``answer_check``: the seed carries a check (a number, Python tests) that the respond step already ran: its result;
+- ``answer_check``: the seed carries a check (a number, Python tests) that the respond step already ran: its result
+  (an AutoIF item's check is its constraint's: a failed one is the verdict, a passed one says nothing of the
+  content, which the methods below check: :mod:`evolforge.steps.verify.constraint`);
 - ``code_tests``: a code task answered with a Python function: tests written for the instruction, cross-checked
   with independent solutions in the sandbox (:mod:`evolforge.steps.verify.code_tests`);
 - ``numeric``: a question asking for a quantity, answered with a number: self-consistency and program of thought
@@ -13,7 +15,8 @@ Per item, in this order (:func:`choose_method`):
 
 Columns written (:data:`evolforge.io.columns.VERIFIED`): ``verify_method``, ``verify_verdict`` (right | wrong |
 unsure), ``verify_evidence`` (JSON: tests and which passed, the values compared, the judge's P(right) and reason)
-and ``verify_confidence`` (the estimated probability that the answer is right; null where none was measured).
+and ``verify_confidence`` (the estimated probability that the answer is right; null where none was measured). An
+AutoIF item whose constraint passed takes its content check's verdict, and its evidence holds both.
 A method's batch that fails on what a batch can really fail on (:data:`BATCH_FAULTS`: the sandbox's OS errors, text
 that does not parse) leaves its items ``unsure`` with the error as their evidence, the other methods' items go on, and
 each such item counts as a failure of the role that answered it toward ``llm.max_failure_rate``. A refusal (a
@@ -37,7 +40,6 @@ from evolforge.config.loader import load_section
 from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.core.text import question_text
 from evolforge.eval.sandbox import isolation, require_sandbox
 from evolforge.io import validation
 from evolforge.io.columns import VERIFIED
@@ -51,6 +53,7 @@ from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_samplin
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.verify.code_tests import SOLUTION_TEMPLATE, TESTS_TEMPLATE, is_code_task
 from evolforge.steps.verify.correctness import CORRECTNESS_TEMPLATE, REASON_TEMPLATE
+from evolforge.steps.verify.constraint import content_item, form_passed, kind_question, with_constraint
 from evolforge.steps.verify.methods import Item, Result, Runner, verify_code, verify_judged, verify_numbers
 from evolforge.steps.verify.numeric import PROGRAM_TEMPLATE, is_numeric_task
 from evolforge.steps.verify.settings import VerifySettings
@@ -70,9 +73,9 @@ def choose_method(row: dict[str, Any], guard: str | None, settings: VerifySettin
     """The method for one item (module docstring), from its instruction, input, answer, guard and check."""
     if not settings.enabled or (settings.only_selectable and guard is not None):
         return "none"
-    if row.get("answer_check_passed") is not None:
+    if row.get("answer_check_passed") is not None and not form_passed(row):
         return "answer_check"
-    task = question_text(row["instruction"], row.get("input"))
+    task = kind_question(row)
     if is_code_task(task, row.get("output")):
         return "code_tests"
     return "numeric" if is_numeric_task(task, row.get("output")) else "judge"
@@ -119,10 +122,9 @@ def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibra
                "judge": lambda xs: verify_judged(xs, judge, prompts, settings)}
     for method, run in batches.items():
         picked = [k for k, m in enumerate(methods) if m == method]
-        items = [Item(question_text(rows[k]["instruction"], rows[k].get("input")), rows[k]["instruction"],
-                      rows[k].get("input") or "", rows[k].get("output") or "") for k in picked]
+        items = [content_item(rows[k], method) for k in picked]
         for k, result in zip(picked, _guarded(method, run, items, judge if method == "judge" else responder)):
-            results[k] = result
+            results[k] = with_constraint(result, rows[k]) if form_passed(rows[k]) else result
     return pl.DataFrame({"id": table["id"], "round": table["round"].cast(pl.Int32),
                          "verify_method": [r.method for r in results], "verify_verdict": [r.verdict for r in results],
                          "verify_evidence": [r.evidence for r in results],
@@ -130,13 +132,19 @@ def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibra
 
 
 def counts(written: Path) -> dict[str, Any]:
-    """Items per method and verdict, and per verdict, from the written table's two small columns."""
+    """Items per method and verdict, and per verdict, from the written table's two small columns; and the AutoIF
+    items whose constraint passed per verdict of their content check (their evidence names the constraint)."""
     table = pl.read_parquet(written, columns=["verify_method", "verify_verdict"])
     pairs = Counter(zip(table["verify_method"].to_list(), table["verify_verdict"].to_list()))
     per_method = {m: {v: pairs.get((m, v), 0) for v in VERDICTS} for m in METHODS}
+    constrained = (pl.scan_parquet(written)
+                   .filter(pl.col("verify_evidence").str.json_path_match("$.constraint.passed") == "true")
+                   .group_by("verify_verdict").len().collect())
+    by_content = dict(constrained.iter_rows())
     return {"items": table.height, "per_method": per_method,
             "per_verdict": {v: sum(per_method[m][v] for m in METHODS) for v in VERDICTS},
-            "verified": table.height - sum(per_method["none"].values())}
+            "verified": table.height - sum(per_method["none"].values()),
+            "constraint_passed_by_content": {v: by_content.get(v, 0) for v in VERDICTS}}
 
 
 def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
