@@ -115,12 +115,12 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit(f"evolforge plots export: {err}") from None
     elif args.command == "card":
         from evolforge.schema import load_params
-        from evolforge.steps.select.card import write_card
+        from evolforge.steps.select.card import card_params, write_card
 
         declared = stage_flags("select")
         selected = args.selected or Path(args.root) / declared["--out"]
         card = Layout.from_flags(declared, clean="items").under(args.root)
-        print(write_card(selected, card, load_params(args.params)))
+        print(write_card(selected, card, card_params(load_params(args.params))))
     elif args.command == "plan":
         from evolforge.plan import make_plan
         from evolforge.plan.table import dry_run_command, render
