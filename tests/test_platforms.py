@@ -138,7 +138,7 @@ def test_respond_refuses_off_linux_before_any_call_when_a_seed_runs_code(repo, t
     def no_call(*args):
         raise AssertionError("the responder was opened before the refusal")
 
-    monkeypatch.setattr("evolforge.steps.respond.step.open_roles", no_call)
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role", no_call)
     monkeypatch.setattr(sandbox, "SANDBOX_PLATFORMS", ())
     write_output(tmp_path / "evolved" / "round_1", pl.DataFrame(schema={
         "id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": pl.Int64, "method": pl.String,
