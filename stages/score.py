@@ -20,9 +20,9 @@ from evolforge.steps.score.step import run
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plots"])
     params = read_params(args.params)
+    cfg = load_section(params, "score", ScoreSettings)
     scorer = load_role(params, "scorer")  # a backend that cannot serve the scorer is refused there (BackendSpec.roles)
-    write(args, run(args.items, args.out, load_section(params, "score", ScoreSettings), scorer,
-                    load_section(params, "data", DataSettings)))
+    write(args, run(args.items, args.out, cfg, scorer, load_section(params, "data", DataSettings)))
 
 
 if __name__ == "__main__":
