@@ -7,5 +7,5 @@ need lives in :mod:`evolforge.steps.common`; a step never imports another step.
 A step's ``settings.py`` types its params.yaml section: a dataclass whose fields hold the defaults (the one
 place they live) and the types, bounds from :mod:`evolforge.config.bounds`, allowed values as ``Literal``.
 The stage script types the section with it (``load_section(params, "seed", SeedSettings)``) and
-:mod:`evolforge.schema` maps the section to it; a settings module imports nothing but :mod:`evolforge.config` (and leaves of types,
-``score/choices.py``), so checking params loads no step."""
+:mod:`evolforge.schema` maps the section to it; a settings module imports nothing but :mod:`evolforge.config`
+(and leaves of types, ``score/choices.py``), so checking params loads no step."""

@@ -140,7 +140,7 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
     result.warnings.append(warning)
     print(f"optimize: warning: {warning}", flush=True)  # the stage log, as it happens
     if settings.on_unparseable == "stop":
-        raise Refusal(f"optimize: stopped (params.yaml optimize.on_unparseable: stop): {warning}; "
+        raise Refusal(f"stopped (params.yaml optimize.on_unparseable: stop): {warning}; "
                       f"every answer is in the call cache, so a rerun asks only what changed")
     return 0
 
@@ -297,7 +297,7 @@ def run(seed: str | Path, out: str | Path, settings: OptimizeSettings, evolve_se
     if usable["message"]:
         print(f"optimize: {usable['message']}")
     if not usable["method_usable"] and settings.on_unusable == "stop":
-        raise Refusal(f"optimize: stopped (params.yaml optimize.on_unusable: stop): {usable['message']}")
+        raise Refusal(f"stopped (params.yaml optimize.on_unusable: stop): {usable['message']}")
     meta.update(skipped=False, dev_ids=[d["id"] for d in dev], fallback=usable["fallback"],
                 fallback_reason=usable["message"] if usable["fallback"] else None,
                 models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})

@@ -53,8 +53,8 @@ def run(items: str, judged: str, scores: str, diversity: str, cfg: SelectSetting
     summary = selection.summary
     if selection.chosen.height == 0:
         counts = ", ".join(f"{s['filter']} -{s['removed']}" for s in summary["filters"] if s["removed"])
-        raise Refusal(f"select: nothing to train on: filter '{summary['emptied_by']}' removed the last items "
-                         f"(of {table.height}: {counts}); see params.yaml select and metrics of the earlier stages")
+        raise Refusal(f"nothing to train on: filter '{summary['emptied_by']}' removed the last items "
+                      f"(of {table.height}: {counts}); see params.yaml select and metrics of the earlier stages")
     # the folder is written whole by finish(), streamed; the table handed over only gives way to it
     return Outputs(summary, f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}; "
                             f"removed per filter {summary['removed_by_filter']}",
