@@ -50,13 +50,12 @@ class StandInResponder:
         return [Completion(ANSWER, "stop", prompt_tokens=1, completion_tokens=60) for _ in requests]
 
 
-def stand_in_responder(llms):
-    """The stage's roles (roles.responder) as the stand-in responder."""
+def stand_in_responder(role, cache, settings):
+    """The stage's role (roles.responder) opened as the stand-in responder."""
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
 
-    return {name: LLM(StandInResponder(), None, role=Role.from_params(name, {"backend": "hf", "model": "stand-in"}))
-            for name in llms.roles}
+    return LLM(StandInResponder(), None, role=Role.from_params(role.name, {"backend": "hf", "model": "stand-in"}))
 
 
 def judge_answer(request) -> str:
@@ -79,16 +78,15 @@ class StandInJudge(StandInResponder):
         return [Completion(judge_answer(r), "stop", prompt_tokens=1, completion_tokens=1) for r in requests]
 
 
-def stand_in_judge(llms):
-    """The stage's roles (roles.judge) as the stand-in judge, each with its generation settings (its batch size)."""
+def stand_in_judge(role, cache, settings):
+    """The stage's role (roles.judge) opened as the stand-in judge, with its generation settings (its batch size)."""
     import dataclasses
 
     from evolforge.config.backend_specs import HfSettings
     from evolforge.llm.cached import LLM
 
-    return {name: LLM(StandInJudge(), None, role=dataclasses.replace(  # hf: ranks choices
-                role, backend="hf", model="stand-in", settings=HfSettings(batch_size=role.settings.batch_size)))
-            for name, role in llms.roles.items()}
+    return LLM(StandInJudge(), None, role=dataclasses.replace(  # hf: ranks choices
+        role, backend="hf", model="stand-in", settings=HfSettings(batch_size=role.settings.batch_size)))
 
 
 def hash_vectors(texts, dimensions: int = 16) -> np.ndarray:
@@ -136,13 +134,13 @@ def main() -> None:
     if stage in ("-h", "--help"):
         print(f"usage: stub_stage.py respond|judge|score|diversity <the stage script's flags>\n{__doc__}")
     elif stage == "respond":
-        import evolforge.steps.respond.step as respond
+        import evolforge.steps.common.llms as llms  # where a step's roles are opened
 
-        respond.open_roles = stand_in_responder
+        llms.open_role = stand_in_responder
     elif stage == "judge":
-        import evolforge.steps.judge.step as judge
+        import evolforge.steps.common.llms as llms
 
-        judge.open_roles = stand_in_judge
+        llms.open_role = stand_in_judge
     elif stage == "score":
         import evolforge.score.ifd as ifd
         import evolforge.steps.score.step as step

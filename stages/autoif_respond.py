@@ -11,14 +11,20 @@ Runs only when `scenario: autoif`; otherwise writes an empty table and `skipped:
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.autoif.settings import AutoIFSettings
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.autoif.respond import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--verified"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.verified, read_params(args.params), PromptLibrary(args.prompts)))
+    params = read_params(args.params)
+    cfg = load_section(params, "autoif", AutoIFSettings)
+    llms = RoleLLMs(load_llm_params(params, ("responder",)) if cfg.scenario == "autoif" else None)  # else skipped
+    write(args, run(args.verified, cfg, llms, PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

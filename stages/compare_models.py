@@ -11,14 +11,19 @@ Writes: data/compare/items.parquet (both answers and finish reasons, raw judge a
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.common.llms import RoleLLMs
+from evolforge.steps.compare.settings import CompareSettings
 from evolforge.steps.compare.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--instructions", "--model"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.instructions, args.model, read_params(args.params), PromptLibrary(args.prompts)))
+    params = read_params(args.params)
+    cfg, llms = load_section(params, "compare", CompareSettings), RoleLLMs(load_llm_params(params, ("base", "judge")))
+    write(args, run(args.instructions, args.model, cfg, llms, PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,25 @@ Items stream through data.chunk_rows rows at a time against the benchmark index 
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
-from evolforge.steps.decontaminate.step import run
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.roles import load_role
+from evolforge.config.training import EvaluateSettings
+from evolforge.steps.decontaminate.settings import DecontaminateSettings
+from evolforge.steps.decontaminate.step import role_embedder, run
+from evolforge.steps.diversity.settings import DiversitySettings
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--dedup"], writes=["--out", "--metrics"], optional={"--plot": None})
-    write(args, run(args.dedup, args.out, read_params(args.params)))
+    params = read_params(args.params)
+    cfg = load_section(params, "decontaminate", DecontaminateSettings)
+    evaluate, data = load_section(params, "evaluate", EvaluateSettings), load_section(params, "data", DataSettings)
+    embed = None
+    if cfg.embedding_threshold is not None:  # roles.embedder is read only when it embeds
+        embed = role_embedder(load_role(params, "embedder"),
+                              load_section(params, "diversity", DiversitySettings).embedder)
+    write(args, run(args.dedup, args.out, cfg, evaluate, data, embed))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,17 @@ The table is read and written data.chunk_rows rows at a time (docs/how-to/scale.
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
+from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.steps.dedup.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics"])
-    write(args, run(args.items, args.out, read_params(args.params)))
+    params = read_params(args.params)
+    write(args, run(args.items, args.out, load_section(params, "dedup", DedupSettings),
+                    load_section(params, "data", DataSettings)))
 
 
 if __name__ == "__main__":

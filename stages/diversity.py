@@ -8,13 +8,18 @@ Writes: data/diversity/items.parquet (id, round, mnd, repeat_count), data/divers
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.roles import load_role
+from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.steps.diversity.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plots"])
-    write(args, run(args.items, args.out, read_params(args.params)))
+    params = read_params(args.params)
+    write(args, run(args.items, args.out, load_section(params, "diversity", DiversitySettings),
+                    load_section(params, "data", DataSettings), load_role(params, "embedder")))
 
 
 if __name__ == "__main__":

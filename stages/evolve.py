@@ -8,15 +8,22 @@ Writes: data/evolved/<round>/ items.parquet (one row per item in: evolved or fai
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.common.llms import RoleLLMs
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.evolve.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--src", "--method"], values=["--round"],
                      writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.round, args.src, args.method, read_params(args.params), PromptLibrary(args.prompts)))
+    params = read_params(args.params)
+    evolve, respond = load_section(params, "evolve", EvolveSection), load_section(params, "respond", RespondSettings)
+    llms = RoleLLMs(load_llm_params(params, ("evolver", "judge", "responder")))
+    write(args, run(args.round, args.src, args.method, evolve, respond, llms, PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

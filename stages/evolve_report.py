@@ -8,14 +8,15 @@ Writes: metrics/evolve.json (per round: in, evolved, failed by reason, length gr
 from pathlib import Path
 
 from evolforge.core.stage import arguments, run_stage
-from evolforge.config.loader import read_params
+from evolforge.config.loader import load_section, read_params
 from evolforge.io.records import write_json
 from evolforge.steps.evolve.report import run
+from evolforge.steps.evolve.settings import EvolveSection
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--metrics-dir"], writes=["--out", "--plots"])
-    report, plots = run(args.metrics_dir, read_params(args.params))
+    report, plots = run(args.metrics_dir, load_section(read_params(args.params), "evolve", EvolveSection).rounds)
     write_json(args.out, report)
     for name, rows in plots.items():
         write_json(Path(args.plots) / name, rows)

@@ -14,14 +14,23 @@ Writes: --metrics (per evolver: mean / median top-token probability, distinct ke
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.common.llms import RoleLLMs
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.evolver_analysis.settings import AnalysisSettings
+from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.evolver_analysis.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--seed"], writes=["--metrics", "--plot"], prompts=True)
-    write(args, run(args.seed, read_params(args.params), PromptLibrary(args.prompts)))
+    params = read_params(args.params)
+    cfg = load_section(params, "evolver_analysis", AnalysisSettings)
+    evolve, optimize = load_section(params, "evolve", EvolveSection), load_section(params, "optimize", OptimizeSettings)
+    llms = RoleLLMs(load_llm_params(params, ("judge", "evolver")))
+    write(args, run(args.seed, cfg, evolve, optimize, llms, PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

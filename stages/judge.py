@@ -7,14 +7,21 @@ Writes: data/judged/items.parquet (id + difficulty columns), metrics/judge.json,
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.common.llms import RoleLLMs
+from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.judge.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plot"], prompts=True)
-    write(args, run(args.items, args.out, read_params(args.params), PromptLibrary(args.prompts)))
+    params = read_params(args.params)
+    cfg, data = load_section(params, "judge", JudgeSettings), load_section(params, "data", DataSettings)
+    llms = RoleLLMs(load_llm_params(params, ("judge",)))
+    write(args, run(args.items, args.out, cfg, data, llms, PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

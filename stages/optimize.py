@@ -14,14 +14,30 @@ on_unusable `stop`, an unusable method stops the stage with a message. Logic: sr
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.bounds import ParamsError
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.optimize_answer import answer_problems
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.common.llms import RoleLLMs
+from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.judge.settings import JudgeSettings
+from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.optimize.step import run
 
 
 def main(argv: list[str] | None = None) -> None:
     args = arguments(__doc__, reads=["--seed"], writes=["--out", "--metrics", "--plot"], prompts=True, argv=argv)
-    write(args, run(args.seed, args.out, read_params(args.params), PromptLibrary(args.prompts)))
+    params = read_params(args.params)
+    cfg, evolve = load_section(params, "optimize", OptimizeSettings), load_section(params, "evolve", EvolveSection)
+    judge = load_section(params, "judge", JudgeSettings) if cfg.judge_difficulty else None
+    if problems := answer_problems(params):  # what would empty every candidate, before any request
+        raise ParamsError(problems)
+    llms = RoleLLMs(None)  # a strategy other than auto: the initial method, no model
+    if evolve.strategy == "auto":
+        llms = RoleLLMs(load_llm_params(params, ("evolver", "optimizer", "judge")) if cfg.judge_difficulty
+                        else load_llm_params(params, ("evolver", "optimizer")))
+    write(args, run(args.seed, args.out, cfg, evolve, judge, llms, PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,17 @@ the metrics and meta, a warning on stderr); `on_empty: fail` stops with that mes
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
+from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.pool.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--evol", "--autoif"], writes=["--out", "--metrics"])
-    write(args, run(args.evol, args.autoif, args.out, read_params(args.params)))
+    params = read_params(args.params)
+    write(args, run(args.evol, args.autoif, args.out, load_section(params, "autoif", AutoIFSettings),
+                    load_section(params, "data", DataSettings)))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,19 @@ recomputed from them and the means at 6, so another CPU's last-bit differences d
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.roles import load_role
+from evolforge.steps.score.settings import ScoreSettings
 from evolforge.steps.score.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plots"])
-    write(args, run(args.items, args.out, read_params(args.params)))
+    params = read_params(args.params)
+    cfg = load_section(params, "score", ScoreSettings)
+    scorer = load_role(params, "scorer")  # a backend that cannot serve the scorer is refused there (BackendSpec.roles)
+    write(args, run(args.items, args.out, cfg, scorer, load_section(params, "data", DataSettings)))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ Rules for the source (what is refused and why): docs/how-to/seeds.md.
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.loader import load_section, read_params
+from evolforge.steps.seed.settings import SeedSettings
 from evolforge.steps.seed.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, writes=["--out", "--metrics"])
-    write(args, run(read_params(args.params)))
+    write(args, run(load_section(read_params(args.params), "seed", SeedSettings)))
 
 
 if __name__ == "__main__":

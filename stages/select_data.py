@@ -16,8 +16,11 @@ Writes: data/selected/items.parquet (lineage + text + every metric), excluded.pa
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
 from evolforge.steps.common.layout import Layout
+from evolforge.steps.select.card import card_params
+from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.select.step import run
 
 
@@ -27,9 +30,10 @@ def main() -> None:
                                "--seed": None, "--evolved": None, "--responses": None, "--pool": None,
                                "--dedup": None, "--identities": None, "--pool-metrics": None,
                                "--score-metrics": None})  # the card's sources
-    card = Layout.from_flags(vars(args), clean="items")
-    write(args, run(args.items, args.judged, args.scores, args.diversity, read_params(args.params), args.verified,
-                    card))
+    card, params = Layout.from_flags(vars(args), clean="items"), read_params(args.params)
+    cfg, data = load_section(params, "select", SelectSettings), load_section(params, "data", DataSettings)
+    write(args, run(args.items, args.judged, args.scores, args.diversity, cfg, data, card_params(params),
+                    args.verified, card))
 
 
 if __name__ == "__main__":

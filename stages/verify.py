@@ -8,14 +8,23 @@ Writes: data/verified/items.parquet (id, round, verify_method, verify_verdict, v
 """
 
 from evolforge.core.stage import arguments, run_stage, write
-from evolforge.config.loader import read_params
+from evolforge.config.data import DataSettings
+from evolforge.config.loader import load_section, read_params
+from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.common.llms import RoleLLMs
+from evolforge.steps.respond.settings import RespondSettings
+from evolforge.steps.verify.settings import VerifySettings
 from evolforge.steps.verify.step import run
 
 
 def main() -> None:
     args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics"], prompts=True)
-    write(args, run(args.items, args.out, read_params(args.params), PromptLibrary(args.prompts)))
+    params = read_params(args.params)
+    cfg, respond = load_section(params, "verify", VerifySettings), load_section(params, "respond", RespondSettings)
+    llms = RoleLLMs(load_llm_params(params, ("responder", "judge")))
+    write(args, run(args.items, args.out, cfg, respond, load_section(params, "data", DataSettings), llms,
+                    PromptLibrary(args.prompts)))
 
 
 if __name__ == "__main__":

@@ -293,7 +293,7 @@ def test_check_and_the_score_stage_refuse_a_scorer_that_cannot_score_alike(backe
     import yaml
 
     from evolforge.cli import main
-    from evolforge.steps.score.step import run
+    from evolforge.config.roles import load_role
 
     fields = {"backend": backend, "model": "org/m"}
     if backend == "openai":
@@ -307,7 +307,7 @@ def test_check_and_the_score_stage_refuse_a_scorer_that_cannot_score_alike(backe
         main(["check", str(tmp_path / "params.yaml")])
     assert exit_.value.code == 2 and says in capsys.readouterr().err
     with pytest.raises(ParamsError) as refused:  # a refusal for people (exit 2), before any item is read
-        run(tmp_path / "no-items", tmp_path / "scored", params)
+        load_role(params, "scorer")
     assert says in str(refused.value)
 
 

@@ -237,6 +237,8 @@ def test_stage_refuses_bad_items_naming_the_row(tmp_path):
     id, round or instruction named by its row in the table (chunks of 100 rows), before a repeated id; the
     previous output stays."""
     from evolforge.io.validation import DataError
+    from evolforge.config.data import DataSettings
+    from evolforge.steps.dedup.settings import DedupSettings
     from evolforge.steps.dedup.step import run
 
     table = pl.DataFrame({"id": [f"i{k:03d}" for k in range(250)], "round": [1] * 250,
@@ -254,6 +256,6 @@ def test_stage_refuses_bad_items_naming_the_row(tmp_path):
         (tmp_path / name).mkdir()
         broken.write_parquet(tmp_path / name / "items.parquet")
         with pytest.raises(DataError) as err:
-            run(tmp_path / name, tmp_path / f"{name}-out", {"data": {"chunk_rows": 100}})
+            run(tmp_path / name, tmp_path / f"{name}-out", DedupSettings(), DataSettings(chunk_rows=100))
         assert err.value.rule == rule and err.value.rows == rows, (name, str(err.value))
         assert not (tmp_path / f"{name}-out").exists()

@@ -373,7 +373,7 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     fake = FakeBackend(replies)
     render = PromptLibrary.render  # the stage makes its own library: record what every library renders
     monkeypatch.setattr(PromptLibrary, "render", lambda self, name, /, **v: replies.note(name, v, render(self, name, **v)))
-    monkeypatch.setattr("evolforge.steps.evolve.step.open_role",
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role",
                         lambda role, cache, settings: LLM(fake, None, role=(roles or {}).get(role.name, ROLE)))
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     tmp_path.mkdir(exist_ok=True)

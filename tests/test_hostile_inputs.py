@@ -335,7 +335,7 @@ def test_a_failure_while_finishing_an_output_leaves_the_previous_one(tmp_path):
                                 "prefix of exactly one': 'no-such-id' matches no item"),
     (["card", "--selected", "nowhere", "--params", "{repo}/params.yaml"],
      "evolforge card: error: nowhere/items.parquet: no selection"),
-    (["report", "--root", "nowhere", "--out", "r.html"], "evolforge report: 'nowhere' is no folder here"),
+    (["report", "--root", "nowhere", "--out", "r.html"], "evolforge report: error: 'nowhere' is no folder here"),
 ])
 def test_cli_misuse_is_one_line_without_traceback(repo, tmp_path, monkeypatch, capsys, argv, expected):
     from evolforge.cli import main

@@ -21,10 +21,13 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
+from evolforge.config.bounds import Refusal
 from evolforge.config.loader import load_section
+from evolforge.config.runtime import load_llm_params
 
 from evolforge.llm.cache import CallCache
 from evolforge.steps.common.elimination import auto_evol_failure
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
@@ -380,7 +383,7 @@ def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14, evolve: dict | 
 def test_stage_costs_nothing_unless_the_strategy_is_auto(tmp_path, monkeypatch):
     monkeypatch.delenv("EVOLFORGE_CACHE", raising=False)
     stage = load_stage()
-    monkeypatch.setattr(optimize_step, "open_models", lambda params: pytest.fail("models opened for a skipped stage"))
+    monkeypatch.setattr(optimize_step, "open_models", lambda llms: pytest.fail("models opened for a skipped stage"))
     argv, out = stage_setup(tmp_path, "evol")
     stage.main(argv)
     assert (out / "method" / "method.txt").read_text(encoding="utf-8") == initial_method_text(PROMPTS, "initial")
@@ -395,7 +398,7 @@ def test_stage_writes_method_log_metrics_and_plot(tmp_path, monkeypatch):
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: fails(m) > int(q.split()[-1]) % 4)), None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails={j}")), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda llms, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     stage.main(argv)
     method = (out / "method" / "method.txt").read_text(encoding="utf-8")
@@ -424,7 +427,7 @@ def test_step_format_calls_use_the_method_controls_and_budget(tmp_path, monkeypa
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
     evolver = LLM(evolver_fake, None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails=0")), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda llms, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, _ = stage_setup(tmp_path, "auto", evolve={"controls": {"stop": ["\n\n"]}, "max_tokens": 96, **method})
     stage.main(argv)
     evolving = [r for r in evolver_fake.sent if EVOLVE_SPLIT in r.messages[-1][1]]
@@ -436,7 +439,7 @@ def test_step_format_calls_use_the_method_controls_and_budget(tmp_path, monkeypa
 
 def test_stage_with_too_small_a_seed_names_the_params(tmp_path, monkeypatch):
     stage = load_stage()
-    monkeypatch.setattr(optimize_step, "open_models", lambda params: pytest.fail("models opened before the dev split was checked"))
+    monkeypatch.setattr(optimize_step, "open_models", lambda llms: pytest.fail("models opened before the dev split was checked"))
     argv, _ = stage_setup(tmp_path, "auto", n_seed=5)
     with pytest.raises(ValueError, match="optimize.dev_size"):
         stage.main(argv)
@@ -454,11 +457,11 @@ def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
     monkeypatch.setattr(cached, "resolve_identity", lambda role, memo=None: {"name": role.model})
     roles = {"evolver": {"backend": "hf", "model": "m", "temperature": 0.0},
              "optimizer": {"backend": "hf", "model": "m", "temperature": 0.6, "top_p": 0.95, "batch_size": 2}}
-    models = optimize_step.open_models({"roles": roles})
+    models = optimize_step.open_models(RoleLLMs(load_llm_params({"roles": roles}, ("evolver", "optimizer"))))
     assert models["optimizer"].backend is models["evolver"].backend and loaded == ["m"]
     assert models["optimizer"].stats is not models["evolver"].stats  # calls still counted per role
     roles["optimizer"]["model"] = "another"
-    models = optimize_step.open_models({"roles": roles})
+    models = optimize_step.open_models(RoleLLMs(load_llm_params({"roles": roles}, ("evolver", "optimizer"))))
     assert models["optimizer"].backend is not models["evolver"].backend and loaded == ["m", "another"]
 
 
@@ -517,7 +520,7 @@ def unusable_stage(tmp_path, monkeypatch, on_unusable):
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: True)), None, role=EVOLVER_ROLE)  # every answer asks back
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: UNPARSEABLE), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda llms, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     params = json.loads((out / "params.yaml").read_text())
     params["optimize"].update(on_unusable=on_unusable, unusable_failure_rate=0.9)
@@ -541,7 +544,7 @@ def test_stage_records_the_fallback_for_an_unusable_method(tmp_path, monkeypatch
 
 def test_stage_stops_on_an_unusable_method_when_asked(tmp_path, monkeypatch):
     stage, argv, out = unusable_stage(tmp_path, monkeypatch, "stop")
-    with pytest.raises(SystemExit, match="on_unusable: stop.*cannot follow"):
+    with pytest.raises(Refusal, match="on_unusable: stop.*cannot follow"):
         stage.main(argv)
     assert not (out / "method").exists()  # nothing that looks like a finished output
 
@@ -562,7 +565,7 @@ def test_a_step_with_no_parseable_candidate_warns_and_on_unparseable_decides(tmp
         "step 1: none of the 2 candidates parsed (2 x no ```Optimized Method``` block)")
     assert "optimize: warning: step 2: none of the 2 candidates parsed" in capsys.readouterr().out
     assert summary(r.result, {})["warnings"] == r.result.warnings
-    with pytest.raises(SystemExit, match=r"on_unparseable: stop\): step 1: none of the 2 candidates parsed"):
+    with pytest.raises(Refusal, match=r"on_unparseable: stop\): step 1: none of the 2 candidates parsed"):
         run(lambda current, j: UNPARSEABLE, steps=2, on_unparseable="stop")
     # a step where one parses: no warning
     assert run({"m0 fails=1": [UNPARSEABLE, fenced("m1 fails=0")]}).result.warnings == []
@@ -670,7 +673,7 @@ def test_stage_draws_the_dev_set_from_the_pool_outside_the_evolved_seeds(tmp_pat
     stage = load_stage()
     evolver = LLM(FakeBackend(evolver_reply(lambda m, q: False)), None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(lambda current, j: fenced(f"m{j} fails=0")), model="fake-opt"), None)
-    monkeypatch.setattr(optimize_step, "open_models", lambda params, **kw: dict(evolver=evolver, optimizer=optimizer))
+    monkeypatch.setattr(optimize_step, "open_models", lambda llms, **kw: dict(evolver=evolver, optimizer=optimizer))
     argv, out = stage_setup(tmp_path, "auto")
     stage.main(argv)
     meta = json.loads((out / "method" / "meta.json").read_text())
@@ -714,6 +717,7 @@ def test_stage_judges_the_dev_set_under_both_methods(tmp_path, monkeypatch):
     params = json.loads((tmp_path / "params.yaml").read_text())
     params["optimize"].update(judge_difficulty=True, steps=1)
     params["judge"] = {"probabilities": False, "constrain": True}
+    params["roles"]["judge"] = {"backend": "hf", "model": str(tmp_path / "no-such-model")}  # parsed, never opened
     (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")
     stage.main(argv)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -138,13 +138,14 @@ def test_respond_refuses_off_linux_before_any_call_when_a_seed_runs_code(repo, t
     def no_call(*args):
         raise AssertionError("the responder was opened before the refusal")
 
-    monkeypatch.setattr("evolforge.steps.respond.step.open_roles", no_call)
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role", no_call)
     monkeypatch.setattr(sandbox, "SANDBOX_PLATFORMS", ())
     write_output(tmp_path / "evolved" / "round_1", pl.DataFrame(schema={
         "id": pl.String, "root_id": pl.String, "parent_id": pl.String, "round": pl.Int64, "method": pl.String,
         "status": pl.String, "failure_reason": pl.String, "instruction": pl.String, "input": pl.String}))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}},
-              "respond": {"rounds": [1], "include_seed": True}}
+              "respond": {"rounds": [1], "include_seed": True},
+              "roles": {"responder": {"backend": "hf", "model": "fake"}}}  # parsed by the stage, never opened
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     monkeypatch.setattr("sys.argv", ["respond", "--params", str(tmp_path / "params.yaml"), "--evolved",
                                      str(tmp_path / "evolved"), "--seed", str(code), "--prompts", str(repo / "prompts"),

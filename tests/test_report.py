@@ -21,7 +21,7 @@ import yaml
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-from evolforge.steps.select.card import CardSettings, size_category, write_card  # noqa: E402
+from evolforge.steps.select.card import CardSettings, card_params, size_category, write_card  # noqa: E402
 from evolforge.report import build_report  # noqa: E402
 from evolforge.report.assets import LIBRARIES, TEMPLATE, library_scripts  # noqa: E402
 from evolforge.report.collect import collect  # noqa: E402
@@ -157,7 +157,7 @@ def test_dataset_card_and_datasets_folder(version, tmp_path):
     root, expected = version
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["card"] = {"license": "apache-2.0", "limitations": "Demo seeds only."}
-    card = write_card(root / "data" / "selected", CARD.under(root), params)
+    card = write_card(root / "data" / "selected", CARD.under(root), card_params(params))
     text = card.read_text(encoding="utf-8")
     header = yaml.safe_load(text.split("---")[1])
     assert header["license"] == "apache-2.0" and header["size_categories"] == ["n<1K"]
@@ -186,7 +186,7 @@ def _selection(root, prefix: str, n: int):
     pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(n)], "root_id": ["r"] * n, "parent_id": [None] * n,
                   "round": [1] * n, "method": ["deepen"] * n, "instruction": [f"{prefix} question {i}" for i in range(n)],
                   "input": [""] * n, "output": [f"{prefix} answer {i}" for i in range(n)]}).write_parquet(folder / "items.parquet")
-    write_card(folder, CARD.under(root), {})
+    write_card(folder, CARD.under(root), card_params({}))
     return folder
 
 
@@ -274,7 +274,7 @@ def test_card_counts_come_from_the_selection_being_written(version, tmp_path):
     staging.mkdir()
     shutil.copy(copy / "data" / "selected" / "items.parquet", staging / "items.parquet")
     shutil.rmtree(copy / "data" / "selected")
-    text = write_card(staging, CARD.under(copy), yaml.safe_load((REPO / "params.yaml").read_text())).read_text(encoding="utf-8")
+    text = write_card(staging, CARD.under(copy), card_params(yaml.safe_load((REPO / "params.yaml").read_text()))).read_text(encoding="utf-8")
     selected = pl.read_parquet(staging / "items.parquet")
     rows = [line for line in text.splitlines() if re.match(r"\| [123] \|", line)]
     per_round = {int(line.split("|")[1]): int(line.split("|")[-2]) for line in rows}
@@ -309,7 +309,7 @@ def test_card_says_nothing_evolved_and_names_the_fallback(tmp_path):
     _nothing_evolved_version(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["evolve"]["strategy"] = "auto"  # requested; the version's rounds fell back to evol
-    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), params).read_text(encoding="utf-8")
+    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), card_params(params)).read_text(encoding="utf-8")
     intro = text.split("\n# ", 1)[1].split("\n\n")[1]
     assert intro.startswith("3 instruction-response pairs. No instruction evolved: 1 round(s) of evolution were run")
     assert "seed instructions" in intro and "Evol-Instruct" not in intro
@@ -496,6 +496,6 @@ def test_card_versions_come_from_the_select_stages_inputs_only(tmp_path):
     (tmp_path / "data" / "clean" / "meta.json").write_text(json.dumps({"versions": {"polars": "9.9.9-clean"}}))
     (tmp_path / "data" / "compare").mkdir(parents=True)
     (tmp_path / "data" / "compare" / "meta.json").write_text(json.dumps({"versions": {"polars": "0.0.1-later"}}))
-    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), {}).read_text(encoding="utf-8")
+    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), card_params({})).read_text(encoding="utf-8")
     assert "| `polars` | 9.9.9-clean | data/clean |" in text
     assert "0.0.1-later" not in text and "data/compare" not in text

@@ -117,7 +117,7 @@ def test_stage_counts_statuses(repo, tmp_path, monkeypatch):
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     llm, _ = responder()
-    monkeypatch.setattr("evolforge.steps.respond.step.open_roles", lambda llms: {"responder": llm})
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role", lambda role, cache, settings: llm)
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     write_output(tmp_path / "evolved" / "round_1", round_table({}))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}}},

@@ -232,9 +232,7 @@ def test_autoif_happy_path_reaches_the_pool_and_the_judge(work, repo, monkeypatc
                          "functions_per_constraint": 2, "queries_per_constraint": 2, "case_timeout_s": 2.0}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     fake = FakeBackend(scripted_reply)
-    for step in ("autoif.constraints", "autoif.verify", "autoif.respond", "judge.step"):
-        monkeypatch.setattr(f"evolforge.steps.{step}.open_roles",
-                            lambda llms: {name: LLM(fake, None, role=role) for name, role in llms.roles.items()})
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role", lambda role, cache, settings: LLM(fake, None, role=role))
     for script in ("autoif_constraints.py", "autoif_verify.py", "autoif_respond.py", "pick_scenario.py", "judge.py"):
         stage = load_stage(repo, script)
         # dvc.yaml's arguments; judge reads the pool itself here (no dedup / decontaminate in between)

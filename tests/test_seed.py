@@ -134,12 +134,13 @@ def test_round_one_evolves_the_sample_not_the_whole_pool(tmp_path):
     the first round reads the sample, as a round reads its predecessor's pool."""
     from evolforge.core.stage import write as write_outputs
     from evolforge.steps.evolve.step import read_pool
+    from evolforge.steps.seed.settings import SeedSettings
     from evolforge.steps.seed.step import run as seed_run
     from types import SimpleNamespace
 
     rows = [{"instruction": f"Explain topic number {i}.", "input": "", "output": "An answer."} for i in range(10)]
     source = write_jsonl(tmp_path / "s.jsonl", rows)
-    outputs = seed_run({"seed": {"source": str(source), "limit": 3}})
+    outputs = seed_run(SeedSettings(source=str(source), limit=3))
     write_outputs(SimpleNamespace(out=str(tmp_path / "seed"), metrics=str(tmp_path / "m.json")), outputs)
     assert read_pool(tmp_path / "seed").height == 3
     assert pl.read_parquet(tmp_path / "seed" / "all_seeds.parquet").height == 10

@@ -143,8 +143,10 @@ def test_select_stage_records_skips_and_names_the_emptying_filter(tmp_path, repo
     metrics = json.loads((tmp_path / "select.json").read_text())
     assert metrics["selected"] == pl.read_parquet(tmp_path / "selected" / "items.parquet").height == 6
     assert metrics["distinct_instruction_ratio_selected"] == 1.0
-    with pytest.raises(SystemExit, match="filter 'loss_instruction_below_floor' removed the last items"):
+    with pytest.raises(SystemExit) as refused:  # a refusal: one message, exit 2
         run("{metric: ic_ifd, top_fraction: 0.5, min_loss_instruction: 99.0}")
+    assert refused.value.code == 2
+    assert "filter 'loss_instruction_below_floor' removed the last items" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         run("{metric: ic_ifd, min_mdn: 0.1}")
     assert refused.value.code == 2 and "select.min_mdn: unknown key; did you mean `min_mnd`?" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FLAGS = {"--params", "--prompts"}  # the repository's configuration, the same for every stage
 OUTPUT_FLAGS = {"--out", "--metrics", "--plot", "--plots", "--samples", "--live"}
-MAX_LINES = 40  # a stage script maps paths to its step (issue 29): parse args, call the step, write outputs
+MAX_LINES = 50  # a stage script maps paths to its step (issue 29) and loads its sections and roles (issue 67)
 
 
 def script_flags(script: Path) -> dict[str, dict]:
@@ -173,3 +173,50 @@ def test_the_scan_sees_a_fixed_path(tmp_path):
                       '    b = Path("metrics/pool.json")\n'
                       '    return a, b, params["data"]\n')
     assert artifact_paths(module) == [(5, "data"), (6, "metrics/pool.json")]
+
+
+RAW_MAPPING = {"dict", "Mapping", "dict[str, Any]", "Mapping[str, Any]", "typing.Mapping[str, Any]", "Any"}
+
+
+def params_arguments(source: str) -> list[str]:
+    """The arguments of the module-level ``run`` functions of ``source`` that take params.yaml's raw mapping:
+    one named ``params``, or annotated as an untyped mapping."""
+    found = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "run":
+            for arg in node.args.args + node.args.kwonlyargs:
+                annotation = ast.unparse(arg.annotation) if arg.annotation is not None else ""
+                if arg.arg == "params" or annotation in RAW_MAPPING:
+                    found.append(f"{node.name}:{node.lineno} {arg.arg}: {annotation or '(no annotation)'}")
+    return found
+
+
+def test_no_step_takes_the_params_mapping():
+    """A step's ``run()`` takes the typed settings and the roles it uses (TRL's ``main(script_args, ...)``): its
+    stage script reads params.yaml and loads them, so the signature is the step's dependency list."""
+    assert params_arguments("def run(items: str, params: dict[str, Any]) -> None: ...") == [
+        "run:1 params: dict[str, Any]"]
+    assert params_arguments("def run(items: str, sections: Mapping[str, Any]) -> None: ...") == [
+        "run:1 sections: Mapping[str, Any]"]
+    assert params_arguments("def run(items: str, cfg: JudgeSettings, llms: RoleLLMs) -> None: ...") == []
+    steps = sorted((REPO / "src" / "evolforge" / "steps").rglob("*.py"))
+    runs = {path.relative_to(REPO).as_posix(): params_arguments(path.read_text(encoding="utf-8")) for path in steps
+            if "\ndef run(" in path.read_text(encoding="utf-8")}
+    assert len(runs) >= 18  # every step module with a run(), the evolve report's included
+    assert {path: found for path, found in runs.items() if found} == {}
+
+
+# the modules that end a process: a stage's or the command line's end (run_stage), the crash watcher's own script,
+# the llama.cpp probe's child process
+EXITS = {"src/evolforge/core/stage.py", "src/evolforge/core/native.py", "src/evolforge/llm/backends/llamacpp/probe.py"}
+
+
+def test_the_package_refuses_with_refusals_not_exits():
+    """Library code raises a Refusal (printed as one message, exit 2, by :func:`evolforge.core.stage.run_stage`),
+    never ``SystemExit`` or ``sys.exit``: a caller that is not a stage (a test, a notebook) gets an error it can
+    catch by type."""
+    found = [f"{path.relative_to(REPO).as_posix()}:{i}" for path in sorted((REPO / "src" / "evolforge").rglob("*.py"))
+             if path.relative_to(REPO).as_posix() not in EXITS
+             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if "raise SystemExit" in line or "sys.exit(" in line]
+    assert found == []

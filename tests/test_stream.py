@@ -330,10 +330,10 @@ def test_judge_stage_reads_in_chunks_with_the_same_output(tmp_path, monkeypatch)
         hard = "w1" in prompt
         return ("70" if hard else "20") if "from 0 to 100" in prompt else ("hard" if hard else "easy")
 
-    def fake_roles(llms):
-        return {name: LLM(FakeBackend(reply), None, role=role) for name, role in llms.roles.items()}
+    def fake_role(role, cache, settings):
+        return LLM(FakeBackend(reply), None, role=role)
 
-    monkeypatch.setattr("evolforge.steps.judge.step.open_roles", fake_roles)
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role", fake_role)
     runs = []
     for chunk_rows in (3, 1000):
         work = tmp_path / str(chunk_rows)

@@ -132,12 +132,11 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     from evolforge.config.loader import load_section
     from evolforge.steps.respond.settings import RespondSettings
     from evolforge.steps.common.responses import RESPONSE_TEMPLATE
-    from evolforge.llm.cache import open_cache
     from evolforge.steps.respond.step import _kept, answer
 
     respond_inputs(tmp_path)
-    monkeypatch.setattr("evolforge.steps.respond.step.open_roles",  # through the stage's call cache
-                        lambda llms: {name: fake_responder(name, open_cache(llms.cache)) for name in llms.roles})
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role",  # through the stage's call cache
+                        lambda role, cache, settings: fake_responder(role.name, cache))
     monkeypatch.setenv("EVOLFORGE_CACHE", str(tmp_path / "cache.sqlite"))
     params = {"evolve": {"rounds": {"round_1": {"src": "data/seed", "index": 1}, "round_2": {"src": "x", "index": 2}}},
               "respond": {"rounds": [1, 2], "include_seed": True}, "roles": {"responder": {"backend": "hf", "model": "fake"}}}

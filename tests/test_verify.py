@@ -368,10 +368,10 @@ def _stage_in(tmp_path: Path, monkeypatch, repo: Path, judge: LLM, routes: Templ
     """The verify stage's inputs and params under ``tmp_path``, its roles the fakes (``judge`` as the judge)."""
     from evolforge.io.records import write_output
 
-    def fake_roles(llms):
-        return {name: judge if name == "judge" else fake_llm(name, routes)[0] for name in llms.roles}
+    def fake_role(role, cache, settings):
+        return judge if role.name == "judge" else fake_llm(role.name, routes)[0]
 
-    monkeypatch.setattr("evolforge.steps.verify.step.open_roles", fake_roles)
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role", fake_role)
     write_output(tmp_path / "clean", table())
     (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1}\n" + (roles or
         "roles: {responder: {backend: hf, model: fake}, judge: {backend: hf, model: fake}}\n"))
@@ -412,10 +412,10 @@ def test_verify_stage_writes_items_and_metrics(tmp_path, monkeypatch, repo):
 
     routes = replies()
 
-    def fake_roles(llms):
-        return {name: fake_llm(name, routes)[0] for name in llms.roles}
+    def fake_role(role, cache, settings):
+        return fake_llm(role.name, routes)[0]
 
-    monkeypatch.setattr("evolforge.steps.verify.step.open_roles", fake_roles)
+    monkeypatch.setattr("evolforge.steps.common.llms.open_role", fake_role)
     write_output(tmp_path / "clean", table())
     (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1}\n"
                                           "roles: {responder: {backend: hf, model: fake}, judge: {backend: hf, model: fake}}\n")

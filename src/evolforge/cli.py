@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from evolforge import __version__
+from evolforge.config.bounds import Refusal
 from evolforge.steps.common.layout import Layout, stage_flags
 from evolforge.steps.common.lineage import chain, format_chain
 from evolforge.core.stage import run_stage
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
         # what a role's backend or server cannot honour (without asking a server), as the stages would refuse it
         problems = server_problems(params, asked_of_roles(params))
         if problems:
-            raise SystemExit(f"{args.params}: " + "\n".join(f"  {p}" for p in problems))
+            raise Refusal(f"{args.params}: " + "\n".join(f"  {p}" for p in problems))
         print(f"{args.params}: ok ({len(params)} sections)")
     elif args.command == "lineage":
         from evolforge.steps.common.funnel import evolved_rounds
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
         try:
             print(build_report(args.out, Layout.from_flags(stage_flags("report")), sources, args.labels))
         except (RuntimeError, ValueError) as err:
-            raise SystemExit(f"evolforge report: {err}") from None
+            raise Refusal(str(err)) from None
     elif args.command == "plots":
         from evolforge.report.export import export_plots
 
@@ -112,15 +113,15 @@ def run(args: argparse.Namespace) -> None:
             for path in export_plots(args.out, args.format, args.revs, scale=args.scale):
                 print(path)
         except (RuntimeError, ValueError) as err:
-            raise SystemExit(f"evolforge plots export: {err}") from None
+            raise Refusal(str(err)) from None
     elif args.command == "card":
         from evolforge.schema import load_params
-        from evolforge.steps.select.card import write_card
+        from evolforge.steps.select.card import card_params, write_card
 
         declared = stage_flags("select")
         selected = args.selected or Path(args.root) / declared["--out"]
         card = Layout.from_flags(declared, clean="items").under(args.root)
-        print(write_card(selected, card, load_params(args.params)))
+        print(write_card(selected, card, card_params(load_params(args.params))))
     elif args.command == "plan":
         from evolforge.plan import make_plan
         from evolforge.plan.table import dry_run_command, render

@@ -1,11 +1,13 @@
 """What every stage script does around its step: take its paths, write what the step hands back, and end
 with success or one clear message.
 
-A stage script maps paths to its step's ``run()`` and writes the result::
+A stage script loads its params sections and roles, maps paths to its step's ``run()`` and writes the result::
 
     def main() -> None:
         args = arguments(__doc__, reads=["--items"], writes=["--out", "--metrics", "--plot"], prompts=True)
-        write(args, run(args.items, read_params(args.params), PromptLibrary(args.prompts)))
+        params = read_params(args.params)
+        llms = RoleLLMs(load_llm_params(params, ("judge",)))
+        write(args, run(args.items, load_section(params, "judge", JudgeSettings), llms, PromptLibrary(args.prompts)))
 
     if __name__ == "__main__":
         run_stage(main)       # one clear message instead of a traceback
@@ -193,7 +195,7 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
         if cached is not None:  # llm.max_failure_rate over all it asked, it still fails
             cached.check_failures()
     except SystemExit as exit_:
-        if isinstance(exit_.code, str):  # a stage's own `raise SystemExit("message")`
+        if isinstance(exit_.code, str):  # a SystemExit with a message (the package raises Refusals instead)
             exit_.code = _with_params_file(exit_.code, sys.argv)
         if exit_.code not in (None, 0):
             restore_under_dvc(name)

@@ -28,20 +28,19 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.jsonfiles import read_text
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
 from evolforge.steps.autoif.settings import AutoIFSettings
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, SEED, make_id
 from evolforge.llm.requests import ChatRequest
 from evolforge.core.stage import Outputs
-from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.cached import LLM
 from evolforge.steps.autoif.shared import SELF_INSTRUCT_TEMPLATE, constraint_key
 
 
@@ -116,15 +115,15 @@ def sampled_requests(llm: LLM, content: str, n: int, **sampling) -> list[ChatReq
     return [dataclasses.replace(base, sample_index=i) for i in range(n)]
 
 
-def run(seeds_file: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
-    """The autoif_constraints stage: ``self_instruct_calls`` samples of the self-instruct prompt over the seed
-    constraints, parsed into one constraint table; an empty table marked skipped unless ``scenario: autoif``."""
-    cfg = load_section(params, "autoif", AutoIFSettings)
+def run(seeds_file: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
+    """The autoif_constraints stage: ``self_instruct_calls`` samples of ``llms["evolver"]`` on the self-instruct
+    prompt over the seed constraints, parsed into one constraint table; an empty table marked skipped unless
+    ``scenario: autoif``."""
     seeds = read_seed_constraints(seeds_file)
     if cfg.scenario != "autoif":
         return Outputs({"skipped": True}, "autoif_constraints: skipped (scenario is not autoif)",
                        table=collect_constraints([], []), meta={"skipped": True})
-    llm = open_roles(load_llm_params(params, ("evolver",)))["evolver"]
+    llm = llms["evolver"]
     prompt = prompts.render(SELF_INSTRUCT_TEMPLATE, seeds=seeds, count=cfg.new_per_call)
     requests = sampled_requests(llm, prompt, cfg.self_instruct_calls, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_tokens=cfg.max_tokens, seed=cfg.seed)

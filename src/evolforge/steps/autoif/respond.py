@@ -12,19 +12,17 @@ import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Sequence
 
 import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import AUTOIF_RESPONSES
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
 from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.core.stage import Outputs
-from evolforge.llm.cached import open_roles
 from evolforge.steps.autoif.shared import KEPT, METHOD, RESPOND_TEMPLATE, SELF_INSTRUCT_TEMPLATE, first_by_hash
 from evolforge.eval.sandbox import require_sandbox
 from evolforge.steps.common.function_runs import Runner, run_all, run_function
@@ -104,11 +102,10 @@ def verify_responses(table: pl.DataFrame, functions: pl.DataFrame, settings: Aut
         answer_check_passed=pl.col("response_verified"), answer_check_detail=pl.Series(details, dtype=pl.String))
 
 
-def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+def run(verified: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
     """The autoif_respond stage: (at most ``paired_constraints`` of) the verified constraints, each paired with
-    queries and answered by the responder; with ``verify_responses`` the answers the constraint's functions
+    queries and answered by ``llms["responder"]``; with ``verify_responses`` the answers the constraint's functions
     refuse go to rejected.parquet. An empty table marked skipped unless ``scenario: autoif``."""
-    cfg = load_section(params, "autoif", AutoIFSettings)
     active = cfg.scenario == "autoif"
     if active and cfg.verify_responses:
         require_sandbox("autoif_respond (autoif.verify_responses)")
@@ -125,7 +122,7 @@ def run(verified: str | Path, params: dict[str, Any], prompts: PromptLibrary) ->
         pairs = pair_queries(constraints, queries, cfg.queries_per_constraint, cfg.seed)
     stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
     if pairs.height:
-        llm = open_roles(load_llm_params(params, ("responder",)))["responder"]
+        llm = llms["responder"]
         requests = [llm.request([{"role": "user", "content": prompts.render(RESPOND_TEMPLATE, constraint=c, query=x)}],
                                 max_tokens=cfg.response_max_tokens) for c, x in zip(pairs["constraint"],
                                                                                     pairs["query"])]

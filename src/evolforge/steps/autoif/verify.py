@@ -15,14 +15,13 @@ from typing import Any, Callable, Protocol, Sequence
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import FAILED, make_id, read_table
 from evolforge.steps.autoif.settings import AutoIFSettings
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation, require_sandbox
-from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.cached import LLM
 from evolforge.steps.autoif.shared import COPIED, KEPT, VERIFICATION_TEMPLATE, first_by_hash, usable_constraints
 from evolforge.steps.autoif.forms import (EXAMPLES_FILE, LINES_TEMPLATES, Copies, Demonstration,
                                           Verification, join_answers,
@@ -245,11 +244,10 @@ def sample_verifications(llm: LLM, constraints: pl.DataFrame, settings: AutoIFSe
     return [texts[i:i + k] for i in range(0, len(texts), k)]
 
 
-def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
-    """The autoif_verify stage: verification functions and test cases sampled for (at most ``max_constraints``
-    of) the usable constraints and cross-validated in the sandbox; empty tables marked skipped unless
-    ``scenario: autoif``."""
-    cfg = load_section(params, "autoif", AutoIFSettings)
+def run(constraints_dir: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
+    """The autoif_verify stage: verification functions and test cases sampled from ``llms["evolver"]`` for (at
+    most ``max_constraints`` of) the usable constraints and cross-validated in the sandbox; empty tables marked
+    skipped unless ``scenario: autoif``."""
     table = read_table(constraints_dir)
     validation.check(table,
                      validation.item_columns(["id", "status", "constraint"]) + validation.unique("id"), constraints_dir)
@@ -262,7 +260,7 @@ def run(constraints_dir: str | Path, params: dict[str, Any], prompts: PromptLibr
     meta: dict[str, Any] = {"skipped": not active}
     stats: dict = {}  # the LLM's tokens, failures and cost, per role (none when nothing was asked)
     if active and constraints.height:
-        llm = open_roles(load_llm_params(params, ("evolver",)))["evolver"]
+        llm = llms["evolver"]
         samples = sample_verifications(llm, constraints, cfg, prompts, demos)
         meta |= {"model": llm.label, "model_identity": llm.identity, "calls": llm.stats["calls"],
                  "cache_hits": llm.stats["cache_hits"]}

@@ -22,14 +22,12 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from evolforge.llm.cache import open_cache
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
 from evolforge.steps.compare.settings import CompareSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.llm.cached import LLM, open_llm, open_role
+from evolforge.llm.cached import LLM, open_llm
 from evolforge.llm.types import Completion
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, respond
 from evolforge.steps.common.source import build_seed
 
@@ -114,38 +112,36 @@ def answer_table(items: pl.DataFrame, done_a: Sequence[Completion], done_b: Sequ
     ).hstack(pl.DataFrame(verdict_rows, schema=verdicts.schema))
 
 
-def run(instructions_file: str, model: str, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+def run(instructions_file: str, model: str, cfg: CompareSettings, llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
     """The compare stage: ``model`` (the fine-tuned one) against roles.base or ``compare.against``, both
-    answering greedily through the hf/vllm backend of roles.base, judged by roles.judge."""
-    cfg = load_section(params, "compare", CompareSettings)
+    answering greedily through the hf/vllm backend of roles.base, judged by roles.judge (``llms``)."""
     items = build_seed(instructions_file, limit=cfg.limit, seed=cfg.seed)[0]
-    llms = load_llm_params(params, ("base", "judge"))
-    cache, base = open_cache(llms.cache), llms.roles["base"]
+    cache, base = llms.cache, llms.role("base")
     answer_role = dataclasses.replace(base, temperature=0.0, max_tokens=cfg.max_tokens)
     tuned = open_llm(dataclasses.replace(answer_role, name="compare_tuned", model=model, revision=None), cache,
-                     settings=llms.llm)
+                     settings=llms.settings)
     other_model = base.model if cfg.against == "base" else cfg.against
     other = open_llm(dataclasses.replace(answer_role, name="compare_other", model=other_model,
                                          revision=base.revision if cfg.against == "base" else None), cache,
-                     settings=llms.llm)
+                     settings=llms.settings)
     instructions, inputs = items["instruction"].to_list(), items["input"].to_list()
     done_a = respond(tuned, prompts, instructions, inputs, desc="answers: tuned")
     done_b = respond(other, prompts, instructions, inputs, desc="answers: other")
     # a pair is judged only when both models answered; a failed call leaves that pair unjudged, with its reason
     judged = [i for i, (a, b) in enumerate(zip(done_a, done_b)) if not a.failed and not b.failed]
-    judge = open_role(llms.roles["judge"], cache, llms.llm)
+    judge = llms["judge"]
     queries = [q + "\n" + x if x else q for q, x in zip(instructions, inputs)]  # the reference code's user query
     verdicts = judge_pairs(judge, prompts, [queries[i] for i in judged], [done_a[i].text for i in judged],
                            [done_b[i].text for i in judged], both_orders=cfg.both_orders, rule=cfg.parse,
                            max_tokens=cfg.judge_max_tokens)
     table = answer_table(items, done_a, done_b, judged, verdicts)
-    llms = {"tuned": tuned, "other": other, "judge": judge}
+    called = {"tuned": tuned, "other": other, "judge": judge}
     metrics = counts(table["verdict"].drop_nulls().to_list()) | {
         "unjudged": items.height - len(judged), "both_orders": cfg.both_orders, "parse": cfg.parse,
                                                                  "against": cfg.against,
-        "calls": {n: llm.stats["calls"] for n, llm in llms.items()},
-        "cache_hits": {n: llm.stats["cache_hits"] for n, llm in llms.items()},
-        "llm": {n: llm.stats for n, llm in llms.items()}}
+        "calls": {n: llm.stats["calls"] for n, llm in called.items()},
+        "cache_hits": {n: llm.stats["cache_hits"] for n, llm in called.items()},
+        "llm": {n: llm.stats for n, llm in called.items()}}
     meta = {"tuned": tuned.label, "other": other.label, "judge": judge.label, "settings": dataclasses.asdict(cfg),
             "template_hashes": {t: prompts.hash(t) for t in (RESPONSE_TEMPLATE, JUDGE_TEMPLATE)}}
     return Outputs(metrics, f"compare: tuned vs {cfg.against}: {metrics['win']} win / {metrics['tie']} tie / "

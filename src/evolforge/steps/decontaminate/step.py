@@ -51,11 +51,9 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import CONTAMINATION_FLAGS
-from evolforge.config.loader import load_section
-from evolforge.config.roles import load_role
+from evolforge.config.roles import Role
 from evolforge.config.data import DataSettings
 from evolforge.config.training import EvaluateSettings
-from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE
 from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.stage import Outputs, peak_rss_mib
@@ -164,11 +162,11 @@ def decontaminate(table: pl.DataFrame, problems: Sequence[Problem],
 
 
 
-def role_embedder(params: dict[str, Any]) -> Callable[[list[str]], np.ndarray]:
-    """Texts -> vectors with roles.embedder (``diversity.embedder`` kind), for ``embedding_threshold``."""
+def role_embedder(role: Role, kind: str) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> vectors with ``role`` (roles.embedder) of ``kind`` (``diversity.embedder``), for
+    ``embedding_threshold``."""
     from evolforge.score.diversity import embed_texts  # torch: imported only by a stage that embeds (peak RSS)
 
-    role, kind = load_role(params, "embedder"), load_section(params, "diversity", DiversitySettings).embedder
 
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(texts, role.model, kind=kind, revision=role.revision, dtype=role.transformers.dtype,
@@ -184,20 +182,20 @@ def dedup_removed_counts(dedup: Path) -> Counter:
     return Counter(pl.read_parquet(file, columns=["round"])["round"].to_list())
 
 
-def run(dedup: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+def run(dedup: str | Path, out: str | Path, cfg: DecontaminateSettings, evaluate: EvaluateSettings,
+        data: DataSettings, embed: Callable[[list[str]], np.ndarray] | None) -> Outputs:
     """The decontaminate stage: the items of ``dedup`` (what dedup kept) checked against the benchmark index
     built once, streamed ``data.chunk_rows`` rows at a time into ``out``: items.parquet holds the clean ones
     with their input's columns, removed.parquet the contaminated ones with the ``contamination_*`` columns
-    (spilled beside ``out`` meanwhile). The plot counts what dedup and this stage dropped, per round."""
-    cfg = load_section(params, "decontaminate", DecontaminateSettings)
-    evaluate, data = load_section(params, "evaluate", EvaluateSettings), load_section(params, "data", DataSettings)
+    (spilled beside ``out`` meanwhile). ``embed`` (:func:`role_embedder`) is given with ``embedding_threshold``.
+    The plot counts what dedup and this stage dropped, per round."""
     rows = data.chunk_rows
     source = table_file(dedup)
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"]), rows)
     problems, notes = load_problems(list(evaluate.tasks), evaluate.suite, cfg)
     for note in notes:
         print(f"decontaminate: note: {note}")
-    checker = Decontaminator(problems, cfg, role_embedder(params) if cfg.embedding_threshold is not None else None)
+    checker = Decontaminator(problems, cfg, embed)
     input_schema = table_schema(source)
     flagged_schema = checker.check(pl.DataFrame(schema=input_schema)).schema
     flagged_per_round: Counter = Counter()

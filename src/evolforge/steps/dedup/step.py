@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -43,7 +43,6 @@ from scipy.sparse.csgraph import connected_components
 
 from evolforge.io import validation
 from evolforge.io.columns import DUPLICATE_FLAGS
-from evolforge.config.loader import load_section
 from evolforge.config.data import DataSettings
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.records import TABLE
@@ -261,12 +260,11 @@ def dedup_chunks(chunks: Chunks, usable: Usable, work: Path, config: DedupSettin
     return _with_answers(chunks, starts, work), metrics
 
 
-def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+def run(items: str | Path, out: str | Path, cfg: DedupSettings, data: DataSettings) -> Outputs:
     """The dedup stage: the items of ``items`` that no kept item duplicates, with their input's columns,
     streamed into ``out`` ``data.chunk_rows`` rows at a time (the scratch folder beside it); removed.parquet
     holds the duplicates with their answers (``DUPLICATE_FLAGS``). A usable item (one selection could take)
     wins its cluster over an unusable twin."""
-    cfg, data = load_section(params, "dedup", DedupSettings), load_section(params, "data", DataSettings)
     source, rows = table_file(items), data.chunk_rows
     # check_chunks' checks without a pass of their own: the columns and their types from the schema now, the
     # values (no null id, round or instruction) in every pass that reads them (pass 3 is the first that uses

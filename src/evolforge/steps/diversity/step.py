@@ -17,8 +17,7 @@ import numpy as np
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.config.loader import load_section
-from evolforge.config.roles import load_role
+from evolforge.config.roles import Role
 from evolforge.config.data import DataSettings
 from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.io.records import TABLE, atomic_dir, write_json
@@ -67,11 +66,9 @@ def with_neighbours(chunks: Iterator[pl.DataFrame], neighbours: NeighborStats) -
         lo = hi
 
 
-def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+def run(items: str | Path, out: str | Path, cfg: DiversitySettings, data: DataSettings, role: Role) -> Outputs:
     """Embed the items of ``items`` and write ``out``: items.parquet (id, round, mnd, repeat_count),
     embeddings.npy (unit-normalised float32, one row per item in the table's order) and meta.json."""
-    cfg, data = load_section(params, "diversity", DiversitySettings), load_section(params, "data", DataSettings)
-    role = load_role(params, "embedder")
     source = table_file(items)
     check_chunks(source,
                  validation.item_columns(["id",

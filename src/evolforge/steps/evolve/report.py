@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Mapping
 
 from evolforge.io.jsonfiles import read_json
-from evolforge.config.loader import section
 from evolforge.io.validation import DataError
+from evolforge.steps.evolve.settings import EvolveRound
 
 COUNTS = ("in", "evolved", "failed", "calls", "cache_hits")  # what the report adds up
 
@@ -33,10 +33,10 @@ def read_round_metrics(path: Path) -> dict:
     return m
 
 
-def run(metrics_dir: str | Path, params: dict[str, Any]) -> tuple[dict, dict[str, list[dict]]]:
+def run(metrics_dir: str | Path, evolve_rounds: Mapping[str, EvolveRound]) -> tuple[dict, dict[str, list[dict]]]:
     """(the report: each round's metrics and their ``total``, {plot file name: rows}) for the rounds of
-    ``evolve.rounds``, read from ``metrics_dir/<round>.json``."""
-    rounds = sorted(section(params, "evolve")["rounds"].items(), key=lambda kv: kv[1]["index"])
+    ``evolve_rounds`` (``evolve.rounds``), read from ``metrics_dir/<round>.json``."""
+    rounds = sorted(evolve_rounds.items(), key=lambda kv: kv[1]["index"])
     report, failures, growth = {}, [], []
     for name, spec in rounds:
         m = read_round_metrics(Path(metrics_dir) / f"{name}.json")

@@ -38,10 +38,7 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import ROUND
-from evolforge.llm.cache import CallCache, open_cache
 from evolforge.config.bounds import ParamsError
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import LLMParams, load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection, method_text
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
@@ -49,9 +46,10 @@ from evolforge.io.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
 from evolforge.steps.evolve.settings import INSTRUCTION_RULES, JUDGE_RULES, RESPONSE_RULES, EvolveSettings
 from evolforge.core.stage import Outputs
 from evolforge.config.roles import Role
-from evolforge.llm.cached import LLM, open_role
+from evolforge.llm.cached import LLM
 from evolforge.llm.registry import loads_nothing_more
 from evolforge.steps.common import elimination
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.evolving import assign_methods, evolving_messages, template_hash, worked_example_additions
 from evolforge.steps.common.responses import response_requests, response_sampling
 
@@ -336,19 +334,19 @@ def read_pool(src: Path) -> pl.DataFrame:
     return table
 
 
-def open_checkers(llms: LLMParams, settings: EvolveSettings, evolver: LLM, cache: CallCache,
+def open_checkers(llms: RoleLLMs, settings: EvolveSettings, evolver: LLM,
                   round_name: str) -> tuple[LLM | None, LLM | None, EvolveSettings]:
     """(judge, responder, settings with ``check_role`` resolved): the roles the round's checks ask, None
     where no check needs one. Nothing loads until a request misses the cache."""
     judge_checks = [k for k in JUDGE_RULES if settings.rule(k)]
-    judge = open_role(llms.roles["judge"], cache, llms.llm) if judge_checks else None
+    judge = llms["judge"] if judge_checks else None
     if judge is not None and not loads_nothing_more(judge.role, evolver.role):
         print(f"{round_name}: the judge checks ({', '.join(judge_checks)}) load roles.judge "
               f"({judge.role.model}) beside roles.evolver ({evolver.role.model}) in this process; if the two "
               f"do not fit in memory together, serve the judge (backend openai) or turn those checks off")
     responder = None
     if settings.check_role != "evolver" and any(settings.rule(k) for k in RESPONSE_RULES):
-        responder = open_role(llms.roles["responder"], cache, llms.llm)
+        responder = llms["responder"]
         settings = dataclasses.replace(settings,
                                        check_role=resolve_check_role(settings.check_role, evolver.role, responder.role))
         if settings.check_role == "evolver":  # auto, and the responder is another local model
@@ -356,11 +354,11 @@ def open_checkers(llms: LLMParams, settings: EvolveSettings, evolver: LLM, cache
     return judge, responder, settings
 
 
-def run(round_name: str, src: str | Path, method: str | Path,
-        params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
-    """The evolve stage for the round ``round_name`` of ``evolve.rounds``: the pool of ``src`` evolved once,
-    with the method of ``method`` (method.txt; its meta.json's ``fallback`` for strategy auto)."""
-    section = load_section(params, "evolve", EvolveSection)
+def run(round_name: str, src: str | Path, method: str | Path, section: EvolveSection, respond: RespondSettings,
+        llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
+    """The evolve stage for the round ``round_name`` of ``evolve.rounds`` (``section``): the pool of ``src``
+    evolved once by ``llms["evolver"]``, with the method of ``method`` (method.txt; its meta.json's ``fallback``
+    for strategy auto); the response checks answer with ``respond``'s sampling."""
     settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
     if round_name not in section.rounds:
         raise ParamsError([f"evolve.rounds: no round named {round_name!r} (rounds: {', '.join(section.rounds)})"])
@@ -373,13 +371,11 @@ def run(round_name: str, src: str | Path, method: str | Path,
     if fallback:
         print(f"{round_name}: {fallback}")
     text = method_text(settings.strategy, Path(method))
-    llms = load_llm_params(params, ("evolver", "judge", "responder"))
-    cache = open_cache(llms.cache)
-    evolver = open_role(llms.roles["evolver"], cache, llms.llm)
-    judge, responder, settings = open_checkers(llms, settings, evolver, cache, round_name)
+    evolver = llms["evolver"]
+    judge, responder, settings = open_checkers(llms, settings, evolver, round_name)
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
-        responder=responder, respond_sampling=response_sampling(load_section(params, "respond", RespondSettings)))
+        responder=responder, respond_sampling=response_sampling(respond))
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
     roles = {name: llm
              for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}

@@ -23,17 +23,15 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from evolforge.llm.cache import open_cache
 from evolforge.core.models import load_causal_lm, load_tokenizer
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.evolver_analysis.settings import AnalysisSettings
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import read_table
 from evolforge.core.stage import Outputs
-from evolforge.llm.cached import LLM, open_llm, open_role
+from evolforge.llm.cached import LLM, open_llm
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.evolving import assign_methods, evolving_prompt, initial_method_text
 
 KEYWORD_TEMPLATE = "judge/method_keyword.j2"
@@ -121,21 +119,21 @@ def method_keywords(evolver: LLM, judge: LLM, prompts: PromptLibrary, evolving_p
             "method_lines": len(methods), "distinct_keywords": len(distinct), "keywords": distinct}
 
 
-def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
+def run(seed: str | Path, cfg: AnalysisSettings, evolve: EvolveSection, optimize: OptimizeSettings, llms: RoleLLMs,
+        prompts: PromptLibrary) -> Outputs:
     """Both analyses on the first ``evolver_analysis.items`` seeds of ``seed``, for roles.evolver and each model
-    of ``evolver_analysis.evolvers``: Evol-Instruct prompts with the paper's method rotation (round 1) for the
-    top-token probabilities, the Auto Evol-Instruct initial method for the keywords."""
-    cfg = load_section(params, "evolver_analysis", AnalysisSettings)
+    of ``evolver_analysis.evolvers``: Evol-Instruct prompts with the paper's method rotation (round 1,
+    ``evolve.breadth``) for the top-token probabilities, the Auto Evol-Instruct initial method
+    (``optimize.initial_method``) for the keywords, named by roles.judge (``llms``)."""
     table = read_table(seed).head(cfg.items)
     seeds = table["instruction"].to_list()
     methods = assign_methods(table["root_id"].to_list(), 1, "round_robin",
-                             load_section(params, "evolve", EvolveSection).breadth, cfg.seed)
+                             evolve.breadth, cfg.seed)
     evol_prompts = [evolving_prompt(prompts, m, q) for m, q in zip(methods, seeds)]
-    method_text = initial_method_text(prompts, load_section(params, "optimize", OptimizeSettings).initial_method)
+    method_text = initial_method_text(prompts, optimize.initial_method)
     auto_prompts = [evolving_prompt(prompts, "auto", q, method_text) for q in seeds]
-    llms = load_llm_params(params, ("judge", "evolver"))
-    cache = open_cache(llms.cache)
-    judge, evolver = open_role(llms.roles["judge"], cache, llms.llm), llms.roles["evolver"]
+    cache = llms.cache
+    judge, evolver = llms["judge"], llms.role("evolver")
     roles = [evolver] + [dataclasses.replace(evolver, name=f"evolver_{i + 1}", model=m, revision=None)
                          for i, m in enumerate(cfg.evolvers or [])]
     metrics, plot = {"items": len(seeds), "first_tokens": cfg.first_tokens, "evolvers": {}}, []
@@ -148,7 +146,7 @@ def run(seed: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Out
                                             cfg.max_tokens, cfg.first_tokens) for p in row]
         del model
         # the paper samples the Auto Evol prompt at 0.7 / 0.95 for the methods lists
-        sampler = open_llm(dataclasses.replace(role, temperature=0.7, top_p=0.95), cache, settings=llms.llm)
+        sampler = open_llm(dataclasses.replace(role, temperature=0.7, top_p=0.95), cache, settings=llms.settings)
         keywords = method_keywords(sampler, judge, prompts, auto_prompts, cfg.keyword_max_tokens)
         metrics["evolvers"][role.model] = {
             "tokens": len(probs), "mean_top_prob": statistics.fmean(probs) if probs else None,

@@ -12,8 +12,6 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import JUDGED
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
 from evolforge.config.data import DataSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.core.prompts import PromptLibrary
@@ -22,7 +20,8 @@ from evolforge.io.records import TABLE, VERSIONS, output_versions
 from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read_spilled, spilled,
                                  table_file, table_schema,
                                  write_output_chunks)
-from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.cached import LLM
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.difficulty import LEVEL_TEMPLATE, LEVELS, SCORE_TEMPLATES, judge
 
 
@@ -70,16 +69,16 @@ def held(cfg: Any, llm: LLM, column: Any) -> bool:
                    for reason in column(name).drop_nulls().to_list())
 
 
-def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
-    """The judge stage over the table ``items``: the item texts are read ``data.chunk_rows`` at a time and
-    judged chunk by chunk (each item's answers are its own); each chunk's judged columns, without the texts,
-    are spilled beside ``out`` and streamed into it; the metrics read the written table a column at a time
+def run(items: str | Path, out: str | Path, cfg: JudgeSettings, data: DataSettings, llms: RoleLLMs,
+        prompts: PromptLibrary) -> Outputs:
+    """The judge stage over the table ``items`` with ``llms["judge"]``: the item texts are read ``data.chunk_rows``
+    at a time and judged chunk by chunk (each item's answers are its own); each chunk's judged columns, without
+    the texts, are spilled beside ``out`` and streamed into it; the metrics read the written table a column at a time
     (docs/how-to/scale.md)."""
-    cfg = load_section(params, "judge", JudgeSettings)
-    source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
+    source, rows = table_file(items), data.chunk_rows
     check_chunks(source,
                  validation.item_columns(["id", "round", "instruction", "input"]) + validation.unique("id"), rows)
-    llm = open_roles(load_llm_params(params, ("judge",)))["judge"]
+    llm = llms["judge"]
 
     def judged(chunk: pl.DataFrame) -> pl.DataFrame:
         return judge(chunk, llm, prompts, score_prompt=cfg.score_prompt, max_tokens=cfg.max_tokens,

@@ -55,17 +55,15 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from evolforge.config.bounds import ParamsError
-from evolforge.config.loader import load_section
-from evolforge.config.optimize_answer import answer_problems
-from evolforge.config.runtime import load_llm_params
+from evolforge.config.bounds import Refusal
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.io.records import (SEED_POOL, TABLE, VERSIONS, atomic_dir, output_versions, read_table, write_json,
                                   write_jsonl)
-from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.cached import LLM
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.judge.settings import JudgeSettings
@@ -142,8 +140,8 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
     result.warnings.append(warning)
     print(f"optimize: warning: {warning}", flush=True)  # the stage log, as it happens
     if settings.on_unparseable == "stop":
-        raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unparseable: stop): {warning}; "
-                         f"every answer is in the call cache, so a rerun asks only what changed")
+        raise Refusal(f"stopped (params.yaml optimize.on_unparseable: stop): {warning}; "
+                      f"every answer is in the call cache, so a rerun asks only what changed")
     return 0
 
 
@@ -248,11 +246,9 @@ def read_dev_pool(seed: str | Path, settings: OptimizeSettings, rng: random.Rand
                           held_out=evolved)
 
 
-def open_models(params: dict, judge: bool = False) -> dict[str, LLM]:
+def open_models(llms: RoleLLMs, judge: bool = False) -> dict[str, LLM]:
     """Evolver and optimizer LLMs, and the judge with ``judge`` (one loaded model where the roles name the same)."""
-    if judge:
-        return open_roles(load_llm_params(params, ("evolver", "optimizer", "judge")))
-    return open_roles(load_llm_params(params, ("evolver", "optimizer")))
+    return {name: llms[name] for name in ("evolver", "optimizer", "judge") if name != "judge" or judge}
 
 
 def write_method(out: str | Path, method: str, log: list[dict], meta: dict) -> None:
@@ -263,17 +259,17 @@ def write_method(out: str | Path, method: str, log: list[dict], meta: dict) -> N
         write_json(tmp / "meta.json", {VERSIONS: output_versions(), **meta})  # as write_output records them
 
 
-def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
-    """The optimize stage: the method optimized on the seed items of ``seed``, written to ``out``. With
-    ``evolve.strategy`` other than auto it costs nothing: the initial method, an empty log, no model loaded."""
-    settings = load_section(params, "optimize", OptimizeSettings)
-    evolve_settings = load_section(params, "evolve", EvolveSection)
+def run(seed: str | Path, out: str | Path, settings: OptimizeSettings, evolve_settings: EvolveSection,
+        judge_settings: JudgeSettings | None, llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
+    """The optimize stage: the method optimized on the seed items of ``seed`` by ``llms`` (evolver, optimizer;
+    the judge, with ``judge_settings``, under ``judge_difficulty``), written to ``out``. With ``evolve.strategy``
+    other than auto it costs nothing: the initial method, an empty log, no model loaded."""
     strategy = evolve_settings.strategy
     initial = initial_method_text(prompts, settings.initial_method)
     templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE, ANALYSIS_TEMPLATE,
                  OPTIMIZATION_TEMPLATE]
     if settings.judge_difficulty:
-        templates.append(SCORE_TEMPLATES[load_section(params, "judge", JudgeSettings).score_prompt])
+        templates.append(SCORE_TEMPLATES[judge_settings.score_prompt])
     meta = {"templates": {t: prompts.hash(t) for t in templates}, "params": dataclasses.asdict(settings),
             "evolve_strategy": strategy}
     if strategy != "auto":
@@ -282,12 +278,9 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
                         "calls": 0, "cache_hits": 0},
                        f"optimize: skipped (evolve.strategy {strategy}); initial method -> {out}/method.txt",
                        plot=[])
-    problems = answer_problems(params)  # what would empty every candidate, before any request
-    if problems:
-        raise ParamsError(problems)
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
     dev, pool = read_dev_pool(seed, settings, rng)
-    models = open_models(params, judge=settings.judge_difficulty)
+    models = open_models(llms, judge=settings.judge_difficulty)
     judge = models.pop("judge", None)
     evolve_controls, evolve_max_tokens = evolve_settings.step_format()
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
@@ -297,14 +290,14 @@ def run(seed: str | Path, out: str | Path, params: dict[str, Any], prompts: Prom
     print(f"optimize: {result.outcome}", flush=True)
     difficulty = None
     if judge is not None:
-        difficulty = dev_difficulty(result, dev, judge, prompts, load_section(params, "judge", JudgeSettings),
+        difficulty = dev_difficulty(result, dev, judge, prompts, judge_settings,
                                     models["evolver"], settings.evolver_temperature, controls=evolve_controls,
                                     max_tokens=evolve_max_tokens, few_shot=evolve_settings.few_shot)
     usable = usability(result, settings)
     if usable["message"]:
         print(f"optimize: {usable['message']}")
     if not usable["method_usable"] and settings.on_unusable == "stop":
-        raise SystemExit(f"optimize: stopped (params.yaml optimize.on_unusable: stop): {usable['message']}")
+        raise Refusal(f"stopped (params.yaml optimize.on_unusable: stop): {usable['message']}")
     meta.update(skipped=False, dev_ids=[d["id"] for d in dev], fallback=usable["fallback"],
                 fallback_reason=usable["message"] if usable["fallback"] else None,
                 models={"evolver": models["evolver"].label, "optimizer": models["optimizer"].label})

@@ -20,7 +20,6 @@ from typing import Any
 import polars as pl
 
 from evolforge.io import validation
-from evolforge.config.loader import load_section
 from evolforge.config.data import DataSettings
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.io.jsonfiles import read_json
@@ -66,11 +65,11 @@ def _recorded_versions(folder: Path) -> dict[str, Any] | None:
     return recorded if isinstance(recorded, dict) else None
 
 
-def run(evol: str, autoif: str, out: str | Path, params: dict[str, Any]) -> Outputs:
+def run(evol: str, autoif: str, out: str | Path, cfg: AutoIFSettings, data: DataSettings) -> Outputs:
     """The pick_scenario stage: one of the two tables unchanged, streamed into ``out``. The choice is made on
     each table's first row (whether the AutoIF one has rows); the chosen table then streams through
     (docs/how-to/scale.md)."""
-    cfg, rows = load_section(params, "autoif", AutoIFSettings), load_section(params, "data", DataSettings).chunk_rows
+    rows = data.chunk_rows
     files = {evol: table_file(evol), autoif: table_file(autoif)}
     heads = [next(iter(iter_chunks(files[path], 1)), pl.DataFrame(schema=table_schema(files[path])))
              for path in (evol, autoif)]

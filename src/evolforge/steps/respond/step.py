@@ -18,28 +18,27 @@ import dataclasses
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator, Mapping
 
 import polars as pl
 
 from evolforge.io import validation
 from evolforge.io.columns import RESPONSES
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
-from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.evolve.settings import EvolveRound
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS, output_versions
-from evolforge.config.data import DataSettings  # noqa: F401  (part of this module's API)
+from evolforge.config.data import DataSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks,
                                  read_spilled, spilled, table_file,
                                  table_schema, write_output_chunks)
-from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
 from evolforge.steps.common import elimination
 from evolforge.eval.sandbox import require_sandbox
 from evolforge.steps.common.answer_check import check_answer
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_requests, response_sampling
 
 # a round's answers, read by answer()
@@ -176,20 +175,20 @@ def status_counts(table: pl.DataFrame) -> dict[str, int]:
     return counts
 
 
-def run(evolved: str | Path, seed: str | Path, out: str | Path,
-        params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
-    """The respond stage: the evolved items of ``respond.rounds`` (round folders under ``evolved``; the seeds
-    of ``seed`` with ``include_seed``), answered by the responder role ``data.chunk_rows`` rows at a time
-    and streamed into ``out`` (docs/how-to/scale.md)."""
+def run(evolved: str | Path, seed: str | Path, out: str | Path, cfg: RespondSettings,
+        evolve_rounds: Mapping[str, EvolveRound], data: DataSettings, llms: RoleLLMs,
+        prompts: PromptLibrary) -> Outputs:
+    """The respond stage: the evolved items of ``respond.rounds`` (round folders under ``evolved``, named by
+    ``evolve_rounds``; the seeds of ``seed`` with ``include_seed``), answered by ``llms["responder"]``
+    ``data.chunk_rows`` rows at a time and streamed into ``out`` (docs/how-to/scale.md)."""
     # the models stage checked that its rounds are evolve.rounds indices
-    cfg = load_section(params, "respond", RespondSettings)
-    rounds = {r["index"]: name for name, r in load_section(params, "evolve", EvolveSection).rounds.items()}
+    rounds = {r["index"]: name for name, r in evolve_rounds.items()}
     items = gather([f"{evolved}/{rounds[k]}" for k in cfg.rounds], seed if cfg.include_seed else None,
-                   load_section(params, "data", DataSettings).chunk_rows)
+                   data.chunk_rows)
     check_unique(items.ids(), "id", out)  # the output's rule, before any call
     if items.runs_code():
         require_sandbox("respond (the seeds' python_tests answer checks)")
-    llm = open_roles(load_llm_params(params, ("responder",)))["responder"]
+    llm = llms["responder"]
     repetition = elimination.repetition_test(cfg.repetition)
     statuses, per_round, failed, tally = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0, Counter()
     checks: dict = {"items": 0, "passed": 0, "failed": 0, "by_kind": {}}

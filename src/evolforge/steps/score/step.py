@@ -19,8 +19,7 @@ import polars as pl
 import torch
 
 from evolforge.io import validation
-from evolforge.config.loader import load_section
-from evolforge.config.roles import Role, load_role
+from evolforge.config.roles import Role
 from evolforge.config.data import DataSettings
 from evolforge.io.records import TABLE, VERSIONS, output_versions
 from evolforge.core.stage import Outputs
@@ -71,13 +70,12 @@ class ChunkScorer:
         return pl.concat([chunk.select("id", "round"), stored_scores(scores)], how="horizontal")
 
 
-def run(items: str | Path, out: str | Path, params: dict[str, Any]) -> Outputs:
+def run(items: str | Path, out: str | Path, cfg: ScoreSettings, role: Role, data: DataSettings) -> Outputs:
     """Scores (id, round, losses in nats, ifd, ic_ifd, token counts) of the items of ``items``, streamed into
-    ``out``; the scorer runs in-process (hf): scoring needs logits. With ``data.engine: ray`` the chunks are
-    scored by ``roles.scorer.replicas`` Ray actors of ``roles.scorer.threads`` CPUs (default 1) each."""
-    cfg = load_section(params, "score", ScoreSettings)
-    role = load_role(params, "scorer")  # a backend that cannot serve the scorer is refused there (BackendSpec.roles)
-    source, data = table_file(items), load_section(params, "data", DataSettings)
+    ``out``; the scorer (``role``: roles.scorer) runs in-process (hf): scoring needs logits. With
+    ``data.engine: ray`` the chunks are scored by ``roles.scorer.replicas`` Ray actors of
+    ``roles.scorer.threads`` CPUs (default 1) each."""
+    source = table_file(items)
     check_chunks(source,
                  validation.item_columns(["id", "round",
                                           "instruction", "input", "output"]) + validation.unique("id"), data.chunk_rows)

@@ -6,19 +6,16 @@ splits its seed pool X). The rules are written for users in docs/how-to/seeds.md
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from evolforge.config.loader import load_section
 from evolforge.steps.seed.settings import SeedSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.records import SEED_POOL
 from evolforge.steps.common.source import build_seed
 
 
-def run(params: dict[str, Any]) -> Outputs:
-    """The seed stage: ``params.yaml seed`` read into the seed table, with the dropped duplicates and the whole
-    pool beside it."""
-    cfg = load_section(params, "seed", SeedSettings)
+def run(cfg: SeedSettings) -> Outputs:
+    """The seed stage: ``params.yaml seed`` (``cfg``) read into the seed table, with the dropped duplicates and
+    the whole pool beside it."""
     read = dict(fmt=cfg.format, fields=cfg.fields, config=cfg.config, split=cfg.split, revision=cfg.revision)
     table, metrics, duplicates = build_seed(cfg.source, limit=cfg.limit, seed=cfg.seed, min_checked=cfg.min_checked,
                                             **read)

@@ -23,12 +23,13 @@ name and that header, so each version gets its own cache entry and loads as itse
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import polars as pl
 import yaml
@@ -331,17 +332,34 @@ def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, params: di
     return "\n\n".join(parts) + "\n"
 
 
-def write_card(selected_dir: str | Path, layout: Layout, params: dict | None = None) -> Path:
+@dataclasses.dataclass(frozen=True)
+class CardParams:
+    """What the card takes from params.yaml: its ``card`` section, ``data.chunk_rows``, and the sections it
+    quotes and the roles it names as written (``written``: the card states what the file said, no defaults)."""
+
+    settings: CardSettings
+    chunk_rows: int
+    written: dict[str, Any]
+
+
+def card_params(params: Mapping[str, Any]) -> CardParams:
+    """The :class:`CardParams` of ``params`` (a params.yaml mapping)."""
+    written = {k: params[k] for k in ("seed", "evolve", "respond", "autoif", "judge", "verify", "score", "select",
+                                      "roles") if k in params}
+    return CardParams(load_section(params, "card", CardSettings), load_section(params, "data", DataSettings).chunk_rows,
+                      written)
+
+
+def write_card(selected_dir: str | Path, layout: Layout, card: CardParams) -> Path:
     """Write the shards and ``README.md`` into ``selected_dir``, telling how the outputs of ``layout`` made the
     selection; return the card's path."""
-    params = params or {}
-    settings = load_section(params, "card", CardSettings)
+    params, settings = card.written, card.settings
     selected_dir = Path(selected_dir)
     table_path = selected_dir / TABLE
     if not table_path.exists():
         raise FileNotFoundError(f"{table_path}: no selection; run the select stage first")
     # a hub row's chat messages are built as Python objects first: several times a streamed row's memory
-    chunk_rows = max(1, load_section(params, "data", DataSettings).chunk_rows // HUB_SHARE)
+    chunk_rows = max(1, card.chunk_rows // HUB_SHARE)
     fingerprint = shards_fingerprint(selected_dir, write_shards(table_path, selected_dir, chunk_rows))
     has_round = "round" in pl.read_parquet_schema(table_path)
     # 8 bytes per row: the rows' rounds, for the counts per round (a row number where there is no round)

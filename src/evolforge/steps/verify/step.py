@@ -36,8 +36,6 @@ import polars as pl
 
 from evolforge.config.bounds import ParamsError, Refusal
 from evolforge.config.data import DataSettings
-from evolforge.config.loader import load_section
-from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation, require_sandbox
@@ -46,9 +44,10 @@ from evolforge.io.columns import VERIFIED
 from evolforge.io.records import TABLE, VERSIONS, output_versions
 from evolforge.io.stream import (check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
                                  write_output_chunks)
-from evolforge.llm.cached import LLM, open_roles
+from evolforge.llm.cached import LLM
 from evolforge.llm.types import ControlsError
 from evolforge.steps.common.guards import guard_reason
+from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE, response_sampling
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.verify.code_tests import SOLUTION_TEMPLATE, TESTS_TEMPLATE, is_code_task
@@ -147,17 +146,17 @@ def counts(written: Path) -> dict[str, Any]:
             "constraint_passed_by_content": {v: by_content.get(v, 0) for v in VERDICTS}}
 
 
-def run(items: str | Path, out: str | Path, params: dict[str, Any], prompts: PromptLibrary) -> Outputs:
-    """The verify stage over the table ``items``, ``data.chunk_rows`` at a time (each item's checks are its own);
-    the columns spilled beside ``out`` and streamed into it, as the judge stage writes."""
-    cfg = load_section(params, "verify", VerifySettings)
+def run(items: str | Path, out: str | Path, cfg: VerifySettings, respond: RespondSettings, data: DataSettings,
+        llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
+    """The verify stage over the table ``items``, ``data.chunk_rows`` at a time (each item's checks are its own),
+    with ``llms["responder"]`` and ``llms["judge"]``, sampling as ``respond`` asks; the columns spilled beside
+    ``out`` and streamed into it, as the judge stage writes."""
     if cfg.enabled:  # code answers and programs of thought run in the sandbox
         require_sandbox("verify (code answers against their tests, programs of thought)")
-    sampling = response_sampling(load_section(params, "respond", RespondSettings))
-    source, rows = table_file(items), load_section(params, "data", DataSettings).chunk_rows
+    sampling = response_sampling(respond)
+    source, rows = table_file(items), data.chunk_rows
     check_chunks(source, validation.item_columns(["id", "round", "instruction", "input", "output"])
                  + validation.unique("id"), rows)
-    llms = open_roles(load_llm_params(params, ("responder", "judge")))
     responder, judge = llms["responder"], llms["judge"]
     if cfg.enabled and cfg.probabilities:  # refused before any call, naming the setting that asks for it
         refused = judge.role.ranking_problems("verify.probabilities", judge.control_backend)
