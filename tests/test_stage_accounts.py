@@ -94,3 +94,10 @@ def test_roles_opened_together_share_one_accounting_with_an_account_each():
 def test_the_stage_runner_does_not_look_the_llm_layer_up():
     source = Path(stage.__file__).read_text(encoding="utf-8")
     assert "sys.modules" not in source and "evolforge.llm" not in source.replace("evolforge.llm.accounting", "")
+
+
+def test_an_llm_the_step_let_go_is_still_judged_at_the_stages_end():
+    accounting = Accounting()
+    ask(refusing(accounting), "bad", "good", "bad again")  # nothing holds the LLM after this line
+    with pytest.raises(LLMFailureError, match=r"roles\.judge \(fake\): 2 of 3 requests failed"):
+        accounting.check()
