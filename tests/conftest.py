@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import sys
-
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +43,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _forget_stage_llms():
+def _forget_stage_accounts():
     """``llm.max_failure_rate`` is judged over what a stage (one process) asked; a test is one stage."""
+    from evolforge.core.accounts import STAGE
+
     yield
-    cached = sys.modules.get("evolforge.llm.cached")
-    if cached is not None:
-        cached._OPEN.clear()
+    STAGE.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)

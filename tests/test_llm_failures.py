@@ -442,15 +442,15 @@ def _rejecting(body: dict):
 def test_max_failure_rate_holds_over_the_stage_not_over_one_small_table(tmp_path):
     """Three rejections, all in the third of four tables (3 of its 5 requests, 3 of the stage's 23): a small
     table alone past the threshold does not stop the stage; the stage's end judges the whole."""
-    from evolforge.llm.cached import MIN_REQUESTS_TO_STOP_EARLY, check_failures
+    from evolforge.llm.accounting import MIN_REQUESTS_TO_STOP_EARLY, stage_accounting
 
     assert 6 + 6 + 5 < MIN_REQUESTS_TO_STOP_EARLY <= 23
     with FakeOpenAIServer(_rejecting) as server:
         llm = open_llm(role(server), CallCache(tmp_path / "a.sqlite"), settings=LLMSettings(max_failure_rate=0.5))
         tables = _tables(llm, [6, 6, 5, 6], rejected_table=2)
         assert [sum(c.failed for c in t) for t in tables] == [0, 0, 3, 0]  # 3 of 5 in one table: 60% > 50%
-        assert llm.asked == 23 and sum(llm.failed.values()) == 3
-        check_failures()  # 3 of 23 is under 0.5: the stage passes
+        assert llm.account.asked == 23 and sum(llm.account.failed.values()) == 3
+        stage_accounting().check()  # 3 of 23 is under 0.5: the stage passes
 
         # the same rejections with a threshold the stage is past (3 of 23 > 10%): no early stop in the small
         # tables before MIN_REQUESTS_TO_STOP_EARLY requests were asked; the last table's call (23 asked) stops it
@@ -458,21 +458,21 @@ def test_max_failure_rate_holds_over_the_stage_not_over_one_small_table(tmp_path
         with pytest.raises(LLMFailureError, match=r"3 of 23 requests failed \(3 request_rejected\).*over everything "
                                                   r"this stage asked"):
             _tables(strict, [6, 6, 5, 6], rejected_table=2)
-        assert strict.asked == 23
+        assert strict.account.asked == 23
         with pytest.raises(LLMFailureError, match=r"3 of 23 requests failed"):
-            check_failures()  # the stage's end says the same
+            stage_accounting().check()  # the stage's end says the same
 
         # a stage that asked fewer than the minimum in all is judged at its end, whole
         small = open_llm(role(server), CallCache(tmp_path / "c.sqlite"), settings=LLMSettings(max_failure_rate=0.1))
         _tables(small, [6, 5], rejected_table=1)
         with pytest.raises(LLMFailureError, match=r"3 of 11 requests failed"):
-            check_failures()
-        check_failures()  # checked once: the stage's LLMs are forgotten after
+            stage_accounting().check()
+        stage_accounting().check()  # checked once: the stage's LLMs are forgotten after
 
 
 def test_one_rejection_in_a_small_round_passes_the_shipped_threshold(tmp_path):
     """As the shipped run: 0.05 of 23 requests allows one failure, wherever it lands."""
-    from evolforge.llm.cached import check_failures
+    from evolforge.llm.accounting import stage_accounting
 
     def one_rejected(body: dict):
         task = TASK.search(body["messages"][-1]["content"]).group(0)
@@ -484,8 +484,8 @@ def test_one_rejection_in_a_small_round_passes_the_shipped_threshold(tmp_path):
         llm = open_llm(role(server), CallCache(tmp_path / "a.sqlite"), settings=LLMSettings(max_failure_rate=0.05))
         REJECTED_NOW.clear()
         _tables(llm, [6, 6, 5, 6], rejected_table=-1)
-        assert sum(llm.failed.values()) == 1
-        check_failures()
+        assert sum(llm.account.failed.values()) == 1
+        stage_accounting().check()
 
 
 def test_answers_from_the_cache_count_among_what_a_stage_asked(tmp_path):
@@ -498,5 +498,5 @@ def test_answers_from_the_cache_count_among_what_a_stage_asked(tmp_path):
     rerun = LLM(FakeBackend(lambda request: Completion.failure("request_rejected", "refused")), cache, role=role)
     assert not any(c.failed for c in rerun.generate(asks[:19]))  # every one from the cache
     assert rerun.generate(asks[19:])[0].failed
-    assert rerun.asked == 20 and sum(rerun.failed.values()) == 1
-    assert not rerun.past_threshold()  # 1 of 20 is within the default 0.05 (1 of 1 would not be)
+    assert rerun.account.asked == 20 and sum(rerun.account.failed.values()) == 1
+    assert not rerun.account.past_threshold()  # 1 of 20 is within the default 0.05 (1 of 1 would not be)

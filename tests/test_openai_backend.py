@@ -355,7 +355,7 @@ _VALIDATION_500 = {"error": {"message": (
 
 
 def test_a_refusal_keeps_the_servers_message_whole_and_names_the_setting(server, tmp_path):
-    from evolforge.llm.cached import check_failures
+    from evolforge.llm.accounting import stage_accounting
     from evolforge.llm.types import LLMFailureError
 
     server.always = reply(500, _VALIDATION_500)
@@ -381,7 +381,7 @@ def test_a_refusal_keeps_the_servers_message_whole_and_names_the_setting(server,
     llm.generate([ask(f"Easy or hard? {i}", choices=("easy", "hard")) for i in range(4)])
     with pytest.raises(LLMFailureError, match=r"First failure: request_rejected: HTTP 500 .*set roles\.judge\.server"
                                               r".*roles\.judge\.choice_format: none"):
-        check_failures()  # at the stage's end
+        stage_accounting().check()  # at the stage's end
 
 
 def test_llama_cpp_pythons_refusal_of_log_probabilities_says_how_to_start_it(server):

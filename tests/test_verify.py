@@ -20,7 +20,8 @@ from evolforge.llm.backends.fake import FakeBackend, TemplateReplies
 from evolforge.llm.backends.openai.http import LLMRequestError
 from evolforge.llm.budget import BudgetExhaustedError
 from evolforge.llm.cache import CallCache
-from evolforge.llm.cached import LLM, check_failures
+from evolforge.llm.accounting import stage_accounting
+from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion, ControlsError, LLMFailureError
 from evolforge.steps.common.function_runs import FunctionRun, run_function
 from evolforge.steps.select.near_duplicates import walk_near_duplicates
@@ -357,11 +358,11 @@ def test_items_left_unsure_by_an_error_count_toward_max_failure_rate(repo):
 
     out = verify(table(), responder, judge, prompts, VerifySettings(), {}, runner=broken_runner)
     assert out.filter(pl.col("verify_method") == "code_tests")["verify_verdict"].to_list() == ["unsure", "unsure"]
-    assert responder.failed == Counter({VERIFY_ERROR: 2}) and responder.stats["failed_by_reason"] == {VERIFY_ERROR: 2}
-    assert not judge.failed  # the judge's items were verified
+    assert responder.account.failed == Counter({VERIFY_ERROR: 2}) and responder.stats["failed_by_reason"] == {VERIFY_ERROR: 2}
+    assert not judge.account.failed  # the judge's items were verified
     with pytest.raises(LLMFailureError, match=r"roles\.responder \(fake\): 2 of \d+ requests failed \(2 verify_error\)"
                                               r".*First failure: verify_error: verify code_tests: OSError: sandbox gone"):
-        check_failures()
+        stage_accounting().check()
 
 
 def _stage_in(tmp_path: Path, monkeypatch, repo: Path, judge: LLM, routes: TemplateReplies, roles: str = "") -> None:

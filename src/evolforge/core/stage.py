@@ -27,7 +27,9 @@ command line (taken out before the stage parses its arguments) or ``EVOLFORGE_DE
 (:mod:`evolforge.io.records`), so a refused stage leaves nothing partial behind; under ``dvc repro``, which
 removes a stage's outputs before running it, a failed stage puts its previous ones back from DVC's cache
 (:func:`restore_outputs`); so does a stage killed by a crash in native code, with one message naming what
-crashed (:mod:`evolforge.core.native`).
+crashed (:mod:`evolforge.core.native`). Before it writes, and when ``main`` returns, the stage's accounts are
+checked (:mod:`evolforge.core.accounts`): the LLM layer's fails a stage whose failed calls are past
+``llm.max_failure_rate`` of all it asked.
 
 A stage process hands the memory it frees back to the system at once (:func:`return_freed_memory`; polars'
 jemalloc is set by the package's ``__init__``, before polars loads; docs/how-to/scale.md, "Memory handed back").
@@ -53,6 +55,7 @@ import yaml
 
 from evolforge.config.bounds import Refusal
 from evolforge.core import native
+from evolforge.core.accounts import STAGE, StageAccounts
 from evolforge.io import validation
 from evolforge.io.records import write_json, write_output
 
@@ -98,14 +101,6 @@ class Outputs:
     peak_rss: bool = False
 
 
-def stage_failures() -> None:
-    """Raise when an LLM of this stage failed past ``llm.max_failure_rate`` of what it was asked (a stage
-    that made no call never imported the LLM layer)."""
-    cached = sys.modules.get("evolforge.llm.cached")
-    if cached is not None:
-        cached.check_failures()
-
-
 WALL_S = "wall_s"  # the metrics key of the stage process's wall seconds (report/summary.py gathers them)
 
 
@@ -122,12 +117,13 @@ def process_wall_s() -> float:
     return round(time.time() - started, 1)
 
 
-def write(args: argparse.Namespace, result: Outputs) -> None:
+def write(args: argparse.Namespace, result: Outputs, accounts: StageAccounts = STAGE) -> None:
     """Write ``result`` to the paths of ``args`` (``out``, ``metrics``, ``plot``, ``plots``), then print its
-    message. The ``--out`` folder is written whole or not at all, before any metric; nothing is written when the
-    stage's failed calls are past ``llm.max_failure_rate`` (evolforge.llm.cached.check_failures). The metrics
-    get the process's wall seconds up to then (``wall_s``)."""
-    stage_failures()
+    message. The ``--out`` folder is written whole or not at all, before any metric; nothing is written when an
+    account of the stage fails it (``accounts``: the process's unless given; the LLM layer's raises when failed
+    calls are past ``llm.max_failure_rate``, evolforge.llm.accounting). The metrics get the process's wall
+    seconds up to then (``wall_s``)."""
+    accounts.check()
     if result.table is not None:
         validation.check(result.table, result.checks, args.out)
         write_output(args.out, result.table, meta=result.meta, extra=result.extra, tables=result.tables,
@@ -178,8 +174,10 @@ def _with_params_file(message: str, argv: list[str]) -> str:
     return message
 
 
-def run_stage(main: Callable[[], object], name: str | None = None) -> None:
-    """Run a stage's ``main``; on an error print one message to stderr and exit non-zero."""
+def run_stage(main: Callable[[], object], name: str | None = None, accounts: StageAccounts = STAGE) -> None:
+    """Run a stage's ``main``; on an error print one message to stderr and exit non-zero. When ``main``
+    returns, ``accounts`` (the process's unless given: :mod:`evolforge.core.accounts`) are checked, so a stage
+    that wrote its outputs itself still fails past ``llm.max_failure_rate`` over all it asked."""
     return_freed_memory()
     debug = debug_enabled()
     if "--debug" in sys.argv:
@@ -191,9 +189,7 @@ def run_stage(main: Callable[[], object], name: str | None = None) -> None:
     native.arm(name, debug)  # a crash in native code: one message and the outputs back (evolforge.core.native)
     try:
         main()
-        cached = sys.modules.get("evolforge.llm.cached")  # a stage that wrote its outputs itself: past
-        if cached is not None:  # llm.max_failure_rate over all it asked, it still fails
-            cached.check_failures()
+        accounts.check()
     except SystemExit as exit_:
         if isinstance(exit_.code, str):  # a SystemExit with a message (the package raises Refusals instead)
             exit_.code = _with_params_file(exit_.code, sys.argv)

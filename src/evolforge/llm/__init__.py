@@ -22,14 +22,16 @@ the free-text parser.
 One item's failure is that item's: a prompt that cannot fit, a rejected request or exhausted retries
 comes back as a :class:`~evolforge.llm.types.Completion` with ``failure_reason`` set (never cached), while every
 other completion is committed as it arrives. ``LLM.generate`` raises ``LLMFailureError`` -- after
-committing everything it got -- only when the failures pass ``max_failure_rate`` of its requests.
+committing everything it got -- only when the failures pass ``max_failure_rate`` of its requests; the stage's
+end judges the rest (:class:`~evolforge.llm.accounting.Accounting`, checked by the stage runner).
 
 Spend (tokens, cost, time) is recorded in the cache database and caps in ``llm.budget`` are enforced before
 sending (:mod:`evolforge.llm.budget`: the rest ``budget_exhausted``, then :class:`BudgetExhaustedError`);
 under ``EVOLFORGE_DRY_RUN`` nothing is sent and the misses are counted (:mod:`evolforge.llm.backends.dryrun`).
 
 Modules: :mod:`~evolforge.llm.types` (completions, failures, what a backend provides), :mod:`~evolforge.llm.cached`
-(the LLM of a role behind the cache, ``open_role``), :mod:`~evolforge.llm.keys` (request seeds, engine options),
+(the LLM of a role behind the cache, ``open_role``), :mod:`~evolforge.llm.accounting` (what each LLM's calls came
+to, ``llm.stats``, and the stage's failure threshold), :mod:`~evolforge.llm.keys` (request seeds, engine options),
 :mod:`~evolforge.llm.identity` (the model a role names, ``models/identity.json``), :mod:`~evolforge.llm.registry`
 (the backends: ``hf``, ``llamacpp``, ``vllm``, ``openai``, ``ray``) and the backends themselves, one module (or
 package) each in :mod:`evolforge.llm.backends` (with ``dryrun`` and the test double ``fake``).

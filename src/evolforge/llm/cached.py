@@ -1,9 +1,13 @@
-"""The LLM of one role behind the call cache (:class:`LLM`), and how a stage opens one (:func:`open_role`)."""
+"""The LLM of one role behind the call cache (:class:`LLM`), and how a stage opens one (:func:`open_role`).
+
+The LLM is the cache wrapper a step calls: it keys every request, answers what the cache holds, generates only the
+misses through its backend and commits them. What its calls came to (calls, hits, tokens, cost, failures) and
+whether they fail the stage is its account's (:mod:`evolforge.llm.accounting`), kept in the stage's
+:class:`~evolforge.llm.accounting.Accounting`.
+"""
 
 from __future__ import annotations
 
-import math
-import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -17,20 +21,14 @@ from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest, role_request
 from evolforge.config.runtime import LLMParams, LLMSettings
 from evolforge.llm.backends import dryrun
-from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, cost_of, open_gate, priced
+from evolforge.llm.accounting import Accounting, RoleAccount, stage_accounting
+from evolforge.llm.budget import BUDGET_EXHAUSTED, BudgetExhaustedError, open_gate
 from evolforge.llm.identity import IDENTITY_FILE, recorded_entry
 from evolforge.llm.pinning import resolve_identity
 from evolforge.llm.keys import identity_digest, resolved_engine, sampling_options, sampling_signature, str_choices
 from evolforge.llm.registry import shared_backend
 from evolforge.llm.thinking import separate
-from evolforge.llm.types import Backend, Completion, LLMFailureError, refuse_controls, refuse_ranking
-
-# ``llm.max_failure_rate`` holds over everything a stage asks of a role. Before the stage ends, an LLM stops
-# early only once it has been asked at least this many requests and its failures are already past the
-# threshold's share of them; below that, one rejected prompt in a small first table would stop a stage that
-# ends well under the threshold. The stage's end (evolforge.core.stage.write, run_stage) checks the whole.
-MIN_REQUESTS_TO_STOP_EARLY = 20
-_OPEN: "weakref.WeakSet[LLM]" = weakref.WeakSet()  # the LLMs of this process (a stage), checked at its end
+from evolforge.llm.types import Backend, Completion, refuse_controls, refuse_ranking
 
 
 class LLM:
@@ -40,26 +38,20 @@ class LLM:
     ``COMMIT_SPACING`` times the last commit's duration), and at the end (also when the run stops on an error).
 
     A failed item (``Completion.failed``) is returned to the caller and counted, never cached, so a
-    rerun retries exactly the failures. ``max_failure_rate`` holds over every request this LLM has been
-    asked (all its calls: a stage's chunks and tables, cached answers included): a call raises
-    :class:`LLMFailureError` once everything it got is committed when, counting this whole call, at least
-    ``MIN_REQUESTS_TO_STOP_EARLY`` requests were asked and the failures are past the threshold's share of
-    them -- early, as soon as that holds. What a stage asked of fewer is judged at its end
-    (:func:`check_failures`).
+    rerun retries exactly the failures. ``account`` (a :class:`~evolforge.llm.accounting.RoleAccount`, opened
+    in ``accounting``: the stage's :func:`~evolforge.llm.accounting.stage_accounting` unless given) counts
+    what this LLM was asked, and a call raises :class:`~evolforge.llm.types.LLMFailureError` when the failures
+    pass ``llm.max_failure_rate`` (the accounting module says when); ``stats`` are the account's.
 
     The backend is loaded on the first cache miss, so a stage whose calls are all cached never loads
     its model. ``identity`` (from ``models/identity.json``) names the model in cache keys; without it
     the backend is asked, which loads it.
-
-    ``stats``: ``calls`` (requests handed to the backend), ``cache_hits``, ``failures`` and
-    ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made),
-    ``prompt_tokens_cached`` (of ``prompt_tokens``, those the backend's KV store already held: llamacpp's
-    prefix reuse; absent for backends that do not say) and ``cost`` when the role has prices.
     """
 
     def __init__(self, backend: Backend | None, cache: CallCache | None, *, role: Role | None = None,
                  identity: dict[str, Any] | None = None, batch_size: int | None = None, desc: str | None = None,
-                 settings: LLMSettings | None = None, engine: dict[str, Any] | None = None):
+                 settings: LLMSettings | None = None, engine: dict[str, Any] | None = None,
+                 accounting: Accounting | None = None):
         if backend is None and (role is None or identity is None):
             raise ValueError("an LLM without a backend needs its role and the model identity")
         self._backend = backend
@@ -78,18 +70,16 @@ class LLM:
         self.batch_size = max(1, int(batch_size))
         self.desc = desc or self.role.name
         self.settings = settings or LLMSettings()
-        self.stats: dict[str, Any] = {"calls": 0, "cache_hits": 0, "failures": 0, "failed_by_reason": {},
-                                      "prompt_tokens": 0, "completion_tokens": 0, "cached_prompt_tokens": 0,
-                                      "thinking_tokens": 0}
-        if priced(self.role):
-            self.stats["cost"] = 0.0
+        self.account: RoleAccount = (accounting or stage_accounting()).open(self.role, self.settings)
         if self._engine.get("extra_bufts") is False:  # llamacpp: the plain kernels made (or make) these answers
             self.stats["extra_bufts"] = False
-        self.asked = 0  # requests asked of this LLM so far (cached ones included): max_failure_rate's base
-        self.failed: Counter[str] = Counter()  # the failures among them, by reason
-        self.first_failure: Completion | None = None
         self.pinned = True  # False: a dry run's role that models/identity.json does not pin yet (open_role)
-        _OPEN.add(self)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """What this LLM's calls came to (:class:`~evolforge.llm.accounting.RoleAccount`): calls, cache hits,
+        failures by reason, tokens, and cost when the role has prices."""
+        return self.account.stats
 
     @property
     def backend(self) -> Backend:
@@ -163,55 +153,30 @@ class LLM:
             constraint["controls"] = controls
         return constraint
 
-
     def generate(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
         refuse_controls(self.control_backend, requests, f"roles.{self.role.name}")
         refuse_ranking(self.control_backend, requests, f"roles.{self.role.name}")
         results, missing = self._from_cache([self.key(r) for r in requests])
-        self.stats["cache_hits"] += len(requests) - sum(len(v) for v in missing.values())
+        self.account.hits(len(requests) - sum(len(v) for v in missing.values()))
         if not missing:
-            self.asked += len(requests)  # answered from the cache: asked all the same (max_failure_rate's base)
+            self.account.answered(len(requests))  # from the cache: asked all the same
             return results  # type: ignore[return-value]
         if dryrun.active():  # evolforge plan: count the misses, send nothing
             return self._dry_run(requests, missing, results, desc or self.desc)
-        asked = self.asked + len(requests)
-        allowed = self.allowed(asked)
-        # the failures this call may add before the stage is past the threshold (early stops only)
-        room = allowed - sum(self.failed.values()) if asked >= MIN_REQUESTS_TO_STOP_EARLY else math.inf
+        room = self.account.room(len(requests))  # the failures this call may add (early stops only)
         failed, unsent, message = self._generate_missing(requests, missing, results, room, desc or self.desc)
         for i in unsent:
             results[i] = Completion.failure(BUDGET_EXHAUSTED, message)
-        self._record_failures(failed + Counter({BUDGET_EXHAUSTED: len(unsent)}))
-        self.asked = asked
-        self.failed += failed
-        if failed and self.first_failure is None:
-            self.first_failure = next(c for c in results if c is not None and c.failed)
-        if sum(failed.values()) > room:
-            self.raise_failures()
+        self.account.settle(results, failed, len(unsent), room)  # past the threshold: LLMFailureError
         if unsent:
             raise BudgetExhaustedError(message)
         return results  # type: ignore[return-value]
 
     def record_item_failures(self, reason: str, items: int, error: str) -> None:
-        """Count ``items`` that the caller could not use although their requests were answered (the verify step:
-        a batch whose sandbox or parsing failed) as failures toward ``llm.max_failure_rate``, under ``reason``;
-        ``error`` says why. The stage's end judges them with the rest (:func:`check_failures`)."""
-        if items <= 0:
-            return
-        failed = Counter({reason: items})
-        self._record_failures(failed)
-        self.failed += failed
-        if self.first_failure is None:
-            self.first_failure = Completion.failure(reason, error)
-
-    def allowed(self, asked: int) -> int:
-        """How many of ``asked`` requests may fail under ``llm.max_failure_rate``."""
-        return math.floor(self.settings.max_failure_rate * asked + 1e-9)
-
-    def past_threshold(self) -> bool:
-        """True when this LLM's failures are past ``llm.max_failure_rate`` of every request it was asked."""
-        return sum(self.failed.values()) > self.allowed(self.asked)
+        """Count ``items`` the caller could not use although their requests were answered as failures
+        (:meth:`~evolforge.llm.accounting.RoleAccount.record_item_failures`)."""
+        self.account.record_item_failures(reason, items, error)
 
     def _from_cache(self, keys: list[str]) -> tuple[list[Completion | None], dict[str, list[int]]]:
         """The cached completions, in request order (None where missing), and the missing keys with the indices
@@ -252,7 +217,7 @@ class LLM:
                             failed[out.failure_reason] += len(idx)
                         else:
                             store.pending.append((k, out.text, out.finish_reason, self.role.model, out.thinking))
-                    self._count([out for _, out in finished])
+                    self.account.count([out for _, out in finished])
                     bar.update(done)
                     bar.set_postfix_str(gate.postfix(), refresh=False)
                     if store.due():
@@ -273,38 +238,6 @@ class LLM:
                 results[i] = (Completion(text, "stop") if text is not None
                               else Completion.failure(dryrun.DRY_RUN, "dry run"))
         return results  # type: ignore[return-value]
-
-    def _count(self, outs: list[Completion]) -> None:
-        """Add the calls of ``outs`` (completions just made, failed ones included) to the stats."""
-        prompt = sum([out.prompt_tokens or 0 for out in outs])
-        completion = sum([out.completion_tokens or 0 for out in outs])
-        cached = sum([out.cached_prompt_tokens or 0 for out in outs])
-        self.stats["calls"] += len(outs)
-        self.stats["prompt_tokens"] += prompt
-        self.stats["completion_tokens"] += completion  # the thinking's tokens included
-        self.stats["cached_prompt_tokens"] += cached
-        self.stats["thinking_tokens"] += sum([out.thinking_tokens or 0 for out in outs])
-        kept = [out.prompt_cached for out in outs if out.prompt_cached is not None]
-        if kept:  # a backend with a KV store (llamacpp): prompt tokens it did not evaluate again
-            self.stats["prompt_tokens_cached"] = self.stats.get("prompt_tokens_cached", 0) + sum(kept)
-        if "cost" in self.stats:
-            self.stats["cost"] += cost_of(self.role, prompt, completion, cached)
-
-    def _record_failures(self, failed: Counter) -> None:
-        self.stats["failures"] += sum(failed.values())
-        by_reason = self.stats["failed_by_reason"]
-        for reason, n in failed.items():
-            by_reason[reason] = by_reason.get(reason, 0) + n
-
-    def raise_failures(self) -> None:
-        example = self.first_failure
-        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.failed.items()))
-        raise LLMFailureError(
-            f"roles.{self.role.name} ({self.role.model}): {sum(self.failed.values())} of {self.asked} requests "
-            f"failed ({counts}), more than params.yaml llm.max_failure_rate = {self.settings.max_failure_rate} "
-            f"allows (counted over everything this stage asked of the role); every completion received is in the "
-            f"cache, so a rerun retries only the failures. First failure: "
-            f"{example.failure_reason if example else '?'}: {example.error if example else ''}")
 
     def _run(self, requests: list[ChatRequest], keys: list[str]) -> Iterator[list[tuple[int, Completion]]]:
         """Completions as they finish, as (position in ``requests``, completion) groups to commit.
@@ -334,32 +267,22 @@ class LLM:
         return [None if c.failed else c.text for c in self.generate(requests, desc=desc)]
 
 
-def check_failures() -> None:
-    """At a stage's end: raise :class:`LLMFailureError` for an LLM of this process whose failures are past
-    ``llm.max_failure_rate`` of everything it was asked (a stage that asked fewer than
-    ``MIN_REQUESTS_TO_STOP_EARLY`` requests never stopped early). The LLMs are forgotten after the check."""
-    llms = list(_OPEN)
-    _OPEN.clear()
-    for llm in llms:
-        if llm.past_threshold():
-            llm.raise_failures()
-
-
 def _size(request: ChatRequest) -> tuple[int, int]:
     return request.max_tokens, sum([len(content) for _, content in request.messages])
 
 
 def open_llm(role: Role, cache: CallCache | None, identity: dict[str, Any] | None = None,
              desc: str | None = None, settings: LLMSettings | None = None,
-             engine: dict[str, Any] | None = None) -> LLM:
+             engine: dict[str, Any] | None = None, accounting: Accounting | None = None) -> LLM:
     """An LLM for ``role``. Given the model ``identity`` the backend loads only on the first cache miss.
-    ``engine``: the role's :func:`resolved_engine` as the models stage recorded it (None: resolved here)."""
+    ``engine``: the role's :func:`resolved_engine` as the models stage recorded it (None: resolved here).
+    ``accounting``: where its account is kept (None: the stage's, :func:`stage_accounting`)."""
     return LLM(None if identity is not None else shared_backend(role), cache, role=role, identity=identity,
-               desc=desc, settings=settings, engine=engine)
+               desc=desc, settings=settings, engine=engine, accounting=accounting)
 
 
 def open_role(role: Role, cache: CallCache | None, settings: LLMSettings,
-              identities: str | Path = IDENTITY_FILE) -> LLM:
+              identities: str | Path = IDENTITY_FILE, *, accounting: Accounting | None = None) -> LLM:
     """The LLM of ``role`` (parsed by the stage: :func:`evolforge.config.runtime.load_llm_params`), pinned by
     ``models/identity.json``; nothing loads until a request misses the cache."""
     try:
@@ -370,14 +293,16 @@ def open_role(role: Role, cache: CallCache | None, settings: LLMSettings,
         entry = None  # the models stage has not pinned it as params name it yet
     if entry is None or (not entry and dryrun.active() and role.served):
         # evolforge plan before `dvc repro models`: counted from params alone, asking no server (dryrun module doc)
-        llm = open_llm(role, cache, dryrun.params_identity(role), settings=settings)
+        llm = open_llm(role, cache, dryrun.params_identity(role), settings=settings, accounting=accounting)
         llm.pinned = False
         return llm
     identity = entry["identity"] if entry else resolve_identity(role)
-    return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"))
+    return open_llm(role, cache, identity, settings=settings, engine=entry.get("engine"), accounting=accounting)
 
 
-def open_roles(llms: LLMParams) -> dict[str, LLM]:
-    """An LLM for every role of ``llms`` (:func:`open_role`), all sharing one call cache."""
+def open_roles(llms: LLMParams, accounting: Accounting | None = None) -> dict[str, LLM]:
+    """An LLM for every role of ``llms`` (:func:`open_role`), all sharing one call cache and one accounting
+    (None: the stage's, :func:`stage_accounting`)."""
     cache = open_cache(llms.cache)
-    return {name: open_role(role, cache, llms.llm) for name, role in llms.roles.items()}
+    accounting = accounting or stage_accounting()
+    return {name: open_role(role, cache, llms.llm, accounting=accounting) for name, role in llms.roles.items()}
