@@ -77,13 +77,16 @@ def test_the_weak_method_experiment_measured_every_step_on_ten_items():
 
 def test_the_autoif_experiment_keeps_verified_items():
     """The kept AutoIF experiment (docs/results.md): responses that pass their constraint's kept functions make the
-    pool without a fallback, verify takes the functions' verdict as each item's answer check, and select keeps at
-    least three of them."""
+    pool without a fallback; verify checks each item's content beside its constraint (no item rests on the
+    constraint alone), and select keeps at least three items verified right, none of the others."""
     autoif = kept("autoif.json")
     metrics = autoif["metrics"]
+    verify = metrics["verify"]
     assert "autoif.scenario=autoif" in autoif["command"]
     assert metrics["autoif/verify"]["constraints_verified"] >= 1
     assert metrics["pool"]["scenario"] == "autoif" and metrics["pool"]["fallback"] is None
     assert metrics["pool"]["autoif_items"] == metrics["autoif/respond"]["responses_kept"] >= 3
-    assert metrics["verify"]["per_method"]["answer_check"]["right"] == metrics["verify"]["per_verdict"]["right"]
-    assert metrics["select"]["selected"] >= 3 and "not_vouched" not in metrics["select"]["removed_by_filter"]
+    assert sum(verify["constraint_passed_by_content"].values()) == verify["verified"]
+    assert not any(verify["per_method"]["answer_check"].values())
+    assert verify["constraint_passed_by_content"]["right"] == verify["per_verdict"]["right"]
+    assert 3 <= metrics["select"]["selected"] <= verify["per_verdict"]["right"]
