@@ -90,3 +90,13 @@ def test_the_autoif_experiment_keeps_verified_items():
     assert not any(verify["per_method"]["answer_check"].values())
     assert verify["constraint_passed_by_content"]["right"] == verify["per_verdict"]["right"]
     assert 3 <= metrics["select"]["selected"] <= verify["per_verdict"]["right"]
+
+
+def test_the_zero_shot_weak_method_experiment_is_kept_as_it_ran():
+    """The weak-method experiment with the papers' zero-shot evolving prompt (docs/results.md): every candidate
+    measured on the 10 development items by the rounds' rules, the weak method kept because none failed fewer."""
+    experiment = kept("weak-zero-shot.json")
+    optimize = experiment["metrics"]["optimize"]
+    assert "evolve.few_shot=false" in experiment["command"] and "initial_method=weak" in experiment["command"]
+    assert optimize["dev_size"] >= 10 and optimize["steps_run"] >= 1 and optimize["parseable_candidates"] >= 1
+    assert optimize["best_failures"] == optimize["initial_failures"] and not optimize["optimized"]
