@@ -128,7 +128,7 @@ def ifd_scores(
     inputs = inputs if inputs is not None else [""] * len(instructions)
     _check_lengths(instructions, inputs, responses)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    forward = (compiled if compile else lambda *pair: pair)(model, split_head(model))
+    forward = compiled(model, split_head(model)) if compile else (model, split_head(model))
     packed = use_packing(model, packing)
     budget = device_token_budget(model, max_batch_tokens)
     rows: list[dict[str, Any]] = []

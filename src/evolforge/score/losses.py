@@ -130,9 +130,8 @@ def compiled(model, head: _Head | None) -> tuple[Any, _Head | None]:
     the trunk and the loss (its fp32 log-sum-exp fused into one pass over the logits), else the whole model."""
     if head is None:
         return torch.compile(model, dynamic=True), None
-    plain = _Head(head.trunk, head.projection)
     return model, _Head(torch.compile(head.trunk, dynamic=True), head.projection,
-                        torch.compile(plain.nll, dynamic=True))
+                        torch.compile(head.nll, dynamic=True))  # head.loss is None: its nll is the plain one
 
 
 @dataclass(frozen=True)
