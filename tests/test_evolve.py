@@ -208,6 +208,19 @@ def test_auto_strategy_parses_marker_and_records_missing(seed_table):
     assert all(method in r.messages[-1][1] for r in sent(fake, METHOD_TEMPLATE))
 
 
+def test_auto_strategy_whole_output_keeps_an_answer_without_its_marker(seed_table):
+    """evolve.missing_marker: whole_output: the answer without a marker is the rewrite (the Auto Evol-Instruct
+    code's parse), and the text rules still judge it: an unchanged one fails as unchanged."""
+    plan = {f"Task number {i}.": f"Step 4 #Finally Rewritten Instruction#:\nSolve harder task {i}." for i in range(6)}
+    plan["Task number 4."] = "Solve task 4 with a table of its steps."
+    plan["Task number 5."] = "Task number 5."
+    settings = EvolveSettings(strategy="auto", missing_marker="whole_output")
+    (table, _, summary), _ = run_round(seed_table, 1, settings, plan, method_text="Rewrite it.")
+    assert summary["failed_by_reason"] == {"unchanged": 1}
+    evolved = table.filter(pl.col("status") == "evolved")["instruction"].to_list()
+    assert evolved == [f"Solve harder task {i}." for i in range(4)] + ["Solve task 4 with a table of its steps."]
+
+
 def test_three_rounds_chain_and_lineage(seed_table, tmp_path, capsys):
     settings = EvolveSettings(strategy="evol", breadth=True, on_failure="keep_parent")
     write_output(tmp_path / "seed", seed_table)

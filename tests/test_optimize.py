@@ -352,6 +352,17 @@ def test_a_missing_marker_fails_without_a_response():
     assert len(evolver_fake.sent) == 4  # the evolving calls only
 
 
+def test_whole_output_scores_an_answer_without_its_marker_as_its_rewrite():
+    """evolve.missing_marker: whole_output (the Auto Evol-Instruct code's parse): the whole answer is the rewrite,
+    answered and judged by the rules like any other; the metrics still count the answers without the marker."""
+    evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
+    llm = LLM(evolver_fake, None, role=EVOLVER_ROLE)
+    result = score_method(llm, PROMPTS, items(4), "nomarker fails=0", temperature=0.0, missing_marker="whole_output")
+    assert (result.failure_rate, result.missing_marker) == (0.0, 4)
+    assert len(evolver_fake.sent) == 8  # the evolving calls, then an answer to each rewrite
+    answered = [r.messages[-1][1] for r in evolver_fake.sent[4:]]
+    assert all("Step 3 #Rewritten Instruction#:" in text for text in answered)  # the whole answer was asked
+
 # --- the stage script ----------------------------------------------------------------------------
 
 def load_stage():

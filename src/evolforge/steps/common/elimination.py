@@ -358,18 +358,24 @@ def response_status(text: str | None, finish_reason: str | None,
     return COMPLETE
 
 
-def parse_final_instruction(text: str) -> str | None:
-    """The text after the last ``#Finally Rewritten Instruction#:`` (or a known variant); None if absent.
+def parse_final_instruction(text: str, missing: str = "fail") -> str | None:
+    """The text after the last ``#Finally Rewritten Instruction#:`` (or a known variant). Without a marker:
+    None with ``missing="fail"`` (the SLM paper's code drops the item), the whole answer with
+    ``missing="whole_output"`` (the Auto Evol-Instruct code keeps it); None for an empty text either way.
 
     >>> parse_final_instruction("Step 3 #Rewritten Instruction#: a\\n"
     ...                         "Step 4 #Finally Rewritten Instruction#:\\n Add 2 and 3. ")
     'Add 2 and 3.'
+    >>> parse_final_instruction(" Add 2 and 3."), parse_final_instruction(" Add 2 and 3.", missing="whole_output")
+    (None, 'Add 2 and 3.')
     """
     for marker in FINAL_MARKERS:
         at = text.rfind(marker)
         if at >= 0:
             found = text[at + len(marker):].lstrip("\n").strip()
             return found or None
+    if missing == "whole_output":
+        return text.strip() or None
     return None
 
 

@@ -136,7 +136,7 @@ def initial_method_text(prompts: PromptLibrary, which: str) -> str:
 class Evolution(NamedTuple):
     """One instruction evolved with a method text."""
 
-    instruction: str | None  # parsed after the final-instruction marker; None when it is missing
+    instruction: str | None  # parsed after the final-instruction marker; None when missing (evolve.missing_marker)
     raw: str | None  # the evolver's whole answer; None when the call failed
     finish_reason: str | None  # "length": the answer stopped at max_tokens
 
@@ -144,18 +144,21 @@ class Evolution(NamedTuple):
 def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                        seed: int | None = None, desc: str = "evolve",
-                       controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> list[Evolution]:
+                       controls: Mapping[str, Any] | None = None, few_shot: bool = False,
+                       missing_marker: str = "fail") -> list[Evolution]:
     """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
     no raw text (as unparseable as a missing marker, and nothing to show). ``controls``, ``max_tokens``: the
-    step-format calls' (``EvolveSettings.step_format``)."""
+    step-format calls' (``EvolveSettings.step_format``); ``missing_marker``: ``evolve.missing_marker``."""
     return evolve_with_methods(llm, prompts, instructions, [method_text], temperature=temperature, top_p=top_p,
-                               max_tokens=max_tokens, seed=seed, desc=desc, controls=controls, few_shot=few_shot)
+                               max_tokens=max_tokens, seed=seed, desc=desc, controls=controls, few_shot=few_shot,
+                               missing_marker=missing_marker)
 
 
 def evolve_with_methods(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_texts: list[str],
                         temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                         seed: int | None = None, desc: str = "evolve",
-                        controls: Mapping[str, Any] | None = None, few_shot: bool = False) -> list[Evolution]:
+                        controls: Mapping[str, Any] | None = None, few_shot: bool = False,
+                        missing_marker: str = "fail") -> list[Evolution]:
     """:func:`evolve_with_method` for several methods in one call to ``llm`` (its batches filled across them):
     method-major, ``len(instructions)`` evolutions per method."""
     merged = llm.role.controls.merged(controls, "evolve.method_controls")
@@ -163,5 +166,5 @@ def evolve_with_methods(llm: LLM, prompts: PromptLibrary, instructions: list[str
                              temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
                 for method_text in method_texts for i in instructions]
     return [Evolution(None, None, None) if c.failed
-            else Evolution(elimination.parse_final_instruction(c.text), c.text, c.finish_reason)
+            else Evolution(elimination.parse_final_instruction(c.text, missing_marker), c.text, c.finish_reason)
             for c in llm.generate(requests, desc=desc)]

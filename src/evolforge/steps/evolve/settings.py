@@ -69,6 +69,11 @@ class EvolveSettings:
     method_max_tokens: PositiveInt | None = field(default=None, metadata={
         "help": "max_tokens of the step-format calls; null = max_tokens",
         "unit": "tokens"})
+    missing_marker: Literal["fail", "whole_output"] = field(default="fail", metadata={
+        "help": "a step-format answer without the #Finally Rewritten Instruction# marker (strategy auto / "
+                "auto_initial rounds, optimize's development runs): fail (fails as missing_final_marker, as the "
+                "SLM paper's code drops it) | whole_output (the whole answer is the rewrite, as the Auto "
+                "Evol-Instruct code keeps it; the other rules still judge it)"})
     few_shot: bool = field(default=False, metadata={
         "help": "worked examples before each evolving prompt (prompts/evolve/examples.yaml; strategy auto: "
                 "prompts/optimize/examples.yaml, in optimize's development runs too); false = zero-shot, the papers'"})

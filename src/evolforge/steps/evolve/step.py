@@ -9,7 +9,8 @@ Strategies (``evolve.strategy``):
   instruction.
 - ``auto`` / ``auto_initial``: one evolving method text (optimized by the optimize stage, or the initial
   method) applied to every instruction; the new instruction is parsed from after
-  ``#Finally Rewritten Instruction#:`` and a missing marker is a failure.
+  ``#Finally Rewritten Instruction#:``; a missing marker is a failure (``evolve.missing_marker: fail``) or the
+  whole answer is the rewrite (``whole_output``).
 
 Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/explanation/elimination.md) run in three
 passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
@@ -175,8 +176,8 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
                                 **sampling) for m, it in zip(methods, items)]
     outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
     raws = [None if c.failed else c.text for c in outs]
-    candidates = [None if r is None else elimination.parse_final_instruction(r) if m in STRATEGIES else r.strip()
-                  for m, r in zip(methods, raws)]
+    candidates = [None if r is None else elimination.parse_final_instruction(r, settings.missing_marker)
+                  if m in STRATEGIES else r.strip() for m, r in zip(methods, raws)]
     return _Round(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
                   reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
                   responses=[None] * len(items), response_finishes=[None] * len(items),

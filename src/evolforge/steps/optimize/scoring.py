@@ -61,7 +61,7 @@ class FailureRules:
 
 def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
                   *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                  max_tokens: int | None = None, few_shot: bool = False,
+                  max_tokens: int | None = None, few_shot: bool = False, missing_marker: str = "fail",
                   rules: FailureRules = FailureRules()) -> list[MethodScore]:
     """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
     already, and count the failures (``rules``: :class:`FailureRules`).
@@ -69,13 +69,13 @@ def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods
     All methods' evolutions go to the evolver as one call, then all their answers as one: a step's candidates
     fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
     every other round). ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the
-    rounds use them)."""
+    rounds use them); ``missing_marker``: ``evolve.missing_marker``, as the rounds parse."""
     if not methods:
         return []
     n = len(dev)
     evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
                                   temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
-                                  controls=controls, few_shot=few_shot)
+                                  controls=controls, few_shot=few_shot, missing_marker=missing_marker)
     reasons: list[str | None] = [rules.instruction_failure(d["instruction"], e)
                                  for d, e in zip(dev * len(methods), evolved)]
     answered = [k for k, why in enumerate(reasons) if why is None]
@@ -105,7 +105,8 @@ def _method_score(evolved: list[Evolution], reasons: list[str | None], texts: li
     for r in reasons:
         if r is not None:
             by_reason[r] = by_reason.get(r, 0) + 1
-    return MethodScore(failure_rate=rate, failures=fails, missing_marker=sum(e.instruction is None for e in evolved),
+    missing = sum(e.raw is None or elimination.parse_final_instruction(e.raw) is None for e in evolved)
+    return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing,
                        success=1.0 - rate, score=(1.0 - rate) * ratio,
                        cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved),
                        failures_by_reason=dict(sorted(by_reason.items())))

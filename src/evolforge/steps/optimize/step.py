@@ -61,6 +61,7 @@ from evolforge.core.stage import Outputs
 from evolforge.io.records import (SEED_POOL, TABLE, VERSIONS, atomic_dir, output_versions, read_table, write_json,
                                   write_jsonl)
 from evolforge.llm.cached import LLM
+from evolforge.steps.common import elimination
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
 from evolforge.steps.common.llms import RoleLLMs
@@ -97,17 +98,19 @@ def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: ra
 
 def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
                      *, rounds: int, temperature: float, controls: Mapping[str, Any] | None = None,
-                     max_tokens: int | None = None, few_shot: bool = False) -> tuple[list[dict], list[dict]]:
-    """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of unparsed stages])."""
+                     max_tokens: int | None = None, few_shot: bool = False,
+                     missing_marker: str = "fail") -> tuple[list[dict], list[dict]]:
+    """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of stages without the
+    final-instruction marker]). Such a stage shows the whole answer, whatever ``missing_marker`` says."""
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
     unparsed = []
     current = list(instructions)
     for r in range(1, rounds + 1):
         results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
                                      desc=f"trajectory round {r}", controls=controls, max_tokens=max_tokens,
-                                     few_shot=few_shot)
+                                     few_shot=few_shot, missing_marker=missing_marker)
         for case, (parsed, raw, _) in zip(cases, results):
-            if parsed is None:
+            if raw is None or elimination.parse_final_instruction(raw) is None:
                 unparsed.append({"id": case["id"], "round": r})
             case[f"stage{r}"] = (parsed if parsed is not None else raw.strip() if raw is not None
                                  else case[f"stage{r - 1}"])
@@ -170,16 +173,16 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
-                    evolve_max_tokens: int | None = None, few_shot: bool = False,
+                    evolve_max_tokens: int | None = None, few_shot: bool = False, missing_marker: str = "fail",
                     rules: FailureRules = FailureRules()) -> OptimizeResult:
     """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
     ``evolve_controls``, ``evolve_max_tokens``: the step-format calls' (``EvolveSettings.step_format``), for
-    the evolving calls (the method is scored as the rounds use it)."""
-    temperature = settings.evolver_temperature
+    the evolving calls (the method is scored as the rounds use it); ``missing_marker``: ``evolve.missing_marker``."""
     current_method = initial_method
-    evolving = dict(controls=evolve_controls, max_tokens=evolve_max_tokens, few_shot=few_shot)
-    current = score_method(evolver, prompts, dev, initial_method, temperature=temperature, desc="step 0", rules=rules,
-                           **evolving)
+    evolving = dict(controls=evolve_controls, max_tokens=evolve_max_tokens, few_shot=few_shot,
+                    missing_marker=missing_marker)
+    current = score_method(evolver, prompts, dev, initial_method, temperature=settings.evolver_temperature,
+                           desc="step 0", rules=rules, **evolving)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
     if current.failures == 0 and settings.selection == "lowest_failure":
@@ -285,14 +288,15 @@ def run(seed: str | Path, out: str | Path, settings: OptimizeSettings, evolve_se
     evolve_controls, evolve_max_tokens = evolve_settings.step_format()
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
                              evolve_controls=evolve_controls, evolve_max_tokens=evolve_max_tokens,
-                             few_shot=evolve_settings.few_shot,
+                             few_shot=evolve_settings.few_shot, missing_marker=evolve_settings.missing_marker,
                              rules=FailureRules.of(settings.failure, evolve_settings, prompts), **models)
     print(f"optimize: {result.outcome}", flush=True)
     difficulty = None
     if judge is not None:
         difficulty = dev_difficulty(result, dev, judge, prompts, judge_settings,
                                     models["evolver"], settings.evolver_temperature, controls=evolve_controls,
-                                    max_tokens=evolve_max_tokens, few_shot=evolve_settings.few_shot)
+                                    max_tokens=evolve_max_tokens, few_shot=evolve_settings.few_shot,
+                                    missing_marker=evolve_settings.missing_marker)
     usable = usability(result, settings)
     if usable["message"]:
         print(f"optimize: {usable['message']}")
