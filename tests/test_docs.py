@@ -202,7 +202,7 @@ def test_the_figures_check_reads_the_committed_run_not_what_a_local_run_wrote(re
 
     copy = _committed_copy(repo, tmp_path)
     marks = [(f, k) for _, f, k in FIGURE.findall((copy / "docs/results.md").read_text(encoding="utf-8"))
-             if f.startswith("metrics/") and f.endswith(".json") and "#" not in k]
+             if f.startswith("metrics/") and f.endswith(".json") and not re.search(r"[#+:]", k)]
     assert marks, "docs/results.md quotes no metrics file"
     file, key = marks[0]
     local = json.loads((copy / file).read_text(encoding="utf-8"))
@@ -526,3 +526,11 @@ def test_every_measurement_record_names_its_command_and_is_quoted(repo):
         problems += [f"{name}: {key} is quoted by no page" for key in leaves(kept["figures"], "figures")
                      if (name, key) not in quoted]
     assert not problems, "\n".join(problems)
+
+
+def test_a_marker_reads_sums_and_minutes():
+    text = '{"wall": {"a": 60, "b": 30}}'
+    assert _source_value(text, "m.json", "wall.a+wall.b:min") == 1.5
+    assert _source_value(text, "m.json", "wall.b:min") == 0.5
+    with pytest.raises(LookupError, match="m.json has no wall.c"):
+        _source_value(text, "m.json", "wall.a+wall.c")
