@@ -124,7 +124,8 @@ class Committed:
 
 def _source_value(text: str, file: str, key: str):
     """The value a marker names in ``text`` (the content of ``file``): a dotted key of params.yaml or a metrics JSON
-    (``#len``: how many entries), or ``lines`` / ``lines:<field>`` of a JSONL file (rows, rows holding that field).
+    (``#len``: how many entries; ``a+b``: the sum of two keys' values; ``:min`` at the end: seconds written in
+    minutes), or ``lines`` / ``lines:<field>`` of a JSONL file (rows, rows holding that field).
     Raises LookupError saying which part of the key is missing."""
     import json
 
@@ -132,6 +133,9 @@ def _source_value(text: str, file: str, key: str):
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         return len(rows) if key == "lines" else sum(key.split(":", 1)[1] in row for row in rows)
     node = yaml.safe_load(text) if file.endswith(".yaml") else json.loads(text)
+    if key.endswith(":min") or "+" in key:  # seconds written in minutes, or a sum: wall.a+wall.b:min
+        values = [_source_value(text, file, part) for part in key.removesuffix(":min").split("+")]
+        return sum(values) / (60 if key.endswith(":min") else 1)
     key, _, count = key.partition("#")
     seen = []
     for part in key.split("."):
@@ -198,7 +202,7 @@ def test_the_figures_check_reads_the_committed_run_not_what_a_local_run_wrote(re
 
     copy = _committed_copy(repo, tmp_path)
     marks = [(f, k) for _, f, k in FIGURE.findall((copy / "docs/results.md").read_text(encoding="utf-8"))
-             if f.startswith("metrics/") and f.endswith(".json") and "#" not in k]
+             if f.startswith("metrics/") and f.endswith(".json") and not re.search(r"[#+:]", k)]
     assert marks, "docs/results.md quotes no metrics file"
     file, key = marks[0]
     local = json.loads((copy / file).read_text(encoding="utf-8"))
@@ -294,8 +298,8 @@ _NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
 _UNIT = (r"(?:\s?(?:tokens/s|items/s|calls/s|requests/s|GFLOP/s|GB/s|ms/case|CPU seconds|CPU s|points|us|ms|s|min|minutes|seconds|h|hours|MiB|GiB|KiB"
          r"|MB|GB|KB)|x|\s?%)(?![\w/])")
 # a figure with a unit of time, memory, rate, speed-up or share ("15.5 s", "488 MiB", "2.9x", "5-10 %", "375 and
-# 439 MiB"), or the date of a measurement
-MEASURED = re.compile(rf"(?<![\w.,/-]){_NUMBER}(?:\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*{_NUMBER})*{_UNIT}"
+# 439 MiB", "72.3 k / 79.5 k tokens/s"), or the date of a measurement
+MEASURED = re.compile(rf"(?<![\w.,/-]){_NUMBER}(?:\s?k\b)?(?:\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*{_NUMBER}(?:\s?k\b)?)*{_UNIT}"
                       r"|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]* 20\d\d\b|\bmeasured on\b")
 # figures of the explanation and how-to pages that are settings or limits, not measurements: (page, phrase, why)
 NOT_MEASURED = [
@@ -359,20 +363,137 @@ def test_explanation_and_how_to_pages_state_no_measured_figures(repo):
     assert not stale, "NOT_MEASURED names phrases its pages no longer hold:\n" + "\n".join(stale)
 
 
-def test_every_measured_figure_of_a_results_page_has_its_record(repo):
-    """On docs/results/*.md each figure with a unit carries a `<!--= file key -->` marker (checked against its
-    record by test_shipped_run_figures_equal_params_and_metrics)."""
-    pages = sorted((repo / "docs/results").glob("*.md"))
-    assert pages, "docs/results/ holds no page"
-    unmarked = []
-    for page in pages:
-        text = re.sub(rf"{_NUMBER}\**`?\s*<!--= \S+ \S+ -->", "#", page.read_text(encoding="utf-8"))
-        for n, line in _prose(text):
+# A measured count has no unit to give it away, so on a results page a bare number is a figure (and needs its
+# marker) when it has one of these forms; anything else is read as a name or a setting, not a measurement:
+#   - a number followed by a count noun, at most two words between: "36 constraints", "8 development items",
+#     "2,956 prompt tokens";
+#   - both numbers of a share or a change: "13 of 16", "6 of the 7", "40/40", "12 / 16", "60.8 -> 58.2";
+#   - a table cell, outside the first column (a row's label), that holds only a number: "| 2.17 |", "| **16** |".
+# Not figures: a number glued to a word ("SmolLM2", "64-bit", "100k-row", "1.5B"), a size rounded to k or M (the
+# scale a command was asked to run at: "150k items", "1.2M ids"), text in double quotes (what a model or a
+# constraint wrote: "Answer in fewer than 50 words."), code, link targets, and dates.
+_COUNT_NOUNS = ("items|tokens|requests|calls|tests|passes|seeds|survivors|candidates|answers|responses|rows|pairs"
+                "|functions|cases|constraints|instructions|rewrites|evolutions|attempts|children|duplicates|scores"
+                "|queries|failures|errors|problems|samples|sequences|words|prompts|lines|verdicts|conversations"
+                "|files|modules|labels|examples")
+_COUNT_NOUNS += "|" + "|".join(w[:-1] for w in _COUNT_NOUNS.split("|") if w.endswith("s") and w != "passes")
+_COUNT_NOUNS += "|pass|child|query"
+_BARE = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w]|\.\d|-[A-Za-z])|\d+(?:\.\d+)?(?![\w]|\.\d|,\d|-[A-Za-z])"
+COUNTED = re.compile(rf"(?<![\w.,/-])(?P<a>{_BARE})(?:\s+[a-z][\w-]*){{0,2}}\s+(?:{_COUNT_NOUNS})\b"
+                     rf"|(?<![\w.,/-])(?P<b>{_BARE})\s*(?:of(?: the)?|/|->|→)\s*(?P<c>{_BARE})")
+_CELL = re.compile(rf"(?<=\|)\s*\**\(?(?P<d>{_BARE})\)?\**\s*(?=\|)")
+_MARKED = re.compile(rf"{_NUMBER}\**`?\s*<!--= \S+ \S+ -->")
+
+
+def _blank(text: str) -> list[tuple[int, str]]:
+    """:func:`_prose`, but each blanked span keeps its length (so a position in the line is one in the page), marked
+    figures are blanked to ``#``, and text in double quotes is blanked too."""
+    def fill(char):
+        return lambda m: char * len(m.group(0))
+
+    lines, fence = [], False
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            fence = not fence
+            continue
+        if not fence:
+            line = _MARKED.sub(fill("#"), line)
+            line = re.sub(r'`[^`]*`|\]\([^)]*\)|<!--(?!=).*?-->|"[^"]*"|“[^”]*”', fill(" "), line)
             # "#-3 %": a range whose first figure is marked and whose second is not
-            line = re.sub(rf"#\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*(?={_NUMBER})", "# ", line)
-            unmarked += [f"{page.relative_to(repo)}:{n}: {m.group(0)!r}" for m in MEASURED.finditer(line)
-                         if not m.group(0)[0].isalpha() and not re.fullmatch(r"\d{1,2} \w+ 20\d\d", m.group(0))]
-    assert not unmarked, "figures without a record on a results page:\n" + "\n".join(unmarked)
+            line = re.sub(rf"(?<=#)\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*(?={_NUMBER})", fill(" "), line)
+            lines.append((n, line))
+    return lines
+
+
+def unmarked_figures(text: str) -> list[tuple[int, int, int]]:
+    """The figures of a results page that carry no marker: (line, start, end) of each number, by the forms of
+    MEASURED (a unit, a date aside) and COUNTED above."""
+    found = set()
+    for n, line in _blank(text):
+        for m in MEASURED.finditer(line):
+            if m.group(0)[0].isalpha() or re.fullmatch(r"\d{1,2} \w+ 20\d\d", m.group(0)):
+                continue
+            found |= {(n, m.start() + k.start(), m.start() + k.end())
+                      for k in re.finditer(_NUMBER, m.group(0))}
+        for m in COUNTED.finditer(line):
+            found |= {(n, m.start(g), m.end(g)) for g in "abc" if m.group(g)}
+        if line.startswith("|"):
+            found |= {(n, m.start("d"), m.end("d")) for m in _CELL.finditer(line) if m.start() > line.find("|", 1)}
+    return sorted(found)
+
+
+def results_pages(repo):
+    """The pages that may state measured figures, each with its marker: the shipped run's page, docs/results/, the
+    GPU page and the benchmarks' README."""
+    return [repo / "docs/results.md", *sorted((repo / "docs/results").glob("*.md")), repo / "docs/gpu.md",
+            repo / "bench/README.md"]
+
+
+# figures of the results pages that are settings, limits or estimates, not measurements: (page, phrase, why)
+NOT_MEASURED_ON_RESULTS_PAGES = [
+    ("docs/results.md", "The 24 minutes the issue asks for", "the target of the shipped run's wall time"),
+    ("docs/results.md", "2x = 62", "a model's worked answer, quoted"),
+    ("docs/results.md", "in fewer than 50 words", "a constraint's words, quoted"),
+    ("docs/gpu.md", "| 50 %: **not met** |", "the scorer's target, from the targets' table"),
+    ("docs/gpu.md", "| 25 %: **not met** |", "full fine-tuning's target, from the targets' table"),
+    ("docs/gpu.md", "| 15 %: **not met** |", "LoRA fine-tuning's target, from the targets' table"),
+    ("docs/gpu.md", "| 1x: sampled met |", "generation's target, from the targets' table"),
+    ("docs/gpu.md", "| 1x: **not met** |", "generation's target, from the targets' table"),
+    ("docs/gpu.md", "at least 50 % of the bf16 peak", "a target"),
+    ("docs/gpu.md", "at least 25 % MFU", "a target"),
+    ("docs/gpu.md", "at least 15 % MFU", "a target"),
+    ("docs/gpu.md", "at 64 and 256 requests", "the sizes a target is set at"),
+    ("docs/gpu.md", "The rest of the gap to 50 %", "the scorer's target"),
+    ("docs/gpu.md", "H100 80GB HBM3", "the device's name"),
+    ("docs/gpu.md", "an 80 GB GPU", "the device's memory, from its data sheet"),
+    ("docs/gpu.md", "33 GiB for a 1.5 B model", "`training_bytes`' estimate, arithmetic from the model's shape"),
+    ("docs/gpu.md", "12/2 heads", "the model's shape, a setting of the probe"),
+    ("docs/gpu.md", "receives 64 MiB", "what the GPU machine is sent, a limit of that machine"),
+]
+
+
+def test_every_measured_figure_of_a_results_page_has_its_record(repo):
+    """On a results page each figure with a unit, and each count (COUNTED), carries a `<!--= file key -->` marker
+    (checked against its record by test_shipped_run_figures_equal_params_and_metrics)."""
+    pages = results_pages(repo)
+    assert len(pages) > 4, "docs/results/ holds no page"
+    unmarked, used = [], set()
+    for page in pages:
+        where = page.relative_to(repo).as_posix()
+        lines = page.read_text(encoding="utf-8").splitlines()
+        allowed = [(phrase, why) for p, phrase, why in NOT_MEASURED_ON_RESULTS_PAGES if p == where]
+        for n, start, end in unmarked_figures(page.read_text(encoding="utf-8")):
+            line = lines[n - 1]
+            spans = [(i, i + len(phrase)) for phrase, _ in allowed for i in _find_all(line, phrase)
+                     if _used(used, where, phrase)]
+            if not any(a <= start and end <= b for a, b in spans):
+                unmarked.append(f"{where}:{n}: {line[start:end]!r} in {line[max(0, start - 30):end + 20]!r}")
+    assert not unmarked, f"{len(unmarked)} figures without a record on a results page:\n" + "\n".join(unmarked)
+    stale = [f"{p}: {phrase!r}" for p, phrase, _ in NOT_MEASURED_ON_RESULTS_PAGES if (p, phrase) not in used
+             and phrase not in (repo / p).read_text(encoding="utf-8")]
+    assert not stale, "NOT_MEASURED_ON_RESULTS_PAGES names phrases its pages no longer hold:\n" + "\n".join(stale)
+
+
+def _find_all(line: str, phrase: str):
+    start = line.find(phrase)
+    while start >= 0:
+        yield start
+        start = line.find(phrase, start + 1)
+
+
+def _used(used: set, where: str, phrase: str) -> bool:
+    used.add((where, phrase))
+    return True
+
+
+def test_the_counts_check_finds_them():
+    text = ('kept 13 of 16 items, 36 constraints (6 new), 2,956 prompt tokens, 40/40 passed, 60.8 -> 58.2, 12 / 16\n'
+            '| round 1 | 2.17 | **16** |\n'
+            'SmolLM2-135M at 150k items, "Answer in fewer than 50 words.", 64-bit, `8 tokens`, 25 Nov 2026\n'
+            'took 15.5<!--= a b --> s and 7<!--= a c --> items, 4.1 s')
+    lines = text.splitlines()
+    found = [lines[n - 1][a:b] for n, a, b in unmarked_figures(text)]
+    assert found == ["13", "16", "36", "2,956", "40", "40", "60.8", "58.2", "12", "16", "2.17", "16", "4.1"]
 
 
 def test_the_measured_figures_check_finds_them():
@@ -405,3 +526,11 @@ def test_every_measurement_record_names_its_command_and_is_quoted(repo):
         problems += [f"{name}: {key} is quoted by no page" for key in leaves(kept["figures"], "figures")
                      if (name, key) not in quoted]
     assert not problems, "\n".join(problems)
+
+
+def test_a_marker_reads_sums_and_minutes():
+    text = '{"wall": {"a": 60, "b": 30}}'
+    assert _source_value(text, "m.json", "wall.a+wall.b:min") == 1.5
+    assert _source_value(text, "m.json", "wall.b:min") == 0.5
+    with pytest.raises(LookupError, match="m.json has no wall.c"):
+        _source_value(text, "m.json", "wall.a+wall.c")
