@@ -18,7 +18,7 @@ from evolforge.config.loader import load_section
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 
-from evolforge.steps.common import elimination
+from evolforge.steps.common import asking, elimination
 from evolforge.steps.common.elimination import RepetitionTest
 
 LOOP_HAIKU = ("Rewritten Prompt:\nIn a world where every leaf is a story of autumn,\nA leaf that must be made anew.\n"
@@ -167,7 +167,42 @@ def test_parse_is_instruction(text, expected):
     ("Given a list of numbers, find the largest.", True),
 ])
 def test_asks_something(text, asks):
-    assert elimination.asks_something(text) is asks
+    assert asking.asks_something(text) is asks
+
+
+# Answers a 1.5B evolver wrote in place of rewrites when optimize's candidate method did not say to rewrite
+# (the weak-method experiment with evolve.missing_marker whole_output, docs/results.md): each opens with or
+# holds steps in the imperative, so asks_something alone read them as requests.
+ANSWERS_AS_REWRITES = [
+    "To find the sale price of the shirt, we need to follow these steps:  1. Calculate the discount amount. "
+    "2. Subtract the discount amount from the original price.",
+    "To determine how many muffins are left after the baker sells 3/4 of them, we can follow these steps:  "
+    "1. **Calculate the number of muffins sold:**",
+    "To determine how many days Sara needs to finish a 240-page book if she reads 15 pages a day, we can use the "
+    "following steps:  1. Identify the total number of pages in the book. 2. Identify the number of pages.",
+    '```python\ndef count_vowels(text):\n    """\n    Counts the number of vowels in a given string.\n    """\n'
+    '    vowels = "aeiouAEIOU"\n    return sum(c in vowels for c in text)\n```',
+    "First, we calculate the perimeter: 4 x 9 = 36 metres. Use 36 metres of fencing.",
+]
+REQUESTS = [
+    "A shirt costs $40 and is on sale for 25% off. What is the sale price after a further 10% member discount?",
+    "Write a Python function `count_vowels(text)` that counts vowels, and explain how it treats `y`.",
+    "```python\ndef add(a, b):\n    return a - b\n```\nFix the bug in the function above and add a docstring.",
+    "To celebrate a friend's promotion, write a short toast in three sentences.",
+    "We need to plan a trip to Lisbon: suggest a three-day itinerary with a budget under 500 euros.",
+    "Let's play a game: describe an animal in five words and I will guess it.",
+]
+
+
+@pytest.mark.parametrize("text", ANSWERS_AS_REWRITES)
+def test_an_answer_in_a_solvers_voice_or_only_code_is_not_a_request(text):
+    assert asking.reads_as_request(text) is False
+    assert elimination.instruction_failure("Task.", text) == elimination.NOT_AN_INSTRUCTION
+
+
+@pytest.mark.parametrize("text", REQUESTS)
+def test_a_request_with_context_code_or_we_is_still_a_request(text):
+    assert asking.reads_as_request(text) is True
 
 
 CHATTER_PHRASES = ("what would you like", "what do you want me to", "i'm ready", "im ready", "i am ready", "let me know",

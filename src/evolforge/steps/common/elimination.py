@@ -21,6 +21,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable
 
+from evolforge.steps.common.asking import reads_as_request
+
 # reasons, as recorded in ``failure_reason``
 EMPTY = "empty"
 UNCHANGED = "unchanged"
@@ -82,31 +84,6 @@ _ANY_CHATTER = re.compile("|".join(f"(?:{p.pattern})" for p in CHATTER_PATTERNS)
 _CHATTER_HINTS = ("what would you like", "what do you want me to", "ready", "let me know", "how can i",
                   "how may i", "be happy to", "be glad to", "anything else", "an ai", "language model",
                   "here's", "here is")
-
-# not_an_instruction (this project): words that open a request. A text asks for something when it has
-# a question mark, a sentence that opens with a request word or an imperative verb, a clause after a
-# leading phrase ("Given a list, find ...") that opens with an imperative verb, or a first-person request
-# ("I need ..."). Everything else reads as an answer or a statement.
-# (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
-REQUEST_WORDS = frozenset("""
-please can could would will should is are am do does did how what why imagine suppose assume pretend let let's
-""".split())
-IMPERATIVE_VERBS = frozenset("""
-act add adapt adjust analyze analyse answer apply argue arrange assess brainstorm break build calculate
-categorize categorise change check choose cite clarify classify combine compare compile complete compose
-compute condense consider construct contrast convert correct count craft create critique debug decide define
-demonstrate derive describe design detail detect determine develop devise diagnose discuss draft draw
-edit elaborate enumerate estimate evaluate examine explain explore express extract fill find fix format
-formulate generate give guess help highlight identify illustrate implement improve infer insert
-interpret introduce invent investigate justify label list locate make map match measure mention modify
-name note offer optimize optimise order organize organise outline paraphrase pick plan predict prepare
-present produce propose prove provide put rank rate read recommend refactor reformulate remove reorder
-rephrase replace reply report research respond restate review revise rewrite say schedule select share
-show simplify simulate sketch solve sort specify state suggest summarize summarise take tell test think
-trace track transform translate turn use verify walk write
-""".split())
-REQUEST_PHRASES = re.compile(r"\b(i need|i want|i'?d like|i would like|i'?m looking for|i am looking for|help me|"
-                             r"your task|you are asked|you must|you should)\b")
 
 # A compact English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions).
 STOP_WORDS = frozenset("""
@@ -218,39 +195,6 @@ def is_chatter(text: str) -> bool:
     return _ANY_CHATTER.match(text) is not None
 
 
-_SENTENCES = re.compile(r"[.!;:\n]+")
-_LEAD = " \t\"'`*#-–•>([0123456789."
-
-
-def asks_something(text: str) -> bool:
-    """Cheap test that ``text`` is a request (a question, an imperative, a first-person need), not an answer.
-
-    >>> asks_something("Explain what a leap year is, in two sentences.")
-    True
-    >>> asks_something("A leap year is a natural phenomenon that happens every four years.")
-    False
-    """
-    if "?" in text or REQUEST_PHRASES.search(text.lower()):
-        return True
-    for sentence in _SENTENCES.split(text):
-        clauses = [_first_word(c) for c in sentence.split(",")]
-        if clauses[0] in REQUEST_WORDS or clauses[0] in IMPERATIVE_VERBS:
-            return True
-        # "In a world of leaves, write ..." -- but not "..., when the calendar adds ..."
-        if len(clauses) > 1 and clauses[1] in IMPERATIVE_VERBS:
-            return True
-    return False
-
-
-def _first_word(clause: str) -> str:
-    """The clause's first word, lower-case, past bullets, quotes and markdown."""
-    for word in clause.split():
-        word = word.lower().strip(_LEAD)
-        if word:
-            return word
-    return ""
-
-
 EXAMPLE_NGRAM = 5  # words of a phrase that counts as copied from a worked example
 
 
@@ -309,7 +253,7 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
         return CHATTER
     if repetitive and is_repetitive(evolved, repetition):
         return REPETITIVE
-    if not_an_instruction and not asks_something(evolved):
+    if not_an_instruction and not reads_as_request(evolved):
         return NOT_AN_INSTRUCTION
     return None
 

@@ -1,0 +1,97 @@
+"""Whether a text asks for something or answers: the ``not_an_instruction`` elimination rule's cheap test (the
+judge's ``not_an_instruction_judge`` is the costly one). Pure functions over text.
+
+A text reads as a request when its prose (fenced code left out) asks for something -- a question mark, a
+sentence that opens with a request word or an imperative verb, a clause after a leading phrase ("Given a list,
+find ...") that opens with an imperative verb, or a first-person request ("I need ...") -- and does not speak
+in a solver's voice ("To find the price, we ...", "we can follow these steps", "Let's calculate the ..."): a small
+evolver given a method it cannot follow answers the instruction instead of rewriting it, and an answer's steps
+open with imperative verbs too.
+
+>>> reads_as_request("Explain what a leap year is, in two sentences.")
+True
+>>> reads_as_request("To find the sale price, we need to follow these steps: 1. Calculate the discount.")
+False
+>>> reads_as_request("```python\\ndef add(a, b):\\n    return a + b\\n```")
+False
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words that open a request (module doc).
+# (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
+REQUEST_WORDS = frozenset("""
+please can could would will should is are am do does did how what why imagine suppose assume pretend let let's
+""".split())
+IMPERATIVE_VERBS = frozenset("""
+act add adapt adjust analyze analyse answer apply argue arrange assess brainstorm break build calculate
+categorize categorise change check choose cite clarify classify combine compare compile complete compose
+compute condense consider construct contrast convert correct count craft create critique debug decide define
+demonstrate derive describe design detail detect determine develop devise diagnose discuss draft draw
+edit elaborate enumerate estimate evaluate examine explain explore express extract fill find fix format
+formulate generate give guess help highlight identify illustrate implement improve infer insert
+interpret introduce invent investigate justify label list locate make map match measure mention modify
+name note offer optimize optimise order organize organise outline paraphrase pick plan predict prepare
+present produce propose prove provide put rank rate read recommend refactor reformulate remove reorder
+rephrase replace reply report research respond restate review revise rewrite say schedule select share
+show simplify simulate sketch solve sort specify state suggest summarize summarise take tell test think
+trace track transform translate turn use verify walk write
+""".split())
+REQUEST_PHRASES = re.compile(r"\b(i need|i want|i'?d like|i would like|i'?m looking for|i am looking for|help me|"
+                             r"your task|you are asked|you must|you should)\b")
+
+
+# A solver's voice, at a sentence's start or anywhere for the steps phrase (lower-case text)
+SOLVER_VOICE = re.compile(
+    r"(?:^|[.!?]\s+|\n)\s*(?:to (?:determine|find|calculate|compute|solve|figure out|work out)\b[^.?!\n]{0,160},"
+    r"\s*we\b|let'?s (?:calculate|compute) the\b|first,? we\b)"
+    r"|\bwe (?:can|will|need to|must) (?:follow|use) (?:these|the following) steps\b")
+_FENCED = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+
+
+def reads_as_request(text: str) -> bool:
+    """Whether ``text`` reads as a request, not an answer (module doc): its prose asks something and does not
+    solve the task itself.
+
+    >>> reads_as_request("A shirt costs $40. Let's calculate the sale price: 40 x 0.75 = 30.")
+    False
+    >>> reads_as_request("```python\\nprint(1)\\n```\\nFix the bug in the code above so it prints 2.")
+    True
+    """
+    prose = _FENCED.sub(" ", text)
+    return asks_something(prose) and SOLVER_VOICE.search(prose.lower()) is None
+
+
+_SENTENCES = re.compile(r"[.!;:\n]+")
+_LEAD = " \t\"'`*#-–•>([0123456789."
+
+
+def asks_something(text: str) -> bool:
+    """Cheap test that ``text`` is a request (a question, an imperative, a first-person need), not an answer.
+
+    >>> asks_something("Explain what a leap year is, in two sentences.")
+    True
+    >>> asks_something("A leap year is a natural phenomenon that happens every four years.")
+    False
+    """
+    if "?" in text or REQUEST_PHRASES.search(text.lower()):
+        return True
+    for sentence in _SENTENCES.split(text):
+        clauses = [_first_word(c) for c in sentence.split(",")]
+        if clauses[0] in REQUEST_WORDS or clauses[0] in IMPERATIVE_VERBS:
+            return True
+        # "In a world of leaves, write ..." -- but not "..., when the calendar adds ..."
+        if len(clauses) > 1 and clauses[1] in IMPERATIVE_VERBS:
+            return True
+    return False
+
+
+def _first_word(clause: str) -> str:
+    """The clause's first word, lower-case, past bullets, quotes and markdown."""
+    for word in clause.split():
+        word = word.lower().strip(_LEAD)
+        if word:
+            return word
+    return ""
