@@ -443,6 +443,8 @@ NOT_MEASURED_ON_RESULTS_PAGES = [
     ("docs/results.md", "in fewer than 50 words", "a constraint's words, quoted"),
     ("docs/results.md", "the 164 HumanEval problems", "the benchmark's size, as published"),
     ("docs/results/llm.md", "a hash and 30-70 words per", "the instant server's answers, as bench/stages.py writes them"),
+    ("bench/README.md", "60 HumanEval pairs", "the benchmark's input, bench/score_reference.py's default"),
+    ("bench/README.md", "(780,000 LLM calls)", "the benchmark's size: 52,000 seeds x 3 rounds, the calls each item makes"),
     ("docs/gpu.md", "| 50 %: **not met** |", "the scorer's target, from the targets' table"),
     ("docs/gpu.md", "| 25 %: **not met** |", "full fine-tuning's target, from the targets' table"),
     ("docs/gpu.md", "| 15 %: **not met** |", "LoRA fine-tuning's target, from the targets' table"),
