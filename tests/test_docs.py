@@ -365,14 +365,15 @@ def test_explanation_and_how_to_pages_state_no_measured_figures(repo):
 
 
 # A measured count has no unit to give it away, so on a results page a bare number is a figure (and needs its
-# marker) when it has one of these forms; anything else is read as a name or a setting, not a measurement:
+# marker) when it has one of these forms; anything else is read as a name or a setting, not a measurement (on the
+# other pages, test_explanation_how_to_and_reference_pages_state_no_measured_counts refuses these forms):
 #   - a number or a range followed by a count noun, at most two words between: "36 constraints", "8 development
 #     items", "2,956 prompt tokens", "164 HumanEval problems", "130-250 tokens" (but the scale of a "0-100 score");
 #   - both numbers of a share or a change: "13 of 16", "6 of the 7", "40/40", "12 / 16", "60.8 -> 58.2";
 #   - a table cell, outside the first column (a row's label), that holds only a number: "| 2.17 |", "| **16** |".
-# Not figures: a number glued to a word ("SmolLM2", "64-bit", "100k-row", "1.5B", "Llama‑1/2"), a size rounded to k or M (the
-# scale a command was asked to run at: "150k items", "1.2M ids"), text in double quotes (what a model or a
-# constraint wrote: "Answer in fewer than 50 words."), code, link targets, and dates.
+# Not figures: a number glued to a word ("SmolLM2", "64-bit", "100k-row", "1.5B", "Llama‑1/2"), a size rounded
+# to k or M (the scale a command was asked to run at: "150k items", "1.2M ids"), text in double quotes (what a
+# model or a constraint wrote: "Answer in fewer than 50 words."), code, link targets, and dates.
 _COUNT_NOUNS = ("items|tokens|requests|calls|tests|passes|seeds|survivors|candidates|answers|responses|rows|pairs"
                 "|functions|cases|constraints|instructions|rewrites|evolutions|attempts|children|duplicates|scores"
                 "|queries|failures|errors|problems|samples|sequences|words|prompts|lines|verdicts|conversations"
@@ -561,8 +562,8 @@ def reasoning_pages(repo):
     return [p for p in pages if p.relative_to(repo).as_posix() not in skip]
 
 
-# counts of those pages that are neither a setting named on their line, nor a size in bytes, nor after "paper:",
-# and are not measurements either: (page, phrase, why)
+# counts of those pages that are neither a setting named in their paragraph, nor a size in bytes, nor after
+# "paper:", and are not measurements either: (page, phrase, why)
 NOT_COUNTED = [
     ("docs/explanation/architecture.md", "no module over 400 lines", "the limit tests/test_layout.py asserts"),
     ("docs/how-to/contribute.md", "a module at most 400 lines", "the limit tests/test_layout.py asserts"),
@@ -664,7 +665,7 @@ def measured_counts(text: str, settings: dict[str, set[float]]) -> list[tuple[in
 
 def test_explanation_how_to_and_reference_pages_state_no_measured_counts(repo):
     """A measured count (items kept, tokens, requests, "13 of 16") sits on a results page with its marker, as a
-    measured figure with a unit does; the pages that explain keep settings (named in backticks on the line),
+    measured figure with a unit does; the pages that explain keep settings (named in backticks in the paragraph),
     sizes by construction, the papers' values and NOT_COUNTED's reasoned exceptions."""
     settings = _settings_values(repo)
     found, used = [], set()
