@@ -100,3 +100,15 @@ def test_the_zero_shot_weak_method_experiment_is_kept_as_it_ran():
     assert "evolve.few_shot=false" in experiment["command"] and "initial_method=weak" in experiment["command"]
     assert optimize["dev_size"] >= 10 and optimize["steps_run"] >= 1 and optimize["parseable_candidates"] >= 1
     assert optimize["best_failures"] == optimize["initial_failures"] and not optimize["optimized"]
+
+
+def test_the_whole_output_weak_method_experiment_found_no_decrease_once_answers_fail():
+    """The weak-method experiment under the Auto Evol-Instruct code's parse (docs/results.md): its first run, on
+    code whose not_an_instruction rule read answers in steps as requests, reported an improvement that was an
+    evolver answering its instructions; on the code since, the same command keeps the weak method."""
+    before, after = kept("weak-zero-shot-whole-output-b9862c5.json"), kept("weak-zero-shot-whole-output.json")
+    assert before["command"] == after["command"] and "evolve.missing_marker=whole_output" in after["command"]
+    first, now = before["metrics"]["optimize"], after["metrics"]["optimize"]
+    assert first["optimized"] and first["best_failures"] < first["initial_failures"]
+    assert not now["optimized"] and now["best_failures"] == now["initial_failures"] and now["dev_size"] >= 10
+    assert all(c["failures"] == now["dev_size"] for step in now["loop"] for c in step["candidates"] if c["parsed"])
