@@ -666,6 +666,19 @@ def test_the_optimization_turn_fits_the_method_it_rewrites():
     assert {r.max_tokens for r in short.optimizer_fake.sent if len(r.messages) == 3} == {OPTIMIZER_ROLE.max_tokens}
 
 
+def test_the_guided_optimization_prompt_says_what_a_method_is_and_keeps_the_paper_turn_otherwise():
+    plan = {"m0 fails=1": [fenced("m1 fails=0"), fenced("m2 fails=1")]}
+    paper, guided = run(plan), run(plan, optimization_prompt="guided")
+    turn = {name: [r.messages[-1][1] for r in ran.optimizer_fake.sent if len(r.messages) == 3]
+            for name, ran in (("paper", paper), ("guided", guided))}
+    assert turn["paper"] and len(turn["paper"]) == len(turn["guided"])
+    assert all("a prompt for an AI that rewrites" in t and "ends with the same reply format" in t
+               for t in turn["guided"])
+    assert not any("a prompt for an AI that rewrites" in t for t in turn["paper"])
+    assert all(t == PROMPTS.render("optimize/optimization.j2", method="m0 fails=1") for t in turn["paper"])
+    assert guided.result.method == paper.result.method == "m1 fails=0"  # parsed and scored alike
+
+
 def test_the_log_says_why_the_initial_method_was_kept(capsys):
     clean = run({"m0 fails=0": [fenced("m1 fails=0"), fenced("m2 fails=1")]}, initial="m0 fails=0")
     assert clean.result.notes and "fails none of the 4 development items" in clean.result.notes[0]

@@ -19,7 +19,9 @@ from evolforge.llm.cached import LLM
 from evolforge.steps.optimize.result import Candidate
 
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
-OPTIMIZATION_TEMPLATE = "optimize/optimization.j2"
+# optimize.optimization_prompt -> the optimization turn's template: the paper's prompt, or the same with what a small
+# optimizer misses said outright (that the method is a rewriter's prompt about no topic, ending in its reply format)
+OPTIMIZATION_TEMPLATES = {"paper": "optimize/optimization.j2", "guided": "optimize/optimization_guided.j2"}
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
 
 
@@ -65,9 +67,10 @@ def answer_budget(optimizer: LLM, method: str, factor: float) -> int:
 
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
                     *, candidates: int, controls: Mapping[str, Any] | None = None,
-                    max_tokens: int | None = None) -> list[Candidate]:
+                    max_tokens: int | None = None, prompt: str = "paper") -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
-    ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's."""
+    ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's. ``prompt``: the
+    optimization turn's (:data:`OPTIMIZATION_TEMPLATES`)."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
     # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
@@ -75,7 +78,7 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
     merged = optimizer.role.controls.merged(controls, "optimize.controls")
     feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
                                    desc="optimizer: analysis")
-    optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATE, method=method)}
+    optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATES[prompt], method=method)}
     asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
     answers = dict(zip(asked, optimizer.generate(
         [optimizer.request([analysis,

@@ -54,6 +54,11 @@ class OptimizeSettings:
         "help": "fall back to hand-written methods | stop | evolve anyway"})
     controls: ControlSettings = field(default_factory=dict, metadata={
         "help": "of the optimization turn, over roles.optimizer's"})
+    optimization_prompt: Literal["paper", "guided"] = field(default="paper", metadata={"help": (
+        "the optimization turn's prompt: paper (Fig. 8, prompts/optimize/optimization.j2) | guided (the same, saying "
+        "outright that the method is a prompt for an instruction rewriter, about no topic, ending in its reply "
+        "format: prompts/optimize/optimization_guided.j2)"),
+        "paper": "paper"})
     answer_budget: Annotated[float, Gt(0)] = field(default=1.5, metadata={"help": (
         "the optimization turn's max_tokens as a multiple of the current method's length in tokens (estimated at "
         "3.5 characters a token), never below roles.optimizer.max_tokens: the rewritten method must fit")})

@@ -68,7 +68,7 @@ from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.judge.settings import JudgeSettings
-from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATE, answer_budget,
+from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATES, answer_budget,
                                                  propose_methods)
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note, outcome,
                                              summary, unparseable_warning, usability)
@@ -158,7 +158,8 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
                                             temperature=settings.evolver_temperature, **evolving)
     proposals = propose_methods(optimizer, prompts, trajectory, current_method, candidates=int(settings.candidates),
                                 controls=settings.controls,
-                                max_tokens=answer_budget(optimizer, current_method, settings.answer_budget))
+                                max_tokens=answer_budget(optimizer, current_method, settings.answer_budget),
+                                prompt=settings.optimization_prompt)
     for c in proposals:  # a method written back unchanged is the current one: its score is known
         if c.method is not None and c.method.strip() == current_method.strip():
             c.dev, c.unchanged = current, True
@@ -270,7 +271,7 @@ def run(seed: str | Path, out: str | Path, settings: OptimizeSettings, evolve_se
     strategy = evolve_settings.strategy
     initial = initial_method_text(prompts, settings.initial_method)
     templates = [INITIAL_TEMPLATES[settings.initial_method], METHOD_TEMPLATE, RESPONSE_TEMPLATE, ANALYSIS_TEMPLATE,
-                 OPTIMIZATION_TEMPLATE]
+                 OPTIMIZATION_TEMPLATES[settings.optimization_prompt]]
     if settings.judge_difficulty:
         templates.append(SCORE_TEMPLATES[judge_settings.score_prompt])
     meta = {"templates": {t: prompts.hash(t) for t in templates}, "params": dataclasses.asdict(settings),
