@@ -8,13 +8,16 @@ is what the model's decoding reported ("length": it stopped at max_tokens).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
+from pathlib import Path
 
 import pytest
 
 from evolforge.steps.common.elimination import repetition_test
 
-from evolforge.config.loader import load_section
+from evolforge.config.loader import load_section, read_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 
@@ -226,3 +229,33 @@ def test_chatter_search_equals_the_full_regex_scan():
         assert verdicts[-1] == (elimination._ANY_CHATTER.search(elimination._normalise(text)) is not None), text
     assert 0.2 < sum(verdicts) / len(verdicts) < 0.9  # both verdicts are well exercised
     assert all(elimination.is_chatter(p) for p in CHATTER_PHRASES)
+
+
+# The shipped responder's answers (tests/data/responder_loops.json): loops that markdown hides from the repeated
+# trigrams and the compression ratio, and an answer that restates its equations (not a loop).
+ROOT = Path(__file__).resolve().parents[1]
+RESPONDER = json.loads((ROOT / "tests" / "data" / "responder_loops.json").read_text(encoding="utf-8"))
+SHIPPED_RESPONSES = elimination.RepetitionTest(ngram=3, max_repeated_ngram_fraction=0.35, max_compression_ratio=3.0,
+                                               min_words=10, phrase_words=15, max_phrase_repeats=1)
+
+
+@pytest.mark.parametrize("name,loops", [(k, True) for k in RESPONDER["loops"]]
+                         + [(k, False) for k in RESPONDER["not_loops"]])
+def test_a_phrase_said_again_is_a_loop_where_the_other_measures_miss_it(name, loops):
+    text = {**RESPONDER["loops"], **RESPONDER["not_loops"]}[name]["answer"]
+    without = dataclasses.replace(SHIPPED_RESPONSES, max_phrase_repeats=None)
+    assert elimination.is_repetitive(text, without) is False  # markdown's repetition hides them
+    assert elimination.is_repetitive(text, SHIPPED_RESPONSES) is loops
+    assert elimination.response_status(text, "stop", SHIPPED_RESPONSES) == ("repetitive" if loops else "complete")
+
+
+def test_the_phrase_test_leaves_code_out():
+    lines = "assert add(1, 2) == 3  # the sum of two small positive numbers is their total, as it should be\n" * 3
+    assert elimination.phrase_repeats(lines, 15) == 3
+    assert elimination.phrase_repeats("Here are the tests:\n```python\n" + lines + "```", 15) == 0
+
+
+def test_the_shipped_params_hold_the_phrase_test():
+    assert load_section(read_params(ROOT / "params.yaml"), "respond", RespondSettings).repetition == {
+        **{k: getattr(SHIPPED_RESPONSES, k) for k in ("ngram", "max_repeated_ngram_fraction", "max_compression_ratio",
+                                                      "min_words", "phrase_words", "max_phrase_repeats")}}

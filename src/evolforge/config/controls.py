@@ -22,6 +22,8 @@ class Repetition(TypedDict, total=False):
     max_repeated_ngram_fraction: Probability
     max_compression_ratio: Annotated[float, Ge(1)]  # bytes over compressed bytes; prose is above 1
     min_words: NonNegativeInt
+    phrase_words: PositiveInt
+    max_phrase_repeats: NonNegativeInt | None
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})

@@ -48,7 +48,7 @@ SOLVER_VOICE = re.compile(
     r"(?:^|[.!?]\s+|\n)\s*(?:to (?:determine|find|calculate|compute|solve|figure out|work out)\b[^.?!\n]{0,160},"
     r"\s*we\b|let'?s (?:calculate|compute) the\b|first,? we\b)"
     r"|\bwe (?:can|will|need to|must) (?:follow|use) (?:these|the following) steps\b")
-_FENCED = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+FENCED_CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 
 
 def reads_as_request(text: str) -> bool:
@@ -60,7 +60,7 @@ def reads_as_request(text: str) -> bool:
     >>> reads_as_request("```python\\nprint(1)\\n```\\nFix the bug in the code above so it prints 2.")
     True
     """
-    prose = _FENCED.sub(" ", text)
+    prose = FENCED_CODE.sub(" ", text)
     return asks_something(prose) and SOLVER_VOICE.search(prose.lower()) is None
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import re
 import string
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
-from evolforge.steps.common.asking import reads_as_request
+from evolforge.steps.common.asking import FENCED_CODE, reads_as_request
 
 # reasons, as recorded in ``failure_reason``
 EMPTY = "empty"
@@ -124,14 +125,19 @@ class RepetitionTest:
     exceeds ``max_compression_ratio`` (Whisper's hallucination test uses 2.4 with gzip). Texts under
     ``min_words`` words are never called repetitive (a short list of numbers repeats by nature).
 
-    Measured on SmolLM2-135M-Instruct outputs of 300-650 characters (docs/explanation/elimination.md): ordinary text
-    0.00-0.14 repeated trigrams and ratio 1.0-2.1; loops 0.33-0.93 and 2.3-10.7.
+    With ``max_phrase_repeats``, a text also loops when one phrase of ``phrase_words`` words (case and punctuation
+    aside, fenced code left out) comes back more than that many times: a list whose every item says the same
+    sentence, which markdown's own repetition hides from the two measures above.
+
+    The thresholds were set on SmolLM2-135M-Instruct's outputs (docs/results/elimination.md).
     """
 
     ngram: int = 3  # words per n-gram
     max_repeated_ngram_fraction: float = 0.3
     max_compression_ratio: float = 2.4
     min_words: int = 10
+    phrase_words: int = 10
+    max_phrase_repeats: int | None = None  # None: no phrase test
 
 
 def repetition_test(repetition: dict) -> RepetitionTest:
@@ -179,12 +185,25 @@ _MEM_LEVEL = 8  # zlib.compress's (DEF_MEM_LEVEL): the hash table, and so the ma
 
 
 def is_repetitive(text: str, test: RepetitionTest = RepetitionTest()) -> bool:
-    """True when ``text`` loops by either measure of ``test``."""
+    """True when ``text`` loops by any measure of ``test``."""
     words = text.lower().split()  # as many words as text.split(): lower-casing adds or removes no space
     if len(words) < test.min_words:
         return False
     return (_repeated_fraction(words, int(test.ngram)) > test.max_repeated_ngram_fraction
-            or compression_ratio(text) > test.max_compression_ratio)
+            or compression_ratio(text) > test.max_compression_ratio
+            or (test.max_phrase_repeats is not None
+                and phrase_repeats(text, int(test.phrase_words)) > test.max_phrase_repeats))
+
+
+def phrase_repeats(text: str, words: int) -> int:
+    """How often the most frequent phrase of ``words`` words comes in ``text`` (case and punctuation aside, fenced
+    code left out: a test file repeats its lines by nature).
+
+    >>> phrase_repeats("1. At work, it helps people relax. 2. At home, it helps people relax.", 4)
+    2
+    """
+    found = _words(FENCED_CODE.sub(" ", text)).split()
+    return max(Counter(zip(*(found[i:] for i in range(words)))).values(), default=0)
 
 
 def is_chatter(text: str) -> bool:
