@@ -102,7 +102,7 @@ def _guarded(method: str, run: Any, items: list[Item], llm: LLM) -> list[Result]
         raise
     except BATCH_FAULTS as err:  # one bad batch is recorded on its items; the other methods' items go on
         why = f"{type(err).__name__}: {str(err)[:300]}"
-        llm.record_item_failures(VERIFY_ERROR, len(items), f"verify {method}: {why}")
+        llm.account.record_item_failures(VERIFY_ERROR, len(items), f"verify {method}: {why}")
         return [Result(method, "unsure", json.dumps({"error": why}), None) for _ in items]
 
 
