@@ -122,7 +122,7 @@ def run(seeds_file: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompts: Pr
     seeds = read_seed_constraints(seeds_file)
     if cfg.scenario != "autoif":
         return Outputs({"skipped": True}, "autoif_constraints: skipped (scenario is not autoif)",
-                       table=collect_constraints([], []), meta={"skipped": True})
+                       table=collect_constraints([], []), meta={"skipped": True, SETTINGS: dataclasses.asdict(cfg)})
     llm = llms["evolver"]
     prompt = prompts.render(SELF_INSTRUCT_TEMPLATE, seeds=seeds, count=cfg.new_per_call)
     requests = sampled_requests(llm, prompt, cfg.self_instruct_calls, temperature=cfg.temperature, top_p=cfg.top_p,
