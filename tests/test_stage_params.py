@@ -48,3 +48,43 @@ def test_the_reads_it_sees(tmp_path):
     found, problems = stage_params.reads([module])
     assert found == {"dedup", "roles.judge", "roles.responder", "roles.base", "seed", "evolve", "roles"}
     assert problems == [f"{module}:10 (guess): reads a params section whose name cannot be told"]
+
+
+def test_fields_are_compared_where_a_stage_declares_a_section_field_by_field():
+    """verify hands `respond` to response_sampling, which reads temperature and max_tokens: the two fields it
+    declares. One left out, or one more declared, is reported (a section-level check saw neither)."""
+    text = (REPO / "dvc.yaml").read_text(encoding="utf-8")
+    assert "    - respond.temperature\n    - respond.max_tokens\n    - roles.responder\n    - roles.judge\n" in text
+    without = text.replace("    - respond.temperature\n    - respond.max_tokens\n    - roles.responder\n    - roles.judge\n",
+                           "    - respond.temperature\n    - roles.responder\n    - roles.judge\n", 1)
+    assert stage_params.compare(without)["verify"] == {"undeclared": ["respond.max_tokens"], "unread": [], "unknown": []}
+    extra = text.replace("    - respond.temperature\n    - respond.max_tokens\n    - roles.responder\n    - roles.judge\n",
+                         "    - respond.temperature\n    - respond.max_tokens\n    - respond.rounds\n    - roles.responder\n"
+                         "    - roles.judge\n", 1)
+    assert stage_params.compare(extra)["verify"] == {"undeclared": [], "unread": ["respond.rounds"], "unknown": []}
+
+
+def test_the_fields_it_sees(tmp_path):
+    module = tmp_path / "step.py"
+    module.write_text(
+        "class Cfg:\n"
+        "    a: int = 1\n"
+        "    b: int = 2\n"
+        "    c: int = 3\n"
+        "    def doubled(self):\n"
+        "        return 2 * self.b\n"
+        "class Other:\n"
+        "    x: int = 0\n"
+        "    y: int = 0\n"
+        "def main(params):\n"
+        "    cfg, other = load_section(params, 'one', Cfg), load_section(params, 'two', Other)\n"
+        "    whole = load_section(params, 'three', Cfg)\n"
+        "    return use(cfg, scale=cfg.doubled()), load_section(params, 'four', Other).y, asdict(whole), keep(other)\n"
+        "def use(settings, scale):\n"
+        "    return settings.a * scale\n"
+        "def keep(o):\n"
+        "    return [o]\n", encoding="utf-8")
+    reads = stage_params.field_reads([module])
+    assert reads == {"one": {"a", "b"}, "two": {"x", "y"}, "three": {"a", "b", "c"}, "four": {"y"}}
+    spec = {"params": ["one.a", "two.x", "three", "four.y", "four.x"]}
+    assert stage_params.field_differences([module], spec) == (["one.b", "two.y"], ["four.x"])
