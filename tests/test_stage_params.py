@@ -1,5 +1,5 @@
-"""A stage's declared ``params:`` in dvc.yaml are the params sections its code reads, both ways
-(tools/stage_params.py reads the code of each stage's import closure)."""
+"""A stage's declared ``params:`` in dvc.yaml are the params sections its code reads, and where it declares a
+section field by field, the fields, both ways (tools/stage_params.py reads the code of each stage's import closure)."""
 
 from __future__ import annotations
 
