@@ -196,8 +196,11 @@ def test_card_quotes_what_its_inputs_recorded_not_params(version, tmp_path):
     assert "**Evolution**: strategy `evol`, rounds round_1, round_2, round_3, failures `keep_parent`." in texts[0]
     assert f"`top_fraction`: {select.top_fraction}" in texts[0] and "`near_duplicates`: 0.7" in texts[0]
     recorded = yaml.safe_load(texts[0].split("### Settings")[1].split("```yaml\n")[1].split("```")[0])
-    assert list(recorded) == ["data/seed", "data/evolved/round_1", "data/evolved/round_2", "data/evolved/round_3",
-                              "data/pool", "data/judged", "data/scores"]  # those there, in pipeline order
+    # those there, in pipeline order; the rounds recorded the same settings: one entry
+    assert list(recorded) == ["data/seed", "data/evolved/round_1, data/evolved/round_2, data/evolved/round_3",
+                              "data/pool", "data/judged", "data/scores"]
+    assert recorded["data/evolved/round_1, data/evolved/round_2, data/evolved/round_3"] == {
+        "strategy": "evol", "on_failure": "keep_parent"}
     assert recorded["data/seed"] == {"source": "data/seeds/demo.jsonl", "limit": 24}
     assert recorded["data/scores"] == {"template": "raw"} and recorded["data/judged"] is None  # it recorded none
     assert "### Models" in texts[0] and "| evolver | hf | evolver-model |" in texts[0]  # models/identity.json

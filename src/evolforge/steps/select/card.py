@@ -298,7 +298,7 @@ def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, select: Se
         + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered",
                      "kept", "judged", "selected"], counts),
         "### Settings\n\nThe settings each stage output the selection was made from recorded (`settings` in its "
-        "`meta.json`; null: none recorded).\n\n```yaml\n"
+        "`meta.json`; null: none recorded; outputs that recorded the same share an entry).\n\n```yaml\n"
         + yaml.safe_dump(recorded_settings(layout), sort_keys=False, allow_unicode=True) + "```",
         "### Software versions\n\nThe installed versions of the packages that can change the data, as each stage "
         "output's `meta.json` recorded them (`make setup` installs the locked set: `requirements/cpu.txt`).\n\n"

@@ -43,9 +43,18 @@ def settings_of(folder: Path | None) -> dict[str, Any] | None:
 
 def recorded_settings(layout: Layout) -> dict[str, dict[str, Any] | None]:
     """``{output, as the version names it: its recorded settings or None}`` of the outputs of
-    :func:`recorded_folders` that are there."""
-    return {layout.relative(folder): settings_of(folder) for folder in recorded_folders(layout)
-            if (folder / META).is_file()}
+    :func:`recorded_folders` that are there; outputs next to each other that recorded the same settings (the
+    evolved rounds, as a rule) share one entry, their names joined by ", "; those that recorded none stay apart."""
+    groups: list[tuple[list[str], dict[str, Any] | None]] = []
+    for folder in recorded_folders(layout):
+        if not (folder / META).is_file():
+            continue
+        found = settings_of(folder)
+        if groups and found is not None and groups[-1][1] == found:
+            groups[-1][0].append(layout.relative(folder))
+        else:
+            groups.append(([layout.relative(folder)], found))
+    return {", ".join(names): found for names, found in groups}
 
 
 def seed_line(seed: dict[str, Any] | None) -> str:
