@@ -3,7 +3,7 @@
 Reads:  params.yaml `autoif.scenario` (evol | autoif), `autoif.on_empty` (evol | fail), `data.chunk_rows`;
         data/responses/ (--evol) and data/autoif/responses/ (--autoif)
 Writes: data/pool/items.parquet (the chosen table, unchanged: streamed data.chunk_rows rows at a time),
-        meta.json (scenario, source, fallback);
+        meta.json (scenario, source, fallback; the settings: scenario, on_empty and the chosen branch's);
         metrics/pool.json (scenario, source, fallback, items, AutoIF items, items per method)
 With scenario autoif and no AutoIF item left, `on_empty: evol` takes the evol pool and says so (fallback in
 the metrics and meta, a warning on stderr); `on_empty: fail` stops with that message.

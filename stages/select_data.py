@@ -7,7 +7,8 @@ Reads:  data/clean/ (deduplicated, decontaminated), data/judged/, data/scores/, 
         params.yaml `select` (metric, top_fraction, threshold, ifd_filter, rounds, seed, min_loss_instruction,
         min_mnd, diversity_threshold, drop_wrong, min_confidence, near_duplicates) and `card`; for the dataset
         card, what the card flags give (--seed, --evolved, --responses, --pool, --dedup, --identities,
-        --pool-metrics, --score-metrics; a flag left out is a part the card leaves out)
+        --pool-metrics, --score-metrics; a flag left out is a part the card leaves out): the card quotes the
+        settings those outputs recorded, no other params section
 Writes: data/selected/items.parquet (lineage + text + every metric), excluded.parquet (id, round,
         skip_reason for every item not chosen: a guard such as empty_response, a floor, the budget),
         train.jsonl (TRL conversational prompt/completion), train_alpaca.json (Alpaca), meta.json,

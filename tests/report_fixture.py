@@ -36,7 +36,7 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
     seed_rows = [{"id": make_id(s["instruction"]), "root_id": make_id(s["instruction"]), "parent_id": None, "round": 0,
                   "method": "seed", "status": "seed", "failure_reason": None, **s} for s in seeds]
     seed_table = pl.DataFrame(seed_rows, schema_overrides={"parent_id": pl.String, "failure_reason": pl.String})
-    write_output(root / "data" / "seed", seed_table, meta={"params": {"source": "data/seeds/demo.jsonl"}})
+    write_output(root / "data" / "seed", seed_table, meta={"settings": {"source": "data/seeds/demo.jsonl", "limit": n_seeds}})
     pool, evolved_rows, expected = seed_rows, [], {"failed": {}, "evolved": {}}
     for k in range(1, rounds + 1):
         rows, next_pool = [], []
@@ -52,7 +52,8 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
         table = pl.DataFrame(rows, schema_overrides={"failure_reason": pl.String})
         write_output(root / "data" / "evolved" / f"round_{k}", table,
                      meta={"round": f"round_{k}", "model": "evolver-model", "model_identity": {"weights_sha256": "e" * 64},
-                           "template_hashes": {"evolve/depth.j2": "d" * 16, "evolve/breadth.j2": "b" * 16}})
+                           "template_hashes": {"evolve/depth.j2": "d" * 16, "evolve/breadth.j2": "b" * 16},
+                           "settings": {"strategy": "evol", "on_failure": "keep_parent"}, "requested_strategy": "evol"})
         expected["failed"][k] = sum(r["status"] == "failed" for r in rows)
         expected["evolved"][k] = sum(r["status"] == "evolved" for r in rows)
         evolved_rows += [r for r in rows if r["status"] == "evolved"]
@@ -72,11 +73,11 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
         ifd=pl.Series([rng.uniform(0.4, 1.2) for _ in range(responses.height)]),
         ic_ifd=pl.Series([rng.uniform(0.05, 0.6) for _ in range(responses.height)]),
         mnd=pl.Series([rng.uniform(0.0, 0.4) for _ in range(responses.height)]))
-    write_output(root / "data" / "scores", scores, meta={"scorer": {"weights_sha256": "s" * 64}, "params": {"template": "raw"}})
+    write_output(root / "data" / "scores", scores, meta={"scorer": {"weights_sha256": "s" * 64}, "settings": {"template": "raw"}})
     table = responses.join(judged.drop("round"), on="id").join(scores.drop("round"), on="id")
     n = max(1, int(fraction * table.height))
     selected = table.sort(["ic_ifd", "id"], descending=[True, False]).head(n)
-    write_output(root / "data" / "selected", selected, meta={"params": {"metric": "ic_ifd", "top_fraction": fraction}})
+    write_output(root / "data" / "selected", selected, meta={"settings": {"metric": "ic_ifd", "top_fraction": fraction}})
 
     metrics = root / "metrics"
     per_round = {f"round_{k}": {"round": f"round_{k}", "in": n_seeds, "evolved": expected["evolved"][k],

@@ -130,12 +130,26 @@ def test_selection_experiment(pipeline_built):
     back_to_built(work, env)
     exp = run(["dvc", "exp", "run", "-S", "select.top_fraction=0.25"], work, env)
     assert set(stages_run(exp)) == {"models", "seed", "select", "finetune", "evaluate", "compare", "report"}
-    assert json.loads((work / "data/selected/meta.json").read_text())["params"]["top_fraction"] == 0.25
+    assert json.loads((work / "data/selected/meta.json").read_text())["settings"]["top_fraction"] == 0.25
 
+
+
+def test_a_role_select_does_not_use_leaves_select_up_to_date(pipeline_built):
+    """The dataset card quotes what select's inputs recorded, not params.yaml: a change to a role (or a section)
+    that changes none of its inputs leaves select up to date (`dvc status`, without running anything)."""
+    work, env, _ = pipeline_built
+    back_to_built(work, env)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["roles"]["base"]["batch_size"] = 3
+    params["roles"]["embedder"]["batch_size"] = 3
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = subprocess.run(["dvc", "status", "--json"], cwd=work, env=env, capture_output=True, text=True, check=True)
+    stale = set(json.loads(status.stdout))
+    assert {"finetune", "diversity"} <= stale and "select" not in stale and "report" not in stale
 
 
 def test_new_embedder_and_weights_replaced_in_place(pipeline_built):
-    """A new embedder reruns diversity (and selection, which declares every role), never IFD scoring or an LLM
+    """A new embedder reruns diversity (and select where the distances moved), never IFD scoring or an LLM
     stage; then its weights replaced in place make exactly that role's stages stale."""
     work, env, _ = pipeline_built
     back_to_built(work, env)

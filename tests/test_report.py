@@ -22,6 +22,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 from evolforge.steps.select.card import CardSettings, card_params, size_category, write_card  # noqa: E402
+from evolforge.steps.select.settings import SelectSettings  # noqa: E402
 from evolforge.report import build_report  # noqa: E402
 from evolforge.report.assets import LIBRARIES, TEMPLATE, library_scripts  # noqa: E402
 from evolforge.report.collect import collect  # noqa: E402
@@ -157,7 +158,7 @@ def test_dataset_card_and_datasets_folder(version, tmp_path):
     root, expected = version
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["card"] = {"license": "apache-2.0", "limitations": "Demo seeds only."}
-    card = write_card(root / "data" / "selected", CARD.under(root), card_params(params))
+    card = write_card(root / "data" / "selected", CARD.under(root), card_params(params), SelectSettings())
     text = card.read_text(encoding="utf-8")
     header = yaml.safe_load(text.split("---")[1])
     assert header["license"] == "apache-2.0" and header["size_categories"] == ["n<1K"]
@@ -179,6 +180,32 @@ def test_dataset_card_and_datasets_folder(version, tmp_path):
     assert ds[0]["messages"][1]["content"] == selected["output"][0]
 
 
+def test_card_quotes_what_its_inputs_recorded_not_params(version, tmp_path):
+    """The card states the settings each input recorded (its meta.json's `settings`), so another params.yaml -- a
+    role, another stage's section -- writes the same card, and select declares only `select` and `card`."""
+    root, _ = version
+    copy = _copy_version(root, tmp_path / "v")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    other = {**params, "seed": {"source": "elsewhere.jsonl"}, "judge": {"score_prompt": "code"},
+             "roles": {**params["roles"], "base": {"backend": "hf", "model": "another-base"}}}
+    select = load_section(params, "select", SelectSettings)
+    texts = [write_card(copy / "data" / "selected", CARD.under(copy), card_params(p), select).read_text(encoding="utf-8")
+             for p in (params, other)]
+    assert texts[0] == texts[1] and "elsewhere" not in texts[0] and "another-base" not in texts[0]
+    assert "**Seed source**: `data/seeds/demo.jsonl`, limit 24." in texts[0]
+    assert "**Evolution**: strategy `evol`, rounds round_1, round_2, round_3, failures `keep_parent`." in texts[0]
+    assert f"`top_fraction`: {select.top_fraction}" in texts[0] and "`near_duplicates`: 0.7" in texts[0]
+    recorded = yaml.safe_load(texts[0].split("### Settings")[1].split("```yaml\n")[1].split("```")[0])
+    # those there, in pipeline order; the rounds recorded the same settings: one entry
+    assert list(recorded) == ["data/seed", "data/evolved/round_1, data/evolved/round_2, data/evolved/round_3",
+                              "data/pool", "data/judged", "data/scores"]
+    assert recorded["data/evolved/round_1, data/evolved/round_2, data/evolved/round_3"] == {
+        "strategy": "evol", "on_failure": "keep_parent"}
+    assert recorded["data/seed"] == {"source": "data/seeds/demo.jsonl", "limit": 24}
+    assert recorded["data/scores"] == {"template": "raw"} and recorded["data/judged"] is None  # it recorded none
+    assert "### Models" in texts[0] and "| evolver | hf | evolver-model |" in texts[0]  # models/identity.json
+
+
 def _selection(root, prefix: str, n: int):
     """A minimal selection folder ``root/data/selected`` of ``n`` items whose ids start with ``prefix``."""
     folder = root / "data" / "selected"
@@ -186,7 +213,7 @@ def _selection(root, prefix: str, n: int):
     pl.DataFrame({"id": [f"{prefix}-{i}" for i in range(n)], "root_id": ["r"] * n, "parent_id": [None] * n,
                   "round": [1] * n, "method": ["deepen"] * n, "instruction": [f"{prefix} question {i}" for i in range(n)],
                   "input": [""] * n, "output": [f"{prefix} answer {i}" for i in range(n)]}).write_parquet(folder / "items.parquet")
-    write_card(folder, CARD.under(root), card_params({}))
+    write_card(folder, CARD.under(root), card_params({}), SelectSettings())
     return folder
 
 
@@ -274,7 +301,7 @@ def test_card_counts_come_from_the_selection_being_written(version, tmp_path):
     staging.mkdir()
     shutil.copy(copy / "data" / "selected" / "items.parquet", staging / "items.parquet")
     shutil.rmtree(copy / "data" / "selected")
-    text = write_card(staging, CARD.under(copy), card_params(yaml.safe_load((REPO / "params.yaml").read_text()))).read_text(encoding="utf-8")
+    text = write_card(staging, CARD.under(copy), card_params({}), SelectSettings()).read_text(encoding="utf-8")
     selected = pl.read_parquet(staging / "items.parquet")
     rows = [line for line in text.splitlines() if re.match(r"\| [123] \|", line)]
     per_round = {int(line.split("|")[1]): int(line.split("|")[-2]) for line in rows}
@@ -298,7 +325,7 @@ def _nothing_evolved_version(root):
                                 method=pl.lit("deepening"), status=pl.lit("failed"),
                                 failure_reason=pl.lit("copied_template_words"))
     write_output(root / "data" / "evolved" / "round_1", failed,
-                 meta={"round": "round_1", "settings": {"strategy": "evol"}, "requested_strategy": "auto",
+                 meta={"round": "round_1", "settings": {"strategy": "evol", "on_failure": "drop"}, "requested_strategy": "auto",
                        "fallback": "evolve.strategy auto falls back to evol: the evolver cannot follow the method"})
     write_output(root / "data" / "responses", seeds)
     write_output(root / "data" / "pool", seeds)
@@ -306,14 +333,13 @@ def _nothing_evolved_version(root):
 
 
 def test_card_says_nothing_evolved_and_names_the_fallback(tmp_path):
-    _nothing_evolved_version(tmp_path)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["evolve"]["strategy"] = "auto"  # requested; the version's rounds fell back to evol
-    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), card_params(params)).read_text(encoding="utf-8")
+    _nothing_evolved_version(tmp_path)  # auto requested (its round's meta.json), fell back to evol
+    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), card_params({}), SelectSettings()).read_text(encoding="utf-8")
     intro = text.split("\n# ", 1)[1].split("\n\n")[1]
     assert intro.startswith("3 instruction-response pairs. No instruction evolved: 1 round(s) of evolution were run")
     assert "seed instructions" in intro and "Evol-Instruct" not in intro
     assert "**Evolution**: strategy `auto` requested, used `evol` (evolve.strategy auto falls back to evol" in text
+    assert "rounds round_1, failures `drop`." in text
     assert "| seed | 4 |  |  |  | 4 |  |  | 3 |" in text and "| 1 | 4 | 0 | 4 | copied_template_words: 4 |" in text
 
 
@@ -496,6 +522,6 @@ def test_card_versions_come_from_the_select_stages_inputs_only(tmp_path):
     (tmp_path / "data" / "clean" / "meta.json").write_text(json.dumps({"versions": {"polars": "9.9.9-clean"}}))
     (tmp_path / "data" / "compare").mkdir(parents=True)
     (tmp_path / "data" / "compare" / "meta.json").write_text(json.dumps({"versions": {"polars": "0.0.1-later"}}))
-    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), card_params({})).read_text(encoding="utf-8")
+    text = write_card(tmp_path / "data" / "selected", CARD.under(tmp_path), card_params({}), SelectSettings()).read_text(encoding="utf-8")
     assert "| `polars` | 9.9.9-clean | data/clean |" in text
     assert "0.0.1-later" not in text and "data/compare" not in text

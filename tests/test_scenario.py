@@ -101,6 +101,9 @@ def test_pick_scenario_falls_back_visibly_or_stops(work, monkeypatch, capsys):
     assert meta["fallback"] == pool["fallback"]
     # the card reads the pool's meta.json: it carries the versions recorded by the branch it came from
     assert meta["versions"] == json.loads((work / "data/responses/meta.json").read_text())["versions"]
+    # and its settings: the choice, with the settings the branch recorded
+    branch = json.loads((work / "data/responses/meta.json").read_text()).get("settings")
+    assert meta["settings"] == {"scenario": "autoif", "on_empty": "evol", "branch": branch}
 
     write_params(work, scenario="autoif", on_empty="fail")
     code, err = run_stage(work, "pick_scenario.py", monkeypatch, capsys)

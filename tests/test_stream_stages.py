@@ -157,7 +157,7 @@ def test_respond_stage_streams_with_the_in_memory_bytes(tmp_path, monkeypatch, r
     prompts = PromptLibrary(repo / "prompts")
     expected = answer(whole, llm, prompts)
     write_output(tmp_path / "expected", expected, meta={"model": llm.label, "model_identity": llm.identity, "template_hash": prompts.hash(RESPONSE_TEMPLATE),
-                                                        "params": dataclasses.asdict(load_section(params, "respond", RespondSettings))})
+                                                        "settings": dataclasses.asdict(load_section(params, "respond", RespondSettings))})
     assert expected.height == 20 + 25 + 21 and set(expected["response_status"]) == {"complete", "truncated", "empty", "repetitive"}
     for rows, (files, metrics) in runs.items():
         assert files == outputs(tmp_path / "expected", ["items.parquet", "meta.json"]), rows

@@ -430,6 +430,8 @@ def test_verify_stage_writes_items_and_metrics(tmp_path, monkeypatch, repo):
     assert metrics["items"] == 6 and metrics["verified"] == 5
     assert metrics["per_method"]["code_tests"] == {"right": 1, "wrong": 1, "unsure": 0}
     assert metrics["per_verdict"] == {"right": 3, "wrong": 2, "unsure": 1} and metrics["calls"] > 0
+    recorded = json.loads((tmp_path / "verified" / "meta.json").read_text())["settings"]  # what the card quotes
+    assert recorded["solutions"] == recorded["test_sets"] == 1 and recorded["right_at"] == VerifySettings().right_at
 
 
 def _watched(routes: TemplateReplies):

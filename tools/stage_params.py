@@ -1,9 +1,9 @@
-"""The params.yaml sections each dvc.yaml stage's code reads, against the ``params:`` the stage declares.
+"""The params.yaml sections and fields each dvc.yaml stage's code reads, against the ``params:`` the stage declares.
 
-A stage reruns when a declared param changes; a section its code reads but does not declare leaves an output
-that states old settings (the dataset card, written by select, quotes seven sections). This tool reads the
-code a stage runs -- its script's import closure, as ``tools/stage_deps.py`` finds it -- and collects every
-section it reads:
+A stage reruns when a declared param changes; a setting its code reads but does not declare leaves an output
+made with other settings than its lock says, and a declared one it does not read reruns it for nothing. This tool
+reads the code a stage runs -- its script's import closure, as ``tools/stage_deps.py`` finds it -- and collects
+every section it reads:
 
 - ``load_section(params, "seed", ...)``, ``section(params, "evolve")``: that section;
 - ``load_role(params, "judge")``: ``roles.judge``; ``load_llm_params(params, ("responder", "judge"))`` (the roles
@@ -14,12 +14,20 @@ section it reads:
   ``load_role(params, name)``) reads what its callers name.
 
 A read whose section cannot be told (a computed name) is a problem: name it literally. Sections are compared
-whole (a stage that declares ``evolve.strategy`` declares the ``evolve`` section) and roles one by one; the
-runtime sections ``cache``, ``llm`` and ``data`` (where completions are kept, when they are committed, how many
-rows a chunk holds: docs/how-to/scale.md shows the outputs do not depend on them) are not declared by design.
+whole and roles one by one; the runtime sections ``cache``, ``llm`` and ``data`` (where completions are kept, when
+they are committed, how many rows a chunk holds: docs/how-to/scale.md shows the outputs do not depend on them) are
+not declared by design.
+
+Where a stage declares a section field by field (``evolve.strategy``, ``respond.temperature``), the fields are
+compared too: the typed settings object ``load_section(params, "respond", RespondSettings)`` returns is followed
+through the code -- its attributes that are fields of its class, what the class's methods read of ``self``, what
+the functions it is handed to read of their parameter -- so verify, which hands ``respond`` to
+``response_sampling``, reads ``respond.temperature`` and ``respond.max_tokens`` and declares those two. An object
+handed where its reads cannot be followed (``dataclasses.asdict``, ``getattr``, a function defined outside the
+stage's code) reads every field of its class, which the stage must then declare.
 
     python tools/stage_params.py            # every stage: what it reads, what it declares, the differences
-    python tools/stage_params.py --check    # exit 1 when a stage's declared sections differ from what it reads
+    python tools/stage_params.py --check    # exit 1 when a stage's declared params differ from what it reads
 
 ``tests/test_stage_params.py`` runs the check.
 """
@@ -210,6 +218,165 @@ def declared(spec: dict) -> set[str]:
     return found
 
 
+# ---------------------------------------------------------------------------------------------------
+# fields: which fields of a typed section a stage reads, against the fields it declares
+
+
+ALL = "*"  # every field of the section: the settings object went where its reads cannot be followed
+
+
+def _classes(paths: tuple[Path, ...]) -> dict[str, ast.ClassDef]:
+    return {n.name: n for path in paths for n in ast.walk(_parsed(path)) if isinstance(n, ast.ClassDef)}
+
+
+def class_fields(name: str, classes: dict[str, ast.ClassDef]) -> set[str]:
+    """The annotated fields of class ``name`` and of its bases that ``classes`` define (a settings dataclass)."""
+    node = classes.get(name)
+    if node is None:
+        return set()
+    own = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    return own.union(*(class_fields(b.id, classes) for b in node.bases if isinstance(b, ast.Name)))
+
+
+def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
+    return {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+
+def _uses(function: ast.AST, name: str) -> list[ast.Name]:
+    return [n for n in ast.walk(function) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
+
+
+def _callee_parameter(call: ast.Call, arg: ast.AST, function: ast.FunctionDef) -> str | None:
+    """The parameter of ``function`` that ``arg`` (an argument of ``call``) binds; None for ``*args``-like. A
+    method's (or class method's) first parameter is bound by the call's object."""
+    positional = [a.arg for a in function.args.posonlyargs + function.args.args]
+    if positional[:1] in (["self"], ["cls"]):
+        positional = positional[1:]
+    if arg in call.args:
+        i = call.args.index(arg)
+        starred = any(isinstance(a, ast.Starred) for a in call.args[:i + 1])
+        return positional[i] if i < len(positional) and not starred else None
+    keyword = next((k.arg for k in call.keywords if k.value is arg), None)
+    return keyword if keyword in positional + [a.arg for a in function.args.kwonlyargs] else None
+
+
+class _FieldReads:
+    """The fields of a settings object that the code of ``paths`` reads: its attributes that are fields, what its
+    class's methods read of ``self``, and what the functions of ``paths`` it is handed to (by name, union over
+    functions of one name) read of their parameter; anything else it is handed to (``asdict``, ``getattr``, a
+    container, a function defined elsewhere) reads :data:`ALL`."""
+
+    def __init__(self, paths: tuple[Path, ...]):
+        self.functions: dict[str, list[ast.FunctionDef]] = {}
+        self.parents: dict[ast.AST, ast.AST] = {}
+        self.classes = _classes(paths)
+        for path in paths:
+            tree = _parsed(path)
+            self.parents.update(_parents(tree))
+            for function in _functions(tree):
+                self.functions.setdefault(function.name, []).append(function)
+        self.seen: set[tuple[int, str]] = set()
+
+    def methods(self, cls: str) -> dict[str, ast.FunctionDef]:
+        node = self.classes.get(cls)
+        if node is None:
+            return {}
+        inherited = [self.methods(b.id) for b in node.bases if isinstance(b, ast.Name)]
+        own = {f.name: f for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        return {k: v for d in inherited for k, v in d.items()} | own
+
+    def of(self, name: str, function: ast.AST, cls: str) -> set[str]:
+        if (id(function), name) in self.seen:
+            return set()
+        self.seen.add((id(function), name))
+        return set().union(*(self.use(node, cls) for node in _uses(function, name)))
+
+    def use(self, node: ast.AST, cls: str) -> set[str]:
+        parent, fields = self.parents.get(node), class_fields(cls, self.classes)
+        if isinstance(parent, ast.Attribute) and parent.value is node:
+            method = self.methods(cls).get(parent.attr)
+            if method is not None and method.args.args:  # what the method reads of self
+                return self.of(method.args.args[0].arg, method, cls)
+            return {parent.attr} if parent.attr in fields else {ALL}
+        if isinstance(parent, ast.keyword):
+            node, parent = parent.value, self.parents.get(parent)
+        callee = _called(parent) if isinstance(parent, ast.Call) and node is not parent.func else None
+        if callee not in self.functions:
+            return {ALL}
+        found: set[str] = set()
+        for function in self.functions[callee]:
+            parameter = _callee_parameter(parent, node, function)
+            found |= self.of(parameter, function, cls) if parameter else {ALL}
+        return found
+
+
+def field_reads(paths: list[Path]) -> dict[str, set[str]]:
+    """``{section: the fields read}`` for every ``load_section(params, "S", Class)`` in the modules of ``paths``
+    whose result is bound to a name or used at once (``load_section(...).embedder``); every field of the class
+    where the object goes where its reads cannot be followed (:data:`ALL` when the class is not in ``paths``). A
+    section read otherwise has no entry."""
+    modules = tuple(p for p in paths if p.suffix == ".py" and p != REPO / CHECKS)
+    reads_ = _FieldReads(modules)
+    out: dict[str, set[str]] = {}
+    for path in modules:
+        for function in _functions(_parsed(path)):
+            for call in ast.walk(function):
+                if not (isinstance(call, ast.Call) and _called(call) == "load_section" and len(call.args) == 3
+                        and isinstance(call.args[1], ast.Constant) and isinstance(call.args[2], ast.Name)):
+                    continue
+                cls = call.args[2].id
+                reads_.seen = set()  # each object followed on its own
+                found = _bound_reads(call, function, cls, reads_)
+                fields = class_fields(cls, reads_.classes)
+                if ALL in found and fields:
+                    found = (found - {ALL}) | fields
+                out.setdefault(call.args[1].value, set()).update(found)
+    return out
+
+
+def _bound_reads(call: ast.Call, function: ast.AST, cls: str, reads_: _FieldReads) -> set[str]:
+    """The fields read of the object ``call`` (a ``load_section`` of class ``cls``) returns in ``function``."""
+    parent = reads_.parents.get(call)
+    if isinstance(parent, ast.Tuple):  # a, b = load_section(...), load_section(...)
+        target = reads_.parents.get(parent)
+        i = parent.elts.index(call)
+        if isinstance(target, ast.Assign) and isinstance(target.targets[0], ast.Tuple) \
+                and isinstance(target.targets[0].elts[i], ast.Name):
+            return reads_.of(target.targets[0].elts[i].id, function, cls)
+        return {ALL}
+    if isinstance(parent, ast.Assign) and isinstance(parent.targets[0], ast.Name):
+        return reads_.of(parent.targets[0].id, function, cls)
+    return reads_.use(call, cls)
+
+
+def declared_fields(spec: dict) -> dict[str, set[str]]:
+    """``{section: fields}`` for the sections a dvc.yaml stage declares field by field (``evolve.strategy``,
+    ``evolve.rounds.${key}``: field ``rounds``); a section declared whole has :data:`ALL`."""
+    found: dict[str, set[str]] = {}
+    for entry in spec.get("params") or []:
+        keys = [k for file, ks in entry.items() if file != NOT_A_FILE for k in ks] if isinstance(entry, dict) \
+            else [entry]
+        for parts in (key.split(".") for key in keys):
+            if parts[0] != "roles":
+                found.setdefault(parts[0], set()).add(parts[1] if len(parts) > 1 else ALL)
+    return found
+
+
+def field_differences(paths: list[Path], spec: dict) -> tuple[list[str], list[str]]:
+    """(``section.field`` for each field the code reads of a section the stage declares field by field but not that
+    field; each declared field the code does not read), over the sections it reads typed."""
+    declared_, read = declared_fields(spec), field_reads(paths)
+    undeclared, unread = [], []
+    for section in sorted(set(read) & set(declared_) - RUNTIME):
+        fields, wanted = read[section], declared_[section]
+        if ALL in wanted:
+            continue  # declared whole
+        undeclared += [f"{section}.{f}" if f != ALL else f"{section} (its settings object goes where its reads "
+                       "cannot be followed: declare the section whole)" for f in sorted(fields - wanted)]
+        unread += [f"{section}.{f}" for f in sorted(wanted - fields)] if ALL not in fields else []
+    return undeclared, unread
+
+
 def compare(dvc_text: str) -> dict[str, dict[str, list[str]]]:
     """``{stage: {"undeclared": [...], "unread": [...], "unknown": [...]}}`` for every stage that differs."""
     stages = yaml.safe_load(dvc_text)["stages"]
@@ -222,8 +389,9 @@ def compare(dvc_text: str) -> dict[str, dict[str, list[str]]]:
         wanted = declared(spec)
         covered = {r for r in read if r in wanted or (r.startswith("roles.") and "roles" in wanted)}
         some_role = any(r.startswith("roles.") for r in read)
-        differences = {"undeclared": sorted(read - covered),
-                       "unread": sorted(w for w in wanted - read if not (w == "roles" and some_role)),
+        fields_undeclared, fields_unread = field_differences(paths, spec)
+        differences = {"undeclared": sorted(read - covered) + fields_undeclared,
+                       "unread": sorted(w for w in wanted - read if not (w == "roles" and some_role)) + fields_unread,
                        "unknown": problems}
         if any(differences.values()):
             out[name] = differences

@@ -115,13 +115,16 @@ def run(args: argparse.Namespace) -> None:
         except (RuntimeError, ValueError) as err:
             raise Refusal(str(err)) from None
     elif args.command == "card":
+        from evolforge.config.loader import load_section
         from evolforge.schema import load_params
         from evolforge.steps.select.card import card_params, write_card
+        from evolforge.steps.select.settings import SelectSettings
 
         declared = stage_flags("select")
         selected = args.selected or Path(args.root) / declared["--out"]
         card = Layout.from_flags(declared, clean="items").under(args.root)
-        print(write_card(selected, card, card_params(load_params(args.params))))
+        params = load_params(args.params)
+        print(write_card(selected, card, card_params(params), load_section(params, "select", SelectSettings)))
     elif args.command == "plan":
         from evolforge.plan import make_plan
         from evolforge.plan.table import dry_run_command, render

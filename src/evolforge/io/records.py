@@ -29,8 +29,11 @@ import polars as pl
 TABLE = "items.parquet"  # the table file inside every stage output folder
 SEED_POOL = "all_seeds.parquet"  # beside the seed table: every seed before seed.limit's sample (Auto Evol-Instruct's;
 # not "pool.parquet", which beside a round's table is what the next round evolves, and round 1 would read it)
-META = "meta.json"  # template hashes, model identities, params used, package versions (key VERSIONS)
+META = "meta.json"  # template hashes, model identities, settings used (key SETTINGS), package versions (VERSIONS)
 VERSIONS = "versions"  # meta.json key: {package: installed version} of OUTPUT_PACKAGES (below)
+# meta.json key: the settings that made the output, as its step ran with them (its typed settings,
+# dataclasses.asdict): the dataset card quotes them instead of params.yaml (evolforge.steps.select.recorded)
+SETTINGS = "settings"
 
 # rows per Parquet row group of every table written. Fixed, so a file's bytes depend on its rows alone: left
 # to polars, the row groups follow how the frame happens to be chunked in memory (a table streamed out in

@@ -173,11 +173,6 @@ class LLM:
             raise BudgetExhaustedError(message)
         return results  # type: ignore[return-value]
 
-    def record_item_failures(self, reason: str, items: int, error: str) -> None:
-        """Count ``items`` the caller could not use although their requests were answered as failures
-        (:meth:`~evolforge.llm.accounting.RoleAccount.record_item_failures`)."""
-        self.account.record_item_failures(reason, items, error)
-
     def _from_cache(self, keys: list[str]) -> tuple[list[Completion | None], dict[str, list[int]]]:
         """The cached completions, in request order (None where missing), and the missing keys with the indices
         that ask for each (identical requests are generated once)."""

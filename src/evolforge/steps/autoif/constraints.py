@@ -37,7 +37,7 @@ from evolforge.io.jsonfiles import read_text
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import EVOLVED, FAILED, SEED, make_id
+from evolforge.io.records import EVOLVED, FAILED, SEED, SETTINGS, make_id
 from evolforge.llm.requests import ChatRequest
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM
@@ -122,7 +122,7 @@ def run(seeds_file: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompts: Pr
     seeds = read_seed_constraints(seeds_file)
     if cfg.scenario != "autoif":
         return Outputs({"skipped": True}, "autoif_constraints: skipped (scenario is not autoif)",
-                       table=collect_constraints([], []), meta={"skipped": True})
+                       table=collect_constraints([], []), meta={"skipped": True, SETTINGS: dataclasses.asdict(cfg)})
     llm = llms["evolver"]
     prompt = prompts.render(SELF_INSTRUCT_TEMPLATE, seeds=seeds, count=cfg.new_per_call)
     requests = sampled_requests(llm, prompt, cfg.self_instruct_calls, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -136,7 +136,7 @@ def run(seeds_file: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompts: Pr
                "new_constraints": int((table["status"] == "evolved").sum()),
                "dropped": {r: int(n)
                            for r, n in failed.group_by("failure_reason").len().sort("failure_reason").iter_rows()}}
-    meta = {"model": llm.label, "model_identity": llm.identity, "settings": dataclasses.asdict(cfg),
+    meta = {"model": llm.label, "model_identity": llm.identity, SETTINGS: dataclasses.asdict(cfg),
             "template_hash": prompts.hash(SELF_INSTRUCT_TEMPLATE)}
     return Outputs(metrics,
                    f"autoif_constraints: {metrics['constraints']} constraints ({metrics['new_constraints']} new) "

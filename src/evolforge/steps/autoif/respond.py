@@ -19,7 +19,7 @@ import polars as pl
 from evolforge.io import validation
 from evolforge.io.columns import AUTOIF_RESPONSES
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, make_id, read_table
+from evolforge.io.records import EVOLVED, FAILED, LINEAGE, META, SETTINGS, make_id, read_table
 from evolforge.steps.autoif.settings import QUERY_DEFAULTS, AutoIFSettings, QuerySource
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.core.stage import Outputs
@@ -112,7 +112,7 @@ def run(verified: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompts: Prom
     constraints = read_table(verified)
     functions = pl.read_parquet(f"{verified}/functions.parquet")
     constraints = first_by_hash(constraints.filter(pl.col("status") == KEPT), cfg.paired_constraints, cfg.seed)
-    meta = {"skipped": not active, "settings": dataclasses.asdict(cfg), "template_hash": prompts.hash(RESPOND_TEMPLATE)}
+    meta = {"skipped": not active, SETTINGS: dataclasses.asdict(cfg), "template_hash": prompts.hash(RESPOND_TEMPLATE)}
     pairs, outputs, n_queries = pl.DataFrame(schema=PAIR_SCHEMA), [], 0
     if active and constraints.height:  # no verified constraint: nothing to pair, the query source is not read
         q = SimpleNamespace(**{**QUERY_DEFAULTS, **cfg.queries})

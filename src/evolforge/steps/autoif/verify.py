@@ -16,7 +16,7 @@ import polars as pl
 
 from evolforge.io import validation
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import FAILED, make_id, read_table
+from evolforge.io.records import FAILED, SETTINGS, make_id, read_table
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.core.stage import Outputs
@@ -273,7 +273,7 @@ def run(constraints_dir: str | Path, cfg: AutoIFSettings, llms: RoleLLMs, prompt
                                                             "cache_hits": meta.get("cache_hits", 0),
                                                            "llm": stats}
     templates = [*LINES_TEMPLATES, EXAMPLES_FILE] if cfg.form == "lines" else [VERIFICATION_TEMPLATE]
-    meta |= {"settings": dataclasses.asdict(cfg), "form": cfg.form, "template_hash": prompts.hash(templates[0]),
+    meta |= {SETTINGS: dataclasses.asdict(cfg), "form": cfg.form, "template_hash": prompts.hash(templates[0]),
              "template_hashes": {t: prompts.hash(t) for t in templates}}
     return Outputs(metrics,
                    f"autoif_verify: {metrics['constraints_verified']}/{metrics['constraints']} constraints verified, "

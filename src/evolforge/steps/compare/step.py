@@ -25,6 +25,7 @@ import polars as pl
 from evolforge.steps.compare.settings import CompareSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
+from evolforge.io.records import SETTINGS
 from evolforge.llm.cached import LLM, open_llm
 from evolforge.llm.types import Completion
 from evolforge.steps.common.llms import RoleLLMs
@@ -142,7 +143,7 @@ def run(instructions_file: str, model: str, cfg: CompareSettings, llms: RoleLLMs
         "calls": {n: llm.stats["calls"] for n, llm in called.items()},
         "cache_hits": {n: llm.stats["cache_hits"] for n, llm in called.items()},
         "llm": {n: llm.stats for n, llm in called.items()}}
-    meta = {"tuned": tuned.label, "other": other.label, "judge": judge.label, "settings": dataclasses.asdict(cfg),
+    meta = {"tuned": tuned.label, "other": other.label, "judge": judge.label, SETTINGS: dataclasses.asdict(cfg),
             "template_hashes": {t: prompts.hash(t) for t in (RESPONSE_TEMPLATE, JUDGE_TEMPLATE)}}
     return Outputs(metrics, f"compare: tuned vs {cfg.against}: {metrics['win']} win / {metrics['tie']} tie / "
                             f"{metrics['lose']} lose",

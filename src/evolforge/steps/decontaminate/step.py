@@ -54,7 +54,7 @@ from evolforge.io.columns import CONTAMINATION_FLAGS
 from evolforge.config.roles import Role
 from evolforge.config.data import DataSettings
 from evolforge.config.training import EvaluateSettings
-from evolforge.io.records import TABLE
+from evolforge.io.records import SETTINGS, TABLE
 from evolforge.steps.decontaminate.settings import DecontaminateSettings
 from evolforge.core.stage import Outputs, peak_rss_mib
 from evolforge.io.ray_data import map_chunks, session
@@ -221,7 +221,7 @@ def run(dedup: str | Path, out: str | Path, cfg: DecontaminateSettings, evaluate
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work, session(data):
-        meta = {"params": vars(cfg), "notes": notes, "reference_problems": checker.metrics()["reference_problems"],
+        meta = {SETTINGS: vars(cfg), "notes": notes, "reference_problems": checker.metrics()["reference_problems"],
                 "tasks": list(evaluate.tasks), "suite": evaluate.suite}
         write_output_chunks(out, {TABLE: (input_schema, kept_chunks(Path(work))),
                                   "removed.parquet": (flagged_schema, removed_chunks(Path(work)))}, meta=meta)

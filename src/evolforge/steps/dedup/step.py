@@ -45,7 +45,7 @@ from evolforge.io import validation
 from evolforge.io.columns import DUPLICATE_FLAGS
 from evolforge.config.data import DataSettings
 from evolforge.io.ray_data import map_chunks, session
-from evolforge.io.records import TABLE
+from evolforge.io.records import SETTINGS, TABLE
 from evolforge.steps.dedup.settings import DedupSettings
 from evolforge.core.stage import Outputs, peak_rss_mib
 from evolforge.core.text import item_text
@@ -299,7 +299,7 @@ def run(items: str | Path, out: str | Path, cfg: DedupSettings, data: DataSettin
 
         write_output_chunks(out, {TABLE: (schema, kept()),
                                   "removed.parquet": ({**schema, **DUPLICATE_FLAGS}, duplicates())},
-                            meta={"params": vars(cfg)})
+                            meta={SETTINGS: vars(cfg)})
     metrics["peak_rss_mib"] = peak_rss_mib()
     return Outputs(metrics, f"dedup: {metrics['removed']} of {metrics['items']} items are near-duplicates "
                             f"({metrics['removed_exact']} exact); per round {metrics['removed_per_round']}; "

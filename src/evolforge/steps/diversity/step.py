@@ -20,7 +20,7 @@ from evolforge.io import validation
 from evolforge.config.roles import Role
 from evolforge.config.data import DataSettings
 from evolforge.steps.diversity.settings import DiversitySettings
-from evolforge.io.records import TABLE, atomic_dir, write_json
+from evolforge.io.records import SETTINGS, TABLE, atomic_dir, write_json
 from evolforge.io.stream import check_chunks, iter_chunks, sink_chunks, table_file, table_schema
 from evolforge.core.stage import Outputs
 from evolforge.llm.identity import recorded_identity
@@ -87,7 +87,7 @@ def run(items: str | Path, out: str | Path, cfg: DiversitySettings, data: DataSe
         del neighbours
         write_json(tmp / "meta.json",
                    {"embedder": cfg.embedder, "model": role.model, "identity": recorded_identity(role),
-                                       "dimensions": dims, "params": dataclasses.asdict(cfg)})
+                                       "dimensions": dims, SETTINGS: dataclasses.asdict(cfg)})
     return _outputs(table_file(out), cfg.embedder, role.model)
 
 

@@ -43,7 +43,7 @@ from evolforge.config.bounds import ParamsError
 from evolforge.steps.evolve.settings import EvolveSection, method_text
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import EVOLVED, FAILED, LINEAGE, make_id, read_table
+from evolforge.io.records import EVOLVED, FAILED, LINEAGE, SETTINGS, make_id, read_table
 from evolforge.steps.evolve.settings import INSTRUCTION_RULES, JUDGE_RULES, RESPONSE_RULES, EvolveSettings
 from evolforge.core.stage import Outputs
 from evolforge.config.roles import Role
@@ -388,7 +388,7 @@ def run(round_name: str, src: str | Path, method: str | Path, section: EvolveSec
     meta = {"round": round_name, "index": index, "model": evolver.label, "model_identity": evolver.identity,
             "template_hashes": {n: prompts.hash(n) for n in prompts.names
                                 if n.startswith(("evolve/", "respond/", "optimize/evolve")) or n in JUDGE_TEMPLATES},
-            "method_text": text, "settings": dataclasses.asdict(settings), "requested_strategy": requested,
+            "method_text": text, SETTINGS: dataclasses.asdict(settings), "requested_strategy": requested,
             "fallback": fallback}
     return Outputs(summary,
                    f"{round_name}: {summary['in']} in, {summary['evolved']} evolved, {summary['failed']} failed "

@@ -4,6 +4,7 @@ with per-round metrics and the levels plot."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from evolforge.config.data import DataSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.io.records import TABLE, VERSIONS, output_versions
+from evolforge.io.records import SETTINGS, TABLE, VERSIONS, output_versions
 from evolforge.io.stream import (check_chunks, checked_chunks, iter_chunks, read_spilled, spilled,
                                  table_file, table_schema,
                                  write_output_chunks)
@@ -87,7 +88,7 @@ def run(items: str | Path, out: str | Path, cfg: JudgeSettings, data: DataSettin
 
     score_template = SCORE_TEMPLATES[cfg.score_prompt]
     meta = {VERSIONS: output_versions(), "model": llm.label, "model_identity": llm.identity,  # as write_output
-            "score_prompt": cfg.score_prompt, "constrained": cfg.constrain,
+            "score_prompt": cfg.score_prompt, "constrained": cfg.constrain, SETTINGS: dataclasses.asdict(cfg),
             "template_hashes": {LEVEL_TEMPLATE: prompts.hash(LEVEL_TEMPLATE),
                                 score_template: prompts.hash(score_template)}}
     out = Path(out)

@@ -58,8 +58,8 @@ import polars as pl
 from evolforge.config.bounds import Refusal
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.io.records import (SEED_POOL, TABLE, VERSIONS, atomic_dir, output_versions, read_table, write_json,
-                                  write_jsonl)
+from evolforge.io.records import (SEED_POOL, SETTINGS, TABLE, VERSIONS, atomic_dir, output_versions, read_table,
+                                  write_json, write_jsonl)
 from evolforge.llm.cached import LLM
 from evolforge.steps.common import elimination
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
@@ -274,7 +274,7 @@ def run(seed: str | Path, out: str | Path, settings: OptimizeSettings, evolve_se
                  OPTIMIZATION_TEMPLATES[settings.optimization_prompt]]
     if settings.judge_difficulty:
         templates.append(SCORE_TEMPLATES[judge_settings.score_prompt])
-    meta = {"templates": {t: prompts.hash(t) for t in templates}, "params": dataclasses.asdict(settings),
+    meta = {"templates": {t: prompts.hash(t) for t in templates}, SETTINGS: dataclasses.asdict(settings),
             "evolve_strategy": strategy}
     if strategy != "auto":
         write_method(out, initial, [], {**meta, "skipped": True, "models": {}})

@@ -23,7 +23,7 @@ from evolforge.io import validation
 from evolforge.config.data import DataSettings
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.io.jsonfiles import read_json
-from evolforge.io.records import LINEAGE, META, TABLE, VERSIONS
+from evolforge.io.records import LINEAGE, META, SETTINGS, TABLE, VERSIONS
 from evolforge.core.stage import Outputs, peak_rss_mib
 from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema, write_output_chunks
 
@@ -57,11 +57,12 @@ def pick_pool(scenario: str, evol: pl.DataFrame, autoif: pl.DataFrame, on_empty:
     return Pool(evol, scenario, evol_source, fallback=f"no_autoif_items: {why}")
 
 
-def _recorded_versions(folder: Path) -> dict[str, Any] | None:
-    """The package versions the chosen branch recorded in its ``meta.json``: the pool is that table unchanged,
-    so the dataset card (which reads the pool, not the branch) reports what made it."""
+def _recorded(folder: Path, key: str) -> dict[str, Any] | None:
+    """What the chosen branch recorded in its ``meta.json`` under ``key`` (its package versions, its settings):
+    the pool is that table unchanged, so the dataset card (which reads the pool, not the branch) reports what made
+    it."""
     meta = folder / META
-    recorded = (read_json(meta) or {}).get(VERSIONS) if meta.is_file() else None
+    recorded = (read_json(meta) or {}).get(key) if meta.is_file() else None
     return recorded if isinstance(recorded, dict) else None
 
 
@@ -85,7 +86,9 @@ def run(evol: str, autoif: str, out: str | Path, cfg: AutoIFSettings, data: Data
     per_method = {m: int(n) for m, n in counts.iter_rows()}
     write_output_chunks(out, {TABLE: (table_schema(source), iter_chunks(source, rows))},
                         meta={"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback,
-                              VERSIONS: _recorded_versions(Path(pool.source))})
+                              VERSIONS: _recorded(Path(pool.source), VERSIONS),
+                              SETTINGS: {"scenario": cfg.scenario, "on_empty": cfg.on_empty,
+                                         "branch": _recorded(Path(pool.source), SETTINGS)}})
     metrics = {"scenario": pool.scenario, "source": pool.source, "fallback": pool.fallback, "items": items,
                "autoif_items": pl.scan_parquet(files[autoif]).select(pl.len()).collect().item(),
                "per_method": per_method,

@@ -27,7 +27,7 @@ from evolforge.io.columns import RESPONSES
 from evolforge.steps.evolve.settings import EvolveRound
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
-from evolforge.io.records import EVOLVED, LINEAGE, TABLE, VERSIONS, output_versions
+from evolforge.io.records import EVOLVED, LINEAGE, SETTINGS, TABLE, VERSIONS, output_versions
 from evolforge.config.data import DataSettings
 from evolforge.core.stage import Outputs
 from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, iter_chunks,
@@ -209,7 +209,7 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, cfg: RespondSett
     rules = validation.item_columns(LINEAGE + ["instruction", "input", "output", "response_status"])
     # as write_output records it
     meta = {VERSIONS: output_versions(), "model": llm.label, "model_identity": llm.identity,
-            "template_hash": prompts.hash(RESPONSE_TEMPLATE), "params": dataclasses.asdict(cfg)}
+            "template_hash": prompts.hash(RESPONSE_TEMPLATE), SETTINGS: dataclasses.asdict(cfg)}
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work:  # the calls on this thread

@@ -21,7 +21,7 @@ import torch
 from evolforge.io import validation
 from evolforge.config.roles import Role
 from evolforge.config.data import DataSettings
-from evolforge.io.records import TABLE, VERSIONS, output_versions
+from evolforge.io.records import SETTINGS, TABLE, VERSIONS, output_versions
 from evolforge.core.stage import Outputs
 from evolforge.io.ray_data import map_chunks, session
 from evolforge.io.stream import check_chunks, read_spilled, spilled, table_file, table_schema, write_output_chunks
@@ -87,7 +87,7 @@ def run(items: str | Path, out: str | Path, cfg: ScoreSettings, role: Role, data
 
     # as write_output
     meta = {VERSIONS: output_versions(), "scorer": role.model, "scorer_identity": recorded_identity(role),
-            "params": dataclasses.asdict(cfg)}
+            SETTINGS: dataclasses.asdict(cfg)}
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     # the model runs on this thread

@@ -9,7 +9,7 @@ import dataclasses
 
 from evolforge.steps.seed.settings import SeedSettings
 from evolforge.core.stage import Outputs
-from evolforge.io.records import SEED_POOL
+from evolforge.io.records import SEED_POOL, SETTINGS
 from evolforge.steps.common.source import build_seed
 
 
@@ -24,5 +24,5 @@ def run(cfg: SeedSettings) -> Outputs:
     return Outputs(metrics,
                    f"seed: {metrics['rows_written']} items of a pool of {pool.height} "
                    f"({metrics['duplicates_removed']} duplicates removed)",
-                   table=table, meta={"params": dataclasses.asdict(cfg)},
+                   table=table, meta={SETTINGS: dataclasses.asdict(cfg)},
                    tables={"duplicates.parquet": duplicates, SEED_POOL: pool})

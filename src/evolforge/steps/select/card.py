@@ -12,12 +12,13 @@ The card's ``configs`` entry points ``datasets`` at the shards, so the other fil
     >>> datasets.load_dataset("data/selected")["train"][0]["messages"]    # doctest: +SKIP
     [{'role': 'user', 'content': '...'}, {'role': 'assistant', 'content': '...'}]
 
-The card says what made the data: seed source, every role's model and identity (the models stage's identity file
-when given, else ``params.yaml`` roles), prompt template hashes, evolution and selection params, counts
-per stage, the versions of the packages that can change the data, and known limitations. The ``configs``
-entry's ``description`` carries the shards' sha256 fingerprint: ``datasets`` keys its cache on the folder's
-name and that header, so each version gets its own cache entry and loads as itself. ``params.yaml`` section ``card``
-(optional) sets the header. The other stages' outputs it reads are the select stage's card flags (a
+The card says what made the data: seed source, every role's model and identity (the models stage's identity file),
+prompt template hashes, the settings each input recorded (:mod:`evolforge.steps.select.recorded`: the card quotes
+them, not ``params.yaml``) and the selection's own, counts per stage, the versions of the packages that can change
+the data, and known limitations. The ``configs`` entry's ``description`` carries the shards' sha256 fingerprint:
+``datasets`` keys its cache on the folder's name and that header, so each version gets its own cache entry and
+loads as itself. ``params.yaml`` section ``card`` (optional) sets the header: the select stage declares ``card`` and
+``select`` alone. The other stages' outputs it reads are the select stage's card flags (a
 :class:`~evolforge.steps.common.layout.Layout`), each one of its dvc.yaml deps, so the card changes only with them.
 """
 
@@ -40,8 +41,9 @@ from evolforge.io.jsonfiles import read_json
 from evolforge.io.records import META, OUTPUT_PACKAGES, TABLE, VERSIONS, output_versions, write_table
 from evolforge.io.stream import sink_chunks
 from evolforge.core.text import question_text
-from evolforge.steps.select.settings import CardSettings
-from evolforge.steps.common.funnel import evolved_rounds, funnel, provenance, round_strategies
+from evolforge.steps.select.recorded import evolution_line, recorded_folders, recorded_settings, seed_line, settings_of
+from evolforge.steps.select.settings import CardSettings, SelectSettings
+from evolforge.steps.common.funnel import funnel, provenance, round_strategies
 from evolforge.steps.common.layout import Layout
 from evolforge.steps.common.verification import COLUMNS as VERIFY_COLUMNS, DESCRIPTIONS as VERIFY_DESCRIPTIONS
 from evolforge.steps.common.verification import evidence_line
@@ -144,13 +146,11 @@ def shards_fingerprint(folder: Path, names: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _models(identities: Path | None, params: dict) -> list[dict]:
-    if identities is not None and identities.exists():
-        found = read_json(identities)
-        return [{"role": role, **{k: v.get(k) for k in ("backend", "model", "revision", "identity")}}
-                for role, v in sorted(found.items()) if isinstance(v, dict)]
-    return [{"role": role, "backend": v.get("backend"), "model": v.get("model"), "revision": v.get("revision"),
-             "identity": None} for role, v in sorted((params.get("roles") or {}).items()) if isinstance(v, dict)]
+def _models(identities: Path | None) -> list[dict]:
+    """Each role's backend, model, revision and identity, as the models stage pinned them; none without its file."""
+    found = read_json(identities) if identities is not None and identities.is_file() else {}
+    return [{"role": role, **{k: v.get(k) for k in ("backend", "model", "revision", "identity")}}
+            for role, v in sorted(found.items()) if isinstance(v, dict)]
 
 
 def _cell(value: Any) -> str:
@@ -185,16 +185,16 @@ STRATEGY_WORDS = {"evol": "Evol-Instruct's hand-written methods", "auto": "Auto 
                   "auto_initial": "Auto Evol-Instruct's initial (not optimized) method"}
 
 
-def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[dict],
-                 n_rounds: int, metric: str) -> str:
-    """The card's opening paragraph: what the rows are, claiming evolution only where items evolved.
+def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[dict], metric: str) -> str:
+    """The card's opening paragraph: what the rows are, claiming evolution only where items evolved
+    (``strategies``: one per evolved round built).
 
     >>> rows = pl.DataFrame({"round": [0, 0]})
-    >>> summary_text(rows, [{"round": 1, "evolved": 0}], [], 1, "ic_ifd")[:60]
+    >>> summary_text(rows, [{"round": 1, "evolved": 0}], [], "ic_ifd")[:60]
     '2 instruction-response pairs. No instruction evolved: no evo'
     """
     evolved_total = sum(r["evolved"] or 0 for r in funnel_rows if r["round"] != 0)
-    n_rounds = len(strategies) or n_rounds  # the rounds built, when their outputs are there
+    n_rounds = len(strategies)
     from_seed = int((rows["round"] == 0).sum()) if "round" in rows.columns else 0
     from_rounds = rows.height - from_seed
     tail = (f"answered, judged for difficulty, scored by IFD / IC-IFD and selected by `{metric}`. Built with "
@@ -216,30 +216,12 @@ def summary_text(rows: pl.DataFrame, funnel_rows: list[dict], strategies: list[d
             f"instructions; {tail}")
 
 
-def evolution_line(evolve_cfg: dict, strategies: list[dict], rounds: list[str]) -> str:
-    """``**Evolution**: ...``: the strategy asked for and, per the rounds' meta.json, the one used."""
-    requested = evolve_cfg.get("strategy", "?")
-    used = sorted({s["used"] for s in strategies if s["used"]})
-    line = f"**Evolution**: strategy `{requested}`"
-    if used and used != [requested]:
-        line += " requested, used " + ", ".join(f"`{u}`" for u in used)
-        reason = next((s["fallback"] for s in strategies if s["fallback"]), None)
-        line += f" ({reason})" if reason else ""
-    return line + f", rounds {', '.join(rounds) or '?'}, failures `{evolve_cfg.get('on_failure', '?')}`."
-
-
-# the stage outputs whose recorded package versions the card lists (their meta.json): the select stage's inputs,
-# never an output of a later stage, or one that another experiment left behind
-VERSIONED = ("seed", "pool", "dedup", "clean", "judged", "scores", "diversity", "verified")
-
-
 def _versions_rows(layout: Layout) -> list[list[Any]]:
-    """Package, version, the stage outputs (the evolved rounds and :data:`VERSIONED`) whose ``meta.json`` recorded
-    it; this install's where none did. The selection itself is left out: the card is written by the same install,
-    while it is being replaced."""
+    """Package, version, the stage outputs (:func:`~evolforge.steps.select.recorded.recorded_folders`) whose
+    ``meta.json`` recorded it; this install's where none did. The selection itself is left out: the card is written
+    by the same install, while it is being replaced."""
     seen: dict[str, dict[str, list[str]]] = {name: {} for name in OUTPUT_PACKAGES}
-    folders = evolved_rounds(layout.evolved) + [f for f in (getattr(layout, name) for name in VERSIONED) if f]
-    for meta_path in sorted(p for p in (f / META for f in folders) if p.is_file()):
+    for meta_path in sorted(p for p in (f / META for f in recorded_folders(layout)) if p.is_file()):
         recorded = (read_json(meta_path) or {}).get(VERSIONS)
         for name, version in (recorded.items() if isinstance(recorded, dict) else ()):
             if name in seen:
@@ -275,17 +257,17 @@ def verification_section(table: Path) -> str:
             + _md_table(["id", "round", "instruction", "method", "verdict", "confidence", "evidence"], items))
 
 
-def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, params: dict, settings: CardSettings,
+def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, select: SelectSettings, settings: CardSettings,
               fingerprint: str = "", verification: str = "") -> str:
     """The README.md text: YAML header, then how the data was made. ``rows``: the published rows' ``round``
     column (its height, the row count), ``columns``: the published columns, ``layout``: the other stages'
-    outputs."""
+    outputs, whose recorded settings it quotes; ``select``: the selection's own settings."""
     header = {"license": settings.license, "language": settings.language, "task_categories": settings.task_categories,
               "size_categories": [size_category(rows.height)], "pretty_name": settings.pretty_name,
               "tags": ["synthetic", "evol-instruct", "instruction-tuning", "evolforge"],
               "configs": [{"config_name": "default", "description": f"fingerprint {fingerprint}",
                           "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
-    seed_cfg, evolve_cfg, select_cfg = (params.get(k) or {} for k in ("seed", "evolve", "select"))
+    select_cfg = dataclasses.asdict(select)
     funnel_rows = funnel(layout, selected=rows)  # the selection being written, not an older one
     counts = [[("seed" if r["round"] == 0 else r["round"]), r["in"], r["evolved"], r["failed"],
                ", ".join(f"{k}: {v}" for k, v in r["failed_by_reason"].items()), r["answered"],
@@ -293,9 +275,8 @@ def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, params: di
     prompts = [[p["stage"], p["model"], ", ".join(f"`{n}` {h}" for n, h in sorted(p["template_hashes"].items()))]
                for p in provenance(layout)]
     models = [[m["role"], m["backend"], m["model"], m["revision"], m["identity"]]
-              for m in _models(layout.identities, params)]
+              for m in _models(layout.identities)]
     columns = [[f"`{c}`", DESCRIPTIONS.get(c, "")] for c in columns]
-    rounds = sorted((evolve_cfg.get("rounds") or {}).items(), key=lambda kv: (kv[1] or {}).get("index", 0))
     limitations = LIMITATIONS + (f"\n{settings.limitations.strip()}" if settings.limitations else "")
     if any(str(m[2] or "").rstrip("/").endswith("models/tiny") for m in models):
         limitations += ("\n- Built with the project's tiny test model: the rows exercise the pipeline and are not "
@@ -303,13 +284,11 @@ def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, params: di
     parts = [
         "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---",
         f"# {settings.pretty_name}",
-        summary_text(rows, funnel_rows, round_strategies(layout), len(rounds), select_cfg.get("metric", "?")),
+        summary_text(rows, funnel_rows, round_strategies(layout), select.metric),
         LOADING.format(fingerprint=fingerprint),
         "## How it was made",
-        f"**Seed source**: `{seed_cfg.get('source', 'unknown')}`"
-        + (f" at revision `{seed_cfg['revision']}`" if seed_cfg.get("revision") else "")
-        + (f", limit {seed_cfg['limit']}" if seed_cfg.get("limit") else "") + ".",
-        evolution_line(evolve_cfg, round_strategies(layout), [name for name, _ in rounds]),
+        seed_line(settings_of(layout.seed)),
+        evolution_line(layout),
         _scenario_line(layout.pool_metrics),
         "**Selection**: " + ", ".join(f"`{k}`: {_cell(v)}" for k, v in sorted(select_cfg.items())) + ".",
         "### Models\n\n" + _md_table(["role", "backend", "model", "revision", "identity"], models),
@@ -318,10 +297,9 @@ def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, params: di
         "deduplication / decontamination (when run), judged, selected.\n\n"
         + _md_table(["round", "in", "evolved", "failed", "failed by reason", "answered",
                      "kept", "judged", "selected"], counts),
-        "### Parameters\n\n```yaml\n" + yaml.safe_dump({k: params[k]
-                                                        for k in ("seed", "evolve", "respond", "autoif",
-                                                                  "judge", "verify", "score", "select")
-                                                       if k in params}, sort_keys=True) + "```",
+        "### Settings\n\nThe settings each stage output the selection was made from recorded (`settings` in its "
+        "`meta.json`; null: none recorded; outputs that recorded the same share an entry).\n\n```yaml\n"
+        + yaml.safe_dump(recorded_settings(layout), sort_keys=False, allow_unicode=True) + "```",
         "### Software versions\n\nThe installed versions of the packages that can change the data, as each stage "
         "output's `meta.json` recorded them (`make setup` installs the locked set: `requirements/cpu.txt`).\n\n"
         + _md_table(["package", "version", "recorded by"], _versions_rows(layout)),
@@ -334,26 +312,22 @@ def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, params: di
 
 @dataclasses.dataclass(frozen=True)
 class CardParams:
-    """What the card takes from params.yaml: its ``card`` section, ``data.chunk_rows``, and the sections it
-    quotes and the roles it names as written (``written``: the card states what the file said, no defaults)."""
+    """What the card takes from params.yaml: its ``card`` section and ``data.chunk_rows`` (how many rows at a
+    time it reads). What the other stages did, it reads from their outputs (:mod:`evolforge.steps.select.recorded`)."""
 
     settings: CardSettings
     chunk_rows: int
-    written: dict[str, Any]
 
 
 def card_params(params: Mapping[str, Any]) -> CardParams:
     """The :class:`CardParams` of ``params`` (a params.yaml mapping)."""
-    written = {k: params[k] for k in ("seed", "evolve", "respond", "autoif", "judge", "verify", "score", "select",
-                                      "roles") if k in params}
-    return CardParams(load_section(params, "card", CardSettings), load_section(params, "data", DataSettings).chunk_rows,
-                      written)
+    return CardParams(load_section(params, "card", CardSettings), load_section(params, "data", DataSettings).chunk_rows)
 
 
-def write_card(selected_dir: str | Path, layout: Layout, card: CardParams) -> Path:
+def write_card(selected_dir: str | Path, layout: Layout, card: CardParams, select: SelectSettings) -> Path:
     """Write the shards and ``README.md`` into ``selected_dir``, telling how the outputs of ``layout`` made the
-    selection; return the card's path."""
-    params, settings = card.written, card.settings
+    selection (by ``select``'s settings); return the card's path."""
+    settings = card.settings
     selected_dir = Path(selected_dir)
     table_path = selected_dir / TABLE
     if not table_path.exists():
@@ -368,7 +342,7 @@ def write_card(selected_dir: str | Path, layout: Layout, card: CardParams) -> Pa
     columns = list(hub_rows(pl.read_parquet(table_path, n_rows=0)).columns)
     card = selected_dir / "README.md"
     tmp = card.with_name(f".README.md.tmp-{os.getpid()}")
-    tmp.write_text(card_text(rounds, columns, layout, params, settings, fingerprint,
+    tmp.write_text(card_text(rounds, columns, layout, select, settings, fingerprint,
                              verification_section(table_path)), encoding="utf-8")
     os.replace(tmp, card)
     return card

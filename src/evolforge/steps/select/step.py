@@ -19,7 +19,7 @@ from evolforge.config.bounds import Refusal
 from evolforge.config.data import DataSettings
 from evolforge.steps.select.settings import SelectSettings
 from evolforge.core.stage import Outputs
-from evolforge.io.records import write_table
+from evolforge.io.records import SETTINGS, write_table
 from evolforge.steps.common.layout import Layout
 from evolforge.steps.select.card import CardParams, write_card
 from evolforge.steps.select.embeddings import load_embeddings
@@ -28,15 +28,15 @@ from evolforge.steps.select.narrow import Inputs, check_inputs, file_texts, rank
 from evolforge.steps.select.selection import Selection, choose
 
 
-def _write(folder: Path, inputs: Inputs, selection: Selection, card_params: CardParams, chunk_rows: int,
-           card: Layout) -> None:
+def _write(folder: Path, inputs: Inputs, selection: Selection, cfg: SelectSettings, card_params: CardParams,
+           chunk_rows: int, card: Layout) -> None:
     """The selection's files into ``folder`` (the output's temporary folder): the chosen rows streamed in rank
     order (items.parquet, train.jsonl, train_alpaca.json), excluded.parquet, then the card from items.parquet
     and the outputs of ``card``."""
     with tempfile.TemporaryDirectory(prefix=".select-work-", dir=folder.parent) as work:
         write_selection(folder, [inputs.items, *inputs.per_item()], selection.chosen["id"], chunk_rows, Path(work))
     write_table(selection.excluded, folder / "excluded.parquet")
-    write_card(folder, card, card_params)
+    write_card(folder, card, card_params, cfg)
 
 
 def run(items: str, judged: str, scores: str, diversity: str, cfg: SelectSettings, data: DataSettings,
@@ -58,6 +58,6 @@ def run(items: str, judged: str, scores: str, diversity: str, cfg: SelectSetting
     # the folder is written whole by finish(), streamed; the table handed over only gives way to it
     return Outputs(summary, f"select: {summary['selected']} of {summary['items']} items by {summary['metric']}; "
                             f"removed per filter {summary['removed_by_filter']}",
-                   table=pl.DataFrame(), meta={"params": dataclasses.asdict(cfg)},
-                   finish=lambda folder: _write(folder, inputs, selection, card_params, rows, card or Layout()),
+                   table=pl.DataFrame(), meta={SETTINGS: dataclasses.asdict(cfg)},
+                   finish=lambda folder: _write(folder, inputs, selection, cfg, card_params, rows, card or Layout()),
                    peak_rss=True)

@@ -26,6 +26,7 @@ stop the stage, as in every other stage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections import Counter
@@ -41,7 +42,7 @@ from evolforge.core.stage import Outputs
 from evolforge.eval.sandbox import isolation, require_sandbox
 from evolforge.io import validation
 from evolforge.io.columns import VERIFIED
-from evolforge.io.records import TABLE, VERSIONS, output_versions
+from evolforge.io.records import SETTINGS, TABLE, VERSIONS, output_versions
 from evolforge.io.stream import (check_chunks, iter_chunks, read_spilled, spilled, table_file, table_schema,
                                  write_output_chunks)
 from evolforge.llm.cached import LLM
@@ -102,7 +103,7 @@ def _guarded(method: str, run: Any, items: list[Item], llm: LLM) -> list[Result]
         raise
     except BATCH_FAULTS as err:  # one bad batch is recorded on its items; the other methods' items go on
         why = f"{type(err).__name__}: {str(err)[:300]}"
-        llm.record_item_failures(VERIFY_ERROR, len(items), f"verify {method}: {why}")
+        llm.account.record_item_failures(VERIFY_ERROR, len(items), f"verify {method}: {why}")
         return [Result(method, "unsure", json.dumps({"error": why}), None) for _ in items]
 
 
@@ -167,7 +168,8 @@ def run(items: str | Path, out: str | Path, cfg: VerifySettings, respond: Respon
         return verify(chunk, responder, judge, prompts, cfg, sampling)
 
     meta = {VERSIONS: output_versions(), "model": responder.label, "model_identity": responder.identity,
-            "judge_model": judge.label, "template_hashes": {t: prompts.hash(t) for t in TEMPLATES}}
+            "judge_model": judge.label, "template_hashes": {t: prompts.hash(t) for t in TEMPLATES},
+            SETTINGS: dataclasses.asdict(cfg)}
     out = Path(out)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.absolute().parent) as work:
