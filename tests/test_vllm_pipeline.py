@@ -8,8 +8,8 @@ judge, which ranks by likelihood (judge.probabilities). A second repro reruns no
 Sized to start the engine once per stage (the four roles load the same model with the same settings, so a
 stage's roles share one engine) and to keep each stage's work to seconds: four seeds, one evolving round, one
 optimization candidate on a development set of two, short answers (tests/pipeline_build.py's TINY_TOKENS). Most
-of its 3-5 minutes on two cores is five engine starts (about 25 s each: vLLM's imports and its CPU engine) and
-dvc. The main suite skips it (no vllm there); tests/test_pipeline.py runs the whole pipeline, three rounds, on
+of its 3-5 minutes on two cores is the tiny model's training (about 40 s), four engine starts (about 25 s each:
+vLLM's imports and its CPU engine) and dvc. The main suite skips it (no vllm there); tests/test_pipeline.py runs the whole pipeline, three rounds, on
 hf and llamacpp."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -40,10 +41,22 @@ VLLM_ROLE = {"backend": "vllm", "dtype": "float32", "max_model_len": 2048,
              "extra": {"kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}}
 
 
+def build_tiny(out: Path, repo: Path) -> None:
+    """The tiny model, heads of 32 dimensions (vLLM's CPU attention takes 32 and up; the suite's tiny model has 16),
+    trained in a process of its own: an engine that ran in this one before (tests/test_vllm_backend.py) left it
+    without ``torch.set_num_threads`` (vLLM's CPU worker replaces it for the rest of its process), and tests/tiny.py's
+    fixed threads are what make the weights, and so every answer below, the same run to run."""
+    code = ("import sys; from pathlib import Path; from tiny import TinyConfig, build_tiny_model; "
+            "out, repo = map(Path, sys.argv[1:]); "
+            "build_tiny_model(out, repo / 'data/seeds/demo.jsonl', repo / 'prompts', TinyConfig(steps=200, heads=2), "
+            "log=lambda _: None)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(repo)], cwd=repo / "tests", capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, f"the tiny model's training failed:\n{proc.stderr[-4000:]}"
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, repo) -> tuple[Path, dict, str]:
-    from tiny import TinyConfig, build_tiny_model
-
     work = tmp_path_factory.mktemp("vllm-pipeline") / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -52,9 +65,7 @@ def built(tmp_path_factory, repo) -> tuple[Path, dict, str]:
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / name, work / name)
     (work / "dvc.lock").unlink(missing_ok=True)
-    # heads of 32 dimensions: vLLM's CPU attention takes 32 and up (the suite's tiny model has 16)
-    build_tiny_model(work / TINY, repo / "data/seeds/demo.jsonl", repo / "prompts", TinyConfig(steps=200, heads=2),
-                     log=lambda _: None)
+    build_tiny(work / TINY, repo)
     dvc = yaml.safe_load((work / "dvc.yaml").read_text())
     for fetch in ("fetch_model", "fetch_evolver"):  # the shipped models: every role here runs the tiny one
         dvc["stages"]["models"]["deps"].remove(dvc["stages"].pop(fetch)["outs"][0])
