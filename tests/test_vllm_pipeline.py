@@ -60,8 +60,8 @@ def built(tmp_path_factory, repo) -> tuple[Path, dict, str]:
     work = tmp_path_factory.mktemp("vllm-pipeline") / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
                            capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (repo / name).is_file():
+    for name in files:  # without the shipped run's metrics: every figure read below is this run's
+        if (repo / name).is_file() and not name.startswith("metrics/"):
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / name, work / name)
     (work / "dvc.lock").unlink(missing_ok=True)
@@ -109,7 +109,7 @@ def test_the_chat_stages_run_on_vllm_and_the_judge_ranks(built):
         assert stage in ran
     identity = json.loads((work / "models/identity.json").read_text())
     assert {name: entry["backend"] for name, entry in identity.items() if name in CHAT} == {n: "vllm" for n in CHAT}
-    # this run's metrics (metrics/evolve.json is the shipped run's: evolve_report is not upstream of the judge)
+    # each stage's own metrics (metrics/evolve.json is evolve_report's, which the judge does not need)
     optimize, evolved = metric(work, "optimize.json"), metric(work, "evolve/round_1.json")
     respond, judge = metric(work, "respond.json"), metric(work, "judge.json")
     for stage, role in ((optimize, "evolver"), (optimize, "optimizer"), (evolved, "evolver"), (respond, "responder")):
