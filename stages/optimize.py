@@ -2,7 +2,9 @@
 
 Reads:  data/seed (id, instruction, input), params.yaml `optimize` (initial_method, steps, candidates,
         batch_size, dev_size, trajectory_rounds, patience, selection, evolver_temperature, seed,
-        unusable_failure_rate, on_unusable, judge_difficulty), `evolve.strategy`, roles `evolver` and `optimizer`
+        unusable_failure_rate, on_unusable, judge_difficulty, optimization_prompt, ...), the `evolve` fields of the
+        development runs (strategy, controls, method_controls, max_tokens, method_max_tokens, few_shot,
+        missing_marker, elimination, repetition), roles `evolver` and `optimizer`
         (and `judge` with the `judge` section, under judge_difficulty), prompts/optimize/*.j2,
         prompts/respond/response.j2, prompts/judge/difficulty_score*.j2
 Writes: data/method/ (method.txt: the method to evolve with; log.jsonl: one row per step; meta.json, whose

@@ -185,7 +185,7 @@ ANSWERS_AS_REWRITES = [
     "following steps:  1. Identify the total number of pages in the book. 2. Identify the number of pages.",
     '```python\ndef count_vowels(text):\n    """\n    Counts the number of vowels in a given string.\n    """\n'
     '    vowels = "aeiouAEIOU"\n    return sum(c in vowels for c in text)\n```',
-    "First, we calculate the perimeter: 4 x 9 = 36 metres. Use 36 metres of fencing.",
+    "The perimeter is 4 x 9 = 36 metres. We can use the following steps: 1. Multiply the side by 4.",
 ]
 REQUESTS = [
     "A shirt costs $40 and is on sale for 25% off. What is the sale price after a further 10% member discount?",
@@ -194,6 +194,9 @@ REQUESTS = [
     "To celebrate a friend's promotion, write a short toast in three sentences.",
     "We need to plan a trip to Lisbon: suggest a three-day itinerary with a budget under 500 euros.",
     "Let's play a game: describe an animal in five words and I will guess it.",
+    "Explain why we must follow these steps when baking bread.",
+    "Let's calculate the total cost of a trip to Rome for four people. Show each step.",
+    "To find the best route, we recommend you compare three options: list them.",
 ]
 
 
@@ -231,28 +234,38 @@ def test_chatter_search_equals_the_full_regex_scan():
     assert all(elimination.is_chatter(p) for p in CHATTER_PHRASES)
 
 
-# The shipped responder's answers (tests/data/responder_loops.json): loops that markdown hides from the repeated
-# trigrams and the compression ratio, and an answer that restates its equations (not a loop).
+# The shipped responder's answers (tests/data/responder_loops.json): a loop that markdown hides from the repeated
+# trigrams and the compression ratio, two said twice that the shipped phrase test leaves (as it leaves an answer
+# restating its question), and an answer that restates its equations (not a loop).
 ROOT = Path(__file__).resolve().parents[1]
 RESPONDER = json.loads((ROOT / "tests" / "data" / "responder_loops.json").read_text(encoding="utf-8"))
 SHIPPED_RESPONSES = elimination.RepetitionTest(ngram=3, max_repeated_ngram_fraction=0.35, max_compression_ratio=3.0,
-                                               min_words=10, phrase_words=15, max_phrase_repeats=1)
+                                               min_words=10, phrase_words=10, max_phrase_repeats=2)
+RESTATED_QUESTION = ("To improve the performance of my Python web application when the database is slow, cache "
+                     "the results of frequent queries, add indexes to the columns you filter on, and use a "
+                     "connection pool. In short, that is how to improve the performance of my Python web application "
+                     "when the database is slow.")
 
 
 @pytest.mark.parametrize("name,loops", [(k, True) for k in RESPONDER["loops"]]
-                         + [(k, False) for k in RESPONDER["not_loops"]])
-def test_a_phrase_said_again_is_a_loop_where_the_other_measures_miss_it(name, loops):
-    text = {**RESPONDER["loops"], **RESPONDER["not_loops"]}[name]["answer"]
+                         + [(k, False) for k in (*RESPONDER["missed"], *RESPONDER["not_loops"])])
+def test_a_phrase_said_three_times_is_a_loop_where_the_other_measures_miss_it(name, loops):
+    text = {**RESPONDER["loops"], **RESPONDER["missed"], **RESPONDER["not_loops"]}[name]["answer"]
     without = dataclasses.replace(SHIPPED_RESPONSES, max_phrase_repeats=None)
     assert elimination.is_repetitive(text, without) is False  # markdown's repetition hides them
     assert elimination.is_repetitive(text, SHIPPED_RESPONSES) is loops
     assert elimination.response_status(text, "stop", SHIPPED_RESPONSES) == ("repetitive" if loops else "complete")
 
 
+def test_a_question_restated_once_is_no_loop():
+    assert elimination.phrase_repeats(RESTATED_QUESTION, 10) == 2
+    assert not elimination.is_repetitive(RESTATED_QUESTION, SHIPPED_RESPONSES)
+
+
 def test_the_phrase_test_leaves_code_out():
     lines = "assert add(1, 2) == 3  # the sum of two small positive numbers is their total, as it should be\n" * 3
-    assert elimination.phrase_repeats(lines, 15) == 3
-    assert elimination.phrase_repeats("Here are the tests:\n```python\n" + lines + "```", 15) == 0
+    assert elimination.phrase_repeats(lines, 10) == 3
+    assert elimination.phrase_repeats("Here are the tests:\n```python\n" + lines + "```", 10) == 0
 
 
 def test_the_shipped_params_hold_the_phrase_test():

@@ -112,3 +112,17 @@ def test_the_whole_output_weak_method_experiment_found_no_decrease_once_answers_
     assert first["optimized"] and first["best_failures"] < first["initial_failures"]
     assert not now["optimized"] and now["best_failures"] == now["initial_failures"] and now["dev_size"] >= 10
     assert all(c["failures"] == now["dev_size"] for step in now["loop"] for c in step["candidates"] if c["parsed"])
+
+
+def test_the_guided_prompt_experiment_is_kept_with_its_reading():
+    """The weak-method experiment with optimize.optimization_prompt guided (docs/results.md): the metrics report a
+    decrease, and the method it chose carries an instruction of its own, which the kept reading says the evolver
+    copied: results.md must not read it as a better method."""
+    experiment = kept("weak-guided.json")
+    optimize = experiment["metrics"]["optimize"]
+    assert "optimize.optimization_prompt=guided" in experiment["command"] and optimize["dev_size"] >= 10
+    assert optimize["parseable_candidates"] == optimize["candidates_proposed"]
+    assert optimize["best_failures"] < optimize["initial_failures"]
+    assert "JavaScript function" in experiment["method"] and "not a better method" in experiment["method_read"]
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert "it is not a better method" in page and "weak-guided.json" in page

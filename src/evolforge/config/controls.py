@@ -23,7 +23,7 @@ class Repetition(TypedDict, total=False):
     max_compression_ratio: Annotated[float, Ge(1)]  # bytes over compressed bytes; prose is above 1
     min_words: NonNegativeInt
     phrase_words: PositiveInt
-    max_phrase_repeats: NonNegativeInt | None
+    max_phrase_repeats: PositiveInt | None
 
 
 @with_config({"extra": "forbid", "strict": True, "allow_inf_nan": False})

@@ -4,7 +4,7 @@ judge's ``not_an_instruction_judge`` is the costly one). Pure functions over tex
 A text reads as a request when its prose (fenced code left out) asks for something -- a question mark, a
 sentence that opens with a request word or an imperative verb, a clause after a leading phrase ("Given a list,
 find ...") that opens with an imperative verb, or a first-person request ("I need ...") -- and does not speak
-in a solver's voice ("To find the price, we ...", "we can follow these steps", "Let's calculate the ..."): a small
+in a solver's voice ("To find the price, we need ...", "We can follow these steps"): a small
 evolver given a method it cannot follow answers the instruction instead of rewriting it, and an answer's steps
 open with imperative verbs too.
 
@@ -43,11 +43,13 @@ REQUEST_PHRASES = re.compile(r"\b(i need|i want|i'?d like|i would like|i'?m look
                              r"your task|you are asked|you must|you should)\b")
 
 
-# A solver's voice, at a sentence's start or anywhere for the steps phrase (lower-case text)
+# A solver's voice at a sentence's start (lower-case text): "To find the price, we need ...", "We can follow these
+# steps". Not "Explain why we must follow these steps" (a request about steps) nor "To find the best route, we
+# recommend you ..." (a request with a lead-in).
 SOLVER_VOICE = re.compile(
-    r"(?:^|[.!?]\s+|\n)\s*(?:to (?:determine|find|calculate|compute|solve|figure out|work out)\b[^.?!\n]{0,160},"
-    r"\s*we\b|let'?s (?:calculate|compute) the\b|first,? we\b)"
-    r"|\bwe (?:can|will|need to|must) (?:follow|use) (?:these|the following) steps\b")
+    r"(?:^|[.!?:]\s+|\n)\s*(?:to (?:determine|find|calculate|compute|solve|figure out|work out)\b[^.?!\n]{0,160},"
+    r"\s*we (?:need|can|will|must|first|have)\b"
+    r"|we (?:can|will|need to|must) (?:follow|use) (?:these|the following) steps\b)")
 FENCED_CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 
 
@@ -55,7 +57,7 @@ def reads_as_request(text: str) -> bool:
     """Whether ``text`` reads as a request, not an answer (module doc): its prose asks something and does not
     solve the task itself.
 
-    >>> reads_as_request("A shirt costs $40. Let's calculate the sale price: 40 x 0.75 = 30.")
+    >>> reads_as_request("A shirt costs $40. We can use the following steps: 1. Multiply 40 by 0.75.")
     False
     >>> reads_as_request("```python\\nprint(1)\\n```\\nFix the bug in the code above so it prints 2.")
     True

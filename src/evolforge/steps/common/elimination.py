@@ -129,7 +129,8 @@ class RepetitionTest:
     aside, fenced code left out) comes back more than that many times: a list whose every item says the same
     sentence, which markdown's own repetition hides from the two measures above.
 
-    The thresholds were set on SmolLM2-135M-Instruct's outputs (docs/results/elimination.md).
+    The trigram and ratio thresholds were set on SmolLM2-135M-Instruct's outputs (docs/results/elimination.md), the
+    shipped phrase test on Qwen2.5-Coder-1.5B's answers (tests/data/responder_loops.json).
     """
 
     ngram: int = 3  # words per n-gram

@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from evolforge.io.records import EVOLVED, META, TABLE
+from evolforge.io.records import EVOLVED, META, SETTINGS, TABLE
 from evolforge.steps.common.layout import Layout
 
 
@@ -112,7 +112,7 @@ def round_strategies(layout: Layout) -> list[dict]:
     out = []
     for path in evolved_rounds(layout.evolved):
         meta = json_at(path / META) or {}
-        used = (meta.get("settings") or {}).get("strategy")
+        used = (meta.get(SETTINGS) or {}).get("strategy")
         out.append({"round": meta.get("round", path.name), "requested": meta.get("requested_strategy") or used,
                     "used": used, "fallback": meta.get("fallback")})
     return out

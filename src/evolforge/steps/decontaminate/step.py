@@ -41,6 +41,7 @@ An item's result depends on it alone, so the chunk size changes memory and nothi
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -221,7 +222,8 @@ def run(dedup: str | Path, out: str | Path, cfg: DecontaminateSettings, evaluate
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-work-", dir=out.parent) as work, session(data):
-        meta = {SETTINGS: vars(cfg), "notes": notes, "reference_problems": checker.metrics()["reference_problems"],
+        meta = {SETTINGS: dataclasses.asdict(cfg), "notes": notes,
+                "reference_problems": checker.metrics()["reference_problems"],
                 "tasks": list(evaluate.tasks), "suite": evaluate.suite}
         write_output_chunks(out, {TABLE: (input_schema, kept_chunks(Path(work))),
                                   "removed.parquet": (flagged_schema, removed_chunks(Path(work)))}, meta=meta)

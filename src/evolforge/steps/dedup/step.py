@@ -30,6 +30,7 @@ per million items). Every sketch is computed once, in pass 1.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from functools import partial
@@ -299,7 +300,7 @@ def run(items: str | Path, out: str | Path, cfg: DedupSettings, data: DataSettin
 
         write_output_chunks(out, {TABLE: (schema, kept()),
                                   "removed.parquet": ({**schema, **DUPLICATE_FLAGS}, duplicates())},
-                            meta={SETTINGS: vars(cfg)})
+                            meta={SETTINGS: dataclasses.asdict(cfg)})
     metrics["peak_rss_mib"] = peak_rss_mib()
     return Outputs(metrics, f"dedup: {metrics['removed']} of {metrics['items']} items are near-duplicates "
                             f"({metrics['removed_exact']} exact); per round {metrics['removed_per_round']}; "

@@ -10,7 +10,8 @@ One step t, starting from the current method e_{t-1}:
    and each is still cached on its own;
 3. every candidate that parses evolves the whole development set; the evolver (temperature 0) answers
    each evolved instruction and the failure function F counts failures: the evol failure rate
-   lambda = failures / dev size. A missing ``#Finally Rewritten Instruction#`` is a failure without a response.
+   lambda = failures / dev size. A missing ``#Finally Rewritten Instruction#`` is a failure without a response
+   (``evolve.missing_marker: fail``; ``whole_output`` takes the whole answer as the rewrite).
    ``optimize.failure: elimination`` counts the rounds' own elimination rules instead (:class:`FailureRules`):
    an unchanged or chatty rewrite fails too, as it fails in a round;
 4. a selection rule picks e_t (or keeps e_{t-1}).
