@@ -139,7 +139,7 @@ def built_copy(tmp_path_factory, repo: Path) -> tuple[Path, str]:
     prepared = prepared_copy(tmp_path_factory, repo)
 
     def build(folder: Path) -> None:
-        shutil.copytree(prepared, folder, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(prepared, folder, symlinks=True, dirs_exist_ok=True, copy_function=copy_or_link)
         env = environment(folder)
         out = run(["dvc", "repro"], folder, env)
         commit(folder, env, "built")
@@ -152,5 +152,21 @@ def built_copy(tmp_path_factory, repo: Path) -> tuple[Path, str]:
 def own_copy(tmp_path_factory, shared: Path) -> tuple[Path, dict]:
     """A copy of a shared folder for one test module to change (git history, DVC cache and LLM cache included)."""
     work = tmp_path_factory.mktemp("pipeline") / "repo"
-    shutil.copytree(shared, work, symlinks=True)
+    shutil.copytree(shared, work, symlinks=True, copy_function=copy_or_link)
     return work, environment(work)
+
+
+LINKED = ("models/SmolLM2-135M-Instruct/", ".dvc/cache/")  # the fetched 0.5 GB weights, never written in place
+
+
+def copy_or_link(src: str, dst: str) -> None:
+    """Copy a file, or hard-link it where it is one of the fetched model's weights (in the workspace or DVC's
+    cache): DVC and the stages replace such files and never write into them, and the suite's copies of the build
+    would otherwise take a gigabyte each, on the disk the whole CI run shares."""
+    if any(part in src for part in LINKED) and os.path.getsize(src) >= 1 << 20:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another filesystem: copy
+            pass
+    shutil.copy2(src, dst)
