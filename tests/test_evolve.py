@@ -579,3 +579,21 @@ def test_a_rewrite_that_pastes_the_worked_example_fails_under_few_shot(tmp_path,
     reasons = dict(zip(table["instruction"].str.slice(0, 20), table["failure_reason"]))
     assert reasons == {"Write about topic 0 ": elimination.COPIED_EXAMPLE if few_shot else None,
                        "Write about topic 1 ": None}
+
+
+def test_a_rewrite_that_pastes_the_method_text_fails(tmp_path):
+    """A rewrite holding four or more of the Auto Evol-Instruct method text's phrases that its parent lacks pasted
+    the method in place of applying it: copied_method_text. A rewrite that takes up one of the method's ideas in a
+    few of its words passes."""
+    path = tmp_path / "s.jsonl"
+    pl.DataFrame([{"instruction": f"Describe city {i}.", "input": "", "output": ""} for i in range(2)]).write_ndjson(path)
+    pool = build_seed(str(path))[0]
+    method = ("Rewrite the #Instruction# into a more complex version. Ask for a comparison with two neighbouring "
+              "cities of the same region and size. Reply with #Finally Rewritten Instruction#:")
+    final = "Step 4 #Finally Rewritten Instruction#:\n"
+    plan = {"Describe city 0.": final + "Describe city 0, with a comparison with two neighbouring cities of the same "
+                                        "region and size.",
+            "Describe city 1.": final + "Describe city 1 and compare it with two neighbouring cities by population."}
+    (table, _, _), _ = run_round(pool, 1, EvolveSettings(strategy="auto"), plan, method_text=method)
+    reasons = dict(zip(table["instruction"].str.slice(0, 15), table["failure_reason"]))
+    assert reasons == {"Describe city 0": elimination.COPIED_METHOD, "Describe city 1": None}

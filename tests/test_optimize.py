@@ -26,6 +26,7 @@ from evolforge.config.loader import load_section
 from evolforge.config.runtime import load_llm_params
 
 from evolforge.llm.cache import CallCache
+from evolforge.steps.common import elimination
 from evolforge.steps.common.elimination import auto_evol_failure
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.config.roles import Role
@@ -797,3 +798,29 @@ def test_elimination_fails_a_method_whose_rewrites_copy_the_worked_example():
                                temperature=0.0, few_shot=few_shot, rules=FailureRules.of("elimination", evolve, PROMPTS))
         assert [s.failures for s in scores] == expected
     assert scores[0].failures_by_reason == {} and FailureRules.of("elimination", evolve, PROMPTS).example_additions == frozenset()
+
+
+def test_elimination_fails_a_method_whose_rewrites_paste_its_own_words():
+    """A small optimizer can append an instruction of its own to the method ("... Write a JavaScript function that
+    sums an array, minding negative numbers and floating-point precision issues."), and the evolver then pastes it
+    into every rewrite: the method's failures fall, and no method got better. Four or more of the method text's
+    phrases in a rewrite, absent from its parent, fail it (copied_method_text); a method whose rewrites add their
+    own words keeps its score, and the rule switched off measures the copy as a success, as before."""
+    dev = [{"id": f"d{k}", "instruction": f"Find the sale price of item {k}.", "input": ""} for k in range(3)]
+    pasted = "taking into account the possibility of negative numbers and floating-point precision issues"
+    copying = f"Rewrite the #Instruction# into a more complex version. Write a JavaScript function, {pasted}."
+
+    def reply(request):
+        prompt = request.messages[-1][1]
+        if EVOLVE_SPLIT in prompt:
+            method, instruction = prompt.rsplit(EVOLVE_SPLIT, 1)
+            added = f", {pasted}" if method == copying else " after a 15% discount and 8% sales tax, to the cent"
+            return f"Step 4 #Finally Rewritten Instruction#:\n{instruction.strip().rstrip('.')}{added}."
+        return "Done: an answer."
+    for elimination_switches, expected in (({}, [3, 0]), ({"copied_method": False}, [0, 0])):
+        rules = FailureRules.of("elimination", EvolveSettings(elimination=elimination_switches), PROMPTS)
+        scores = score_methods(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, [copying, "fine"],
+                               temperature=0.0, rules=rules)
+        assert [s.failures for s in scores] == expected
+        if expected[0]:
+            assert scores[0].failures_by_reason == {elimination.COPIED_METHOD: 3}

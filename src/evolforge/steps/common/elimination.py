@@ -37,6 +37,7 @@ EMPTY_RESPONSE = "empty_response"
 TRUNCATED = "truncated_at_max_tokens"
 REPETITIVE = "repetitive"
 COPIED_EXAMPLE = "copied_worked_example"
+COPIED_METHOD = "copied_method_text"
 CHATTER = "asks_user_for_input"
 NOT_AN_INSTRUCTION = "not_an_instruction"
 JUDGED_NOT_AN_INSTRUCTION = "judged_not_an_instruction"
@@ -247,16 +248,46 @@ def copies_example(parent: str, evolved: str, additions: frozenset[tuple[str, ..
     return bool(copied) and not copied <= _phrases(parent)  # the parent is read only for a rewrite that matched
 
 
+METHOD_COPY_PHRASES = 4  # phrases of the method text in a rewrite, not in its parent, that make it a copy
+
+
+def method_phrases(method_text: str | None) -> frozenset[tuple[str, ...]]:
+    """The phrases of an evolving method's text (none without one), for :func:`copies_method`."""
+    return frozenset(_phrases(method_text)) if method_text else frozenset()
+
+
+def copies_method(parent: str, evolved: str, phrases: frozenset[tuple[str, ...]]) -> bool:
+    """Whether ``evolved`` holds :data:`METHOD_COPY_PHRASES` or more phrases of the method text (``phrases``:
+    :func:`method_phrases`) that ``parent`` does not: the evolver pasted the method's own words into the
+    rewrite -- most often a sentence or an instruction the method text carries -- instead of applying it. A
+    rewrite that names one of the method's ideas in its words ("such as time limits") holds one or two.
+
+    >>> method = method_phrases("Rewrite the #Instruction#. Write a JavaScript function that sums an array of "
+    ...                         "numbers, minding negative numbers and floating-point precision issues.")
+    >>> copies_method("Find the sale price.", "Find the sale price, minding negative numbers and "
+    ...               "floating-point precision issues.", method)
+    True
+    >>> copies_method("Find the sale price.", "Find the sale price and explain each floating-point step.", method)
+    False
+    """
+    copied = _phrases(evolved) & phrases if phrases else set()
+    if len(copied) < METHOD_COPY_PHRASES:
+        return False
+    return len(copied - _phrases(parent)) >= METHOD_COPY_PHRASES  # the parent is read only for a likely copy
+
+
 def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str | None = None,
                         empty: bool = True, truncated: bool = True, unchanged: bool = True,
-                        template_words: bool = True, copied_example: bool = True, chatter: bool = True,
-                        repetitive: bool = True, not_an_instruction: bool = True,
+                        template_words: bool = True, copied_example: bool = True, copied_method: bool = True,
+                        chatter: bool = True, repetitive: bool = True, not_an_instruction: bool = True,
                         repetition: RepetitionTest = RepetitionTest(),
-                        example_additions: frozenset[tuple[str, ...]] = frozenset()) -> str | None:
+                        example_additions: frozenset[tuple[str, ...]] = frozenset(),
+                        method_phrases: frozenset[tuple[str, ...]] = frozenset()) -> str | None:
     """Checks on the evolved instruction itself, first match wins (switches as in ``params.yaml
     evolve.elimination``). ``finish_reason`` is the evolver's: "length" means it stopped at ``max_tokens``.
     ``example_additions``: what the worked examples shown to the evolver added (:func:`example_additions`; none
-    without ``evolve.few_shot``)."""
+    without ``evolve.few_shot``); ``method_phrases``: the Auto Evol-Instruct method text's (:func:`method_phrases`;
+    none for Evol-Instruct's templates)."""
     if evolved is None or not evolved.strip():
         return EMPTY if empty else None
     if truncated and finish_reason == "length":
@@ -269,6 +300,8 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
             return TEMPLATE_WORDS
     if copied_example and copies_example(parent, evolved, example_additions):
         return COPIED_EXAMPLE
+    if copied_method and copies_method(parent, evolved, method_phrases):
+        return COPIED_METHOD
     if chatter and is_chatter(evolved):
         return CHATTER
     if repetitive and is_repetitive(evolved, repetition):

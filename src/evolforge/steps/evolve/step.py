@@ -185,10 +185,13 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
                   response_thinking=[None] * len(items))
 
 
-def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary) -> None:
-    """Phase 1: the text rules (:data:`INSTRUCTION_RULES`) on each evolved instruction, first failure wins."""
+def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary,
+                       method_text: str | None) -> None:
+    """Phase 1: the text rules (:data:`INSTRUCTION_RULES`) on each evolved instruction, first failure wins
+    (``method_text``: the Auto Evol-Instruct method the strategies' items were evolved with)."""
     switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
     added = worked_example_additions(prompts, state.methods) if settings.few_shot else frozenset()
+    method_words = elimination.method_phrases(method_text)
     repetition = elimination.repetition_test(settings.repetition)
     for i in state.alive():
         candidate, finish = state.candidates[i], state.finishes[i]
@@ -197,9 +200,10 @@ def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptL
             cut = switches["truncated"] and finish == "length"
             state.reasons[i] = elimination.TRUNCATED if cut else elimination.MISSING_MARKER
             continue
-        state.reasons[i] = elimination.instruction_failure(state.items[i]["instruction"],
-                                                           candidate, finish_reason=finish,
-                                                           repetition=repetition, example_additions=added, **switches)
+        state.reasons[i] = elimination.instruction_failure(
+            state.items[i]["instruction"], candidate, finish_reason=finish, repetition=repetition,
+            example_additions=added, method_phrases=method_words if state.methods[i] in STRATEGIES else frozenset(),
+            **switches)
 
 
 def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
@@ -293,7 +297,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     methods = _round_methods(items, round_index, settings, method_text)
     state = _evolve_items(items, methods, round_index=round_index, settings=settings, prompts=prompts,
                           evolver=evolver, method_text=method_text)
-    _instruction_rules(state, settings, prompts)
+    _instruction_rules(state, settings, prompts, method_text)
     _response_rules(state, round_index=round_index, settings=settings, prompts=prompts, evolver=evolver,
                     responder=responder, respond_sampling=respond_sampling)
     unparsed_instruction, unparsed_equal = _judge_rules(state, settings, prompts, judge)

@@ -39,8 +39,10 @@ class FailureRules:
                    tuple((k, evolve.rule(k)) for k in RESPONSE_RULES), elimination.repetition_test(evolve.repetition),
                    additions)
 
-    def instruction_failure(self, parent: str, evolution: Evolution) -> str | None:
-        """Why the evolution fails before it is answered, or None."""
+    def instruction_failure(self, parent: str, evolution: Evolution,
+                            method_phrases: frozenset[tuple[str, ...]] = frozenset()) -> str | None:
+        """Why the evolution fails before it is answered, or None (``method_phrases``: those of the method text it
+        was evolved with, :func:`~evolforge.steps.common.elimination.method_phrases`)."""
         if evolution.instruction is None:  # as a round: an answer cut before the marker fails by the cut
             cut = self.kind == "elimination" and dict(self.instruction).get("truncated", True)
             return elimination.TRUNCATED if cut and evolution.finish_reason == "length" else elimination.MISSING_MARKER
@@ -48,6 +50,7 @@ class FailureRules:
             return None
         return elimination.instruction_failure(parent, evolution.instruction, finish_reason=evolution.finish_reason,
                                                repetition=self.repetition, example_additions=self.example_additions,
+                                               method_phrases=method_phrases,
                                                **dict(self.instruction))
 
     def response_failure(self, response: Completion) -> str | None:
@@ -76,8 +79,9 @@ def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods
     evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
                                   temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
                                   controls=controls, few_shot=few_shot, missing_marker=missing_marker)
-    reasons: list[str | None] = [rules.instruction_failure(d["instruction"], e)
-                                 for d, e in zip(dev * len(methods), evolved)]
+    phrases = [elimination.method_phrases(m) for m in methods]
+    reasons: list[str | None] = [rules.instruction_failure(dev[k % n]["instruction"], e, phrases[k // n])
+                                 for k, e in enumerate(evolved)]
     answered = [k for k, why in enumerate(reasons) if why is None]
     responses = respond(evolver, prompts, [evolved[k].instruction for k in answered],
                         [dev[k % n].get("input") or "" for k in answered],
