@@ -191,7 +191,7 @@ def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptL
     (``method_text``: the Auto Evol-Instruct method the strategies' items were evolved with)."""
     switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
     added = worked_example_additions(prompts, state.methods) if settings.few_shot else frozenset()
-    method_words = elimination.method_phrases(method_text)
+    method_words = elimination.method_phrases(method_text if settings.strategy != "evol" else None)
     repetition = elimination.repetition_test(settings.repetition)
     for i in state.alive():
         candidate, finish = state.candidates[i], state.finishes[i]
@@ -202,8 +202,7 @@ def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptL
             continue
         state.reasons[i] = elimination.instruction_failure(
             state.items[i]["instruction"], candidate, finish_reason=finish, repetition=repetition,
-            example_additions=added, method_phrases=method_words if state.methods[i] in STRATEGIES else frozenset(),
-            **switches)
+            example_additions=added, method_phrases=method_words, **switches)
 
 
 def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
