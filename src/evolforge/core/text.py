@@ -11,7 +11,10 @@ True
 
 from __future__ import annotations
 
+import re
 import unicodedata
+
+FENCED_CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)  # a fenced code block, or one left open to the end
 
 
 def normalize_text(text: str | None) -> str:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from evolforge.core.prompts import PromptError, PromptLibrary
+from evolforge.core.text import FENCED_CODE
 from evolforge.steps.autoif.shared import VERIFICATION_TEMPLATE, constraint_key
 
 FORMS = ("lines", "paper")
@@ -234,7 +235,7 @@ def parse_lines(text: str) -> tuple[Verification | None, str | None]:
     func = python_function(text)
     if func is None:
         return None, "no_evaluate_function"
-    body = _without_fences(text)
+    body = FENCED_CODE.sub("", text)  # a FOLLOWS line inside the function's block is code, not a case
     cases = []
     for line in body.splitlines():
         match = _CASE_LINE.match(line)
@@ -243,11 +244,6 @@ def parse_lines(text: str) -> tuple[Verification | None, str | None]:
     if not cases:
         return None, "no_valid_cases"
     return Verification(func, tuple(dict.fromkeys(cases))), None
-
-
-def _without_fences(text: str) -> str:
-    """``text`` with fenced code blocks removed (a FOLLOWS line inside the function's block is code, not a case)."""
-    return re.sub(r"```.*?(```|$)", "", text, flags=re.DOTALL)
 
 
 def parser_for(form: str) -> Callable[[str], tuple[Verification | None, str | None]]:

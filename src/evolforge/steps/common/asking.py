@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from evolforge.core.text import FENCED_CODE
+
 # Words that open a request (module doc).
 # (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
 REQUEST_WORDS = frozenset("""
@@ -50,7 +52,6 @@ SOLVER_VOICE = re.compile(
     r"(?:^|[.!?:]\s+|\n)\s*(?:to (?:determine|find|calculate|compute|solve|figure out|work out)\b[^.?!\n]{0,160},"
     r"\s*we (?:need|can|will|must|first|have)\b"
     r"|we (?:can|will|need to|must) (?:follow|use) (?:these|the following) steps\b)")
-FENCED_CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 
 
 def reads_as_request(text: str) -> bool:

@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
-from evolforge.steps.common.asking import FENCED_CODE, reads_as_request
+from evolforge.core.text import FENCED_CODE
+from evolforge.steps.common.asking import reads_as_request
 
 # reasons, as recorded in ``failure_reason``
 EMPTY = "empty"
