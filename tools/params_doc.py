@@ -156,9 +156,12 @@ def render() -> str:
 
 def _field_table(where: str, cls: type) -> list[str]:
     rows = ["| key | type | default | unit | paper | help |\n|---|---|---|---|---|---|"]
+    hints = typing.get_type_hints(cls)
     for f in settings_fields(cls):
         meta = f.metadata
-        rows.append(f"| `{where}.{f.name}` | {_code(str(f.type))} | {_default(f)} | {_cell(meta.get('unit', ''))} "
+        # a named choice (evolve.missing_marker's MissingMarker) is spelled as its choices, the rest as written
+        spelled = _spell(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else str(f.type)
+        rows.append(f"| `{where}.{f.name}` | {_code(spelled)} | {_default(f)} | {_cell(meta.get('unit', ''))} "
                     f"| {_cell(str(meta.get('paper', '')))} | {_cell(str(meta.get('help', '')))} |")
     return rows + [""]
 

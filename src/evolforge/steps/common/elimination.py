@@ -20,10 +20,13 @@ import string
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from evolforge.core.text import FENCED_CODE
 from evolforge.steps.common.asking import reads_as_request
+
+if TYPE_CHECKING:
+    from evolforge.steps.evolve.settings import MissingMarker
 
 # reasons, as recorded in ``failure_reason``
 EMPTY = "empty"
@@ -356,7 +359,7 @@ def response_status(text: str | None, finish_reason: str | None,
     return COMPLETE
 
 
-def parse_final_instruction(text: str, missing: str = "fail") -> str | None:
+def parse_final_instruction(text: str, missing: MissingMarker = "fail") -> str | None:
     """The text after the last ``#Finally Rewritten Instruction#:`` (or a known variant). Without a marker:
     None with ``missing="fail"`` (the SLM paper's code drops the item), the whole answer with
     ``missing="whole_output"`` (the Auto Evol-Instruct code keeps it); None for an empty text either way.

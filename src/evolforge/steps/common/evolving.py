@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 import yaml
 
@@ -22,6 +22,9 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import make_id
 from evolforge.llm.cached import LLM
 from evolforge.steps.common import elimination
+
+if TYPE_CHECKING:
+    from evolforge.steps.evolve.settings import MissingMarker
 
 IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
 BREADTH = "breadth"
@@ -145,7 +148,7 @@ def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str]
                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                        seed: int | None = None, desc: str = "evolve",
                        controls: Mapping[str, Any] | None = None, few_shot: bool = False,
-                       missing_marker: str = "fail") -> list[Evolution]:
+                       missing_marker: MissingMarker = "fail") -> list[Evolution]:
     """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
     no raw text (as unparseable as a missing marker, and nothing to show). ``controls``, ``max_tokens``: the
     step-format calls' (``EvolveSettings.step_format``); ``missing_marker``: ``evolve.missing_marker``."""
@@ -158,7 +161,7 @@ def evolve_with_methods(llm: LLM, prompts: PromptLibrary, instructions: list[str
                         temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
                         seed: int | None = None, desc: str = "evolve",
                         controls: Mapping[str, Any] | None = None, few_shot: bool = False,
-                        missing_marker: str = "fail") -> list[Evolution]:
+                        missing_marker: MissingMarker = "fail") -> list[Evolution]:
     """:func:`evolve_with_method` for several methods in one call to ``llm`` (its batches filled across them):
     method-major, ``len(instructions)`` evolutions per method."""
     merged = llm.role.controls.merged(controls, "evolve.method_controls")

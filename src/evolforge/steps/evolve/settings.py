@@ -23,6 +23,8 @@ JUDGE_RULES = ("not_an_instruction_judge", "info_gain")
 # rule -> on when params.yaml does not say; the judge checks cost calls and are opt-in
 RULES = {**dict.fromkeys(INSTRUCTION_RULES + RESPONSE_RULES, True), **dict.fromkeys(JUDGE_RULES, False)}
 RuleName = Literal[INSTRUCTION_RULES + RESPONSE_RULES + JUDGE_RULES]  # type: ignore[valid-type]
+# an Auto Evol-Instruct answer without the final-instruction marker: it fails, or the whole answer is the rewrite
+MissingMarker = Literal["fail", "whole_output"]
 
 
 @dataclass
@@ -69,7 +71,7 @@ class EvolveSettings:
     method_max_tokens: PositiveInt | None = field(default=None, metadata={
         "help": "max_tokens of the step-format calls; null = max_tokens",
         "unit": "tokens"})
-    missing_marker: Literal["fail", "whole_output"] = field(default="fail", metadata={
+    missing_marker: MissingMarker = field(default="fail", metadata={
         "help": "a step-format answer without the #Finally Rewritten Instruction# marker (strategy auto / "
                 "auto_initial rounds, optimize's development runs): fail (fails as missing_final_marker, as the "
                 "SLM paper's code drops it) | whole_output (the whole answer is the rewrite, as the Auto "

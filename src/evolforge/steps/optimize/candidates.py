@@ -17,6 +17,7 @@ from evolforge.config.optimize_answer import OPENER
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
 from evolforge.steps.optimize.result import Candidate
+from evolforge.steps.optimize.settings import OptimizationPrompt
 
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 # optimize.optimization_prompt -> the optimization turn's template: the paper's prompt, or the same with what a small
@@ -67,7 +68,7 @@ def answer_budget(optimizer: LLM, method: str, factor: float) -> int:
 
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
                     *, candidates: int, controls: Mapping[str, Any] | None = None,
-                    max_tokens: int | None = None, prompt: str = "paper") -> list[Candidate]:
+                    max_tokens: int | None = None, prompt: OptimizationPrompt = "paper") -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
     ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's. ``prompt``: the
     optimization turn's (:data:`OPTIMIZATION_TEMPLATES`)."""

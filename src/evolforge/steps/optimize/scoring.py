@@ -14,7 +14,7 @@ from evolforge.steps.common import elimination
 from evolforge.steps.common.difficulty import difficulty_scores
 from evolforge.steps.common.evolving import Evolution, evolve_with_methods, worked_example_additions
 from evolforge.steps.common.responses import respond
-from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSettings
+from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSettings, MissingMarker
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.optimize.result import MethodScore, OptimizeResult
 
@@ -64,8 +64,9 @@ class FailureRules:
 
 def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
                   *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                  max_tokens: int | None = None, few_shot: bool = False, missing_marker: str = "fail",
-                  rules: FailureRules = FailureRules()) -> list[MethodScore]:
+                  max_tokens: int | None = None, few_shot: bool = False,
+                  missing_marker: MissingMarker = "fail", rules: FailureRules = FailureRules()
+                  ) -> list[MethodScore]:
     """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
     already, and count the failures (``rules``: :class:`FailureRules`).
 

@@ -10,6 +10,9 @@ from annotated_types import Gt, Le
 from evolforge.config.bounds import NonNegativeFloat, NonNegativeInt, PositiveInt
 from evolforge.config.controls import ControlSettings
 
+# optimize.optimization_prompt: the paper's optimization prompt, or the same with what a small optimizer misses said
+OptimizationPrompt = Literal["paper", "guided"]
+
 
 @dataclass
 class OptimizeSettings:
@@ -54,7 +57,7 @@ class OptimizeSettings:
         "help": "fall back to hand-written methods | stop | evolve anyway"})
     controls: ControlSettings = field(default_factory=dict, metadata={
         "help": "of the optimization turn, over roles.optimizer's"})
-    optimization_prompt: Literal["paper", "guided"] = field(default="paper", metadata={"help": (
+    optimization_prompt: OptimizationPrompt = field(default="paper", metadata={"help": (
         "the optimization turn's prompt: paper (Fig. 8, prompts/optimize/optimization.j2) | guided (the same, saying "
         "outright that the method is a prompt for an instruction rewriter, about no topic, ending in its reply "
         "format: prompts/optimize/optimization_guided.j2)"),

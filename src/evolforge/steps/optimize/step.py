@@ -67,7 +67,7 @@ from evolforge.steps.common.difficulty import SCORE_TEMPLATES
 from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE
-from evolforge.steps.evolve.settings import EvolveSection
+from evolforge.steps.evolve.settings import EvolveSection, MissingMarker
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATES, answer_budget,
                                                  propose_methods)
@@ -100,7 +100,7 @@ def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: ra
 def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
                      *, rounds: int, temperature: float, controls: Mapping[str, Any] | None = None,
                      max_tokens: int | None = None, few_shot: bool = False,
-                     missing_marker: str = "fail") -> tuple[list[dict], list[dict]]:
+                     missing_marker: MissingMarker = "fail") -> tuple[list[dict], list[dict]]:
     """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of stages without the
     final-instruction marker]). Such a stage shows the whole answer, whatever ``missing_marker`` says."""
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
@@ -175,8 +175,9 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
                     rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
-                    evolve_max_tokens: int | None = None, few_shot: bool = False, missing_marker: str = "fail",
-                    rules: FailureRules = FailureRules()) -> OptimizeResult:
+                    evolve_max_tokens: int | None = None, few_shot: bool = False,
+                    missing_marker: MissingMarker = "fail", rules: FailureRules = FailureRules()
+                    ) -> OptimizeResult:
     """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
     ``evolve_controls``, ``evolve_max_tokens``: the step-format calls' (``EvolveSettings.step_format``), for
     the evolving calls (the method is scored as the rounds use it); ``missing_marker``: ``evolve.missing_marker``."""
