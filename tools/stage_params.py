@@ -204,18 +204,20 @@ def _is_other_object(call: ast.Call) -> bool:
                                                          and call.func.value.id in ("loader", "roles", "cached"))
 
 
-def declared(spec: dict) -> set[str]:
-    """The sections (and roles) a dvc.yaml stage declares under ``params:``, from any params file."""
-    found = set()
+def declared_keys(spec: dict) -> list[list[str]]:
+    """Each key a dvc.yaml stage declares under ``params:`` (from params.yaml or another params file, not from
+    :data:`NOT_A_FILE`), split at its dots."""
+    keys = []
     for entry in spec.get("params") or []:
-        if isinstance(entry, dict):
-            keys = [k for file, ks in entry.items() if file != NOT_A_FILE for k in ks]
-        else:
-            keys = [entry]
-        for key in keys:
-            parts = key.split(".")
-            found.add(".".join(parts[:2]) if parts[0] == "roles" and len(parts) > 1 else parts[0])
-    return found
+        keys += [k for file, ks in entry.items() if file != NOT_A_FILE for k in ks] if isinstance(entry, dict) \
+            else [entry]
+    return [key.split(".") for key in keys]
+
+
+def declared(spec: dict) -> set[str]:
+    """The sections (and roles) a dvc.yaml stage declares."""
+    return {".".join(parts[:2]) if parts[0] == "roles" and len(parts) > 1 else parts[0]
+            for parts in declared_keys(spec)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,12 +355,9 @@ def declared_fields(spec: dict) -> dict[str, set[str]]:
     """``{section: fields}`` for the sections a dvc.yaml stage declares field by field (``evolve.strategy``,
     ``evolve.rounds.${key}``: field ``rounds``); a section declared whole has :data:`ALL`."""
     found: dict[str, set[str]] = {}
-    for entry in spec.get("params") or []:
-        keys = [k for file, ks in entry.items() if file != NOT_A_FILE for k in ks] if isinstance(entry, dict) \
-            else [entry]
-        for parts in (key.split(".") for key in keys):
-            if parts[0] != "roles":
-                found.setdefault(parts[0], set()).add(parts[1] if len(parts) > 1 else ALL)
+    for parts in declared_keys(spec):
+        if parts[0] != "roles":
+            found.setdefault(parts[0], set()).add(parts[1] if len(parts) > 1 else ALL)
     return found
 
 
