@@ -64,9 +64,8 @@ class FailureRules:
 
 def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
                   *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                  max_tokens: int | None = None, few_shot: bool = False,
-                  missing_marker: MissingMarker = "fail", rules: FailureRules = FailureRules()
-                  ) -> list[MethodScore]:
+                  max_tokens: int | None = None, few_shot: bool = False, missing_marker: MissingMarker = "fail",
+                  rules: FailureRules = FailureRules()) -> list[MethodScore]:
     """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
     already, and count the failures (``rules``: :class:`FailureRules`).
 

@@ -173,11 +173,10 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
 
 
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
-                    optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
-                    rng: random.Random, evolve_controls: Mapping[str, Any] | None = None,
-                    evolve_max_tokens: int | None = None, few_shot: bool = False,
-                    missing_marker: MissingMarker = "fail", rules: FailureRules = FailureRules()
-                    ) -> OptimizeResult:
+                    optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings, rng: random.Random,
+                    evolve_controls: Mapping[str, Any] | None = None, evolve_max_tokens: int | None = None,
+                    few_shot: bool = False, missing_marker: MissingMarker = "fail",
+                    rules: FailureRules = FailureRules()) -> OptimizeResult:
     """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
     ``evolve_controls``, ``evolve_max_tokens``: the step-format calls' (``EvolveSettings.step_format``), for
     the evolving calls (the method is scored as the rounds use it); ``missing_marker``: ``evolve.missing_marker``."""
