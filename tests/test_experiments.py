@@ -126,3 +126,20 @@ def test_the_guided_prompt_experiment_is_kept_with_its_reading():
     assert "JavaScript function" in experiment["method"] and "not a better method" in experiment["method_read"]
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert "it is not a better method" in page and "weak-guided.json" in page
+
+
+def test_the_guided_prompt_experiment_again_with_the_copied_method_rule_keeps_the_weak_method():
+    """The guided experiment's command again, after evolve.elimination.copied_method (docs/results.md): the same
+    candidates from the call cache, and the one that carried the method's own instruction now fails as copied; the
+    decrease weak-guided.json reported is gone."""
+    before, after = kept("weak-guided.json"), kept("weak-guided-copied.json")
+    assert after["command"].replace("weak-guided-copied", "weak-guided") == before["command"]
+    first, now = before["metrics"]["optimize"], after["metrics"]["optimize"]
+    assert now["calls"] == 0 and now["cache_hits"] > 0  # the same answers, judged by the new rule
+    assert first["best_failures"] < first["initial_failures"]
+    assert not now["optimized"] and now["best_failures"] == now["initial_failures"]
+    copied = [reasons for step in after["candidate_failures_by_reason"] for reasons in step
+              if reasons and reasons.get("copied_method_text")]
+    assert len(copied) == 1 and copied[0]["copied_method_text"] >= 4
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert "weak-guided-copied.json" in page
