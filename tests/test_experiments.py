@@ -143,3 +143,18 @@ def test_the_guided_prompt_experiment_again_with_the_copied_method_rule_keeps_th
     assert len(copied) == 1 and copied[0]["copied_method_text"] >= 4
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert "weak-guided-copied.json" in page
+
+
+def test_four_candidates_a_step_found_no_better_method_than_the_weak_one():
+    """The guided experiment with four candidates a step (docs/results.md): every candidate parsed, none failed
+    fewer development items than the weak method, so the weak method is kept; the page says what the candidates
+    were."""
+    experiment = kept("weak-guided-m4.json")
+    optimize = experiment["metrics"]["optimize"]
+    assert "optimize.candidates=4" in experiment["command"] and optimize["dev_size"] >= 10
+    assert optimize["parseable_candidates"] == optimize["candidates_proposed"] == 8
+    failures = [c["failures"] for step in optimize["loop"] for c in step["candidates"]]
+    assert min(failures) > optimize["initial_failures"] and not optimize["optimized"]
+    assert experiment["candidate_failures_by_reason"][1][3] == {"missing_final_marker": optimize["dev_size"]}
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert "weak-guided-m4.json" in page
