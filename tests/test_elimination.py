@@ -272,3 +272,18 @@ def test_the_shipped_params_hold_the_phrase_test():
     assert load_section(read_params(ROOT / "params.yaml"), "respond", RespondSettings).repetition == {
         **{k: getattr(SHIPPED_RESPONSES, k) for k in ("ngram", "max_repeated_ngram_fraction", "max_compression_ratio",
                                                       "min_words", "phrase_words", "max_phrase_repeats")}}
+
+
+def test_a_rewritten_instruction_label_left_on_the_rewrite_is_template_words():
+    """Under evolve.missing_marker whole_output the whole answer is the rewrite, and an evolver that labels its answer
+    "Rewritten Instruction:" leaves the label in the instruction: the method's own words, as "rewritten prompt" is
+    Evol-Instruct's."""
+    from evolforge.steps.common import elimination
+
+    answer = "Rewritten Instruction:\nWhy is it crucial to recycle plastic?"
+    evolved = elimination.parse_final_instruction(answer, "whole_output")
+    assert evolved == answer
+    assert elimination.instruction_failure("Why is it important to recycle plastic?", evolved) \
+        == elimination.TEMPLATE_WORDS
+    assert elimination.instruction_failure("Why is it important to recycle plastic?",
+                                           "Why is it crucial to recycle plastic, and what does it cost?") is None

@@ -58,6 +58,7 @@ TEMPLATE_PHRASES = (
     "given prompt", "rewritten prompt", "created prompt",
     "#finally rewritten instruction#", "#rewritten instruction#", "#methods list#",
     "#instruction#", "#plan#",  # the initial Auto Evol-Instruct method's labels
+    "rewritten instruction",  # ... and its "rewritten prompt": a "Rewritten Instruction:" label left on the rewrite
 )
 # ... and the labels' form in any spelling a small evolver copies them with ("#Rewriten Prompt#:", "#The given
 # Instruction#"): a '#'-delimited label that ends in prompt or instruction
