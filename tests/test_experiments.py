@@ -158,3 +158,19 @@ def test_four_candidates_a_step_found_no_better_method_than_the_weak_one():
     assert experiment["candidate_failures_by_reason"][1][3] == {"missing_final_marker": optimize["dev_size"]}
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert "weak-guided-m4.json" in page
+
+
+def test_the_whole_output_decrease_was_labelled_answers_and_is_gone_once_labels_fail():
+    """The four-candidate guided experiment under whole_output (docs/results.md): its first run reported a decrease
+    step by step, and its kept rewrites show every one of the chosen method's labelled "Rewritten Instruction:"; with
+    that label failing as template words, the same answers from the call cache keep the weak method."""
+    before, after = kept("weak-guided-m4-whole-5037f26.json"), kept("weak-guided-m4-whole.json")
+    assert before["command"] == after["command"] and "evolve.missing_marker=whole_output" in after["command"]
+    first, now = before["metrics"]["optimize"], after["metrics"]["optimize"]
+    assert first["optimized"] and first["best_failures"] < first["initial_failures"]
+    final = before["dev_rewrites"]["final"]
+    assert len(final) == first["dev_size"] and all(r["rewrite"].startswith("Rewritten Instruction:") for r in final)
+    assert now["calls"] == 0 and not now["optimized"] and now["best_failures"] == now["initial_failures"]
+    assert "not a better method" in before["method_read"]
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert "weak-guided-m4-whole.json" in page and "weak-guided-m4-whole-5037f26.json" in page
