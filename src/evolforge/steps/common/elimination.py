@@ -56,9 +56,8 @@ RESPONSE_STATUSES = (COMPLETE, TRUNCATED_STATUS, REPETITIVE_STATUS, EMPTY_STATUS
 TEMPLATE_PHRASES = (
     "#rewritten prompt#", "#the given prompt#", "#given prompt#", "#created prompt#",
     "given prompt", "rewritten prompt", "created prompt",
-    "#finally rewritten instruction#", "#rewritten instruction#", "#methods list#",
-    "#instruction#", "#plan#",  # the initial Auto Evol-Instruct method's labels
-    "rewritten instruction",  # ... and its "rewritten prompt": a "Rewritten Instruction:" label left on the rewrite
+    "#finally rewritten instruction#", "#rewritten instruction#", "#methods list#", "#instruction#", "#plan#",
+    "rewritten instruction",  # the initial method's labels, and its "rewritten prompt" (a label left on the rewrite)
 )
 # ... and the labels' form in any spelling a small evolver copies them with ("#Rewriten Prompt#:", "#The given
 # Instruction#"): a '#'-delimited label that ends in prompt or instruction
