@@ -165,17 +165,33 @@ def test_argmax_is_torchs_argmax(vocab):
     assert torch.equal(argmax(spread.bfloat16()), spread.bfloat16().argmax(dim=-1))
 
 
-def test_the_nucleus_test_sums_as_where_does():
-    """On a CPU the weight above each drawn token is summed from ``threshold`` row by row; the sums equal the
-    plain ``where`` sums to the bit (a kept draw must not change), ties included."""
+def test_the_nucleus_test_sums_each_row_alone():
+    """On a CPU the weight above each drawn token is summed from ``threshold`` row by row: the same sum, to the bit,
+    whether the row is alone or in a batch (a batch's 2-D sum differs by the rows beside it), and the plain
+    ``where`` sum to rounding, ties included."""
     g = torch.Generator().manual_seed(9)
     logits = torch.cat([torch.randn(8, 49_152, generator=g) * 2, torch.randint(0, 3, (4, 49_152), generator=g).float()])
-    sampler = BatchSampler(logits, SamplingRows.of([(0.7, 0.9, i) for i in range(12)], "cpu"),
-                           torch.zeros(12, dtype=torch.long), nucleus=True)
+    rows = SamplingRows.of([(0.7, 0.9, i) for i in range(12)], "cpu")
+    counter = torch.zeros(12, dtype=torch.long)
+    sampler = BatchSampler(logits, rows, counter, nucleus=True)
     for column in (0, 17, 49_151):
         weight = sampler.weights[:, column:column + 1]
+        alone = [BatchSampler(logits[r:r + 1], rows.select(slice(r, r + 1)), counter[r:r + 1], nucleus=True)
+                 ._above(weight[r:r + 1]) for r in range(12)]
+        assert torch.equal(sampler._above(weight), torch.cat(alone))
         expected = torch.where(sampler.weights > weight, sampler.weights, 0.0).sum(dim=-1)
-        assert torch.equal(sampler._above(weight), expected)
+        assert torch.allclose(sampler._above(weight), expected, rtol=1e-5, atol=0)
+
+
+def test_the_tokens_of_all_draws_at_once_are_each_draws_token():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 5000, generator=g) * 2
+    sampler = BatchSampler(logits, _rows(6, 0.8, 0.9), torch.arange(6), nucleus=True)
+    noise = torch.rand(6, 8, generator=g, dtype=torch.float64)
+    together = sampler.proposal.token(noise)
+    assert together.shape == (6, 8)
+    for draw in range(8):
+        assert torch.equal(together[:, draw], sampler.proposal.token(noise[:, draw]))
 
 
 def test_the_noise_of_all_draws_at_once_is_each_draws_noise():
