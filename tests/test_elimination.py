@@ -287,3 +287,28 @@ def test_a_rewritten_instruction_label_left_on_the_rewrite_is_template_words():
         == elimination.TEMPLATE_WORDS
     assert elimination.instruction_failure("Why is it important to recycle plastic?",
                                            "Why is it crucial to recycle plastic, and what does it cost?") is None
+
+
+PERIMETER = "A garden is a square with a side of 8 metres. How much fencing goes around it?"
+
+
+@pytest.mark.parametrize("evolved", [
+    "Calculate the perimeter of a square with a side of 9 metres, which is 36 metres.",  # the shipped run's dev set
+    "How many muffins are left when a baker sells 3/4 of 24? The answer is 6.",
+    "Find the total cost of 3 shirts at $12 each, which comes to $36!",
+    "What is the fencing needed for a 9-metre square garden, which equals 36?",
+])
+def test_a_rewrite_that_states_its_own_result_fails(evolved):
+    assert elimination.instruction_failure(PERIMETER, evolved) == elimination.STATED_ANSWER
+    assert elimination.instruction_failure(PERIMETER, evolved, stated_answer=False) is None
+
+
+@pytest.mark.parametrize("evolved", [
+    "A garden is a square with a side of 8 metres, which is 8 metres.",  # restates its parent's given
+    "A square garden has sides of 9 metres, which is 2 metres longer than last year's. How much fencing is needed?",
+    "Fence a square garden of side 9 metres; use a roll of wire, which is 50 metres long, and say what is left.",
+    "Which is the better deal: 3 shirts for $36 or 4 for $44? Explain which is cheaper per shirt.",
+    "Write a Python function that returns x + 3 = 7's solution for any right-hand side, as in `solve(7) == 4`.",
+])
+def test_a_rewrite_that_states_no_result_of_its_own_passes_the_stated_answer_rule(evolved):
+    assert not asking.states_its_answer(PERIMETER, evolved)

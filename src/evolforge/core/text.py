@@ -15,6 +15,23 @@ import re
 import unicodedata
 
 FENCED_CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)  # a fenced code block, or one left open to the end
+# a number as answers write it: -1,234.5 / 42 / .5 / 3e8; currency and percent signs around it are not part of it
+NUMBER = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+"
+_NUMBER_RE = re.compile(rf"(?<![\w.])({NUMBER})(?![\w])")
+
+
+def number(text: str) -> float:
+    """One :data:`NUMBER` as a float (thousands separators and the minus sign read)."""
+    return float(text.replace(",", "").replace("−", "-"))
+
+
+def numbers(text: str) -> list[float]:
+    """Every number of ``text``, in order.
+
+    >>> numbers("The two numbers are 38 and 1,200.5.")
+    [38.0, 1200.5]
+    """
+    return [number(n) for n in _NUMBER_RE.findall(text)]
 
 
 def normalize_text(text: str | None) -> str:

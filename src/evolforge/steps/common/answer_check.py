@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evolforge.eval.sandbox import run_untrusted
+from evolforge.core.text import NUMBER, number, numbers
 from evolforge.io.validation import DataError
 
 KINDS = ("number", "python_tests")
@@ -98,27 +99,11 @@ def check_json(check: dict | None) -> str | None:
     return None if check is None else json.dumps(check, sort_keys=True, ensure_ascii=False)
 
 
-# a number as answers write it: -1,234.5 / 42 / .5 / 3e8; currency and percent signs around it are not part of it
-_NUMBER = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+"
-_NUMBER_RE = re.compile(rf"(?<![\w.])({_NUMBER})(?![\w])")
 # phrases that announce the final answer; the number after the last of them is the answer
 _ANNOUNCED = re.compile(
     rf"(?:final answer|answer)\s*(?:\*\*)?\s*(?:is|:|=|would be|will be)\s*[:=]?\s*(?:\*\*)?\s*"
     rf"(?:approximately\s+|about\s+)?"
-    rf"[$€£]?\s*({_NUMBER})|\\boxed\{{\s*[$]?({_NUMBER})|####\s*[$]?({_NUMBER})", re.IGNORECASE)
-
-
-def _to_float(text: str) -> float:
-    return float(text.replace(",", "").replace("−", "-"))
-
-
-def numbers(text: str) -> list[float]:
-    """Every number of ``text``, in order, read as :func:`final_number` reads one.
-
-    >>> numbers("The two numbers are 38 and 12.")
-    [38.0, 12.0]
-    """
-    return [_to_float(n) for n in _NUMBER_RE.findall(text)]
+    rf"[$€£]?\s*({NUMBER})|\\boxed\{{\s*[$]?({NUMBER})|####\s*[$]?({NUMBER})", re.IGNORECASE)
 
 
 def final_number(answer: str) -> float | None:
@@ -138,7 +123,7 @@ def final_number(answer: str) -> float | None:
     announced = list(_ANNOUNCED.finditer(answer))
     if announced:
         last = announced[-1]
-        return _to_float(next(g for g in last.groups() if g is not None))
+        return number(next(g for g in last.groups() if g is not None))
     found = numbers(answer)
     return found[-1] if found else None
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from evolforge.core.text import FENCED_CODE
+from evolforge.core.text import FENCED_CODE, numbers
 
 # Words that open a request (module doc).
 # (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
@@ -98,3 +98,33 @@ def _first_word(clause: str) -> str:
         if word:
             return word
     return ""
+
+
+# A result stated for the task it ends (lower-case text): "..., which is 36 metres." / "The answer is 42." -- a
+# number after "which/that is", "equals", "comes to" or "the answer/result/solution is", with at most one word
+# (a unit) before the sentence ends. Not "a budget of $50, which is 20% more than last year" (more words follow),
+# nor "a pole, which is 2 metres long" (two words follow).
+STATED_RESULT = re.compile(
+    r"(?:\b(?:which|that)\s+(?:is|equals|comes\s+to|makes|totals)|\bthe\s+(?:final\s+)?(?:answer|result|solution)"
+    r"\s+(?:is|will\s+be|would\s+be))\s+(?:about\s+|approximately\s+|exactly\s+|a\s+total\s+of\s+)?[$€£]?\s?"
+    r"(?P<number>\d[\d,]*(?:\.\d+)?)\s*%?(?:\s+[a-z]+)?\s*(?:[.!?]|$)", re.MULTILINE)
+
+
+def states_its_answer(parent: str, evolved: str) -> bool:
+    """Whether ``evolved`` states a result (:data:`STATED_RESULT`) that ``parent`` does not hold: the evolver
+    solved its own rewrite, and the data would teach the answer inside the question.
+
+    >>> states_its_answer("Find the perimeter of a square of side 8 m.",
+    ...                   "Calculate the perimeter of a square with a side of 9 metres, which is 36 metres.")
+    True
+    >>> states_its_answer("Two numbers sum to 50; which is larger if one is 30?",
+    ...                   "Two numbers sum to 50, and one of them is 30. Which is larger, given the sum, which is 50?")
+    False
+    >>> states_its_answer("Plan a party.", "Plan a party on a budget of $60, which is 20% more than last year.")
+    False
+    """
+    stated = [m.group("number") for m in STATED_RESULT.finditer(FENCED_CODE.sub(" ", evolved).lower())]
+    if not stated:
+        return False
+    given = set(numbers(parent))
+    return any(value not in given for value in numbers(" ".join(stated)))

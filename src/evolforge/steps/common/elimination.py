@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from evolforge.core.text import FENCED_CODE
-from evolforge.steps.common.asking import reads_as_request
+from evolforge.steps.common.asking import reads_as_request, states_its_answer
 
 if TYPE_CHECKING:
     from evolforge.steps.evolve.settings import MissingMarker
@@ -45,6 +45,7 @@ COPIED_METHOD = "copied_method_text"
 CHATTER = "asks_user_for_input"
 NOT_AN_INSTRUCTION = "not_an_instruction"
 JUDGED_NOT_AN_INSTRUCTION = "judged_not_an_instruction"
+STATED_ANSWER = "states_its_answer"
 
 # response_status values (responses table): only "complete" responses are training material; "failed" is a
 # call that got no answer (its reason in response_failure_reason)
@@ -100,14 +101,8 @@ what which who whom whose when where why how all any both each few more most oth
 only own same too very can will just should would could may might must shall s t don now ok okay yes
 """.split())
 
-FINAL_MARKERS = (
-    "#Finally Rewritten Instruction#:",
-    "#Final Rewritten Instruction#:",
-    "#Final Evolved Instruction#:",
-    "#Final Refined Instruction#:",
-    "Final Rewritten Instruction:",
-    "Finally Rewritten Instruction:",
-)
+FINAL_MARKERS = ("#Finally Rewritten Instruction#:", "#Final Rewritten Instruction#:", "#Final Evolved Instruction#:",
+                 "#Final Refined Instruction#:", "Final Rewritten Instruction:", "Finally Rewritten Instruction:")
 
 
 def _normalise(text: str) -> str:
@@ -248,8 +243,13 @@ def copies_example(parent: str, evolved: str, additions: frozenset[tuple[str, ..
     >>> copies_example("Explain tides.", "Explain tides to a child in four short sentences.", added)
     False
     """
-    copied = _phrases(evolved) & additions if additions else set()
-    return bool(copied) and not copied <= _phrases(parent)  # the parent is read only for a rewrite that matched
+    return _copies(parent, evolved, additions, at_least=1)
+
+
+def _copies(parent: str, evolved: str, phrases: frozenset[tuple[str, ...]], at_least: int) -> bool:
+    """Whether ``evolved`` holds ``at_least`` of ``phrases`` that ``parent`` lacks (the parent read only then)."""
+    copied = _phrases(evolved) & phrases if phrases else set()
+    return len(copied) >= at_least and len(copied - _phrases(parent)) >= at_least
 
 
 METHOD_COPY_PHRASES = 4  # phrases of the method text in a rewrite, not in its parent, that make it a copy
@@ -262,28 +262,24 @@ def method_phrases(method_text: str | None) -> frozenset[tuple[str, ...]]:
 
 def copies_method(parent: str, evolved: str, phrases: frozenset[tuple[str, ...]]) -> bool:
     """Whether ``evolved`` holds :data:`METHOD_COPY_PHRASES` or more phrases of the method text (``phrases``:
-    :func:`method_phrases`) that ``parent`` does not: the evolver pasted the method's own words into the
-    rewrite -- most often a sentence or an instruction the method text carries -- instead of applying it. A
-    rewrite that names one of the method's ideas in its words ("such as time limits") holds one or two.
+    :func:`method_phrases`) that ``parent`` does not: the evolver pasted the method's own words (most often a
+    sentence or an instruction the method carries) instead of applying them. A rewrite that names one of the
+    method's ideas in its words ("such as time limits") holds one or two.
 
-    >>> method = method_phrases("Rewrite the #Instruction#. Write a JavaScript function that sums an array of "
-    ...                         "numbers, minding negative numbers and floating-point precision issues.")
-    >>> copies_method("Find the sale price.", "Find the sale price, minding negative numbers and "
-    ...               "floating-point precision issues.", method)
-    True
-    >>> copies_method("Find the sale price.", "Find the sale price and explain each floating-point step.", method)
-    False
+    >>> method = method_phrases("Rewrite it. Write a JavaScript function that sums an array of numbers, minding "
+    ...                         "negative numbers and floating-point precision issues.")
+    >>> copies_method("Find the price.", "Find the price, minding negative numbers and floating-point precision "
+    ...               "issues.", method), copies_method("Find the price.", "Find the price of each step.", method)
+    (True, False)
     """
-    copied = _phrases(evolved) & phrases if phrases else set()
-    if len(copied) < METHOD_COPY_PHRASES:
-        return False
-    return len(copied - _phrases(parent)) >= METHOD_COPY_PHRASES  # the parent is read only for a likely copy
+    return _copies(parent, evolved, phrases, at_least=METHOD_COPY_PHRASES)
 
 
 def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str | None = None,
                         empty: bool = True, truncated: bool = True, unchanged: bool = True,
                         template_words: bool = True, copied_example: bool = True, copied_method: bool = True,
                         chatter: bool = True, repetitive: bool = True, not_an_instruction: bool = True,
+                        stated_answer: bool = True,
                         repetition: RepetitionTest = RepetitionTest(),
                         example_additions: frozenset[tuple[str, ...]] = frozenset(),
                         method_phrases: frozenset[tuple[str, ...]] = frozenset()) -> str | None:
@@ -312,6 +308,8 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
         return REPETITIVE
     if not_an_instruction and not reads_as_request(evolved):
         return NOT_AN_INSTRUCTION
+    if stated_answer and states_its_answer(parent, evolved):
+        return STATED_ANSWER
     return None
 
 

@@ -30,7 +30,8 @@ import secrets
 from typing import Sequence
 
 from evolforge.eval.sandbox import run_untrusted
-from evolforge.steps.common.answer_check import final_number, numbers
+from evolforge.core.text import numbers
+from evolforge.steps.common.answer_check import final_number
 
 PROGRAM_TEMPLATE = "verify/program.j2"
 _ASKS_NUMBER = re.compile(
