@@ -29,10 +29,11 @@ other rows, so a request gives the same tokens in any batch, at any place in it:
   only tokens of the nucleus; the first kept draw is the row's token either way.
 - **The host looks once.** On a GPU, rows make :data:`ROUNDS` draws on the device, where a masked sum is cheap
   and a wait is not; the step's tokens are then read once, as greedy decoding reads them, and a row that has
-  not kept one yet goes on drawing from there. On a CPU, where nothing waits, every row's draws are made at
-  once and each row's are tested in turn until one is kept: one pass over the row, twice for about 1 - top_p
-  of the rows. The token is the first kept draw in every case, so how the draws are made changes no output.
-  A row's nucleus test sums its own weights alone, so its outcome does not depend on the rows beside it.
+  not kept one yet goes on drawing from there. On a CPU, where nothing waits, every row's first
+  :data:`CPU_DRAWS` draws are made at once and each row's are tested in turn until one is kept: one pass over
+  the row, twice for about 1 - top_p of the rows. The token is the first kept draw in every case, so how the
+  draws are made changes no output. A row's nucleus test sums its own weights alone, so its outcome does not
+  depend on the rows beside it.
 
 Greedy rows (temperature 0) take the argmax as they always did; a batch of greedy rows builds no sampler.
 """
@@ -252,10 +253,11 @@ class BatchSampler:
 
     def draws(self, rounds: int | None = None) -> torch.Tensor:
         """Each row's first kept draw, -1 where none was kept: on a GPU among its first ``rounds`` (default
-        :data:`ROUNDS`), with nothing read back from the device; on a CPU among its first :data:`CPU_DRAWS`."""
+        :data:`ROUNDS`), with nothing read back from the device; on a CPU among its first ``rounds`` (default
+        :data:`CPU_DRAWS`)."""
         self.noise = uniforms_of_draws(self.rows.key, self.counter, ATTEMPTS, self.repick)  # settle's draws too
         if self.weights.device.type == "cpu":
-            return self._first_kept_by_row()
+            return self._first_kept_by_row(min(rounds or CPU_DRAWS, ATTEMPTS))
         self.drawn = min(rounds or ROUNDS, ATTEMPTS)
         chosen = torch.full_like(self.counter, -1)
         for draw in range(self.drawn):
@@ -263,12 +265,12 @@ class BatchSampler:
             chosen = torch.where((chosen < 0) & self._kept(token), token, chosen)
         return chosen
 
-    def _first_kept_by_row(self) -> torch.Tensor:
-        """Every row's first :data:`CPU_DRAWS` draws at once, then each row's tested in turn until one is kept
-        (-1 where none is: :meth:`settle` goes on from there). A second round for every row, or a second sampler
-        for the few rows whose first draw fails, costs a CPU more."""
-        self.drawn = CPU_DRAWS
-        tokens = self.proposal.token(self.noise[:, :CPU_DRAWS])
+    def _first_kept_by_row(self, draws: int) -> torch.Tensor:
+        """Every row's first ``draws`` draws at once, then each row's tested in turn until one is kept (-1 where
+        none is: :meth:`settle` goes on from there). A second round for every row, or a second sampler for the
+        few rows whose first draw fails, costs a CPU more."""
+        self.drawn = draws
+        tokens = self.proposal.token(self.noise[:, :draws])
         if not self.nucleus:
             return tokens[:, 0]
         weights = self.weights.gather(1, tokens).tolist()
