@@ -34,7 +34,7 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.optimize import step as optimize_step
 from evolforge.steps.evolve.settings import EvolveSettings
-from evolforge.steps.common.evolving import initial_method_text
+from evolforge.steps.common.evolving import Evolution, initial_method_text
 from evolforge.steps.optimize.candidates import parse_optimized_method
 from evolforge.steps.optimize.scoring import FailureRules, score_method, score_methods
 from evolforge.steps.optimize.settings import OptimizeSettings
@@ -343,6 +343,33 @@ def test_trajectory_rounds_and_a_missing_marker_keeps_the_raw_answer():
                                        rounds=1, temperature=0.0)
     assert cases[0]["stage1"] == "Step 3 #Rewritten Instruction#:\ntask 01 [nomarker]"
     assert unparsed == [{"id": 0, "round": 1}]
+
+
+def test_trajectory_verdicts_give_each_stage_the_failure_rules_verdict_in_words():
+    """optimize.trajectory_verdicts: each stage carries the text rules' verdict on it (a trajectory has no answers),
+    the reasons in words; without it the cases are the paper's, stages alone."""
+    llm = LLM(FakeBackend(evolver_reply(lambda m, q: False)), None, role=EVOLVER_ROLE)
+    rules = FailureRules("elimination")
+    cases, _ = build_trajectory(llm, PROMPTS, ["Write a haiku about rain.", "task 02"], "nomarker", rounds=1,
+                                temperature=0.0, verdicts=rules)
+    assert [c["stage1_verdict"] for c in cases] == [
+        "failed: the answer lacks the reply format's #Finally Rewritten Instruction# line"] * 2
+    parent = "Write a haiku about rain."
+    assert rules.verdict(parent, Evolution(parent + " Use exactly three lines and end on the word storm.", "..",
+                                           "stop")) == "passed"
+    assert rules.verdict(parent, Evolution(parent, "..", "stop")) == "failed: the rewrite is the instruction unchanged"
+    assert rules.verdict(parent, Evolution("Here is a haiku: rain on the roof, soft and slow, the night listens.",
+                                           "..", "stop")).startswith("failed: the rewrite answers")
+    assert "stage1_verdict" not in build_trajectory(llm, PROMPTS, ["task 02"], "m", rounds=1, temperature=0.0)[0][0]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_analysis_turn_reads_the_verdicts_only_when_asked(on):
+    r = run({}, trajectory_verdicts=on)
+    analysis = [q for q in r.optimizer_fake.sent if len(q.messages) == 1][0].messages[0][1]
+    assert ("stage1_verdict" in analysis) is on
+    assert ("verdict of automatic checks" in analysis) is on
+    assert all(("stage1_verdict" in c) is on for c in r.result.log[0]["trajectory"])
 
 
 def test_a_missing_marker_fails_without_a_response():

@@ -171,7 +171,7 @@ def make_examples(prompts: PromptLibrary, seeds: list[dict], seed: int = 0) -> l
         cases = rng.sample(seeds, k=min(3, len(seeds)))
         trajectory = json.dumps([{"id": i, "stage0": c["instruction"], "stage1": _evolved(rng, c["instruction"])}
                                  for i, c in enumerate(cases)], ensure_ascii=False)
-        analysis = _user(prompts.render("optimize/analysis.j2", trajectory=trajectory))
+        analysis = _user(prompts.render("optimize/analysis.j2", trajectory=trajectory, verdicts=False))
         feedback = rng.choice(FEEDBACK).format(i=rng.randrange(3), j=rng.randrange(3))
         add(analysis, feedback)
         method = rng.choice([initial_method, weak_method])

@@ -68,12 +68,14 @@ def answer_budget(optimizer: LLM, method: str, factor: float) -> int:
 
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
                     *, candidates: int, controls: Mapping[str, Any] | None = None,
-                    max_tokens: int | None = None, prompt: OptimizationPrompt = "paper") -> list[Candidate]:
+                    max_tokens: int | None = None, prompt: OptimizationPrompt = "paper",
+                    verdicts: bool = False) -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
     ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's. ``prompt``: the
-    optimization turn's (:data:`OPTIMIZATION_TEMPLATES`)."""
+    optimization turn's (:data:`OPTIMIZATION_TEMPLATES`). ``verdicts``: the trajectory's stages carry the failure
+    function's verdicts (``optimize.trajectory_verdicts``), and the analysis prompt says so."""
     analysis = {"role": "user", "content": prompts.render(
-        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False))}
+        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False), verdicts=verdicts)}
     # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
     # (the fenced method); the analysis is free text with the role's own controls
     merged = optimizer.role.controls.merged(controls, "optimize.controls")

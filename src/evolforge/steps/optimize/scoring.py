@@ -18,6 +18,23 @@ from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, E
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.optimize.result import MethodScore, OptimizeResult
 
+# A failure reason in the words the optimizer reads beside a trajectory stage (optimize.trajectory_verdicts); a
+# reason not listed reads as its name with spaces
+VERDICT_WORDS = {
+    elimination.EMPTY: "the rewrite is empty",
+    elimination.UNCHANGED: "the rewrite is the instruction unchanged",
+    elimination.TEMPLATE_WORDS: "the rewrite carries the method's own labels or template words",
+    elimination.MISSING_MARKER: "the answer lacks the reply format's #Finally Rewritten Instruction# line",
+    elimination.TRUNCATED: "the answer was cut at its length limit",
+    elimination.REPETITIVE: "the rewrite repeats itself in a loop",
+    elimination.COPIED_EXAMPLE: "the rewrite copies a phrase of the worked example",
+    elimination.COPIED_METHOD: "the rewrite copies sentences of the method itself",
+    elimination.CHATTER: "the rewrite talks to the user or asks for input instead of being an instruction",
+    elimination.NOT_AN_INSTRUCTION: "the rewrite answers or solves the instruction instead of asking a more "
+                                    "complex version of it",
+    elimination.STATED_ANSWER: "the rewrite states the answer to its own question",
+}
+
 
 @dataclass(frozen=True)
 class FailureRules:
@@ -52,6 +69,17 @@ class FailureRules:
                                                repetition=self.repetition, example_additions=self.example_additions,
                                                method_phrases=method_phrases,
                                                **dict(self.instruction))
+
+    def verdict(self, parent: str, evolution: Evolution,
+                method_phrases: frozenset[tuple[str, ...]] = frozenset()) -> str:
+        """:meth:`instruction_failure` in words, for a trajectory stage (``optimize.trajectory_verdicts``): "passed"
+        or "failed: <why>". The answer's rules are not applied: a trajectory has no answers.
+
+        >>> FailureRules("elimination").verdict("Add 2 and 3.", Evolution("Add 2 and 3.", "...", "stop"))
+        'failed: the rewrite is the instruction unchanged'
+        """
+        why = self.instruction_failure(parent, evolution, method_phrases)
+        return "passed" if why is None else f"failed: {VERDICT_WORDS.get(why, why.replace('_', ' '))}"
 
     def response_failure(self, response: Completion) -> str | None:
         """Why the answer to a surviving evolution fails it, or None (a failed call fails it with its reason)."""

@@ -65,6 +65,11 @@ class OptimizeSettings:
     answer_budget: Annotated[float, Gt(0)] = field(default=1.5, metadata={"help": (
         "the optimization turn's max_tokens as a multiple of the current method's length in tokens (estimated at "
         "3.5 characters a token), never below roles.optimizer.max_tokens: the rewritten method must fit")})
+    trajectory_verdicts: bool = field(default=False, metadata={"help": (
+        "give each trajectory stage the failure function's verdict on its text (\"stage1_verdict\": \"passed\" "
+        "or \"failed: <why>\", the rules of optimize.failure that need no answer) in the cases the analysis turn "
+        "reads; false: the stages alone, as the paper and its code (the optimizer finds the failures itself)"),
+        "paper": "false"})
     judge_difficulty: bool = field(default=True, metadata={"help": (
         "judge the development set's evolved instructions under the initial and the resulting method (and the dev "
         "seeds themselves) with roles.judge, as the judge section asks: their mean difficulty in the metrics, the "

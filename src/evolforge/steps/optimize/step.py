@@ -100,21 +100,28 @@ def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: ra
 def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
                      *, rounds: int, temperature: float, controls: Mapping[str, Any] | None = None,
                      max_tokens: int | None = None, few_shot: bool = False,
-                     missing_marker: MissingMarker = "fail") -> tuple[list[dict], list[dict]]:
+                     missing_marker: MissingMarker = "fail",
+                     verdicts: FailureRules | None = None) -> tuple[list[dict], list[dict]]:
     """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of stages without the
-    final-instruction marker]). Such a stage shows the whole answer, whatever ``missing_marker`` says."""
+    final-instruction marker]). Such a stage shows the whole answer, whatever ``missing_marker`` says. With
+    ``verdicts`` (``optimize.trajectory_verdicts``) stage r also carries ``stage{r}_verdict``, those rules' verdict
+    on its text (:meth:`FailureRules.verdict`)."""
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
     unparsed = []
     current = list(instructions)
+    phrases = elimination.method_phrases(method) if verdicts is not None else frozenset()
     for r in range(1, rounds + 1):
         results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
                                      desc=f"trajectory round {r}", controls=controls, max_tokens=max_tokens,
                                      few_shot=few_shot, missing_marker=missing_marker)
-        for case, (parsed, raw, _) in zip(cases, results):
+        for case, evolution in zip(cases, results):
+            parsed, raw, _ = evolution
             if raw is None or elimination.parse_final_instruction(raw) is None:
                 unparsed.append({"id": case["id"], "round": r})
             case[f"stage{r}"] = (parsed if parsed is not None else raw.strip() if raw is not None
                                  else case[f"stage{r - 1}"])
+            if verdicts is not None:
+                case[f"stage{r}_verdict"] = verdicts.verdict(case[f"stage{r - 1}"], evolution, phrases)
         current = [case[f"stage{r}"] for case in cases]
     return cases, unparsed
 
@@ -156,9 +163,10 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
     each new method scored on the development set -> (trajectory, its unparsed stages, the candidates)."""
     trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch], current_method,
                                             rounds=int(settings.trajectory_rounds),
-                                            temperature=settings.evolver_temperature, **evolving)
+                                            temperature=settings.evolver_temperature,
+                                            verdicts=rules if settings.trajectory_verdicts else None, **evolving)
     proposals = propose_methods(optimizer, prompts, trajectory, current_method, candidates=int(settings.candidates),
-                                controls=settings.controls,
+                                controls=settings.controls, verdicts=settings.trajectory_verdicts,
                                 max_tokens=answer_budget(optimizer, current_method, settings.answer_budget),
                                 prompt=settings.optimization_prompt)
     for c in proposals:  # a method written back unchanged is the current one: its score is known
