@@ -372,6 +372,29 @@ def test_the_analysis_turn_reads_the_verdicts_only_when_asked(on):
     assert all(("stage1_verdict" in c) is on for c in r.result.log[0]["trajectory"])
 
 
+FORMAT = "Reply strictly in this format:\n#Finally Rewritten Instruction#:"
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_reply_format_ends_every_candidate_in_the_current_methods_format(keep):
+    """optimize.keep_reply_format: a candidate's damaged or dropped reply format is replaced by the current method's
+    (recorded per candidate); one that differs from the current method only there is the current method, unscored."""
+    initial = f"Rewrite the instruction.\n\n{FORMAT}"
+    plan = {initial: [fenced("Rewrite the instruction. Add one new constraint.\nFinally Rewritten Instruction#:"),
+                      fenced("Rewrite the instruction.\n#Finally Rewritten Instruction#:")]}
+    r = run(plan, initial=initial, trajectory_verdicts=False, keep_reply_format=keep)
+    first, second = r.result.log[0]["candidates"]
+    if keep:
+        assert first["method"] == f"Rewrite the instruction. Add one new constraint.\n\n{FORMAT}"
+        assert (first["reply_format_kept"], first["unchanged"]) == (True, False)
+        assert (second["method"], second["reply_format_kept"], second["unchanged"]) == (initial, True, True)
+    else:
+        assert first["method"].endswith("Finally Rewritten Instruction#:") and not first["reply_format_kept"]
+        assert not second["unchanged"] and not second["reply_format_kept"]
+    evolving = sum(EVOLVE_SPLIT in q.messages[-1][1] for q in r.evolver_fake.sent)
+    assert evolving == 4 + 2 + 4 * (1 if keep else 2)  # the initial method on dev, the trajectory, scored candidates
+
+
 def test_a_missing_marker_fails_without_a_response():
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
     dev = items(4)

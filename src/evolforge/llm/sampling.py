@@ -274,7 +274,8 @@ class BatchSampler:
         if not self.nucleus:
             return tokens[:, 0]
         weights = self.weights.gather(1, tokens).tolist()
-        chosen = [next((token for token, weight in zip(row_tokens, row_weights) if _above(row, weight) < limit), -1)
+        chosen = [next((token for token, weight in zip(row_tokens, row_weights)
+                        if _row_weight_above(row, weight) < limit), -1)
                   for row, limit, row_tokens, row_weights in zip(self.weights.unbind(), self.limit.tolist(),
                                                                  tokens.tolist(), weights)]
         return torch.tensor(chosen)
@@ -325,10 +326,11 @@ class BatchSampler:
 
     def _above(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight of each row's tokens strictly heavier than ``weight`` (rows, 1); on a CPU row by row
-        (:func:`_above`)."""
+        (:func:`_row_weight_above`)."""
         if self.weights.device.type != "cpu":
             return torch.where(self.weights > weight, self.weights, 0.0).sum(dim=-1)
-        return torch.tensor([_above(row, value) for row, value in zip(self.weights.unbind(), weight[:, 0].tolist())],
+        return torch.tensor([_row_weight_above(row, value)
+                             for row, value in zip(self.weights.unbind(), weight[:, 0].tolist())],
                             dtype=self.weights.dtype)
 
     def _floor(self) -> torch.Tensor:
@@ -349,7 +351,7 @@ class BatchSampler:
             ordered = weights.sort(descending=True).values
 
 
-def _above(row: torch.Tensor, weight: float) -> float:
+def _row_weight_above(row: torch.Tensor, weight: float) -> float:
     """The weight of the tokens of ``row`` (one row of weights, on a CPU) strictly heavier than ``weight``: kept by
     ``threshold`` (one pass; ``where`` over a comparison costs five times as much there) and summed as one row,
     so the sum is the same whatever rows are beside it in the batch (a batch's 2-D sum is not, on a CPU)."""

@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from evolforge.eval.sandbox import run_untrusted
 from evolforge.core.text import NUMBER, number, numbers
+from evolforge.eval.sandbox import run_untrusted
 from evolforge.io.validation import DataError
 
 KINDS = ("number", "python_tests")

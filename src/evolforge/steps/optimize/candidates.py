@@ -5,12 +5,16 @@ each answer parsed into a candidate method (docs/reference/algorithms.md section
 ('Step 1: list methods.', None)
 >>> parse_optimized_method("I have improved the method.")
 (None, 'no ```Optimized Method``` block')
+>>> with_reply_format("Rewrite it. Add one constraint.\\nFinally Rewritten Instruction#:",
+...                   "Rewrite it.\\n\\nReply strictly in this format:\\n#Finally Rewritten Instruction#:")
+'Rewrite it. Add one constraint.\\n\\nReply strictly in this format:\\n#Finally Rewritten Instruction#:'
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Mapping
 
 from evolforge.config.optimize_answer import OPENER
@@ -54,6 +58,34 @@ def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple
     if cut:
         return None, "the ```Optimized Method``` block was cut at max_tokens"
     return None, "empty ```Optimized Method``` block"
+
+
+# A method's reply format opens at a line such as "Reply strictly in this format:" (its last such line) and runs to
+# its end; a line that is only a label ("Step 4 #Finally Rewritten Instruction#:") is a format line too
+REPLY_FORMAT = re.compile(r"^[ \t]*reply\b[^\n]*\bformat\b[^\n]*$", re.I | re.M)
+FORMAT_LABEL = re.compile(r"^[ \t]*(?:step \d+[ \t]*)?#?[a-z][a-z ]*#?:[ \t]*$", re.I)
+
+
+def reply_format(method: str) -> str | None:
+    """The reply format ``method`` ends in (from its last "Reply ... format" line on), or None."""
+    found = list(REPLY_FORMAT.finditer(method))
+    return method[found[-1].start():].strip() if found else None
+
+
+def with_reply_format(candidate: str, current: str) -> str:
+    """``candidate`` ending in ``current``'s reply format (``optimize.keep_reply_format``): the candidate's own
+    format (from its last "Reply ... format" line, and the bare label lines it ends in) replaced by the current
+    method's, so a small optimizer that damages the format ("Finally Rewritten Instruction#:") or drops it is
+    measured on what it changed in the method. A current method without a reply format leaves it as written."""
+    keep = reply_format(current)
+    if keep is None:
+        return candidate
+    found = list(REPLY_FORMAT.finditer(candidate))
+    lines = (candidate[:found[-1].start()] if found else candidate).rstrip().splitlines()
+    while lines and FORMAT_LABEL.match(lines[-1]):
+        lines.pop()
+    head = "\n".join(lines).rstrip()
+    return f"{head}\n\n{keep}" if head else keep
 
 
 CHARS_PER_TOKEN = 3.5  # a conservative estimate for English prose (BPE vocabularies average about 4)

@@ -47,6 +47,7 @@ class Candidate:
     parse_error: str | None
     dev: MethodScore | None = None
     unchanged: bool = False  # the method written back as it was (scored as the current method, no calls)
+    reply_format_kept: bool = False  # its reply format replaced by the current method's (optimize.keep_reply_format)
 
 
 @dataclass
@@ -149,6 +150,7 @@ def loop(result: OptimizeResult) -> list[dict]:
             candidates.append({"index": c["index"], "parsed": c["method"] is not None, "parse_error": c["parse_error"],
                                "failure_rate": dev.get("failure_rate"), "failures": dev.get("failures"),
                                "missing_marker": dev.get("missing_marker"), "unchanged": c.get("unchanged", False),
+                               "reply_format_kept": c.get("reply_format_kept", False),
                                "method_chars": len(c["method"]) if c["method"] is not None else None})
         rows.append({"step": r["step"], "candidates": candidates, "chosen": r["chosen"],
                      "current_failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"],

@@ -70,6 +70,11 @@ class OptimizeSettings:
         "or \"failed: <why>\", the rules of optimize.failure that need no answer) in the cases the analysis turn "
         "reads; false: the stages alone, as the paper and its code (the optimizer finds the failures itself)"),
         "paper": "false"})
+    keep_reply_format: bool = field(default=False, metadata={"help": (
+        "end every candidate method in the current method's reply format (from its \"Reply ... format\" line on), "
+        "the candidate's own format lines replaced, so a method is measured on what the optimizer changed and not "
+        "lost to a format it damaged; false: the method as the optimizer wrote it, as the paper"),
+        "paper": "false"})
     judge_difficulty: bool = field(default=True, metadata={"help": (
         "judge the development set's evolved instructions under the initial and the resulting method (and the dev "
         "seeds themselves) with roles.judge, as the judge section asks: their mean difficulty in the metrics, the "

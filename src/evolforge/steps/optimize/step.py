@@ -70,7 +70,7 @@ from evolforge.steps.common.responses import RESPONSE_TEMPLATE
 from evolforge.steps.evolve.settings import EvolveSection, MissingMarker
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATES, answer_budget,
-                                                 propose_methods)
+                                                 propose_methods, with_reply_format)
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note, outcome,
                                              summary, unparseable_warning, usability)
 from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, score_method, score_methods
@@ -169,7 +169,11 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
                                 controls=settings.controls, verdicts=settings.trajectory_verdicts,
                                 max_tokens=answer_budget(optimizer, current_method, settings.answer_budget),
                                 prompt=settings.optimization_prompt)
-    for c in proposals:  # a method written back unchanged is the current one: its score is known
+    for c in proposals:
+        if c.method is not None and settings.keep_reply_format:
+            kept = with_reply_format(c.method, current_method)
+            c.method, c.reply_format_kept = kept, kept != c.method
+        # a method written back unchanged is the current one: its score is known
         if c.method is not None and c.method.strip() == current_method.strip():
             c.dev, c.unchanged = current, True
     scored = [c for c in proposals if c.method is not None and not c.unchanged]
