@@ -35,7 +35,7 @@ from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.optimize import step as optimize_step
 from evolforge.steps.evolve.settings import EvolveSettings
 from evolforge.steps.common.evolving import Evolution, initial_method_text
-from evolforge.steps.optimize.candidates import parse_optimized_method
+from evolforge.steps.optimize.candidates import parse_optimized_method, with_reply_format
 from evolforge.steps.optimize.scoring import FailureRules, score_method, score_methods
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.optimize.step import build_trajectory, optimize_method, select_candidate, split_dev_pool
@@ -393,6 +393,17 @@ def test_keep_reply_format_ends_every_candidate_in_the_current_methods_format(ke
         assert not second["unchanged"] and not second["reply_format_kept"]
     evolving = sum(EVOLVE_SPLIT in q.messages[-1][1] for q in r.evolver_fake.sent)
     assert evolving == 4 + 2 + 4 * (1 if keep else 2)  # the initial method on dev, the trajectory, scored candidates
+
+
+@pytest.mark.parametrize("candidate, kept", [
+    ("Rewrite it.\n1. Add a constraint.\n\n#Finally Rewritten Instruction#", "Rewrite it.\n1. Add a constraint."),
+    ("Rewrite it.\nStep 1 #Methods List#:\nStep 4 #Finally Rewritten Instruction#:", "Rewrite it."),
+    ("Rewrite it.\nReply in this format:\n#Final Instruction#: <the rewrite>", "Rewrite it."),
+    ("Rewrite it.\nBe concise", "Rewrite it.\nBe concise"),  # a last line of the method, not a label
+])
+def test_with_reply_format_replaces_the_format_lines_a_candidate_ends_in(candidate, kept):
+    assert with_reply_format(candidate, f"Rewrite.\n\n{FORMAT}") == f"{kept}\n\n{FORMAT}"
+    assert with_reply_format(candidate, "Rewrite, no format.") == candidate  # nothing to keep
 
 
 def test_a_missing_marker_fails_without_a_response():

@@ -61,9 +61,10 @@ def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple
 
 
 # A method's reply format opens at a line such as "Reply strictly in this format:" (its last such line) and runs to
-# its end; a line that is only a label ("Step 4 #Finally Rewritten Instruction#:") is a format line too
+# its end; a line that is only a label ("Step 4 #Finally Rewritten Instruction#:", "#Finally Rewritten Instruction#",
+# "Finally Rewritten Instruction#:") is a format line too
 REPLY_FORMAT = re.compile(r"^[ \t]*reply\b[^\n]*\bformat\b[^\n]*$", re.I | re.M)
-FORMAT_LABEL = re.compile(r"^[ \t]*(?:step \d+[ \t]*)?#?[a-z][a-z ]*#?:[ \t]*$", re.I)
+FORMAT_LABEL = re.compile(r"^[ \t]*(?:step \d+[ \t]*)?(?:#[a-z][a-z ]*#:?|#?[a-z][a-z ]*#?:)[ \t]*$", re.I)
 
 
 def reply_format(method: str) -> str | None:
