@@ -393,6 +393,10 @@ def test_keep_reply_format_ends_every_candidate_in_the_current_methods_format(ke
         assert not second["unchanged"] and not second["reply_format_kept"]
     evolving = sum(EVOLVE_SPLIT in q.messages[-1][1] for q in r.evolver_fake.sent)
     assert evolving == 4 + 2 + 4 * (1 if keep else 2)  # the initial method on dev, the trajectory, scored candidates
+    from evolforge.report.sections import optimize_html
+    page = optimize_html({"optimize_metrics": summary(r.result, {})})
+    assert ("<td>yes; written back unchanged; reply format kept</td>" in page) is keep
+    assert ("<td>yes; reply format kept</td>" in page) is keep
 
 
 @pytest.mark.parametrize("candidate, kept", [

@@ -188,7 +188,9 @@ def optimize_html(v: dict) -> str:
     for step in m.get("loop") or []:
         for c in step["candidates"]:
             chosen = "chosen" if step["chosen"] == c["index"] else ""
-            parsed = "yes" if c["parsed"] else esc(c["parse_error"])
+            notes = [n for n, on in (("written back unchanged", c.get("unchanged")),
+                                     ("reply format kept", c.get("reply_format_kept"))) if on]
+            parsed = ("yes" + "".join(f"; {n}" for n in notes)) if c["parsed"] else esc(c["parse_error"])
             rows.append(f"<tr>{num(step['step'])}{num(c['index'])}<td>{parsed}</td>"
                         f"{num(c['failures'])}{num(c['failure_rate'])}<td>{chosen}</td>"
                         f"{num(step['current_failure_rate'])}{num(step['best_failure_rate'])}</tr>")
