@@ -345,6 +345,33 @@ def test_trajectory_rounds_and_a_missing_marker_keeps_the_raw_answer():
     assert unparsed == [{"id": 0, "round": 1}]
 
 
+def test_step_ones_trajectory_is_evolved_in_the_call_that_scores_the_initial_method():
+    """The initial method's development set and step 1's mini-batch go to the evolver as one call; later steps evolve
+    their trajectory on their own (the current method is known only after the step before)."""
+    calls: list[list[str]] = []
+
+    class Recording(FakeBackend):
+        def generate(self, requests):
+            calls.append([q.messages[-1][1].rsplit(EVOLVE_SPLIT, 1)[-1] for q in requests
+                          if EVOLVE_SPLIT in q.messages[-1][1]])
+            return super().generate(requests)
+
+    plan = {"m0 fails=1": [fenced("m1 fails=0"), UNPARSEABLE], "m1 fails=0": [UNPARSEABLE] * 2}
+    rng = random.Random(0)
+    dev, pool = split_dev_pool(items(14), dev_size=4, batch_size=2, rng=rng)
+    evolver = LLM(Recording(evolver_reply(lambda m, q: False)), None, role=EVOLVER_ROLE)
+    optimizer = LLM(FakeBackend(optimizer_reply(plan)), None, role=OPTIMIZER_ROLE)
+    result = optimize_method(pool, dev, initial_method="m0 fails=1", evolver=evolver, optimizer=optimizer,
+                             prompts=PROMPTS, rng=rng, settings=OptimizeSettings(
+                                 steps=2, candidates=2, batch_size=2, dev_size=4, patience=None))
+    first, second = ([c["stage0"] for c in r["trajectory"]] for r in result.log)
+    evolving = [c for c in calls if c]
+    assert evolving[0] == [d["instruction"] for d in dev] + first  # one call: dev set, then step 1's mini-batch
+    assert [c["stage1"] for c in result.log[0]["trajectory"]] == [f"{i} [m0 fails=1]" for i in first]
+    assert second in evolving  # step 2's trajectory: a call of its own, with the method step 1 chose
+    assert result.log[1]["method_before"] == "m1 fails=0"
+
+
 def test_trajectory_verdicts_give_each_stage_the_failure_rules_verdict_in_words():
     """optimize.trajectory_verdicts: each stage carries the text rules' verdict on it (a trajectory has no answers),
     the reasons in words; without it the cases are the paper's, stages alone."""

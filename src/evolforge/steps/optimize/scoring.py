@@ -93,9 +93,10 @@ class FailureRules:
 def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
                   *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
                   max_tokens: int | None = None, few_shot: bool = False, missing_marker: MissingMarker = "fail",
-                  rules: FailureRules = FailureRules()) -> list[MethodScore]:
+                  rules: FailureRules = FailureRules(), evolved: list[Evolution] | None = None) -> list[MethodScore]:
     """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
-    already, and count the failures (``rules``: :class:`FailureRules`).
+    already, and count the failures (``rules``: :class:`FailureRules`). ``evolved``: those evolutions (method-major),
+    made already by the caller in a larger call; None: made here.
 
     All methods' evolutions go to the evolver as one call, then all their answers as one: a step's candidates
     fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
@@ -104,9 +105,10 @@ def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods
     if not methods:
         return []
     n = len(dev)
-    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
-                                  temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
-                                  controls=controls, few_shot=few_shot, missing_marker=missing_marker)
+    if evolved is None:
+        evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
+                                      temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
+                                      controls=controls, few_shot=few_shot, missing_marker=missing_marker)
     phrases = [elimination.method_phrases(m) for m in methods]
     reasons: list[str | None] = [rules.instruction_failure(dev[k % n]["instruction"], e, phrases[k // n])
                                  for k, e in enumerate(evolved)]

@@ -29,7 +29,9 @@ Selection rules (``optimize.selection``):
   has a higher lambda than an earlier e_t).
 
 The development set is fixed across steps and disjoint from the mini-batch pool, so the current
-method's rate is measured once and carried (re-scoring it would repeat the same cached calls).
+method's rate is measured once and carried (re-scoring it would repeat the same cached calls). Step 1's
+mini-batch is drawn before that measure, and its trajectory's first round is evolved in the same call as the
+development set (the same requests, in one batch: the results do not change, the evolver's batches fill).
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
@@ -64,7 +66,8 @@ from evolforge.io.records import (SEED_POOL, SETTINGS, TABLE, VERSIONS, atomic_d
 from evolforge.llm.cached import LLM
 from evolforge.steps.common import elimination
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
-from evolforge.steps.common.evolving import INITIAL_TEMPLATES, METHOD_TEMPLATE, evolve_with_method, initial_method_text
+from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, evolve_with_method,
+                                             initial_method_text)
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE
 from evolforge.steps.evolve.settings import EvolveSection, MissingMarker
@@ -100,20 +103,20 @@ def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: ra
 def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
                      *, rounds: int, temperature: float, controls: Mapping[str, Any] | None = None,
                      max_tokens: int | None = None, few_shot: bool = False,
-                     missing_marker: MissingMarker = "fail",
-                     verdicts: FailureRules | None = None) -> tuple[list[dict], list[dict]]:
+                     missing_marker: MissingMarker = "fail", verdicts: FailureRules | None = None,
+                     first: list[Evolution] | None = None) -> tuple[list[dict], list[dict]]:
     """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of stages without the
     final-instruction marker]). Such a stage shows the whole answer, whatever ``missing_marker`` says. With
     ``verdicts`` (``optimize.trajectory_verdicts``) stage r also carries ``stage{r}_verdict``, those rules' verdict
-    on its text (:meth:`FailureRules.verdict`)."""
+    on its text (:meth:`FailureRules.verdict`). ``first``: round 1's evolutions, made already in a larger call."""
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
     unparsed = []
     current = list(instructions)
     phrases = elimination.method_phrases(method) if verdicts is not None else frozenset()
     for r in range(1, rounds + 1):
-        results = evolve_with_method(evolver, prompts, current, method, temperature=temperature,
-                                     desc=f"trajectory round {r}", controls=controls, max_tokens=max_tokens,
-                                     few_shot=few_shot, missing_marker=missing_marker)
+        results = first if r == 1 and first is not None else evolve_with_method(
+            evolver, prompts, current, method, temperature=temperature, desc=f"trajectory round {r}",
+            controls=controls, max_tokens=max_tokens, few_shot=few_shot, missing_marker=missing_marker)
         for case, evolution in zip(cases, results):
             parsed, raw, _ = evolution
             if raw is None or elimination.parse_final_instruction(raw) is None:
@@ -158,13 +161,16 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
 
 def _step_candidates(step: int, batch: list[dict], current_method: str, current: MethodScore, dev: list[dict], *,
                      evolver: LLM, optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
-                     rules: FailureRules, evolving: dict) -> tuple[list[dict], list[dict], list[Candidate]]:
-    """One step's candidates: the mini-batch's trajectory under the current method, the optimizer's proposals, and
-    each new method scored on the development set -> (trajectory, its unparsed stages, the candidates)."""
+                     rules: FailureRules, evolving: dict,
+                     first: list[Evolution] | None = None) -> tuple[list[dict], list[dict], list[Candidate]]:
+    """One step's candidates: the mini-batch's trajectory under the current method (``first``: its first round,
+    made already), the optimizer's proposals, and each new method scored on the development set -> (trajectory, its
+    unparsed stages, the candidates)."""
     trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch], current_method,
                                             rounds=int(settings.trajectory_rounds),
                                             temperature=settings.evolver_temperature,
-                                            verdicts=rules if settings.trajectory_verdicts else None, **evolving)
+                                            verdicts=rules if settings.trajectory_verdicts else None, first=first,
+                                            **evolving)
     proposals = propose_methods(optimizer, prompts, trajectory, current_method, candidates=int(settings.candidates),
                                 controls=settings.controls, verdicts=settings.trajectory_verdicts,
                                 max_tokens=answer_budget(optimizer, current_method, settings.answer_budget),
@@ -184,6 +190,19 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
     return trajectory, unparsed, proposals
 
 
+def _score_initial(dev: list[dict], first_batch: list[dict], method: str, *, evolver: LLM, prompts: PromptLibrary,
+                   settings: OptimizeSettings, rules: FailureRules,
+                   evolving: dict) -> tuple[MethodScore, list[Evolution]]:
+    """The initial method's score on the development set, and step 1's trajectory's first round (``first_batch``
+    evolved with it): one call to the evolver for both, the mini-batch's few requests filling the batches the
+    development set leaves half empty."""
+    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev + first_batch], method,
+                                 temperature=settings.evolver_temperature, desc="step 0: evolve", **evolving)
+    score = score_method(evolver, prompts, dev, method, temperature=settings.evolver_temperature, desc="step 0",
+                         rules=rules, evolved=evolved[:len(dev)], **evolving)
+    return score, evolved[len(dev):]
+
+
 def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
                     optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings, rng: random.Random,
                     evolve_controls: Mapping[str, Any] | None = None, evolve_max_tokens: int | None = None,
@@ -195,20 +214,20 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     current_method = initial_method
     evolving = dict(controls=evolve_controls, max_tokens=evolve_max_tokens, few_shot=few_shot,
                     missing_marker=missing_marker)
-    current = score_method(evolver, prompts, dev, initial_method, temperature=settings.evolver_temperature,
-                           desc="step 0", rules=rules, **evolving)
+    first_batch = rng.sample(pool, int(settings.batch_size)) if settings.steps else []
+    current, first_round = _score_initial(dev, first_batch, initial_method, evolver=evolver, prompts=prompts,
+                                          settings=settings, rules=rules, evolving=evolving)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
     if current.failures == 0 and settings.selection == "lowest_failure":
         result.notes.append(indistinct_dev_note(len(dev)))
         print(f"optimize: {result.notes[-1]}", flush=True)
-    stale = 0  # steps since the best rate last decreased
-    stale_unparsed = 0  # of those, steps whose candidates all failed to parse
+    stale = stale_unparsed = 0  # steps since the best rate last decreased; of those, steps with no candidate parsed
     for step in range(1, int(settings.steps) + 1):
-        batch = rng.sample(pool, int(settings.batch_size))
+        batch = first_batch if step == 1 else rng.sample(pool, int(settings.batch_size))
         trajectory, unparsed, proposals = _step_candidates(
             step, batch, current_method, current, dev, evolver=evolver, optimizer=optimizer, prompts=prompts,
-            settings=settings, rules=rules, evolving=evolving)
+            settings=settings, rules=rules, evolving=evolving, first=first_round if step == 1 else None)
         parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
