@@ -31,7 +31,8 @@ Selection rules (``optimize.selection``):
 The development set is fixed across steps and disjoint from the mini-batch pool, so the current
 method's rate is measured once and carried (re-scoring it would repeat the same cached calls). Step 1's
 mini-batch is drawn before that measure, and its trajectory's first round is evolved in the same call as the
-development set (the same requests, in one batch: the results do not change, the evolver's batches fill).
+development set: the same requests in fuller batches (a backend whose numerics depend on the batch, llama.cpp
+among them, may then answer a request differently, as in any other batch).
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
