@@ -22,6 +22,7 @@ from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 
 from evolforge.steps.common import asking, elimination
+from evolforge.steps.evolve import judge_checks
 from evolforge.steps.common.elimination import RepetitionTest
 
 LOOP_HAIKU = ("Rewritten Prompt:\nIn a world where every leaf is a story of autumn,\nA leaf that must be made anew.\n"
@@ -78,7 +79,29 @@ REAL_INSTRUCTIONS = [
     ("Write a haiku.", "In a world of falling leaves, write a haiku that mentions a river and the first frost.", "stop", None),
     ("Plan a trip.", "I need a three-day itinerary for Lisbon that avoids museums.", "stop", None),
     ("Sort the list.", "Sort the list [3, 1, 2, 3, 1, 2, 3, 1, 2] in descending order and explain each step.", "stop", None),
+    # rewrites that add nothing: a word swapped or dropped (the shipped run's round 2 and the weak-method experiment)
+    ("Write a Python function `digit_sum(n)` that returns the sum of the decimal digits of a non-negative integer, "
+     "with comments explaining each step.", "Define a function `digit_sum(n)` that returns the sum of the decimal "
+     "digits of a non-negative integer, with comments explaining each step.", "stop", elimination.UNCHANGED),
+    ("A recipe needs 3 eggs for 12 cookies. How many eggs are needed for 48 cookies?",
+     "A recipe requires 3 eggs for 12 cookies. How many eggs are needed for 48 cookies?", "stop", elimination.UNCHANGED),
 ]
+
+# (parent, rewrite, whether it adds nothing): word-level edits around adds_nothing's bounds
+EDITS = [
+    ("Write a haiku about rain.", "write a Haiku about rain!", True),  # case and punctuation aside
+    ("Sort the list and then return it.", "Sort the list and return it.", True),  # a stop word dropped
+    ("Sort the list and then return it.", "Sort the list and return the list.", True),  # no new content word
+    ("Write a poem about the sea.", "Write a sonnet about the sea.", True),  # swapped for a narrower word: no words added
+    ("Write a poem about the sea.", "Write a French poem about the sea.", False),  # one word added: a new condition
+    ("Write a poem about the sea.", "Write a sonnet about a storm.", False),  # two content words swapped in
+    ("Write a long essay about the French revolution and its causes.", "Name a bird.", False),  # another instruction
+]
+
+
+@pytest.mark.parametrize("parent,evolved,nothing", EDITS)
+def test_a_rewrite_adds_nothing_when_it_only_swaps_or_drops_a_word(parent, evolved, nothing):
+    assert elimination.adds_nothing(parent, evolved) is nothing
 
 
 @pytest.mark.parametrize("parent,evolved,finish,reason", REAL_INSTRUCTIONS)
@@ -155,7 +178,7 @@ def test_compression_ratio_is_zlib_level_9():
 
 @pytest.mark.parametrize("text,expected", [("Yes", True), ("no.", False), (" YES, it asks.", True), ("Maybe", None)])
 def test_parse_is_instruction(text, expected):
-    assert elimination.parse_is_instruction(text) is expected
+    assert judge_checks.parse_is_instruction(text) is expected
 
 
 @pytest.mark.parametrize("text,asks", [

@@ -12,6 +12,7 @@ from evolforge.config.loader import load_section
 from evolforge.steps.evolve.settings import EvolveSection
 
 from evolforge.steps.common import elimination
+from evolforge.steps.evolve import judge_checks
 from evolforge.steps.common.elimination import repetition_test
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round, method_text, resolve_strategy
 from evolforge.steps.common.evolving import IN_DEPTH, METHOD_TEMPLATE, assign_methods
@@ -88,7 +89,7 @@ def test_final_marker_parse(text, expected):
 
 @pytest.mark.parametrize("text,expected", [("Equal", True), ("Not Equal", False), ("not equal.", False), ("maybe", None)])
 def test_equal_parse(text, expected):
-    assert elimination.parse_equal(text) is expected
+    assert judge_checks.parse_equal(text) is expected
 
 
 def test_round_robin_rotates_by_round_and_random_is_seeded():
@@ -325,7 +326,7 @@ def test_auto_reply_cut_before_its_marker_is_truncated_not_missing_marker(seed_t
 
 
 def test_judge_checks_that_the_rewrite_is_an_instruction(seed_table):
-    from evolforge.steps.evolve.step import IS_INSTRUCTION_TEMPLATE
+    from evolforge.steps.evolve.judge_checks import IS_INSTRUCTION_TEMPLATE
 
     def verdict(variables, request):
         text = variables["text"]
@@ -379,7 +380,7 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     spec = importlib.util.spec_from_file_location("evolve_stage", repo / "stages/evolve.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    from evolforge.steps.evolve.step import IS_INSTRUCTION_TEMPLATE
+    from evolforge.steps.evolve.judge_checks import IS_INSTRUCTION_TEMPLATE
 
     replies = scripted_evolver({})
     replies.routes[IS_INSTRUCTION_TEMPLATE] = lambda variables, request: "Yes"  # the judge checks, when on

@@ -117,6 +117,21 @@ def _words(text: str) -> str:
     return " ".join(_NOT_WORDS.sub(" ", text).split()).lower()
 
 
+def adds_nothing(parent: str, evolved: str) -> bool:
+    """Whether ``evolved`` is ``parent`` again, at most one content word (outside :data:`STOP_WORDS`) swapped in
+    and two dropped, no longer than it: "A recipe requires 3 eggs" for "needs". A word added is a new condition; a
+    word swapped for a narrower one fails too ("a sonnet" for "a poem"), as the methods ask for words added.
+
+    >>> adds_nothing("Write a Python function f(n).", "Define a function f(n).")
+    True
+    >>> adds_nothing("Sort the list.", "Sort the list by age."), adds_nothing("Write a poem.", "Write a sonnet.")
+    (False, True)
+    """
+    before, after = _words(parent).split(), _words(evolved).split()
+    new, dropped = set(after) - set(before) - STOP_WORDS, set(before) - set(after) - STOP_WORDS
+    return len(after) <= len(before) and len(new) <= 1 and len(dropped) <= 2
+
+
 @dataclass(frozen=True)
 class RepetitionTest:
     """Thresholds of the ``repetitive`` rule and of ``response_status`` (``params.yaml evolve.repetition``,
@@ -292,7 +307,7 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
         return EMPTY if empty else None
     if truncated and finish_reason == "length":
         return TRUNCATED
-    if unchanged and _words(evolved) == _words(parent):
+    if unchanged and adds_nothing(parent, evolved):
         return UNCHANGED
     if template_words:
         low = evolved.lower()
@@ -377,22 +392,3 @@ def parse_final_instruction(text: str, missing: MissingMarker = "fail") -> str |
         return text.strip() or None
     return None
 
-
-_EQUAL = re.compile(r"^\W*(not\s+equal|equal)\W*$", re.IGNORECASE)
-
-
-def parse_equal(text: str) -> bool | None:
-    """'Equal' -> True, 'Not Equal' -> False, anything else -> None."""
-    m = _EQUAL.match(text.strip())
-    if not m:
-        return None
-    return not m.group(1).lower().startswith("not")
-
-
-_IS_INSTRUCTION = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
-
-
-def parse_is_instruction(text: str) -> bool | None:
-    """The judge's verdict on prompts/judge/is_instruction.j2: 'Yes' -> True, 'No' -> False, else None."""
-    m = _IS_INSTRUCTION.match(text.strip())
-    return None if not m else m.group(1).lower() == "yes"

@@ -53,10 +53,9 @@ from evolforge.steps.common import elimination
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.evolving import assign_methods, evolving_messages, template_hash, worked_example_additions
 from evolforge.steps.common.responses import response_requests, response_sampling
+from evolforge.steps.evolve.judge_checks import JUDGE_TEMPLATES, info_gain_verdicts, is_instruction_verdicts
 
 STRATEGIES = ("evol", "auto", "auto_initial")
-IS_INSTRUCTION_TEMPLATE = "judge/is_instruction.j2"
-JUDGE_TEMPLATES = ("judge/equal.j2", IS_INSTRUCTION_TEMPLATE)  # the judge checks' prompts
 POOL = "pool.parquet"  # beside a round's table: what the next round evolves
 
 
@@ -77,24 +76,6 @@ def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> t
         raise ValueError(f"data/method/meta.json fallback: {target!r} is not one of {STRATEGIES}")
     reason = method_meta.get("fallback_reason") or "the evolver cannot follow the optimized method's format"
     return dataclasses.replace(settings, strategy=target), f"evolve.strategy auto falls back to {target}: {reason}"
-
-
-def is_instruction_verdicts(llm: LLM, prompts: PromptLibrary, texts: list[str]) -> list[bool | None]:
-    """LLM check: True when the judge reads ``text`` as an instruction, False when not, None unparsed (or failed).
-    The answer is held to Yes / No (see ``ChatRequest.choices``)."""
-    requests = [llm.request([{"role": "user", "content": prompts.render(IS_INSTRUCTION_TEMPLATE, text=t)}],
-                            choices=("Yes", "No")) for t in texts]
-    return [None if t is None else elimination.parse_is_instruction(t)
-            for t in llm.complete(requests, desc="instruction check")]
-
-
-def info_gain_verdicts(llm: LLM, prompts: PromptLibrary, parents: list[str], children: list[str]) -> list[bool | None]:
-    """LLM check: True when the evolved instruction equals its parent (no information gain); the answer is
-    held to the prompt's two verdicts."""
-    requests = [llm.request([{"role": "user", "content": prompts.render("judge/equal.j2", first=p, second=c)}],
-                            choices=("Equal", "Not Equal")) for p, c in zip(parents, children)]
-    # a failed call is an unparsed verdict: the item is not eliminated on no evidence
-    return [None if t is None else elimination.parse_equal(t) for t in llm.complete(requests, desc="equal check")]
 
 
 def resolve_check_role(check_role: str, evolver: Role, responder: Role) -> str:

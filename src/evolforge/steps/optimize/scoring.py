@@ -22,7 +22,7 @@ from evolforge.steps.optimize.result import MethodScore, OptimizeResult
 # reason not listed reads as its name with spaces
 VERDICT_WORDS = {
     elimination.EMPTY: "the rewrite is empty",
-    elimination.UNCHANGED: "the rewrite is the instruction unchanged",
+    elimination.UNCHANGED: "the rewrite is the instruction again, adding nothing (at most one word swapped)",
     elimination.TEMPLATE_WORDS: "the rewrite carries the method's own labels or template words",
     elimination.MISSING_MARKER: "the answer lacks the reply format's #Finally Rewritten Instruction# line",
     elimination.TRUNCATED: "the answer was cut at its length limit",
