@@ -384,7 +384,8 @@ def test_trajectory_verdicts_give_each_stage_the_failure_rules_verdict_in_words(
     parent = "Write a haiku about rain."
     assert rules.verdict(parent, Evolution(parent + " Use exactly three lines and end on the word storm.", "..",
                                            "stop")) == "passed"
-    assert rules.verdict(parent, Evolution(parent, "..", "stop")) == "failed: the rewrite is the instruction unchanged"
+    assert rules.verdict(parent, Evolution(parent, "..", "stop")) == (
+        "failed: the rewrite is the instruction again, adding nothing (at most one word swapped)")
     assert rules.verdict(parent, Evolution("Here is a haiku: rain on the roof, soft and slow, the night listens.",
                                            "..", "stop")).startswith("failed: the rewrite answers")
     assert "stage1_verdict" not in build_trajectory(llm, PROMPTS, ["task 02"], "m", rounds=1, temperature=0.0)[0][0]

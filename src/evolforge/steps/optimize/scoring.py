@@ -76,7 +76,7 @@ class FailureRules:
         or "failed: <why>". The answer's rules are not applied: a trajectory has no answers.
 
         >>> FailureRules("elimination").verdict("Add 2 and 3.", Evolution("Add 2 and 3.", "...", "stop"))
-        'failed: the rewrite is the instruction unchanged'
+        'failed: the rewrite is the instruction again, adding nothing (at most one word swapped)'
         """
         why = self.instruction_failure(parent, evolution, method_phrases)
         return "passed" if why is None else f"failed: {VERDICT_WORDS.get(why, why.replace('_', ' '))}"
