@@ -22,7 +22,9 @@ from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 
 from evolforge.steps.common import asking, elimination
+from evolforge.steps.common.evolving import Evolution
 from evolforge.steps.evolve import judge_checks
+from evolforge.steps.optimize.scoring import FailureRules
 from evolforge.steps.common.elimination import RepetitionTest
 
 LOOP_HAIKU = ("Rewritten Prompt:\nIn a world where every leaf is a story of autumn,\nA leaf that must be made anew.\n"
@@ -102,6 +104,13 @@ EDITS = [
 @pytest.mark.parametrize("parent,evolved,nothing", EDITS)
 def test_a_rewrite_adds_nothing_when_it_only_swaps_or_drops_a_word(parent, evolved, nothing):
     assert elimination.adds_nothing(parent, evolved) is nothing
+
+
+def test_an_in_breadth_rewrite_is_unchanged_only_when_it_is_its_parent_again():
+    """In breadth, a word swapped is another instruction of the same domain, not a deepening that adds nothing."""
+    assert elimination.instruction_failure("Name a color.", "Name a fruit.") == elimination.UNCHANGED
+    assert elimination.instruction_failure("Name a color.", "Name a fruit.", breadth=True) is None
+    assert elimination.instruction_failure("Name a color.", "name a Color!", breadth=True) == elimination.UNCHANGED
 
 
 @pytest.mark.parametrize("parent,evolved,finish,reason", REAL_INSTRUCTIONS)
@@ -323,7 +332,7 @@ PERIMETER = "A garden is a square with a side of 8 metres. How much fencing goes
 ])
 def test_a_rewrite_that_states_its_own_result_fails(evolved):
     assert elimination.instruction_failure(PERIMETER, evolved) == elimination.STATED_ANSWER
-    assert elimination.instruction_failure(PERIMETER, evolved, stated_answer=False) is None
+    assert elimination.instruction_failure(PERIMETER, evolved, stated_answer=False, dropped_given=False) is None
 
 
 @pytest.mark.parametrize("evolved", [
@@ -335,3 +344,36 @@ def test_a_rewrite_that_states_its_own_result_fails(evolved):
 ])
 def test_a_rewrite_that_states_no_result_of_its_own_passes_the_stated_answer_rule(evolved):
     assert not asking.states_its_answer(PERIMETER, evolved)
+
+
+TANK = "A tank holds 500 litres and drains at 25 litres per minute. How long until it is empty?"
+
+
+@pytest.mark.parametrize("parent,evolved,dropped", [
+    # the shipped run's round 2 (27 November): the drain rate is gone, the table cannot be computed
+    ("A tank holds 500 litres and drains at 25 litres per minute. Create a table showing the time in minutes and "
+     "the amount of water left in the tank, starting from 500 litres, and check when the amount of water left is "
+     "zero.",
+     "Create a detailed table showing the time in minutes and the amount of water left in the tank, starting from "
+     "500 litres, and check when the amount of water left is zero. Include time intervals of 1 minute, starting "
+     "from 0 to 5, and corresponding water levels ranging from 500 to 0 litres, in scientific notation.", True),
+    (TANK, "A tank holds 500 litres and drains at 25 litres per minute for the first 10 minutes and at 20 litres per "
+           "minute after that. How long until it is empty?", False),  # every given kept, one condition added
+    (TANK, "A tank holds 500.0 litres and drains at 25 L per minute. How long until it is empty, in seconds?", False),
+    (TANK, "A tank holds 600 litres and drains at 25 litres per minute through a leak. How long until it is empty?",
+     True),  # the numbers changed for others: 500 is gone (the rule's known cost)
+    ("Explain the idiom 'break the ice'.", "Explain the idiom 'break the ice' in 3 sentences.", False),
+    ("Add the numbers in ```python\nxs = [1, 2]\n```.", "Add the numbers of xs and explain each step.", False),
+])
+def test_a_rewrite_that_leaves_out_a_given_fails(parent, evolved, dropped):
+    assert asking.drops_a_given(parent, evolved) is dropped
+    expected = elimination.DROPPED_GIVEN if dropped else None
+    assert elimination.instruction_failure(parent, evolved) == expected
+    assert elimination.instruction_failure(parent, evolved, dropped_given=False) is None
+    assert elimination.instruction_failure(parent, evolved, breadth=True) is None  # a new instruction
+
+
+def test_the_optimizer_reads_a_dropped_given_in_words():
+    assert FailureRules("elimination").verdict(TANK, Evolution(
+        "A tank drains at 25 litres per minute through a pipe. How long until it is empty?", "...", "stop")) == (
+        "failed: the rewrite leaves out a number its parent gives")

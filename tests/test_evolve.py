@@ -15,7 +15,7 @@ from evolforge.steps.common import elimination
 from evolforge.steps.evolve import judge_checks
 from evolforge.steps.common.elimination import repetition_test
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round, method_text, resolve_strategy
-from evolforge.steps.common.evolving import IN_DEPTH, METHOD_TEMPLATE, assign_methods
+from evolforge.steps.common.evolving import BREADTH, IN_DEPTH, METHOD_TEMPLATE, assign_methods
 from evolforge.steps.common.lineage import chain, format_chain
 from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
@@ -222,6 +222,22 @@ def test_auto_strategy_whole_output_keeps_an_answer_without_its_marker(seed_tabl
     assert evolved == [f"Solve harder task {i}." for i in range(4)] + ["Solve task 4 with a table of its steps."]
 
 
+def test_a_word_swapped_fails_in_depth_and_passes_in_breadth(tmp_path):
+    """A one-word swap adds nothing to an instruction made harder, but is a new instruction in breadth."""
+    path = tmp_path / "s.jsonl"
+    pl.DataFrame([{"instruction": f"Name the colour of box {i}.", "input": "", "output": ""}
+                  for i in range(6)]).write_ndjson(path)
+    seeds = build_seed(str(path))[0]
+    plan = {f"Name the colour of box {i}.": f"Name the size of box {i}." for i in range(6)}
+    settings = EvolveSettings(strategy="evol", breadth=True)
+    ids = seeds["id"].to_list()
+    index = next(k for k in range(1, 6) if BREADTH in assign_methods(ids, k, breadth=True))  # a round with both
+    (table, _, _), _ = run_round(seeds, index, settings, plan)
+    pairs = list(zip(table["method"], table["failure_reason"]))
+    assert {m for m, _ in pairs} > {BREADTH}
+    assert pairs == [(m, None if m == BREADTH else "unchanged") for m, _ in pairs]
+
+
 def test_three_rounds_chain_and_lineage(seed_table, tmp_path, capsys):
     settings = EvolveSettings(strategy="evol", breadth=True, on_failure="keep_parent")
     write_output(tmp_path / "seed", seed_table)
@@ -308,7 +324,7 @@ def test_replies_cut_at_max_tokens_fail_as_truncated_and_keep_their_finish_reaso
     assert len(checked) == 2 and not any("task number 1 in three steps" in c for c in checked)  # no answer to a cut text
 
     lenient = EvolveSettings(strategy="evol", breadth=False, elimination={
-        "truncated": False, "chatter": False, "not_an_instruction": False, "repetitive": False})
+        "truncated": False, "chatter": False, "not_an_instruction": False, "repetitive": False, "dropped_given": False})
     (table, _, summary), _ = run_round(seed_table, 1, lenient, plan)
     assert summary["failed"] == 0 and table["instruction_finish_reason"].to_list().count("length") == 1
 

@@ -1,5 +1,6 @@
 """Whether a text asks for something or answers: the ``not_an_instruction`` elimination rule's cheap test (the
-judge's ``not_an_instruction_judge`` is the costly one). Pure functions over text.
+judge's ``not_an_instruction_judge`` is the costly one), and what a rewrite's numbers say beside its parent's
+(``stated_answer``: a result it states; ``dropped_given``: a given it left out). Pure functions over text.
 
 A text reads as a request when its prose (fenced code left out) asks for something -- a question mark, a
 sentence that opens with a request word or an imperative verb, a clause after a leading phrase ("Given a list,
@@ -128,3 +129,18 @@ def states_its_answer(parent: str, evolved: str) -> bool:
         return False
     given = set(numbers(parent))
     return any(value not in given for value in numbers(" ".join(stated)))
+
+
+def drops_a_given(parent: str, evolved: str) -> bool:
+    """Whether ``evolved`` leaves out a number that ``parent`` states (compared by value, fenced code aside): a
+    rewrite made harder keeps its parent's givens, and a word problem without one cannot be solved. An in-breadth
+    rewrite is a new instruction; it is not asked this.
+
+    >>> drops_a_given("A tank holds 500 litres and drains at 25 litres per minute. How long until it is empty?",
+    ...               "Make a table of the water left in the tank each minute, from 500 litres down to 0.")
+    True
+    >>> drops_a_given("Add 2 and 3.", "Add 2.0 and 3, then double the sum; show each of the 2 steps.")
+    False
+    """
+    given = set(numbers(FENCED_CODE.sub(" ", parent)))
+    return bool(given - set(numbers(FENCED_CODE.sub(" ", evolved))))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from evolforge.core.text import FENCED_CODE
-from evolforge.steps.common.asking import reads_as_request, states_its_answer
+from evolforge.steps.common.asking import drops_a_given, reads_as_request, states_its_answer
 
 if TYPE_CHECKING:
     from evolforge.steps.evolve.settings import MissingMarker
@@ -46,6 +46,7 @@ CHATTER = "asks_user_for_input"
 NOT_AN_INSTRUCTION = "not_an_instruction"
 JUDGED_NOT_AN_INSTRUCTION = "judged_not_an_instruction"
 STATED_ANSWER = "states_its_answer"
+DROPPED_GIVEN = "dropped_a_given"
 
 # response_status values (responses table): only "complete" responses are training material; "failed" is a
 # call that got no answer (its reason in response_failure_reason)
@@ -294,7 +295,7 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
                         empty: bool = True, truncated: bool = True, unchanged: bool = True,
                         template_words: bool = True, copied_example: bool = True, copied_method: bool = True,
                         chatter: bool = True, repetitive: bool = True, not_an_instruction: bool = True,
-                        stated_answer: bool = True,
+                        stated_answer: bool = True, dropped_given: bool = True, breadth: bool = False,
                         repetition: RepetitionTest = RepetitionTest(),
                         example_additions: frozenset[tuple[str, ...]] = frozenset(),
                         method_phrases: frozenset[tuple[str, ...]] = frozenset()) -> str | None:
@@ -302,12 +303,14 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
     evolve.elimination``). ``finish_reason`` is the evolver's: "length" means it stopped at ``max_tokens``.
     ``example_additions``: what the worked examples shown to the evolver added (:func:`example_additions`; none
     without ``evolve.few_shot``); ``method_phrases``: the Auto Evol-Instruct method text's (:func:`method_phrases`;
-    none for Evol-Instruct's templates)."""
+    none for Evol-Instruct's templates); ``breadth``: the rewrite is a new instruction of the parent's domain
+    (Evol-Instruct's in-breadth), not the parent made harder, so ``unchanged`` fails only the parent's own words
+    again ("Name a fruit." for "Name a color." is a new instruction) and ``dropped_given`` is not asked."""
     if evolved is None or not evolved.strip():
         return EMPTY if empty else None
     if truncated and finish_reason == "length":
         return TRUNCATED
-    if unchanged and adds_nothing(parent, evolved):
+    if unchanged and (_words(parent) == _words(evolved) if breadth else adds_nothing(parent, evolved)):
         return UNCHANGED
     if template_words:
         low = evolved.lower()
@@ -325,6 +328,8 @@ def instruction_failure(parent: str, evolved: str | None, *, finish_reason: str 
         return NOT_AN_INSTRUCTION
     if stated_answer and states_its_answer(parent, evolved):
         return STATED_ANSWER
+    if dropped_given and not breadth and drops_a_given(parent, evolved):
+        return DROPPED_GIVEN
     return None
 
 

@@ -17,7 +17,7 @@ from evolforge.config.controls import ControlSettings, Repetition
 # The elimination rules (evolve.elimination), named once, in the order a round runs them: on the evolved
 # instruction's text, on an answer to it, then the checks that ask the judge role
 INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "copied_example", "copied_method", "chatter",
-                     "repetitive", "not_an_instruction", "stated_answer")
+                     "repetitive", "not_an_instruction", "stated_answer", "dropped_given")
 RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")
 JUDGE_RULES = ("not_an_instruction_judge", "info_gain")
 # rule -> on when params.yaml does not say; the judge checks cost calls and are opt-in

@@ -51,7 +51,8 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.registry import loads_nothing_more
 from evolforge.steps.common import elimination
 from evolforge.steps.common.llms import RoleLLMs
-from evolforge.steps.common.evolving import assign_methods, evolving_messages, template_hash, worked_example_additions
+from evolforge.steps.common.evolving import (BREADTH, assign_methods, evolving_messages, template_hash,
+                                             worked_example_additions)
 from evolforge.steps.common.responses import response_requests, response_sampling
 from evolforge.steps.evolve.judge_checks import JUDGE_TEMPLATES, info_gain_verdicts, is_instruction_verdicts
 
@@ -183,7 +184,7 @@ def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptL
             continue
         state.reasons[i] = elimination.instruction_failure(
             state.items[i]["instruction"], candidate, finish_reason=finish, repetition=repetition,
-            example_additions=added, method_phrases=method_words, **switches)
+            example_additions=added, method_phrases=method_words, breadth=state.methods[i] == BREADTH, **switches)
 
 
 def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,

@@ -33,6 +33,7 @@ VERDICT_WORDS = {
     elimination.NOT_AN_INSTRUCTION: "the rewrite answers or solves the instruction instead of asking a more "
                                     "complex version of it",
     elimination.STATED_ANSWER: "the rewrite states the answer to its own question",
+    elimination.DROPPED_GIVEN: "the rewrite leaves out a number its parent gives",
 }
 
 
