@@ -361,7 +361,14 @@ TANK = "A tank holds 500 litres and drains at 25 litres per minute. How long unt
            "minute after that. How long until it is empty?", False),  # every given kept, one condition added
     (TANK, "A tank holds 500.0 litres and drains at 25 L per minute. How long until it is empty, in seconds?", False),
     (TANK, "A tank holds 600 litres and drains at 25 litres per minute through a leak. How long until it is empty?",
-     True),  # the numbers changed for others: 500 is gone (the rule's known cost)
+     False),  # a given changed for another value, its unit kept
+    # the shipped run's round 1 (28 November): the rate changed for another, a capacity added
+    (TANK, "A tank with a capacity of 700 litres drains at a rate of 30 litres per minute. How long will it take for "
+           "the tank to be empty, given that the initial volume of water in the tank is 500 litres?", False),
+    # ... and its round 2: the problem made general, none of its numbers kept
+    (TANK, "Write a function that calculates the time it takes for a tank to empty given its initial volume and "
+           "draining rate.", False),
+    (TANK, "A tank holds 500 litres and drains steadily. How long until it is empty?", True),  # the rate is gone
     ("Explain the idiom 'break the ice'.", "Explain the idiom 'break the ice' in 3 sentences.", False),
     ("Add the numbers in ```python\nxs = [1, 2]\n```.", "Add the numbers of xs and explain each step.", False),
 ])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from evolforge.core.text import FENCED_CODE, numbers
+from evolforge.core.text import FENCED_CODE, NUMBER, number, numbers
 
 # Words that open a request (module doc).
 # (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
@@ -131,16 +131,43 @@ def states_its_answer(parent: str, evolved: str) -> bool:
     return any(value not in given for value in numbers(" ".join(stated)))
 
 
-def drops_a_given(parent: str, evolved: str) -> bool:
-    """Whether ``evolved`` leaves out a number that ``parent`` states (compared by value, fenced code aside): a
-    rewrite made harder keeps its parent's givens, and a word problem without one cannot be solved. An in-breadth
-    rewrite is a new instruction; it is not asked this.
+# a number (as :data:`~evolforge.core.text.NUMBER`) or a word, the tokens of :func:`_givens`
+_TOKEN = re.compile(rf"(?<![\w.])({NUMBER})(?!\w)|([^\W\d_]+)")
 
-    >>> drops_a_given("A tank holds 500 litres and drains at 25 litres per minute. How long until it is empty?",
-    ...               "Make a table of the water left in the tank each minute, from 500 litres down to 0.")
+
+def _givens(text: str) -> list[tuple[float, tuple[str, ...]]]:
+    """Each number of ``text`` (fenced code aside) with the two words after it, its unit and what it measures
+    ("25 litres per minute" -> ``("litres", "per")``); fewer where a number or the end comes first."""
+    tokens = [(number(n), None) if n else (None, w.lower()) for n, w in _TOKEN.findall(FENCED_CODE.sub(" ", text))]
+    givens = []
+    for k, (value, _) in enumerate(tokens):
+        if value is not None:
+            after = []
+            for _, word in tokens[k + 1:k + 3]:
+                if word is None:
+                    break
+                after.append(word)
+            givens.append((value, tuple(after)))
+    return givens
+
+
+def drops_a_given(parent: str, evolved: str) -> bool:
+    """Whether ``evolved`` loses a given of ``parent``: it keeps some of the parent's numbers (so it is the same
+    problem, not one made general) and leaves out another, whose two following words no number of the rewrite has
+    either (so it was not changed for another value: "drains at 30 litres per minute" for "at 25 litres per
+    minute"). A rewrite made harder keeps its parent's givens, and a word problem without one cannot be solved.
+
+    >>> tank = "A tank holds 500 litres and drains at 25 litres per minute. How long until it is empty?"
+    >>> drops_a_given(tank, "Make a table of the water left each minute, from 500 litres down to 0 litres.")
     True
-    >>> drops_a_given("Add 2 and 3.", "Add 2.0 and 3, then double the sum; show each of the 2 steps.")
+    >>> drops_a_given(tank, "A 700-litre tank holds 500 litres and drains at 30 litres per minute. When is it empty?")
+    False
+    >>> drops_a_given(tank, "Write a function that gives the time a tank takes to empty from its volume and rate.")
     False
     """
-    given = set(numbers(FENCED_CODE.sub(" ", parent)))
-    return bool(given - set(numbers(FENCED_CODE.sub(" ", evolved))))
+    given, kept = _givens(parent), _givens(evolved)
+    kept_values = {value for value, _ in kept}
+    if not kept_values & {value for value, _ in given}:
+        return False
+    contexts = {after for _, after in kept if after}
+    return any(value not in kept_values and not (after and after in contexts) for value, after in given)
