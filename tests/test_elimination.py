@@ -329,6 +329,7 @@ PERIMETER = "A garden is a square with a side of 8 metres. How much fencing goes
     "How many muffins are left when a baker sells 3/4 of 24? The answer is 6.",
     "Find the total cost of 3 shirts at $12 each, which comes to $36!",
     "What is the fencing needed for a 9-metre square garden, which equals 36?",
+    "Set the side s of a 9-metre square garden: 4s = 36, which simplifies to s = 9. Find the fencing.",
 ])
 def test_a_rewrite_that_states_its_own_result_fails(evolved):
     assert elimination.instruction_failure(PERIMETER, evolved) == elimination.STATED_ANSWER
@@ -384,3 +385,14 @@ def test_the_optimizer_reads_a_dropped_given_in_words():
     assert FailureRules("elimination").verdict(TANK, Evolution(
         "A tank drains at 25 litres per minute through a pipe. How long until it is empty?", "...", "stop")) == (
         "failed: the rewrite leaves out a number its parent gives")
+
+
+SYSTEM = "Define two variables, a and b, and set up the equations 50 = a + b and b = a + 12."
+
+
+def test_a_rewrite_that_works_its_own_equations_states_its_answer():
+    """The shipped run's round 3 (28 November): the evolver solved its rewrite, wrongly, inside it."""
+    evolved = (SYSTEM + " Solve for a in terms of b, and then substitute that into the first equation to get 50 = 2b + "
+               "12, which simplifies to b = 16. Therefore, a = b - 20, which simplifies to a = 4.")
+    assert elimination.instruction_failure(SYSTEM, evolved) == elimination.STATED_ANSWER
+    assert not asking.states_its_answer(SYSTEM, SYSTEM + " Then solve them for a and b, with x = 3 as a check.")

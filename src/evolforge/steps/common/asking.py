@@ -102,12 +102,14 @@ def _first_word(clause: str) -> str:
 
 
 # A result stated for the task it ends (lower-case text): "..., which is 36 metres." / "The answer is 42." -- a
-# number after "which/that is", "equals", "comes to" or "the answer/result/solution is", with at most one word
-# (a unit) before the sentence ends. Not "a budget of $50, which is 20% more than last year" (more words follow),
-# nor "a pole, which is 2 metres long" (two words follow).
+# number after "which/that is", "equals", "comes to", "simplifies to" or "the answer/result/solution is", or a
+# variable's value there ("..., which simplifies to b = 16."), with at most one word (a unit) before the sentence
+# ends. Not "a budget of $50, which is 20% more than last year" (more words follow), nor "a pole, which is 2 metres
+# long" (two words follow).
 STATED_RESULT = re.compile(
-    r"(?:\b(?:which|that)\s+(?:is|equals|comes\s+to|makes|totals)|\bthe\s+(?:final\s+)?(?:answer|result|solution)"
-    r"\s+(?:is|will\s+be|would\s+be))\s+(?:about\s+|approximately\s+|exactly\s+|a\s+total\s+of\s+)?[$€£]?\s?"
+    r"(?:\b(?:which|that)\s+(?:is|equals|comes\s+to|makes|totals|simplifies\s+to)|\bthe\s+(?:final\s+)?"
+    r"(?:answer|result|solution)\s+(?:is|will\s+be|would\s+be))\s+(?:[a-z]\s*=\s*)?"
+    r"(?:about\s+|approximately\s+|exactly\s+|a\s+total\s+of\s+)?[$€£]?\s?"
     r"(?P<number>\d[\d,]*(?:\.\d+)?)\s*%?(?:\s+[a-z]+)?\s*(?:[.!?]|$)", re.MULTILINE)
 
 
