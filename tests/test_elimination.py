@@ -218,6 +218,14 @@ ANSWERS_AS_REWRITES = [
     '```python\ndef count_vowels(text):\n    """\n    Counts the number of vowels in a given string.\n    """\n'
     '    vowels = "aeiouAEIOU"\n    return sum(c in vowels for c in text)\n```',
     "The perimeter is 4 x 9 = 36 metres. We can use the following steps: 1. Multiply the side by 4.",
+    # in the second person: a development rewrite under a method with an added rule (optimize.optimization_prompt
+    # amend), and two under the weak method
+    "A recipe requires 3 eggs for 12 cookies. To determine how many eggs are needed for 48 cookies, you can use the "
+    "proportion of eggs per cookie. First, calculate the number of eggs per cookie by dividing the total number of",
+    "A shirt originally costs $40, but it is on sale for 25% off. To find the sale price, you need to calculate 25% "
+    "of $40 and subtract it from the original price.",
+    "A garden is a square with a side of 9 meters. To determine the amount of fencing needed around the garden, you "
+    "need to calculate the perimeter of the square.",
 ]
 REQUESTS = [
     "A shirt costs $40 and is on sale for 25% off. What is the sale price after a further 10% member discount?",
@@ -229,6 +237,7 @@ REQUESTS = [
     "Explain why we must follow these steps when baking bread.",
     "Let's calculate the total cost of a trip to Rome for four people. Show each step.",
     "To find the best route, we recommend you compare three options: list them.",
+    "To find the second largest value, you must use a single pass over the list; write the function.",
 ]
 
 

@@ -35,7 +35,7 @@ from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.optimize import step as optimize_step
 from evolforge.steps.evolve.settings import EvolveSettings
 from evolforge.steps.common.evolving import Evolution, initial_method_text
-from evolforge.steps.optimize.candidates import parse_optimized_method, with_reply_format
+from evolforge.steps.optimize.candidates import amended, parse_optimized_method, with_reply_format
 from evolforge.steps.optimize.scoring import FailureRules, score_method, score_methods
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.optimize.step import build_trajectory, optimize_method, select_candidate, split_dev_pool
@@ -771,6 +771,32 @@ def test_the_guided_optimization_prompt_says_what_a_method_is_and_keeps_the_pape
     assert not any("a prompt for an AI that rewrites" in t for t in turn["paper"])
     assert all(t == PROMPTS.render("optimize/optimization.j2", method="m0 fails=1") for t in turn["paper"])
     assert guided.result.method == paper.result.method == "m1 fails=0"  # parsed and scored alike
+
+
+def test_the_amend_prompt_asks_for_rules_and_adds_them_to_the_method_before_its_reply_format():
+    """optimize.optimization_prompt amend: the block holds rules; the candidate is the current method with them, its
+    reply format last; rules the method holds already (or format lines alone) give it back unchanged, unscored."""
+    initial = f"Rewrite the instruction.\n\n{FORMAT}"
+    plan = {initial: [fenced("1. Do not answer the instruction.\n2. Keep every number it gives."),
+                      fenced("- Rewrite the instruction.\n#Finally Rewritten Instruction#:")]}
+    r = run(plan, initial=initial, optimization_prompt="amend")
+    turns = [q.messages[-1][1] for q in r.optimizer_fake.sent if len(q.messages) == 3]
+    assert turns and all("write one to three\nnew rules" in t and initial in t for t in turns)
+    first, second = r.result.log[0]["candidates"]
+    assert first["method"] == ("Rewrite the instruction.\nDo not answer the instruction.\nKeep every number it gives."
+                               f"\n\n{FORMAT}")
+    assert first["answer"].startswith("Here it is.") and not first["unchanged"] and first["dev"] is not None
+    assert (second["method"], second["unchanged"]) == (initial, True)
+
+
+@pytest.mark.parametrize("method, rules, expected", [
+    ("Rewrite it.", "* Add one constraint.", "Rewrite it.\nAdd one constraint."),  # no reply format: at the end
+    (f"Rewrite it.\n\n{FORMAT}", "Rule 1: Add one constraint.\nRule 2: Add one constraint.",
+     f"Rewrite it.\nAdd one constraint.\n\n{FORMAT}"),  # a rule written twice is added once
+    (f"Rewrite it.\n\n{FORMAT}", "Reply strictly in this format:\nRewrite it.", f"Rewrite it.\n\n{FORMAT}"),
+])
+def test_amended_adds_each_new_rule_once_and_never_a_format_line(method, rules, expected):
+    assert amended(method, rules) == expected
 
 
 def test_the_log_says_why_the_initial_method_was_kept(capsys):

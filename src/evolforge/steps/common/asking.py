@@ -20,6 +20,7 @@ False
 from __future__ import annotations
 
 import re
+from itertools import takewhile
 
 from evolforge.core.text import FENCED_CODE, NUMBER, number, numbers
 
@@ -46,12 +47,13 @@ REQUEST_PHRASES = re.compile(r"\b(i need|i want|i'?d like|i would like|i'?m look
                              r"your task|you are asked|you must|you should)\b")
 
 
-# A solver's voice at a sentence's start (lower-case text): "To find the price, we need ...", "We can follow these
-# steps". Not "Explain why we must follow these steps" (a request about steps) nor "To find the best route, we
-# recommend you ..." (a request with a lead-in).
+# A solver's voice at a sentence's start (lower-case text): "To find the price, we need ...", "To determine the eggs
+# needed, you can use the proportion ...", "We can follow these steps". Not "Explain why we must follow these steps"
+# (a request about steps), "To find the best route, we recommend you ..." nor "To find it, you must use recursion"
+# (requests with a lead-in).
 SOLVER_VOICE = re.compile(
     r"(?:^|[.!?:]\s+|\n)\s*(?:to (?:determine|find|calculate|compute|solve|figure out|work out)\b[^.?!\n]{0,160},"
-    r"\s*we (?:need|can|will|must|first|have)\b"
+    r"\s*(?:we (?:need|can|will|must|first|have)|you (?:need|can|could|will|first|have))\b"
     r"|we (?:can|will|need to|must) (?:follow|use) (?:these|the following) steps\b)")
 
 
@@ -141,16 +143,8 @@ def _givens(text: str) -> list[tuple[float, tuple[str, ...]]]:
     """Each number of ``text`` (fenced code aside) with the two words after it, its unit and what it measures
     ("25 litres per minute" -> ``("litres", "per")``); fewer where a number or the end comes first."""
     tokens = [(number(n), None) if n else (None, w.lower()) for n, w in _TOKEN.findall(FENCED_CODE.sub(" ", text))]
-    givens = []
-    for k, (value, _) in enumerate(tokens):
-        if value is not None:
-            after = []
-            for _, word in tokens[k + 1:k + 3]:
-                if word is None:
-                    break
-                after.append(word)
-            givens.append((value, tuple(after)))
-    return givens
+    return [(value, tuple(word for _, word in takewhile(lambda t: t[1] is not None, tokens[k + 1:k + 3])))
+            for k, (value, _) in enumerate(tokens) if value is not None]
 
 
 def drops_a_given(parent: str, evolved: str) -> bool:

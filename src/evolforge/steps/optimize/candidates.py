@@ -26,7 +26,8 @@ from evolforge.steps.optimize.settings import OptimizationPrompt
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 # optimize.optimization_prompt -> the optimization turn's template: the paper's prompt, or the same with what a small
 # optimizer misses said outright (that the method is a rewriter's prompt about no topic, ending in its reply format)
-OPTIMIZATION_TEMPLATES = {"paper": "optimize/optimization.j2", "guided": "optimize/optimization_guided.j2"}
+OPTIMIZATION_TEMPLATES = {"paper": "optimize/optimization.j2", "guided": "optimize/optimization_guided.j2",
+                          "amend": "optimize/optimization_amend.j2"}
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
 
 
@@ -89,6 +90,29 @@ def with_reply_format(candidate: str, current: str) -> str:
     return f"{head}\n\n{keep}" if head else keep
 
 
+_LIST_MARK = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|rule \d+:)\s*", re.I)
+
+
+def amended(method: str, rules: str) -> str:
+    """``method`` with the optimizer's new ``rules`` (``optimize.optimization_prompt: amend``) as lines before its
+    reply format (at its end when it has none). A rule is a line of the block, its list mark dropped; format lines
+    and lines the method holds already are left out, so rules that add nothing give the method back unchanged.
+
+    >>> amended("Rewrite it.\\n\\nReply strictly in this format:\\n#Finally Rewritten Instruction#:",
+    ...         "1. Do not answer the instruction.\\n2. Rewrite it.\\n#Finally Rewritten Instruction#:")
+    'Rewrite it.\\nDo not answer the instruction.\\n\\nReply strictly in this format:\\n#Finally Rewritten Instruction#:'
+    """
+    known = {line.strip() for line in method.splitlines()}
+    lines = [_LIST_MARK.sub("", line).strip() for line in rules.splitlines()]
+    new = [line for line in dict.fromkeys(lines) if line and line not in known
+           and not REPLY_FORMAT.match(line) and not FORMAT_LABEL.match(line)]
+    if not new:
+        return method
+    found = list(REPLY_FORMAT.finditer(method))
+    head, tail = (method[:found[-1].start()], method[found[-1].start():]) if found else (method, "")
+    return "\n".join([head.rstrip(), *new]) + (f"\n\n{tail}" if tail else "")
+
+
 CHARS_PER_TOKEN = 3.5  # a conservative estimate for English prose (BPE vocabularies average about 4)
 
 
@@ -105,7 +129,7 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
                     verdicts: bool = False) -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
     ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's. ``prompt``: the
-    optimization turn's (:data:`OPTIMIZATION_TEMPLATES`). ``verdicts``: the trajectory's stages carry the failure
+    optimization turn's (:data:`OPTIMIZATION_TEMPLATES`; with ``amend`` each block is rules added to ``method``). ``verdicts``: the trajectory's stages carry the failure
     function's verdicts (``optimize.trajectory_verdicts``), and the analysis prompt says so."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False), verdicts=verdicts)}
@@ -130,5 +154,7 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
                                  method=None, parse_error=f"call failed: {failed.failure_reason}: {failed.error}"))
             continue
         parsed, error = parse_optimized_method(answer.text, answer.finish_reason)
+        if parsed is not None and prompt == "amend":  # the block holds the rules to add
+            parsed = amended(method, parsed)
         out.append(Candidate(index=j, feedback=feedback.text, answer=answer.text, method=parsed, parse_error=error))
     return out

@@ -10,8 +10,9 @@ from annotated_types import Gt, Le
 from evolforge.config.bounds import NonNegativeFloat, NonNegativeInt, PositiveInt
 from evolforge.config.controls import ControlSettings
 
-# optimize.optimization_prompt: the paper's optimization prompt, or the same with what a small optimizer misses said
-OptimizationPrompt = Literal["paper", "guided"]
+# optimize.optimization_prompt: the paper's optimization prompt, the same with what a small optimizer misses said, or
+# a prompt for the rules to add to the method (the candidate is the method with them)
+OptimizationPrompt = Literal["paper", "guided", "amend"]
 
 
 @dataclass
@@ -60,7 +61,9 @@ class OptimizeSettings:
     optimization_prompt: OptimizationPrompt = field(default="paper", metadata={"help": (
         "the optimization turn's prompt: paper (Fig. 8, prompts/optimize/optimization.j2) | guided (the same, saying "
         "outright that the method is a prompt for an instruction rewriter, about no topic, ending in its reply "
-        "format: prompts/optimize/optimization_guided.j2)"),
+        "format: prompts/optimize/optimization_guided.j2) | amend (asks for one to three rules that would have "
+        "prevented the failures found, each a sentence about any instruction; the candidate is the current method with "
+        "them added before its reply format: prompts/optimize/optimization_amend.j2)"),
         "paper": "paper"})
     answer_budget: Annotated[float, Gt(0)] = field(default=1.5, metadata={"help": (
         "the optimization turn's max_tokens as a multiple of the current method's length in tokens (estimated at "
