@@ -226,6 +226,11 @@ ANSWERS_AS_REWRITES = [
     "of $40 and subtract it from the original price.",
     "A garden is a square with a side of 9 meters. To determine the amount of fencing needed around the garden, you "
     "need to calculate the perimeter of the square.",
+    # walk-throughs in the imperative, under a method whose added rules ask for "more detailed explanations"
+    "To determine the sale price of a shirt that costs $40 and is on sale for 25% off, follow these detailed steps:"
+    "\n\n1. **Calculate the discount amount**: \n   - First, find 25% of the original price of the shirt.",
+    "To translate a given phrase into French, you need to follow these steps:\n1. Identify the phrase you want to "
+    "translate.\n2. Determine the language you want to translate it into, which in this case is French.",
 ]
 REQUESTS = [
     "A shirt costs $40 and is on sale for 25% off. What is the sale price after a further 10% member discount?",
@@ -238,6 +243,7 @@ REQUESTS = [
     "Let's calculate the total cost of a trip to Rome for four people. Show each step.",
     "To find the best route, we recommend you compare three options: list them.",
     "To find the second largest value, you must use a single pass over the list; write the function.",
+    "To celebrate the launch, follow the brand's voice: write three taglines of at most six words.",
 ]
 
 

@@ -48,12 +48,12 @@ REQUEST_PHRASES = re.compile(r"\b(i need|i want|i'?d like|i would like|i'?m look
 
 
 # A solver's voice at a sentence's start (lower-case text): "To find the price, we need ...", "To determine the eggs
-# needed, you can use the proportion ...", "We can follow these steps". Not "Explain why we must follow these steps"
-# (a request about steps), "To find the best route, we recommend you ..." nor "To find it, you must use recursion"
-# (requests with a lead-in).
+# needed, you can use the proportion ...", "To determine the sale price, follow these steps: 1. ...", "We can follow
+# these steps". Not "Explain why we must follow these steps" (a request about steps), "To find the best route, we
+# recommend you ..." nor "To find it, you must use recursion" (requests with a lead-in).
 SOLVER_VOICE = re.compile(
-    r"(?:^|[.!?:]\s+|\n)\s*(?:to (?:determine|find|calculate|compute|solve|figure out|work out)\b[^.?!\n]{0,160},"
-    r"\s*(?:we (?:need|can|will|must|first|have)|you (?:need|can|could|will|first|have))\b"
+    r"(?:^|[.!?:]\s+|\n)\s*(?:to [a-z]+\b[^.?!\n]{0,160},\s*"
+    r"(?:we (?:need|can|will|must|first|have)|you (?:need|can|could|will|first|have)|follow (?:these|the following))\b"
     r"|we (?:can|will|need to|must) (?:follow|use) (?:these|the following) steps\b)")
 
 

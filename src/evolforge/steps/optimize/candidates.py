@@ -98,9 +98,9 @@ def amended(method: str, rules: str) -> str:
     reply format (at its end when it has none). A rule is a line of the block, its list mark dropped; format lines
     and lines the method holds already are left out, so rules that add nothing give the method back unchanged.
 
-    >>> amended("Rewrite it.\\n\\nReply strictly in this format:\\n#Finally Rewritten Instruction#:",
+    >>> amended("Rewrite it.\\n\\nReply in this format:\\n#Finally Rewritten Instruction#:",
     ...         "1. Do not answer the instruction.\\n2. Rewrite it.\\n#Finally Rewritten Instruction#:")
-    'Rewrite it.\\nDo not answer the instruction.\\n\\nReply strictly in this format:\\n#Finally Rewritten Instruction#:'
+    'Rewrite it.\\nDo not answer the instruction.\\n\\nReply in this format:\\n#Finally Rewritten Instruction#:'
     """
     known = {line.strip() for line in method.splitlines()}
     lines = [_LIST_MARK.sub("", line).strip() for line in rules.splitlines()]
@@ -129,8 +129,9 @@ def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dic
                     verdicts: bool = False) -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
     ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's. ``prompt``: the
-    optimization turn's (:data:`OPTIMIZATION_TEMPLATES`; with ``amend`` each block is rules added to ``method``). ``verdicts``: the trajectory's stages carry the failure
-    function's verdicts (``optimize.trajectory_verdicts``), and the analysis prompt says so."""
+    optimization turn's (:data:`OPTIMIZATION_TEMPLATES`; with ``amend`` each block is rules added to ``method``).
+    ``verdicts``: the trajectory's stages carry the failure function's verdicts (``optimize.trajectory_verdicts``),
+    and the analysis prompt says so."""
     analysis = {"role": "user", "content": prompts.render(
         ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False), verdicts=verdicts)}
     # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
