@@ -174,3 +174,25 @@ def test_the_whole_output_decrease_was_labelled_answers_and_is_gone_once_labels_
     assert "not a better method" in before["method_read"]
     page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert "weak-guided-m4-whole.json" in page and "weak-guided-m4-whole-5037f26.json" in page
+
+
+def test_the_amend_experiment_lowers_the_weak_methods_failures_and_its_reading_is_kept():
+    """Fig. 4 on the demo (docs/results.md): from the weak method, an optimizer that writes rules to add lowers the
+    development failures; the record keeps the rewrites under both methods, and the items gained are the ones its
+    reading names (harder rewrites and one paraphrase), each unchanged under the weak method."""
+    experiment = kept("weak-amend.json")
+    optimize = experiment["metrics"]["optimize"]
+    assert "optimize.initial_method=weak" in experiment["command"]
+    assert "optimize.optimization_prompt=amend" in experiment["command"]
+    assert optimize["dev_size"] >= 10 and optimize["optimized"]
+    assert optimize["best_failures"] < optimize["initial_failures"]
+    weak, chosen = experiment["dev_rewrites"]["initial"], experiment["dev_rewrites"]["final"]
+    assert len(weak) == len(chosen) == optimize["dev_size"]
+    assert sum(r["reason"] is not None for r in weak) == optimize["initial_failures"]
+    assert sum(r["reason"] is not None for r in chosen) == optimize["best_failures"]
+    gained = [(w, c) for w, c in zip(weak, chosen) if w["reason"] is not None and c["reason"] is None]
+    assert {w["reason"] for w, _ in gained} == {"unchanged"}
+    named = ("muffins", "second_largest", "240-page book")  # two harder rewrites, one paraphrase
+    assert sorted(next(n for n in named if n in c["parent"]) for _, c in gained) == sorted(named)
+    assert experiment["method"].startswith("You are an Instruction Rewriter") and "Add a requirement" in experiment["method"]
+    assert "2 of its 3 items are harder" in experiment["method_read"]
