@@ -782,6 +782,7 @@ def test_the_amend_prompt_asks_for_rules_and_adds_them_to_the_method_before_its_
     r = run(plan, initial=initial, optimization_prompt="amend")
     turns = [q.messages[-1][1] for q in r.optimizer_fake.sent if len(q.messages) == 3]
     assert turns and all("write one to three\nnew rules" in t and initial in t for t in turns)
+    assert all("<the new rules, one per line>" in t for t in turns)  # the placeholder amended() leaves out
     first, second = r.result.log[0]["candidates"]
     assert first["method"] == ("Rewrite the instruction.\nDo not answer the instruction.\nKeep every number it gives."
                                f"\n\n{FORMAT}")
@@ -794,6 +795,7 @@ def test_the_amend_prompt_asks_for_rules_and_adds_them_to_the_method_before_its_
     (f"Rewrite it.\n\n{FORMAT}", "Rule 1: Add one constraint.\nRule 2: Add one constraint.",
      f"Rewrite it.\nAdd one constraint.\n\n{FORMAT}"),  # a rule written twice is added once
     (f"Rewrite it.\n\n{FORMAT}", "Reply strictly in this format:\nRewrite it.", f"Rewrite it.\n\n{FORMAT}"),
+    ("Rewrite it.", "<the new rules, one per line>", "Rewrite it."),  # the prompt's placeholder echoed back
 ])
 def test_amended_adds_each_new_rule_once_and_never_a_format_line(method, rules, expected):
     assert amended(method, rules) == expected

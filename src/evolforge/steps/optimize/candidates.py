@@ -29,6 +29,7 @@ ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 OPTIMIZATION_TEMPLATES = {"paper": "optimize/optimization.j2", "guided": "optimize/optimization_guided.j2",
                           "amend": "optimize/optimization_amend.j2"}
 _PLACEHOLDER = "<Optimized Method Here>"  # the optimization prompt's format line, echoed back
+_RULES_PLACEHOLDER = "<the new rules, one per line>"  # the amend prompt's (prompts/optimize/optimization_amend.j2)
 
 
 def parse_optimized_method(text: str, finish_reason: str | None = None) -> tuple[str | None, str | None]:
@@ -95,8 +96,9 @@ _LIST_MARK = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|rule \d+:)\s*", re.I)
 
 def amended(method: str, rules: str) -> str:
     """``method`` with the optimizer's new ``rules`` (``optimize.optimization_prompt: amend``) as lines before its
-    reply format (at its end when it has none). A rule is a line of the block, its list mark dropped; format lines
-    and lines the method holds already are left out, so rules that add nothing give the method back unchanged.
+    reply format (at its end when it has none). A rule is a line of the block, its list mark dropped; format lines,
+    the prompt's placeholder echoed back and lines the method holds already are left out, so rules that add nothing
+    give the method back unchanged.
 
     >>> amended("Rewrite it.\\n\\nReply in this format:\\n#Finally Rewritten Instruction#:",
     ...         "1. Do not answer the instruction.\\n2. Rewrite it.\\n#Finally Rewritten Instruction#:")
@@ -104,7 +106,7 @@ def amended(method: str, rules: str) -> str:
     """
     known = {line.strip() for line in method.splitlines()}
     lines = [_LIST_MARK.sub("", line).strip() for line in rules.splitlines()]
-    new = [line for line in dict.fromkeys(lines) if line and line not in known
+    new = [line for line in dict.fromkeys(lines) if line and line not in known and line != _RULES_PLACEHOLDER
            and not REPLY_FORMAT.match(line) and not FORMAT_LABEL.match(line)]
     if not new:
         return method
