@@ -30,6 +30,7 @@ from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.verify.code_tests import (EVALUATE, consensus, function_name, is_code_task, judge_runs,
                                                parse_tests, program_for, stated_examples)
 from evolforge.steps.verify.correctness import label_verdict, parse_reason
+from evolforge.steps.verify.methods import Item, verify_judged
 from evolforge.steps.verify.numeric import compare_values, is_numeric_task, program_value, stated_values
 from evolforge.steps.verify.settings import VerifySettings
 from evolforge.steps.verify.step import VERIFY_ERROR, choose_method, verify
@@ -296,6 +297,22 @@ def test_verify_flow_records_a_verdict_per_item(repo):
     assert sorted(r.sample_index for r in samples) == [1, 2] and {r.temperature for r in samples} == {0.7}
 
 
+def test_a_judge_without_a_calibrated_threshold_never_vouches(repo):
+    """``right_at`` null: P(right) 0.9 is unsure, a low one still wrong; where the labels cannot be read, a reason
+    saying "Right" is unsure too (it said "right" before the setting existed)."""
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    items = [Item("List four renewable sources of energy.", "List four renewable sources of energy.", "",
+                  "Solar, wind, hydro and geothermal."), Item("Explain gravity.", "Explain gravity.", "", "No.")]
+    settings = VerifySettings(right_at=None)
+    judged = verify_judged(items, fake_llm("judge", routes)[0], prompts, settings)
+    assert [(r.verdict, r.confidence) for r in judged] == [("unsure", pytest.approx(0.9)), ("wrong", pytest.approx(0.2))]
+    unreadable = TemplateReplies({**routes.routes, "verify/correctness.j2": lambda v, r: "not log-probabilities"})
+    judged = verify_judged(items, fake_llm("judge", unreadable)[0], unreadable.watch(PromptLibrary(repo / "prompts")),
+                           settings)
+    assert [r.verdict for r in judged] == ["unsure", "wrong"]  # the reasons: "Right: ...", "Wrong: ..."
+
+
 def test_a_failing_method_or_call_leaves_its_items_unsure_and_the_others_verified(repo):
     routes = replies()
     prompts = routes.watch(PromptLibrary(repo / "prompts"))
@@ -471,6 +488,19 @@ def test_select_keeps_only_vouched_answers_by_default():
     reasons = dict(zip(excluded["id"].to_list(), excluded["skip_reason"].to_list()))
     assert reasons == {"c": "verified_wrong", "e": "not_vouched", "g": "not_vouched"}
     assert summary["removed_by_filter"] == {"verified_wrong": 1, "not_vouched": 2}
+
+
+def test_unvouched_items_count_in_the_budget_but_do_not_fill_it():
+    """The top fraction is a share of every item the filters left, vouched or not: a judge that vouches for fewer
+    items does not shrink the budget, it leaves places empty."""
+    table = ranked_table().with_columns(verify_verdict=pl.Series(["right", "unsure", "unsure", "right", "unsure"]))
+    chosen, summary, excluded = select_items(table, SelectSettings("ic_ifd", top_fraction=0.4, near_duplicates=None))
+    assert chosen["id"].to_list() == ["a", "d"]  # budget ceil(0.4 x 5) = 2, both vouched ones
+    assert summary["removed_by_filter"] == {"not_vouched": 3}
+    assert set(excluded["id"].to_list()) == {"b", "c", "e"}
+    open_ = select_items(table, SelectSettings("ic_ifd", top_fraction=0.6, near_duplicates=None,
+                                               require_vouched=False)).chosen
+    assert open_["id"].to_list() == ["a", "d", "b"]  # the same budget's third place, open to an unsure item
 
 
 def test_unvouched_items_let_in_rank_after_the_vouched_ones():

@@ -17,15 +17,16 @@ neighbour in the pool is closer than it: near-copies, which also get low losses)
 Order of the filters (each one's removals are counted, and an empty selection names the filter that emptied it):
 rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items) -> ``require_check``
 (``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``drop_wrong``
-(``verified_wrong``: the verify stage's verdict) -> ``require_vouched`` (``not_vouched``: neither the verdict
-``right`` nor a passing answer check; an answer check of the form only, an AutoIF item's constraint, does not vouch
-where verify checked the content and did not call it right) -> ``min_confidence`` (``below_min_confidence``; an
-item without a confidence goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> near-duplicate walk
-(``near_duplicate_of_selected``: an item whose instruction or answer nearly repeats a better ranked one's,
-:mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction. The near-duplicate walk, like the
-diversity walk, gives a dropped item's place to the next one down: the budget is the top fraction of the ranked items
-before it. The vouched items rank ahead of the rest (which only ``require_vouched: false`` leaves in): an unverified
-item never takes a vouched one's place.
+(``verified_wrong``: the verify stage's verdict) -> ``min_confidence`` (``below_min_confidence``; an item without a
+confidence goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> the budget is set ->
+``require_vouched`` (``not_vouched``: neither the verdict ``right`` nor a passing answer check; an answer check of the
+form only, an AutoIF item's constraint, does not vouch where verify checked the content and did not call it right)
+-> near-duplicate walk (``near_duplicate_of_selected``: an item whose instruction or answer nearly repeats a better
+ranked one's, :mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction. The budget is the top
+fraction of every item the filters before it left, vouched or not: what the verify stage could not vouch for is
+unknown, not bad, so it does not shrink the share asked for; it only may not fill it. The vouched items rank ahead
+of the rest (which only ``require_vouched: false`` leaves in): an unverified item never takes a vouched one's place.
+The near-duplicate walk, like the diversity walk, gives a dropped item's place to the next one down.
 
 Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
 every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the walk stops once
@@ -158,8 +159,6 @@ def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str
         filtering.apply("answer_check_failed", pl.col("answer_check_passed").is_null() | pl.col("answer_check_passed"))
     if settings.drop_wrong and "verify_verdict" in table.columns:  # items never verified stay
         filtering.apply("verified_wrong", pl.col("verify_verdict").is_null() | (pl.col("verify_verdict") != "wrong"))
-    if settings.require_vouched and VOUCHING & set(table.columns):  # a table nothing checked: no pipeline's
-        filtering.apply("not_vouched", vouched(table.columns))
     if settings.min_confidence is not None and "verify_confidence" in table.columns:
         filtering.apply("below_min_confidence", pl.col("verify_confidence") >= settings.min_confidence)
     if settings.ifd_filter:
@@ -217,6 +216,17 @@ def _rank(filtering: _Filtering, settings: SelectSettings) -> pl.DataFrame:
 
 def _budget(ranked: pl.DataFrame, settings: SelectSettings) -> int:
     return math.ceil(settings.top_fraction * ranked.height) if settings.threshold is None else ranked.height
+
+
+def _only_vouched(filtering: _Filtering, ranked: pl.DataFrame, settings: SelectSettings) -> pl.DataFrame:
+    """``ranked`` less the items nothing vouched for, with ``require_vouched``. It runs after the budget is set:
+    the budget is a share of every item left, vouched or not, and unvouched items may not fill it (nor, with
+    ``require_vouched`` false, take a vouched one's place: they rank after them)."""
+    if not settings.require_vouched or not VOUCHING & set(ranked.columns):  # a table nothing checked: no pipeline's
+        return ranked
+    filtering.pool = ranked
+    filtering.apply("not_vouched", vouched(ranked.columns))
+    return filtering.pool
 
 
 def _without_near_duplicates(filtering: _Filtering, ranked: pl.DataFrame, settings: SelectSettings,
@@ -295,6 +305,7 @@ def choose(table: pl.DataFrame, settings: SelectSettings, guards: list[str],
     filtering = _filter_pool(table, settings, guards)
     ranked = _rank(filtering, settings)
     budget = _budget(ranked, settings)
+    ranked = _only_vouched(filtering, ranked, settings)
     ranked = _without_near_duplicates(filtering, ranked, settings, texts, budget)
     chosen, parts = _take(ranked, settings, embeddings, budget)
     _record_cuts(filtering, ranked, parts, chosen, settings.threshold)

@@ -135,7 +135,7 @@ def verify_judged(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setti
         verdict, p_right, failure = label_verdict(text, settings.probabilities, settings.right_at, settings.wrong_at)
         said, reason = parse_reason(reason_text)
         if failure is not None and said is not None:  # the labels could not be read: the reason's first word
-            verdict = said
+            verdict = "unsure" if said == "right" and settings.right_at is None else said
         evidence = {"p_right": p_right, "reason": reason, "reason_says": said, "failure": failure}
         results.append(Result("judge", verdict, json.dumps(evidence, sort_keys=True), p_right))
     return results

@@ -37,8 +37,10 @@ class VerifySettings:
     tolerance: PositiveFloat = field(default=5e-3, metadata={
         "help": "numbers: two values agree within this share of the larger (or this much, near zero): 0.5 % lets "
                 "a rounded answer (16.67) meet its exact recomputation (50 / 3)"})
-    right_at: Probability = field(default=0.65, metadata={
-        "help": "judge: probability of 'right' at or above which the verdict is right"})
+    right_at: Probability | None = field(default=0.65, metadata={
+        "help": "judge: probability of 'right' at or above which the verdict is right; null: the judge never says "
+                "right (no threshold reaches the precision bench/judge_calibration.py asks of it), only wrong or "
+                "unsure"})
     wrong_at: Probability = field(default=0.35, metadata={
         "help": "judge: probability of 'right' at or below which the verdict is wrong (between: unsure)"})
     probabilities: bool = field(default=True, metadata={
@@ -59,5 +61,5 @@ class VerifySettings:
     seed: NonNegativeInt = field(default=0, metadata={"help": "of the sampled calls (part of their cache keys)"})
 
     def __post_init__(self) -> None:
-        if self.wrong_at > self.right_at:
+        if self.right_at is not None and self.wrong_at > self.right_at:
             raise ParamsError([f"verify.wrong_at ({self.wrong_at}) is above verify.right_at ({self.right_at})"])
