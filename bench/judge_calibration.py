@@ -109,8 +109,10 @@ def main() -> None:
               f"{item['reason_says'] or '-':>5}  {item['id']}")
     if args.json:
         chosen = {"right_at": right_at, "precision": args.precision, "min_called": args.min_called}
-        Path(args.json).write_text(json.dumps({"table": figures, "recommended": chosen, "per_item": per_item},
-                                              indent=2), encoding="utf-8")
+        counts = {"answers": len(rows), "right": sum(r["label"] == "right" for r in rows),
+                  "from_runs": sum("source" in r for r in rows)}
+        Path(args.json).write_text(json.dumps({"labelled": counts, "table": figures, "recommended": chosen,
+                                               "per_item": per_item}, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":
