@@ -19,14 +19,12 @@ rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items)
 (``answer_check_failed``: items whose answer failed its answer check; items without a check stay) -> ``drop_wrong``
 (``verified_wrong``: the verify stage's verdict) -> ``min_confidence`` (``below_min_confidence``; an item without a
 confidence goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> the budget is set ->
-``require_vouched`` (``not_vouched``: neither the verdict ``right`` nor a passing answer check; an answer check of the
-form only, an AutoIF item's constraint, does not vouch where verify checked the content and did not call it right)
--> near-duplicate walk (``near_duplicate_of_selected``: an item whose instruction or answer nearly repeats a better
-ranked one's, :mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction. The budget is the top
-fraction of every item the filters before it left, vouched or not: what the verify stage could not vouch for is
-unknown, not bad, so it does not shrink the share asked for; it only may not fill it. The vouched items rank ahead
-of the rest (which only ``require_vouched: false`` leaves in): an unverified item never takes a vouched one's place.
-The near-duplicate walk, like the diversity walk, gives a dropped item's place to the next one down.
+``require_vouched`` (``not_vouched``: neither the verdict ``right`` nor a passing answer check; an AutoIF item's
+constraint checks the form only and does not vouch where verify checked the content) -> near-duplicate walk
+(``near_duplicate_of_selected``: :mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction.
+The budget is the top fraction of every item left before ``require_vouched``: an item verify could not vouch for
+is unknown, not bad, so it counts in the budget but may not fill it; with ``require_vouched: false`` it ranks after
+every vouched item. Like the diversity walk, the near-duplicate walk gives a dropped item's place to the next one.
 
 Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
 every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the walk stops once
@@ -82,8 +80,7 @@ def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = Non
     Exact, blockwise: each block is compared with the rows kept before it, tiles of at least ``KEY_BLOCK`` of
     them at a time (as :func:`~evolforge.score.neighbors.neighbor_stats` tiles its keys: the floats of one product
     with all of them, up to BLAS's rounding of a tile's edges), then resolved in order against the rows it keeps itself
-    (time ~ N x kept x d,
-    memory ~ block x 2 KEY_BLOCK, whatever the number kept; the kept rows themselves, kept x d).
+    (time ~ N x kept x d, memory ~ block x 2 KEY_BLOCK, whatever the number kept; the kept rows themselves, kept x d).
     """
     n = len(vectors)
     budget = n if budget is None else budget
@@ -93,10 +90,7 @@ def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = Non
         if len(kept) >= budget:
             break
         block = vectors[start:start + block_size]
-        if kept:
-            ok = _nearest(block, kept_vectors[:len(kept)]) > threshold
-        else:
-            ok = np.ones(len(block), dtype=bool)
+        ok = _nearest(block, kept_vectors[:len(kept)]) > threshold if kept else np.ones(len(block), dtype=bool)
         inner = 2.0 - 2.0 * (block @ block.T)
         mine: list[int] = []
         for i in np.flatnonzero(ok):
@@ -219,9 +213,7 @@ def _budget(ranked: pl.DataFrame, settings: SelectSettings) -> int:
 
 
 def _only_vouched(filtering: _Filtering, ranked: pl.DataFrame, settings: SelectSettings) -> pl.DataFrame:
-    """``ranked`` less the items nothing vouched for, with ``require_vouched``. It runs after the budget is set:
-    the budget is a share of every item left, vouched or not, and unvouched items may not fill it (nor, with
-    ``require_vouched`` false, take a vouched one's place: they rank after them)."""
+    """``ranked`` less the items nothing vouched for (``require_vouched``), once the budget is set on all of them."""
     if not settings.require_vouched or not VOUCHING & set(ranked.columns):  # a table nothing checked: no pipeline's
         return ranked
     filtering.pool = ranked
