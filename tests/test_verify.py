@@ -228,6 +228,9 @@ def test_program_of_thought_runs_in_the_sandbox():
     assert program_value("import socket\nsocket.create_connection(('1.1.1.1', 80), 1)\nprint(1)", 5, 256)[0] is None
 
 
+CALIBRATED = VerifySettings(right_at=0.65)  # a judge the bench found a threshold for (the shipped one has none)
+
+
 # --- the flow, with a fake model answering by template --------------------------------------------------------------
 
 def replies() -> TemplateReplies:
@@ -273,7 +276,7 @@ def test_verify_flow_records_a_verdict_per_item(repo):
     routes = replies()
     prompts = routes.watch(PromptLibrary(repo / "prompts"))
     (responder, sent), (judge, _) = fake_llm("responder", routes), fake_llm("judge", routes)
-    out = verify(table(), responder, judge, prompts, VerifySettings(), {"temperature": None, "max_tokens": None})
+    out = verify(table(), responder, judge, prompts, CALIBRATED, {"temperature": None, "max_tokens": None})
     got = {r["id"]: r for r in out.to_dicts()}
     assert out.height == 6 and set(out.columns) >= {"verify_method", "verify_verdict", "verify_evidence",
                                                     "verify_confidence"}
@@ -435,7 +438,7 @@ def test_verify_stage_writes_items_and_metrics(tmp_path, monkeypatch, repo):
 
     monkeypatch.setattr("evolforge.steps.common.llms.open_role", fake_role)
     write_output(tmp_path / "clean", table())
-    (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1}\n"
+    (tmp_path / "params.yaml").write_text("verify: {solutions: 1, test_sets: 1, right_at: 0.65}\n"
                                           "roles: {responder: {backend: hf, model: fake}, judge: {backend: hf, model: fake}}\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("evolforge.core.prompts.PromptLibrary.render", _watched(routes))
@@ -448,7 +451,7 @@ def test_verify_stage_writes_items_and_metrics(tmp_path, monkeypatch, repo):
     assert metrics["per_method"]["code_tests"] == {"right": 1, "wrong": 1, "unsure": 0}
     assert metrics["per_verdict"] == {"right": 3, "wrong": 2, "unsure": 1} and metrics["calls"] > 0
     recorded = json.loads((tmp_path / "verified" / "meta.json").read_text())["settings"]  # what the card quotes
-    assert recorded["solutions"] == recorded["test_sets"] == 1 and recorded["right_at"] == VerifySettings().right_at
+    assert recorded["solutions"] == recorded["test_sets"] == 1 and recorded["right_at"] == 0.65
 
 
 def _watched(routes: TemplateReplies):
@@ -639,7 +642,7 @@ def test_an_autoif_item_is_right_only_when_its_constraint_passed_and_its_content
     routes = autoif_replies()
     prompts = routes.watch(PromptLibrary(repo / "prompts"))
     (responder, sent), (judge, judged) = fake_llm("responder", routes), fake_llm("judge", routes)
-    out = verify(autoif_table(), responder, judge, prompts, VerifySettings(), {"temperature": None, "max_tokens": None})
+    out = verify(autoif_table(), responder, judge, prompts, CALIBRATED, {"temperature": None, "max_tokens": None})
     got = {r["id"]: r for r in out.to_dicts()}
     assert {k: (r["verify_method"], r["verify_verdict"]) for k, r in got.items()} == {
         "if-num-wrong": ("numeric", "wrong"),  # the functions accept "Done"; 32 and 18 is not the pair
@@ -665,7 +668,7 @@ def test_the_verify_metrics_count_autoif_items_by_their_content_verdict(repo, tm
     routes = autoif_replies()
     prompts = routes.watch(PromptLibrary(repo / "prompts"))
     out = verify(autoif_table(), fake_llm("responder", routes)[0], fake_llm("judge", routes)[0], prompts,
-                 VerifySettings(), {"temperature": None, "max_tokens": None})
+                 CALIBRATED, {"temperature": None, "max_tokens": None})
     write_output(tmp_path / "verified", out)
     got = counts(tmp_path / "verified" / "items.parquet")
     assert got["constraint_passed_by_content"] == {"right": 1, "wrong": 1, "unsure": 1}

@@ -39,9 +39,9 @@ class SelectSettings:
         "help": "drop items the verify stage found wrong (skip reason verified_wrong)"})
     require_vouched: bool = field(default=True, metadata={
         "help": "select only items vouched for: verify_verdict right, or an answer check passed where verify did not "
-                "check the content (an AutoIF constraint checks the form only) (not_vouched); the others do not "
-                "count against the budget, they only may not fill it. false lets unsure and unverified items in, "
-                "ranked after the vouched ones"})
+                "check the content (an AutoIF constraint checks the form only) (not_vouched); the others count in "
+                "the top fraction's base but may not fill it. false lets unsure and unverified items in, ranked "
+                "after the vouched ones"})
     min_confidence: Probability | None = field(default=None, metadata={
         "help": "floor on verify_confidence, the verify stage's estimated probability that the answer is right; "
                 "items without one (unverified, or unsure for want of evidence) go too; null = none"})

@@ -37,7 +37,7 @@ class VerifySettings:
     tolerance: PositiveFloat = field(default=5e-3, metadata={
         "help": "numbers: two values agree within this share of the larger (or this much, near zero): 0.5 % lets "
                 "a rounded answer (16.67) meet its exact recomputation (50 / 3)"})
-    right_at: Probability | None = field(default=0.65, metadata={
+    right_at: Probability | None = field(default=None, metadata={
         "help": "judge: probability of 'right' at or above which the verdict is right; null: the judge never says "
                 "right (no threshold reaches the precision bench/judge_calibration.py asks of it), only wrong or "
                 "unsure"})
