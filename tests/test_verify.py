@@ -302,7 +302,7 @@ def test_verify_flow_records_a_verdict_per_item(repo):
 
 def test_a_judge_without_a_calibrated_threshold_never_vouches(repo):
     """``right_at`` null: P(right) 0.9 is unsure, a low one still wrong; where the labels cannot be read, a reason
-    saying "Right" is unsure too (it said "right" before the setting existed)."""
+    saying "Right" is unsure too."""
     routes = replies()
     prompts = routes.watch(PromptLibrary(repo / "prompts"))
     items = [Item("List four renewable sources of energy.", "List four renewable sources of energy.", "",
