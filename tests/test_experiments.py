@@ -46,6 +46,18 @@ def test_the_judge_threshold_is_the_calibrated_one():
     assert chosen["right_at"] == calibration.recommended(table) == params()["verify"]["right_at"]
 
 
+def test_the_shipped_selection_rests_on_checks_not_on_the_judge():
+    """The committed shipped run: with ``verify.right_at`` null the judge calls nothing right, and every selected
+    item is one a test, a seed's check or a recomputed number vouched for (none unsure, none unverified)."""
+    verify = json.loads((ROOT / "metrics" / "verify.json").read_text(encoding="utf-8"))
+    select = json.loads((ROOT / "metrics" / "select.json").read_text(encoding="utf-8"))
+    assert params()["verify"]["right_at"] is None and params()["select"]["require_vouched"]
+    assert verify["per_method"]["judge"]["right"] == 0
+    checked_right = sum(verify["per_method"][m]["right"] for m in ("answer_check", "code_tests", "numeric"))
+    assert 1 <= select["selected"] <= checked_right == verify["per_verdict"]["right"]
+    assert select["removed_by_filter"]["not_vouched"] >= verify["per_method"]["judge"]["unsure"]
+
+
 def test_the_shipped_optimizer_parses_a_candidate_every_step_on_a_dev_set_of_ten():
     optimize = json.loads((ROOT / "metrics" / "optimize.json").read_text(encoding="utf-8"))
     assert optimize["dev_size"] >= 10 and optimize["steps_run"] >= 1
