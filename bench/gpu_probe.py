@@ -19,12 +19,16 @@ times evolforge's own code on it; each figure is a JSON line starting ``RESULT``
   gradients), peak memory, whether batches were padding-free; and the steady figures, from a clock of every
   optimizer step (device synchronised): the median step after the first sixth, split into its forward and
   backward passes and the rest (clipping, AdamW). ``--ft-variants`` adds runs with ``compile`` (torch.compile),
-  ``padded`` (no padding-free batches) or ``lora-compile``.
+  ``padded`` (no padding-free batches), ``lora-compile``, ``packed`` (``finetune.packing``: conversations packed into
+  rows of max_length tokens), ``packed-compile`` or ``lora-packed``. Where ``liger-kernel`` is installed every run
+  uses Liger's kernels (TRL's ``use_liger_kernel``; each record says whether it did) but ``no-liger``. There the
+  scorer is also timed with Liger's RMSNorm, SwiGLU and RoPE kernels on a second copy of the model.
 
 A section that fails prints its error as a RESULT line and the next one runs; ``--section-s`` bounds each
 measurement (a slow one is recorded as timed out). ``--profile`` adds torch profiler tables (the 20 costliest
-operations by device and by host time, and the device's busy share) of a scorer run and of three fine-tuning steps
-mid-run, to see where the time goes; ``--compile`` scores once more with ``compile=True``.
+operations by device and by host time, and the device's busy share) of a scorer run, of a greedy decode by either
+generate (the first ``--gen`` size) and of three fine-tuning steps mid-run, to see where the time goes;
+``--compile`` scores once more with ``compile=True`` and once with ``compile="loss"`` (the loss alone).
 
     python bench/gpu_probe.py --tokenizer tok-qwen                       # on a GPU machine, all sections
     python bench/gpu_probe.py --tokenizer tok-qwen --sections scorer --budgets 65536,device
@@ -306,8 +310,12 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
                   "tokens_per_s": round(tokens / seconds), "items_per_s": round(n / seconds, 1),
                   "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2), "peak_gib": peak_gib(),
                   "nulls": int(scores["ifd"].null_count())})
+    eager = ifd_scores(model, tokenizer, **items, progress=False) if args.compile or liger_available() else None
     if args.compile:
-        _scorer_compiled(model, tokenizer, items, warm, tokens, params, peak, args)
+        for parts in (True, "loss"):
+            _scorer_compiled(model, tokenizer, items, warm, tokens, params, peak, args, parts, eager)
+    if liger_available():
+        _scorer_liger(model_dir, items, warm, tokens, params, peak, args, eager)
     if args.profile:
         part = {k: (v[: max(2, n // 8)] if v else v) for k, v in items.items()}
         profiled("scorer", f"ifd_scores, {max(2, n // 8)} items, device budget", ifd_scores, model, tokenizer, **part,
@@ -330,25 +338,63 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
           "ifd_max_abs_diff_padded_vs_ifd_scores": largest_difference(ours, padded)})
 
 
-def _scorer_compiled(model, tokenizer, items: dict, warm: dict, tokens: int, params: int, peak: float, args) -> None:
-    """``ifd_scores(compile=True)`` at the device budget: its compilation (on the warm-up items), its tokens/s
-    and the largest IFD difference against the eager run."""
+def _scorer_compiled(model, tokenizer, items: dict, warm: dict, tokens: int, params: int, peak: float, args,
+                     parts, eager) -> None:
+    """``ifd_scores(compile=parts)`` (True: the trunk and the loss; "loss": the loss alone) at the device budget:
+    its compilation (on the warm-up items), its tokens/s and the largest IFD difference against ``eager``'s."""
     from evolforge.score.ifd import ifd_scores
 
+    torch._dynamo.reset()
     try:
-        _, compile_s = timed(args.section_s, ifd_scores, model, tokenizer, **warm, compile=True, progress=False)
+        _, compile_s = timed(args.section_s, ifd_scores, model, tokenizer, **warm, compile=parts, progress=False)
         reset_peak()
-        scores, seconds = timed(args.section_s, ifd_scores, model, tokenizer, **items, compile=True, progress=False)
-        eager = ifd_scores(model, tokenizer, **items, progress=False)
+        scores, seconds = timed(args.section_s, ifd_scores, model, tokenizer, **items, compile=parts, progress=False)
     except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
-        emit({"section": "scorer", "compile": True, "error": repr(err)[:1500]})
+        emit({"section": "scorer", "compile": parts, "error": repr(err)[:1500]})
         return
     diffs = [abs(a - b) for a, b in zip(scores["ifd"].to_list(), eager["ifd"].to_list())
              if a is not None and b is not None]
-    emit({"section": "scorer", "impl": "evolforge ifd_scores, compile=True", "max_batch_tokens": "device",
+    emit({"section": "scorer", "impl": f"evolforge ifd_scores, compile={parts!r}", "max_batch_tokens": "device",
           "warm_up_with_compilation_s": round(compile_s, 1), "seconds": round(seconds, 2),
           "tokens_per_s": round(tokens / seconds), "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2),
           "peak_gib": peak_gib(), "ifd_max_abs_diff_vs_eager": max(diffs) if diffs else None})
+
+
+def liger_available() -> bool:
+    """Liger's Triton kernels can run: ``liger-kernel`` installed, and a CUDA device."""
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
+def _scorer_liger(model_dir: Path, items: dict, warm: dict, tokens: int, params: int, peak: float, args,
+                  eager) -> None:
+    """``ifd_scores`` at the device budget on a second copy of the scorer with Liger's RMSNorm, SwiGLU and RoPE
+    kernels (fused, where eager PyTorch runs the fp32 norm and the MLP's products as separate kernels): tokens/s
+    and the largest IFD difference against ``eager``'s."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    from evolforge.core.models import load_scorer
+    from evolforge.score.ifd import ifd_scores
+
+    model, tokenizer = load_scorer(str(model_dir))
+    _apply_liger_kernel_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    try:
+        ifd_scores(model, tokenizer, **warm, progress=False)
+        reset_peak()
+        scores, seconds = timed(args.section_s, ifd_scores, model, tokenizer, **items, progress=False)
+    except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
+        emit({"section": "scorer", "liger": True, "error": repr(err)[:1500]})
+        return
+    finally:
+        del model
+    diffs = [abs(a - b) for a, b in zip(scores["ifd"].to_list(), eager["ifd"].to_list())
+             if a is not None and b is not None]
+    emit({"section": "scorer", "impl": "evolforge ifd_scores, Liger's RMSNorm/SwiGLU/RoPE", "max_batch_tokens":
+          "device", "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds),
+          "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2), "peak_gib": peak_gib(),
+          "ifd_max_abs_diff_vs_eager": max(diffs) if diffs else None})
 
 
 def section_generate(model_dir: Path, args, peak: float) -> None:
@@ -395,6 +441,20 @@ def section_generate(model_dir: Path, args, peak: float) -> None:
                       "evolforge_vs_transformers": round(ours / theirs, 2) if ours else None})
             except Exception as err:  # noqa: BLE001
                 emit({**common, "impl": "transformers model.generate (static batch)", "error": repr(err)[:500]})
+            if args.profile and size == args.gen[0] and not temperature:
+                _profile_generate(backend, requests, batch, sampling)
+
+
+def _profile_generate(backend, requests, batch, sampling) -> None:
+    """Where a greedy decode's time goes, warm, in ``HFBackend.generate`` and in transformers' ``generate`` on the
+    same prompts (:func:`profiled`): the host's per-step work beside the device's."""
+    try:
+        profiled("generate", f"HFBackend.generate, {len(requests)} requests, greedy", backend.generate, requests)
+        with torch.inference_mode():
+            profiled("generate", f"transformers model.generate, {len(requests)} requests, greedy",
+                     backend.model.generate, **batch, **sampling)
+    except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
+        emit({"section": "generate", "profile": "greedy", "error": repr(err)[:500]})
 
 
 def section_finetune(model_dir: Path, args, peak: float) -> None:
@@ -410,7 +470,7 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
     lengths = [min(args.ft_max_length, len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True,
                                                                          return_dict=False)))
                for r in rows]
-    step_tokens = args.ft_batch * sum(lengths) / len(lengths)  # mean row, truncated, per example
+    tokens = sum(lengths)  # every conversation, truncated; a step trains batch rows of tokens / train_rows each
     base = FinetuneSettings(batch_size=args.ft_batch, grad_accum=1, max_steps=args.ft_steps,
                             max_length=args.ft_max_length, logging_steps=5, warmup_ratio=0.0, lr=2e-5,
                             gradient_checkpointing=False)
@@ -419,29 +479,50 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
     runs = [("full", base, {}), ("lora", lora, {})]
     variants = {"compile": (dataclasses.replace(base, compile=True), {}),
                 "padded": (base, {"padding_free": False}),
-                "lora-compile": (dataclasses.replace(lora, compile=True), {})}
+                "lora-compile": (dataclasses.replace(lora, compile=True), {}),
+                "packed": (dataclasses.replace(base, packing=True), {}),
+                "packed-compile": (dataclasses.replace(base, packing=True, compile=True), {}),
+                "lora-packed": (dataclasses.replace(lora, packing=True), {}),
+                "no-liger": (base, {"liger": False})}
     runs += [(name, *variants[name]) for name in args.ft_variants]
     for label, settings, options in runs:
         reset_peak()
         profile_steps = (args.ft_steps // 2, 3) if args.profile and label in ("full", "lora") else None
         clock = step_clock("finetune", label, profile_steps)
         try:
-            result = _trained(model_dir, rows, settings, label, args.section_s, callbacks=[clock], **options)
+            with liger_off(not options.pop("liger", True)):
+                result = _trained(model_dir, rows, settings, label, args.section_s, callbacks=[clock], **options)
         except Exception as err:  # noqa: BLE001
             emit({"section": "finetune", "mode": label, "error": repr(err)[:1500]})
             continue
         m = result.metrics
+        step_tokens = args.ft_batch * tokens / m["train_rows"]
         factor = 6 if settings.mode == "full" else 4  # LoRA: no weight gradients
         median = clock.median_step()
         emit({"section": "finetune", "mode": label, "steps": m["steps"], "batch": args.ft_batch,
               "max_length": args.ft_max_length, "bf16": m["bf16"], "padding_free": m.get("padding_free"),
-              "compile": settings.compile, "trainable": m["trainable_params"], "total": m["total_params"],
+              "packing": m["packing"], "liger": m["liger"], "compile": settings.compile,
+              "trainable": m["trainable_params"], "total": m["total_params"],
               "train_runtime_s": m["runtime_s"], "step_tokens": round(step_tokens),
               "tokens_per_s": round(m["steps"] * step_tokens / m["runtime_s"]),
               "mfu_pct": round(100 * factor * m["total_params"] * m["steps"] * step_tokens / m["runtime_s"] / peak, 2),
               "median_step_s": round(median, 4), "steady_tokens_per_s": round(step_tokens / median),
               "steady_mfu_pct": round(100 * factor * m["total_params"] * step_tokens / median / peak, 2),
               "peak_gib": peak_gib(), "loss_final": m["train_loss_final"]})
+
+
+@contextlib.contextmanager
+def liger_off(off: bool):
+    """With ``off``, fine-tuning in the block runs without Liger's kernels even where they are installed."""
+    from evolforge.train import finetune
+
+    installed = finetune.liger_installed
+    if off:
+        finetune.liger_installed = lambda: False
+    try:
+        yield
+    finally:
+        finetune.liger_installed = installed
 
 
 def _trained(model_dir: Path, rows: list[dict], settings, mode: str, limit: int, **options):
@@ -481,9 +562,11 @@ def main() -> None:
                         help="timed runs of each generate measurement, the first included (its warm-up at that "
                              "batch size: the allocator, the kernels' choices); the best is reported beside the first")
     parser.add_argument("--compile", action="store_true",
-                        help="also score with compile=True at the device budget (against the eager scores)")
+                        help="also score with compile=True and compile='loss' at the device budget (against the eager "
+                             "scores)")
     parser.add_argument("--ft-variants", default="",
-                        help="more fine-tuning runs, comma-separated: compile, padded, lora-compile")
+                        help="more fine-tuning runs, comma-separated: compile, padded, lora-compile, packed, "
+                             "packed-compile, lora-packed, no-liger")
     parser.add_argument("--work", help="folder for the model (default: a temporary one)")
     parser.add_argument("--json", help="also write every RESULT record to this file")
     args = parser.parse_args()

@@ -213,6 +213,22 @@ def test_padding_free_batches_train_as_padded_ones(tiny_model, tmp_path, mode):
     assert "evolforge" not in json.dumps(saved)
 
 
+def test_packed_rows_train_as_one_padded_batch(tiny_model, tmp_path):
+    """finetune.packing: conversations packed into rows of max_length tokens, attention inside each (here the
+    CPU's exact per-sequence attention). With every conversation in one step either way, the packed run's loss
+    curve is the padded run's within 1e-4 nats: packing changes how many conversations a step holds, never what
+    one contributes to the loss."""
+    settings = replace(FAST, max_steps=4, max_length=128, batch_size=len(ROWS))
+    padded = finetune(str(tiny_model), ROWS, tmp_path / "padded", settings, padding_free=False)
+    packed = finetune(str(tiny_model), ROWS, tmp_path / "packed", replace(settings, packing=True))
+    assert (padded.metrics["packing"], packed.metrics["packing"], packed.metrics["padding_free"]) == (False, True, True)
+    assert padded.metrics["train_rows"] == len(ROWS) > packed.metrics["train_rows"]
+    assert [p["step"] for p in packed.loss_curve] == [p["step"] for p in padded.loss_curve] == [1, 2, 3, 4]
+    for a, b in zip(packed.loss_curve, padded.loss_curve):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), (a, b)
+    assert packed.loss_curve[-1]["loss"] < packed.loss_curve[0]["loss"]
+
+
 def test_padding_free_truncates_as_trl_does():
     """Under padding_free TRL leaves max_length to the caller: each example keeps its first max_length tokens,
     and one left with no completion token is dropped."""
@@ -265,7 +281,7 @@ def test_training_bytes_bound_the_measured_peaks():
     on an H100 (docs/gpu.md: 24.6 GiB full, 18.6 GiB LoRA, with sequences shorter than 1,024 tokens) and within 2x."""
     from types import SimpleNamespace
 
-    from evolforge.train.finetune import training_bytes
+    from evolforge.train.device import training_bytes
 
     qwen = SimpleNamespace(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                            num_key_value_heads=2, vocab_size=151665, tie_word_embeddings=True)

@@ -191,14 +191,16 @@ def test_start_up_check_compares_packed_logits_with_unpacked(scorer, monkeypatch
 
 
 @pytest.mark.slow  # compiling the tiny model's trunk and loss takes about a minute on two cores
-def test_compiled_scores_equal_eager_padded_and_packed(scorer):
-    """``compile=True`` (the trunk and the fused loss through torch.compile, dynamic shapes) gives the eager
-    path's floats, in padded and in packed rows of changing lengths (no recompilation per row length)."""
+@pytest.mark.parametrize("compile", [True, "loss"])
+def test_compiled_scores_equal_eager_padded_and_packed(scorer, compile):
+    """``compile=True`` (the trunk and the fused loss through torch.compile, dynamic shapes) and ``"loss"`` (the
+    loss alone) give the eager path's floats, in padded and in packed rows of changing lengths (no recompilation
+    per row length)."""
     model, tokenizer = scorer
     items = _items()
     torch._dynamo.reset()
     for packing in (False, True):
         eager = ifd_scores(model, tokenizer, **items, packing=packing, max_batch_tokens=400, progress=False)
         compiled = ifd_scores(model, tokenizer, **items, packing=packing, max_batch_tokens=400, progress=False,
-                              compile=True)
+                              compile=compile)
         assert_close(compiled, eager, rel=1e-5)

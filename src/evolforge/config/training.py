@@ -79,6 +79,11 @@ class FinetuneSettings:
                 "more, dynamic): for GPU runs of many steps"})
     dtype: TrainDtype = field(default="auto", metadata={
         "help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16"})
+    packing: bool = field(default=False, metadata={
+        "help": "pack whole conversations into rows of max_length tokens (TRL's best-fit decreasing, padding-free "
+                "attention inside each conversation): a step trains batch_size full rows, more tokens a step and "
+                "fewer steps an epoch; false: a step trains batch_size conversations, as the papers' runs did",
+        "paper": "false"})
 
 
 @dataclass

@@ -42,7 +42,7 @@ by the tokenizer's special prefix.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import polars as pl
 import torch
@@ -102,7 +102,7 @@ def ifd_scores(
     progress: bool = True,
     chunk_size: int = ENCODE_CHUNK,
     packing: bool | None = None,
-    compile: bool = False,
+    compile: bool | Literal["loss"] = False,
 ) -> pl.DataFrame:
     """Losses, IFD and IC-IFD of each (instruction, input, response), one row per item in input order.
 
@@ -122,13 +122,13 @@ def ifd_scores(
     the vocabulary projection (:mod:`evolforge.score.losses`). Items are encoded ``chunk_size`` at a time and
     a batch never spans two such chunks: scoring the items in pieces of whole chunks gives the same batches,
     hence the same floats, as scoring them at once (the score stage reads its table that way). A chunk's
-    losses stay on the device until its passes are queued and the next chunk is encoded. ``compile``:
-    :func:`~evolforge.score.losses.compiled` (measured slower on an H100: no stage turns it on).
+    losses stay on the device until its passes are queued and the next chunk is encoded. ``compile`` (True: the
+    trunk and the loss; "loss": the loss alone): :func:`~evolforge.score.losses.compiled`, no stage turns it on.
     """
     inputs = inputs if inputs is not None else [""] * len(instructions)
     _check_lengths(instructions, inputs, responses)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    forward = compiled(model, split_head(model)) if compile else (model, split_head(model))
+    forward = compiled(model, split_head(model), compile) if compile else (model, split_head(model))
     packed = use_packing(model, packing)
     budget = device_token_budget(model, max_batch_tokens)
     rows: list[dict[str, Any]] = []

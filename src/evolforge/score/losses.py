@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -125,13 +125,14 @@ def split_head(model) -> _Head | None:
     return _Head(trunk, projection)
 
 
-def compiled(model, head: _Head | None) -> tuple[Any, _Head | None]:
+def compiled(model, head: _Head | None, parts: Literal[True, "loss"] = True) -> tuple[Any, _Head | None]:
     """(model, head) run through ``torch.compile``, dynamic shapes (a packed row's length changes every batch):
-    the trunk and the loss (its fp32 log-sum-exp fused into one pass over the logits), else the whole model."""
+    the trunk and the loss (its fp32 log-sum-exp fused into one pass over the logits; eager, each slice of logits
+    is cast to fp32 and its log-softmax written whole), else the whole model. ``parts="loss"``: the loss alone."""
     if head is None:
-        return torch.compile(model, dynamic=True), None
-    return model, _Head(torch.compile(head.trunk, dynamic=True), head.projection,
-                        torch.compile(head.nll, dynamic=True))  # head.loss is None: its nll is the plain one
+        return (model if parts == "loss" else torch.compile(model, dynamic=True)), None
+    trunk = head.trunk if parts == "loss" else torch.compile(head.trunk, dynamic=True)
+    return model, _Head(trunk, head.projection, torch.compile(head.nll, dynamic=True))  # head.loss None: plain nll
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,11 @@ row with position ids restarting at each (TRL's ``padding_free``), attention kep
 variable-length flash-attention kernel (:mod:`evolforge.score.varlen`), so no step computes a padding token. The
 batches, their sequences and the loss (mean over the batch's completion tokens) are those of padded training.
 Padding-free runs where :func:`~evolforge.score.varlen.packed_kernel_works` finds the kernel (CUDA, bf16/fp16);
-elsewhere batches are right-padded. Gradient checkpointing is ``finetune.gradient_checkpointing`` when set to
-true or false; ``auto`` turns it on only where a step would not fit the GPU's memory without it
-(:func:`training_bytes`), since it costs about a third more compute.
+elsewhere batches are right-padded. ``finetune.packing`` goes further (on a CPU too): whole conversations packed
+into rows of ``max_length`` tokens (TRL's best-fit decreasing), so a step of ``batch_size`` rows trains several
+conversations a row: more tokens for the same kernel launches, fewer steps an epoch. Gradient checkpointing is
+``finetune.gradient_checkpointing`` when set to true or false; ``auto`` turns it on only where a step would not
+fit the GPU's memory without it (:mod:`evolforge.train.device`), since it costs about a third more compute.
 
 On CPU (no CUDA): fp32, no bf16, padded batches, ``use_cpu``: the same run as before any of the above. A hub
 base model downloads on first use into the Hugging Face cache (``hf download <model>`` beforehand for an offline
@@ -54,9 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-
-
 from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
+from evolforge.train.device import liger_installed, use_checkpointing, use_padding_free
 from evolforge.io.records import replace_dir
 from evolforge.config.training import FinetuneSettings
 
@@ -181,15 +182,14 @@ def finetune(
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
 
-    flat = _padding_free(settings, base_model, revision, padding_free)
-    checkpointing = _checkpointing(settings, base_model, revision)
+    flat = settings.packing or use_padding_free(settings, base_model, revision, padding_free)
+    checkpointing = use_checkpointing(settings, base_model, revision)
     config = _sft_config(settings, staging, len(train_rows), state.num_processes, revision, flat, checkpointing)
     live = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else []
     callbacks = [*live, *callbacks] or None
     trainer = SFTTrainer(model=base_model, args=config, train_dataset=Dataset.from_list(list(train_rows)),
                          processing_class=tokenizer, peft_config=_peft_config(settings), callbacks=callbacks)
-    if flat:  # TRL leaves truncation to the caller under padding_free without packing
-        trainer.train_dataset = truncated(trainer.train_dataset, settings.max_length)
+    _fit_rows(trainer, settings, flat, state.num_processes)
     trainable, total = _count_params(trainer.model)
     log.info("fine-tuning %s (%s): %d rows, %d of %d parameters trainable", base_model, settings.mode,
              len(train_rows), trainable, total)
@@ -203,6 +203,17 @@ def finetune(
     return FinetuneResult(metrics=metrics, loss_curve=curve, is_main_process=state.is_main_process)
 
 
+def _fit_rows(trainer, s: FinetuneSettings, flat: bool, processes: int) -> None:
+    """What TRL leaves to the caller: under padding-free batches without packing, the rows' truncation to
+    ``max_length`` (:func:`truncated`); under packing, the warm-up, a share of the steps the packed rows make."""
+    if flat and not s.packing:
+        trainer.train_dataset = truncated(trainer.train_dataset, s.max_length)
+    if s.packing:
+        trainer.args.warmup_steps = warmup_steps(s.warmup_ratio, len(trainer.train_dataset), epochs=s.epochs,
+                                                 max_steps=s.max_steps, batch_size=s.batch_size,
+                                                 grad_accum=s.grad_accum, processes=processes)
+
+
 def _run_metrics(s: FinetuneSettings, trainer, output, curve: list[dict], base: dict, rows: int,
                  params: tuple[int, int], processes: int) -> dict[str, Any]:
     """What ``metrics/train.json`` records of a run: losses, steps, throughput, parameters trained, batch."""
@@ -214,6 +225,7 @@ def _run_metrics(s: FinetuneSettings, trainer, output, curve: list[dict], base: 
         "steps": int(output.global_step),
         "epochs": round(float(trainer.state.epoch or 0.0), 4),
         "examples": rows,
+        "train_rows": len(trainer.train_dataset),  # the rows the trainer steps through: packed rows under packing
         "runtime_s": round(float(output.metrics.get("train_runtime", 0.0)), 2),
         "samples_per_s": round(float(output.metrics.get("train_samples_per_second", 0.0)), 3),
         "trainable_params": params[0],
@@ -222,6 +234,8 @@ def _run_metrics(s: FinetuneSettings, trainer, output, curve: list[dict], base: 
         "processes": processes,
         "bf16": trainer.args.bf16,
         "padding_free": bool(trainer.args.padding_free),
+        "packing": bool(trainer.args.packing),
+        "liger": bool(trainer.args.use_liger_kernel),
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
     }
 
@@ -235,29 +249,6 @@ def _check_inputs(s: FinetuneSettings, train_rows: Sequence[dict]) -> None:
     validate_rows(train_rows)
 
 
-def _text_config(base_model: str, revision: str | None):
-    """The model's config (its text part, for a multimodal one)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(base_model, revision=revision)
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def _padding_free(s: FinetuneSettings, base_model: str, revision: str | None, requested: bool | None) -> bool:
-    """Whether to train on padding-free batches: ``requested``, or (None) where the variable-length kernel runs on
-    this machine's GPU in the training dtype."""
-    from evolforge.score.varlen import packed_kernel_works
-
-    if requested is not None:
-        return requested
-    device = pick_device("auto")
-    if not device.startswith("cuda"):
-        return False
-    config = _text_config(base_model, revision)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return packed_kernel_works(device, pick_dtype(s.dtype, device), backward=True, head_dim=head_dim)
-
-
 def truncated(dataset, max_length: int):
     """``dataset`` (TRL's tokenized ``input_ids`` / ``labels`` columns) with each example cut to its first
     ``max_length`` tokens, and the examples left with no label to learn dropped: what TRL does itself when it
@@ -267,61 +258,12 @@ def truncated(dataset, max_length: int):
     return dataset.filter(lambda row: any(label != -100 for label in row["labels"]))
 
 
-def _liger_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("liger_kernel") is not None
-
-
-def training_bytes(config, s: FinetuneSettings, width: int) -> int:
-    """GPU memory one process needs for a step without gradient checkpointing, bytes, from the model's
-    ``config`` (its text part), the settings and the bytes per weight (``width``): the weights, and for
-    ``mode: full`` their gradients and AdamW's two moments (in the weights' dtype); plus the activations kept
-    for the backward pass of ``batch_size x max_length`` tokens, 2 x (10 x hidden + 4 x intermediate) values
-    per token and layer (the residual stream, norms, attention projections and the MLP's three wide tensors).
-    An upper bound: ZeRO-3's sharding and sequences shorter than max_length only lower it.
-
-    >>> from types import SimpleNamespace as NS
-    >>> qwen_1_5b = NS(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-    ...                num_key_value_heads=2, vocab_size=151665, tie_word_embeddings=True)
-    >>> round(training_bytes(qwen_1_5b, FinetuneSettings(batch_size=8, max_length=1024), 2) / 2**30, 1)
-    33.4
-    """
-    hidden, layers = config.hidden_size, config.num_hidden_layers
-    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
-    heads = config.num_attention_heads
-    kv = hidden * (getattr(config, "num_key_value_heads", None) or heads) // heads
-    embeddings = config.vocab_size * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
-    params = embeddings + layers * (hidden * (2 * hidden + 2 * kv) + 3 * hidden * intermediate)
-    static = params * width * (4 if s.mode == "full" else 1)
-    activations = s.batch_size * s.max_length * layers * 2 * (10 * hidden + 4 * intermediate)
-    return static + activations * width // 2
-
-
-def _checkpointing(s: FinetuneSettings, base_model: str, revision: str | None) -> bool:
-    """``finetune.gradient_checkpointing``, with ``auto`` resolved: on where :func:`training_bytes` exceeds 90 %
-    of the GPU's free memory; off on CPU (no GPU memory to run out of)."""
-    if s.gradient_checkpointing != "auto":
-        return bool(s.gradient_checkpointing)
-    import torch
-
-    device = pick_device("auto")
-    if not device.startswith("cuda"):
-        return False
-    config = _text_config(base_model, revision)
-    width = torch.finfo(pick_dtype(s.dtype, device)).bits // 8
-    free, _ = torch.cuda.mem_get_info()
-    need = training_bytes(config, s, width)
-    log.info("gradient checkpointing (auto): a step needs about %.1f GiB without it, %.1f GiB free: %s",
-             need / 2**30, free / 2**30, "on" if need > 0.9 * free else "off")
-    return need > 0.9 * free
-
-
 def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, revision: str | None,
                 padding_free: bool = False, checkpointing: bool = False):
-    """TRL's ``SFTConfig`` for these settings: completion-only loss, no packing of rows into fixed-length
-    blocks (a step trains ``batch_size`` rows, as the papers' runs did), padding-free batches when asked
-    (then ``max_length`` is applied by :func:`truncated`), bf16 and Liger's kernels where the GPU has them."""
+    """TRL's ``SFTConfig`` for these settings: completion-only loss; packing of conversations into rows of
+    ``max_length`` tokens under ``finetune.packing`` (else a step trains ``batch_size`` conversations, as the
+    papers' runs did); padding-free batches when asked (then, without packing, ``max_length`` is applied by
+    :func:`truncated`); bf16 and Liger's kernels where the GPU has them."""
     import torch
     from trl import SFTConfig
 
@@ -339,18 +281,19 @@ def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, r
         max_steps=s.max_steps,
         per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum,
-        max_length=None if padding_free else s.max_length,
+        max_length=None if padding_free and not s.packing else s.max_length,
         warmup_steps=warmup_steps(s.warmup_ratio, rows, epochs=s.epochs, max_steps=s.max_steps,
                                   batch_size=s.batch_size, grad_accum=s.grad_accum, processes=processes),
         lr_scheduler_type=s.lr_scheduler,
         weight_decay=s.weight_decay,
         completion_only_loss=True,
-        packing=False,
-        padding_free=padding_free,
+        packing=s.packing,
+        packing_strategy="bfd",  # whole conversations, a longer one cut at max_length as unpacked training cuts it
+        padding_free=padding_free or s.packing,
         gradient_checkpointing=checkpointing,
         torch_compile=s.compile,
         bf16=cuda and torch.cuda.is_bf16_supported(),
-        use_liger_kernel=cuda and _liger_installed(),
+        use_liger_kernel=cuda and liger_installed(),
         **({"optim": "adamw_torch_fused"} if cuda else {}),  # on a GPU whatever the transformers version
         use_cpu=not cuda,
         dataloader_pin_memory=cuda,
