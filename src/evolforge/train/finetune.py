@@ -162,8 +162,8 @@ def finetune(
     end. ``out_dir`` is rewritten in full: written beside it, then renamed into place. ``live_dir``: where
     DVCLive writes the per-step metrics as training runs (rewritten at the start; None: no live metrics).
     ``padding_free``: None (auto) where the variable-length kernel runs (see the module doc); True forces it
-    (on a CPU, with the exact but slow per-sequence attention), False never. ``callbacks``: more of transformers'
-    ``TrainerCallback`` objects for the trainer (a probe's step timer, for one).
+    (on a CPU, with the exact but slow per-sequence attention), False never (``finetune.packing`` implies True).
+    ``callbacks``: more of transformers' ``TrainerCallback`` objects for the trainer (a probe's step timer).
     """
     from accelerate import PartialState
     from datasets import Dataset
