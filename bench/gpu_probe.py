@@ -360,6 +360,21 @@ def _scorer_compiled(model, tokenizer, items: dict, warm: dict, tokens: int, par
           "peak_gib": peak_gib(), "ifd_max_abs_diff_vs_eager": max(diffs) if diffs else None})
 
 
+@contextlib.contextmanager
+def modelling_restored():
+    """Qwen2's modelling module as it was before the block: applying Liger's kernels (here, or TRL's
+    ``use_liger_kernel``) also swaps the module's RoPE function and its norm and MLP classes, for every model loaded
+    after; put back, the next measurement runs what it names."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    saved = dict(vars(modeling_qwen2))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(modeling_qwen2, name, value)
+
+
 def liger_available() -> bool:
     """Liger's Triton kernels can run: ``liger-kernel`` installed, and a CUDA device."""
     import importlib.util
@@ -378,12 +393,13 @@ def _scorer_liger(model_dir: Path, items: dict, warm: dict, tokens: int, params:
     from evolforge.score.ifd import ifd_scores
 
     model, tokenizer = load_scorer(str(model_dir))
-    _apply_liger_kernel_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
     try:
-        ifd_scores(model, tokenizer, **warm, progress=False)
-        reset_peak()
-        scores, seconds = timed(args.section_s, ifd_scores, model, tokenizer, **items, progress=False)
+        with modelling_restored():
+            _apply_liger_kernel_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                            fused_linear_cross_entropy=False)
+            ifd_scores(model, tokenizer, **warm, progress=False)
+            reset_peak()
+            scores, seconds = timed(args.section_s, ifd_scores, model, tokenizer, **items, progress=False)
     except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
         emit({"section": "scorer", "liger": True, "error": repr(err)[:1500]})
         return
@@ -490,7 +506,7 @@ def section_finetune(model_dir: Path, args, peak: float) -> None:
         profile_steps = (args.ft_steps // 2, 3) if args.profile and label in ("full", "lora") else None
         clock = step_clock("finetune", label, profile_steps)
         try:
-            with liger_off(not options.pop("liger", True)):
+            with liger_off(not options.pop("liger", True)), modelling_restored():
                 result = _trained(model_dir, rows, settings, label, args.section_s, callbacks=[clock], **options)
         except Exception as err:  # noqa: BLE001
             emit({"section": "finetune", "mode": label, "error": repr(err)[:1500]})
