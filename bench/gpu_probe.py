@@ -387,24 +387,23 @@ def _scorer_liger(model_dir: Path, items: dict, warm: dict, tokens: int, params:
     """``ifd_scores`` at the device budget on a second copy of the scorer with Liger's RMSNorm, SwiGLU and RoPE
     kernels (fused, where eager PyTorch runs the fp32 norm and the MLP's products as separate kernels): tokens/s
     and the largest IFD difference against ``eager``'s."""
-    from liger_kernel.transformers import _apply_liger_kernel_to_instance
-
     from evolforge.core.models import load_scorer
     from evolforge.score.ifd import ifd_scores
 
-    model, tokenizer = load_scorer(str(model_dir))
-    try:
+    try:  # the import too: Liger's Triton may not load on this image, and the section goes on without it
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        model, tokenizer = load_scorer(str(model_dir))
         with modelling_restored():
             _apply_liger_kernel_to_instance(model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                             fused_linear_cross_entropy=False)
             ifd_scores(model, tokenizer, **warm, progress=False)
             reset_peak()
             scores, seconds = timed(args.section_s, ifd_scores, model, tokenizer, **items, progress=False)
+        del model
     except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
         emit({"section": "scorer", "liger": True, "error": repr(err)[:1500]})
         return
-    finally:
-        del model
     diffs = [abs(a - b) for a, b in zip(scores["ifd"].to_list(), eager["ifd"].to_list())
              if a is not None and b is not None]
     emit({"section": "scorer", "impl": "evolforge ifd_scores, Liger's RMSNorm/SwiGLU/RoPE", "max_batch_tokens":
