@@ -293,6 +293,7 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
           "encode_s": round(encode_s, 2)})
     modes = [None, False] if packed else [None, True] if args.small else [None]
     warm = {k: (v[:32] if v else v) for k, v in items.items()}
+    eager = None  # the plain scores at the device budget, which the compiled and Liger runs are checked against
     for index, budget in enumerate(args.budgets):
         cap = None if budget == "device" else int(budget)
         for packing in modes if index == 0 else modes[:1]:  # the other layout at the first budget only
@@ -310,7 +311,10 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
                   "tokens_per_s": round(tokens / seconds), "items_per_s": round(n / seconds, 1),
                   "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2), "peak_gib": peak_gib(),
                   "nulls": int(scores["ifd"].null_count())})
-    eager = ifd_scores(model, tokenizer, **items, progress=False) if args.compile or liger_available() else None
+            if budget == "device" and packing is None:
+                eager = scores
+    if eager is None and (args.compile or liger_available()):
+        eager = ifd_scores(model, tokenizer, **items, progress=False)
     if args.compile:
         for parts in (True, "loss"):
             _scorer_compiled(model, tokenizer, items, warm, tokens, params, peak, args, parts, eager)
@@ -327,15 +331,16 @@ def section_scorer(model_dir: Path, args, peak: float) -> None:
     reference, seconds = timed(args.section_s, reference_ifd_scores, model, tokenizer, **subset)
     ours = ifd_scores(model, tokenizer, **subset, progress=False)
     padded = ifd_scores(model, tokenizer, **subset, packing=False, progress=False)
-
-    def largest_difference(a, b) -> float | None:
-        diffs = [abs(x - y) for x, y in zip(a["ifd"].to_list(), b["ifd"].to_list()) if x is not None and y is not None]
-        return max(diffs) if diffs else None
-
     emit({"section": "scorer", "impl": "reference (one item, HF labels, three passes)", "items": m,
           "seconds": round(seconds, 2), "items_per_s": round(m / seconds, 1),
           "ifd_max_abs_diff_vs_ifd_scores": largest_difference(ours, reference),
           "ifd_max_abs_diff_padded_vs_ifd_scores": largest_difference(ours, padded)})
+
+
+def largest_difference(a, b) -> float | None:
+    """The largest difference between two score tables' IFDs, item by item (None where no item has both)."""
+    diffs = [abs(x - y) for x, y in zip(a["ifd"].to_list(), b["ifd"].to_list()) if x is not None and y is not None]
+    return max(diffs) if diffs else None
 
 
 def _scorer_compiled(model, tokenizer, items: dict, warm: dict, tokens: int, params: int, peak: float, args,
@@ -352,12 +357,10 @@ def _scorer_compiled(model, tokenizer, items: dict, warm: dict, tokens: int, par
     except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
         emit({"section": "scorer", "compile": parts, "error": repr(err)[:1500]})
         return
-    diffs = [abs(a - b) for a, b in zip(scores["ifd"].to_list(), eager["ifd"].to_list())
-             if a is not None and b is not None]
     emit({"section": "scorer", "impl": f"evolforge ifd_scores, compile={parts!r}", "max_batch_tokens": "device",
           "warm_up_with_compilation_s": round(compile_s, 1), "seconds": round(seconds, 2),
           "tokens_per_s": round(tokens / seconds), "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2),
-          "peak_gib": peak_gib(), "ifd_max_abs_diff_vs_eager": max(diffs) if diffs else None})
+          "peak_gib": peak_gib(), "ifd_max_abs_diff_vs_eager": largest_difference(scores, eager)})
 
 
 @contextlib.contextmanager
@@ -377,9 +380,9 @@ def modelling_restored():
 
 def liger_available() -> bool:
     """Liger's Triton kernels can run: ``liger-kernel`` installed, and a CUDA device."""
-    import importlib.util
+    from evolforge.train.device import liger_installed
 
-    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    return torch.cuda.is_available() and liger_installed()
 
 
 def _scorer_liger(model_dir: Path, items: dict, warm: dict, tokens: int, params: int, peak: float, args,
@@ -404,12 +407,10 @@ def _scorer_liger(model_dir: Path, items: dict, warm: dict, tokens: int, params:
     except Exception as err:  # noqa: BLE001 (recorded; the section goes on)
         emit({"section": "scorer", "liger": True, "error": repr(err)[:1500]})
         return
-    diffs = [abs(a - b) for a, b in zip(scores["ifd"].to_list(), eager["ifd"].to_list())
-             if a is not None and b is not None]
     emit({"section": "scorer", "impl": "evolforge ifd_scores, Liger's RMSNorm/SwiGLU/RoPE", "max_batch_tokens":
           "device", "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds),
           "pct_of_peak": round(100 * 2 * params * tokens / seconds / peak, 2), "peak_gib": peak_gib(),
-          "ifd_max_abs_diff_vs_eager": max(diffs) if diffs else None})
+          "ifd_max_abs_diff_vs_eager": largest_difference(scores, eager)})
 
 
 def section_generate(model_dir: Path, args, peak: float) -> None:

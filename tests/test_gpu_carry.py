@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))  # as python puts the script's folder first when it runs the tool
 spec = importlib.util.spec_from_file_location("gpu_carry", REPO / "tools" / "gpu_carry.py")
 gpu_carry = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_carry)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from check_lock import read_lock  # this folder's lock reader (python puts a script's folder on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 FROM_LOCK = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "orjson", "trl", "datasets", "dill",
@@ -34,12 +35,12 @@ TOKENIZER_FILES = ("tokenizer_config.json", "chat_template.jinja")
 
 
 def locked_versions(lock: Path, names: tuple[str, ...]) -> dict[str, str]:
-    """``name -> version`` of ``names`` as ``lock`` (a uv-compiled requirements file) pins them."""
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", lock.read_text(encoding="utf-8"), flags=re.M))
+    """``name -> version`` of ``names`` (canonical names) as ``lock`` (a uv-compiled requirements file) pins them."""
+    pins = read_lock(lock)
     missing = [n for n in names if n not in pins]
     if missing:
         raise SystemExit(f"{lock}: no pin for {', '.join(missing)}")
-    return {n: pins[n] for n in names}
+    return {n: pins[n]["version"] for n in names}
 
 
 def tokenizer_folder(source: Path, out: Path) -> None:
