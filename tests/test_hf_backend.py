@@ -13,6 +13,7 @@ from evolforge.llm.cached import open_llm
 from evolforge.llm.types import Completion
 from evolforge.llm.backends.hf import backend as hf
 from evolforge.llm.backends.hf.backend import HFBackend
+from evolforge.llm.sampling import BatchSampler, sample_row
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +133,23 @@ def test_a_sampled_request_gives_the_same_text_in_any_batch_at_any_place(backend
     assert backend.generate([others[4], target, others[0], others[6]])[1] == alone
     streamed = dict(pair for finished in backend.stream([*others[:5], target], slots=2) for pair in finished)
     assert streamed[5] == alone  # admitted last, merged into a running batch
+
+
+def test_rows_that_pick_again_draw_from_their_own_logits(backend, monkeypatch):
+    """The sampler turns a step's logits into weights in place; a sampled row whose token spells a banned string
+    picks again from its logits as they were: the same texts as with a sampler that copies them."""
+    from evolforge.config.roles import Controls
+
+    banned = ("e",)  # inside many tokens: only the decoded text shows them, so rows pick again often
+    reqs = [dataclasses.replace(r, controls=Controls(banned_strings=banned))
+            for r in requests(5, temperature=1.0, seed=1)]
+    repicks = []
+    monkeypatch.setattr(hf, "sample_row", lambda *a: repicks.append(a[-1]) or sample_row(*a))
+    consumed = backend.generate(reqs)
+    assert repicks, "no row picked again"
+    monkeypatch.setattr(hf, "BatchSampler", lambda *a, consume=False: BatchSampler(*a))
+    assert backend.generate(reqs) == consumed
+    assert not any(b in c.text for c in consumed for b in banned)
 
 
 def test_top_p_near_zero_samples_the_greedy_answer(backend):

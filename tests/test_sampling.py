@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolforge.llm.sampling import (BatchSampler, SamplingRows, argmax, noise_key, nucleus, sample_row, sample_token,
-                                    uniforms, uniforms_of_draws)
+from evolforge.llm.noise import _draw_bits, _halves, noise_key, uniforms, uniforms_of_draws
+from evolforge.llm.sampling import (ATTEMPTS, NOISE_AHEAD, BatchSampler, SamplingRows, argmax, nucleus, sample_row,
+                                    sample_token)
 
 
 def _nucleus_by_full_sort(probs: torch.Tensor, top_p: float) -> set[int]:
@@ -203,3 +204,37 @@ def test_the_noise_of_all_draws_at_once_is_each_draws_noise():
         assert together.shape == (n, 8)
         for draw in range(8):
             assert torch.equal(together[:, draw], uniforms(key, counter, draw, repick))
+
+
+def test_the_noise_made_ahead_is_each_steps_noise():
+    """A batch's rows make their noise for :data:`NOISE_AHEAD` steps at once on a CPU: every step, after rows leave
+    (``select``), after a jump of the counters, and for a repick, it is :func:`uniforms_of_draws`, to the bit."""
+    rows = _rows(6, 0.8, 0.9, seed=3)
+    counter = torch.tensor([5, 40, 7, 300, 12, 9])
+    for step in range(NOISE_AHEAD * 2 + 3):
+        assert torch.equal(rows.noise(counter + step), uniforms_of_draws(rows.key, counter + step, ATTEMPTS))
+    kept = torch.tensor([4, 1, 2])
+    some, later = rows.select(kept), counter[kept] + NOISE_AHEAD * 2 + 3
+    assert some._ahead is not None
+    assert torch.equal(some.noise(later), uniforms_of_draws(some.key, later, ATTEMPTS))
+    jumped = later + torch.tensor([1, 2, 3])  # the rows' counters no longer move together: made anew
+    assert torch.equal(some.noise(jumped), uniforms_of_draws(some.key, jumped, ATTEMPTS))
+    assert torch.equal(some.noise(jumped, repick=2), uniforms_of_draws(some.key, jumped, ATTEMPTS, repick=2))
+    positions, halves = counter[:, None] + torch.arange(4), _halves(rows.key.device, 3, 0)
+    on_device = _draw_bits(rows.key, positions, halves)  # the integer arithmetic as torch runs it on a GPU
+    assert torch.equal(on_device, torch.from_numpy(_draw_bits(rows.key.numpy(), positions.numpy(), halves.numpy())))
+
+
+def test_a_sampler_that_consumes_the_logits_draws_the_same_tokens():
+    """With ``consume`` the weights are made in the logits' own memory (the hf backend's step no longer needs them):
+    the same tokens as from a copy, and without it the logits are left as they were."""
+    logits = torch.randn(8, 4096, generator=torch.Generator().manual_seed(6)) * 2
+    rows, counter = _rows(8, 0.7, 0.9, seed=2), torch.arange(8)
+    before = logits.clone()
+    kept = _tokens(logits, rows, counter)
+    assert torch.equal(logits, before)
+    consumed = logits.clone()
+    sampler = BatchSampler(consumed, rows, counter, nucleus=True, consume=True)
+    assert sampler.weights.data_ptr() == consumed.data_ptr()
+    drawn = sampler.draws().tolist()
+    assert [t if t >= 0 else sampler.settle([r])[0] for r, t in enumerate(drawn)] == kept

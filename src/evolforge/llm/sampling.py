@@ -9,7 +9,7 @@ other rows, so a request gives the same tokens in any batch, at any place in it:
 - **Noise, counter-based.** Each draw takes one uniform number in [0, 1) with 53 random bits, computed on the
   device from the request's seed (:func:`evolforge.llm.keys.request_seed`, which already folds in the seed and
   the sample index), the position the drawn token will take, the draw's number and the repick's number
-  (:func:`uniforms`: 32-bit xor-shift-multiply rounds, each a bijection, keyed by the seed). Nothing is
+  (:mod:`evolforge.llm.noise`: 32-bit xor-shift-multiply rounds, each a bijection, keyed by the seed). Nothing is
   carried from step to step, so no generator state has to follow a row from batch to batch.
 - **Inverse CDF, not Gumbel-max.** A draw is the token where the row's cumulative weights pass ``u`` x their
   total, found in two steps (the block of 256 tokens where the blocks' float64 sums pass it, then the token in
@@ -27,6 +27,9 @@ other rows, so a request gives the same tokens in any batch, at any place in it:
   After :data:`ATTEMPTS` rejected draws (at ``top_p`` 0.95, one row in 10^10) the row draws instead from a
   set that covers its nucleus, found by sorting that one row and checked with the same test, and still keeps
   only tokens of the nucleus; the first kept draw is the row's token either way.
+- **Made once per batch, not per step.** A row's 1 / temperature and nucleus share are kept with its sampling
+  (:class:`SamplingRows`), and on a CPU its noise for the next :data:`NOISE_AHEAD` steps is made at once: in a
+  decoding loop, where each small operation costs several microseconds, their number is what a step pays.
 - **The host looks once.** On a GPU, rows make :data:`ROUNDS` draws on the device, where a masked sum is cheap
   and a wait is not; the step's tokens are then read once, as greedy decoding reads them, and a row that has
   not kept one yet goes on drawing from there. On a CPU, where nothing waits, every row's first
@@ -40,19 +43,20 @@ Greedy rows (temperature 0) take the argmax as they always did; a batch of greed
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from itertools import count
 from typing import Sequence
 
 import torch
 
+from evolforge.llm.noise import noise_key, uniforms, uniforms_of_draws
+
 NUCLEUS_TOP_K = 1024  # tokens a nucleus is first looked for among (sample_token, BatchSampler's cover)
 ROUNDS = 4  # draws per row on a GPU before the host looks
 CPU_DRAWS = 2  # draws per row made at once on a CPU (at top_p 0.95 both fail for at most one row in 400)
 ATTEMPTS = 8  # draws from the whole distribution before a row draws from its nucleus's cover
 BLOCK = 256  # tokens per block (at most) of BatchSampler's two-step inverse CDF
-_M32 = 0xFFFFFFFF
+NOISE_AHEAD = 32  # steps whose noise a batch's rows make at once on a CPU (SamplingRows.noise)
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -78,73 +82,6 @@ def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tens
     return order[keep], ordered[keep]
 
 
-def _mix32(x):
-    """A bijection of 32-bit words (two xor-shift-multiply rounds, multiplier 0x45D9F3B), on an int or an int64
-    tensor: every product stays below 2**59, so int64 arithmetic never overflows."""
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
-    return (x >> 16) ^ x
-
-
-def noise_key(seed: int) -> tuple[int, int]:
-    """A request's seed (60 bits, :func:`evolforge.llm.keys.request_seed`) as the two 32-bit words of its key."""
-    return seed >> 32 & _M32, seed & _M32
-
-
-def uniforms(key: torch.Tensor, counter: torch.Tensor, draw: int, repick: int = 0) -> torch.Tensor:
-    """One number in [0, 1) per row with 53 random bits, a function of the row's ``key`` (rows, 2), its
-    ``counter`` (the position of the token drawn), ``draw`` and ``repick`` alone: for one key, each
-    (counter, draw, repick, half) goes through a chain of bijections, so no two draws of a row share noise.
-
-    >>> key = torch.tensor([[1, 2], [1, 2], [3, 4]])
-    >>> u = uniforms(key, torch.tensor([7, 7, 7]), draw=0)
-    >>> bool(u[0] == u[1]), bool(u[0] != u[2]), bool(((0 <= u) & (u < 1)).all())
-    (True, True, True)
-    """
-    halves = [_mix32(_mix32(_mix32(half) ^ draw) ^ repick) for half in (0, 1)]  # python ints: no copy to the device
-    base = _mix32(counter & _M32)
-    x = torch.stack([base ^ halves[0], base ^ halves[1]], dim=-1)
-    return _unit(_bits(_mix32(_mix32(x ^ key[:, 1:]) ^ key[:, :1])))
-
-
-def uniforms_of_draws(key: torch.Tensor, counter: torch.Tensor, draws: int, repick: int = 0) -> torch.Tensor:
-    """(rows, ``draws``): column d holds :func:`uniforms` of draw d, to the bit, in one pass of small operations
-    instead of one per draw (their cost is their number, on a CPU as on a GPU). On a CPU the same integer
-    arithmetic runs in numpy, whose small operations cost a quarter of torch's (0.05 against 0.2 ms a step).
-
-    >>> key, counter = torch.tensor([[1, 2], [3, 4]]), torch.tensor([5, 9])
-    >>> all(torch.equal(uniforms_of_draws(key, counter, 3)[:, d], uniforms(key, counter, d)) for d in range(3))
-    True
-    """
-    halves = _halves(key.device, draws, repick)
-    if key.device.type == "cpu":
-        return _unit(torch.from_numpy(_draw_bits(key.numpy(), counter.numpy(), halves.numpy())))
-    return _unit(_draw_bits(key, counter, halves))
-
-
-def _draw_bits(key, counter, halves):
-    """The bits of :func:`uniforms_of_draws` as integers, from int64 tensors or numpy arrays alike."""
-    x = _mix32(counter & _M32)[:, None, None] ^ halves
-    return _bits(_mix32(_mix32(x ^ key[:, None, 1:]) ^ key[:, None, :1]))
-
-
-@functools.lru_cache(maxsize=256)
-def _halves(device: torch.device, draws: int, repick: int) -> torch.Tensor:
-    """(draws, 2): the words :func:`uniforms` mixes into each half of a draw, on ``device`` once."""
-    return torch.tensor([[_mix32(_mix32(_mix32(half) ^ draw) ^ repick) for half in (0, 1)] for draw in range(draws)],
-                        device=device)
-
-
-def _bits(x):
-    """53 random bits, as an integer, from the two mixed 32-bit halves in the last dimension of ``x`` (27 + 26)."""
-    return (x[..., 0] >> 5) * 2 ** 26 + (x[..., 1] >> 6)
-
-
-def _unit(bits: torch.Tensor) -> torch.Tensor:
-    """53-bit integers as numbers in [0, 1), exactly."""
-    return bits.double() * 2.0 ** -53
-
-
 @dataclass
 class SamplingRows:
     """The sampling of a batch's rows, on the model's device: ``temperature`` (rows,), 0 for a greedy row;
@@ -154,6 +91,29 @@ class SamplingRows:
     top_p: torch.Tensor
     key: torch.Tensor
 
+    def __post_init__(self):
+        # what every step of the batch needs from them, made once: the logits' scale, 1 / temperature (1 for a
+        # greedy row), and the nucleus's share of the total weight (infinite where top_p is 1: every token is in)
+        self.scale = 1 / torch.where(self.temperature > 0, self.temperature, 1.0)[:, None]
+        self.share = torch.where(self.top_p < 1, self.top_p, torch.inf)
+        self._ahead: tuple[list[int], torch.Tensor] | None = None  # (first counters, noise) of NOISE_AHEAD steps
+
+    def noise(self, counter: torch.Tensor, repick: int = 0) -> torch.Tensor:
+        """(rows, :data:`ATTEMPTS`): :func:`uniforms_of_draws` of the rows' keys at ``counter``, to the bit. On a
+        CPU, where its small operations cost a step more than their arithmetic, the noise of the next
+        :data:`NOISE_AHEAD` positions of every row is made at once and kept: every row's counter moves by one a
+        step. (On a GPU the check would wait for the device.)"""
+        if repick or self.key.device.type != "cpu":
+            return uniforms_of_draws(self.key, counter, ATTEMPTS, repick)
+        now = counter.tolist()  # one read; python ints compare faster than small tensors
+        if self._ahead is not None and now:
+            first, noise = self._ahead
+            step = now[0] - first[0]
+            if 0 <= step < NOISE_AHEAD and all(a - b == step for a, b in zip(now, first)):
+                return noise[:, step]
+        self._ahead = now, uniforms_of_draws(self.key, counter[:, None] + torch.arange(NOISE_AHEAD), ATTEMPTS)
+        return self._ahead[1][:, 0]
+
     @classmethod
     def of(cls, rows: Sequence[tuple[float, float, int]], device) -> "SamplingRows":
         """From (temperature, top_p, request seed) per row."""
@@ -162,8 +122,12 @@ class SamplingRows:
                    torch.tensor([noise_key(r[2]) for r in rows], dtype=torch.long, device=device))
 
     def select(self, rows) -> "SamplingRows":
-        """The rows ``rows`` (an index tensor or a slice)."""
-        return SamplingRows(self.temperature[rows], self.top_p[rows], self.key[rows])
+        """The rows ``rows`` (an index tensor or a slice), with the noise already made for them."""
+        some = SamplingRows(self.temperature[rows], self.top_p[rows], self.key[rows])
+        if self._ahead is not None:
+            first = torch.tensor(self._ahead[0])[rows]
+            some._ahead = first.tolist(), self._ahead[1][rows]
+        return some
 
     def cat(self, other: "SamplingRows") -> "SamplingRows":
         return SamplingRows(torch.cat([self.temperature, other.temperature]), torch.cat([self.top_p, other.top_p]),
@@ -202,7 +166,8 @@ class _Proposal:
     def __init__(self, blocks: torch.Tensor, sums: torch.Tensor | None = None):
         self.blocks = blocks
         self.sums = blocks.sum(dim=-1) if sums is None else sums  # float32: summing in float64 copies every weight
-        self.cdf = self.sums.double().cumsum(dim=-1)
+        # the blocks' cumulative sums after a 0: the weight before block b is cdf[:, b], the total cdf[:, -1]
+        self.cdf = torch.nn.functional.pad(self.sums.double(), (1, 0)).cumsum(dim=-1)
         self.total = self.cdf[:, -1]
 
     def token(self, u: torch.Tensor) -> torch.Tensor:
@@ -211,14 +176,14 @@ class _Proposal:
         if u.dim() == 1:
             return self.token(u[:, None])[:, 0]
         total = self.total[:, None]
-        target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-        block = torch.searchsorted(self.cdf, target, right=True)
-        before = torch.where(block > 0, self.cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+        target = torch.minimum(u * total, _below(total))
+        block = torch.searchsorted(self.cdf, target, right=True) - 1  # cdf[:, 0] = 0 is at or below every target
         inner = self.blocks.gather(1, block[:, :, None].expand(-1, -1, self.blocks.shape[-1]))
         inner = inner.cumsum(dim=-1, dtype=torch.float64)
+        last = inner[..., -1]
         # the share of the block passed, on the block's own cumulative sums (its float32 sum may differ in rounding)
-        share = (target - before) / self.sums.gather(1, block).double()
-        rest = torch.minimum(share * inner[..., -1], torch.nextafter(inner[..., -1], torch.zeros_like(before)))
+        share = (target - self.cdf.gather(1, block)) / self.sums.gather(1, block).double()
+        rest = torch.minimum(share * last, _below(last))
         return block * self.blocks.shape[-1] + torch.searchsorted(inner, rest[..., None], right=True)[..., 0]
 
     def select(self, rows, blocks: torch.Tensor) -> "_Proposal":
@@ -228,34 +193,43 @@ class _Proposal:
         return some
 
 
+def _below(x: torch.Tensor) -> torch.Tensor:
+    """The largest number below each (positive) entry of ``x``."""
+    return torch.nextafter(x, x.new_zeros(()))
+
+
 class BatchSampler:
     """One step's draws for every row of ``logits`` (rows, vocabulary), at each row's temperature and top_p,
     with its noise (:func:`uniforms` of its key and ``counter``); see the module's docstring. Greedy rows are
     drawn at temperature 1 and their draws ignored. ``nucleus``: whether some row has top_p < 1 (else every
-    draw is kept and the test is skipped)."""
+    draw is kept and the test is skipped). ``consume``: the weights are made in the memory of ``logits`` (float32),
+    which the caller no longer needs: on a CPU a second copy of the batch's logits no longer fits in the caches
+    beside the first, and every pass over it costs about three times as much (the hf backend's step)."""
 
     def __init__(self, logits: torch.Tensor, rows: SamplingRows, counter: torch.Tensor, nucleus: bool,
-                 repick: int = 0):
-        logits = logits.float()
-        scale = 1 / torch.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
+                 repick: int = 0, consume: bool = False):
         peak = logits.amax(dim=-1, keepdim=True)  # the values max() gives, without its slow indices on a CPU
         # exp((logit - max) / temperature): the most likely token weighs 1, exactly. Subtract, then scale in place:
         # one fused addcmul broadcasting the row's scale runs at a third of the speed on a CPU
-        self.weights = (logits - peak).mul_(scale).exp_()
+        if consume and logits.dtype == torch.float32:
+            weights = logits.sub_(peak)
+        else:
+            weights = logits.float() - peak
+        self.weights = weights.mul_(rows.scale).exp_()
         block = _block(self.weights.shape[-1])
         if block is None:  # no power of two of at least 32 divides the vocabulary: padded with tokens of weight 0
             self.weights = torch.nn.functional.pad(self.weights, (0, -self.weights.shape[-1] % BLOCK))
             block = BLOCK
         self.proposal = _Proposal(self.weights.view(self.weights.shape[0], -1, block))
         # a token is in the nucleus when the tokens strictly more likely than it weigh less than this
-        self.limit = torch.where(rows.top_p < 1, rows.top_p * self.proposal.total, torch.inf)
+        self.limit = rows.share * self.proposal.total
         self.rows, self.counter, self.nucleus, self.repick = rows, counter, nucleus, repick
 
     def draws(self, rounds: int | None = None) -> torch.Tensor:
         """Each row's first kept draw, -1 where none was kept: on a GPU among its first ``rounds`` (default
         :data:`ROUNDS`), with nothing read back from the device; on a CPU among its first ``rounds`` (default
         :data:`CPU_DRAWS`)."""
-        self.noise = uniforms_of_draws(self.rows.key, self.counter, ATTEMPTS, self.repick)  # settle's draws too
+        self.noise = self.rows.noise(self.counter, self.repick)  # settle's draws too
         if self.weights.device.type == "cpu":
             return self._first_kept_by_row(min(rounds or CPU_DRAWS, ATTEMPTS))
         self.drawn = min(rounds or ROUNDS, ATTEMPTS)

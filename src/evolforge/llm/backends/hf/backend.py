@@ -318,15 +318,20 @@ class HFBackend:
                 logits[row] = float("-inf")
                 logits[row, allowed] = kept
         sampled = [row for row, i in enumerate(batch.index) if requests[i].temperature > 0]
+        # the rows that may pick again keep their logits: the sampler turns the batch's into weights in place
+        banned = {row: logits[row] for row, i in enumerate(batch.index)
+                  if i in self._controls and self._controls[i].controls.banned_strings}
         sampler = None
         if not sampled:
             chosen = argmax(logits)
         else:
+            greedy = argmax(logits) if len(sampled) < len(batch) else None  # before the logits become weights
+            banned = {row: values.clone() for row, values in banned.items()}
             nucleus = any(requests[batch.index[row]].top_p < 1 for row in sampled)
-            sampler = BatchSampler(logits, batch.sampling, batch.positions, nucleus)
+            sampler = BatchSampler(logits, batch.sampling, batch.positions, nucleus, consume=True)
             chosen = sampler.draws()
-            if len(sampled) < len(batch):  # the greedy rows' argmax
-                chosen = torch.where(batch.sampling.temperature > 0, chosen, argmax(logits))
+            if greedy is not None:
+                chosen = torch.where(batch.sampling.temperature > 0, chosen, greedy)
         tokens = chosen.tolist()
         changed = False
         unsettled = [row for row in sampled if tokens[row] < 0]  # none of their first draws was kept
@@ -334,11 +339,10 @@ class HFBackend:
             for row, token in zip(unsettled, sampler.settle(unsettled)):
                 tokens[row] = token
             changed = True
-        for row, i in enumerate(batch.index):
-            if i in self._controls and self._controls[i].controls.banned_strings:
-                token = self._repick(logits[row], tokens[row], batch, row, self._controls[i],
-                                     requests[i].temperature > 0)
-                tokens[row], changed = token, changed or token != tokens[row]
+        for row, values in banned.items():
+            i = batch.index[row]
+            token = self._repick(values, tokens[row], batch, row, self._controls[i], requests[i].temperature > 0)
+            tokens[row], changed = token, changed or token != tokens[row]
         batch.last = torch.tensor(tokens, device=logits.device) if changed else chosen
         return tokens
 
