@@ -11,7 +11,9 @@ The tokenizer is a small byte-level BPE trained here (2,000 tokens); the model's
 What sampling costs depends on the vocabulary its logits span, not on the text.
 
 Prints, per mode, the best of ``--repeat`` alternating runs: wall seconds and tokens/s, and process CPU seconds
-and tokens per CPU second (steadier than wall time on a shared machine); then sampled / greedy for both.
+and tokens per CPU second (steadier than wall time on a shared machine); then sampled / greedy for both, and the
+wall time sampling adds to each decoding step (in the loop, where the model's step has just filled the caches;
+the per-step costs printed last are of the sampler alone, on warm caches).
 
     python bench/sampling.py [--n 16] [--max-tokens 64] [--vocab 49152] [--threads 2] [--repeat 3]
 """
@@ -107,10 +109,13 @@ def main() -> None:
         cpu = min(r[1] for r in runs[mode])
         tokens = runs[mode][0][2]
         best[mode] = (tokens / wall, tokens / cpu)
-        print(f"{mode:8}: {tokens} tokens; wall {wall:6.2f} s = {tokens / wall:8.1f} tokens/s; "
-              f"CPU {cpu:6.2f} s = {tokens / cpu:8.1f} tokens per CPU second")
+        print(f"{mode:8}: {tokens} tokens; wall {wall:6.3f} s = {tokens / wall:8.1f} tokens/s; "
+              f"CPU {cpu:6.3f} s = {tokens / cpu:8.1f} tokens per CPU second")
     print(f"sampled / greedy: {best['sampled'][0] / best['greedy'][0]:.2f}x wall, "
           f"{best['sampled'][1] / best['greedy'][1]:.2f}x CPU")
+    # every request decodes max_tokens tokens in both modes, so the batch makes that many steps in each
+    added = (1 / best["sampled"][0] - 1 / best["greedy"][0]) * args.n
+    print(f"sampling adds {added * 1e3:.2f} ms of wall time to each decoding step of the batch")
     step_costs(args.n, backend.model.config.vocab_size, args.temperature, args.top_p)
 
 
