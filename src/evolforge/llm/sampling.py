@@ -43,7 +43,7 @@ Greedy rows (temperature 0) take the argmax as they always did; a batch of greed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Sequence
 
@@ -85,18 +85,21 @@ def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tens
 @dataclass
 class SamplingRows:
     """The sampling of a batch's rows, on the model's device: ``temperature`` (rows,), 0 for a greedy row;
-    ``top_p`` (rows,); ``key`` (rows, 2), the request seed's :func:`noise_key`."""
+    ``top_p`` (rows,); ``key`` (rows, 2), the request seed's :func:`noise_key`. Made from them once for every
+    step of the batch: ``scale`` (rows, 1), 1 / temperature (1 for a greedy row), and ``share`` (rows,), the
+    nucleus's share of the total weight (infinite where top_p is 1: every token is in it)."""
 
     temperature: torch.Tensor
     top_p: torch.Tensor
     key: torch.Tensor
+    scale: torch.Tensor = field(init=False, repr=False)
+    share: torch.Tensor = field(init=False, repr=False)
+    # (first counters, noise (rows, NOISE_AHEAD, ATTEMPTS)) of the steps whose noise is made already (CPU)
+    _ahead: tuple[list[int], torch.Tensor] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self):
-        # what every step of the batch needs from them, made once: the logits' scale, 1 / temperature (1 for a
-        # greedy row), and the nucleus's share of the total weight (infinite where top_p is 1: every token is in)
         self.scale = 1 / torch.where(self.temperature > 0, self.temperature, 1.0)[:, None]
         self.share = torch.where(self.top_p < 1, self.top_p, torch.inf)
-        self._ahead: tuple[list[int], torch.Tensor] | None = None  # (first counters, noise) of NOISE_AHEAD steps
 
     def noise(self, counter: torch.Tensor, repick: int = 0) -> torch.Tensor:
         """(rows, :data:`ATTEMPTS`): :func:`uniforms_of_draws` of the rows' keys at ``counter``, to the bit. On a
