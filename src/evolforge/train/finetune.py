@@ -182,7 +182,7 @@ def finetune(
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
 
-    flat = settings.packing or use_padding_free(settings, base_model, revision, padding_free)
+    flat = settings.packing or use_padding_free(settings, base_model, revision, padding_free)  # packed: padding-free
     checkpointing = use_checkpointing(settings, base_model, revision)
     config = _sft_config(settings, staging, len(train_rows), state.num_processes, revision, flat, checkpointing)
     live = [_live_callback(live_dir)] if live_dir is not None and state.is_main_process else []
@@ -262,8 +262,8 @@ def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, r
                 padding_free: bool = False, checkpointing: bool = False):
     """TRL's ``SFTConfig`` for these settings: completion-only loss; packing of conversations into rows of
     ``max_length`` tokens under ``finetune.packing`` (else a step trains ``batch_size`` conversations, as the
-    papers' runs did); padding-free batches when asked (then, without packing, ``max_length`` is applied by
-    :func:`truncated`); bf16 and Liger's kernels where the GPU has them."""
+    papers' runs did); padding-free batches when asked, as :func:`finetune` does under packing (then, without
+    packing, ``max_length`` is applied by :func:`truncated`); bf16 and Liger's kernels where the GPU has them."""
     import torch
     from trl import SFTConfig
 
@@ -289,7 +289,7 @@ def _sft_config(s: FinetuneSettings, staging: Path, rows: int, processes: int, r
         completion_only_loss=True,
         packing=s.packing,
         packing_strategy="bfd",  # whole conversations, a longer one cut at max_length as unpacked training cuts it
-        padding_free=padding_free or s.packing,
+        padding_free=padding_free,
         gradient_checkpointing=checkpointing,
         torch_compile=s.compile,
         bf16=cuda and torch.cuda.is_bf16_supported(),
