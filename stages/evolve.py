@@ -2,16 +2,20 @@
 
 Reads:  --src (data/seed, or data/evolved/round_{k-1}), data/method/method.txt and meta.json beside it
         (strategies auto, auto_initial: the method; auto: the optimize stage's `fallback` when the evolver
-        cannot follow it), params.yaml `evolve`, roles `evolver` (and `judge` for the judge checks)
+        cannot follow it), params.yaml `evolve`, roles `evolver` (and `judge` for the judge checks, `responder`
+        for the response rules, `embedder` and `diversity` (embedder) for the same_problem rule)
 Writes: data/evolved/<round>/ items.parquet (one row per item in: evolved or failed, with reason),
         pool.parquet (what the next round evolves), meta.json; metrics/evolve/<round>.json
 """
 
 from evolforge.core.stage import arguments, run_stage, write
 from evolforge.config.loader import load_section, read_params
+from evolforge.config.roles import load_role
 from evolforge.config.runtime import load_llm_params
 from evolforge.core.prompts import PromptLibrary
+from evolforge.steps.common.embedding import role_embedder
 from evolforge.steps.common.llms import RoleLLMs
+from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.evolve.step import run
@@ -23,7 +27,11 @@ def main() -> None:
     params = read_params(args.params)
     evolve, respond = load_section(params, "evolve", EvolveSection), load_section(params, "respond", RespondSettings)
     llms = RoleLLMs(load_llm_params(params, ("evolver", "judge", "responder")))
-    write(args, run(args.round, args.src, args.method, evolve, respond, llms, PromptLibrary(args.prompts)))
+    embed = None
+    if evolve.rule("same_problem"):  # roles.embedder is read only when the rule is on
+        kind = load_section(params, "diversity", DiversitySettings).embedder
+        embed = role_embedder(load_role(params, "embedder"), kind)
+    write(args, run(args.round, args.src, args.method, evolve, respond, llms, PromptLibrary(args.prompts), embed))
 
 
 if __name__ == "__main__":

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from evolforge.steps.common.elimination import repetition_test
+from evolforge.steps.common.repetition import repetition_test
 
 from evolforge.config.loader import load_section, read_params
 from evolforge.steps.evolve.settings import EvolveSection
 from evolforge.steps.respond.settings import RespondSettings
 
-from evolforge.steps.common import asking, elimination
+from evolforge.steps.common import asking, elimination, repetition, sameness
+from evolforge.steps.common.wording import lower_spaced
 from evolforge.steps.common.evolving import Evolution
 from evolforge.steps.evolve import judge_checks
 from evolforge.steps.optimize.scoring import FailureRules
-from evolforge.steps.common.elimination import RepetitionTest
+from evolforge.steps.common.repetition import RepetitionTest
 
 LOOP_HAIKU = ("Rewritten Prompt:\nIn a world where every leaf is a story of autumn,\nA leaf that must be made anew.\n"
               "The story of the leaves,\nA tale of autumn,\nA tale of the leaves,\nA tale of the Leaves.\n"
@@ -103,7 +104,7 @@ EDITS = [
 
 @pytest.mark.parametrize("parent,evolved,nothing", EDITS)
 def test_a_rewrite_adds_nothing_when_it_only_swaps_or_drops_a_word(parent, evolved, nothing):
-    assert elimination.adds_nothing(parent, evolved) is nothing
+    assert sameness.adds_nothing(parent, evolved) is nothing
 
 
 def test_an_in_breadth_rewrite_is_unchanged_only_when_it_is_its_parent_again():
@@ -135,32 +136,32 @@ def test_truncated_comes_before_the_text_rules():
 # response text, finish_reason -> response_status
 REAL_RESPONSES = [
     ("Tom has 5 boxes with 12 pencils each, which means he has 5 boxes x 12 pencils = 60 pencils.\nHe gives away "
-     "17 pencils, so he now has 60 - 17 = 43 pencils.", "stop", elimination.COMPLETE),
+     "17 pencils, so he now has 60 - 17 = 43 pencils.", "stop", repetition.COMPLETE),
     ("Sara reads 15 pages a day. To find out how many days it takes Sara to finish the book, we divide 240 by 15, "
-     "which is", "length", elimination.TRUNCATED_STATUS),
-    ("The correct response is: " * 16, "length", elimination.REPETITIVE_STATUS),
-    ("The Given Prompt:\n\n" * 16, "length", elimination.REPETITIVE_STATUS),
-    ("The story of leaves, " + "a tale of leaves, " * 18, "length", elimination.REPETITIVE_STATUS),
+     "which is", "length", repetition.TRUNCATED_STATUS),
+    ("The correct response is: " * 16, "length", repetition.REPETITIVE_STATUS),
+    ("The Given Prompt:\n\n" * 16, "length", repetition.REPETITIVE_STATUS),
+    ("The story of leaves, " + "a tale of leaves, " * 18, "length", repetition.REPETITIVE_STATUS),
     ("A rewritten prompt that requires a little more effort, requiring a little bit of thought.\n\nA simple sentence "
      "with a lot of words, requiring a lot of effort.\n\nA simplified version of a complex sentence that requires a "
      "little effort.\n\nA sentence with a lot of words, requiring a lot of effort.\n\nA sentence with a lot of words, "
-     "requiring a lot of effort.\n\nA sentence with a lot of words, requiring a lot", "length", elimination.REPETITIVE_STATUS),
-    ("", "stop", elimination.EMPTY_STATUS),
-    ("  \n", "length", elimination.EMPTY_STATUS),
-    ("Paris.", None, elimination.COMPLETE),  # a backend that does not say how it stopped
+     "requiring a lot of effort.\n\nA sentence with a lot of words, requiring a lot", "length", repetition.REPETITIVE_STATUS),
+    ("", "stop", repetition.EMPTY_STATUS),
+    ("  \n", "length", repetition.EMPTY_STATUS),
+    ("Paris.", None, repetition.COMPLETE),  # a backend that does not say how it stopped
 ]
 
 
 @pytest.mark.parametrize("text,finish,status", REAL_RESPONSES)
 def test_response_status(text, finish, status):
-    assert elimination.response_status(text, finish) == status
+    assert repetition.response_status(text, finish) == status
 
 
 def test_repetition_thresholds_are_params():
     text = "one two three " * 4  # 12 words, 9 of 10 trigrams repeat
-    assert elimination.is_repetitive(text)
-    assert not elimination.is_repetitive(text, RepetitionTest(min_words=20))
-    assert not elimination.is_repetitive(text, RepetitionTest(max_repeated_ngram_fraction=0.95, max_compression_ratio=50))
+    assert repetition.is_repetitive(text)
+    assert not repetition.is_repetitive(text, RepetitionTest(min_words=20))
+    assert not repetition.is_repetitive(text, RepetitionTest(max_repeated_ngram_fraction=0.95, max_compression_ratio=50))
     lax = repetition_test(load_section({"evolve": {"repetition": {"ngram": 4, "max_repeated_ngram_fraction": 0.5}}}, "evolve", EvolveSection).repetition)
     assert lax.ngram == 4 and lax.max_compression_ratio == 2.4
     with pytest.raises(ValueError, match=r"evolve.repetition.ngrams: unknown key"):
@@ -181,8 +182,8 @@ def test_compression_ratio_is_zlib_level_9():
         for distinct in (3, 40, len(vocab)):
             text = " ".join(rng.choice(vocab[:distinct]) for _ in range(length)).encode("utf-8")[:length].decode("utf-8", "ignore")
             data = text.encode("utf-8")
-            assert elimination.compression_ratio(text) == len(data) / len(zlib.compress(data, 9)), (length, distinct)
-    assert elimination.compression_ratio("") == 0.0
+            assert repetition.compression_ratio(text) == len(data) / len(zlib.compress(data, 9)), (length, distinct)
+    assert repetition.compression_ratio("") == 0.0
 
 
 @pytest.mark.parametrize("text,expected", [("Yes", True), ("no.", False), (" YES, it asks.", True), ("Maybe", None)])
@@ -275,10 +276,10 @@ def test_chatter_search_equals_the_full_regex_scan():
     verdicts = []
     for _ in range(4000):
         text = " ".join(rng.choice(fragments) for _ in range(rng.randint(1, 6)))
-        verdicts.append(elimination.is_chatter(text))
-        assert verdicts[-1] == (elimination._ANY_CHATTER.search(elimination._normalise(text)) is not None), text
+        verdicts.append(asking.is_chatter(text))
+        assert verdicts[-1] == (asking._ANY_CHATTER.search(lower_spaced(text)) is not None), text
     assert 0.2 < sum(verdicts) / len(verdicts) < 0.9  # both verdicts are well exercised
-    assert all(elimination.is_chatter(p) for p in CHATTER_PHRASES)
+    assert all(asking.is_chatter(p) for p in CHATTER_PHRASES)
 
 
 # The shipped responder's answers (tests/data/responder_loops.json): a loop that markdown hides from the repeated
@@ -286,7 +287,7 @@ def test_chatter_search_equals_the_full_regex_scan():
 # restating its question), and an answer that restates its equations (not a loop).
 ROOT = Path(__file__).resolve().parents[1]
 RESPONDER = json.loads((ROOT / "tests" / "data" / "responder_loops.json").read_text(encoding="utf-8"))
-SHIPPED_RESPONSES = elimination.RepetitionTest(ngram=3, max_repeated_ngram_fraction=0.35, max_compression_ratio=3.0,
+SHIPPED_RESPONSES = repetition.RepetitionTest(ngram=3, max_repeated_ngram_fraction=0.35, max_compression_ratio=3.0,
                                                min_words=10, phrase_words=10, max_phrase_repeats=2)
 RESTATED_QUESTION = ("To improve the performance of my Python web application when the database is slow, cache "
                      "the results of frequent queries, add indexes to the columns you filter on, and use a "
@@ -299,20 +300,20 @@ RESTATED_QUESTION = ("To improve the performance of my Python web application wh
 def test_a_phrase_said_three_times_is_a_loop_where_the_other_measures_miss_it(name, loops):
     text = {**RESPONDER["loops"], **RESPONDER["missed"], **RESPONDER["not_loops"]}[name]["answer"]
     without = dataclasses.replace(SHIPPED_RESPONSES, max_phrase_repeats=None)
-    assert elimination.is_repetitive(text, without) is False  # markdown's repetition hides them
-    assert elimination.is_repetitive(text, SHIPPED_RESPONSES) is loops
-    assert elimination.response_status(text, "stop", SHIPPED_RESPONSES) == ("repetitive" if loops else "complete")
+    assert repetition.is_repetitive(text, without) is False  # markdown's repetition hides them
+    assert repetition.is_repetitive(text, SHIPPED_RESPONSES) is loops
+    assert repetition.response_status(text, "stop", SHIPPED_RESPONSES) == ("repetitive" if loops else "complete")
 
 
 def test_a_question_restated_once_is_no_loop():
-    assert elimination.phrase_repeats(RESTATED_QUESTION, 10) == 2
-    assert not elimination.is_repetitive(RESTATED_QUESTION, SHIPPED_RESPONSES)
+    assert repetition.phrase_repeats(RESTATED_QUESTION, 10) == 2
+    assert not repetition.is_repetitive(RESTATED_QUESTION, SHIPPED_RESPONSES)
 
 
 def test_the_phrase_test_leaves_code_out():
     lines = "assert add(1, 2) == 3  # the sum of two small positive numbers is their total, as it should be\n" * 3
-    assert elimination.phrase_repeats(lines, 10) == 3
-    assert elimination.phrase_repeats("Here are the tests:\n```python\n" + lines + "```", 10) == 0
+    assert repetition.phrase_repeats(lines, 10) == 3
+    assert repetition.phrase_repeats("Here are the tests:\n```python\n" + lines + "```", 10) == 0
 
 
 def test_the_shipped_params_hold_the_phrase_test():
@@ -348,7 +349,8 @@ PERIMETER = "A garden is a square with a side of 8 metres. How much fencing goes
 ])
 def test_a_rewrite_that_states_its_own_result_fails(evolved):
     assert elimination.instruction_failure(PERIMETER, evolved) == elimination.STATED_ANSWER
-    assert elimination.instruction_failure(PERIMETER, evolved, stated_answer=False, dropped_given=False) is None
+    assert elimination.instruction_failure(PERIMETER, evolved, stated_answer=False, dropped_given=False,
+                                           hands_over_method=False) is None
 
 
 @pytest.mark.parametrize("evolved", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -13,7 +14,7 @@ from evolforge.steps.evolve.settings import EvolveSection
 
 from evolforge.steps.common import elimination
 from evolforge.steps.evolve import judge_checks
-from evolforge.steps.common.elimination import repetition_test
+from evolforge.steps.common.repetition import repetition_test
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round, method_text, resolve_strategy
 from evolforge.steps.common.evolving import BREADTH, IN_DEPTH, METHOD_TEMPLATE, assign_methods
 from evolforge.steps.common.lineage import chain, format_chain
@@ -182,7 +183,9 @@ def test_round_reasons_counts_and_keep_parent(seed_table):
     assert pool.height == 6
     assert sorted(pool["instruction"]) == sorted(["Task number 0.", "Task number 1.", "Task number 2. Explain each step.",
                                                   "Task number 3.", "Task number 4.", "Task number 5. Explain each step."])
-    expected = [table.row(i, named=True) if table["status"][i] == "evolved" else seed_table.row(i, named=True) for i in range(6)]
+    # an evolved item carries its check's answer as output (the next round's same_answer compares with it)
+    expected = [{**table.row(i, named=True), "output": table["check_response"][i]} if table["status"][i] == "evolved"
+                else seed_table.row(i, named=True) for i in range(6)]
     assert pool.to_dicts() == [{c: row.get(c) for c in pool.columns} for row in expected]  # in pool order, lineage kept
     assert pool.schema == {c: table.schema[c] for c in pool.columns}
     # the response checks ran only for instructions that passed the text checks, greedily
@@ -194,7 +197,8 @@ def test_drop_removes_failed_parents(seed_table):
     plan = {"Task number 0.": ""}
     (table, pool, summary), _ = run_round(seed_table, 1, EvolveSettings(strategy="evol", on_failure="drop"), plan)
     assert summary["failed"] == 1 and pool.height == 5 and "Task number 0." not in pool["instruction"].to_list()
-    assert pool.to_dicts() == table.filter(pl.col("status") == "evolved").select(pool.columns).to_dicts()
+    evolved = table.filter(pl.col("status") == "evolved").with_columns(output=pl.col("check_response"))
+    assert pool.to_dicts() == evolved.select(pool.columns).to_dicts()  # each with its check's answer
 
 
 def test_auto_strategy_parses_marker_and_records_missing(seed_table):
@@ -398,6 +402,13 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     spec.loader.exec_module(stage)
     from evolforge.steps.evolve.judge_checks import IS_INSTRUCTION_TEMPLATE
 
+    embedded = []  # a test double of roles.embedder: every text its own direction, so no rewrite is the same problem
+
+    def embedder(role, kind):
+        embedded.append((role.name, kind))
+        return lambda texts: np.eye(len(texts))
+    monkeypatch.setattr(stage, "role_embedder", embedder)
+
     replies = scripted_evolver({})
     replies.routes[IS_INSTRUCTION_TEMPLATE] = lambda variables, request: "Yes"  # the judge checks, when on
     fake = FakeBackend(replies)
@@ -409,7 +420,8 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
     tmp_path.mkdir(exist_ok=True)
     params = {"evolve": {"breadth": False, "rounds": {"round_1": {"src": "x", "index": 1}}, **evolve},
               "optimize": {"initial_method": "initial"},
-              "roles": {name: {"backend": "hf", "model": "fake"} for name in ("evolver", "judge", "responder")}}
+              "roles": {name: {"backend": "hf", "model": "fake"} for name in ("evolver", "judge", "responder",
+                                                                              "embedder")}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     write_output(tmp_path / "seed", seed_table)
     stage_args = ["evolve", "--params", str(tmp_path / "params.yaml"), "--round", "round_1", "--src", str(tmp_path / "seed"),
@@ -417,6 +429,7 @@ def run_evolve_stage(repo, seed_table, tmp_path, monkeypatch, evolve: dict, role
                   "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
     monkeypatch.setattr("sys.argv", stage_args)
     stage.main()
+    assert embedded == ([("embedder", "mean-pooled")] if evolve.get("elimination", {}).get("same_problem", True) else [])
     return fake
 
 
@@ -533,7 +546,7 @@ def test_response_check_is_the_answer_respond_keeps(seed_table, tmp_path):
 
 def test_auto_check_role_loads_no_second_model():
     """auto answers with the responder only when that costs no second model in the evolve stage's process."""
-    from evolforge.steps.evolve.step import resolve_check_role
+    from evolforge.steps.evolve.checks import resolve_check_role
 
     def role(name, **fields):
         return Role.from_params(name, {"backend": "hf", "model": "org/evolver-8b", **fields})

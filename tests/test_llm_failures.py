@@ -65,7 +65,8 @@ def pool(n: int) -> pl.DataFrame:
 
 
 def test_rejected_prompts_fail_their_items_and_a_rerun_retries_only_them(tmp_path):
-    settings = EvolveSettings(elimination={"sorry_short": False, "stopwords_only": False, "rule_f": False})
+    settings = EvolveSettings(elimination={"sorry_short": False, "stopwords_only": False, "rule_f": False,
+                                           "same_answer": False})
     lenient = LLMSettings(max_failure_rate=0.2)  # 3 of 20 = 15%
     with FakeOpenAIServer(evolving_server) as server:
         def run():

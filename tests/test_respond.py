@@ -8,12 +8,12 @@ from collections import Counter
 import polars as pl
 import pytest
 
-from evolforge.steps.common.elimination import repetition_test
+from evolforge.steps.common.repetition import repetition_test
 
 from evolforge.config.loader import load_section
 from evolforge.steps.respond.settings import RespondSettings
 
-from evolforge.steps.common.elimination import RepetitionTest
+from evolforge.steps.common.repetition import RepetitionTest
 from evolforge.io.columns import RESPONSES
 from evolforge.steps.common.responses import response_requests
 from evolforge.steps.respond.step import answer, gather, status_counts

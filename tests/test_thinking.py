@@ -70,7 +70,8 @@ def test_split_and_separate():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_thinking_server_yields_answers_without_thinking_and_the_thinking_apart(tmp_path, mode):
-    settings = EvolveSettings(elimination={"sorry_short": False, "stopwords_only": False, "rule_f": False})
+    settings = EvolveSettings(elimination={"sorry_short": False, "stopwords_only": False, "rule_f": False,
+                                           "same_answer": False})
     with FakeOpenAIServer(reply) as server:
         server.thinking = mode
         cache = CallCache(tmp_path / "c.sqlite")

@@ -1,5 +1,6 @@
 """Whether a text asks for something or answers: the ``not_an_instruction`` elimination rule's cheap test (the
-judge's ``not_an_instruction_judge`` is the costly one), and what a rewrite's numbers say beside its parent's
+judge's ``not_an_instruction_judge`` is the costly one), the ``chatter`` rule's (a text that talks to the user about
+the task instead), and what a rewrite's numbers say beside its parent's
 (``stated_answer``: a result it states; ``dropped_given``: a given it left out). Pure functions over text.
 
 A text reads as a request when its prose (fenced code left out) asks for something -- a question mark, a
@@ -23,6 +24,7 @@ import re
 from itertools import takewhile
 
 from evolforge.core.text import FENCED_CODE, NUMBER, number, numbers
+from evolforge.steps.common.wording import lower_spaced
 
 # Words that open a request (module doc).
 # (not when / where / which / who / given: they open statements too -- "When water boils, it turns to steam")
@@ -45,6 +47,36 @@ trace track transform translate turn use verify walk write
 """.split())
 REQUEST_PHRASES = re.compile(r"\b(i need|i want|i'?d like|i would like|i'?m looking for|i am looking for|help me|"
                              r"your task|you are asked|you must|you should)\b")
+
+
+# Chatter (this project): an "evolved instruction" that talks to the user about the task instead of
+# being one -- "I'm ready to create a new prompt. What would you like to create?". Lower-case regexes.
+CHATTER_PATTERNS = tuple(re.compile(p) for p in (
+    r"\bwhat would you like\b",
+    r"\bwhat do you want me to\b",
+    r"\b(i'?m|i am) ready\b",
+    r"\blet me know\b",
+    r"\bhow (can|may) i (help|assist)\b",
+    r"\bi('d| would) be (happy|glad) to\b",
+    r"\bis there anything else\b",
+    r"\b(as an ai|as a language model|i'?m an ai)\b",
+    r"^(sure|certainly|of course|okay|ok|absolutely)\b\s*[,!.]",
+    r"\bhere(?:'s| is) (?:the|a|an|my|your) (?:new|rewritten|revised|created|updated|modified|more complex)\b",
+))
+_ANY_CHATTER = re.compile("|".join(f"(?:{p.pattern})" for p in CHATTER_PATTERNS))  # one scan, not ten
+# Every pattern but the one anchored at the start contains one of these words: a text with none of them
+# can only match at its start. Ten substring searches cost a tenth of the regex scanning every position.
+_CHATTER_HINTS = ("what would you like", "what do you want me to", "ready", "let me know", "how can i",
+                  "how may i", "be happy to", "be glad to", "anything else", "an ai", "language model",
+                  "here's", "here is")
+
+
+def is_chatter(text: str) -> bool:
+    """The text talks to the user about the task ("What would you like ...?", "I'm ready ...")."""
+    text = lower_spaced(text)
+    if any(hint in text for hint in _CHATTER_HINTS):
+        return _ANY_CHATTER.search(text) is not None
+    return _ANY_CHATTER.match(text) is not None
 
 
 # A solver's voice at a sentence's start (lower-case text): "To find the price, we need ...", "To determine the eggs

@@ -21,7 +21,7 @@ import yaml
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import make_id
 from evolforge.llm.cached import LLM
-from evolforge.steps.common import elimination
+from evolforge.steps.common import copying, elimination
 
 if TYPE_CHECKING:
     from evolforge.steps.evolve.settings import MissingMarker
@@ -102,8 +102,8 @@ def load_examples(prompts: PromptLibrary, method: str) -> list[dict[str, str]]:
 def worked_example_additions(prompts: PromptLibrary, methods: Iterable[str]) -> frozenset[tuple[str, ...]]:
     """The phrases that the worked examples of ``methods`` add to their instructions (each example's final
     instruction against its instruction): a rewrite that holds one its parent lacks copied the example
-    (the ``copied_example`` rule, :func:`evolforge.steps.common.elimination.copies_example`)."""
-    return elimination.example_additions(
+    (the ``copied_example`` rule, :func:`evolforge.steps.common.copying.copies_example`)."""
+    return copying.example_additions(
         (e["instruction"], elimination.parse_final_instruction(e["answer"]) or e["answer"])
         for method in sorted(set(methods)) for e in load_examples(prompts, method))
 

@@ -15,14 +15,18 @@ from evolforge.config.controls import ControlSettings, Repetition
 
 
 # The elimination rules (evolve.elimination), named once, in the order a round runs them: on the evolved
-# instruction's text, on an answer to it, then the checks that ask the judge role
+# instruction's text, on its meaning beside its parent's (the embedder), on an answer to it, then the checks that
+# ask the judge role
 INSTRUCTION_RULES = ("empty", "truncated", "unchanged", "template_words", "copied_example", "copied_method", "chatter",
-                     "repetitive", "not_an_instruction", "stated_answer", "dropped_given")
-RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f")
+                     "repetitive", "not_an_instruction", "stated_answer", "dropped_given", "hands_over_method")
+EMBEDDER_RULES = ("same_problem",)
+RESPONSE_RULES = ("sorry_short", "stopwords_only", "rule_f", "same_answer")
 JUDGE_RULES = ("not_an_instruction_judge", "info_gain")
 # rule -> on when params.yaml does not say; the judge checks cost calls and are opt-in
-RULES = {**dict.fromkeys(INSTRUCTION_RULES + RESPONSE_RULES, True), **dict.fromkeys(JUDGE_RULES, False)}
-RuleName = Literal[INSTRUCTION_RULES + RESPONSE_RULES + JUDGE_RULES]  # type: ignore[valid-type]
+RULES = {**dict.fromkeys(INSTRUCTION_RULES + EMBEDDER_RULES + RESPONSE_RULES, True),
+         **dict.fromkeys(JUDGE_RULES, False)}
+RuleName = Literal[INSTRUCTION_RULES + EMBEDDER_RULES + RESPONSE_RULES + JUDGE_RULES]  # type: ignore[valid-type]
+STRATEGIES = ("evol", "auto", "auto_initial")  # evolve.strategy
 # an Auto Evol-Instruct answer without the final-instruction marker: it fails, or the whole answer is the rewrite
 MissingMarker = Literal["fail", "whole_output"]
 
@@ -59,6 +63,10 @@ class EvolveSettings:
     elimination: dict[RuleName, bool] = field(default_factory=dict, metadata={
         "help": "each elimination rule on or off; an unset rule takes its default (all on but the judge checks "
                 "not_an_instruction_judge and info_gain; docs/explanation/elimination.md)"})
+    same_problem_similarity: Annotated[float, Gt(0), Le(1)] = field(default=0.9, metadata={
+        "help": "the same_problem rule: a rewrite whose embedding (roles.embedder, diversity.embedder) is at least "
+                "this cosine-similar to its parent's, with no number of its own, asks the same problem again "
+                "(set on bench/data/rewrites.jsonl: bench/rewrite_rules.py)"})
     repetition: Repetition = field(default_factory=dict, metadata={
         "help": "thresholds of the repetitive rule: {ngram, max_repeated_ngram_fraction, max_compression_ratio, "
                 "min_words}"})

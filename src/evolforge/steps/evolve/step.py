@@ -12,11 +12,13 @@ Strategies (``evolve.strategy``):
   ``#Finally Rewritten Instruction#:``; a missing marker is a failure (``evolve.missing_marker: fail``) or the
   whole answer is the rewrite (``whole_output``).
 
-Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/explanation/elimination.md) run in three
+Elimination rules (``evolve.elimination``, reasons in ``failures``; docs/explanation/elimination.md) run in four
 passes, first failure wins: on the evolved instruction (empty, truncated at ``max_tokens``, unchanged,
-template words, chatter, repetitive, not an instruction), on an answer to it (sorry + short, stop words
-only, rule F; by default the responder's answer, the one the respond stage keeps, when that loads no second
-model), then the optional judge checks (not an instruction, information gain).
+template words, chatter, repetitive, not an instruction, a stated answer or a dropped given, the method handed
+over), on its meaning beside its parent's (the same problem again, by roles.embedder), on an answer to it (sorry +
+short, stop words only, rule F, the parent's answer again; by default the responder's answer, the one the respond
+stage keeps, when that loads no second model), then the optional judge checks (not an instruction, information
+gain).
 The evolver's finish reason is kept per row (``instruction_finish_reason``, "length": cut at ``max_tokens``),
 and the answer the response rules read with its finish reason and its request's cache key (``check_*``).
 
@@ -44,19 +46,19 @@ from evolforge.steps.evolve.settings import EvolveSection, method_text
 from evolforge.steps.respond.settings import RespondSettings
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import EVOLVED, FAILED, LINEAGE, SETTINGS, make_id, read_table
-from evolforge.steps.evolve.settings import INSTRUCTION_RULES, JUDGE_RULES, RESPONSE_RULES, EvolveSettings
+from evolforge.steps.evolve.settings import JUDGE_RULES, RESPONSE_RULES, STRATEGIES, EvolveSettings
 from evolforge.core.stage import Outputs
-from evolforge.config.roles import Role
 from evolforge.llm.cached import LLM
 from evolforge.llm.registry import loads_nothing_more
 from evolforge.steps.common import elimination
+from evolforge.steps.common.embedding import Embed
 from evolforge.steps.common.llms import RoleLLMs
-from evolforge.steps.common.evolving import (BREADTH, assign_methods, evolving_messages, template_hash,
-                                             worked_example_additions)
-from evolforge.steps.common.responses import response_requests, response_sampling
-from evolforge.steps.evolve.judge_checks import JUDGE_TEMPLATES, info_gain_verdicts, is_instruction_verdicts
+from evolforge.steps.common.evolving import (assign_methods, evolving_messages, template_hash)
+from evolforge.steps.common.responses import response_sampling
+from evolforge.steps.evolve.checks import (RoundState, instruction_rules, judge_rules, meaning_rules,
+                                          resolve_check_role, response_rules)
+from evolforge.steps.evolve.judge_checks import JUDGE_TEMPLATES
 
-STRATEGIES = ("evol", "auto", "auto_initial")
 POOL = "pool.parquet"  # beside a round's table: what the next round evolves
 
 
@@ -79,59 +81,6 @@ def resolve_strategy(settings: EvolveSettings, method_meta: dict[str, Any]) -> t
     return dataclasses.replace(settings, strategy=target), f"evolve.strategy auto falls back to {target}: {reason}"
 
 
-def resolve_check_role(check_role: str, evolver: Role, responder: Role) -> str:
-    """``evolve.check_role`` as the stage applies it: ``auto`` is ``responder`` when the responder is a
-    server or the evolver's own model (nothing more to load in the stage's process), else ``evolver``: two
-    local models in one process (an hf model and a vLLM engine each claiming most of a GPU) may not fit."""
-    if check_role != "auto":
-        return check_role
-    return "responder" if loads_nothing_more(responder, evolver) else "evolver"
-
-
-def check_responder(settings: EvolveSettings, evolver: LLM, responder: LLM | None,
-                    respond_sampling: Mapping[str, Any] | None) -> tuple[LLM, dict[str, Any]]:
-    """Who answers the evolved instructions for the response rules, and the sampling it answers with.
-
-    ``evolve.check_role: responder``: the responder role with ``respond_sampling`` (respond's
-    ``temperature`` / ``max_tokens``, as the respond stage passes them), so the check's answer is the very
-    request the respond stage makes for a surviving instruction and respond takes it from the round table
-    (``check_response`` under its ``check_request_key``): one
-    answer per instruction, as Evol-Instruct judges the response it keeps. ``evolver``: the evolver,
-    greedy, at ``evolve.max_tokens``, an extra answer per surviving instruction that respond does not reuse.
-    ``auto`` (default): see :func:`resolve_check_role`.
-    """
-    role = settings.check_role
-    if role == "auto":
-        role = "evolver" if responder is None else resolve_check_role(role, evolver.role, responder.role)
-    if role == "evolver":
-        return evolver, {"temperature": 0.0, "max_tokens": settings.max_tokens, "seed": settings.seed}
-    if responder is None:
-        raise ValueError("evolve.check_role responder: the response rules need the responder role")
-    return responder, dict(respond_sampling or {})
-
-
-@dataclasses.dataclass
-class _Round:
-    """One round's items and what each phase found, one entry per item in pool order."""
-
-    items: list[dict[str, Any]]
-    methods: list[str]
-    raws: list[str | None]  # the evolver's whole answer; None where its call failed
-    finishes: list[str | None]  # the evolver's finish_reason ("length": cut at max_tokens)
-    candidates: list[str | None]  # the evolved instruction parsed from the answer; None where none was found
-    reasons: list[str | None]  # why the item failed; None while it survives
-    details: list[str | None]  # a failed call's message
-    responses: list[str | None]  # the answer the response rules read; None where none was asked
-    response_finishes: list[str | None]  # its finish_reason
-    response_keys: list[str | None]  # its request's cache key (the respond stage reuses an answer whose key it asks)
-    thinking: list[str | None]  # the evolver's thinking (a reasoning model; evolforge.llm.thinking), and the checks'
-    response_thinking: list[str | None]
-
-    def alive(self) -> list[int]:
-        """Positions of the items that no rule has failed so far."""
-        return [i for i, reason in enumerate(self.reasons) if reason is None]
-
-
 def _round_methods(items: list[dict[str, Any]], round_index: int, settings: EvolveSettings,
                    method_text: str | None) -> list[str]:
     """The evolving method of each item: a hand-written one per item (evol), else the strategy's one text."""
@@ -144,7 +93,7 @@ def _round_methods(items: list[dict[str, Any]], round_index: int, settings: Evol
 
 
 def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_index: int, settings: EvolveSettings,
-                  prompts: PromptLibrary, evolver: LLM, method_text: str | None) -> _Round:
+                  prompts: PromptLibrary, evolver: LLM, method_text: str | None) -> RoundState:
     """Ask the evolver to rewrite each item's instruction with its method; the round before any rule runs
     (an item whose call failed already holds the call's reason)."""
     # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
@@ -160,80 +109,14 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
     raws = [None if c.failed else c.text for c in outs]
     candidates = [None if r is None else elimination.parse_final_instruction(r, settings.missing_marker)
                   if m in STRATEGIES else r.strip() for m, r in zip(methods, raws)]
-    return _Round(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
+    return RoundState(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
                   reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
                   responses=[None] * len(items), response_finishes=[None] * len(items),
                   response_keys=[None] * len(items), thinking=[c.thinking for c in outs],
                   response_thinking=[None] * len(items))
 
 
-def _instruction_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary,
-                       method_text: str | None) -> None:
-    """Phase 1: the text rules (:data:`INSTRUCTION_RULES`) on each evolved instruction, first failure wins
-    (``method_text``: the Auto Evol-Instruct method the strategies' items were evolved with)."""
-    switches = {k: settings.rule(k) for k in INSTRUCTION_RULES}
-    added = worked_example_additions(prompts, state.methods) if settings.few_shot else frozenset()
-    method_words = elimination.method_phrases(method_text if settings.strategy != "evol" else None)
-    repetition = elimination.repetition_test(settings.repetition)
-    for i in state.alive():
-        candidate, finish = state.candidates[i], state.finishes[i]
-        if state.methods[i] in STRATEGIES and candidate is None:
-            # a marker that never came because the answer was cut off: the cut is the cause
-            cut = switches["truncated"] and finish == "length"
-            state.reasons[i] = elimination.TRUNCATED if cut else elimination.MISSING_MARKER
-            continue
-        state.reasons[i] = elimination.instruction_failure(
-            state.items[i]["instruction"], candidate, finish_reason=finish, repetition=repetition,
-            example_additions=added, method_phrases=method_words, breadth=state.methods[i] == BREADTH, **switches)
-
-
-def _response_rules(state: _Round, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
-                    evolver: LLM, responder: LLM | None, respond_sampling: Mapping[str, Any] | None) -> None:
-    """Phase 2: the rules on an answer to each surviving instruction (:data:`RESPONSE_RULES`); the answers
-    are generated only when one of those rules is on."""
-    response_rules = {k: settings.rule(k) for k in RESPONSE_RULES}
-    alive = state.alive()
-    if not (any(response_rules.values()) and alive):
-        return
-    checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
-    requests = response_requests(checker, prompts, [state.candidates[i] for i in alive],
-                                 [state.items[i]["input"] for i in alive], **check_sampling)
-    answers = checker.generate(requests, desc=f"round {round_index}: check")
-    for i, request, answer in zip(alive, requests, answers):
-        if answer.failed:  # the item cannot be checked: it fails with the call's reason
-            state.reasons[i], state.details[i] = answer.failure_reason, f"check response: {answer.error}"
-            continue
-        state.responses[i], state.response_finishes[i] = answer.text, answer.finish_reason
-        state.response_thinking[i] = answer.thinking
-        state.response_keys[i] = checker.key(request)
-        state.reasons[i] = elimination.response_failure(answer.text, **response_rules)
-
-
-def _judge_rules(state: _Round, settings: EvolveSettings, prompts: PromptLibrary, judge: LLM | None) -> tuple[int, int]:
-    """Phase 3: the judge's checks (:data:`JUDGE_RULES`), is it an instruction at all, then does it add
-    anything. Returns how many verdicts went unparsed: (instruction check, equal check)."""
-    if any(settings.rule(k) for k in JUDGE_RULES) and judge is None:
-        raise ValueError("evolve.elimination.not_an_instruction_judge and info_gain need the judge role")
-    unparsed_instruction = unparsed_equal = 0
-    alive = state.alive()
-    if settings.rule("not_an_instruction_judge") and alive:
-        verdicts = is_instruction_verdicts(judge, prompts, [state.candidates[i] for i in alive])
-        for i, asks in zip(alive, verdicts):
-            unparsed_instruction += asks is None
-            if asks is False:
-                state.reasons[i] = elimination.JUDGED_NOT_AN_INSTRUCTION
-    alive = state.alive()
-    if settings.rule("info_gain") and alive:
-        verdicts = info_gain_verdicts(judge, prompts, [state.items[i]["instruction"] for i in alive],
-                                      [state.candidates[i] for i in alive])
-        for i, same in zip(alive, verdicts):
-            unparsed_equal += same is None
-            if same:
-                state.reasons[i] = elimination.NO_INFO_GAIN
-    return unparsed_instruction, unparsed_equal
-
-
-def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method_text: str | None,
+def _round_table(state: RoundState, round_index: int, prompts: PromptLibrary, method_text: str | None,
                  model: str) -> pl.DataFrame:
     """The round table (:data:`evolforge.io.columns.ROUND`): one row per item, ``evolved`` or ``failed`` with its
     reason."""
@@ -256,10 +139,11 @@ def _round_table(state: _Round, round_index: int, prompts: PromptLibrary, method
 
 
 def _next_pool(pool: pl.DataFrame, table: pl.DataFrame, on_failure: str) -> pl.DataFrame:
-    """The next round's pool, in pool order: each evolved item and, with ``keep_parent``, the parent of each
-    failed one."""
+    """The next round's pool, in pool order: each evolved item (with the answer its check got as ``output``) and,
+    with ``keep_parent``, the parent of each failed one."""
     evolved = pl.Series([status == EVOLVED for status in table["status"].to_list()], dtype=pl.Boolean)
-    pool_out = _as_pool(table)
+    # an evolved item carries the answer its check got: the next round's same_answer compares with it
+    pool_out = _as_pool(table).with_columns(output=table["check_response"].fill_null(""))
     if on_failure == "keep_parent":
         parents = _as_pool(pool)
         return pl.DataFrame([pool_out[c].zip_with(evolved, parents[c]) for c in POOL_COLUMNS])
@@ -268,20 +152,22 @@ def _next_pool(pool: pl.DataFrame, table: pl.DataFrame, on_failure: str) -> pl.D
 
 def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
                  evolver: LLM, method_text: str | None = None, judge: LLM | None = None,
-                 responder: LLM | None = None,
-                 respond_sampling: Mapping[str, Any] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+                 responder: LLM | None = None, respond_sampling: Mapping[str, Any] | None = None,
+                 embed: Embed | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Evolve every item of ``pool`` once. Returns (round table, next pool, summary).
 
     ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules when
-    ``evolve.check_role`` comes to ``responder`` (see :func:`check_responder`)."""
+    ``evolve.check_role`` comes to ``responder`` (see :func:`check_responder`); ``embed`` (roles.embedder) reads
+    the meanings for ``same_problem``."""
     items = pool.to_dicts()
     methods = _round_methods(items, round_index, settings, method_text)
     state = _evolve_items(items, methods, round_index=round_index, settings=settings, prompts=prompts,
                           evolver=evolver, method_text=method_text)
-    _instruction_rules(state, settings, prompts, method_text)
-    _response_rules(state, round_index=round_index, settings=settings, prompts=prompts, evolver=evolver,
+    instruction_rules(state, settings, prompts, method_text)
+    meaning_rules(state, settings, embed)
+    response_rules(state, round_index=round_index, settings=settings, prompts=prompts, evolver=evolver,
                     responder=responder, respond_sampling=respond_sampling)
-    unparsed_instruction, unparsed_equal = _judge_rules(state, settings, prompts, judge)
+    unparsed_instruction, unparsed_equal = judge_rules(state, settings, prompts, judge)
     table = _round_table(state, round_index, prompts, method_text, evolver.label)
     pool_out = _next_pool(pool, table, settings.on_failure)
     summary = round_summary(table)
@@ -341,10 +227,11 @@ def open_checkers(llms: RoleLLMs, settings: EvolveSettings, evolver: LLM,
 
 
 def run(round_name: str, src: str | Path, method: str | Path, section: EvolveSection, respond: RespondSettings,
-        llms: RoleLLMs, prompts: PromptLibrary) -> Outputs:
+        llms: RoleLLMs, prompts: PromptLibrary, embed: Embed | None = None) -> Outputs:
     """The evolve stage for the round ``round_name`` of ``evolve.rounds`` (``section``): the pool of ``src``
     evolved once by ``llms["evolver"]``, with the method of ``method`` (method.txt; its meta.json's ``fallback``
-    for strategy auto); the response checks answer with ``respond``'s sampling."""
+    for strategy auto); the response checks answer with ``respond``'s sampling, ``embed`` (roles.embedder) reads
+    the meanings for ``same_problem``."""
     settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
     if round_name not in section.rounds:
         raise ParamsError([f"evolve.rounds: no round named {round_name!r} (rounds: {', '.join(section.rounds)})"])
@@ -361,7 +248,7 @@ def run(round_name: str, src: str | Path, method: str | Path, section: EvolveSec
     judge, responder, settings = open_checkers(llms, settings, evolver, round_name)
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
-        responder=responder, respond_sampling=response_sampling(respond))
+        responder=responder, respond_sampling=response_sampling(respond), embed=embed)
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
     roles = {name: llm
              for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}

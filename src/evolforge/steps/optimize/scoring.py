@@ -10,8 +10,9 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
-from evolforge.steps.common import elimination
+from evolforge.steps.common import copying, elimination
 from evolforge.steps.common.difficulty import difficulty_scores
+from evolforge.steps.common.repetition import RepetitionTest, repetition_test
 from evolforge.steps.common.evolving import Evolution, evolve_with_methods, worked_example_additions
 from evolforge.steps.common.responses import respond
 from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSettings, MissingMarker
@@ -47,20 +48,20 @@ class FailureRules:
     kind: str = "rule_f"
     instruction: tuple[tuple[str, bool], ...] = ()  # evolve.elimination's switches of the text rules
     response: tuple[tuple[str, bool], ...] = ()  # ... and of the answer's
-    repetition: elimination.RepetitionTest = elimination.RepetitionTest()
+    repetition: RepetitionTest = RepetitionTest()
     example_additions: frozenset[tuple[str, ...]] = frozenset()  # what the worked examples add (evolve.few_shot)
 
     @classmethod
     def of(cls, kind: str, evolve: EvolveSettings, prompts: PromptLibrary) -> "FailureRules":
         additions = worked_example_additions(prompts, ["auto"]) if evolve.few_shot else frozenset()
         return cls(kind, tuple((k, evolve.rule(k)) for k in INSTRUCTION_RULES),
-                   tuple((k, evolve.rule(k)) for k in RESPONSE_RULES), elimination.repetition_test(evolve.repetition),
+                   tuple((k, evolve.rule(k)) for k in RESPONSE_RULES), repetition_test(evolve.repetition),
                    additions)
 
     def instruction_failure(self, parent: str, evolution: Evolution,
                             method_phrases: frozenset[tuple[str, ...]] = frozenset()) -> str | None:
         """Why the evolution fails before it is answered, or None (``method_phrases``: those of the method text it
-        was evolved with, :func:`~evolforge.steps.common.elimination.method_phrases`)."""
+        was evolved with, :func:`~evolforge.steps.common.copying.method_phrases`)."""
         if evolution.instruction is None:  # as a round: an answer cut before the marker fails by the cut
             cut = self.kind == "elimination" and dict(self.instruction).get("truncated", True)
             return elimination.TRUNCATED if cut and evolution.finish_reason == "length" else elimination.MISSING_MARKER
@@ -110,7 +111,7 @@ def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods
         evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
                                       temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
                                       controls=controls, few_shot=few_shot, missing_marker=missing_marker)
-    phrases = [elimination.method_phrases(m) for m in methods]
+    phrases = [copying.method_phrases(m) for m in methods]
     reasons: list[str | None] = [rules.instruction_failure(dev[k % n]["instruction"], e, phrases[k // n])
                                  for k, e in enumerate(evolved)]
     answered = [k for k, why in enumerate(reasons) if why is None]

@@ -65,7 +65,7 @@ from evolforge.core.stage import Outputs
 from evolforge.io.records import (SEED_POOL, SETTINGS, TABLE, VERSIONS, atomic_dir, output_versions, read_table,
                                   write_json, write_jsonl)
 from evolforge.llm.cached import LLM
-from evolforge.steps.common import elimination
+from evolforge.steps.common import copying, elimination
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
 from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, evolve_with_method,
                                              initial_method_text)
@@ -113,7 +113,7 @@ def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[st
     cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
     unparsed = []
     current = list(instructions)
-    phrases = elimination.method_phrases(method) if verdicts is not None else frozenset()
+    phrases = copying.method_phrases(method) if verdicts is not None else frozenset()
     for r in range(1, rounds + 1):
         results = first if r == 1 and first is not None else evolve_with_method(
             evolver, prompts, current, method, temperature=temperature, desc=f"trajectory round {r}",

@@ -4,7 +4,7 @@
 keeping every lineage column and the evolver's columns (``evolve_template_hash``, ``evolver_model``,
 ``instruction_finish_reason``); ``answer`` fills ``output`` and marks each response with ``response_status``:
 ``complete``, ``truncated`` (cut at ``max_tokens``), ``repetitive`` (loops) or ``empty``
-(:func:`evolforge.steps.common.elimination.response_status`). Only complete responses are training material.
+(:func:`evolforge.steps.common.response_status`). Only complete responses are training material.
 The answer is the one the round's response check got (``check_response``) when the respond stage's request
 for the item has that answer's key (``check_request_key``: same responder, template, sampling and text),
 else the responder's, through the call cache. The output's columns are :data:`evolforge.io.columns.RESPONSES`.
@@ -35,7 +35,8 @@ from evolforge.io.stream import (check_chunks, check_unique, checked_chunks, ite
                                  table_schema, write_output_chunks)
 from evolforge.llm.cached import LLM
 from evolforge.llm.types import Completion
-from evolforge.steps.common import elimination
+from evolforge.steps.common.repetition import (FAILED_RESPONSE, RESPONSE_STATUSES, RepetitionTest, repetition_test,
+                                               response_status)
 from evolforge.eval.sandbox import require_sandbox
 from evolforge.steps.common.answer_check import check_answer
 from evolforge.steps.common.llms import RoleLLMs
@@ -116,7 +117,7 @@ def completions(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary, **samplin
 
 
 def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
-           repetition: elimination.RepetitionTest = elimination.RepetitionTest(), tally: Counter | None = None,
+           repetition: RepetitionTest = RepetitionTest(), tally: Counter | None = None,
            **sampling) -> pl.DataFrame:
     """``items`` (``KEEP``) answered (:func:`completions`; ``tally["reused"]`` counts the check answers taken),
     as :data:`evolforge.io.columns.RESPONSES`: ``output``, ``response_finish_reason`` and ``response_status``
@@ -134,8 +135,8 @@ def answer(items: pl.DataFrame, llm: LLM, prompts: PromptLibrary,
     ).with_columns(
         output=pl.Series([None if c.failed else c.text for c in answers], dtype=pl.String),
         response_finish_reason=pl.Series([c.finish_reason for c in answers], dtype=pl.String),
-        response_status=pl.Series([elimination.FAILED_RESPONSE if c.failed
-                                   else elimination.response_status(c.text, c.finish_reason, repetition)
+        response_status=pl.Series([FAILED_RESPONSE if c.failed
+                                   else response_status(c.text, c.finish_reason, repetition)
                                    for c in answers], dtype=pl.String),
         response_failure_reason=pl.Series([c.failure_reason for c in answers], dtype=pl.String),
         response_failure_detail=pl.Series([c.error for c in answers], dtype=pl.String),
@@ -170,7 +171,7 @@ def add_check_counts(total: dict, part: dict) -> dict:
 
 def status_counts(table: pl.DataFrame) -> dict[str, int]:
     """Responses per ``response_status``, every status listed (0 when absent)."""
-    counts = dict.fromkeys(elimination.RESPONSE_STATUSES, 0)
+    counts = dict.fromkeys(RESPONSE_STATUSES, 0)
     counts.update(table["response_status"].value_counts().iter_rows())
     return counts
 
@@ -189,8 +190,8 @@ def run(evolved: str | Path, seed: str | Path, out: str | Path, cfg: RespondSett
     if items.runs_code():
         require_sandbox("respond (the seeds' python_tests answer checks)")
     llm = llms["responder"]
-    repetition = elimination.repetition_test(cfg.repetition)
-    statuses, per_round, failed, tally = dict.fromkeys(elimination.RESPONSE_STATUSES, 0), Counter(), 0, Counter()
+    repetition = repetition_test(cfg.repetition)
+    statuses, per_round, failed, tally = dict.fromkeys(RESPONSE_STATUSES, 0), Counter(), 0, Counter()
     checks: dict = {"items": 0, "passed": 0, "failed": 0, "by_kind": {}}
 
     def answered() -> Iterator[pl.DataFrame]:
