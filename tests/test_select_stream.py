@@ -17,7 +17,8 @@ from stage_runs import run_stage
 from evolforge.io.records import write_output
 from evolforge.steps.select import card, embeddings
 from evolforge.steps.select.embeddings import EMBEDDINGS, Embeddings, load_embeddings
-from evolforge.steps.select.selection import join_metrics, select_items
+from evolforge.steps.select.export import join_metrics
+from evolforge.steps.select.selection import select_items
 from evolforge.steps.select.settings import SelectSettings
 
 CHUNKS = (7, 100, 100_000)

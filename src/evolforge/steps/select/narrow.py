@@ -1,7 +1,8 @@
 """The select stage's inputs, checked and narrowed a chunk at a time: the ranking table.
 
 The ranking (:func:`evolforge.steps.select.selection.choose`) needs, per item, its id and round, the first guard
-it fails, a digest of its text (for the distinct-instruction ratios) and the metric columns; never its texts.
+it fails, a digest of its text (for the distinct-instruction ratios) and the metric columns; never its texts
+(the helper columns: :func:`with_helpers`; the texts, read for the near-duplicate walk only: :func:`file_texts`).
 :func:`ranking_table` builds that table from the items read ``chunk_rows`` at a time (guards and digests computed
 per chunk, texts dropped) joined with the metric columns of judged, scores and diversity: about 80 bytes per
 item, the one part of the stage that grows with the number of items (with the selection's ids, below).
@@ -15,18 +16,47 @@ from typing import Sequence
 
 import polars as pl
 
+from evolforge.core.text import item_text, question_text
 from evolforge.io import validation
 from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema
-from evolforge.steps.common.guards import GUARDS, applicable
+from evolforge.steps.common.guards import GUARDS, applicable, guard_reason
 from evolforge.steps.select.near_duplicates import TextReader
-from evolforge.steps.select.selection import GUARD, TEXT, table_texts, with_helpers
 from evolforge.steps.select.settings import SelectSettings
 
 # the columns the filters and the summary read (the metrics, the floors' and ifd_filter's columns, the pool MND)
 METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd",
                   "verify_verdict", "verify_confidence",  # drop_wrong's and min_confidence's
                   "verify_method")  # whether verify checked the content: then an answer check alone does not vouch
+GUARD, TEXT = "_guard", "_text"  # helper columns: the first guard a row fails (null: none), its text's digest
 CHECK_PASSED = "answer_check_passed"  # the items' answer check result (require_check reads it; null: no check)
+
+
+def with_helpers(table: pl.DataFrame) -> pl.DataFrame:
+    """``table`` with the helper columns :func:`~evolforge.steps.select.selection.choose` reads: ``GUARD`` and, when
+    it has instructions, ``TEXT``."""
+    table = table.with_columns(guard_reason(table).alias(GUARD))
+    if "instruction" not in table.columns:
+        return table
+    inputs = table["input"] if "input" in table.columns else pl.Series([None] * table.height, dtype=pl.String)
+    return table.with_columns(text_digests(table["instruction"], inputs).alias(TEXT))
+
+
+def table_texts(table: pl.DataFrame) -> TextReader:
+    """What reads the question and answer texts of some of ``table``'s items (the near-duplicate walk's input)."""
+    def read(ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        rows = table.filter(pl.col("id").is_in(list(ids)))
+        inputs = rows["input"].to_list() if "input" in rows.columns else [None] * rows.height
+        return [(i, question_text(q, x), a or "") for i, q, x, a in zip(rows["id"].to_list(),
+                                                                        rows["instruction"].to_list(), inputs,
+                                                                        rows["output"].to_list())]
+    return read
+
+
+def text_digests(instructions: pl.Series, inputs: pl.Series) -> pl.Series:
+    """A 64-bit digest of each item's normalised text (:func:`evolforge.core.text.item_text`): equal texts, equal
+    digests; 8 bytes per item where the texts would be tens or thousands."""
+    texts = pl.Series([item_text(q, x) for q, x in zip(instructions.to_list(), inputs.to_list())], dtype=pl.String)
+    return texts.hash(seed=0)
 
 
 @dataclass(frozen=True)
