@@ -1,7 +1,8 @@
 """The select stage's inputs, checked and narrowed a chunk at a time: the ranking table.
 
 The ranking (:func:`evolforge.steps.select.selection.choose`) needs, per item, its id and round, the first guard
-it fails, a digest of its text (for the distinct-instruction ratios) and the metric columns; never its texts
+it fails, a digest of its text (for the distinct-instruction ratios), one of its seed's id (the same-problem walk's
+lineage) and the metric columns; never its texts
 (the helper columns: :func:`with_helpers`; the texts, read for the near-duplicate walk only: :func:`file_texts`).
 :func:`ranking_table` builds that table from the items read ``chunk_rows`` at a time (guards and digests computed
 per chunk, texts dropped) joined with the metric columns of judged, scores and diversity: about 80 bytes per
@@ -27,14 +28,17 @@ from evolforge.steps.select.settings import SelectSettings
 METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd",
                   "verify_verdict", "verify_confidence",  # drop_wrong's and min_confidence's
                   "verify_method")  # whether verify checked the content: then an answer check alone does not vouch
-GUARD, TEXT = "_guard", "_text"  # helper columns: the first guard a row fails (null: none), its text's digest
+# helper columns: the first guard a row fails (null: none), its text's digest, its seed's (root_id) digest
+GUARD, TEXT, ROOT = "_guard", "_text", "_root"
 CHECK_PASSED = "answer_check_passed"  # the items' answer check result (require_check reads it; null: no check)
 
 
 def with_helpers(table: pl.DataFrame) -> pl.DataFrame:
-    """``table`` with the helper columns :func:`~evolforge.steps.select.selection.choose` reads: ``GUARD`` and, when
-    it has instructions, ``TEXT``."""
+    """``table`` with the helper columns :func:`~evolforge.steps.select.selection.choose` reads: ``GUARD``, ``ROOT``
+    when it has lineage and ``TEXT`` when it has instructions."""
     table = table.with_columns(guard_reason(table).alias(GUARD))
+    if "root_id" in table.columns:
+        table = table.with_columns(pl.col("root_id").cast(pl.String).hash(seed=0).alias(ROOT))
     if "instruction" not in table.columns:
         return table
     inputs = table["input"] if "input" in table.columns else pl.Series([None] * table.height, dtype=pl.String)
@@ -99,11 +103,12 @@ def _items_narrow(items: str, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]
     guards that apply (those whose columns the items have)."""
     schema = table_schema(items)
     guards = applicable(pl.DataFrame(schema=schema))
-    read = ["id", "round", *(c for c in ("instruction", "input") if c in schema),
+    read = ["id", "round", *(c for c in ("root_id", "instruction", "input") if c in schema),
             *(c for name in guards for c in GUARDS[name].columns if c not in ("instruction", "input")),
             *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema)]
     read = list(dict.fromkeys(read))
-    keep = ["id", "round", *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema), GUARD, TEXT]
+    keep = ["id", "round", *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema), GUARD, TEXT,
+            *([ROOT] if "root_id" in schema else [])]
     empty = pl.DataFrame(schema={c: schema[c] for c in read})  # a table without rows still has its columns
     parts = [with_helpers(chunk).select(keep) for chunk in chain([empty], iter_chunks(items, chunk_rows, read))]
     return pl.concat(parts), guards

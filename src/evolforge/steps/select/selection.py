@@ -21,10 +21,12 @@ rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items)
 confidence goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> the budget is set ->
 ``require_vouched`` (``not_vouched``: neither the verdict ``right`` nor a passing answer check; an AutoIF item's
 constraint checks the form only and does not vouch where verify checked the content) -> near-duplicate walk
-(``near_duplicate_of_selected``: :mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction.
-The budget is the top fraction of every item left before ``require_vouched``: an item verify could not vouch for
-is unknown, not bad, so it counts in the budget but may not fill it; with ``require_vouched: false`` it ranks after
-every vouched item. Like the diversity walk, the near-duplicate walk gives a dropped item's place to the next one.
+(``near_duplicate_of_selected``: :mod:`evolforge.steps.select.near_duplicates`) -> same-problem walk
+(``same_problem_in_lineage``, ``same_problem_as_selected``: :mod:`evolforge.steps.select.same_problem`) -> diversity
+walk / top fraction. The budget is the top fraction of every item left before ``require_vouched``: an item verify
+could not vouch for is unknown, not bad, so it counts in the budget but may not fill it; with ``require_vouched:
+false`` it ranks after every vouched item. Like the diversity walk, the near-duplicate and same-problem walks give a
+dropped item's place to the next one.
 
 Diversity (DEITA's representation filter, :mod:`evolforge.steps.select.diversity_walk`): walk the ranked items and
 keep one only if its distance to every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the
@@ -51,9 +53,10 @@ from evolforge.config.bounds import ParamsError
 from evolforge.steps.common.guards import applicable
 from evolforge.steps.common.verification import CONTENT_METHODS
 from evolforge.steps.select.diversity_walk import diverse_walk
-from evolforge.steps.select.narrow import GUARD, TEXT, table_texts, with_helpers
+from evolforge.steps.select.narrow import GUARD, ROOT, TEXT, table_texts, with_helpers
 from evolforge.steps.select.near_duplicates import TextReader, walk_near_duplicates
-from evolforge.steps.select.set_metrics import Vectors, set_diversity
+from evolforge.steps.select.same_problem import REASONS, Limits, root_codes, walk_same_problems
+from evolforge.steps.select.set_metrics import Vectors, problem_counts, set_diversity
 from evolforge.steps.select.settings import SelectSettings
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
@@ -62,7 +65,8 @@ METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
 class Selection(NamedTuple):
     chosen: pl.DataFrame      # the training set, ranked
     summary: dict             # counts per filter, the filter that emptied it, diversity of the set
-    excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen
+    excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen (and, for a repeat of a
+                              # selected item's problem, same_problem_as: that item's id)
 
 
 @dataclass
@@ -80,9 +84,10 @@ class _Filtering:
         self.pool = self.pool.filter(keep)
         self.record(name, dropped, self.pool.height)
 
-    def record(self, name: str, dropped: pl.DataFrame, left: int | None) -> None:
-        """Count ``dropped`` as removed by ``name``, with ``left`` rows after it."""
-        self.excluded.append(dropped.select("id", "round").with_columns(skip_reason=pl.lit(name)))
+    def record(self, name: str, dropped: pl.DataFrame, left: int | None, extra: Sequence[str] = ()) -> None:
+        """Count ``dropped`` as removed by ``name``, with ``left`` rows after it (and its ``extra`` columns kept in
+        the excluded rows: what a walk says each one repeats)."""
+        self.excluded.append(dropped.select("id", "round", *extra).with_columns(skip_reason=pl.lit(name)))
         self.steps.append({"filter": name, "removed": dropped.height, "left": left})
 
 
@@ -93,8 +98,16 @@ def _check_settings(settings: SelectSettings, embeddings: Vectors | None) -> Non
         raise ParamsError([f"select.metric: got {settings.metric!r}; allowed: {', '.join(METRICS)}"])
     if settings.top_fraction is not None and not 0 < settings.top_fraction <= 1:
         raise ParamsError([f"select.top_fraction: got {settings.top_fraction}; allowed: a number in (0, 1]"])
-    if settings.diversity_threshold is not None and embeddings is None:
-        raise ValueError("params.yaml select.diversity_threshold needs embeddings (the diversity stage's output)")
+    for key in ("diversity_threshold", "same_problem", "same_problem_lineage"):
+        if getattr(settings, key) is not None and embeddings is None:
+            raise ValueError(f"params.yaml select.{key} needs embeddings (the diversity stage's output)")
+
+
+def problem_limits(settings: SelectSettings) -> Limits | None:
+    """The same-problem walk's thresholds (``same_problem``, ``same_problem_lineage``); None when both are off."""
+    if settings.same_problem is None and settings.same_problem_lineage is None:
+        return None
+    return Limits(threshold=settings.same_problem, lineage=settings.same_problem_lineage)
 
 
 def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str]) -> _Filtering:
@@ -189,6 +202,31 @@ def _without_near_duplicates(filtering: _Filtering, ranked: pl.DataFrame, settin
     return filtering.pool
 
 
+def _without_same_problems(filtering: _Filtering, ranked: pl.DataFrame, settings: SelectSettings,
+                           embeddings: Vectors | None, budget: int) -> pl.DataFrame:
+    """``ranked`` less the items that are the same problem as a better ranked kept one
+    (:mod:`evolforge.steps.select.same_problem`), each with the id of that one (``same_problem_as``); the walk stops
+    once the budget is kept, unless the diversity walk still has to choose among what follows."""
+    limits = problem_limits(settings)
+    if limits is None or ranked.height == 0:
+        return ranked
+    stop = budget if settings.diversity_threshold is None else None
+    roots = root_codes(ranked[ROOT] if ROOT in ranked.columns else None, ranked.height)
+    walk = walk_same_problems(embeddings.take(ranked["id"]), roots, limits, stop)
+    ids = ranked["id"]
+    repeats = pl.DataFrame({"_row": [d.row for d in walk.dropped], "_reason": [d.reason for d in walk.dropped],
+                            "same_problem_as": [ids[d.same_as] for d in walk.dropped]},
+                           schema={"_row": pl.UInt32, "_reason": pl.String, "same_problem_as": pl.String})
+    numbered = ranked.with_row_index("_row").join(repeats, on="_row", how="left", maintain_order="left")
+    left = ranked.height
+    for reason in REASONS:
+        dropped = numbered.filter(pl.col("_reason") == reason)
+        left -= dropped.height
+        filtering.record(reason, dropped, left, extra=["same_problem_as"])
+    filtering.pool = numbered.filter(pl.col("_reason").is_null()).drop("_row", "_reason", "same_problem_as")
+    return filtering.pool
+
+
 def _take(ranked: pl.DataFrame, settings: SelectSettings, embeddings: Vectors | None,
           budget: int) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """The chosen rows of ``ranked`` (top fraction, optionally by the diversity walk), and a mask over
@@ -245,12 +283,15 @@ def choose(table: pl.DataFrame, settings: SelectSettings, guards: list[str],
     budget = _budget(ranked, settings)
     ranked = _only_vouched(filtering, ranked, settings)
     ranked = _without_near_duplicates(filtering, ranked, settings, texts, budget)
+    candidates = ranked  # what the same-problem walk chooses among: the problems counted in the pool
+    ranked = _without_same_problems(filtering, ranked, settings, embeddings, budget)
     chosen, parts = _take(ranked, settings, embeddings, budget)
     _record_cuts(filtering, ranked, parts, chosen, settings.threshold)
     summary = _selection_summary(table, chosen, ranked, filtering.steps, settings.metric, embeddings)
-    excluded = pl.concat(filtering.excluded, how="vertical_relaxed") if filtering.excluded else pl.DataFrame(
+    summary.update(problem_counts(chosen, candidates, embeddings, problem_limits(settings)))
+    excluded = pl.concat(filtering.excluded, how="diagonal_relaxed") if filtering.excluded else pl.DataFrame(
         schema={"id": pl.String, "round": pl.Int64, "skip_reason": pl.String})
-    return Selection(chosen.drop(GUARD, TEXT, strict=False), summary, excluded)
+    return Selection(chosen.drop(GUARD, TEXT, ROOT, strict=False), summary, excluded)
 
 
 def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Vectors | None = None) -> Selection:

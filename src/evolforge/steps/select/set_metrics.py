@@ -1,6 +1,7 @@
 """How varied a selection is, for the select stage's summary: the share of distinct instruction texts (by the
 ranking table's ``TEXT`` digests, :mod:`evolforge.steps.select.narrow`), the selected items' MND against the pool
-and, with embeddings, their nearest-neighbour distances within the selection."""
+and, with embeddings, their nearest-neighbour distances within the selection and the distinct problems among them
+and among the items the selection chose from (:func:`problem_counts`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import polars as pl
 
 from evolforge.score.neighbors import neighbor_stats
 from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
-from evolforge.steps.select.narrow import TEXT
+from evolforge.steps.select.narrow import ROOT, TEXT
+from evolforge.steps.select.same_problem import Limits, count_problems, root_codes
 
 Vectors = Embeddings | EmbeddingFile
 
@@ -45,3 +47,17 @@ def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors 
         out["selected_mean_mnd_within"] = float(np.mean(within))
         out["selected_min_mnd_within"] = float(np.min(within))
     return out
+
+
+def problem_counts(chosen: pl.DataFrame, candidates: pl.DataFrame, embeddings: Vectors | None,
+                   limits: Limits | None) -> dict:
+    """How many distinct problems (:func:`~evolforge.steps.select.same_problem.count_problems`, by ``limits``) the
+    selection holds and the ``candidates`` held (the ranked items the same-problem walk chose among); null without
+    embeddings or limits, or past :data:`WITHIN_MAX` items (all pairs are compared)."""
+    def count(rows: pl.DataFrame) -> int | None:
+        if embeddings is None or limits is None or rows.height > WITHIN_MAX:
+            return None
+        roots = root_codes(rows[ROOT] if ROOT in rows.columns else None, rows.height)
+        return count_problems(np.asarray(embeddings.take(rows["id"])), roots, limits) if rows.height else 0
+
+    return {"distinct_problems_selected": count(chosen), "distinct_problems_candidates": count(candidates)}
