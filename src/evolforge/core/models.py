@@ -172,6 +172,17 @@ def load_causal_lm(model: str, revision: str | None = None, dtype: str = "auto",
     return lm.to(device).eval()
 
 
+def load_encoder(model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
+    """(model, tokenizer) of a transformers model without its head (``AutoModel``: an encoder such as
+    all-MiniLM-L6-v2's BERT, or a causal LM's backbone) for mean-pooled embeddings: eval mode, right padding."""
+    from transformers import AutoModel
+
+    check_model_name(model)
+    device = pick_device(device)
+    encoder = AutoModel.from_pretrained(model, revision=revision, dtype=pick_dtype(dtype, device))
+    return encoder.to(device).eval(), load_tokenizer(model, revision, "right")
+
+
 def load_scorer(model: str, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
     """(model, tokenizer) for scoring and embedding: eval mode, bf16 on GPU / fp32 on CPU, right padding."""
     return load_causal_lm(model, revision, dtype=dtype, device=device), load_tokenizer(model, revision, "right")

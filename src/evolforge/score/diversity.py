@@ -12,10 +12,10 @@ import torch
 from tqdm.auto import tqdm
 
 from evolforge.core.text import question_text
-from evolforge.core.models import load_scorer
+from evolforge.core.models import load_encoder, load_scorer
 from evolforge.score.losses import pad_right
 
-EmbeddingKind = Literal["sentence-transformers", "causal-lm-mean"]
+EmbeddingKind = Literal["mean-pooled", "sentence-transformers", "causal-lm-mean"]
 
 
 def item_texts(instructions: Sequence[str], inputs: Sequence[str | None] | None = None) -> list[str]:
@@ -36,8 +36,9 @@ def mean_pooled_embeddings(
     model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = 512, progress: bool = False,
     chunk_size: int = EMBED_CHUNK,
 ) -> np.ndarray:
-    """Unit-normalised mean of the causal LM's last hidden state over each text's tokens (padding
-    masked out); (N, hidden) float32. Longest texts first in right-padded batches; input order kept.
+    """Unit-normalised mean of the model's last hidden state over each text's tokens (padding masked out; a
+    causal LM's backbone, or an encoder's); (N, hidden) float32. Longest texts first in right-padded batches;
+    input order kept.
 
     Texts are sorted and batched ``chunk_size`` at a time, and a batch never spans two such chunks: a
     text's vector depends on its batch (padding changes the floats in the last bits), so embedding the
@@ -110,18 +111,25 @@ def text_embedder(
 ) -> Callable[[Sequence[str]], np.ndarray]:
     """``texts -> `` unit-normalised embeddings, (N, d) float32, the model loaded once, here.
 
-    ``kind="sentence-transformers"``: a SentenceTransformer (paper B: all-mpnet-base-v2); needs the
-    optional sentence-transformers package. ``kind="causal-lm-mean"`` (offline default): mean-pooled
-    last hidden state of a causal LM, e.g. the scorer model, truncated to ``max_length`` tokens. Either
-    sorts and batches the texts ``chunk_size`` at a time (:func:`mean_pooled_embeddings`).
+    ``kind="mean-pooled"`` (shipped): the mean of any transformers model's last hidden state over the tokens
+    (``AutoModel``, no head), which is how all-MiniLM-L6-v2 and the other sentence-transformers encoders
+    define their sentence vector, loaded with transformers alone. ``kind="sentence-transformers"``: a
+    SentenceTransformer (paper B: all-mpnet-base-v2); needs the optional sentence-transformers package.
+    ``kind="causal-lm-mean"``: mean-pooled last hidden state of a causal LM, e.g. the scorer model. Each
+    truncates to ``max_length`` tokens and sorts and batches the texts ``chunk_size`` at a time
+    (:func:`mean_pooled_embeddings`).
     """
+    if kind == "mean-pooled":
+        model, tokenizer = load_encoder(model_name, revision, dtype=dtype, device=device)
+        return lambda texts: mean_pooled_embeddings(model, tokenizer, texts, batch_size,
+                                                    max_length, progress, chunk_size)
     if kind == "sentence-transformers":
         return _sentence_transformer(model_name, batch_size, revision, device, progress, chunk_size)
     if kind == "causal-lm-mean":
         model, tokenizer = load_scorer(model_name, revision, dtype=dtype, device=device)
         return lambda texts: mean_pooled_embeddings(model, tokenizer, texts, batch_size,
                                                     max_length, progress, chunk_size)
-    raise ValueError(f"embedding kind must be 'sentence-transformers' or 'causal-lm-mean', got {kind!r}")
+    raise ValueError(f"embedding kind must be 'mean-pooled', 'sentence-transformers' or 'causal-lm-mean', got {kind!r}")
 
 
 def embed_texts(texts: Sequence[str], model_name: str,

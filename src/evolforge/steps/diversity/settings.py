@@ -10,7 +10,10 @@ from typing import Literal
 class DiversitySettings:
     """``diversity``: how roles.embedder's model embeds instructions."""
 
-    embedder: Literal["causal-lm-mean", "sentence-transformers"] = field(default="causal-lm-mean", metadata={
-        "help": "causal-lm-mean (mean-pooled last hidden states of roles.embedder's causal LM) | "
-                "sentence-transformers (roles.embedder.model e.g. sentence-transformers/all-mpnet-base-v2)",
-        "paper": "all-mpnet-base-v2"})
+    embedder: Literal["mean-pooled", "causal-lm-mean", "sentence-transformers"] = field(
+        default="mean-pooled", metadata={
+            "help": "mean-pooled (the mean of roles.embedder's last hidden states over the tokens, any transformers "
+                    "model: an encoder such as all-MiniLM-L6-v2, or a causal LM's backbone) | causal-lm-mean (the "
+                    "same through a causal LM loader) | sentence-transformers (roles.embedder.model e.g. "
+                    "sentence-transformers/all-mpnet-base-v2; the optional package)",
+            "paper": "all-mpnet-base-v2"})
