@@ -147,3 +147,53 @@ def test_same_problem_needs_embeddings():
     table = items([("a", "a", TANK, 0.9)])
     with pytest.raises(ValueError, match="select.same_problem needs embeddings"):
         select_items(table, SelectSettings("ic_ifd", top_fraction=1.0, same_problem=0.1))
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "same_problem_calibration.py"
+    spec = importlib.util.spec_from_file_location("same_problem_calibration", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_measures_pairs_and_pairs_of_different_parents():
+    """Each labelled pair's distance, and the distances between texts of different parents that a threshold could
+    call the same (two rewrites of one parent are not such a pair)."""
+    bench = _bench()
+    rows = [{"parent": "p1", "rewrite": "r1", "label": "same_problem"}, {"parent": "p1", "rewrite": "r1b",
+            "label": "adds_something"}, {"parent": "p2", "rewrite": "r2", "label": "easier", "split": "held_out"}]
+    vectors = np.zeros((6, 8), dtype=np.float32)
+    vectors[:, 0] = 1.0
+    vectors[1], vectors[3] = at_distance([0.12345])[1], at_distance([0.6])[1]  # r1, r1b: 0.12345, 0.6 from p1
+    measured = bench.measure(rows, vectors)
+    assert [round(p["d2"], 5) for p in measured["pairs"]] == [0.12345, 0.6, 0.0]
+    assert measured["cross"]["tune"] == {"pairs": 0, "closest": None, "within": []}  # one parent in the tune split
+    assert measured["cross"]["held_out"]["pairs"] == 0
+    figures = bench.calibrate(measured, precision=0.5, min_called=1)
+    assert figures["lineage"]["param"] == 0.1235 and figures["lineage"]["at_param"]["held_out"]["recall"] == 1.0
+
+
+def test_the_shipped_thresholds_are_the_calibrated_ones():
+    """The kept calibration (docs/experiments/same-problem-calibration.json, written by the bench) holds one distance
+    per labelled pair of bench/data; its tables are recomputed from those distances, and params.yaml's thresholds are
+    the ones it recommends."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    bench = _bench()
+    kept = json.loads((root / "docs" / "experiments" / "same-problem-calibration.json").read_text(encoding="utf-8"))
+    rows = bench.labelled()
+    assert [(p["id"], p["label"], p["split"]) for p in kept["distances"]["pairs"]] == [
+        (r["id"], r["label"], r["split"]) for r in rows]
+    figures = bench.calibrate(kept["distances"], kept["precision_asked"], kept["min_called"])
+    assert {k: figures[k] for k in ("lineage", "any", "by_label")} == {k: kept[k] for k in ("lineage", "any", "by_label")}
+    select = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["select"]
+    assert select["same_problem_lineage"] == figures["lineage"]["param"]
+    assert select["same_problem"] == figures["any"]["param"]
