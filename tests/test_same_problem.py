@@ -165,16 +165,20 @@ def test_calibration_measures_pairs_and_pairs_of_different_parents():
     call the same (two rewrites of one parent are not such a pair)."""
     bench = _bench()
     rows = [{"parent": "p1", "rewrite": "r1", "label": "same_problem"}, {"parent": "p1", "rewrite": "r1b",
-            "label": "adds_something"}, {"parent": "p2", "rewrite": "r2", "label": "easier", "split": "held_out"}]
-    vectors = np.zeros((6, 8), dtype=np.float32)
+            "label": "adds_something"}, {"parent": "p2", "rewrite": "r2", "label": "easier", "split": "held_out"},
+            {"parent": "p3", "rewrite": "r3", "label": "adds_something", "split": "held_out"}]
+    vectors = np.zeros((8, 8), dtype=np.float32)
     vectors[:, 0] = 1.0
     vectors[1], vectors[3] = at_distance([0.12345])[1], at_distance([0.6])[1]  # r1, r1b: 0.12345, 0.6 from p1
     measured = bench.measure(rows, vectors)
-    assert [round(p["d2"], 5) for p in measured["pairs"]] == [0.12345, 0.6, 0.0]
-    assert measured["cross"]["tune"] == {"pairs": 0, "closest": None, "within": []}  # one parent in the tune split
-    assert measured["cross"]["held_out"]["pairs"] == 0
+    assert [round(p["d2"], 5) for p in measured["pairs"]] == [0.12345, 0.6, 0.0, 0.0]
+    assert measured["cross"]["tune"]["pairs"] == 0  # one lineage in the tune split
+    held = measured["cross"]["held_out"]
+    assert held["pairs"] == 4 and held["within"] == [0.0] * 4  # p2, r2 against p3, r3: all four at distance 0
     figures = bench.calibrate(measured, precision=0.5, min_called=1)
-    assert figures["lineage"]["param"] == 0.1235 and figures["lineage"]["at_param"]["held_out"]["recall"] == 1.0
+    assert figures["lineage"]["param"] == 0.1235
+    assert figures["lineage"]["at_param"]["held_out"] == {"called": 2, "precision": 0.5, "recall": 1.0}
+    assert figures["any"]["at_param"]["held_out"] == {"called": 6, "precision": 1 / 6, "recall": 1.0}
 
 
 def test_the_shipped_thresholds_are_the_calibrated_ones():
