@@ -14,6 +14,7 @@ import polars as pl
 
 from evolforge.steps.common.difficulty import LEVELS
 
+from evolforge.steps.evolve.report import difficulty_per_round
 from evolforge.steps.judge.step import level_distribution
 from evolforge.io.records import make_id, write_json, write_output
 from evolforge.score.histogram import histogram
@@ -83,8 +84,11 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
     per_round = {f"round_{k}": {"round": f"round_{k}", "in": n_seeds, "evolved": expected["evolved"][k],
                                 "failed": expected["failed"][k]} for k in range(1, rounds + 1)}
     write_json(metrics / "evolve.json", {**per_round, "total": {key: sum(r[key] for r in per_round.values())
-                                                                for key in ("in", "evolved", "failed")}})
-    write_json(metrics / "select.json", {"metric": "ic_ifd", "items": table.height, "selected": n})
+                                                                for key in ("in", "evolved", "failed")},
+                                         "difficulty": difficulty_per_round(root / "data" / "judged", {
+                                             k: f"round_{k}" for k in range(1, rounds + 1)})})
+    write_json(metrics / "select.json", {"metric": "ic_ifd", "items": table.height, "selected": n,
+                                         "distinct_problems_selected": n})
     rounds_table = pl.concat([pl.read_parquet(root / "data" / "evolved" / f"round_{i}" / "items.parquet") for i in range(1, rounds + 1)])
     failures = rounds_table.filter(pl.col("failure_reason").is_not_null()).group_by(["round", "failure_reason"]).len()
     write_json(metrics / "plots" / "evolve_failures.json",

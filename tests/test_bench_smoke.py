@@ -40,6 +40,7 @@ HELP_ONLY = {  # script -> why the suite only checks that it starts
     "score_reference.py": "needs the shipped model and the papers' official checkouts",
     "plant_contamination.py": "modifies a built copy of the repository and runs dvc repro",
     "selected_near_duplicates.py": "reads a built data/selected",
+    "same_problem_calibration.py": "embeds the labelled rewrites with the shipped embedder (models/, fetched by make run)",
     "stub_stage.py": "a helper of growth.py, which runs it (tests/test_stream.py, test_growth_runs_every_data_stage)",
     "growth_stages.py": "a module of growth.py (test_growth_runs_every_data_stage)",
     "peer_datatrove.py": "runs in the datatrove virtualenv growth.py --peers installs from PyPI",

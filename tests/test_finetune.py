@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from evolforge.train.finetune import PAPER_FULL, PAPER_LORA, FinetuneSettings, finetune, validate_rows  # noqa: E402
-from evolforge.steps.select.selection import conversational_row  # noqa: E402
+from evolforge.steps.select.export import conversational_row  # noqa: E402
 from tiny import build_random_llama  # noqa: E402
 
 PAIRS = [

@@ -466,7 +466,8 @@ def test_evolve_report_refuses_a_hand_edited_round_file(repo, tmp_path, capsys, 
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     monkeypatch.setattr("sys.argv", ["evolve_report", "--params", str(tmp_path / "params.yaml"), "--metrics-dir",
-                                     str(tmp_path / "evolve"), "--out", str(tmp_path / "evolve.json"), "--plots", str(tmp_path / "plots")])
+                                     str(tmp_path / "evolve"), "--judged", str(tmp_path / "judged"), "--out",
+                                     str(tmp_path / "evolve.json"), "--plots", str(tmp_path / "plots")])
     with pytest.raises(SystemExit) as exit_:
         run_stage(stage.main)
     err = capsys.readouterr().err

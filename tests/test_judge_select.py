@@ -16,7 +16,8 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.core.prompts import PromptLibrary
 from evolforge.steps.select.settings import SelectSettings
-from evolforge.steps.select.selection import select_items, to_alpaca, to_trl
+from evolforge.steps.select.export import to_alpaca, to_trl
+from evolforge.steps.select.selection import select_items
 
 
 @pytest.mark.parametrize("raw,expected", [

@@ -21,15 +21,15 @@ pytestmark = pytest.mark.slow
 
 def test_hand_written_methods_experiment(pipeline_built):
     """Hand-written Evol-Instruct methods on a smaller seed set: seed and every round rerun, optimize costs
-    nothing (run up to respond and the rounds' report: what follows is the full build's, covered above)."""
+    nothing (run up to respond: what follows is the full build's, covered above)."""
     work, env, _ = pipeline_built
     back_to_built(work, env)
-    exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6", "evolve_report", "respond"], work, env)
+    exp = run(["dvc", "exp", "run", "-S", "evolve.strategy=evol", "-S", "seed.limit=6", "respond"], work, env)
     ran = stages_run(exp)
-    assert {"seed", "evolve@round_1", "evolve@round_3", "evolve_report", "respond"} <= set(ran) and "fetch_model" not in ran
+    assert {"seed", "evolve@round_1", "evolve@round_3", "respond"} <= set(ran) and "fetch_model" not in ran
     assert metric(work, "seed.json")["rows_written"] == 6
     assert metric(work, "optimize.json")["skipped"] is True and metric(work, "optimize.json")["calls"] == 0
-    assert metric(work, "evolve.json")["round_1"]["in"] == 6
+    assert metric(work, "evolve/round_1.json")["in"] == 6
     methods = set(pl.read_parquet(work / "data/evolved/round_1/items.parquet")["method"])
     assert methods <= {"add_constraints", "deepening", "concretizing", "reasoning", "breadth"} and len(methods) > 1
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=work, env=env, capture_output=True, text=True,

@@ -506,6 +506,27 @@ def test_difficulty_distribution_per_round(version, tmp_path):
     assert all(p["score"] == judged.filter(pl.col("id") == p["id"])["difficulty_score"].item() for p in off["pairs"])
 
 
+def test_harder_per_round_on_the_page(version):
+    """The SLM paper's measure per round (metrics/evolve.json, evolve_report's): the share of the judged items at
+    hard or very hard and their mean expected score, as the judged items give them; the distinct problems of the
+    selection in the summary."""
+    root, expected = version
+    v = collect(REPORT.under(root))
+    judged = pl.read_parquet(root / "data" / "judged" / "items.parquet")
+    section = _section(render([("A", v)]), "Difficulty per round")
+    assert list(v["harder"]) == ["round_1", "round_2", "round_3"]
+    for k in (1, 2, 3):
+        part = judged.filter(pl.col("round") == k)
+        top = int(part["difficulty_level"].is_in(["hard", "very hard"]).sum())
+        mean = statistics.fmean(part["difficulty_expected"].to_list())
+        assert v["harder"][f"round_{k}"]["mean_expected"] == pytest.approx(mean, abs=1e-4)
+        assert (f'<tr><td>round_{k}</td><td class="num">{part.height}</td><td class="num">{part.height}</td>'
+                f'<td class="num">{top}</td><td class="num">{top / part.height:.1%}</td>'
+                f'<td class="num">{v["harder"][f"round_{k}"]["mean_expected"]:.4g}</td></tr>') in section
+    assert v["headline"]["sel"]["problems"] == expected["selected"]
+    assert f'<td><code>sel.problems</code></td><td class="num">{expected["selected"]}</td>' in render([("A", v)])
+
+
 def test_instruction_text_is_escaped_on_the_page(version):
     root, _ = version
     page = render([("A", collect(REPORT.under(root)))])

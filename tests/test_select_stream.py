@@ -17,14 +17,16 @@ from stage_runs import run_stage
 from evolforge.io.records import write_output
 from evolforge.steps.select import card, embeddings
 from evolforge.steps.select.embeddings import EMBEDDINGS, Embeddings, load_embeddings
-from evolforge.steps.select.selection import join_metrics, select_items
+from evolforge.steps.select.export import join_metrics
+from evolforge.steps.select.selection import select_items
 from evolforge.steps.select.settings import SelectSettings
 
 CHUNKS = (7, 100, 100_000)
 SETTINGS = ["{metric: ic_ifd, top_fraction: 0.5, diversity_threshold: 0.3}",
             "{metric: random, top_fraction: 0.6, seed: 3, rounds: [1, 2], diversity_threshold: 0.5}",
             "{metric: difficulty_score, top_fraction: null, threshold: 40, min_loss_instruction: 0.5, min_mnd: 0.1}",
-            "{metric: ifd, top_fraction: 1.0, ifd_filter: true}"]
+            "{metric: ifd, top_fraction: 1.0, ifd_filter: true}",
+            "{metric: ic_ifd, top_fraction: 0.5, near_duplicates: 0.7, same_problem: 0.15, same_problem_lineage: 0.5}"]
 
 
 def unit_rows(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -39,7 +41,7 @@ def write_inputs(folder: Path, n: int = 90) -> None:
     k = np.arange(n)
     ids = [f"item-{x:03d}" for x in rng.permutation(n)]
     items = pl.DataFrame({
-        "id": ids, "round": k % 4, "status": np.where(k % 17 == 1, "failed", np.where(k % 3, "evolved", "seed")),
+        "id": ids, "root_id": [ids[j - j % 4] for j in k], "round": k % 4, "status": np.where(k % 17 == 1, "failed", np.where(k % 3, "evolved", "seed")),
         "instruction": [f"Question {j % 40}  about Café" if j % 5 else f"question {j % 40} about café" for j in k],
         "input": ["" if j % 4 else f"input {j % 3}" for j in k],
         "output": ["  " if j % 23 == 5 else f"answer {j}" for j in k],

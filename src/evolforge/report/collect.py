@@ -302,6 +302,8 @@ def collect(layout: Layout, dvc_yaml: Path | None = None) -> dict[str, Any]:
         "chains": chains(layout),
         "levels": judge_levels(layout),
         "difficulty": difficulty_distribution(layout),  # the judge's scores per round: mean, quartiles
+        # harder per round (the SLM paper's measure: share at the top two levels, mean expected score; evolve_report's)
+        "harder": ((metrics.get("evolve") or {}).get("difficulty") or {}).get("rounds") or {},
         "pairs": evolved_pairs(layout),  # surviving rewrites beside their parents
         "histograms": score_histograms(layout),
         "examples": examples(layout, select.get("metric")),

@@ -22,8 +22,8 @@ from typing import Any, Callable
 from evolforge.report.assets import library_scripts
 from evolforge.report.collect import PAIRS_PER_ROUND, SCORE_FIELDS
 from evolforge.report.sections import (checks_html, chains_html, compare_table, difficulty_table, esc, eval_table,
-                                       examples_table, funnel_table, levels_table, minutes_html, optimize_html,
-                                       pairs_html, provenance_html, scenario_html, summary_html,
+                                       examples_table, funnel_table, harder_table, levels_table, minutes_html,
+                                       optimize_html, pairs_html, provenance_html, scenario_html, summary_html,
                                        verification_html)
 from evolforge.report.spend import spend_html
 
@@ -152,9 +152,12 @@ def render(versions: list[Version], title: str = "evolforge dataset report") -> 
         ("Evolved instructions beside their parents", f"up to {PAIRS_PER_ROUND} surviving rewrites per round (the same "
          "seeds' lineages in every round), the method used, and the judge's score and level of both",
          side_by_side(versions, pairs_html)),
-        ("Difficulty per round", "judge labels (counts) and their share per round; the judge's 0-100 scores per round "
+        ("Difficulty per round", "harder round over round? the share of each round's judged items at the top two "
+         "levels and their mean expected score (the SLM paper's measure, over the answered, deduplicated, "
+         "decontaminated pool); judge labels (counts) per round; the judge's 0-100 scores per round "
          "(box: quartiles, whiskers: min and max, dark line: median)",
-         side_by_side(versions, levels_table) + side_by_side(versions, difficulty_table)
+         side_by_side(versions, harder_table) + side_by_side(versions, levels_table)
+         + side_by_side(versions, difficulty_table)
          + charts_html(versions, ["difficulty_levels", "difficulty_scores"])),
         ("IFD / IC-IFD", "distributions over the scored pool and over the selection",
          charts_html(versions, ["ifd", "ic_ifd", "mnd"])),

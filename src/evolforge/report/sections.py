@@ -85,6 +85,14 @@ def difficulty_table(v: dict) -> str:
     return table(["judge score", "round", "judged", "scored", "mean", "min", "Q1", "median", "Q3", "max"], rows)
 
 
+def harder_table(v: dict) -> str:
+    """Per round, the seeds first: the share of the judged items the judge puts at hard or very hard and their mean
+    expected score (metrics/evolve.json ``difficulty``), with the counts both rest on."""
+    rows = [f"<tr><td>{esc(name)}</td>{num(r['judged'])}{num(r['levels'])}{num(r['top_two'])}{pct(r['top_two_share'])}"
+            f"{num(r['mean_expected'])}</tr>" for name, r in v.get("harder", {}).items()]
+    return table(["round", "judged", "levels parsed", "hard or very hard", "share", "mean expected score"], rows)
+
+
 def judgement(side: dict) -> str:
     """A judged item's score and level as a cell ("-" when it was not judged: removed before, or not answered)."""
     if side.get("score") is None and side.get("level") is None:
@@ -116,7 +124,9 @@ def summary_html(v: dict) -> str:
     h = v["headline"]
     rows = [f"<tr><td><code>surv.{esc(r)}</code></td>{pct(s)}<td>survival: share of round {esc(r[1:])}'s attempts "
             f"that passed the elimination rules</td></tr>" for r, s in h["surv"].items()]
-    sel, what = h["sel"], {"n": "items selected", "diff": "mean expected judge difficulty of the selection (0-100)",
+    sel, what = h["sel"], {"n": "items selected", "problems": "distinct problems among them (no two the same problem "
+                           "by lineage or embedding distance; - : the same-problem walk is off)",
+                           "diff": "mean expected judge difficulty of the selection (0-100)",
                            "icifd": "mean IC-IFD of the selection"}
     rows += [f"<tr><td><code>sel.{k}</code></td>{num(sel.get(k))}<td>{esc(what[k])}</td></tr>" for k in what]
     rows += [f"<tr><td><code>ev.{esc(task)}</code></td>{num(score)}<td>the fine-tuned model's {esc(task)} "

@@ -7,6 +7,7 @@ pattern shows them all (docs/how-to/experiments.md)::
 
     surv.<round>   share of the round's items that evolved (metrics/evolve.json; round_1 -> r1)
     sel.n          items selected (metrics/select.json)
+    sel.problems   distinct problems among them (metrics/select.json, select.same_problem*: null when off)
     sel.diff       mean judge difficulty of the selection, 0-100: the expected score under the judge's probabilities
                    (judge.probabilities), else its most likely score (data/selected)
     sel.icifd      mean IC-IFD of the selection (data/selected)
@@ -120,5 +121,6 @@ def headline(layout: Layout) -> dict[str, dict[str, Any]]:
     selection = _selection(layout.selected)
     if selection["icifd"] is None:  # no selection here (a fresh clone): the select stage's own figure
         selection["icifd"] = select.get("selected_mean_ic_ifd")
-    return {"surv": survival, "sel": {"n": select.get("selected"), **selection}, "ev": scores,
+    return {"surv": survival, "sel": {"n": select.get("selected"), "problems": select.get("distinct_problems_selected"),
+                                      **selection}, "ev": scores,
             "cost": {"usd": round(sum(costs), 4) if costs else None}, "wall": stage_wall_s(metrics)}

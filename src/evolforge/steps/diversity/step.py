@@ -42,6 +42,15 @@ def embedding_rows(chunk_rows: int, embed_chunk: int) -> int:
     return max(1, chunk_rows // embed_chunk) * embed_chunk
 
 
+def role_embedder(role: Role, cfg: DiversitySettings,
+                  chunk_size: int = diversity.EMBED_CHUNK) -> Callable[[list[str]], np.ndarray]:
+    """``texts -> unit embeddings`` of ``roles.embedder`` as ``diversity.embedder`` says (the model loaded once):
+    the stage's, and the one the same-problem thresholds are calibrated with (bench/same_problem_calibration.py)."""
+    hf = role.transformers
+    return diversity.text_embedder(role.model, kind=cfg.embedder, revision=role.revision, dtype=hf.dtype,
+                                   device=hf.device, batch_size=hf.batch_size, chunk_size=chunk_size)
+
+
 def write_embeddings(file: Path, source: Path, rows: int, embed: Callable[[list[str]], np.ndarray]) -> int:
     """Embed the items of ``source`` ``rows`` at a time into ``file`` (np.save's bytes); the dimensions."""
     total = pl.scan_parquet(source).select(pl.len()).collect().item()
@@ -74,9 +83,7 @@ def run(items: str | Path, out: str | Path, cfg: DiversitySettings, data: DataSe
                  validation.item_columns(["id",
                                           "round", "instruction", "input"]) + validation.unique("id"), data.chunk_rows)
     embed_chunk = diversity.EMBED_CHUNK  # read here, at run time: the texts the embedder sorts and batches together
-    hf = role.transformers
-    embed = diversity.text_embedder(role.model, kind=cfg.embedder, revision=role.revision, dtype=hf.dtype,
-                                    device=hf.device, batch_size=hf.batch_size, chunk_size=embed_chunk)
+    embed = role_embedder(role, cfg, embed_chunk)
     schema = {**{c: table_schema(source)[c] for c in ("id", "round")}, "mnd": pl.Float64, "repeat_count": pl.Int64}
     with atomic_dir(out) as tmp:
         dims = write_embeddings(tmp / EMBEDDINGS, source, embedding_rows(data.chunk_rows, embed_chunk), embed)

@@ -59,7 +59,7 @@ class Embeddings:
 @dataclass(frozen=True)
 class EmbeddingRows:
     """Some rows of an :class:`EmbeddingFile`, in a given order, read (and normalised) only when sliced: what
-    :func:`~evolforge.steps.select.selection.diverse_walk` walks, block by block. ``np.asarray`` reads them all."""
+    :func:`~evolforge.steps.select.diversity_walk.diverse_walk` walks, block by block. ``np.asarray`` reads them all."""
 
     file: Path
     rows: np.ndarray  # row numbers in the file, in this sequence's order

@@ -4,7 +4,7 @@
 An external sort by rank: each input table is read ``chunk_rows`` rows at a time; its chosen rows, tagged
 with their rank, are spilled to the bucket of their rank range (``chunk_rows / BUCKET_SHARE`` ranks per bucket)
 in a scratch folder. Each bucket is then read back, its four tables' parts joined as the whole tables were
-(:func:`evolforge.steps.select.selection.join_metrics`: the items' columns, then judged's, scores', diversity's)
+(:func:`join_metrics`: the items' columns, then judged's, scores', diversity's)
 and sorted by rank: the chunks of the ranked selection, in order. Memory: one input chunk, one bucket (its
 reads, joins and sort copy its rows about four times over, hence a quarter chunk), and the chosen ids with their
 ranks (about 40 bytes per chosen item).
@@ -18,14 +18,42 @@ from typing import Iterable, Iterator
 
 import polars as pl
 
+from evolforge.core.text import question_text
 from evolforge.io import validation
 from evolforge.io.records import TABLE
 from evolforge.io.stream import checked_chunks, iter_chunks, read_spilled, sink_chunks, spilled, table_schema
-from evolforge.steps.select.selection import join_metrics, to_alpaca, to_trl
 
 RANK = "_rank"
 BUCKET_SHARE = 4  # a bucket holds chunk_rows / BUCKET_SHARE ranks: read, joined and sorted, about a chunk's memory
 CHECKS = validation.non_empty_text(["instruction", "output"])  # ids are unique: they were checked in the items
+
+
+def join_metrics(items: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """``items`` with the columns of each per-item table (judged, scores, diversity; keyed by ``id``) joined on.
+    Every item must have a row in every table: a missing one means that stage ran on other items."""
+    for name, other in tables.items():
+        other = other.drop("round", strict=False)
+        unmatched = items.join(other, on="id", how="anti").height
+        if unmatched:
+            raise ValueError(f"{name}: {unmatched} items have no row; rerun that stage")
+        items = items.join(other, on="id", how="left")
+    return items
+
+
+def conversational_row(prompt: str, completion: str) -> dict:
+    """One TRL conversational prompt/completion record (TRL trains on the completion only by default)."""
+    return {"prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": completion}]}
+
+
+def to_trl(rows: pl.DataFrame) -> list[dict]:
+    """The selected rows as TRL records, each with its item id."""
+    return [{"id": r["id"], **conversational_row(question_text(r["instruction"], r["input"]), r["output"])}
+            for r in rows.select("id", "instruction", "input", "output").iter_rows(named=True)]
+
+
+def to_alpaca(rows: pl.DataFrame) -> list[dict]:
+    return rows.select("instruction", "input", "output").to_dicts()
 
 
 def _spill_buckets(paths: list[str], ranks: pl.DataFrame, chunk_rows: int, bucket_rows: int, work: Path) -> None:

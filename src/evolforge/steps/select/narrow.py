@@ -1,7 +1,9 @@
 """The select stage's inputs, checked and narrowed a chunk at a time: the ranking table.
 
 The ranking (:func:`evolforge.steps.select.selection.choose`) needs, per item, its id and round, the first guard
-it fails, a digest of its text (for the distinct-instruction ratios) and the metric columns; never its texts.
+it fails, a digest of its text (for the distinct-instruction ratios), one of its seed's id (the same-problem walk's
+lineage) and the metric columns; never its texts
+(the helper columns: :func:`with_helpers`; the texts, read for the near-duplicate walk only: :func:`file_texts`).
 :func:`ranking_table` builds that table from the items read ``chunk_rows`` at a time (guards and digests computed
 per chunk, texts dropped) joined with the metric columns of judged, scores and diversity: about 80 bytes per
 item, the one part of the stage that grows with the number of items (with the selection's ids, below).
@@ -15,18 +17,50 @@ from typing import Sequence
 
 import polars as pl
 
+from evolforge.core.text import item_text, question_text
 from evolforge.io import validation
 from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema
-from evolforge.steps.common.guards import GUARDS, applicable
+from evolforge.steps.common.guards import GUARDS, applicable, guard_reason
 from evolforge.steps.select.near_duplicates import TextReader
-from evolforge.steps.select.selection import GUARD, TEXT, table_texts, with_helpers
 from evolforge.steps.select.settings import SelectSettings
 
 # the columns the filters and the summary read (the metrics, the floors' and ifd_filter's columns, the pool MND)
 METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd",
                   "verify_verdict", "verify_confidence",  # drop_wrong's and min_confidence's
                   "verify_method")  # whether verify checked the content: then an answer check alone does not vouch
+# helper columns: the first guard a row fails (null: none), its text's digest, its seed's (root_id) digest
+GUARD, TEXT, ROOT = "_guard", "_text", "_root"
 CHECK_PASSED = "answer_check_passed"  # the items' answer check result (require_check reads it; null: no check)
+
+
+def with_helpers(table: pl.DataFrame) -> pl.DataFrame:
+    """``table`` with the helper columns :func:`~evolforge.steps.select.selection.choose` reads: ``GUARD``, ``ROOT``
+    when it has lineage and ``TEXT`` when it has instructions."""
+    table = table.with_columns(guard_reason(table).alias(GUARD))
+    if "root_id" in table.columns:
+        table = table.with_columns(pl.col("root_id").cast(pl.String).hash(seed=0).alias(ROOT))
+    if "instruction" not in table.columns:
+        return table
+    inputs = table["input"] if "input" in table.columns else pl.Series([None] * table.height, dtype=pl.String)
+    return table.with_columns(text_digests(table["instruction"], inputs).alias(TEXT))
+
+
+def table_texts(table: pl.DataFrame) -> TextReader:
+    """What reads the question and answer texts of some of ``table``'s items (the near-duplicate walk's input)."""
+    def read(ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        rows = table.filter(pl.col("id").is_in(list(ids)))
+        inputs = rows["input"].to_list() if "input" in rows.columns else [None] * rows.height
+        return [(i, question_text(q, x), a or "") for i, q, x, a in zip(rows["id"].to_list(),
+                                                                        rows["instruction"].to_list(), inputs,
+                                                                        rows["output"].to_list())]
+    return read
+
+
+def text_digests(instructions: pl.Series, inputs: pl.Series) -> pl.Series:
+    """A 64-bit digest of each item's normalised text (:func:`evolforge.core.text.item_text`): equal texts, equal
+    digests; 8 bytes per item where the texts would be tens or thousands."""
+    texts = pl.Series([item_text(q, x) for q, x in zip(instructions.to_list(), inputs.to_list())], dtype=pl.String)
+    return texts.hash(seed=0)
 
 
 @dataclass(frozen=True)
@@ -69,11 +103,12 @@ def _items_narrow(items: str, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]
     guards that apply (those whose columns the items have)."""
     schema = table_schema(items)
     guards = applicable(pl.DataFrame(schema=schema))
-    read = ["id", "round", *(c for c in ("instruction", "input") if c in schema),
+    read = ["id", "round", *(c for c in ("root_id", "instruction", "input") if c in schema),
             *(c for name in guards for c in GUARDS[name].columns if c not in ("instruction", "input")),
             *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema)]
     read = list(dict.fromkeys(read))
-    keep = ["id", "round", *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema), GUARD, TEXT]
+    keep = ["id", "round", *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema), GUARD, TEXT,
+            *([ROOT] if "root_id" in schema else [])]
     empty = pl.DataFrame(schema={c: schema[c] for c in read})  # a table without rows still has its columns
     parts = [with_helpers(chunk).select(keep) for chunk in chain([empty], iter_chunks(items, chunk_rows, read))]
     return pl.concat(parts), guards

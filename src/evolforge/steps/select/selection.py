@@ -21,21 +21,22 @@ rounds -> guards (:data:`~evolforge.steps.common.guards.GUARDS`: complete items)
 confidence goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold -> the budget is set ->
 ``require_vouched`` (``not_vouched``: neither the verdict ``right`` nor a passing answer check; an AutoIF item's
 constraint checks the form only and does not vouch where verify checked the content) -> near-duplicate walk
-(``near_duplicate_of_selected``: :mod:`evolforge.steps.select.near_duplicates`) -> diversity walk / top fraction.
-The budget is the top fraction of every item left before ``require_vouched``: an item verify could not vouch for
-is unknown, not bad, so it counts in the budget but may not fill it; with ``require_vouched: false`` it ranks after
-every vouched item. Like the diversity walk, the near-duplicate walk gives a dropped item's place to the next one.
+(``near_duplicate_of_selected``: :mod:`evolforge.steps.select.near_duplicates`) -> same-problem walk
+(``same_problem_in_lineage``, ``same_problem_as_selected``: :mod:`evolforge.steps.select.same_problem`) -> diversity
+walk / top fraction. The budget is the top fraction of every item left before ``require_vouched``: an item verify
+could not vouch for is unknown, not bad, so it counts in the budget but may not fill it; with ``require_vouched:
+false`` it ranks after every vouched item. Like the diversity walk, the near-duplicate and same-problem walks give a
+dropped item's place to the next one.
 
-Diversity (DEITA's representation filter): walk the ranked items and keep one only if its distance to
-every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the walk stops once
-ceil(fraction x ranked) items are kept, so a too-close item's place goes to the next one down. Distances
-are squared L2 between unit-normalised embeddings, d^2 = 2 - 2 cos, the unit of MND (DEITA's cosine
-similarity 0.9 is d^2 = 0.2).
+Diversity (DEITA's representation filter, :mod:`evolforge.steps.select.diversity_walk`): walk the ranked items and
+keep one only if its distance to every item kept so far exceeds ``diversity_threshold``; with ``top_fraction`` the
+walk stops once ceil(fraction x ranked) items are kept, so a too-close item's place goes to the next one down.
 
 The filters, ranking and cuts work on whatever table they are given: the whole joined table
 (:func:`select_items`) or the select stage's narrow one (ids, round, metrics, and the two helper columns
-:func:`with_helpers` adds: the first failed guard and a 64-bit digest of the item's text), never both ways.
-Embeddings: :mod:`evolforge.steps.select.embeddings`.
+:func:`~evolforge.steps.select.narrow.with_helpers` adds: the first failed guard and a 64-bit digest of the item's
+text), never both ways. Embeddings: :mod:`evolforge.steps.select.embeddings`; the figures of the summary:
+:mod:`evolforge.steps.select.set_metrics`; the exports: :mod:`evolforge.steps.select.export`.
 """
 
 from __future__ import annotations
@@ -49,65 +50,23 @@ import numpy as np
 import polars as pl
 
 from evolforge.config.bounds import ParamsError
-from evolforge.core.text import item_text, question_text
-from evolforge.score.neighbors import KEY_BLOCK, MIN_TILE_WORK, key_tiles, neighbor_stats
-from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
-from evolforge.steps.select.near_duplicates import TextReader, walk_near_duplicates
-from evolforge.steps.select.settings import SelectSettings
-from evolforge.steps.common.guards import applicable, guard_reason
+from evolforge.steps.common.guards import applicable
 from evolforge.steps.common.verification import CONTENT_METHODS
+from evolforge.steps.select.diversity_walk import diverse_walk
+from evolforge.steps.select.narrow import GUARD, ROOT, TEXT, table_texts, with_helpers
+from evolforge.steps.select.near_duplicates import TextReader, walk_near_duplicates
+from evolforge.steps.select.same_problem import REASONS, Limits, root_codes, walk_same_problems
+from evolforge.steps.select.set_metrics import Vectors, problem_counts, set_diversity
+from evolforge.steps.select.settings import SelectSettings
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
-GUARD, TEXT = "_guard", "_text"  # helper columns: the first guard a row fails (null: none), its text's digest
-Vectors = Embeddings | EmbeddingFile
-
-def _nearest(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Each row of ``block``'s least squared distance 2 - 2 cos to the rows of ``kept``, a tile of them at a time."""
-    near = np.full(len(block), np.inf, dtype=np.float32)
-    tile = max(KEY_BLOCK, -(-MIN_TILE_WORK // max(1, block.size)))
-    for first, last in key_tiles(len(kept), tile):
-        d2 = block @ kept[first:last].T
-        d2 *= -2.0  # in place: the float32 roundings of 2.0 - 2.0 * cos, one tile of memory
-        d2 += 2.0
-        np.minimum(near, d2.min(axis=1), out=near)
-    return near
-
-
-def diverse_walk(vectors: np.ndarray, threshold: float, budget: int | None = None, block_size: int = 1024) -> list[int]:
-    """Greedy DEITA walk over unit ``vectors`` in their given (ranked) order: row i is kept when its squared
-    L2 distance to every kept row exceeds ``threshold``; stop after ``budget`` kept. Returns kept rows.
-
-    Exact, blockwise: each block is compared with the rows kept before it, tiles of at least ``KEY_BLOCK`` of
-    them at a time (as :func:`~evolforge.score.neighbors.neighbor_stats` tiles its keys: the floats of one product
-    with all of them, up to BLAS's rounding of a tile's edges), then resolved in order against the rows it keeps itself
-    (time ~ N x kept x d, memory ~ block x 2 KEY_BLOCK, whatever the number kept; the kept rows themselves, kept x d).
-    """
-    n = len(vectors)
-    budget = n if budget is None else budget
-    kept: list[int] = []
-    kept_vectors = np.empty((min(budget, n), vectors.shape[1] if n else 0), dtype=np.float32)
-    for start in range(0, n, block_size):
-        if len(kept) >= budget:
-            break
-        block = vectors[start:start + block_size]
-        ok = _nearest(block, kept_vectors[:len(kept)]) > threshold if kept else np.ones(len(block), dtype=bool)
-        inner = 2.0 - 2.0 * (block @ block.T)
-        mine: list[int] = []
-        for i in np.flatnonzero(ok):
-            if mine and inner[i, mine].min() <= threshold:
-                continue
-            mine.append(int(i))
-            kept_vectors[len(kept) + len(mine) - 1] = block[i]
-            if len(kept) + len(mine) >= budget:
-                break
-        kept += [start + i for i in mine]
-    return kept
 
 
 class Selection(NamedTuple):
     chosen: pl.DataFrame      # the training set, ranked
     summary: dict             # counts per filter, the filter that emptied it, diversity of the set
-    excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen
+    excluded: pl.DataFrame    # id, round, skip_reason for every row of the table not chosen (and, for a repeat of a
+                              # selected item's problem, same_problem_as: that item's id)
 
 
 @dataclass
@@ -125,9 +84,10 @@ class _Filtering:
         self.pool = self.pool.filter(keep)
         self.record(name, dropped, self.pool.height)
 
-    def record(self, name: str, dropped: pl.DataFrame, left: int | None) -> None:
-        """Count ``dropped`` as removed by ``name``, with ``left`` rows after it."""
-        self.excluded.append(dropped.select("id", "round").with_columns(skip_reason=pl.lit(name)))
+    def record(self, name: str, dropped: pl.DataFrame, left: int | None, extra: Sequence[str] = ()) -> None:
+        """Count ``dropped`` as removed by ``name``, with ``left`` rows after it (and its ``extra`` columns kept in
+        the excluded rows: what a walk says each one repeats)."""
+        self.excluded.append(dropped.select("id", "round", *extra).with_columns(skip_reason=pl.lit(name)))
         self.steps.append({"filter": name, "removed": dropped.height, "left": left})
 
 
@@ -138,8 +98,16 @@ def _check_settings(settings: SelectSettings, embeddings: Vectors | None) -> Non
         raise ParamsError([f"select.metric: got {settings.metric!r}; allowed: {', '.join(METRICS)}"])
     if settings.top_fraction is not None and not 0 < settings.top_fraction <= 1:
         raise ParamsError([f"select.top_fraction: got {settings.top_fraction}; allowed: a number in (0, 1]"])
-    if settings.diversity_threshold is not None and embeddings is None:
-        raise ValueError("params.yaml select.diversity_threshold needs embeddings (the diversity stage's output)")
+    for key in ("diversity_threshold", "same_problem", "same_problem_lineage"):
+        if getattr(settings, key) is not None and embeddings is None:
+            raise ValueError(f"params.yaml select.{key} needs embeddings (the diversity stage's output)")
+
+
+def problem_limits(settings: SelectSettings) -> Limits | None:
+    """The same-problem walk's thresholds (``same_problem``, ``same_problem_lineage``); None when both are off."""
+    if settings.same_problem is None and settings.same_problem_lineage is None:
+        return None
+    return Limits(threshold=settings.same_problem, lineage=settings.same_problem_lineage)
 
 
 def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str]) -> _Filtering:
@@ -234,6 +202,31 @@ def _without_near_duplicates(filtering: _Filtering, ranked: pl.DataFrame, settin
     return filtering.pool
 
 
+def _without_same_problems(filtering: _Filtering, ranked: pl.DataFrame, settings: SelectSettings,
+                           embeddings: Vectors | None, budget: int) -> pl.DataFrame:
+    """``ranked`` less the items that are the same problem as a better ranked kept one
+    (:mod:`evolforge.steps.select.same_problem`), each with the id of that one (``same_problem_as``); the walk stops
+    once the budget is kept, unless the diversity walk still has to choose among what follows."""
+    limits = problem_limits(settings)
+    if limits is None or ranked.height == 0:
+        return ranked
+    stop = budget if settings.diversity_threshold is None else None
+    roots = root_codes(ranked[ROOT] if ROOT in ranked.columns else None, ranked.height)
+    walk = walk_same_problems(embeddings.take(ranked["id"]), roots, limits, stop)
+    ids = ranked["id"]
+    repeats = pl.DataFrame({"_row": [d.row for d in walk.dropped], "_reason": [d.reason for d in walk.dropped],
+                            "same_problem_as": [ids[d.same_as] for d in walk.dropped]},
+                           schema={"_row": pl.UInt32, "_reason": pl.String, "same_problem_as": pl.String})
+    numbered = ranked.with_row_index("_row").join(repeats, on="_row", how="left", maintain_order="left")
+    left = ranked.height
+    for reason in REASONS:
+        dropped = numbered.filter(pl.col("_reason") == reason)
+        left -= dropped.height
+        filtering.record(reason, dropped, left, extra=["same_problem_as"])
+    filtering.pool = numbered.filter(pl.col("_reason").is_null()).drop("_row", "_reason", "same_problem_as")
+    return filtering.pool
+
+
 def _take(ranked: pl.DataFrame, settings: SelectSettings, embeddings: Vectors | None,
           budget: int) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """The chosen rows of ``ranked`` (top fraction, optionally by the diversity walk), and a mask over
@@ -279,15 +272,6 @@ def _selection_summary(table: pl.DataFrame, chosen: pl.DataFrame, ranked: pl.Dat
     return summary
 
 
-def with_helpers(table: pl.DataFrame) -> pl.DataFrame:
-    """``table`` with the helper columns :func:`choose` reads: ``GUARD`` and, when it has instructions, ``TEXT``."""
-    table = table.with_columns(guard_reason(table).alias(GUARD))
-    if "instruction" not in table.columns:
-        return table
-    inputs = table["input"] if "input" in table.columns else pl.Series([None] * table.height, dtype=pl.String)
-    return table.with_columns(text_digests(table["instruction"], inputs).alias(TEXT))
-
-
 def choose(table: pl.DataFrame, settings: SelectSettings, guards: list[str],
            embeddings: Vectors | None = None, texts: TextReader | None = None) -> Selection:
     """:func:`select_items` on a table that has the helper columns (:func:`with_helpers`), ``guards`` the names of
@@ -299,12 +283,15 @@ def choose(table: pl.DataFrame, settings: SelectSettings, guards: list[str],
     budget = _budget(ranked, settings)
     ranked = _only_vouched(filtering, ranked, settings)
     ranked = _without_near_duplicates(filtering, ranked, settings, texts, budget)
+    candidates = ranked  # what the same-problem walk chooses among: the problems counted in the pool
+    ranked = _without_same_problems(filtering, ranked, settings, embeddings, budget)
     chosen, parts = _take(ranked, settings, embeddings, budget)
     _record_cuts(filtering, ranked, parts, chosen, settings.threshold)
     summary = _selection_summary(table, chosen, ranked, filtering.steps, settings.metric, embeddings)
-    excluded = pl.concat(filtering.excluded, how="vertical_relaxed") if filtering.excluded else pl.DataFrame(
+    summary.update(problem_counts(chosen, candidates, embeddings, problem_limits(settings)))
+    excluded = pl.concat(filtering.excluded, how="diagonal_relaxed") if filtering.excluded else pl.DataFrame(
         schema={"id": pl.String, "round": pl.Int64, "skip_reason": pl.String})
-    return Selection(chosen.drop(GUARD, TEXT, strict=False), summary, excluded)
+    return Selection(chosen.drop(GUARD, TEXT, ROOT, strict=False), summary, excluded)
 
 
 def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Vectors | None = None) -> Selection:
@@ -319,82 +306,3 @@ def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: V
     """
     texts = table_texts(table) if {"instruction", "output"} <= set(table.columns) else None
     return choose(with_helpers(table), settings, applicable(table), embeddings, texts)
-
-
-def table_texts(table: pl.DataFrame) -> TextReader:
-    """What reads the question and answer texts of some of ``table``'s items (the near-duplicate walk's input)."""
-    def read(ids: Sequence[str]) -> list[tuple[str, str, str]]:
-        rows = table.filter(pl.col("id").is_in(list(ids)))
-        inputs = rows["input"].to_list() if "input" in rows.columns else [None] * rows.height
-        return [(i, question_text(q, x), a or "") for i, q, x, a in zip(rows["id"].to_list(),
-                                                                        rows["instruction"].to_list(), inputs,
-                                                                        rows["output"].to_list())]
-    return read
-
-
-def text_digests(instructions: pl.Series, inputs: pl.Series) -> pl.Series:
-    """A 64-bit digest of each item's normalised text (:func:`evolforge.core.text.item_text`): equal texts, equal
-    digests; 8 bytes per item where the texts would be tens or thousands."""
-    texts = pl.Series([item_text(q, x) for q, x in zip(instructions.to_list(), inputs.to_list())], dtype=pl.String)
-    return texts.hash(seed=0)
-
-
-def distinct_ratio(rows: pl.DataFrame) -> float | None:
-    """Distinct normalised instruction (+ input) texts per row (by their ``TEXT`` digests); 1.0 = no two rows ask
-    the same thing."""
-    if rows.height == 0 or TEXT not in rows.columns:
-        return None
-    return np.unique(rows[TEXT].to_numpy()).size / rows.height
-
-
-# selected items whose nearest neighbours within the selection are searched exactly; a larger selection is
-# measured on a fixed sample of this many (the search compares all pairs: 50k items, about 15 s of CPU at 64-d)
-WITHIN_MAX = 50_000
-
-
-def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors | None) -> dict:
-    """Distinct-instruction ratio of the selection and the pool; mean MND of the selected items against the
-    pool (the ``mnd`` column) and, with embeddings, nearest-neighbour distances within the selection (within a
-    fixed sample of :data:`WITHIN_MAX` of its items when it has more, ``selected_mnd_within_sample`` saying so)."""
-    out: dict = {"distinct_instruction_ratio_selected": distinct_ratio(chosen),
-                 "distinct_instruction_ratio_pool": distinct_ratio(pool)}
-    if "mnd" in chosen.columns and chosen.height:
-        mnd = chosen["mnd"].drop_nulls().drop_nans()
-        out["selected_mean_mnd_vs_pool"] = float(mnd.mean()) if mnd.len() else None
-    if embeddings is not None and chosen.height > 1:
-        ids = chosen["id"]
-        if ids.len() > WITHIN_MAX:  # all pairs is quadratic: a fixed sample of the selection, in rank order
-            ids = ids.gather(np.sort(np.random.default_rng(0).choice(ids.len(), WITHIN_MAX, replace=False)))
-            out["selected_mnd_within_sample"] = WITHIN_MAX
-        within = neighbor_stats(embeddings.take(ids)).min_distance
-        out["selected_mean_mnd_within"] = float(np.mean(within))
-        out["selected_min_mnd_within"] = float(np.min(within))
-    return out
-
-
-def join_metrics(items: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """``items`` with the columns of each per-item table (judged, scores, diversity; keyed by ``id``) joined on.
-    Every item must have a row in every table: a missing one means that stage ran on other items."""
-    for name, other in tables.items():
-        other = other.drop("round", strict=False)
-        unmatched = items.join(other, on="id", how="anti").height
-        if unmatched:
-            raise ValueError(f"{name}: {unmatched} items have no row; rerun that stage")
-        items = items.join(other, on="id", how="left")
-    return items
-
-
-def conversational_row(prompt: str, completion: str) -> dict:
-    """One TRL conversational prompt/completion record (TRL trains on the completion only by default)."""
-    return {"prompt": [{"role": "user", "content": prompt}],
-            "completion": [{"role": "assistant", "content": completion}]}
-
-
-def to_trl(rows: pl.DataFrame) -> list[dict]:
-    """The selected rows as TRL records, each with its item id."""
-    return [{"id": r["id"], **conversational_row(question_text(r["instruction"], r["input"]), r["output"])}
-            for r in rows.select("id", "instruction", "input", "output").iter_rows(named=True)]
-
-
-def to_alpaca(rows: pl.DataFrame) -> list[dict]:
-    return rows.select("instruction", "input", "output").to_dicts()

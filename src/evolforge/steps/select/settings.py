@@ -49,6 +49,15 @@ class SelectSettings:
         "help": "no two selected items whose instructions (+ input) or answers reach this Jaccard similarity of "
                 "word 3-grams: the better ranked one stays (near_duplicate_of_selected); null = off",
         "paper": "none (the shipped params.yaml: 0.7, dedup.threshold's value)"})
+    same_problem: Annotated[float, Ge(0), Le(4)] | None = field(default=None, metadata={
+        "help": "no two selected items whose question embeddings (data/diversity) are at most this squared distance "
+                "apart (d^2 = 2 - 2 cos of unit vectors): the same problem, the better ranked stays "
+                "(same_problem_as_selected); calibrated by bench/same_problem_calibration.py; null = off",
+        "paper": "none"})
+    same_problem_lineage: Annotated[float, Ge(0), Le(4)] | None = field(default=None, metadata={
+        "help": "the same for two items of one seed (root_id: an item and its ancestor), which a rewrite that "
+                "rewords its parent or hands over its method stays close to (same_problem_in_lineage); null = off",
+        "paper": "none"})
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:

@@ -1,0 +1,63 @@
+"""How varied a selection is, for the select stage's summary: the share of distinct instruction texts (by the
+ranking table's ``TEXT`` digests, :mod:`evolforge.steps.select.narrow`), the selected items' MND against the pool
+and, with embeddings, their nearest-neighbour distances within the selection and the distinct problems among them
+and among the items the selection chose from (:func:`problem_counts`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from evolforge.score.neighbors import neighbor_stats
+from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
+from evolforge.steps.select.narrow import ROOT, TEXT
+from evolforge.steps.select.same_problem import Limits, count_problems, root_codes
+
+Vectors = Embeddings | EmbeddingFile
+
+
+def distinct_ratio(rows: pl.DataFrame) -> float | None:
+    """Distinct normalised instruction (+ input) texts per row (by their ``TEXT`` digests); 1.0 = no two rows ask
+    the same thing."""
+    if rows.height == 0 or TEXT not in rows.columns:
+        return None
+    return np.unique(rows[TEXT].to_numpy()).size / rows.height
+
+
+# selected items whose nearest neighbours within the selection are searched exactly; a larger selection is
+# measured on a fixed sample of this many (the search compares all pairs: 50k items, about 15 s of CPU at 64-d)
+WITHIN_MAX = 50_000
+
+
+def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors | None) -> dict:
+    """Distinct-instruction ratio of the selection and the pool; mean MND of the selected items against the
+    pool (the ``mnd`` column) and, with embeddings, nearest-neighbour distances within the selection (within a
+    fixed sample of :data:`WITHIN_MAX` of its items when it has more, ``selected_mnd_within_sample`` saying so)."""
+    out: dict = {"distinct_instruction_ratio_selected": distinct_ratio(chosen),
+                 "distinct_instruction_ratio_pool": distinct_ratio(pool)}
+    if "mnd" in chosen.columns and chosen.height:
+        mnd = chosen["mnd"].drop_nulls().drop_nans()
+        out["selected_mean_mnd_vs_pool"] = float(mnd.mean()) if mnd.len() else None
+    if embeddings is not None and chosen.height > 1:
+        ids = chosen["id"]
+        if ids.len() > WITHIN_MAX:  # all pairs is quadratic: a fixed sample of the selection, in rank order
+            ids = ids.gather(np.sort(np.random.default_rng(0).choice(ids.len(), WITHIN_MAX, replace=False)))
+            out["selected_mnd_within_sample"] = WITHIN_MAX
+        within = neighbor_stats(embeddings.take(ids)).min_distance
+        out["selected_mean_mnd_within"] = float(np.mean(within))
+        out["selected_min_mnd_within"] = float(np.min(within))
+    return out
+
+
+def problem_counts(chosen: pl.DataFrame, candidates: pl.DataFrame, embeddings: Vectors | None,
+                   limits: Limits | None) -> dict:
+    """How many distinct problems (:func:`~evolforge.steps.select.same_problem.count_problems`, by ``limits``) the
+    selection holds and the ``candidates`` held (the ranked items the same-problem walk chose among); null without
+    embeddings or limits, or past :data:`WITHIN_MAX` items (all pairs are compared)."""
+    def count(rows: pl.DataFrame) -> int | None:
+        if embeddings is None or limits is None or rows.height > WITHIN_MAX:
+            return None
+        roots = root_codes(rows[ROOT] if ROOT in rows.columns else None, rows.height)
+        return count_problems(np.asarray(embeddings.take(rows["id"])), roots, limits) if rows.height else 0
+
+    return {"distinct_problems_selected": count(chosen), "distinct_problems_candidates": count(candidates)}
