@@ -1,7 +1,7 @@
 """The sandbox's child processes: start one locked-down child per role, read how it ended, leave nothing behind.
 
 Used by :mod:`evolforge.eval.sandbox` (which decides the layers and the verdict); the child's own code is
-``sandbox_roles.py`` + ``sandbox_child.py``, passed as text to ``python -I -B -c``.
+``sandbox_roles.py`` + ``sandbox_os_layers.py`` + ``sandbox_child.py``, passed as text to ``python -I -B -c``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ DEFAULT_PACKAGES = ("numpy",)  # third-party packages a program may import (and 
 # The child's whole environment (nothing is inherited: no keys, tokens or proxies reach it).
 ENV_ALLOWED = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# the child's script: its roles (worker, checker), then its lock-down and entry point
+# the child's script: its roles (worker, checker), its OS layers, then its audit hook and entry point
 CHILD_SOURCE = "\n".join(Path(__file__).with_name(name).read_text()
-                         for name in ("sandbox_roles.py", "sandbox_child.py"))
+                         for name in ("sandbox_roles.py", "sandbox_os_layers.py", "sandbox_child.py"))
 # the work directory's disk quota, where a mount namespace allows a tmpfs (else only RLIMIT_FSIZE holds)
 WORK_QUOTA_MB = 64
 WORK_QUOTA_FILES = 2048
