@@ -34,9 +34,10 @@ DEFAULT_PACKAGES = ("numpy",)  # third-party packages a program may import (and 
 # The child's whole environment (nothing is inherited: no keys, tokens or proxies reach it).
 ENV_ALLOWED = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# the child's script: its roles (worker, checker), its OS layers, then its audit hook and entry point
-CHILD_SOURCE = "\n".join(Path(__file__).with_name(name).read_text()
-                         for name in ("sandbox_roles.py", "sandbox_os_layers.py", "sandbox_child.py"))
+# the child's script: its roles (worker, checker), its OS layers, then its audit hook and entry point (files beside
+# this one, read as text: tools/stage_deps.py lists them as deps of every stage that imports this module)
+CHILD_FILES = ("sandbox_roles.py", "sandbox_os_layers.py", "sandbox_child.py")
+CHILD_SOURCE = "\n".join(Path(__file__).with_name(name).read_text() for name in CHILD_FILES)
 # the work directory's disk quota, where a mount namespace allows a tmpfs (else only RLIMIT_FSIZE holds)
 WORK_QUOTA_MB = 64
 WORK_QUOTA_FILES = 2048
