@@ -197,8 +197,8 @@ def _lock_down(cfg, work, resource, exit_now, write2):
             fail_setup(f"mounts: {e}")
     mem = cfg["memory_mb"] * 1024 * 1024
     for lim, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cfg["cpu_s"]),
-                     (resource.RLIMIT_FSIZE, 16 * 1024 * 1024), (resource.RLIMIT_CORE, 0),
-                     (resource.RLIMIT_NOFILE, 256), (resource.RLIMIT_NPROC, cfg["nproc"])):
+                     (resource.RLIMIT_FSIZE, cfg["file_mb"] * 1024 * 1024), (resource.RLIMIT_CORE, 0),
+                     (resource.RLIMIT_NOFILE, cfg["open_files"]), (resource.RLIMIT_NPROC, cfg["nproc"])):
         resource.setrlimit(lim, (val, val))
     if cfg["drop_to"] is not None:
         try:
