@@ -15,11 +15,13 @@ from evolforge.eval.sandbox import run_untrusted
 from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.common.answer_check import check_python
 from evolforge.steps.common.function_runs import run_function
+from evolforge.steps.verify.settings import VerifySettings
 
 # section class -> {its key: the declaration's field builder}
 SECTIONS = {
     EvaluateSettings: {"sandbox_timeout_s": "program_timeout_s", "sandbox_memory_mb": "memory_mb"},
     AutoIFSettings: {"case_timeout_s": "case_timeout_s", "memory_mb": "memory_mb", "workers": "workers"},
+    VerifySettings: {"case_timeout_s": "case_timeout_s", "memory_mb": "memory_mb", "workers": "workers"},
 }
 
 
