@@ -78,7 +78,7 @@ def phase_engine(args) -> dict:
 def phase_replicas(args) -> dict:
     import torch
 
-    from evolforge.config.backend_specs import OpenAISettings
+    from evolforge.config.backend_settings import OpenAISettings
     from evolforge.config.roles import Role
     from evolforge.llm.cached import LLM
     from evolforge.llm.backends.openai.served import wait_until_serving

@@ -272,7 +272,7 @@ def build_model(tokenizer_dir: str, shape: str, out: Path) -> Path:
 def section_scorer(model_dir: Path, args, peak: float) -> None:
     from evolforge.core.models import load_scorer
     from evolforge.score.ifd import ifd_scores, reference_ifd_scores
-    from evolforge.score.losses import device_token_budget, use_packing
+    from evolforge.score.device import device_token_budget, use_packing
     from evolforge.score.passes import encode_items
     from evolforge.score.varlen import kernel_name
 

@@ -207,7 +207,7 @@ def main() -> None:
 
     logging.disable(logging.WARNING)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from evolforge.config.backend_specs import OpenAISettings
+    from evolforge.config.backend_settings import OpenAISettings
     from evolforge.config.roles import Role
     from evolforge.llm.backends.openai.client import OpenAIBackend
     from evolforge.llm.backends.openai.http import event_loop

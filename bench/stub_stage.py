@@ -82,7 +82,7 @@ def stand_in_judge(role, cache, settings):
     """The stage's role (roles.judge) opened as the stand-in judge, with its generation settings (its batch size)."""
     import dataclasses
 
-    from evolforge.config.backend_specs import HfSettings
+    from evolforge.config.backend_settings import HfSettings
     from evolforge.llm.cached import LLM
 
     return LLM(StandInJudge(), None, role=dataclasses.replace(  # hf: ranks choices

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from evolforge.eval import sandbox
+from evolforge.eval.sandbox_process import UID_BASE, UID_SPAN
 
 SETTLE_S = 3.0
 
@@ -63,6 +63,6 @@ def _uid_processes() -> list[int]:
             uid = os.stat(f"/proc/{entry}").st_uid
         except OSError:
             continue
-        if entry.isdigit() and sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SPAN and int(entry) not in others:
+        if entry.isdigit() and UID_BASE <= uid < UID_BASE + UID_SPAN and int(entry) not in others:
             out.append(int(entry))
     return out

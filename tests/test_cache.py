@@ -16,7 +16,7 @@ import time
 import pytest
 
 from evolforge.llm.cache import CallCache, KeyFrame, cache_key
-from evolforge.config.backend_specs import HfSettings, OpenAISettings, RaySettings
+from evolforge.config.backend_settings import HfSettings, OpenAISettings, RaySettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM
@@ -244,7 +244,7 @@ def test_engine_options_per_backend():
 def test_a_sampled_hf_call_names_the_sampler_in_its_key_and_a_greedy_one_does_not():
     """The hf backend's sampler decides a sampled answer: its name is in the engine of every sampled hf (and ray hf /
     auto) key, so a cache filled by another sampler is not served; greedy keys, and other backends', stay as they were."""
-    from evolforge.config.backend_specs import HF_SAMPLER
+    from evolforge.config.backend_settings import HF_SAMPLER
 
     engine = {"dtype": "float32", "device": "cpu"}
     messages = [{"role": "user", "content": "hi"}]

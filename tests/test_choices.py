@@ -10,7 +10,7 @@ from evolforge.steps.common.difficulty import LEVELS, SCORES
 
 from evolforge.steps.common.difficulty import judge
 from evolforge.core.prompts import PromptLibrary
-from evolforge.config.backend_specs import OpenAISettings
+from evolforge.config.backend_settings import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM

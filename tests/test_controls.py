@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from evolforge.config.backend_specs import BACKEND_NAMES, SERVER_KINDS, SPECS, OpenAISettings
+from evolforge.config.backend_settings import OpenAISettings
+from evolforge.config.backend_specs import BACKEND_NAMES, SERVER_KINDS, SPECS
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Controls
 from evolforge.config.roles import Role, controls_problems

@@ -28,7 +28,8 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from evolforge.eval.tasks import SUITES, lm_eval_tasks_dir, write_suite  # noqa: E402
 from evolforge.eval.tasks.code_scoring import _code_in_open_fence, mbpp_fewshot_samples, score_program  # noqa: E402
 from evolforge.eval.tasks.offline_data import OFFLINE_ITEMS, reference_response  # noqa: E402
-from evolforge.eval.harness import DEFAULT_TASKS, EvaluateSettings, evaluate, flatten_metrics, model_args  # noqa: E402
+from evolforge.eval.harness import DEFAULT_TASKS, EvaluateSettings, evaluate, model_args  # noqa: E402
+from evolforge.eval.harness_results import flatten_metrics  # noqa: E402
 
 BENCHMARK_OF = {task: bench for bench, task in SUITES["offline"].items()}
 WRONG = {  # a wrong answer in each benchmark's format
@@ -202,8 +203,8 @@ def test_offline_ifeval_without_nltk_data_tries_no_download():
             raise LookupError(resource)
         nltk.data.find = missing
         nltk.download = lambda *args, **kwargs: tried.append(args) or False
-        from evolforge.eval.harness import _check_nltk
-        _check_nltk(["evolforge_offline_ifeval", "evolforge_offline_gsm8k"])
+        from evolforge.eval.harness_tasks import check_nltk
+        check_nltk(["evolforge_offline_ifeval", "evolforge_offline_gsm8k"])
         importlib.import_module("lm_eval.tasks.ifeval.instructions_util")  # as the harness's task loading does
         assert tried == [], tried
     """)

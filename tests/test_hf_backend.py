@@ -13,6 +13,7 @@ from evolforge.llm.cached import open_llm
 from evolforge.llm.types import Completion
 from evolforge.llm.backends.hf import backend as hf
 from evolforge.llm.backends.hf.backend import HFBackend
+from evolforge.llm.backends.hf.batch import Batch, SlabLayer
 from evolforge.llm.sampling import BatchSampler, sample_row
 
 pytestmark = pytest.mark.slow
@@ -53,8 +54,8 @@ def varied(n: int, **sampling) -> list[ChatRequest]:
 @pytest.mark.parametrize("can_merge", [True, False])
 def test_continuous_batching_matches_one_at_a_time(backend, monkeypatch, can_merge):
     merges = []
-    merge = hf._Batch.merge
-    monkeypatch.setattr(hf._Batch, "merge", lambda self, other: merges.append(len(other)) or merge(self, other))
+    merge = Batch.merge
+    monkeypatch.setattr(Batch, "merge", lambda self, other: merges.append(len(other)) or merge(self, other))
     monkeypatch.setattr(backend, "can_merge", can_merge)
     for sampling in ({"temperature": 0.0}, {"temperature": 0.9, "top_p": 0.9, "seed": 5}):
         reqs = varied(11, **sampling)
@@ -160,17 +161,17 @@ def test_top_p_near_zero_samples_the_greedy_answer(backend):
 
 
 def test_the_mask_grows_into_spare_columns_as_concatenation_would():
-    """``_Batch.grow`` widens the mask by one column of ones per step through a view into spare columns, past the
+    """``Batch.grow`` widens the mask by one column of ones per step through a view into spare columns, past the
     end of its room too, and starts a new room when merging or row selection replaced the mask."""
     import torch
 
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    batch = hf._Batch([0, 1], None, mask, torch.zeros(2), torch.zeros(2), [[], []], None)
+    batch = Batch([0, 1], None, mask, torch.zeros(2), torch.zeros(2), [[], []], None)
     expected = mask
-    for _ in range(2 * hf._SlabLayer.room + 5):
+    for _ in range(2 * SlabLayer.room + 5):
         batch.grow()
         expected = torch.cat([expected, torch.ones(2, 1, dtype=expected.dtype)], dim=1)
         assert torch.equal(batch.mask, expected)
-    merged = hf._Batch([0], None, expected[:1, 2:].clone(), torch.zeros(1), torch.zeros(1), [[]], None)
+    merged = Batch([0], None, expected[:1, 2:].clone(), torch.zeros(1), torch.zeros(1), [[]], None)
     merged.grow()
     assert torch.equal(merged.mask, torch.cat([expected[:1, 2:], torch.ones(1, 1, dtype=expected.dtype)], dim=1))

@@ -14,7 +14,7 @@ from evolforge.config.bounds import ParamsError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.select.settings import SelectSettings
-from evolforge.config.backend_specs import OpenAISettings
+from evolforge.config.backend_settings import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import LLM

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from evolforge.config.backend_specs import LlamacppSettings
+from evolforge.config.backend_settings import LlamacppSettings
 from evolforge.config.roles import Role
 from evolforge.llm.backends.llamacpp import probe
 from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
@@ -125,7 +125,7 @@ def test_a_role_that_sets_extra_bufts_is_loaded_as_it_says_and_not_probed(folder
 
 STAGE = '''
 import sys
-from evolforge.config.backend_specs import LlamacppSettings
+from evolforge.config.backend_settings import LlamacppSettings
 from evolforge.config.roles import Role
 from evolforge.core.stage import run_stage
 from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend

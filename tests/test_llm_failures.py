@@ -23,7 +23,7 @@ from evolforge.llm.cache import CallCache
 from evolforge.core.models import ModelError
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import LINEAGE
-from evolforge.config.backend_specs import OpenAISettings
+from evolforge.config.backend_settings import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings

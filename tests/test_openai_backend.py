@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from evolforge.llm.cache import CallCache
-from evolforge.config.backend_specs import OpenAISettings
+from evolforge.config.backend_settings import OpenAISettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.cached import open_llm

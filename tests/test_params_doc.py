@@ -125,7 +125,7 @@ def test_the_paper_values_in_params_yaml_comments_match_the_metadata(repo):
 def test_every_sandbox_memory_setting_is_labelled_in_the_unit_the_sandbox_applies(repo):
     """The sandbox caps a process's address space at ``memory_mb * 1024 * 1024`` bytes: mebibytes, so every
     ``*memory_mb`` setting says MiB (its key keeps the name params.yaml has always used)."""
-    child = (repo / "src/evolforge/eval/sandbox_child.py").read_text(encoding="utf-8")
+    child = (repo / "src/evolforge/eval/sandbox_os_layers.py").read_text(encoding="utf-8")
     assert 'cfg["memory_mb"] * 1024 * 1024' in child
     tool = _tool(repo)
     units = {f"{name}.{f.name}": f.metadata.get("unit") for name, cls in SECTIONS.items() if name != "roles"

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from evolforge.llm.cache import CallCache
-from evolforge.config.backend_specs import RaySettings
+from evolforge.config.backend_settings import RaySettings
 from evolforge.config.roles import Controls, Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.config.runtime import LLMSettings

@@ -1,5 +1,5 @@
-"""A role's settings are split by backend (config/backend_specs.py): the common keys on Role, each backend's own
-on its settings class; a stage parses its roles once and hands the LLM layer typed roles, never params."""
+"""A role's settings are split by backend (config/backend_settings.py): the common keys on Role, each backend's
+own on its settings class; a stage parses its roles once and hands the LLM layer typed roles, never params."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from evolforge.config.backend_specs import BACKEND_NAMES, SPECS, HfSettings, LlamacppSettings, OpenAISettings
+from evolforge.config.backend_settings import HfSettings, LlamacppSettings, OpenAISettings
+from evolforge.config.backend_specs import BACKEND_NAMES, SPECS
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Role
 from evolforge.config.runtime import CacheSettings, LLMSettings, load_llm_params

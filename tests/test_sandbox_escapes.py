@@ -17,6 +17,7 @@ import pytest
 from evolforge.eval import sandbox
 from processes import descendants as _descendants, sandbox_uid_processes as _sandbox_uid_processes
 from evolforge.eval.sandbox import isolation, run_untrusted
+from evolforge.eval.sandbox_process import ENV_ALLOWED
 
 pytestmark = pytest.mark.usefixtures("sandbox_checks_alone")  # conftest.py
 
@@ -182,4 +183,4 @@ def test_limits_and_early_exits(code, status):
 def test_isolation_reports_its_layers():
     layers = isolation()
     assert set(layers) >= {"network_namespace", "pid_namespace", "drop_to_uid", "landlock", "seccomp", "env"}
-    assert "OPENAI_API_KEY" not in layers["env"] and "HOME" not in sandbox.ENV_ALLOWED
+    assert "OPENAI_API_KEY" not in layers["env"] and "HOME" not in ENV_ALLOWED

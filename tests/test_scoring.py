@@ -15,11 +15,12 @@ import torch
 
 from tiny import build_random_llama
 import evolforge.score.ifd as ifd
-import evolforge.score.losses as losses
+import evolforge.score.device as device
 from evolforge.core.text import question_text
 from evolforge.core.models import load_scorer
 from evolforge.score.ifd import ifd_scores, reference_ifd_scores
-from evolforge.score.losses import split_head, token_budget_batches
+from evolforge.score.layouts import token_budget_batches
+from evolforge.score.losses import split_head
 from evolforge.score.passes import chat_texts, encode_items
 
 LOSS_COLUMNS = ["loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd"]
@@ -95,7 +96,7 @@ def test_sliced_projection_equals_full_logits(scorer, monkeypatch):
     full_logits = ifd_scores(model, tokenizer, **ITEMS, progress=False, max_batch_tokens=1 << 20)
     monkeypatch.undo()
     vocab = head.projection.out_features
-    monkeypatch.setattr(losses, "_LOGIT_ELEMENTS", 3 * vocab)
+    monkeypatch.setattr(device, "_LOGIT_ELEMENTS", 3 * vocab)
     seen: list[int] = []
     hook = head.projection.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
     try:

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from evolforge.core.models import load_scorer
-from evolforge.score import losses, varlen
+from evolforge.score import device, losses, varlen
+from evolforge.score.device import device_token_budget, use_packing
 from evolforge.score.ifd import ifd_scores, reference_ifd_scores
-from evolforge.score.losses import (device_token_budget, packed_batches, token_budget_batches, token_nlls,
-                                    use_packing)
+from evolforge.score.layouts import packed_batches, token_budget_batches
+from evolforge.score.losses import token_nlls
 
 VALUES = ["loss_instruction", "loss_response", "loss_response_given_instruction", "ifd", "ic_ifd"]
 COUNTS = ["n_tokens_instruction", "n_tokens_response", "n_tokens_response_given_instruction"]
@@ -122,7 +123,7 @@ def test_packed_attention_matches_each_sequence_alone(scorer):
     bounds = varlen.cumulative_lengths(lengths)
     with torch.no_grad():
         alone = torch.cat([model(input_ids=s[None]).logits[0] for s in sequences])
-        with losses.attending_packed(model):
+        with device.attending_packed(model):
             ids = torch.cat(sequences)[None]
             given = model(input_ids=ids, position_ids=positions, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds,
                           max_length_q=17, max_length_k=17).logits[0]
@@ -135,7 +136,7 @@ def test_cpu_scores_padded_by_default_with_the_users_budget(scorer):
     model, _ = scorer
     assert use_packing(model) is False  # no variable-length kernel on the CPU: the exact padded path
     assert varlen.packed_kernel_works("cpu", torch.float32) is False
-    assert device_token_budget(model, 3000) == 3000 and device_token_budget(model, None) == losses.DEFAULT_BATCH_TOKENS
+    assert device_token_budget(model, 3000) == 3000 and device_token_budget(model, None) == device.DEFAULT_BATCH_TOKENS
     assert use_packing(model, True) is True
 
 
@@ -145,7 +146,7 @@ def test_activation_estimate_bounds_the_measured_figure():
     from types import SimpleNamespace
 
     model = SimpleNamespace(config=SimpleNamespace(hidden_size=1536, intermediate_size=8960), dtype=torch.bfloat16)
-    estimate = losses._activation_bytes_per_token(model)
+    estimate = device._activation_bytes_per_token(model)
     assert 62_000 < estimate < 124_000
 
 
@@ -171,7 +172,7 @@ def test_packed_batches_are_queued_without_reading_a_value_back(scorer, monkeypa
         real = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k:
                             (reads.append(_name), _real(self, *a, **k))[1])
-    with losses.attending_packed(model), torch.no_grad():
+    with device.attending_packed(model), torch.no_grad():
         pending = losses.queue_token_nlls(model, sequences, max_batch_tokens=160, packed=True)
         queued = list(reads)
         nlls = pending.collect()
@@ -185,9 +186,9 @@ def test_start_up_check_compares_packed_logits_with_unpacked(scorer, monkeypatch
     as alone; with a kernel that lets sequences see each other it does not, and the scorer would pad."""
     model, _ = scorer
 
-    assert losses._packing_agrees(model)
+    assert device._packing_agrees(model)
     monkeypatch.setattr(varlen, "_sdpa_loop", whole_row)
-    assert not losses._packing_agrees(model)
+    assert not device._packing_agrees(model)
 
 
 @pytest.mark.slow  # compiling the tiny model's trunk and loss takes about a minute on two cores

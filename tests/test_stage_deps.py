@@ -107,3 +107,14 @@ def test_dvc_reads_the_backend_from_params(tmp_path):
     assert "src/evolforge/llm/backends/openai" in found["judge"]
     assert "src/evolforge/llm/backends/llamacpp" not in found["judge"]
     assert "src/evolforge/llm/backends/llamacpp" in found["respond"]
+
+
+def test_the_sandbox_child_files_run_as_text_are_deps():
+    """The sandbox's parent runs its child's files as text (no import the closure sees): each is a dep of every
+    stage that can run model-written code, the list being the one the parent reads."""
+    from evolforge.eval.sandbox_process import CHILD_FILES
+
+    assert stage_deps.READS_AS_TEXT["src/evolforge/eval/sandbox_process.py"] == CHILD_FILES
+    for stage in ("verify", "evaluate"):
+        assert {f"src/evolforge/eval/{name}" for name in CHILD_FILES} <= set(deps(stage)), stage
+    assert "src/evolforge/eval/sandbox_child.py" not in deps("judge")

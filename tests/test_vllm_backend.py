@@ -18,7 +18,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # offline: vLLM reports usage to its server unless told not to
 pytest.importorskip("vllm")
 
-from evolforge.config.backend_specs import VllmSettings  # noqa: E402
+from evolforge.config.backend_settings import VllmSettings  # noqa: E402
 from evolforge.config.roles import Controls, Role  # noqa: E402
 from evolforge.llm.cached import LLM  # noqa: E402
 from evolforge.llm.requests import ChatRequest  # noqa: E402

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from evolforge.config.backend_specs import VLLM_STEP_TOKENS, VllmSettings
+from evolforge.config.backend_settings import VLLM_STEP_TOKENS, VllmSettings
 from evolforge.config.bounds import ParamsError
 from evolforge.config.roles import Role
 from evolforge.llm.keys import engine_options

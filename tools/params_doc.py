@@ -55,7 +55,7 @@ def settings_fields(cls: type) -> list[dataclasses.Field]:
 
 
 def backend_settings() -> dict[str, type]:
-    """backend -> the class of what a role of that backend sets beside the common keys (config/backend_specs.py)."""
+    """backend -> the class of what a role of that backend sets beside the common keys (config/backend_settings.py)."""
     return {backend: SPECS[backend].settings for backend in BACKEND_NAMES}
 
 

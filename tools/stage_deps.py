@@ -6,7 +6,8 @@ stage script's ``evolforge`` imports (at any depth of a file, function-level one
 run, adds the data files beside them (report templates, task configs), and writes that list as the stage's
 ``src/evolforge/...`` deps, in place of the old ones. Other deps (the script, inputs, prompts) stay as written.
 A module that is only a docstring (a package's ``__init__`` that documents it) runs nothing, so no output depends
-on it: it is left out (once it holds code, ``--check`` asks for the deps to be written again).
+on it: it is left out (once it holds code, ``--check`` asks for the deps to be written again). Files a module runs as
+text instead of importing them (the sandbox child's source, :data:`READS_AS_TEXT`) are followed as imports are.
 
 The backends are the exception: which one runs is for params to say, so the registry and pinning import them by
 name (:data:`BY_NAME`), out of the closure's sight. A stage that builds backends (reaches the registry) lists what
@@ -46,6 +47,10 @@ BACKENDS = SRC / "evolforge/llm/backends"
 REGISTRY = "src/evolforge/llm/registry.py"
 BY_NAME = {REGISTRY: None, "src/evolforge/llm/pinning.py": ("openai/served.py",)}
 GENERATED = re.compile(r"^\s+- src/evolforge/\S+\s*$")
+# modules that run other modules' text rather than importing them -> those modules: the sandbox's parent passes
+# its child's source files to `python -c` (eval/sandbox_process.py CHILD_FILES)
+READS_AS_TEXT = {"src/evolforge/eval/sandbox_process.py": ("sandbox_roles.py", "sandbox_os_layers.py",
+                                                            "sandbox_child.py")}
 
 
 def imported_files(path: Path) -> set[Path]:
@@ -90,11 +95,14 @@ def runs_nothing(path: Path) -> bool:
 
 
 def _reach(starts: Iterable[Path]) -> set[Path]:
-    """Every module the files ``starts`` import, followed to the end, with the data files beside them."""
+    """Every module the files ``starts`` import (or run as text: :data:`READS_AS_TEXT`), followed to the end,
+    with the data files beside them."""
     seen: set[Path] = set()
     todo = list(starts)
     while todo:
-        for module in imported_files(todo.pop()):
+        path = todo.pop()
+        read = READS_AS_TEXT.get(path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else "", ())
+        for module in imported_files(path) | {path.with_name(name) for name in read}:
             if module not in seen:
                 seen.add(module)
                 todo.append(module)

@@ -14,7 +14,9 @@ point one way:
   budget), :mod:`~evolforge.config.data`, :mod:`~evolforge.config.fetch_model`,
   :mod:`~evolforge.config.training` (finetune, evaluate), and
   :mod:`~evolforge.config.roles` (``roles.<name>``, its generation controls, :func:`load_role`; the chat requests
-  a role makes are :mod:`evolforge.llm.requests`);
+  a role makes are :mod:`evolforge.llm.requests`), over :mod:`~evolforge.config.backend_specs` (what each backend
+  does: its controls, rankings, roles) and :mod:`~evolforge.config.backend_settings` (what a role of each backend
+  sets beside the common keys);
   :mod:`~evolforge.config.controls`: the control and repetition types several steps' settings share;
 - :mod:`~evolforge.config.loader`: the file read (:func:`read_params`: strict YAML, no secrets, no control
   characters) and one section checked (:func:`check_section`) and typed (:func:`parse`; :func:`load_section`,

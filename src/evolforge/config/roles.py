@@ -1,7 +1,7 @@
 """Model roles from ``params.yaml`` (``roles.<name>``): which model, where, its generation defaults and controls,
-and its backend's own settings (``role.settings``: one class per backend, declared with its spec in
-:mod:`evolforge.config.backend_specs`, so what an hf role can set is no field of a llamacpp role); :func:`load_role`
-types one.
+and its backend's own settings (``role.settings``: one class per backend, in
+:mod:`evolforge.config.backend_settings`, named by its spec in :mod:`evolforge.config.backend_specs`, so what an hf
+role can set is no field of a llamacpp role); :func:`load_role` types one.
 
     >>> load_role({"roles": {"evolver": {"backend": "llamacpp", "model": "m", "batch_size": 6}}}, "evolver").settings
     LlamacppSettings(batch_size=6, threads=None, threads_follow_load=False)
@@ -24,8 +24,9 @@ from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeI
 from evolforge.config.loader import check_section, parse
 from evolforge.config.messages import suggest
 
-from evolforge.config.backend_specs import (BACKEND_NAMES, CHAT_ROLES, CONTROL_NAMES, SPECS, BackendSettings,
-                                            HfSettings, ROLE_NEEDS, checked_as, spec_of)
+from evolforge.config.backend_settings import BackendSettings, HfSettings
+from evolforge.config.backend_specs import (BACKEND_NAMES, CHAT_ROLES, CONTROL_NAMES, SPECS, ROLE_NEEDS, checked_as,
+                                            spec_of)
 
 
 
@@ -167,7 +168,7 @@ class Role:
     frequency_penalty: Annotated[float, Ge(-2), Le(2)] | None = field(default=None, metadata={
         "help": "generation control: subtracts penalty x count from each generated token's logit (OpenAI's "
                 "definition)"})
-    # what the backend takes beside these (HfSettings, OpenAISettings, ...: config/backend_specs.py), from the
+    # what the backend takes beside these (HfSettings, OpenAISettings, ...: config/backend_settings.py), from the
     # role's other keys; None: the backend's defaults
     settings: BackendSettings = field(default=None, metadata={"params": False})  # type: ignore[assignment]
 

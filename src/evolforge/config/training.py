@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Lt, MinLen
 
+from evolforge.config import sandbox_limits
 from evolforge.config.bounds import (Fraction, NonNegativeFloat, NonNegativeInt,
                                      PositiveFloat, PositiveInt, Probability)
 
@@ -117,12 +118,8 @@ class EvaluateSettings:
     allow_code_execution: bool = field(default=False, metadata={
         "help": "HumanEval / MBPP run model-written code in the sandbox (subprocess, time and memory limits, no "
                 "network); off: reported as skipped"})
-    sandbox_timeout_s: PositiveFloat = field(default=10.0, metadata={
-        "help": "seconds per program in the sandbox",
-        "unit": "s"})
-    sandbox_memory_mb: PositiveInt = field(default=512, metadata={
-        "help": "memory limit per program in the sandbox",
-        "unit": "MiB"})
+    sandbox_timeout_s: PositiveFloat = sandbox_limits.program_timeout_s()
+    sandbox_memory_mb: PositiveInt = sandbox_limits.memory_mb()
     bootstrap_iters: NonNegativeInt = field(default=0, metadata={
         "help": "lm-evaluation-harness bootstrap iterations for standard errors (0 = none)"})
     seed: int = field(default=1234, metadata={"help": "lm-evaluation-harness seed"})

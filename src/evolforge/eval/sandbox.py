@@ -34,6 +34,9 @@ as a warning once per process, never silently). See ``docs/explanation/sandbox.m
 - rlimits (address space, CPU, file size, no core dumps) and a scrubbed environment (an allow-list);
 - a PEP 578 audit hook: clear ``blocked`` statuses, and the introspection routes closed (gc, other threads'
   frames, tracing, ctypes, fresh builtin modules).
+
+Every limit of a run, the defaults of those a caller sets and the fixed ones, is declared in
+:mod:`evolforge.config.sandbox_limits`.
 """
 
 from __future__ import annotations
@@ -52,10 +55,10 @@ import time
 from dataclasses import dataclass
 
 from evolforge.config.bounds import Refusal
-from evolforge.eval.sandbox_process import (  # noqa: F401  (constants re-exported for callers and tests)
-    DEFAULT_PACKAGES, ENV_ALLOWED, EXIT_BLOCKED, EXIT_MEMORY, EXIT_SETUP, NPROC, STDERR_TAIL_CHARS, UID_BASE,
-    UID_SPAN, WORK_QUOTA_FILES, WORK_QUOTA_MB, WORKER_GRACE_S, _Child, _end, _Layers, _start, _status,
-    _writable_for_removal)
+from evolforge.config.sandbox_limits import MEMORY_MB, PROGRAM_TIMEOUT_S
+from evolforge.eval.sandbox_process import (DEFAULT_PACKAGES, ENV_ALLOWED, EXIT_BLOCKED, EXIT_SETUP, STDERR_TAIL_CHARS,
+                                            UID_BASE, WORKER_GRACE_S, _Child, _end, _Layers, _start, _status,
+                                            _writable_for_removal)
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +167,8 @@ def isolation() -> dict:
             "seccomp": layers.seccomp, "env": sorted(ENV_ALLOWED)}
 
 
-def run_untrusted(code: str, timeout_s: float = 10.0, memory_mb: int = 512, *, tests: str | None = None,
-                  setup: str = "", calls: tuple[str, ...] | None = None,
+def run_untrusted(code: str, timeout_s: float = PROGRAM_TIMEOUT_S, memory_mb: int = MEMORY_MB, *,
+                  tests: str | None = None, setup: str = "", calls: tuple[str, ...] | None = None,
                   packages: tuple[str, ...] = DEFAULT_PACKAGES) -> SandboxResult:
     """Run ``code`` in a fresh sandboxed interpreter; with ``tests``, judge it by them, outside its process.
 

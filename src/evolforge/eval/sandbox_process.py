@@ -1,7 +1,7 @@
 """The sandbox's child processes: start one locked-down child per role, read how it ended, leave nothing behind.
 
 Used by :mod:`evolforge.eval.sandbox` (which decides the layers and the verdict); the child's own code is
-``sandbox_roles.py`` + ``sandbox_child.py``, passed as text to ``python -I -B -c``.
+``sandbox_roles.py`` + ``sandbox_os_layers.py`` + ``sandbox_child.py``, passed as text to ``python -I -B -c``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from evolforge.config.sandbox_limits import FILE_MB, OPEN_FILES, PROCESSES, WORK_QUOTA_FILES, WORK_QUOTA_MB
 from evolforge.eval.sandbox_roles import read_roots
 
 # Exit codes the child uses to say why it stopped (chosen to not collide with Python's own 0/1/2).
@@ -29,17 +30,14 @@ STDERR_TAIL_CHARS = 4000
 # Per-run uids when started as root: far above ordinary and subordinate-id ranges, never in /etc/passwd.
 UID_BASE = 2_100_000_000
 UID_SPAN = 1 << 20
-NPROC = 16  # tasks (threads included) a run's uid may have: the harness uses two
 DEFAULT_PACKAGES = ("numpy",)  # third-party packages a program may import (and read)
 # The child's whole environment (nothing is inherited: no keys, tokens or proxies reach it).
 ENV_ALLOWED = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# the child's script: its roles (worker, checker), then its lock-down and entry point
-CHILD_SOURCE = "\n".join(Path(__file__).with_name(name).read_text()
-                         for name in ("sandbox_roles.py", "sandbox_child.py"))
-# the work directory's disk quota, where a mount namespace allows a tmpfs (else only RLIMIT_FSIZE holds)
-WORK_QUOTA_MB = 64
-WORK_QUOTA_FILES = 2048
+# the child's script: its roles (worker, checker), its OS layers, then its audit hook and entry point (files beside
+# this one, read as text: tools/stage_deps.py lists them as deps of every stage that imports this module)
+CHILD_FILES = ("sandbox_roles.py", "sandbox_os_layers.py", "sandbox_child.py")
+CHILD_SOURCE = "\n".join(Path(__file__).with_name(name).read_text() for name in CHILD_FILES)
 WORKER_GRACE_S = 1.0  # after a failed check: how long the worker may take to end, so its status is known
 
 
@@ -123,14 +121,15 @@ def _start(base: str, role: str, settings: dict, timeout_s: float, memory_mb: in
         os.chmod(home, 0o711)
         os.chown(work, uid, uid)
     if uid is not None or os.geteuid() == 0:
-        nproc = NPROC
+        nproc = PROCESSES
     else:  # the limit counts all of this user's processes
-        nproc = _count_processes(os.geteuid()) + NPROC
+        nproc = _count_processes(os.geteuid()) + PROCESSES
     cfg = {**settings, "role": role, "work": work, "stage": stage, "memory_mb": int(memory_mb),
            "cpu_s": int(timeout_s) + 1, "nproc": nproc, "drop_to": uid, "expect_uid": uid if probe else None,
            "expose": _expose_roots(), "mounts": layers.mounts, "landlock": layers.landlock,
            "seccomp": layers.seccomp, "audit": audit, "packages": list(packages), "exit_blocked": EXIT_BLOCKED,
            "exit_setup": EXIT_SETUP, "quota_mb": WORK_QUOTA_MB, "quota_files": WORK_QUOTA_FILES,
+           "file_mb": FILE_MB, "open_files": OPEN_FILES,
            **_read_roots(tuple(packages))}
     env = {**ENV_ALLOWED, "HOME": work, "TMPDIR": work}
     err = tempfile.TemporaryFile()

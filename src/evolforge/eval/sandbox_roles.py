@@ -1,7 +1,8 @@
 """The sandbox child's roles for a run with tests: the program's ``worker`` and the tests' ``checker``.
 
 Not imported by the parent: :mod:`evolforge.eval.sandbox` passes this file's text, followed by
-``sandbox_child.py``'s, to ``python -I -B -c``. A run with tests uses two children, each locked down the same way:
+``sandbox_os_layers.py``'s and ``sandbox_child.py``'s, to ``python -I -B -c``. A run with tests uses two children,
+each locked down the same way:
 
 - the **worker** runs the candidate program, reports the names of the callables it defined, then answers calls
   (``{"call": name, "args": [...]}``) with the **value** returned, encoded as plain data, or the exception raised;

@@ -79,7 +79,7 @@ def identity_digest(identity: dict[str, Any]) -> str:
 
 def engine_options(role: Role) -> dict[str, Any]:
     """The options of ``role`` that change outputs beyond the model's identity: part of every cache key, as its
-    backend's settings class declares them (:mod:`evolforge.config.backend_specs`).
+    backend's settings class declares them (:mod:`evolforge.config.backend_settings`).
 
     hf: dtype and device, and ``max_model_len`` when set. llamacpp: its context length and ``extra``
     (``reuse_prefix``); the quantization is part of the GGUF's identity. vllm: dtype, tensor parallelism,
@@ -92,7 +92,7 @@ def engine_options(role: Role) -> dict[str, Any]:
 def sampling_options(role: Role) -> dict[str, Any]:
     """What names ``role``'s sampler, added to the engine in the key of each call at a temperature above 0
     (:meth:`evolforge.llm.cache.KeyFrame`), so that greedy keys stay as they were when a sampler changes. hf (and
-    ray with hf actors): ``sampler`` (:data:`evolforge.config.backend_specs.HF_SAMPLER`); others: none."""
+    ray with hf actors): ``sampler`` (:data:`evolforge.config.backend_settings.HF_SAMPLER`); others: none."""
     return role.settings.sampling_options()
 
 

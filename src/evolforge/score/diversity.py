@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from evolforge.core.text import question_text
 from evolforge.core.models import load_encoder, load_scorer
-from evolforge.score.losses import pad_right
+from evolforge.score.layouts import pad_right
 
 EmbeddingKind = Literal["mean-pooled", "sentence-transformers", "causal-lm-mean"]
 

@@ -51,8 +51,8 @@ from tqdm.auto import tqdm
 from evolforge.score.choices import Boundary, CherryTruncation, Template
 from evolforge.io.columns import SCORE_VALUES
 from evolforge.score.formulas import NULL_ROW_LOSSES, scores_row
-from evolforge.score.losses import (IGNORE, PendingLosses, attending_packed, compiled, device_token_budget,
-                                    queue_token_nlls, split_head, use_packing)
+from evolforge.score.device import attending_packed, device_token_budget, use_packing
+from evolforge.score.losses import IGNORE, PendingLosses, compiled, queue_token_nlls, split_head
 from evolforge.score.passes import EncodedItem, encode_items, question_positions
 
 # Items encoded, length-sorted and batched together by ifd_scores (its chunk_size). A chunk is encoded while the
@@ -116,9 +116,9 @@ def ifd_scores(
     Two forward passes per item (conditioned: L(Q) and L(A|Q) at once; direct: L(A)), longest first, in
     batches of at most ``max_batch_tokens`` tokens (and ``batch_size`` sequences when given): packed rows
     with no padding where ``packing`` allows (None: where a variable-length attention kernel runs, i.e. a
-    GPU; see :func:`~evolforge.score.losses.use_packing`), right-padded rows otherwise. ``max_batch_tokens``
+    GPU; see :func:`~evolforge.score.device.use_packing`), right-padded rows otherwise. ``max_batch_tokens``
     is a cap; on a GPU the budget is what its free memory holds under it
-    (:func:`~evolforge.score.losses.device_token_budget`; None: no cap). Log-softmax in fp32 over slices of
+    (:func:`~evolforge.score.device.device_token_budget`; None: no cap). Log-softmax in fp32 over slices of
     the vocabulary projection (:mod:`evolforge.score.losses`). Items are encoded ``chunk_size`` at a time and
     a batch never spans two such chunks: scoring the items in pieces of whole chunks gives the same batches,
     hence the same floats, as scoring them at once (the score stage reads its table that way). A chunk's

@@ -1,6 +1,6 @@
 """Packed (padding-free) attention: sequences of different lengths laid end to end in one row, each token
 attending only to the earlier tokens of its own sequence, for the scorer's packed batches
-(:mod:`evolforge.score.losses`) and padding-free fine-tuning (:mod:`evolforge.train.finetune`).
+(:mod:`evolforge.score.layouts`) and padding-free fine-tuning (:mod:`evolforge.train.finetune`).
 
 A packed row of sequences of lengths 3 and 2 has position ids ``[0, 1, 2, 0, 1]`` and cumulative lengths
 ``cu_seqlens = [0, 3, 5]``; attention is causal inside each sequence, so every token computes what it would

@@ -10,8 +10,8 @@ sandboxed subprocess.
 Two switches, both set by :func:`evolforge.eval.harness.evaluate` for the duration of a run:
 
 - ``EVOLFORGE_ALLOW_CODE_EXECUTION=1`` must be set, or scoring refuses to run model code at all;
-- ``EVOLFORGE_SANDBOX_TIMEOUT_S`` (default 10) and ``EVOLFORGE_SANDBOX_MEMORY_MB`` (default 512) are the
-  per-program limits.
+- ``EVOLFORGE_SANDBOX_TIMEOUT_S`` and ``EVOLFORGE_SANDBOX_MEMORY_MB`` are the per-program limits (unset: the
+  defaults of :mod:`evolforge.config.sandbox_limits`).
 
 The verdict is never the program's to give: the program runs in one sandboxed process that only answers
 calls with plain data, the tests in another that compares those values and alone can report success
@@ -34,6 +34,7 @@ import ast
 import logging
 import os
 
+from evolforge.config.sandbox_limits import MEMORY_MB, PROGRAM_TIMEOUT_S
 from evolforge.eval.sandbox import run_untrusted
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ def score_program(program: str, tests: str | None = None, *, setup: str = "",
     if os.environ.get(ALLOW_ENV) != "1":
         raise RuntimeError(f"refusing to execute model-written code: {ALLOW_ENV}=1 is not set "
                            "(evaluate.allow_code_execution is false)")
-    limits = {"timeout_s": float(os.environ.get(TIMEOUT_ENV, "10")),
-              "memory_mb": int(os.environ.get(MEMORY_ENV, "512"))}
+    limits = {"timeout_s": float(os.environ.get(TIMEOUT_ENV, PROGRAM_TIMEOUT_S)),
+              "memory_mb": int(os.environ.get(MEMORY_ENV, MEMORY_MB))}
     checks = {"tests": tests, "setup": setup, "calls": calls}
     result = run_untrusted(program, **checks, **limits)
     if result.status == "error":  # the sandbox itself could not be set up: not the program's verdict, try once more

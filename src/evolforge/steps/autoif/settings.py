@@ -9,6 +9,7 @@ from annotated_types import Gt, Le
 from pydantic import with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from evolforge.config import sandbox_limits
 from evolforge.config.bounds import (NonEmptyStr, NonNegativeFloat, NonNegativeInt, ParamsError, PositiveFloat,
                                      PositiveInt, Probability)
 
@@ -73,11 +74,9 @@ class AutoIFSettings:
     min_cases: PositiveInt = field(default=1, metadata={
         "help": "test cases a constraint needs to be verified",
         "paper": "1 (SLM code; original AutoIF: 10)"})
-    case_timeout_s: PositiveFloat = field(default=5.0, metadata={
-        "help": "seconds per test case (the reference code's SIGALRM limit), summed per function",
-        "unit": "s"})
-    memory_mb: PositiveInt = field(default=512, metadata={"help": "memory limit per sandbox process", "unit": "MiB"})
-    workers: PositiveInt = field(default=2, metadata={"help": "sandbox processes at a time"})
+    case_timeout_s: PositiveFloat = sandbox_limits.case_timeout_s()
+    memory_mb: PositiveInt = sandbox_limits.memory_mb()
+    workers: PositiveInt = sandbox_limits.workers()
     queries: QuerySource = field(default_factory=dict, metadata={
         "help": "where the queries paired with constraints come from, read like seed.source (defaults: "
                 "data/seeds/demo.jsonl, 20 < length < 300 characters)", "paper": "ShareGPT"})

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from evolforge.config.sandbox_limits import MEMORY_MB, PROGRAM_TIMEOUT_S
 from evolforge.core.text import NUMBER, number, numbers
 from evolforge.eval.sandbox import run_untrusted
 from evolforge.io.validation import DataError
@@ -35,7 +36,6 @@ from evolforge.io.validation import DataError
 KINDS = ("number", "python_tests")
 FIELD = "check"  # the seed record's field
 DEFAULT_TOLERANCE = 1e-6
-DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 60.0
 
 
@@ -88,7 +88,7 @@ def parse_check(value: Any, file: str = "<check>", row: int | None = None) -> di
         ast.parse(tests)
     except SyntaxError as err:
         raise refuse(f"{FIELD}.tests is valid Python", f"line {err.lineno}: {err.msg}") from None
-    timeout = value.get("timeout_s", DEFAULT_TIMEOUT_S)
+    timeout = value.get("timeout_s", PROGRAM_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
         raise refuse(f"{FIELD}.timeout_s is a number in (0, {MAX_TIMEOUT_S:g}]", f"got {timeout!r}")
     return {"kind": kind, "tests": tests, "timeout_s": float(timeout)}
@@ -173,7 +173,8 @@ def check_number(answer: str, value: float, tolerance: float = DEFAULT_TOLERANCE
     return CheckResult(ok, f"answer's number {got:g} {'=' if ok else '!='} expected {value:g}")
 
 
-def check_python(answer: str, tests: str, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = 512) -> CheckResult:
+def check_python(answer: str, tests: str, timeout_s: float = PROGRAM_TIMEOUT_S,
+                 memory_mb: int = MEMORY_MB) -> CheckResult:
     """The answer's code (:func:`extract_code`) passes ``tests`` in the sandbox."""
     code = extract_code(answer)
     if code is None:
@@ -197,5 +198,5 @@ def check_answer(check: dict | str | None, answer: str | None) -> CheckResult | 
     if check["kind"] == "number":
         return check_number(answer, check["value"], check.get("tolerance", DEFAULT_TOLERANCE))
     if check["kind"] == "python_tests":
-        return check_python(answer, check["tests"], check.get("timeout_s", DEFAULT_TIMEOUT_S))
+        return check_python(answer, check["tests"], check.get("timeout_s", PROGRAM_TIMEOUT_S))
     raise ValueError(f"answer check: unknown kind {check['kind']!r}")

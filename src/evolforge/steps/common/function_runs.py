@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
+from evolforge.config.sandbox_limits import CASE_TIMEOUT_S, MEMORY_MB
 from evolforge.eval.sandbox import run_untrusted
 
 # One program per function: it defines the function, calls it on every input in order and writes one verdict
@@ -69,7 +70,8 @@ def harness(func: str, inputs: Sequence[str], tag: str) -> str:
     return _HARNESS.format(tag=tag, inputs=json.dumps(list(inputs)), func=func)
 
 
-def run_function(func: str, inputs: Sequence[str], case_timeout_s: float = 5.0, memory_mb: int = 512) -> FunctionRun:
+def run_function(func: str, inputs: Sequence[str], case_timeout_s: float = CASE_TIMEOUT_S,
+                 memory_mb: int = MEMORY_MB) -> FunctionRun:
     """Run ``evaluate`` from ``func`` on every input, in one sandboxed process."""
     tag = "verdict-" + secrets.token_hex(8)
     limit = STARTUP_S + case_timeout_s * max(1, len(inputs))

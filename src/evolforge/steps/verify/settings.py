@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from evolforge.config import sandbox_limits
 from evolforge.config.bounds import NonNegativeInt, ParamsError, PositiveFloat, PositiveInt, Probability
 
 
@@ -54,10 +55,9 @@ class VerifySettings:
     tests_max_tokens: PositiveInt = field(default=192, metadata={"help": "per test set", "unit": "tokens"})
     solution_max_tokens: PositiveInt = field(default=320, metadata={"help": "per solution", "unit": "tokens"})
     program_max_tokens: PositiveInt = field(default=192, metadata={"help": "per program", "unit": "tokens"})
-    case_timeout_s: PositiveFloat = field(default=5.0, metadata={
-        "help": "per test case or program in the sandbox", "unit": "seconds"})
-    memory_mb: PositiveInt = field(default=512, metadata={"help": "per sandbox process", "unit": "MiB"})
-    workers: PositiveInt = field(default=2, metadata={"help": "sandbox processes at a time"})
+    case_timeout_s: PositiveFloat = sandbox_limits.case_timeout_s()
+    memory_mb: PositiveInt = sandbox_limits.memory_mb()
+    workers: PositiveInt = sandbox_limits.workers()
     seed: NonNegativeInt = field(default=0, metadata={"help": "of the sampled calls (part of their cache keys)"})
 
     def __post_init__(self) -> None:

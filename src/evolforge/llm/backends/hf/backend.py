@@ -5,10 +5,10 @@ leaves the batch as soon as it ends (end-of-turn token or its ``max_tokens``), a
 prefilled and merged into the batch once a quarter of the slots are free. A long answer therefore never
 holds the batch's short ones hostage, as it does when a static batch runs until its longest row ends.
 
-Rows share a left-padded KV cache: row r's real tokens occupy the last columns of the cache, the
-attention mask hides the padding, and each row carries its own position ids, so a row computes what it
-would compute alone. Merging pads the shorter side's cache on the left; when rows leave, padding
-columns that no remaining row needs are cut.
+Rows share a left-padded KV cache (:mod:`evolforge.llm.backends.hf.batch`): row r's real tokens occupy the
+last columns of the cache, the attention mask hides the padding, and each row carries its own position ids,
+so a row computes what it would compute alone. Merging pads the shorter side's cache on the left; when rows
+leave, padding columns that no remaining row needs are cut.
 
 Length guard: a prompt of at least the model's positions (``max_position_embeddings``, or the role's
 ``max_model_len`` when smaller) is that item's ``prompt_too_long`` failure and never decoded; a prompt
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass
 from itertools import count
 from typing import Iterator, Sequence
 
@@ -51,101 +50,11 @@ from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
 from evolforge.llm.decoding import RowControls, pick, rank_sequences
+from evolforge.llm.backends.hf.batch import Batch, SlabLayer
 from evolforge.llm.sampling import BatchSampler, SamplingRows, argmax, sample_row
 
 Finished = list[tuple[int, Completion]]  # (index into the requests, completion)
 
-
-def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    """``x`` with zeros put in front along ``dim`` up to ``length``."""
-    missing = length - x.shape[dim]
-    if missing == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-
-class _SlabLayer(DynamicLayer):
-    """A full-attention cache layer whose keys and values are views into a buffer with room to grow:
-    appending a token writes one column instead of copying the whole cache, as concatenation does.
-    Anything that replaces ``keys``/``values`` (row selection, merging) is copied into a fresh buffer
-    on the next update."""
-
-    room = 64  # free columns a new buffer gets
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        cached = self.keys.shape[-2] if self.keys.numel() else 0
-        total = cached + key_states.shape[-2]
-        if self.keys is not getattr(self, "_view", None) or total > self._slab_k.shape[-2]:
-            shape = (*key_states.shape[:-2], total + self.room, key_states.shape[-1])
-            self._slab_k, self._slab_v = key_states.new_empty(shape), value_states.new_empty(shape)
-            if cached:
-                self._slab_k[..., :cached, :] = self.keys
-                self._slab_v[..., :cached, :] = self.values
-        self._slab_k[..., cached:total, :] = key_states
-        self._slab_v[..., cached:total, :] = value_states
-        self.keys, self.values = self._slab_k[..., :total, :], self._slab_v[..., :total, :]
-        self._view = self.keys
-        return self.keys, self.values
-
-
-@dataclass
-class _Batch:
-    """Requests in flight: row r decodes request ``index[r]``; all rows share ``cache``."""
-
-    index: list[int]
-    cache: DynamicCache
-    mask: torch.Tensor  # (rows, cache columns): 1 where a column holds one of the row's tokens
-    positions: torch.Tensor  # (rows,): position id of the token each row feeds next
-    last: torch.Tensor  # (rows,): the token each row feeds next
-    tokens: list[list[int]]  # generated so far, per row
-    sampling: SamplingRows  # each row's temperature, top_p and noise key
-    _room: torch.Tensor | None = None  # the mask and columns of ones after it; ``mask`` is a view into it
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def grow(self) -> None:
-        """One more mask column, 1 in every row (the token each row feeds now): a view one column wider into
-        ``_room``, whose spare columns are ones already, where a copy of the whole mask grows by concatenation.
-        Merging and row selection make new batches, with no ``_room`` yet."""
-        width = self.mask.shape[1] + 1
-        room = self._room
-        if room is None or width > room.shape[1]:
-            room = torch.cat([self.mask, self.mask.new_ones(len(self), _SlabLayer.room)], dim=1)
-        self._room, self.mask = room, room[:, :width]
-
-    def merge(self, other: "_Batch") -> "_Batch":
-        """One batch holding both batches' rows; the shorter cache is left-padded to the longer one."""
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)])
-        return _Batch(
-            self.index + other.index,
-            self.cache,
-            torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)]),
-            torch.cat([self.positions, other.positions]),
-            torch.cat([self.last, other.last]),
-            self.tokens + other.tokens,
-            self.sampling.cat(other.sampling),
-        )
-
-    def keep(self, rows: list[int], trim: bool) -> "_Batch":
-        """The batch with only ``rows``; with ``trim``, cache columns that are padding in every kept row go."""
-        select = torch.tensor(rows, device=self.mask.device)
-        self.cache.batch_select_indices(select)
-        mask = self.mask[select]
-        lead = int((mask.cumsum(1) == 0).sum(1).min()) if trim else 0
-        if lead:
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[..., lead:, :], layer.values[..., lead:, :]
-            mask = mask[:, lead:]
-        return _Batch([self.index[r] for r in rows], self.cache, mask, self.positions[select], self.last[select],
-                      [self.tokens[r] for r in rows], self.sampling.select(select))
 
 
 class HFBackend:
@@ -254,7 +163,7 @@ class HFBackend:
                 waiting.append(i)
         if early:
             yield early
-        batch: _Batch | None = None
+        batch: Batch | None = None
         refill = max(1, slots // 4)  # free slots worth a prefill
         while waiting or batch is not None:
             free = slots - (len(batch) if batch is not None else 0)
@@ -281,21 +190,21 @@ class HFBackend:
                           completion_tokens=0)
 
     def _prefill(self, prompts: list[list[int]], admitted: list[int],
-                 sampling: list[tuple[float, float, int]]) -> tuple[_Batch, torch.Tensor]:
+                 sampling: list[tuple[float, float, int]]) -> tuple[Batch, torch.Tensor]:
         """Run the prompts of ``admitted`` through the model (left-padded): a batch and its next-token logits."""
         enc = self.tokenizer.pad({"input_ids": [prompts[i] for i in admitted]}, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         if self.can_merge:
-            cache.layers = [_SlabLayer() for _ in cache.layers]
+            cache.layers = [SlabLayer() for _ in cache.layers]
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
-        batch = _Batch(admitted, cache, mask, positions[:, -1] + 1, ids[:, -1], [[] for _ in admitted],
+        batch = Batch(admitted, cache, mask, positions[:, -1] + 1, ids[:, -1], [[] for _ in admitted],
                        SamplingRows.of([sampling[i] for i in admitted], self.model.device))
         return batch, out.logits[:, -1]
 
-    def _step(self, batch: _Batch) -> torch.Tensor:
+    def _step(self, batch: Batch) -> torch.Tensor:
         """Feed each row's last token; the next-token logits."""
         batch.grow()
         out = self.model(input_ids=batch.last[:, None], attention_mask=batch.mask,
@@ -303,7 +212,7 @@ class HFBackend:
         batch.positions = batch.positions + 1
         return out.logits[:, -1]
 
-    def _choose(self, logits: torch.Tensor, batch: _Batch, requests: Sequence[ChatRequest],
+    def _choose(self, logits: torch.Tensor, batch: Batch, requests: Sequence[ChatRequest],
                 tries: dict[int, ChoiceTrie]) -> list[int]:
         """Each row's next token (set as ``batch.last`` and returned): greedy, or drawn by the batch's sampler;
         rows with choices pick among the tokens their trie allows; rows with controls have them applied first.
@@ -346,7 +255,7 @@ class HFBackend:
         batch.last = torch.tensor(tokens, device=logits.device) if changed else chosen
         return tokens
 
-    def _repick(self, logits: torch.Tensor, first: int, batch: _Batch, row: int, controls: RowControls,
+    def _repick(self, logits: torch.Tensor, first: int, batch: Batch, row: int, controls: RowControls,
                 sampled: bool) -> int:
         """``first``, unless it spells a banned string: then the row picks again without it (see decoding);
         a sampled row draws anew, with noise of its own for each repick."""
@@ -362,8 +271,8 @@ class HFBackend:
         return pick(logits, lambda values: sample_row(values, rows, counter, next(repicks)), controls, tokens,
                     min(self.stop_ids))
 
-    def _retire(self, batch: _Batch, chosen: list[int], budgets: list[int],
-                prompts: list[list[int]]) -> tuple[_Batch | None, Finished]:
+    def _retire(self, batch: Batch, chosen: list[int], budgets: list[int],
+                prompts: list[list[int]]) -> tuple[Batch | None, Finished]:
         """Record each row's new token (``chosen``); rows that stopped or used their budget leave the batch."""
         finished: Finished = []
         keep = []

@@ -47,7 +47,7 @@ from evolforge.llm.threads import DecodingThreads
 from evolforge.llm.choices import ChoiceTrie
 from evolforge.llm.decoding import RowControls, pick
 from evolforge.llm.sampling import sample_token
-from evolforge.config.backend_specs import LLAMACPP_CONTEXT
+from evolforge.config.backend_settings import LLAMACPP_CONTEXT
 from evolforge.llm.keys import request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
 from evolforge.llm.backends.llamacpp.probe import cpu_name, verdict

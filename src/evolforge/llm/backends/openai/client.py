@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from evolforge.llm.cache import CallCache
-from evolforge.config.backend_specs import TOP_LOGPROBS
+from evolforge.config.backend_settings import TOP_LOGPROBS
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import (ERROR_CHARS, PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities,

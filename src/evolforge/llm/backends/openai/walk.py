@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from evolforge.config.backend_specs import TOP_LOGPROBS
+from evolforge.config.backend_settings import TOP_LOGPROBS
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import Completion
 

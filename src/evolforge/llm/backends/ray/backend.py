@@ -33,7 +33,7 @@ import math
 from typing import Any, Iterator, Sequence
 
 from evolforge.core.models import model_identity
-from evolforge.config.backend_specs import HfSettings
+from evolforge.config.backend_settings import HfSettings
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.keys import request_seed
