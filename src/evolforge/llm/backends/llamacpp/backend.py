@@ -105,6 +105,7 @@ class LlamaCppBackend:
         self._identity = model_identity(model)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
+        self._plans: dict[tuple[str, ...], _RankPlan] = {}
         self.drafted = self.accepted = 0  # speculative draft tokens verified, and accepted, since loading
 
     @classmethod
@@ -169,18 +170,19 @@ class LlamaCppBackend:
         native.note(self.crash_note())  # what a crash in llama.cpp would mean (the stage's guard says it)
         prompts = [self.render(r) for r in requests]
         order = sorted(range(len(requests)), key=prompts.__getitem__) if self.reuse_prefix else range(len(requests))
-        jobs = []
+        jobs, rankings = [], []
         for i in order:
             request, prompt = requests[i], prompts[i]
             if len(prompt) >= self.context:
                 yield [(i, Completion.failure(PROMPT_TOO_LONG, (
                     f"the prompt is {len(prompt)} tokens; the model's context is {self.context} (max_model_len)")))]
             elif request.rank:
-                yield [(i, self._rank(request, prompt))]
+                rankings.append((i, request, prompt))
             elif request.max_tokens <= 0:
                 yield [(i, Completion("", "length", prompt_tokens=len(prompt), completion_tokens=0))]
             else:
                 jobs.append(_Job(self, i, request, prompt))
+        yield from self._rankings(rankings)
         yield from self._decode(jobs, max(1, min(slots, self.batch_size)))
 
     def _decode(self, jobs: list["_Job"], slots: int) -> Iterator[Finished]:
@@ -193,12 +195,10 @@ class LlamaCppBackend:
         the cache."""
         waiting, active = deque(jobs), {}  # sequence -> its job
         while waiting or active:
-            for seq in [s for s in range(slots) if s not in active]:
-                if not waiting:
-                    break
-                job = waiting.popleft()
-                logits = self.cache.prefill(seq, job.prompt, self.reuse_prefix)
-                job.prompt_cached = self.cache.last_reused
+            starting = [(seq, waiting.popleft()) for seq in range(slots) if seq not in active and waiting]
+            rows = self.cache.prefill_many([(seq, job.prompt) for seq, job in starting], self.reuse_prefix)
+            for (seq, job), (logits, kept) in zip(starting, rows):  # the free sequences' prompts, evaluated together
+                job.prompt_cached = kept
                 done = job.advance(logits)
                 if done is not None:
                     yield [(job.index, done)]
@@ -248,47 +248,98 @@ class LlamaCppBackend:
             return pick(logits, choose, job.controls, job.tokens, min(self.stop_ids))
         return choose(logits)
 
-    def _rank(self, request: ChatRequest, prompt: list[int]) -> Completion:
-        """The log-probability of each choice followed by the end of the turn, as a JSON list (exact, as the
-        hf backend's :func:`evolforge.llm.decoding.rank_sequences` computes it).
+    def _plan(self, choices: tuple[str, ...]) -> "_RankPlan":
+        """How a ranking over ``choices`` walks their token trie (kept per choice set)."""
+        if choices not in self._plans:
+            self._plans[choices] = _RankPlan([tuple(self.tokenizer.encode(c, add_special_tokens=False))
+                                              for c in choices], self.trie(choices).stop)
+        return self._plans[choices]
 
-        The prompt is evaluated once in sequence 0; the choices' token trie is then evaluated a level at a
-        time, every node of a level one token in one batch (its own sequence, sharing its parent's cached
-        keys), so 0-100 scores take four batches instead of a hundred single-token steps."""
-        trie = self.trie(request.choices)
-        encoded = [tuple(self.tokenizer.encode(c, add_special_tokens=False)) for c in request.choices]
-        logp = self._trie_logprobs(prompt, {seq[:n] for seq in encoded for n in range(len(seq) + 1)})
-        scores = [sum(float(logp[seq[:n]][seq[n]]) for n in range(len(seq))) + float(logp[seq][trie.stop])
-                  for seq in encoded]
-        return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
-                          completion_tokens=0, prompt_cached=self.cache.last_reused)
+    def _rankings(self, jobs: list[tuple[int, ChatRequest, list[int]]]) -> Iterator[Finished]:
+        """The rankings' answers, a group at a time (:meth:`_rank_group`): up to ``batch_size`` requests, as many
+        as leave at least half the sequences free for their tries' widest level after their prompts and the
+        parents a level needs."""
+        group: list[tuple[int, ChatRequest, list[int]]] = []
+        for job in jobs:
+            held = sum(self._plan(request.choices).held for _, request, _ in group)
+            if group and (len(group) == self.batch_size
+                          or held + self._plan(job[1].choices).held > RANK_SEQUENCES // 2):
+                yield self._rank_group(group)
+                group = []
+            group.append(job)
+        if group:
+            yield self._rank_group(group)
 
-    def _trie_logprobs(self, prompt: list[int], nodes: set[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
-        """Next-token log-probabilities after ``prompt`` + each node (every prefix of a node is a node)."""
+    def _rank_group(self, group: list[tuple[int, ChatRequest, list[int]]]) -> Finished:
+        """Each request's log-probability of each of its choices followed by the end of the turn, as a JSON list
+        (exact, as the hf backend's :func:`evolforge.llm.decoding.rank_sequences` computes it).
+
+        The prompts are evaluated together in sequences 0.. (each from the longest prefix the store holds); the
+        choices' token tries are then evaluated a level at a time for the whole group, every node of a level
+        one token of one batch in its own sequence, sharing its parent's cached keys: a group of 0-100 scores
+        takes a few batches of hundreds of tokens instead of a hundred single-token steps per request."""
         cache = self.cache
-        cache.keep_only(0)
-        logp = {(): torch.log_softmax(cache.prefill(0, prompt, self.reuse_prefix), dim=-1)}
-        held = {(): 0}  # node -> the sequence holding prompt + node
-        parents = {node[:-1] for node in nodes if node}
-        for depth in range(1, max(map(len, nodes)) + 1):
-            pending = sorted(n for n in nodes if len(n) == depth)
+        for seq in [s for s in cache.held if s >= len(group)]:  # the group's prompts take sequences 0..
+            cache.drop(seq)
+        plans = [self._plan(request.choices) for _, request, _ in group]
+        rows = cache.prefill_many([(k, prompt) for k, (_, _, prompt) in enumerate(group)], self.reuse_prefix)
+        logp = {(k, ()): plan.wanted(row, ()) for k, (plan, (row, _)) in enumerate(zip(plans, rows))}
+        held = {(k, ()): k for k in range(len(group))}  # (request, node) -> the sequence holding prompt + node
+        for depth in range(1, max(plan.depth for plan in plans) + 1):
+            pending = [(k, node) for k, plan in enumerate(plans) for node in plan.at(depth)]
             while pending:
                 free = sorted(set(range(RANK_SEQUENCES)) - set(held.values()))
                 if not free:
                     raise LlamaCppError(f"ranking: more than {RANK_SEQUENCES} answers share prefixes at one depth")
-                part, pending = pending[:len(free)], pending[len(free):]
-                for node, seq in zip(part, free):
-                    cache.copy(held[node[:-1]], seq)
-                rows = cache.step([(node[-1], seq) for node, seq in zip(part, free)])
-                for node, seq, row in zip(part, free, rows):
-                    logp[node] = torch.log_softmax(row, dim=-1)
-                    if node in parents:
-                        held[node] = seq
+                part, pending = pending[:min(len(free), PROMPT_BATCH)], pending[min(len(free), PROMPT_BATCH):]
+                for (k, node), seq in zip(part, free):
+                    cache.copy(held[(k, node[:-1])], seq)
+                for (k, node), seq, row in zip(part, free, cache.step([(node[-1], seq) for (_, node), seq
+                                                                         in zip(part, free)])):
+                    logp[(k, node)] = plans[k].wanted(row, node)
+                    if node in plans[k].parents:
+                        held[(k, node)] = seq
                     else:
                         cache.drop(seq)
-            for node in [n for n in held if len(n) == depth - 1 and n]:  # done with (sequence 0 keeps the prompt)
-                cache.drop(held.pop(node))
-        return logp
+            for key in [key for key in held if len(key[1]) == depth - 1 and key[1]]:  # done with (prompts stay)
+                cache.drop(held.pop(key))
+        done = []
+        for k, ((i, _, prompt), plan, (_, kept)) in enumerate(zip(group, plans, rows)):
+            scores = [sum(logp[(k, seq[:n])][seq[n]] for n in range(len(seq))) + logp[(k, seq)][plan.stop]
+                      for seq in plan.encoded]
+            done.append((i, Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
+                                       completion_tokens=0, prompt_cached=kept, ranked_tokens=len(plan.nodes) - 1)))
+        return done
+
+
+class _RankPlan:
+    """A choice set's token trie as a ranking walks it: its nodes (every prefix of a choice's tokens, the empty
+    one included), those with children, and the log-probabilities each node needs (its children's tokens, and
+    the end of the turn after a whole choice)."""
+
+    def __init__(self, encoded: list[tuple[int, ...]], stop: int):
+        self.encoded, self.stop = encoded, stop
+        self.nodes = {seq[:n] for seq in encoded for n in range(len(seq) + 1)}
+        self.parents = {node[:-1] for node in self.nodes if node}
+        self.depth = max(map(len, self.nodes))
+        wanted: dict[tuple[int, ...], set[int]] = {}
+        for node in self.nodes:
+            if node:
+                wanted.setdefault(node[:-1], set()).add(node[-1])
+        for seq in encoded:
+            wanted.setdefault(seq, set()).add(stop)
+        self._wanted = {node: sorted(tokens) for node, tokens in wanted.items()}
+        # sequences held at once while a level is evaluated: the prompt's and the widest level's parents
+        self.held = 1 + max(sum(1 for p in self.parents if len(p) == d) for d in range(1, self.depth + 1))
+
+    def at(self, depth: int) -> list[tuple[int, ...]]:
+        return sorted(node for node in self.nodes if len(node) == depth)
+
+    def wanted(self, logits: torch.Tensor, node: tuple[int, ...]) -> dict[int, float]:
+        """The log-probabilities after ``node`` that the choices' scores use."""
+        tokens = self._wanted.get(node, [])
+        logp = torch.log_softmax(logits, dim=-1)
+        return dict(zip(tokens, logp[tokens].tolist()))
 
 
 class _Job:
