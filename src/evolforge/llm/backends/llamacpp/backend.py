@@ -23,10 +23,12 @@ llama.cpp may round logits slightly differently when a prompt was evaluated in o
 other sequences; with ``batch_size: 1`` and ``extra: {reuse_prefix: false}`` every prompt is evaluated
 whole and alone, so an answer does not depend on the other requests (slower).
 
-Ranking (``ChatRequest.rank``) evaluates the choices' token trie a level at a time, every node of a level
-one token of one batch in its own sequence, and a choice's score is the sum of its tokens'
-log-probabilities followed by the end of the turn, as the hf backend's
-:func:`evolforge.llm.decoding.rank_sequences` computes it.
+Ranking (``ChatRequest.rank``) takes up to ``batch_size`` requests at a time: their prompts are evaluated
+together, then their choices' token tries a level at a time, every node of a level one token of one batch in its
+own sequence; a choice's score is the sum of its tokens' log-probabilities followed by the end of the turn, as the
+hf backend's :func:`evolforge.llm.decoding.rank_sequences` computes it. The prompts of the requests that take
+free sequences are evaluated together too (fewer, fuller batches: llama.cpp's CPU kernels do several times
+more per token in a batch of hundreds than in one of a few).
 """
 
 from __future__ import annotations
