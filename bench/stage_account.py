@@ -37,8 +37,9 @@ import yaml
 
 from evolforge.report.summary import STAGE_METRICS
 
-PREFILL_SIZES = (32, 64, 128, 256, 512)
-STEP_SIZES = (1, 2, 4, 6, 8, 12, 16, 32, 64)
+PREFILL_SIZES = (64, 128, 512)
+STEP_SIZES = (1, 2, 4, 6, 8, 16, 32, 64)
+STEP_PROMPT = 128  # tokens every sequence holds before the steps (a stage's prompts: 100-600)
 RANK_LEVEL = 64  # sequences of a ranking's trie level at most (context.RANK_SEQUENCES)
 
 
@@ -82,9 +83,10 @@ def stage_work(metrics: Path, roles: dict) -> list[RoleWork]:
     return rows
 
 
-def measure_engine(model: str, threads: int, repeats: int = 2) -> dict:
+def measure_engine(model: str, threads: int, repeats: int = 1) -> dict:
     """{"prefill": {tokens: tokens/s}, "step": {sequences: tokens/s}, ...} of the model on ``threads`` threads,
-    loaded as the backend loads it (the kernel probe's choice of llama.cpp's extra buffer types)."""
+    loaded as the backend loads it (the kernel probe's choice of llama.cpp's extra buffer types); the best of
+    ``repeats`` measurements of each size."""
     from evolforge.llm.backends.llamacpp.backend import gguf_file
     from evolforge.llm.backends.llamacpp.context import LlamaCppContext
     from evolforge.llm.backends.llamacpp.probe import cpu_name, verdict
@@ -104,20 +106,22 @@ def measure_engine(model: str, threads: int, repeats: int = 2) -> dict:
             cache.prefill(0, base[:n], reuse=False)
             best = min(best, time.perf_counter() - start)
         prefill[n] = n / best
-    prompt = base[:256]
+    prompt = base[:STEP_PROMPT]
+    cache.keep_only(-1)
+    cache.prefill(0, prompt, reuse=False)
     step = {}
     for n in STEP_SIZES:
-        steps = 16 if n <= 8 else 4
+        steps = max(2, 16 // n)
         best = float("inf")
         for _ in range(repeats):
-            cache.keep_only(-1)
-            cache.prefill(0, prompt, reuse=False)
             for seq in range(1, n):
                 cache.copy(0, seq)
             start = time.perf_counter()
             for k in range(steps):
                 cache.step([(2000 + k, seq) for seq in range(n)])
             best = min(best, (time.perf_counter() - start) / steps)
+            cache.keep_only(0)
+            cache.trim(0, len(prompt))
         step[n] = n / best
     return {"model": path.name, "cpu": cpu_name(), "threads": threads, "extra_bufts": extra, "load_s": load_s,
             "prefill": prefill, "step": step}
@@ -191,7 +195,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="the GGUF folder to measure (default: roles.judge.model)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--engine", default=None, help="read the engine's figures from this json (the bench's --json)")
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many measurements per size")
+    ap.add_argument("--repeats", type=int, default=1, help="best of this many measurements per size")
     ap.add_argument("--json", default=None, help="write the engine's figures and the table here")
     args = ap.parse_args()
 
