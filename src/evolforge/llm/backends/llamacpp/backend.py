@@ -53,6 +53,7 @@ from evolforge.config.backend_specs import LLAMACPP_CONTEXT
 from evolforge.llm.keys import request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
 from evolforge.llm.backends.llamacpp.probe import cpu_name, verdict
+from evolforge.llm.backends.llamacpp.ranking import RankPlan, rank_group
 from evolforge.llm.backends.llamacpp.speculative import STEP_COST, draft_length
 from evolforge.llm.backends.llamacpp.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
@@ -107,7 +108,7 @@ class LlamaCppBackend:
         self._identity = model_identity(model)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
-        self._plans: dict[tuple[str, ...], _RankPlan] = {}
+        self._plans: dict[tuple[str, ...], RankPlan] = {}
         self.drafted = self.accepted = 0  # speculative draft tokens verified, and accepted, since loading
 
     @classmethod
@@ -250,98 +251,32 @@ class LlamaCppBackend:
             return pick(logits, choose, job.controls, job.tokens, min(self.stop_ids))
         return choose(logits)
 
-    def _plan(self, choices: tuple[str, ...]) -> "_RankPlan":
+    def _plan(self, choices: tuple[str, ...]) -> RankPlan:
         """How a ranking over ``choices`` walks their token trie (kept per choice set)."""
         if choices not in self._plans:
-            self._plans[choices] = _RankPlan([tuple(self.tokenizer.encode(c, add_special_tokens=False))
-                                              for c in choices], self.trie(choices).stop)
+            self._plans[choices] = RankPlan([tuple(self.tokenizer.encode(c, add_special_tokens=False))
+                                             for c in choices], self.trie(choices).stop)
         return self._plans[choices]
 
     def _rankings(self, jobs: list[tuple[int, ChatRequest, list[int]]]) -> Iterator[Finished]:
-        """The rankings' answers, a group at a time (:meth:`_rank_group`): up to ``batch_size`` requests, as many
-        as leave at least half the sequences free for their tries' widest level after their prompts and the
-        parents a level needs."""
+        """The rankings' answers, a group at a time: up to ``batch_size`` requests, as many as leave at least half
+        the sequences free for their tries' widest level after their prompts and the parents a level needs
+        (:func:`~evolforge.llm.backends.llamacpp.ranking.rank_group`). Each answer is the JSON list of its choices'
+        log-probabilities, each followed by the end of the turn (exact, as the hf backend's
+        :func:`evolforge.llm.decoding.rank_sequences` computes them)."""
         group: list[tuple[int, ChatRequest, list[int]]] = []
-        for job in jobs:
-            held = sum(self._plan(request.choices).held for _, request, _ in group)
-            if group and (len(group) == self.batch_size
-                          or held + self._plan(job[1].choices).held > RANK_SEQUENCES // 2):
-                yield self._rank_group(group)
-                group = []
+        for k, job in enumerate(jobs):
             group.append(job)
-        if group:
-            yield self._rank_group(group)
-
-    def _rank_group(self, group: list[tuple[int, ChatRequest, list[int]]]) -> Finished:
-        """Each request's log-probability of each of its choices followed by the end of the turn, as a JSON list
-        (exact, as the hf backend's :func:`evolforge.llm.decoding.rank_sequences` computes it).
-
-        The prompts are evaluated together in sequences 0.. (each from the longest prefix the store holds); the
-        choices' token tries are then evaluated a level at a time for the whole group, every node of a level
-        one token of one batch in its own sequence, sharing its parent's cached keys: a group of 0-100 scores
-        takes a few batches of hundreds of tokens instead of a hundred single-token steps per request."""
-        cache = self.cache
-        for seq in [s for s in cache.held if s >= len(group)]:  # the group's prompts take sequences 0..
-            cache.drop(seq)
-        plans = [self._plan(request.choices) for _, request, _ in group]
-        rows = cache.prefill_many([(k, prompt) for k, (_, _, prompt) in enumerate(group)], self.reuse_prefix)
-        logp = {(k, ()): plan.wanted(row, ()) for k, (plan, (row, _)) in enumerate(zip(plans, rows))}
-        held = {(k, ()): k for k in range(len(group))}  # (request, node) -> the sequence holding prompt + node
-        for depth in range(1, max(plan.depth for plan in plans) + 1):
-            pending = [(k, node) for k, plan in enumerate(plans) for node in plan.at(depth)]
-            while pending:
-                free = sorted(set(range(RANK_SEQUENCES)) - set(held.values()))
-                if not free:
-                    raise LlamaCppError(f"ranking: more than {RANK_SEQUENCES} answers share prefixes at one depth")
-                part, pending = pending[:min(len(free), PROMPT_BATCH)], pending[min(len(free), PROMPT_BATCH):]
-                for (k, node), seq in zip(part, free):
-                    cache.copy(held[(k, node[:-1])], seq)
-                for (k, node), seq, row in zip(part, free, cache.step([(node[-1], seq) for (_, node), seq
-                                                                         in zip(part, free)])):
-                    logp[(k, node)] = plans[k].wanted(row, node)
-                    if node in plans[k].parents:
-                        held[(k, node)] = seq
-                    else:
-                        cache.drop(seq)
-            for key in [key for key in held if len(key[1]) == depth - 1 and key[1]]:  # done with (prompts stay)
-                cache.drop(held.pop(key))
-        done = []
-        for k, ((i, _, prompt), plan, (_, kept)) in enumerate(zip(group, plans, rows)):
-            scores = [sum(logp[(k, seq[:n])][seq[n]] for n in range(len(seq))) + logp[(k, seq)][plan.stop]
-                      for seq in plan.encoded]
-            done.append((i, Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
-                                       completion_tokens=0, prompt_cached=kept, ranked_tokens=len(plan.nodes) - 1)))
-        return done
-
-
-class _RankPlan:
-    """A choice set's token trie as a ranking walks it: its nodes (every prefix of a choice's tokens, the empty
-    one included), those with children, and the log-probabilities each node needs (its children's tokens, and
-    the end of the turn after a whole choice)."""
-
-    def __init__(self, encoded: list[tuple[int, ...]], stop: int):
-        self.encoded, self.stop = encoded, stop
-        self.nodes = {seq[:n] for seq in encoded for n in range(len(seq) + 1)}
-        self.parents = {node[:-1] for node in self.nodes if node}
-        self.depth = max(map(len, self.nodes))
-        wanted: dict[tuple[int, ...], set[int]] = {}
-        for node in self.nodes:
-            if node:
-                wanted.setdefault(node[:-1], set()).add(node[-1])
-        for seq in encoded:
-            wanted.setdefault(seq, set()).add(stop)
-        self._wanted = {node: sorted(tokens) for node, tokens in wanted.items()}
-        # sequences held at once while a level is evaluated: the prompt's and the widest level's parents
-        self.held = 1 + max(sum(1 for p in self.parents if len(p) == d) for d in range(1, self.depth + 1))
-
-    def at(self, depth: int) -> list[tuple[int, ...]]:
-        return sorted(node for node in self.nodes if len(node) == depth)
-
-    def wanted(self, logits: torch.Tensor, node: tuple[int, ...]) -> dict[int, float]:
-        """The log-probabilities after ``node`` that the choices' scores use."""
-        tokens = self._wanted.get(node, [])
-        logp = torch.log_softmax(logits, dim=-1)
-        return dict(zip(tokens, logp[tokens].tolist()))
+            held = sum(self._plan(request.choices).held for _, request, _ in group)
+            following = jobs[k + 1] if k + 1 < len(jobs) else None
+            if following is None or len(group) == self.batch_size or \
+                    held + self._plan(following[1].choices).held > RANK_SEQUENCES // 2:
+                plans = [self._plan(request.choices) for _, request, _ in group]
+                ranked = rank_group(self.cache, [prompt for _, _, prompt in group], plans, self.reuse_prefix)
+                yield [(i, Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
+                                      completion_tokens=0, prompt_cached=kept, ranked_tokens=len(plan.nodes) - 1))
+                       for (i, _, prompt), plan, (scores, kept) in zip(group, plans, ranked)]
+                group = []
 
 
 class _Job:
