@@ -82,6 +82,8 @@ setup: $(STAMP)
 PIP_SOURCES = $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
   $(foreach u,$(shell $(PYTHON) -m pip config get global.index-url 2>/dev/null),--index-url $(u)) \
   $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u))
+UV_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes --no-deps --compile-bytecode \
+  --index-strategy unsafe-best-match $(PIP_SOURCES)
 
 # torch first, pinned, so nothing later resolves to a CUDA build (the CPU lock leaves torch out: which file
 # is the CPU build depends on the index). Then exactly the locked versions, each file checked against its
@@ -97,8 +99,7 @@ $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	awk '/^[^ #]/ { keep = /^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
 	awk '/^[^ #]/ { keep = /^uv==/ } keep' $(LOCK) > $(VENV)/lock-uv.txt
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-uv.txt
-	$(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes --no-deps --compile-bytecode \
-	  --index-strategy unsafe-best-match $(PIP_SOURCES) -r $(VENV)/lock-but-llama-cpp.txt
+	$(UV_INSTALL) -r $(VENV)/lock-but-llama-cpp.txt
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" PIP_CACHE_DIR="$(LLAMA_CPP_CACHE)/$$($(PY) tools/llama_cpp_build_key.py "$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS")" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
