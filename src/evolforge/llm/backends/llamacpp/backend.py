@@ -105,7 +105,7 @@ class LlamaCppBackend:
         native.note(self.crash_note())  # loading repacks the weights: native code that may crash too
         self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
                                      threads=self._threads.count, gpu_layers=gpu_layers, extra_bufts=extra_bufts)
-        self._identity = model_identity(model)
+        self._identity: dict | None = None  # hashed when first asked (a stage's LLM has it from models/identity.json)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
         self._plans: dict[tuple[str, ...], RankPlan] = {}
@@ -120,6 +120,10 @@ class LlamaCppBackend:
                    role=f"roles.{role.name}")
 
     def identity(self) -> dict:
+        """The weights' sha256, hashed on the first call: a stage names the model by models/identity.json and
+        never asks, so loading does not read the whole file again."""
+        if self._identity is None:
+            self._identity = model_identity(self.model)
         return dict(self._identity)
 
     def runs_with(self) -> dict[str, bool | None]:
