@@ -96,7 +96,8 @@ def measure_engine(model: str, threads: int, repeats: int = 1) -> dict:
     started = time.perf_counter()
     cache = LlamaCppContext(path, tokens=4096, threads=threads, extra_bufts=extra)
     load_s = time.perf_counter() - started
-    base = [1000 + (7 * i) % 5000 for i in range(max(PREFILL_SIZES))]  # any tokens: the cost does not depend on them
+    vocab = cache.n_vocab  # any tokens of the vocabulary: the cost does not depend on them
+    base = [(1000 + 7 * i) % vocab for i in range(max(PREFILL_SIZES))]
     prefill = {}
     for n in PREFILL_SIZES:
         best = float("inf")
@@ -118,7 +119,7 @@ def measure_engine(model: str, threads: int, repeats: int = 1) -> dict:
                 cache.copy(0, seq)
             start = time.perf_counter()
             for k in range(steps):
-                cache.step([(2000 + k, seq) for seq in range(n)])
+                cache.step([((2000 + k) % vocab, seq) for seq in range(n)])
             best = min(best, (time.perf_counter() - start) / steps)
             cache.keep_only(0)
             cache.trim(0, len(prompt))
