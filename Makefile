@@ -75,11 +75,21 @@ export CHECK_PYTHON
 
 setup: $(STAMP)
 
+# The lock's packages are installed by uv (itself pinned in the lock and installed first, hash-checked): it
+# unpacks and installs them in parallel, where pip takes them one at a time (docs/reference/dependencies.md has the
+# times). uv does not read pip's configuration, so the indexes and wheel folders pip is configured with are handed
+# to it (an empty list where pip has none: then uv, as pip, reads PyPI).
+PIP_SOURCES = $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
+  $(foreach u,$(shell $(PYTHON) -m pip config get global.index-url 2>/dev/null),--index-url $(u)) \
+  $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u))
+UV_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes --no-deps --compile-bytecode \
+  --index-strategy unsafe-best-match $(PIP_SOURCES)
+
 # torch first, pinned, so nothing later resolves to a CUDA build (the CPU lock leaves torch out: which file
 # is the CPU build depends on the index). Then exactly the locked versions, each file checked against its
-# hash, without resolving anything (--no-deps): the lock less llama-cpp-python, then llama-cpp-python alone
-# (its pin and hash cut out of the lock), compiled with LLAMA_CPP_CMAKE_ARGS; `pip check` proves the set
-# complete; evolforge itself last.
+# hash, without resolving anything (--no-deps): uv from the lock, then by uv the lock less llama-cpp-python, then
+# llama-cpp-python alone (its pin and hash cut out of the lock), compiled with LLAMA_CPP_CMAKE_ARGS; `pip check`
+# proves the set complete; evolforge itself last.
 $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	@$(PYTHON) -c "$$CHECK_PYTHON" "$(SUPPORTED_PYTHONS)" "$(PYTHON)" "$(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -87,7 +97,9 @@ $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	$(if $(filter 1,$(GPU)),,$(PY) -m pip install --quiet $(TORCH) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX)))
 	awk '/^[^ #]/ { keep = !/^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-but-llama-cpp.txt
 	awk '/^[^ #]/ { keep = /^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
-	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-but-llama-cpp.txt
+	awk '/^[^ #]/ { keep = /^uv==/ } keep' $(LOCK) > $(VENV)/lock-uv.txt
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-uv.txt
+	$(UV_INSTALL) -r $(VENV)/lock-but-llama-cpp.txt
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" PIP_CACHE_DIR="$(LLAMA_CPP_CACHE)/$$($(PY) tools/llama_cpp_build_key.py "$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS")" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip check

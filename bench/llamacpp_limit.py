@@ -10,7 +10,7 @@ sequences together), measured in the same process on the same threads:
 - **backend**: :class:`evolforge.llm.backends.llamacpp.backend.LlamaCppBackend` generating as a stage does (chat
   template, tokenizer, every token chosen in Python, sampled at the evolver's temperature 0.7 / top-p 0.95;
   no speculation, so that the loop itself is measured). Prefill time is the time spent in the context's
-  ``prefill``; decode rate = generated tokens / (wall - prefill time), so the Python side of every token
+  ``prefill_many``; decode rate = generated tokens / (wall - prefill time), so the Python side of every token
   (logits read, controls, sampling, batch assembly) is in it.
 - **llama.cpp**: llama.cpp's own loop through llama-cpp-python's low-level API with no Python-side
   sampling: ``llama_decode`` on a batch, then llama.cpp's sampler chain (top-p 0.95, temperature 0.7, dist)
@@ -164,17 +164,17 @@ def backend_run(backend: LlamaCppBackend, prompt_text: str, sequences: int, step
     first evaluates the prompt, the others share it); prefill time is what the context's prefill took."""
     cache = backend.cache
     spent = {"s": 0.0}
-    plain = cache.prefill
+    plain = cache.prefill_many
 
-    def timed_prefill(seq, prompt, reuse):
+    def timed_prefill(prompts, reuse):
         start = time.perf_counter()
-        out = plain(seq, prompt, reuse)
+        out = plain(prompts, reuse)
         spent["s"] += time.perf_counter() - start
         return out
 
     evaluated = cache.evaluated
     cache.keep_only(-1)
-    cache.prefill = timed_prefill
+    cache.prefill_many = timed_prefill
     try:
         requests = [ChatRequest.chat([{"role": "user", "content": f"{prompt_text} ({tag})"}], temperature=TEMPERATURE,
                                      top_p=TOP_P, max_tokens=steps, seed=s) for s in range(sequences)]
@@ -182,7 +182,7 @@ def backend_run(backend: LlamaCppBackend, prompt_text: str, sequences: int, step
         out = backend.generate(requests)
         wall = time.perf_counter() - start
     finally:
-        del cache.prefill
+        del cache.prefill_many
     generated = sum(c.completion_tokens for c in out)
     evaluated = cache.evaluated - evaluated
     return {"prefill_tps": evaluated / spent["s"], "decode_tps": generated / (wall - spent["s"]),

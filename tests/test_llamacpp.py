@@ -60,6 +60,19 @@ def test_ranking_equals_the_hf_backends_log_probabilities(backend, hf_backend):
             assert m == pytest.approx(t, abs=1e-3)
 
 
+def test_rankings_in_groups_equal_rankings_one_at_a_time(backend):
+    """Rankings are evaluated a group at a time (prompts together, then each level of every trie in one batch):
+    each gives what it gives alone, whatever its group, choice sets mixed and more requests than one group."""
+    scores = tuple(str(i) for i in range(101))
+    requests = [ask(f"{p} (variant {k})", choices=choices, rank=True)
+                for k in range(4) for p in PROMPTS for choices in (scores, LEVELS)]
+    together = backend.generate(requests)
+    for request, got in zip(requests, together):
+        alone = backend.generate([request])[0]
+        assert json.loads(got.text) == pytest.approx(json.loads(alone.text), abs=1e-3)
+    assert sum(c.prompt_cached for c in together) > 0  # the template's text is evaluated once, not per request
+
+
 def test_greedy_and_constrained_answers_equal_the_hf_backends(backend, hf_backend):
     greedy = [ask(p, max_tokens=24) for p in PROMPTS]
     constrained = [ask(p, choices=LEVELS, max_tokens=8) for p in PROMPTS]

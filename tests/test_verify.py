@@ -30,7 +30,7 @@ from evolforge.steps.select.settings import SelectSettings
 from evolforge.steps.verify.code_tests import (EVALUATE, consensus, function_name, is_code_task, judge_runs,
                                                parse_tests, program_for, stated_examples)
 from evolforge.steps.verify.correctness import label_verdict, parse_reason
-from evolforge.steps.verify.methods import Item, verify_judged
+from evolforge.steps.verify.methods import Item, verify_judged, verify_numbers
 from evolforge.steps.verify.numeric import compare_values, is_numeric_task, program_value, stated_values
 from evolforge.steps.verify.settings import VerifySettings
 from evolforge.steps.verify.step import VERIFY_ERROR, choose_method, verify
@@ -298,6 +298,24 @@ def test_verify_flow_records_a_verdict_per_item(repo):
     # the samples differ by sample index (distinct cache keys), never the greedy answer's key
     samples = [r for r in sent.sent if routes.template_of(r) == "respond/response.j2"]
     assert sorted(r.sample_index for r in samples) == [1, 2] and {r.temperature for r in samples} == {0.7}
+
+
+def test_numbers_the_first_samples_make_right_are_not_sampled_further(repo):
+    """With four samples and the program, the program and two samples that all agree make the answer right whatever
+    the other two would say: those are not drawn, and count as giving no number in the confidence (a lower bound).
+    An answer they do not vouch for gets every sample."""
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    responder, sent = fake_llm("responder", routes)
+    items = [Item(SUM_DIFF, SUM_DIFF, "", "The numbers are 31 and 19."), Item(SUM_DIFF, SUM_DIFF, "", "12.")]
+    right, wrong = verify_numbers(items, responder, prompts, VerifySettings(samples=4), {"temperature": None,
+                                                                                       "max_tokens": None})
+    assert (right.verdict, wrong.verdict) == ("right", "wrong")
+    assert right.confidence == pytest.approx((3 + 1) / (5 + 1))
+    assert json.loads(right.evidence)["samples_skipped"] == 2 and json.loads(wrong.evidence)["samples_skipped"] == 0
+    assert json.loads(wrong.evidence)["sample_values"] == [19.0] * 4
+    indices = sorted(r.sample_index for r in sent.sent if routes.template_of(r) == "respond/response.j2")
+    assert indices == [1, 2, 3, 4]  # 1-2 for both (one call each: the cache layer sends a request once), 3-4 for one
 
 
 def test_a_judge_without_a_calibrated_threshold_never_vouches(repo):

@@ -38,7 +38,9 @@ class RoleAccount:
     ``failed_by_reason`` (items), ``prompt_tokens`` / ``completion_tokens`` (of the calls made),
     ``cached_prompt_tokens`` (of ``prompt_tokens``, served from a provider's prompt cache), ``thinking_tokens``,
     ``prompt_tokens_cached`` (of ``prompt_tokens``, those the backend's KV store already held: llamacpp's prefix
-    reuse; absent for backends that do not say) and ``cost`` when the role has prices.
+    reuse; absent for backends that do not say), ``ranked_tokens`` (the tokens a ranking evaluated after its
+    prompt: its choices' token trie; absent for backends that do not say), ``cost`` when the role has prices, and
+    where the backend ran: ``load_s`` (loading it) and ``generate_s`` (its work on the misses), wall seconds.
     ``asked``: the requests asked so far, cached ones included (``llm.max_failure_rate``'s base); ``failed``:
     the failures among them by reason (a request a budget cap kept back is in ``stats``, not here)."""
 
@@ -57,6 +59,15 @@ class RoleAccount:
     def hits(self, n: int) -> None:
         """``n`` requests answered from the cache."""
         self.stats["cache_hits"] += n
+
+    def loaded(self, seconds: float) -> None:
+        """The backend took ``seconds`` to load (``load_s``; a backend another role loaded first costs nothing)."""
+        self.stats["load_s"] = round(self.stats.get("load_s", 0.0) + seconds, 3)
+
+    def spent(self, seconds: float) -> None:
+        """The backend worked ``seconds`` (wall) on a call's misses (``generate_s``: generation, ranking, the
+        cache's commits; not the load)."""
+        self.stats["generate_s"] = round(self.stats.get("generate_s", 0.0) + seconds, 3)
 
     def answered(self, requests: int) -> None:
         """A call of ``requests`` answered whole from the cache: asked all the same (the threshold's base)."""
@@ -83,6 +94,9 @@ class RoleAccount:
         kept = [out.prompt_cached for out in outs if out.prompt_cached is not None]
         if kept:  # a backend with a KV store (llamacpp): prompt tokens it did not evaluate again
             self.stats["prompt_tokens_cached"] = self.stats.get("prompt_tokens_cached", 0) + sum(kept)
+        ranked = [out.ranked_tokens for out in outs if out.ranked_tokens is not None]
+        if ranked:  # llamacpp: a ranking's choice trie, evaluated after the prompt
+            self.stats["ranked_tokens"] = self.stats.get("ranked_tokens", 0) + sum(ranked)
         if "cost" in self.stats:
             self.stats["cost"] += cost_of(self.role, prompt, completion, cached)
 

@@ -8,6 +8,7 @@ whether they fail the stage is its account's (:mod:`evolforge.llm.accounting`), 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -84,7 +85,9 @@ class LLM:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
+            started = time.perf_counter()
             backend = shared_backend(self.role)
+            self.account.loaded(time.perf_counter() - started)
             if backend.capabilities.runs_with:  # an ``auto`` the keys resolved elsewhere must be what loaded here
                 # (a role's field set to auto: hf's device and dtype; or an option no field holds, llamacpp's kernels)
                 settings = self.role.settings
@@ -198,6 +201,7 @@ class LLM:
         failed: Counter[str] = Counter()
         store = CacheWriter(self.cache, self.settings, missing, results)
         gate = open_gate(self.role, self.settings, self.cache, desc, len(todo))  # spend and caps
+        started, loading = time.perf_counter(), self.account.stats.get("load_s", 0.0)
         with tqdm(total=len(requests), initial=len(requests) - sum(len(v) for _, v in todo),
                   desc=desc, unit="req", leave=False) as bar:
             try:
@@ -221,6 +225,8 @@ class LLM:
                         break  # the threshold is passed whatever the rest brings
             finally:
                 store.commit()
+                # the wall seconds of the backend's work on the misses, its first load apart (load_s)
+                self.account.spent(time.perf_counter() - started - (self.account.stats.get("load_s", 0.0) - loading))
         # unsent: kept back by a cap in llm.budget
         return failed, [i for j in gate.unsent for i in todo[j][1]], gate.message
 

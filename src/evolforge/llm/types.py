@@ -38,6 +38,8 @@ class Completion:
     cached_prompt_tokens: int | None = field(default=None, compare=False)
     # of prompt_tokens, those a backend found already evaluated in its KV store (llamacpp); None when unknown
     prompt_cached: int | None = field(default=None, compare=False)
+    # of a ranking, the tokens of its choices' trie a backend evaluated after the prompt (llamacpp); None when unknown
+    ranked_tokens: int | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:

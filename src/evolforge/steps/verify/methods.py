@@ -92,31 +92,61 @@ def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setting
 def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
                    response_sampling: dict[str, Any]) -> list[Result]:
     """``samples`` more answers to each question (respond's own request, sampled) and a program of thought; the
-    greedy answer's final number against theirs (:func:`evolforge.steps.verify.numeric.compare_values`)."""
+    greedy answer's final number against theirs (:func:`evolforge.steps.verify.numeric.compare_values`).
+
+    The program and the first samples come first, as many as could make the answer right on their own (more than
+    half of every recomputation asked for); an item they all agree with is right whatever the rest would give, so it
+    is not sampled further (:func:`first_samples`), and each sample it skipped counts as one that gave no number (its
+    confidence is then a lower bound). The other items get the rest of their samples."""
     sampling = {**response_sampling, "temperature": settings.temperature, "top_p": settings.top_p,
                 "seed": settings.seed}
+
+    def asked(item: Item, indices: range) -> list:
+        return [response_requests(llm, prompts, [item.instruction], [item.input], sample_index=s + 1,
+                                  **sampling)[0] for s in indices]
+
+    first = first_samples(settings.samples, settings.program_of_thought)
     requests = []
     for item in items:
-        requests += [response_requests(llm, prompts, [item.instruction], [item.input], sample_index=s + 1,
-                                       **sampling)[0] for s in range(settings.samples)]
+        requests += asked(item, range(first))
         if settings.program_of_thought:
             requests.append(llm.request(_ask(PROGRAM_TEMPLATE, prompts, task=item.task), temperature=0.0,
                                         max_tokens=settings.program_max_tokens))
     texts = llm.complete(requests, desc="verify numbers") if requests else []
-    per = settings.samples + int(settings.program_of_thought)
-    programs = [extract_code(texts[k * per + settings.samples] or "") if settings.program_of_thought else None
+    per = first + int(settings.program_of_thought)
+    programs = [extract_code(texts[k * per + first] or "") if settings.program_of_thought else None
                 for k in range(len(items))]
     ran = (run_all(program_value, [(code, settings.case_timeout_s * 2, settings.memory_mb) for code in programs],
                    settings.workers) if settings.program_of_thought else [(None, None)] * len(items))
+    samples = [[final_number(t) if t else None for t in texts[k * per:k * per + first]] for k in range(len(items))]
+    rest = [k for k, item in enumerate(items)
+            if compare_values(stated_values(item.answer), samples[k] + [None] * (settings.samples - first)
+                              + [ran[k][0]] * settings.program_of_thought, settings.tolerance)[0] != "right"]
+    more = [r for k in rest for r in asked(items[k], range(first, settings.samples))]
+    texts = llm.complete(more, desc="verify numbers, more samples") if more else []
+    extra = settings.samples - first
+    for j, k in enumerate(rest):
+        samples[k] += [final_number(t) if t else None for t in texts[j * extra:(j + 1) * extra]]
     results = []
     for k, item in enumerate(items):
         stated = stated_values(item.answer)
-        samples = [final_number(t) if t else None for t in texts[k * per:k * per + settings.samples]]
+        skipped = settings.samples - len(samples[k])
         program, note = ran[k]
-        verdict, confidence, why = compare_values(stated, samples + [program], settings.tolerance)
-        results.append(Result("numeric", verdict, numeric_evidence(final_number(item.answer), stated, samples,
-                                                                   program, note, why), confidence))
+        values = samples[k] + [None] * skipped + ([program] if settings.program_of_thought else [])
+        verdict, confidence, why = compare_values(stated, values, settings.tolerance)
+        results.append(Result("numeric", verdict, numeric_evidence(final_number(item.answer), stated, samples[k],
+                                                                   program, note, why, skipped), confidence))
     return results
+
+
+def first_samples(samples: int, program: bool) -> int:
+    """How many samples go with the program in the first round: the fewest that, all agreeing with the answer,
+    make more than half of the ``samples`` (+ the program) recomputations asked for.
+
+    >>> first_samples(4, True), first_samples(2, True), first_samples(4, False), first_samples(0, True)
+    (2, 1, 3, 0)
+    """
+    return max(0, min(samples, (samples + program) // 2 + 1 - program))
 
 
 def verify_judged(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings) -> list[Result]:

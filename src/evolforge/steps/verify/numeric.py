@@ -108,6 +108,8 @@ def program_value(code: str | None, timeout_s: float, memory_mb: int) -> tuple[f
 
 
 def numeric_evidence(greedy: float | None, stated: Sequence[float], samples: Sequence[float | None],
-                     program: float | None, program_note: str | None, why: str) -> str:
+                     program: float | None, program_note: str | None, why: str, skipped: int = 0) -> str:
+    """The evidence of a numeric verdict; ``skipped``: samples not drawn, the verdict being certain without them."""
     return json.dumps({"answer_value": greedy, "answer_values": list(stated), "sample_values": list(samples),
-                       "program_value": program, "program": program_note, "why": why}, sort_keys=True)
+                       "samples_skipped": skipped, "program_value": program, "program": program_note, "why": why},
+                      sort_keys=True)

@@ -73,7 +73,7 @@ class HFBackend:
         self.model = load_causal_lm(model, revision, dtype=dtype, device=device)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"model {model}: the tokenizer has no chat template; chat roles need one")
-        self._identity = model_identity(model, revision)
+        self._revision, self._identity = revision, None  # hashed when first asked (identity())
         self.stop_ids = self._stop_ids()
         positions = getattr(self.model.config, "max_position_embeddings", None)
         limits = [n for n in (positions, max_model_len) if n]
@@ -91,6 +91,8 @@ class HFBackend:
                    max_model_len=role.max_model_len, follow_load=settings.threads_follow_load)
 
     def identity(self) -> dict:
+        if self._identity is None:  # a stage names the model by models/identity.json and never asks
+            self._identity = model_identity(self.model_name, self._revision)
         return dict(self._identity)
 
     def runs_with(self) -> dict[str, str]:

@@ -23,10 +23,12 @@ llama.cpp may round logits slightly differently when a prompt was evaluated in o
 other sequences; with ``batch_size: 1`` and ``extra: {reuse_prefix: false}`` every prompt is evaluated
 whole and alone, so an answer does not depend on the other requests (slower).
 
-Ranking (``ChatRequest.rank``) evaluates the choices' token trie a level at a time, every node of a level
-one token of one batch in its own sequence, and a choice's score is the sum of its tokens'
-log-probabilities followed by the end of the turn, as the hf backend's
-:func:`evolforge.llm.decoding.rank_sequences` computes it.
+Ranking (``ChatRequest.rank``) takes up to ``batch_size`` requests at a time: their prompts are evaluated
+together, then their choices' token tries a level at a time, every node of a level one token of one batch in its
+own sequence; a choice's score is the sum of its tokens' log-probabilities followed by the end of the turn, as the
+hf backend's :func:`evolforge.llm.decoding.rank_sequences` computes it. The prompts of the requests that take
+free sequences are evaluated together too (fewer, fuller batches: llama.cpp's CPU kernels do several times
+more per token in a batch of hundreds than in one of a few).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from evolforge.config.backend_settings import LLAMACPP_CONTEXT
 from evolforge.llm.keys import request_seed
 from evolforge.llm.backends.llamacpp.context import PROMPT_BATCH, RANK_SEQUENCES, LlamaCppContext, LlamaCppError
 from evolforge.llm.backends.llamacpp.probe import cpu_name, verdict
+from evolforge.llm.backends.llamacpp.ranking import RankPlan, rank_group
 from evolforge.llm.backends.llamacpp.speculative import STEP_COST, draft_length
 from evolforge.llm.backends.llamacpp.speculative import Drafter as _Drafter
 from evolforge.llm.types import PROMPT_TOO_LONG, Capabilities, Completion, collect
@@ -102,9 +105,10 @@ class LlamaCppBackend:
         native.note(self.crash_note())  # loading repacks the weights: native code that may crash too
         self.cache = LlamaCppContext(path, tokens=self.context * max(self.batch_size, 2),
                                      threads=self._threads.count, gpu_layers=gpu_layers, extra_bufts=extra_bufts)
-        self._identity = model_identity(model)
+        self._identity: dict | None = None  # hashed when first asked (a stage's LLM has it from models/identity.json)
         self.stop_ids = self._stop_ids()
         self._tries: dict[tuple[str, ...], ChoiceTrie] = {}
+        self._plans: dict[tuple[str, ...], RankPlan] = {}
         self.drafted = self.accepted = 0  # speculative draft tokens verified, and accepted, since loading
 
     @classmethod
@@ -116,6 +120,10 @@ class LlamaCppBackend:
                    role=f"roles.{role.name}")
 
     def identity(self) -> dict:
+        """The weights' sha256, hashed on the first call: a stage names the model by models/identity.json and
+        never asks, so loading does not read the whole file again."""
+        if self._identity is None:
+            self._identity = model_identity(self.model)
         return dict(self._identity)
 
     def runs_with(self) -> dict[str, bool | None]:
@@ -169,18 +177,19 @@ class LlamaCppBackend:
         native.note(self.crash_note())  # what a crash in llama.cpp would mean (the stage's guard says it)
         prompts = [self.render(r) for r in requests]
         order = sorted(range(len(requests)), key=prompts.__getitem__) if self.reuse_prefix else range(len(requests))
-        jobs = []
+        jobs, rankings = [], []
         for i in order:
             request, prompt = requests[i], prompts[i]
             if len(prompt) >= self.context:
                 yield [(i, Completion.failure(PROMPT_TOO_LONG, (
                     f"the prompt is {len(prompt)} tokens; the model's context is {self.context} (max_model_len)")))]
             elif request.rank:
-                yield [(i, self._rank(request, prompt))]
+                rankings.append((i, request, prompt))
             elif request.max_tokens <= 0:
                 yield [(i, Completion("", "length", prompt_tokens=len(prompt), completion_tokens=0))]
             else:
                 jobs.append(_Job(self, i, request, prompt))
+        yield from self._rankings(rankings)
         yield from self._decode(jobs, max(1, min(slots, self.batch_size)))
 
     def _decode(self, jobs: list["_Job"], slots: int) -> Iterator[Finished]:
@@ -193,12 +202,10 @@ class LlamaCppBackend:
         the cache."""
         waiting, active = deque(jobs), {}  # sequence -> its job
         while waiting or active:
-            for seq in [s for s in range(slots) if s not in active]:
-                if not waiting:
-                    break
-                job = waiting.popleft()
-                logits = self.cache.prefill(seq, job.prompt, self.reuse_prefix)
-                job.prompt_cached = self.cache.last_reused
+            starting = [(seq, waiting.popleft()) for seq in range(slots) if seq not in active and waiting]
+            rows = self.cache.prefill_many([(seq, job.prompt) for seq, job in starting], self.reuse_prefix)
+            for (seq, job), (logits, kept) in zip(starting, rows):  # the free sequences' prompts, evaluated together
+                job.prompt_cached = kept
                 done = job.advance(logits)
                 if done is not None:
                     yield [(job.index, done)]
@@ -248,47 +255,32 @@ class LlamaCppBackend:
             return pick(logits, choose, job.controls, job.tokens, min(self.stop_ids))
         return choose(logits)
 
-    def _rank(self, request: ChatRequest, prompt: list[int]) -> Completion:
-        """The log-probability of each choice followed by the end of the turn, as a JSON list (exact, as the
-        hf backend's :func:`evolforge.llm.decoding.rank_sequences` computes it).
+    def _plan(self, choices: tuple[str, ...]) -> RankPlan:
+        """How a ranking over ``choices`` walks their token trie (kept per choice set)."""
+        if choices not in self._plans:
+            self._plans[choices] = RankPlan([tuple(self.tokenizer.encode(c, add_special_tokens=False))
+                                             for c in choices], self.trie(choices).stop)
+        return self._plans[choices]
 
-        The prompt is evaluated once in sequence 0; the choices' token trie is then evaluated a level at a
-        time, every node of a level one token in one batch (its own sequence, sharing its parent's cached
-        keys), so 0-100 scores take four batches instead of a hundred single-token steps."""
-        trie = self.trie(request.choices)
-        encoded = [tuple(self.tokenizer.encode(c, add_special_tokens=False)) for c in request.choices]
-        logp = self._trie_logprobs(prompt, {seq[:n] for seq in encoded for n in range(len(seq) + 1)})
-        scores = [sum(float(logp[seq[:n]][seq[n]]) for n in range(len(seq))) + float(logp[seq][trie.stop])
-                  for seq in encoded]
-        return Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
-                          completion_tokens=0, prompt_cached=self.cache.last_reused)
-
-    def _trie_logprobs(self, prompt: list[int], nodes: set[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
-        """Next-token log-probabilities after ``prompt`` + each node (every prefix of a node is a node)."""
-        cache = self.cache
-        cache.keep_only(0)
-        logp = {(): torch.log_softmax(cache.prefill(0, prompt, self.reuse_prefix), dim=-1)}
-        held = {(): 0}  # node -> the sequence holding prompt + node
-        parents = {node[:-1] for node in nodes if node}
-        for depth in range(1, max(map(len, nodes)) + 1):
-            pending = sorted(n for n in nodes if len(n) == depth)
-            while pending:
-                free = sorted(set(range(RANK_SEQUENCES)) - set(held.values()))
-                if not free:
-                    raise LlamaCppError(f"ranking: more than {RANK_SEQUENCES} answers share prefixes at one depth")
-                part, pending = pending[:len(free)], pending[len(free):]
-                for node, seq in zip(part, free):
-                    cache.copy(held[node[:-1]], seq)
-                rows = cache.step([(node[-1], seq) for node, seq in zip(part, free)])
-                for node, seq, row in zip(part, free, rows):
-                    logp[node] = torch.log_softmax(row, dim=-1)
-                    if node in parents:
-                        held[node] = seq
-                    else:
-                        cache.drop(seq)
-            for node in [n for n in held if len(n) == depth - 1 and n]:  # done with (sequence 0 keeps the prompt)
-                cache.drop(held.pop(node))
-        return logp
+    def _rankings(self, jobs: list[tuple[int, ChatRequest, list[int]]]) -> Iterator[Finished]:
+        """The rankings' answers, a group at a time: up to ``batch_size`` requests, as many as leave at least half
+        the sequences free for their tries' widest level after their prompts and the parents a level needs
+        (:func:`~evolforge.llm.backends.llamacpp.ranking.rank_group`). Each answer is the JSON list of its choices'
+        log-probabilities, each followed by the end of the turn (exact, as the hf backend's
+        :func:`evolforge.llm.decoding.rank_sequences` computes them)."""
+        group: list[tuple[int, ChatRequest, list[int]]] = []
+        for k, job in enumerate(jobs):
+            group.append(job)
+            held = sum(self._plan(request.choices).held for _, request, _ in group)
+            following = jobs[k + 1] if k + 1 < len(jobs) else None
+            if following is None or len(group) == self.batch_size or \
+                    held + self._plan(following[1].choices).held > RANK_SEQUENCES // 2:
+                plans = [self._plan(request.choices) for _, request, _ in group]
+                ranked = rank_group(self.cache, [prompt for _, _, prompt in group], plans, self.reuse_prefix)
+                yield [(i, Completion(json.dumps([round(s, 6) for s in scores]), "stop", prompt_tokens=len(prompt),
+                                      completion_tokens=0, prompt_cached=kept, ranked_tokens=len(plan.nodes) - 1))
+                       for (i, _, prompt), plan, (scores, kept) in zip(group, plans, ranked)]
+                group = []
 
 
 class _Job:

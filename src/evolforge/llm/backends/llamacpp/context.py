@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 PROMPT_BATCH = 512  # prompt tokens per llama.cpp decode call
-RANK_SEQUENCES = 64  # sequences a ranking uses at most: the prompt's and one level's trie nodes
+# sequences at most (llama.cpp's LLAMA_MAX_SEQ): a ranking group's prompts, its tries' parents and one level's nodes
+RANK_SEQUENCES = 256
 
 
 class LlamaCppError(RuntimeError):
@@ -71,6 +72,7 @@ class LlamaCppContext:
         self.threads = threads
         self.evaluated = self.reused = 0  # prompt tokens evaluated / found in the store, since loading
         self.last_reused = 0  # of the last prefill
+        self.last_kept: dict[int, int] = {}  # sequence -> prompt tokens found in the store by prefill_many
 
     def set_threads(self, threads: int) -> None:
         """Threads for now (a machine that got busy gets fewer, as the hf backend does)."""
@@ -81,18 +83,8 @@ class LlamaCppContext:
     def prefill(self, seq: int, prompt: list[int], reuse: bool) -> torch.Tensor:
         """Put ``prompt`` in sequence ``seq`` and return the logits after it. With ``reuse`` the longest
         prefix some sequence holds is shared, and only the rest is evaluated (at least one token)."""
-        import llama_cpp
-
-        source, keep = seq, 0
-        if reuse:
-            source, keep = max(((s, _shared(held, prompt)) for s, held in self.held.items()), key=lambda x: x[1],
-                               default=(seq, 0))
-        if source == seq or keep == 0:
-            source = seq
-            llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1)
-        else:
-            self.drop(seq)
-            llama_cpp.llama_memory_seq_cp(self.memory, source, seq, 0, keep)
+        source, keep = self._source(prompt) if reuse else (seq, 0)
+        self._start(seq, source, keep)
         for start in range(keep, len(prompt), PROMPT_BATCH):
             chunk = prompt[start:start + PROMPT_BATCH]
             self._fill([(t, start + j, seq, start + j == len(prompt) - 1) for j, t in enumerate(chunk)])
@@ -102,6 +94,59 @@ class LlamaCppContext:
         self.reused += keep
         self.last_reused = keep
         return self._logits(self.batch.n_tokens() - 1)
+
+    def prefill_many(self, prompts: list[tuple[int, list[int]]], reuse: bool) -> list[tuple[torch.Tensor, int]]:
+        """Put each (sequence, prompt) in its sequence: their tokens are evaluated together, several prompts in
+        one batch of up to PROMPT_BATCH tokens. Returns, per prompt, the logits after it and how many of its
+        tokens were already held. With ``reuse`` each prompt starts from the longest prefix an evaluated sequence
+        holds; one that shares more with a prompt still waiting has the prompts so far evaluated first."""
+        waiting: list[tuple[int, list[int], int]] = []  # (sequence, prompt, tokens kept), not yet evaluated
+        out: dict[int, torch.Tensor] = {}
+        for seq, prompt in prompts:
+            source, keep = self._source(prompt) if reuse else (seq, 0)
+            if reuse and waiting and max(_shared(p, prompt) for _, p, _ in waiting) > keep:
+                out.update(self._evaluate(waiting))
+                waiting = []
+                source, keep = self._source(prompt)
+            self._start(seq, source, keep)
+            self.held[seq] = list(prompt[:keep])  # what it holds until the batch is evaluated
+            waiting.append((seq, prompt, keep))
+        out.update(self._evaluate(waiting))
+        return [(out[seq], self.last_kept[seq]) for seq, _ in prompts]
+
+    def _source(self, prompt: list[int]) -> tuple[int, int]:
+        """(the sequence holding the longest prefix of ``prompt``, its length); (-1, 0) when none does."""
+        return max(((s, _shared(held, prompt)) for s, held in self.held.items()), key=lambda x: x[1],
+                   default=(-1, 0))
+
+    def _start(self, seq: int, source: int, keep: int) -> None:
+        """Sequence ``seq`` holds the first ``keep`` tokens of ``source`` (itself: it keeps its own)."""
+        import llama_cpp
+
+        if source == seq or keep == 0:
+            llama_cpp.llama_memory_seq_rm(self.memory, seq, keep if source == seq else 0, -1)
+            if source != seq:
+                self.held.pop(seq, None)
+        else:
+            self.drop(seq)
+            llama_cpp.llama_memory_seq_cp(self.memory, source, seq, 0, keep)
+
+    def _evaluate(self, waiting: list[tuple[int, list[int], int]]) -> dict[int, torch.Tensor]:
+        """Evaluate the prompts' tokens after what each keeps, PROMPT_BATCH at a time; the logits after each."""
+        tokens = [(t, keep + j, seq, keep + j == len(prompt) - 1) for seq, prompt, keep in waiting
+                  for j, t in enumerate(prompt[keep:])]
+        out = {}
+        for start in range(0, len(tokens), PROMPT_BATCH):
+            chunk = tokens[start:start + PROMPT_BATCH]
+            self._fill(chunk)
+            self.context.decode(self.batch)
+            out.update({seq: self._logits(j) for j, (_, _, seq, last) in enumerate(chunk) if last})
+        for seq, prompt, keep in waiting:
+            self.held[seq] = list(prompt)
+            self.evaluated += len(prompt) - keep
+            self.reused += keep
+            self.last_kept[seq] = keep
+        return out
 
     def step(self, tokens: list[tuple[int, int]]) -> list[torch.Tensor]:
         """Append each (token, sequence) to its sequence in one batch; the logits after each."""
