@@ -323,7 +323,7 @@ def test_headline_metrics_of_a_version(tmp_path):
     from report_fixture import REPORT
 
     version = REPORT.under(tmp_path)
-    assert headline(version) == {"surv": {}, "sel": {"n": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}, "wall": {}}
+    assert headline(version) == {"surv": {}, "sel": {"n": None, "problems": None, "diff": None, "icifd": None}, "ev": {}, "cost": {"usd": None}, "wall": {}}
     m = tmp_path / "metrics"
     write_json(m / "evolve.json", {"round_1": {"in": 16, "evolved": 4}, "round_2": {"in": 16, "evolved": 0},
                                    "total": {"in": 32, "evolved": 4}})
