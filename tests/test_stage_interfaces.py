@@ -135,7 +135,8 @@ NOT_READS = {
     "src/evolforge/plan/__init__.py": {"models/"},  # the planner sorts dvc.yaml's outs into kinds
     "src/evolforge/eval/tasks/__init__.py": {"data"},  # the offline benchmarks' folder inside a task folder it writes
     # the Hub's layout inside the selection (data/train-*.parquet), and the tiny test model's name
-    "src/evolforge/steps/select/card.py": {"data", "data/", "data/train-*.parquet", "models/tiny"},
+    "src/evolforge/steps/select/card.py": {"data", "data/train-*.parquet", "models/tiny"},
+    "src/evolforge/steps/select/shards.py": {"data", "data/"},
 }
 
 
