@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     found = figures()
     if args.check:
         if json.loads((REPO / FIGURES_FILE).read_text(encoding="utf-8")) != quoted(found):
-            print(f"{FIGURES_FILE} is stale: run python tools/staleness.py --write (or make regen), and update the "
-                  "figures docs/explanation/architecture.md quotes from it", file=sys.stderr)
+            print(f"{FIGURES_FILE} is stale: run python tools/staleness.py --write (or make regen), which also "
+                  "writes its figures into the pages that quote them", file=sys.stderr)
             return 1
         return 0
     report(found, args.worst, args.all)
