@@ -68,10 +68,10 @@ def test_a_stale_file_fails_its_check(tmp_path, monkeypatch, capsys):
 
 def test_regen_writes_the_staleness_figures_into_the_pages_that_quote_them(tmp_path):
     staleness = tool("tools/staleness.py")
-    page = tmp_path / "docs" / "explanation" / "x.md"
+    page = tmp_path / "docs" / "explanation" / "quoting.md"
     page.parent.mkdir(parents=True)
     mark = "<!--= docs/reference/staleness.json"
     page.write_text(f"on average 4.39{mark} mean_all --> of the 26{mark} stages --> stages, 3 others\n", encoding="utf-8")
-    assert staleness.requote({"mean_all": 4.381, "stages": 27}, tmp_path) == ["docs/explanation/x.md"]
+    assert staleness.requote({"mean_all": 4.381, "stages": 27}, tmp_path) == [page.relative_to(tmp_path).as_posix()]
     assert page.read_text(encoding="utf-8") == f"on average 4.38{mark} mean_all --> of the 27{mark} stages --> stages, 3 others\n"
     assert staleness.requote({"mean_all": 4.381, "stages": 27}, tmp_path) == []
