@@ -309,6 +309,8 @@ NOT_MEASURED = [
     ("docs/explanation/cpu-kernels.md", "at 90 % / 75 %", "thresholds a test asserts"),
     ("docs/explanation/data-quality.md", "probability >= 99 %", "what the LSH banding is chosen for"),
     ("docs/explanation/llm.md", "default 1 s), doubling up to 60 s", "the retries' default and cap"),
+    ("docs/explanation/gpu.md", "33 GiB for a 1.5 B model", "`training_bytes`' estimate, arithmetic from the model's shape"),
+    ("docs/explanation/gpu.md", "an 80 GB GPU", "the device's memory, from its data sheet"),
     ("docs/explanation/llm.md", "up to 25% jitter", "the retries' jitter, a constant of the client"),
     ("docs/explanation/llm.md", "at least 0.5 s", "a 429's minimum wait, a constant of the client"),
     ("docs/explanation/llm.md", "within 1% of what the server counted", "the tolerance tests/test_plan.py asserts"),
@@ -431,10 +433,9 @@ def _counts(line: str) -> set[tuple[int, int]]:
 
 
 def results_pages(repo):
-    """The pages that may state measured figures, each with its marker: the shipped run's page, docs/results/, the
-    GPU page and the benchmarks' README."""
-    return [repo / "docs/results.md", *sorted((repo / "docs/results").glob("*.md")), repo / "docs/gpu.md",
-            repo / "bench/README.md"]
+    """The pages that may state measured figures, each with its marker: the shipped run's page, docs/results/ and
+    the benchmarks' README."""
+    return [repo / "docs/results.md", *sorted((repo / "docs/results").glob("*.md")), repo / "bench/README.md"]
 
 
 # figures of the results pages that are settings, limits or estimates, not measurements: (page, phrase, why)
@@ -444,21 +445,17 @@ NOT_MEASURED_ON_RESULTS_PAGES = [
     ("docs/results/llm.md", "a hash and 30-70 words per", "the instant server's answers, as bench/stages.py writes them"),
     ("bench/README.md", "60 HumanEval pairs", "the benchmark's input, bench/score_reference.py's default"),
     ("bench/README.md", "(780,000 LLM calls)", "the benchmark's size: 52,000 seeds x 3 rounds, the calls each item makes"),
-    ("docs/gpu.md", "| 50 %: **not met** |", "the scorer's target, from the targets' table"),
-    ("docs/gpu.md", "| 25 %: **not met** |", "full fine-tuning's target, from the targets' table"),
-    ("docs/gpu.md", "| 15 %: **not met** |", "LoRA fine-tuning's target, from the targets' table"),
-    ("docs/gpu.md", "| 1x: sampled met |", "generation's target, from the targets' table"),
-    ("docs/gpu.md", "| 1x: **not met** |", "generation's target, from the targets' table"),
-    ("docs/gpu.md", "at least 50 % of the bf16 peak", "a target"),
-    ("docs/gpu.md", "at least 25 % MFU", "a target"),
-    ("docs/gpu.md", "at least 15 % MFU", "a target"),
-    ("docs/gpu.md", "at 64 and 256 requests", "the sizes a target is set at"),
-    ("docs/gpu.md", "The rest of the gap to 50 %", "the scorer's target"),
-    ("docs/gpu.md", "H100 80GB HBM3", "the device's name"),
-    ("docs/gpu.md", "an 80 GB GPU", "the device's memory, from its data sheet"),
-    ("docs/gpu.md", "33 GiB for a 1.5 B model", "`training_bytes`' estimate, arithmetic from the model's shape"),
-    ("docs/gpu.md", "12/2 heads", "the model's shape, a setting of the probe"),
-    ("docs/gpu.md", "receives 64 MiB", "what the GPU machine is sent, a limit of that machine"),
+    ("docs/results/gpu.md", "| 50 %: **not met** |", "the scorer's target, from the targets' table"),
+    ("docs/results/gpu.md", "| 25 %: **not met** |", "full fine-tuning's target, from the targets' table"),
+    ("docs/results/gpu.md", "| 15 %: **not met** |", "LoRA fine-tuning's target, from the targets' table"),
+    ("docs/results/gpu.md", "| 1x: sampled met |", "generation's target, from the targets' table"),
+    ("docs/results/gpu.md", "| 1x: **not met** |", "generation's target, from the targets' table"),
+    ("docs/results/gpu.md", "at least 50 % of the bf16 peak", "a target"),
+    ("docs/results/gpu.md", "at least 25 % MFU", "a target"),
+    ("docs/results/gpu.md", "at least 15 % MFU", "a target"),
+    ("docs/results/gpu.md", "at 64 and 256 requests", "the sizes a target is set at"),
+    ("docs/results/gpu.md", "The rest of the gap to 50 %", "the scorer's target"),
+    ("docs/results/gpu.md", "H100 80GB HBM3", "the device's name"),
 ]
 
 
