@@ -207,7 +207,7 @@ def test_asks_something(text, asks):
 
 
 # Answers a 1.5B evolver wrote in place of rewrites when optimize's candidate method did not say to rewrite
-# (the weak-method experiment with evolve.missing_marker whole_output, docs/results.md): each opens with or
+# (the weak-method experiment with evolve.missing_marker whole_output, docs/results/auto-evol-fig4.md): each opens with or
 # holds steps in the imperative, so asks_something alone read them as requests.
 ANSWERS_AS_REWRITES = [
     "To find the sale price of the shirt, we need to follow these steps:  1. Calculate the discount amount. "
