@@ -117,7 +117,7 @@ lock: setup
 run: setup
 	dvc repro
 
-# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results.md "The same measurement on a second seed set")
+# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results/second-seed-set.md)
 run-varied: setup
 	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 

@@ -697,3 +697,35 @@ def test_every_elimination_switch_and_reason_is_documented(repo):
     assert len(RULES) > 10 and len(reasons) > 10
     missing = [name for name in [*RULES, *reasons] if f"`{name}`" not in page]
     assert not missing, f"docs/explanation/elimination.md does not name {missing}"
+
+
+# how the work on the project was organised, which its users do not know: its tickets ("issue 28", "the issue's
+# target"), the sittings it was done in, the machine that lent a GPU; another project's tracker (llama.cpp's, vLLM's)
+# is the outside world and may be cited
+ORGANISATION = re.compile(
+    r"(?<!llama\.cpp )(?<!vLLM )\bissues?[ -]#?\d+|\bthe issue'?s?\b|\bissue \d+'s\b"
+    r"|\b(?:this|that|next|same|previous|earlier|later|twelfth|eleventh|tenth|ninth|eighth|seventh) sessions?\b"
+    r"|\bsessions? (?:before|after)\b|\bdevice tool\b|\blent\b", re.I)
+
+
+def organisation_mentions(text: str) -> list[str]:
+    return [m.group(0) for m in ORGANISATION.finditer(text)]
+
+
+def test_docs_and_comments_speak_of_the_project_and_its_users_only(repo):
+    files = [repo / "README.md", repo / "bench/README.md", repo / "params.yaml", repo / "Makefile", repo / "dvc.yaml",
+             *(repo / "docs").rglob("*.md"),
+             *(p for root in ("src", "tools", "tests", "stages", "bench") for p in (repo / root).rglob("*.py")
+               if p.name != "test_docs.py")]
+    found = [f"{p.relative_to(repo)}:{n}: {hit!r}" for p in files
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             for hit in organisation_mentions(line)]
+    assert not found, "pages and comments that speak of how the work was organised:\n" + "\n".join(found)
+
+
+def test_the_organisation_check_sees_tickets_and_sittings():
+    assert organisation_mentions("the issue's target (issue 11), the twelfth session, the device tool, "
+                                 "Issue 60: one, a GPU lent") == ["the issue's", "issue 11", "twelfth session",
+                                                                   "device tool", "Issue 60", "lent"]
+    assert organisation_mentions("llama.cpp issue 20824, vLLM issue 42019, a Ray session, precision issues, "
+                                 "scope='session'") == []

@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FLAGS = {"--params", "--prompts"}  # the repository's configuration, the same for every stage
 OUTPUT_FLAGS = {"--out", "--metrics", "--plot", "--plots", "--samples", "--live"}
-MAX_LINES = 50  # a stage script maps paths to its step (issue 29) and loads its sections and roles (issue 67)
+MAX_LINES = 50  # a stage script maps paths to its step and loads its sections and roles
 
 
 def script_flags(script: Path) -> dict[str, dict]:
