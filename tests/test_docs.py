@@ -729,3 +729,14 @@ def test_the_organisation_check_sees_tickets_and_sittings():
                                                                    "device tool", "Issue 60", "lent"]
     assert organisation_mentions("llama.cpp issue 20824, vLLM issue 42019, a Ray session, precision issues, "
                                  "scope='session'") == []
+
+
+def test_the_shipped_run_page_is_short_and_every_results_page_opens_with_what_it_shows(repo):
+    """docs/results.md is the shipped run only, in short tables (at most 150 lines); a page under docs/results/
+    opens, below its title, with what it shows ("This page shows ..."): how it was reached stays below."""
+    assert len((repo / "docs/results.md").read_text(encoding="utf-8").splitlines()) <= 150
+    openings = {p.relative_to(repo).as_posix(): p.read_text(encoding="utf-8").split("\n\n", 2)[1]
+                for p in [repo / "docs/results.md", *sorted((repo / "docs/results").glob("*.md"))]}
+    assert len(openings) > 10
+    vague = [page for page, first in openings.items() if not first.startswith("This page shows")]
+    assert not vague, f"results pages that do not open with what they show: {vague}"
