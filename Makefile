@@ -53,7 +53,7 @@ export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run run-varied test test-slow test-portable check-lock bench clean-cache lock test-vllm lock-vllm
+.PHONY: setup run run-varied test test-slow test-portable check-lock bench clean-cache lock test-vllm lock-vllm regen
 
 # One line for an interpreter evolforge does not support, or a venv made by another Python than PYTHON.
 define CHECK_PYTHON
@@ -117,7 +117,7 @@ lock: setup
 run: setup
 	dvc repro
 
-# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results.md "The same measurement on a second seed set")
+# the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results/second-seed-set.md)
 run-varied: setup
 	dvc exp run -n varied-seeds -S seed.source=data/seeds/varied.jsonl -S seed.limit=null -S seed.min_checked=0
 
@@ -142,6 +142,14 @@ test-portable: setup
 # Every supported (Python, platform) pair against the lock, as pip sees it (needs the package index).
 check-lock: setup
 	$(PY) tools/check_lock.py --pip
+
+# Every generated file written again from the code, in this order (the staleness figures read dvc.yaml's deps):
+# dvc.yaml's source deps, the params reference, the staleness figures. `make test` fails while one is stale
+# (tests/test_regen.py runs each of these with --check). The locks are `make lock`'s: they need the package index.
+regen: setup
+	$(PY) tools/stage_deps.py --write
+	$(PY) tools/params_doc.py --write
+	$(PY) tools/staleness.py --write
 
 bench: setup
 	$(PY) bench/generation.py

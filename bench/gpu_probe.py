@@ -34,7 +34,7 @@ generate (the first ``--gen`` size) and of three fine-tuning steps mid-run, to s
     python bench/gpu_probe.py --tokenizer tok-qwen --sections scorer --budgets 65536,device
     python bench/gpu_probe.py --tokenizer models/tiny --small            # CPU smoke run, a few-M model
 
-On a GPU machine that receives at most 64 MiB beside the checkout (docs/gpu.md has the whole recipe), carry, in
+On a GPU machine without a package index or model hub (docs/how-to/gpu-probe.md has the whole recipe), carry, in
 folders that ``.git/info/exclude`` ignores: ``tok-qwen/`` (the shipped GGUF folder's ``tokenizer.json``, gzipped:
 ``tokenizer.json.gz`` is read as is, plus ``tokenizer_config.json`` and ``chat_template.jinja``: about 2.1 MB)
 and ``.whl/`` (the wheels the GPU image lacks, ``pip download --no-deps --only-binary=:all: --python-version

@@ -9,11 +9,11 @@ listen backlog 4096), then, in one run, for ``--requests`` short chat requests:
    client CPU per call (this process's CPU time / calls), server CPU per call;
 3. in-process: the same requests through ``LLM`` + cache with an instant in-process backend.
 
-Targets (issue 11): client CPU per call <= 0.15 ms; wall within 1.25x of the server alone.
+Targets: client CPU per call <= 0.15 ms; wall within 1.25x of the server alone.
 
 ``--server threading`` serves the same bytes from ``http.server``'s ThreadingHTTPServer instead (a thread
 per keep-alive connection): six to seven times the asyncio server's CPU per request, nearer what a server
-written in Python spends (the issue's own measurement server spent 0.37 ms per request). How close the
+written in Python spends (a plain Python measurement server spent 0.37 ms per request). How close the
 wall comes to the server alone depends on the client's CPU per call against the server's: on two cores
 they share the CPUs.
 The machine is shared, so ``--repeat`` runs the HTTP part several times and reports the best and the median.

@@ -2,7 +2,7 @@
 
 The texts below are SmolLM2-135M-Instruct's own outputs for the project's prompts (evolve/depth.j2,
 evolve/breadth.j2, optimize/initial_method.j2, respond/response.j2; temperature 0.7 or greedy,
-max_tokens 96-128), shortened where marked "...", plus the ones quoted in issue 13. ``finish_reason``
+max_tokens 96-128), shortened where marked "...", plus answers quoted from earlier runs. ``finish_reason``
 is what the model's decoding reported ("length": it stopped at max_tokens).
 """
 
@@ -32,7 +32,7 @@ LOOP_HAIKU = ("Rewritten Prompt:\nIn a world where every leaf is a story of autu
               "The story of the leaves,\nA tale of autumn,\nA tale of the leaves,\nA tale of the Leaves.\n"
               "The world is a tapestry of leaves,\nA tale of leaves,\nA tale of leaves,\nA tale of leaves,\n"
               "A tale of leaves,\nA tale of")
-METHOD_LOOP = " ".join(["Method:"] * 12)  # the one auto-strategy survivor of the issue's run
+METHOD_LOOP = " ".join(["Method:"] * 12)  # the one auto-strategy survivor of an early run
 GUITAR_LOOP = "\n\n".join(f"#Method {k}:\n1. Learn to play the guitar\n2. Practice regularly\n3. Record yourself playing\n"
                           "4. Analyze your performance\n5. Improve your technique" for k in range(1, 4))
 
@@ -207,7 +207,7 @@ def test_asks_something(text, asks):
 
 
 # Answers a 1.5B evolver wrote in place of rewrites when optimize's candidate method did not say to rewrite
-# (the weak-method experiment with evolve.missing_marker whole_output, docs/results.md): each opens with or
+# (the weak-method experiment with evolve.missing_marker whole_output, docs/results/auto-evol-fig4.md): each opens with or
 # holds steps in the imperative, so asks_something alone read them as requests.
 ANSWERS_AS_REWRITES = [
     "To find the sale price of the shirt, we need to follow these steps:  1. Calculate the discount amount. "

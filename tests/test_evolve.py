@@ -109,7 +109,7 @@ def test_round_robin_rotates_by_round_and_random_is_seeded():
 def test_assignment_depends_on_the_item_not_its_position(assignment):
     ids = [make_id("seed", i) for i in range(2000)]
     before = dict(zip(ids, assign_methods(ids, 2, assignment, seed=1)))
-    # prepend 25% more seeds: no existing item changes method (the bound is 26% of all calls)
+    # prepend 25% more seeds: no existing item changes method (the bound is 26% of all calls)
     new = [make_id("new", i) for i in range(500)]
     after = dict(zip(new + ids, assign_methods(new + ids, 2, assignment, seed=1)))
     assert sum(after[i] != before[i] for i in ids) == 0

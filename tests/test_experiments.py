@@ -1,5 +1,5 @@
 """The experiments kept under docs/experiments/ (tools/keep_experiment.py, bench/judge_calibration.py) hold what
-docs/results.md and docs/explanation/verification.md say of them, and the shipped settings follow from them."""
+the results pages and docs/explanation/verification.md say of them, and the shipped settings follow from them."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_the_shipped_optimizer_parses_a_candidate_every_step_on_a_dev_set_of_ten
 
 
 def test_the_weak_method_experiment_measured_every_step_on_ten_items():
-    """The kept Fig. 4 experiment (docs/results.md): run from the weak method, every step proposed candidates that
+    """The kept Fig. 4 experiment (docs/results/auto-evol-fig4.md): run from the weak method, every step proposed candidates that
     parsed or were refused for a stated reason, each scored on the whole development set, and the outcome it records
     follows from its figures (kept: no candidate strictly below the starting method)."""
     weak = kept("weak-method.json")
@@ -86,7 +86,7 @@ def test_the_weak_method_experiment_measured_every_step_on_ten_items():
 
 
 def test_the_autoif_experiment_keeps_verified_items():
-    """The kept AutoIF experiment (docs/results.md): responses that pass their constraint's kept functions make the
+    """The kept AutoIF experiment (docs/results/autoif.md): responses that pass their constraint's kept functions make the
     pool without a fallback; verify checks each item's content beside its constraint (no item rests on the
     constraint alone), and select keeps at least three items verified right, none of the others."""
     autoif = kept("autoif.json")
@@ -103,7 +103,7 @@ def test_the_autoif_experiment_keeps_verified_items():
 
 
 def test_the_zero_shot_weak_method_experiment_is_kept_as_it_ran():
-    """The weak-method experiment with the papers' zero-shot evolving prompt (docs/results.md): every candidate
+    """The weak-method experiment with the papers' zero-shot evolving prompt (docs/results/auto-evol-fig4.md): every candidate
     measured on the 10 development items by the rounds' rules, the weak method kept because none failed fewer."""
     experiment = kept("weak-zero-shot.json")
     optimize = experiment["metrics"]["optimize"]
@@ -113,7 +113,7 @@ def test_the_zero_shot_weak_method_experiment_is_kept_as_it_ran():
 
 
 def test_the_whole_output_weak_method_experiment_found_no_decrease_once_answers_fail():
-    """The weak-method experiment under the Auto Evol-Instruct code's parse (docs/results.md): its first run, on
+    """The weak-method experiment under the Auto Evol-Instruct code's parse (docs/results/auto-evol-fig4.md): its first run, on
     code whose not_an_instruction rule read answers in steps as requests, reported an improvement that was an
     evolver answering its instructions; on the code since, the same command keeps the weak method."""
     before, after = kept("weak-zero-shot-whole-output-b9862c5.json"), kept("weak-zero-shot-whole-output.json")
@@ -125,21 +125,21 @@ def test_the_whole_output_weak_method_experiment_found_no_decrease_once_answers_
 
 
 def test_the_guided_prompt_experiment_is_kept_with_its_reading():
-    """The weak-method experiment with optimize.optimization_prompt guided (docs/results.md): the metrics report a
+    """The weak-method experiment with optimize.optimization_prompt guided (docs/results/auto-evol-fig4.md): the metrics report a
     decrease, and the method it chose carries an instruction of its own, which the kept reading says the evolver
-    copied: results.md must not read it as a better method."""
+    copied: the page must not read it as a better method."""
     experiment = kept("weak-guided.json")
     optimize = experiment["metrics"]["optimize"]
     assert "optimize.optimization_prompt=guided" in experiment["command"] and optimize["dev_size"] >= 10
     assert optimize["parseable_candidates"] == optimize["candidates_proposed"]
     assert optimize["best_failures"] < optimize["initial_failures"]
     assert "JavaScript function" in experiment["method"] and "not a better method" in experiment["method_read"]
-    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "results" / "auto-evol-fig4.md").read_text(encoding="utf-8")
     assert "it is not a better method" in page and "weak-guided.json" in page
 
 
 def test_the_guided_prompt_experiment_again_with_the_copied_method_rule_keeps_the_weak_method():
-    """The guided experiment's command again, after evolve.elimination.copied_method (docs/results.md): the same
+    """The guided experiment's command again, after evolve.elimination.copied_method (docs/results/auto-evol-fig4.md): the same
     candidates from the call cache, and the one that carried the method's own instruction now fails as copied; the
     decrease weak-guided.json reported is gone."""
     before, after = kept("weak-guided.json"), kept("weak-guided-copied.json")
@@ -151,12 +151,12 @@ def test_the_guided_prompt_experiment_again_with_the_copied_method_rule_keeps_th
     copied = [reasons for step in after["candidate_failures_by_reason"] for reasons in step
               if reasons and reasons.get("copied_method_text")]
     assert len(copied) == 1 and copied[0]["copied_method_text"] >= 4
-    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "results" / "auto-evol-fig4.md").read_text(encoding="utf-8")
     assert "weak-guided-copied.json" in page
 
 
 def test_four_candidates_a_step_found_no_better_method_than_the_weak_one():
-    """The guided experiment with four candidates a step (docs/results.md): every candidate parsed, none failed
+    """The guided experiment with four candidates a step (docs/results/auto-evol-fig4.md): every candidate parsed, none failed
     fewer development items than the weak method, so the weak method is kept; the page says what the candidates
     were."""
     experiment = kept("weak-guided-m4.json")
@@ -166,12 +166,12 @@ def test_four_candidates_a_step_found_no_better_method_than_the_weak_one():
     failures = [c["failures"] for step in optimize["loop"] for c in step["candidates"]]
     assert min(failures) > optimize["initial_failures"] and not optimize["optimized"]
     assert experiment["candidate_failures_by_reason"][1][3] == {"missing_final_marker": optimize["dev_size"]}
-    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "results" / "auto-evol-fig4.md").read_text(encoding="utf-8")
     assert "weak-guided-m4.json" in page
 
 
 def test_the_whole_output_decrease_was_labelled_answers_and_is_gone_once_labels_fail():
-    """The four-candidate guided experiment under whole_output (docs/results.md): its first run reported a decrease
+    """The four-candidate guided experiment under whole_output (docs/results/auto-evol-fig4.md): its first run reported a decrease
     step by step, and its kept rewrites show every one of the chosen method's labelled "Rewritten Instruction:"; with
     that label failing as template words, the same answers from the call cache keep the weak method."""
     before, after = kept("weak-guided-m4-whole-5037f26.json"), kept("weak-guided-m4-whole.json")
@@ -182,12 +182,12 @@ def test_the_whole_output_decrease_was_labelled_answers_and_is_gone_once_labels_
     assert len(final) == first["dev_size"] and all(r["rewrite"].startswith("Rewritten Instruction:") for r in final)
     assert now["calls"] == 0 and not now["optimized"] and now["best_failures"] == now["initial_failures"]
     assert "not a better method" in before["method_read"]
-    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "results" / "auto-evol-fig4.md").read_text(encoding="utf-8")
     assert "weak-guided-m4-whole.json" in page and "weak-guided-m4-whole-5037f26.json" in page
 
 
 def test_the_amend_experiment_lowers_the_weak_methods_failures_and_its_reading_is_kept():
-    """Fig. 4 on the demo (docs/results.md): from the weak method, an optimizer that writes rules to add lowers the
+    """Fig. 4 on the demo (docs/results/auto-evol-fig4.md): from the weak method, an optimizer that writes rules to add lowers the
     development failures; the record keeps the rewrites under both methods, and the items gained are the ones its
     reading names (harder rewrites and one paraphrase), each unchanged under the weak method."""
     experiment = kept("weak-amend.json")

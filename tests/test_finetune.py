@@ -278,7 +278,7 @@ def test_callbacks_see_every_step(tiny_model, tmp_path):
 
 def test_training_bytes_bound_the_measured_peaks():
     """The estimate for the Qwen2.5-1.5B shape at batch 8 x 1,024 tokens in bf16 is above the peaks measured
-    on an H100 (docs/gpu.md: 24.6 GiB full, 18.6 GiB LoRA, with sequences shorter than 1,024 tokens) and within 2x."""
+    on an H100 (docs/results/gpu.md: 24.6 GiB full, 18.6 GiB LoRA, with sequences shorter than 1,024 tokens) and within 2x."""
     from types import SimpleNamespace
 
     from evolforge.train.device import training_bytes

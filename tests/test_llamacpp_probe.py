@@ -6,7 +6,7 @@ setting that works around it.
 
 The crash is made, not found (no CPU of the suite's machines crashes): a ``sitecustomize`` put first on the
 child's ``PYTHONPATH`` makes ``llama_decode`` of a batch of several tokens kill its process with SIGSEGV when the
-model was loaded with the extra buffer types, as llama.cpp's AMX kernels did on Q4_K_M prompts (issue 56).
+model was loaded with the extra buffer types, as llama.cpp's AMX kernels did on Q4_K_M prompts.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ def test_greedy_answers_are_the_llamacpp_backends(server, gguf_folder, tmp_path)
     assert len(alike) >= 2, alike
 
 
-# How close the server's expected values come to the in-process ranking's on the tiny model (issue 60): levels within
+# How close the server's expected values come to the in-process ranking's on the tiny model: levels within
 # 0.1 of the 0-4 scale; scores within 6 of 100, because the tiny GGUF's llama.cpp tokenizer (a "default"
 # pre-tokenizer) writes digit runs as one token ("44") that the in-process ranking, with the model's tokenizer.json
 # (digits one by one), never scores: the walk counts every tokenization of an answer. Qwen's tokenizers split digits
@@ -216,7 +216,7 @@ def test_judge_expected_values_are_the_in_process_ones(server, gguf_folder):
 
 
 def test_optimize_writes_candidates_on_the_server(server, gguf_folder, tmp_path):
-    """Issue 60: the shipped optimize controls (assistant_prefix "```Optimized Method\\n", stop "```") on the server.
+    """The shipped optimize controls (assistant_prefix "```Optimized Method\\n", stop "```") on the server.
     Sent as its `stop`, the stop string ends every answer at the prefix's own opening fence (the grammar writes the
     prefix): every candidate is empty. Held in the grammar after the prefix, the candidates are written."""
     import urllib.request

@@ -1,4 +1,4 @@
-"""A newcomer's first week (issue 35): the version flag, the first fine-tuning step's learning rate, ..."""
+"""A newcomer's first week: the version flag, the first fine-tuning step's learning rate, ..."""
 
 from __future__ import annotations
 

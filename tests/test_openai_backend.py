@@ -345,7 +345,7 @@ def test_secrets_in_evaluation_backend_args_are_refused():
 
 
 # llama-cpp-python's answer to a response_format it does not take: HTTP 500, pydantic's wording, the request quoted
-# in full before the point (issue 60: cut at 300 characters, the message lost the setting to change)
+# in full before the point (cut at 300 characters, the message would lose the setting to change)
 _VALIDATION_500 = {"error": {"message": (
     "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be 'text' or "
     "'json_object' [type=literal_error, input_value='json_schema', input_type=str]\n    For further information "

@@ -306,7 +306,7 @@ def test_a_role_the_stage_makes_itself_is_priced_as_the_stage_had_it():
 
 def test_roles_moved_to_a_server_are_planned_before_the_models_stage_pins_them(tmp_path, server, tokenizer_dir,
                                                                               monkeypatch):
-    """Issue 60: the roles pointed at a server while models/identity.json still pins the in-process models (or
+    """The roles pointed at a server while models/identity.json still pins the in-process models (or
     before any models stage ran): every LLM stage's requests counted from params alone, no server asked, the
     figures marked as estimates."""
     root = project(tmp_path / "p", server, tokenizer_dir)

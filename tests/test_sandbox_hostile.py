@@ -352,7 +352,7 @@ def test_hostile_program_forges_nothing_reaches_nothing_leaves_nothing(name, ser
 
 def test_pass_at_1_of_the_wrong_battery_is_zero(servers, scoring_env):
     """The mean the HumanEval scorer gives over every forging attempt (exits, finalizers, gc, ctypes, values,
-    builtins, introspection) -- the figure the issue reported at 1.0."""
+    builtins, introspection) -- a figure the scorer once gave as 1.0."""
     forging = [n for n in BATTERY if n.split("/")[0] in ("exits", "finalizers", "gc", "ctypes", "atexit_signals",
                                                          "values", "builtins", "introspection")]
     scores = [code_scoring.humaneval_process_results(HUMANEVAL_DOC, [[HUMANEVAL_DOC["prompt"] + _program(n, servers)]])

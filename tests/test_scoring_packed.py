@@ -142,7 +142,7 @@ def test_cpu_scores_padded_by_default_with_the_users_budget(scorer):
 
 def test_activation_estimate_bounds_the_measured_figure():
     """The per-token activation estimate of the Qwen2.5-1.5B shape in bf16 is above the ~62 KB measured on an
-    H100 (docs/gpu.md) and within 2x of it, so the device budget neither overflows nor wastes half the GPU."""
+    H100 (docs/results/gpu.md) and within 2x of it, so the device budget neither overflows nor wastes half the GPU."""
     from types import SimpleNamespace
 
     model = SimpleNamespace(config=SimpleNamespace(hidden_size=1536, intermediate_size=8960), dtype=torch.bfloat16)

@@ -15,7 +15,7 @@ from polars.testing import assert_frame_equal
 
 from stage_runs import run_stage
 from evolforge.io.records import write_output
-from evolforge.steps.select import card, embeddings
+from evolforge.steps.select import embeddings, shards
 from evolforge.steps.select.embeddings import EMBEDDINGS, Embeddings, load_embeddings
 from evolforge.steps.select.export import join_metrics
 from evolforge.steps.select.selection import select_items
@@ -86,7 +86,7 @@ def written(folder: Path) -> dict[str, bytes]:
 def test_select_stage_streams_with_the_whole_table_bytes(tmp_path, monkeypatch, select):
     """chunk_rows 7 and 100 write the whole-table run's files byte for byte (several buckets, card shards of 10
     rows), and the selection is the in-memory one over the whole joined table, row for row."""
-    monkeypatch.setattr(card, "SHARD_ROWS", 10)
+    monkeypatch.setattr(shards, "SHARD_ROWS", 10)
     write_inputs(tmp_path / "in")
     runs = {rows: written(run_select(tmp_path / f"rows-{rows}", tmp_path / "in", rows, select, monkeypatch))
             for rows in CHUNKS}

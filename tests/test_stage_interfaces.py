@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FLAGS = {"--params", "--prompts"}  # the repository's configuration, the same for every stage
 OUTPUT_FLAGS = {"--out", "--metrics", "--plot", "--plots", "--samples", "--live"}
-MAX_LINES = 50  # a stage script maps paths to its step (issue 29) and loads its sections and roles (issue 67)
+MAX_LINES = 50  # a stage script maps paths to its step and loads its sections and roles
 
 
 def script_flags(script: Path) -> dict[str, dict]:
@@ -135,7 +135,8 @@ NOT_READS = {
     "src/evolforge/plan/__init__.py": {"models/"},  # the planner sorts dvc.yaml's outs into kinds
     "src/evolforge/eval/tasks/__init__.py": {"data"},  # the offline benchmarks' folder inside a task folder it writes
     # the Hub's layout inside the selection (data/train-*.parquet), and the tiny test model's name
-    "src/evolforge/steps/select/card.py": {"data", "data/", "data/train-*.parquet", "models/tiny"},
+    "src/evolforge/steps/select/card.py": {"data", "data/train-*.parquet", "models/tiny"},
+    "src/evolforge/steps/select/shards.py": {"data", "data/"},
 }
 
 

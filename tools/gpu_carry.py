@@ -1,18 +1,20 @@
-"""Build what a GPU machine needs beside the checkout to run ``bench/gpu_probe.py`` (docs/gpu.md), here, once.
+"""Build what a GPU machine without a package index needs beside the checkout to run ``bench/gpu_probe.py``
+(docs/how-to/gpu-probe.md), once, on a machine that has the checkout and the shipped Qwen model.
 
-Writes two folders into the checkout and adds them to ``.git/info/exclude`` (git ignores them, and the device
-tool carries ignored paths only when named)::
+Writes two folders into the checkout and adds them to ``.git/info/exclude`` (git ignores them: copy them with the
+checkout's tracked files)::
 
     tok-qwen/   the shipped Qwen GGUF folder's tokenizer: tokenizer.json gzipped, its config, its chat template
     .whl/       the wheels the GPU image lacks, for CPython 3.12 on manylinux x86-64, without dependencies
 
 The wheels' versions are the GPU lock's (requirements/gpu.txt), except polars (1.20.0: polars 2's runtime wheel
-alone would take most of the 64 MiB a GPU machine receives) and liger-kernel (not in the lock: its Triton kernels
-are what the probe measures against eager PyTorch). Prints the folders' size against that limit.
+alone would take most of ``LIMIT_MIB``, the size the two folders are kept under so that they travel with the
+checkout) and liger-kernel (not in the lock: its Triton kernels are what the probe measures against eager
+PyTorch). Prints the folders' size against ``LIMIT_MIB``.
 
     python tools/gpu_carry.py [--tokenizer models/Qwen2.5-Coder-1.5B-Instruct-GGUF]
 
-Then, with the device tool: carry ``tok-qwen`` and ``.whl`` and run docs/gpu.md's command.
+Then copy ``tok-qwen`` and ``.whl`` with the checkout to the GPU machine and run the how-to's commands.
 """
 
 from __future__ import annotations

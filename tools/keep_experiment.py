@@ -2,7 +2,7 @@
 
 ``dvc exp run`` leaves an experiment's metrics in the workspace (and in an experiment ref that a clone does not
 fetch); this copies the named metrics files into one JSON file under ``docs/experiments/``, which
-``docs/results.md`` quotes with checked figure markers and ``tests/test_experiments.py`` reads::
+a results page under ``docs/results/`` quotes with checked figure markers and ``tests/test_experiments.py`` reads::
 
     dvc exp run -n weak-method -S optimize.initial_method=weak optimize
     python tools/keep_experiment.py docs/experiments/weak-method.json \\

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         if not PAGE.is_file() or PAGE.read_text(encoding="utf-8") != page:
-            print(f"{PAGE.relative_to(REPO)} is stale: run python tools/params_doc.py --write", file=sys.stderr)
+            print(f"{PAGE.relative_to(REPO)} is stale: run python tools/params_doc.py --write (or make regen)",
+                  file=sys.stderr)
             return 1
         return 0
     sys.stdout.write(page)

@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if new != text:
         sys.stdout.writelines(difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
                                                    "dvc.yaml", "dvc.yaml (generated deps)"))
-        print("dvc.yaml's source deps are out of date: run python tools/stage_deps.py --write", file=sys.stderr)
+        print("dvc.yaml's source deps are out of date: run python tools/stage_deps.py --write (or make regen)",
+              file=sys.stderr)
         return 1
     return 0
 

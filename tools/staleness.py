@@ -11,7 +11,9 @@ other files, each with the stages it stales::
     python tools/staleness.py --verify 6      # and check 6 files (with the worst, a base file and one no stage
                                               # runs) against real `dvc status` on a temporary copy of the repo
     python tools/staleness.py --write         # write the figures docs/explanation/architecture.md quotes
-                                              # (FIGURES_FILE; tests/test_staleness.py checks it is current)
+                                              # (FIGURES_FILE, and the numbers behind its markers in the
+                                              # pages; `make regen` runs this)
+    python tools/staleness.py --check         # exit 1 when FIGURES_FILE is stale (tests/test_regen.py)
 
 ``--verify`` copies the repository's files (tracked and untracked, not ignored) to a temporary folder, writes
 its ``dvc.lock`` so that every source dep holds the file's current hash, appends one comment line to each
@@ -26,6 +28,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +97,21 @@ def quoted(found: dict) -> dict:
             "modules": found["modules"], "mean_modules": round(found["mean_modules"], 2),
             "files_used": found["files_used"], "mean_used": round(found["mean_used"], 2),
             "every_stage": len(found["every_stage"]), "base": len(found["base"]), "loader": len(table[loader])}
+
+
+def requote(figures: dict, root: Path = REPO) -> list[str]:
+    """Write ``figures`` (:func:`quoted`) into the docs pages that quote them: each number followed by a
+    ``<!--= FIGURES_FILE key -->`` marker becomes that key's value, at the number's decimals. Returns the pages
+    changed."""
+    marker = re.compile(rf"\d[\d,]*(?:\.(\d+))?(?=<!--= {re.escape(FIGURES_FILE)} (\w+) -->)")
+    changed = []
+    for page in sorted((root / "docs").rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        new = marker.sub(lambda m: f"{figures[m.group(2)]:.{len(m.group(1) or '')}f}", text)
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            changed.append(page.relative_to(root).as_posix())
+    return changed
 
 
 def report(found: dict, worst: int, every: bool) -> None:
@@ -203,13 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="show every file")
     ap.add_argument("--verify", type=int, metavar="N", help="check N random files (and 3 chosen) with dvc status")
     ap.add_argument("--files", nargs="+", metavar="PATH", help="check these files with dvc status")
-    ap.add_argument("--write", action="store_true", help=f"write the figures the docs quote to {FIGURES_FILE}")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help=f"write the figures the docs quote to {FIGURES_FILE}")
+    mode.add_argument("--check", action="store_true", help=f"exit 1 when {FIGURES_FILE} is stale")
     args = ap.parse_args(argv)
     found = figures()
+    if args.check:
+        if json.loads((REPO / FIGURES_FILE).read_text(encoding="utf-8")) != quoted(found):
+            print(f"{FIGURES_FILE} is stale: run python tools/staleness.py --write (or make regen), which also "
+                  "writes its figures into the pages that quote them", file=sys.stderr)
+            return 1
+        return 0
     report(found, args.worst, args.all)
     if args.write:
         (REPO / FIGURES_FILE).write_text(json.dumps(quoted(found), indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {FIGURES_FILE}")
+        print(f"wrote {FIGURES_FILE}" + "".join(f", {page}" for page in requote(quoted(found))))
     paths = (args.files or []) + (sample(found, args.verify) if args.verify is not None else [])
     if not paths:
         return 0

@@ -72,7 +72,7 @@ def busy_cores(window_s: float = 0.2, stat: str = "/proc/stat") -> float | None:
 
 def pick_threads(environ: Mapping[str, str] | None = None, busy: float | None | object = ...) -> int:
     """torch threads for decoding now: :func:`usable_cores`, less the cores other processes keep busy
-    (at least 1). Measured on a shared machine (issue 28): with two threads, any other load made matrix
+    (at least 1). Measured on a shared machine: with two threads, any other load made matrix
     products about 30x slower, while one thread stayed steady; so a busy machine gets fewer threads and
     degrades gracefully, an idle one gets them all. ``OMP_NUM_THREADS`` (the user's choice) is kept as is."""
     environ = os.environ if environ is None else environ

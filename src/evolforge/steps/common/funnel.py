@@ -74,9 +74,10 @@ def _removed(layout: Layout) -> dict[int, dict[str, int]]:
     return out
 
 
-def funnel(layout: Layout, selected: pl.DataFrame | None = None) -> list[dict]:
+def funnel(layout: Layout, selected: pl.DataFrame | None = None, removed: bool = True) -> list[dict]:
     """One row per round: in (the attempts), evolved, failed (by reason), survival (evolved / in), answered, clean
-    (with the removed by reason), judged, selected. ``selected`` is the selection when it is not yet in
+    (with the removed by reason: ``removed``, read from dedup's and decontaminate's ``removed.parquet``; the card
+    shows no reasons and reads neither), judged, selected. ``selected`` is the selection when it is not yet in
     ``layout.selected`` (the card, written inside the select stage's atomic write, passes the rows it is about to
     publish)."""
     # the round column alone: the counts per round (8 bytes per item, not the texts)
@@ -85,7 +86,7 @@ def funnel(layout: Layout, selected: pl.DataFrame | None = None) -> list[dict]:
     selected = selected if selected is not None else table_at(layout.selected, ["round"])
     answered, judged_n, selected_n = _by_round(responses), _by_round(judged), _by_round(selected)
     kept = _by_round(clean) if clean is not None else {}
-    removed = _removed(layout) if clean is not None else {}
+    dropped = _removed(layout) if clean is not None and removed else {}
     seed = table_at(layout.seed, ["id"])
     rows = []
     if seed is not None:
@@ -93,7 +94,7 @@ def funnel(layout: Layout, selected: pl.DataFrame | None = None) -> list[dict]:
                      "failed_by_reason": {},
                      "answered": answered.get(0), "clean": kept.get(0, 0 if answered.get(0) is not None
                                                                     else None) if clean is not None else None,
-                     "removed_by_reason": removed.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
+                     "removed_by_reason": dropped.get(0, {}), "judged": judged_n.get(0), "selected": selected_n.get(0)})
     for path in evolved_rounds(layout.evolved):
         t = pl.read_parquet(path / TABLE, columns=["round", "status", "failure_reason"])
         r = int(t["round"][0]) if t.height else 0
@@ -102,7 +103,7 @@ def funnel(layout: Layout, selected: pl.DataFrame | None = None) -> list[dict]:
         rows.append({"round": r, "in": t.height, "evolved": evolved, "failed": t.height - evolved,
                      "survival": round(evolved / t.height, 4) if t.height else None,
                      "failed_by_reason": _reasons(t), "answered": answered.get(r, 0),
-                     "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": removed.get(r, {}),
+                     "clean": kept.get(r, 0) if clean is not None else None, "removed_by_reason": dropped.get(r, {}),
                      "judged": judged_n.get(r, 0), "selected": selected_n.get(r, 0)})
     return rows
 

@@ -1,4 +1,5 @@
-"""The dataset card and a ``datasets``-loadable copy of the selection (Hugging Face dataset layout).
+"""The dataset card of a selection, written with its ``datasets``-loadable copy (Hugging Face dataset layout;
+the shards: :mod:`evolforge.steps.select.shards`).
 
 Written into the selection's folder, beside what the select stage wrote::
 
@@ -19,18 +20,18 @@ the data, and known limitations. The ``configs`` entry's ``description`` carries
 ``datasets`` keys its cache on the folder's name and that header, so each version gets its own cache entry and
 loads as itself. ``params.yaml`` section ``card`` (optional) sets the header: the select stage declares ``card`` and
 ``select`` alone. The other stages' outputs it reads are the select stage's card flags (a
-:class:`~evolforge.steps.common.layout.Layout`), each one of its dvc.yaml deps, so the card changes only with them.
+:class:`~evolforge.steps.common.layout.Layout`), and of each the files it reads are the select stage's dvc.yaml deps
+(``tests/test_card_deps.py``): the seeds' and the rounds' ``items.parquet`` and ``meta.json``, the responses' and
+dedup's ``meta.json``, the pool, so the card changes only with them and select reruns only for them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import polars as pl
 import yaml
@@ -38,19 +39,15 @@ import yaml
 from evolforge.config.loader import load_section
 from evolforge.config.data import DataSettings
 from evolforge.io.jsonfiles import read_json
-from evolforge.io.records import META, OUTPUT_PACKAGES, TABLE, VERSIONS, output_versions, write_table
-from evolforge.io.stream import sink_chunks
-from evolforge.core.text import question_text
+from evolforge.io.records import META, OUTPUT_PACKAGES, TABLE, VERSIONS, output_versions
 from evolforge.steps.select.recorded import evolution_line, recorded_folders, recorded_settings, seed_line, settings_of
 from evolforge.steps.select.settings import CardSettings, SelectSettings
 from evolforge.steps.common.funnel import funnel, provenance, round_strategies
 from evolforge.steps.common.layout import Layout
 from evolforge.steps.common.verification import COLUMNS as VERIFY_COLUMNS, DESCRIPTIONS as VERIFY_DESCRIPTIONS
 from evolforge.steps.common.verification import evidence_line
+from evolforge.steps.select.shards import hub_rows, shards_fingerprint, write_shards
 
-SHARD_ROWS = 50_000  # rows per Parquet shard (a few hundred MB at most for long responses)
-COLUMNS = ["id", "root_id", "parent_id", "round", "method", "instruction", "input", "output", "difficulty_level",
-           "difficulty_score", "ifd", "ic_ifd", "mnd", *VERIFY_COLUMNS]
 DESCRIPTIONS = {
     "id": "stable content-derived id", "root_id": "id of the seed the item descends from",
     "parent_id": "id of the item it was evolved from", "round": "evolution round (0 = seed)",
@@ -94,56 +91,6 @@ def size_category(n: int) -> str:
 
 
 HUB_SHARE = 8  # the shards are written data.chunk_rows / HUB_SHARE rows at a time (write_card)
-
-
-def hub_rows(selected: pl.DataFrame) -> pl.DataFrame:
-    """The columns published: lineage, text, chat messages and the scores the selection has."""
-    cols = [c for c in COLUMNS if c in selected.columns]
-    messages = [[{"role": "user", "content": question_text(r["instruction"], r["input"] or "")},
-                 {"role": "assistant", "content": r["output"]}]
-                for r in selected.select("instruction", "input", "output").iter_rows(named=True)]
-    return selected.select(cols).with_columns(messages=pl.Series(messages))
-
-
-def _hub_chunks(table: Path, start: int, rows: int, chunk_rows: int) -> Iterator[pl.DataFrame]:
-    """The hub rows of rows ``start`` to ``start + rows`` of ``table``, ``chunk_rows`` at a time."""
-    scan = pl.scan_parquet(table)
-    for lo in range(start, start + rows, chunk_rows):
-        yield hub_rows(scan.slice(lo, min(chunk_rows, start + rows - lo)).collect())
-
-
-def write_shards(table: Path, folder: Path, chunk_rows: int) -> list[str]:
-    """``data/train-XXXXX-of-YYYYY.parquet`` files (the Hub's naming) of the hub rows of ``table`` (the selection's
-    Parquet file, read ``chunk_rows`` rows at a time), replacing any earlier ones."""
-    data = folder / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for old in data.glob("train-*.parquet"):
-        old.unlink()
-    total = pl.scan_parquet(table).select(pl.len()).collect().item()
-    n = max(1, math.ceil(total / SHARD_ROWS))
-    schema = hub_rows(pl.read_parquet(table, n_rows=1)).schema
-    names = []
-    for i in range(n):
-        name = f"train-{i:05d}-of-{n:05d}.parquet"
-        tmp = data / f".{name}.tmp-{os.getpid()}"
-        if total:
-            sink_chunks(tmp, schema,
-                        _hub_chunks(table, i * SHARD_ROWS, min(SHARD_ROWS, total - i * SHARD_ROWS), chunk_rows))
-        else:  # no rows: the columns alone, as hub_rows gives them for an empty table
-            write_table(hub_rows(pl.read_parquet(table, n_rows=0)), tmp)
-        os.replace(tmp, data / name)
-        names.append(f"data/{name}")
-    return names
-
-
-def shards_fingerprint(folder: Path, names: list[str]) -> str:
-    """sha256 of the shards' bytes, in name order (first 16 hex digits): the version's fingerprint."""
-    digest = hashlib.sha256()
-    for name in names:
-        with open(folder / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _models(identities: Path | None) -> list[dict]:
@@ -268,7 +215,7 @@ def card_text(rows: pl.DataFrame, columns: list[str], layout: Layout, select: Se
               "configs": [{"config_name": "default", "description": f"fingerprint {fingerprint}",
                           "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]}
     select_cfg = dataclasses.asdict(select)
-    funnel_rows = funnel(layout, selected=rows)  # the selection being written, not an older one
+    funnel_rows = funnel(layout, selected=rows, removed=False)  # the selection being written, not an older one
     counts = [[("seed" if r["round"] == 0 else r["round"]), r["in"], r["evolved"], r["failed"],
                ", ".join(f"{k}: {v}" for k, v in r["failed_by_reason"].items()), r["answered"],
                r["clean"], r["judged"], r["selected"]] for r in funnel_rows]
