@@ -359,8 +359,8 @@ def test_a_refusal_keeps_the_servers_message_whole_and_names_the_setting(server,
     from evolforge.llm.types import LLMFailureError
 
     server.always = reply(500, _VALIDATION_500)
-    judge = OpenAIBackend(server.base_url, "test-model", concurrency=1, max_retries=3, backoff_s=0.01)
-    judge.role_name = "judge"
+    judge = OpenAIBackend(server.base_url, "test-model", concurrency=1, max_retries=3, backoff_s=0.01,
+                          role_name="judge")
     [failed] = judge.generate([ask("Easy or hard?", choices=("easy", "hard"))])
     assert failed.failure_reason == "request_rejected" and server.count() == 1  # not retried
     assert failed.error.startswith("HTTP 500 (a validation error: not retried); this server does not take "

@@ -88,7 +88,7 @@ async def rank_on_server(backend: Any, session: Any, request: ChatRequest, repli
             found["value"] = value
             return Completion("", "stop")
 
-        out = await backend.post(session, request, replicas, "completions", body, parse)
+        out = await backend.transport.post(session, request, replicas, "completions", body, parse)
         if out.failed:
             return out
         logprob, echoed = found["value"]

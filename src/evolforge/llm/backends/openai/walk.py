@@ -179,7 +179,7 @@ async def walk_on_server(backend: Any, session: Any, request: ChatRequest, repli
             tokens[1] += int(usage.get("completion_tokens") or 0)
             return Completion("", "stop")
 
-        out = await backend.post(session, request, replicas, "chat/completions", body, parse)
+        out = await backend.transport.post(session, request, replicas, "chat/completions", body, parse)
         generations += 1
         if out.failed:
             return out
