@@ -27,8 +27,9 @@ from evolforge.llm.cache import CallCache, batch_job_key
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion
 from evolforge.llm.backends.openai.http import (RETRY_STATUSES, TOO_LONG, Finished, LLMRequestError, Waker,
-                                                completion_from, parse_retry_after, preview)
+                                                completion_from, parse_retry_after, preview, server_message)
 from evolforge.llm.backends.openai.request import unwrap_answer
+from evolforge.llm.backends.openai.transport import CAUSE_CHARS, Causes
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ class BatchJobs:
 
         url = self.backend.base_url + path
         attempts = self.transport.max_retries + 1
+        causes = Causes()
         for attempt in range(1, attempts + 1):
             retry_after = status = None
             kwargs: dict[str, Any] = {"data": form()} if form is not None else {}
@@ -252,15 +254,14 @@ class BatchJobs:
                         pass
                     cause = f"not a JSON object: {preview(raw)}"
                 elif status in RETRY_STATUSES or status >= 500:
-                    cause = f"HTTP {status}: {preview(raw)}"
+                    cause = f"HTTP {status}: {server_message(raw[:CAUSE_CHARS])}"
                 else:
                     raise LLMRequestError(self.transport.redact(f"{method} {url}: HTTP {status}: {preview(raw)}"),
                                           status)
+            causes.add(cause)
             if attempt == attempts:
-                raise LLMRequestError(self.transport.redact(f"{method} {url}: {attempts} attempts, the "
-                                                          f"last: {cause}; the "
-                                                          f"batch jobs submitted so far are recorded, a "
-                                                          f"rerun resumes them"))
+                raise LLMRequestError(self.transport.redact(f"{method} {url}: {causes.summary()}; the batch jobs "
+                                                            f"submitted so far are recorded, a rerun resumes them"))
             await asyncio.sleep(self.transport.retry_delay(attempt, retry_after, throttled=status == 429))
         raise AssertionError("unreachable")
 
@@ -271,6 +272,7 @@ class BatchJobs:
 
         url = self.backend.base_url + path
         attempts = self.transport.max_retries + 1
+        causes = Causes()
         for attempt in range(1, attempts + 1):
             try:
                 async with session.get(url, allow_redirects=False) as resp:
@@ -293,7 +295,7 @@ class BatchJobs:
                         take(rest)
                     return
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as err:
+                causes.add(f"{type(err).__name__}: {err}")
                 if attempt == attempts:
-                    raise LLMRequestError(self.transport.redact(f"GET {url}: {attempts} attempts, the last: "
-                                                              f"{type(err).__name__}: {err}")) from None
+                    raise LLMRequestError(self.transport.redact(f"GET {url}: {causes.summary()}")) from None
                 await asyncio.sleep(self.transport.retry_delay(attempt, None))

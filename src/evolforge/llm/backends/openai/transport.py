@@ -6,10 +6,16 @@ Each attempt has a timeout (``timeout_s``, for connecting and for each read). HT
 connection errors, timeouts and malformed bodies are retried up to ``max_retries`` times, waiting at least
 ``backoff_s`` (doubling up to ``max_backoff_s``, with jitter above it), or longer when the server's ``Retry-After``
 asks: ``Retry-After: 0`` never means an immediate retry. A request whose every attempt failed ends as that item's
-``retries_exhausted`` failure. A validation error sent as 500 is that item's
+``retries_exhausted`` failure, and its message keeps every attempt's cause (:class:`Causes`): a server that answered
+500 and then stopped answering shows both, its own words first. A validation error sent as 500 is that item's
 ``request_rejected`` at once; statuses that concern every request (401, 403, 404, a redirect) raise
 :class:`~evolforge.llm.backends.openai.http.LLMRequestError`. Redirects are never followed: the key would go along.
 
+>>> causes = Causes()
+>>> for cause in ("HTTP 500: 'boom'", "connection error: refused", "connection error: refused"):
+...     causes.add(cause)
+>>> causes.summary()
+"3 attempts: 1: HTTP 500: 'boom'; 2-3: connection error: refused"
 """
 
 from __future__ import annotations
@@ -33,10 +39,33 @@ from evolforge.llm.backends.openai.replicas import Replica, Replicas
 VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|logits_all=False|"
                         r"Extra inputs are not permitted|"
                         r"Unrecognized request argument|unexpected keyword argument")
+CAUSE_CHARS = 2_000  # how much of one failed attempt's answer the summary keeps (a server's message, whole)
 
 log = logging.getLogger(__name__)
 
 Parse = Callable[[ChatRequest, bytes], "Completion | None"]
+
+
+class Causes:
+    """Why each attempt of one request failed, in order: :meth:`summary` names each distinct cause once, with
+    the attempts it ended (``1: HTTP 500: ...; 2-6: connection error: ...``)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int, str]] = []  # (first attempt, last attempt, cause)
+
+    def add(self, cause: str) -> None:
+        attempt = self.runs[-1][1] + 1 if self.runs else 1
+        if self.runs and self.runs[-1][2] == cause:
+            self.runs[-1] = (self.runs[-1][0], attempt, cause)
+        else:
+            self.runs.append((attempt, attempt, cause))
+
+    def summary(self) -> str:
+        attempts = self.runs[-1][1] if self.runs else 0
+        if len(self.runs) == 1:
+            return f"{attempts} attempt{'s' if attempts > 1 else ''}: {self.runs[0][2]}"
+        parts = [f"{a}{'' if a == b else f'-{b}'}: {cause}" for a, b, cause in self.runs]
+        return f"{attempts} attempts: " + "; ".join(parts)
 
 
 class Transport:
@@ -85,6 +114,7 @@ class Transport:
         import aiohttp
 
         attempts = self.max_retries + 1
+        causes = Causes()
         # how long this request waits when every replica is out (with one server, its first attempt is at once)
         deadline = time.monotonic() + self.retry_delay(1, None) if replicas.several else None
         for attempt in range(1, attempts + 1):
@@ -114,11 +144,9 @@ class Transport:
                 if isinstance(answer, Completion):
                     return answer
                 cause = answer
-            if replicas.several:
-                cause = f"{replica.base_url}: {cause}"
+            causes.add(f"{replica.base_url}: {cause}" if replicas.several else cause)
             if attempt == attempts:
-                return Completion.failure(RETRIES_EXHAUSTED, self.redact(
-                    f"{attempts} attempt{'s' if attempts > 1 else ''}, the last: {cause}"))
+                return Completion.failure(RETRIES_EXHAUSTED, self.redact(causes.summary()))
             if fault and replicas.several:
                 # that replica is out now: the next attempt goes to another one at once, or waits for
                 # the first to come back from its cool-down, at most this request's own backoff
@@ -155,7 +183,7 @@ class Transport:
                 f"POST {url} (model {self.model!r}): HTTP {status}: {preview(raw)}; every request "
                 f"would fail the same way (check the key, base_url and model)"), status)
         if status in RETRY_STATUSES or status >= 500:
-            return f"HTTP {status}: {preview(raw)}"
+            return f"HTTP {status}: {server_message(raw[:CAUSE_CHARS])}"  # what the server said is why it failed
         message = server_message(raw)
         reason = PROMPT_TOO_LONG if TOO_LONG.search(preview(raw)) else REQUEST_REJECTED  # the wording, not the request
         hint = setting_hint(raw, self.role_name) if reason == REQUEST_REJECTED else ""
