@@ -165,6 +165,23 @@ def test_seed_differs_per_sample_and_is_stable():
     assert b.payload(ask("same", temperature=1.0, sample_index=0))["seed"] == seeds[0]
 
 
+def test_send_seed_false_sends_no_seed_and_keeps_the_cache_key(server, tmp_path):
+    """roles.<role>.send_seed: false (a server that fails seeded requests): no body carries a seed, the walk's
+    neither; a cache key stays what it was (the seed still picks the sample the cache keeps)."""
+    from evolforge.llm.backends.openai.walk import walk_body
+
+    fields = {"backend": "openai", "model": "test-model", "base_url": server.base_url, "max_retries": 0}
+    unseeded = Role.from_params("evolver", {**fields, "send_seed": False})
+    sampled = ask("p", temperature=0.8, sample_index=2)
+    assert open_llm(unseeded, None).key(sampled) == open_llm(Role.from_params("evolver", fields), None).key(sampled)
+    llm = open_llm(unseeded, CallCache(tmp_path / "c.sqlite"))
+    assert llm.complete([sampled, ask("q")]) == ["echo: p", "echo: q"]
+    assert [("seed" in body) for body in server.requests] == [False, False]
+    backend = OpenAIBackend.from_role(unseeded)
+    assert "seed" not in walk_body(ask("r", choices=("a", "b"), rank=True), "m", "vllm", None, 5, backend.send_seed)
+    assert walk_body(ask("r", choices=("a", "b"), rank=True), "m", "vllm", None, 5)["seed"] == 0
+
+
 @pytest.mark.parametrize(
     "fault",
     [

@@ -85,6 +85,7 @@ class OpenAIBackend:
         batch_completion_window: str = "24h",
         batch_max_requests: int = 50_000,
         role_name: str = "?",
+        send_seed: bool = True,
     ):
         base_urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not base_urls or not all(base_urls):
@@ -111,6 +112,7 @@ class OpenAIBackend:
         self.batch_poll_s = float(batch_poll_s)
         self.batch_completion_window = batch_completion_window
         self.batch_max_requests = int(batch_max_requests)
+        self.send_seed = bool(send_seed)  # each request's seed in its body (roles.<role>.send_seed)
         if api_key:
             for url in self.base_urls:
                 parts = urlsplit(url)
@@ -153,6 +155,7 @@ class OpenAIBackend:
             batch_completion_window=role.settings.batch_completion_window,
             batch_max_requests=role.settings.batch_max_requests,
             role_name=role.name,
+            send_seed=role.settings.send_seed,
         )
         backend.thinking_tags = tuple(role.thinking_tags)
         backend.top_logprobs = role.settings.top_logprobs
@@ -237,7 +240,7 @@ class OpenAIBackend:
     def payload(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of ``request`` to this server (see
         :func:`~evolforge.llm.backends.openai.request.chat_body`)."""
-        return chat_body(request, self.model, self.choice_format, self.server)
+        return chat_body(request, self.model, self.choice_format, self.server, self.send_seed)
 
     def too_long(self, request: ChatRequest) -> Completion | None:
         """A ``prompt_too_long`` failure when the prompt cannot fit ``max_model_len``; None when it fits or

@@ -133,9 +133,11 @@ def answer_probabilities(choices: tuple[str, ...], seen: dict[str, dict[str, flo
     return probs, {p: m for p, m in pending.items() if m >= EXPAND_AT * total}
 
 
-def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None, top: int) -> dict[str, Any]:
+def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None, top: int,
+              seed: bool = True) -> dict[str, Any]:
     """The chat completion that walks past ``prefix`` (None: from the start), greedy, with its top log-probabilities;
-    held to the answers by a grammar on llama.cpp's server, by guided choice on vLLM's, free on the OpenAI API."""
+    held to the answers by a grammar on llama.cpp's server, by guided choice on vLLM's, free on the OpenAI API; seed 0
+    unless ``seed`` is off (``roles.<role>.send_seed``)."""
     choices = tuple(request.choices or ())
     held = choices if prefix is None else tuple(c for c in choices if c.startswith(prefix) and len(c) > len(prefix))
     # held to the answers, no answer takes more tokens than bytes: the generation stops at its last token, without
@@ -143,7 +145,9 @@ def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None,
     # (the OpenAI API) may open with a space or a quote
     longest = max(len(c.encode("utf-8")) for c in held) + (0 if server in ("llamacpp", "vllm") else 2)
     body: dict[str, Any] = {"model": model, "messages": request.message_dicts, "temperature": 0.0,
-                            "max_tokens": longest, "logprobs": True, "top_logprobs": top, "seed": 0}
+                            "max_tokens": longest, "logprobs": True, "top_logprobs": top}
+    if seed:
+        body["seed"] = 0
     if server == "llamacpp":
         body["grammar"] = "root ::= " + " | ".join(_literal(c) for c in held)
     elif server == "vllm":
@@ -163,7 +167,7 @@ async def walk_on_server(backend: Any, session: Any, request: ChatRequest, repli
     while queue and generations < MAX_GENERATIONS:
         prefix = queue.pop(0)
         walked.add(prefix)
-        body = orjson.dumps(walk_body(request, backend.model, backend.server, prefix, top))
+        body = orjson.dumps(walk_body(request, backend.model, backend.server, prefix, top, backend.send_seed))
 
         def parse(_: ChatRequest, raw: bytes) -> Completion | None:
             try:
