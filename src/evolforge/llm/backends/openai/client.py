@@ -186,8 +186,9 @@ class OpenAIBackend:
     @property
     def capabilities(self) -> Capabilities:
         """It streams; with ``batch_api`` :meth:`stream` needs the LLM's call cache and the requests' cache
-        keys (batch jobs are recorded there, and each line's ``custom_id`` is the request's key)."""
-        return Capabilities(stream=True, call_cache=self.batch_api)
+        keys (batch jobs are recorded there, and each line's ``custom_id`` is the request's key); on vLLM's server a
+        ranking of several requests keeps each answered one there (:mod:`evolforge.llm.backends.openai.ranking`)."""
+        return Capabilities(stream=True, call_cache=self.batch_api or self.server == "vllm")
 
     # -- many requests --------------------------------------------------------------------------
 
@@ -199,7 +200,8 @@ class OpenAIBackend:
                keys: Sequence[str] | None = None) -> Iterator[Finished]:
         """Yield (index, completion) groups as requests end, ``concurrency`` in flight per server (``slots``
         is the LLM layer's batch size, which a server role does not need: the pool bounds what is in flight).
-        With ``batch_api`` the requests go as batch jobs, recorded in ``cache`` under their ``keys``.
+        With ``batch_api`` the requests go as batch jobs, recorded in ``cache`` under their ``keys``; a ranking on
+        vLLM's server keeps its answered requests there.
 
         Stopping the iteration early (or a fatal status) cancels the requests in flight."""
         if not requests:
@@ -207,9 +209,10 @@ class OpenAIBackend:
         if self.batch_api:
             yield from stepped(lambda done, run: BatchJobs(self).serve(requests, done, run, cache, keys))
         else:
-            yield from stepped(lambda done, run: self._serve(requests, done, run))
+            yield from stepped(lambda done, run: self._serve(requests, done, run, cache, keys))
 
-    async def _serve(self, requests: Sequence[ChatRequest], done: Finished, run: Waker) -> None:
+    async def _serve(self, requests: Sequence[ChatRequest], done: Finished, run: Waker, cache: CallCache | None,
+                     keys: Sequence[str] | None) -> None:
         slots = self.concurrency * len(self.base_urls)
         replicas = self.transport.replicas(self.concurrency)
         pending = iter(range(len(requests)))
@@ -223,7 +226,7 @@ class OpenAIBackend:
                 request = requests[i]
                 for pace, cost in paces:
                     await pace.acquire(cost(request))
-                done.append((i, await self._complete(session, request, replicas)))
+                done.append((i, await self._complete(session, request, replicas, cache, keys[i] if keys else None)))
                 run.wake()
 
         async with self.transport.session(slots) as session:
@@ -247,13 +250,14 @@ class OpenAIBackend:
         nothing is known to check with (see :func:`~evolforge.llm.backends.openai.request.too_long_failure`)."""
         return too_long_failure(request, self.tokenizer, self.max_model_len)
 
-    async def _complete(self, session, request: ChatRequest, replicas: Replicas) -> Completion:
+    async def _complete(self, session, request: ChatRequest, replicas: Replicas, cache: CallCache | None,
+                        key: str | None) -> Completion:
         refused = self.too_long(request)
         if refused is not None:
             return refused
-        if request.rank:  # echoed prompt log-probabilities where they come back right, else a walk of top_logprobs
+        if request.rank:  # vLLM's server lists given tokens' log-probabilities, the others a walk of top_logprobs
             if self.server == "vllm":
-                return await rank_on_server(self, session, request, replicas)
+                return await rank_on_server(self, session, request, replicas, cache, key)
             return await walk_on_server(self, session, request, replicas)
         return await self.transport.post(session, request, replicas, "chat/completions",
                                          orjson.dumps(self.payload(request)), self._chat_answer)

@@ -10,7 +10,7 @@ on past it (``"5"`` then a digit: the distribution after ``"5"``, its end of tur
 probability is the product along its path, times the end of the turn after it where the server lists it (a
 leaf, which no answer goes on from, is taken to end there); the answers are then renormalised, as the local
 backends' ranking (:mod:`evolforge.llm.ranking`) renormalises theirs. A 0-100 score of a model sure of its
-first digit takes 2-4 generations, against 101 echoed prompts; a level 1-2.
+first digit takes 2-4 generations, a level 1-2.
 
 How close this comes to the local ranking: every tokenization of an answer counts (the local ranking scores the
 tokenizer's own one); prefixes under ``EXPAND_AT`` are left out (at most that mass per prefix); a token outside
@@ -19,10 +19,11 @@ seen. For a model whose answers lie within its top tokens, the expected values a
 100 (tests/test_llamacpp_server.py). The completion's text is the JSON list of the answers' log-probabilities, as
 a ranking's is; an answer never seen gets ``UNSEEN``.
 
-Where prompt log-probabilities come back right (vLLM's server, with the role's tokenizer), the echo method
-(:mod:`evolforge.llm.backends.openai.ranking`) scores every answer exactly; llama-cpp-python's server reports each
-echoed token's log-probability one position late for a model whose prompt starts with no BOS token (Qwen), so
-llama.cpp's servers are walked.
+On vLLM's server, which lists the log-probability of any given token (``logprob_token_ids``), the ranking of
+:mod:`evolforge.llm.backends.openai.ranking` scores every answer exactly (with the role's tokenizer) instead. The
+echo of prompt log-probabilities was tried on llama.cpp's servers: llama-cpp-python's (0.3.36) reports each echoed
+token's log-probability one position late for a model whose prompt starts with no BOS token (Qwen), so llama.cpp's
+servers are walked.
 """
 
 from __future__ import annotations
