@@ -6,7 +6,8 @@ import os
 import shlex
 from pathlib import Path
 
-from evolforge.plan import Plan, Row, make_plan, pipeline
+from evolforge.plan import Plan, Row, make_plan
+from evolforge.plan.stages import pipeline
 
 HEADER = ("stage", "role", "call", "requests", "prompt tok", "completion tok exp / max", "cost exp / max", "time")
 
