@@ -155,3 +155,23 @@ def test_a_server_that_does_not_list_the_tokens_asked_for_is_refused_at_once():
         [failed] = served_llm(server, None, max_failure_rate=1.0).generate([rank("Easy?", LEVELS)])
         assert failed.failure_reason == "request_rejected" and "logprob_token_ids" in failed.error
         assert server.completions() == 1  # not retried: every request would be answered so
+
+
+def test_the_plan_counts_the_requests_a_ranking_sends():
+    """`evolforge plan`: a judge on vLLM's server sends one request for an item's level and four for its score (the
+    echo sent 5 and 101); a walk's count is not known before its answers, an in-process role's is not a request."""
+    from evolforge.llm.backends.dryrun import requests_sent
+    from evolforge.plan import Plan, Row
+    from evolforge.plan.table import render
+
+    with FakeOpenAIServer(vllm_completions) as server:
+        role = judge_role(server)
+    items = [rank(f"Score item {i}.", SCORES) for i in range(3)] + [rank(f"Level {i}?", LEVELS) for i in range(3)]
+    per_score = len(ranking.groups(ranking.request_trie(CharTokenizer(), items[0])))
+    assert per_score == 4 and requests_sent(role, items, "vllm", CharTokenizer()) == 3 * per_score + 3
+    assert requests_sent(role, items, "llamacpp", CharTokenizer()) is None  # walked: as far as the answers lead
+    assert requests_sent(role, [ChatRequest.chat([{"role": "user", "content": "hi"}])], "vllm", None) == 1
+    assert requests_sent(Role(name="judge", backend="hf", model="m"), items, None, CharTokenizer()) is None
+    table = render(Plan(rows=[Row("judge", "judge", "judge score", 3, 900, 0, sent=12),
+                              Row("judge", "judge", "judge level", 3, 600, 0, sent=3)], stale=["judge"]))
+    assert "3 (12 sent)" in table and "3 (3 sent)" not in table

@@ -236,7 +236,8 @@ class LLM:
                  results: list[Completion | None], desc: str) -> list[Completion]:
         """A dry run's answers to the misses: stand-ins, or ``dry_run`` failures (evolforge.llm.backends.dryrun)."""
         cache_path = getattr(self.cache, "path", None)
-        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc, pinned=self.pinned).items():
+        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc, pinned=self.pinned,
+                                     server=self._identity.get("server")).items():
             for i in missing[k]:
                 results[i] = (Completion(text, "stop") if text is not None
                               else Completion.failure(dryrun.DRY_RUN, "dry run"))

@@ -58,6 +58,9 @@ class Row:
     # role and call; priced at price_per_mtok_cached_prompt in cost_expected); None when none was observed
     cached_prompt_tokens_expected: int | None = None
     pinned: bool = True  # False: models/identity.json does not pin the role as params name it yet (estimates)
+    # the HTTP requests a server role sends for them (a ranking on vLLM's server: its trie's requests per item);
+    # None for an in-process role, or where the answers decide (a walk of top_logprobs)
+    sent: int | None = None
 
 
 @dataclass
@@ -154,7 +157,7 @@ def estimate(stage: str, call: dict[str, Any], params: dict[str, Any], ledger: S
     name (compare's ``compare_tuned`` and ``compare_other``, from roles.base)."""
     role = _priced_role(call, params)
     row = Row(stage, call["role"], call["label"], call["requests"], call["prompt_tokens"], call["max_tokens"],
-              counted=call["counted"], pinned=call.get("pinned", True))
+              counted=call["counted"], pinned=call.get("pinned", True), sent=call.get("sent"))
     if ledger is not None:
         seen = ledger.spent(role=role.name, label=call["label"])
         if not seen.calls:

@@ -209,6 +209,8 @@ def dry_run(stage: Stage, shadow: Path, tmp: Path, cache: Path) -> tuple[list[di
         if key in calls:
             for name in ("requests", "prompt_tokens", "prompt_bytes", "max_tokens"):
                 calls[key][name] += item[name]
+            sent = (calls[key].get("sent"), item.get("sent"))  # HTTP requests, where each call's are known
+            calls[key]["sent"] = None if None in sent else sum(sent)
         else:
             calls[key] = item
     return list(calls.values()), None

@@ -52,7 +52,7 @@ from evolforge.llm.backends.openai.replicas import Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
 from evolforge.llm.backends.openai.transport import Transport
 from evolforge.llm.thinking import DEFAULT_TAGS, separate
-from evolforge.llm.backends.openai.ranking import rank_on_server
+from evolforge.llm.backends.openai.ranking import rank_on_server, server_requests
 from evolforge.llm.backends.openai.walk import walk_on_server
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,18 @@ class OpenAIBackend:
             f"OpenAIBackend({where}, model={self.model!r}, "
             f"concurrency={self.concurrency}, auth={auth}{', batch_api' if self.batch_api else ''})"
         )
+
+    @staticmethod
+    def requests_sent(requests: Sequence[ChatRequest], server: str | None, tokenizer: Any) -> int | None:
+        """How many HTTP requests ``requests`` cost on a server of kind ``server`` (``evolforge plan``): one each; a
+        ranking on vLLM's server, its trie's requests (with the role's ``tokenizer``); None where that is not known
+        before the answers come (a walk of top_logprobs goes as far as the answers lead it)."""
+        ranked = [r for r in requests if r.rank]
+        if not ranked:
+            return len(requests)
+        if server != "vllm" or tokenizer is None:
+            return None
+        return len(requests) - len(ranked) + sum(server_requests(tokenizer, r) for r in ranked)
 
     @property
     def capabilities(self) -> Capabilities:
