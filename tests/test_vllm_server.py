@@ -37,6 +37,8 @@ from evolforge.schema import asked_of_roles  # noqa: E402
 from evolforge.steps.common.difficulty import LEVELS, judge  # noqa: E402
 from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings  # noqa: E402
 from evolforge.steps.evolve.step import evolve_round  # noqa: E402
+from evolforge.steps.common.responses import response_sampling  # noqa: E402
+from evolforge.steps.respond.settings import RespondSettings  # noqa: E402
 from test_llamacpp_server import role_llm, seeds  # noqa: E402
 from test_openai_server_docs import CHAT_ROLES, docs_params, docs_server_command  # noqa: E402
 from test_vllm_pipeline import build_tiny  # noqa: E402
@@ -135,7 +137,10 @@ def test_the_chat_stages_run_on_the_server(server, tiny, tmp_path):
     evolver = role_llm(params, "evolver", cache)
     section = load_section(params, "evolve", EvolveSection)
     settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
-    table, _, _ = evolve_round(seeds(4), round_index=1, settings=settings, prompts=prompts, evolver=evolver)
+    # the response rules' answers come from the responder, with respond's sampling (evolve.check_role)
+    respond = load_section(params, "respond", RespondSettings)
+    table, _, _ = evolve_round(seeds(4), round_index=1, settings=settings, prompts=prompts, evolver=evolver,
+                               responder=role_llm(params, "responder", cache), respond_sampling=response_sampling(respond))
     assert table.height == 4 and evolver.stats["failures"] == 0 and evolver.stats["calls"] > 0
     banned = params["evolve"]["controls"]["banned_strings"]
     assert all(not any(b in raw for b in banned) for raw in table["raw_output"].drop_nulls())
