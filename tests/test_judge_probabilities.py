@@ -66,7 +66,8 @@ def test_ranking_is_keyed_apart_and_refused_where_a_backend_cannot_score():
     walked = LLM(None, None, role=served, identity={"served_model": "m", "server": "llamacpp"})
     echoed = LLM(None, None, role=served, identity={"served_model": "m", "server": "vllm"})
     api = LLM(None, None, role=served, identity={"served_model": "m"})  # the OpenAI API: one generation, as before
-    assert walked._constraint(ranked)["rank"] == "top_logprobs:end" and echoed._constraint(ranked)["rank"] is True
+    assert walked._constraint(ranked)["rank"] == "top_logprobs:end"
+    assert echoed._constraint(ranked)["rank"] == "logprob_token_ids" and llm._constraint(ranked)["rank"] is True
     assert api._constraint(ranked)["rank"] == "top_logprobs"  # its walks read the end of turn as they always did
     ray = LLM(FakeBackend(), None, role=Role(name="judge", backend="ray", model="m"))
     with pytest.raises(ControlsError, match="cannot score answers by their probabilities"):

@@ -43,6 +43,8 @@ from evolforge.io.records import LINEAGE
 from evolforge.llm.backends.openai.served import served_model_identity
 from evolforge.llm.cached import open_llm
 from evolforge.steps.evolve.step import evolve_round
+from evolforge.steps.common.responses import response_sampling
+from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.common.difficulty import LEVELS, judge
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("no_proxy")]
@@ -139,7 +141,10 @@ def test_the_shipped_stages_run_on_the_server(server, gguf_folder, tmp_path):
     evolver = role_llm(params, "evolver", cache)
     section = load_section(params, "evolve", EvolveSection)  # the shipped section, its rounds aside
     settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
-    table, _, _ = evolve_round(seeds(4), round_index=1, settings=settings, prompts=prompts, evolver=evolver)
+    # the response rules' answers come from the responder, with respond's sampling (evolve.check_role)
+    respond = load_section(params, "respond", RespondSettings)
+    table, _, _ = evolve_round(seeds(4), round_index=1, settings=settings, prompts=prompts, evolver=evolver,
+                               responder=role_llm(params, "responder", cache), respond_sampling=response_sampling(respond))
     assert table.height == 4 and evolver.stats["failures"] == 0 and evolver.stats["calls"] > 0
     banned = params["evolve"]["controls"]["banned_strings"]
     for raw in table["raw_output"].drop_nulls():

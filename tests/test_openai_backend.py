@@ -165,6 +165,23 @@ def test_seed_differs_per_sample_and_is_stable():
     assert b.payload(ask("same", temperature=1.0, sample_index=0))["seed"] == seeds[0]
 
 
+def test_send_seed_false_sends_no_seed_and_keeps_the_cache_key(server, tmp_path):
+    """roles.<role>.send_seed: false (a server that fails seeded requests): no body carries a seed, the walk's
+    neither; a cache key stays what it was (the seed still picks the sample the cache keeps)."""
+    from evolforge.llm.backends.openai.walk import walk_body
+
+    fields = {"backend": "openai", "model": "test-model", "base_url": server.base_url, "max_retries": 0}
+    unseeded = Role.from_params("evolver", {**fields, "send_seed": False})
+    sampled = ask("p", temperature=0.8, sample_index=2)
+    assert open_llm(unseeded, None).key(sampled) == open_llm(Role.from_params("evolver", fields), None).key(sampled)
+    llm = open_llm(unseeded, CallCache(tmp_path / "c.sqlite"))
+    assert llm.complete([sampled, ask("q")]) == ["echo: p", "echo: q"]
+    assert [("seed" in body) for body in server.requests] == [False, False]
+    backend = OpenAIBackend.from_role(unseeded)
+    assert "seed" not in walk_body(ask("r", choices=("a", "b"), rank=True), "m", "vllm", None, 5, backend.send_seed)
+    assert walk_body(ask("r", choices=("a", "b"), rank=True), "m", "vllm", None, 5)["seed"] == 0
+
+
 @pytest.mark.parametrize(
     "fault",
     [
@@ -199,21 +216,46 @@ def test_retry_after_is_honoured(server):
 
 
 def test_gives_up_after_max_retries_as_that_items_failure(server):
-    server.script("doomed", *[reply(503, "overloaded " + "x" * 500)] * 3)
+    server.script("doomed", *[reply(503, "overloaded " + "x" * 5000)] * 3)
     out = backend(server, max_retries=2).generate([ask("doomed"), ask("fine")])
     assert out[1].text == "echo: fine" and not out[1].failed
     failure = out[0]
     assert failure.failure_reason == "retries_exhausted" and failure.text == ""
-    assert "3 attempts" in failure.error and "HTTP 503" in failure.error and "overloaded xxx" in failure.error
-    assert "x" * 250 not in failure.error  # the body is quoted, not dumped
+    # one cause for the three attempts it ended, the server's words kept (up to CAUSE_CHARS), not dumped whole
+    assert failure.error.startswith("3 attempts: HTTP 503: 'overloaded xxx") and failure.error.count("overloaded") == 1
+    assert "x" * 1500 in failure.error and "x" * 2500 not in failure.error
     assert server.count("doomed") == 3
+
+
+def test_every_attempts_cause_is_kept_and_a_500_reaches_the_stages_error(server, tmp_path):
+    """A server that answers 500 (vLLM's CPU engine on seeded batches) and then stops answering: the item's error
+    names both, the server's message first, and the stage's one-line error quotes it."""
+    from evolforge.config.runtime import LLMSettings
+    from evolforge.llm.types import LLMFailureError
+
+    crash = {"error": {"message": "RuntimeError: CPU Generator does not use offset", "type": "InternalServerError",
+                       "code": 500}}
+    server.script("seeded", reply(500, crash), DROP, DROP)
+    [failed] = backend(server, max_retries=2).generate([ask("seeded")])
+    assert failed.failure_reason == "retries_exhausted"
+    assert failed.error.startswith("3 attempts: 1: HTTP 500: ")
+    assert "CPU Generator does not use offset" in failed.error and "2-3: connection error: " in failed.error
+
+    server.script("seeded", reply(500, crash), DROP, DROP)
+    role = Role(name="evolver", backend="openai", model="test-model", settings=OpenAISettings(
+        base_url=server.base_url, max_retries=2, backoff_s=0.01, concurrency=1))
+    llm = open_llm(role, CallCache(tmp_path / "c.sqlite"), settings=LLMSettings(max_failure_rate=0.0))
+    with pytest.raises(LLMFailureError, match=r"First failure: retries_exhausted: 3 attempts: 1: HTTP 500: .*CPU "
+                                              r"Generator does not use offset.*; 2-3: connection error"):
+        llm.generate([ask("seeded")])  # past the threshold at its end
+        llm.account.raise_failures()
 
 
 def test_timeouts_exhaust_retries(server):
     server.always = HANG
     out = backend(server, timeout_s=0.2, max_retries=1).generate([ask("stuck")])
     assert out[0].failure_reason == "retries_exhausted"
-    assert "2 attempts, the last: no response within 0.2s" in out[0].error
+    assert "2 attempts: no response within 0.2s" in out[0].error
     assert server.count() == 2
 
 
@@ -223,7 +265,7 @@ def test_connection_refused_is_retried_then_recorded():
     probe.server_close()  # nothing listens there any more
     b = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "m", max_retries=2, backoff_s=0.01, timeout_s=1)
     out = b.generate([ask("anyone?")])
-    assert out[0].failure_reason == "retries_exhausted" and "3 attempts, the last: connection error" in out[0].error
+    assert out[0].failure_reason == "retries_exhausted" and "3 attempts: connection error" in out[0].error
 
 
 @pytest.mark.parametrize("status", [400, 413, 422])
@@ -359,8 +401,8 @@ def test_a_refusal_keeps_the_servers_message_whole_and_names_the_setting(server,
     from evolforge.llm.types import LLMFailureError
 
     server.always = reply(500, _VALIDATION_500)
-    judge = OpenAIBackend(server.base_url, "test-model", concurrency=1, max_retries=3, backoff_s=0.01)
-    judge.role_name = "judge"
+    judge = OpenAIBackend(server.base_url, "test-model", concurrency=1, max_retries=3, backoff_s=0.01,
+                          role_name="judge")
     [failed] = judge.generate([ask("Easy or hard?", choices=("easy", "hard"))])
     assert failed.failure_reason == "request_rejected" and server.count() == 1  # not retried
     assert failed.error.startswith("HTTP 500 (a validation error: not retried); this server does not take "

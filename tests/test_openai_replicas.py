@@ -113,7 +113,9 @@ def test_all_replicas_down_ends_in_retries_exhausted_items_not_a_crash(tmp_path)
     out = llm.generate(stage_requests(llm))
     assert time.monotonic() - start < 5
     assert {c.failure_reason for c in out} == {"retries_exhausted"}
-    assert all("3 attempts, the last: http://127.0.0.1:" in c.error and "connection error" in c.error for c in out)
+    # every attempt's cause, each naming the replica that failed it (the same cause once for the attempts it ended)
+    assert all(c.error.startswith("3 attempts: ") and "connection error" in c.error for c in out)
+    assert all(c.error.count("http://127.0.0.1:") == c.error.count("connection error") for c in out)
     assert llm.stats["failed_by_reason"] == {"retries_exhausted": 25}
     assert len(CallCache(tmp_path / "c.sqlite")) == 0  # failures are never cached
 

@@ -105,8 +105,8 @@ def test_an_openai_backend_is_built_with_its_roles_typed_settings():
     default = OpenAISettings()
     assert (default.backoff_s, default.top_logprobs) == (1.0, 20)
     built = OpenAIBackend.from_role(Role.from_params("judge", {**OPENAI, "backoff_s": 0.25, "top_logprobs": 5}))
-    assert (built.backoff_s, built.top_logprobs) == (0.25, 5)
+    assert (built.transport.backoff_s, built.top_logprobs) == (0.25, 5)
     plain = OpenAIBackend.from_role(Role.from_params("judge", OPENAI))
-    assert (plain.backoff_s, plain.top_logprobs) == (1.0, 20)
+    assert (plain.transport.backoff_s, plain.top_logprobs) == (1.0, 20)
     with pytest.raises(ParamsError, match=r"roles\.judge\.top_logprobs"):
         Role.from_params("judge", {**OPENAI, "top_logprobs": 0})

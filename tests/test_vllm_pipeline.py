@@ -41,15 +41,15 @@ VLLM_ROLE = {"backend": "vllm", "dtype": "float32", "max_model_len": 2048,
              "extra": {"kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}}
 
 
-def build_tiny(out: Path, repo: Path) -> None:
+def build_tiny(out: Path, repo: Path, steps: int = 200) -> None:
     """The tiny model, heads of 32 dimensions (vLLM's CPU attention takes 32 and up; the suite's tiny model has 16),
     trained in a process of its own: an engine that ran in this one before (tests/test_vllm_backend.py) left it
     without ``torch.set_num_threads`` (vLLM's CPU worker replaces it for the rest of its process), and tests/tiny.py's
     fixed threads are what make the weights, and so every answer below, the same run to run."""
     code = ("import sys; from pathlib import Path; from tiny import TinyConfig, build_tiny_model; "
             "out, repo = map(Path, sys.argv[1:]); "
-            "build_tiny_model(out, repo / 'data/seeds/demo.jsonl', repo / 'prompts', TinyConfig(steps=200, heads=2), "
-            "log=lambda _: None)")
+            f"build_tiny_model(out, repo / 'data/seeds/demo.jsonl', repo / 'prompts', TinyConfig(steps={steps}, "
+            "heads=2), log=lambda _: None)")
     proc = subprocess.run([sys.executable, "-c", code, str(out), str(repo)], cwd=repo / "tests", capture_output=True,
                           text=True)
     assert proc.returncode == 0, f"the tiny model's training failed:\n{proc.stderr[-4000:]}"

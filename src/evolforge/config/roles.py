@@ -267,7 +267,7 @@ class Role:
             return [f"{setting}: {spec.called or f'backend {backend!r}'} (roles.{self.name}) cannot score answers by "
                     f"their probabilities (it needs the log-probabilities of whole answers: backend hf, llamacpp, "
                     f"vllm or openai); set {setting}: false"]
-        if spec.ranks_by_echo and not self.settings.tokenizer:
+        if spec.ranks_with_tokenizer and not self.settings.tokenizer:
             return [f"{setting}: on vLLM's server it needs roles.{self.name}.tokenizer (the served model's tokenizer, "
                     f"with its chat template) and roles.{self.name}.max_model_len, to put each answer after the "
                     f"prompt; or set {setting}: false"]

@@ -146,10 +146,12 @@ class LLM:
             constraint["choices"] = list(request.choices)
             if request.rank:  # log-probabilities of every choice instead of a decoded answer
                 # a server other than vLLM's walks top_logprobs (openai.walk), keyed apart from the echo it was once
-                # read from; on llama.cpp's, apart from the walk that read the end of turn as listed, too
+                # read from; on llama.cpp's, apart from the walk that read the end of turn as listed, too; vLLM's
+                # lists the answers' tokens (openai.ranking), apart from its echo, which the server tokenized itself
                 server = self._identity.get("server")
                 walk = "top_logprobs:end" if server == "llamacpp" else "top_logprobs"
-                constraint["rank"] = walk if self.served and server != "vllm" else True
+                served = "logprob_token_ids" if server == "vllm" else walk
+                constraint["rank"] = served if self.served else True
             elif self.served:
                 constraint["format"] = self.role.settings.choice_format
         if controls:
@@ -234,7 +236,8 @@ class LLM:
                  results: list[Completion | None], desc: str) -> list[Completion]:
         """A dry run's answers to the misses: stand-ins, or ``dry_run`` failures (evolforge.llm.backends.dryrun)."""
         cache_path = getattr(self.cache, "path", None)
-        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc, pinned=self.pinned).items():
+        for k, text in dryrun.record(self.role, cache_path, requests, missing, desc, pinned=self.pinned,
+                                     server=self._identity.get("server")).items():
             for i in missing[k]:
                 results[i] = (Completion(text, "stop") if text is not None
                               else Completion.failure(dryrun.DRY_RUN, "dry run"))

@@ -6,7 +6,8 @@ import os
 import shlex
 from pathlib import Path
 
-from evolforge.plan import Plan, Row, make_plan, pipeline
+from evolforge.plan import Plan, Row, make_plan
+from evolforge.plan.stages import pipeline
 
 HEADER = ("stage", "role", "call", "requests", "prompt tok", "completion tok exp / max", "cost exp / max", "time")
 
@@ -70,8 +71,10 @@ def _cells(stage: str, role: str, label: str, r: Row) -> list[str]:
         cost = "-"  # no price: tokens and time only
     else:
         cost = ("?" if r.cost_expected is None else f"{r.cost_expected:.4f}") + f" / {r.cost_max:.4f}"
-    return [stage, role, label, f"{r.requests:,}", f"{r.prompt_tokens:,}", f"{expected} / {r.completion_tokens_max:,}",
-            cost, _duration(r.seconds)]
+    # a server role's HTTP requests where they are not one per request (a ranking on vLLM's server)
+    sent = f" ({r.sent:,} sent)" if r.sent is not None and r.sent != r.requests else ""
+    return [stage, role, label, f"{r.requests:,}{sent}", f"{r.prompt_tokens:,}",
+            f"{expected} / {r.completion_tokens_max:,}", cost, _duration(r.seconds)]
 
 
 def _duration(seconds: float | None) -> str:

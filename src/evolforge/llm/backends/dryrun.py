@@ -29,9 +29,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from evolforge.config.backend_specs import spec_of
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.budget import SpendLedger, call_label, prompt_bytes
+from evolforge.llm.registry import backend_attribute
 
 DRY_RUN_ENV = "EVOLFORGE_DRY_RUN"
 DRY_RUN = "dry_run"  # failure_reason of a dry run's item with no stand-in answer
@@ -66,14 +68,16 @@ def unpinned_note(roles: list[str]) -> list[str]:
 
 
 def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest], missing: dict[str, list[int]],
-           desc: str, pinned: bool = True) -> dict[str, str | None]:
+           desc: str, pinned: bool = True, server: str | None = None) -> dict[str, str | None]:
     """Record the misses of one generate call; returns {key: stand-in answer or None}. ``pinned``: False for a
-    role models/identity.json does not pin yet, whose counts are therefore estimates."""
+    role models/identity.json does not pin yet, whose counts are therefore estimates. ``server``: an openai role's
+    server kind (its identity's), which decides how many HTTP requests a ranking sends."""
     label = call_label(desc)
     ledger = SpendLedger(cache_path) if cache_path is not None and Path(cache_path).exists() else None
     counter = PromptCounter(role, ledger)
     firsts = [requests[idx[0]] for idx in missing.values()]
     line = {"role": role.name, "backend": role.backend, "label": label, "requests": len(firsts),
+            "sent": requests_sent(role, firsts, server, counter.tokenizer),
             "prompt_tokens": sum(counter.count(r) for r in firsts), "prompt_bytes": sum(map(prompt_bytes, firsts)),
             "max_tokens": sum(0 if r.rank else r.max_tokens for r in firsts),  # a ranking decodes nothing
             "counted": counter.how, "pinned": pinned,
@@ -88,6 +92,15 @@ def record(role: Role, cache_path: Path | None, requests: Sequence[ChatRequest],
         ledger.close()
     return {k: stand_in(samples, k, requests[idx[0]])
             for k, idx in missing.items()} if samples else dict.fromkeys(missing)
+
+
+def requests_sent(role: Role, requests: Sequence[ChatRequest], server: str | None, tokenizer: Any) -> int | None:
+    """The HTTP requests a server role's backend sends for ``requests`` (its class's ``requests_sent``, imported by
+    name as the registry imports backends); None for an in-process backend, or where the backend cannot tell."""
+    spec = spec_of(role.backend)
+    if not spec.served or spec.runs is None:
+        return None
+    return backend_attribute(*spec.runs.split(":")).requests_sent(requests, server, tokenizer)
 
 
 def stand_in(samples: list[str], key: str, request: ChatRequest) -> str:
@@ -137,5 +150,5 @@ def role_tokenizer(role: Role) -> Any:
     return _TOKENIZERS[name]
 
 
-__all__ = ["DRY_RUN", "DRY_RUN_ENV", "PromptCounter", "active", "params_identity", "record", "role_tokenizer",
-           "unpinned_note"]
+__all__ = ["DRY_RUN", "DRY_RUN_ENV", "PromptCounter", "active", "params_identity", "record", "requests_sent",
+           "role_tokenizer", "unpinned_note"]

@@ -27,8 +27,9 @@ from evolforge.llm.cache import CallCache, batch_job_key
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Completion
 from evolforge.llm.backends.openai.http import (RETRY_STATUSES, TOO_LONG, Finished, LLMRequestError, Waker,
-                                                completion_from, parse_retry_after, preview)
+                                                completion_from, parse_retry_after, preview, server_message)
 from evolforge.llm.backends.openai.request import unwrap_answer
+from evolforge.llm.backends.openai.transport import CAUSE_CHARS, Causes
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,12 @@ class Job:
 
 class BatchJobs:
     """The batch path of ``backend`` (an :class:`~evolforge.llm.backends.openai.client.OpenAIBackend` with
-    ``batch_api``): its settings, sessions, retry delays and redaction serve the calls to the batch endpoints."""
+    ``batch_api``): its settings, and its transport's sessions, retry delays and redaction, serve the calls to the
+    batch endpoints."""
 
     def __init__(self, backend):
         self.backend = backend
+        self.transport = backend.transport
 
     async def serve(self, requests: Sequence[ChatRequest], done: Finished, run: Waker,
                     cache: CallCache | None, keys: Sequence[str] | None) -> None:
@@ -92,7 +95,7 @@ class BatchJobs:
             else:
                 todo.append(i)
         run.wake()
-        async with self.backend.session(4, json_body=False) as session:
+        async with self.transport.session(4, json_body=False) as session:
             jobs: list[Job] = []
             if cache is not None and keys is not None:
                 for job in cache.batch_jobs_for([ids[i] for i in todo], BATCH_RESUMABLE):
@@ -190,7 +193,7 @@ class BatchJobs:
         else:
             reason, message = RETRIES_EXHAUSTED, f"batch {job.batch_id} ended {job.status} without a result for it"
         for i in sorted(mine - seen):
-            done.append((i, Completion.failure(reason, self.backend.redact(message))))
+            done.append((i, Completion.failure(reason, self.transport.redact(message))))
         run.wake()
         log.info("batch job %s %s: %d results, %d without", job.batch_id, job.status, len(seen), len(mine - seen))
 
@@ -218,7 +221,7 @@ class BatchJobs:
             reason = RETRIES_EXHAUSTED
         else:
             reason = REQUEST_REJECTED
-        return Completion.failure(reason, self.backend.redact(f"HTTP {status}: {message}" if status else message))
+        return Completion.failure(reason, self.transport.redact(f"HTTP {status}: {message}" if status else message))
 
     async def _call(self, session, method: str, path: str, *, body: dict | None = None, form=None) -> dict:
         """One call to the batch endpoints, retried like a chat request (408/409/429/5xx, connection errors,
@@ -226,7 +229,8 @@ class BatchJobs:
         import aiohttp
 
         url = self.backend.base_url + path
-        attempts = self.backend.max_retries + 1
+        attempts = self.transport.max_retries + 1
+        causes = Causes()
         for attempt in range(1, attempts + 1):
             retry_after = status = None
             kwargs: dict[str, Any] = {"data": form()} if form is not None else {}
@@ -237,7 +241,7 @@ class BatchJobs:
                     status, raw = resp.status, await resp.read()
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except asyncio.TimeoutError:
-                cause = f"no response within {self.backend.timeout_s:g}s"
+                cause = f"no response within {self.transport.timeout_s:g}s"
             except (aiohttp.ClientError, OSError) as err:
                 cause = f"connection error: {type(err).__name__}: {err}"
             else:
@@ -250,15 +254,15 @@ class BatchJobs:
                         pass
                     cause = f"not a JSON object: {preview(raw)}"
                 elif status in RETRY_STATUSES or status >= 500:
-                    cause = f"HTTP {status}: {preview(raw)}"
+                    cause = f"HTTP {status}: {server_message(raw[:CAUSE_CHARS])}"
                 else:
-                    raise LLMRequestError(self.backend.redact(f"{method} {url}: HTTP {status}: {preview(raw)}"), status)
+                    raise LLMRequestError(self.transport.redact(f"{method} {url}: HTTP {status}: {preview(raw)}"),
+                                          status)
+            causes.add(cause)
             if attempt == attempts:
-                raise LLMRequestError(self.backend.redact(f"{method} {url}: {attempts} attempts, the "
-                                                          f"last: {cause}; the "
-                                                          f"batch jobs submitted so far are recorded, a "
-                                                          f"rerun resumes them"))
-            await asyncio.sleep(self.backend.retry_delay(attempt, retry_after, throttled=status == 429))
+                raise LLMRequestError(self.transport.redact(f"{method} {url}: {causes.summary()}; the batch jobs "
+                                                            f"submitted so far are recorded, a rerun resumes them"))
+            await asyncio.sleep(self.transport.retry_delay(attempt, retry_after, throttled=status == 429))
         raise AssertionError("unreachable")
 
     async def _read_lines(self, session, path: str, take, run: Waker) -> None:
@@ -267,7 +271,8 @@ class BatchJobs:
         import aiohttp
 
         url = self.backend.base_url + path
-        attempts = self.backend.max_retries + 1
+        attempts = self.transport.max_retries + 1
+        causes = Causes()
         for attempt in range(1, attempts + 1):
             try:
                 async with session.get(url, allow_redirects=False) as resp:
@@ -276,7 +281,7 @@ class BatchJobs:
                         if resp.status in RETRY_STATUSES or resp.status >= 500:
                             raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
                                                               message=preview(raw))
-                        raise LLMRequestError(self.backend.redact(f"GET {url}: HTTP {resp.status}: {preview(raw)}"),
+                        raise LLMRequestError(self.transport.redact(f"GET {url}: HTTP {resp.status}: {preview(raw)}"),
                                               resp.status)
                     rest = b""
                     async for chunk in resp.content.iter_chunked(1 << 16):
@@ -290,7 +295,7 @@ class BatchJobs:
                         take(rest)
                     return
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as err:
+                causes.add(f"{type(err).__name__}: {err}")
                 if attempt == attempts:
-                    raise LLMRequestError(self.backend.redact(f"GET {url}: {attempts} attempts, the last: "
-                                                              f"{type(err).__name__}: {err}")) from None
-                await asyncio.sleep(self.backend.retry_delay(attempt, None))
+                    raise LLMRequestError(self.transport.redact(f"GET {url}: {causes.summary()}")) from None
+                await asyncio.sleep(self.transport.retry_delay(attempt, None))

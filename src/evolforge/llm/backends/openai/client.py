@@ -7,19 +7,17 @@ aiohttp was chosen over httpx and the ``openai`` package for its cost per call, 
 installed: on ``bench/http_client.py`` (an instant local server, 64 in flight) httpx spent about 2-3 ms of
 client CPU per call, ``AsyncOpenAI`` about 4 ms, aiohttp about 0.15 ms and aiohttp on uvloop about 0.12 ms.
 
-Each attempt has a timeout (``timeout_s``, for connecting and for each read). HTTP 408, 409, 429 and
-5xx, connection errors, timeouts and malformed bodies are retried up to ``max_retries`` times, waiting
-at least ``backoff_s`` (doubling up to ``max_backoff_s``, with jitter above it), or longer when the
-server's ``Retry-After`` asks: ``Retry-After: 0`` never means an immediate retry. What cannot be served
-becomes that item's failed completion, the others go on:
+Retries, timeouts, replica health and what each HTTP answer means are the transport's
+(:mod:`evolforge.llm.backends.openai.transport`). What cannot be served becomes that item's failed completion,
+the others go on:
 
 - ``prompt_too_long``: the prompt plus ``max_tokens`` exceeds ``max_model_len`` (checked before sending
   when the role names a ``tokenizer``), or the server says so in a 400/413/422;
 - ``request_rejected``: any other non-retryable 4xx;
-- ``retries_exhausted``: every attempt failed.
+- ``retries_exhausted``: every attempt failed (each attempt's cause kept in the message).
 
 Statuses that concern every request -- 401, 403, 404 (bad key, wrong URL or model) and any redirect --
-raise :class:`LLMRequestError` at once. Redirects are never followed: the key would go along.
+raise :class:`LLMRequestError` at once.
 
 The API key comes from the environment variable a role names (``api_key_env``) and is sent as a
 bearer token. It never enters ``identity()`` (so never a cache key), ``repr``, logs or messages; sending
@@ -38,10 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import re
-import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -50,24 +45,15 @@ from evolforge.llm.cache import CallCache
 from evolforge.config.backend_settings import TOP_LOGPROBS
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
-from evolforge.llm.types import (ERROR_CHARS, PROMPT_TOO_LONG, REQUEST_REJECTED, RETRIES_EXHAUSTED, Capabilities,
-                                 Completion, collect)
+from evolforge.llm.types import Capabilities, Completion, collect
 from evolforge.llm.backends.openai.batch import BatchJobs
-from evolforge.llm.backends.openai.http import (FATAL_STATUSES, MIN_THROTTLE_WAIT_S, RETRY_STATUSES, TOO_LONG,
-                                                Finished, LLMRequestError, Pace, Secret, Waker, api_key, is_loopback,
-                                                parse_completion, parse_retry_after, preview, server_message,
-                                                setting_hint, stepped)
-from evolforge.llm.backends.openai.replicas import Replica, Replicas
+from evolforge.llm.backends.openai.http import Finished, Pace, Waker, api_key, is_loopback, parse_completion, stepped
+from evolforge.llm.backends.openai.replicas import Replicas
 from evolforge.llm.backends.openai.request import chat_body, too_long_failure, unwrap_answer
+from evolforge.llm.backends.openai.transport import Transport
 from evolforge.llm.thinking import DEFAULT_TAGS, separate
-from evolforge.llm.backends.openai.ranking import rank_on_server
+from evolforge.llm.backends.openai.ranking import rank_on_server, server_requests
 from evolforge.llm.backends.openai.walk import walk_on_server
-
-# a server's answer to a request it could not validate, when it sends it as 500 (pydantic / FastAPI wording)
-# (and llama-cpp-python's refusal of logprobs without --logits_all)
-VALIDATION = re.compile(r"validation error|Input should be|literal_error|extra_forbidden|logits_all=False|"
-                        r"Extra inputs are not permitted|"
-                        r"Unrecognized request argument|unexpected keyword argument")
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +62,6 @@ class OpenAIBackend:
     name = "openai"
     thinking_tags: tuple[str, ...] = DEFAULT_TAGS  # a reasoning model's markers (the role's thinking_tags)
     server = "openai"  # what the server is: vllm | llamacpp | openai (evolforge.llm.backends.openai.served)
-    role_name = "?"  # the role, for messages that name its settings
     top_logprobs = TOP_LOGPROBS  # how many next tokens a ranking's walk asks for (roles.<role>.top_logprobs)
 
     def __init__(
@@ -99,6 +84,8 @@ class OpenAIBackend:
         batch_poll_s: float = 30.0,
         batch_completion_window: str = "24h",
         batch_max_requests: int = 50_000,
+        role_name: str = "?",
+        send_seed: bool = True,
     ):
         base_urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not base_urls or not all(base_urls):
@@ -110,17 +97,12 @@ class OpenAIBackend:
             )
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.base_url = self.base_urls[0]  # the one a batch job goes to
-        # one health record per server for the backend's life: a replica taken out in one generate call
-        # stays out for its cool-down in the next (a stage's calls follow each other within seconds)
-        self._replica_health = [Replica(u) for u in self.base_urls]
-        self.url = f"{self.base_url}/chat/completions"
+        self.transport = Transport(self.base_urls, model, api_key, float(timeout_s), int(max_retries),
+                                   float(backoff_s), float(max_backoff_s), role_name)
         self.model = model
+        self.role_name = role_name  # the role, for messages that name its settings
         self.revision = revision
         self.concurrency = int(concurrency)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
-        self.backoff_s = float(backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
         self.max_model_len = max_model_len
         self.tokenizer = tokenizer
         self.requests_per_minute = requests_per_minute
@@ -130,9 +112,8 @@ class OpenAIBackend:
         self.batch_poll_s = float(batch_poll_s)
         self.batch_completion_window = batch_completion_window
         self.batch_max_requests = int(batch_max_requests)
-        self._key = Secret(api_key) if api_key else None
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "evolforge"}
-        if self._key is not None:  # the Authorization header is added per session, never kept here
+        self.send_seed = bool(send_seed)  # each request's seed in its body (roles.<role>.send_seed)
+        if api_key:
             for url in self.base_urls:
                 parts = urlsplit(url)
                 if parts.scheme == "http" and not is_loopback(parts.hostname):
@@ -173,9 +154,10 @@ class OpenAIBackend:
             batch_poll_s=role.settings.batch_poll_s,
             batch_completion_window=role.settings.batch_completion_window,
             batch_max_requests=role.settings.batch_max_requests,
+            role_name=role.name,
+            send_seed=role.settings.send_seed,
         )
         backend.thinking_tags = tuple(role.thinking_tags)
-        backend.role_name = role.name
         backend.top_logprobs = role.settings.top_logprobs
         from evolforge.llm.backends.openai.served import in_flight, server_kind
 
@@ -194,18 +176,31 @@ class OpenAIBackend:
         return ident
 
     def __repr__(self) -> str:
-        auth = "bearer" if self._key else "none"
+        auth = "bearer" if self.transport.key else "none"
         where = f"base_url={self.base_url!r}" if len(self.base_urls) == 1 else f"base_urls={self.base_urls!r}"
         return (
             f"OpenAIBackend({where}, model={self.model!r}, "
             f"concurrency={self.concurrency}, auth={auth}{', batch_api' if self.batch_api else ''})"
         )
 
+    @staticmethod
+    def requests_sent(requests: Sequence[ChatRequest], server: str | None, tokenizer: Any) -> int | None:
+        """How many HTTP requests ``requests`` cost on a server of kind ``server`` (``evolforge plan``): one each; a
+        ranking on vLLM's server, its trie's requests (with the role's ``tokenizer``); None where that is not known
+        before the answers come (a walk of top_logprobs goes as far as the answers lead it)."""
+        ranked = [r for r in requests if r.rank]
+        if not ranked:
+            return len(requests)
+        if server != "vllm" or tokenizer is None:
+            return None
+        return len(requests) - len(ranked) + sum(server_requests(tokenizer, r) for r in ranked)
+
     @property
     def capabilities(self) -> Capabilities:
         """It streams; with ``batch_api`` :meth:`stream` needs the LLM's call cache and the requests' cache
-        keys (batch jobs are recorded there, and each line's ``custom_id`` is the request's key)."""
-        return Capabilities(stream=True, call_cache=self.batch_api)
+        keys (batch jobs are recorded there, and each line's ``custom_id`` is the request's key); on vLLM's server a
+        ranking of several requests keeps each answered one there (:mod:`evolforge.llm.backends.openai.ranking`)."""
+        return Capabilities(stream=True, call_cache=self.batch_api or self.server == "vllm")
 
     # -- many requests --------------------------------------------------------------------------
 
@@ -217,7 +212,8 @@ class OpenAIBackend:
                keys: Sequence[str] | None = None) -> Iterator[Finished]:
         """Yield (index, completion) groups as requests end, ``concurrency`` in flight per server (``slots``
         is the LLM layer's batch size, which a server role does not need: the pool bounds what is in flight).
-        With ``batch_api`` the requests go as batch jobs, recorded in ``cache`` under their ``keys``.
+        With ``batch_api`` the requests go as batch jobs, recorded in ``cache`` under their ``keys``; a ranking on
+        vLLM's server keeps its answered requests there.
 
         Stopping the iteration early (or a fatal status) cancels the requests in flight."""
         if not requests:
@@ -225,29 +221,12 @@ class OpenAIBackend:
         if self.batch_api:
             yield from stepped(lambda done, run: BatchJobs(self).serve(requests, done, run, cache, keys))
         else:
-            yield from stepped(lambda done, run: self._serve(requests, done, run))
+            yield from stepped(lambda done, run: self._serve(requests, done, run, cache, keys))
 
-    def session(self, limit: int, json_body: bool = True):
-        """The one place sessions are made: keep-alive connections (``limit`` at most), the timeouts, the
-        headers (the key added here, never kept in an attribute). ``json_body=False`` leaves the
-        Content-Type to each request (a multipart upload sets its own)."""
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
-        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
-        headers = {k: v for k, v in self._headers.items() if json_body or k != "Content-Type"}
-        if self._key is not None:
-            headers["Authorization"] = f"Bearer {self._key.value}"
-        # trust_env=False: no proxy or .netrc look-up per request (each one costs a thread hand-off);
-        # servers are reached directly
-        # DummyCookieJar: an API sets no cookies worth keeping, and the default jar is consulted on every
-        # request and response
-        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, headers=headers,
-                                     cookie_jar=aiohttp.DummyCookieJar())
-
-    async def _serve(self, requests: Sequence[ChatRequest], done: Finished, run: Waker) -> None:
+    async def _serve(self, requests: Sequence[ChatRequest], done: Finished, run: Waker, cache: CallCache | None,
+                     keys: Sequence[str] | None) -> None:
         slots = self.concurrency * len(self.base_urls)
-        replicas = Replicas(self._replica_health, self.concurrency, self.backoff_s, self.max_backoff_s)
+        replicas = self.transport.replicas(self.concurrency)
         pending = iter(range(len(requests)))
         paces = [(Pace(self.requests_per_minute), lambda r: 1.0)] if self.requests_per_minute else []
         if self.tokens_per_minute:
@@ -259,10 +238,10 @@ class OpenAIBackend:
                 request = requests[i]
                 for pace, cost in paces:
                     await pace.acquire(cost(request))
-                done.append((i, await self._complete(session, request, replicas)))
+                done.append((i, await self._complete(session, request, replicas, cache, keys[i] if keys else None)))
                 run.wake()
 
-        async with self.session(slots) as session:
+        async with self.transport.session(slots) as session:
             workers = [asyncio.ensure_future(worker()) for _ in range(min(slots, len(requests)))]
             try:
                 await asyncio.gather(*workers)
@@ -276,23 +255,24 @@ class OpenAIBackend:
     def payload(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of ``request`` to this server (see
         :func:`~evolforge.llm.backends.openai.request.chat_body`)."""
-        return chat_body(request, self.model, self.choice_format, self.server)
+        return chat_body(request, self.model, self.choice_format, self.server, self.send_seed)
 
     def too_long(self, request: ChatRequest) -> Completion | None:
         """A ``prompt_too_long`` failure when the prompt cannot fit ``max_model_len``; None when it fits or
         nothing is known to check with (see :func:`~evolforge.llm.backends.openai.request.too_long_failure`)."""
         return too_long_failure(request, self.tokenizer, self.max_model_len)
 
-    async def _complete(self, session, request: ChatRequest, replicas: Replicas) -> Completion:
+    async def _complete(self, session, request: ChatRequest, replicas: Replicas, cache: CallCache | None,
+                        key: str | None) -> Completion:
         refused = self.too_long(request)
         if refused is not None:
             return refused
-        if request.rank:  # echoed prompt log-probabilities where they come back right, else a walk of top_logprobs
+        if request.rank:  # vLLM's server lists given tokens' log-probabilities, the others a walk of top_logprobs
             if self.server == "vllm":
-                return await rank_on_server(self, session, request, replicas)
+                return await rank_on_server(self, session, request, replicas, cache, key)
             return await walk_on_server(self, session, request, replicas)
-        return await self.post(session, request, replicas, "chat/completions", orjson.dumps(self.payload(request)),
-                               self._chat_answer)
+        return await self.transport.post(session, request, replicas, "chat/completions",
+                                         orjson.dumps(self.payload(request)), self._chat_answer)
 
     def _chat_answer(self, request: ChatRequest, raw: bytes) -> Completion | None:
         completion = parse_completion(raw)
@@ -301,97 +281,3 @@ class OpenAIBackend:
         # the thinking out first: a constrained answer's JSON follows it (evolforge.llm.thinking)
         return unwrap_answer(request, separate(completion, self.thinking_tags), self.choice_format, self.server)
 
-    async def post(self, session, request: ChatRequest, replicas: Replicas, endpoint: str, body: bytes,
-                   parse: Callable[[ChatRequest, bytes], Completion | None]) -> Completion:
-        """POST ``body`` to ``endpoint`` of a replica, with the retries and replica health of the module doc;
-        ``parse`` reads a 200's body (None: malformed, retried)."""
-        import aiohttp
-
-        attempts = self.max_retries + 1
-        # how long this request waits when every replica is out (with one server, its first attempt is at once)
-        deadline = time.monotonic() + self.retry_delay(1, None) if replicas.several else None
-        for attempt in range(1, attempts + 1):
-            retry_after = None
-            status = None
-            replica = await replicas.acquire(deadline)
-            url = f"{replica.base_url}/{endpoint}"
-            fault: bool | None = None  # stays None when cancelled: nothing learned about the replica
-            try:
-                async with session.post(url, data=body, allow_redirects=False) as resp:
-                    raw = await resp.read()  # a body cut short raises here: no status, so a retry below
-                    status = resp.status
-                    if status in RETRY_STATUSES or status >= 500:
-                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                    location = resp.headers.get("Location")
-                fault = status >= 500
-            except asyncio.TimeoutError:
-                cause = f"no response within {self.timeout_s:g}s"
-                fault = True
-            except (aiohttp.ClientError, OSError) as err:  # refused, dropped, truncated
-                cause = f"connection error: {type(err).__name__}: {err}"
-                fault = True
-            finally:
-                replicas.release(replica, fault, retry_after)
-            if status is not None:
-                answer = self._answer(request, url, status, raw, location, parse)
-                if isinstance(answer, Completion):
-                    return answer
-                cause = answer
-            if replicas.several:
-                cause = f"{replica.base_url}: {cause}"
-            if attempt == attempts:
-                return Completion.failure(RETRIES_EXHAUSTED, self.redact(
-                    f"{attempts} attempt{'s' if attempts > 1 else ''}, the last: {cause}"))
-            if fault and replicas.several:
-                # that replica is out now: the next attempt goes to another one at once, or waits for
-                # the first to come back from its cool-down, at most this request's own backoff
-                deadline = time.monotonic() + self.retry_delay(attempt, retry_after)
-                log.debug("%s", self.redact(f"attempt {attempt}/{attempts}: {cause}; trying another replica"))
-                continue
-            delay = self.retry_delay(attempt, retry_after, throttled=status == 429)
-            log.debug("%s", self.redact(f"{url} attempt {attempt}/{attempts}: {cause}; retrying in {delay:.2f}s"))
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-    def _answer(self, request: ChatRequest, url: str, status: int, raw: bytes, location: str | None,
-                parse: Callable[[ChatRequest, bytes], Completion | None]) -> Completion | str:
-        """What one HTTP answer means: the completion, or a failure no retry changes (a rejected request, a
-        validation error sent as 500), or the cause to retry for (a str); a redirect or an answer every request
-        would get raises."""
-        if status == 200:
-            completion = parse(request, raw)
-            if completion is not None:
-                return completion
-            return f"malformed response body: {preview(raw)}"
-        if status >= 500 and VALIDATION.search(raw[:ERROR_CHARS].decode("utf-8", "replace")):
-            # a server that answers a request it cannot take with 500 (llama-cpp-python's): the same every time
-            # the setting to change first, then the server's message whole (it may name the fix itself)
-            return Completion.failure(REQUEST_REJECTED, self.redact(
-                f"HTTP {status} (a validation error: not retried){setting_hint(raw, self.role_name)}; the server "
-                f"said: {server_message(raw)}"))
-        if 300 <= status < 400:
-            raise LLMRequestError(self.redact(
-                f"POST {url}: the server answered HTTP {status}, a redirect to {location!r}; redirects "
-                f"are not followed (the API key would go along): set base_url to the final address"), status)
-        if status in FATAL_STATUSES:
-            raise LLMRequestError(self.redact(
-                f"POST {url} (model {self.model!r}): HTTP {status}: {preview(raw)}; every request "
-                f"would fail the same way (check the key, base_url and model)"), status)
-        if status in RETRY_STATUSES or status >= 500:
-            return f"HTTP {status}: {preview(raw)}"
-        message = server_message(raw)
-        reason = PROMPT_TOO_LONG if TOO_LONG.search(preview(raw)) else REQUEST_REJECTED  # the wording, not the request
-        hint = setting_hint(raw, self.role_name) if reason == REQUEST_REJECTED else ""
-        return Completion.failure(reason, self.redact(f"HTTP {status}: {message}{hint}"))
-
-    def retry_delay(self, attempt: int, retry_after: float | None, throttled: bool = False) -> float:
-        # At least the backoff, whatever Retry-After says (0 would mean a burst of retries); jitter above
-        # it so that requests throttled together do not all come back together. A 429 waits at least
-        # MIN_THROTTLE_WAIT_S even with backoff_s 0: the server asked to slow down.
-        base = max(self.backoff_s, MIN_THROTTLE_WAIT_S) if throttled else self.backoff_s
-        backoff = min(base * 2 ** (attempt - 1), self.max_backoff_s) * random.uniform(1.0, 1.25)
-        return min(max(backoff, retry_after or 0.0), max(self.max_backoff_s, base))
-
-    def redact(self, message: str) -> str:
-        # A server may echo the key back (e.g. in a 401 body); never pass it on.
-        return message.replace(self._key.value, "<redacted>") if self._key is not None else message

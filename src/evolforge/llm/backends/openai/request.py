@@ -26,19 +26,22 @@ from evolforge.llm.keys import request_seed
 from evolforge.llm.types import PROMPT_TOO_LONG, Completion, refuse_controls
 
 
-def chat_body(request: ChatRequest, model: str, choice_format: str, server: str = "openai") -> dict[str, Any]:
+def chat_body(request: ChatRequest, model: str, choice_format: str, server: str = "openai",
+              seed: bool = True) -> dict[str, Any]:
     """The JSON body of ``POST /chat/completions`` for ``request`` to ``model`` on a ``server`` (vllm, llamacpp
-    or openai: each control and constraint in the parameters that server offers)."""
+    or openai: each control and constraint in the parameters that server offers); without ``seed``
+    (``roles.<role>.send_seed: false``) it carries none."""
     body = {
         "model": model,
         "messages": request.message_dicts,
         "temperature": request.temperature,
         "top_p": request.top_p,
         "max_tokens": request.max_tokens,
+    }
+    if seed:
         # Derived from the whole request, sample_index included, so repeated samples of one prompt
         # differ on servers that honour seeds; 31 bits because some servers reject larger seeds.
-        "seed": request_seed(request) & 0x7FFFFFFF,
-    }
+        body["seed"] = request_seed(request) & 0x7FFFFFFF
     if request.choices is not None and choice_format != "none" and server == "llamacpp":
         # llama.cpp's server takes a GBNF grammar (its response_format has no json_schema): the answer is the choice
         body["grammar"] = choice_grammar(request.choices)

@@ -10,7 +10,7 @@ on past it (``"5"`` then a digit: the distribution after ``"5"``, its end of tur
 probability is the product along its path, times the end of the turn after it where the server lists it (a
 leaf, which no answer goes on from, is taken to end there); the answers are then renormalised, as the local
 backends' ranking (:mod:`evolforge.llm.ranking`) renormalises theirs. A 0-100 score of a model sure of its
-first digit takes 2-4 generations, against 101 echoed prompts; a level 1-2.
+first digit takes 2-4 generations, a level 1-2.
 
 How close this comes to the local ranking: every tokenization of an answer counts (the local ranking scores the
 tokenizer's own one); prefixes under ``EXPAND_AT`` are left out (at most that mass per prefix); a token outside
@@ -19,10 +19,11 @@ seen. For a model whose answers lie within its top tokens, the expected values a
 100 (tests/test_llamacpp_server.py). The completion's text is the JSON list of the answers' log-probabilities, as
 a ranking's is; an answer never seen gets ``UNSEEN``.
 
-Where prompt log-probabilities come back right (vLLM's server, with the role's tokenizer), the echo method
-(:mod:`evolforge.llm.backends.openai.ranking`) scores every answer exactly; llama-cpp-python's server reports each
-echoed token's log-probability one position late for a model whose prompt starts with no BOS token (Qwen), so
-llama.cpp's servers are walked.
+On vLLM's server, which lists the log-probability of any given token (``logprob_token_ids``), the ranking of
+:mod:`evolforge.llm.backends.openai.ranking` scores every answer exactly (with the role's tokenizer) instead. The
+echo of prompt log-probabilities was tried on llama.cpp's servers: llama-cpp-python's (0.3.36) reports each echoed
+token's log-probability one position late for a model whose prompt starts with no BOS token (Qwen), so llama.cpp's
+servers are walked.
 """
 
 from __future__ import annotations
@@ -133,9 +134,11 @@ def answer_probabilities(choices: tuple[str, ...], seen: dict[str, dict[str, flo
     return probs, {p: m for p, m in pending.items() if m >= EXPAND_AT * total}
 
 
-def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None, top: int) -> dict[str, Any]:
+def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None, top: int,
+              seed: bool = True) -> dict[str, Any]:
     """The chat completion that walks past ``prefix`` (None: from the start), greedy, with its top log-probabilities;
-    held to the answers by a grammar on llama.cpp's server, by guided choice on vLLM's, free on the OpenAI API."""
+    held to the answers by a grammar on llama.cpp's server, by guided choice on vLLM's, free on the OpenAI API; seed 0
+    unless ``seed`` is off (``roles.<role>.send_seed``)."""
     choices = tuple(request.choices or ())
     held = choices if prefix is None else tuple(c for c in choices if c.startswith(prefix) and len(c) > len(prefix))
     # held to the answers, no answer takes more tokens than bytes: the generation stops at its last token, without
@@ -143,7 +146,9 @@ def walk_body(request: ChatRequest, model: str, server: str, prefix: str | None,
     # (the OpenAI API) may open with a space or a quote
     longest = max(len(c.encode("utf-8")) for c in held) + (0 if server in ("llamacpp", "vllm") else 2)
     body: dict[str, Any] = {"model": model, "messages": request.message_dicts, "temperature": 0.0,
-                            "max_tokens": longest, "logprobs": True, "top_logprobs": top, "seed": 0}
+                            "max_tokens": longest, "logprobs": True, "top_logprobs": top}
+    if seed:
+        body["seed"] = 0
     if server == "llamacpp":
         body["grammar"] = "root ::= " + " | ".join(_literal(c) for c in held)
     elif server == "vllm":
@@ -163,7 +168,7 @@ async def walk_on_server(backend: Any, session: Any, request: ChatRequest, repli
     while queue and generations < MAX_GENERATIONS:
         prefix = queue.pop(0)
         walked.add(prefix)
-        body = orjson.dumps(walk_body(request, backend.model, backend.server, prefix, top))
+        body = orjson.dumps(walk_body(request, backend.model, backend.server, prefix, top, backend.send_seed))
 
         def parse(_: ChatRequest, raw: bytes) -> Completion | None:
             try:
@@ -179,7 +184,7 @@ async def walk_on_server(backend: Any, session: Any, request: ChatRequest, repli
             tokens[1] += int(usage.get("completion_tokens") or 0)
             return Completion("", "stop")
 
-        out = await backend.post(session, request, replicas, "chat/completions", body, parse)
+        out = await backend.transport.post(session, request, replicas, "chat/completions", body, parse)
         generations += 1
         if out.failed:
             return out
