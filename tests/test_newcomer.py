@@ -336,7 +336,7 @@ def test_headline_metrics_of_a_version(tmp_path):
                                                               "ic_ifd": [0.1, 0.2, 0.3]}))
     h = headline(version)
     assert h["surv"] == {"r1": 0.25, "r2": 0.0}
-    assert h["sel"] == {"n": 3, "diff": 30.0, "icifd": 0.2}  # the selection's own rows, not select.json's 0.9
+    assert h["sel"] == {"n": 3, "problems": None, "diff": 30.0, "icifd": 0.2}  # the selection's own rows, not select.json's 0.9
     assert h["ev"] == {"mbpp": 0.75, "ifeval": 0.2}
     assert h["cost"] == {"usd": 1.75}
     write_json(m / "summary.json", h)  # the file itself is never counted twice

@@ -7,7 +7,9 @@ one of them byte for byte: the shipped run's cache is then still hit, and its ou
 One change of output re-pinned keys on purpose: the hf backend's sampler became batched and counter-based
 (:class:`evolforge.llm.sampling.BatchSampler`), so the ``sampled`` keys of the roles whose calls an hf backend
 samples (hf, ray with hf or auto actors) name it (``sampler`` in their engine) and differ from before; every greedy
-key, every seed and every other backend's key stayed as it was."""
+key, every seed and every other backend's key stayed as it was. And a ranking on vLLM's OpenAI server became one
+request that names the answers' token ids (``logprob_token_ids``), so the ``rank`` key of ``openai_vllm`` names them
+and differs from before; its other keys stayed as they were."""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ NOT_READS = {
     # the names pick_pool records when its caller gives none; the stage passes its flags
     "src/evolforge/steps/pool/step.py": {"data/responses", "data/autoif/responses"},
     "src/evolforge/steps/evolve/step.py": {"data/method/meta.json fallback: "},  # a message
-    "src/evolforge/plan/__init__.py": {"models/"},  # the planner sorts dvc.yaml's outs into kinds
+    "src/evolforge/plan/stages.py": {"models/"},  # the planner sorts dvc.yaml's outs into kinds
     "src/evolforge/eval/tasks/__init__.py": {"data"},  # the offline benchmarks' folder inside a task folder it writes
     # the Hub's layout inside the selection (data/train-*.parquet), and the tiny test model's name
     "src/evolforge/steps/select/card.py": {"data", "data/train-*.parquet", "models/tiny"},
