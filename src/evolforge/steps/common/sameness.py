@@ -74,3 +74,4 @@ def same_answer(parent_answer: str | None, answer: str | None) -> bool:
         return False
     before, after = found
     return abs(before - after) <= ANSWER_TOLERANCE * max(1.0, abs(before), abs(after))
+

@@ -15,12 +15,24 @@ Distances are squared L2 between unit-normalised embeddings, d^2 = 2 - 2 cos (th
 ``bench/same_problem_calibration.py``. The word 3-gram walk (:mod:`evolforge.steps.select.near_duplicates`) misses
 a reworded question, which shares few 3-grams with the one it rewords; its embedding stays close.
 
+The embedding calls few paraphrases the same (recall 0.21 on the labelled pairs at precision 0.80), so the ancestor
+case has a backstop that does not rest on it (``same_answer``, reason ``same_answer_in_lineage``): two items of one
+seed whose checked results are equal (:mod:`evolforge.steps.select.checked`: the number verify vouched for) where
+the later round's question asks for no more results than the earlier one's
+(:func:`~evolforge.steps.common.sameness.asks_nothing_new`, from each item's count of results asked): the rewrite
+found nothing new.
+
 >>> v = np.array([[1, 0], [0.995, 0.0999], [0, 1], [0.9, 0.4359]], dtype=np.float32)
 >>> walk = walk_same_problems(v, np.array([7, 6, 8, 9]), Limits(threshold=0.05, lineage=0.3))
 >>> walk.kept, [(d.row, d.reason, d.same_as) for d in walk.dropped]
 ([0, 2, 3], [(1, 'same_problem_as_selected', 0)])
 >>> walk_same_problems(v, np.array([7, 7, 8, 7]), Limits(threshold=0.05, lineage=0.3)).dropped[-1]
 Dropped(row=3, reason='same_problem_in_lineage', same_as=0)
+>>> answers = Answers(values=np.array([20.0, 20.0, 35.0, 20.0]), rounds=np.array([0, 1, 0, 2]),
+...                   asks=np.array([1, 1, 1, 2]))
+>>> walk = walk_same_problems(None, np.array([7, 7, 8, 7]), Limits(same_answer=True), answers=answers)
+>>> walk.kept, walk.dropped
+([0, 2, 3], [Dropped(row=1, reason='same_answer_in_lineage', same_as=0)])
 """
 
 from __future__ import annotations
@@ -32,17 +44,25 @@ import numpy as np
 import polars as pl
 
 from evolforge.score.neighbors import KEY_BLOCK, key_tiles
+from evolforge.steps.select.checked import SAME_RESULT
 
-IN_LINEAGE, AS_SELECTED = "same_problem_in_lineage", "same_problem_as_selected"  # the skip reasons, checked in order
-REASONS = (IN_LINEAGE, AS_SELECTED)
+# the skip reasons, checked in order
+IN_LINEAGE, AS_SELECTED, SAME_ANSWER = "same_problem_in_lineage", "same_problem_as_selected", "same_answer_in_lineage"
+REASONS = (IN_LINEAGE, AS_SELECTED, SAME_ANSWER)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The squared distances at or below which two items are the same problem (None: that check is off)."""
+    """The squared distances at or below which two items are the same problem (None: that check is off), and whether
+    two items of one seed with equal checked results, the later asking nothing new, are (``same_answer``)."""
 
     threshold: float | None = None  # any two items
     lineage: float | None = None    # two items of the same seed
+    same_answer: bool = False
+
+    @property
+    def by_embedding(self) -> bool:
+        return self.threshold is not None or self.lineage is not None
 
     def reason(self, d2: float, same_root: bool) -> str | None:
         """Why an item at ``d2`` from a kept one is the same problem (None: it is not)."""
@@ -55,8 +75,28 @@ class Limits:
 
 class Dropped(NamedTuple):
     row: int      # the dropped item's row in the walked order
-    reason: str   # IN_LINEAGE or AS_SELECTED
+    reason: str   # one of REASONS
     same_as: int  # the row of the kept item it repeats
+
+
+class Answers(NamedTuple):
+    """Per item, in the walked order: its checked result (NaN: none), its round and how many results its question
+    asks for (:func:`~evolforge.steps.common.sameness.results_asked`)."""
+
+    values: np.ndarray
+    rounds: np.ndarray
+    asks: np.ndarray
+
+    def same(self, a: int, b: int) -> bool:
+        """Whether items ``a`` and ``b`` (of one seed) have equal checked results and the later round's asks for no
+        more than the earlier one's."""
+        x, y = self.values[a], self.values[b]
+        if np.isnan(x) or np.isnan(y) or self.rounds[a] == self.rounds[b]:
+            return False
+        if abs(x - y) > SAME_RESULT * max(1.0, abs(x), abs(y)):
+            return False
+        later, earlier = (a, b) if self.rounds[a] > self.rounds[b] else (b, a)
+        return bool(self.asks[later] <= self.asks[earlier])
 
 
 @dataclass
@@ -79,6 +119,8 @@ def _closest(block: np.ndarray, kept: np.ndarray, kept_roots: np.ndarray, roots:
     (index into :data:`REASONS`); -1 where none does. Kept rows are compared a tile at a time."""
     match = np.full(len(block), -1, dtype=np.int64)
     why = np.full(len(block), -1, dtype=np.int8)
+    if not limits.by_embedding:
+        return match, why
     loose = max(t for t in (limits.threshold, limits.lineage) if t is not None)
     for first, last in key_tiles(len(kept), KEY_BLOCK):
         d2 = 2.0 - 2.0 * (block @ kept[first:last].T)
@@ -89,20 +131,34 @@ def _closest(block: np.ndarray, kept: np.ndarray, kept_roots: np.ndarray, roots:
     return match, why
 
 
-def walk_same_problems(vectors: np.ndarray, roots: np.ndarray, limits: Limits, budget: int | None = None,
-                       block_size: int = 1024) -> Walk:
+def _same_answer_as(row: int, root: int, kept_by_root: dict[int, list[int]], answers: Answers | None) -> int:
+    """The first kept row (in kept order) of ``root`` whose checked result ``row`` repeats (:meth:`Answers.same`);
+    -1 where none does."""
+    if answers is None or np.isnan(answers.values[row]):
+        return -1
+    return next((k for k in kept_by_root.get(root, []) if answers.same(row, k)), -1)
+
+
+def walk_same_problems(vectors: np.ndarray | None, roots: np.ndarray, limits: Limits, budget: int | None = None,
+                       block_size: int = 1024, answers: Answers | None = None) -> Walk:
     """Greedy walk over unit ``vectors`` in their given (ranked) order: row i is kept unless it is the same problem
-    as a row kept before it (``roots``: each row's seed code, :func:`root_codes`); stop once ``budget`` are kept
-    (the rows after are neither kept nor dropped). A dropped row names the first kept row (in rank order) it
-    repeats. Exact, a block at a time: each block against the rows kept before it, then in order within itself."""
-    n = len(vectors)
+    as a row kept before it (``roots``: each row's seed code, :func:`root_codes`; ``answers``: the rows' checked
+    results for ``limits.same_answer``; ``vectors`` may be None without embedding limits); stop once ``budget`` are
+    kept (the rows after are neither kept nor dropped). A dropped row names the first kept row (in rank order) it
+    repeats, by the first reason of :data:`REASONS` that holds. Exact, a block at a time: each block against the
+    rows kept before it, then in order within itself."""
+    n = len(roots)
     budget = n if budget is None else budget
     walk = Walk()
-    if limits.threshold is None and limits.lineage is None:
+    answers = answers if limits.same_answer else None
+    if not limits.by_embedding and answers is None:
         walk.kept = list(range(min(n, budget)))
         return walk
+    if not limits.by_embedding:
+        vectors = np.zeros((n, 0), dtype=np.float32)
     kept_vectors = np.empty((min(budget, n), vectors.shape[1] if n else 0), dtype=np.float32)
     kept_roots = np.empty(min(budget, n), dtype=roots.dtype)
+    kept_by_root: dict[int, list[int]] = {}  # seed code -> its kept rows, in kept order (the answers' backstop)
     for start in range(0, n, block_size):
         if len(walk.kept) >= budget:
             break
@@ -118,17 +174,25 @@ def walk_same_problems(vectors: np.ndarray, roots: np.ndarray, limits: Limits, b
             if match[i] >= 0:
                 walk.dropped.append(Dropped(start + i, REASONS[why[i]], walk.kept[match[i]]))
                 continue
+            root = int(block_roots[i])
+            same = _same_answer_as(start + i, root, kept_by_root, answers)
+            if same >= 0:
+                walk.dropped.append(Dropped(start + i, SAME_ANSWER, same))
+                continue
             kept_vectors[len(walk.kept)], kept_roots[len(walk.kept)] = block[i], block_roots[i]
             walk.kept.append(start + i)
+            kept_by_root.setdefault(root, []).append(start + i)
             if len(walk.kept) >= budget:
                 break
     return walk
 
 
-def count_problems(vectors: np.ndarray, roots: np.ndarray, limits: Limits, block_size: int = 1024) -> int:
-    """How many distinct problems ``vectors`` hold: the connected groups of the rows linked when two are the same
-    problem (by ``limits``). All pairs are compared, a block of rows at a time (time ~ N^2 x d)."""
-    n = len(vectors)
+def count_problems(vectors: np.ndarray | None, roots: np.ndarray, limits: Limits, block_size: int = 1024,
+                   answers: Answers | None = None) -> int:
+    """How many distinct problems the rows hold: the connected groups of the rows linked when two are the same
+    problem (by ``limits``, ``answers`` as in :func:`walk_same_problems`). All pairs of embeddings are compared, a
+    block of rows at a time (time ~ N^2 x d), and the pairs of each seed's rows by their answers."""
+    n = len(roots)
     parent = np.arange(n)
 
     def find(i: int) -> int:
@@ -137,13 +201,23 @@ def count_problems(vectors: np.ndarray, roots: np.ndarray, limits: Limits, block
             i = parent[i]
         return i
 
-    loose = max(t for t in (limits.threshold, limits.lineage) if t is not None)
-    for start in range(0, n, block_size):
-        block = np.asarray(vectors[start:start + block_size], dtype=np.float32)
-        for other in range(start, n, block_size):
-            d2 = 2.0 - 2.0 * (block @ np.asarray(vectors[other:other + block_size], dtype=np.float32).T)
-            for i, j in zip(*np.nonzero(d2 <= loose)):
-                a, b = start + int(i), other + int(j)
-                if a < b and limits.reason(float(d2[i, j]), bool(roots[a] == roots[b])) is not None:
-                    parent[find(a)] = find(b)
+    if limits.by_embedding:
+        loose = max(t for t in (limits.threshold, limits.lineage) if t is not None)
+        for start in range(0, n, block_size):
+            block = np.asarray(vectors[start:start + block_size], dtype=np.float32)
+            for other in range(start, n, block_size):
+                d2 = 2.0 - 2.0 * (block @ np.asarray(vectors[other:other + block_size], dtype=np.float32).T)
+                for i, j in zip(*np.nonzero(d2 <= loose)):
+                    a, b = start + int(i), other + int(j)
+                    if a < b and limits.reason(float(d2[i, j]), bool(roots[a] == roots[b])) is not None:
+                        parent[find(a)] = find(b)
+    if limits.same_answer and answers is not None:
+        by_root: dict[int, list[int]] = {}
+        for row in np.flatnonzero(~np.isnan(answers.values)):
+            by_root.setdefault(int(roots[row]), []).append(int(row))
+        for rows in by_root.values():
+            for k, a in enumerate(rows):
+                for b in rows[k + 1:]:
+                    if answers.same(a, b):
+                        parent[find(a)] = find(b)
     return len({find(i) for i in range(n)})

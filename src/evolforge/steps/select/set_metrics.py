@@ -9,9 +9,10 @@ import numpy as np
 import polars as pl
 
 from evolforge.score.neighbors import neighbor_stats
+from evolforge.steps.select.checked import ANSWER
 from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
-from evolforge.steps.select.narrow import ROOT, TEXT
-from evolforge.steps.select.same_problem import Limits, count_problems, root_codes
+from evolforge.steps.select.narrow import ASKS, ROOT, TEXT
+from evolforge.steps.select.same_problem import Answers, Limits, count_problems, root_codes
 
 Vectors = Embeddings | EmbeddingFile
 
@@ -49,15 +50,27 @@ def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors 
     return out
 
 
+def answers_of(rows: pl.DataFrame) -> Answers | None:
+    """The rows' checked results, rounds and results asked (the same-problem walk's backstop in a lineage), from
+    the ranking table's helper columns; None where it lacks them."""
+    if ANSWER not in rows.columns or ASKS not in rows.columns:
+        return None
+    return Answers(values=rows[ANSWER].cast(pl.Float64).fill_null(float("nan")).to_numpy(),
+                   rounds=rows["round"].to_numpy(), asks=rows[ASKS].to_numpy())
+
+
 def problem_counts(chosen: pl.DataFrame, candidates: pl.DataFrame, embeddings: Vectors | None,
                    limits: Limits | None) -> dict:
     """How many distinct problems (:func:`~evolforge.steps.select.same_problem.count_problems`, by ``limits``) the
     selection holds and the ``candidates`` held (the ranked items the same-problem walk chose among); null without
-    embeddings or limits, or past :data:`WITHIN_MAX` items (all pairs are compared)."""
+    limits, without embeddings for limits by distance, or past :data:`WITHIN_MAX` items (all pairs are compared)."""
     def count(rows: pl.DataFrame) -> int | None:
-        if embeddings is None or limits is None or rows.height > WITHIN_MAX:
+        if limits is None or (limits.by_embedding and embeddings is None) or rows.height > WITHIN_MAX:
             return None
+        if not rows.height:
+            return 0
         roots = root_codes(rows[ROOT] if ROOT in rows.columns else None, rows.height)
-        return count_problems(np.asarray(embeddings.take(rows["id"])), roots, limits) if rows.height else 0
+        vectors = np.asarray(embeddings.take(rows["id"])) if limits.by_embedding else None
+        return count_problems(vectors, roots, limits, answers=answers_of(rows))
 
     return {"distinct_problems_selected": count(chosen), "distinct_problems_candidates": count(candidates)}
