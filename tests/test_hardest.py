@@ -96,3 +96,19 @@ def test_two_survivors_need_a_judge():
 ])
 def test_pick(reasons, scores, kept):
     assert pick(reasons, scores) == kept
+
+
+def test_the_hardness_is_the_judge_stages_score_request():
+    """What chooses the hardest rewrite asks the judge exactly what the judge stage asks of the kept one (its score
+    request), so the judge stage finds that answer in the cache."""
+    from evolforge.steps.common.difficulty import judge
+    from evolforge.steps.judge.settings import JudgeSettings
+
+    backend = FakeBackend(lambda request: "70")
+    llm = LLM(backend, None, role=Role.from_params("judge", {"backend": "hf", "model": "fake"}))
+    settings = JudgeSettings(constrain=False)
+    assert judge_hardness(llm, PromptLibrary(), settings)([TANK]) == [70.0]
+    judge(pl.DataFrame({"instruction": [TANK], "input": [""]}), llm, PromptLibrary(), score_prompt=settings.score_prompt,
+          max_tokens=settings.max_tokens, constrain=settings.constrain, probabilities=settings.probabilities)
+    hardness_request, level_request, score_request = backend.sent
+    assert hardness_request == score_request != level_request
