@@ -100,8 +100,9 @@ PARAPHRASE = ("Calculate the total time required to drain a tank that holds 500 
     (PARAPHRASE, 0.86, False),  # below the threshold
     ("A 700-litre tank holds 500 litres and drains at 30 litres per minute. When is it empty?", 0.95, False),
     ("How long until a tank of 500 litres that drains 25 litres a minute is empty, in seconds?", 0.91, True),
+    (TANK + " Do not use a calculator.", 0.97, False),  # a restriction of its own: a constraint added
 ])
-def test_same_problem_needs_close_meaning_and_no_number_of_its_own(rewrite, similarity, same):
+def test_same_problem_needs_close_meaning_and_no_number_or_restriction_of_its_own(rewrite, similarity, same):
     assert same_problem(TANK, rewrite, similarity, threshold=0.9) is same
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from evolforge.steps.select.checked import ANSWER, checked_answers, checked_value
 from evolforge.steps.select.embeddings import Embeddings
-from evolforge.steps.select.same_problem import (AS_SELECTED, IN_LINEAGE, SAME_ANSWER, Answers, Limits, count_problems,
+from evolforge.steps.select.same_problem import (AS_SELECTED, IN_LINEAGE, SAME_ANSWER, Limits, Traits, count_problems,
                                                  walk_same_problems)
 from evolforge.steps.select.selection import select_items
 from evolforge.steps.select.settings import SelectSettings
@@ -260,13 +260,13 @@ def test_answers_link_a_lineage_in_the_walk_and_the_count():
     rng = np.random.default_rng(3)
     n = 200
     roots = rng.integers(0, 30, n).astype(np.uint64)
-    answers = Answers(values=np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 3, n).astype(float)),
-                      rounds=rng.integers(0, 4, n), asks=rng.integers(1, 3, n))
+    answers = Traits(values=np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 3, n).astype(float)),
+                     rounds=rng.integers(0, 4, n), asks=rng.integers(1, 3, n), marks=np.zeros(n, dtype=np.int64))
     kept, dropped = [], []
     for i in range(n):
         hit = next((k for k in kept if roots[k] == roots[i] and answers.same(i, k)), None)
         (kept.append(i) if hit is None else dropped.append((i, SAME_ANSWER, hit)))
-    walk = walk_same_problems(None, roots, Limits(same_answer=True), block_size=17, answers=answers)
+    walk = walk_same_problems(None, roots, Limits(same_answer=True), block_size=17, traits=answers)
     assert walk.kept == kept and [tuple(d) for d in walk.dropped] == dropped and len(dropped) > 20
     assert not answers.same(0, 0) and np.isnan(answers.values).any()
     group = list(range(n))
@@ -280,8 +280,8 @@ def test_answers_link_a_lineage_in_the_walk_and_the_count():
             if roots[a] == roots[b] and answers.same(a, b):
                 group[find(a)] = find(b)
     expected = len({find(i) for i in range(n)})
-    assert count_problems(None, roots, Limits(same_answer=True), answers=answers) == expected < n
-    assert count_problems(None, roots, Limits(same_answer=False), answers=answers) == n
+    assert count_problems(None, roots, Limits(same_answer=True), traits=answers) == expected < n
+    assert count_problems(None, roots, Limits(same_answer=False), traits=answers) == n
 
 
 @pytest.mark.parametrize("method,verdict,evidence,value", [
@@ -312,3 +312,43 @@ def test_checked_answers_are_read_a_chunk_at_a_time(tmp_path):
     write_table(rows, tmp_path / "verified.parquet")
     found = checked_answers(tmp_path / "verified.parquet", chunk_rows=1)
     assert found["id"].to_list() == ["a", "b", "c"] and found[ANSWER].to_list() == [20.0, None, None]
+
+
+def test_a_restriction_tells_two_close_items_apart_in_the_walk_and_the_count():
+    """Against a brute-force greedy: two items the embeddings call the same are not when, of one seed, the later
+    states a restriction the earlier does not, or, of two seeds, their restrictions differ."""
+    vectors, roots = clustered(400, 10, seed=9)
+    rng = np.random.default_rng(9)
+    traits = Traits(values=np.full(400, np.nan), rounds=rng.integers(0, 4, 400), asks=np.ones(400, dtype=np.int64),
+                    marks=rng.choice([0, 1, 2, 3], 400, p=[0.7, 0.1, 0.1, 0.1]))
+    limits = Limits(threshold=0.05, lineage=0.3)
+    kept, dropped = [], []
+    for i, v in enumerate(vectors):
+        hits = [(k, limits.reason(float(np.sum((v - vectors[k]) ** 2)), bool(roots[i] == roots[k]))) for k in kept
+                if not traits.restricted(i, k, bool(roots[i] == roots[k]))]
+        hit = next(((k, why) for k, why in hits if why is not None), None)
+        (kept.append(i) if hit is None else dropped.append((i, hit[1], hit[0])))
+    walk = walk_same_problems(vectors, roots, limits, block_size=29, traits=traits)
+    assert walk.kept == kept and [tuple(d) for d in walk.dropped] == dropped
+    unguarded = walk_same_problems(vectors, roots, limits, block_size=29)
+    assert len(unguarded.dropped) > len(walk.dropped) > 10
+    assert count_problems(vectors, roots, limits, traits=traits) > count_problems(vectors, roots, limits)
+
+
+def test_a_rewrite_that_adds_a_restriction_is_another_problem_however_close():
+    """A long code task and its rewrite that only adds "without any additional data structure" lie as close as a
+    paraphrase does; the paraphrase goes, the restricted rewrite stays."""
+    task = ("Write a Python function `compress(s)` that encodes each run of a repeated character as the character "
+            "followed by the length of the run.")
+    rows = [("c", "c", task, 0.5), ("c-r1", "c", task + " Do it without any additional data structure.", 0.9),
+            ("c-r2", "c", "Write `compress(s)` in Python: encode each run of a repeated character as the character "
+                          "followed by the run's length.", 0.8)]
+    table = items(rows).with_columns(pl.Series("round", [0, 2, 1]))  # c -> c-r2 (round 1) -> c-r1 (round 2)
+    emb = Embeddings(["c", "c-r1", "c-r2"], at_distance([0.04, 0.05]))
+    settings = SelectSettings("ic_ifd", top_fraction=1.0, same_problem_lineage=0.1206)
+    chosen, summary, excluded = select_items(table, settings, embeddings=emb)
+    assert chosen["id"].to_list() == ["c-r1", "c-r2"]  # the seed goes as the same problem as c-r2, not as c-r1
+    assert excluded.filter(pl.col("id") == "c").row(0, named=True)["same_problem_as"] == "c-r2"
+    assert summary["distinct_problems_candidates"] == 2
+    # without the texts' helpers (no instruction column) the embeddings alone decide: one problem
+    assert select_items(table.drop("instruction"), settings, embeddings=emb).chosen["id"].to_list() == ["c-r1"]

@@ -1,8 +1,10 @@
 """Whether a text asks for something or answers: the ``not_an_instruction`` elimination rule's cheap test (the
 judge's ``not_an_instruction_judge`` is the costly one), the ``chatter`` rule's (a text that talks to the user about
 the task instead), and what a rewrite's numbers say beside its parent's
-(``stated_answer``: a result it states; ``dropped_given``: a given it left out), and how many results a question
-asks for (:func:`results_asked`, selection's backstop in a lineage). Pure functions over text.
+(``stated_answer``: a result it states; ``dropped_given``: a given it left out), how many results a question
+asks for (:func:`results_asked`, selection's backstop in a lineage) and the restrictions it states
+(:func:`restriction_mask`: "without", "not", "only one loop", "O(n)": a rewrite that adds one asks more, however
+close its meaning stays). Pure functions over text.
 
 A text reads as a request when its prose (fenced code left out) asks for something -- a question mark, a
 sentence that opens with a request word or an imperative verb, a clause after a leading phrase ("Given a list,
@@ -247,3 +249,34 @@ def asks_nothing_new(ancestor: str, descendant: str) -> bool:
     False
     """
     return results_asked(descendant) <= results_asked(ancestor)
+
+
+# The words that state a restriction (lower-case, whole words), one bit each in a mask: a rewrite that adds one of
+# them ("without any built-in function", "do not use ...", "a single loop", "in O(n) time") adds a constraint, as
+# Evol-Instruct's code methods do, while its embedding stays as close to its parent's as a paraphrase's
+RESTRICTIONS = ("without", "not", "no", "never", "none", "instead", "except", "unless", "avoid", "single", "neither",
+                "nor", "cannot", "o(")
+_RESTRICTION = re.compile(r"\b(?:without|not|no|never|none|instead|except|unless|avoid|single|neither|nor|cannot)\b|"
+                          r"\bo\(|n't\b")
+
+
+def restriction_mask(text: str) -> int:
+    """A bit per word of :data:`RESTRICTIONS` that ``text`` holds ("n't" counts as "not"), fenced code left out.
+
+    >>> restriction_mask("Sort it.") == 0, restriction_mask("Sort it without sorted(), in O(n log n).") == (1 | 1 << 13)
+    (True, True)
+    """
+    found = {m.group(0) for m in _RESTRICTION.finditer(FENCED_CODE.sub(" ", text).lower())}
+    return sum(1 << k for k, word in enumerate(RESTRICTIONS)
+               if word in found or (word == "not" and "n't" in found))
+
+
+def adds_a_restriction(parent: str, evolved: str) -> bool:
+    """Whether ``evolved`` states a restriction (:func:`restriction_mask`) that ``parent`` does not.
+
+    >>> adds_a_restriction("Remove the spaces of a string.", "Remove the spaces of a string without replace().")
+    True
+    >>> adds_a_restriction("Do not use loops.", "Don't use any loop.")
+    False
+    """
+    return bool(restriction_mask(evolved) & ~restriction_mask(parent))

@@ -57,7 +57,7 @@ from evolforge.steps.select.diversity_walk import diverse_walk
 from evolforge.steps.select.narrow import GUARD, HELPERS, ROOT, table_texts, with_helpers
 from evolforge.steps.select.near_duplicates import TextReader, walk_near_duplicates
 from evolforge.steps.select.same_problem import REASONS, Limits, root_codes, walk_same_problems
-from evolforge.steps.select.set_metrics import Vectors, answers_of, problem_counts, set_diversity
+from evolforge.steps.select.set_metrics import Vectors, problem_counts, set_diversity, traits_of
 from evolforge.steps.select.settings import SelectSettings
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
@@ -216,7 +216,7 @@ def _without_same_problems(filtering: _Filtering, ranked: pl.DataFrame, settings
     stop = budget if settings.diversity_threshold is None else None
     roots = root_codes(ranked[ROOT] if ROOT in ranked.columns else None, ranked.height)
     vectors = embeddings.take(ranked["id"]) if limits.by_embedding else None
-    walk = walk_same_problems(vectors, roots, limits, stop, answers=answers_of(ranked))
+    walk = walk_same_problems(vectors, roots, limits, stop, traits=traits_of(ranked))
     ids = ranked["id"]
     repeats = pl.DataFrame({"_row": [d.row for d in walk.dropped], "_reason": [d.reason for d in walk.dropped],
                             "same_problem_as": [ids[d.same_as] for d in walk.dropped]},

@@ -11,8 +11,8 @@ import polars as pl
 from evolforge.score.neighbors import neighbor_stats
 from evolforge.steps.select.checked import ANSWER
 from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
-from evolforge.steps.select.narrow import ASKS, ROOT, TEXT
-from evolforge.steps.select.same_problem import Answers, Limits, count_problems, root_codes
+from evolforge.steps.select.narrow import ASKS, MARKS, ROOT, TEXT
+from evolforge.steps.select.same_problem import Limits, Traits, count_problems, root_codes
 
 Vectors = Embeddings | EmbeddingFile
 
@@ -50,13 +50,16 @@ def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors 
     return out
 
 
-def answers_of(rows: pl.DataFrame) -> Answers | None:
-    """The rows' checked results, rounds and results asked (the same-problem walk's backstop in a lineage), from
-    the ranking table's helper columns; None where it lacks them."""
-    if ANSWER not in rows.columns or ASKS not in rows.columns:
+def traits_of(rows: pl.DataFrame) -> Traits | None:
+    """The rows' checked results, rounds, results asked and restrictions (the same-problem walk's guard and
+    backstop), from the ranking table's helper columns (no checked result where it lacks the verify stage's); None
+    where it lacks the texts' helpers."""
+    if ASKS not in rows.columns or MARKS not in rows.columns:
         return None
-    return Answers(values=rows[ANSWER].cast(pl.Float64).fill_null(float("nan")).to_numpy(),
-                   rounds=rows["round"].to_numpy(), asks=rows[ASKS].to_numpy())
+    values = rows[ANSWER].cast(pl.Float64) if ANSWER in rows.columns else pl.Series([None] * rows.height,
+                                                                                      dtype=pl.Float64)
+    return Traits(values=values.fill_null(float("nan")).to_numpy(), rounds=rows["round"].to_numpy(),
+                  asks=rows[ASKS].to_numpy(), marks=rows[MARKS].to_numpy())
 
 
 def problem_counts(chosen: pl.DataFrame, candidates: pl.DataFrame, embeddings: Vectors | None,
@@ -71,6 +74,6 @@ def problem_counts(chosen: pl.DataFrame, candidates: pl.DataFrame, embeddings: V
             return 0
         roots = root_codes(rows[ROOT] if ROOT in rows.columns else None, rows.height)
         vectors = np.asarray(embeddings.take(rows["id"])) if limits.by_embedding else None
-        return count_problems(vectors, roots, limits, answers=answers_of(rows))
+        return count_problems(vectors, roots, limits, traits=traits_of(rows))
 
     return {"distinct_problems_selected": count(chosen), "distinct_problems_candidates": count(candidates)}
