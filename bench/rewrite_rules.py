@@ -1,7 +1,8 @@
 """Benchmark: each elimination rule's precision and recall on the labelled rewrites of ``bench/data/rewrites.jsonl``.
 
 The set holds (parent, rewrite) pairs from several runs and seed kinds (this project's development sets and shipped
-runs, the Auto Evol-Instruct repository's GSM8K evolutions and method trajectories), each labelled by reading:
+runs, the Auto Evol-Instruct repository's GSM8K evolutions and method trajectories, gpt-3.5 code evolutions of Code
+Alpaca with WizardCoder's methods from the evol-teacher repository), each labelled by reading:
 ``adds_something`` (a harder or new task), ``same_problem`` (its parent again in other words, or with details that
 change nothing), ``easier`` (it hands over the formula, the method, the steps or its own result) or ``broken`` (it
 contradicts itself or cannot be answered). About a fifth, chosen by a hash of the parent (every rewrite of one
@@ -12,8 +13,11 @@ For each rule the bench prints how many pairs it fails and, of those, the share 
 its recall of its own label. The rules: ``hands_over_method`` and the shipped text rules on the rewrite alone,
 ``same_problem`` on roles.embedder's similarity (``--params``: the model and kind; ``--embedder`` names another
 model folder to compare, e.g. models/SmolLM2-135M-Instruct with ``--kind causal-lm-mean``), ``same_answer`` on
-the pairs whose two answers are known (``parent_answer``, ``rewrite_answer``). ``--thresholds`` prints the
-``same_problem`` table over several similarity thresholds.
+the pairs whose two answers are known (``parent_answer``, ``rewrite_answer``), and selection's backstop in a lineage
+``same_answer_in_lineage`` on the same pairs (the same answer, and the rewrite asks for no more results:
+:func:`~evolforge.steps.common.asking.asks_nothing_new`). ``hands_over_method`` is printed per kind of pair too
+(``hands_over_method[code]``: the code evolutions' erroneous references, examples and stubs must pass).
+``--thresholds`` prints the ``same_problem`` table over several similarity thresholds.
 
     PYTHONPATH=src python bench/rewrite_rules.py [--params params.yaml] [--embedder DIR --kind KIND] [--thresholds]
 """
@@ -28,6 +32,7 @@ from typing import Callable
 from evolforge.config.loader import load_section, read_params
 from evolforge.config.roles import load_role
 from evolforge.steps.common import elimination
+from evolforge.steps.common.asking import asks_nothing_new
 from evolforge.steps.common.embedding import pair_similarities, role_embedder
 from evolforge.steps.common.giveaway import hands_over_method
 from evolforge.steps.common.sameness import same_answer, same_problem
@@ -36,6 +41,7 @@ from evolforge.steps.evolve.settings import EvolveSection
 
 DATA = Path(__file__).parent / "data" / "rewrites.jsonl"
 LABELS = ("adds_something", "same_problem", "easier", "broken")
+KINDS = ("math", "code", "prose")
 SPLITS = ("tune", "held_out")
 
 
@@ -47,9 +53,9 @@ def read_pairs(path: Path = DATA) -> list[dict]:
         for field in ("parent", "rewrite", "label", "split", "source"):
             if not row.get(field):
                 raise SystemExit(f"{path}:{k}: field {field!r} is missing or empty")
-        if row["label"] not in LABELS or row["split"] not in SPLITS:
-            raise SystemExit(f"{path}:{k}: label {row['label']!r} / split {row['split']!r}: not one of {LABELS} / "
-                             f"{SPLITS}")
+        if row["label"] not in LABELS or row["split"] not in SPLITS or row.get("kind") not in KINDS:
+            raise SystemExit(f"{path}:{k}: label {row['label']!r} / split {row['split']!r} / kind {row.get('kind')!r}: "
+                             f"not one of {LABELS} / {SPLITS} / {KINDS}")
         pairs.append(row)
     return pairs
 
@@ -76,11 +82,16 @@ def text_rule(pairs: list[dict]) -> list[bool]:
 def rule_fails(pairs: list[dict], similarities: list[float], threshold: float) -> dict[str, tuple[list, str]]:
     """rule -> (its verdict per pair, the label it is meant to find)."""
     answers = [(p.get("parent_answer"), p.get("rewrite_answer")) for p in pairs]
+    handed = [hands_over_method(p["parent"], p["rewrite"]) for p in pairs]
     return {
-        "hands_over_method": ([hands_over_method(p["parent"], p["rewrite"]) for p in pairs], "easier"),
+        "hands_over_method": (handed, "easier"),
+        **{f"hands_over_method[{kind}]": ([h if p["kind"] == kind else None for p, h in zip(pairs, handed)], "easier")
+           for kind in KINDS},
         "same_problem": ([same_problem(p["parent"], p["rewrite"], s, threshold) for p, s in zip(pairs, similarities)],
                          "same_problem"),
         "same_answer": ([same_answer(a, b) if a and b else None for a, b in answers], "same_problem"),
+        "same_answer_in_lineage": ([same_answer(a, b) and asks_nothing_new(p["parent"], p["rewrite"]) if a and b
+                                    else None for p, (a, b) in zip(pairs, answers)], "same_problem"),
         "the shipped text rules": (text_rule(pairs), "easier"),
     }
 
@@ -91,13 +102,13 @@ def _fmt(value: float | None) -> str:
 
 def print_table(pairs: list[dict], similarities: list[float], threshold: float) -> dict:
     out: dict = {}
-    print(f"{'rule':<24} {'split':<9} {'judged':>6} {'fails':>5} {'precision':>9} {'own label':>9} {'recall':>6}")
+    print(f"{'rule':<28} {'split':<9} {'judged':>6} {'fails':>5} {'precision':>9} {'own label':>9} {'recall':>6}")
     for split in SPLITS + ("all",):
         keep = [i for i, p in enumerate(pairs) if split in ("all", p["split"])]
         chosen = [pairs[i] for i in keep]
         for rule, (fails, own) in rule_fails(chosen, [similarities[i] for i in keep], threshold).items():
             s = out.setdefault(rule, {})[split] = scores(chosen, fails, own)
-            print(f"{rule:<24} {split:<9} {s['judged']:>6} {s['fails']:>5} {_fmt(s['precision']):>9} "
+            print(f"{rule:<28} {split:<9} {s['judged']:>6} {s['fails']:>5} {_fmt(s['precision']):>9} "
                   f"{_fmt(s['precision_own_label']):>9} {_fmt(s['recall_own_label']):>6}")
     return out
 

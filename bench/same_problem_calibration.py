@@ -11,10 +11,12 @@ contradict themselves or cannot be answered, and verify keeps them out of a sele
 the pairs of the ``tune`` split; the ``held_out`` pairs are measured at them.
 
 - **In the lineage** (``same_problem_lineage``): the labelled pairs as they are (each a parent and its rewrite,
-  the population the thresholds apply to). Per threshold: pairs called the same, precision, recall.
+  the population the thresholds apply to). Per threshold: pairs called the same, precision, recall. As the walk
+  does, a rewrite that states a restriction its parent does not (``asking.adds_a_restriction``) is never called the
+  same, whatever its distance.
 - **Any two items** (``same_problem``): the same positives against every pair of texts of different lineages as
   well (two seeds of the set are two problems, and so are their rewrites), the many unrelated items a selection
-  compares.
+  compares; two texts whose restrictions differ (``asking.restriction_mask``) are never called the same.
 
 The recommended threshold of each is the largest at which at least ``--precision`` of the pairs called the same are
 (and at least ``--min-called`` are called): what params.yaml's comments quote.
@@ -36,6 +38,7 @@ import numpy as np
 from evolforge.config.loader import load_section, read_params
 from evolforge.config.roles import load_role
 from evolforge.core.text import normalize_text, question_text
+from evolforge.steps.common.asking import adds_a_restriction, restriction_mask
 from evolforge.steps.diversity.settings import DiversitySettings
 from evolforge.steps.diversity.step import role_embedder
 
@@ -77,7 +80,7 @@ def table(distances: np.ndarray, same: np.ndarray) -> list[dict]:
     """Per threshold (each distinct distance of a same-problem pair): pairs called the same (d^2 <= threshold),
     precision and recall."""
     out = []
-    for t in np.unique(distances[same]):
+    for t in np.unique(distances[same & np.isfinite(distances)]):
         called = distances <= t
         hits = int(np.sum(called & same))
         out.append({"threshold": float(t), "called": int(called.sum()), "precision": hits / int(called.sum()),
@@ -133,7 +136,9 @@ def measure(rows: list[dict], vectors: np.ndarray) -> dict:
     same), with how many such pairs there are in all. Texts of different lineages (:func:`lineages`) are different
     problems: the set's parents are distinct seeds and rewrites of them."""
     pairs = [{"id": r.get("id"), "label": r["label"], "split": r.get("split", TUNE),
-              "d2": 2.0 - 2.0 * float(vectors[2 * i] @ vectors[2 * i + 1]), "source": r.get("source")}
+              "d2": 2.0 - 2.0 * float(vectors[2 * i] @ vectors[2 * i + 1]), "source": r.get("source"),
+              "adds_a_restriction": adds_a_restriction(text(r["parent"]), text(r["rewrite"])),
+              "restrictions_differ": restriction_mask(text(r["parent"])) != restriction_mask(text(r["rewrite"]))}
              for i, r in enumerate(rows)]
     farthest = max((p["d2"] for p in pairs if p["label"] in SAME), default=0.0)
     cross: dict[str, dict] = {}
@@ -144,10 +149,12 @@ def measure(rows: list[dict], vectors: np.ndarray) -> dict:
         rows_a, rows_b = np.array(texts)[a], np.array(texts)[b]
         d2 = 2.0 - 2.0 * np.einsum("ij,ij->i", vectors[rows_a], vectors[rows_b]) if len(a) else np.zeros(0)
         texts_of = [text(rows[t // 2]["rewrite" if t % 2 else "parent"]) for t in range(2 * len(rows))]
-        cross[split] = {"pairs": len(d2), "closest": float(d2.min()) if len(d2) else None,
+        masks = np.array([restriction_mask(t) for t in texts_of], dtype=np.int64)
+        d2 = np.where(masks[rows_a] == masks[rows_b], d2, np.inf) if len(a) else d2  # never called the same
+        cross[split] = {"pairs": len(d2), "closest": float(d2.min()) if np.isfinite(d2).any() else None,
                         "within": sorted(float(x) for x in d2[d2 <= farthest]),
                         "closest_texts": [[round(float(d2[k]), 4), texts_of[rows_a[k]], texts_of[rows_b[k]]]
-                                          for k in np.argsort(d2)[:CLOSEST]]}
+                                          for k in np.argsort(d2)[:CLOSEST] if np.isfinite(d2[k])]}
     return {"pairs": pairs, "cross": cross}
 
 
@@ -163,7 +170,9 @@ def param_value(threshold: float) -> float:
 def _split(distances: dict, split: str, with_cross: bool) -> tuple[np.ndarray, np.ndarray]:
     """The d^2 and same-problem flags of one split's labelled pairs (broken ones left out), with its cross pairs."""
     kept = [p for p in distances["pairs"] if p["split"] == split and p["label"] not in LEFT_OUT]
-    d2, same = np.array([p["d2"] for p in kept]), np.array([p["label"] in SAME for p in kept], dtype=bool)
+    guard = "restrictions_differ" if with_cross else "adds_a_restriction"  # the walk's guard: never the same
+    d2 = np.array([np.inf if p.get(guard) else p["d2"] for p in kept])
+    same = np.array([p["label"] in SAME for p in kept], dtype=bool)
     if not with_cross:
         return d2, same
     cross = np.array(distances["cross"].get(split, {}).get("within", []))

@@ -46,8 +46,31 @@ GIVEAWAYS = [
     ("Jim buys 100 cattle for $40,000 and sells them for $2 a pound. What is his profit?",
      "Jim buys 100 cattle for $40,000. Calculate the cost of feeding them. Calculate the selling price. Finally, "
      "subtract the costs from the selling price to find his profit.", True),
+    (DIGIT_SUM, DIGIT_SUM + "\n# Erroneous code\ndef digit_sum(n):\n    return n % 10\n\n# Corrected code\n"
+                "def digit_sum(n):\n    return sum(int(d) for d in str(n))", True),  # the corrected one follows
+    ("Write a function that returns the median of a list.",
+     "Write a function that returns the median of a list, even or odd in length.\n```python\ndef median(xs):\n"
+     "    xs = sorted(xs)\n    return xs[len(xs) // 2]\n```", True),  # no name asked: the only function
     # more asked, nothing given away
     ("Write a function that reverses a list.", "Write a recursive function that reverses a list in place.", False),
+    # Evol-Instruct's code methods: an erroneous reference, an example, a stub (WizardCoder), code the task works on
+    (DIGIT_SUM, DIGIT_SUM + " Provide a piece of erroneous code as a reference to increase misdirection:\n"
+                "```python\ndef digit_sum(n):\n    result = 0\n    for d in str(n):\n        result = int(d)\n"
+                "    return result\n```", False),
+    ("Write a function that returns the median of a list.", "Write a function that returns the median of a list. Here "
+     "is code that attempts it but contains a logical error:\ndef median(xs):\n    return xs[len(xs) / 2]", False),
+    ("Write a JavaScript function that sums two numbers.", "Write a JavaScript function that sums an array of numbers "
+     "without reduce().\n```javascript\nsumArray([1, 2, 3]); // should return 6\n```", False),
+    ("Compress a string by its runs of repeated characters.", "Compress a string by its runs of repeated characters "
+     "without any additional data structure. Implement:\n```python\ndef compress(s: str) -> str:\n    pass\n```\n"
+     "Example: `compress('AAB')` returns 'A2B1'.", False),
+    ("Modify the function below so it also checks its input.\ndef area(w, h):\n    return w * h",
+     "Modify the function below so it also checks its input and rounds the result.\ndef area(w, h):\n"
+     "    return round(w * h, 2)", False),  # the task works on code it gives
+    ("Write a function `merge(a, b)` that merges two lists without duplicates.",
+     "Write a function `merge(a, b)` that merges two lists without duplicates, keeping their order.\n"
+     "Erroneous code:\ndef merge(a, b):\n    result = a + b\n    return list(set(result))", False),
+    # (the formula pattern reads prose only: "result = a + b" above is code)
     (TANK, "A 700-litre tank holds 500 litres and drains at 30 litres per minute. When is it empty?", False),
     ("Explain the idiom 'break the ice'.", "Explain the idiom 'break the ice' by adding a humorous twist.", False),
     ("A shirt costs $40. What is the price after 25% off?",
@@ -77,8 +100,9 @@ PARAPHRASE = ("Calculate the total time required to drain a tank that holds 500 
     (PARAPHRASE, 0.86, False),  # below the threshold
     ("A 700-litre tank holds 500 litres and drains at 30 litres per minute. When is it empty?", 0.95, False),
     ("How long until a tank of 500 litres that drains 25 litres a minute is empty, in seconds?", 0.91, True),
+    (TANK + " Do not use a calculator.", 0.97, False),  # a restriction of its own: a constraint added
 ])
-def test_same_problem_needs_close_meaning_and_no_number_of_its_own(rewrite, similarity, same):
+def test_same_problem_needs_close_meaning_and_no_number_or_restriction_of_its_own(rewrite, similarity, same):
     assert same_problem(TANK, rewrite, similarity, threshold=0.9) is same
 
 
@@ -181,11 +205,20 @@ def test_the_labelled_rewrites_are_many_varied_and_split():
 
 
 def test_the_text_rule_is_precise_on_the_labelled_rewrites():
-    """hands_over_method is held to precision 0.8 on the pairs it fails (bench/rewrite_rules.py prints the rest)."""
+    """hands_over_method is held to precision 0.8 on the pairs it fails (bench/rewrite_rules.py prints the rest), on
+    the whole set and on its code evolutions, whose erroneous references, examples and stubs add code that is no
+    solution: most of those must pass."""
     rows = _rewrites()
     failed = [r for r in rows if hands_over_method(r["parent"], r["rewrite"])]
     assert len(failed) >= 10
     assert sum(r["label"] != "adds_something" for r in failed) / len(failed) >= 0.8
+    code = [r for r in rows if r["kind"] == "code"]
+    assert len(code) >= 40 and len({r["source"].split(" ")[0] for r in code}) >= 2
+    code_failed = [r for r in failed if r["kind"] == "code"]
+    assert sum(r["label"] != "adds_something" for r in code_failed) / len(code_failed) >= 0.8
+    with_code = [r for r in code if r["label"] == "adds_something" and ("```" in r["rewrite"] or "def " in r["rewrite"])
+                 and "```" not in r["parent"]]
+    assert len(with_code) >= 8 and not any(r in failed for r in with_code)
 
 
 COMMON = Path(__file__).parents[1] / "src/evolforge/steps/common"

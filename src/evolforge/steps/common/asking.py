@@ -1,7 +1,10 @@
 """Whether a text asks for something or answers: the ``not_an_instruction`` elimination rule's cheap test (the
 judge's ``not_an_instruction_judge`` is the costly one), the ``chatter`` rule's (a text that talks to the user about
 the task instead), and what a rewrite's numbers say beside its parent's
-(``stated_answer``: a result it states; ``dropped_given``: a given it left out). Pure functions over text.
+(``stated_answer``: a result it states; ``dropped_given``: a given it left out), how many results a question
+asks for (:func:`results_asked`, selection's backstop in a lineage) and the restrictions it states
+(:func:`restriction_mask`: "without", "not", "only one loop", "O(n)": a rewrite that adds one asks more, however
+close its meaning stays). Pure functions over text.
 
 A text reads as a request when its prose (fenced code left out) asks for something -- a question mark, a
 sentence that opens with a request word or an imperative verb, a clause after a leading phrase ("Given a list,
@@ -199,3 +202,81 @@ def drops_a_given(parent: str, evolved: str) -> bool:
         return False
     contexts = {after for _, after in kept if after}
     return any(value not in kept_values and not (after and after in contexts) for value, after in given)
+
+
+# What a question asks for (lower-case prose): one result per question, one more for each further question joined
+# to it ("... and how many are left?"), and one per order to find something that opens a sentence or a clause
+_WH = r"(?:how (?:many|much|long|far|old|fast|often|tall|big|deep|high|wide)|what|which|who|when|where|why|whether)\b"
+_MORE_WH = re.compile(rf"\b(?:and|or)\s+(?:also\s+)?{_WH}")
+_ORDER = re.compile(r"(?:^|[,;:]\s+|\b(?:and|then|also|finally|next),?\s+)(?:please\s+)?(?:calculate|compute|find|"
+                    r"determine|work out|give|state|list|express|convert|estimate|show|prove|identify|write|explain|"
+                    r"describe)\b")
+_QUESTION_END = re.compile(r"(?<=[.?!])\s+|\n+")
+
+
+def results_asked(text: str) -> int:
+    """How many results ``text`` asks for: each question (a sentence ending in "?") one, and one more for each
+    further question joined to it; each order to find something (calculate, find, determine, ...) that opens a
+    sentence or a clause one. Fenced code is left out.
+
+    >>> results_asked("A tank holds 500 litres. How long until it is empty?")
+    1
+    >>> results_asked("How long until it is empty, and how much has drained after 5 minutes?")
+    2
+    >>> results_asked("Calculate the time it takes, then find the rate in litres per hour.")
+    2
+    """
+    prose = FENCED_CODE.sub(" ", text).lower()
+    asked = 0
+    for sentence in _QUESTION_END.split(prose):
+        sentence = sentence.strip()
+        if sentence.endswith("?"):
+            asked += 1 + len(_MORE_WH.findall(sentence))
+        elif sentence:
+            asked += len(_ORDER.findall(sentence))
+    return asked
+
+
+def asks_nothing_new(ancestor: str, descendant: str) -> bool:
+    """Whether ``descendant`` asks for no more results than ``ancestor`` (:func:`results_asked`): with a checked
+    answer equal to its ancestor's, it has nothing new to find (selection's ``same_answer_in_lineage``).
+
+    >>> tank = "A tank holds 500 litres and drains at 25 litres per minute. How long until it is empty?"
+    >>> asks_nothing_new(tank, "Calculate the total time required to drain a tank that holds 500 litres and drains "
+    ...                  "at a rate of 25 litres per minute.")
+    True
+    >>> asks_nothing_new(tank, tank[:-1] + ", and how much is left after 8 minutes?")
+    False
+    """
+    return results_asked(descendant) <= results_asked(ancestor)
+
+
+# The words that state a restriction (lower-case, whole words), one bit each in a mask: a rewrite that adds one of
+# them ("without any built-in function", "do not use ...", "a single loop", "in O(n) time") adds a constraint, as
+# Evol-Instruct's code methods do, while its embedding stays as close to its parent's as a paraphrase's
+RESTRICTIONS = ("without", "not", "no", "never", "none", "instead", "except", "unless", "avoid", "single", "neither",
+                "nor", "cannot", "o(")
+_RESTRICTION = re.compile(r"\b(?:without|not|no|never|none|instead|except|unless|avoid|single|neither|nor|cannot)\b|"
+                          r"\bo\(|n't\b")
+
+
+def restriction_mask(text: str) -> int:
+    """A bit per word of :data:`RESTRICTIONS` that ``text`` holds ("n't" counts as "not"), fenced code left out.
+
+    >>> restriction_mask("Sort it.") == 0, restriction_mask("Sort it without sorted(), in O(n log n).") == (1 | 1 << 13)
+    (True, True)
+    """
+    found = {m.group(0) for m in _RESTRICTION.finditer(FENCED_CODE.sub(" ", text).lower())}
+    return sum(1 << k for k, word in enumerate(RESTRICTIONS)
+               if word in found or (word == "not" and "n't" in found))
+
+
+def adds_a_restriction(parent: str, evolved: str) -> bool:
+    """Whether ``evolved`` states a restriction (:func:`restriction_mask`) that ``parent`` does not.
+
+    >>> adds_a_restriction("Remove the spaces of a string.", "Remove the spaces of a string without replace().")
+    True
+    >>> adds_a_restriction("Do not use loops.", "Don't use any loop.")
+    False
+    """
+    return bool(restriction_mask(evolved) & ~restriction_mask(parent))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from evolforge.core.text import numbers
 from evolforge.steps.common.answer_check import final_number
+from evolforge.steps.common.asking import adds_a_restriction
 from evolforge.steps.common.wording import STOP_WORDS, plain_words
 
 
@@ -45,7 +46,9 @@ def adds_a_number(parent: str, evolved: str) -> bool:
 def same_problem(parent: str, evolved: str, similarity: float, threshold: float) -> bool:
     """Whether ``evolved`` asks ``parent``'s problem again in other words: their embeddings' cosine
     ``similarity`` (roles.embedder) is at least ``threshold`` and ``evolved`` brings no number of its own (a new
-    given or a changed value makes a new problem however close the wording stays).
+    given or a changed value makes a new problem however close the wording stays) and no restriction of its own
+    (:func:`~evolforge.steps.common.asking.adds_a_restriction`: "without any built-in function" is a constraint
+    added to a long task that moves its embedding little).
 
     >>> tank = "A tank holds 500 litres and drains at 25 litres per minute. How long until it is empty?"
     >>> same_problem(tank, "Calculate the total time required to drain a tank that holds 500 litres and drains at a "
@@ -55,7 +58,7 @@ def same_problem(parent: str, evolved: str, similarity: float, threshold: float)
     ...              similarity=0.86, threshold=0.8)
     False
     """
-    return similarity >= threshold and not adds_a_number(parent, evolved)
+    return similarity >= threshold and not adds_a_number(parent, evolved) and not adds_a_restriction(parent, evolved)
 
 
 ANSWER_TOLERANCE = 1e-6  # relative: two results this close are one
@@ -74,3 +77,4 @@ def same_answer(parent_answer: str | None, answer: str | None) -> bool:
         return False
     before, after = found
     return abs(before - after) <= ANSWER_TOLERANCE * max(1.0, abs(before), abs(after))
+

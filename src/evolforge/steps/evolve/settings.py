@@ -84,6 +84,13 @@ class EvolveSettings:
                 "auto_initial rounds, optimize's development runs): fail (fails as missing_final_marker, as the "
                 "SLM paper's code drops it) | whole_output (the whole answer is the rewrite, as the Auto "
                 "Evol-Instruct code keeps it; the other rules still judge it)"})
+    rewrites_per_instruction: PositiveInt = field(default=1, metadata={
+        "help": "rewrites asked of each instruction in a round; above 1 every rule runs on each and the surviving one "
+                "the judge role scores hardest is kept (the judge stage's score prompt and settings; an instruction "
+                "with one survivor keeps it unjudged, one with none fails with its first rewrite's reason). Costs "
+                "k - 1 more evolving calls per instruction, the response rules' answer per further survivor and one "
+                "judge call per survivor of an instruction with two or more",
+        "paper": "1 (each instruction evolved once)"})
     few_shot: bool = field(default=False, metadata={
         "help": "worked examples before each evolving prompt (prompts/evolve/examples.yaml; strategy auto: "
                 "prompts/optimize/examples.yaml, in optimize's development runs too); false = zero-shot, the papers'"})

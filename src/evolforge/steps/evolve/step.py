@@ -18,7 +18,8 @@ template words, chatter, repetitive, not an instruction, a stated answer or a dr
 over), on its meaning beside its parent's (the same problem again, by roles.embedder), on an answer to it (sorry +
 short, stop words only, rule F, the parent's answer again; by default the responder's answer, the one the respond
 stage keeps, when that loads no second model), then the optional judge checks (not an instruction, information
-gain).
+gain). With ``evolve.rewrites_per_instruction`` above 1 each instruction gets that many rewrites, every rule runs
+on each, and the surviving one the judge scores hardest is kept (:mod:`evolforge.steps.evolve.hardest`).
 The evolver's finish reason is kept per row (``instruction_finish_reason``, "length": cut at ``max_tokens``),
 and the answer the response rules read with its finish reason and its request's cache key (``check_*``).
 
@@ -57,6 +58,9 @@ from evolforge.steps.common.evolving import (assign_methods, evolving_messages, 
 from evolforge.steps.common.responses import response_sampling
 from evolforge.steps.evolve.checks import (RoundState, instruction_rules, judge_rules, meaning_rules,
                                           resolve_check_role, response_rules)
+from evolforge.steps.common.difficulty import difficulty_scores
+from evolforge.steps.evolve.hardest import Hardness, candidate_sample_index, keep_hardest
+from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.evolve.judge_checks import JUDGE_TEMPLATES
 
 POOL = "pool.parquet"  # beside a round's table: what the next round evolves
@@ -94,17 +98,22 @@ def _round_methods(items: list[dict[str, Any]], round_index: int, settings: Evol
 
 def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_index: int, settings: EvolveSettings,
                   prompts: PromptLibrary, evolver: LLM, method_text: str | None) -> RoundState:
-    """Ask the evolver to rewrite each item's instruction with its method; the round before any rule runs
-    (an item whose call failed already holds the call's reason)."""
+    """Ask the evolver to rewrite each item's instruction with its method, ``rewrites_per_instruction`` times
+    (instruction-major: rewrite j of item i at i x k + j); the round before any rule runs (a rewrite whose call
+    failed already holds the call's reason)."""
     # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
     evol = settings.strategy == "evol"
     controls, max_tokens = (settings.controls, settings.max_tokens) if evol else settings.step_format()
-    # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one
     sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens, seed=settings.seed,
-                    sample_index=round_index, controls=evolver.role.controls.merged(
+                    controls=evolver.role.controls.merged(
                         controls, "evolve.controls" if evol else "evolve.method_controls"))
+    k = settings.rewrites_per_instruction
+    items, methods = [it for it in items for _ in range(k)], [m for m in methods for _ in range(k)]
+    # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one; each further
+    # rewrite of an instruction its own (hardest.candidate_sample_index)
     requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot),
-                                **sampling) for m, it in zip(methods, items)]
+                                sample_index=candidate_sample_index(round_index, p % k), **sampling)
+                for p, (m, it) in enumerate(zip(methods, items))]
     outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
     raws = [None if c.failed else c.text for c in outs]
     candidates = [None if r is None else elimination.parse_final_instruction(r, settings.missing_marker)
@@ -153,12 +162,14 @@ def _next_pool(pool: pl.DataFrame, table: pl.DataFrame, on_failure: str) -> pl.D
 def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
                  evolver: LLM, method_text: str | None = None, judge: LLM | None = None,
                  responder: LLM | None = None, respond_sampling: Mapping[str, Any] | None = None,
-                 embed: Embed | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+                 embed: Embed | None = None,
+                 hardness: Hardness | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Evolve every item of ``pool`` once. Returns (round table, next pool, summary).
 
     ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules when
     ``evolve.check_role`` comes to ``responder`` (see :func:`check_responder`); ``embed`` (roles.embedder) reads
-    the meanings for ``same_problem``."""
+    the meanings for ``same_problem``; ``hardness`` (the judge's difficulty score) chooses among the surviving
+    rewrites of an instruction when ``rewrites_per_instruction`` is above 1 (:mod:`evolforge.steps.evolve.hardest`)."""
     items = pool.to_dicts()
     methods = _round_methods(items, round_index, settings, method_text)
     state = _evolve_items(items, methods, round_index=round_index, settings=settings, prompts=prompts,
@@ -168,11 +179,14 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     response_rules(state, round_index=round_index, settings=settings, prompts=prompts, evolver=evolver,
                     responder=responder, respond_sampling=respond_sampling)
     unparsed_instruction, unparsed_equal = judge_rules(state, settings, prompts, judge)
+    chosen: dict = {}
+    if settings.rewrites_per_instruction > 1:
+        state, chosen = keep_hardest(state, settings.rewrites_per_instruction, hardness)
     table = _round_table(state, round_index, prompts, method_text, evolver.label)
     pool_out = _next_pool(pool, table, settings.on_failure)
     summary = round_summary(table)
     summary.update(equal_check_unparsed=unparsed_equal, instruction_check_unparsed=unparsed_instruction,
-                   next_pool=pool_out.height)
+                   next_pool=pool_out.height, **chosen)
     return table, pool_out, summary
 
 
@@ -211,6 +225,7 @@ def open_checkers(llms: RoleLLMs, settings: EvolveSettings, evolver: LLM,
     """(judge, responder, settings with ``check_role`` resolved): the roles the round's checks ask, None
     where no check needs one. Nothing loads until a request misses the cache."""
     judge_checks = [k for k in JUDGE_RULES if settings.rule(k)]
+    judge_checks += ["the hardest rewrite"] if settings.rewrites_per_instruction > 1 else []
     judge = llms["judge"] if judge_checks else None
     if judge is not None and not loads_nothing_more(judge.role, evolver.role):
         print(f"{round_name}: the judge checks ({', '.join(judge_checks)}) load roles.judge "
@@ -226,12 +241,24 @@ def open_checkers(llms: RoleLLMs, settings: EvolveSettings, evolver: LLM,
     return judge, responder, settings
 
 
+def judge_hardness(judge: LLM | None, prompts: PromptLibrary, judged: JudgeSettings | None) -> Hardness | None:
+    """The judge's 0-100 difficulty of some questions, asked as the judge stage asks its score (``judged``: the
+    judge section), so its answer for a kept rewrite is the judge stage's; None without a judge."""
+    if judge is None or judged is None:
+        return None
+    return lambda questions: difficulty_scores(questions, judge, prompts, score_prompt=judged.score_prompt,
+                                               max_tokens=judged.max_tokens, constrain=judged.constrain,
+                                               probabilities=judged.probabilities, desc="choose the hardest")
+
+
 def run(round_name: str, src: str | Path, method: str | Path, section: EvolveSection, respond: RespondSettings,
-        llms: RoleLLMs, prompts: PromptLibrary, embed: Embed | None = None) -> Outputs:
+        llms: RoleLLMs, prompts: PromptLibrary, embed: Embed | None = None,
+        judged: JudgeSettings | None = None) -> Outputs:
     """The evolve stage for the round ``round_name`` of ``evolve.rounds`` (``section``): the pool of ``src``
     evolved once by ``llms["evolver"]``, with the method of ``method`` (method.txt; its meta.json's ``fallback``
     for strategy auto); the response checks answer with ``respond``'s sampling, ``embed`` (roles.embedder) reads
-    the meanings for ``same_problem``."""
+    the meanings for ``same_problem``, and ``judged`` (the judge section) says how the judge scores rewrites when
+    ``rewrites_per_instruction`` is above 1."""
     settings = EvolveSettings(**{f.name: getattr(section, f.name) for f in dataclasses.fields(EvolveSettings)})
     if round_name not in section.rounds:
         raise ParamsError([f"evolve.rounds: no round named {round_name!r} (rounds: {', '.join(section.rounds)})"])
@@ -248,7 +275,8 @@ def run(round_name: str, src: str | Path, method: str | Path, section: EvolveSec
     judge, responder, settings = open_checkers(llms, settings, evolver, round_name)
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
-        responder=responder, respond_sampling=response_sampling(respond), embed=embed)
+        responder=responder, respond_sampling=response_sampling(respond), embed=embed,
+        hardness=judge_hardness(judge, prompts, judged))
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
     roles = {name: llm
              for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}

@@ -2,7 +2,9 @@
 
 The ranking (:func:`evolforge.steps.select.selection.choose`) needs, per item, its id and round, the first guard
 it fails, a digest of its text (for the distinct-instruction ratios), one of its seed's id (the same-problem walk's
-lineage) and the metric columns; never its texts
+lineage), how many results its question asks for, the restrictions it states and its checked result (the walk's
+guard and backstop: :mod:`evolforge.steps.select.same_problem`, :mod:`evolforge.steps.select.checked`) and the
+metric columns; never its texts
 (the helper columns: :func:`with_helpers`; the texts, read for the near-duplicate walk only: :func:`file_texts`).
 :func:`ranking_table` builds that table from the items read ``chunk_rows`` at a time (guards and digests computed
 per chunk, texts dropped) joined with the metric columns of judged, scores and diversity: about 80 bytes per
@@ -21,6 +23,8 @@ from evolforge.core.text import item_text, question_text
 from evolforge.io import validation
 from evolforge.io.stream import check_chunks, iter_chunks, table_file, table_schema
 from evolforge.steps.common.guards import GUARDS, applicable, guard_reason
+from evolforge.steps.common.asking import restriction_mask, results_asked
+from evolforge.steps.select.checked import ANSWER, VERIFY_COLUMNS, checked_answers, checked_column
 from evolforge.steps.select.near_duplicates import TextReader
 from evolforge.steps.select.settings import SelectSettings
 
@@ -28,21 +32,30 @@ from evolforge.steps.select.settings import SelectSettings
 METRIC_COLUMNS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "loss_instruction", "mnd",
                   "verify_verdict", "verify_confidence",  # drop_wrong's and min_confidence's
                   "verify_method")  # whether verify checked the content: then an answer check alone does not vouch
-# helper columns: the first guard a row fails (null: none), its text's digest, its seed's (root_id) digest
-GUARD, TEXT, ROOT = "_guard", "_text", "_root"
+# helper columns: the first guard a row fails (null: none), its text's digest, its seed's (root_id) digest, the
+# results its question asks for (asking.results_asked), the restrictions it states (asking.restriction_mask) and its
+# checked result (checked.ANSWER, null: none)
+GUARD, TEXT, ROOT, ASKS, MARKS = "_guard", "_text", "_root", "_asks", "_marks"
+HELPERS = (GUARD, TEXT, ROOT, ASKS, MARKS, ANSWER)
 CHECK_PASSED = "answer_check_passed"  # the items' answer check result (require_check reads it; null: no check)
 
 
 def with_helpers(table: pl.DataFrame) -> pl.DataFrame:
     """``table`` with the helper columns :func:`~evolforge.steps.select.selection.choose` reads: ``GUARD``, ``ROOT``
-    when it has lineage and ``TEXT`` when it has instructions."""
+    when it has lineage, ``TEXT``, ``ASKS`` and ``MARKS`` when it has instructions, ``ANSWER`` when it has the verify
+    stage's columns."""
     table = table.with_columns(guard_reason(table).alias(GUARD))
     if "root_id" in table.columns:
         table = table.with_columns(pl.col("root_id").cast(pl.String).hash(seed=0).alias(ROOT))
+    if set(VERIFY_COLUMNS) <= set(table.columns):
+        table = table.with_columns(checked_column(table))
     if "instruction" not in table.columns:
         return table
     inputs = table["input"] if "input" in table.columns else pl.Series([None] * table.height, dtype=pl.String)
-    return table.with_columns(text_digests(table["instruction"], inputs).alias(TEXT))
+    questions = [question_text(q or "", x) for q, x in zip(table["instruction"].to_list(), inputs.to_list())]
+    return table.with_columns(text_digests(table["instruction"], inputs).alias(TEXT),
+                              pl.Series(ASKS, [results_asked(q) for q in questions], dtype=pl.Int16),
+                              pl.Series(MARKS, [restriction_mask(q) for q in questions], dtype=pl.Int32))
 
 
 def table_texts(table: pl.DataFrame) -> TextReader:
@@ -107,7 +120,7 @@ def _items_narrow(items: str, chunk_rows: int) -> tuple[pl.DataFrame, list[str]]
             *(c for name in guards for c in GUARDS[name].columns if c not in ("instruction", "input")),
             *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema)]
     read = list(dict.fromkeys(read))
-    keep = ["id", "round", *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema), GUARD, TEXT,
+    keep = ["id", "round", *(c for c in (*METRIC_COLUMNS, CHECK_PASSED) if c in schema), GUARD, TEXT, ASKS, MARKS,
             *([ROOT] if "root_id" in schema else [])]
     empty = pl.DataFrame(schema={c: schema[c] for c in read})  # a table without rows still has its columns
     parts = [with_helpers(chunk).select(keep) for chunk in chain([empty], iter_chunks(items, chunk_rows, read))]
@@ -136,5 +149,7 @@ def ranking_table(inputs: Inputs, chunk_rows: int) -> tuple[pl.DataFrame, list[s
         if unmatched:
             raise ValueError(f"{path}: {unmatched} items have no row; rerun that stage")
         table = table.drop("_found")
+    if inputs.verified:  # the checked results, from the verify stage's evidence a chunk at a time
+        table = table.join(checked_answers(inputs.verified, chunk_rows), on="id", how="left", maintain_order="left")
     return table, guards
 

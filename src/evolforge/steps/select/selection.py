@@ -22,7 +22,8 @@ confidence goes too) -> ``ifd_filter`` -> floors -> metric present -> threshold 
 ``require_vouched`` (``not_vouched``: neither the verdict ``right`` nor a passing answer check; an AutoIF item's
 constraint checks the form only and does not vouch where verify checked the content) -> near-duplicate walk
 (``near_duplicate_of_selected``: :mod:`evolforge.steps.select.near_duplicates`) -> same-problem walk
-(``same_problem_in_lineage``, ``same_problem_as_selected``: :mod:`evolforge.steps.select.same_problem`) -> diversity
+(``same_problem_in_lineage``, ``same_problem_as_selected``, ``same_answer_in_lineage``:
+:mod:`evolforge.steps.select.same_problem`) -> diversity
 walk / top fraction. The budget is the top fraction of every item left before ``require_vouched``: an item verify
 could not vouch for is unknown, not bad, so it counts in the budget but may not fill it; with ``require_vouched:
 false`` it ranks after every vouched item. Like the diversity walk, the near-duplicate and same-problem walks give a
@@ -53,10 +54,10 @@ from evolforge.config.bounds import ParamsError
 from evolforge.steps.common.guards import applicable
 from evolforge.steps.common.verification import CONTENT_METHODS
 from evolforge.steps.select.diversity_walk import diverse_walk
-from evolforge.steps.select.narrow import GUARD, ROOT, TEXT, table_texts, with_helpers
+from evolforge.steps.select.narrow import GUARD, HELPERS, ROOT, table_texts, with_helpers
 from evolforge.steps.select.near_duplicates import TextReader, walk_near_duplicates
 from evolforge.steps.select.same_problem import REASONS, Limits, root_codes, walk_same_problems
-from evolforge.steps.select.set_metrics import Vectors, problem_counts, set_diversity
+from evolforge.steps.select.set_metrics import Vectors, problem_counts, set_diversity, traits_of
 from evolforge.steps.select.settings import SelectSettings
 
 METRICS = ("ic_ifd", "ifd", "difficulty_score", "difficulty_expected", "random")
@@ -104,10 +105,12 @@ def _check_settings(settings: SelectSettings, embeddings: Vectors | None) -> Non
 
 
 def problem_limits(settings: SelectSettings) -> Limits | None:
-    """The same-problem walk's thresholds (``same_problem``, ``same_problem_lineage``); None when both are off."""
-    if settings.same_problem is None and settings.same_problem_lineage is None:
+    """The same-problem walk's limits (``same_problem``, ``same_problem_lineage``, ``same_answer_lineage``); None
+    when all are off."""
+    if settings.same_problem is None and settings.same_problem_lineage is None and not settings.same_answer_lineage:
         return None
-    return Limits(threshold=settings.same_problem, lineage=settings.same_problem_lineage)
+    return Limits(threshold=settings.same_problem, lineage=settings.same_problem_lineage,
+                  same_answer=settings.same_answer_lineage)
 
 
 def _filter_pool(table: pl.DataFrame, settings: SelectSettings, guards: list[str]) -> _Filtering:
@@ -212,7 +215,8 @@ def _without_same_problems(filtering: _Filtering, ranked: pl.DataFrame, settings
         return ranked
     stop = budget if settings.diversity_threshold is None else None
     roots = root_codes(ranked[ROOT] if ROOT in ranked.columns else None, ranked.height)
-    walk = walk_same_problems(embeddings.take(ranked["id"]), roots, limits, stop)
+    vectors = embeddings.take(ranked["id"]) if limits.by_embedding else None
+    walk = walk_same_problems(vectors, roots, limits, stop, traits=traits_of(ranked))
     ids = ranked["id"]
     repeats = pl.DataFrame({"_row": [d.row for d in walk.dropped], "_reason": [d.reason for d in walk.dropped],
                             "same_problem_as": [ids[d.same_as] for d in walk.dropped]},
@@ -291,7 +295,7 @@ def choose(table: pl.DataFrame, settings: SelectSettings, guards: list[str],
     summary.update(problem_counts(chosen, candidates, embeddings, problem_limits(settings)))
     excluded = pl.concat(filtering.excluded, how="diagonal_relaxed") if filtering.excluded else pl.DataFrame(
         schema={"id": pl.String, "round": pl.Int64, "skip_reason": pl.String})
-    return Selection(chosen.drop(GUARD, TEXT, ROOT, strict=False), summary, excluded)
+    return Selection(chosen.drop(*HELPERS, strict=False), summary, excluded)
 
 
 def select_items(table: pl.DataFrame, settings: SelectSettings, *, embeddings: Vectors | None = None) -> Selection:

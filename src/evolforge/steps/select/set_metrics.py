@@ -9,9 +9,10 @@ import numpy as np
 import polars as pl
 
 from evolforge.score.neighbors import neighbor_stats
+from evolforge.steps.select.checked import ANSWER
 from evolforge.steps.select.embeddings import EmbeddingFile, Embeddings
-from evolforge.steps.select.narrow import ROOT, TEXT
-from evolforge.steps.select.same_problem import Limits, count_problems, root_codes
+from evolforge.steps.select.narrow import ASKS, MARKS, ROOT, TEXT
+from evolforge.steps.select.same_problem import Limits, Traits, count_problems, root_codes
 
 Vectors = Embeddings | EmbeddingFile
 
@@ -49,15 +50,30 @@ def set_diversity(chosen: pl.DataFrame, pool: pl.DataFrame, embeddings: Vectors 
     return out
 
 
+def traits_of(rows: pl.DataFrame) -> Traits | None:
+    """The rows' checked results, rounds, results asked and restrictions (the same-problem walk's guard and
+    backstop), from the ranking table's helper columns (no checked result where it lacks the verify stage's); None
+    where it lacks the texts' helpers."""
+    if ASKS not in rows.columns or MARKS not in rows.columns:
+        return None
+    values = rows[ANSWER].cast(pl.Float64) if ANSWER in rows.columns else pl.Series([None] * rows.height,
+                                                                                      dtype=pl.Float64)
+    return Traits(values=values.fill_null(float("nan")).to_numpy(), rounds=rows["round"].to_numpy(),
+                  asks=rows[ASKS].to_numpy(), marks=rows[MARKS].to_numpy())
+
+
 def problem_counts(chosen: pl.DataFrame, candidates: pl.DataFrame, embeddings: Vectors | None,
                    limits: Limits | None) -> dict:
     """How many distinct problems (:func:`~evolforge.steps.select.same_problem.count_problems`, by ``limits``) the
     selection holds and the ``candidates`` held (the ranked items the same-problem walk chose among); null without
-    embeddings or limits, or past :data:`WITHIN_MAX` items (all pairs are compared)."""
+    limits, without embeddings for limits by distance, or past :data:`WITHIN_MAX` items (all pairs are compared)."""
     def count(rows: pl.DataFrame) -> int | None:
-        if embeddings is None or limits is None or rows.height > WITHIN_MAX:
+        if limits is None or (limits.by_embedding and embeddings is None) or rows.height > WITHIN_MAX:
             return None
+        if not rows.height:
+            return 0
         roots = root_codes(rows[ROOT] if ROOT in rows.columns else None, rows.height)
-        return count_problems(np.asarray(embeddings.take(rows["id"])), roots, limits) if rows.height else 0
+        vectors = np.asarray(embeddings.take(rows["id"])) if limits.by_embedding else None
+        return count_problems(vectors, roots, limits, traits=traits_of(rows))
 
     return {"distinct_problems_selected": count(chosen), "distinct_problems_candidates": count(candidates)}

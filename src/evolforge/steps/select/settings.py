@@ -58,6 +58,11 @@ class SelectSettings:
         "help": "the same for two items of one seed (root_id: an item and its ancestor), which a rewrite that "
                 "rewords its parent or hands over its method stays close to (same_problem_in_lineage); null = off",
         "paper": "none"})
+    same_answer_lineage: bool = field(default=False, metadata={
+        "help": "two items of one seed whose checked results are equal (the number verify vouched for: numeric "
+                "right, or a seed's number check passed), the later round's question asking for no more results, "
+                "are the same problem too: the better ranked stays (same_answer_in_lineage); needs no embeddings",
+        "paper": "none"})
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.top_fraction is None:
