@@ -2,14 +2,17 @@
 
 Reads:  data/seed (id, instruction, input), params.yaml `optimize` (initial_method, steps, candidates,
         batch_size, dev_size, trajectory_rounds, patience, selection, evolver_temperature, seed,
-        unusable_failure_rate, on_unusable, judge_difficulty, optimization_prompt, ...), the `evolve` fields of the
+        unusable_failure_rate, on_unusable, judge_difficulty, optimization_prompt, candidates_file, racing,
+        format_cut, ...), the `evolve` fields of the
         development runs (strategy, controls, method_controls, max_tokens, method_max_tokens, few_shot,
         missing_marker, elimination, repetition), roles `evolver` and `optimizer`
-        (and `judge` with the `judge` section, under judge_difficulty), prompts/optimize/*.j2,
+        (and `judge` with the `judge` section, under judge_difficulty), prompts/optimize/*.j2 (and the
+        optimize.candidates_file under prompts/optimize/),
         prompts/respond/response.j2, prompts/judge/difficulty_score*.j2
 Writes: data/method/ (method.txt: the method to evolve with; log.jsonl: one row per step; meta.json, whose
         `fallback` is "evol" when the evolver cannot follow the method's format and on_unusable is evol),
-        metrics/optimize.json (with `outcome`: did the method beat the initial one, or why not; `dev_difficulty`),
+        metrics/optimize.json (with `outcome`: did the method beat the initial one, or why not; `dev_difficulty`;
+        each candidate's items measured and why racing stopped it; `optimizer_limit`),
         metrics/plots/optimize.json (step, failure_rate, best_failure_rate)
 With evolve.strategy other than `auto` the stage costs nothing (the initial method, no model loaded); with
 on_unusable `stop`, an unusable method stops the stage with a message. Logic: src/evolforge/steps/optimize/step.py.

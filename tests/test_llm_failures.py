@@ -17,6 +17,7 @@ import pytest
 from evolforge.steps.evolve.step import EvolveSettings, evolve_round
 from evolforge.steps.common.difficulty import judge
 from evolforge.steps.optimize.candidates import propose_methods
+from evolforge.steps.common.evolving import EvolvingCall
 from evolforge.steps.optimize.scoring import score_method
 from evolforge.steps.respond.step import _kept, answer
 from evolforge.llm.cache import CallCache
@@ -402,7 +403,7 @@ def test_optimize_counts_a_failed_call_as_unparseable():
         return "A long and complete answer to the question."
 
     score = score_method(LLM(FakeBackend(evolver), None, settings=LLMSettings(max_failure_rate=0.5)), prompts, dev,
-                         "method", temperature=0.0)
+                         "method", call=EvolvingCall(temperature=0.0))
     assert score.missing_marker == 1 and score.failures == 1 and score.failure_rate == 0.25
 
     def optimizer(request):

@@ -34,11 +34,13 @@ from evolforge.llm.cached import LLM
 from evolforge.llm.backends.fake import FakeBackend
 from evolforge.steps.optimize import step as optimize_step
 from evolforge.steps.evolve.settings import EvolveSettings
-from evolforge.steps.common.evolving import Evolution, initial_method_text
+from evolforge.steps.common.evolving import Evolution, EvolvingCall, initial_method_text
 from evolforge.steps.optimize.candidates import amended, parse_optimized_method, with_reply_format
 from evolforge.steps.optimize.scoring import FailureRules, score_method, score_methods
 from evolforge.steps.optimize.settings import OptimizeSettings
-from evolforge.steps.optimize.step import build_trajectory, optimize_method, select_candidate, split_dev_pool
+from evolforge.steps.optimize.dev import split_dev_pool
+from evolforge.steps.optimize.step import optimize_method, select_candidate
+from evolforge.steps.optimize.trajectory import build_trajectory
 from evolforge.steps.optimize.result import Candidate, MethodScore, summary, usability
 from evolforge.core.prompts import DEFAULT_PROMPTS_DIR, PromptLibrary
 from evolforge.io.records import SEED_POOL, write_output
@@ -51,6 +53,7 @@ CURRENT_METHOD = re.compile(r"```Method\n([\s\S]*?)\n```")
 EVOLVER_ROLE = Role(name="evolver", backend="hf", model="fake", temperature=0.7, top_p=0.95)
 OPTIMIZER_ROLE = Role(name="optimizer", backend="hf", model="fake", temperature=0.6, top_p=0.95, max_tokens=400)
 UNPARSEABLE = "I have improved the method."
+ZERO = EvolvingCall(temperature=0.0)  # the development runs' greedy evolving call
 
 
 def items(n: int) -> list[dict]:
@@ -97,18 +100,17 @@ def optimizer_reply(plan):
     return reply
 
 
-def run(plan, *, initial="m0 fails=1", n=14, cache=None, **overrides):
+def run(plan, *, initial="m0 fails=1", n=14, cache=None, evolver_role=EVOLVER_ROLE, **overrides):
     settings = OptimizeSettings(**{"steps": 1, "candidates": 2, "batch_size": 2, "dev_size": 4, "patience": None,
-                                   **overrides})
+                                   "racing": False, **overrides})  # every candidate on every item: the paper's loop
     rng = random.Random(settings.seed)
     dev, pool = split_dev_pool(items(n), dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng)
     dev_order = [d["instruction"] for d in dev]
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: q in dev_order[:fails(m)]))
     optimizer_fake = FakeBackend(optimizer_reply(plan), model="fake-optimizer")
-    evolver, optimizer = LLM(evolver_fake, cache, role=EVOLVER_ROLE), LLM(optimizer_fake, cache, role=OPTIMIZER_ROLE)
-    result = optimize_method(pool, dev, initial_method=initial, evolver=evolver,
-                             optimizer=optimizer, prompts=PROMPTS,
-                             settings=settings, rng=rng)
+    evolver, optimizer = LLM(evolver_fake, cache, role=evolver_role), LLM(optimizer_fake, cache, role=OPTIMIZER_ROLE)
+    result = optimize_method(pool, dev, initial_method=initial, evolver=evolver, optimizer=optimizer, prompts=PROMPTS,
+                             settings=settings, rng=rng, call=ZERO)
     return SimpleNamespace(result=result, dev=dev, pool=pool, evolver=evolver, optimizer=optimizer,
                            evolver_fake=evolver_fake, optimizer_fake=optimizer_fake)
 
@@ -335,12 +337,12 @@ def test_optimizer_samples_differ_by_sample_index_and_rerun_from_the_cache(tmp_p
 def test_trajectory_rounds_and_a_missing_marker_keeps_the_raw_answer():
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
     cases, unparsed = build_trajectory(LLM(evolver_fake, None, role=EVOLVER_ROLE), PROMPTS, ["task 01", "task 02"], "m fails=0",
-                                       rounds=2, temperature=0.0)
+                                       rounds=2, call=ZERO)
     assert cases[0] == {"id": 0, "stage0": "task 01", "stage1": "task 01 [m fails=0]",
                         "stage2": "task 01 [m fails=0] [m fails=0]"}
     assert unparsed == []
     cases, unparsed = build_trajectory(LLM(evolver_fake, None, role=EVOLVER_ROLE), PROMPTS, ["task 01"], "nomarker",
-                                       rounds=1, temperature=0.0)
+                                       rounds=1, call=ZERO)
     assert cases[0]["stage1"] == "Step 3 #Rewritten Instruction#:\ntask 01 [nomarker]"
     assert unparsed == [{"id": 0, "round": 1}]
 
@@ -362,7 +364,7 @@ def test_step_ones_trajectory_is_evolved_in_the_call_that_scores_the_initial_met
     evolver = LLM(Recording(evolver_reply(lambda m, q: False)), None, role=EVOLVER_ROLE)
     optimizer = LLM(FakeBackend(optimizer_reply(plan)), None, role=OPTIMIZER_ROLE)
     result = optimize_method(pool, dev, initial_method="m0 fails=1", evolver=evolver, optimizer=optimizer,
-                             prompts=PROMPTS, rng=rng, settings=OptimizeSettings(
+                             prompts=PROMPTS, rng=rng, call=ZERO, settings=OptimizeSettings(
                                  steps=2, candidates=2, batch_size=2, dev_size=4, patience=None))
     first, second = ([c["stage0"] for c in r["trajectory"]] for r in result.log)
     evolving = [c for c in calls if c]
@@ -378,7 +380,7 @@ def test_trajectory_verdicts_give_each_stage_the_failure_rules_verdict_in_words(
     llm = LLM(FakeBackend(evolver_reply(lambda m, q: False)), None, role=EVOLVER_ROLE)
     rules = FailureRules("elimination")
     cases, _ = build_trajectory(llm, PROMPTS, ["Write a haiku about rain.", "task 02"], "nomarker", rounds=1,
-                                temperature=0.0, verdicts=rules)
+                                call=ZERO, verdicts=rules)
     assert [c["stage1_verdict"] for c in cases] == [
         "failed: the answer lacks the reply format's #Finally Rewritten Instruction# line"] * 2
     parent = "Write a haiku about rain."
@@ -388,7 +390,7 @@ def test_trajectory_verdicts_give_each_stage_the_failure_rules_verdict_in_words(
         "failed: the rewrite is the instruction again, adding nothing (at most one word swapped)")
     assert rules.verdict(parent, Evolution("Here is a haiku: rain on the roof, soft and slow, the night listens.",
                                            "..", "stop")).startswith("failed: the rewrite answers")
-    assert "stage1_verdict" not in build_trajectory(llm, PROMPTS, ["task 02"], "m", rounds=1, temperature=0.0)[0][0]
+    assert "stage1_verdict" not in build_trajectory(llm, PROMPTS, ["task 02"], "m", rounds=1, call=ZERO)[0][0]
 
 
 @pytest.mark.parametrize("on", [True, False])
@@ -441,7 +443,7 @@ def test_with_reply_format_replaces_the_format_lines_a_candidate_ends_in(candida
 def test_a_missing_marker_fails_without_a_response():
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
     dev = items(4)
-    result = score_method(LLM(evolver_fake, None, role=EVOLVER_ROLE), PROMPTS, dev, "nomarker fails=0", temperature=0.0)
+    result = score_method(LLM(evolver_fake, None, role=EVOLVER_ROLE), PROMPTS, dev, "nomarker fails=0", call=ZERO)
     assert (result.failure_rate, result.missing_marker, result.score) == (1.0, 4, 0.0)
     assert len(evolver_fake.sent) == 4  # the evolving calls only
 
@@ -451,7 +453,7 @@ def test_whole_output_scores_an_answer_without_its_marker_as_its_rewrite():
     answered and judged by the rules like any other; the metrics still count the answers without the marker."""
     evolver_fake = FakeBackend(evolver_reply(lambda m, q: False))
     llm = LLM(evolver_fake, None, role=EVOLVER_ROLE)
-    result = score_method(llm, PROMPTS, items(4), "nomarker fails=0", temperature=0.0, missing_marker="whole_output")
+    result = score_method(llm, PROMPTS, items(4), "nomarker fails=0", call=EvolvingCall(temperature=0.0, missing_marker="whole_output"))
     assert (result.failure_rate, result.missing_marker) == (0.0, 4)
     assert len(evolver_fake.sent) == 8  # the evolving calls, then an answer to each rewrite
     answered = [r.messages[-1][1] for r in evolver_fake.sent[4:]]
@@ -473,7 +475,8 @@ def stage_setup(tmp_path: Path, strategy: str, n_seed: int = 14, evolve: dict | 
         "roles": {name: {"backend": "hf", "model": str(tmp_path / "no-such-model")} for name in ("evolver", "optimizer")},
         "optimize": {"initial_method": "initial", "steps": 2, "candidates": 2, "batch_size": 2, "dev_size": 4,
                      "trajectory_rounds": 1, "patience": 1, "selection": "lowest_failure",
-                     "evolver_temperature": 0.0, "seed": 0, "judge_difficulty": False},
+                     "evolver_temperature": 0.0, "seed": 0, "judge_difficulty": False,
+                     "racing": False},  # every candidate on every item (tests/test_optimize_racing.py races them)
         "evolve": {"strategy": strategy, **(evolve or {})},
     }
     (tmp_path / "params.yaml").write_text(json.dumps(params), encoding="utf-8")  # JSON is YAML
@@ -658,7 +661,7 @@ def test_dev_answers_cut_at_max_tokens_are_counted():
     from evolforge.llm.types import Completion
 
     cut = FakeBackend(lambda request: Completion("Step 1 #Methods List#:\n#1.\n#2.\n#3.", "length"))
-    result = score_method(LLM(cut, None, role=EVOLVER_ROLE), PROMPTS, items(4), "initial", temperature=0.0)
+    result = score_method(LLM(cut, None, role=EVOLVER_ROLE), PROMPTS, items(4), "initial", call=ZERO)
     assert (result.failure_rate, result.missing_marker, result.cut_at_max_tokens) == (1.0, 4, 4)
 
 
@@ -742,11 +745,11 @@ def test_candidates_are_scored_together_as_each_alone():
     dev = items(5)
     methods = ["m1 fails=0", "m2 fails=2", "nomarker fails=0", "m3 fails=5 long"]
     fake = FakeBackend(evolver_reply(lambda m, q: q in [d["instruction"] for d in dev][:fails(m)]))
-    together = score_methods(LLM(fake, None, role=EVOLVER_ROLE), PROMPTS, dev, methods, temperature=0.0)
+    together = score_methods(LLM(fake, None, role=EVOLVER_ROLE), PROMPTS, dev, methods, call=ZERO)
     # the role's batches of 8 filled across methods: 20 evolutions, then 15 answers (nomarker's evolutions get none)
     assert fake.batches == [8, 8, 4, 8, 7]
     alone = [score_method(LLM(FakeBackend(evolver_reply(lambda m, q: q in [d["instruction"] for d in dev][:fails(m)])),
-                              None, role=EVOLVER_ROLE), PROMPTS, dev, m, temperature=0.0) for m in methods]
+                              None, role=EVOLVER_ROLE), PROMPTS, dev, m, call=ZERO) for m in methods]
     assert together == alone
     assert [s.failures for s in together] == [0, 2, 5, 5]
 
@@ -890,11 +893,11 @@ def test_elimination_failures_are_the_rounds_rules():
     for kind, expected in (("rule_f", [0, 0, 0]), ("elimination", [4, 4, 0])):
         rules = FailureRules.of(kind, evolve, PROMPTS)
         scores = score_methods(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev,
-                               ["same", "chatty", "fine"], temperature=0.0, rules=rules)
+                               ["same", "chatty", "fine"], call=ZERO, rules=rules)
         assert [s.failures for s in scores] == expected
     assert scores[0].failures_by_reason == {"unchanged": 4} and scores[1].failures_by_reason == {"asks_user_for_input": 4}
     off = FailureRules.of("elimination", EvolveSettings(elimination={"unchanged": False}), PROMPTS)
-    assert score_method(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, "same", temperature=0.0,
+    assert score_method(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, "same", call=ZERO,
                         rules=off).failures == 0
 
 
@@ -916,7 +919,7 @@ def test_elimination_fails_a_method_whose_rewrites_copy_the_worked_example():
     for few_shot, expected in ((True, [3, 0]), (False, [0, 0])):
         evolve = EvolveSettings(few_shot=few_shot)
         scores = score_methods(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, ["copy", "fine"],
-                               temperature=0.0, few_shot=few_shot, rules=FailureRules.of("elimination", evolve, PROMPTS))
+                               call=EvolvingCall(temperature=0.0, few_shot=few_shot), rules=FailureRules.of("elimination", evolve, PROMPTS))
         assert [s.failures for s in scores] == expected
     assert scores[0].failures_by_reason == {} and FailureRules.of("elimination", evolve, PROMPTS).example_additions == frozenset()
 
@@ -941,7 +944,7 @@ def test_elimination_fails_a_method_whose_rewrites_paste_its_own_words():
     for elimination_switches, expected in (({}, [3, 0]), ({"copied_method": False}, [0, 0])):
         rules = FailureRules.of("elimination", EvolveSettings(elimination=elimination_switches), PROMPTS)
         scores = score_methods(LLM(FakeBackend(reply), None, role=EVOLVER_ROLE), PROMPTS, dev, [copying, "fine"],
-                               temperature=0.0, rules=rules)
+                               call=ZERO, rules=rules)
         assert [s.failures for s in scores] == expected
         if expected[0]:
             assert scores[0].failures_by_reason == {elimination.COPIED_METHOD: 3}

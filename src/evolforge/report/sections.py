@@ -199,17 +199,24 @@ def optimize_html(v: dict) -> str:
         for c in step["candidates"]:
             chosen = "chosen" if step["chosen"] == c["index"] else ""
             notes = [n for n, on in (("written back unchanged", c.get("unchanged")),
-                                     ("reply format kept", c.get("reply_format_kept"))) if on]
+                                     ("reply format kept", c.get("reply_format_kept")),
+                                     (f"no evolving method: {c.get('not_a_method')}", c.get("not_a_method"))) if on]
             parsed = ("yes" + "".join(f"; {n}" for n in notes)) if c["parsed"] else esc(c["parse_error"])
             rows.append(f"<tr>{num(step['step'])}{num(c['index'])}<td>{parsed}</td>"
-                        f"{num(c['failures'])}{num(c['failure_rate'])}<td>{chosen}</td>"
-                        f"{num(step['current_failure_rate'])}{num(step['best_failure_rate'])}</tr>")
-    steps = table(["step", "candidate", "parsed", "dev failures", "failure rate", "", "current rate after the step",
-                   "best rate so far"], rows)
+                        f"{num(c['failures'])}{num(c.get('measured'))}<td>{esc(c.get('cut') or '')}</td>"
+                        f"<td>{chosen}</td>{num(step['current_failure_rate'])}{num(step['best_failure_rate'])}</tr>")
+    rows = [f"<tr><td>file</td><td>{esc(c['name'])}</td><td>from the file: {esc(c['source'])}</td>{num(c['failures'])}"
+            f"{num(c['measured'])}<td>{esc(c['cut'] or '')}</td>"
+            f"<td>{'chosen' if m.get('file_chosen') == c['index'] else ''}</td><td></td><td></td></tr>"
+            for c in m.get("file_candidates") or []] + rows  # optimize.candidates_file, measured before the steps
+    steps = table(["step", "candidate", "parsed", "dev failures", "items measured", "stopped (racing)", "",
+                   "current rate after the step", "best rate so far"], rows)
     diff = m.get("method_diff")
     shown = (f"<h4>chosen method vs initial method</h4><pre class='text'>{esc(diff)}</pre>" if diff
              else "<p>the chosen method is the initial one (no candidate failed the development set less often)</p>")
-    warned = "".join(f"<p class='warning'>{esc(w)}</p>" for w in m.get("warnings") or [])
+    warned = "".join(f"<p class='warning'>{esc(w)}</p>" for w in [*(m.get("warnings") or []),
+                                                                   *([m["optimizer_limit"]] if m.get("optimizer_limit")
+                                                                     else [])])
     return head + warned + steps + shown
 
 

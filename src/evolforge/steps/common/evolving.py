@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -21,10 +22,12 @@ import yaml
 from evolforge.core.prompts import PromptLibrary
 from evolforge.io.records import make_id
 from evolforge.llm.cached import LLM
+from evolforge.llm.requests import ChatRequest
+from evolforge.llm.types import Completion
 from evolforge.steps.common import copying, elimination
 
 if TYPE_CHECKING:
-    from evolforge.steps.evolve.settings import MissingMarker
+    from evolforge.steps.evolve.settings import EvolveSettings, MissingMarker
 
 IN_DEPTH = ["add_constraints", "deepening", "concretizing", "reasoning"]
 BREADTH = "breadth"
@@ -55,6 +58,17 @@ def assign_methods(ids: Sequence[str], round_index: int, assignment: str = "roun
     if assignment == "random":
         return [methods[_hash_int(seed, round_index, i) % len(methods)] for i in ids]
     return [methods[(_hash_int(i) + round_index) % len(methods)] for i in ids]
+
+
+def round_methods(root_ids: Sequence[str], round_index: int, settings: EvolveSettings,
+                  method_text: str | None) -> list[str]:
+    """The evolving method of each item of a round (by its lineage's ``root_id``): a hand-written one per item
+    under ``evolve.strategy: evol`` (:func:`assign_methods`), else the strategy's one ``method_text``."""
+    if settings.strategy == "evol":
+        return assign_methods(root_ids, round_index, settings.assignment, settings.breadth, settings.seed)
+    if not method_text:
+        raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
+    return [settings.strategy] * len(root_ids)
 
 
 def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None) -> str:
@@ -144,30 +158,68 @@ class Evolution(NamedTuple):
     finish_reason: str | None  # "length": the answer stopped at max_tokens
 
 
-def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
-                       temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                       seed: int | None = None, desc: str = "evolve",
-                       controls: Mapping[str, Any] | None = None, few_shot: bool = False,
-                       missing_marker: MissingMarker = "fail") -> list[Evolution]:
-    """Apply one evolving method to each instruction. A failed call is an Evolution with no instruction and
-    no raw text (as unparseable as a missing marker, and nothing to show). ``controls``, ``max_tokens``: the
-    step-format calls' (``EvolveSettings.step_format``); ``missing_marker``: ``evolve.missing_marker``."""
-    return evolve_with_methods(llm, prompts, instructions, [method_text], temperature=temperature, top_p=top_p,
-                               max_tokens=max_tokens, seed=seed, desc=desc, controls=controls, few_shot=few_shot,
-                               missing_marker=missing_marker)
+@dataclass(frozen=True)
+class EvolvingCall:
+    """How an evolving call is asked and its answer read, built once from the ``evolve`` settings
+    (:meth:`of`): the evolve rounds and optimize's development runs ask the same way.
+
+    ``step_format``: the calls of an Auto Evol-Instruct method text, with their own controls and budget
+    (``evolve.method_controls`` / ``method_max_tokens``); otherwise Evol-Instruct's (``evolve.controls`` /
+    ``max_tokens``). ``missing_marker``: how a method's answer without its final-instruction marker reads."""
+
+    temperature: float | None = None  # None: the role's
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    controls: Mapping[str, Any] | None = field(default=None, hash=False)  # over the role's
+    step_format: bool = True
+    few_shot: bool = False  # evolve.few_shot: the method's worked examples as earlier turns
+    missing_marker: MissingMarker = "fail"
+
+    @classmethod
+    def of(cls, settings: EvolveSettings, *, step_format: bool, temperature: float | None = None,
+           top_p: float | None = None, seed: int | None = None) -> "EvolvingCall":
+        """The call the ``evolve`` settings describe, at the given sampling."""
+        controls, max_tokens = settings.step_format() if step_format else (settings.controls, settings.max_tokens)
+        return cls(temperature, top_p, max_tokens, seed, controls, step_format, settings.few_shot,
+                   settings.missing_marker)
+
+    def requests(self, llm: LLM, prompts: PromptLibrary, methods: Sequence[str], instructions: Sequence[str],
+                 method_texts: Sequence[str | None], sample_index: int = 0) -> list[ChatRequest]:
+        """One request per instruction, each evolved by its method: an Evol-Instruct method, or a strategy with its
+        method text (``method_texts``, one per instruction; None for Evol-Instruct's)."""
+        merged = llm.role.controls.merged(self.controls,
+                                          "evolve.method_controls" if self.step_format else "evolve.controls")
+        return [llm.request(evolving_messages(prompts, m, i, text, self.few_shot), temperature=self.temperature,
+                            top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed, sample_index=sample_index,
+                            controls=merged) for m, i, text in zip(methods, instructions, method_texts)]
+
+    def parse(self, completion: Completion, method: str) -> Evolution:
+        """The evolution an answer holds: an Evol-Instruct method's whole answer, a method text's after its
+        final-instruction marker; a failed call holds none."""
+        if completion.failed:
+            return Evolution(None, None, None)
+        evolved = (completion.text.strip() if method in IN_DEPTH or method == BREADTH
+                   else elimination.parse_final_instruction(completion.text, self.missing_marker))
+        return Evolution(evolved, completion.text, completion.finish_reason)
+
+
+def evolve_pairs(llm: LLM, prompts: PromptLibrary, pairs: Sequence[tuple[str, str]], call: EvolvingCall,
+                 desc: str = "evolve") -> list[Evolution]:
+    """Each (method text, instruction) evolved, in one call to ``llm``. A failed call is an Evolution with no
+    instruction and no raw text (as unparseable as a missing marker, and nothing to show)."""
+    requests = call.requests(llm, prompts, ["auto"] * len(pairs), [i for _, i in pairs], [m for m, _ in pairs])
+    return [call.parse(c, "auto") for c in llm.generate(requests, desc=desc)]
 
 
 def evolve_with_methods(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_texts: list[str],
-                        temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                        seed: int | None = None, desc: str = "evolve",
-                        controls: Mapping[str, Any] | None = None, few_shot: bool = False,
-                        missing_marker: MissingMarker = "fail") -> list[Evolution]:
-    """:func:`evolve_with_method` for several methods in one call to ``llm`` (its batches filled across them):
-    method-major, ``len(instructions)`` evolutions per method."""
-    merged = llm.role.controls.merged(controls, "evolve.method_controls")
-    requests = [llm.request(evolving_messages(prompts, "auto", i, method_text, few_shot),
-                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, controls=merged)
-                for method_text in method_texts for i in instructions]
-    return [Evolution(None, None, None) if c.failed
-            else Evolution(elimination.parse_final_instruction(c.text, missing_marker), c.text, c.finish_reason)
-            for c in llm.generate(requests, desc=desc)]
+                        call: EvolvingCall, desc: str = "evolve") -> list[Evolution]:
+    """Apply each method text to each instruction in one call to ``llm`` (its batches filled across them):
+    method-major, ``len(instructions)`` evolutions per method (:func:`evolve_pairs`)."""
+    return evolve_pairs(llm, prompts, [(m, i) for m in method_texts for i in instructions], call, desc)
+
+
+def evolve_with_method(llm: LLM, prompts: PromptLibrary, instructions: list[str], method_text: str,
+                       call: EvolvingCall, desc: str = "evolve") -> list[Evolution]:
+    """:func:`evolve_with_methods` for one method text."""
+    return evolve_with_methods(llm, prompts, instructions, [method_text], call, desc)

@@ -34,6 +34,8 @@ class MethodScore:
     score: float  # success x mean response chars / mean evolved-instruction chars (reference code)
     cut_at_max_tokens: int = 0  # evolved answers that stopped at max_tokens (the usual cause of a missing marker)
     failures_by_reason: dict[str, int] = field(default_factory=dict)  # the failures, by the rule that failed each
+    measured: int = 0  # development items measured: all of them, unless cut (the counts above are of these)
+    cut: str | None = None  # why racing stopped measuring it (optimize.racing: evolforge.steps.optimize.racing)
 
 
 @dataclass
@@ -48,6 +50,9 @@ class Candidate:
     dev: MethodScore | None = None
     unchanged: bool = False  # the method written back as it was (scored as the current method, no calls)
     reply_format_kept: bool = False  # its reply format replaced by the current method's (optimize.keep_reply_format)
+    not_a_method: str | None = None  # why it is no evolving method (evolforge.steps.optimize.trajectory.not_a_method)
+    name: str | None = None  # a method from optimize.candidates_file: its name there, and where it comes from
+    source: str | None = None
 
 
 @dataclass
@@ -58,6 +63,9 @@ class OptimizeResult:
     initial_method: str = ""
     dev_size: int = 0
     log: list[dict] = field(default_factory=list)  # one row per step run
+    file_candidates: list[dict] = field(default_factory=list)  # optimize.candidates_file's methods, each measured
+    file_chosen: int | None = None  # the one the steps start from (None: the initial method)
+    optimizer_limit: str | None = None  # said once where no candidate of a step was an evolving method
     stop_reason: str = "steps"  # "steps" | "patience" | "no_parseable_candidate" (see the module doc)
     stopped_early: bool = False  # stopped before ``steps`` steps
     warnings: list[str] = field(default_factory=list)  # said in the stage log, the metrics and the report
@@ -92,20 +100,47 @@ def outcome(result: OptimizeResult) -> str:
     n = result.dev_size
     start = f"{result.initial.failures} of {n}"
     if result.best.failure_rate < result.initial.failure_rate:
-        return (f"improved: the optimized method fails {result.best.failures} of {n} development items, "
-                f"the initial {start}")
-    if not result.log:
+        chosen = result.file_candidates[result.file_chosen] if result.file_chosen is not None else None
+        which = (f"{chosen['name']} (optimize.candidates_file)" if chosen and chosen["method"] == result.method
+                 else "the optimized method")
+        return f"improved: {which} fails {result.best.failures} of {n} development items, the initial {start}"
+    if not result.log and not result.file_candidates:
         return "kept the initial method: no optimization step ran (optimize.steps: 0)"
-    if not any(r["parseable_candidates"] for r in result.log):
+    if not result.file_candidates and not any(r["parseable_candidates"] for r in result.log):
         return "kept the initial method: the optimizer wrote no parseable method in any step"
     if result.initial.failures == 0:
         return f"kept the initial method: it fails none of the {n} development items, so nothing can measure better"
-    tried = [c for r in result.log for c in r["candidates"] if c.get("dev") and not c.get("unchanged")]
+    tried = [c for c in result.file_candidates + [c for r in result.log for c in r["candidates"]]
+             if c.get("dev") and not c.get("unchanged")]
     if not tried:
         return "kept the initial method: every method the optimizer wrote was the current one, unchanged"
-    fewest = min(c["dev"]["failures"] for c in tried) if tried else None
+    full = [c["dev"]["failures"] for c in tried if not c["dev"].get("cut")]
+    said = [f"the best of {len(full)} failed {min(full)}"] if full else []
+    if stopped := len(tried) - len(full):
+        said.append(f"{stopped} stopped before the end of the set, unable to fail fewer (optimize.racing)")
     return (f"kept the initial method: it fails {start} development items and no candidate failed fewer "
-            f"(the best of {len(tried)} failed {fewest})")
+            f"({'; '.join(said)})")
+
+
+NOT_A_METHOD_WORDS = {"unparsed": "no method could be read from its answer",
+                      "copies_trajectory": "a plan about the trajectory's own instructions",
+                      "no_reply_format": "the evolver's answers to it lack the final-instruction marker"}
+
+
+def optimizer_limit(log: list[dict]) -> str | None:
+    """What the stage says once (the log, the metrics, the report) when no candidate of a step was an evolving
+    method (:func:`evolforge.steps.optimize.trajectory.not_a_method`): the optimizer model is the limit, and how to
+    go past it. None when every step had one."""
+    steps = [r for r in log if r["candidates"] and all(c["not_a_method"] for c in r["candidates"])]
+    if not steps:
+        return None
+    reasons: dict[str, int] = {}
+    for c in (c for r in steps for c in r["candidates"]):
+        reasons[c["not_a_method"]] = reasons.get(c["not_a_method"], 0) + 1
+    why = "; ".join(f"{k} x {NOT_A_METHOD_WORDS.get(reason, reason)}" for reason, k in sorted(reasons.items()))
+    return (f"the optimizer model is the limit: in {len(steps)} of {len(log)} step(s) none of its candidates was an "
+            f"evolving method ({why}). Point roles.optimizer at a stronger model (docs/how-to/models.md), or measure "
+            f"methods a stronger model wrote with optimize.candidates_file (docs/how-to/optimize.md)")
 
 
 def usability(result: OptimizeResult, settings: OptimizeSettings) -> dict:
@@ -142,20 +177,22 @@ def curve(result: OptimizeResult) -> list[dict]:
 def loop(result: OptimizeResult) -> list[dict]:
     """Each step of the loop, for the metrics and the report: every candidate (parsed or why not, its failures
     on the development set), the one chosen (None: the current method kept) and the rates after the step."""
-    rows = []
-    for r in result.log:
-        candidates = []
-        for c in r["candidates"]:
-            dev = c.get("dev") or {}
-            candidates.append({"index": c["index"], "parsed": c["method"] is not None, "parse_error": c["parse_error"],
-                               "failure_rate": dev.get("failure_rate"), "failures": dev.get("failures"),
-                               "missing_marker": dev.get("missing_marker"), "unchanged": c.get("unchanged", False),
-                               "reply_format_kept": c.get("reply_format_kept", False),
-                               "method_chars": len(c["method"]) if c["method"] is not None else None})
-        rows.append({"step": r["step"], "candidates": candidates, "chosen": r["chosen"],
-                     "current_failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"],
-                     "improved": r["improved"]})
-    return rows
+    return [{"step": r["step"], "candidates": [candidate_row(c) for c in r["candidates"]], "chosen": r["chosen"],
+             "current_failure_rate": r["current_failure_rate"], "best_failure_rate": r["best_failure_rate"],
+             "improved": r["improved"]} for r in result.log]
+
+
+def candidate_row(c: dict) -> dict:
+    """One candidate in the metrics: parsed or why not, its failures on the items it was measured on (all of the
+    development set unless racing cut it: ``measured``, ``cut``), and whether it is an evolving method at all."""
+    dev = c.get("dev") or {}
+    return {"index": c["index"], "parsed": c["method"] is not None, "parse_error": c["parse_error"],
+            "failure_rate": dev.get("failure_rate"), "failures": dev.get("failures"),
+            "missing_marker": dev.get("missing_marker"), "measured": dev.get("measured"), "cut": dev.get("cut"),
+            "not_a_method": c.get("not_a_method"), "unchanged": c.get("unchanged", False),
+            "reply_format_kept": c.get("reply_format_kept", False),
+            "method_chars": len(c["method"]) if c["method"] is not None else None,
+            **({"name": c["name"], "source": c["source"]} if c.get("name") else {})}
 
 
 def method_diff(initial: str, method: str) -> str:
@@ -170,6 +207,9 @@ def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: di
     """metrics/optimize.json; ``stats`` maps a role name to its ``LLM.stats``, ``usable`` is :func:`usability`."""
     return {
         "loop": loop(result),
+        "file_candidates": [candidate_row(c) for c in result.file_candidates],
+        "file_chosen": result.file_chosen,
+        "optimizer_limit": result.optimizer_limit,
         "initial_failures": result.initial.failures,
         "best_failures": result.best.failures,
         "dev_size": result.dev_size,

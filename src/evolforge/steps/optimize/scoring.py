@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, NamedTuple
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
@@ -13,9 +13,10 @@ from evolforge.llm.types import Completion
 from evolforge.steps.common import copying, elimination
 from evolforge.steps.common.difficulty import difficulty_scores
 from evolforge.steps.common.repetition import RepetitionTest, repetition_test
-from evolforge.steps.common.evolving import Evolution, evolve_with_methods, worked_example_additions
+from evolforge.steps.common.evolving import (Evolution, EvolvingCall, evolve_pairs, evolve_with_methods,
+                                             worked_example_additions)
 from evolforge.steps.common.responses import respond
-from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSettings, MissingMarker
+from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.optimize.result import MethodScore, OptimizeResult
 
@@ -83,69 +84,89 @@ class FailureRules:
         why = self.instruction_failure(parent, evolution, method_phrases)
         return "passed" if why is None else f"failed: {VERDICT_WORDS.get(why, why.replace('_', ' '))}"
 
-    def response_failure(self, response: Completion) -> str | None:
-        """Why the answer to a surviving evolution fails it, or None (a failed call fails it with its reason)."""
+    def response_failure(self, response: Completion, parent_answer: str | None = None) -> str | None:
+        """Why the answer to a surviving evolution fails it, or None (a failed call fails it with its reason).
+        ``parent_answer``: the development item's own answer, for ``same_answer`` (as a round's parent's)."""
         if response.failed:
             return response.failure_reason or "failed"
         if self.kind != "elimination":
             return elimination.AUTO_FAILURE if elimination.auto_evol_failure(response.text) else None
-        return elimination.response_failure(response.text, **dict(self.response))
+        return elimination.response_failure(response.text, parent_answer=parent_answer, **dict(self.response))
 
 
-def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str],
-                  *, temperature: float, desc: str = "dev", controls: Mapping[str, Any] | None = None,
-                  max_tokens: int | None = None, few_shot: bool = False, missing_marker: MissingMarker = "fail",
-                  rules: FailureRules = FailureRules(), evolved: list[Evolution] | None = None) -> list[MethodScore]:
-    """Evolve the development set with each of ``methods``, answer each evolution that ``rules`` do not fail
+class Measured(NamedTuple):
+    """One development item evolved with one method, and what came of it."""
+
+    evolution: Evolution
+    reason: str | None  # why it failed; None: it evolved
+    response: str | None  # the evolver's answer to it; None: not answered (failed before), or the call failed
+
+
+def measure(evolver: LLM, prompts: PromptLibrary, dev: list[dict], jobs: list[tuple[str, int]], *, call: EvolvingCall,
+            rules: FailureRules, desc: str, evolved: list[Evolution] | None = None) -> list[Measured]:
+    """Each job (method text, development item index) evolved, the evolutions ``rules`` do not fail already
+    answered, and each judged by ``rules``: one call to the evolver for the evolutions (``evolved``: made already by
+    the caller), one for the answers."""
+    if evolved is None:
+        evolved = evolve_pairs(evolver, prompts, [(m, dev[k]["instruction"]) for m, k in jobs], call,
+                               desc=f"{desc}: evolve")
+    phrases = {m: copying.method_phrases(m) for m in dict.fromkeys(m for m, _ in jobs)}
+    reasons: list[str | None] = [rules.instruction_failure(dev[k]["instruction"], e, phrases[m])
+                                 for (m, k), e in zip(jobs, evolved)]
+    answered = [j for j, why in enumerate(reasons) if why is None]
+    responses = respond(evolver, prompts, [evolved[j].instruction for j in answered],
+                        [dev[jobs[j][1]].get("input") or "" for j in answered],
+                        desc=f"{desc}: respond", temperature=0.0) if answered else []
+    texts: list[str | None] = [None] * len(jobs)
+    for j, response in zip(answered, responses):
+        reasons[j] = rules.response_failure(response, dev[jobs[j][1]].get("output"))
+        texts[j] = None if response.failed else response.text
+    return [Measured(e, r, t) for e, r, t in zip(evolved, reasons, texts)]
+
+
+def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str], *, call: EvolvingCall,
+                  desc: str = "dev", rules: FailureRules = FailureRules(),
+                  evolved: list[Evolution] | None = None) -> list[MethodScore]:
+    """Evolve the whole development set with each of ``methods``, answer each evolution that ``rules`` do not fail
     already, and count the failures (``rules``: :class:`FailureRules`). ``evolved``: those evolutions (method-major),
     made already by the caller in a larger call; None: made here.
 
     All methods' evolutions go to the evolver as one call, then all their answers as one: a step's candidates
     fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
-    every other round). ``controls``, ``max_tokens``: the evolving calls' (``EvolveSettings.step_format``, as the
-    rounds use them); ``missing_marker``: ``evolve.missing_marker``, as the rounds parse."""
-    if not methods:
-        return []
+    every other round). ``call``: the evolving call, as the rounds make it (``evolve.method_*``, few-shot,
+    ``evolve.missing_marker``) at ``optimize.evolver_temperature``. :func:`evolforge.steps.optimize.racing.race`
+    measures them item by item instead, stopping those that can no longer win."""
     n = len(dev)
-    if evolved is None:
-        evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods,
-                                      temperature=temperature, max_tokens=max_tokens, desc=f"{desc}: evolve",
-                                      controls=controls, few_shot=few_shot, missing_marker=missing_marker)
-    phrases = [copying.method_phrases(m) for m in methods]
-    reasons: list[str | None] = [rules.instruction_failure(dev[k % n]["instruction"], e, phrases[k // n])
-                                 for k, e in enumerate(evolved)]
-    answered = [k for k, why in enumerate(reasons) if why is None]
-    responses = respond(evolver, prompts, [evolved[k].instruction for k in answered],
-                        [dev[k % n].get("input") or "" for k in answered],
-                        desc=f"{desc}: respond", temperature=0.0) if answered else []
-    texts: list[str | None] = [None] * len(evolved)
-    for k, response in zip(answered, responses):
-        reasons[k] = rules.response_failure(response)
-        texts[k] = None if response.failed else response.text
-    return [_method_score(evolved[m * n:(m + 1) * n], reasons[m * n:(m + 1) * n], texts[m * n:(m + 1) * n])
-            for m in range(len(methods))]
+    found = measure(evolver, prompts, dev, [(m, k) for m in methods for k in range(n)], call=call, rules=rules,
+                    desc=desc, evolved=evolved)
+    return [method_score(found[m * n:(m + 1) * n]) for m in range(len(methods))]
 
 
-def _method_score(evolved: list[Evolution], reasons: list[str | None], texts: list[str | None]) -> MethodScore:
-    """One method's :class:`MethodScore` on the development set: its evolutions, each one's failure (None: it
-    evolved) and the answer each got (None: not answered, or the call failed)."""
-    n = len(evolved)
-    fails = sum(r is not None for r in reasons)
-    rate = fails / n
+def method_score(items: list[Measured], cut: str | None = None) -> MethodScore:
+    """One method's :class:`MethodScore` from its measured development items (all of them, or the first ones of a
+    candidate ``cut`` there: :mod:`evolforge.steps.optimize.racing`)."""
+    n = len(items)
+    fails = sum(m.reason is not None for m in items)
+    rate = fails / n if n else 0.0  # none measured: stopped before its first item (nothing to beat: module racing)
     ratio = 0.0
-    pairs = [(e.instruction, t) for e, t in zip(evolved, texts) if t is not None]
+    pairs = [(m.evolution.instruction, m.response) for m in items if m.response is not None]
     if pairs:  # the reference code's length ratio, over the evolutions that were answered
         mean_instruction = sum(len(q) for q, _ in pairs) / len(pairs)
         ratio = (sum(len(t) for _, t in pairs) / len(pairs)) / mean_instruction if mean_instruction else 0.0
     by_reason: dict[str, int] = {}
-    for r in reasons:
-        if r is not None:
-            by_reason[r] = by_reason.get(r, 0) + 1
-    missing = sum(e.raw is None or elimination.parse_final_instruction(e.raw) is None for e in evolved)
-    return MethodScore(failure_rate=rate, failures=fails, missing_marker=missing,
+    for m in items:
+        if m.reason is not None:
+            by_reason[m.reason] = by_reason.get(m.reason, 0) + 1
+    return MethodScore(failure_rate=rate, failures=fails, missing_marker=sum(lacks_marker(m.evolution) for m in items),
                        success=1.0 - rate, score=(1.0 - rate) * ratio,
-                       cut_at_max_tokens=sum(e.finish_reason == "length" for e in evolved),
-                       failures_by_reason=dict(sorted(by_reason.items())))
+                       cut_at_max_tokens=sum(m.evolution.finish_reason == "length" for m in items),
+                       failures_by_reason=dict(sorted(by_reason.items())), measured=n, cut=cut)
+
+
+def lacks_marker(evolution: Evolution) -> bool:
+    """The evolver's answer holds no final-instruction marker (or there is no answer), whatever
+    ``evolve.missing_marker`` made of it."""
+    return evolution.raw is None or elimination.parse_final_instruction(evolution.raw) is None
 
 
 def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: str, **options) -> MethodScore:
@@ -154,13 +175,13 @@ def score_method(evolver: LLM, prompts: PromptLibrary, dev: list[dict], method: 
 
 
 def dev_difficulty(result: OptimizeResult, dev: list[dict], judge: LLM, prompts: PromptLibrary,
-                   settings: JudgeSettings, evolver: LLM, temperature: float, **evolving) -> dict[str, Any]:
+                   settings: JudgeSettings, evolver: LLM, call: EvolvingCall) -> dict[str, Any]:
     """The judge's mean difficulty (0-100; the expected score with ``judge.probabilities``) of the development
     seeds and of their evolutions under the initial and the resulting method: the evolutions are the scoring
     runs' own (the same requests, read back from the call cache), those without a final instruction left out."""
     methods = list(dict.fromkeys([result.initial_method, result.method]))
-    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods, temperature=temperature,
-                                  desc="dev difficulty: evolutions", **evolving)
+    evolved = evolve_with_methods(evolver, prompts, [d["instruction"] for d in dev], methods, call,
+                                  desc="dev difficulty: evolutions")
     inputs = [d.get("input") or "" for d in dev]
     texts = {"seeds": [question_text(d["instruction"], x) for d, x in zip(dev, inputs)]}
     for k, name in enumerate(methods):

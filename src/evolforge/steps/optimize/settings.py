@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from annotated_types import Gt, Le
 
-from evolforge.config.bounds import NonNegativeFloat, NonNegativeInt, PositiveInt
+from evolforge.config.bounds import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveInt
 from evolforge.config.controls import ControlSettings
 
 # optimize.optimization_prompt: the paper's optimization prompt, the same with what a small optimizer misses said, or
@@ -36,6 +36,20 @@ class OptimizeSettings:
     trajectory_rounds: PositiveInt = field(default=1, metadata={
         "help": "evolution rounds l in one trajectory",
         "paper": "1"})
+    candidates_file: NonEmptyStr | None = field(default=None, metadata={"help": (
+        "a file of evolving methods the optimizer did not write (a stronger model's, the paper's, hand-written: "
+        "YAML or JSONL, each {name, source, method}; docs/how-to/optimize.md), under prompts/optimize/ (the folder "
+        "the stage depends on), measured beside the initial method before the first step: the best of them by "
+        "optimize.selection is where the steps start from; null: none")})
+    racing: bool = field(default=True, metadata={"help": (
+        "measure a step's candidates a few development items at a time and stop each once it can no longer win "
+        "(the same chosen method as measuring every item) or once its first format_cut evolutions all lack the "
+        "final-instruction marker; false: every candidate on the whole development set, as the paper"),
+        "paper": "false"})
+    format_cut: NonNegativeInt = field(default=3, metadata={"help": (
+        "under racing, a candidate whose first this many development evolutions all lack the final-instruction "
+        "marker stops there (the evolver does not follow its format; the shipped initial method misses 1 in 10, so "
+        "three misses in a row from a method the evolver follows as well is a one-in-a-thousand chance); 0: never")})
     patience: NonNegativeInt | None = field(default=1, metadata={
         "help": "stop after this many steps without improvement; null = run every step"})
     selection: Literal["lowest_failure", "no_regression"] = field(default="lowest_failure", metadata={

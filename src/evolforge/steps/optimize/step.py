@@ -8,7 +8,8 @@ One step t, starting from the current method e_{t-1}:
    the same conversation, user = optimization prompt with e_{t-1} -> an answer holding
    ```` ```Optimized Method ... ``` ````; sample ``j`` uses ``sample_index=j``, so the m samples differ
    and each is still cached on its own;
-3. every candidate that parses evolves the whole development set; the evolver (temperature 0) answers
+3. every candidate that parses evolves the whole development set (under ``optimize.racing``, until it can no
+   longer win: :mod:`evolforge.steps.optimize.racing`); the evolver (temperature 0) answers
    each evolved instruction and the failure function F counts failures: the evol failure rate
    lambda = failures / dev size. A missing ``#Finally Rewritten Instruction#`` is a failure without a response
    (``evolve.missing_marker: fail``; ``whole_output`` takes the whole answer as the rewrite).
@@ -28,6 +29,11 @@ Selection rules (``optimize.selection``):
   of e_{t-1} becomes e_t, otherwise e_{t-1} is kept. The result is e_t after the last step (it never
   has a higher lambda than an earlier e_t).
 
+Methods from a file (``optimize.candidates_file``: :mod:`evolforge.steps.optimize.method_file`) are measured
+after the initial method, on the same development set by the same rules, before the first step: the best of them
+by the selection rule (under ``lowest_failure`` one strictly below the initial method) is where the steps start
+from, and the result the steps must beat.
+
 The development set is fixed across steps and disjoint from the mini-batch pool, so the current
 method's rate is measured once and carried (re-scoring it would repeat the same cached calls). Step 1's
 mini-batch is drawn before that measure, and its trajectory's first round is evolved in the same call as the
@@ -37,6 +43,11 @@ Optimization stops after ``steps`` steps, or once the best lambda has not strict
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
 Whether the evolver can follow the result, and what evolving then does: :mod:`evolforge.steps.optimize.result`.
+
+A step none of whose candidates is an evolving method (none parsed, or each is a plan about its trajectory's
+instructions, or one whose evolutions all lack the final marker: :func:`~evolforge.steps.optimize.trajectory.
+not_a_method`) makes the stage say once that the optimizer model is the limit
+(:func:`~evolforge.steps.optimize.result.optimizer_limit`).
 
 Trajectory stages whose answer lacks the final-instruction marker keep the raw answer (stripped), as
 the reference code does: the optimizer then sees the broken output it is meant to analyse, and the
@@ -53,86 +64,46 @@ a method is measured on the development set: :mod:`evolforge.steps.optimize.scor
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from pathlib import Path
-from typing import Any, Mapping
-
-import polars as pl
 
 from evolforge.config.bounds import Refusal
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
-from evolforge.io.records import (SEED_POOL, SETTINGS, TABLE, VERSIONS, atomic_dir, output_versions, read_table,
-                                  write_json, write_jsonl)
+from evolforge.io.records import SETTINGS, VERSIONS, atomic_dir, output_versions, write_json, write_jsonl
 from evolforge.llm.cached import LLM
-from evolforge.steps.common import copying, elimination
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
-from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, evolve_with_method,
-                                             initial_method_text)
+from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, EvolvingCall,
+                                             evolve_with_method, initial_method_text)
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE
-from evolforge.steps.evolve.settings import EvolveSection, MissingMarker
+from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATES, answer_budget,
                                                  propose_methods, with_reply_format)
-from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note, outcome,
-                                             summary, unparseable_warning, usability)
-from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, score_method, score_methods
+from evolforge.steps.optimize.dev import read_dev_pool
+from evolforge.steps.optimize.method_file import FileMethod, candidate_methods
+from evolforge.steps.optimize.racing import Development
+from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note,
+                                             optimizer_limit, outcome, summary, unparseable_warning, usability)
+from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, score_method
 from evolforge.steps.optimize.settings import OptimizeSettings
+from evolforge.steps.optimize.trajectory import build_trajectory, not_a_method
 
 SELECTIONS = ("lowest_failure", "no_regression")
 
 
-def split_dev_pool(items: list[dict], *, dev_size: int, batch_size: int, rng: random.Random,
-                   held_out: frozenset[str] = frozenset()) -> tuple[list[dict], list[dict]]:
-    """A seeded development set of ``dev_size`` items and the rest as the mini-batch pool (disjoint).
-
-    The development set is drawn first from the items whose id is not in ``held_out`` (the seeds the rounds
-    evolve, the paper's training data), so a method is measured on instructions it will not be applied to; only a
-    pool too small for that lends it some of them."""
-    if len(items) < dev_size + batch_size:
-        raise ValueError(
-            f"optimize: the seed pool has {len(items)} items, too few for a development set of {dev_size} "
-            f"(params.yaml optimize.dev_size) plus a mini-batch of {batch_size} (optimize.batch_size) "
-            f"from the remaining items; lower them or use a larger seed source")
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    order.sort(key=lambda i: items[i]["id"] in held_out)  # stable: the shuffle's order within each part
-    return [items[i] for i in order[:dev_size]], [items[i] for i in order[dev_size:]]
-
-
-def build_trajectory(evolver: LLM, prompts: PromptLibrary, instructions: list[str], method: str,
-                     *, rounds: int, temperature: float, controls: Mapping[str, Any] | None = None,
-                     max_tokens: int | None = None, few_shot: bool = False,
-                     missing_marker: MissingMarker = "fail", verdicts: FailureRules | None = None,
-                     first: list[Evolution] | None = None) -> tuple[list[dict], list[dict]]:
-    """Evolve each instruction ``rounds`` times -> (trajectory cases, [{"id", "round"} of stages without the
-    final-instruction marker]). Such a stage shows the whole answer, whatever ``missing_marker`` says. With
-    ``verdicts`` (``optimize.trajectory_verdicts``) stage r also carries ``stage{r}_verdict``, those rules' verdict
-    on its text (:meth:`FailureRules.verdict`). ``first``: round 1's evolutions, made already in a larger call."""
-    cases = [{"id": k, "stage0": text} for k, text in enumerate(instructions)]
-    unparsed = []
-    current = list(instructions)
-    phrases = copying.method_phrases(method) if verdicts is not None else frozenset()
-    for r in range(1, rounds + 1):
-        results = first if r == 1 and first is not None else evolve_with_method(
-            evolver, prompts, current, method, temperature=temperature, desc=f"trajectory round {r}",
-            controls=controls, max_tokens=max_tokens, few_shot=few_shot, missing_marker=missing_marker)
-        for case, evolution in zip(cases, results):
-            parsed, raw, _ = evolution
-            if raw is None or elimination.parse_final_instruction(raw) is None:
-                unparsed.append({"id": case["id"], "round": r})
-            case[f"stage{r}"] = (parsed if parsed is not None else raw.strip() if raw is not None
-                                 else case[f"stage{r - 1}"])
-            if verdicts is not None:
-                case[f"stage{r}_verdict"] = verdicts.verdict(case[f"stage{r - 1}"], evolution, phrases)
-        current = [case[f"stage{r}"] for case in cases]
-    return cases, unparsed
+def evolving_call(settings: OptimizeSettings, evolve: EvolveSettings) -> EvolvingCall:
+    """The development runs' evolving call: the rounds' step-format call (``evolve.method_*``, few-shot,
+    ``evolve.missing_marker``) at ``optimize.evolver_temperature``, with the role's top_p and seed."""
+    return EvolvingCall.of(evolve, step_format=True, temperature=settings.evolver_temperature)
 
 
 def select_candidate(candidates: list[Candidate], current: MethodScore, selection: str) -> int | None:
-    """Index of the candidate that becomes the current method, or None to keep it (rules: module doc)."""
-    scored = [c for c in candidates if c.dev is not None]
+    """Index of the candidate that becomes the current method, or None to keep it (rules: module doc); a candidate
+    racing stopped is out of the running."""
+    scored = [c for c in candidates if c.dev is not None and c.dev.cut is None]
     if not scored:
         return None
     if selection == "lowest_failure":
@@ -160,18 +131,17 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
     return 0
 
 
-def _step_candidates(step: int, batch: list[dict], current_method: str, current: MethodScore, dev: list[dict], *,
-                     evolver: LLM, optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings,
-                     rules: FailureRules, evolving: dict,
+def _step_candidates(step: int, batch: list[dict], current_method: str, current: MethodScore, best: MethodScore, *,
+                     development: Development, optimizer: LLM, last: bool,
                      first: list[Evolution] | None = None) -> tuple[list[dict], list[dict], list[Candidate]]:
     """One step's candidates: the mini-batch's trajectory under the current method (``first``: its first round,
     made already), the optimizer's proposals, and each new method scored on the development set -> (trajectory, its
     unparsed stages, the candidates)."""
-    trajectory, unparsed = build_trajectory(evolver, prompts, [b["instruction"] for b in batch], current_method,
-                                            rounds=int(settings.trajectory_rounds),
-                                            temperature=settings.evolver_temperature,
-                                            verdicts=rules if settings.trajectory_verdicts else None, first=first,
-                                            **evolving)
+    settings, prompts = development.settings, development.prompts
+    trajectory, unparsed = build_trajectory(development.evolver, prompts, [b["instruction"] for b in batch],
+                                            current_method, rounds=int(settings.trajectory_rounds),
+                                            call=development.call, first=first,
+                                            verdicts=development.rules if settings.trajectory_verdicts else None)
     proposals = propose_methods(optimizer, prompts, trajectory, current_method, candidates=int(settings.candidates),
                                 controls=settings.controls, verdicts=settings.trajectory_verdicts,
                                 max_tokens=answer_budget(optimizer, current_method, settings.answer_budget),
@@ -183,52 +153,70 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
         # a method written back unchanged is the current one: its score is known
         if c.method is not None and c.method.strip() == current_method.strip():
             c.dev, c.unchanged = current, True
-    scored = [c for c in proposals if c.method is not None and not c.unchanged]
-    for c, score in zip(scored, score_methods(evolver, prompts, dev, [c.method for c in scored],
-                                              temperature=settings.evolver_temperature,
-                                              desc=f"step {step} candidates", rules=rules, **evolving)):
-        c.dev = score
+    development.measure(proposals, best, current, last=last, desc=f"step {step} candidates")
+    for c in proposals:
+        c.not_a_method = None if c.unchanged else not_a_method(c, trajectory, current_method, len(development.dev))
     return trajectory, unparsed, proposals
 
 
-def _score_initial(dev: list[dict], first_batch: list[dict], method: str, *, evolver: LLM, prompts: PromptLibrary,
-                   settings: OptimizeSettings, rules: FailureRules,
-                   evolving: dict) -> tuple[MethodScore, list[Evolution]]:
+def _score_initial(first_batch: list[dict], method: str, development: Development) -> tuple[MethodScore,
+                                                                                            list[Evolution]]:
     """The initial method's score on the development set, and step 1's trajectory's first round (``first_batch``
     evolved with it): one call to the evolver for both, the mini-batch's few requests filling the batches the
     development set leaves half empty."""
-    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev + first_batch], method,
-                                 temperature=settings.evolver_temperature, desc="step 0: evolve", **evolving)
-    score = score_method(evolver, prompts, dev, method, temperature=settings.evolver_temperature, desc="step 0",
-                         rules=rules, evolved=evolved[:len(dev)], **evolving)
+    dev, evolver, prompts, call = development.dev, development.evolver, development.prompts, development.call
+    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev + first_batch], method, call,
+                                 desc="step 0: evolve")
+    score = score_method(evolver, prompts, dev, method, call=call, desc="step 0", rules=development.rules,
+                         evolved=evolved[:len(dev)])
     return score, evolved[len(dev):]
 
 
-def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM,
-                    optimizer: LLM, prompts: PromptLibrary, settings: OptimizeSettings, rng: random.Random,
-                    evolve_controls: Mapping[str, Any] | None = None, evolve_max_tokens: int | None = None,
-                    few_shot: bool = False, missing_marker: MissingMarker = "fail",
-                    rules: FailureRules = FailureRules()) -> OptimizeResult:
-    """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items.
-    ``evolve_controls``, ``evolve_max_tokens``: the step-format calls' (``EvolveSettings.step_format``), for
-    the evolving calls (the method is scored as the rounds use it); ``missing_marker``: ``evolve.missing_marker``."""
-    current_method = initial_method
-    evolving = dict(controls=evolve_controls, max_tokens=evolve_max_tokens, few_shot=few_shot,
-                    missing_marker=missing_marker)
+def _file_step(result: OptimizeResult, methods: list[FileMethod], development: Development) -> int | None:
+    """Measure ``optimize.candidates_file``'s methods against the initial one; the index of the one the steps start
+    from (None: the initial method), by the selection rule (under ``lowest_failure``: strictly fewer failures)."""
+    initial = result.initial
+    candidates = [Candidate(index=j, feedback=None, answer=None, method=m.method, parse_error=None, name=m.name,
+                            source=m.source) for j, m in enumerate(methods)]
+    for c in candidates:
+        if c.method == result.initial_method.strip():
+            c.dev, c.unchanged = initial, True
+    development.measure(candidates, initial, initial, last=True, desc="candidates file")
+    chosen = select_candidate(candidates, initial, development.settings.selection)
+    if chosen is not None and candidates[chosen].dev.failure_rate >= initial.failure_rate and \
+            development.settings.selection == "lowest_failure":
+        chosen = None  # the paper's move to a worse candidate is a step's; the file's best must beat the initial
+    result.file_candidates, result.file_chosen = [dataclasses.asdict(c) for c in candidates], chosen
+    if chosen is not None and not candidates[chosen].unchanged:
+        result.method, result.best = candidates[chosen].method, candidates[chosen].dev
+    return chosen
+
+
+def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, evolver: LLM, optimizer: LLM,
+                    prompts: PromptLibrary, settings: OptimizeSettings, rng: random.Random, call: EvolvingCall,
+                    rules: FailureRules = FailureRules(),
+                    file_methods: list[FileMethod] | None = None) -> OptimizeResult:
+    """Run the optimization loop. ``pool`` and ``dev`` hold {"id", "instruction", "input"} items; ``call``: the
+    evolving call (:func:`evolving_call`: the method is scored as the rounds use it); ``file_methods``: those of
+    ``optimize.candidates_file``, measured first."""
+    development = Development(dev, evolver, prompts, call, rules, settings)
     first_batch = rng.sample(pool, int(settings.batch_size)) if settings.steps else []
-    current, first_round = _score_initial(dev, first_batch, initial_method, evolver=evolver, prompts=prompts,
-                                          settings=settings, rules=rules, evolving=evolving)
+    current, first_round = _score_initial(first_batch, initial_method, development)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
     if current.failures == 0 and settings.selection == "lowest_failure":
         result.notes.append(indistinct_dev_note(len(dev)))
         print(f"optimize: {result.notes[-1]}", flush=True)
+    if file_methods:
+        _file_step(result, file_methods, development)
+    current_method, current = result.method, result.best
     stale = stale_unparsed = 0  # steps since the best rate last decreased; of those, steps with no candidate parsed
     for step in range(1, int(settings.steps) + 1):
         batch = first_batch if step == 1 else rng.sample(pool, int(settings.batch_size))
+        last = step == settings.steps or bool(settings.patience and stale + 1 >= settings.patience)
         trajectory, unparsed, proposals = _step_candidates(
-            step, batch, current_method, current, dev, evolver=evolver, optimizer=optimizer, prompts=prompts,
-            settings=settings, rules=rules, evolving=evolving, first=first_round if step == 1 else None)
+            step, batch, current_method, current, result.best, development=development, optimizer=optimizer,
+            last=last, first=first_round if step == 1 and current_method == initial_method else None)
         parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
@@ -241,19 +229,12 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
         stale = 0 if improved else stale + 1
         stale_unparsed = 0 if improved else stale_unparsed + (parsed == 0)
         result.log.append({
-            "step": step,
-            "method_before": method_before,
-            "minibatch_ids": [b["id"] for b in batch],
-            "trajectory": trajectory,
-            "trajectory_unparsed": unparsed,
+            "step": step, "method_before": method_before, "minibatch_ids": [b["id"] for b in batch],
+            "trajectory": trajectory, "trajectory_unparsed": unparsed,
             "candidates": [dataclasses.asdict(c) for c in proposals],
-            "parse_errors": sum(c.parse_error is not None for c in proposals),
-            "parseable_candidates": parsed,
-            "no_parseable_candidate": parsed == 0,
-            "chosen": chosen,
-            "current_failure_rate": current.failure_rate,
-            "best_failure_rate": result.best.failure_rate,
-            "improved": improved,
+            "parse_errors": sum(c.parse_error is not None for c in proposals), "parseable_candidates": parsed,
+            "no_parseable_candidate": parsed == 0, "chosen": chosen, "current_failure_rate": current.failure_rate,
+            "best_failure_rate": result.best.failure_rate, "improved": improved,
         })
         if settings.patience and stale >= settings.patience:
             # patience means "candidates were tried and none did better"; steps without one are another story
@@ -262,25 +243,8 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             break
     if result.log and not any(r["parseable_candidates"] for r in result.log):
         result.stop_reason = "no_parseable_candidate"  # the steps ran, but the optimizer never wrote a method
-    result.outcome = outcome(result)
+    result.outcome, result.optimizer_limit = outcome(result), optimizer_limit(result.log)
     return result
-
-
-def read_seed_pool(seed: str | Path) -> pl.DataFrame:
-    """The seed stage's whole pool (every seed before ``seed.limit``'s sample), beside its table."""
-    path = Path(seed) / SEED_POOL
-    if not path.is_file():
-        raise ValueError(f"{path}: missing; the seed stage writes it beside {TABLE} (rerun it: dvc repro seed)")
-    return pl.read_parquet(path)
-
-
-def read_dev_pool(seed: str | Path, settings: OptimizeSettings, rng: random.Random) -> tuple[list[dict], list[dict]]:
-    """The development set and the mini-batch pool, from the seed stage's whole pool (:func:`split_dev_pool`)."""
-    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
-             for r in read_seed_pool(seed).select("id", "instruction", "input").to_dicts()]
-    evolved = frozenset(read_table(seed)["id"].to_list())  # the seeds the rounds evolve
-    return split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng,
-                          held_out=evolved)
 
 
 def open_models(llms: RoleLLMs, judge: bool = False) -> dict[str, LLM]:
@@ -315,22 +279,24 @@ def run(seed: str | Path, out: str | Path, settings: OptimizeSettings, evolve_se
                         "calls": 0, "cache_hits": 0},
                        f"optimize: skipped (evolve.strategy {strategy}); initial method -> {out}/method.txt",
                        plot=[])
+    file_methods = candidate_methods(settings, prompts)
+    if file_methods:  # the file's exact bytes, beside the templates'
+        meta["candidates_file"] = {"path": settings.candidates_file, "sha256": hashlib.sha256(
+            Path(settings.candidates_file).read_bytes()).hexdigest(), "methods": [m.name for m in file_methods]}
     rng = random.Random(settings.seed)  # one local RNG: the dev split, then each step's mini-batch
     dev, pool = read_dev_pool(seed, settings, rng)
     models = open_models(llms, judge=settings.judge_difficulty)
     judge = models.pop("judge", None)
-    evolve_controls, evolve_max_tokens = evolve_settings.step_format()
+    call = evolving_call(settings, evolve_settings)
     result = optimize_method(pool, dev, initial_method=initial, prompts=prompts, settings=settings, rng=rng,
-                             evolve_controls=evolve_controls, evolve_max_tokens=evolve_max_tokens,
-                             few_shot=evolve_settings.few_shot, missing_marker=evolve_settings.missing_marker,
-                             rules=FailureRules.of(settings.failure, evolve_settings, prompts), **models)
+                             call=call, rules=FailureRules.of(settings.failure, evolve_settings, prompts),
+                             file_methods=file_methods, **models)
     print(f"optimize: {result.outcome}", flush=True)
+    if result.optimizer_limit:
+        print(f"optimize: {result.optimizer_limit}", flush=True)
     difficulty = None
     if judge is not None:
-        difficulty = dev_difficulty(result, dev, judge, prompts, judge_settings,
-                                    models["evolver"], settings.evolver_temperature, controls=evolve_controls,
-                                    max_tokens=evolve_max_tokens, few_shot=evolve_settings.few_shot,
-                                    missing_marker=evolve_settings.missing_marker)
+        difficulty = dev_difficulty(result, dev, judge, prompts, judge_settings, models["evolver"], call)
     usable = usability(result, settings)
     if usable["message"]:
         print(f"optimize: {usable['message']}")
