@@ -185,6 +185,7 @@ def test_the_tiny_model_measures_the_shipped_file(tmp_path, monkeypatch, tiny_mo
     """The stage on a real model (the trained tiny one, every role): each shipped method is measured on the
     development set by real generations, and the metrics say how far each got."""
     monkeypatch.delenv("EVOLFORGE_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)  # no models/identity.json here: the tiny model's identity is resolved
     stage = load_stage()
     argv, out = stage_setup(tmp_path, "auto")
     params = json.loads((out / "params.yaml").read_text())

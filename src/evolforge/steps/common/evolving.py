@@ -60,17 +60,6 @@ def assign_methods(ids: Sequence[str], round_index: int, assignment: str = "roun
     return [methods[(_hash_int(i) + round_index) % len(methods)] for i in ids]
 
 
-def round_methods(root_ids: Sequence[str], round_index: int, settings: EvolveSettings,
-                  method_text: str | None) -> list[str]:
-    """The evolving method of each item of a round (by its lineage's ``root_id``): a hand-written one per item
-    under ``evolve.strategy: evol`` (:func:`assign_methods`), else the strategy's one ``method_text``."""
-    if settings.strategy == "evol":
-        return assign_methods(root_ids, round_index, settings.assignment, settings.breadth, settings.seed)
-    if not method_text:
-        raise ValueError(f"evolve.strategy {settings.strategy}: no evolving method text given")
-    return [settings.strategy] * len(root_ids)
-
-
 def evolving_prompt(prompts: PromptLibrary, method: str, instruction: str, method_text: str | None = None) -> str:
     """The evolving prompt for ``instruction``: Evol-Instruct's breadth or in-depth template for those
     methods, otherwise (an Auto Evol-Instruct strategy) the evolving method ``method_text``."""

@@ -39,8 +39,11 @@ def read_seed_pool(seed: str | Path) -> pl.DataFrame:
 
 def read_dev_pool(seed: str | Path, settings: OptimizeSettings, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """The development set and the mini-batch pool, from the seed stage's whole pool (:func:`split_dev_pool`)."""
-    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or ""}
-             for r in read_seed_pool(seed).select("id", "instruction", "input").to_dicts()]
+    pool = read_seed_pool(seed)
+    # a seed's own answer, where it has one, is the parent answer the same_answer rule compares with
+    answers = pool["output"].to_list() if "output" in pool.columns else [None] * pool.height
+    items = [{"id": r["id"], "instruction": r["instruction"], "input": r.get("input") or "", "output": answer or None}
+             for r, answer in zip(pool.select("id", "instruction", "input").to_dicts(), answers)]
     evolved = frozenset(read_table(seed)["id"].to_list())  # the seeds the rounds evolve
     return split_dev_pool(items, dev_size=settings.dev_size, batch_size=settings.batch_size, rng=rng,
                           held_out=evolved)
