@@ -118,11 +118,11 @@ def test_race_rules_follow_the_selection_and_the_step():
     settings = OptimizeSettings(format_cut=2)
     best, current = (MethodScore(failure_rate=k / 10, failures=k, missing_marker=0, success=1 - k / 10, score=0.0)
                      for k in (2, 5))
-    assert racing.Race.of(settings, best, current, last=True) == racing.Race(limit=2, rank=True, format_cut=2)
-    assert racing.Race.of(settings, best, current, last=False) == racing.Race(limit=None, rank=True, format_cut=2)
+    assert racing.Race.for_step(settings, best, current, last=True) == racing.Race(limit=2, rank=True, format_cut=2)
+    assert racing.Race.for_step(settings, best, current, last=False) == racing.Race(limit=None, rank=True, format_cut=2)
     regression = OptimizeSettings(selection="no_regression")
-    assert racing.Race.of(regression, best, current, last=False) == racing.Race(limit=6, format_cut=3)
-    assert racing.Race.of(OptimizeSettings(racing=False), best, current, last=True) is None
+    assert racing.Race.for_step(regression, best, current, last=False) == racing.Race(limit=6, format_cut=3)
+    assert racing.Race.for_step(OptimizeSettings(racing=False), best, current, last=True) is None
 
 
 # --- the optimizer model as the limit -----------------------------------------------------------------------

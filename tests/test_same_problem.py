@@ -225,7 +225,7 @@ TANK_MORE = TANK[:-1] + ", and how much is left after 8 minutes? Give the time l
 
 
 def test_ancestor_backstop_drops_a_rewrite_whose_checked_answer_repeats_its_seed():
-    """The issue's tank paraphrase: 0.288 from its seed, past the lineage threshold, so the embedding keeps it; its
+    """The demo's tank paraphrase: 0.288 from its seed, past the lineage threshold, so the embedding keeps it; its
     checked answer is the seed's (20) and it asks for nothing more: the same problem (the better ranked stays, the
     reason and the repeated item recorded). A rewrite of the same seed with the same final number that asks for more
     stays, and so do an item of another seed with that answer and a rewrite whose answer verify did not vouch for."""

@@ -150,7 +150,7 @@ class Evolution(NamedTuple):
 @dataclass(frozen=True)
 class EvolvingCall:
     """How an evolving call is asked and its answer read, built once from the ``evolve`` settings
-    (:meth:`of`): the evolve rounds and optimize's development runs ask the same way.
+    (:meth:`from_evolve`): the evolve rounds and optimize's development runs ask the same way.
 
     ``step_format``: the calls of an Auto Evol-Instruct method text, with their own controls and budget
     (``evolve.method_controls`` / ``method_max_tokens``); otherwise Evol-Instruct's (``evolve.controls`` /
@@ -166,22 +166,25 @@ class EvolvingCall:
     missing_marker: MissingMarker = "fail"
 
     @classmethod
-    def of(cls, settings: EvolveSettings, *, step_format: bool, temperature: float | None = None,
-           top_p: float | None = None, seed: int | None = None) -> "EvolvingCall":
+    def from_evolve(cls, settings: EvolveSettings, *, step_format: bool, temperature: float | None = None,
+                    top_p: float | None = None, seed: int | None = None) -> "EvolvingCall":
         """The call the ``evolve`` settings describe, at the given sampling."""
         controls, max_tokens = settings.step_format() if step_format else (settings.controls, settings.max_tokens)
         return cls(temperature, top_p, max_tokens, seed, controls, step_format, settings.few_shot,
                    settings.missing_marker)
 
     def requests(self, llm: LLM, prompts: PromptLibrary, methods: Sequence[str], instructions: Sequence[str],
-                 method_texts: Sequence[str | None], sample_index: int = 0) -> list[ChatRequest]:
+                 method_texts: Sequence[str | None], sample_index: int | Sequence[int] = 0) -> list[ChatRequest]:
         """One request per instruction, each evolved by its method: an Evol-Instruct method, or a strategy with its
-        method text (``method_texts``, one per instruction; None for Evol-Instruct's)."""
+        method text (``method_texts``, one per instruction; None for Evol-Instruct's). ``sample_index``: one for all
+        requests, or one per request (a round's further rewrites of an instruction)."""
         merged = llm.role.controls.merged(self.controls,
                                           "evolve.method_controls" if self.step_format else "evolve.controls")
+        indices = [sample_index] * len(methods) if isinstance(sample_index, int) else list(sample_index)
         return [llm.request(evolving_messages(prompts, m, i, text, self.few_shot), temperature=self.temperature,
-                            top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed, sample_index=sample_index,
-                            controls=merged) for m, i, text in zip(methods, instructions, method_texts)]
+                            top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed, sample_index=index,
+                            controls=merged)
+                for m, i, text, index in zip(methods, instructions, method_texts, indices)]
 
     def parse(self, completion: Completion, method: str) -> Evolution:
         """The evolution an answer holds: an Evol-Instruct method's whole answer, a method text's after its

@@ -51,10 +51,9 @@ from evolforge.steps.evolve.settings import JUDGE_RULES, RESPONSE_RULES, STRATEG
 from evolforge.core.stage import Outputs
 from evolforge.llm.cached import LLM
 from evolforge.llm.registry import loads_nothing_more
-from evolforge.steps.common import elimination
 from evolforge.steps.common.embedding import Embed
 from evolforge.steps.common.llms import RoleLLMs
-from evolforge.steps.common.evolving import (assign_methods, evolving_messages, template_hash)
+from evolforge.steps.common.evolving import EvolvingCall, assign_methods, template_hash
 from evolforge.steps.common.responses import response_sampling
 from evolforge.steps.evolve.checks import (RoundState, instruction_rules, judge_rules, meaning_rules,
                                           resolve_check_role, response_rules)
@@ -102,22 +101,17 @@ def _evolve_items(items: list[dict[str, Any]], methods: list[str], *, round_inde
     (instruction-major: rewrite j of item i at i x k + j); the round before any rule runs (a rewrite whose call
     failed already holds the call's reason)."""
     # the step format of an Auto Evol-Instruct method has its own budget and controls (evolve.method_*)
-    evol = settings.strategy == "evol"
-    controls, max_tokens = (settings.controls, settings.max_tokens) if evol else settings.step_format()
-    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, max_tokens=max_tokens, seed=settings.seed,
-                    controls=evolver.role.controls.merged(
-                        controls, "evolve.controls" if evol else "evolve.method_controls"))
+    call = EvolvingCall.from_evolve(settings, step_format=settings.strategy != "evol", temperature=settings.temperature,
+                           top_p=settings.top_p, seed=settings.seed)
     k = settings.rewrites_per_instruction
     items, methods = [it for it in items for _ in range(k)], [m for m in methods for _ in range(k)]
     # sample_index = the round: a parent kept after a failure gets a fresh attempt, not its cached one; each further
     # rewrite of an instruction its own (hardest.candidate_sample_index)
-    requests = [evolver.request(evolving_messages(prompts, m, it["instruction"], method_text, settings.few_shot),
-                                sample_index=candidate_sample_index(round_index, p % k), **sampling)
-                for p, (m, it) in enumerate(zip(methods, items))]
+    requests = call.requests(evolver, prompts, methods, [it["instruction"] for it in items], [method_text] * len(items),
+                             [candidate_sample_index(round_index, p % k) for p in range(len(items))])
     outs = evolver.generate(requests, desc=f"round {round_index}: evolve")
-    raws = [None if c.failed else c.text for c in outs]
-    candidates = [None if r is None else elimination.parse_final_instruction(r, settings.missing_marker)
-                  if m in STRATEGIES else r.strip() for m, r in zip(methods, raws)]
+    evolutions = [call.parse(c, m) for c, m in zip(outs, methods)]
+    raws, candidates = [e.raw for e in evolutions], [e.instruction for e in evolutions]
     return RoundState(items, methods, raws, finishes=[c.finish_reason for c in outs], candidates=candidates,
                   reasons=[c.failure_reason for c in outs], details=[c.error for c in outs],
                   responses=[None] * len(items), response_finishes=[None] * len(items),

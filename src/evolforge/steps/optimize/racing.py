@@ -52,7 +52,8 @@ class Race:
     format_cut: int = 0  # a candidate whose first this many evolutions all lack the final marker stops; 0: never
 
     @classmethod
-    def of(cls, settings: OptimizeSettings, best: MethodScore, current: MethodScore, *, last: bool) -> Race | None:
+    def for_step(cls, settings: OptimizeSettings, best: MethodScore, current: MethodScore, *,
+                 last: bool) -> Race | None:
         """The race of a step's candidates against ``best`` (the result so far) and ``current`` (the method they
         would replace); ``last``: no later step reads the step's choice. None: ``optimize.racing`` is off."""
         if not settings.racing:
@@ -134,7 +135,7 @@ class Development:
         ``optimize.racing`` each stops once it cannot win against ``best`` and ``current`` (``last``: no later step
         reads which one the step chose)."""
         scored = [c for c in candidates if c.method is not None and not c.unchanged]
-        limits = Race.of(self.settings, best, current, last=last)
+        limits = Race.for_step(self.settings, best, current, last=last)
         texts = [c.method for c in scored]
         scores = (score_methods(self.evolver, self.prompts, self.dev, texts, call=self.call, desc=desc,
                                 rules=self.rules) if limits is None

@@ -97,7 +97,7 @@ SELECTIONS = ("lowest_failure", "no_regression")
 def evolving_call(settings: OptimizeSettings, evolve: EvolveSettings) -> EvolvingCall:
     """The development runs' evolving call: the rounds' step-format call (``evolve.method_*``, few-shot,
     ``evolve.missing_marker``) at ``optimize.evolver_temperature``, with the role's top_p and seed."""
-    return EvolvingCall.of(evolve, step_format=True, temperature=settings.evolver_temperature)
+    return EvolvingCall.from_evolve(evolve, step_format=True, temperature=settings.evolver_temperature)
 
 
 def select_candidate(candidates: list[Candidate], current: MethodScore, selection: str) -> int | None:
