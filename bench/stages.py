@@ -253,6 +253,9 @@ def make_copy(root: Path, n_seeds: int, base_url: str) -> None:
     # the papers' setup on a server: the decode-time aids of the shipped small model (banned strings, n-gram
     # and repetition penalties, ranked judge answers) are hf's, and a server role refuses them
     params["evolve"]["controls"], params["optimize"]["controls"], params["judge"]["probabilities"] = {}, {}, False
+    # the rounds' same_problem rule embeds with roles.embedder, a local model this copy does not hold; the bench
+    # measures the stages against an instant server, not the embedder
+    params["evolve"]["elimination"]["same_problem"] = False
     from evolforge.config.backend_specs import BACKEND_NAMES, CONTROL_NAMES, SPECS
     from evolforge.config.bounds import settable
 

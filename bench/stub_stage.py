@@ -112,6 +112,8 @@ def use_stand_in_embedder() -> None:
             module.load_scorer = lambda *a, **k: (None, None)
         if hasattr(module, "mean_pooled_embeddings"):
             module.mean_pooled_embeddings = stand_in_embeddings
+        if hasattr(module, "text_embedder"):  # roles.embedder's `texts -> unit vectors`, loaded by name
+            module.text_embedder = lambda *a, **k: (lambda texts: hash_vectors(list(texts)))
 
 
 def stand_in_scores(model, tokenizer, instructions, inputs, responses, **_) -> pl.DataFrame:

@@ -45,6 +45,9 @@ HELP_ONLY = {  # script -> why the suite only checks that it starts
     "stub_stage.py": "a helper of growth.py, which runs it (tests/test_stream.py, test_growth_runs_every_data_stage)",
     "growth_stages.py": "a module of growth.py (test_growth_runs_every_data_stage)",
     "peer_datatrove.py": "runs in the datatrove virtualenv growth.py --peers installs from PyPI",
+    "rewrite_rules.py": "embeds the labelled rewrites with the shipped embedder (models/, fetched by make run)",
+    "autoevol_methods.py": "measures methods with the shipped evolver and judge on a built data/seed (tests/test_optimize_file.py "
+                           "checks its conversion of the published file)",
 }
 
 
