@@ -16,6 +16,7 @@ Every wait is bounded; only 127.0.0.1 is used."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -67,27 +68,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(gguf_folder, tmp_path_factory):
-    """``llama_cpp.server`` on 127.0.0.1 with the tiny model (``--logits_all``: prompt log-probabilities)."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_folder / "model.gguf"),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", "tiny",
-                             "--logits_all", "true", "--n_threads", "1", "--verbose", "false"],
-                            stdout=log, stderr=subprocess.STDOUT)
+@contextlib.contextmanager
+def serving(command: list[str], log_path: Path, port: int, start_s: float, stop_s: float,
+            env: dict[str, str] | None = None):
+    """A server started by ``command`` (its output in ``log_path``), its base URL while it answers; terminated
+    (killed after ``stop_s``) on exit. Shared with tests/test_vllm_server.py."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        wait_until_serving(base_url, proc, Path(log.name), START_S)
+        wait_until_serving(base_url, proc, log_path, start_s)
         yield base_url
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(stop_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(10)
+            proc.wait(stop_s)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(gguf_folder, tmp_path_factory):
+    """``llama_cpp.server`` on 127.0.0.1 with the tiny model (``--logits_all``: prompt log-probabilities)."""
+    port = _free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_folder / "model.gguf"),
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", "tiny",
+               "--logits_all", "true", "--n_threads", "1", "--verbose", "false"]
+    with serving(command, tmp_path_factory.mktemp("server") / "server.log", port, START_S, 10) as base_url:
+        yield base_url
 
 
 def served_params(base_url: str, gguf_folder: Path) -> dict:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from evolforge.config.loader import load_section  # noqa: E402
 from evolforge.config.roles import Role  # noqa: E402
 from evolforge.config.servers import server_problems  # noqa: E402
 from evolforge.core.prompts import PromptLibrary  # noqa: E402
-from evolforge.llm.backends.openai.served import served_model_identity, wait_until_serving  # noqa: E402
+from evolforge.llm.backends.openai.served import served_model_identity  # noqa: E402
 from evolforge.llm.cache import CallCache  # noqa: E402
 from evolforge.schema import asked_of_roles  # noqa: E402
 from evolforge.steps.common.difficulty import LEVELS, judge  # noqa: E402
@@ -39,7 +37,7 @@ from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings  # noq
 from evolforge.steps.evolve.step import evolve_round  # noqa: E402
 from evolforge.steps.common.responses import response_sampling  # noqa: E402
 from evolforge.steps.respond.settings import RespondSettings  # noqa: E402
-from test_llamacpp_server import role_llm, seeds  # noqa: E402
+from test_llamacpp_server import _free_port, role_llm, seeds, serving  # noqa: E402
 from test_openai_server_docs import CHAT_ROLES, docs_params, docs_server_command  # noqa: E402
 from test_vllm_pipeline import build_tiny  # noqa: E402
 
@@ -61,12 +59,6 @@ def tiny(tmp_path_factory) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
     """The page's command, on the tiny model and a free port, eager (no compile step: a test's start)."""
@@ -80,20 +72,9 @@ def server(tiny, tmp_path_factory):
     command.append("--enforce-eager")
     # the server's engine in a process of its own (make test-vllm keeps the in-process engines' core in pytest's)
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
-    log = open(tmp_path_factory.mktemp("vllm-server-log") / "server.log", "w")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until_serving(base_url, proc, Path(log.name), START_S)
-        yield base_url, Path(log.name)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        log.close()
+    log_path = tmp_path_factory.mktemp("vllm-server-log") / "server.log"
+    with serving(command, log_path, port, START_S, 30, env) as base_url:
+        yield base_url, log_path
 
 
 def served_params(base_url: str, tiny: Path) -> dict:
