@@ -206,3 +206,20 @@ def test_the_amend_experiment_lowers_the_weak_methods_failures_and_its_reading_i
     assert sorted(next(n for n in named if n in c["parent"]) for _, c in gained) == sorted(named)
     assert experiment["method"].startswith("You are an Instruction Rewriter") and "Add a requirement" in experiment["method"]
     assert "2 of its 3 items are harder" in experiment["method_read"]
+
+
+def test_two_rewrites_per_instruction_reach_round_3_with_one_judged_item_that_is_easier_when_read():
+    """evolve.rewrites_per_instruction=2 on the shipped demo: round 3 keeps rewrites (none at k=1) and its mean expected
+    score is above the seeds', but its one judged item, read, drops what its parent added: the record keeps both."""
+    k2 = kept("harder-k2.json")
+    assert "evolve.rewrites_per_instruction=2" in k2["command"]
+    assert all(k2["metrics"][f"evolve/round_{r}"]["rewrites_per_instruction"] == 2 for r in (1, 2, 3))
+    rounds = k2["metrics"]["evolve"]["difficulty"]["rounds"]
+    per_round = k2["metrics"]["judge"]["per_round"]
+    for name, r in [("seeds", "0"), ("round_1", "1"), ("round_2", "2"), ("round_3", "3")]:
+        assert rounds[name]["judged"] == per_round[r]["items"]
+        assert abs(rounds[name]["mean_expected"] - per_round[r]["mean_difficulty_expected"]) < 1e-3
+    assert k2["metrics"]["evolve/round_3"]["evolved"] == len(k2["readings"]["round_3"]) == 2
+    assert rounds["round_3"]["mean_expected"] > rounds["seeds"]["mean_expected"]
+    judged = [r for r in k2["readings"]["round_3"] if r["judged"]]
+    assert rounds["round_3"]["judged"] == len(judged) == 1 and judged[0]["label"] == "easier"

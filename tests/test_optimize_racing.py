@@ -156,6 +156,31 @@ def test_candidates_that_copy_their_trajectory_are_no_methods_and_the_limit_is_s
     assert "roles.optimizer" in result.optimizer_limit and "optimize.candidates_file" in result.optimizer_limit
 
 
+@pytest.mark.parametrize("copy_cut", [True, False])
+def test_a_candidate_that_copies_its_trajectory_is_not_measured_under_racing(copy_cut):
+    """optimize.copy_cut: a plan about the trajectory's cases costs no development run; the outcome and the limit
+    are said as when it was measured, and the metrics say why it was not."""
+    rng = random.Random(0)
+    dev, pool = split_dev_pool(long_items(14), dev_size=4, batch_size=2, rng=rng)
+    fake = FakeBackend(evolver_reply(lambda m, q: q == dev[0]["instruction"]))
+    evolver = LLM(fake, None, role=EVOLVER_ROLE)
+    optimizer = LLM(FakeBackend(copying_optimizer, model="fake-optimizer"), None, role=OPTIMIZER_ROLE)
+    result = optimize_step.optimize_method(pool, dev, initial_method="m0 fails=1", evolver=evolver, optimizer=optimizer,
+                                           prompts=PROMPTS, rng=rng, call=ZERO, settings=OptimizeSettings(
+                                               steps=1, candidates=2, batch_size=2, dev_size=4, patience=None,
+                                               copy_cut=copy_cut))
+    rows = summary(result, {})["loop"][0]["candidates"]
+    assert result.method == "m0 fails=1" and all(r["not_a_method"] == "copies_trajectory" for r in rows)
+    assert result.optimizer_limit.startswith("the optimizer model is the limit")
+    if copy_cut:
+        assert [(r["measured"], r["cut"]) for r in rows] == [(0, "copies_trajectory")] * 2
+        assert evolutions(fake) == 4 + 2  # the development set and the trajectory, with the initial method
+        assert "2 not measured, a plan about its trajectory's instructions (optimize.copy_cut)" in result.outcome
+    else:
+        assert all(r["measured"] and r["cut"] != "copies_trajectory" for r in rows)
+        assert evolutions(fake) > 4 + 2 and "copy_cut" not in result.outcome
+
+
 def test_a_step_with_one_evolving_method_is_no_limit():
     log = [{"candidates": [{"not_a_method": "no_reply_format"}, {"not_a_method": None}]}]
     assert optimizer_limit(log) is None

@@ -22,7 +22,9 @@ backend whose numerics depend on the batch, llama.cpp among them, may answer a r
 batch, as anywhere else). The third is a judgement: a method that misses its marker on its first items but would
 keep it on every later one is stopped too (``format_cut: 0`` never stops one on that ground). A step whose
 candidates were all stopped keeps its current method, where the paper moves to its best candidate: which one that
-is changes nothing when no later step runs.
+is changes nothing when no later step runs. A candidate whose text is a plan about its trajectory's instructions
+(``optimize.copy_cut``: :func:`~evolforge.steps.optimize.trajectory.not_a_method`) is not raced at all: it comes
+here with its score (``cut: copies_trajectory``, nothing measured) and is left alone.
 """
 
 from __future__ import annotations
@@ -131,10 +133,10 @@ class Development:
 
     def measure(self, candidates: list[Candidate], best: MethodScore, current: MethodScore, *, last: bool,
                 desc: str) -> None:
-        """Score each candidate with a method that is not ``current``'s own, on the development set; under
-        ``optimize.racing`` each stops once it cannot win against ``best`` and ``current`` (``last``: no later step
-        reads which one the step chose)."""
-        scored = [c for c in candidates if c.method is not None and not c.unchanged]
+        """Score each candidate with a method that is not ``current``'s own and no score yet, on the development
+        set; under ``optimize.racing`` each stops once it cannot win against ``best`` and ``current`` (``last``: no
+        later step reads which one the step chose)."""
+        scored = [c for c in candidates if c.method is not None and not c.unchanged and c.dev is None]
         limits = Race.for_step(self.settings, best, current, last=last)
         texts = [c.method for c in scored]
         scores = (score_methods(self.evolver, self.prompts, self.dev, texts, call=self.call, desc=desc,

@@ -116,8 +116,11 @@ def outcome(result: OptimizeResult) -> str:
         return "kept the initial method: every method the optimizer wrote was the current one, unchanged"
     full = [c["dev"]["failures"] for c in tried if not c["dev"].get("cut")]
     said = [f"the best of {len(full)} failed {min(full)}"] if full else []
-    if stopped := len(tried) - len(full):
+    cuts = [c["dev"]["cut"] for c in tried if c["dev"].get("cut")]
+    if stopped := sum(cut != "copies_trajectory" for cut in cuts):
         said.append(f"{stopped} stopped before the end of the set, unable to fail fewer (optimize.racing)")
+    if copies := cuts.count("copies_trajectory"):
+        said.append(f"{copies} not measured, a plan about its trajectory's instructions (optimize.copy_cut)")
     return (f"kept the initial method: it fails {start} development items and no candidate failed fewer "
             f"({'; '.join(said)})")
 

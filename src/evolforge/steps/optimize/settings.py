@@ -50,6 +50,10 @@ class OptimizeSettings:
         "under racing, a candidate whose first this many development evolutions all lack the final-instruction "
         "marker stops there (the evolver does not follow its format; the shipped initial method misses 1 in 10, so "
         "three misses in a row from a method the evolver follows as well is a one-in-a-thousand chance); 0: never")})
+    copy_cut: bool = field(default=True, metadata={"help": (
+        "under racing, a candidate that holds its trajectory's instructions (a plan about those cases, not a method "
+        "for any instruction: the copies_trajectory check) is not measured at all; false: it is raced like any "
+        "other")})
     patience: NonNegativeInt | None = field(default=1, metadata={
         "help": "stop after this many steps without improvement; null = run every step"})
     selection: Literal["lowest_failure", "no_regression"] = field(default="lowest_failure", metadata={
@@ -92,10 +96,11 @@ class OptimizeSettings:
         "the candidate's own format lines replaced, so a method is measured on what the optimizer changed and not "
         "lost to a format it damaged; false: the method as the optimizer wrote it, as the paper"),
         "paper": "false"})
-    judge_difficulty: bool = field(default=True, metadata={"help": (
+    judge_difficulty: bool = field(default=False, metadata={"help": (
         "judge the development set's evolved instructions under the initial and the resulting method (and the dev "
         "seeds themselves) with roles.judge, as the judge section asks: their mean difficulty in the metrics, the "
-        "paper's comparison of methods on the evolved data; false: no judge calls")})
+        "paper's comparison of methods on the evolved data (it costs a judge call per item and method); false: no "
+        "judge calls")})
     on_unparseable: Literal["continue", "stop"] = field(default="continue", metadata={"help": (
         "a step none of whose candidates parsed (warned in the stage log, metrics/optimize.json and the report): "
         "continue (the next step samples again; patience and on_unusable judge the result) | stop (the stage "

@@ -87,9 +87,9 @@ from evolforge.steps.optimize.method_file import FileMethod, candidate_methods
 from evolforge.steps.optimize.racing import Development
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note,
                                              optimizer_limit, outcome, summary, unparseable_warning, usability)
-from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, score_method
+from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, method_score, score_method
 from evolforge.steps.optimize.settings import OptimizeSettings
-from evolforge.steps.optimize.trajectory import build_trajectory, not_a_method
+from evolforge.steps.optimize.trajectory import COPIES_TRAJECTORY, build_trajectory, not_a_method
 
 SELECTIONS = ("lowest_failure", "no_regression")
 
@@ -153,6 +153,9 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
         # a method written back unchanged is the current one: its score is known
         if c.method is not None and c.method.strip() == current_method.strip():
             c.dev, c.unchanged = current, True
+        elif settings.racing and settings.copy_cut and \
+                not_a_method(c, trajectory, current_method, len(development.dev)) == COPIES_TRAJECTORY:
+            c.dev = method_score([], cut=COPIES_TRAJECTORY)  # a plan about its cases, not a method: not measured
     development.measure(proposals, best, current, last=last, desc=f"step {step} candidates")
     for c in proposals:
         c.not_a_method = None if c.unchanged else not_a_method(c, trajectory, current_method, len(development.dev))
