@@ -173,7 +173,7 @@ def test_a_candidate_that_copies_its_trajectory_is_not_measured_under_racing(cop
     assert result.method == "m0 fails=1" and all(r["not_a_method"] == "copies_trajectory" for r in rows)
     assert result.optimizer_limit.startswith("the optimizer model is the limit")
     if copy_cut:
-        assert [(r["measured"], r["cut"]) for r in rows] == [(0, "copies_trajectory")] * 2
+        assert [(r["measured"], r["cut"], r["failure_rate"]) for r in rows] == [(0, "copies_trajectory", None)] * 2
         assert evolutions(fake) == 4 + 2  # the development set and the trajectory, with the initial method
         assert "2 not measured, a plan about its trajectory's instructions (optimize.copy_cut)" in result.outcome
     else:

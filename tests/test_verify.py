@@ -113,7 +113,7 @@ def test_the_tasks_own_examples_are_never_dropped_and_one_failed_sinks_the_answe
     # example e0 fails for every program: still kept (the task states it), so the answer is wrong
     rows = [[False, True, True], [False, True, True]]
     out = judge_runs(["e0", "t1", "t2"], [_run(r) for r in rows], min_pass=0.8, examples=1)
-    assert out.verdict == "wrong" and out.evidence["why"] == "fails the task's own example: e0"
+    assert out.verdict == "wrong" and out.evidence["why"] == "fails a stated example: e0"
     assert [(r["kept"], r["example"]) for r in out.evidence["results"]] == [(True, True), (True, False),
                                                                             (True, False)]
     assert judge_runs(["e0", "t1"], [_run([True, True]), _run([True, False])], 0.8, examples=1).verdict == "right"

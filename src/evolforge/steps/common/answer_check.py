@@ -31,6 +31,7 @@ from typing import Any
 from evolforge.config.sandbox_limits import MEMORY_MB, PROGRAM_TIMEOUT_S
 from evolforge.core.text import NUMBER, number, numbers
 from evolforge.eval.sandbox import run_untrusted
+from evolforge.steps.common.claims import claimed_examples
 from evolforge.io.validation import DataError
 
 KINDS = ("number", "python_tests")
@@ -175,10 +176,15 @@ def check_number(answer: str, value: float, tolerance: float = DEFAULT_TOLERANCE
 
 def check_python(answer: str, tests: str, timeout_s: float = PROGRAM_TIMEOUT_S,
                  memory_mb: int = MEMORY_MB) -> CheckResult:
-    """The answer's code (:func:`extract_code`) passes ``tests`` in the sandbox."""
+    """The answer's code (:func:`extract_code`) passes ``tests`` in the sandbox, and the examples it states for its
+    own functions (:func:`~evolforge.steps.common.claims.claimed_examples`: ``print(f(3))  # Output: 9``) hold."""
     code = extract_code(answer)
     if code is None:
         return CheckResult(False, "no Python code in the answer (a fenced block that parses)")
+    claims = claimed_examples(code)
+    if claims:
+        said = [f"{c}, {'the answer states ' + c.removeprefix('assert ')!r}" for c in claims]  # named if it fails
+        tests = tests.rstrip("\n") + "\n# the answer's own examples\n" + "\n".join(said) + "\n"
     result = run_untrusted(code, timeout_s=timeout_s, memory_mb=memory_mb, tests=tests)
     if result.passed:
         return CheckResult(True, "tests passed")

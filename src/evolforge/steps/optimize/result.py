@@ -190,7 +190,9 @@ def candidate_row(c: dict) -> dict:
     development set unless racing cut it: ``measured``, ``cut``), and whether it is an evolving method at all."""
     dev = c.get("dev") or {}
     return {"index": c["index"], "parsed": c["method"] is not None, "parse_error": c["parse_error"],
-            "failure_rate": dev.get("failure_rate"), "failures": dev.get("failures"),
+            # a candidate stopped before its first item has no rate: None, not 0.0
+            "failure_rate": dev.get("failure_rate") if dev.get("measured") or not dev.get("cut") else None,
+            "failures": dev.get("failures"),
             "missing_marker": dev.get("missing_marker"), "measured": dev.get("measured"), "cut": dev.get("cut"),
             "not_a_method": c.get("not_a_method"), "unchanged": c.get("unchanged", False),
             "reply_format_kept": c.get("reply_format_kept", False),

@@ -12,8 +12,9 @@ process per program (:func:`evolforge.steps.common.function_runs.run_function`: 
    ``programs x tests passed``; the top group is the consensus.
 
 The task's own examples come first (:func:`stated_examples`: a doctest ``>>> name(...)`` and the line after it,
-or a line ``name(...) == / => / -> / ➞ value``, arguments and value Python literals): tests the task states,
-never dropped, and an answer that fails one is ``wrong`` whatever the other tests say.
+or a line ``name(...) == / => / -> / ➞ value``, arguments and value Python literals), then those the answer's code
+states for its own function (:func:`answer_examples`: ``print(name(3))  # Output: 9``): tests never dropped, and an
+answer that fails one is ``wrong`` whatever the other tests say.
 
 The answer is ``right`` when it passes ``min_pass`` of the kept tests (the examples included), or, with
 ``consensus`` (CodeT's rule), when it belongs to a top group (one wrong test does not sink it); ``wrong`` when it
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from evolforge.steps.common.answer_check import extract_code
+from evolforge.steps.common.claims import claimed_examples, literal_call, literal_text, top_level_functions
 from evolforge.steps.common.cross_validation import cross_validate
 from evolforge.steps.common.function_runs import FunctionRun
 
@@ -73,14 +75,6 @@ def function_name(task: str) -> str:
     return found[-1] if found else DEFAULT_NAME
 
 
-def top_level_functions(code: str) -> list[str]:
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return []
-    return [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-
-
 def is_code_task(task: str, answer: str | None) -> bool:
     """A task about code whose answer holds a Python program with a top-level function."""
     code = extract_code(answer or "")
@@ -104,27 +98,16 @@ def program_for(answer: str | None, name: str, task: str = "") -> str | None:
     return code + alias + EVALUATE
 
 
-def _literal(text: str) -> str | None:
-    """``text`` (a trailing comment, period or comma cut) when it is a Python literal, else None."""
-    text = re.split(r"\s+#", text.strip())[0].strip().rstrip(".,;").strip()
-    try:
-        ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
-    return text
-
-
-def _literal_call(source: str, name: str) -> bool:
-    """``source`` is one call of ``name`` whose arguments are all Python literals."""
-    try:
-        call = ast.parse(source.strip(), mode="eval").body
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == name):
-            return False
-        for arg in [*call.args, *(k.value for k in call.keywords)]:
-            ast.literal_eval(arg)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return False
-    return True
+def answer_examples(answer: str | None, name: str) -> list[str]:
+    """The examples the answer's code states for its own function (:func:`~evolforge.steps.common.claims.
+    claimed_examples`), as assert lines on ``name``: the function :func:`program_for` binds ``name`` to."""
+    code = extract_code(answer or "")
+    functions = top_level_functions(code) if code else []
+    if not functions:
+        return []
+    own = ([f for f in functions if f != "main" and not f.startswith("test")] or functions)[-1]
+    claims = claimed_examples(code, (name, own))
+    return [re.sub(rf"^assert {re.escape(own)}\(", f"assert {name}(", c) for c in claims]
 
 
 def stated_examples(task: str, name: str) -> list[str]:
@@ -136,12 +119,12 @@ def stated_examples(task: str, name: str) -> list[str]:
         text = line.strip()
         if text.startswith(">>>"):
             source, following = text[3:].strip(), lines[k + 1].strip() if k + 1 < len(lines) else ""
-            want = _literal(following) if following and not following.startswith(">>>") else None
-            if want is not None and _literal_call(source, name):
+            want = literal_text(following) if following and not following.startswith(">>>") else None
+            if want is not None and literal_call(source, name):
                 found.setdefault(f"assert {source} == {want}", None)
                 continue
         stated = _STATED.match(text)
-        if stated and _literal_call(stated["call"], name) and (want := _literal(stated["want"])) is not None:
+        if stated and literal_call(stated["call"], name) and (want := literal_text(stated["want"])) is not None:
             found.setdefault(f"assert {stated['call']} == {want}", None)
     return list(found)
 
@@ -204,7 +187,7 @@ def judge_runs(tests: Sequence[str], runs: Sequence[FunctionRun | None], min_pas
                  "consensus": {"top_score": top_score, "answer_in_top_group": 0 in top}}
     failed = [tests[t][:160] for t in range(examples) if not passed[0][t]]
     if failed:
-        return CodeVerdict("wrong", accuracy, evidence | {"why": f"fails the task's own example: {failed[0]}"})
+        return CodeVerdict("wrong", accuracy, evidence | {"why": f"fails a stated example: {failed[0]}"})
     if accuracy >= min_pass or (with_consensus and 0 in top):
         return CodeVerdict("right", accuracy, evidence)
     if 0 not in top:

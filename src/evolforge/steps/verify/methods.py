@@ -14,8 +14,8 @@ from evolforge.llm.cached import LLM
 from evolforge.steps.common.answer_check import extract_code, final_number
 from evolforge.steps.common.function_runs import FunctionRun, Runner, run_all, run_function
 from evolforge.steps.common.responses import response_requests
-from evolforge.steps.verify.code_tests import (SOLUTION_TEMPLATE, TESTS_TEMPLATE, function_name, judge_runs,
-                                               parse_tests, program_for, stated_examples)
+from evolforge.steps.verify.code_tests import (SOLUTION_TEMPLATE, TESTS_TEMPLATE, answer_examples, function_name,
+                                               judge_runs, parse_tests, program_for, stated_examples)
 from evolforge.steps.verify.correctness import (CORRECTNESS_TEMPLATE, LABELS, REASON_TEMPLATE, label_verdict,
                                                 parse_reason)
 from evolforge.steps.verify.numeric import (PROGRAM_TEMPLATE, compare_values, numeric_evidence, program_value,
@@ -47,8 +47,8 @@ def _ask(template: str, prompts: PromptLibrary, **variables) -> list[dict[str, s
 
 def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
                 runner: Runner | None = None) -> list[Result]:
-    """The task's own examples and tests written for each instruction (``test_sets`` samples), ``solutions``
-    peers; every program run on every test in the sandbox; the verdict by
+    """The task's own examples, the answer's own, and tests written for each instruction (``test_sets``
+    samples), ``solutions`` peers; every program run on every test in the sandbox; the verdict by
     :func:`evolforge.steps.verify.code_tests.judge_runs`."""
     runner = runner or (lambda program, tests: run_function(program, tests, settings.case_timeout_s,
                                                             settings.memory_mb))
@@ -68,7 +68,8 @@ def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setting
     plans = []
     for k, (item, name) in enumerate(zip(items, names)):
         answers = texts[k * per:(k + 1) * per]
-        examples = stated_examples(item.task, name)  # the task's own, first: never dropped
+        # the task's own, then those the answer states for itself: never dropped
+        examples = list(dict.fromkeys(stated_examples(item.task, name) + answer_examples(item.answer, name)))
         written = [t for text in answers[:settings.test_sets] for t in parse_tests(text, name)]
         tests = list(dict.fromkeys(examples + written))
         programs = [program_for(item.answer, name, item.task)] + [program_for(t, name, item.task)
