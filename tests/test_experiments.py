@@ -223,3 +223,15 @@ def test_two_rewrites_per_instruction_reach_round_3_with_one_judged_item_that_is
     assert rounds["round_3"]["mean_expected"] > rounds["seeds"]["mean_expected"]
     judged = [r for r in k2["readings"]["round_3"] if r["judged"]]
     assert rounds["round_3"]["judged"] == len(judged) == 1 and judged[0]["label"] == "easier"
+
+
+def test_the_vllm_recipe_ran_every_stage_to_select_without_a_failed_call():
+    """docs/how-to/servers.md's vLLM recipe, word for word on the CPU build: the check passed, dvc repro reached
+    select, and no stage's role recorded a failed call (the server answered every request)."""
+    run = kept("servers-vllm-recipe.json")
+    assert run["outcome"]["check_rc"] == 0 and run["outcome"]["repro_rc"] == 0
+    assert run["outcome"]["stages_run"][-1] == "select" and run["metrics"]["select"]["selected"] >= 1
+    roles = [(name, role, stats) for name, m in run["metrics"].items() for role, stats in (m.get("llm") or {}).items()]
+    assert {role for _, role, _ in roles} == {"evolver", "optimizer", "responder", "judge"}
+    assert all(stats["failures"] == 0 for _, _, stats in roles), roles
+    assert all(sum(s["calls"] for _, r, s in roles if r == role) > 0 for role in ("evolver", "optimizer", "judge"))
