@@ -42,6 +42,7 @@ def test_a_false_example_in_the_answer_fails_the_seeds_check_and_is_named():
     ("print(f(3))  # returns 6.", ["assert f(3) == 6"]),
     ("print(f(3))  # Expected output: [6]", ["assert f(3) == [6]"]),
     ("print(f('ab'))  # Output: 'ba'", ["assert f('ab') == 'ba'"]),
+    ("print(f(1.5))  # Output: 3.00", ["assert abs(f(1.5) - 3.00) <= 0.005"]),  # a rounded float, within its digits
     ("print(f('ab'))  # Output: ba", []),            # printed text, no literal: nothing to compare
     ("print(f(x))  # Output: 6", []),                # an argument that is no literal
     ("print(g(3))  # Output: 6", []),                # not a function the code defines
@@ -66,3 +67,10 @@ def test_verify_code_tests_hold_the_answer_to_its_own_examples():
     tests = answer_examples(fixed, "solution") + ["assert solution(5) == 5"]
     run = run_function(program_for(fixed, "solution"), tests, 10.0, 512)
     assert judge_runs(tests, [run], min_pass=0.8, examples=3).verdict == "right"
+
+
+def test_a_float_the_answer_rounds_is_no_false_example():
+    answer = "```python\ndef third(x):\n    return x / 3\n\nprint(third(10))  # Output: 3.33\n```"
+    check = json.dumps({"kind": "python_tests", "tests": "assert third(3) == 1"})
+    assert check_answer(check, answer).passed
+    assert not check_answer(check, answer.replace("3.33", "3.35")).passed

@@ -31,8 +31,8 @@ from typing import Any
 from evolforge.config.sandbox_limits import MEMORY_MB, PROGRAM_TIMEOUT_S
 from evolforge.core.text import NUMBER, number, numbers
 from evolforge.eval.sandbox import run_untrusted
-from evolforge.steps.common.claims import claimed_examples
 from evolforge.io.validation import DataError
+from evolforge.steps.common.claims import claimed_examples
 
 KINDS = ("number", "python_tests")
 FIELD = "check"  # the seed record's field
