@@ -92,10 +92,13 @@ def program_for(answer: str | None, name: str, task: str = "") -> str | None:
     functions = top_level_functions(code) if code else []
     if not functions:
         return None
-    # the answer's own function: its last top-level one, a demo's main() or a test_ function left aside
-    own = [f for f in functions if f != "main" and not f.startswith("test")] or functions
-    alias = "" if name in functions else f"\n\n{name} = {own[-1]}\n"
+    alias = "" if name in functions else f"\n\n{name} = {own_function(functions)}\n"
     return code + alias + EVALUATE
+
+
+def own_function(functions: list[str]) -> str:
+    """The answer's own function among its top-level ones: the last, a demo's main() or a test_ function left aside."""
+    return ([f for f in functions if f != "main" and not f.startswith("test")] or functions)[-1]
 
 
 def answer_examples(answer: str | None, name: str) -> list[str]:
@@ -105,7 +108,7 @@ def answer_examples(answer: str | None, name: str) -> list[str]:
     functions = top_level_functions(code) if code else []
     if not functions:
         return []
-    own = ([f for f in functions if f != "main" and not f.startswith("test")] or functions)[-1]
+    own = own_function(functions)
     claims = claimed_examples(code, (name, own))
     return [re.sub(rf"^assert {re.escape(own)}\(", f"assert {name}(", c) for c in claims]
 
