@@ -194,3 +194,48 @@ def test_the_qwen_source_file_is_valid_params(repo):
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def _tokenizer_only(tiny_model: Path, folder: Path, tokenizer_class: str) -> Path:
+    """The tiny model's tokenizer files alone (as fetch_model keeps beside a GGUF file), naming ``tokenizer_class``."""
+    folder.mkdir()
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        if (tiny_model / name).exists():
+            (folder / name).write_bytes((tiny_model / name).read_bytes())
+    settings = json.loads((tiny_model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": tokenizer_class}))
+    return folder
+
+
+def test_a_tokenizer_only_folder_loads_its_named_class_as_autotokenizer_does(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from evolforge.core.models import load_tokenizer, tokenizer_only_class
+
+    folder = _tokenizer_only(tiny_model, tmp_path / "gguf", "Qwen2Tokenizer")
+    assert tokenizer_only_class(str(folder)).__name__ == "Qwen2Tokenizer"
+    ours, auto = load_tokenizer(str(folder)), AutoTokenizer.from_pretrained(str(folder), padding_side="left")
+    auto.pad_token = auto.pad_token or auto.eos_token
+    assert type(ours) is type(auto) and ours.init_kwargs == auto.init_kwargs
+    assert ours.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
+    messages = [{"role": "user", "content": "A tank holds 500 litres. How long until it is empty?"}]
+    assert ours.apply_chat_template(messages, add_generation_prompt=True) == \
+        auto.apply_chat_template(messages, add_generation_prompt=True)
+    assert (ours.padding_side, ours.pad_token) == ("left", auto.pad_token)
+    # the named class is loaded without AutoTokenizer's import of every model class
+    code = ("import sys; from evolforge.core.models import load_tokenizer; load_tokenizer(sys.argv[1]); "
+            "print('transformers.models.auto.modeling_auto' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_a_model_folder_a_remote_class_or_an_unknown_name_goes_through_autotokenizer(tiny_model, tmp_path):
+    from evolforge.core.models import tokenizer_only_class
+
+    assert tokenizer_only_class(str(tiny_model)) is None  # config.json: AutoTokenizer weighs the model type too
+    assert tokenizer_only_class(str(_tokenizer_only(tiny_model, tmp_path / "a", "NoSuchTokenizer"))) is None
+    remote = _tokenizer_only(tiny_model, tmp_path / "b", "Qwen2Tokenizer")
+    settings = json.loads((remote / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (remote / "tokenizer_config.json").write_text(json.dumps({**settings, "auto_map": {"AutoTokenizer": ["x.Y", None]}}))
+    assert tokenizer_only_class(str(remote)) is None
+    assert tokenizer_only_class("HuggingFaceTB/SmolLM2-135M-Instruct") is None  # a hub id
