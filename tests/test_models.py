@@ -234,6 +234,7 @@ def test_a_model_folder_a_remote_class_or_an_unknown_name_goes_through_autotoken
 
     assert tokenizer_only_class(str(tiny_model)) is None  # config.json: AutoTokenizer weighs the model type too
     assert tokenizer_only_class(str(_tokenizer_only(tiny_model, tmp_path / "a", "NoSuchTokenizer"))) is None
+    assert tokenizer_only_class(str(_tokenizer_only(tiny_model, tmp_path / "f", "Qwen2TokenizerFast"))) is None
     remote = _tokenizer_only(tiny_model, tmp_path / "b", "Qwen2Tokenizer")
     settings = json.loads((remote / "tokenizer_config.json").read_text(encoding="utf-8"))
     (remote / "tokenizer_config.json").write_text(json.dumps({**settings, "auto_map": {"AutoTokenizer": ["x.Y", None]}}))

@@ -168,8 +168,9 @@ def tokenizer_only_class(model: str):
     except (OSError, ValueError):
         return None  # AutoTokenizer says what is wrong with the file
     name = settings.get("tokenizer_class")
-    if not isinstance(name, str) or "auto_map" in settings or name in ("PythonBackend", "TokenizersBackend"):
-        return None
+    if (not isinstance(name, str) or "auto_map" in settings or name.endswith("Fast")
+            or name in ("PythonBackend", "TokenizersBackend")):
+        return None  # remote code, or a name AutoTokenizer rewrites first: left to it
     import transformers
 
     found = getattr(transformers, name, None)
