@@ -39,6 +39,7 @@ HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
     "judge_calibration.py": "judges 61 answers with the shipped judge model (models/, fetched by make run)",
     "score_reference.py": "needs the shipped model and the papers' official checkouts",
+    "fetch_gguf.py": "reads the shipped models' GGUF files (models/, fetched by make run)",
     "plant_contamination.py": "modifies a built copy of the repository and runs dvc repro",
     "selected_near_duplicates.py": "reads a built data/selected",
     "same_problem_calibration.py": "embeds the labelled rewrites with the shipped embedder (models/, fetched by make run)",
