@@ -152,8 +152,8 @@ def gguf_read_once() -> Iterator[None]:
     """Within this block the ``gguf`` package reads a file once, faster, and builds each tensor-name map once.
 
     transformers' GGUF loading reads the file's metadata (the vocabulary and merges: about 100,000 strings for
-    SmolLM2, 300,000 for Qwen2.5) once for the tokenizer's config, once for the tokenizer, once for the model's
-    config and once with the weights, and builds gguf's tensor-name map again for every module of the model
+    SmolLM2, 300,000 for Qwen2.5) once for the tokenizer, once for the model's config and once more with the
+    weights, and builds gguf's tensor-name map again for every module of the model
     (about 400 for SmolLM2-135M): most of ``fetch_model``'s time. Both are pure functions of their arguments
     here (the file is not written while it is read), so the first result is handed back again; and each file is
     read by :class:`_PlainReader`.
