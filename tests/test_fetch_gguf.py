@@ -40,7 +40,7 @@ def test_the_file_is_read_once_with_the_fields_and_tensors_of_ggufs_reader(gguf_
     assert all(np.array_equal(a.data, b.data) for a, b in zip(first.tensors, own.tensors))
 
 
-def test_a_reader_from_before_the_block_is_unchanged(gguf_file):
+def test_after_the_block_gguf_reads_files_as_before(gguf_file):
     import gguf
 
     with fetch.gguf_read_once():
