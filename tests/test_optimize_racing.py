@@ -181,47 +181,6 @@ def test_a_candidate_that_copies_its_trajectory_is_not_measured_under_racing(cop
         assert evolutions(fake) > 4 + 2 and "copy_cut" not in result.outcome
 
 
-def test_first_items_fill_the_trajectory_batch_and_can_show_the_method_usable():
-    shipped = OptimizeSettings(dev_size=10)
-    assert racing.first_items(shipped, 10, batch=6, trajectory=3) == 3  # one batch of six with the trajectory
-    assert racing.first_items(shipped, 10, batch=2, trajectory=2) == 2  # two passes put 0.9 out of reach
-    assert racing.first_items(dataclasses.replace(shipped, unusable_failure_rate=0.5), 10, batch=6, trajectory=3) == 6
-    for whole in (dict(racing=False), dict(steps=0), dict(judge_difficulty=True),
-                  dict(candidates_file="prompts/optimize/candidates/evol_in_depth.yaml")):
-        assert racing.first_items(dataclasses.replace(shipped, **whole), 10, batch=6, trajectory=3) == 10
-
-
-@pytest.mark.parametrize("first_fails", [False, True])
-def test_the_initial_method_is_measured_as_far_as_the_run_reads_it(first_fails, capsys):
-    """Every candidate a plan about its trajectory (not measured): the initial method is measured on the items that
-    fill the batch beside step 1's trajectory (here one, the evolver decoding two at a time), and on the rest only
-    where that one leaves open whether the evolver can follow it. The metrics, the outcome and the report say how
-    many items were measured."""
-    from evolforge.report.sections import optimize_html
-
-    rng = random.Random(0)
-    dev, pool = split_dev_pool(long_items(14), dev_size=4, batch_size=2, rng=rng)
-    failing = dev[0 if first_fails else 3]["instruction"]
-    fake = FakeBackend(evolver_reply(lambda m, q: q == failing))
-    optimizer = LLM(FakeBackend(copying_optimizer, model="fake-optimizer"), None, role=OPTIMIZER_ROLE)
-    result = optimize_step.optimize_method(pool, dev, initial_method="m0", evolver=LLM(fake, None, role=SMALL_BATCH),
-                                           optimizer=optimizer, prompts=PROMPTS, rng=rng, call=ZERO,
-                                           settings=OptimizeSettings(steps=1, candidates=2, batch_size=2, dev_size=4,
-                                                                     patience=None))
-    metrics = summary(result, {})
-    assert result.method == "m0" and all(c["dev"]["cut"] == "copies_trajectory" for c in result.log[0]["candidates"])
-    if first_fails:  # 1 failure in 1: the other 3 could make it 4 of 4, at or above optimize.unusable_failure_rate
-        assert evolutions(fake) == 4 + 2 and metrics["initial_measured"] == 4 and metrics["initial_failures"] == 1
-        assert "the initial method measured on the other 3 development items: its first items leave open whether " \
-               "the evolver can follow it" in capsys.readouterr().out
-        assert result.outcome.startswith("kept the initial method: it fails 1 of 4 development items and no")
-    else:
-        assert evolutions(fake) == 1 + 2 and metrics["initial_measured"] == 1 and metrics["initial_failures"] == 0
-        assert result.outcome.startswith("kept the initial method: it fails 0 of the 1 development items measured "
-                                         "(of 4: racing measures the rest only against a candidate) and no")
-        assert "fails 0 of the 1 measured (of 4) development items" in optimize_html({"optimize_metrics": metrics})
-
-
 def test_a_step_with_one_evolving_method_is_no_limit():
     log = [{"candidates": [{"not_a_method": "no_reply_format"}, {"not_a_method": None}]}]
     assert optimizer_limit(log) is None

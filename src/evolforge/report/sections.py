@@ -188,10 +188,8 @@ def optimize_html(v: dict) -> str:
     if m.get("skipped"):
         return f"<p>optimize skipped: {esc(m.get('reason'))}</p>"
     dev = m.get("dev_size")
-    measured = m.get("initial_measured", dev)  # under racing, the first items alone when no candidate was measured
-    of = f"{esc(dev)}" if measured == dev else f"the {esc(measured)} measured (of {esc(dev)})"
-    head = (f"<p>initial method: fails {esc(m.get('initial_failures'))} of {of} development items; "
-            f"chosen method: fails {esc(m.get('best_failures'))} of {of}; "
+    head = (f"<p>initial method: fails {esc(m.get('initial_failures'))} of {esc(dev)} development items; "
+            f"chosen method: fails {esc(m.get('best_failures'))} of {esc(dev)}; "
             f"{esc(m.get('parseable_candidates'))} of "
             f"{esc(m.get('candidates_proposed'))} candidates parsed over {esc(m.get('steps_run'))} step(s) "
             f"(stop: {esc(m.get('stop_reason'))})"

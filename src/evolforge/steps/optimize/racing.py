@@ -25,12 +25,6 @@ candidates were all stopped keeps its current method, where the paper moves to i
 is changes nothing when no later step runs. A candidate whose text is a plan about its trajectory's instructions
 (``optimize.copy_cut``: :func:`~evolforge.steps.optimize.trajectory.not_a_method`) is not raced at all: it comes
 here with its score (``cut: copies_trajectory``, nothing measured) and is left alone.
-
-The initial method is raced too (:class:`InitialMethod`): before step 1 it is measured only on the development
-items that fill the evolver's batch beside the step's trajectory (at least as many as could show it usable), and on
-the rest once something reads its whole score: a candidate measured against it, a candidates file, the judge's
-development difficulty, or a usability its first items leave open. A run whose candidates are all cut before any is
-measured reports the initial method's failures on the items measured (``measured``), as a cut candidate does.
 """
 
 from __future__ import annotations
@@ -40,7 +34,7 @@ from typing import Sequence
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
-from evolforge.steps.common.evolving import Evolution, EvolvingCall, evolve_with_method
+from evolforge.steps.common.evolving import EvolvingCall
 from evolforge.steps.optimize.result import Candidate, MethodScore
 from evolforge.steps.optimize.scoring import (FailureRules, Measured, lacks_marker, measure, method_score,
                                               score_methods)
@@ -156,61 +150,3 @@ class Development:
             if c.dev.cut:
                 print(f"optimize: {desc}: candidate {c.name or c.index} stopped after {c.dev.measured} of "
                       f"{len(self.dev)} items ({c.dev.cut}: {c.dev.failures} failed)", flush=True)
-
-
-class InitialMethod:
-    """The initial method's development measurement, made as far as the run reads it (module doc).
-
-    :attr:`score` is one object, completed in place by :meth:`finish`: the result, the current method and every
-    candidate written back unchanged hold it, and all of them read the whole measurement once it is made."""
-
-    def __init__(self, development: Development, method: str):
-        self.development, self.method = development, method
-        self.items: list[Measured] = []
-        self.score = method_score([])
-
-    @property
-    def complete(self) -> bool:
-        return len(self.items) == len(self.development.dev)
-
-    def measure(self, upto: int, batch: Sequence[str] = (), desc: str = "step 0") -> list[Evolution]:
-        """Measure the development items before ``upto`` not measured yet, ``batch``'s instructions evolved in the
-        same call (step 1's trajectory: the development items fill its batches); ``batch``'s evolutions."""
-        d = self.development
-        start = len(self.items)
-        todo = [item["instruction"] for item in d.dev[start:upto]]
-        evolved = evolve_with_method(d.evolver, d.prompts, todo + list(batch), self.method, d.call,
-                                     desc=f"{desc}: evolve")
-        jobs = [(self.method, k) for k in range(start, start + len(todo))]
-        if jobs:
-            self.items += measure(d.evolver, d.prompts, d.dev, jobs, call=d.call, rules=d.rules, desc=desc,
-                                  evolved=evolved[:len(todo)])
-        vars(self.score).update(vars(method_score(self.items)))
-        return evolved[len(todo):]
-
-    def finish(self, why: str) -> MethodScore:
-        """The whole development set measured (``why``: what reads it, for the stage log)."""
-        if not self.complete:
-            print(f"optimize: the initial method measured on the other {len(self.development.dev) - len(self.items)} "
-                  f"development items: {why}", flush=True)
-            self.measure(len(self.development.dev), desc="step 0, the rest")
-        return self.score
-
-    def usable_settled(self, limit: float) -> bool:
-        """Whatever the items not measured do, the method's failure rate stays below ``limit``
-        (``optimize.unusable_failure_rate``, as :func:`~evolforge.steps.optimize.result.usability` reads it)."""
-        n = len(self.development.dev)
-        return not n or (self.score.failures + n - len(self.items)) / n < limit
-
-
-def first_items(settings: OptimizeSettings, dev_size: int, batch: int, trajectory: int) -> int:
-    """How many development items the initial method is measured on before step 1 (:class:`InitialMethod`): all
-    of them without racing or steps, or where a candidates file or the judge reads them all; else those that fill
-    the evolver's batch (``batch``) beside step 1's ``trajectory`` requests, and at least the passes that would show
-    the method usable."""
-    if not dev_size or not settings.racing or not settings.steps or settings.candidates_file or \
-            settings.judge_difficulty:
-        return dev_size
-    limit = float(settings.unusable_failure_rate)
-    passes = next((p for p in range(dev_size + 1) if (dev_size - p) / dev_size < limit), dev_size)
-    return min(dev_size, max(passes, -trajectory % batch))

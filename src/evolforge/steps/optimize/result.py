@@ -97,7 +97,7 @@ def indistinct_dev_note(dev_size: int) -> str:
 def outcome(result: OptimizeResult) -> str:
     """One sentence for the stage log and the metrics: the optimized method beat the initial one on the development
     set, or why it could not."""
-    n, measured = result.dev_size, result.initial.measured
+    n = result.dev_size
     start = f"{result.initial.failures} of {n}"
     if result.best.failure_rate < result.initial.failure_rate:
         chosen = result.file_candidates[result.file_chosen] if result.file_chosen is not None else None
@@ -108,7 +108,7 @@ def outcome(result: OptimizeResult) -> str:
         return "kept the initial method: no optimization step ran (optimize.steps: 0)"
     if not result.file_candidates and not any(r["parseable_candidates"] for r in result.log):
         return "kept the initial method: the optimizer wrote no parseable method in any step"
-    if result.initial.failures == 0 and measured == n:
+    if result.initial.failures == 0:
         return f"kept the initial method: it fails none of the {n} development items, so nothing can measure better"
     tried = [c for c in result.file_candidates + [c for r in result.log for c in r["candidates"]]
              if c.get("dev") and not c.get("unchanged")]
@@ -121,10 +121,8 @@ def outcome(result: OptimizeResult) -> str:
         said.append(f"{stopped} stopped before the end of the set, unable to fail fewer (optimize.racing)")
     if copies := cuts.count("copies_trajectory"):
         said.append(f"{copies} not measured, a plan about its trajectory's instructions (optimize.copy_cut)")
-    fails = (f"{start} development items" if measured == n else
-             f"{result.initial.failures} of the {measured} development items measured (of {n}: racing measures the "
-             f"rest only against a candidate)")
-    return f"kept the initial method: it fails {fails} and no candidate failed fewer ({'; '.join(said)})"
+    return (f"kept the initial method: it fails {start} development items and no candidate failed fewer "
+            f"({'; '.join(said)})")
 
 
 NOT_A_METHOD_WORDS = {"unparsed": "no method could be read from its answer",
@@ -218,7 +216,6 @@ def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: di
         "file_chosen": result.file_chosen,
         "optimizer_limit": result.optimizer_limit,
         "initial_failures": result.initial.failures,
-        "initial_measured": result.initial.measured,  # dev_size, or under racing the first items (no candidate measured)
         "best_failures": result.best.failures,
         "dev_size": result.dev_size,
         "method_diff": method_diff(result.initial_method, result.method),

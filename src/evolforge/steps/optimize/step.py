@@ -37,8 +37,7 @@ from, and the result the steps must beat.
 The development set is fixed across steps and disjoint from the mini-batch pool, so the current
 method's rate is measured once and carried (re-scoring it would repeat the same cached calls). Step 1's
 mini-batch is drawn before that measure, and its trajectory's first round is evolved in the same call as the
-development set (under racing its first items, the rest when a candidate or the usability check reads them:
-:class:`~evolforge.steps.optimize.racing.InitialMethod`): the same requests in fuller batches (a backend whose numerics depend on the batch, llama.cpp
+development set: the same requests in fuller batches (a backend whose numerics depend on the batch, llama.cpp
 among them, may then answer a request differently, as in any other batch).
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
@@ -76,7 +75,7 @@ from evolforge.io.records import SETTINGS, VERSIONS, atomic_dir, output_versions
 from evolforge.llm.cached import LLM
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
 from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, EvolvingCall,
-                                             initial_method_text)
+                                             evolve_with_method, initial_method_text)
 from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE
 from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings
@@ -85,10 +84,10 @@ from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION
                                                  propose_methods, with_reply_format)
 from evolforge.steps.optimize.dev import read_dev_pool
 from evolforge.steps.optimize.method_file import FileMethod, candidate_methods
-from evolforge.steps.optimize.racing import Development, InitialMethod, first_items
+from evolforge.steps.optimize.racing import Development
 from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note,
                                              optimizer_limit, outcome, summary, unparseable_warning, usability)
-from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, method_score
+from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, method_score, score_method
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.optimize.trajectory import COPIES_TRAJECTORY, build_trajectory, not_a_method
 
@@ -133,12 +132,11 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
 
 
 def _step_candidates(step: int, batch: list[dict], current_method: str, current: MethodScore, best: MethodScore, *,
-                     development: Development, optimizer: LLM, last: bool, initial: InitialMethod,
+                     development: Development, optimizer: LLM, last: bool,
                      first: list[Evolution] | None = None) -> tuple[list[dict], list[dict], list[Candidate]]:
     """One step's candidates: the mini-batch's trajectory under the current method (``first``: its first round,
     made already), the optimizer's proposals, and each new method scored on the development set -> (trajectory, its
-    unparsed stages, the candidates). The initial method is measured in full first where a candidate is measured
-    (``initial``: until then ``current`` and ``best`` may hold its first items only)."""
+    unparsed stages, the candidates)."""
     settings, prompts = development.settings, development.prompts
     trajectory, unparsed = build_trajectory(development.evolver, prompts, [b["instruction"] for b in batch],
                                             current_method, rounds=int(settings.trajectory_rounds),
@@ -158,12 +156,23 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
         elif settings.racing and settings.copy_cut and \
                 not_a_method(c, trajectory, current_method, len(development.dev)) == COPIES_TRAJECTORY:
             c.dev = method_score([], cut=COPIES_TRAJECTORY)  # a plan about its cases, not a method: not measured
-    if any(c.method is not None and c.dev is None for c in proposals):
-        initial.finish(f"step {step} measures a candidate against it")
     development.measure(proposals, best, current, last=last, desc=f"step {step} candidates")
     for c in proposals:
         c.not_a_method = None if c.unchanged else not_a_method(c, trajectory, current_method, len(development.dev))
     return trajectory, unparsed, proposals
+
+
+def _score_initial(first_batch: list[dict], method: str, development: Development) -> tuple[MethodScore,
+                                                                                            list[Evolution]]:
+    """The initial method's score on the development set, and step 1's trajectory's first round (``first_batch``
+    evolved with it): one call to the evolver for both, the mini-batch's few requests filling the batches the
+    development set leaves half empty."""
+    dev, evolver, prompts, call = development.dev, development.evolver, development.prompts, development.call
+    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev + first_batch], method, call,
+                                 desc="step 0: evolve")
+    score = score_method(evolver, prompts, dev, method, call=call, desc="step 0", rules=development.rules,
+                         evolved=evolved[:len(dev)])
+    return score, evolved[len(dev):]
 
 
 def _file_step(result: OptimizeResult, methods: list[FileMethod], development: Development) -> int | None:
@@ -195,14 +204,12 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     ``optimize.candidates_file``, measured first."""
     development = Development(dev, evolver, prompts, call, rules, settings)
     first_batch = rng.sample(pool, int(settings.batch_size)) if settings.steps else []
-    # the initial method's score and step 1's first trajectory round: one call to the evolver, the mini-batch's few
-    # requests filling the batch beside the development items (all of them, or under racing the first few)
-    initial = InitialMethod(development, initial_method)
-    first_round = initial.measure(first_items(settings, len(dev), evolver.role.settings.batch_size, len(first_batch)),
-                                  [b["instruction"] for b in first_batch])
-    current = initial.score
+    current, first_round = _score_initial(first_batch, initial_method, development)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
+    if current.failures == 0 and settings.selection == "lowest_failure":
+        result.notes.append(indistinct_dev_note(len(dev)))
+        print(f"optimize: {result.notes[-1]}", flush=True)
     if file_methods:
         _file_step(result, file_methods, development)
     current_method, current = result.method, result.best
@@ -212,7 +219,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
         last = step == settings.steps or bool(settings.patience and stale + 1 >= settings.patience)
         trajectory, unparsed, proposals = _step_candidates(
             step, batch, current_method, current, result.best, development=development, optimizer=optimizer,
-            last=last, initial=initial, first=first_round if step == 1 and current_method == initial_method else None)
+            last=last, first=first_round if step == 1 and current_method == initial_method else None)
         parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
@@ -239,11 +246,6 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             break
     if result.log and not any(r["parseable_candidates"] for r in result.log):
         result.stop_reason = "no_parseable_candidate"  # the steps ran, but the optimizer never wrote a method
-    if not initial.usable_settled(float(settings.unusable_failure_rate)):
-        initial.finish("its first items leave open whether the evolver can follow it")
-    if initial.complete and result.initial.failures == 0 and settings.selection == "lowest_failure":
-        result.notes.append(indistinct_dev_note(len(dev)))
-        print(f"optimize: {result.notes[-1]}", flush=True)
     result.outcome, result.optimizer_limit = outcome(result), optimizer_limit(result.log)
     return result
 
