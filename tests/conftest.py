@@ -54,11 +54,18 @@ def _forget_stage_accounts():
 @pytest.fixture(scope="session", autouse=True)
 def _kernel_verdicts_of_the_run(tmp_path_factory):
     """The llamacpp kernel probe's verdicts on the tests' model files are kept for this run only, not in the
-    repository's .evolforge (stages run by a test keep theirs under the folder they run in)."""
+    repository's .evolforge (stages run by a test keep theirs under the folder they run in), and none in the
+    machine's store (a test of its own sets one): every test and the stages it runs probe as on a new machine."""
     from evolforge.llm.backends.llamacpp import probe
 
     probe.VERDICTS = tmp_path_factory.mktemp("kernels") / "llamacpp_kernels.json"
+    before = os.environ.get(probe.MACHINE_VERDICTS_ENV)
+    os.environ[probe.MACHINE_VERDICTS_ENV] = ""
     yield
+    if before is None:
+        os.environ.pop(probe.MACHINE_VERDICTS_ENV, None)
+    else:
+        os.environ[probe.MACHINE_VERDICTS_ENV] = before
 
 
 @pytest.fixture

@@ -91,6 +91,28 @@ def test_the_probe_runs_once_and_keeps_its_verdict(folder, verdicts, monkeypatch
     assert resolved_engine(role_of(folder)) == {"context": 4096}  # where they run, the keys are as before
 
 
+def test_a_fresh_clone_on_the_same_machine_reads_the_verdict_the_machine_kept(folder, verdicts, tmp_path, monkeypatch,
+                                                                              capfd):
+    """The machine's store keys a verdict by the model file's bytes: the same file in another folder (a fresh
+    clone's, another modification time) with an empty store of its own is not probed again; other bytes are."""
+    machine = tmp_path / "home-cache" / "llamacpp_kernels.json"
+    monkeypatch.setenv(probe.MACHINE_VERDICTS_ENV, str(machine))
+    first = probe.verdict(probe.gguf_of(str(folder)), threads=1)
+    assert first.probed and first.outcome == "ran" and machine.is_file()
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / "model.gguf").write_bytes(probe.gguf_of(str(folder)).read_bytes())
+    monkeypatch.setattr(probe, "_SEEN", {})
+    monkeypatch.setattr(probe, "VERDICTS", tmp_path / "clone-store.json")
+    monkeypatch.setattr(probe, "_run_child", lambda *a: pytest.fail("the machine's verdict was not used"))
+    again = probe.verdict(clone / "model.gguf", threads=1)
+    assert (again.extra_bufts, again.outcome, again.probed) == (True, "ran", False)
+    assert probe.probe_key(clone / "model.gguf") in probe._read(tmp_path / "clone-store.json")  # now kept locally
+    (clone / "model.gguf").write_bytes(probe.gguf_of(str(folder)).read_bytes() + b"\0")
+    monkeypatch.setattr(probe, "_run_child", lambda *a: "ran")
+    assert probe.verdict(clone / "model.gguf", threads=1).probed  # other bytes: probed
+
+
 def test_a_crashing_child_turns_the_extra_buffer_types_off_and_every_record_says_so(
         folder, verdicts, crashing, capfd, tmp_path):
     role = role_of(folder)

@@ -17,8 +17,11 @@ and every cache key records it (``extra_bufts: false`` among the engine options,
 The verdict is kept in :data:`VERDICTS` (under the working directory, like the call cache) with a key of what
 decides it: the llama.cpp build (llama-cpp-python's version and the sha256 of its native libraries), the CPU
 (its name and flags), the model file (its path, size and modification time) and the GPU layers; so the child
-runs once per build, CPU and model. A child that fails for another reason (the model does not load) decides
-nothing: the backend then loads as usual and says what is wrong itself.
+runs once per build, CPU and model. It is kept for the machine too (:func:`machine_verdicts`: beside the
+llama-cpp-python builds ``make setup`` keeps, under ``$XDG_CACHE_HOME`` or ``~/.cache``), keyed by the model file's
+sha256 instead of its path and time: a fresh clone on the same machine, build and CPU reads it there rather than
+run the child again. A child that fails for another reason (the model does not load) decides nothing: the backend
+then loads as usual and says what is wrong itself.
 
 A role that sets ``extra.extra_bufts`` (true or false) is loaded as it says and never probed.
 """
@@ -44,6 +47,7 @@ if TYPE_CHECKING:  # the child imports this module: it needs no params layer
     from evolforge.config.roles import Role
 
 VERDICTS = Path(".evolforge/llamacpp_kernels.json")
+MACHINE_VERDICTS_ENV = "EVOLFORGE_KERNEL_VERDICTS"  # the machine's store instead of the default; empty: none
 PROMPT_TOKENS = 96  # the batched prompt evaluation: over 64 rows, as a real prompt takes the matrix kernels
 SEQUENCES = 4  # decoded together after it
 STEPS = 3
@@ -111,12 +115,28 @@ def _version(package: Path) -> str:
     return "?"
 
 
-def probe_key(path: Path, gpu_layers: int = 0) -> str:
-    """What decides the verdict, hashed: the build, the CPU, the model file and the GPU layers."""
-    stat = path.stat()
-    what = {"build": build_identity(), "cpu": [cpu_name(), platform.machine(), cpu_flags()],
-            "model": [str(path.resolve()), stat.st_size, stat.st_mtime_ns], "gpu_layers": gpu_layers}
+def probe_key(path: Path, gpu_layers: int = 0, content: bool = False) -> str:
+    """What decides the verdict, hashed: the build, the CPU, the model file (its path, size and time; ``content``:
+    its sha256, as the machine's store keys it) and the GPU layers."""
+    if content:
+        with path.open("rb") as f:
+            model: list = ["sha256", hashlib.file_digest(f, "sha256").hexdigest()]
+    else:
+        stat = path.stat()
+        model = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    what = {"build": build_identity(), "cpu": [cpu_name(), platform.machine(), cpu_flags()], "model": model,
+            "gpu_layers": gpu_layers}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def machine_verdicts() -> Path | None:
+    """The machine's store of verdicts: ``$EVOLFORGE_KERNEL_VERDICTS`` (empty: none), else
+    ``evolforge/llamacpp_kernels.json`` under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    chosen = os.environ.get(MACHINE_VERDICTS_ENV)
+    if chosen is not None:
+        return Path(chosen) if chosen else None
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "evolforge" / "llamacpp_kernels.json"
 
 
 _SEEN: dict[str, Verdict] = {}  # this process's verdicts, undecided ones included (a failed child runs once)
@@ -130,14 +150,24 @@ def verdict(path: Path, gpu_layers: int = 0, threads: int = 2, store: Path | Non
     if key in _SEEN:
         return _SEEN[key]
     kept = _read(store).get(key)
+    machine = machine_verdicts()
+    content = probe_key(path, gpu_layers, content=True) if kept is None and machine is not None else None
+    if content is not None and (kept := _read(machine).get(content)) is not None:
+        _write(store, key, kept)  # the machine's verdict on these bytes; from now on found by the cheap key
     if kept is not None:
         found = Verdict(bool(kept["extra_bufts"]), str(kept["outcome"]), str(kept["cpu"]))
     else:
         outcome = _run_child(path, gpu_layers, threads)
         found = Verdict(not outcome.startswith(("killed", "logits")), outcome, cpu_name(), probed=True)
         if not outcome.startswith("failed"):
-            _write(store, key, {"extra_bufts": found.extra_bufts, "outcome": outcome, "cpu": found.cpu,
-                                "model": str(path), "llama_cpp": build_identity()["llama_cpp"]})
+            entry = {"extra_bufts": found.extra_bufts, "outcome": outcome, "cpu": found.cpu, "model": str(path),
+                     "llama_cpp": build_identity()["llama_cpp"]}
+            _write(store, key, entry)
+            if content is not None:
+                try:
+                    _write(machine, content, entry)
+                except OSError:  # a home without a writable cache: the working directory's store still has it
+                    pass
         then = "" if found.extra_bufts else "; it loads with them off"
         print(f"llamacpp: {path.name} on this CPU ({found.cpu}) with llama.cpp's extra buffer types: {outcome} "
               f"({PROMPT_TOKENS}-token prompt, {SEQUENCES} sequences){then}", file=sys.stderr, flush=True)
