@@ -91,8 +91,7 @@ def test_the_probe_runs_once_and_keeps_its_verdict(folder, verdicts, monkeypatch
     assert resolved_engine(role_of(folder)) == {"context": 4096}  # where they run, the keys are as before
 
 
-def test_a_fresh_clone_on_the_same_machine_reads_the_verdict_the_machine_kept(folder, verdicts, tmp_path, monkeypatch,
-                                                                              capfd):
+def test_a_fresh_clone_on_the_same_machine_reads_the_verdict_the_machine_kept(folder, verdicts, tmp_path, monkeypatch):
     """The machine's store keys a verdict by the model file's bytes: the same file in another folder (a fresh
     clone's, another modification time) with an empty store of its own is not probed again; other bytes are."""
     machine = tmp_path / "home-cache" / "llamacpp_kernels.json"
