@@ -16,11 +16,10 @@ from evolforge.config.roles import load_role
 from evolforge.io.records import write_json
 from evolforge.schema import asked_of_roles, load_params
 from evolforge.config.servers import refuse_unservable
+from evolforge.core.models import MODEL_HASHES
 from evolforge.llm.identity import identity_entry
 from evolforge.llm.pinning import resolve_identity
 from evolforge.llm.keys import resolved_engine
-
-MEMO = ".evolforge/model_hashes.json"
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
     entries = {}
     for name in sorted(params.get("roles") or {}):
         role = load_role(params, name)
-        entries[name] = identity_entry(role, resolve_identity(role, memo=MEMO), engine=resolved_engine(role))
+        entries[name] = identity_entry(role, resolve_identity(role, memo=MODEL_HASHES), engine=resolved_engine(role))
     refuse_unservable(params, entries, asked_of_roles(params))  # what a server cannot honour, before any request
     write_json(args.out, entries)
     for name, entry in entries.items():

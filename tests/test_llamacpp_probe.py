@@ -12,6 +12,7 @@ model was loaded with the extra buffer types, as llama.cpp's AMX kernels did on 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,24 +93,24 @@ def test_the_probe_runs_once_and_keeps_its_verdict(folder, verdicts, monkeypatch
 
 
 def test_a_fresh_clone_on_the_same_machine_reads_the_verdict_the_machine_kept(folder, verdicts, tmp_path, monkeypatch):
-    """The machine's store keys a verdict by the model file's bytes: the same file in another folder (a fresh
-    clone's, another modification time) with an empty store of its own is not probed again; other bytes are."""
+    """The machine's store keys a verdict by the model folder's bytes: the same files in another folder (a fresh
+    clone's) with an empty store of its own are not probed again; other bytes are."""
+    monkeypatch.chdir(tmp_path)  # where the models stage's memo of folder digests is kept, as in a stage
     machine = tmp_path / "home-cache" / "llamacpp_kernels.json"
     monkeypatch.setenv(probe.MACHINE_VERDICTS_ENV, str(machine))
     first = probe.verdict(probe.gguf_of(str(folder)), threads=1)
     assert first.probed and first.outcome == "ran" and machine.is_file()
-    clone = tmp_path / "clone"
-    clone.mkdir()
-    (clone / "model.gguf").write_bytes(probe.gguf_of(str(folder)).read_bytes())
+    clone = Path(shutil.copytree(folder, tmp_path / "clone"))  # a fresh clone's copy, under another path
     monkeypatch.setattr(probe, "_SEEN", {})
     monkeypatch.setattr(probe, "VERDICTS", tmp_path / "clone-store.json")
     monkeypatch.setattr(probe, "_run_child", lambda *a: pytest.fail("the machine's verdict was not used"))
-    again = probe.verdict(clone / "model.gguf", threads=1)
+    gguf = probe.gguf_of(str(clone))
+    again = probe.verdict(gguf, threads=1)
     assert (again.extra_bufts, again.outcome, again.probed) == (True, "ran", False)
-    assert probe.probe_key(clone / "model.gguf") in probe._read(tmp_path / "clone-store.json")  # now kept locally
-    (clone / "model.gguf").write_bytes(probe.gguf_of(str(folder)).read_bytes() + b"\0")
+    assert probe.probe_key(gguf) in probe._read(tmp_path / "clone-store.json")  # now kept locally
+    gguf.write_bytes(gguf.read_bytes() + b"\0")
     monkeypatch.setattr(probe, "_run_child", lambda *a: "ran")
-    assert probe.verdict(clone / "model.gguf", threads=1).probed  # other bytes: probed
+    assert probe.verdict(gguf, threads=1).probed  # other bytes: probed
 
 
 def test_a_crashing_child_turns_the_extra_buffer_types_off_and_every_record_says_so(

@@ -19,6 +19,7 @@ from typing import Any
 from evolforge.config.bounds import Refusal
 
 # Files whose bytes decide what a local model generates.
+MODEL_HASHES = Path(".evolforge/model_hashes.json")  # the models stage's memo of folder digests (hash_model_dir)
 _IDENTITY_GLOBS = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.gguf")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 

@@ -18,10 +18,11 @@ The verdict is kept in :data:`VERDICTS` (under the working directory, like the c
 decides it: the llama.cpp build (llama-cpp-python's version and the sha256 of its native libraries), the CPU
 (its name and flags), the model file (its path, size and modification time) and the GPU layers; so the child
 runs once per build, CPU and model. It is kept for the machine too (:func:`machine_verdicts`: beside the
-llama-cpp-python builds ``make setup`` keeps, under ``$XDG_CACHE_HOME`` or ``~/.cache``), keyed by the model file's
-sha256 instead of its path and time: a fresh clone on the same machine, build and CPU reads it there rather than
-run the child again. A child that fails for another reason (the model does not load) decides nothing: the backend
-then loads as usual and says what is wrong itself.
+llama-cpp-python builds ``make setup`` keeps, under ``$XDG_CACHE_HOME`` or ``~/.cache``), keyed by the model folder's
+digest (:func:`~evolforge.core.models.hash_model_dir`, the one ``models/identity.json`` pins, read from the models
+stage's memo) instead of the file's path and time: a fresh clone on the same machine, build and CPU reads it there
+rather than run the child again. A child that fails for another reason (the model does not load) decides nothing:
+the backend then loads as usual and says what is wrong itself.
 
 A role that sets ``extra.extra_bufts`` (true or false) is loaded as it says and never probed.
 """
@@ -117,10 +118,11 @@ def _version(package: Path) -> str:
 
 def probe_key(path: Path, gpu_layers: int = 0, content: bool = False) -> str:
     """What decides the verdict, hashed: the build, the CPU, the model file (its path, size and time; ``content``:
-    its sha256, as the machine's store keys it) and the GPU layers."""
+    its folder's digest, as the machine's store keys it) and the GPU layers."""
     if content:
-        with path.open("rb") as f:
-            model: list = ["sha256", hashlib.file_digest(f, "sha256").hexdigest()]
+        from evolforge.core.models import MODEL_HASHES, hash_model_dir  # not in the child, which needs neither
+
+        model: list = ["folder_sha256", hash_model_dir(path.parent, memo=MODEL_HASHES)]
     else:
         stat = path.stat()
         model = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
