@@ -31,6 +31,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "stage_account.py": ["--metrics", "metrics", "--model", "{tiny_gguf}", "--threads", "1", "--repeats", "1"],
     "verify_humaneval.py": ["--model", "{tiny_gguf}", "--limit", "2", "--arithmetic", "2", "--cache", "{tmp}/c.sqlite"],
     "served_vs_inprocess.py": ["--inprocess", "metrics", "--served", "metrics"],  # the committed run against itself
+    "cpu_linear.py": ["--model", "{tiny}", "--batches", "1,2", "--tokens", "4", "--repeats", "1"],
     "sampling.py": ["--n", "2", "--max-tokens", "4", "--vocab", "512", "--threads", "1", "--repeat", "1"],
     "llamacpp_speculative.py": ["--model", "{tiny_gguf}", "--threads", "1", "--n", "2", "--answers", "1",
                                 "--answer-tokens", "4", "--fixed", "2"],

@@ -191,15 +191,18 @@ def _evaluate_one(label: str, model: str | Mapping[str, Any], benchmarks: dict[s
 
     args = model_args(model, s.backend, dtype=s.dtype, device=s.device, revision=revision, backend_args=s.backend_args)
     log.info("evaluating %s (%s, %s) on %s", label, s.backend, args, ", ".join(benchmarks.values()))
+    device = pick_device(s.device) if s.backend == "hf" else None
     results = lm_eval.simple_evaluate(
-        model=s.backend, model_args=args, tasks=list(benchmarks.values()), task_manager=manager,
-        limit=s.limit, batch_size=s.batch_size, device=pick_device(s.device) if s.backend == "hf" else None,
+        model=_harness_model(s, args, device), model_args=args, tasks=list(benchmarks.values()), task_manager=manager,
+        limit=s.limit, batch_size=s.batch_size, device=device,
         apply_chat_template=s.apply_chat_template, fewshot_as_multiturn=bool(s.apply_chat_template),
         system_instruction=s.system_instruction, num_fewshot=s.num_fewshot,
         gen_kwargs=dict(s.gen_kwargs) if s.gen_kwargs else None, log_samples=True,
         bootstrap_iters=s.bootstrap_iters, confirm_run_unsafe_code=s.allow_code_execution,
         random_seed=s.seed, numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed,
     )
+    if "config" in results:  # the harness names a model it was handed by its path: the backend, as before
+        results["config"]["model"] = s.backend
     label_dir = staging / label
     label_dir.mkdir()
     counts = write_samples(results, benchmarks, label_dir)
@@ -213,6 +216,20 @@ def _evaluate_one(label: str, model: str | Mapping[str, Any], benchmarks: dict[s
     gc.collect()
     _free_accelerator_memory()
     return metrics
+
+
+def _harness_model(s: EvaluateSettings, args: dict[str, Any], device: str | None):
+    """The harness's model for ``s.backend``, made as ``simple_evaluate`` makes it from a name, so that an hf
+    model's linear layers decode on the CPU in the form it multiplies fastest (core/cpu_linear.py)."""
+    from lm_eval.api.registry import get_model
+
+    from evolforge.core.cpu_linear import fit_small_batch_linears
+
+    lm = get_model(s.backend).create_from_arg_obj(args, {"batch_size": s.batch_size, "max_batch_size": None,
+                                                         "device": device})
+    if s.backend == "hf":
+        fit_small_batch_linears(lm.model)
+    return lm
 
 
 def _free_accelerator_memory() -> None:

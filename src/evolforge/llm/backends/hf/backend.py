@@ -42,6 +42,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from evolforge.core.cpu_linear import fit_small_batch_linears
 from evolforge.core.models import dtype_name, load_causal_lm, load_tokenizer, model_identity
 from evolforge.config.roles import Role
 from evolforge.llm.requests import ChatRequest
@@ -71,6 +72,7 @@ class HFBackend:
         torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(model, revision, padding_side="left")
         self.model = load_causal_lm(model, revision, dtype=dtype, device=device)
+        fit_small_batch_linears(self.model)  # a decoding step's few rows, in the form this CPU multiplies fastest
         if self.tokenizer.chat_template is None:
             raise ValueError(f"model {model}: the tokenizer has no chat template; chat roles need one")
         self._revision, self._identity = revision, None  # hashed when first asked (identity())
