@@ -3,13 +3,13 @@
 A decoding step multiplies every weight matrix of the model by one row per sequence being decoded. torch's
 ``F.linear`` asks the BLAS for ``x @ weight.T``; for two to five rows, MKL's sgemm runs that form several times
 slower on some CPUs (an AMD EPYC with AVX2: docs/explanation/cpu-kernels.md) than the same product asked the
-other way round, ``(weight @ x.T).T``. One row takes MKL's matrix-vector path
-and six or more its blocked kernel, both fast, so only :data:`ROWS` are routed.
+other way round, ``(weight @ x.T).T``. One row takes MKL's matrix-vector path and six or more its blocked
+kernel, both fast, so only :data:`ROWS` are routed.
 
 Which form is faster depends on the CPU and the BLAS build, so :func:`weight_major_faster` times both once per
 process and routes the rows only where the weight-major form wins by :data:`MIN_SPEEDUP`;
 ``EVOLFORGE_SMALL_BATCH_LINEAR`` = ``on`` | ``off`` decides instead. The two forms sum each output in another
-order: an answer can differ in a last bit of a logit, as it does between batch sizes, never in what is computed.
+order: a logit can differ in its last bits, as it does between batch sizes.
 
 >>> import torch
 >>> layer = torch.nn.Linear(8, 3, bias=True)
