@@ -40,8 +40,8 @@ def products(repeats: int) -> dict[str, dict[str, float]]:
     out = {}
     for rows in range(1, 9):
         x = torch.randn(rows, 576)
-        linear_ms = best(lambda: F.linear(x, weight), repeats) * 1e3
-        major_ms = best(lambda: torch.mm(weight, x.T).T, repeats) * 1e3
+        linear_ms = best(lambda x=x: F.linear(x, weight), repeats) * 1e3
+        major_ms = best(lambda x=x: torch.mm(weight, x.T).T, repeats) * 1e3
         out[str(rows)] = {"linear_ms": round(linear_ms, 2), "weight_major_ms": round(major_ms, 2),
                           "ratio": round(linear_ms / major_ms, 2)}
         print(f"{rows} rows: F.linear {linear_ms:6.1f} ms, weight-major {major_ms:6.1f} ms ({linear_ms / major_ms:.2f}x)")
@@ -59,7 +59,7 @@ def decoding(model_dir: str, batches: list[int], tokens: int, repeats: int) -> d
                                                add_generation_prompt=True) for p in PROMPTS[:batch]]
         encoded = tokenizer(texts, return_tensors="pt", padding=True)
 
-        def decode():
+        def decode(encoded=encoded):
             with torch.inference_mode():
                 return model.generate(**encoded, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
 
