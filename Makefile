@@ -79,26 +79,31 @@ setup: $(STAMP)
 # unpacks and installs them in parallel, where pip takes them one at a time (docs/reference/dependencies.md has the
 # times). uv does not read pip's configuration, so the indexes and wheel folders pip is configured with are handed
 # to it (an empty list where pip has none: then uv, as pip, reads PyPI).
-PIP_SOURCES = $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
-  $(foreach u,$(shell $(PYTHON) -m pip config get global.index-url 2>/dev/null),--index-url $(u)) \
+PIP_LINKS = $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null),--find-links $(d)) \
   $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u))
+PIP_INDEX = $(foreach u,$(shell $(PYTHON) -m pip config get global.index-url 2>/dev/null),--index-url $(u))
+PIP_SOURCES = $(PIP_LINKS) $(PIP_INDEX)
 UV_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes --no-deps --compile-bytecode \
   --index-strategy unsafe-best-match $(PIP_SOURCES)
+# torch and what it needs, resolved (no lock holds torch): from TORCH_INDEX where one is given, as pip would
+UV_TORCH = $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode --index-strategy unsafe-best-match \
+  $(PIP_LINKS) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX),$(PIP_INDEX))
 
-# torch first, pinned, so nothing later resolves to a CUDA build (the CPU lock leaves torch out: which file
-# is the CPU build depends on the index). Then exactly the locked versions, each file checked against its
-# hash, without resolving anything (--no-deps): uv from the lock, then by uv the lock less llama-cpp-python, then
+# uv from the lock (by pip, hash-checked); then by uv torch first, pinned, so nothing later resolves to a CUDA build
+# (the CPU lock leaves torch out: which file is the CPU build depends on the index; uv installs it in about half
+# pip's time). Then exactly the locked versions, each file checked against its hash, without resolving anything
+# (--no-deps): by uv the lock less llama-cpp-python, then
 # llama-cpp-python alone (its pin and hash cut out of the lock), compiled with LLAMA_CPP_CMAKE_ARGS; `pip check`
 # proves the set complete; evolforge itself last.
 $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	@$(PYTHON) -c "$$CHECK_PYTHON" "$(SUPPORTED_PYTHONS)" "$(PYTHON)" "$(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(PIP)
-	$(if $(filter 1,$(GPU)),,$(PY) -m pip install --quiet $(TORCH) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX)))
 	awk '/^[^ #]/ { keep = !/^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-but-llama-cpp.txt
 	awk '/^[^ #]/ { keep = /^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
 	awk '/^[^ #]/ { keep = /^uv==/ } keep' $(LOCK) > $(VENV)/lock-uv.txt
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-uv.txt
+	$(if $(filter 1,$(GPU)),,$(UV_TORCH) $(TORCH))
 	$(UV_INSTALL) -r $(VENV)/lock-but-llama-cpp.txt
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" PIP_CACHE_DIR="$(LLAMA_CPP_CACHE)/$$($(PY) tools/llama_cpp_build_key.py "$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS")" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
