@@ -94,17 +94,23 @@ def test_installed_versions_match_the_lock():
     assert Version(installed_version("torch")).base_version == torch_pin()
 
 
-def test_make_setup_installs_torch_first_then_exactly_the_lock(tmp_path):
+def test_make_setup_installs_uv_then_torch_first_then_exactly_the_lock(tmp_path):
     venv = tmp_path / "venv"  # not there: make prints every command of a fresh setup
     out = subprocess.run(["make", "-n", "setup", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    torch_at = out.index(f"pip install --quiet torch=={torch_pin()}")
     uv_at = out.index(f"pip install --quiet --require-hashes --no-deps -r {venv}/lock-uv.txt")  # uv, from the lock
+    [torch_line] = [ln for ln in out.splitlines() if ln.endswith(f" torch=={torch_pin()}")]
+    assert torch_line.startswith(f"{venv}/bin/uv pip install") and "--no-deps" not in torch_line  # with what it needs
+    torch_at = out.index(torch_line)
     [rest_line] = [ln for ln in out.splitlines() if ln.endswith(f"-r {venv}/lock-but-llama-cpp.txt")]
     assert f"{venv}/bin/uv pip install" in rest_line and "--require-hashes --no-deps" in rest_line  # the rest, by uv
     rest_at = out.index(rest_line)
     llama_at = out.index(f"pip install --quiet --require-hashes --no-deps -r {venv}/lock-llama-cpp.txt")
-    assert torch_at < uv_at < rest_at < llama_at < out.index("pip install --quiet --no-deps --no-build-isolation -e .") \
+    assert uv_at < torch_at < rest_at < llama_at < out.index("pip install --quiet --no-deps --no-build-isolation -e .") \
         < out.index("pip check")
+    indexed = subprocess.run(["make", "-n", "setup", f"VENV={venv}", "TORCH_INDEX=https://index.example/cpu"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+    [torch_line] = [ln for ln in indexed.splitlines() if ln.endswith(f" torch=={torch_pin()}")]
+    assert torch_line.count("--index-url") == 1 and "--index-url https://index.example/cpu" in torch_line
     [llama_line] = [ln for ln in out.splitlines() if "lock-llama-cpp.txt" in ln and "pip install" in ln]
     assert "-DLLAVA_BUILD=OFF" in llama_line and "-DGGML_NATIVE=ON" in llama_line
     assert f"-DCMAKE_PROJECT_llama.cpp_INCLUDE={REPO}/requirements/llama-cpp-lib-only.cmake" in llama_line
