@@ -25,23 +25,13 @@ PROMPTS = ["What is 12 times 7?", "Write a Python function that reverses a list.
            "Translate 'good morning' into French."]
 
 
-def best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def products(repeats: int) -> dict[str, dict[str, float]]:
     weight = torch.randn(49152, 576, generator=torch.Generator().manual_seed(0))
     out = {}
     for rows in range(1, 9):
         x = torch.randn(rows, 576)
-        linear_ms = best(lambda x=x: F.linear(x, weight), repeats) * 1e3
-        major_ms = best(lambda x=x: torch.mm(weight, x.T).T, repeats) * 1e3
+        linear_ms = cpu_linear.best_seconds(lambda x=x: F.linear(x, weight), repeats) * 1e3
+        major_ms = cpu_linear.best_seconds(lambda x=x: torch.mm(weight, x.T).T, repeats) * 1e3
         out[str(rows)] = {"linear_ms": round(linear_ms, 2), "weight_major_ms": round(major_ms, 2),
                           "ratio": round(linear_ms / major_ms, 2)}
         print(f"{rows} rows: F.linear {linear_ms:6.1f} ms, weight-major {major_ms:6.1f} ms ({linear_ms / major_ms:.2f}x)")

@@ -56,7 +56,7 @@ def test_the_switch_decides_and_a_wrong_value_is_refused(decided):
 def test_auto_times_both_forms_and_keeps_linear_unless_clearly_faster(decided, monkeypatch):
     decided("auto")
     timings = iter([0.010, 0.009])  # F.linear, then weight-major: not MIN_SPEEDUP apart
-    monkeypatch.setattr(cpu_linear, "_best_seconds", lambda fn: (fn(), next(timings))[1])
+    monkeypatch.setattr(cpu_linear, "best_seconds", lambda fn: (fn(), next(timings))[1])
     assert weight_major_faster() is False
     weight_major_faster.cache_clear()
     timings = iter([0.030, 0.010])

@@ -49,7 +49,8 @@ def small_batch_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor
     return y.reshape(*x.shape[:-1], layer.out_features)
 
 
-def _best_seconds(fn, repeats: int = PROBE_REPEATS) -> float:
+def best_seconds(fn, repeats: int = PROBE_REPEATS) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn``, after one untimed call."""
     fn()  # the first call pays for the BLAS's own setup
     best = float("inf")
     for _ in range(repeats):
@@ -72,8 +73,8 @@ def weight_major_faster() -> bool:
     with torch.inference_mode():
         weight = torch.full(PROBE_SHAPE, 0.5)
         x = torch.full((PROBE_ROWS, PROBE_SHAPE[1]), 0.25)
-        linear_s = _best_seconds(lambda: F.linear(x, weight))
-        major_s = _best_seconds(lambda: torch.mm(weight, x.T))
+        linear_s = best_seconds(lambda: F.linear(x, weight))
+        major_s = best_seconds(lambda: torch.mm(weight, x.T))
     faster = linear_s >= MIN_SPEEDUP * major_s
     log.info("CPU linear layers at %d rows: F.linear %.1f ms, weight @ x.T %.1f ms: %s", PROBE_ROWS,
              linear_s * 1e3, major_s * 1e3, f"{ROWS.start}-{ROWS.stop - 1} rows weight-major" if faster
