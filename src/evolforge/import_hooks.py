@@ -2,7 +2,7 @@
 
 One hook: transformers' generation module imports ``sklearn.metrics`` whenever scikit-learn is installed, for one
 feature (assisted generation's adaptive confidence threshold, which needs ``roc_curve``); lm-eval requires
-scikit-learn, so every process that loads a transformers model paid the import: 2.2 s of two AVX2 cores' time,
+scikit-learn, so every process that loads a transformers model paid the import: about 2.5 s on two AVX2 cores,
 about a dozen times in ``make run`` (``bench/import_cost.py``). evolforge never runs assisted generation, so once
 transformers' import utilities are loaded, its answer to "is scikit-learn available" is no. Nothing else in
 transformers asks; lm-eval and every other package import scikit-learn themselves as before. The hook costs nothing
