@@ -11,7 +11,6 @@ ratio F.linear / weight-major, whether the probe routes on this CPU, and whether
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 
@@ -42,7 +41,6 @@ def decoding(model_dir: str, batches: list[int], tokens: int, repeats: int) -> d
     from evolforge.core.models import load_causal_lm, load_tokenizer
 
     tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir, device="cpu")
-    layers = [m for m in model.modules() if type(m) is torch.nn.Linear]
     out = {}
     for batch in batches:
         texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -56,10 +54,7 @@ def decoding(model_dir: str, batches: list[int], tokens: int, repeats: int) -> d
         seconds, answers = {}, {}
         for _ in range(repeats):  # alternating, so that both see the machine's same moments
             for routed in (False, True):
-                for layer in layers:
-                    vars(layer).pop("forward", None)
-                    if routed:
-                        layer.forward = functools.partial(cpu_linear.small_batch_forward, layer)
+                cpu_linear.route(model, on=routed)
                 start = time.perf_counter()
                 answers[routed] = decode()
                 seconds[routed] = min(seconds.get(routed, float("inf")), time.perf_counter() - start)

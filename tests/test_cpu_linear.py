@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import pytest
 
 from evolforge.core import cpu_linear
-from evolforge.core.cpu_linear import ENV, ROWS, fit_small_batch_linears, small_batch_forward, weight_major_faster
+from evolforge.core.cpu_linear import (ENV, ROWS, fit_small_batch_linears, route, small_batch_forward,
+                                       weight_major_faster)
 
 
 @pytest.fixture
@@ -76,6 +77,15 @@ def test_a_model_is_routed_only_on_the_cpu_in_float32(decided):
     assert fit_small_batch_linears(torch.nn.Sequential(torch.nn.Linear(8, 8)).to(torch.bfloat16)) == 0
     decided("off")
     assert fit_small_batch_linears(torch.nn.Sequential(torch.nn.Linear(8, 8))) == 0
+
+
+def test_route_takes_back_only_its_own_routing():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    hook = model[2].forward = lambda x: x  # another library's hook: neither routed nor taken back
+    assert route(model) == 1 and route(model, on=False) == 1
+    assert "forward" not in vars(model[0]) and vars(model[2])["forward"] is hook
+    x = torch.randn(3, 8)
+    assert torch.equal(model[0](x), F.linear(x, model[0].weight, model[0].bias))
 
 
 def test_the_hf_backend_answers_the_same_routed_or_not(tiny_model, decided):

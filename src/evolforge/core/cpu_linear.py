@@ -90,9 +90,27 @@ def fit_small_batch_linears(model: torch.nn.Module) -> int:
     first = next(model.parameters(), None)
     if first is None or first.device.type != "cpu" or first.dtype != torch.float32 or not weight_major_faster():
         return 0
-    routed = 0
+    return route(model)
+
+
+def route(model: torch.nn.Module, on: bool = True) -> int:
+    """Route (``on``) the plain linear layers of ``model`` whose forward nothing else replaced through
+    :func:`small_batch_forward`, whatever the probe found, or (``on=False``) take back the routing this module put
+    there, and only it: the number of layers changed. A bench times both forms in one process with it.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> route(model), route(model), route(model, on=False), route(model, on=False)
+    (2, 0, 2, 0)
+    """
+    changed = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear and "forward" not in vars(module):
+        if type(module) is not torch.nn.Linear:
+            continue
+        forward = vars(module).get("forward")
+        if on and forward is None:
             module.forward = functools.partial(small_batch_forward, module)
-            routed += 1
-    return routed
+            changed += 1
+        elif not on and isinstance(forward, functools.partial) and forward.func is small_batch_forward:
+            del module.forward
+            changed += 1
+    return changed
