@@ -209,9 +209,10 @@ def test_checking_params_imports_neither_torch_nor_great_expectations(repo):
 
 def test_checking_params_loads_only_the_config_and_the_steps_settings(repo):
     # a step's section is typed by steps/<step>/settings.py; reading it must not run the step's package code
-    # (score.choices: the leaf of the scoring's choices that the score section's settings are typed with)
+    # (score.choices: the leaf of the scoring's choices that the score section's settings are typed with; the
+    # package root's import hook, which imports nothing)
     printed = _after_loading_params(repo, "print(sorted(m for m in sys.modules if m.startswith('evolforge') and not "
-                                          "re.fullmatch(r'evolforge(\\.schema|\\.config(\\.\\w+)?|"
+                                          "re.fullmatch(r'evolforge(\\.schema|\\.import_hooks|\\.config(\\.\\w+)?|"
                                           "\\.score(\\.choices)?|\\.steps(\\.\\w+(\\.settings)?)?)?', m)))")
     assert printed == "[]"
 
