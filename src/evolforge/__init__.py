@@ -11,7 +11,8 @@ chunks (docs/how-to/scale.md, "Memory handed back"; glibc's side is :func:`evolf
 It changes how much memory a process holds, never what it writes.
 
 It then installs :mod:`evolforge.import_hooks`: transformers, once imported, reports scikit-learn missing, so a
-process that loads a model skips importing ``sklearn.metrics`` (2 s a process); what any step computes is the same.
+process that loads a model skips importing ``sklearn.metrics`` (about 2.5 s a process); what any step computes
+is the same.
 """
 
 from __future__ import annotations
