@@ -51,6 +51,12 @@ export HF_DATASETS_DISABLE_PROGRESS_BARS ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Python writes each module's bytecode when it is first imported and reads it back in every later process, so
+# nothing is compiled at install (uv compiles all 21,000 modules of the lock, most never imported: about 46 s of
+# `make setup` on two cores, where the pipeline's first imports compile the 4,000 they use in about 20, once).
+# Set empty, not unset, for make's commands: an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise have every
+# process compile its imports again (docs/reference/dependencies.md).
+export PYTHONDONTWRITEBYTECODE :=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup run run-varied test test-slow test-portable check-lock bench clean-cache lock test-vllm lock-vllm regen
@@ -83,10 +89,10 @@ PIP_LINKS = $(foreach d,$(shell $(PYTHON) -m pip config get global.find-links 2>
   $(foreach u,$(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null),--extra-index-url $(u))
 PIP_INDEX = $(foreach u,$(shell $(PYTHON) -m pip config get global.index-url 2>/dev/null),--index-url $(u))
 PIP_SOURCES = $(PIP_LINKS) $(PIP_INDEX)
-UV_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes --no-deps --compile-bytecode \
+UV_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes --no-deps \
   --index-strategy unsafe-best-match $(PIP_SOURCES)
 # torch and what it needs, resolved (no lock holds torch): from TORCH_INDEX where one is given, as pip would
-UV_TORCH = $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode --index-strategy unsafe-best-match \
+UV_TORCH = $(VENV)/bin/uv pip install --quiet --python $(PY) --index-strategy unsafe-best-match \
   $(PIP_LINKS) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX),$(PIP_INDEX))
 
 # uv from the lock (by pip, hash-checked); then by uv torch first, pinned, so nothing later resolves to a CUDA build

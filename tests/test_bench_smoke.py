@@ -39,6 +39,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
+    "bytecode.py": "installs torch and the whole lock into two fresh venvs (a minute or more, 2.5 GB each)",
     "judge_calibration.py": "judges 61 answers with the shipped judge model (models/, fetched by make run)",
     "score_reference.py": "needs the shipped model and the papers' official checkouts",
     "fetch_gguf.py": "reads the shipped models' GGUF files (models/, fetched by make run)",

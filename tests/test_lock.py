@@ -3,6 +3,7 @@ installs exactly them, and what is installed here is what the lock says (docs/re
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tomllib
@@ -135,6 +136,21 @@ def test_make_setup_splits_the_lock_into_llama_cpp_python_and_the_rest(tmp_path,
     llama, rest = read_lock(venv / "lock-llama-cpp.txt"), read_lock(venv / "lock-but-llama-cpp.txt")
     assert llama == {"llama-cpp-python": lock["llama-cpp-python"]} and llama["llama-cpp-python"]["hashes"] >= 1
     assert rest == {name: pin for name, pin in lock.items() if name != "llama-cpp-python"}
+
+
+def test_nothing_is_compiled_at_install_and_make_commands_keep_the_bytecode_they_write(tmp_path):
+    """uv installs without compiling the lock's modules (bench/bytecode.py: most are never imported); every make
+    command runs with PYTHONDONTWRITEBYTECODE empty, so a module compiled on its first import is read back by every
+    later process, even where the environment sets the variable."""
+    out = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert "uv pip install" in out and "--compile-bytecode" not in out
+    probe = tmp_path / "Makefile"
+    probe.write_text(f"include {REPO / 'Makefile'}\nprobe:\n\t@python3 -c 'import sys; print(sys.dont_write_bytecode)'\n")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(["make", "-s", "-f", str(probe), "probe"], cwd=REPO, capture_output=True, text=True,
+                          check=True, env=env)
+    assert done.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_make_lock_regenerates_both_locks(tmp_path):
