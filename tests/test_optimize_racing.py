@@ -16,7 +16,7 @@ from evolforge.llm.backends.fake import FakeBackend
 from evolforge.llm.cached import LLM
 from evolforge.steps.optimize import racing
 from evolforge.steps.optimize import step as optimize_step
-from evolforge.steps.optimize.result import MethodScore, optimizer_limit, summary, usability
+from evolforge.steps.optimize.result import MethodScore, optimizer_limit, summary
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.optimize.dev import split_dev_pool
 from test_optimize import (EVOLVE_SPLIT, EVOLVER_ROLE, OPTIMIZER_ROLE, PROMPTS, UNPARSEABLE, ZERO, evolver_reply, fails,
@@ -212,65 +212,3 @@ def test_nothing_is_measured_where_the_best_fails_nothing():
     assert [(c["dev"]["measured"], c["dev"]["cut"]) for c in raced.result.log[0]["candidates"]] == [
         (0, "cannot_win"), (0, "cannot_win")]
     assert evolutions(raced.evolver_fake) == 4 + 2  # the development set and the trajectory, with the initial method
-
-
-def initial_evolutions(fake: FakeBackend, method: str) -> list[int]:
-    """Positions in ``fake.sent`` of the evolving requests of development or mini-batch items with ``method``."""
-    return [k for k, r in enumerate(fake.sent) if EVOLVE_SPLIT in r.messages[-1][1]
-            and r.messages[-1][1].rsplit(EVOLVE_SPLIT, 1)[0].endswith(method)]
-
-
-def test_the_initial_method_is_measured_only_until_it_is_known_usable_where_no_candidate_is_measured():
-    """The shipped case: no candidate is measured (each a plan about its trajectory). Step 0 evolves the development
-    items one batch has room for beside the mini-batch (one here: the evolver decodes two), then more until the
-    evolver is known to follow the method (it can no longer fail 90 % of the set); the rest is never evolved, and the
-    metrics, the outcome and the report say what the rate is of."""
-    from evolforge.report.sections import optimize_html
-
-    rng = random.Random(0)
-    dev, pool = split_dev_pool(long_items(20), dev_size=8, batch_size=2, rng=rng)
-    fake = FakeBackend(evolver_reply(lambda m, q: q == dev[0]["instruction"]))
-    evolver = LLM(fake, None, role=SMALL_BATCH)
-    optimizer = LLM(FakeBackend(copying_optimizer, model="fake-optimizer"), None, role=OPTIMIZER_ROLE)
-    settings = OptimizeSettings(steps=1, candidates=2, batch_size=2, dev_size=8, patience=None)
-    result = optimize_step.optimize_method(pool, dev, initial_method="m0 fails=1", evolver=evolver, optimizer=optimizer,
-                                           prompts=PROMPTS, rng=rng, call=ZERO, settings=settings)
-    assert result.method == "m0 fails=1" and result.log[0]["chosen"] is None
-    # item 0 fails (it could still fail 8 of 8), items 1-2 pass: at most 6 of 8 can fail
-    assert (result.initial.measured, result.initial.failures, result.initial.cut) == (3, 1, "no_rival")
-    assert evolutions(fake) == 3 + 2  # and the mini-batch's two, in step 0's first call
-    metrics = summary(result, {}, usability(result, settings))
-    assert (metrics["initial_measured"], metrics["initial_cut"], metrics["initial_method_usable"]) == (3, "no_rival", True)
-    assert "it fails 1 of the 3 development items it was measured on (of 8" in result.outcome
-    assert "fails 1 of 3 measured (of 8) development items" in optimize_html({"optimize_metrics": metrics})
-
-
-def test_a_measured_candidate_has_the_initial_method_measured_in_full_first():
-    """A candidate that is measured races against the initial method's whole score: the rest of the development set
-    is evolved with the initial method before the candidate's first item, and the choice is a full measurement's."""
-    plan = {"m0 fails=1": [fenced("m1 fails=0"), UNPARSEABLE]}
-    options = dict(initial="m0 fails=1", dev_size=8, n=20, evolver_role=SMALL_BATCH)
-    full, raced = run(plan, racing=False, **options), run(plan, racing=True, **options)
-    assert raced.result.method == full.result.method == "m1 fails=0"
-    assert (raced.result.initial.measured, raced.result.initial.failures, raced.result.initial.cut) == (8, 1, None)
-    assert max(initial_evolutions(raced.evolver_fake, "m0 fails=1")) < min(
-        initial_evolutions(raced.evolver_fake, "m1 fails=0"))
-    assert summary(raced.result, {})["initial_measured"] == 8 and "the initial 1 of 8" in raced.result.outcome
-
-
-def test_an_initial_method_the_evolver_cannot_follow_is_measured_in_full():
-    """Usability is never guessed: a method failing every item it was tried on is measured to the end of the set."""
-    raced = run({"m0 fails=8": [UNPARSEABLE, UNPARSEABLE]}, racing=True, initial="m0 fails=8", dev_size=8, n=20,
-                evolver_role=SMALL_BATCH)
-    assert (raced.result.initial.measured, raced.result.initial.failures, raced.result.initial.cut) == (8, 8, None)
-    assert usability(raced.result, OptimizeSettings())["initial_method_usable"] is False
-
-
-def test_a_candidate_written_back_unchanged_is_chosen_as_a_full_measurement_chooses_it():
-    """Written back unchanged it carries the initial method's score, measured in part (no candidate was measured):
-    the step chooses it as it does with every item measured (the same method either way)."""
-    plan = {"m0 fails=1": [fenced("m0 fails=1"), UNPARSEABLE]}
-    options = dict(initial="m0 fails=1", dev_size=8, n=20, evolver_role=SMALL_BATCH)
-    full, raced = run(plan, racing=False, **options), run(plan, racing=True, **options)
-    assert raced.result.log[0]["chosen"] == full.result.log[0]["chosen"] == 0
-    assert raced.result.initial.cut == "no_rival" and raced.result.method == full.result.method == "m0 fails=1"

@@ -188,11 +188,8 @@ def optimize_html(v: dict) -> str:
     if m.get("skipped"):
         return f"<p>optimize skipped: {esc(m.get('reason'))}</p>"
     dev = m.get("dev_size")
-    # under racing with no candidate measured against it, the initial method was measured on part of the set
-    measured = m.get("initial_measured") if m.get("initial_cut") == "no_rival" else None
-    of = f"{esc(measured)} measured (of {esc(dev)})" if measured is not None else esc(dev)
-    head = (f"<p>initial method: fails {esc(m.get('initial_failures'))} of {of} development items; "
-            f"chosen method: fails {esc(m.get('best_failures'))} of {of}; "  # the initial one, where measured in part
+    head = (f"<p>initial method: fails {esc(m.get('initial_failures'))} of {esc(dev)} development items; "
+            f"chosen method: fails {esc(m.get('best_failures'))} of {esc(dev)}; "
             f"{esc(m.get('parseable_candidates'))} of "
             f"{esc(m.get('candidates_proposed'))} candidates parsed over {esc(m.get('steps_run'))} step(s) "
             f"(stop: {esc(m.get('stop_reason'))})"

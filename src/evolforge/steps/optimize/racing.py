@@ -25,25 +25,17 @@ candidates were all stopped keeps its current method, where the paper moves to i
 is changes nothing when no later step runs. A candidate whose text is a plan about its trajectory's instructions
 (``optimize.copy_cut``: :func:`~evolforge.steps.optimize.trajectory.not_a_method`) is not raced at all: it comes
 here with its score (``cut: copies_trajectory``, nothing measured) and is left alone.
-
-The initial method is raced too (:class:`Incumbent`): step 0 measures it on as many development items as fill the
-evolver's batch beside step 1's mini-batch, and on more only until it is known that the evolver can follow it (it
-cannot fail ``optimize.unusable_failure_rate`` of the set any more). The rest is measured the first time a candidate
-is measured against it, before that candidate's first item, so every race and choice reads its whole score; where no
-candidate is measured (none parsed, each a plan about its trajectory, each written back unchanged) its score stays
-one of the items measured (``cut: no_rival``) and the chosen method, itself, is the one a full measurement keeps.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
 from evolforge.steps.common.evolving import EvolvingCall
-from evolforge.steps.optimize.result import NO_RIVAL, Candidate, MethodScore
+from evolforge.steps.optimize.result import Candidate, MethodScore
 from evolforge.steps.optimize.scoring import (FailureRules, Measured, lacks_marker, measure, method_score,
                                               score_methods)
 from evolforge.steps.optimize.settings import OptimizeSettings
@@ -128,10 +120,9 @@ def _stop(found: list[list[Measured]], cut: list[str | None], limits: Race, orde
             cut[j] = OUTRANKED
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True)
 class Development:
-    """What measures a method: the development set, the evolver and its call, the failure rules, the settings, and
-    under ``optimize.racing`` the initial method's measure so far (:class:`Incumbent`)."""
+    """What measures a method: the development set, the evolver and its call, the failure rules, the settings."""
 
     dev: list[dict]
     evolver: LLM
@@ -139,17 +130,13 @@ class Development:
     call: EvolvingCall
     rules: FailureRules
     settings: OptimizeSettings
-    incumbent: Incumbent | None = None
 
     def measure(self, candidates: list[Candidate], best: MethodScore, current: MethodScore, *, last: bool,
                 desc: str) -> None:
         """Score each candidate with a method that is not ``current``'s own and no score yet, on the development
         set; under ``optimize.racing`` each stops once it cannot win against ``best`` and ``current`` (``last``: no
-        later step reads which one the step chose). The initial method, if it is measured only in part, is measured
-        in full first (its score object updated in place, wherever it is held)."""
+        later step reads which one the step chose)."""
         scored = [c for c in candidates if c.method is not None and not c.unchanged and c.dev is None]
-        if scored and self.incumbent is not None:
-            self.incumbent.complete()
         limits = Race.for_step(self.settings, best, current, last=last)
         texts = [c.method for c in scored]
         scores = (score_methods(self.evolver, self.prompts, self.dev, texts, call=self.call, desc=desc,
@@ -163,56 +150,3 @@ class Development:
             if c.dev.cut:
                 print(f"optimize: {desc}: candidate {c.name or c.index} stopped after {c.dev.measured} of "
                       f"{len(self.dev)} items ({c.dev.cut}: {c.dev.failures} failed)", flush=True)
-
-
-class Incumbent:
-    """The initial method under ``optimize.racing`` (the module doc): its measured development items, in order, and
-    its :class:`MethodScore` over them (``score``: one object, updated in place as more items are measured)."""
-
-    def __init__(self, development: Development, method: str):
-        self.development, self.method = development, method
-        self.found: list[Measured] = []
-        self.score = method_score([], cut=NO_RIVAL)
-
-    def first_items(self, beside: int) -> int:
-        """How many development items step 0 measures beside ``beside`` mini-batch requests: those the evolver's
-        batch has room for, at least as many as could show the method usable, at most the whole set."""
-        n, limit = len(self.development.dev), float(self.development.settings.unusable_failure_rate)
-        needed = next((k for k in range(1, n + 1) if (n - k) / n < limit), n)  # that many passes: usable
-        room = self.development.evolver.role.settings.batch_size - beside
-        return min(n, max(needed, room))
-
-    def add(self, items: list[Measured]) -> None:
-        """The next development items' results."""
-        self.found += items
-        whole = len(self.found) == len(self.development.dev)
-        _assign(self.score, method_score(self.found, cut=None if whole else NO_RIVAL))
-
-    @property
-    def decided(self) -> bool:
-        """Measured in full, or usable whatever the rest does (failing every item left keeps it under
-        ``optimize.unusable_failure_rate``, as :func:`~evolforge.steps.optimize.result.usability` reads it)."""
-        n, found = len(self.development.dev), self.found
-        worst = sum(m.reason is not None for m in found) + n - len(found)
-        return len(found) == n or worst / n < float(self.development.settings.unusable_failure_rate)
-
-    def measure_more(self, desc: str, count: int | None = None) -> None:
-        """The next ``count`` development items (None: all that are left), in one evolving call and one answering."""
-        d, start = self.development, len(self.found)
-        stop = len(d.dev) if count is None else min(len(d.dev), start + count)
-        if stop > start:
-            self.add(measure(d.evolver, d.prompts, d.dev, [(self.method, k) for k in range(start, stop)], call=d.call,
-                             rules=d.rules, desc=desc))
-
-    def complete(self) -> None:
-        """The rest of the development set, if any is left (a candidate is about to be measured against it)."""
-        if len(self.found) < len(self.development.dev):
-            print(f"optimize: the initial method on the rest of the development set ({len(self.found)} of "
-                  f"{len(self.development.dev)} measured): a candidate is measured against it", flush=True)
-            self.measure_more("initial method")
-
-
-def _assign(score: MethodScore, new: MethodScore) -> None:
-    """``score`` takes every field of ``new``: the caller's references see the new counts."""
-    for f in dataclasses.fields(MethodScore):
-        setattr(score, f.name, getattr(new, f.name))

@@ -22,10 +22,6 @@ from dataclasses import dataclass, field
 
 from evolforge.steps.optimize.settings import OptimizeSettings
 
-# the initial method's cut under optimize.racing: measured only as far as its usability, no candidate measured against
-# it (evolforge.steps.optimize.racing.Incumbent)
-NO_RIVAL = "no_rival"
-
 
 @dataclass
 class MethodScore:
@@ -103,8 +99,7 @@ def outcome(result: OptimizeResult) -> str:
     set, or why it could not."""
     n = result.dev_size
     start = f"{result.initial.failures} of {n}"
-    partial = result.initial.cut == NO_RIVAL
-    if result.best.failure_rate < result.initial.failure_rate and not partial:
+    if result.best.failure_rate < result.initial.failure_rate:
         chosen = result.file_candidates[result.file_chosen] if result.file_chosen is not None else None
         which = (f"{chosen['name']} (optimize.candidates_file)" if chosen and chosen["method"] == result.method
                  else "the optimized method")
@@ -113,7 +108,7 @@ def outcome(result: OptimizeResult) -> str:
         return "kept the initial method: no optimization step ran (optimize.steps: 0)"
     if not result.file_candidates and not any(r["parseable_candidates"] for r in result.log):
         return "kept the initial method: the optimizer wrote no parseable method in any step"
-    if result.initial.failures == 0 and not partial:
+    if result.initial.failures == 0:
         return f"kept the initial method: it fails none of the {n} development items, so nothing can measure better"
     tried = [c for c in result.file_candidates + [c for r in result.log for c in r["candidates"]]
              if c.get("dev") and not c.get("unchanged")]
@@ -126,12 +121,8 @@ def outcome(result: OptimizeResult) -> str:
         said.append(f"{stopped} stopped before the end of the set, unable to fail fewer (optimize.racing)")
     if copies := cuts.count("copies_trajectory"):
         said.append(f"{copies} not measured, a plan about its trajectory's instructions (optimize.copy_cut)")
-    if partial:  # no candidate was measured against it: its rate is of the items that showed it usable
-        start = (f"{result.initial.failures} of the {result.initial.measured} development items it was measured on "
-                 f"(of {n}: optimize.racing measures the rest only against a measured candidate)")
-    else:
-        start += " development items"
-    return f"kept the initial method: it fails {start} and no candidate failed fewer ({'; '.join(said)})"
+    return (f"kept the initial method: it fails {start} development items and no candidate failed fewer "
+            f"({'; '.join(said)})")
 
 
 NOT_A_METHOD_WORDS = {"unparsed": "no method could be read from its answer",
@@ -227,10 +218,6 @@ def summary(result: OptimizeResult, stats: dict[str, dict[str, int]], usable: di
         "initial_failures": result.initial.failures,
         "best_failures": result.best.failures,
         "dev_size": result.dev_size,
-        # development items the initial method was measured on: all, unless racing had no candidate to measure
-        # against it (initial_cut no_rival; the failures and rates above are of these items)
-        "initial_measured": result.initial.measured,
-        "initial_cut": result.initial.cut,
         "method_diff": method_diff(result.initial_method, result.method),
         **(usable or {}),
         "initial_missing_marker": result.initial.missing_marker,

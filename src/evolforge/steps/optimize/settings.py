@@ -44,8 +44,7 @@ class OptimizeSettings:
     racing: bool = field(default=True, metadata={"help": (
         "measure a step's candidates a few development items at a time and stop each once it can no longer win "
         "(the same chosen method as measuring every item) or once its first format_cut evolutions all lack the "
-        "final-instruction marker, and the initial method only until it is known usable, the rest of the set once "
-        "a candidate is measured against it; false: every method on the whole development set, as the paper"),
+        "final-instruction marker; false: every candidate on the whole development set, as the paper"),
         "paper": "false"})
     format_cut: NonNegativeInt = field(default=3, metadata={"help": (
         "under racing, a candidate whose first this many development evolutions all lack the final-instruction "

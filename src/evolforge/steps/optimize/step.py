@@ -38,9 +38,7 @@ The development set is fixed across steps and disjoint from the mini-batch pool,
 method's rate is measured once and carried (re-scoring it would repeat the same cached calls). Step 1's
 mini-batch is drawn before that measure, and its trajectory's first round is evolved in the same call as the
 development set: the same requests in fuller batches (a backend whose numerics depend on the batch, llama.cpp
-among them, may then answer a request differently, as in any other batch). Under ``optimize.racing`` that call
-holds only the development items one batch has room for, and the initial method is measured in full only once a
-candidate is measured against it (:class:`~evolforge.steps.optimize.racing.Incumbent`).
+among them, may then answer a request differently, as in any other batch).
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
@@ -86,10 +84,10 @@ from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION
                                                  propose_methods, with_reply_format)
 from evolforge.steps.optimize.dev import read_dev_pool
 from evolforge.steps.optimize.method_file import FileMethod, candidate_methods
-from evolforge.steps.optimize.racing import Development, Incumbent
-from evolforge.steps.optimize.result import (NO_RIVAL, Candidate, MethodScore, OptimizeResult, indistinct_dev_note,
+from evolforge.steps.optimize.racing import Development
+from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeResult, indistinct_dev_note,
                                              optimizer_limit, outcome, summary, unparseable_warning, usability)
-from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, measure, method_score, score_method
+from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, method_score, score_method
 from evolforge.steps.optimize.settings import OptimizeSettings
 from evolforge.steps.optimize.trajectory import COPIES_TRAJECTORY, build_trajectory, not_a_method
 
@@ -104,9 +102,8 @@ def evolving_call(settings: OptimizeSettings, evolve: EvolveSettings) -> Evolvin
 
 def select_candidate(candidates: list[Candidate], current: MethodScore, selection: str) -> int | None:
     """Index of the candidate that becomes the current method, or None to keep it (rules: module doc); a candidate
-    racing stopped is out of the running (one written back unchanged carries the current method's score, even where
-    racing measured that one only in part: ``no_rival``, then no candidate was measured)."""
-    scored = [c for c in candidates if c.dev is not None and c.dev.cut in (None, NO_RIVAL)]
+    racing stopped is out of the running."""
+    scored = [c for c in candidates if c.dev is not None and c.dev.cut is None]
     if not scored:
         return None
     if selection == "lowest_failure":
@@ -169,24 +166,13 @@ def _score_initial(first_batch: list[dict], method: str, development: Developmen
                                                                                             list[Evolution]]:
     """The initial method's score on the development set, and step 1's trajectory's first round (``first_batch``
     evolved with it): one call to the evolver for both, the mini-batch's few requests filling the batches the
-    development set leaves half empty. Under ``optimize.racing`` that call holds only the development items that
-    fill one batch beside the mini-batch (more follow only until the method is known usable), and the score covers
-    those (``cut: no_rival``) until a candidate is measured against it (:class:`~evolforge.steps.optimize.racing.
-    Incumbent`)."""
+    development set leaves half empty."""
     dev, evolver, prompts, call = development.dev, development.evolver, development.prompts, development.call
-    incumbent = Incumbent(development, method) if development.settings.racing else None
-    k = incumbent.first_items(len(first_batch)) if incumbent is not None else len(dev)
-    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev[:k] + first_batch], method, call,
+    evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev + first_batch], method, call,
                                  desc="step 0: evolve")
-    if incumbent is None:
-        return score_method(evolver, prompts, dev, method, call=call, desc="step 0", rules=development.rules,
-                            evolved=evolved[:k]), evolved[k:]
-    incumbent.add(measure(evolver, prompts, dev, [(method, j) for j in range(k)], call=call, rules=development.rules,
-                          desc="step 0", evolved=evolved[:k]))
-    while not incumbent.decided:
-        incumbent.measure_more("step 0 (usability)", evolver.role.settings.batch_size)
-    development.incumbent = incumbent
-    return incumbent.score, evolved[k:]
+    score = score_method(evolver, prompts, dev, method, call=call, desc="step 0", rules=development.rules,
+                         evolved=evolved[:len(dev)])
+    return score, evolved[len(dev):]
 
 
 def _file_step(result: OptimizeResult, methods: list[FileMethod], development: Development) -> int | None:
@@ -221,6 +207,9 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     current, first_round = _score_initial(first_batch, initial_method, development)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
+    if current.failures == 0 and settings.selection == "lowest_failure":
+        result.notes.append(indistinct_dev_note(len(dev)))
+        print(f"optimize: {result.notes[-1]}", flush=True)
     if file_methods:
         _file_step(result, file_methods, development)
     current_method, current = result.method, result.best
@@ -257,9 +246,6 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
             break
     if result.log and not any(r["parseable_candidates"] for r in result.log):
         result.stop_reason = "no_parseable_candidate"  # the steps ran, but the optimizer never wrote a method
-    if result.initial.failures == 0 and result.initial.cut is None and settings.selection == "lowest_failure":
-        result.notes.append(indistinct_dev_note(len(dev)))  # measured in full (racing: a candidate was measured)
-        print(f"optimize: {result.notes[-1]}", flush=True)
     result.outcome, result.optimizer_limit = outcome(result), optimizer_limit(result.log)
     return result
 
