@@ -52,8 +52,9 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # Python writes each module's bytecode when it is first imported and reads it back in every later process, so
-# nothing is compiled at install (uv compiles all 21,000 modules of the lock, most never imported: about 46 s of
-# `make setup` on two cores, where the pipeline's first imports compile the 4,000 they use in about 20, once).
+# nothing is compiled at install (uv would compile all 21,000 modules of torch and the lock, most never imported:
+# 50 s of `make setup` on two cores, where the pipeline's first imports compile the 4,200 they use in 24, once:
+# bench/bytecode.py).
 # Set empty, not unset, for make's commands: an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise have every
 # process compile its imports again (docs/reference/dependencies.md).
 export PYTHONDONTWRITEBYTECODE :=

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TORCH = re.search(r"^TORCH := (\S+)$", (REPO / "Makefile").read_text(), re.M)[1]  # the pin `make setup` installs
 IMPORTS = """
 import time
 started = time.perf_counter()
@@ -56,7 +58,7 @@ def install(venv: Path, uv: Path, lock: Path, sources: list[str], compile_byteco
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     common = [str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
               "--index-strategy", "unsafe-best-match", *sources, *(["--compile-bytecode"] if compile_bytecode else [])]
-    torch_s, _ = timed([*common, "torch==2.13.0"])
+    torch_s, _ = timed([*common, TORCH])
     lock_s, _ = timed([*common, "--require-hashes", "--no-deps", "-r", str(lock)])
     return {"torch_s": round(torch_s, 1), "lock_s": round(lock_s, 1)}
 
