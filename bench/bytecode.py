@@ -3,12 +3,12 @@ first imported (what the Makefile does: no ``--compile-bytecode``, ``PYTHONDONTW
 
     python bench/bytecode.py [--venv .venv] [--scratch /tmp/evolforge-bytecode]
 
-Installs torch and the CPU lock (less llama-cpp-python, as `make setup` cuts it) by the venv's uv into two fresh
-venvs under ``--scratch``, one with ``--compile-bytecode`` and one without, timing each (uv's cache as the machine
-has it: run `make setup` once first, so both read the same cache). Then, in the venv without bytecode, imports what
-the pipeline's stages import (torch, transformers' model classes, TRL's trainer, lm-eval, datasets, polars, DVC) in a
-fresh interpreter twice: the first compiles and writes what it imports, the second reads it back. Prints the wall
-seconds of each and the module files compiled; the venvs are removed at the end.
+Installs torch and the CPU lock (less llama-cpp-python: the part `make setup` wrote in the venv) by the venv's uv
+into two fresh venvs under ``--scratch``, one with ``--compile-bytecode`` and one without, timing each (uv's cache
+as the machine has it: `make setup` has filled it, so both read the same cache). Then, in the venv without
+bytecode, imports what the pipeline's stages import (torch, transformers' model classes, TRL's trainer, lm-eval,
+datasets, polars, DVC) in a fresh interpreter twice: the first compiles and writes what it imports, the second reads
+it back. Prints the wall seconds of each and the module files compiled; the venvs are removed at the end.
 """
 
 from __future__ import annotations
@@ -75,14 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     venv, scratch = Path(args.venv).resolve(), Path(args.scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    lock = scratch / "lock-but-llama-cpp.txt"
-    keep, lines = True, []
-    for line in (REPO / "requirements" / "cpu.txt").read_text().splitlines():
-        if line and not line[0].isspace() and not line.startswith("#"):
-            keep = not line.startswith(("llama-cpp-python==", "llama-cpp-python["))
-        if keep:
-            lines.append(line)
-    lock.write_text("\n".join(lines) + "\n")
+    lock = venv / "lock-but-llama-cpp.txt"  # the lock less llama-cpp-python, as `make setup` cut it
+    if not lock.is_file():
+        sys.exit(f"{lock}: missing; run `make setup` first (it writes the lock's part that uv installs)")
     sources = pip_sources(str(venv / "bin" / "python"))
     try:
         compiled = install(scratch / "compiled", venv / "bin" / "uv", lock, sources, compile_bytecode=True)
