@@ -126,7 +126,10 @@ lock: setup
 	$(PY) tools/check_lock.py --refresh
 	$(PY) -m pytest -q tests/test_lock.py
 
+# Beside the first stages (the model fetches, on one core), the bytecode of what the later stages import is compiled
+# at low priority on the other (src/evolforge/core/warm_imports.py; once per venv: the stamp).
 run: setup
+	nice -n 19 $(PY) -m evolforge.core.warm_imports --stamp $(VENV)/.evolforge-warm > $(VENV)/warm-imports.log 2>&1 &
 	dvc repro
 
 # the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results/second-seed-set.md)
