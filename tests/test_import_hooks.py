@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys
@@ -48,10 +50,71 @@ def test_install_is_idempotent_and_finds_only_its_module():
     from evolforge import import_hooks
 
     def hooks() -> int:
-        return sum(isinstance(f, import_hooks._SklearnProbeOff) for f in sys.meta_path)
+        return sum(isinstance(f, import_hooks._TransformersImportUtils) for f in sys.meta_path)
 
     import_hooks.install()
     installed = hooks()  # 1; 0 where this process imported transformers before evolforge
     import_hooks.install()
     assert hooks() == installed <= 1
-    assert import_hooks._SklearnProbeOff().find_spec("json", None) is None
+    assert import_hooks._TransformersImportUtils().find_spec("json", None) is None
+
+
+STRUCTURE = """
+import json, sys
+from pathlib import Path
+import evolforge
+import transformers
+from transformers import AutoTokenizer  # transformers.models: its own scan of the folder
+from transformers.utils import import_utils
+from evolforge.import_hooks import encode
+models = Path(transformers.__file__).parent / "models"
+print(json.dumps([encode(import_utils.define_import_structure(models, prefix="models")),
+                  encode(import_utils.define_import_structure(str(models / "__init__.py")))]))
+"""
+
+
+def structures(cache: Path, **env: str) -> list:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EVOLFORGE_TRANSFORMERS")}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), environ.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", STRUCTURE], env={**environ, "XDG_CACHE_HOME": str(cache), **env},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_models_import_structure_is_kept_on_disk_and_read_back_the_same(tmp_path):
+    """The first process scans transformers' models folder and writes both structures; a later one reads them
+    back: the same as transformers' own scan, which EVOLFORGE_TRANSFORMERS_IMPORT_CACHE=0 keeps."""
+    from evolforge.import_hooks import CACHE_FOLDER
+
+    scanned = structures(tmp_path / "off", EVOLFORGE_TRANSFORMERS_IMPORT_CACHE="0")
+    assert not (tmp_path / "off").exists()
+    assert len(scanned[0]) >= 2 and sum(len(modules) for _, modules in scanned[0]) > 500  # a real scan
+    written = structures(tmp_path)
+    kept = sorted((tmp_path / "evolforge" / CACHE_FOLDER).glob("*.json"))
+    assert written == scanned and len(kept) == 2
+    assert structures(tmp_path) == scanned  # read back
+    # a damaged file: scanned again and rewritten as it was (the structure as transformers' scan returns it, before
+    # transformers' __init__ adds its own modules to the first one in place)
+    before = kept[0].read_text(encoding="utf-8")
+    kept[0].write_text("{not json", encoding="utf-8")
+    assert structures(tmp_path) == scanned
+    assert kept[0].read_text(encoding="utf-8") == before
+
+
+def test_only_the_models_folder_is_kept(tmp_path):
+    from evolforge.import_hooks import cache_file
+
+    transformers = pytest.importorskip("transformers")
+    models = Path(transformers.__file__).parent / "models"
+    assert cache_file(models, "models") != cache_file(models / "__init__.py", None)
+    assert cache_file(models / "llama", None) is None and cache_file(tmp_path / "models", None) is None
+
+
+def test_encode_refuses_what_is_not_an_import_structure():
+    from evolforge.import_hooks import decode, encode
+
+    structure = {frozenset({"torch"}): {"models.a.modeling_a": {"A"}}, frozenset(): {"models.a.configuration_a": set()}}
+    assert decode(encode(structure)) == structure
+    with pytest.raises(TypeError):
+        encode({"torch": {"models.a": {"A"}}})
