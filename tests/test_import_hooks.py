@@ -97,9 +97,10 @@ def test_the_models_import_structure_is_kept_on_disk_and_read_back_the_same(tmp_
     # a damaged file: scanned again and rewritten as it was (the structure as transformers' scan returns it, before
     # transformers' __init__ adds its own modules to the first one in place)
     before = kept[0].read_text(encoding="utf-8")
-    kept[0].write_text("{not json", encoding="utf-8")
-    assert structures(tmp_path) == scanned
-    assert kept[0].read_text(encoding="utf-8") == before
+    for damaged in ("{not json", "[[[], []]]"):
+        kept[0].write_text(damaged, encoding="utf-8")
+        assert structures(tmp_path) == scanned
+        assert kept[0].read_text(encoding="utf-8") == before
 
 
 def test_only_the_models_folder_is_kept(tmp_path):
@@ -118,3 +119,13 @@ def test_encode_refuses_what_is_not_an_import_structure():
     assert decode(encode(structure)) == structure
     with pytest.raises(TypeError):
         encode({"torch": {"models.a": {"A"}}})
+
+
+def test_a_failed_write_leaves_neither_a_part_nor_a_temporary_file(tmp_path, monkeypatch):
+    from evolforge import import_hooks
+
+    target = tmp_path / "kept" / "structure.json"
+    monkeypatch.setattr(import_hooks.os, "replace", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        import_hooks._write(target, "[]")
+    assert list(target.parent.iterdir()) == []

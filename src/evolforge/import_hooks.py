@@ -20,6 +20,7 @@ The hook costs nothing in a process that never imports transformers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.abc
@@ -115,21 +116,30 @@ def kept_on_disk(define):
             return define(module_path, prefix)
         try:
             return decode(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):
             pass  # not there yet, or unreadable: scan and write it again
         structure = define(module_path, prefix)
         try:
-            text = json.dumps(encode(structure))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
-                                             encoding="utf-8") as tmp:
-                tmp.write(text)
-            os.replace(tmp.name, path)
+            _write(path, json.dumps(encode(structure)))
         except (OSError, TypeError):
             pass  # a read-only cache or another result type: this process scanned, the next one scans too
         return structure
 
     return define_import_structure
+
+
+def _write(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all: a temporary file beside it, renamed over it (removed on failure)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def install() -> None:
