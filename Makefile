@@ -115,6 +115,7 @@ $(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" PIP_CACHE_DIR="$(LLAMA_CPP_CACHE)/$$($(PY) tools/llama_cpp_build_key.py "$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS")" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
+	rm -f $(VENV)/.evolforge-warm
 	touch $(STAMP)
 
 # Regenerate both locks from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest allowed).
@@ -127,7 +128,7 @@ lock: setup
 	$(PY) -m pytest -q tests/test_lock.py
 
 # Beside the first stages (the model fetches, on one core), the bytecode of what the later stages import is compiled
-# at low priority on the other (src/evolforge/core/warm_imports.py; once per venv: the stamp).
+# at low priority on the other (src/evolforge/core/warm_imports.py; once per install: `make setup` removes its stamp).
 run: setup
 	nice -n 19 $(PY) -m evolforge.core.warm_imports --stamp $(VENV)/.evolforge-warm > $(VENV)/warm-imports.log 2>&1 &
 	dvc repro

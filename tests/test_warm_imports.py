@@ -18,6 +18,10 @@ def test_make_run_starts_it_in_the_background_at_low_priority_before_dvc_repro(t
     assert lines[warm].startswith("nice -n 19 ") and lines[warm].rstrip().endswith("&")
     assert f"--stamp {tmp_path / 'venv'}/.evolforge-warm" in lines[warm]
     assert lines[warm + 1] == "dvc repro"  # the next command, started at once
+    # an install (a new lock: new packages to warm) removes the stamp before its own
+    setup = lines[:warm]
+    assert f"rm -f {tmp_path / 'venv'}/.evolforge-warm" in setup
+    assert setup.index(f"rm -f {tmp_path / 'venv'}/.evolforge-warm") < setup.index(f"touch {tmp_path / 'venv'}/.evolforge-installed")
 
 
 def test_every_module_it_names_is_installed():
