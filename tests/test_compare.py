@@ -67,8 +67,29 @@ def test_judge_pairs_position_biased_judge_gives_ties_with_both_orders_only():
     assert judge_pairs(llm, PromptLibrary(), ["q"], ["a"], ["b"], both_orders=True)["verdict"].to_list() == ["tie"]
 
 
+
+@pytest.mark.parametrize("both_orders", [False, True])
+def test_identical_answers_are_a_tie_without_a_judge_call(both_orders):
+    llm, fake = _judge(lambda r: "Assistant 1 is better than Assistant 2")  # position-biased: every pair a win
+    table = judge_pairs(llm, PromptLibrary(), ["q1", "q2", "q3"], ["same", "a", "x"], ["same", "b", "x"],
+                        both_orders=both_orders)
+    assert table["identical"].to_list() == [True, False, True]
+    assert table["verdict"].to_list() == ["tie", "tie" if both_orders else "win", "tie"]
+    assert table["judge_raw_ab"].to_list()[0] is None and table["verdict_ab"].to_list() == [None, "win", None]
+    assert len(fake.sent) == (2 if both_orders else 1) and "q2" in fake.sent[0].messages[0][1]
+
+
+def test_identical_answers_judged_when_asked_and_none_to_judge_sends_nothing():
+    llm, fake = _judge(lambda r: "Assistant 1 is better than Assistant 2")
+    table = judge_pairs(llm, PromptLibrary(), ["q"], ["same"], ["same"], both_orders=False, judge_identical=True)
+    assert table["verdict"].to_list() == ["win"] and table["identical"].to_list() == [True] and len(fake.sent) == 1
+    llm, fake = _judge(lambda r: "Assistant 1 is better than Assistant 2")
+    table = judge_pairs(llm, PromptLibrary(), ["q"], ["same"], ["same"], both_orders=True)
+    assert table["verdict"].to_list() == ["tie"] and fake.sent == []
+
 def test_settings():
     assert load_section({"compare": {"both_orders": False}}, "compare", CompareSettings).both_orders is False
+    assert load_section({}, "compare", CompareSettings).judge_identical is False
     with pytest.raises(ValueError, match=r"compare.parse"):
         load_section({"compare": {"parse": "regex"}}, "compare", CompareSettings)
     with pytest.raises(ValueError, match=r"compare.orders: unknown key"):

@@ -86,11 +86,13 @@ def test_full_build(pipeline_built):
     compare = metric(work, "compare.json")
     shipped_limit = yaml.safe_load((work / "params.yaml").read_text())["compare"]["limit"]
     assert compare["win"] + compare["tie"] + compare["lose"] + compare["unjudged"] == shipped_limit
+    # a pair of identical answers is a tie the judge is not asked about (compare.judge_identical false)
+    asked = (compare["items"] - compare["unjudged"] - compare["identical"]) * (2 if compare["both_orders"] else 1)
+    assert compare["llm"]["judge"]["calls"] + compare["llm"]["judge"]["cache_hits"] == asked
     # tokens per stage and role in the metrics (counted by the hf backend here); with judge.probabilities
     # the judge ranks its allowed answers instead of generating one: prompt tokens only
     ranked = yaml.safe_load((work / "params.yaml").read_text())["judge"].get("probabilities", False)
-    for name, role in (("judge.json", "judge"), ("respond.json", "responder"), ("compare.json", "judge"),
-                       ("compare.json", "tuned")):
+    for name, role in (("judge.json", "judge"), ("respond.json", "responder"), ("compare.json", "tuned")):
         stats = metric(work, name)["llm"][role]
         generated = stats["completion_tokens"] == 0 if (name, ranked) == ("judge.json", True) else stats["completion_tokens"] > 0
         assert stats["calls"] > 0 and stats["prompt_tokens"] > 0 and generated, (name, role, stats)

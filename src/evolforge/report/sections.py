@@ -286,10 +286,10 @@ def compare_table(v: dict) -> str:
     if not cmp:
         return '<p class="missing">no compare metrics in this version</p>'
     rows = [f"<tr><td>{esc(cmp.get('against'))}</td>{num(cmp.get('items'))}{num(cmp.get('win'))}{num(cmp.get('tie'))}"
-            f"{num(cmp.get('lose'))}{num(cmp.get('unjudged'))}{num(cmp.get('win_rate'))}{num(cmp.get('lose_rate'))}"
-            f"<td>{esc('both' if cmp.get('both_orders') else 'one')}</td></tr>"]
-    return table(["fine-tuned vs", "judged", "win", "tie", "lose", "unjudged", "win rate", "lose rate",
-                  "answer orders judged"], rows)
+            f"{num(cmp.get('identical'))}{num(cmp.get('lose'))}{num(cmp.get('unjudged'))}{num(cmp.get('win_rate'))}"
+            f"{num(cmp.get('lose_rate'))}<td>{esc('both' if cmp.get('both_orders') else 'one')}</td></tr>"]
+    return table(["fine-tuned vs", "pairs", "win", "tie", "of them identical answers", "lose", "unjudged",
+                  "win rate", "lose rate", "answer orders judged"], rows)
 
 
 def chains_html(v: dict) -> str:

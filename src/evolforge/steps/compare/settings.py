@@ -17,6 +17,8 @@ class CompareSettings:
     limit: PositiveInt | None = field(default=None, metadata={
         "help": "instructions judged (seeded sample); the paper: all 805 AlpacaFarm ones"})
     both_orders: bool = field(default=True, metadata={"help": "judge A-B and B-A and count a win only when both agree"})
+    judge_identical: bool = field(default=False, metadata={
+        "help": "false: two answers that are the same text are a tie, the judge not asked; true: judged (paper)"})
     parse: Literal["paper", "last_line"] = field(default="paper", metadata={
         "help": "paper (substring in the whole answer) | last_line"})
     max_tokens: PositiveInt = field(default=256, metadata={

@@ -9,6 +9,11 @@ With ``both_orders`` each pair is judged twice, the second time with the answers
 when it is judged better as Assistant 1 *and*, swapped, B is judged worse as Assistant 1 (likewise for a
 loss); any disagreement is a tie. This cancels the judge's position bias.
 
+Two answers that are the same text are a tie without a judge call (``judge_identical: false``, the default):
+neither can be better, so whatever a judge says of such a pair is its position bias (a model fine-tuned for
+one step on a few items often answers exactly as its base). ``judge_identical: true`` judges them too, as the
+paper's protocol judges every pair.
+
 >>> parse_verdict("Both are fine.\\nAssistant 1 is better than Assistant 2")
 'win'
 >>> combine_orders("win", "lose"), combine_orders("win", "win")
@@ -64,25 +69,38 @@ def combine_orders(a_first: str, a_second: str) -> str:
 
 def judge_pairs(llm: LLM, prompts: PromptLibrary, queries: Sequence[str], answers_a: Sequence[str],
                 answers_b: Sequence[str], *, both_orders: bool = True, rule: str = "paper",
-                max_tokens: int | None = None) -> pl.DataFrame:
-    """One row per query: the raw judge answer(s), each order's verdict, and A's final ``verdict``."""
-    def ask(firsts: Sequence[str], seconds: Sequence[str], desc: str) -> list[str]:
-        requests = [llm.request([{"role": "user",
-                                  "content": prompts.render(JUDGE_TEMPLATE, query=q, first=f, second=s)}],
-                                max_tokens=max_tokens) for q, f, s in zip(queries, firsts, seconds)]
-        return llm.complete(requests, desc=desc)
+                max_tokens: int | None = None, judge_identical: bool = False) -> pl.DataFrame:
+    """One row per query: the raw judge answer(s), each order's verdict, A's final ``verdict``, and whether the
+    two answers are ``identical`` (then, unless ``judge_identical``, a tie the judge is not asked about: its
+    raw answers and order verdicts are null)."""
+    identical = [a == b for a, b in zip(answers_a, answers_b)]
+    asked = [i for i, same in enumerate(identical) if judge_identical or not same]
+
+    def ask(firsts: Sequence[str], seconds: Sequence[str], desc: str) -> list[str | None]:
+        requests = [llm.request([{"role": "user", "content": prompts.render(
+            JUDGE_TEMPLATE, query=queries[i], first=firsts[i], second=seconds[i])}], max_tokens=max_tokens)
+            for i in asked]
+        raw: list[str | None] = [None] * len(queries)
+        for i, text in zip(asked, llm.complete(requests, desc=desc) if requests else []):
+            raw[i] = text
+        return raw
+
+    def verdicts(raw: list[str | None]) -> list[str | None]:
+        return [None if text is None else parse_verdict(text, rule) for text in raw]
 
     raw_ab = ask(answers_a, answers_b, "judge A vs B")
-    verdict_ab = [parse_verdict(t, rule) for t in raw_ab]
+    verdict_ab = verdicts(raw_ab)
     columns: dict[str, Any] = {"judge_raw_ab": raw_ab, "verdict_ab": verdict_ab}
     if both_orders:
         raw_ba = ask(answers_b, answers_a, "judge B vs A")
-        verdict_ba = [parse_verdict(t, rule) for t in raw_ba]
+        verdict_ba = verdicts(raw_ba)
         columns |= {"judge_raw_ba": raw_ba, "verdict_ba": verdict_ba,
-                    "verdict": [combine_orders(x, y) for x, y in zip(verdict_ab, verdict_ba)]}
+                    "verdict": [combine_orders(x, y) if x is not None else "tie"
+                                for x, y in zip(verdict_ab, verdict_ba)]}
     else:
-        columns["verdict"] = verdict_ab
-    return pl.DataFrame({k: pl.Series(v, dtype=pl.String) for k, v in columns.items()})
+        columns["verdict"] = [v if v is not None else "tie" for v in verdict_ab]
+    frame = pl.DataFrame({k: pl.Series(v, dtype=pl.String) for k, v in columns.items()})
+    return frame.with_columns(identical=pl.Series(identical, dtype=pl.Boolean))
 
 
 def counts(verdicts: Sequence[str]) -> dict[str, Any]:
@@ -134,12 +152,13 @@ def run(instructions_file: str, model: str, cfg: CompareSettings, llms: RoleLLMs
     queries = [q + "\n" + x if x else q for q, x in zip(instructions, inputs)]  # the reference code's user query
     verdicts = judge_pairs(judge, prompts, [queries[i] for i in judged], [done_a[i].text for i in judged],
                            [done_b[i].text for i in judged], both_orders=cfg.both_orders, rule=cfg.parse,
-                           max_tokens=cfg.judge_max_tokens)
+                           max_tokens=cfg.judge_max_tokens, judge_identical=cfg.judge_identical)
     table = answer_table(items, done_a, done_b, judged, verdicts)
     called = {"tuned": tuned, "other": other, "judge": judge}
     metrics = counts(table["verdict"].drop_nulls().to_list()) | {
-        "unjudged": items.height - len(judged), "both_orders": cfg.both_orders, "parse": cfg.parse,
-                                                                 "against": cfg.against,
+        "unjudged": items.height - len(judged), "identical": int(verdicts["identical"].sum()),
+        "judge_identical": cfg.judge_identical, "both_orders": cfg.both_orders, "parse": cfg.parse,
+        "against": cfg.against,
         "calls": {n: llm.stats["calls"] for n, llm in called.items()},
         "cache_hits": {n: llm.stats["cache_hits"] for n, llm in called.items()},
         "llm": {n: llm.stats for n, llm in called.items()}}
