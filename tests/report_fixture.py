@@ -105,7 +105,7 @@ def build_version(root: Path, seed: int = 0, n_seeds: int = 24, rounds: int = 3,
     steps = [{"step": 0, "failure_rate": 0.5, "best_failure_rate": 0.5}, {"step": 1, "failure_rate": 0.25, "best_failure_rate": 0.25}]
     write_json(metrics / "pool.json", {"scenario": "evol", "source": "data/responses", "items": table.height,
                                        "autoif_items": 0, "fallback": None, "per_method": {"seed": table.height}})
-    write_json(metrics / "compare.json", {"against": "base", "items": 10, "win": 6, "tie": 3, "lose": 1, "unjudged": 0,
+    write_json(metrics / "compare.json", {"against": "base", "items": 10, "win": 6, "tie": 3, "identical": 2, "lose": 1, "unjudged": 0,
                                           "win_rate": 0.6, "lose_rate": 0.1, "both_orders": True})
     write_json(metrics / "optimize.json", {"skipped": False, "per_step": steps, "steps_run": 1, "stop_reason": "steps"})
     write_json(metrics / "plots" / "optimize.json", steps)
