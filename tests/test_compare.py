@@ -67,7 +67,6 @@ def test_judge_pairs_position_biased_judge_gives_ties_with_both_orders_only():
     assert judge_pairs(llm, PromptLibrary(), ["q"], ["a"], ["b"], both_orders=True)["verdict"].to_list() == ["tie"]
 
 
-
 @pytest.mark.parametrize("both_orders", [False, True])
 def test_identical_answers_are_a_tie_without_a_judge_call(both_orders):
     llm, fake = _judge(lambda r: "Assistant 1 is better than Assistant 2")  # position-biased: every pair a win
@@ -86,6 +85,7 @@ def test_identical_answers_judged_when_asked_and_none_to_judge_sends_nothing():
     llm, fake = _judge(lambda r: "Assistant 1 is better than Assistant 2")
     table = judge_pairs(llm, PromptLibrary(), ["q"], ["same"], ["same"], both_orders=True)
     assert table["verdict"].to_list() == ["tie"] and fake.sent == []
+
 
 def test_settings():
     assert load_section({"compare": {"both_orders": False}}, "compare", CompareSettings).both_orders is False
