@@ -17,7 +17,7 @@ def test_make_run_starts_it_in_the_background_at_low_priority_before_dvc_repro(t
     warm = next(k for k, line in enumerate(lines) if "evolforge.core.warm_imports" in line)
     assert lines[warm].startswith("nice -n 19 ") and lines[warm].rstrip().endswith("&")
     assert f"--stamp {tmp_path / 'venv'}/.evolforge-warm" in lines[warm]
-    assert lines[warm + 1] == "dvc repro"  # the next command, started at once
+    assert "evolforge.core.parallel_repro" in lines[warm + 1]  # the next command (the fetches), started at once
     # an install (a new lock: new packages to warm) removes the stamp before its own
     setup = lines[:warm]
     assert f"rm -f {tmp_path / 'venv'}/.evolforge-warm" in setup

@@ -1,0 +1,88 @@
+"""Independent stages reproduced at once (:mod:`evolforge.core.parallel_repro`): ``make run``'s model fetches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from evolforge.core import parallel_repro
+
+REPO = Path(__file__).resolve().parents[1]
+# each stage marks that it started, then waits for the other's mark: both finish only when they run at the same time
+MEET = """import pathlib, sys, time
+me, other = sys.argv[1], sys.argv[2]
+pathlib.Path(me + ".started").write_text("x")
+for _ in range(1200):
+    if pathlib.Path(other + ".started").exists():
+        pathlib.Path(me + ".out").write_text(me + "\\n")
+        print(me, "met", other)
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit(f"{me}: {other} never started")
+"""
+
+
+def _repo(tmp_path: Path, stages: dict) -> tuple[Path, dict]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "meet.py").write_text(MEET)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=repo, check=True, env=env, capture_output=True, timeout=240)
+    return repo, env
+
+
+def _run(repo: Path, env: dict, *stages: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evolforge.core.parallel_repro", *stages], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_the_stages_run_at_the_same_time_and_both_land_in_the_lock(tmp_path):
+    repo, env = _repo(tmp_path, {
+        "a": {"cmd": "python meet.py a b", "deps": ["meet.py"], "outs": ["a.out"]},
+        "b": {"cmd": "python meet.py b a", "deps": ["meet.py"], "outs": ["b.out"]}})
+    done = _run(repo, env, "a", "b")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[a] a met b\n" in done.stdout and "[b] b met a\n" in done.stdout  # each line after its stage's name
+    assert (repo / "a.out").read_text() == "a\n" and (repo / "b.out").read_text() == "b\n"
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"a", "b"}
+    again = _run(repo, env, "a", "b")  # up to date: nothing runs, nothing fails
+    assert again.returncode == 0 and "met" not in again.stdout
+
+
+def test_a_failed_stage_is_named_and_the_other_still_finishes(tmp_path):
+    repo, env = _repo(tmp_path, {
+        "ok": {"cmd": "python -c \"open('ok.out', 'w').write('ok')\"", "outs": ["ok.out"]},
+        "bad": {"cmd": "python -c \"import sys; sys.exit('bad input')\"", "outs": ["bad.out"]}})
+    done = _run(repo, env, "ok", "bad")
+    assert done.returncode == 1
+    assert "[bad] bad input" in done.stdout
+    last = done.stderr.splitlines()[-1]  # dvc's own exit status (255 for a failed command)
+    assert last.startswith("parallel_repro: stage bad failed (dvc repro's exit status ")
+    assert last.endswith("); its lines above start with [bad]")
+    assert (repo / "ok.out").read_text() == "ok"
+
+
+def test_make_run_fetches_the_models_at_once_then_reproduces_the_rest(tmp_path):
+    lines = subprocess.run(["make", "--no-print-directory", "-n", "run", f"VENV={tmp_path / 'venv'}"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    at_once = next(k for k, line in enumerate(lines) if "evolforge.core.parallel_repro" in line)
+    fetches = lines[at_once].split("evolforge.core.parallel_repro", 1)[1].split()
+    assert lines[at_once + 1] == "dvc repro"
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert sorted(fetches) == sorted(s for s in stages if s.startswith("fetch_"))
+    # independent: no fetch depends on another's output
+    outs = {out for s in fetches for out in stages[s]["outs"]}
+    assert not any(dep in outs for s in fetches for dep in stages[s]["deps"])
+
+
+def test_main_returns_1_when_a_stage_failed(monkeypatch, capsys):
+    monkeypatch.setattr(parallel_repro, "repro_at_once", lambda stages: [("x", 2)])
+    assert parallel_repro.main(["x", "y"]) == 1
+    assert "stage x failed (dvc repro's exit status 2)" in capsys.readouterr().err
