@@ -300,6 +300,50 @@ def test_verify_flow_records_a_verdict_per_item(repo):
     assert sorted(r.sample_index for r in samples) == [1, 2] and {r.temperature for r in samples} == {0.7}
 
 
+def _recorded(llm: LLM, routes) -> list[tuple[str | None, list[str]]]:
+    """Each ``llm.complete`` call from now on, as (its desc, the templates of its requests)."""
+    calls, complete = [], llm.complete
+
+    def recorded(requests, desc=None):
+        calls.append((desc, sorted({routes.template_of(r) for r in requests})))
+        return complete(requests, desc=desc)
+
+    llm.complete = recorded
+    return calls
+
+
+def test_the_code_tests_and_the_numbers_first_round_go_to_the_responder_in_one_call(repo):
+    """Both methods' first requests in one call, so that the backend decodes them together; the numbers' other
+    samples follow in a second call, for the items the first round left short of right."""
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    (responder, _), (judge, _) = fake_llm("responder", routes), fake_llm("judge", routes)
+    calls = _recorded(responder, routes)
+    out = verify(table(), responder, judge, prompts, CALIBRATED, {"temperature": None, "max_tokens": None})
+    assert calls == [("verify code and numbers", sorted(["respond/response.j2", "verify/program.j2",
+                                                         "verify/solution.j2", "verify/tests.j2"])),
+                     ("verify numbers, more samples", ["respond/response.j2"])]
+    assert out.filter(pl.col("id") == "num-wrong")["verify_verdict"].to_list() == ["wrong"]
+
+
+def test_an_error_of_the_shared_call_leaves_both_methods_items_unsure_and_the_judge_goes_on(repo):
+    routes = replies()
+    prompts = routes.watch(PromptLibrary(repo / "prompts"))
+    (responder, _), (judge, _) = fake_llm("responder", routes), fake_llm("judge", routes)
+
+    def broken(requests, desc=None):
+        raise OSError("call cache unreadable")
+
+    responder.complete = broken
+    out = verify(table(), responder, judge, prompts, CALIBRATED, {"temperature": None, "max_tokens": None})
+    got = {r["id"]: r for r in out.to_dicts()}
+    for item in ("code-right", "code-wrong", "num-wrong"):
+        assert got[item]["verify_verdict"] == "unsure"
+        assert json.loads(got[item]["verify_evidence"]) == {"error": "OSError: call cache unreadable"}
+    assert got["judged"]["verify_verdict"] == "right"
+    assert responder.account.failed == Counter({VERIFY_ERROR: 3})
+
+
 def test_numbers_the_first_samples_make_right_are_not_sampled_further(repo):
     """With four samples and the program, the program and two samples that all agree make the answer right whatever
     the other two would say: those are not drawn, and count as giving no number in the confidence (a lower bound).

@@ -4,9 +4,9 @@ background, at low priority, beside ``dvc repro``.
 Nothing is compiled at install (Makefile: uv without ``--compile-bytecode``): a module's bytecode is written the
 first time a process imports it and read back by every later one. In a fresh venv the first stages to import torch,
 transformers, TRL and lm-eval (fetch_model, finetune, evaluate_base) would compile them inline, about 24 s on two
-AVX2 cores (``bench/bytecode.py``), while the model fetches before them leave the second core mostly idle
-(downloading, joining and hashing are one process on one core). Importing the same modules here, on that core,
-writes the bytecode the stages then read. Python writes each file atomically, so two processes compiling one module
+AVX2 cores (``bench/bytecode.py``), while the model fetches before them leave the cores time to spare (each fetch is
+mostly one core's work, waiting on its files at times; ``make run`` runs the three at once). Importing the same
+modules here, at the lowest priority, writes the bytecode the stages then read. Python writes each file atomically, so two processes compiling one module
 at once both leave a whole file.
 
 Imports only: no model is loaded and nothing but bytecode is written. A module that fails to import is skipped

@@ -45,17 +45,12 @@ def _ask(template: str, prompts: PromptLibrary, **variables) -> list[dict[str, s
     return [{"role": "user", "content": prompts.render(template, **variables)}]
 
 
-def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
-                runner: Runner | None = None) -> list[Result]:
-    """The task's own examples, the answer's own, and tests written for each instruction (``test_sets``
-    samples), ``solutions`` peers; every program run on every test in the sandbox; the verdict by
-    :func:`evolforge.steps.verify.code_tests.judge_runs`."""
-    runner = runner or (lambda program, tests: run_function(program, tests, settings.case_timeout_s,
-                                                            settings.memory_mb))
+def code_requests(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings) -> list:
+    """Per item, in order: its ``test_sets`` requests for tests, then its ``solutions`` requests for peers."""
     sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
-    names = [function_name(item.task) for item in items]
     requests = []
-    for item, name in zip(items, names):
+    for item in items:
+        name = function_name(item.task)
         requests += [llm.request(_ask(TESTS_TEMPLATE, prompts, task=item.task, name=name,
                                       n=settings.tests_per_set),
                                  max_tokens=settings.tests_max_tokens, sample_index=s, **sampling)
@@ -63,7 +58,21 @@ def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setting
         requests += [llm.request(_ask(SOLUTION_TEMPLATE, prompts, task=item.task, name=name),
                                  max_tokens=settings.solution_max_tokens, sample_index=s, **sampling)
                      for s in range(settings.solutions)]
-    texts = llm.complete(requests, desc="verify code") if requests else []
+    return requests
+
+
+def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
+                runner: Runner | None = None, texts: Sequence[str | None] | None = None) -> list[Result]:
+    """The task's own examples, the answer's own, and tests written for each instruction (``test_sets``
+    samples), ``solutions`` peers; every program run on every test in the sandbox; the verdict by
+    :func:`evolforge.steps.verify.code_tests.judge_runs`. ``texts``: the answers to :func:`code_requests`
+    where the caller asked them (in one call with other methods' requests); None: asked here."""
+    runner = runner or (lambda program, tests: run_function(program, tests, settings.case_timeout_s,
+                                                            settings.memory_mb))
+    names = [function_name(item.task) for item in items]
+    if texts is None:
+        requests = code_requests(items, llm, prompts, settings)
+        texts = llm.complete(requests, desc="verify code") if requests else []
     per = settings.test_sets + settings.solutions
     plans = []
     for k, (item, name) in enumerate(zip(items, names)):
@@ -90,30 +99,43 @@ def verify_code(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, setting
     return results
 
 
+def _sample_requests(item: Item, llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
+                     response_sampling: dict[str, Any], indices: range) -> list:
+    """The sampled answers ``indices`` (0-based) to ``item``'s question: respond's own request, sampled."""
+    sampling = {**response_sampling, "temperature": settings.temperature, "top_p": settings.top_p,
+                "seed": settings.seed}
+    return [response_requests(llm, prompts, [item.instruction], [item.input], sample_index=s + 1,
+                              **sampling)[0] for s in indices]
+
+
+def number_requests(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
+                    response_sampling: dict[str, Any]) -> list:
+    """The first round of :func:`verify_numbers`: per item, in order, its first samples
+    (:func:`first_samples`), then its program of thought."""
+    first = first_samples(settings.samples, settings.program_of_thought)
+    requests = []
+    for item in items:
+        requests += _sample_requests(item, llm, prompts, settings, response_sampling, range(first))
+        if settings.program_of_thought:
+            requests.append(llm.request(_ask(PROGRAM_TEMPLATE, prompts, task=item.task), temperature=0.0,
+                                        max_tokens=settings.program_max_tokens))
+    return requests
+
+
 def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, settings: VerifySettings,
-                   response_sampling: dict[str, Any]) -> list[Result]:
+                   response_sampling: dict[str, Any], texts: Sequence[str | None] | None = None) -> list[Result]:
     """``samples`` more answers to each question (respond's own request, sampled) and a program of thought; the
     greedy answer's final number against theirs (:func:`evolforge.steps.verify.numeric.compare_values`).
 
     The program and the first samples come first, as many as could make the answer right on their own (more than
     half of every recomputation asked for); an item they all agree with is right whatever the rest would give, so it
     is not sampled further (:func:`first_samples`), and each sample it skipped counts as one that gave no number (its
-    confidence is then a lower bound). The other items get the rest of their samples."""
-    sampling = {**response_sampling, "temperature": settings.temperature, "top_p": settings.top_p,
-                "seed": settings.seed}
-
-    def asked(item: Item, indices: range) -> list:
-        return [response_requests(llm, prompts, [item.instruction], [item.input], sample_index=s + 1,
-                                  **sampling)[0] for s in indices]
-
+    confidence is then a lower bound). The other items get the rest of their samples. ``texts``: the answers to
+    the first round (:func:`number_requests`) where the caller asked them; None: asked here."""
     first = first_samples(settings.samples, settings.program_of_thought)
-    requests = []
-    for item in items:
-        requests += asked(item, range(first))
-        if settings.program_of_thought:
-            requests.append(llm.request(_ask(PROGRAM_TEMPLATE, prompts, task=item.task), temperature=0.0,
-                                        max_tokens=settings.program_max_tokens))
-    texts = llm.complete(requests, desc="verify numbers") if requests else []
+    if texts is None:
+        requests = number_requests(items, llm, prompts, settings, response_sampling)
+        texts = llm.complete(requests, desc="verify numbers") if requests else []
     per = first + int(settings.program_of_thought)
     programs = [extract_code(texts[k * per + first] or "") if settings.program_of_thought else None
                 for k in range(len(items))]
@@ -123,7 +145,8 @@ def verify_numbers(items: Sequence[Item], llm: LLM, prompts: PromptLibrary, sett
     rest = [k for k, item in enumerate(items)
             if compare_values(stated_values(item.answer), samples[k] + [None] * (settings.samples - first)
                               + [ran[k][0]] * settings.program_of_thought, settings.tolerance)[0] != "right"]
-    more = [r for k in rest for r in asked(items[k], range(first, settings.samples))]
+    more = [r for k in rest for r in _sample_requests(items[k], llm, prompts, settings, response_sampling,
+                                                       range(first, settings.samples))]
     texts = llm.complete(more, desc="verify numbers, more samples") if more else []
     extra = settings.samples - first
     for j, k in enumerate(rest):

@@ -54,7 +54,8 @@ from evolforge.steps.respond.settings import RespondSettings
 from evolforge.steps.verify.code_tests import SOLUTION_TEMPLATE, TESTS_TEMPLATE, is_code_task
 from evolforge.steps.verify.correctness import CORRECTNESS_TEMPLATE, REASON_TEMPLATE
 from evolforge.steps.verify.constraint import content_item, form_passed, kind_question, with_constraint
-from evolforge.steps.verify.methods import Item, Result, Runner, verify_code, verify_judged, verify_numbers
+from evolforge.steps.verify.methods import (Item, Result, Runner, code_requests, number_requests, verify_code,
+                                           verify_judged, verify_numbers)
 from evolforge.steps.verify.numeric import PROGRAM_TEMPLATE, is_numeric_task
 from evolforge.steps.verify.settings import VerifySettings
 
@@ -107,6 +108,34 @@ def _guarded(method: str, run: Any, items: list[Item], llm: LLM) -> list[Result]
         return [Result(method, "unsure", json.dumps({"error": why}), None) for _ in items]
 
 
+def _first_round(code: list[Item], numbers: list[Item], responder: LLM, prompts: PromptLibrary,
+                 settings: VerifySettings, sampling: dict[str, Any]) -> dict[str, Any]:
+    """The code items' tests and solutions and the number items' first samples and programs, asked in one call:
+    the backend keeps its sequences busy across both (each alone ends with some of them idle, and the second waited
+    for the first's last answer). Per method, its answers in its requests' order; an error the call raised, for
+    :func:`_guarded` to raise again on that method's items; or None where the method has no items."""
+    asked = {"code_tests": code_requests(code, responder, prompts, settings) if code else [],
+             "numeric": number_requests(numbers, responder, prompts, settings, sampling) if numbers else []}
+    texts: dict[str, Any] = {"code_tests": None, "numeric": None}
+    if not any(asked.values()):
+        return texts
+    try:
+        answers = responder.complete(asked["code_tests"] + asked["numeric"], desc="verify code and numbers")
+    except REFUSALS:
+        raise
+    except BATCH_FAULTS as err:
+        return {method: err for method in texts}
+    split = len(asked["code_tests"])
+    return {"code_tests": answers[:split], "numeric": answers[split:]}
+
+
+def _given(texts: Any) -> Any:
+    """A method's answers from :func:`_first_round`, or the error its call raised, raised here."""
+    if isinstance(texts, BaseException):
+        raise texts
+    return texts
+
+
 def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibrary, settings: VerifySettings,
            sampling: dict[str, Any], runner: Runner | None = None) -> pl.DataFrame:
     """The verification columns (:data:`evolforge.io.columns.VERIFIED`) of every row of ``table``, in order."""
@@ -117,13 +146,17 @@ def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibra
     for k, (method, row, guard) in enumerate(zip(methods, rows, guards)):
         if method in ("none", "answer_check"):
             results[k] = _free(method, row, guard)
-    batches = {"code_tests": lambda xs: verify_code(xs, responder, prompts, settings, runner),
-               "numeric": lambda xs: verify_numbers(xs, responder, prompts, settings, sampling),
+    picked = {method: [k for k, m in enumerate(methods) if m == method] for method in METHODS}
+    items = {method: [content_item(rows[k], method) for k in ks] for method, ks in picked.items()}
+    texts = _first_round(items["code_tests"], items["numeric"], responder, prompts, settings, sampling)
+    batches = {"code_tests": lambda xs: verify_code(xs, responder, prompts, settings, runner,
+                                                    _given(texts["code_tests"])),
+               "numeric": lambda xs: verify_numbers(xs, responder, prompts, settings, sampling,
+                                                    _given(texts["numeric"])),
                "judge": lambda xs: verify_judged(xs, judge, prompts, settings)}
     for method, run in batches.items():
-        picked = [k for k, m in enumerate(methods) if m == method]
-        items = [content_item(rows[k], method) for k in picked]
-        for k, result in zip(picked, _guarded(method, run, items, judge if method == "judge" else responder)):
+        for k, result in zip(picked[method], _guarded(method, run, items[method],
+                                                      judge if method == "judge" else responder)):
             results[k] = with_constraint(result, rows[k]) if form_passed(rows[k]) else result
     return pl.DataFrame({"id": table["id"], "round": table["round"].cast(pl.Int32),
                          "verify_method": [r.method for r in results], "verify_verdict": [r.verdict for r in results],
