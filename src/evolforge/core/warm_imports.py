@@ -6,8 +6,8 @@ first time a process imports it and read back by every later one. In a fresh ven
 transformers, TRL and lm-eval (fetch_model, finetune, evaluate_base) would compile them inline, about 24 s on two
 AVX2 cores (``bench/bytecode.py``), while the model fetches before them leave the cores time to spare (each fetch is
 mostly one core's work, waiting on its files at times; ``make run`` runs the three at once). Importing the same
-modules here, at the lowest priority, writes the bytecode the stages then read. Python writes each file atomically, so two processes compiling one module
-at once both leave a whole file.
+modules here, at the lowest priority, writes the bytecode the stages then read. Python writes each file atomically,
+so two processes compiling one module at once both leave a whole file.
 
 Imports only: no model is loaded and nothing but bytecode is written. A module that fails to import is skipped
 (the stage that needs it says why); the stamp (``--stamp``) makes a later ``make run`` skip the whole warm-up.
