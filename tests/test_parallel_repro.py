@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -86,3 +87,31 @@ def test_main_returns_1_when_a_stage_failed(monkeypatch, capsys):
     monkeypatch.setattr(parallel_repro, "repro_at_once", lambda stages: [("x", 2)])
     assert parallel_repro.main(["x", "y"]) == 1
     assert "stage x failed (dvc repro's exit status 2)" in capsys.readouterr().err
+
+
+def test_an_interrupt_waits_for_every_started_stage_then_exits_130(monkeypatch, capsys):
+    """Ctrl-C reaches DVC's processes too; the command waits for them (terminating one that outlives the grace
+    period) and ends with one line, not a traceback."""
+    started = []
+
+    class FakeDvc:  # a test double of subprocess.Popen
+        def __init__(self, args, **kwargs):
+            self.stdout, self.calls, self.terminated = io.StringIO(""), [], False
+            started.append(self)
+
+        def wait(self, timeout=None):
+            self.calls.append(timeout)
+            if self is started[0] and len(self.calls) == 1:
+                raise KeyboardInterrupt
+            if self is started[1] and timeout is not None and not self.terminated:
+                raise subprocess.TimeoutExpired("dvc", timeout)
+            return 0
+
+        def terminate(self):
+            self.terminated = True
+
+    monkeypatch.setattr(parallel_repro.subprocess, "Popen", FakeDvc)
+    assert parallel_repro.main(["a", "b"]) == 130
+    assert capsys.readouterr().err == "parallel_repro: interrupted; every stage it started has ended\n"
+    assert started[0].calls == [None, 60.0] and not started[0].terminated  # it ended within the grace period
+    assert started[1].calls == [60.0, None] and started[1].terminated  # it did not: terminated, then waited for

@@ -32,29 +32,48 @@ def _forward(stage: str, stream: IO[str], lock: threading.Lock) -> None:
 
 def repro_at_once(stages: Sequence[str], dvc: str = "dvc") -> list[tuple[str, int]]:
     """Run ``dvc --wait-for-lock repro <stage>`` for every stage at once; the (stage, exit status) of those that
-    failed, in the order given."""
+    failed, in the order given. Interrupted (Ctrl-C reaches every process of the terminal's group, DVC's among
+    them, and DVC puts a stage's previous outputs back), it waits for them to end before it returns."""
     lock = threading.Lock()
     running = []
-    for stage in stages:
-        proc = subprocess.Popen([dvc, "--wait-for-lock", "repro", stage], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
-        reader = threading.Thread(target=_forward, args=(stage, proc.stdout, lock), daemon=True)
-        reader.start()
-        running.append((stage, proc, reader))
-    failed = []
-    for stage, proc, reader in running:
-        code = proc.wait()
-        reader.join()
-        if code != 0:
-            failed.append((stage, code))
-    return failed
+    try:
+        for stage in stages:
+            proc = subprocess.Popen([dvc, "--wait-for-lock", "repro", stage], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace")
+            reader = threading.Thread(target=_forward, args=(stage, proc.stdout, lock), daemon=True)
+            reader.start()
+            running.append((stage, proc, reader))
+        failed = []
+        for stage, proc, reader in running:
+            code = proc.wait()
+            reader.join()
+            if code != 0:
+                failed.append((stage, code))
+        return failed
+    except BaseException:
+        for _, proc, _ in running:
+            _stop(proc)
+        raise
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """Wait up to ``grace_s`` for ``proc`` to end (it got the interrupt too), then terminate it."""
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stages", nargs="+", help="stages of dvc.yaml that depend on none of the others")
     args = parser.parse_args(argv)
-    failed = repro_at_once(args.stages)
+    try:
+        failed = repro_at_once(args.stages)
+    except KeyboardInterrupt:
+        print("parallel_repro: interrupted; every stage it started has ended", file=sys.stderr)
+        return 130
     for stage, code in failed:
         print(f"parallel_repro: stage {stage} failed (dvc repro's exit status {code}); its lines above start "
               f"with [{stage}]", file=sys.stderr)
