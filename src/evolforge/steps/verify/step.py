@@ -112,21 +112,17 @@ def _first_round(code: list[Item], numbers: list[Item], responder: LLM, prompts:
                  settings: VerifySettings, sampling: dict[str, Any]) -> dict[str, Any]:
     """The code items' tests and solutions and the number items' first samples and programs, asked in one call:
     the backend keeps its sequences busy across both (each alone ends with some of them idle, and the second waited
-    for the first's last answer). Per method, its answers in its requests' order; an error the call raised, for
-    :func:`_guarded` to raise again on that method's items; or None where the method has no items."""
-    asked = {"code_tests": code_requests(code, responder, prompts, settings) if code else [],
-             "numeric": number_requests(numbers, responder, prompts, settings, sampling) if numbers else []}
-    texts: dict[str, Any] = {"code_tests": None, "numeric": None}
-    if not any(asked.values()):
-        return texts
+    for the first's last answer). Per method: its answers, in its requests' order, or the error the call raised, for
+    :func:`_guarded` to raise again on that method's items."""
+    code_asked = code_requests(code, responder, prompts, settings)
+    requests = code_asked + number_requests(numbers, responder, prompts, settings, sampling)
     try:
-        answers = responder.complete(asked["code_tests"] + asked["numeric"], desc="verify code and numbers")
+        answers = responder.complete(requests, desc="verify code and numbers") if requests else []
     except REFUSALS:
         raise
     except BATCH_FAULTS as err:
-        return {method: err for method in texts}
-    split = len(asked["code_tests"])
-    return {"code_tests": answers[:split], "numeric": answers[split:]}
+        return {"code_tests": err, "numeric": err}
+    return {"code_tests": answers[:len(code_asked)], "numeric": answers[len(code_asked):]}
 
 
 def _given(texts: Any) -> Any:
