@@ -305,6 +305,58 @@ def test_kept_parent_gets_a_fresh_attempt_next_round(seed_table):
     assert {r.sample_index for r in evolve_1} == {1} and {r.sample_index for r in evolve_5} == {5}  # ...new samples
 
 
+def answering_round(pool, settings, llms, answer_pool):
+    """A round whose responder's calls are recorded as (requests, desc), each LLM on its own fake backend."""
+    calls = []
+    responder = llms["responder"]
+    generate = responder.generate
+    responder.generate = lambda requests, desc=None: calls.append((len(requests), desc)) or generate(requests, desc)
+    result = evolve_round(pool, round_index=1, settings=settings, prompts=llms["prompts"], evolver=llms["evolver"],
+                          responder=responder, respond_sampling={"temperature": 0.0, "max_tokens": 48},
+                          answer_pool=answer_pool)
+    return result, calls
+
+
+def fake_llms(tmp_path, plan):
+    from evolforge.llm.cache import CallCache
+
+    replies = scripted_evolver(plan)
+    cache = CallCache(tmp_path / "calls.sqlite")
+    return {"prompts": replies.watch(PromptLibrary()),
+            "evolver": LLM(FakeBackend(replies), cache, role=ROLE),
+            "responder": LLM(FakeBackend(replies), cache, role=RESPONDER)}
+
+
+def test_the_round_of_the_seeds_asks_their_answers_in_its_check_call_and_respond_finds_them(seed_table, tmp_path):
+    """With ``answer_pool`` (respond.include_seed, the round reading the seeds) the responder's check call also asks
+    the seeds' own answers, the very requests respond makes: respond then takes every one from the call cache."""
+    from evolforge.steps.respond.step import completions
+
+    llms = fake_llms(tmp_path, {"Task number 0.": "Task number 0."})  # fails before its check: 5 rewrites checked
+    (table, _, summary), calls = answering_round(seed_table, EvolveSettings(strategy="evol", breadth=False), llms,
+                                                 answer_pool=True)
+    assert calls == [(5 + 6, "round 1: check and the seeds' answers")] and summary["answered_ahead"] == 6
+    assert table["check_response"].is_not_null().sum() == 5  # the seeds' answers are not the round's
+    responder = llms["responder"]
+    hits = responder.stats["cache_hits"]
+    answers, reused = completions(seed_table.with_columns(**{c: pl.lit(None, pl.String) for c in
+                                                           ("check_response", "check_finish_reason",
+                                                            "check_request_key", "check_thinking")}),
+                                  responder, llms["prompts"], temperature=0.0, max_tokens=48)
+    assert reused == 0 and responder.stats["cache_hits"] - hits == 6
+    assert [a.text for a in answers] == ["A fine, complete answer."] * 6 and all(a.cached for a in answers)
+
+
+@pytest.mark.parametrize("check_role, answer_pool", [("responder", False), ("evolver", True)])
+def test_the_seeds_are_asked_ahead_only_by_the_responder_and_only_when_respond_answers_them(seed_table, tmp_path,
+                                                                                            check_role, answer_pool):
+    llms = fake_llms(tmp_path, {})
+    settings = EvolveSettings(strategy="evol", breadth=False, check_role=check_role)
+    (_, _, summary), calls = answering_round(seed_table, settings, llms, answer_pool)
+    assert summary["answered_ahead"] == 0
+    assert calls == ([(6, "round 1: check")] if check_role == "responder" else [])
+
+
 # --- real-output rules in a round: a fake evolver whose replies end at max_tokens ----------------
 
 def test_replies_cut_at_max_tokens_fail_as_truncated_and_keep_their_finish_reason(seed_table):

@@ -6,7 +6,7 @@ phase reads only the items no earlier phase failed and records why an item fails
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from evolforge.config.roles import Role
 from evolforge.core.prompts import PromptLibrary
@@ -109,18 +109,27 @@ def meaning_rules(state: RoundState, settings: EvolveSettings, embed: Embed | No
 
 
 def response_rules(state: RoundState, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
-                    evolver: LLM, responder: LLM | None, respond_sampling: Mapping[str, Any] | None) -> None:
+                   evolver: LLM, responder: LLM | None, respond_sampling: Mapping[str, Any] | None,
+                   ahead: Sequence[tuple[str, str]] = ()) -> int:
     """Phase 3: the rules on an answer to each surviving instruction (:data:`RESPONSE_RULES`); the answers
     are generated only when one of those rules is on. ``same_answer`` compares it with the parent's answer (the
-    pool's ``output``: a seed's reference answer, or the answer a round's check got for an evolved parent)."""
+    pool's ``output``: a seed's reference answer, or the answer a round's check got for an evolved parent).
+
+    ``ahead``: (instruction, input) pairs the respond stage will answer with this very request (the seeds, for
+    the round that reads them), asked in the same call when the responder answers the check, so that their
+    sequences fill its batches; the answers go to the call cache, where respond finds them. Returns how many were
+    asked (0 when the check asks the evolver or makes no call: respond answers them in its own batches)."""
     response_rules = {k: settings.rule(k) for k in RESPONSE_RULES}
     alive = state.alive()
     if not (any(response_rules.values()) and alive):
-        return
+        return 0
     checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
-    requests = response_requests(checker, prompts, [state.candidates[i] for i in alive],
-                                 [state.items[i]["input"] for i in alive], **check_sampling)
-    answers = checker.generate(requests, desc=f"round {round_index}: check")
+    if checker is not responder:
+        ahead = ()
+    requests = response_requests(checker, prompts, [state.candidates[i] for i in alive] + [q for q, _ in ahead],
+                                 [state.items[i]["input"] for i in alive] + [x for _, x in ahead], **check_sampling)
+    desc = f"round {round_index}: check" + (" and the seeds' answers" if ahead else "")
+    answers = checker.generate(requests, desc=desc)
     for i, request, answer in zip(alive, requests, answers):
         if answer.failed:  # the item cannot be checked: it fails with the call's reason
             state.reasons[i], state.details[i] = answer.failure_reason, f"check response: {answer.error}"
@@ -130,6 +139,7 @@ def response_rules(state: RoundState, *, round_index: int, settings: EvolveSetti
         state.response_keys[i] = checker.key(request)
         state.reasons[i] = elimination.response_failure(answer.text, parent_answer=state.items[i].get("output"),
                                                         **response_rules)
+    return len(ahead)
 
 
 def judge_rules(state: RoundState, settings: EvolveSettings, prompts: PromptLibrary,

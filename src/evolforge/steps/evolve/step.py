@@ -156,22 +156,27 @@ def _next_pool(pool: pl.DataFrame, table: pl.DataFrame, on_failure: str) -> pl.D
 def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettings, prompts: PromptLibrary,
                  evolver: LLM, method_text: str | None = None, judge: LLM | None = None,
                  responder: LLM | None = None, respond_sampling: Mapping[str, Any] | None = None,
-                 embed: Embed | None = None,
-                 hardness: Hardness | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+                 embed: Embed | None = None, hardness: Hardness | None = None,
+                 answer_pool: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Evolve every item of ``pool`` once. Returns (round table, next pool, summary).
 
     ``responder`` and ``respond_sampling`` answer the evolved instructions for the response rules when
     ``evolve.check_role`` comes to ``responder`` (see :func:`check_responder`); ``embed`` (roles.embedder) reads
     the meanings for ``same_problem``; ``hardness`` (the judge's difficulty score) chooses among the surviving
-    rewrites of an instruction when ``rewrites_per_instruction`` is above 1 (:mod:`evolforge.steps.evolve.hardest`)."""
+    rewrites of an instruction when ``rewrites_per_instruction`` is above 1 (:mod:`evolforge.steps.evolve.hardest`).
+    ``answer_pool``: the pool's own instructions are ones the respond stage answers (the seeds, with
+    ``respond.include_seed``): the responder's check call asks them too (:func:`response_rules`' ``ahead``);
+    ``answered_ahead`` in the summary counts them."""
     items = pool.to_dicts()
     methods = _round_methods(items, round_index, settings, method_text)
     state = _evolve_items(items, methods, round_index=round_index, settings=settings, prompts=prompts,
                           evolver=evolver, method_text=method_text)
     instruction_rules(state, settings, prompts, method_text)
     meaning_rules(state, settings, embed)
-    response_rules(state, round_index=round_index, settings=settings, prompts=prompts, evolver=evolver,
-                    responder=responder, respond_sampling=respond_sampling)
+    ahead = [(it["instruction"], it["input"]) for it in items] if answer_pool else []
+    answered_ahead = response_rules(state, round_index=round_index, settings=settings, prompts=prompts,
+                                    evolver=evolver, responder=responder, respond_sampling=respond_sampling,
+                                    ahead=ahead)
     unparsed_instruction, unparsed_equal = judge_rules(state, settings, prompts, judge)
     chosen: dict = {}
     if settings.rewrites_per_instruction > 1:
@@ -180,7 +185,7 @@ def evolve_round(pool: pl.DataFrame, *, round_index: int, settings: EvolveSettin
     pool_out = _next_pool(pool, table, settings.on_failure)
     summary = round_summary(table)
     summary.update(equal_check_unparsed=unparsed_equal, instruction_check_unparsed=unparsed_instruction,
-                   next_pool=pool_out.height, **chosen)
+                   next_pool=pool_out.height, answered_ahead=answered_ahead, **chosen)
     return table, pool_out, summary
 
 
@@ -207,9 +212,14 @@ def round_summary(table: pl.DataFrame) -> dict:
             "evolver_cut_at_max_tokens": int((table["instruction_finish_reason"] == "length").sum())}
 
 
+def reads_seed(src: Path) -> bool:
+    """Whether the round reading ``src`` evolves the seed table (a round folder holds its pool.parquet)."""
+    return not (src / POOL).exists()
+
+
 def read_pool(src: Path) -> pl.DataFrame:
     """A round's pool is its predecessor's pool.parquet; the seed table is round 1's pool."""
-    table = pl.read_parquet(src / POOL) if (src / POOL).exists() else read_table(src)
+    table = read_table(src) if reads_seed(src) else pl.read_parquet(src / POOL)
     validation.check(table, validation.item_columns(LINEAGE + ["instruction", "input"]) + validation.unique("id"), src)
     return table
 
@@ -270,7 +280,7 @@ def run(round_name: str, src: str | Path, method: str | Path, section: EvolveSec
     table, next_pool, summary = evolve_round(
         pool, round_index=index, settings=settings, prompts=prompts, evolver=evolver, method_text=text, judge=judge,
         responder=responder, respond_sampling=response_sampling(respond), embed=embed,
-        hardness=judge_hardness(judge, prompts, judged))
+        hardness=judge_hardness(judge, prompts, judged), answer_pool=respond.include_seed and reads_seed(Path(src)))
     assert summary["in"] == summary["evolved"] + summary["failed"] == pool.height
     roles = {name: llm
              for name, llm in {"evolver": evolver, "responder": responder, "judge": judge}.items() if llm is not None}
