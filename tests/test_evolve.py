@@ -317,11 +317,11 @@ def answering_round(pool, settings, llms, answer_pool):
     return result, calls
 
 
-def fake_llms(tmp_path, plan):
+def fake_llms(tmp_path, plan, cached=True):
     from evolforge.llm.cache import CallCache
 
     replies = scripted_evolver(plan)
-    cache = CallCache(tmp_path / "calls.sqlite")
+    cache = CallCache(tmp_path / "calls.sqlite") if cached else None
     return {"prompts": replies.watch(PromptLibrary()),
             "evolver": LLM(FakeBackend(replies), cache, role=ROLE),
             "responder": LLM(FakeBackend(replies), cache, role=RESPONDER)}
@@ -347,10 +347,11 @@ def test_the_round_of_the_seeds_asks_their_answers_in_its_check_call_and_respond
     assert [a.text for a in answers] == ["A fine, complete answer."] * 6 and all(a.cached for a in answers)
 
 
-@pytest.mark.parametrize("check_role, answer_pool", [("responder", False), ("evolver", True)])
-def test_the_seeds_are_asked_ahead_only_by_the_responder_and_only_when_respond_answers_them(seed_table, tmp_path,
-                                                                                            check_role, answer_pool):
-    llms = fake_llms(tmp_path, {})
+@pytest.mark.parametrize("check_role, answer_pool, cached", [("responder", False, True), ("evolver", True, True),
+                                                             ("responder", True, False)])
+def test_the_seeds_are_asked_ahead_only_by_the_responder_when_respond_answers_them_from_the_cache(
+        seed_table, tmp_path, check_role, answer_pool, cached):
+    llms = fake_llms(tmp_path, {}, cached)
     settings = EvolveSettings(strategy="evol", breadth=False, check_role=check_role)
     (_, _, summary), calls = answering_round(seed_table, settings, llms, answer_pool)
     assert summary["answered_ahead"] == 0

@@ -553,6 +553,43 @@ def test_stage_with_too_small_a_seed_names_the_params(tmp_path, monkeypatch):
         stage.main(argv)
 
 
+def test_on_one_backend_the_analyses_are_decoded_beside_the_development_sets_answers():
+    """Step 1's analyses of its one-round trajectory need only the call that scores the initial method: on one
+    backend they go to it in the same batch as the evolver's answers to the development set, and the candidates read
+    the same feedback as when each role has its own backend."""
+    plan = {"m0 fails=1": [fenced("m1 fails=0"), UNPARSEABLE]}
+    batches: list[list[str]] = []
+
+    def kind(request) -> str:
+        prompt = request.messages[-1][1]
+        return ("optimization" if len(request.messages) > 1 else "analysis" if '"stage0"' in prompt
+                else "evolve" if EVOLVE_SPLIT in prompt else "answer")
+
+    class Recording(FakeBackend):
+        def generate(self, requests):
+            batches.append(sorted({kind(q) for q in requests}))
+            return super().generate(requests)
+
+    def results(shared: bool):
+        rng = random.Random(0)
+        dev, pool = split_dev_pool(items(14), dev_size=4, batch_size=2, rng=rng)
+        evolving, optimizing = evolver_reply(lambda m, q: False), optimizer_reply(plan)
+        one = Recording(lambda r: optimizing(r) if kind(r) in ("analysis", "optimization") else evolving(r))
+        evolver = LLM(one if shared else FakeBackend(evolving), None, role=EVOLVER_ROLE)
+        optimizer = LLM(one if shared else FakeBackend(optimizing), None, role=OPTIMIZER_ROLE)
+        settings = OptimizeSettings(steps=1, candidates=2, batch_size=2, dev_size=4, patience=None)
+        result = optimize_method(pool, dev, initial_method="m0 fails=1", evolver=evolver, optimizer=optimizer,
+                                 prompts=PROMPTS, rng=rng, call=ZERO, settings=settings)
+        return result, optimizer.stats["calls"]
+
+    shared, calls = results(shared=True)
+    assert ["analysis", "answer"] in batches and ["analysis"] not in batches
+    apart, calls_apart = results(shared=False)
+    assert [c["feedback"] for c in shared.log[0]["candidates"]] == ["feedback 0: case 0 failed",
+                                                                     "feedback 1: case 0 failed"]
+    assert shared.log == apart.log and calls == calls_apart == 4  # two analyses, two optimizations
+
+
 def test_roles_on_one_model_share_its_backend(tmp_path, monkeypatch):
     import evolforge.llm.cached as cached
     import evolforge.llm.registry as registry

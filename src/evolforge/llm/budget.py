@@ -251,8 +251,15 @@ class Gate:
 
     def _account(self, outs: list[Any]) -> None:
         now = time.monotonic()
-        usage = Usage(calls=len(outs), seconds=now - self._mark)
+        self.record(outs, now - self._mark)
         self._mark = now
+
+    def record(self, outs: list[Any], seconds: float) -> None:
+        """Add the finished calls ``outs``, which took ``seconds`` of wall time, to this call's spend (the ledger's
+        at the next flush). ``seconds``: :meth:`stream` measures them; a caller decoding several roles' requests
+        together (evolforge.llm.together) gives each role its share."""
+        now = time.monotonic()
+        usage = Usage(calls=len(outs), seconds=seconds)
         for out in outs:
             usage.prompt_tokens += out.prompt_tokens or 0
             usage.completion_tokens += out.completion_tokens or 0

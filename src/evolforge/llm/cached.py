@@ -162,7 +162,7 @@ class LLM:
         """One completion per request, in order; failed items carry ``failure_reason`` (see the class doc)."""
         refuse_controls(self.control_backend, requests, f"roles.{self.role.name}")
         refuse_ranking(self.control_backend, requests, f"roles.{self.role.name}")
-        results, missing = self._from_cache([self.key(r) for r in requests])
+        results, missing = self.lookup(requests)
         self.account.hits(len(requests) - sum(len(v) for v in missing.values()))
         if not missing:
             self.account.answered(len(requests))  # from the cache: asked all the same
@@ -177,6 +177,10 @@ class LLM:
         if unsent:
             raise BudgetExhaustedError(message)
         return results  # type: ignore[return-value]
+
+    def lookup(self, requests: Sequence[ChatRequest]) -> tuple[list[Completion | None], dict[str, list[int]]]:
+        """:meth:`_from_cache` for ``requests``: nothing counted, nothing generated."""
+        return self._from_cache([self.key(r) for r in requests])
 
     def _from_cache(self, keys: list[str]) -> tuple[list[Completion | None], dict[str, list[int]]]:
         """The cached completions, in request order (None where missing), and the missing keys with the indices
@@ -199,7 +203,7 @@ class LLM:
         they finish; stop early once more than ``allowed`` failed. Returns (failures by reason, the indices a cap
         kept back, the gate's message)."""
         # Length-sorted so batches pad little; outputs do not depend on batch composition.
-        todo = sorted(missing.items(), key=lambda kv: _size(requests[kv[1][0]]))
+        todo = sorted(missing.items(), key=lambda kv: size_of(requests[kv[1][0]]))
         failed: Counter[str] = Counter()
         store = CacheWriter(self.cache, self.settings, missing, results)
         gate = open_gate(self.role, self.settings, self.cache, desc, len(todo))  # spend and caps
@@ -271,7 +275,8 @@ class LLM:
         return [None if c.failed else c.text for c in self.generate(requests, desc=desc)]
 
 
-def _size(request: ChatRequest) -> tuple[int, int]:
+def size_of(request: ChatRequest) -> tuple[int, int]:
+    """The order misses go to the backend in: by max_tokens, then by length."""
     return request.max_tokens, sum([len(content) for _, content in request.messages])
 
 

@@ -118,13 +118,13 @@ def response_rules(state: RoundState, *, round_index: int, settings: EvolveSetti
     ``ahead``: (instruction, input) pairs the respond stage will answer with this very request (the seeds, for
     the round that reads them), asked in the same call when the responder answers the check, so that their
     sequences fill its batches; the answers go to the call cache, where respond finds them. Returns how many were
-    asked (0 when the check asks the evolver or makes no call: respond answers them in its own batches)."""
+    asked (0 when the check asks the evolver, there is no call cache, or no call is made: respond answers them)."""
     response_rules = {k: settings.rule(k) for k in RESPONSE_RULES}
     alive = state.alive()
     if not (any(response_rules.values()) and alive):
         return 0
     checker, check_sampling = check_responder(settings, evolver, responder, respond_sampling)
-    if checker is not responder:
+    if checker is not responder or checker.cache is None:  # respond would ask them again: not ahead
         ahead = ()
     requests = response_requests(checker, prompts, [state.candidates[i] for i in alive] + [q for q, _ in ahead],
                                  [state.items[i]["input"] for i in alive] + [x for _, x in ahead], **check_sampling)

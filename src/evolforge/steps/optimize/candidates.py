@@ -20,6 +20,8 @@ from typing import Any, Mapping
 from evolforge.config.optimize_answer import OPENER
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
+from evolforge.llm.requests import ChatRequest
+from evolforge.llm.types import Completion
 from evolforge.steps.optimize.result import Candidate
 from evolforge.steps.optimize.settings import OptimizationPrompt
 
@@ -125,22 +127,33 @@ def answer_budget(optimizer: LLM, method: str, factor: float) -> int:
     return max(int(optimizer.role.max_tokens or 0), math.ceil(factor * len(method) / CHARS_PER_TOKEN))
 
 
+def analysis_turn(prompts: PromptLibrary, trajectory: list[dict], verdicts: bool = False) -> dict[str, str]:
+    """The first user turn of :func:`propose_methods`' conversations: the analysis prompt showing ``trajectory``."""
+    return {"role": "user", "content": prompts.render(
+        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False), verdicts=verdicts)}
+
+
+def analysis_requests(optimizer: LLM, analysis: dict[str, str], candidates: int) -> list[ChatRequest]:
+    """The m analysis requests: sample j with ``sample_index=j``, the role's own controls (the answer is free text)."""
+    return [optimizer.request([analysis], sample_index=j) for j in range(candidates)]
+
+
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
                     *, candidates: int, controls: Mapping[str, Any] | None = None,
                     max_tokens: int | None = None, prompt: OptimizationPrompt = "paper",
-                    verdicts: bool = False) -> list[Candidate]:
+                    verdicts: bool = False, feedbacks: list[Completion] | None = None) -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
     ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's. ``prompt``: the
     optimization turn's (:data:`OPTIMIZATION_TEMPLATES`; with ``amend`` each block is rules added to ``method``).
     ``verdicts``: the trajectory's stages carry the failure function's verdicts (``optimize.trajectory_verdicts``),
-    and the analysis prompt says so."""
-    analysis = {"role": "user", "content": prompts.render(
-        ANALYSIS_TEMPLATE, trajectory=json.dumps(trajectory, ensure_ascii=False), verdicts=verdicts)}
+    and the analysis prompt says so. ``feedbacks``: the answers to :func:`analysis_requests`, asked already (beside
+    the development set's answers: evolforge.steps.optimize.step); None: asked here."""
+    analysis = analysis_turn(prompts, trajectory, verdicts)
     # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
     # (the fenced method); the analysis is free text with the role's own controls
     merged = optimizer.role.controls.merged(controls, "optimize.controls")
-    feedbacks = optimizer.generate([optimizer.request([analysis], sample_index=j) for j in range(candidates)],
-                                   desc="optimizer: analysis")
+    if feedbacks is None:
+        feedbacks = optimizer.generate(analysis_requests(optimizer, analysis, candidates), desc="optimizer: analysis")
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATES[prompt], method=method)}
     asked = [j for j, f in enumerate(feedbacks) if not f.failed]  # no feedback, no second turn
     answers = dict(zip(asked, optimizer.generate(

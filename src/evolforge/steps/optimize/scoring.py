@@ -9,13 +9,14 @@ from typing import Any, NamedTuple
 from evolforge.core.prompts import PromptLibrary
 from evolforge.core.text import question_text
 from evolforge.llm.cached import LLM
+from evolforge.llm.together import Alongside, generate_beside
 from evolforge.llm.types import Completion
 from evolforge.steps.common import copying, elimination
 from evolforge.steps.common.difficulty import difficulty_scores
 from evolforge.steps.common.repetition import RepetitionTest, repetition_test
 from evolforge.steps.common.evolving import (Evolution, EvolvingCall, evolve_pairs, evolve_with_methods,
                                              worked_example_additions)
-from evolforge.steps.common.responses import respond
+from evolforge.steps.common.responses import response_requests
 from evolforge.steps.evolve.settings import INSTRUCTION_RULES, RESPONSE_RULES, EvolveSettings
 from evolforge.steps.judge.settings import JudgeSettings
 from evolforge.steps.optimize.result import MethodScore, OptimizeResult
@@ -103,10 +104,12 @@ class Measured(NamedTuple):
 
 
 def measure(evolver: LLM, prompts: PromptLibrary, dev: list[dict], jobs: list[tuple[str, int]], *, call: EvolvingCall,
-            rules: FailureRules, desc: str, evolved: list[Evolution] | None = None) -> list[Measured]:
+            rules: FailureRules, desc: str, evolved: list[Evolution] | None = None,
+            alongside: Alongside | None = None) -> list[Measured]:
     """Each job (method text, development item index) evolved, the evolutions ``rules`` do not fail already
     answered, and each judged by ``rules``: one call to the evolver for the evolutions (``evolved``: made already by
-    the caller), one for the answers."""
+    the caller), one for the answers (``alongside``: another role's call decoded in the same batches,
+    :func:`~evolforge.llm.together.generate_beside`)."""
     if evolved is None:
         evolved = evolve_pairs(evolver, prompts, [(m, dev[k]["instruction"]) for m, k in jobs], call,
                                desc=f"{desc}: evolve")
@@ -114,9 +117,9 @@ def measure(evolver: LLM, prompts: PromptLibrary, dev: list[dict], jobs: list[tu
     reasons: list[str | None] = [rules.instruction_failure(dev[k]["instruction"], e, phrases[m])
                                  for (m, k), e in zip(jobs, evolved)]
     answered = [j for j, why in enumerate(reasons) if why is None]
-    responses = respond(evolver, prompts, [evolved[j].instruction for j in answered],
-                        [dev[jobs[j][1]].get("input") or "" for j in answered],
-                        desc=f"{desc}: respond", temperature=0.0) if answered else []
+    requests = response_requests(evolver, prompts, [evolved[j].instruction for j in answered],
+                                 [dev[jobs[j][1]].get("input") or "" for j in answered], temperature=0.0)
+    responses = generate_beside(evolver, requests, alongside, f"{desc}: respond") if answered or alongside else []
     texts: list[str | None] = [None] * len(jobs)
     for j, response in zip(answered, responses):
         reasons[j] = rules.response_failure(response, dev[jobs[j][1]].get("output"))
@@ -125,8 +128,8 @@ def measure(evolver: LLM, prompts: PromptLibrary, dev: list[dict], jobs: list[tu
 
 
 def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods: list[str], *, call: EvolvingCall,
-                  desc: str = "dev", rules: FailureRules = FailureRules(),
-                  evolved: list[Evolution] | None = None) -> list[MethodScore]:
+                  desc: str = "dev", rules: FailureRules = FailureRules(), evolved: list[Evolution] | None = None,
+                  alongside: Alongside | None = None) -> list[MethodScore]:
     """Evolve the whole development set with each of ``methods``, answer each evolution that ``rules`` do not fail
     already, and count the failures (``rules``: :class:`FailureRules`). ``evolved``: those evolutions (method-major),
     made already by the caller in a larger call; None: made here.
@@ -135,10 +138,11 @@ def score_methods(evolver: LLM, prompts: PromptLibrary, dev: list[dict], methods
     fill the evolver's batches together (a development set of 10 on one method leaves a batch of 6 half empty
     every other round). ``call``: the evolving call, as the rounds make it (``evolve.method_*``, few-shot,
     ``evolve.missing_marker``) at ``optimize.evolver_temperature``. :func:`evolforge.steps.optimize.racing.race`
-    measures them item by item instead, stopping those that can no longer win."""
+    measures them item by item instead, stopping those that can no longer win. ``alongside``: another role's call
+    decoded with the answers (:func:`measure`)."""
     n = len(dev)
     found = measure(evolver, prompts, dev, [(m, k) for m in methods for k in range(n)], call=call, rules=rules,
-                    desc=desc, evolved=evolved)
+                    desc=desc, evolved=evolved, alongside=alongside)
     return [method_score(found[m * n:(m + 1) * n]) for m in range(len(methods))]
 
 

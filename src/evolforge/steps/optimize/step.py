@@ -38,7 +38,10 @@ The development set is fixed across steps and disjoint from the mini-batch pool,
 method's rate is measured once and carried (re-scoring it would repeat the same cached calls). Step 1's
 mini-batch is drawn before that measure, and its trajectory's first round is evolved in the same call as the
 development set: the same requests in fuller batches (a backend whose numerics depend on the batch, llama.cpp
-among them, may then answer a request differently, as in any other batch).
+among them, may then answer a request differently, as in any other batch). With one trajectory round that first
+round is the whole trajectory, so the optimizer's analyses of it (step 2 below) are asked in the same batches as the
+evolver's answers to the development set when the two roles share a loaded model
+(:func:`~evolforge.llm.together.generate_together`): the same requests again, neither waiting for the other.
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
@@ -73,6 +76,8 @@ from evolforge.core.prompts import PromptLibrary
 from evolforge.core.stage import Outputs
 from evolforge.io.records import SETTINGS, VERSIONS, atomic_dir, output_versions, write_json, write_jsonl
 from evolforge.llm.cached import LLM
+from evolforge.llm.together import Alongside
+from evolforge.llm.types import Completion
 from evolforge.steps.common.difficulty import SCORE_TEMPLATES
 from evolforge.steps.common.evolving import (INITIAL_TEMPLATES, METHOD_TEMPLATE, Evolution, EvolvingCall,
                                              evolve_with_method, initial_method_text)
@@ -80,8 +85,8 @@ from evolforge.steps.common.llms import RoleLLMs
 from evolforge.steps.common.responses import RESPONSE_TEMPLATE
 from evolforge.steps.evolve.settings import EvolveSection, EvolveSettings
 from evolforge.steps.judge.settings import JudgeSettings
-from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATES, answer_budget,
-                                                 propose_methods, with_reply_format)
+from evolforge.steps.optimize.candidates import (ANALYSIS_TEMPLATE, OPTIMIZATION_TEMPLATES, analysis_requests,
+                                                 analysis_turn, answer_budget, propose_methods, with_reply_format)
 from evolforge.steps.optimize.dev import read_dev_pool
 from evolforge.steps.optimize.method_file import FileMethod, candidate_methods
 from evolforge.steps.optimize.racing import Development
@@ -131,21 +136,38 @@ def count_parsed(result: OptimizeResult, step: int, proposals: list[Candidate], 
     return 0
 
 
+@dataclasses.dataclass
+class FirstStep:
+    """What step 1 finds made already by the initial method's scoring (:func:`_score_initial`): its trajectory's
+    first round and, when that round is the whole trajectory, the trajectory and the optimizer's analyses of it."""
+
+    first_round: list[Evolution]
+    trajectory: tuple[list[dict], list[dict]] | None = None  # (trajectory, its unparsed stages)
+    feedbacks: list[Completion] | None = None
+
+
+def _trajectory(batch: list[dict], method: str, development: Development,
+                first: list[Evolution] | None) -> tuple[list[dict], list[dict]]:
+    """The mini-batch evolved ``optimize.trajectory_rounds`` times with ``method`` (``first``: its first round)."""
+    settings = development.settings
+    return build_trajectory(development.evolver, development.prompts, [b["instruction"] for b in batch], method,
+                            rounds=int(settings.trajectory_rounds), call=development.call, first=first,
+                            verdicts=development.rules if settings.trajectory_verdicts else None)
+
+
 def _step_candidates(step: int, batch: list[dict], current_method: str, current: MethodScore, best: MethodScore, *,
                      development: Development, optimizer: LLM, last: bool,
-                     first: list[Evolution] | None = None) -> tuple[list[dict], list[dict], list[Candidate]]:
-    """One step's candidates: the mini-batch's trajectory under the current method (``first``: its first round,
-    made already), the optimizer's proposals, and each new method scored on the development set -> (trajectory, its
-    unparsed stages, the candidates)."""
+                     made: FirstStep | None = None) -> tuple[list[dict], list[dict], list[Candidate]]:
+    """One step's candidates: the mini-batch's trajectory under the current method (``made``: what the initial
+    method's scoring made of it already), the optimizer's proposals, and each new method scored on the development
+    set -> (trajectory, its unparsed stages, the candidates)."""
     settings, prompts = development.settings, development.prompts
-    trajectory, unparsed = build_trajectory(development.evolver, prompts, [b["instruction"] for b in batch],
-                                            current_method, rounds=int(settings.trajectory_rounds),
-                                            call=development.call, first=first,
-                                            verdicts=development.rules if settings.trajectory_verdicts else None)
+    trajectory, unparsed = (made.trajectory if made is not None and made.trajectory is not None else
+                            _trajectory(batch, current_method, development, made.first_round if made else None))
     proposals = propose_methods(optimizer, prompts, trajectory, current_method, candidates=int(settings.candidates),
                                 controls=settings.controls, verdicts=settings.trajectory_verdicts,
                                 max_tokens=answer_budget(optimizer, current_method, settings.answer_budget),
-                                prompt=settings.optimization_prompt)
+                                prompt=settings.optimization_prompt, feedbacks=made.feedbacks if made else None)
     for c in proposals:
         if c.method is not None and settings.keep_reply_format:
             kept = with_reply_format(c.method, current_method)
@@ -162,17 +184,27 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
     return trajectory, unparsed, proposals
 
 
-def _score_initial(first_batch: list[dict], method: str, development: Development) -> tuple[MethodScore,
-                                                                                            list[Evolution]]:
-    """The initial method's score on the development set, and step 1's trajectory's first round (``first_batch``
-    evolved with it): one call to the evolver for both, the mini-batch's few requests filling the batches the
-    development set leaves half empty."""
+def _score_initial(first_batch: list[dict], method: str, development: Development, optimizer: LLM,
+                   analyse: bool) -> tuple[MethodScore, FirstStep]:
+    """The initial method's score on the development set, and what step 1 needs of it: its trajectory's first round
+    (``first_batch`` evolved with it), made in one call to the evolver with the development set's evolutions, the
+    mini-batch's few requests filling the batches the development set leaves half empty. With ``analyse`` (step 1
+    starts from this method) and a trajectory of one round, that round is the whole trajectory: the optimizer's
+    analyses of it are decoded in the same batches as the evolver's answers to the development set
+    (:func:`~evolforge.llm.together.generate_together`), each filling the slots the other's last sequences leave."""
     dev, evolver, prompts, call = development.dev, development.evolver, development.prompts, development.call
     evolved = evolve_with_method(evolver, prompts, [d["instruction"] for d in dev + first_batch], method, call,
                                  desc="step 0: evolve")
+    made = FirstStep(evolved[len(dev):])
+    alongside = None
+    if analyse and first_batch and int(development.settings.trajectory_rounds) == 1:
+        made.trajectory = _trajectory(first_batch, method, development, made.first_round)
+        analysis = analysis_turn(prompts, made.trajectory[0], development.settings.trajectory_verdicts)
+        alongside = Alongside(optimizer, analysis_requests(optimizer, analysis, int(development.settings.candidates)))
     score = score_method(evolver, prompts, dev, method, call=call, desc="step 0", rules=development.rules,
-                         evolved=evolved[:len(dev)])
-    return score, evolved[len(dev):]
+                         evolved=evolved[:len(dev)], alongside=alongside)
+    made.feedbacks = alongside.completions if alongside is not None else None
+    return score, made
 
 
 def _file_step(result: OptimizeResult, methods: list[FileMethod], development: Development) -> int | None:
@@ -204,7 +236,8 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
     ``optimize.candidates_file``, measured first."""
     development = Development(dev, evolver, prompts, call, rules, settings)
     first_batch = rng.sample(pool, int(settings.batch_size)) if settings.steps else []
-    current, first_round = _score_initial(first_batch, initial_method, development)
+    # a candidates file may move step 1 to another method: then its trajectory is evolved in step 1
+    current, made = _score_initial(first_batch, initial_method, development, optimizer, analyse=not file_methods)
     result = OptimizeResult(method=initial_method, initial=current, best=current, initial_method=initial_method,
                             dev_size=len(dev))
     if current.failures == 0 and settings.selection == "lowest_failure":
@@ -219,7 +252,7 @@ def optimize_method(pool: list[dict], dev: list[dict], *, initial_method: str, e
         last = step == settings.steps or bool(settings.patience and stale + 1 >= settings.patience)
         trajectory, unparsed, proposals = _step_candidates(
             step, batch, current_method, current, result.best, development=development, optimizer=optimizer,
-            last=last, first=first_round if step == 1 and current_method == initial_method else None)
+            last=last, made=made if step == 1 and current_method == initial_method else None)
         parsed = count_parsed(result, step, proposals, settings)
         chosen = select_candidate(proposals, current, settings.selection)
         method_before = current_method
