@@ -242,23 +242,17 @@ class Gate:
                     return
                 self.account_bytes(requests[start : start + n])
                 for group in run(requests[start : start + n], keys[start : start + n]):
-                    self._account([out for _, out in group])
+                    self.record([out for _, out in group])
                     yield [(start + j, out) for j, out in group]
                 start += n
                 self.flush()
         finally:
             self.flush()
 
-    def _account(self, outs: list[Any]) -> None:
+    def record(self, outs: list[Any], seconds: float | None = None) -> None:
+        """Add the finished calls ``outs`` to the spend, ``seconds`` of wall time (None: since the last ones ended)."""
         now = time.monotonic()
-        self.record(outs, now - self._mark)
-        self._mark = now
-
-    def record(self, outs: list[Any], seconds: float) -> None:
-        """Add the finished calls ``outs``, which took ``seconds`` of wall time, to this call's spend (the ledger's
-        at the next flush). ``seconds``: :meth:`stream` measures them; a caller decoding several roles' requests
-        together (evolforge.llm.together) gives each role its share."""
-        now = time.monotonic()
+        seconds, self._mark = (now - self._mark if seconds is None else seconds), now
         usage = Usage(calls=len(outs), seconds=seconds)
         for out in outs:
             usage.prompt_tokens += out.prompt_tokens or 0

@@ -38,10 +38,8 @@ The development set is fixed across steps and disjoint from the mini-batch pool,
 method's rate is measured once and carried (re-scoring it would repeat the same cached calls). Step 1's
 mini-batch is drawn before that measure, and its trajectory's first round is evolved in the same call as the
 development set: the same requests in fuller batches (a backend whose numerics depend on the batch, llama.cpp
-among them, may then answer a request differently, as in any other batch). With one trajectory round that first
-round is the whole trajectory, so the optimizer's analyses of it (step 2 below) are asked in the same batches as the
-evolver's answers to the development set when the two roles share a loaded model
-(:func:`~evolforge.llm.together.generate_together`): the same requests again, neither waiting for the other.
+among them, may then answer a request differently, as in any other batch). With one trajectory round, the
+optimizer's analyses of it (step 2) are decoded beside the development set's answers (:func:`_score_initial`).
 Optimization stops after ``steps`` steps, or once the best lambda has not strictly decreased for
 ``patience`` consecutive steps (``patience`` 0 or null: never early).
 
