@@ -37,6 +37,7 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "sampling.py": ["--n", "2", "--max-tokens", "4", "--vocab", "512", "--threads", "1", "--repeat", "1"],
     "llamacpp_speculative.py": ["--model", "{tiny_gguf}", "--threads", "1", "--n", "2", "--answers", "1",
                                 "--answer-tokens", "4", "--fixed", "2"],
+    "together.py": ["--model", "{tiny_gguf}", "--pairs", "1,2", "--max-tokens", "4", "--threads", "1", "--repeats", "1"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",
