@@ -66,8 +66,10 @@ def test_full_build(pipeline_built):
     evolved = sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))
     assert responses["items"] == 8 + evolved  # + the seeds
     # evolve's response check asked the responder what respond asks: every evolved item's answer is taken
-    # from its round table, and only the seeds are asked
+    # from its round table, and the seeds' were asked in round 1's check call (respond.include_seed), so respond
+    # finds them in the call cache
     assert responses["check_answers_reused"] == evolved and responses["calls"] + responses["cache_hits"] == 8
+    assert metric(work, "evolve/round_1.json")["answered_ahead"] == 8 and responses["calls"] == 0
     clean = metric(work, "decontaminate.json")["kept"]
     assert clean == responses["items"] - metric(work, "dedup.json")["removed"] - metric(work, "decontaminate.json")["flagged"]
     assert metric(work, "score.json")["items"] == metric(work, "diversity.json")["items"] == clean
@@ -92,7 +94,7 @@ def test_full_build(pipeline_built):
     # tokens per stage and role in the metrics (counted by the hf backend here); with judge.probabilities
     # the judge ranks its allowed answers instead of generating one: prompt tokens only
     ranked = yaml.safe_load((work / "params.yaml").read_text())["judge"].get("probabilities", False)
-    for name, role in (("judge.json", "judge"), ("respond.json", "responder"), ("compare.json", "tuned")):
+    for name, role in (("judge.json", "judge"), ("evolve/round_1.json", "responder"), ("compare.json", "tuned")):
         stats = metric(work, name)["llm"][role]
         generated = stats["completion_tokens"] == 0 if (name, ranked) == ("judge.json", True) else stats["completion_tokens"] > 0
         assert stats["calls"] > 0 and stats["prompt_tokens"] > 0 and generated, (name, role, stats)
