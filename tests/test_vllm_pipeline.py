@@ -112,9 +112,11 @@ def test_the_chat_stages_run_on_vllm_and_the_judge_ranks(built):
     # each stage's own metrics (metrics/evolve.json is evolve_report's, which the judge does not need)
     optimize, evolved = metric(work, "optimize.json"), metric(work, "evolve/round_1.json")
     respond, judge = metric(work, "respond.json"), metric(work, "judge.json")
-    for stage, role in ((optimize, "evolver"), (optimize, "optimizer"), (evolved, "evolver"), (respond, "responder")):
+    for stage, role in ((optimize, "evolver"), (optimize, "optimizer"), (evolved, "evolver"), (evolved, "responder")):
         asked, failed, written = calls(stage, role)
         assert asked > 0 and failed == 0 and written > 0, (role, stage["llm"][role])  # the engine wrote answers
+    # round 1's check call asked the seeds' answers too (respond.include_seed): respond finds them in the cache
+    assert evolved["answered_ahead"] == respond["cache_hits"] > 0 and respond["calls"] == 0
     assert evolved["in"] == evolved["evolved"] + evolved["failed"] > 0
     asked, failed, _ = calls(judge, "judge")  # ranked answers: no tokens written
     assert asked > 0 and failed == 0 and judge["constrained"]
