@@ -130,13 +130,15 @@ lock: setup
 # Beside the first stages (the model fetches), the bytecode of what the later stages import is compiled at low
 # priority (src/evolforge/core/warm_imports.py; once per install: `make setup` removes its stamp). The three fetches
 # run at once, each mostly one core's work (src/evolforge/core/parallel_repro.py: DVC's parallel stage execution),
-# then `dvc repro` runs the rest. Both run DVC through src/evolforge/core/dvc_cli.py, which records each stage in
+# then the rest of the pipeline, where the two evaluations run side by side on a core each (their small model gains
+# little from a second thread). DVC runs through src/evolforge/core/dvc_cli.py, which records each stage in
 # dvc.lock without reading the whole lock back (the same file, about a second sooner a stage).
 FETCH_STAGES := fetch_model fetch_evolver fetch_embedder
+SIDE_BY_SIDE := evaluate_base evaluate
 run: setup
 	nice -n 19 $(PY) -m evolforge.core.warm_imports --stamp $(VENV)/.evolforge-warm > $(VENV)/warm-imports.log 2>&1 &
 	$(PY) -m evolforge.core.parallel_repro $(FETCH_STAGES)
-	$(PY) -m evolforge.core.dvc_cli repro
+	$(PY) -m evolforge.core.parallel_repro --pipeline $(SIDE_BY_SIDE)
 
 # the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results/second-seed-set.md)
 run-varied: setup

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from evolforge.core import parallel_repro
@@ -75,8 +76,11 @@ def test_make_run_fetches_the_models_at_once_then_reproduces_the_rest(tmp_path):
                            capture_output=True, text=True, check=True).stdout.splitlines()
     at_once = next(k for k, line in enumerate(lines) if "evolforge.core.parallel_repro" in line)
     fetches = lines[at_once].split("evolforge.core.parallel_repro", 1)[1].split()
-    assert lines[at_once + 1].endswith("python -m evolforge.core.dvc_cli repro")  # DVC, the lock updated by stage
+    rest = lines[at_once + 1].split("evolforge.core.parallel_repro --pipeline", 1)[1].split()
+    assert rest == ["evaluate_base", "evaluate"]  # the whole pipeline, the two evaluations side by side
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for one, other in (rest, rest[::-1]):  # neither reads what the other writes
+        assert not set(stages[one]["outs"]) & set(stages[other]["deps"])
     assert sorted(fetches) == sorted(s for s in stages if s.startswith("fetch_"))
     # independent: no fetch depends on another's output
     outs = {out for s in fetches for out in stages[s]["outs"]}
@@ -115,3 +119,55 @@ def test_an_interrupt_waits_for_every_started_stage_then_exits_130(monkeypatch, 
     assert capsys.readouterr().err == "parallel_repro: interrupted; every stage it started has ended\n"
     assert started[0].calls == [None, 60.0] and not started[0].terminated  # it ended within the grace period
     assert started[1].calls == [60.0, None] and started[1].terminated  # it did not: terminated, then waited for
+
+
+# each evaluation stage says how many cores it may run on and the threads it was given, then meets the other
+MEET_SAYING_CORES = MEET.replace('print(me, "met", other)',
+                                 'import os; print(me, "met", other, "on", len(os.sched_getaffinity(0)), "cores,", '
+                                 'os.environ.get("OMP_NUM_THREADS"), "threads")')
+
+
+def test_plan_around_the_stages_puts_what_follows_them_after_in_order():
+    names = ["a", "e1", "e2", "last", "other", "report", "z"]
+    edges = [("e1", "a"), ("e2", "a"), ("last", "e1"), ("report", "last"), ("report", "e2"), ("report", "other"),
+             ("z", "a")]
+    assert parallel_repro.plan_around(edges, names, ["e1", "e2"]) == (["a", "other", "z"], ["last", "report"])
+    assert parallel_repro.plan_around(edges, names, ["z"]) == (["a", "e1", "e2", "last", "other", "report"], [])
+
+
+def test_plan_around_a_stage_dvc_yaml_lacks_is_refused():
+    with pytest.raises(ValueError, match="no stage nope in dvc.yaml"):
+        parallel_repro.plan_around([], ["a"], ["a", "nope"])
+
+
+def test_core_shares_split_the_cores_evenly(monkeypatch):
+    monkeypatch.setattr(parallel_repro.os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    assert parallel_repro.core_shares(2) == [{4, 5}, {6}]
+    assert parallel_repro.core_shares(4) == [None] * 4  # fewer cores than stages: not pinned
+    assert parallel_repro.core_shares(1) == [None]
+
+
+def test_the_pipeline_runs_the_evaluations_at_once_on_a_core_each_and_the_rest_around_them(tmp_path):
+    once = "python -c \"open('runs.txt', 'a').write('x')\" && python -c \"open('always.out', 'w').write('1')\""
+    repo, env = _repo(tmp_path, {
+        "always": {"cmd": once, "outs": ["always.out"], "always_changed": True},
+        "a": {"cmd": "python -c \"open('a.out', 'w').write(open('always.out').read())\"",
+              "deps": ["always.out"], "outs": ["a.out"]},
+        "e1": {"cmd": "python meet.py e1 e2", "deps": ["meet.py", "a.out"], "outs": ["e1.out"]},
+        "e2": {"cmd": "python meet.py e2 e1", "deps": ["meet.py", "a.out"], "outs": ["e2.out"]},
+        "last": {"cmd": "python -c \"open('last.out', 'w').write(open('e1.out').read() + open('e2.out').read())\"",
+                 "deps": ["e1.out", "e2.out"], "outs": ["last.out"]}})
+    (repo / "meet.py").write_text(MEET_SAYING_CORES)
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, "-m", "evolforge.core.parallel_repro", "--pipeline", "e1", "e2"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    met = [line for line in done.stdout.splitlines() if " met " in line]
+    assert sorted(line.split("]")[0] for line in met) == ["[e1", "[e2"]  # at the same time, after their stage names
+    if len(os.sched_getaffinity(0)) >= 2:
+        cores = len(os.sched_getaffinity(0))
+        assert {line.split(" on ", 1)[1] for line in met} == {f"{cores // 2} cores, {cores // 2} threads",
+                                                               f"{cores - cores // 2} cores, {cores - cores // 2} threads"}
+    assert (repo / "last.out").read_text() == "e1\ne2\n"
+    assert (repo / "runs.txt").read_text() == "x"  # the always-changed stage ran once
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"always", "a", "e1", "e2", "last"}
