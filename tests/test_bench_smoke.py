@@ -38,6 +38,8 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "llamacpp_speculative.py": ["--model", "{tiny_gguf}", "--threads", "1", "--n", "2", "--answers", "1",
                                 "--answer-tokens", "4", "--fixed", "2"],
     "together.py": ["--model", "{tiny_gguf}", "--pairs", "1,2", "--max-tokens", "4", "--threads", "1", "--repeats", "1"],
+    "side_by_side.py": ["--command", "python -c \"import os; os.makedirs('{tmp}/{mode}', exist_ok=True); "
+                        "open('{tmp}/{mode}/a', 'w').write('a')\"", "--command", "python -c 0", "--same", "{tmp}/{mode}"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",

@@ -135,9 +135,11 @@ def test_plan_around_the_stages_puts_what_follows_them_after_in_order():
     assert parallel_repro.plan_around(edges, names, ["z"]) == (["a", "e1", "e2", "last", "other", "report"], [])
 
 
-def test_plan_around_a_stage_dvc_yaml_lacks_is_refused():
+def test_plan_around_a_stage_dvc_yaml_lacks_or_one_that_follows_another_is_refused():
     with pytest.raises(ValueError, match="no stage nope in dvc.yaml"):
         parallel_repro.plan_around([], ["a"], ["a", "nope"])
+    with pytest.raises(ValueError, match="c depends on another of a, c: they cannot run at once"):
+        parallel_repro.plan_around([("b", "a"), ("c", "b")], ["a", "b", "c"], ["a", "c"])
 
 
 def test_core_shares_split_the_cores_evenly(monkeypatch):

@@ -117,6 +117,9 @@ def plan_around(edges: Iterable[tuple[str, str]], names: Sequence[str],
             if name not in follows and name not in stages and needs[name] & (follows | set(stages)):
                 follows.add(name)
                 grew = True
+    for stage in stages:
+        if needs[stage] & (follows | set(stages)):
+            raise ValueError(f"{stage} depends on another of {', '.join(stages)}: they cannot run at once")
     before = [name for name in names if name not in follows and name not in stages]
     after: list[str] = []
     while len(after) < len(follows):
@@ -140,7 +143,11 @@ def stage_graph() -> tuple[list[tuple[str, str]], list[str]]:
 
 
 def repro_pipeline(stages: Sequence[str], dvc: Sequence[str] = DVC) -> list[tuple[str, int]]:
-    """The whole pipeline with ``stages`` at once, as the module says; the (stage, exit status) that failed."""
+    """The whole pipeline with ``stages`` at once, as the module says (none: one ``dvc repro``); the (stage,
+    exit status) that failed."""
+    if not stages:
+        code = subprocess.run([*dvc, "repro"]).returncode
+        return [("the pipeline", code)] if code != 0 else []
     edges, names = stage_graph()
     before, after = plan_around(edges, names, stages)
     if before:
@@ -165,11 +172,14 @@ def _stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stages", nargs="+", help="stages of dvc.yaml that do not depend on one another")
+    parser.add_argument("stages", nargs="*", help="stages of dvc.yaml that do not depend on one another (with "
+                                                  "--pipeline, none: the pipeline in one dvc repro)")
     parser.add_argument("--pipeline", action="store_true",
                         help="reproduce the whole pipeline: what does not follow the stages, then the stages at "
                              "once (each on its share of the cores), then what follows them")
     args = parser.parse_args(argv)
+    if not args.stages and not args.pipeline:
+        parser.error("name the stages to reproduce at once")
     try:
         failed = repro_pipeline(args.stages) if args.pipeline else repro_at_once(args.stages)
     except KeyboardInterrupt:
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parallel_repro: {exc}", file=sys.stderr)
         return 2
     for stage, code in failed:
-        lines = "" if stage.startswith("the stages") else f"; its lines above start with [{stage}]"
+        lines = "" if stage.startswith("the ") else f"; its lines above start with [{stage}]"
         named = stage if lines == "" else f"stage {stage}"
         print(f"parallel_repro: {named} failed (dvc repro's exit status {code}){lines}", file=sys.stderr)
     return 1 if failed else 0
