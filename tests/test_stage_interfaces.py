@@ -208,9 +208,9 @@ def test_no_step_takes_the_params_mapping():
 
 
 # the modules that end a process: a stage's or the command line's end (run_stage), the crash watcher's own script,
-# the llama.cpp probe's child process, make run's parallel fetches (its exit status is make's)
+# the llama.cpp probe's child process, make run's parallel stages and its DVC command line (their exit status is make's)
 EXITS = {"src/evolforge/core/stage.py", "src/evolforge/core/native.py", "src/evolforge/llm/backends/llamacpp/probe.py",
-         "src/evolforge/core/parallel_repro.py"}
+         "src/evolforge/core/parallel_repro.py", "src/evolforge/core/dvc_cli.py"}
 
 
 def test_the_package_refuses_with_refusals_not_exits():
