@@ -55,21 +55,24 @@ def dump_stage(name: str, entry: Any) -> str:
     return out.getvalue().partition("\n")[2]
 
 
-def lock_text(text: str, before: dict, stages_before: dict, data: dict) -> str:
-    """The lock's new text: ``data`` (what DVC means to write) where ``text`` parsed to ``before``, with
-    ``stages_before`` its stages. Stages whose entry is unchanged keep their lines; the rest are dumped; the
-    whole lock is dumped when anything but the stages changed or the text's layout is not DVC's."""
+def lock_text(text: str, rest_before: dict, stages_before: dict, data: dict) -> str:
+    """The lock's new text: ``data`` (what DVC means to write) where ``text`` held ``stages_before`` and, beside
+    its stages, ``rest_before``. Stages whose entry is unchanged keep their lines and the rest are dumped; the whole
+    lock is dumped when anything beside the stages changed or the text's layout is not DVC's."""
     from dvc.utils.serialize._yaml import _dump, parse_yaml
 
     stages = data.get("stages")
     rest = {key: value for key, value in data.items() if key != "stages"}
     split = stage_blocks(text, list(stages_before)) if isinstance(stages, dict) else None
-    if split is not None and rest == before:
+    if split is not None and rest == rest_before:
         head, blocks = split
-        new = head + "".join(blocks[name] if name in blocks and (stages_before[name] is entry or
-                                                                  stages_before[name] == entry)
-                             else dump_stage(name, entry) for name, entry in stages.items())
-        if parse_yaml(new, LOCK_NAME) == data:
+
+        def unchanged(name: str, entry: Any) -> bool:
+            return name in blocks and (stages_before[name] is entry or stages_before[name] == entry)
+
+        new = head + "".join(blocks[name] if unchanged(name, entry) else dump_stage(name, entry)
+                             for name, entry in stages.items())
+        if parse_yaml(new, LOCK_NAME) == data:  # read back: exactly what DVC means to write
             return new
     out = io.StringIO()
     _dump(data, out)
@@ -136,10 +139,10 @@ def modify_yaml(path, fs=None) -> contextlib.AbstractContextManager[dict]:
 
 @contextlib.contextmanager
 def _modify_lock(path: str, key: str, fs: Any, text: str, data: dict) -> Iterator[dict]:
-    before = copy.deepcopy({name: value for name, value in data.items() if name != "stages"})
+    rest_before = copy.deepcopy({name: value for name, value in data.items() if name != "stages"})
     stages_before = dict(data.get("stages") or {})
     yield data
-    new = lock_text(text, before, stages_before, data)
+    new = lock_text(text, rest_before, stages_before, data)
     _write(path, new, fs)
     _DUMPED[key] = new
 
