@@ -131,8 +131,9 @@ lock: setup
 # priority (src/evolforge/core/warm_imports.py; once per install: `make setup` removes its stamp). The three fetches
 # run at once, each mostly one core's work (src/evolforge/core/parallel_repro.py: DVC's parallel stage execution),
 # then the rest of the pipeline, where the two evaluations run side by side on a core each (their small model gains
-# little from a second thread; `make run SIDE_BY_SIDE=` runs them in turn). DVC runs through src/evolforge/core/dvc_cli.py, which records each stage in
-# dvc.lock without reading the whole lock back (the same file, about a second sooner a stage).
+# little from a second thread; `make run SIDE_BY_SIDE=` runs them in turn). DVC runs through
+# src/evolforge/core/dvc_cli.py, which records each stage in dvc.lock without reading the whole lock back (the same
+# file, about a second sooner a stage).
 FETCH_STAGES := fetch_model fetch_evolver fetch_embedder
 SIDE_BY_SIDE := evaluate_base evaluate
 run: setup

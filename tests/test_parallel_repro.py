@@ -121,6 +121,33 @@ def test_an_interrupt_waits_for_every_started_stage_then_exits_130(monkeypatch, 
     assert started[1].calls == [60.0, None] and started[1].terminated  # it did not: terminated, then waited for
 
 
+def test_an_interrupt_of_the_pipeline_lets_dvc_put_the_outputs_back_then_exits_130(monkeypatch, capsys):
+    """The foreground ``dvc repro`` of ``--pipeline`` is waited for after Ctrl-C (DVC restores the stage's
+    outputs), not killed as ``subprocess.run`` would."""
+    started = []
+
+    class FakeDvc:  # a test double of subprocess.Popen
+        def __init__(self, args, **kwargs):
+            self.args, self.calls, self.killed = args, [], False
+            started.append(self)
+
+        def wait(self, timeout=None):
+            self.calls.append(timeout)
+            if len(self.calls) == 1:
+                raise KeyboardInterrupt
+            return 0
+
+        def kill(self):
+            self.killed = True
+
+    monkeypatch.setattr(parallel_repro.subprocess, "Popen", FakeDvc)
+    monkeypatch.setattr(parallel_repro, "stage_graph", lambda: ([("report", "e1")], ["a", "e1", "report"]))
+    assert parallel_repro.main(["--pipeline", "e1"]) == 130
+    assert capsys.readouterr().err == "parallel_repro: interrupted; every stage it started has ended\n"
+    assert len(started) == 1 and started[0].args[-2:] == ["repro", "a"]  # the stages before e1, in the foreground
+    assert started[0].calls == [None, 60.0] and not started[0].killed
+
+
 # each evaluation stage says how many cores it may run on and the threads it was given, then meets the other
 MEET_SAYING_CORES = MEET.replace('print(me, "met", other)',
                                  'import os; print(me, "met", other, "on", len(os.sched_getaffinity(0)), "cores,", '

@@ -146,19 +146,30 @@ def repro_pipeline(stages: Sequence[str], dvc: Sequence[str] = DVC) -> list[tupl
     """The whole pipeline with ``stages`` at once, as the module says (none: one ``dvc repro``); the (stage,
     exit status) that failed."""
     if not stages:
-        code = subprocess.run([*dvc, "repro"]).returncode
+        code = _repro([*dvc, "repro"])
         return [("the pipeline", code)] if code != 0 else []
     edges, names = stage_graph()
     before, after = plan_around(edges, names, stages)
     if before:
-        code = subprocess.run([*dvc, "repro", *before]).returncode
+        code = _repro([*dvc, "repro", *before])
         if code != 0:
             return [(f"the stages before {', '.join(stages)}", code)]
     failed = repro_at_once(stages, dvc, single_item=True, share_cores=True)
     if failed or not after:
         return failed
-    code = subprocess.run([*dvc, "repro", "-s", *after]).returncode
+    code = _repro([*dvc, "repro", "-s", *after])
     return [(f"the stages after {', '.join(stages)}", code)] if code != 0 else []
+
+
+def _repro(command: list[str]) -> int:
+    """Run one ``dvc repro`` in the foreground; its exit status. Interrupted, it lets DVC put the stage's
+    outputs back before it returns (:func:`_stop`), as ``subprocess.run`` would not: it kills the process."""
+    proc = subprocess.Popen(command)
+    try:
+        return proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
@@ -189,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parallel_repro: {exc}", file=sys.stderr)
         return 2
     for stage, code in failed:
-        lines = "" if stage.startswith("the ") else f"; its lines above start with [{stage}]"
-        named = stage if lines == "" else f"stage {stage}"
-        print(f"parallel_repro: {named} failed (dvc repro's exit status {code}){lines}", file=sys.stderr)
+        if stage.startswith("the "):  # one dvc repro of several stages, its lines as DVC prints them
+            print(f"parallel_repro: {stage} failed (dvc repro's exit status {code})", file=sys.stderr)
+        else:
+            print(f"parallel_repro: stage {stage} failed (dvc repro's exit status {code}); its lines above start "
+                  f"with [{stage}]", file=sys.stderr)
     return 1 if failed else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
