@@ -176,6 +176,29 @@ def test_core_shares_split_the_cores_evenly(monkeypatch):
     assert parallel_repro.core_shares(1) == [None]
 
 
+def test_with_the_users_omp_num_threads_nothing_is_pinned(monkeypatch):
+    seen = []
+
+    class FakeDvc:  # a test double of subprocess.Popen
+        def __init__(self, args, env=None, **kwargs):
+            self.stdout, self.pid = io.StringIO(""), 4242
+            seen.append(env)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(parallel_repro.subprocess, "Popen", FakeDvc)
+    monkeypatch.setattr(parallel_repro.os, "sched_setaffinity", lambda pid, cores: seen.append(cores), raising=False)
+    monkeypatch.setattr(parallel_repro.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert parallel_repro.repro_at_once(["a", "b"], share_cores=True) == []
+    assert seen == [None, None]  # the environment as it is, no core set
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    seen.clear()
+    assert parallel_repro.repro_at_once(["a", "b"], share_cores=True) == []
+    assert [env["OMP_NUM_THREADS"] for env in seen[0::2]] == ["1", "1"] and seen[1::2] == [{0}, {1}]
+
+
 def test_the_pipeline_runs_the_evaluations_at_once_on_a_core_each_and_the_rest_around_them(tmp_path):
     once = "python -c \"open('runs.txt', 'a').write('x')\" && python -c \"open('always.out', 'w').write('1')\""
     repo, env = _repo(tmp_path, {

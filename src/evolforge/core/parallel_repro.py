@@ -11,10 +11,11 @@ does.
 
 ``--pipeline`` reproduces the whole pipeline around the stages named: first every stage that does not follow one of
 them (one ``dvc repro`` of those targets, so a stage marked ``always_changed`` runs once), then the named stages at
-once, each with its share of the cores (pinned to them, ``OMP_NUM_THREADS`` set, unless the environment sets it)
-and without checking upstream again (``--single-item``: it is up to date), then the stages that follow them, in
-order. The two evaluations decode a 135M-parameter model whose two threads are worth 1.4 of one: side by side,
-one core each, both take 42 s instead of 59 one after the other, with the same answers (Xeon, AVX-512).
+once, each with its share of the cores (pinned to them, ``OMP_NUM_THREADS`` set to their number; where the
+environment sets ``OMP_NUM_THREADS``, the user's choice of threads, neither) and without checking upstream again
+(``--single-item``: it is up to date), then the stages that follow them, in order. The two evaluations decode a
+135M-parameter model whose two threads are worth 1.4 of one: side by side, one core each, both take 42 s instead
+of 59 one after the other, with the same answers (Xeon, AVX-512).
 
 Every line a stage prints is shown as it comes, after ``[stage]``. A stage that fails does not stop the others
 run with it; the exit status is 1 when any failed, with one line naming each failed stage.
@@ -54,16 +55,16 @@ def repro_at_once(stages: Sequence[str], dvc: Sequence[str] = DVC, single_item: 
     previous outputs back), it waits for them to end before it returns."""
     lock = threading.Lock()
     running = []
-    shares = core_shares(len(stages)) if share_cores else [None] * len(stages)
+    # the user's OMP_NUM_THREADS is their choice of threads: then nothing is pinned
+    share = share_cores and not os.environ.get("OMP_NUM_THREADS", "").strip()
+    shares = core_shares(len(stages)) if share else [None] * len(stages)
     try:
         for stage, cores in zip(stages, shares):
-            env = None
-            if cores is not None and not os.environ.get("OMP_NUM_THREADS"):
-                env = {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
+            env = None if cores is None else {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
             proc = subprocess.Popen([*dvc, "--wait-for-lock", "repro", *(["-s"] if single_item else []), stage],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                     env=env)
-            if cores is not None and hasattr(os, "sched_setaffinity"):
+            if cores is not None:
                 os.sched_setaffinity(proc.pid, cores)  # before DVC starts the stage (a second on), which inherits it
             reader = threading.Thread(target=_forward, args=(stage, proc.stdout, lock), daemon=True)
             reader.start()
