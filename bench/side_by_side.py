@@ -27,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from evolforge.core.parallel_repro import core_shares
+from evolforge.core.parallel_repro import core_shares, start_on
 
 
 def _run(commands: list[str], mode: str) -> float:
@@ -37,15 +37,8 @@ def _run(commands: list[str], mode: str) -> float:
         for command in commands:
             subprocess.run(command.replace("{mode}", mode), shell=True, check=True)
         return time.perf_counter() - started
-    running = []
-    for command, cores in zip(commands, core_shares(len(commands))):
-        env = dict(os.environ)
-        if cores is not None:
-            env["OMP_NUM_THREADS"] = str(len(cores))
-        proc = subprocess.Popen(command.replace("{mode}", mode), shell=True, env=env)
-        if cores is not None:
-            os.sched_setaffinity(proc.pid, cores)
-        running.append(proc)
+    running = [start_on(cores, command.replace("{mode}", mode), shell=True)
+               for command, cores in zip(commands, core_shares(len(commands)))]
     codes = [proc.wait() for proc in running]
     if any(codes):
         raise SystemExit(f"side by side: a command failed (exit statuses {codes})")

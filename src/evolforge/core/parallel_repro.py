@@ -60,12 +60,8 @@ def repro_at_once(stages: Sequence[str], dvc: Sequence[str] = DVC, single_item: 
     shares = core_shares(len(stages)) if share else [None] * len(stages)
     try:
         for stage, cores in zip(stages, shares):
-            env = None if cores is None else {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
-            proc = subprocess.Popen([*dvc, "--wait-for-lock", "repro", *(["-s"] if single_item else []), stage],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                    env=env)
-            if cores is not None:
-                os.sched_setaffinity(proc.pid, cores)  # before DVC starts the stage (a second on), which inherits it
+            proc = start_on(cores, [*dvc, "--wait-for-lock", "repro", *(["-s"] if single_item else []), stage],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
             reader = threading.Thread(target=_forward, args=(stage, proc.stdout, lock), daemon=True)
             reader.start()
             running.append((stage, proc, reader))
@@ -80,6 +76,17 @@ def repro_at_once(stages: Sequence[str], dvc: Sequence[str] = DVC, single_item: 
         for _, proc, _ in running:
             _stop(proc)
         raise
+
+
+def start_on(cores: set[int] | None, command, **popen: object) -> subprocess.Popen:
+    """``subprocess.Popen(command, **popen)`` pinned to ``cores`` with ``OMP_NUM_THREADS`` set to their number
+    (None: as it is). The pinning comes right after the start, before the process starts children of its own
+    (DVC starts its stage a second on), which inherit it."""
+    env = None if cores is None else {**os.environ, "OMP_NUM_THREADS": str(len(cores))}
+    proc = subprocess.Popen(command, env=env, **popen)
+    if cores is not None:
+        os.sched_setaffinity(proc.pid, cores)
+    return proc
 
 
 def core_shares(count: int) -> list[set[int] | None]:
