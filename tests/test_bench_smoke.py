@@ -30,6 +30,8 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "llamacpp_batch.py": ["--model", "{tiny_gguf}", "--sizes", "1", "3", "--prompt-tokens", "20", "--steps", "3",
                           "--threads", "1"],
     "llamacpp_limit.py": ["--model", "{tiny_gguf}", "--threads", "1", "--prompt-tokens", "40", "--steps", "3"],
+    "quantizations.py": ["--model", "{tiny_gguf}", "--variants", "q8_0", "--threads", "1", "--workdir", "{tmp}/q",
+                         "--quality", "data/seeds/demo.jsonl", "--json", "{tmp}/q.json"],
     "stage_account.py": ["--metrics", "metrics", "--model", "{tiny_gguf}", "--threads", "1", "--repeats", "1"],
     "verify_humaneval.py": ["--model", "{tiny_gguf}", "--limit", "2", "--arithmetic", "2", "--cache", "{tmp}/c.sqlite"],
     "served_vs_inprocess.py": ["--inprocess", "metrics", "--served", "metrics"],  # the committed run against itself
