@@ -65,8 +65,10 @@ def requantize(source: Path, target: Path, variant: str, threads: int) -> None:
     params.nthread = threads
     if output is not None:
         params.output_tensor_type = params.token_embedding_type = getattr(llama_cpp, f"GGML_TYPE_{output}")
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
+    partial = target.with_name(target.name + ".partial")  # a run stopped halfway leaves no file taken as whole
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
         raise SystemExit(f"llama.cpp could not write {variant} of {source}")
+    partial.replace(target)
 
 
 def link_tokenizer(source_folder: Path, folder: Path) -> None:
