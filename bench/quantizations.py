@@ -98,28 +98,30 @@ def repacked(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(m.group(2) for m in REPACK.finditer(out.stderr)).items()))
 
 
-def checkable_seeds(path: Path) -> list[dict]:
-    """The seeds of a JSONL file that carry a ``check``, each with its check in canonical form."""
-    from evolforge.steps.common.answer_check import parse_check
+def checkable_seeds(path: Path) -> list[tuple[dict, str]]:
+    """(record, its check as canonical JSON) of each seed of ``path`` that carries a ``check``, read as the seed
+    stage reads them."""
+    from evolforge.steps.common.source import read_checks
+    from evolforge.steps.common.source_read import ROW, read_source
 
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{**r, "check": parse_check(r["check"], str(path), k)} for k, r in enumerate(rows)
-            if r.get("check") is not None]
+    records = read_source(str(path))
+    if not isinstance(records, list):
+        raise SystemExit(f"{path}: --quality reads a JSON or JSONL seed file")
+    by_row = {r[ROW]: r for r in records}
+    return [(by_row[row], check) for row, check in read_checks(records, str(path)).items()]
 
 
 def answers(folder: Path, seeds: list[dict], threads: int, max_tokens: int, batch_size: int) -> list[str | None]:
-    """The model's greedy answers to ``seeds`` through the respond step's template (no call cache)."""
+    """The model's greedy answers to ``seeds``, asked as the respond step asks (no call cache)."""
     from evolforge.core.prompts import PromptLibrary
     from evolforge.llm.backends.llamacpp.backend import LlamaCppBackend
-    from evolforge.llm.requests import ChatRequest
-    from evolforge.steps.common.responses import RESPONSE_TEMPLATE
+    from evolforge.llm.cached import LLM
+    from evolforge.steps.common.responses import respond
 
-    prompts = PromptLibrary("prompts")
-    backend = LlamaCppBackend(str(folder), threads=threads, batch_size=batch_size)
-    requests = [ChatRequest.chat([{"role": "user", "content": prompts.render(
-        RESPONSE_TEMPLATE, instruction=s["instruction"], input=s.get("input") or "")}], temperature=0.0,
-        max_tokens=max_tokens) for s in seeds]
-    return [None if c.failed else c.text for c in backend.generate(requests)]
+    llm = LLM(LlamaCppBackend(str(folder), threads=threads, batch_size=batch_size), None, batch_size=batch_size)
+    done = respond(llm, PromptLibrary("prompts"), [s["instruction"] for s in seeds],
+                   [s.get("input") or "" for s in seeds], temperature=0.0, max_tokens=max_tokens)
+    return [None if c.failed else c.text for c in done]
 
 
 def quality(folders: dict[str, Path], seeds_file: Path, threads: int) -> dict[str, dict]:
@@ -130,10 +132,11 @@ def quality(folders: dict[str, Path], seeds_file: Path, threads: int) -> dict[st
     max_tokens = int(params["respond"].get("max_tokens") or params["roles"]["responder"]["max_tokens"])
     batch_size = int(params["roles"]["responder"]["batch_size"])
     seeds = checkable_seeds(seeds_file)
-    texts = {name: answers(folder, seeds, threads, max_tokens, batch_size) for name, folder in folders.items()}
+    records = [record for record, _ in seeds]
+    texts = {name: answers(folder, records, threads, max_tokens, batch_size) for name, folder in folders.items()}
     out = {}
     for name, got in texts.items():
-        right = [bool(a is not None and check_answer(s["check"], a).passed) for s, a in zip(seeds, got)]
+        right = [check_answer(check, a).passed for (_, check), a in zip(seeds, got)]
         out[name] = {"checked": len(seeds), "right": sum(right),
                      "right_ids": [k for k, ok in enumerate(right) if ok],
                      "same_as_shipped": sum(a == b for a, b in zip(got, texts[SHIPPED]))}
