@@ -19,7 +19,8 @@ LOCK := $(if $(filter 1,$(GPU)),$(GPU_LOCK),$(CPU_LOCK))
 # llama-cpp-python is the one locked package that compiles (PyPI has only its source): llama.cpp for this CPU
 # (-march=native). Only what the package loads is built: libllama and ggml, not llama.cpp's `common` library
 # (turned off by the file below, which runs inside llama.cpp's own CMakeLists) nor the multimodal libmtmd
-# (LLAVA_BUILD), and libllama at -O1 (the per-token arithmetic is ggml's): under 2 minutes on two cores instead of 5.
+# (LLAVA_BUILD), and libllama at -O1 (the per-token arithmetic is ggml's) and in unity batches: under 2 minutes on
+# two cores instead of 5.
 # CMAKE_ARGS given to make are added after these.
 # On x86-64 llama.cpp's AMX matrix kernels are left out (-march=native would compile them in on a Xeon that
 # has AMX, and they segfault on Q4_K_M prompts there: llama.cpp issue 20824); the compiler puts these -mno-amx
