@@ -162,6 +162,16 @@ def test_plan_around_the_stages_puts_what_follows_them_after_in_order():
     assert parallel_repro.plan_around(edges, names, ["z"]) == (["a", "e1", "e2", "last", "other", "report"], [])
 
 
+def test_the_stages_before_are_reproduced_through_the_last_of_them():
+    names = ["a", "e1", "e2", "last", "other", "report", "z"]
+    edges = [("e1", "a"), ("e2", "a"), ("last", "e1"), ("report", "last"), ("report", "e2"), ("report", "other"),
+             ("z", "a")]
+    before, _ = parallel_repro.plan_around(edges, names, ["e1", "e2"])
+    assert parallel_repro.last_of(edges, before) == ["other", "z"]  # a comes with z
+    assert parallel_repro.last_of(edges, ["a", "e1", "e2", "last", "other", "report"]) == ["report"]
+    assert parallel_repro.last_of([], ["a", "b"]) == ["a", "b"]
+
+
 def test_plan_around_a_stage_dvc_yaml_lacks_or_one_that_follows_another_is_refused():
     with pytest.raises(ValueError, match="no stage nope in dvc.yaml"):
         parallel_repro.plan_around([], ["a"], ["a", "nope"])
