@@ -13,6 +13,7 @@ from evolforge.steps.autoif.settings import AutoIFSettings
 from evolforge.steps.autoif.constraints import collect_constraints, parse_constraint_lines
 from evolforge.steps.autoif.shared import KEPT, constraint_key
 from evolforge.steps.autoif.respond import pair_queries, response_records, verify_responses
+from evolforge.steps.common import function_runs
 from evolforge.steps.common.function_runs import FunctionRun, run_function
 from evolforge.steps.autoif.forms import extract_json, parse_verification
 from evolforge.steps.autoif.verify import verify_constraints
@@ -117,6 +118,23 @@ def test_cross_validate_rules():
 def test_run_function_in_sandbox(func, status, results, errors):
     run = run_function(func, [c for c, _ in CASES], case_timeout_s=0.5)
     assert (run.status, run.results, run.errors) == (status, results, errors), run.detail
+
+
+def test_a_looping_case_stops_the_run_at_its_own_limit(monkeypatch):
+    """The reference code's per-case alarm: a case that loops is stopped after case_timeout_s, not after the
+    whole run's budget; the cases before it keep their verdicts, it and the ones after it time out."""
+    runs, real = [], function_runs.run_untrusted
+
+    def recorded(*args, **kwargs):
+        runs.append(real(*args, **kwargs))
+        return runs[-1]
+    monkeypatch.setattr(function_runs, "run_untrusted", recorded)
+    loops_on_commas = "def evaluate(response):\n    while ',' in response:\n        pass\n    return True\n"
+    cases = ["one two", "one, two"] + ["no commas"] * 8
+    run = run_function(loops_on_commas, cases, case_timeout_s=1.5)
+    assert (run.status, run.results[:3], run.errors[:3]) == ("timeout", (True, None, None),
+                                                             (None, "timeout", "timeout"))
+    assert runs[0].duration_s < 10  # the budget of the whole run: STARTUP_S + 10 x 1.5 s = 20 s
 
 
 def test_function_output_cannot_forge_verdicts():

@@ -47,6 +47,32 @@ def test_timeout_is_enforced_promptly():
     assert result.duration_s < 10
 
 
+WRITES_THEN = "import os, time\nos.write(2, b'begun\\n')\n"
+
+
+@pytest.mark.parametrize("code, status, within_s", [
+    (WRITES_THEN + "while True:\n    pass", "timeout", 20),  # silent after its first line: stopped at quiet_s
+    (WRITES_THEN + "time.sleep(60)", "timeout", 20),
+    ("import os, time\nfor _ in range(6):\n    time.sleep(0.4)\n    os.write(2, b'step\\n')", "passed", None),
+    ("import os, time\ntime.sleep(2)\nos.write(2, b'begun\\n')", "passed", None),  # the clock starts at a write
+])
+def test_quiet_s_limits_the_silence_after_a_write(code, status, within_s):
+    result = run_untrusted(code, timeout_s=60, quiet_s=1.5)
+    assert result.status == status, result.stderr
+    if within_s is not None:  # well inside its 60 s: the silence ended it, not the whole run's limit
+        assert result.duration_s < within_s
+
+
+def test_quiet_s_never_lengthens_the_run():
+    result = run_untrusted("import os\nwhile True:\n    os.write(2, b'.')", timeout_s=1, quiet_s=30)
+    assert (result.status, result.returncode) == ("timeout", None)
+
+
+def test_quiet_s_is_refused_with_tests():
+    with pytest.raises(ValueError, match="without tests"):
+        run_untrusted(ADD, tests="assert add(1, 1) == 2", quiet_s=1)
+
+
 @pytest.mark.parametrize(
     "template",
     [

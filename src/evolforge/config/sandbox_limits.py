@@ -19,7 +19,7 @@ from typing import Any
 # settable (each section's fields below)
 MEMORY_MB = 512  # address space of each process of a run (RLIMIT_AS), MiB: it must hold the interpreter (~30 MiB)
 PROGRAM_TIMEOUT_S = 10.0  # wall clock of one program run with its tests, seconds
-CASE_TIMEOUT_S = 5.0  # wall clock per test case of a model-written function (summed over its cases), seconds
+CASE_TIMEOUT_S = 5.0  # wall clock a test case of a model-written function may take, seconds
 WORKERS = 2  # sandbox runs at a time
 
 # fixed
@@ -46,8 +46,9 @@ def program_timeout_s() -> Any:
 def case_timeout_s() -> Any:
     """A section's time limit per test case of a model-written function."""
     return field(default=CASE_TIMEOUT_S, metadata={
-        "help": "seconds per test case in the sandbox, summed over a function's cases (the AutoIF reference code's "
-                "SIGALRM limit per case; verify gives a number's program twice it)", "unit": "s"})
+        "help": "seconds a test case may run in the sandbox (the AutoIF reference code's SIGALRM limit per case); a "
+                "case that runs longer stops its function's run, and the cases after it get no verdict (verify gives "
+                "a number's program twice it)", "unit": "s"})
 
 
 def workers() -> Any:

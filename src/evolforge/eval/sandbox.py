@@ -63,6 +63,7 @@ from evolforge.eval.sandbox_process import (DEFAULT_PACKAGES, ENV_ALLOWED, EXIT_
 log = logging.getLogger(__name__)
 
 STATUSES = ("passed", "failed", "timeout", "memory", "blocked", "error")
+QUIET_POLL_S = 0.05  # how often a run with ``quiet_s`` looks at its stderr's size
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def isolation() -> dict:
 
 def run_untrusted(code: str, timeout_s: float = PROGRAM_TIMEOUT_S, memory_mb: int = MEMORY_MB, *,
                   tests: str | None = None, setup: str = "", calls: tuple[str, ...] | None = None,
-                  packages: tuple[str, ...] = DEFAULT_PACKAGES) -> SandboxResult:
+                  packages: tuple[str, ...] = DEFAULT_PACKAGES, quiet_s: float | None = None) -> SandboxResult:
     """Run ``code`` in a fresh sandboxed interpreter; with ``tests``, judge it by them, outside its process.
 
     Without ``tests``: ``passed`` means the program's last statement completed within the limits. The program's
@@ -184,13 +185,26 @@ def run_untrusted(code: str, timeout_s: float = PROGRAM_TIMEOUT_S, memory_mb: in
     ``timeout_s`` is wall-clock seconds for the whole run; ``memory_mb`` caps each process's address space (MiB),
     which must leave room for the interpreter itself (about 30 MiB); ``packages`` are the third-party packages
     the program may import (everything else in site-packages is unreadable).
+
+    ``quiet_s`` (without tests only): once the program has written to stderr, the longest it may then go without
+    writing there; a run silent for longer stops as a ``timeout``. A program that writes a line per step (the
+    verdict lines of :func:`evolforge.steps.common.function_runs.run_function`) so gets a time limit per step as
+    well as ``timeout_s`` for the whole run, kept from outside its process (one that keeps writing is held by
+    ``timeout_s`` alone).
+
+        >>> run_untrusted("import os\\nos.write(2, b'begun\\\\n')\\nwhile True:\\n    pass", timeout_s=60,
+        ...               quiet_s=1).duration_s < 30
+        True
     """
     if tests is None:
-        return _run(code, None, timeout_s, memory_mb, layers=_layers(), packages=packages)
+        return _run(code, None, timeout_s, memory_mb, layers=_layers(), packages=packages, quiet_s=quiet_s)
+    if quiet_s is not None:
+        raise ValueError("quiet_s limits a program run without tests: with tests its stderr is the worker's")
     return _run_checked(code, tests, setup, calls, timeout_s, memory_mb, layers=_layers(), packages=packages)
 
 def _run(code: str, tests: str | None, timeout_s: float, memory_mb: int, *, layers: _Layers,
-         packages: tuple[str, ...], probe: bool = False, audit: bool = True) -> SandboxResult:
+         packages: tuple[str, ...], probe: bool = False, audit: bool = True,
+         quiet_s: float | None = None) -> SandboxResult:
     """One child runs ``code`` (then ``tests``, in the same process: for probes and the OS-layer tests)."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="evolforge-sandbox-") as base:
@@ -200,10 +214,7 @@ def _run(code: str, tests: str | None, timeout_s: float, memory_mb: int, *, laye
         except OSError as e:
             return SandboxResult(False, "error", f"could not start the sandbox: {e}", None, 0.0)
         try:
-            child.proc.wait(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = not _ended(child, timeout_s, quiet_s)
         finally:
             _end(child)
         stderr = child.stderr()
@@ -212,6 +223,32 @@ def _run(code: str, tests: str | None, timeout_s: float, memory_mb: int, *, laye
     rc = None if timed_out else child.proc.returncode
     status = _status(rc, timed_out, stderr)
     return SandboxResult(status == "passed", status, stderr, rc, round(time.monotonic() - start, 3))
+
+
+def _ended(child: _Child, timeout_s: float, quiet_s: float | None) -> bool:
+    """Wait for ``child`` to end: False when it ran past ``timeout_s``, or stayed silent on stderr for longer than
+    ``quiet_s`` once it had written there (its stderr is a file: its size says when it last wrote)."""
+    if quiet_s is None:
+        try:
+            child.proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    end = time.monotonic() + timeout_s
+    size, heard = 0, None
+    while True:
+        now = time.monotonic()
+        grown = os.fstat(child.err.fileno()).st_size
+        if grown != size:
+            size, heard = grown, now
+        limit = end if heard is None else min(end, heard + quiet_s)
+        if now >= limit:
+            return False
+        try:
+            child.proc.wait(timeout=min(limit - now, QUIET_POLL_S))
+            return True
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _run_checked(code: str, tests: str, setup: str, calls: tuple[str, ...] | None, timeout_s: float,

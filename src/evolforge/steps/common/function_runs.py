@@ -21,15 +21,19 @@ from evolforge.eval.sandbox import run_untrusted
 # One program per function: it defines the function, calls it on every input in order and writes one verdict
 # line per input to stderr (the only stream the sandbox returns), each prefixed by a random tag so the
 # function's own output is never taken for a verdict. The sandbox runs programs off the main thread, so no
-# signal can interrupt one case: the process as a whole gets STARTUP_S + case_timeout_s per input, and a case
-# that loops past it stops the run -- the inputs left without a line take the sandbox's status (timeout).
-# Lines written before the sandbox stops the process (time limit, blocked socket) still count.
+# signal can interrupt one case (the reference code's per-case SIGALRM); the sandbox keeps the limit instead,
+# from outside: once the harness has said it started, the process may stay silent at most case_timeout_s (the
+# function's definition, then each case), and the whole run takes at most STARTUP_S + case_timeout_s per input.
+# A case that loops past its limit stops the run: it and the inputs after it, left without a line, take the
+# sandbox's status (timeout). Lines written before the sandbox stops the process (time limit, blocked socket)
+# still count.
 _HARNESS = '''
 import io as _io, json as _json, os as _os, sys as _sys
 _TAG = {tag!r}
 _INPUTS = _json.loads({inputs!r})
 def _say(obj):
     _os.write(2, (_TAG + " " + _json.dumps(obj) + "\\n").encode())
+_say({{"started": True}})
 _sys.stdout = _sys.stderr = _io.StringIO()
 _ns = {{"__name__": "verification"}}
 try:
@@ -51,7 +55,7 @@ for _i, _x in enumerate(_INPUTS if _fn is not None else []):
     _say(_v)
 '''
 
-STARTUP_S = 5.0  # wall-clock allowance for the interpreter and the function's imports
+STARTUP_S = 5.0  # wall-clock allowance for the interpreter's start, before the harness's first line
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ def run_function(func: str, inputs: Sequence[str], case_timeout_s: float = CASE_
     """Run ``evaluate`` from ``func`` on every input, in one sandboxed process."""
     tag = "verdict-" + secrets.token_hex(8)
     limit = STARTUP_S + case_timeout_s * max(1, len(inputs))
-    result = run_untrusted(harness(func, inputs, tag), timeout_s=limit, memory_mb=memory_mb)
+    result = run_untrusted(harness(func, inputs, tag), timeout_s=limit, memory_mb=memory_mb, quiet_s=case_timeout_s)
     return read_verdicts(result.stderr, tag, len(inputs), result.status)
 
 
