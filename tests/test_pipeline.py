@@ -43,7 +43,7 @@ def test_copy_prepared(prepared):
 def test_full_build(pipeline_built):
     work, env, out = pipeline_built
     ran = stages_run(out)
-    for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_3", "respond", "dedup",
+    for stage in ("fetch_model", "models", "seed", "optimize", "evolve@round_1", "evolve@round_2", "respond", "dedup",
                   "decontaminate", "judge", "score", "diversity", "verify", "select", "finetune", "evaluate_base", "evaluate", "report",
                   "autoif_constraints", "autoif_verify", "autoif_respond", "pick_scenario", "compare"):
         assert stage in ran
@@ -55,7 +55,7 @@ def test_full_build(pipeline_built):
 
     assert metric(work, "seed.json")["rows_written"] == 8
     evolve = metric(work, "evolve.json")
-    for name in ("round_1", "round_2", "round_3"):
+    for name in ("round_1", "round_2"):  # the shipped evolve.rounds
         r = evolve[name]
         assert r["in"] == r["evolved"] + r["failed"] == 8  # keep_parent: the pool stays whole
         assert r["calls"] + r["cache_hits"] > 0
@@ -63,7 +63,7 @@ def test_full_build(pipeline_built):
     assert metric(work, "optimize.json")["skipped"] is False
     assert (work / "data/method/method.txt").read_text().strip()
     responses = metric(work, "respond.json")
-    evolved = sum(evolve[n]["evolved"] for n in ("round_1", "round_2", "round_3"))
+    evolved = sum(evolve[n]["evolved"] for n in ("round_1", "round_2"))
     assert responses["items"] == 8 + evolved  # + the seeds
     # evolve's response check asked the responder what respond asks: every evolved item's answer is taken
     # from its round table, and the seeds' were asked in round 1's check call (respond.include_seed), so respond
@@ -112,7 +112,7 @@ def test_artifacts_hold_their_declared_columns(pipeline_built):
                 "data/clean/items.parquet": responses, "data/clean/removed.parquet": {**responses, **columns.CONTAMINATION_FLAGS},
                 "data/judged/items.parquet": columns.JUDGED, "data/scores/items.parquet": columns.SCORES,
                 "data/diversity/items.parquet": columns.DIVERSITY, "data/verified/items.parquet": columns.VERIFIED,
-                **{f"data/evolved/round_{k}/items.parquet": columns.ROUND for k in (1, 2, 3)}}
+                **{f"data/evolved/round_{k}/items.parquet": columns.ROUND for k in (1, 2)}}
     for rel, declared in expected.items():
         assert dict(pl.read_parquet_schema(work / rel)) == declared, rel
         assert list(pl.read_parquet_schema(work / rel)) == list(declared), rel

@@ -35,7 +35,7 @@ SMALL = {("seed", "limit"): 4, ("optimize", "dev_size"): 2, ("optimize", "batch_
          ("optimize", "candidates"): 1,
          ("optimize", "judge_difficulty"): False,  # the judge stage asks the judge: here it would cost 101 prefills
          ("evolve", "rounds"): {"round_1": {"src": "data/seed", "index": 1}}, ("respond", "rounds"): [1]}
-LATER_ROUNDS = ("data/evolved/round_2", "data/evolved/round_3")
+LATER_ROUNDS = ("data/evolved/round_2",)
 # each stage's engine: float32 as the hf roles, eager PyTorch, a KV cache of its own size (not a share of the RAM)
 VLLM_ROLE = {"backend": "vllm", "dtype": "float32", "max_model_len": 2048,
              "extra": {"kv_cache_memory_bytes": 256 * 2**20, "enforce_eager": True}}
