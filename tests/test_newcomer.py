@@ -342,3 +342,20 @@ def test_headline_metrics_of_a_version(tmp_path):
     write_json(m / "summary.json", h)  # the file itself is never counted twice
     assert headline(version)["cost"] == {"usd": 1.75}
     assert json.loads((m / "summary.json").read_text())["sel"]["n"] == 3
+
+
+def test_a_round_dropped_from_the_pipeline_is_no_figure_of_the_version(tmp_path):
+    """A run of three rounds, then of two (evolve.rounds edited): DVC leaves round 3's metrics file in place; its
+    wall time and cost belong to the older run, not to this version's summary."""
+    from evolforge.io.records import write_json
+    from evolforge.report.summary import headline
+    from report_fixture import REPORT
+
+    m = tmp_path / "metrics"
+    write_json(m / "evolve.json", {"round_1": {"in": 6, "evolved": 3}, "round_2": {"in": 6, "evolved": 2},
+                                   "total": {"in": 12, "evolved": 5}})
+    for name, wall in (("round_1", 100.0), ("round_2", 80.0), ("round_3", 70.0)):  # round_3: the older run's
+        write_json(m / "evolve" / f"{name}.json", {"wall_s": wall, "llm": {"evolver": {"cost": 1.0}}})
+    h = headline(REPORT.under(tmp_path))
+    assert h["wall"] == {"evolve@round_1": 100.0, "evolve@round_2": 80.0, "total": 180.0}
+    assert h["cost"] == {"usd": 2.0} and h["surv"] == {"r1": 0.5, "r2": 0.3333}

@@ -88,12 +88,23 @@ def _selection(selected: Path | None) -> dict[str, float | None]:
     return {short: round(float(table[found[0]].mean()), 4) if found else None for short, found in present.items()}
 
 
+def dropped_rounds(metrics: Path | None) -> set[Path]:
+    """The files of ``metrics/evolve/`` whose round ``metrics/evolve.json`` does not list: left by a run of more
+    rounds (DVC does not delete what a stage dropped from ``evolve.rounds`` wrote), so no figure of this version."""
+    listed = _json(metrics / "evolve.json" if metrics is not None else None)
+    if not isinstance(listed, dict):
+        return set()
+    return {path for path in (metrics / "evolve").glob("*.json") if path.stem not in listed}
+
+
 def stage_wall_s(metrics: Path | None) -> dict[str, float]:
     """{stage: wall seconds} of the stages whose metrics file (in the folder ``metrics``) records ``wall_s``
-    (core/stage.py), in pipeline order; an evolve round is ``evolve@<round>``. ``total``: their sum."""
+    (core/stage.py), in pipeline order; an evolve round is ``evolve@<round>`` (the rounds ``metrics/evolve.json``
+    lists). ``total``: their sum."""
     out: dict[str, float] = {}
+    dropped = dropped_rounds(metrics)
     for stage, pattern in STAGE_METRICS.items() if metrics is not None else ():
-        for path in sorted(metrics.glob(pattern)):
+        for path in sorted(set(metrics.glob(pattern)) - dropped):
             value = (_json(path) or {}).get("wall_s") if path.is_file() else None
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{stage}@{path.stem}" if "*" in pattern else stage] = float(value)
@@ -116,7 +127,7 @@ def headline(layout: Layout) -> dict[str, dict[str, Any]]:
     select = metric("select.json") or {}
     tuned = (metric("eval.json") or {}).get("finetuned") or {}
     scores = {task: tuned.get(f"{task}/{key}") for task, key in MAIN_SCORE.items() if f"{task}/{key}" in tuned}
-    files = sorted(metrics.rglob("*.json")) if metrics is not None else []
+    files = sorted(set(metrics.rglob("*.json")) - dropped_rounds(metrics)) if metrics is not None else []
     costs = [c for path in files if path.name != "summary.json" for c in _costs(_json(path))]
     selection = _selection(layout.selected)
     if selection["icifd"] is None:  # no selection here (a fresh clone): the select stage's own figure
