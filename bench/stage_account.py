@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from evolforge.report.summary import STAGE_METRICS
+from evolforge.report.summary import STAGE_METRICS, dropped_rounds
 
 PREFILL_SIZES = (64, 128, 512)
 STEP_SIZES = (1, 2, 4, 6, 8, 16, 32, 64)
@@ -64,9 +64,9 @@ class RoleWork:
 def stage_work(metrics: Path, roles: dict) -> list[RoleWork]:
     """Every (stage, role) with calls made, in pipeline order; a role that params does not name is hf (the
     compare stage's student models)."""
-    rows = []
+    rows, dropped = [], dropped_rounds(metrics)
     for stage, pattern in STAGE_METRICS.items():
-        for path in sorted(metrics.glob(pattern)):
+        for path in sorted(set(metrics.glob(pattern)) - dropped):
             data = json.loads(path.read_text())
             name = f"{stage}@{path.stem}" if "*" in pattern else stage
             for role, stats in (data.get("llm") or {}).items():
