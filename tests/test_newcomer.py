@@ -92,7 +92,13 @@ def exp_repo(tmp_path_factory):
     from report_fixture import REPO
 
     repo = tmp_path_factory.mktemp("exp_repo")
-    shutil.copytree(REPO / "metrics", repo / "shipped")
+    # the committed files, not what a local `make run` wrote over them (another number of rounds, other figures)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "metrics"], capture_output=True)
+    if archive.returncode == 0:
+        subprocess.run(["tar", "-x", "-C", str(repo)], input=archive.stdout, check=True)
+        (repo / "metrics").rename(repo / "shipped")
+    else:  # not a git checkout: the files as they are
+        shutil.copytree(REPO / "metrics", repo / "shipped")
     (repo / "params.yaml").write_text("select:\n  top_fraction: 0.3\n")
     (repo / "rewrite.py").write_text(
         "import json, pathlib, shutil, yaml\n"
@@ -105,7 +111,7 @@ def exp_repo(tmp_path_factory):
     declared = [m for stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
                 for entry in (stage.get("do") or stage).get("metrics", []) for m in entry]
     files = sorted({m.replace("${key}", k) for m in declared for k in ("round_1", "round_2", "round_3")})
-    files = [f for f in files if (REPO / f).is_file()]
+    files = [f for f in files if (repo / "shipped" / f.removeprefix("metrics/")).is_file()]
     assert "metrics/summary.json" in files and "metrics/select.json" in files and len(files) > 12
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"rewrite": {
         "cmd": "python rewrite.py", "deps": ["rewrite.py", "shipped"], "params": ["select.top_fraction"],
