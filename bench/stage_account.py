@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from evolforge.report.summary import STAGE_METRICS, dropped_rounds
+from evolforge.report.summary import stage_metric_files
 
 PREFILL_SIZES = (64, 128, 512)
 STEP_SIZES = (1, 2, 4, 6, 8, 16, 32, 64)
@@ -64,22 +64,20 @@ class RoleWork:
 def stage_work(metrics: Path, roles: dict) -> list[RoleWork]:
     """Every (stage, role) with calls made, in pipeline order; a role that params does not name is hf (the
     compare stage's student models)."""
-    rows, dropped = [], dropped_rounds(metrics)
-    for stage, pattern in STAGE_METRICS.items():
-        for path in sorted(set(metrics.glob(pattern)) - dropped):
-            data = json.loads(path.read_text())
-            name = f"{stage}@{path.stem}" if "*" in pattern else stage
-            for role, stats in (data.get("llm") or {}).items():
-                if not isinstance(stats, dict) or not stats.get("calls"):
-                    continue
-                spec = roles.get(role) or {}
-                prompt = int(stats.get("prompt_tokens") or 0)
-                rows.append(RoleWork(
-                    stage=name, role=role, backend=spec.get("backend", "hf"), batch_size=int(spec.get("batch_size", 8)),
-                    calls=int(stats["calls"]), prompt=prompt,
-                    evaluated=prompt - int(stats.get("prompt_tokens_cached") or 0),
-                    generated=int(stats.get("completion_tokens") or 0), ranked=int(stats.get("ranked_tokens") or 0),
-                    load_s=stats.get("load_s"), generate_s=stats.get("generate_s"), wall_s=float(data.get("wall_s") or 0)))
+    rows = []
+    for name, path in stage_metric_files(metrics):
+        data = json.loads(path.read_text())
+        for role, stats in (data.get("llm") or {}).items():
+            if not isinstance(stats, dict) or not stats.get("calls"):
+                continue
+            spec = roles.get(role) or {}
+            prompt = int(stats.get("prompt_tokens") or 0)
+            rows.append(RoleWork(
+                stage=name, role=role, backend=spec.get("backend", "hf"), batch_size=int(spec.get("batch_size", 8)),
+                calls=int(stats["calls"]), prompt=prompt,
+                evaluated=prompt - int(stats.get("prompt_tokens_cached") or 0),
+                generated=int(stats.get("completion_tokens") or 0), ranked=int(stats.get("ranked_tokens") or 0),
+                load_s=stats.get("load_s"), generate_s=stats.get("generate_s"), wall_s=float(data.get("wall_s") or 0)))
     return rows
 
 

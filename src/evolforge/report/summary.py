@@ -88,26 +88,35 @@ def _selection(selected: Path | None) -> dict[str, float | None]:
     return {short: round(float(table[found[0]].mean()), 4) if found else None for short, found in present.items()}
 
 
-def dropped_rounds(metrics: Path | None) -> set[Path]:
+def _dropped_rounds(metrics: Path) -> set[Path]:
     """The files of ``metrics/evolve/`` whose round ``metrics/evolve.json`` does not list: left by a run of more
     rounds (DVC does not delete what a stage dropped from ``evolve.rounds`` wrote), so no figure of this version."""
-    listed = _json(metrics / "evolve.json" if metrics is not None else None)
+    listed = _json(metrics / "evolve.json")
     if not isinstance(listed, dict):
         return set()
     return {path for path in (metrics / "evolve").glob("*.json") if path.stem not in listed}
 
 
-def stage_wall_s(metrics: Path | None) -> dict[str, float]:
-    """{stage: wall seconds} of the stages whose metrics file (in the folder ``metrics``) records ``wall_s``
-    (core/stage.py), in pipeline order; an evolve round is ``evolve@<round>`` (the rounds ``metrics/evolve.json``
-    lists). ``total``: their sum."""
-    out: dict[str, float] = {}
-    dropped = dropped_rounds(metrics)
-    for stage, pattern in STAGE_METRICS.items() if metrics is not None else ():
+def stage_metric_files(metrics: Path | None) -> Iterator[tuple[str, Path]]:
+    """(stage, its metrics file) of every stage that wrote one in the folder ``metrics``, in pipeline order; an
+    evolve round is ``evolve@<round>``, for the rounds ``metrics/evolve.json`` lists."""
+    if metrics is None:
+        return
+    dropped = _dropped_rounds(metrics)
+    for stage, pattern in STAGE_METRICS.items():
         for path in sorted(set(metrics.glob(pattern)) - dropped):
-            value = (_json(path) or {}).get("wall_s") if path.is_file() else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"{stage}@{path.stem}" if "*" in pattern else stage] = float(value)
+            if path.is_file():
+                yield (f"{stage}@{path.stem}" if "*" in pattern else stage), path
+
+
+def stage_wall_s(metrics: Path | None) -> dict[str, float]:
+    """{stage: wall seconds} of the stages whose metrics file (:func:`stage_metric_files`) records ``wall_s``
+    (core/stage.py). ``total``: their sum."""
+    out: dict[str, float] = {}
+    for stage, path in stage_metric_files(metrics):
+        value = (_json(path) or {}).get("wall_s")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[stage] = float(value)
     if out:
         out["total"] = round(sum(out.values()), 1)
     return out
@@ -127,7 +136,7 @@ def headline(layout: Layout) -> dict[str, dict[str, Any]]:
     select = metric("select.json") or {}
     tuned = (metric("eval.json") or {}).get("finetuned") or {}
     scores = {task: tuned.get(f"{task}/{key}") for task, key in MAIN_SCORE.items() if f"{task}/{key}" in tuned}
-    files = sorted(set(metrics.rglob("*.json")) - dropped_rounds(metrics)) if metrics is not None else []
+    files = sorted(set(metrics.rglob("*.json")) - _dropped_rounds(metrics)) if metrics is not None else []
     costs = [c for path in files if path.name != "summary.json" for c in _costs(_json(path))]
     selection = _selection(layout.selected)
     if selection["icifd"] is None:  # no selection here (a fresh clone): the select stage's own figure
