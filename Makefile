@@ -62,7 +62,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE :=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup run run-varied test test-slow test-portable check-lock bench clean-cache lock test-vllm lock-vllm regen
+.PHONY: setup run fetch run-varied test test-slow test-portable check-lock bench clean-cache lock test-vllm lock-vllm regen
 
 # One line for an interpreter evolforge does not support, or a venv made by another Python than PYTHON.
 define CHECK_PYTHON
@@ -98,26 +98,42 @@ UV_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes 
 UV_TORCH = $(VENV)/bin/uv pip install --quiet --python $(PY) --index-strategy unsafe-best-match \
   $(PIP_LINKS) $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX),$(PIP_INDEX))
 
-# uv from the lock (by pip, hash-checked); then by uv torch first, pinned, so nothing later resolves to a CUDA build
-# (the CPU lock leaves torch out: which file is the CPU build depends on the index; uv installs it in about half
-# pip's time). Then exactly the locked versions, each file checked against its hash, without resolving anything
-# (--no-deps): by uv the lock less llama-cpp-python, then
-# llama-cpp-python alone (its pin and hash cut out of the lock), compiled with LLAMA_CPP_CMAKE_ARGS; `pip check`
-# proves the set complete; evolforge itself last.
-$(STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
+# The install in three steps, two of them at once: the venv and pinned pip (the interpreter checked first, again
+# whenever the lock changes); then, side by side (`make -j2`), the lock (BASE_STAMP) and llama-cpp-python
+# (LLAMA_CPP_STAMP), the one a download and unpack bound job, the other two cores of compiling; then `pip check`
+# proves the set complete. The lock: uv from the lock (by pip, hash-checked); then by uv torch first, pinned, so
+# nothing later resolves to a CUDA build (the CPU lock leaves torch out: which file is the CPU build depends on the
+# index; uv installs it in about half pip's time). Then exactly the locked versions, each file checked against its
+# hash, without resolving anything (--no-deps): by uv the lock less llama-cpp-python, and evolforge itself.
+# llama-cpp-python alone (its pin and hash cut out of the lock), compiled with LLAMA_CPP_CMAKE_ARGS (or its build
+# for this key taken from the cache).
+VENV_STAMP := $(VENV)/.evolforge-venv
+BASE_STAMP := $(VENV)/.evolforge-base
+LLAMA_CPP_STAMP := $(VENV)/.evolforge-llama-cpp
+$(VENV_STAMP): pyproject.toml $(LOCK) requirements/llama-cpp-lib-only.cmake
 	@$(PYTHON) -c "$$CHECK_PYTHON" "$(SUPPORTED_PYTHONS)" "$(PYTHON)" "$(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(PIP)
+	touch $(VENV_STAMP)
+
+$(BASE_STAMP): $(VENV_STAMP)
 	awk '/^[^ #]/ { keep = !/^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-but-llama-cpp.txt
-	awk '/^[^ #]/ { keep = /^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
 	awk '/^[^ #]/ { keep = /^uv==/ } keep' $(LOCK) > $(VENV)/lock-uv.txt
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-uv.txt
 	$(if $(filter 1,$(GPU)),,$(UV_TORCH) $(TORCH))
 	$(UV_INSTALL) -r $(VENV)/lock-but-llama-cpp.txt
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" PIP_CACHE_DIR="$(LLAMA_CPP_CACHE)/$$($(PY) tools/llama_cpp_build_key.py "$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS")" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m pip check
 	rm -f $(VENV)/.evolforge-warm
+	touch $(BASE_STAMP)
+
+$(LLAMA_CPP_STAMP): $(VENV_STAMP)
+	awk '/^[^ #]/ { keep = /^llama-cpp-python(==|\[)/ } keep' $(LOCK) > $(VENV)/lock-llama-cpp.txt
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS" PIP_CACHE_DIR="$(LLAMA_CPP_CACHE)/$$($(PY) tools/llama_cpp_build_key.py "$(LLAMA_CPP_CMAKE_ARGS) $$CMAKE_ARGS")" $(PY) -m pip install --quiet --require-hashes --no-deps -r $(VENV)/lock-llama-cpp.txt
+	touch $(LLAMA_CPP_STAMP)
+
+$(STAMP): $(VENV_STAMP)
+	$(MAKE) --no-print-directory -j2 $(BASE_STAMP) $(LLAMA_CPP_STAMP)
+	$(PY) -m pip check
 	touch $(STAMP)
 
 # Regenerate both locks from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest allowed).
@@ -129,19 +145,27 @@ lock: setup
 	$(PY) tools/check_lock.py --refresh
 	$(PY) -m pytest -q tests/test_lock.py
 
-# Beside the first stages (the model fetches), the bytecode of what the later stages import is compiled at low
-# priority (src/evolforge/core/warm_imports.py; once per install: `make setup` removes its stamp). The three fetches
-# run at once, each mostly one core's work (src/evolforge/core/parallel_repro.py: DVC's parallel stage execution),
-# then the rest of the pipeline, where the two evaluations run side by side on a core each (their small model gains
-# little from a second thread; `make run SIDE_BY_SIDE=` runs them in turn). DVC runs through
+# `make run` installs what the model fetches need (the lock), then fetches the models while llama-cpp-python compiles
+# (`make -j2`: the compile is two cores' work for a minute or two on a new machine or CPU, the fetches download and
+# unpack), then checks the whole install (`make setup`: pip check) before the pipeline. Beside the fetches, the
+# bytecode of what the later stages import is compiled at low priority (src/evolforge/core/warm_imports.py; once per
+# install: the lock's install removes its stamp; llama-cpp-python's modules only once it is installed). The three
+# fetches run at once, each mostly one core's work (src/evolforge/core/parallel_repro.py: DVC's parallel stage
+# execution), then the rest of the pipeline, where the two evaluations run side by side on a core each (their small
+# model gains little from a second thread; `make run SIDE_BY_SIDE=` runs them in turn). DVC runs through
 # src/evolforge/core/dvc_cli.py, which records each stage in dvc.lock without reading the whole lock back (the same
 # file, about a second sooner a stage).
 FETCH_STAGES := fetch_model fetch_evolver fetch_embedder
 SIDE_BY_SIDE := evaluate_base evaluate
-run: setup
-	nice -n 19 $(PY) -m evolforge.core.warm_imports --stamp $(VENV)/.evolforge-warm > $(VENV)/warm-imports.log 2>&1 &
-	$(PY) -m evolforge.core.parallel_repro $(FETCH_STAGES)
+run:
+	$(MAKE) --no-print-directory -j2 $(LLAMA_CPP_STAMP) fetch
+	$(MAKE) --no-print-directory --silent setup
 	$(PY) -m evolforge.core.parallel_repro --pipeline $(SIDE_BY_SIDE)
+
+# the model fetches alone (the first stages of the pipeline), with the lock installed but llama-cpp-python not needed
+fetch: $(BASE_STAMP)
+	nice -n 19 $(PY) -m evolforge.core.warm_imports --stamp $(VENV)/.evolforge-warm --ready $(LLAMA_CPP_STAMP) > $(VENV)/warm-imports.log 2>&1 &
+	$(PY) -m evolforge.core.parallel_repro $(FETCH_STAGES)
 
 # the same measurement (rounds, judge) on the second seed set, as a DVC experiment (docs/results/second-seed-set.md)
 run-varied: setup
