@@ -106,8 +106,11 @@ def test_make_setup_installs_uv_then_torch_first_then_exactly_the_lock(tmp_path)
     assert f"{venv}/bin/uv pip install" in rest_line and "--require-hashes --no-deps" in rest_line  # the rest, by uv
     rest_at = out.index(rest_line)
     llama_at = out.index(f"pip install --quiet --require-hashes --no-deps -r {venv}/lock-llama-cpp.txt")
-    assert uv_at < torch_at < rest_at < llama_at < out.index("pip install --quiet --no-deps --no-build-isolation -e .") \
-        < out.index("pip check")
+    check_at = out.index("pip check")
+    assert uv_at < torch_at < rest_at < out.index("pip install --quiet --no-deps --no-build-isolation -e .") < check_at
+    # llama-cpp-python beside the lock, as a second job of one make; the whole set checked once both are in
+    both = out.index(f"-j2 {venv}/.evolforge-base {venv}/.evolforge-llama-cpp")
+    assert both < min(uv_at, llama_at) and llama_at < check_at
     indexed = subprocess.run(["make", "-n", "setup", f"VENV={venv}", "TORCH_INDEX=https://index.example/cpu"], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout
     [torch_line] = [ln for ln in indexed.splitlines() if ln.endswith(f" torch=={torch_pin()}")]

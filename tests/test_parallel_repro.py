@@ -76,7 +76,9 @@ def test_make_run_fetches_the_models_at_once_then_reproduces_the_rest(tmp_path):
                            capture_output=True, text=True, check=True).stdout.splitlines()
     at_once = next(k for k, line in enumerate(lines) if "evolforge.core.parallel_repro" in line)
     fetches = lines[at_once].split("evolforge.core.parallel_repro", 1)[1].split()
-    rest = lines[at_once + 1].split("evolforge.core.parallel_repro --pipeline", 1)[1].split()
+    [pipeline] = [line for line in lines if "evolforge.core.parallel_repro --pipeline" in line]
+    assert lines.index(pipeline) > at_once  # after the fetches (and the install's check: tests/test_warm_imports.py)
+    rest = pipeline.split("evolforge.core.parallel_repro --pipeline", 1)[1].split()
     assert rest == ["evaluate_base", "evaluate"]  # the whole pipeline, the two evaluations side by side
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for one, other in (rest, rest[::-1]):  # neither reads what the other writes
