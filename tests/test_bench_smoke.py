@@ -33,6 +33,8 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "quantizations.py": ["--model", "{tiny_gguf}", "--variants", "q8_0", "--threads", "1", "--workdir", "{tmp}/q",
                          "--quality", "data/seeds/demo.jsonl", "--json", "{tmp}/q.json"],
     "stage_account.py": ["--metrics", "metrics", "--model", "{tiny_gguf}", "--threads", "1", "--repeats", "1"],
+    "class_estimate.py": ["--reference", "metrics/summary.json", "--proxy-then", "metrics/summary.json",  # the
+                          "--proxy-now", "metrics/summary.json", "--proxy-run-s", "1500"],  # committed run, thrice
     "verify_humaneval.py": ["--model", "{tiny_gguf}", "--limit", "2", "--arithmetic", "2", "--cache", "{tmp}/c.sqlite"],
     "served_vs_inprocess.py": ["--inprocess", "metrics", "--served", "metrics"],  # the committed run against itself
     "cpu_linear.py": ["--model", "{tiny}", "--batches", "1,2", "--tokens", "4", "--repeats", "1"],
