@@ -130,6 +130,63 @@ def test_row_controls_penalise_and_ban_as_defined():
     assert stop.finish(" go") == "Step 1: go"
 
 
+def test_stop_phrases_end_the_answer_once_its_complete_words_hold_them():
+    """Controls.stop_phrases (a step's, not a params control): the text so far is the answer once its words, the last
+    one aside, hold stop_phrases_at_least of the phrases; they are part of the key, and a server does not refuse them
+    (it decodes the answer whole; the step refuses it alike)."""
+    from evolforge.llm.decoding import RowControls
+
+    tok = _CharTokenizer()
+    controls = Controls(stop_phrases=("cat sat on the mat", "sat on the mat and"), stop_phrases_at_least=2)
+    row = RowControls(controls, tok)
+
+    def at(text):
+        return row.stop_at([ord(c) for c in text])
+
+    assert at("The cat sat on the mat") is None and at("The cat sat on the mat and") is None  # "and" may go on
+    assert at("The cat sat on the mat and r") == "The cat sat on the mat and r"
+    assert RowControls(Controls(stop_phrases=("cat sat on the mat",), stop_phrases_at_least=1), tok).stop_at(
+        [ord(c) for c in "The cat, sat on THE mat. Then"]) == "The cat, sat on THE mat. Then"  # words as the rules see them
+    llm = LLM(FakeBackend(), None, role=Role(name="optimizer", backend="hf", model="m"))
+    assert controls.active() and not Controls().active()
+    assert llm.key(ask(controls=controls)) != llm.key(ask()) != llm.key(ask(controls=Controls(
+        stop_phrases=controls.stop_phrases, stop_phrases_at_least=1)))
+    assert ChatRequest.from_json(ask(controls=controls).as_json()) == ask(controls=controls)
+    assert controls_problems("openai", controls, "optimize.controls") == []
+
+
+def assert_stop_phrases_end_answers(backend, prompts: list[str]) -> None:
+    """On an in-process backend: a sampled answer asked again with stop phrases taken from its own words ends where it
+    first holds them (a prefix of it, finish_reason "stop": the controls leave the request's seed as it was), and
+    with phrases it never holds is the same answer."""
+    from evolforge.core.text import plain_words
+
+    def answer(prompt, **controls):
+        request = ask(prompt, temperature=1.0, seed=7, max_tokens=40,
+                      controls=Controls(**controls) if controls else None)
+        return backend.generate([request])[0]
+
+    free = {p: answer(p) for p in prompts}
+    prompt = max(prompts, key=lambda p: len(plain_words(free[p].text).split()))
+    words = plain_words(free[prompt].text).split()
+    assert len(words) >= 9, f"the tiny model wrote too few words to test with: {free[prompt].text!r}"
+    phrases = (" ".join(words[1:6]), " ".join(words[2:7]), "no answer holds this phrase")
+    stopped = answer(prompt, stop_phrases=phrases, stop_phrases_at_least=2)
+    assert stopped.finish_reason == "stop" and len(stopped.text) < len(free[prompt].text), (stopped, free[prompt])
+    assert free[prompt].text.startswith(stopped.text) and plain_words(stopped.text).split()[:7] == words[:7]
+    never = answer(prompt, stop_phrases=phrases[2:], stop_phrases_at_least=1)
+    assert (never.text, never.finish_reason) == (free[prompt].text, free[prompt].finish_reason)
+
+
+@pytest.mark.slow
+def test_hf_stops_where_its_answer_holds_the_stop_phrases(tiny_model):
+    from evolforge.llm.backends.hf.backend import HFBackend
+
+    assert_stop_phrases_end_answers(HFBackend(str(tiny_model), threads=1), [
+        "Rewrite this prompt to be harder: Name a color.", "Add one constraint to: Write a haiku.",
+        "Rewrite the prompt: Explain what a leap year is.", "Make it more complex: Give three tips."])
+
+
 @pytest.mark.slow
 def test_hf_never_writes_a_banned_string_and_honours_stop_and_prefix(tiny_model):
     from collections import Counter

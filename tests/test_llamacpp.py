@@ -97,6 +97,12 @@ def test_it_never_writes_a_banned_string_and_honours_stop_and_prefix(backend):
     assert prefixed[0].text.startswith("Step 1:")
 
 
+def test_it_stops_where_its_answer_holds_the_stop_phrases(backend):
+    from test_controls import assert_stop_phrases_end_answers
+
+    assert_stop_phrases_end_answers(backend, PROMPTS)
+
+
 def test_a_request_gives_the_same_answer_whatever_came_before(gguf_folder):
     whole = LlamaCppBackend(str(gguf_folder), threads=1, reuse_prefix=False, batch_size=1)
     requests = [ask(p, temperature=0.8, seed=3, max_tokens=20) for p in PROMPTS]

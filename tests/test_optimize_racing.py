@@ -181,6 +181,43 @@ def test_a_candidate_that_copies_its_trajectory_is_not_measured_under_racing(cop
         assert evolutions(fake) > 4 + 2 and "copy_cut" not in result.outcome
 
 
+SHIPPED_CONTROLS = {"assistant_prefix": "```Optimized Method\n", "stop": ["```"]}  # params.yaml optimize.controls
+
+
+@pytest.mark.parametrize("change,stops", [({}, True), ({"copy_cut": False}, False), ({"keep_reply_format": True}, False),
+                                          ({"optimization_prompt": "amend"}, False), ({"controls": {}}, False)])
+def test_the_optimization_turn_may_stop_where_its_answer_copies_the_trajectory(change, stops):
+    """Under racing and copy_cut, where the answer is the method itself, the optimization turn carries the
+    trajectory's phrases the current method lacks (Controls.stop_phrases): an in-process backend ends the answer
+    once it holds METHOD_COPY_PHRASES of them, a candidate that is not measured anyway. The fake decodes it whole,
+    as a server would, and the outcome is the same."""
+    from evolforge.steps.common.copying import METHOD_COPY_PHRASES, method_phrases
+
+    rng = random.Random(0)
+    dev, pool = split_dev_pool(long_items(14), dev_size=4, batch_size=2, rng=rng)
+    optimizer_fake = FakeBackend(copying_optimizer, model="fake-optimizer")
+    settings = OptimizeSettings(**{"steps": 1, "candidates": 2, "batch_size": 2, "dev_size": 4, "patience": None,
+                                   "controls": SHIPPED_CONTROLS, **change})
+    result = optimize_step.optimize_method(
+        pool, dev, initial_method="m0 fails=1", evolver=LLM(FakeBackend(evolver_reply(lambda m, q: False)), None,
+                                                            role=EVOLVER_ROLE),
+        optimizer=LLM(optimizer_fake, None, role=OPTIMIZER_ROLE), prompts=PROMPTS, rng=rng, call=ZERO,
+        settings=settings)
+    turns = [r for r in optimizer_fake.sent if len(r.messages) == 3]
+    assert len(turns) == 2 and result.method == "m0 fails=1"
+    if not stops:
+        assert all(not r.controls.stop_phrases for r in turns if r.controls is not None)
+        return
+    trajectory = result.log[0]["trajectory"]
+    expected = {p for case in trajectory for k, text in case.items() if k.startswith("stage")
+                for p in method_phrases(text)} - method_phrases("m0 fails=1")
+    for r in turns:
+        assert {tuple(p.split()) for p in r.controls.stop_phrases} == expected
+        assert r.controls.stop_phrases_at_least == METHOD_COPY_PHRASES and r.controls.assistant_prefix
+    rows = summary(result, {})["loop"][0]["candidates"]
+    assert [(r["measured"], r["cut"]) for r in rows] == [(0, "copies_trajectory")] * 2
+
+
 def test_a_step_with_one_evolving_method_is_no_limit():
     log = [{"candidates": [{"not_a_method": "no_reply_format"}, {"not_a_method": None}]}]
     assert optimizer_limit(log) is None

@@ -39,7 +39,13 @@ class Controls:
     generation ends before the first ``stop`` string (cut from the text, ``finish_reason`` "stop");
     ``repetition_penalty`` divides (multiplies, when negative) the logits of tokens already generated,
     ``no_repeat_ngram_size`` forbids repeating an n-gram of the generated tokens, ``frequency_penalty``
-    subtracts penalty x count from each generated token's logit (OpenAI's definition)."""
+    subtracts penalty x count from each generated token's logit (OpenAI's definition).
+
+    ``stop_phrases`` is no params control (not in CONTROL_NAMES): a step sets it on requests whose answer it refuses
+    once the answer holds ``stop_phrases_at_least`` of these phrases (word 5-grams, as
+    :mod:`evolforge.steps.common.copying` counts them). The in-process backends (hf, llamacpp) then end the answer
+    there (``finish_reason`` "stop"), saving the rest of its tokens; the others decode it whole, and the step's own
+    check refuses it alike. It is part of the cache key."""
 
     banned_strings: tuple[str, ...] = ()
     assistant_prefix: str | None = None
@@ -47,6 +53,8 @@ class Controls:
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     frequency_penalty: float | None = None
+    stop_phrases: tuple[str, ...] = ()  # set by a step (optimize), never by params
+    stop_phrases_at_least: int = 0
     # where each set control was written ("evolve.controls", "roles.evolver"): what a refusal names; never in a key
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
@@ -58,9 +66,16 @@ class Controls:
         """Names of the controls that are set."""
         return [n for n in CONTROL_NAMES if getattr(self, n) not in (None, ())]
 
+    def active(self) -> bool:
+        """Whether anything here shapes decoding: a control that is set, or :attr:`stop_phrases`."""
+        return bool(self.used() or self.stop_phrases)
+
     def key(self) -> dict[str, Any]:
         """The set controls as a plain dict (cache keys): unset ones are left out."""
-        return {n: list(v) if isinstance(v, tuple) else v for n in self.used() for v in [getattr(self, n)]}
+        key = {n: list(v) if isinstance(v, tuple) else v for n in self.used() for v in [getattr(self, n)]}
+        if self.stop_phrases:
+            key.update(stop_phrases=list(self.stop_phrases), stop_phrases_at_least=self.stop_phrases_at_least)
+        return key
 
     def merged(self, overrides: Mapping[str, Any] | None, where: str | None = None) -> "Controls":
         """These controls with the non-null ``overrides`` (a stage's ``controls`` section, written at ``where``,

@@ -34,6 +34,14 @@ def numbers(text: str) -> list[float]:
     return [number(n) for n in _NUMBER_RE.findall(text)]
 
 
+_NOT_WORDS = re.compile(r"[^\w\s]+")
+
+
+def plain_words(text: str) -> str:
+    """``text``'s words alone: case, spacing and punctuation aside ("How long?" and "how long." are one)."""
+    return " ".join(_NOT_WORDS.sub(" ", text).split()).lower()
+
+
 def normalize_text(text: str | None) -> str:
     """NFKC (full-width and compatibility forms fold to their plain letters), casefold (case-insensitive,
     also for non-Latin scripts), whitespace runs collapsed to one space and trimmed; None -> ''."""

@@ -14,6 +14,8 @@ that request's row of logits at every step:
   caught too: the token is masked and the row picks again (:meth:`RowControls.violates`). The strings
   therefore never appear in the answer (matched as written, case included).
 - ``stop`` strings end the answer where one first appears (the stop string is cut off).
+- ``stop_phrases`` (a step's, not a params control) end the answer once its words, the last one aside (it may be
+  cut mid-way), hold ``stop_phrases_at_least`` of those phrases: the text so far is the answer.
 
 :func:`rank_sequences` scores whole answers by their likelihood instead (``ChatRequest.rank``, see
 :mod:`evolforge.llm.ranking`).
@@ -31,6 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from evolforge.config.roles import Controls
+from evolforge.core.text import plain_words
 
 RANK_CHUNK = 16  # answers scored per forward pass (each holds a copy of the prompt's KV cache)
 REPICKS = 32  # tokens a row may have masked in one step before it ends instead (never reached in practice)
@@ -47,11 +50,14 @@ class RowControls:
                 if ids:
                     sequences.add(ids)
         self.banned_sequences = sorted(sequences)
+        self.stop_phrases = frozenset(controls.stop_phrases)
+        self.phrase_words = len(controls.stop_phrases[0].split()) if controls.stop_phrases else 0
+        self.words_checked = 0  # the answer's complete words when its phrases were last counted
 
     @property
     def checks_text(self) -> bool:
-        """Whether each step's text must be decoded (banned or stop strings)."""
-        return bool(self.controls.banned_strings or self.controls.stop)
+        """Whether each step's text must be decoded (banned or stop strings, stop phrases)."""
+        return bool(self.controls.banned_strings or self.controls.stop or self.controls.stop_phrases)
 
     def adjust(self, logits: torch.Tensor, tokens: Sequence[int]) -> None:
         """Apply the penalties and bans to one row's ``logits`` (in place), given the answer's ``tokens``."""
@@ -92,12 +98,26 @@ class RowControls:
         return any(s in text for s in self.controls.banned_strings)
 
     def stop_at(self, tokens: Sequence[int]) -> str | None:
-        """The answer cut before its first stop string, or None when it has none."""
-        if not self.controls.stop:
+        """The answer cut before its first stop string, or the whole text once it holds its stop phrases; None
+        when neither."""
+        if not (self.controls.stop or self.stop_phrases):
             return None
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         found = [text.index(s) for s in self.controls.stop if s in text]
-        return text[:min(found)] if found else None
+        if found:
+            return text[:min(found)]
+        return text if self.stop_phrases and self.holds_phrases(text) else None
+
+    def holds_phrases(self, text: str) -> bool:
+        """Whether ``text``'s complete words hold ``stop_phrases_at_least`` of the stop phrases. Its last word is
+        left out (the next token may extend it), so an answer that holds them here holds them whole."""
+        words = plain_words(text).split()[:-1]
+        if len(words) == self.words_checked:  # no new complete word: the count is as it was
+            return False
+        self.words_checked = len(words)
+        n = self.phrase_words
+        held = {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)} & self.stop_phrases
+        return len(held) >= max(1, self.controls.stop_phrases_at_least)
 
     def finish(self, text: str) -> str:
         """The returned text: the assistant prefix (when given) followed by what the model wrote."""

@@ -70,4 +70,4 @@ def role_request(role: Role, messages: Sequence[Mapping[str, str]], *, temperatu
                        role.seed if seed is None else seed,
                        0 if sample_index is None else sample_index,
                        None if choices is None else tuple(choices),
-                       controls if controls.used() else None, rank)
+                       controls if controls.active() else None, rank)

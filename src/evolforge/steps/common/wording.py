@@ -7,7 +7,7 @@ that carry no content. Pure functions, shared by the rule families (:mod:`~evolf
 
 from __future__ import annotations
 
-import re
+from evolforge.core.text import plain_words  # noqa: F401 (the rule families read it from here)
 
 # A compact English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions).
 STOP_WORDS = frozenset("""
@@ -17,14 +17,6 @@ do does did doing have has had having i me my we our you your he him his she her
 what which who whom whose when where why how all any both each few more most other some such no nor not
 only own same too very can will just should would could may might must shall s t don now ok okay yes
 """.split())
-
-
-_NOT_WORDS = re.compile(r"[^\w\s]+")
-
-
-def plain_words(text: str) -> str:
-    """``text``'s words alone: case, spacing and punctuation aside ("How long?" and "how long." are one)."""
-    return " ".join(_NOT_WORDS.sub(" ", text).split()).lower()
 
 
 def lower_spaced(text: str) -> str:

@@ -12,18 +12,22 @@ each answer parsed into a candidate method (docs/reference/algorithms.md section
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from typing import Any, Mapping
 
 from evolforge.config.optimize_answer import OPENER
+from evolforge.config.roles import Controls
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
 from evolforge.llm.requests import ChatRequest
 from evolforge.llm.types import Completion
+from evolforge.steps.common.copying import METHOD_COPY_PHRASES
 from evolforge.steps.optimize.result import Candidate
 from evolforge.steps.optimize.settings import OptimizationPrompt
+from evolforge.steps.optimize.trajectory import copy_stop_phrases
 
 ANALYSIS_TEMPLATE = "optimize/analysis.j2"
 # optimize.optimization_prompt -> the optimization turn's template: the paper's prompt, or the same with what a small
@@ -138,20 +142,43 @@ def analysis_requests(optimizer: LLM, analysis: dict[str, str], candidates: int)
     return [optimizer.request([analysis], sample_index=j) for j in range(candidates)]
 
 
+def answer_is_the_block(controls: Controls) -> bool:
+    """Whether the optimization turn's answer is its method and nothing else: the assistant prefix opens the
+    ```` ```Optimized Method ```` block (and ends there) and the closing fence is a stop string, as the shipped
+    ``optimize.controls`` have it.
+
+    >>> answer_is_the_block(Controls(assistant_prefix="```Optimized Method\\n", stop=("```",)))
+    True
+    >>> answer_is_the_block(Controls(stop=("```",)))
+    False
+    """
+    prefix = controls.assistant_prefix or ""
+    opener = OPENER.search(prefix)
+    return opener is not None and not prefix[opener.end():].strip() and "```" in controls.stop
+
+
 def propose_methods(optimizer: LLM, prompts: PromptLibrary, trajectory: list[dict], method: str,
                     *, candidates: int, controls: Mapping[str, Any] | None = None,
                     max_tokens: int | None = None, prompt: OptimizationPrompt = "paper",
-                    verdicts: bool = False, feedbacks: list[Completion] | None = None) -> list[Candidate]:
+                    verdicts: bool = False, feedbacks: list[Completion] | None = None,
+                    copy_stop: bool = False) -> list[Candidate]:
     """m independent analysis + optimization conversations; sample j uses ``sample_index=j`` in both turns.
     ``max_tokens``: the optimization turn's (:func:`answer_budget`); None = the role's. ``prompt``: the
     optimization turn's (:data:`OPTIMIZATION_TEMPLATES`; with ``amend`` each block is rules added to ``method``).
     ``verdicts``: the trajectory's stages carry the failure function's verdicts (``optimize.trajectory_verdicts``),
     and the analysis prompt says so. ``feedbacks``: the answers to :func:`analysis_requests`, asked already (beside
-    the development set's answers: evolforge.steps.optimize.step); None: asked here."""
+    the development set's answers: evolforge.steps.optimize.step); None: asked here. ``copy_stop``: a candidate
+    holding its trajectory's phrases is not measured (racing with copy_cut, its method not made over by
+    keep_reply_format), so an answer may stop once it holds them (:func:`~evolforge.steps.optimize.trajectory.
+    copy_stop_phrases`); asked only where the answer is the method itself (:func:`answer_is_the_block`) and the block
+    holds it as written (``prompt`` not amend)."""
     analysis = analysis_turn(prompts, trajectory, verdicts)
     # optimize.controls (over roles.optimizer's) shape the optimization turn, whose answer has a fixed form
     # (the fenced method); the analysis is free text with the role's own controls
     merged = optimizer.role.controls.merged(controls, "optimize.controls")
+    if copy_stop and prompt != "amend" and answer_is_the_block(merged):
+        merged = dataclasses.replace(merged, stop_phrases=copy_stop_phrases(trajectory, method),
+                                     stop_phrases_at_least=METHOD_COPY_PHRASES)
     if feedbacks is None:
         feedbacks = optimizer.generate(analysis_requests(optimizer, analysis, candidates), desc="optimizer: analysis")
     optimization = {"role": "user", "content": prompts.render(OPTIMIZATION_TEMPLATES[prompt], method=method)}

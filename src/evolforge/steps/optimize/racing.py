@@ -34,11 +34,12 @@ from typing import Sequence
 
 from evolforge.core.prompts import PromptLibrary
 from evolforge.llm.cached import LLM
-from evolforge.steps.common.evolving import EvolvingCall
+from evolforge.steps.common.evolving import Evolution, EvolvingCall
 from evolforge.steps.optimize.result import Candidate, MethodScore
 from evolforge.steps.optimize.scoring import (FailureRules, Measured, lacks_marker, measure, method_score,
                                               score_methods)
 from evolforge.steps.optimize.settings import OptimizeSettings
+from evolforge.steps.optimize.trajectory import build_trajectory
 
 CANNOT_WIN = "cannot_win"
 OUTRANKED = "outranked"
@@ -130,6 +131,13 @@ class Development:
     call: EvolvingCall
     rules: FailureRules
     settings: OptimizeSettings
+
+    def trajectory(self, batch: list[dict], method: str,
+                   first: list[Evolution] | None) -> tuple[list[dict], list[dict]]:
+        """The mini-batch evolved ``optimize.trajectory_rounds`` times with ``method`` (``first``: its first round)."""
+        return build_trajectory(self.evolver, self.prompts, [b["instruction"] for b in batch], method,
+                                rounds=int(self.settings.trajectory_rounds), call=self.call, first=first,
+                                verdicts=self.rules if self.settings.trajectory_verdicts else None)
 
     def measure(self, candidates: list[Candidate], best: MethodScore, current: MethodScore, *, last: bool,
                 desc: str) -> None:

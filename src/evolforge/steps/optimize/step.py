@@ -92,7 +92,7 @@ from evolforge.steps.optimize.result import (Candidate, MethodScore, OptimizeRes
                                              optimizer_limit, outcome, summary, unparseable_warning, usability)
 from evolforge.steps.optimize.scoring import FailureRules, dev_difficulty, method_score, score_method
 from evolforge.steps.optimize.settings import OptimizeSettings
-from evolforge.steps.optimize.trajectory import COPIES_TRAJECTORY, build_trajectory, not_a_method
+from evolforge.steps.optimize.trajectory import COPIES_TRAJECTORY, not_a_method
 
 SELECTIONS = ("lowest_failure", "no_regression")
 
@@ -144,15 +144,6 @@ class FirstStep:
     feedbacks: list[Completion] | None = None
 
 
-def _trajectory(batch: list[dict], method: str, development: Development,
-                first: list[Evolution] | None) -> tuple[list[dict], list[dict]]:
-    """The mini-batch evolved ``optimize.trajectory_rounds`` times with ``method`` (``first``: its first round)."""
-    settings = development.settings
-    return build_trajectory(development.evolver, development.prompts, [b["instruction"] for b in batch], method,
-                            rounds=int(settings.trajectory_rounds), call=development.call, first=first,
-                            verdicts=development.rules if settings.trajectory_verdicts else None)
-
-
 def _step_candidates(step: int, batch: list[dict], current_method: str, current: MethodScore, best: MethodScore, *,
                      development: Development, optimizer: LLM, last: bool,
                      made: FirstStep | None = None) -> tuple[list[dict], list[dict], list[Candidate]]:
@@ -161,11 +152,12 @@ def _step_candidates(step: int, batch: list[dict], current_method: str, current:
     set -> (trajectory, its unparsed stages, the candidates)."""
     settings, prompts = development.settings, development.prompts
     trajectory, unparsed = (made.trajectory if made is not None and made.trajectory is not None else
-                            _trajectory(batch, current_method, development, made.first_round if made else None))
+                            development.trajectory(batch, current_method, made.first_round if made else None))
     proposals = propose_methods(optimizer, prompts, trajectory, current_method, candidates=int(settings.candidates),
                                 controls=settings.controls, verdicts=settings.trajectory_verdicts,
                                 max_tokens=answer_budget(optimizer, current_method, settings.answer_budget),
-                                prompt=settings.optimization_prompt, feedbacks=made.feedbacks if made else None)
+                                prompt=settings.optimization_prompt, feedbacks=made.feedbacks if made else None,
+                                copy_stop=settings.racing and settings.copy_cut and not settings.keep_reply_format)
     for c in proposals:
         if c.method is not None and settings.keep_reply_format:
             kept = with_reply_format(c.method, current_method)
@@ -196,7 +188,7 @@ def _score_initial(first_batch: list[dict], method: str, development: Developmen
     made = FirstStep(evolved[len(dev):])
     alongside = None
     if analyse and first_batch and int(development.settings.trajectory_rounds) == 1:
-        made.trajectory = _trajectory(first_batch, method, development, made.first_round)
+        made.trajectory = development.trajectory(first_batch, method, made.first_round)
         analysis = analysis_turn(prompts, made.trajectory[0], development.settings.trajectory_verdicts)
         alongside = Alongside(optimizer, analysis_requests(optimizer, analysis, int(development.settings.candidates)))
     score = score_method(evolver, prompts, dev, method, call=call, desc="step 0", rules=development.rules,

@@ -55,13 +55,27 @@ def not_a_method(candidate: Candidate, trajectory: list[dict], current_method: s
     of them at least (or the whole development set, if smaller: ``no_reply_format``)."""
     if candidate.method is None:
         return UNPARSED
-    stages = frozenset().union(*(copying.method_phrases(text) for case in trajectory
-                                 for key, text in case.items() if key.startswith("stage") and isinstance(text, str)
-                                 and not key.endswith("_verdict")))
-    if elimination.copies_method(current_method, candidate.method, stages):
+    if elimination.copies_method(current_method, candidate.method, trajectory_phrases(trajectory)):
         return COPIES_TRAJECTORY
     score = candidate.dev
     if score is not None and score.measured >= min(FORMAT_EVIDENCE, dev_size) and score.measured and \
             score.missing_marker == score.measured:
         return NO_REPLY_FORMAT
     return None
+
+
+def trajectory_phrases(trajectory: list[dict]) -> frozenset[tuple[str, ...]]:
+    """The phrases of the trajectory's instructions, every stage's (:func:`~evolforge.steps.common.copying.
+    method_phrases`), which :func:`not_a_method` looks for in a candidate."""
+    return frozenset().union(*(copying.method_phrases(text) for case in trajectory
+                               for key, text in case.items() if key.startswith("stage") and isinstance(text, str)
+                               and not key.endswith("_verdict")))
+
+
+def copy_stop_phrases(trajectory: list[dict], current_method: str) -> tuple[str, ...]:
+    """The trajectory's phrases the current method lacks, each as its words joined by spaces: an optimization
+    answer whose words hold :data:`~evolforge.steps.common.copying.METHOD_COPY_PHRASES` of them is a
+    ``copies_trajectory`` candidate however it goes on, so the optimizer may stop writing it there
+    (:attr:`evolforge.config.roles.Controls.stop_phrases`)."""
+    own = copying.method_phrases(current_method)
+    return tuple(sorted(" ".join(p) for p in trajectory_phrases(trajectory) - own))

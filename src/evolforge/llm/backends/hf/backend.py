@@ -147,7 +147,7 @@ class HFBackend:
         sampling = [(r.temperature, r.top_p, request_seed(r) if r.temperature > 0 else 0) for r in requests]
         tries = {i: self.trie(r.choices) for i, r in enumerate(requests) if r.choices is not None}
         self._controls = {i: RowControls(r.controls, self.tokenizer) for i, r in enumerate(requests)
-                          if r.controls is not None and r.controls.used()}
+                          if r.controls is not None and r.controls.active()}
         # The chat template already carries BOS and role markers.
         prompts = self.tokenizer([self.render(r) for r in requests], add_special_tokens=False)["input_ids"]
         # tokens each request may generate: its max_tokens, cut where the model's positions end

@@ -288,7 +288,7 @@ class _Job:
 
     def __init__(self, backend: LlamaCppBackend, index: int, request: ChatRequest, prompt: list[int]):
         self.backend, self.index, self.request, self.prompt = backend, index, request, prompt
-        used = request.controls is not None and request.controls.used()
+        used = request.controls is not None and request.controls.active()
         self.controls = RowControls(request.controls, backend.tokenizer) if used else None
         self.trie = backend.trie(request.choices) if request.choices is not None else None
         self.generator = None
