@@ -62,6 +62,10 @@ def estimate(reference: dict, then: dict, now: dict, side_by_side: list[str], ru
             "estimate_stages_s": round(stages, 1)}
 
 
+def cell(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", required=True, help="the class's run of the calibration commit")
@@ -81,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
           + ")" + ("" if all(same.values()) else ": the ratios mix host and work, the estimate is not sound"))
     print(f"{'stage':24s} {'proxy then':>10s} {'reference':>9s} {'ratio':>6s} {'proxy now':>9s} {'estimate':>8s}")
     for stage, row in out["stages"].items():
-        def cell(v):
-            return "-" if v is None else f"{v:.1f}"
         mark = "" if row["ratio_of"] == "stage" else " (run's)"
         print(f"{stage:24s} {cell(row['proxy_then']):>10s} {cell(row['reference']):>9s} {row['ratio']:6.2f} "
               f"{row['proxy_now']:9.1f} {row['estimate']:8.1f}{mark}")

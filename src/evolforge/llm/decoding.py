@@ -54,11 +54,6 @@ class RowControls:
         self.phrase_words = len(controls.stop_phrases[0].split()) if controls.stop_phrases else 0
         self.words_checked = 0  # the answer's complete words when its phrases were last counted
 
-    @property
-    def checks_text(self) -> bool:
-        """Whether each step's text must be decoded (banned or stop strings, stop phrases)."""
-        return bool(self.controls.banned_strings or self.controls.stop or self.controls.stop_phrases)
-
     def adjust(self, logits: torch.Tensor, tokens: Sequence[int]) -> None:
         """Apply the penalties and bans to one row's ``logits`` (in place), given the answer's ``tokens``."""
         c = self.controls
