@@ -38,7 +38,11 @@ _NOT_WORDS = re.compile(r"[^\w\s]+")
 
 
 def plain_words(text: str) -> str:
-    """``text``'s words alone: case, spacing and punctuation aside ("How long?" and "how long." are one)."""
+    """``text``'s words alone: case, spacing and punctuation aside ("How long?" and "how long." are one).
+
+    >>> plain_words("How long?  Until it's EMPTY.")
+    'how long until it s empty'
+    """
     return " ".join(_NOT_WORDS.sub(" ", text).split()).lower()
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from evolforge.steps.common.wording import STOP_WORDS, plain_words
+from evolforge.core.text import plain_words
+from evolforge.steps.common.wording import STOP_WORDS
 
 # Words of the evolving prompts that must not leak into an evolved instruction (lower-case match).
 TEMPLATE_PHRASES = (

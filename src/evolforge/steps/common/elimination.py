@@ -29,7 +29,8 @@ from evolforge.steps.common.copying import copies_example, copies_method, has_te
 from evolforge.steps.common.giveaway import hands_over_method as giveaway
 from evolforge.steps.common.repetition import RepetitionTest, is_repetitive
 from evolforge.steps.common.sameness import adds_nothing, same_answer as answers_alike
-from evolforge.steps.common.wording import STOP_WORDS, plain_words
+from evolforge.core.text import plain_words
+from evolforge.steps.common.wording import STOP_WORDS
 
 if TYPE_CHECKING:
     from evolforge.steps.evolve.settings import MissingMarker

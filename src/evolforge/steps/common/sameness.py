@@ -14,7 +14,8 @@ from __future__ import annotations
 from evolforge.core.text import numbers
 from evolforge.steps.common.answer_check import final_number
 from evolforge.steps.common.asking import adds_a_restriction
-from evolforge.steps.common.wording import STOP_WORDS, plain_words
+from evolforge.core.text import plain_words
+from evolforge.steps.common.wording import STOP_WORDS
 
 
 def adds_nothing(parent: str, evolved: str) -> bool:

@@ -1,13 +1,9 @@
-"""Words of a text as the elimination rules compare them: case, spacing and punctuation aside, and the stop words
-that carry no content. Pure functions, shared by the rule families (:mod:`~evolforge.steps.common.elimination`).
-
->>> plain_words("How long?  Until it's EMPTY.")
-'how long until it s empty'
+"""Words of a text as the elimination rules compare them: the stop words that carry no content (a text's words with
+case, spacing and punctuation aside are :func:`evolforge.core.text.plain_words`). Pure functions, shared by the rule
+families (:mod:`~evolforge.steps.common.elimination`).
 """
 
 from __future__ import annotations
-
-from evolforge.core.text import plain_words  # noqa: F401 (the rule families read it from here)
 
 # A compact English stop-word list (articles, pronouns, auxiliaries, prepositions, conjunctions).
 STOP_WORDS = frozenset("""
