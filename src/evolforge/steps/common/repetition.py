@@ -11,8 +11,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 
-from evolforge.core.text import FENCED_CODE
-from evolforge.core.text import plain_words
+from evolforge.core.text import FENCED_CODE, plain_words
 
 # response_status values (responses table): only "complete" responses are training material; "failed" is a
 # call that got no answer (its reason in response_failure_reason)

@@ -11,10 +11,9 @@ True
 
 from __future__ import annotations
 
-from evolforge.core.text import numbers
+from evolforge.core.text import numbers, plain_words
 from evolforge.steps.common.answer_check import final_number
 from evolforge.steps.common.asking import adds_a_restriction
-from evolforge.core.text import plain_words
 from evolforge.steps.common.wording import STOP_WORDS
 
 
