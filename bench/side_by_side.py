@@ -46,8 +46,12 @@ def _run(commands: list[str], mode: str) -> float:
 
 
 def same(path: str) -> bool:
-    """Whether ``path`` holds the same bytes in both ways (a file, or a folder compared file by file)."""
-    first, second = Path(path.replace("{mode}", "apart")), Path(path.replace("{mode}", "side_by_side"))
+    """Whether ``path`` holds the same bytes in both ways."""
+    return same_bytes(Path(path.replace("{mode}", "apart")), Path(path.replace("{mode}", "side_by_side")))
+
+
+def same_bytes(first: Path, second: Path) -> bool:
+    """Whether two files, or two folders compared file by file, hold the same bytes."""
     if first.is_file() or second.is_file():
         return first.is_file() and second.is_file() and filecmp.cmp(first, second, shallow=False)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())

@@ -44,6 +44,8 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "together.py": ["--model", "{tiny_gguf}", "--pairs", "1,2", "--max-tokens", "4", "--threads", "1", "--repeats", "1"],
     "side_by_side.py": ["--command", "python -c \"import os; os.makedirs('{tmp}/{mode}', exist_ok=True); "
                         "open('{tmp}/{mode}/a', 'w').write('a')\"", "--command", "python -c 0", "--same", "{tmp}/{mode}"],
+    "heap_pad.py": ["--command", "python -c \"import os; os.makedirs('{tmp}/{pad}', exist_ok=True); "
+                    "open('{tmp}/{pad}/a', 'w').write('a')\"", "--same", "{tmp}/{pad}", "--repeats", "1"],
 }
 HELP_ONLY = {  # script -> why the suite only checks that it starts
     "gpu.py": "needs a CUDA GPU and vLLM",

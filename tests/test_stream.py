@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,47 @@ def test_polars_allocator_hands_freed_memory_back(given, expected):
     code = "import evolforge, os, polars; print(os.environ['_RJEM_MALLOC_CONF'])"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "dirty_decay_ms:500,muzzy_decay_ms:1000," + expected  # polars puts its own first
+
+
+# A child that sets what a stage sets (``{calls}``), fills 64 MiB of glibc's heap in 512 KiB blocks (each under
+# the mmap limit), frees them and prints by how many MiB the heap shrank (glibc's mallinfo2). Nothing else is
+# allocated on the heap after the blocks, so nothing live above them keeps the heap from shrinking.
+_HEAP_DROP = """
+import ctypes
+from evolforge.core.heap import keep_model_memory, return_freed_memory
+{calls}
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes, libc.mallinfo2.restype = ctypes.c_void_p, [ctypes.c_void_p], Info
+libc.free(libc.malloc(512 << 10)), libc.mallinfo2()  # ctypes' own first-call allocations, before the blocks
+blocks = [0] * 128
+for k in range(128):
+    blocks[k] = libc.malloc(512 << 10)
+held = libc.mallinfo2().arena
+for k in range(127, -1, -1):
+    libc.free(blocks[k])
+print((held - libc.mallinfo2().arena) >> 20)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc"
+                    or tuple(map(int, platform.libc_ver()[1].split("."))) < (2, 33), reason="glibc 2.33's mallinfo2")
+@pytest.mark.parametrize("calls, pad, dropped", [
+    ("return_freed_memory()", None, (56, 72)),  # a data stage: all of it back
+    ("return_freed_memory(); keep_model_memory()", None, (0, 8)),  # a model stage keeps its pad
+    ("return_freed_memory(); keep_model_memory()", "0", (56, 72))])  # the user's own MALLOC_TOP_PAD_ is kept
+def test_heap_handed_back_and_a_model_stages_pad(calls, pad, dropped):
+    """Every stage hands freed heap back above 1 MiB; one that loads a model keeps up to MODEL_TOP_PAD of it (a
+    model's per-step tensors are not handed back and zeroed again at every step), unless the user set glibc's
+    own variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if pad is not None:
+        env["MALLOC_TOP_PAD_"] = pad
+    done = subprocess.run([sys.executable, "-c", _HEAP_DROP.format(calls=calls)], env=env, capture_output=True,
+                          text=True, check=True)
+    assert dropped[0] <= int(done.stdout) <= dropped[1]
 
 
 def test_chunked_checks_name_the_table_row(tmp_path):

@@ -40,6 +40,8 @@ SRC = REPO / "src"
 # the package's docstring, version, polars' allocator setting (how much memory a process keeps, never what it
 # writes), its import hook (how long importing transformers takes) and typing marker: no stage's output depends on them
 PACKAGE_ROOT = {"src/evolforge/__init__.py", "src/evolforge/import_hooks.py", "src/evolforge/py.typed"}
+# glibc's malloc settings of a stage process (how much freed memory it keeps, never what it writes)
+MEMORY_ONLY = {"src/evolforge/core/heap.py"}
 BACKENDS = SRC / "evolforge/llm/backends"
 # modules that import backends by name -> the modules they import (None: every backend package), so their
 # stages depend on their roles' backends through params: the registry builds any backend, pinning asks a
@@ -113,7 +115,7 @@ def _reach(starts: Iterable[Path]) -> set[Path]:
 
 def _listed(found: Iterable[Path]) -> list[str]:
     paths = {p.relative_to(REPO).as_posix() for p in found if not runs_nothing(p)}
-    return sorted(paths - PACKAGE_ROOT)
+    return sorted(paths - PACKAGE_ROOT - MEMORY_ONLY)
 
 
 def closure(script: Path) -> list[str]:

@@ -7,7 +7,7 @@ The package holds the logic; the scripts under ``stages/`` are thin DVC wrappers
 Importing the package first sets polars' allocator to hand freed memory back at once (before any module
 imports polars, which reads the setting once): a streamed stage frees a chunk's worth of memory per chunk, and
 jemalloc keeps freed pages for up to a second and a half, so the memory retained grew with the number of
-chunks (docs/how-to/scale.md, "Memory handed back"; glibc's side is :func:`evolforge.core.stage.return_freed_memory`).
+chunks (docs/how-to/scale.md, "Memory handed back"; glibc's side is :mod:`evolforge.core.heap`).
 It changes how much memory a process holds, never what it writes.
 
 It then installs :mod:`evolforge.import_hooks`: transformers, once imported, reports scikit-learn missing, so a

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evolforge.config.bounds import Refusal
+from evolforge.core.heap import keep_model_memory
 
 # Files whose bytes decide what a local model generates.
 MODEL_HASHES = Path(".evolforge/model_hashes.json")  # the models stage's memo of folder digests (hash_model_dir)
@@ -194,6 +195,7 @@ def load_causal_lm(model: str, revision: str | None = None, dtype: str = "auto",
     from transformers import AutoModelForCausalLM
 
     check_model_name(model)
+    keep_model_memory()
     device = pick_device(device)
     lm = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=pick_dtype(dtype, device))
     return lm.to(device).eval()
@@ -205,6 +207,7 @@ def load_encoder(model: str, revision: str | None = None, dtype: str = "auto", d
     from transformers import AutoModel
 
     check_model_name(model)
+    keep_model_memory()
     device = pick_device(device)
     encoder = AutoModel.from_pretrained(model, revision=revision, dtype=pick_dtype(dtype, device))
     return encoder.to(device).eval(), load_tokenizer(model, revision, "right")

@@ -31,18 +31,16 @@ crashed (:mod:`evolforge.core.native`). Before it writes, and when ``main`` retu
 checked (:mod:`evolforge.core.accounts`): the LLM layer's fails a stage whose failed calls are past
 ``llm.max_failure_rate`` of all it asked.
 
-A stage process hands the memory it frees back to the system at once (:func:`return_freed_memory`; polars'
-jemalloc is set by the package's ``__init__``, before polars loads; docs/how-to/scale.md, "Memory handed back").
+A stage process hands the memory it frees back to the system at once, and keeps a fixed pad of it where it loads a
+model (:mod:`evolforge.core.heap`; docs/how-to/scale.md, "Memory handed back").
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -56,6 +54,7 @@ import yaml
 from evolforge.config.bounds import Refusal
 from evolforge.core import native
 from evolforge.core.accounts import STAGE, StageAccounts
+from evolforge.core.heap import return_freed_memory
 from evolforge.io import validation
 from evolforge.io.records import write_json, write_output
 
@@ -291,32 +290,6 @@ def restore_under_dvc(name: str) -> None:
     if restored:
         print(f"{name}: the previous outputs are back in place (from DVC's cache): {', '.join(restored)}",
               file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------------
-# memory handed back to the system
-
-
-# glibc: a block of at least this many bytes is its own mapping, returned when freed; a heap top over it is trimmed
-MALLOC_LIMIT = 1 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-
-
-def return_freed_memory() -> None:
-    """glibc's malloc: map blocks of :data:`MALLOC_LIMIT` bytes or more on their own and trim the heap
-    beyond it (fixed values, so malloc no longer raises them). A no-op on any other C library.
-
-    A streamed stage allocates and frees a chunk's worth of memory per chunk, for as many chunks as the table
-    has. Both allocators in the process keep freed memory for reuse: polars' jemalloc for up to a second and
-    a half (set in the package's ``__init__``), glibc's malloc (numpy's arrays) in its heap when a block is
-    under its mmap threshold, which it raises up to 32 MiB as it sees large blocks freed. The retained memory
-    then grew with the length of the run: dedup at 1.2M items peaked at 1.55x its peak at 150k with the
-    allocators' defaults, 1.30x with these settings (docs/how-to/scale.md has the figures)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return
-    libc = ctypes.CDLL(None)
-    libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_LIMIT)
-    libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_LIMIT)
 
 
 def peak_rss_mib() -> float:

@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from evolforge.config.training import BENCHMARKS, EvaluateSettings
+from evolforge.core.heap import keep_model_memory
 from evolforge.core.models import is_local_model, pick_device, pick_dtype
 from evolforge.eval.harness_results import flatten_metrics, results_record, write_samples
 from evolforge.eval.harness_tasks import check_nltk, check_sandboxed, needs_harness_index, resolve_tasks, task_manager
@@ -155,6 +156,7 @@ def evaluate(
         log.info("code benchmarks run in the sandbox, limits %ss / %s MiB, isolation %s",
                  s.sandbox_timeout_s, s.sandbox_memory_mb, isolation())
     check_nltk(list(benchmarks.values()))
+    keep_model_memory()
     with _code_execution_env(s.allow_code_execution, s.sandbox_timeout_s, s.sandbox_memory_mb):
         # indexing the harness's own few thousand task files takes ~20 s: only when a task needs them
         manager = task_manager(include_defaults=any(needs_harness_index(t) for t in benchmarks.values()))

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from evolforge.core.heap import keep_model_memory
 from evolforge.core.models import load_tokenizer, model_identity, pick_device, pick_dtype
 from evolforge.train.device import liger_installed, use_checkpointing, use_padding_free
 from evolforge.io.records import replace_dir
@@ -170,6 +171,7 @@ def finetune(
     from trl import SFTTrainer
 
     _check_inputs(settings, train_rows)
+    keep_model_memory()
     tokenizer = load_tokenizer(base_model, revision=revision, padding_side="right")
     if tokenizer.chat_template is None:
         raise ValueError(f"base model {base_model!r} has no chat template; the prompt/completion rows are rendered "
