@@ -32,7 +32,7 @@ checked (:mod:`evolforge.core.accounts`): the LLM layer's fails a stage whose fa
 ``llm.max_failure_rate`` of all it asked.
 
 A stage process hands the memory it frees back to the system at once, and keeps a fixed pad of it where it loads a
-model (:mod:`evolforge.core.heap`; docs/how-to/scale.md, "Memory handed back").
+torch model (:mod:`evolforge.core.heap`; docs/how-to/scale.md, "Memory handed back").
 """
 
 from __future__ import annotations
