@@ -1,13 +1,14 @@
 """Stage commands with glibc's heap trimmed to its last page, against the pad a stage keeps at its top
-(:data:`evolforge.core.stage.MALLOC_TOP_PAD`): the system CPU a model stage spends on handing its per-step
+(:data:`evolforge.core.heap.MODEL_TOP_PAD`): the system CPU a model stage spends on handing its per-step
 tensors back to the kernel and having fresh pages zeroed for the next step.
 
     python bench/heap_pad.py --command CMD [--command CMD ...] [--same PATH ...] [--repeats 3]
 
 Each ``CMD`` is a shell command; ``{pad}`` in it becomes ``trimmed`` or ``padded``, so that the two ways write to
 different places, and ``{run}`` the repeat's number (a stage that calls an LLM gets an empty call cache each run
-with ``EVOLFORGE_CACHE=/tmp/pad/{pad}/cache-{run}.sqlite`` before it). Trimmed runs it with ``MALLOC_TOP_PAD_=0`` (kept by the stage as the user's setting: glibc's own
-default, about what every stage ran with before the pad), padded with the stage's own setting. The two ways
+with ``EVOLFORGE_CACHE=/tmp/pad/{pad}/cache-{run}.sqlite`` before it). Trimmed runs it with
+``MALLOC_TOP_PAD_=0`` (kept by the stage as the user's setting: glibc's own default, about what every stage ran
+with before the pad), padded with the stage's own setting. The two ways
 alternate, ``--repeats`` times. Prints per command and way the median wall, user and system CPU seconds, and the
 ratios; for each ``--same`` path (a file or folder, ``{pad}`` in it) whether both ways wrote the same bytes. In a
 clone where ``make run`` has run, the stages that run a model and make no cached call (docs/results/shipped-runs.md
@@ -25,13 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
-from side_by_side import same_bytes  # bench/side_by_side.py
+from side_by_side import clear, same_bytes  # bench/side_by_side.py
 
 WAYS = {"trimmed": {"MALLOC_TOP_PAD_": "0"}, "padded": {}}
 
@@ -49,11 +49,6 @@ def _run(command: str, way: str, run: int) -> tuple[float, float, float]:
     return wall, usage.ru_utime, usage.ru_stime
 
 
-def _clear(path: str, way: str) -> None:
-    target = Path(path.replace("{pad}", way))
-    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--command", action="append", required=True, help="a shell command; {pad} in it: the way")
@@ -65,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in range(args.repeats):
         for way in WAYS:
             for path in args.same:  # what a previous repeat wrote is not taken for this one's
-                _clear(path, way)
+                clear(Path(path.replace("{pad}", way)))
             for command in args.command:
                 runs[command][way].append(_run(command, way, run))
     print(f"{os.cpu_count()} cores, median of {args.repeats}; seconds: wall, user CPU, system CPU")

@@ -50,6 +50,11 @@ def same(path: str) -> bool:
     return same_bytes(Path(path.replace("{mode}", "apart")), Path(path.replace("{mode}", "side_by_side")))
 
 
+def clear(target: Path) -> None:
+    """Remove a file or folder a previous run wrote, if there is one."""
+    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
+
 def same_bytes(first: Path, second: Path) -> bool:
     """Whether two files, or two folders compared file by file, hold the same bytes."""
     if first.is_file() or second.is_file():
@@ -72,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):
         for mode in seconds:
             for path in args.same:  # what a previous repeat wrote is not taken for this one's
-                target = Path(path.replace("{mode}", mode))
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+                clear(Path(path.replace("{mode}", mode)))
             seconds[mode].append(_run(args.command, mode))
     apart, side = (statistics.median(seconds[mode]) for mode in ("apart", "side_by_side"))
     print(f"{len(args.command)} commands, {os.cpu_count()} cores, median of {args.repeats}")
