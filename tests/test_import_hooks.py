@@ -129,3 +129,62 @@ def test_a_failed_write_leaves_neither_a_part_nor_a_temporary_file(tmp_path, mon
     with pytest.raises(OSError, match="disk full"):
         import_hooks._write(target, "[]")
     assert list(target.parent.iterdir()) == []
+
+
+READ_AHEAD = """
+import json, os, sys
+import evolforge
+from evolforge import import_hooks
+advised = []
+os.posix_fadvise = lambda fd, offset, length, advice: advised.append(
+    [os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), offset, length, advice == os.POSIX_FADV_WILLNEED])
+import torch  # the fake package first on the path
+import torch  # a second import reads nothing again
+finder = next((f for f in sys.meta_path if isinstance(f, import_hooks._TorchReadAhead)), None)
+if finder is not None and finder.thread is not None:
+    finder.thread.join(30)
+print(json.dumps({"advised": advised, "imported": torch.WHERE}))
+"""
+
+
+def read_ahead_probe(root: Path, **env: str) -> dict:
+    """:data:`READ_AHEAD` in a fresh interpreter, with a fake ``torch`` package under ``root`` first on the path."""
+    environ = {k: v for k, v in os.environ.items() if k != "EVOLFORGE_READ_AHEAD"}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(REPO / "src"), environ.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", READ_AHEAD], env={**environ, **env}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fake_torch(root: Path) -> Path:
+    """A package named torch whose ``lib`` folder holds two shared libraries of different sizes and a text file."""
+    lib = root / "torch" / "lib"
+    lib.mkdir(parents=True)
+    (root / "torch" / "__init__.py").write_text("WHERE = 'fake'\n")
+    (lib / "libsmall.so").write_bytes(b"\0" * 10)
+    (lib / "libbig.so.1").write_bytes(b"\0" * 4096)
+    (lib / "README.txt").write_text("not a library")
+    return lib
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not Path("/proc/self/fd").is_dir(), reason="Linux only")
+def test_the_first_import_of_torch_reads_its_libraries_ahead_largest_first(tmp_path):
+    fake_torch(tmp_path)
+    found = read_ahead_probe(tmp_path)
+    assert found["imported"] == "fake"  # the import itself is the path finder's, as before
+    assert found["advised"] == [["libbig.so.1", 0, 0, True], ["libsmall.so", 0, 0, True]]
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not Path("/proc/self/fd").is_dir(), reason="Linux only")
+def test_the_variable_turns_the_read_ahead_off(tmp_path):
+    fake_torch(tmp_path)
+    assert read_ahead_probe(tmp_path, EVOLFORGE_READ_AHEAD="0") == {"advised": [], "imported": "fake"}
+
+
+def test_read_ahead_skips_a_folder_without_libraries(tmp_path):
+    from evolforge.import_hooks import _TorchReadAhead, read_ahead
+
+    (tmp_path / "notes.txt").write_text("x")
+    assert read_ahead(tmp_path) is None and read_ahead(tmp_path / "missing") is None
+    assert _TorchReadAhead().find_spec("json", None) is None  # other modules: nothing found, nothing read

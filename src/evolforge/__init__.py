@@ -12,8 +12,9 @@ It changes how much memory a process holds, never what it writes.
 
 It then installs :mod:`evolforge.import_hooks`: transformers, once imported, reports scikit-learn missing, so a
 process that loads a model skips importing ``sklearn.metrics``, and reads the import structure of its ``models``
-folder back from disk instead of scanning the folder's thousand files (together about 3 s a process); what any
-step computes is the same.
+folder back from disk instead of scanning the folder's thousand files (together about 3 s a process); and the
+first import of torch has the kernel read torch's shared libraries ahead, so a stage whose libraries left the page
+cache does not fetch them a page at a time. What any step computes is the same.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What evolforge changes in how other packages import, installed by importing the package (before any of them).
 
-Two changes to transformers' import utilities, each made once they are loaded:
+Two changes to transformers' import utilities, each made once they are loaded, and a read-ahead for torch:
 
 - transformers' generation module imports ``sklearn.metrics`` whenever scikit-learn is installed, for one feature
   (assisted generation's adaptive confidence threshold, which needs ``roc_curve``); lm-eval requires scikit-learn,
@@ -14,8 +14,16 @@ Two changes to transformers' import utilities, each made once they are loaded:
   install folder and the folder's modification time, and read back by every later process; anything unexpected
   (another result type, an unreadable file) falls back to transformers' own scan.
   ``EVOLFORGE_TRANSFORMERS_IMPORT_CACHE=0`` scans every time.
+- importing torch maps its shared libraries (``torch/lib``, about 450 MB on the CPU build) and touches their pages
+  one fault at a time, each a small read where the pages are not in memory. They often are not: a run's torch
+  stages are minutes apart, with llama.cpp's stages between, and a host that reclaims idle page cache (a VM whose
+  kernel pages out what went unread for a minute, or simply a first run) has dropped them by then. On the first
+  import of torch the hook asks the kernel to read those files ahead (``posix_fadvise(WILLNEED)``, from a
+  background thread, largest first), so the faults find most pages read in large requests
+  (``bench/cold_start.py``). It changes what is read when, never what is loaded; ``EVOLFORGE_READ_AHEAD=0`` turns
+  it off, and where the call does not exist (not Linux) nothing is done.
 
-The hook costs nothing in a process that never imports transformers.
+The hooks cost nothing in a process that never imports transformers or torch.
 """
 
 from __future__ import annotations
@@ -29,12 +37,15 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 TARGET = "transformers.utils.import_utils"
 KEEP_VAR = "EVOLFORGE_TRANSFORMERS_SKLEARN"
 CACHE_VAR = "EVOLFORGE_TRANSFORMERS_IMPORT_CACHE"
 CACHE_FOLDER = "transformers-imports"  # under $XDG_CACHE_HOME/evolforge or ~/.cache/evolforge
+READ_AHEAD_VAR = "EVOLFORGE_READ_AHEAD"
+READ_AHEAD_PACKAGE, READ_AHEAD_FOLDER = "torch", "lib"  # whose first import reads ahead, and the folder read
 
 
 def _no_sklearn() -> bool:
@@ -64,6 +75,53 @@ class _TransformersImportUtils(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = exec_module  # this spec's loader object only
         return spec
+
+
+class _TorchReadAhead(importlib.abc.MetaPathFinder):
+    """On the first import of torch, starts :func:`read_ahead` of its shared libraries and finds nothing: the
+    path finder after it imports torch as before. ``thread`` is the read-ahead's (None until it starts)."""
+
+    def __init__(self):
+        self.started = False
+        self.thread: threading.Thread | None = None
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != READ_AHEAD_PACKAGE or self.started:
+            return None
+        self.started = True
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            self.thread = read_ahead(Path(location) / READ_AHEAD_FOLDER)
+            break
+        return None
+
+
+def read_ahead(folder: Path) -> threading.Thread | None:
+    """Ask the kernel to read every shared library in ``folder`` into the page cache, largest first, from a daemon
+    thread (started and returned; None where ``os.posix_fadvise`` does not exist or the folder has none). The advice
+    only schedules reads: a file that cannot be opened is skipped, and nothing waits for the thread."""
+    if not hasattr(os, "posix_fadvise"):
+        return None
+    try:
+        files = sorted((f for f in folder.iterdir() if ".so" in f.suffixes and f.is_file()),
+                       key=lambda f: (-f.stat().st_size, f.name))
+    except OSError:
+        return None
+    if not files:
+        return None
+
+    def advise():
+        for file in files:
+            with contextlib.suppress(OSError):
+                handle = os.open(file, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(handle, 0, 0, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(handle)
+
+    thread = threading.Thread(target=advise, name="evolforge-read-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 def cache_file(module_path: str | os.PathLike, prefix: str | None) -> Path | None:
@@ -143,9 +201,12 @@ def _write(path: Path, text: str) -> None:
 
 
 def install() -> None:
-    """Put the hook first on ``sys.meta_path`` (once), unless both changes are turned off or transformers' import
-    utilities are loaded already (then they answer as they do)."""
-    if (os.environ.get(KEEP_VAR) == "1" and os.environ.get(CACHE_VAR) == "0") or TARGET in sys.modules:
-        return
-    if not any(isinstance(finder, _TransformersImportUtils) for finder in sys.meta_path):
+    """Put the hooks first on ``sys.meta_path`` (each once): transformers' unless both its changes are turned off or
+    its import utilities are loaded already (then they answer as they do); torch's read-ahead unless turned off or
+    torch is imported already."""
+    if (os.environ.get(KEEP_VAR) != "1" or os.environ.get(CACHE_VAR) != "0") and TARGET not in sys.modules \
+            and not any(isinstance(finder, _TransformersImportUtils) for finder in sys.meta_path):
         sys.meta_path.insert(0, _TransformersImportUtils())
+    if os.environ.get(READ_AHEAD_VAR) != "0" and READ_AHEAD_PACKAGE not in sys.modules \
+            and not any(isinstance(finder, _TorchReadAhead) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _TorchReadAhead())
