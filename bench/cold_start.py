@@ -23,9 +23,9 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
-import time
 from pathlib import Path
+
+from side_by_side import timed  # bench/side_by_side.py
 
 WAYS = {"plain": {"EVOLFORGE_READ_AHEAD": "0"}, "read_ahead": {}}
 FIGURES = ("wall_s", "cpu_s", "major_faults", "read_mib")
@@ -55,12 +55,7 @@ def evict(paths: list[Path]) -> int:
 def _run(command: str, way: str) -> dict[str, float]:
     """``command``'s figures (:data:`FIGURES`) run ``way``'s way; raises when it fails."""
     env = {k: v for k, v in os.environ.items() if k != "EVOLFORGE_READ_AHEAD"} | WAYS[way]
-    started = time.perf_counter()
-    proc = subprocess.Popen(command.replace("{way}", way), shell=True, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{way}: the command failed: {command}")
+    wall, usage = timed(command.replace("{way}", way), env, way)
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "major_faults": usage.ru_majflt,
             "read_mib": usage.ru_inblock * 512 / 2**20}
 

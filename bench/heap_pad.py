@@ -27,11 +27,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import time
 from pathlib import Path
 
-from side_by_side import clear, same_bytes  # bench/side_by_side.py
+from side_by_side import clear, same_bytes, timed  # bench/side_by_side.py
 
 WAYS = {"trimmed": {"MALLOC_TOP_PAD_": "0"}, "padded": {}}
 
@@ -39,13 +37,7 @@ WAYS = {"trimmed": {"MALLOC_TOP_PAD_": "0"}, "padded": {}}
 def _run(command: str, way: str, run: int) -> tuple[float, float, float]:
     """(wall, user CPU, system CPU) seconds of ``command`` run ``way``'s way; raises when it fails."""
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TOP_PAD_"} | WAYS[way]
-    started = time.perf_counter()
-    proc = subprocess.Popen(command.replace("{pad}", way).replace("{run}", str(run)), shell=True, env=env,
-                            stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{way}: the command failed: {command}")
+    wall, usage = timed(command.replace("{pad}", way).replace("{run}", str(run)), env, way)
     return wall, usage.ru_utime, usage.ru_stime
 
 

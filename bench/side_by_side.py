@@ -45,6 +45,18 @@ def _run(commands: list[str], mode: str) -> float:
     return time.perf_counter() - started
 
 
+def timed(command: str, env: dict[str, str], label: str) -> tuple[float, "os.struct_rusage"]:
+    """Wall seconds and resource usage (``os.wait4``'s) of one shell command run with ``env``, its output discarded;
+    exits naming ``label`` when it fails."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, shell=True, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{label}: the command failed: {command}")
+    return wall, usage
+
+
 def same(path: str) -> bool:
     """Whether ``path`` holds the same bytes in both ways."""
     return same_bytes(Path(path.replace("{mode}", "apart")), Path(path.replace("{mode}", "side_by_side")))
