@@ -18,7 +18,6 @@ TINY_RUNS = {  # script -> arguments of a run that takes seconds; "{tiny}" is th
     "dedup.py": ["--items", "300", "--rounds", "2"],
     "import_cost.py": ["--repeats", "1"],
     "cold_start.py": ["--command", "python -c 0", "--evict", "{tmp}", "--repeats", "1"],
-    "eval_batching.py": ["--model", "{tiny}", "--batch-sizes", "4", "--repeats", "1"],
     "dvc_lock.py": ["--repeats", "1"],
     "http_client.py": ["--requests", "200", "--repeat", "1", "--only", "aiohttp today", "raw streams (floor)"],
     "pipeline.py": ["--requests", "200"],

@@ -110,9 +110,6 @@ class EvaluateSettings:
                 "that)"})
     batch_size: PositiveInt | Literal["auto"] = field(default=1, metadata={
         "help": "lm-evaluation-harness batch size (or auto)"})
-    cross_task_batches: bool = field(default=True, metadata={
-        "help": "hf backend: a generation batch mixes tasks that share their sampling settings, each row stopping at "
-                "its own stop sequences (eval/batching.py); false: a batch per task's arguments, as the harness does"})
     dtype: str = field(default="auto", metadata={"help": "the model's dtype (auto: bf16 on GPU, fp32 on CPU)"})
     device: str = field(default="auto", metadata={"help": "where the model runs (auto: cuda where torch sees a GPU)"})
     backend_args: dict[str, Any] | None = field(default=None, metadata={

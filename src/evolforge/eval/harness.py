@@ -222,18 +222,13 @@ def _evaluate_one(label: str, model: str | Mapping[str, Any], benchmarks: dict[s
 
 def _harness_model(s: EvaluateSettings, args: dict[str, Any], device: str | None):
     """The harness's model for ``s.backend``, made as ``simple_evaluate`` makes it from a name, so that an hf
-    model batches its generation across tasks (``cross_task_batches``: eval/batching.py) and its linear layers
-    decode on the CPU in the form it multiplies fastest (core/cpu_linear.py)."""
+    model's linear layers decode on the CPU in the form it multiplies fastest (core/cpu_linear.py)."""
     from lm_eval.api.registry import get_model
 
     from evolforge.core.cpu_linear import fit_small_batch_linears
 
-    model = get_model(s.backend)
-    if s.backend == "hf" and s.cross_task_batches:
-        from evolforge.eval.batching import CrossTaskHFLM
-
-        model = CrossTaskHFLM
-    lm = model.create_from_arg_obj(args, {"batch_size": s.batch_size, "max_batch_size": None, "device": device})
+    lm = get_model(s.backend).create_from_arg_obj(args, {"batch_size": s.batch_size, "max_batch_size": None,
+                                                         "device": device})
     if s.backend == "hf":
         fit_small_batch_linears(lm.model)
     return lm
